@@ -1,0 +1,41 @@
+"""Connecting to NATS the same way everywhere: reconnect forever, log state changes."""
+
+from __future__ import annotations
+
+import logging
+
+import nats
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+
+from colony.settings import Settings
+
+log = logging.getLogger("colony.bus")
+
+
+async def connect(settings: Settings, name: str = "colony") -> Client:
+    async def on_error(exc: Exception) -> None:
+        log.warning("nats error: %s", exc)
+
+    async def on_disconnect() -> None:
+        log.warning("nats disconnected")
+
+    async def on_reconnect() -> None:
+        log.info("nats reconnected to %s", nc.connected_url.netloc if nc.connected_url else "?")
+
+    nc = await nats.connect(
+        servers=settings.nats_servers,
+        name=name,
+        connect_timeout=settings.nats_connect_timeout,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        allow_reconnect=True,
+        error_cb=on_error,
+        disconnected_cb=on_disconnect,
+        reconnected_cb=on_reconnect,
+    )
+    return nc
+
+
+def jetstream(nc: Client) -> JetStreamContext:
+    return nc.jetstream(timeout=5.0)

@@ -1,0 +1,75 @@
+"""Every stream, KV bucket and subject Colony uses: the bus contract, in one place.
+
+Nothing else in the code base spells a subject or bucket name as a literal.  Variable parts
+(node ids, domains, accounts) always go through ``colony.bus.tokens.to_token``.
+"""
+
+from __future__ import annotations
+
+from colony.bus.tokens import to_token
+
+# --- KV buckets (DESIGN §3) -----------------------------------------------------------
+BUCKET_NODES = "cluster_nodes"          # one key per instance: its NodeRecord
+BUCKET_LEASES = "cluster_leases"        # the controller lease
+BUCKET_ACCOUNT_OWNERS = "account_owners"  # per-account single-writer leases
+BUCKET_SIP_BINDINGS = "sip_bindings"    # SIP registrations
+BUCKET_DIRECTORY = "directory"          # what edges need to route without a round trip
+
+CONTROLLER_LEASE_KEY = "controller"
+
+# --- Streams ----------------------------------------------------------------------------
+STREAM_PROVISIONING = "PROVISIONING"
+STREAM_MAIL = "MAIL"
+STREAM_OUTBOUND = "OUTBOUND"
+STREAM_USAGE = "USAGE"
+STREAM_AUDIT = "AUDIT"
+STREAM_CLUSTER = "CLUSTER"  # cluster events: node transitions, elections, drains
+
+SUBJECTS_PROVISIONING = "colony.prov.>"
+SUBJECTS_MAIL = "colony.mail.>"
+SUBJECTS_OUTBOUND = "colony.outbound.>"
+SUBJECTS_USAGE = "colony.usage.>"
+SUBJECTS_AUDIT = "colony.audit.>"
+SUBJECTS_CLUSTER = "colony.cluster.>"
+
+
+def provisioning_subject(aggregate_type: str, aggregate_id: str) -> str:
+    """One subject per aggregate, so optimistic concurrency can check its last sequence."""
+    return f"colony.prov.{aggregate_type}.{to_token(aggregate_id)}"
+
+
+def usage_subject(domain: str) -> str:
+    return f"colony.usage.{to_token(domain)}"
+
+
+def audit_subject(domain: str | None) -> str:
+    return f"colony.audit.{to_token(domain) if domain else '_system'}"
+
+
+def cluster_event_subject(kind: str) -> str:
+    return f"colony.cluster.{kind}"
+
+
+# --- Request/reply ----------------------------------------------------------------------
+CONTROLLER_API = "colony.ctl.api"  # served by the active controller only
+
+
+def controller_alive_subject(node_id: str) -> str:
+    """The active controller answers here; 'no responders' proves its connection is gone."""
+    return f"colony.ctl.alive.{to_token(node_id)}"
+
+
+def node_command_subject(node_id: str) -> str:
+    """Epoch-stamped commands from the controller to one instance."""
+    return f"colony.node.cmd.{to_token(node_id)}"
+
+
+AUTH_CHECK = "colony.auth.check"          # password check for the cluster (queue group)
+AUTH_SIP_CREDENTIALS = "colony.auth.sip"  # SIP digest credentials (HA1) for the farm
+DIRECTORY_LOOKUP = "colony.dir.lookup"
+
+QUEUE_ADMIN = "admin-api"
+
+
+def node_key(node_id: str) -> str:
+    return to_token(node_id)

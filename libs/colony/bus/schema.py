@@ -1,0 +1,138 @@
+"""Create (or bring up to date) every stream and KV bucket of the bus contract.
+
+Every process calls ``ensure_schema`` at start; it is idempotent, so the first one to start
+creates the schema and the rest find it.  A config change that JetStream cannot apply in
+place (for example a different retention) fails with a message that names the stream.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+
+from nats.js import JetStreamContext
+from nats.js.api import (
+    DiscardPolicy,
+    KeyValueConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import BadRequestError, NotFoundError
+
+from colony.bus import names
+from colony.settings import Settings
+
+log = logging.getLogger("colony.bus.schema")
+
+DAY = 86400.0
+
+
+class SchemaError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Buckets:
+    nodes: KeyValueConfig
+    leases: KeyValueConfig
+    account_owners: KeyValueConfig
+    sip_bindings: KeyValueConfig
+    directory: KeyValueConfig
+
+
+def bucket_configs(settings: Settings) -> Buckets:
+    r = settings.stream_replicas
+    return Buckets(
+        nodes=KeyValueConfig(
+            bucket=names.BUCKET_NODES, history=5, ttl=settings.node_record_max_age,
+            storage=StorageType.FILE, replicas=r,
+            description="one record per running instance, refreshed by heartbeat",
+        ),
+        # The bucket's max age *is* the lease length: every renewal (a new revision) restarts
+        # it, and a holder that stops renewing loses the key without anyone deleting it.
+        leases=KeyValueConfig(
+            bucket=names.BUCKET_LEASES, history=10, ttl=settings.controller_lease_ttl,
+            storage=StorageType.FILE, replicas=r,
+            description="the controller lease; its acquisition revision is the fencing epoch",
+        ),
+        account_owners=KeyValueConfig(
+            bucket=names.BUCKET_ACCOUNT_OWNERS, history=5, storage=StorageType.FILE, replicas=r,
+            description="per-account single-writer leases",
+        ),
+        sip_bindings=KeyValueConfig(
+            bucket=names.BUCKET_SIP_BINDINGS, history=1, storage=StorageType.FILE, replicas=r,
+            description="SIP registrations",
+        ),
+        directory=KeyValueConfig(
+            bucket=names.BUCKET_DIRECTORY, history=1, storage=StorageType.FILE, replicas=r,
+            description="domains, accounts and aliases as the edges need them",
+        ),
+    )
+
+
+def stream_configs(settings: Settings) -> list[StreamConfig]:
+    r = settings.stream_replicas
+    base = StreamConfig(storage=StorageType.FILE, num_replicas=r, allow_direct=True, duplicate_window=120.0)
+    return [
+        replace(base, name=names.STREAM_PROVISIONING, subjects=[names.SUBJECTS_PROVISIONING],
+                description="domain and account events: the source of truth for configuration"),
+        replace(base, name=names.STREAM_MAIL, subjects=[names.SUBJECTS_MAIL],
+                retention=RetentionPolicy.WORK_QUEUE, max_msg_size=64 * 1024 * 1024,
+                description="inbound messages accepted by an edge and not yet stored"),
+        replace(base, name=names.STREAM_OUTBOUND, subjects=[names.SUBJECTS_OUTBOUND],
+                retention=RetentionPolicy.WORK_QUEUE, max_msg_size=64 * 1024 * 1024,
+                description="mail waiting for remote delivery"),
+        replace(base, name=names.STREAM_USAGE, subjects=[names.SUBJECTS_USAGE], max_age=800 * DAY,
+                description="metering events that billing sums"),
+        replace(base, name=names.STREAM_AUDIT, subjects=[names.SUBJECTS_AUDIT], max_age=800 * DAY,
+                description="who did what through the admin API"),
+        replace(base, name=names.STREAM_CLUSTER, subjects=[names.SUBJECTS_CLUSTER], max_age=30 * DAY,
+                discard=DiscardPolicy.OLD,
+                description="node state transitions, elections and drains"),
+    ]
+
+
+async def ensure_schema(js: JetStreamContext, settings: Settings) -> None:
+    for config in stream_configs(settings):
+        await _ensure_stream(js, config)
+    buckets = bucket_configs(settings)
+    for kv in (buckets.nodes, buckets.leases, buckets.account_owners, buckets.sip_bindings, buckets.directory):
+        await _ensure_bucket(js, kv)
+
+
+async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
+    try:
+        await js.stream_info(config.name)
+    except NotFoundError:
+        try:
+            await js.add_stream(config)
+            return
+        except BadRequestError as exc:
+            if exc.err_code != 10058:  # created by a concurrent starter: fall through to update
+                raise SchemaError(f"stream {config.name}: {exc.description}") from exc
+    try:
+        await js.update_stream(config)
+    except BadRequestError as exc:
+        raise SchemaError(
+            f"stream {config.name} exists with a configuration that cannot be changed in place "
+            f"({exc.description}); migrate or delete it"
+        ) from exc
+
+
+async def _ensure_bucket(js: JetStreamContext, config: KeyValueConfig) -> None:
+    try:
+        await js.create_key_value(config)
+    except BadRequestError as exc:
+        if exc.err_code != 10058:
+            raise SchemaError(f"bucket {config.bucket}: {exc.description}") from exc
+        # Exists with another config (e.g. a changed TTL): apply ours to the backing stream.
+        info = await js.stream_info(f"KV_{config.bucket}")
+        stream = info.config
+        stream.max_age = config.ttl or 0
+        stream.max_msgs_per_subject = config.history
+        stream.description = config.description
+        try:
+            await js.update_stream(stream)
+        except BadRequestError as exc2:
+            raise SchemaError(f"bucket {config.bucket}: {exc2.description}") from exc2

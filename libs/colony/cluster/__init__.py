@@ -1,0 +1,1 @@
+"""Cluster primitives: membership records, the controller lease, epochs, the cluster view."""

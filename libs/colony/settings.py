@@ -1,0 +1,137 @@
+"""The one settings object of a Colony process.
+
+Every key can come from the environment (``COLONY_<KEY>``, upper case) or from a TOML file
+named by ``COLONY_CONFIG``; the environment wins.  ``colony settings`` prints every key with
+its description, so this file is the documentation of the configuration.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+
+class Role(StrEnum):
+    CONTROLLER = "controller"
+    EDGE = "edge"
+    MAILSTORE = "mailstore"
+    SIPFARM = "sipfarm"
+    ADMIN_API = "admin-api"
+
+
+class ConfigError(Exception):
+    """A configuration value is wrong; the message names the key and the fix."""
+
+
+class _TomlFileSource(PydanticBaseSettingsSource):
+    """Reads the TOML file named by COLONY_CONFIG (flat keys, same names as the fields)."""
+
+    def __init__(self, settings_cls: type[BaseSettings]) -> None:
+        super().__init__(settings_cls)
+        path = os.environ.get("COLONY_CONFIG")
+        self._data: dict[str, Any] = {}
+        if path:
+            try:
+                self._data = tomllib.loads(Path(path).read_text())
+            except FileNotFoundError as exc:
+                raise ConfigError(f"COLONY_CONFIG={path}: no such file; point it at a TOML file or unset it") from exc
+            except tomllib.TOMLDecodeError as exc:
+                raise ConfigError(f"COLONY_CONFIG={path}: not valid TOML ({exc}); fix the file") from exc
+            unknown = set(self._data) - set(settings_cls.model_fields)
+            if unknown:
+                raise ConfigError(
+                    f"COLONY_CONFIG={path}: unknown key(s) {sorted(unknown)}; "
+                    f"valid keys are listed by `colony settings`"
+                )
+
+    def get_field_value(self, field, field_name):  # pragma: no cover - required by the ABC
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._data)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="COLONY_", extra="ignore")
+
+    # --- identity of this process -------------------------------------------------------
+    node_id: str = Field("", description="Unique id of this instance in the cluster, e.g. mailstore-2. Empty: <role>-<host>-<pid>.")
+    role: Role | None = Field(None, description="Which service this process runs (controller, edge, mailstore, sipfarm, admin-api).")
+    host: str = Field("127.0.0.1", description="Address this instance binds its listeners to and advertises to the cluster.")
+
+    # --- bus ---------------------------------------------------------------------------
+    nats_url: str = Field("nats://127.0.0.1:4250", description="NATS server(s), comma separated. `colony up` sets this to the embedded server.")
+    nats_connect_timeout: float = Field(5.0, gt=0, description="Seconds to wait for the first connection to NATS.")
+    stream_replicas: int = Field(1, ge=1, le=5, description="JetStream replicas for every stream and bucket (3 on a 3-node NATS cluster).")
+
+    # --- cluster mechanics -------------------------------------------------------------
+    heartbeat_interval: float = Field(1.0, gt=0, description="Seconds between membership heartbeats.")
+    node_ttl: float = Field(5.0, gt=0, description="An instance whose heartbeats stop for this long is marked FAILED by the controller.")
+    node_record_max_age: float = Field(3600.0, gt=0, description="Seconds a STOPPED or FAILED node record stays visible before the bus forgets it.")
+    controller_lease_ttl: float = Field(3.0, ge=1.0, description="Seconds a controller lease lives without renewal (the bucket's max age).")
+    controller_renew_interval: float = Field(0.5, gt=0, description="Seconds between controller lease renewals.")
+    controller_safety_margin: float = Field(1.0, gt=0, description="A controller stops acting this long before its lease could expire.")
+    controller_probe_interval: float = Field(0.2, gt=0, description="Seconds between standby checks of the controller's liveness.")
+    drain_timeout: float = Field(300.0, gt=0, description="Seconds a draining instance waits for its sessions to finish before it hands them over.")
+
+    # --- storage -----------------------------------------------------------------------
+    data_dir: Path = Field(Path("colony-data"), description="Directory for everything this cluster writes locally (embedded NATS, SQLite, shared storage).")
+    storage_dir: Path | None = Field(None, description="Shared storage root (NFS in production). Empty: <data_dir>/storage.")
+    database_url: str = Field("", description="SQLAlchemy URL of the admin read model. Empty: SQLite in <data_dir>/admin.sqlite3.")
+
+    # --- listeners ---------------------------------------------------------------------
+    ops_port: int = Field(0, ge=0, le=65535, description="Port of this instance's health/metrics HTTP listener (0: any free port).")
+    api_port: int = Field(8080, ge=0, le=65535, description="Port of the admin API (admin-api role).")
+
+    # --- telemetry ---------------------------------------------------------------------
+    otlp_endpoint: str = Field("", description="OTLP/HTTP endpoint of an OpenTelemetry collector, e.g. http://otel:4318. Empty: tracing off.")
+    log_level: str = Field("INFO", description="Python log level: DEBUG, INFO, WARNING, ERROR.")
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
+        return (init_settings, env_settings, _TomlFileSource(settings_cls), file_secret_settings)
+
+    @field_validator("nats_url")
+    @classmethod
+    def _check_nats_url(cls, value: str) -> str:
+        for url in value.split(","):
+            if not url.strip().startswith(("nats://", "tls://", "ws://", "wss://")):
+                raise ValueError(f"{url!r} is not a NATS URL; use nats://host:port")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _check_log_level(cls, value: str) -> str:
+        if value.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError("use one of DEBUG, INFO, WARNING, ERROR")
+        return value.upper()
+
+    @property
+    def nats_servers(self) -> list[str]:
+        return [u.strip() for u in self.nats_url.split(",")]
+
+    @property
+    def shared_storage(self) -> Path:
+        return self.storage_dir or self.data_dir / "storage"
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'admin.sqlite3').resolve()}"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build the settings, turning validation errors into one message per bad key."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err["loc"]) or "?"
+            lines.append(f"COLONY_{key.upper()}: {err['msg']} (got {err.get('input')!r})")
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None
