@@ -66,7 +66,7 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address this instance binds its listeners to and advertises to the cluster.")
 
     # --- bus ---------------------------------------------------------------------------
-    nats_url: str = Field("nats://127.0.0.1:4250", description="NATS server(s), comma separated. `colony up` sets this to the embedded server.")
+    nats_url: str = Field("nats://127.0.0.1:2500", description="NATS server(s), comma separated. `colony up` sets this to the embedded server.")
     nats_connect_timeout: float = Field(5.0, gt=0, description="Seconds to wait for the first connection to NATS.")
     stream_replicas: int = Field(1, ge=1, le=5, description="JetStream replicas for every stream and bucket (3 on a 3-node NATS cluster).")
 

@@ -18,7 +18,8 @@ async def connect(settings: Settings, name: str = "colony") -> Client:
         log.warning("nats error: %s", exc)
 
     async def on_disconnect() -> None:
-        log.warning("nats disconnected")
+        if not (nc.is_closed or nc.is_draining):  # our own close() is not news
+            log.warning("nats disconnected; reconnecting")
 
     async def on_reconnect() -> None:
         log.info("nats reconnected to %s", nc.connected_url.netloc if nc.connected_url else "?")

@@ -1,0 +1,296 @@
+"""`colony`: start a cluster on this machine, watch it, drain and ready its instances.
+
+Provisioning commands (domain, account, cos, token, usage) talk to the admin API and live
+in ``colony.cli.provisioning``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from colony.bus.connection import connect
+from colony.cluster.control import ask_controller
+from colony.cluster.membership import NodeState
+from colony.cluster.view import NodeView, cluster_view
+from colony.ports import DEFAULT_BASE_PORT
+from colony.settings import ConfigError, Settings, load_settings
+
+app = typer.Typer(help="Colony: a mail and VoIP cluster that behaves as one system.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+console = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True)
+
+DataDir = Annotated[Path, typer.Option("--data-dir", help="Where `colony up` keeps everything it writes.", envvar="COLONY_DATA_DIR")]
+NatsOpt = Annotated[Optional[str], typer.Option("--nats", help="Bus URL; default: the cluster started from --data-dir, else COLONY_NATS_URL.")]
+
+
+def _fail(message: str, code: int = 1) -> None:
+    err.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(code)
+
+
+def _settings(**overrides) -> Settings:
+    try:
+        return load_settings(**overrides)
+    except ConfigError as exc:
+        _fail(str(exc), 2)
+
+
+def resolve_nats_url(nats: str | None, data_dir: Path) -> str:
+    if nats:
+        return nats
+    info = data_dir / "cluster.json"
+    if info.exists():
+        with_url = json.loads(info.read_text()).get("nats_url")
+        if with_url:
+            return with_url
+    return _settings().nats_url
+
+
+STATE_STYLE = {NodeState.READY: "green", NodeState.NOT_READY: "yellow", NodeState.STARTING: "cyan",
+               NodeState.STOPPED: "dim", NodeState.FAILED: "bold red"}
+
+
+def status_table(views: list[NodeView], bus: str) -> Table:
+    table = Table(title=f"Colony cluster on {bus}", title_justify="left")
+    for col in ("instance", "role", "state", "controller", "pid", "listens on", "work", "epoch"):
+        table.add_column(col)
+    for v in views:
+        ctl = "[bold]CONTROLLER[/bold]" if v.controller else ("backup" if v.backup else "")
+        state = f"[{STATE_STYLE.get(v.state, '')}]{v.state}[/]" + (" (drained)" if v.drained and v.state == NodeState.NOT_READY else "")
+        listens = ", ".join(f"{k} {a}" for k, a in sorted(v.addresses.items()))
+        table.add_row(v.id, v.role, state, ctl, str(v.pid), listens, f"{v.load.get('work', 0):g}", str(v.epoch))
+    return table
+
+
+async def _view(url: str) -> list[NodeView]:
+    nc = await connect(_settings(nats_url=url, nats_connect_timeout=3), name="colony-cli")
+    try:
+        return await cluster_view(nc)
+    finally:
+        await nc.close()
+
+
+@app.command()
+def status(
+    data_dir: DataDir = Path("colony-data"),
+    nats: NatsOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable: a list of nodes.")] = False,
+) -> None:
+    """Every instance: role, READY / NOT_READY, controller and backup, where it listens."""
+    url = resolve_nats_url(nats, data_dir)
+    try:
+        views = asyncio.run(_view(url))
+    except Exception as exc:
+        _fail(f"cannot reach the bus at {url}: {exc or type(exc).__name__}. Is the cluster up (`colony up`)?")
+    if as_json:
+        print(json.dumps([v.model_dump(mode="json") for v in views], indent=2))
+    else:
+        console.print(status_table(views, url))
+
+
+def _command(command: str, node: str, data_dir: Path, nats: str | None, wait: bool, timeout: float) -> None:
+    url = resolve_nats_url(nats, data_dir)
+
+    async def run() -> tuple[bool, str]:
+        nc = await connect(_settings(nats_url=url, nats_connect_timeout=3), name="colony-cli")
+        try:
+            reply = await ask_controller(nc, command, node)
+            if not reply.ok:
+                return False, reply.error or "failed"
+            if command == "drain" and wait:
+                deadline = time.monotonic() + timeout
+                while time.monotonic() < deadline:
+                    mine = [v for v in await cluster_view(nc) if v.id == node]
+                    if mine and mine[0].drained:
+                        return True, f"{node} is drained (NOT_READY, no work left); it can be stopped"
+                    await asyncio.sleep(0.2)
+                return False, f"{node} is NOT_READY but still has work after {timeout:g}s"
+            return True, f"{node} is {reply.data.get('state', '?')}"
+        finally:
+            await nc.close()
+
+    try:
+        ok, message = asyncio.run(run())
+    except Exception as exc:
+        _fail(f"cannot reach the bus at {url}: {exc or type(exc).__name__}")
+    if not ok:
+        _fail(message)
+    console.print(message)
+
+
+@app.command()
+def drain(
+    node: Annotated[str, typer.Argument(help="Instance id, as `colony status` shows it.")],
+    data_dir: DataDir = Path("colony-data"),
+    nats: NatsOpt = None,
+    wait: Annotated[bool, typer.Option(help="Wait until the instance has no work left.")] = True,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for it to empty.")] = 600.0,
+) -> None:
+    """Make Not-Ready: the instance takes no new work, finishes what it has, reports empty."""
+    _command("drain", node, data_dir, nats, wait, timeout)
+
+
+@app.command()
+def ready(
+    node: Annotated[str, typer.Argument(help="Instance id, as `colony status` shows it.")],
+    data_dir: DataDir = Path("colony-data"),
+    nats: NatsOpt = None,
+) -> None:
+    """Make Ready: a drained instance takes work again."""
+    _command("ready", node, data_dir, nats, False, 0)
+
+
+@app.command()
+def up(
+    data_dir: DataDir = Path("colony-data"),
+    base_port: Annotated[int, typer.Option(help="Every port is derived from this one (see `colony ports`).")] = DEFAULT_BASE_PORT,
+    controllers: Annotated[int, typer.Option(min=1)] = 2,
+    edges: Annotated[int, typer.Option(min=0)] = 1,
+    mailstores: Annotated[int, typer.Option(min=0)] = 2,
+    sipfarms: Annotated[int, typer.Option(min=0)] = 1,
+    admin_apis: Annotated[int, typer.Option("--admin-apis", min=0, max=10)] = 1,
+    host: Annotated[str, typer.Option(help="Address every listener binds to.")] = "127.0.0.1",
+    live: Annotated[bool, typer.Option(help="Show a live status table (default: when on a terminal).")] = sys.stdout.isatty(),
+    restart: Annotated[bool, typer.Option(help="Restart an instance that dies.")] = True,
+) -> None:
+    """Start the whole cluster here: embedded NATS, SQLite, shared storage under --data-dir."""
+    from colony.supervisor import Cluster, SupervisorError
+
+    counts = {"controller": controllers, "edge": edges, "mailstore": mailstores, "sipfarm": sipfarms, "admin-api": admin_apis}
+    cluster = Cluster(data_dir=data_dir, base_port=base_port, counts=counts, host=host, restart=restart)
+    stop = {"now": False}
+
+    def on_signal(signum, frame):
+        stop["now"] = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        cluster.start()
+    except SupervisorError as exc:
+        _fail(str(exc))
+    except Exception as exc:
+        cluster.stop()
+        _fail(f"could not start: {exc}")
+    try:
+        _announce(cluster, stop)
+        _watch(cluster, stop, live)
+    finally:
+        console.print("stopping: edges and APIs first, controllers last, then the bus ...")
+        cluster.stop()
+        console.print("stopped; no process left behind.")
+
+
+def _announce(cluster, stop) -> None:
+    info = cluster.describe()
+    console.print(f"[bold]Colony is starting[/bold] in {info['data_dir']}")
+    console.print(f"  bus:        {info['nats_url']}   (monitoring {info['nats_monitor']})")
+    for url in info["admin_api"]:
+        console.print(f"  admin API:  {url}   (OpenAPI at {url}/docs)")
+    console.print(f"  logs:       {cluster.data_dir / 'logs'}")
+    expected = sum(cluster.counts.values())
+    deadline = time.monotonic() + 60
+    views: list[NodeView] = []
+    while time.monotonic() < deadline and not stop["now"]:
+        try:
+            views = asyncio.run(_view(info["nats_url"]))
+        except Exception:
+            views = []
+        if sum(1 for v in views if v.state == NodeState.READY) >= expected and any(v.controller for v in views):
+            break
+        time.sleep(0.3)
+    else:
+        if not stop["now"]:
+            err.print("[yellow]not every instance became READY within 60s; see the logs[/yellow]")
+    _bootstrap_token(cluster)
+    for v in views:
+        listens = ", ".join(f"{k} {a}" for k, a in sorted(v.addresses.items()))
+        console.print(f"  {v.id:<14} {v.state:<9} {listens}")
+    console.print("[bold green]Colony is up.[/bold green] Ctrl-C stops it.  `colony status` from another shell.")
+    sys.stdout.flush()
+
+
+def _bootstrap_token(cluster) -> None:
+    """First start: a system-admin token for the operator, kept in the data directory (0600)."""
+    token_file = cluster.data_dir / "admin.token"
+    if token_file.exists() or not cluster.counts.get("admin-api"):
+        return
+    try:
+        from colony_admin.bootstrap import ensure_bootstrap_token
+    except ImportError:
+        return
+
+    async def make() -> str | None:
+        settings = _settings(nats_url=cluster.nats.url, data_dir=cluster.data_dir)
+        nc = await connect(settings, name="colony-up")
+        try:
+            return await ensure_bootstrap_token(settings, nc)
+        finally:
+            await nc.close()
+
+    token = asyncio.run(make())
+    if token:
+        token_file.touch(mode=0o600)
+        token_file.write_text(token + "\n")
+        token_file.chmod(0o600)
+        console.print(f"  admin token: {token}   (saved to {token_file}, mode 0600)")
+
+
+def _watch(cluster, stop, live: bool) -> None:
+    url = cluster.nats.url
+    if not live:
+        while not stop["now"]:
+            for note in cluster.reap():
+                console.print(note)
+            time.sleep(0.2)
+        return
+    with Live(console=console, refresh_per_second=2, transient=False) as screen:
+        last = 0.0
+        while not stop["now"]:
+            for note in cluster.reap():
+                console.print(note)
+            if time.monotonic() - last >= 1.0:
+                last = time.monotonic()
+                try:
+                    screen.update(status_table(asyncio.run(_view(url)), url))
+                except Exception as exc:
+                    screen.update(f"bus unreachable: {exc}")
+            time.sleep(0.1)
+
+
+@app.command()
+def settings() -> None:
+    """Every configuration key: environment variable, default, meaning."""
+    table = Table(title="COLONY_* settings (environment, or a TOML file named by COLONY_CONFIG)")
+    for col in ("variable", "default", "meaning"):
+        table.add_column(col)
+    for name, f in Settings.model_fields.items():
+        default = f.default if f.default is not None else ""
+        table.add_row(f"COLONY_{name.upper()}", str(default), f.description or "")
+    console.print(table)
+
+
+@app.command()
+def ports(base_port: Annotated[int, typer.Option()] = DEFAULT_BASE_PORT) -> None:
+    """The ports `colony up --base-port N` opens."""
+    from colony.ports import PortPlan
+
+    plan = PortPlan(base_port)
+    table = Table(title=f"ports for --base-port {base_port}")
+    table.add_column("what")
+    table.add_column("port")
+    for what, port in plan.all_ports(instances=7, admin_apis=1):
+        table.add_row(what, str(port))
+    console.print(table)

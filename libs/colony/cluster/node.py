@@ -1,0 +1,278 @@
+"""The runtime every Colony instance shares: membership, heartbeats, commands, drain.
+
+A service supplies a ``Workload`` (what it listens on, how much work it has, how to stop
+taking more); ``NodeRuntime`` does the rest:
+
+* registers the instance in ``cluster_nodes`` (STARTING, then READY once the workload runs),
+* heartbeats with a compare-and-set on its own last revision, and re-registers with a new
+  incarnation if the controller declared it FAILED while it was silent,
+* serves epoch-stamped commands from the controller on ``colony.node.cmd.<id>`` and refuses
+  stale epochs (it also learns the current epoch by watching the lease bucket),
+* drains on command ("Make Not-Ready"): NOT_READY, no new work, waits until the workload is
+  empty (or hands over what is left after ``drain_timeout``), then reports ``drained``,
+* on SIGTERM: drains briefly, writes STOPPED, closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import socket
+from contextlib import suppress
+from typing import Protocol
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+from pydantic import ValidationError
+
+from colony import __version__
+from colony.bus import names
+from colony.bus.connection import connect
+from colony.bus.schema import ensure_schema
+from colony.cluster.commands import NodeCommand
+from colony.cluster.epoch import EpochGuard, StaleEpoch
+from colony.cluster.lease import LeaseRecord
+from colony.cluster.membership import NodeRecord, NodeState
+from colony.cluster.ops_http import OpsServer
+from colony.events import Event, NodeDrained, NodeStateChanged, utcnow
+from colony.settings import Settings
+
+log = logging.getLogger("colony.node")
+
+
+class Workload(Protocol):
+    """What a service plugs into the runtime."""
+
+    role: str
+
+    async def start(self, runtime: NodeRuntime) -> dict[str, str]:
+        """Open listeners and background work; return {protocol: "host:port"}."""
+
+    def set_accepting(self, accepting: bool) -> None:
+        """Stop (False) or resume (True) taking new work."""
+
+    def active_work(self) -> int:
+        """Sessions, requests or jobs still in progress."""
+
+    async def hand_over(self) -> None:
+        """Drain timed out: move or end what is left so the instance can stop."""
+
+    async def stop(self) -> None:
+        """Close everything; called once, after the instance left the cluster."""
+
+
+def default_node_id(role: str) -> str:
+    return f"{role}-{socket.gethostname()}-{os.getpid()}"
+
+
+class NodeRuntime:
+    def __init__(self, settings: Settings, workload: Workload, nc: Client | None = None) -> None:
+        self.settings = settings
+        self.workload = workload
+        self.role = workload.role
+        self.node_id = settings.node_id or default_node_id(self.role)
+        self.nc: Client | None = nc
+        self.epochs = EpochGuard()
+        self.state = NodeState.STARTING
+        self.stopping = asyncio.Event()
+        self._own_nc = nc is None
+        self._nodes: KeyValue | None = None
+        self._revision = 0
+        self._record: NodeRecord | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._drain_task: asyncio.Task | None = None
+        self._write_lock = asyncio.Lock()
+        self.ops = OpsServer(self)
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Start, serve until SIGTERM/SIGINT (or ``stopping`` is set), then leave cleanly."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.stopping.set)
+        await self.start()
+        try:
+            await self.stopping.wait()
+        finally:
+            await self.shutdown()
+
+    async def start(self) -> None:
+        if self.nc is None:
+            self.nc = await connect(self.settings, name=self.node_id)
+        js = self.nc.jetstream()
+        await ensure_schema(js, self.settings)
+        self._nodes = await js.key_value(names.BUCKET_NODES)
+        self._js = js
+        addresses = {"ops": await self.ops.start(self.settings.host, self.settings.ops_port)}
+        self._record = NodeRecord(
+            id=self.node_id, role=self.role, state=NodeState.STARTING, host=socket.gethostname(),
+            pid=os.getpid(), version=__version__, started_at=utcnow(), addresses=addresses,
+        )
+        await self._register()
+        await self.nc.subscribe(names.node_command_subject(self.node_id), cb=self._on_command)
+        self._tasks.append(asyncio.create_task(self._watch_epochs(), name="watch-epochs"))
+        addresses.update(await self.workload.start(self))
+        self._record.addresses = addresses
+        await self._transition(NodeState.READY, "started")
+        self._tasks.append(asyncio.create_task(self._heartbeat_loop(), name="heartbeat"))
+        log.info("%s READY at %s", self.node_id, addresses)
+
+    async def shutdown(self) -> None:
+        """Graceful stop: take no new work, let short work finish, say STOPPED, close."""
+        self.workload.set_accepting(False)
+        if self.state in (NodeState.READY, NodeState.NOT_READY):
+            await self._transition(NodeState.NOT_READY, "stopping", keep_drained=True)
+            await self._wait_empty(min(self.settings.drain_timeout, 10.0))
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._drain_task:
+            self._drain_task.cancel()
+        with suppress(Exception):
+            await self._transition(NodeState.STOPPED, "stopped")
+        with suppress(Exception):
+            await self.workload.stop()
+        await self.ops.stop()
+        if self._own_nc and self.nc is not None:
+            with suppress(Exception):
+                await self.nc.drain()
+
+    # --- record keeping -------------------------------------------------------------------
+
+    @property
+    def record(self) -> NodeRecord:
+        assert self._record is not None
+        return self._record
+
+    async def _register(self) -> None:
+        """First write of this incarnation: overwrite whatever an earlier process left."""
+        self.record.heartbeat_at = utcnow()
+        self._revision = await self._nodes.put(names.node_key(self.node_id), self.record.encode())
+        await self.publish_event(names.cluster_event_subject("node"), NodeStateChanged(
+            node_id=self.node_id, role=self.role, old=None, new=self.state, reason="registered", by=self.node_id))
+
+    async def _write(self) -> None:
+        """CAS on our own last revision; on conflict, find out who wrote and re-register."""
+        async with self._write_lock:
+            self.record.heartbeat_at = utcnow()
+            self.record.load = {"work": float(self.workload.active_work())}
+            try:
+                self._revision = await self._nodes.update(
+                    names.node_key(self.node_id), self.record.encode(), last=self._revision)
+            except (KeyWrongLastSequenceError, KeyNotFoundError):
+                await self._rejoin()
+
+    async def _rejoin(self) -> None:
+        try:
+            entry = await self._nodes.get(names.node_key(self.node_id))
+            seen = NodeRecord.decode(entry.value).state if entry.value else None
+        except (KeyNotFoundError, ValidationError):
+            seen = None
+        self.record.incarnation += 1
+        self.record.reason = f"re-registered after the cluster saw us as {seen or 'gone'}"
+        log.warning("%s: %s (incarnation %d)", self.node_id, self.record.reason, self.record.incarnation)
+        self._revision = await self._nodes.put(names.node_key(self.node_id), self.record.encode())
+        await self.publish_event(names.cluster_event_subject("node"), NodeStateChanged(
+            node_id=self.node_id, role=self.role, old=seen, new=self.state, reason=self.record.reason, by=self.node_id))
+
+    async def _transition(self, new: NodeState, reason: str, keep_drained: bool = False) -> None:
+        old = self.state
+        self.state = new
+        self.record.state = new
+        self.record.reason = reason
+        if not keep_drained:
+            self.record.drained = False
+        await self._write()
+        if old != new:
+            await self.publish_event(names.cluster_event_subject("node"), NodeStateChanged(
+                node_id=self.node_id, role=self.role, old=old, new=new, reason=reason, by=self.node_id))
+
+    async def publish_event(self, subject: str, event: Event) -> None:
+        try:
+            await self._js.publish(subject, event.encode())
+        except Exception as exc:  # an event we cannot log must not stop the node
+            log.warning("could not publish %s: %s", event.type, exc)
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_interval)
+            try:
+                await self._write()
+            except Exception:
+                log.exception("heartbeat failed; will retry")
+
+    async def _watch_epochs(self) -> None:
+        """Learn the controller epoch from the lease bucket, so stale commands are refused
+        even if this node never heard from the new controller."""
+        kv = await self._js.key_value(names.BUCKET_LEASES)
+        watcher = await kv.watch(names.CONTROLLER_LEASE_KEY)
+        try:
+            async for entry in watcher:
+                if entry is None or not entry.value:
+                    continue
+                with suppress(ValidationError):
+                    self.epochs.observe(LeaseRecord.model_validate_json(entry.value).epoch or entry.revision)
+        finally:
+            with suppress(Exception):
+                await watcher.stop()
+
+    # --- commands -------------------------------------------------------------------------
+
+    async def _on_command(self, msg: Msg) -> None:
+        try:
+            cmd = NodeCommand.model_validate_json(msg.data)
+            self.epochs.admit(cmd.epoch)
+        except StaleEpoch as exc:
+            log.warning("%s refused a command: %s", self.node_id, exc)
+            await msg.respond(json.dumps({"ok": False, "status": 409, "error": str(exc)}).encode())
+            return
+        except ValidationError as exc:
+            await msg.respond(json.dumps({"ok": False, "status": 400, "error": f"bad command: {exc.errors()[0]['msg']}"}).encode())
+            return
+        if cmd.command == "drain":
+            await self.begin_drain()
+        elif cmd.command == "ready":
+            await self.make_ready()
+        await msg.respond(json.dumps({"ok": True, "data": self.record.model_dump(mode="json")}).encode())
+
+    async def begin_drain(self) -> None:
+        if self.state != NodeState.READY:
+            return
+        self.workload.set_accepting(False)
+        await self._transition(NodeState.NOT_READY, "drain requested")
+        self._drain_task = asyncio.create_task(self._finish_drain(), name="drain")
+
+    async def make_ready(self) -> None:
+        if self.state != NodeState.NOT_READY:
+            return
+        if self._drain_task:
+            self._drain_task.cancel()
+        self.workload.set_accepting(True)
+        await self._transition(NodeState.READY, "made ready")
+
+    async def _wait_empty(self, timeout: float) -> bool:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.workload.active_work() > 0:
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(0.05)
+        return True
+
+    async def _finish_drain(self) -> None:
+        if not await self._wait_empty(self.settings.drain_timeout):
+            log.warning("%s: drain timed out with %d in progress; handing over", self.node_id, self.workload.active_work())
+            await self.workload.hand_over()
+        self.record.drained = True
+        await self._transition(NodeState.NOT_READY, "drained", keep_drained=True)
+        await self.publish_event(names.cluster_event_subject("drain"), NodeDrained(node_id=self.node_id, role=self.role))
+        log.info("%s drained", self.node_id)

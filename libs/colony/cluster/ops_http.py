@@ -1,0 +1,62 @@
+"""Each instance's small operations listener: liveness, readiness, Prometheus metrics.
+
+``/readyz`` answers 503 unless the instance is READY, so an L4/L7 balancer's health check
+stops sending new connections to a draining instance by itself.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.routing import Route
+
+from colony.cluster.membership import NodeState
+from colony.http_server import EmbeddedHttpServer
+
+if TYPE_CHECKING:
+    from colony.cluster.node import NodeRuntime
+
+
+class OpsServer:
+    def __init__(self, runtime: NodeRuntime) -> None:
+        self.runtime = runtime
+        self._http: EmbeddedHttpServer | None = None
+
+    def app(self) -> Starlette:
+        rt = self.runtime
+
+        async def healthz(_: Request):
+            return JSONResponse({"status": "ok", "node": rt.node_id, "state": rt.state})
+
+        async def readyz(_: Request):
+            ready = rt.state == NodeState.READY
+            return JSONResponse({"ready": ready, "node": rt.node_id, "state": rt.state}, status_code=200 if ready else 503)
+
+        async def metrics(_: Request):
+            labels = f'node="{rt.node_id}",role="{rt.role}"'
+            lines = [
+                "# HELP colony_node_state 1 for the state this instance is in.",
+                "# TYPE colony_node_state gauge",
+                *(f'colony_node_state{{{labels},state="{s}"}} {int(rt.state == s)}' for s in NodeState),
+                "# HELP colony_node_active_work Sessions, requests or jobs in progress.",
+                "# TYPE colony_node_active_work gauge",
+                f"colony_node_active_work{{{labels}}} {rt.workload.active_work()}",
+                "# HELP colony_node_controller_epoch Highest controller epoch this instance has seen.",
+                "# TYPE colony_node_controller_epoch gauge",
+                f"colony_node_controller_epoch{{{labels}}} {rt.epochs.highest}",
+            ]
+            return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
+
+        return Starlette(routes=[Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", metrics)])
+
+    async def start(self, host: str, port: int) -> str:
+        self._http = EmbeddedHttpServer(self.app(), host, port)
+        bound = await self._http.start()
+        return f"{host}:{bound}"
+
+    async def stop(self) -> None:
+        if self._http:
+            await self._http.stop()

@@ -1,0 +1,92 @@
+"""The cluster as one picture: every instance with its state, the controller and the backup.
+
+``colony status`` and ``GET /v1/cluster/nodes`` both show ``cluster_view``; the controller
+uses ``standby_order`` to decide which standby moves first when the controller is gone, so
+the Backup Controller shown is the one that takes over.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from nats.aio.client import Client
+from nats.js.errors import NotFoundError
+from pydantic import BaseModel, ValidationError
+
+from colony.bus import names
+from colony.cluster.lease import LeaseEntry, read_lease
+from colony.cluster.membership import NodeRecord, NodeState
+from colony.settings import Role
+
+
+class NodeView(BaseModel):
+    id: str
+    role: str
+    state: NodeState
+    pid: int
+    host: str
+    version: str
+    incarnation: int
+    controller: bool
+    backup: bool
+    epoch: int
+    addresses: dict[str, str]
+    load: dict[str, float]
+    drained: bool
+    started_at: str
+    heartbeat_at: str
+    reason: str
+
+
+def standby_order(records: Iterable[NodeRecord], holder: str | None) -> list[NodeRecord]:
+    """READY controllers other than the holder, oldest first: the first is the Backup Controller."""
+    standbys = [r for r in records if r.role == Role.CONTROLLER and r.state == NodeState.READY and r.id != holder]
+    return sorted(standbys, key=lambda r: (r.started_at, r.id))
+
+
+async def read_nodes(nc: Client) -> list[NodeRecord]:
+    records: list[NodeRecord] = []
+    try:  # no bucket yet (nothing started) and no keys are both "no nodes"
+        kv = await nc.jetstream().key_value(names.BUCKET_NODES)
+        keys = await kv.keys()
+    except NotFoundError:  # nats-py raises NoKeysError (a NotFoundError) on an empty bucket
+        return records
+    for key in keys:
+        try:
+            entry = await kv.get(key)
+        except NotFoundError:
+            continue
+        if entry.value:
+            try:
+                records.append(NodeRecord.decode(entry.value))
+            except ValidationError:
+                continue
+    return records
+
+
+async def read_controller_lease(nc: Client) -> LeaseEntry | None:
+    try:
+        kv = await nc.jetstream().key_value(names.BUCKET_LEASES)
+    except NotFoundError:
+        return None
+    return await read_lease(kv, names.CONTROLLER_LEASE_KEY)
+
+
+def build_view(records: list[NodeRecord], lease: LeaseEntry | None) -> list[NodeView]:
+    holder = lease.record.holder if lease else None
+    epoch = lease.epoch if lease else 0
+    order = standby_order(records, holder)
+    backup = order[0].id if order else None
+    views = []
+    for r in sorted(records, key=lambda r: (r.role, r.id)):
+        views.append(NodeView(
+            id=r.id, role=r.role, state=r.state, pid=r.pid, host=r.host, version=r.version,
+            incarnation=r.incarnation, controller=r.id == holder and r.state in (NodeState.READY, NodeState.NOT_READY),
+            backup=r.id == backup, epoch=epoch, addresses=r.addresses, load=r.load, drained=r.drained,
+            started_at=r.started_at.isoformat(), heartbeat_at=r.heartbeat_at.isoformat(), reason=r.reason,
+        ))
+    return views
+
+
+async def cluster_view(nc: Client) -> list[NodeView]:
+    return build_view(await read_nodes(nc), await read_controller_lease(nc))

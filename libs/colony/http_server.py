@@ -1,0 +1,44 @@
+"""Running a uvicorn server inside a process whose signals and event loop we own.
+
+uvicorn's ``serve()`` installs its own SIGINT/SIGTERM handlers and re-raises the signal when
+it stops; a Colony process must instead drain in order first, so the runtime keeps the
+signals and tells the server when to exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import uvicorn
+
+
+class _QuietSignalsServer(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self):
+        yield
+
+
+class EmbeddedHttpServer:
+    def __init__(self, app, host: str, port: int, lifespan: str = "off", access_log: bool = False) -> None:
+        config = uvicorn.Config(app, host=host, port=port, lifespan=lifespan, log_level="warning",
+                                access_log=access_log, timeout_graceful_shutdown=10)
+        self.server = _QuietSignalsServer(config)
+        self._task: asyncio.Task | None = None
+
+    async def start(self) -> int:
+        """Serve in the background; returns the bound port once the socket listens."""
+        self._task = asyncio.create_task(self.server.serve(), name="http-server")
+        while not self.server.started:
+            if self._task.done():
+                self._task.result()  # raises the bind error (port taken, ...)
+                raise RuntimeError("http server exited before it started")
+            await asyncio.sleep(0.01)
+        return self.server.servers[0].sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._task is None:
+            return
+        self.server.should_exit = True
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            await self._task

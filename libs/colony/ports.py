@@ -1,0 +1,52 @@
+"""Every port `colony up` opens is derived from one base port, so two clusters can run side
+by side on one machine (``--base-port``).  With the default base 2500::
+
+    2500  NATS clients             2501  NATS monitoring (HTTP)
+    2525  SMTP (edge)              2587  submission (edge)       2565  SMTPS (edge)
+    2543  IMAP (edge)              2593  IMAPS (edge)
+    2510  POP3 (edge)              2595  POP3S (edge)
+    2560  SIP UDP+TCP (sipfarm)
+    2570+ admin API (one per admin-api instance, up to 10)
+    2600+ ops listeners (health/metrics), one per instance
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+
+DEFAULT_BASE_PORT = 2500
+
+
+@dataclass(frozen=True)
+class PortPlan:
+    base: int = DEFAULT_BASE_PORT
+
+    @property
+    def nats(self) -> int:
+        return self.base
+
+    @property
+    def nats_monitor(self) -> int:
+        return self.base + 1
+
+    def admin_api(self, index: int) -> int:
+        return self.base + 70 + index
+
+    def ops(self, index: int) -> int:
+        return self.base + 100 + index
+
+    def all_ports(self, instances: int, admin_apis: int) -> list[tuple[str, int]]:
+        ports = [("NATS", self.nats), ("NATS monitoring", self.nats_monitor)]
+        ports += [(f"admin API #{i + 1}", self.admin_api(i)) for i in range(admin_apis)]
+        ports += [(f"ops listener #{i + 1}", self.ops(i)) for i in range(instances)]
+        return ports
+
+
+def port_is_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True

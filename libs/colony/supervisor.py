@@ -1,0 +1,188 @@
+"""`colony up`: a whole cluster on one machine, each instance its own process.
+
+The supervisor owns the embedded nats-server and the instances: it refuses to start when
+the data directory is in use or a port it needs is taken, restarts an instance that dies
+unexpectedly (the cluster sees a FAILED node and then a new incarnation), and on Ctrl-C or
+SIGTERM stops the instances in order -- edges and APIs first, controllers last -- and the
+bus after them, leaving no process behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from colony.natsd import EmbeddedNats
+from colony.ports import PortPlan, port_is_free
+
+# The order instances start in; they stop in the reverse order.
+ROLE_MODULES = {
+    "controller": "colony_controller",
+    "mailstore": "colony_mailstore",
+    "sipfarm": "colony_sipfarm",
+    "edge": "colony_edge",
+    "admin-api": "colony_admin",
+}
+
+
+class SupervisorError(RuntimeError):
+    """Refusal to start; the message says what is in the way and how to fix it."""
+
+
+@dataclass
+class Instance:
+    node_id: str
+    role: str
+    env: dict[str, str]
+    log_path: Path
+    process: subprocess.Popen | None = None
+    restarts: int = 0
+    next_restart: float = 0.0
+
+    def spawn(self) -> None:
+        log = open(self.log_path, "ab", buffering=0)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", ROLE_MODULES[self.role]],
+            env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,  # the terminal's Ctrl-C reaches only us; we stop them in order
+        )
+        log.close()
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+
+@dataclass
+class Cluster:
+    data_dir: Path
+    base_port: int
+    counts: dict[str, int]
+    host: str = "127.0.0.1"
+    restart: bool = True
+    nats: EmbeddedNats | None = None
+    instances: list[Instance] = field(default_factory=list)
+    plan: PortPlan = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.data_dir = self.data_dir.resolve()
+        self.plan = PortPlan(self.base_port)
+
+    @property
+    def pid_file(self) -> Path:
+        return self.data_dir / "colony.pid"
+
+    @property
+    def info_file(self) -> Path:
+        return self.data_dir / "cluster.json"
+
+    # --- start ------------------------------------------------------------------------------
+
+    def check_free(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self.pid_file.exists():
+            try:
+                pid = int(self.pid_file.read_text().strip())
+                os.kill(pid, 0)
+            except (ValueError, ProcessLookupError):
+                self.pid_file.unlink(missing_ok=True)  # left by a cluster that died; not in use
+            except PermissionError:
+                raise SupervisorError(f"data directory {self.data_dir} is in use by another user's colony up") from None
+            else:
+                raise SupervisorError(
+                    f"data directory {self.data_dir} is in use by `colony up` (pid {pid}); "
+                    f"stop that one first or choose another with --data-dir")
+        total = sum(self.counts.values())
+        for what, port in self.plan.all_ports(total, self.counts.get("admin-api", 0)):
+            if not port_is_free(self.host, port):
+                raise SupervisorError(
+                    f"port {port} ({what}) on {self.host} is taken; stop whatever listens there "
+                    f"or choose another range with --base-port")
+
+    def start(self) -> None:
+        self.check_free()
+        self.pid_file.write_text(str(os.getpid()))
+        (self.data_dir / "logs").mkdir(exist_ok=True)
+        self.nats = EmbeddedNats(store_dir=self.data_dir / "nats", host=self.host, port=self.plan.nats,
+                                 monitor_port=self.plan.nats_monitor, server_name=f"colony-{self.base_port}")
+        self.nats.start()
+        index = 0
+        admin_index = 0
+        for role in ROLE_MODULES:
+            for n in range(1, self.counts.get(role, 0) + 1):
+                node_id = f"{role}-{n}"
+                env = dict(os.environ)
+                env.update({
+                    "COLONY_NODE_ID": node_id,
+                    "COLONY_NATS_URL": self.nats.url,
+                    "COLONY_DATA_DIR": str(self.data_dir),
+                    "COLONY_HOST": self.host,
+                    "COLONY_OPS_PORT": str(self.plan.ops(index)),
+                })
+                if role == "admin-api":
+                    env["COLONY_API_PORT"] = str(self.plan.admin_api(admin_index))
+                    admin_index += 1
+                inst = Instance(node_id, role, env, self.data_dir / "logs" / f"{node_id}.log")
+                inst.spawn()
+                self.instances.append(inst)
+                index += 1
+        self.info_file.write_text(json.dumps(self.describe(), indent=2))
+
+    def describe(self) -> dict:
+        return {
+            "nats_url": self.nats.url if self.nats else None,
+            "nats_monitor": f"http://{self.host}:{self.plan.nats_monitor}",
+            "admin_api": [f"http://{self.host}:{self.plan.admin_api(i)}" for i in range(self.counts.get("admin-api", 0))],
+            "data_dir": str(self.data_dir),
+            "supervisor_pid": os.getpid(),
+            "instances": {i.node_id: {"role": i.role, "pid": i.process.pid if i.process else None,
+                                      "log": str(i.log_path)} for i in self.instances},
+        }
+
+    # --- keep running -----------------------------------------------------------------------
+
+    def reap(self) -> list[str]:
+        """Restart instances that died; returns lines worth telling the operator."""
+        notes = []
+        now = time.monotonic()
+        for inst in self.instances:
+            if inst.process is None or inst.alive:
+                continue
+            if not self.restart:
+                continue
+            if inst.next_restart == 0.0:
+                code = inst.process.returncode
+                inst.next_restart = now + min(30.0, 0.5 * 2 ** min(inst.restarts, 6))
+                notes.append(f"{inst.node_id} exited with {code}; restarting (see {inst.log_path})")
+            elif now >= inst.next_restart:
+                inst.restarts += 1
+                inst.next_restart = 0.0
+                inst.spawn()
+                self.info_file.write_text(json.dumps(self.describe(), indent=2))
+        return notes
+
+    # --- stop -------------------------------------------------------------------------------
+
+    def stop(self, timeout: float = 20.0) -> None:
+        self.restart = False
+        by_role = {role: [i for i in self.instances if i.role == role] for role in ROLE_MODULES}
+        for role in reversed(list(ROLE_MODULES)):  # front first, controllers last
+            group = [i for i in by_role[role] if i.alive]
+            for inst in group:
+                inst.process.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            for inst in group:
+                try:
+                    inst.process.wait(max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    os.killpg(inst.process.pid, signal.SIGKILL)
+                    inst.process.wait()
+        if self.nats:
+            self.nats.stop()
+        self.pid_file.unlink(missing_ok=True)

@@ -1,0 +1,72 @@
+"""The admin-api process: the FastAPI app under uvicorn, as one cluster member.
+
+Draining it means: new HTTP requests get 503 (problem+json, Retry-After) so the balancer
+moves them to another admin-api instance, and the requests in flight finish.
+"""
+
+from __future__ import annotations
+
+import json
+
+from colony.cluster.node import NodeRuntime
+from colony.http_server import EmbeddedHttpServer
+from colony.settings import Settings
+
+
+class _DrainGate:
+    """ASGI middleware: counts requests in flight and refuses new ones while draining."""
+
+    def __init__(self, app, workload: AdminApiWorkload) -> None:
+        self.app, self.workload = app, workload
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        if not self.workload.accepting:
+            body = json.dumps({"type": "about:blank", "title": "Draining", "status": 503,
+                               "detail": "this admin-api instance is being drained; retry on another"}).encode()
+            await send({"type": "http.response.start", "status": 503, "headers": [
+                (b"content-type", b"application/problem+json"), (b"retry-after", b"1"),
+                (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        self.workload.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.workload.in_flight -= 1
+
+
+class AdminApiWorkload:
+    role = "admin-api"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.accepting = True
+        self.in_flight = 0
+        self._http: EmbeddedHttpServer | None = None
+
+    async def start(self, runtime: NodeRuntime) -> dict[str, str]:
+        from colony_admin.app import create_app
+        from colony_admin.routes import cluster
+
+        app = create_app(self.settings, runtime.nc)
+        app.state.nc = runtime.nc
+        app.include_router(cluster.router)
+        app.add_middleware(_DrainGate, workload=self)
+        self._http = EmbeddedHttpServer(app, self.settings.host, self.settings.api_port, lifespan="on")
+        port = await self._http.start()
+        return {"http": f"{self.settings.host}:{port}"}
+
+    def set_accepting(self, accepting: bool) -> None:
+        self.accepting = accepting
+
+    def active_work(self) -> int:
+        return self.in_flight
+
+    async def hand_over(self) -> None:
+        return None  # HTTP requests are short; the balancer retries elsewhere
+
+    async def stop(self) -> None:
+        if self._http:
+            await self._http.stop()
