@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from nats.aio.client import Client
-from nats.js.errors import NotFoundError
+from nats.js.errors import NoKeysError, NotFoundError
 from pydantic import BaseModel, ValidationError
 
 from colony.bus import names
@@ -49,7 +49,7 @@ async def read_nodes(nc: Client) -> list[NodeRecord]:
     try:  # no bucket yet (nothing started) and no keys are both "no nodes"
         kv = await nc.jetstream().key_value(names.BUCKET_NODES)
         keys = await kv.keys()
-    except NotFoundError:  # nats-py raises NoKeysError (a NotFoundError) on an empty bucket
+    except (NotFoundError, NoKeysError):
         return records
     for key in keys:
         try:

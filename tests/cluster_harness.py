@@ -1,0 +1,129 @@
+"""Real processes on a real nats-server, for the integration and end-to-end rings.
+
+Everything waits on a condition with a deadline (``wait_until``); nothing sleeps hoping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+from colony.bus.connection import connect
+from colony.cluster.view import NodeView, cluster_view
+from colony.settings import Settings
+from colony.supervisor import ROLE_MODULES
+
+T = TypeVar("T")
+
+# Short timings so fault tests finish quickly; the mechanisms are the production ones.
+FAST_TIMINGS = {
+    "COLONY_HEARTBEAT_INTERVAL": "0.5",
+    "COLONY_NODE_TTL": "3",
+    "COLONY_CONTROLLER_LEASE_TTL": "3",
+    "COLONY_CONTROLLER_RENEW_INTERVAL": "0.5",
+    "COLONY_CONTROLLER_SAFETY_MARGIN": "1",
+    "COLONY_DRAIN_TIMEOUT": "20",
+}
+
+
+async def wait_until(probe: Callable[[], Awaitable[T]], timeout: float, what: str, interval: float = 0.05) -> T:
+    """Poll ``probe`` until it returns something truthy; fail naming ``what`` at the deadline."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while True:
+        last = await probe()
+        if last:
+            return last
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}; last seen: {last!r}")
+        await asyncio.sleep(interval)
+
+
+@dataclass
+class Node:
+    node_id: str
+    role: str
+    process: subprocess.Popen
+    log_path: Path
+
+    def signal(self, sig: int) -> None:
+        self.process.send_signal(sig)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@dataclass
+class ClusterHarness:
+    nats_url: str
+    workdir: Path
+    extra_env: dict[str, str] = field(default_factory=dict)
+    nodes: dict[str, Node] = field(default_factory=dict)
+    _nc = None
+
+    def start(self, role: str, node_id: str, **env: str) -> Node:
+        full_env = dict(os.environ)
+        full_env.update(FAST_TIMINGS)
+        full_env.update({
+            "COLONY_NATS_URL": self.nats_url,
+            "COLONY_NODE_ID": node_id,
+            "COLONY_DATA_DIR": str(self.workdir),
+            "COLONY_API_PORT": "0",
+        })
+        full_env.update(self.extra_env)
+        full_env.update(env)
+        log_path = self.workdir / f"{node_id}.log"
+        proc = subprocess.Popen([sys.executable, "-m", ROLE_MODULES[role]], env=full_env,
+                                stdout=open(log_path, "ab"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        node = Node(node_id, role, proc, log_path)
+        self.nodes[node_id] = node
+        return node
+
+    async def client(self):
+        if self._nc is None:
+            self._nc = await connect(Settings(nats_url=self.nats_url), name="test-harness")
+        return self._nc
+
+    async def view(self) -> dict[str, NodeView]:
+        return {v.id: v for v in await cluster_view(await self.client())}
+
+    async def wait_state(self, node_id: str, state: str, timeout: float = 20.0, **extra) -> NodeView:
+        async def probe():
+            v = (await self.view()).get(node_id)
+            if v and v.state == state and all(getattr(v, k) == val for k, val in extra.items()):
+                return v
+            return None
+        return await wait_until(probe, timeout, f"{node_id} to be {state} {extra or ''}")
+
+    async def wait_controller(self, timeout: float = 20.0, not_id: str | None = None, min_epoch: int = 0) -> NodeView:
+        async def probe():
+            for v in (await self.view()).values():
+                if v.controller and v.id != not_id and v.epoch > min_epoch and v.state == "READY":
+                    return v
+            return None
+        return await wait_until(probe, timeout, "an active controller", interval=0.01)
+
+    async def close(self) -> None:
+        for node in self.nodes.values():
+            if node.process.poll() is None:
+                try:
+                    node.process.send_signal(signal.SIGCONT)
+                    node.process.send_signal(signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        for node in self.nodes.values():
+            try:
+                node.process.wait(15)
+            except subprocess.TimeoutExpired:
+                node.process.kill()
+                node.process.wait()
+        if self._nc is not None:
+            await self._nc.close()

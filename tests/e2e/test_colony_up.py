@@ -1,0 +1,140 @@
+"""`colony up` as a user starts it: separate processes, the embedded bus, Ctrl-C to stop."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from colony.ports import PortPlan, port_is_free
+
+pytestmark = pytest.mark.slow
+
+COLONY = str(Path(sys.executable).parent / "colony")
+
+
+def free_base_port() -> int:
+    """A base port whose whole plan is free right now."""
+    for _ in range(200):
+        base = random.randrange(20000, 40000, 100)
+        if all(port_is_free("127.0.0.1", p) for _, p in PortPlan(base).all_ports(12, 2)):
+            return base
+    raise RuntimeError("no free port range")
+
+
+def status_json(data_dir: Path) -> list[dict]:
+    out = subprocess.run([COLONY, "status", "--json", "--data-dir", str(data_dir)],
+                         capture_output=True, text=True, timeout=30)
+    if out.returncode != 0:
+        return []
+    return json.loads(out.stdout)
+
+
+def wait_for(condition, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = condition()
+        if result:
+            return result
+        time.sleep(0.3)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def all_ready(data_dir: Path, expected: int):
+    nodes = status_json(data_dir)
+    if len(nodes) == expected and all(n["state"] == "READY" for n in nodes):
+        if sum(n["controller"] for n in nodes) == 1 and sum(n["backup"] for n in nodes) == 1:
+            return nodes
+    return None
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie not yet reaped by its parent counts as gone
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def start_up(data_dir: Path, base: int, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([COLONY, "up", "--data-dir", str(data_dir), "--base-port", str(base), "--no-live", *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def stop_up(proc: subprocess.Popen) -> str:
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    return out
+
+
+def test_up_status_and_ctrl_c_leaves_nothing_behind(tmp_path):
+    data_dir, base = tmp_path / "one", free_base_port()
+    proc = start_up(data_dir, base)
+    try:
+        nodes = wait_for(lambda: all_ready(data_dir, 7), 90, "7 READY instances with one controller and one backup")
+        roles = sorted(n["role"] for n in nodes)
+        assert roles == ["admin-api", "controller", "controller", "edge", "mailstore", "mailstore", "sipfarm"]
+        for n in nodes:
+            assert n["pid"] > 0 and n["epoch"] > 0
+            assert set(n) >= {"id", "role", "state", "pid", "controller", "backup", "epoch", "addresses"}
+            for address in n["addresses"].values():
+                host, port = address.rsplit(":", 1)
+                socket.create_connection((host, int(port)), timeout=5).close()
+        info = json.loads((data_dir / "cluster.json").read_text())
+        assert info["nats_url"] == f"nats://127.0.0.1:{base}"
+        admin = [n for n in nodes if n["role"] == "admin-api"][0]
+        assert admin["addresses"]["http"] == f"127.0.0.1:{PortPlan(base).admin_api(0)}"
+        pids = [n["pid"] for n in nodes]
+    finally:
+        out = stop_up(proc)
+    assert proc.returncode == 0, out
+    assert f"nats://127.0.0.1:{base}" in out, "colony up prints the bus URL"
+    assert "no process left behind" in out
+    wait_for(lambda: not any(pid_alive(p) for p in pids), 10, "every instance to be gone")
+    assert all(port_is_free("127.0.0.1", p) for _, p in PortPlan(base).all_ports(7, 1))
+    assert not (data_dir / "colony.pid").exists()
+
+
+def test_two_clusters_side_by_side_and_clear_refusals(tmp_path):
+    first_dir, second_dir = tmp_path / "a", tmp_path / "b"
+    base_a = free_base_port()
+    counts = ["--controllers", "1", "--mailstores", "1", "--edges", "1", "--sipfarms", "0", "--admin-apis", "0"]
+    a = start_up(first_dir, base_a, *counts)
+    try:
+        wait_for(lambda: len([n for n in status_json(first_dir) if n["state"] == "READY"]) == 3, 60, "cluster a")
+        # Same data directory: refused, naming the directory and the fix.
+        refused = subprocess.run([COLONY, "up", "--data-dir", str(first_dir), "--base-port", str(free_base_port()), "--no-live"],
+                                 capture_output=True, text=True, timeout=60)
+        assert refused.returncode != 0
+        assert "in use" in refused.stderr and "--data-dir" in refused.stderr
+        # Same ports: refused, naming the port and the fix.
+        refused = subprocess.run([COLONY, "up", "--data-dir", str(second_dir), "--base-port", str(base_a), "--no-live"],
+                                 capture_output=True, text=True, timeout=60)
+        assert refused.returncode != 0
+        assert str(base_a) in refused.stderr and "--base-port" in refused.stderr
+        # Another directory and base port: runs beside the first.
+        base_b = free_base_port()
+        b = start_up(second_dir, base_b, *counts)
+        try:
+            nodes_b = wait_for(lambda: all(n["state"] == "READY" for n in status_json(second_dir)) and status_json(second_dir),
+                               60, "cluster b")
+            assert len(nodes_b) == 3
+            assert len(status_json(first_dir)) == 3, "the clusters do not see each other"
+        finally:
+            assert stop_up(b) and b.returncode == 0
+    finally:
+        stop_up(a)
+    assert a.returncode == 0

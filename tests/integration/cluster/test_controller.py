@@ -1,0 +1,79 @@
+"""Controller election and fencing with real processes on a real nats-server."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+
+import pytest
+
+from colony.bus import names
+from colony.cluster.commands import NodeCommand
+
+pytestmark = pytest.mark.slow
+
+
+async def test_sigkill_of_the_controller_hands_over_to_the_backup_with_a_higher_epoch(cluster):
+    for i in (1, 2, 3):
+        cluster.start("controller", f"controller-{i}")
+    first = await cluster.wait_controller()
+    for i in (1, 2, 3):
+        await cluster.wait_state(f"controller-{i}", "READY")
+    views = await cluster.view()
+    backups = [v for v in views.values() if v.backup]
+    assert len(backups) == 1 and backups[0].id != first.id
+
+    killed_at = time.monotonic()
+    cluster.nodes[first.id].signal(signal.SIGKILL)
+    second = await cluster.wait_controller(not_id=first.id, min_epoch=first.epoch)
+    took = time.monotonic() - killed_at
+    print(f"\nfailover after SIGKILL took {took * 1000:.0f} ms")
+
+    assert second.epoch > first.epoch
+    assert second.id == backups[0].id, "the Backup Controller shown is the one that takes over"
+    # The dead one is declared FAILED once its heartbeats are overdue, by the new controller.
+    failed = await cluster.wait_state(first.id, "FAILED", timeout=15)
+    assert failed.controller is False
+    # And there is a new backup among the survivors.
+    views = await cluster.view()
+    assert [v.id for v in views.values() if v.backup] == [v for v in ("controller-1", "controller-2", "controller-3") if v not in (first.id, second.id)]
+
+
+async def test_a_command_with_a_stale_epoch_is_refused(cluster):
+    cluster.start("controller", "controller-1")
+    cluster.start("controller", "controller-2")
+    cluster.start("edge", "edge-1")
+    first = await cluster.wait_controller()
+    await cluster.wait_state("edge-1", "READY")
+    cluster.nodes[first.id].signal(signal.SIGKILL)
+    second = await cluster.wait_controller(not_id=first.id, min_epoch=first.epoch)
+    nc = await cluster.client()
+
+    async def send(epoch: int) -> dict:
+        msg = await nc.request(names.node_command_subject("edge-1"),
+                               NodeCommand(command="drain", epoch=epoch).model_dump_json().encode(), timeout=5)
+        return json.loads(msg.data)
+
+    stale = await send(first.epoch)
+    assert stale["ok"] is False and stale["status"] == 409 and "older" in stale["error"]
+    assert (await cluster.view())["edge-1"].state == "READY", "a refused command changes nothing"
+
+    current = await send(second.epoch)
+    assert current["ok"] is True
+    await cluster.wait_state("edge-1", "NOT_READY")
+
+
+async def test_sigstopped_instance_is_declared_failed_and_rejoins_after_sigcont(cluster):
+    cluster.start("controller", "controller-1")
+    mailstore = cluster.start("mailstore", "mailstore-1")
+    await cluster.wait_controller()
+    await cluster.wait_state("mailstore-1", "READY")
+
+    mailstore.signal(signal.SIGSTOP)
+    failed = await cluster.wait_state("mailstore-1", "FAILED", timeout=20)
+    assert failed.incarnation == 1
+
+    mailstore.signal(signal.SIGCONT)
+    back = await cluster.wait_state("mailstore-1", "READY", timeout=20, incarnation=2)
+    assert "re-registered" in back.reason and "FAILED" in back.reason
