@@ -133,3 +133,187 @@ class AuditRecorded(Event):
     remote_addr: str | None = None
     outcome: str = "ok"
     detail: dict[str, Any] = Field(default_factory=dict)
+
+
+# --- provisioning (stream PROVISIONING) -------------------------------------------------
+# One subject per aggregate (``names.provisioning_subject(kind, id)``): ``domain`` (name),
+# ``address`` (``local@domain``: an account or an alias, so the two cannot collide),
+# ``domain_alias`` (alias domain name), ``cos`` (class-of-service name), ``token`` (token id).
+# Creation events carry the whole initial state; ``*Updated`` events carry only the
+# changed fields in ``changes`` (already validated by the admin API's aggregate rules).
+
+
+class DomainCreated(Event):
+    """A domain (a tenant company) was provisioned.  Subject ``colony.prov.domain.<domain>``.
+
+    ``branding`` and ``storage`` are the admin API's ``Branding`` and ``StorageLayout`` as dicts.
+    """
+
+    type: ClassVar[str] = "prov.domain_created"
+    domain: str
+    state: str = "active"
+    home_region: str = ""
+    cos: str | None = None
+    branding: dict[str, Any] = Field(default_factory=dict)
+    storage: dict[str, Any] = Field(default_factory=dict)
+
+
+class DomainUpdated(Event):
+    """Settings of a domain changed (``changes``: field -> new value).  Subject as DomainCreated."""
+
+    type: ClassVar[str] = "prov.domain_updated"
+    domain: str
+    changes: dict[str, Any]
+
+
+class DomainStateChanged(Event):
+    """A domain was suspended or re-activated.  Subject as DomainCreated."""
+
+    type: ClassVar[str] = "prov.domain_state_changed"
+    domain: str
+    state: str
+    reason: str = ""
+
+
+class DomainDeleted(Event):
+    """A domain was removed (it had no accounts or aliases left).  Subject as DomainCreated."""
+
+    type: ClassVar[str] = "prov.domain_deleted"
+    domain: str
+
+
+class DomainAliasCreated(Event):
+    """``alias`` is another name of ``domain``.  Subject ``colony.prov.domain_alias.<alias>``."""
+
+    type: ClassVar[str] = "prov.domain_alias_created"
+    alias: str
+    domain: str
+
+
+class DomainAliasDeleted(Event):
+    """Subject as DomainAliasCreated."""
+
+    type: ClassVar[str] = "prov.domain_alias_deleted"
+    alias: str
+    domain: str
+
+
+class AccountCreated(Event):
+    """An account (mailbox and SIP user) was created.  Subject ``colony.prov.address.<local@domain>``.
+
+    Never a plaintext password: ``password_hash`` is argon2 (PHC string), ``sip_ha1`` maps a
+    digest algorithm (``MD5``, ``SHA-256``) to H(local:realm:password) with realm = domain.
+    """
+
+    type: ClassVar[str] = "prov.account_created"
+    address: str
+    domain: str
+    name: str
+    real_name: str = ""
+    password_hash: str | None = None
+    sip_ha1: dict[str, str] = Field(default_factory=dict)
+    cos: str | None = None
+    quota: int | None = None
+    services: list[str] | None = None
+    forwarding: list[str] = Field(default_factory=list)
+    state: str = "active"
+
+
+class AccountUpdated(Event):
+    """Account settings changed (``changes``: field -> new value).  Subject as AccountCreated."""
+
+    type: ClassVar[str] = "prov.account_updated"
+    address: str
+    changes: dict[str, Any]
+
+
+class AccountPasswordSet(Event):
+    """The account's password changed (hashes only, see AccountCreated).  Subject as AccountCreated."""
+
+    type: ClassVar[str] = "prov.account_password_set"
+    address: str
+    password_hash: str
+    sip_ha1: dict[str, str] = Field(default_factory=dict)
+
+
+class AccountDeleted(Event):
+    """Subject as AccountCreated."""
+
+    type: ClassVar[str] = "prov.account_deleted"
+    address: str
+
+
+class AliasCreated(Event):
+    """Mail to ``address`` goes to ``targets``.  Subject ``colony.prov.address.<local@domain>``."""
+
+    type: ClassVar[str] = "prov.alias_created"
+    address: str
+    domain: str
+    name: str
+    targets: list[str]
+
+
+class AliasUpdated(Event):
+    """Subject as AliasCreated."""
+
+    type: ClassVar[str] = "prov.alias_updated"
+    address: str
+    targets: list[str]
+
+
+class AliasDeleted(Event):
+    """Subject as AliasCreated."""
+
+    type: ClassVar[str] = "prov.alias_deleted"
+    address: str
+
+
+class CosCreated(Event):
+    """A Class of Service: limits and enabled services accounts inherit.  Subject ``colony.prov.cos.<name>``.
+
+    ``limits`` is the admin API's ``CosLimits`` as a dict (services, quota, max message
+    size, max recipients per message, sending rate).
+    """
+
+    type: ClassVar[str] = "prov.cos_created"
+    name: str
+    description: str = ""
+    limits: dict[str, Any]
+
+
+class CosUpdated(Event):
+    """Subject as CosCreated."""
+
+    type: ClassVar[str] = "prov.cos_updated"
+    name: str
+    changes: dict[str, Any]
+
+
+class CosDeleted(Event):
+    """Subject as CosCreated."""
+
+    type: ClassVar[str] = "prov.cos_deleted"
+    name: str
+
+
+class ApiTokenCreated(Event):
+    """An admin API token.  Subject ``colony.prov.token.<token id>``.
+
+    Only ``secret_sha256`` (hex SHA-256 of the random secret) is stored: the token itself is
+    shown once to whoever created it.  ``domain`` is set for domain administrators.
+    """
+
+    type: ClassVar[str] = "prov.token_created"
+    token_id: str
+    name: str
+    role: str
+    domain: str | None = None
+    secret_sha256: str
+    created_by: str = ""
+
+
+class ApiTokenRevoked(Event):
+    """Subject as ApiTokenCreated."""
+
+    type: ClassVar[str] = "prov.token_revoked"
+    token_id: str

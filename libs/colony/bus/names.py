@@ -73,3 +73,22 @@ QUEUE_ADMIN = "admin-api"
 
 def node_key(node_id: str) -> str:
     return to_token(node_id)
+
+
+# --- provisioning aggregates (one subject each, see colony.events) -------------------------
+AGG_DOMAIN = "domain"
+AGG_ADDRESS = "address"            # an account or an alias: one namespace per domain
+AGG_DOMAIN_ALIAS = "domain_alias"
+AGG_COS = "cos"
+AGG_TOKEN = "token"
+
+
+def provisioning_filter(aggregate_type: str) -> str:
+    """Every aggregate of one kind, e.g. all tokens."""
+    return f"colony.prov.{aggregate_type}.*"
+
+
+def directory_key(kind: str, name: str) -> str:
+    """Key in the ``directory`` bucket: ``domain.<token>``, ``address.<token>``, ``cos.<token>``,
+    ``domain_alias.<token>``; the value is the JSON the edges need (see colony_admin.projections)."""
+    return f"{kind}.{to_token(name)}"

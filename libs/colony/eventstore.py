@@ -1,0 +1,133 @@
+"""A small event store on a JetStream stream: one subject per aggregate, optimistic concurrency.
+
+Theory of operation
+-------------------
+An aggregate's events are the messages of its subject, in stream order.  Its *version* is the
+stream sequence of its last event (0: it has none yet).  ``append`` publishes with
+``Nats-Expected-Last-Subject-Sequence: <version the caller decided on>``, so the server
+refuses (error 10071) an append made from a stale view: that is the concurrency check, done
+by the server and therefore correct across any number of API instances.
+
+Retries: a publish whose ack was lost is retried with the same ``Nats-Msg-Id``.  Because the
+first attempt may have landed, the retry can meet 10071 although nothing conflicted
+(NATS-NOTES: the expected-sequence check runs before duplicate detection).  So on 10071 we
+read the subject's last message: if it carries our Msg-Id, our append is in and we return its
+sequence; otherwise someone else wrote first and the caller gets ``ConcurrencyConflict``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
+from nats.js.errors import APIError, NotFoundError
+
+log = logging.getLogger("colony.eventstore")
+
+WRONG_LAST_SEQUENCE = 10071
+EXPECTED_LAST_SUBJECT_SEQUENCE = "Nats-Expected-Last-Subject-Sequence"
+MSG_ID = "Nats-Msg-Id"
+
+
+class ConcurrencyConflict(Exception):
+    """The aggregate moved on since the caller read it; re-read and decide again."""
+
+    def __init__(self, subject: str, expected: int, actual: int | None) -> None:
+        super().__init__(f"{subject}: expected version {expected}, found {actual}")
+        self.subject = subject
+        self.expected = expected
+        self.actual = actual
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    subject: str
+    seq: int
+    data: bytes
+    headers: dict[str, str]
+
+
+class EventStore:
+    """Append to and read aggregates of one stream."""
+
+    def __init__(self, js: JetStreamContext, stream: str, *, publish_attempts: int = 3, timeout: float = 5.0) -> None:
+        self._js = js
+        self._stream = stream
+        self._attempts = publish_attempts
+        self._timeout = timeout
+
+    @property
+    def stream(self) -> str:
+        return self._stream
+
+    async def version(self, subject: str) -> int:
+        """Stream sequence of the subject's last event, 0 when it has none."""
+        last = await self._last(subject)
+        return last.seq if last else 0
+
+    async def append(
+        self,
+        subject: str,
+        payloads: Sequence[bytes],
+        expected_version: int,
+        headers: dict[str, str] | None = None,
+    ) -> int:
+        """Append events in order; returns the new version.  Raises ``ConcurrencyConflict``.
+
+        Several events are appended one by one, each expecting the previous one: a conflict
+        can only hit the first (nobody else can slip in between without failing ours).
+        """
+        version = expected_version
+        for payload in payloads:
+            version = await self._append_one(subject, payload, version, headers or {})
+        return version
+
+    async def _append_one(self, subject: str, payload: bytes, expected: int, extra: dict[str, str]) -> int:
+        msg_id = uuid.uuid4().hex
+        hdrs = {**extra, EXPECTED_LAST_SUBJECT_SEQUENCE: str(expected), MSG_ID: msg_id}
+        for attempt in range(1, self._attempts + 1):
+            try:
+                ack = await self._js.publish(subject, payload, headers=hdrs, timeout=self._timeout, stream=self._stream)
+                return ack.seq
+            except APIError as exc:
+                if exc.err_code != WRONG_LAST_SEQUENCE:
+                    raise
+                last = await self._last(subject)
+                if last is not None and last.headers.get(MSG_ID) == msg_id:
+                    return last.seq  # an earlier attempt of ours landed; its ack was lost
+                raise ConcurrencyConflict(subject, expected, last.seq if last else 0) from None
+            except (NatsTimeoutError, asyncio.TimeoutError):
+                if attempt == self._attempts:
+                    raise
+                log.warning("append to %s timed out (attempt %d), retrying with the same Msg-Id", subject, attempt)
+        raise AssertionError("unreachable")
+
+    async def read(self, subject: str, after: int = 0) -> list[StoredEvent]:
+        """Every event of the aggregate with a sequence above ``after``, in order."""
+        events: list[StoredEvent] = []
+        seq = after + 1
+        while True:
+            try:
+                raw = await self._js.get_msg(self._stream, seq=seq, subject=subject, next=True, direct=True)
+            except NotFoundError:
+                return events
+            events.append(StoredEvent(raw.subject or subject, raw.seq or 0, raw.data or b"", _headers(raw.headers)))
+            seq = (raw.seq or 0) + 1
+
+    async def _last(self, subject: str) -> StoredEvent | None:
+        try:
+            raw = await self._js.get_msg(self._stream, subject=subject, direct=True)
+        except NotFoundError:
+            return None
+        return StoredEvent(raw.subject or subject, raw.seq or 0, raw.data or b"", _headers(raw.headers))
+
+
+def _headers(raw: object) -> dict[str, str]:
+    if not raw:
+        return {}
+    return {str(k): str(v) for k, v in dict(raw).items()}  # type: ignore[call-overload]

@@ -1,0 +1,243 @@
+"""The provisioning aggregates, pure: ``fold(events) -> state`` and ``decide(state, command) -> events``.
+
+No I/O here.  The command shell (``commands.py``) reads an aggregate's events from
+PROVISIONING, folds them, calls a decide function, and appends what it returns expecting the
+version it read.  A state is a plain dict (the same shape the read model and the directory
+store), or ``None`` when the aggregate does not exist (never created, or deleted).
+
+Aggregates: ``domain``, ``address`` (account or alias, so they share one namespace),
+``domain_alias``, ``cos``, ``token``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from colony import events as ev
+from colony_admin.models import (
+    AccountCreate,
+    AccountState,
+    AliasCreate,
+    CosCreate,
+    DomainCreate,
+    DomainState,
+    Role,
+    TokenCreate,
+)
+from colony_admin.problems import AlreadyExists, Conflict, Invalid, NotFound
+
+State = dict[str, Any] | None
+
+
+# --- fold --------------------------------------------------------------------------------------
+
+def apply(state: State, event: ev.Event) -> State:
+    """One event on top of a state: the single definition of what each event means."""
+    match event:
+        case ev.DomainCreated():
+            return {"kind": "domain", "name": event.domain, "state": event.state, "home_region": event.home_region,
+                    "cos": event.cos, "branding": dict(event.branding), "storage": dict(event.storage)}
+        case ev.DomainUpdated():
+            return {**_existing(state), **event.changes}
+        case ev.DomainStateChanged():
+            return {**_existing(state), "state": event.state}
+        case ev.DomainAliasCreated():
+            return {"kind": "domain_alias", "name": event.alias, "domain": event.domain}
+        case ev.AccountCreated():
+            return {"kind": "account", "address": event.address, "domain": event.domain, "name": event.name,
+                    "real_name": event.real_name, "password_hash": event.password_hash,
+                    "sip_ha1": dict(event.sip_ha1), "cos": event.cos, "quota_bytes": event.quota,
+                    "services": event.services, "forwarding": list(event.forwarding), "state": event.state}
+        case ev.AccountUpdated():
+            return {**_existing(state), **event.changes}
+        case ev.AccountPasswordSet():
+            return {**_existing(state), "password_hash": event.password_hash, "sip_ha1": dict(event.sip_ha1)}
+        case ev.AliasCreated():
+            return {"kind": "alias", "address": event.address, "domain": event.domain, "name": event.name,
+                    "targets": list(event.targets)}
+        case ev.AliasUpdated():
+            return {**_existing(state), "targets": list(event.targets)}
+        case ev.CosCreated():
+            return {"kind": "cos", "name": event.name, "description": event.description, "limits": dict(event.limits)}
+        case ev.CosUpdated():
+            return {**_existing(state), **event.changes}
+        case ev.ApiTokenCreated():
+            return {"kind": "token", "id": event.token_id, "name": event.name, "role": event.role,
+                    "domain": event.domain, "secret_sha256": event.secret_sha256, "revoked": False,
+                    "created_by": event.created_by, "created_at": event.at.isoformat()}
+        case ev.ApiTokenRevoked():
+            return {**_existing(state), "revoked": True}
+        case ev.DomainDeleted() | ev.DomainAliasDeleted() | ev.AccountDeleted() | ev.AliasDeleted() | ev.CosDeleted():
+            return None
+    raise ValueError(f"{event.type} is not a provisioning event")
+
+
+def fold(events: Iterable[ev.Event]) -> State:
+    state: State = None
+    for event in events:
+        state = apply(state, event)
+    return state
+
+
+def _existing(state: State) -> dict[str, Any]:
+    if state is None:
+        # An update after a delete would be a bug in decide(): events are only appended after
+        # checking the state, under optimistic concurrency.
+        raise ValueError("update event for an aggregate that does not exist")
+    return state
+
+
+# --- decide: domains --------------------------------------------------------------------------
+
+def create_domain(state: State, cmd: DomainCreate) -> list[ev.Event]:
+    if state is not None:
+        raise AlreadyExists(f"domain {cmd.name} exists")
+    return [ev.DomainCreated(domain=cmd.name, home_region=cmd.home_region, cos=cmd.cos,
+                             branding=cmd.branding.model_dump(mode="json"), storage=cmd.storage.model_dump(mode="json"))]
+
+
+def update_domain(state: State, name: str, changes: dict[str, Any]) -> list[ev.Event]:
+    current = require(state, f"domain {name}")
+    effective = {k: v for k, v in changes.items() if current.get(k) != v}
+    return [ev.DomainUpdated(domain=name, changes=effective)] if effective else []
+
+
+def set_domain_state(state: State, name: str, new: DomainState, reason: str = "") -> list[ev.Event]:
+    current = require(state, f"domain {name}")
+    if current["state"] == new:
+        return []
+    return [ev.DomainStateChanged(domain=name, state=new.value, reason=reason)]
+
+
+def delete_domain(state: State, name: str, *, has_addresses: bool) -> list[ev.Event]:
+    require(state, f"domain {name}")
+    if has_addresses:
+        raise Conflict(f"domain {name} still has accounts or aliases; delete them first")
+    return [ev.DomainDeleted(domain=name)]
+
+
+def create_domain_alias(state: State, domain_state: State, alias: str, domain: str) -> list[ev.Event]:
+    require(domain_state, f"domain {domain}")
+    if state is not None:
+        raise AlreadyExists(f"domain alias {alias} exists (for {state['domain']})")
+    if alias == domain:
+        raise Invalid("a domain cannot be an alias of itself")
+    return [ev.DomainAliasCreated(alias=alias, domain=domain)]
+
+
+def delete_domain_alias(state: State, alias: str, domain: str) -> list[ev.Event]:
+    current = require(state, f"domain alias {alias}")
+    if current["domain"] != domain:
+        raise NotFound(f"domain alias {alias} does not belong to {domain}")
+    return [ev.DomainAliasDeleted(alias=alias, domain=domain)]
+
+
+# --- decide: accounts and aliases -----------------------------------------------------------------
+
+def create_account(state: State, domain_state: State, domain: str, cmd: AccountCreate, *,
+                   password_hash: str | None, sip_ha1: dict[str, str], cos_exists: bool) -> list[ev.Event]:
+    require(domain_state, f"domain {domain}")
+    address = f"{cmd.name}@{domain}"
+    if state is not None:
+        raise AlreadyExists(f"{address} exists (as an {state['kind']})")
+    if cmd.cos is not None and not cos_exists:
+        raise Invalid(f"class of service {cmd.cos} does not exist")
+    return [ev.AccountCreated(
+        address=address, domain=domain, name=cmd.name, real_name=cmd.real_name, password_hash=password_hash,
+        sip_ha1=sip_ha1, cos=cmd.cos, quota=cmd.quota_bytes,
+        services=[s.value for s in cmd.services] if cmd.services is not None else None,
+        forwarding=list(cmd.forwarding), state=cmd.state.value)]
+
+
+def update_account(state: State, address: str, changes: dict[str, Any], *,
+                   password_hash: str | None = None, sip_ha1: dict[str, str] | None = None) -> list[ev.Event]:
+    current = require_kind(state, "account", address)
+    effective = {k: v for k, v in changes.items() if current.get(k) != v}
+    out: list[ev.Event] = []
+    if effective:
+        out.append(ev.AccountUpdated(address=address, changes=effective))
+    if password_hash is not None:
+        out.append(ev.AccountPasswordSet(address=address, password_hash=password_hash, sip_ha1=sip_ha1 or {}))
+    return out
+
+
+def delete_account(state: State, address: str) -> list[ev.Event]:
+    require_kind(state, "account", address)
+    return [ev.AccountDeleted(address=address)]
+
+
+def create_alias(state: State, domain_state: State, domain: str, cmd: AliasCreate) -> list[ev.Event]:
+    require(domain_state, f"domain {domain}")
+    address = f"{cmd.name}@{domain}"
+    if state is not None:
+        raise AlreadyExists(f"{address} exists (as an {state['kind']})")
+    if address in cmd.targets:
+        raise Invalid("an alias cannot point at itself")
+    return [ev.AliasCreated(address=address, domain=domain, name=cmd.name, targets=list(cmd.targets))]
+
+
+def update_alias(state: State, address: str, targets: list[str]) -> list[ev.Event]:
+    current = require_kind(state, "alias", address)
+    if address in targets:
+        raise Invalid("an alias cannot point at itself")
+    return [] if current["targets"] == targets else [ev.AliasUpdated(address=address, targets=list(targets))]
+
+
+def delete_alias(state: State, address: str) -> list[ev.Event]:
+    require_kind(state, "alias", address)
+    return [ev.AliasDeleted(address=address)]
+
+
+# --- decide: classes of service and tokens -----------------------------------------------------------
+
+def create_cos(state: State, cmd: CosCreate) -> list[ev.Event]:
+    if state is not None:
+        raise AlreadyExists(f"class of service {cmd.name} exists")
+    return [ev.CosCreated(name=cmd.name, description=cmd.description, limits=cmd.limits.model_dump(mode="json"))]
+
+
+def update_cos(state: State, name: str, changes: dict[str, Any]) -> list[ev.Event]:
+    current = require(state, f"class of service {name}")
+    effective = {k: v for k, v in changes.items() if current.get(k) != v}
+    return [ev.CosUpdated(name=name, changes=effective)] if effective else []
+
+
+def delete_cos(state: State, name: str, *, in_use: bool) -> list[ev.Event]:
+    require(state, f"class of service {name}")
+    if in_use:
+        raise Conflict(f"class of service {name} is used by domains or accounts")
+    return [ev.CosDeleted(name=name)]
+
+
+def create_token(state: State, token_id: str, cmd: TokenCreate, secret_sha256: str, created_by: str) -> list[ev.Event]:
+    if state is not None:
+        raise AlreadyExists(f"token {token_id} exists")
+    if (cmd.role == Role.DOMAIN_ADMIN) != (cmd.domain is not None):
+        raise Invalid("a domain-admin token needs a domain; other roles must not have one")
+    return [ev.ApiTokenCreated(token_id=token_id, name=cmd.name, role=cmd.role.value, domain=cmd.domain,
+                               secret_sha256=secret_sha256, created_by=created_by)]
+
+
+def revoke_token(state: State, token_id: str) -> list[ev.Event]:
+    current = require(state, f"token {token_id}")
+    return [] if current["revoked"] else [ev.ApiTokenRevoked(token_id=token_id)]
+
+
+# --- helpers ------------------------------------------------------------------------------------------
+
+def require(state: State, what: str) -> dict[str, Any]:
+    if state is None:
+        raise NotFound(f"{what} does not exist")
+    return state
+
+
+def require_kind(state: State, kind: str, address: str) -> dict[str, Any]:
+    if state is None or state.get("kind") != kind:
+        raise NotFound(f"{kind} {address} does not exist")
+    return state
+
+
+def account_is_usable(account: State, domain: State) -> bool:
+    return (account is not None and account.get("kind") == "account" and account["state"] == AccountState.ACTIVE
+            and domain is not None and domain["state"] == DomainState.ACTIVE)

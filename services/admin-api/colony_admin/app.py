@@ -1,0 +1,98 @@
+"""``create_app(settings, nc)``: the admin API as a FastAPI app (the lead's process shell runs it).
+
+Lifespan: open the read-model database and migrate it, start the projections (read model,
+usage, audit -> SQL; directory -> KV) and the cluster auth service; stop them on the way out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from argon2 import PasswordHasher
+from fastapi import FastAPI
+from nats.aio.client import Client
+
+from colony.bus import names
+from colony.eventstore import EventStore
+from colony.settings import Settings
+from colony_admin import db
+from colony_admin.auth.secrets import password_hasher
+from colony_admin.auth.throttle import Throttle
+from colony_admin.authservice import AuthService
+from colony_admin.commands import Provisioning
+from colony_admin.deps import AdminContext
+from colony_admin.problems import install_problem_handlers
+from colony_admin.projections import readmodel
+from colony_admin.projections.directory import DirectoryProjection
+from colony_admin.projections.runner import StreamProjection
+from colony_admin.routes import accounts, audit, cos, domains, imports, tokens, usage
+
+log = logging.getLogger("colony.admin")
+
+DESCRIPTION = """\
+Colony's provisioning, delegation and billing API: one system image of the whole cluster.
+
+Every change is an event in the PROVISIONING stream, checked with optimistic concurrency:
+objects carry a `version` (also the `ETag`); send it back as `If-Match` and a concurrent
+change makes your request fail with 409 instead of being lost.  Errors are RFC 7807
+`application/problem+json`.  Authenticate with `Authorization: Bearer <token>`.
+"""
+
+
+def create_app(settings: Settings, nc: Client, *, hasher: PasswordHasher | None = None) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        ctx = await _start(settings, nc, hasher or password_hasher())
+        app.state.admin = ctx
+        try:
+            yield
+        finally:
+            await _stop(ctx)
+
+    app = FastAPI(title="Colony admin API", version="1", description=DESCRIPTION, lifespan=lifespan)
+    install_problem_handlers(app)
+    for module in (domains, accounts, cos, tokens, usage, audit, imports):
+        app.include_router(module.router)
+    return app
+
+
+async def _start(settings: Settings, nc: Client, hasher: PasswordHasher) -> AdminContext:
+    engine = db.make_engine(settings.sqlalchemy_url)
+    await asyncio.to_thread(db.migrate, engine)
+    js = nc.jetstream(timeout=10.0)
+    store = EventStore(js, names.STREAM_PROVISIONING)
+
+    def follow(stream: str, subjects: str, name: str, apply) -> StreamProjection:
+        return StreamProjection(js=js, engine=engine, stream=stream, subjects=subjects, name=name, apply=apply)
+
+    read = follow(names.STREAM_PROVISIONING, names.SUBJECTS_PROVISIONING, readmodel.READ_MODEL,
+                  readmodel.apply_provisioning)
+    usage_p = follow(names.STREAM_USAGE, names.SUBJECTS_USAGE, readmodel.USAGE, readmodel.apply_usage)
+    audit_p = follow(names.STREAM_AUDIT, names.SUBJECTS_AUDIT, readmodel.AUDIT, readmodel.apply_audit)
+    directory = DirectoryProjection(js, store)
+    throttle = Throttle()
+    provisioning = Provisioning(js, store, read, hasher)
+    ctx = AdminContext(settings=settings, nc=nc, js=js, engine=engine, store=store, hasher=hasher,
+                       throttle=throttle, provisioning=provisioning, readmodel=read,
+                       usage_projection=usage_p, audit_projection=audit_p,
+                       auth_service=AuthService(nc, provisioning, engine, Throttle()))
+    for name, runner in (("readmodel", read), ("usage", usage_p), ("audit", audit_p), ("directory", directory)):
+        ctx.projections.append(asyncio.create_task(runner.run(), name=f"admin-projection-{name}"))
+    await ctx.auth_service.start()
+    return ctx
+
+
+async def _stop(ctx: AdminContext) -> None:
+    await ctx.auth_service.stop()
+    for job in ctx.imports.values():
+        job.cancel()
+    for task in ctx.projections:
+        task.cancel()
+    results = await asyncio.gather(*ctx.projections, return_exceptions=True)
+    for task, result in zip(ctx.projections, results, strict=True):
+        if isinstance(result, Exception) and not isinstance(result, asyncio.CancelledError):
+            log.error("%s ended with %r", task.get_name(), result)
+    ctx.engine.dispose()

@@ -1,0 +1,53 @@
+"""Brute-force protection: count failures per key (client address, token id, account) in a
+sliding window and refuse checks for a while once a key has too many.
+
+Pure: the caller passes the monotonic time, so tests advance a number instead of sleeping.
+Per instance: an attacker spread over N admin-api instances gets N times the budget, which
+still caps guessing at a few attempts per second against 2^256-secret tokens and argon2.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Throttle:
+    max_failures: int = 10
+    window: float = 60.0
+    lockout: float = 60.0
+    max_keys: int = 100_000
+    _failures: dict[str, deque[float]] = field(default_factory=dict)
+    _locked_until: dict[str, float] = field(default_factory=dict)
+
+    def retry_after(self, key: str, now: float) -> float:
+        """Seconds until ``key`` may try again; 0 when it may try now."""
+        until = self._locked_until.get(key)
+        if until is None:
+            return 0.0
+        if now >= until:
+            del self._locked_until[key]
+            return 0.0
+        return until - now
+
+    def failed(self, key: str, now: float) -> None:
+        if len(self._failures) >= self.max_keys:
+            self._forget_oldest(now)
+        q = self._failures.setdefault(key, deque())
+        q.append(now)
+        while q and q[0] <= now - self.window:
+            q.popleft()
+        if len(q) >= self.max_failures:
+            self._locked_until[key] = now + self.lockout
+            q.clear()
+
+    def succeeded(self, key: str) -> None:
+        self._failures.pop(key, None)
+
+    def _forget_oldest(self, now: float) -> None:
+        # Bounded memory under a spray of random keys: drop expired entries, then the oldest.
+        for key in [k for k, q in self._failures.items() if not q or q[-1] <= now - self.window]:
+            del self._failures[key]
+        while len(self._failures) >= self.max_keys:
+            self._failures.pop(next(iter(self._failures)))

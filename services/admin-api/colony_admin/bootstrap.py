@@ -1,0 +1,41 @@
+"""The first system-admin token of a cluster.
+
+It is an ordinary token aggregate with a fixed id, created with expected version 0: the
+stream itself guarantees that only the first ``colony up`` (of any number racing) creates it,
+and that a restart never makes a second one.
+"""
+
+from __future__ import annotations
+
+from nats.aio.client import Client
+
+from colony.bus import names
+from colony.eventstore import ConcurrencyConflict, EventStore
+from colony.settings import Settings
+from colony_admin import aggregates
+from colony_admin.auth import secrets
+from colony_admin.models import Role, TokenCreate
+
+BOOTSTRAP_TOKEN_ID = "bootstrap0000000"  # 16 characters, like every token id
+
+
+async def ensure_bootstrap_token(settings: Settings, nc: Client) -> str | None:
+    """Create the bootstrap system-admin token if it never existed; return its plaintext once.
+
+    Returns None when it exists already (or existed and was revoked: then the operator has
+    made other tokens).  ``settings`` is accepted for symmetry with the other entry points.
+    """
+    del settings
+    store = EventStore(nc.jetstream(timeout=5.0), names.STREAM_PROVISIONING)
+    subject = names.provisioning_subject(names.AGG_TOKEN, BOOTSTRAP_TOKEN_ID)
+    if await store.version(subject):
+        return None
+    _, random_token, digest = secrets.new_token()
+    token = f"{secrets.TOKEN_PREFIX}{BOOTSTRAP_TOKEN_ID}_{secrets.split_token(random_token)[1]}"
+    events = aggregates.create_token(None, BOOTSTRAP_TOKEN_ID,
+                                     TokenCreate(name="bootstrap", role=Role.SYSTEM_ADMIN), digest, "colony up")
+    try:
+        await store.append(subject, [e.encode() for e in events], 0)
+    except ConcurrencyConflict:
+        return None  # another starter won the race
+    return token

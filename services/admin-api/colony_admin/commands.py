@@ -1,0 +1,88 @@
+"""The command shell: load an aggregate from PROVISIONING, decide (pure), append under
+optimistic concurrency, record the AUDIT event, wait until this instance's read model
+shows the change.
+
+Concurrency contract: every command reads the aggregate's version and appends expecting
+exactly that version; a client may also pin the version it saw with ``If-Match``.  Either
+way, a concurrent change in between makes the append fail and the client gets 409: an
+update is never applied on top of a state its author did not see.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from argon2 import PasswordHasher
+from nats.js import JetStreamContext
+
+from colony import events as ev
+from colony.bus import names
+from colony.eventstore import ConcurrencyConflict, EventStore
+from colony_admin import aggregates
+from colony_admin.auth import secrets
+from colony_admin.auth.roles import Principal
+from colony_admin.problems import Conflict
+from colony_admin.projections.runner import StreamProjection
+
+log = logging.getLogger("colony.admin.commands")
+
+
+@dataclass
+class Loaded:
+    subject: str
+    state: aggregates.State
+    version: int
+
+
+@dataclass
+class Outcome:
+    version: int
+    changed: bool
+
+
+class Provisioning:
+    def __init__(self, js: JetStreamContext, store: EventStore, readmodel: StreamProjection | None,
+                 hasher: PasswordHasher) -> None:
+        self.js, self.store, self.readmodel, self.hasher = js, store, readmodel, hasher
+
+    # --- the three steps every command takes ----------------------------------------------
+
+    async def load(self, kind: str, name: str) -> Loaded:
+        subject = names.provisioning_subject(kind, name)
+        stored = await self.store.read(subject)
+        state = aggregates.fold(ev.decode(s.data) for s in stored)
+        return Loaded(subject, state, stored[-1].seq if stored else 0)
+
+    async def commit(self, loaded: Loaded, events: list[ev.Event], *, if_match: int | None = None,
+                     wait: bool = True) -> Outcome:
+        if if_match is not None and if_match != loaded.version:
+            raise Conflict(f"version {if_match} is not current (now {loaded.version}); re-read and retry",
+                           current_version=loaded.version)
+        if not events:
+            return Outcome(loaded.version, False)
+        try:
+            version = await self.store.append(loaded.subject, [e.encode() for e in events], loaded.version)
+        except ConcurrencyConflict as exc:
+            raise Conflict("changed concurrently by another request; re-read and retry",
+                           current_version=exc.actual) from None
+        if wait and self.readmodel is not None:
+            await self.readmodel.wait_for(version)
+        return Outcome(version, True)
+
+    async def audit(self, who: Principal, action: str, target: str, *, domain: str | None,
+                    remote_addr: str | None, detail: dict[str, Any] | None = None, outcome: str = "ok") -> None:
+        record = ev.AuditRecorded(actor=who.actor, role=who.role.value, action=action, target=target, domain=domain,
+                                  remote_addr=remote_addr, outcome=outcome, detail=detail or {})
+        await self.js.publish(names.audit_subject(domain), record.encode(), stream=names.STREAM_AUDIT)
+
+    # --- passwords: CPU-heavy argon2 off the event loop --------------------------------------
+
+    async def hash_password(self, local: str, domain: str, password: str) -> tuple[str, dict[str, str]]:
+        hashed = await asyncio.to_thread(self.hasher.hash, password)
+        return hashed, secrets.sip_ha1(local, domain, password)
+
+    async def verify_password(self, stored: str | None, password: str) -> bool:
+        return await asyncio.to_thread(secrets.verify_password, self.hasher, stored, password)

@@ -1,0 +1,327 @@
+"""The provisioning model as the API shows it: domains, accounts, aliases, classes of service, tokens.
+
+These pydantic models are both the API's request/response schemas (so OpenAPI documents
+them) and the validated shapes the aggregates store in events (``model_dump``).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any, Generic, TypeVar
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from colony.bus.tokens import normalise_domain
+
+_DOMAIN_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+$")
+# Local parts: the dot-atom of RFC 5322 (lower-cased); enough for real mailboxes, and no
+# characters that need quoting anywhere we print them.
+_LOCAL_RE = re.compile(r"^[a-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[a-z0-9!#$%&'*+/=?^_`{|}~-]+)*$")
+_COS_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_COLOUR_RE = re.compile(r"^#[0-9a-fA-F]{6}$")
+
+
+def check_domain(value: str) -> str:
+    domain = normalise_domain(value)
+    if not _DOMAIN_RE.match(domain):
+        raise ValueError(f"{value!r} is not a domain name (e.g. acme.example)")
+    return domain
+
+
+def check_local(value: str) -> str:
+    local = value.strip().lower()
+    if len(local) > 64 or not _LOCAL_RE.match(local):
+        raise ValueError(f"{value!r} is not a mailbox name (letters, digits, . _ - + and the like)")
+    return local
+
+
+def check_address(value: str) -> str:
+    local, sep, domain = value.strip().rpartition("@")
+    if not sep:
+        raise ValueError(f"{value!r} is not an address (local@domain)")
+    return f"{check_local(local)}@{check_domain(domain)}"
+
+
+def check_cos_name(value: str) -> str:
+    if not _COS_RE.match(value):
+        raise ValueError(f"{value!r} is not a class-of-service name (letters, digits, _ . -; max 64)")
+    return value
+
+
+DomainName = Annotated[str, AfterValidator(check_domain)]
+LocalPart = Annotated[str, AfterValidator(check_local)]
+Address = Annotated[str, AfterValidator(check_address)]
+CosName = Annotated[str, AfterValidator(check_cos_name)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- enums -------------------------------------------------------------------------------
+
+class Service(StrEnum):
+    MAIL = "mail"
+    IMAP = "imap"
+    POP = "pop"
+    SIP = "sip"
+
+
+class DomainState(StrEnum):
+    ACTIVE = "active"
+    SUSPENDED = "suspended"
+
+
+class AccountState(StrEnum):
+    ACTIVE = "active"
+    DISABLED = "disabled"
+
+
+class AccountFoldering(StrEnum):
+    """Seed's account-level foldering under the domain directory.
+
+    ``none``: ``jsmith.macnt``; ``1``: ``j.sub/jsmith.macnt``; ``1-1``:
+    ``j.sub/s.sub/jsmith.macnt``; ``2-2``: ``js.sub/mi.sub/jsmith.macnt``.
+    """
+
+    NONE = "none"
+    ONE = "1"
+    ONE_ONE = "1-1"
+    TWO_TWO = "2-2"
+
+
+class Role(StrEnum):
+    SYSTEM_ADMIN = "system-admin"
+    DOMAIN_ADMIN = "domain-admin"
+    BILLING_READER = "billing-reader"
+
+
+# --- domain ------------------------------------------------------------------------------
+
+class Branding(_Strict):
+    """What the domain's users see: web login page and client branding."""
+
+    display_name: str = Field("", max_length=200)
+    logo_url: str = Field("", max_length=2000, pattern=r"^(https?://\S+)?$")
+    primary_colour: str | None = Field(None, description="#rrggbb", pattern=_COLOUR_RE.pattern)
+    secondary_colour: str | None = Field(None, description="#rrggbb", pattern=_COLOUR_RE.pattern)
+    login_text: str = Field("", max_length=4000)
+
+
+class StorageLayout(_Strict):
+    """Where the domain's accounts live on shared storage (DESIGN §5)."""
+
+    account_foldering: AccountFoldering = AccountFoldering.NONE
+    domain_foldering: bool = Field(False, description="c.sub/company.com/ instead of company.com/")
+    fast_storage_index: int | None = Field(None, ge=0, le=1000, description="Fast-storage element; none: off")
+
+
+class DomainCreate(_Strict):
+    name: DomainName
+    home_region: str = Field("", max_length=64, pattern=r"^[A-Za-z0-9_-]*$")
+    cos: CosName | None = None
+    branding: Branding = Field(default_factory=Branding)
+    storage: StorageLayout = Field(default_factory=StorageLayout)
+
+
+class DomainPatch(_Strict):
+    """System administrators only (domain administrators change branding with PUT …/branding)."""
+
+    home_region: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9_-]*$")
+    cos: CosName | None = None
+    branding: Branding | None = None
+    storage: StorageLayout | None = None
+
+
+class DomainOut(BaseModel):
+    name: str
+    state: DomainState
+    home_region: str
+    cos: str | None
+    branding: Branding
+    storage: StorageLayout
+    version: int = Field(description="Aggregate version; send it back in If-Match to update safely")
+
+
+class SuspendRequest(_Strict):
+    reason: str = Field("", max_length=500)
+
+
+# --- class of service ----------------------------------------------------------------------
+
+class CosLimits(_Strict):
+    services: list[Service] = Field(default_factory=lambda: list(Service))
+    quota_bytes: int | None = Field(None, ge=0, description="Mailbox quota; none: unlimited")
+    max_message_bytes: int | None = Field(None, ge=0)
+    max_recipients_per_message: int | None = Field(None, ge=1)
+    sending_rate_per_hour: int | None = Field(None, ge=0)
+
+
+class CosCreate(_Strict):
+    name: CosName
+    description: str = Field("", max_length=500)
+    limits: CosLimits = Field(default_factory=CosLimits)
+
+
+class CosPatch(_Strict):
+    description: str | None = Field(None, max_length=500)
+    limits: CosLimits | None = None
+
+
+class CosOut(BaseModel):
+    name: str
+    description: str
+    limits: CosLimits
+    version: int
+
+
+# --- accounts and aliases --------------------------------------------------------------------
+
+class AccountCreate(_Strict):
+    name: LocalPart = Field(description="Local part; the address is name@domain")
+    real_name: str = Field("", max_length=200)
+    password: str | None = Field(None, min_length=8, max_length=1024, description="Write-only; stored as argon2")
+    cos: CosName | None = Field(None, description="System administrators only; none: the domain's")
+    quota_bytes: int | None = Field(None, ge=0, description="Capped by the class of service")
+    services: list[Service] | None = Field(None, description="Subset of the class of service's; none: all of them")
+    forwarding: list[Address] = Field(default_factory=list, max_length=20)
+    state: AccountState = AccountState.ACTIVE
+
+
+class AccountPatch(_Strict):
+    real_name: str | None = Field(None, max_length=200)
+    password: str | None = Field(None, min_length=8, max_length=1024)
+    cos: CosName | None = None
+    quota_bytes: int | None = Field(None, ge=0)
+    services: list[Service] | None = None
+    forwarding: list[Address] | None = Field(None, max_length=20)
+    state: AccountState | None = None
+
+
+class AccountOut(BaseModel):
+    address: str
+    domain: str
+    name: str
+    real_name: str
+    cos: str | None
+    quota_bytes: int | None
+    services: list[Service] | None
+    forwarding: list[str]
+    state: AccountState
+    has_password: bool
+    version: int
+
+
+class AliasCreate(_Strict):
+    name: LocalPart
+    targets: list[Address] = Field(min_length=1, max_length=100)
+
+
+class AliasPatch(_Strict):
+    targets: list[Address] = Field(min_length=1, max_length=100)
+
+
+class AliasOut(BaseModel):
+    address: str
+    domain: str
+    name: str
+    targets: list[str]
+    version: int
+
+
+class DomainAliasCreate(_Strict):
+    name: DomainName
+
+
+class DomainAliasOut(BaseModel):
+    name: str
+    domain: str
+    version: int
+
+
+# --- tokens ------------------------------------------------------------------------------------
+
+class TokenCreate(_Strict):
+    name: str = Field(min_length=1, max_length=200, description="Who or what holds it, e.g. admin@acme.example")
+    role: Role
+    domain: DomainName | None = Field(None, description="Required for domain-admin, forbidden otherwise")
+
+
+class TokenOut(BaseModel):
+    id: str
+    name: str
+    role: Role
+    domain: str | None
+    revoked: bool
+    created_by: str
+    created_at: datetime | None
+
+
+class TokenCreated(TokenOut):
+    token: str = Field(description="The bearer token. Shown once; only its hash is stored")
+
+
+class WhoAmI(BaseModel):
+    token_id: str
+    name: str
+    role: Role
+    domain: str | None
+
+
+# --- pages, usage, audit, imports ------------------------------------------------------------------
+
+T = TypeVar("T")
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    next_cursor: str | None = Field(description="Pass as ?cursor= for the next page; null at the end")
+
+
+class UsageRow(BaseModel):
+    domain: str
+    account: str | None = Field(description="null: the domain's total")
+    storage_bytes: float = Field(description="Latest reported value in the period (a gauge)")
+    messages_in: float
+    messages_out: float
+    sip_call_seconds: float
+    sip_registrations: float
+
+
+class UsageReport(BaseModel):
+    start: datetime = Field(alias="from")
+    end: datetime = Field(alias="to")
+    domain: str | None
+    rows: list[UsageRow]
+
+    model_config = ConfigDict(populate_by_name=True)
+
+
+class AuditEntry(BaseModel):
+    seq: int
+    at: datetime
+    actor: str
+    role: str
+    action: str
+    target: str
+    domain: str | None
+    remote_addr: str | None
+    outcome: str
+    detail: dict[str, Any]
+
+
+class ImportJob(BaseModel):
+    id: str
+    state: str = Field(description="running, done or failed")
+    total: int
+    done: int
+    failed: int
+    domains_created: int
+    accounts_created: int
+    errors: list[str] = Field(description="First 100 row errors: 'row N: reason'")
+    tokens: list[dict[str, str]] = Field(
+        default_factory=list,
+        description="With ?admin_tokens=true: one domain-admin token per created domain (shown once)",
+    )

@@ -1,0 +1,120 @@
+"""PROVISIONING -> the ``directory`` KV bucket the edges read (DESIGN §3).
+
+Keys (``names.directory_key``): ``domain.<d>``, ``address.<local@d>``, ``domain_alias.<d>``,
+``cos.<name>``.  Each value is the aggregate's current state as JSON, without secrets
+(password hashes and HA1s stay behind the auth service), plus ``seq``: the PROVISIONING
+sequence it reflects.  A deleted aggregate becomes ``{"deleted": true, "seq": N}``; edges
+treat that like a missing key.  Tokens are not in the directory.
+
+All admin-api instances share one durable consumer, so each event is handled once
+somewhere.  Two instances may still race on one key (events of one aggregate handled by
+different instances), so every write is a compare-and-set that only moves ``seq`` forward:
+the directory never goes back to an older state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+from colony import events as ev
+from colony.bus import names
+from colony.bus.tokens import from_token
+from colony.eventstore import EventStore
+from colony_admin import aggregates
+
+log = logging.getLogger("colony.admin.directory")
+
+DURABLE = "admin-directory"
+_SECRET_FIELDS = ("password_hash", "sip_ha1", "secret_sha256")
+_SUBJECT_PREFIX = "colony.prov."
+
+
+def directory_entry(kind: str, name: str, state: aggregates.State, seq: int) -> tuple[str, dict[str, Any]] | None:
+    """Pure: the key and value the directory holds for an aggregate; None if not published."""
+    if kind == names.AGG_TOKEN:
+        return None
+    key = names.directory_key(kind, name)
+    if state is None:
+        return key, {"deleted": True, "seq": seq}
+    value = {k: v for k, v in state.items() if k not in _SECRET_FIELDS}
+    value["seq"] = seq
+    return key, value
+
+
+def parse_subject(subject: str) -> tuple[str, str]:
+    kind, _, token = subject[len(_SUBJECT_PREFIX):].partition(".")
+    return kind, from_token(token)
+
+
+class DirectoryProjection:
+    def __init__(self, js: JetStreamContext, store: EventStore, batch: int = 500) -> None:
+        self.js, self.store, self._batch = js, store, batch
+        self._kv: KeyValue | None = None
+
+    async def run(self) -> None:
+        backoff = 0.2
+        while True:
+            try:
+                await self._follow()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("directory projection failed; resuming from the durable consumer")
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    async def _follow(self) -> None:
+        self._kv = await self.js.key_value(names.BUCKET_DIRECTORY)
+        config = ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL, ack_wait=30.0,
+                                max_ack_pending=20_000)
+        sub = await self.js.pull_subscribe(names.SUBJECTS_PROVISIONING, durable=DURABLE,
+                                           stream=names.STREAM_PROVISIONING, config=config)
+        while True:
+            try:
+                msgs = await sub.fetch(self._batch, timeout=0.5)
+            except (NatsTimeoutError, asyncio.TimeoutError):
+                continue
+            subjects = {m.subject for m in msgs}
+            # Only the newest state of each aggregate matters: one write per subject per batch.
+            await asyncio.gather(*(self._publish(subject) for subject in subjects))
+            for m in msgs:
+                await m.ack()
+
+    async def _publish(self, subject: str) -> None:
+        kind, name = parse_subject(subject)
+        stored = await self.store.read(subject)
+        if not stored:
+            return
+        state = aggregates.fold(ev.decode(s.data) for s in stored)
+        entry = directory_entry(kind, name, state, stored[-1].seq)
+        if entry is not None:
+            await self._put_forward(*entry)
+
+    async def _put_forward(self, key: str, value: dict[str, Any]) -> None:
+        assert self._kv is not None
+        data = json.dumps(value, separators=(",", ":")).encode()
+        for _ in range(10):
+            try:
+                current = await self._kv.get(key)
+            except KeyNotFoundError:
+                current = None
+            try:
+                if current is None:
+                    await self._kv.create(key, data)
+                    return
+                if current.value and json.loads(current.value).get("seq", 0) >= value["seq"]:
+                    return  # someone already wrote this state or a newer one
+                await self._kv.update(key, data, last=current.revision)
+                return
+            except KeyWrongLastSequenceError:
+                continue  # raced with another instance: re-read and decide again
+        log.warning("directory: gave up writing %s after repeated races", key)

@@ -1,0 +1,105 @@
+"""Run a projection: follow a stream from a checkpoint and hand batches to a sync apply function.
+
+Each admin-api instance follows the stream with its own ephemeral pull consumer starting
+right after the checkpoint stored in the database, applies a batch in one transaction (in
+a worker thread: SQLAlchemy is synchronous here), and wakes whoever waits for a sequence
+(read-your-writes: a command answers only once the read model shows its event).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from sqlalchemy import Connection, Engine
+
+from colony import events as ev
+from colony_admin.projections.readmodel import Batch, checkpoint
+
+log = logging.getLogger("colony.admin.projection")
+
+ApplyFn = Callable[[Connection, Batch], int]
+
+
+class StreamProjection:
+    def __init__(self, *, js: JetStreamContext, engine: Engine, stream: str, subjects: str, name: str,
+                 apply: ApplyFn, batch: int = 1000) -> None:
+        self.js, self.engine, self.stream, self.subjects, self.name = js, engine, stream, subjects, name
+        self._apply = apply
+        self._batch = batch
+        self.position = 0  # last stream sequence this instance knows is applied
+        self._moved = asyncio.Condition()
+
+    async def run(self) -> None:
+        backoff = 0.2
+        while True:
+            try:
+                await self._follow()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("projection %s failed at seq %d; restarting from its checkpoint", self.name, self.position)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    async def _follow(self) -> None:
+        start = await asyncio.to_thread(self._load_checkpoint)
+        await self._advance_to(start)
+        config = ConsumerConfig(
+            ack_policy=AckPolicy.NONE,
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE if start else DeliverPolicy.ALL,
+            opt_start_seq=start + 1 if start else None,
+            inactive_threshold=60.0,
+            max_waiting=1,
+        )
+        sub = await self.js.pull_subscribe(self.subjects, stream=self.stream, config=config)
+        try:
+            while True:
+                try:
+                    msgs = await sub.fetch(self._batch, timeout=0.5)
+                except (NatsTimeoutError, asyncio.TimeoutError):
+                    continue
+                batch: list[tuple[int, ev.Event]] = []
+                for msg in msgs:
+                    seq = msg.metadata.sequence.stream
+                    try:
+                        batch.append((seq, ev.decode(msg.data)))
+                    except ev.UnknownEvent as exc:
+                        # A newer producer's event: say so and skip rather than guess its meaning.
+                        log.error("projection %s: skipping seq %d: %s", self.name, seq, exc)
+                if batch:
+                    await asyncio.to_thread(self._apply_in_tx, batch)
+                if msgs:
+                    await self._advance_to(msgs[-1].metadata.sequence.stream)
+        finally:
+            try:
+                await sub.unsubscribe()
+            except Exception:  # the connection may be gone; the consumer expires by itself
+                pass
+
+    def _load_checkpoint(self) -> int:
+        with self.engine.connect() as conn:
+            return checkpoint(conn, self.name)
+
+    def _apply_in_tx(self, batch: Batch) -> None:
+        with self.engine.begin() as conn:
+            self._apply(conn, batch)
+
+    async def _advance_to(self, seq: int) -> None:
+        async with self._moved:
+            if seq > self.position:
+                self.position = seq
+                self._moved.notify_all()
+
+    async def wait_for(self, seq: int, timeout: float = 10.0) -> bool:
+        """Wait until this instance's read model includes stream sequence ``seq``."""
+        async with self._moved:
+            try:
+                await asyncio.wait_for(self._moved.wait_for(lambda: self.position >= seq), timeout)
+            except TimeoutError:
+                return False
+        return True

@@ -1,0 +1,199 @@
+"""/v1/domains: domains, their branding, suspension and domain aliases."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request, Response
+
+from colony.bus import names
+from colony_admin import aggregates, db, queries
+from colony_admin.auth import roles
+from colony_admin.deps import Admin, Caller, IfMatch, client_addr
+from colony_admin.models import (
+    Branding,
+    DomainAliasCreate,
+    DomainAliasOut,
+    DomainCreate,
+    DomainOut,
+    DomainPatch,
+    DomainState,
+    Page,
+    SuspendRequest,
+    TokenOut,
+    check_domain,
+)
+from colony_admin.problems import COMMON_RESPONSES, Invalid
+from colony_admin.routes._common import Cursor, Limit, Prefix, apply_all, set_etag, token_out
+
+router = APIRouter(prefix="/v1/domains", tags=["domains"], responses=COMMON_RESPONSES)
+
+
+def domain_name(domain: str) -> str:
+    try:
+        return check_domain(domain)
+    except ValueError as exc:
+        raise Invalid(str(exc)) from None
+
+
+def domain_out(row: dict[str, Any], version: int | None = None) -> DomainOut:
+    return DomainOut(name=row["name"], state=row["state"], home_region=row["home_region"], cos=row["cos"],
+                     branding=Branding(**row["branding"]), storage=row["storage"],
+                     version=version if version is not None else row["version"])
+
+
+async def _require_cos(ctx: Admin, cos: str | None) -> None:
+    if cos is not None and (await ctx.provisioning.load(names.AGG_COS, cos)).state is None:
+        raise Invalid(f"class of service {cos} does not exist")
+
+
+@router.get("", response_model=Page[DomainOut], summary="List domains (cursor pagination, prefix search)")
+async def list_domains(ctx: Admin, who: Caller, cursor: Cursor = None, limit: Limit = 100,
+                       prefix: Prefix = None) -> Page[DomainOut]:
+    only = roles.visible_domain_filter(who)
+    where = [db.domains.c.name == only] if only else None
+    rows, nxt = await ctx.db(queries.page, db.domains, db.domains.c.name, where=where, cursor=cursor,
+                             prefix=prefix.lower() if prefix else None, limit=limit)
+    return Page[DomainOut](items=[domain_out(r) for r in rows], next_cursor=nxt)
+
+
+@router.post("", response_model=DomainOut, status_code=201, summary="Create a domain (system admin)")
+async def create_domain(body: DomainCreate, request: Request, response: Response, ctx: Admin, who: Caller) -> DomainOut:
+    roles.require_system(who, "create domains")
+    await _require_cos(ctx, body.cos)
+    loaded = await ctx.provisioning.load(names.AGG_DOMAIN, body.name)
+    events = aggregates.create_domain(loaded.state, body)
+    outcome = await ctx.provisioning.commit(loaded, events)
+    await ctx.provisioning.audit(who, "domain.create", body.name, domain=body.name, remote_addr=client_addr(request))
+    set_etag(response, outcome.version)
+    return domain_out(apply_all(loaded.state, events), outcome.version)
+
+
+@router.get("/{domain}", response_model=DomainOut, summary="One domain")
+async def get_domain(domain: str, response: Response, ctx: Admin, who: Caller) -> DomainOut:
+    domain = domain_name(domain)
+    roles.require_domain(who, domain)
+    loaded = await ctx.provisioning.load(names.AGG_DOMAIN, domain)
+    state = aggregates.require(loaded.state, f"domain {domain}")
+    set_etag(response, loaded.version)
+    return domain_out(state, loaded.version)
+
+
+@router.patch("/{domain}", response_model=DomainOut, summary="Change a domain's settings (system admin)")
+async def patch_domain(domain: str, body: DomainPatch, request: Request, response: Response, ctx: Admin,
+                       who: Caller, expected: IfMatch = None) -> DomainOut:
+    domain = domain_name(domain)
+    roles.require_system(who, "change domain settings")
+    changes = body.model_dump(mode="json", exclude_unset=True)
+    if "cos" in changes:
+        await _require_cos(ctx, changes["cos"])
+    loaded = await ctx.provisioning.load(names.AGG_DOMAIN, domain)
+    events = aggregates.update_domain(loaded.state, domain, changes)
+    outcome = await ctx.provisioning.commit(loaded, events, if_match=expected)
+    if outcome.changed:
+        await ctx.provisioning.audit(who, "domain.update", domain, domain=domain, remote_addr=client_addr(request),
+                                     detail={"changes": sorted(changes)})
+    set_etag(response, outcome.version)
+    return domain_out(apply_all(loaded.state, events), outcome.version)
+
+
+@router.put("/{domain}/branding", response_model=DomainOut, summary="Replace a domain's branding (domain admin)")
+async def put_branding(domain: str, body: Branding, request: Request, response: Response, ctx: Admin, who: Caller,
+                       expected: IfMatch = None) -> DomainOut:
+    domain = domain_name(domain)
+    roles.require_domain(who, domain)
+    loaded = await ctx.provisioning.load(names.AGG_DOMAIN, domain)
+    events = aggregates.update_domain(loaded.state, domain, {"branding": body.model_dump(mode="json")})
+    outcome = await ctx.provisioning.commit(loaded, events, if_match=expected)
+    if outcome.changed:
+        await ctx.provisioning.audit(who, "domain.branding", domain, domain=domain, remote_addr=client_addr(request))
+    set_etag(response, outcome.version)
+    return domain_out(apply_all(loaded.state, events), outcome.version)
+
+
+async def _set_state(domain: str, new: DomainState, reason: str, request: Request, response: Response,
+                     ctx: Admin, who: Caller, expected: int | None) -> DomainOut:
+    domain = domain_name(domain)
+    roles.require_system(who, "suspend or resume domains")
+    loaded = await ctx.provisioning.load(names.AGG_DOMAIN, domain)
+    events = aggregates.set_domain_state(loaded.state, domain, new, reason)
+    outcome = await ctx.provisioning.commit(loaded, events, if_match=expected)
+    if outcome.changed:
+        await ctx.provisioning.audit(who, f"domain.{'suspend' if new == DomainState.SUSPENDED else 'resume'}", domain,
+                                     domain=domain, remote_addr=client_addr(request), detail={"reason": reason})
+    set_etag(response, outcome.version)
+    return domain_out(apply_all(loaded.state, events), outcome.version)
+
+
+@router.post("/{domain}/suspend", response_model=DomainOut, summary="Suspend a domain: its accounts cannot log in")
+async def suspend_domain(domain: str, request: Request, response: Response, ctx: Admin, who: Caller,
+                         body: SuspendRequest | None = None, expected: IfMatch = None) -> DomainOut:
+    return await _set_state(domain, DomainState.SUSPENDED, body.reason if body else "", request, response, ctx, who,
+                            expected)
+
+
+@router.post("/{domain}/resume", response_model=DomainOut, summary="Re-activate a suspended domain")
+async def resume_domain(domain: str, request: Request, response: Response, ctx: Admin, who: Caller,
+                        expected: IfMatch = None) -> DomainOut:
+    return await _set_state(domain, DomainState.ACTIVE, "", request, response, ctx, who, expected)
+
+
+@router.delete("/{domain}", status_code=204, summary="Delete a domain with no accounts, aliases or domain aliases")
+async def delete_domain(domain: str, request: Request, ctx: Admin, who: Caller, expected: IfMatch = None) -> Response:
+    domain = domain_name(domain)
+    roles.require_system(who, "delete domains")
+    loaded = await ctx.provisioning.load(names.AGG_DOMAIN, domain)
+    busy = await ctx.db(queries.domain_has_addresses, domain)
+    events = aggregates.delete_domain(loaded.state, domain, has_addresses=busy)
+    await ctx.provisioning.commit(loaded, events, if_match=expected)
+    await ctx.provisioning.audit(who, "domain.delete", domain, domain=domain, remote_addr=client_addr(request))
+    return Response(status_code=204)
+
+
+# --- domain aliases ------------------------------------------------------------------------------
+
+@router.get("/{domain}/domain-aliases", response_model=Page[DomainAliasOut], summary="Other names of a domain")
+async def list_domain_aliases(domain: str, ctx: Admin, who: Caller, cursor: Cursor = None,
+                              limit: Limit = 100) -> Page[DomainAliasOut]:
+    domain = domain_name(domain)
+    roles.require_domain(who, domain)
+    t = db.domain_aliases
+    rows, nxt = await ctx.db(queries.page, t, t.c.name, where=[t.c.domain == domain], cursor=cursor, limit=limit)
+    return Page[DomainAliasOut](items=[DomainAliasOut(**r) for r in rows], next_cursor=nxt)
+
+
+@router.post("/{domain}/domain-aliases", response_model=DomainAliasOut, status_code=201,
+             summary="Add another name for a domain")
+async def create_domain_alias(domain: str, body: DomainAliasCreate, request: Request, ctx: Admin,
+                              who: Caller) -> DomainAliasOut:
+    domain = domain_name(domain)
+    roles.require_domain(who, domain)
+    if (await ctx.provisioning.load(names.AGG_DOMAIN, body.name)).state is not None:
+        raise Invalid(f"{body.name} is a domain of its own")
+    dom = await ctx.provisioning.load(names.AGG_DOMAIN, domain)
+    loaded = await ctx.provisioning.load(names.AGG_DOMAIN_ALIAS, body.name)
+    events = aggregates.create_domain_alias(loaded.state, dom.state, body.name, domain)
+    outcome = await ctx.provisioning.commit(loaded, events)
+    await ctx.provisioning.audit(who, "domain_alias.create", body.name, domain=domain, remote_addr=client_addr(request))
+    return DomainAliasOut(name=body.name, domain=domain, version=outcome.version)
+
+
+@router.delete("/{domain}/domain-aliases/{alias}", status_code=204, summary="Remove a domain alias")
+async def delete_domain_alias(domain: str, alias: str, request: Request, ctx: Admin, who: Caller) -> Response:
+    domain, alias = domain_name(domain), domain_name(alias)
+    roles.require_domain(who, domain)
+    loaded = await ctx.provisioning.load(names.AGG_DOMAIN_ALIAS, alias)
+    await ctx.provisioning.commit(loaded, aggregates.delete_domain_alias(loaded.state, alias, domain))
+    await ctx.provisioning.audit(who, "domain_alias.delete", alias, domain=domain, remote_addr=client_addr(request))
+    return Response(status_code=204)
+
+
+@router.get("/{domain}/admins", response_model=list[TokenOut], summary="The domain's administrators (their tokens)")
+async def list_domain_admins(domain: str, ctx: Admin, who: Caller,
+                             include_revoked: Annotated[bool, Query()] = False) -> list[TokenOut]:
+    domain = domain_name(domain)
+    roles.require_domain(who, domain)
+    t = db.api_tokens
+    where = [t.c.domain == domain] if include_revoked else [t.c.domain == domain, t.c.revoked.is_(False)]
+    rows, _ = await ctx.db(queries.page, t, t.c.id, where=where, limit=1000)
+    return [token_out(r) for r in rows]

@@ -1,0 +1,56 @@
+"""/v1/usage: metering summed per domain (and account) for a billing period, as JSON or CSV."""
+
+from __future__ import annotations
+
+import csv
+import io
+from datetime import UTC, datetime
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query
+from fastapi.responses import Response
+
+from colony_admin import queries
+from colony_admin.auth import roles
+from colony_admin.deps import Admin, Caller
+from colony_admin.models import UsageReport, UsageRow
+from colony_admin.problems import COMMON_RESPONSES, BadRequest
+from colony_admin.routes.domains import domain_name
+
+router = APIRouter(prefix="/v1", tags=["usage"], responses=COMMON_RESPONSES)
+
+CSV_COLUMNS = ("domain", "account", *queries.USAGE_METRICS)
+
+
+def _utc(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+@router.get(
+    "/usage", response_model=UsageReport, summary="Usage per domain (and account) in [from, to)",
+    responses={200: {"content": {"text/csv": {"schema": {"type": "string"}}},
+                     "description": "JSON report, or CSV with columns " + ", ".join(CSV_COLUMNS)}},
+)
+async def usage(
+    ctx: Admin, who: Caller,
+    start: Annotated[datetime, Query(alias="from", description="Start of the period (inclusive), ISO 8601")],
+    end: Annotated[datetime, Query(alias="to", description="End of the period (exclusive), ISO 8601")],
+    domain: Annotated[str | None, Query(max_length=320, description="One domain; omit for all")] = None,
+    per_account: Annotated[bool, Query(description="Add one row per account")] = False,
+    format: Annotated[Literal["json", "csv"], Query(description="json or csv")] = "json",
+):
+    dom = domain_name(domain) if domain else None
+    roles.require_usage(who, dom)
+    start, end = _utc(start), _utc(end)
+    if end <= start:
+        raise BadRequest("'to' must be after 'from'")
+    rows = await ctx.db(queries.usage_report, start, end, dom, per_account)
+    if format == "csv":
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({**row, "account": row["account"] or ""})
+        return Response(buf.getvalue(), media_type="text/csv",
+                        headers={"Content-Disposition": 'attachment; filename="usage.csv"'})
+    return UsageReport(start=start, end=end, domain=dom, rows=[UsageRow(**r) for r in rows])

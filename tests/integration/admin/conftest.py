@@ -1,0 +1,178 @@
+"""Fixtures for the admin API suites: a real nats-server for the session, and an admin API
+stack (app with its lifespan, read model on SQLite or on PostgreSQL) per test.
+
+PostgreSQL: COLONY_TEST_POSTGRES_URL (default the server on this machine).  Each stack gets
+its own schema, dropped afterwards, so runs never see each other's rows.  If the server is
+unreachable the PostgreSQL variants are skipped — except with CI=true, where they fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import nats
+import pytest
+from nats.aio.client import Client
+from sqlalchemy import create_engine, text
+
+from colony.bus import names
+from colony.bus.schema import ensure_schema
+from colony.eventstore import EventStore
+from colony.natsd import EmbeddedNats
+from colony.settings import Settings
+from colony_admin import aggregates
+from colony_admin.app import create_app
+from colony_admin.auth import secrets
+from colony_admin.auth.secrets import password_hasher
+from colony_admin.models import Role, TokenCreate
+
+PG_URL = os.environ.get("COLONY_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+def _pg_reachable() -> str | None:
+    try:
+        engine = create_engine(PG_URL)
+        with engine.connect() as conn:
+            conn.execute(text("select 1"))
+        engine.dispose()
+        return None
+    except Exception as exc:  # any failure to connect means "not here"
+        return f"{type(exc).__name__}: {exc}".splitlines()[0]
+
+
+@pytest.fixture(scope="session")
+def nats_url(tmp_path_factory) -> str:
+    srv = EmbeddedNats(store_dir=tmp_path_factory.mktemp("nats"), sync_always=False)
+    url = srv.start()
+    yield url
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url() -> str:
+    problem = _pg_reachable()
+    if problem:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"PostgreSQL at {PG_URL} is unreachable in CI: {problem}")
+        pytest.skip(f"PostgreSQL at {PG_URL} is unreachable ({problem}); set COLONY_TEST_POSTGRES_URL")
+    return PG_URL
+
+
+class DatabaseFactory:
+    """Fresh, empty databases: a SQLite file or a PostgreSQL schema; dropped at the end."""
+
+    def __init__(self, backend: str, tmp: Path, request: pytest.FixtureRequest) -> None:
+        self.backend, self.tmp, self.request = backend, tmp, request
+        self.schemas: list[str] = []
+
+    def new(self) -> str:
+        if self.backend == "sqlite":
+            return f"sqlite:///{self.tmp / f'admin-{uuid.uuid4().hex[:8]}.sqlite3'}"
+        base = self.request.getfixturevalue("pg_admin_url")
+        schema = f"colony_test_{uuid.uuid4().hex[:12]}"
+        engine = create_engine(base)
+        with engine.begin() as conn:
+            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+        engine.dispose()
+        self.schemas.append(schema)
+        sep = "&" if "?" in base else "?"
+        return f"{base}{sep}options=-csearch_path%3D{schema}"
+
+    def drop_all(self) -> None:
+        if not self.schemas:
+            return
+        engine = create_engine(PG_URL)
+        with engine.begin() as conn:
+            for schema in self.schemas:
+                conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def databases(request, tmp_path) -> DatabaseFactory:
+    factory = DatabaseFactory(request.param, tmp_path, request)
+    yield factory
+    factory.drop_all()
+
+
+@dataclass
+class Stack:
+    nc: Client
+    app: object
+    client: httpx.AsyncClient
+    settings: Settings
+    sys_token: str
+
+    @property
+    def ctx(self):
+        return self.app.state.admin
+
+    def as_(self, token: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token}"}
+
+    async def token(self, role: Role, domain: str | None = None, name: str = "test") -> str:
+        return await issue_token(self.nc, role, domain, name)
+
+
+async def issue_token(nc: Client, role: Role, domain: str | None = None, name: str = "test") -> str:
+    """A token written straight to PROVISIONING (as bootstrap does), for test set-up."""
+    store = EventStore(nc.jetstream(), names.STREAM_PROVISIONING)
+    token_id, token, digest = secrets.new_token()
+    events = aggregates.create_token(None, token_id, TokenCreate(name=name, role=role, domain=domain), digest, "tests")
+    await store.append(names.provisioning_subject(names.AGG_TOKEN, token_id), [e.encode() for e in events], 0)
+    return token
+
+
+async def wait_until(check: Callable[[], Awaitable[bool]], timeout: float = 10.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if await check():
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+async def connect(nats_url: str) -> Client:
+    nc = await nats.connect(nats_url)
+    await ensure_schema(nc.jetstream(), Settings(nats_url=nats_url))
+    return nc
+
+
+@pytest.fixture
+async def make_stack(nats_url, databases, tmp_path) -> AsyncIterator[Callable[..., Awaitable[Stack]]]:
+    """Start admin API stacks (several may share the bus, each with its own database)."""
+    opened: list[tuple] = []
+
+    async def start(database_url: str | None = None) -> Stack:
+        nc = await connect(nats_url)
+        settings = Settings(nats_url=nats_url, data_dir=tmp_path, database_url=database_url or databases.new())
+        app = create_app(settings, nc, hasher=password_hasher(fast=True))
+        lifespan = app.router.lifespan_context(app)
+        await lifespan.__aenter__()
+        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://admin.test")
+        sys_token = await issue_token(nc, Role.SYSTEM_ADMIN, name="sysadmin")
+        opened.append((nc, lifespan, client))
+        return Stack(nc, app, client, settings, sys_token)
+
+    yield start
+    for nc, lifespan, client in reversed(opened):
+        await client.aclose()
+        await lifespan.__aexit__(None, None, None)
+        await nc.close()
+
+
+@pytest.fixture
+async def stack(make_stack) -> Stack:
+    return await make_stack()
+
+
+def unique_domain(tag: str = "t") -> str:
+    return f"{tag}-{uuid.uuid4().hex[:10]}.example"
