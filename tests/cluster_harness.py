@@ -70,6 +70,8 @@ class ClusterHarness:
     _nc = None
 
     def start(self, role: str, node_id: str, **env: str) -> Node:
+        """Spawn an instance; wait for it with ``wait_state(node_id, ..., pid=node.process.pid)``
+        when an earlier process of the same id may have left a record behind."""
         full_env = dict(os.environ)
         full_env.update(FAST_TIMINGS)
         full_env.update({

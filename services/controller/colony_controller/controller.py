@@ -7,8 +7,9 @@ Election
     subject from start to stop, so a request that gets "no responders" proves the holder's
     connection is gone (the server drops a closed connection's subscriptions at once) and
     the Backup Controller replaces the lease by ``update(last=<holder's revision>)`` right
-    away.  A holder that is alive but silent (paused, partitioned) still answers nothing,
-    so then the lease simply expires.  Either way the new acquisition has a higher revision:
+    away.  A holder that is alive but silent (paused, partitioned) answers nothing either,
+    so then the standby waits until it has seen the same lease revision for a whole lease
+    length -- by then the holder has fenced itself -- and replaces it the same way.  Either way the new acquisition has a higher revision:
     the new epoch.  The deposed holder finds out on its next renewal (CAS fails) or from its
     own monotonic deadline, whichever comes first, and stops acting.
 
@@ -57,6 +58,8 @@ class Controller:
         self._nodes: dict[str, tuple[NodeRecord, int]] = {}  # id -> (record, revision)
         self._last_seen: dict[str, float] = {}  # id -> monotonic time we last saw a heartbeat
         self._absent_since: float | None = None
+        self._seen_revision = 0  # the lease revision we last saw, and since when (monotonic)
+        self._seen_at = 0.0
         self._releasing: asyncio.Task | None = None
 
     # --- Workload ---------------------------------------------------------------------------
@@ -133,22 +136,50 @@ class Controller:
             # A lease of ours from an earlier incarnation: it is abandoned by definition.
             return await self._acquire(current.revision, "taken-over", previous=me)
         if current is None:
-            return self._my_turn(None) and await self._acquire(None, "vacant")
-        if await self._holder_alive(current.record.holder, current.epoch):
+            return await self._my_turn(None) and await self._acquire(None, "vacant")
+        now = time.monotonic()
+        if current.revision != self._seen_revision:
+            self._seen_revision, self._seen_at = current.revision, now
+        # A revision unchanged for a whole lease length (on our clock, which started no
+        # earlier than the holder's) means the holder has already fenced itself off; we need
+        # not wait for the server to expire the key, and the CAS below fails if it renewed.
+        stale = now - self._seen_at >= self.runtime.settings.controller_lease_ttl
+        if stale:
+            how = "expired"
+        elif await self._holder_alive(current.record.holder, current.epoch):
             self._absent_since = None
             return False
-        return self._my_turn(current.record.holder) and await self._acquire(
-            current.revision, "taken-over", previous=current.record.holder)
+        else:
+            how = "taken-over"
+        return await self._my_turn(current.record.holder) and await self._acquire(
+            current.revision, how, previous=current.record.holder)
 
-    def _my_turn(self, holder: str | None) -> bool:
-        """The Backup Controller moves at once; the others give it a head start by rank."""
+    async def _my_turn(self, holder: str | None) -> bool:
+        """The Backup Controller moves at once; the others give it a head start by rank.
+
+        Standbys ranked ahead of us that are provably gone (no responders) do not count, so
+        a dead backup whose record is not yet FAILED does not delay the takeover.
+        """
         order = [r.id for r in standby_order((r for r, _ in self._nodes.values()), holder)]
-        rank = order.index(self.runtime.node_id) if self.runtime.node_id in order else len(order)
+        ahead = order[: order.index(self.runtime.node_id)] if self.runtime.node_id in order else order
+        rank = 0
+        for other in ahead:
+            if await self._reachable(other):
+                rank += 1
         if rank == 0:
             return True
         if self._absent_since is None:
             self._absent_since = time.monotonic()
         return time.monotonic() - self._absent_since >= rank * 1.0
+
+    async def _reachable(self, node_id: str) -> bool:
+        try:
+            await self.runtime.nc.request(names.controller_alive_subject(node_id), b"", timeout=0.5)
+        except NoRespondersError:
+            return False
+        except NatsTimeout:
+            return True
+        return True
 
     async def _holder_alive(self, holder: str, epoch: int) -> bool:
         try:

@@ -77,3 +77,31 @@ async def test_sigstopped_instance_is_declared_failed_and_rejoins_after_sigcont(
     mailstore.signal(signal.SIGCONT)
     back = await cluster.wait_state("mailstore-1", "READY", timeout=20, incarnation=2)
     assert "re-registered" in back.reason and "FAILED" in back.reason
+
+
+async def test_a_frozen_controller_is_replaced_and_steps_down_when_it_wakes(cluster):
+    for i in (1, 2):
+        cluster.start("controller", f"controller-{i}")
+    first = await cluster.wait_controller()
+    other = "controller-2" if first.id == "controller-1" else "controller-1"
+    await cluster.wait_state(other, "READY")
+
+    frozen = cluster.nodes[first.id]
+    frozen.signal(signal.SIGSTOP)  # keeps its connection: nobody can prove it gone
+    second = await cluster.wait_controller(not_id=first.id, min_epoch=first.epoch, timeout=20)
+    assert second.id == other
+
+    frozen.signal(signal.SIGCONT)
+    # It rejoins as a standby (new incarnation) and never acts as controller again.
+    await cluster.wait_state(first.id, "READY", timeout=20, controller=False, backup=True)
+    await wait_until_log(frozen, "stops acting as controller")
+    views = await cluster.view()
+    assert [v.id for v in views.values() if v.controller] == [other]
+
+
+async def wait_until_log(node, text: str, timeout: float = 10.0) -> None:
+    from cluster_harness import wait_until
+
+    async def probe():
+        return text in node.log()
+    await wait_until(probe, timeout, f"{node.node_id} to log {text!r}")
