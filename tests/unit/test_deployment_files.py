@@ -318,6 +318,16 @@ def test_colony_service_is_scalable(name):
     assert not fixed, f"{name}: a fixed host port forbids a second replica; publish through the balancer"
 
 
+@pytest.mark.parametrize("name", sorted(set(COLONY_SERVICES) - {"controller"}))
+def test_colony_service_starts_after_the_controller_made_the_schema(name):
+    # Instances that create the same R3 streams at once on a fresh cluster time out;
+    # the controller's /healthz answers only once the schema exists.
+    deps = depends_on(COLONY_SERVICES[name])
+    assert deps.get("controller", {}).get("condition") == "service_healthy", f"{name}: wait for the controller"
+    for nats_service in NATS_SERVICES:
+        assert deps.get(nats_service, {}).get("condition") == "service_healthy", f"{name}: wait for {nats_service}"
+
+
 @pytest.mark.parametrize("name", sorted(COLONY_SERVICES))
 def test_colony_service_healthcheck_uses_the_ops_port(name):
     svc = COLONY_SERVICES[name]
