@@ -335,6 +335,8 @@ def test_colony_service_healthcheck_uses_the_ops_port(name):
     text = " ".join(test) if isinstance(test, list) else test
     assert "/healthz" in text
     assert "COLONY_OPS_PORT" in text or str(colony_ops_port(svc)) in text
+    if isinstance(test, list) and test[:3] == ["CMD", "python", "-c"]:
+        compile(test[3], f"{name} healthcheck", "exec")  # the image has no curl; the one-liner must parse
 
 
 def test_shared_storage_is_one_volume_at_one_path():
@@ -475,7 +477,10 @@ def test_three_nats_servers_form_one_jetstream_cluster():
         assert len(routes) == 3, f"{name}: expected 3 routes, found {routes}"
         assert {host for host, _ in routes} == set(NATS_SERVICES), f"{name}: routes should name every NATS service"
         assert {int(port) for _, port in routes} == {listen_port}
-        assert nats_value(text, "http") is not None, f"{name}: monitoring port is off"
+        http = nats_value(text, "http")
+        assert http is not None, f"{name}: monitoring port is off"
+        health = " ".join(svc["healthcheck"]["test"])
+        assert f":{http.rsplit(':', 1)[1]}/healthz" in health, f"{name}: healthcheck is not on the monitoring port"
     assert names == set(NATS_SERVICES), "server_name matches the compose service name"
     assert len(cluster_names) == 1, "one cluster name on every server"
 
@@ -508,6 +513,26 @@ def test_regions_use_distinct_jetstream_domains_over_a_leafnode():
     remotes = re.findall(r"nats-leaf://([\w.-]+):(\d+)", nats_block(region, "leafnodes"))
     assert remotes, "the region dials the hub's leafnode port"
     assert {(host, port) for host, port in remotes} == {(nats_value(hub, "server_name"), leaf_port)}
+
+
+def test_regions_example_compose_mounts_the_region_configs():
+    example = yaml.safe_load((NATS_DIR / "regions" / "docker-compose.yml").read_text())
+    mounted = set()
+    for name, svc in example["services"].items():
+        for kind, source, target in volume_mounts(svc):
+            if kind == "bind":
+                path = (NATS_DIR / "regions" / source).resolve()
+                assert path.exists(), f"regions example {name}: mounts {source}, which does not exist"
+                mounted.add(path.name)
+            else:
+                assert source in (example.get("volumes") or {}), f"regions example {name}: volume {source}"
+        # The leafnode remote names the hub by its compose service name.
+        assert svc.get("hostname", name) == name
+        assert svc["image"] == next(iter(NATS_SERVICES.values()))["image"], "one NATS version everywhere"
+    assert mounted == {"hub.conf", "eu.conf"}
+    eu = strip_conf_comments((NATS_DIR / "regions" / "eu.conf").read_text())
+    hosts = {host for host, _ in re.findall(r"nats-leaf://([\w.-]+):(\d+)", eu)}
+    assert hosts <= set(example["services"])
 
 
 def _nats_config_files() -> list[Path]:
