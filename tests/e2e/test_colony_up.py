@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from colony.ports import PortPlan, port_is_free
@@ -98,6 +99,19 @@ def test_up_status_and_ctrl_c_leaves_nothing_behind(tmp_path):
         admin = [n for n in nodes if n["role"] == "admin-api"][0]
         assert admin["addresses"]["http"] == f"127.0.0.1:{PortPlan(base).admin_api(0)}"
         pids = [n["pid"] for n in nodes]
+
+        # First start: a bootstrap system-admin token, kept 0600 in the data directory,
+        # which sees through the admin API the same cluster `colony status` shows.
+        token_file = data_dir / "admin.token"
+        assert token_file.stat().st_mode & 0o777 == 0o600
+        token = token_file.read_text().strip()
+        served = httpx.get(f"http://{admin['addresses']['http']}/v1/cluster/nodes",
+                           headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        assert served.status_code == 200
+        by_id = {n["id"]: n for n in served.json()}
+        assert set(by_id) == {n["id"] for n in nodes}
+        for n in nodes:
+            assert (by_id[n["id"]]["role"], by_id[n["id"]]["controller"], by_id[n["id"]]["backup"]) == (n["role"], n["controller"], n["backup"])
     finally:
         out = stop_up(proc)
     assert proc.returncode == 0, out

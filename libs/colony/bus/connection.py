@@ -13,9 +13,10 @@ from colony.settings import Settings
 log = logging.getLogger("colony.bus")
 
 
-async def connect(settings: Settings, name: str = "colony") -> Client:
+async def connect(settings: Settings, name: str = "colony", persistent: bool = True) -> Client:
+    """A service connection (``persistent``) reconnects forever; a CLI one fails fast."""
     async def on_error(exc: Exception) -> None:
-        log.warning("nats error: %s", exc)
+        (log.warning if persistent else log.debug)("nats error: %s", exc)
 
     async def on_disconnect() -> None:
         if not (nc.is_closed or nc.is_draining):  # our own close() is not news
@@ -28,9 +29,9 @@ async def connect(settings: Settings, name: str = "colony") -> Client:
         servers=settings.nats_servers,
         name=name,
         connect_timeout=settings.nats_connect_timeout,
-        max_reconnect_attempts=-1,
+        max_reconnect_attempts=-1 if persistent else 1,  # 0 would mean "forever" in nats-py
         reconnect_time_wait=0.5,
-        allow_reconnect=True,
+        allow_reconnect=persistent,
         error_cb=on_error,
         disconnected_cb=on_disconnect,
         reconnected_cb=on_reconnect,

@@ -7,9 +7,11 @@ place (for example a different retention) fails with a message that names the st
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, replace
 
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import (
     DiscardPolicy,
@@ -93,12 +95,27 @@ def stream_configs(settings: Settings) -> list[StreamConfig]:
     ]
 
 
-async def ensure_schema(js: JetStreamContext, settings: Settings) -> None:
+async def ensure_schema(js: JetStreamContext, settings: Settings, deadline: float = 60.0) -> None:
     for config in stream_configs(settings):
-        await _ensure_stream(js, config)
+        await _retrying(lambda c=config: _ensure_stream(js, c), config.name, deadline)
     buckets = bucket_configs(settings)
     for kv in (buckets.nodes, buckets.leases, buckets.account_owners, buckets.sip_bindings, buckets.directory):
-        await _ensure_bucket(js, kv)
+        await _retrying(lambda k=kv: _ensure_bucket(js, k), kv.bucket, deadline)
+
+
+async def _retrying(step, what: str, deadline: float) -> None:
+    """On a fresh replicated cluster, instances starting together make the meta leader busy
+    and some stream creations time out; every step is idempotent, so try again."""
+    loop = asyncio.get_running_loop()
+    until = loop.time() + deadline
+    while True:
+        try:
+            return await step()
+        except NatsTimeoutError:
+            if loop.time() >= until:
+                raise SchemaError(f"{what}: JetStream did not answer within {deadline:g}s; is the NATS cluster healthy?") from None
+            log.info("%s: JetStream timed out; retrying", what)
+            await asyncio.sleep(0.5)
 
 
 async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
