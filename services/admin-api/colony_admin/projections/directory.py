@@ -82,6 +82,7 @@ class DirectoryProjection:
             try:
                 msgs = await sub.fetch(self._batch, timeout=0.5)
             except (NatsTimeoutError, asyncio.TimeoutError):
+                _raise_if_cancelled()
                 continue
             subjects = {m.subject for m in msgs}
             # Only the newest state of each aggregate matters: one write per subject per batch.
@@ -118,3 +119,11 @@ class DirectoryProjection:
             except KeyWrongLastSequenceError:
                 continue  # raced with another instance: re-read and decide again
         log.warning("directory: gave up writing %s after repeated races", key)
+
+
+def _raise_if_cancelled() -> None:
+    # nats-py's fetch() can turn our cancellation into a TimeoutError; without this check a
+    # stopping projection would swallow it and poll forever.
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError

@@ -62,6 +62,7 @@ class StreamProjection:
                 try:
                     msgs = await sub.fetch(self._batch, timeout=0.5)
                 except (NatsTimeoutError, asyncio.TimeoutError):
+                    _raise_if_cancelled()
                     continue
                 batch: list[tuple[int, ev.Event]] = []
                 for msg in msgs:
@@ -103,3 +104,11 @@ class StreamProjection:
             except TimeoutError:
                 return False
         return True
+
+
+def _raise_if_cancelled() -> None:
+    # nats-py's fetch() can turn our cancellation into a TimeoutError; without this check a
+    # stopping projection would swallow it and poll forever.
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
