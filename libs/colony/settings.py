@@ -8,6 +8,7 @@ its description, so this file is the documentation of the configuration.
 from __future__ import annotations
 
 import os
+import socket
 import tomllib
 from enum import StrEnum
 from pathlib import Path
@@ -63,7 +64,8 @@ class Settings(BaseSettings):
     # --- identity of this process -------------------------------------------------------
     node_id: str = Field("", description="Unique id of this instance in the cluster, e.g. mailstore-2. Empty: <role>-<host>-<pid>.")
     role: Role | None = Field(None, description="Which service this process runs (controller, edge, mailstore, sipfarm, admin-api).")
-    host: str = Field("127.0.0.1", description="Address this instance binds its listeners to and advertises to the cluster.")
+    host: str = Field("127.0.0.1", description="Address this instance binds its listeners to.")
+    advertise_host: str = Field("", description="Address other members use to reach this instance. Empty: COLONY_HOST, or this machine's host name when COLONY_HOST is a wildcard (0.0.0.0, ::).")
 
     # --- bus ---------------------------------------------------------------------------
     nats_url: str = Field("nats://127.0.0.1:2500", description="NATS server(s), comma separated. `colony up` sets this to the embedded server.")
@@ -111,6 +113,14 @@ class Settings(BaseSettings):
         if value.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
             raise ValueError("use one of DEBUG, INFO, WARNING, ERROR")
         return value.upper()
+
+    @property
+    def advertised_host(self) -> str:
+        if self.advertise_host:
+            return self.advertise_host
+        if self.host in ("0.0.0.0", "::", ""):
+            return socket.gethostname()
+        return self.host
 
     @property
     def nats_servers(self) -> list[str]:

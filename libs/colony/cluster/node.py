@@ -110,7 +110,7 @@ class NodeRuntime:
         await ensure_schema(js, self.settings)
         self._nodes = await js.key_value(names.BUCKET_NODES)
         self._js = js
-        addresses = {"ops": await self.ops.start(self.settings.host, self.settings.ops_port)}
+        addresses = {"ops": await self.ops.start(self.settings.host, self.settings.ops_port, self.settings.advertised_host)}
         self._record = NodeRecord(
             id=self.node_id, role=self.role, state=NodeState.STARTING, host=socket.gethostname(),
             pid=os.getpid(), version=__version__, started_at=utcnow(), addresses=addresses,

@@ -52,10 +52,10 @@ class OpsServer:
 
         return Starlette(routes=[Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", metrics)])
 
-    async def start(self, host: str, port: int) -> str:
+    async def start(self, host: str, port: int, advertised_host: str) -> str:
         self._http = EmbeddedHttpServer(self.app(), host, port)
         bound = await self._http.start()
-        return f"{host}:{bound}"
+        return f"{advertised_host}:{bound}"
 
     async def stop(self) -> None:
         if self._http:

@@ -56,7 +56,7 @@ class AdminApiWorkload:
         app.add_middleware(_DrainGate, workload=self)
         self._http = EmbeddedHttpServer(app, self.settings.host, self.settings.api_port, lifespan="on")
         port = await self._http.start()
-        return {"http": f"{self.settings.host}:{port}"}
+        return {"http": f"{self.settings.advertised_host}:{port}"}
 
     def set_accepting(self, accepting: bool) -> None:
         self.accepting = accepting

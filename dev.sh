@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The README's two set-up commands:
+#   ./dev.sh up   [colony up options]   set up .venv (first time), start the whole cluster here
+#   ./dev.sh test [pytest options]      set up .venv with the test tools, run every test ring
+set -euo pipefail
+cd "$(dirname "$0")"
+
+python=${PYTHON:-python3}
+if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+  echo "Colony needs Python 3.11 or newer as '$python' (set PYTHON=/path/to/python3.11)" >&2
+  exit 2
+fi
+
+ensure_venv() {  # $1: the pyproject extra to install
+  local stamp=".venv/.installed-$1"
+  [ -x .venv/bin/python ] || "$python" -m venv .venv
+  if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[$1]"
+    touch "$stamp"
+  fi
+}
+
+case "${1:-}" in
+  up)
+    shift
+    ensure_venv postgres
+    exec .venv/bin/colony up "$@"
+    ;;
+  test)
+    shift
+    ensure_venv test
+    exec .venv/bin/python -m pytest "$@"
+    ;;
+  *)
+    echo "usage: ./dev.sh up [colony up options] | ./dev.sh test [pytest options]" >&2
+    exit 2
+    ;;
+esac
