@@ -41,6 +41,7 @@ from colony.cluster.membership import NodeRecord, NodeState
 from colony.cluster.ops_http import OpsServer
 from colony.events import Event, NodeDrained, NodeStateChanged, utcnow
 from colony.settings import Settings
+from colony.telemetry import inject_headers
 
 log = logging.getLogger("colony.node")
 
@@ -198,7 +199,7 @@ class NodeRuntime:
 
     async def publish_event(self, subject: str, event: Event) -> None:
         try:
-            await self._js.publish(subject, event.encode())
+            await self._js.publish(subject, event.encode(), headers=inject_headers() or None)
         except Exception as exc:  # an event we cannot log must not stop the node
             log.warning("could not publish %s: %s", event.type, exc)
 
