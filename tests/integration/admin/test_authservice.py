@@ -1,0 +1,73 @@
+"""The cluster's auth service over NATS request/reply: PLAIN checks and SIP digest HA1."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from conftest import unique_domain
+
+from colony.bus import names
+
+
+async def ask(stack, subject: str, **request) -> dict:
+    msg = await stack.nc.request(subject, json.dumps(request).encode(), timeout=5)
+    return json.loads(msg.data)
+
+
+async def _provision(stack):
+    c, h = stack.client, stack.as_(stack.sys_token)
+    d = unique_domain("auth")
+    cos = f"voice-{d[:10]}"
+    await c.post("/v1/cos", json={"name": cos, "limits": {"services": ["mail", "imap", "sip"], "quota_bytes": 5000,
+                                                            "max_message_bytes": 100}}, headers=h)
+    await c.post("/v1/domains", json={"name": d, "cos": cos}, headers=h)
+    await c.post(f"/v1/domains/{d}/accounts", json={"name": "alice", "password": "wonderland", "quota_bytes": 9999},
+                 headers=h)
+    await c.post(f"/v1/domains/{d}/accounts", json={"name": "mute", "password": "wonderland", "services": ["mail"]},
+                 headers=h)
+    return d
+
+
+async def test_plain_check_returns_what_the_account_may_use(stack):
+    d = await _provision(stack)
+    ok = await ask(stack, names.AUTH_CHECK, user=f"Alice@{d.upper()}", password="wonderland", service="imap")
+    assert ok["ok"] and ok["account"] == f"alice@{d}"
+    assert ok["services"] == ["mail", "imap", "sip"] and ok["quota_bytes"] == 5000  # capped by the CoS
+    assert ok["max_message_bytes"] == 100
+    bad = await ask(stack, names.AUTH_CHECK, user=f"alice@{d}", password="nope")
+    unknown = await ask(stack, names.AUTH_CHECK, user=f"nobody@{d}", password="nope")
+    assert bad == unknown == {"ok": False, "reason": "invalid credentials"}
+    pop = await ask(stack, names.AUTH_CHECK, user=f"alice@{d}", password="wonderland", service="pop")
+    assert pop == {"ok": False, "reason": "service not enabled"}
+
+    await stack.client.post(f"/v1/domains/{d}/suspend", headers=stack.as_(stack.sys_token))
+    suspended = await ask(stack, names.AUTH_CHECK, user=f"alice@{d}", password="wonderland")
+    assert suspended["ok"] is False
+
+
+async def test_password_guessing_is_throttled(stack):
+    d = await _provision(stack)
+    stack.ctx.auth_service.throttle.max_failures = 3
+    answers = [await ask(stack, names.AUTH_CHECK, user=f"alice@{d}", password=f"guess{i}", remote_addr="203.0.113.9")
+               for i in range(4)]
+    assert [a["reason"] for a in answers] == ["invalid credentials"] * 3 + ["throttled"]
+    # even the right password waits out the lockout
+    right = await ask(stack, names.AUTH_CHECK, user=f"alice@{d}", password="wonderland")
+    assert right["reason"] == "throttled" and right["retry_after"] > 0
+
+
+async def test_sip_farm_gets_ha1_never_the_password(stack):
+    d = await _provision(stack)
+    for algorithm, h in (("MD5", hashlib.md5), ("SHA-256", hashlib.sha256)):
+        reply = await ask(stack, names.AUTH_SIP_CREDENTIALS, user="alice", realm=d, algorithm=algorithm)
+        assert reply == {"ok": True, "username": "alice", "realm": d, "algorithm": algorithm,
+                         "ha1": h(f"alice:{d}:wonderland".encode()).hexdigest()}
+    assert "wonderland" not in json.dumps(reply)
+    no_sip = await ask(stack, names.AUTH_SIP_CREDENTIALS, user=f"mute@{d}", algorithm="MD5")
+    assert no_sip == {"ok": False, "reason": "service not enabled"}
+    # the password change reaches the farm as a new HA1
+    await stack.client.patch(f"/v1/domains/{d}/accounts/alice", json={"password": "looking-glass"},
+                             headers=stack.as_(stack.sys_token))
+    reply = await ask(stack, names.AUTH_SIP_CREDENTIALS, user=f"alice@{d}", algorithm="MD5")
+    assert reply["ha1"] == hashlib.md5(f"alice:{d}:looking-glass".encode()).hexdigest()

@@ -1,0 +1,55 @@
+"""colony.eventstore against a real JetStream: versions, conflicts, and the Msg-Id retry case."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from conftest import connect
+
+from colony.bus import names
+from colony.eventstore import MSG_ID, ConcurrencyConflict, EventStore
+
+
+@pytest.fixture
+async def store(nats_url):
+    nc = await connect(nats_url)
+    yield EventStore(nc.jetstream(), names.STREAM_PROVISIONING)
+    await nc.close()
+
+
+def subject() -> str:
+    return names.provisioning_subject("test", uuid.uuid4().hex)
+
+
+async def test_append_read_and_conflict(store):
+    s = subject()
+    assert await store.version(s) == 0
+    v1 = await store.append(s, [b"one", b"two"], 0)
+    assert [e.data for e in await store.read(s)] == [b"one", b"two"]
+    assert await store.version(s) == v1
+    with pytest.raises(ConcurrencyConflict) as info:
+        await store.append(s, [b"stale"], 0)
+    assert info.value.actual == v1
+    assert [e.data for e in await store.read(s)] == [b"one", b"two"]
+
+
+async def test_retry_of_a_landed_append_is_recognised_as_ours(store, monkeypatch):
+    """NATS-NOTES: a retry carrying Msg-Id and the expected sequence answers 10071, not duplicate."""
+    s = subject()
+    real_publish = store._js.publish
+    calls = []
+
+    async def publish_then_lose_the_ack(subj, payload, **kw):
+        calls.append(kw["headers"][MSG_ID])
+        ack = await real_publish(subj, payload, **kw)
+        if len(calls) == 1:
+            import nats.errors
+            raise nats.errors.TimeoutError  # the append landed, its ack was "lost"
+        return ack
+
+    monkeypatch.setattr(store._js, "publish", publish_then_lose_the_ack)
+    version = await store.append(s, [b"once"], 0)
+    assert len(calls) == 2 and calls[0] == calls[1]
+    events = await store.read(s)
+    assert [e.data for e in events] == [b"once"] and events[0].seq == version

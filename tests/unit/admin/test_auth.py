@@ -1,0 +1,84 @@
+"""Tokens, passwords, HA1, throttling, roles and entitlements (pure)."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from colony_admin.auth import roles, secrets
+from colony_admin.auth.roles import Principal
+from colony_admin.auth.throttle import Throttle
+from colony_admin.entitlements import effective
+from colony_admin.models import Role
+from colony_admin.problems import Forbidden
+
+
+def test_tokens_are_stored_as_hashes_and_split_back():
+    token_id, token, digest = secrets.new_token()
+    assert token.startswith("col_") and digest not in token
+    tid, secret = secrets.split_token(token)
+    assert tid == token_id and secrets.secret_matches(secret, digest)
+    assert not secrets.secret_matches(secret + "x", digest)
+    for bad in ("", "Bearer x", "col_short_x", f"col_{token_id}"):
+        with pytest.raises(secrets.MalformedToken):
+            secrets.split_token(bad)
+
+
+def test_passwords_are_argon2_and_ha1_is_per_realm():
+    hasher = secrets.password_hasher(fast=True)
+    stored = hasher.hash("s3cret!")
+    assert stored.startswith("$argon2id$") and "s3cret" not in stored
+    assert secrets.verify_password(hasher, stored, "s3cret!")
+    assert not secrets.verify_password(hasher, stored, "wrong")
+    assert not secrets.verify_password(hasher, None, "s3cret!")
+    assert not secrets.verify_password(hasher, "garbage", "s3cret!")
+    ha1 = secrets.sip_ha1("alice", "acme.example", "pw")
+    assert ha1["MD5"] == hashlib.md5(b"alice:acme.example:pw").hexdigest()
+    assert ha1["SHA-256"] == hashlib.sha256(b"alice:acme.example:pw").hexdigest()
+
+
+def test_throttle_locks_out_after_failures_and_releases_with_time():
+    t = Throttle(max_failures=3, window=10, lockout=30)
+    for i in range(2):
+        t.failed("k", now=i)
+    assert t.retry_after("k", now=2) == 0
+    t.failed("k", now=2)
+    assert t.retry_after("k", now=3) == 29
+    assert t.retry_after("k", now=32) == 0
+    # failures spread wider than the window never lock
+    for i in range(10):
+        t.failed("slow", now=100 + i * 11)
+    assert t.retry_after("slow", now=300) == 0
+
+
+def test_throttle_memory_is_bounded():
+    t = Throttle(max_keys=100)
+    for i in range(1000):
+        t.failed(f"k{i}", now=float(i))
+    assert len(t._failures) <= 100
+
+
+def test_roles():
+    sys = Principal("a", "root", Role.SYSTEM_ADMIN)
+    da = Principal("b", "boss", Role.DOMAIN_ADMIN, "acme.example")
+    bill = Principal("c", "billing", Role.BILLING_READER)
+    roles.require_domain(sys, "x.example")
+    roles.require_domain(da, "acme.example")
+    for call in (lambda: roles.require_domain(da, "other.example"), lambda: roles.require_system(da, "x"),
+                 lambda: roles.require_domain(bill, "acme.example"), lambda: roles.require_usage(da, None),
+                 lambda: roles.require_usage(da, "other.example"), lambda: roles.visible_domain_filter(bill),
+                 lambda: roles.require_audit(bill, None)):
+        with pytest.raises(Forbidden):
+            call()
+    roles.require_usage(bill, None)
+    roles.require_usage(da, "acme.example")
+    assert roles.visible_domain_filter(da) == "acme.example" and roles.visible_domain_filter(sys) is None
+
+
+def test_entitlements_are_capped_by_the_class_of_service():
+    cos = {"services": ["mail", "imap"], "quota_bytes": 100, "max_message_bytes": 10}
+    assert effective({"services": None, "quota_bytes": None}, cos)["services"] == ["mail", "imap"]
+    got = effective({"services": ["imap", "sip"], "quota_bytes": 500}, cos)
+    assert got["services"] == ["imap"] and got["quota_bytes"] == 100  # an account cannot exceed its CoS
+    assert effective({"services": None, "quota_bytes": 5}, None)["services"] == ["mail", "imap", "pop", "sip"]

@@ -1,0 +1,64 @@
+"""Bulk-import parsing and model validation (pure)."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from colony_admin import importer
+from colony_admin.models import AccountCreate, DomainCreate, check_address
+from colony_admin.projections.directory import directory_entry, parse_subject
+from colony_admin.queries import decode_cursor, encode_cursor
+from colony_admin.problems import BadRequest
+
+
+def test_csv_plan_groups_domains_and_reports_row_errors():
+    body = ("domain,account,password,services,quota_bytes\n"
+            "Acme.Example,alice,longpassword,mail;imap,100\n"
+            "acme.example,bob@acme.example,,,\n"
+            "acme.example,eve@other.example,,,\n"
+            "beta.example,,,,\n"
+            "bad domain,x,,,\n").encode()
+    plan = importer.plan(importer.parse(body, "csv"))
+    assert list(plan.domains) == ["acme.example", "beta.example"]
+    assert [(a.domain, a.account.name) for a in plan.accounts] == [("acme.example", "alice"), ("acme.example", "bob")]
+    assert plan.accounts[0].account.services == ["mail", "imap"] and plan.accounts[0].account.quota_bytes == 100
+    assert [e.split(":")[0] for e in plan.errors] == ["row 3", "row 5"]
+
+
+def test_json_and_format_errors():
+    plan = importer.plan(importer.parse(b'{"rows": [{"domain": "a.example", "account": "x", "password_hash": "plain"}]}', "json"))
+    assert plan.errors and "argon2" in plan.errors[0]
+    with pytest.raises(importer.ImportFormatError):
+        importer.parse(b"account\nx\n", "csv")
+    with pytest.raises(importer.ImportFormatError):
+        importer.parse(b"{}", "json")
+    with pytest.raises(importer.ImportFormatError):
+        importer.parse(b"\xff", "json")
+
+
+def test_names_are_normalised_and_checked():
+    assert DomainCreate(name=" B\u00fccher.Example. ").name == "xn--bcher-kva.example"
+    assert check_address("Alice@ACME.example") == "alice@acme.example"
+    for bad in ("", "-x.example", "x", "a..b"):
+        with pytest.raises(ValidationError):
+            DomainCreate(name=bad)
+    with pytest.raises(ValidationError):
+        AccountCreate(name="has space")
+    with pytest.raises(ValidationError):
+        AccountCreate(name="ok", password="short")
+
+
+def test_cursor_round_trip_and_garbage():
+    assert decode_cursor(encode_cursor("user042@x.example")) == "user042@x.example"
+    with pytest.raises(BadRequest):
+        decode_cursor("!!!")
+
+
+def test_directory_entries_hide_secrets_and_mark_deletions():
+    key, value = directory_entry("address", "a@b.example", {"kind": "account", "password_hash": "h", "sip_ha1": {},
+                                                            "services": ["mail"]}, 7)
+    assert key == "address.a_40b_2eexample" and value == {"kind": "account", "services": ["mail"], "seq": 7}
+    assert directory_entry("domain", "b.example", None, 9)[1] == {"deleted": True, "seq": 9}
+    assert directory_entry("token", "x", {"secret_sha256": "h"}, 1) is None
+    assert parse_subject("colony.prov.address.a_40b_2eexample") == ("address", "a@b.example")
