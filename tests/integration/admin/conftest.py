@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -176,3 +177,68 @@ async def stack(make_stack) -> Stack:
 
 def unique_domain(tag: str = "t") -> str:
     return f"{tag}-{uuid.uuid4().hex[:10]}.example"
+
+
+class LiveServer:
+    """The admin API under a real uvicorn on 127.0.0.1, in a thread with its own event loop
+    (for clients that need a URL: the CLI and schemathesis)."""
+
+    def __init__(self, nats_url: str, database_url: str, data_dir: Path) -> None:
+        self.nats_url, self.database_url, self.data_dir = nats_url, database_url, data_dir
+        self.url = ""
+        self.sys_token = ""
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._server = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = threading.Thread(target=self._run, name="admin-api-live", daemon=True)
+
+    def start(self) -> LiveServer:
+        self._thread.start()
+        if not self._ready.wait(30) or self._error:
+            raise RuntimeError(f"admin API did not start: {self._error!r}")
+        return self
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as exc:  # reported to start()
+            self._error = exc
+            self._ready.set()
+
+    async def _main(self) -> None:
+        import uvicorn
+
+        self._loop = asyncio.get_running_loop()
+        nc = await connect(self.nats_url)
+        settings = Settings(nats_url=self.nats_url, data_dir=self.data_dir, database_url=self.database_url)
+        app = create_app(settings, nc, hasher=password_hasher(fast=True))
+        self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="on", log_level="warning"))
+        serving = asyncio.create_task(self._server.serve())
+        while not self._server.started:
+            if serving.done():
+                serving.result()
+            await asyncio.sleep(0.02)
+        port = self._server.servers[0].sockets[0].getsockname()[1]
+        self.sys_token = await issue_token(nc, Role.SYSTEM_ADMIN, name="sysadmin")
+        self.url = f"http://127.0.0.1:{port}"
+        self.nc = nc
+        self._ready.set()
+        await serving
+        await nc.close()
+
+    def run(self, coro):
+        """Run a coroutine on the server's loop (e.g. to mint tokens with its NATS connection)."""
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(30)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+        self._thread.join(30)
+
+
+@pytest.fixture
+def live_server(nats_url, databases, tmp_path) -> LiveServer:
+    server = LiveServer(nats_url, databases.new(), tmp_path).start()
+    yield server
+    server.stop()
