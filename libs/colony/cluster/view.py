@@ -7,10 +7,11 @@ the Backup Controller shown is the one that takes over.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 
 from nats.aio.client import Client
-from nats.js.errors import NoKeysError, NotFoundError
+from nats.js.errors import NotFoundError
 from pydantic import BaseModel, ValidationError
 
 from colony.bus import names
@@ -45,23 +46,34 @@ def standby_order(records: Iterable[NodeRecord], holder: str | None) -> list[Nod
 
 
 async def read_nodes(nc: Client) -> list[NodeRecord]:
-    records: list[NodeRecord] = []
-    try:  # no bucket yet (nothing started) and no keys are both "no nodes"
-        kv = await nc.jetstream().key_value(names.BUCKET_NODES)
-        keys = await kv.keys()
-    except (NotFoundError, NoKeysError):
-        return records
-    for key in keys:
+    """Every record, read key by key.
+
+    Not ``kv.keys()``: nats-py's key listing waits for a watcher to catch up with the
+    stream, which never happens while many instances heartbeat (seen: `colony status`
+    hanging under load).  The stream's subject list plus one direct get per key is bounded.
+    """
+    js = nc.jetstream()
+    prefix = f"$KV.{names.BUCKET_NODES}."
+    try:
+        kv = await js.key_value(names.BUCKET_NODES)
+        info = await js.stream_info(f"KV_{names.BUCKET_NODES}", subjects_filter=prefix + ">")
+    except NotFoundError:
+        return []
+    keys = [subject[len(prefix):] for subject in (info.state.subjects or {})]
+
+    async def one(key: str) -> NodeRecord | None:
         try:
             entry = await kv.get(key)
-        except NotFoundError:
-            continue
-        if entry.value:
-            try:
-                records.append(NodeRecord.decode(entry.value))
-            except ValidationError:
-                continue
-    return records
+        except NotFoundError:  # deleted between the listing and the get
+            return None
+        if not entry.value:
+            return None
+        try:
+            return NodeRecord.decode(entry.value)
+        except ValidationError:
+            return None
+
+    return [r for r in await asyncio.gather(*(one(k) for k in keys)) if r is not None]
 
 
 async def read_controller_lease(nc: Client) -> LeaseEntry | None:
