@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import Query, Response
@@ -27,9 +27,16 @@ def set_etag(response: Response, version: int) -> None:
     response.headers["ETag"] = f'"{version}"'
 
 
+def as_utc(value: datetime | str | None) -> datetime | None:
+    """SQLite returns stored UTC times without their offset; put it back."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    if value is not None and value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value
+
+
 def token_out(row: dict[str, Any]) -> TokenOut:
-    created = row.get("created_at")
-    if isinstance(created, str):
-        created = datetime.fromisoformat(created)
+    created = as_utc(row.get("created_at"))
     return TokenOut(id=row["id"], name=row["name"], role=row["role"], domain=row["domain"], revoked=row["revoked"],
                     created_by=row.get("created_by") or "", created_at=created)

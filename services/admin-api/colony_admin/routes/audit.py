@@ -12,7 +12,7 @@ from colony_admin.auth import roles
 from colony_admin.deps import Admin, Caller
 from colony_admin.models import AuditEntry, Page
 from colony_admin.problems import COMMON_RESPONSES, BadRequest
-from colony_admin.routes._common import Limit
+from colony_admin.routes._common import Limit, as_utc
 from colony_admin.routes.domains import domain_name
 
 router = APIRouter(prefix="/v1", tags=["audit"], responses=COMMON_RESPONSES)
@@ -40,5 +40,5 @@ async def list_audit(ctx: Admin, who: Caller, limit: Limit = 100,
     rows = await ctx.db(_audit_page, dom, int(cursor) if cursor else None, limit)
     more = len(rows) > limit
     rows = rows[:limit]
-    return Page[AuditEntry](items=[AuditEntry(**r) for r in rows],
+    return Page[AuditEntry](items=[AuditEntry(**(r | {"at": as_utc(r["at"])})) for r in rows],
                             next_cursor=str(rows[-1]["seq"]) if more and rows else None)

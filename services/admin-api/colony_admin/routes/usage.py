@@ -23,7 +23,8 @@ CSV_COLUMNS = ("domain", "account", *queries.USAGE_METRICS)
 
 
 def _utc(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+    # Stored times are UTC (SQLite keeps no offset), so compare in UTC.
+    return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 @router.get(
