@@ -75,7 +75,7 @@ def status_table(views: list[NodeView], bus: str) -> Table:
 
 
 async def _view(url: str) -> list[NodeView]:
-    nc = await connect(_settings(nats_url=url, nats_connect_timeout=3), name="colony-cli")
+    nc = await connect(_settings(nats_url=url, nats_connect_timeout=3), name="colony-cli", persistent=False)
     try:
         return await cluster_view(nc)
     finally:
@@ -104,7 +104,7 @@ def _command(command: str, node: str, data_dir: Path, nats: str | None, wait: bo
     url = resolve_nats_url(nats, data_dir)
 
     async def run() -> tuple[bool, str]:
-        nc = await connect(_settings(nats_url=url, nats_connect_timeout=3), name="colony-cli")
+        nc = await connect(_settings(nats_url=url, nats_connect_timeout=3), name="colony-cli", persistent=False)
         try:
             reply = await ask_controller(nc, command, node)
             if not reply.ok:
@@ -294,3 +294,12 @@ def ports(base_port: Annotated[int, typer.Option()] = DEFAULT_BASE_PORT) -> None
     for what, port in plan.all_ports(instances=7, admin_apis=1):
         table.add_row(what, str(port))
     console.print(table)
+
+
+def _register_provisioning() -> None:
+    from colony.cli import provisioning
+
+    provisioning.register(app)
+
+
+_register_provisioning()
