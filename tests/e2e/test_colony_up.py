@@ -103,6 +103,7 @@ def test_up_status_and_ctrl_c_leaves_nothing_behind(tmp_path):
         # First start: a bootstrap system-admin token, kept 0600 in the data directory,
         # which sees through the admin API the same cluster `colony status` shows.
         token_file = data_dir / "admin.token"
+        wait_for(lambda: token_file.exists() and token_file.read_text().strip(), 30, "the bootstrap token")
         assert token_file.stat().st_mode & 0o777 == 0o600
         token = token_file.read_text().strip()
         served = httpx.get(f"http://{admin['addresses']['http']}/v1/cluster/nodes",
@@ -112,6 +113,18 @@ def test_up_status_and_ctrl_c_leaves_nothing_behind(tmp_path):
         assert set(by_id) == {n["id"] for n in nodes}
         for n in nodes:
             assert (by_id[n["id"]]["role"], by_id[n["id"]]["controller"], by_id[n["id"]]["backup"]) == (n["role"], n["controller"], n["backup"])
+
+        # Rolling maintenance from the shell: drain waits until the instance is empty.
+        drained = subprocess.run([COLONY, "drain", "mailstore-2", "--data-dir", str(data_dir)],
+                                 capture_output=True, text=True, timeout=60)
+        assert drained.returncode == 0 and "drained" in drained.stdout, drained.stderr
+        assert {n["id"]: n["state"] for n in status_json(data_dir)}["mailstore-2"] == "NOT_READY"
+        readied = subprocess.run([COLONY, "ready", "mailstore-2", "--data-dir", str(data_dir)],
+                                 capture_output=True, text=True, timeout=60)
+        assert readied.returncode == 0 and "READY" in readied.stdout, readied.stderr
+        unknown = subprocess.run([COLONY, "drain", "mailstore-9", "--data-dir", str(data_dir)],
+                                 capture_output=True, text=True, timeout=60)
+        assert unknown.returncode != 0 and "mailstore-9" in unknown.stderr
     finally:
         out = stop_up(proc)
     assert proc.returncode == 0, out

@@ -78,6 +78,32 @@ async def test_sigstopped_instance_is_declared_failed_and_rejoins_after_sigcont(
     back = await cluster.wait_state("mailstore-1", "READY", timeout=20, incarnation=2)
     assert "re-registered" in back.reason and "FAILED" in back.reason
 
+    # Both transitions are events in the CLUSTER stream, the FAILED one decided by the controller.
+    events = await cluster_events(cluster, "mailstore-1")
+    failed_events = [e for e in events if e.new == "FAILED"]
+    assert len(failed_events) == 1 and failed_events[0].by == "controller-1" and failed_events[0].epoch > 0
+    assert any(e.old == "FAILED" and e.new == "READY" and e.by == "mailstore-1" for e in events)
+
+
+async def cluster_events(cluster, node_id: str):
+    from colony.events import NodeStateChanged, decode
+
+    js = (await cluster.client()).jetstream()
+    sub = await js.subscribe(names.cluster_event_subject("node"), ordered_consumer=True)
+    found = []
+    try:
+        while True:
+            try:
+                msg = await sub.next_msg(timeout=1)
+            except Exception:
+                break
+            event = decode(msg.data)
+            if isinstance(event, NodeStateChanged) and event.node_id == node_id:
+                found.append(event)
+    finally:
+        await sub.unsubscribe()
+    return found
+
 
 async def test_a_frozen_controller_is_replaced_and_steps_down_when_it_wakes(cluster):
     for i in (1, 2):
