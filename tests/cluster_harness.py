@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+from nats.errors import TimeoutError as NatsTimeout
+
 from colony.bus.connection import connect
 from colony.cluster.view import NodeView, cluster_view
 from colony.settings import Settings
@@ -39,9 +41,13 @@ async def wait_until(probe: Callable[[], Awaitable[T]], timeout: float, what: st
     deadline = time.monotonic() + timeout
     last: T | None = None
     while True:
-        last = await probe()
-        if last:
-            return last
+        try:
+            last = await probe()
+        except NatsTimeout as exc:  # JetStream busy (e.g. electing its meta leader): not an answer yet
+            last = exc
+        else:
+            if last:
+                return last
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}; last seen: {last!r}")
         await asyncio.sleep(interval)

@@ -52,6 +52,9 @@ class EmbeddedNats:
     jetstream_domain: str | None = None
     leafnode_listen: str | None = None
     leafnode_remotes: tuple[str, ...] = ()
+    cluster_name: str | None = None  # set, with cluster_port and routes, for a NATS cluster
+    cluster_port: int | None = None
+    routes: tuple[str, ...] = ()
     process: subprocess.Popen | None = None
     url: str = ""
 
@@ -69,6 +72,9 @@ class EmbeddedNats:
         ]
         if self.monitor_port is not None:
             lines.append(f"http: {self.host}:{self.monitor_port}")
+        if self.cluster_name:
+            routes = ", ".join(f'"{r}"' for r in self.routes)
+            lines.append(f"cluster {{\n  name: {self.cluster_name}\n  listen: {self.host}:{self.cluster_port}\n  routes: [{routes}]\n}}")
         if self.leafnode_listen or self.leafnode_remotes:
             leaf = []
             if self.leafnode_listen:
