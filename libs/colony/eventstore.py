@@ -8,6 +8,11 @@ stream sequence of its last event (0: it has none yet).  ``append`` publishes wi
 refuses (error 10071) an append made from a stale view: that is the concurrency check, done
 by the server and therefore correct across any number of API instances.
 
+Bulk creation (``create_many``): many new aggregates, each expecting version 0, published
+back to back on one reply subscription and acknowledged as the acks stream in — a round
+trip per batch instead of per aggregate (nats-py's publish_async cannot be used: it hangs
+the future of a publish the server rejects).
+
 Retries: a publish whose ack was lost is retried with the same ``Nats-Msg-Id``.  Because the
 first attempt may have landed, the retry can meet 10071 although nothing conflicted
 (NATS-NOTES: the expected-sequence check runs before duplicate detection).  So on 10071 we
@@ -18,11 +23,14 @@ sequence; otherwise someone else wrote first and the caller gets ``ConcurrencyCo
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.errors import APIError, NotFoundError
@@ -87,8 +95,59 @@ class EventStore:
             version = await self._append_one(subject, payload, version, headers or {})
         return version
 
-    async def _append_one(self, subject: str, payload: bytes, expected: int, extra: dict[str, str]) -> int:
-        msg_id = uuid.uuid4().hex
+    async def create_many(self, items: Sequence[tuple[str, bytes]], timeout: float | None = None) -> list[int | ConcurrencyConflict]:
+        """Append one event to each of many subjects, each expecting version 0 (a new aggregate).
+
+        Returns, per item in order, the stream sequence or a ``ConcurrencyConflict`` (the
+        subject has events already).  An item whose ack does not come in time is retried
+        alone, with its Msg-Id, through the careful path of ``append``.
+        """
+        nc: Client = self._js._nc  # the JetStream context's own connection
+        loop = asyncio.get_running_loop()
+        inbox = nc.new_inbox()
+        pending: dict[str, asyncio.Future[Msg]] = {}
+
+        async def on_ack(msg: Msg) -> None:
+            future = pending.get(msg.subject.rsplit(".", 1)[1])
+            if future is not None and not future.done():
+                future.set_result(msg)
+
+        sub = await nc.subscribe(f"{inbox}.*", cb=on_ack)
+        msg_ids = [uuid.uuid4().hex for _ in items]
+        try:
+            for i, (subject, payload) in enumerate(items):
+                pending[str(i)] = loop.create_future()
+                await nc.publish(subject, payload, reply=f"{inbox}.{i}", headers={
+                    EXPECTED_LAST_SUBJECT_SEQUENCE: "0", MSG_ID: msg_ids[i], "Nats-Expected-Stream": self._stream})
+            deadline = loop.time() + (timeout or self._timeout)
+            results: list[int | ConcurrencyConflict] = []
+            for i, (subject, payload) in enumerate(items):
+                try:
+                    msg = await asyncio.wait_for(pending[str(i)], max(0.0, deadline - loop.time()))
+                except (asyncio.TimeoutError, TimeoutError):
+                    results.append(await self._careful(subject, payload, msg_ids[i]))
+                    continue
+                ack = json.loads(msg.data or b"{}")
+                error = ack.get("error")
+                if error is None:
+                    results.append(int(ack["seq"]))
+                elif error.get("err_code") == WRONG_LAST_SEQUENCE:
+                    results.append(await self._careful(subject, payload, msg_ids[i]))
+                else:
+                    raise APIError.from_error(error)
+            return results
+        finally:
+            await sub.unsubscribe()
+
+    async def _careful(self, subject: str, payload: bytes, msg_id: str) -> int | ConcurrencyConflict:
+        try:
+            return await self._append_one(subject, payload, 0, {}, msg_id=msg_id)
+        except ConcurrencyConflict as exc:
+            return exc
+
+    async def _append_one(self, subject: str, payload: bytes, expected: int, extra: dict[str, str],
+                          msg_id: str | None = None) -> int:
+        msg_id = msg_id or uuid.uuid4().hex
         hdrs = {**extra, EXPECTED_LAST_SUBJECT_SEQUENCE: str(expected), MSG_ID: msg_id}
         for attempt in range(1, self._attempts + 1):
             try:

@@ -7,7 +7,8 @@ sequence it reflects.  A deleted aggregate becomes ``{"deleted": true, "seq": N}
 treat that like a missing key.  Tokens are not in the directory.
 
 All admin-api instances share one durable consumer, so each event is handled once
-somewhere.  Two instances may still race on one key (events of one aggregate handled by
+somewhere (in batches: a creation event is written as is, pipelined; any other event makes
+us read the aggregate back and write its newest state).  Two instances may still race on one key (events of one aggregate handled by
 different instances), so every write is a compare-and-set that only moves ``seq`` forward:
 the directory never goes back to an older state.
 """
@@ -28,7 +29,7 @@ from nats.js.kv import KeyValue
 from colony import events as ev
 from colony.bus import names
 from colony.bus.tokens import from_token
-from colony.eventstore import EventStore
+from colony.eventstore import ConcurrencyConflict, EventStore
 from colony_admin import aggregates
 
 log = logging.getLogger("colony.admin.directory")
@@ -36,6 +37,14 @@ log = logging.getLogger("colony.admin.directory")
 DURABLE = "admin-directory"
 _SECRET_FIELDS = ("password_hash", "sip_ha1", "secret_sha256")
 _SUBJECT_PREFIX = "colony.prov."
+
+
+_CREATIONS = (ev.DomainCreated, ev.AccountCreated, ev.AliasCreated, ev.DomainAliasCreated, ev.CosCreated,
+              ev.ApiTokenCreated)
+
+
+def _json(value: dict[str, Any]) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
 
 
 def directory_entry(kind: str, name: str, state: aggregates.State, seq: int) -> tuple[str, dict[str, Any]] | None:
@@ -56,8 +65,9 @@ def parse_subject(subject: str) -> tuple[str, str]:
 
 
 class DirectoryProjection:
-    def __init__(self, js: JetStreamContext, store: EventStore, batch: int = 500) -> None:
+    def __init__(self, js: JetStreamContext, store: EventStore, batch: int = 1000) -> None:
         self.js, self.store, self._batch = js, store, batch
+        self._kv_stream = EventStore(js, f"KV_{names.BUCKET_DIRECTORY}")
         self._kv: KeyValue | None = None
 
     async def run(self) -> None:
@@ -74,7 +84,7 @@ class DirectoryProjection:
 
     async def _follow(self) -> None:
         self._kv = await self.js.key_value(names.BUCKET_DIRECTORY)
-        config = ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL, ack_wait=30.0,
+        config = ConsumerConfig(ack_policy=AckPolicy.ALL, deliver_policy=DeliverPolicy.ALL, ack_wait=60.0,
                                 max_ack_pending=20_000)
         sub = await self.js.pull_subscribe(names.SUBJECTS_PROVISIONING, durable=DURABLE,
                                            stream=names.STREAM_PROVISIONING, config=config)
@@ -84,11 +94,33 @@ class DirectoryProjection:
             except (NatsTimeoutError, asyncio.TimeoutError):
                 _raise_if_cancelled()
                 continue
-            subjects = {m.subject for m in msgs}
-            # Only the newest state of each aggregate matters: one write per subject per batch.
-            await asyncio.gather(*(self._publish(subject) for subject in subjects))
-            for m in msgs:
-                await m.ack()
+            await self._handle(msgs)
+            await msgs[-1].ack()  # ack-all: the whole batch is in the directory
+
+    async def _handle(self, msgs) -> None:
+        by_subject: dict[str, list] = {}
+        for m in msgs:
+            by_subject.setdefault(m.subject, []).append(m)
+        fresh: list[tuple[str, dict[str, Any]]] = []
+        others: list[str] = []
+        for subject, group in by_subject.items():
+            event = ev.decode(group[0].data) if len(group) == 1 else None
+            if event is not None and isinstance(event, _CREATIONS):
+                # A creation is the whole state: no need to read the aggregate back.
+                kind, name = parse_subject(subject)
+                entry = directory_entry(kind, name, aggregates.apply(None, event), group[0].metadata.sequence.stream)
+                if entry is not None:
+                    fresh.append(entry)
+            else:
+                others.append(subject)
+        if fresh:
+            results = await self._kv_stream.create_many(
+                [(f"$KV.{names.BUCKET_DIRECTORY}.{key}", _json(value)) for key, value in fresh])
+            await asyncio.gather(*(self._put_forward(key, value)
+                                   for (key, value), r in zip(fresh, results, strict=True)
+                                   if isinstance(r, ConcurrencyConflict)))
+        # Only the newest state of each aggregate matters: one write per subject per batch.
+        await asyncio.gather(*(self._publish(subject) for subject in others))
 
     async def _publish(self, subject: str) -> None:
         kind, name = parse_subject(subject)
@@ -102,7 +134,7 @@ class DirectoryProjection:
 
     async def _put_forward(self, key: str, value: dict[str, Any]) -> None:
         assert self._kv is not None
-        data = json.dumps(value, separators=(",", ":")).encode()
+        data = _json(value)
         for _ in range(10):
             try:
                 current = await self._kv.get(key)

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import Connection, Table, delete, insert, select, update
 
 from colony import events as ev
 from colony.bus.tokens import normalise_domain
@@ -54,11 +54,41 @@ def _fresh(conn: Connection, name: str, batch: Batch) -> tuple[int, Batch]:
 def apply_provisioning(conn: Connection, batch: Batch) -> int:
     """Returns how many events were new."""
     done, fresh = _fresh(conn, READ_MODEL, batch)
+    # Runs of creations become one multi-row INSERT per table (what bulk imports produce);
+    # anything else is applied one by one, after flushing, so stream order is kept.
+    inserts: dict[Table, list[dict[str, Any]]] = {}
     for seq, event in fresh:
+        row = _creation_row(seq, event)
+        if row is not None:
+            inserts.setdefault(row[0], []).append(row[1])
+            continue
+        _flush(conn, inserts)
         _apply_one(conn, seq, event)
+    _flush(conn, inserts)
     if fresh:
         _advance(conn, READ_MODEL, done, fresh[-1][0])
     return len(fresh)
+
+
+def _creation_row(seq: int, e: ev.Event) -> tuple[Table, dict[str, Any]] | None:
+    if isinstance(e, ev.DomainCreated):
+        return db.domains, dict(name=e.domain, state=e.state, home_region=e.home_region, cos=e.cos,
+                                branding=e.branding, storage=e.storage, version=seq)
+    if isinstance(e, ev.AccountCreated):
+        return db.accounts, dict(address=e.address, domain=e.domain, name=e.name, real_name=e.real_name,
+                                 password_hash=e.password_hash, sip_ha1=e.sip_ha1, cos=e.cos, quota_bytes=e.quota,
+                                 services=e.services, forwarding=e.forwarding, state=e.state, version=seq)
+    if isinstance(e, ev.ApiTokenCreated):
+        return db.api_tokens, dict(id=e.token_id, name=e.name, role=e.role, domain=e.domain,
+                                   secret_sha256=e.secret_sha256, revoked=False, created_by=e.created_by,
+                                   created_at=e.at, version=seq)
+    return None
+
+
+def _flush(conn: Connection, inserts: dict[Table, list[dict[str, Any]]]) -> None:
+    for table, rows in inserts.items():
+        conn.execute(insert(table), rows)
+    inserts.clear()
 
 
 def _apply_one(conn: Connection, seq: int, e: ev.Event) -> None:  # noqa: C901 - one case per event type
