@@ -63,9 +63,13 @@ def domain_name(run: str, i: int) -> str:
     return f"d{i:07d}-{run}.example"
 
 
+accepted: list[float] = []  # per import chunk: seconds until every row was in PROVISIONING
+
+
 async def bulk_create(client: httpx.AsyncClient, headers: dict, run: str, domains: int, per_domain: int,
                       chunk: int, budget: float) -> tuple[int, int, float]:
     created_domains = created_accounts = 0
+    accepted.clear()
     started = time.perf_counter()
     i = 0
     while i < domains and time.perf_counter() - started < budget:
@@ -74,12 +78,17 @@ async def bulk_create(client: httpx.AsyncClient, headers: dict, run: str, domain
             d = domain_name(run, n)
             rows.append({"domain": d})
             rows += [{"domain": d, "account": f"user{k:04d}"} for k in range(per_domain)]
+        t0 = time.perf_counter()
         r = await client.post("/v1/imports", json=rows, headers=headers)
         r.raise_for_status()
         job = r.json()
+        appended_at = None
         while job["state"] == "running":
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.02)
             job = (await client.get(f"/v1/imports/{job['id']}", headers=headers)).json()
+            if appended_at is None and job["done"] == job["total"]:
+                appended_at = time.perf_counter() - t0  # every row in PROVISIONING; read model catching up
+        accepted.append(appended_at if appended_at is not None else time.perf_counter() - t0)
         if job["state"] != "done" or job["failed"]:
             raise SystemExit(f"import failed: {job['errors'][:5]}")
         created_domains += job["domains_created"]
@@ -136,8 +145,12 @@ async def main(args: argparse.Namespace) -> None:
     table = Table(title=f"Provisioning benchmark ({n_domains:,} domains, {n_accounts:,} accounts)")
     for col in ("measure", "value", "p50 ms", "p99 ms", "goal"):
         table.add_column(col)
-    table.add_row("bulk create", f"{n_accounts / seconds:,.0f} accounts/s ({(n_domains + n_accounts) / seconds:,.0f} objects/s)",
+    table.add_row("bulk create, visible in read model",
+                  f"{n_accounts / seconds:,.0f} accounts/s ({(n_domains + n_accounts) / seconds:,.0f} objects/s)",
                   "", "", ">= 5,000 accounts/s")
+    if accepted:
+        table.add_row("bulk create, durable in PROVISIONING", f"{n_accounts / sum(accepted):,.0f} accounts/s", "", "",
+                      "")
     for name, values in (("first page of domains", page_ms), ("deep page of domains (cursor)", deep_ms),
                          ("domain prefix search", prefix_ms), ("accounts of a domain (prefix)", acct_ms)):
         if values:
