@@ -118,9 +118,26 @@ async def _retrying(step, what: str, deadline: float) -> None:
             await asyncio.sleep(0.5)
 
 
+_COMPARED = ("subjects", "retention", "max_age", "max_msg_size", "num_replicas", "discard", "description",
+             "allow_direct", "duplicate_window", "max_msgs_per_subject")
+
+
+def _differs(have: StreamConfig, want: StreamConfig) -> bool:
+    for name in _COMPARED:
+        a, b = getattr(have, name), getattr(want, name)
+        if b is None:  # not ours to set: the server's default stands
+            continue
+        if isinstance(a, float) or isinstance(b, float):
+            if abs((a or 0) - (b or 0)) > 1e-6:
+                return True
+        elif (a or None) != (b or None):
+            return True
+    return False
+
+
 async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
     try:
-        await js.stream_info(config.name)
+        info = await js.stream_info(config.name)
     except NotFoundError:
         try:
             await js.add_stream(config)
@@ -128,6 +145,11 @@ async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
         except BadRequestError as exc:
             if exc.err_code != 10058:  # created by a concurrent starter: fall through to update
                 raise SchemaError(f"stream {config.name}: {exc.description}") from exc
+        info = await js.stream_info(config.name)
+    # Only change what differs: N instances starting together must not each send a
+    # replicated stream update (on an R3 cluster that queues them all behind the meta leader).
+    if not _differs(info.config, config):
+        return
     try:
         await js.update_stream(config)
     except BadRequestError as exc:
