@@ -9,6 +9,7 @@ byte-order collation ("C" on PostgreSQL, BINARY on SQLite) so that keyset pagina
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 
 from alembic import command
@@ -145,6 +146,19 @@ audit_log = Table(
 PROVISIONING_TABLES = (domains, accounts, aliases, domain_aliases, classes_of_service, api_tokens)
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+WRITE = "colony_write"  # execution option: this transaction will write
+MIGRATION_LOCK = 0x636F6C6F6E79  # PostgreSQL advisory lock id ("colony") held while migrating
+
+
+# Alembic keeps its running context in a module global, so two migrations in one process
+# (two apps in one test process) must not overlap; across processes the database lock above
+# does the serialising.
+_alembic_in_use = threading.Lock()
+
+
+def write_tx(engine: Engine):
+    """A transaction that writes (projections, migrations): serialised across instances."""
+    return engine.execution_options(**{WRITE: True}).begin()
 
 
 def make_engine(url: str) -> Engine:
@@ -160,6 +174,15 @@ def make_engine(url: str) -> Engine:
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA busy_timeout=30000")
             cur.close()
+            # Let SQLAlchemy's "begin" event below decide how each transaction starts.
+            dbapi_conn.isolation_level = None
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(conn) -> None:
+            # Writers take the write lock up front (BEGIN IMMEDIATE) so that two instances
+            # sharing one file queue on busy_timeout instead of failing with a snapshot
+            # conflict halfway through; readers stay deferred and never block in WAL mode.
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(WRITE) else "BEGIN")
 
         return engine
     return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
@@ -173,5 +196,11 @@ def alembic_config(engine: Engine) -> Config:
 
 
 def migrate(engine: Engine) -> None:
-    """Bring the schema to the newest migration (idempotent; runs at every start)."""
-    command.upgrade(alembic_config(engine), "head")
+    """Bring the schema to the newest migration (idempotent; runs at every start).
+
+    Instances starting together migrate one after the other: the migration runs in one
+    write transaction (BEGIN IMMEDIATE on SQLite, an advisory lock on PostgreSQL; both
+    have transactional DDL), so the second finds the schema current and does nothing.
+    """
+    with _alembic_in_use:
+        command.upgrade(alembic_config(engine), "head")

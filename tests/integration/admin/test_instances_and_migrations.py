@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import uuid
+
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -40,3 +43,19 @@ def test_migrations_upgrade_downgrade_and_match_the_tables(databases):
         assert "accounts" in inspect(engine).get_table_names()
     finally:
         engine.dispose()
+
+
+async def test_instances_sharing_one_database_migrate_and_project_together(make_stack, databases):
+    url = databases.new()
+    a, b = await asyncio.gather(make_stack(url), make_stack(url))  # concurrent start: concurrent migrations
+    h = a.as_(a.sys_token)
+    d = f"together-{uuid.uuid4().hex[:8]}.example"
+    await a.client.post("/v1/domains", json={"name": d}, headers=h)
+    results = await asyncio.gather(*(
+        (a if i % 2 else b).client.post(f"/v1/domains/{d}/accounts", json={"name": f"u{i}"}, headers=h)
+        for i in range(20)))
+    assert all(r.status_code == 201 for r in results)
+    last = (await a.ctx.js.stream_info("PROVISIONING")).state.last_seq
+    assert await a.ctx.readmodel.wait_for(last) and await b.ctx.readmodel.wait_for(last)
+    listed = (await b.client.get(f"/v1/domains/{d}/accounts", headers=h)).json()["items"]
+    assert sorted(x["name"] for x in listed) == sorted(f"u{i}" for i in range(20))

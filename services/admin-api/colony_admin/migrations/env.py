@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from alembic import context
 
-from colony_admin.db import metadata
+from colony_admin.db import MIGRATION_LOCK, metadata, write_tx
 
 engine = context.config.attributes["engine"]
-with engine.begin() as connection:
+with write_tx(engine) as connection:
+    if connection.dialect.name == "postgresql":
+        connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
     context.configure(connection=connection, target_metadata=metadata, compare_type=True)
     context.run_migrations()

@@ -18,6 +18,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from sqlalchemy import Connection, Engine
 
 from colony import events as ev
+from colony_admin.db import write_tx
 from colony_admin.projections.readmodel import Batch, checkpoint
 
 log = logging.getLogger("colony.admin.projection")
@@ -87,7 +88,7 @@ class StreamProjection:
             return checkpoint(conn, self.name)
 
     def _apply_in_tx(self, batch: Batch) -> None:
-        with self.engine.begin() as conn:
+        with write_tx(self.engine) as conn:
             self._apply(conn, batch)
 
     async def _advance_to(self, seq: int) -> None:
