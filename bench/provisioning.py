@@ -94,8 +94,10 @@ async def bulk_create(client: httpx.AsyncClient, headers: dict, run: str, domain
         created_domains += job["domains_created"]
         created_accounts += job["accounts_created"]
         i += chunk
+        elapsed = time.perf_counter() - started
         console.print(f"  {created_domains:>7} domains, {created_accounts:>8} accounts "
-                      f"({created_accounts / (time.perf_counter() - started):,.0f} accounts/s)")
+                      f"({created_accounts / elapsed:,.0f} accounts/s, "
+                      f"{(created_domains + created_accounts) / elapsed:,.0f} objects/s)")
     return created_domains, created_accounts, time.perf_counter() - started
 
 

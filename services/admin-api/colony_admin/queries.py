@@ -41,7 +41,12 @@ def page(conn: Connection, table: Table, key: Column, *, where: list[ColumnEleme
         conds.append(key > decode_cursor(cursor))
     if prefix:
         col = prefix_col if prefix_col is not None else key
-        conds.append(col >= prefix)  # lets the planner use the index range
+        # A closed index range [prefix, next prefix) keeps a search for a rare prefix from
+        # scanning to the end of the table; byte-order collation makes code-point order the
+        # index order on both databases.  LIKE then only re-checks rows inside the range.
+        conds.append(col >= prefix)
+        if ord(prefix[-1]) < 0x10FFFF:
+            conds.append(col < prefix[:-1] + chr(ord(prefix[-1]) + 1))
         conds.append(col.startswith(prefix, autoescape=True))
     query = select(table).order_by(key).limit(limit + 1)
     if conds:

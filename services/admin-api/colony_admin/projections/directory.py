@@ -94,6 +94,8 @@ class DirectoryProjection:
             except (NatsTimeoutError, asyncio.TimeoutError):
                 _raise_if_cancelled()
                 continue
+            if not msgs:
+                continue
             await self._handle(msgs)
             await msgs[-1].ack()  # ack-all: the whole batch is in the directory
 
