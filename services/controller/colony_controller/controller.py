@@ -29,6 +29,7 @@ from contextlib import suppress
 
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.errors import Error as NatsError
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
@@ -125,6 +126,8 @@ class Controller:
                         last_renew = time.monotonic()
             except asyncio.CancelledError:
                 raise
+            except (NatsTimeout, NatsError) as exc:  # the bus is busy or reconnecting: try again
+                log.warning("election step: %s; retrying", exc or type(exc).__name__)
             except Exception:
                 log.exception("election step failed; retrying")
             await asyncio.sleep(s.controller_probe_interval)
