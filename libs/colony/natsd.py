@@ -57,6 +57,7 @@ class EmbeddedNats:
     routes: tuple[str, ...] = ()
     process: subprocess.Popen | None = None
     url: str = ""
+    preexec_fn: object = None  # e.g. colony.supervisor.die_with_parent
 
     def config_text(self) -> str:
         js = [f'store_dir: "{self.store_dir / "jetstream"}"']
@@ -100,6 +101,7 @@ class EmbeddedNats:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # Ctrl-C in a terminal reaches the supervisor, which stops us in order
+            preexec_fn=self.preexec_fn,
         )
         log.close()
         deadline = time.monotonic() + timeout

@@ -44,7 +44,10 @@ class PortPlan:
 
 
 def port_is_free(host: str, port: int) -> bool:
+    """Whether a server could listen there now.  SO_REUSEADDR as every real listener here
+    (nats-server, uvicorn) sets it, so connections left in TIME_WAIT do not count as taken."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:

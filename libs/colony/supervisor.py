@@ -31,6 +31,23 @@ ROLE_MODULES = {
 }
 
 
+def die_with_parent() -> None:
+    """In the child, before exec: SIGTERM us if the supervisor dies, even by SIGKILL.
+
+    The instances run in their own sessions (so Ctrl-C reaches only the supervisor, which
+    stops them in order); without this, a supervisor killed or hung up on would leave them
+    running with nobody to stop them.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:  # not Linux: the supervisor's own signal handling is all there is
+        pass
+
+
 class SupervisorError(RuntimeError):
     """Refusal to start; the message says what is in the way and how to fix it."""
 
@@ -51,6 +68,7 @@ class Instance:
             [sys.executable, "-m", ROLE_MODULES[self.role]],
             env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True,  # the terminal's Ctrl-C reaches only us; we stop them in order
+            preexec_fn=die_with_parent,
         )
         log.close()
 
@@ -110,7 +128,8 @@ class Cluster:
         self.pid_file.write_text(str(os.getpid()))
         (self.data_dir / "logs").mkdir(exist_ok=True)
         self.nats = EmbeddedNats(store_dir=self.data_dir / "nats", host=self.host, port=self.plan.nats,
-                                 monitor_port=self.plan.nats_monitor, server_name=f"colony-{self.base_port}")
+                                 monitor_port=self.plan.nats_monitor, server_name=f"colony-{self.base_port}",
+                                 preexec_fn=die_with_parent)
         self.nats.start()
         index = 0
         admin_index = 0
@@ -169,8 +188,10 @@ class Cluster:
 
     # --- stop -------------------------------------------------------------------------------
 
-    def stop(self, timeout: float = 20.0) -> None:
+    def stop(self, timeout: float = 20.0) -> list[str]:
+        """Stop everything in order; returns the instances that had to be killed."""
         self.restart = False
+        killed = []
         by_role = {role: [i for i in self.instances if i.role == role] for role in ROLE_MODULES}
         for role in reversed(list(ROLE_MODULES)):  # front first, controllers last
             group = [i for i in by_role[role] if i.alive]
@@ -183,6 +204,8 @@ class Cluster:
                 except subprocess.TimeoutExpired:
                     os.killpg(inst.process.pid, signal.SIGKILL)
                     inst.process.wait()
+                    killed.append(inst.node_id)
         if self.nats:
             self.nats.stop()
         self.pid_file.unlink(missing_ok=True)
+        return killed

@@ -130,6 +130,7 @@ def test_up_status_and_ctrl_c_leaves_nothing_behind(tmp_path):
     assert proc.returncode == 0, out
     assert f"nats://127.0.0.1:{base}" in out, "colony up prints the bus URL"
     assert "no process left behind" in out
+    assert "were killed" not in out, "every instance stops by itself on SIGTERM"
     wait_for(lambda: not any(pid_alive(p) for p in pids), 10, "every instance to be gone")
     assert all(port_is_free("127.0.0.1", p) for _, p in PortPlan(base).all_ports(7, 1))
     assert not (data_dir / "colony.pid").exists()
@@ -165,3 +166,17 @@ def test_two_clusters_side_by_side_and_clear_refusals(tmp_path):
     finally:
         stop_up(a)
     assert a.returncode == 0
+
+
+def test_killing_the_supervisor_takes_every_instance_with_it(tmp_path):
+    data_dir, base = tmp_path / "k", free_base_port()
+    proc = start_up(data_dir, base, "--controllers", "1", "--mailstores", "1", "--sipfarms", "0", "--admin-apis", "0")
+    try:
+        nodes = wait_for(lambda: len([n for n in status_json(data_dir) if n["state"] == "READY"]) == 3 and status_json(data_dir),
+                         60, "three READY instances")
+    finally:
+        proc.kill()  # SIGKILL: no chance to stop anything in order
+        proc.wait()
+    pids = [n["pid"] for n in nodes]
+    wait_for(lambda: not any(pid_alive(p) for p in pids), 30, "the orphaned instances to stop")
+    wait_for(lambda: port_is_free("127.0.0.1", base), 30, "the embedded nats-server to stop")

@@ -32,6 +32,9 @@ async def connect(settings: Settings, name: str = "colony", persistent: bool = T
         max_reconnect_attempts=-1 if persistent else 1,  # 0 would mean "forever" in nats-py
         reconnect_time_wait=0.5,
         allow_reconnect=persistent,
+        # drain() waits for every subscription (KV watchers, consumers) to settle; a process
+        # that is stopping must not hang on that for nats-py's default 30 s.
+        drain_timeout=3,
         error_cb=on_error,
         disconnected_cb=on_disconnect,
         reconnected_cb=on_reconnect,

@@ -175,8 +175,8 @@ def up(
     def on_signal(signum, frame):
         stop["now"] = True
 
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # HUP: the terminal went away
+        signal.signal(sig, on_signal)
     try:
         cluster.start()
     except SupervisorError as exc:
@@ -189,7 +189,9 @@ def up(
         _watch(cluster, stop, live)
     finally:
         console.print("stopping: edges and APIs first, controllers last, then the bus ...")
-        cluster.stop()
+        killed = cluster.stop()
+        if killed:
+            err.print(f"[yellow]{', '.join(killed)} did not stop within 20 s and were killed[/yellow]")
         console.print("stopped; no process left behind.")
 
 

@@ -94,6 +94,17 @@ class Api:
             return None
         return r.json() if "json" in r.headers.get("content-type", "") else r.text
 
+    def poll(self, path: str) -> Any:
+        """GET that treats a timeout or lost connection as "no news yet" instead of failing."""
+        try:
+            r = self.http.get(path)
+        except httpx.TransportError as exc:
+            err.print(f"[yellow]waiting for the admin API ({type(exc).__name__}); still polling[/yellow]")
+            return None
+        if r.status_code >= 400:
+            return self.call("GET", path)  # report the problem the usual way
+        return r.json()
+
     def pages(self, path: str, params: dict[str, Any] | None = None, limit: int | None = None):
         params = dict(params or {})
         cursor, seen = None, 0
@@ -266,7 +277,9 @@ def domain_import(
         task = progress.add_task("import", total=job["total"], name=file.name, rate=0.0)
         while job["state"] == "running":
             time.sleep(0.25)
-            job = client.call("GET", f"/v1/imports/{job['id']}")
+            # A busy API (e.g. hashing thousands of passwords) may answer slowly; keep asking:
+            # the job and its one-time tokens are only reachable through this loop.
+            job = client.poll(f"/v1/imports/{job['id']}") or job
             progress.update(task, completed=job["done"], rate=job["done"] / max(time.monotonic() - started, 1e-6))
         progress.update(task, completed=job["done"])
     if tokens_out is not None and job["tokens"]:
