@@ -12,37 +12,37 @@ from __future__ import annotations
 
 import re
 
-_SAFE = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789-")
-_ESCAPE = re.compile(r"_([0-9a-f]{2})")
+_UNSAFE = re.compile(r"[^a-z0-9-]+")
+_ESCAPED_RUN = re.compile(r"(?:_[0-9a-f]{2})+")
+_VALID = re.compile(r"(?:[a-z0-9-]|_[0-9a-f]{2})+")
 
 
 class TokenError(ValueError):
     pass
 
 
+def _escape(match: re.Match[str]) -> str:
+    return "".join(f"_{byte:02x}" for byte in match.group().encode("utf-8"))
+
+
 def to_token(name: str) -> str:
+    # Hot path (every subject and key of a bulk import): runs of safe characters are
+    # copied by the regex engine, only the unsafe runs go through Python.
     if not name:
         raise TokenError("an empty name has no token")
-    out = []
-    for byte in name.encode("utf-8"):
-        out.append(chr(byte) if byte in _SAFE else f"_{byte:02x}")
-    return "".join(out)
+    return _UNSAFE.sub(_escape, name)
+
+
+def _unescape(match: re.Match[str]) -> str:
+    # An escaped run holds whole characters: to_token escapes every byte of a character.
+    return bytes.fromhex(match.group().replace("_", "")).decode("utf-8")
 
 
 def from_token(token: str) -> str:
-    if not token or not re.fullmatch(r"(?:[a-z0-9-]|_[0-9a-f]{2})+", token):
+    if not token or not _VALID.fullmatch(token):
         raise TokenError(f"{token!r} is not a Colony name token")
-    raw = bytearray()
-    i = 0
-    while i < len(token):
-        if token[i] == "_":
-            raw.append(int(token[i + 1 : i + 3], 16))
-            i += 3
-        else:
-            raw.append(ord(token[i]))
-            i += 1
     try:
-        return raw.decode("utf-8")
+        return _ESCAPED_RUN.sub(_unescape, token)
     except UnicodeDecodeError as exc:
         raise TokenError(f"{token!r} does not decode to UTF-8") from exc
 
