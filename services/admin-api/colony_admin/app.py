@@ -95,4 +95,5 @@ async def _stop(ctx: AdminContext) -> None:
     for task, result in zip(ctx.projections, results, strict=True):
         if isinstance(result, Exception) and not isinstance(result, asyncio.CancelledError):
             log.error("%s ended with %r", task.get_name(), result)
+    ctx.provisioning.close()
     ctx.engine.dispose()

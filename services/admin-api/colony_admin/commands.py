@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +30,8 @@ from colony_admin.problems import Conflict
 from colony_admin.projections.runner import StreamProjection
 
 log = logging.getLogger("colony.admin.commands")
+
+ARGON2_THREADS = max(1, (os.cpu_count() or 2))  # argon2-cffi releases the GIL: one per core
 
 
 @dataclass
@@ -47,6 +51,12 @@ class Provisioning:
     def __init__(self, js: JetStreamContext, store: EventStore, readmodel: StreamProjection | None,
                  hasher: PasswordHasher) -> None:
         self.js, self.store, self.readmodel, self.hasher = js, store, readmodel, hasher
+        # argon2 gets its own small pool: a bulk import with passwords must not queue the
+        # database reads of every other request (token checks included) behind its hashes.
+        self._argon2 = ThreadPoolExecutor(max_workers=ARGON2_THREADS, thread_name_prefix="argon2")
+
+    def close(self) -> None:
+        self._argon2.shutdown(wait=False, cancel_futures=True)
 
     # --- the three steps every command takes ----------------------------------------------
 
@@ -81,8 +91,9 @@ class Provisioning:
     # --- passwords: CPU-heavy argon2 off the event loop --------------------------------------
 
     async def hash_password(self, local: str, domain: str, password: str) -> tuple[str, dict[str, str]]:
-        hashed = await asyncio.to_thread(self.hasher.hash, password)
+        hashed = await asyncio.get_running_loop().run_in_executor(self._argon2, self.hasher.hash, password)
         return hashed, secrets.sip_ha1(local, domain, password)
 
     async def verify_password(self, stored: str | None, password: str) -> bool:
-        return await asyncio.to_thread(secrets.verify_password, self.hasher, stored, password)
+        return await asyncio.get_running_loop().run_in_executor(
+            self._argon2, secrets.verify_password, self.hasher, stored, password)
