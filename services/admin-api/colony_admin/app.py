@@ -82,7 +82,17 @@ async def _start(settings: Settings, nc: Client, hasher: PasswordHasher) -> Admi
     for name, runner in (("readmodel", read), ("usage", usage_p), ("audit", audit_p), ("directory", directory)):
         ctx.projections.append(asyncio.create_task(runner.run(), name=f"admin-projection-{name}"))
     await ctx.auth_service.start()
+    await _catch_up(ctx)
     return ctx
+
+
+async def _catch_up(ctx: AdminContext, timeout: float = 120.0) -> None:
+    """Serve only once the read model holds what PROVISIONING held at start-up, so a new
+    instance behind the balancer never answers lists from an empty or stale database."""
+    last = (await ctx.js.stream_info(names.STREAM_PROVISIONING)).state.last_seq
+    if not await ctx.readmodel.wait_for(last, timeout=timeout):
+        log.warning("read model still behind PROVISIONING after %.0fs (at %d of %d); serving anyway",
+                    timeout, ctx.readmodel.position, last)
 
 
 async def _stop(ctx: AdminContext) -> None:
