@@ -30,7 +30,7 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
-from colony import __version__
+from colony import __version__, tasks
 from colony.bus import names
 from colony.bus.connection import connect
 from colony.bus.schema import ensure_schema
@@ -118,11 +118,11 @@ class NodeRuntime:
         )
         await self._register()
         await self.nc.subscribe(names.node_command_subject(self.node_id), cb=self._on_command)
-        self._tasks.append(asyncio.create_task(self._watch_epochs(), name="watch-epochs"))
+        self._tasks.append(tasks.start("watch-epochs", self._watch_epochs, log))
         addresses.update(await self.workload.start(self))
         self._record.addresses = addresses
         await self._transition(NodeState.READY, "started")
-        self._tasks.append(asyncio.create_task(self._heartbeat_loop(), name="heartbeat"))
+        self._tasks.append(tasks.start("heartbeat", self._heartbeat_loop, log))
         log.info("%s READY at %s", self.node_id, addresses)
 
     async def shutdown(self) -> None:
@@ -206,10 +206,7 @@ class NodeRuntime:
     async def _heartbeat_loop(self) -> None:
         while True:
             await asyncio.sleep(self.settings.heartbeat_interval)
-            try:
-                await self._write()
-            except Exception:
-                log.exception("heartbeat failed; will retry")
+            await self._write()
 
     async def _watch_epochs(self) -> None:
         """Learn the controller epoch from the lease bucket, so stale commands are refused

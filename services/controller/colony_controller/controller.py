@@ -36,6 +36,7 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
+from colony import tasks
 from colony.bus import names
 from colony.cluster.commands import ControllerRequest, NodeCommand
 from colony.cluster.lease import Lease, LeaseLost, read_lease
@@ -75,9 +76,9 @@ class Controller:
                            ttl=s.controller_lease_ttl, safety_margin=s.controller_safety_margin)
         await runtime.nc.subscribe(names.controller_alive_subject(runtime.node_id), cb=self._on_alive)
         self._tasks = [
-            asyncio.create_task(self._watch_nodes(), name="watch-nodes"),
-            asyncio.create_task(self._election_loop(), name="election"),
-            asyncio.create_task(self._failure_detector(), name="failure-detector"),
+            tasks.start("watch-nodes", self._watch_nodes, log),
+            tasks.start("election", self._election_loop, log),
+            tasks.start("failure-detector", self._failure_detector, log),
         ]
         return {}
 
