@@ -85,17 +85,24 @@ def _blank(value: Any) -> Any:
 
 def plan(rows: list[dict[str, Any]]) -> Plan:
     out = Plan(rows=len(rows))
+    seen: dict[tuple[Any, Any, Any], DomainCreate] = {}
     for n, raw in enumerate(rows, start=1):
         unknown = set(raw) - KNOWN
         if unknown:
             out.errors.append(f"row {n}: unknown column(s) {sorted(unknown)}")
             continue
-        try:
-            domain_cmd = DomainCreate(name=str(raw.get("domain", "")), cos=_blank(raw.get("domain_cos")),
-                                      branding=Branding(display_name=str(raw.get("display_name") or "")))
-        except ValidationError as exc:
-            out.errors.append(f"row {n}: {_first(exc)}")
-            continue
+        # Validated once per distinct domain spelling: an import is mostly many account rows
+        # repeating their company's domain.
+        key = (str(raw.get("domain", "")), raw.get("domain_cos"), raw.get("display_name"))
+        domain_cmd = seen.get(key)
+        if domain_cmd is None:
+            try:
+                domain_cmd = DomainCreate(name=key[0], cos=_blank(key[1]),
+                                          branding=Branding(display_name=str(key[2] or "")))
+            except ValidationError as exc:
+                out.errors.append(f"row {n}: {_first(exc)}")
+                continue
+            seen[key] = domain_cmd
         domain = domain_cmd.name
         out.domains.setdefault(domain, domain_cmd)
         local = str(raw.get("account") or "")
