@@ -46,6 +46,7 @@ class AccountRow:
 class Plan:
     domains: dict[str, DomainCreate] = field(default_factory=dict)  # first row of each domain wins
     accounts: list[AccountRow] = field(default_factory=list)
+    domain_only_rows: dict[str, int] = field(default_factory=dict)  # rows that only name a domain
     errors: list[str] = field(default_factory=list)
     rows: int = 0
 
@@ -107,6 +108,7 @@ def plan(rows: list[dict[str, Any]]) -> Plan:
         out.domains.setdefault(domain, domain_cmd)
         local = str(raw.get("account") or "")
         if not local:
+            out.domain_only_rows[domain] = out.domain_only_rows.get(domain, 0) + 1
             continue
         if "@" in local:
             local, _, in_domain = local.rpartition("@")

@@ -32,6 +32,7 @@ router = APIRouter(prefix="/v1/imports", tags=["bulk import"], responses=COMMON_
 
 CHUNK = 1000       # aggregates created per pipelined batch
 MAX_ERRORS = 100
+KEEP_JOBS = 100    # finished jobs kept for their progress record
 
 
 def _chunks(items: list, size: int):
@@ -120,6 +121,7 @@ class ImportRun:
                 self._domains[name] = aggregates.apply(None, event)
                 created.append(name)
         self.job.domains_created += len(created)
+        self.job.done += sum(self.plan.domain_only_rows.get(cmd.name, 0) for cmd in cmds)
         if created and self.admin_tokens:
             await self._issue_admin_tokens(created)
         if created:
@@ -196,8 +198,11 @@ async def start_import(
     except importer.ImportFormatError as exc:
         raise BadRequest(str(exc)) from None
     run = ImportRun(ctx, who, client_addr(request), plan, admin_tokens)
-    # Domain-only rows have nothing more to do once their domain is created: count them now.
-    run.job.done += plan.rows - len(plan.errors) - len(plan.accounts)
+    while len(ctx.imports) >= KEEP_JOBS:  # forget the oldest finished job
+        oldest = next((k for k, r in ctx.imports.items() if r.job.state != "running"), None)
+        if oldest is None:
+            break
+        del ctx.imports[oldest]
     ctx.imports[run.job.id] = run
     run.start()
     await ctx.provisioning.audit(who, "import.start", f"import {run.job.id}", domain=None,
@@ -211,4 +216,7 @@ async def get_import(job_id: str, ctx: Admin, who: Caller) -> ImportJob:
     run = ctx.imports.get(job_id)
     if run is None:
         raise NotFound(f"no import {job_id} on this instance")
+    if run.job.state == "running":
+        # Tokens come with the final answer only: polls stay small for 10,000 companies.
+        return run.job.model_copy(update={"tokens": []})
     return run.job
