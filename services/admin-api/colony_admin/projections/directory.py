@@ -106,7 +106,13 @@ class DirectoryProjection:
         fresh: list[tuple[str, dict[str, Any]]] = []
         others: list[str] = []
         for subject, group in by_subject.items():
-            event = ev.decode(group[0].data) if len(group) == 1 else None
+            try:
+                event = ev.decode(group[0].data) if len(group) == 1 else None
+            except ev.UnknownEvent as exc:
+                # A newer producer's event: say so and leave the key alone rather than guess
+                # (and rather than stall the directory on one message forever).
+                log.error("directory: skipping %s: %s", subject, exc)
+                continue
             if event is not None and isinstance(event, _CREATIONS):
                 # A creation is the whole state: no need to read the aggregate back.
                 kind, name = parse_subject(subject)
@@ -129,7 +135,11 @@ class DirectoryProjection:
         stored = await self.store.read(subject)
         if not stored:
             return
-        state = aggregates.fold(ev.decode(s.data) for s in stored)
+        try:
+            state = aggregates.fold(ev.decode(s.data) for s in stored)
+        except ev.UnknownEvent as exc:
+            log.error("directory: leaving %s as it is: %s", subject, exc)
+            return
         entry = directory_entry(kind, name, state, stored[-1].seq)
         if entry is not None:
             await self._put_forward(*entry)
