@@ -17,6 +17,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from colony.events import UnknownEvent
+
 log = logging.getLogger("colony.admin")
 
 PROBLEM_JSON = "application/problem+json"
@@ -120,6 +122,14 @@ def install_problem_handlers(app: FastAPI) -> None:
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return problem_response(exc.status_code, HTTPStatus(exc.status_code).phrase, str(exc.detail),
                                 instance=request.url.path, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(UnknownEvent)
+    async def _newer_event(request: Request, exc: UnknownEvent) -> JSONResponse:
+        log.error("cannot read an aggregate on %s: %s", request.url.path, exc)
+        return problem_response(500, "Internal Server Error",
+                                f"this object has an event this instance cannot read ({exc}); "
+                                "it was written by a newer Colony: upgrade this instance",
+                                kind="unknown-event-version", instance=request.url.path)
 
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception) -> JSONResponse:

@@ -38,6 +38,8 @@ async def test_an_event_of_an_unknown_version_is_skipped_not_guessed(stack):
     assert await stack.ctx.readmodel.wait_for(ack.seq)
     listed = (await c.get("/v1/domains", params={"prefix": "from-the-future"}, headers=h)).json()["items"]
     assert listed == []
+    r = await c.get("/v1/domains/from-the-future.example", headers=h)
+    assert r.status_code == 500 and r.json()["type"].endswith("unknown-event-version")
 
     # the directory stays alive too: a later domain still reaches it
     async def in_directory() -> bool:
