@@ -53,3 +53,23 @@ async def test_retry_of_a_landed_append_is_recognised_as_ours(store, monkeypatch
     assert len(calls) == 2 and calls[0] == calls[1]
     events = await store.read(s)
     assert [e.data for e in events] == [b"once"] and events[0].seq == version
+
+
+async def test_create_many_creates_new_aggregates_and_reports_existing_ones(store):
+    existing = subject()
+    await store.append(existing, [b"first"], 0)
+    fresh = [subject() for _ in range(50)]
+    items = [(s, f"event {i}".encode()) for i, s in enumerate(fresh)] + [(existing, b"again")]
+    results = await store.create_many(items)
+    assert all(isinstance(r, int) for r in results[:50]) and len(set(results[:50])) == 50
+    assert isinstance(results[50], ConcurrencyConflict)
+    assert [e.data for e in await store.read(fresh[7])] == [b"event 7"]
+    assert [e.data for e in await store.read(existing)] == [b"first"]
+
+
+async def test_create_many_settles_a_lost_ack_by_content(store):
+    """The careful path: the first attempt landed but its ack never came."""
+    s = subject()
+    await store.append(s, [b"landed"], 0)  # as if create_many's own publish had landed
+    assert await store._careful(s, b"landed") == (await store.read(s))[0].seq
+    assert isinstance(await store._careful(s, b"someone else"), ConcurrencyConflict)
