@@ -125,6 +125,14 @@ def test_up_status_and_ctrl_c_leaves_nothing_behind(tmp_path):
         unknown = subprocess.run([COLONY, "drain", "mailstore-9", "--data-dir", str(data_dir)],
                                  capture_output=True, text=True, timeout=60)
         assert unknown.returncode != 0 and "mailstore-9" in unknown.stderr
+
+        # An instance that dies is started again by the supervisor, as a new process.
+        victim = [n for n in nodes if n["id"] == "mailstore-1"][0]
+        os.kill(victim["pid"], signal.SIGKILL)
+        reborn = wait_for(lambda: [n for n in status_json(data_dir)
+                                   if n["id"] == "mailstore-1" and n["state"] == "READY" and n["pid"] != victim["pid"]],
+                          60, "mailstore-1 to be restarted")
+        pids.append(reborn[0]["pid"])
     finally:
         out = stop_up(proc)
     assert proc.returncode == 0, out
