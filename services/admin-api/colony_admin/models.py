@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any, Generic, TypeVar
+from typing import Annotated, Any, ClassVar, Generic, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -58,6 +58,17 @@ CosName = Annotated[str, AfterValidator(check_cos_name)]
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class _Patch(_Strict):
+    """A partial update: only the fields sent change.  ``null`` clears a field that may be
+    empty (listed in ``clearable``) and means "no change" for any other."""
+
+    clearable: ClassVar[frozenset[str]] = frozenset()
+
+    def changes(self) -> dict[str, Any]:
+        sent = self.model_dump(mode="json", exclude_unset=True)
+        return {k: v for k, v in sent.items() if v is not None or k in self.clearable}
 
 
 # --- enums -------------------------------------------------------------------------------
@@ -126,8 +137,10 @@ class DomainCreate(_Strict):
     storage: StorageLayout = Field(default_factory=StorageLayout)
 
 
-class DomainPatch(_Strict):
+class DomainPatch(_Patch):
     """System administrators only (domain administrators change branding with PUT …/branding)."""
+
+    clearable: ClassVar[frozenset[str]] = frozenset({"cos"})
 
     home_region: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9_-]*$")
     cos: CosName | None = None
@@ -165,7 +178,7 @@ class CosCreate(_Strict):
     limits: CosLimits = Field(default_factory=CosLimits)
 
 
-class CosPatch(_Strict):
+class CosPatch(_Patch):
     description: str | None = Field(None, max_length=500)
     limits: CosLimits | None = None
 
@@ -190,7 +203,9 @@ class AccountCreate(_Strict):
     state: AccountState = AccountState.ACTIVE
 
 
-class AccountPatch(_Strict):
+class AccountPatch(_Patch):
+    clearable: ClassVar[frozenset[str]] = frozenset({"cos", "quota_bytes", "services"})
+
     real_name: str | None = Field(None, max_length=200)
     password: str | None = Field(None, min_length=8, max_length=1024)
     cos: CosName | None = None

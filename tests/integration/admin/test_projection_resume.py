@@ -51,3 +51,24 @@ async def test_an_event_of_an_unknown_version_is_skipped_not_guessed(stack):
             return False
 
     await wait_until(in_directory, what="the later domain in the directory")
+
+
+async def test_an_event_the_database_refuses_is_skipped_and_the_rest_applied(stack):
+    from colony import events as ev
+
+    c, h = stack.client, stack.as_(stack.sys_token)
+    d = unique_domain("poison")
+    await c.post("/v1/domains", json={"name": d}, headers=h)
+    await c.post(f"/v1/domains/{d}/accounts", json={"name": "pat", "real_name": "Pat"}, headers=h)
+    # an event the API would never write (real_name is NOT NULL), appended behind its back
+    bad = ev.AccountUpdated(address=f"pat@{d}", changes={"real_name": None})
+    subject = names.provisioning_subject(names.AGG_ADDRESS, f"pat@{d}")
+    await stack.ctx.store.append(subject, [bad.encode()], await stack.ctx.store.version(subject))
+    r = await c.post(f"/v1/domains/{d}/accounts", json={"name": "quinn"}, headers=h)
+    assert r.status_code == 201
+    assert await stack.ctx.readmodel.wait_for(r.json()["version"])
+    names_listed = [a["name"] for a in (await c.get(f"/v1/domains/{d}/accounts", headers=h)).json()["items"]]
+    assert names_listed == ["pat", "quinn"]
+    # and a null sent through the API for a field that cannot be empty changes nothing
+    r = await c.patch(f"/v1/domains/{d}/accounts/quinn", json={"real_name": None, "state": None}, headers=h)
+    assert r.status_code == 200 and r.json()["real_name"] == ""

@@ -62,3 +62,12 @@ def test_directory_entries_hide_secrets_and_mark_deletions():
     assert directory_entry("domain", "b.example", None, 9)[1] == {"deleted": True, "seq": 9}
     assert directory_entry("token", "x", {"secret_sha256": "h"}, 1) is None
     assert parse_subject("colony.prov.address.a_40b_2eexample") == ("address", "a@b.example")
+
+
+def test_patch_null_clears_only_clearable_fields():
+    from colony_admin.models import AccountPatch, DomainPatch
+
+    assert AccountPatch(real_name=None, cos=None, quota_bytes=None, state=None).changes() == {"cos": None,
+                                                                                            "quota_bytes": None}
+    assert DomainPatch(branding=None, cos=None).changes() == {"cos": None}
+    assert AccountPatch().changes() == {}

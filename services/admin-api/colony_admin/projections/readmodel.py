@@ -46,6 +46,13 @@ def _advance(conn: Connection, name: str, old: int, new: int) -> None:
         conn.execute(update(db.checkpoints).where(db.checkpoints.c.name == name).values(seq=new))
 
 
+def skip_to(conn: Connection, name: str, seq: int) -> None:
+    """Move a checkpoint past an event that cannot be applied (see runner: never stall)."""
+    done = checkpoint(conn, name, lock=True)
+    if seq > done:
+        _advance(conn, name, done, seq)
+
+
 def _fresh(conn: Connection, name: str, batch: Batch) -> tuple[int, Batch]:
     done = checkpoint(conn, name, lock=True)
     return done, [(seq, e) for seq, e in batch if seq > done]

@@ -16,14 +16,18 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import DataError, IntegrityError
 
 from colony import events as ev
 from colony_admin.db import write_tx
-from colony_admin.projections.readmodel import Batch, checkpoint
+from colony_admin.projections.readmodel import Batch, checkpoint, skip_to
 
 log = logging.getLogger("colony.admin.projection")
 
 ApplyFn = Callable[[Connection, Batch], int]
+
+# What a bad event (rather than a bad moment) raises while being applied.
+BAD_DATA = (IntegrityError, DataError, ValueError, TypeError, KeyError)
 
 
 class StreamProjection:
@@ -88,8 +92,25 @@ class StreamProjection:
             return checkpoint(conn, self.name)
 
     def _apply_in_tx(self, batch: Batch) -> None:
-        with write_tx(self.engine) as conn:
-            self._apply(conn, batch)
+        try:
+            with write_tx(self.engine) as conn:
+                self._apply(conn, batch)
+            return
+        except BAD_DATA:
+            log.exception("projection %s: batch %d..%d failed; applying it event by event",
+                          self.name, batch[0][0], batch[-1][0])
+        # Find the event the database refuses and skip it, loudly: a read model that stopped
+        # at one bad event would stop every list and search of the cluster.  Transient errors
+        # (database unreachable) are not BAD_DATA: they propagate and the run loop retries.
+        for item in batch:
+            try:
+                with write_tx(self.engine) as conn:
+                    self._apply(conn, [item])
+            except BAD_DATA:
+                log.exception("projection %s: SKIPPING seq %d (%s); the read model lacks it until "
+                              "rebuilt by a fixed version", self.name, item[0], item[1].type)
+                with write_tx(self.engine) as conn:
+                    skip_to(conn, self.name, item[0])
 
     async def _advance_to(self, seq: int) -> None:
         async with self._moved:

@@ -100,7 +100,7 @@ async def patch_account(domain: str, name: str, body: AccountPatch, request: Req
                         ctx: Admin, who: Caller, expected: IfMatch = None) -> AccountOut:
     domain, name = domain_name(domain), local_name(name)
     roles.require_domain(who, domain)
-    changes = body.model_dump(mode="json", exclude_unset=True)
+    changes = body.changes()
     password = changes.pop("password", None)
     if "cos" in changes:
         roles.require_system(who, "change an account's class of service")

@@ -65,7 +65,7 @@ async def patch_cos(name: str, body: CosPatch, request: Request, response: Respo
                     expected: IfMatch = None) -> CosOut:
     name = cos_name(name)
     roles.require_system(who, "change class-of-service limits")
-    changes = body.model_dump(mode="json", exclude_unset=True)
+    changes = body.changes()
     loaded = await ctx.provisioning.load(names.AGG_COS, name)
     events = aggregates.update_cos(loaded.state, name, changes)
     outcome = await ctx.provisioning.commit(loaded, events, if_match=expected)

@@ -84,7 +84,7 @@ async def patch_domain(domain: str, body: DomainPatch, request: Request, respons
                        who: Caller, expected: IfMatch = None) -> DomainOut:
     domain = domain_name(domain)
     roles.require_system(who, "change domain settings")
-    changes = body.model_dump(mode="json", exclude_unset=True)
+    changes = body.changes()
     if "cos" in changes:
         await _require_cos(ctx, changes["cos"])
     loaded = await ctx.provisioning.load(names.AGG_DOMAIN, domain)
