@@ -120,15 +120,17 @@ class EventStore:
                 # every message, and at bulk rates that parsing is a large share of the CPU.
                 await nc.publish(subject, payload, reply=f"{inbox}.{i}",
                                  headers={EXPECTED_LAST_SUBJECT_SEQUENCE: "0"})
-            deadline = loop.time() + (timeout or self._timeout)
+            futures = [pending[str(i)] for i in range(len(items))]
+            # One wait for the whole batch: a wait_for per item costs a task and a timer each.
+            if futures:
+                await asyncio.wait(futures, timeout=timeout or self._timeout)
             results: list[int | ConcurrencyConflict] = []
-            for i, (subject, payload) in enumerate(items):
-                try:
-                    msg = await asyncio.wait_for(pending[str(i)], max(0.0, deadline - loop.time()))
-                except (asyncio.TimeoutError, TimeoutError):
+            for (subject, payload), future in zip(items, futures, strict=True):
+                if not future.done():
+                    future.cancel()
                     results.append(await self._careful(subject, payload))
                     continue
-                ack = json.loads(msg.data or b"{}")
+                ack = json.loads(future.result().data or b"{}")
                 error = ack.get("error")
                 if error is None:
                     results.append(int(ack["seq"]))
