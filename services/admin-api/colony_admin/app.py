@@ -1,7 +1,8 @@
 """``create_app(settings, nc)``: the admin API as a FastAPI app (the lead's process shell runs it).
 
 Lifespan: open the read-model database and migrate it, start the projections (read model,
-usage, audit -> SQL; directory -> KV) and the cluster auth service; stop them on the way out.
+usage, audit -> SQL; directory -> KV, by default in a child process) and the cluster auth
+service; stop them on the way out.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import Literal
 
 from argon2 import PasswordHasher
 from fastapi import FastAPI
@@ -25,7 +27,7 @@ from colony_admin.authservice import AuthService
 from colony_admin.commands import Provisioning
 from colony_admin.deps import AdminContext
 from colony_admin.problems import install_problem_handlers
-from colony_admin.projections import readmodel
+from colony_admin.projections import directory_worker, readmodel
 from colony_admin.projections.directory import DirectoryProjection
 from colony_admin.projections.runner import StreamProjection
 from colony_admin.routes import accounts, audit, cos, domains, imports, tokens, usage
@@ -42,10 +44,17 @@ change makes your request fail with 409 instead of being lost.  Errors are RFC 7
 """
 
 
-def create_app(settings: Settings, nc: Client, *, hasher: PasswordHasher | None = None) -> FastAPI:
+DirectoryMode = Literal["process", "inline", "off"]
+
+
+def create_app(settings: Settings, nc: Client, *, hasher: PasswordHasher | None = None,
+               directory: DirectoryMode = "process") -> FastAPI:
+    """``directory``: where the directory-KV projection runs — a child process (default: it
+    gets its own core), this event loop (tests), or nowhere (another instance runs it)."""
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        ctx = await _start(settings, nc, hasher or password_hasher())
+        ctx = await _start(settings, nc, hasher or password_hasher(), directory)
         app.state.admin = ctx
         try:
             yield
@@ -59,7 +68,7 @@ def create_app(settings: Settings, nc: Client, *, hasher: PasswordHasher | None 
     return app
 
 
-async def _start(settings: Settings, nc: Client, hasher: PasswordHasher) -> AdminContext:
+async def _start(settings: Settings, nc: Client, hasher: PasswordHasher, directory_mode: DirectoryMode) -> AdminContext:
     engine = db.make_engine(settings.sqlalchemy_url)
     await asyncio.to_thread(db.migrate, engine)
     js = nc.jetstream(timeout=10.0)
@@ -79,7 +88,13 @@ async def _start(settings: Settings, nc: Client, hasher: PasswordHasher) -> Admi
                        throttle=throttle, provisioning=provisioning, readmodel=read,
                        usage_projection=usage_p, audit_projection=audit_p,
                        auth_service=AuthService(nc, provisioning, engine, Throttle()))
-    for name, runner in (("readmodel", read), ("usage", usage_p), ("audit", audit_p), ("directory", directory)):
+    runners = [("readmodel", read), ("usage", usage_p), ("audit", audit_p)]
+    if directory_mode == "inline":
+        runners.append(("directory", directory))
+    elif directory_mode == "process":
+        ctx.directory_process = directory_worker.start(settings.nats_servers, settings.nats_connect_timeout,
+                                                       settings.log_level)
+    for name, runner in runners:
         ctx.projections.append(asyncio.create_task(runner.run(), name=f"admin-projection-{name}"))
     await ctx.auth_service.start()
     await _catch_up(ctx)
@@ -105,5 +120,7 @@ async def _stop(ctx: AdminContext) -> None:
     for task, result in zip(ctx.projections, results, strict=True):
         if isinstance(result, Exception) and not isinstance(result, asyncio.CancelledError):
             log.error("%s ended with %r", task.get_name(), result)
+    if ctx.directory_process is not None:
+        await asyncio.to_thread(directory_worker.stop, ctx.directory_process)
     ctx.provisioning.close()
     ctx.engine.dispose()

@@ -42,6 +42,7 @@ class AdminContext:
     usage_projection: StreamProjection | None = None
     audit_projection: StreamProjection | None = None
     auth_service: Any = None
+    directory_process: Any = None  # the directory projection's child process, if any
     projections: list[Any] = field(default_factory=list)  # their asyncio tasks
     imports: dict[str, Any] = field(default_factory=dict)  # running and finished bulk imports
 

@@ -49,3 +49,18 @@ async def test_login_through_a_domain_alias_reaches_the_real_account(stack):
         {"user": f"kim@alias-{d}", "password": "kims-password"}).encode(), timeout=5)
     reply = json.loads(msg.data)
     assert reply["ok"] and reply["account"] == f"kim@{d}"
+
+
+async def test_directory_projection_in_its_own_process(make_stack):
+    """The default of create_app: the directory runs in a child process, stopped with the app."""
+    stack = await make_stack(directory="process")
+    proc = stack.ctx.directory_process
+    assert proc is not None and proc.is_alive()
+    c, h = stack.client, stack.as_(stack.sys_token)
+    d = unique_domain("proc")
+    await c.post("/v1/domains", json={"name": d}, headers=h)
+
+    async def there() -> bool:
+        return await _entry(stack, "domain", d) is not None
+
+    await wait_until(there, timeout=20, what="the child process to write the directory entry")
