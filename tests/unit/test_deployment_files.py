@@ -215,7 +215,7 @@ def haproxy_forwarding() -> dict[int, tuple[str, int, list[str]]]:
     """Bound port -> (service, service port, backend lines) for every TCP frontend."""
     sections = haproxy_sections()
     forwarding = {}
-    for (kind, name), lines in sections.items():
+    for (kind, _name), lines in sections.items():
         if kind != "frontend":
             continue
         binds = [int(m.group(1)) for line in lines if (m := re.match(r"bind\s+\S*:(\d+)", line))]
@@ -362,7 +362,7 @@ def test_shared_storage_is_one_volume_at_one_path():
 @pytest.mark.parametrize("name", sorted(SERVICES))
 def test_mounts_exist(name):
     declared = set(COMPOSE.get("volumes") or {})
-    for kind, source, target in volume_mounts(SERVICES[name]):
+    for kind, source, _target in volume_mounts(SERVICES[name]):
         if kind == "bind":
             assert (ROOT / source).exists(), f"{name}: mounts {source}, which is not in the repository"
         else:
@@ -519,7 +519,7 @@ def test_regions_example_compose_mounts_the_region_configs():
     example = yaml.safe_load((NATS_DIR / "regions" / "docker-compose.yml").read_text())
     mounted = set()
     for name, svc in example["services"].items():
-        for kind, source, target in volume_mounts(svc):
+        for kind, source, _target in volume_mounts(svc):
             if kind == "bind":
                 path = (NATS_DIR / "regions" / source).resolve()
                 assert path.exists(), f"regions example {name}: mounts {source}, which does not exist"
