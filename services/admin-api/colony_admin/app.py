@@ -94,11 +94,23 @@ async def _start(settings: Settings, nc: Client, hasher: PasswordHasher, directo
     elif directory_mode == "process":
         ctx.directory_process = directory_worker.start(settings.nats_servers, settings.nats_connect_timeout,
                                                        settings.log_level)
+        ctx.projections.append(asyncio.create_task(_keep_directory_alive(ctx, settings), name="admin-directory-watch"))
     for name, runner in runners:
         ctx.projections.append(asyncio.create_task(runner.run(), name=f"admin-projection-{name}"))
     await ctx.auth_service.start()
     await _catch_up(ctx)
     return ctx
+
+
+async def _keep_directory_alive(ctx: AdminContext, settings: Settings, every: float = 1.0) -> None:
+    """Restart the directory child if it dies (its durable consumer resumes where it was)."""
+    while True:
+        await asyncio.sleep(every)
+        proc = ctx.directory_process
+        if proc is not None and not proc.is_alive():
+            log.error("directory projection process exited with %s; restarting it", proc.exitcode)
+            ctx.directory_process = directory_worker.start(settings.nats_servers, settings.nats_connect_timeout,
+                                                           settings.log_level)
 
 
 async def _catch_up(ctx: AdminContext, timeout: float = 120.0) -> None:

@@ -64,3 +64,19 @@ async def test_directory_projection_in_its_own_process(make_stack):
         return await _entry(stack, "domain", d) is not None
 
     await wait_until(there, timeout=20, what="the child process to write the directory entry")
+
+    # a crashed child is replaced and the directory keeps following
+    proc.kill()
+
+    async def replaced() -> bool:
+        new = stack.ctx.directory_process
+        return new is not proc and new.is_alive()
+
+    await wait_until(replaced, timeout=10, what="a new directory process")
+    d2 = unique_domain("proc")
+    await c.post("/v1/domains", json={"name": d2}, headers=h)
+
+    async def there_too() -> bool:
+        return await _entry(stack, "domain", d2) is not None
+
+    await wait_until(there_too, timeout=20, what="the replacement to write the directory entry")
