@@ -19,7 +19,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
+import signal
 import statistics
+import sys
 import tempfile
 import time
 import uuid
@@ -175,4 +177,6 @@ def parse_args() -> argparse.Namespace:
 
 
 if __name__ == "__main__":
+    # `timeout` or Ctrl-C: unwind through the finally blocks, so nats-server is stopped too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     asyncio.run(main(parse_args()))
