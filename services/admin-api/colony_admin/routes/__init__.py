@@ -1,0 +1,1 @@
+"""The admin API's HTTP routes, one module per resource (cluster.py is the cluster monitor)."""
