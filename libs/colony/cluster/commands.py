@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-NodeCommandName = Literal["drain", "ready", "ping"]
+NodeCommandName = Literal["drain", "ready"]
 
 
 class NodeCommand(BaseModel):

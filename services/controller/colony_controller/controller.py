@@ -62,7 +62,7 @@ class Controller:
         self._absent_since: float | None = None
         self._seen_revision = 0  # the lease revision we last saw, and since when (monotonic)
         self._seen_at = 0.0
-        self._releasing: asyncio.Task | None = None
+        self._releasing: asyncio.Task | None = None  # keeps the step-down task referenced until done
 
     # --- Workload ---------------------------------------------------------------------------
 
