@@ -13,7 +13,11 @@ fi
 
 ensure_venv() {  # $1: the pyproject extra to install
   local stamp=".venv/.installed-$1"
-  [ -x .venv/bin/python ] || "$python" -m venv .venv
+  if [ ! -x .venv/bin/python ] && ! "$python" -m venv .venv; then
+    rm -rf .venv
+    echo "could not create .venv with '$python -m venv'; on Debian/Ubuntu: apt-get install python3-venv" >&2
+    exit 2
+  fi
   if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
     .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[$1]"
