@@ -23,12 +23,12 @@ sequence; otherwise someone else wrote first and the caller gets ``ConcurrencyCo
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import orjson
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
@@ -130,7 +130,7 @@ class EventStore:
                     future.cancel()
                     results.append(await self._careful(subject, payload))
                     continue
-                ack = json.loads(future.result().data or b"{}")
+                ack = orjson.loads(future.result().data or b"{}")
                 error = ack.get("error")
                 if error is None:
                     results.append(int(ack["seq"]))

@@ -20,6 +20,8 @@ import json
 import logging
 from typing import Any
 
+import orjson
+
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -30,7 +32,8 @@ from colony import events as ev
 from colony.bus import names
 from colony.bus.tokens import from_token
 from colony.eventstore import ConcurrencyConflict, EventStore
-from colony_admin import aggregates
+from colony_admin import aggregates, codec
+from colony_admin.projections.fastpull import speed_up, stream_seq
 
 log = logging.getLogger("colony.admin.directory")
 
@@ -44,7 +47,7 @@ _CREATIONS = (ev.DomainCreated, ev.AccountCreated, ev.AliasCreated, ev.DomainAli
 
 
 def _json(value: dict[str, Any]) -> bytes:
-    return json.dumps(value, separators=(",", ":")).encode()
+    return orjson.dumps(value)
 
 
 def directory_entry(kind: str, name: str, state: aggregates.State, seq: int) -> tuple[str, dict[str, Any]] | None:
@@ -86,8 +89,8 @@ class DirectoryProjection:
         self._kv = await self.js.key_value(names.BUCKET_DIRECTORY)
         config = ConsumerConfig(ack_policy=AckPolicy.ALL, deliver_policy=DeliverPolicy.ALL, ack_wait=60.0,
                                 max_ack_pending=20_000)
-        sub = await self.js.pull_subscribe(names.SUBJECTS_PROVISIONING, durable=DURABLE,
-                                           stream=names.STREAM_PROVISIONING, config=config)
+        sub = speed_up(await self.js.pull_subscribe(names.SUBJECTS_PROVISIONING, durable=DURABLE,
+                                                    stream=names.STREAM_PROVISIONING, config=config))
         while True:
             try:
                 msgs = await sub.fetch(self._batch, timeout=0.5)
@@ -107,7 +110,7 @@ class DirectoryProjection:
         others: list[str] = []
         for subject, group in by_subject.items():
             try:
-                event = ev.decode(group[0].data) if len(group) == 1 else None
+                event = codec.decode(group[0].data) if len(group) == 1 else None
             except ev.UnknownEvent as exc:
                 # A newer producer's event: say so and leave the key alone rather than guess
                 # (and rather than stall the directory on one message forever).
@@ -116,7 +119,7 @@ class DirectoryProjection:
             if event is not None and isinstance(event, _CREATIONS):
                 # A creation is the whole state: no need to read the aggregate back.
                 kind, name = parse_subject(subject)
-                entry = directory_entry(kind, name, aggregates.apply(None, event), group[0].metadata.sequence.stream)
+                entry = directory_entry(kind, name, aggregates.apply(None, event), stream_seq(group[0]))
                 if entry is not None:
                     fresh.append(entry)
             else:

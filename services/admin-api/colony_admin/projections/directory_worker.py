@@ -13,24 +13,54 @@ SIGKILLed admin-api leaves nothing behind.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
-import multiprocessing
 import os
 import signal
-from multiprocessing.process import BaseProcess
+import subprocess
+import sys
 
 log = logging.getLogger("colony.admin.directory")
 
 
-def start(nats_servers: list[str], connect_timeout: float, log_level: str) -> BaseProcess:
-    proc = multiprocessing.get_context("spawn").Process(
-        target=_main, args=(nats_servers, connect_timeout, log_level, os.getpid()),
-        name="admin-directory", daemon=True)
-    proc.start()
-    return proc
+class Child:
+    """The child process, with the part of ``multiprocessing.Process``'s interface we use."""
+
+    def __init__(self, popen: subprocess.Popen) -> None:
+        self._popen = popen
+        self.pid = popen.pid
+
+    def is_alive(self) -> bool:
+        return self._popen.poll() is None
+
+    @property
+    def exitcode(self) -> int | None:
+        return self._popen.poll()
+
+    def terminate(self) -> None:
+        if self.is_alive():
+            self._popen.terminate()
+
+    def kill(self) -> None:
+        if self.is_alive():
+            self._popen.kill()
+
+    def join(self, timeout: float | None = None) -> None:
+        try:
+            self._popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
 
 
-def stop(proc: BaseProcess, timeout: float = 5.0) -> None:
+def start(nats_servers: list[str], connect_timeout: float, log_level: str) -> Child:
+    # A plain interpreter running this module, not multiprocessing's "spawn": spawn re-imports
+    # the parent's __main__ (the whole CLI or API app, ~2 s of CPU) in the child, which at
+    # start-up competes with the parent for the cores.
+    args = json.dumps([nats_servers, connect_timeout, log_level, os.getpid()])
+    return Child(subprocess.Popen([sys.executable, "-m", __name__, args], stdin=subprocess.DEVNULL))
+
+
+def stop(proc: Child, timeout: float = 5.0) -> None:
     if proc.is_alive():
         proc.terminate()
         proc.join(timeout)
@@ -68,3 +98,7 @@ async def _run(nats_servers: list[str], connect_timeout: float, parent: int) -> 
         await asyncio.gather(task, return_exceptions=True)
     finally:
         await nc.close()
+
+
+if __name__ == "__main__":
+    _main(*json.loads(sys.argv[1]))

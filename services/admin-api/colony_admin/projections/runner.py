@@ -19,7 +19,9 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DataError, IntegrityError
 
 from colony import events as ev
+from colony_admin import codec
 from colony_admin.db import write_tx
+from colony_admin.projections.fastpull import speed_up, stream_seq
 from colony_admin.projections.readmodel import Batch, checkpoint, skip_to
 
 log = logging.getLogger("colony.admin.projection")
@@ -61,7 +63,7 @@ class StreamProjection:
             inactive_threshold=60.0,
             max_waiting=1,
         )
-        sub = await self.js.pull_subscribe(self.subjects, stream=self.stream, config=config)
+        sub = speed_up(await self.js.pull_subscribe(self.subjects, stream=self.stream, config=config))
         try:
             while True:
                 try:
@@ -71,16 +73,16 @@ class StreamProjection:
                     continue
                 batch: list[tuple[int, ev.Event]] = []
                 for msg in msgs:
-                    seq = msg.metadata.sequence.stream
+                    seq = stream_seq(msg)
                     try:
-                        batch.append((seq, ev.decode(msg.data)))
+                        batch.append((seq, codec.decode(msg.data)))
                     except ev.UnknownEvent as exc:
                         # A newer producer's event: say so and skip rather than guess its meaning.
                         log.error("projection %s: skipping seq %d: %s", self.name, seq, exc)
                 if batch:
                     await asyncio.to_thread(self._apply_in_tx, batch)
                 if msgs:
-                    await self._advance_to(msgs[-1].metadata.sequence.stream)
+                    await self._advance_to(stream_seq(msgs[-1]))
         finally:
             try:
                 await sub.unsubscribe()
