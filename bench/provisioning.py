@@ -128,6 +128,13 @@ async def main(args: argparse.Namespace) -> None:
                           f"accounts, budget {args.time_budget:.0f}s, read model {settings.sqlalchemy_url.split(':')[0]}")
             n_domains, n_accounts, seconds = await bulk_create(client, headers, run, args.domains,
                                                                args.accounts_per_domain, args.chunk, args.time_budget)
+            if n_domains and args.accounts_per_domain:
+                # "visible" must mean listable: the last domain's accounts, straight after its job
+                last = domain_name(run, n_domains - 1)
+                listed = (await client.get(f"/v1/domains/{last}/accounts", params={"limit": 100},
+                                           headers=headers)).json()["items"]
+                if len(listed) != min(100, args.accounts_per_domain):
+                    raise SystemExit(f"read model incomplete: {len(listed)} accounts listed for {last}")
             rng = random.Random(1)
             page_ms, deep_ms, prefix_ms, acct_ms = [], [], [], []
             for _ in range(args.samples):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator
 from typing import Literal
@@ -27,7 +28,7 @@ from colony_admin.authservice import AuthService
 from colony_admin.commands import Provisioning
 from colony_admin.deps import AdminContext
 from colony_admin.problems import install_problem_handlers
-from colony_admin.projections import directory_worker, readmodel
+from colony_admin.projections import directory_worker, readmodel, readmodel_worker
 from colony_admin.projections.directory import DirectoryProjection
 from colony_admin.projections.runner import StreamProjection
 from colony_admin.routes import accounts, audit, cos, domains, imports, tokens, usage
@@ -45,17 +46,29 @@ change makes your request fail with 409 instead of being lost.  Errors are RFC 7
 
 
 DirectoryMode = Literal["process", "inline", "off"]
+ReadModelMode = Literal["process", "inline"]
 
 
 def create_app(settings: Settings, nc: Client, *, hasher: PasswordHasher | None = None,
-               directory: DirectoryMode = "process") -> FastAPI:
+               directory: DirectoryMode = "process", readmodel_mode: ReadModelMode | None = None) -> FastAPI:
     """``directory``: where the directory-KV projection runs — a child process (default: it
-    gets its own core), this event loop (tests), or nowhere (another instance runs it)."""
+    gets its own core), this event loop (tests), or nowhere (another instance runs it).
+    ``readmodel_mode``: where the SQL read-model projection of PROVISIONING runs — a child
+    process or this event loop; by default like the directory (always this event loop for
+    an in-memory SQLite database)."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        ctx = await _start(settings, nc, hasher or password_hasher(), directory)
+        mode: ReadModelMode = readmodel_mode or ("process" if directory == "process" else "inline")
+        if not readmodel_worker.can_run_apart(settings.sqlalchemy_url):
+            mode = "inline"
+        ctx = await _start(settings, nc, hasher or password_hasher(), directory, mode)
         app.state.admin = ctx
+        _warm_routes(app)
+        # Everything built so far (FastAPI's routes and models, SQLAlchemy's tables, pydantic
+        # validators) lives as long as the process: keep it out of the cyclic GC's full
+        # collections, which otherwise walk all of it again and again during a bulk import.
+        gc.freeze()
         try:
             yield
         finally:
@@ -68,7 +81,26 @@ def create_app(settings: Settings, nc: Client, *, hasher: PasswordHasher | None 
     return app
 
 
-async def _start(settings: Settings, nc: Client, hasher: PasswordHasher, directory_mode: DirectoryMode) -> AdminContext:
+def _warm_routes(app: FastAPI) -> None:
+    """Build FastAPI's per-router route state now rather than in the first requests.
+
+    FastAPI 0.16x resolves the routes of an included router lazily, on the first request
+    that reaches it (a pydantic TypeAdapter per parameter: about 0.3 s of CPU for this API
+    on 2 cores), which the first requests after start-up would pay.  Best effort: this
+    uses FastAPI internals and does nothing where they are not there.
+    """
+    for route in app.router.routes:
+        for method in ("effective_candidates", "effective_low_priority_routes"):
+            build = getattr(route, method, None)
+            if callable(build):
+                try:
+                    build()
+                except Exception:  # noqa: BLE001 - an optimisation only; requests build it anyway
+                    log.debug("could not pre-build routes of %r", route, exc_info=True)
+
+
+async def _start(settings: Settings, nc: Client, hasher: PasswordHasher, directory_mode: DirectoryMode,
+                 readmodel_mode: ReadModelMode = "inline") -> AdminContext:
     engine = db.make_engine(settings.sqlalchemy_url)
     await asyncio.to_thread(db.migrate, engine)
     js = nc.jetstream(timeout=10.0)
@@ -77,8 +109,12 @@ async def _start(settings: Settings, nc: Client, hasher: PasswordHasher, directo
     def follow(stream: str, subjects: str, name: str, apply) -> StreamProjection:
         return StreamProjection(js=js, engine=engine, stream=stream, subjects=subjects, name=name, apply=apply)
 
-    read = follow(names.STREAM_PROVISIONING, names.SUBJECTS_PROVISIONING, readmodel.READ_MODEL,
-                  readmodel.apply_provisioning)
+    read: StreamProjection | readmodel_worker.RemoteProjection
+    if readmodel_mode == "process":
+        read = readmodel_worker.RemoteProjection(nc, engine, readmodel.READ_MODEL, nc.new_inbox())
+    else:
+        read = follow(names.STREAM_PROVISIONING, names.SUBJECTS_PROVISIONING, readmodel.READ_MODEL,
+                      readmodel.apply_provisioning)
     usage_p = follow(names.STREAM_USAGE, names.SUBJECTS_USAGE, readmodel.USAGE, readmodel.apply_usage)
     audit_p = follow(names.STREAM_AUDIT, names.SUBJECTS_AUDIT, readmodel.AUDIT, readmodel.apply_audit)
     directory = DirectoryProjection(js, store)
@@ -88,7 +124,14 @@ async def _start(settings: Settings, nc: Client, hasher: PasswordHasher, directo
                        throttle=throttle, provisioning=provisioning, readmodel=read,
                        usage_projection=usage_p, audit_projection=audit_p,
                        auth_service=AuthService(nc, provisioning, engine, Throttle()))
-    runners = [("readmodel", read), ("usage", usage_p), ("audit", audit_p)]
+    runners = [("usage", usage_p), ("audit", audit_p)]
+    if isinstance(read, readmodel_worker.RemoteProjection):
+        await read.start()
+        ctx.readmodel_process = _start_readmodel(settings, read)
+        ctx.projections.append(asyncio.create_task(_keep_readmodel_alive(ctx, settings, read),
+                                                   name="admin-readmodel-watch"))
+    else:
+        runners.insert(0, ("readmodel", read))
     if directory_mode == "inline":
         runners.append(("directory", directory))
     elif directory_mode == "process":
@@ -113,6 +156,22 @@ async def _keep_directory_alive(ctx: AdminContext, settings: Settings, every: fl
                                                            settings.log_level)
 
 
+def _start_readmodel(settings: Settings, read: readmodel_worker.RemoteProjection):
+    return readmodel_worker.start(settings.nats_servers, settings.nats_connect_timeout, settings.log_level,
+                                  settings.sqlalchemy_url, read.progress_subject)
+
+
+async def _keep_readmodel_alive(ctx: AdminContext, settings: Settings, read: readmodel_worker.RemoteProjection,
+                                every: float = 1.0) -> None:
+    """Restart the read-model child if it dies (it resumes from its checkpoint)."""
+    while True:
+        await asyncio.sleep(every)
+        proc = ctx.readmodel_process
+        if proc is not None and not proc.is_alive():
+            log.error("read-model projection process exited with %s; restarting it", proc.exitcode)
+            ctx.readmodel_process = _start_readmodel(settings, read)
+
+
 async def _catch_up(ctx: AdminContext, timeout: float = 120.0) -> None:
     """Serve only once the read model holds what PROVISIONING held at start-up, so a new
     instance behind the balancer never answers lists from an empty or stale database."""
@@ -134,5 +193,9 @@ async def _stop(ctx: AdminContext) -> None:
             log.error("%s ended with %r", task.get_name(), result)
     if ctx.directory_process is not None:
         await asyncio.to_thread(directory_worker.stop, ctx.directory_process)
+    if ctx.readmodel_process is not None:
+        await asyncio.to_thread(directory_worker.stop, ctx.readmodel_process)
+    if isinstance(ctx.readmodel, readmodel_worker.RemoteProjection):
+        await ctx.readmodel.stop()
     ctx.provisioning.close()
     ctx.engine.dispose()

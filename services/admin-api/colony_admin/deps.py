@@ -38,11 +38,12 @@ class AdminContext:
     hasher: PasswordHasher
     throttle: Throttle
     provisioning: Provisioning
-    readmodel: StreamProjection
+    readmodel: Any  # StreamProjection, or readmodel_worker.RemoteProjection (a child process runs it)
     usage_projection: StreamProjection | None = None
     audit_projection: StreamProjection | None = None
     auth_service: Any = None
     directory_process: Any = None  # the directory projection's child process, if any
+    readmodel_process: Any = None  # the read-model projection's child process, if any
     projections: list[Any] = field(default_factory=list)  # their asyncio tasks
     imports: dict[str, Any] = field(default_factory=dict)  # running and finished bulk imports
 

@@ -71,6 +71,7 @@ def stop(proc: Child, timeout: float = 5.0) -> None:
 
 def _main(nats_servers: list[str], connect_timeout: float, log_level: str, parent: int) -> None:
     logging.basicConfig(level=log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    os.nice(10)  # background work: the API process and the read model come first (see module doc)
     try:
         asyncio.run(_run(nats_servers, connect_timeout, parent))
     except KeyboardInterrupt:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
@@ -34,10 +34,12 @@ BAD_DATA = (IntegrityError, DataError, ValueError, TypeError, KeyError)
 
 class StreamProjection:
     def __init__(self, *, js: JetStreamContext, engine: Engine, stream: str, subjects: str, name: str,
-                 apply: ApplyFn, batch: int = 1000) -> None:
+                 apply: ApplyFn, batch: int = 1000,
+                 on_advance: Callable[[int], Awaitable[None]] | None = None) -> None:
         self.js, self.engine, self.stream, self.subjects, self.name = js, engine, stream, subjects, name
         self._apply = apply
         self._batch = batch
+        self._on_advance = on_advance  # told every new position (a child process reports it)
         self.position = 0  # last stream sequence this instance knows is applied
         self._moved = asyncio.Condition()
 
@@ -119,6 +121,8 @@ class StreamProjection:
             if seq > self.position:
                 self.position = seq
                 self._moved.notify_all()
+        if self._on_advance is not None:
+            await self._on_advance(self.position)
 
     async def wait_for(self, seq: int, timeout: float = 10.0) -> bool:
         """Wait until this instance's read model includes stream sequence ``seq``."""
