@@ -175,6 +175,12 @@ async def _keep_readmodel_alive(ctx: AdminContext, settings: Settings, read: rea
 async def _catch_up(ctx: AdminContext, timeout: float = 120.0) -> None:
     """Serve only once the read model holds what PROVISIONING held at start-up, so a new
     instance behind the balancer never answers lists from an empty or stale database."""
+    if isinstance(ctx.readmodel, readmodel_worker.RemoteProjection):
+        # The projection runs in a child: "caught up" includes "the child is following".
+        try:
+            await asyncio.wait_for(ctx.readmodel.heard.wait(), timeout)
+        except TimeoutError:
+            log.warning("read-model process has not reported after %.0fs; serving anyway", timeout)
     last = (await ctx.js.stream_info(names.STREAM_PROVISIONING)).state.last_seq
     if not await ctx.readmodel.wait_for(last, timeout=timeout):
         log.warning("read model still behind PROVISIONING after %.0fs (at %d of %d); serving anyway",

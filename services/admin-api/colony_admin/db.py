@@ -11,9 +11,8 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -31,6 +30,9 @@ from sqlalchemy import (
     event,
 )
 from sqlalchemy.dialects import postgresql
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 log = logging.getLogger("colony.admin.db")
 
@@ -189,6 +191,8 @@ def make_engine(url: str) -> Engine:
 
 
 def alembic_config(engine: Engine) -> Config:
+    from alembic.config import Config  # imported when needed: the projection child never migrates
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     cfg.attributes["engine"] = engine
@@ -202,5 +206,7 @@ def migrate(engine: Engine) -> None:
     write transaction (BEGIN IMMEDIATE on SQLite, an advisory lock on PostgreSQL; both
     have transactional DDL), so the second finds the schema current and does nothing.
     """
+    from alembic import command
+
     with _alembic_in_use:
         command.upgrade(alembic_config(engine), "head")

@@ -54,6 +54,7 @@ class RemoteProjection:
         self.position = 0
         self._moved = asyncio.Condition()
         self._sub = None
+        self.heard = asyncio.Event()  # set by the child's first report: it is following the stream
 
     async def start(self) -> None:
         from colony_admin.projections.readmodel import checkpoint
@@ -78,6 +79,7 @@ class RemoteProjection:
             seq = int(msg.data)
         except ValueError:
             return
+        self.heard.set()
         await self._advance_to(seq)
 
     async def _advance_to(self, seq: int) -> None:
