@@ -13,6 +13,7 @@ SIGKILLed admin-api leaves nothing behind.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -88,6 +89,7 @@ async def _run(nats_servers: list[str], connect_timeout: float, parent: int) -> 
     nc = await nats.connect(servers=nats_servers, name="colony-admin-directory", connect_timeout=connect_timeout,
                             max_reconnect_attempts=-1, reconnect_time_wait=0.5)
     js = nc.jetstream(timeout=10.0)
+    gc.freeze()  # modules and models live as long as the process: out of the GC's way
     task = asyncio.create_task(DirectoryProjection(js, EventStore(js, names.STREAM_PROVISIONING)).run())
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     try:

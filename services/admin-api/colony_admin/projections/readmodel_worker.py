@@ -17,6 +17,7 @@ the parent restarts it if it dies (it resumes from its checkpoint).
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -119,6 +120,7 @@ async def _run(nats_servers: list[str], connect_timeout: float, database_url: st
     nc = await nats.connect(servers=nats_servers, name="colony-admin-readmodel", connect_timeout=connect_timeout,
                             max_reconnect_attempts=-1, reconnect_time_wait=0.5)
     engine = db.make_engine(database_url)
+    gc.freeze()  # modules, models and tables live as long as the process: out of the GC's way
 
     async def report(seq: int) -> None:
         await nc.publish(progress_subject, str(seq).encode())
