@@ -32,7 +32,7 @@ from colony import events as ev
 from colony.bus import names
 from colony.bus.tokens import from_token
 from colony.eventstore import ConcurrencyConflict, EventStore
-from colony_admin import aggregates, codec
+from colony_admin import aggregates
 from colony_admin.projections.fastpull import speed_up, stream_seq
 
 log = logging.getLogger("colony.admin.directory")
@@ -110,7 +110,7 @@ class DirectoryProjection:
         others: list[str] = []
         for subject, group in by_subject.items():
             try:
-                event = codec.decode(group[0].data) if len(group) == 1 else None
+                event = ev.decode(group[0].data) if len(group) == 1 else None
             except ev.UnknownEvent as exc:
                 # A newer producer's event: say so and leave the key alone rather than guess
                 # (and rather than stall the directory on one message forever).

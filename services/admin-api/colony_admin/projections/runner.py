@@ -19,7 +19,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DataError, IntegrityError
 
 from colony import events as ev
-from colony_admin import codec
+
 from colony_admin.db import write_tx
 from colony_admin.projections.fastpull import speed_up, stream_seq
 from colony_admin.projections.readmodel import Batch, checkpoint, skip_to
@@ -77,7 +77,7 @@ class StreamProjection:
                 for msg in msgs:
                     seq = stream_seq(msg)
                     try:
-                        batch.append((seq, codec.decode(msg.data)))
+                        batch.append((seq, ev.decode(msg.data)))
                     except ev.UnknownEvent as exc:
                         # A newer producer's event: say so and skip rather than guess its meaning.
                         log.error("projection %s: skipping seq %d: %s", self.name, seq, exc)

@@ -20,7 +20,7 @@ from fastapi import APIRouter, Query, Request
 from colony import events as ev
 from colony.bus import names
 from colony.eventstore import ConcurrencyConflict
-from colony_admin import aggregates, codec, importer
+from colony_admin import aggregates, importer
 from colony_admin.auth import roles, secrets
 from colony_admin.auth.roles import Principal
 from colony_admin.deps import Admin, AdminContext, Caller, client_addr
@@ -94,7 +94,7 @@ class ImportRun:
         "exists": it is created through the ordinary command path instead.
         """
         results = await self.ctx.store.create_many(
-            [(names.provisioning_subject(kind, name), codec.encode(event)) for name, event in items])
+            [(names.provisioning_subject(kind, name), event.encode()) for name, event in items])
         out: list[int | None] = []
         for (name, event), result in zip(items, results, strict=True):
             if isinstance(result, ConcurrencyConflict):
