@@ -70,6 +70,24 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (the admin API runs its projections as child processes)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
 def start_up(data_dir: Path, base: int, *extra: str) -> subprocess.Popen:
     return subprocess.Popen([COLONY, "up", "--data-dir", str(data_dir), "--base-port", str(base), "--no-live", *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -133,6 +151,9 @@ def test_up_status_and_ctrl_c_leaves_nothing_behind(tmp_path):
                                    if n["id"] == "mailstore-1" and n["state"] == "READY" and n["pid"] != victim["pid"]],
                           60, "mailstore-1 to be restarted")
         pids.append(reborn[0]["pid"])
+        admin_children = descendants(admin["pid"])
+        assert admin_children, "the admin API's projection processes"
+        pids += admin_children
     finally:
         out = stop_up(proc)
     assert proc.returncode == 0, out
