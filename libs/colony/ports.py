@@ -53,3 +53,13 @@ def port_is_free(host: str, port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+def ephemeral_overlap(ports: list[int]) -> list[int]:
+    """Planned ports inside the kernel's ephemeral range: any outgoing connection (the
+    instances' own, to NATS) may be given one of them first, and the listener then fails."""
+    try:
+        low, high = map(int, open("/proc/sys/net/ipv4/ip_local_port_range").read().split())
+    except (OSError, ValueError):
+        return []
+    return [p for p in ports if low <= p <= high]

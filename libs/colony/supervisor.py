@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from colony.natsd import EmbeddedNats
-from colony.ports import PortPlan, port_is_free
+from colony.ports import PortPlan, ephemeral_overlap, port_is_free
 
 # The order instances start in; they stop in the reverse order.
 ROLE_MODULES = {
@@ -117,7 +117,14 @@ class Cluster:
                     f"data directory {self.data_dir} is in use by `colony up` (pid {pid}); "
                     f"stop that one first or choose another with --data-dir")
         total = sum(self.counts.values())
-        for what, port in self.plan.all_ports(total, self.counts.get("admin-api", 0)):
+        planned = self.plan.all_ports(total, self.counts.get("admin-api", 0))
+        clash = ephemeral_overlap([port for _, port in planned])
+        if clash:
+            raise SupervisorError(
+                f"ports {clash[0]}-{clash[-1]} lie in the kernel's ephemeral port range "
+                f"(/proc/sys/net/ipv4/ip_local_port_range), where outgoing connections may take "
+                f"them first; choose a --base-port below it (the default is 2500)")
+        for what, port in planned:
             if not port_is_free(self.host, port):
                 raise SupervisorError(
                     f"port {port} ({what}) on {self.host} is taken; stop whatever listens there "

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from colony.ports import PortPlan, port_is_free
+from colony.ports import PortPlan, ephemeral_overlap, port_is_free
 
 pytestmark = pytest.mark.slow
 
@@ -23,9 +23,10 @@ COLONY = str(Path(sys.executable).parent / "colony")
 
 
 def free_base_port() -> int:
-    """A base port whose whole plan is free right now."""
+    """A base port whose whole plan is free right now, below the kernel's ephemeral range
+    (32768+), where the instances' own outgoing connections could take a planned port."""
     for _ in range(200):
-        base = random.randrange(20000, 40000, 100)
+        base = random.randrange(10000, 32000, 100)
         if all(port_is_free("127.0.0.1", p) for _, p in PortPlan(base).all_ports(12, 2)):
             return base
     raise RuntimeError("no free port range")
@@ -182,6 +183,12 @@ def test_two_clusters_side_by_side_and_clear_refusals(tmp_path):
                                  capture_output=True, text=True, timeout=60)
         assert refused.returncode != 0
         assert str(base_a) in refused.stderr and "--base-port" in refused.stderr
+        # Ports where the kernel hands out outgoing connections: refused, with the fix.
+        inside = ephemeral_overlap([40000])
+        if inside:
+            refused = subprocess.run([COLONY, "up", "--data-dir", str(tmp_path / "eph"), "--base-port", "40000", "--no-live"],
+                                     capture_output=True, text=True, timeout=60)
+            assert refused.returncode != 0 and "ephemeral" in refused.stderr and "--base-port" in refused.stderr
         # Another directory and base port: runs beside the first.
         base_b = free_base_port()
         b = start_up(second_dir, base_b, *counts)
