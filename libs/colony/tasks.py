@@ -12,8 +12,9 @@ import logging
 from collections.abc import Awaitable, Callable
 
 
-async def keep_running(name: str, body: Callable[[], Awaitable[None]], log: logging.Logger,
+async def keep_running(name: str | Callable[[], str], body: Callable[[], Awaitable[None]], log: logging.Logger,
                        first_backoff: float = 0.2, max_backoff: float = 5.0) -> None:
+    """``name`` may be a callable, to describe the loop as it is when it fails (e.g. its position)."""
     backoff = first_backoff
     while True:
         try:
@@ -22,7 +23,7 @@ async def keep_running(name: str, body: Callable[[], Awaitable[None]], log: logg
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("%s failed; restarting in %.1fs", name, backoff)
+            log.exception("%s failed; restarting in %.1fs", name() if callable(name) else name, backoff)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, max_backoff)
             continue

@@ -29,6 +29,7 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from colony import events as ev
+from colony.tasks import keep_running
 from colony.bus import names
 from colony.bus.tokens import from_token
 from colony.eventstore import ConcurrencyConflict, EventStore
@@ -74,16 +75,7 @@ class DirectoryProjection:
         self._kv: KeyValue | None = None
 
     async def run(self) -> None:
-        backoff = 0.2
-        while True:
-            try:
-                await self._follow()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("directory projection failed; resuming from the durable consumer")
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+        await keep_running("directory projection (resumes from the durable consumer)", self._follow, log)
 
     async def _follow(self) -> None:
         self._kv = await self.js.key_value(names.BUCKET_DIRECTORY)

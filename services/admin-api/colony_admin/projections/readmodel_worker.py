@@ -30,6 +30,7 @@ from nats.aio.msg import Msg
 from sqlalchemy import Engine
 
 from colony_admin.projections.directory_worker import Child
+from colony_admin.projections.runner import PositionTracker
 
 log = logging.getLogger("colony.admin.readmodel")
 
@@ -47,13 +48,12 @@ def start(nats_servers: list[str], connect_timeout: float, log_level: str, datab
     return Child(subprocess.Popen([sys.executable, "-m", __name__, args], stdin=subprocess.DEVNULL))
 
 
-class RemoteProjection:
+class RemoteProjection(PositionTracker):
     """The parent's view of the child's projection: ``position`` and ``wait_for``."""
 
     def __init__(self, nc: Client, engine: Engine, name: str, progress_subject: str) -> None:
+        super().__init__()
         self.nc, self.engine, self.name, self.progress_subject = nc, engine, name, progress_subject
-        self.position = 0
-        self._moved = asyncio.Condition()
         self._sub = None
         self.heard = asyncio.Event()  # set by the child's first report: it is following the stream
 
@@ -83,20 +83,6 @@ class RemoteProjection:
         self.heard.set()
         await self._advance_to(seq)
 
-    async def _advance_to(self, seq: int) -> None:
-        async with self._moved:
-            if seq > self.position:
-                self.position = seq
-                self._moved.notify_all()
-
-    async def wait_for(self, seq: int, timeout: float = 10.0) -> bool:
-        """Wait until the read model includes stream sequence ``seq``."""
-        async with self._moved:
-            try:
-                await asyncio.wait_for(self._moved.wait_for(lambda: self.position >= seq), timeout)
-            except TimeoutError:
-                return False
-        return True
 
 
 def _main(nats_servers: list[str], connect_timeout: float, log_level: str, database_url: str,

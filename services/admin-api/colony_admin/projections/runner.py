@@ -19,6 +19,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DataError, IntegrityError
 
 from colony import events as ev
+from colony.tasks import keep_running
 
 from colony_admin.db import write_tx
 from colony_admin.projections.fastpull import speed_up, stream_seq
@@ -32,7 +33,30 @@ ApplyFn = Callable[[Connection, Batch], int]
 BAD_DATA = (IntegrityError, DataError, ValueError, TypeError, KeyError)
 
 
-class StreamProjection:
+class PositionTracker:
+    """A stream position that only moves forward, and a wait for it (read-your-writes)."""
+
+    def __init__(self) -> None:
+        self.position = 0  # last stream sequence known to be applied
+        self._moved = asyncio.Condition()
+
+    async def _advance_to(self, seq: int) -> None:
+        async with self._moved:
+            if seq > self.position:
+                self.position = seq
+                self._moved.notify_all()
+
+    async def wait_for(self, seq: int, timeout: float = 10.0) -> bool:
+        """Wait until the read model includes stream sequence ``seq``."""
+        async with self._moved:
+            try:
+                await asyncio.wait_for(self._moved.wait_for(lambda: self.position >= seq), timeout)
+            except TimeoutError:
+                return False
+        return True
+
+
+class StreamProjection(PositionTracker):
     def __init__(self, *, js: JetStreamContext, engine: Engine, stream: str, subjects: str, name: str,
                  apply: ApplyFn, batch: int = 1000,
                  on_advance: Callable[[int], Awaitable[None]] | None = None) -> None:
@@ -40,20 +64,11 @@ class StreamProjection:
         self._apply = apply
         self._batch = batch
         self._on_advance = on_advance  # told every new position (a child process reports it)
-        self.position = 0  # last stream sequence this instance knows is applied
-        self._moved = asyncio.Condition()
+        super().__init__()
 
     async def run(self) -> None:
-        backoff = 0.2
-        while True:
-            try:
-                await self._follow()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("projection %s failed at seq %d; restarting from its checkpoint", self.name, self.position)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+        await keep_running(lambda: f"projection {self.name} at seq {self.position} (restarts from its checkpoint)",
+                           self._follow, log)
 
     async def _follow(self) -> None:
         start = await asyncio.to_thread(self._load_checkpoint)
@@ -117,21 +132,9 @@ class StreamProjection:
                     skip_to(conn, self.name, item[0])
 
     async def _advance_to(self, seq: int) -> None:
-        async with self._moved:
-            if seq > self.position:
-                self.position = seq
-                self._moved.notify_all()
+        await super()._advance_to(seq)
         if self._on_advance is not None:
             await self._on_advance(self.position)
-
-    async def wait_for(self, seq: int, timeout: float = 10.0) -> bool:
-        """Wait until this instance's read model includes stream sequence ``seq``."""
-        async with self._moved:
-            try:
-                await asyncio.wait_for(self._moved.wait_for(lambda: self.position >= seq), timeout)
-            except TimeoutError:
-                return False
-        return True
 
 
 def _raise_if_cancelled() -> None:
