@@ -176,25 +176,28 @@ class Controller:
             self._absent_since = time.monotonic()
         return time.monotonic() - self._absent_since >= rank * 1.0
 
-    async def _reachable(self, node_id: str) -> bool:
+    async def _probe(self, node_id: str) -> dict | None:
+        """The controller's answer on its alive subject; None when its connection is provably
+        gone (no responders), {} when it is silent (paused or partitioned: not provably gone)."""
         try:
-            await self.runtime.nc.request(names.controller_alive_subject(node_id), b"", timeout=0.5)
+            reply = await self.runtime.nc.request(names.controller_alive_subject(node_id), b"", timeout=0.5)
         except NoRespondersError:
-            return False
+            return None
         except NatsTimeout:
-            return True
-        return True
+            return {}
+        with suppress(ValueError):
+            return json.loads(reply.data)
+        return {}
+
+    async def _reachable(self, node_id: str) -> bool:
+        return await self._probe(node_id) is not None
 
     async def _holder_alive(self, holder: str, epoch: int) -> bool:
-        try:
-            reply = await self.runtime.nc.request(names.controller_alive_subject(holder), b"", timeout=0.5)
-        except NoRespondersError:
+        answer = await self._probe(holder)
+        if answer is None:
             return False
-        except NatsTimeout:
-            return True  # silent, not provably gone: let the lease run out instead
-        with suppress(ValueError, KeyError):
-            return json.loads(reply.data)["epoch"] == epoch
-        return True
+        # A live process of that name that no longer holds this epoch has abandoned it.
+        return answer.get("epoch", epoch) == epoch
 
     async def _acquire(self, revision: int | None, how: str, previous: str | None = None) -> bool:
         if not await self.lease.try_acquire(take_over_revision=revision):

@@ -22,7 +22,6 @@ from typing import Any
 
 import orjson
 
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
@@ -34,7 +33,7 @@ from colony.bus import names
 from colony.bus.tokens import from_token
 from colony.eventstore import ConcurrencyConflict, EventStore
 from colony_admin import aggregates
-from colony_admin.projections.fastpull import speed_up, stream_seq
+from colony_admin.projections.fastpull import fetch, speed_up, stream_seq
 
 log = logging.getLogger("colony.admin.directory")
 
@@ -84,11 +83,7 @@ class DirectoryProjection:
         sub = speed_up(await self.js.pull_subscribe(names.SUBJECTS_PROVISIONING, durable=DURABLE,
                                                     stream=names.STREAM_PROVISIONING, config=config))
         while True:
-            try:
-                msgs = await sub.fetch(self._batch, timeout=0.5)
-            except (NatsTimeoutError, asyncio.TimeoutError):
-                _raise_if_cancelled()
-                continue
+            msgs = await fetch(sub, self._batch)
             if not msgs:
                 continue
             await self._handle(msgs)
@@ -159,10 +154,3 @@ class DirectoryProjection:
                 continue  # raced with another instance: re-read and decide again
         log.warning("directory: gave up writing %s after repeated races", key)
 
-
-def _raise_if_cancelled() -> None:
-    # nats-py's fetch() can turn our cancellation into a TimeoutError; without this check a
-    # stopping projection would swallow it and poll forever.
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError

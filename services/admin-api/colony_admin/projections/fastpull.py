@@ -8,15 +8,17 @@ subscription a ``next_msg`` that takes a queued message directly and falls back 
 library's own for anything else (an empty queue, a closed connection), so fetch keeps its
 exact protocol and semantics.
 
-``stream_seq`` reads a message's stream sequence from its ack subject without building the
+``fetch`` is the one polling step both projections use; ``stream_seq`` reads a message's stream sequence from its ack subject without building the
 whole ``Msg.Metadata`` (timestamp, dataclasses) that only this number is needed from.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeoutError
 
 _V1_TOKENS = 9  # $JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<ts>.<pending>
 
@@ -47,3 +49,16 @@ def stream_seq(msg: Msg) -> int:
         if len(tokens) == _V1_TOKENS and tokens[0] == "$JS" and tokens[1] == "ACK":
             return int(tokens[5])
     return msg.metadata.sequence.stream
+
+
+async def fetch(sub: Any, batch: int, timeout: float = 0.5) -> list[Msg]:
+    """Up to ``batch`` messages, or [] when none came within ``timeout``."""
+    try:
+        return await sub.fetch(batch, timeout=timeout)
+    except (NatsTimeoutError, asyncio.TimeoutError):
+        # nats-py's fetch() can turn our cancellation into a TimeoutError; without this
+        # check a stopping projection would swallow it and poll forever.
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise asyncio.CancelledError from None
+        return []

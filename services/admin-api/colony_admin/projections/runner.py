@@ -12,7 +12,6 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from sqlalchemy import Connection, Engine
@@ -22,7 +21,7 @@ from colony import events as ev
 from colony.tasks import keep_running
 
 from colony_admin.db import write_tx
-from colony_admin.projections.fastpull import speed_up, stream_seq
+from colony_admin.projections.fastpull import fetch, speed_up, stream_seq
 from colony_admin.projections.readmodel import Batch, checkpoint, skip_to
 
 log = logging.getLogger("colony.admin.projection")
@@ -83,11 +82,7 @@ class StreamProjection(PositionTracker):
         sub = speed_up(await self.js.pull_subscribe(self.subjects, stream=self.stream, config=config))
         try:
             while True:
-                try:
-                    msgs = await sub.fetch(self._batch, timeout=0.5)
-                except (NatsTimeoutError, asyncio.TimeoutError):
-                    _raise_if_cancelled()
-                    continue
+                msgs = await fetch(sub, self._batch)
                 batch: list[tuple[int, ev.Event]] = []
                 for msg in msgs:
                     seq = stream_seq(msg)
@@ -136,10 +131,3 @@ class StreamProjection(PositionTracker):
         if self._on_advance is not None:
             await self._on_advance(self.position)
 
-
-def _raise_if_cancelled() -> None:
-    # nats-py's fetch() can turn our cancellation into a TimeoutError; without this check a
-    # stopping projection would swallow it and poll forever.
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
