@@ -22,3 +22,13 @@ async def cluster(nats_server, tmp_path):
     harness = ClusterHarness(nats_url=nats_server.url, workdir=tmp_path)
     yield harness
     await harness.close()
+
+
+@pytest.fixture
+def dns_server():
+    """A real authoritative DNS server on loopback (see tests/dnsserver.py)."""
+    from dnsserver import LoopbackDNS
+
+    server = LoopbackDNS().start()
+    yield server
+    server.stop()

@@ -91,6 +91,10 @@ class Settings(BaseSettings):
     ops_port: int = Field(0, ge=0, le=65535, description="Port of this instance's health/metrics HTTP listener (0: any free port).")
     api_port: int = Field(8080, ge=0, le=65535, description="Port of the admin API (admin-api role).")
 
+    # --- DNS ---------------------------------------------------------------------------
+    dns_servers: str = Field("", description="DNS servers for every lookup Colony makes (verification, DNSBL, SPF/DKIM/DMARC, MX), comma separated host[:port]. Empty: the system resolver.")
+    dns_timeout: float = Field(3.0, gt=0, description="Seconds a DNS lookup may take before it counts as a temporary failure.")
+
     # --- telemetry ---------------------------------------------------------------------
     otlp_endpoint: str = Field("", description="OTLP/HTTP endpoint of an OpenTelemetry collector, e.g. http://otel:4318. Empty: tracing off.")
     log_level: str = Field("INFO", description="Python log level: DEBUG, INFO, WARNING, ERROR.")
