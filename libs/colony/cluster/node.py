@@ -39,6 +39,7 @@ from colony.cluster.epoch import EpochGuard, StaleEpoch
 from colony.cluster.lease import LeaseRecord
 from colony.cluster.membership import NodeRecord, NodeState
 from colony.cluster.ops_http import OpsServer
+from colony.metrics import Metrics
 from colony.events import Event, NodeDrained, NodeStateChanged, utcnow
 from colony.settings import Settings
 from colony.telemetry import inject_headers
@@ -88,6 +89,7 @@ class NodeRuntime:
         self._tasks: list[asyncio.Task] = []
         self._drain_task: asyncio.Task | None = None
         self._write_lock = asyncio.Lock()
+        self.metrics = Metrics()
         self.ops = OpsServer(self)
 
     # --- lifecycle ------------------------------------------------------------------------

@@ -10,11 +10,12 @@ from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from colony.cluster.membership import NodeState
 from colony.http_server import EmbeddedHttpServer
+from colony.metrics import CONTENT_TYPE, gauge
 
 if TYPE_CHECKING:
     from colony.cluster.node import NodeRuntime
@@ -24,6 +25,17 @@ class OpsServer:
     def __init__(self, runtime: NodeRuntime) -> None:
         self.runtime = runtime
         self._http: EmbeddedHttpServer | None = None
+        runtime.metrics.add_callback(self._node_gauges)
+
+    def _node_gauges(self):
+        rt = self.runtime
+        labels = {"node": rt.node_id, "role": rt.role}
+        yield gauge("colony_node_state", "1 for the state this instance is in.", labels, 0,
+                    extra=[({"state": str(s)}, float(rt.state == s)) for s in NodeState])
+        yield gauge("colony_node_active_work", "Sessions, requests or jobs in progress.", labels,
+                    rt.workload.active_work())
+        yield gauge("colony_node_controller_epoch", "Highest controller epoch this instance has seen.", labels,
+                    rt.epochs.highest)
 
     def app(self) -> Starlette:
         rt = self.runtime
@@ -36,19 +48,7 @@ class OpsServer:
             return JSONResponse({"ready": ready, "node": rt.node_id, "state": rt.state}, status_code=200 if ready else 503)
 
         async def metrics(_: Request):
-            labels = f'node="{rt.node_id}",role="{rt.role}"'
-            lines = [
-                "# HELP colony_node_state 1 for the state this instance is in.",
-                "# TYPE colony_node_state gauge",
-                *(f'colony_node_state{{{labels},state="{s}"}} {int(rt.state == s)}' for s in NodeState),
-                "# HELP colony_node_active_work Sessions, requests or jobs in progress.",
-                "# TYPE colony_node_active_work gauge",
-                f"colony_node_active_work{{{labels}}} {rt.workload.active_work()}",
-                "# HELP colony_node_controller_epoch Highest controller epoch this instance has seen.",
-                "# TYPE colony_node_controller_epoch gauge",
-                f"colony_node_controller_epoch{{{labels}}} {rt.epochs.highest}",
-            ]
-            return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
+            return Response(rt.metrics.render(), media_type=CONTENT_TYPE)
 
         return Starlette(routes=[Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", metrics)])
 

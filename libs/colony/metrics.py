@@ -1,0 +1,60 @@
+"""Prometheus metrics (prometheus-client) for one Colony instance.
+
+No module-level registry: the node runtime owns one ``CollectorRegistry`` per process
+(``runtime.metrics``) and every component registers its metrics on it through a small
+class of its own, e.g.::
+
+    class SmtpMetrics:
+        def __init__(self, registry: CollectorRegistry) -> None:
+            self.accepted = Counter("colony_smtp_accepted_total", "Messages answered 250.",
+                                    registry=registry)
+
+The ops listener's ``/metrics`` renders that registry: the runtime's node gauges, process
+metrics, and whatever the workload registered.  Metric names start with ``colony_``; label
+values never carry a domain or account (cardinality stays bounded per instance).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class _CallbackCollector(Collector):
+    """Gauges whose value is read at scrape time (state, active work, epoch)."""
+
+    def __init__(self, collect: Callable[[], Iterable[Metric]]) -> None:
+        self._collect = collect
+
+    def collect(self) -> Iterable[Metric]:
+        return self._collect()
+
+
+class Metrics:
+    def __init__(self, with_process: bool = True) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        if with_process:
+            ProcessCollector(registry=self.registry)
+
+    def add_callback(self, collect: Callable[[], Iterable[Metric]]) -> None:
+        self.registry.register(_CallbackCollector(collect))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def gauge(name: str, documentation: str, labels: dict[str, str], value: float,
+          extra: list[tuple[dict[str, str], float]] | None = None) -> GaugeMetricFamily:
+    """One gauge family with one sample (plus ``extra`` samples with more labels)."""
+    family = GaugeMetricFamily(name, documentation, labels=list(labels) + (list(extra[0][0]) if extra else []))
+    if extra:
+        for more, v in extra:
+            family.add_metric([*labels.values(), *more.values()], v)
+    else:
+        family.add_metric(list(labels.values()), value)
+    return family
