@@ -92,6 +92,20 @@ class Settings(BaseSettings):
     ops_port: int = Field(0, ge=0, le=65535, description="Port of this instance's health/metrics HTTP listener (0: any free port).")
     api_port: int = Field(8080, ge=0, le=65535, description="Port of the admin API (admin-api role).")
 
+    # --- inbound SMTP (edge) ------------------------------------------------------------
+    smtp_port: int = Field(25, ge=0, le=65535, description="Port of the edge's SMTP MX listener (0: any free port). `colony up` derives it from --base-port.")
+    smtp_hostname: str = Field("", description="Name the SMTP server gives in its greeting and Received: fields. Empty: the advertised host.")
+    smtp_max_message_size: int = Field(64 * 1024 * 1024, ge=1024, description="Largest message (octets) the edge accepts from anyone (advertised as SIZE); classes of service may allow less.")
+    smtp_max_recipients: int = Field(100, ge=1, description="Most RCPT TO per transaction a class of service may never exceed (RFC 5321 asks for at least 100).")
+    smtp_max_errors: int = Field(10, ge=1, description="Protocol errors after which a session is answered 421 and closed.")
+    smtp_timeout: float = Field(300.0, gt=0, description="Seconds an SMTP session may wait for the client's next command or data (RFC 5321 4.5.3.2: at least 5 minutes).")
+    smtp_greeting_delay: float = Field(0.0, ge=0, description="Seconds the edge waits before its greeting; a client that talks first is an early talker and is refused.")
+    tls_cert_file: Path | None = Field(None, description="PEM certificate chain for STARTTLS and TLS listeners. Empty: `colony up` makes a local CA and certificate in <data_dir>/tls.")
+    tls_key_file: Path | None = Field(None, description="PEM private key for tls_cert_file.")
+    mail_inline_max_bytes: int = Field(512 * 1024, ge=1024, le=4 * 1024 * 1024, description="Messages up to this size travel inline in the MAIL stream; larger ones go through the mail_bodies object store. Keep it well under the NATS max_payload (base64 adds a third).")
+    mail_body_max_age: float = Field(14 * 86400.0, gt=0, description="Seconds a large message body stays in the mail_bodies object store (must outlive any redelivery of its MAIL message).")
+    mail_publish_timeout: float = Field(30.0, gt=0, description="Seconds the edge waits for JetStream to acknowledge accepted mail before it answers 451 (temporary failure).")
+
     # --- DNS ---------------------------------------------------------------------------
     dns_servers: str = Field("", description="DNS servers for every lookup Colony makes (verification, DNSBL, SPF/DKIM/DMARC, MX), comma separated host[:port]. Empty: the system resolver.")
     dns_timeout: float = Field(3.0, gt=0, description="Seconds a DNS lookup may take before it counts as a temporary failure.")

@@ -17,6 +17,9 @@ BUCKET_DIRECTORY = "directory"          # what edges need to route without a rou
 
 CONTROLLER_LEASE_KEY = "controller"
 
+# --- object stores -----------------------------------------------------------------------
+OBJECT_MAIL_BODIES = "mail_bodies"      # bodies of accepted mail too large to travel inline
+
 # --- Streams ----------------------------------------------------------------------------
 STREAM_PROVISIONING = "PROVISIONING"
 STREAM_MAIL = "MAIL"
@@ -36,6 +39,16 @@ SUBJECTS_CLUSTER = "colony.cluster.>"
 def provisioning_subject(aggregate_type: str, aggregate_id: str) -> str:
     """One subject per aggregate, so optimistic concurrency can check its last sequence."""
     return f"colony.prov.{aggregate_type}.{to_token(aggregate_id)}"
+
+
+def mail_subject(region: str, domain: str) -> str:
+    """Accepted inbound mail for one recipient domain (``colony.contracts.mail.InboundMail``)."""
+    return f"colony.mail.{to_token(region)}.{to_token(domain)}"
+
+
+def mail_region_filter(region: str) -> str:
+    """All inbound mail of one region: what that region's mailstores consume."""
+    return f"colony.mail.{to_token(region)}.*"
 
 
 def usage_subject(domain: str) -> str:

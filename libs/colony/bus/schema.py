@@ -16,6 +16,7 @@ from nats.js import JetStreamContext
 from nats.js.api import (
     DiscardPolicy,
     KeyValueConfig,
+    ObjectStoreConfig,
     RetentionPolicy,
     StorageType,
     StreamConfig,
@@ -101,6 +102,26 @@ async def ensure_schema(js: JetStreamContext, settings: Settings, deadline: floa
     buckets = bucket_configs(settings)
     for kv in (buckets.nodes, buckets.leases, buckets.account_owners, buckets.sip_bindings, buckets.directory):
         await _retrying(lambda k=kv: _ensure_bucket(js, k), kv.bucket, deadline)
+    for obj in object_store_configs(settings):
+        await _retrying(lambda o=obj: _ensure_object_store(js, o), obj.bucket, deadline)
+
+
+def object_store_configs(settings: Settings) -> list[ObjectStoreConfig]:
+    # Bodies are shared by the per-domain MAIL messages of one transaction, so no single
+    # consumer may delete one: the age limit does, long after any redelivery.
+    return [ObjectStoreConfig(
+        bucket=names.OBJECT_MAIL_BODIES, ttl=settings.mail_body_max_age, storage=StorageType.FILE,
+        replicas=settings.stream_replicas,
+        description="bodies of accepted inbound mail too large to travel inline in MAIL",
+    )]
+
+
+async def _ensure_object_store(js: JetStreamContext, config: ObjectStoreConfig) -> None:
+    try:
+        await js.create_object_store(config.bucket, config=config)
+    except BadRequestError as exc:
+        if exc.err_code != 10058:
+            raise SchemaError(f"object store {config.bucket}: {exc.description}") from exc
 
 
 async def _retrying(step, what: str, deadline: float) -> None:

@@ -1,0 +1,101 @@
+"""The MAIL stream's message: one accepted inbound message for the recipients of one domain.
+
+An edge answers ``250`` to the end of DATA (or ``BDAT … LAST``) only after JetStream has
+acknowledged one ``InboundMail`` per recipient domain of that transaction; a mailstore
+consumes them from the work-queue stream ``MAIL`` and acknowledges only after the message is
+on disk.  A message to ten recipients in three domains is therefore three stream messages
+that share ``message_id`` and the body, each listing only its domain's recipients.
+
+Subject: ``names.mail_subject(region, domain)`` = ``colony.mail.<region>.<domain token>``,
+where ``domain`` is the domain of the *final* mailboxes (after aliases, domain aliases and
+forwarding were resolved by the edge), so one consumer per region (or per domain) can
+filter.  Headers:
+
+* ``Nats-Msg-Id: <message_id>/<domain token>`` -- an edge that retries a publish after a
+  timeout is deduplicated within the stream's duplicate window;
+* W3C trace context (``traceparent``), one trace per message from the edge's DATA to the
+  mailstore's fsync (``colony.telemetry.inject_headers`` / ``extract_context``).
+
+Payload: ``InboundMail.encode()``, the Colony event form, e.g.::
+
+    {"type":"mail.inbound","v":1,"at":"2026-11-25T13:30:00Z",
+     "message_id":"01JD…","domain":"example.com","mail_from":"alice@remote.test",
+     "recipients":[{"mailbox":"bob@example.com","original":"Bob@Example.com",
+                    "notify":["FAILURE"],"orcpt":"rfc822;Bob@Example.com"}],
+     "body_type":"8BITMIME","smtputf8":false,"ret":"HDRS","envid":"abc",
+     "size":1234,"edge_node":"edge-1","client_ip":"192.0.2.1","helo":"mx.remote.test",
+     "tls":"TLSv1.3","body":"UmV0dXJuLVBhdGg6…","body_ref":null}
+
+``at`` is when the edge received the message.  ``body`` holds the whole message (base64 in
+JSON) *as it is to be stored*, with the ``Return-Path:`` and ``Received:`` header fields the
+edge added, and CRLF line ends, dot-stuffing removed.  Bodies larger than
+``Settings.mail_inline_max_bytes`` are not inline: ``body_ref`` names an object in the
+``names.OBJECT_MAIL_BODIES`` object store (object name ``message_id``), shared by all the
+domain messages of one transaction; the object store's max age (``Settings.mail_body_max_age``)
+outlives any redelivery, so consumers never delete it themselves.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, model_validator
+
+from colony.bus.tokens import to_token
+from colony.events import Event
+
+
+class MailRecipient(BaseModel):
+    """One final mailbox and the DSN parameters (RFC 3461) its RCPT carried."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    mailbox: str                 # final account address, local@domain, normalised domain
+    original: str                # the forward-path as the client gave it in RCPT TO
+    notify: list[str] | None = None  # NEVER, or any of SUCCESS, FAILURE, DELAY
+    orcpt: str | None = None     # "addr-type;xtext-decoded address"
+
+
+class MailBodyRef(BaseModel):
+    """Where a body too large to travel inline lives."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    bucket: str   # object store name (names.OBJECT_MAIL_BODIES)
+    name: str     # object name: the message id
+    size: int
+    sha256: str   # hex digest of the stored bytes, so a consumer can verify what it read
+
+
+class InboundMail(Event):
+    """Accepted inbound mail for one recipient domain.  See the module docstring for the wire."""
+
+    type: ClassVar[str] = "mail.inbound"
+    version: ClassVar[int] = 1
+    model_config = ConfigDict(frozen=True, extra="forbid", ser_json_bytes="base64", val_json_bytes="base64")
+
+    message_id: str
+    domain: str
+    mail_from: str                       # reverse-path without <>; "" is the null sender
+    recipients: list[MailRecipient]
+    body_type: Literal["7BIT", "8BITMIME", "BINARYMIME"] | None = None
+    smtputf8: bool = False
+    ret: Literal["FULL", "HDRS"] | None = None
+    envid: str | None = None
+    size: int                            # octets of the stored message (with added headers)
+    edge_node: str
+    client_ip: str = ""
+    helo: str = ""
+    tls: str | None = None               # TLS protocol version when the session used STARTTLS
+    body: bytes | None = None
+    body_ref: MailBodyRef | None = None
+
+    @model_validator(mode="after")
+    def _one_body(self) -> "InboundMail":
+        if (self.body is None) == (self.body_ref is None):
+            raise ValueError("exactly one of body and body_ref must be set")
+        return self
+
+    def msg_id(self) -> str:
+        """The ``Nats-Msg-Id`` header value: unique per (message, domain)."""
+        return f"{self.message_id}/{to_token(self.domain)}"
