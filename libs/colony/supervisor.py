@@ -2,7 +2,9 @@
 
 The supervisor owns the embedded nats-server and the instances: it refuses to start when
 the data directory is in use or a port it needs is taken, restarts an instance that dies
-unexpectedly (the cluster sees a FAILED node and then a new incarnation), and on Ctrl-C or
+unexpectedly (the cluster sees a FAILED node and then a new incarnation), restarts the bus
+itself when it dies -- same port, same JetStream directory, so every instance reconnects
+on its own and nothing acknowledged is lost (``sync_interval: always``) -- and on Ctrl-C or
 SIGTERM stops the instances in order -- edges and APIs first, controllers last -- and the
 bus after them, leaving no process behind.
 """
@@ -18,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from colony.natsd import EmbeddedNats
+from colony.natsd import EmbeddedNats, NatsServerError
 from colony.ports import PortPlan, ephemeral_overlap, port_is_free
 
 # The order instances start in; they stop in the reverse order.
@@ -87,6 +89,9 @@ class Cluster:
     nats: EmbeddedNats | None = None
     instances: list[Instance] = field(default_factory=list)
     plan: PortPlan = field(init=False)
+    bus_down_since: float | None = None  # monotonic time the bus was found dead, until it is back
+    bus_restarts: int = 0
+    next_bus_restart: float = 0.0
 
     def __post_init__(self) -> None:
         self.data_dir = self.data_dir.resolve()
@@ -163,6 +168,7 @@ class Cluster:
     def describe(self) -> dict:
         return {
             "nats_url": self.nats.url if self.nats else None,
+            "nats_pid": self.nats.process.pid if self.nats and self.nats.process else None,
             "nats_monitor": f"http://{self.host}:{self.plan.nats_monitor}",
             "admin_api": [f"http://{self.host}:{self.plan.admin_api(i)}" for i in range(self.counts.get("admin-api", 0))],
             "data_dir": str(self.data_dir),
@@ -174,8 +180,8 @@ class Cluster:
     # --- keep running -----------------------------------------------------------------------
 
     def reap(self) -> list[str]:
-        """Restart instances that died; returns lines worth telling the operator."""
-        notes = []
+        """Restart the bus or instances that died; returns lines worth telling the operator."""
+        notes = self._keep_bus()
         now = time.monotonic()
         for inst in self.instances:
             if inst.process is None or inst.alive:
@@ -191,6 +197,40 @@ class Cluster:
                 inst.next_restart = 0.0
                 inst.spawn()
                 self.info_file.write_text(json.dumps(self.describe(), indent=2))
+        return notes
+
+    def _keep_bus(self) -> list[str]:
+        """The bus is supervised like an instance: when nats-server dies, start it again at
+        once with the same configuration and data (the instances' clients reconnect to the
+        same URL by themselves); say when it went down and when it came back."""
+        nats = self.nats
+        if nats is None or not self.restart or nats.process is None:
+            return []
+        now = time.monotonic()
+        notes = []
+        if self.bus_down_since is None:
+            if nats.process.poll() is None:
+                return []
+            self.bus_down_since = now
+            notes.append(f"{_clock()} bus DOWN: nats-server (pid {nats.process.pid}) exited with "
+                         f"{nats.process.returncode}; restarting it with its data (see {nats.log_path})")
+        if now < self.next_bus_restart:
+            return notes
+        try:
+            nats.start()
+        except NatsServerError as exc:
+            self.bus_restarts += 1
+            delay = min(30.0, 0.5 * 2 ** min(self.bus_restarts, 6))
+            self.next_bus_restart = time.monotonic() + delay
+            notes.append(f"{_clock()} bus still down: {exc}; trying again in {delay:g}s")
+            return notes
+        down_for = time.monotonic() - self.bus_down_since
+        self.bus_down_since = None
+        self.bus_restarts = 0
+        self.next_bus_restart = 0.0
+        self.info_file.write_text(json.dumps(self.describe(), indent=2))
+        notes.append(f"{_clock()} bus UP again at {nats.url} (pid {nats.process.pid}) after {down_for:.1f}s; "
+                     f"instances reconnect by themselves")
         return notes
 
     # --- stop -------------------------------------------------------------------------------
@@ -216,3 +256,8 @@ class Cluster:
             self.nats.stop()
         self.pid_file.unlink(missing_ok=True)
         return killed
+
+
+def _clock() -> str:
+    """Wall-clock time for the terminal: an operator compares it with other logs."""
+    return time.strftime("%H:%M:%S")
