@@ -106,6 +106,10 @@ class Settings(BaseSettings):
     mail_body_max_age: float = Field(14 * 86400.0, gt=0, description="Seconds a large message body stays in the mail_bodies object store (must outlive any redelivery of its MAIL message).")
     mail_publish_timeout: float = Field(30.0, gt=0, description="Seconds the edge waits for JetStream to acknowledge accepted mail before it answers 451 (temporary failure).")
 
+    # --- flow control (shared by every edge / farm member, on the bus) ------------------
+    rate_counter_flush_interval: float = Field(0.1, gt=0, le=5, description="Seconds an instance batches its counter increments before adding them to the shared counters; other instances see them that much later.")
+    rate_counter_max_age: float = Field(150.0, ge=130, description="Seconds a shared counter key lives without an update (more than two one-minute windows).")
+
     # --- DNS ---------------------------------------------------------------------------
     dns_servers: str = Field("", description="DNS servers for every lookup Colony makes (verification, DNSBL, SPF/DKIM/DMARC, MX), comma separated host[:port]. Empty: the system resolver.")
     dns_timeout: float = Field(3.0, gt=0, description="Seconds a DNS lookup may take before it counts as a temporary failure.")

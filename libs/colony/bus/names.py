@@ -14,6 +14,7 @@ BUCKET_LEASES = "cluster_leases"        # the controller lease
 BUCKET_ACCOUNT_OWNERS = "account_owners"  # per-account single-writer leases
 BUCKET_SIP_BINDINGS = "sip_bindings"    # SIP registrations
 BUCKET_DIRECTORY = "directory"          # what edges need to route without a round trip
+BUCKET_RATE_COUNTERS = "rate_counters"  # flow-control counters shared by every edge and farm member
 
 CONTROLLER_LEASE_KEY = "controller"
 
@@ -27,6 +28,7 @@ STREAM_OUTBOUND = "OUTBOUND"
 STREAM_USAGE = "USAGE"
 STREAM_AUDIT = "AUDIT"
 STREAM_CLUSTER = "CLUSTER"  # cluster events: node transitions, elections, drains
+STREAM_DEAD_LETTERS = "DEAD_LETTERS"  # work-queue jobs that failed max_deliver times or were rejected
 
 SUBJECTS_PROVISIONING = "colony.prov.>"
 SUBJECTS_MAIL = "colony.mail.>"
@@ -34,6 +36,7 @@ SUBJECTS_OUTBOUND = "colony.outbound.>"
 SUBJECTS_USAGE = "colony.usage.>"
 SUBJECTS_AUDIT = "colony.audit.>"
 SUBJECTS_CLUSTER = "colony.cluster.>"
+SUBJECTS_DEAD_LETTERS = "colony.dlq.>"
 
 
 def provisioning_subject(aggregate_type: str, aggregate_id: str) -> str:
@@ -63,6 +66,12 @@ def cluster_event_subject(kind: str) -> str:
     return f"colony.cluster.{kind}"
 
 
+def dead_letter_subject(stream: str) -> str:
+    """Where a dead job of work-queue ``stream`` is kept, e.g. ``colony.dlq.mail`` (stream names
+    are upper case by convention and folded here; the exact name travels in the entry)."""
+    return f"colony.dlq.{to_token(stream.lower())}"
+
+
 # --- Request/reply ----------------------------------------------------------------------
 CONTROLLER_API = "colony.ctl.api"  # served by the active controller only
 
@@ -82,6 +91,12 @@ AUTH_SIP_CREDENTIALS = "colony.auth.sip"  # SIP digest credentials (HA1) for the
 DIRECTORY_LOOKUP = "colony.dir.lookup"
 
 QUEUE_ADMIN = "admin-api"
+
+
+def consumer_next_subject(stream: str, consumer: str) -> str:
+    """JetStream's pull request subject for one consumer (JSON body ``{"batch", "expires",
+    "no_wait"}``; the messages and a final status go to the request's reply subject)."""
+    return f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
 
 
 def node_key(node_id: str) -> str:
@@ -105,3 +120,13 @@ def directory_key(kind: str, name: str) -> str:
     """Key in the ``directory`` bucket: ``domain.<token>``, ``address.<token>``, ``cos.<token>``,
     ``domain_alias.<token>``; the value is the JSON the edges need (see colony_admin.projections)."""
     return f"{kind}.{to_token(name)}"
+
+
+def rate_counter_key(kind: str, subject: str, window: int) -> str:
+    """A windowed rate counter: ``rate.<kind>.<token of ip/domain/account>.<window index>``."""
+    return f"rate.{kind}.{to_token(subject)}.{window}"
+
+
+def concurrency_key(kind: str, subject: str, node_id: str) -> str:
+    """One instance's share of a concurrency gauge (e.g. sessions from one IP)."""
+    return f"conc.{kind}.{to_token(subject)}.{to_token(node_id)}"

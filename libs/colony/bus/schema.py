@@ -42,6 +42,7 @@ class Buckets:
     account_owners: KeyValueConfig
     sip_bindings: KeyValueConfig
     directory: KeyValueConfig
+    rate_counters: KeyValueConfig
 
 
 def bucket_configs(settings: Settings) -> Buckets:
@@ -71,6 +72,13 @@ def bucket_configs(settings: Settings) -> Buckets:
             bucket=names.BUCKET_DIRECTORY, history=1, storage=StorageType.FILE, replicas=r,
             description="domains, accounts and aliases as the edges need them",
         ),
+        # Windows are a minute long; a key lives two windows (the sliding estimate reads the
+        # previous one) and a concurrency share that its instance stops refreshing disappears.
+        rate_counters=KeyValueConfig(
+            bucket=names.BUCKET_RATE_COUNTERS, history=1, ttl=settings.rate_counter_max_age,
+            storage=StorageType.FILE, replicas=r,
+            description="flow-control counters shared by every edge and SIP farm member",
+        ),
     )
 
 
@@ -93,6 +101,11 @@ def stream_configs(settings: Settings) -> list[StreamConfig]:
         replace(base, name=names.STREAM_CLUSTER, subjects=[names.SUBJECTS_CLUSTER], max_age=30 * DAY,
                 discard=DiscardPolicy.OLD,
                 description="node state transitions, elections and drains"),
+        # Limits retention, not a work queue: listing and showing must not consume; replay and
+        # purge delete entries explicitly.  Same size limit as the queues whose jobs land here.
+        replace(base, name=names.STREAM_DEAD_LETTERS, subjects=[names.SUBJECTS_DEAD_LETTERS],
+                max_age=90 * DAY, max_msg_size=64 * 1024 * 1024,
+                description="work-queue jobs that failed max_deliver times or were rejected; see colony dlq"),
     ]
 
 
@@ -100,7 +113,8 @@ async def ensure_schema(js: JetStreamContext, settings: Settings, deadline: floa
     for config in stream_configs(settings):
         await _retrying(lambda c=config: _ensure_stream(js, c), config.name, deadline)
     buckets = bucket_configs(settings)
-    for kv in (buckets.nodes, buckets.leases, buckets.account_owners, buckets.sip_bindings, buckets.directory):
+    for kv in (buckets.nodes, buckets.leases, buckets.account_owners, buckets.sip_bindings, buckets.directory,
+               buckets.rate_counters):
         await _retrying(lambda k=kv: _ensure_bucket(js, k), kv.bucket, deadline)
     for obj in object_store_configs(settings):
         await _retrying(lambda o=obj: _ensure_object_store(js, o), obj.bucket, deadline)

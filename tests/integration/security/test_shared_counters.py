@@ -1,0 +1,98 @@
+"""Shared flow-control counters on a real nats-server: two instances (as two edges) see
+one cluster-wide count, nothing is lost under concurrent increments, and windows slide."""
+
+from __future__ import annotations
+
+import asyncio
+
+import nats
+import pytest
+
+from cluster_harness import wait_until
+from colony.bus.schema import ensure_schema
+from colony.counters import WINDOW, SharedCounters
+from colony.settings import Settings
+
+
+@pytest.fixture
+async def js(nats_server):
+    nc = await nats.connect(nats_server.url)
+    js = nc.jetstream()
+    await ensure_schema(js, Settings(nats_url=nats_server.url))
+    yield js
+    await nc.close()
+
+
+class FakeClock:
+    def __init__(self, t: float) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+async def test_two_instances_share_one_rate(js):
+    clock = FakeClock(1000 * WINDOW)  # start of a window
+    a = SharedCounters(js, "edge-a", flush_interval=0.02, clock=clock)
+    b = SharedCounters(js, "edge-b", flush_interval=0.02, clock=clock)
+    await a.start()
+    await b.start()
+    try:
+        # 300 hits spread over two instances at once: every one of them is counted.
+        await asyncio.gather(*(a.hit("msg", "198.51.100.7") for _ in range(150)),
+                             *(b.hit("msg", "198.51.100.7") for _ in range(150)))
+        await a.flush()
+        await b.flush()
+        # a learns b's flushed hits as soon as what it knew is older than one flush interval.
+        await wait_until(lambda: _eq_async(a.rate("msg", "198.51.100.7"), 300), 5, "a to see all 300 hits")
+        # b learns a's hits through its next write (or read): never fewer than the truth.
+        assert await b.hit("msg", "198.51.100.7") >= 301
+        await b.flush()
+        await wait_until(lambda: _eq_async(a.rate("msg", "198.51.100.7"), 301), 5, "a to see b's hit")
+        assert await a.hit("msg", "198.51.100.7") == 302
+        # Another subject is another counter.
+        assert await a.rate("msg", "198.51.100.8") == 0
+        # Half a window later the previous window counts half.
+        await a.flush()
+        clock.t += WINDOW * 1.5
+        fresh = SharedCounters(js, "edge-c", clock=clock)
+        await fresh.start()
+        try:
+            assert await fresh.rate("msg", "198.51.100.7") == pytest.approx(302 * 0.5)
+            clock.t += WINDOW
+            assert await fresh.rate("msg", "198.51.100.7") == 0
+        finally:
+            await fresh.stop()
+    finally:
+        await a.stop()
+        await b.stop()
+
+
+async def test_concurrency_is_the_sum_of_live_shares(js):
+    a = SharedCounters(js, "edge-a", flush_interval=0.02)
+    b = SharedCounters(js, "edge-b", flush_interval=0.02)
+    await a.start()
+    await b.start()
+    try:
+        assert a.open("sessions", "2001:db8::/64") == 1
+        a.open("sessions", "2001:db8::/64")
+        b.open("sessions", "2001:db8::/64")
+
+        async def both_see(n):
+            return a.concurrent("sessions", "2001:db8::/64") == n and b.concurrent("sessions", "2001:db8::/64") == n
+        await wait_until(lambda: both_see(3), 10, "both instances to see 3 sessions")
+        a.close("sessions", "2001:db8::/64")
+        await wait_until(lambda: both_see(2), 10, "both instances to see 2 sessions")
+        # An instance that stops takes its share with it.
+        await a.stop()
+        await wait_until(lambda: _eq(b.concurrent("sessions", "2001:db8::/64"), 1), 10, "b to see only its own session")
+    finally:
+        await b.stop()
+
+
+async def _eq(a, b):
+    return a == b
+
+
+async def _eq_async(awaitable, expected):
+    return (await awaitable) == expected
