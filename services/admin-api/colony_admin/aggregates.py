@@ -162,6 +162,20 @@ def update_account(state: State, address: str, changes: dict[str, Any], *,
     return out
 
 
+def upgrade_password(state: State, address: str, verified_hash: str, new_hash: str,
+                     sip_ha1: dict[str, str]) -> list[ev.Event]:
+    """Re-hash a password that was just verified against ``verified_hash`` (a migrated scheme).
+
+    Nothing if the account changed its password since (or is gone): the upgrade is of that
+    hash only.  Imported SIP credentials stay as they are — the phone may use another secret
+    than the mailbox — and are derived from the password only where there were none.
+    """
+    if state is None or state.get("kind") != "account" or state.get("password_hash") != verified_hash:
+        return []
+    kept = dict(state.get("sip_ha1") or {}) or sip_ha1
+    return [ev.AccountPasswordSet(address=address, password_hash=new_hash, sip_ha1=kept)]
+
+
 def delete_account(state: State, address: str) -> list[ev.Event]:
     require_kind(state, "account", address)
     return [ev.AccountDeleted(address=address)]

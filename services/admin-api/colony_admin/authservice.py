@@ -126,10 +126,13 @@ class AuthService:
         stored = found["account"]["password_hash"] if found else None
         # Verify even for an unknown account would cost argon2 time; we skip it and accept the
         # timing difference because throttling caps probing anyway.
-        if not stored or not await self.provisioning.verify_password(stored, password):
+        verdict = await self.provisioning.check_password(stored, password) if stored else None
+        if verdict is None or not verdict.ok:
             for k in keys:
                 self.throttle.failed(k, now)
             return INVALID
+        if verdict.rehash:  # a migrated hash: argon2id from now on (colony_admin/auth/passwords.py)
+            self.provisioning.upgrade_password_later(found["account"]["address"], stored, password)
         for k in keys:
             self.throttle.succeeded(k)
         acct = found["account"]

@@ -24,7 +24,7 @@ from colony import events as ev
 from colony.bus import names
 from colony.eventstore import ConcurrencyConflict, EventStore
 from colony_admin import aggregates
-from colony_admin.auth import secrets
+from colony_admin.auth import passwords, secrets
 from colony_admin.auth.roles import Principal
 from colony_admin.problems import Conflict
 from colony_admin.projections.runner import StreamProjection
@@ -54,8 +54,11 @@ class Provisioning:
         # argon2 gets its own small pool: a bulk import with passwords must not queue the
         # database reads of every other request (token checks included) behind its hashes.
         self._argon2 = ThreadPoolExecutor(max_workers=ARGON2_THREADS, thread_name_prefix="argon2")
+        self._upgrades: dict[str, asyncio.Task] = {}  # address -> its running password re-hash
 
     def close(self) -> None:
+        for task in self._upgrades.values():
+            task.cancel()
         self._argon2.shutdown(wait=False, cancel_futures=True)
 
     # --- the three steps every command takes ----------------------------------------------
@@ -94,6 +97,39 @@ class Provisioning:
         hashed = await asyncio.get_running_loop().run_in_executor(self._argon2, self.hasher.hash, password)
         return hashed, secrets.sip_ha1(local, domain, password)
 
-    async def verify_password(self, stored: str | None, password: str) -> bool:
+    async def check_password(self, stored: str | None, password: str) -> passwords.Verdict:
+        """Any accepted scheme (``auth/passwords.py``); says whether a re-hash is due."""
         return await asyncio.get_running_loop().run_in_executor(
-            self._argon2, secrets.verify_password, self.hasher, stored, password)
+            self._argon2, passwords.verify, self.hasher, stored, password)
+
+    async def verify_password(self, stored: str | None, password: str) -> bool:
+        return (await self.check_password(stored, password)).ok
+
+    def upgrade_password_later(self, address: str, verified_hash: str, password: str) -> None:
+        """After a successful login against a migrated (or outdated) hash: re-hash to argon2id
+        in the background, so the login answers without waiting for argon2 and an append.
+        One upgrade per account at a time; a failure is logged and the next login retries."""
+        if address in self._upgrades:
+            return
+        task = asyncio.create_task(self._upgrade(address, verified_hash, password), name=f"rehash-{address}")
+        self._upgrades[address] = task
+        task.add_done_callback(self._upgrade_done)
+
+    def _upgrade_done(self, task: asyncio.Task) -> None:
+        self._upgrades.pop(task.get_name().removeprefix("rehash-"), None)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("password re-hash (%s) failed; the next login retries", task.get_name(),
+                      exc_info=task.exception())
+
+    async def _upgrade(self, address: str, verified_hash: str, password: str) -> bool:
+        local, _, domain = address.rpartition("@")
+        new_hash, ha1 = await self.hash_password(local, domain, password)
+        loaded = await self.load(names.AGG_ADDRESS, address)
+        events = aggregates.upgrade_password(loaded.state, address, verified_hash, new_hash, ha1)
+        try:
+            # Expecting the version just read: a password change that lands in between wins,
+            # and this upgrade (of the old password) is dropped.
+            return (await self.commit(loaded, events, wait=False)).changed
+        except Conflict:
+            log.info("password re-hash of %s skipped: the account changed meanwhile", address)
+            return False
