@@ -1,0 +1,472 @@
+"""An account's mailboxes, event-sourced on shared storage (see ``journal`` for the rules).
+
+``MailState`` is the pure part: it applies journal records and answers queries (no I/O).
+``AccountMail`` is the owner's handle: it takes the account over for one epoch, stages
+changes (each applied to the state at once, so later calls of the same batch see them),
+and ``commit()`` makes a batch durable with one fsync of the journal (group commit) and
+then checks it was not fenced off.  Nothing staged may be acknowledged before ``commit()``
+returned.  If ``commit()`` raises, the handle is broken: close it and open the account again.
+
+The read API is what IMAP (CONDSTORE/QRESYNC), POP and delivery build on: ``mailboxes()``,
+``messages(name)`` (UID, flags, internal date, size, MODSEQ), ``body(name, uid)``,
+``highest_modseq``, and ``add_listener`` for in-process change notifications (EXISTS,
+EXPUNGE, FETCH FLAGS, IDLE): a listener gets the committed records of each batch.
+
+All methods are blocking file I/O; the owner calls them from one thread at a time (the
+mailstore runs each account's batch in a worker thread under the account's lock).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from colony.storage import journal as j
+
+INBOX = "INBOX"
+DEFAULT_MAILBOXES: tuple[tuple[str, str | None], ...] = (
+    (INBOX, None), ("Sent", "\\Sent"), ("Drafts", "\\Drafts"), ("Trash", "\\Trash"),
+    ("Junk", "\\Junk"), ("Archive", "\\Archive"),
+)
+DEDUPE_WINDOW = 50_000  # delivery keys remembered per account (redeliveries come within minutes)
+SNAPSHOT_EVERY = 2_000  # records between snapshots
+
+
+class MailboxError(ValueError):
+    """A request the mailbox cannot honour (no such mailbox, name taken, ...)."""
+
+
+@dataclass
+class Message:
+    uid: int
+    body: str
+    flags: frozenset[str]
+    date: datetime
+    size: int
+    modseq: int
+    key: str | None = None
+
+
+@dataclass
+class Mailbox:
+    id: int
+    name: str
+    uidvalidity: int
+    special_use: str | None
+    uidnext: int = 1
+    highest_modseq: int = 0
+    messages: dict[int, Message] = field(default_factory=dict)  # uid -> message, ascending
+
+
+class MailState:
+    """Everything the journal says about one account's mail."""
+
+    def __init__(self) -> None:
+        self.seq = 0
+        self.next_id = 1
+        self.boxes: dict[int, Mailbox] = {}
+        self.by_name: dict[str, int] = {}
+        self.subscribed: set[str] = set()
+        self.dedupe: OrderedDict[str, tuple[int, int]] = OrderedDict()
+        self.body_refs: dict[str, int] = {}
+        self.bytes_used = 0
+        self.messages_total = 0
+
+    # --- applying records ------------------------------------------------------------------
+
+    def apply(self, r: j._Record) -> list[str]:
+        """Apply one record; returns body files that lost their last reference."""
+        self.seq = max(self.seq, r.s)
+        freed: list[str] = []
+        if isinstance(r, j.MailboxCreated):
+            self.boxes[r.id] = Mailbox(r.id, r.name, r.uidvalidity, r.special_use)
+            self.by_name[_key(r.name)] = r.id
+            self.next_id = max(self.next_id, r.id + 1)
+        elif isinstance(r, j.MailboxRenamed):
+            box = self.boxes[r.id]
+            del self.by_name[_key(box.name)]
+            box.name = r.name
+            self.by_name[_key(r.name)] = r.id
+        elif isinstance(r, j.MailboxDeleted):
+            box = self.boxes.pop(r.id)
+            del self.by_name[_key(box.name)]
+            for msg in box.messages.values():
+                freed += self._forget(msg)
+        elif isinstance(r, j.MessageAppended):
+            box = self.boxes[r.box]
+            msg = Message(r.uid, r.body, frozenset(r.flags), r.date, r.size, r.s, r.key)
+            box.messages[r.uid] = msg
+            box.uidnext = max(box.uidnext, r.uid + 1)
+            box.highest_modseq = r.s
+            self.body_refs[r.body] = self.body_refs.get(r.body, 0) + 1
+            self.bytes_used += r.size
+            self.messages_total += 1
+            if r.key is not None:
+                self.dedupe[r.key] = (r.box, r.uid)
+                while len(self.dedupe) > DEDUPE_WINDOW:
+                    self.dedupe.popitem(last=False)
+        elif isinstance(r, j.FlagsChanged):
+            box = self.boxes[r.box]
+            flags = frozenset(r.flags)
+            for uid in r.uids:
+                if uid in box.messages:
+                    box.messages[uid].flags = flags
+                    box.messages[uid].modseq = r.s
+            box.highest_modseq = r.s
+        elif isinstance(r, j.Expunged):
+            box = self.boxes[r.box]
+            for uid in r.uids:
+                msg = box.messages.pop(uid, None)
+                if msg is not None:
+                    freed += self._forget(msg)
+            box.highest_modseq = r.s
+        elif isinstance(r, j.SubscriptionChanged):
+            (self.subscribed.add if r.on else self.subscribed.discard)(r.name)
+        return freed
+
+    def _forget(self, msg: Message) -> list[str]:
+        self.bytes_used -= msg.size
+        self.messages_total -= 1
+        n = self.body_refs.get(msg.body, 0) - 1
+        if n <= 0:
+            self.body_refs.pop(msg.body, None)
+            return [msg.body]
+        self.body_refs[msg.body] = n
+        return []
+
+    # --- queries ---------------------------------------------------------------------------
+
+    def box(self, name: str) -> Mailbox:
+        try:
+            return self.boxes[self.by_name[_key(name)]]
+        except KeyError:
+            raise MailboxError(f"no mailbox {name!r}") from None
+
+    # --- snapshot form ---------------------------------------------------------------------
+
+    def to_json(self) -> dict:
+        return {
+            "seq": self.seq, "next_id": self.next_id, "subscribed": sorted(self.subscribed),
+            "dedupe": list(self.dedupe.items()),
+            "boxes": [{
+                "id": b.id, "name": b.name, "uidvalidity": b.uidvalidity, "special_use": b.special_use,
+                "uidnext": b.uidnext, "highest_modseq": b.highest_modseq,
+                "messages": [[m.uid, m.body, sorted(m.flags), m.date.isoformat(), m.size, m.modseq, m.key]
+                             for m in b.messages.values()],
+            } for b in self.boxes.values()],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> MailState:
+        s = cls()
+        s.seq, s.next_id, s.subscribed = data["seq"], data["next_id"], set(data["subscribed"])
+        s.dedupe = OrderedDict((k, tuple(v)) for k, v in data["dedupe"])
+        for b in data["boxes"]:
+            box = Mailbox(b["id"], b["name"], b["uidvalidity"], b["special_use"], b["uidnext"], b["highest_modseq"])
+            for uid, body, flags, date, size, modseq, key in b["messages"]:
+                box.messages[uid] = Message(uid, body, frozenset(flags), datetime.fromisoformat(date), size, modseq, key)
+                s.body_refs[body] = s.body_refs.get(body, 0) + 1
+                s.bytes_used += size
+                s.messages_total += 1
+            s.boxes[box.id] = box
+            s.by_name[_key(box.name)] = box.id
+        return s
+
+
+def _key(name: str) -> str:
+    # INBOX is case-insensitive (RFC 3501 5.1); other names are case-sensitive.
+    return INBOX if name.upper() == INBOX else name
+
+
+@dataclass(frozen=True)
+class MailboxInfo:
+    name: str
+    uidvalidity: int
+    uidnext: int
+    highest_modseq: int
+    special_use: str | None
+    exists: int
+    subscribed: bool
+
+
+@dataclass(frozen=True)
+class Stored:
+    """Result of a delivery append: the UID, and whether it was already there (a redelivery)."""
+    uid: int
+    duplicate: bool
+
+
+Listener = Callable[[list[j._Record]], None]
+
+
+class AccountMail:
+    """The owner's handle on one account's mail for one epoch."""
+
+    def __init__(self, mail_dir: Path, epoch: int, clock: Callable[[], float] = time.time) -> None:
+        self.dir = Path(mail_dir)
+        self.journal_dir = self.dir / "journal"
+        self.bodies_dir = self.dir / "bodies"
+        self.epoch = epoch
+        self._clock = clock
+        self.state = MailState()
+        self._fd: int | None = None
+        self._offset = 0
+        self._pending: list[bytes] = []
+        self._pending_records: list[j._Record] = []
+        self._freed: list[str] = []
+        self._since_snapshot = 0
+        self._broken: str | None = None
+        self._listeners: list[Listener] = []
+        self._body_counter = 0
+
+    # --- take over -------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Claim the account for ``epoch``, rebuild its state, seal, and create the default
+        mailboxes of a new account.  Raises ``Fenced`` if a newer epoch already claimed it."""
+        self.journal_dir.mkdir(parents=True, exist_ok=True)
+        self.bodies_dir.mkdir(parents=True, exist_ok=True)
+        segments = j.list_segments(self.journal_dir)
+        if any(e >= self.epoch for e in segments):
+            raise j.Fenced(f"epoch {max(segments)} already claimed this account (ours: {self.epoch})")
+        claim = j.encode(j.Claim(e=self.epoch, s=0))
+        seg_path = self.journal_dir / j.segment_name(self.epoch)
+        j.write_atomically(seg_path, claim)
+        # Only now read the predecessor: anything it acknowledged was fsynced before it could
+        # see our claim, so it is in what we read (see journal's theory of operation).
+        prev, prev_length = self._rebuild(segments)
+        seal = j.encode(j.Seal(e=self.epoch, s=self.state.seq, prev=prev, prev_length=prev_length))
+        base = len(claim) + len(seal)
+        j.write_snapshot(self.journal_dir, self.epoch, base, self.state.to_json())
+        self._fd = os.open(seg_path, os.O_WRONLY | os.O_APPEND)
+        self._offset = len(claim)
+        self._write_now(seal)
+        if self.state.seq == 0 and not self.state.boxes:
+            for name, use in DEFAULT_MAILBOXES:
+                self.create_mailbox(name, use)
+            self.state.subscribed.update(n for n, _ in DEFAULT_MAILBOXES)
+            for name, _ in DEFAULT_MAILBOXES:
+                self._stage(j.SubscriptionChanged(e=self.epoch, s=self._next(), name=name, on=True))
+            self.commit()
+        self._collect_garbage(segments)
+
+    def _rebuild(self, segments: dict[int, Path]) -> tuple[int, int]:
+        for epoch in sorted((e for e in segments if e < self.epoch), reverse=True):
+            data = segments[epoch].read_bytes()
+            records, offsets, valid = j.decode_segment(data)
+            if len(records) < 2 or not isinstance(records[1], j.Seal) or records[1].e != epoch:
+                continue  # claimed but never sealed: that owner died taking over and wrote nothing
+            base = offsets[1]  # the base snapshot is the state right after the seal
+            snaps = [(off, p) for e, off, p in j.list_snapshots(self.journal_dir) if e == epoch and base <= off <= valid]
+            off, path = max(snaps) if snaps else (base, None)
+            if path is None:
+                raise j.Fenced(f"base snapshot of epoch {epoch} missing in {self.journal_dir}")
+            self.state = MailState.from_json(j.read_snapshot(path)["state"])
+            for record, end in zip(records, offsets):
+                if end > off and not isinstance(record, (j.Claim, j.Seal)):
+                    self.state.apply(record)
+            return epoch, valid
+        return 0, 0
+
+    def _collect_garbage(self, segments: dict[int, Path]) -> None:
+        """Older segments and snapshots are superseded by our base snapshot; bodies that only
+        fenced-off or expunged records named are unreferenced."""
+        for epoch, path in segments.items():
+            if epoch < self.epoch:
+                path.unlink(missing_ok=True)
+        for epoch, _off, path in j.list_snapshots(self.journal_dir):
+            if epoch < self.epoch:
+                path.unlink(missing_ok=True)
+        prefix = f"{self.epoch}-"
+        with os.scandir(self.bodies_dir) as it:
+            for entry in it:
+                if entry.name not in self.state.body_refs and not entry.name.startswith(prefix):
+                    os.unlink(entry.path)
+
+    # --- reads -----------------------------------------------------------------------------
+
+    def mailboxes(self) -> list[MailboxInfo]:
+        return [MailboxInfo(b.name, b.uidvalidity, b.uidnext, b.highest_modseq, b.special_use,
+                            len(b.messages), b.name in self.state.subscribed)
+                for b in sorted(self.state.boxes.values(), key=lambda b: (b.name != INBOX, b.name))]
+
+    def messages(self, name: str) -> list[Message]:
+        return list(self.state.box(name).messages.values())
+
+    def body(self, name: str, uid: int) -> bytes:
+        msg = self.state.box(name).messages.get(uid)
+        if msg is None:
+            raise MailboxError(f"no message {uid} in {name!r}")
+        return (self.bodies_dir / msg.body).read_bytes()
+
+    @property
+    def highest_modseq(self) -> int:
+        return self.state.seq
+
+    @property
+    def bytes_used(self) -> int:
+        return self.state.bytes_used
+
+    def add_listener(self, listener: Listener) -> Callable[[], None]:
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
+
+    # --- writes (staged; durable after commit) ---------------------------------------------
+
+    def create_mailbox(self, name: str, special_use: str | None = None) -> None:
+        if _key(name) in self.state.by_name:
+            raise MailboxError(f"mailbox {name!r} exists")
+        uidvalidity = max(int(self._clock()), max((b.uidvalidity for b in self.state.boxes.values()), default=0) + 1)
+        self._stage(j.MailboxCreated(e=self.epoch, s=self._next(), id=self.state.next_id, name=name,
+                                     uidvalidity=uidvalidity, special_use=special_use))
+
+    def rename_mailbox(self, old: str, new: str) -> None:
+        box = self.state.box(old)
+        if _key(new) in self.state.by_name:
+            raise MailboxError(f"mailbox {new!r} exists")
+        if box.name == INBOX:
+            raise MailboxError("renaming INBOX moves its messages; not supported")
+        self._stage(j.MailboxRenamed(e=self.epoch, s=self._next(), id=box.id, name=new))
+
+    def delete_mailbox(self, name: str) -> None:
+        box = self.state.box(name)
+        if box.name == INBOX:
+            raise MailboxError("INBOX cannot be deleted")
+        self._stage(j.MailboxDeleted(e=self.epoch, s=self._next(), id=box.id))
+
+    def subscribe(self, name: str, on: bool = True) -> None:
+        self._stage(j.SubscriptionChanged(e=self.epoch, s=self._next(), name=name, on=on))
+
+    def append(self, name: str, data: bytes, flags: Iterable[str] = (), date: datetime | None = None,
+               key: str | None = None) -> Stored:
+        """Store a message; with ``key``, a second append of the same key returns the first UID."""
+        box = self.state.box(name)
+        if key is not None and key in self.state.dedupe:
+            box_id, uid = self.state.dedupe[key]
+            return Stored(uid, True)
+        body = self._write_body(data)
+        uid = box.uidnext
+        self._stage(j.MessageAppended(e=self.epoch, s=self._next(), box=box.id, uid=uid, body=body,
+                                      flags=sorted(flags), date=date or datetime.fromtimestamp(self._clock(), UTC),
+                                      size=len(data), key=key))
+        return Stored(uid, False)
+
+    def store_flags(self, name: str, uids: Iterable[int], flags: Iterable[str], mode: str = "set") -> None:
+        """``mode``: ``set`` (replace), ``add`` or ``remove``; one record per distinct result."""
+        box = self.state.box(name)
+        flags = frozenset(flags)
+        groups: dict[frozenset[str], list[int]] = {}
+        for uid in uids:
+            msg = box.messages.get(uid)
+            if msg is None:
+                continue
+            new = flags if mode == "set" else (msg.flags | flags if mode == "add" else msg.flags - flags)
+            if new != msg.flags:
+                groups.setdefault(new, []).append(uid)
+        for new, group in groups.items():
+            self._stage(j.FlagsChanged(e=self.epoch, s=self._next(), box=box.id, uids=group, flags=sorted(new)))
+
+    def expunge(self, name: str, uids: Iterable[int] | None = None) -> list[int]:
+        """Remove ``uids`` (default: every message flagged \\Deleted); returns what went."""
+        box = self.state.box(name)
+        gone = sorted(u for u in (uids if uids is not None else
+                                  [m.uid for m in box.messages.values() if "\\Deleted" in m.flags])
+                      if u in box.messages)
+        if gone:
+            self._stage(j.Expunged(e=self.epoch, s=self._next(), box=box.id, uids=gone))
+        return gone
+
+    def copy(self, src: str, uids: Iterable[int], dst: str) -> dict[int, int]:
+        """Copy messages (the body file is shared); returns source UID -> new UID (COPYUID)."""
+        a, b = self.state.box(src), self.state.box(dst)
+        mapping = {}
+        for uid in sorted(uids):
+            msg = a.messages.get(uid)
+            if msg is None:
+                continue
+            new = b.uidnext
+            self._stage(j.MessageAppended(e=self.epoch, s=self._next(), box=b.id, uid=new, body=msg.body,
+                                          flags=sorted(msg.flags), date=msg.date, size=msg.size))
+            mapping[uid] = new
+        return mapping
+
+    def move(self, src: str, uids: Iterable[int], dst: str) -> dict[int, int]:
+        mapping = self.copy(src, uids, dst)
+        self.expunge(src, list(mapping))
+        return mapping
+
+    # --- durability ------------------------------------------------------------------------
+
+    def commit(self) -> None:
+        """fsync the staged records (one fsync for the batch), then make sure no newer owner
+        claimed the account meanwhile.  Only after this returns may the batch be acknowledged."""
+        self._check()
+        if not self._pending:
+            return
+        data = b"".join(self._pending)
+        records, self._pending, self._pending_records = self._pending_records, [], []
+        try:
+            j.fsync_dir(self.bodies_dir)
+            self._write_now(data)
+            newer = j.newer_claim(self.journal_dir, self.epoch)
+            if newer is not None:
+                raise j.Fenced(f"epoch {newer} claimed the account after us ({self.epoch})")
+        except BaseException as exc:
+            self._broken = f"commit failed: {exc}"
+            raise
+        for body in self._freed:
+            (self.bodies_dir / body).unlink(missing_ok=True)
+        self._freed.clear()
+        self._since_snapshot += len(records)
+        if self._since_snapshot >= SNAPSHOT_EVERY:
+            self.snapshot()
+        for listener in list(self._listeners):
+            listener(records)
+
+    def snapshot(self) -> None:
+        self._check()
+        j.write_snapshot(self.journal_dir, self.epoch, self._offset, self.state.to_json())
+        self._since_snapshot = 0
+        for epoch, off, path in j.list_snapshots(self.journal_dir)[:-2]:
+            if epoch == self.epoch and off < self._offset:
+                path.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        self._broken = self._broken or "closed"
+
+    # --- internals -------------------------------------------------------------------------
+
+    def _check(self) -> None:
+        if self._broken:
+            raise j.Fenced(f"account handle unusable ({self._broken}); open the account again")
+
+    def _next(self) -> int:
+        return self.state.seq + 1
+
+    def _stage(self, record: j._Record) -> None:
+        self._check()
+        self._freed += self.state.apply(record)
+        self._pending.append(j.encode(record))
+        self._pending_records.append(record)
+
+    def _write_now(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view):]
+        os.fsync(self._fd)
+        self._offset += len(data)
+
+    def _write_body(self, data: bytes) -> str:
+        self._check()
+        self._body_counter += 1
+        name = f"{self.epoch}-{self.state.seq + 1}-{self._body_counter}"
+        j.write_atomically(self.bodies_dir / name, data, sync_dir=False)  # commit() syncs the dir once
+        return name

@@ -1,0 +1,199 @@
+"""The event-sourced mailbox: reads, writes, replay, fencing and crash recovery (no sockets)."""
+
+import os
+from datetime import UTC, datetime
+
+import pytest
+
+from colony.storage import journal as j
+from colony.storage import mailbox as mb
+from colony.storage.mailbox import AccountMail, MailboxError
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_764_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def opened(tmp_path, epoch):
+    acct = AccountMail(tmp_path, epoch, clock=Clock())
+    acct.open()
+    return acct
+
+
+def snapshot_of(acct):
+    return [(b.name, b.uidvalidity, b.uidnext, [(m.uid, sorted(m.flags), m.size, m.modseq, acct.body(b.name, m.uid))
+                                                for m in acct.messages(b.name)])
+            for b in acct.mailboxes()]
+
+
+def test_new_account_has_default_mailboxes_with_special_use(tmp_path):
+    acct = opened(tmp_path, 3)
+    boxes = {b.name: b for b in acct.mailboxes()}
+    assert list(boxes) == ["INBOX", "Archive", "Drafts", "Junk", "Sent", "Trash"]
+    assert boxes["Sent"].special_use == "\\Sent" and boxes["INBOX"].special_use is None
+    assert all(b.subscribed and b.uidnext == 1 for b in boxes.values())
+    assert len({b.uidvalidity for b in boxes.values()}) == 6
+
+
+def test_append_flags_copy_move_expunge(tmp_path):
+    acct = opened(tmp_path, 3)
+    a = acct.append("inbox", b"Subject: one\r\n\r\nx\r\n", key="m1")
+    b = acct.append("INBOX", b"Subject: two\r\n\r\ny\r\n", flags=["\\Flagged"], key="m2")
+    acct.commit()
+    assert (a.uid, b.uid, a.duplicate) == (1, 2, False)
+    assert acct.append("INBOX", b"other bytes", key="m1") == mb.Stored(1, True)
+    acct.store_flags("INBOX", [1, 2], ["\\Seen"], mode="add")
+    acct.commit()
+    msgs = acct.messages("INBOX")
+    assert [sorted(m.flags) for m in msgs] == [["\\Seen"], ["\\Flagged", "\\Seen"]]
+    assert msgs[0].modseq == msgs[1].modseq - 1 or msgs[0].modseq == msgs[1].modseq  # one or two records
+    assert acct.highest_modseq >= max(m.modseq for m in msgs)
+    assert acct.move("INBOX", [2], "Archive") == {2: 1}
+    assert acct.copy("INBOX", [1], "Trash") == {1: 1}
+    acct.commit()
+    assert [m.uid for m in acct.messages("INBOX")] == [1]
+    assert acct.body("Archive", 1).startswith(b"Subject: two")
+    used = acct.bytes_used
+    acct.store_flags("INBOX", [1], ["\\Deleted"], mode="add")
+    assert acct.expunge("INBOX") == [1]
+    acct.commit()
+    assert acct.bytes_used == used - len(b"Subject: one\r\n\r\nx\r\n")
+    assert acct.body("Trash", 1).startswith(b"Subject: one")  # the copy keeps the shared body
+
+
+def test_mailbox_errors_are_mailbox_errors(tmp_path):
+    acct = opened(tmp_path, 3)
+    with pytest.raises(MailboxError):
+        acct.append("Nope", b"x")
+    with pytest.raises(MailboxError):
+        acct.create_mailbox("Sent")
+    with pytest.raises(MailboxError):
+        acct.delete_mailbox("INBOX")
+    acct.create_mailbox("Projects")
+    acct.rename_mailbox("Projects", "Work")
+    acct.commit()
+    assert "Work" in {b.name for b in acct.mailboxes()}
+
+
+def test_listeners_see_committed_records(tmp_path):
+    acct = opened(tmp_path, 3)
+    seen = []
+    acct.add_listener(seen.append)
+    acct.append("INBOX", b"x")
+    assert seen == []
+    acct.commit()
+    assert [type(r) for r in seen[0]] == [j.MessageAppended]
+
+
+def test_takeover_replays_the_same_state(tmp_path):
+    a = opened(tmp_path, 3)
+    for i in range(5):
+        a.append("INBOX", f"m{i}".encode(), key=f"k{i}")
+    a.store_flags("INBOX", [2], ["\\Seen"])
+    a.commit()
+    before = snapshot_of(a)
+    b = opened(tmp_path, 7)
+    assert snapshot_of(b) == before
+    assert b.append("INBOX", b"again", key="k3").duplicate  # dedupe survives the takeover
+    assert b.append("INBOX", b"new").uid == 6
+    b.commit()
+    assert set(j.list_segments(tmp_path / "journal")) == {7}   # the predecessor's segment is superseded
+    assert [m.uid for m in opened(tmp_path, 8).messages("INBOX")] == [1, 2, 3, 4, 5, 6]
+
+
+def test_fenced_owner_cannot_commit_and_its_late_writes_are_not_replayed(tmp_path):
+    old = opened(tmp_path, 5)
+    old.append("INBOX", b"before takeover", key="a")
+    old.commit()
+    new = opened(tmp_path, 9)   # the old owner is paused past its lease meanwhile
+    old.append("INBOX", b"late write", key="late")
+    with pytest.raises(j.Fenced):
+        old.commit()            # never acknowledged
+    with pytest.raises(j.Fenced):
+        old.append("INBOX", b"more")
+    new.append("INBOX", b"by the new owner", key="b")
+    new.commit()
+    third = opened(tmp_path, 12)
+    bodies = [third.body("INBOX", m.uid) for m in third.messages("INBOX")]
+    assert bodies == [b"before takeover", b"by the new owner"]
+    assert "late" not in third.state.dedupe
+
+
+def test_old_epoch_cannot_open_over_a_newer_one(tmp_path):
+    opened(tmp_path, 9)
+    with pytest.raises(j.Fenced):
+        opened(tmp_path, 5)
+
+
+def test_torn_tail_is_ignored(tmp_path):
+    a = opened(tmp_path, 5)
+    a.append("INBOX", b"complete", key="a")
+    a.commit()
+    a.close()
+    seg = tmp_path / "journal" / j.segment_name(5)
+    rec = j.encode(j.MessageAppended(e=5, s=999, box=1, uid=2, body="5-x", date=datetime.now(UTC), size=3))
+    with open(seg, "ab") as f:
+        f.write(rec[: len(rec) // 2])   # crash mid-append
+    b = opened(tmp_path, 6)
+    assert [m.uid for m in b.messages("INBOX")] == [1]
+    b.append("INBOX", b"next")
+    b.commit()
+    assert [m.uid for m in opened(tmp_path, 8).messages("INBOX")] == [1, 2]
+
+
+def test_corrupt_record_ends_the_valid_prefix(tmp_path):
+    a = opened(tmp_path, 5)
+    a.append("INBOX", b"one")
+    a.commit()
+    a.append("INBOX", b"two")
+    a.commit()
+    a.close()
+    seg = tmp_path / "journal" / j.segment_name(5)
+    data = bytearray(seg.read_bytes())
+    data[-5] ^= 0x01   # flip a bit in the last record: its checksum no longer matches
+    seg.write_bytes(bytes(data))
+    assert [m.uid for m in opened(tmp_path, 6).messages("INBOX")] == [1]
+
+
+def test_owner_that_died_while_taking_over_is_skipped(tmp_path):
+    a = opened(tmp_path, 5)
+    a.append("INBOX", b"kept")
+    a.commit()
+    j.write_atomically(tmp_path / "journal" / j.segment_name(7), j.encode(j.Claim(e=7, s=0)))  # claim, no seal
+    a.append("INBOX", b"written after the claim, not acknowledged")
+    with pytest.raises(j.Fenced):
+        a.commit()
+    b = opened(tmp_path, 8)
+    assert len(b.messages("INBOX")) == 2   # stored, unacknowledged: a redelivery dedupes it
+
+
+def test_snapshots_bound_replay_and_old_files_are_collected(tmp_path, monkeypatch):
+    monkeypatch.setattr(mb, "SNAPSHOT_EVERY", 10)
+    a = opened(tmp_path, 5)
+    for i in range(35):
+        a.append("INBOX", b"m%d" % i, key=str(i))
+        a.commit()
+    a.store_flags("INBOX", [3], ["\\Seen"])
+    a.expunge("INBOX", [4])
+    a.commit()
+    before = snapshot_of(a)
+    assert len(j.list_snapshots(tmp_path / "journal")) <= 3
+    b = opened(tmp_path, 6)
+    assert snapshot_of(b) == before
+    assert set(j.list_segments(tmp_path / "journal")) == {6}
+    assert all(s[0] == 6 for s in j.list_snapshots(tmp_path / "journal"))
+    assert len(os.listdir(tmp_path / "bodies")) == 34   # the expunged body is gone
+
+
+def test_late_body_files_of_a_fenced_owner_are_collected(tmp_path):
+    old = opened(tmp_path, 5)
+    opened(tmp_path, 9)
+    old.append("INBOX", b"late")
+    with pytest.raises(j.Fenced):
+        old.commit()
+    opened(tmp_path, 10)
+    assert os.listdir(tmp_path / "bodies") == []
