@@ -17,7 +17,7 @@ from __future__ import annotations
 import threading
 
 from dnslib import QTYPE, RCODE, RR, DNSRecord
-from dnslib.server import BaseResolver, DNSServer
+from dnslib.server import BaseResolver, DNSLogger, DNSServer
 
 
 class _ZoneResolver(BaseResolver):
@@ -52,10 +52,11 @@ class LoopbackDNS:
     def start(self) -> LoopbackDNS:
         # UDP on a free port, then TCP on the same number (large TXT answers fall back to TCP).
         for _ in range(20):
-            udp = DNSServer(self.resolver, port=0, address=self.host)
+            quiet = DNSLogger(log="-request,-reply,-truncated,-error,-recv,-send,-data", prefix=False)
+            udp = DNSServer(self.resolver, port=0, address=self.host, logger=quiet)
             port = udp.server.server_address[1]
             try:
-                tcp = DNSServer(self.resolver, port=port, address=self.host, tcp=True)
+                tcp = DNSServer(self.resolver, port=port, address=self.host, tcp=True, logger=quiet)
             except OSError:
                 udp.server.server_close()
                 continue
@@ -80,6 +81,12 @@ class LoopbackDNS:
         rrs = [rr for line in zone_lines for rr in RR.fromZone(line)]
         with self.resolver.lock:
             self.resolver.records.extend(rrs)
+
+    def add_txt(self, name: str, text: str, ttl: int = 60) -> None:
+        """A TXT record of any length, split into 255-octet strings as zone files do (DKIM keys)."""
+        chunks = [text[i:i + 255] for i in range(0, len(text), 255)] or [""]
+        quoted = " ".join('"' + c.replace("\\", "\\\\").replace('"', '\\"') + '"' for c in chunks)
+        self.add(f"{name.rstrip('.')}. {ttl} IN TXT {quoted}")
 
     def remove(self, name: str, rtype: str | None = None) -> None:
         name = name.rstrip(".").lower()

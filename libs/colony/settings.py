@@ -72,21 +72,32 @@ class Settings(BaseSettings):
     nats_url: str = Field("nats://127.0.0.1:2500", description="NATS server(s), comma separated. `colony up` sets this to the embedded server.")
     nats_connect_timeout: float = Field(5.0, gt=0, description="Seconds to wait for the first connection to NATS.")
     stream_replicas: int = Field(1, ge=1, le=5, description="JetStream replicas for every stream and bucket (3 on a 3-node NATS cluster).")
+    nats_nkey_seed_file: Path | None = Field(None, description="File holding this process's NATS nkey seed (its role's bus identity, mode 0600), as written by `colony up` or `colony bus init`. Empty: connect without credentials, which only a bus without authorization accepts.")
+    nats_tls_ca_file: Path | None = Field(None, description="CA certificate(s) that signed the NATS servers' certificates; set with tls:// URLs. Empty: the system's trust store.")
 
     # --- cluster mechanics -------------------------------------------------------------
     heartbeat_interval: float = Field(1.0, gt=0, description="Seconds between membership heartbeats.")
     node_ttl: float = Field(5.0, gt=0, description="An instance whose heartbeats stop for this long is marked FAILED by the controller.")
     node_record_max_age: float = Field(3600.0, gt=0, description="Seconds a STOPPED or FAILED node record stays visible before the bus forgets it.")
-    controller_lease_ttl: float = Field(3.0, ge=1.0, description="Seconds a controller lease lives without renewal (the bucket's max age).")
+    controller_lease_ttl: float = Field(3.0, ge=1.0, description="Seconds a controller lease lives without renewal (a per-message TTL on every lease write, rounded up to whole seconds).")
+    controller_decision_max_age: float = Field(30 * 86400.0, ge=60.0, description="Seconds fenced controller decisions (FAILED markings, ownership steals, storage-layout moves) stay in the cluster_leases bucket (its max age).")
     controller_renew_interval: float = Field(0.5, gt=0, description="Seconds between controller lease renewals.")
     controller_safety_margin: float = Field(1.0, gt=0, description="A controller stops acting this long before its lease could expire.")
     controller_probe_interval: float = Field(0.2, gt=0, description="Seconds between standby checks of the controller's liveness.")
     drain_timeout: float = Field(300.0, gt=0, description="Seconds a draining instance waits for its sessions to finish before it hands them over.")
 
+    # --- work queues (colony.queue) -----------------------------------------------------
+    queue_max_deliver: int = Field(5, ge=1, le=1000, description="Deliveries of a work-queue job before it goes to the DEAD_LETTERS stream (see `colony dlq`).")
+    queue_ack_wait: float = Field(30.0, ge=1, description="Seconds a job may go without an ack or progress heartbeat before JetStream redelivers it (a worker that died).")
+    queue_retry_backoff: str = Field("1,5,30,120,600", pattern=r"^\s*\d+(\.\d+)?(\s*,\s*\d+(\.\d+)?)*\s*$", description="Seconds before the 1st, 2nd, ... retry of a failed job, comma separated; the last repeats.")
+    queue_concurrency: int = Field(8, ge=1, le=1024, description="Jobs one queue runner handles at once.")
+
     # --- storage -----------------------------------------------------------------------
     data_dir: Path = Field(Path("colony-data"), description="Directory for everything this cluster writes locally (embedded NATS, SQLite, shared storage).")
     storage_dir: Path | None = Field(None, description="Shared storage root (NFS in production). Empty: <data_dir>/storage.")
     database_url: str = Field("", description="SQLAlchemy URL of the admin read model. Empty: SQLite in <data_dir>/admin.sqlite3.")
+    default_cos: str = Field("default", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", description="Class of service of every domain created without one (so a domain administrator cannot hand out unlimited quota). The admin API creates it, with default_cos_quota_bytes, when the first domain needs it; change its limits with `colony cos update`.")
+    default_cos_quota_bytes: int = Field(10 * 1024**3, ge=0, description="Mailbox quota of the default class of service when the admin API creates it (later changes go through the CoS API).")
 
     # --- listeners ---------------------------------------------------------------------
     ops_port: int = Field(0, ge=0, le=65535, description="Port of this instance's health/metrics HTTP listener (0: any free port).")
@@ -106,9 +117,31 @@ class Settings(BaseSettings):
     mail_body_max_age: float = Field(14 * 86400.0, gt=0, description="Seconds a large message body stays in the mail_bodies object store (must outlive any redelivery of its MAIL message).")
     mail_publish_timeout: float = Field(30.0, gt=0, description="Seconds the edge waits for JetStream to acknowledge accepted mail before it answers 451 (temporary failure).")
 
+    # --- mail store (account ownership, delivery) ---------------------------------------
+    account_lease_ttl: float = Field(10.0, ge=3.0, description="Seconds an account-ownership lease lives without renewal (the account_owners bucket's max age); a killed or paused mailstore's accounts move after this long.")
+    account_renew_interval: float = Field(2.0, gt=0, description="Seconds between a mailstore's renewals of the account leases it holds (well under COLONY_ACCOUNT_LEASE_TTL).")
+    account_lease_safety_margin: float = Field(3.0, gt=0, description="A mailstore stops writing an account this long before its lease could expire (must be below COLONY_ACCOUNT_LEASE_TTL).")
+    account_idle_release: float = Field(300.0, gt=0, description="Seconds without deliveries or sessions after which a mailstore closes an account and releases its lease.")
+    mailstore_forward_timeout: float = Field(15.0, gt=0, description="Seconds a mailstore waits for the account's owner to store a forwarded delivery before retrying it later.")
+    mailstore_delivery_concurrency: int = Field(16, ge=1, le=1024, description="MAIL messages a mailstore works on at once (deliveries to one account share one fsync).")
+
     # --- flow control (shared by every edge / farm member, on the bus) ------------------
     rate_counter_flush_interval: float = Field(0.1, gt=0, le=5, description="Seconds an instance batches its counter increments before adding them to the shared counters; other instances see them that much later.")
     rate_counter_max_age: float = Field(150.0, ge=130, description="Seconds a shared counter key lives without an update (more than two one-minute windows).")
+
+    # --- edge security (the seed's Edge-Gate) ------------------------------------------
+    edge_deny_networks: str = Field("", description="Client networks refused at connect (554 5.7.1), comma separated CIDRs, IPv4 and IPv6, e.g. 192.0.2.0/24, 2001:db8::/32.")
+    edge_allow_networks: str = Field("", description="Trusted client networks: exempt from block lists and flow-control limits (e.g. your own relays, monitoring).")
+    dnsbl_zones: str = Field("", description="DNS block lists with weights, zone[:weight] comma separated, e.g. zen.example:3, bl.example:1. Empty: no block lists.")
+    dnsbl_threshold: float = Field(1.0, gt=0, description="A client whose summed block-list weights reach this is refused (554 5.7.1).")
+    edge_max_sessions_per_ip: int = Field(20, ge=1, description="Concurrent SMTP/IMAP/POP sessions one client address (IPv6: one /64) may hold across all edges.")
+    edge_connections_per_minute_per_ip: int = Field(120, ge=1, description="New connections per minute one client address may open across all edges.")
+    edge_messages_per_minute_per_ip: int = Field(300, ge=1, description="Messages per minute one client address may send across all edges.")
+    edge_recipients_per_minute_per_ip: int = Field(1000, ge=1, description="Recipients per minute one client address may name across all edges.")
+    edge_recipients_per_minute_per_domain: int = Field(6000, ge=1, description="Recipients per minute all clients together may name in one recipient domain across all edges.")
+    edge_authserv_id: str = Field("", description="Name in Authentication-Results headers (RFC 8601 authserv-id). Empty: the advertised host name.")
+    edge_dkim_max_bytes: int = Field(16 * 1024 * 1024, ge=0, description="Largest message whose DKIM signatures the edge verifies (it must hold it in memory); larger ones get SPF and DMARC only.")
+    dmarc_enforcement: str = Field("enforce", pattern="^(enforce|quarantine|none)$", description="Default DMARC choice of a recipient domain: enforce (a failing sender's p=reject refuses, p=quarantine files in Junk), quarantine (never refuse; file in Junk), none (only mark). A domain's own setting wins.")
 
     # --- DNS ---------------------------------------------------------------------------
     dns_servers: str = Field("", description="DNS servers for every lookup Colony makes (verification, DNSBL, SPF/DKIM/DMARC, MX), comma separated host[:port]. Empty: the system resolver.")
@@ -128,6 +161,30 @@ class Settings(BaseSettings):
         for url in value.split(","):
             if not url.strip().startswith(("nats://", "tls://", "ws://", "wss://")):
                 raise ValueError(f"{url!r} is not a NATS URL; use nats://host:port")
+        return value
+
+    @field_validator("edge_deny_networks", "edge_allow_networks")
+    @classmethod
+    def _check_networks(cls, value: str) -> str:
+        import ipaddress
+
+        for item in filter(None, (part.strip() for part in value.split(","))):
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IPv4/IPv6 address or CIDR network; write e.g. 192.0.2.0/24, 2001:db8::/32") from None
+        return value
+
+    @field_validator("dnsbl_zones")
+    @classmethod
+    def _check_zones(cls, value: str) -> str:
+        for item in filter(None, (part.strip() for part in value.split(","))):
+            zone, _, weight = item.partition(":")
+            try:
+                if not zone.strip() or (weight and float(weight) <= 0):
+                    raise ValueError
+            except ValueError:
+                raise ValueError(f"{item!r}: write zone[:weight] with a positive weight, e.g. zen.example:3") from None
         return value
 
     @field_validator("log_level")

@@ -64,13 +64,16 @@ STATE_STYLE = {NodeState.READY: "green", NodeState.NOT_READY: "yellow", NodeStat
 
 def status_table(views: list[NodeView], bus: str) -> Table:
     table = Table(title=f"Colony cluster on {bus}", title_justify="left")
-    for col in ("instance", "role", "state", "controller", "pid", "listens on", "work", "epoch"):
+    for col in ("instance", "role", "state", "controller", "pid", "listens on", "work", "epoch", "faults"):
         table.add_column(col)
     for v in views:
         ctl = "[bold]CONTROLLER[/bold]" if v.controller else ("backup" if v.backup else "")
         state = f"[{STATE_STYLE.get(v.state, '')}]{v.state}[/]" + (" (drained)" if v.drained and v.state == NodeState.NOT_READY else "")
         listens = ", ".join(f"{k} {a}" for k, a in sorted(v.addresses.items()))
-        table.add_row(v.id, v.role, state, ctl, str(v.pid), listens, f"{v.load.get('work', 0):g}", str(v.epoch))
+        if v.drain_error:
+            state += f" [red](drain failed: {v.drain_error})[/red]"
+        faults = f"[red]{v.fault_count}[/red]: {v.faults[-1].task}: {v.faults[-1].error}" if v.faults else ""
+        table.add_row(v.id, v.role, state, ctl, str(v.pid), listens, f"{v.load.get('work', 0):g}", str(v.epoch), faults)
     return table
 
 
@@ -113,6 +116,8 @@ def _command(command: str, node: str, data_dir: Path, nats: str | None, wait: bo
                 deadline = time.monotonic() + timeout
                 while time.monotonic() < deadline:
                     mine = [v for v in await cluster_view(nc) if v.id == node]
+                    if mine and mine[0].drain_error:
+                        return False, f"{node} could not drain: {mine[0].drain_error} (it stays NOT_READY; `colony drain` again or `colony ready`)"
                     if mine and mine[0].drained:
                         return True, f"{node} is drained (NOT_READY, no work left); it can be stopped"
                     await asyncio.sleep(0.2)

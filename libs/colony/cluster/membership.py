@@ -20,6 +20,7 @@ from enum import StrEnum
 from pydantic import BaseModel, Field
 
 from colony.events import utcnow
+from colony.tasks import TaskFault
 
 
 class NodeState(StrEnum):
@@ -47,6 +48,9 @@ class NodeRecord(BaseModel):
     load: dict[str, float] = Field(default_factory=dict)      # e.g. {"sessions": 3}
     drained: bool = False  # NOT_READY and nothing left to finish
     reason: str = ""       # why the last transition happened
+    faults: list[TaskFault] = Field(default_factory=list)  # last failures of owned tasks (colony.tasks)
+    fault_count: int = 0   # every failure of an owned task since this incarnation started
+    drain_error: str = ""  # set when a requested drain failed; cleared by the next drain or ready
 
     def encode(self) -> bytes:
         return self.model_dump_json().encode()

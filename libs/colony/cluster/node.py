@@ -10,7 +10,11 @@ taking more); ``NodeRuntime`` does the rest:
   stale epochs (it also learns the current epoch by watching the lease bucket),
 * drains on command ("Make Not-Ready"): NOT_READY, no new work, waits until the workload is
   empty (or hands over what is left after ``drain_timeout``), then reports ``drained``,
-* on SIGTERM: drains briefly, writes STOPPED, closes.
+* on SIGTERM: drains briefly, writes STOPPED, closes,
+* owns the instance's background work (``runtime.spawn``, a ``colony.tasks.TaskOwner``): a
+  task that fails is logged, counted (``colony_task_failures_total``), kept on the record's
+  ``faults`` (``colony status`` shows them) and published as ``TaskFailed``; a drain that
+  fails sets ``drain_error`` and publishes ``DrainFailed`` instead of hanging NOT_READY.
 """
 
 from __future__ import annotations
@@ -28,9 +32,10 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
+from prometheus_client import Counter
 from pydantic import ValidationError
 
-from colony import __version__, tasks
+from colony import __version__
 from colony.bus import names
 from colony.bus.connection import connect
 from colony.bus.schema import ensure_schema
@@ -40,8 +45,10 @@ from colony.cluster.lease import LeaseRecord
 from colony.cluster.membership import NodeRecord, NodeState
 from colony.cluster.ops_http import OpsServer
 from colony.metrics import Metrics
-from colony.events import Event, NodeDrained, NodeStateChanged, utcnow
+from colony.events import DrainFailed, Event, NodeDrained, NodeStateChanged, TaskFailed, utcnow
+from colony.metrics import gauge
 from colony.settings import Settings
+from colony.tasks import FAULTS_KEPT, TaskFault, TaskOwner, describe
 from colony.telemetry import inject_headers
 
 log = logging.getLogger("colony.node")
@@ -86,11 +93,21 @@ class NodeRuntime:
         self._nodes: KeyValue | None = None
         self._revision = 0
         self._record: NodeRecord | None = None
-        self._tasks: list[asyncio.Task] = []
         self._drain_task: asyncio.Task | None = None
         self._write_lock = asyncio.Lock()
+        self._wake_heartbeat = asyncio.Event()  # a fault to show: write the record now
         self.metrics = Metrics()
+        self.task_owner = TaskOwner(log, on_fault=self._on_fault)
+        self._task_failures = Counter("colony_task_failures", "Failures of owned background tasks.",
+                                      ["task"], registry=self.metrics.registry)
+        self.metrics.add_callback(lambda: [gauge(
+            "colony_tasks_running", "Owned background tasks running.", {}, len(self.task_owner.running()))])
         self.ops = OpsServer(self)
+
+    def spawn(self, name: str, body, *, restart: bool = False, context=None) -> asyncio.Task:
+        """Start owned background work (see ``colony.tasks.TaskOwner.spawn``); its failures
+        are logged, counted and shown by ``colony status``."""
+        return self.task_owner.spawn(name, body, restart=restart, context=context)
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -120,11 +137,11 @@ class NodeRuntime:
         )
         await self._register()
         await self.nc.subscribe(names.node_command_subject(self.node_id), cb=self._on_command)
-        self._tasks.append(tasks.start("watch-epochs", self._watch_epochs, log))
+        self.spawn("watch-epochs", self._watch_epochs, restart=True)
         addresses.update(await self.workload.start(self))
         self._record.addresses = addresses
         await self._transition(NodeState.READY, "started")
-        self._tasks.append(tasks.start("heartbeat", self._heartbeat_loop, log))
+        self.spawn("heartbeat", self._heartbeat_loop, restart=True)
         log.info("%s READY at %s", self.node_id, addresses)
 
     async def shutdown(self) -> None:
@@ -133,13 +150,7 @@ class NodeRuntime:
         if self.state in (NodeState.READY, NodeState.NOT_READY):
             await self._transition(NodeState.NOT_READY, "stopping", keep_drained=True)
             await self._wait_empty(min(self.settings.drain_timeout, 10.0))
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with suppress(asyncio.CancelledError, Exception):
-                await task
-        if self._drain_task:
-            self._drain_task.cancel()
+        await self.task_owner.close()  # the drain task too
         with suppress(Exception):
             await self._transition(NodeState.STOPPED, "stopped")
         with suppress(Exception):
@@ -207,8 +218,22 @@ class NodeRuntime:
 
     async def _heartbeat_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.settings.heartbeat_interval)
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self._wake_heartbeat.wait(), self.settings.heartbeat_interval)
+            self._wake_heartbeat.clear()
             await self._write()
+
+    async def _on_fault(self, fault: TaskFault) -> None:
+        """An owned task failed: count it, show it on the record, say it on the CLUSTER stream."""
+        self._task_failures.labels(task=fault.task).inc()
+        if self._record is None:  # failed before the instance registered: the log has it
+            return
+        self.record.faults = [*self.record.faults, fault][-FAULTS_KEPT:]
+        self.record.fault_count += 1
+        self._wake_heartbeat.set()
+        await self.publish_event(names.cluster_event_subject("task"), TaskFailed(
+            node_id=self.node_id, role=self.role, task=fault.task, error=fault.error, context=fault.context,
+            count=fault.count, restarting=fault.restarting))
 
     async def _watch_epochs(self) -> None:
         """Learn the controller epoch from the lease bucket, so stale commands are refused
@@ -245,17 +270,22 @@ class NodeRuntime:
         await msg.respond(json.dumps({"ok": True, "data": self.record.model_dump(mode="json")}).encode())
 
     async def begin_drain(self) -> None:
-        if self.state != NodeState.READY:
+        # A drain that failed may be asked for again; one still running is left alone.
+        retry = self.state == NodeState.NOT_READY and self.record.drain_error and not (
+            self._drain_task and not self._drain_task.done())
+        if self.state != NodeState.READY and not retry:
             return
         self.workload.set_accepting(False)
+        self.record.drain_error = ""
         await self._transition(NodeState.NOT_READY, "drain requested")
-        self._drain_task = asyncio.create_task(self._finish_drain(), name="drain")
+        self._drain_task = self.spawn("drain", self._finish_drain)
 
     async def make_ready(self) -> None:
         if self.state != NodeState.NOT_READY:
             return
         if self._drain_task:
             self._drain_task.cancel()
+        self.record.drain_error = ""
         self.workload.set_accepting(True)
         await self._transition(NodeState.READY, "made ready")
 
@@ -269,9 +299,18 @@ class NodeRuntime:
         return True
 
     async def _finish_drain(self) -> None:
-        if not await self._wait_empty(self.settings.drain_timeout):
-            log.warning("%s: drain timed out with %d in progress; handing over", self.node_id, self.workload.active_work())
-            await self.workload.hand_over()
+        try:
+            if not await self._wait_empty(self.settings.drain_timeout):
+                log.warning("%s: drain timed out with %d in progress; handing over", self.node_id, self.workload.active_work())
+                await self.workload.hand_over()
+        except Exception as exc:
+            # Report, then re-raise so the task owner logs and records it as a fault too:
+            # `colony drain` sees drain_error and stops waiting.
+            self.record.drain_error = describe(exc)
+            await self._transition(NodeState.NOT_READY, f"drain failed: {self.record.drain_error}", keep_drained=True)
+            await self.publish_event(names.cluster_event_subject("drain"), DrainFailed(
+                node_id=self.node_id, role=self.role, error=self.record.drain_error))
+            raise
         self.record.drained = True
         await self._transition(NodeState.NOT_READY, "drained", keep_drained=True)
         await self.publish_event(names.cluster_event_subject("drain"), NodeDrained(node_id=self.node_id, role=self.role))

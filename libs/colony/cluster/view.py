@@ -18,6 +18,7 @@ from colony.bus import names
 from colony.cluster.lease import LeaseEntry, read_lease
 from colony.cluster.membership import NodeRecord, NodeState
 from colony.settings import Role
+from colony.tasks import TaskFault
 
 
 class NodeView(BaseModel):
@@ -37,6 +38,9 @@ class NodeView(BaseModel):
     started_at: str
     heartbeat_at: str
     reason: str
+    faults: list[TaskFault] = []
+    fault_count: int = 0
+    drain_error: str = ""
 
 
 def standby_order(records: Iterable[NodeRecord], holder: str | None) -> list[NodeRecord]:
@@ -96,6 +100,7 @@ def build_view(records: list[NodeRecord], lease: LeaseEntry | None) -> list[Node
             incarnation=r.incarnation, controller=r.id == holder and r.state in (NodeState.READY, NodeState.NOT_READY),
             backup=r.id == backup, epoch=epoch, addresses=r.addresses, load=r.load, drained=r.drained,
             started_at=r.started_at.isoformat(), heartbeat_at=r.heartbeat_at.isoformat(), reason=r.reason,
+            faults=r.faults, fault_count=r.fault_count, drain_error=r.drain_error,
         ))
     return views
 

@@ -1,0 +1,82 @@
+"""SPF, DKIM and DMARC verification of inbound mail into ``Authentication-Results``.
+
+The checks are the maintained libraries' (pyspf, dkimpy, authheaders), not ours; this
+module chooses what to check, runs the blocking libraries off the event loop, and turns
+their answers into a header (RFC 8601) and a DMARC outcome the gate acts on.
+
+Every DNS query those libraries make goes through dnspython's default resolver, which
+``use_configured_dns`` points at ``Settings.dns_servers`` once per edge process (dnspython
+documents ``dns.resolver.default_resolver`` as the process-wide resolver; pyspf, dkimpy and
+authheaders take no resolver argument we could pass instead).
+
+DKIM needs the whole message in memory; for messages larger than
+``Settings.edge_dkim_max_bytes`` the edge passes only the header section, so they are
+checked for SPF and DMARC (on SPF alone) and say ``dkim=none (message too large to
+verify)`` -- the edge's memory stays bounded by what an operator allows, whatever a sender
+sends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import authheaders
+import dns.resolver
+from authres import AuthenticationResultsHeader
+from authres.core import AuthenticationResult
+
+from colony.dns import make_sync_resolver
+from colony.settings import Settings
+
+
+def use_configured_dns(settings: Settings) -> None:
+    """Make dnspython's process-wide resolver the configured one (see the module docstring)."""
+    dns.resolver.default_resolver = make_sync_resolver(settings)
+
+
+@dataclass(frozen=True)
+class AuthOutcome:
+    header: str                 # the whole "Authentication-Results: ..." field, no CRLF
+    spf: str                    # pass, fail, softfail, neutral, none, temperror, permerror
+    dkim: str                   # pass, fail, none, temperror, ...
+    dmarc: str                  # pass, fail, none, temperror, ...
+    dmarc_policy: str | None    # the From domain's published p= (none, quarantine, reject)
+    from_domain: str | None
+
+
+def _result_of(results: list[AuthenticationResult], method: str) -> AuthenticationResult | None:
+    return next((r for r in results if r.method == method), None)
+
+
+def authenticate(message: bytes | None, header_section: bytes, authserv_id: str, ip: str, mail_from: str,
+                 helo: str) -> AuthOutcome:
+    """Blocking: run in a thread (``authenticate_async``).  ``message=None``: too large for
+    DKIM; ``header_section`` (the header fields, up to the empty line) is always given."""
+    results: list[AuthenticationResult] = []
+    spf_result = authheaders.check_spf(ip, mail_from or f"postmaster@{helo}", helo)
+    results.append(spf_result)
+    if message is not None:
+        dkim_result = authheaders.check_dkim(message)
+        if dkim_result.result is None:
+            dkim_result = authheaders.DKIMAuthenticationResult(result="none")
+    else:
+        dkim_result = authheaders.DKIMAuthenticationResult(result="none", result_comment="message too large to verify")
+    results.append(dkim_result)
+    dmarc_result = authheaders.check_dmarc(message if message is not None else header_section + b"\r\n",
+                                           spf_result, dkim_result)
+    results.append(dmarc_result)
+    header = str(AuthenticationResultsHeader(authserv_id=authserv_id, results=results))
+    return AuthOutcome(
+        header=header,
+        spf=str(spf_result.result or "none"),
+        dkim=str(dkim_result.result or "none"),
+        dmarc=str(getattr(dmarc_result, "result", None) or "none"),
+        dmarc_policy=str(dmarc_result.policy).lower() if getattr(dmarc_result, "policy", None) else None,
+        from_domain=getattr(dmarc_result, "header_from", None),
+    )
+
+
+async def authenticate_async(message: bytes | None, header_section: bytes, authserv_id: str, ip: str,
+                             mail_from: str, helo: str) -> AuthOutcome:
+    return await asyncio.to_thread(authenticate, message, header_section, authserv_id, ip, mail_from, helo)

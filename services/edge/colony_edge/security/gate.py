@@ -1,0 +1,179 @@
+"""The Edge-Gate: the checks an edge makes at each step of an inbound SMTP session.
+
+The SMTP server asks the gate at connect, MAIL, RCPT and end of data; each answer is either
+``None`` (go on) or a ``Refusal`` carrying the reply to send.  Order at connect: the deny
+list, then trusted networks (which skip everything else), then the cluster-wide session and
+connection-rate limits, then the block lists (last: they cost DNS round trips).
+
+Every refusal is counted on ``/metrics`` (``colony_edge_refusals_total{stage,reason}``) and
+logged with the client and the reason; reasons are a small fixed vocabulary so the metric's
+cardinality stays bounded whatever clients do.
+
+Limits are counted by ``networks.counting_unit`` (IPv4 address, IPv6 /64) in the shared
+counters, so they hold across every edge instance.  A client that is refused is not
+counted again for the refusal itself: a flood of refused connections still counts as
+connections (that is what the connection rate limits), but not as messages.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import dns.asyncresolver
+from prometheus_client import CollectorRegistry, Counter
+
+from colony.counters import SharedCounters
+from colony.settings import Settings
+from colony_edge.security import dnsbl
+from colony_edge.security.authentication import AuthOutcome, authenticate_async
+from colony_edge.security.networks import NetworkList, counting_unit
+
+log = logging.getLogger("colony.edge.gate")
+
+SESSIONS = "sessions"
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A reply to send instead of going on: ``code`` + enhanced ``status`` + ``text``;
+    ``reason`` is the metric label.  ``close``: end the session after the reply (421/554 at
+    connect)."""
+
+    code: int
+    status: str
+    text: str
+    reason: str
+    close: bool = False
+
+    @property
+    def permanent(self) -> bool:
+        return self.code >= 500
+
+
+@dataclass(frozen=True)
+class DataVerdict:
+    """What the gate decided at end of data: the header to add, and whether the message is
+    refused or goes to the recipients' Junk folder (DMARC quarantine)."""
+
+    auth: AuthOutcome
+    refusal: Refusal | None = None
+    quarantine: bool = False
+
+
+class GateMetrics:
+    def __init__(self, registry: CollectorRegistry | None) -> None:
+        self.refusals = Counter("colony_edge_refusals_total", "Inbound SMTP refusals by the edge gate.",
+                                ["stage", "reason"], registry=registry)
+        self.dnsbl_failures = Counter("colony_edge_dnsbl_failures_total",
+                                      "Block-list lookups that did not answer in time (counted as not listed).",
+                                      ["zone"], registry=registry)
+        self.auth_results = Counter("colony_edge_auth_results_total", "SPF/DKIM/DMARC results of inbound mail.",
+                                    ["method", "result"], registry=registry)
+
+
+_STRICTNESS = {"none": 0, "quarantine": 1, "enforce": 2}
+
+
+class EdgeGate:
+    def __init__(self, settings: Settings, counters: SharedCounters | None,
+                 resolver: dns.asyncresolver.Resolver, registry: CollectorRegistry | None = None) -> None:
+        self.settings = settings
+        self.counters = counters
+        self.resolver = resolver
+        self.deny = NetworkList.parse(settings.edge_deny_networks, "COLONY_EDGE_DENY_NETWORKS")
+        self.allow = NetworkList.parse(settings.edge_allow_networks, "COLONY_EDGE_ALLOW_NETWORKS")
+        self.zones = dnsbl.parse_zones(settings.dnsbl_zones, "COLONY_DNSBL_ZONES")
+        self.authserv_id = settings.edge_authserv_id or settings.advertised_host
+        self.metrics = GateMetrics(registry)
+
+    def _refuse(self, stage: str, ip: str, refusal: Refusal) -> Refusal:
+        self.metrics.refusals.labels(stage, refusal.reason).inc()
+        log.info("refused %s at %s: %s (%d %s)", ip, stage, refusal.reason, refusal.code, refusal.status)
+        return refusal
+
+    def trusted(self, ip: str) -> bool:
+        return ip in self.allow
+
+    # --- connection ----------------------------------------------------------------------
+
+    async def on_connect(self, ip: str) -> Refusal | None:
+        """Call once per accepted connection; if it returns ``None`` call ``on_disconnect``
+        when the session ends (the session counts against the client's concurrency)."""
+        if ip in self.deny:
+            return self._refuse("connect", ip, Refusal(554, "5.7.1", "Access denied: your network is not allowed here",
+                                                       "denied-network", close=True))
+        if self.trusted(ip):
+            return None
+        unit = counting_unit(ip)
+        if self.counters is not None:
+            rate = await self.counters.hit("connections", unit)
+            if rate > self.settings.edge_connections_per_minute_per_ip:
+                return self._refuse("connect", ip, Refusal(
+                    421, "4.7.0", "Too many connections from your address; try again later", "connection-rate", close=True))
+            if self.counters.open(SESSIONS, unit) > self.settings.edge_max_sessions_per_ip:
+                self.counters.close(SESSIONS, unit)
+                return self._refuse("connect", ip, Refusal(
+                    421, "4.7.0", "Too many concurrent sessions from your address", "concurrent-sessions", close=True))
+        if self.zones:
+            listed = await dnsbl.check(self.resolver, ip, self.zones)
+            for zone in listed.failed:
+                self.metrics.dnsbl_failures.labels(zone).inc()
+            if listed.score >= self.settings.dnsbl_threshold:
+                if self.counters is not None:
+                    self.counters.close(SESSIONS, unit)
+                return self._refuse("connect", ip, Refusal(
+                    554, "5.7.1", f"Service unavailable; client host [{ip}] blocked using {listed.describe()}",
+                    "dnsbl", close=True))
+        return None
+
+    def on_disconnect(self, ip: str) -> None:
+        if ip in self.deny or self.trusted(ip) or self.counters is None:
+            return
+        self.counters.close(SESSIONS, counting_unit(ip))
+
+    # --- envelope ------------------------------------------------------------------------
+
+    async def on_mail(self, ip: str) -> Refusal | None:
+        if self.trusted(ip) or self.counters is None:
+            return None
+        if await self.counters.hit("messages", counting_unit(ip)) > self.settings.edge_messages_per_minute_per_ip:
+            return self._refuse("mail", ip, Refusal(450, "4.7.1", "Too many messages from your address; slow down",
+                                                    "message-rate"))
+        return None
+
+    async def on_rcpt(self, ip: str, recipient_domain: str) -> Refusal | None:
+        if self.trusted(ip) or self.counters is None:
+            return None
+        if await self.counters.hit("recipients", counting_unit(ip)) > self.settings.edge_recipients_per_minute_per_ip:
+            return self._refuse("rcpt", ip, Refusal(452, "4.5.3", "Too many recipients from your address; slow down",
+                                                    "recipient-rate"))
+        if await self.counters.hit("domain-recipients", recipient_domain.lower()) > \
+                self.settings.edge_recipients_per_minute_per_domain:
+            return self._refuse("rcpt", ip, Refusal(450, "4.7.1", "Too much mail for this domain right now; try again later",
+                                                    "domain-rate"))
+        return None
+
+    # --- content -------------------------------------------------------------------------
+
+    async def on_data(self, ip: str, helo: str, mail_from: str, message: bytes | None, header_section: bytes,
+                      dmarc_choices: list[str | None]) -> DataVerdict:
+        """``message``: the whole message if it is at most ``edge_dkim_max_bytes``, else None;
+        ``dmarc_choices``: each recipient domain's DMARC setting (None: the cluster default).
+        The strictest choice among the recipients' domains applies to the message."""
+        auth = await authenticate_async(message, header_section, self.authserv_id, ip, mail_from, helo)
+        for method, result in (("spf", auth.spf), ("dkim", auth.dkim), ("dmarc", auth.dmarc)):
+            self.metrics.auth_results.labels(method, result).inc()
+        if auth.dmarc != "fail" or self.trusted(ip):
+            return DataVerdict(auth)
+        choice = max((c or self.settings.dmarc_enforcement for c in dmarc_choices),
+                     key=lambda c: _STRICTNESS.get(c, 2), default=self.settings.dmarc_enforcement)
+        if choice == "enforce" and auth.dmarc_policy == "reject":
+            return DataVerdict(auth, refusal=self._refuse("data", ip, Refusal(
+                550, "5.7.1", f"Message refused: DMARC policy of {auth.from_domain} (unauthenticated sender)",
+                "dmarc-reject")))
+        if choice in ("enforce", "quarantine") and auth.dmarc_policy in ("quarantine", "reject"):
+            self.metrics.refusals.labels("data", "dmarc-quarantine").inc()
+            log.info("quarantined mail from %s (%s): DMARC %s of %s", ip, mail_from, auth.dmarc_policy, auth.from_domain)
+            return DataVerdict(auth, quarantine=True)
+        return DataVerdict(auth)

@@ -1,0 +1,48 @@
+"""Edge security's pure parts: network lists, counting units, block-list names."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from colony_edge.security.dnsbl import DnsblZone, _is_listing, parse_zones, query_name
+from colony_edge.security.networks import NetworkList, counting_unit, parse_address
+
+
+def test_network_lists_match_v4_v6_and_mapped_addresses():
+    nets = NetworkList.parse("192.0.2.0/24, 2001:db8::/32, 198.51.100.7")
+    assert "192.0.2.200" in nets
+    assert "::ffff:192.0.2.9" in nets           # dual-stack socket's view of an IPv4 client
+    assert "198.51.100.7" in nets and "198.51.100.8" not in nets
+    assert "2001:db8:ffff::1" in nets and "2001:db9::1" not in nets
+    assert "not an address" not in nets
+    assert not NetworkList.parse("")
+
+
+def test_bad_network_names_the_key():
+    with pytest.raises(ValueError, match="COLONY_EDGE_DENY_NETWORKS: '10.0.0.0/33'"):
+        NetworkList.parse("10.0.0.0/33", "COLONY_EDGE_DENY_NETWORKS")
+
+
+def test_ipv6_clients_are_counted_by_their_slash_64():
+    assert counting_unit("2001:db8:1:2:aaaa::1") == counting_unit("2001:db8:1:2:bbbb::2") == "2001:db8:1:2::/64"
+    assert counting_unit("2001:db8:1:3::1") != counting_unit("2001:db8:1:2::1")
+    assert counting_unit("::ffff:192.0.2.1") == "192.0.2.1"
+    assert parse_address("fe80::1%eth0") == ipaddress.ip_address("fe80::1")
+
+
+def test_block_list_query_names_rfc5782():
+    assert query_name(ipaddress.ip_address("192.0.2.99"), "bl.example") == "99.2.0.192.bl.example"
+    name = query_name(ipaddress.ip_address("2001:db8:1:2:3:4:567:89ab"), "bl.example")
+    assert name == "b.a.9.8.7.6.5.0.4.0.0.0.3.0.0.0.2.0.0.0.1.0.0.0.8.b.d.0.1.0.0.2.bl.example"
+
+
+def test_block_list_answers_and_zone_weights():
+    assert _is_listing("127.0.0.2") and _is_listing("127.0.0.11")
+    assert not _is_listing("127.0.0.1")            # RFC 5782: never a listing
+    assert not _is_listing("127.255.255.254")      # big lists' "query refused" code
+    assert not _is_listing("10.0.0.2")             # misconfigured list
+    assert parse_zones("Zen.Example.:3, bl.example") == [DnsblZone("zen.example", 3.0), DnsblZone("bl.example", 1.0)]
+    with pytest.raises(ValueError, match="dnsbl_zones"):
+        parse_zones("zen.example:lots")
