@@ -1,0 +1,233 @@
+"""Connection sessions of a protocol service, and the workload base that drains them.
+
+Theory of operation
+-------------------
+A connection-based service (SMTP/IMAP/POP edge, mail store, SIP farm over TCP/TLS/WS) has
+work that is *sessions*: a drain must wait for them to end and, after ``drain_timeout``, ask
+each to end with its protocol's own goodbye (SMTP ``421 4.3.2``, IMAP ``* BYE``, POP3
+``-ERR``, a SIP ``503`` ...).  ``SessionTracker`` is that bookkeeping and nothing else (no
+sockets, no clock):
+
+* ``tracker.track(protocol, peer, goodbye)`` is a context manager around one connection's
+  life; ``goodbye`` is an ``async () -> None`` that says the protocol's goodbye and closes
+  the connection.  Use ``tracker.accepting`` (False while draining) to refuse a new
+  connection with the protocol's "try later" before tracking it.
+* ``active_work()`` counts live sessions (``/metrics``, the node record's load, drain).
+* ``await hand_over(timeout)`` calls every goodbye at once, each bounded by ``timeout``; a
+  goodbye that raises or hangs is logged and its session forgotten, so a drain always ends.
+
+``ConnectionWorkload`` is the ``colony.cluster.node.Workload`` for such services: subclass
+it, open listeners in ``open_listeners`` with ``self.listen(...)`` and track sessions in
+the handler::
+
+    class EdgeWorkload(ConnectionWorkload):
+        async def open_listeners(self, runtime) -> dict[str, str]:
+            return {"smtp": await self.listen("smtp", host, port, self.smtp_session,
+                                              refuse=lambda w: w.write(b"421 4.3.2 try later\\r\\n"))}
+
+        async def smtp_session(self, reader, writer) -> None:
+            conn = SmtpShell(reader, writer)
+            with self.tracker.track("smtp", conn.peer, conn.goodbye):
+                await conn.run()
+
+``listen`` refuses connections (``refuse`` then close) while the instance is not accepting,
+logs a handler that raises with its protocol and peer (and counts it), and always closes
+the transport.  ``stop`` closes the listeners and hands over what is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import ssl as ssl_module
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter
+
+from colony.tasks import describe
+
+if TYPE_CHECKING:
+    from colony.cluster.node import NodeRuntime
+
+log = logging.getLogger("colony.sessions")
+
+Goodbye = Callable[[], Awaitable[None]]
+
+
+@dataclass(eq=False)
+class Session:
+    id: int
+    protocol: str
+    peer: str
+    goodbye: Goodbye
+    said_goodbye: bool = field(default=False)
+
+
+class SessionTracker:
+    def __init__(self) -> None:
+        self.accepting = True
+        self._sessions: dict[int, Session] = {}
+        self._ids = itertools.count(1)
+
+    def register(self, protocol: str, peer: str, goodbye: Goodbye) -> Session:
+        session = Session(next(self._ids), protocol, peer, goodbye)
+        self._sessions[session.id] = session
+        return session
+
+    def unregister(self, session: Session) -> None:
+        """Idempotent: a session handed over may also end by itself."""
+        self._sessions.pop(session.id, None)
+
+    @contextmanager
+    def track(self, protocol: str, peer: str, goodbye: Goodbye) -> Iterator[Session]:
+        session = self.register(protocol, peer, goodbye)
+        try:
+            yield session
+        finally:
+            self.unregister(session)
+
+    def active_work(self) -> int:
+        return len(self._sessions)
+
+    def by_protocol(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for s in self._sessions.values():
+            counts[s.protocol] = counts.get(s.protocol, 0) + 1
+        return counts
+
+    def sessions(self) -> list[Session]:
+        return list(self._sessions.values())
+
+    async def hand_over(self, timeout: float = 10.0) -> int:
+        """Ask every live session to say goodbye and close; returns how many were asked."""
+        sessions = [s for s in self._sessions.values() if not s.said_goodbye]
+        for s in sessions:
+            s.said_goodbye = True
+        await asyncio.gather(*(self._goodbye(s, timeout) for s in sessions))
+        return len(sessions)
+
+    async def _goodbye(self, session: Session, timeout: float) -> None:
+        try:
+            await asyncio.wait_for(session.goodbye(), timeout)
+        except asyncio.CancelledError:
+            raise
+        except TimeoutError:
+            log.warning("%s session %d from %s did not say goodbye within %.1fs; dropped",
+                        session.protocol, session.id, session.peer, timeout)
+        except Exception as exc:
+            log.warning("%s session %d from %s failed to say goodbye: %s",
+                        session.protocol, session.id, session.peer, describe(exc))
+        finally:
+            # Its handler normally unregisters it as the connection closes; a goodbye that
+            # failed must not keep the instance from ever being drained.
+            self.unregister(session)
+
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+Refuse = Callable[[asyncio.StreamWriter], Awaitable[None] | None]
+
+
+class ConnectionWorkload:
+    """Listeners plus a ``SessionTracker``: the ``Workload`` of a connection-based service."""
+
+    role: str = ""
+    hand_over_timeout = 10.0  # seconds each session gets to say goodbye
+
+    def __init__(self, role: str | None = None) -> None:
+        if role:
+            self.role = role
+        self.tracker = SessionTracker()
+        self.runtime: NodeRuntime | None = None
+        self._servers: list[asyncio.base_events.Server] = []
+        self._handler_failures: Counter | None = None
+
+    # --- to override ----------------------------------------------------------------------
+
+    async def open_listeners(self, runtime: NodeRuntime) -> dict[str, str]:
+        """Open listeners (``self.listen``) and background work (``runtime.spawn``)."""
+        return {}
+
+    async def close_resources(self) -> None:
+        """Close whatever ``open_listeners`` opened besides listeners (after sessions ended)."""
+
+    # --- Workload -------------------------------------------------------------------------
+
+    async def start(self, runtime: NodeRuntime) -> dict[str, str]:
+        self.runtime = runtime
+        self._handler_failures = self._failure_counter(runtime.metrics.registry)
+        return await self.open_listeners(runtime)
+
+    def set_accepting(self, accepting: bool) -> None:
+        self.tracker.accepting = accepting
+
+    def active_work(self) -> int:
+        return self.tracker.active_work()
+
+    async def hand_over(self) -> None:
+        await self.tracker.hand_over(self.hand_over_timeout)
+
+    async def stop(self) -> None:
+        self.tracker.accepting = False
+        for server in self._servers:
+            server.close()
+        await self.tracker.hand_over(self.hand_over_timeout)
+        for server in self._servers:
+            with suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), self.hand_over_timeout)
+        await self.close_resources()
+
+    # --- listeners ------------------------------------------------------------------------
+
+    async def listen(self, protocol: str, host: str, port: int, handler: Handler, *,
+                     refuse: Refuse | None = None, ssl: ssl_module.SSLContext | None = None,
+                     advertised_host: str | None = None, limit: int = 64 * 1024) -> str:
+        """Serve ``handler`` on host:port; return "advertised-host:bound-port".
+
+        ``limit`` bounds the StreamReader's buffer (a line longer than it is an error the
+        handler sees, not memory growth)."""
+
+        async def connected(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            peer = _peer(writer)
+            try:
+                if not self.tracker.accepting:
+                    if refuse is not None:
+                        result = refuse(writer)
+                        if asyncio.iscoroutine(result):
+                            await result
+                        with suppress(Exception):
+                            await asyncio.wait_for(writer.drain(), 5)
+                    return
+                await handler(reader, writer)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if self._handler_failures is not None:
+                    self._handler_failures.labels(protocol=protocol).inc()
+                log.error("%s session from %s failed: %s", protocol, peer, describe(exc), exc_info=exc)
+            finally:
+                writer.close()
+                with suppress(Exception):
+                    await asyncio.wait_for(writer.wait_closed(), 5)
+
+        server = await asyncio.start_server(connected, host, port, ssl=ssl, limit=limit)
+        self._servers.append(server)
+        bound = server.sockets[0].getsockname()[1]
+        if advertised_host is None:
+            advertised_host = self.runtime.settings.advertised_host if self.runtime else host
+        return f"{advertised_host}:{bound}"
+
+    @staticmethod
+    def _failure_counter(registry: CollectorRegistry) -> Counter:
+        return Counter("colony_session_failures", "Connection handlers that raised (a bug or a broken peer).",
+                       ["protocol"], registry=registry)
+
+
+def _peer(writer: asyncio.StreamWriter) -> str:
+    info = writer.get_extra_info("peername")
+    if isinstance(info, tuple) and len(info) >= 2:
+        return f"{info[0]}:{info[1]}"
+    return str(info or "?")

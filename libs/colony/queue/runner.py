@@ -1,0 +1,277 @@
+"""The asyncio shell around ``colony.queue.outcomes``: one durable pull consumer of a
+JetStream work-queue stream, bounded concurrency, ack after the durable effect.
+
+Per job: extract the trace context from its headers into a span, keep it alive with
+``in_progress()`` every ``ack_wait / 3`` while the handler runs, then do what ``decide`` says
+(ack with a confirmed double-ack, ``nak(delay)``, or copy to ``DEAD_LETTERS`` and only then
+ack it out of the queue).  If the process dies mid-job nothing was acked: JetStream
+redelivers after ``ack_wait`` to whichever runner of the same durable asks next, so handlers
+must be idempotent by ``job.id``.  ``set_accepting(False)`` stops fetching (a drain);
+``active_work()`` is the jobs in flight; ``stop()`` waits for them, then naks what is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import suppress
+from dataclasses import dataclass, field
+
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from opentelemetry import trace
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from colony.queue.deadletter import H_JOB_ID, MSG_ID, DeadLetter, DeadLetters
+from colony.queue.outcomes import Action, Outcome, QueuePolicy, Retry, before_handling, decide
+from colony.tasks import describe
+from colony.telemetry import extract_context
+
+log = logging.getLogger("colony.queue")
+tracer = trace.get_tracer("colony.queue")
+
+
+@dataclass
+class Job:
+    """One delivery of a work-queue message."""
+
+    data: bytes
+    subject: str
+    headers: dict[str, str]
+    stream: str
+    sequence: int          # in its stream
+    delivered: int         # 1 on the first delivery
+    _msg: Msg | None = field(default=None, repr=False)
+
+    @property
+    def id(self) -> str:
+        """Stable across redeliveries and replays: ``Colony-Job-Id``, else ``Nats-Msg-Id`` (set
+        it when publishing), else ``<stream>.<sequence>``.  Key idempotence on this."""
+        return self.headers.get(H_JOB_ID) or self.headers.get(MSG_ID) or f"{self.stream}.{self.sequence}"
+
+    @property
+    def replayed(self) -> bool:
+        return "Colony-Replayed" in self.headers
+
+    async def in_progress(self) -> None:
+        """Extra keep-alive for a handler step that may block longer than usual (the runner
+        already sends one every ``ack_wait / 3``)."""
+        if self._msg is not None:
+            await self._msg.in_progress()
+
+    @classmethod
+    def from_msg(cls, msg: Msg) -> Job:
+        meta = msg.metadata
+        return cls(data=msg.data, subject=msg.subject, headers=dict(msg.headers or {}), stream=meta.stream,
+                   sequence=meta.sequence.stream, delivered=meta.num_delivered, _msg=msg)
+
+
+Handler = Callable[[Job], Awaitable[Outcome | None]]
+Spawn = Callable[..., asyncio.Task]
+
+
+class QueueMetrics:
+    """One per process (metric names are unique per registry); every runner labels by queue."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.jobs = Counter("colony_queue_jobs", "Jobs finished, by outcome: done, retry, dead_letter.",
+                            ["queue", "outcome"], registry=registry)
+        self.errors = Counter("colony_queue_handler_errors", "Handlers that raised (retried on the back-off).",
+                              ["queue"], registry=registry)
+        self.seconds = Histogram("colony_queue_job_seconds", "Time a handler took, per job.", ["queue"],
+                                 registry=registry, buckets=(0.005, 0.02, 0.1, 0.5, 2, 10, 60, 300))
+        self.in_flight = Gauge("colony_queue_jobs_in_flight", "Jobs being handled now.", ["queue"], registry=registry)
+
+
+class QueueRunner:
+    """Handle the jobs of ``stream`` matching ``filter_subject`` through durable ``durable``.
+
+    Every runner of the same (stream, durable) shares the work; a work-queue stream allows
+    one consumer per filter, so give each kind of job its own filter.
+    """
+
+    def __init__(self, js: JetStreamContext, *, stream: str, durable: str, filter_subject: str,
+                 handler: Handler, policy: QueuePolicy | None = None, metrics: QueueMetrics | None = None,
+                 name: str | None = None, fetch_timeout: float = 1.0) -> None:
+        self.js = js
+        self.stream = stream
+        self.durable = durable
+        self.filter_subject = filter_subject
+        self.handler = handler
+        self.policy = policy or QueuePolicy()
+        self.name = name or durable
+        self.metrics = metrics or QueueMetrics(CollectorRegistry(auto_describe=True))
+        self.dead_letters = DeadLetters(js)
+        self.fetch_timeout = fetch_timeout
+        self.accepting = True
+        self._resume = asyncio.Event()
+        self._resume.set()
+        self._slot_free = asyncio.Event()
+        self._inflight: set[asyncio.Task] = set()
+        self._sub = None
+        self._loop_task: asyncio.Task | None = None
+        self.handled = 0
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def start(self, spawn: Spawn) -> None:
+        """Create (or update) the consumer, then fetch in a task started by ``spawn`` -
+        ``runtime.spawn`` or a ``TaskOwner.spawn``, so a failing fetch loop is seen and restarted."""
+        config = ConsumerConfig(
+            durable_name=self.durable, name=self.durable, filter_subject=self.filter_subject,
+            ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL, ack_wait=self.policy.ack_wait,
+            # No server-side max_deliver: JetStream would stop delivering and leave the job in
+            # the stream unseen; the runner counts deliveries and dead-letters it instead.
+            max_deliver=-1, max_ack_pending=max(self.policy.concurrency * 64, 1000),
+        )
+        await self.js.add_consumer(self.stream, config)
+        self._sub = await self.js.pull_subscribe_bind(durable=self.durable, stream=self.stream)
+        self._loop_task = spawn(f"queue {self.name}", self._fetch_loop, restart=True,
+                                context=lambda: f"{self.stream}/{self.durable}, {len(self._inflight)} in flight")
+
+    def set_accepting(self, accepting: bool) -> None:
+        self.accepting = accepting
+        if accepting:
+            self._resume.set()
+        else:
+            self._resume.clear()
+
+    def active_work(self) -> int:
+        return len(self._inflight)
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Fetch no more, let jobs in flight finish for ``timeout`` s, nak the rest."""
+        self.set_accepting(False)
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with suppress(asyncio.CancelledError, Exception):
+                await self._loop_task
+        if self._inflight:
+            _, pending = await asyncio.wait(set(self._inflight), timeout=timeout)
+            for task in pending:
+                task.cancel()
+            for task in pending:
+                with suppress(asyncio.CancelledError, Exception):
+                    await task
+        if self._sub is not None:
+            with suppress(Exception):
+                await self._sub.unsubscribe()
+
+    # --- fetching -------------------------------------------------------------------------
+
+    async def _fetch_loop(self) -> None:
+        while True:
+            await self._resume.wait()
+            free = self.policy.concurrency - len(self._inflight)
+            if free <= 0:
+                self._slot_free.clear()
+                await self._slot_free.wait()
+                continue
+            try:
+                msgs = await self._sub.fetch(batch=free, timeout=self.fetch_timeout)
+            except NatsTimeoutError:
+                continue
+            for msg in msgs:
+                task = asyncio.create_task(self._run(msg), name=f"job {self.name}")
+                self._inflight.add(task)
+                task.add_done_callback(self._job_ended)
+
+    def _job_ended(self, task: asyncio.Task) -> None:
+        self._inflight.discard(task)
+        self._slot_free.set()
+
+    # --- one job --------------------------------------------------------------------------
+
+    async def _run(self, msg: Msg) -> None:
+        """Never raises (but for cancellation): every failure becomes a decision or a log line."""
+        try:
+            job = Job.from_msg(msg)
+        except Exception as exc:  # not a JetStream delivery at all: nothing to ack
+            log.error("%s: unreadable delivery on %s: %s", self.name, msg.subject, describe(exc))
+            return
+        pre = before_handling(job.delivered, self.policy)
+        if pre is not None:
+            await self._dead_letter(msg, job, pre.reason)
+            return
+        started = time.monotonic()
+        self.metrics.in_flight.labels(self.name).inc()
+        try:
+            with tracer.start_as_current_span(f"{self.name} job", context=extract_context(job.headers),
+                                              kind=trace.SpanKind.CONSUMER) as span:
+                span.set_attribute("messaging.destination.name", job.subject)
+                span.set_attribute("colony.job.id", job.id)
+                span.set_attribute("colony.job.delivered", job.delivered)
+                outcome = await self._handle(job)
+                decision = decide(outcome, job.delivered, self.policy)
+                span.set_attribute("colony.job.action", str(decision.action))
+            await self._apply(msg, job, decision)
+        finally:
+            self.metrics.in_flight.labels(self.name).dec()
+            self.metrics.seconds.labels(self.name).observe(time.monotonic() - started)
+
+    async def _handle(self, job: Job) -> Outcome | None:
+        keep_alive = asyncio.create_task(self._keep_alive(job), name=f"in-progress {self.name}")
+        try:
+            return await self.handler(job)
+        except asyncio.CancelledError:
+            # Stopped mid-job: hand it back at once rather than after ack_wait.
+            if job._msg is not None:
+                with suppress(Exception):
+                    await job._msg.nak()
+            raise
+        except Exception as exc:
+            self.metrics.errors.labels(self.name).inc()
+            log.error("%s: job %s (delivery %d) failed", self.name, job.id, job.delivered, exc_info=exc)
+            return Retry(reason=describe(exc))
+        finally:
+            keep_alive.cancel()
+            with suppress(asyncio.CancelledError, Exception):
+                await keep_alive
+
+    async def _keep_alive(self, job: Job) -> None:
+        while True:
+            await asyncio.sleep(self.policy.progress_interval)
+            try:
+                await job.in_progress()
+            except Exception as exc:  # the bus is away; the ack will tell whether the job is still ours
+                log.warning("%s: progress for job %s not sent: %s", self.name, job.id, describe(exc))
+
+    async def _apply(self, msg: Msg, job: Job, decision) -> None:
+        try:
+            if decision.action == Action.ACK:
+                await msg.ack_sync(timeout=max(self.policy.ack_wait / 2, 2.0))
+                self.handled += 1
+                self.metrics.jobs.labels(self.name, "done").inc()
+            elif decision.action == Action.NAK:
+                await msg.nak(delay=decision.delay)
+                self.metrics.jobs.labels(self.name, "retry").inc()
+                log.info("%s: job %s retries in %.1fs (delivery %d): %s", self.name, job.id, decision.delay,
+                         job.delivered, decision.reason)
+            else:
+                await self._dead_letter(msg, job, decision.reason)
+        except Exception as exc:
+            # The effect is done (or the job failed) but JetStream did not confirm: it will be
+            # redelivered after ack_wait, and the idempotent handler makes that harmless.
+            log.warning("%s: could not %s job %s: %s", self.name, decision.action, job.id, describe(exc))
+
+    async def _dead_letter(self, msg: Msg, job: Job, reason: str) -> None:
+        letter = DeadLetter(stream=job.stream, subject=job.subject, sequence=job.sequence, consumer=self.durable,
+                            deliveries=job.delivered, reason=reason, headers=job.headers, data=job.data)
+        try:
+            seq = await self.dead_letters.add(letter)
+            # Only now leave the queue: a crash between the two leaves a duplicate dead letter
+            # (deduplicated by its Nats-Msg-Id), never a lost job.
+            await msg.ack_sync(timeout=max(self.policy.ack_wait / 2, 2.0))
+        except Exception as exc:
+            log.error("%s: could not dead-letter job %s (%s): %s; it stays queued", self.name, job.id, reason,
+                      describe(exc))
+            with suppress(Exception):
+                await msg.nak(delay=self.policy.retry_delay(job.delivered))
+            return
+        self.metrics.jobs.labels(self.name, "dead_letter").inc()
+        log.warning("%s: job %s dead-lettered as %d after %d deliveries: %s", self.name, job.id, seq,
+                    job.delivered, reason)

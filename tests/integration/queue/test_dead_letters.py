@@ -1,0 +1,110 @@
+"""Poison jobs end in DEAD_LETTERS after max_deliver (or at once when rejected); replay puts
+them back and they are handled; purge empties the stream."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+from nats.js.api import RetentionPolicy, StreamConfig
+
+from cluster_harness import wait_until
+from colony.bus import names
+from colony.bus.connection import connect
+from colony.bus.schema import ensure_schema
+from colony.queue import DeadLetters, Job, QueuePolicy, QueueRunner, Reject
+from colony.settings import Settings
+from colony.tasks import TaskOwner
+
+STREAM, SUBJECTS = "JOBS", "test.jobs.>"
+
+
+@pytest.fixture
+async def js(nats_server):
+    nc = await connect(Settings(nats_url=nats_server.url), name="test-queue")
+    js = nc.jetstream()
+    await ensure_schema(js, Settings(nats_url=nats_server.url))
+    await js.add_stream(StreamConfig(name=STREAM, subjects=[SUBJECTS], retention=RetentionPolicy.WORK_QUEUE))
+    yield js
+    await nc.close()
+
+
+@pytest.fixture
+async def owner():
+    owner = TaskOwner(logging.getLogger("test"))
+    yield owner
+    await owner.close()
+
+
+async def queued(js) -> int:
+    return (await js.stream_info(STREAM)).state.messages
+
+
+async def test_a_poison_job_is_dead_lettered_after_max_deliver_and_replay_puts_it_back(js, owner):
+    deliveries: list[tuple[str, int, bool]] = []
+    cured = asyncio.Event()
+
+    async def handler(job: Job):
+        deliveries.append((job.id, job.delivered, job.replayed))
+        if not cured.is_set():
+            raise ValueError("cannot parse")
+        return None
+
+    runner = QueueRunner(js, stream=STREAM, durable="workers", filter_subject=SUBJECTS, handler=handler,
+                         policy=QueuePolicy(max_deliver=3, ack_wait=5, backoff=(0.05,), concurrency=2))
+    await runner.start(owner.spawn)
+    await js.publish("test.jobs.a", b"poison", headers={"Nats-Msg-Id": "job-1", "X-Trace": "t1"})
+
+    dlq = DeadLetters(js)
+    letters = await wait_until(lambda: dlq.list(), 30, "the poison job in DEAD_LETTERS")
+    assert [d[:2] for d in deliveries] == [("job-1", 1), ("job-1", 2), ("job-1", 3)]
+    (letter,) = letters
+    assert (letter.stream, letter.subject, letter.consumer, letter.deliveries) == (STREAM, "test.jobs.a", "workers", 3)
+    assert letter.reason == "failed 3 deliveries; last: ValueError: cannot parse"
+    assert letter.data == b"poison" and letter.headers["X-Trace"] == "t1" and letter.sequence == 1
+    assert await wait_until(lambda: _is(queued(js), 0), 10, "the job out of the work queue")
+    assert await runner.dead_letters.count(STREAM) == 1
+
+    cured.set()
+    await dlq.replay(letter.dlq_sequence)
+    await wait_until(lambda: _is(_handled(runner), 1), 30, "the replayed job handled")
+    assert deliveries[-1] == ("job-1", 1, True), "same job id, first delivery of the replay, marked replayed"
+    assert await dlq.count() == 0
+    assert await wait_until(lambda: _is(queued(js), 0), 10, "the replayed job acked")
+    await runner.stop()
+
+
+async def test_a_rejected_job_goes_to_dead_letters_at_once_and_purge_empties_them(js, owner):
+    calls = []
+
+    async def handler(job: Job):
+        calls.append(job.delivered)
+        return Reject("refers to no mailbox")
+
+    runner = QueueRunner(js, stream=STREAM, durable="workers", filter_subject=SUBJECTS, handler=handler,
+                         policy=QueuePolicy(max_deliver=5, ack_wait=5, backoff=(0.05,)))
+    await runner.start(owner.spawn)
+    for i in range(3):
+        await js.publish(f"test.jobs.{i}", b"x")
+    dlq = DeadLetters(js)
+    letters = await wait_until(lambda: _len(dlq.list(), 3), 30, "three rejected jobs dead-lettered")
+    assert calls == [1, 1, 1], "no retries for a rejected job"
+    assert {d.reason for d in letters} == {"rejected: refers to no mailbox"}
+    assert await dlq.list(limit=2) == letters[:2]
+    assert await dlq.purge(STREAM) == 3
+    assert await dlq.list() == []
+    await runner.stop()
+
+
+async def _is(awaitable, value):
+    return (await awaitable) == value
+
+
+async def _handled(runner):
+    return runner.handled
+
+
+async def _len(awaitable, n):
+    found = await awaitable
+    return found if len(found) == n else None

@@ -1,0 +1,49 @@
+"""colony.queue.outcomes: the pure rules of the queue runner."""
+
+import pytest
+
+from colony.queue import Action, Done, QueuePolicy, Reject, Retry, before_handling, decide
+from colony.settings import Settings
+
+POLICY = QueuePolicy(max_deliver=3, backoff=(1.0, 10.0))
+
+
+def test_success_acks():
+    assert decide(None, 1, POLICY).action == Action.ACK
+    assert decide(Done(), 3, POLICY).action == Action.ACK
+
+
+def test_failures_back_off_on_the_schedule_then_dead_letter_on_the_last_delivery():
+    assert decide(Retry("busy"), 1, POLICY) == decide(Retry("busy"), 1, POLICY)
+    first, second = decide(Retry("busy"), 1, POLICY), decide(Retry("busy"), 2, POLICY)
+    assert (first.action, first.delay) == (Action.NAK, 1.0)
+    assert (second.action, second.delay) == (Action.NAK, 10.0)  # the last step repeats
+    last = decide(Retry("disk full"), 3, POLICY)
+    assert last.action == Action.DEAD_LETTER
+    assert last.reason == "failed 3 deliveries; last: disk full"
+
+
+def test_an_explicit_delay_wins_and_reject_dead_letters_at_once():
+    assert decide(Retry("greylisted", delay=300), 1, POLICY).delay == 300
+    poison = decide(Reject("not a message"), 1, POLICY)
+    assert (poison.action, poison.reason) == (Action.DEAD_LETTER, "rejected: not a message")
+
+
+def test_a_job_redelivered_past_max_deliver_is_dead_lettered_before_it_runs_again():
+    assert before_handling(3, POLICY) is None
+    dead = before_handling(4, POLICY)
+    assert dead.action == Action.DEAD_LETTER and "without an outcome" in dead.reason
+
+
+def test_a_handler_returning_something_else_is_a_bug_named_clearly():
+    with pytest.raises(TypeError, match="return None, Done"):
+        decide("ok", 1, POLICY)
+
+
+def test_policy_from_settings():
+    s = Settings(queue_max_deliver=7, queue_ack_wait=9, queue_retry_backoff="2, 4,8", queue_concurrency=3)
+    p = QueuePolicy.from_settings(s)
+    assert (p.max_deliver, p.ack_wait, p.backoff, p.concurrency) == (7, 9.0, (2.0, 4.0, 8.0), 3)
+    assert p.progress_interval == 3.0
+    with pytest.raises(ValueError):
+        QueuePolicy(max_deliver=0)
