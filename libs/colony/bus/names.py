@@ -88,7 +88,8 @@ def node_command_subject(node_id: str) -> str:
 
 AUTH_CHECK = "colony.auth.check"          # password check for the cluster (queue group)
 AUTH_SIP_CREDENTIALS = "colony.auth.sip"  # SIP digest credentials (HA1) for the farm
-DIRECTORY_LOOKUP = "colony.dir.lookup"
+DIRECTORY_LOOKUP = "colony.dir.lookup"          # one directory entry (colony.contracts.directory)
+DIRECTORY_RECIPIENTS = "colony.dir.recipients"  # recipient resolution (colony.contracts.recipients)
 
 QUEUE_ADMIN = "admin-api"
 

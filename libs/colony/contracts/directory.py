@@ -1,0 +1,229 @@
+"""The ``directory`` KV bucket and the directory lookup, typed.
+
+The admin API's directory projection writes one key per provisioning aggregate
+(``names.directory_key``); every value is JSON with the aggregate's current state minus its
+secrets, plus ``seq`` (the PROVISIONING sequence it reflects).  Wire formats::
+
+    domain.<token>        {"kind": "domain", "name": "acme.example", "state": "active" | "suspended",
+                           "home_region": "eu", "cos": "gold" | null, "branding": {...},
+                           "storage": {"account_foldering": "none" | "1" | "1-1" | "2-2",
+                                       "domain_foldering": false, "fast_storage_index": null},
+                           "seq": 17}
+    address.<token>       {"kind": "account", "address": "amy@acme.example", "domain": "acme.example",
+                           "name": "amy", "real_name": "Amy", "cos": null, "quota_bytes": null,
+                           "services": ["mail", "imap"] | null, "forwarding": ["amy@else.example"],
+                           "forward_keep_copy": false, "state": "active" | "disabled", "seq": 18}
+                       or {"kind": "alias", "address": "team@acme.example", "domain": "acme.example",
+                           "name": "team", "targets": ["amy@acme.example", "bob@else.example"], "seq": 19}
+    domain_alias.<token>  {"kind": "domain_alias", "name": "acme-mail.example", "domain": "acme.example", "seq": 20}
+    cos.<token>           {"kind": "cos", "name": "gold", "description": "",
+                           "limits": {"services": [...], "quota_bytes": ..., "max_message_bytes": ...,
+                                      "max_recipients_per_message": ..., "sending_rate_per_hour": ...},
+                           "seq": 21}
+    any key, deleted      {"deleted": true, "seq": 22}   (a KV delete or purge means the same)
+
+Readers ignore fields they do not know (a newer writer may add some), so these models use
+``extra="ignore"``; ``forward_keep_copy`` is optional (absent: false, forwarding replaces
+local delivery).
+
+Besides the wire models, this module defines the small immutable *views* the recipient
+resolver and ``DirectoryCache`` work with (``DomainInfo``, ``AccountInfo``, ``AliasInfo``):
+tuples, because an edge holds a million of them.
+
+``colony.dir.lookup`` (``names.DIRECTORY_LOOKUP``, served by the admin API)::
+
+    request  {"kind": "domain" | "address" | "domain_alias" | "cos", "name": "amy@acme.example"}
+    reply    {"found": true, "entry": {<the value above>}}
+          or {"found": false}
+          or {"found": false, "error": "bad request: ..."}
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any, Literal, NamedTuple
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from colony.bus import names
+
+
+class EntryKind(StrEnum):
+    """What a key of the directory names (the first token of the key)."""
+
+    DOMAIN = names.AGG_DOMAIN
+    ADDRESS = names.AGG_ADDRESS
+    DOMAIN_ALIAS = names.AGG_DOMAIN_ALIAS
+    COS = names.AGG_COS
+
+
+ACTIVE = "active"  # the one state of a domain or account in which it receives and logs in
+
+
+class _Entry(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    seq: int = Field(0, description="PROVISIONING sequence this state reflects")
+
+
+class StorageSettings(BaseModel):
+    """Where a domain's accounts live on shared storage (see the storage layout)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    account_foldering: Literal["none", "1", "1-1", "2-2"] = "none"
+    domain_foldering: bool = False
+    fast_storage_index: int | None = None
+
+
+class DomainEntry(_Entry):
+    kind: Literal["domain"] = "domain"
+    name: str
+    state: str = ACTIVE
+    home_region: str = ""
+    cos: str | None = None
+    branding: dict[str, Any] = Field(default_factory=dict)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+
+    def info(self) -> DomainInfo:
+        return DomainInfo(self.name, self.state, self.home_region, self.cos)
+
+
+class AccountEntry(_Entry):
+    kind: Literal["account"] = "account"
+    address: str
+    domain: str
+    name: str
+    real_name: str = ""
+    cos: str | None = None
+    quota_bytes: int | None = None
+    services: list[str] | None = None
+    forwarding: list[str] = Field(default_factory=list)
+    forward_keep_copy: bool = False
+    state: str = ACTIVE
+
+    def info(self) -> AccountInfo:
+        return AccountInfo(self.address, self.state, self.cos, self.quota_bytes,
+                           tuple(self.services) if self.services is not None else None,
+                           tuple(self.forwarding), self.forward_keep_copy)
+
+
+class AliasEntry(_Entry):
+    kind: Literal["alias"] = "alias"
+    address: str
+    domain: str
+    name: str
+    targets: list[str]
+
+    def info(self) -> AliasInfo:
+        return AliasInfo(self.address, tuple(self.targets))
+
+
+class DomainAliasEntry(_Entry):
+    kind: Literal["domain_alias"] = "domain_alias"
+    name: str
+    domain: str
+
+
+class CosEntry(_Entry):
+    kind: Literal["cos"] = "cos"
+    name: str
+    description: str = ""
+    limits: dict[str, Any] = Field(default_factory=dict)
+
+
+class Deleted(_Entry):
+    """A tombstone: the aggregate was deleted (edges treat it as a missing key)."""
+
+    deleted: Literal[True] = True
+
+
+Entry = Annotated[DomainEntry | AccountEntry | AliasEntry | DomainAliasEntry | CosEntry,
+                  Field(discriminator="kind")]
+_ENTRY = TypeAdapter(Entry)
+
+
+class BadEntry(ValueError):
+    """A directory value that is not one of the shapes above."""
+
+
+def parse_entry(data: bytes | str) -> DomainEntry | AccountEntry | AliasEntry | DomainAliasEntry | CosEntry | None:
+    """One directory value -> its model, or None for a tombstone or an empty value."""
+    if not data:
+        return None
+    try:
+        raw = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise BadEntry(f"not JSON: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise BadEntry("not a JSON object")
+    if raw.get("deleted"):
+        return None
+    try:
+        return _ENTRY.validate_python(raw)
+    except ValidationError as exc:
+        raise BadEntry(str(exc).splitlines()[0]) from exc
+
+
+def split_key(key: str) -> tuple[str, str]:
+    """``address.amy_40acme_2eexample`` -> (``address``, token)."""
+    kind, _, token = key.partition(".")
+    return kind, token
+
+
+# --- views: what the resolver reads (tuples: an edge keeps a million of them) -----------------
+
+class DomainInfo(NamedTuple):
+    name: str
+    state: str
+    home_region: str
+    cos: str | None
+
+
+class AccountInfo(NamedTuple):
+    address: str
+    state: str
+    cos: str | None
+    quota_bytes: int | None
+    services: tuple[str, ...] | None  # None: whatever the class of service grants
+    forwarding: tuple[str, ...]
+    keep_copy: bool                   # forwarding also keeps a copy in this mailbox
+
+
+class AliasInfo(NamedTuple):
+    address: str
+    targets: tuple[str, ...]
+
+
+# --- colony.dir.lookup --------------------------------------------------------------------------
+
+class DirectoryLookupRequest(BaseModel):
+    """``{"kind": "address", "name": "amy@acme.example"}``"""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: EntryKind
+    name: str = Field(min_length=1, max_length=320)
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json().encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> DirectoryLookupRequest:
+        return cls.model_validate_json(data)
+
+
+class DirectoryLookupReply(BaseModel):
+    """``{"found": true, "entry": {...}}``, ``{"found": false}`` or ``{"found": false, "error": "..."}``"""
+
+    found: bool
+    entry: Entry | None = None
+    error: str | None = None
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json(exclude_none=True).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> DirectoryLookupReply:
+        return cls.model_validate_json(data)
