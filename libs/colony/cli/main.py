@@ -310,3 +310,12 @@ def _register_provisioning() -> None:
 
 
 _register_provisioning()
+
+
+def _register_dlq() -> None:
+    from colony.cli import dlq
+
+    dlq.register(app)
+
+
+_register_dlq()

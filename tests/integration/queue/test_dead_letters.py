@@ -108,3 +108,63 @@ async def _handled(runner):
 async def _len(awaitable, n):
     found = await awaitable
     return found if len(found) == n else None
+
+
+async def test_the_operator_lists_shows_replays_and_purges_dead_letters_with_colony_dlq(js, owner, nats_server):
+    import json
+    import os
+    import sys
+    from pathlib import Path
+
+    colony = str(Path(sys.executable).with_name("colony"))
+
+    async def cli(*args: str) -> tuple[int, str, str]:
+        proc = await asyncio.create_subprocess_exec(colony, "dlq", *args, "--nats", nats_server.url,
+                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                                                    env={**os.environ, "COLUMNS": "200"})
+        out, err = await asyncio.wait_for(proc.communicate(), 90)
+        return proc.returncode, out.decode(), err.decode()
+
+    fixed = asyncio.Event()
+    handled: list[bytes] = []
+
+    async def handler(job: Job):
+        if not fixed.is_set():
+            return Reject("unknown mailbox")
+        handled.append(job.data)
+
+    runner = QueueRunner(js, stream=STREAM, durable="workers", filter_subject=SUBJECTS, handler=handler,
+                         policy=QueuePolicy(max_deliver=3, ack_wait=5, backoff=(0.05,)))
+    await runner.start(owner.spawn)
+    await js.publish("test.jobs.x", b"From: a@example.com\r\n\r\nhello", headers={"Nats-Msg-Id": "m-1"})
+    await js.publish("test.jobs.y", b"second", headers={"Nats-Msg-Id": "m-2"})
+    dlq = DeadLetters(js)
+    await wait_until(lambda: _len(dlq.list(), 2), 30, "two dead letters")
+
+    code, out, err = await cli("list", "--json")
+    assert code == 0, err
+    listed = json.loads(out)
+    assert [(d["job_id"], d["stream"], d["subject"], d["reason"]) for d in listed] == [
+        ("m-1", STREAM, "test.jobs.x", "rejected: unknown mailbox"), ("m-2", STREAM, "test.jobs.y", "rejected: unknown mailbox")]
+    first, second = listed[0]["seq"], listed[1]["seq"]
+    code, out, err = await cli("list")
+    assert code == 0 and "m-1" in out and "unknown mailbox" in out, err
+
+    code, out, err = await cli("show", str(first))
+    assert code == 0, err
+    assert "test.jobs.x" in out and "hello" in out and "Nats-Msg-Id: m-1" in out
+    code, out, err = await cli("show", "999")
+    assert code == 1 and "no dead letter 999" in err
+
+    fixed.set()
+    code, out, err = await cli("replay", str(first))
+    assert code == 0 and f"dead letter {first} replayed" in out, err
+    await wait_until(lambda: _is(_handled(runner), 1), 30, "the replayed job handled")
+    assert handled == [b"From: a@example.com\r\n\r\nhello"]
+
+    code, out, err = await cli("purge", "--yes")
+    assert code == 0 and "1 dead letter(s) dropped" in out, err
+    assert await dlq.list() == []
+    code, out, err = await cli("replay", str(second))
+    assert code == 1 and f"no dead letter {second}" in err
+    await runner.stop()
