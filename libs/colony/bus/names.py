@@ -10,13 +10,32 @@ from colony.bus.tokens import to_token
 
 # --- KV buckets (DESIGN §3) -----------------------------------------------------------
 BUCKET_NODES = "cluster_nodes"          # one key per instance: its NodeRecord
-BUCKET_LEASES = "cluster_leases"        # the controller lease
+BUCKET_LEASES = "cluster_leases"        # the controller lease and its fenced decisions
 BUCKET_ACCOUNT_OWNERS = "account_owners"  # per-account single-writer leases
 BUCKET_SIP_BINDINGS = "sip_bindings"    # SIP registrations
 BUCKET_DIRECTORY = "directory"          # what edges need to route without a round trip
 BUCKET_RATE_COUNTERS = "rate_counters"  # flow-control counters shared by every edge and farm member
 
 CONTROLLER_LEASE_KEY = "controller"
+
+# Controller decisions: keys of BUCKET_LEASES, fenced by the controller lease (colony.cluster.decisions).
+DECISION_NODE_FAILED = "node-failed"  # an instance declared FAILED
+
+
+def decision_key(kind: str, target: str) -> str:
+    """``decision.<kind>.<token of target>`` in ``cluster_leases``: the last decision of one kind about one thing."""
+    return f"decision.{to_token(kind)}.{to_token(target)}"
+
+
+def decision_filter(kind: str) -> str:
+    """Every decision of one kind, for ``kv.watch``."""
+    return f"decision.{to_token(kind)}.>"
+
+
+def kv_subject(bucket: str, key: str) -> str:
+    """The stream subject of a KV key, for writes that need headers nats-py's KV API cannot send."""
+    return f"$KV.{bucket}.{key}"
+
 
 # --- object stores -----------------------------------------------------------------------
 OBJECT_MAIL_BODIES = "mail_bodies"      # bodies of accepted mail too large to travel inline

@@ -53,12 +53,13 @@ def bucket_configs(settings: Settings) -> Buckets:
             storage=StorageType.FILE, replicas=r,
             description="one record per running instance, refreshed by heartbeat",
         ),
-        # The bucket's max age *is* the lease length: every renewal (a new revision) restarts
-        # it, and a holder that stops renewing loses the key without anyone deleting it.
+        # The lease key expires by a per-message TTL on every lease write (a holder that stops
+        # renewing loses it without anyone deleting it); the bucket's max age is how long the
+        # controller's decisions, fenced by that lease in the same stream, are kept.
         leases=KeyValueConfig(
-            bucket=names.BUCKET_LEASES, history=10, ttl=settings.controller_lease_ttl,
+            bucket=names.BUCKET_LEASES, history=10, ttl=settings.controller_decision_max_age,
             storage=StorageType.FILE, replicas=r,
-            description="the controller lease; its acquisition revision is the fencing epoch",
+            description="the controller lease (its acquisition revision is the fencing epoch) and its fenced decisions",
         ),
         account_owners=KeyValueConfig(
             bucket=names.BUCKET_ACCOUNT_OWNERS, history=5, storage=StorageType.FILE, replicas=r,

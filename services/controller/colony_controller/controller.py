@@ -1,20 +1,18 @@
 """The cluster controller: one active, the others standing by.
 
 Election
-    The lease lives in ``cluster_leases`` (bucket max age = lease length).  A standby takes
-    it with ``create`` when it is vacant.  It does not wait for the lease of a *dead*
-    controller to run out: every controller answers on its own ``colony.ctl.alive.<id>``
-    subject from start to stop, so a request that gets "no responders" proves the holder's
-    connection is gone (the server drops a closed connection's subscriptions at once) and
-    the Backup Controller replaces the lease by ``update(last=<holder's revision>)`` right
-    away.  A holder that is alive but silent (paused, partitioned) answers nothing either,
-    so then the standby waits until it has seen the same lease revision for a whole lease
-    length -- by then the holder has fenced itself -- and replaces it the same way.  Either way the new acquisition has a higher revision:
-    the new epoch.  The deposed holder finds out on its next renewal (CAS fails) or from its
-    own monotonic deadline, whichever comes first, and stops acting.
+    The asyncio shell of ``colony.cluster.election.Election``: every
+    ``controller_probe_interval`` it reads the lease, asks the policy what to do, does it
+    (a probe of the alive subjects it names, one CAS write on the lease, or nothing) and
+    tells it the outcome.  The rules -- rank delays, fast takeover on proof of absence,
+    takeover after an unchanged revision, self-fencing -- are the policy's docstring.  Every
+    controller answers on its own ``colony.ctl.alive.<id>`` subject from start to stop; a
+    request there that gets "no responders" is the proof of absence.
 
 Duties while active
-    * declare instances FAILED when their heartbeats stop for ``node_ttl``;
+    * declare instances FAILED when their heartbeats stop for ``node_ttl``: each marking is a
+      fenced decision first (``colony.cluster.decisions.publish_decision``, refused by the
+      server once the lease is someone else's), then a CAS on the node record it judged;
     * serve ``colony.ctl.api`` (drain / ready / whoami) and pass the command on to the
       instance stamped with the epoch.
 """
@@ -39,6 +37,19 @@ from pydantic import ValidationError
 from colony import tasks
 from colony.bus import names
 from colony.cluster.commands import ControllerRequest, NodeCommand
+from colony.cluster.decisions import NodeFailed, publish_decision
+from colony.cluster.election import (
+    Acquire,
+    Election,
+    LeaseSeen,
+    Probe,
+    ProbeFirst,
+    ProbeResult,
+    Renew,
+    StepDown,
+    StopActing,
+    Wait,
+)
 from colony.cluster.lease import Lease, LeaseLost, read_lease
 from colony.cluster.membership import LIVE_STATES, NodeRecord, NodeState
 from colony.cluster.node import NodeRuntime
@@ -59,9 +70,7 @@ class Controller:
         self._api_sub: Subscription | None = None
         self._nodes: dict[str, tuple[NodeRecord, int]] = {}  # id -> (record, revision)
         self._last_seen: dict[str, float] = {}  # id -> monotonic time we last saw a heartbeat
-        self._absent_since: float | None = None
-        self._seen_revision = 0  # the lease revision we last saw, and since when (monotonic)
-        self._seen_at = 0.0
+        self.election: Election | None = None
         self._releasing: asyncio.Task | None = None  # keeps the step-down task referenced until done
 
     # --- Workload ---------------------------------------------------------------------------
@@ -73,7 +82,9 @@ class Controller:
         self._leases: KeyValue = await js.key_value(names.BUCKET_LEASES)
         self._nodes_kv: KeyValue = await js.key_value(names.BUCKET_NODES)
         self.lease = Lease(self._leases, names.CONTROLLER_LEASE_KEY, runtime.node_id,
-                           ttl=s.controller_lease_ttl, safety_margin=s.controller_safety_margin)
+                           ttl=s.controller_lease_ttl, safety_margin=s.controller_safety_margin,
+                           js=js, bucket=names.BUCKET_LEASES)
+        self.election = Election(runtime.node_id, ttl=s.controller_lease_ttl, renew_interval=s.controller_renew_interval)
         await runtime.nc.subscribe(names.controller_alive_subject(runtime.node_id), cb=self._on_alive)
         self._tasks = [
             tasks.start("watch-nodes", self._watch_nodes, log),
@@ -112,97 +123,76 @@ class Controller:
 
     async def _election_loop(self) -> None:
         s = self.runtime.settings
-        last_renew = 0.0
         while True:
+            wait_until = None
             try:
-                if self.lease.epoch:
-                    if time.monotonic() - last_renew >= s.controller_renew_interval:
-                        last_renew = time.monotonic()
-                        try:
-                            await self.lease.renew()
-                        except LeaseLost as exc:
-                            await self._on_deposed(str(exc))
-                elif self.accepting:
-                    if await self._try_to_win():
-                        last_renew = time.monotonic()
+                wait_until = await self._election_step()
             except asyncio.CancelledError:
                 raise
             except (NatsTimeout, NatsError) as exc:  # the bus is busy or reconnecting: try again
                 log.warning("election step: %s; retrying", exc or type(exc).__name__)
             except Exception:
                 log.exception("election step failed; retrying")
-            await asyncio.sleep(s.controller_probe_interval)
+            pause = s.controller_probe_interval
+            if wait_until is not None:
+                pause = min(pause, max(0.0, wait_until - time.monotonic()))
+            await asyncio.sleep(pause)
 
-    async def _try_to_win(self) -> bool:
-        me = self.runtime.node_id
-        current = await read_lease(self._leases, names.CONTROLLER_LEASE_KEY)
-        if current is not None and current.record.holder == me:
-            # A lease of ours from an earlier incarnation: it is abandoned by definition.
-            return await self._acquire(current.revision, "taken-over", previous=me)
-        if current is None:
-            return await self._my_turn(None) and await self._acquire(None, "vacant")
-        now = time.monotonic()
-        if current.revision != self._seen_revision:
-            self._seen_revision, self._seen_at = current.revision, now
-        # A revision unchanged for a whole lease length (on our clock, which started no
-        # earlier than the holder's) means the holder has already fenced itself off; we need
-        # not wait for the server to expire the key, and the CAS below fails if it renewed.
-        stale = now - self._seen_at >= self.runtime.settings.controller_lease_ttl
-        if stale:
-            how = "expired"
-        elif await self._holder_alive(current.record.holder, current.epoch):
-            self._absent_since = None
-            return False
+    async def _election_step(self) -> float | None:
+        """One round of the policy; returns when it wants to be asked again (None: the usual interval)."""
+        if self.lease.epoch:
+            action = self.election.holder_step(time.monotonic(), accepting=self.accepting, tenure=self.lease.tenure)
         else:
-            how = "taken-over"
-        return await self._my_turn(current.record.holder) and await self._acquire(
-            current.revision, how, previous=current.record.holder)
+            action = await self._standby_action()
+        if isinstance(action, Renew):
+            try:
+                await self.lease.renew()
+            except LeaseLost as exc:
+                await self._on_deposed(str(exc))
+        elif isinstance(action, StopActing):
+            self.lease.forget()
+            await self._on_deposed(action.why)
+        elif isinstance(action, StepDown):
+            await self._step_down(action.why)
+        elif isinstance(action, Acquire):
+            await self._acquire(action)
+        elif isinstance(action, Wait):
+            return action.until
+        return None
 
-    async def _my_turn(self, holder: str | None) -> bool:
-        """The Backup Controller moves at once; the others give it a head start by rank.
+    async def _standby_action(self) -> Acquire | Wait:
+        current = await read_lease(self._leases, names.CONTROLLER_LEASE_KEY)
+        lease = LeaseSeen(current.record.holder, current.revision, current.epoch) if current else None
+        holder = lease.holder if lease else None
+        standbys = [r.id for r in standby_order((r for r, _ in self._nodes.values()), holder)]
+        probes: dict[str, ProbeResult] = {}
+        while True:
+            action = self.election.standby_step(time.monotonic(), accepting=self.accepting, lease=lease,
+                                                standbys=standbys, probes=probes)
+            if not isinstance(action, ProbeFirst):
+                return action
+            answers = await asyncio.gather(*(self._probe(node) for node in action.nodes))
+            probes.update(zip(action.nodes, answers))
 
-        Standbys ranked ahead of us that are provably gone (no responders) do not count, so
-        a dead backup whose record is not yet FAILED does not delay the takeover.
-        """
-        order = [r.id for r in standby_order((r for r, _ in self._nodes.values()), holder)]
-        ahead = order[: order.index(self.runtime.node_id)] if self.runtime.node_id in order else order
-        rank = 0
-        for other in ahead:
-            if await self._reachable(other):
-                rank += 1
-        if rank == 0:
-            return True
-        if self._absent_since is None:
-            self._absent_since = time.monotonic()
-        return time.monotonic() - self._absent_since >= rank * 1.0
-
-    async def _probe(self, node_id: str) -> dict | None:
-        """The controller's answer on its alive subject; None when its connection is provably
-        gone (no responders), {} when it is silent (paused or partitioned: not provably gone)."""
+    async def _probe(self, node_id: str) -> ProbeResult:
+        """The controller's answer on its alive subject: GONE when its connection is provably
+        closed (no responders), SILENT when it does not answer (paused or partitioned)."""
         try:
             reply = await self.runtime.nc.request(names.controller_alive_subject(node_id), b"", timeout=0.5)
         except NoRespondersError:
-            return None
+            return ProbeResult(Probe.GONE)
         except NatsTimeout:
-            return {}
-        with suppress(ValueError):
-            return json.loads(reply.data)
-        return {}
+            return ProbeResult(Probe.SILENT)
+        try:
+            return ProbeResult(Probe.ANSWERED, epoch=int(json.loads(reply.data).get("epoch", 0)))
+        except (ValueError, AttributeError, TypeError):
+            return ProbeResult(Probe.SILENT)  # garbled: not proof of anything
 
-    async def _reachable(self, node_id: str) -> bool:
-        return await self._probe(node_id) is not None
-
-    async def _holder_alive(self, holder: str, epoch: int) -> bool:
-        answer = await self._probe(holder)
-        if answer is None:
-            return False
-        # A live process of that name that no longer holds this epoch has abandoned it.
-        return answer.get("epoch", epoch) == epoch
-
-    async def _acquire(self, revision: int | None, how: str, previous: str | None = None) -> bool:
-        if not await self.lease.try_acquire(take_over_revision=revision):
-            return False
-        self._absent_since = None
+    async def _acquire(self, action: Acquire) -> None:
+        if not await self.lease.try_acquire(take_over_revision=action.revision):
+            return
+        self.election.won()
+        how, previous = action.how, action.previous
         rt = self.runtime
         rt.epochs.observe(self.lease.epoch)
         now = time.monotonic()
@@ -213,7 +203,6 @@ class Controller:
                     f", after {previous}" if previous else "")
         await rt.publish_event(names.cluster_event_subject("controller"), ControllerElected(
             node_id=rt.node_id, epoch=self.lease.epoch, previous=previous, how=how))
-        return True
 
     async def _on_deposed(self, why: str) -> None:
         log.warning("%s stops acting as controller: %s", self.runtime.node_id, why)
@@ -268,6 +257,15 @@ class Controller:
     async def _declare_failed(self, record: NodeRecord, revision: int) -> None:
         old = record.state
         failed = record.model_copy(update={"state": NodeState.FAILED, "reason": f"no heartbeat for {self.runtime.settings.node_ttl:g}s"})
+        epoch = self.lease.epoch
+        decision = NodeFailed(epoch=epoch, by=self.runtime.node_id, node_id=record.id, role=record.role,
+                              judged_revision=revision, reason=failed.reason)
+        try:
+            # Fenced: the server refuses it once the lease is someone else's, however long we slept.
+            await publish_decision(self.lease, decision)
+        except LeaseLost as exc:
+            await self._on_deposed(f"declaring {record.id} FAILED was refused: {exc}")
+            return
         try:
             # CAS: if the instance wrote in the meantime it is alive after all.
             await self._nodes_kv.update(names.node_key(record.id), failed.encode(), last=revision)
@@ -276,7 +274,7 @@ class Controller:
         log.warning("%s declared %s FAILED (was %s)", self.runtime.node_id, record.id, old)
         await self.runtime.publish_event(names.cluster_event_subject("node"), NodeStateChanged(
             node_id=record.id, role=record.role, old=old, new=NodeState.FAILED, reason=failed.reason,
-            by=self.runtime.node_id, epoch=self.lease.epoch))
+            by=self.runtime.node_id, epoch=epoch))
 
     # --- the controller API -----------------------------------------------------------------
 
