@@ -127,6 +127,34 @@ class NodeDrained(Event):
     role: str
 
 
+class AccountAcquired(Event):
+    """A mailstore became the single writer of an account.  Subject ``colony.cluster.owner``.
+
+    ``epoch`` is the revision of the winning write in ``account_owners``; ``how`` is
+    ``vacant`` (nobody held it), ``taken-over`` (the holder was proven gone: its delivery
+    subject had no responders) or ``expired`` (the same lease revision was seen unrenewed for
+    a whole lease length), with ``previous`` the holder it replaced.
+    """
+
+    type: ClassVar[str] = "cluster.account_acquired"
+    address: str
+    node_id: str
+    epoch: int
+    how: str = "vacant"
+    previous: str | None = None
+
+
+class AccountReleased(Event):
+    """A mailstore gave an account up (``reason``: ``idle``, ``drain``, ``stopping``, or
+    ``lost``: its renewal failed and it stopped writing).  Subject ``colony.cluster.owner``."""
+
+    type: ClassVar[str] = "cluster.account_released"
+    address: str
+    node_id: str
+    epoch: int
+    reason: str
+
+
 class DrainFailed(Event):
     """A requested drain could not finish (``error``); the instance stays NOT_READY and not
     drained until ``colony drain`` is asked again or ``colony ready``.  Subject ``colony.cluster.drain``."""

@@ -105,6 +105,22 @@ def node_command_subject(node_id: str) -> str:
     return f"colony.node.cmd.{to_token(node_id)}"
 
 
+def mailstore_deliver_subject(node_id: str) -> str:
+    """Deliveries another mailstore forwards to the owner of the accounts (request/reply,
+    ``colony_mailstore.forward``); 'no responders' proves the owner's connection is gone."""
+    return f"colony.mailstore.deliver.{to_token(node_id)}"
+
+
+MAILSTORE_DELIVER = "colony.mailstore.deliver.*"  # pattern of the above, for permissions
+MAILSTORE_CONSUMER = "mailstore"  # durable pull consumer of a region's MAIL, shared by its mailstores
+OWNER_EVENTS = "owner"            # cluster_event_subject kind of account-ownership events
+
+
+def account_owner_key(address: str) -> str:
+    """Key of an account's single-writer lease in ``account_owners`` (address = local@domain)."""
+    return to_token(address)
+
+
 AUTH_CHECK = "colony.auth.check"          # password check for the cluster (queue group)
 AUTH_SIP_CREDENTIALS = "colony.auth.sip"  # SIP digest credentials (HA1) for the farm
 DIRECTORY_LOOKUP = "colony.dir.lookup"          # one directory entry (colony.contracts.directory)

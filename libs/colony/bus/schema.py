@@ -61,8 +61,11 @@ def bucket_configs(settings: Settings) -> Buckets:
             storage=StorageType.FILE, replicas=r,
             description="the controller lease (its acquisition revision is the fencing epoch) and its fenced decisions",
         ),
+        # As the controller lease once was: the max age *is* the account lease length, every
+        # renewal restarts it, and a mailstore that stops renewing loses its accounts.
         account_owners=KeyValueConfig(
-            bucket=names.BUCKET_ACCOUNT_OWNERS, history=5, storage=StorageType.FILE, replicas=r,
+            bucket=names.BUCKET_ACCOUNT_OWNERS, history=5, ttl=settings.account_lease_ttl,
+            storage=StorageType.FILE, replicas=r,
             description="per-account single-writer leases",
         ),
         sip_bindings=KeyValueConfig(

@@ -94,6 +94,30 @@ def account_paths(root: Path, domain: str, name: str, layout: StorageLayout) -> 
     return AccountPaths(account_dir, fast_dir / f"{account}.settings", fast_dir / f"{account}.info")
 
 
+ACCOUNT_METHODS = ("none", "1", "1-1", "2-1", "2-2")
+
+
+def candidate_layouts(current: StorageLayout) -> list[StorageLayout]:
+    """Every layout an account may still be under after a switch was interrupted: the
+    current one first, then each combination of foldering (same fast-storage index)."""
+    out = [current]
+    for levels in (0, 1, 2):
+        for method in ACCOUNT_METHODS:
+            layout = StorageLayout(method, levels, current.fast_storage_index)
+            if layout not in out:
+                out.append(layout)
+    return out
+
+
+def find_account(root: Path, domain: str, name: str, current: StorageLayout) -> tuple[AccountPaths, StorageLayout] | None:
+    """Where the account's directory is, under any layout (current first); None if nowhere."""
+    for layout in candidate_layouts(current):
+        paths = account_paths(root, domain, name, layout)
+        if paths.account_dir.is_dir():
+            return paths, layout
+    return None
+
+
 def locate(root: Path, domain: str, name: str, current: StorageLayout,
            previous: StorageLayout | None = None) -> tuple[AccountPaths, bool]:
     """The account's paths and whether it exists there: under ``current`` if its directory is

@@ -204,6 +204,36 @@ class Stored:
 Listener = Callable[[list[j._Record]], None]
 
 
+def rebuild(journal_dir: Path, segments: dict[int, Path], below: int) -> tuple[MailState, int, int]:
+    """The state the highest *sealed* segment under epoch ``below`` says, with that epoch and
+    the valid length read (see the journal's theory of operation)."""
+    for epoch in sorted((e for e in segments if e < below), reverse=True):
+        records, offsets, valid = j.decode_segment(segments[epoch].read_bytes())
+        if len(records) < 2 or not isinstance(records[1], j.Seal) or records[1].e != epoch:
+            continue  # claimed but never sealed: that owner died taking over and wrote nothing
+        base = offsets[1]  # the base snapshot is the state right after the seal
+        snaps = [(off, p) for e, off, p in j.list_snapshots(journal_dir) if e == epoch and base <= off <= valid]
+        if not snaps:
+            raise j.Fenced(f"base snapshot of epoch {epoch} missing in {journal_dir}")
+        off, path = max(snaps)
+        state = MailState.from_json(j.read_snapshot(path)["state"])
+        for record, end in zip(records, offsets):
+            if end > off and not isinstance(record, (j.Claim, j.Seal)):
+                state.apply(record)
+        return state, epoch, valid
+    return MailState(), 0, 0
+
+
+def read_state(mail_dir: Path) -> MailState:
+    """What an account's mail is, read without claiming it (tests, operators' tools): the
+    state the next owner would rebuild."""
+    journal_dir = Path(mail_dir) / "journal"
+    if not journal_dir.is_dir():
+        return MailState()
+    segments = j.list_segments(journal_dir)
+    return rebuild(journal_dir, segments, max(segments, default=0) + 1)[0]
+
+
 class AccountMail:
     """The owner's handle on one account's mail for one epoch."""
 
@@ -256,22 +286,8 @@ class AccountMail:
         self._collect_garbage(segments)
 
     def _rebuild(self, segments: dict[int, Path]) -> tuple[int, int]:
-        for epoch in sorted((e for e in segments if e < self.epoch), reverse=True):
-            data = segments[epoch].read_bytes()
-            records, offsets, valid = j.decode_segment(data)
-            if len(records) < 2 or not isinstance(records[1], j.Seal) or records[1].e != epoch:
-                continue  # claimed but never sealed: that owner died taking over and wrote nothing
-            base = offsets[1]  # the base snapshot is the state right after the seal
-            snaps = [(off, p) for e, off, p in j.list_snapshots(self.journal_dir) if e == epoch and base <= off <= valid]
-            off, path = max(snaps) if snaps else (base, None)
-            if path is None:
-                raise j.Fenced(f"base snapshot of epoch {epoch} missing in {self.journal_dir}")
-            self.state = MailState.from_json(j.read_snapshot(path)["state"])
-            for record, end in zip(records, offsets):
-                if end > off and not isinstance(record, (j.Claim, j.Seal)):
-                    self.state.apply(record)
-            return epoch, valid
-        return 0, 0
+        self.state, prev, length = rebuild(self.journal_dir, segments, self.epoch)
+        return prev, length
 
     def _collect_garbage(self, segments: dict[int, Path]) -> None:
         """Older segments and snapshots are superseded by our base snapshot; bodies that only
@@ -435,6 +451,16 @@ class AccountMail:
         for epoch, off, path in j.list_snapshots(self.journal_dir)[:-2]:
             if epoch == self.epoch and off < self._offset:
                 path.unlink(missing_ok=True)
+
+    def relocate(self, mail_dir: Path) -> None:
+        """The account directory was renamed (a foldering switch): follow it.  The segment's
+        file descriptor stays valid across a rename on one file system."""
+        self._check()
+        if self._pending:
+            raise MailboxError("commit before relocating")
+        self.dir = Path(mail_dir)
+        self.journal_dir = self.dir / "journal"
+        self.bodies_dir = self.dir / "bodies"
 
     def close(self) -> None:
         if self._fd is not None:

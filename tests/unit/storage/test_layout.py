@@ -77,3 +77,12 @@ def test_locate_finds_account_under_old_layout_while_it_moves(tmp_path):
     assert exists and paths.account_dir.parent.name == "company.com"
     paths, exists = locate(tmp_path, "company.com", "newbie", new, old)
     assert not exists and paths.account_dir.parent.name == "n.sub"
+
+
+def test_find_account_under_any_layout(tmp_path):
+    from colony.storage.layout import find_account
+    old = StorageLayout("2-1", domain_levels=1)
+    account_paths(tmp_path, "company.com", "jsmith", old).account_dir.mkdir(parents=True)
+    paths, layout = find_account(tmp_path, "company.com", "jsmith", StorageLayout("1"))
+    assert layout == old and paths.account_dir.is_dir()
+    assert find_account(tmp_path, "company.com", "nobody", StorageLayout()) is None

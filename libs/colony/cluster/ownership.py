@@ -1,0 +1,168 @@
+"""Per-account single-writer leases (``account_owners``) and where an unowned account goes.
+
+Theory of operation
+-------------------
+At most one mailstore writes an account at a time (DESIGN §4).  It holds a lease on the key
+``names.account_owner_key(address)`` in ``account_owners``, a bucket whose max age is the
+lease length (``account_lease_ttl``): every renewal is a new revision and restarts the age,
+so a holder that stops renewing loses the key without anyone deleting it.  All decisions are
+compare-and-set writes (``colony.cluster.lease.Lease``); the revision of the winning
+acquisition is the account's **epoch**, which the mail journal stamps on every record
+(``colony.storage.journal``), so a paused old owner that wakes up cannot corrupt what the
+new owner wrote.
+
+Taking an account (``acquire``):
+
+* ``vacant``: no key, a ``create()``;
+* ``taken-over``: the holder is proven gone -- work forwarded to its delivery subject found
+  *no responders* (the server dropped its subscriptions: its connection is closed), or the
+  holder is an earlier incarnation of this very node id -- a CAS on the revision seen;
+* ``expired``: the holder is silent (paused, partitioned) and ``TakeoverWatch`` has seen the
+  same revision unrenewed for a whole lease length *on our own clock*; by then the holder has
+  fenced itself (it stops ``safety_margin`` before its lease could end, measured from when it
+  *sent* the renewal), so a CAS on that revision is safe without waiting for the server.
+
+Every acquisition and release is an event on ``colony.cluster.owner`` (``AccountAcquired``,
+``AccountReleased``).  An unowned account is placed by rendezvous hashing over the READY
+mailstores (``place``), so every instance that sees the same members sends it to the same one
+and a membership change moves only the accounts it must.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable
+
+from nats.aio.client import Client
+from nats.js.kv import KeyValue
+
+from colony.bus import names
+from colony.cluster.lease import Lease, LeaseEntry, LeaseLost, read_lease
+from colony.cluster.membership import NodeState
+from colony.cluster.view import read_nodes
+from colony.events import AccountAcquired, AccountReleased, Event
+from colony.hashing import choose
+from colony.settings import Role, Settings
+
+log = logging.getLogger("colony.ownership")
+
+Publish = Callable[[str, Event], Awaitable[None]]
+
+
+def place(address: str, ready_mailstores: Iterable[str]) -> str | None:
+    """The READY mailstore an unowned account belongs on (rendezvous hashing)."""
+    return choose(address, ready_mailstores)
+
+
+class TakeoverWatch:
+    """Pure: when did we first see each lease revision?  A revision unchanged for a whole
+    lease length (on our clock) belongs to a holder that has stopped acting.  Bounded: the
+    oldest sightings are forgotten first (we only watch accounts we have work for)."""
+
+    def __init__(self, ttl: float, max_entries: int = 100_000) -> None:
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self._seen: OrderedDict[str, tuple[int, float]] = OrderedDict()
+
+    def lapsed(self, key: str, revision: int, now: float) -> bool:
+        prior = self._seen.get(key)
+        if prior is None or prior[0] != revision:
+            self._seen[key] = (revision, now)
+            self._seen.move_to_end(key)
+            while len(self._seen) > self.max_entries:
+                self._seen.popitem(last=False)
+            return False
+        return now - prior[1] >= self.ttl
+
+    def forget(self, key: str) -> None:
+        self._seen.pop(key, None)
+
+
+class AccountOwnership:
+    """The leases this instance holds, and the writes that take, renew and release them."""
+
+    def __init__(self, kv: KeyValue, node_id: str, settings: Settings, publish: Publish,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if settings.account_lease_safety_margin >= settings.account_lease_ttl:
+            raise ValueError("COLONY_ACCOUNT_LEASE_SAFETY_MARGIN must be shorter than COLONY_ACCOUNT_LEASE_TTL")
+        self.kv = kv
+        self.node_id = node_id
+        self.ttl = settings.account_lease_ttl
+        self.margin = settings.account_lease_safety_margin
+        self.publish = publish
+        self.clock = clock
+        self.leases: dict[str, Lease] = {}
+        self.watch = TakeoverWatch(self.ttl)
+
+    def holding(self, address: str) -> Lease | None:
+        """Our lease on ``address`` if we may write it now (by our own clock)."""
+        lease = self.leases.get(address)
+        return lease if lease is not None and lease.held else None
+
+    async def owner(self, address: str) -> LeaseEntry | None:
+        return await read_lease(self.kv, names.account_owner_key(address))
+
+    async def acquire(self, address: str, seen: LeaseEntry | None = None, how: str = "vacant") -> Lease | None:
+        """Take ``address``: create the key (``seen`` None) or replace revision ``seen``.
+        None if someone else won the race."""
+        lease = Lease(self.kv, names.account_owner_key(address), self.node_id, self.ttl, self.margin, clock=self.clock)
+        if not await lease.try_acquire(None if seen is None else seen.revision):
+            return None
+        self.leases[address] = lease
+        self.watch.forget(address)
+        previous = seen.record.holder if seen is not None else None
+        log.info("acquired %s (epoch %d, %s%s)", address, lease.epoch, how, f" from {previous}" if previous else "")
+        await self.publish(names.cluster_event_subject(names.OWNER_EVENTS), AccountAcquired(
+            address=address, node_id=self.node_id, epoch=lease.epoch, how=how, previous=previous))
+        return lease
+
+    def lapsed(self, address: str, seen: LeaseEntry) -> bool:
+        """True once ``seen``'s revision has stayed unrenewed for a lease length (see module doc)."""
+        return self.watch.lapsed(address, seen.revision, self.clock())
+
+    async def renew_all(self) -> list[str]:
+        """Renew every lease; returns the addresses lost (their handles must be closed now)."""
+        lost = []
+
+        async def one(address: str, lease: Lease) -> None:
+            try:
+                await lease.renew()
+            except LeaseLost as exc:
+                log.warning("lost %s (epoch %d): %s", address, lease.epoch or 0, exc)
+                lost.append(address)
+            except Exception as exc:  # the bus is away: our tenure still bounds how long we write
+                log.warning("could not renew %s: %s", address, exc)
+                if not lease.held:
+                    lost.append(address)
+
+        await asyncio.gather(*(one(a, lease) for a, lease in list(self.leases.items())))
+        for address in lost:
+            lease = self.leases.pop(address, None)
+            await self.publish(names.cluster_event_subject(names.OWNER_EVENTS), AccountReleased(
+                address=address, node_id=self.node_id, epoch=lease.epoch if lease else 0, reason="lost"))
+        return lost
+
+    async def release(self, address: str, reason: str) -> None:
+        lease = self.leases.pop(address, None)
+        if lease is None:
+            return
+        epoch = lease.epoch
+        await lease.release()
+        await self.publish(names.cluster_event_subject(names.OWNER_EVENTS), AccountReleased(
+            address=address, node_id=self.node_id, epoch=epoch, reason=reason))
+
+
+class MailstoreMembers:
+    """The READY mailstores, as last read from ``cluster_nodes`` (refreshed by its owner)."""
+
+    def __init__(self, nc: Client) -> None:
+        self.nc = nc
+        self.ready: tuple[str, ...] = ()
+
+    async def refresh(self) -> tuple[str, ...]:
+        records = await read_nodes(self.nc)
+        self.ready = tuple(sorted(r.id for r in records if r.role == Role.MAILSTORE and r.state == NodeState.READY))
+        return self.ready
