@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 
 import uvicorn
+
+log = logging.getLogger("colony.http")
 
 
 class _QuietSignalsServer(uvicorn.Server):
@@ -29,12 +32,24 @@ class EmbeddedHttpServer:
     async def start(self) -> int:
         """Serve in the background; returns the bound port once the socket listens."""
         self._task = asyncio.create_task(self.server.serve(), name="http-server")
+        self._task.add_done_callback(self._ended)
         while not self.server.started:
             if self._task.done():
                 self._task.result()  # raises the bind error (port taken, ...)
                 raise RuntimeError("http server exited before it started")
             await asyncio.sleep(0.01)
         return self.server.servers[0].sockets[0].getsockname()[1]
+
+    def _ended(self, task: asyncio.Task) -> None:
+        """The server belongs to this object, not to a task owner (it starts before the
+        instance registers); a server that dies on its own must still be said out loud."""
+        if task.cancelled() or self.server.should_exit:
+            return
+        exc = task.exception()
+        if exc is not None:
+            log.error("HTTP server on %s:%s failed", self.server.config.host, self.server.config.port, exc_info=exc)
+        else:
+            log.error("HTTP server on %s:%s stopped by itself", self.server.config.host, self.server.config.port)
 
     async def stop(self) -> None:
         if self._task is None:
