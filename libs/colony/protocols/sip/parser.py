@@ -1,0 +1,247 @@
+"""Reading SIP messages from bytes: datagrams (UDP) and byte streams (TCP, TLS).
+
+Theory of operation
+-------------------
+``parse_message(data)`` turns one whole message into a ``SipRequest`` or ``SipResponse`` or
+raises ``SipParseError``.  The error carries the status a server answers a *request* with
+(400, 416, 505, 413...) and, when enough of the request was readable to address a response
+to it (Via, From, To, Call-ID, CSeq), the partly parsed request, so the transport can send
+that answer; otherwise (a broken response, or garbage) the message is dropped silently, as
+RFC 3261 §16.3/§18 want for what cannot be answered.
+
+What we tolerate (RFC 3261 §7.3.1 and the RFC 4475 "valid" torture cases): any case in
+header names and compact forms, white space around the colon and inside values, folded
+header lines (a line that starts with SP/HT continues the previous one), bare LF line ends,
+unknown header fields and methods, escaped characters in URIs, Content-Length shorter than
+a datagram (the rest is ignored, §18.3).
+
+What we refuse (the RFC 4475 "invalid" ones): a start line that is not exactly three
+SP-separated parts, white space or ``<>`` in the Request-URI, a version other than SIP/2.0
+(505), a status code outside 100..699, a header line without a colon or with an invalid
+name, a missing mandatory header (Via, From, To, Call-ID, CSeq), a CSeq whose method is not
+the request's, a non-numeric or negative Content-Length, a Content-Length longer than the
+datagram, Max-Forwards outside 0..255, an unknown URI scheme in a request (416), and any
+message larger than ``max_size`` (413 / dropped).
+
+``StreamFramer`` cuts a byte stream into messages: it skips the CRLFs a client sends as
+keep-alive between messages (answering a CRLFCRLF "ping" with a CRLF "pong", RFC 5626 §4.4.1),
+needs Content-Length on a stream (§18.3), and never holds more than ``max_size`` bytes of
+one message: a larger one is an error that ends the connection.
+"""
+
+from __future__ import annotations
+
+import re
+
+from colony.protocols.sip.message import Headers, SipRequest, SipResponse, canonical_name, parse_cseq, split_list, LIST_FIELDS, parse_via
+from colony.protocols.sip.uri import OtherURI, URIError, parse_address, parse_uri
+
+MAX_SIZE = 65_535
+MAX_HEADERS = 256
+MANDATORY = ("Via", "From", "To", "Call-ID", "CSeq")
+
+_TOKEN = re.compile(r"^[A-Za-z0-9\-.!%*_+`'~]+$")
+_VERSION = re.compile(r"^SIP/2\.0$", re.IGNORECASE)
+
+
+class SipParseError(ValueError):
+    def __init__(self, status: int, reason: str, request: SipRequest | None = None) -> None:
+        super().__init__(f"{status} {reason}")
+        self.status = status
+        self.reason = reason
+        self.request = request     # set when a response can be addressed to it
+
+
+def _split_head(data: bytes) -> tuple[bytes, bytes]:
+    """Header section and body, split at the first empty line whatever its line ends."""
+    found = [(i, len(sep)) for sep in (b"\r\n\r\n", b"\n\n", b"\n\r\n") if (i := data.find(sep)) >= 0]
+    if not found:
+        return data, b""
+    i, n = min(found)
+    return data[:i], data[i + n:]
+
+
+def _lines(head: str) -> list[str]:
+    raw = head.rstrip("\r").replace("\r\n", "\n").split("\n")
+    lines: list[str] = []
+    for line in raw:
+        if line[:1] in (" ", "\t") and lines:
+            lines[-1] = lines[-1].rstrip() + " " + line.strip()   # folded continuation
+        else:
+            lines.append(line)
+    return lines
+
+
+def parse_message(data: bytes, max_size: int = MAX_SIZE) -> SipRequest | SipResponse:
+    if len(data) > max_size:
+        raise SipParseError(413, "Message Too Large")
+    head_bytes, body = _split_head(data.lstrip(b"\r\n"))
+    try:
+        head = head_bytes.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SipParseError(400, "Header Section Is Not UTF-8") from None
+    lines = _lines(head)
+    start, header_lines = lines[0], lines[1:]
+    if not start:
+        raise SipParseError(400, "Empty Start Line")
+    headers = Headers()
+    for line in header_lines:
+        if not line.strip():
+            continue
+        name, colon, value = line.partition(":")
+        name = name.strip()
+        if not colon or not _TOKEN.match(name):
+            raise SipParseError(400, "Malformed Header Line")
+        canonical = canonical_name(name)
+        value = value.strip()
+        if canonical in LIST_FIELDS:
+            for part in split_list(value):
+                headers.add(canonical, part)
+        else:
+            headers.add(canonical, value)
+        if len(headers) > MAX_HEADERS:
+            raise SipParseError(400, "Too Many Header Fields")
+
+    parts = start.split(" ")
+    if start.startswith("SIP/") or start[:4].upper() == "SIP/":
+        return _response(parts, headers, body, start)
+    return _request(parts, headers, body)
+
+
+def _content(headers: Headers, body: bytes, request: SipRequest | None) -> bytes:
+    values = headers.get_all("Content-Length")
+    if not values:
+        return body
+    if len(set(values)) > 1:
+        raise SipParseError(400, "Conflicting Content-Length", request)
+    text = values[0]
+    if not text.isdigit() or len(text) > 9:
+        raise SipParseError(400, "Bad Content-Length", request)
+    length = int(text)
+    if length > len(body):
+        raise SipParseError(400, "Content-Length Larger Than Message", request)
+    return body[:length]
+
+
+def _addressable(headers: Headers) -> bool:
+    if any(headers.get(name) is None for name in MANDATORY):
+        return False
+    try:
+        parse_via(headers.get("Via") or "")
+        parse_cseq(headers.get("CSeq") or "")
+    except URIError:
+        return False
+    return True
+
+
+def _request(parts: list[str], headers: Headers, body: bytes) -> SipRequest:
+    partial = SipRequest(headers=headers, method=parts[0] if parts else "", uri=None)
+    answerable = partial if _addressable(headers) else None
+    if len(parts) != 3:
+        raise SipParseError(400, "Malformed Request Line", answerable)
+    method, uri_text, version = parts
+    if not _TOKEN.match(method):
+        raise SipParseError(400, "Bad Method", answerable)
+    if not _VERSION.match(version):
+        raise SipParseError(505, "Version Not Supported", answerable)
+    missing = [name for name in MANDATORY if headers.get(name) is None]
+    if missing:
+        raise SipParseError(400, f"Missing {missing[0]}", answerable)
+    try:
+        cseq = parse_cseq(headers.get("CSeq") or "")
+        for value in headers.get_all("Via"):
+            parse_via(value)
+        parse_address(headers.get("From") or "")
+        parse_address(headers.get("To") or "")
+    except URIError as exc:
+        raise SipParseError(400, f"Bad Header: {str(exc)[:60]}", answerable) from None
+    if cseq.method != method:
+        raise SipParseError(400, "CSeq Method Does Not Match", answerable)
+    max_forwards = headers.get("Max-Forwards")
+    if max_forwards is not None and (not max_forwards.isdigit() or int(max_forwards) > 255):
+        raise SipParseError(400, "Bad Max-Forwards", answerable)
+    if uri_text.startswith("<"):
+        raise SipParseError(400, "Request-URI In Angle Brackets", answerable)
+    try:
+        uri = parse_uri(uri_text)
+    except URIError as exc:
+        raise SipParseError(400, f"Bad Request-URI: {str(exc)[:60]}", answerable) from None
+    if isinstance(uri, OtherURI) and uri.scheme not in ("tel",):
+        raise SipParseError(416, "Unsupported URI Scheme", answerable)
+    if getattr(uri, "headers", None):
+        raise SipParseError(400, "Headers In Request-URI", answerable)  # RFC 3261 §19.1.5
+    request = SipRequest(headers=headers, method=method, uri=uri, version="SIP/2.0")
+    request.body = _content(headers, body, request)
+    return request
+
+
+def _response(parts: list[str], headers: Headers, body: bytes, start: str) -> SipResponse:
+    if len(parts) < 2 or not _VERSION.match(parts[0]):
+        raise SipParseError(505 if parts and parts[0].upper().startswith("SIP/") else 400, "Bad Status Line")
+    code = parts[1]
+    if len(code) != 3 or not code.isdigit() or not 100 <= int(code) <= 699:
+        raise SipParseError(400, "Bad Status Code")
+    missing = [name for name in MANDATORY if headers.get(name) is None]
+    if missing:
+        raise SipParseError(400, f"Missing {missing[0]}")
+    try:
+        parse_cseq(headers.get("CSeq") or "")
+        parse_via(headers.get("Via") or "")
+    except URIError:
+        raise SipParseError(400, "Bad Header") from None
+    response = SipResponse(headers=headers, status=int(code), reason=start.split(" ", 2)[2] if len(parts) > 2 else "")
+    response.body = _content(headers, body, None)
+    return response
+
+
+class StreamFramer:
+    """Cut a TCP/TLS byte stream into messages (sans-IO: feed bytes, take messages)."""
+
+    PONG = b"\r\n"
+
+    def __init__(self, max_size: int = MAX_SIZE) -> None:
+        self.max_size = max_size
+        self._buffer = bytearray()
+        self.pings = 0            # CRLFCRLF keep-alives seen (each wants a CRLF pong)
+
+    def feed(self, data: bytes) -> None:
+        self._buffer += data
+
+    def next_message(self) -> bytes | None:
+        """The next whole message's bytes, or None until more data arrives.  Raises
+        ``SipParseError`` when the stream cannot continue (the connection must close)."""
+        buf = self._buffer
+        while True:  # CRLFs before a start line are keep-alives (RFC 3261 §7.5, RFC 5626)
+            if buf.startswith(b"\r\n\r\n"):
+                self.pings += 1
+                del buf[:4]
+            elif buf.startswith(b"\r\n"):
+                if len(buf) < 4 and b"\r\n\r\n".startswith(bytes(buf)):
+                    return None  # perhaps the first half of a ping
+                del buf[:2]
+            elif buf.startswith(b"\n"):
+                del buf[:1]
+            else:
+                break
+        end = buf.find(b"\r\n\r\n")
+        sep = 4
+        if end < 0:
+            end, sep = buf.find(b"\n\n"), 2
+        if end < 0:
+            if len(buf) > self.max_size:
+                raise SipParseError(413, "Message Too Large")
+            return None
+        head = bytes(buf[:end])
+        match = re.search(rb"(?im)^(?:content-length|l)[ \t]*:[ \t]*(\S*)[ \t]*\r?$", head)
+        if not match:
+            raise SipParseError(400, "Missing Content-Length On A Stream")
+        if not match.group(1).isdigit() or len(match.group(1)) > 9:
+            raise SipParseError(400, "Bad Content-Length")
+        total = end + sep + int(match.group(1))
+        if total > self.max_size:
+            raise SipParseError(413, "Message Too Large")
+        if len(buf) < total:
+            return None
+        message = bytes(buf[:total])
+        del buf[:total]
+        return message

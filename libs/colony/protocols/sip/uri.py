@@ -1,0 +1,248 @@
+"""SIP URIs (RFC 3261 §19.1, §25.1) and name-addr / addr-spec values (§20.10, §25.1).
+
+Parsed into small frozen objects that print back to a canonical form.  Tolerant where the
+grammar lets senders vary (case of the scheme and of parameter names, escaped characters in
+the user part, IPv6 references), strict where a wrong guess would route a call wrongly (a
+missing host, an unbalanced ``<``, a port that is not a number).
+
+``SipURI.user`` is *unescaped* (``%41`` -> ``A``, RFC 3261 §19.1.4 compares URIs after
+unescaping); ``__str__`` escapes it again where the grammar requires.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+from urllib.parse import quote, unquote_to_bytes
+
+
+class URIError(ValueError):
+    """The text is not a URI we can route by; the message names what is wrong."""
+
+
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*):")
+# RFC 3261 user unreserved + unreserved + escaped; anything else must be %-escaped on output.
+_USER_SAFE = "-_.!~*'()&=+$,;?/"
+_TOKEN = re.compile(r"^[A-Za-z0-9\-.!%*_+`'~]+$")
+
+
+def _split_params(text: str) -> dict[str, str | None]:
+    params: dict[str, str | None] = {}
+    for part in text.split(";"):
+        if not part.strip():
+            continue  # ";;" and folded white space between parameters
+        name, eq, value = part.partition("=")
+        name = name.strip().lower()
+        if not name:
+            raise URIError(f"empty parameter name in {text!r}")
+        params[name] = value.strip() if eq else None
+    return params
+
+
+def _format_params(params: dict[str, str | None]) -> str:
+    return "".join(f";{k}" if v is None else f";{k}={v}" for k, v in params.items())
+
+
+@dataclass(frozen=True)
+class SipURI:
+    scheme: str                      # "sip" or "sips" (lower case)
+    host: str                        # lower case; IPv6 without brackets
+    user: str | None = None          # unescaped
+    password: str | None = None
+    port: int | None = None
+    params: dict[str, str | None] = field(default_factory=dict, compare=False, hash=False)
+    headers: str | None = field(default=None, compare=False, hash=False)
+
+    @property
+    def hostport(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}" if self.port else host
+
+    @property
+    def aor(self) -> str:
+        """Address of record: ``user@host`` (what a registrar keys bindings by)."""
+        return f"{self.user}@{self.host}" if self.user is not None else self.host
+
+    @property
+    def transport(self) -> str | None:
+        value = self.params.get("transport")
+        return value.lower() if value else None
+
+    def with_params(self, **params: str | None) -> SipURI:
+        return replace(self, params={**self.params, **params})
+
+    def without_params(self, *names: str) -> SipURI:
+        return replace(self, params={k: v for k, v in self.params.items() if k not in names})
+
+    def __str__(self) -> str:
+        userinfo = ""
+        if self.user is not None:
+            userinfo = quote(self.user, safe=_USER_SAFE)
+            if self.password is not None:
+                userinfo += ":" + quote(self.password, safe="-_.!~*'()&=+$,")
+            userinfo += "@"
+        headers = f"?{self.headers}" if self.headers else ""
+        return f"{self.scheme}:{userinfo}{self.hostport}{_format_params(self.params)}{headers}"
+
+
+@dataclass(frozen=True)
+class OtherURI:
+    """A URI of another scheme (tel:, urn:, ...): kept as text, compared case-insensitively
+    in its scheme.  A proxy can still forward to it; a registrar refuses it (416)."""
+
+    scheme: str
+    rest: str
+
+    def __str__(self) -> str:
+        return f"{self.scheme}:{self.rest}"
+
+
+URI = SipURI | OtherURI
+
+
+def _unescape(text: str, what: str) -> str:
+    try:
+        return unquote_to_bytes(text).decode("utf-8")
+    except UnicodeDecodeError:
+        raise URIError(f"{what} {text!r} is not UTF-8 once unescaped") from None
+
+
+def parse_host(text: str) -> tuple[str, int | None]:
+    """``host[:port]`` with IPv6 references in brackets -> (host, port)."""
+    text = text.strip()
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise URIError(f"unterminated IPv6 reference in {text!r}")
+        host, rest = text[1:end], text[end + 1:]
+        if not re.fullmatch(r"[0-9A-Fa-f:.]+", host):
+            raise URIError(f"{host!r} is not an IPv6 address")
+    else:
+        host, sep, port_text = text.partition(":")
+        rest = sep + port_text
+        if not host or not re.fullmatch(r"[A-Za-z0-9\-._]+", host):
+            raise URIError(f"bad host {host!r}")
+    port = None
+    if rest:
+        if not rest.startswith(":") or not rest[1:].isdigit():
+            raise URIError(f"bad port in {text!r}")
+        port = int(rest[1:])
+        if not 0 < port < 65536:
+            raise URIError(f"port {port} out of range")
+    return host.lower(), port
+
+
+def parse_uri(text: str) -> URI:
+    text = text.strip()
+    match = _SCHEME.match(text)
+    if not match:
+        raise URIError(f"{text!r} has no URI scheme")
+    scheme = match.group(1).lower()
+    rest = text[match.end():]
+    if scheme not in ("sip", "sips"):
+        if not rest:
+            raise URIError(f"empty {scheme}: URI")
+        return OtherURI(scheme, rest)
+    if any(c in rest for c in " \t\r\n<>"):
+        raise URIError(f"white space or angle brackets inside the URI {text!r}")
+    # The user part may hold '?', ';' and '/' (user-unreserved); '@' appears nowhere after it
+    # unescaped, so the last '@' ends the userinfo (RFC 3261 §25.1).
+    user = password = None
+    userinfo = None
+    if "@" in rest:
+        userinfo, _, rest = rest.rpartition("@")
+    rest, _, headers = rest.partition("?")
+    if userinfo is not None:
+        user_text, colon, password_text = userinfo.partition(":")
+        user = _unescape(user_text, "user")
+        if colon:
+            password = _unescape(password_text, "password")
+    hostport, _, param_text = rest.partition(";")
+    host, port = parse_host(hostport)
+    return SipURI(scheme, host, user, password, port, _split_params(param_text), headers or None)
+
+
+@dataclass(frozen=True)
+class Address:
+    """A name-addr or addr-spec with header parameters (From, To, Contact, Route...)."""
+
+    uri: URI
+    display_name: str | None = None
+    params: dict[str, str | None] = field(default_factory=dict)
+    wildcard: bool = False            # Contact: *
+
+    @property
+    def tag(self) -> str | None:
+        return self.params.get("tag")
+
+    def with_params(self, **params: str | None) -> Address:
+        return replace(self, params={**self.params, **params})
+
+    def __str__(self) -> str:
+        if self.wildcard:
+            return "*"
+        name = ""
+        if self.display_name is not None:
+            escaped = self.display_name.replace("\\", "\\\\").replace('"', '\\"')
+            name = f'"{escaped}" '
+        return f"{name}<{self.uri}>{_format_params(self.params)}"
+
+
+def _read_quoted(text: str, start: int) -> tuple[str, int]:
+    """A quoted-string starting at ``text[start] == '"'`` -> (unquoted, index after it)."""
+    out = []
+    i = start + 1
+    while i < len(text):
+        c = text[i]
+        if c == "\\":
+            if i + 1 >= len(text):
+                break
+            out.append(text[i + 1])
+            i += 2
+            continue
+        if c == '"':
+            return "".join(out), i + 1
+        out.append(c)
+        i += 1
+    raise URIError("unbalanced quotes")
+
+
+def parse_address(text: str) -> Address:
+    text = text.strip()
+    if text == "*":
+        return Address(uri=OtherURI("*", ""), wildcard=True)
+    display: str | None = None
+    i = 0
+    if text.startswith('"'):
+        display, i = _read_quoted(text, 0)
+        text_rest = text[i:].lstrip()
+    else:
+        lt = text.find("<")
+        if lt >= 0:
+            name = text[:lt].strip()
+            if name and not all(is_token(word) for word in name.split()):
+                raise URIError(f"an unquoted display name must be tokens: {name!r}")
+            display = name or None
+            text_rest = text[lt:]
+        else:
+            text_rest = text
+    if text_rest.startswith("<"):
+        gt = text_rest.find(">")
+        if gt < 0:
+            raise URIError(f"unbalanced '<' in {text!r}")
+        uri = parse_uri(text_rest[1:gt])
+        params = _split_params(text_rest[gt + 1:].strip())
+    else:
+        if display is not None:
+            raise URIError(f"a display name needs its URI in <>: {text!r}")
+        # addr-spec: parameters after ';' belong to the header, not the URI (§20.10).
+        uri_text, _, param_text = text_rest.partition(";")
+        if "?" in uri_text or "," in uri_text:
+            raise URIError(f"an addr-spec with '?' or ',' must be in <>: {text!r}")
+        uri = parse_uri(uri_text)
+        params = _split_params(param_text)
+    return Address(uri=uri, display_name=display, params=params)
+
+
+def is_token(text: str) -> bool:
+    return bool(_TOKEN.match(text))

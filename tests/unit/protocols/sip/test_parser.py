@@ -1,0 +1,229 @@
+"""The SIP parser against RFC 3261's grammar and the spirit of RFC 4475's torture tests:
+tolerant of what the RFC allows, refusing what would make us route wrongly."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from colony.protocols.sip.message import SipRequest, SipResponse, make_response
+from colony.protocols.sip.parser import SipParseError, StreamFramer, parse_message
+from colony.protocols.sip.uri import OtherURI, SipURI, URIError, parse_address, parse_uri
+
+CRLF = "\r\n"
+
+
+def msg(*lines: str, body: str = "") -> bytes:
+    return (CRLF.join(lines) + CRLF + CRLF + body).encode()
+
+
+BASE = ["Via: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK-1", "From: <sip:alice@example.com>;tag=a1",
+        "To: <sip:bob@example.com>", "Call-ID: c1@192.0.2.1", "Max-Forwards: 70"]
+
+
+def test_tortuous_invite_is_accepted():
+    # Folding, odd spacing around colons, compact and mixed-case names, escaped quotes in a
+    # display name, a folded CSeq, a folded Via with spaces around '/', unknown header fields.
+    data = (
+        "INVITE sip:vivekg@chair-dnrc.example.com;unknownparam SIP/2.0\r\n"
+        "TO :\r\n sip:vivekg@chair-dnrc.example.com ;   tag    = 1918181833n\r\n"
+        'from   : "J Rosenberg \\\\\\""       <sip:jdrosen@example.com>\r\n  ;\r\n  tag = 98asjd8\r\n'
+        "MaX-fOrWaRdS: 0068\r\n"
+        "Call-ID: wsinv.ndaksdj@192.0.2.1\r\n"
+        "Content-Length   : 4\r\n"
+        "cseq: 0009\r\n  INVITE\r\n"
+        "Via  : SIP  /   2.0\r\n /UDP\r\n    192.0.2.2;rport;branch=390skdjuw\r\n"
+        "s :\r\n"
+        "NewFangledHeader:   newfangled value\r\n continued newfangled value\r\n"
+        "UnknownHeaderWithUnusualValue: ;;,,;;,;\r\n"
+        "Content-Type: application/sdp\r\n"
+        "Route:\r\n <sip:services.example.com;lr;unknownwith=value;unknown-no-value>\r\n"
+        "v:  SIP  / 2.0  / TCP     spindle.example.com   ;\r\n  branch  =   z9hG4bK9ikj8  ,\r\n"
+        " SIP  /    2.0   / UDP  192.168.255.111   ; branch=\r\n z9hG4bK30239\r\n"
+        "m:\"Quoted string \\\"\\\"\" <sip:jdrosen@example.com> ; newparam =\r\n newvalue ;\r\n"
+        "  secondparam ; q = 0.33\r\n"
+        "\r\n"
+        "v=0\r\n"
+    ).encode()
+    req = parse_message(data)
+    assert isinstance(req, SipRequest) and req.method == "INVITE"
+    assert req.uri.user == "vivekg" and "unknownparam" in req.uri.params
+    assert req.address("To").tag == "1918181833n"
+    frm = req.address("From")
+    assert frm.display_name == 'J Rosenberg \\"' and frm.tag == "98asjd8"
+    assert req.cseq().number == 9 and req.cseq().method == "INVITE"
+    vias = req.vias()
+    assert [v.transport for v in vias] == ["UDP", "TCP", "UDP"]
+    assert vias[0].params == {"rport": None, "branch": "390skdjuw"}
+    assert vias[1].host == "spindle.example.com" and vias[1].branch == "z9hG4bK9ikj8"
+    assert vias[2].branch == "z9hG4bK30239"
+    contact = req.address("Contact")
+    assert contact.params["q"] == "0.33" and contact.params["newparam"] == "newvalue"
+    assert req.headers.get("Subject") == "" and req.headers.get("NewFangledHeader").startswith("newfangled value")
+    assert req.body == b"v=0\r"  # Content-Length 4: the rest of the datagram is ignored
+
+
+def test_wide_range_of_valid_characters_and_escapes():
+    data = msg("!interesting-Method0123456789_*+`.%indeed'~ "
+               "sip:1_unusual.URI~(to-be!sure)&isn't+it$/crazy?,/;;*:&it+has=1,weird!*pas$wo~d_too.(doesn't-it)@example.com SIP/2.0",
+               "Via: SIP/2.0/TCP host1.example.com;rport;branch=z9hG4bK-.!%66*_+`'~",
+               'To: "BEL:\\\x07 NUL:\\\x00 DEL:\\\x7f" <sip:1_unusual.URI~(to-be!sure)&isn\'t+it$/crazy?,/;;*@example.com>',
+               "From: token1~` token2'+_ token3*%!.- <sip:mundane@example.com> ;fromParam''~+*_!.-%=\"\u0440\u0430\u0431\u043e\u0442\u0430\u044e\u0449\u0438\u0439\";tag=_token~1'+`*%!-.",
+               "Call-ID: intmeth.word%ZK-!.*_+'@word`~)(><:\\/\"][?}{",
+               "CSeq: 139122385 !interesting-Method0123456789_*+`.%indeed'~", "Max-Forwards: 255")
+    req = parse_message(data)
+    assert req.method.startswith("!interesting")
+    assert req.uri.user == "1_unusual.URI~(to-be!sure)&isn't+it$/crazy?,/;;*"
+    assert req.uri.password == "&it+has=1,weird!*pas$wo~d_too.(doesn't-it)"
+    assert req.address("To").display_name.startswith("BEL:")
+    assert req.address("From").tag == "_token~1'+`*%!-."
+
+
+def test_escapes_and_escaped_nulls_in_uris():
+    assert parse_uri("sip:sips%3Auser%40example.com@example.net").user == "sips:user@example.com"
+    assert parse_uri("sip:null-%00-null@example.com").user == "null-\x00-null"
+    assert parse_uri("sip:user;par=u%40example.net@example.com").user == "user;par=u@example.net"
+    uri = parse_uri("SIP:Alice@[2001:DB8::10]:5070;Transport=TCP;lr")
+    assert (uri.scheme, uri.host, uri.port, uri.transport) == ("sip", "2001:db8::10", 5070, "tcp")
+    assert str(uri) == "sip:Alice@[2001:db8::10]:5070;transport=TCP;lr"
+    assert parse_uri("sip:%61lice@example.com") == parse_uri("sip:alice@EXAMPLE.com")
+    assert isinstance(parse_uri("tel:+1-201-555-0123"), OtherURI)
+    for bad in ("sip:", "sip:alice@", "sip:alice@host:port", "sip:alice@[2001:db8::1", "sip:a b@example.com",
+                "no-scheme", "sip:alice@example.com:70000"):
+        with pytest.raises(URIError):
+            parse_uri(bad)
+
+
+def test_addresses():
+    a = parse_address('"Alice \\"A\\" Liddell" <sip:alice@example.com>;tag=x;expires=60')
+    assert a.display_name == 'Alice "A" Liddell' and a.tag == "x" and a.params["expires"] == "60"
+    assert str(a) == '"Alice \\"A\\" Liddell" <sip:alice@example.com>;tag=x;expires=60'
+    b = parse_address("sip:bob@example.com;tag=9")      # addr-spec: the parameter is the header's
+    assert b.tag == "9" and b.uri.params == {}
+    assert parse_address("*").wildcard
+    assert parse_address("isbn:2983792873").uri.scheme == "isbn"
+    for bad in ('"unterminated <sip:a@example.com>', "<sip:a@example.com", "Bell, Alexander <sip:a@example.com>",
+                "sip:a@example.com?Route=%3Csip:x%3E"):
+        with pytest.raises(URIError):
+            parse_address(bad)
+
+
+def test_response_and_round_trip():
+    data = msg("SIP/2.0 180 Ringing \u0440\u0430\u0431\u043e\u0442\u0430\u0435\u0442", *BASE[:4], "CSeq: 1 INVITE")
+    resp = parse_message(data)
+    assert isinstance(resp, SipResponse) and resp.status == 180 and resp.reason.startswith("Ringing")
+    again = parse_message(resp.encode())
+    assert again.status == 180 and again.call_id == "c1@192.0.2.1" and again.headers.get("Content-Length") == "0"
+
+
+@pytest.mark.parametrize("data,status", [
+    (msg("INVITE <sip:bob@example.com> SIP/2.0", *BASE, "CSeq: 1 INVITE"), 400),                  # ltgtruri
+    (msg("INVITE sip:bob@example.com; lr SIP/2.0", *BASE, "CSeq: 1 INVITE"), 400),                # lwsruri
+    (msg("INVITE  sip:bob@example.com SIP/2.0", *BASE, "CSeq: 1 INVITE"), 400),                   # lwsstart
+    (msg("OPTIONS sip:bob@example.com SIP/2.0  ", *BASE, "CSeq: 1 OPTIONS"), 400),                # trws
+    (msg("INVITE sip:bob@example.com?Route=%3Csip:example.com%3E SIP/2.0", *BASE, "CSeq: 1 INVITE"), 400),  # escruri
+    (msg("OPTIONS sip:bob@example.com SIP/7.0", *BASE, "CSeq: 1 OPTIONS"), 505),                  # badvers
+    (msg("INVITE sip:bob@example.com SIP/2.0", *BASE, "CSeq: 1 OPTIONS"), 400),                   # mismatch01
+    (msg("OPTIONS nobodyknows:this-scheme SIP/2.0", *BASE, "CSeq: 1 OPTIONS"), 416),              # unkscm
+    (msg("OPTIONS soap.beep://192.0.2.103:3002 SIP/2.0", *BASE, "CSeq: 1 OPTIONS"), 416),         # novelsc
+    (msg("INVITE sip:bob@example.com SIP/2.0", *BASE, "CSeq: 1 INVITE", "Content-Length: 9999", body="v=0\r\n"), 400),  # clerr
+    (msg("INVITE sip:bob@example.com SIP/2.0", *BASE, "CSeq: 1 INVITE", "Content-Length: -999"), 400),  # ncl
+    (msg("INVITE sip:bob@example.com SIP/2.0", *BASE[:4], "Max-Forwards: 300", "CSeq: 1 INVITE"), 400),  # scalar02
+    (msg("INVITE sip:bob@example.com SIP/2.0", *BASE, "CSeq: 36893488147419103232 INVITE"), 400),
+    (msg("INVITE sip:bob@example.com SIP/2.0", *BASE[1:], "CSeq: 1 INVITE"), 400),                # no Via
+    (msg("INVITE sip:bob@example.com SIP/2.0", BASE[0], BASE[1], BASE[2], "CSeq: 1 INVITE"), 400),  # no Call-ID
+    (msg("INVITE sip:bob@example.com SIP/2.0", BASE[0], 'From: "Bell <sip:a@example.com>;tag=1', *BASE[2:], "CSeq: 1 INVITE"), 400),  # quotbal
+    (msg("INVITE sip:bob@example.com SIP/2.0", *BASE, "CSeq: 1 INVITE", "Bad Header Name: x"), 400),
+])
+def test_invalid_requests_get_the_right_status(data, status):
+    with pytest.raises(SipParseError) as err:
+        parse_message(data)
+    assert err.value.status == status
+
+
+def test_an_answerable_bad_request_carries_what_a_400_needs():
+    with pytest.raises(SipParseError) as err:
+        parse_message(msg("INVITE sip:bob@example.com SIP/2.0", *BASE, "CSeq: 1 OPTIONS"))
+    response = make_response(err.value.request, err.value.status, err.value.reason, to_tag="s1")
+    assert response.status == 400 and response.reason == "CSeq Method Does Not Match"
+    assert response.address("To").tag == "s1" and response.headers.get("Call-ID") == "c1@192.0.2.1"
+    with pytest.raises(SipParseError) as err:
+        parse_message(b"\x00\xffgarbage")
+    assert err.value.request is None      # nothing to answer: dropped
+
+
+def test_bad_responses_are_errors():
+    for start in ("SIP/2.0 4294967301 better not break the receiver", "SIP/2.0 99 Low", "SIP/2.0 OK"):
+        with pytest.raises(SipParseError):
+            parse_message(msg(start, *BASE[:4], "CSeq: 1 INVITE"))
+
+
+def test_only_the_first_of_two_requests_in_a_datagram_counts():
+    first = msg("REGISTER sip:example.com SIP/2.0", *BASE, "CSeq: 1 REGISTER", "Content-Length: 0")
+    second = msg("INVITE sip:bob@example.com SIP/2.0", *BASE, "CSeq: 2 INVITE", "Content-Length: 0")
+    req = parse_message(first + second)
+    assert req.method == "REGISTER" and req.body == b""
+
+
+def test_lf_only_line_ends_are_tolerated():
+    data = msg("OPTIONS sip:bob@example.com SIP/2.0", *BASE, "CSeq: 1 OPTIONS").replace(b"\r\n", b"\n")
+    assert parse_message(data).method == "OPTIONS"
+
+
+def test_stream_framing_keepalives_and_limits():
+    one = msg("OPTIONS sip:bob@example.com SIP/2.0", *BASE, "CSeq: 1 OPTIONS", "l: 3", body="abc")
+    framer = StreamFramer()
+    stream = b"\r\n\r\n" + one + b"\r\n" + one
+    for i in range(0, len(stream), 7):     # arbitrary splits
+        framer.feed(stream[i:i + 7])
+    got = []
+    while (m := framer.next_message()) is not None:
+        got.append(m)
+    assert got == [one, one] and framer.pings == 1
+    assert parse_message(got[0]).body == b"abc"
+    no_length = StreamFramer()
+    no_length.feed(msg("OPTIONS sip:bob@example.com SIP/2.0", *BASE, "CSeq: 1 OPTIONS"))
+    with pytest.raises(SipParseError, match="Content-Length"):
+        no_length.next_message()
+    big = StreamFramer(max_size=1000)
+    big.feed(b"INVITE sip:x SIP/2.0\r\nX: " + b"a" * 2000)
+    with pytest.raises(SipParseError) as err:
+        big.next_message()
+    assert err.value.status == 413
+
+
+def test_oversized_datagram():
+    with pytest.raises(SipParseError) as err:
+        parse_message(b"x" * 70_000)
+    assert err.value.status == 413
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=2000))
+def test_any_bytes_parse_or_fail_cleanly(data):
+    try:
+        parse_message(data)
+    except SipParseError:
+        pass
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(["INVITE sip:a@b SIP/2.0", "SIP/2.0 200 OK", "Via: SIP/2.0/UDP h;branch=z9hG4bKx",
+                                 "From: <sip:a@b>;tag=1", "To: sip:c@d", "Call-ID: x", "CSeq: 1 INVITE",
+                                 "Content-Length: 5", "l: -1", " folded", "v: SIP/2.0/TCP [::1]:5",
+                                 'f: "q <sip:x@y>', "m: *", "Max-Forwards: 999", "", "\x00", "Route: <sip:x;lr>,<sip:y>"]),
+                max_size=14), st.binary(max_size=50))
+def test_mutated_messages_parse_or_fail_cleanly(lines, tail):
+    data = "\r\n".join(lines).encode() + b"\r\n\r\n" + tail
+    try:
+        parse_message(data)
+    except SipParseError:
+        pass
+    framer = StreamFramer(max_size=4000)
+    framer.feed(data * 2)
+    try:
+        while framer.next_message() is not None:
+            pass
+    except SipParseError:
+        pass
