@@ -1,0 +1,245 @@
+"""Durable acceptance: a spooled message becomes MAIL stream messages before anyone hears 250.
+
+``MailAcceptor.accept`` takes the session (envelope, resolved mailboxes) and the spooled
+message and
+
+1. gives it a message id and prepends ``Return-Path:`` (RFC 5321 §4.4) and ``Received:``
+   (with the TLS version, the message id and the trace id) and what the policies added;
+2. groups the final mailboxes by (home region, domain): one ``InboundMail`` each, on
+   ``names.mail_subject(region, domain)``, so ten recipients in three domains are three
+   stream messages sharing one id and one body;
+3. puts a body larger than ``mail_inline_max_bytes`` into the ``mail_bodies`` object store
+   first, read in chunks straight from the spool file (the edge never holds it in memory);
+4. publishes every domain message with ``Nats-Msg-Id`` and the trace context, and returns
+   only once JetStream acknowledged all of them.  A timed-out publish is retried with the
+   same ``Nats-Msg-Id``, which the stream's duplicate window turns into one message.
+
+Any failure raises ``AcceptanceFailed``; the session answers 451 4.3.0 and the client keeps
+the message.  A failure after some domains were acknowledged leaves those delivered: the
+client's retry brings a new message id, so those recipients may see it twice -- the safe
+side of "never lost".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import email.utils
+import io
+import logging
+import os
+import secrets
+import time
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
+from nats.js.api import ObjectMeta
+from opentelemetry import trace
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from colony.bus import names
+from colony.contracts.mail import InboundMail, MailBodyRef, MailRecipient
+from colony.settings import Settings
+from colony.telemetry import inject_headers
+from colony_edge.smtp_policy import IncomingMessage, SmtpSession
+
+log = logging.getLogger("colony.edge.acceptance")
+tracer = trace.get_tracer("colony.edge.smtp")
+
+
+class AcceptanceFailed(Exception):
+    pass
+
+
+class SmtpMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.connections = Counter("colony_smtp_connections", "SMTP connections accepted by the listener.",
+                                   registry=registry)
+        self.accepted = Counter("colony_smtp_accepted_messages", "Messages answered 250 (durably in MAIL).",
+                                registry=registry)
+        self.accepted_bytes = Counter("colony_smtp_accepted_bytes", "Octets of the messages answered 250.",
+                                      registry=registry)
+        self.stream_messages = Counter("colony_smtp_stream_messages", "MAIL stream messages published (one per domain).",
+                                       registry=registry)
+        self.rejected = Counter("colony_smtp_rejected", "SMTP refusals, by session stage and reason.",
+                                ["stage", "reason"], registry=registry)
+        self.ack_seconds = Histogram("colony_smtp_ack_seconds", "From the end of DATA to the last JetStream ack.",
+                                     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+                                     registry=registry)
+
+
+def new_message_id() -> str:
+    """Time-ordered and unique across edges: milliseconds then 80 random bits, in hex."""
+    return f"{int(time.time() * 1000):012x}{secrets.token_hex(10)}"
+
+
+def fold(name: str, value: str) -> bytes:
+    """One header field, folded before 78 columns where it has spaces (RFC 5322 §2.2.3)."""
+    words = value.split(" ")
+    lines, line = [], f"{name}:"
+    for word in words:
+        if len(line) + 1 + len(word) > 76 and line.strip():
+            lines.append(line)
+            line = "\t" + word
+        else:
+            line += " " + word
+    lines.append(line)
+    return ("\r\n".join(lines) + "\r\n").encode("utf-8", "replace")
+
+
+class _Concat(io.RawIOBase):
+    """The prepended header fields, then the spool file: one reader for the object store."""
+
+    def __init__(self, head: bytes, path: Path) -> None:
+        self._head = memoryview(head)
+        self._file = open(path, "rb")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if self._head:
+            n = min(len(buffer), len(self._head))
+            buffer[:n] = self._head[:n]
+            self._head = self._head[n:]
+            return n
+        return self._file.readinto(buffer)
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+
+class MailAcceptor:
+    def __init__(self, js: JetStreamContext, settings: Settings, node_id: str, hostname: str,
+                 metrics: SmtpMetrics) -> None:
+        self.js, self.settings, self.node_id, self.hostname, self.metrics = js, settings, node_id, hostname, metrics
+        self._bodies = None
+
+    async def accept(self, session: SmtpSession, message: IncomingMessage) -> str:
+        started = time.monotonic()
+        message_id = new_message_id()
+        mail = session.mail_from
+        assert mail is not None and session.recipients, "accept() needs a transaction with recipients"
+        with tracer.start_as_current_span("smtp.accept", attributes={
+                "colony.message_id": message_id, "colony.size": message.size,
+                "colony.recipients": len(session.recipients)}) as span:
+            trace_id = span.get_span_context().trace_id
+            head = self._head(session, message, message_id, format(trace_id, "032x") if trace_id else None)
+            size = len(head) + message.size
+            body, ref = None, None
+            if size <= self.settings.mail_inline_max_bytes:
+                body = head + message.spool.read_bytes()
+            else:
+                ref = await self._put_body(message_id, head, message.spool)
+            by_domain = self._group(session)
+            received_at = datetime.now(UTC)
+            headers = inject_headers()
+            publishes = []
+            for (region, domain), recipients in by_domain.items():
+                item = InboundMail(
+                    at=received_at, message_id=message_id, domain=domain, mail_from=mail.address,
+                    recipients=recipients, body_type=mail.body, smtputf8=mail.smtputf8, ret=mail.ret,
+                    envid=mail.envid, size=size, edge_node=self.node_id, client_ip=session.peer_ip,
+                    helo=session.helo, tls=session.tls, body=body, body_ref=ref)
+                publishes.append(self._publish(names.mail_subject(region, domain), item, headers))
+            await asyncio.gather(*publishes)
+        elapsed = time.monotonic() - started
+        self.metrics.ack_seconds.observe(elapsed)
+        self.metrics.accepted.inc()
+        self.metrics.accepted_bytes.inc(size)
+        self.metrics.stream_messages.inc(len(publishes))
+        log.info("accepted %s from %s (%s) for %d mailbox(es) in %d domain(s), %d octets%s, acked in %.1f ms",
+                 message_id, session.peer_ip, mail.address or "<>", sum(len(r) for r in by_domain.values()),
+                 len(by_domain), size, " via object store" if ref else "", elapsed * 1000)
+        return message_id
+
+    def _head(self, session: SmtpSession, message: IncomingMessage, message_id: str, trace_id: str | None) -> bytes:
+        mail = session.mail_from
+        protocol = ("UTF8SMTP" if mail.smtputf8 else "ESMTP" if session.extended else "SMTP") + ("S" if session.tls else "")
+        if protocol == "SMTPS":
+            protocol = "ESMTPS"  # RFC 3848 has no plain-SMTP-over-TLS keyword
+        tls = f" (using {session.tls} with cipher {session.tls_cipher})" if session.tls else ""
+        single = session.recipients[0].rcpt.address if len(session.recipients) == 1 else None
+        parts = [f"from {session.helo or 'unknown'} ([{session.peer_ip}])", f"by {self.hostname} (Colony)",
+                 f"with {protocol} id {message_id}{tls}"]
+        if single:
+            parts.append(f"for <{single}>")
+        if trace_id:
+            parts.append(f"(trace {trace_id})")
+        received = " ".join(parts) + "; " + email.utils.format_datetime(datetime.now(UTC))
+        out = fold("Return-Path", f"<{mail.address}>") + fold("Received", received)
+        for name, value in message.headers:
+            out += fold(name, value)
+        return out
+
+    def _group(self, session: SmtpSession) -> dict[tuple[str, str], list[MailRecipient]]:
+        groups: dict[tuple[str, str], list[MailRecipient]] = {}
+        seen: set[str] = set()
+        for accepted in session.recipients:
+            rcpt = accepted.rcpt
+            for mailbox in accepted.mailboxes:
+                if mailbox.address in seen:  # two aliases reaching one mailbox: deliver once
+                    continue
+                seen.add(mailbox.address)
+                # A domain without a home region is served where it is received.
+                region = mailbox.home_region or self.settings.region
+                groups.setdefault((region, mailbox.domain), []).append(MailRecipient(
+                    mailbox=mailbox.address, original=rcpt.address,
+                    notify=list(rcpt.notify) if rcpt.notify else None, orcpt=rcpt.orcpt))
+        return groups
+
+    async def _put_body(self, message_id: str, head: bytes, spool: Path) -> MailBodyRef:
+        if self._bodies is None:
+            self._bodies = await self.js.object_store(names.OBJECT_MAIL_BODIES)
+        reader = _Concat(head, spool)
+        try:
+            info = await asyncio.wait_for(self._bodies.put(message_id, reader, meta=ObjectMeta(name=message_id)),
+                                          self.settings.mail_publish_timeout * 4)
+        except (NatsTimeoutError, asyncio.TimeoutError, OSError) as exc:
+            raise AcceptanceFailed(f"object store put of {message_id} failed: {exc!r}") from exc
+        except Exception as exc:  # nats-py raises its own error types from JetStream answers
+            raise AcceptanceFailed(f"object store put of {message_id} failed: {exc!r}") from exc
+        finally:
+            reader.close()
+        digest = (info.digest or "").partition("=")[2]
+        sha = _b64url_to_hex(digest) if digest else ""
+        return MailBodyRef(bucket=names.OBJECT_MAIL_BODIES, name=message_id, size=info.size, sha256=sha)
+
+    async def _publish(self, subject: str, item: InboundMail, trace_headers: dict[str, str]) -> None:
+        headers = {**trace_headers, "Nats-Msg-Id": item.msg_id()}
+        payload = item.encode()
+        for attempt in (1, 2, 3):
+            try:
+                await self.js.publish(subject, payload, timeout=self.settings.mail_publish_timeout, headers=headers)
+                return
+            except NatsTimeoutError as exc:
+                # The same Nats-Msg-Id makes a retry of a publish that did land a no-op.
+                log.warning("publish of %s to %s timed out (attempt %d)", item.message_id, subject, attempt)
+                last: Exception = exc
+            except Exception as exc:
+                raise AcceptanceFailed(f"publish of {item.message_id} to {subject} failed: {exc!r}") from exc
+        raise AcceptanceFailed(f"publish of {item.message_id} to {subject} timed out: {last!r}")
+
+
+def _b64url_to_hex(text: str) -> str:
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).hex()
+    except ValueError:
+        return ""
+
+
+def remove_quietly(paths: Iterable[Path]) -> None:
+    for path in paths:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("could not remove spool file %s: %s", path, exc)
+
+
+__all__ = ["AcceptanceFailed", "MailAcceptor", "SmtpMetrics", "fold", "new_message_id", "remove_quietly"]

@@ -1,0 +1,161 @@
+"""What an SMTP session asks before it answers: the policy hooks of the edge's MX.
+
+The sans-IO core (``colony.protocols.smtp``) knows the protocol; everything that depends on
+who the client is, what the directory says or what other edges counted is a *policy*
+decision, taken by an object with the ``SmtpPolicy`` hooks below (the shape of aiosmtpd's
+handler, without its coupling to I/O).  Each hook returns a ``Verdict``: ``ACCEPT`` (the
+session's normal positive reply) or ``refuse(reply)`` with the exact reply to send.  Every
+refusal is metered (``colony_smtp_rejected_total{stage,reason}``) and logged by the session,
+so a policy only decides.
+
+Policies compose with ``PolicyChain``: hooks run in order and the first refusal wins, so
+edge security (DNSBL, SPF/DKIM/DMARC, shared counters, CIDR lists) is one more policy placed
+before ``RecipientPolicy`` (which resolves recipients against the directory cache), e.g.::
+
+    chain = PolicyChain([EdgeSecurity(...), RecipientPolicy(cache, settings)])
+
+A hook may also *change* the session: ``data_complete`` may add header fields
+(``message.add_header("Authentication-Results", ...)``) that are prepended to the stored
+message, and ``rcpt_to`` records the resolved mailboxes in ``session.recipients``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from colony.contracts.recipients import Mailbox
+from colony.protocols.smtp import Reply, events as E
+
+
+@dataclass(frozen=True)
+class Verdict:
+    accept: bool
+    reply: Reply | None = None   # None with accept: the core's usual positive reply
+
+    @property
+    def reason(self) -> str:
+        return self.reply.reason if self.reply else ""
+
+
+ACCEPT = Verdict(True)
+
+
+def refuse(reply: Reply) -> Verdict:
+    if reply.positive:
+        raise ValueError(f"a refusal needs a 4xx/5xx reply, not {reply}")
+    return Verdict(False, reply)
+
+
+@dataclass
+class AcceptedRecipient:
+    """One RCPT TO the policy accepted, and the final mailboxes it resolved to."""
+
+    rcpt: E.RcptTo
+    mailboxes: tuple[Mailbox, ...]
+
+
+@dataclass
+class SmtpSession:
+    """What is known about one connection; hooks read it and may annotate ``notes``."""
+
+    id: str
+    peer_ip: str
+    peer_port: int
+    local_port: int
+    helo: str = ""
+    extended: bool = False
+    tls: str | None = None            # TLS version once STARTTLS completed
+    tls_cipher: str | None = None
+    max_message_size: int | None = None  # the strictest class of service of the recipients so far
+    mail_from: E.MailFrom | None = None
+    recipients: list[AcceptedRecipient] = field(default_factory=list)
+    notes: dict[str, object] = field(default_factory=dict)  # free for policies
+
+    def reset_transaction(self) -> None:
+        self.mail_from = None
+        self.recipients = []
+        self.max_message_size = None
+
+
+@dataclass
+class IncomingMessage:
+    """The message at its end: its size, where its octets are spooled, and header fields to
+    prepend (policies add e.g. Authentication-Results; the edge adds Received/Return-Path)."""
+
+    size: int
+    spool: Path
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+    def add_header(self, name: str, value: str) -> None:
+        self.headers.append((name, value))
+
+
+class SmtpPolicy(Protocol):
+    """The hooks an SMTP session calls, in session order.  All are async: a policy may ask
+    DNS or the bus.  Never raise for a refusal: return ``refuse(reply)``."""
+
+    async def connect(self, session: SmtpSession) -> Verdict:
+        """Before the greeting (IP lists, DNSBL, concurrent sessions per IP)."""
+
+    async def helo(self, session: SmtpSession, name: str) -> Verdict:
+        """HELO/EHLO ``name`` (the session's ``helo`` is set once accepted)."""
+
+    async def mail_from(self, session: SmtpSession, mail: E.MailFrom) -> Verdict:
+        """MAIL FROM (SPF, rate per IP)."""
+
+    async def rcpt_to(self, session: SmtpSession, rcpt: E.RcptTo) -> Verdict:
+        """RCPT TO: accept only with the resolved mailboxes appended to ``session.recipients``."""
+
+    async def data_complete(self, session: SmtpSession, message: IncomingMessage) -> Verdict:
+        """The whole message is spooled; last chance to refuse before it is made durable."""
+
+
+class BasePolicy:
+    """Accepts everything; subclass and override the hooks you need."""
+
+    async def connect(self, session: SmtpSession) -> Verdict:
+        return ACCEPT
+
+    async def helo(self, session: SmtpSession, name: str) -> Verdict:
+        return ACCEPT
+
+    async def mail_from(self, session: SmtpSession, mail: E.MailFrom) -> Verdict:
+        return ACCEPT
+
+    async def rcpt_to(self, session: SmtpSession, rcpt: E.RcptTo) -> Verdict:
+        return ACCEPT
+
+    async def data_complete(self, session: SmtpSession, message: IncomingMessage) -> Verdict:
+        return ACCEPT
+
+
+class PolicyChain(BasePolicy):
+    """Run policies in order; the first refusal is the answer."""
+
+    def __init__(self, policies: list[SmtpPolicy]) -> None:
+        self.policies = list(policies)
+
+    async def connect(self, session: SmtpSession) -> Verdict:
+        return await self._first(lambda p: p.connect(session))
+
+    async def helo(self, session: SmtpSession, name: str) -> Verdict:
+        return await self._first(lambda p: p.helo(session, name))
+
+    async def mail_from(self, session: SmtpSession, mail: E.MailFrom) -> Verdict:
+        return await self._first(lambda p: p.mail_from(session, mail))
+
+    async def rcpt_to(self, session: SmtpSession, rcpt: E.RcptTo) -> Verdict:
+        return await self._first(lambda p: p.rcpt_to(session, rcpt))
+
+    async def data_complete(self, session: SmtpSession, message: IncomingMessage) -> Verdict:
+        return await self._first(lambda p: p.data_complete(session, message))
+
+    async def _first(self, call) -> Verdict:
+        for policy in self.policies:
+            verdict = await call(policy)
+            if not verdict.accept:
+                return verdict
+        return ACCEPT
+

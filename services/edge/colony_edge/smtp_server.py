@@ -1,0 +1,267 @@
+"""The asyncio shell of the MX: moves bytes between a socket and the sans-IO SMTP core,
+asks the policy (``smtp_policy``) at every decision, spools message bodies to disk as they
+arrive and hands finished messages to the ``MailAcceptor`` before answering 250.
+
+One ``SmtpServer`` per listener; ``handle(reader, writer)`` runs one connection to its end.
+Memory per session is bounded by the core (one line) plus one socket read (64 KiB): bodies
+go to a spool file chunk by chunk and from there to the bus.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import ssl
+from contextlib import suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from colony.cluster.sessions import SessionTracker
+from colony.protocols.smtp import NEED_DATA, PAUSED, Reply, ServerConfig, ServerConnection, events as E, replies as R
+from colony_edge.acceptance import AcceptanceFailed, MailAcceptor, SmtpMetrics, remove_quietly
+from colony_edge.smtp_policy import IncomingMessage, SmtpPolicy, SmtpSession
+
+log = logging.getLogger("colony.edge.smtp")
+
+READ_SIZE = 64 * 1024
+TLS_HANDSHAKE_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class SmtpServerConfig:
+    hostname: str
+    spool_dir: Path
+    max_message_size: int
+    max_recipients: int
+    max_errors: int
+    timeout: float
+    greeting_delay: float = 0.0
+
+
+class SmtpServer:
+    def __init__(self, config: SmtpServerConfig, policy: SmtpPolicy, acceptor: MailAcceptor, metrics: SmtpMetrics,
+                 tracker: SessionTracker, tls: ssl.SSLContext | None = None) -> None:
+        self.config, self.policy, self.acceptor, self.metrics = config, policy, acceptor, metrics
+        self.tracker, self.tls = tracker, tls
+        self._ids = itertools.count(1)
+        self._prefix = f"{os.getpid():x}"
+        config.spool_dir.mkdir(parents=True, exist_ok=True)
+        # Files left by a process that died mid-message: never acknowledged, so never owed.
+        remove_quietly(p for p in config.spool_dir.iterdir() if p.suffix == ".spool")
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        session = _Session(self, reader, writer, f"{self._prefix}.{next(self._ids)}")
+        with self.tracker.track("smtp", f"{session.info.peer_ip}:{session.info.peer_port}", session.goodbye):
+            try:
+                await session.run()
+            finally:
+                session.discard_spool()
+
+
+class _Session:
+    def __init__(self, server: SmtpServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, sid: str) -> None:
+        self.server, self.reader, self.writer = server, reader, writer
+        peer = writer.get_extra_info("peername") or ("?", 0)
+        local = writer.get_extra_info("sockname") or ("?", 0)
+        self.info = SmtpSession(id=sid, peer_ip=str(peer[0]), peer_port=int(peer[1]), local_port=int(local[1]))
+        cfg = server.config
+        self.loop = asyncio.get_running_loop()
+        self.conn = ServerConnection(ServerConfig(
+            hostname=cfg.hostname, max_message_size=cfg.max_message_size, max_recipients=cfg.max_recipients,
+            max_errors=cfg.max_errors, timeout=cfg.timeout, tls_available=server.tls is not None), self.loop.time())
+        self._spool: BinaryIO | None = None
+        self._spool_path: Path | None = None
+        self._spools = itertools.count(1)
+        self._closing = False
+
+    # --- life -----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        server, conn = self.server, self.conn
+        server.metrics.connections.inc()
+        verdict = await server.policy.connect(self.info)
+        if not verdict.accept:
+            self._refused("connect", verdict.reply)
+            await self._write(conn.refuse(verdict.reply))
+            return
+        if server.config.greeting_delay > 0 and not await self._wait_for_early_talker():
+            return
+        await self._write(conn.greet(self.loop.time()))
+        while not self._closing:
+            event = conn.next_event()
+            out = conn.data_to_send()
+            if out:
+                self.writer.write(out)
+            if event is NEED_DATA:
+                if not await self._read():
+                    continue
+            elif event is PAUSED:
+                if conn.closed:
+                    break
+                raise RuntimeError(f"SMTP core paused in session {self.info.id} with nothing to answer")
+            elif isinstance(event, E.ConnectionClosed):
+                await self._drain()
+                break
+            else:
+                await self._on_event(event)
+
+    async def _wait_for_early_talker(self) -> bool:
+        """Wait the greeting delay; whatever the client says meanwhile marks it an early talker."""
+        try:
+            data = await asyncio.wait_for(self.reader.read(READ_SIZE), self.server.config.greeting_delay)
+        except asyncio.TimeoutError:
+            return True
+        if not data:
+            return False
+        self.conn.receive_data(data, self.loop.time())
+        return True
+
+    async def _read(self) -> bool:
+        deadline = self.conn.get_timer()
+        timeout = None if deadline is None else max(0.0, deadline - self.loop.time())
+        await self._drain()
+        try:
+            data = await asyncio.wait_for(self.reader.read(READ_SIZE), timeout)
+        except asyncio.TimeoutError:
+            self.conn.handle_timer(self.loop.time())
+            return False
+        except (ConnectionError, OSError, ssl.SSLError):
+            data = b""
+        self.conn.receive_data(data, self.loop.time())
+        return True
+
+    async def goodbye(self) -> None:
+        """Drain timed out: 421 4.3.2 now, then close (the tracker bounds how long this takes)."""
+        self._closing = True
+        self.conn.shutdown()
+        with suppress(Exception):
+            self.writer.write(self.conn.data_to_send())
+            await asyncio.wait_for(self.writer.drain(), 5)
+        self.writer.close()
+
+    # --- events ---------------------------------------------------------------------------
+
+    async def _on_event(self, event: E.Event) -> None:
+        policy, info, conn = self.server.policy, self.info, self.conn
+        if isinstance(event, E.Helo):
+            verdict = await policy.helo(info, event.name)
+            if verdict.accept:
+                info.helo, info.extended = event.name, event.extended
+                info.reset_transaction()
+            await self._answer("helo", verdict.reply, R.OK, verdict.accept)
+        elif isinstance(event, E.MailFrom):
+            info.reset_transaction()
+            info.mail_from = event
+            verdict = await policy.mail_from(info, event)
+            if not verdict.accept:
+                info.mail_from = None
+            await self._answer("mail", verdict.reply, R.SENDER_OK, verdict.accept)
+        elif isinstance(event, E.RcptTo):
+            before = len(info.recipients)
+            verdict = await policy.rcpt_to(info, event)
+            if verdict.accept and len(info.recipients) == before:
+                log.error("policy accepted RCPT %s without resolving it; refusing", event.address)
+                verdict = type(verdict)(False, R.TEMPORARY_FAILURE)
+            if verdict.accept and info.max_message_size is not None:
+                conn.limit_message_size(info.max_message_size)
+            await self._answer("rcpt", verdict.reply, R.RECIPIENT_OK, verdict.accept)
+        elif isinstance(event, E.DataStarted):
+            self._open_spool()
+        elif isinstance(event, E.DataChunk):
+            if self._spool is not None:
+                self._spool.write(event.data)
+        elif isinstance(event, E.DataComplete):
+            await self._complete(event)
+        elif isinstance(event, (E.MessageAborted, E.TransactionReset)):
+            self.discard_spool()
+            info.reset_transaction()
+        elif isinstance(event, E.StartTls):
+            await self._start_tls(event)
+        elif isinstance(event, E.Rejected):
+            self._refused(event.command.lower() or "protocol", event.reply, counted_by_core=True)
+
+    async def _answer(self, stage: str, refusal: Reply | None, positive: Reply, accept: bool) -> None:
+        if accept:
+            reply = refusal if refusal is not None and refusal.positive else positive
+        else:
+            reply = refusal or R.TEMPORARY_FAILURE
+            self._refused(stage, reply)
+        await self._write(self.conn.send(reply))
+
+    def _refused(self, stage: str, reply: Reply | None, counted_by_core: bool = False) -> None:
+        reply = reply or R.TEMPORARY_FAILURE
+        reason = reply.reason or f"{reply.code}"
+        self.server.metrics.rejected.labels(stage=stage, reason=reason).inc()
+        log.info("smtp %s from %s: %s refused (%s): %d %s %s", self.info.id, self.info.peer_ip, stage, reason,
+                 reply.code, reply.status or "", reply.text)
+
+    async def _complete(self, event: E.DataComplete) -> None:
+        info = self.info
+        self._close_spool()
+        path = self._spool_path
+        assert path is not None
+        message = IncomingMessage(size=event.size, spool=path)
+        verdict = await self.server.policy.data_complete(info, message)
+        if not verdict.accept:
+            await self._answer("data", verdict.reply, R.QUEUED, False)
+        else:
+            try:
+                message_id = await self.server.acceptor.accept(info, message)
+            except AcceptanceFailed as exc:
+                log.error("smtp %s: message not made durable, answering 451: %s", info.id, exc)
+                await self._answer("data", R.TEMPORARY_FAILURE, R.QUEUED, False)
+            else:
+                await self._answer("data", None, Reply(250, "2.0.0", f"OK queued as {message_id}"), True)
+        self.discard_spool()
+        info.reset_transaction()
+
+    async def _start_tls(self, event: E.StartTls) -> None:
+        await self._drain()
+        try:
+            await asyncio.wait_for(self.writer.start_tls(self.server.tls), TLS_HANDSHAKE_TIMEOUT)
+        except (asyncio.TimeoutError, ConnectionError, OSError, ssl.SSLError) as exc:
+            log.info("smtp %s from %s: TLS handshake failed: %s", self.info.id, self.info.peer_ip, exc)
+            self.server.metrics.rejected.labels(stage="starttls", reason="tls_handshake").inc()
+            self._closing = True
+            return
+        tls = self.writer.get_extra_info("ssl_object")
+        self.info.tls = tls.version() if tls else "TLS"
+        cipher = tls.cipher() if tls else None
+        self.info.tls_cipher = cipher[0] if cipher else None
+        self.info.helo, self.info.extended = "", False
+        self.info.reset_transaction()
+        self.conn.tls_started(self.loop.time())
+
+    # --- spool ----------------------------------------------------------------------------
+
+    def _open_spool(self) -> None:
+        self.discard_spool()
+        self._spool_path = self.server.config.spool_dir / f"{self.info.id}.{next(self._spools)}.spool"
+        self._spool = open(self._spool_path, "wb")
+
+    def _close_spool(self) -> None:
+        if self._spool is not None:
+            self._spool.close()
+            self._spool = None
+
+    def discard_spool(self) -> None:
+        self._close_spool()
+        if self._spool_path is not None:
+            remove_quietly([self._spool_path])
+            self._spool_path = None
+
+    # --- output ---------------------------------------------------------------------------
+
+    async def _write(self, data: bytes) -> None:
+        if data:
+            self.writer.write(data)
+        await self._drain()
+
+    async def _drain(self) -> None:
+        try:
+            await self.writer.drain()
+        except (ConnectionError, OSError):
+            self._closing = True

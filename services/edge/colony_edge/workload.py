@@ -1,0 +1,58 @@
+"""The edge's workload: the SMTP MX listener, its policy chain and the directory cache.
+
+Drain (``set_accepting(False)``) refuses new connections with 421 4.3.2 while sessions in
+progress finish; after ``drain_timeout`` the remaining ones get 421 and are closed.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from colony.cluster.sessions import ConnectionWorkload
+from colony.contracts.cache import DirectoryCache
+from colony.protocols.smtp import replies as R
+from colony.settings import Settings
+from colony.tlsfiles import configured, server_context
+from colony_edge.acceptance import MailAcceptor, SmtpMetrics
+from colony_edge.recipients import RecipientPolicy
+from colony_edge.smtp_policy import PolicyChain, SmtpPolicy
+from colony_edge.smtp_server import SmtpServer, SmtpServerConfig
+
+log = logging.getLogger("colony.edge")
+
+
+class EdgeWorkload(ConnectionWorkload):
+    role = "edge"
+
+    def __init__(self, settings: Settings, extra_policies: list[SmtpPolicy] | None = None) -> None:
+        super().__init__()
+        self.settings = settings
+        self.extra_policies = list(extra_policies or [])  # edge security goes here, before recipients
+        self.directory: DirectoryCache | None = None
+        self.smtp: SmtpServer | None = None
+
+    async def open_listeners(self, runtime) -> dict[str, str]:
+        settings = self.settings
+        js = runtime.nc.jetstream()
+        self.directory = DirectoryCache(js)
+        await self.directory.start()
+        files = configured(settings)
+        tls = server_context(files.cert, files.key) if files else None
+        if tls is None:
+            log.warning("no TLS certificate configured (COLONY_TLS_CERT_FILE/COLONY_TLS_KEY_FILE): STARTTLS is not offered")
+        hostname = settings.smtp_hostname or settings.advertised_host
+        metrics = SmtpMetrics(runtime.metrics.registry)
+        acceptor = MailAcceptor(js, settings, runtime.node_id, hostname, metrics)
+        policy = PolicyChain([*self.extra_policies, RecipientPolicy(self.directory)])
+        self.smtp = SmtpServer(SmtpServerConfig(
+            hostname=hostname, spool_dir=settings.data_dir / "spool" / runtime.node_id,
+            max_message_size=settings.smtp_max_message_size, max_recipients=settings.smtp_max_recipients,
+            max_errors=settings.smtp_max_errors, timeout=settings.smtp_timeout,
+            greeting_delay=settings.smtp_greeting_delay), policy, acceptor, metrics, self.tracker, tls)
+        address = await self.listen("smtp", settings.host, settings.smtp_port, self.smtp.handle,
+                                    refuse=lambda writer: writer.write(R.SHUTTING_DOWN.to_bytes()))
+        return {"smtp": address}
+
+    async def close_resources(self) -> None:
+        if self.directory is not None:
+            await self.directory.stop()
