@@ -151,6 +151,10 @@ class Settings(BaseSettings):
     edge_dkim_max_bytes: int = Field(16 * 1024 * 1024, ge=0, description="Largest message whose DKIM signatures the edge verifies (it must hold it in memory); larger ones get SPF and DMARC only.")
     dmarc_enforcement: str = Field("enforce", pattern="^(enforce|quarantine|none)$", description="Default DMARC choice of a recipient domain: enforce (a failing sender's p=reject refuses, p=quarantine files in Junk), quarantine (never refuse; file in Junk), none (only mark). A domain's own setting wins.")
 
+    # --- recipient resolution (colony.contracts.recipients) ----------------------------
+    recipient_max_depth: int = Field(10, ge=1, le=100, description="Most alias/forwarding hops from a recipient to a final mailbox; deeper counts as a routing loop (550 5.4.6).")
+    recipient_max_results: int = Field(1000, ge=1, description="Most final mailboxes and remote addresses one recipient may expand to; more is refused (550 5.5.3).")
+
     # --- DNS ---------------------------------------------------------------------------
     dns_servers: str = Field("", description="DNS servers for every lookup Colony makes (verification, DNSBL, SPF/DKIM/DMARC, MX), comma separated host[:port]. Empty: the system resolver.")
     dns_timeout: float = Field(3.0, gt=0, description="Seconds a DNS lookup may take before it counts as a temporary failure.")

@@ -100,6 +100,11 @@ class Limits(NamedTuple):
     max_results: int = 1000   # final mailboxes + remote addresses of one recipient
     max_steps: int = 10_000   # addresses visited while expanding one recipient
 
+    @classmethod
+    def from_settings(cls, settings: Any) -> Limits:
+        """``recipient_max_depth`` and ``recipient_max_results`` of ``colony.settings.Settings``."""
+        return cls(settings.recipient_max_depth, settings.recipient_max_results, 10 * settings.recipient_max_results)
+
 
 class Mailbox(NamedTuple):
     address: str

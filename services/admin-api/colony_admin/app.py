@@ -20,6 +20,7 @@ from nats.aio.client import Client
 
 from colony.bus import names
 from colony.eventstore import EventStore
+from colony.contracts.recipients import Limits
 from colony.settings import Settings
 from colony_admin import db
 from colony_admin.auth.secrets import password_hasher
@@ -123,7 +124,8 @@ async def _start(settings: Settings, nc: Client, hasher: PasswordHasher, directo
     ctx = AdminContext(settings=settings, nc=nc, js=js, engine=engine, store=store, hasher=hasher,
                        throttle=throttle, provisioning=provisioning, readmodel=read,
                        usage_projection=usage_p, audit_projection=audit_p,
-                       auth_service=AuthService(nc, provisioning, engine, Throttle()))
+                       auth_service=AuthService(nc, provisioning, engine, Throttle(),
+                                                Limits.from_settings(settings)))
     runners = [("usage", usage_p), ("audit", audit_p)]
     if isinstance(read, readmodel_worker.RemoteProjection):
         await read.start()

@@ -1,46 +1,72 @@
-"""The cluster's authentication service over NATS request/reply (queue group ``admin-api``).
+"""The cluster's authentication and directory services over NATS request/reply (queue group
+``admin-api``), serving the typed contracts of ``colony.contracts``:
 
-``colony.auth.check`` — PLAIN password check::
+- ``names.AUTH_CHECK``            ``contracts.auth.AuthCheckRequest`` -> ``AuthCheckReply``
+- ``names.AUTH_SIP_CREDENTIALS``  ``contracts.auth.SipCredentialsRequest`` -> ``SipCredentialsReply``
+- ``names.DIRECTORY_LOOKUP``      ``contracts.directory.DirectoryLookupRequest`` -> ``DirectoryLookupReply``
+- ``names.DIRECTORY_RECIPIENTS``  ``contracts.recipients.RecipientsRequest`` -> ``RecipientsReply``
 
-    request  {"user": "alice@acme.example", "password": "...", "service": "imap", "remote_addr": "198.51.100.7"}
-    reply    {"ok": true, "account": "alice@acme.example", "domain": "acme.example",
-              "services": ["mail", "imap", ...], "quota_bytes": ..., "max_message_bytes": ...,
-              "max_recipients_per_message": ..., "sending_rate_per_hour": ...}
-          or {"ok": false, "reason": "invalid credentials" | "service not enabled" | "throttled", "retry_after": s}
+The wire formats are in those modules' docstrings.  Unknown user and wrong password give the
+same answer (no account enumeration).  Failures are throttled per account and per client
+address (brute-force protection).  A user in a domain alias (alice@acme-alias.example) is
+the account in the real domain.  A request that does not parse gets its contract's refusal
+with ``bad request: ...``, never silence.
 
-``colony.auth.sip`` — SIP digest credentials, never the password::
-
-    request  {"user": "alice", "realm": "acme.example", "algorithm": "MD5" | "SHA-256"}
-    reply    {"ok": true, "username": "alice", "realm": "acme.example", "algorithm": "MD5", "ha1": "<hex>"}
-          or {"ok": false, "reason": ...}
-
-Unknown user and wrong password give the same answer (no account enumeration).  Failures
-are throttled per account and per client address (brute-force protection).  A user in a
-domain alias (alice@acme-alias.example) is the account in the real domain.
+Directory lookups read the ``directory`` bucket itself (so they answer exactly what a
+``DirectoryCache`` holds); recipient resolution runs the edges' pure resolver over the read
+model (``SqlDirectoryView``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.js.errors import KeyNotFoundError
+from nats.js.kv import KeyValue
+from pydantic import BaseModel, ValidationError
 from sqlalchemy import Connection, select
 
 from colony.bus import names
-from colony_admin import db, entitlements
-from colony_admin.auth.secrets import DIGEST_ALGORITHMS
+from colony.bus.tokens import normalise_domain
+from colony.contracts.auth import (
+    AuthCheckReply,
+    AuthCheckRequest,
+    AuthFailure,
+    SipCredentialsReply,
+    SipCredentialsRequest,
+    SipFailure,
+)
+from colony.contracts.directory import (
+    BadEntry,
+    DirectoryLookupReply,
+    DirectoryLookupRequest,
+    EntryKind,
+    parse_entry,
+)
+from colony.contracts.entitlements import effective
+from colony.contracts.recipients import (
+    Limits,
+    RecipientResult,
+    RecipientsReply,
+    RecipientsRequest,
+    normalise_address,
+    resolve_all,
+)
+from colony_admin import db
 from colony_admin.auth.throttle import Throttle
 from colony_admin.commands import Provisioning
+from colony_admin.directoryview import SqlDirectoryView
 from colony_admin.models import check_address, check_domain, check_local
 
 log = logging.getLogger("colony.admin.auth")
 
-INVALID = {"ok": False, "reason": "invalid credentials"}
+INVALID = AuthCheckReply.refused(AuthFailure.INVALID)
 
 
 def lookup(conn: Connection, address: str) -> dict[str, Any] | None:
@@ -61,16 +87,31 @@ def lookup(conn: Connection, address: str) -> dict[str, Any] | None:
     return {"account": dict(acct), "domain_state": dom["state"], "limits": limits}
 
 
+# One served subject: how its request parses, what a request that does not parse gets.
+_Handler = Callable[[Any], Awaitable[BaseModel]]
+
+
 class AuthService:
-    def __init__(self, nc: Client, provisioning: Provisioning, engine, throttle: Throttle) -> None:
+    def __init__(self, nc: Client, provisioning: Provisioning, engine, throttle: Throttle,
+                 limits: Limits = Limits()) -> None:
         self.nc, self.provisioning, self.engine, self.throttle = nc, provisioning, engine, throttle
+        self.limits = limits
         self._subs: list[Any] = []
         self._tasks: set[asyncio.Task] = set()
+        self._kv: KeyValue | None = None
 
     async def start(self) -> None:
-        self._subs.append(await self.nc.subscribe(names.AUTH_CHECK, queue=names.QUEUE_ADMIN, cb=self._spawn(self.check)))
-        self._subs.append(await self.nc.subscribe(names.AUTH_SIP_CREDENTIALS, queue=names.QUEUE_ADMIN,
-                                                  cb=self._spawn(self.sip_credentials)))
+        served: list[tuple[str, type[BaseModel], _Handler, Callable[[str], BaseModel]]] = [
+            (names.AUTH_CHECK, AuthCheckRequest, self.check, AuthCheckReply.refused),
+            (names.AUTH_SIP_CREDENTIALS, SipCredentialsRequest, self.sip_credentials, SipCredentialsReply.refused),
+            (names.DIRECTORY_LOOKUP, DirectoryLookupRequest, self.directory_lookup,
+             lambda error: DirectoryLookupReply(found=False, error=error)),
+            (names.DIRECTORY_RECIPIENTS, RecipientsRequest, self.recipients,
+             lambda error: RecipientsReply(results=[], error=error)),
+        ]
+        for subject, request_model, handler, refusal in served:
+            self._subs.append(await self.nc.subscribe(subject, queue=names.QUEUE_ADMIN,
+                                                      cb=self._spawn(request_model, handler, refusal)))
 
     async def stop(self) -> None:
         for sub in self._subs:
@@ -82,28 +123,28 @@ class AuthService:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    def _spawn(self, handler):
+    def _spawn(self, request_model: type[BaseModel], handler: _Handler, refusal: Callable[[str], BaseModel]):
         # nats-py runs a subscription's callbacks one at a time; argon2 takes tens of ms, so
         # each request gets its own task and checks run side by side.
         async def cb(msg: Msg) -> None:
-            task = asyncio.create_task(self._answer(handler, msg))
+            task = asyncio.create_task(self._answer(request_model, handler, refusal, msg))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         return cb
 
-    async def _answer(self, handler, msg: Msg) -> None:
+    async def _answer(self, request_model: type[BaseModel], handler: _Handler,
+                      refusal: Callable[[str], BaseModel], msg: Msg) -> None:
         try:
-            request = json.loads(msg.data)
-            if not isinstance(request, dict):
-                raise ValueError("not an object")
-            reply = await handler(request)
-        except (ValueError, TypeError) as exc:
-            reply = {"ok": False, "reason": f"bad request: {exc}"}
+            reply = await handler(request_model.model_validate_json(msg.data))
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "request"
+            reply = refusal(f"bad request: {where}: {first['msg']}")
         except Exception:
-            log.exception("auth request on %s failed", msg.subject)
-            reply = {"ok": False, "reason": "internal error"}
+            log.exception("request on %s failed", msg.subject)
+            reply = refusal("internal error")
         if msg.reply:
-            await msg.respond(json.dumps(reply, separators=(",", ":")).encode())
+            await msg.respond(reply.to_bytes())
 
     async def _lookup(self, address: str) -> dict[str, Any] | None:
         def work():
@@ -111,17 +152,17 @@ class AuthService:
                 return lookup(conn, address)
         return await asyncio.to_thread(work)
 
-    async def check(self, request: dict[str, Any]) -> dict[str, Any]:
-        password = str(request.get("password", ""))
+    async def check(self, request: AuthCheckRequest) -> AuthCheckReply:
+        password = request.password
         try:
-            address = check_address(str(request.get("user", "")))
+            address = check_address(request.user)
         except ValueError:
             return INVALID
-        keys = [f"acct:{address}"] + ([f"ip:{request['remote_addr']}"] if request.get("remote_addr") else [])
+        keys = [f"acct:{address}"] + ([f"ip:{request.remote_addr}"] if request.remote_addr else [])
         now = time.monotonic()
         wait = max(self.throttle.retry_after(k, now) for k in keys)
         if wait:
-            return {"ok": False, "reason": "throttled", "retry_after": round(wait, 1)}
+            return AuthCheckReply.refused(AuthFailure.THROTTLED, retry_after=round(wait, 1))
         found = await self._lookup(address)
         stored = found["account"]["password_hash"] if found else None
         # Verify even for an unknown account would cost argon2 time; we skip it and accept the
@@ -137,34 +178,59 @@ class AuthService:
             self.throttle.succeeded(k)
         acct = found["account"]
         if acct["state"] != "active" or found["domain_state"] != "active":
-            return {"ok": False, "reason": "account disabled"}
-        limits = entitlements.effective(acct, found["limits"])
-        service = request.get("service")
-        if service and service not in limits["services"]:
-            return {"ok": False, "reason": "service not enabled"}
-        return {"ok": True, "account": acct["address"], "domain": acct["domain"], **limits}
+            return AuthCheckReply.refused(AuthFailure.ACCOUNT_DISABLED)
+        limits = effective(acct, found["limits"])
+        if request.service and request.service not in limits["services"]:
+            return AuthCheckReply.refused(AuthFailure.SERVICE_NOT_ENABLED)
+        return AuthCheckReply.granted(acct["address"], acct["domain"], limits)
 
-    async def sip_credentials(self, request: dict[str, Any]) -> dict[str, Any]:
-        algorithm = str(request.get("algorithm", "MD5")).upper()
-        if algorithm not in DIGEST_ALGORITHMS:
-            return {"ok": False, "reason": f"algorithm must be one of {', '.join(DIGEST_ALGORITHMS)}"}
-        user = str(request.get("user", ""))
+    async def sip_credentials(self, request: SipCredentialsRequest) -> SipCredentialsReply:
+        user = request.user
         try:
             if "@" in user:
                 address = check_address(user)
             else:
-                address = f"{check_local(user)}@{check_domain(str(request.get('realm', '')))}"
+                address = f"{check_local(user)}@{check_domain(request.realm)}"
         except ValueError:
-            return {"ok": False, "reason": "unknown user"}
+            return SipCredentialsReply.refused(SipFailure.UNKNOWN_USER)
         found = await self._lookup(address)
         if not found:
-            return {"ok": False, "reason": "unknown user"}
+            return SipCredentialsReply.refused(SipFailure.UNKNOWN_USER)
         acct = found["account"]
         if acct["state"] != "active" or found["domain_state"] != "active":
-            return {"ok": False, "reason": "account disabled"}
-        if "sip" not in entitlements.effective(acct, found["limits"])["services"]:
-            return {"ok": False, "reason": "service not enabled"}
-        ha1 = (acct["sip_ha1"] or {}).get(algorithm)
+            return SipCredentialsReply.refused(SipFailure.ACCOUNT_DISABLED)
+        if "sip" not in effective(acct, found["limits"])["services"]:
+            return SipCredentialsReply.refused(SipFailure.SERVICE_NOT_ENABLED)
+        ha1 = (acct["sip_ha1"] or {}).get(request.algorithm)
         if not ha1:
-            return {"ok": False, "reason": "no SIP credentials (set a password)"}
-        return {"ok": True, "username": acct["name"], "realm": acct["domain"], "algorithm": algorithm, "ha1": ha1}
+            return SipCredentialsReply.refused(SipFailure.NO_CREDENTIALS)
+        return SipCredentialsReply(ok=True, username=acct["name"], realm=acct["domain"], algorithm=request.algorithm,
+                                   ha1=ha1)
+
+    async def directory_lookup(self, request: DirectoryLookupRequest) -> DirectoryLookupReply:
+        if request.kind is EntryKind.ADDRESS:
+            name = normalise_address(request.name)
+        elif request.kind is EntryKind.COS:
+            name = request.name
+        else:
+            name = normalise_domain(request.name) or None
+        if not name:
+            return DirectoryLookupReply(found=False)
+        if self._kv is None:
+            self._kv = await self.nc.jetstream().key_value(names.BUCKET_DIRECTORY)
+        try:
+            entry = await self._kv.get(names.directory_key(request.kind.value, name))
+        except KeyNotFoundError:  # also raised for a deleted key
+            return DirectoryLookupReply(found=False)
+        try:
+            parsed = parse_entry(entry.value or b"")
+        except BadEntry as exc:
+            log.error("directory value at %s is unreadable: %s", entry.key, exc)
+            return DirectoryLookupReply(found=False, error="internal error")
+        return DirectoryLookupReply(found=parsed is not None, entry=parsed)
+
+    async def recipients(self, request: RecipientsRequest) -> RecipientsReply:
+        def work():
+            with self.engine.connect() as conn:
+                return resolve_all(SqlDirectoryView(conn), request.recipients, self.limits)
+        return RecipientsReply(results=[RecipientResult.of(r) for r in await asyncio.to_thread(work)])

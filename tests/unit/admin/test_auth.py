@@ -9,7 +9,7 @@ import pytest
 from colony_admin.auth import roles, secrets
 from colony_admin.auth.roles import Principal
 from colony_admin.auth.throttle import Throttle
-from colony_admin.entitlements import effective
+from colony.contracts.entitlements import effective
 from colony_admin.models import Role
 from colony_admin.problems import Forbidden
 
