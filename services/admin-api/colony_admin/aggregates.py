@@ -7,6 +7,17 @@ store), or ``None`` when the aggregate does not exist (never created, or deleted
 
 Aggregates: ``domain``, ``address`` (account or alias, so they share one namespace),
 ``domain_alias``, ``cos``, ``token``.
+
+A name is a domain or a domain alias, never both, although the two are separate aggregates
+(separate subjects, so no single append can check both).  The rule is kept by a *fence*:
+whoever creates name N as one kind first reads its own aggregate's version, then appends a
+``…Deleted`` event to the *other* kind's aggregate N, expecting the version at which it saw
+that aggregate not exist (``fence_name``), and only then appends its creation, expecting the
+version it read first.  Two creations of N as different kinds cannot both succeed: each
+one's fence changes the version the other's creation or fence expects, so at least one of
+them gets a concurrency conflict (409).  A crash between fence and creation leaves only a
+fence, which folds to "does not exist": a retry simply fences again, and nothing needs
+releasing when a domain or domain alias is deleted.
 """
 
 from __future__ import annotations
@@ -15,6 +26,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from colony import events as ev
+from colony.bus import names
 from colony_admin.models import (
     AccountCreate,
     AccountState,
@@ -117,6 +129,19 @@ def delete_domain(state: State, name: str, *, has_addresses: bool) -> list[ev.Ev
     return [ev.DomainDeleted(domain=name)]
 
 
+def fence_name(other: State, name: str, other_kind: str) -> list[ev.Event]:
+    """Before creating ``name`` as one kind: close the other kind's aggregate of that name
+    (see the module docstring).  Refused if the name exists as the other kind."""
+    if other_kind == names.AGG_DOMAIN:
+        if other is not None:
+            raise AlreadyExists(f"{name} is a domain; a name is a domain or a domain alias, never both")
+        return [ev.DomainDeleted(domain=name)]
+    if other is not None:
+        raise AlreadyExists(f"{name} is a domain alias of {other['domain']}; a name is a domain or a domain alias, "
+                            "never both")
+    return [ev.DomainAliasDeleted(alias=name, domain=name)]
+
+
 def create_domain_alias(state: State, domain_state: State, alias: str, domain: str) -> list[ev.Event]:
     require(domain_state, f"domain {domain}")
     if state is not None:
@@ -174,6 +199,19 @@ def upgrade_password(state: State, address: str, verified_hash: str, new_hash: s
         return []
     kept = dict(state.get("sip_ha1") or {}) or sip_ha1
     return [ev.AccountPasswordSet(address=address, password_hash=new_hash, sip_ha1=kept)]
+
+
+_COMPARED_FIELDS = ("real_name", "cos", "quota_bytes", "services", "forwarding", "state")
+
+
+def account_differences(state: State, address: str, cmd: AccountCreate) -> dict[str, Any]:
+    """An import row against the existing account: the settings the row fills that differ
+    (field -> the row's value).  Passwords and SIP credentials are compared by the caller."""
+    if state is not None and state.get("kind") != "account":
+        raise AlreadyExists(f"{address} exists (as an {state['kind']})")
+    current = require_kind(state, "account", address)
+    wanted = cmd.model_dump(mode="json", include=set(_COMPARED_FIELDS) & cmd.model_fields_set)
+    return {k: v for k, v in wanted.items() if current.get(k) != v}
 
 
 def delete_account(state: State, address: str) -> list[ev.Event]:

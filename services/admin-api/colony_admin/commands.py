@@ -26,6 +26,7 @@ from colony.eventstore import ConcurrencyConflict, EventStore
 from colony_admin import aggregates
 from colony_admin.auth import passwords, secrets
 from colony_admin.auth.roles import Principal
+from colony_admin.models import CosCreate, CosLimits
 from colony_admin.problems import Conflict
 from colony_admin.projections.runner import StreamProjection
 
@@ -90,6 +91,27 @@ class Provisioning:
         record = ev.AuditRecorded(actor=who.actor, role=who.role.value, action=action, target=target, domain=domain,
                                   remote_addr=remote_addr, outcome=outcome, detail=detail or {})
         await self.js.publish(names.audit_subject(domain), record.encode(), stream=names.STREAM_AUDIT)
+
+    # --- names and the default class of service ---------------------------------------------
+
+    async def reserve_name(self, name: str, kind: str) -> None:
+        """Fence ``name`` against the other kind before creating it as ``kind`` (domain or
+        domain alias; see ``aggregates``).  Call after loading the aggregate to be created."""
+        other = names.AGG_DOMAIN_ALIAS if kind == names.AGG_DOMAIN else names.AGG_DOMAIN
+        loaded = await self.load(other, name)
+        await self.commit(loaded, aggregates.fence_name(loaded.state, name, other), wait=False)
+
+    async def ensure_cos(self, name: str, quota_bytes: int) -> None:
+        """The cluster's default class of service exists (created by the first domain that
+        needs it; idempotent across instances: a concurrent creation is as good as ours)."""
+        loaded = await self.load(names.AGG_COS, name)
+        if loaded.state is None:
+            cmd = CosCreate(name=name, description="Default class of every domain created without one",
+                            limits=CosLimits(quota_bytes=quota_bytes))
+            try:
+                await self.commit(loaded, aggregates.create_cos(None, cmd))
+            except Conflict:
+                pass  # another request or instance created (or changed) it meanwhile
 
     # --- passwords: CPU-heavy argon2 off the event loop --------------------------------------
 

@@ -3,13 +3,31 @@
 One row per account, or a row with only a domain to create an empty domain.  Columns (CSV
 header or JSON object keys; only ``domain`` is required)::
 
-    domain, domain_cos, display_name,                      -> the domain (created if missing)
-    account, real_name, password | password_hash, cos, quota_bytes, services, forwarding
+    domain        the domain (created if missing)
+    domain_cos    its class of service (new domains only; empty: the cluster's default_cos)
+    display_name  its branding display name (new domains only)
+    account       local part, or a full address in ``domain``
+    real_name     the account holder's name
+    password      a plaintext password (hashed to argon2id here), or instead
+    password_hash a hash from the old system in Dovecot's notation: {SHA512-CRYPT}, {SHA256-CRYPT},
+                  {BLF-CRYPT}, {ARGON2ID}, {ARGON2I}, {SSHA512}, {SSHA256}, {SSHA}, {CRYPT},
+                  {MD5-CRYPT} (.b64/.hex for SSHA*), or a bare $argon2id$/$2y$/$6$/$5$/$1$ string;
+                  verified by the auth check and re-hashed to argon2id at the next login; a weak
+                  scheme (SSHA*, MD5/DES crypt) is accepted with a warning in the report
+    sip_ha1_md5, sip_ha1_sha256
+                  SIP digest HA1 = H(user:realm:password) from the old system (32 / 64 hex), so
+                  phones keep working; without them, HA1 is derived from a plaintext password
+    sip_realm     the realm those HA1 were made for; must be the domain (its SIP realm)
+    cos, quota_bytes, services, forwarding
+                  the account's class of service, quota, enabled services and forwarding
 
-``account`` is a local part or a full address in ``domain``.  ``services`` and ``forwarding``
-are lists (JSON) or space/semicolon separated (CSV).  ``password_hash`` takes an argon2 PHC
-string (``$argon2id$…``) from a migration: no plaintext is needed, but SIP digest credentials
-appear only once a password is set.  JSON is a list of such objects (or {"rows": [...]}).
+``services`` and ``forwarding`` are lists (JSON) or space/semicolon separated (CSV).  JSON is
+a list of such objects (or {"rows": [...]}).  An empty cell is the same as a missing column:
+it sets nothing, and a re-run compares only the columns a row fills.
+
+Running an import again is safe: an account that exists and equals its row is counted
+``unchanged``; one that differs is a row error unless the import runs with ``update``, which
+changes it (``colony domain import --update``).
 """
 
 from __future__ import annotations
@@ -23,11 +41,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from colony_admin.auth import passwords
 from colony_admin.models import AccountCreate, Branding, DomainCreate
 
 _SPLIT = re.compile(r"[;\s]+")
 KNOWN = {"domain", "domain_cos", "display_name", "account", "real_name", "password", "password_hash", "cos",
-         "quota_bytes", "services", "forwarding"}
+         "quota_bytes", "services", "forwarding", "sip_ha1_md5", "sip_ha1_sha256", "sip_realm"}
+COLUMNS = __doc__.split("::", 1)[1].split("``services`` and", 1)[0].strip("\n")  # for the CLI's --help
 
 
 class ImportFormatError(ValueError):
@@ -39,7 +59,10 @@ class AccountRow:
     row: int
     domain: str
     account: AccountCreate
-    password_hash: str | None = None
+
+    @property
+    def password_hash(self) -> str | None:
+        return self.account.password_hash
 
 
 @dataclass
@@ -48,6 +71,7 @@ class Plan:
     accounts: list[AccountRow] = field(default_factory=list)
     domain_only_rows: dict[str, int] = field(default_factory=dict)  # rows that only name a domain
     errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     rows: int = 0
 
 
@@ -115,19 +139,32 @@ def plan(rows: list[dict[str, Any]]) -> Plan:
             if in_domain.lower().rstrip(".") != domain:
                 out.errors.append(f"row {n}: account {raw['account']} is not in domain {domain}")
                 continue
-        password_hash = _blank(raw.get("password_hash"))
-        if password_hash is not None and not str(password_hash).startswith("$argon2"):
-            out.errors.append(f"row {n}: password_hash must be an argon2 PHC string")
-            continue
+        fields: dict[str, Any] = {"name": local}
+        for column in ("real_name", "password", "password_hash", "cos", "quota_bytes"):
+            if _blank(raw.get(column)) is not None:
+                fields[column] = raw[column]
+        for column in ("services", "forwarding"):
+            if _list(raw.get(column)) is not None:
+                fields[column] = _list(raw[column])
+        sip = {key: raw[column] for key, column in (("md5", "sip_ha1_md5"), ("sha256", "sip_ha1_sha256"),
+                                                      ("realm", "sip_realm")) if _blank(raw.get(column)) is not None}
+        if sip:
+            fields["sip_ha1"] = sip
         try:
-            account = AccountCreate(
-                name=local, real_name=str(raw.get("real_name") or ""), password=_blank(raw.get("password")),
-                cos=_blank(raw.get("cos")), quota_bytes=_blank(raw.get("quota_bytes")),
-                services=_list(raw.get("services")), forwarding=_list(raw.get("forwarding")) or [])
+            account = AccountCreate(**fields)
         except ValidationError as exc:
             out.errors.append(f"row {n}: {_first(exc)}")
             continue
-        out.accounts.append(AccountRow(n, domain, account, password_hash))
+        if account.sip_ha1 is not None and account.sip_ha1.realm not in (None, domain):
+            out.errors.append(f"row {n}: SIP credentials for realm {account.sip_ha1.realm} do not work in "
+                              f"{domain} (its realm is {domain})")
+            continue
+        if account.password_hash is not None:
+            scheme = passwords.parse(account.password_hash)
+            if scheme.weak:
+                out.warnings.append(f"row {n}: {scheme.scheme} is a weak password scheme; "
+                                    "re-hashed to argon2id at the account's next login")
+        out.accounts.append(AccountRow(n, domain, account))
     return out
 
 

@@ -11,9 +11,10 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Generic, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from colony.bus.tokens import normalise_domain
+from colony_admin.auth import passwords
 
 _DOMAIN_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+$")
 # Local parts: the dot-atom of RFC 5322 (lower-cased); enough for real mailboxes, and no
@@ -50,7 +51,15 @@ def check_cos_name(value: str) -> str:
     return value
 
 
+def check_password_hash(value: str) -> str:
+    try:
+        return passwords.normalise(value)[0]
+    except passwords.UnsupportedHash as exc:
+        raise ValueError(str(exc)) from None
+
+
 DomainName = Annotated[str, AfterValidator(check_domain)]
+PasswordHash = Annotated[str, AfterValidator(check_password_hash)]
 LocalPart = Annotated[str, AfterValidator(check_local)]
 Address = Annotated[str, AfterValidator(check_address)]
 CosName = Annotated[str, AfterValidator(check_cos_name)]
@@ -192,15 +201,43 @@ class CosOut(BaseModel):
 
 # --- accounts and aliases --------------------------------------------------------------------
 
+class SipCredentials(_Strict):
+    """SIP digest credentials brought from another system: HA1 = H(user:realm:password) per
+    algorithm, so phones keep working after a migration without anyone knowing the password.
+    A Colony domain is its own SIP realm, so the HA1 must have been made for that realm."""
+
+    md5: str | None = Field(None, pattern=r"^[0-9a-fA-F]{32}$", description="HA1 for MD5 digest (32 hex)")
+    sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$", description="HA1 for SHA-256 digest (64 hex)")
+    realm: DomainName | None = Field(None, description="The realm they were made for; must be the domain")
+
+    def ha1(self) -> dict[str, str]:
+        out = {"MD5": self.md5, "SHA-256": self.sha256}
+        return {k: v.lower() for k, v in out.items() if v}
+
+
+def _one_password(model: Any) -> Any:
+    if model.password is not None and model.password_hash is not None:
+        raise ValueError("give password or password_hash, not both")
+    return model
+
+
 class AccountCreate(_Strict):
     name: LocalPart = Field(description="Local part; the address is name@domain")
     real_name: str = Field("", max_length=200)
     password: str | None = Field(None, min_length=8, max_length=1024, description="Write-only; stored as argon2")
+    password_hash: PasswordHash | None = Field(
+        None, max_length=passwords.MAX_HASH_LENGTH,
+        description="Write-only, instead of password: a hash from another mail system in Dovecot's notation "
+                    "({SHA512-CRYPT}, {SHA256-CRYPT}, {BLF-CRYPT}, {ARGON2ID}, {ARGON2I}, {SSHA512}, {SSHA256}, "
+                    "{SSHA}, {CRYPT}, {MD5-CRYPT}); re-hashed to argon2id at the next login")
+    sip_ha1: SipCredentials | None = Field(None, description="Write-only: imported SIP digest credentials")
     cos: CosName | None = Field(None, description="System administrators only; none: the domain's")
     quota_bytes: int | None = Field(None, ge=0, description="Capped by the class of service")
     services: list[Service] | None = Field(None, description="Subset of the class of service's; none: all of them")
     forwarding: list[Address] = Field(default_factory=list, max_length=20)
     state: AccountState = AccountState.ACTIVE
+
+    _check = model_validator(mode="after")(_one_password)
 
 
 class AccountPatch(_Patch):
@@ -208,11 +245,16 @@ class AccountPatch(_Patch):
 
     real_name: str | None = Field(None, max_length=200)
     password: str | None = Field(None, min_length=8, max_length=1024)
+    password_hash: PasswordHash | None = Field(None, max_length=passwords.MAX_HASH_LENGTH,
+                                               description="Instead of password: see AccountCreate")
+    sip_ha1: SipCredentials | None = Field(None, description="Replace the SIP digest credentials")
     cos: CosName | None = None
     quota_bytes: int | None = Field(None, ge=0)
     services: list[Service] | None = None
     forwarding: list[Address] | None = Field(None, max_length=20)
     state: AccountState | None = None
+
+    _check = model_validator(mode="after")(_one_password)
 
 
 class AccountOut(BaseModel):
@@ -254,6 +296,18 @@ class DomainAliasOut(BaseModel):
     name: str
     domain: str
     version: int
+
+
+class NameVerification(BaseModel):
+    """The DNS record that proves control of a name a domain administrator wants as a domain
+    alias (system administrators need none)."""
+
+    name: str = Field(description="The name to be claimed")
+    domain: str = Field(description="The domain claiming it")
+    record_name: str = Field(description="Where to publish the record: the name itself")
+    record_type: str = "TXT"
+    record_value: str = Field(description="colony-verification=<token>")
+    verified: bool = Field(description="Whether DNS shows the record right now")
 
 
 # --- tokens ------------------------------------------------------------------------------------
@@ -335,7 +389,11 @@ class ImportJob(BaseModel):
     failed: int
     domains_created: int
     accounts_created: int
+    unchanged: int = Field(0, description="Rows already present and equal (a re-run changes nothing)")
+    updated: int = Field(0, description="Accounts that differed and were changed (with ?update=true)")
     errors: list[str] = Field(description="First 100 row errors: 'row N: reason'")
+    warnings: list[str] = Field(default_factory=list,
+                                description="First 100 warnings, e.g. a weak password scheme: 'row N: …'")
     tokens: list[dict[str, str]] = Field(
         default_factory=list,
         description="With ?admin_tokens=true: one domain-admin token per created domain (shown once)",

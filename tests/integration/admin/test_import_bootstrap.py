@@ -30,7 +30,7 @@ async def test_csv_import_creates_companies_accounts_and_their_admin_tokens(stac
     for d in domains:
         lines.append(f"{d},Company {d},boss,The Boss,pass-{d},mail imap")
         lines.append(f"{d},,staff,,,")
-    lines.append(f"{domains[0]},,boss,,,")  # duplicate: a row error
+    lines.append(f"{domains[0]},,boss,Someone Else,,")  # exists and differs: a row error
     lines.append("not a domain,,x,,,")     # invalid: a row error
     r = await c.post("/v1/imports?admin_tokens=true", content="\n".join(lines).encode(),
                      headers=h | {"Content-Type": "text/csv"})

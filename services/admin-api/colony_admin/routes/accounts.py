@@ -18,6 +18,7 @@ from colony_admin.models import (
     AliasOut,
     AliasPatch,
     Page,
+    SipCredentials,
     check_local,
 )
 from colony_admin.problems import COMMON_RESPONSES, Invalid
@@ -44,6 +45,25 @@ def account_out(row: dict[str, Any], version: int | None = None) -> AccountOut:
 def alias_out(row: dict[str, Any], version: int | None = None) -> AliasOut:
     return AliasOut(address=row["address"], domain=row["domain"], name=row["name"], targets=row["targets"],
                     version=version if version is not None else row["version"])
+
+
+def imported_ha1(domain: str, sip: SipCredentials | None) -> dict[str, str]:
+    """Imported SIP credentials; HA1 is bound to its realm, and a domain's realm is its name."""
+    if sip is None:
+        return {}
+    if sip.realm is not None and sip.realm != domain:
+        raise Invalid(f"SIP credentials for realm {sip.realm} do not work in {domain} (its realm is {domain})")
+    return sip.ha1()
+
+
+async def credentials(ctx: Admin, name: str, domain: str, password: str | None, password_hash: str | None,
+                      sip: SipCredentials | None) -> tuple[str | None, dict[str, str]]:
+    """(stored password hash, HA1 per algorithm) for a plaintext password or imported hashes."""
+    ha1 = imported_ha1(domain, sip)
+    if password is not None:
+        hashed, derived = await ctx.provisioning.hash_password(name, domain, password)
+        return hashed, ha1 or derived
+    return password_hash, ha1
 
 
 async def cos_exists(ctx: Admin, cos: str | None) -> bool:
@@ -73,9 +93,9 @@ async def create_account(domain: str, body: AccountCreate, request: Request, res
         roles.require_system(who, "choose an account's class of service")
     dom = await ctx.provisioning.load(names.AGG_DOMAIN, domain)
     loaded = await ctx.provisioning.load(names.AGG_ADDRESS, f"{body.name}@{domain}")
-    hashed, ha1 = (None, {})
+    hashed, ha1 = (body.password_hash, imported_ha1(domain, body.sip_ha1))
     if body.password is not None and loaded.state is None and dom.state is not None:
-        hashed, ha1 = await ctx.provisioning.hash_password(body.name, domain, body.password)
+        hashed, ha1 = await credentials(ctx, body.name, domain, body.password, None, body.sip_ha1)
     events = aggregates.create_account(loaded.state, dom.state, domain, body, password_hash=hashed, sip_ha1=ha1,
                                        cos_exists=await cos_exists(ctx, body.cos))
     outcome = await ctx.provisioning.commit(loaded, events)
@@ -102,6 +122,8 @@ async def patch_account(domain: str, name: str, body: AccountPatch, request: Req
     roles.require_domain(who, domain)
     changes = body.changes()
     password = changes.pop("password", None)
+    password_hash = changes.pop("password_hash", None)
+    changes.pop("sip_ha1", None)
     if "cos" in changes:
         roles.require_system(who, "change an account's class of service")
         if not await cos_exists(ctx, changes["cos"]):
@@ -109,12 +131,17 @@ async def patch_account(domain: str, name: str, body: AccountPatch, request: Req
     address = f"{name}@{domain}"
     loaded = await ctx.provisioning.load(names.AGG_ADDRESS, address)
     aggregates.require_kind(loaded.state, "account", address)
-    hashed, ha1 = (await ctx.provisioning.hash_password(name, domain, password)) if password else (None, None)
+    hashed, ha1 = await credentials(ctx, name, domain, password, password_hash, body.sip_ha1)
+    if hashed is None and body.sip_ha1 is not None:
+        hashed = loaded.state["password_hash"]  # new SIP credentials only: the password stays
+    if hashed is None:
+        ha1 = None
     events = aggregates.update_account(loaded.state, address, changes, password_hash=hashed, sip_ha1=ha1)
     outcome = await ctx.provisioning.commit(loaded, events, if_match=expected)
     if outcome.changed:
         await ctx.provisioning.audit(who, "account.update", address, domain=domain, remote_addr=client_addr(request),
-                                     detail={"changes": sorted(changes) + (["password"] if password else [])})
+                                     detail={"changes": sorted(changes) + (["password"] if password or password_hash else [])
+                                             + (["sip_ha1"] if body.sip_ha1 else [])})
     set_etag(response, outcome.version)
     return account_out(apply_all(loaded.state, events), outcome.version)
 

@@ -6,8 +6,10 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 
+from colony import events as ev
 from colony.bus import names
-from colony_admin import aggregates, db, queries
+from colony.dns import make_resolver
+from colony_admin import aggregates, db, queries, verification
 from colony_admin.auth import roles
 from colony_admin.deps import Admin, Caller, IfMatch, client_addr
 from colony_admin.models import (
@@ -18,12 +20,14 @@ from colony_admin.models import (
     DomainOut,
     DomainPatch,
     DomainState,
+    NameVerification,
     Page,
+    Role,
     SuspendRequest,
     TokenOut,
     check_domain,
 )
-from colony_admin.problems import COMMON_RESPONSES, Invalid
+from colony_admin.problems import COMMON_RESPONSES, Forbidden, Invalid
 from colony_admin.routes._common import Cursor, Limit, Prefix, apply_all, set_etag, token_out
 
 router = APIRouter(prefix="/v1/domains", tags=["domains"], responses=COMMON_RESPONSES)
@@ -40,6 +44,12 @@ def domain_out(row: dict[str, Any], version: int | None = None) -> DomainOut:
     return DomainOut(name=row["name"], state=row["state"], home_region=row["home_region"], cos=row["cos"],
                      branding=Branding(**row["branding"]), storage=row["storage"],
                      version=version if version is not None else row["version"])
+
+
+async def default_cos(ctx: Admin) -> str:
+    """The class a domain gets when none is given, created the first time it is needed."""
+    await ctx.provisioning.ensure_cos(ctx.settings.default_cos, ctx.settings.default_cos_quota_bytes)
+    return ctx.settings.default_cos
 
 
 async def _require_cos(ctx: Admin, cos: str | None) -> None:
@@ -60,8 +70,12 @@ async def list_domains(ctx: Admin, who: Caller, cursor: Cursor = None, limit: Li
 @router.post("", response_model=DomainOut, status_code=201, summary="Create a domain (system admin)")
 async def create_domain(body: DomainCreate, request: Request, response: Response, ctx: Admin, who: Caller) -> DomainOut:
     roles.require_system(who, "create domains")
+    if body.cos is None:
+        body = body.model_copy(update={"cos": await default_cos(ctx)})
     await _require_cos(ctx, body.cos)
     loaded = await ctx.provisioning.load(names.AGG_DOMAIN, body.name)
+    if loaded.state is None:
+        await ctx.provisioning.reserve_name(body.name, names.AGG_DOMAIN)
     events = aggregates.create_domain(loaded.state, body)
     outcome = await ctx.provisioning.commit(loaded, events)
     await ctx.provisioning.audit(who, "domain.create", body.name, domain=body.name, remote_addr=client_addr(request))
@@ -85,6 +99,8 @@ async def patch_domain(domain: str, body: DomainPatch, request: Request, respons
     domain = domain_name(domain)
     roles.require_system(who, "change domain settings")
     changes = body.changes()
+    if "cos" in changes and changes["cos"] is None:
+        changes["cos"] = await default_cos(ctx)  # no domain is without a class of service
     if "cos" in changes:
         await _require_cos(ctx, changes["cos"])
     loaded = await ctx.provisioning.load(names.AGG_DOMAIN, domain)
@@ -162,19 +178,51 @@ async def list_domain_aliases(domain: str, ctx: Admin, who: Caller, cursor: Curs
     return Page[DomainAliasOut](items=[DomainAliasOut(**r) for r in rows], next_cursor=nxt)
 
 
+async def _verification(ctx: Admin, domain: str, alias: str) -> NameVerification:
+    stored = await ctx.store.read(names.provisioning_subject(names.AGG_DOMAIN, domain))
+    incarnation = 0
+    state: aggregates.State = None
+    for s in stored:  # the sequence of the domain's (latest) creation
+        state, was = aggregates.apply(state, ev.decode(s.data)), state
+        if was is None and state is not None:
+            incarnation = s.seq
+    aggregates.require(state, f"domain {domain}")
+    tok = verification.token(domain, incarnation, alias)
+    try:
+        seen = await verification.published(make_resolver(ctx.settings), alias, tok)
+    except verification.LookupFailed:
+        seen = False
+    return NameVerification(name=alias, domain=domain, record_name=alias,
+                            record_value=verification.record_value(tok), verified=seen)
+
+
+@router.get("/{domain}/domain-aliases/{alias}/verification", response_model=NameVerification,
+            summary="The DNS record that proves control of a name before it can become a domain alias")
+async def get_name_verification(domain: str, alias: str, ctx: Admin, who: Caller) -> NameVerification:
+    domain, alias = domain_name(domain), domain_name(alias)
+    roles.require_domain(who, domain)
+    return await _verification(ctx, domain, alias)
+
+
 @router.post("/{domain}/domain-aliases", response_model=DomainAliasOut, status_code=201,
-             summary="Add another name for a domain")
+             summary="Add another name for a domain (domain administrators: once DNS proves the name is theirs)")
 async def create_domain_alias(domain: str, body: DomainAliasCreate, request: Request, ctx: Admin,
                               who: Caller) -> DomainAliasOut:
     domain = domain_name(domain)
     roles.require_domain(who, domain)
-    if (await ctx.provisioning.load(names.AGG_DOMAIN, body.name)).state is not None:
-        raise Invalid(f"{body.name} is a domain of its own")
+    if who.role != Role.SYSTEM_ADMIN:
+        proof = await _verification(ctx, domain, body.name)
+        if not proof.verified:
+            raise Forbidden(f"prove that {body.name} is yours first: publish the DNS record {body.name} TXT "
+                            f"\"{proof.record_value}\" (GET …/domain-aliases/{body.name}/verification shows it)")
     dom = await ctx.provisioning.load(names.AGG_DOMAIN, domain)
     loaded = await ctx.provisioning.load(names.AGG_DOMAIN_ALIAS, body.name)
+    aggregates.create_domain_alias(loaded.state, dom.state, body.name, domain)  # refuse before fencing
+    await ctx.provisioning.reserve_name(body.name, names.AGG_DOMAIN_ALIAS)
     events = aggregates.create_domain_alias(loaded.state, dom.state, body.name, domain)
     outcome = await ctx.provisioning.commit(loaded, events)
-    await ctx.provisioning.audit(who, "domain_alias.create", body.name, domain=domain, remote_addr=client_addr(request))
+    await ctx.provisioning.audit(who, "domain_alias.create", body.name, domain=domain, remote_addr=client_addr(request),
+                                 detail={"proof": "dns" if who.role != Role.SYSTEM_ADMIN else "system-admin"})
     return DomainAliasOut(name=body.name, domain=domain, version=outcome.version)
 
 

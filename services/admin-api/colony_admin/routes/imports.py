@@ -5,7 +5,12 @@ the job, GET /v1/imports/{id} reports progress (the CLI draws its progress bar f
 Rows go through the same aggregate rules and optimistic concurrency as single requests
 (every creation expects version 0); the appends of a batch are pipelined on one reply
 subscription (``EventStore.create_many``), which is what makes bulk fast.  Existing domains are
-used as they are; an account that exists already is a row error, not a failure of the job.
+used as they are; a new one gets the cluster's default class of service unless its rows name
+one, and its name is fenced against domain aliases first (see ``aggregates``).
+
+Re-running an import is safe: an account that exists and equals its row is ``unchanged``;
+one that differs is a row error, or with ``?update=true`` is changed (under optimistic
+concurrency, like a PATCH) and counted ``updated``.
 """
 
 from __future__ import annotations
@@ -24,8 +29,8 @@ from colony_admin import aggregates, importer
 from colony_admin.auth import roles, secrets
 from colony_admin.auth.roles import Principal
 from colony_admin.deps import Admin, AdminContext, Caller, client_addr
-from colony_admin.models import ImportJob, Role, TokenCreate
-from colony_admin.problems import COMMON_RESPONSES, BadRequest, NotFound, Problem
+from colony_admin.models import AccountCreate, ImportJob, Role, TokenCreate
+from colony_admin.problems import COMMON_RESPONSES, BadRequest, Conflict, NotFound, Problem
 
 log = logging.getLogger("colony.admin.import")
 router = APIRouter(prefix="/v1/imports", tags=["bulk import"], responses=COMMON_RESPONSES)
@@ -35,17 +40,23 @@ MAX_ERRORS = 100
 KEEP_JOBS = 100    # finished jobs kept for their progress record
 
 
+def _ha1(cmd: AccountCreate) -> dict[str, str]:
+    return cmd.sip_ha1.ha1() if cmd.sip_ha1 is not None else {}
+
+
 def _chunks(items: list, size: int):
     for i in range(0, len(items), size):
         yield items[i:i + size]
 
 
 class ImportRun:
-    def __init__(self, ctx: AdminContext, who: Principal, addr: str, plan: importer.Plan, admin_tokens: bool) -> None:
+    def __init__(self, ctx: AdminContext, who: Principal, addr: str, plan: importer.Plan, admin_tokens: bool,
+                 update: bool = False) -> None:
         self.ctx, self.who, self.addr, self.plan, self.admin_tokens = ctx, who, addr, plan, admin_tokens
+        self.update = update
         self.job = ImportJob(id=uuid.uuid4().hex, state="running", total=plan.rows, done=len(plan.errors),
                              failed=len(plan.errors), domains_created=0, accounts_created=0,
-                             errors=plan.errors[:MAX_ERRORS])
+                             errors=plan.errors[:MAX_ERRORS], warnings=plan.warnings[:MAX_ERRORS])
         self._domains: dict[str, aggregates.State] = {}
         self._cos_exists: dict[str, bool] = {}
         self._last_seq = 0
@@ -80,6 +91,13 @@ class ImportRun:
             self.job.state = "failed"
             self.job.errors.append(f"job: {exc}")
 
+    async def _default_cos(self) -> str:
+        settings = self.ctx.settings
+        if settings.default_cos not in self._cos_exists:
+            await self.ctx.provisioning.ensure_cos(settings.default_cos, settings.default_cos_quota_bytes)
+            self._cos_exists[settings.default_cos] = True
+        return settings.default_cos
+
     async def _cos_ok(self, name: str | None) -> bool:
         if name is None:
             return True
@@ -106,13 +124,37 @@ class ImportRun:
             out.append(result)
         return out
 
+    async def _fence_aliases(self, domains: list[str]) -> set[str]:
+        """Fence each new domain name against domain aliases (``aggregates.fence_name``);
+        returns the names that are domain aliases already (those rows fail)."""
+        kind = names.AGG_DOMAIN_ALIAS
+        fences = [(names.provisioning_subject(kind, d), aggregates.fence_name(None, d, kind)[0].encode())
+                  for d in domains]
+        blocked: set[str] = set()
+        for domain, result in zip(domains, await self.ctx.store.create_many(fences), strict=True):
+            if not isinstance(result, ConcurrencyConflict):
+                continue
+            # The alias subject has history: an old fence (a re-run), a deleted or a live alias.
+            if (await self.ctx.provisioning.load(names.AGG_DOMAIN, domain)).state is not None:
+                continue  # the domain exists: nothing is created, nothing to fence
+            try:
+                await self.ctx.provisioning.reserve_name(domain, names.AGG_DOMAIN)
+            except Problem as exc:
+                self._error(f"domain {domain}", exc.detail)
+                blocked.add(domain)
+        return blocked
+
     async def _create_domains(self, cmds: list) -> None:
         items: list[tuple[str, ev.Event]] = []
         for cmd in cmds:
+            if cmd.cos is None:
+                cmd = cmd.model_copy(update={"cos": await self._default_cos()})
             if not await self._cos_ok(cmd.cos):
                 self._error(f"domain {cmd.name}", f"class of service {cmd.cos} does not exist")
                 continue
             items.append((cmd.name, aggregates.create_domain(None, cmd)[0]))
+        blocked = await self._fence_aliases([name for name, _ in items])
+        items = [item for item in items if item[0] not in blocked]
         created: list[str] = []
         for (name, event), seq in zip(items, await self._create_new(names.AGG_DOMAIN, items), strict=True):
             if seq is None:  # an existing domain: its accounts are added to it
@@ -146,7 +188,8 @@ class ImportRun:
             roles.require_domain(self.who, row.domain)
             cmd = row.account
             events = aggregates.create_account(None, self._domains[row.domain], row.domain, cmd,
-                                               password_hash=row.password_hash, sip_ha1={}, cos_exists=True)
+                                               password_hash=row.password_hash, sip_ha1=_ha1(cmd),
+                                               cos_exists=True)
         except Problem as exc:
             self._error(row.row, exc.detail)
             return None
@@ -160,9 +203,10 @@ class ImportRun:
                 roles.require_system(self.who, "choose an account's class of service")
             if row.domain not in self._domains:
                 self._domains[row.domain] = (await self.ctx.provisioning.load(names.AGG_DOMAIN, row.domain)).state
-            hashed, ha1 = row.password_hash, {}
+            hashed, ha1 = row.password_hash, _ha1(cmd)
             if cmd.password is not None:
-                hashed, ha1 = await self.ctx.provisioning.hash_password(cmd.name, row.domain, cmd.password)
+                hashed, derived = await self.ctx.provisioning.hash_password(cmd.name, row.domain, cmd.password)
+                ha1 = ha1 or derived
             events = aggregates.create_account(None, self._domains[row.domain], row.domain, cmd, password_hash=hashed,
                                                sip_ha1=ha1, cos_exists=await self._cos_ok(cmd.cos))
         except Problem as exc:
@@ -183,16 +227,57 @@ class ImportRun:
                 prepared[i] = p
         items = [(p, r) for p, r in zip(prepared, rows, strict=True) if p is not None]
         results = await self._create_new(names.AGG_ADDRESS, [p for p, _ in items])
-        created = []
+        created, existing = [], []
         for ((address, _), row), seq in zip(items, results, strict=True):
             if seq is None:
-                self._error(row.row, f"{address} exists")
+                existing.append((address, row))
             else:
                 created.append(address)
+        updated = [a for a in await asyncio.gather(*(self._reconcile(a, r) for a, r in existing)) if a]
         self.job.accounts_created += len(created)
         self.job.done += len(rows)
         if created:
             await self._audit("account.create", created)
+        if updated:
+            await self._audit("account.update", updated)
+
+    async def _reconcile(self, address: str, row: importer.AccountRow) -> str | None:
+        """A row whose account exists: unchanged, a row error, or (``update``) changed.
+        Returns the address if it was changed."""
+        prov, cmd = self.ctx.provisioning, row.account
+        loaded = await prov.load(names.AGG_ADDRESS, address)
+        try:
+            differs = aggregates.account_differences(loaded.state, address, cmd)
+            state = loaded.state
+            assert state is not None
+            imported = _ha1(cmd)
+            new_password = (cmd.password_hash is not None and state["password_hash"] != cmd.password_hash) or (
+                cmd.password is not None and not await prov.verify_password(state["password_hash"], cmd.password))
+            new_ha1 = any((state.get("sip_ha1") or {}).get(k) != v for k, v in imported.items())
+            fields = sorted(differs) + (["password"] if new_password else []) + (["sip_ha1"] if new_ha1 else [])
+            if not fields:
+                self.job.unchanged += 1
+                return None
+            if not self.update:
+                raise Conflict(f"{address} exists and differs ({', '.join(fields)}); import with update to change it")
+            if "cos" in differs and not await self._cos_ok(differs["cos"]):
+                raise Conflict(f"class of service {differs['cos']} does not exist")
+            hashed, ha1 = None, None
+            if new_password and cmd.password is not None:
+                hashed, derived = await prov.hash_password(cmd.name, row.domain, cmd.password)
+                ha1 = imported or derived
+            elif new_password:
+                hashed, ha1 = cmd.password_hash, imported
+            elif new_ha1:
+                hashed, ha1 = state["password_hash"], {**(state.get("sip_ha1") or {}), **imported}
+            events = aggregates.update_account(state, address, differs, password_hash=hashed, sip_ha1=ha1)
+            outcome = await prov.commit(loaded, events, wait=False)
+        except Problem as exc:
+            self._error(row.row, exc.detail)
+            return None
+        self._last_seq = max(self._last_seq, outcome.version)
+        self.job.updated += 1
+        return address
 
     async def _audit(self, action: str, targets: list[str]) -> None:
         # One AUDIT event per batch, listing every object it created: the trail stays
@@ -211,6 +296,8 @@ async def start_import(
     request: Request, ctx: Admin, who: Caller,
     format: Annotated[Literal["csv", "json"] | None, Query(description="Default: from Content-Type")] = None,
     admin_tokens: Annotated[bool, Query(description="Create a domain-admin token for each new domain")] = False,
+    update: Annotated[bool, Query(description="Change existing accounts that differ from their rows "
+                                               "(without it they are row errors; equal ones are 'unchanged')")] = False,
 ) -> ImportJob:
     roles.require_system(who, "run bulk imports")
     body = await request.body()
@@ -219,7 +306,7 @@ async def start_import(
         plan = importer.plan(importer.parse(body, fmt))
     except importer.ImportFormatError as exc:
         raise BadRequest(str(exc)) from None
-    run = ImportRun(ctx, who, client_addr(request), plan, admin_tokens)
+    run = ImportRun(ctx, who, client_addr(request), plan, admin_tokens, update)
     while len(ctx.imports) >= KEEP_JOBS:  # forget the oldest finished job
         oldest = next((k for k, r in ctx.imports.items() if r.job.state != "running"), None)
         if oldest is None:
@@ -228,7 +315,7 @@ async def start_import(
     ctx.imports[run.job.id] = run
     run.start()
     await ctx.provisioning.audit(who, "import.start", f"import {run.job.id}", domain=None,
-                                 remote_addr=client_addr(request), detail={"rows": plan.rows, "format": fmt})
+                                 remote_addr=client_addr(request), detail={"rows": plan.rows, "format": fmt, "update": update})
     return run.job
 
 
