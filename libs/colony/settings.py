@@ -98,8 +98,6 @@ class Settings(BaseSettings):
     database_url: str = Field("", description="SQLAlchemy URL of the admin read model. Empty: SQLite in <data_dir>/admin.sqlite3.")
     default_cos: str = Field("default", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", description="Class of service of every domain created without one (so a domain administrator cannot hand out unlimited quota). The admin API creates it, with default_cos_quota_bytes, when the first domain needs it; change its limits with `colony cos update`.")
     default_cos_quota_bytes: int = Field(10 * 1024**3, ge=0, description="Mailbox quota of the default class of service when the admin API creates it (later changes go through the CoS API).")
-    default_cos: str = Field("default", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", description="Class of service of every domain created without one (so a domain administrator cannot hand out unlimited quota). The admin API creates it, with default_cos_quota_bytes, when the first domain needs it; change its limits with `colony cos update`.")
-    default_cos_quota_bytes: int = Field(10 * 1024**3, ge=0, description="Mailbox quota of the default class of service when the admin API creates it (later changes go through the CoS API).")
 
     # --- listeners ---------------------------------------------------------------------
     ops_port: int = Field(0, ge=0, le=65535, description="Port of this instance's health/metrics HTTP listener (0: any free port).")
