@@ -17,6 +17,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 from colony.bus.connection import connect
@@ -70,9 +71,9 @@ def status_table(views: list[NodeView], bus: str) -> Table:
         ctl = "[bold]CONTROLLER[/bold]" if v.controller else ("backup" if v.backup else "")
         state = f"[{STATE_STYLE.get(v.state, '')}]{v.state}[/]" + (" (drained)" if v.drained and v.state == NodeState.NOT_READY else "")
         listens = ", ".join(f"{k} {a}" for k, a in sorted(v.addresses.items()))
-        if v.drain_error:
-            state += f" [red](drain failed: {v.drain_error})[/red]"
-        faults = f"[red]{v.fault_count}[/red]: {v.faults[-1].task}: {v.faults[-1].error}" if v.faults else ""
+        if v.drain_error:  # error texts are data, not rich markup
+            state += f" [red](drain failed: {escape(v.drain_error)})[/red]"
+        faults = f"[red]{v.fault_count}[/red]: {escape(v.faults[-1].task)}: {escape(v.faults[-1].error)}" if v.faults else ""
         table.add_row(v.id, v.role, state, ctl, str(v.pid), listens, f"{v.load.get('work', 0):g}", str(v.epoch), faults)
     return table
 
