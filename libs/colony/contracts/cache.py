@@ -173,6 +173,11 @@ class DirectoryCache(DirectoryIndex):
             _KV_PREFIX + ">", stream=self._stream, cb=self._on_msg, ordered_consumer=True,
             deliver_policy=DeliverPolicy.LAST_PER_SUBJECT, pending_msgs_limit=1_000_000,
             pending_bytes_limit=512 * 1024 * 1024)
+        if not self.loaded.is_set():
+            # Emptied between the two calls (everything purged): nothing will come to say so.
+            consumer = await self._sub.consumer_info()
+            if consumer.num_pending == 0 and consumer.delivered.consumer_seq == 0:
+                self.loaded.set()
 
     async def wait_loaded(self, timeout: float | None = None) -> None:
         await asyncio.wait_for(self.loaded.wait(), timeout)

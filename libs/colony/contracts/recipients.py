@@ -119,6 +119,11 @@ class Accepted(NamedTuple):
 
     ok: bool = True
 
+    @property
+    def reason(self) -> None:
+        """No refusal (so ``resolution.reason`` reads the same on both kinds of answer)."""
+        return None
+
 
 class Refused(NamedTuple):
     recipient: str

@@ -1,0 +1,32 @@
+"""The admin API stack of tests/integration/admin, reused: the contracts are served by it.
+
+Only the SQLite read model here (the admin suites cover PostgreSQL); the fixtures come from
+the admin suite's conftest, loaded by path so the two conftest modules do not shadow each other.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+_spec = importlib.util.spec_from_file_location(
+    "admin_suite_fixtures", Path(__file__).resolve().parent.parent / "admin" / "conftest.py")
+admin = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = admin  # dataclasses look their module up there
+_spec.loader.exec_module(admin)
+
+nats_url = admin.nats_url
+make_stack = admin.make_stack
+stack = admin.stack
+unique_domain = admin.unique_domain
+wait_until = admin.wait_until
+
+
+@pytest.fixture
+def databases(request, tmp_path):
+    factory = admin.DatabaseFactory("sqlite", tmp_path, request)
+    yield factory
+    factory.drop_all()
