@@ -35,6 +35,11 @@ FAST_TIMINGS = {
     "COLONY_DRAIN_TIMEOUT": "20",
 }
 
+# Every listener on a port the kernel picks (the ops listener reports it in the record): a
+# fixed default (SMTP 25, the admin API's 8080) collides with another test or process on a
+# shared machine.  An explicit ``env`` of a test still wins.
+ANY_PORT = {f"COLONY_{name.upper()}": "0" for name in Settings.model_fields if name.endswith("_port")}
+
 
 async def wait_until(probe: Callable[[], Awaitable[T]], timeout: float, what: str, interval: float = 0.05) -> T:
     """Poll ``probe`` until it returns something truthy; fail naming ``what`` at the deadline."""
@@ -72,6 +77,7 @@ class ClusterHarness:
     nats_url: str
     workdir: Path
     extra_env: dict[str, str] = field(default_factory=dict)
+    identities: dict = field(default_factory=dict)  # role -> bus identity; empty: an open bus
     nodes: dict[str, Node] = field(default_factory=dict)
     _nc = None
 
@@ -84,8 +90,10 @@ class ClusterHarness:
             "COLONY_NATS_URL": self.nats_url,
             "COLONY_NODE_ID": node_id,
             "COLONY_DATA_DIR": str(self.workdir),
-            "COLONY_API_PORT": "0",
+            **ANY_PORT,
         })
+        if role in self.identities:  # each instance connects as its role, never as the operator
+            full_env["COLONY_NATS_NKEY_SEED_FILE"] = str(self.identities[role].seed_file)
         full_env.update(self.extra_env)
         full_env.update(env)
         log_path = self.workdir / f"{node_id}.log"
@@ -97,8 +105,18 @@ class ClusterHarness:
 
     async def client(self):
         if self._nc is None:
-            self._nc = await connect(Settings(nats_url=self.nats_url), name="test-harness")
+            self._nc = await connect(self._settings(), name="test-harness")
         return self._nc
+
+    def _settings(self) -> Settings:
+        if "operator" in self.identities:
+            return Settings(nats_url=self.nats_url, nats_nkey_seed_file=self.identities["operator"].seed_file)
+        return Settings(nats_url=self.nats_url)
+
+    async def ensure_schema(self) -> None:
+        from colony.bus.schema import ensure_schema
+
+        await ensure_schema((await self.client()).jetstream(), self._settings())
 
     async def view(self) -> dict[str, NodeView]:
         return {v.id: v for v in await cluster_view(await self.client())}

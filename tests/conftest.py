@@ -8,9 +8,13 @@ from colony.natsd import EmbeddedNats
 
 
 @pytest.fixture
-def nats_server(tmp_path):
-    server = EmbeddedNats(store_dir=tmp_path / "nats", sync_always=False)
+def nats_server(tmp_path, monkeypatch):
+    """The authenticated bus, as `colony up` runs it: every role has its own identity
+    (``nats_server.seed_file(role)``) and permissions; the test process itself is the
+    operator (COLONY_NATS_NKEY_SEED_FILE), so a plain ``Settings()`` here may do anything."""
+    server = EmbeddedNats.authenticated(tmp_path / "nats", tmp_path / "bus", sync_always=False)
     server.start()
+    monkeypatch.setenv("COLONY_NATS_NKEY_SEED_FILE", str(server.seed_file("operator")))
     yield server
     server.stop()
 
@@ -19,7 +23,8 @@ def nats_server(tmp_path):
 async def cluster(nats_server, tmp_path):
     from cluster_harness import ClusterHarness
 
-    harness = ClusterHarness(nats_url=nats_server.url, workdir=tmp_path)
+    harness = ClusterHarness(nats_url=nats_server.url, workdir=tmp_path, identities=nats_server.identities)
+    await harness.ensure_schema()  # as the operator, as `colony up` does: only controllers may create it
     yield harness
     await harness.close()
 

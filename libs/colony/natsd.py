@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 _LISTEN = re.compile(r"Listening for client connections on ([\d.]+):(\d+)")
@@ -58,6 +58,21 @@ class EmbeddedNats:
     process: subprocess.Popen | None = None
     url: str = ""
     preexec_fn: object = None  # e.g. colony.supervisor.die_with_parent
+    authorization: str = ""  # an `authorization { ... }` block (colony.bus.permissions); empty: an open bus
+    identities: dict = field(default_factory=dict)  # role -> colony.bus.permissions.Identity
+
+    @classmethod
+    def authenticated(cls, store_dir: Path, bus_dir: Path, **options) -> EmbeddedNats:
+        """A server that admits only Colony's role identities (generated into ``bus_dir``,
+        or the ones already there), each with the permissions of its role."""
+        from colony.bus.permissions import authorization_config, generate_identities
+
+        identities = generate_identities(bus_dir)
+        return cls(store_dir=store_dir, authorization=authorization_config(identities), identities=identities, **options)
+
+    def seed_file(self, role: str) -> Path:
+        """Where the nkey seed of ``role`` is (``COLONY_NATS_NKEY_SEED_FILE`` of that role)."""
+        return self.identities[role].seed_file
 
     def config_text(self) -> str:
         js = [f'store_dir: "{self.store_dir / "jetstream"}"']
@@ -83,6 +98,8 @@ class EmbeddedNats:
             if self.leafnode_remotes:
                 leaf.append("remotes: [" + ", ".join(f'{{ url: "{u}" }}' for u in self.leafnode_remotes) + "]")
             lines.append("leafnodes {\n  " + "\n  ".join(leaf) + "\n}")
+        if self.authorization:
+            lines.append(self.authorization)
         return "\n".join(lines) + "\n"
 
     @property
@@ -92,6 +109,9 @@ class EmbeddedNats:
     def start(self, timeout: float = 20.0) -> str:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         conf = self.store_dir / "nats-server.conf"
+        # The config names every identity's public key: not secret, but no one else's business.
+        conf.touch(mode=0o600)
+        conf.chmod(0o600)
         conf.write_text(self.config_text())
         log = open(self.log_path, "ab", buffering=0)
         offset = self.log_path.stat().st_size

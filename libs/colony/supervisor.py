@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from colony.bus import names
+from colony.bus.permissions import Identity, authorization_config, generate_identities
 from colony.natsd import EmbeddedNats, NatsServerError
 from colony.ports import PortPlan, ephemeral_overlap, port_is_free
 
@@ -89,6 +91,7 @@ class Cluster:
     nats: EmbeddedNats | None = None
     instances: list[Instance] = field(default_factory=list)
     plan: PortPlan = field(init=False)
+    identities: dict[str, Identity] = field(default_factory=dict)
     bus_down_since: float | None = None  # monotonic time the bus was found dead, until it is back
     bus_restarts: int = 0
     next_bus_restart: float = 0.0
@@ -104,6 +107,11 @@ class Cluster:
     @property
     def info_file(self) -> Path:
         return self.data_dir / "cluster.json"
+
+    @property
+    def bus_dir(self) -> Path:
+        """The bus identities (nkey seeds, 0600 in a 0700 directory): only this user can use the bus."""
+        return self.data_dir / "bus"
 
     # --- start ------------------------------------------------------------------------------
 
@@ -139,10 +147,12 @@ class Cluster:
         self.check_free()
         self.pid_file.write_text(str(os.getpid()))
         (self.data_dir / "logs").mkdir(exist_ok=True)
+        self.identities = generate_identities(self.bus_dir)
         self.nats = EmbeddedNats(store_dir=self.data_dir / "nats", host=self.host, port=self.plan.nats,
                                  monitor_port=self.plan.nats_monitor, server_name=f"colony-{self.base_port}",
-                                 preexec_fn=die_with_parent)
+                                 preexec_fn=die_with_parent, authorization=authorization_config(self.identities))
         self.nats.start()
+        self.ensure_schema()
         index = 0
         admin_index = 0
         for role in ROLE_MODULES:
@@ -155,6 +165,7 @@ class Cluster:
                     "COLONY_DATA_DIR": str(self.data_dir),
                     "COLONY_HOST": self.host,
                     "COLONY_OPS_PORT": str(self.plan.ops(index)),
+                    "COLONY_NATS_NKEY_SEED_FILE": str(self.identities[role].seed_file),
                 })
                 if role == "admin-api":
                     env["COLONY_API_PORT"] = str(self.plan.admin_api(admin_index))
@@ -169,6 +180,7 @@ class Cluster:
         return {
             "nats_url": self.nats.url if self.nats else None,
             "nats_pid": self.nats.process.pid if self.nats and self.nats.process else None,
+            "operator_seed": str(self.operator_seed) if self.identities else None,
             "nats_monitor": f"http://{self.host}:{self.plan.nats_monitor}",
             "admin_api": [f"http://{self.host}:{self.plan.admin_api(i)}" for i in range(self.counts.get("admin-api", 0))],
             "data_dir": str(self.data_dir),
@@ -176,6 +188,29 @@ class Cluster:
             "instances": {i.node_id: {"role": i.role, "pid": i.process.pid if i.process else None,
                                       "log": str(i.log_path)} for i in self.instances},
         }
+
+    @property
+    def operator_seed(self) -> Path:
+        return self.identities[names.ROLE_OPERATOR].seed_file
+
+    def ensure_schema(self) -> None:
+        """Create the streams and buckets as the operator before any instance starts: only
+        controllers may do it themselves, and the other roles wait for the schema."""
+        import asyncio
+
+        from colony.bus.connection import connect, jetstream
+        from colony.bus.schema import ensure_schema
+        from colony.settings import load_settings
+
+        async def run() -> None:
+            settings = load_settings(nats_url=self.nats.url, nats_nkey_seed_file=self.operator_seed)
+            nc = await connect(settings, name="colony-up", persistent=False)
+            try:
+                await ensure_schema(jetstream(nc), settings)
+            finally:
+                await nc.close()
+
+        asyncio.run(run())
 
     # --- keep running -----------------------------------------------------------------------
 

@@ -1,14 +1,19 @@
-"""Connecting to NATS the same way everywhere: reconnect forever, log state changes."""
+"""Connecting to NATS the same way everywhere: the process's own bus identity, TLS when the
+URLs say so, reconnect forever (a restarted server is found again at the same URL), log
+state changes."""
 
 from __future__ import annotations
 
 import logging
+import ssl
+from pathlib import Path
 
 import nats
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
-from colony.settings import Settings
+from colony.bus.permissions import inbox_prefix, public_key_of
+from colony.settings import ConfigError, Settings
 
 log = logging.getLogger("colony.bus")
 
@@ -28,6 +33,7 @@ async def connect(settings: Settings, name: str = "colony", persistent: bool = T
     nc = await nats.connect(
         servers=settings.nats_servers,
         name=name,
+        **connect_options(settings.nats_nkey_seed_file, settings.nats_tls_ca_file),
         connect_timeout=settings.nats_connect_timeout,
         max_reconnect_attempts=-1 if persistent else 1,  # 0 would mean "forever" in nats-py
         reconnect_time_wait=0.5,
@@ -44,3 +50,32 @@ async def connect(settings: Settings, name: str = "colony", persistent: bool = T
 
 def jetstream(nc: Client) -> JetStreamContext:
     return nc.jetstream(timeout=5.0)
+
+
+def connect_options(seed_file: Path | str | None, ca_file: Path | str | None = None) -> dict:
+    """``nats.connect`` keyword arguments for an identity: its nkey, its private inbox, TLS.
+
+    Takes paths rather than ``Settings`` so a child process that got them as arguments
+    (the admin API's projection workers) connects exactly as its parent does."""
+    options: dict = {}
+    if seed_file:
+        path = Path(seed_file)
+        try:
+            key = public_key_of(path)
+        except FileNotFoundError:
+            raise ConfigError(f"COLONY_NATS_NKEY_SEED_FILE={path}: no such file; run `colony bus init` "
+                              f"or point it at this role's .nk file") from None
+        except Exception as exc:  # nkeys raises its own error classes for a malformed seed
+            raise ConfigError(f"COLONY_NATS_NKEY_SEED_FILE={path}: not an nkey seed ({type(exc).__name__}); "
+                              f"use a file written by `colony bus init`") from None
+        if path.stat().st_mode & 0o077:
+            raise ConfigError(f"COLONY_NATS_NKEY_SEED_FILE={path}: readable by other users; `chmod 600 {path}`")
+        options["nkeys_seed"] = str(path)
+        options["inbox_prefix"] = inbox_prefix(key)
+    if ca_file:
+        try:
+            options["tls"] = ssl.create_default_context(cafile=str(ca_file))
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"COLONY_NATS_TLS_CA_FILE={ca_file}: cannot load it ({exc}); "
+                              f"point it at the CA certificate of the NATS servers") from None
+    return options

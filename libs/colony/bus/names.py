@@ -6,6 +6,8 @@ Nothing else in the code base spells a subject or bucket name as a literal.  Var
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+
 from colony.bus.tokens import to_token
 
 # --- KV buckets (DESIGN §3) -----------------------------------------------------------
@@ -128,6 +130,10 @@ DIRECTORY_RECIPIENTS = "colony.dir.recipients"  # recipient resolution (colony.c
 
 QUEUE_ADMIN = "admin-api"
 
+# Core NATS, fire and forget: projectors announce how far the admin read model is
+# (colony_admin.projections.position.ReadModelPosition), admin APIs wait on it.
+ADMIN_READMODEL_POSITIONS = "colony.admin.readmodel.position"
+
 
 def consumer_next_subject(stream: str, consumer: str) -> str:
     """JetStream's pull request subject for one consumer (JSON body ``{"batch", "expires",
@@ -166,3 +172,123 @@ def rate_counter_key(kind: str, subject: str, window: int) -> str:
 def concurrency_key(kind: str, subject: str, node_id: str) -> str:
     """One instance's share of a concurrency gauge (e.g. sessions from one IP)."""
     return f"conc.{kind}.{to_token(subject)}.{to_token(node_id)}"
+
+
+# --- who may do what on the bus --------------------------------------------------------------
+# Patterns of the per-instance subjects above, for permissions (a ``*`` is never a token).
+NODE_COMMANDS = "colony.node.cmd.*"
+CONTROLLER_ALIVE = "colony.ctl.alive.*"
+
+ROLE_OPERATOR = "operator"  # `colony up`, the `colony` CLI, tests: every right, schema included
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What one role may do on the bus, in the contract's own names.
+
+    ``colony.bus.permissions`` turns a grant into the NATS server's publish/subscribe
+    permissions (JetStream API subjects, ``$KV``/``$O`` subjects, acks, flow control, the
+    identity's private inbox); the server enforces them, so a role cannot do what is not
+    written here.  Everything not granted is refused: deleting a stream or purging one is
+    granted to nobody but the operator.
+
+    To give a role something new, add the name above and one entry to its grant below:
+    ``append`` for a stream subject it publishes into, ``read`` for a stream it reads or
+    follows with a consumer, ``consume`` for a work queue it takes jobs from (read, plus
+    deleting a dead job), ``kv_write``/``kv_read`` for buckets, ``obj_write``/``obj_read``
+    for object stores, ``call`` for a core subject it sends to (a request or an announcement),
+    ``serve`` for a request subject it answers, ``listen`` for announcements it follows.
+    ``tests/integration/test_bus_auth.py`` runs the real server against this table.
+    """
+
+    append: tuple[str, ...] = ()
+    read: tuple[str, ...] = ()
+    consume: tuple[str, ...] = ()
+    kv_write: tuple[str, ...] = ()
+    kv_read: tuple[str, ...] = ()
+    obj_write: tuple[str, ...] = ()
+    obj_read: tuple[str, ...] = ()
+    call: tuple[str, ...] = ()
+    serve: tuple[str, ...] = ()
+    listen: tuple[str, ...] = ()
+    manage_schema: bool = False  # may create and update streams and buckets (never delete)
+    everything: bool = False     # no restriction at all: the operator only
+
+
+# Every instance runs colony.cluster.node.NodeRuntime: its record, the lease watch, cluster
+# events and the controller's commands.
+_INSTANCE = Grant(
+    append=(SUBJECTS_CLUSTER,),
+    kv_write=(BUCKET_NODES,),
+    kv_read=(BUCKET_LEASES,),
+    serve=(NODE_COMMANDS,),
+)
+
+
+def _with(base: Grant, **more: tuple[str, ...] | bool) -> Grant:
+    merged = {}
+    for name, value in more.items():
+        merged[name] = value if isinstance(value, bool) else tuple(dict.fromkeys(getattr(base, name) + value))
+    return replace(base, **merged)
+
+
+GRANTS: dict[str, Grant] = {
+    ROLE_OPERATOR: Grant(everything=True),
+    # Only controllers write the lease bucket (the lease and the decisions it fences) and
+    # mark other instances FAILED; they keep the schema up to date.
+    "controller": _with(
+        _INSTANCE, manage_schema=True,
+        read=(STREAM_CLUSTER,),
+        kv_write=(BUCKET_LEASES, BUCKET_ACCOUNT_OWNERS),
+        kv_read=(BUCKET_DIRECTORY,),
+        call=(NODE_COMMANDS, CONTROLLER_ALIVE),
+        serve=(CONTROLLER_API, CONTROLLER_ALIVE),
+    ),
+    # An edge sees the world through the directory and the password check; it cannot read
+    # PROVISIONING (password hashes), ask for SIP credentials or touch any stream's config.
+    "edge": _with(
+        _INSTANCE,
+        append=(SUBJECTS_MAIL,),
+        consume=(STREAM_OUTBOUND,),
+        kv_write=(BUCKET_RATE_COUNTERS,),
+        kv_read=(BUCKET_DIRECTORY, BUCKET_ACCOUNT_OWNERS),
+        obj_write=(OBJECT_MAIL_BODIES,),
+        call=(AUTH_CHECK, DIRECTORY_LOOKUP, DIRECTORY_RECIPIENTS),
+    ),
+    "mailstore": _with(
+        _INSTANCE,
+        append=(SUBJECTS_OUTBOUND, SUBJECTS_USAGE, SUBJECTS_DEAD_LETTERS),
+        consume=(STREAM_MAIL,),
+        kv_write=(BUCKET_ACCOUNT_OWNERS,),
+        kv_read=(BUCKET_DIRECTORY,),
+        obj_write=(OBJECT_MAIL_BODIES,),  # deletes a body once the message is stored
+        call=(AUTH_CHECK, DIRECTORY_LOOKUP, DIRECTORY_RECIPIENTS, MAILSTORE_DELIVER),
+        serve=(MAILSTORE_DELIVER,),  # deliveries forwarded to the account's owner
+    ),
+    "sipfarm": _with(
+        _INSTANCE,
+        append=(SUBJECTS_USAGE,),
+        kv_write=(BUCKET_SIP_BINDINGS, BUCKET_RATE_COUNTERS),
+        kv_read=(BUCKET_DIRECTORY,),
+        call=(AUTH_SIP_CREDENTIALS, DIRECTORY_LOOKUP, DIRECTORY_RECIPIENTS),
+    ),
+    # Only the admin API writes PROVISIONING (and its audit trail) and the directory it projects.
+    "admin-api": _with(
+        _INSTANCE,
+        append=(SUBJECTS_PROVISIONING, SUBJECTS_AUDIT),
+        read=(STREAM_PROVISIONING, STREAM_AUDIT, STREAM_USAGE, STREAM_CLUSTER, STREAM_DEAD_LETTERS),
+        kv_write=(BUCKET_DIRECTORY,),
+        kv_read=(BUCKET_NODES, BUCKET_ACCOUNT_OWNERS, BUCKET_SIP_BINDINGS),
+        call=(CONTROLLER_API, ADMIN_READMODEL_POSITIONS),
+        serve=(AUTH_CHECK, AUTH_SIP_CREDENTIALS, DIRECTORY_LOOKUP, DIRECTORY_RECIPIENTS),
+        listen=(ADMIN_READMODEL_POSITIONS,),
+    ),
+    # The admin API's projections as their own member (colony_admin.projector): reads what
+    # the admin API writes, writes only the directory and its position announcements.
+    "projector": _with(
+        _INSTANCE,
+        read=(STREAM_PROVISIONING, STREAM_AUDIT, STREAM_USAGE),
+        kv_write=(BUCKET_DIRECTORY,),
+        call=(ADMIN_READMODEL_POSITIONS,),
+    ),
+}

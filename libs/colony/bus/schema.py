@@ -113,7 +113,12 @@ def stream_configs(settings: Settings) -> list[StreamConfig]:
     ]
 
 
-async def ensure_schema(js: JetStreamContext, settings: Settings, deadline: float = 60.0) -> None:
+async def ensure_schema(js: JetStreamContext, settings: Settings, deadline: float = 60.0, manage: bool = True) -> None:
+    """Create or update the schema; with ``manage=False`` (a role whose bus identity may not
+    create streams, see ``names.GRANTS``) wait until whoever may has created it."""
+    if not manage:
+        await _wait_for_schema(js, settings, deadline)
+        return
     for config in stream_configs(settings):
         await _retrying(lambda c=config: _ensure_stream(js, c), config.name, deadline)
     buckets = bucket_configs(settings)
@@ -140,6 +145,45 @@ async def _ensure_object_store(js: JetStreamContext, config: ObjectStoreConfig) 
     except BadRequestError as exc:
         if exc.err_code != 10058:
             raise SchemaError(f"object store {config.bucket}: {exc.description}") from exc
+
+
+def manages_schema(settings: Settings, role: str) -> bool:
+    """On an authenticated bus only roles granted it create streams; on an open bus (no
+    identity configured) every process creates what it needs, as it always did."""
+    grant = names.GRANTS.get(str(role))
+    return settings.nats_nkey_seed_file is None or (grant is not None and (grant.manage_schema or grant.everything))
+
+
+def schema_streams(settings: Settings) -> dict[str, str]:
+    """The JetStream stream behind every stream, bucket and object store of the schema, each
+    with one subject it holds."""
+    from colony.bus.permissions import kv_stream, object_stream
+
+    found = {c.name: c.subjects[0] for c in stream_configs(settings)}
+    for f in Buckets.__dataclass_fields__:
+        bucket = getattr(bucket_configs(settings), f).bucket
+        found[kv_stream(bucket)] = f"$KV.{bucket}.>"
+    for store in object_store_configs(settings):
+        found[object_stream(store.bucket)] = f"$O.{store.bucket}.C.>"
+    return found
+
+
+async def _wait_for_schema(js: JetStreamContext, settings: Settings, deadline: float) -> None:
+    # By subject through STREAM.NAMES, which every identity may ask: STREAM.INFO of a stream
+    # is granted only to the roles that use it.
+    loop = asyncio.get_running_loop()
+    until = loop.time() + deadline
+    for stream, subject in schema_streams(settings).items():
+        while True:
+            try:
+                if await js.find_stream_name_by_subject(subject) == stream:
+                    break
+            except (NotFoundError, NatsTimeoutError):
+                pass
+            if loop.time() >= until:
+                raise SchemaError(f"stream {stream} does not exist after {deadline:g}s; this role may not create it: "
+                                  f"start a controller first (it creates the schema)")
+            await asyncio.sleep(0.5)
 
 
 async def _retrying(step, what: str, deadline: float) -> None:

@@ -59,6 +59,22 @@ def resolve_nats_url(nats: str | None, data_dir: Path) -> str:
     return _settings().nats_url
 
 
+def operator_seed(nats: str | None, data_dir: Path) -> Path | None:
+    """The operator's bus identity of the cluster `colony up` started in ``data_dir`` (unless
+    --nats names another bus: then COLONY_NATS_NKEY_SEED_FILE, if set, says who we are)."""
+    info = data_dir / "cluster.json"
+    if nats or not info.exists():
+        return None
+    seed = json.loads(info.read_text()).get("operator_seed")
+    return Path(seed) if seed else None
+
+
+def _cli_settings(url: str, seed: Path | None, **more) -> Settings:
+    if seed is not None:
+        more["nats_nkey_seed_file"] = seed
+    return _settings(nats_url=url, nats_connect_timeout=3, **more)
+
+
 STATE_STYLE = {NodeState.READY: "green", NodeState.NOT_READY: "yellow", NodeState.STARTING: "cyan",
                NodeState.STOPPED: "dim", NodeState.FAILED: "bold red"}
 
@@ -78,8 +94,8 @@ def status_table(views: list[NodeView], bus: str) -> Table:
     return table
 
 
-async def _view(url: str) -> list[NodeView]:
-    nc = await connect(_settings(nats_url=url, nats_connect_timeout=3), name="colony-cli", persistent=False)
+async def _view(url: str, seed: Path | None = None) -> list[NodeView]:
+    nc = await connect(_cli_settings(url, seed), name="colony-cli", persistent=False)
     try:
         return await cluster_view(nc)
     finally:
@@ -95,7 +111,7 @@ def status(
     """Every instance: role, READY / NOT_READY, controller and backup, where it listens."""
     url = resolve_nats_url(nats, data_dir)
     try:
-        views = asyncio.run(_view(url))
+        views = asyncio.run(_view(url, operator_seed(nats, data_dir)))
     except Exception as exc:
         _fail(f"cannot reach the bus at {url}: {exc or type(exc).__name__}. Is the cluster up (`colony up`)?")
     if as_json:
@@ -106,9 +122,10 @@ def status(
 
 def _command(command: str, node: str, data_dir: Path, nats: str | None, wait: bool, timeout: float) -> None:
     url = resolve_nats_url(nats, data_dir)
+    seed = operator_seed(nats, data_dir)
 
     async def run() -> tuple[bool, str]:
-        nc = await connect(_settings(nats_url=url, nats_connect_timeout=3), name="colony-cli", persistent=False)
+        nc = await connect(_cli_settings(url, seed), name="colony-cli", persistent=False)
         try:
             reply = await ask_controller(nc, command, node)
             if not reply.ok:
@@ -213,7 +230,7 @@ def _announce(cluster, stop) -> None:
     views: list[NodeView] = []
     while time.monotonic() < deadline and not stop["now"]:
         try:
-            views = asyncio.run(_view(info["nats_url"]))
+            views = asyncio.run(_view(info["nats_url"], cluster.operator_seed))
         except Exception:
             views = []
         if sum(1 for v in views if v.state == NodeState.READY) >= expected and any(v.controller for v in views):
@@ -241,7 +258,8 @@ def _bootstrap_token(cluster) -> None:
         return
 
     async def make() -> str | None:
-        settings = _settings(nats_url=cluster.nats.url, data_dir=cluster.data_dir)
+        settings = _settings(nats_url=cluster.nats.url, data_dir=cluster.data_dir,
+                             nats_nkey_seed_file=cluster.operator_seed)
         nc = await connect(settings, name="colony-up")
         try:
             return await ensure_bootstrap_token(settings, nc)
@@ -272,7 +290,7 @@ def _watch(cluster, stop, live: bool) -> None:
             if time.monotonic() - last >= 1.0:
                 last = time.monotonic()
                 try:
-                    screen.update(status_table(asyncio.run(_view(url)), url))
+                    screen.update(status_table(asyncio.run(_view(url, cluster.operator_seed)), url))
                 except Exception as exc:
                     screen.update(f"bus unreachable: {exc}")
             time.sleep(0.1)

@@ -38,7 +38,7 @@ from pydantic import ValidationError
 from colony import __version__
 from colony.bus import names
 from colony.bus.connection import connect
-from colony.bus.schema import ensure_schema
+from colony.bus.schema import ensure_schema, manages_schema
 from colony.cluster.commands import NodeCommand
 from colony.cluster.epoch import EpochGuard, StaleEpoch
 from colony.cluster.lease import LeaseRecord
@@ -127,7 +127,7 @@ class NodeRuntime:
         if self.nc is None:
             self.nc = await connect(self.settings, name=self.node_id)
         js = self.nc.jetstream()
-        await ensure_schema(js, self.settings)
+        await ensure_schema(js, self.settings, manage=manages_schema(self.settings, self.role))
         self._nodes = await js.key_value(names.BUCKET_NODES)
         self._js = js
         addresses = {"ops": await self.ops.start(self.settings.host, self.settings.ops_port, self.settings.advertised_host)}

@@ -1,0 +1,178 @@
+"""The authenticated bus against the real nats-server, with the configuration `colony up`
+generates: no identity, no connection; each role can do what ``names.GRANTS`` says and the
+server refuses the rest."""
+
+from __future__ import annotations
+
+import nats
+import pytest
+from nats.errors import Error as NatsError
+
+from cluster_harness import wait_until
+from colony.bus import names
+from colony.bus.connection import connect, connect_options
+from colony.bus.permissions import generate_identities, inbox_prefix, permissions_for
+from colony.bus.schema import ensure_schema
+from colony.settings import ConfigError, Settings
+
+
+class Client:
+    """A connection as one role that records the server's permission errors."""
+
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+        self.nc = None
+
+    async def open(self, url: str, seed) -> Client:
+        async def on_error(exc):
+            self.errors.append(str(exc).lower())
+
+        self.nc = await nats.connect(url, error_cb=on_error, allow_reconnect=False, **connect_options(seed))
+        self.js = self.nc.jetstream(timeout=1.0)
+        return self
+
+    async def refused(self, subject_fragment: str) -> bool:
+        async def seen():
+            return any("permissions violation" in e and subject_fragment.lower() in e for e in self.errors)
+        return await wait_until(seen, 10, f"a permissions violation for {subject_fragment}")
+
+
+@pytest.fixture
+async def bus(nats_server):
+    operator = await connect(Settings(nats_url=nats_server.url), name="test-operator")
+    await ensure_schema(operator.jetstream(), Settings(nats_url=nats_server.url))
+    opened: list[Client] = []
+
+    async def as_role(role: str) -> Client:
+        client = await Client().open(nats_server.url, nats_server.seed_file(role))
+        opened.append(client)
+        return client
+
+    yield nats_server, operator, as_role
+    for client in opened:
+        await client.nc.close()
+    await operator.close()
+
+
+async def test_a_connection_without_credentials_is_refused(nats_server):
+    with pytest.raises(Exception) as refused:
+        await nats.connect(nats_server.url, allow_reconnect=False, max_reconnect_attempts=1, connect_timeout=3)
+    assert "authorization" in str(refused.value).lower()
+
+
+async def test_an_unknown_identity_is_refused(nats_server, tmp_path):
+    stranger = generate_identities(tmp_path / "elsewhere", roles=("edge",))["edge"]
+    with pytest.raises(Exception) as refused:
+        await nats.connect(nats_server.url, allow_reconnect=False, max_reconnect_attempts=1, connect_timeout=3,
+                           **connect_options(stranger.seed_file))
+    assert "authorization" in str(refused.value).lower()
+
+
+async def test_an_edge_cannot_write_provisioning_read_credentials_or_delete_streams(bus):
+    server, operator, as_role = bus
+    edge = await as_role("edge")
+    subject = names.provisioning_subject(names.AGG_DOMAIN, "evil.example")
+
+    with pytest.raises(NatsError):
+        await edge.js.publish(subject, b"{}")
+    assert await edge.refused(subject)
+    ojs = operator.jetstream()
+    assert (await ojs.stream_info(names.STREAM_PROVISIONING)).state.messages == 0
+
+    # Credentials: the SIP digest service, the provisioning events (password hashes) and
+    # the password checks other instances send.
+    with pytest.raises(NatsError):
+        await edge.nc.request(names.AUTH_SIP_CREDENTIALS, b"{}", timeout=1)
+    assert await edge.refused(names.AUTH_SIP_CREDENTIALS)
+    with pytest.raises(NatsError):
+        await edge.js.pull_subscribe(names.SUBJECTS_PROVISIONING, stream=names.STREAM_PROVISIONING)
+    assert await edge.refused(f"$JS.API.CONSUMER.CREATE.{names.STREAM_PROVISIONING}")
+    with pytest.raises(NatsError):
+        await edge.js.get_msg(names.STREAM_PROVISIONING, seq=1)
+    await edge.nc.subscribe(names.AUTH_CHECK)
+    assert await edge.refused(names.AUTH_CHECK)
+    await edge.nc.subscribe("_INBOX.>")  # everybody's replies, credentials included
+    assert await edge.refused("_INBOX.>")
+
+    with pytest.raises(NatsError):
+        await edge.js.delete_stream(names.STREAM_PROVISIONING)
+    assert await edge.refused(f"$JS.API.STREAM.DELETE.{names.STREAM_PROVISIONING}")
+    with pytest.raises(NatsError):
+        await edge.js.purge_stream(names.STREAM_MAIL)
+    await ojs.stream_info(names.STREAM_PROVISIONING)  # still there
+
+    # ... and what an edge does need still works.
+    await edge.js.publish(names.mail_subject("local", "acme.example"), b"mail")
+    directory = await edge.js.key_value(names.BUCKET_DIRECTORY)
+    await ojs.key_value(names.BUCKET_DIRECTORY)
+    await (await ojs.key_value(names.BUCKET_DIRECTORY)).put("domain.acme-example", b"{}")
+    assert (await directory.get("domain.acme-example")).value == b"{}"
+    with pytest.raises(NatsError):
+        await directory.put("domain.evil", b"{}")
+
+
+async def test_only_controllers_write_the_lease_and_only_the_admin_api_writes_provisioning(bus):
+    server, operator, as_role = bus
+    controller, admin, edge = await as_role("controller"), await as_role("admin-api"), await as_role("edge")
+    subject = names.provisioning_subject(names.AGG_DOMAIN, "acme.example")
+
+    with pytest.raises(NatsError):
+        await controller.js.publish(subject, b"{}")
+    assert await controller.refused(subject)
+    ack = await admin.js.publish(subject, b"{}")
+    assert ack.stream == names.STREAM_PROVISIONING
+
+    leases = await controller.js.key_value(names.BUCKET_LEASES)
+    await leases.put(names.CONTROLLER_LEASE_KEY, b"{}")
+    for other in (admin, edge):
+        kv = await other.js.key_value(names.BUCKET_LEASES)  # everyone may read it ...
+        assert (await kv.get(names.CONTROLLER_LEASE_KEY)).value == b"{}"
+        with pytest.raises(NatsError):  # ... nobody else may write it
+            await kv.put(names.CONTROLLER_LEASE_KEY, b"mine")
+    assert (await leases.get(names.CONTROLLER_LEASE_KEY)).value == b"{}"
+
+
+async def test_a_reply_reaches_only_its_asker(bus):
+    """Replies travel to the asker's private inbox, which the answering role may publish to
+    (allow_responses) but no other role may subscribe to."""
+    server, operator, as_role = bus
+    admin, edge = await as_role("admin-api"), await as_role("edge")
+
+    async def answer(msg):
+        await msg.respond(b"ok:" + msg.data)
+
+    await admin.nc.subscribe(names.AUTH_CHECK, queue=names.QUEUE_ADMIN, cb=answer)
+    await admin.nc.flush()
+
+    async def asked():
+        try:
+            return await edge.nc.request(names.AUTH_CHECK, b"x", timeout=5)
+        except nats.errors.NoRespondersError:  # the server has not seen the subscription yet
+            return None
+    assert (await wait_until(asked, 10, "an answer")).data == b"ok:x"
+    edge_key = server.identities["edge"].public_key
+    snoop = await as_role("mailstore")
+    await snoop.nc.subscribe(inbox_prefix(edge_key) + ".>")
+    assert await snoop.refused(inbox_prefix(edge_key))
+
+
+def test_every_role_has_a_private_inbox_and_nobody_but_the_operator_deletes():
+    for role, grant in names.GRANTS.items():
+        perms = permissions_for(grant, "UKEY")
+        if role == names.ROLE_OPERATOR:
+            assert perms is None
+            continue
+        assert perms["subscribe"]["allow"][0] == "_INBOX.UKEY.>"
+        assert not any(s.startswith("_INBOX") and s != "_INBOX.UKEY.>" for s in perms["subscribe"]["allow"])
+        assert not any(".DELETE." in s and "CONSUMER" not in s and "MSG.DELETE" not in s for s in perms["publish"]["allow"])
+        assert ">" not in perms["publish"]["allow"]
+
+
+def test_a_seed_readable_by_others_is_refused_before_connecting(nats_server, tmp_path):
+    seed = tmp_path / "loose.nk"
+    seed.write_bytes(nats_server.seed_file("edge").read_bytes())
+    seed.chmod(0o644)
+    with pytest.raises(ConfigError, match="COLONY_NATS_NKEY_SEED_FILE"):
+        connect_options(seed)
+    with pytest.raises(ConfigError, match="colony bus init"):
+        connect_options(tmp_path / "missing.nk")
