@@ -19,6 +19,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from colony.bus.connection import connect
@@ -86,8 +87,9 @@ def list_(data_dir: DataDir = Path("colony-data"), nats: NatsOpt = None, stream:
     for col in ("seq", "queue", "subject", "job id", "deliveries", "dead since", "reason"):
         table.add_column(col)
     for d in letters:
-        table.add_row(str(d.dlq_sequence), d.stream, d.subject, d.job_id, str(d.deliveries),
-                      d.at.strftime("%Y-%m-%d %H:%M:%S"), d.reason)
+        # Everything here came from the jobs: text, never rich markup.
+        table.add_row(str(d.dlq_sequence), escape(d.stream), escape(d.subject), escape(d.job_id), str(d.deliveries),
+                      d.at.strftime("%Y-%m-%d %H:%M:%S"), escape(d.reason))
     console.print(table if letters else "no dead letters")
 
 
@@ -105,7 +107,7 @@ def show(seq: Annotated[int, typer.Argument(help="Sequence, as `colony dlq list`
                           "data_preview": d.data[:2048].decode("utf-8", "replace")}, indent=2))
         return
     for key, value in _summary(d).items():
-        console.print(f"[bold]{key}[/bold]: {value}", highlight=False, markup=True)
+        console.print(f"[bold]{key}[/bold]: {escape(str(value))}", highlight=False)
     for key, value in d.headers.items():
         console.print(f"  {key}: {value}", highlight=False, markup=False)
     preview = d.data[:2048].decode("utf-8", "replace")
