@@ -74,6 +74,14 @@ class EmbeddedNats:
         """Where the nkey seed of ``role`` is (``COLONY_NATS_NKEY_SEED_FILE`` of that role)."""
         return self.identities[role].seed_file
 
+    def client_options(self, role: str = "operator") -> dict:
+        """``nats.connect`` keyword arguments to connect as ``role`` (nothing on an open bus)."""
+        if not self.identities:
+            return {}
+        from colony.bus.connection import connect_options
+
+        return connect_options(self.seed_file(role))
+
     def config_text(self) -> str:
         js = [f'store_dir: "{self.store_dir / "jetstream"}"']
         if self.sync_always:

@@ -23,7 +23,7 @@ from colony_edge.security.gate import EdgeGate
 
 @pytest.fixture
 async def js(nats_server):
-    nc = await nats.connect(nats_server.url)
+    nc = await nats.connect(nats_server.url, **nats_server.client_options())
     js = nc.jetstream()
     await ensure_schema(js, Settings(nats_url=nats_server.url))
     yield js

@@ -16,7 +16,7 @@ from colony.settings import Settings
 
 @pytest.fixture
 async def js(nats_server):
-    nc = await nats.connect(nats_server.url)
+    nc = await nats.connect(nats_server.url, **nats_server.client_options())
     js = nc.jetstream()
     await ensure_schema(js, Settings(nats_url=nats_server.url))
     yield js
