@@ -44,6 +44,7 @@ from nats.js.kv import KeyValue
 
 from colony.bus import names
 from colony.bus.tokens import from_token
+from colony.tasks import TaskOwner
 
 log = logging.getLogger("colony.counters")
 
@@ -69,16 +70,19 @@ class SharedCounters:
         self.share_max_age = 4 * share_refresh
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
+        self._own_tasks: TaskOwner | None = None
 
     # --- lifecycle --------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        from colony.tasks import start as start_task
-
+    async def start(self, owner: TaskOwner | None = None) -> None:
+        """``owner``: the instance's task owner (``runtime.task_owner``), so a failing loop shows
+        in ``colony status``; without one the counters own their loops themselves."""
         self._kv = await self.js.key_value(names.BUCKET_RATE_COUNTERS)
-        self._tasks = [start_task("rate-counter flush", self._flush_loop, log),
-                       start_task("concurrency watch", self._watch_shares, log),
-                       start_task("concurrency refresh", self._refresh_loop, log)]
+        if owner is None:
+            owner = self._own_tasks = TaskOwner(log)
+        self._tasks = [owner.spawn("rate-counter flush", self._flush_loop, restart=True),
+                       owner.spawn("concurrency watch", self._watch_shares, restart=True),
+                       owner.spawn("concurrency refresh", self._refresh_loop, restart=True)]
 
     async def stop(self) -> None:
         with suppress(Exception):
