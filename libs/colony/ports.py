@@ -2,7 +2,8 @@
 by side on one machine (``--base-port``).  With the default base 2500::
 
     2500  NATS clients             2501  NATS monitoring (HTTP)
-    2525  SMTP (edge)              2587  submission (edge)       2565  SMTPS (edge)
+    2525  SMTP (edge #1; edge #n: 2525 + 1000*(n-1), and so for every edge port)
+    2587  submission (edge)        2565  SMTPS (edge)
     2543  IMAP (edge)              2593  IMAPS (edge)
     2510  POP3 (edge)              2595  POP3S (edge)
     2560  SIP UDP+TCP (sipfarm)
@@ -16,6 +17,7 @@ import socket
 from dataclasses import dataclass
 
 DEFAULT_BASE_PORT = 2500
+EDGE_PORT_STRIDE = 1000  # edge #n listens on its ports + 1000*(n-1)
 
 
 @dataclass(frozen=True)
@@ -36,8 +38,13 @@ class PortPlan:
     def ops(self, index: int) -> int:
         return self.base + 100 + index
 
-    def all_ports(self, instances: int, admin_apis: int) -> list[tuple[str, int]]:
+    def smtp(self, edge_index: int) -> int:
+        """The SMTP MX of edge #edge_index+1: each edge gets its own block of 1000 ports."""
+        return self.base + 25 + EDGE_PORT_STRIDE * edge_index
+
+    def all_ports(self, instances: int, admin_apis: int, edges: int = 0) -> list[tuple[str, int]]:
         ports = [("NATS", self.nats), ("NATS monitoring", self.nats_monitor)]
+        ports += [(f"SMTP edge #{i + 1}", self.smtp(i)) for i in range(edges)]
         ports += [(f"admin API #{i + 1}", self.admin_api(i)) for i in range(admin_apis)]
         ports += [(f"ops listener #{i + 1}", self.ops(i)) for i in range(instances)]
         return ports

@@ -95,6 +95,7 @@ class Cluster:
     bus_down_since: float | None = None  # monotonic time the bus was found dead, until it is back
     bus_restarts: int = 0
     next_bus_restart: float = 0.0
+    tls_ca: Path | None = None  # the local CA made for this cluster, when no certificate is configured
 
     def __post_init__(self) -> None:
         self.data_dir = self.data_dir.resolve()
@@ -130,7 +131,7 @@ class Cluster:
                     f"data directory {self.data_dir} is in use by `colony up` (pid {pid}); "
                     f"stop that one first or choose another with --data-dir")
         total = sum(self.counts.values())
-        planned = self.plan.all_ports(total, self.counts.get("admin-api", 0))
+        planned = self.plan.all_ports(total, self.counts.get("admin-api", 0), self.counts.get("edge", 0))
         clash = ephemeral_overlap([port for _, port in planned])
         if clash:
             raise SupervisorError(
@@ -155,6 +156,7 @@ class Cluster:
         self.ensure_schema()
         index = 0
         admin_index = 0
+        edge_index = 0
         for role in ROLE_MODULES:
             for n in range(1, self.counts.get(role, 0) + 1):
                 node_id = f"{role}-{n}"
@@ -170,14 +172,31 @@ class Cluster:
                 if role == "admin-api":
                     env["COLONY_API_PORT"] = str(self.plan.admin_api(admin_index))
                     admin_index += 1
+                if role == "edge":
+                    env["COLONY_SMTP_PORT"] = str(self.plan.smtp(edge_index))
+                    edge_index += 1
+                env.update(self.tls_env())
                 inst = Instance(node_id, role, env, self.data_dir / "logs" / f"{node_id}.log")
                 inst.spawn()
                 self.instances.append(inst)
                 index += 1
         self.info_file.write_text(json.dumps(self.describe(), indent=2))
 
+    def tls_env(self) -> dict[str, str]:
+        """The certificate every TLS listener uses: the configured one, else a local CA's
+        (made once in <data_dir>/tls; clients that verify trust its ca.pem)."""
+        if os.environ.get("COLONY_TLS_CERT_FILE") or os.environ.get("COLONY_TLS_KEY_FILE"):
+            return {}
+        from colony.tlsfiles import ensure_local_ca
+
+        files = ensure_local_ca(self.data_dir / "tls", [self.host])
+        self.tls_ca = files.ca
+        return {"COLONY_TLS_CERT_FILE": str(files.cert), "COLONY_TLS_KEY_FILE": str(files.key)}
+
     def describe(self) -> dict:
         return {
+            "tls_ca": str(self.tls_ca) if self.tls_ca else None,
+            "smtp": [f"{self.host}:{self.plan.smtp(i)}" for i in range(self.counts.get("edge", 0))],
             "nats_url": self.nats.url if self.nats else None,
             "nats_pid": self.nats.process.pid if self.nats and self.nats.process else None,
             "operator_seed": str(self.operator_seed) if self.identities else None,

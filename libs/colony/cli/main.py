@@ -225,6 +225,10 @@ def _announce(cluster, stop) -> None:
     for url in info["admin_api"]:
         console.print(f"  admin API:  {url}   (OpenAPI at {url}/docs)")
     console.print(f"  logs:       {cluster.data_dir / 'logs'}")
+    for address in info.get("smtp") or []:
+        console.print(f"  SMTP MX:    {address}")
+    if info.get("tls_ca"):
+        console.print(f"  TLS:        certificates from a local CA; clients that verify trust {info['tls_ca']}")
     expected = sum(cluster.counts.values())
     deadline = time.monotonic() + 60
     views: list[NodeView] = []
@@ -317,7 +321,7 @@ def ports(base_port: Annotated[int, typer.Option()] = DEFAULT_BASE_PORT) -> None
     table = Table(title=f"ports for --base-port {base_port}")
     table.add_column("what")
     table.add_column("port")
-    for what, port in plan.all_ports(instances=7, admin_apis=1):
+    for what, port in plan.all_ports(instances=7, admin_apis=1, edges=2):
         table.add_row(what, str(port))
     console.print(table)
 
