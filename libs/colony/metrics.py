@@ -17,12 +17,15 @@ values never carry a domain or account (cardinality stays bounded per instance).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+T = TypeVar("T")
 
 
 class _CallbackCollector(Collector):
@@ -38,8 +41,16 @@ class _CallbackCollector(Collector):
 class Metrics:
     def __init__(self, with_process: bool = True) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._shared: dict[object, object] = {}
         if with_process:
             ProcessCollector(registry=self.registry)
+
+    def once(self, cls: Callable[[CollectorRegistry], T]) -> T:
+        """The one instance of a metrics class on this registry, for components a process may
+        run more than once (two queue runners): metric names are unique per registry."""
+        if cls not in self._shared:
+            self._shared[cls] = cls(self.registry)
+        return self._shared[cls]
 
     def add_callback(self, collect: Callable[[], Iterable[Metric]]) -> None:
         self.registry.register(_CallbackCollector(collect))

@@ -47,3 +47,14 @@ def test_policy_from_settings():
     assert p.progress_interval == 3.0
     with pytest.raises(ValueError):
         QueuePolicy(max_deliver=0)
+
+
+def test_two_runners_in_one_process_share_one_set_of_queue_metrics():
+    from colony.metrics import Metrics
+    from colony.queue import QueueMetrics
+
+    metrics = Metrics(with_process=False)
+    first = metrics.once(QueueMetrics)
+    assert metrics.once(QueueMetrics) is first
+    first.jobs.labels("mail", "done").inc()
+    assert b'colony_queue_jobs_total{outcome="done",queue="mail"} 1.0' in metrics.render()

@@ -17,7 +17,7 @@ Public API (import from ``colony.queue``)::
     runner = QueueRunner(js, stream=names.STREAM_MAIL, durable="mailstore",
                          filter_subject=names.SUBJECTS_MAIL, handler=deliver,
                          policy=QueuePolicy.from_settings(settings),
-                         metrics=QueueMetrics(runtime.metrics.registry), name="mail")
+                         metrics=runtime.metrics.once(QueueMetrics), name="mail")
     await runner.start(runtime.spawn)          # in Workload.start
     runner.set_accepting(False)                # in Workload.set_accepting (drain: fetch no more)
     runner.active_work()                       # in Workload.active_work (jobs in flight)

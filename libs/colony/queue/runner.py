@@ -75,7 +75,7 @@ Spawn = Callable[..., asyncio.Task]
 
 
 class QueueMetrics:
-    """One per process (metric names are unique per registry); every runner labels by queue."""
+    """One per registry (``runtime.metrics.once(QueueMetrics)``); every runner labels by queue."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.jobs = Counter("colony_queue_jobs", "Jobs finished, by outcome: done, retry, dead_letter.",

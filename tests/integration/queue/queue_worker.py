@@ -66,7 +66,7 @@ class TestWorkload:
 
             self.runner = QueueRunner(js, stream="JOBS", durable="workers", filter_subject="test.jobs.>",
                                       handler=handle, policy=QueuePolicy.from_settings(self.settings),
-                                      metrics=QueueMetrics(runtime.metrics.registry), name="jobs")
+                                      metrics=runtime.metrics.once(QueueMetrics), name="jobs")
             await self.runner.start(runtime.spawn)
         return {}
 
