@@ -34,7 +34,6 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
-from colony import tasks
 from colony.bus import names
 from colony.cluster.commands import ControllerRequest, NodeCommand
 from colony.cluster.decisions import NodeFailed, publish_decision
@@ -66,12 +65,11 @@ class Controller:
         self.runtime: NodeRuntime | None = None
         self.lease: Lease | None = None
         self.accepting = True
-        self._tasks: list[asyncio.Task] = []
+        self._tasks: list[asyncio.Task] = []  # owned by the runtime; cancelled first in stop()
         self._api_sub: Subscription | None = None
         self._nodes: dict[str, tuple[NodeRecord, int]] = {}  # id -> (record, revision)
         self._last_seen: dict[str, float] = {}  # id -> monotonic time we last saw a heartbeat
         self.election: Election | None = None
-        self._releasing: asyncio.Task | None = None  # keeps the step-down task referenced until done
 
     # --- Workload ---------------------------------------------------------------------------
 
@@ -87,9 +85,9 @@ class Controller:
         self.election = Election(runtime.node_id, ttl=s.controller_lease_ttl, renew_interval=s.controller_renew_interval)
         await runtime.nc.subscribe(names.controller_alive_subject(runtime.node_id), cb=self._on_alive)
         self._tasks = [
-            tasks.start("watch-nodes", self._watch_nodes, log),
-            tasks.start("election", self._election_loop, log),
-            tasks.start("failure-detector", self._failure_detector, log),
+            runtime.spawn("watch-nodes", self._watch_nodes, restart=True),
+            runtime.spawn("election", self._election_loop, restart=True),
+            runtime.spawn("failure-detector", self._failure_detector, restart=True),
         ]
         return {}
 
@@ -97,7 +95,7 @@ class Controller:
         """A drained controller gives the lease up and stops standing for election."""
         self.accepting = accepting
         if not accepting and self.lease and self.lease.epoch:
-            self._releasing = asyncio.create_task(self._step_down("not ready (drain or stop)"))
+            self.runtime.spawn("step-down", lambda: self._step_down("not ready (drain or stop)"))
 
     def active_work(self) -> int:
         # While it still holds the lease a draining controller is not empty.
