@@ -259,16 +259,47 @@ def domain_import(
     fmt: Annotated[Optional[str], typer.Option("--format", help="csv or json; default from the file name")] = None,
     admin_tokens: Annotated[bool, typer.Option(help="Create a domain-admin token for every new domain")] = False,
     tokens_out: Annotated[Optional[Path], typer.Option(help="Write the new tokens here as CSV (mode 0600)")] = None,
+    update: Annotated[bool, typer.Option("--update", help="Change existing accounts that differ from their rows "
+                                                          "(without it they are row errors)")] = False,
     api: ApiOpt = None, token: TokenOpt = None, token_file: TokenFileOpt = None,
     data_dir: DataDirOpt = Path("colony-data"),
 ) -> None:
-    """Bulk-create domains and accounts from a file, with a progress bar."""
+    """Bulk-create domains and accounts from a CSV (header row) or JSON (list of objects) file.
+
+    One row per account, or a row with only a domain for an empty domain.  Only domain is
+    required; an empty cell sets nothing.  Columns:
+
+    \b
+      domain          the domain (created if missing)
+      domain_cos      its class of service (new domains; empty: the cluster's default_cos)
+      display_name    its branding display name (new domains)
+      account         local part, or a full address in domain
+      real_name       the account holder's name
+      password        plaintext (hashed to argon2id), or instead:
+      password_hash   a hash from the old system, Dovecot notation: {SHA512-CRYPT},
+                      {SHA256-CRYPT}, {BLF-CRYPT}, {ARGON2ID}, {ARGON2I}, {SSHA512},
+                      {SSHA256}, {SSHA} (.b64/.hex), {CRYPT}, {MD5-CRYPT}, or a bare
+                      $argon2id$/$2y$/$6$/$5$/$1$ string; re-hashed to argon2id at the
+                      next login; weak schemes (SSHA*, DES/MD5 crypt) give a warning
+      sip_ha1_md5     SIP digest HA1 = MD5(user:realm:password), 32 hex
+      sip_ha1_sha256  the same with SHA-256, 64 hex (phones keep working without the
+                      plaintext; otherwise HA1 comes from a plaintext password)
+      sip_realm       the realm those HA1 were made for: must be the domain
+      cos             the account's class of service
+      quota_bytes     the account's quota (capped by its class)
+      services        mail imap pop sip (space or ; separated in CSV, a list in JSON)
+      forwarding      addresses (as services)
+
+    Running the same import again is safe: accounts that exist and equal their rows are
+    reported unchanged; ones that differ are row errors unless --update changes them.
+    """
     if admin_tokens and tokens_out is None:
         _fail("--admin-tokens needs --tokens-out FILE: the tokens are shown only once", 2)
     fmt = fmt or ("json" if file.suffix.lower() == ".json" else "csv")
     client = _api(api, token, token_file, data_dir)
     content_type = "text/csv" if fmt == "csv" else "application/json"
-    job = client.call("POST", "/v1/imports", params={"format": fmt, "admin_tokens": str(admin_tokens).lower()},
+    job = client.call("POST", "/v1/imports", params={"format": fmt, "admin_tokens": str(admin_tokens).lower(),
+                                                    "update": str(update).lower()},
                       content=file.read_bytes(), headers={"Content-Type": content_type})
     columns = (TextColumn("[bold]importing[/bold] {task.fields[name]}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[rate]:.0f} rows/s"), TimeRemainingColumn())
@@ -289,9 +320,12 @@ def domain_import(
             writer.writeheader()
             writer.writerows(job["tokens"])
     console.print(f"{job['state']}: {job['domains_created']} domain(s) and {job['accounts_created']} account(s) created, "
+                  f"{job.get('updated', 0)} updated, {job.get('unchanged', 0)} unchanged, "
                   f"{job['failed']} row(s) failed" + (f"; tokens in {tokens_out}" if job["tokens"] else ""))
     for line in job["errors"][:20]:
         err.print(f"  {line}")
+    for line in job.get("warnings", [])[:20]:
+        err.print(f"  warning: {line}")
     if job["state"] != "done":
         raise typer.Exit(1)
 
