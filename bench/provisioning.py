@@ -3,6 +3,7 @@
     .venv/bin/python bench/provisioning.py                      # short: 2,000 domains x 5 accounts
     .venv/bin/python bench/provisioning.py --domains 100000 --accounts-per-domain 1 --time-budget 600
     .venv/bin/python bench/provisioning.py --database-url postgresql+psycopg://postgres@127.0.0.1:5432/test
+    .venv/bin/python bench/provisioning.py --password-hashes   # a migration: rows carry foreign hashes + HA1
 
 What it runs: a real nats-server (embedded, in a temporary directory) and the admin API app
 in this process, called through httpx's ASGI transport (so latencies are the app's and the
@@ -70,8 +71,28 @@ def domain_name(run: str, i: int) -> str:
 accepted: list[float] = []  # per import chunk: seconds until every row was in PROVISIONING
 
 
+def migration_credentials(distinct: int = 64) -> list[dict[str, str]]:
+    """What a migration carries per account instead of a password: a hash from the old system
+    (a mix of the schemes mail systems store, Dovecot notation) and the phone's SIP HA1.  A few
+    distinct ones, reused: the import validates each row's hash; computing them is not measured."""
+    import hashlib
+
+    import bcrypt
+    from argon2 import PasswordHasher
+    from passlib.hash import ldap_salted_sha512, sha512_crypt
+
+    argon2 = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
+    schemes = [lambda pw: "{SHA512-CRYPT}" + sha512_crypt.hash(pw, rounds=5000),
+               lambda pw: "{BLF-CRYPT}" + bcrypt.hashpw(pw.encode(), bcrypt.gensalt(4)).decode(),
+               lambda pw: "{ARGON2ID}" + argon2.hash(pw),
+               lambda pw: ldap_salted_sha512.hash(pw)]
+    return [{"password_hash": schemes[i % len(schemes)](f"pw-{i}"),
+             "sip_ha1_md5": hashlib.md5(f"user:realm:pw-{i}".encode()).hexdigest()} for i in range(distinct)]
+
+
 async def bulk_create(client: httpx.AsyncClient, headers: dict, run: str, domains: int, per_domain: int,
-                      chunk: int, budget: float) -> tuple[int, int, float]:
+                      chunk: int, budget: float, credentials: list[dict[str, str]] | None = None,
+                      ) -> tuple[int, int, float]:
     created_domains = created_accounts = 0
     accepted.clear()
     started = time.perf_counter()
@@ -81,7 +102,8 @@ async def bulk_create(client: httpx.AsyncClient, headers: dict, run: str, domain
         for n in range(i, min(i + chunk, domains)):
             d = domain_name(run, n)
             rows.append({"domain": d})
-            rows += [{"domain": d, "account": f"user{k:04d}"} for k in range(per_domain)]
+            rows += [{"domain": d, "account": f"user{k:04d}",
+                      **(credentials[(n + k) % len(credentials)] if credentials else {})} for k in range(per_domain)]
         t0 = time.perf_counter()
         r = await client.post("/v1/imports", json=rows, headers=headers)
         r.raise_for_status()
@@ -147,8 +169,10 @@ async def main(args: argparse.Namespace) -> None:
             run = uuid.uuid4().hex[:6]
             console.print(f"[bold]bulk create[/bold]: up to {args.domains:,} domains x {args.accounts_per_domain} "
                           f"accounts, budget {args.time_budget:.0f}s, read model {settings.sqlalchemy_url.split(':')[0]}")
+            credentials = migration_credentials() if args.password_hashes else None
             n_domains, n_accounts, seconds = await bulk_create(client, headers, run, args.domains,
-                                                               args.accounts_per_domain, args.chunk, args.time_budget)
+                                                               args.accounts_per_domain, args.chunk, args.time_budget,
+                                                               credentials)
             directory_lag = await directory_caught_up(nc)
             if n_domains and args.accounts_per_domain:
                 # "visible" must mean listable: the last domain's accounts, straight after its job
@@ -178,7 +202,8 @@ async def main(args: argparse.Namespace) -> None:
     table = Table(title=f"Provisioning benchmark ({n_domains:,} domains, {n_accounts:,} accounts)")
     for col in ("measure", "value", "p50 ms", "p99 ms", "goal"):
         table.add_column(col)
-    table.add_row("bulk create, visible in read model",
+    table.add_row("bulk create, visible in read model" + (" (rows with password hashes + HA1)"
+                                                           if args.password_hashes else ""),
                   f"{n_accounts / seconds:,.0f} accounts/s ({(n_domains + n_accounts) / seconds:,.0f} objects/s)",
                   "", "", ">= 5,000 accounts/s")
     if accepted:
@@ -201,6 +226,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--domains", type=int, default=2000, help="domains to create (goal size: 100000)")
     p.add_argument("--accounts-per-domain", type=int, default=5)
     p.add_argument("--chunk", type=int, default=1000, help="domains per import request")
+    p.add_argument("--password-hashes", action="store_true",
+                   help="a migration: every account row carries a password hash from another system "
+                        "({SHA512-CRYPT}, {BLF-CRYPT}, {ARGON2ID}, {SSHA512}) and a SIP HA1"
     p.add_argument("--time-budget", type=float, default=60.0, help="stop creating after this many seconds")
     p.add_argument("--samples", type=int, default=200, help="timed requests per query kind")
     p.add_argument("--database-url", default="", help="read model (default: SQLite in a temporary directory)")
