@@ -228,7 +228,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--chunk", type=int, default=1000, help="domains per import request")
     p.add_argument("--password-hashes", action="store_true",
                    help="a migration: every account row carries a password hash from another system "
-                        "({SHA512-CRYPT}, {BLF-CRYPT}, {ARGON2ID}, {SSHA512}) and a SIP HA1"
+                        "({SHA512-CRYPT}, {BLF-CRYPT}, {ARGON2ID}, {SSHA512}) and a SIP HA1")
     p.add_argument("--time-budget", type=float, default=60.0, help="stop creating after this many seconds")
     p.add_argument("--samples", type=int, default=200, help="timed requests per query kind")
     p.add_argument("--database-url", default="", help="read model (default: SQLite in a temporary directory)")
