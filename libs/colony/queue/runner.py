@@ -121,6 +121,11 @@ class QueueRunner:
     async def start(self, spawn: Spawn) -> None:
         """Create (or update) the consumer, then fetch in a task started by ``spawn`` -
         ``runtime.spawn`` or a ``TaskOwner.spawn``, so a failing fetch loop is seen and restarted."""
+        await self._subscribe()
+        self._loop_task = spawn(f"queue {self.name}", self._fetch_loop, restart=True,
+                                context=lambda: f"{self.stream}/{self.durable}, {len(self._inflight)} in flight")
+
+    async def _subscribe(self) -> None:
         config = ConsumerConfig(
             durable_name=self.durable, name=self.durable, filter_subject=self.filter_subject,
             ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL, ack_wait=self.policy.ack_wait,
@@ -128,10 +133,8 @@ class QueueRunner:
             # the stream unseen; the runner counts deliveries and dead-letters it instead.
             max_deliver=-1, max_ack_pending=max(self.policy.concurrency * 64, 1000),
         )
-        await self.js.add_consumer(self.stream, config)
+        await self.js.add_consumer(self.stream, config)  # creates, or updates a changed policy
         self._sub = await self.js.pull_subscribe_bind(durable=self.durable, stream=self.stream)
-        self._loop_task = spawn(f"queue {self.name}", self._fetch_loop, restart=True,
-                                context=lambda: f"{self.stream}/{self.durable}, {len(self._inflight)} in flight")
 
     def set_accepting(self, accepting: bool) -> None:
         self.accepting = accepting
@@ -164,7 +167,20 @@ class QueueRunner:
     # --- fetching -------------------------------------------------------------------------
 
     async def _fetch_loop(self) -> None:
+        try:
+            await self._fetch_forever()
+        except Exception:
+            # Restarted by its owner: subscribe afresh (the consumer may have been deleted).
+            if self._sub is not None:
+                with suppress(Exception):
+                    await self._sub.unsubscribe()
+            self._sub = None
+            raise
+
+    async def _fetch_forever(self) -> None:
         while True:
+            if self._sub is None:
+                await self._subscribe()
             await self._resume.wait()
             free = self.policy.concurrency - len(self._inflight)
             if free <= 0:

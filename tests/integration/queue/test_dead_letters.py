@@ -168,3 +168,31 @@ async def test_the_operator_lists_shows_replays_and_purges_dead_letters_with_col
     code, out, err = await cli("replay", str(second))
     assert code == 1 and f"no dead letter {second}" in err
     await runner.stop()
+
+
+async def test_a_failing_fetch_loop_is_recorded_and_comes_back_with_a_new_consumer(js):
+    faults = []
+    owner = TaskOwner(logging.getLogger("test"), on_fault=faults.append, first_backoff=0.05)
+    handled = []
+
+    async def handler(job: Job):
+        handled.append(job.data)
+
+    runner = QueueRunner(js, stream=STREAM, durable="workers", filter_subject=SUBJECTS, handler=handler,
+                         policy=QueuePolicy(max_deliver=3, ack_wait=5, backoff=(0.05,)), fetch_timeout=0.2)
+    await runner.start(owner.spawn)
+    await js.publish("test.jobs.1", b"before")
+    await wait_until(lambda: _is(_handled(runner), 1), 30, "the first job handled")
+
+    await js.delete_consumer(STREAM, "workers")  # an operator's mistake, or a lost stream
+    await wait_until(lambda: _true(bool(faults)), 30, "the failing fetch loop recorded as a fault")
+    assert faults[0].task == "queue workers" and faults[0].restarting
+    await js.publish("test.jobs.2", b"after")
+    await wait_until(lambda: _is(_handled(runner), 2), 30, "a job handled by the recreated consumer")
+    assert handled == [b"before", b"after"]
+    await runner.stop()
+    await owner.close()
+
+
+async def _true(value):
+    return value
