@@ -1,0 +1,75 @@
+"""The Edge-Gate as an SMTP policy: ``EdgeSecurityPolicy`` plugs ``EdgeGate`` into the MX's
+policy chain (``colony_edge.smtp_policy``), in front of recipient resolution.
+
+At end of data it reads the spooled message for DKIM (up to ``edge_dkim_max_bytes``; beyond
+that only its header section, which is bounded too), prepends ``Authentication-Results`` and
+either refuses (DMARC p=reject under an enforcing recipient domain) or marks the message for
+the recipients' Junk folder (``session.notes["folder"] = "Junk"``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+from colony.protocols.smtp import Reply
+from colony.protocols.smtp import events as E
+from colony_edge.security.gate import EdgeGate, Refusal
+from colony_edge.smtp_policy import ACCEPT, BasePolicy, IncomingMessage, SmtpSession, Verdict, refuse
+
+HEADER_SECTION_LIMIT = 256 * 1024   # RFC 5322 sets none; an honest header block is far smaller
+
+
+def _verdict(refusal: Refusal | None) -> Verdict:
+    if refusal is None:
+        return ACCEPT
+    return refuse(Reply(refusal.code, refusal.status, refusal.text, refusal.reason))
+
+
+def read_for_authentication(spool: Path, size: int, dkim_max: int) -> tuple[bytes | None, bytes]:
+    """(whole message or None when too large for DKIM, header section).  Blocking."""
+    with open(spool, "rb") as f:
+        if size <= dkim_max:
+            whole = f.read()
+            end = whole.find(b"\r\n\r\n")
+            return whole, whole[:end] if end >= 0 else whole
+        head = f.read(HEADER_SECTION_LIMIT)
+    end = head.find(b"\r\n\r\n")
+    return None, head[:end] if end >= 0 else head
+
+
+class EdgeSecurityPolicy(BasePolicy):
+    def __init__(self, gate: EdgeGate, dmarc_choice: Callable[[str], str | None] = lambda domain: None) -> None:
+        self.gate = gate
+        self.dmarc_choice = dmarc_choice   # a recipient domain's DMARC setting; None: the cluster default
+
+    async def connect(self, session: SmtpSession) -> Verdict:
+        refusal = await self.gate.on_connect(session.peer_ip)
+        if refusal is None:
+            session.notes["gate_counted"] = True
+        return _verdict(refusal)
+
+    async def disconnect(self, session: SmtpSession) -> None:
+        if session.notes.pop("gate_counted", False):
+            self.gate.on_disconnect(session.peer_ip)
+
+    async def mail_from(self, session: SmtpSession, mail: E.MailFrom) -> Verdict:
+        return _verdict(await self.gate.on_mail(session.peer_ip))
+
+    async def rcpt_to(self, session: SmtpSession, rcpt: E.RcptTo) -> Verdict:
+        domain = rcpt.address.rpartition("@")[2] or rcpt.address
+        return _verdict(await self.gate.on_rcpt(session.peer_ip, domain))
+
+    async def data_complete(self, session: SmtpSession, message: IncomingMessage) -> Verdict:
+        whole, header_section = await asyncio.to_thread(
+            read_for_authentication, message.spool, message.size, self.gate.settings.edge_dkim_max_bytes)
+        mail_from = session.mail_from.address if session.mail_from else ""
+        domains = sorted({m.domain for r in session.recipients for m in r.mailboxes})
+        verdict = await self.gate.on_data(session.peer_ip, session.helo, mail_from, whole, header_section,
+                                          [self.dmarc_choice(d) for d in domains] or [None])
+        name, _, value = verdict.auth.header.partition(":")
+        message.add_header(name.strip(), value.strip())
+        if verdict.quarantine:
+            session.notes["folder"] = "Junk"
+        return _verdict(verdict.refusal)
