@@ -91,6 +91,7 @@ class Settings(BaseSettings):
     queue_ack_wait: float = Field(30.0, ge=1, description="Seconds a job may go without an ack or progress heartbeat before JetStream redelivers it (a worker that died).")
     queue_retry_backoff: str = Field("1,5,30,120,600", pattern=r"^\s*\d+(\.\d+)?(\s*,\s*\d+(\.\d+)?)*\s*$", description="Seconds before the 1st, 2nd, ... retry of a failed job, comma separated; the last repeats.")
     queue_concurrency: int = Field(8, ge=1, le=1024, description="Jobs one queue runner handles at once.")
+    queue_job_timeout: float = Field(600.0, gt=0, description="Seconds a job handler may run before it is cancelled and the job retried (a hung handler would otherwise hold its job forever: the runner keeps it alive).")
 
     # --- storage -----------------------------------------------------------------------
     data_dir: Path = Field(Path("colony-data"), description="Directory for everything this cluster writes locally (embedded NATS, SQLite, shared storage).")

@@ -57,9 +57,11 @@ class QueuePolicy:
     ack_wait: float = 30.0                 # no ack or progress for this long: JetStream redelivers
     backoff: tuple[float, ...] = (1.0, 5.0, 30.0, 120.0, 600.0)  # delay before retry n; the last repeats
     concurrency: int = 8
+    job_timeout: float = 600.0             # a handler running longer is cancelled; the job is retried
 
     def __post_init__(self) -> None:
-        if self.max_deliver < 1 or self.concurrency < 1 or self.ack_wait <= 0 or not self.backoff:
+        if (self.max_deliver < 1 or self.concurrency < 1 or self.ack_wait <= 0 or not self.backoff
+                or self.job_timeout <= 0):
             raise ValueError(f"invalid queue policy: {self}")
 
     @classmethod
@@ -67,7 +69,7 @@ class QueuePolicy:
         values = dict(
             max_deliver=settings.queue_max_deliver, ack_wait=settings.queue_ack_wait,
             backoff=tuple(float(x) for x in settings.queue_retry_backoff.split(",")),
-            concurrency=settings.queue_concurrency,
+            concurrency=settings.queue_concurrency, job_timeout=settings.queue_job_timeout,
         )
         values.update(overrides)
         return cls(**values)

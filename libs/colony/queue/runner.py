@@ -2,7 +2,8 @@
 JetStream work-queue stream, bounded concurrency, ack after the durable effect.
 
 Per job: extract the trace context from its headers into a span, keep it alive with
-``in_progress()`` every ``ack_wait / 3`` while the handler runs, then do what ``decide`` says
+``in_progress()`` every ``ack_wait / 3`` while the handler runs (at most ``job_timeout``:
+then it is cancelled and the job retried), then do what ``decide`` says
 (ack with a confirmed double-ack, ``nak(delay)``, or copy to ``DEAD_LETTERS`` and only then
 ack it out of the queue).  If the process dies mid-job nothing was acked: JetStream
 redelivers after ``ack_wait`` to whichever runner of the same durable asks next, so handlers
@@ -231,8 +232,18 @@ class QueueRunner:
 
     async def _handle(self, job: Job) -> Outcome | None:
         keep_alive = asyncio.create_task(self._keep_alive(job), name=f"in-progress {self.name}")
+        deadline = asyncio.timeout(self.policy.job_timeout)
         try:
-            return await self.handler(job)
+            async with deadline:
+                return await self.handler(job)
+        except TimeoutError as exc:
+            self.metrics.errors.labels(self.name).inc()
+            if deadline.expired():  # ours, not a time-out of the handler's own
+                log.error("%s: job %s (delivery %d) still running after %gs; cancelled", self.name, job.id,
+                          job.delivered, self.policy.job_timeout)
+                return Retry(reason=f"handler still running after {self.policy.job_timeout:g}s")
+            log.error("%s: job %s (delivery %d) failed", self.name, job.id, job.delivered, exc_info=exc)
+            return Retry(reason=describe(exc))
         except asyncio.CancelledError:
             # Stopped mid-job: hand it back at once rather than after ack_wait.
             if job._msg is not None:

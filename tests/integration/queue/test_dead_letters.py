@@ -196,3 +196,20 @@ async def test_a_failing_fetch_loop_is_recorded_and_comes_back_with_a_new_consum
 
 async def _true(value):
     return value
+
+
+async def test_a_hung_handler_is_cancelled_after_job_timeout_and_the_job_retried(js, owner):
+    attempts = []
+
+    async def handler(job: Job):
+        attempts.append(job.delivered)
+        if job.delivered == 1:
+            await asyncio.Event().wait()  # hangs; the runner's keep-alive alone would hold it forever
+
+    runner = QueueRunner(js, stream=STREAM, durable="workers", filter_subject=SUBJECTS, handler=handler,
+                         policy=QueuePolicy(max_deliver=3, ack_wait=30, backoff=(0.05,), job_timeout=0.5))
+    await runner.start(owner.spawn)
+    await js.publish("test.jobs.hang", b"x")
+    await wait_until(lambda: _is(_handled(runner), 1), 30, "the job handled on its second delivery")
+    assert attempts == [1, 2], "retried at once on the back-off, not after ack_wait"
+    await runner.stop()
