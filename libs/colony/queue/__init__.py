@@ -29,7 +29,8 @@ the same as ``Retry``; ``Reject(reason)`` = poison, dead-letter now.  A job that
 ``queue_max_deliver``-th delivery, or is delivered more often than that because its workers
 died, is copied to the ``DEAD_LETTERS`` stream with the reason and removed from the queue.
 Handlers must be idempotent by ``job.id`` (``Nats-Msg-Id`` of the publisher, kept across
-replays).  Long jobs are kept alive with ``in_progress()`` automatically.
+replays).  Long jobs are kept alive with ``in_progress()`` automatically, for at most
+``queue_job_timeout`` seconds (then the handler is cancelled and the job retried).
 
 Operators: ``colony dlq list|show|replay|purge`` (``colony.queue.deadletter.DeadLetters``).
 """
