@@ -17,7 +17,8 @@ import hmac
 import secrets
 
 from argon2 import PasswordHasher
-from argon2.exceptions import InvalidHashError, VerificationError
+
+from colony_admin.auth import passwords
 
 TOKEN_PREFIX = "col_"
 DIGEST_ALGORITHMS = ("MD5", "SHA-256")
@@ -59,12 +60,8 @@ def password_hasher(fast: bool = False) -> PasswordHasher:
 
 
 def verify_password(hasher: PasswordHasher, stored: str | None, password: str) -> bool:
-    if not stored:
-        return False
-    try:
-        return hasher.verify(stored, password)
-    except (VerificationError, InvalidHashError):
-        return False
+    """Any scheme an account may hold: Colony's argon2id or an imported one (``passwords``)."""
+    return passwords.verify(hasher, stored, password).ok
 
 
 def sip_ha1(local: str, realm: str, password: str) -> dict[str, str]:
