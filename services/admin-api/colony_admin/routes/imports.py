@@ -159,6 +159,7 @@ class ImportRun:
         for (name, event), seq in zip(items, await self._create_new(names.AGG_DOMAIN, items), strict=True):
             if seq is None:  # an existing domain: its accounts are added to it
                 self._domains[name] = (await self.ctx.provisioning.load(names.AGG_DOMAIN, name)).state
+                self.job.unchanged += self.plan.domain_only_rows.get(name, 0)
             else:
                 self._domains[name] = aggregates.apply(None, event)
                 created.append(name)
