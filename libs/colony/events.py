@@ -256,7 +256,12 @@ class DomainStateChanged(Event):
 
 
 class DomainDeleted(Event):
-    """A domain was removed (it had no accounts or aliases left).  Subject as DomainCreated."""
+    """A domain was removed (it had no accounts or aliases left).  Subject as DomainCreated.
+
+    Also appended where no domain exists, as a *fence*, by whoever creates the same name as a
+    domain alias (a name is one or the other; see the admin API's ``aggregates``).  Either way
+    the domain does not exist afterwards.
+    """
 
     type: ClassVar[str] = "prov.domain_deleted"
     domain: str
@@ -271,7 +276,11 @@ class DomainAliasCreated(Event):
 
 
 class DomainAliasDeleted(Event):
-    """Subject as DomainAliasCreated."""
+    """Subject as DomainAliasCreated.
+
+    Also the fence appended where no alias exists by whoever creates the same name as a domain
+    (then ``domain`` equals ``alias``); see DomainDeleted.
+    """
 
     type: ClassVar[str] = "prov.domain_alias_deleted"
     alias: str
