@@ -1,0 +1,5 @@
+"""POP3 as a sans-IO server core (see ``rules``)."""
+
+from colony.protocols.pop3.rules import (  # noqa: F401
+    Authenticate, Close, Commit, MessageInfo, Pop3Server, Retrieve, StartTLS, State, dot_stuff,
+)
