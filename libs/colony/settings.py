@@ -84,6 +84,7 @@ class Settings(BaseSettings):
     controller_renew_interval: float = Field(0.5, gt=0, description="Seconds between controller lease renewals.")
     controller_safety_margin: float = Field(1.0, gt=0, description="A controller stops acting this long before its lease could expire.")
     controller_probe_interval: float = Field(0.2, gt=0, description="Seconds between standby checks of the controller's liveness.")
+    controller_rank_delay: float = Field(1.0, gt=0, description="Seconds each live standby ranked ahead of a controller gets to take over first (the Backup Controller moves at once, the n-th standby after n of these).")
     drain_timeout: float = Field(300.0, gt=0, description="Seconds a draining instance waits for its sessions to finish before it hands them over.")
 
     # --- work queues (colony.queue) -----------------------------------------------------

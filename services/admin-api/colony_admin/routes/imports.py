@@ -130,19 +130,22 @@ class ImportRun:
         kind = names.AGG_DOMAIN_ALIAS
         fences = [(names.provisioning_subject(kind, d), aggregates.fence_name(None, d, kind)[0].encode())
                   for d in domains]
-        blocked: set[str] = set()
-        for domain, result in zip(domains, await self.ctx.store.create_many(fences), strict=True):
-            if not isinstance(result, ConcurrencyConflict):
-                continue
-            # The alias subject has history: an old fence (a re-run), a deleted or a live alias.
-            if (await self.ctx.provisioning.load(names.AGG_DOMAIN, domain)).state is not None:
-                continue  # the domain exists: nothing is created, nothing to fence
-            try:
-                await self.ctx.provisioning.reserve_name(domain, names.AGG_DOMAIN)
-            except Problem as exc:
-                self._error(f"domain {domain}", exc.detail)
-                blocked.add(domain)
-        return blocked
+        results = await self.ctx.store.create_many(fences)
+        conflicted = [d for d, r in zip(domains, results, strict=True) if isinstance(r, ConcurrencyConflict)]
+        blocked = await asyncio.gather(*(self._fence_again(d) for d in conflicted))
+        return {d for d, is_blocked in zip(conflicted, blocked, strict=True) if is_blocked}
+
+    async def _fence_again(self, domain: str) -> bool:
+        """The alias subject has history (an old fence from a re-run, a deleted or a live
+        alias): fence at its current version unless the domain exists.  True: blocked."""
+        if (await self.ctx.provisioning.load(names.AGG_DOMAIN, domain)).state is not None:
+            return False  # the domain exists: nothing is created, nothing to fence
+        try:
+            await self.ctx.provisioning.reserve_name(domain, names.AGG_DOMAIN)
+        except Problem as exc:
+            self._error(f"domain {domain}", exc.detail)
+            return True
+        return False
 
     async def _create_domains(self, cmds: list) -> None:
         items: list[tuple[str, ev.Event]] = []
