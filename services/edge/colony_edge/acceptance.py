@@ -78,14 +78,14 @@ def new_message_id() -> str:
 
 def fold(name: str, value: str) -> bytes:
     """One header field, folded before 78 columns where it has spaces (RFC 5322 §2.2.3)."""
-    words = value.split(" ")
-    lines, line = [], f"{name}:"
-    for word in words:
-        if len(line) + 1 + len(word) > 76 and line.strip():
+    lines, line, empty = [], f"{name}:", True
+    for word in value.split(" "):
+        if len(line) + 1 + len(word) > 76 and not empty:
             lines.append(line)
             line = "\t" + word
         else:
             line += " " + word
+        empty = False
     lines.append(line)
     return ("\r\n".join(lines) + "\r\n").encode("utf-8", "replace")
 

@@ -22,7 +22,7 @@ from typing import BinaryIO
 from colony.cluster.sessions import SessionTracker
 from colony.protocols.smtp import NEED_DATA, PAUSED, Reply, ServerConfig, ServerConnection, events as E, replies as R
 from colony_edge.acceptance import AcceptanceFailed, MailAcceptor, SmtpMetrics, remove_quietly
-from colony_edge.smtp_policy import IncomingMessage, SmtpPolicy, SmtpSession
+from colony_edge.smtp_policy import IncomingMessage, SmtpPolicy, SmtpSession, Verdict
 
 log = logging.getLogger("colony.edge.smtp")
 
@@ -59,6 +59,7 @@ class SmtpServer:
                 await session.run()
             finally:
                 session.discard_spool()
+                writer.close()
 
 
 class _Session:
@@ -82,7 +83,7 @@ class _Session:
     async def run(self) -> None:
         server, conn = self.server, self.conn
         server.metrics.connections.inc()
-        verdict = await server.policy.connect(self.info)
+        verdict = await self._ask("connect", server.policy.connect(self.info))
         if not verdict.accept:
             self._refused("connect", verdict.reply)
             await self._write(conn.refuse(verdict.reply))
@@ -147,7 +148,7 @@ class _Session:
     async def _on_event(self, event: E.Event) -> None:
         policy, info, conn = self.server.policy, self.info, self.conn
         if isinstance(event, E.Helo):
-            verdict = await policy.helo(info, event.name)
+            verdict = await self._ask("helo", policy.helo(info, event.name))
             if verdict.accept:
                 info.helo, info.extended = event.name, event.extended
                 info.reset_transaction()
@@ -155,16 +156,16 @@ class _Session:
         elif isinstance(event, E.MailFrom):
             info.reset_transaction()
             info.mail_from = event
-            verdict = await policy.mail_from(info, event)
+            verdict = await self._ask("mail", policy.mail_from(info, event))
             if not verdict.accept:
                 info.mail_from = None
             await self._answer("mail", verdict.reply, R.SENDER_OK, verdict.accept)
         elif isinstance(event, E.RcptTo):
             before = len(info.recipients)
-            verdict = await policy.rcpt_to(info, event)
+            verdict = await self._ask("rcpt", policy.rcpt_to(info, event))
             if verdict.accept and len(info.recipients) == before:
                 log.error("policy accepted RCPT %s without resolving it; refusing", event.address)
-                verdict = type(verdict)(False, R.TEMPORARY_FAILURE)
+                verdict = Verdict(False, R.TEMPORARY_FAILURE)
             if verdict.accept and info.max_message_size is not None:
                 conn.limit_message_size(info.max_message_size)
             await self._answer("rcpt", verdict.reply, R.RECIPIENT_OK, verdict.accept)
@@ -181,7 +182,18 @@ class _Session:
         elif isinstance(event, E.StartTls):
             await self._start_tls(event)
         elif isinstance(event, E.Rejected):
-            self._refused(event.command.lower() or "protocol", event.reply, counted_by_core=True)
+            self._refused(event.command.lower() or "protocol", event.reply)
+
+    async def _ask(self, stage: str, decision) -> Verdict:
+        """A policy that fails (a bug, DNS or the bus down) must not end the session with a
+        traceback: the client hears 451 4.3.0 and tries again later."""
+        try:
+            return await decision
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("smtp %s: %s policy failed; answering 451", self.info.id, stage)
+            return Verdict(False, R.TEMPORARY_FAILURE)
 
     async def _answer(self, stage: str, refusal: Reply | None, positive: Reply, accept: bool) -> None:
         if accept:
@@ -191,7 +203,7 @@ class _Session:
             self._refused(stage, reply)
         await self._write(self.conn.send(reply))
 
-    def _refused(self, stage: str, reply: Reply | None, counted_by_core: bool = False) -> None:
+    def _refused(self, stage: str, reply: Reply | None) -> None:
         reply = reply or R.TEMPORARY_FAILURE
         reason = reply.reason or f"{reply.code}"
         self.server.metrics.rejected.labels(stage=stage, reason=reason).inc()
@@ -204,7 +216,7 @@ class _Session:
         path = self._spool_path
         assert path is not None
         message = IncomingMessage(size=event.size, spool=path)
-        verdict = await self.server.policy.data_complete(info, message)
+        verdict = await self._ask("data", self.server.policy.data_complete(info, message))
         if not verdict.accept:
             await self._answer("data", verdict.reply, R.QUEUED, False)
         else:

@@ -167,15 +167,15 @@ class ServerConnection:
                 self._state = _MAIL
                 self._smtputf8 = pending.smtputf8
                 self._binary = pending.body == "BINARYMIME"
-            self._reply(reply, "MAIL")
+            self._reply(reply, "MAIL", own=False)
         elif isinstance(pending, E.RcptTo):
             if reply.positive:
                 self._recipients += 1
-            self._reply(reply, "RCPT")
+            self._reply(reply, "RCPT", own=False)
         elif isinstance(pending, E.DataComplete):
             self._reset_transaction()
             self._state = _READY
-            self._reply(reply, "DATA")
+            self._reply(reply, "DATA", own=False)
         return self.data_to_send()
 
     def data_to_send(self) -> bytes:
@@ -219,10 +219,13 @@ class ServerConnection:
 
     # --- replies and errors -------------------------------------------------------------
 
-    def _reply(self, reply: Reply, command: str) -> None:
+    def _reply(self, reply: Reply, command: str, own: bool = True) -> None:
+        """Queue a reply; a negative one counts as an error, and one the core chose itself
+        (``own``) is reported as ``Rejected`` (the shell meters the policy's refusals)."""
         self._out += reply.to_bytes()
         if not reply.positive:
-            self._events.append(E.Rejected(reply, command))
+            if own:
+                self._events.append(E.Rejected(reply, command))
             self._count_error()
 
     def _reject(self, reply: Reply, command: str) -> None:
@@ -351,7 +354,7 @@ class ServerConnection:
 
     def _answer_helo(self, helo: E.Helo, reply: Reply) -> None:
         if not reply.positive:
-            self._reply(reply, "EHLO" if helo.extended else "HELO")
+            self._reply(reply, "EHLO" if helo.extended else "HELO", own=False)
             return
         self._state = _READY
         if not helo.extended:

@@ -1,0 +1,138 @@
+"""The asyncio shell on real loopback sockets, with a stand-in acceptor (no bus): policy
+failures, early talkers, BDAT, timeouts and acceptance failures all end in SMTP replies."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from colony.cluster.sessions import SessionTracker
+from colony.contracts.recipients import Mailbox
+from colony.protocols.smtp import replies as R
+from colony_edge.acceptance import AcceptanceFailed, SmtpMetrics
+from colony_edge.smtp_policy import ACCEPT, AcceptedRecipient, BasePolicy
+from colony_edge.smtp_server import SmtpServer, SmtpServerConfig
+
+
+class Policy(BasePolicy):
+    async def rcpt_to(self, session, rcpt):
+        if rcpt.address.startswith("boom"):
+            raise RuntimeError("policy bug")
+        session.recipients.append(AcceptedRecipient(rcpt, (Mailbox(rcpt.address, "x.test", "local"),)))
+        return ACCEPT
+
+
+class Acceptor:
+    def __init__(self, fail: bool = False) -> None:
+        self.fail, self.messages = fail, []
+
+    async def accept(self, session, message):
+        if self.fail:
+            raise AcceptanceFailed("bus down")
+        self.messages.append((session.mail_from.address, [r.rcpt.address for r in session.recipients],
+                              message.spool.read_bytes()))
+        return f"id{len(self.messages)}"
+
+
+async def serve(tmp_path, acceptor=None, **config):
+    registry = CollectorRegistry()
+    metrics = SmtpMetrics(registry)
+    cfg = dict(hostname="mx.test", spool_dir=tmp_path / "spool", max_message_size=10_000_000, max_recipients=100,
+               max_errors=10, timeout=60.0)
+    cfg.update(config)
+    server = SmtpServer(SmtpServerConfig(**cfg), Policy(), acceptor or Acceptor(), metrics, SessionTracker())
+    listener = await asyncio.start_server(server.handle, "127.0.0.1", 0)
+    return listener, listener.sockets[0].getsockname()[1], registry
+
+
+class Client:
+    @classmethod
+    async def open(cls, port: int, greet: bool = True) -> "Client":
+        self = cls()
+        self.reader, self.writer = await asyncio.open_connection("127.0.0.1", port)
+        if greet:
+            assert (await self.reply()).startswith(b"220 ")
+        return self
+
+    async def reply(self) -> bytes:
+        out = b""
+        while True:
+            line = await asyncio.wait_for(self.reader.readline(), 30)
+            out += line
+            if not line or line[3:4] == b" ":
+                return out
+
+    async def cmd(self, data: bytes) -> bytes:
+        self.writer.write(data)
+        return await self.reply()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+async def test_policy_exception_is_451_and_session_goes_on(tmp_path):
+    listener, port, registry = await serve(tmp_path)
+    async with listener:
+        c = await Client.open(port)
+        await c.cmd(b"EHLO c.test\r\n")
+        await c.cmd(b"MAIL FROM:<a@b.test>\r\n")
+        assert (await c.cmd(b"RCPT TO:<boom@x.test>\r\n")).startswith(b"451 4.3.0")
+        assert (await c.cmd(b"RCPT TO:<ok@x.test>\r\n")).startswith(b"250 2.1.5")
+        c.close()
+    assert registry.get_sample_value("colony_smtp_rejected_total", {"stage": "rcpt", "reason": "temporary_failure"}) == 1
+
+
+async def test_early_talker_through_the_shell(tmp_path):
+    listener, port, registry = await serve(tmp_path, greeting_delay=1.0)
+    async with listener:
+        c = await Client.open(port, greet=False)
+        c.writer.write(b"EHLO fast.test\r\n")
+        assert (await c.reply()).startswith(b"554 5.5.0")
+        assert await asyncio.wait_for(c.reader.read(), 30) == b""
+    assert registry.get_sample_value("colony_smtp_rejected_total", {"stage": "protocol", "reason": "early_talker"}) == 1
+
+
+async def test_bdat_binarymime_through_the_shell(tmp_path):
+    acceptor = Acceptor()
+    listener, port, _ = await serve(tmp_path, acceptor)
+    async with listener:
+        c = await Client.open(port)
+        assert b"CHUNKING" in await c.cmd(b"EHLO c.test\r\n")
+        await c.cmd(b"MAIL FROM:<a@b.test> BODY=BINARYMIME\r\n")
+        await c.cmd(b"RCPT TO:<ok@x.test>\r\n")
+        c.writer.write(b"BDAT 4\r\n\x00\r\n.BDAT 3 LAST\r\n\n\xff.")
+        assert (await c.reply()).startswith(b"250 2.0.0 4 octets")
+        assert (await c.reply()).startswith(b"250 2.0.0 OK queued as id1")
+        c.close()
+    assert acceptor.messages == [("a@b.test", ["ok@x.test"], b"\x00\r\n.\n\xff.")]
+    assert list((tmp_path / "spool").iterdir()) == []
+
+
+async def test_acceptance_failure_is_451_and_nothing_is_kept(tmp_path):
+    listener, port, _ = await serve(tmp_path, Acceptor(fail=True))
+    async with listener:
+        c = await Client.open(port)
+        await c.cmd(b"EHLO c.test\r\n")
+        await c.cmd(b"MAIL FROM:<a@b.test>\r\n")
+        await c.cmd(b"RCPT TO:<ok@x.test>\r\n")
+        assert (await c.cmd(b"DATA\r\n")).startswith(b"354")
+        assert (await c.cmd(b"hello\r\n.\r\n")).startswith(b"451 4.3.0")
+        c.close()
+    assert list((tmp_path / "spool").iterdir()) == []
+
+
+async def test_idle_client_gets_421_timeout(tmp_path):
+    listener, port, _ = await serve(tmp_path, timeout=0.5)
+    async with listener:
+        c = await Client.open(port)
+        assert (await c.reply()).startswith(b"421 4.4.2")
+
+
+async def test_spool_left_by_a_dead_process_is_removed(tmp_path):
+    (tmp_path / "spool").mkdir()
+    (tmp_path / "spool" / "old.1.spool").write_bytes(b"x")
+    listener, _, _ = await serve(tmp_path)
+    listener.close()
+    assert list((tmp_path / "spool").iterdir()) == []

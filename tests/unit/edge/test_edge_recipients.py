@@ -1,0 +1,122 @@
+"""The MX's recipient policy and the headers and grouping of durable acceptance, without a bus."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from colony.bus import names
+from colony.contracts.cache import DirectoryIndex
+from colony.contracts.recipients import resolve
+from colony.protocols.smtp import events as E
+from colony.settings import Settings
+from colony_edge.acceptance import MailAcceptor, fold
+from colony_edge.recipients import DIRECTORY_NOT_READY, RecipientPolicy
+from colony_edge.smtp_policy import ACCEPT, BasePolicy, IncomingMessage, PolicyChain, SmtpSession, Verdict, refuse
+from colony.protocols.smtp import replies as R
+
+
+class Directory(DirectoryIndex):
+    def __init__(self, loaded: bool = True) -> None:
+        super().__init__()
+        self.loaded = asyncio.Event()
+        if loaded:
+            self.loaded.set()
+
+    def put(self, kind: str, name: str, value: dict) -> None:
+        self.apply(names.directory_key(kind, name), json.dumps(value).encode())
+
+    def resolve(self, recipient):
+        return resolve(self, recipient)
+
+    def limits_of(self, address):
+        from colony.contracts.recipients import account_limits
+        return account_limits(self, address)
+
+
+def directory() -> Directory:
+    d = Directory()
+    d.put("domain", "a.test", {"kind": "domain", "name": "a.test", "home_region": "eu", "cos": "tiny"})
+    d.put("domain", "b.test", {"kind": "domain", "name": "b.test"})
+    for addr in ("x@a.test", "y@a.test", "z@b.test"):
+        d.put("address", addr, {"kind": "account", "address": addr, "domain": addr.split("@")[1], "name": addr[0]})
+    d.put("address", "all@b.test", {"kind": "alias", "address": "all@b.test", "domain": "b.test", "name": "all",
+                                    "targets": ["x@a.test", "z@b.test"]})
+    d.put("cos", "tiny", {"kind": "cos", "name": "tiny", "limits": {"max_message_bytes": 1000,
+                                                                     "max_recipients_per_message": 2}})
+    return d
+
+
+def session() -> SmtpSession:
+    s = SmtpSession(id="1", peer_ip="192.0.2.1", peer_port=1234, local_port=25, helo="client.test", extended=True)
+    s.mail_from = E.MailFrom("alice@remote.test")
+    return s
+
+
+async def test_resolves_and_records_mailboxes_and_limits():
+    policy, s = RecipientPolicy(directory()), session()
+    assert await policy.rcpt_to(s, E.RcptTo("all@b.test")) == ACCEPT
+    assert [m.address for m in s.recipients[0].mailboxes] == ["x@a.test", "z@b.test"]
+    assert s.max_message_size == 1000
+    verdict = await policy.rcpt_to(s, E.RcptTo("nobody@b.test"))
+    assert not verdict.accept and (verdict.reply.code, verdict.reply.status) == (550, "5.1.1")
+    assert verdict.reason == "unknown_user"
+    assert (await policy.rcpt_to(s, E.RcptTo("y@a.test"))).accept
+    verdict = await policy.rcpt_to(s, E.RcptTo("y@a.test"))   # class "tiny": 2 recipients
+    assert verdict.reply == R.TOO_MANY_RECIPIENTS
+
+
+async def test_declared_size_over_class_limit():
+    policy, s = RecipientPolicy(directory()), session()
+    s.mail_from = E.MailFrom("alice@remote.test", size=5000)
+    assert (await policy.rcpt_to(s, E.RcptTo("x@a.test"))).reply == R.MESSAGE_TOO_BIG
+    assert (await policy.rcpt_to(s, E.RcptTo("z@b.test"))).accept
+
+
+async def test_not_loaded_is_temporary():
+    assert (await RecipientPolicy(Directory(loaded=False)).rcpt_to(session(), E.RcptTo("x@a.test"))).reply \
+        == DIRECTORY_NOT_READY
+
+
+async def test_chain_first_refusal_wins():
+    class No(BasePolicy):
+        async def rcpt_to(self, session, rcpt):
+            return refuse(R.TEMPORARY_FAILURE)
+    s = session()
+    assert (await PolicyChain([No(), RecipientPolicy(directory())]).rcpt_to(s, E.RcptTo("x@a.test"))).reply \
+        == R.TEMPORARY_FAILURE
+    assert s.recipients == []
+    assert await PolicyChain([BasePolicy()]).connect(s) == Verdict(True)
+
+
+async def test_grouping_by_region_and_domain_dedupes_mailboxes(tmp_path):
+    policy, s = RecipientPolicy(directory()), session()
+    for rcpt in ("all@b.test", "x@a.test", "z@b.test"):
+        assert (await policy.rcpt_to(s, E.RcptTo(rcpt, notify=("FAILURE",)))).accept
+    acceptor = MailAcceptor(None, Settings(region="home"), "edge-1", "mx.test", None)
+    groups = acceptor._group(s)
+    assert {k: [r.mailbox for r in v] for k, v in groups.items()} == {
+        ("eu", "a.test"): ["x@a.test"], ("home", "b.test"): ["z@b.test"]}
+    assert groups[("eu", "a.test")][0].original == "all@b.test"
+    assert groups[("eu", "a.test")][0].notify == ["FAILURE"]
+
+
+def test_received_and_return_path(tmp_path):
+    s = session()
+    s.tls, s.tls_cipher = "TLSv1.3", "TLS_AES_256_GCM_SHA384"
+    from colony_edge.smtp_policy import AcceptedRecipient
+    s.recipients = [AcceptedRecipient(E.RcptTo("x@a.test"), ())]
+    message = IncomingMessage(size=0, spool=tmp_path / "m")
+    message.add_header("Authentication-Results", "mx.test; spf=pass")
+    head = MailAcceptor(None, Settings(), "edge-1", "mx.test", None)._head(s, message, "abc123", "0af7651916cd43dd8448eb211c80319c")
+    text = head.decode()
+    assert text.startswith("Return-Path: <alice@remote.test>\r\nReceived: from client.test ([192.0.2.1])")
+    unfolded = text.replace("\r\n\t", " ")
+    assert "by mx.test (Colony) with ESMTPS id abc123 (using TLSv1.3 with cipher TLS_AES_256_GCM_SHA384)" in unfolded
+    assert "for <x@a.test> (trace 0af7651916cd43dd8448eb211c80319c);" in unfolded
+    assert "Authentication-Results: mx.test; spf=pass\r\n" in text
+    assert all(len(line) <= 78 for line in text.split("\r\n"))
+
+
+def test_fold_keeps_long_words_whole():
+    assert fold("X", "a" * 100) == b"X: " + b"a" * 100 + b"\r\n"
