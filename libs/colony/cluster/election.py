@@ -30,8 +30,8 @@ A **standby** (``standby_step``) looks at the lease it last read:
 Rank: standbys are ordered oldest first (``colony.cluster.view.standby_order``; the first is
 the Backup Controller shown by ``colony status``).  Whoever is ranked ``n`` among the
 standbys ahead of it that still answer (``GONE`` ones do not count) waits ``n *
-rank_delay`` seconds, counted from the first moment it found the lease takeable, so the
-backup moves first and the others only if it did not.
+rank_delay`` seconds (``controller_rank_delay``), counted from the first moment it found the
+lease takeable, so the backup moves first and the others only if it did not.
 
 A **holder** (``holder_step``) renews every ``renew_interval``, gives the lease up when its
 instance stops accepting work (drain, stop: ``StepDown``), and stops acting the moment its

@@ -82,7 +82,8 @@ class Controller:
         self.lease = Lease(self._leases, names.CONTROLLER_LEASE_KEY, runtime.node_id,
                            ttl=s.controller_lease_ttl, safety_margin=s.controller_safety_margin,
                            js=js, bucket=names.BUCKET_LEASES)
-        self.election = Election(runtime.node_id, ttl=s.controller_lease_ttl, renew_interval=s.controller_renew_interval)
+        self.election = Election(runtime.node_id, ttl=s.controller_lease_ttl, renew_interval=s.controller_renew_interval,
+                                 rank_delay=s.controller_rank_delay)
         await runtime.nc.subscribe(names.controller_alive_subject(runtime.node_id), cb=self._on_alive)
         self._tasks = [
             runtime.spawn("watch-nodes", self._watch_nodes, restart=True),

@@ -7,9 +7,12 @@ import signal
 import time
 
 import pytest
+from cluster_harness import wait_until
+from nats.errors import TimeoutError as NatsTimeout
 
 from colony.bus import names
 from colony.cluster.commands import NodeCommand
+from colony.cluster.decisions import NodeFailed, read_decision
 
 pytestmark = pytest.mark.slow
 
@@ -33,7 +36,7 @@ async def test_sigkill_of_the_controller_hands_over_to_the_backup_with_a_higher_
     assert second.epoch > first.epoch
     assert second.id == backups[0].id, "the Backup Controller shown is the one that takes over"
     # The dead one is declared FAILED once its heartbeats are overdue, by the new controller.
-    failed = await cluster.wait_state(first.id, "FAILED", timeout=15)
+    failed = await cluster.wait_state(first.id, "FAILED", timeout=30)
     assert failed.controller is False
     # And there is a new backup among the survivors.
     views = await cluster.view()
@@ -50,10 +53,17 @@ async def test_a_command_with_a_stale_epoch_is_refused(cluster):
     second = await cluster.wait_controller(not_id=first.id, min_epoch=first.epoch)
     nc = await cluster.client()
 
-    async def send(epoch: int) -> dict:
+    async def send(epoch: int, command: str = "drain") -> dict:
         msg = await nc.request(names.node_command_subject("edge-1"),
-                               NodeCommand(command="drain", epoch=epoch).model_dump_json().encode(), timeout=5)
+                               NodeCommand(command=command, epoch=epoch).model_dump_json().encode(), timeout=10)
         return json.loads(msg.data)
+
+    # The edge learns the new epoch by watching the lease bucket, a moment after the status
+    # shows it: ask with a harmless command ("ready" on a READY instance changes nothing)
+    # until the old epoch is refused, instead of hoping the watch was quicker than we were.
+    async def refuses_old_epoch():
+        return (await send(first.epoch, "ready"))["ok"] is False
+    await wait_until(refuses_old_epoch, 30, "edge-1 to learn the new epoch from the lease bucket")
 
     stale = await send(first.epoch)
     assert stale["ok"] is False and stale["status"] == 409 and "older" in stale["error"]
@@ -71,21 +81,32 @@ async def test_sigstopped_instance_is_declared_failed_and_rejoins_after_sigcont(
     await cluster.wait_state("mailstore-1", "READY")
 
     mailstore.signal(signal.SIGSTOP)
-    failed = await cluster.wait_state("mailstore-1", "FAILED", timeout=20)
+    failed = await cluster.wait_state("mailstore-1", "FAILED", timeout=30)
     assert failed.incarnation == 1
 
     mailstore.signal(signal.SIGCONT)
-    back = await cluster.wait_state("mailstore-1", "READY", timeout=20, incarnation=2)
+    back = await cluster.wait_state("mailstore-1", "READY", timeout=30, incarnation=2)
     assert "re-registered" in back.reason and "FAILED" in back.reason
 
-    # Both transitions are events in the CLUSTER stream, the FAILED one decided by the controller.
-    events = await cluster_events(cluster, "mailstore-1")
+    # Both transitions are events in the CLUSTER stream, the FAILED one decided by the
+    # controller (the instance publishes its event just after writing its record: wait for it).
+    async def both_events():
+        events = await cluster_events(cluster, "mailstore-1")
+        rejoined = any(e.old == "FAILED" and e.new == "READY" and e.by == "mailstore-1" for e in events)
+        return events if rejoined else None
+    events = await wait_until(both_events, 30, "the FAILED and the re-registration events")
     failed_events = [e for e in events if e.new == "FAILED"]
     assert len(failed_events) == 1 and failed_events[0].by == "controller-1" and failed_events[0].epoch > 0
-    assert any(e.old == "FAILED" and e.new == "READY" and e.by == "mailstore-1" for e in events)
+
+    # The marking went through the controller's fenced decision log first.
+    kv = await (await cluster.client()).jetstream().key_value(names.BUCKET_LEASES)
+    decision, _ = await read_decision(kv, NodeFailed.KIND, "mailstore-1")
+    assert decision.by == "controller-1" and decision.epoch == failed_events[0].epoch
 
 
 async def cluster_events(cluster, node_id: str):
+    """Every node event about ``node_id`` in the stream, read up to its end (``num_pending``
+    says when), not "until nothing arrived for a second"."""
     from colony.events import NodeStateChanged, decode
 
     js = (await cluster.client()).jetstream()
@@ -94,12 +115,14 @@ async def cluster_events(cluster, node_id: str):
     try:
         while True:
             try:
-                msg = await sub.next_msg(timeout=1)
-            except Exception:
-                break
+                msg = await sub.next_msg(timeout=5)
+            except NatsTimeout:
+                break  # nothing at all yet: the caller's wait_until asks again
             event = decode(msg.data)
             if isinstance(event, NodeStateChanged) and event.node_id == node_id:
                 found.append(event)
+            if msg.metadata.num_pending == 0:
+                break
     finally:
         await sub.unsubscribe()
     return found
@@ -114,20 +137,18 @@ async def test_a_frozen_controller_is_replaced_and_steps_down_when_it_wakes(clus
 
     frozen = cluster.nodes[first.id]
     frozen.signal(signal.SIGSTOP)  # keeps its connection: nobody can prove it gone
-    second = await cluster.wait_controller(not_id=first.id, min_epoch=first.epoch, timeout=20)
+    second = await cluster.wait_controller(not_id=first.id, min_epoch=first.epoch, timeout=30)
     assert second.id == other
 
     frozen.signal(signal.SIGCONT)
     # It rejoins as a standby (new incarnation) and never acts as controller again.
-    await cluster.wait_state(first.id, "READY", timeout=20, controller=False, backup=True)
+    await cluster.wait_state(first.id, "READY", timeout=30, controller=False, backup=True)
     await wait_until_log(frozen, "stops acting as controller")
     views = await cluster.view()
     assert [v.id for v in views.values() if v.controller] == [other]
 
 
-async def wait_until_log(node, text: str, timeout: float = 10.0) -> None:
-    from cluster_harness import wait_until
-
+async def wait_until_log(node, text: str, timeout: float = 30.0) -> None:
     async def probe():
         return text in node.log()
     await wait_until(probe, timeout, f"{node.node_id} to log {text!r}")
