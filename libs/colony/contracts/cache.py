@@ -33,12 +33,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 from colony.bus import names
 from colony.bus.tokens import TokenError, from_token
@@ -199,6 +201,18 @@ class DirectoryCache(DirectoryIndex):
             # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>
             if reply and reply.endswith(".0"):
                 self.loaded.set()
+
+    def metrics(self) -> Iterable[Metric]:
+        """Scrape-time gauges; register with ``runtime.metrics.add_callback(cache.metrics)``."""
+        entries = GaugeMetricFamily("colony_directory_cache_entries", "Entries in this process's directory cache.",
+                                    labels=["kind"])
+        for kind, n in self.counts().items():
+            entries.add_metric([kind], n)
+        yield entries
+        yield GaugeMetricFamily("colony_directory_cache_loaded", "1 once the directory cache holds the whole bucket.",
+                                value=1 if self.loaded.is_set() else 0)
+        yield GaugeMetricFamily("colony_directory_cache_bad_entries",
+                                "Directory values this cache could not read and ignored.", value=self.bad_entries)
 
     def resolve(self, recipient: str) -> Resolution:
         return resolve(self, recipient, self.limits)

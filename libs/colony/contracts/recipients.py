@@ -54,7 +54,7 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
-from typing import Any, NamedTuple, Protocol
+from typing import Annotated, Any, NamedTuple, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -347,7 +347,8 @@ class RecipientsRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    recipients: list[str] = Field(min_length=1, max_length=MAX_RECIPIENTS_PER_REQUEST)
+    recipients: list[Annotated[str, Field(max_length=512)]] = Field(min_length=1,
+                                                                      max_length=MAX_RECIPIENTS_PER_REQUEST)
 
     def to_bytes(self) -> bytes:
         return self.model_dump_json().encode()

@@ -125,3 +125,16 @@ def test_index_interns_repeated_values():
                                "quota_bytes": 10**10}))
     a, b = ix.address("u0@a.example"), ix.address("u2@a.example")
     assert a.services is b.services and a.quota_bytes is b.quota_bytes and a.cos is b.cos
+
+
+def test_cache_metrics_are_read_at_scrape_time():
+    from colony.contracts.cache import DirectoryCache
+    from colony.metrics import Metrics
+
+    cache = DirectoryCache(js=None)
+    metrics = Metrics(with_process=False)
+    metrics.add_callback(cache.metrics)
+    cache.apply(names.directory_key("address", "u@a.example"), b'{"kind":"alias","targets":["b@c.example"]}')
+    text = metrics.render().decode()
+    assert 'colony_directory_cache_entries{kind="addresses"} 1.0' in text
+    assert "colony_directory_cache_loaded 0.0" in text
