@@ -540,15 +540,32 @@ def _nats_config_files() -> list[Path]:
 
 
 @pytest.mark.parametrize("path", _nats_config_files(), ids=lambda p: str(p.relative_to(NATS_DIR)))
-def test_nats_server_accepts_the_config(path):
+def test_nats_server_accepts_the_config(path, tmp_path):
+    from colony.bus.secrets import init_bus
     from colony.natsd import NatsServerError, nats_server_binary
 
     try:
         binary = nats_server_binary()
     except NatsServerError as exc:
         pytest.skip(str(exc))
-    result = subprocess.run([binary, "-t", "-c", str(path)], capture_output=True, text=True, timeout=30)
+    # The configs name the bus secrets where compose mounts them (/etc/nats/secrets); they
+    # are generated, never committed: check the config with a freshly generated set.
+    init_bus(tmp_path / "secrets", ["nats-1"])
+    config = tmp_path / "nats.conf"
+    config.write_text(path.read_text().replace("/etc/nats/", f"{tmp_path}/"))
+    result = subprocess.run([binary, "-t", "-c", str(config)], capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("path", _nats_config_files(), ids=lambda p: str(p.relative_to(NATS_DIR)))
+def test_nats_config_requires_tls_and_colony_identities(path):
+    text = strip_conf_comments(path.read_text())
+    assert nats_block(text, "tls") is not None, "clients connect over TLS"
+    assert 'include "secrets/auth.conf"' in text, "only the identities of `colony bus init` may connect"
+    for block in ("cluster", "leafnodes"):
+        body = nats_block(text, block)
+        if body is not None and "listen" in body:
+            assert "verify: true" in body, f"{block}: the other side proves itself with a certificate"
 
 
 # --- the balancers --------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import sys
 import time
@@ -324,6 +325,37 @@ def ports(base_port: Annotated[int, typer.Option()] = DEFAULT_BASE_PORT) -> None
     for what, port in plan.all_ports(instances=7, admin_apis=1, edges=2):
         table.add_row(what, str(port))
     console.print(table)
+
+
+bus_app = typer.Typer(help="The bus's identities, permissions and TLS material (production).", no_args_is_help=True)
+app.add_typer(bus_app, name="bus")
+
+
+@bus_app.command("init")
+def bus_init(
+    out: Annotated[Path, typer.Option(help="Directory for the secrets (docker-compose.yml reads infra/nats/secrets).")] = Path("infra/nats/secrets"),
+    host: Annotated[list[str], typer.Option("--host", help="A name the NATS servers are reached by (repeat); goes into their certificate.")] = ["nats-1", "nats-2", "nats-3"],  # noqa: B006 - typer reads it, never mutated
+    owner: Annotated[Optional[str], typer.Option(help="UID[:GID] to own the role seeds, e.g. 10001 (the image's colony user), so the containers can read them.")] = None,
+) -> None:
+    """Generate one nkey per role, the servers' authorization block and a CA with a server
+    certificate; keeps identities and certificates that already exist."""
+    from colony.bus.secrets import init_bus
+
+    files = init_bus(out, host)
+    if owner:
+        uid, _, gid = owner.partition(":")
+        try:
+            for identity in files.identities.values():
+                if identity.role != "operator":  # the operator's seed stays with whoever ran this
+                    os.chown(identity.seed_file, int(uid), int(gid or uid))
+        except (ValueError, PermissionError) as exc:
+            _fail(f"--owner {owner}: {exc}; give a numeric UID[:GID] and run as root (e.g. with sudo)")
+    console.print(f"bus secrets in {out}:")
+    for role, identity in files.identities.items():
+        console.print(f"  {role:<10} {identity.seed_file}   {identity.public_key}")
+    console.print(f"  servers    {files.auth_conf} (authorization), {files.cert} + {files.key} (TLS), CA {files.ca}")
+    console.print("Give each process only its own role's seed (COLONY_NATS_NKEY_SEED_FILE) and the CA "
+                  "(COLONY_NATS_TLS_CA_FILE); reload the servers after a change of the grant table.")
 
 
 def _register_provisioning() -> None:
