@@ -42,7 +42,7 @@ from typing import ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from colony.bus.tokens import to_token
-from colony.events import Event
+from colony.events import Event, UnknownEvent, decode
 
 
 class MailRecipient(BaseModel):
@@ -95,6 +95,14 @@ class InboundMail(Event):
         if (self.body is None) == (self.body_ref is None):
             raise ValueError("exactly one of body and body_ref must be set")
         return self
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "InboundMail":
+        """Decode a MAIL stream payload (raises ``colony.events.UnknownEvent`` for anything else)."""
+        event = decode(data)
+        if not isinstance(event, cls):
+            raise UnknownEvent(f"not an InboundMail: {type(event).__name__}")
+        return event
 
     def msg_id(self) -> str:
         """The ``Nats-Msg-Id`` header value: unique per (message, domain)."""
