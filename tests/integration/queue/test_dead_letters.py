@@ -13,7 +13,8 @@ from cluster_harness import wait_until
 from colony.bus import names
 from colony.bus.connection import connect
 from colony.bus.schema import ensure_schema
-from colony.queue import DeadLetters, Job, QueuePolicy, QueueRunner, Reject
+from colony.metrics import Metrics
+from colony.queue import DeadLetters, Job, QueueMetrics, QueuePolicy, QueueRunner, Reject
 from colony.settings import Settings
 from colony.tasks import TaskOwner
 
@@ -51,8 +52,10 @@ async def test_a_poison_job_is_dead_lettered_after_max_deliver_and_replay_puts_i
             raise ValueError("cannot parse")
         return None
 
+    metrics = Metrics(with_process=False)
     runner = QueueRunner(js, stream=STREAM, durable="workers", filter_subject=SUBJECTS, handler=handler,
-                         policy=QueuePolicy(max_deliver=3, ack_wait=5, backoff=(0.05,), concurrency=2))
+                         policy=QueuePolicy(max_deliver=3, ack_wait=5, backoff=(0.05,), concurrency=2),
+                         metrics=metrics.once(QueueMetrics))
     await runner.start(owner.spawn)
     await js.publish("test.jobs.a", b"poison", headers={"Nats-Msg-Id": "job-1", "X-Trace": "t1"})
 
@@ -65,6 +68,10 @@ async def test_a_poison_job_is_dead_lettered_after_max_deliver_and_replay_puts_i
     assert letter.data == b"poison" and letter.headers["X-Trace"] == "t1" and letter.sequence == 1
     assert await wait_until(lambda: _is(queued(js), 0), 10, "the job out of the work queue")
     assert await runner.dead_letters.count(STREAM) == 1
+    rendered = metrics.render().decode()
+    assert 'colony_queue_jobs_total{outcome="retry",queue="workers"} 2.0' in rendered
+    assert 'colony_queue_jobs_total{outcome="dead_letter",queue="workers"} 1.0' in rendered
+    assert 'colony_queue_handler_errors_total{queue="workers"} 3.0' in rendered
 
     cured.set()
     await dlq.replay(letter.dlq_sequence)
@@ -72,6 +79,7 @@ async def test_a_poison_job_is_dead_lettered_after_max_deliver_and_replay_puts_i
     assert deliveries[-1] == ("job-1", 1, True), "same job id, first delivery of the replay, marked replayed"
     assert await dlq.count() == 0
     assert await wait_until(lambda: _is(queued(js), 0), 10, "the replayed job acked")
+    assert 'colony_queue_jobs_total{outcome="done",queue="workers"} 1.0' in metrics.render().decode()
     await runner.stop()
 
 

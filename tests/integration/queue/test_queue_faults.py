@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 from cluster_harness import FAST_TIMINGS, Node, wait_until
@@ -102,6 +103,9 @@ async def test_a_task_that_raises_is_logged_and_shows_in_colony_status(cluster):
     assert "Traceback" in node.log()
 
     events = await wait_until(lambda: _cluster_events(cluster, "task"), 30, "a TaskFailed event")
+    async with httpx.AsyncClient() as client:
+        metrics = (await client.get(f"http://{view.addresses['ops']}/metrics")).text
+    assert 'colony_task_failures_total{task="import-directory"} 1.0' in metrics
     assert [(e.node_id, e.task, e.restarting) for e in events] == [("worker-f", "import-directory", False)]
 
 
