@@ -47,7 +47,6 @@ from colony.telemetry import inject_headers
 from colony_edge.smtp_policy import IncomingMessage, SmtpSession
 
 log = logging.getLogger("colony.edge.acceptance")
-tracer = trace.get_tracer("colony.edge.smtp")
 
 
 class AcceptanceFailed(Exception):
@@ -115,8 +114,9 @@ class _Concat(io.RawIOBase):
 
 class MailAcceptor:
     def __init__(self, js: JetStreamContext, settings: Settings, node_id: str, hostname: str,
-                 metrics: SmtpMetrics) -> None:
+                 metrics: SmtpMetrics, tracer: trace.Tracer | None = None) -> None:
         self.js, self.settings, self.node_id, self.hostname, self.metrics = js, settings, node_id, hostname, metrics
+        self.tracer = tracer or trace.get_tracer("colony.edge.smtp")  # the global provider (setup_tracing)
         self._bodies = None
 
     async def accept(self, session: SmtpSession, message: IncomingMessage) -> str:
@@ -124,7 +124,7 @@ class MailAcceptor:
         message_id = new_message_id()
         mail = session.mail_from
         assert mail is not None and session.recipients, "accept() needs a transaction with recipients"
-        with tracer.start_as_current_span("smtp.accept", attributes={
+        with self.tracer.start_as_current_span("smtp.accept", attributes={
                 "colony.message_id": message_id, "colony.size": message.size,
                 "colony.recipients": len(session.recipients)}) as span:
             trace_id = span.get_span_context().trace_id

@@ -120,3 +120,59 @@ def test_received_and_return_path(tmp_path):
 
 def test_fold_keeps_long_words_whole():
     assert fold("X", "a" * 100) == b"X: " + b"a" * 100 + b"\r\n"
+
+
+class FakeJs:
+    """Records publishes; the first ``timeouts`` attempts time out like an unanswered publish."""
+
+    def __init__(self, timeouts: int = 0, error: Exception | None = None) -> None:
+        self.published, self.timeouts, self.error = [], timeouts, error
+
+    async def publish(self, subject, payload, timeout=None, headers=None):
+        from nats.errors import TimeoutError as NatsTimeoutError
+        self.published.append((subject, payload, dict(headers)))
+        if self.error:
+            raise self.error
+        if self.timeouts:
+            self.timeouts -= 1
+            raise NatsTimeoutError
+
+
+async def _accept(tmp_path, js, tracer=None):
+    from prometheus_client import CollectorRegistry
+    from colony_edge.acceptance import SmtpMetrics
+    policy, s = RecipientPolicy(directory()), session()
+    for rcpt in ("x@a.test", "z@b.test"):
+        assert (await policy.rcpt_to(s, E.RcptTo(rcpt))).accept
+    spool = tmp_path / "m.spool"
+    spool.write_bytes(b"Subject: t\r\n\r\nhi\r\n")
+    acceptor = MailAcceptor(js, Settings(), "edge-1", "mx.test", SmtpMetrics(CollectorRegistry()), tracer)
+    return await acceptor.accept(s, IncomingMessage(size=spool.stat().st_size, spool=spool))
+
+
+async def test_one_trace_per_message_and_one_publish_per_domain(tmp_path):
+    from opentelemetry.sdk.trace import TracerProvider
+    from colony.contracts.mail import InboundMail
+    js = FakeJs()
+    message_id = await _accept(tmp_path, js, TracerProvider().get_tracer("test"))
+    assert sorted(p[0] for p in js.published) == [names.mail_subject("eu", "a.test"), names.mail_subject("local", "b.test")]
+    traces = {p[2]["traceparent"].split("-")[1] for p in js.published}
+    assert len(traces) == 1
+    mails = [InboundMail.from_bytes(p[1]) for p in js.published]
+    assert {m.message_id for m in mails} == {message_id}
+    assert {p[2]["Nats-Msg-Id"] for p in js.published} == {m.msg_id() for m in mails}
+    assert f"(trace {traces.pop()})" in mails[0].body.decode().replace("\r\n\t", " ")
+
+
+async def test_timed_out_publish_is_retried_with_the_same_msg_id(tmp_path):
+    js = FakeJs(timeouts=1)
+    await _accept(tmp_path, js)
+    ids = [p[2]["Nats-Msg-Id"] for p in js.published]
+    assert len(ids) == 3 and len(set(ids)) == 2
+
+
+async def test_a_refused_publish_fails_the_acceptance(tmp_path):
+    import pytest
+    from colony_edge.acceptance import AcceptanceFailed
+    with pytest.raises(AcceptanceFailed):
+        await _accept(tmp_path, FakeJs(error=RuntimeError("no stream")))
