@@ -146,7 +146,14 @@ class MailAcceptor:
                     envid=mail.envid, size=size, edge_node=self.node_id, client_ip=session.peer_ip,
                     helo=session.helo, tls=session.tls, body=body, body_ref=ref)
                 publishes.append(self._publish(names.mail_subject(region, domain), item, headers))
-            await asyncio.gather(*publishes)
+            # Every publish runs to its end (none is left running unowned); the first
+            # failure is the answer.
+            results = await asyncio.gather(*publishes, return_exceptions=True)
+            failures = [r for r in results if isinstance(r, BaseException)]
+            if failures:
+                if isinstance(failures[0], AcceptanceFailed):
+                    raise failures[0]
+                raise AcceptanceFailed(f"publish of {message_id} failed: {failures[0]!r}") from failures[0]
         elapsed = time.monotonic() - started
         self.metrics.ack_seconds.observe(elapsed)
         self.metrics.accepted.inc()
