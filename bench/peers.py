@@ -1,0 +1,294 @@
+"""The peer systems the benchmarks run beside Colony: Debian's Postfix and Dovecot, each
+configured by the benchmark in a private directory on loopback ports, started and stopped
+by it.  Nothing of the machine's own mail configuration is used or touched.
+
+* ``Dovecot``: LMTP (and IMAP/POP3) on 127.0.0.1, one static password for every user,
+  Maildir under the private directory, ``mail_fsync = always`` (an acknowledged delivery is
+  on disk, like Colony's).
+* ``Postfix``: an MX on 127.0.0.1 that accepts mail for the benchmark's domain and hands it
+  to Dovecot over LMTP, or (``relay_to``) relays everything to a sink, with its queue fsynced
+  as Postfix always does.
+
+Both run as root-started daemons that drop privileges to their own users, as they do in
+production; ``cpu_seconds()`` sums the user+system CPU of every process of the instance, so
+a benchmark can print CPU per message for both sides the same way.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def open_up(path: Path) -> None:
+    """Daemons drop to their own users: every directory above their files must be searchable."""
+    for p in [path, *path.parents]:
+        if p == Path("/"):
+            break
+        mode = p.stat().st_mode & 0o777
+        if mode & 0o011 != 0o011:
+            p.chmod(mode | 0o011)
+
+
+def have(*tools: str) -> list[str]:
+    """The tools of ``tools`` that are missing."""
+    return [t for t in tools if shutil.which(t) is None and not Path(t).exists()]
+
+
+def wait_port(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+def process_cpu(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        # utime, stime, cutime, cstime (fields 14-17 of stat; index 11.. after the command)
+        total += sum(int(x) for x in fields[11:15]) / CLK_TCK
+    return total
+
+
+def pids_matching(predicate) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if predicate(int(entry.name), cmdline):
+            pids.append(int(entry.name))
+    return pids
+
+
+def descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    out, stack = [], [root]
+    while stack:
+        pid = stack.pop()
+        out.append(pid)
+        stack.extend(children.get(pid, []))
+    return out
+
+
+class Dovecot:
+    def __init__(self, workdir: Path, lmtp_port: int, imap_port: int = 0, pop3_port: int = 0,
+                 password: str = "benchpass") -> None:
+        self.dir = workdir / "dovecot"
+        self.lmtp_port, self.imap_port, self.pop3_port = lmtp_port, imap_port, pop3_port
+        self.password = password
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def mail_dir(self) -> Path:
+        return self.dir / "mail"
+
+    def config(self) -> str:
+        listeners = f"""
+service lmtp {{
+  inet_listener lmtp {{
+    address = 127.0.0.1
+    port = {self.lmtp_port}
+  }}
+  process_min_avail = 2
+}}
+service imap-login {{
+  inet_listener imap {{
+    address = 127.0.0.1
+    port = {self.imap_port}
+  }}
+  inet_listener imaps {{
+    port = 0
+  }}
+  process_min_avail = 1
+}}
+service pop3-login {{
+  inet_listener pop3 {{
+    address = 127.0.0.1
+    port = {self.pop3_port}
+  }}
+  inet_listener pop3s {{
+    port = 0
+  }}
+}}
+"""
+        return f"""# written by bench/peers.py
+base_dir = {self.dir}/run
+state_dir = {self.dir}/state
+instance_name = colony-bench-dovecot
+protocols = lmtp{' imap' if self.imap_port else ''}{' pop3' if self.pop3_port else ''}
+listen = 127.0.0.1
+log_path = {self.dir}/dovecot.log
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+mail_location = maildir:{self.mail_dir}/%d/%n
+mail_uid = dovecot
+mail_gid = dovecot
+first_valid_uid = 1
+mail_fsync = always
+lmtp_save_to_detail_mailbox = no
+passdb {{
+  driver = static
+  args = password={self.password}
+}}
+userdb {{
+  driver = static
+  args = uid=dovecot gid=dovecot home={self.mail_dir}/%d/%n
+}}
+default_login_user = dovenull
+default_internal_user = dovecot
+{listeners}"""
+
+    def start(self) -> None:
+        if self.dir.exists():
+            shutil.rmtree(self.dir)
+        for sub in ("run", "state", "mail"):
+            (self.dir / sub).mkdir(parents=True)
+        open_up(self.dir)
+        shutil.chown(self.mail_dir, "dovecot", "dovecot")
+        shutil.chown(self.dir / "state", "dovecot", "dovecot")
+        conf = self.dir / "dovecot.conf"
+        conf.write_text(self.config())
+        self.process = subprocess.Popen(["dovecot", "-F", "-c", str(conf)], stdout=subprocess.DEVNULL,
+                                        stderr=open(self.dir / "stderr.log", "wb"))
+        wait_port(self.lmtp_port)
+        if self.imap_port:
+            wait_port(self.imap_port)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                for pid in descendants(self.process.pid):
+                    with _quiet():
+                        os.kill(pid, signal.SIGKILL)
+
+    def pids(self) -> list[int]:
+        return descendants(self.process.pid) if self.process else []
+
+    def cpu_seconds(self) -> float:
+        return process_cpu(self.pids())
+
+    def delivered(self) -> int:
+        return sum(1 for p in self.mail_dir.glob("*/*/new/*")) + sum(1 for p in self.mail_dir.glob("*/*/cur/*"))
+
+
+class Postfix:
+    def __init__(self, workdir: Path, smtp_port: int, domain: str, lmtp_port: int | None = None,
+                 relay_to: str | None = None) -> None:
+        self.dir = workdir / "postfix"
+        self.smtp_port = smtp_port
+        self.domain = domain
+        self.lmtp_port = lmtp_port
+        self.relay_to = relay_to
+
+    def main_cf(self) -> str:
+        route = (f"virtual_mailbox_domains = {self.domain}\nvirtual_transport = lmtp:inet:127.0.0.1:{self.lmtp_port}\n"
+                 if self.lmtp_port else
+                 f"relayhost = [{self.relay_to.split(':')[0]}]:{self.relay_to.split(':')[1]}\n"
+                 "mynetworks = 127.0.0.0/8\nsmtp_tls_security_level = none\n")
+        return f"""# written by bench/peers.py
+compatibility_level = 3.6
+queue_directory = {self.dir}/queue
+data_directory = {self.dir}/data
+mail_owner = postfix
+setgid_group = postdrop
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+myhostname = bench-postfix.localdomain
+mydestination =
+local_recipient_maps =
+smtpd_recipient_restrictions = permit_mynetworks, reject_unauth_destination
+mynetworks = 127.0.0.0/8
+maillog_file = {self.dir}/maillog
+maillog_file_prefixes = {self.dir}
+smtputf8_enable = yes
+default_process_limit = 100
+lmtp_connection_cache_on_demand = yes
+smtpd_tls_security_level = none
+{route}"""
+
+    def master_cf(self) -> str:
+        base = Path("/etc/postfix/master.cf").read_text()
+        lines = [line for line in base.splitlines() if not line.startswith("smtp      inet")]
+        lines.insert(0, f"127.0.0.1:{self.smtp_port} inet n - n - - smtpd")
+        lines.append("postlog   unix-dgram n  -       n       -       1       postlogd")
+        return "\n".join(lines) + "\n"
+
+    def _postfix(self, *args: str) -> None:
+        subprocess.run(["postfix", "-c", str(self.dir / "etc"), *args], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def start(self) -> None:
+        if self.dir.exists():
+            shutil.rmtree(self.dir)
+        (self.dir / "etc").mkdir(parents=True)
+        open_up(self.dir)
+        (self.dir / "etc" / "main.cf").write_text(self.main_cf())
+        (self.dir / "etc" / "master.cf").write_text(self.master_cf())
+        for name in ("dynamicmaps.cf",):
+            src = Path("/etc/postfix") / name
+            if src.exists():
+                shutil.copy(src, self.dir / "etc" / name)
+        (self.dir / "etc" / "dynamicmaps.cf.d").mkdir(exist_ok=True)
+        (self.dir / "queue").mkdir()
+        (self.dir / "data").mkdir()
+        shutil.chown(self.dir / "data", "postfix", "postfix")
+        self._postfix("post-install", "create-missing")
+        subprocess.run(["postfix", "-c", str(self.dir / "etc"), "check"], check=False,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self._postfix("start")
+        wait_port(self.smtp_port)
+
+    def stop(self) -> None:
+        with _quiet():
+            self._postfix("stop")
+
+    def pids(self) -> list[int]:
+        pid_file = self.dir / "queue" / "pid" / "master.pid"
+        try:
+            master = int(pid_file.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return []
+        return descendants(master)
+
+    def cpu_seconds(self) -> float:
+        return process_cpu(self.pids())
+
+    def queued(self) -> int:
+        return sum(1 for _ in (self.dir / "queue").glob("*/**/*") if _.is_file() and _.parent.name not in ("pid",))
+
+
+class _quiet:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return True
