@@ -146,15 +146,22 @@ class NodeRuntime:
 
     async def shutdown(self) -> None:
         """Graceful stop: take no new work, let short work finish, say STOPPED, close."""
-        self.workload.set_accepting(False)
-        if self.state in (NodeState.READY, NodeState.NOT_READY):
-            await self._transition(NodeState.NOT_READY, "stopping", keep_drained=True)
-            await self._wait_empty(min(self.settings.drain_timeout, 10.0))
+        # Each step is attempted whatever the one before did (the bus may be gone), and a
+        # failure is logged: a stop must always get as far as closing.
+        try:
+            self.workload.set_accepting(False)
+            if self.state in (NodeState.READY, NodeState.NOT_READY):
+                await self._transition(NodeState.NOT_READY, "stopping", keep_drained=True)
+                await self._wait_empty(min(self.settings.drain_timeout, 10.0))
+        except Exception:
+            log.exception("%s: could not finish work before stopping", self.node_id)
         await self.task_owner.close()  # the drain task too
         with suppress(Exception):
             await self._transition(NodeState.STOPPED, "stopped")
-        with suppress(Exception):
+        try:
             await self.workload.stop()
+        except Exception:
+            log.exception("%s: the %s workload failed to stop cleanly", self.node_id, self.role)
         await self.ops.stop()
         if self._own_nc and self.nc is not None:
             with suppress(Exception):
