@@ -66,3 +66,47 @@ def test_message_text_never_ends_early_or_twice(body, split_at):
     if d.messages:
         expected = body + (b"" if body.endswith(b"\r\n") or not body else b"\r\n")
         assert d.messages[0] == expected
+
+
+class _RandomPolicy(Driver):
+    """Answers each Command with a drawn positive or negative reply."""
+
+    def __init__(self, choices: list[bool], **config) -> None:
+        self.choices = choices or [True]
+        self.n = 0
+        super().__init__(**config)
+
+    def pump(self) -> None:
+        from colony.protocols.smtp import NEED_DATA, PAUSED, replies as R
+        negative = [R.TEMPORARY_FAILURE, R.QUOTA_PERMANENT, R.TOO_MANY_RECIPIENTS, R.CONNECTION_REFUSED]
+        while True:
+            event = self.conn.next_event()
+            self.out += self.conn.data_to_send()
+            if event is NEED_DATA or event is PAUSED:
+                return
+            self.events.append(event)
+            if isinstance(event, E.DataComplete):
+                self.messages.append(b"")
+            if event.needs_reply:
+                ok = self.choices[self.n % len(self.choices)]
+                self.n += 1
+                self.out += self.conn.send(self.answers[type(event)] if ok else negative[self.n % len(negative)])
+
+
+@settings(max_examples=300, deadline=None)
+@given(streams, st.lists(st.booleans(), max_size=8), st.lists(st.integers(min_value=0, max_value=4000), max_size=10))
+def test_any_input_with_any_policy_answers(chunks, choices, split_at):
+    d = _RandomPolicy(choices, tls_available=True, max_errors=20, max_message_size=5000)
+    data = b"".join(chunks)
+    start = 0
+    for cut in sorted({min(c, len(data)) for c in split_at}) + [len(data)]:
+        d.feed(data[start:cut])
+        start = cut
+        assert len(d.conn._buf) <= 1100
+        if d.of(E.StartTls) and not d.conn.tls_active and not d.conn.closed:
+            d.conn.tls_started(2.0)
+            d.pump()
+    d.feed(b"")
+    for line in bytes(d.out).split(b"\r\n")[:-1]:
+        assert _REPLY_LINE.match(line), line
+    assert d.conn.closed
