@@ -6,48 +6,46 @@ client whose server dies reconnects elsewhere; both must leave exactly one contr
 
 from __future__ import annotations
 
+import random
 import signal
+import threading
 
 import pytest
 
-from colony.natsd import EmbeddedNats
+from colony.natsd import EmbeddedNats, NatsServerError
 from colony.ports import port_is_free
 
 pytestmark = pytest.mark.slow
 
 
 def free_ports(count: int) -> list[int]:
-    import socket
-
+    """Free ports below the kernel's ephemeral range: a port the kernel just handed us for a
+    bind is one it may hand the next outgoing connection (any process's) too."""
     found: list[int] = []
     while len(found) < count:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
+        port = random.randrange(20000, 32000)
         if port not in found and port_is_free("127.0.0.1", port):
             found.append(port)
     return found
 
 
-@pytest.fixture
-def nats_cluster(tmp_path):
+def start_cluster(tmp_path, attempt: int) -> list[EmbeddedNats]:
     client_ports, route_ports = free_ports(3), free_ports(3)
     routes = tuple(f"nats-route://127.0.0.1:{p}" for p in route_ports)
     servers = [
-        EmbeddedNats(store_dir=tmp_path / f"n{i}", port=client_ports[i], server_name=f"n{i}", sync_always=False,
-                     cluster_name="colony-test", cluster_port=route_ports[i], routes=routes)
+        EmbeddedNats(store_dir=tmp_path / f"a{attempt}" / f"n{i}", port=client_ports[i], server_name=f"n{i}",
+                     sync_always=False, cluster_name="colony-test", cluster_port=route_ports[i], routes=routes)
         for i in range(3)
     ]
-    import threading  # a clustered server is ready only once its peers are up: start them together
-
     errors = []
 
     def start(server):
         try:
             server.start(timeout=60)
-        except Exception as exc:  # pragma: no cover - reported below
+        except Exception as exc:  # reported below
             errors.append(exc)
 
+    # A clustered server is ready only once its peers are up: start them together.
     threads = [threading.Thread(target=start, args=(s,)) for s in servers]
     for t in threads:
         t.start()
@@ -57,6 +55,20 @@ def nats_cluster(tmp_path):
         for s in servers:
             s.stop()
         raise errors[0]
+    return servers
+
+
+@pytest.fixture
+def nats_cluster(tmp_path):
+    # The ports were free when chosen; something else may take one before the servers bind
+    # it, so a failed start is tried again on other ports rather than failing the test.
+    for attempt in range(3):
+        try:
+            servers = start_cluster(tmp_path, attempt)
+            break
+        except NatsServerError:
+            if attempt == 2:
+                raise
     yield servers
     for server in servers:
         server.stop()
