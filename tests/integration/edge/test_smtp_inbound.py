@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import smtplib
 import socket
 import subprocess
 from email.message import EmailMessage

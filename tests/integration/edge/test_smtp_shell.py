@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
 from prometheus_client import CollectorRegistry
 
 from colony.cluster.sessions import SessionTracker
 from colony.contracts.recipients import Mailbox
-from colony.protocols.smtp import replies as R
 from colony_edge.acceptance import AcceptanceFailed, SmtpMetrics
 from colony_edge.smtp_policy import ACCEPT, AcceptedRecipient, BasePolicy
 from colony_edge.smtp_server import SmtpServer, SmtpServerConfig
