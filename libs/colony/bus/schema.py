@@ -92,8 +92,10 @@ def stream_configs(settings: Settings) -> list[StreamConfig]:
     return [
         replace(base, name=names.STREAM_PROVISIONING, subjects=[names.SUBJECTS_PROVISIONING],
                 description="domain and account events: the source of truth for configuration"),
+        # Bodies over mail_inline_max_bytes (at most 4 MiB, base64 in the JSON) go through
+        # the mail_bodies object store, so 8 MiB holds any inline message with its envelope.
         replace(base, name=names.STREAM_MAIL, subjects=[names.SUBJECTS_MAIL],
-                retention=RetentionPolicy.WORK_QUEUE, max_msg_size=64 * 1024 * 1024,
+                retention=RetentionPolicy.WORK_QUEUE, max_msg_size=8 * 1024 * 1024,
                 description="inbound messages accepted by an edge and not yet stored"),
         replace(base, name=names.STREAM_OUTBOUND, subjects=[names.SUBJECTS_OUTBOUND],
                 retention=RetentionPolicy.WORK_QUEUE, max_msg_size=64 * 1024 * 1024,
