@@ -131,7 +131,7 @@ async def issue_token(nc: Client, role: Role, domain: str | None = None, name: s
     return token
 
 
-async def wait_until(check: Callable[[], Awaitable[bool]], timeout: float = 10.0, what: str = "condition") -> None:
+async def wait_until(check: Callable[[], Awaitable[bool]], timeout: float = 30.0, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout
     while True:
         if await check():
@@ -196,7 +196,7 @@ class LiveServer:
 
     def start(self) -> LiveServer:
         self._thread.start()
-        if not self._ready.wait(30) or self._error:
+        if not self._ready.wait(90) or self._error:  # migrations and projections start first: slow on a busy machine
             raise RuntimeError(f"admin API did not start: {self._error!r}")
         return self
 
