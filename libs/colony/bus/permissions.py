@@ -80,7 +80,8 @@ def permissions_for(grant: names.Grant, public_key: str) -> dict | None:
     for stream in grant.read:
         publish += _read_stream(stream)
     for stream in grant.consume:
-        publish += _read_stream(stream) + [f"$JS.API.STREAM.MSG.DELETE.{stream}"]
+        # A queue runner (colony.queue) copies a job it gives up on to DEAD_LETTERS.
+        publish += _read_stream(stream) + [f"$JS.API.STREAM.MSG.DELETE.{stream}", names.dead_letter_subject(stream)]
     for bucket in grant.kv_write:
         publish += _read_stream(kv_stream(bucket)) + [f"$KV.{bucket}.>"]
     for bucket in grant.kv_read:

@@ -221,3 +221,34 @@ async def test_a_hung_handler_is_cancelled_after_job_timeout_and_the_job_retried
     await wait_until(lambda: _is(_handled(runner), 1), 30, "the job handled on its second delivery")
     assert attempts == [1, 2], "retried at once on the back-off, not after ack_wait"
     await runner.stop()
+
+
+CONSUMERS = [(role, stream) for role, grant in names.GRANTS.items() if not grant.everything for stream in grant.consume]
+
+
+@pytest.mark.parametrize(("role", "stream"), CONSUMERS)
+async def test_every_role_that_consumes_a_work_queue_may_dead_letter_its_poison(nats_server, js, role, stream):
+    """The runner under the permissions the server enforces for each role that takes jobs."""
+    from colony.bus.connection import connect as bus_connect
+
+    subjects = (await js.stream_info(stream)).config.subjects[0]  # e.g. colony.mail.>
+    settings = Settings(nats_url=nats_server.url, nats_nkey_seed_file=nats_server.seed_file(role))
+    nc = await bus_connect(settings, name=f"test-{role}")
+    owner = TaskOwner(logging.getLogger("test"))
+    try:
+        runner = QueueRunner(nc.jetstream(), stream=stream, durable=f"{role}-test", filter_subject=subjects,
+                             handler=_reject, policy=QueuePolicy(max_deliver=2, ack_wait=5, backoff=(0.05,)))
+        await runner.start(owner.spawn)
+        await js.publish(subjects.replace(">", "x.y"), b"poison", headers={"Nats-Msg-Id": "p-1"})
+        dlq = DeadLetters(js)
+        (letter,) = await wait_until(lambda: dlq.list(stream=stream), 30, f"{role}'s poison job dead-lettered")
+        assert letter.job_id == "p-1" and letter.reason == "rejected: no such mailbox"
+        assert (await js.stream_info(stream)).state.messages == 0
+        await runner.stop()
+    finally:
+        await owner.close()
+        await nc.close()
+
+
+async def _reject(job):
+    return Reject("no such mailbox")
