@@ -195,7 +195,8 @@ class Grant:
     To give a role something new, add the name above and one entry to its grant below:
     ``append`` for a stream subject it publishes into, ``read`` for a stream it reads or
     follows with a consumer, ``consume`` for a work queue it takes jobs from (read,
-    deleting a dead job, copying one to DEAD_LETTERS), ``kv_write/``kv_read`` for buckets, ``obj_write``/``obj_read``
+    deleting a dead job, copying one to DEAD_LETTERS), ``kv_write``/``kv_read`` for
+    buckets, ``obj_write``/``obj_read``
     for object stores, ``call`` for a core subject it sends to (a request or an announcement),
     ``serve`` for a request subject it answers, ``listen`` for announcements it follows.
     ``tests/integration/test_bus_auth.py`` runs the real server against this table.
