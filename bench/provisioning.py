@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -154,7 +156,15 @@ async def timed(client: httpx.AsyncClient, url: str, params: dict, headers: dict
     return elapsed
 
 
+def start_projector(nats_url: str, data_dir: Path, database_url: str) -> subprocess.Popen:
+    """The projector role as `colony up` runs it: its own process under the node runtime."""
+    env = dict(os.environ, COLONY_NATS_URL=nats_url, COLONY_DATA_DIR=str(data_dir), COLONY_NODE_ID="projector-bench",
+               COLONY_DATABASE_URL=database_url, COLONY_LOG_LEVEL="WARNING")
+    return subprocess.Popen([sys.executable, "-m", "colony_admin.projector"], env=env, stdin=subprocess.DEVNULL)
+
+
 async def main(args: argparse.Namespace) -> None:
+    projector = None
     tmp = Path(tempfile.mkdtemp(prefix="colony-bench-"))
     srv = EmbeddedNats(store_dir=tmp / "nats", sync_always=False)
     url = srv.start()
@@ -162,7 +172,8 @@ async def main(args: argparse.Namespace) -> None:
     try:
         settings = Settings(nats_url=url, data_dir=tmp, database_url=args.database_url or "")
         await ensure_schema(nc.jetstream(), settings)
-        app = create_app(settings, nc, hasher=password_hasher(fast=True))
+        projector = start_projector(url, tmp, args.database_url) if args.projections == "projector" else None
+        app = create_app(settings, nc, hasher=password_hasher(fast=True), projections=args.projections)
         async with app.router.lifespan_context(app):
             client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bench", timeout=600)
             headers = {"Authorization": f"Bearer {await sysadmin_token(nc)}"}
@@ -197,6 +208,9 @@ async def main(args: argparse.Namespace) -> None:
             await client.aclose()
     finally:
         await nc.close()
+        if projector is not None:
+            projector.terminate()
+            projector.wait(30)
         srv.stop()
 
     table = Table(title=f"Provisioning benchmark ({n_domains:,} domains, {n_accounts:,} accounts)")
@@ -232,6 +246,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--time-budget", type=float, default=60.0, help="stop creating after this many seconds")
     p.add_argument("--samples", type=int, default=200, help="timed requests per query kind")
     p.add_argument("--database-url", default="", help="read model (default: SQLite in a temporary directory)")
+    p.add_argument("--projections", choices=["projector", "inline"], default="projector",
+                   help="projector: a projector instance in its own process writes the read model and the "
+                        "directory (as `colony up` runs it); inline: the admin API's own event loop does")
     return p.parse_args()
 
 

@@ -1,8 +1,9 @@
-"""``create_app(settings, nc)``: the admin API as a FastAPI app (the lead's process shell runs it).
+"""``create_app(settings, nc)``: the admin API as a FastAPI app (``service.py`` runs it).
 
-Lifespan: open the read-model database and migrate it, start the projections (read model,
-usage, audit -> SQL; directory -> KV, by default in a child process) and the cluster auth
-service; stop them on the way out.
+Lifespan: open the read-model database and migrate it, follow the read model's position
+(written by projector instances, or by projections in this event loop: see ``create_app``),
+start the cluster auth service, and serve once the read model has caught up; stop them on
+the way out.
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ from colony_admin.authservice import AuthService
 from colony_admin.commands import Provisioning
 from colony_admin.deps import AdminContext
 from colony_admin.problems import install_problem_handlers
-from colony_admin.projections import directory_worker, readmodel, readmodel_worker
+from colony_admin.projections import readmodel
 from colony_admin.projections.directory import DirectoryProjection
+from colony_admin.projections.position import RemoteReadModel
 from colony_admin.projections.runner import StreamProjection
 from colony_admin.routes import accounts, audit, cos, domains, imports, tokens, usage
 
@@ -46,24 +48,20 @@ change makes your request fail with 409 instead of being lost.  Errors are RFC 7
 """
 
 
-DirectoryMode = Literal["process", "inline", "off"]
-ReadModelMode = Literal["process", "inline"]
+Projections = Literal["projector", "inline"]
 
 
 def create_app(settings: Settings, nc: Client, *, hasher: PasswordHasher | None = None,
-               directory: DirectoryMode = "process", readmodel_mode: ReadModelMode | None = None) -> FastAPI:
-    """``directory``: where the directory-KV projection runs — a child process (default: it
-    gets its own core), this event loop (tests), or nowhere (another instance runs it).
-    ``readmodel_mode``: where the SQL read-model projection of PROVISIONING runs — a child
-    process or this event loop; by default like the directory (always this event loop for
-    an in-memory SQLite database)."""
+               projections: Projections = "projector") -> FastAPI:
+    """``projections``: who writes the read model and the directory -- projector instances
+    (``colony_admin.projector``, the default: this app only follows their announced
+    positions), or this event loop (tests, and an in-memory SQLite database, which exists
+    only in the process that opened it)."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        mode: ReadModelMode = readmodel_mode or ("process" if directory == "process" else "inline")
-        if not readmodel_worker.can_run_apart(settings.sqlalchemy_url):
-            mode = "inline"
-        ctx = await _start(settings, nc, hasher or password_hasher(), directory, mode)
+        mode = projections if not _in_memory(settings.sqlalchemy_url) else "inline"
+        ctx = await _start(settings, nc, hasher or password_hasher(), mode)
         app.state.admin = ctx
         _warm_routes(app)
         # Everything built so far (FastAPI's routes and models, SQLAlchemy's tables, pydantic
@@ -80,6 +78,10 @@ def create_app(settings: Settings, nc: Client, *, hasher: PasswordHasher | None 
     for module in (domains, accounts, cos, tokens, usage, audit, imports):
         app.include_router(module.router)
     return app
+
+
+def _in_memory(database_url: str) -> bool:
+    return database_url.startswith("sqlite") and (":memory:" in database_url or database_url.rstrip("/") == "sqlite:")
 
 
 def _warm_routes(app: FastAPI) -> None:
@@ -100,25 +102,28 @@ def _warm_routes(app: FastAPI) -> None:
                     log.debug("could not pre-build routes of %r", route, exc_info=True)
 
 
-async def _start(settings: Settings, nc: Client, hasher: PasswordHasher, directory_mode: DirectoryMode,
-                 readmodel_mode: ReadModelMode = "inline") -> AdminContext:
+async def _start(settings: Settings, nc: Client, hasher: PasswordHasher, mode: Projections) -> AdminContext:
     engine = db.make_engine(settings.sqlalchemy_url)
     await asyncio.to_thread(db.migrate, engine)
     js = nc.jetstream(timeout=10.0)
     store = EventStore(js, names.STREAM_PROVISIONING)
 
     def follow(stream: str, subjects: str, name: str, apply) -> StreamProjection:
-        return StreamProjection(js=js, engine=engine, stream=stream, subjects=subjects, name=name, apply=apply)
+        return StreamProjection(nc=nc, js=js, engine=engine, stream=stream, subjects=subjects, name=name, apply=apply)
 
-    read: StreamProjection | readmodel_worker.RemoteProjection
-    if readmodel_mode == "process":
-        read = readmodel_worker.RemoteProjection(nc, engine, readmodel.READ_MODEL, nc.new_inbox())
+    runners: list[tuple[str, StreamProjection | DirectoryProjection]] = []
+    usage_p = audit_p = None
+    read: StreamProjection | RemoteReadModel
+    if mode == "projector":
+        read = RemoteReadModel(nc, engine, readmodel.READ_MODEL)
+        await read.start()
     else:
         read = follow(names.STREAM_PROVISIONING, names.SUBJECTS_PROVISIONING, readmodel.READ_MODEL,
                       readmodel.apply_provisioning)
-    usage_p = follow(names.STREAM_USAGE, names.SUBJECTS_USAGE, readmodel.USAGE, readmodel.apply_usage)
-    audit_p = follow(names.STREAM_AUDIT, names.SUBJECTS_AUDIT, readmodel.AUDIT, readmodel.apply_audit)
-    directory = DirectoryProjection(js, store)
+        usage_p = follow(names.STREAM_USAGE, names.SUBJECTS_USAGE, readmodel.USAGE, readmodel.apply_usage)
+        audit_p = follow(names.STREAM_AUDIT, names.SUBJECTS_AUDIT, readmodel.AUDIT, readmodel.apply_audit)
+        runners = [("readmodel", read), ("usage", usage_p), ("audit", audit_p),
+                   ("directory", DirectoryProjection(nc, js, store))]
     throttle = Throttle()
     provisioning = Provisioning(js, store, read, hasher)
     ctx = AdminContext(settings=settings, nc=nc, js=js, engine=engine, store=store, hasher=hasher,
@@ -126,20 +131,6 @@ async def _start(settings: Settings, nc: Client, hasher: PasswordHasher, directo
                        usage_projection=usage_p, audit_projection=audit_p,
                        auth_service=AuthService(nc, provisioning, engine, Throttle(),
                                                 Limits.from_settings(settings)))
-    runners = [("usage", usage_p), ("audit", audit_p)]
-    if isinstance(read, readmodel_worker.RemoteProjection):
-        await read.start()
-        ctx.readmodel_process = _start_readmodel(settings, read)
-        ctx.projections.append(asyncio.create_task(_keep_readmodel_alive(ctx, settings, read),
-                                                   name="admin-readmodel-watch"))
-    else:
-        runners.insert(0, ("readmodel", read))
-    if directory_mode == "inline":
-        runners.append(("directory", directory))
-    elif directory_mode == "process":
-        ctx.directory_process = directory_worker.start(settings.nats_servers, settings.nats_connect_timeout,
-                                                       settings.log_level)
-        ctx.projections.append(asyncio.create_task(_keep_directory_alive(ctx, settings), name="admin-directory-watch"))
     for name, runner in runners:
         ctx.projections.append(asyncio.create_task(runner.run(), name=f"admin-projection-{name}"))
     await ctx.auth_service.start()
@@ -147,46 +138,15 @@ async def _start(settings: Settings, nc: Client, hasher: PasswordHasher, directo
     return ctx
 
 
-async def _keep_directory_alive(ctx: AdminContext, settings: Settings, every: float = 1.0) -> None:
-    """Restart the directory child if it dies (its durable consumer resumes where it was)."""
-    while True:
-        await asyncio.sleep(every)
-        proc = ctx.directory_process
-        if proc is not None and not proc.is_alive():
-            log.error("directory projection process exited with %s; restarting it", proc.exitcode)
-            ctx.directory_process = directory_worker.start(settings.nats_servers, settings.nats_connect_timeout,
-                                                           settings.log_level)
-
-
-def _start_readmodel(settings: Settings, read: readmodel_worker.RemoteProjection):
-    return readmodel_worker.start(settings.nats_servers, settings.nats_connect_timeout, settings.log_level,
-                                  settings.sqlalchemy_url, read.progress_subject)
-
-
-async def _keep_readmodel_alive(ctx: AdminContext, settings: Settings, read: readmodel_worker.RemoteProjection,
-                                every: float = 1.0) -> None:
-    """Restart the read-model child if it dies (it resumes from its checkpoint)."""
-    while True:
-        await asyncio.sleep(every)
-        proc = ctx.readmodel_process
-        if proc is not None and not proc.is_alive():
-            log.error("read-model projection process exited with %s; restarting it", proc.exitcode)
-            ctx.readmodel_process = _start_readmodel(settings, read)
-
-
 async def _catch_up(ctx: AdminContext, timeout: float = 120.0) -> None:
     """Serve only once the read model holds what PROVISIONING held at start-up, so a new
     instance behind the balancer never answers lists from an empty or stale database."""
-    if isinstance(ctx.readmodel, readmodel_worker.RemoteProjection):
-        # The projection runs in a child: "caught up" includes "the child is following".
-        try:
-            await asyncio.wait_for(ctx.readmodel.heard.wait(), timeout)
-        except TimeoutError:
-            log.warning("read-model process has not reported after %.0fs; serving anyway", timeout)
     last = (await ctx.js.stream_info(names.STREAM_PROVISIONING)).state.last_seq
     if not await ctx.readmodel.wait_for(last, timeout=timeout):
-        log.warning("read model still behind PROVISIONING after %.0fs (at %d of %d); serving anyway",
-                    timeout, ctx.readmodel.position, last)
+        hint = " (is a projector running? `colony status` shows role projector)" \
+            if isinstance(ctx.readmodel, RemoteReadModel) else ""
+        log.warning("read model still behind PROVISIONING after %.0fs (at %d of %d); serving anyway%s",
+                    timeout, ctx.readmodel.position, last, hint)
 
 
 async def _stop(ctx: AdminContext) -> None:
@@ -199,11 +159,7 @@ async def _stop(ctx: AdminContext) -> None:
     for task, result in zip(ctx.projections, results, strict=True):
         if isinstance(result, Exception) and not isinstance(result, asyncio.CancelledError):
             log.error("%s ended with %r", task.get_name(), result)
-    if ctx.directory_process is not None:
-        await asyncio.to_thread(directory_worker.stop, ctx.directory_process)
-    if ctx.readmodel_process is not None:
-        await asyncio.to_thread(directory_worker.stop, ctx.readmodel_process)
-    if isinstance(ctx.readmodel, readmodel_worker.RemoteProjection):
+    if isinstance(ctx.readmodel, RemoteReadModel):
         await ctx.readmodel.stop()
     ctx.provisioning.close()
     ctx.engine.dispose()

@@ -23,6 +23,7 @@ from colony_admin.auth.throttle import Throttle
 from colony_admin.commands import Provisioning
 from colony_admin.models import Role
 from colony_admin.problems import BadRequest, TooManyRequests, Unauthorized
+from colony_admin.projections.position import PositionTracker
 from colony_admin.projections.runner import StreamProjection
 
 
@@ -38,13 +39,11 @@ class AdminContext:
     hasher: PasswordHasher
     throttle: Throttle
     provisioning: Provisioning
-    readmodel: Any  # StreamProjection, or readmodel_worker.RemoteProjection (a child process runs it)
-    usage_projection: StreamProjection | None = None
+    readmodel: PositionTracker  # a StreamProjection here, or a RemoteReadModel (projectors write it)
+    usage_projection: StreamProjection | None = None  # None: projectors run it
     audit_projection: StreamProjection | None = None
     auth_service: Any = None
-    directory_process: Any = None  # the directory projection's child process, if any
-    readmodel_process: Any = None  # the read-model projection's child process, if any
-    projections: list[Any] = field(default_factory=list)  # their asyncio tasks
+    projections: list[Any] = field(default_factory=list)  # asyncio tasks of projections run here
     imports: dict[str, Any] = field(default_factory=dict)  # running and finished bulk imports
 
     async def db(self, fn, *args: Any, **kwargs: Any) -> Any:

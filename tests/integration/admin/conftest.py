@@ -152,10 +152,10 @@ async def make_stack(nats_url, databases, tmp_path) -> AsyncIterator[Callable[..
     """Start admin API stacks (several may share the bus, each with its own database)."""
     opened: list[tuple] = []
 
-    async def start(database_url: str | None = None, directory: str = "inline") -> Stack:
+    async def start(database_url: str | None = None, projections: str = "inline") -> Stack:
         nc = await connect(nats_url)
         settings = Settings(nats_url=nats_url, data_dir=tmp_path, database_url=database_url or databases.new())
-        app = create_app(settings, nc, hasher=password_hasher(fast=True), directory=directory)
+        app = create_app(settings, nc, hasher=password_hasher(fast=True), projections=projections)
         lifespan = app.router.lifespan_context(app)
         await lifespan.__aenter__()
         client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://admin.test")
@@ -183,8 +183,8 @@ class LiveServer:
     """The admin API under a real uvicorn on 127.0.0.1, in a thread with its own event loop
     (for clients that need a URL: the CLI and schemathesis)."""
 
-    def __init__(self, nats_url: str, database_url: str, data_dir: Path, directory: str = "inline") -> None:
-        self.directory = directory
+    def __init__(self, nats_url: str, database_url: str, data_dir: Path, projections: str = "inline") -> None:
+        self.projections = projections
         self.nats_url, self.database_url, self.data_dir = nats_url, database_url, data_dir
         self.url = ""
         self.sys_token = ""
@@ -213,7 +213,7 @@ class LiveServer:
         self._loop = asyncio.get_running_loop()
         nc = await connect(self.nats_url)
         settings = Settings(nats_url=self.nats_url, data_dir=self.data_dir, database_url=self.database_url)
-        app = create_app(settings, nc, hasher=password_hasher(fast=True), directory=self.directory)
+        app = create_app(settings, nc, hasher=password_hasher(fast=True), projections=self.projections)
         self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="on", log_level="warning"))
         serving = asyncio.create_task(self._server.serve())
         while not self._server.started:

@@ -7,6 +7,9 @@ import json
 from conftest import unique_domain, wait_until
 
 from colony.bus import names
+from colony.cluster.node import NodeRuntime
+from colony.settings import Settings
+from colony_admin.projector import ProjectorWorkload
 
 
 async def _entry(stack, kind: str, name: str) -> dict | None:
@@ -51,32 +54,40 @@ async def test_login_through_a_domain_alias_reaches_the_real_account(stack):
     assert reply["ok"] and reply["account"] == f"kim@{d}"
 
 
-async def test_directory_projection_in_its_own_process(make_stack):
-    """The default of create_app: the directory runs in a child process, stopped with the app."""
-    stack = await make_stack(directory="process")
-    proc = stack.ctx.directory_process
-    assert proc is not None and proc.is_alive()
-    c, h = stack.client, stack.as_(stack.sys_token)
-    d = unique_domain("proc")
-    await c.post("/v1/domains", json={"name": d}, headers=h)
+async def test_projector_role_writes_what_the_admin_api_serves_and_drains(make_stack, databases, nats_url, tmp_path):
+    """The layout of a cluster: an admin API that runs no projection, and a projector
+    instance (its own cluster member, here in this process) that writes the read model and
+    the directory; commands still answer only once the read model shows them."""
+    url = databases.new()
+    settings = Settings(nats_url=nats_url, data_dir=tmp_path, node_id="projector-t", database_url=url)
+    runtime = NodeRuntime(settings, ProjectorWorkload(settings))
+    await runtime.start()
+    try:
+        stack = await make_stack(url, projections="projector")
+        assert stack.ctx.projections == [], "the admin API runs no projection itself"
+        c, h = stack.client, stack.as_(stack.sys_token)
+        d = unique_domain("proj")
+        assert (await c.post("/v1/domains", json={"name": d}, headers=h)).status_code == 201
+        listed = (await c.get("/v1/domains", params={"prefix": d}, headers=h)).json()["items"]
+        assert [x["name"] for x in listed] == [d], "read-your-writes through the projector's announced position"
 
-    async def there() -> bool:
-        return await _entry(stack, "domain", d) is not None
+        async def there(name: str) -> bool:
+            return await _entry(stack, "domain", name) is not None
 
-    await wait_until(there, timeout=20, what="the child process to write the directory entry")
+        await wait_until(lambda: there(d), timeout=20, what="the projector to write the directory entry")
 
-    # a crashed child is replaced and the directory keeps following
-    proc.kill()
+        # Make Not-Ready: the in-flight batch finishes, no new one is taken; ready resumes.
+        await runtime.begin_drain()
 
-    async def replaced() -> bool:
-        new = stack.ctx.directory_process
-        return new is not proc and new.is_alive()
+        async def drained() -> bool:
+            return runtime.record.drained and runtime.workload.active_work() == 0
 
-    await wait_until(replaced, timeout=10, what="a new directory process")
-    d2 = unique_domain("proc")
-    await c.post("/v1/domains", json={"name": d2}, headers=h)
-
-    async def there_too() -> bool:
-        return await _entry(stack, "domain", d2) is not None
-
-    await wait_until(there_too, timeout=20, what="the replacement to write the directory entry")
+        await wait_until(drained, timeout=20, what="the projector to drain")
+        await runtime.make_ready()
+        d2 = unique_domain("proj")
+        assert (await c.post("/v1/domains", json={"name": d2}, headers=h)).status_code == 201
+        listed = (await c.get("/v1/domains", params={"prefix": d2}, headers=h)).json()["items"]
+        assert [x["name"] for x in listed] == [d2]
+        await wait_until(lambda: there(d2), timeout=20, what="the resumed projector to write the directory entry")
+    finally:
+        await runtime.shutdown()

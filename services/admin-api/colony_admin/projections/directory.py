@@ -22,6 +22,7 @@ from typing import Any
 
 import orjson
 
+from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
@@ -33,7 +34,7 @@ from colony.bus import names
 from colony.bus.tokens import from_token
 from colony.eventstore import ConcurrencyConflict, EventStore
 from colony_admin import aggregates
-from colony_admin.projections.fastpull import fetch, speed_up, stream_seq
+from colony_admin.projections.pull import PullBatches, stream_seq
 
 log = logging.getLogger("colony.admin.directory")
 
@@ -68,26 +69,42 @@ def parse_subject(subject: str) -> tuple[str, str]:
 
 
 class DirectoryProjection:
-    def __init__(self, js: JetStreamContext, store: EventStore, batch: int = 1000) -> None:
-        self.js, self.store, self._batch = js, store, batch
+    def __init__(self, nc: Client, js: JetStreamContext, store: EventStore, batch: int = 1000,
+                 gate: asyncio.Event | None = None) -> None:
+        self.nc, self.js, self.store, self._batch = nc, js, store, batch
+        self._gate = gate  # cleared: finish the batch in hand, take no new one (a drained projector)
+        self.in_flight = 0  # events of the batch being written (a projector's active work)
         self._kv_stream = EventStore(js, f"KV_{names.BUCKET_DIRECTORY}")
         self._kv: KeyValue | None = None
 
     async def run(self) -> None:
-        await keep_running("directory projection (resumes from the durable consumer)", self._follow, log)
+        await keep_running("directory projection (resumes from the durable consumer)", self.follow, log)
 
-    async def _follow(self) -> None:
+    async def follow(self) -> None:
         self._kv = await self.js.key_value(names.BUCKET_DIRECTORY)
-        config = ConsumerConfig(ack_policy=AckPolicy.ALL, deliver_policy=DeliverPolicy.ALL, ack_wait=60.0,
+        config = ConsumerConfig(durable_name=DURABLE, filter_subject=names.SUBJECTS_PROVISIONING,
+                                ack_policy=AckPolicy.ALL, deliver_policy=DeliverPolicy.ALL, ack_wait=60.0,
                                 max_ack_pending=20_000)
-        sub = speed_up(await self.js.pull_subscribe(names.SUBJECTS_PROVISIONING, durable=DURABLE,
-                                                    stream=names.STREAM_PROVISIONING, config=config))
-        while True:
-            msgs = await fetch(sub, self._batch)
-            if not msgs:
-                continue
-            await self._handle(msgs)
-            await msgs[-1].ack()  # ack-all: the whole batch is in the directory
+        await self.js.add_consumer(names.STREAM_PROVISIONING, config=config)
+        pull = PullBatches(self.nc, self.js, names.STREAM_PROVISIONING, DURABLE, self._batch)
+        await pull.open()
+        try:
+            while True:
+                ask = self._gate is None or self._gate.is_set()
+                if not ask and not pull.busy:
+                    await self._gate.wait()
+                    continue
+                msgs = await pull.next(ask)
+                if not msgs:
+                    continue
+                self.in_flight = len(msgs)
+                try:
+                    await self._handle(msgs)
+                    await msgs[-1].ack()  # ack-all: the whole batch is in the directory
+                finally:
+                    self.in_flight = 0
+        finally:
+            await pull.close()
 
     async def _handle(self, msgs) -> None:
         by_subject: dict[str, list] = {}

@@ -1,7 +1,7 @@
 """Run a projection: follow a stream from a checkpoint and hand batches to a sync apply function.
 
-Each admin-api instance follows the stream with its own ephemeral pull consumer starting
-right after the checkpoint stored in the database, applies a batch in one transaction (in
+A projection follows the stream with its own ephemeral pull consumer starting right after
+the checkpoint stored in the database, applies a batch in one transaction (in
 a worker thread: SQLAlchemy is synchronous here), and wakes whoever waits for a sequence
 (read-your-writes: a command answers only once the read model shows its event).
 """
@@ -12,6 +12,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
+from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from sqlalchemy import Connection, Engine
@@ -21,7 +22,8 @@ from colony import events as ev
 from colony.tasks import keep_running
 
 from colony_admin.db import write_tx
-from colony_admin.projections.fastpull import fetch, speed_up, stream_seq
+from colony_admin.projections.position import PositionTracker
+from colony_admin.projections.pull import PullBatches, stream_seq
 from colony_admin.projections.readmodel import Batch, checkpoint, skip_to
 
 log = logging.getLogger("colony.admin.projection")
@@ -32,57 +34,44 @@ ApplyFn = Callable[[Connection, Batch], int]
 BAD_DATA = (IntegrityError, DataError, ValueError, TypeError, KeyError)
 
 
-class PositionTracker:
-    """A stream position that only moves forward, and a wait for it (read-your-writes)."""
-
-    def __init__(self) -> None:
-        self.position = 0  # last stream sequence known to be applied
-        self._moved = asyncio.Condition()
-
-    async def _advance_to(self, seq: int) -> None:
-        async with self._moved:
-            if seq > self.position:
-                self.position = seq
-                self._moved.notify_all()
-
-    async def wait_for(self, seq: int, timeout: float = 10.0) -> bool:
-        """Wait until the read model includes stream sequence ``seq``."""
-        async with self._moved:
-            try:
-                await asyncio.wait_for(self._moved.wait_for(lambda: self.position >= seq), timeout)
-            except TimeoutError:
-                return False
-        return True
-
-
 class StreamProjection(PositionTracker):
-    def __init__(self, *, js: JetStreamContext, engine: Engine, stream: str, subjects: str, name: str,
+    def __init__(self, *, nc: Client, js: JetStreamContext, engine: Engine, stream: str, subjects: str, name: str,
                  apply: ApplyFn, batch: int = 1000,
-                 on_advance: Callable[[int], Awaitable[None]] | None = None) -> None:
-        self.js, self.engine, self.stream, self.subjects, self.name = js, engine, stream, subjects, name
+                 on_advance: Callable[[int], Awaitable[None]] | None = None,
+                 gate: asyncio.Event | None = None) -> None:
+        self.nc, self.js, self.engine, self.stream, self.subjects, self.name = nc, js, engine, stream, subjects, name
+        self.in_flight = 0  # events of the batch being applied (a projector's active work)
         self._apply = apply
         self._batch = batch
-        self._on_advance = on_advance  # told every new position (a child process reports it)
+        self._on_advance = on_advance  # told every new position (a projector announces it)
+        self._gate = gate  # cleared: finish the batch in hand, take no new one (a drained projector)
         super().__init__()
 
     async def run(self) -> None:
         await keep_running(lambda: f"projection {self.name} at seq {self.position} (restarts from its checkpoint)",
-                           self._follow, log)
+                           self.follow, log)
 
-    async def _follow(self) -> None:
+    async def follow(self) -> None:
         start = await asyncio.to_thread(self._load_checkpoint)
         await self._advance_to(start)
         config = ConsumerConfig(
+            filter_subject=self.subjects,
             ack_policy=AckPolicy.NONE,
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE if start else DeliverPolicy.ALL,
             opt_start_seq=start + 1 if start else None,
             inactive_threshold=60.0,
             max_waiting=1,
         )
-        sub = speed_up(await self.js.pull_subscribe(self.subjects, stream=self.stream, config=config))
+        consumer = (await self.js.add_consumer(self.stream, config=config)).name
+        pull = PullBatches(self.nc, self.js, self.stream, consumer, self._batch)
+        await pull.open()
         try:
             while True:
-                msgs = await fetch(sub, self._batch)
+                ask = self._gate is None or self._gate.is_set()
+                if not ask and not pull.busy:
+                    await self._gate.wait()
+                    continue
+                msgs = await pull.next(ask)
                 batch: list[tuple[int, ev.Event]] = []
                 for msg in msgs:
                     seq = stream_seq(msg)
@@ -92,13 +81,18 @@ class StreamProjection(PositionTracker):
                         # A newer producer's event: say so and skip rather than guess its meaning.
                         log.error("projection %s: skipping seq %d: %s", self.name, seq, exc)
                 if batch:
-                    await asyncio.to_thread(self._apply_in_tx, batch)
+                    self.in_flight = len(batch)
+                    try:
+                        await asyncio.to_thread(self._apply_in_tx, batch)
+                    finally:
+                        self.in_flight = 0
                 if msgs:
                     await self._advance_to(stream_seq(msgs[-1]))
         finally:
+            await pull.close()
             try:
-                await sub.unsubscribe()
-            except Exception:  # the connection may be gone; the consumer expires by itself
+                await self.js.delete_consumer(self.stream, consumer)
+            except Exception:  # noqa: BLE001 - the connection may be gone; it expires by itself (inactive_threshold)
                 pass
 
     def _load_checkpoint(self) -> int:
