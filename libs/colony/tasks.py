@@ -167,8 +167,3 @@ async def keep_running(name: str | Callable[[], str], body: Callable[[], Awaitab
             backoff = min(backoff * 2, max_backoff)
             continue
         await asyncio.sleep(backoff)
-
-
-def start(name: str, body: Callable[[], Awaitable[None]], log: logging.Logger) -> asyncio.Task:
-    """Deprecated: use ``runtime.spawn(name, body, restart=True)`` so failures reach ``colony status``."""
-    return asyncio.create_task(keep_running(name, body, log), name=name)
