@@ -31,6 +31,7 @@ and a membership change moves only the accounts it must.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import OrderedDict
@@ -96,6 +97,20 @@ class AccountOwnership:
         self.clock = clock
         self.leases: dict[str, Lease] = {}
         self.watch = TakeoverWatch(self.ttl)
+        self._gates: dict[str, asyncio.Lock] = {}
+
+    @contextlib.asynccontextmanager
+    async def deciding(self, address: str):
+        """One ownership decision per account at a time in this process: without it, two
+        deliveries racing for a vacant account would see our own fresh lease and "take it
+        over" from ourselves."""
+        gate = self._gates.setdefault(address, asyncio.Lock())
+        try:
+            async with gate:
+                yield
+        finally:
+            if not gate.locked() and self._gates.get(address) is gate:
+                del self._gates[address]
 
     def holding(self, address: str) -> Lease | None:
         """Our lease on ``address`` if we may write it now (by our own clock)."""
@@ -126,12 +141,14 @@ class AccountOwnership:
     async def renew_all(self) -> list[str]:
         """Renew every lease; returns the addresses lost (their handles must be closed now)."""
         lost = []
+        epochs = {a: lease.epoch for a, lease in self.leases.items()}
 
         async def one(address: str, lease: Lease) -> None:
+            epoch = lease.epoch
             try:
                 await lease.renew()
             except LeaseLost as exc:
-                log.warning("lost %s (epoch %d): %s", address, lease.epoch or 0, exc)
+                log.warning("lost %s (epoch %d): %s", address, epoch, exc)
                 lost.append(address)
             except Exception as exc:  # the bus is away: our tenure still bounds how long we write
                 log.warning("could not renew %s: %s", address, exc)
@@ -142,7 +159,7 @@ class AccountOwnership:
         for address in lost:
             lease = self.leases.pop(address, None)
             await self.publish(names.cluster_event_subject(names.OWNER_EVENTS), AccountReleased(
-                address=address, node_id=self.node_id, epoch=lease.epoch if lease else 0, reason="lost"))
+                address=address, node_id=self.node_id, epoch=epochs.get(address, 0), reason="lost"))
         return lost
 
     async def release(self, address: str, reason: str) -> None:

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import os
 import re
+import uuid
 import zlib
 from datetime import datetime
 from pathlib import Path
@@ -201,7 +202,7 @@ def fsync_dir(directory: Path) -> None:
 
 def write_atomically(path: Path, data: bytes, sync_dir: bool = True) -> None:
     """temp -> fsync -> rename (-> fsync the directory): readers see all of it or nothing."""
-    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
+    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}-{uuid.uuid4().hex[:12]}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
     try:
         view = memoryview(data)

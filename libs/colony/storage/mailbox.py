@@ -262,13 +262,20 @@ class AccountMail:
         self.journal_dir.mkdir(parents=True, exist_ok=True)
         self.bodies_dir.mkdir(parents=True, exist_ok=True)
         segments = j.list_segments(self.journal_dir)
-        if any(e >= self.epoch for e in segments):
+        if any(e > self.epoch for e in segments):
             raise j.Fenced(f"epoch {max(segments)} already claimed this account (ours: {self.epoch})")
+        if self.epoch in segments:
+            self._resume(segments[self.epoch])
+            return
         claim = j.encode(j.Claim(e=self.epoch, s=0))
         seg_path = self.journal_dir / j.segment_name(self.epoch)
         j.write_atomically(seg_path, claim)
-        # Only now read the predecessor: anything it acknowledged was fsynced before it could
-        # see our claim, so it is in what we read (see journal's theory of operation).
+        # Only now list and read the predecessors: anything one acknowledged was fsynced
+        # before it could see our claim, so it is in what we read (and a segment created
+        # after our first listing is in this one).
+        segments = j.list_segments(self.journal_dir)
+        if any(e > self.epoch for e in segments):
+            raise j.Fenced(f"epoch {max(segments)} claimed this account while we did (ours: {self.epoch})")
         prev, prev_length = self._rebuild(segments)
         seal = j.encode(j.Seal(e=self.epoch, s=self.state.seq, prev=prev, prev_length=prev_length))
         base = len(claim) + len(seal)
@@ -284,6 +291,18 @@ class AccountMail:
                 self._stage(j.SubscriptionChanged(e=self.epoch, s=self._next(), name=name, on=True))
             self.commit()
         self._collect_garbage(segments)
+
+    def _resume(self, path: Path) -> None:
+        """Reopen our own segment (an earlier handle of this same tenure was closed, e.g.
+        after a failed write): we are its only writer, so a torn tail may be cut off."""
+        records, _offsets, valid = j.decode_segment(path.read_bytes())
+        if len(records) < 2 or not isinstance(records[1], j.Seal):
+            raise j.Fenced(f"epoch {self.epoch} never sealed {path.name}; take the account with a new epoch")
+        self.state, _, _ = rebuild(self.journal_dir, j.list_segments(self.journal_dir), self.epoch + 1)
+        os.truncate(path, valid)
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        self._offset = valid
+        self._body_counter = int(self._clock() * 1000) % 1_000_000  # fresh body names after a failed batch
 
     def _rebuild(self, segments: dict[int, Path]) -> tuple[int, int]:
         self.state, prev, length = rebuild(self.journal_dir, segments, self.epoch)

@@ -123,6 +123,21 @@ def test_fenced_owner_cannot_commit_and_its_late_writes_are_not_replayed(tmp_pat
     assert "late" not in third.state.dedupe
 
 
+def test_same_tenure_reopens_its_own_segment_and_cuts_a_torn_tail(tmp_path):
+    a = opened(tmp_path, 5)
+    a.append("INBOX", b"one", key="1")
+    a.commit()
+    a.close()
+    seg = tmp_path / "journal" / j.segment_name(5)
+    with open(seg, "ab") as f:
+        f.write(b"0000dead {\"t\":")   # a write that failed half-way
+    again = opened(tmp_path, 5)
+    assert again.append("INBOX", b"one", key="1").duplicate
+    again.append("INBOX", b"two", key="2")
+    again.commit()
+    assert [m.uid for m in opened(tmp_path, 6).messages("INBOX")] == [1, 2]
+
+
 def test_old_epoch_cannot_open_over_a_newer_one(tmp_path):
     opened(tmp_path, 9)
     with pytest.raises(j.Fenced):

@@ -1,0 +1,270 @@
+"""The accounts this mailstore owns and has open: opening under a lease, group-committed
+delivery, foldering moves, renewals, idle and drain release.
+
+One ``OpenAccount`` per owned account.  Deliveries to it queue up; whoever takes the
+account's lock stores everything queued so far in one worker-thread batch that ends with a
+single journal fsync (``AccountMail.commit``), so concurrent deliveries share an fsync and
+none is answered before it.  The lock also serialises opening, relocating and closing, so
+the account has one writer inside this process too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+
+from colony.cluster.lease import Lease
+from colony.cluster.ownership import AccountOwnership
+from colony.storage import journal
+from colony.storage.layout import AccountPaths, StorageLayout, account_paths, find_account
+from colony.storage.mailbox import INBOX, AccountMail, Stored
+from colony_mailstore.directory import Directory
+from colony_mailstore.metrics import MailstoreMetrics
+
+log = logging.getLogger("colony.mailstore.accounts")
+
+
+class OverQuota(Exception):
+    pass
+
+
+class NotOwner(Exception):
+    """We do not (or no longer) hold the account's lease: the work goes back to routing."""
+
+
+@dataclass
+class _Item:
+    data: bytes
+    key: str
+    date: datetime
+    quota: int | None
+    future: asyncio.Future
+
+
+@dataclass
+class OpenAccount:
+    address: str
+    domain: str
+    name: str
+    lease: Lease
+    layout: StorageLayout
+    paths: AccountPaths
+    mail: AccountMail
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    queue: list[_Item] = field(default_factory=list)
+    last_used: float = 0.0
+
+
+def split_address(address: str) -> tuple[str, str]:
+    name, _, domain = address.rpartition("@")
+    return name, domain
+
+
+class AccountManager:
+    def __init__(self, root: Path, ownership: AccountOwnership, directory: Directory, metrics: MailstoreMetrics,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.root = root
+        self.ownership = ownership
+        self.directory = directory
+        self.metrics = metrics
+        self.clock = clock
+        self.open: dict[str, OpenAccount] = {}
+        self._opening: dict[str, asyncio.Lock] = {}
+
+    # --- open / close ----------------------------------------------------------------------
+
+    async def get(self, address: str, lease: Lease) -> OpenAccount:
+        """The open account for a lease we hold; opens it (claiming the journal) if needed."""
+        acct = self.open.get(address)
+        if acct is not None and acct.lease is lease:
+            return acct
+        gate = self._opening.setdefault(address, asyncio.Lock())
+        try:
+            async with gate:
+                acct = self.open.get(address)
+                if acct is not None and acct.lease is lease:
+                    return acct
+                if acct is not None:  # an older tenure's handle: it must not write any more
+                    await self._discard(address)
+                name, domain = split_address(address)
+                layout = await self.directory.layout(domain)
+                settings = await self.directory.account(address)
+                info = settings.model_dump(mode="json") if settings else {"address": address}
+                acct = await asyncio.to_thread(self._open_sync, address, name, domain, layout, lease, info)
+                self.open[address] = acct
+                self.metrics.open_accounts.set(len(self.open))
+                return acct
+        finally:
+            if not gate.locked():
+                self._opening.pop(address, None)
+
+    def _open_sync(self, address: str, name: str, domain: str, layout: StorageLayout, lease: Lease,
+                   settings: dict) -> OpenAccount:
+        found = find_account(self.root, domain, name, layout)
+        paths = account_paths(self.root, domain, name, layout)
+        if found is not None and found[1] != layout:
+            # An interrupted foldering switch (or one made while nobody had it open): we are
+            # the single writer now, so finish the move before anyone reads it.
+            _move(found[0], paths)
+        paths.account_dir.mkdir(parents=True, exist_ok=True)
+        mail = AccountMail(paths.mail_dir, lease.epoch)
+        mail.open()
+        _write_fast_files(paths, settings, mail)
+        return OpenAccount(address, domain, name, lease, layout, paths, mail, last_used=self.clock())
+
+    async def close(self, address: str, reason: str, release: bool = True) -> None:
+        acct = self.open.get(address)
+        if acct is not None:
+            async with acct.lock:
+                await self._discard(address)
+        if release:
+            await self.ownership.release(address, reason)
+
+    async def _discard(self, address: str) -> None:
+        acct = self.open.pop(address, None)
+        self.metrics.open_accounts.set(len(self.open))
+        if acct is None:
+            return
+        for item in acct.queue:
+            if not item.future.done():
+                item.future.set_exception(NotOwner(f"{address} closed"))
+        acct.queue.clear()
+        try:
+            await asyncio.to_thread(_close_sync, acct)
+        except Exception as exc:
+            log.warning("closing %s: %s", address, exc)
+
+    # --- delivery --------------------------------------------------------------------------
+
+    async def deliver(self, address: str, lease: Lease, data: bytes, key: str, date: datetime) -> Stored:
+        """Store into the account's INBOX; returns once the journal record is fsynced."""
+        acct = await self.get(address, lease)
+        quota = await self.directory.quota(address)
+        layout = await self.directory.layout(acct.domain)
+        item = _Item(data, key, date, quota, asyncio.get_running_loop().create_future())
+        acct.queue.append(item)
+        async with acct.lock:
+            if not item.future.done():
+                if self.open.get(address) is not acct:
+                    raise NotOwner(f"{address} was closed")
+                if layout != acct.layout:
+                    await asyncio.to_thread(self._relocate_sync, acct, layout)
+                batch, acct.queue = acct.queue, []
+                await self._store(acct, batch)
+        return item.future.result()
+
+    async def _store(self, acct: OpenAccount, batch: list[_Item]) -> None:
+        if not acct.lease.held:
+            for item in batch:
+                item.future.set_exception(NotOwner(f"lease on {acct.address} not held"))
+            await self._discard(acct.address)
+            return
+        try:
+            results = await asyncio.to_thread(_store_sync, acct.mail, batch)
+        except journal.Fenced as exc:
+            self.metrics.fenced.inc()
+            log.warning("%s: %s", acct.address, exc)
+            for item in batch:
+                item.future.set_exception(NotOwner(str(exc)))
+            await self._discard(acct.address)
+            self.ownership.leases.pop(acct.address, None)
+            return
+        except Exception as exc:
+            for item in batch:
+                item.future.set_exception(exc)
+            await self._discard(acct.address)  # the handle is broken; reopen next time
+            return
+        self.metrics.commits.inc()
+        acct.last_used = self.clock()
+        for item, result in zip(batch, results):
+            if isinstance(result, Exception):
+                item.future.set_exception(result)
+            else:
+                item.future.set_result(result)
+
+    def _relocate_sync(self, acct: OpenAccount, layout: StorageLayout) -> None:
+        new = account_paths(self.root, acct.domain, acct.name, layout)
+        _move(acct.paths, new)
+        acct.mail.relocate(new.mail_dir)
+        acct.paths, acct.layout = new, layout
+        log.info("%s moved to %s", acct.address, new.account_dir)
+
+    # --- upkeep ----------------------------------------------------------------------------
+
+    async def renew(self) -> None:
+        for address in await self.ownership.renew_all():
+            await self.close(address, "lost", release=False)
+
+    async def release_idle(self, idle_for: float) -> None:
+        now = self.clock()
+        for address, acct in list(self.open.items()):
+            if now - acct.last_used >= idle_for and not acct.queue and not acct.lock.locked():
+                await self.close(address, "idle")
+
+    async def release_all(self, reason: str) -> None:
+        for address in list(self.open):
+            await self.close(address, reason)
+        for address in list(self.ownership.leases):  # leases taken but never opened
+            await self.ownership.release(address, reason)
+
+    def usage(self, address: str) -> tuple[int, int] | None:
+        acct = self.open.get(address)
+        if acct is None:
+            return None
+        return acct.mail.bytes_used, acct.mail.state.messages_total
+
+
+def _store_sync(mail: AccountMail, batch: list[_Item]) -> list[Stored | Exception]:
+    out: list[Stored | Exception] = []
+    for item in batch:
+        if item.key in mail.state.dedupe:
+            out.append(mail.append(INBOX, item.data, key=item.key))
+        elif item.quota is not None and mail.bytes_used + len(item.data) > item.quota:
+            out.append(OverQuota(f"{mail.bytes_used + len(item.data)} bytes would exceed the quota of {item.quota}"))
+        else:
+            out.append(mail.append(INBOX, item.data, date=item.date, key=item.key))
+    mail.commit()
+    return out
+
+
+def _close_sync(acct: OpenAccount) -> None:
+    try:
+        if not acct.mail._broken:
+            acct.mail.snapshot()
+    finally:
+        acct.mail.close()
+
+
+def _move(old: AccountPaths, new: AccountPaths) -> None:
+    """Rename the account directory (atomic on one file system) and its fast-storage files."""
+    if old.account_dir != new.account_dir:
+        new.account_dir.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(old.account_dir, new.account_dir)
+        journal.fsync_dir(new.account_dir.parent)
+        journal.fsync_dir(old.account_dir.parent)
+    for a, b in ((old.settings_file, new.settings_file), (old.info_file, new.info_file)):
+        if a.parent == old.account_dir:
+            a = new.account_dir / a.name  # it moved with the directory
+        if a != b and a.exists():
+            b.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(a, b)
+
+
+def _write_fast_files(paths: AccountPaths, settings: dict, mail: AccountMail) -> None:
+    """``account.settings`` (the provisioning view) and ``account.info`` (usage): small files
+    read on every open, under ``fast/`` when the domain has a fast-storage index."""
+    for path in (paths.settings_file, paths.info_file):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    journal.write_atomically(paths.settings_file, orjson.dumps(settings), sync_dir=False)
+    journal.write_atomically(paths.info_file, orjson.dumps({
+        "bytes_used": mail.bytes_used, "messages": mail.state.messages_total, "epoch": mail.epoch,
+        "opened_at": datetime.now(UTC).isoformat(),
+    }), sync_dir=False)

@@ -1,0 +1,323 @@
+"""Delivery of inbound mail: MAIL jobs in, messages fsynced into the owners' INBOXes out.
+
+For each recipient of an ``InboundMail`` the router decides where the write happens:
+
+* we hold the account's lease: store it here;
+* nobody holds it: the READY mailstore rendezvous hashing picks takes it -- if that is us we
+  acquire the lease, else we forward to it (it acquires on receipt);
+* another mailstore holds it: forward to it on its delivery subject (request/reply); *no
+  responders* proves it is gone, so we take the account over at once; a time-out (paused,
+  partitioned) is retried until the lease has stayed unrenewed for a whole lease length, or
+  the server expired it, and then the account is taken.
+
+The job is acknowledged (by the queue runner) only when every recipient's copy is fsynced,
+here or at its owner.  A redelivery finds the copies already stored by their dedupe key
+(``<message id>/<recipient>``) and stores nothing twice.  Mail that can never be stored
+(undecodable, or an account over quota) is rejected to the dead-letter stream, where an
+operator can replay it.
+
+Forwarded delivery, subject ``names.mailstore_deliver_subject(owner)``::
+
+    request  headers  Colony-Recipients: ["bob@example.com"]   (JSON list)
+                      Colony-Job-Id:     01JD…/example_2ecom
+                      traceparent:       00-…                  (the job's trace)
+             payload  the InboundMail exactly as the MAIL stream carried it
+    reply    {"stored": ["bob@example.com"], "retry": {"carol@example.com": "owned by mailstore-3"},
+              "rejected": {"dave@example.com": "over quota: …"}}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from datetime import UTC, datetime
+
+import orjson
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
+from opentelemetry import trace
+from pydantic import BaseModel, Field
+
+from colony.bus import names
+from colony.cluster.ownership import AccountOwnership, MailstoreMembers, place
+from colony.contracts.mail import InboundMail
+from colony.events import UnknownEvent, UsageRecorded, decode
+from colony.queue import Job, Reject, Retry
+from colony.settings import Settings
+from colony.telemetry import extract_context, inject_headers
+from colony_mailstore.accounts import AccountManager, NotOwner, OverQuota
+from colony_mailstore.metrics import MailstoreMetrics
+
+log = logging.getLogger("colony.mailstore.delivery")
+tracer = trace.get_tracer("colony.mailstore")
+
+H_RECIPIENTS = "Colony-Recipients"
+H_JOB_ID = "Colony-Job-Id"
+
+STORED, RETRY, REJECTED = "stored", "retry", "rejected"
+
+
+class PoisonBody(Exception):
+    """The message's body can never be read (gone, or not what the edge stored)."""
+
+
+class ForwardReply(BaseModel):
+    """The owner's answer to a forwarded delivery (wire form in the module docstring)."""
+
+    stored: list[str] = Field(default_factory=list)
+    retry: dict[str, str] = Field(default_factory=dict)
+    rejected: dict[str, str] = Field(default_factory=dict)
+
+    def encode(self) -> bytes:
+        return self.model_dump_json().encode()
+
+
+class Delivery:
+    def __init__(self, nc: Client, node_id: str, settings: Settings, accounts: AccountManager,
+                 ownership: AccountOwnership, members: MailstoreMembers, metrics: MailstoreMetrics) -> None:
+        self.nc = nc
+        self.js = nc.jetstream()
+        self.node_id = node_id
+        self.settings = settings
+        self.accounts = accounts
+        self.ownership = ownership
+        self.members = members
+        self.metrics = metrics
+        self.accepting = True
+        self.forwards_in_flight = 0
+
+    # --- the MAIL job ----------------------------------------------------------------------
+
+    async def handle(self, job: Job) -> Retry | Reject | None:
+        try:
+            mail = decode(job.data)
+        except (UnknownEvent, ValueError) as exc:
+            return Reject(f"not an InboundMail: {str(exc)[:200]}")
+        if not isinstance(mail, InboundMail):
+            return Reject(f"not an InboundMail: {mail.type}")
+        try:
+            body = await self._body(mail)
+        except PoisonBody as exc:
+            return Reject(str(exc))
+        recipients = list(dict.fromkeys(r.mailbox.lower() for r in mail.recipients))
+        results = await self.deliver(mail, job.data, body, recipients, job.id, job.headers, may_forward=True)
+        rejected = {a: why for a, (status, why) in results.items() if status == REJECTED}
+        retry = {a: why for a, (status, why) in results.items() if status == RETRY}
+        if retry:
+            # Owners paused or busy: a short, fixed delay, so a lapsed lease is noticed soon.
+            return Retry("; ".join(f"{a}: {w}" for a, w in list(retry.items())[:3]), delay=1.0)
+        if rejected:
+            return Reject("; ".join(f"{a}: {w}" for a, w in list(rejected.items())[:3]))
+        self.metrics.latency.observe(max(0.0, (datetime.now(UTC) - mail.at).total_seconds()))
+        return None
+
+    async def _body(self, mail: InboundMail) -> bytes:
+        if mail.body is not None:
+            return mail.body
+        ref = mail.body_ref
+        try:
+            store = await self.js.object_store(ref.bucket)
+            result = await store.get(ref.name)
+        except Exception as exc:  # missing for good is poison; the bus away is a retry
+            if "not found" in str(exc).lower():
+                raise PoisonBody(f"body {ref.bucket}/{ref.name} is gone") from exc
+            raise
+        data = result.data
+        if hashlib.sha256(data).hexdigest() != ref.sha256:
+            raise PoisonBody(f"body {ref.bucket}/{ref.name} does not match its sha256")
+        return data
+
+    # --- routing ---------------------------------------------------------------------------
+
+    async def deliver(self, mail: InboundMail, raw: bytes, body: bytes, recipients: list[str], job_id: str,
+                      headers: dict[str, str] | None, may_forward: bool) -> dict[str, tuple[str, str]]:
+        results: dict[str, tuple[str, str]] = {}
+        local: list[str] = []
+        remote: dict[str, list[str]] = {}
+        for address in recipients:
+            where = await self._route(address, may_forward)
+            if where == self.node_id:
+                local.append(address)
+            elif where.startswith("!"):
+                results[address] = (RETRY, where[1:])
+            else:
+                remote.setdefault(where, []).append(address)
+        stores = [self._store_local(mail, body, a) for a in local]
+        forwards = [self._forward(owner, raw, addrs, job_id, headers) for owner, addrs in remote.items()]
+        for outcome in await asyncio.gather(*stores, *forwards):
+            results.update(outcome)
+        return results
+
+    async def _route(self, address: str, may_forward: bool) -> str:
+        """Our node id (store here), another owner's id (forward), or ``!reason`` (retry later)."""
+        if self.ownership.holding(address):
+            return self.node_id
+        async with self.ownership.deciding(address):
+            if self.ownership.holding(address):  # another delivery took it while we waited
+                return self.node_id
+            return await self._decide(address, may_forward)
+
+    async def _decide(self, address: str, may_forward: bool) -> str:
+        for _ in range(3):
+            seen = await self.ownership.owner(address)
+            if seen is None:
+                if self.accepting:
+                    ready = set(self.members.ready) | {self.node_id}
+                    target = place(address, ready)
+                    if target == self.node_id or not may_forward:
+                        if await self._take(address, None, "vacant"):
+                            return self.node_id
+                        continue  # someone else just took it: look again
+                    return target
+                others = [m for m in self.members.ready if m != self.node_id]
+                if may_forward and others:
+                    return place(address, others)
+                return "!draining, no other mailstore is ready"
+            holder = seen.record.holder
+            if holder == self.node_id:
+                if address in self.ownership.leases and self.ownership.holding(address) is None:
+                    return "!our lease is ending; waiting for it to lapse"
+                # An earlier incarnation of this node id: abandoned by definition.
+                if self.accepting and await self._take(address, seen, "taken-over"):
+                    return self.node_id
+                continue
+            if not may_forward:
+                return f"!owned by {holder}"
+            if self.ownership.lapsed(address, seen) and self.accepting:
+                if await self._take(address, seen, "expired"):
+                    return self.node_id
+                continue
+            return holder
+        return "!ownership kept changing"
+
+    async def _take(self, address: str, seen, how: str) -> bool:
+        lease = await self.ownership.acquire(address, seen, how)
+        if lease is None:
+            return False
+        self.metrics.takeovers.labels(how).inc()
+        return True
+
+    async def _store_local(self, mail: InboundMail, body: bytes, address: str) -> dict[str, tuple[str, str]]:
+        lease = self.ownership.holding(address)
+        if lease is None:
+            return {address: (RETRY, "lease lapsed before the write")}
+        try:
+            stored = await self.accounts.deliver(address, lease, body, f"{mail.message_id}/{address}", mail.at)
+        except OverQuota as exc:
+            self.metrics.over_quota.inc()
+            return {address: (REJECTED, f"over quota: {exc}")}
+        except NotOwner as exc:
+            return {address: (RETRY, str(exc))}
+        except Exception as exc:
+            log.exception("storing for %s failed", address)
+            return {address: (RETRY, f"{type(exc).__name__}: {exc}")}
+        if stored.duplicate:
+            self.metrics.duplicates.inc()
+        else:
+            self.metrics.stored.inc()
+            await self._usage(address, len(body))
+        return {address: (STORED, "")}
+
+    async def _usage(self, address: str, size: int) -> None:
+        _, _, domain = address.rpartition("@")
+        usage = self.accounts.usage(address)
+        events = [UsageRecorded(domain=domain, account=address, metric="messages_in", amount=1, source=self.node_id)]
+        if usage is not None:
+            events.append(UsageRecorded(domain=domain, account=address, metric="storage_bytes",
+                                        amount=usage[0], source=self.node_id))
+        for event in events:
+            try:
+                await self.js.publish(names.usage_subject(domain), event.encode())
+            except Exception as exc:  # metering must not fail a delivery that is already on disk
+                log.warning("usage for %s not recorded: %s", address, exc)
+
+    # --- forwarding ------------------------------------------------------------------------
+
+    async def _forward(self, owner: str, raw: bytes, addresses: list[str], job_id: str,
+                       headers: dict[str, str] | None) -> dict[str, tuple[str, str]]:
+        out_headers = {**inject_headers(), H_RECIPIENTS: orjson.dumps(addresses).decode(), H_JOB_ID: job_id}
+        if headers and "traceparent" in headers and "traceparent" not in out_headers:
+            out_headers["traceparent"] = headers["traceparent"]
+        try:
+            msg = await self.nc.request(names.mailstore_deliver_subject(owner), raw, headers=out_headers,
+                                        timeout=self.settings.mailstore_forward_timeout)
+            reply = ForwardReply.model_validate_json(msg.data)
+        except NoRespondersError:
+            # Proof of absence: its connection is gone, so it cannot write any more.
+            self.metrics.forwarded.labels("gone").inc()
+            out = {}
+            for address in addresses:
+                async with self.ownership.deciding(address):
+                    seen = await self.ownership.owner(address)
+                    if seen is not None and seen.record.holder == owner and self.accepting:
+                        await self._take(address, seen, "taken-over")
+                out[address] = (RETRY, f"owner {owner} is gone; retrying here")
+            return await self._retry_locally(out, raw)
+        except (NatsTimeoutError, asyncio.TimeoutError):
+            self.metrics.forwarded.labels("timeout").inc()
+            return {a: (RETRY, f"owner {owner} did not answer") for a in addresses}
+        except ValueError as exc:
+            return {a: (RETRY, f"bad reply from {owner}: {exc}") for a in addresses}
+        self.metrics.forwarded.labels("ok").inc()
+        out = {a: (STORED, "") for a in reply.stored}
+        out.update({a: (RETRY, why) for a, why in reply.retry.items()})
+        out.update({a: (REJECTED, why) for a, why in reply.rejected.items()})
+        for a in addresses:
+            out.setdefault(a, (RETRY, f"{owner} did not say"))
+        return out
+
+    async def _retry_locally(self, out: dict[str, tuple[str, str]], raw: bytes) -> dict[str, tuple[str, str]]:
+        """After a takeover, store what we now own at once instead of waiting for a redelivery."""
+        mail = decode(raw)
+        body = await self._body(mail)
+        for address in list(out):
+            if self.ownership.holding(address):
+                out.update(await self._store_local(mail, body, address))
+        return out
+
+    async def serve_forward(self, msg: Msg) -> None:
+        """A forwarded delivery: store what we own (or may take); say what the sender must retry."""
+        self.forwards_in_flight += 1
+        try:
+            reply = await self._serve_forward(msg)
+        except Exception as exc:
+            log.exception("forwarded delivery failed")
+            reply = ForwardReply(retry={"*": f"{type(exc).__name__}: {exc}"})
+        finally:
+            self.forwards_in_flight -= 1
+        try:
+            await msg.respond(reply.encode())
+        except Exception as exc:
+            log.warning("could not answer a forwarded delivery: %s", exc)
+
+    async def _serve_forward(self, msg: Msg) -> ForwardReply:
+        headers = msg.headers or {}
+        try:
+            addresses = [str(a).lower() for a in orjson.loads(headers.get(H_RECIPIENTS, "[]"))]
+            mail = decode(msg.data)
+            if not isinstance(mail, InboundMail):
+                raise ValueError(mail.type)
+        except (ValueError, UnknownEvent) as exc:
+            return ForwardReply(rejected={"*": f"not an InboundMail: {str(exc)[:200]}"})
+        if not self.accepting:
+            return ForwardReply(retry={a: f"{self.node_id} is draining" for a in addresses})
+        with tracer.start_as_current_span(
+                "mailstore forwarded delivery", context=extract_context(headers)):
+            try:
+                body = await self._body(mail)
+            except PoisonBody as exc:
+                return ForwardReply(rejected={a: str(exc) for a in addresses})
+            results = await self.deliver(mail, msg.data, body, addresses, headers.get(H_JOB_ID, ""), headers,
+                                         may_forward=False)
+        reply = ForwardReply()
+        for address, (status, why) in results.items():
+            if status == STORED:
+                reply.stored.append(address)
+            elif status == REJECTED:
+                reply.rejected[address] = why
+            else:
+                reply.retry[address] = why
+        return reply

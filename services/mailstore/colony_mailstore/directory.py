@@ -1,0 +1,70 @@
+"""What the mailstore reads from the ``directory`` bucket: a domain's storage layout and an
+account's quota, with a short cache so a burst of deliveries costs one read per key."""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+
+from nats.js.errors import KeyNotFoundError
+from nats.js.kv import KeyValue
+
+from colony.bus import names
+from colony.contracts.directory import AccountEntry, CosEntry, DomainEntry, parse_entry
+from colony.storage.layout import StorageLayout
+
+_CACHE_SECONDS = 2.0
+_CACHE_ENTRIES = 10_000
+
+
+class Directory:
+    def __init__(self, kv: KeyValue, clock=time.monotonic) -> None:
+        self.kv = kv
+        self.clock = clock
+        self._cache: OrderedDict[str, tuple[float, object]] = OrderedDict()
+
+    async def _get(self, kind: str, name: str):
+        key = names.directory_key(kind, name)
+        hit = self._cache.get(key)
+        now = self.clock()
+        if hit is not None and now - hit[0] < _CACHE_SECONDS:
+            return hit[1]
+        try:
+            entry = await self.kv.get(key)
+            value = parse_entry(entry.value) if entry.value else None
+        except KeyNotFoundError:
+            value = None
+        self._cache[key] = (now, value)
+        self._cache.move_to_end(key)
+        while len(self._cache) > _CACHE_ENTRIES:
+            self._cache.popitem(last=False)
+        return value
+
+    async def domain(self, domain: str) -> DomainEntry | None:
+        value = await self._get(names.AGG_DOMAIN, domain)
+        return value if isinstance(value, DomainEntry) else None
+
+    async def account(self, address: str) -> AccountEntry | None:
+        value = await self._get(names.AGG_ADDRESS, address)
+        return value if isinstance(value, AccountEntry) else None
+
+    async def layout(self, domain: str) -> StorageLayout:
+        entry = await self.domain(domain)
+        return StorageLayout.from_provisioning(entry.storage.model_dump() if entry else None)
+
+    async def quota(self, address: str) -> int | None:
+        """Bytes the account may store: its own quota, else its class of service's, else none."""
+        account = await self.account(address)
+        if account is None:
+            return None
+        if account.quota_bytes is not None:
+            return account.quota_bytes
+        cos_name = account.cos
+        if cos_name is None:
+            domain = await self.domain(account.domain)
+            cos_name = domain.cos if domain else None
+        if cos_name is None:
+            return None
+        cos = await self._get(names.AGG_COS, cos_name)
+        quota = cos.limits.get("quota_bytes") if isinstance(cos, CosEntry) else None
+        return int(quota) if quota else None

@@ -1,0 +1,27 @@
+"""The mailstore's metrics on the instance registry (``runtime.metrics.registry``)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class MailstoreMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.stored = Counter("colony_mailstore_messages_stored", "Messages stored into a mailbox (one per recipient).",
+                              registry=registry)
+        self.duplicates = Counter("colony_mailstore_duplicates",
+                                  "Redelivered messages recognised as already stored.", registry=registry)
+        self.forwarded = Counter("colony_mailstore_forwarded", "Recipients handed to the account's owner, by result.",
+                                 ["result"], registry=registry)
+        self.over_quota = Counter("colony_mailstore_over_quota", "Deliveries refused because the account is full.",
+                                  registry=registry)
+        self.commits = Counter("colony_mailstore_commits", "Journal fsyncs (group commits).", registry=registry)
+        self.takeovers = Counter("colony_mailstore_account_acquired", "Accounts this instance took, by how.",
+                                 ["how"], registry=registry)
+        self.fenced = Counter("colony_mailstore_fenced", "Writes refused because a newer owner claimed the account.",
+                              registry=registry)
+        self.open_accounts = Gauge("colony_mailstore_open_accounts", "Accounts this instance owns and has open.",
+                                   registry=registry)
+        self.latency = Histogram("colony_mailstore_delivery_seconds",
+                                 "From the edge's acceptance to the fsync of the mailbox.", registry=registry,
+                                 buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))

@@ -1,0 +1,116 @@
+"""The mailstore as a ``Workload`` of the node runtime: delivery from MAIL, forwarded
+deliveries from other mailstores, account leases, drain.
+
+Drain ("Make Not-Ready"): the queue runner stops fetching, forwarded deliveries are answered
+"retry" (the sender routes them again), and once no job is in flight every account is
+closed and its lease released, so the other mailstores take the accounts at once instead of
+waiting for leases to lapse.  ``active_work`` counts jobs, forwarded deliveries and accounts
+still held, so the runtime reports "drained" only when this instance owns nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import suppress
+
+from colony.bus import names
+from colony.cluster.ownership import AccountOwnership, MailstoreMembers
+from colony.queue import QueueMetrics, QueuePolicy, QueueRunner
+from colony.settings import Settings
+from colony_mailstore.accounts import AccountManager
+from colony_mailstore.delivery import Delivery
+from colony_mailstore.directory import Directory
+from colony_mailstore.metrics import MailstoreMetrics
+
+log = logging.getLogger("colony.mailstore")
+
+_TICK = 0.25  # upkeep loop period: drain release and membership refresh react this fast
+
+
+class MailstoreWorkload:
+    role = "mailstore"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.accepting = True
+        self.runner: QueueRunner | None = None
+        self.delivery: Delivery | None = None
+        self.accounts: AccountManager | None = None
+        self._sub = None
+        self._forward_tasks: set[asyncio.Task] = set()
+
+    async def start(self, runtime) -> dict[str, str]:
+        nc = runtime.nc
+        js = nc.jetstream()
+        settings = self.settings
+        metrics = MailstoreMetrics(runtime.metrics.registry)
+        ownership = AccountOwnership(await js.key_value(names.BUCKET_ACCOUNT_OWNERS), runtime.node_id, settings,
+                                     runtime.publish_event)
+        directory = Directory(await js.key_value(names.BUCKET_DIRECTORY))
+        self.members = MailstoreMembers(nc)
+        self.accounts = AccountManager(settings.shared_storage, ownership, directory, metrics)
+        self.delivery = Delivery(nc, runtime.node_id, settings, self.accounts, ownership, self.members, metrics)
+        await self.members.refresh()
+        self._sub = await nc.subscribe(names.mailstore_deliver_subject(runtime.node_id), cb=self._on_forward)
+        runtime.spawn("mailstore upkeep", self._upkeep, restart=True)
+        self.runner = QueueRunner(
+            js, stream=names.STREAM_MAIL, durable=f"{names.MAILSTORE_CONSUMER}-{settings.region}",
+            filter_subject=names.mail_region_filter(settings.region), handler=self.delivery.handle,
+            policy=QueuePolicy.from_settings(settings, concurrency=settings.mailstore_delivery_concurrency),
+            metrics=QueueMetrics(runtime.metrics.registry), name="mail")
+        await self.runner.start(runtime.spawn)
+        return {}
+
+    async def _on_forward(self, msg) -> None:
+        # nats-py runs one subscription's callbacks one after another: a task per request lets
+        # forwarded deliveries to one account share a group commit.
+        task = asyncio.create_task(self.delivery.serve_forward(msg), name="forwarded delivery")
+        self._forward_tasks.add(task)
+        task.add_done_callback(self._forward_tasks.discard)  # serve_forward logs its own failures
+
+    async def _upkeep(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_renew = next_members = next_idle = loop.time()
+        while True:
+            now = loop.time()
+            if now >= next_renew:
+                next_renew = now + self.settings.account_renew_interval
+                await self.accounts.renew()
+            if now >= next_members:
+                next_members = now + 1.0
+                with suppress(Exception):
+                    await self.members.refresh()
+            if now >= next_idle:
+                next_idle = now + min(self.settings.account_idle_release / 4, 30.0)
+                await self.accounts.release_idle(self.settings.account_idle_release)
+            if not self.accepting and self.runner.active_work() == 0 and not self._forward_tasks:
+                if self.accounts.ownership.leases:
+                    await self.accounts.release_all("drain")
+            await asyncio.sleep(_TICK)
+
+    def set_accepting(self, accepting: bool) -> None:
+        self.accepting = accepting
+        if self.delivery is not None:
+            self.delivery.accepting = accepting
+        if self.runner is not None:
+            self.runner.set_accepting(accepting)
+
+    def active_work(self) -> int:
+        if self.runner is None:
+            return 0
+        return self.runner.active_work() + len(self._forward_tasks) + len(self.accounts.ownership.leases)
+
+    async def hand_over(self) -> None:
+        await self.accounts.release_all("drain")
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.stop()
+        if self._sub is not None:
+            with suppress(Exception):
+                await self._sub.unsubscribe()
+        if self._forward_tasks:
+            await asyncio.wait(set(self._forward_tasks), timeout=5.0)
+        if self.accounts is not None:
+            await self.accounts.release_all("stopping")

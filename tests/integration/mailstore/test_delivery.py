@@ -1,0 +1,147 @@
+"""Delivery from MAIL into the seed's layout, single writer across two mailstores."""
+
+from __future__ import annotations
+
+import signal
+import uuid
+
+from cluster_harness import wait_until
+from conftest import DOMAIN, publish_many
+
+from colony.storage.layout import StorageLayout, account_paths
+
+
+async def test_delivered_once_into_the_seed_layout(world):
+    await world.domain(account_foldering="1", fast_storage_index=1)
+    users = [f"{n}@{DOMAIN}" for n in ("alice", "bob", "carol", "dave")]
+    for u in users:
+        await world.account(u)
+    for node in ("mailstore-1", "mailstore-2"):
+        world.start(node)
+    for node in ("mailstore-1", "mailstore-2"):
+        await world.cluster.wait_state(node, "READY", timeout=30)
+    ids = [await world.publish(users) for _ in range(10)]
+
+    async def all_stored():
+        return all(world.stored_ids(u) == {i: 1 for i in ids} for u in users)
+    await wait_until(all_stored, 60, "every message in every INBOX once")
+
+    layout = StorageLayout("1", 0, 1)
+    paths = account_paths(world.root, DOMAIN, "alice", layout)
+    assert str(paths.account_dir.relative_to(world.root)) == "SharedDomains/example.com/a.sub/alice.macnt"
+    assert paths.account_dir.is_dir()
+    assert str(paths.info_file.relative_to(world.root)) == "SharedDomains/example.com/fast/a.sub/alice.info"
+    assert paths.info_file.exists() and paths.settings_file.exists()
+    inbox = world.state(f"alice@{DOMAIN}").box("INBOX")
+    assert [m.uid for m in inbox.messages.values()] == list(range(1, 11))
+    # Redelivering a message already stored (an edge retrying, a crash before the ack)
+    # stores nothing twice.
+    await world.publish(users, message_id=ids[0] + "-again")
+    await world.publish([users[0]], message_id=ids[0])   # same message id, new stream message
+    await wait_until(all_stored_plus(world, users, ids, ids[0] + "-again"), 60, "the new message, once")
+    assert world.stored_ids(users[0])[ids[0]] == 1
+    owners = {await world.owner(u) for u in users}
+    assert owners <= {"mailstore-1", "mailstore-2"}
+
+
+def all_stored_plus(world, users, ids, extra):
+    async def probe():
+        return all(world.stored_ids(u) == {**{i: 1 for i in ids}, extra: 1} for u in users)
+    return probe
+
+
+async def test_poison_mail_goes_to_dead_letters(world):
+    await world.domain()
+    world.start("mailstore-1")
+    await world.cluster.wait_state("mailstore-1", "READY", timeout=30)
+    js = world.nc.jetstream()
+    from colony.bus import names
+    await js.publish(names.mail_subject("local", DOMAIN), b'{"not": "mail"}', headers={"Nats-Msg-Id": "poison-1"})
+
+    async def dead_lettered():
+        dead = await js.stream_info(names.STREAM_DEAD_LETTERS)
+        mail = await js.stream_info(names.STREAM_MAIL)
+        return dead.state.messages == 1 and mail.state.messages == 0
+    await wait_until(dead_lettered, 30, "the poison message moved from MAIL to DEAD_LETTERS")
+
+
+async def test_sigstop_owner_is_fenced_and_replay_is_clean(world):
+    await world.domain()
+    alice = f"alice@{DOMAIN}"
+    await world.account(alice)
+    for node in ("mailstore-1", "mailstore-2"):
+        world.start(node)
+    for node in ("mailstore-1", "mailstore-2"):
+        await world.cluster.wait_state(node, "READY", timeout=30)
+    first = await world.publish([alice])
+    await wait_until(lambda: _has(world, alice, [first]), 60, "the first message")
+    old = await world.owner(alice)
+    assert old in ("mailstore-1", "mailstore-2")
+    new = "mailstore-2" if old == "mailstore-1" else "mailstore-1"
+
+    # Pause the owner in the middle of a burst, past its lease.
+    burst = [(([alice]), uuid.uuid4().hex) for _ in range(100)]
+    world.cluster.nodes[old].signal(signal.SIGSTOP)
+    await publish_many(world, burst, connections=3)
+    ids = [first] + [mid for _, mid in burst]
+    await wait_until(lambda: _has(world, alice, ids), 90, "the new owner to deliver the burst")
+    assert await world.owner(alice) == new
+
+    # Wake the old owner: it must not write into the account any more.
+    world.cluster.nodes[old].signal(signal.SIGCONT)
+    await wait_until(lambda: _logged(world, old, "lost alice@example.com", "claimed the account after us",
+                                     "lease on alice@example.com not held"), 30,
+                     "the old owner to notice it lost the account")
+    more = [(([alice]), uuid.uuid4().hex) for _ in range(20)]
+    await publish_many(world, more, connections=2)
+    ids += [mid for _, mid in more]
+    await wait_until(lambda: _has(world, alice, ids), 60, "later mail, stored once")
+    counts = world.stored_ids(alice)
+    assert set(counts) == set(ids) and set(counts.values()) == {1}
+    inbox = world.state(alice).box("INBOX")
+    uids = [m.uid for m in inbox.messages.values()]
+    assert uids == sorted(uids) and len(set(uids)) == len(uids)
+
+
+async def test_sigkill_mid_burst_every_message_stored_exactly_once(world):
+    await world.domain(account_foldering="1-1")
+    users = [f"user{i}@{DOMAIN}" for i in range(8)]
+    for u in users:
+        await world.account(u)
+    for node in ("mailstore-1", "mailstore-2"):
+        world.start(node)
+    for node in ("mailstore-1", "mailstore-2"):
+        await world.cluster.wait_state(node, "READY", timeout=30)
+    jobs = [([users[i % len(users)], users[(i * 3 + 1) % len(users)]], uuid.uuid4().hex) for i in range(2000)]
+    expected: dict[str, set[str]] = {u: set() for u in users}
+    for rcpts, mid in jobs:
+        for r in rcpts:
+            expected[r].add(mid)
+
+    async def some_stored():
+        return sum(sum(world.stored_ids(u).values()) for u in users) >= 300
+    publishing = __import__("asyncio").create_task(publish_many(world, jobs, connections=6))
+    await wait_until(some_stored, 120, "part of the burst stored")
+    world.cluster.nodes["mailstore-1"].signal(signal.SIGKILL)
+    await publishing
+
+    async def everything():
+        return all(set(world.stored_ids(u)) == expected[u] for u in users)
+    await wait_until(everything, 240, "every message stored after the kill", interval=0.5)
+    for u in users:
+        counts = world.stored_ids(u)
+        assert set(counts.values()) == {1}, f"duplicates in {u}: {[k for k, v in counts.items() if v > 1][:5]}"
+    # A restarted instance rejoins and the mailboxes replay the same.
+    world.start("mailstore-1")
+    await world.cluster.wait_state("mailstore-1", "READY", timeout=30)
+    assert all(set(world.stored_ids(u)) == expected[u] for u in users)
+
+
+async def _has(world, address, ids) -> bool:
+    counts = world.stored_ids(address)
+    return all(counts.get(i) for i in ids)
+
+
+async def _logged(world, node_id, *needles) -> bool:
+    text = world.cluster.nodes[node_id].log()
+    return any(n in text for n in needles)
