@@ -23,7 +23,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from colony.bus.connection import connect
-from colony.queue.deadletter import DeadLetter, DeadLetterNotFound, DeadLetters
+from colony.queue.deadletter import DeadLetter, DeadLetterError, DeadLetters
 
 dlq_app = typer.Typer(help="Dead-letter queue: jobs that failed max_deliver times or were rejected.",
                       no_args_is_help=True)
@@ -60,7 +60,7 @@ def _run(nats: str | None, data_dir: Path, work):
 
     try:
         return asyncio.run(main())
-    except DeadLetterNotFound as exc:
+    except DeadLetterError as exc:
         _fail(str(exc))
     except typer.Exit:
         raise

@@ -35,11 +35,11 @@ replays).  Long jobs are kept alive with ``in_progress()`` automatically, for at
 Operators: ``colony dlq list|show|replay|purge`` (``colony.queue.deadletter.DeadLetters``).
 """
 
-from colony.queue.deadletter import DeadLetter, DeadLetterNotFound, DeadLetters
+from colony.queue.deadletter import DeadLetter, DeadLetterError, DeadLetterNotFound, DeadLetters
 from colony.queue.outcomes import Action, Decision, Done, QueuePolicy, Reject, Retry, before_handling, decide
 from colony.queue.runner import Job, QueueMetrics, QueueRunner
 
 __all__ = [
-    "Action", "DeadLetter", "DeadLetterNotFound", "DeadLetters", "Decision", "Done", "Job", "QueueMetrics",
+    "Action", "DeadLetter", "DeadLetterError", "DeadLetterNotFound", "DeadLetters", "Decision", "Done", "Job", "QueueMetrics",
     "QueuePolicy", "QueueRunner", "Reject", "Retry", "before_handling", "decide",
 ]

@@ -32,6 +32,7 @@ from pydantic import BaseModel, Field
 
 from colony.bus import names
 from colony.events import utcnow
+from colony.tasks import describe
 
 H_STREAM = "Colony-Dlq-Stream"
 H_SUBJECT = "Colony-Dlq-Subject"
@@ -103,7 +104,11 @@ class DeadLetter(BaseModel):
         return kept
 
 
-class DeadLetterNotFound(LookupError):
+class DeadLetterError(Exception):
+    """An operator's request about a dead letter that cannot be done (the message says why)."""
+
+
+class DeadLetterNotFound(DeadLetterError, LookupError):
     pass
 
 
@@ -140,7 +145,11 @@ class DeadLetters:
     async def replay(self, seq: int) -> int:
         """Put job ``seq`` back on its original subject; returns its new sequence there."""
         letter = await self.get(seq)
-        ack = await self.js.publish(letter.subject, letter.data, headers=letter.replay_headers(), stream=letter.stream)
+        try:
+            ack = await self.js.publish(letter.subject, letter.data, headers=letter.replay_headers(), stream=letter.stream)
+        except Exception as exc:  # e.g. the stream is gone or no longer takes that subject
+            raise DeadLetterError(f"dead letter {seq} could not be queued again on {letter.subject} "
+                                  f"(stream {letter.stream}): {describe(exc)}; it stays a dead letter") from exc
         await self.delete(seq)
         return ack.seq
 

@@ -170,12 +170,16 @@ async def test_the_operator_lists_shows_replays_and_purges_dead_letters_with_col
     await wait_until(lambda: _is(_handled(runner), 1), 30, "the replayed job handled")
     assert handled == [b"From: a@example.com\r\n\r\nhello"]
 
+    await runner.stop()
+    await js.delete_stream(STREAM)  # the queue is gone: the replay says so and keeps the dead letter
+    code, out, err = await cli("replay", str(second))
+    assert code == 1 and f"dead letter {second} could not be queued again on test.jobs.y" in err.replace("\n", " ")
+    assert len(await dlq.list()) == 1
     code, out, err = await cli("purge", "--yes")
     assert code == 0 and "1 dead letter(s) dropped" in out, err
     assert await dlq.list() == []
     code, out, err = await cli("replay", str(second))
     assert code == 1 and f"no dead letter {second}" in err
-    await runner.stop()
 
 
 async def test_a_failing_fetch_loop_is_recorded_and_comes_back_with_a_new_consumer(js):
