@@ -320,8 +320,8 @@ def domain_import(
             writer.writeheader()
             writer.writerows(job["tokens"])
     console.print(f"{job['state']}: {job['domains_created']} domain(s) and {job['accounts_created']} account(s) created, "
-                  f"{job.get('updated', 0)} updated, {job.get('unchanged', 0)} unchanged, "
-                  f"{job['failed']} row(s) failed" + (f"; tokens in {tokens_out}" if job["tokens"] else ""))
+                  f"{job['failed']} row(s) failed, {job.get('updated', 0)} updated, {job.get('unchanged', 0)} unchanged"
+                  + (f"; tokens in {tokens_out}" if job["tokens"] else ""))
     for line in job["errors"][:20]:
         err.print(f"  {line}")
     for line in job.get("warnings", [])[:20]:
