@@ -1,0 +1,231 @@
+"""A message's MIME structure with byte offsets: what IMAP's FETCH needs (RFC 9051 §6.4.5,
+§7.5.2): ENVELOPE, BODY/BODYSTRUCTURE and BODY[section] without parsing a message twice.
+
+``analyze(data)`` walks a message once and returns a ``Part`` tree whose nodes know where
+their header and body lie in the original octets, so a section is served by slicing (or by
+seeking in the stored body file) and the tree itself is small enough to keep beside the
+message.  Header fields are parsed with the standard library's ``email`` package (RFC 2231
+parameters and continuations); boundaries and offsets are found here, because ``email``
+does not keep them.
+
+Malformed input is normal input here: a missing boundary, an unterminated multipart, a
+header without a body, LF-only line ends, NULs -- all give *some* structure, never an
+exception.  Nesting is cut at ``MAX_DEPTH`` (the rest is treated as an opaque body), so a
+hostile message cannot make BODYSTRUCTURE deep or slow.
+
+Part numbering follows RFC 9051 §6.4.5: the parts of a multipart are 1, 2, ...; a
+non-multipart message's body is part 1; the parts of an encapsulated message/rfc822 are
+numbered under it (its own header is ``n.HEADER``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from email.message import Message
+from email.parser import BytesHeaderParser
+from email.policy import compat32
+
+MAX_DEPTH = 32
+MAX_PARTS = 10_000
+
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+
+
+@dataclass
+class Part:
+    header_start: int
+    header_end: int            # end of the header block, blank line included
+    body_start: int
+    body_end: int
+    maintype: str = "text"
+    subtype: str = "plain"
+    params: list[tuple[str, str]] = field(default_factory=list)
+    headers: Message | None = None
+    children: list[Part] = field(default_factory=list)
+    message: Part | None = None          # message/rfc822: the encapsulated message
+    lines: int = 0                       # body lines (text/* and message/rfc822)
+
+    @property
+    def multipart(self) -> bool:
+        return self.maintype == "multipart"
+
+    def header(self, name: str) -> str | None:
+        if self.headers is None:
+            return None
+        value = self.headers.get(name)
+        return None if value is None else str(value)
+
+    def walk(self):
+        yield self
+        for child in self.children:
+            yield from child.walk()
+        if self.message is not None:
+            yield from self.message.walk()
+
+
+def _headers(data: bytes, start: int, end: int) -> Message:
+    return BytesHeaderParser(policy=compat32).parsebytes(data[start:end])
+
+
+def _split(data: bytes, start: int, end: int) -> tuple[int, int]:
+    """(end of the header block, start of the body) within [start, end)."""
+    if data.startswith(b"\r\n", start) or data.startswith(b"\n", start):
+        body = start + (2 if data.startswith(b"\r\n", start) else 1)
+        return body, body                 # no header fields at all
+    match = _HEADER_END.search(data, start, end)
+    if not match:
+        return end, end                   # all header, no body
+    return match.end(), match.end()
+
+
+def analyze(data: bytes) -> Part:
+    counter = [0]
+    return _part(data, 0, len(data), ("text", "plain"), 0, counter)
+
+
+def _count_lines(data: bytes, start: int, end: int) -> int:
+    if end <= start:
+        return 0
+    n = data.count(b"\n", start, end)
+    return n if data[end - 1:end] == b"\n" else n + 1
+
+
+def _part(data: bytes, start: int, end: int, default: tuple[str, str], depth: int, counter: list[int]) -> Part:
+    counter[0] += 1
+    header_end, body_start = _split(data, start, end)
+    headers = _headers(data, start, header_end)
+    ctype = headers.get_content_type() if headers.get("Content-Type") else "/".join(default)
+    maintype, _, subtype = ctype.partition("/")
+    if not headers.get("Content-Type") and default == ("message", "rfc822"):
+        maintype, subtype = default
+    params = [(k.lower(), v if isinstance(v, str) else _rfc2231(v))
+              for k, v in (headers.get_params() or [])[1:]] if headers.get("Content-Type") else []
+    if maintype.lower() == "text" and not any(k == "charset" for k, _ in params):
+        params = [("charset", "us-ascii"), *params]   # RFC 2045 §5.2 default
+    part = Part(start, header_end, body_start, end, maintype.lower(), subtype.lower(), params, headers)
+    if depth >= MAX_DEPTH or counter[0] >= MAX_PARTS:
+        part.maintype, part.subtype = "application", "octet-stream"
+        return part
+    if part.maintype == "multipart":
+        boundary = headers.get_param("boundary")
+        if isinstance(boundary, tuple):
+            boundary = _rfc2231(boundary)
+        child_default = ("message", "rfc822") if part.subtype == "digest" else ("text", "plain")
+        if boundary:
+            for a, b in _body_parts(data, body_start, end, boundary.encode("utf-8", "replace")):
+                if counter[0] >= MAX_PARTS:
+                    break
+                part.children.append(_part(data, a, b, child_default, depth + 1, counter))
+        if not part.children:
+            # RFC 2046 requires at least one part; an empty or broken multipart still needs one
+            # so part numbers mean something.
+            part.children.append(Part(body_start, body_start, body_start, end, "text", "plain",
+                                      [("charset", "us-ascii")], Message()))
+    elif (part.maintype, part.subtype) in (("message", "rfc822"), ("message", "global")):
+        part.message = _part(data, body_start, end, ("text", "plain"), depth + 1, counter)
+        part.lines = _count_lines(data, body_start, end)
+    elif part.maintype == "text":
+        part.lines = _count_lines(data, body_start, end)
+    return part
+
+
+def _rfc2231(value) -> str:
+    from email.utils import collapse_rfc2231_value
+
+    return collapse_rfc2231_value(value)
+
+
+def _body_parts(data: bytes, start: int, end: int, boundary: bytes) -> list[tuple[int, int]]:
+    """[start, end) of each body part between ``--boundary`` lines (RFC 2046 §5.1.1): the CRLF
+    before a delimiter belongs to the delimiter; a missing close delimiter ends at ``end``."""
+    delimiter = re.compile(rb"(?:^|\r?\n)--" + re.escape(boundary) + rb"(--)?[ \t]*(?:\r?\n|$)", re.MULTILINE)
+    parts: list[tuple[int, int]] = []
+    current: int | None = None
+    pos = start
+    while True:
+        match = delimiter.search(data, pos, end)
+        if not match:
+            break
+        if current is not None:
+            parts.append((current, max(match.start(), current)))
+        if match.group(1):              # close delimiter
+            return parts
+        current = match.end()
+        pos = max(match.end(), pos + 1)
+    if current is not None:
+        parts.append((current, end))
+    return parts
+
+
+# --- sections ---------------------------------------------------------------------------------
+
+class SectionError(ValueError):
+    pass
+
+
+def find_part(root: Part, numbers: list[int]) -> Part:
+    """The part ``numbers`` names (``[]`` is the whole message)."""
+    part = root
+    for n in numbers:
+        if part.message is not None and not part.multipart:
+            part = part.message           # message/rfc822: numbering continues inside it
+        if part.multipart:
+            if not 1 <= n <= len(part.children):
+                raise SectionError(f"no part {n}")
+            part = part.children[n - 1]
+        elif n == 1:
+            continue                      # a single-part entity's body is its part 1
+        else:
+            raise SectionError(f"no part {n}")
+    return part
+
+
+def section_bytes(data: bytes, root: Part, numbers: list[int], text: str | None,
+                  fields: list[str] | None = None) -> bytes:
+    """The octets of BODY[<numbers>.<text>] (RFC 9051 §6.4.5); ``text`` is None (the part's
+    body, or the whole message for ``[]``), HEADER, TEXT, MIME, HEADER.FIELDS or
+    HEADER.FIELDS.NOT (with ``fields``)."""
+    part = find_part(root, numbers)
+    if text is None:
+        if not numbers:
+            return data[root.header_start:root.body_end]
+        return data[part.body_start:part.body_end]
+    if text == "MIME":
+        if not numbers:
+            raise SectionError("MIME needs a part number")
+        return data[part.header_start:part.header_end]
+    target = part
+    if numbers:
+        if part.message is None:
+            raise SectionError(f"{text} is only for message parts")
+        target = part.message
+    if text == "HEADER":
+        return data[target.header_start:target.header_end]
+    if text == "TEXT":
+        return data[target.body_start:target.body_end]
+    if text in ("HEADER.FIELDS", "HEADER.FIELDS.NOT"):
+        wanted = {f.lower() for f in fields or []}
+        keep = text == "HEADER.FIELDS"
+        out = bytearray()
+        for name, raw in header_fields(data[target.header_start:target.header_end]):
+            if (name.lower() in wanted) == keep:
+                out += raw
+        return bytes(out) + b"\r\n"
+    raise SectionError(f"unknown section text {text}")
+
+
+def header_fields(block: bytes) -> list[tuple[str, bytes]]:
+    """Each header field of a block as (name, raw octets with its continuation lines)."""
+    fields: list[tuple[str, bytes]] = []
+    for line in block.splitlines(keepends=True):
+        if line in (b"\r\n", b"\n"):
+            break
+        if line[:1] in (b" ", b"\t") and fields:
+            name, raw = fields[-1]
+            fields[-1] = (name, raw + line)
+            continue
+        name, colon, _ = line.partition(b":")
+        if colon:
+            fields.append((name.strip().decode("ascii", "replace"), line))
+    return fields
