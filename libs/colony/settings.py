@@ -24,6 +24,7 @@ class Role(StrEnum):
     MAILSTORE = "mailstore"
     SIPFARM = "sipfarm"
     ADMIN_API = "admin-api"
+    PROJECTOR = "projector"  # the admin API's projections (colony_admin.projector)
 
 
 class ConfigError(Exception):
@@ -63,7 +64,7 @@ class Settings(BaseSettings):
 
     # --- identity of this process -------------------------------------------------------
     node_id: str = Field("", description="Unique id of this instance in the cluster, e.g. mailstore-2. Empty: <role>-<host>-<pid>.")
-    role: Role | None = Field(None, description="Which service this process runs (controller, edge, mailstore, sipfarm, admin-api).")
+    role: Role | None = Field(None, description="Which service this process runs (controller, edge, mailstore, sipfarm, admin-api, projector).")
     host: str = Field("127.0.0.1", description="Address this instance binds its listeners to.")
     region: str = Field("local", pattern=r"^[a-z0-9-]{1,32}$", description="Region (super cluster) this instance belongs to; work for domains homed elsewhere travels over the bus to their region.")
     advertise_host: str = Field("", description="Address other members use to reach this instance. Empty: COLONY_HOST, or this machine's host name when COLONY_HOST is a wildcard (0.0.0.0, ::).")

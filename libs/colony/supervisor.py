@@ -31,6 +31,7 @@ ROLE_MODULES = {
     "mailstore": "colony_mailstore",
     "sipfarm": "colony_sipfarm",
     "edge": "colony_edge",
+    "projector": "colony_admin.projector",  # the admin API's projections; stops after the admin APIs
     "admin-api": "colony_admin",
 }
 

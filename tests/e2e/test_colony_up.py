@@ -114,9 +114,9 @@ def test_up_status_and_ctrl_c_leaves_nothing_behind(tmp_path):
     data_dir, base = tmp_path / "one", free_base_port()
     proc = start_up(data_dir, base)
     try:
-        nodes = wait_for(lambda: all_ready(data_dir, 7), 180, "7 READY instances with one controller and one backup")
+        nodes = wait_for(lambda: all_ready(data_dir, 8), 180, "8 READY instances with one controller and one backup")
         roles = sorted(n["role"] for n in nodes)
-        assert roles == ["admin-api", "controller", "controller", "edge", "mailstore", "mailstore", "sipfarm"]
+        assert roles == ["admin-api", "controller", "controller", "edge", "mailstore", "mailstore", "projector", "sipfarm"]
         for n in nodes:
             assert n["pid"] > 0 and n["epoch"] > 0
             assert set(n) >= {"id", "role", "state", "pid", "controller", "backup", "epoch", "addresses"}
@@ -154,6 +154,13 @@ def test_up_status_and_ctrl_c_leaves_nothing_behind(tmp_path):
         unknown = subprocess.run([COLONY, "drain", "mailstore-9", "--data-dir", str(data_dir)],
                                  capture_output=True, text=True, timeout=60)
         assert unknown.returncode != 0 and "mailstore-9" in unknown.stderr
+        # The projector (the admin API's read model and directory) is drained like any role.
+        drained = subprocess.run([COLONY, "drain", "projector-1", "--data-dir", str(data_dir)],
+                                 capture_output=True, text=True, timeout=60)
+        assert drained.returncode == 0 and "drained" in drained.stdout, drained.stderr
+        readied = subprocess.run([COLONY, "ready", "projector-1", "--data-dir", str(data_dir)],
+                                 capture_output=True, text=True, timeout=60)
+        assert readied.returncode == 0 and "READY" in readied.stdout, readied.stderr
 
         # An instance that dies is started again by the supervisor, as a new process.
         victim = [n for n in nodes if n["id"] == "mailstore-1"][0]
@@ -162,17 +169,17 @@ def test_up_status_and_ctrl_c_leaves_nothing_behind(tmp_path):
                                    if n["id"] == "mailstore-1" and n["state"] == "READY" and n["pid"] != victim["pid"]],
                           120, "mailstore-1 to be restarted")
         pids.append(reborn[0]["pid"])
-        admin_children = descendants(admin["pid"])
-        assert admin_children, "the admin API's projection processes"
-        pids += admin_children
+        # Every process belongs to an instance the cluster shows: the admin API has no children.
+        assert descendants(admin["pid"]) == [], "the admin API's projections run as the projector role"
     finally:
         out = stop_up(proc)
     assert proc.returncode == 0, out
+    assert f"admin token: {token}" in out, "colony up prints the token the first admin API wrote"
     assert f"nats://127.0.0.1:{base}" in out, "colony up prints the bus URL"
     assert "no process left behind" in out
     assert "were killed" not in out, "every instance stops by itself on SIGTERM"
     wait_for(lambda: not any(pid_alive(p) for p in pids), 30, "every instance to be gone")
-    assert all(port_is_free("127.0.0.1", p) for _, p in PortPlan(base).all_ports(7, 1))
+    assert all(port_is_free("127.0.0.1", p) for _, p in PortPlan(base).all_ports(8, 1))
     assert not (data_dir / "colony.pid").exists()
 
 

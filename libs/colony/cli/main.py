@@ -185,6 +185,8 @@ def up(
     mailstores: Annotated[int, typer.Option(min=0)] = 2,
     sipfarms: Annotated[int, typer.Option(min=0)] = 1,
     admin_apis: Annotated[int, typer.Option("--admin-apis", min=0, max=10)] = 1,
+    projectors: Annotated[Optional[int], typer.Option(
+        min=0, help="Projector instances (the admin API's read model and directory). Default: 1 if there is an admin API.")] = None,
     host: Annotated[str, typer.Option(help="Address every listener binds to.")] = "127.0.0.1",
     live: Annotated[bool, typer.Option(help="Show a live status table (default: when on a terminal).")] = sys.stdout.isatty(),
     restart: Annotated[bool, typer.Option(help="Restart an instance that dies.")] = True,
@@ -192,8 +194,12 @@ def up(
     """Start the whole cluster here: embedded NATS, SQLite, shared storage under --data-dir."""
     from colony.supervisor import Cluster, SupervisorError
 
-    counts = {"controller": controllers, "edge": edges, "mailstore": mailstores, "sipfarm": sipfarms, "admin-api": admin_apis}
+    if projectors is None:
+        projectors = 1 if admin_apis else 0
+    counts = {"controller": controllers, "edge": edges, "mailstore": mailstores, "sipfarm": sipfarms,
+              "projector": projectors, "admin-api": admin_apis}
     cluster = Cluster(data_dir=data_dir, base_port=base_port, counts=counts, host=host, restart=restart)
+    had_token = (cluster.data_dir / "admin.token").exists()  # only a token made by this start is printed
     stop = {"now": False}
 
     def on_signal(signum, frame):
@@ -209,7 +215,7 @@ def up(
         cluster.stop()
         _fail(f"could not start: {exc}")
     try:
-        _announce(cluster, stop)
+        _announce(cluster, stop, had_token)
         _watch(cluster, stop, live)
     finally:
         console.print("stopping: edges and APIs first, controllers last, then the bus ...")
@@ -219,7 +225,7 @@ def up(
         console.print("stopped; no process left behind.")
 
 
-def _announce(cluster, stop) -> None:
+def _announce(cluster, stop, had_token: bool) -> None:
     info = cluster.describe()
     console.print(f"[bold]Colony is starting[/bold] in {info['data_dir']}")
     console.print(f"  bus:        {info['nats_url']}   (monitoring {info['nats_monitor']})")
@@ -244,7 +250,7 @@ def _announce(cluster, stop) -> None:
     else:
         if not stop["now"]:
             err.print("[yellow]not every instance became READY within 60s; see the logs[/yellow]")
-    _bootstrap_token(cluster)
+    _bootstrap_token(cluster, had_token)
     for v in views:
         listens = ", ".join(f"{k} {a}" for k, a in sorted(v.addresses.items()))
         console.print(f"  {v.id:<14} {v.state:<9} {listens}")
@@ -252,30 +258,17 @@ def _announce(cluster, stop) -> None:
     sys.stdout.flush()
 
 
-def _bootstrap_token(cluster) -> None:
-    """First start: a system-admin token for the operator, kept in the data directory (0600)."""
+def _bootstrap_token(cluster, had_token: bool, timeout: float = 30.0) -> None:
+    """First start: print the system-admin token the first admin API wrote (0600) into the
+    data directory (the admin API makes it: this CLI imports no service)."""
     token_file = cluster.data_dir / "admin.token"
-    if token_file.exists() or not cluster.counts.get("admin-api"):
+    if had_token or not cluster.counts.get("admin-api"):
         return
-    try:
-        from colony_admin.bootstrap import ensure_bootstrap_token
-    except ImportError:
-        return
-
-    async def make() -> str | None:
-        settings = _settings(nats_url=cluster.nats.url, data_dir=cluster.data_dir,
-                             nats_nkey_seed_file=cluster.operator_seed)
-        nc = await connect(settings, name="colony-up")
-        try:
-            return await ensure_bootstrap_token(settings, nc)
-        finally:
-            await nc.close()
-
-    token = asyncio.run(make())
-    if token:
-        token_file.touch(mode=0o600)
-        token_file.write_text(token + "\n")
-        token_file.chmod(0o600)
+    deadline = time.monotonic() + timeout
+    while not token_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)  # an admin API writes it before it reports READY; this covers a slow start
+    if token_file.exists():
+        token = token_file.read_text().strip()
         console.print(f"  admin token: {token}   (saved to {token_file}, mode 0600)")
 
 
@@ -322,7 +315,7 @@ def ports(base_port: Annotated[int, typer.Option()] = DEFAULT_BASE_PORT) -> None
     table = Table(title=f"ports for --base-port {base_port}")
     table.add_column("what")
     table.add_column("port")
-    for what, port in plan.all_ports(instances=7, admin_apis=1, edges=2):
+    for what, port in plan.all_ports(instances=8, admin_apis=1, edges=2):
         table.add_row(what, str(port))
     console.print(table)
 

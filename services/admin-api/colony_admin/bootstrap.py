@@ -1,11 +1,16 @@
 """The first system-admin token of a cluster.
 
 It is an ordinary token aggregate with a fixed id, created with expected version 0: the
-stream itself guarantees that only the first ``colony up`` (of any number racing) creates it,
-and that a restart never makes a second one.
+stream itself guarantees that only the first admin-api instance to start (of any number
+racing) creates it, and that a restart never makes a second one.  That instance writes the
+plaintext once to ``<data_dir>/admin.token`` (mode 0600), where ``colony up`` finds it to
+print and the CLI reads it; nothing else ever sees the plaintext.
 """
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 from nats.aio.client import Client
 
@@ -17,6 +22,7 @@ from colony_admin.auth import secrets
 from colony_admin.models import Role, TokenCreate
 
 BOOTSTRAP_TOKEN_ID = "bootstrap0000000"  # 16 characters, like every token id
+TOKEN_FILE = "admin.token"  # in the data directory; `colony up` and the CLI read it there
 
 
 async def ensure_bootstrap_token(settings: Settings, nc: Client) -> str | None:
@@ -39,3 +45,21 @@ async def ensure_bootstrap_token(settings: Settings, nc: Client) -> str | None:
     except ConcurrencyConflict:
         return None  # another starter won the race
     return token
+
+
+async def write_bootstrap_token(settings: Settings, nc: Client) -> Path | None:
+    """On the cluster's first start: create the bootstrap token and write it to
+    ``<data_dir>/admin.token`` (0600); the file's path, or None if the token existed already."""
+    token = await ensure_bootstrap_token(settings, nc)
+    if token is None:
+        return None
+    path = settings.data_dir / TOKEN_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Written whole under another name and renamed, so a reader never sees half a token;
+    # created 0600, so it is never readable by others, not even for a moment.
+    partial = path.with_name(f".{TOKEN_FILE}.{os.getpid()}")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    os.replace(partial, path)
+    return path

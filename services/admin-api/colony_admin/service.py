@@ -7,10 +7,13 @@ moves them to another admin-api instance, and the requests in flight finish.
 from __future__ import annotations
 
 import json
+import logging
 
 from colony.cluster.node import NodeRuntime
 from colony.http_server import EmbeddedHttpServer
 from colony.settings import Settings
+
+log = logging.getLogger("colony.admin")
 
 
 class _DrainGate:
@@ -48,8 +51,13 @@ class AdminApiWorkload:
 
     async def start(self, runtime: NodeRuntime) -> dict[str, str]:
         from colony_admin.app import create_app
+        from colony_admin.bootstrap import write_bootstrap_token
         from colony_admin.routes import cluster
 
+        # The cluster's first admin API makes the first system-admin token (`colony up` prints it).
+        written = await write_bootstrap_token(self.settings, runtime.nc)
+        if written is not None:
+            log.info("bootstrap system-admin token written to %s (mode 0600)", written)
         app = create_app(self.settings, runtime.nc)
         app.state.nc = runtime.nc
         app.include_router(cluster.router)
