@@ -24,7 +24,7 @@ back on the original subject with the original headers plus ``Colony-Replayed`` 
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
@@ -48,6 +48,13 @@ MSG_ID = "Nats-Msg-Id"
 
 # Headers that steer the server on publish; a replay must not carry the original's.
 _NOT_REPLAYED = ("nats-msg-id", "nats-expected-", "nats-ttl", "nats-rollup")
+
+
+def _int(text: str | None) -> int:
+    try:
+        return int(text or 0)
+    except ValueError:
+        return 0
 
 
 def _one_line(text: str, limit: int = 500) -> str:
@@ -84,15 +91,21 @@ class DeadLetter(BaseModel):
     @classmethod
     def from_stored(cls, seq: int, headers: dict[str, str] | None, data: bytes | None) -> DeadLetter:
         h = headers or {}
+        # Read leniently: anyone allowed to publish on colony.dlq.> could have put it there.
         try:
             original = json.loads(h.get(H_HEADERS) or "{}")
         except ValueError:
             original = {}
+        if not isinstance(original, dict):
+            original = {}
+        try:
+            at = datetime.fromisoformat(h.get(H_AT, ""))
+        except ValueError:
+            at = datetime.fromtimestamp(0, UTC)
         return cls(
-            stream=h.get(H_STREAM, "?"), subject=h.get(H_SUBJECT, "?"), sequence=int(h.get(H_SEQUENCE) or 0),
-            consumer=h.get(H_CONSUMER, ""), deliveries=int(h.get(H_DELIVERIES) or 0), reason=h.get(H_REASON, ""),
-            at=h.get(H_AT) or utcnow(), headers={str(k): str(v) for k, v in original.items()},
-            data=data or b"", dlq_sequence=seq,
+            stream=h.get(H_STREAM, "?"), subject=h.get(H_SUBJECT, "?"), sequence=_int(h.get(H_SEQUENCE)),
+            consumer=h.get(H_CONSUMER, ""), deliveries=_int(h.get(H_DELIVERIES)), reason=h.get(H_REASON, ""),
+            at=at, headers={str(k): str(v) for k, v in original.items()}, data=data or b"", dlq_sequence=seq,
         )
 
     def replay_headers(self, now: datetime | None = None) -> dict[str, str]:
