@@ -200,6 +200,8 @@ class QueueRunner:
     def _job_ended(self, task: asyncio.Task) -> None:
         self._inflight.discard(task)
         self._slot_free.set()
+        if not task.cancelled() and task.exception() is not None:  # _run handles everything: a bug
+            log.error("%s: a job ended with an unhandled error", self.name, exc_info=task.exception())
 
     # --- one job --------------------------------------------------------------------------
 
