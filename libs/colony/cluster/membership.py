@@ -49,7 +49,7 @@ class NodeRecord(BaseModel):
     drained: bool = False  # NOT_READY and nothing left to finish
     reason: str = ""       # why the last transition happened
     faults: list[TaskFault] = Field(default_factory=list)  # last failures of owned tasks (colony.tasks)
-    fault_count: int = 0   # every failure of an owned task since this incarnation started
+    fault_count: int = 0   # every failure of an owned task since this process started
     drain_error: str = ""  # set when a requested drain failed; cleared by the next drain or ready
 
     def encode(self) -> bytes:
