@@ -127,33 +127,6 @@ class NodeDrained(Event):
     role: str
 
 
-class DrainFailed(Event):
-    """A requested drain could not finish (``error``); the instance stays NOT_READY and not
-    drained until ``colony drain`` is asked again or ``colony ready``.  Subject ``colony.cluster.drain``."""
-
-    type: ClassVar[str] = "cluster.drain_failed"
-    node_id: str
-    role: str
-    error: str
-
-
-class TaskFailed(Event):
-    """An owned background task of an instance raised (``colony.tasks.TaskOwner``).
-
-    Subject ``colony.cluster.task``.  ``restarting``: a loop that is started again after a
-    back-off; otherwise the task is gone.  ``count``: failures of this task in this incarnation.
-    """
-
-    type: ClassVar[str] = "cluster.task_failed"
-    node_id: str
-    role: str
-    task: str
-    error: str
-    context: str = ""
-    count: int = 1
-    restarting: bool = False
-
-
 class AccountAcquired(Event):
     """A mailstore became the single writer of an account.  Subject ``colony.cluster.owner``.
 
@@ -196,7 +169,7 @@ class TaskFailed(Event):
     """An owned background task of an instance raised (``colony.tasks.TaskOwner``).
 
     Subject ``colony.cluster.task``.  ``restarting``: a loop that is started again after a
-    back-off; otherwise the task is gone.  ``count``: failures of this task in this incarnation.
+    back-off; otherwise the task is gone.  ``count``: failures of this task since the process started.
     """
 
     type: ClassVar[str] = "cluster.task_failed"
