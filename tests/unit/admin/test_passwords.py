@@ -7,6 +7,8 @@ import hashlib
 
 import bcrypt
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from argon2 import PasswordHasher, Type
 from passlib.hash import des_crypt, md5_crypt, sha256_crypt, sha512_crypt
 
@@ -66,7 +68,8 @@ def test_own_argon2id_needs_no_rehash_and_is_stored_bare():
 
 @pytest.mark.parametrize("bad", [
     "", "{PLAIN}secret", "{MD5}abc", "{SHA512-CRYPT}$5$abc$def", "{SSHA}!!!", "{SSHA}" + base64.b64encode(b"x" * 21).decode(),
-    "{CRYPT}nope", "plainly not a hash", "{BLF-CRYPT}$2y$10$short", "{ARGON2ID}$argon2id$garbage", "x" * 5000,
+    "{CRYPT}nope", "plainly not a hash", "{SHA512-CRYPT}$6$rounds=999999999$salt$" + "a" * 86,
+    "$2y$31$" + "a" * 53, "$argon2id$v=19$m=4194304,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo", "{BLF-CRYPT}$2y$10$short", "{ARGON2ID}$argon2id$garbage", "x" * 5000,
 ])
 def test_unusable_hashes_are_refused_with_a_reason(bad):
     with pytest.raises(passwords.UnsupportedHash) as info:
@@ -83,3 +86,19 @@ def test_long_passwords_against_bcrypt_follow_the_72_byte_rule():
     long = "p" * 100
     stored = "{BLF-CRYPT}" + bcrypt.hashpw(long.encode()[:72], bcrypt.gensalt(4)).decode()
     assert passwords.verify(HASHER, stored, long).ok
+
+
+_PREFIXES = ["", "{SSHA}", "{SSHA512.HEX}", "{CRYPT}", "{BLF-CRYPT}", "{SHA512-CRYPT}", "{ARGON2ID}", "$6$", "$2y$10$",
+             "$argon2id$v=19$m=1024,t=1,p=1$"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(prefix=st.sampled_from(_PREFIXES), rest=st.text(max_size=200))
+def test_any_input_is_a_hash_or_a_reasoned_refusal_never_a_crash(prefix, rest):
+    text = prefix + rest
+    try:
+        stored, _ = passwords.normalise(text)
+    except passwords.UnsupportedHash:
+        assert passwords.verify(HASHER, text, PW) == passwords.Verdict(False, False)
+        return
+    passwords.verify(HASHER, stored, PW)  # whatever it answers, it answers

@@ -51,6 +51,11 @@ from passlib.hash import (
 )
 
 MAX_HASH_LENGTH = 1024  # no real scheme comes near; bounds what an import row can make us parse
+# Work a stored hash may demand of one login (real systems stay far below): beyond these an
+# imported hash would make the auth check a denial of service, or exhaust memory (argon2).
+MAX_BCRYPT_COST = 16
+MAX_CRYPT_ROUNDS = 1_000_000
+MAX_ARGON2_KIB, MAX_ARGON2_TIME, MAX_ARGON2_LANES = 262_144, 16, 16
 
 ARGON2ID = "ARGON2ID"
 WEAK = frozenset({"SSHA", "SSHA256", "SSHA512", "DES-CRYPT", "MD5-CRYPT"})
@@ -156,20 +161,32 @@ def _crypt_scheme(text: str) -> str | None:
 
 
 def _checked(scheme: str, value: str) -> StoredHash:
-    """Reject a malformed string at import, not at the first login."""
+    """Reject a malformed string at import, not at the first login, and a cost that would
+    turn every login into a denial of service (the parameters come from the hash)."""
     if scheme in (ARGON2ID, "ARGON2I"):
-        ok = bool(re.match(r"^\$argon2i?d?\$v=\d+\$m=\d+,t=\d+,p=\d+\$[A-Za-z0-9+/]+\$[A-Za-z0-9+/]+$", value))
+        match = re.match(r"^\$argon2i?d?\$v=\d+\$m=(\d+),t=(\d+),p=(\d+)\$[A-Za-z0-9+/]+\$[A-Za-z0-9+/]+$", value)
+        ok = match is not None
+        if match is not None and (int(match[1]) > MAX_ARGON2_KIB or int(match[2]) > MAX_ARGON2_TIME
+                                  or int(match[3]) > MAX_ARGON2_LANES):
+            raise UnsupportedHash(f"{scheme} parameters above m={MAX_ARGON2_KIB},t={MAX_ARGON2_TIME},"
+                                  f"p={MAX_ARGON2_LANES} are refused (each login would cost that much)")
     elif scheme == "BLF-CRYPT":
-        ok = bool(re.match(r"^\$2[aby]\$\d\d\$[./A-Za-z0-9]{53}$", value))
+        match = re.match(r"^\$2[aby]\$(\d\d)\$[./A-Za-z0-9]{53}$", value)
+        ok = match is not None
+        if match is not None and not 4 <= int(match[1]) <= MAX_BCRYPT_COST:
+            raise UnsupportedHash(f"bcrypt cost must be 4 to {MAX_BCRYPT_COST}")
     else:
         handler = {"SHA512-CRYPT": sha512_crypt, "SHA256-CRYPT": sha256_crypt, "MD5-CRYPT": md5_crypt,
                    "DES-CRYPT": des_crypt}[scheme]
         ok = handler.identify(value)
         if ok:
             try:
-                handler.from_string(value)
+                parsed = handler.from_string(value)
             except ValueError:
                 ok = False
+            else:
+                if getattr(parsed, "rounds", 0) > MAX_CRYPT_ROUNDS:
+                    raise UnsupportedHash(f"{scheme} rounds above {MAX_CRYPT_ROUNDS:,} are refused")
     if not ok:
         raise UnsupportedHash(f"malformed {scheme} hash")
     return StoredHash(scheme, value)
