@@ -344,6 +344,11 @@ class AccountMail:
         return self.state.seq
 
     @property
+    def usable(self) -> bool:
+        """False once the handle is closed or a commit failed (open the account again)."""
+        return self._broken is None and not self._pending
+
+    @property
     def bytes_used(self) -> int:
         return self.state.bytes_used
 

@@ -237,8 +237,9 @@ def _store_sync(mail: AccountMail, batch: list[_Item]) -> list[Stored | Exceptio
 
 def _close_sync(acct: OpenAccount) -> None:
     try:
-        if not acct.mail._broken:
+        if acct.mail.usable:
             acct.mail.snapshot()
+            _write_info(acct.paths, acct.mail)
     finally:
         acct.mail.close()
 
@@ -264,7 +265,11 @@ def _write_fast_files(paths: AccountPaths, settings: dict, mail: AccountMail) ->
     for path in (paths.settings_file, paths.info_file):
         path.parent.mkdir(parents=True, exist_ok=True)
     journal.write_atomically(paths.settings_file, orjson.dumps(settings), sync_dir=False)
+    _write_info(paths, mail)
+
+
+def _write_info(paths: AccountPaths, mail: AccountMail) -> None:
     journal.write_atomically(paths.info_file, orjson.dumps({
         "bytes_used": mail.bytes_used, "messages": mail.state.messages_total, "epoch": mail.epoch,
-        "opened_at": datetime.now(UTC).isoformat(),
+        "updated_at": datetime.now(UTC).isoformat(),
     }), sync_dir=False)

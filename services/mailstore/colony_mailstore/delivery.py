@@ -201,6 +201,10 @@ class Delivery:
         return True
 
     async def _store_local(self, mail: InboundMail, body: bytes, address: str) -> dict[str, tuple[str, str]]:
+        if await self.accounts.directory.account(address) is None:
+            # The edge checked it against the directory; it was deleted since.  Kept in the
+            # dead-letter stream rather than dropped: an operator decides.
+            return {address: (REJECTED, "no such account")}
         lease = self.ownership.holding(address)
         if lease is None:
             return {address: (RETRY, "lease lapsed before the write")}

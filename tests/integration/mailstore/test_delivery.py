@@ -145,3 +145,62 @@ async def _has(world, address, ids) -> bool:
 async def _logged(world, node_id, *needles) -> bool:
     text = world.cluster.nodes[node_id].log()
     return any(n in text for n in needles)
+
+
+async def test_large_body_quota_usage_and_unknown_account(world):
+    import hashlib
+
+    import orjson
+
+    from colony.bus import names
+    from colony.contracts.mail import InboundMail, MailBodyRef, MailRecipient
+
+    await world.domain()
+    big, small = f"big@{DOMAIN}", f"small@{DOMAIN}"
+    await world.account(big)
+    await world.account(small, quota_bytes=1000)
+    world.start("mailstore-1")
+    await world.cluster.wait_state("mailstore-1", "READY", timeout=30)
+    js = world.nc.jetstream()
+
+    # A body beyond the inline limit travels through the object store.
+    body = b"Subject: large\r\n\r\n" + b"y" * 2_000_000 + b"\r\n"
+    store = await js.object_store(names.OBJECT_MAIL_BODIES)
+    await store.put("large-1", body)
+    mail = InboundMail(message_id="large-1", domain=DOMAIN, mail_from="s@remote.test",
+                       recipients=[MailRecipient(mailbox=big, original=big)], size=len(body), edge_node="test",
+                       body_ref=MailBodyRef(bucket=names.OBJECT_MAIL_BODIES, name="large-1", size=len(body),
+                                            sha256=hashlib.sha256(body).hexdigest()))
+    await js.publish(names.mail_subject("local", DOMAIN), mail.encode(), headers={"Nats-Msg-Id": mail.msg_id()})
+    await wait_until(lambda: _has(world, big, ["large-1"]), 60, "the large message")
+    state = world.state(big)
+    msg = next(iter(state.box("INBOX").messages.values()))
+    assert msg.size == len(body)
+
+    # Over quota, or for an account deleted since the edge accepted it: dead-lettered, not lost.
+    await world.publish([small], message_id="fits", size=100)
+    await wait_until(lambda: _has(world, small, ["fits"]), 60, "the message that fits")
+    await world.publish([small], message_id="too-big", size=5000)
+    await world.publish([f"ghost@{DOMAIN}"], message_id="ghost")
+
+    async def dead_lettered():
+        return (await js.stream_info(names.STREAM_DEAD_LETTERS)).state.messages == 2
+    await wait_until(dead_lettered, 30, "over-quota and unknown-account mail in DEAD_LETTERS")
+    assert "too-big" not in world.stored_ids(small)
+
+    # USAGE: messages in and the storage gauge, per account, as the admin API sums them.
+    async def usage():
+        sub = await js.pull_subscribe(names.SUBJECTS_USAGE, durable=None, stream=names.STREAM_USAGE)
+        try:
+            msgs = await sub.fetch(10, timeout=2)
+        except Exception:
+            return None
+        finally:
+            await sub.unsubscribe()
+        events = [orjson.loads(m.data) for m in msgs]
+        return events if len(events) >= 4 else None
+    events = await wait_until(usage, 30, "usage events")
+    by = {(e["account"], e["metric"]): e["amount"] for e in events}
+    assert by[(big, "messages_in")] == 1
+    assert by[(big, "storage_bytes")] == len(body)
+    assert by[(small, "messages_in")] == 1
