@@ -8,6 +8,7 @@
   ``held.log`` every 0.5 s) until the process is killed; otherwise it does its durable effect -
   publish to ``RESULTS`` with ``Nats-Msg-Id: <job id>`` (idempotent: JetStream keeps one) - and
   writes ``done <id> <pid>`` to ``done.log``.
+  With ``WORKER_CRASH=1`` a job kills its process (``os._exit``) before any effect.
 * ``WORKER_MODE=failing-task``: starts an owned task that raises.
 * ``WORKER_MODE=failing-drain``: always has one session, and its hand-over raises.
 """
@@ -27,6 +28,7 @@ from colony.queue import Job, QueueMetrics, QueuePolicy, QueueRunner
 MODE = os.environ.get("WORKER_MODE", "jobs")
 DIR = Path(os.environ.get("WORKER_DIR", "."))
 HOLD = os.environ.get("WORKER_HOLD") == "1"
+CRASH = os.environ.get("WORKER_CRASH") == "1"
 
 
 def note(name: str, line: str) -> None:
@@ -57,6 +59,8 @@ class TestWorkload:
 
             async def handle(job: Job):
                 note("started.log", f"started {job.id} {job.delivered} {os.getpid()}")
+                if CRASH:
+                    os._exit(3)  # a job that takes its worker down, every time
                 if HOLD:
                     while True:
                         note("held.log", f"held {job.id} {os.getpid()}")

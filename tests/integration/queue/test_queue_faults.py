@@ -18,6 +18,7 @@ from cluster_harness import FAST_TIMINGS, Node, wait_until
 from colony.bus import names
 from colony.cluster.control import ask_controller
 from colony.events import decode
+from colony.queue import DeadLetters
 
 pytestmark = pytest.mark.slow
 
@@ -81,6 +82,29 @@ async def test_sigkill_mid_job_redelivers_to_another_runner_which_handles_it_onc
     assert sorted(l.split()[1] for l in lines(cluster, "done.log")) == sorted(f"job-{i}" for i in range(1, 12))
     assert (await js.stream_info("RESULTS")).state.messages == 11, "one durable effect per job"
     assert await wait_until(lambda: _queue_empty(js), 30, "JOBS empty: every job acked")
+
+
+async def test_a_job_that_kills_its_worker_every_time_is_dead_lettered_after_max_deliver(cluster):
+    """Poison of the worst kind: no handler ever reports an outcome, because each delivery
+    kills its process.  After max_deliver deliveries the next runner dead-letters it unseen."""
+    nc = await cluster.client()
+    js = nc.jetstream()
+    env = {"WORKER_CRASH": "1", "COLONY_QUEUE_MAX_DELIVER": "2", "COLONY_QUEUE_ACK_WAIT": "2"}
+    for n in (1, 2):
+        worker = start_worker(cluster, f"crash-{n}", **env)
+        await cluster.wait_state(f"crash-{n}", "READY")
+        if n == 1:
+            await js.publish("test.jobs.crash", b"crashes its worker", headers={"Nats-Msg-Id": "crash-job"})
+        await wait_until(lambda: _count_at_least(cluster, "started.log", n), 60, f"delivery {n} to start")
+        assert await asyncio.to_thread(worker.process.wait, 30) == 3, "the job took its worker down"
+    survivor = start_worker(cluster, "crash-3", **env)
+    dlq = DeadLetters(js)
+    (letter,) = await wait_until(lambda: dlq.list(stream="JOBS"), 60, "the crashing job dead-lettered")
+    assert letter.job_id == "crash-job" and letter.deliveries == 3
+    assert letter.reason.startswith("delivered 3 times without an outcome")
+    assert len(lines(cluster, "started.log")) == 2, "the third delivery never reached the handler"
+    assert survivor.process.poll() is None, "the runner that dead-lettered it lives on"
+    assert await wait_until(lambda: _queue_empty(js), 30, "JOBS empty")
 
 
 async def test_a_task_that_raises_is_logged_and_shows_in_colony_status(cluster):
