@@ -79,8 +79,10 @@ class MailstoreWorkload:
                 await self.accounts.renew()
             if now >= next_members:
                 next_members = now + 1.0
-                with suppress(Exception):
+                try:
                     await self.members.refresh()
+                except Exception as exc:  # placement keeps the last view meanwhile
+                    log.warning("could not read the cluster's mailstores: %s", exc)
             if now >= next_idle:
                 next_idle = now + min(self.settings.account_idle_release / 4, 30.0)
                 await self.accounts.release_idle(self.settings.account_idle_release)

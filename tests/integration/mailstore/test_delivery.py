@@ -131,10 +131,37 @@ async def test_sigkill_mid_burst_every_message_stored_exactly_once(world):
     for u in users:
         counts = world.stored_ids(u)
         assert set(counts.values()) == {1}, f"duplicates in {u}: {[k for k, v in counts.items() if v > 1][:5]}"
+    # The takeovers are events others can watch.
+    events = await _owner_events(world)
+    taken = [e for e in events if e.type == "cluster.account_acquired" and e.previous == "mailstore-1"
+             and e.node_id == "mailstore-2"]
+    killed_owned = {e.address for e in events if e.type == "cluster.account_acquired" and e.node_id == "mailstore-1"}
+    assert killed_owned <= {e.address for e in taken}
+    assert {e.how for e in taken} <= {"taken-over", "expired"}
     # A restarted instance rejoins and the mailboxes replay the same.
     world.start("mailstore-1")
     await world.cluster.wait_state("mailstore-1", "READY", timeout=30)
     assert all(set(world.stored_ids(u)) == expected[u] for u in users)
+
+
+async def _owner_events(world):
+    from colony.bus import names
+    from colony.events import decode
+
+    js = world.nc.jetstream()
+    subject = names.cluster_event_subject(names.OWNER_EVENTS)
+    sub = await js.pull_subscribe(subject, durable=None, stream=names.STREAM_CLUSTER)
+    events = []
+    try:
+        while True:
+            try:
+                msgs = await sub.fetch(500, timeout=1)
+            except Exception:
+                break
+            events += [decode(m.data) for m in msgs]
+    finally:
+        await sub.unsubscribe()
+    return events
 
 
 async def _has(world, address, ids) -> bool:
