@@ -10,9 +10,10 @@ directory projection writes them, spread over domains of ``--per-domain`` accoun
 one class of service and a few aliases.  Then this process (which has held nothing else)
 starts a ``DirectoryCache`` and measures:
 
-- cold start: from ``start()`` to ``loaded`` (every entry applied);
-- memory per account: the process's resident set after loading (and a GC) minus before,
-  divided by the number of accounts;
+- cold start: from ``start()`` to ``loaded`` (every entry in the cache, addresses still as
+  their JSON), and until the background compaction has parsed them all;
+- memory per account: the process's resident set (after a GC) minus before, divided by the
+  number of accounts, when loaded and when compacted;
 - lookups/s: ``cache.address(a)`` (the raw lookup) and ``cache.resolve(a)`` (the full
   recipient resolution an edge does for ``RCPT TO``), random existing addresses, one core;
 - follow latency: from a write to the bucket until the cache shows it (median of 50).
@@ -139,6 +140,11 @@ async def measure(url: str, accounts: int, per_domain: int, lookups: int) -> dic
     cold = time.perf_counter() - t0
     loaded_len = len(cache)
     gc.collect()
+    at_load = rss_bytes()
+    while cache.uncompacted:  # the cold start keeps JSON; the cache parses it in the background
+        await asyncio.sleep(0.05)
+    compacted = time.perf_counter() - t0
+    gc.collect()
     after = rss_bytes()
     if loaded_len != accounts:
         raise SystemExit(f"cache holds {loaded_len:,} addresses, expected {accounts:,}")
@@ -175,7 +181,8 @@ async def measure(url: str, accounts: int, per_domain: int, lookups: int) -> dic
         lags.append(time.perf_counter() - t)
     await cache.stop()
     await nc.close()
-    return {"cold": cold, "per_account": (after - before) / accounts, "rss_mb": after / 2**20,
+    return {"cold": cold, "compacted": compacted, "per_account_loaded": (at_load - before) / accounts,
+            "per_account": (after - before) / accounts, "rss_mb": after / 2**20,
             "raw_rate": raw_rate, "resolve_rate": resolve_rate, "lag_ms": statistics.median(lags) * 1000,
             "lag_max_ms": max(lags) * 1000}
 
@@ -214,8 +221,10 @@ def main() -> None:
     print(f"accounts in the directory : {args.accounts:,} ({args.per_domain} per domain)")
     print(f"cold start                : {r['cold']:.1f} s ({args.accounts / r['cold']:,.0f} entries/s)  "
           f"goal <= 30 s: {goal(r['cold'] <= 30)}")
-    print(f"memory per account        : {r['per_account']:,.0f} bytes (RSS {r['rss_mb']:,.0f} MB)  "
-          f"goal <= 1024: {goal(r['per_account'] <= 1024)}")
+    print(f"compacted (all parsed)    : {r['compacted']:.1f} s after start")
+    worst = max(r["per_account"], r["per_account_loaded"])
+    print(f"memory per account        : {r['per_account_loaded']:,.0f} bytes when loaded, {r['per_account']:,.0f} "
+          f"compacted (RSS {r['rss_mb']:,.0f} MB)  goal <= 1024: {goal(worst <= 1024)}")
     print(f"lookups (address)         : {r['raw_rate']:,.0f}/s  goal >= 200,000: {goal(r['raw_rate'] >= 200_000)}")
     print(f"lookups (full resolve)    : {r['resolve_rate']:,.0f}/s")
     print(f"follow latency            : median {r['lag_ms']:.1f} ms, max {r['lag_max_ms']:.1f} ms")

@@ -44,6 +44,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 
 from colony.bus import names
 from colony.bus.tokens import TokenError, from_token
+from colony.tasks import TaskOwner
 from colony.contracts.directory import AccountInfo, AliasInfo, DomainInfo
 from colony.contracts.recipients import Limits, Resolution, account_limits, resolve
 
@@ -64,12 +65,14 @@ def _name(token: str) -> str:
 class DirectoryIndex:
     """The pure in-memory directory; see the module docstring."""
 
-    __slots__ = ("_domains", "_domain_aliases", "_addresses", "_cos", "_interned", "bad_entries")
+    __slots__ = ("_domains", "_domain_aliases", "_addresses", "_cos", "_interned", "_deferred", "bad_entries")
 
     def __init__(self) -> None:
         self._domains: dict[str, DomainInfo] = {}
         self._domain_aliases: dict[str, str] = {}
-        self._addresses: dict[str, AccountInfo | AliasInfo] = {}
+        # An address's value is its tuple, or (loaded but not yet compacted) its raw JSON.
+        self._addresses: dict[str, AccountInfo | AliasInfo | bytes] = {}
+        self._deferred: list[str] = []  # addresses that may still hold raw JSON
         self._cos: dict[str, dict[str, Any]] = {}
         # value -> the one shared copy (states, class names, service tuples, quotas)
         self._interned: dict[Any, Any] = {}
@@ -83,13 +86,21 @@ class DirectoryIndex:
         return self._domain_aliases.get(name)
 
     def address(self, address: str) -> AccountInfo | AliasInfo | None:
-        return self._addresses.get(address)
+        entry = self._addresses.get(address)
+        if entry.__class__ is bytes:
+            return self._inflate(address, entry)
+        return entry
 
     def cos(self, name: str) -> dict[str, Any] | None:
         return self._cos.get(name)
 
     def __len__(self) -> int:
         return len(self._addresses)
+
+    @property
+    def uncompacted(self) -> int:
+        """Addresses that may still be raw JSON (0 once ``compact()`` has caught up)."""
+        return len(self._deferred)
 
     def counts(self) -> dict[str, int]:
         return {"domains": len(self._domains), "domain_aliases": len(self._domain_aliases),
@@ -99,12 +110,20 @@ class DirectoryIndex:
     def _intern(self, value: Any) -> Any:
         return self._interned.setdefault(value, value)
 
-    def apply(self, key: str, value: bytes | None) -> None:
+    def apply(self, key: str, value: bytes | None, defer: bool = False) -> None:
         """One bucket entry: ``key`` as in the bucket (``address.<token>``), ``value`` its bytes;
-        None, empty or a ``{"deleted": true}`` tombstone removes the key."""
+        None, empty or a ``{"deleted": true}`` tombstone removes the key.
+
+        ``defer``: keep an address's JSON as it came and parse it on first use or in
+        ``compact()`` (a cold start of a million keys spends its time in the NATS client;
+        parsing them later halves it)."""
         kind, _, token = key.partition(".")
         try:
             name = _name(token)
+            if defer and value and kind == names.AGG_ADDRESS and b'"deleted"' not in value:
+                self._addresses[name] = value
+                self._deferred.append(name)
+                return
             raw = orjson.loads(value) if value else None
             if raw is not None and not isinstance(raw, dict):
                 raise ValueError("not a JSON object")
@@ -116,6 +135,31 @@ class DirectoryIndex:
             # One bad value must not stop the edge from following the rest of the directory.
             self.bad_entries += 1
             log.warning("directory cache: ignoring %s: %s", key, exc)
+
+    def _inflate(self, name: str, value: bytes) -> AccountInfo | AliasInfo | None:
+        try:
+            raw = orjson.loads(value)
+            if not isinstance(raw, dict):
+                raise ValueError("not a JSON object")
+            self._put(names.AGG_ADDRESS, name, raw)
+        except (ValueError, TypeError, KeyError) as exc:
+            self.bad_entries += 1
+            log.warning("directory cache: ignoring address %s: %s", name, exc)
+            self._addresses.pop(name, None)
+            return None
+        return self._addresses[name]
+
+    def compact(self, budget: int = 10_000) -> int:
+        """Parse up to ``budget`` deferred addresses into their tuples; returns how many are left."""
+        deferred, addresses = self._deferred, self._addresses
+        for _ in range(min(budget, len(deferred))):
+            name = deferred.pop()
+            value = addresses.get(name)
+            if value.__class__ is bytes:
+                self._inflate(name, value)
+        if not deferred:
+            self._deferred = []  # give the list's memory back
+        return len(deferred)
 
     def _remove(self, kind: str, name: str) -> None:
         if kind == names.AGG_ADDRESS:
@@ -155,14 +199,18 @@ class DirectoryCache(DirectoryIndex):
     """A ``DirectoryIndex`` kept up to date from the bus.  ``start()``, then ``await
     wait_loaded()``; ``resolve(rcpt)`` and the view methods answer from memory."""
 
-    __slots__ = ("js", "limits", "loaded", "_sub", "_stream")
+    __slots__ = ("js", "limits", "loaded", "_sub", "_stream", "_owner", "_own_owner")
 
-    def __init__(self, js: JetStreamContext, limits: Limits = Limits()) -> None:
+    def __init__(self, js: JetStreamContext, limits: Limits = Limits(), owner: TaskOwner | None = None) -> None:
+        """``owner``: where the background compaction runs (``runtime.tasks`` in a service, so
+        a failure reaches ``colony status``); default: an owner of its own that logs."""
         super().__init__()
         self.js, self.limits = js, limits
         self.loaded = asyncio.Event()
         self._sub: Any = None
         self._stream = f"KV_{names.BUCKET_DIRECTORY}"
+        self._own_owner = owner is None
+        self._owner = owner or TaskOwner(log)
 
     async def start(self) -> None:
         info = await self.js.stream_info(self._stream)
@@ -185,6 +233,8 @@ class DirectoryCache(DirectoryIndex):
         await asyncio.wait_for(self.loaded.wait(), timeout)
 
     async def stop(self) -> None:
+        if self._own_owner:
+            await self._owner.close()
         if self._sub is not None:
             try:
                 await self._sub.unsubscribe()
@@ -195,12 +245,19 @@ class DirectoryCache(DirectoryIndex):
     async def _on_msg(self, msg: Msg) -> None:
         headers = msg.headers
         deleted = headers is not None and headers.get(_OPERATION) in ("DEL", "PURGE")
-        self.apply(msg.subject[len(_KV_PREFIX):], None if deleted else msg.data)
-        if not self.loaded.is_set():
+        loading = not self.loaded.is_set()
+        self.apply(msg.subject[len(_KV_PREFIX):], None if deleted else msg.data, defer=loading)
+        if loading:
             reply = msg.reply
             # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>
             if reply and reply.endswith(".0"):
                 self.loaded.set()
+                self._owner.spawn("directory cache compaction", self._compact)
+
+    async def _compact(self) -> None:
+        """Parse what the cold start kept as JSON, a slice at a time between deliveries."""
+        while self.compact(5_000):
+            await asyncio.sleep(0)
 
     def metrics(self) -> Iterable[Metric]:
         """Scrape-time gauges; register with ``runtime.metrics.add_callback(cache.metrics)``."""

@@ -30,3 +30,10 @@ def databases(request, tmp_path):
     factory = admin.DatabaseFactory("sqlite", tmp_path, request)
     yield factory
     factory.drop_all()
+
+
+@pytest.fixture
+def connect_bus():
+    """``await connect_bus(nats_url)``: a connection that may do anything on the suite's bus
+    (the admin suite's ``connect``, which knows how that bus authenticates)."""
+    return admin.connect

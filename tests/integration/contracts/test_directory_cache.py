@@ -8,22 +8,18 @@ import asyncio
 import time
 import uuid
 
-import nats
 import orjson
 from cluster_harness import wait_until
 
 from colony.bus import names
-from colony.bus.schema import ensure_schema
 from colony.contracts.cache import DirectoryCache
 from colony.contracts.recipients import Refusal
-from colony.settings import Settings
 
 FOLLOW_WITHIN = 1.0  # seconds: the promise for a write to reach every edge's cache
 
 
-async def bus(nats_url: str):
-    nc = await nats.connect(nats_url)
-    await ensure_schema(nc.jetstream(), Settings(nats_url=nats_url))
+async def bus(connect_bus, nats_url: str):
+    nc = await connect_bus(nats_url)
     return nc, nc.jetstream(), await nc.jetstream().key_value(names.BUCKET_DIRECTORY)
 
 
@@ -49,8 +45,8 @@ async def followed(cache: DirectoryCache, check, what: str) -> float:
     return took
 
 
-async def test_cold_start_then_follows_every_kind_of_change(nats_url):
-    nc, js, kv = await bus(nats_url)
+async def test_cold_start_then_follows_every_kind_of_change(connect_bus, nats_url):
+    nc, js, kv = await bus(connect_bus, nats_url)
     d = f"cache-{uuid.uuid4().hex[:8]}.example"
     await kv.put(names.directory_key("domain", d), domain_value(d))
     for i in range(300):
@@ -88,8 +84,8 @@ async def test_cold_start_then_follows_every_kind_of_change(nats_url):
         await nc.close()
 
 
-async def test_a_second_cache_starts_with_the_newest_state_only(nats_url):
-    nc, js, kv = await bus(nats_url)
+async def test_a_second_cache_starts_with_the_newest_state_only(connect_bus, nats_url):
+    nc, js, kv = await bus(connect_bus, nats_url)
     d = f"newest-{uuid.uuid4().hex[:8]}.example"
     await kv.put(names.directory_key("domain", d), domain_value(d))
     a = f"amy@{d}"

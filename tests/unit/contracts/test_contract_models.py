@@ -138,3 +138,18 @@ def test_cache_metrics_are_read_at_scrape_time():
     text = metrics.render().decode()
     assert 'colony_directory_cache_entries{kind="addresses"} 1.0' in text
     assert "colony_directory_cache_loaded 0.0" in text
+
+
+def test_deferred_entries_parse_on_first_use_or_in_compaction():
+    ix = DirectoryIndex()
+    for i in range(5):
+        ix.apply(names.directory_key("address", f"u{i}@a.example"),
+                 b'{"kind":"account","state":"active","forwarding":["x@b.example"]}', defer=True)
+    ix.apply(names.directory_key("address", "bad@a.example"), b'{"kind":"account",', defer=True)
+    ix.apply(names.directory_key("address", "u4@a.example"), b'{"deleted":true,"seq":3}', defer=True)
+    assert len(ix) == 5 and ix.address("u4@a.example") is None
+    assert ix.address("u0@a.example").forwarding == ("x@b.example",)  # parsed on first use
+    assert ix.compact(budget=2) > 0
+    assert ix.compact() == 0
+    assert all(type(v) is not bytes for v in ix._addresses.values())
+    assert ix.address("bad@a.example") is None and ix.bad_entries == 1 and len(ix) == 4
