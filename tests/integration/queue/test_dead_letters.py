@@ -256,3 +256,35 @@ async def test_every_role_that_consumes_a_work_queue_may_dead_letter_its_poison(
 
 async def _reject(job):
     return Reject("no such mailbox")
+
+
+async def test_a_draining_runner_finishes_jobs_in_flight_and_fetches_no_more(js, owner):
+    release = asyncio.Event()
+    started: list[bytes] = []
+
+    async def handler(job: Job):
+        started.append(job.data)
+        if job.data == b"first":
+            await release.wait()
+
+    runner = QueueRunner(js, stream=STREAM, durable="workers", filter_subject=SUBJECTS, handler=handler,
+                         policy=QueuePolicy(max_deliver=3, ack_wait=5, backoff=(0.05,), concurrency=1))
+    await runner.start(owner.spawn)
+    await js.publish("test.jobs.1", b"first")
+    await js.publish("test.jobs.2", b"second")
+    await wait_until(lambda: _is(_active(runner), 1), 30, "the first job in flight")
+
+    runner.set_accepting(False)  # a drain
+    release.set()
+    await wait_until(lambda: _is(_handled(runner), 1), 30, "the job in flight finished")
+    assert runner.active_work() == 0 and started == [b"first"]
+    assert await queued(js) == 1, "the second job waits in the queue for another instance"
+
+    runner.set_accepting(True)
+    await wait_until(lambda: _is(_handled(runner), 2), 30, "work resumed after ready")
+    assert started == [b"first", b"second"]
+    await runner.stop()
+
+
+async def _active(runner):
+    return runner.active_work()
