@@ -4,11 +4,14 @@ limits of each recipient's class of service (message size, recipients, quota).""
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any, Protocol
 
 from colony.contracts.recipients import Resolution
 from colony.protocols.smtp import Reply, events as E, replies as R
 from colony_edge.smtp_policy import ACCEPT, AcceptedRecipient, BasePolicy, SmtpSession, Verdict, refuse
+
+log = logging.getLogger("colony.edge.recipients")
 
 DIRECTORY_NOT_READY = Reply(451, "4.3.0", "Directory not loaded yet; try again later", "directory_not_ready")
 REMOTE_ONLY = Reply(451, "4.3.0", "Forwarding to remote domains is not available here yet; try again later",
@@ -54,6 +57,11 @@ class RecipientPolicy(BasePolicy):
                 # The message can never fit: permanent.  Current usage is the mail store's to
                 # check (it knows the mailbox); it answers over-quota with a bounce.
                 return refuse(R.QUOTA_PERMANENT)
+        if resolution.remote:
+            # Outbound delivery has no contract yet: the local mailboxes get the message, the
+            # remote forwarding targets do not.  Said loudly, so it is not a silent loss.
+            log.warning("RCPT %s: forwarding to %d remote address(es) not delivered (no outbound path yet)",
+                        rcpt.address, len(resolution.remote))
         session.max_message_size = max_size
         session.recipients.append(AcceptedRecipient(rcpt, resolution.mailboxes))
         return ACCEPT
