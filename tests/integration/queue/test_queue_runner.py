@@ -1,5 +1,7 @@
-"""Poison jobs end in DEAD_LETTERS after max_deliver (or at once when rejected); replay puts
-them back and they are handled; purge empties the stream."""
+"""The queue runner on a real nats-server, in this process: poison jobs end in DEAD_LETTERS
+after max_deliver (or at once when rejected), replay puts them back and they are handled,
+`colony dlq` for operators, a drain, a hung handler, a failing fetch loop, and every role's
+permissions.  Faults across processes (SIGKILL) are in test_queue_faults.py."""
 
 from __future__ import annotations
 
