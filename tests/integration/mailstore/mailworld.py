@@ -1,4 +1,7 @@
-"""Mailstores on a real nats-server, fed MAIL messages directly (no SMTP edge needed)."""
+"""Mailstores on a real nats-server, fed MAIL messages directly (no SMTP edge needed).
+
+(A module of its own, not conftest.py: tests elsewhere import their folder's ``conftest`` by
+name, and a second one on ``sys.path`` would shadow it.)  Test modules import ``world``."""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ import signal
 import uuid
 
 from cluster_harness import wait_until
-from conftest import DOMAIN, publish_many
+from mailworld import DOMAIN, publish_many, world  # noqa: F401  (world is a fixture)
 
 from colony.storage.layout import StorageLayout, account_paths
 

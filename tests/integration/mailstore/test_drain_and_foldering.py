@@ -7,7 +7,7 @@ import asyncio
 import uuid
 
 from cluster_harness import wait_until
-from conftest import DOMAIN, publish_many
+from mailworld import DOMAIN, publish_many, world  # noqa: F401  (world is a fixture)
 
 from colony.cluster.control import ask_controller
 from colony.storage.layout import StorageLayout, account_paths
