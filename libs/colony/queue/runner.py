@@ -28,7 +28,7 @@ from opentelemetry import trace
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from colony.queue.deadletter import H_JOB_ID, MSG_ID, DeadLetter, DeadLetters
-from colony.queue.outcomes import Action, Outcome, QueuePolicy, Retry, before_handling, decide
+from colony.queue.outcomes import Action, Decision, Outcome, QueuePolicy, Retry, before_handling, decide
 from colony.tasks import describe
 from colony.telemetry import extract_context
 
@@ -72,7 +72,7 @@ class Job:
 
 
 Handler = Callable[[Job], Awaitable[Outcome | None]]
-Spawn = Callable[..., asyncio.Task]
+Spawn = Callable[..., asyncio.Task]  # runtime.spawn / TaskOwner.spawn: (name, body, *, restart, context)
 
 
 class QueueMetrics:
@@ -115,7 +115,7 @@ class QueueRunner:
         self._inflight: set[asyncio.Task] = set()
         self._sub = None
         self._loop_task: asyncio.Task | None = None
-        self.handled = 0
+        self.handled = 0  # jobs acked by this runner (tests and benchmarks read it)
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -269,7 +269,7 @@ class QueueRunner:
             except Exception as exc:  # the bus is away; the ack will tell whether the job is still ours
                 log.warning("%s: progress for job %s not sent: %s", self.name, job.id, describe(exc))
 
-    async def _apply(self, msg: Msg, job: Job, decision) -> None:
+    async def _apply(self, msg: Msg, job: Job, decision: Decision) -> None:
         try:
             if decision.action == Action.ACK:
                 await msg.ack_sync(timeout=max(self.policy.ack_wait / 2, 2.0))
