@@ -33,7 +33,6 @@ from colony.tasks import describe
 from colony.telemetry import extract_context
 
 log = logging.getLogger("colony.queue")
-tracer = trace.get_tracer("colony.queue")
 
 
 @dataclass
@@ -97,7 +96,7 @@ class QueueRunner:
 
     def __init__(self, js: JetStreamContext, *, stream: str, durable: str, filter_subject: str,
                  handler: Handler, policy: QueuePolicy | None = None, metrics: QueueMetrics | None = None,
-                 name: str | None = None, fetch_timeout: float = 1.0) -> None:
+                 name: str | None = None, fetch_timeout: float = 1.0, tracer: trace.Tracer | None = None) -> None:
         self.js = js
         self.stream = stream
         self.durable = durable
@@ -115,6 +114,7 @@ class QueueRunner:
         self._inflight: set[asyncio.Task] = set()
         self._sub = None
         self._loop_task: asyncio.Task | None = None
+        self.tracer = tracer or trace.get_tracer("colony.queue")
         self.handled = 0  # jobs acked by this runner (tests and benchmarks read it)
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -219,7 +219,7 @@ class QueueRunner:
         started = time.monotonic()
         self.metrics.in_flight.labels(self.name).inc()
         try:
-            with tracer.start_as_current_span(f"{self.name} job", context=extract_context(job.headers),
+            with self.tracer.start_as_current_span(f"{self.name} job", context=extract_context(job.headers),
                                               kind=trace.SpanKind.CONSUMER) as span:
                 span.set_attribute("messaging.destination.name", job.subject)
                 span.set_attribute("colony.job.id", job.id)

@@ -290,3 +290,33 @@ async def test_a_draining_runner_finishes_jobs_in_flight_and_fetches_no_more(js,
 
 async def _active(runner):
     return runner.active_work()
+
+
+async def test_each_job_is_a_span_in_the_trace_of_whoever_queued_it(js, owner):
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from colony.telemetry import inject_headers
+
+    exported = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exported))
+    tracer = provider.get_tracer("test")
+
+    async def handler(job: Job):
+        return None
+
+    runner = QueueRunner(js, stream=STREAM, durable="workers", filter_subject=SUBJECTS, handler=handler,
+                         policy=QueuePolicy(max_deliver=3, ack_wait=5, backoff=(0.05,)), tracer=tracer, name="mail")
+    await runner.start(owner.spawn)
+    with tracer.start_as_current_span("smtp DATA") as parent:
+        headers = inject_headers({"Nats-Msg-Id": "traced-1"})
+    assert "traceparent" in headers
+    await js.publish("test.jobs.t", b"x", headers=headers)
+    await wait_until(lambda: _is(_handled(runner), 1), 30, "the traced job handled")
+    (span,) = [s for s in exported.get_finished_spans() if s.name == "mail job"]
+    assert span.context.trace_id == parent.get_span_context().trace_id
+    assert span.parent.span_id == parent.get_span_context().span_id
+    assert span.attributes["colony.job.id"] == "traced-1" and span.attributes["colony.job.action"] == "ack"
+    await runner.stop()
