@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import GaugeMetricFamily
 
 from colony.tasks import describe
 
@@ -159,7 +160,14 @@ class ConnectionWorkload:
     async def start(self, runtime: NodeRuntime) -> dict[str, str]:
         self.runtime = runtime
         self._handler_failures = self._failure_counter(runtime.metrics.registry)
+        runtime.metrics.add_callback(self._session_gauge)
         return await self.open_listeners(runtime)
+
+    def _session_gauge(self):
+        family = GaugeMetricFamily("colony_sessions", "Connection sessions open now, by protocol.", labels=["protocol"])
+        for protocol, n in sorted(self.tracker.by_protocol().items()):
+            family.add_metric([protocol], n)
+        yield family
 
     def set_accepting(self, accepting: bool) -> None:
         self.tracker.accepting = accepting

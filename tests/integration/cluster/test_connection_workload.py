@@ -58,6 +58,7 @@ async def test_sessions_are_tracked_refused_while_draining_and_handed_over(caplo
     r1, w1 = await asyncio.open_connection(host, int(port))
     assert await r1.readline() == b"220 hello\r\n"
     await wait_until(lambda: _is(workload.active_work(), 1), 10, "one session")
+    assert b'colony_sessions{protocol="toy"} 1.0' in metrics.render()
     w1.write(b"hi\r\n")
     assert await r1.readline() == b"echo hi\r\n"
 
