@@ -1,0 +1,115 @@
+"""The mailstore's account manager without a bus: group commit, dedupe, quota, a foldering
+move under the lease, and fencing by a newer owner."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from colony.storage.layout import StorageLayout, account_paths
+from colony.storage.mailbox import AccountMail
+from colony_mailstore.accounts import AccountManager, NotOwner, OverQuota
+from colony_mailstore.metrics import MailstoreMetrics
+
+
+class FakeLease:
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.held = True
+
+
+class FakeOwnership:
+    def __init__(self) -> None:
+        self.leases: dict = {}
+        self.released: list[tuple[str, str]] = []
+
+    async def release(self, address: str, reason: str) -> None:
+        self.leases.pop(address, None)
+        self.released.append((address, reason))
+
+
+class FakeDirectory:
+    def __init__(self) -> None:
+        self.layouts = {"example.com": StorageLayout()}
+        self.quotas: dict[str, int] = {}
+
+    async def layout(self, domain):
+        return self.layouts[domain]
+
+    async def account(self, address):
+        return None
+
+    async def quota(self, address):
+        return self.quotas.get(address)
+
+
+@pytest.fixture
+def manager(tmp_path):
+    metrics = MailstoreMetrics(CollectorRegistry())
+    return AccountManager(tmp_path, FakeOwnership(), FakeDirectory(), metrics), metrics
+
+
+NOW = datetime(2026, 11, 25, tzinfo=UTC)
+
+
+async def test_concurrent_deliveries_share_fsyncs_and_redeliveries_are_recognised(manager):
+    mgr, metrics = manager
+    lease = FakeLease(7)
+    results = await asyncio.gather(*(mgr.deliver("ann@example.com", lease, b"m%d" % i, f"id{i}/ann", NOW)
+                                     for i in range(30)))
+    assert sorted(r.uid for r in results) == list(range(1, 31))
+    commits = metrics.commits._value.get()
+    assert commits < 30, "deliveries waiting on one account share a commit"
+    again = await mgr.deliver("ann@example.com", lease, b"m3", "id3/ann", NOW)
+    assert again.duplicate and again.uid == results[3].uid
+    assert mgr.open["ann@example.com"].mail.body("INBOX", again.uid) == b"m3"
+
+
+async def test_over_quota_is_refused_without_failing_the_batch(manager):
+    mgr, _ = manager
+    mgr.directory.quotas["bo@example.com"] = 10
+    lease = FakeLease(3)
+    ok = await mgr.deliver("bo@example.com", lease, b"12345", "a/bo", NOW)
+    with pytest.raises(OverQuota):
+        await mgr.deliver("bo@example.com", lease, b"1234567890", "b/bo", NOW)
+    assert ok.uid == 1 and mgr.usage("bo@example.com") == (5, 1)
+
+
+async def test_foldering_switch_moves_the_account_under_its_lease(manager, tmp_path):
+    mgr, _ = manager
+    lease = FakeLease(3)
+    await mgr.deliver("cleo@example.com", lease, b"before", "1/cleo", NOW)
+    old = account_paths(tmp_path, "example.com", "cleo", StorageLayout())
+    new_layout = StorageLayout("1-1", 1, 1)
+    mgr.directory.layouts["example.com"] = new_layout
+    await mgr.deliver("cleo@example.com", lease, b"after", "2/cleo", NOW)
+    new = account_paths(tmp_path, "example.com", "cleo", new_layout)
+    assert not old.account_dir.exists() and new.account_dir.is_dir()
+    assert new.info_file.exists() and "fast" in new.info_file.parts
+    await mgr.close("cleo@example.com", "idle")
+    reopened = AccountMail(new.mail_dir, 9)
+    reopened.open()
+    assert [reopened.body("INBOX", m.uid) for m in reopened.messages("INBOX")] == [b"before", b"after"]
+
+
+async def test_a_newer_owner_fences_this_one(manager, tmp_path):
+    mgr, metrics = manager
+    lease = FakeLease(3)
+    await mgr.deliver("dan@example.com", lease, b"one", "1/dan", NOW)
+    paths = account_paths(tmp_path, "example.com", "dan", StorageLayout())
+    AccountMail(paths.mail_dir, 5).open()   # another instance took the account over
+    with pytest.raises(NotOwner):
+        await mgr.deliver("dan@example.com", lease, b"two", "2/dan", NOW)
+    assert "dan@example.com" not in mgr.open and metrics.fenced._value.get() == 1
+
+
+async def test_a_lapsed_lease_writes_nothing(manager):
+    mgr, _ = manager
+    lease = FakeLease(3)
+    await mgr.deliver("eve@example.com", lease, b"one", "1/eve", NOW)
+    lease.held = False
+    with pytest.raises(NotOwner):
+        await mgr.deliver("eve@example.com", lease, b"two", "2/eve", NOW)
