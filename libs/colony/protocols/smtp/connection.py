@@ -21,7 +21,7 @@ The session starts silent: ``greet(now)`` (or ``refuse(reply)``) sends the banne
 octet that arrived before it makes the client an early talker, refused and closed.
 
 Memory stays bounded whatever the client sends: a command line longer than
-``max_command_line`` is answered 500 5.5.2 and skipped to its end without being kept; the
+``max_command_line`` (MAIL/RCPT: 1024 more, for their parameters) is answered 500 5.5.2 and skipped to its end without being kept; the
 message body is never held, it leaves as ``DataChunk`` events per received block, and a
 text line longer than ``max_text_line`` makes the message fail at its end (552 5.5.2) while
 its octets are dropped.  At most one partial line is buffered.
@@ -62,6 +62,8 @@ _DATA = "data"              # inside DATA, until CRLF.CRLF
 _BDAT = "bdat"              # inside a BDAT chunk of known length
 _TLS = "tls"                # 220 to STARTTLS queued; waiting for tls_started()
 _CLOSED = "closed"
+
+_PARAMETER_ALLOWANCE = 1024   # extra octets MAIL/RCPT lines may have for their parameters
 
 # RFC 2920 §3.1: these must end a pipelined group.
 _LAST_IN_GROUP = {"EHLO", "HELO", "DATA", "STARTTLS", "AUTH", "QUIT"}
@@ -288,6 +290,10 @@ class ServerConnection:
 
     def _step_command(self) -> bool:
         limit = self.config.max_command_line
+        if bytes(self._buf[:5]).upper() in (b"MAIL ", b"RCPT "):
+            # RFC 1869 §4.1.2 / RFC 3461 §5: each extension parameter lengthens the line
+            # (ENVID 100, ORCPT 500, ...); a fixed allowance keeps it bounded.
+            limit += _PARAMETER_ALLOWANCE
         newline = self._buf.find(b"\n", 0, limit + (0 if not self._skipping_line else len(self._buf)))
         if self._skipping_line:
             if newline < 0:

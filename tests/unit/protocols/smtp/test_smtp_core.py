@@ -325,3 +325,16 @@ def test_shutdown_while_policy_decides():
     assert isinstance(d.conn.next_event(), E.Helo)
     d.conn.shutdown()
     assert d.conn.send(R.OK) == b"421 4.3.2 Service shutting down; try again later\r\n"
+
+
+def test_mail_and_rcpt_lines_may_carry_long_parameters():
+    d = Driver()
+    d.feed(b"EHLO c.test\r\n")
+    envid = b"e" * 100
+    assert codes(d.feed(b"MAIL FROM:<a@b.test> RET=HDRS ENVID=" + envid + b" SIZE=100 BODY=8BITMIME\r\n")) == ["250 2.1.0"]
+    orcpt = b"rfc822;" + b"o" * 240 + b"@" + b"d" * 200 + b".test"
+    line = b"RCPT TO:<" + b"x" * 60 + b"@y.test> NOTIFY=SUCCESS,FAILURE,DELAY ORCPT=" + orcpt + b"\r\n"
+    assert len(line) > 512
+    assert codes(d.feed(line)) == ["250 2.1.5"]
+    assert codes(d.feed(b"RCPT TO:<x@y.test> ORCPT=rfc822;" + b"z" * 1600 + b"\r\n")) == ["500 5.5.2"]
+    assert codes(d.feed(b"NOOP\r\n")) == ["250 2.0.0"]
