@@ -177,6 +177,13 @@ async def main(args: argparse.Namespace) -> None:
         async with app.router.lifespan_context(app):
             client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bench", timeout=600)
             headers = {"Authorization": f"Bearer {await sysadmin_token(nc)}"}
+            # Measure the import, not a projector still starting: wait until the read model
+            # (whoever writes it) shows the token just made.
+            from colony.bus import names
+
+            last = (await nc.jetstream().stream_info(names.STREAM_PROVISIONING)).state.last_seq
+            if not await app.state.admin.readmodel.wait_for(last, timeout=120):
+                raise SystemExit("the read model did not follow PROVISIONING within 120 s (projector not running?)")
             run = uuid.uuid4().hex[:6]
             console.print(f"[bold]bulk create[/bold]: up to {args.domains:,} domains x {args.accounts_per_domain} "
                           f"accounts, budget {args.time_budget:.0f}s, read model {settings.sqlalchemy_url.split(':')[0]}")
