@@ -56,6 +56,6 @@ async def test_instances_sharing_one_database_migrate_and_project_together(make_
         for i in range(20)))
     assert all(r.status_code == 201 for r in results)
     last = (await a.ctx.js.stream_info("PROVISIONING")).state.last_seq
-    assert await a.ctx.readmodel.wait_for(last) and await b.ctx.readmodel.wait_for(last)
+    assert await a.ctx.readmodel.wait_for(last, timeout=30) and await b.ctx.readmodel.wait_for(last, timeout=30)
     listed = (await b.client.get(f"/v1/domains/{d}/accounts", headers=h)).json()["items"]
     assert sorted(x["name"] for x in listed) == sorted(f"u{i}" for i in range(20))

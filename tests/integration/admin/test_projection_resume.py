@@ -23,7 +23,7 @@ async def test_a_restarted_instance_resumes_from_its_checkpoint(make_stack, data
     for d in (d1, d2):
         assert (await successor.client.get("/v1/domains", params={"prefix": d}, headers=h)).json()["items"]
     last = (await successor.ctx.js.stream_info(names.STREAM_PROVISIONING)).state.last_seq
-    assert await successor.ctx.readmodel.wait_for(last)
+    assert await successor.ctx.readmodel.wait_for(last, timeout=30)
     seq = await successor.ctx.db(checkpoint, READ_MODEL)
     assert seq == last
 
@@ -35,7 +35,7 @@ async def test_an_event_of_an_unknown_version_is_skipped_not_guessed(stack):
                                              future)
     d = unique_domain("later")
     assert (await c.post("/v1/domains", json={"name": d}, headers=h)).status_code == 201  # projection still runs
-    assert await stack.ctx.readmodel.wait_for(ack.seq)
+    assert await stack.ctx.readmodel.wait_for(ack.seq, timeout=30)
     listed = (await c.get("/v1/domains", params={"prefix": "from-the-future"}, headers=h)).json()["items"]
     assert listed == []
     r = await c.get("/v1/domains/from-the-future.example", headers=h)
@@ -66,7 +66,7 @@ async def test_an_event_the_database_refuses_is_skipped_and_the_rest_applied(sta
     await stack.ctx.store.append(subject, [bad.encode()], await stack.ctx.store.version(subject))
     r = await c.post(f"/v1/domains/{d}/accounts", json={"name": "quinn"}, headers=h)
     assert r.status_code == 201
-    assert await stack.ctx.readmodel.wait_for(r.json()["version"])
+    assert await stack.ctx.readmodel.wait_for(r.json()["version"], timeout=30)
     names_listed = [a["name"] for a in (await c.get(f"/v1/domains/{d}/accounts", headers=h)).json()["items"]]
     assert names_listed == ["pat", "quinn"]
     # and a null sent through the API for a field that cannot be empty changes nothing

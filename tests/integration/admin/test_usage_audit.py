@@ -38,7 +38,7 @@ async def test_usage_is_summed_per_domain_and_account_for_a_period(stack):
         dict(domain=d2.upper(), account=None, metric="messages_in", amount=4, at=inside),
     ]:
         last = await _publish(stack, source="mailstore-1", **fields)
-    assert await stack.ctx.usage_projection.wait_for(last)
+    assert await stack.ctx.usage_projection.wait_for(last, timeout=30)
 
     billing = stack.as_(await stack.token(Role.BILLING_READER, name="billing"))
     period = {"from": t0.isoformat(), "to": (t0 + timedelta(days=1)).isoformat()}
