@@ -91,7 +91,7 @@ class Settings(BaseSettings):
     # --- work queues (colony.queue) -----------------------------------------------------
     queue_max_deliver: int = Field(5, ge=1, le=1000, description="Deliveries of a work-queue job before it goes to the DEAD_LETTERS stream (see `colony dlq`).")
     queue_ack_wait: float = Field(30.0, ge=1, description="Seconds a job may go without an ack or progress heartbeat before JetStream redelivers it (a worker that died).")
-    queue_retry_backoff: str = Field("1,5,30,120,600", pattern=r"^\s*\d+(\.\d+)?(\s*,\s*\d+(\.\d+)?)*\s*$", description="Seconds before the 1st, 2nd, ... retry of a failed job, comma separated; the last repeats.")
+    queue_retry_backoff: str = Field("1,5,30,120,600", description="Seconds before the 1st, 2nd, ... retry of a failed job, comma separated; the last repeats.")
     queue_concurrency: int = Field(8, ge=1, le=1024, description="Jobs one queue runner handles at once.")
     queue_job_timeout: float = Field(600.0, gt=0, description="Seconds a job handler may run before it is cancelled and the job retried (a hung handler would otherwise hold its job forever: the runner keeps it alive).")
 
@@ -200,6 +200,17 @@ class Settings(BaseSettings):
                     raise ValueError
             except ValueError:
                 raise ValueError(f"{item!r}: write zone[:weight] with a positive weight, e.g. zen.example:3") from None
+        return value
+
+    @field_validator("queue_retry_backoff")
+    @classmethod
+    def _check_backoff(cls, value: str) -> str:
+        try:
+            delays = [float(x) for x in value.split(",")]
+        except ValueError:
+            delays = []
+        if not delays or any(d < 0 for d in delays):
+            raise ValueError("use seconds separated by commas, e.g. 1,5,30,120,600")
         return value
 
     @field_validator("log_level")
