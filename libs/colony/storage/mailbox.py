@@ -206,22 +206,31 @@ Listener = Callable[[list[j._Record]], None]
 
 def rebuild(journal_dir: Path, segments: dict[int, Path], below: int) -> tuple[MailState, int, int]:
     """The state the highest *sealed* segment under epoch ``below`` says, with that epoch and
-    the valid length read (see the journal's theory of operation)."""
+    the valid length read (see the journal's theory of operation).  Only the records after
+    the newest snapshot are read, so a takeover costs the records since the last snapshot,
+    not the whole tenure."""
     for epoch in sorted((e for e in segments if e < below), reverse=True):
-        records, offsets, valid = j.decode_segment(segments[epoch].read_bytes())
-        if len(records) < 2 or not isinstance(records[1], j.Seal) or records[1].e != epoch:
-            continue  # claimed but never sealed: that owner died taking over and wrote nothing
-        base = offsets[1]  # the base snapshot is the state right after the seal
-        snaps = [(off, p) for e, off, p in j.list_snapshots(journal_dir) if e == epoch and base <= off <= valid]
-        if not snaps:
-            raise j.Fenced(f"base snapshot of epoch {epoch} missing in {journal_dir}")
-        off, path = max(snaps)
+        with open(segments[epoch], "rb") as f:
+            head, head_offsets, _ = j.decode_segment(f.read(_HEAD_BYTES))
+            if len(head) < 2 or not isinstance(head[1], j.Seal) or head[1].e != epoch:
+                continue  # claimed but never sealed: that owner died taking over and wrote nothing
+            base = head_offsets[1]  # the base snapshot is the state right after the seal
+            size = os.fstat(f.fileno()).st_size
+            snaps = [(off, p) for e, off, p in j.list_snapshots(journal_dir) if e == epoch and base <= off <= size]
+            if not snaps:
+                raise j.Fenced(f"base snapshot of epoch {epoch} missing in {journal_dir}")
+            off, path = max(snaps)  # snapshots are written at committed record boundaries
+            f.seek(off)
+            records, _, valid = j.decode_segment(f.read())
         state = MailState.from_json(j.read_snapshot(path)["state"])
-        for record, end in zip(records, offsets):
-            if end > off and not isinstance(record, (j.Claim, j.Seal)):
+        for record in records:
+            if not isinstance(record, (j.Claim, j.Seal)):
                 state.apply(record)
-        return state, epoch, valid
+        return state, epoch, off + valid
     return MailState(), 0, 0
+
+
+_HEAD_BYTES = 4096  # a claim and a seal are well under this
 
 
 def read_state(mail_dir: Path) -> MailState:
