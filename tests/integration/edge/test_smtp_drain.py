@@ -31,7 +31,7 @@ async def test_drain_lets_the_open_session_finish(edge):
             return sock.makefile("rb").readline().startswith(b"421 4.3.2")
     await wait_until(refused, 30, "new connections to be refused with 421")
 
-    code, text = client.data(b"Subject: during drain\r\n\r\nstill delivered\r\n")
+    code, text = client.data(b"From: alice@remote.test\r\nSubject: during drain\r\n\r\nstill delivered\r\n")
     assert code == 250, text
     client.quit()
     await cluster.wait_state("edge-1", "NOT_READY", drained=True, timeout=30)

@@ -222,3 +222,20 @@ async def test_fifty_megabytes_through_the_object_store_with_bounded_edge_memory
     assert hashlib.sha256(stored).hexdigest() == mail.body_ref.sha256
     assert stored.startswith(b"Return-Path: <alice@remote.test>\r\n")
     assert hashlib.sha256(stored[stored.index(b"Subject: big"):]).hexdigest() == digest.hexdigest()
+
+
+async def test_concurrent_sessions_each_message_once(edge):
+    def send_all(n: int) -> int:
+        with edge.smtp() as client:
+            client.ehlo()
+            for i in range(5):
+                assert client.sendmail("alice@remote.test", ["carol@example.com"],
+                                       f"From: alice@remote.test\r\nSubject: {n}-{i}\r\n\r\nbody {n}-{i}\r\n".encode()) == {}
+        return 5
+
+    sent = sum(await asyncio.gather(*(asyncio.to_thread(send_all, n) for n in range(10))))
+    msgs = await wait_until(lambda: _at_least(edge, sent), 60, f"{sent} stream messages")
+    mails = [_decode(m) for m in msgs]
+    assert len(mails) == sent and len({m.message_id for m in mails}) == sent
+    assert sorted(m.body.split(b"body ")[1].strip().decode() for m in mails) == sorted(
+        f"{n}-{i}" for n in range(10) for i in range(5))
