@@ -12,13 +12,14 @@ the sliding-window estimate
 
     estimate = count(w) + count(w - 1) * (1 - elapsed_in_w / window)
 
-An instance counts a hit locally at once and, every ``flush_interval``, adds what it has
-pending to the key with a compare-and-set (create, or update on the last revision it
-read; a conflict re-reads and retries).  No increment is ever lost, so the stored count is
-never below the truth; what an instance learns back from its write is the cluster-wide
-total, and ``hit`` answers that total plus its own pending hits.  The only slack is what
-*other* instances counted within their last flush interval: a limit can be overshot by that
-much, never silently forgotten.
+With ``flush_interval = 0`` (the default) every hit is added to the key at once with a
+compare-and-set (create, or update on the last revision it read; a conflict re-reads and
+retries), and ``hit`` answers the cluster-wide total that write returned: exact across
+instances, at one bus round trip per hit.  With ``flush_interval > 0`` an instance counts
+hits locally and adds them in batches every interval (for counters too busy for a round
+trip each); ``hit`` then answers the last total it learnt plus its own pending hits, so the
+slack is what *other* instances counted within their last interval.  Either way no
+increment is ever lost: the stored count is never below the truth.
 
 **Concurrency** ("sessions open from this IP") is a sum of per-instance shares: each
 instance writes its own share ``conc.<kind>.<token>.<node>`` (single writer: plain puts,
@@ -52,7 +53,7 @@ WINDOW = 60.0
 
 
 class SharedCounters:
-    def __init__(self, js: JetStreamContext, node_id: str, *, flush_interval: float = 0.1,
+    def __init__(self, js: JetStreamContext, node_id: str, *, flush_interval: float = 0.0,
                  share_refresh: float = 30.0, max_keys: int = 200_000,
                  clock: Callable[[], float] = time.time) -> None:
         self.js, self.node_id = js, node_id
@@ -71,6 +72,8 @@ class SharedCounters:
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self._own_tasks: TaskOwner | None = None
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._last_window = 0
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -105,9 +108,12 @@ class SharedCounters:
     async def hit(self, kind: str, subject: str, n: int = 1) -> float:
         """Count ``n`` events now and return the sliding one-minute rate including them."""
         window, elapsed = self._window()
+        if window != self._last_window:
+            self._last_window = window
+            self._forget_old()      # a new minute: windows older than the previous one go
         current = names.rate_counter_key(kind, subject, window)
         previous = names.rate_counter_key(kind, subject, window - 1)
-        fresh_after = time.monotonic() - self.flush_interval
+        fresh_after = time.monotonic() - max(self.flush_interval, 0.001)
         for key in (current, previous):
             if key not in self._rates:
                 self._track(key)
@@ -117,7 +123,16 @@ class SharedCounters:
                 # instance that was quiet for a while does not answer from an old total.
                 await self._read(key)
         self._rates[current][2] += n
-        self._wake.set()
+        if n and self.flush_interval <= 0:
+            # Exact: one compare-and-set in flight per key; a hit that arrives meanwhile rides
+            # along with the next one, and the total answered always includes this hit.
+            lock = self._locks.setdefault(current, asyncio.Lock())
+            async with lock:
+                if self._rates[current][2]:
+                    await self._add(current, self._rates[current][2])
+
+        elif n:
+            self._wake.set()
         return self._total(current) + self._total(previous) * (1.0 - elapsed)
 
     async def rate(self, kind: str, subject: str) -> float:
@@ -185,6 +200,9 @@ class SharedCounters:
                 continue  # never drop an unflushed hit
             if int(key.rsplit(".", 1)[1]) < window - 1:
                 del self._rates[key]
+                lock = self._locks.get(key)
+                if lock is not None and not lock.locked():
+                    del self._locks[key]
         if force and len(self._rates) >= self.max_keys:
             for key in list(self._rates)[: max(1, self.max_keys // 10)]:
                 if not self._rates[key][2]:
@@ -194,7 +212,7 @@ class SharedCounters:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            await asyncio.sleep(self.flush_interval)
+            await asyncio.sleep(max(self.flush_interval, 0.01))
             await self.flush()
             await self._flush_shares()
 

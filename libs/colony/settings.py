@@ -128,16 +128,8 @@ class Settings(BaseSettings):
     mailstore_forward_timeout: float = Field(15.0, gt=0, description="Seconds a mailstore waits for the account's owner to store a forwarded delivery before retrying it later.")
     mailstore_delivery_concurrency: int = Field(16, ge=1, le=1024, description="MAIL messages a mailstore works on at once (deliveries to one account share one fsync).")
 
-    # --- mail store (account ownership, delivery) ---------------------------------------
-    account_lease_ttl: float = Field(10.0, ge=3.0, description="Seconds an account-ownership lease lives without renewal (the account_owners bucket's max age); a killed or paused mailstore's accounts move after this long.")
-    account_renew_interval: float = Field(2.0, gt=0, description="Seconds between a mailstore's renewals of the account leases it holds (well under COLONY_ACCOUNT_LEASE_TTL).")
-    account_lease_safety_margin: float = Field(3.0, gt=0, description="A mailstore stops writing an account this long before its lease could expire (must be below COLONY_ACCOUNT_LEASE_TTL).")
-    account_idle_release: float = Field(300.0, gt=0, description="Seconds without deliveries or sessions after which a mailstore closes an account and releases its lease.")
-    mailstore_forward_timeout: float = Field(15.0, gt=0, description="Seconds a mailstore waits for the account's owner to store a forwarded delivery before retrying it later.")
-    mailstore_delivery_concurrency: int = Field(16, ge=1, le=1024, description="MAIL messages a mailstore works on at once (deliveries to one account share one fsync).")
-
     # --- flow control (shared by every edge / farm member, on the bus) ------------------
-    rate_counter_flush_interval: float = Field(0.1, gt=0, le=5, description="Seconds an instance batches its counter increments before adding them to the shared counters; other instances see them that much later.")
+    rate_counter_flush_interval: float = Field(0.0, ge=0, le=5, description="0: every counted event is added to the shared counters at once (exact across instances, one bus round trip each). More: seconds an instance batches its increments; other instances see them that much later.")
     rate_counter_max_age: float = Field(150.0, ge=130, description="Seconds a shared counter key lives without an update (more than two one-minute windows).")
 
     # --- edge security (the seed's Edge-Gate) ------------------------------------------

@@ -21,12 +21,16 @@ message, and ``rcpt_to`` records the resolved mailboxes in ``session.recipients`
 
 from __future__ import annotations
 
+import logging
+
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 from colony.contracts.recipients import Mailbox
 from colony.protocols.smtp import Reply, events as E
+
+log = logging.getLogger("colony.edge.smtp")
 
 
 @dataclass(frozen=True)
@@ -111,6 +115,9 @@ class SmtpPolicy(Protocol):
     async def data_complete(self, session: SmtpSession, message: IncomingMessage) -> Verdict:
         """The whole message is spooled; last chance to refuse before it is made durable."""
 
+    async def disconnect(self, session: SmtpSession) -> None:
+        """The session ended, however it ended (called once, also after a refused connect)."""
+
 
 class BasePolicy:
     """Accepts everything; subclass and override the hooks you need."""
@@ -129,6 +136,9 @@ class BasePolicy:
 
     async def data_complete(self, session: SmtpSession, message: IncomingMessage) -> Verdict:
         return ACCEPT
+
+    async def disconnect(self, session: SmtpSession) -> None:
+        return None
 
 
 class PolicyChain(BasePolicy):
@@ -151,6 +161,14 @@ class PolicyChain(BasePolicy):
 
     async def data_complete(self, session: SmtpSession, message: IncomingMessage) -> Verdict:
         return await self._first(lambda p: p.data_complete(session, message))
+
+    async def disconnect(self, session: SmtpSession) -> None:
+        # Every policy hears of the end, even if an earlier one fails to (it frees its counts).
+        for policy in self.policies:
+            try:
+                await policy.disconnect(session)
+            except Exception:
+                log.exception("policy %s failed at disconnect", type(policy).__name__)
 
     async def _first(self, call) -> Verdict:
         for policy in self.policies:

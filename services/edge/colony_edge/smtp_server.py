@@ -60,6 +60,7 @@ class SmtpServer:
             finally:
                 session.discard_spool()
                 writer.close()
+                await self.policy.disconnect(session.info)
 
 
 class _Session:

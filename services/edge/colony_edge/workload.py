@@ -10,11 +10,16 @@ import logging
 
 from colony.cluster.sessions import ConnectionWorkload
 from colony.contracts.cache import DirectoryCache
+from colony.counters import SharedCounters
+from colony.dns import make_resolver
 from colony.protocols.smtp import replies as R
 from colony.settings import Settings
 from colony.tlsfiles import configured, server_context
 from colony_edge.acceptance import MailAcceptor, SmtpMetrics
 from colony_edge.recipients import RecipientPolicy
+from colony_edge.security.authentication import use_configured_dns
+from colony_edge.security.gate import EdgeGate
+from colony_edge.security.policy import EdgeSecurityPolicy
 from colony_edge.smtp_policy import PolicyChain, SmtpPolicy
 from colony_edge.smtp_server import SmtpServer, SmtpServerConfig
 
@@ -30,6 +35,7 @@ class EdgeWorkload(ConnectionWorkload):
         self.extra_policies = list(extra_policies or [])  # edge security goes here, before recipients
         self.directory: DirectoryCache | None = None
         self.smtp: SmtpServer | None = None
+        self.counters: SharedCounters | None = None
 
     async def open_listeners(self, runtime) -> dict[str, str]:
         settings = self.settings
@@ -43,7 +49,12 @@ class EdgeWorkload(ConnectionWorkload):
         hostname = settings.smtp_hostname or settings.advertised_host
         metrics = SmtpMetrics(runtime.metrics.registry)
         acceptor = MailAcceptor(js, settings, runtime.node_id, hostname, metrics)
-        policy = PolicyChain([*self.extra_policies, RecipientPolicy(self.directory)])
+        self.counters = SharedCounters(js, runtime.node_id, flush_interval=settings.rate_counter_flush_interval)
+        await self.counters.start(runtime.task_owner)
+        use_configured_dns(settings)
+        gate = EdgeGate(settings, self.counters, make_resolver(settings), runtime.metrics.registry)
+        security = EdgeSecurityPolicy(gate)
+        policy = PolicyChain([security, *self.extra_policies, RecipientPolicy(self.directory)])
         self.smtp = SmtpServer(SmtpServerConfig(
             hostname=hostname, spool_dir=settings.data_dir / "spool" / runtime.node_id,
             max_message_size=settings.smtp_max_message_size, max_recipients=settings.smtp_max_recipients,
@@ -54,5 +65,7 @@ class EdgeWorkload(ConnectionWorkload):
         return {"smtp": address}
 
     async def close_resources(self) -> None:
+        if self.counters is not None:
+            await self.counters.stop()
         if self.directory is not None:
             await self.directory.stop()

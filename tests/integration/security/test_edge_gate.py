@@ -164,3 +164,15 @@ async def test_spf_dkim_dmarc_results_and_policy(dns_server):
     big = await gate.on_data("203.0.113.9", "evil.test", "alice@sender.test", None, header_section, [None])
     assert big.auth.dkim == "none" and "too large" in big.auth.header and big.auth.dmarc == "fail"
     assert gate.metrics.auth_results.labels("dkim", "fail")._value.get() >= 1
+
+
+async def test_dns_that_does_not_answer_gives_temperror_not_a_failure():
+    # A DNS server address where nothing listens: every lookup times out.
+    settings = Settings(dns_servers="127.0.0.1:9", dns_timeout=0.3, edge_authserv_id="mx.colony.test")
+    use_configured_dns(settings)
+    gate = _gate(settings)
+    message = b"From: a@nowhere.test\r\nTo: b@acme.example\r\nSubject: s\r\n\r\nbody\r\n"
+    verdict = await gate.on_data("192.0.2.1", "helo.test", "a@nowhere.test", message, message.split(b"\r\n\r\n")[0], [None])
+    assert verdict.refusal is None
+    assert verdict.auth.header.startswith("Authentication-Results: mx.colony.test;")
+    assert verdict.auth.spf in ("temperror", "none") and verdict.auth.dmarc in ("temperror", "none")

@@ -96,3 +96,21 @@ async def _eq(a, b):
 
 async def _eq_async(awaitable, expected):
     return (await awaitable) == expected
+
+
+async def test_exact_mode_counts_every_hit_across_instances_at_once(js):
+    a = SharedCounters(js, "edge-a")      # flush_interval 0: every hit is a compare-and-set
+    b = SharedCounters(js, "edge-b")
+    await a.start()
+    await b.start()
+    try:
+        answers = await asyncio.gather(*(x.hit("conn", "192.0.2.77") for x in [a, b] * 50))
+        # Each answer is a cluster-wide total that includes that hit; the last one is all of them.
+        assert all(1 <= v <= 100 for v in answers) and max(answers) == 100
+        assert await a.rate("conn", "192.0.2.77") == 100 and await b.rate("conn", "192.0.2.77") == 100
+        # Sequential hits alternating between instances see each other at once.
+        for i in range(101, 111):
+            assert await (a if i % 2 else b).hit("conn", "192.0.2.77") == i
+    finally:
+        await a.stop()
+        await b.stop()

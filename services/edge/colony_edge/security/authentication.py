@@ -52,19 +52,32 @@ def _result_of(results: list[AuthenticationResult], method: str) -> Authenticati
 def authenticate(message: bytes | None, header_section: bytes, authserv_id: str, ip: str, mail_from: str,
                  helo: str) -> AuthOutcome:
     """Blocking: run in a thread (``authenticate_async``).  ``message=None``: too large for
-    DKIM; ``header_section`` (the header fields, up to the empty line) is always given."""
+    DKIM; ``header_section`` (the header fields, up to the empty line) is always given.
+
+    A check that fails to run (DNS timing out, a library choking on a malformed message) is
+    reported as ``temperror`` for that method (RFC 8601 §2.7): it never fails the message."""
     results: list[AuthenticationResult] = []
-    spf_result = authheaders.check_spf(ip, mail_from or f"postmaster@{helo}", helo)
+    try:
+        spf_result = authheaders.check_spf(ip, mail_from or f"postmaster@{helo}", helo)
+    except Exception as exc:
+        spf_result = authheaders.SPFAuthenticationResult(result="temperror", reason=_why(exc),
+                                                         smtp_mailfrom=mail_from, smtp_helo=helo)
     results.append(spf_result)
-    if message is not None:
-        dkim_result = authheaders.check_dkim(message)
-        if dkim_result.result is None:
-            dkim_result = authheaders.DKIMAuthenticationResult(result="none")
-    else:
+    if message is None:
         dkim_result = authheaders.DKIMAuthenticationResult(result="none", result_comment="message too large to verify")
+    else:
+        try:
+            dkim_result = authheaders.check_dkim(message)
+            if dkim_result.result is None:
+                dkim_result = authheaders.DKIMAuthenticationResult(result="none")
+        except Exception as exc:
+            dkim_result = authheaders.DKIMAuthenticationResult(result="temperror", result_comment=_why(exc))
     results.append(dkim_result)
-    dmarc_result = authheaders.check_dmarc(message if message is not None else header_section + b"\r\n",
-                                           spf_result, dkim_result)
+    try:
+        dmarc_result = authheaders.check_dmarc(message if message is not None else header_section + b"\r\n",
+                                               spf_result, dkim_result)
+    except Exception as exc:
+        dmarc_result = authheaders.DMARCAuthenticationResult(result="temperror", result_comment=_why(exc))
     results.append(dmarc_result)
     header = str(AuthenticationResultsHeader(authserv_id=authserv_id, results=results))
     return AuthOutcome(
@@ -75,6 +88,10 @@ def authenticate(message: bytes | None, header_section: bytes, authserv_id: str,
         dmarc_policy=str(dmarc_result.policy).lower() if getattr(dmarc_result, "policy", None) else None,
         from_domain=getattr(dmarc_result, "header_from", None),
     )
+
+
+def _why(exc: Exception) -> str:
+    return f"{type(exc).__name__}".replace('"', "'")[:80]
 
 
 async def authenticate_async(message: bytes | None, header_section: bytes, authserv_id: str, ip: str,
