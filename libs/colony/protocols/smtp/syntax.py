@@ -26,7 +26,10 @@ _DOMAIN = rf"{_LABEL}(?:\.{_LABEL})*"
 _LITERAL = r"\[(?:[0-9.]{7,15}|IPv6:[0-9A-Fa-f:.]{2,45})\]"
 _MAILBOX = re.compile(rf"(?:{_DOT_STRING}|{_QUOTED})@(?:{_DOMAIN}|{_LITERAL})")
 _ROUTE = re.compile(rf"@{_DOMAIN}(?:,@{_DOMAIN})*:")
-_HELO = re.compile(rf"(?:{_DOMAIN}\.?|{_LITERAL})")
+# HELO names in the wild carry underscores (Windows host names): accepted, they are only
+# recorded in Received:, never used to route.
+_HELO_LABEL = r"[A-Za-z0-9_\u0080-\U0010ffff](?:[A-Za-z0-9_\-\u0080-\U0010ffff]{0,61}[A-Za-z0-9_\u0080-\U0010ffff])?"
+_HELO = re.compile(rf"(?:{_HELO_LABEL}(?:\.{_HELO_LABEL})*\.?|{_LITERAL})")
 _KEYWORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9\-]*")
 _XTEXT = re.compile(r"(?:[\x21-\x2a\x2c-\x3c\x3e-\x7e]|\+[0-9A-F]{2})*")
 _NOTIFY = {"SUCCESS", "FAILURE", "DELAY"}

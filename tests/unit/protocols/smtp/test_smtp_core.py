@@ -338,3 +338,12 @@ def test_mail_and_rcpt_lines_may_carry_long_parameters():
     assert codes(d.feed(line)) == ["250 2.1.5"]
     assert codes(d.feed(b"RCPT TO:<x@y.test> ORCPT=rfc822;" + b"z" * 1600 + b"\r\n")) == ["500 5.5.2"]
     assert codes(d.feed(b"NOOP\r\n")) == ["250 2.0.0"]
+
+
+@pytest.mark.parametrize("name,ok", [(b"mx.example.com", True), (b"my_pc", True), (b"[192.0.2.1]", True),
+                                     (b"[IPv6:2001:db8::1]", True), (b"host.", True), (b"bad..name", False),
+                                     (b"-x", False), (b"a b", True)])
+def test_helo_names(name, ok):
+    d = Driver()
+    out = d.feed(b"EHLO " + name + b"\r\n")
+    assert out.startswith(b"250") == ok, out
