@@ -163,16 +163,39 @@ def start_projector(nats_url: str, data_dir: Path, database_url: str) -> subproc
     return subprocess.Popen([sys.executable, "-m", "colony_admin.projector"], env=env, stdin=subprocess.DEVNULL)
 
 
+def fresh_database(url: str):
+    """A PostgreSQL URL gets a schema of its own for this run (the stream is new each run, so
+    an old checkpoint in the database would hide every event); SQLite lives in the temp dir."""
+    if not url.startswith("postgresql"):
+        return url, None
+    from sqlalchemy import create_engine, text
+
+    schema = f"colony_bench_{uuid.uuid4().hex[:10]}"
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+
+    def drop() -> None:
+        with engine.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        engine.dispose()
+
+    sep = "&" if "?" in url else "?"
+    return f"{url}{sep}options=-csearch_path%3D{schema}", drop
+
+
 async def main(args: argparse.Namespace) -> None:
     projector = None
+    drop_schema = None
     tmp = Path(tempfile.mkdtemp(prefix="colony-bench-"))
     srv = EmbeddedNats(store_dir=tmp / "nats", sync_always=False)
     url = srv.start()
     nc = await nats.connect(url)
     try:
-        settings = Settings(nats_url=url, data_dir=tmp, database_url=args.database_url or "")
+        database_url, drop_schema = fresh_database(args.database_url)
+        settings = Settings(nats_url=url, data_dir=tmp, database_url=database_url)
         await ensure_schema(nc.jetstream(), settings)
-        projector = start_projector(url, tmp, args.database_url) if args.projections == "projector" else None
+        projector = start_projector(url, tmp, database_url) if args.projections == "projector" else None
         app = create_app(settings, nc, hasher=password_hasher(fast=True), projections=args.projections)
         async with app.router.lifespan_context(app):
             client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bench", timeout=600)
@@ -218,6 +241,8 @@ async def main(args: argparse.Namespace) -> None:
         if projector is not None:
             projector.terminate()
             projector.wait(30)
+        if drop_schema is not None:
+            drop_schema()
         srv.stop()
 
     table = Table(title=f"Provisioning benchmark ({n_domains:,} domains, {n_accounts:,} accounts)")
