@@ -161,7 +161,8 @@ class EdgeGate:
         """``message``: the whole message if it is at most ``edge_dkim_max_bytes``, else None;
         ``dmarc_choices``: each recipient domain's DMARC setting (None: the cluster default).
         The strictest choice among the recipients' domains applies to the message."""
-        auth = await authenticate_async(message, header_section, self.authserv_id, ip, mail_from, helo)
+        auth = await authenticate_async(message, header_section, self.authserv_id, ip, mail_from, helo,
+                                        self.settings.dns_timeout)
         for method, result in (("spf", auth.spf), ("dkim", auth.dkim), ("dmarc", auth.dmarc)):
             self.metrics.auth_results.labels(method, result).inc()
         if auth.dmarc != "fail" or self.trusted(ip):
