@@ -92,6 +92,18 @@ def fold(events: Iterable[ev.Event]) -> State:
     return state
 
 
+def fold_with_incarnation(stored: Iterable[tuple[int, ev.Event]]) -> tuple[State, int]:
+    """The state, and the stream sequence of its latest creation (0 if it does not exist):
+    what tells a re-created aggregate of the same name from its predecessor."""
+    state: State = None
+    incarnation = 0
+    for seq, event in stored:
+        state, was = apply(state, event), state
+        if was is None and state is not None:
+            incarnation = seq
+    return state, incarnation if state is not None else 0
+
+
 def _existing(state: State) -> dict[str, Any]:
     if state is None:
         # An update after a delete would be a bug in decide(): events are only appended after

@@ -308,6 +308,7 @@ class NameVerification(BaseModel):
     record_type: str = "TXT"
     record_value: str = Field(description="colony-verification=<token>")
     verified: bool = Field(description="Whether DNS shows the record right now")
+    lookup_error: str | None = Field(None, description="Set when DNS did not answer (neither proof nor disproof)")
 
 
 # --- tokens ------------------------------------------------------------------------------------

@@ -97,3 +97,11 @@ def test_the_verification_token_binds_claimant_incarnation_and_name():
               verification.token("acme.example", 12, "other.example")}
     assert tok not in others and len(others) == 3
     assert verification.record_value(tok) == f"colony-verification={tok}"
+
+
+def test_a_recreated_domain_is_a_new_incarnation():
+    created = agg.create_domain(None, DomainCreate(name="acme.example"))[0]
+    deleted = ev.DomainDeleted(domain="acme.example")
+    assert agg.fold_with_incarnation([(3, created)])[1] == 3
+    assert agg.fold_with_incarnation([(3, created), (9, deleted), (12, created)])[1] == 12
+    assert agg.fold_with_incarnation([(3, created), (9, deleted)]) == (None, 0)

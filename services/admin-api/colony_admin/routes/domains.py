@@ -180,20 +180,16 @@ async def list_domain_aliases(domain: str, ctx: Admin, who: Caller, cursor: Curs
 
 async def _verification(ctx: Admin, domain: str, alias: str) -> NameVerification:
     stored = await ctx.store.read(names.provisioning_subject(names.AGG_DOMAIN, domain))
-    incarnation = 0
-    state: aggregates.State = None
-    for s in stored:  # the sequence of the domain's (latest) creation
-        state, was = aggregates.apply(state, ev.decode(s.data)), state
-        if was is None and state is not None:
-            incarnation = s.seq
+    state, incarnation = aggregates.fold_with_incarnation((s.seq, ev.decode(s.data)) for s in stored)
     aggregates.require(state, f"domain {domain}")
     tok = verification.token(domain, incarnation, alias)
+    seen, lookup_error = False, None
     try:
         seen = await verification.published(make_resolver(ctx.settings), alias, tok)
-    except verification.LookupFailed:
-        seen = False
-    return NameVerification(name=alias, domain=domain, record_name=alias,
-                            record_value=verification.record_value(tok), verified=seen)
+    except verification.LookupFailed as exc:
+        lookup_error = str(exc)
+    return NameVerification(name=alias, domain=domain, record_name=alias, record_value=verification.record_value(tok),
+                            verified=seen, lookup_error=lookup_error)
 
 
 @router.get("/{domain}/domain-aliases/{alias}/verification", response_model=NameVerification,
@@ -213,7 +209,8 @@ async def create_domain_alias(domain: str, body: DomainAliasCreate, request: Req
     if who.role != Role.SYSTEM_ADMIN:
         proof = await _verification(ctx, domain, body.name)
         if not proof.verified:
-            raise Forbidden(f"prove that {body.name} is yours first: publish the DNS record {body.name} TXT "
+            raise Forbidden(proof.lookup_error or
+                            f"prove that {body.name} is yours first: publish the DNS record {body.name} TXT "
                             f"\"{proof.record_value}\" (GET …/domain-aliases/{body.name}/verification shows it)")
     dom = await ctx.provisioning.load(names.AGG_DOMAIN, domain)
     loaded = await ctx.provisioning.load(names.AGG_DOMAIN_ALIAS, body.name)
