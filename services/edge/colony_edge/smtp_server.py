@@ -86,8 +86,9 @@ class _Session:
         server.metrics.connections.inc()
         verdict = await self._ask("connect", server.policy.connect(self.info))
         if not verdict.accept:
-            self._refused("connect", verdict.reply)
-            await self._write(conn.refuse(verdict.reply))
+            reply = verdict.reply or R.CONNECTION_REFUSED
+            self._refused("connect", reply)
+            await self._write(conn.refuse(reply))
             return
         if server.config.greeting_delay > 0 and not await self._wait_for_early_talker():
             return
@@ -98,8 +99,7 @@ class _Session:
             if out:
                 self.writer.write(out)
             if event is NEED_DATA:
-                if not await self._read():
-                    continue
+                await self._read()
             elif event is PAUSED:
                 if conn.closed:
                     break
@@ -121,7 +121,7 @@ class _Session:
         self.conn.receive_data(data, self.loop.time())
         return True
 
-    async def _read(self) -> bool:
+    async def _read(self) -> None:
         deadline = self.conn.get_timer()
         timeout = None if deadline is None else max(0.0, deadline - self.loop.time())
         await self._drain()
@@ -129,11 +129,10 @@ class _Session:
             data = await asyncio.wait_for(self.reader.read(READ_SIZE), timeout)
         except asyncio.TimeoutError:
             self.conn.handle_timer(self.loop.time())
-            return False
+            return
         except (ConnectionError, OSError, ssl.SSLError):
             data = b""
         self.conn.receive_data(data, self.loop.time())
-        return True
 
     async def goodbye(self) -> None:
         """Drain timed out: 421 4.3.2 now, then close (the tracker bounds how long this takes)."""
