@@ -46,7 +46,7 @@ async def published(resolver: dns.asyncresolver.Resolver, name: str, tok: str) -
         answer = await resolver.resolve(name, "TXT")
     except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
         return False
-    except (dns.exception.Timeout, dns.resolver.NoNameservers, dns.resolver.LifetimeTimeout) as exc:
+    except dns.exception.DNSException as exc:  # timeout, SERVFAIL from every server, a bad answer
         raise LookupFailed(f"DNS lookup of {name} TXT failed ({type(exc).__name__}); try again") from None
     wanted = record_value(tok).encode()
     # A TXT record may arrive split in several character-strings: they form one value.

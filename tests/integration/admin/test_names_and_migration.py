@@ -239,3 +239,14 @@ async def test_running_the_same_import_again_is_safe(stack):
     acct = (await stack.client.get(f"/v1/domains/{d}/accounts/u0-{tag}", headers=stack.as_(stack.sys_token))).json()
     assert acct["real_name"] == "Renamed"
     assert (await ask(stack, names.AUTH_CHECK, user=f"u1-{tag}@{d}", password=PW))["ok"]
+
+
+async def test_a_dns_failure_is_neither_proof_nor_a_traceback(stack):
+    # Nothing answers on this address: the lookup times out.
+    stack.ctx.settings = stack.ctx.settings.model_copy(update={"dns_servers": "127.0.0.1:1", "dns_timeout": 0.5})
+    c, h = stack.client, stack.as_(stack.sys_token)
+    d = unique_domain("dnsfail")
+    await c.post("/v1/domains", json={"name": d}, headers=h)
+    admin = stack.as_(await stack.token(Role.DOMAIN_ADMIN, d))
+    r = await c.post(f"/v1/domains/{d}/domain-aliases", json={"name": unique_domain("x")}, headers=admin)
+    assert r.status_code == 403 and "try again" in r.json()["detail"]
