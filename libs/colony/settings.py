@@ -127,6 +127,7 @@ class Settings(BaseSettings):
     account_idle_release: float = Field(300.0, gt=0, description="Seconds without deliveries or sessions after which a mailstore closes an account and releases its lease.")
     mailstore_forward_timeout: float = Field(15.0, gt=0, description="Seconds a mailstore waits for the account's owner to store a forwarded delivery before retrying it later.")
     mailstore_delivery_concurrency: int = Field(16, ge=1, le=1024, description="MAIL messages a mailstore works on at once (deliveries to one account share one fsync).")
+    usage_flush_interval: float = Field(1.0, gt=0, le=60, description="Seconds a mailstore sums its USAGE counts (messages in, storage bytes) per account before publishing them; a crash loses at most this much metering, never mail.")
 
     # --- flow control (shared by every edge / farm member, on the bus) ------------------
     rate_counter_flush_interval: float = Field(0.0, ge=0, le=5, description="0: every counted event is added to the shared counters at once (exact across instances, one bus round trip each). More: seconds an instance batches its increments; other instances see them that much later.")

@@ -45,12 +45,13 @@ from pydantic import BaseModel, Field
 from colony.bus import names
 from colony.cluster.ownership import AccountOwnership, MailstoreMembers, place
 from colony.contracts.mail import InboundMail
-from colony.events import UnknownEvent, UsageRecorded, decode
+from colony.events import UnknownEvent, decode
 from colony.queue import Job, Reject, Retry
 from colony.settings import Settings
 from colony.telemetry import extract_context, inject_headers
 from colony_mailstore.accounts import AccountManager, NotOwner, OverQuota
 from colony_mailstore.metrics import MailstoreMetrics
+from colony_mailstore.usage import UsageMeter
 
 log = logging.getLogger("colony.mailstore.delivery")
 tracer = trace.get_tracer("colony.mailstore")
@@ -78,7 +79,8 @@ class ForwardReply(BaseModel):
 
 class Delivery:
     def __init__(self, nc: Client, node_id: str, settings: Settings, accounts: AccountManager,
-                 ownership: AccountOwnership, members: MailstoreMembers, metrics: MailstoreMetrics) -> None:
+                 ownership: AccountOwnership, members: MailstoreMembers, metrics: MailstoreMetrics,
+                 usage: UsageMeter) -> None:
         self.nc = nc
         self.js = nc.jetstream()
         self.node_id = node_id
@@ -87,6 +89,7 @@ class Delivery:
         self.ownership = ownership
         self.members = members
         self.metrics = metrics
+        self.usage = usage
         self.accepting = True
         self.forwards_in_flight = 0
 
@@ -222,21 +225,9 @@ class Delivery:
             self.metrics.duplicates.inc()
         else:
             self.metrics.stored.inc()
-            await self._usage(address, len(body))
+            usage = self.accounts.usage(address)
+            self.usage.stored(address, usage[0] if usage else None)
         return {address: (STORED, "")}
-
-    async def _usage(self, address: str, size: int) -> None:
-        _, _, domain = address.rpartition("@")
-        usage = self.accounts.usage(address)
-        events = [UsageRecorded(domain=domain, account=address, metric="messages_in", amount=1, source=self.node_id)]
-        if usage is not None:
-            events.append(UsageRecorded(domain=domain, account=address, metric="storage_bytes",
-                                        amount=usage[0], source=self.node_id))
-        for event in events:
-            try:
-                await self.js.publish(names.usage_subject(domain), event.encode())
-            except Exception as exc:  # metering must not fail a delivery that is already on disk
-                log.warning("usage for %s not recorded: %s", address, exc)
 
     # --- forwarding ------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from colony_mailstore.accounts import AccountManager
 from colony_mailstore.delivery import Delivery
 from colony_mailstore.directory import Directory
 from colony_mailstore.metrics import MailstoreMetrics
+from colony_mailstore.usage import UsageMeter
 
 log = logging.getLogger("colony.mailstore")
 
@@ -50,7 +51,9 @@ class MailstoreWorkload:
         directory = Directory(await js.key_value(names.BUCKET_DIRECTORY))
         self.members = MailstoreMembers(nc)
         self.accounts = AccountManager(settings.shared_storage, ownership, directory, metrics)
-        self.delivery = Delivery(nc, runtime.node_id, settings, self.accounts, ownership, self.members, metrics)
+        self.usage = UsageMeter(js.publish, runtime.node_id)
+        self.delivery = Delivery(nc, runtime.node_id, settings, self.accounts, ownership, self.members, metrics,
+                                 self.usage)
         await self.members.refresh()
         self._sub = await nc.subscribe(names.mailstore_deliver_subject(runtime.node_id), cb=self._on_forward)
         runtime.spawn("mailstore upkeep", self._upkeep, restart=True)
@@ -71,7 +74,7 @@ class MailstoreWorkload:
 
     async def _upkeep(self) -> None:
         loop = asyncio.get_running_loop()
-        next_renew = next_members = next_idle = loop.time()
+        next_renew = next_members = next_idle = next_usage = loop.time()
         while True:
             now = loop.time()
             if now >= next_renew:
@@ -83,6 +86,9 @@ class MailstoreWorkload:
                     await self.members.refresh()
                 except Exception as exc:  # placement keeps the last view meanwhile
                     log.warning("could not read the cluster's mailstores: %s", exc)
+            if now >= next_usage:
+                next_usage = now + self.settings.usage_flush_interval
+                await self.usage.flush()
             if now >= next_idle:
                 next_idle = now + min(self.settings.account_idle_release / 4, 30.0)
                 await self.accounts.release_idle(self.settings.account_idle_release)
@@ -116,3 +122,4 @@ class MailstoreWorkload:
             await asyncio.wait(set(self._forward_tasks), timeout=5.0)
         if self.accounts is not None:
             await self.accounts.release_all("stopping")
+            await self.usage.flush()
