@@ -132,12 +132,27 @@ class Cursor:
     def sp(self) -> None:
         self.expect(b" ", "a space")
 
-    def _match(self, pattern: re.Pattern, what: str) -> bytes:
-        match = pattern.match(self._line, self._pos)
-        if not match:
+    def match(self, pattern: re.Pattern, what: str) -> bytes:
+        """Read what ``pattern`` matches here (raises ``ParseError`` naming ``what``)."""
+        found = pattern.match(self._line, self._pos)
+        if not found:
             raise ParseError(f"expected {what}")
-        self._pos = match.end()
-        return match.group(0)
+        self._pos = found.end()
+        return found.group(0)
+
+    _match = match
+
+    def save(self) -> tuple[int, int]:
+        return self._i, self._pos
+
+    def restore(self, state: tuple[int, int]) -> None:
+        self._i, self._pos = state
+
+    def take_rest(self) -> bytes:
+        """The rest of the current line (e.g. a SASL initial response)."""
+        rest = self._line[self._pos:]
+        self._pos = len(self._line)
+        return rest
 
     # --- elements -------------------------------------------------------------------------
 
