@@ -15,9 +15,11 @@ async def _readyz(view) -> int:
         return (await client.get(f"http://{view.addresses['ops']}/readyz")).status_code
 
 
-@pytest.mark.parametrize("role", ["edge", "mailstore", "sipfarm", "admin-api"])
+@pytest.mark.parametrize("role", ["edge", "mailstore", "sipfarm", "admin-api", "projector"])
 async def test_drain_then_ready(cluster, role):
     cluster.start("controller", "controller-1")
+    if role == "admin-api":  # it serves what a projector writes, and starts once one reports
+        cluster.start("projector", "projector-1")
     cluster.start(role, f"{role}-1")
     await cluster.wait_controller()
     node = await cluster.wait_state(f"{role}-1", "READY")
