@@ -1,0 +1,422 @@
+"""SEARCH, SORT and THREAD evaluation (RFC 9051 §6.4.4, RFC 5256), pure.
+
+The session hands over the mailbox's messages as ``MessageView`` objects (sequence number,
+UID, flags, size, dates, MODSEQ and on-demand access to header fields and body text) and a
+parsed search key (``commands.SearchKey``); out come the matching messages, sorted lists
+or thread trees.  Nothing here reads storage or the clock: "now" (for OLDER/YOUNGER) is an
+argument.
+
+String matching is what RFC 9051 §6.4.4 asks: case-insensitive substring on the decoded
+text -- header fields with their RFC 2047 encoded-words decoded, bodies with their
+Content-Transfer-Encoding undone.  Charsets: UTF-8 and US-ASCII (``BADCHARSET`` for others,
+which the session answers with ``NO [BADCHARSET (UTF-8 US-ASCII)]``).
+
+SORT and THREAD use the RFC 5256 base subject (re:/fwd: and [blob] prefixes and (fwd)
+trailers removed) and the sent date (Date: header, else the internal date).
+"""
+
+from __future__ import annotations
+
+import email.header
+import email.utils
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone
+from typing import Protocol
+
+from colony.protocols.imap.syntax import SequenceSet
+
+CHARSETS = ("UTF-8", "US-ASCII")
+
+
+class BadCharset(ValueError):
+    pass
+
+
+class MessageView(Protocol):
+    seq: int
+    uid: int
+    flags: frozenset[str]
+    size: int
+    internal_date: datetime
+    modseq: int
+
+    def header(self, name: str) -> str | None:
+        """The raw value of the first header field ``name`` (None if absent)."""
+
+    def headers_text(self) -> str:
+        """The whole header section, decoded for searching."""
+
+    def body_text(self) -> str:
+        """The body with transfer encodings undone, for BODY/TEXT searches."""
+
+
+def decode_header_value(value: str | None) -> str:
+    """RFC 2047 encoded-words decoded; anything undecodable kept as it is."""
+    if not value:
+        return ""
+    try:
+        parts = email.header.decode_header(value)
+    except Exception:
+        return value
+    out = []
+    for data, charset in parts:
+        if isinstance(data, bytes):
+            try:
+                out.append(data.decode(charset or "utf-8", "replace"))
+            except LookupError:
+                out.append(data.decode("utf-8", "replace"))
+        else:
+            out.append(data)
+    return "".join(out)
+
+
+def _fold(text: str) -> str:
+    return text.casefold()
+
+
+@dataclass
+class SearchContext:
+    highest_seq: int
+    highest_uid: int
+    now: datetime
+    saved: SequenceSet | None = None          # SEARCHRES "$" (as UIDs)
+    saved_uids: frozenset[int] = frozenset()
+
+
+def check_charset(charset: str | None) -> None:
+    if charset is not None and charset.upper() not in CHARSETS:
+        raise BadCharset(charset)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+def _sent_date(m: MessageView) -> date:
+    raw = m.header("Date")
+    if raw:
+        try:
+            parsed = email.utils.parsedate_to_datetime(raw)
+            if parsed is not None:
+                return parsed.date()
+        except (TypeError, ValueError, IndexError):
+            pass
+    return m.internal_date.date()
+
+
+def _internal_day(m: MessageView) -> date:
+    # RFC 9051: the internal date's *date*, disregarding time and timezone.
+    return m.internal_date.date()
+
+
+def matches(key: tuple, m: MessageView, ctx: SearchContext) -> bool:
+    kind = key[0]
+    if kind == "AND":
+        return all(matches(k, m, ctx) for k in key[1])
+    if kind == "OR":
+        return matches(key[1], m, ctx) or matches(key[2], m, ctx)
+    if kind == "NOT":
+        return not matches(key[1], m, ctx)
+    if kind == "ALL":
+        return True
+    flag_keys = {"ANSWERED": "\\Answered", "DELETED": "\\Deleted", "DRAFT": "\\Draft", "FLAGGED": "\\Flagged",
+                 "SEEN": "\\Seen", "RECENT": "\\Recent"}
+    if kind in flag_keys:
+        return flag_keys[kind] in m.flags
+    if kind.startswith("UN") and kind[2:] in flag_keys:
+        return flag_keys[kind[2:]] not in m.flags
+    if kind == "NEW":
+        return "\\Recent" in m.flags and "\\Seen" not in m.flags
+    if kind == "OLD":
+        return "\\Recent" not in m.flags
+    if kind == "KEYWORD":
+        return any(f.casefold() == key[1].casefold() for f in m.flags)
+    if kind == "UNKEYWORD":
+        return not any(f.casefold() == key[1].casefold() for f in m.flags)
+    if kind == "SEQ":
+        s: SequenceSet = key[1]
+        if s.saved:
+            return m.uid in ctx.saved_uids
+        return s.contains(m.seq, ctx.highest_seq)
+    if kind == "UID":
+        s = key[1]
+        if s.saved:
+            return m.uid in ctx.saved_uids
+        return s.contains(m.uid, ctx.highest_uid)
+    if kind == "LARGER":
+        return m.size > key[1]
+    if kind == "SMALLER":
+        return m.size < key[1]
+    if kind in ("BEFORE", "ON", "SINCE"):
+        return _compare_day(kind, _internal_day(m), key[1].date())
+    if kind in ("SENTBEFORE", "SENTON", "SENTSINCE"):
+        return _compare_day(kind[4:], _sent_date(m), key[1].date())
+    if kind == "OLDER":
+        return m.internal_date <= ctx.now - timedelta(seconds=key[1])
+    if kind == "YOUNGER":
+        return m.internal_date >= ctx.now - timedelta(seconds=key[1])
+    if kind == "MODSEQ":
+        return m.modseq >= key[1]
+    if kind in ("FROM", "TO", "CC", "BCC", "SUBJECT"):
+        value = m.header(kind.capitalize() if kind != "BCC" else "Bcc")
+        return _fold(_text(key[1])) in _fold(decode_header_value(value))
+    if kind == "HEADER":
+        name, needle = key[1], _text(key[2])
+        value = m.header(name)
+        if value is None:
+            return False
+        return not needle or _fold(needle) in _fold(decode_header_value(value))
+    if kind == "BODY":
+        return _fold(_text(key[1])) in _fold(m.body_text())
+    if kind == "TEXT":
+        needle = _fold(_text(key[1]))
+        return needle in _fold(m.headers_text()) or needle in _fold(m.body_text())
+    raise ValueError(f"unknown search key {kind}")
+
+
+def _compare_day(kind: str, day: date, against: date) -> bool:
+    if kind == "BEFORE":
+        return day < against
+    if kind == "ON":
+        return day == against
+    return day >= against   # SINCE
+
+
+def search(messages: Iterable[MessageView], key: tuple, ctx: SearchContext) -> list[MessageView]:
+    return [m for m in messages if matches(key, m, ctx)]
+
+
+# --- base subject (RFC 5256 §2.1) ----------------------------------------------------------------
+
+_BLOB = r"\[[^\[\]]*\]"
+_SUBJ_LEADER = re.compile(rf"^(?:(?:{_BLOB}\s*)*(?:re|fwd?)\s*(?:{_BLOB}\s*)?:\s*)", re.IGNORECASE)
+_BLOB_LEADER = re.compile(rf"^{_BLOB}\s*")
+_TRAILER = re.compile(r"\s*\(fwd\)\s*$", re.IGNORECASE)
+
+
+def base_subject(raw: str | None) -> str:
+    s = decode_header_value(raw or "")
+    s = re.sub(r"\s+", " ", s).strip()
+    while True:
+        before = s
+        while True:                            # (2) trailers
+            trimmed = _TRAILER.sub("", s)
+            if trimmed == s:
+                break
+            s = trimmed.strip()
+        while True:                            # (3)-(5) leaders and blobs
+            before_leader = s
+            s = _SUBJ_LEADER.sub("", s, count=1)
+            blob = _BLOB_LEADER.match(s)
+            if blob and s[blob.end():].strip():
+                s = s[blob.end():]
+            if s == before_leader:
+                break
+        if s.lower().startswith("[fwd:") and s.endswith("]"):   # (6)
+            s = s[5:-1].strip()
+            continue
+        if s == before:
+            break
+    return s.casefold()
+
+
+# --- SORT (RFC 5256 §3) ------------------------------------------------------------------------
+
+def _first_address(value: str | None, display: bool) -> str:
+    if not value:
+        return ""
+    addresses = email.utils.getaddresses([value])
+    if not addresses:
+        return ""
+    name, address = addresses[0]
+    if display and name:
+        return decode_header_value(name).casefold()
+    return address.split("@")[0].casefold() if address else ""
+
+
+def sort_key(m: MessageView, key: str):
+    if key == "ARRIVAL":
+        return m.internal_date
+    if key == "DATE":
+        raw = m.header("Date")
+        try:
+            parsed = email.utils.parsedate_to_datetime(raw) if raw else None
+        except (TypeError, ValueError, IndexError):
+            parsed = None
+        if parsed is not None and parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=timezone.utc)
+        return parsed or m.internal_date
+    if key == "SIZE":
+        return m.size
+    if key == "SUBJECT":
+        return base_subject(m.header("Subject"))
+    if key in ("FROM", "TO", "CC"):
+        return _first_address(m.header(key.capitalize()), False)
+    if key in ("DISPLAYFROM", "DISPLAYTO"):
+        return _first_address(m.header(key[7:].capitalize()), True)
+    raise ValueError(key)
+
+
+def sort(messages: list[MessageView], criteria: tuple[tuple[bool, str], ...]) -> list[MessageView]:
+    """Stable multi-key sort; ties broken by sequence number (RFC 5256 §3)."""
+    ordered = sorted(messages, key=lambda m: m.seq)
+    for reverse, key in reversed(criteria):
+        ordered.sort(key=lambda m, k=key: sort_key(m, k), reverse=reverse)
+    return ordered
+
+
+# --- THREAD (RFC 5256 §4) -----------------------------------------------------------------------
+
+@dataclass
+class ThreadNode:
+    message: MessageView | None = None
+    children: list[ThreadNode] = field(default_factory=list)
+
+
+def thread_orderedsubject(messages: list[MessageView]) -> list[ThreadNode]:
+    by_subject: dict[str, list[MessageView]] = {}
+    for m in sorted(messages, key=lambda m: (sort_key(m, "SUBJECT"), sort_key(m, "DATE"), m.seq)):
+        by_subject.setdefault(sort_key(m, "SUBJECT"), []).append(m)
+    threads = []
+    for group in by_subject.values():
+        root = ThreadNode(group[0], [ThreadNode(m) for m in group[1:]])
+        threads.append(root)
+    threads.sort(key=lambda t: (sort_key(t.message, "DATE"), t.message.seq))
+    return threads
+
+
+_MSGID = re.compile(r"<[^<>\s]+>")
+
+
+def _ids(value: str | None) -> list[str]:
+    return _MSGID.findall(value or "")
+
+
+def thread_references(messages: list[MessageView]) -> list[ThreadNode]:
+    """The REFERENCES algorithm: link by Message-ID / References / In-Reply-To, prune dummies,
+    group the roots by base subject, order by sent date."""
+    containers: dict[str, ThreadNode] = {}
+    parent: dict[int, ThreadNode | None] = {}
+
+    def container(msgid: str) -> ThreadNode:
+        node = containers.get(msgid)
+        if node is None:
+            node = containers[msgid] = ThreadNode()
+            parent[id(node)] = None
+        return node
+
+    def is_ancestor(a: ThreadNode, b: ThreadNode) -> bool:
+        node: ThreadNode | None = b
+        seen = 0
+        while node is not None and seen < 10_000:
+            if node is a:
+                return True
+            node = parent.get(id(node))
+            seen += 1
+        return False
+
+    def link(child: ThreadNode, new_parent: ThreadNode) -> None:
+        old = parent.get(id(child))
+        if old is new_parent or child is new_parent or is_ancestor(child, new_parent):
+            return
+        if old is not None:
+            old.children.remove(child)
+        new_parent.children.append(child)
+        parent[id(child)] = new_parent
+
+    for m in sorted(messages, key=lambda m: m.seq):
+        own = _ids(m.header("Message-ID"))
+        msgid = own[0] if own else f"<colony-{m.uid}@nomessageid>"
+        node = container(msgid)
+        if node.message is not None:                  # a duplicate Message-ID: a fresh container
+            node = ThreadNode(m)
+            parent[id(node)] = None
+            containers[f"<dup-{m.uid}>"] = node
+        else:
+            node.message = m
+        refs = _ids(m.header("References")) or _ids(m.header("In-Reply-To"))[:1]
+        previous: ThreadNode | None = None
+        for ref in refs:
+            ref_node = container(ref)
+            if previous is not None and parent.get(id(ref_node)) is None:
+                link(ref_node, previous)
+            previous = ref_node
+        if previous is not None:
+            link(node, previous)
+        elif parent.get(id(node)) is not None:
+            old = parent[id(node)]
+            old.children.remove(node)
+            parent[id(node)] = None
+
+    roots = [n for n in containers.values() if parent.get(id(n)) is None]
+
+    def prune(nodes: list[ThreadNode], is_root: bool) -> list[ThreadNode]:
+        out: list[ThreadNode] = []
+        for n in nodes:
+            n.children = prune(n.children, False)
+            if n.message is None:
+                if not n.children:
+                    continue
+                if not is_root or len(n.children) == 1:
+                    out.extend(n.children)     # promote the children of a dummy
+                    continue
+            out.append(n)
+        return out
+
+    roots = prune(roots, True)
+
+    def first_date(n: ThreadNode):
+        if n.message is not None:
+            return (sort_key(n.message, "DATE"), n.message.seq)
+        return min((first_date(c) for c in n.children), default=(datetime.max.replace(tzinfo=timezone.utc), 0))
+
+    def order(nodes: list[ThreadNode]) -> None:
+        nodes.sort(key=first_date)
+        for n in nodes:
+            order(n.children)
+
+    # Group roots by base subject (RFC 5256 §4 step 5).
+    by_subject: dict[str, ThreadNode] = {}
+    grouped: list[ThreadNode] = []
+    for root in sorted(roots, key=first_date):
+        msg = root.message or (root.children[0].message if root.children else None)
+        subject = base_subject(msg.header("Subject")) if msg is not None else ""
+        if not subject:
+            grouped.append(root)
+            continue
+        existing = by_subject.get(subject)
+        if existing is None:
+            by_subject[subject] = root
+            grouped.append(root)
+            continue
+        reply = msg is not None and bool(re.match(r"\s*(re|fwd?)\s*:", decode_header_value(msg.header("Subject") or ""), re.I))
+        if existing.message is None:
+            existing.children.append(root)
+        elif reply:
+            existing.children.append(root)
+        else:
+            holder = ThreadNode(None, [existing, root])
+            grouped[grouped.index(existing)] = holder
+            by_subject[subject] = holder
+    order(grouped)
+    return grouped
+
+
+def format_threads(threads: list[ThreadNode], number: Callable[[MessageView], int]) -> str:
+    """The THREAD response body: ``(2)(3 6 (4 23)(44 7 96))`` (RFC 5256 §4)."""
+    def node_text(n: ThreadNode) -> str:
+        parts = []
+        current = n
+        while True:
+            if current.message is not None:
+                parts.append(str(number(current.message)))
+            if len(current.children) == 1:
+                current = current.children[0]
+                continue
+            if current.children:
+                parts.append("".join(f"({node_text(c)})" for c in current.children))
+            break
+        return " ".join(parts)
+    return "".join(f"({node_text(t)})" for t in threads)

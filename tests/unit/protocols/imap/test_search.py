@@ -1,0 +1,131 @@
+"""SEARCH keys, SORT and THREAD (RFC 9051 §6.4.4, RFC 5256) over in-memory messages."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from colony.protocols.imap import commands as C
+from colony.protocols.imap.reader import CommandReader
+from colony.protocols.imap.search import (
+    BadCharset, SearchContext, base_subject, check_charset, format_threads, search, sort, thread_orderedsubject,
+    thread_references,
+)
+
+T0 = datetime(2024, 3, 1, 12, 0, tzinfo=timezone.utc)
+
+
+@dataclass
+class Msg:
+    seq: int
+    uid: int
+    headers: dict
+    body: str = ""
+    flags: frozenset = frozenset()
+    size: int = 100
+    internal_date: datetime = T0
+    modseq: int = 1
+
+    def header(self, name: str):
+        for k, v in self.headers.items():
+            if k.lower() == name.lower():
+                return v
+        return None
+
+    def headers_text(self) -> str:
+        return "\n".join(f"{k}: {v}" for k, v in self.headers.items())
+
+    def body_text(self) -> str:
+        return self.body
+
+
+def criteria(text: str):
+    reader = CommandReader()
+    reader.receive_data(f"t SEARCH {text}\r\n".encode())
+    return C.parse_command(reader.next_event()).criteria
+
+
+MSGS = [
+    Msg(1, 10, {"From": "Alice <alice@example.com>", "Subject": "Invoice March", "Date": "Fri, 1 Mar 2024 09:00:00 +0000"},
+        "please pay", frozenset({"\\Seen"}), 500, T0, 5),
+    Msg(2, 11, {"From": "=?utf-8?q?J=C3=B6rg?= <j@example.de>", "Subject": "=?utf-8?q?Gr=C3=BC=C3=9Fe?=",
+                "To": "bob@example.com", "X-Spam": "yes"}, "Hallo Welt", frozenset({"\\Flagged", "$Label1"}), 2000,
+        T0 + timedelta(days=1), 9),
+    Msg(3, 15, {"From": "carol@example.org", "Subject": "Re: Invoice March", "Cc": "alice@example.com"}, "paid",
+        frozenset({"\\Deleted", "\\Seen"}), 50, T0 + timedelta(days=2), 12),
+]
+
+
+def uids(text: str, **ctx) -> list[int]:
+    context = SearchContext(highest_seq=3, highest_uid=15, now=T0 + timedelta(days=3), **ctx)
+    return [m.uid for m in search(MSGS, criteria(text), context)]
+
+
+def test_flags_sizes_sets_and_logic():
+    assert uids("ALL") == [10, 11, 15]
+    assert uids("SEEN") == [10, 15] and uids("UNSEEN") == [11]
+    assert uids("FLAGGED") == [11] and uids("KEYWORD $label1") == [11] and uids("UNKEYWORD $Label1") == [10, 15]
+    assert uids("LARGER 100") == [10, 11] and uids("SMALLER 100") == [15]
+    assert uids("2:*") == [11, 15] and uids("UID 11:*") == [11, 15] and uids("UID 12:14") == []
+    assert uids("OR FLAGGED DELETED") == [11, 15] and uids("NOT SEEN") == [11]
+    assert uids("(SEEN LARGER 100)") == [10] and uids("SEEN LARGER 100") == [10]
+    assert uids("MODSEQ 9") == [11, 15]
+
+
+def test_dates():
+    assert uids("SINCE 2-Mar-2024") == [11, 15] and uids("BEFORE 2-Mar-2024") == [10] and uids("ON 3-Mar-2024") == [15]
+    assert uids("SENTON 1-Mar-2024") == [10] and uids("SENTSINCE 2-Mar-2024") == [11, 15]  # no Date: internal date
+    assert uids("YOUNGER 200000") == [11, 15] and uids("OLDER 200000") == [10]
+
+
+def test_strings_are_decoded_and_case_insensitive():
+    assert uids('FROM "JÖRG"') == [11]                     # encoded-word decoded, case folded
+    assert uids('SUBJECT "grüße"') == [11]
+    assert uids("SUBJECT invoice") == [10, 15]
+    assert uids("BODY PAY") == [10] and uids("TEXT alice") == [10, 15]
+    assert uids('HEADER X-Spam ""') == [11] and uids("HEADER X-Spam no") == []
+    assert uids("CC alice") == [15] and uids("TO bob") == [11]
+
+
+def test_saved_results_and_charsets():
+    assert uids("$", saved_uids=frozenset({11})) == [11]
+    check_charset("utf-8")
+    with pytest.raises(BadCharset):
+        check_charset("ISO-2022-JP")
+
+
+def test_base_subject_rfc5256():
+    assert base_subject("Re: [list] Fwd: Hello (fwd)") == "hello"
+    assert base_subject("RE:re: hello   world") == "hello world"
+    assert base_subject("[Fwd: [list] test]") == "test"
+    assert base_subject("[only a blob]") == "[only a blob]"
+    assert base_subject("=?utf-8?q?Re=3A_Gr=C3=BC=C3=9Fe?=") == "grüsse"   # i;unicode-casemap folds ß
+
+
+def test_sort():
+    by_subject = sort(MSGS, ((False, "SUBJECT"), (False, "ARRIVAL")))
+    assert [m.uid for m in by_subject] == [11, 10, 15]          # grüße < invoice march (x2, by arrival)
+    assert [m.uid for m in sort(MSGS, ((True, "SIZE"),))] == [11, 10, 15]
+    assert [m.uid for m in sort(MSGS, ((False, "FROM"),))] == [10, 15, 11]
+
+
+def test_threads():
+    msgs = [
+        Msg(1, 1, {"Message-ID": "<a@x>", "Subject": "Plan", "Date": "Mon, 1 Jan 2024 10:00:00 +0000"}),
+        Msg(2, 2, {"Message-ID": "<b@x>", "References": "<a@x>", "Subject": "Re: Plan",
+                   "Date": "Mon, 1 Jan 2024 11:00:00 +0000"}),
+        Msg(3, 3, {"Message-ID": "<c@x>", "Subject": "Other", "Date": "Mon, 1 Jan 2024 09:00:00 +0000"}),
+        Msg(4, 4, {"Message-ID": "<d@x>", "References": "<a@x> <b@x>", "Subject": "Re: Plan",
+                   "Date": "Mon, 1 Jan 2024 12:00:00 +0000"}),
+        Msg(5, 5, {"Message-ID": "<e@x>", "In-Reply-To": "<missing@x>", "Subject": "Re: Plan",
+                   "Date": "Mon, 1 Jan 2024 13:00:00 +0000"}),
+        Msg(6, 6, {"Message-ID": "<f@x>", "References": "<a@x>", "Subject": "Re: Plan",
+                   "Date": "Mon, 1 Jan 2024 14:00:00 +0000"}),
+    ]
+    refs = thread_references(msgs)
+    # 5 replies to a message we do not have: its dummy parent goes, and its subject joins it to 1
+    assert format_threads(refs, lambda m: m.seq) == "(3)(1 (2 4)(5)(6))"
+    ordered = thread_orderedsubject(msgs)
+    assert format_threads(ordered, lambda m: m.seq) == "(3)(1 (2)(4)(5)(6))"
