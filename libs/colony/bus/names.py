@@ -160,7 +160,7 @@ def provisioning_filter(aggregate_type: str) -> str:
 
 def directory_key(kind: str, name: str) -> str:
     """Key in the ``directory`` bucket: ``domain.<token>``, ``address.<token>``, ``cos.<token>``,
-    ``domain_alias.<token>``; the value is the JSON the edges need (see colony_admin.projections)."""
+    ``domain_alias.<token>``; the value is the JSON the edges need (``colony.contracts.directory`` documents it)."""
     return f"{kind}.{to_token(name)}"
 
 

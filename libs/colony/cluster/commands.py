@@ -1,12 +1,17 @@
 """Commands the controller sends to one instance, and the CLI/admin API sends to the controller.
 
-Wire form (JSON)::
+Wire form (JSON); every reply is a ``Reply``::
 
-    controller -> node   colony.node.cmd.<node>   {"command": "drain", "epoch": 7}
-    node -> controller   (reply)                  {"ok": true, "state": "NOT_READY", "drained": false}
-    anyone -> controller colony.ctl.api           {"command": "drain", "node": "mailstore-2"}
-    controller -> caller (reply)                  {"ok": true, "epoch": 7, "node": {...}}
-                                                  {"ok": false, "error": "...", "status": 404}
+    controller -> node   colony.node.cmd.<node>   NodeCommand {"command": "drain", "epoch": 7}
+    node -> controller   (reply)                  {"ok": true, "error": null, "status": 200, "data": {<the node's NodeRecord>}}
+                                                  {"ok": false, "error": "stale epoch ...", "status": 409, "data": {}}
+    anyone -> controller colony.ctl.api           ControllerRequest {"command": "drain", "node": "mailstore-2"}
+                                                  ({"command": "whoami"} needs no node)
+    controller -> caller (reply)                  drain/ready: the node's reply, passed on unchanged
+                                                  whoami: {"ok": true, ..., "data": {"controller": "controller-1", "epoch": 7}}
+                                                  refused: {"ok": false, "error": "no instance named ...", "status": 404, "data": {}}
+                                                  (400 bad request, 409 not READY/NOT_READY, 503 no longer
+                                                  the controller, 504 the node did not answer)
 """
 
 from __future__ import annotations

@@ -20,7 +20,6 @@ taking more); ``NodeRuntime`` does the rest:
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import signal
@@ -39,7 +38,7 @@ from colony import __version__
 from colony.bus import names
 from colony.bus.connection import connect
 from colony.bus.schema import ensure_schema, manages_schema
-from colony.cluster.commands import NodeCommand
+from colony.cluster.commands import NodeCommand, Reply
 from colony.cluster.epoch import EpochGuard, StaleEpoch
 from colony.cluster.lease import LeaseRecord
 from colony.cluster.membership import NodeRecord, NodeState
@@ -265,16 +264,16 @@ class NodeRuntime:
             self.epochs.admit(cmd.epoch)
         except StaleEpoch as exc:
             log.warning("%s refused a command: %s", self.node_id, exc)
-            await msg.respond(json.dumps({"ok": False, "status": 409, "error": str(exc)}).encode())
+            await msg.respond(Reply(ok=False, status=409, error=str(exc)).model_dump_json().encode())
             return
         except ValidationError as exc:
-            await msg.respond(json.dumps({"ok": False, "status": 400, "error": f"bad command: {exc.errors()[0]['msg']}"}).encode())
+            await msg.respond(Reply(ok=False, status=400, error=f"bad command: {exc.errors()[0]['msg']}").model_dump_json().encode())
             return
         if cmd.command == "drain":
             await self.begin_drain()
         elif cmd.command == "ready":
             await self.make_ready()
-        await msg.respond(json.dumps({"ok": True, "data": self.record.model_dump(mode="json")}).encode())
+        await msg.respond(Reply(ok=True, data=self.record.model_dump(mode="json")).model_dump_json().encode())
 
     async def begin_drain(self) -> None:
         # A drain that failed may be asked for again; one still running is left alone.

@@ -35,7 +35,7 @@ from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
 from colony.bus import names
-from colony.cluster.commands import ControllerRequest, NodeCommand
+from colony.cluster.commands import ControllerRequest, NodeCommand, Reply
 from colony.cluster.decisions import NodeFailed, publish_decision
 from colony.cluster.election import (
     Acquire,
@@ -300,4 +300,4 @@ class Controller:
         await msg.respond(reply.data)
 
     async def _reply(self, msg: Msg, ok: bool, status: int, error: str | None = None, data: dict | None = None) -> None:
-        await msg.respond(json.dumps({"ok": ok, "status": status, "error": error, "data": data or {}}).encode())
+        await msg.respond(Reply(ok=ok, status=status, error=error, data=data or {}).model_dump_json().encode())

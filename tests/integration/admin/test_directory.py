@@ -7,6 +7,7 @@ import json
 from conftest import unique_domain, wait_until
 
 from colony.bus import names
+from colony.contracts import directory as contract
 from colony.cluster.node import NodeRuntime
 from colony.settings import Settings
 from colony_admin.projector import ProjectorWorkload
@@ -91,3 +92,29 @@ async def test_projector_role_writes_what_the_admin_api_serves_and_drains(make_s
         await wait_until(lambda: there(d2), timeout=20, what="the resumed projector to write the directory entry")
     finally:
         await runtime.shutdown()
+
+
+async def test_directory_values_are_what_the_contract_documents(stack):
+    """Every value the projection writes parses as the edge's contract model, and has no
+    field that model (and so colony.contracts.directory's wire docstring) does not name."""
+    c, h = stack.client, stack.as_(stack.sys_token)
+    d, cos = unique_domain("wire"), f"cos-{unique_domain('c')[:14]}"
+    assert (await c.post("/v1/cos", json={"name": cos}, headers=h)).status_code == 201
+    assert (await c.post("/v1/domains", json={"name": d, "cos": cos}, headers=h)).status_code == 201
+    await c.post(f"/v1/domains/{d}/accounts", json={"name": "amy", "password": "a-long-password"}, headers=h)
+    await c.post(f"/v1/domains/{d}/aliases", json={"name": "team", "targets": [f"amy@{d}"]}, headers=h)
+    await c.post(f"/v1/domains/{d}/domain-aliases", json={"name": f"alt-{d}"}, headers=h)
+    wanted = {("cos", cos): contract.CosEntry, ("domain", d): contract.DomainEntry,
+              ("address", f"amy@{d}"): contract.AccountEntry, ("address", f"team@{d}"): contract.AliasEntry,
+              ("domain_alias", f"alt-{d}"): contract.DomainAliasEntry}
+
+    async def all_there() -> bool:
+        return all([await _entry(stack, kind, name) for kind, name in wanted])
+
+    await wait_until(all_there, what="every directory entry")
+    for (kind, name), model in wanted.items():
+        value = await _entry(stack, kind, name)
+        parsed = contract.parse_entry(json.dumps(value))
+        assert isinstance(parsed, model), (kind, value)
+        undocumented = set(value) - set(model.model_fields)
+        assert not undocumented, f"{kind}: {sorted(undocumented)} are written but not in the contract"

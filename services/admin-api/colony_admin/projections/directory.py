@@ -6,10 +6,10 @@ Keys (``names.directory_key``): ``domain.<d>``, ``address.<local@d>``, ``domain_
 sequence it reflects.  A deleted aggregate becomes ``{"deleted": true, "seq": N}``; edges
 treat that like a missing key.  Tokens are not in the directory.
 
-All admin-api instances share one durable consumer, so each event is handled once
-somewhere (in batches: a creation event is written as is, pipelined; any other event makes
-us read the aggregate back and write its newest state).  Two instances may still race on one key (events of one aggregate handled by
-different instances), so every write is a compare-and-set that only moves ``seq`` forward:
+All projectors (``colony_admin.projector``) share one durable consumer, so each event is
+handled once somewhere (in batches: a creation event is written as is, pipelined; any other event makes
+us read the aggregate back and write its newest state).  Two projectors may still race on one key (events of one aggregate handled by
+different projectors), so every write is a compare-and-set that only moves ``seq`` forward:
 the directory never goes back to an older state.
 """
 
@@ -31,6 +31,7 @@ from nats.js.kv import KeyValue
 from colony import events as ev
 from colony.tasks import keep_running
 from colony.bus import names
+from colony.bus.permissions import kv_stream
 from colony.bus.tokens import from_token
 from colony.eventstore import ConcurrencyConflict, EventStore
 from colony_admin import aggregates
@@ -74,7 +75,7 @@ class DirectoryProjection:
         self.nc, self.js, self.store, self._batch = nc, js, store, batch
         self._gate = gate  # cleared: finish the batch in hand, take no new one (a drained projector)
         self.in_flight = 0  # events of the batch being written (a projector's active work)
-        self._kv_stream = EventStore(js, f"KV_{names.BUCKET_DIRECTORY}")
+        self._kv_stream = EventStore(js, kv_stream(names.BUCKET_DIRECTORY))
         self._kv: KeyValue | None = None
 
     async def run(self) -> None:
@@ -130,7 +131,7 @@ class DirectoryProjection:
                 others.append(subject)
         if fresh:
             results = await self._kv_stream.create_many(
-                [(f"$KV.{names.BUCKET_DIRECTORY}.{key}", _json(value)) for key, value in fresh])
+                [(names.kv_subject(names.BUCKET_DIRECTORY, key), _json(value)) for key, value in fresh])
             await asyncio.gather(*(self._put_forward(key, value)
                                    for (key, value), r in zip(fresh, results, strict=True)
                                    if isinstance(r, ConcurrencyConflict)))
