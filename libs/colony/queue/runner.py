@@ -190,7 +190,9 @@ class QueueRunner:
                 continue
             try:
                 msgs = await self._sub.fetch(batch=free, timeout=self.fetch_timeout)
-            except NatsTimeoutError:
+            except (NatsTimeoutError, asyncio.TimeoutError):
+                # Nothing to do: nats-py says so with its own TimeoutError, or (for batches
+                # whose first message arrived but not the rest) with asyncio's.
                 continue
             for msg in msgs:
                 task = asyncio.create_task(self._run(msg), name=f"job {self.name}")
