@@ -191,8 +191,8 @@ class QueueRunner:
             try:
                 msgs = await self._sub.fetch(batch=free, timeout=self.fetch_timeout)
             except (NatsTimeoutError, asyncio.TimeoutError):
-                # Nothing to do: nats-py says so with its own TimeoutError, or (for batches
-                # whose first message arrived but not the rest) with asyncio's.
+                # Nothing to do: nats-py says so with its own TimeoutError, or with asyncio's
+                # when the deadline ran out between its two pull requests (none delivered).
                 continue
             for msg in msgs:
                 task = asyncio.create_task(self._run(msg), name=f"job {self.name}")
