@@ -50,6 +50,9 @@ KNOWN = {"domain", "domain_cos", "display_name", "account", "real_name", "passwo
 COLUMNS = __doc__.split("::", 1)[1].split("``services`` and", 1)[0].strip("\n")  # for the CLI's --help
 
 
+MAX_WARNINGS = 100  # the report shows the first ones; a million weak rows must not mean a million strings
+
+
 class ImportFormatError(ValueError):
     pass
 
@@ -161,7 +164,7 @@ def plan(rows: list[dict[str, Any]]) -> Plan:
             continue
         if account.password_hash is not None:  # validated and normalised by AccountCreate
             scheme = passwords.stored_scheme(account.password_hash)
-            if scheme in passwords.WEAK:
+            if scheme in passwords.WEAK and len(out.warnings) < MAX_WARNINGS:
                 out.warnings.append(f"row {n}: {scheme} is a weak password scheme; "
                                     "re-hashed to argon2id at the account's next login")
         out.accounts.append(AccountRow(n, domain, account))
