@@ -29,6 +29,7 @@ Forwarded delivery, subject ``names.mailstore_deliver_subject(owner)``::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 from datetime import UTC, datetime
@@ -60,6 +61,7 @@ H_RECIPIENTS = "Colony-Recipients"
 H_JOB_ID = "Colony-Job-Id"
 
 STORED, RETRY, REJECTED = "stored", "retry", "rejected"
+LARGE_BODIES_AT_ONCE = 4  # object-store bodies in memory per instance (see handle)
 
 
 class PoisonBody(Exception):
@@ -90,6 +92,7 @@ class Delivery:
         self.members = members
         self.metrics = metrics
         self.usage = usage
+        self._large = asyncio.Semaphore(LARGE_BODIES_AT_ONCE)
         self.accepting = True
         self.forwards_in_flight = 0
 
@@ -102,12 +105,15 @@ class Delivery:
             return Reject(f"not an InboundMail: {str(exc)[:200]}")
         if not isinstance(mail, InboundMail):
             return Reject(f"not an InboundMail: {mail.type}")
-        try:
-            body = await self._body(mail)
-        except PoisonBody as exc:
-            return Reject(str(exc))
         recipients = list(dict.fromkeys(r.mailbox.lower() for r in mail.recipients))
-        results = await self.deliver(mail, job.data, body, recipients, job.id, job.headers, may_forward=True)
+        # Large bodies (up to 64 MB each) are held in memory while they are stored: only a
+        # few at a time, whatever the delivery concurrency.
+        async with self._large if mail.body_ref is not None else contextlib.nullcontext():
+            try:
+                body = await self._body(mail)
+            except PoisonBody as exc:
+                return Reject(str(exc))
+            results = await self.deliver(mail, job.data, body, recipients, job.id, job.headers, may_forward=True)
         rejected = {a: why for a, (status, why) in results.items() if status == REJECTED}
         retry = {a: why for a, (status, why) in results.items() if status == RETRY}
         if retry:
