@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from opentelemetry import trace
+
 from colony.cluster.sessions import SessionTracker
 from colony.protocols.smtp import NEED_DATA, PAUSED, Reply, ServerConfig, ServerConnection, events as E, replies as R
 from colony_edge.acceptance import AcceptanceFailed, MailAcceptor, SmtpMetrics, remove_quietly
@@ -75,6 +77,7 @@ class _Session:
             hostname=cfg.hostname, max_message_size=cfg.max_message_size, max_recipients=cfg.max_recipients,
             max_errors=cfg.max_errors, timeout=cfg.timeout, tls_available=server.tls is not None), self.loop.time())
         self._spool: BinaryIO | None = None
+        self._span: trace.Span | None = None   # one trace per message: from DATA/BDAT to the acks
         self._spool_path: Path | None = None
         self._spools = itertools.count(1)
         self._closing = False
@@ -221,7 +224,8 @@ class _Session:
             await self._answer("data", verdict.reply, R.QUEUED, False)
         else:
             try:
-                message_id = await self.server.acceptor.accept(info, message)
+                with trace.use_span(self._span or trace.INVALID_SPAN, end_on_exit=False):
+                    message_id = await self.server.acceptor.accept(info, message)
             except AcceptanceFailed as exc:
                 log.error("smtp %s: message not made durable, answering 451: %s", info.id, exc)
                 await self._answer("data", R.TEMPORARY_FAILURE, R.QUEUED, False)
@@ -251,6 +255,8 @@ class _Session:
 
     def _open_spool(self) -> None:
         self.discard_spool()
+        self._span = self.server.acceptor.tracer.start_span("smtp.message", attributes={
+            "net.peer.ip": self.info.peer_ip, "colony.session": self.info.id})
         self._spool_path = self.server.config.spool_dir / f"{self.info.id}.{next(self._spools)}.spool"
         self._spool = open(self._spool_path, "wb")
 
@@ -260,7 +266,11 @@ class _Session:
             self._spool = None
 
     def discard_spool(self) -> None:
+        """The message is done (accepted, refused or abandoned): its spool file and span end."""
         self._close_spool()
+        if self._span is not None:
+            self._span.end()
+            self._span = None
         if self._spool_path is not None:
             remove_quietly([self._spool_path])
             self._spool_path = None

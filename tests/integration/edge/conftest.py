@@ -89,7 +89,7 @@ async def edge(cluster: ClusterHarness, tmp_path) -> Edge:
     files = ensure_local_ca(tmp_path / "tls", ["mx.test"])
     node = cluster.start("edge", "edge-1", COLONY_SMTP_PORT="0", COLONY_SMTP_HOSTNAME="mx.test",
                          COLONY_TLS_CERT_FILE=str(files.cert), COLONY_TLS_KEY_FILE=str(files.key))
-    view = await cluster.wait_state("edge-1", "READY", timeout=60)
+    view = await cluster.wait_state("edge-1", "READY", timeout=180)
     host, _, port = view.addresses["smtp"].rpartition(":")
     e = Edge(cluster, node.node_id, host, int(port), files.ca)
 
@@ -99,7 +99,7 @@ async def edge(cluster: ClusterHarness, tmp_path) -> Edge:
             client.mail("probe@remote.test")
             code, _ = client.rcpt("bob@example.com")
             return code == 250
-    await wait_until(directory_loaded, 60, "the edge's directory cache to load")
+    await wait_until(directory_loaded, 180, "the edge's directory cache to load")
     return e
 
 

@@ -5,6 +5,11 @@ from __future__ import annotations
 
 import asyncio
 
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
 from prometheus_client import CollectorRegistry
 
 from colony.cluster.sessions import SessionTracker
@@ -24,9 +29,14 @@ class Policy(BasePolicy):
 
 class Acceptor:
     def __init__(self, fail: bool = False) -> None:
-        self.fail, self.messages = fail, []
+        self.fail, self.messages, self.traces = fail, [], []
+        self.exporter = InMemorySpanExporter()
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(self.exporter))
+        self.tracer = provider.get_tracer("test")
 
     async def accept(self, session, message):
+        self.traces.append(trace.get_current_span().get_span_context().trace_id)
         if self.fail:
             raise AcceptanceFailed("bus down")
         self.messages.append((session.mail_from.address, [r.rcpt.address for r in session.recipients],
@@ -134,3 +144,20 @@ async def test_spool_left_by_a_dead_process_is_removed(tmp_path):
     listener, _, _ = await serve(tmp_path)
     listener.close()
     assert list((tmp_path / "spool").iterdir()) == []
+
+
+async def test_one_span_per_message_from_data_to_acceptance(tmp_path):
+    acceptor = Acceptor()
+    listener, port, _ = await serve(tmp_path, acceptor)
+    async with listener:
+        c = await Client.open(port)
+        await c.cmd(b"EHLO c.test\r\n")
+        for n in range(2):
+            await c.cmd(b"MAIL FROM:<a@b.test>\r\n")
+            await c.cmd(b"RCPT TO:<ok@x.test>\r\n")
+            await c.cmd(b"DATA\r\n")
+            assert (await c.cmd(b"m\r\n.\r\n")).startswith(b"250")
+        c.close()
+    spans = [s for s in acceptor.exporter.get_finished_spans() if s.name == "smtp.message"]
+    assert len(spans) == 2 and len(set(acceptor.traces)) == 2
+    assert sorted(s.context.trace_id for s in spans) == sorted(acceptor.traces)
