@@ -133,7 +133,7 @@ async def measure(url: str, accounts: int, per_domain: int, lookups: int) -> dic
     js = nc.jetstream()
     gc.collect()
     before = rss_bytes()
-    cache = DirectoryCache(js)
+    cache = DirectoryCache(nc)
     t0, cpu0 = time.perf_counter(), time.process_time()
     await cache.start()
     await cache.wait_loaded(timeout=600)

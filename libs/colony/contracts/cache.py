@@ -7,18 +7,20 @@ Theory of operation
 and its bytes, or None for a delete) and keeps four dicts: domains, domain aliases,
 addresses and classes of service.  It implements ``recipients.DirectoryView``.  Memory is
 what keeps an edge small with a million accounts, so an address is a small tuple
-(``AccountInfo``/``AliasInfo``) keyed by its address, never a pydantic object or the JSON;
+(``AccountInfo``/``AliasInfo``) keyed by its address, never a pydantic object;
 repeated values (states, class names, service lists, quotas) are interned, so a million
 accounts share a handful of those objects.
 
-``DirectoryCache`` is the asyncio shell: one ordered push consumer on the bucket's stream
+``DirectoryCache`` is the asyncio shell: one push consumer on the bucket's stream
 (``KV_directory``), ``deliver_policy=last_per_subject`` so the cold start reads each key's
 newest value once, then keeps following live writes on the same consumer: no gap between
-"loaded" and "following".  nats-py's KV watcher does the same over the same consumer, but
-builds an ``Entry`` and goes through an extra queue per key; a direct subscription with
-flow control is what makes a million keys load in seconds.  The ordered consumer is
-recreated from the last stream sequence seen if a message goes missing (nats-py does that),
-so the copy never silently diverges.
+"loaded" and "following".  nats-py's KV watcher does the same over an ordered consumer but
+builds an ``Entry`` per key and answers flow control late (see ``DirectoryCache``); a plain
+subscription that answers flow control in order is what makes a million keys load in
+seconds.  ``FeedPosition`` checks every delivery follows the last one; on a gap (or
+silence) the consumer is recreated from the last stream sequence applied, so the copy
+never silently diverges.  During the cold start an address is kept as its JSON and parsed
+on first use or by a background compaction.
 
 ``loaded`` is set once the consumer has delivered everything that was in the bucket when it
 started (the ``pending`` count of the ack subject reaches 0, or the bucket was empty).
@@ -37,9 +39,9 @@ from collections.abc import Iterable
 from typing import Any
 
 import orjson
+from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext
-from nats.js.api import DeliverPolicy
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from colony.bus import names
@@ -52,6 +54,9 @@ log = logging.getLogger("colony.contracts.cache")
 
 _KV_PREFIX = f"$KV.{names.BUCKET_DIRECTORY}."
 _OPERATION = "KV-Operation"  # DEL or PURGE on a KV delete; absent on a put
+_STATUS = "Status"           # "100" on the server's control messages (flow control, heartbeats)
+_STALLED = "Nats-Consumer-Stalled"
+_LAST_CONSUMER = "Nats-Last-Consumer"
 
 
 def _name(token: str) -> str:
@@ -195,64 +200,203 @@ class DirectoryIndex:
         # other kinds: a newer writer's; ignore them rather than fail
 
 
+class FeedPosition:
+    """Pure: where the cache's consumer is, and whether a delivery follows the last one.
+
+    Every data message's reply subject carries the consumer sequence (``cseq``, +1 per
+    delivery), the stream sequence and what is still pending::
+
+        $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>
+        $JS.ACK.<domain>.<account hash>.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>.<token>
+
+    A ``cseq`` that is not the next one means a message was lost on the way (a slow
+    consumer, a reconnect): the consumer must be recreated from ``stream_seq + 1``.
+    """
+
+    __slots__ = ("stream_seq", "consumer_seq")
+
+    def __init__(self, stream_seq: int = 0) -> None:
+        self.stream_seq, self.consumer_seq = stream_seq, 0
+
+    def accept(self, reply: str) -> int | None:
+        """The pending count after this delivery, or None if it is out of order (reset)."""
+        tokens = reply.split(".")
+        if len(tokens) == 9:
+            sseq, cseq, pending = tokens[5], tokens[6], tokens[8]
+        elif len(tokens) >= 12:
+            sseq, cseq, pending = tokens[7], tokens[8], tokens[10]
+        else:
+            raise ValueError(f"not a JetStream delivery: {reply!r}")
+        if int(cseq) != self.consumer_seq + 1:
+            return None
+        self.consumer_seq, self.stream_seq = self.consumer_seq + 1, int(sseq)
+        return int(pending)
+
+    def heard_up_to(self, last_consumer_seq: int) -> bool:
+        """A heartbeat's ``Nats-Last-Consumer``: False if it sent more than we got."""
+        return last_consumer_seq == self.consumer_seq
+
+
 class DirectoryCache(DirectoryIndex):
     """A ``DirectoryIndex`` kept up to date from the bus.  ``start()``, then ``await
-    wait_loaded()``; ``resolve(rcpt)`` and the view methods answer from memory."""
+    wait_loaded()``; ``resolve(rcpt)`` and the view methods answer from memory.
 
-    __slots__ = ("js", "limits", "loaded", "_sub", "_stream", "_owner", "_own_owner")
+    The feed is a push consumer of its own on ``KV_directory`` (ack none, flow control,
+    idle heartbeats, in memory, removed by the server when this process is gone), delivered
+    to this connection's inbox.  nats-py's ordered consumer does the same, but answers a
+    flow-control request from a task that looks every 0.25 s, so a cold start of a million
+    keys spent much of its time waiting; here every control message is answered when it
+    reaches the callback, which is exactly when everything before it has been applied.
+    Losing a message (``FeedPosition``), a heartbeat that says more was sent, or silence
+    for three heartbeats recreates the consumer from the last stream sequence applied.
+    """
 
-    def __init__(self, js: JetStreamContext, limits: Limits = Limits(), owner: TaskOwner | None = None) -> None:
-        """``owner``: where the background compaction runs (``runtime.tasks`` in a service, so
-        a failure reaches ``colony status``); default: an owner of its own that logs."""
+    __slots__ = ("nc", "limits", "loaded", "heartbeat", "_sub", "_consumer", "_position", "_last_heard",
+                 "_generation", "_resetting", "_owner", "_own_owner", "_tasks", "_stream", "resets")
+
+    def __init__(self, nc: Client, limits: Limits = Limits(), owner: TaskOwner | None = None,
+                 heartbeat: float = 5.0) -> None:
+        """``owner``: where the background work runs (``runtime.task_owner`` in a service, so a
+        failure reaches ``colony status``); default: an owner of its own that logs."""
         super().__init__()
-        self.js, self.limits = js, limits
+        self.nc, self.limits, self.heartbeat = nc, limits, heartbeat
         self.loaded = asyncio.Event()
         self._sub: Any = None
+        self._consumer: str | None = None
+        self._position = FeedPosition()
+        self._last_heard = 0.0
+        self._generation = 0  # one per consumer: deliveries of an older one are ignored
+        self._resetting = False
+        self._tasks: set[asyncio.Task] = set()
         self._stream = f"KV_{names.BUCKET_DIRECTORY}"
         self._own_owner = owner is None
         self._owner = owner or TaskOwner(log)
+        self.resets = 0
 
     async def start(self) -> None:
-        info = await self.js.stream_info(self._stream)
+        js = self.nc.jetstream()
+        info = await js.stream_info(self._stream)
         if not info.state.messages:
             self.loaded.set()
-        # Large pending limits: during the cold start the server pushes faster than one
-        # Python thread applies; flow control (ordered consumers use it) bounds what is
-        # in flight, these limits only keep nats-py from dropping what is.
-        self._sub = await self.js.subscribe(
-            _KV_PREFIX + ">", stream=self._stream, cb=self._on_msg, ordered_consumer=True,
-            deliver_policy=DeliverPolicy.LAST_PER_SUBJECT, pending_msgs_limit=1_000_000,
-            pending_bytes_limit=512 * 1024 * 1024)
+        await self._follow()
         if not self.loaded.is_set():
             # Emptied between the two calls (everything purged): nothing will come to say so.
-            consumer = await self._sub.consumer_info()
+            consumer = await js.consumer_info(self._stream, self._consumer)
             if consumer.num_pending == 0 and consumer.delivered.consumer_seq == 0:
                 self.loaded.set()
+        self._spawn("directory cache watchdog", self._watch, restart=True)
+
+    def _spawn(self, name: str, body, restart: bool = False) -> None:
+        task = self._owner.spawn(name, body, restart=restart)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _follow(self) -> None:
+        """(Re)create the subscription and the consumer, from where the last one stopped."""
+        self._generation += 1
+        generation = self._generation
+        await self._unfollow()
+        start = self._position.stream_seq
+        self._position = FeedPosition(start)
+        inbox = self.nc.new_inbox()
+
+        async def on_msg(msg: Msg) -> None:
+            if generation == self._generation:  # else: a replaced consumer's leftovers
+                await self._on_msg(msg)
+
+        # Large pending limits: during the cold start the server pushes faster than one
+        # Python thread applies; flow control bounds what is in flight, these limits only
+        # keep nats-py from dropping what is (a drop would be seen as a gap and reset).
+        self._sub = await self.nc.subscribe(inbox, cb=on_msg, pending_msgs_limit=1_000_000,
+                                            pending_bytes_limit=512 * 1024 * 1024)
+        config = ConsumerConfig(
+            deliver_subject=inbox, filter_subject=_KV_PREFIX + ">", ack_policy=AckPolicy.NONE,
+            flow_control=True, idle_heartbeat=self.heartbeat, mem_storage=True, num_replicas=1,
+            inactive_threshold=max(30.0, 6 * self.heartbeat),
+            # From scratch: each key's newest value once.  After a gap: everything after the
+            # last message applied (the bucket keeps one value per key, so that is newest too).
+            deliver_policy=DeliverPolicy.LAST_PER_SUBJECT if start == 0 else DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=None if start == 0 else start + 1)
+        self._last_heard = asyncio.get_running_loop().time()
+        self._consumer = (await self.nc.jetstream().add_consumer(self._stream, config)).name
+
+    async def _unfollow(self) -> None:
+        sub, consumer, self._sub, self._consumer = self._sub, self._consumer, None, None
+        if sub is not None:
+            try:
+                await sub.unsubscribe()
+            except Exception as exc:  # the connection may be closed; the server forgets the consumer anyway
+                log.debug("directory cache: unsubscribe failed: %s", exc)
+        if consumer is not None and not self.nc.is_closed:
+            try:
+                await self.nc.jetstream().delete_consumer(self._stream, consumer)
+            except Exception as exc:  # already gone (inactive threshold, server restart)
+                log.debug("directory cache: deleting consumer %s failed: %s", consumer, exc)
+
+    async def _watch(self) -> None:
+        """Silence for three heartbeats means the consumer is gone (server restart, a lost
+        connection): follow again from the last message applied."""
+        while True:
+            await asyncio.sleep(self.heartbeat)
+            if asyncio.get_running_loop().time() - self._last_heard > 3 * self.heartbeat:
+                await self._reset("no heartbeat", self._generation)
+
+    async def _reset(self, why: str, generation: int) -> None:
+        if self._resetting or generation != self._generation:
+            return  # already being replaced, or replaced since this was asked for
+        self._resetting = True
+        try:
+            self.resets += 1
+            log.warning("directory cache: %s; following again after stream sequence %d", why,
+                        self._position.stream_seq)
+            await self._follow()
+        finally:
+            self._resetting = False
+
+    def _reset_later(self, why: str) -> None:
+        # Not from inside the subscription's callback: the reset unsubscribes that very callback.
+        generation = self._generation
+        self._spawn("directory cache reset", lambda: self._reset(why, generation))
 
     async def wait_loaded(self, timeout: float | None = None) -> None:
         await asyncio.wait_for(self.loaded.wait(), timeout)
 
     async def stop(self) -> None:
+        self._generation += 1  # nothing delivered from now on is applied
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._own_owner:
             await self._owner.close()
-        if self._sub is not None:
-            try:
-                await self._sub.unsubscribe()
-            except Exception as exc:  # the connection may already be closed; nothing to undo
-                log.debug("directory cache: unsubscribe failed: %s", exc)
-            self._sub = None
+        await self._unfollow()
 
     async def _on_msg(self, msg: Msg) -> None:
-        headers = msg.headers
+        self._last_heard = asyncio.get_running_loop().time()
+        data, headers = msg.data, msg.headers
+        if not data and headers is not None and headers.get(_STATUS) == "100":
+            await self._on_control(msg, headers)
+            return
+        pending = self._position.accept(msg.reply)
+        if pending is None:
+            self._reset_later("a delivery went missing")
+            return
         deleted = headers is not None and headers.get(_OPERATION) in ("DEL", "PURGE")
         loading = not self.loaded.is_set()
-        self.apply(msg.subject[len(_KV_PREFIX):], None if deleted else msg.data, defer=loading)
-        if loading:
-            reply = msg.reply
-            # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>
-            if reply and reply.endswith(".0"):
-                self.loaded.set()
-                self._owner.spawn("directory cache compaction", self._compact)
+        self.apply(msg.subject[len(_KV_PREFIX):], None if deleted else data, defer=loading)
+        if loading and pending == 0:
+            self.loaded.set()
+            self._spawn("directory cache compaction", self._compact)
+
+    async def _on_control(self, msg: Msg, headers: dict[str, str]) -> None:
+        if msg.reply:  # a flow-control request: everything before it is applied
+            await self.nc.publish(msg.reply)
+            return
+        stalled = headers.get(_STALLED)
+        if stalled:  # a heartbeat saying the server waits for a flow-control answer
+            await self.nc.publish(stalled)
+        last = headers.get(_LAST_CONSUMER)
+        if last is not None and not self._position.heard_up_to(int(last)):
+            self._reset_later("a heartbeat says more was sent than received")
 
     async def _compact(self) -> None:
         """Parse what the cold start kept as JSON, a slice at a time between deliveries."""
@@ -270,6 +414,9 @@ class DirectoryCache(DirectoryIndex):
                                 value=1 if self.loaded.is_set() else 0)
         yield GaugeMetricFamily("colony_directory_cache_bad_entries",
                                 "Directory values this cache could not read and ignored.", value=self.bad_entries)
+        yield GaugeMetricFamily("colony_directory_cache_resets",
+                                "Times the cache's consumer was recreated (a lost message or silence).",
+                                value=self.resets)
 
     def resolve(self, recipient: str) -> Resolution:
         return resolve(self, recipient, self.limits)

@@ -10,6 +10,7 @@ import logging
 
 from colony.cluster.sessions import ConnectionWorkload
 from colony.contracts.cache import DirectoryCache
+from colony.contracts.recipients import Limits
 from colony.counters import SharedCounters
 from colony.dns import make_resolver
 from colony.protocols.smtp import replies as R
@@ -40,7 +41,8 @@ class EdgeWorkload(ConnectionWorkload):
     async def open_listeners(self, runtime) -> dict[str, str]:
         settings = self.settings
         js = runtime.nc.jetstream()
-        self.directory = DirectoryCache(js)
+        self.directory = DirectoryCache(runtime.nc, Limits.from_settings(settings), runtime.task_owner)
+        runtime.metrics.add_callback(self.directory.metrics)
         await self.directory.start()
         files = configured(settings)
         tls = server_context(files.cert, files.key) if files else None

@@ -25,7 +25,7 @@ async def test_an_edge_runs_the_cache_and_asks_the_admin_api(nats_server):
     await ensure_schema(operator.jetstream(), Settings(nats_url=nats_server.url))
     admin = await as_role(nats_server, "admin-api")
     edge = await as_role(nats_server, "edge")
-    cache = DirectoryCache(edge.jetstream())
+    cache = DirectoryCache(edge)
     try:
         kv = await admin.jetstream().key_value(names.BUCKET_DIRECTORY)
         await kv.put(names.directory_key("domain", "secure.example"), orjson.dumps(

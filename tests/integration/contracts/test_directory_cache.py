@@ -51,7 +51,7 @@ async def test_cold_start_then_follows_every_kind_of_change(connect_bus, nats_ur
     await kv.put(names.directory_key("domain", d), domain_value(d))
     for i in range(300):
         await kv.put(names.directory_key("address", f"u{i}@{d}"), account_value(f"u{i}@{d}"))
-    cache = DirectoryCache(js)
+    cache = DirectoryCache(nc)
     try:
         await cache.start()
         await cache.wait_loaded(timeout=30)
@@ -92,7 +92,7 @@ async def test_a_second_cache_starts_with_the_newest_state_only(connect_bus, nat
     for state in ("active", "disabled", "active", "disabled"):
         await kv.put(names.directory_key("address", a), account_value(a, state=state))
     await kv.delete(names.directory_key("address", f"gone@{d}"))
-    cache = DirectoryCache(js)
+    cache = DirectoryCache(nc)
     try:
         await cache.start()
         await cache.wait_loaded(timeout=30)
@@ -103,7 +103,7 @@ async def test_a_second_cache_starts_with_the_newest_state_only(connect_bus, nat
 
 
 async def test_the_cache_follows_the_admin_api(stack):
-    cache = DirectoryCache(stack.nc.jetstream())
+    cache = DirectoryCache(stack.nc)
     await cache.start()
     try:
         await cache.wait_loaded(timeout=30)
@@ -127,3 +127,34 @@ async def test_the_cache_follows_the_admin_api(stack):
         await wait_until(deleted, 20, "the deletion to reach the cache")
     finally:
         await cache.stop()
+
+
+async def test_a_lost_delivery_or_a_lost_consumer_is_recovered(connect_bus, nats_url):
+    nc, js, kv = await bus(connect_bus, nats_url)
+    d = f"gap-{uuid.uuid4().hex[:8]}.example"
+    await kv.put(names.directory_key("domain", d), domain_value(d))
+    cache = DirectoryCache(nc, heartbeat=0.5)
+    try:
+        await cache.start()
+        await cache.wait_loaded(timeout=30)
+
+        # a delivery that does not follow the last one (as if one was dropped): start again
+        # after the last one applied, so the write that looked out of order is not lost
+        cache._position.consumer_seq -= 1
+        await kv.put(names.directory_key("address", f"a@{d}"), account_value(f"a@{d}"))
+        await wait_until(lambda: _async(cache.address(f"a@{d}") is not None), 10, "the write after a gap")
+        assert cache.resets == 1
+
+        # the consumer vanishes (a server restart loses in-memory consumers): heartbeats stop
+        await js.delete_consumer(f"KV_{names.BUCKET_DIRECTORY}", cache._consumer)
+        await kv.put(names.directory_key("address", f"b@{d}"), account_value(f"b@{d}"))
+        await wait_until(lambda: _async(cache.address(f"b@{d}") is not None), 15,
+                         "the write made while the consumer was gone")
+        assert cache.resets == 2 and cache.address(f"a@{d}") is not None
+    finally:
+        await cache.stop()
+        await nc.close()
+
+
+async def _async(value):
+    return value

@@ -131,7 +131,7 @@ def test_cache_metrics_are_read_at_scrape_time():
     from colony.contracts.cache import DirectoryCache
     from colony.metrics import Metrics
 
-    cache = DirectoryCache(js=None)
+    cache = DirectoryCache(nc=None)
     metrics = Metrics(with_process=False)
     metrics.add_callback(cache.metrics)
     cache.apply(names.directory_key("address", "u@a.example"), b'{"kind":"alias","targets":["b@c.example"]}')
@@ -153,3 +153,19 @@ def test_deferred_entries_parse_on_first_use_or_in_compaction():
     assert ix.compact() == 0
     assert all(type(v) is not bytes for v in ix._addresses.values())
     assert ix.address("bad@a.example") is None and ix.bad_entries == 1 and len(ix) == 4
+
+
+def test_feed_position_accepts_only_the_next_delivery():
+    from colony.contracts.cache import FeedPosition
+
+    p = FeedPosition()
+    assert p.accept("$JS.ACK.KV_directory.c1.1.10.1.1700000000000000000.5") == 5
+    assert (p.stream_seq, p.consumer_seq) == (10, 1)
+    # the v2 form (JetStream domain and account hash, then a random token)
+    assert p.accept("$JS.ACK.hub.ACCHASH.KV_directory.c1.1.12.2.1700000000000000000.0.xyz") == 0
+    assert p.stream_seq == 12
+    assert p.accept("$JS.ACK.KV_directory.c1.1.20.4.1700000000000000000.0") is None  # cseq 3 went missing
+    assert (p.stream_seq, p.consumer_seq) == (12, 2)  # a reset starts after the last one applied
+    assert p.heard_up_to(2) and not p.heard_up_to(3)
+    with pytest.raises(ValueError):
+        p.accept("_INBOX.abc")
