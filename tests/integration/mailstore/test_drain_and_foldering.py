@@ -55,7 +55,7 @@ async def test_foldering_switched_while_a_burst_is_delivered(world):
         world.start(node)
     for node in ("mailstore-1", "mailstore-2"):
         await world.cluster.wait_state(node, "READY", timeout=30)
-    jobs = [([users[i % 4], users[(i + 1) % 4]], uuid.uuid4().hex) for i in range(400)]
+    jobs = [([users[i % 4], users[(i + 1) % 4]], uuid.uuid4().hex) for i in range(1200)]
     publishing = asyncio.create_task(publish_many(world, jobs, connections=4))
 
     async def some():
@@ -70,17 +70,22 @@ async def test_foldering_switched_while_a_burst_is_delivered(world):
     await wait_until(everything, 120, "every message of the burst", interval=0.3)
     assert all(set(world.stored_ids(u).values()) == {1} for u in users)
 
-    # Mail after the switch moves each account (its owner does, under its lease).
-    late = [([u], uuid.uuid4().hex) for u in users]
-    await publish_many(world, late, connections=2)
-    for u, (_, mid) in zip(users, late):
-        expected[u].add(mid)
-    await wait_until(everything, 60, "mail after the switch")
+    # Mail after the switch moves each account (its owner does, under its lease, once its
+    # directory cache has the new layout): keep sending until every account has moved.
     new, old = StorageLayout("1-1", 1), StorageLayout()
+
+    async def moved():
+        waiting = [u for u in users
+                   if not account_paths(world.root, DOMAIN, u.partition("@")[0], new).account_dir.is_dir()]
+        for u in waiting:
+            mid = await world.publish([u])
+            expected[u].add(mid)
+        return not waiting
+    await wait_until(moved, 60, "every account under the new layout", interval=0.5)
+    await wait_until(everything, 60, "mail after the switch")
+    assert all(set(world.stored_ids(u).values()) == {1} for u in users)
     for u in users:
-        name = u.partition("@")[0]
-        assert account_paths(world.root, DOMAIN, name, new).account_dir.is_dir(), u
-        assert not account_paths(world.root, DOMAIN, name, old).account_dir.exists(), u
+        assert not account_paths(world.root, DOMAIN, u.partition("@")[0], old).account_dir.exists(), u
     anna = account_paths(world.root, DOMAIN, "anna", new).account_dir
     assert str(anna.relative_to(world.root)) == "SharedDomains/e.sub/example.com/a.sub/n.sub/anna.macnt"
 
