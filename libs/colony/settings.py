@@ -135,7 +135,7 @@ class Settings(BaseSettings):
 
     # --- edge security (the seed's Edge-Gate) ------------------------------------------
     edge_deny_networks: str = Field("", description="Client networks refused at connect (554 5.7.1), comma separated CIDRs, IPv4 and IPv6, e.g. 192.0.2.0/24, 2001:db8::/32.")
-    edge_allow_networks: str = Field("", description="Trusted client networks: exempt from block lists and flow-control limits (e.g. your own relays, monitoring).")
+    edge_allow_networks: str = Field("127.0.0.0/8, ::1/128", description="Trusted client networks: exempt from block lists and flow-control limits (this host's own tools by default; add your relays and monitoring; empty: trust no one).")
     dnsbl_zones: str = Field("", description="DNS block lists with weights, zone[:weight] comma separated, e.g. zen.example:3, bl.example:1. Empty: no block lists.")
     dnsbl_threshold: float = Field(1.0, gt=0, description="A client whose summed block-list weights reach this is refused (554 5.7.1).")
     edge_max_sessions_per_ip: int = Field(20, ge=1, description="Concurrent SMTP/IMAP/POP sessions one client address (IPv6: one /64) may hold across all edges.")

@@ -19,8 +19,9 @@ from conftest import Edge, provision  # tests/integration/edge/conftest.py
 
 
 async def start_edge(cluster: ClusterHarness, node_id: str, **env: str) -> Edge:
+    # Clients come from 127.0.0.x here: trust no network, so loopback meets every check.
     cluster.start("edge", node_id, COLONY_SMTP_PORT="0", COLONY_SMTP_HOSTNAME="mx.test",
-                  **env)
+                  COLONY_EDGE_ALLOW_NETWORKS="", **env)
     view = await cluster.wait_state(node_id, "READY", timeout=60)
     host, _, port = view.addresses["smtp"].rpartition(":")
     e = Edge(cluster, node_id, host, int(port), ca=None)  # type: ignore[arg-type]
