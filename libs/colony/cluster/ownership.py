@@ -155,7 +155,10 @@ class AccountOwnership:
                 if not lease.held:
                     lost.append(address)
 
-        await asyncio.gather(*(one(a, lease) for a, lease in list(self.leases.items())))
+        renewing = list(self.leases.items())
+        await asyncio.gather(*(one(a, lease) for a, lease in renewing))
+        # A lease released (or replaced) meanwhile was not lost: it was given up on purpose.
+        lost = [a for a in lost if self.leases.get(a) is dict(renewing)[a]]
         for address in lost:
             lease = self.leases.pop(address, None)
             await self.publish(names.cluster_event_subject(names.OWNER_EVENTS), AccountReleased(

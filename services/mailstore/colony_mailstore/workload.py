@@ -56,6 +56,9 @@ class MailstoreWorkload:
                                  self.usage)
         await self.members.refresh()
         self._sub = await nc.subscribe(names.mailstore_deliver_subject(runtime.node_id), cb=self._on_forward)
+        # Renewals get a loop of their own: nothing else (a slow usage flush, a drain's
+        # releases) may delay them past the lease.
+        runtime.spawn("account leases", self._renew_leases, restart=True)
         runtime.spawn("mailstore upkeep", self._upkeep, restart=True)
         self.runner = QueueRunner(
             js, stream=names.STREAM_MAIL, durable=f"{names.MAILSTORE_CONSUMER}-{settings.region}",
@@ -72,14 +75,16 @@ class MailstoreWorkload:
         self._forward_tasks.add(task)
         task.add_done_callback(self._forward_tasks.discard)  # serve_forward logs its own failures
 
+    async def _renew_leases(self) -> None:
+        while True:
+            await self.accounts.renew()
+            await asyncio.sleep(self.settings.account_renew_interval)
+
     async def _upkeep(self) -> None:
         loop = asyncio.get_running_loop()
-        next_renew = next_members = next_idle = next_usage = loop.time()
+        next_members = next_idle = next_usage = loop.time()
         while True:
             now = loop.time()
-            if now >= next_renew:
-                next_renew = now + self.settings.account_renew_interval
-                await self.accounts.renew()
             if now >= next_members:
                 next_members = now + 1.0
                 try:
