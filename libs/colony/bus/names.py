@@ -242,7 +242,8 @@ GRANTS: dict[str, Grant] = {
         read=(STREAM_CLUSTER,),
         kv_write=(BUCKET_LEASES, BUCKET_ACCOUNT_OWNERS),
         kv_read=(BUCKET_DIRECTORY,),
-        call=(NODE_COMMANDS, CONTROLLER_ALIVE),
+        # CONTROLLER_API: `docker compose run controller colony drain ...` asks as a controller
+        call=(NODE_COMMANDS, CONTROLLER_ALIVE, CONTROLLER_API),
         serve=(CONTROLLER_API, CONTROLLER_ALIVE),
     ),
     # An edge sees the world through the directory and the password check; it cannot read
