@@ -133,7 +133,8 @@ class AccountAcquired(Event):
     ``epoch`` is the revision of the winning write in ``account_owners``; ``how`` is
     ``vacant`` (nobody held it), ``taken-over`` (the holder was proven gone: its delivery
     subject had no responders) or ``expired`` (the same lease revision was seen unrenewed for
-    a whole lease length), with ``previous`` the holder it replaced.
+    a whole lease length), with ``previous`` the holder it replaced; or ``rotated``: the
+    holder itself moved to a new epoch to start a fresh journal segment.
     """
 
     type: ClassVar[str] = "cluster.account_acquired"

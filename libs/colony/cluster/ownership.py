@@ -134,6 +134,21 @@ class AccountOwnership:
             address=address, node_id=self.node_id, epoch=lease.epoch, how=how, previous=previous))
         return lease
 
+    async def rotate(self, address: str) -> Lease | None:
+        """A new epoch for an account we hold (a CAS on our own revision, so nobody else can
+        slip in): the journal starts a fresh segment and drops the old one.  None if the
+        lease turned out not to be ours any more."""
+        lease = self.leases.get(address)
+        if lease is None or not lease.held:
+            return None
+        previous = lease.epoch
+        if not await lease.try_acquire(take_over_revision=lease.revision):
+            return None
+        log.info("rotated %s to epoch %d (was %d)", address, lease.epoch, previous)
+        await self.publish(names.cluster_event_subject(names.OWNER_EVENTS), AccountAcquired(
+            address=address, node_id=self.node_id, epoch=lease.epoch, how="rotated", previous=self.node_id))
+        return lease
+
     def lapsed(self, address: str, seen: LeaseEntry) -> bool:
         """True once ``seen``'s revision has stayed unrenewed for a lease length (see module doc)."""
         return self.watch.lapsed(address, seen.revision, self.clock())

@@ -353,6 +353,11 @@ class AccountMail:
         return self.state.seq
 
     @property
+    def segment_bytes(self) -> int:
+        """Size of our segment: the owner starts a new epoch (and segment) past a limit."""
+        return self._offset
+
+    @property
     def usable(self) -> bool:
         """False once the handle is closed or a commit failed (open the account again)."""
         return self._broken is None and not self._pending

@@ -70,8 +70,9 @@ def split_address(address: str) -> tuple[str, str]:
 
 class AccountManager:
     def __init__(self, root: Path, ownership: AccountOwnership, directory: Directory, metrics: MailstoreMetrics,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, segment_max_bytes: int = 64 * 1024 * 1024) -> None:
         self.root = root
+        self.segment_max_bytes = segment_max_bytes
         self.ownership = ownership
         self.directory = directory
         self.metrics = metrics
@@ -189,6 +190,20 @@ class AccountManager:
                 item.future.set_exception(result)
             else:
                 item.future.set_result(result)
+        if acct.mail.segment_bytes >= self.segment_max_bytes:
+            await self._rotate(acct)
+
+    async def _rotate(self, acct: OpenAccount) -> None:
+        """Start a new segment under a new epoch of our own lease (called under the lock)."""
+        lease = await self.ownership.rotate(acct.address)
+        if lease is None:
+            await self._discard(acct.address)
+            return
+        try:
+            acct.mail = await asyncio.to_thread(_reopen_sync, acct.mail, lease.epoch)
+        except Exception as exc:
+            log.warning("%s: could not start a new segment: %s", acct.address, exc)
+            await self._discard(acct.address)
 
     def _relocate_sync(self, acct: OpenAccount, layout: StorageLayout) -> None:
         new = account_paths(self.root, acct.domain, acct.name, layout)
@@ -233,6 +248,13 @@ def _store_sync(mail: AccountMail, batch: list[_Item]) -> list[Stored | Exceptio
             out.append(mail.append(INBOX, item.data, date=item.date, key=item.key))
     mail.commit()
     return out
+
+
+def _reopen_sync(old: AccountMail, epoch: int) -> AccountMail:
+    old.close()
+    mail = AccountMail(old.dir, epoch)
+    mail.open()
+    return mail
 
 
 def _close_sync(acct: OpenAccount) -> None:

@@ -50,7 +50,8 @@ class MailstoreWorkload:
                                      runtime.publish_event)
         directory = Directory(await js.key_value(names.BUCKET_DIRECTORY))
         self.members = MailstoreMembers(nc)
-        self.accounts = AccountManager(settings.shared_storage, ownership, directory, metrics)
+        self.accounts = AccountManager(settings.shared_storage, ownership, directory, metrics,
+                                       segment_max_bytes=settings.mail_segment_max_bytes)
         self.usage = UsageMeter(js.publish, runtime.node_id)
         self.delivery = Delivery(nc, runtime.node_id, settings, self.accounts, ownership, self.members, metrics,
                                  self.usage)

@@ -31,6 +31,7 @@ MAILSTORE_ENV = {
     "COLONY_QUEUE_ACK_WAIT": "6",
     "COLONY_QUEUE_MAX_DELIVER": "50",
     "COLONY_QUEUE_RETRY_BACKOFF": "0.5,1",
+    "COLONY_MAIL_SEGMENT_MAX_BYTES": "65536",  # owners rotate to new epochs during the bursts too
 }
 DOMAIN = "example.com"
 

@@ -30,6 +30,11 @@ class FakeOwnership:
         self.leases.pop(address, None)
         self.released.append((address, reason))
 
+    async def rotate(self, address: str):
+        lease = self.leases[address]
+        lease.epoch += 10
+        return lease
+
 
 class FakeDirectory:
     def __init__(self) -> None:
@@ -113,3 +118,22 @@ async def test_a_lapsed_lease_writes_nothing(manager):
     lease.held = False
     with pytest.raises(NotOwner):
         await mgr.deliver("eve@example.com", lease, b"two", "2/eve", NOW)
+
+
+async def test_a_long_tenure_rotates_to_a_new_segment(tmp_path):
+    from colony.storage import journal as j
+
+    ownership = FakeOwnership()
+    mgr = AccountManager(tmp_path, ownership, FakeDirectory(), MailstoreMetrics(CollectorRegistry()),
+                         segment_max_bytes=4096)
+    lease = ownership.leases["fay@example.com"] = FakeLease(3)
+    for i in range(60):
+        await mgr.deliver("fay@example.com", lease, b"message %d" % i, f"{i}/fay", NOW)
+    assert lease.epoch > 3
+    journal_dir = account_paths(tmp_path, "example.com", "fay", StorageLayout()).mail_dir / "journal"
+    assert set(j.list_segments(journal_dir)) == {lease.epoch}
+    assert (await mgr.deliver("fay@example.com", lease, b"message 7", "7/fay", NOW)).duplicate
+    await mgr.close("fay@example.com", "idle")
+    after = AccountMail(journal_dir.parent, lease.epoch + 1)
+    after.open()
+    assert [after.body("INBOX", m.uid) for m in after.messages("INBOX")] == [b"message %d" % i for i in range(60)]
