@@ -1,5 +1,6 @@
 """The projections' pull loop against a real server: batches in order, the long poll, status
-replies, a consumer deleted underneath, and pausing without losing what was asked for."""
+replies, a consumer deleted underneath, the prefetch, and pausing without losing what was
+asked for."""
 
 from __future__ import annotations
 
@@ -75,9 +76,11 @@ async def test_pausing_sends_no_request_but_takes_what_was_asked_for(nats_url):
     await pull.open()
     try:
         assert [stream_seq(m) for m in await pull.next()] == seqs[:2]
+        assert pull.busy, "the batch came full: the next request is already out"
+        assert [stream_seq(m) for m in await pull.next(ask=False)] == seqs[2:], "paused: takes what it asked for"
         assert not pull.busy
         assert await pull.next(ask=False) == [], "paused: no new request"
-        assert [stream_seq(m) for m in await pull.next()] == seqs[2:], "resumed where it was"
+        assert await pull.next() == [], "resumed: nothing is left (and nothing was lost)"
     finally:
         await pull.close()
         await nc.close()

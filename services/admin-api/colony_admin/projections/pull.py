@@ -14,7 +14,9 @@ without a status.
 buffer, and at most one request outstanding:
 
 * while messages are waiting (a bulk import), it asks with ``no_wait`` and returns the
-  batch as soon as the request ends (N messages, or the 404/408 after fewer);
+  batch as soon as the request ends (N messages, or the 404/408 after fewer); a batch
+  that came full is likely followed by more, so the next ``no_wait`` request goes out as
+  it is handed over, and the server sends it while the caller applies this one;
 * when a ``no_wait`` request found nothing, it asks again with ``expires`` (a long poll)
   and returns from the first message on, so a single command's event is projected at once;
   the rest of that request's messages are taken by the next call;
@@ -27,8 +29,8 @@ Why not ``PullSubscription.fetch``: in nats-py 2.16 it takes each message of a b
 ``Subscription.next_msg`` -- an asyncio task and a timer per message -- which at bulk rates
 cost more than decoding the events.  The callback here costs one list append per message.
 
-Memory is bounded by the requests: at most ``batch`` messages per request, and a new one is
-sent only when the buffer is empty.
+Memory is bounded by the requests: at most ``batch`` messages per request, one request
+outstanding, so at most two batches (the one handed out, the one arriving) at a time.
 """
 
 from __future__ import annotations
@@ -82,6 +84,7 @@ class PullBatches:
         self._open = False  # a request is outstanding
         self._long = False  # ... and it is a long poll
         self._asked = 0
+        self._full = False  # the last request ended with all it asked for: more are likely waiting
         self._delivered = 0
         self._answered = False  # the outstanding request got any reply
         self._deadline = 0.0
@@ -111,6 +114,7 @@ class PullBatches:
             self._delivered += 1
             if self._delivered >= self._asked:
                 self._open = False  # the request got all it asked for: the server ends it silently
+                self._full = True
             if self._long or not self._open:
                 self._wake.set()
             return
@@ -136,13 +140,15 @@ class PullBatches:
         else:
             body["no_wait"] = True
         self._open, self._long, self._answered = True, long, False
-        self._asked, self._delivered = self.batch, 0
+        self._asked, self._delivered, self._full = self.batch, 0, False
         self._deadline = self.clock() + (self.expires + 1.0 if long else _NO_WAIT_DEADLINE)
         self._wake.clear()
         await self.nc.publish(self._subject, json.dumps(body).encode(), reply=self._inbox)
 
-    def _take(self) -> list[Msg]:
+    async def _take(self, ask: bool) -> list[Msg]:
         msgs, self._buffer = self._buffer, []
+        if ask and self._full and not self._open:
+            await self._request(long=False)  # prefetch: the next batch arrives while this one is applied
         return msgs
 
     async def _wait(self) -> None:
@@ -175,15 +181,15 @@ class PullBatches:
         if self._gone:
             raise ConsumerGone(f"{self.stream}/{self.consumer}: {self._gone}")
         if self._buffer and (not self._open or self._long):
-            return self._take()
+            return await self._take(ask)
         if not ask:
             await self._wait()
-            return self._take()
+            return await self._take(ask)
         if not self._open:
             await self._request(long=False)
             await self._wait()
             if self._buffer:
-                return self._take()
+                return await self._take(ask)
             await self._request(long=True)
         await self._wait()
         if not self._answered and not self._open:
@@ -191,4 +197,4 @@ class PullBatches:
             await self.js.consumer_info(self.stream, self.consumer)  # raises NotFoundError if not
         if self._gone:
             raise ConsumerGone(f"{self.stream}/{self.consumer}: {self._gone}")
-        return self._take()
+        return await self._take(ask)
