@@ -37,3 +37,18 @@ def dns_server():
     server = LoopbackDNS().start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+async def js(nats_server):
+    """A JetStream context on the test's nats-server with Colony's schema in place."""
+    import nats
+
+    from colony.bus.schema import ensure_schema
+    from colony.settings import Settings
+
+    nc = await nats.connect(nats_server.url, **nats_server.client_options())
+    context = nc.jetstream()
+    await ensure_schema(context, Settings(nats_url=nats_server.url))
+    yield context
+    await nc.close()

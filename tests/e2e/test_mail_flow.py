@@ -9,7 +9,6 @@ import asyncio
 import email
 import json
 import os
-import shutil
 import signal
 import smtplib
 import subprocess
@@ -19,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from test_colony_up import COLONY, free_base_port, ready_nodes, start_up, stop_up, wait_for
+from tools import need_tool
 
 pytestmark = pytest.mark.slow
 
@@ -31,15 +31,6 @@ def colony(data_dir: Path, *args: str) -> str:
 
 def bodies(data_dir: Path, domain: str) -> list[Path]:
     return sorted((data_dir / "storage" / "SharedDomains" / domain).glob("**/*.macnt/mail/bodies/*"))
-
-
-def need_tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{name} is required in CI (listed in .ci/apt-packages)")
-        pytest.skip(f"{name} is not installed (apt-get install {name})")
-    return path
 
 
 @pytest.fixture

@@ -103,10 +103,4 @@ async def edge(cluster: ClusterHarness, tmp_path) -> Edge:
     return e
 
 
-def need_tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{name} is required in CI (apt-get install {name})")
-        pytest.skip(f"{name} is not installed (apt-get install {name})")
-    return path
+from tools import need_tool  # noqa: E402,F401  (re-exported for the edge tests)

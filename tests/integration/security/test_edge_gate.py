@@ -21,15 +21,6 @@ from colony_edge.security.authentication import use_configured_dns
 from colony_edge.security.gate import EdgeGate
 
 
-@pytest.fixture
-async def js(nats_server):
-    nc = await nats.connect(nats_server.url, **nats_server.client_options())
-    js = nc.jetstream()
-    await ensure_schema(js, Settings(nats_url=nats_server.url))
-    yield js
-    await nc.close()
-
-
 def _gate(settings: Settings, counters=None) -> EdgeGate:
     return EdgeGate(settings, counters, make_resolver(settings), CollectorRegistry())
 

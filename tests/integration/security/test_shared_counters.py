@@ -14,15 +14,6 @@ from colony.counters import WINDOW, SharedCounters
 from colony.settings import Settings
 
 
-@pytest.fixture
-async def js(nats_server):
-    nc = await nats.connect(nats_server.url, **nats_server.client_options())
-    js = nc.jetstream()
-    await ensure_schema(js, Settings(nats_url=nats_server.url))
-    yield js
-    await nc.close()
-
-
 class FakeClock:
     def __init__(self, t: float) -> None:
         self.t = t
