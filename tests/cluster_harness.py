@@ -125,10 +125,16 @@ class ClusterHarness:
         return {v.id: v for v in await cluster_view(await self.client())}
 
     async def wait_state(self, node_id: str, state: str, timeout: float = 30.0, **extra) -> NodeView:
+        node = self.nodes.get(node_id)
+
         async def probe():
             v = (await self.view()).get(node_id)
             if v and v.state == state and all(getattr(v, k) == val for k, val in extra.items()):
                 return v
+            if state in ("STARTING", "READY", "NOT_READY") and node and node.process.poll() is not None:
+                # It will never get there: say why now instead of at the deadline.
+                raise AssertionError(f"{node_id} exited with {node.process.returncode} while we waited for "
+                                     f"{state}; its log ends:\n{node.log()[-3000:]}")
             return None
         return await wait_until(probe, timeout, f"{node_id} to be {state} {extra or ''}")
 
