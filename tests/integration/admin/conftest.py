@@ -24,6 +24,8 @@ from nats.aio.client import Client
 from sqlalchemy import create_engine, text
 
 from colony.bus import names
+from colony.bus.connection import connect_options
+from colony.bus.permissions import SEED_SUFFIX
 from colony.bus.schema import ensure_schema
 from colony.eventstore import EventStore
 from colony.natsd import EmbeddedNats
@@ -48,11 +50,24 @@ def _pg_reachable() -> str | None:
         return f"{type(exc).__name__}: {exc}".splitlines()[0]
 
 
+SEED_VARIABLE = "COLONY_NATS_NKEY_SEED_FILE"
+
+
 @pytest.fixture(scope="session")
 def nats_url(tmp_path_factory) -> str:
-    srv = EmbeddedNats(store_dir=tmp_path_factory.mktemp("nats"), sync_always=False)
+    """The authenticated bus, as `colony up` runs it: the suite itself is the operator
+    (COLONY_NATS_NKEY_SEED_FILE, so a plain ``Settings()`` may do anything), and every admin
+    API stack connects as the admin-api role, with that role's permissions only."""
+    base = tmp_path_factory.mktemp("nats")
+    srv = EmbeddedNats.authenticated(base / "nats", base / "bus", sync_always=False)
     url = srv.start()
+    before = os.environ.get(SEED_VARIABLE)
+    os.environ[SEED_VARIABLE] = str(srv.seed_file("operator"))
     yield url
+    if before is None:
+        os.environ.pop(SEED_VARIABLE, None)
+    else:
+        os.environ[SEED_VARIABLE] = before
     srv.stop()
 
 
@@ -141,10 +156,15 @@ async def wait_until(check: Callable[[], Awaitable[bool]], timeout: float = 30.0
         await asyncio.sleep(0.02)
 
 
-async def connect(nats_url: str) -> Client:
-    nc = await nats.connect(nats_url)
+async def connect(nats_url: str, role: str = "operator") -> Client:
+    """A connection as ``role``, once the operator has made sure the schema exists."""
+    operator = Settings().nats_nkey_seed_file
+    nc = await nats.connect(nats_url, **connect_options(operator))
     await ensure_schema(nc.jetstream(), Settings(nats_url=nats_url))
-    return nc
+    if role == "operator" or operator is None:
+        return nc
+    await nc.close()
+    return await nats.connect(nats_url, **connect_options(operator.with_name(f"{role}{SEED_SUFFIX}")))
 
 
 @pytest.fixture
@@ -153,21 +173,25 @@ async def make_stack(nats_url, databases, tmp_path) -> AsyncIterator[Callable[..
     opened: list[tuple] = []
 
     async def start(database_url: str | None = None, projections: str = "inline") -> Stack:
+        # The app connects as the admin-api role; the test's own connection (``stack.nc``) is
+        # the operator's, so a test may also act as an edge or a mailstore would.
+        app_nc = await connect(nats_url, role="admin-api")
         nc = await connect(nats_url)
         settings = Settings(nats_url=nats_url, data_dir=tmp_path, database_url=database_url or databases.new())
-        app = create_app(settings, nc, hasher=password_hasher(fast=True), projections=projections)
+        app = create_app(settings, app_nc, hasher=password_hasher(fast=True), projections=projections)
         lifespan = app.router.lifespan_context(app)
         await lifespan.__aenter__()
         client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://admin.test")
         sys_token = await issue_token(nc, Role.SYSTEM_ADMIN, name="sysadmin")
-        opened.append((nc, lifespan, client))
+        opened.append((nc, app_nc, lifespan, client))
         return Stack(nc, app, client, settings, sys_token)
 
     yield start
-    for nc, lifespan, client in reversed(opened):
+    for nc, app_nc, lifespan, client in reversed(opened):
         await client.aclose()
         await lifespan.__aexit__(None, None, None)
         await nc.close()
+        await app_nc.close()
 
 
 @pytest.fixture
@@ -211,7 +235,7 @@ class LiveServer:
         import uvicorn
 
         self._loop = asyncio.get_running_loop()
-        nc = await connect(self.nats_url)
+        nc = await connect(self.nats_url, role="admin-api")
         settings = Settings(nats_url=self.nats_url, data_dir=self.data_dir, database_url=self.database_url)
         app = create_app(settings, nc, hasher=password_hasher(fast=True), projections=self.projections)
         self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="on", log_level="warning"))

@@ -7,13 +7,10 @@ from __future__ import annotations
 import base64
 
 import dkim
-import nats
-import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from prometheus_client import CollectorRegistry
 
-from colony.bus.schema import ensure_schema
 from colony.counters import SharedCounters
 from colony.dns import make_resolver
 from colony.settings import Settings

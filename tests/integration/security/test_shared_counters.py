@@ -5,13 +5,10 @@ from __future__ import annotations
 
 import asyncio
 
-import nats
 import pytest
 
 from cluster_harness import wait_until
-from colony.bus.schema import ensure_schema
 from colony.counters import WINDOW, SharedCounters
-from colony.settings import Settings
 
 
 class FakeClock:

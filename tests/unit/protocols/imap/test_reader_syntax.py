@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from colony.protocols.imap.reader import Command, CommandReader, Continue, LineTooLong, Literal, TooBig
+from colony.protocols.imap.reader import CommandReader, Continue, LineTooLong, Literal, TooBig
 from colony.protocols.imap.syntax import (
     Cursor, ParseError, SequenceSet, decode_mutf7, encode_mutf7, parse_sequence_set,
 )

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from colony.protocols.sip.message import SipRequest, SipResponse, make_response
 from colony.protocols.sip.parser import SipParseError, StreamFramer, parse_message
-from colony.protocols.sip.uri import OtherURI, SipURI, URIError, parse_address, parse_uri
+from colony.protocols.sip.uri import OtherURI, URIError, parse_address, parse_uri
 
 CRLF = "\r\n"
 
