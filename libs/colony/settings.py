@@ -116,6 +116,23 @@ class Settings(BaseSettings):
     smtp_greeting_delay: float = Field(0.0, ge=0, description="Seconds the edge waits before its greeting; a client that talks first is an early talker and is refused.")
     tls_cert_file: Path | None = Field(None, description="PEM certificate chain for STARTTLS and TLS listeners. Empty: `colony up` makes a local CA and certificate in <data_dir>/tls.")
     tls_key_file: Path | None = Field(None, description="PEM private key for tls_cert_file.")
+    tls_sni_dir: Path | None = Field(None, description="Directory of per-domain certificates for IMAP/POP3/SMTP TLS, chosen by SNI: <domain>.pem holding the chain and the key (or <domain>.pem + <domain>.key); a name without its own file gets tls_cert_file. Empty: one certificate for all.")
+
+    # --- client access (IMAP/POP3 at the edge, proxied to the account's mail store) -----
+    imap_port: int = Field(143, ge=0, le=65535, description="Edge IMAP port (STARTTLS). `colony up` derives it from --base-port.")
+    imaps_port: int = Field(993, ge=0, le=65535, description="Edge IMAP port with implicit TLS.")
+    pop3_port: int = Field(110, ge=0, le=65535, description="Edge POP3 port (STLS).")
+    pop3s_port: int = Field(995, ge=0, le=65535, description="Edge POP3 port with implicit TLS.")
+    imap_inner_port: int = Field(0, ge=0, le=65535, description="Mail store's inner IMAP listener for sessions handed over by edges (0: any free port; edges find it in the node record).")
+    pop3_inner_port: int = Field(0, ge=0, le=65535, description="Mail store's inner POP3 listener for sessions handed over by edges (0: any free port).")
+    cluster_secret_file: Path | None = Field(None, description="File of random bytes (>= 16) shared by every edge and mail store: it signs the hand-off of an authenticated IMAP/POP3 session to a mail store. `colony up` makes one. Empty: client access (IMAP/POP3) is off.")
+    access_plaintext_auth: bool = Field(False, description="Allow IMAP LOGIN / POP3 USER+PASS / AUTH PLAIN before TLS (only for networks where the link is protected otherwise).")
+    imap_idle_timeout: float = Field(1800.0, gt=0, description="Seconds an IMAP session may stay silent outside IDLE before the server says BYE (RFC 9051: at least 30 minutes).")
+    pop3_idle_timeout: float = Field(600.0, gt=0, description="Seconds a POP3 session may stay silent before it is closed (RFC 1939: at least 10 minutes).")
+    access_login_timeout: float = Field(60.0, gt=0, description="Seconds a client has to log in at the edge after connecting.")
+    access_max_command_bytes: int = Field(8192, ge=1024, le=1024 * 1024, description="Longest IMAP/POP3 command line (and literal) the edge reads before login; longer gets BAD / -ERR.")
+    access_login_failures_per_ip: int = Field(20, ge=1, description="Failed IMAP/POP3 logins per 10 minutes one client address may have across all edges; after that its logins are refused without a check.")
+    access_login_failures_per_account: int = Field(10, ge=1, description="Failed IMAP/POP3 logins per 10 minutes on one account across all edges; after that logins to it are refused for the rest of the window (trusted networks included).")
     mail_inline_max_bytes: int = Field(512 * 1024, ge=1024, le=4 * 1024 * 1024, description="Messages up to this size travel inline in the MAIL stream; larger ones go through the mail_bodies object store. Keep it well under the NATS max_payload (base64 adds a third).")
     mail_body_max_age: float = Field(14 * 86400.0, gt=0, description="Seconds a large message body stays in the mail_bodies object store (must outlive any redelivery of its MAIL message).")
     mail_publish_timeout: float = Field(30.0, gt=0, description="Seconds the edge waits for JetStream to acknowledge accepted mail before it answers 451 (temporary failure).")
@@ -134,6 +151,8 @@ class Settings(BaseSettings):
     rate_counter_flush_interval: float = Field(0.0, ge=0, le=5, description="0: every counted event is added to the shared counters at once (exact across instances, one bus round trip each). More: seconds an instance batches its increments; other instances see them that much later.")
     rate_counter_max_age: float = Field(150.0, ge=130, description="Seconds a shared counter key lives without an update (more than two one-minute windows).")
 
+    postmaster_address: str = Field("", description="The operator's mailbox for RCPT TO:<Postmaster> and for postmaster@ of every hosted domain that has none of its own (RFC 5321 §4.5.1), e.g. postmaster@provider.example. Empty: <Postmaster> is refused.")
+
     # --- edge security (the seed's Edge-Gate) ------------------------------------------
     edge_deny_networks: str = Field("", description="Client networks refused at connect (554 5.7.1), comma separated CIDRs, IPv4 and IPv6, e.g. 192.0.2.0/24, 2001:db8::/32.")
     edge_allow_networks: str = Field("127.0.0.0/8, ::1/128", description="Trusted client networks: exempt from block lists and flow-control limits (this host's own tools by default; add your relays and monitoring; empty: trust no one).")
@@ -147,6 +166,20 @@ class Settings(BaseSettings):
     edge_authserv_id: str = Field("", description="Name in Authentication-Results headers (RFC 8601 authserv-id). Empty: the advertised host name.")
     edge_dkim_max_bytes: int = Field(16 * 1024 * 1024, ge=0, description="Largest message whose DKIM signatures the edge verifies (it must hold it in memory); larger ones get SPF and DMARC only.")
     dmarc_enforcement: str = Field("enforce", pattern="^(enforce|quarantine|none)$", description="Default DMARC choice of a recipient domain: enforce (a failing sender's p=reject refuses, p=quarantine files in Junk), quarantine (never refuse; file in Junk), none (only mark). A domain's own setting wins.")
+
+    # --- SIP farm ----------------------------------------------------------------------
+    sip_port: int = Field(5060, ge=0, le=65535, description="UDP and TCP port of this SIP farm member (0: any free port). `colony up` derives it from --base-port (2560 for the first member, +1000 for each further one).")
+    sip_max_message_size: int = Field(16384, ge=1024, le=65535, description="Largest SIP message (octets) a farm member reads; a larger request gets 513, a larger stream message closes the connection.")
+    sip_digest_algorithms: str = Field("MD5", description="Digest algorithms offered in SIP challenges, most preferred first, comma separated: SHA-256, MD5 (RFC 8760). Many phones (and sipp) know MD5 only and take the first challenge.")
+    sip_nonce_ttl: float = Field(300.0, ge=5, description="Seconds a digest nonce is good for; an older one gets a fresh challenge with stale=true.")
+    sip_min_expires: int = Field(60, ge=1, description="Shortest registration (seconds) the registrar accepts; shorter gets 423 Interval Too Brief.")
+    sip_max_expires: int = Field(3600, ge=60, description="Longest registration (seconds); a longer request is cut to this.")
+    sip_default_expires: int = Field(3600, ge=60, description="Registration length when the phone names none.")
+    sip_max_bindings: int = Field(10, ge=1, le=100, description="Most contacts (devices) one account may have registered at once; more gets 403.")
+    sip_refused_user_agents: str = Field("friendly-scanner, sipvicious, sipcli, sip-scan, sundayddr, iWar, VaxSIPUserAgent, pplsip", description="User-Agent substrings (case-insensitive, comma separated) of SIP scanners: their requests are dropped without an answer. Empty: refuse none.")
+    sip_requests_per_minute_per_ip: int = Field(6000, ge=1, description="SIP requests per minute one source address may send across all farm members; more are answered 503 with Retry-After.")
+    sip_auth_failures_per_minute_per_ip: int = Field(30, ge=1, description="Failed digest authentications per minute one source address may have across all farm members before its requests get 403 for the rest of the window.")
+    sip_allow_networks: str = Field("", description="Sources exempt from the SIP rate limits, comma separated CIDRs (load testers, trunks). Empty: none.")
 
     # --- recipient resolution (colony.contracts.recipients) ----------------------------
     recipient_max_depth: int = Field(10, ge=1, le=100, description="Most alias/forwarding hops from a recipient to a final mailbox; deeper counts as a routing loop (550 5.4.6).")

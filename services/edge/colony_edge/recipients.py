@@ -27,15 +27,31 @@ class RecipientDirectory(Protocol):
     def limits_of(self, address: str) -> dict[str, Any] | None: ...
 
 
+NO_POSTMASTER = Reply(550, "5.1.1", "No postmaster mailbox is configured here (COLONY_POSTMASTER_ADDRESS)",
+                      "no_postmaster")
+
+
 class RecipientPolicy(BasePolicy):
-    def __init__(self, directory: RecipientDirectory) -> None:
+    def __init__(self, directory: RecipientDirectory, postmaster: str = "") -> None:
         self.directory = directory
+        self.postmaster = postmaster   # where <Postmaster> and postmaster@<a hosted domain> without one go
 
     async def rcpt_to(self, session: SmtpSession, rcpt: E.RcptTo) -> Verdict:
         if not self.directory.loaded.is_set():
             # An incomplete copy could say "unknown user" for a real one: say "later" instead.
             return refuse(DIRECTORY_NOT_READY)
-        resolution = self.directory.resolve(rcpt.address)
+        address = rcpt.address
+        if address.lower() == "postmaster":
+            # RFC 5321 §4.5.1: <Postmaster> without a domain must be accepted.
+            if not self.postmaster:
+                return refuse(NO_POSTMASTER)
+            address = self.postmaster
+        resolution = self.directory.resolve(address)
+        if (not resolution.ok and self.postmaster and address.partition("@")[0].lower() == "postmaster"
+                and str(resolution.reason) == "unknown_user"):
+            # Every hosted domain has a postmaster (RFC 5321 §4.5.1): the cluster's, unless the
+            # domain provisioned its own.
+            resolution = self.directory.resolve(self.postmaster)
         if not resolution.ok:
             return refuse(Reply(resolution.code, resolution.status, resolution.text, str(resolution.reason)))
         if not resolution.mailboxes:

@@ -56,7 +56,7 @@ class EdgeWorkload(ConnectionWorkload):
         use_configured_dns(settings)
         gate = EdgeGate(settings, self.counters, make_resolver(settings), runtime.metrics.registry)
         security = EdgeSecurityPolicy(gate)
-        policy = PolicyChain([security, *self.extra_policies, RecipientPolicy(self.directory)])
+        policy = PolicyChain([security, *self.extra_policies, RecipientPolicy(self.directory, settings.postmaster_address)])
         self.smtp = SmtpServer(SmtpServerConfig(
             hostname=hostname, spool_dir=settings.data_dir / "spool" / runtime.node_id,
             max_message_size=settings.smtp_max_message_size, max_recipients=settings.smtp_max_recipients,

@@ -176,3 +176,15 @@ async def test_a_refused_publish_fails_the_acceptance(tmp_path):
     from colony_edge.acceptance import AcceptanceFailed
     with pytest.raises(AcceptanceFailed):
         await _accept(tmp_path, FakeJs(error=RuntimeError("no stream")))
+
+
+async def test_postmaster_without_domain_and_for_every_hosted_domain():
+    # RFC 5321 §4.5.1: <Postmaster> must be accepted, and postmaster@ of every hosted domain.
+    policy, s = RecipientPolicy(directory(), postmaster="z@b.test"), session()
+    assert await policy.rcpt_to(s, E.RcptTo("Postmaster")) == ACCEPT
+    assert await policy.rcpt_to(s, E.RcptTo("postmaster@a.test")) == ACCEPT
+    assert [r.mailboxes[0].address for r in s.recipients] == ["z@b.test", "z@b.test"]
+    refused = await RecipientPolicy(directory()).rcpt_to(session(), E.RcptTo("postmaster"))
+    assert not refused.accept and refused.reply.code == 550 and "POSTMASTER" in refused.reply.text
+    # Not a hosted domain: postmaster there is not ours to take.
+    assert not (await policy.rcpt_to(session(), E.RcptTo("postmaster@elsewhere.test"))).accept
