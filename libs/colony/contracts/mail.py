@@ -89,6 +89,9 @@ class InboundMail(Event):
     tls: str | None = None               # TLS protocol version when the session used STARTTLS
     body: bytes | None = None
     body_ref: MailBodyRef | None = None
+    # File into the recipient's mailbox with this special-use (RFC 6154), e.g. "\\Junk" for
+    # mail the edge quarantined (DMARC p=quarantine); None or no such mailbox: INBOX.
+    special_use: str | None = None
 
     @model_validator(mode="after")
     def _one_body(self) -> "InboundMail":

@@ -144,7 +144,8 @@ class MailAcceptor:
                     at=received_at, message_id=message_id, domain=domain, mail_from=mail.address,
                     recipients=recipients, body_type=mail.body, smtputf8=mail.smtputf8, ret=mail.ret,
                     envid=mail.envid, size=size, edge_node=self.node_id, client_ip=session.peer_ip,
-                    helo=session.helo, tls=session.tls, body=body, body_ref=ref)
+                    helo=session.helo, tls=session.tls, body=body, body_ref=ref,
+                    special_use=session.notes.get("special_use"))
                 publishes.append(self._publish(names.mail_subject(region, domain), item, headers))
             # Every publish runs to its end (none is left running unowned); the first
             # failure is the answer.

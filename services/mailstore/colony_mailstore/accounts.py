@@ -47,6 +47,7 @@ class _Item:
     date: datetime
     quota: int | None
     future: asyncio.Future
+    special_use: str | None = None   # file into the mailbox with this special-use (\\Junk), else INBOX
 
 
 @dataclass
@@ -145,12 +146,14 @@ class AccountManager:
 
     # --- delivery --------------------------------------------------------------------------
 
-    async def deliver(self, address: str, lease: Lease, data: bytes, key: str, date: datetime) -> Stored:
-        """Store into the account's INBOX; returns once the journal record is fsynced."""
+    async def deliver(self, address: str, lease: Lease, data: bytes, key: str, date: datetime,
+                      special_use: str | None = None) -> Stored:
+        """Store into the account's INBOX (or its ``special_use`` mailbox, e.g. Junk); returns
+        once the journal record is fsynced."""
         acct = await self.get(address, lease)
         quota = await self.directory.quota(address)
         layout = await self.directory.layout(acct.domain)
-        item = _Item(data, key, date, quota, asyncio.get_running_loop().create_future())
+        item = _Item(data, key, date, quota, asyncio.get_running_loop().create_future(), special_use)
         acct.queue.append(item)
         async with acct.lock:
             if not item.future.done():
@@ -237,15 +240,25 @@ class AccountManager:
         return acct.mail.bytes_used, acct.mail.state.messages_total
 
 
+def _target(mail: AccountMail, special_use: str | None) -> str:
+    """The mailbox with that special-use (the user may have renamed Junk), else INBOX."""
+    if special_use:
+        for box in mail.mailboxes():
+            if box.special_use == special_use:
+                return box.name
+    return INBOX
+
+
 def _store_sync(mail: AccountMail, batch: list[_Item]) -> list[Stored | Exception]:
     out: list[Stored | Exception] = []
     for item in batch:
+        target = _target(mail, item.special_use)
         if item.key in mail.state.dedupe:
-            out.append(mail.append(INBOX, item.data, key=item.key))
+            out.append(mail.append(target, item.data, key=item.key))
         elif item.quota is not None and mail.bytes_used + len(item.data) > item.quota:
             out.append(OverQuota(f"{mail.bytes_used + len(item.data)} bytes would exceed the quota of {item.quota}"))
         else:
-            out.append(mail.append(INBOX, item.data, date=item.date, key=item.key))
+            out.append(mail.append(target, item.data, date=item.date, key=item.key))
     mail.commit()
     return out
 

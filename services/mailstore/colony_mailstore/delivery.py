@@ -218,7 +218,8 @@ class Delivery:
         if lease is None:
             return {address: (RETRY, "lease lapsed before the write")}
         try:
-            stored = await self.accounts.deliver(address, lease, body, f"{mail.message_id}/{address}", mail.at)
+            stored = await self.accounts.deliver(address, lease, body, f"{mail.message_id}/{address}", mail.at,
+                                                 mail.special_use)
         except OverQuota as exc:
             self.metrics.over_quota.inc()
             return {address: (REJECTED, f"over quota: {exc}")}

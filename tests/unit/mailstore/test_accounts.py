@@ -137,3 +137,16 @@ async def test_a_long_tenure_rotates_to_a_new_segment(tmp_path):
     after = AccountMail(journal_dir.parent, lease.epoch + 1)
     after.open()
     assert [after.body("INBOX", m.uid) for m in after.messages("INBOX")] == [b"message %d" % i for i in range(60)]
+
+
+async def test_an_account_closed_during_the_switch_moves_when_next_opened(manager, tmp_path):
+    mgr, _ = manager
+    await mgr.deliver("gus@example.com", FakeLease(3), b"before", "1/gus", NOW)
+    await mgr.close("gus@example.com", "idle")
+    layout = StorageLayout("2-2")
+    mgr.directory.layouts["example.com"] = layout
+    await mgr.deliver("gus@example.com", FakeLease(8), b"after", "2/gus", NOW)
+    new = account_paths(tmp_path, "example.com", "gus", layout)
+    assert str(new.account_dir.relative_to(tmp_path)) == "SharedDomains/example.com/gu.sub/s_.sub/gus.macnt"
+    assert not account_paths(tmp_path, "example.com", "gus", StorageLayout()).account_dir.exists()
+    assert [m.uid for m in mgr.open["gus@example.com"].mail.messages("INBOX")] == [1, 2]

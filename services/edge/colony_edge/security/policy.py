@@ -4,7 +4,8 @@ policy chain (``colony_edge.smtp_policy``), in front of recipient resolution.
 At end of data it reads the spooled message for DKIM (up to ``edge_dkim_max_bytes``; beyond
 that only its header section, which is bounded too), prepends ``Authentication-Results`` and
 either refuses (DMARC p=reject under an enforcing recipient domain) or marks the message for
-the recipients' Junk folder (``session.notes["folder"] = "Junk"``).
+the recipients' Junk folder (``session.notes["special_use"] = "\\Junk"``, carried by the
+MAIL message to the mail store).
 """
 
 from __future__ import annotations
@@ -71,5 +72,5 @@ class EdgeSecurityPolicy(BasePolicy):
         name, _, value = verdict.auth.header.partition(":")
         message.add_header(name.strip(), value.strip())
         if verdict.quarantine:
-            session.notes["folder"] = "Junk"
+            session.notes["special_use"] = "\\Junk"
         return _verdict(verdict.refusal)
