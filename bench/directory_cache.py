@@ -40,7 +40,6 @@ import orjson
 
 from colony.bus import names
 from colony.bus.schema import ensure_schema
-from colony.bus.tokens import to_token
 from colony.contracts.cache import DirectoryCache
 from colony.natsd import EmbeddedNats
 from colony.settings import Settings

@@ -41,6 +41,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from colony.bus import names
+from colony.telemetry import inject_headers
 
 DIGEST_ALGORITHMS: tuple[str, ...] = ("MD5", "SHA-256")
 
@@ -150,7 +151,8 @@ class SipCredentialsReply(_Message):
 async def request(nc: Client, subject: str, payload: bytes, timeout: float) -> bytes:
     """One request/reply; no answer in time (or no responder) is ``AuthUnavailable``."""
     try:
-        msg = await nc.request(subject, payload, timeout=timeout)
+        # the caller's trace continues in the service (W3C trace context in the headers)
+        msg = await nc.request(subject, payload, timeout=timeout, headers=inject_headers() or None)
     except (NatsTimeoutError, NoRespondersError, TimeoutError) as exc:
         raise AuthUnavailable(f"no answer on {subject} within {timeout:g}s") from exc
     return msg.data

@@ -16,6 +16,7 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
 from colony.bus import names
+from colony.telemetry import inject_headers
 from colony.contracts.directory import DirectoryLookupReply, DirectoryLookupRequest, EntryKind
 from colony.contracts.recipients import (
     MAX_RECIPIENTS_PER_REQUEST,
@@ -35,7 +36,8 @@ class DirectoryClient:
 
     async def _ask(self, subject: str, payload: bytes) -> bytes:
         try:
-            return (await self.nc.request(subject, payload, timeout=self.timeout)).data
+            return (await self.nc.request(subject, payload, timeout=self.timeout,
+                                          headers=inject_headers() or None)).data
         except (NatsTimeoutError, NoRespondersError, TimeoutError) as exc:
             raise DirectoryUnavailable(f"no answer on {subject} within {self.timeout:g}s") from exc
 

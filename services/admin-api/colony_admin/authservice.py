@@ -29,6 +29,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
+from opentelemetry import trace
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import Connection, select
 
@@ -58,6 +59,7 @@ from colony.contracts.recipients import (
     normalise_address,
     resolve_all,
 )
+from colony.telemetry import extract_context
 from colony_admin import db
 from colony_admin.auth.throttle import Throttle
 from colony_admin.commands import Provisioning
@@ -65,6 +67,7 @@ from colony_admin.directoryview import SqlDirectoryView
 from colony_admin.models import check_address, check_domain, check_local
 
 log = logging.getLogger("colony.admin.auth")
+_tracer = trace.get_tracer("colony.admin.auth")
 
 INVALID = AuthCheckReply.refused(AuthFailure.INVALID)
 
@@ -135,7 +138,8 @@ class AuthService:
     async def _answer(self, request_model: type[BaseModel], handler: _Handler,
                       refusal: Callable[[str], BaseModel], msg: Msg) -> None:
         try:
-            reply = await handler(request_model.model_validate_json(msg.data))
+            with _tracer.start_as_current_span(msg.subject, context=extract_context(msg.headers)):
+                reply = await handler(request_model.model_validate_json(msg.data))
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"]) or "request"
