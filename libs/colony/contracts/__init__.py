@@ -8,6 +8,8 @@
 ``entitlements``  what an account may use (class of service capped by the account);
 ``cache``         ``DirectoryCache``: a watch-fed local copy of the ``directory`` bucket;
 ``clients``       small async clients for the request/reply subjects.
+``mail``, ``handoff``, ``imap_handoff``: the inbound MAIL message and the edge-to-store
+                  session hand-off (see each module).
 
 Services import these; the admin API serves them.  Nothing here imports a service.
 """
