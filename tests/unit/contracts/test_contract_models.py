@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from colony import events as ev
 from colony.bus import names
@@ -169,3 +171,43 @@ def test_feed_position_accepts_only_the_next_delivery():
     assert p.heard_up_to(2) and not p.heard_up_to(3)
     with pytest.raises(ValueError):
         p.accept("_INBOX.abc")
+
+
+_ops = st.lists(st.tuples(st.sampled_from([f"u{i}@a.example" for i in range(6)]),
+                          st.sampled_from(["active", "disabled", "alias", "tombstone", "delete"]),
+                          st.booleans(), st.booleans()), max_size=40)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_ops)
+def test_index_ends_where_the_last_write_says_whatever_was_deferred(ops):
+    """Any sequence of writes, some kept as JSON (cold start) and compacted at any point,
+    leaves each address exactly as its last write says."""
+    ix, last = DirectoryIndex(), {}
+    for address, what, defer, compact_now in ops:
+        key = names.directory_key("address", address)
+        if what == "delete":
+            ix.apply(key, None, defer=defer)
+            last[address] = None
+        elif what == "tombstone":
+            ix.apply(key, b'{"deleted":true,"seq":1}', defer=defer)
+            last[address] = None
+        elif what == "alias":
+            ix.apply(key, b'{"kind":"alias","targets":["x@b.example"]}', defer=defer)
+            last[address] = "alias"
+        else:
+            ix.apply(key, orjson.dumps({"kind": "account", "state": what}), defer=defer)
+            last[address] = what
+        if compact_now:
+            ix.compact(budget=2)
+    for address, expect in last.items():
+        got = ix.address(address)
+        if expect is None:
+            assert got is None
+        elif expect == "alias":
+            assert got.targets == ("x@b.example",)
+        else:
+            assert got.state == expect
+    assert len(ix) == sum(1 for v in last.values() if v is not None)
+    ix.compact()
+    assert ix.uncompacted == 0
