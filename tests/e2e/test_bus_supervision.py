@@ -21,6 +21,8 @@ from test_colony_up import all_ready, free_base_port, pid_alive, start_up, statu
 
 pytestmark = pytest.mark.slow
 
+INSTANCES = 6  # 2 controllers, a mailstore, an edge, an admin API and its projector
+
 
 class Provisioner(threading.Thread):
     """Creates domains one after another; remembers which ones the API acknowledged."""
@@ -69,12 +71,12 @@ class Output(threading.Thread):
 def test_a_killed_bus_comes_back_and_nothing_acknowledged_is_lost(tmp_path):
     data_dir, base = tmp_path / "bus", free_base_port()
     proc = start_up(data_dir, base, "--controllers", "2", "--mailstores", "1", "--edges", "1",
-                    "--sipfarms", "0", "--admin-apis", "1")
+                    "--sipfarms", "0", "--admin-apis", "1", "--projectors", "1")
     out = Output(proc)
     out.start()
     provisioner = None
     try:
-        nodes = wait_for(lambda: all_ready(data_dir, 5), 90, "5 READY instances")
+        nodes = wait_for(lambda: all_ready(data_dir, INSTANCES), 120, f"{INSTANCES} READY instances")
         pids = {n["id"]: n["pid"] for n in nodes}
         token_file = data_dir / "admin.token"
         wait_for(lambda: token_file.exists() and token_file.read_text().strip(), 30, "the bootstrap token")
@@ -96,7 +98,7 @@ def test_a_killed_bus_comes_back_and_nothing_acknowledged_is_lost(tmp_path):
 
         # Every instance reconnects on its own: READY again, in the same process.
         def reconnected():
-            now = all_ready(data_dir, 5)
+            now = all_ready(data_dir, INSTANCES)
             return now and {n["id"]: n["pid"] for n in now} == pids
         wait_for(reconnected, 60, "every instance READY again in its own process")
         before = len(provisioner.acked)
