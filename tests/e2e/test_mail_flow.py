@@ -20,6 +20,8 @@ import pytest
 from test_colony_up import COLONY, free_base_port, ready_nodes, start_up, stop_up, wait_for
 from tools import need_tool
 
+from colony.storage.mailbox import read_state
+
 pytestmark = pytest.mark.slow
 
 
@@ -38,11 +40,17 @@ def cluster(tmp_path, dns_server):
     """`colony up` with 2 mail stores, its edges asking the loopback DNS server."""
     data_dir = tmp_path / "colony"
     base = free_base_port()
-    os.environ["COLONY_DNS_SERVERS"] = dns_server.address     # inherited by every instance
+    # Inherited by every instance: the loopback DNS server, and no trusted network (the test's
+    # clients are on loopback) with limits far above what the tests send.
+    env = {"COLONY_DNS_SERVERS": dns_server.address, "COLONY_EDGE_ALLOW_NETWORKS": "",
+           "COLONY_EDGE_MESSAGES_PER_MINUTE_PER_IP": "100000", "COLONY_EDGE_RECIPIENTS_PER_MINUTE_PER_IP": "100000",
+           "COLONY_EDGE_CONNECTIONS_PER_MINUTE_PER_IP": "100000"}
+    os.environ.update(env)
     try:
         proc = start_up(data_dir, base, "--mailstores", "2", "--sipfarms", "0")
     finally:
-        del os.environ["COLONY_DNS_SERVERS"]
+        for key in env:
+            del os.environ[key]
     try:
         wait_for(lambda: ready_nodes(data_dir, 7), 180, "every instance READY")
         wait_for(lambda: (data_dir / "admin.token").exists(), 60, "the bootstrap token")
@@ -73,7 +81,8 @@ def wait_deliverable(port: int, rcpt: str) -> None:
 def test_swaks_and_smtplib_deliver_into_the_seed_layout(cluster, dns_server):
     swaks = need_tool("swaks")
     data_dir, _ = cluster
-    dns_server.add('remote.test. IN TXT "v=spf1 ip4:127.0.0.1 -all"')
+    dns_server.add('remote.test. IN TXT "v=spf1 ip4:127.0.0.1 -all"',
+                   'spoofed.test. IN TXT "v=spf1 ip4:192.0.2.1 -all"', '_dmarc.spoofed.test. IN TXT "v=DMARC1; p=quarantine"')
     colony(data_dir, "domain", "add", "acme.example")
     colony(data_dir, "account", "add", "alice@acme.example", "--password", "a long passphrase")
     port = smtp_port(data_dir)
@@ -88,12 +97,23 @@ def test_swaks_and_smtplib_deliver_into_the_seed_layout(cluster, dns_server):
     msg.set_content("Hello from smtplib\n.\nA line with a lone dot above.\n")
     with smtplib.SMTP("127.0.0.1", port, timeout=60) as s:
         s.send_message(msg)
+    # From a domain whose DMARC policy says quarantine, sent from an address its SPF refuses:
+    # accepted, and filed in the recipient's Junk folder.
+    spoof = EmailMessage()
+    spoof["From"], spoof["To"], spoof["Subject"] = "ceo@spoofed.test", "alice@acme.example", "urgent transfer"
+    spoof.set_content("Please pay.\n")
+    with smtplib.SMTP("127.0.0.1", port, timeout=60) as s:
+        s.send_message(spoof)
 
-    found = wait_for(lambda: (b := bodies(data_dir, "acme.example")) and len(b) == 2 and b, 60, "both messages stored")
+    found = wait_for(lambda: (b := bodies(data_dir, "acme.example")) and len(b) == 3 and b, 60, "three messages stored")
     # The seed's layout: SharedDomains/<domain>/<account>.macnt/ (no foldering by default).
     assert all(p.relative_to(data_dir / "storage" / "SharedDomains").parts[:2] == ("acme.example", "alice.macnt")
                for p in found)
     messages = {m["Subject"]: m for m in (email.message_from_bytes(p.read_bytes()) for p in found)}
+    assert "dmarc=fail" in messages["urgent transfer"]["Authentication-Results"]
+    state = read_state(found[0].parent.parent)     # the journal as the next owner would read it
+    by_box = {b.name: list(b.messages) for b in state.boxes.values()}
+    assert len(by_box["INBOX"]) == 2 and len(by_box["Junk"]) == 1
     swaked = messages["via swaks"]
     assert swaked["Return-Path"] == "<bob@remote.test>"
     assert "by " in swaked["Received"] and "for <alice@acme.example>" in swaked["Received"]
