@@ -62,6 +62,8 @@ class OpenAccount:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     queue: list[_Item] = field(default_factory=list)
     last_used: float = 0.0
+    sessions: int = 0  # client sessions (IMAP, POP) using it: never released as idle meanwhile
+    on_close: list[Callable[[], None]] = field(default_factory=list)  # sessions end when it closes
 
 
 def split_address(address: str) -> tuple[str, str]:
@@ -139,6 +141,11 @@ class AccountManager:
             if not item.future.done():
                 item.future.set_exception(NotOwner(f"{address} closed"))
         acct.queue.clear()
+        for callback in list(acct.on_close):  # a change of owner ends the account's sessions
+            try:
+                callback()
+            except Exception:
+                log.exception("%s: a close callback failed", address)
         try:
             await asyncio.to_thread(_close_sync, acct)
         except Exception as exc:
@@ -224,7 +231,8 @@ class AccountManager:
     async def release_idle(self, idle_for: float) -> None:
         now = self.clock()
         for address, acct in list(self.open.items()):
-            if now - acct.last_used >= idle_for and not acct.queue and not acct.lock.locked():
+            if (now - acct.last_used >= idle_for and not acct.queue and not acct.lock.locked()
+                    and acct.sessions == 0):
                 await self.close(address, "idle")
 
     async def release_all(self, reason: str) -> None:

@@ -150,3 +150,22 @@ async def test_an_account_closed_during_the_switch_moves_when_next_opened(manage
     assert str(new.account_dir.relative_to(tmp_path)) == "SharedDomains/example.com/gu.sub/s_.sub/gus.macnt"
     assert not account_paths(tmp_path, "example.com", "gus", StorageLayout()).account_dir.exists()
     assert [m.uid for m in mgr.open["gus@example.com"].mail.messages("INBOX")] == [1, 2]
+
+
+async def test_idle_release_spares_accounts_with_sessions_and_closing_ends_them(tmp_path):
+    clock = [100.0]
+    ownership = FakeOwnership()
+    mgr = AccountManager(tmp_path, ownership, FakeDirectory(), MailstoreMetrics(CollectorRegistry()),
+                         clock=lambda: clock[0])
+    await mgr.deliver("hal@example.com", FakeLease(3), b"x", "1/hal", NOW)
+    await mgr.deliver("ida@example.com", FakeLease(4), b"y", "1/ida", NOW)
+    ended = []
+    hal = mgr.open["hal@example.com"]
+    hal.sessions += 1
+    hal.on_close.append(lambda: ended.append("hal"))
+    clock[0] += 1000
+    await mgr.release_idle(300)
+    assert list(mgr.open) == ["hal@example.com"]
+    assert ownership.released == [("ida@example.com", "idle")]
+    await mgr.release_all("drain")
+    assert ended == ["hal"] and not mgr.open
