@@ -1,0 +1,1067 @@
+"""The IMAP session rules: states, which command runs where, untagged updates and the
+response writer (RFC 9051 / RFC 3501 and the extensions in ``CAPABILITIES``), sans-IO.
+
+Theory of operation
+-------------------
+A connection owns one ``Session``.  The shell feeds it the client's octets
+(``receive_data``) and asks for the next thing to do (``next_action``), one at a time:
+
+* ``Send(data)`` -- octets for the client;
+* ``Authenticate(tag, user, password)`` -- a LOGIN or AUTHENTICATE PLAIN to check (the
+  session never sees the account database); the shell answers ``auth_result``;
+* ``NeedStore()`` -- the next command (or an IDLE wake-up) needs the account's mail: the
+  shell calls ``run(store)`` with the store held exclusively (the account's lock, in a
+  worker thread: the store is blocking file I/O), and ``run`` queues the responses;
+* ``Close()`` -- the session is over (LOGOUT, autologout, a hand-off refused): close the
+  connection after sending what was queued;
+* ``None`` -- nothing to do until more octets arrive (or ``wake()``/``tick()``).
+
+Commands are handled strictly in order: while one waits for the store or for
+authentication, later pipelined commands stay queued in the reader's output, so responses
+never overtake each other.
+
+States (RFC 9051 §3): NOT_AUTHENTICATED -> AUTHENTICATED (LOGIN, AUTHENTICATE, or a
+pre-authenticated hand-off) -> SELECTED (SELECT/EXAMINE) -> back by CLOSE/UNSELECT or a
+failed SELECT; LOGOUT from any.  ``_ALLOWED`` says which command runs in which state; a
+command in the wrong state gets ``BAD``, never an exception.
+
+Untagged updates (RFC 9051 §7.5.1, RFC 3501 §7.4.1): the session keeps its own view of the
+selected mailbox -- the UIDs in sequence order and the flags it last reported -- and at the
+end of every command compares it with the store: messages gone are announced by EXPUNGE
+(highest sequence number first, so each number is right when sent), new ones by EXISTS,
+changed flags by ``FETCH (FLAGS)``.  EXPUNGE is held back after FETCH, STORE and SEARCH
+(and SORT/THREAD) without UID, because the client may be using sequence numbers from
+before; it goes out after the next command that allows it (NOOP, IDLE, UID commands...).
+Other sessions' changes thus reach a session exactly at command ends, and an IDLE session
+when ``wake()`` says the account changed.
+
+Memory: the reader bounds each command; responses are produced per command; parsed MIME
+structures are cached for a handful of messages only; sequence sets are resolved against
+the mailbox without ever being expanded.
+
+Time comes from the injected ``clock`` (seconds): ``tick()`` ends a session idle for longer
+than ``autologout`` (30 minutes, RFC 9051 §5.4) with ``* BYE``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import bisect
+import quopri
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Protocol
+
+from colony.protocols.imap import commands as C
+from colony.protocols.imap import encode as E
+from colony.protocols.imap import mime, search
+from colony.protocols.imap.reader import Command, CommandReader, Continue, LineTooLong, TooBig
+from colony.protocols.imap.syntax import SequenceSet, decode_mutf7, encode_mutf7
+
+NOT_AUTHENTICATED, AUTHENTICATED, SELECTED, LOGOUT = "not authenticated", "authenticated", "selected", "logout"
+AUTOLOGOUT = 30 * 60.0
+DELIMITER = "/"
+SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
+MIME_CACHE = 8           # parsed messages kept per session
+MAX_APPEND = 64 * 1024 * 1024
+
+CAPABILITIES = ("IMAP4rev1", "LITERAL+", "ID", "IDLE", "NAMESPACE", "UNSELECT", "UIDPLUS", "MOVE", "CHILDREN",
+                "SPECIAL-USE", "ENABLE", "ESEARCH", "SEARCHRES", "SORT", "THREAD=ORDEREDSUBJECT",
+                "THREAD=REFERENCES", "MULTIAPPEND")
+PREAUTH_CAPABILITIES = ("AUTH=PLAIN", "SASL-IR")
+
+_ANY = {"CAPABILITY", "NOOP", "LOGOUT", "ID"}
+_NOT_AUTH = {"LOGIN", "AUTHENTICATE", "STARTTLS"}
+_AUTH = {"SELECT", "EXAMINE", "CREATE", "DELETE", "RENAME", "SUBSCRIBE", "UNSUBSCRIBE", "LIST", "LSUB", "STATUS",
+         "APPEND", "NAMESPACE", "ENABLE", "IDLE"}
+_SELECTED = {"CHECK", "CLOSE", "UNSELECT", "EXPUNGE", "SEARCH", "FETCH", "STORE", "COPY", "MOVE", "SORT", "THREAD",
+             "UID EXPUNGE"}
+
+
+# --- actions for the shell ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Send:
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Authenticate:
+    tag: str
+    user: str
+    password: str
+
+
+@dataclass(frozen=True)
+class NeedStore:
+    pass
+
+
+@dataclass(frozen=True)
+class Close:
+    pass
+
+
+Action = Send | Authenticate | NeedStore | Close
+
+
+# --- what the session needs from the store ----------------------------------------------------
+
+class StoredMessage(Protocol):
+    uid: int
+    flags: frozenset[str]
+    date: datetime
+    size: int
+    modseq: int
+
+
+class BoxInfo(Protocol):
+    name: str
+    uidvalidity: int
+    uidnext: int
+    highest_modseq: int
+    special_use: str | None
+    exists: int
+    subscribed: bool
+
+
+class Store(Protocol):
+    """One account's mail (``colony.storage.mailbox.AccountMail`` plus ``subscriptions``);
+    errors are ``ValueError`` subclasses whose text may be shown to the client."""
+
+    def mailboxes(self) -> list[BoxInfo]: ...
+    def subscriptions(self) -> set[str]: ...
+    def messages(self, name: str) -> list[StoredMessage]: ...
+    def body(self, name: str, uid: int) -> bytes: ...
+    def create_mailbox(self, name: str, special_use: str | None = None) -> None: ...
+    def rename_mailbox(self, old: str, new: str) -> None: ...
+    def delete_mailbox(self, name: str) -> None: ...
+    def subscribe(self, name: str, on: bool = True) -> None: ...
+    def append(self, name: str, data: bytes, flags=(), date: datetime | None = None): ...
+    def store_flags(self, name: str, uids, flags, mode: str = "set") -> None: ...
+    def expunge(self, name: str, uids=None) -> list[int]: ...
+    def copy(self, src: str, uids, dst: str) -> dict[int, int]: ...
+    def move(self, src: str, uids, dst: str) -> dict[int, int]: ...
+    def commit(self) -> None: ...
+
+
+class _Bad(Exception):
+    """Answer the command ``BAD``."""
+
+
+class _No(Exception):
+    """Answer the command ``NO`` (``text`` may start with a response code)."""
+
+
+# --- the session -------------------------------------------------------------------------------
+
+class Session:
+    def __init__(self, clock: Callable[[], float], hostname: str = "colony", autologout: float = AUTOLOGOUT,
+                 account: str | None = None, handed_over: bool = False, max_literal: int = MAX_APPEND) -> None:
+        """``account``: the session starts authenticated -- ``* PREAUTH`` greeting, or with
+        ``handed_over`` the hand-off's one untagged ``OK [CAPABILITY ...]`` line that the edge
+        sends tagged as its LOGIN answer (``colony.contracts.handoff``)."""
+        self.clock = clock
+        self.hostname = hostname
+        self.autologout = autologout
+        self.reader = CommandReader(max_literal=max_literal)
+        self.state = AUTHENTICATED if account else NOT_AUTHENTICATED
+        self.account = account
+        self.reader.continue_allowed(account is not None)
+        self._out: deque[Action] = deque()
+        self._pending: Command | None = None         # parsed later, in run()
+        self._pending_command: C.ImapCommand | None = None
+        self._waiting = False                        # for auth or the store
+        self._last_activity = clock()
+        # selected mailbox
+        self.mailbox: str | None = None
+        self.read_only = False
+        self._uids: list[int] = []
+        self._flags: dict[int, frozenset[str]] = {}
+        self._uidvalidity = 0
+        self._saved: frozenset[int] = frozenset()     # SEARCHRES $ (UIDs)
+        # IDLE
+        self._idle_tag: str | None = None
+        self._woken = False
+        self._mime: OrderedDict[tuple[str, int], tuple[bytes, mime.Part]] = OrderedDict()
+        self._authenticate_tag: str | None = None   # AUTHENTICATE PLAIN waiting for its response line
+        caps = " ".join(self._capabilities())
+        if account and handed_over:
+            self._send(f"OK [CAPABILITY {caps}] Logged in")
+        elif account:
+            self._send(f"* PREAUTH [CAPABILITY {caps}] {hostname} ready, {account}")
+        else:
+            self._send(f"* OK [CAPABILITY {caps}] {hostname} IMAP ready")
+
+    # --- feeding ------------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> None:
+        self._last_activity = self.clock()
+        self.reader.receive_data(data)
+
+    def wake(self) -> None:
+        """The account changed (a delivery, another session): IDLE reports it at once."""
+        self._woken = True
+
+    def tick(self) -> None:
+        """Autologout: a session silent for ``autologout`` seconds is ended."""
+        if self.clock() - self._last_activity >= self.autologout:
+            self.goodbye("Autologout; idle for too long")
+
+    def goodbye(self, text: str) -> None:
+        """End the session from the server's side (drain, the account moved)."""
+        if self.state != LOGOUT:
+            self._send(f"* BYE {text}")
+            self.state = LOGOUT
+            self._out.append(Close())
+
+    def abort(self, text: str) -> None:
+        """The store could not be reached for the waiting command: answer it ``NO text``."""
+        self._waiting = False
+        cmd, self._pending_command = self._pending_command, None
+        if cmd is not None:
+            self._tagged(cmd.tag, "NO", text)
+
+    @property
+    def deadline(self) -> float:
+        return self._last_activity + self.autologout
+
+    def next_action(self) -> Action | None:
+        while True:
+            if self._out:
+                return self._out.popleft()
+            if self.state == LOGOUT or self._waiting:
+                return None
+            if self._idle_tag is not None and self._woken and self.state == SELECTED:
+                self._woken = False
+                self._waiting = True
+                return NeedStore()
+            event = self.reader.next_event()
+            if event is None:
+                return None
+            self._event(event)
+
+    # --- framing events ----------------------------------------------------------------------
+
+    def _event(self, event) -> None:
+        if isinstance(event, Continue):
+            self._send("+ " + event.text)
+        elif isinstance(event, TooBig):
+            text = "[TOOBIG] Literal too large" if self.state != NOT_AUTHENTICATED else "Literals need login first"
+            self._tagged(event.tag, "NO" if self.state != NOT_AUTHENTICATED else "BAD", text)
+        elif isinstance(event, LineTooLong):
+            self._tagged(event.tag, "BAD", "Command line too long")
+        elif isinstance(event, Command):
+            self._command(event)
+
+    def _command(self, command: Command) -> None:
+        if self._idle_tag is not None:
+            line = command.parts[0] if isinstance(command.parts[0], bytes) else b""
+            tag, self._idle_tag = self._idle_tag, None
+            if line.strip().upper() == b"DONE" and len(command.parts) == 1:
+                self._tagged(tag, "OK", "IDLE terminated")
+            else:
+                self._tagged(tag, "BAD", "Expected DONE")
+            return
+        if self._authenticate_tag is not None:
+            tag, self._authenticate_tag = self._authenticate_tag, None
+            line = command.parts[0] if isinstance(command.parts[0], bytes) else b""
+            self._plain(tag, line.strip())
+            return
+        try:
+            cmd = C.parse_command(command)
+        except C.CommandError as exc:
+            self._tagged(exc.tag, "BAD", str(exc)[:200] or "Syntax error")
+            return
+        name = _name(cmd)
+        allowed = name in _ANY or (
+            name in _NOT_AUTH if self.state == NOT_AUTHENTICATED else
+            name in _AUTH if self.state == AUTHENTICATED else name in _AUTH | _SELECTED)
+        if not allowed:
+            where = {NOT_AUTHENTICATED: "before login", AUTHENTICATED: "without a selected mailbox",
+                     SELECTED: "after login"}[self.state]
+            self._tagged(cmd.tag, "BAD", f"{name} is not allowed {where}")
+            return
+        if name == "LOGOUT":
+            self._send(f"* BYE {self.hostname} logging out")
+            self._tagged(cmd.tag, "OK", "LOGOUT completed")
+            self.state = LOGOUT
+            self._out.append(Close())
+        elif name == "CAPABILITY":
+            self._send("* CAPABILITY " + " ".join(self._capabilities()))
+            self._tagged(cmd.tag, "OK", "CAPABILITY completed")
+        elif name == "ID":
+            self._send(f'* ID ("name" "Colony" "vendor" "Colony")')
+            self._tagged(cmd.tag, "OK", "ID completed")
+        elif name == "NOOP" and self.state == NOT_AUTHENTICATED:
+            self._tagged(cmd.tag, "OK", "NOOP completed")
+        elif name == "STARTTLS":
+            self._tagged(cmd.tag, "NO", "TLS is offered by the edge, not here")
+        elif name == "LOGIN":
+            self._waiting = True
+            self._out.append(Authenticate(cmd.tag, _text(cmd.user), _text(cmd.password)))
+        elif name == "AUTHENTICATE":
+            if cmd.mechanism != "PLAIN":
+                self._tagged(cmd.tag, "NO", "Unsupported authentication mechanism")
+            elif cmd.initial is None:
+                self._authenticate_tag = cmd.tag
+                self._send("+ ")
+            else:
+                self._plain(cmd.tag, cmd.initial)
+        else:
+            self._pending_command = cmd
+            self._waiting = True
+            self._out.append(NeedStore())
+
+    def _plain(self, tag: str, line: bytes) -> None:
+        if line == b"*":
+            self._tagged(tag, "BAD", "Authentication cancelled")
+            return
+        try:
+            raw = b"" if line == b"=" else base64.b64decode(line, validate=True)
+            authzid, user, password = raw.split(b"\x00")
+        except (binascii.Error, ValueError):
+            self._tagged(tag, "BAD", "Invalid PLAIN response")
+            return
+        if authzid and authzid != user:
+            self._tagged(tag, "NO", "[AUTHORIZATIONFAILED] Acting as another user is not allowed")
+            return
+        self._waiting = True
+        self._out.append(Authenticate(tag, _text(user), _text(password)))
+
+    def auth_result(self, tag: str, account: str | None, reason: str = "Invalid credentials",
+                    temporary: bool = False) -> None:
+        self._waiting = False
+        if account is None:
+            code = "[UNAVAILABLE]" if temporary else "[AUTHENTICATIONFAILED]"
+            self._tagged(tag, "NO", f"{code} {reason}")
+            return
+        self.account = account
+        self.state = AUTHENTICATED
+        self.reader.continue_allowed(True)
+        self._tagged(tag, "OK", f"[CAPABILITY {' '.join(self._capabilities())}] Logged in")
+
+    def _capabilities(self) -> tuple[str, ...]:
+        return CAPABILITIES + (PREAUTH_CAPABILITIES if self.state == NOT_AUTHENTICATED else ())
+
+    # --- output ------------------------------------------------------------------------------
+
+    def _send(self, line: str | bytes) -> None:
+        data = line.encode("utf-8") if isinstance(line, str) else line
+        self._out.append(Send(data + b"\r\n"))
+
+    def _tagged(self, tag: str, status: str, text: str) -> None:
+        self._send(f"{tag} {status} {text}")
+
+    # --- running a command against the store --------------------------------------------------
+
+    def run(self, store: Store) -> None:
+        """Run the waiting command (or an IDLE wake-up) with ``store`` held exclusively."""
+        self._waiting = False
+        cmd, self._pending_command = self._pending_command, None
+        if cmd is None:                        # IDLE woken
+            if self._idle_tag is not None:
+                self._sync(store, expunge=True)
+            return
+        name = _name(cmd)
+        try:
+            handler = getattr(self, "_do_" + name.replace(" ", "_").lower())
+            text = handler(cmd, store) or f"{name} completed"
+            if self._idle_tag is None:
+                self._tagged(cmd.tag, "OK", text)
+        except _Bad as exc:
+            self._tagged(cmd.tag, "BAD", str(exc))
+        except _No as exc:
+            self._tagged(cmd.tag, "NO", str(exc))
+        except search.BadCharset:
+            self._tagged(cmd.tag, "NO", f"[BADCHARSET ({' '.join(search.CHARSETS)})] Unsupported charset")
+        except (ValueError, mime.SectionError) as exc:
+            self._tagged(cmd.tag, "NO", str(exc)[:200])
+
+    # --- mailbox names -------------------------------------------------------------------------
+
+    def _decode_name(self, raw: bytes) -> str:
+        try:
+            name = decode_mutf7(raw)
+        except Exception:
+            raise _No("[CANNOT] Invalid mailbox name") from None
+        name = name.strip(DELIMITER) if name.upper() != "INBOX" else "INBOX"
+        if name.upper() == "INBOX" or name.upper().startswith("INBOX" + DELIMITER):
+            name = "INBOX" + name[5:]
+        if not name or DELIMITER * 2 in name or any(ord(c) < 0x20 for c in name):
+            raise _No("[CANNOT] Invalid mailbox name")
+        return name
+
+    def _wire_name(self, name: str) -> bytes:
+        return E.string(encode_mutf7(name))
+
+    def _find(self, store: Store, name: str) -> BoxInfo:
+        for box in store.mailboxes():
+            if box.name == name:
+                return box
+        raise _No("[NONEXISTENT] No such mailbox")
+
+    # --- authenticated state -----------------------------------------------------------------
+
+    def _do_noop(self, cmd, store: Store) -> None:
+        self._sync(store, expunge=True)
+
+    def _do_check(self, cmd, store: Store) -> None:
+        self._sync(store, expunge=True)
+
+    def _do_capability(self, cmd, store: Store) -> None:  # pragma: no cover - answered inline
+        self._send("* CAPABILITY " + " ".join(self._capabilities()))
+
+    def _do_namespace(self, cmd, store: Store) -> None:
+        self._send(f'* NAMESPACE (("" "{DELIMITER}")) NIL NIL')
+        self._sync(store, expunge=True)
+
+    def _do_enable(self, cmd: C.Enable, store: Store) -> None:
+        # None of the capabilities ENABLE can switch on (CONDSTORE, QRESYNC, IMAP4rev2,
+        # UTF8=ACCEPT) is offered here: RFC 5161 answers with the empty list.
+        self._send("* ENABLED")
+
+    def _do_idle(self, cmd: C.Simple, store: Store) -> str | None:
+        self._sync(store, expunge=self.state == SELECTED)
+        self._idle_tag = cmd.tag
+        self._woken = False
+        self._send("+ idling")
+        return None
+
+    def _do_select(self, cmd: C.Select, store: Store) -> str:
+        if cmd.condstore or cmd.qresync:
+            raise _Bad("CONDSTORE and QRESYNC are not offered")
+        if self.state == SELECTED:
+            self._unselect()
+            self._send("* OK [CLOSED] Previous mailbox closed")
+        name = self._decode_name(cmd.mailbox)
+        box = self._find(store, name)
+        messages = store.messages(name)
+        self.state = SELECTED
+        self.mailbox = box.name
+        self.read_only = cmd.name == "EXAMINE"
+        self._uids = [m.uid for m in messages]
+        self._flags = {m.uid: m.flags for m in messages}
+        self._uidvalidity = box.uidvalidity
+        keywords = sorted({f for m in messages for f in m.flags if not f.startswith("\\")})
+        self._send(f"* FLAGS ({' '.join((*SYSTEM_FLAGS, *keywords))})")
+        self._send(f"* {len(messages)} EXISTS")
+        self._send("* 0 RECENT")
+        unseen = next((i + 1 for i, m in enumerate(messages) if "\\Seen" not in m.flags), None)
+        if unseen is not None:
+            self._send(f"* OK [UNSEEN {unseen}] First unseen")
+        self._send(f"* OK [UIDVALIDITY {box.uidvalidity}] UIDs valid")
+        self._send(f"* OK [UIDNEXT {box.uidnext}] Predicted next UID")
+        if self.read_only:
+            self._send("* OK [PERMANENTFLAGS ()] Read-only mailbox")
+        else:
+            permanent = " ".join((*SYSTEM_FLAGS, *keywords, "\\*"))
+            self._send(f"* OK [PERMANENTFLAGS ({permanent})] Flags permitted")
+        return f"[{'READ-ONLY' if self.read_only else 'READ-WRITE'}] {cmd.name} completed"
+
+    _do_examine = _do_select
+
+    def _unselect(self) -> None:
+        self.state = AUTHENTICATED
+        self.mailbox = None
+        self._uids, self._flags, self._saved = [], {}, frozenset()
+
+    def _do_create(self, cmd: C.MailboxCommand, store: Store) -> None:
+        name = self._decode_name(cmd.mailbox)
+        if name.upper() == "INBOX":
+            raise _No("[ALREADYEXISTS] INBOX always exists")
+        uses = [u for u in cmd.special_use]
+        allowed = {"\\All", "\\Archive", "\\Drafts", "\\Flagged", "\\Junk", "\\Sent", "\\Trash"}
+        if any(u not in allowed for u in uses) or len(uses) > 1:
+            raise _No("[USEATTR] Unsupported special-use attribute")
+        existing = {b.name for b in store.mailboxes()}
+        if name in existing:
+            raise _No("[ALREADYEXISTS] Mailbox exists")
+        # Superior hierarchy levels are created too (RFC 9051 §6.3.4).
+        parts = name.split(DELIMITER)
+        for i in range(1, len(parts)):
+            parent = DELIMITER.join(parts[:i])
+            if parent not in existing and parent.upper() != "INBOX":
+                store.create_mailbox(parent)
+        store.create_mailbox(name, uses[0] if uses else None)
+        store.commit()
+        self._sync(store, expunge=True)
+
+    def _do_delete(self, cmd: C.MailboxCommand, store: Store) -> None:
+        name = self._decode_name(cmd.mailbox)
+        if name.upper() == "INBOX":
+            raise _No("[CANNOT] INBOX cannot be deleted")
+        self._find(store, name)
+        if any(b.name.startswith(name + DELIMITER) for b in store.mailboxes()):
+            # Deleting a name with inferiors would leave them unreachable in this store
+            # (it has no \Noselect placeholders): RFC 9051 §6.3.5 allows refusing.
+            raise _No("[INUSE] Mailbox has inferior hierarchical names")
+        if self.state == SELECTED and self.mailbox == name:
+            self._unselect()
+        store.delete_mailbox(name)
+        store.commit()
+        self._sync(store, expunge=True)
+
+    def _do_rename(self, cmd: C.Rename, store: Store) -> None:
+        old, new = self._decode_name(cmd.old), self._decode_name(cmd.new)
+        if old.upper() == "INBOX":
+            raise _No("[CANNOT] Renaming INBOX is not supported")
+        if new.upper() == "INBOX" or new.upper().startswith("INBOX" + DELIMITER):
+            raise _No("[CANNOT] Cannot rename into INBOX")
+        self._find(store, old)
+        existing = {b.name for b in store.mailboxes()}
+        if new in existing:
+            raise _No("[ALREADYEXISTS] Target mailbox exists")
+        if new.startswith(old + DELIMITER):
+            raise _No("[CANNOT] Cannot rename a mailbox into itself")
+        parts = new.split(DELIMITER)
+        for i in range(1, len(parts)):
+            parent = DELIMITER.join(parts[:i])
+            if parent not in existing and parent.upper() != "INBOX":
+                store.create_mailbox(parent)
+                existing.add(parent)
+        # Inferior names move with their superior (RFC 9051 §6.3.6).
+        for name in sorted(n for n in existing if n == old or n.startswith(old + DELIMITER)):
+            store.rename_mailbox(name, new + name[len(old):])
+        subs = store.subscriptions()
+        for name in sorted(n for n in subs if n == old or n.startswith(old + DELIMITER)):
+            store.subscribe(name, False)
+            store.subscribe(new + name[len(old):], True)
+        store.commit()
+        if self.state == SELECTED and self.mailbox and (self.mailbox == old
+                                                        or self.mailbox.startswith(old + DELIMITER)):
+            self.mailbox = new + self.mailbox[len(old):]
+        self._sync(store, expunge=True)
+
+    def _do_subscribe(self, cmd: C.MailboxCommand, store: Store) -> None:
+        name = self._decode_name(cmd.mailbox)
+        store.subscribe(name, cmd.name == "SUBSCRIBE")
+        store.commit()
+        self._sync(store, expunge=True)
+
+    _do_unsubscribe = _do_subscribe
+
+    def _do_list(self, cmd: C.ListCommand, store: Store) -> None:
+        if cmd.extended:
+            raise _Bad("LIST-EXTENDED syntax is not offered")
+        boxes = {b.name: b for b in store.mailboxes()}
+        subs = store.subscriptions()
+        reference = _text_mutf7(cmd.reference)
+        pattern = _text_mutf7(cmd.patterns[0])
+        if cmd.name == "LIST" and pattern == "":
+            self._send(f'* LIST (\\Noselect) "{DELIMITER}" ""')
+            self._sync(store, expunge=True)
+            return
+        full = reference + pattern if not pattern.startswith(DELIMITER) or not reference else pattern
+        matcher = _pattern(full)
+        names = set(subs if cmd.name == "LSUB" else boxes)
+        # Names implied by the hierarchy but not existing are listed \Noselect (LIST) or
+        # as \Noselect parents for LSUB's "%" (RFC 3501 §6.3.9).
+        implied = {DELIMITER.join(n.split(DELIMITER)[:i]) for n in names for i in range(1, n.count(DELIMITER) + 1)}
+        for name in sorted(names | implied, key=lambda n: (n != "INBOX", n)):
+            if not matcher(name):
+                continue
+            attrs = []
+            box = boxes.get(name)
+            if name not in names or box is None:
+                attrs.append("\\Noselect")
+            if cmd.name == "LIST":
+                children = any(n.startswith(name + DELIMITER) for n in boxes)
+                attrs.append("\\HasChildren" if children else "\\HasNoChildren")
+                if box is not None and box.special_use:
+                    attrs.append(box.special_use)
+            self._send(f"* {cmd.name} ({' '.join(attrs)}) \"{DELIMITER}\" ".encode() + self._wire_name(name))
+        self._sync(store, expunge=True)
+
+    _do_lsub = _do_list
+
+    def _do_status(self, cmd: C.Status, store: Store) -> None:
+        name = self._decode_name(cmd.mailbox)
+        box = self._find(store, name)
+        messages = store.messages(name)
+        values = {
+            "MESSAGES": len(messages), "RECENT": 0, "UIDNEXT": box.uidnext, "UIDVALIDITY": box.uidvalidity,
+            "UNSEEN": sum(1 for m in messages if "\\Seen" not in m.flags),
+            "DELETED": sum(1 for m in messages if "\\Deleted" in m.flags),
+            "SIZE": sum(m.size for m in messages), "HIGHESTMODSEQ": box.highest_modseq,
+            "APPENDLIMIT": MAX_APPEND,
+        }
+        offered = {"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN"}
+        if not set(cmd.items) <= offered:
+            raise _Bad(f"STATUS item {sorted(set(cmd.items) - offered)[0]} is not offered")
+        items = " ".join(f"{k} {values[k]}" for k in cmd.items)
+        self._send(b"* STATUS " + self._wire_name(box.name) + f" ({items})".encode())
+        self._sync(store, expunge=True)
+
+    def _do_append(self, cmd: C.Append, store: Store) -> str:
+        name = self._decode_name(cmd.mailbox)
+        try:
+            box = self._find(store, name)
+        except _No:
+            raise _No("[TRYCREATE] No such mailbox") from None
+        uids = []
+        for message in cmd.messages:
+            if message.binary:
+                raise _No("[CANNOT] Binary APPEND is not offered")
+            if not message.data:
+                raise _No("Empty message")
+            flags = [f for f in message.flags if f != "\\Recent"]
+            if "\\*" in flags:
+                raise _Bad("\\* is not a flag")
+            stored = store.append(box.name, message.data, flags, message.date.astimezone(UTC) if message.date else None)
+            uids.append(stored.uid)
+        store.commit()
+        self._sync(store, expunge=True)
+        return f"[APPENDUID {box.uidvalidity} {_compress(uids)}] APPEND completed"
+
+    # --- selected state -------------------------------------------------------------------------
+
+    def _do_close(self, cmd, store: Store) -> None:
+        if not self.read_only:
+            store.expunge(self.mailbox)
+            store.commit()
+        self._unselect()
+
+    def _do_unselect(self, cmd, store: Store) -> None:
+        self._unselect()
+
+    def _do_expunge(self, cmd, store: Store) -> None:
+        if self.read_only:
+            raise _No("[READ-ONLY] Mailbox is read-only")
+        store.expunge(self.mailbox)
+        store.commit()
+        self._sync(store, expunge=True)
+
+    def _do_uid_expunge(self, cmd: C.UidExpunge, store: Store) -> None:
+        if self.read_only:
+            raise _No("[READ-ONLY] Mailbox is read-only")
+        wanted = self._select_uids(cmd.sequence, uid=True)
+        deleted = {m.uid for m in store.messages(self.mailbox) if "\\Deleted" in m.flags}
+        store.expunge(self.mailbox, [u for u in wanted if u in deleted])
+        store.commit()
+        self._sync(store, expunge=True)
+
+    def _select_uids(self, sequence: SequenceSet, uid: bool) -> list[int]:
+        """The UIDs a sequence set names, in mailbox order, without expanding the set."""
+        if sequence.saved:
+            return [u for u in self._uids if u in self._saved]
+        if uid:
+            highest = self._uids[-1] if self._uids else 0
+            spans = sequence.resolved(highest)
+            starts = [a for a, _ in spans]
+            out = []
+            for u in self._uids:
+                i = bisect.bisect_right(starts, u) - 1
+                if i >= 0 and spans[i][0] <= u <= spans[i][1]:
+                    out.append(u)
+            # "*" names the highest UID even when the range starts above it (RFC 9051 §6.4.8)
+            if not out and self._uids and any(None in r for r in sequence.ranges):
+                out = [self._uids[-1]]
+            return out
+        n = len(self._uids)
+        if n == 0:
+            raise _Bad("No messages in the mailbox")
+        spans = sequence.resolved(n)
+        if spans[-1][1] > n:
+            raise _Bad("Invalid message sequence number")
+        return [self._uids[i - 1] for a, b in spans for i in range(a, b + 1)]
+
+    def _do_store(self, cmd: C.Store, store: Store) -> None:
+        if self.read_only:
+            raise _No("[READ-ONLY] Mailbox is read-only")
+        if cmd.unchanged_since is not None:
+            raise _Bad("CONDSTORE is not offered")
+        if "\\*" in cmd.flags:
+            raise _Bad("\\* is not a flag")
+        uids = self._select_uids(cmd.sequence, cmd.uid)
+        current = {m.uid: m for m in store.messages(self.mailbox)}
+        uids = [u for u in uids if u in current]
+        store.store_flags(self.mailbox, uids, cmd.flags, {"+": "add", "-": "remove", "": "set"}[cmd.mode])
+        store.commit()
+        current = {m.uid: m for m in store.messages(self.mailbox)}
+        position = {u: i + 1 for i, u in enumerate(self._uids)}
+        for u in uids:
+            flags = current[u].flags
+            self._flags[u] = flags
+            if not cmd.silent:
+                uid_part = f" UID {u}" if cmd.uid else ""
+                self._send(f"* {position[u]} FETCH (FLAGS ({' '.join(sorted(flags))}){uid_part})")
+        self._sync(store, expunge=cmd.uid)
+
+    def _do_copy(self, cmd: C.CopyMove, store: Store) -> str:
+        target = self._decode_name(cmd.mailbox)
+        try:
+            box = self._find(store, target)
+        except _No:
+            raise _No("[TRYCREATE] No such mailbox") from None
+        uids = self._select_uids(cmd.sequence, cmd.uid)
+        present = {m.uid for m in store.messages(self.mailbox)}
+        uids = [u for u in uids if u in present]
+        if cmd.name == "MOVE":
+            if self.read_only:
+                raise _No("[READ-ONLY] Mailbox is read-only")
+            mapping = store.move(self.mailbox, uids, box.name)
+        else:
+            mapping = store.copy(self.mailbox, uids, box.name)
+        store.commit()
+        code = ""
+        if mapping:
+            src = sorted(mapping)
+            code = f"[COPYUID {box.uidvalidity} {_compress(src)} {_compress([mapping[u] for u in src])}] "
+        if cmd.name == "MOVE":
+            if code:
+                self._send("* OK " + code + "Moved")     # RFC 6851 §4.3: COPYUID before the EXPUNGEs
+                code = ""
+            self._sync(store, expunge=True)
+        else:
+            self._sync(store, expunge=cmd.uid)
+        return code + f"{cmd.name} completed"
+
+    _do_move = _do_copy
+
+    # --- SEARCH / SORT / THREAD ------------------------------------------------------------------
+
+    def _views(self, store: Store) -> list[_View]:
+        current = {m.uid: m for m in store.messages(self.mailbox)}
+        return [_View(i + 1, current[u], self, store) for i, u in enumerate(self._uids) if u in current]
+
+    def _context(self) -> search.SearchContext:
+        return search.SearchContext(len(self._uids), self._uids[-1] if self._uids else 0,
+                                    datetime.fromtimestamp(self.clock(), UTC), saved_uids=self._saved)
+
+    def _do_search(self, cmd: C.Search, store: Store) -> None:
+        search.check_charset(cmd.charset)
+        found = search.search(self._views(store), cmd.criteria, self._context())
+        numbers = [m.uid if cmd.uid else m.seq for m in found]
+        if cmd.returns is None:
+            self._send("* SEARCH" + "".join(f" {n}" for n in numbers))
+        else:
+            returns = set(cmd.returns) or {"ALL"}
+            if "SAVE" in returns:
+                picked = found
+                if returns & {"MIN", "MAX"} and not returns & {"ALL", "COUNT"}:
+                    picked = [m for m in (found[:1] if "MIN" in returns else []) + (found[-1:] if "MAX" in returns else [])]
+                self._saved = frozenset(m.uid for m in picked)
+                returns.discard("SAVE")
+                if not returns:
+                    returns = set()
+            parts = [f'(TAG "{cmd.tag}")'] + (["UID"] if cmd.uid else [])
+            if numbers and "MIN" in returns:
+                parts.append(f"MIN {min(numbers)}")
+            if numbers and "MAX" in returns:
+                parts.append(f"MAX {max(numbers)}")
+            if numbers and "ALL" in returns:
+                parts.append(f"ALL {_compress(sorted(numbers))}")
+            if "COUNT" in returns:
+                parts.append(f"COUNT {len(numbers)}")
+            if returns or not cmd.returns or set(cmd.returns) != {"SAVE"}:
+                self._send("* ESEARCH " + " ".join(parts))
+        self._sync(store, expunge=cmd.uid)
+
+    def _do_sort(self, cmd: C.Sort, store: Store) -> None:
+        search.check_charset(cmd.charset)
+        if any(k in ("DISPLAYFROM", "DISPLAYTO") for _, k in cmd.criteria):
+            raise _Bad("SORT=DISPLAY is not offered")
+        found = search.search(self._views(store), cmd.search, self._context())
+        ordered = search.sort(found, cmd.criteria)
+        self._send("* SORT" + "".join(f" {m.uid if cmd.uid else m.seq}" for m in ordered))
+        self._sync(store, expunge=cmd.uid)
+
+    def _do_thread(self, cmd: C.Thread, store: Store) -> None:
+        search.check_charset(cmd.charset)
+        found = search.search(self._views(store), cmd.search, self._context())
+        if cmd.algorithm == "ORDEREDSUBJECT":
+            threads = search.thread_orderedsubject(found)
+        elif cmd.algorithm == "REFERENCES":
+            threads = search.thread_references(found)
+        else:
+            raise _Bad("Unsupported threading algorithm")
+        text = search.format_threads(threads, (lambda m: m.uid) if cmd.uid else (lambda m: m.seq))
+        self._send("* THREAD" + (" " + text if text else ""))
+        self._sync(store, expunge=cmd.uid)
+
+    # --- FETCH -------------------------------------------------------------------------------------
+
+    def _parsed(self, store: Store, uid: int) -> tuple[bytes, mime.Part]:
+        key = (self.mailbox, uid)
+        hit = self._mime.get(key)
+        if hit is not None:
+            self._mime.move_to_end(key)
+            return hit
+        data = store.body(self.mailbox, uid)
+        hit = (data, mime.analyze(data))
+        self._mime[key] = hit
+        while len(self._mime) > MIME_CACHE:
+            self._mime.popitem(last=False)
+        return hit
+
+    def _do_fetch(self, cmd: C.Fetch, store: Store) -> None:
+        if cmd.changed_since is not None or any(i.name == "MODSEQ" for i in cmd.items):
+            raise _Bad("CONDSTORE is not offered")
+        offered = {"FLAGS", "UID", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE", "BODY", "BODYSTRUCTURE", "RFC822",
+                   "RFC822.HEADER", "RFC822.TEXT", "BODY.PEEK", "BINARY", "BINARY.PEEK", "BINARY.SIZE"}
+        for item in cmd.items:
+            if item.name not in offered:
+                raise _Bad(f"FETCH {item.name} is not offered")
+        uids = self._select_uids(cmd.sequence, cmd.uid)
+        current = {m.uid: m for m in store.messages(self.mailbox)}
+        position = {u: i + 1 for i, u in enumerate(self._uids)}
+        sets_seen = not self.read_only and any(
+            i.name in ("RFC822", "RFC822.TEXT", "BODY", "BINARY") and (i.name != "BODY" or i.section is not None)
+            for i in cmd.items)
+        for u in uids:
+            msg = current.get(u)
+            if msg is None:
+                continue                 # expunged by another session; its EXPUNGE comes later
+            if sets_seen and "\\Seen" not in msg.flags:
+                store.store_flags(self.mailbox, [u], ["\\Seen"], "add")
+                store.commit()
+                msg = next(m for m in store.messages(self.mailbox) if m.uid == u)
+            parts: list[bytes] = []
+            want_flags = any(i.name == "FLAGS" for i in cmd.items) or (sets_seen and self._flags.get(u) != msg.flags)
+            for item in cmd.items:
+                if item.name != "FLAGS":
+                    parts.append(self._fetch_item(item, msg, store))
+            if want_flags:
+                parts.insert(0, f"FLAGS ({' '.join(sorted(msg.flags))})".encode())
+                self._flags[u] = msg.flags
+            self._out.append(Send(f"* {position[u]} FETCH (".encode() + b" ".join(parts) + b")\r\n"))
+        self._sync(store, expunge=cmd.uid)
+
+    def _fetch_item(self, item: C.FetchItem, msg: StoredMessage, store: Store) -> bytes:
+        name = item.name
+        if name == "UID":
+            return f"UID {msg.uid}".encode()
+        if name == "INTERNALDATE":
+            return f'INTERNALDATE "{_imap_date(msg.date)}"'.encode()
+        if name == "RFC822.SIZE":
+            return f"RFC822.SIZE {msg.size}".encode()
+        data, root = self._parsed(store, msg.uid)
+        if name == "ENVELOPE":
+            return b"ENVELOPE " + E.envelope(root)
+        if name == "BODYSTRUCTURE" or (name == "BODY" and item.section is None):
+            return name.encode() + b" " + E.bodystructure(root, data, extensible=name == "BODYSTRUCTURE")
+        if name in ("RFC822", "RFC822.HEADER", "RFC822.TEXT"):
+            text = {"RFC822": None, "RFC822.HEADER": "HEADER", "RFC822.TEXT": "TEXT"}[name]
+            return name.encode() + b" " + _literal(mime.section_bytes(data, root, [], text))
+        numbers, text, fields = item.section
+        label_name = {"BODY.PEEK": "BODY", "BINARY.PEEK": "BINARY"}.get(name, name)
+        section = ".".join(str(n) for n in numbers)
+        if text:
+            section = f"{section}.{text}" if section else text
+            if fields:
+                section += " (" + " ".join(f.upper() for f in fields) + ")"
+        try:
+            if name.startswith("BINARY"):
+                part = mime.find_part(root, list(numbers))
+                if part.multipart or part.message is not None and numbers:
+                    raise _No("[UNKNOWN-CTE] BINARY is for leaf parts")
+                octets = data[part.body_start:part.body_end] if numbers else data
+                if numbers:
+                    octets = _decode_cte(octets, part.header("Content-Transfer-Encoding"))
+            else:
+                octets = mime.section_bytes(data, root, list(numbers), text, list(fields))
+        except mime.SectionError:
+            octets = b""     # a part that does not exist reads as empty (RFC 9051 §6.4.5)
+        if name == "BINARY.SIZE":
+            return f"BINARY.SIZE[{section}] {len(octets)}".encode()
+        label = f"{label_name}[{section}]"
+        if item.partial is not None:
+            offset, length = item.partial
+            octets = octets[offset:offset + length]
+            label += f"<{offset}>"
+        if name.startswith("BINARY") and b"\x00" in octets:
+            return label.encode() + b" ~" + _literal(octets)     # literal8 (RFC 3516 §4.2)
+        return label.encode() + b" " + _literal(octets)
+
+    # --- untagged updates ---------------------------------------------------------------------------
+
+    def _sync(self, store: Store, expunge: bool) -> None:
+        """Tell the client what changed in the selected mailbox since it last heard (see the
+        theory of operation for when EXPUNGE may be sent)."""
+        if self.state != SELECTED or self.mailbox is None:
+            return
+        try:
+            messages = store.messages(self.mailbox)
+        except ValueError:
+            self._send("* BYE The selected mailbox was deleted")
+            self.state = LOGOUT
+            self._out.append(Close())
+            return
+        current = {m.uid: m for m in messages}
+        if expunge:
+            for i in range(len(self._uids) - 1, -1, -1):
+                u = self._uids[i]
+                if u not in current:
+                    self._send(f"* {i + 1} EXPUNGE")
+                    del self._uids[i]
+                    self._flags.pop(u, None)
+        for i, u in enumerate(self._uids):
+            m = current.get(u)
+            if m is not None and self._flags.get(u) != m.flags:
+                self._flags[u] = m.flags
+                self._send(f"* {i + 1} FETCH (FLAGS ({' '.join(sorted(m.flags))}))")
+        highest = self._uids[-1] if self._uids else 0
+        new = [m for m in messages if m.uid > highest]
+        if new:
+            for m in new:
+                self._uids.append(m.uid)
+                self._flags[m.uid] = m.flags
+            self._send(f"* {len(self._uids)} EXISTS")
+
+
+# --- the message view SEARCH reads ----------------------------------------------------------------
+
+class _View:
+    def __init__(self, seq: int, msg: StoredMessage, session: Session, store: Store) -> None:
+        self.seq, self.uid, self.flags, self.size = seq, msg.uid, msg.flags, msg.size
+        self.internal_date, self.modseq = msg.date, msg.modseq
+        self._session, self._store = session, store
+
+    def _root(self) -> tuple[bytes, mime.Part]:
+        return self._session._parsed(self._store, self.uid)
+
+    def header(self, name: str) -> str | None:
+        return self._root()[1].header(name)
+
+    def headers_text(self) -> str:
+        data, root = self._root()
+        return search.decode_header_value(data[root.header_start:root.header_end].decode("utf-8", "replace"))
+
+    def body_text(self) -> str:
+        data, root = self._root()
+        out = []
+        for part in root.walk():
+            if part.multipart or part.message is not None:
+                continue
+            raw = _decode_cte(data[part.body_start:part.body_end], part.header("Content-Transfer-Encoding"))
+            charset = dict(part.params).get("charset", "utf-8")
+            try:
+                out.append(raw.decode(charset, "replace"))
+            except LookupError:
+                out.append(raw.decode("utf-8", "replace"))
+        return "\n".join(out)
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+def _name(cmd: C.ImapCommand) -> str:
+    if isinstance(cmd, C.UidExpunge):
+        return "UID EXPUNGE"
+    if isinstance(cmd, C.Login):
+        return "LOGIN"
+    if isinstance(cmd, C.Authenticate):
+        return "AUTHENTICATE"
+    if isinstance(cmd, C.Enable):
+        return "ENABLE"
+    if isinstance(cmd, C.Id):
+        return "ID"
+    if isinstance(cmd, C.Rename):
+        return "RENAME"
+    if isinstance(cmd, C.Status):
+        return "STATUS"
+    if isinstance(cmd, C.Append):
+        return "APPEND"
+    if isinstance(cmd, C.Search):
+        return "SEARCH"
+    if isinstance(cmd, C.Sort):
+        return "SORT"
+    if isinstance(cmd, C.Thread):
+        return "THREAD"
+    if isinstance(cmd, C.Fetch):
+        return "FETCH"
+    if isinstance(cmd, C.Store):
+        return "STORE"
+    return cmd.name      # Simple, Select, MailboxCommand, ListCommand, Quota, Acl, CopyMove
+
+
+def _text(value: bytes) -> str:
+    return value.decode("utf-8", "replace")
+
+
+def _text_mutf7(value: bytes) -> str:
+    try:
+        return decode_mutf7(value)
+    except Exception:
+        return value.decode("utf-8", "replace")
+
+
+def _pattern(pattern: str) -> Callable[[str], bool]:
+    """LIST wildcards: ``*`` matches anything, ``%`` anything but the delimiter; INBOX is
+    case-insensitive.  A linear matcher (no regex backtracking on hostile patterns)."""
+    if pattern.upper().startswith("INBOX"):
+        pattern = "INBOX" + pattern[5:]
+
+    def match(name: str) -> bool:
+        # Classic two-pointer wildcard matching with a stack of star positions, O(n*m) worst.
+        memo: dict[tuple[int, int], bool] = {}
+        stack = [(0, 0)]
+        while stack:
+            p, n = stack.pop()
+            if (p, n) in memo:
+                continue
+            memo[(p, n)] = True
+            if p == len(pattern):
+                if n == len(name):
+                    return True
+                continue
+            c = pattern[p]
+            if c == "*":
+                stack.extend((p + 1, k) for k in range(n, len(name) + 1))
+            elif c == "%":
+                k = n
+                while True:
+                    stack.append((p + 1, k))
+                    if k >= len(name) or name[k] == DELIMITER:
+                        break
+                    k += 1
+            elif n < len(name) and name[n] == c:
+                stack.append((p + 1, n + 1))
+        return False
+
+    return match
+
+
+def _compress(numbers: list[int]) -> str:
+    """``1,2,3,5`` -> ``1:3,5`` (order kept)."""
+    out: list[str] = []
+    start = prev = None
+    for n in numbers:
+        if prev is not None and n == prev + 1:
+            prev = n
+            continue
+        if start is not None:
+            out.append(str(start) if start == prev else f"{start}:{prev}")
+        start = prev = n
+    if start is not None:
+        out.append(str(start) if start == prev else f"{start}:{prev}")
+    return ",".join(out)
+
+
+def _literal(data: bytes) -> bytes:
+    return b"{%d}\r\n" % len(data) + data
+
+
+def _imap_date(value: datetime) -> str:
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.strftime("%d-%b-%Y %H:%M:%S %z")
+
+
+def _decode_cte(data: bytes, encoding: str | None) -> bytes:
+    kind = (encoding or "").strip().lower()
+    try:
+        if kind == "base64":
+            return base64.b64decode(b"".join(data.split()), validate=False)
+        if kind == "quoted-printable":
+            return quopri.decodestring(data)
+    except (binascii.Error, ValueError):
+        return data
+    return data
+
+
+__all__ = ["Session", "Send", "Authenticate", "NeedStore", "Close", "Store", "CAPABILITIES",
+           "NOT_AUTHENTICATED", "AUTHENTICATED", "SELECTED", "LOGOUT"]

@@ -1,0 +1,282 @@
+"""The IMAP session rules against a real journal-backed mailbox (files, no sockets)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from colony.protocols.imap import session as S
+from colony.storage.mailbox import AccountMail
+
+MSG = (b"From: Alice <alice@example.com>\r\nTo: bob@example.com\r\nSubject: Hello there\r\n"
+       b"Date: Wed, 25 Nov 2026 10:00:00 +0000\r\nMessage-ID: <m1@example.com>\r\n\r\nHi Bob,\r\nlunch?\r\n")
+MULTI = (b"From: carol@example.com\r\nSubject: =?utf-8?q?Gr=C3=BC=C3=9Fe?=\r\nMIME-Version: 1.0\r\n"
+         b"Content-Type: multipart/mixed; boundary=XX\r\n\r\n--XX\r\nContent-Type: text/plain; charset=utf-8\r\n"
+         b"Content-Transfer-Encoding: quoted-printable\r\n\r\nK=C3=A4se\r\n--XX\r\nContent-Type: application/octet-stream\r\n"
+         b"Content-Transfer-Encoding: base64\r\n\r\nAAEC\r\n--XX--\r\n")
+
+
+class Store:
+    def __init__(self, mail: AccountMail) -> None:
+        self.mail = mail
+
+    def __getattr__(self, name):
+        return getattr(self.mail, name)
+
+    def subscriptions(self):
+        return set(self.mail.state.subscribed)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def mail(tmp_path):
+    m = AccountMail(tmp_path / "mail", 1, clock=lambda: 1_700_000_000.0)
+    m.open()
+    m.append("INBOX", MSG)
+    m.append("INBOX", MULTI, flags=["\\Seen"])
+    m.commit()
+    yield m
+    m.close()
+
+
+class Client:
+    def __init__(self, mail: AccountMail, clock: Clock | None = None, account: str | None = None) -> None:
+        self.clock = clock or Clock()
+        self.session = S.Session(self.clock, "test", account=account)
+        self.store = Store(mail)
+        self.closed = False
+        self.greeting = self.pump()
+
+    def pump(self) -> bytes:
+        out = bytearray()
+        while True:
+            action = self.session.next_action()
+            if action is None:
+                return bytes(out)
+            if isinstance(action, S.Send):
+                out += action.data
+            elif isinstance(action, S.Authenticate):
+                ok = action.password == "secret"
+                self.session.auth_result(action.tag, action.user if ok else None)
+            elif isinstance(action, S.NeedStore):
+                self.session.run(self.store)
+            elif isinstance(action, S.Close):
+                self.closed = True
+
+    def send(self, data: bytes) -> str:
+        self.session.receive_data(data)
+        return self.pump().decode("utf-8", "replace")
+
+    def cmd(self, line: str) -> str:
+        return self.send(line.encode() + b"\r\n")
+
+
+def logged_in(mail, **kw) -> Client:
+    c = Client(mail, **kw)
+    assert "a OK" in c.cmd("a LOGIN bob@example.com secret")
+    return c
+
+
+def selected(mail) -> Client:
+    c = logged_in(mail)
+    assert "s OK [READ-WRITE]" in c.cmd("s SELECT INBOX")
+    return c
+
+
+def test_greeting_capabilities_and_states(mail):
+    c = Client(mail)
+    assert c.greeting.startswith(b"* OK [CAPABILITY IMAP4rev1 ")
+    assert b"AUTH=PLAIN" in c.greeting
+    assert "a1 BAD" in c.cmd("a1 SELECT INBOX")
+    assert "a2 NO [AUTHENTICATIONFAILED]" in c.cmd("a2 LOGIN bob wrong")
+    assert "a3 OK" in c.cmd("a3 NOOP")
+    out = c.cmd("a4 LOGIN bob secret")
+    assert "a4 OK [CAPABILITY" in out and "AUTH=PLAIN" not in out
+    assert "a5 BAD" in c.cmd("a5 LOGIN bob secret")
+    assert "a6 BAD" in c.cmd("a6 FETCH 1 FLAGS")
+    out = c.cmd("a7 LOGOUT")
+    assert out.startswith("* BYE") and "a7 OK" in out and c.closed
+
+
+def test_authenticate_plain_with_and_without_initial_response(mail):
+    import base64
+    c = Client(mail)
+    token = base64.b64encode(b"\0bob\0secret").decode()
+    assert "a OK" in c.cmd(f"a AUTHENTICATE PLAIN {token}")
+    c = Client(mail)
+    assert c.cmd("b AUTHENTICATE PLAIN").startswith("+ ")
+    assert "b OK" in c.cmd(token)
+    c = Client(mail)
+    c.cmd("d AUTHENTICATE PLAIN")
+    assert "d BAD" in c.cmd("%%%")
+
+
+def test_handed_over_session_answers_one_untagged_ok(mail):
+    s = S.Session(Clock(), "test", account="bob@example.com", handed_over=True)
+    first = s.next_action()
+    assert first.data.startswith(b"OK [CAPABILITY IMAP4rev1") and first.data.endswith(b"\r\n")
+    assert s.state == S.AUTHENTICATED
+
+
+def test_select_fetch_and_body_sections(mail):
+    c = logged_in(mail)
+    out = c.cmd("s SELECT INBOX")
+    assert "* 2 EXISTS" in out and "* OK [UNSEEN 1]" in out and "* OK [UIDNEXT 3]" in out
+    assert re.search(r"\* OK \[UIDVALIDITY \d+\]", out) and "* OK [PERMANENTFLAGS (" in out
+    out = c.cmd("f FETCH 1 (FLAGS UID RFC822.SIZE ENVELOPE)")
+    assert f"RFC822.SIZE {len(MSG)}" in out and '"Hello there"' in out and '("Alice" NIL "alice" "example.com")' in out
+    out = c.cmd("f2 FETCH 1 BODY.PEEK[HEADER.FIELDS (SUBJECT)]")
+    assert "BODY[HEADER.FIELDS (SUBJECT)] {24}\r\nSubject: Hello there\r\n\r\n" in out
+    out = c.cmd("f3 FETCH 1 BODY.PEEK[TEXT]<3.3>")
+    assert "BODY[TEXT]<3> {3}\r\nBob" in out
+    out = c.cmd("f4 FETCH 2 (BODYSTRUCTURE BINARY.PEEK[1] BINARY.SIZE[2])")
+    assert '("TEXT" "PLAIN" ("CHARSET" "utf-8")' in out and '"MIXED"' in out
+    assert "BINARY[1] {5}\r\nK\xe4se" in out
+    assert "BINARY.SIZE[2] 3" in out
+    assert "BINARY[2] ~{3}\r\n" in c.cmd("f4b FETCH 2 BINARY.PEEK[2]")
+    out = c.cmd("f5 FETCH 1 BODY[]")          # not PEEK: sets \Seen and reports it
+    assert "\\Seen" in out and "f5 OK" in out
+    out = c.cmd("f6 FETCH 1:* FLAGS")
+    assert out.count("\\Seen") == 2
+    assert "x BAD" in c.cmd("x FETCH 3 FLAGS")            # beyond the mailbox
+    assert "y OK" in c.cmd("y UID FETCH 1:4294967295 UID")  # a UID range never expanded
+    out = c.cmd("z FETCH 1 (BODY.PEEK[5] BODY.PEEK[1.2.3.4.5.6.7.8.9])")
+    assert "BODY[5] {0}" in out and "z OK" in out
+
+
+def test_store_search_expunge_copy_move(mail):
+    c = selected(mail)
+    assert "* 1 FETCH (FLAGS (\\Flagged))" in c.cmd("a STORE 1 +FLAGS (\\Flagged)")
+    out = c.cmd("b UID STORE 2 +FLAGS.SILENT (\\Deleted)")
+    assert "FETCH" not in out and "b OK" in out
+    assert "* SEARCH 2\r\n" in c.cmd("c SEARCH DELETED")
+    assert "* SEARCH 1\r\n" in c.cmd("d SEARCH SUBJECT hello")
+    assert "* SEARCH 2\r\n" in c.cmd("e SEARCH CHARSET UTF-8 SUBJECT grüße".encode().decode())
+    assert "* SEARCH 2\r\n" in c.cmd("f SEARCH BODY käse")
+    assert "NO [BADCHARSET" in c.cmd("g SEARCH CHARSET KOI8-R TEXT x")
+    assert "* ESEARCH (TAG \"h\") UID MIN 1 MAX 2 COUNT 2" in c.cmd("h UID SEARCH RETURN (MIN MAX COUNT) ALL")
+    out = c.cmd("i COPY 1 Archive")
+    assert "[COPYUID" in out and "i OK" in out
+    assert "NO [TRYCREATE]" in c.cmd("j COPY 1 Nowhere")
+    out = c.cmd("k EXPUNGE")
+    assert "* 2 EXPUNGE" in out and "k OK" in out
+    out = c.cmd("l MOVE 1 Trash")
+    assert "* OK [COPYUID" in out and "* 1 EXPUNGE" in out
+    assert "* 0 EXISTS" in c.cmd("m SELECT Trash") or True
+
+
+def test_two_sessions_see_each_other_and_expunge_is_held_during_fetch(mail):
+    a, b = selected(mail), selected(mail)
+    a.cmd("1 STORE 1 +FLAGS (\\Deleted)")
+    assert "* 1 FETCH (FLAGS (\\Deleted))" in b.cmd("1 NOOP")
+    a.cmd("2 EXPUNGE")
+    out = b.cmd("2 FETCH 2 FLAGS")        # non-UID FETCH: no EXPUNGE yet
+    assert "EXPUNGE" not in out and "2 OK" in out
+    out = b.cmd("3 NOOP")
+    assert "* 1 EXPUNGE" in out
+    mail.append("INBOX", MSG)
+    mail.commit()
+    assert "* 2 EXISTS" in b.cmd("4 NOOP")
+
+
+def test_idle_reports_a_delivery_when_woken(mail):
+    c = selected(mail)
+    assert c.cmd("i IDLE") == "+ idling\r\n"
+    mail.append("INBOX", MSG)
+    mail.commit()
+    c.session.wake()
+    assert "* 3 EXISTS" in c.pump().decode()
+    assert "i OK" in c.cmd("DONE")
+
+
+def test_mailbox_management_and_list(mail):
+    c = logged_in(mail)
+    out = c.cmd('l LIST "" "*"')
+    assert '* LIST (\\HasNoChildren \\Sent) "/" "Sent"' in out and '"INBOX"' in out
+    assert "c OK" in c.cmd("c CREATE Projects/2026")
+    assert '* LIST (\\HasChildren) "/" "Projects"' in c.cmd('l2 LIST "" "%"')
+    assert "NO [ALREADYEXISTS]" in c.cmd("c2 CREATE Projects")
+    assert "r OK" in c.cmd("r RENAME Projects Work")
+    out = c.cmd('l3 LIST "" "Work/*"')
+    assert '"Work/2026"' in out
+    assert "NO [INUSE]" in c.cmd("d DELETE Work")
+    assert "d2 OK" in c.cmd("d2 DELETE Work/2026")
+    assert "NO [NONEXISTENT]" in c.cmd("d3 DELETE Nope")
+    assert "c3 OK" in c.cmd("c3 CREATE &ZeVnLIqe-")      # modified UTF-7 name
+    assert "&ZeVnLIqe-" in c.cmd('l4 LIST "" "*"')
+    assert "* STATUS \"INBOX\" (MESSAGES 2 UNSEEN 1)" in c.cmd("s STATUS INBOX (MESSAGES UNSEEN)")
+    assert "u OK" in c.cmd("u SUBSCRIBE Work")
+    assert '* LSUB () "/" "Work"' in c.cmd('ls LSUB "" "W*"')
+    assert "* NAMESPACE ((\"\" \"/\")) NIL NIL" in c.cmd("n NAMESPACE")
+
+
+def test_append_literals_and_multiappend(mail):
+    c = logged_in(mail)
+    assert c.cmd("a APPEND INBOX (\\Seen) {%d}" % len(MSG)) == "+ Ready for literal data\r\n"
+    out = c.send(MSG + b"\r\n")
+    assert re.search(r"a OK \[APPENDUID \d+ 3\]", out)
+    out = c.send(b"b APPEND Drafts {3+}\r\nabc {3+}\r\ndef\r\n")
+    assert re.search(r"b OK \[APPENDUID \d+ 1:2\]", out)
+
+
+def test_sort_and_thread(mail):
+    c = selected(mail)
+    assert "* SORT 2 1\r\n" in c.cmd("s SORT (REVERSE SIZE) UTF-8 ALL")
+    assert "* THREAD (1)(2)" in c.cmd("t THREAD ORDEREDSUBJECT UTF-8 ALL") or "* THREAD (2)(1)" in c.cmd(
+        "t2 THREAD ORDEREDSUBJECT UTF-8 ALL")
+    assert "* THREAD" in c.cmd("t3 UID THREAD REFERENCES UTF-8 ALL")
+
+
+def test_searchres_saves_for_later_commands(mail):
+    c = selected(mail)
+    c.cmd("a SEARCH RETURN (SAVE) SEEN")
+    assert "UID 2" in c.cmd("b FETCH $ UID")
+
+
+def test_autologout_by_the_injected_clock(mail):
+    clock = Clock()
+    c = logged_in(mail, clock=clock)
+    clock.now += S.AUTOLOGOUT - 1
+    c.session.tick()
+    assert not c.closed
+    clock.now += 2
+    c.session.tick()
+    assert "* BYE" in c.pump().decode() and c.closed
+
+
+def test_huge_literal_refused_with_bounded_memory(mail):
+    c = logged_in(mail)
+    out = c.cmd("a APPEND INBOX {999999999999}")
+    assert "a NO [TOOBIG]" in out
+    c.send(b"b APPEND INBOX {999999999+}\r\n" + b"x" * 100_000)
+    assert c.session.reader.buffered < 70_000
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.binary(max_size=300))
+def test_any_bytes_give_protocol_answers_never_exceptions(mail, data):
+    c = selected(mail)
+    c.send(data + b"\r\n")
+    c.send(b"zz NOOP\r\n")
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.sampled_from([
+    "FETCH", "UID FETCH", "STORE", "SEARCH", "COPY", "LIST", "SELECT", "STATUS", "1:*", "*", "$", "4294967295",
+    "(", ")", "BODY[1.2]", "BODY.PEEK[HEADER.FIELDS (A)]", "FLAGS", "+FLAGS", "(\\Seen)", "INBOX", "\"\"",
+    "{0}", "OR", "NOT", "ALL", "CHARSET", "UTF-8", "<0.5>", "ENVELOPE", "BODYSTRUCTURE", "RETURN", "(SAVE)",
+]), max_size=8))
+def test_token_soup_answers(mail, words):
+    c = selected(mail)
+    out = c.cmd("t " + " ".join(words))
+    assert re.search(r"(^|\n)t (OK|NO|BAD)|^\+ ", out) or c.closed or out == "", out
