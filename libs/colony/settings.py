@@ -128,6 +128,7 @@ class Settings(BaseSettings):
     cluster_secret_file: Path | None = Field(None, description="File of random bytes (>= 16) shared by every edge and mail store: it signs the hand-off of an authenticated IMAP/POP3 session to a mail store. `colony up` makes one. Empty: client access (IMAP/POP3) is off.")
     access_plaintext_auth: bool = Field(False, description="Allow IMAP LOGIN / POP3 USER+PASS / AUTH PLAIN before TLS (only for networks where the link is protected otherwise).")
     imap_idle_timeout: float = Field(1800.0, gt=0, description="Seconds an IMAP session may stay silent outside IDLE before the server says BYE (RFC 9051: at least 30 minutes).")
+    imap_direct_login: bool = Field(False, description="Also open a mail store IMAP listener (`imap-direct` in the node record, any free port) that takes LOGIN / AUTHENTICATE PLAIN itself, checked through the auth contract: for tools and tests on a trusted network. Clients normally reach IMAP through an edge.")
     pop3_idle_timeout: float = Field(600.0, gt=0, description="Seconds a POP3 session may stay silent before it is closed (RFC 1939: at least 10 minutes).")
     access_login_timeout: float = Field(60.0, gt=0, description="Seconds a client has to log in at the edge after connecting.")
     access_max_command_bytes: int = Field(8192, ge=1024, le=1024 * 1024, description="Longest IMAP/POP3 command line (and literal) the edge reads before login; longer gets BAD / -ERR.")
