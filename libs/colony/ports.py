@@ -42,9 +42,24 @@ class PortPlan:
         """The SMTP MX of edge #edge_index+1: each edge gets its own block of 1000 ports."""
         return self.base + 25 + EDGE_PORT_STRIDE * edge_index
 
+    def imap(self, edge_index: int) -> int:
+        return self.base + 43 + EDGE_PORT_STRIDE * edge_index
+
+    def imaps(self, edge_index: int) -> int:
+        return self.base + 93 + EDGE_PORT_STRIDE * edge_index
+
+    def pop3(self, edge_index: int) -> int:
+        return self.base + 10 + EDGE_PORT_STRIDE * edge_index
+
+    def pop3s(self, edge_index: int) -> int:
+        return self.base + 95 + EDGE_PORT_STRIDE * edge_index
+
     def all_ports(self, instances: int, admin_apis: int, edges: int = 0) -> list[tuple[str, int]]:
         ports = [("NATS", self.nats), ("NATS monitoring", self.nats_monitor)]
         ports += [(f"SMTP edge #{i + 1}", self.smtp(i)) for i in range(edges)]
+        ports += [(f"{what} edge #{i + 1}", port(i)) for i in range(edges)
+                  for what, port in (("IMAP", self.imap), ("IMAPS", self.imaps), ("POP3", self.pop3),
+                                     ("POP3S", self.pop3s))]
         ports += [(f"admin API #{i + 1}", self.admin_api(i)) for i in range(admin_apis)]
         ports += [(f"ops listener #{i + 1}", self.ops(i)) for i in range(instances)]
         return ports

@@ -175,8 +175,16 @@ class Cluster:
                     admin_index += 1
                 if role == "edge":
                     env["COLONY_SMTP_PORT"] = str(self.plan.smtp(edge_index))
+                    env["COLONY_IMAP_PORT"] = str(self.plan.imap(edge_index))
+                    env["COLONY_IMAPS_PORT"] = str(self.plan.imaps(edge_index))
+                    env["COLONY_POP3_PORT"] = str(self.plan.pop3(edge_index))
+                    env["COLONY_POP3S_PORT"] = str(self.plan.pop3s(edge_index))
                     edge_index += 1
                 env.update(self.tls_env())
+                if role in ("edge", "mailstore") and not os.environ.get("COLONY_CLUSTER_SECRET_FILE"):
+                    # signs the edges' IMAP/POP3 session hand-offs to the mail stores
+                    from colony.contracts.handoff import ensure_secret
+                    env["COLONY_CLUSTER_SECRET_FILE"] = str(ensure_secret(self.bus_dir / "cluster.secret"))
                 inst = Instance(node_id, role, env, self.data_dir / "logs" / f"{node_id}.log")
                 inst.spawn()
                 self.instances.append(inst)
@@ -198,6 +206,10 @@ class Cluster:
         return {
             "tls_ca": str(self.tls_ca) if self.tls_ca else None,
             "smtp": [f"{self.host}:{self.plan.smtp(i)}" for i in range(self.counts.get("edge", 0))],
+            "imap": [f"{self.host}:{self.plan.imap(i)}" for i in range(self.counts.get("edge", 0))],
+            "imaps": [f"{self.host}:{self.plan.imaps(i)}" for i in range(self.counts.get("edge", 0))],
+            "pop3": [f"{self.host}:{self.plan.pop3(i)}" for i in range(self.counts.get("edge", 0))],
+            "pop3s": [f"{self.host}:{self.plan.pop3s(i)}" for i in range(self.counts.get("edge", 0))],
             "nats_url": self.nats.url if self.nats else None,
             "nats_pid": self.nats.process.pid if self.nats and self.nats.process else None,
             "operator_seed": str(self.operator_seed) if self.identities else None,

@@ -37,6 +37,34 @@ def server_context(cert: Path, key: Path) -> ssl.SSLContext:
     return context
 
 
+def sni_context(cert: Path, key: Path, sni_dir: Path | None) -> ssl.SSLContext:
+    """``server_context`` that picks a per-domain certificate by SNI from ``sni_dir``:
+    ``<name>.pem`` (chain and key in one file, or the key beside it in ``<name>.key``).  A name
+    without a file of its own, or no SNI at all, gets ``cert``.  The directory is read once,
+    here: a new domain's certificate takes effect on the next start of the edge."""
+    default = server_context(cert, key)
+    if sni_dir is None:
+        return default
+    if not sni_dir.is_dir():
+        raise ConfigError(f"COLONY_TLS_SNI_DIR: {sni_dir} is not a directory; create it or unset the key")
+    by_name: dict[str, ssl.SSLContext] = {}
+    for pem in sorted(sni_dir.glob("*.pem")):
+        key_file = pem.with_suffix(".key")
+        by_name[pem.stem.lower()] = server_context(pem, key_file if key_file.exists() else pem)
+
+    def choose(sock: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> None:
+        if name:
+            name = name.lower().rstrip(".")
+            # an exact name first, then the parent domain (imap.acme.example -> acme.example)
+            context = by_name.get(name) or by_name.get(name.partition(".")[2])
+            if context is not None:
+                sock.context = context
+        return None
+
+    default.sni_callback = choose
+    return default
+
+
 def configured(settings: Settings) -> TlsFiles | None:
     """The files the settings name, None when none are configured."""
     if settings.tls_cert_file is None and settings.tls_key_file is None:

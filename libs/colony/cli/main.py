@@ -234,8 +234,13 @@ def _announce(cluster, stop, had_token: bool) -> None:
     console.print(f"  logs:       {cluster.data_dir / 'logs'}")
     for address in info.get("smtp") or []:
         console.print(f"  SMTP MX:    {address}")
+    for label, key in (("IMAP", "imap"), ("IMAPS", "imaps"), ("POP3", "pop3"), ("POP3S", "pop3s")):
+        for address in info.get(key) or []:
+            console.print(f"  {label + ':':<11} {address}" + ("   (STARTTLS)" if key in ("imap", "pop3") else "   (TLS)"))
     if info.get("tls_ca"):
         console.print(f"  TLS:        certificates from a local CA; clients that verify trust {info['tls_ca']}")
+        console.print(f"              e.g. curl --cacert {info['tls_ca']} ..., openssl s_client -CAfile {info['tls_ca']}, "
+                      f"or system-wide: cp {info['tls_ca']} /usr/local/share/ca-certificates/colony.crt && update-ca-certificates")
     expected = sum(cluster.counts.values())
     deadline = time.monotonic() + 60
     views: list[NodeView] = []

@@ -16,6 +16,7 @@ from colony.dns import make_resolver
 from colony.protocols.smtp import replies as R
 from colony.settings import Settings
 from colony.tlsfiles import configured, server_context
+from colony_edge.access_proxy import open_access
 from colony_edge.acceptance import MailAcceptor, SmtpMetrics
 from colony_edge.recipients import RecipientPolicy
 from colony_edge.security.authentication import use_configured_dns
@@ -64,7 +65,7 @@ class EdgeWorkload(ConnectionWorkload):
             greeting_delay=settings.smtp_greeting_delay), policy, acceptor, metrics, self.tracker, tls)
         address = await self.listen("smtp", settings.host, settings.smtp_port, self.smtp.handle,
                                     refuse=lambda writer: writer.write(R.SHUTTING_DOWN.to_bytes()))
-        return {"smtp": address}
+        return {"smtp": address, **await open_access(self, runtime, gate, self.counters, hostname)}
 
     async def close_resources(self) -> None:
         if self.counters is not None:

@@ -160,6 +160,11 @@ class Delivery:
             results.update(outcome)
         return results
 
+    async def claim(self, address: str) -> bool:
+        """Whether this store may serve ``address`` now, taking it if vacant (client sessions
+        handed over by an edge: they are never forwarded)."""
+        return await self._route(address, may_forward=False) == self.node_id
+
     async def _route(self, address: str, may_forward: bool) -> str:
         """Our node id (store here), another owner's id (forward), or ``!reason`` (retry later)."""
         if self.ownership.holding(address):

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from contextlib import suppress
 
 from colony.bus import names
+from colony.contracts.handoff import Verifier, load_secret
 from colony.cluster.ownership import AccountOwnership, MailstoreMembers
 from colony.queue import QueueMetrics, QueuePolicy, QueueRunner
 from colony.settings import Settings
@@ -22,6 +24,7 @@ from colony_mailstore.accounts import AccountManager
 from colony_mailstore.delivery import Delivery
 from colony_mailstore.directory import Directory
 from colony_mailstore.metrics import MailstoreMetrics
+from colony_mailstore.pop3_server import Pop3InnerServer
 from colony_mailstore.usage import UsageMeter
 
 log = logging.getLogger("colony.mailstore")
@@ -40,6 +43,8 @@ class MailstoreWorkload:
         self.accounts: AccountManager | None = None
         self._sub = None
         self._forward_tasks: set[asyncio.Task] = set()
+        self.pop3: Pop3InnerServer | None = None
+        self._pop3_listener: asyncio.Server | None = None
 
     async def start(self, runtime) -> dict[str, str]:
         nc = runtime.nc
@@ -67,7 +72,20 @@ class MailstoreWorkload:
             policy=QueuePolicy.from_settings(settings, concurrency=settings.mailstore_delivery_concurrency),
             metrics=QueueMetrics(runtime.metrics.registry), name="mail")
         await self.runner.start(runtime.spawn)
-        return {}
+        return await self._open_access(runtime)
+
+    async def _open_access(self, runtime) -> dict[str, str]:
+        """The inner POP3 listener for sessions edges hand over (off without a cluster secret)."""
+        settings = self.settings
+        if settings.cluster_secret_file is None:
+            log.warning("no COLONY_CLUSTER_SECRET_FILE: IMAP/POP3 client access is off on this mail store")
+            return {}
+        verifier = Verifier(load_secret(settings.cluster_secret_file), lambda: int(time.time() * 1000))
+        self.pop3 = Pop3InnerServer(verifier, self.accounts, self.delivery.claim, runtime.nc.jetstream().publish,
+                                    runtime.node_id, settings.pop3_idle_timeout, lambda: self.accepting)
+        self._pop3_listener = await asyncio.start_server(self.pop3.handle, settings.host, settings.pop3_inner_port)
+        port = self._pop3_listener.sockets[0].getsockname()[1]
+        return {"pop3-inner": f"{settings.advertised_host}:{port}"}
 
     async def _on_forward(self, msg) -> None:
         # nats-py runs one subscription's callbacks one after another: a task per request lets
@@ -119,6 +137,8 @@ class MailstoreWorkload:
         await self.accounts.release_all("drain")
 
     async def stop(self) -> None:
+        if self._pop3_listener is not None:
+            self._pop3_listener.close()
         if self.runner is not None:
             await self.runner.stop()
         if self._sub is not None:

@@ -126,6 +126,13 @@ class Pop3Server:
         self._out.clear()
         return out
 
+    def leftover(self) -> bytes:
+        """Unread input (what a client pipelined after the command being served): the edge
+        passes it on to the mail store after a login it handed over."""
+        out = bytes(self._in)
+        self._in.clear()
+        return out
+
     def handle_timer(self, now: float) -> None:
         if self.state != State.CLOSED and now >= self.idle_deadline:
             self._reply(False, "Idle for too long; closing (nothing deleted)")
@@ -139,6 +146,13 @@ class Pop3Server:
         self._busy = False
         self._reply(True, f"{self._user} has {len(self._messages)} message(s) ({sum(m.size for m in self._messages)} octets)")
         self._process()
+
+    def handed_over(self, user: str, messages: Iterable[MessageInfo]) -> None:
+        """A session the edge authenticated (``colony.contracts.handoff``): straight to
+        TRANSACTION; the only output is the maildrop status line the edge relays."""
+        self._out.clear()    # no greeting: the client had the edge's
+        self._user = user
+        self.login_ok(messages)
 
     def login_failed(self, code: str = "AUTH", text: str = "Authentication failed") -> None:
         """``code``: AUTH (bad credentials), IN-USE, LOGIN-DELAY or SYS/TEMP (RFC 3206)."""

@@ -1,0 +1,431 @@
+"""Client access at the edge: IMAP and POP3 up to login, then a byte proxy to the account's owner.
+
+Theory of operation
+-------------------
+The edge speaks the pre-authentication part of each protocol itself, through the sans-IO
+cores: POP3 with ``colony.protocols.pop3.rules`` (CAPA, STLS, USER/PASS, AUTH PLAIN), IMAP
+with ``colony.protocols.imap.preauth`` (CAPABILITY, STARTTLS, LOGIN, AUTHENTICATE PLAIN with
+SASL-IR, ID, NOOP, LOGOUT).  Plaintext credentials before TLS are refused unless
+``access_plaintext_auth``.  A connection first passes the edge gate (denied networks,
+connection rate and sessions per address across all edges: ``* BYE`` / ``-ERR`` and close).
+
+A login is checked in this order: the login-failure throttle (``LoginThrottle``: failures
+per address and per account per minute, counted across all edges in the shared counters),
+then the auth contract with the service (``imap`` / ``pop``: an account without it gets
+``NO`` / ``-ERR [AUTH]``).  On success the edge finds the account's store (``StoreFinder``:
+the holder of its ownership lease if that store is READY, else the rendezvous choice among
+the READY stores, which takes the account when the session arrives), connects to that
+store's inner listener and sends the signed hand-off line (``colony.contracts.handoff``).
+The store's one-line answer becomes the client's login answer; a ``NOT-OWNER`` answer (the
+lease moved meanwhile) sends the edge back to the lease, a few times, before the client gets
+a temporary failure.  From then on bytes are copied both ways, and whichever side closes
+closes the other: a store that drains or loses the account says the protocol's goodbye
+first, so the client sees a clean ``* BYE`` / ``-ERR`` and reconnects to the new owner.
+
+Memory per session is bounded: before login the cores bound every line and literal; after
+it the copy loops move at most one read buffer at a time and wait for the other side to
+drain.  Idle timeouts: before login ``access_login_timeout``; after it the store's own
+(``imap_idle_timeout`` outside IDLE, ``pop3_idle_timeout``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from nats.aio.client import Client
+from nats.js.kv import KeyValue
+from prometheus_client import CollectorRegistry, Counter
+
+from colony.bus import names
+from colony.cluster.lease import read_lease
+from colony.cluster.membership import NodeState
+from colony.cluster.ownership import place
+from colony.cluster.view import read_nodes
+from colony.contracts.auth import AuthClient, AuthUnavailable
+from colony.contracts.handoff import MAX_LINE, NOT_OWNER, sign
+from colony.counters import SharedCounters
+from colony.protocols.imap import preauth as imap
+from colony.protocols.pop3 import rules as pop3
+from colony.settings import Role, Settings
+from colony_edge.security.gate import EdgeGate
+from colony_edge.security.networks import counting_unit
+
+log = logging.getLogger("colony.edge.access")
+
+_COPY = 64 * 1024          # one read buffer per direction and session
+_ROUTE_ATTEMPTS = 20       # NOT-OWNER answers or unreachable stores before a temporary failure
+_ROUTE_PAUSE = 0.25        # seconds between them (a drained store releases its accounts this fast)
+_STORE_TIMEOUT = 15.0      # seconds a store has to answer a hand-off
+
+
+class AccessMetrics:
+    def __init__(self, registry: CollectorRegistry | None) -> None:
+        self.logins = Counter("colony_access_logins_total", "IMAP/POP3 logins at the edge by outcome.",
+                              ["protocol", "outcome"], registry=registry)
+
+
+# --- where an account's sessions go ----------------------------------------------------------
+
+class StoreFinder:
+    """The READY mail stores with their inner listeners (from ``cluster_nodes``, re-read at
+    most every ``refresh`` seconds) and the owner of an account (its lease)."""
+
+    def __init__(self, nc: Client, owners: KeyValue, refresh: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.nc, self.owners, self.refresh, self.clock = nc, owners, refresh, clock
+        self._stores: dict[str, dict[str, str]] = {}
+        self._read_at = float("-inf")
+        self._lock = asyncio.Lock()
+
+    async def stores(self, force: bool = False) -> dict[str, dict[str, str]]:
+        async with self._lock:
+            if force or self.clock() - self._read_at >= self.refresh:
+                records = await read_nodes(self.nc)
+                self._stores = {r.id: r.addresses for r in records
+                                if r.role == Role.MAILSTORE and r.state == NodeState.READY}
+                self._read_at = self.clock()
+        return self._stores
+
+    async def target(self, account: str, listener: str, force: bool = False) -> str | None:
+        """host:port of the store that should serve ``account`` now, None if none can."""
+        stores = {node: addr[listener] for node, addr in (await self.stores(force)).items() if listener in addr}
+        if not stores:
+            return None
+        seen = await read_lease(self.owners, names.account_owner_key(account))
+        if seen is not None and seen.record.holder in stores:
+            return stores[seen.record.holder]
+        return stores[place(account, stores)]
+
+
+# --- login throttling across all edges ------------------------------------------------------
+
+class LoginThrottle:
+    """Failed logins per minute per client address (IPv6: per /64) and per account, summed
+    over every edge.  Trusted networks skip the per-address limit only: an account under a
+    password-guessing attack is protected whoever guesses."""
+
+    def __init__(self, settings: Settings, counters: SharedCounters | None, gate: EdgeGate) -> None:
+        self.settings, self.counters, self.gate = settings, counters, gate
+
+    async def blocked(self, ip: str, account: str) -> bool:
+        if self.counters is None:
+            return False
+        if not self.gate.trusted(ip) and \
+                await self.counters.rate("login-fail-ip", counting_unit(ip)) >= self.settings.access_login_failures_per_ip:
+            return True
+        return await self.counters.rate("login-fail-account", account.lower()) >= \
+            self.settings.access_login_failures_per_account
+
+    async def failed(self, ip: str, account: str) -> None:
+        if self.counters is None:
+            return
+        await self.counters.hit("login-fail-ip", counting_unit(ip))
+        await self.counters.hit("login-fail-account", account.lower())
+
+
+# --- the proxy ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Login:
+    ok: bool
+    reply: str                      # the store's line (ok) or the refusal text
+    code: str = "AUTH"              # POP3 response code / IMAP response code of a refusal
+    upstream: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+
+
+class AccessProxy:
+    def __init__(self, settings: Settings, secret: bytes, auth: AuthClient, finder: StoreFinder,
+                 throttle: LoginThrottle, gate: EdgeGate, tls: ssl.SSLContext | None, tracker,
+                 metrics: AccessMetrics, hostname: str) -> None:
+        self.settings, self.secret, self.auth, self.finder = settings, secret, auth, finder
+        self.throttle, self.gate, self.tls, self.tracker = throttle, gate, tls, tracker
+        self.metrics, self.hostname = metrics, hostname
+
+    # --- shared steps ------------------------------------------------------------------------
+
+    async def login(self, proto: str, user: str, password: str, ip: str) -> Login:
+        service = "imap" if proto == "imap" else "pop"
+        if await self.throttle.blocked(ip, user):
+            self.metrics.logins.labels(proto, "throttled").inc()
+            return Login(False, "Too many failed logins; try again later", "LOGIN-DELAY")
+        try:
+            reply = await self.auth.check(user, password, service=service, remote_addr=ip)
+        except AuthUnavailable:
+            self.metrics.logins.labels(proto, "unavailable").inc()
+            return Login(False, "Authentication is unavailable; try again later", "SYS/TEMP")
+        if not reply.ok:
+            self.metrics.logins.labels(proto, reply.reason or "refused").inc()
+            if reply.reason == "throttled":
+                return Login(False, "Too many failed logins; try again later", "LOGIN-DELAY")
+            if reply.reason == "internal error":
+                return Login(False, "Authentication is unavailable; try again later", "SYS/TEMP")
+            if reply.reason == "service not enabled":
+                return Login(False, f"{proto.upper()} is not enabled for this account", "AUTH")
+            await self.throttle.failed(ip, user)
+            return Login(False, "Authentication failed", "AUTH")
+        login = await self.hand_off(proto, reply.account or user, ip)
+        self.metrics.logins.labels(proto, "ok" if login.ok else "no-store").inc()
+        return login
+
+    async def hand_off(self, proto: str, account: str, ip: str) -> Login:
+        listener = f"{proto}-inner"
+        last = "no mail store is ready"
+        for attempt in range(_ROUTE_ATTEMPTS):
+            if attempt:
+                await asyncio.sleep(_ROUTE_PAUSE)
+            try:
+                target = await self.finder.target(account, listener, force=attempt > 0)
+            except Exception as exc:  # the bus is away for a moment: same as no store
+                last = f"cannot read the cluster: {exc}"
+                continue
+            if target is None:
+                continue
+            host, _, port = target.rpartition(":")
+            try:
+                reader, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port), limit=_COPY),
+                                                        _STORE_TIMEOUT)
+            except (OSError, asyncio.TimeoutError) as exc:
+                last = f"{target}: {exc}"
+                continue
+            try:
+                writer.write(sign(self.secret, proto, account, ip, int(time.time() * 1000)))
+                line = await asyncio.wait_for(reader.readuntil(b"\n"), _STORE_TIMEOUT)
+            except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
+                writer.close()
+                last = f"{target}: {exc!r}"
+                continue
+            text = line[:MAX_LINE].decode("utf-8", "replace").rstrip("\r\n")
+            if text.startswith(("+OK", "OK")):
+                return Login(True, text, upstream=(reader, writer))
+            writer.close()
+            if NOT_OWNER in text:
+                last = text
+                continue
+            return Login(False, text.partition(" ")[2] or "Mailbox unavailable", "SYS/TEMP")
+        log.warning("no store took a %s session of %s: %s", proto, account, last)
+        return Login(False, "Your mailbox is not reachable right now; try again shortly", "SYS/TEMP")
+
+    async def pipe(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter,
+                   upstream: tuple[asyncio.StreamReader, asyncio.StreamWriter], leftover: bytes) -> None:
+        """Copy both ways until either side closes; then close both."""
+        store_reader, store_writer = upstream
+        if leftover:
+            store_writer.write(leftover)
+
+        async def copy(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(ConnectionError, OSError):
+                while data := await src.read(_COPY):
+                    dst.write(data)
+                    await dst.drain()
+
+        tasks = [asyncio.ensure_future(copy(client_reader, store_writer)),
+                 asyncio.ensure_future(copy(store_reader, client_writer))]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            store_writer.close()
+            with contextlib.suppress(ConnectionError, OSError):
+                await asyncio.wait_for(client_writer.drain(), 5)
+
+    async def _admit(self, writer: asyncio.StreamWriter, ip: str, refuse: Callable[[str], bytes]) -> bool:
+        refusal = await self.gate.on_connect(ip)
+        if refusal is not None:
+            writer.write(refuse(refusal.text))
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(writer.drain(), 5)
+            return False
+        return True
+
+    # --- POP3 ---------------------------------------------------------------------------------
+
+    async def pop3(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, implicit_tls: bool) -> None:
+        ip = _ip(writer)
+        if not await self._admit(writer, ip, lambda text: f"-ERR [SYS/TEMP] {text}\r\n".encode()):
+            return
+        try:
+            session = _Pop3Session(self, reader, writer, ip, implicit_tls)
+            with self.tracker.track("pop3", ip, session.goodbye):
+                await session.run()
+        finally:
+            self.gate.on_disconnect(ip)
+
+    # --- IMAP ---------------------------------------------------------------------------------
+
+    async def imap(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, implicit_tls: bool) -> None:
+        ip = _ip(writer)
+        if not await self._admit(writer, ip, lambda text: f"* BYE [UNAVAILABLE] {text}\r\n".encode()):
+            return
+        try:
+            session = _ImapSession(self, reader, writer, ip, implicit_tls)
+            with self.tracker.track("imap", ip, session.goodbye):
+                await session.run()
+        finally:
+            self.gate.on_disconnect(ip)
+
+
+def _ip(writer: asyncio.StreamWriter) -> str:
+    peer = writer.get_extra_info("peername")
+    return peer[0] if isinstance(peer, tuple) else "0.0.0.0"
+
+
+class _Session:
+    """What the POP3 and IMAP sessions share: reading with the login deadline, STARTTLS,
+    and the switch to the proxy."""
+
+    def __init__(self, proxy: AccessProxy, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 ip: str, implicit_tls: bool) -> None:
+        self.proxy, self.reader, self.writer, self.ip = proxy, reader, writer, ip
+        self.tls_active = implicit_tls
+        self.deadline = time.monotonic() + proxy.settings.access_login_timeout
+        self.proxying = False
+        self.closing = False
+
+    async def read(self) -> bytes:
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            return b""
+        try:
+            return await asyncio.wait_for(self.reader.read(4096), remaining)
+        except asyncio.TimeoutError:
+            return b""
+
+    async def start_tls(self) -> None:
+        await self.writer.start_tls(self.proxy.tls)
+
+    async def write(self, data: bytes) -> None:
+        if data:
+            self.writer.write(data)
+            await self.writer.drain()
+
+
+class _Pop3Session(_Session):
+    async def run(self) -> None:
+        core = pop3.Pop3Server(time.monotonic, tls_available=self.proxy.tls is not None, tls_active=self.tls_active,
+                               allow_plaintext=self.proxy.settings.access_plaintext_auth,
+                               greeting=f"{self.proxy.hostname} POP3 ready")
+        self.core = core
+        while not self.closing:
+            await self.write(core.data_to_send())
+            event = core.next_event()
+            if event is None:
+                data = await self.read()
+                if not data:
+                    if time.monotonic() >= self.deadline:
+                        await self.write(b"-ERR Too slow to log in; closing\r\n")
+                    return
+                core.receive_data(data)
+            elif isinstance(event, pop3.StartTLS):
+                await self.start_tls()
+                core.tls_started()
+            elif isinstance(event, pop3.Authenticate):
+                login = await self.proxy.login("pop3", event.user, event.password, self.ip)
+                if not login.ok:
+                    core.login_failed(login.code, login.reply)
+                    continue
+                await self.write(core.data_to_send())
+                await self.write((login.reply + "\r\n").encode())
+                self.proxying = True
+                await self.proxy.pipe(self.reader, self.writer, login.upstream, core.leftover())
+                return
+            elif isinstance(event, pop3.Close):
+                await self.write(core.data_to_send())
+                return
+            else:  # Retrieve / Commit cannot happen before login
+                return
+
+    async def goodbye(self) -> None:
+        # Before login only: after it the store says goodbye itself when it drains.
+        self.closing = True
+        if not self.proxying:
+            with contextlib.suppress(Exception):
+                await self.write(b"-ERR [SYS/TEMP] Server shutting down\r\n")
+        self.writer.close()
+
+
+class _ImapSession(_Session):
+    async def run(self) -> None:
+        core = imap.ImapPreauth(tls_available=self.proxy.tls is not None, tls_active=self.tls_active,
+                                allow_plaintext=self.proxy.settings.access_plaintext_auth,
+                                max_line=self.proxy.settings.access_max_command_bytes,
+                                greeting=f"{self.proxy.hostname} IMAP ready")
+        while not self.closing:
+            await self.write(core.data_to_send())
+            event = core.next_event()
+            if event is None:
+                data = await self.read()
+                if not data:
+                    if time.monotonic() >= self.deadline:
+                        await self.write(b"* BYE Too slow to log in\r\n")
+                    return
+                core.receive_data(data)
+            elif isinstance(event, imap.StartTLS):
+                await self.start_tls()
+                core.tls_started()
+            elif isinstance(event, imap.Authenticate):
+                login = await self.proxy.login("imap", event.user, event.password, self.ip)
+                if not login.ok:
+                    core.login_failed(_imap_code(login.code), login.reply)
+                    continue
+                await self.write(core.data_to_send())
+                core.login_ok(login.reply)
+                await self.write(core.data_to_send())
+                self.proxying = True
+                await self.proxy.pipe(self.reader, self.writer, login.upstream, core.leftover())
+                return
+            elif isinstance(event, imap.Close):
+                await self.write(core.data_to_send())
+                return
+
+    async def goodbye(self) -> None:
+        self.closing = True
+        if not self.proxying:
+            with contextlib.suppress(Exception):
+                await self.write(b"* BYE [UNAVAILABLE] Server shutting down\r\n")
+        self.writer.close()
+
+
+def _imap_code(pop3_code: str) -> str:
+    return {"AUTH": "AUTHENTICATIONFAILED", "LOGIN-DELAY": "UNAVAILABLE", "SYS/TEMP": "UNAVAILABLE"}.get(
+        pop3_code, "UNAVAILABLE")
+
+
+async def open_access(workload, runtime, gate: EdgeGate, counters: SharedCounters | None, hostname: str) -> dict[str, str]:
+    """Open the IMAP/IMAPS/POP3/POP3S listeners of an edge (a ``ConnectionWorkload``).
+    Off (a warning, no listeners) without a cluster secret: the edge could not hand over."""
+    from colony.contracts.handoff import load_secret
+    from colony.tlsfiles import configured, sni_context
+
+    settings = runtime.settings
+    if settings.cluster_secret_file is None:
+        log.warning("no COLONY_CLUSTER_SECRET_FILE: IMAP/POP3 client access is off on this edge")
+        return {}
+    files = configured(settings)
+    tls = sni_context(files.cert, files.key, settings.tls_sni_dir) if files else None
+    owners = await runtime.nc.jetstream().key_value(names.BUCKET_ACCOUNT_OWNERS)
+    proxy = AccessProxy(settings, load_secret(settings.cluster_secret_file), AuthClient(runtime.nc),
+                        StoreFinder(runtime.nc, owners), LoginThrottle(settings, counters, gate), gate, tls,
+                        workload.tracker, AccessMetrics(runtime.metrics.registry), hostname)
+    workload.access = proxy
+    limit = settings.access_max_command_bytes + 1024
+    listeners = [("imap", settings.imap_port, proxy.imap, False, b"* BYE [UNAVAILABLE] Server shutting down\r\n"),
+                 ("pop3", settings.pop3_port, proxy.pop3, False, b"-ERR [SYS/TEMP] Server shutting down\r\n")]
+    if tls is not None:
+        listeners += [("imaps", settings.imaps_port, proxy.imap, True, b"* BYE [UNAVAILABLE] Server shutting down\r\n"),
+                      ("pop3s", settings.pop3s_port, proxy.pop3, True, b"-ERR [SYS/TEMP] Server shutting down\r\n")]
+    addresses = {}
+    for name, port, serve, implicit, bye in listeners:
+        async def handler(reader, writer, serve=serve, implicit=implicit):
+            await serve(reader, writer, implicit)
+
+        addresses[name] = await workload.listen(name, settings.host, port, handler, ssl=tls if implicit else None,
+                                                refuse=lambda writer, bye=bye: writer.write(bye), limit=limit)
+    return addresses

@@ -1,0 +1,223 @@
+"""Client access through `colony up`: POP3 (and IMAP when the store serves it) through the edge
+over TLS to the account's mail store, with Python's own clients and Debian's fetchmail; and a
+drain of the owning mail store under a connected client: a clean -ERR, a reconnect that
+lands on the new owner, nothing lost."""
+
+from __future__ import annotations
+
+import json
+import os
+import poplib
+import shutil
+import smtplib
+import ssl
+import subprocess
+import time
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+
+from test_colony_up import COLONY, free_base_port, ready_nodes, start_up, stop_up, wait_for
+
+pytestmark = pytest.mark.slow
+
+PASSWORD = "a long passphrase"
+
+
+def need_tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{name} is required in CI (apt-get install {name}; listed in .ci/apt-packages)")
+        pytest.skip(f"{name} is not installed (apt-get install {name})")
+    return path
+
+
+def colony(data_dir: Path, *args: str) -> str:
+    out = subprocess.run([COLONY, *args, "--data-dir", str(data_dir)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out.stdout
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """`colony up` with 2 edges and 2 mail stores; alice@acme.example provisioned."""
+    data_dir = tmp_path_factory.mktemp("access") / "colony"
+    base = free_base_port()
+    proc = start_up(data_dir, base, "--mailstores", "2", "--edges", "2", "--sipfarms", "0")
+    try:
+        nodes = wait_for(lambda: ready_nodes(data_dir, 8), 180, "every instance READY")
+        wait_for(lambda: (data_dir / "admin.token").exists(), 60, "the bootstrap token")
+        colony(data_dir, "domain", "add", "acme.example")
+        colony(data_dir, "account", "add", "alice@acme.example", "--password", PASSWORD)
+        yield data_dir, nodes
+    finally:
+        stop_up(proc)
+
+
+def status(data_dir: Path) -> list[dict]:
+    return json.loads(subprocess.run([COLONY, "status", "--json", "--data-dir", str(data_dir)],
+                                     capture_output=True, text=True, timeout=60).stdout)
+
+
+def edge_port(data_dir: Path, listener: str, index: int = 0) -> int:
+    edges = sorted((n for n in status(data_dir) if n["role"] == "edge"), key=lambda n: n["id"])
+    return int(edges[index]["addresses"][listener].rsplit(":", 1)[1])
+
+
+def tls_context(data_dir: Path) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=str(data_dir / "tls" / "ca.pem"))
+
+
+def deliver(data_dir: Path, count: int, subject: str) -> None:
+    port = edge_port(data_dir, "smtp")
+
+    def accepts() -> bool:
+        try:
+            with smtplib.SMTP("127.0.0.1", port, timeout=30) as s:
+                s.ehlo("probe.test")
+                s.mail("probe@remote.test")
+                return s.rcpt("alice@acme.example")[0] == 250
+        except (smtplib.SMTPException, OSError):
+            return False
+
+    wait_for(accepts, 60, "the edge to know alice")
+    with smtplib.SMTP("127.0.0.1", port, timeout=60) as s:
+        for i in range(count):
+            msg = EmailMessage()
+            msg["From"], msg["To"], msg["Subject"] = "bob@remote.test", "alice@acme.example", f"{subject} {i}"
+            msg.set_content(f"message {i}\n.\nwith a lone dot\n")
+            s.send_message(msg)
+
+
+def pop3s(data_dir: Path, edge: int = 0) -> poplib.POP3_SSL:
+    client = poplib.POP3_SSL("127.0.0.1", edge_port(data_dir, "pop3s", edge), context=tls_context(data_dir), timeout=60)
+    client.user("alice@acme.example")
+    client.pass_(PASSWORD)
+    return client
+
+
+def count_messages(data_dir: Path, at_least: int) -> int:
+    def probe() -> int:
+        try:
+            client = pop3s(data_dir)
+        except (poplib.error_proto, OSError):
+            return 0
+        try:
+            n = client.stat()[0]
+        finally:
+            client.quit()
+        return n if n >= at_least else 0
+    return wait_for(probe, 120, f"{at_least} messages in alice's INBOX")
+
+
+def test_pop3_over_tls_through_either_edge_deletes_only_at_quit(cluster):
+    data_dir, _ = cluster
+    deliver(data_dir, 3, "pop")
+    assert count_messages(data_dir, 3) >= 3
+
+    client = pop3s(data_dir, edge=1)
+    n, _ = client.stat()
+    uidls = [line.split()[1] for line in client.uidl()[1]]
+    assert len(set(uidls)) == n
+    lines = client.retr(1)[1]
+    assert any(line.startswith(b"Subject: pop") for line in lines)
+    assert b"." in lines                       # the lone dot came back un-stuffed
+    client.dele(1)
+    client.close()                             # dropped without QUIT: nothing deleted
+    client = pop3s(data_dir)
+    assert client.stat()[0] == n
+    assert [line.split()[1] for line in client.uidl()[1]] == uidls   # UIDL stable
+    client.dele(1)
+    client.quit()
+    client = pop3s(data_dir, edge=1)
+    assert [line.split()[1] for line in client.uidl()[1]] == uidls[1:]
+    client.quit()
+
+
+def test_pop3_plaintext_needs_stls_and_wrong_passwords_are_refused(cluster):
+    data_dir, _ = cluster
+    client = poplib.POP3("127.0.0.1", edge_port(data_dir, "pop3"), timeout=60)
+    assert "STLS" in client.capa()
+    with pytest.raises(poplib.error_proto, match="TLS"):
+        client.user("alice@acme.example")
+    client.stls(tls_context(data_dir))
+    client.user("alice@acme.example")
+    with pytest.raises(poplib.error_proto, match="AUTH"):
+        client.pass_("wrong")
+    client.user("alice@acme.example")
+    client.pass_(PASSWORD)
+    assert client.stat()[0] >= 0
+    client.quit()
+    with pytest.raises(ssl.SSLError):          # TLS 1.2+ only
+        old = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        old.check_hostname, old.verify_mode = False, ssl.CERT_NONE
+        old.maximum_version = ssl.TLSVersion.TLSv1_1
+        old.minimum_version = ssl.TLSVersion.TLSv1
+        poplib.POP3_SSL("127.0.0.1", edge_port(data_dir, "pop3s"), context=old, timeout=30)
+
+
+def test_drain_the_owner_under_a_connected_client(cluster):
+    data_dir, _ = cluster
+    deliver(data_dir, 2, "drain")
+    before = count_messages(data_dir, 2)
+    client = pop3s(data_dir)
+    uidls = [line.split()[1] for line in client.uidl()[1]]
+    owner = json.loads(subprocess.run([COLONY, "status", "--json", "--data-dir", str(data_dir)], capture_output=True,
+                                      text=True, timeout=60).stdout)
+    stores = [n["id"] for n in owner if n["role"] == "mailstore"]
+    # whichever store owns alice: drain both in turn is too slow; find it from the lease via the log
+    logs = {s: (data_dir / "logs" / f"{s}.log").read_text(errors="replace") for s in stores}
+    holder = next(s for s in stores if "POP3 session" in logs[s] and "alice@acme.example" in logs[s])
+    started = time.monotonic()
+    colony(data_dir, "drain", holder)
+    with pytest.raises((poplib.error_proto, EOFError, OSError)):
+        for _ in range(200):          # the next command meets the goodbye (or the closed connection)
+            client.noop()
+            time.sleep(0.1)
+    assert time.monotonic() - started < 60
+    client.close()
+    again = wait_for(lambda: _try(pop3s, data_dir), 60, "a reconnect to the new owner")
+    assert again.stat()[0] == before
+    assert [line.split()[1] for line in again.uidl()[1]] == uidls
+    again.quit()
+    colony(data_dir, "ready", holder)
+
+
+def _try(fn, *args):
+    try:
+        return fn(*args)
+    except (poplib.error_proto, OSError):
+        return None
+
+
+def test_fetchmail_syncs_1000_messages_over_tls_twice(cluster, tmp_path):
+    fetchmail = need_tool("fetchmail")
+    data_dir, _ = cluster
+    before = count_messages(data_dir, 0)
+    deliver(data_dir, 1000, "bulk")
+    count_messages(data_dir, before + 1000)
+    mda_out = tmp_path / "fetched"
+    mda_out.mkdir()
+    rc = tmp_path / "fetchmailrc"
+    rc.write_text(
+        f'poll 127.0.0.1 with proto POP3 port {edge_port(data_dir, "pop3s")} uidl\n'
+        f'  user "alice@acme.example" there with password "{PASSWORD}" is "me" here\n'
+        f'  ssl sslcertck sslcertfile "{data_dir / "tls" / "ca.pem"}" keep\n'
+        f'  mda "/bin/sh -c \'cat > {mda_out}/$$.$(date +%s%N)\'"\n')
+    rc.chmod(0o600)
+    env = dict(os.environ, HOME=str(tmp_path), FETCHMAILHOME=str(tmp_path))
+
+    def run() -> subprocess.CompletedProcess:
+        return subprocess.run([fetchmail, "-f", str(rc), "-v", "--nodetach", "--idfile", str(tmp_path / "ids")],
+                              capture_output=True, text=True, timeout=600, env=env)
+
+    first = run()
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    fetched = len(list(mda_out.iterdir()))
+    assert fetched >= before + 1000
+    second = run()
+    # fetchmail exits 1 for "no new mail"
+    assert second.returncode == 1, second.stdout[-3000:] + second.stderr[-3000:]
+    assert len(list(mda_out.iterdir())) == fetched
