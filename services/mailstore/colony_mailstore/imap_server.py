@@ -1,0 +1,286 @@
+"""IMAP in the mail store: the asyncio shell around ``colony.protocols.imap.session``.
+
+Listeners, both inner (the edge faces clients and ends TLS):
+
+* ``imap-inner`` (``imap_inner_port``, with a cluster secret): sessions an edge
+  authenticated and hands over (``colony.contracts.handoff``): the first line is the signed
+  hand-off; the store answers one untagged line, ``OK [CAPABILITY ...]`` (the edge sends it
+  tagged as its LOGIN answer) or ``NO [UNAVAILABLE] NOT-OWNER ...``, and the session goes on
+  in the authenticated state;
+* ``imap-direct`` (only with ``imap_direct_login``): a plain IMAP server whose LOGIN /
+  AUTHENTICATE PLAIN are checked through the auth contract (service ``imap``), for tools
+  and tests on a trusted network.
+
+Each connection runs its ``Session``'s actions in order: octets out, authentication through
+the contract, and store work under the account's lock in a worker thread (the lock
+deliveries and POP3 take, so a session's view and another writer's batch never interleave).
+The account's ``AccountMail`` listener (called after every commit, in the committing
+thread) wakes every IMAP session of that account through the loop, so IDLE sessions report
+a delivery at once and the others at their next command.
+
+This instance serves an account only while it holds its lease (taken here if vacant, as a
+delivery would); when it stops holding it, or drains, sessions get ``* BYE`` and the
+client's reconnect reaches the new owner through the edge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import suppress
+from dataclasses import dataclass
+
+from colony.contracts.handoff import MAX_LINE, NOT_OWNER, HandoffError, Verifier
+from colony.contracts.auth import AuthClient, AuthFailure, AuthUnavailable
+from colony.protocols.imap import session as S
+from colony.storage.mailbox import AccountMail
+from colony_mailstore.accounts import AccountManager, NotOwner, OpenAccount
+
+log = logging.getLogger("colony.mailstore.imap")
+
+READ_CHUNK = 64 * 1024
+_CHECK = 0.5            # seconds between checks that the account is still ours (drain reacts this fast)
+_HANDOFF_TIMEOUT = 10.0
+
+Route = Callable[[str], Awaitable[bool]]     # "may this store serve the account now?" (acquires if vacant)
+
+
+class MailStore:
+    """``session.Store`` over an ``AccountMail``: its API plus the subscription list."""
+
+    def __init__(self, mail: AccountMail) -> None:
+        self.mail = mail
+
+    def __getattr__(self, name: str):
+        return getattr(self.mail, name)
+
+    def subscriptions(self) -> set[str]:
+        return set(self.mail.state.subscribed)
+
+
+@dataclass(eq=False)
+class _Conn:
+    session: S.Session
+    wake: asyncio.Event
+
+
+class ImapServer:
+    def __init__(self, accounts: AccountManager, route: Route, node_id: str, idle_timeout: float,
+                 accepting: Callable[[], bool], verifier: Verifier | None = None, auth: AuthClient | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.accounts = accounts
+        self.route = route
+        self.node_id = node_id
+        self.idle_timeout = idle_timeout
+        self.accepting = accepting
+        self.verifier = verifier
+        self.auth = auth
+        self.clock = clock
+        self._conns: dict[str, set[_Conn]] = {}                    # account -> its sessions
+        self._hooked: dict[str, tuple[AccountMail, Callable]] = {}  # account -> (mail, unhook)
+
+    @property
+    def sessions(self) -> int:
+        return sum(len(c) for c in self._conns.values())
+
+    async def handle_handoff(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """A connection on ``imap-inner``: the hand-off line, then the session."""
+        await self._connection(reader, writer, handoff=True)
+
+    async def handle_direct(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """A connection on ``imap-direct``: greeting, LOGIN through the auth contract."""
+        await self._connection(reader, writer, handoff=False)
+
+    def close(self) -> None:
+        for mail, unhook in self._hooked.values():
+            with suppress(ValueError):
+                unhook()
+        self._hooked.clear()
+
+    # --- one connection ------------------------------------------------------------------------
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, handoff: bool) -> None:
+        peer = writer.get_extra_info("peername")
+        remote = peer[0] if peer else None
+        conn: _Conn | None = None
+        try:
+            account = None
+            if handoff:
+                account = await self._handoff(reader, writer)
+                if account is None:
+                    return
+            session = S.Session(self.clock, self.node_id, self.idle_timeout, account=account, handed_over=handoff)
+            conn = _Conn(session, asyncio.Event())
+            if account is not None:
+                self._conns.setdefault(account, set()).add(conn)
+            await self._serve(conn, reader, writer, remote)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        except Exception:
+            log.exception("IMAP session failed")
+        finally:
+            if conn is not None and conn.session.account:
+                self._forget(conn.session.account, conn)
+            writer.close()
+            with suppress(Exception):
+                await writer.wait_closed()
+
+    async def _handoff(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> str | None:
+        try:
+            line = await asyncio.wait_for(reader.readuntil(b"\n"), _HANDOFF_TIMEOUT)
+        except (asyncio.LimitOverrunError, asyncio.TimeoutError, asyncio.IncompleteReadError):
+            return None
+        try:
+            handoff = self.verifier.verify(line[:MAX_LINE + 1], "imap")
+        except HandoffError as exc:
+            log.warning("refused an IMAP hand-off from %s: %s", writer.get_extra_info("peername"), exc)
+            writer.write(b"NO [AUTHENTICATIONFAILED] Bad hand-off\r\n")
+            return None
+        if not self.accepting() or not await self._claim(handoff.account):
+            writer.write(f"NO [UNAVAILABLE] {NOT_OWNER} {self.node_id}\r\n".encode())
+            return None
+        log.info("IMAP session %s for %s from %s", handoff.session, handoff.account, handoff.client_ip)
+        return handoff.account
+
+    async def _serve(self, conn: _Conn, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                     remote: str | None) -> None:
+        session = conn.session
+        read: asyncio.Task | None = None
+        try:
+            while True:
+                action = session.next_action()
+                if isinstance(action, S.Send):
+                    writer.write(action.data)
+                    if writer.transport.get_write_buffer_size() > READ_CHUNK:
+                        await writer.drain()   # a client that does not read slows its own session only
+                    continue
+                if isinstance(action, S.Close):
+                    await writer.drain()
+                    return
+                if isinstance(action, S.Authenticate):
+                    await self._authenticate(conn, action, remote)
+                    continue
+                if isinstance(action, S.NeedStore):
+                    await self._run(conn)
+                    continue
+                await writer.drain()
+                if session.account is not None:
+                    if not self.accepting():
+                        session.goodbye("This server is shutting down; reconnect")
+                        continue
+                    acct = self.accounts.open.get(session.account)
+                    if acct is not None:   # an open session keeps the account open (idle release)
+                        acct.last_used = self.accounts.clock()
+                if read is None:
+                    read = asyncio.ensure_future(reader.read(READ_CHUNK))
+                waker = asyncio.ensure_future(conn.wake.wait())
+                timeout = min(_CHECK, max(0.0, session.deadline - self.clock()))
+                done, _ = await asyncio.wait({read, waker}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                waker.cancel()
+                if conn.wake.is_set():
+                    conn.wake.clear()
+                    session.wake()
+                if read in done:
+                    data = read.result()
+                    read = None
+                    if not data:
+                        return
+                    session.receive_data(data)
+                session.tick()
+        finally:
+            if read is not None:
+                read.cancel()
+
+    async def _authenticate(self, conn: _Conn, action: S.Authenticate, remote: str | None) -> None:
+        if self.auth is None:
+            conn.session.auth_result(action.tag, None, "Login is not offered on this listener")
+            return
+        try:
+            reply = await self.auth.check(action.user, action.password, "imap", remote)
+        except AuthUnavailable:
+            conn.session.auth_result(action.tag, None, "Authentication is unavailable; try again", temporary=True)
+            return
+        if not reply.ok:
+            temporary = reply.reason in (AuthFailure.THROTTLED, AuthFailure.INTERNAL)
+            conn.session.auth_result(action.tag, None, "Invalid credentials" if not temporary
+                                     else "Try again later", temporary)
+            return
+        account = reply.account.lower()
+        if not await self._claim(account):
+            conn.session.auth_result(action.tag, None, "The account is served elsewhere right now", temporary=True)
+            return
+        conn.session.auth_result(action.tag, account)
+        self._conns.setdefault(account, set()).add(conn)
+
+    async def _claim(self, account: str) -> bool:
+        try:
+            return await self.route(account)
+        except Exception as exc:
+            log.warning("could not claim %s for IMAP: %s", account, exc)
+            return False
+
+    async def _open(self, account: str) -> OpenAccount:
+        if not await self._claim(account):
+            raise NotOwner(f"{account} is served by another mail store")
+        lease = self.accounts.ownership.holding(account)
+        if lease is None:
+            raise NotOwner(f"lease on {account} not held")
+        acct = await self.accounts.get(account, lease)
+        self._hook(account, acct.mail)
+        return acct
+
+    def _hook(self, account: str, mail: AccountMail) -> None:
+        """Listen to the account's commits (each reopen of the account is a new handle)."""
+        hooked = self._hooked.get(account)
+        if hooked is not None and hooked[0] is mail:
+            return
+        if hooked is not None:
+            with suppress(ValueError):
+                hooked[1]()
+        loop = asyncio.get_running_loop()
+
+        def changed(records) -> None:   # runs in the committing worker thread
+            loop.call_soon_threadsafe(self._notify, account)
+
+        self._hooked[account] = (mail, mail.add_listener(changed))
+
+    def _forget(self, account: str, conn: _Conn) -> None:
+        conns = self._conns.get(account)
+        if conns is not None:
+            conns.discard(conn)
+            if not conns:     # the last session of the account: stop listening to it
+                del self._conns[account]
+                hooked = self._hooked.pop(account, None)
+                if hooked is not None:
+                    with suppress(ValueError):
+                        hooked[1]()
+
+    def _notify(self, account: str) -> None:
+        for conn in self._conns.get(account, ()):
+            conn.wake.set()
+
+    async def _run(self, conn: _Conn) -> None:
+        session = conn.session
+        try:
+            acct = await self._open(session.account)
+        except Exception as exc:
+            log.info("IMAP session for %s: account unavailable: %s", session.account, exc)
+            session.abort("[UNAVAILABLE] The account is not available here right now")
+            return
+        async with acct.lock:
+            if self.accounts.open.get(session.account) is not acct:
+                session.abort("[UNAVAILABLE] The account moved; reconnect")
+                return
+            acct.last_used = self.accounts.clock()
+            store = MailStore(acct.mail)
+            try:
+                await asyncio.to_thread(session.run, store)
+                return
+            except Exception:
+                log.exception("IMAP command for %s failed", session.account)
+                session.abort("[SERVERBUG] Internal error; the account will be reopened")
+        # A failed commit breaks the handle: close it (outside its lock) so the next command reopens.
+        await self.accounts.close(session.account, "imap error", release=False)
+

@@ -1,0 +1,200 @@
+"""IMAP against a mail store process on a real nats-server: imaplib and imapclient on the
+store's ``imap-direct`` listener (LOGIN checked through the auth contract, answered here by
+a stand-in for the admin API), and the edge's signed hand-off on ``imap-inner``."""
+
+from __future__ import annotations
+
+import asyncio
+import imaplib
+import socket
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from imapclient import IMAPClient
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "mailstore"))
+
+from cluster_harness import wait_until  # noqa: E402
+from mailworld import DOMAIN, world  # noqa: E402,F401  (world is a fixture)
+
+from colony.bus import names  # noqa: E402
+from colony.contracts import handoff  # noqa: E402
+from colony.contracts.auth import AuthCheckReply, AuthCheckRequest, AuthFailure  # noqa: E402
+
+BOB = f"bob@{DOMAIN}"
+PASSWORD = "s3cret"
+
+
+async def _auth_responder(nc):
+    async def answer(msg):
+        req = AuthCheckRequest.from_bytes(msg.data)
+        if req.user.lower() == BOB and req.password == PASSWORD:
+            reply = AuthCheckReply.granted(BOB, DOMAIN, {})
+        else:
+            reply = AuthCheckReply.refused(AuthFailure.INVALID)
+        await msg.respond(reply.to_bytes())
+    return await nc.subscribe(names.AUTH_CHECK, cb=answer)
+
+
+@pytest.fixture
+async def imap(world, tmp_path):
+    secret = tmp_path / "cluster.secret"
+    handoff.ensure_secret(secret)
+    await world.domain()
+    await world.account(BOB)
+    sub = await _auth_responder(world.nc)
+    world.start("mailstore-1", COLONY_IMAP_DIRECT_LOGIN="true", COLONY_CLUSTER_SECRET_FILE=str(secret))
+    view = await world.cluster.wait_state("mailstore-1", "READY", timeout=60)
+    ids = [await world.publish([BOB]) for _ in range(3)]
+    await wait_until(lambda: _stored(world, ids), 60, "three messages in bob's INBOX")
+    host, _, port = view.addresses["imap-direct"].rpartition(":")
+    yield world, host, int(port), view, secret
+    await sub.unsubscribe()
+
+
+async def _stored(world, ids):
+    return world.stored_ids(BOB) == {i: 1 for i in ids}
+
+
+def _imaplib_session(host: str, port: int) -> dict:
+    out = {}
+    with imaplib.IMAP4(host, port, timeout=30) as m:
+        out["caps"] = m.capabilities
+        with pytest.raises(imaplib.IMAP4.error):
+            m.login(BOB, "wrong")
+        m.login(BOB, PASSWORD)
+        typ, data = m.select("INBOX")
+        out["exists"] = int(data[0])
+        typ, data = m.fetch("1", "(UID FLAGS RFC822.SIZE BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+        out["fetch"] = data
+        m.store("1", "+FLAGS", "(\\Flagged)")
+        out["flagged"] = m.search(None, "FLAGGED")[1][0]
+        out["uid_search"] = m.uid("SEARCH", None, "ALL")[1][0]
+        typ, data = m.copy("2", "Archive")
+        out["copy"] = (typ, m.untagged_responses.get("COPYUID"))
+        typ, data = m._simple_command("MOVE", "3", "Trash")
+        out["move"] = typ
+        m.store("1", "+FLAGS", "(\\Deleted)")
+        typ, data = m.expunge()
+        out["expunged"] = data
+        out["after"] = int(m.select("INBOX")[1][0])
+        out["archive"] = int(m.select("Archive", readonly=True)[1][0])
+        out["trash"] = int(m.select("Trash", readonly=True)[1][0])
+        m.logout()
+    return out
+
+
+async def test_imaplib_select_fetch_store_search_copy_move_expunge(imap):
+    world, host, port, view, _ = imap
+    r = await asyncio.to_thread(_imaplib_session, host, port)
+    assert "IDLE" in r["caps"] and "MOVE" in r["caps"] and "UIDPLUS" in r["caps"]
+    assert r["exists"] == 3
+    assert b"Subject: test" in r["fetch"][0][1]
+    assert r["flagged"] == b"1"
+    assert r["uid_search"] == b"1 2 3"
+    assert r["copy"][0] == "OK"
+    assert r["move"] == "OK"
+    assert r["after"] == 1 and r["archive"] == 1 and r["trash"] == 1
+
+
+def _two_sessions_and_idle(host: str, port: int, deliver) -> dict:
+    out = {}
+    a = IMAPClient(host, port, ssl=False, timeout=30)
+    b = IMAPClient(host, port, ssl=False, timeout=30)
+    try:
+        for c in (a, b):
+            c.login(BOB, PASSWORD)
+            c.select_folder("INBOX")
+        a.add_flags([1], [b"\\Seen", b"$Label1"])
+        out["b_noop"] = b.noop()[1]
+        a.delete_messages([1])
+        a.expunge()
+        out["b_after_expunge"] = b.noop()[1]
+        b.idle()
+        started = time.monotonic()
+        deliver()
+        responses = []
+        while time.monotonic() - started < 60 and not any(r[1] == b"EXISTS" for r in responses):
+            responses += b.idle_check(timeout=5)
+        out["idle"] = responses
+        out["idle_seconds"] = time.monotonic() - started
+        b.idle_done()
+        out["search"] = b.search(["UNSEEN"])
+    finally:
+        for c in (a, b):
+            try:
+                c.logout()
+            except Exception:
+                pass
+    return out
+
+
+async def test_two_sessions_see_each_other_and_idle_hears_a_delivery(imap):
+    world, host, port, view, _ = imap
+    loop = asyncio.get_running_loop()
+
+    def deliver():
+        asyncio.run_coroutine_threadsafe(world.publish([BOB]), loop).result(30)
+
+    r = await asyncio.to_thread(_two_sessions_and_idle, host, port, deliver)
+    assert any(x[1] == b"FETCH" and b"$Label1" in x[2][1] for x in r["b_noop"] if len(x) > 2), r["b_noop"]
+    assert (1, b"EXPUNGE") in r["b_after_expunge"], r["b_after_expunge"]
+    assert any(x == (3, b"EXISTS") for x in r["idle"]), r["idle"]
+    assert r["search"] == [2, 3, 4]      # imapclient searches by UID
+
+
+def _raw(host: str, port: int, first: bytes, then: bytes = b"") -> bytes:
+    with socket.create_connection((host, port), timeout=30) as s:
+        s.sendall(first)
+        data = b""
+        while b"\r\n" not in data:
+            chunk = s.recv(4096)
+            if not chunk:
+                return data
+            data += chunk
+        if then:
+            s.sendall(then)
+            while b"t2 OK" not in data and b"t2 NO" not in data:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+        return data
+
+
+async def test_handoff_starts_an_authenticated_session_and_refuses_forgeries(imap):
+    world, host, port, view, secret = imap
+    inner_host, _, inner_port = view.addresses["imap-inner"].rpartition(":")
+    key = handoff.load_secret(secret)
+    line = handoff.sign(key, "imap", BOB, "198.51.100.7", int(time.time() * 1000))
+    data = await asyncio.to_thread(_raw, inner_host, int(inner_port), line, b"t2 SELECT INBOX\r\n")
+    assert data.startswith(b"OK [CAPABILITY IMAP4rev1"), data
+    assert b"* 3 EXISTS" in data and b"t2 OK [READ-WRITE]" in data
+    forged = handoff.sign(b"x" * 32, "imap", BOB, "198.51.100.7", int(time.time() * 1000))
+    data = await asyncio.to_thread(_raw, inner_host, int(inner_port), forged)
+    assert data.startswith(b"NO "), data
+
+
+def _hostile(host: str, port: int) -> bytes:
+    with socket.create_connection((host, port), timeout=30) as s:
+        s.recv(4096)
+        s.sendall(b"a LOGIN " + BOB.encode() + b" " + PASSWORD.encode() + b"\r\n")
+        s.sendall(b"b SELECT INBOX\r\nc FETCH 1:4294967295 (FLAGS)\r\nd UID FETCH 1:4294967295 UID\r\n"
+                  b"e APPEND INBOX {99999999999}\r\nf FETCH 1 BODY[1.2.3.4.5.6.7.8.9.10.11.12.13.14.15]\r\n"
+                  + b"g " + b"(" * 5000 + b"\r\n" + b"h NOOP\r\n")
+        data = b""
+        while b"h OK" not in data:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        return data
+
+
+async def test_hostile_input_gets_protocol_errors(imap):
+    world, host, port, view, _ = imap
+    data = await asyncio.to_thread(_hostile, host, port)
+    assert b"c BAD" in data and b"d OK" in data and b"e NO [TOOBIG]" in data
+    assert b"f OK" in data and b"g BAD" in data and b"h OK" in data
