@@ -16,6 +16,7 @@ import time
 from contextlib import suppress
 
 from colony.bus import names
+from colony.contracts.auth import AuthClient
 from colony.contracts.handoff import Verifier, load_secret
 from colony.cluster.ownership import AccountOwnership, MailstoreMembers
 from colony.queue import QueueMetrics, QueuePolicy, QueueRunner
@@ -24,6 +25,7 @@ from colony_mailstore.accounts import AccountManager
 from colony_mailstore.delivery import Delivery
 from colony_mailstore.directory import Directory
 from colony_mailstore.metrics import MailstoreMetrics
+from colony_mailstore.imap_server import ImapServer
 from colony_mailstore.pop3_server import Pop3InnerServer
 from colony_mailstore.usage import UsageMeter
 
@@ -44,6 +46,8 @@ class MailstoreWorkload:
         self._sub = None
         self._forward_tasks: set[asyncio.Task] = set()
         self.pop3: Pop3InnerServer | None = None
+        self.imap: ImapServer | None = None
+        self._imap_listeners: list[asyncio.Server] = []
         self._pop3_listener: asyncio.Server | None = None
 
     async def start(self, runtime) -> dict[str, str]:
@@ -72,7 +76,7 @@ class MailstoreWorkload:
             policy=QueuePolicy.from_settings(settings, concurrency=settings.mailstore_delivery_concurrency),
             metrics=QueueMetrics(runtime.metrics.registry), name="mail")
         await self.runner.start(runtime.spawn)
-        return await self._open_access(runtime)
+        return {**await self._open_access(runtime), **await self._open_imap(runtime)}
 
     async def _open_access(self, runtime) -> dict[str, str]:
         """The inner POP3 listener for sessions edges hand over (off without a cluster secret)."""
@@ -86,6 +90,25 @@ class MailstoreWorkload:
         self._pop3_listener = await asyncio.start_server(self.pop3.handle, settings.host, settings.pop3_inner_port)
         port = self._pop3_listener.sockets[0].getsockname()[1]
         return {"pop3-inner": f"{settings.advertised_host}:{port}"}
+
+    async def _open_imap(self, runtime) -> dict[str, str]:
+        """IMAP: ``imap-inner`` for sessions edges hand over (with a cluster secret) and
+        ``imap-direct`` with its own LOGIN (``imap_direct_login``); see ``imap_server``."""
+        settings = self.settings
+        verifier = None
+        if settings.cluster_secret_file is not None:
+            verifier = Verifier(load_secret(settings.cluster_secret_file), lambda: int(time.time() * 1000))
+        self.imap = ImapServer(self.accounts, self.delivery.claim, runtime.node_id, settings.imap_idle_timeout,
+                               lambda: self.accepting, verifier, AuthClient(runtime.nc))
+        addresses = {}
+        for key, handler, port, wanted in (
+                ("imap-inner", self.imap.handle_handoff, settings.imap_inner_port, verifier is not None),
+                ("imap-direct", self.imap.handle_direct, 0, settings.imap_direct_login)):
+            if wanted:
+                listener = await asyncio.start_server(handler, settings.host, port)
+                self._imap_listeners.append(listener)
+                addresses[key] = f"{settings.advertised_host}:{listener.sockets[0].getsockname()[1]}"
+        return addresses
 
     async def _on_forward(self, msg) -> None:
         # nats-py runs one subscription's callbacks one after another: a task per request lets
@@ -137,6 +160,10 @@ class MailstoreWorkload:
         await self.accounts.release_all("drain")
 
     async def stop(self) -> None:
+        for listener in self._imap_listeners:
+            listener.close()
+        if self.imap is not None:
+            self.imap.close()
         if self._pop3_listener is not None:
             self._pop3_listener.close()
         if self.runner is not None:
