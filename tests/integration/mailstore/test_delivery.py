@@ -231,3 +231,38 @@ async def test_large_body_quota_usage_and_unknown_account(world):
     assert by[(big, "messages_in")] == 1
     assert by[(big, "storage_bytes")] == len(body)
     assert by[(small, "messages_in")] == 1
+
+
+async def test_forwarded_delivery_wire_contract(world):
+    """The request/reply another mailstore uses to hand a delivery to the account's owner."""
+    import orjson
+
+    from colony.bus import names
+    from colony.contracts.mail import InboundMail, MailRecipient
+
+    await world.domain()
+    alice = f"alice@{DOMAIN}"
+    await world.account(alice)
+    for node in ("mailstore-1", "mailstore-2"):
+        world.start(node)
+    for node in ("mailstore-1", "mailstore-2"):
+        await world.cluster.wait_state(node, "READY", timeout=30)
+    first = await world.publish([alice])
+    await wait_until(lambda: _has(world, alice, [first]), 60, "the first message")
+    owner = await world.owner(alice)
+    other = "mailstore-2" if owner == "mailstore-1" else "mailstore-1"
+
+    body = b"Subject: forwarded\r\n\r\nhi\r\n"
+    mail = InboundMail(message_id="fwd-1", domain=DOMAIN, mail_from="s@remote.test",
+                       recipients=[MailRecipient(mailbox=alice, original=alice)], size=len(body),
+                       edge_node="test", body=body)
+    headers = {"Colony-Recipients": orjson.dumps([alice]).decode(), "Colony-Job-Id": "fwd-1/x"}
+    refused = await world.nc.request(names.mailstore_deliver_subject(other), mail.encode(), headers=headers, timeout=10)
+    assert orjson.loads(refused.data) == {"stored": [], "retry": {alice: f"owned by {owner}"}, "rejected": {}}
+    for _ in range(2):   # the second is a redelivery: stored once
+        reply = await world.nc.request(names.mailstore_deliver_subject(owner), mail.encode(), headers=headers,
+                                       timeout=10)
+        assert orjson.loads(reply.data) == {"stored": [alice], "retry": {}, "rejected": {}}
+    assert world.stored_ids(alice)["fwd-1"] == 1
+    garbage = await world.nc.request(names.mailstore_deliver_subject(owner), b"{}", headers=headers, timeout=10)
+    assert list(orjson.loads(garbage.data)["rejected"]) == ["*"]
