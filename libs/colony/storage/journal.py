@@ -24,7 +24,10 @@ owner (paused past its lease, partitioned) harmless without any file lock:
   (and records a fenced owner wrote after its successor's claim) are superseded by H's base
   snapshot.  Unsealed segments (an owner that died while taking over) wrote nothing else.
 * A torn tail (a crash mid-append) is a last line without its newline or with a bad
-  checksum: the valid prefix ends before it.  Nobody truncates another owner's file.
+  checksum: the valid prefix ends before it.  Nobody truncates another owner's file; an
+  owner reopening its *own* segment in the same tenure (after a failed write) cuts its tail.
+* Segments do not grow without bound: past a size the owner moves its own lease to a new
+  epoch (a CAS on its revision) and takes the account over from itself, like any new owner.
 
 Wire form of a segment: one record per line, ``<crc32 of json, 8 hex> <json>\\n``; the JSON is
 a record below with ``t`` (type), ``e`` (epoch of the writer) and ``s`` (sequence: the
