@@ -1,0 +1,100 @@
+"""The edge's IMAP pre-authentication core: bytes in, events and bytes out."""
+
+from __future__ import annotations
+
+import base64
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from colony.protocols.imap.preauth import Authenticate, Close, ImapPreauth, StartTLS
+
+
+def core(**kw) -> ImapPreauth:
+    c = ImapPreauth(tls_available=True, **kw)
+    assert c.data_to_send().startswith(b"* OK [CAPABILITY IMAP4rev1")
+    return c
+
+
+def test_login_before_tls_is_refused_and_starttls_upgrades():
+    c = core()
+    c.receive_data(b"a1 CAPABILITY\r\n")
+    out = c.data_to_send()
+    assert b"STARTTLS" in out and b"LOGINDISABLED" in out and b"a1 OK" in out
+    c.receive_data(b'a2 LOGIN alice "pw"\r\n')
+    assert b"a2 NO [PRIVACYREQUIRED]" in c.data_to_send()
+    c.receive_data(b"a3 STARTTLS\r\na4 LOGIN injected pw\r\n")   # pipelined before TLS: dropped
+    assert c.data_to_send() == b"a3 OK Begin TLS negotiation now\r\n"
+    assert isinstance(c.next_event(), StartTLS) and c.next_event() is None
+    c.tls_started()
+    c.receive_data(b"a5 CAPABILITY\r\n")
+    out = c.data_to_send()
+    assert b"AUTH=PLAIN" in out and b"STARTTLS" not in out and b"LOGINDISABLED" not in out
+
+
+def test_login_with_quoted_and_literal_arguments_then_the_stores_line_tagged():
+    c = core(tls_active=True)
+    c.receive_data(b'x LOGIN "alice@acme.example" {5}\r\n')
+    assert c.data_to_send() == b"+ Ready for literal\r\n"
+    c.receive_data(b'p"w\\d\r\nx2 NOOP\r\n')
+    ev = c.next_event()
+    assert ev == Authenticate("x", "alice@acme.example", 'p"w\\d', "LOGIN")
+    c.login_ok("OK [CAPABILITY IMAP4rev1 IDLE] Logged in")
+    assert c.data_to_send() == b"x OK [CAPABILITY IMAP4rev1 IDLE] Logged in\r\n"
+    assert c.leftover() == b"x2 NOOP\r\n"
+
+
+def test_authenticate_plain_with_sasl_ir_and_with_a_continuation_and_failures():
+    c = core(tls_active=True)
+    ir = base64.b64encode(b"\x00alice@acme.example\x00secret").decode()
+    c.receive_data(f"t1 AUTHENTICATE PLAIN {ir}\r\n".encode())
+    assert c.next_event() == Authenticate("t1", "alice@acme.example", "secret", "PLAIN")
+    c.login_failed("AUTHENTICATIONFAILED", "Authentication failed")
+    assert c.data_to_send() == b"t1 NO [AUTHENTICATIONFAILED] Authentication failed\r\n"
+    c.receive_data(b"t2 AUTHENTICATE PLAIN\r\n")
+    assert c.data_to_send() == b"+ \r\n"
+    c.receive_data(ir.encode() + b"\r\n")
+    assert isinstance(c.next_event(), Authenticate)
+
+
+def test_other_commands_are_bad_before_login_and_logout_closes():
+    c = core()
+    c.receive_data(b"a SELECT INBOX\r\nb LOGOUT\r\n")
+    out = c.data_to_send()
+    assert b"a BAD" in out and b"* BYE" in out and b"b OK LOGOUT" in out
+    assert isinstance(c.next_event(), Close)
+
+
+def test_huge_lines_and_literals_are_refused_without_buffering():
+    c = core(tls_active=True, max_line=1024)
+    c.receive_data(b"a LOGIN " + b"x" * 5000)
+    assert b"* BAD Line too long" in c.data_to_send()
+    assert len(c._in) == 0
+    c.receive_data(b"y" * 100_000 + b"\r\nb LOGIN u {99999999}\r\n")
+    assert b"b BAD Literal too large" in c.data_to_send()
+    c.receive_data(b"c LOGIN u {4000000000+}\r\n" + b"z" * 10_000)   # non-synchronizing: counted off
+    assert b"c BAD" in c.data_to_send() and len(c._in) == 0 and len(c._literal_buf) == 0
+
+
+def test_too_many_errors_say_bye():
+    c = core(max_errors=3)
+    c.receive_data(b"a FOO\r\nb BAR\r\nc BAZ\r\nd NOOP\r\n")
+    out = c.data_to_send()
+    assert out.count(b"BAD") == 3 and b"* BYE" in out and b"d OK" not in out
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=3000), max_size=20))
+def test_hostile_input_gives_protocol_answers_and_bounded_memory(chunks):
+    c = ImapPreauth(tls_available=True, tls_active=True, max_line=1024)
+    for chunk in chunks:
+        c.receive_data(chunk)
+        while (ev := c.next_event()) is not None:
+            if isinstance(ev, Authenticate):
+                c.login_failed("AUTHENTICATIONFAILED", "no")
+            elif isinstance(ev, StartTLS):
+                c.tls_started()
+        assert len(c._in) <= 1024 + 3000 and len(c._literal_buf) <= 1024
+        for line in c.data_to_send().split(b"\r\n")[:-1]:
+            assert line.split(b" ")[1:2] in ([b"OK"], [b"NO"], [b"BAD"], [b"BYE"], [b"CAPABILITY"], [b"ID"]) \
+                or line.startswith(b"+ "), line
