@@ -70,7 +70,7 @@ MAX_APPEND = 64 * 1024 * 1024
 
 CAPABILITIES = ("IMAP4rev1", "LITERAL+", "ID", "IDLE", "NAMESPACE", "UNSELECT", "UIDPLUS", "MOVE", "CHILDREN",
                 "SPECIAL-USE", "ENABLE", "ESEARCH", "SEARCHRES", "SORT", "THREAD=ORDEREDSUBJECT",
-                "THREAD=REFERENCES", "MULTIAPPEND")
+                "THREAD=REFERENCES", "MULTIAPPEND", "STATUS=SIZE", "BINARY")
 PREAUTH_CAPABILITIES = ("AUTH=PLAIN", "SASL-IR")
 
 _ANY = {"CAPABILITY", "NOOP", "LOGOUT", "ID"}
@@ -589,7 +589,7 @@ class Session:
             "SIZE": sum(m.size for m in messages), "HIGHESTMODSEQ": box.highest_modseq,
             "APPENDLIMIT": MAX_APPEND,
         }
-        offered = {"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN"}
+        offered = {"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "SIZE", "DELETED"}
         if not set(cmd.items) <= offered:
             raise _Bad(f"STATUS item {sorted(set(cmd.items) - offered)[0]} is not offered")
         items = " ".join(f"{k} {values[k]}" for k in cmd.items)
@@ -604,8 +604,6 @@ class Session:
             raise _No("[TRYCREATE] No such mailbox") from None
         uids = []
         for message in cmd.messages:
-            if message.binary:
-                raise _No("[CANNOT] Binary APPEND is not offered")
             if not message.data:
                 raise _No("Empty message")
             flags = [f for f in message.flags if f != "\\Recent"]

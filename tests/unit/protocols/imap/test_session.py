@@ -280,3 +280,12 @@ def test_token_soup_answers(mail, words):
     c = selected(mail)
     out = c.cmd("t " + " ".join(words))
     assert re.search(r"(^|\n)t (OK|NO|BAD)|^\+ ", out) or c.closed or out == "", out
+
+
+def test_status_size_and_binary_append(mail):
+    c = logged_in(mail)
+    out = c.cmd("s STATUS INBOX (SIZE DELETED)")
+    assert f"(SIZE {len(MSG) + len(MULTI)} DELETED 0)" in out
+    data = b"Subject: bin\r\nContent-Transfer-Encoding: binary\r\n\r\n\x00\x01\r\n"
+    out = c.send(b"a APPEND INBOX ~{%d+}\r\n" % len(data) + data + b"\r\n")
+    assert "a OK [APPENDUID" in out
