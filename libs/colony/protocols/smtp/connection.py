@@ -39,12 +39,19 @@ Time is an argument: every call that can observe time takes ``now`` (a monotonic
 the shell's choosing); ``get_timer()`` is the deadline by which the client must have
 said something (RFC 5321 §4.5.3.2), ``handle_timer(now)`` closes with 421 4.4.2 past it.
 
-AUTH (submission) slots in as one more Command handled while ``_state`` is ``_READY``; this
-MX core answers it 502.
+AUTH (submission, RFC 4954) exists only where ``auth_mechanisms`` names mechanisms (PLAIN,
+LOGIN): it is advertised and accepted only once TLS is active (before: 538 5.7.11, so a
+password never crosses the network in the clear), only outside a transaction, once per
+session.  The core runs the 334 challenge exchange itself and emits one ``Auth`` command
+with the decoded credentials; the policy checks them and answers 235 or 535.  A response
+line is bounded (``max_auth_line``); "*" cancels (501).  With ``auth_required`` MAIL is
+answered 530 5.7.0 until a positive answer to ``Auth``.  The MX leaves both empty and
+answers AUTH 502.
 """
 
 from __future__ import annotations
 
+import base64
 from collections import deque
 from dataclasses import dataclass
 
@@ -61,6 +68,7 @@ _MAIL = "mail"              # MAIL accepted, collecting RCPTs
 _DATA = "data"              # inside DATA, until CRLF.CRLF
 _BDAT = "bdat"              # inside a BDAT chunk of known length
 _TLS = "tls"                # 220 to STARTTLS queued; waiting for tls_started()
+_AUTH = "auth"              # 334 sent, waiting for the client's response line
 _CLOSED = "closed"
 
 _PARAMETER_ALLOWANCE = 1024   # extra octets MAIL/RCPT lines may have for their parameters
@@ -81,6 +89,9 @@ class ServerConfig:
     max_command_line: int = 512       # RFC 5321 §4.5.3.1.4, CRLF included
     max_text_line: int = 1000         # RFC 5321 §4.5.3.1.6, CRLF included
     banner: str = "ESMTP Colony"
+    auth_mechanisms: tuple[str, ...] = ()   # e.g. ("PLAIN", "LOGIN") on submission; () = no AUTH
+    auth_required: bool = False             # MAIL only after a successful AUTH
+    max_auth_line: int = 12288              # RFC 4954 §4: at least 12288 octets per response line
 
 
 class ServerConnection:
@@ -98,6 +109,9 @@ class ServerConnection:
         self._last_activity = now
         self._pipelining = False        # EHLO advertised it in this session
         self._eof = False
+        self.authenticated = False
+        self._auth_mechanism = ""
+        self._auth_username: str | None = None   # LOGIN: the first answer, until the second
         self._reset_transaction()
 
     # --- public API -------------------------------------------------------------------------
@@ -178,6 +192,9 @@ class ServerConnection:
             self._reset_transaction()
             self._state = _READY
             self._reply(reply, "DATA", own=False)
+        elif isinstance(pending, E.Auth):
+            self.authenticated = reply.positive
+            self._reply(reply, "AUTH", own=False)
         return self.data_to_send()
 
     def data_to_send(self) -> bytes:
@@ -286,6 +303,8 @@ class ServerConnection:
             return self._step_data()
         if self._state == _BDAT:
             return self._step_bdat()
+        if self._state == _AUTH:
+            return self._step_auth()
         return self._step_command()
 
     def _step_command(self) -> bool:
@@ -372,6 +391,8 @@ class ServerConnection:
                  "SMTPUTF8", "ENHANCEDSTATUSCODES", "CHUNKING", "DSN"]
         if self.config.tls_available and not self.tls_active:
             lines.append("STARTTLS")
+        if self.config.auth_mechanisms and self.tls_active:
+            lines.append("AUTH " + " ".join(self.config.auth_mechanisms))
         self._out += Reply(250, None, f"{self.config.hostname} Hello {helo.name}").to_bytes(tuple(lines))
 
     def _cmd_mail(self, argument: str) -> None:
@@ -379,6 +400,8 @@ class ServerConnection:
             return self._reply(R.NEED_HELO, "MAIL")
         if self._state != _READY:
             return self._reply(R.NESTED_MAIL, "MAIL")
+        if self.config.auth_required and not self.authenticated:
+            return self._reply(R.AUTH_REQUIRED, "MAIL")
         try:
             parsed = parse_mail(argument, self.config.max_message_size)
         except SyntaxProblem as problem:
@@ -474,7 +497,78 @@ class ServerConnection:
         self._out += R.HELP.to_bytes()
 
     def _cmd_auth(self, argument: str) -> None:
-        self._reply(R.AUTH_NOT_AVAILABLE, "AUTH")
+        if not self.config.auth_mechanisms:
+            return self._reply(R.AUTH_NOT_AVAILABLE, "AUTH")
+        if self._state == _HELO:
+            return self._reply(R.NEED_HELO, "AUTH")
+        if not self.tls_active:
+            return self._reply(R.AUTH_NEEDS_TLS, "AUTH")
+        if self.authenticated:
+            return self._reply(R.AUTH_ALREADY, "AUTH")
+        if self._state != _READY:
+            return self._reply(R.AUTH_IN_TRANSACTION, "AUTH")
+        mechanism, _, initial = argument.strip(" ").partition(" ")
+        mechanism = mechanism.upper()
+        if mechanism not in self.config.auth_mechanisms or mechanism not in ("PLAIN", "LOGIN"):
+            return self._reply(R.AUTH_MECHANISM, "AUTH")
+        self._auth_mechanism, self._auth_username = mechanism, None
+        initial = initial.strip(" ")
+        if initial:
+            self._auth_response(initial)
+        else:
+            self._challenge()
+
+    def _challenge(self) -> None:
+        # LOGIN's prompts are "Username:" and "Password:" in base64 (draft-murchison-sasl-login).
+        if self._auth_mechanism == "LOGIN":
+            text = "VXNlcm5hbWU6" if self._auth_username is None else "UGFzc3dvcmQ6"
+        else:
+            text = ""
+        self._out += f"334 {text}\r\n".encode()
+        self._state = _AUTH
+
+    def _step_auth(self) -> bool:
+        limit = self.config.max_auth_line
+        newline = self._buf.find(b"\n", 0, limit)
+        if newline < 0:
+            if len(self._buf) >= limit:
+                del self._buf[:limit]
+                self._skipping_line = True
+                self._state = _READY
+                self._reply(R.AUTH_TOO_LONG, "AUTH")
+                return True
+            return False
+        line = bytes(self._buf[: newline + 1])
+        del self._buf[: newline + 1]
+        if not line.endswith(b"\r\n") or b"\r" in line[:-2]:
+            self._fatal(R.BARE_LINE_END, "AUTH")
+            return True
+        self._state = _READY
+        self._auth_response(line[:-2].decode("ascii", "replace").strip(" "))
+        return True
+
+    def _auth_response(self, text: str) -> None:
+        """One base64 response (the initial one or an answer to 334)."""
+        if text == "*":
+            return self._reply(R.AUTH_CANCELLED, "AUTH")
+        try:
+            decoded = base64.b64decode(text.encode("ascii"), validate=True) if text != "=" else b""
+            value = decoded.decode("utf-8")
+        except (ValueError, UnicodeError):
+            return self._reply(R.AUTH_BAD_ENCODING, "AUTH")
+        if self._auth_mechanism == "PLAIN":
+            parts = value.split("\0")
+            if len(parts) != 3 or not parts[1]:
+                return self._reply(R.AUTH_BAD_ENCODING, "AUTH")
+            authzid, username, password = parts
+        elif self._auth_username is None:
+            self._auth_username = value
+            return self._challenge()
+        else:
+            authzid, username, password = "", self._auth_username, value
+            self._auth_username = None
+        self._pending = E.Auth(self._auth_mechanism, username, password, authzid)
+        self._events.append(self._pending)
 
     def _cmd_starttls(self, argument: str) -> None:
         if argument.strip(" "):

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 from colony.protocols.smtp.replies import Reply
@@ -52,6 +52,18 @@ class DataComplete(Command):
 
     size: int
     chunked: bool
+
+
+@dataclass(frozen=True)
+class Auth(Command):
+    """AUTH (RFC 4954) with the credentials decoded by the core (PLAIN or LOGIN), only ever
+    on a TLS-protected session.  Answer ``AUTH_OK`` (235) to authenticate the session or a
+    refusal (535 5.7.8, 454 4.7.0); the core keeps ``authenticated`` from a positive answer."""
+
+    mechanism: str
+    username: str
+    password: str = field(repr=False)
+    authzid: str = ""
 
 
 @dataclass(frozen=True)

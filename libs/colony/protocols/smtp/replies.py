@@ -82,6 +82,19 @@ TLS_ACTIVE = Reply(503, "5.5.1", "TLS already active", "bad_sequence")
 TLS_NOT_AVAILABLE = Reply(454, "4.7.0", "TLS not available", "tls_unavailable")
 AUTH_NOT_AVAILABLE = Reply(502, "5.5.1", "AUTH not available on this service", "not_implemented")
 
+# --- authentication (submission, RFC 4954) -------------------------------------------------
+AUTH_CHALLENGE = Reply(334, None, "")
+AUTH_OK = Reply(235, "2.7.0", "Authentication successful")
+AUTH_FAILED = Reply(535, "5.7.8", "Authentication credentials invalid", "auth_failed")
+AUTH_NEEDS_TLS = Reply(538, "5.7.11", "Encryption required for requested authentication mechanism", "auth_before_tls")
+AUTH_REQUIRED = Reply(530, "5.7.0", "Authentication required", "auth_required")
+AUTH_ALREADY = Reply(503, "5.5.1", "Already authenticated", "bad_sequence")
+AUTH_IN_TRANSACTION = Reply(503, "5.5.1", "AUTH not allowed during a mail transaction", "bad_sequence")
+AUTH_MECHANISM = Reply(504, "5.5.4", "Unrecognized authentication type", "syntax")
+AUTH_CANCELLED = Reply(501, "5.0.0", "Authentication cancelled", "auth_cancelled")
+AUTH_BAD_ENCODING = Reply(501, "5.5.2", "Cannot decode the response (base64)", "syntax")
+AUTH_TOO_LONG = Reply(500, "5.5.6", "Authentication exchange line is too long", "line_too_long")
+
 # --- limits ---------------------------------------------------------------------------------
 MESSAGE_TOO_BIG = Reply(552, "5.3.4", "Message size exceeds fixed limit", "size")
 TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients", "too_many_recipients")
