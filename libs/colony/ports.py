@@ -54,6 +54,10 @@ class PortPlan:
     def pop3s(self, edge_index: int) -> int:
         return self.base + 95 + EDGE_PORT_STRIDE * edge_index
 
+    def sip(self, member_index: int) -> int:
+        """UDP and TCP SIP port of farm member #member_index+1 (its own block, as the edges)."""
+        return self.base + 60 + EDGE_PORT_STRIDE * member_index
+
     def all_ports(self, instances: int, admin_apis: int, edges: int = 0) -> list[tuple[str, int]]:
         ports = [("NATS", self.nats), ("NATS monitoring", self.nats_monitor)]
         ports += [(f"SMTP edge #{i + 1}", self.smtp(i)) for i in range(edges)]

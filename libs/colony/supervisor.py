@@ -158,6 +158,7 @@ class Cluster:
         index = 0
         admin_index = 0
         edge_index = 0
+        sip_index = 0
         for role in ROLE_MODULES:
             for n in range(1, self.counts.get(role, 0) + 1):
                 node_id = f"{role}-{n}"
@@ -180,6 +181,9 @@ class Cluster:
                     env["COLONY_POP3_PORT"] = str(self.plan.pop3(edge_index))
                     env["COLONY_POP3S_PORT"] = str(self.plan.pop3s(edge_index))
                     edge_index += 1
+                if role == "sipfarm":
+                    env["COLONY_SIP_PORT"] = str(self.plan.sip(sip_index))
+                    sip_index += 1
                 env.update(self.tls_env())
                 if role in ("edge", "mailstore") and not os.environ.get("COLONY_CLUSTER_SECRET_FILE"):
                     # signs the edges' IMAP/POP3 session hand-offs to the mail stores
@@ -210,6 +214,7 @@ class Cluster:
             "imaps": [f"{self.host}:{self.plan.imaps(i)}" for i in range(self.counts.get("edge", 0))],
             "pop3": [f"{self.host}:{self.plan.pop3(i)}" for i in range(self.counts.get("edge", 0))],
             "pop3s": [f"{self.host}:{self.plan.pop3s(i)}" for i in range(self.counts.get("edge", 0))],
+            "sip": [f"{self.host}:{self.plan.sip(i)}" for i in range(self.counts.get("sipfarm", 0))],
             "nats_url": self.nats.url if self.nats else None,
             "nats_pid": self.nats.process.pid if self.nats and self.nats.process else None,
             "operator_seed": str(self.operator_seed) if self.identities else None,

@@ -75,6 +75,15 @@ def mail_region_filter(region: str) -> str:
     return f"colony.mail.{to_token(region)}.*"
 
 
+def outbound_subject(destination: str) -> str:
+    """Mail waiting for remote delivery to one destination domain
+    (``colony.contracts.outbound.OutboundMail``); a filter per destination lists its queue."""
+    return f"colony.outbound.{to_token(destination)}"
+
+
+OUTBOUND_CONSUMER = "outbound"  # durable pull consumer of OUTBOUND, shared by every edge
+
+
 def usage_subject(domain: str) -> str:
     return f"colony.usage.{to_token(domain)}"
 
@@ -143,6 +152,28 @@ def consumer_next_subject(stream: str, consumer: str) -> str:
 
 def node_key(node_id: str) -> str:
     return to_token(node_id)
+
+
+def sip_binding_key(account: str) -> str:
+    """Every registered contact of one account in ``sip_bindings``: ``b.<token of local@domain>``
+    (one key per account, updated by compare-and-set, so one read finds all its devices)."""
+    return f"b.{to_token(account)}"
+
+
+def sip_dialog_key(dialog_id: str) -> str:
+    """A call in progress in ``sip_bindings`` (for its duration metering): ``d.<hex id>``."""
+    return f"d.{dialog_id}"
+
+
+SIP_RELAY = "colony.sip.relay.*"     # pattern of sip_relay_subject, for permissions
+
+
+def sip_relay_subject(node_id: str) -> str:
+    """Core NATS: SIP bytes another farm member must put on a connection it holds."""
+    return f"colony.sip.relay.{to_token(node_id)}"
+
+
+SIP_NONCE_SECRET_KEY = "farm.nonce-secret"  # in sip_bindings: the farm-wide digest nonce secret
 
 
 # --- provisioning aggregates (one subject each, see colony.events) -------------------------
@@ -250,7 +281,8 @@ GRANTS: dict[str, Grant] = {
     # PROVISIONING (password hashes), ask for SIP credentials or touch any stream's config.
     "edge": _with(
         _INSTANCE,
-        append=(SUBJECTS_MAIL,),
+        # OUTBOUND: submission and DSNs; USAGE: messages out; DEAD_LETTERS: the outbound runner.
+        append=(SUBJECTS_MAIL, SUBJECTS_OUTBOUND, SUBJECTS_USAGE, SUBJECTS_DEAD_LETTERS),
         consume=(STREAM_OUTBOUND,),
         kv_write=(BUCKET_RATE_COUNTERS,),
         kv_read=(BUCKET_DIRECTORY, BUCKET_ACCOUNT_OWNERS),
@@ -272,7 +304,8 @@ GRANTS: dict[str, Grant] = {
         append=(SUBJECTS_USAGE,),
         kv_write=(BUCKET_SIP_BINDINGS, BUCKET_RATE_COUNTERS),
         kv_read=(BUCKET_DIRECTORY,),
-        call=(AUTH_SIP_CREDENTIALS, DIRECTORY_LOOKUP, DIRECTORY_RECIPIENTS),
+        call=(AUTH_SIP_CREDENTIALS, DIRECTORY_LOOKUP, DIRECTORY_RECIPIENTS, SIP_RELAY),
+        listen=(SIP_RELAY,),
     ),
     # Only the admin API writes PROVISIONING (and its audit trail) and the directory it projects.
     "admin-api": _with(

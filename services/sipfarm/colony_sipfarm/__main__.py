@@ -1,11 +1,12 @@
-"""`python -m colony_sipfarm`: run one sipfarm instance (configuration: COLONY_* environment, see `colony settings`)."""
+"""`python -m colony_sipfarm`: run one SIP farm member (configuration: COLONY_* environment, see `colony settings`)."""
 
-from colony.cluster.idle import ListenerlessWorkload
 from colony.cluster.service_main import run_service
+
+from colony_sipfarm.workload import SipWorkload
 
 
 def main() -> None:
-    run_service("sipfarm", lambda settings: ListenerlessWorkload("sipfarm"))
+    run_service("sipfarm", SipWorkload)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,512 @@
+"""What one SIP farm member does with each packet: registrar and proxy.
+
+Theory of operation
+-------------------
+*Any member takes any packet.*  The proxy is transaction-stateless (RFC 3261 §16.11): what
+it needs to route a packet is in the packet or on the bus, never only in one member's memory.
+
+* A **REGISTER** is authenticated (digest, HA1 from ``colony.auth.sip``), and the account's
+  contacts are changed with one compare-and-set on ``sip_bindings`` (``bindings.py``), so a
+  phone registered through one member is reachable through all of them.
+* A **new request** (INVITE, MESSAGE, ...) for ``user@domain`` is authenticated (INVITE: 407,
+  the caller must have SIP credentials) and forwarded to the account's best live contact,
+  with a Record-Route naming this member (``;cf=<member>``) so the dialog's later requests
+  come back through the farm, and a Via of ours whose branch is a hash of the incoming one
+  (``z9hG4bK-cf...``): a retransmission, its CANCEL and the ACK of a failure get the same
+  branch whichever member forwards them, so the callee sees one transaction.
+* A **response** whose top Via is a farm Via is popped and sent on to the next Via -- by
+  whichever member it reaches.  The Via carries ``;m=<member>``: the member that holds the
+  caller's TCP connection, to which a response for a connection-oriented hop is relayed.
+* An **in-dialog request** whose top Route is a farm Record-Route is loose-routed (§16.4).
+* A phone's TCP flow lives on one member: its binding records ``member``; a request to it from
+  another member is relayed over ``colony.sip.relay.<member>``.
+
+Answers that this member makes itself (401/407/4xx/200 to REGISTER/OPTIONS) are kept for a
+transaction's lifetime (bounded), so a UDP retransmission gets the same answer, never a new
+digest check (which would see a replayed nonce count).
+
+Abuse: scanners (``sip_refused_user_agents``) get no answer; every source has a request rate
+and a failed-authentication rate shared by all members (``colony.counters``); unknown users and
+wrong passwords get the same challenge; a message larger than ``sip_max_message_size`` gets 513
+(or is dropped if unanswerable).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import ipaddress
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from nats.js.errors import KeyNotFoundError
+from nats.js.kv import KeyValue
+from prometheus_client import CollectorRegistry, Counter
+
+from colony.bus import names
+from colony.contracts.auth import AuthClient, AuthUnavailable
+from colony.counters import SharedCounters
+from colony.events import UsageRecorded
+from colony.protocols.sip.digest import DigestAuthenticator, parse_credentials
+from colony.protocols.sip.message import (Headers, SipRequest, SipResponse, Via, make_response, parse_via)
+from colony.protocols.sip.parser import SipParseError, parse_message
+from colony.protocols.sip.transaction import Destination, response_destination, stamp_via
+from colony.protocols.sip.uri import SipURI, URIError, parse_address, parse_uri
+from colony.settings import Settings
+
+from colony_sipfarm.bindings import Binding, BindingStore
+
+log = logging.getLogger("colony.sipfarm")
+
+FARM_BRANCH = "z9hG4bK-cf"
+LOCAL_TAG = "cf-"
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, MESSAGE, INFO, UPDATE, REFER, NOTIFY, SUBSCRIBE, PRACK"
+ANSWER_CACHE = 20_000        # remembered local answers (retransmissions get the same one)
+ANSWER_LIFETIME = 32.0       # seconds: 64*T1, a transaction's longest life
+
+
+@dataclass(frozen=True)
+class Outbound:
+    """Bytes for the shell to send: over UDP, or on the TCP connection to ``destination``
+    that member ``member`` holds (None: this member)."""
+
+    data: bytes
+    destination: Destination
+    member: str | None = None
+
+
+class FarmMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registrations = Counter("colony_sip_registrations", "Successful REGISTER requests (incl. refreshes and removals).", registry=registry)
+        self.requests = Counter("colony_sip_requests", "SIP requests received, by method.", ["method"], registry=registry)
+        self.answers = Counter("colony_sip_answers", "Final answers this member made itself, by method and code.", ["method", "code"], registry=registry)
+        self.forwarded = Counter("colony_sip_forwarded", "Requests and responses proxied on, by kind and method.", ["kind", "method"], registry=registry)
+        self.responses = Counter("colony_sip_responses", "Responses proxied, by method and final code.", ["method", "code"], registry=registry)
+        self.relays = Counter("colony_sip_relays", "Packets handed to the member holding the TCP flow.", registry=registry)
+        self.retransmissions = Counter("colony_sip_retransmissions", "Retransmitted requests answered from the answer cache.", registry=registry)
+        self.dropped = Counter("colony_sip_dropped", "Packets dropped without an answer, by reason.", ["reason"], registry=registry)
+
+
+def _hash(*parts: str) -> str:
+    return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:24]
+
+
+def _networks(text: str) -> list:
+    return [ipaddress.ip_network(n.strip(), strict=False) for n in text.split(",") if n.strip()]
+
+
+class SipFarm:
+    def __init__(self, settings: Settings, node_id: str, *, store: BindingStore, dialogs: KeyValue, auth: AuthClient,
+                 counters: SharedCounters | None, secret: bytes, address: tuple[str, int],
+                 registry: CollectorRegistry, publish_usage: Callable[[UsageRecorded], Awaitable[None]],
+                 clock: Callable[[], float] = time.time) -> None:
+        self.settings, self.node_id = settings, node_id
+        self.store, self.dialogs, self.auth, self.counters = store, dialogs, auth, counters
+        self.digest = DigestAuthenticator(secret, nonce_ttl=settings.sip_nonce_ttl)
+        self.host, self.port = address
+        self.metrics = FarmMetrics(registry)
+        self.publish_usage = publish_usage
+        self.clock = clock
+        self.algorithms = tuple(a.strip().upper() for a in settings.sip_digest_algorithms.split(",") if a.strip()) or ("MD5",)
+        self.scanners = [s.strip().lower() for s in settings.sip_refused_user_agents.split(",") if s.strip()]
+        self.allowed = _networks(settings.sip_allow_networks)
+        self._answers: OrderedDict[tuple, tuple[float, list[Outbound]]] = OrderedDict()
+
+    # --- entry point ----------------------------------------------------------------------
+
+    async def handle(self, data: bytes, source: Destination) -> list[Outbound]:
+        """One message from ``source``; returns what to send."""
+        try:
+            message = parse_message(data, self.settings.sip_max_message_size)
+        except SipParseError as exc:
+            if exc.request is None:
+                self.metrics.dropped.labels(reason="unparsable").inc()
+                return []
+            try:
+                stamp_via(exc.request, source)
+            except URIError:
+                return []
+            return self._local(exc.request, source, exc.status, exc.reason, remember=False)
+        message.source = source
+        if isinstance(message, SipResponse):
+            return await self._on_response(message)
+        return await self._on_request(message, source)
+
+    # --- requests -------------------------------------------------------------------------
+
+    async def _on_request(self, request: SipRequest, source: Destination) -> list[Outbound]:
+        self.metrics.requests.labels(method=request.method if request.method in ALLOW else "other").inc()
+        agent = (request.headers.get("User-Agent") or "").lower()
+        if agent and any(s in agent for s in self.scanners):
+            self.metrics.dropped.labels(reason="scanner").inc()
+            return []
+        try:
+            stamp_via(request, source)
+        except URIError:
+            return []
+        if request.method == "ACK":
+            return await self._on_ack(request, source)
+        key = self._answer_key(request)
+        cached = self._answers.get(key)
+        if cached is not None and cached[0] > self.clock():
+            self.metrics.retransmissions.inc()
+            return cached[1]
+        if not self._trusted(source) and self.counters is not None:
+            rate = await self.counters.hit("sip-req", source[1])
+            if rate > self.settings.sip_requests_per_minute_per_ip:
+                return self._local(request, source, 503, extra=[("Retry-After", "60")], remember=False)
+        if request.method == "REGISTER":
+            return await self._register(request, source)
+        routes = request.headers.get_all("Route")
+        if routes and self._is_ours(routes[0]):
+            return await self._loose_route(request, source)
+        if routes:
+            return self._local(request, source, 403, "Not A Relay")
+        uri = request.uri
+        if request.method == "OPTIONS" and (not isinstance(uri, SipURI) or uri.user is None):
+            return self._local(request, source, 200, extra=[("Allow", ALLOW), ("Accept", "application/sdp")])
+        if parse_address(request.headers.get("To") or "").tag is not None:
+            # In-dialog but without our Route: not a dialog we are on.
+            return self._local(request, source, 481)
+        return await self._new_request(request, source)
+
+    def _answer_key(self, request: SipRequest) -> tuple:
+        via = request.top_via()
+        method = "INVITE" if request.method == "ACK" else request.method
+        return (via.branch or request.call_id, via.host, via.port, method, request.cseq().number)
+
+    def _trusted(self, source: Destination) -> bool:
+        try:
+            address = ipaddress.ip_address(source[1])
+        except ValueError:
+            return False
+        return any(address in net for net in self.allowed)
+
+    def _local(self, request: SipRequest, source: Destination, status: int, reason: str | None = None, *,
+               extra: list[tuple[str, str]] | None = None, remember: bool = True) -> list[Outbound]:
+        """An answer this member makes itself (kept for retransmissions when ``remember``)."""
+        if request.method == "ACK":
+            return []
+        tag = LOCAL_TAG + _hash(request.call_id, request.headers.get("From") or "")[:10]
+        response = make_response(request, status, reason, to_tag=tag,
+                                 extra=[*(extra or []), ("Server", "Colony SIP farm")])
+        try:
+            destination = response_destination(response.top_via(), source)
+        except URIError:
+            return []
+        out = [Outbound(response.encode(), destination)]
+        self.metrics.answers.labels(method=request.method if request.method in ALLOW else "other", code=str(status)).inc()
+        if remember:
+            try:
+                key = self._answer_key(request)
+            except URIError:
+                return out
+            self._answers[key] = (self.clock() + ANSWER_LIFETIME, out)
+            self._answers.move_to_end(key)
+            while len(self._answers) > ANSWER_CACHE:
+                self._answers.popitem(last=False)
+        return out
+
+    # --- authentication -------------------------------------------------------------------
+
+    async def _authenticate(self, request: SipRequest, source: Destination, account: str, realm: str,
+                            header: str, status: int) -> tuple[bool, list[Outbound]]:
+        """(True, []) when the request carries good credentials for ``account``; otherwise
+        (False, the answer): a challenge, 403 when the source failed too often, 503 when the
+        credentials service is away.  Unknown user and wrong password look the same."""
+        if not self._trusted(source) and self.counters is not None:
+            failures = await self.counters.rate("sip-authfail", source[1])
+            if failures >= self.settings.sip_auth_failures_per_minute_per_ip:
+                return False, self._local(request, source, 403, "Too Many Failed Authentications")
+        credentials = None
+        for value in request.headers.get_all(header):
+            parsed = parse_credentials(value)
+            if parsed is not None and parsed.get("realm") == realm:
+                credentials = parsed
+                break
+        challenge = "WWW-Authenticate" if status == 401 else "Proxy-Authenticate"
+        if credentials is None:
+            return False, self._challenge(request, source, realm, status, challenge, stale=False)
+        username = credentials.get("username", "")
+        algorithm = credentials.get("algorithm", "MD5").upper().removesuffix("-SESS")
+        user_part = account.rpartition("@")[0]
+        ha1 = None
+        if username in (user_part, account) and algorithm in ("MD5", "SHA-256"):
+            try:
+                reply = await self.auth.sip_credentials(account, realm, algorithm)
+            except AuthUnavailable:
+                return False, self._local(request, source, 503, extra=[("Retry-After", "5")], remember=False)
+            if reply.ok and reply.ha1:
+                ha1 = reply.ha1
+        # Unknown users are checked against a random HA1: the same answer, the same work.
+        verdict = self.digest.verify(credentials, request.method, realm, ha1 or _hash("nobody", realm, str(self.clock())),
+                                     self.clock())
+        if verdict.ok and ha1 is not None:
+            return True, []
+        if verdict.stale:
+            return False, self._challenge(request, source, realm, status, challenge, stale=True)
+        if self.counters is not None and not self._trusted(source):
+            await self.counters.hit("sip-authfail", source[1])
+        return False, self._challenge(request, source, realm, status, challenge, stale=False)
+
+    def _challenge(self, request, source, realm, status, header, stale) -> list[Outbound]:
+        values = self.digest.challenges(realm, self.clock(), stale=stale, algorithms=self.algorithms)
+        return self._local(request, source, status, extra=[(header, v) for v in values])
+
+    # --- registrar ------------------------------------------------------------------------
+
+    async def _register(self, request: SipRequest, source: Destination) -> list[Outbound]:
+        try:
+            to = parse_address(request.headers.get("To") or "").uri
+            contacts = request.addresses("Contact")
+        except URIError:
+            return self._local(request, source, 400, "Bad Contact")
+        if not isinstance(to, SipURI) or not to.user:
+            return self._local(request, source, 404)
+        account, realm = f"{to.user}@{to.host}".lower(), to.host.lower()
+        ok, answer = await self._authenticate(request, source, account, realm, "Authorization", 401)
+        if not ok:
+            return answer
+        now = self.clock()
+        header_expires = request.headers.get("Expires")
+        default = int(header_expires) if header_expires and header_expires.isdigit() else self.settings.sip_default_expires
+        call_id, cseq = request.call_id, request.cseq().number
+        wildcard = any(c.wildcard for c in contacts)
+        if wildcard and (len(contacts) > 1 or default != 0):
+            return self._local(request, source, 400, "Wildcard Needs Expires 0")
+        changes: list[tuple[str, float, int]] = []    # (contact URI, q, expires)
+        for contact in contacts:
+            if contact.wildcard:
+                continue
+            raw = contact.params.get("expires")
+            expires = int(raw) if raw and raw.isdigit() else default
+            if 0 < expires < self.settings.sip_min_expires:
+                return self._local(request, source, 423, extra=[("Min-Expires", str(self.settings.sip_min_expires))])
+            try:
+                q = float(contact.params.get("q") or 1.0)
+            except ValueError:
+                return self._local(request, source, 400, "Bad q")
+            changes.append((str(contact.uri), max(0.0, min(1.0, q)), min(expires, self.settings.sip_max_expires)))
+        transport, host, port = source
+        agent = (request.headers.get("User-Agent") or "")[:256]
+        via = request.top_via()
+        # Behind NAT (RFC 3581 asked for, or the packet came from elsewhere than the Via
+        # says): requests to the phone go where its packets came from, not to its Contact.
+        nat = "rport" in via.params or "received" in via.params or (via.port or 5060) != port
+
+        def edit(current: list[Binding]) -> list[Binding]:
+            if wildcard:
+                return [b for b in current if b.call_id == call_id and b.cseq >= cseq]
+            result = {b.contact: b for b in current}
+            for uri, q, expires in changes:
+                old = result.get(uri)
+                if old is not None and old.call_id == call_id and old.cseq >= cseq:
+                    continue   # an older REGISTER arriving late (§10.3 step 7)
+                if expires == 0:
+                    result.pop(uri, None)
+                    continue
+                result[uri] = Binding(contact=uri, q=q, expires_at=now + expires, call_id=call_id, cseq=cseq,
+                                      registered_at=now, member=self.node_id, transport=transport,
+                                      source=f"{host}:{port}", nat=nat, user_agent=agent)
+            if len(result) > self.settings.sip_max_bindings:
+                raise _TooMany()
+            return list(result.values())
+
+        if changes or wildcard:
+            try:
+                stored = await self.store.change(account, edit)
+            except _TooMany:
+                return self._local(request, source, 403, "Too Many Registered Devices")
+            await self.publish_usage(UsageRecorded(domain=realm, account=account, metric="sip_registrations",
+                                                   amount=1, source=self.node_id))
+        else:
+            stored = await self.store.lookup(account)    # a query (§10.2.3)
+        self.metrics.registrations.inc()
+        extra = [("Contact", f"<{b.contact}>;expires={max(1, int(b.expires_at - now))};q={b.q:g}") for b in stored]
+        extra.append(("Date", time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(now))))
+        return self._local(request, source, 200, extra=extra)
+
+    # --- proxy ----------------------------------------------------------------------------
+
+    def _record_route(self) -> str:
+        return f"<sip:{self.host}:{self.port};lr;cf={names.node_key(self.node_id)}>"
+
+    def _is_ours(self, route: str) -> bool:
+        try:
+            uri = parse_address(route).uri
+        except URIError:
+            return False
+        return isinstance(uri, SipURI) and "cf" in uri.params
+
+    def _via(self, request: SipRequest, transport: str) -> str:
+        incoming = request.top_via()
+        branch = FARM_BRANCH + _hash(incoming.branch or "", incoming.host, str(incoming.port), request.call_id,
+                                     str(request.cseq().number))
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"SIP/2.0/{transport} {host}:{self.port};branch={branch};m={names.node_key(self.node_id)}"
+
+    def _forward(self, request: SipRequest, source: Destination, destination: Destination,
+                 member: str | None, record_route: bool) -> list[Outbound]:
+        max_forwards = request.headers.get("Max-Forwards")
+        hops = int(max_forwards) if max_forwards and max_forwards.isdigit() else 70
+        if hops <= 0:
+            return self._local(request, source, 483)
+        request.headers.set("Max-Forwards", str(hops - 1))
+        if record_route:
+            request.headers.insert_before_first("Record-Route", self._record_route())
+        request.headers.add_first("Via", self._via(request, destination[0]))
+        self.metrics.forwarded.labels(kind="request", method=request.method if request.method in ALLOW else "other").inc()
+        return [Outbound(request.encode(), destination, member)]
+
+    def _binding_destination(self, binding: Binding) -> tuple[Destination, str | None]:
+        host, _, port = binding.source.rpartition(":")
+        if binding.transport != "UDP":
+            return (binding.transport, host, int(port)), (names.node_key(binding.member) if binding.member != self.node_id else None)
+        if binding.nat:
+            return ("UDP", host, int(port)), None
+        contact = parse_uri(binding.contact)
+        if not isinstance(contact, SipURI):
+            raise URIError("not a SIP contact")
+        return ("UDP", contact.params.get("maddr") or contact.host, contact.port or 5060), None
+
+    async def _new_request(self, request: SipRequest, source: Destination) -> list[Outbound]:
+        uri = request.uri
+        if not isinstance(uri, SipURI) or not uri.user:
+            return self._local(request, source, 404)
+        if request.method == "INVITE":
+            try:
+                caller = parse_address(request.headers.get("From") or "").uri
+            except URIError:
+                return self._local(request, source, 400, "Bad From")
+            if not isinstance(caller, SipURI) or not caller.user:
+                return self._local(request, source, 403)
+            ok, answer = await self._authenticate(request, source, f"{caller.user}@{caller.host}".lower(),
+                                                  caller.host.lower(), "Proxy-Authorization", 407)
+            if not ok:
+                return answer
+            request.headers.remove("Proxy-Authorization")
+        account = f"{uri.user}@{uri.host}".lower()
+        bindings = await self.store.lookup(account)
+        if not bindings:
+            return self._local(request, source, 480 if request.method != "CANCEL" else 481)
+        target = bindings[0]     # stateless: one branch, the best contact
+        try:
+            request.uri = parse_uri(target.contact)
+        except URIError:
+            return self._local(request, source, 480)
+        try:
+            destination, member = self._binding_destination(target)
+        except URIError:
+            return self._local(request, source, 480)
+        return self._forward(request, source, destination, member, record_route=request.method == "INVITE")
+
+    async def _loose_route(self, request: SipRequest, source: Destination) -> list[Outbound]:
+        request.headers.remove_first("Route")
+        while (route := request.headers.get("Route")) and self._is_ours(route):
+            request.headers.remove_first("Route")   # spiralled through several members
+        route = request.headers.get("Route")
+        try:
+            uri = parse_address(route).uri if route else request.uri
+        except URIError:
+            return self._local(request, source, 400, "Bad Route")
+        if not isinstance(uri, SipURI):
+            return self._local(request, source, 416)
+        if request.method == "BYE":
+            await self._call_ended(request)
+        transport = (uri.transport or "udp").upper()
+        destination = (transport, uri.host, uri.port or 5060)
+        member = None
+        if transport != "UDP":
+            # A phone on TCP: the member holding its flow (its binding says which).
+            target = await self._flow_member(uri)
+            member = target
+        return self._forward(request, source, destination, member, record_route=False)
+
+    async def _flow_member(self, uri: SipURI) -> str | None:
+        if not uri.user:
+            return None
+        for binding in await self.store.lookup(f"{uri.user}@{uri.host}".lower()):
+            if binding.contact == str(uri) and binding.member != self.node_id:
+                return names.node_key(binding.member)
+        return None
+
+    async def _on_ack(self, request: SipRequest, source: Destination) -> list[Outbound]:
+        tag = parse_address(request.headers.get("To") or "").tag or ""
+        if tag.startswith(LOCAL_TAG) or self._answer_key(request) in self._answers:
+            return []     # the ACK of a failure we answered ourselves
+        routes = request.headers.get_all("Route")
+        if routes and self._is_ours(routes[0]):
+            return await self._loose_route(request, source)
+        if routes:
+            return []
+        return await self._new_request(request, source)
+
+    # --- responses ------------------------------------------------------------------------
+
+    async def _on_response(self, response: SipResponse) -> list[Outbound]:
+        vias = response.headers.get_all("Via")
+        try:
+            ours = parse_via(vias[0])
+        except (URIError, IndexError):
+            return []
+        if not (ours.branch or "").startswith(FARM_BRANCH) or len(vias) < 2:
+            self.metrics.dropped.labels(reason="stray response").inc()
+            return []
+        response.headers.remove_first("Via")
+        try:
+            cseq = response.cseq()
+            nxt: Via = response.top_via()
+        except URIError:
+            return []
+        if cseq.method == "INVITE" and 200 <= response.status < 300:
+            await self.call_answered(response)
+        method = cseq.method if cseq.method in ALLOW else "other"
+        if response.status >= 200:
+            self.metrics.responses.labels(method=method, code=str(response.status)).inc()
+        self.metrics.forwarded.labels(kind="response", method=method).inc()
+        destination = response_destination(nxt, None)
+        member = ours.params.get("m")
+        if destination[0] == "UDP" or member in (None, names.node_key(self.node_id)):
+            member = None
+        return [Outbound(response.encode(), destination, member)]
+
+    # --- call-duration metering -----------------------------------------------------------
+
+    async def call_answered(self, response: SipResponse) -> None:
+        """An INVITE's 2xx passed through: remember when the call began (on the bus, so the
+        member that sees the BYE can meter it)."""
+        try:
+            caller = parse_address(response.headers.get("From") or "").uri
+        except URIError:
+            return
+        if not isinstance(caller, SipURI) or not caller.user:
+            return
+        value = {"started": self.clock(), "account": f"{caller.user}@{caller.host}".lower(), "domain": caller.host.lower()}
+        try:
+            await self.dialogs.create(names.sip_dialog_key(_hash(response.call_id)), json.dumps(value).encode())
+        except Exception:   # already recorded (a retransmitted 2xx) or the bus is away: no metering
+            pass
+
+    async def _call_ended(self, request: SipRequest) -> None:
+        key = names.sip_dialog_key(_hash(request.call_id))
+        try:
+            entry = await self.dialogs.get(key)
+        except KeyNotFoundError:
+            return
+        if not entry.value:
+            return
+        record = json.loads(entry.value)
+        try:
+            await self.dialogs.delete(key, last=entry.revision)
+        except Exception:    # the other party's BYE metered it already
+            return
+        seconds = max(0.0, self.clock() - float(record["started"]))
+        await self.publish_usage(UsageRecorded(domain=record["domain"], account=record["account"],
+                                               metric="sip_call_seconds", amount=round(seconds, 3), source=self.node_id))
+
+
+class _TooMany(Exception):
+    pass

@@ -1,0 +1,202 @@
+"""The SIP farm with sipp as the real peer: farm members are real processes on a real bus;
+the credentials contract (``colony.auth.sip``) is answered here, as the admin API would."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import uuid
+from pathlib import Path
+
+import pytest
+
+from cluster_harness import wait_until
+from colony.bus import names
+from colony.contracts.auth import SipCredentialsReply, SipCredentialsRequest
+from colony.protocols.sip.digest import ha1
+from colony.protocols.sip.parser import parse_message
+
+SCENARIOS = Path(__file__).parent / "scenarios"
+DOMAIN = "acme.example"
+PASSWORDS = {"alice": "alice-secret", "bob": "bob-secret"}
+
+SIPP = shutil.which("sipp")
+if SIPP is None and os.environ.get("CI") == "true":
+    raise RuntimeError("sipp (Debian sip-tester) is missing; CI installs it from .ci/apt-packages")
+needs_sipp = pytest.mark.skipif(SIPP is None, reason="sipp (Debian sip-tester) is not installed")
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def serve_credentials(nc) -> None:
+    """The contract as the admin API serves it: HA1 per realm, never the password."""
+
+    async def answer(msg):
+        req = SipCredentialsRequest.from_bytes(msg.data)
+        user = req.user.partition("@")[0]
+        if user in PASSWORDS and req.realm == DOMAIN:
+            reply = SipCredentialsReply(ok=True, username=user, realm=req.realm, algorithm=req.algorithm,
+                                        ha1=ha1(req.algorithm, user, req.realm, PASSWORDS[user]))
+        else:
+            reply = SipCredentialsReply.refused("unknown user")
+        await msg.respond(reply.to_bytes())
+
+    await nc.subscribe(names.AUTH_SIP_CREDENTIALS, queue=names.QUEUE_ADMIN, cb=answer)
+
+
+@pytest.fixture
+async def farm(cluster):
+    nc = await cluster.client()
+    await serve_credentials(nc)
+    members = []
+    for n in (1, 2):
+        cluster.start("sipfarm", f"sipfarm-{n}", COLONY_SIP_PORT=str(free_udp_port()))
+    for n in (1, 2):
+        view = await cluster.wait_state(f"sipfarm-{n}", "READY", timeout=60)
+        host, _, port = view.addresses["sip"].rpartition(":")
+        members.append((host, int(port)))
+    yield members
+
+
+async def sipp(*args: str, timeout: float = 60) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        SIPP, *args, "-m", "1", "-timeout", "30s", "-timeout_error", "-nostdin", "-trace_err",
+        "-error_file", "/dev/stderr", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+    return proc.returncode, out.decode(errors="replace")[-3000:]
+
+
+async def register(member: tuple[str, int], user: str, contact_port: int, password: str | None = None,
+                   expires: int = 300) -> tuple[int, str]:
+    host, port = member
+    return await sipp(f"{host}:{port}", "-sf", str(SCENARIOS / "register.xml"), "-s", user,
+                      "-au", user, "-ap", password or PASSWORDS[user], "-key", "domain", DOMAIN,
+                      "-key", "contact_port", str(contact_port), "-key", "expires", str(expires),
+                      "-i", "127.0.0.1", "-p", str(free_udp_port()))
+
+
+async def bindings(cluster, user: str) -> list:
+    js = (await cluster.client()).jetstream()
+    kv = await js.key_value(names.BUCKET_SIP_BINDINGS)
+    try:
+        entry = await kv.get(names.sip_binding_key(f"{user}@{DOMAIN}"))
+    except Exception:
+        return []
+    import json
+    return json.loads(entry.value)["bindings"]
+
+
+class Udp(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[bytes] = asyncio.Queue()
+
+    def datagram_received(self, data, addr) -> None:
+        self.queue.put_nowait(data)
+
+
+async def udp_exchange(member: tuple[str, int], data: bytes, timeout: float = 10.0) -> bytes | None:
+    loop = asyncio.get_running_loop()
+    transport, proto = await loop.create_datagram_endpoint(Udp, local_addr=("127.0.0.1", 0))
+    try:
+        transport.sendto(data, member)
+        try:
+            return await asyncio.wait_for(proto.queue.get(), timeout)
+        except TimeoutError:
+            return None
+    finally:
+        transport.close()
+
+
+@needs_sipp
+async def test_register_against_every_member_is_seen_by_all(farm, cluster):
+    for i, member in enumerate(farm):
+        code, out = await register(member, "alice", 5070 + i)
+        assert code == 0, out
+    # Both devices are registered, whichever member took them; one key holds them.
+    found = await bindings(cluster, "alice")
+    assert sorted(b["contact"] for b in found) == ["sip:alice@127.0.0.1:5070", "sip:alice@127.0.0.1:5071"]
+    assert {b["member"] for b in found} == {"sipfarm-1", "sipfarm-2"}
+    # A wrong password and an unknown user get the same answer: a new challenge, never 200.
+    code, out = await register(farm[0], "alice", 5072, password="wrong")
+    assert code != 0
+    code2, out2 = await register(farm[1], "mallory", 5072, password="whatever")
+    assert code2 != 0
+    assert len(await bindings(cluster, "alice")) == 2
+    # un-REGISTER (Expires: 0) through the other member removes that device only.
+    code, out = await register(farm[1], "alice", 5070, expires=0)
+    assert code == 0, out
+    assert [b["contact"] for b in await bindings(cluster, "alice")] == ["sip:alice@127.0.0.1:5071"]
+
+
+@needs_sipp
+async def test_call_between_two_registered_sipp_endpoints_across_members(farm, cluster):
+    uas_port = free_udp_port()
+    code, out = await register(farm[1], "bob", uas_port)       # the callee registers at member 2
+    assert code == 0, out
+    uas = await asyncio.create_subprocess_exec(
+        SIPP, "-sf", str(SCENARIOS / "uas.xml"), "-i", "127.0.0.1", "-p", str(uas_port), "-m", "1", "-nostdin",
+        "-timeout", "40s", "-timeout_error", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    try:
+        host, port = farm[0]                                   # the caller calls through member 1
+        code, out = await sipp(f"{host}:{port}", "-sf", str(SCENARIOS / "call.xml"), "-s", "bob",
+                               "-au", "alice", "-ap", PASSWORDS["alice"], "-key", "domain", DOMAIN,
+                               "-key", "caller", "alice", "-i", "127.0.0.1", "-p", str(free_udp_port()))
+        assert code == 0, out
+        uas_out, _ = await asyncio.wait_for(uas.communicate(), 45)
+        assert uas.returncode == 0, uas_out.decode(errors="replace")[-3000:]
+    finally:
+        if uas.returncode is None:
+            uas.kill()
+            await uas.wait()
+
+
+async def test_malformed_sip_gets_400_class_or_silence_and_the_member_lives(farm, cluster):
+    member = farm[0]
+    call_id = uuid.uuid4().hex
+    base = ("OPTIONS sip:{d} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:9;rport;branch=z9hG4bK{b}\r\n"
+            "From: <sip:x@{d}>;tag=1\r\nTo: <sip:{d}>\r\nCall-ID: {c}\r\nCSeq: 1 OPTIONS\r\n")
+    good = base.format(d=DOMAIN, b="good", c=call_id) + "Content-Length: 0\r\n\r\n"
+    cases = {
+        "bad content-length": base.format(d=DOMAIN, b="cl", c=call_id) + "Content-Length: 99\r\n\r\nshort",
+        "negative content-length": base.format(d=DOMAIN, b="neg", c=call_id) + "Content-Length: -1\r\n\r\n",
+        "missing CSeq": good.replace("CSeq: 1 OPTIONS\r\n", ""),
+        "huge header": base.format(d=DOMAIN, b="huge", c=call_id) + "X-Junk: " + "a" * 40000 + "\r\n\r\n",
+        "bad version": good.replace("SIP/2.0\r\nVia", "SIP/7.0\r\nVia", 1),
+        "garbage": "\x00\xff garbage \r\n\r\n",
+    }
+    answered = {}
+    for what, text in cases.items():
+        answer = await udp_exchange(member, text.encode("latin-1"), timeout=2.0)
+        if answer is not None:
+            response = parse_message(answer)
+            assert 400 <= response.status < 600, (what, answer[:200])
+            answered[what] = response.status
+    # What can be addressed is answered; the rest (no CSeq, too big to read, garbage) is dropped.
+    assert answered == {"bad content-length": 400, "negative content-length": 400, "bad version": 505}
+    # A scanner gets nothing at all.
+    scanner = good.replace("Content-Length", "User-Agent: friendly-scanner\r\nContent-Length")
+    assert await udp_exchange(member, scanner.encode(), timeout=2.0) is None
+    # And the member still answers a good request.
+    answer = await udp_exchange(member, good.encode())
+    assert answer is not None and parse_message(answer).status == 200
+    assert cluster.nodes["sipfarm-1"].process.poll() is None
+
+
+@needs_sipp
+async def test_registrations_survive_a_sigkilled_member(farm, cluster):
+    code, out = await register(farm[0], "alice", 5080)
+    assert code == 0, out
+    cluster.nodes["sipfarm-1"].signal(signal.SIGKILL)
+    cluster.nodes["sipfarm-1"].process.wait(10)
+    # The binding is on the bus: the other member still finds it and routes to it.
+    assert [b["contact"] for b in await bindings(cluster, "alice")] == ["sip:alice@127.0.0.1:5080"]
+    code, out = await register(farm[1], "alice", 5081)
+    assert code == 0, out
+    assert len(await bindings(cluster, "alice")) == 2
