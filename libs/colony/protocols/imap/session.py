@@ -70,7 +70,7 @@ MAX_APPEND = 64 * 1024 * 1024
 
 CAPABILITIES = ("IMAP4rev1", "LITERAL+", "ID", "IDLE", "NAMESPACE", "UNSELECT", "UIDPLUS", "MOVE", "CHILDREN",
                 "SPECIAL-USE", "ENABLE", "ESEARCH", "SEARCHRES", "SORT", "THREAD=ORDEREDSUBJECT",
-                "THREAD=REFERENCES", "MULTIAPPEND", "STATUS=SIZE", "BINARY")
+                "THREAD=REFERENCES", "MULTIAPPEND", "STATUS=SIZE", "BINARY", "CONDSTORE")
 PREAUTH_CAPABILITIES = ("AUTH=PLAIN", "SASL-IR")
 
 _ANY = {"CAPABILITY", "NOOP", "LOGOUT", "ID"}
@@ -183,6 +183,7 @@ class Session:
         self._flags: dict[int, frozenset[str]] = {}
         self._uidvalidity = 0
         self._saved: frozenset[int] = frozenset()     # SEARCHRES $ (UIDs)
+        self.condstore = False     # RFC 7162: on once a CONDSTORE enabling command ran
         # IDLE
         self._idle_tag: str | None = None
         self._woken = False
@@ -420,9 +421,23 @@ class Session:
         self._sync(store, expunge=True)
 
     def _do_enable(self, cmd: C.Enable, store: Store) -> None:
-        # None of the capabilities ENABLE can switch on (CONDSTORE, QRESYNC, IMAP4rev2,
-        # UTF8=ACCEPT) is offered here: RFC 5161 answers with the empty list.
-        self._send("* ENABLED")
+        # Only CONDSTORE can be switched on here (QRESYNC, IMAP4rev2 and UTF8=ACCEPT are not
+        # offered); RFC 5161 lists what this command newly enabled.
+        enabled = []
+        if "CONDSTORE" in cmd.capabilities and not self.condstore:
+            self._condstore_on(store)
+            enabled.append("CONDSTORE")
+        self._send("* ENABLED" + "".join(" " + e for e in enabled))
+
+    def _condstore_on(self, store: Store) -> None:
+        """A CONDSTORE enabling command ran (RFC 7162 §3.1): from now on MODSEQ goes with
+        FLAGS, and a selected mailbox's HIGHESTMODSEQ is announced once."""
+        if self.condstore:
+            return
+        self.condstore = True
+        if self.state == SELECTED and self.mailbox is not None:
+            box = self._find(store, self.mailbox)
+            self._send(f"* OK [HIGHESTMODSEQ {max(box.highest_modseq, 1)}] Highest")
 
     def _do_idle(self, cmd: C.Simple, store: Store) -> str | None:
         self._sync(store, expunge=self.state == SELECTED)
@@ -432,8 +447,10 @@ class Session:
         return None
 
     def _do_select(self, cmd: C.Select, store: Store) -> str:
-        if cmd.condstore or cmd.qresync:
-            raise _Bad("CONDSTORE and QRESYNC are not offered")
+        if cmd.qresync:
+            raise _Bad("QRESYNC is not offered")
+        if cmd.condstore:
+            self.condstore = True
         if self.state == SELECTED:
             self._unselect()
             self._send("* OK [CLOSED] Previous mailbox closed")
@@ -455,6 +472,8 @@ class Session:
             self._send(f"* OK [UNSEEN {unseen}] First unseen")
         self._send(f"* OK [UIDVALIDITY {box.uidvalidity}] UIDs valid")
         self._send(f"* OK [UIDNEXT {box.uidnext}] Predicted next UID")
+        if self.condstore:
+            self._send(f"* OK [HIGHESTMODSEQ {max(box.highest_modseq, 1)}] Highest")
         if self.read_only:
             self._send("* OK [PERMANENTFLAGS ()] Read-only mailbox")
         else:
@@ -586,10 +605,12 @@ class Session:
             "MESSAGES": len(messages), "RECENT": 0, "UIDNEXT": box.uidnext, "UIDVALIDITY": box.uidvalidity,
             "UNSEEN": sum(1 for m in messages if "\\Seen" not in m.flags),
             "DELETED": sum(1 for m in messages if "\\Deleted" in m.flags),
-            "SIZE": sum(m.size for m in messages), "HIGHESTMODSEQ": box.highest_modseq,
+            "SIZE": sum(m.size for m in messages), "HIGHESTMODSEQ": max(box.highest_modseq, 1),
             "APPENDLIMIT": MAX_APPEND,
         }
-        offered = {"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "SIZE", "DELETED"}
+        offered = {"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "SIZE", "DELETED", "HIGHESTMODSEQ"}
+        if "HIGHESTMODSEQ" in cmd.items:
+            self._condstore_on(store)
         if not set(cmd.items) <= offered:
             raise _Bad(f"STATUS item {sorted(set(cmd.items) - offered)[0]} is not offered")
         items = " ".join(f"{k} {values[k]}" for k in cmd.items)
@@ -667,27 +688,42 @@ class Session:
             raise _Bad("Invalid message sequence number")
         return [self._uids[i - 1] for a, b in spans for i in range(a, b + 1)]
 
-    def _do_store(self, cmd: C.Store, store: Store) -> None:
+    def _do_store(self, cmd: C.Store, store: Store) -> str | None:
         if self.read_only:
             raise _No("[READ-ONLY] Mailbox is read-only")
-        if cmd.unchanged_since is not None:
-            raise _Bad("CONDSTORE is not offered")
         if "\\*" in cmd.flags:
             raise _Bad("\\* is not a flag")
+        if cmd.unchanged_since is not None:
+            self._condstore_on(store)
         uids = self._select_uids(cmd.sequence, cmd.uid)
         current = {m.uid: m for m in store.messages(self.mailbox)}
+        position = {u: i + 1 for i, u in enumerate(self._uids)}
         uids = [u for u in uids if u in current]
+        modified = []
+        if cmd.unchanged_since is not None:
+            # RFC 7162 §3.1.3: messages changed since the client looked are left alone and
+            # named in [MODIFIED ...].
+            modified = [u for u in uids if current[u].modseq > cmd.unchanged_since]
+            uids = [u for u in uids if current[u].modseq <= cmd.unchanged_since]
         store.store_flags(self.mailbox, uids, cmd.flags, {"+": "add", "-": "remove", "": "set"}[cmd.mode])
         store.commit()
-        current = {m.uid: m for m in store.messages(self.mailbox)}
-        position = {u: i + 1 for i, u in enumerate(self._uids)}
+        after = {m.uid: m for m in store.messages(self.mailbox)}
         for u in uids:
-            flags = current[u].flags
-            self._flags[u] = flags
-            if not cmd.silent:
-                uid_part = f" UID {u}" if cmd.uid else ""
-                self._send(f"* {position[u]} FETCH (FLAGS ({' '.join(sorted(flags))}){uid_part})")
+            msg = after[u]
+            changed = msg.flags != current[u].flags
+            self._flags[u] = msg.flags
+            # .SILENT still reports MODSEQ of changed messages under CONDSTORE (RFC 7162 §3.2)
+            if not cmd.silent or (self.condstore and changed):
+                items = [] if cmd.silent else [f"FLAGS ({' '.join(sorted(msg.flags))})"]
+                if cmd.uid:
+                    items.append(f"UID {u}")
+                if self.condstore:
+                    items.append(f"MODSEQ ({msg.modseq})")
+                self._send(f"* {position[u]} FETCH ({' '.join(items)})")
         self._sync(store, expunge=cmd.uid)
+        if modified:
+            numbers = modified if cmd.uid else [position[u] for u in modified]
+            return f"[MODIFIED {_compress(numbers)}] Conditional STORE failed for some messages"
 
     def _do_copy(self, cmd: C.CopyMove, store: Store) -> str:
         target = self._decode_name(cmd.mailbox)
@@ -734,8 +770,12 @@ class Session:
         search.check_charset(cmd.charset)
         found = search.search(self._views(store), cmd.criteria, self._context())
         numbers = [m.uid if cmd.uid else m.seq for m in found]
+        uses_modseq = _has_key(cmd.criteria, "MODSEQ")
+        if uses_modseq:
+            self._condstore_on(store)
+        modseq = f" (MODSEQ {max(m.modseq for m in found)})" if uses_modseq and found else ""
         if cmd.returns is None:
-            self._send("* SEARCH" + "".join(f" {n}" for n in numbers))
+            self._send("* SEARCH" + "".join(f" {n}" for n in numbers) + modseq)
         else:
             returns = set(cmd.returns) or {"ALL"}
             if "SAVE" in returns:
@@ -755,6 +795,8 @@ class Session:
                 parts.append(f"ALL {_compress(sorted(numbers))}")
             if "COUNT" in returns:
                 parts.append(f"COUNT {len(numbers)}")
+            if modseq and returns:
+                parts.append(modseq.strip(" ()"))
             if returns or not cmd.returns or set(cmd.returns) != {"SAVE"}:
                 self._send("* ESEARCH " + " ".join(parts))
         self._sync(store, expunge=cmd.uid)
@@ -797,35 +839,44 @@ class Session:
         return hit
 
     def _do_fetch(self, cmd: C.Fetch, store: Store) -> None:
-        if cmd.changed_since is not None or any(i.name == "MODSEQ" for i in cmd.items):
-            raise _Bad("CONDSTORE is not offered")
-        offered = {"FLAGS", "UID", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE", "BODY", "BODYSTRUCTURE", "RFC822",
+        items = list(cmd.items)
+        if cmd.changed_since is not None or any(i.name == "MODSEQ" for i in items):
+            self._condstore_on(store)
+            if not any(i.name == "MODSEQ" for i in items):
+                items.append(C.FetchItem("MODSEQ"))
+        offered = {"FLAGS", "UID", "MODSEQ", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE", "BODY", "BODYSTRUCTURE", "RFC822",
                    "RFC822.HEADER", "RFC822.TEXT", "BODY.PEEK", "BINARY", "BINARY.PEEK", "BINARY.SIZE"}
-        for item in cmd.items:
+        for item in items:
             if item.name not in offered:
                 raise _Bad(f"FETCH {item.name} is not offered")
         uids = self._select_uids(cmd.sequence, cmd.uid)
         current = {m.uid: m for m in store.messages(self.mailbox)}
+        if cmd.changed_since is not None:
+            uids = [u for u in uids if u in current and current[u].modseq > cmd.changed_since]
         position = {u: i + 1 for i, u in enumerate(self._uids)}
         sets_seen = not self.read_only and any(
             i.name in ("RFC822", "RFC822.TEXT", "BODY", "BINARY") and (i.name != "BODY" or i.section is not None)
-            for i in cmd.items)
+            for i in items)
+        if sets_seen:
+            unseen = [u for u in uids if u in current and "\\Seen" not in current[u].flags]
+            if unseen:
+                store.store_flags(self.mailbox, unseen, ["\\Seen"], "add")
+                store.commit()
+                current = {m.uid: m for m in store.messages(self.mailbox)}
         for u in uids:
             msg = current.get(u)
             if msg is None:
                 continue                 # expunged by another session; its EXPUNGE comes later
-            if sets_seen and "\\Seen" not in msg.flags:
-                store.store_flags(self.mailbox, [u], ["\\Seen"], "add")
-                store.commit()
-                msg = next(m for m in store.messages(self.mailbox) if m.uid == u)
             parts: list[bytes] = []
-            want_flags = any(i.name == "FLAGS" for i in cmd.items) or (sets_seen and self._flags.get(u) != msg.flags)
-            for item in cmd.items:
+            want_flags = any(i.name == "FLAGS" for i in items) or (sets_seen and self._flags.get(u) != msg.flags)
+            for item in items:
                 if item.name != "FLAGS":
                     parts.append(self._fetch_item(item, msg, store))
             if want_flags:
                 parts.insert(0, f"FLAGS ({' '.join(sorted(msg.flags))})".encode())
                 self._flags[u] = msg.flags
+                if self.condstore and not any(i.name == "MODSEQ" for i in items):
+                    parts.append(f"MODSEQ ({msg.modseq})".encode())
             self._out.append(Send(f"* {position[u]} FETCH (".encode() + b" ".join(parts) + b")\r\n"))
         self._sync(store, expunge=cmd.uid)
 
@@ -837,6 +888,8 @@ class Session:
             return f'INTERNALDATE "{_imap_date(msg.date)}"'.encode()
         if name == "RFC822.SIZE":
             return f"RFC822.SIZE {msg.size}".encode()
+        if name == "MODSEQ":
+            return f"MODSEQ ({msg.modseq})".encode()
         data, root = self._parsed(store, msg.uid)
         if name == "ENVELOPE":
             return b"ENVELOPE " + E.envelope(root)
@@ -901,7 +954,8 @@ class Session:
             m = current.get(u)
             if m is not None and self._flags.get(u) != m.flags:
                 self._flags[u] = m.flags
-                self._send(f"* {i + 1} FETCH (FLAGS ({' '.join(sorted(m.flags))}))")
+                extra = f" UID {u} MODSEQ ({m.modseq})" if self.condstore else ""
+                self._send(f"* {i + 1} FETCH (FLAGS ({' '.join(sorted(m.flags))}){extra})")
         highest = self._uids[-1] if self._uids else 0
         new = [m for m in messages if m.uid > highest]
         if new:
@@ -974,6 +1028,18 @@ def _name(cmd: C.ImapCommand) -> str:
     if isinstance(cmd, C.Store):
         return "STORE"
     return cmd.name      # Simple, Select, MailboxCommand, ListCommand, Quota, Acl, CopyMove
+
+
+def _has_key(key: tuple, name: str) -> bool:
+    if key[0] == name:
+        return True
+    if key[0] == "AND":
+        return any(_has_key(k, name) for k in key[1])
+    if key[0] == "NOT":
+        return _has_key(key[1], name)
+    if key[0] == "OR":
+        return _has_key(key[1], name) or _has_key(key[2], name)
+    return False
 
 
 def _text(value: bytes) -> str:

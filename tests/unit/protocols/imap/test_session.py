@@ -289,3 +289,26 @@ def test_status_size_and_binary_append(mail):
     data = b"Subject: bin\r\nContent-Transfer-Encoding: binary\r\n\r\n\x00\x01\r\n"
     out = c.send(b"a APPEND INBOX ~{%d+}\r\n" % len(data) + data + b"\r\n")
     assert "a OK [APPENDUID" in out
+
+
+def test_condstore(mail):
+    c = logged_in(mail)
+    assert "* ENABLED CONDSTORE" in c.cmd("e ENABLE CONDSTORE")
+    out = c.cmd("s SELECT INBOX")
+    highest = int(re.search(r"\[HIGHESTMODSEQ (\d+)\]", out).group(1))
+    out = c.cmd("f FETCH 1:* (UID MODSEQ)")
+    modseqs = [int(x) for x in re.findall(r"MODSEQ \((\d+)\)", out)]
+    assert len(modseqs) == 2 and max(modseqs) == highest
+    out = c.cmd(f"a STORE 1 (UNCHANGEDSINCE {highest}) +FLAGS (\\Answered)")
+    new = int(re.search(r"MODSEQ \((\d+)\)", out).group(1))
+    assert new > highest and "a OK" in out and "MODIFIED" not in out
+    out = c.cmd(f"b STORE 1 (UNCHANGEDSINCE {highest}) +FLAGS (\\Flagged)")
+    assert "b OK [MODIFIED 1]" in out
+    out = c.cmd(f"c UID FETCH 1:* (FLAGS) (CHANGEDSINCE {highest})")
+    assert out.count("FETCH (") == 1 and f"MODSEQ ({new})" in out
+    out = c.cmd(f"d SEARCH MODSEQ {new}")
+    assert f"* SEARCH 1 (MODSEQ {new})" in out
+    assert "HIGHESTMODSEQ" in c.cmd("g STATUS INBOX (HIGHESTMODSEQ)")
+    other = selected(mail)
+    other.cmd("x STORE 2 +FLAGS (\\Flagged)")
+    assert re.search(r"\* 2 FETCH \(FLAGS \([^)]*\) UID 2 MODSEQ \(\d+\)\)", c.cmd("n NOOP"))
