@@ -45,7 +45,9 @@ async def imap(world, tmp_path):
     await world.domain()
     await world.account(BOB)
     sub = await _auth_responder(world.nc)
-    world.start("mailstore-1", COLONY_IMAP_DIRECT_LOGIN="true", COLONY_CLUSTER_SECRET_FILE=str(secret))
+    # (an outbound port of 0, which the harness gives every *_port, is refused by Settings)
+    world.start("mailstore-1", COLONY_IMAP_DIRECT_LOGIN="true", COLONY_CLUSTER_SECRET_FILE=str(secret),
+                COLONY_OUTBOUND_SMTP_PORT="25")
     view = await world.cluster.wait_state("mailstore-1", "READY", timeout=60)
     ids = [await world.publish([BOB]) for _ in range(3)]
     await wait_until(lambda: _stored(world, ids), 60, "three messages in bob's INBOX")
