@@ -1,0 +1,163 @@
+"""What to do with an outbound job after an attempt: the whole decision, with no I/O.
+
+Theory of operation
+-------------------
+The edge's outbound runner takes one ``OutboundMail`` (one destination domain, one or more
+recipients), finds the destination's mail exchangers (``mail_exchangers``: MX records by
+preference, equal preferences shuffled, no MX -> the domain's own A/AAAA as an implicit MX
+of preference 0, RFC 5321 §5.1; a null MX, RFC 7505, -> permanent failure), tries them in
+order, and reports one ``RecipientResult`` per recipient: the code and text the remote
+server (or the failure to reach any server) gave.  ``decide(job, results, now, settings)``
+turns that into a ``Decision``:
+
+* 2xx: delivered.  5xx: failed for good.  4xx or no answer: deferred.
+* A deferred recipient of a job older than ``outbound_max_age`` fails for good (expired,
+  status 4.4.7), so a destination that never answers ends in a DSN, not in a queue forever.
+* Failed recipients are reported in **one** DSN per message and attempt (RFC 3464), unless
+  the sender is the null sender (a DSN itself: no bounce of a bounce, so no loops) or every
+  failed recipient said NOTIFY=NEVER / did not ask for FAILURE.
+* Deferred recipients stay queued: if they are all the job had, the job is retried as it is
+  after ``retry_delay`` (exponential back-off from ``outbound_retry_initial`` doubling up to
+  ``outbound_retry_max``); if some others were delivered or failed, or a delay notice goes
+  out now, the job is *requeued*: a new generation with only the deferred recipients.
+* The delay notice (a DSN with Action: delayed) goes out once, on the first attempt after
+  ``outbound_delay_warning`` that still defers.
+
+Time is an argument (``now``): tests shorten the ages through settings and pass the clock.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from colony.contracts.outbound import OutboundMail, OutboundRecipient
+from colony.settings import Settings
+
+
+class NullMx(Exception):
+    """The domain published "MX 0 ." (RFC 7505): it accepts no mail."""
+
+
+def mail_exchangers(records: list[tuple[int, str]], domain: str, rng: random.Random | None = None) -> list[str]:
+    """Host names to try in order.  ``records``: (preference, exchange) of the MX answer,
+    empty when there is none (then the domain itself is the exchanger)."""
+    if not records:
+        return [domain.rstrip(".").lower()]
+    if len(records) == 1 and records[0][1].rstrip(".") == "":
+        raise NullMx(domain)
+    rng = rng or random.Random()
+    by_preference: dict[int, list[str]] = {}
+    for preference, host in records:
+        host = host.rstrip(".").lower()
+        if host:
+            by_preference.setdefault(preference, []).append(host)
+    hosts: list[str] = []
+    for preference in sorted(by_preference):
+        group = by_preference[preference]
+        rng.shuffle(group)   # RFC 5321 §5.1: spread the load over equal preferences
+        hosts += [h for h in group if h not in hosts]
+    return hosts
+
+
+@dataclass(frozen=True)
+class RecipientResult:
+    """What became of one recipient in an attempt: the reply code (0: no server answered)."""
+
+    address: str
+    code: int
+    text: str
+    remote: str = ""          # the MX host that answered, for the DSN's Remote-MTA
+
+    @property
+    def delivered(self) -> bool:
+        return 200 <= self.code < 300
+
+    @property
+    def permanent(self) -> bool:
+        return self.code >= 500
+
+
+@dataclass(frozen=True)
+class Failure:
+    recipient: OutboundRecipient
+    status: str               # RFC 3463 status, e.g. 5.1.1 or 4.4.7
+    diagnostic: str           # "smtp; 550 5.1.1 no such user" or what we saw
+    remote: str = ""
+    action: str = "failed"    # failed | delayed
+
+    @property
+    def notify(self) -> bool:
+        """Whether the sender asked to hear of this (RFC 3461 §4.1: default FAILURE,DELAY)."""
+        wanted = self.recipient.notify
+        kind = "FAILURE" if self.action == "failed" else "DELAY"
+        return wanted is None or kind in wanted
+
+
+@dataclass
+class Decision:
+    delivered: list[str] = field(default_factory=list)
+    failed: list[Failure] = field(default_factory=list)
+    deferred: list[OutboundRecipient] = field(default_factory=list)
+    dsn: list[Failure] = field(default_factory=list)       # the one DSN's recipients (failed or delayed)
+    requeue: OutboundMail | None = None                   # publish this, then ack
+    retry_after: float | None = None                      # nak the job with this delay
+
+    @property
+    def finished(self) -> bool:
+        return not self.deferred
+
+
+def retry_delay(attempt: int, settings: Settings) -> float:
+    """Back-off before attempt ``attempt + 1`` (attempt 1 is the first delivery)."""
+    return min(settings.outbound_retry_max, settings.outbound_retry_initial * 2 ** max(0, attempt - 1))
+
+
+def status_of(result: RecipientResult) -> str:
+    """The RFC 3463 status in a reply text, else one from the code's class."""
+    words = result.text.split(" ", 1)
+    if words and words[0].count(".") == 2 and words[0][:1] in "245" and words[0].replace(".", "").isdigit():
+        return words[0]
+    if result.code == 0:
+        return "4.4.1"    # no answer from host
+    return f"{str(result.code)[0]}.0.0"
+
+
+def decide(job: OutboundMail, results: list[RecipientResult], attempt: int, now: datetime,
+           settings: Settings) -> Decision:
+    """``attempt``: the attempts of this message so far, this one included (``job.attempts``
+    plus this generation's deliveries)."""
+    by_address = {r.address: r for r in results}
+    age = (now - job.queued_at).total_seconds()
+    expired = age >= settings.outbound_max_age
+    decision = Decision()
+    for recipient in job.recipients:
+        result = by_address.get(recipient.address) or RecipientResult(recipient.address, 0, "not attempted")
+        diagnostic = f"smtp; {result.code} {result.text}" if result.code else f"x-colony; {result.text}"
+        if result.delivered:
+            decision.delivered.append(recipient.address)
+        elif result.permanent:
+            decision.failed.append(Failure(recipient, status_of(result), diagnostic, result.remote))
+        elif expired:
+            decision.failed.append(Failure(recipient, "4.4.7", f"{diagnostic} (message expired after "
+                                                                 f"{int(age)} seconds in the queue)", result.remote))
+        else:
+            decision.deferred.append(recipient)
+    notice = None
+    if decision.deferred and not job.delay_notified and age >= settings.outbound_delay_warning:
+        by = {r.address: r for r in results}
+        notice = [Failure(r, status_of(by.get(r.address) or RecipientResult(r.address, 0, "")),
+                          f"x-colony; still trying after {int(age)} seconds", action="delayed")
+                  for r in decision.deferred]
+    if job.mail_from:  # the null sender never gets a DSN: no bounce loops
+        decision.dsn = [f for f in decision.failed + (notice or []) if f.notify]
+    if decision.deferred:
+        delay = retry_delay(attempt, settings)
+        changed = len(decision.deferred) != len(job.recipients) or notice is not None
+        if changed:
+            decision.requeue = job.next_generation(
+                recipients=decision.deferred, attempts=attempt,
+                not_before=now + timedelta(seconds=delay), delay_notified=job.delay_notified or notice is not None)
+        decision.retry_after = delay
+    return decision

@@ -1,0 +1,116 @@
+"""The outbound decision rules, DSN format and DKIM signing, without sockets or sleeps."""
+
+from __future__ import annotations
+
+import email
+import random
+from datetime import UTC, datetime, timedelta
+
+import dkim
+import pytest
+
+from colony.contracts.outbound import OutboundMail, OutboundRecipient
+from colony.outbound.dsn import build_dsn
+from colony.outbound.rules import NullMx, RecipientResult, decide, mail_exchangers, retry_delay
+from colony.outbound.signing import generate_key, sign
+from colony.settings import Settings
+
+T0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+SETTINGS = Settings(outbound_retry_initial=60, outbound_retry_max=3600, outbound_max_age=5 * 86400,
+                    outbound_delay_warning=4 * 3600)
+ORIGINAL = b"From: alice@example.com\r\nTo: bob@remote.test\r\nSubject: hello\r\nMessage-ID: <m1@example.com>\r\n\r\nbody\r\n"
+
+
+def job(*addresses: str, mail_from="alice@example.com", **more) -> OutboundMail:
+    return OutboundMail(at=T0, queued_at=T0, message_id="m1", destination="remote.test", mail_from=mail_from,
+                        recipients=[OutboundRecipient(address=a) for a in addresses], size=len(ORIGINAL),
+                        edge_node="edge-1", body=ORIGINAL, **more)
+
+
+def test_contract_round_trip_and_msg_id_per_generation():
+    j = job("bob@remote.test")
+    assert OutboundMail.from_bytes(j.encode()) == j
+    nxt = j.next_generation(attempts=3)
+    assert j.msg_id() == "m1/remote_2etest" and nxt.msg_id() == "m1/remote_2etest/1"
+    with pytest.raises(ValueError):
+        job()
+
+
+def test_mail_exchangers_by_preference_implicit_and_null_mx():
+    hosts = mail_exchangers([(20, "b.remote.test."), (10, "a.remote.test."), (20, "c.remote.test.")],
+                            "remote.test", random.Random(1))
+    assert hosts[0] == "a.remote.test" and set(hosts[1:]) == {"b.remote.test", "c.remote.test"}
+    assert mail_exchangers([], "Remote.Test.") == ["remote.test"]
+    with pytest.raises(NullMx):
+        mail_exchangers([(0, ".")], "remote.test")
+
+
+def test_backoff_doubles_up_to_the_maximum():
+    assert [retry_delay(n, SETTINGS) for n in (1, 2, 3, 7, 50)] == [60, 120, 240, 3600, 3600]
+
+
+def test_all_delivered_is_finished_without_dsn():
+    d = decide(job("bob@remote.test"), [RecipientResult("bob@remote.test", 250, "2.0.0 ok")], 1, T0, SETTINGS)
+    assert d.finished and d.delivered == ["bob@remote.test"] and not d.dsn and d.retry_after is None
+
+
+def test_temporary_failure_retries_the_same_job():
+    d = decide(job("bob@remote.test"), [RecipientResult("bob@remote.test", 451, "4.3.0 later")], 2, T0, SETTINGS)
+    assert not d.finished and d.requeue is None and d.retry_after == 120 and not d.dsn
+
+
+def test_mixed_outcome_requeues_the_deferred_and_bounces_the_failed_once():
+    j = job("a@remote.test", "b@remote.test", "c@remote.test")
+    d = decide(j, [RecipientResult("a@remote.test", 250, "ok"), RecipientResult("b@remote.test", 550, "5.1.1 no user"),
+                   RecipientResult("c@remote.test", 421, "4.4.2 busy")], 1, T0 + timedelta(seconds=5), SETTINGS)
+    assert [f.recipient.address for f in d.dsn] == ["b@remote.test"] and d.dsn[0].status == "5.1.1"
+    assert d.requeue is not None and [r.address for r in d.requeue.recipients] == ["c@remote.test"]
+    assert d.requeue.generation == 1 and d.requeue.attempts == 1 and d.requeue.queued_at == T0
+    assert d.requeue.not_before == T0 + timedelta(seconds=65)
+
+
+def test_expiry_fails_everything_deferred_with_4_4_7():
+    late = T0 + timedelta(seconds=SETTINGS.outbound_max_age + 1)
+    d = decide(job("a@remote.test", "b@remote.test"), [RecipientResult("a@remote.test", 0, "connection refused")],
+               30, late, SETTINGS)
+    assert d.finished and {f.status for f in d.dsn} == {"4.4.7"} and len(d.dsn) == 2
+
+
+def test_delay_notice_once_then_never_again():
+    later = T0 + timedelta(hours=4, seconds=1)
+    d = decide(job("a@remote.test"), [RecipientResult("a@remote.test", 450, "4.2.0 greylisted")], 5, later, SETTINGS)
+    assert [f.action for f in d.dsn] == ["delayed"] and d.requeue is not None and d.requeue.delay_notified
+    again = decide(d.requeue, [RecipientResult("a@remote.test", 450, "4.2.0 greylisted")], 6, later, SETTINGS)
+    assert not again.dsn and again.requeue is None
+
+
+def test_no_dsn_to_the_null_sender_or_against_notify():
+    d = decide(job("a@remote.test", mail_from=""), [RecipientResult("a@remote.test", 550, "5.1.1 no")], 1, T0, SETTINGS)
+    assert d.finished and d.failed and not d.dsn
+    never = job("a@remote.test").model_copy(update={"recipients": [OutboundRecipient(address="a@remote.test", notify=["NEVER"])]})
+    d = decide(never, [RecipientResult("a@remote.test", 550, "5.1.1 no")], 1, T0, SETTINGS)
+    assert d.failed and not d.dsn
+
+
+def test_dsn_is_a_multipart_report_with_every_failed_recipient():
+    j = job("a@remote.test", "b@remote.test")
+    d = decide(j, [RecipientResult("a@remote.test", 550, "5.1.1 unknown", "mx.remote.test"),
+                   RecipientResult("b@remote.test", 552, "5.2.2 full", "mx.remote.test")], 1, T0, SETTINGS)
+    raw = build_dsn(j, d.dsn, ORIGINAL, "edge.example.com", T0)
+    assert b"\n" not in raw.replace(b"\r\n", b"")
+    msg = email.message_from_bytes(raw)
+    assert msg.get_content_type() == "multipart/report" and msg.get_param("report-type") == "delivery-status"
+    assert msg["To"] == "<alice@example.com>" and msg["Auto-Submitted"] == "auto-replied"
+    human, status, returned = msg.get_payload()
+    assert status.get_content_type() == "message/delivery-status"
+    text = status.as_string()
+    assert "Final-Recipient: rfc822; a@remote.test" in text and "Final-Recipient: rfc822; b@remote.test" in text
+    assert "Status: 5.1.1" in text and "Status: 5.2.2" in text and "Remote-MTA: dns; mx.remote.test" in text
+    assert returned.get_content_type() == "text/rfc822-headers" and b"body\r\n" not in raw.split(b"rfc822-headers")[1]
+
+
+def test_dkim_signature_verifies_against_the_published_record():
+    key = generate_key("example.com", "s2026", 1024)
+    signed = sign(ORIGINAL, key) + ORIGINAL
+    record = key.dns_record().encode()
+    assert dkim.verify(signed, dnsfunc=lambda name, timeout=5: record if name == b"s2026._domainkey.example.com." else None)
