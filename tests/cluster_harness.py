@@ -38,10 +38,24 @@ FAST_TIMINGS = {
     "COLONY_DRAIN_TIMEOUT": "20",
 }
 
-# Every listener on a port the kernel picks (the ops listener reports it in the record): a
-# fixed default (SMTP 25, the admin API's 8080) collides with another test or process on a
-# shared machine.  An explicit ``env`` of a test still wins.
-ANY_PORT = {f"COLONY_{name.upper()}": "0" for name in Settings.model_fields if name.endswith("_port")}
+
+def _listener_ports() -> dict[str, str]:
+    """Every listener on a port the kernel picks (the record shows which): a fixed default
+    (SMTP 25, the admin API's 8080) collides with another test or process on a shared
+    machine.  A port setting that refuses 0 names a remote port (e.g. the outbound MX port)
+    and is left alone.  An explicit ``env`` of a test still wins."""
+    ports = {}
+    for name in Settings.model_fields:
+        if name.endswith("_port"):
+            try:
+                Settings(**{name: 0})
+            except ValueError:
+                continue
+            ports[f"COLONY_{name.upper()}"] = "0"
+    return ports
+
+
+ANY_PORT = _listener_ports()
 
 
 async def wait_until(probe: Callable[[], Awaitable[T]], timeout: float, what: str, interval: float = 0.05) -> T:
