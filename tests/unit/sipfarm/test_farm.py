@@ -1,0 +1,289 @@
+"""The farm member's registrar and proxy decisions, with the bus replaced by in-memory fakes
+(the sipp integration tests run the same code on a real bus)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from colony.contracts.auth import SipCredentialsReply
+from colony.protocols.sip.digest import h, ha1, parse_credentials
+from colony.protocols.sip.parser import parse_message
+from colony.settings import Settings
+
+from colony_sipfarm.bindings import Binding
+from colony_sipfarm.farm import FARM_BRANCH, SipFarm
+
+DOMAIN = "acme.example"
+PASSWORD = "s3cret"
+ME = ("127.0.0.1", 5060)
+PHONE = ("UDP", "192.0.2.7", 5062)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Store:
+    def __init__(self, clock) -> None:
+        self.sets: dict[str, list[Binding]] = {}
+        self.clock = clock
+
+    async def lookup(self, account):
+        live = [b for b in self.sets.get(account, []) if b.expires_at > self.clock()]
+        return sorted(live, key=lambda b: (-b.q, -b.registered_at))
+
+    async def change(self, account, edit):
+        live = [b for b in self.sets.get(account, []) if b.expires_at > self.clock()]
+        self.sets[account] = edit(live)
+        return self.sets[account]
+
+
+class Dialogs:
+    def __init__(self) -> None:
+        self.data: dict[str, bytes] = {}
+
+    async def create(self, key, value):
+        if key in self.data:
+            raise RuntimeError("exists")
+        self.data[key] = value
+
+    async def get(self, key):
+        from nats.js.errors import KeyNotFoundError
+
+        if key not in self.data:
+            raise KeyNotFoundError
+
+        class Entry:
+            value, revision = self.data[key], 1
+        return Entry
+
+    async def delete(self, key, last=None):
+        self.data.pop(key)
+
+
+class Auth:
+    def __init__(self) -> None:
+        self.asked = 0
+
+    async def sip_credentials(self, user, realm, algorithm="MD5"):
+        self.asked += 1
+        local = user.partition("@")[0]
+        if local in ("alice", "bob") and realm == DOMAIN:
+            return SipCredentialsReply(ok=True, username=local, realm=realm, algorithm=algorithm,
+                                       ha1=ha1(algorithm, local, realm, PASSWORD))
+        return SipCredentialsReply.refused("unknown user")
+
+
+class Counters:
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, str], int] = {}
+
+    async def hit(self, kind, subject, n=1):
+        self.counts[(kind, subject)] = self.counts.get((kind, subject), 0) + n
+        return self.counts[(kind, subject)]
+
+    async def rate(self, kind, subject):
+        return self.counts.get((kind, subject), 0)
+
+
+@pytest.fixture
+def farm():
+    clock = Clock()
+    usage = []
+
+    async def publish(event):
+        usage.append(event)
+
+    f = SipFarm(Settings(sip_auth_failures_per_minute_per_ip=5), "sipfarm-1", store=Store(clock), dialogs=Dialogs(),
+                auth=Auth(), counters=Counters(), secret=b"k" * 32, address=ME, registry=CollectorRegistry(),
+                publish_usage=publish, clock=clock)
+    f.usage, f.clock_ = usage, clock
+    return f
+
+
+def register(user="alice", contact="sip:alice@192.0.2.7:5062", cseq=1, branch=None, auth="", expires="300",
+             extra="", call_id="reg-1", to_user=None) -> bytes:
+    branch = branch or "z9hG4bK" + os.urandom(4).hex()
+    contact_line = f"Contact: {contact}\r\n" if contact else ""
+    return (f"REGISTER sip:{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.7:5062;branch={branch}\r\n"
+            f"From: <sip:{user}@{DOMAIN}>;tag=f1\r\nTo: <sip:{to_user or user}@{DOMAIN}>\r\nCall-ID: {call_id}\r\n"
+            f"CSeq: {cseq} REGISTER\r\n{contact_line}Expires: {expires}\r\n{auth}{extra}Content-Length: 0\r\n\r\n").encode()
+
+
+def answer(challenge_response, user, password=PASSWORD, method="REGISTER", uri=f"sip:{DOMAIN}", nc=1,
+           header="Authorization"):
+    """A client's digest answer to the first challenge of a response."""
+    name = "WWW-Authenticate" if header == "Authorization" else "Proxy-Authenticate"
+    params = parse_credentials(challenge_response.headers.get(name))
+    algorithm = params.get("algorithm", "MD5")
+    key = ha1(algorithm, user, params["realm"], password)
+    cnonce, nc_text = "abcdef", f"{nc:08x}"
+    ha2 = h(algorithm, f"{method}:{uri}")
+    response = h(algorithm, f"{key}:{params['nonce']}:{nc_text}:{cnonce}:auth:{ha2}")
+    return (f'{header}: Digest username="{user}", realm="{params["realm"]}", nonce="{params["nonce"]}", '
+            f'uri="{uri}", response="{response}", algorithm={algorithm}, qop=auth, nc={nc_text}, cnonce="{cnonce}"\r\n')
+
+
+async def one(farm, data, source=PHONE):
+    out = await farm.handle(data, source)
+    assert len(out) == 1, out
+    return parse_message(out[0].data), out[0]
+
+
+async def registered(farm, user="alice", contact="sip:alice@192.0.2.7:5062", **kw):
+    challenge, _ = await one(farm, register(user, contact, **kw))
+    assert challenge.status == 401
+    kw["cseq"] = kw.get("cseq", 1) + 1
+    ok, _ = await one(farm, register(user, contact, auth=answer(challenge, user), **kw))
+    return ok
+
+
+async def test_register_with_digest_stores_the_binding_and_meters_it(farm):
+    ok = await registered(farm)
+    assert ok.status == 200
+    assert ok.headers.get_all("Contact") == ["<sip:alice@192.0.2.7:5062>;expires=300;q=1"]
+    [binding] = farm.store.sets["alice@acme.example"]
+    assert binding.member == "sipfarm-1" and binding.source == "192.0.2.7:5062" and not binding.nat
+    assert [(u.metric, u.account) for u in farm.usage] == [("sip_registrations", "alice@acme.example")]
+
+
+async def test_unknown_user_and_wrong_password_get_the_same_challenge(farm):
+    replies = []
+    for user, password in (("alice", "wrong"), ("mallory", PASSWORD)):
+        challenge, _ = await one(farm, register(user))
+        again, _ = await one(farm, register(user, cseq=2, auth=answer(challenge, user, password)))
+        replies.append((again.status, sorted(n for n, _ in again.headers)))
+    assert replies[0] == replies[1] and replies[0][0] == 401
+    assert farm.store.sets == {}
+
+
+async def test_failed_authentications_are_throttled_per_source(farm):
+    for _ in range(5):
+        challenge, _ = await one(farm, register())
+        await one(farm, register(cseq=2, auth=answer(challenge, "alice", "wrong")))
+    refused, _ = await one(farm, register())
+    assert refused.status == 403
+    other, _ = await one(farm, register(), source=("UDP", "198.51.100.1", 5060))
+    assert other.status == 401
+
+
+async def test_a_retransmission_gets_the_same_answer_not_a_replay_refusal(farm):
+    challenge, _ = await one(farm, register())
+    request = register(cseq=2, auth=answer(challenge, "alice"), branch="z9hG4bKsame")
+    first, _ = await one(farm, request)
+    again, _ = await one(farm, request)
+    assert first.status == again.status == 200
+    assert farm.metrics.retransmissions._value.get() == 1
+
+
+async def test_a_replayed_nonce_count_is_challenged_stale(farm):
+    challenge, _ = await one(farm, register())
+    auth = answer(challenge, "alice")
+    assert (await one(farm, register(cseq=2, auth=auth)))[0].status == 200
+    replay, _ = await one(farm, register(cseq=3, auth=auth))
+    assert replay.status == 401 and "stale=true" in replay.headers.get("WWW-Authenticate")
+
+
+async def test_several_devices_q_values_unregister_and_wildcard(farm):
+    await registered(farm, contact="<sip:alice@192.0.2.7:5062>;q=0.5", call_id="a")
+    await registered(farm, contact="<sip:alice@192.0.2.8:5062>;q=0.9", call_id="b")
+    best = await farm.store.lookup("alice@acme.example")
+    assert [b.contact for b in best] == ["sip:alice@192.0.2.8:5062", "sip:alice@192.0.2.7:5062"]
+    ok = await registered(farm, contact="<sip:alice@192.0.2.7:5062>", expires="0", call_id="a", cseq=5)
+    assert ok.headers.get_all("Contact") == ["<sip:alice@192.0.2.8:5062>;expires=300;q=0.9"]
+    bad = await registered(farm, contact="*", expires="300", call_id="c")
+    assert bad.status == 400
+    ok = await registered(farm, contact="*", expires="0", call_id="c")
+    assert ok.status == 200 and await farm.store.lookup("alice@acme.example") == []
+
+
+async def test_bindings_expire_and_short_ones_are_refused(farm):
+    assert (await registered(farm, expires="10")).status == 423
+    assert (await registered(farm, expires="120")).status == 200
+    farm.clock_.now += 121
+    assert await farm.store.lookup("alice@acme.example") == []
+
+
+async def test_scanners_get_no_answer(farm):
+    assert await farm.handle(register(extra="User-Agent: friendly-scanner\r\n"), PHONE) == []
+
+
+def invite(to="bob", cseq=1, auth="", branch="z9hG4bKinv1", call_id="call-1") -> bytes:
+    return (f"INVITE sip:{to}@{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/UDP 198.51.100.9:5060;branch={branch}\r\n"
+            f"From: <sip:alice@{DOMAIN}>;tag=a1\r\nTo: <sip:{to}@{DOMAIN}>\r\nCall-ID: {call_id}\r\n"
+            f"CSeq: {cseq} INVITE\r\nContact: <sip:alice@198.51.100.9:5060>\r\nMax-Forwards: 70\r\n{auth}"
+            f"Content-Length: 0\r\n\r\n").encode()
+
+
+async def test_a_call_is_authenticated_forwarded_with_record_route_and_metered(farm):
+    caller = ("UDP", "198.51.100.9", 5060)
+    await registered(farm, user="bob", contact="sip:bob@192.0.2.7:5062")
+    challenge, _ = await one(farm, invite(), caller)
+    assert challenge.status == 407
+    assert await farm.handle(invite().replace(b"INVITE sip", b"ACK sip").replace(b"1 INVITE", b"1 ACK"), caller) == []
+    auth = answer(challenge, "alice", method="INVITE", uri=f"sip:bob@{DOMAIN}", header="Proxy-Authorization")
+    forwarded, out = await one(farm, invite(cseq=2, auth=auth, branch="z9hG4bKinv2"), caller)
+    assert out.destination == ("UDP", "192.0.2.7", 5062)
+    assert str(forwarded.uri) == "sip:bob@192.0.2.7:5062"
+    assert forwarded.headers.get("Record-Route") == "<sip:127.0.0.1:5060;lr;cf=sipfarm-1>"
+    assert forwarded.top_via().branch.startswith(FARM_BRANCH) and "Proxy-Authorization" not in forwarded.headers
+    assert forwarded.headers.get("Max-Forwards") == "69"
+    # The callee answers: the 200 goes back to the caller, whichever member it reaches.
+    ok = (b"SIP/2.0 200 OK\r\n" + b"".join(f"Via: {v}\r\n".encode() for v in forwarded.headers.get_all("Via"))
+          + f"From: <sip:alice@{DOMAIN}>;tag=a1\r\nTo: <sip:bob@{DOMAIN}>;tag=b1\r\nCall-ID: call-1\r\n"
+            f"CSeq: 2 INVITE\r\nRecord-Route: <sip:127.0.0.1:5060;lr;cf=sipfarm-1>\r\n"
+            f"Contact: <sip:bob@192.0.2.7:5062>\r\nContent-Length: 0\r\n\r\n".encode())
+    response, out = await one(farm, ok, ("UDP", "192.0.2.7", 5062))
+    assert out.destination == ("UDP", "198.51.100.9", 5060) and len(response.headers.get_all("Via")) == 1
+    # The BYE comes back on the Route and is loose-routed to the callee; the call is metered.
+    farm.clock_.now += 42
+    bye = (f"BYE sip:bob@192.0.2.7:5062 SIP/2.0\r\nVia: SIP/2.0/UDP 198.51.100.9:5060;branch=z9hG4bKbye\r\n"
+           f"Route: <sip:127.0.0.1:5060;lr;cf=sipfarm-1>\r\n"
+           f"From: <sip:alice@{DOMAIN}>;tag=a1\r\nTo: <sip:bob@{DOMAIN}>;tag=b1\r\nCall-ID: call-1\r\n"
+           f"CSeq: 3 BYE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n").encode()
+    forwarded, out = await one(farm, bye, caller)
+    assert out.destination == ("UDP", "192.0.2.7", 5062) and "Route" not in forwarded.headers
+    assert [(u.metric, u.amount) for u in farm.usage if u.metric == "sip_call_seconds"] == [("sip_call_seconds", 42.0)]
+
+
+async def test_the_same_request_gets_the_same_branch_on_every_member(farm):
+    """A retransmission or CANCEL reaching another member is the same transaction downstream."""
+    await registered(farm, user="bob")
+    other = SipFarm(farm.settings, "sipfarm-2", store=farm.store, dialogs=farm.dialogs, auth=farm.auth,
+                    counters=Counters(), secret=b"k" * 32, address=("127.0.0.1", 6060), registry=CollectorRegistry(),
+                    publish_usage=farm.publish_usage, clock=farm.clock_)
+    cancel = (f"CANCEL sip:bob@{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/UDP 198.51.100.9:5060;branch=z9hG4bKinv2\r\n"
+              f"From: <sip:alice@{DOMAIN}>;tag=a1\r\nTo: <sip:bob@{DOMAIN}>\r\nCall-ID: call-1\r\n"
+              f"CSeq: 2 CANCEL\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n").encode()
+    one_, _ = await one(farm, cancel)
+    two, _ = await one(other, cancel)
+    assert one_.top_via().branch == two.top_via().branch
+
+
+async def test_unregistered_user_and_options(farm):
+    caller = ("UDP", "198.51.100.9", 5060)
+    challenge, _ = await one(farm, invite(to="carol"), caller)
+    auth = answer(challenge, "alice", method="INVITE", uri=f"sip:carol@{DOMAIN}", header="Proxy-Authorization")
+    missing, _ = await one(farm, invite(to="carol", cseq=2, auth=auth, branch="z9hG4bKx"), caller)
+    assert missing.status == 480
+    options = (f"OPTIONS sip:{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/UDP 198.51.100.9:5060;branch=z9hG4bKo\r\n"
+               f"From: <sip:alice@{DOMAIN}>;tag=a1\r\nTo: <sip:{DOMAIN}>\r\nCall-ID: o\r\nCSeq: 1 OPTIONS\r\n\r\n").encode()
+    ok, _ = await one(farm, options, caller)
+    assert ok.status == 200 and "INVITE" in ok.headers.get("Allow")
+
+
+async def test_bad_requests_get_400_class_answers_and_garbage_silence(farm):
+    bad = register().replace(b"CSeq: 1 REGISTER", b"CSeq: 1 INVITE")
+    response, _ = await one(farm, bad)
+    assert response.status == 400
+    assert await farm.handle(b"\x00\x01garbage\r\n\r\n", PHONE) == []
+    huge = register(extra="X-Big: " + "a" * 20000 + "\r\n")
+    assert await farm.handle(huge, PHONE) == []   # larger than sip_max_message_size, unreadable
