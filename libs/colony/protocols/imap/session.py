@@ -65,12 +65,14 @@ NOT_AUTHENTICATED, AUTHENTICATED, SELECTED, LOGOUT = "not authenticated", "authe
 AUTOLOGOUT = 30 * 60.0
 DELIMITER = "/"
 SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
+_STATUS_OFFERED = {"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "SIZE", "DELETED", "HIGHESTMODSEQ"}
 MIME_CACHE = 8           # parsed messages kept per session
 MAX_APPEND = 64 * 1024 * 1024
 
 CAPABILITIES = ("IMAP4rev1", "LITERAL+", "ID", "IDLE", "NAMESPACE", "UNSELECT", "UIDPLUS", "MOVE", "CHILDREN",
                 "SPECIAL-USE", "ENABLE", "ESEARCH", "SEARCHRES", "SORT", "THREAD=ORDEREDSUBJECT",
-                "THREAD=REFERENCES", "MULTIAPPEND", "STATUS=SIZE", "BINARY", "CONDSTORE")
+                "THREAD=REFERENCES", "MULTIAPPEND", "STATUS=SIZE", "BINARY", "CONDSTORE",
+                "LIST-EXTENDED", "LIST-STATUS")
 PREAUTH_CAPABILITIES = ("AUTH=PLAIN", "SASL-IR")
 
 _ANY = {"CAPABILITY", "NOOP", "LOGOUT", "ID"}
@@ -564,58 +566,104 @@ class Session:
     _do_unsubscribe = _do_subscribe
 
     def _do_list(self, cmd: C.ListCommand, store: Store) -> None:
-        if cmd.extended:
-            raise _Bad("LIST-EXTENDED syntax is not offered")
+        """LIST, LSUB, and LIST-EXTENDED (RFC 5258) with LIST-STATUS (RFC 5819) and the
+        SPECIAL-USE options (RFC 6154)."""
         boxes = {b.name: b for b in store.mailboxes()}
         subs = store.subscriptions()
         reference = _text_mutf7(cmd.reference)
-        pattern = _text_mutf7(cmd.patterns[0])
-        if cmd.name == "LIST" and pattern == "":
+        patterns = [_text_mutf7(p) for p in cmd.patterns]
+        selection, returns = set(cmd.selection), set(cmd.returns)
+        unknown = selection - {"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"}
+        if unknown:
+            raise _Bad(f"Unknown selection option {sorted(unknown)[0]}")
+        if "RECURSIVEMATCH" in selection and not selection - {"RECURSIVEMATCH", "REMOTE"}:
+            raise _Bad("RECURSIVEMATCH needs another selection option")
+        unknown = returns - {"SUBSCRIBED", "CHILDREN", "SPECIAL-USE", "STATUS"}
+        if unknown:
+            raise _Bad(f"Unknown return option {sorted(unknown)[0]}")
+        if cmd.status_items and not set(cmd.status_items) <= _STATUS_OFFERED:
+            raise _Bad("Unknown STATUS item")
+        if cmd.name == "LIST" and patterns == [""] and not cmd.extended:
             self._send(f'* LIST (\\Noselect) "{DELIMITER}" ""')
             self._sync(store, expunge=True)
             return
-        full = reference + pattern if not pattern.startswith(DELIMITER) or not reference else pattern
-        matcher = _pattern(full)
-        names = set(subs if cmd.name == "LSUB" else boxes)
-        # Names implied by the hierarchy but not existing are listed \Noselect (LIST) or
-        # as \Noselect parents for LSUB's "%" (RFC 3501 §6.3.9).
-        implied = {DELIMITER.join(n.split(DELIMITER)[:i]) for n in names for i in range(1, n.count(DELIMITER) + 1)}
-        for name in sorted(names | implied, key=lambda n: (n != "INBOX", n)):
-            if not matcher(name):
+        matchers = [_pattern(reference + p if not p.startswith(DELIMITER) or not reference else p)
+                    for p in patterns if p != ""]
+        lsub = cmd.name == "LSUB"
+        by_subscription = lsub or "SUBSCRIBED" in selection
+        special_only = "SPECIAL-USE" in selection
+        if by_subscription:
+            chosen = set(subs)
+        elif special_only:
+            chosen = {n for n, b in boxes.items() if b.special_use}
+        else:
+            chosen = set(boxes)
+        if special_only and by_subscription:
+            chosen = {n for n in chosen if n in boxes and boxes[n].special_use}
+        # Parents implied by the hierarchy: \Noselect in LSUB/LIST (RFC 3501), \NonExistent
+        # with LIST-EXTENDED; with RECURSIVEMATCH they carry CHILDINFO.
+        implied = {DELIMITER.join(n.split(DELIMITER)[:i]) for n in chosen | set(boxes)
+                   for i in range(1, n.count(DELIMITER) + 1)}
+        recursive = "RECURSIVEMATCH" in selection
+        candidates = chosen | (implied if not cmd.extended or recursive or not selection else set())
+        if cmd.extended and not selection:
+            candidates = set(boxes) | implied
+        for name in sorted(candidates, key=lambda n: (n != "INBOX", n)):
+            if not any(m(name) for m in matchers):
                 continue
-            attrs = []
             box = boxes.get(name)
-            if name not in names or box is None:
+            selected_by_itself = name in chosen
+            child_match = [c for c in chosen if c.startswith(name + DELIMITER)]
+            if not selected_by_itself and not (recursive and child_match) and cmd.extended and selection:
+                continue
+            if not selected_by_itself and not cmd.extended and not lsub and name in boxes:
+                continue
+            if lsub and not selected_by_itself and (not child_match or any(m(c) for c in child_match
+                                                                           for m in matchers)):
+                continue    # LSUB lists an unsubscribed parent only when "%" hid its subscribed child
+            attrs: list[str] = []
+            if box is None:
+                attrs.append("\\NonExistent" if cmd.extended else "\\Noselect")
+            elif lsub and not selected_by_itself:
                 attrs.append("\\Noselect")
-            if cmd.name == "LIST":
-                children = any(n.startswith(name + DELIMITER) for n in boxes)
-                attrs.append("\\HasChildren" if children else "\\HasNoChildren")
-                if box is not None and box.special_use:
+            if not lsub:
+                has_children = any(n.startswith(name + DELIMITER) for n in boxes)
+                attrs.append("\\HasChildren" if has_children else "\\HasNoChildren")
+                if box is not None and box.special_use and (not cmd.extended or special_only
+                                                            or "SPECIAL-USE" in returns or not returns):
                     attrs.append(box.special_use)
-            self._send(f"* {cmd.name} ({' '.join(attrs)}) \"{DELIMITER}\" ".encode() + self._wire_name(name))
+                if cmd.extended and (by_subscription or "SUBSCRIBED" in returns) and name in subs:
+                    attrs.append("\\Subscribed")
+            line = f"* {cmd.name} ({' '.join(attrs)}) \"{DELIMITER}\" ".encode() + self._wire_name(name)
+            if recursive and child_match and not selected_by_itself and "SUBSCRIBED" in selection:
+                line += b' ("CHILDINFO" ("SUBSCRIBED"))'
+            self._send(line)
+            if "STATUS" in returns and box is not None:
+                self._status_line(store, box, cmd.status_items)
         self._sync(store, expunge=True)
 
     _do_lsub = _do_list
 
     def _do_status(self, cmd: C.Status, store: Store) -> None:
+        if not set(cmd.items) <= _STATUS_OFFERED:
+            raise _Bad(f"STATUS item {sorted(set(cmd.items) - _STATUS_OFFERED)[0]} is not offered")
         name = self._decode_name(cmd.mailbox)
         box = self._find(store, name)
-        messages = store.messages(name)
+        if "HIGHESTMODSEQ" in cmd.items:
+            self._condstore_on(store)
+        self._status_line(store, box, cmd.items)
+        self._sync(store, expunge=True)
+
+    def _status_line(self, store: Store, box: BoxInfo, items) -> None:
+        messages = store.messages(box.name)
         values = {
             "MESSAGES": len(messages), "RECENT": 0, "UIDNEXT": box.uidnext, "UIDVALIDITY": box.uidvalidity,
             "UNSEEN": sum(1 for m in messages if "\\Seen" not in m.flags),
             "DELETED": sum(1 for m in messages if "\\Deleted" in m.flags),
             "SIZE": sum(m.size for m in messages), "HIGHESTMODSEQ": max(box.highest_modseq, 1),
-            "APPENDLIMIT": MAX_APPEND,
         }
-        offered = {"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "SIZE", "DELETED", "HIGHESTMODSEQ"}
-        if "HIGHESTMODSEQ" in cmd.items:
-            self._condstore_on(store)
-        if not set(cmd.items) <= offered:
-            raise _Bad(f"STATUS item {sorted(set(cmd.items) - offered)[0]} is not offered")
-        items = " ".join(f"{k} {values[k]}" for k in cmd.items)
-        self._send(b"* STATUS " + self._wire_name(box.name) + f" ({items})".encode())
-        self._sync(store, expunge=True)
+        text = " ".join(f"{k} {values[k]}" for k in items)
+        self._send(b"* STATUS " + self._wire_name(box.name) + f" ({text})".encode())
 
     def _do_append(self, cmd: C.Append, store: Store) -> str:
         name = self._decode_name(cmd.mailbox)

@@ -312,3 +312,21 @@ def test_condstore(mail):
     other = selected(mail)
     other.cmd("x STORE 2 +FLAGS (\\Flagged)")
     assert re.search(r"\* 2 FETCH \(FLAGS \([^)]*\) UID 2 MODSEQ \(\d+\)\)", c.cmd("n NOOP"))
+
+
+def test_list_extended_status_and_special_use(mail):
+    c = logged_in(mail)
+    c.cmd("c CREATE Work/Reports")
+    c.cmd("s SUBSCRIBE Work/Reports")
+    out = c.cmd('l LIST (SUBSCRIBED) "" "*"')
+    assert '* LIST (\\HasNoChildren \\Subscribed) "/" "Work/Reports"' in out
+    assert '"Work"\r\n' not in out.replace('"Work/Reports"', "")
+    out = c.cmd('l2 LIST (SUBSCRIBED RECURSIVEMATCH) "" "%"')
+    assert '"Work" ("CHILDINFO" ("SUBSCRIBED"))' in out
+    assert "l3 BAD" in c.cmd('l3 LIST (RECURSIVEMATCH) "" "*"')
+    out = c.cmd('l4 LIST (SPECIAL-USE) "" "*" RETURN (SPECIAL-USE)')
+    assert "\\Sent" in out and '"INBOX"' not in out and '"Work"' not in out
+    out = c.cmd('l5 LIST "" ("INBOX" "Dra*") RETURN (STATUS (MESSAGES UIDNEXT))')
+    assert '* STATUS "INBOX" (MESSAGES 2 UIDNEXT 3)' in out and '"Drafts" (MESSAGES 0' in out
+    out = c.cmd('l6 LSUB "" "%"')
+    assert '* LSUB (\\Noselect) "/" "Work"' in out and '"Sent"' in out and '"Work/Reports"' not in out
