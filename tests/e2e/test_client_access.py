@@ -5,6 +5,7 @@ lands on the new owner, nothing lost."""
 
 from __future__ import annotations
 
+import imaplib
 import json
 import os
 import poplib
@@ -221,3 +222,74 @@ def test_fetchmail_syncs_1000_messages_over_tls_twice(cluster, tmp_path):
     # fetchmail exits 1 for "no new mail"
     assert second.returncode == 1, second.stdout[-3000:] + second.stderr[-3000:]
     assert len(list(mda_out.iterdir())) == fetched
+
+
+# --- IMAP through the edge (the mail store's IMAP server behind the same hand-off) -------------
+
+def need_store_imap(data_dir: Path) -> None:
+    if not any("imap-inner" in n["addresses"] for n in status(data_dir) if n["role"] == "mailstore"):
+        pytest.skip("the mail stores open no imap-inner listener (IMAP server not built in)")
+
+
+def imaps(data_dir: Path, edge: int = 0) -> imaplib.IMAP4_SSL:
+    client = imaplib.IMAP4_SSL("127.0.0.1", edge_port(data_dir, "imaps", edge), ssl_context=tls_context(data_dir),
+                               timeout=60)
+    client.login("alice@acme.example", PASSWORD)
+    return client
+
+
+def test_imap_over_tls_through_two_edges_sees_the_same_mailbox(cluster):
+    data_dir, _ = cluster
+    need_store_imap(data_dir)
+    deliver(data_dir, 2, "imap")
+    count_messages(data_dir, 2)
+    plain = imaplib.IMAP4("127.0.0.1", edge_port(data_dir, "imap"), timeout=60)
+    assert "STARTTLS" in plain.capabilities and "LOGINDISABLED" in plain.capabilities
+    with pytest.raises(imaplib.IMAP4.error):
+        plain.login("alice@acme.example", PASSWORD)
+    plain.starttls(tls_context(data_dir))
+    typ, _ = plain.login("alice@acme.example", PASSWORD)
+    assert typ == "OK"
+    plain.logout()
+    with pytest.raises(imaplib.IMAP4.error):
+        imaplib.IMAP4_SSL("127.0.0.1", edge_port(data_dir, "imaps"), ssl_context=tls_context(data_dir),
+                          timeout=60).login("alice@acme.example", "wrong")
+
+    one, two = imaps(data_dir, 0), imaps(data_dir, 1)
+    assert one.select("INBOX")[0] == "OK" and two.select("INBOX")[0] == "OK"
+    uid = one.uid("SEARCH", "ALL")[1][0].split()[-1]
+    assert one.uid("STORE", uid, "+FLAGS", r"(\Flagged)")[0] == "OK"
+    flags = two.uid("FETCH", uid, "(FLAGS)")[1][0]
+    assert b"\\Flagged" in flags
+    one.logout()
+    two.logout()
+
+
+def test_mbsync_syncs_1000_messages_over_tls_twice(cluster, tmp_path):
+    mbsync = need_tool("mbsync")
+    data_dir, _ = cluster
+    need_store_imap(data_dir)
+    have = count_messages(data_dir, 0)
+    if have < 1000:
+        deliver(data_dir, 1000 - have, "sync")
+        have = count_messages(data_dir, 1000)
+    maildir = tmp_path / "mail"
+    rc = tmp_path / "mbsyncrc"
+    rc.write_text(
+        "IMAPAccount colony\nHost 127.0.0.1\n"
+        f"Port {edge_port(data_dir, 'imaps')}\nUser alice@acme.example\nPass \"{PASSWORD}\"\n"
+        f"SSLType IMAPS\nCertificateFile {data_dir / 'tls' / 'ca.pem'}\n\n"
+        "IMAPStore remote\nAccount colony\n\n"
+        f"MaildirStore local\nPath {maildir}/\nInbox {maildir}/INBOX\n\n"
+        "Channel inbox\nFar :remote:INBOX\nNear :local:INBOX\nSync Pull\nCreate Near\n")
+
+    def run() -> subprocess.CompletedProcess:
+        return subprocess.run([mbsync, "-c", str(rc), "-V", "inbox"], capture_output=True, text=True, timeout=900)
+
+    first = run()
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    files = sorted((maildir / "INBOX").glob("*/*"))
+    assert len(files) == have
+    second = run()
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert sorted((maildir / "INBOX").glob("*/*")) == files      # nothing transferred again

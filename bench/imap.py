@@ -1,0 +1,299 @@
+"""IMAP client access: idle sessions per edge process and IMAP throughput, Colony against Dovecot.
+
+    .venv/bin/python bench/imap.py [--idle 1000] [--clients 8] [--seconds 20] [--messages 200] [--no-peer]
+
+Colony runs as `colony up` (1 edge, 1 mail store) with plaintext login allowed (loopback), the
+clients going through the edge's IMAP listener (plaintext) and IMAPS listener (TLS);
+Dovecot (Debian's, configured here by ``bench/peers.py``) gets the same load on its own
+loopback IMAP port.
+
+(a) **Idle sessions**: ``--idle`` sessions log in, SELECT INBOX and enter IDLE, over plain
+    TCP and then over TLS; the resident memory of the edge process and of the mail store
+    before and after, divided by the sessions, is the memory per session.  The file
+    descriptor limit is raised to the hard limit first (every instance inherits it).
+(b) **Throughput**: ``--clients`` sessions, one account each holding ``--messages``
+    messages, loop for ``--seconds``: SELECT INBOX, FETCH 1:20 headers, FETCH one body,
+    STORE +FLAGS \\Seen, SEARCH UNSEEN.  Operations per second and p50/p99 per operation;
+    the ratio Colony/Dovecot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import re
+import resource
+import signal
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from peers import Dovecot, have, wait_port  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+DOMAIN = "bench.test"
+PASSWORD = "benchpass"
+console = Console(width=120)
+_LITERAL = re.compile(rb"\{(\d+)\}\r\n$")
+
+
+class Imap:
+    """A minimal IMAP client: one command at a time, literals read, responses kept whole."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer, self.n = reader, writer, 0
+
+    @classmethod
+    async def open(cls, port: int, tls: ssl.SSLContext | None = None) -> Imap:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=tls, limit=1 << 20)
+        client = cls(reader, writer)
+        greeting = await reader.readline()
+        if not greeting.startswith(b"* OK"):
+            raise RuntimeError(f"greeting: {greeting!r}")
+        return client
+
+    async def _response(self, tag: bytes) -> bytes:
+        out = bytearray()
+        while True:
+            line = await self.reader.readline()
+            if not line:
+                raise ConnectionError("closed")
+            out += line
+            m = _LITERAL.search(line)
+            if m:
+                out += await self.reader.readexactly(int(m.group(1)))
+                continue
+            if line.startswith(tag + b" "):
+                if not line.startswith(tag + b" OK"):
+                    raise RuntimeError(line.decode(errors="replace").strip())
+                return bytes(out)
+
+    async def cmd(self, text: str, literal: bytes | None = None) -> bytes:
+        self.n += 1
+        tag = f"c{self.n}".encode()
+        if literal is None:
+            self.writer.write(tag + b" " + text.encode() + b"\r\n")
+        else:
+            self.writer.write(tag + b" " + text.encode() + f" {{{len(literal)}}}\r\n".encode())
+            cont = await self.reader.readline()
+            if not cont.startswith(b"+"):
+                raise RuntimeError(f"no continuation: {cont!r}")
+            self.writer.write(literal + b"\r\n")
+        return await self._response(tag)
+
+    async def login(self, user: str) -> None:
+        await self.cmd(f'LOGIN "{user}" "{PASSWORD}"')
+
+    async def idle(self) -> None:
+        self.writer.write(b"i1 IDLE\r\n")
+        line = await self.reader.readline()
+        if not line.startswith(b"+"):
+            raise RuntimeError(f"IDLE: {line!r}")
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def message(n: int) -> bytes:
+    body = ("Lorem ipsum dolor sit amet, consectetur adipiscing elit. " * 20 + "\r\n") * 8
+    return (f"From: sender{n}@remote.test\r\nTo: someone@{DOMAIN}\r\nSubject: bench message {n}\r\n"
+            f"Message-ID: <imap-bench-{n}-{time.time_ns()}@remote.test>\r\nDate: Wed, 25 Nov 2026 12:00:00 +0000\r\n"
+            f"\r\n{body}").encode()
+
+
+async def fill(port: int, users: list[str], count: int) -> None:
+    async def one(user: str) -> None:
+        c = await Imap.open(port)
+        await c.login(user)
+        for n in range(count):
+            await c.cmd("APPEND INBOX ()", message(n))
+        await c.cmd("LOGOUT")
+        c.close()
+    await asyncio.gather(*(one(u) for u in users))
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+async def idle_sessions(port: int, users: list[str], count: int, tls: ssl.SSLContext | None,
+                        pids: dict[str, int]) -> dict:
+    before = {k: rss_kb(p) for k, p in pids.items()}
+    clients: list[Imap] = []
+    sem = asyncio.Semaphore(50)
+    failures = 0
+
+    async def one(i: int) -> None:
+        nonlocal failures
+        async with sem:
+            try:
+                c = await Imap.open(port, tls)
+                await c.login(users[i % len(users)])
+                await c.cmd("SELECT INBOX")
+                await c.idle()
+                clients.append(c)
+            except Exception:
+                failures += 1
+
+    start = time.monotonic()
+    await asyncio.gather(*(one(i) for i in range(count)))
+    took = time.monotonic() - start
+    await asyncio.sleep(2)
+    after = {k: rss_kb(p) for k, p in pids.items()}
+    for c in clients:
+        c.close()
+    n = max(len(clients), 1)
+    return {"sessions": len(clients), "failed": failures, "seconds": took,
+            **{f"{k}_kb_per_session": (after[k] - before[k]) / n for k in pids}}
+
+
+async def throughput(port: int, users: list[str], seconds: float, messages: int) -> dict[str, list[float]]:
+    ops: dict[str, list[float]] = {"SELECT": [], "FETCH headers": [], "FETCH body": [], "STORE flags": [], "SEARCH": []}
+    stop = time.monotonic() + seconds
+
+    async def client(user: str) -> None:
+        c = await Imap.open(port)
+        await c.login(user)
+        rnd = random.Random(user)
+        while time.monotonic() < stop:
+            for name, text in (("SELECT", "SELECT INBOX"),
+                               ("FETCH headers", "FETCH 1:20 (UID FLAGS BODY.PEEK[HEADER])"),
+                               ("FETCH body", f"FETCH {rnd.randint(1, messages)} (BODY.PEEK[])"),
+                               ("STORE flags", f"STORE {rnd.randint(1, messages)} {rnd.choice('+-')}FLAGS (\\Seen)"),
+                               ("SEARCH", "SEARCH UNSEEN")):
+                t = time.perf_counter()
+                await c.cmd(text)
+                ops[name].append(time.perf_counter() - t)
+        await c.cmd("LOGOUT")
+        c.close()
+
+    await asyncio.gather(*(client(u) for u in users))
+    return ops
+
+
+def summarise(ops: dict[str, list[float]], seconds: float) -> dict[str, tuple[float, float, float]]:
+    out = {}
+    for name, lat in ops.items():
+        lat = sorted(lat)
+        p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))] if lat else float("nan")
+        out[name] = (len(lat) / seconds, statistics.median(lat) * 1000 if lat else float("nan"), p99 * 1000)
+    total = sum(len(v) for v in ops.values())
+    out["all"] = (total / seconds, float("nan"), float("nan"))
+    return out
+
+
+def colony(data_dir: Path, *args: str) -> None:
+    subprocess.run([str(ROOT / ".venv/bin/colony"), *args, "--data-dir", str(data_dir)], check=True,
+                   capture_output=True, timeout=300)
+
+
+def run_colony(workdir: Path, args) -> tuple[dict, dict, dict | None]:
+    data_dir = workdir / "colony"
+    base = args.base_port
+    env = dict(os.environ, COLONY_ACCESS_PLAINTEXT_AUTH="true", COLONY_EDGE_MAX_SESSIONS_PER_IP="1000000")
+    proc = subprocess.Popen([str(ROOT / ".venv/bin/colony"), "up", "--data-dir", str(data_dir), "--base-port", str(base),
+                             "--edges", "1", "--mailstores", "1", "--sipfarms", "0"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not (data_dir / "admin.token").exists():
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError("colony up did not come up (see its logs)")
+            time.sleep(0.2)
+        info = json.loads((data_dir / "cluster.json").read_text())
+        imap_port = int(info["imap"][0].rsplit(":", 1)[1])
+        imaps_port = int(info["imaps"][0].rsplit(":", 1)[1])
+        wait_port(imap_port, 120)
+        colony(data_dir, "domain", "add", DOMAIN)
+        users = [f"user{i}@{DOMAIN}" for i in range(args.clients)]
+        for user in users:
+            colony(data_dir, "account", "add", user, "--password", PASSWORD)
+        deadline = time.monotonic() + 120
+        while True:      # the auth service learns new accounts from its projection
+            try:
+                asyncio.run(fill(imap_port, users[-1:], 0))
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+        asyncio.run(fill(imap_port, users, args.messages))
+        pids = {"edge": info["instances"]["edge-1"]["pid"], "store": info["instances"]["mailstore-1"]["pid"]}
+        tls = ssl.create_default_context(cafile=info["tls_ca"])
+        idle_plain = asyncio.run(idle_sessions(imap_port, users, args.idle, None, pids))
+        idle_tls = asyncio.run(idle_sessions(imaps_port, users, args.idle, tls, pids))
+        ops = asyncio.run(throughput(imap_port, users, args.seconds, args.messages))
+        return idle_plain, idle_tls, summarise(ops, args.seconds)
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(120)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def run_dovecot(workdir: Path, args) -> dict:
+    port = args.base_port + 900
+    dovecot = Dovecot(workdir, lmtp_port=port + 1, imap_port=port, password=PASSWORD)
+    dovecot.start()
+    try:
+        users = [f"user{i}@{DOMAIN}" for i in range(args.clients)]
+        asyncio.run(fill(port, users, args.messages))
+        return summarise(asyncio.run(throughput(port, users, args.seconds, args.messages)), args.seconds)
+    finally:
+        dovecot.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--idle", type=int, default=1000)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--messages", type=int, default=200)
+    parser.add_argument("--base-port", type=int, default=21000)
+    parser.add_argument("--no-peer", action="store_true")
+    args = parser.parse_args()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))   # colony up and its instances inherit it
+    with tempfile.TemporaryDirectory(prefix="colony-imap-bench-") as tmp:
+        workdir = Path(tmp)
+        idle_plain, idle_tls, colony_ops = run_colony(workdir, args)
+        peer = None
+        if not args.no_peer and not have("dovecot"):
+            peer = run_dovecot(workdir, args)
+    table = Table(title=f"(a) idle IMAP sessions through one edge process (fd limit {hard})")
+    for col in ("transport", "sessions", "failed", "login+SELECT+IDLE s", "edge KB/session", "store KB/session"):
+        table.add_column(col, justify="right")
+    for name, r in (("plain", idle_plain), ("TLS", idle_tls)):
+        table.add_row(name, str(r["sessions"]), str(r["failed"]), f"{r['seconds']:.1f}",
+                      f"{r['edge_kb_per_session']:.1f}", f"{r['store_kb_per_session']:.1f}")
+    console.print(table)
+    table = Table(title=f"(b) throughput: {args.clients} clients, {args.seconds:g} s, {args.messages} messages each")
+    for col in ("operation", "Colony ops/s", "p50 ms", "p99 ms", "Dovecot ops/s", "p50 ms", "p99 ms", "ratio"):
+        table.add_column(col, justify="right")
+    for name, (rate, p50, p99) in colony_ops.items():
+        if peer:
+            prate, pp50, pp99 = peer[name]
+            table.add_row(name, f"{rate:.0f}", f"{p50:.1f}", f"{p99:.1f}", f"{prate:.0f}", f"{pp50:.1f}",
+                          f"{pp99:.1f}", f"{rate / prate:.2f}x" if prate else "-")
+        else:
+            table.add_row(name, f"{rate:.0f}", f"{p50:.1f}", f"{p99:.1f}", "-", "-", "-", "-")
+    console.print(table)
+
+
+if __name__ == "__main__":
+    main()
