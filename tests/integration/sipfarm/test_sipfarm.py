@@ -201,3 +201,34 @@ async def test_registrations_survive_a_sigkilled_member(farm, cluster):
     code, out = await register(farm[1], "alice", 5081)
     assert code == 0, out
     assert len(await bindings(cluster, "alice")) == 2
+
+
+async def test_a_dialog_of_a_killed_member_is_ended_through_another(farm, cluster):
+    """The proxy keeps no dialog state of its own: a BYE whose Route names the dead member
+    is loose-routed by any other, and the callee's answer finds its way back by the Vias."""
+    loop = asyncio.get_running_loop()
+    callee, callee_in = await loop.create_datagram_endpoint(Udp, local_addr=("127.0.0.1", 0))
+    caller, caller_in = await loop.create_datagram_endpoint(Udp, local_addr=("127.0.0.1", 0))
+    try:
+        callee_port = callee.get_extra_info("sockname")[1]
+        caller_port = caller.get_extra_info("sockname")[1]
+        host1, port1 = farm[0]
+        cluster.nodes["sipfarm-1"].signal(signal.SIGKILL)
+        cluster.nodes["sipfarm-1"].process.wait(10)
+        bye = (f"BYE sip:bob@127.0.0.1:{callee_port} SIP/2.0\r\n"
+               f"Via: SIP/2.0/UDP 127.0.0.1:{caller_port};branch=z9hG4bK{uuid.uuid4().hex}\r\n"
+               f"Route: <sip:{host1}:{port1};lr;cf=sipfarm-1>\r\n"
+               f"From: <sip:alice@{DOMAIN}>;tag=a1\r\nTo: <sip:bob@{DOMAIN}>;tag=b1\r\nCall-ID: {uuid.uuid4().hex}\r\n"
+               f"CSeq: 3 BYE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n")
+        caller.sendto(bye.encode(), farm[1])
+        got = parse_message(await asyncio.wait_for(callee_in.queue.get(), 10))
+        assert got.method == "BYE" and "Route" not in got.headers and len(got.headers.get_all("Via")) == 2
+        ok = (b"SIP/2.0 200 OK\r\n" + b"".join(f"Via: {v}\r\n".encode() for v in got.headers.get_all("Via"))
+              + b"".join(f"{n}: {got.headers.get(n)}\r\n".encode() for n in ("From", "To", "Call-ID", "CSeq"))
+              + b"Content-Length: 0\r\n\r\n")
+        callee.sendto(ok, farm[1])
+        answer = parse_message(await asyncio.wait_for(caller_in.queue.get(), 10))
+        assert answer.status == 200 and len(answer.headers.get_all("Via")) == 1
+    finally:
+        callee.close()
+        caller.close()
