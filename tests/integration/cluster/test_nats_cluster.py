@@ -32,9 +32,11 @@ def free_ports(count: int) -> list[int]:
 def start_cluster(tmp_path, attempt: int) -> list[EmbeddedNats]:
     client_ports, route_ports = free_ports(3), free_ports(3)
     routes = tuple(f"nats-route://127.0.0.1:{p}" for p in route_ports)
+    # The authenticated bus: one set of identities (tmp_path/bus) admitted by every server.
     servers = [
-        EmbeddedNats(store_dir=tmp_path / f"a{attempt}" / f"n{i}", port=client_ports[i], server_name=f"n{i}",
-                     sync_always=False, cluster_name="colony-test", cluster_port=route_ports[i], routes=routes)
+        EmbeddedNats.authenticated(tmp_path / f"a{attempt}" / f"n{i}", tmp_path / "bus", port=client_ports[i],
+                                   server_name=f"n{i}", sync_always=False, cluster_name="colony-test",
+                                   cluster_port=route_ports[i], routes=routes)
         for i in range(3)
     ]
     errors = []
@@ -78,7 +80,8 @@ async def test_controller_failover_and_a_dead_nats_server(nats_cluster, tmp_path
     from cluster_harness import ClusterHarness
 
     urls = [s.url for s in nats_cluster]
-    harness = ClusterHarness(nats_url=urls[0], workdir=tmp_path, extra_env={"COLONY_STREAM_REPLICAS": "3"})
+    harness = ClusterHarness(nats_url=urls[0], workdir=tmp_path, extra_env={"COLONY_STREAM_REPLICAS": "3"},
+                             identities=nats_cluster[0].identities)
     try:
         # Each instance starts on a different server; all know every server for reconnects.
         for i, node in enumerate(("controller-1", "controller-2", "controller-3")):
