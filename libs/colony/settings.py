@@ -183,7 +183,7 @@ class Settings(BaseSettings):
 
     # --- SIP farm ----------------------------------------------------------------------
     sip_port: int = Field(5060, ge=0, le=65535, description="UDP and TCP port of this SIP farm member (0: any free port). `colony up` derives it from --base-port (2560 for the first member, +1000 for each further one).")
-    sip_max_message_size: int = Field(16384, ge=1024, le=65535, description="Largest SIP message (octets) a farm member reads; a larger request gets 513, a larger stream message closes the connection.")
+    sip_max_message_size: int = Field(16384, ge=1024, le=65535, description="Largest SIP message (octets) a farm member reads; a larger datagram is dropped unread, a larger stream message closes the connection.")
     sip_digest_algorithms: str = Field("MD5", description="Digest algorithms offered in SIP challenges, most preferred first, comma separated: SHA-256, MD5 (RFC 8760). Many phones (and sipp) know MD5 only and take the first challenge.")
     sip_nonce_ttl: float = Field(300.0, ge=5, description="Seconds a digest nonce is good for; an older one gets a fresh challenge with stale=true.")
     sip_min_expires: int = Field(60, ge=1, description="Shortest registration (seconds) the registrar accepts; shorter gets 423 Interval Too Brief.")
