@@ -66,6 +66,7 @@ AUTOLOGOUT = 30 * 60.0
 DELIMITER = "/"
 SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 _STATUS_OFFERED = {"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "SIZE", "DELETED", "HIGHESTMODSEQ"}
+FETCH_BATCH_BYTES = 1024 * 1024
 MIME_CACHE = 8           # parsed messages kept per session
 MAX_APPEND = 64 * 1024 * 1024
 
@@ -150,6 +151,9 @@ class Store(Protocol):
     def commit(self) -> None: ...
 
 
+_MORE = "\x00more"    # a handler's answer: not done, call run() again once the output is sent
+
+
 class _Bad(Exception):
     """Answer the command ``BAD``."""
 
@@ -186,6 +190,7 @@ class Session:
         self._uidvalidity = 0
         self._saved: frozenset[int] = frozenset()     # SEARCHRES $ (UIDs)
         self.condstore = False     # RFC 7162: on once a CONDSTORE enabling command ran
+        self._resume: tuple | None = None   # a FETCH still to continue (see _fetch_batch)
         # IDLE
         self._idle_tag: str | None = None
         self._woken = False
@@ -225,6 +230,8 @@ class Session:
         """The store could not be reached for the waiting command: answer it ``NO text``."""
         self._waiting = False
         cmd, self._pending_command = self._pending_command, None
+        if cmd is None and self._resume is not None:
+            cmd, self._resume = self._resume[0], None
         if cmd is not None:
             self._tagged(cmd.tag, "NO", text)
 
@@ -238,6 +245,9 @@ class Session:
                 return self._out.popleft()
             if self.state == LOGOUT or self._waiting:
                 return None
+            if self._resume is not None:
+                self._waiting = True
+                return NeedStore()
             if self._idle_tag is not None and self._woken and self.state == SELECTED:
                 self._woken = False
                 self._waiting = True
@@ -365,14 +375,20 @@ class Session:
         """Run the waiting command (or an IDLE wake-up) with ``store`` held exclusively."""
         self._waiting = False
         cmd, self._pending_command = self._pending_command, None
-        if cmd is None:                        # IDLE woken
+        if cmd is None and self._resume is not None:     # the next batch of a FETCH
+            (cmd, items, uids, sets_seen), self._resume = self._resume, None
+            handler = lambda c, st: self._fetch_batch(c, items, uids, sets_seen, st)  # noqa: E731
+        elif cmd is None:                      # IDLE woken
             if self._idle_tag is not None:
                 self._sync(store, expunge=True)
             return
+        else:
+            handler = getattr(self, "_do_" + _name(cmd).replace(" ", "_").lower())
         name = _name(cmd)
         try:
-            handler = getattr(self, "_do_" + name.replace(" ", "_").lower())
             text = handler(cmd, store) or f"{name} completed"
+            if text is _MORE:
+                return
             if self._idle_tag is None:
                 self._tagged(cmd.tag, "OK", text)
         except _Bad as exc:
@@ -886,7 +902,7 @@ class Session:
             self._mime.popitem(last=False)
         return hit
 
-    def _do_fetch(self, cmd: C.Fetch, store: Store) -> None:
+    def _do_fetch(self, cmd: C.Fetch, store: Store) -> str | None:
         items = list(cmd.items)
         if cmd.changed_since is not None or any(i.name == "MODSEQ" for i in items):
             self._condstore_on(store)
@@ -901,7 +917,6 @@ class Session:
         current = {m.uid: m for m in store.messages(self.mailbox)}
         if cmd.changed_since is not None:
             uids = [u for u in uids if u in current and current[u].modseq > cmd.changed_since]
-        position = {u: i + 1 for i, u in enumerate(self._uids)}
         sets_seen = not self.read_only and any(
             i.name in ("RFC822", "RFC822.TEXT", "BODY", "BINARY") and (i.name != "BODY" or i.section is not None)
             for i in items)
@@ -911,7 +926,20 @@ class Session:
                 store.store_flags(self.mailbox, unseen, ["\\Seen"], "add")
                 store.commit()
                 current = {m.uid: m for m in store.messages(self.mailbox)}
-        for u in uids:
+        return self._fetch_batch(cmd, items, uids, sets_seen, store)
+
+    def _fetch_batch(self, cmd: C.Fetch, items: list[C.FetchItem], uids: list[int], sets_seen: bool,
+                     store: Store) -> str | None:
+        """FETCH responses until ``FETCH_BATCH_BYTES`` are queued; the rest waits for the
+        client to take them (``_resume``), so a FETCH of a whole large mailbox holds one
+        batch in memory, not the mailbox."""
+        current = {m.uid: m for m in store.messages(self.mailbox)}
+        position = {u: i + 1 for i, u in enumerate(self._uids)}
+        queued = 0
+        for n, u in enumerate(uids):
+            if queued >= FETCH_BATCH_BYTES:
+                self._resume = (cmd, items, uids[n:], sets_seen)
+                return _MORE
             msg = current.get(u)
             if msg is None:
                 continue                 # expunged by another session; its EXPUNGE comes later
@@ -925,8 +953,11 @@ class Session:
                 self._flags[u] = msg.flags
                 if self.condstore and not any(i.name == "MODSEQ" for i in items):
                     parts.append(f"MODSEQ ({msg.modseq})".encode())
-            self._out.append(Send(f"* {position[u]} FETCH (".encode() + b" ".join(parts) + b")\r\n"))
+            data = f"* {position[u]} FETCH (".encode() + b" ".join(parts) + b")\r\n"
+            queued += len(data)
+            self._out.append(Send(data))
         self._sync(store, expunge=cmd.uid)
+        return None
 
     def _fetch_item(self, item: C.FetchItem, msg: StoredMessage, store: Store) -> bytes:
         name = item.name

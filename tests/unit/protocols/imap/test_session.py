@@ -330,3 +330,26 @@ def test_list_extended_status_and_special_use(mail):
     assert '* STATUS "INBOX" (MESSAGES 2 UIDNEXT 3)' in out and '"Drafts" (MESSAGES 0' in out
     out = c.cmd('l6 LSUB "" "%"')
     assert '* LSUB (\\Noselect) "/" "Work"' in out and '"Sent"' in out and '"Work/Reports"' not in out
+
+
+def test_a_big_fetch_goes_out_in_batches(mail, monkeypatch):
+    for _ in range(20):
+        mail.append("INBOX", MSG)
+    mail.commit()
+    monkeypatch.setattr(S, "FETCH_BATCH_BYTES", 1000)
+    c = selected(mail)
+    c.session.receive_data(b"f FETCH 1:* BODY.PEEK[]\r\n")
+    store_calls, out, most_queued = 0, bytearray(), 0
+    while True:
+        most_queued = max(most_queued, sum(len(a.data) for a in c.session._out if isinstance(a, S.Send)))
+        action = c.session.next_action()
+        if action is None:
+            break
+        if isinstance(action, S.Send):
+            out += action.data
+        elif isinstance(action, S.NeedStore):
+            store_calls += 1
+            c.session.run(c.store)
+    text = out.decode()
+    assert text.count(" FETCH (") == 22 and text.endswith("f OK FETCH completed\r\n")
+    assert store_calls >= 4 and most_queued < 1000 + 2 * len(MULTI) + 200
