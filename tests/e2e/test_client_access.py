@@ -203,7 +203,8 @@ def test_fetchmail_syncs_1000_messages_over_tls_twice(cluster, tmp_path):
     mda_out.mkdir()
     rc = tmp_path / "fetchmailrc"
     rc.write_text(
-        f'poll 127.0.0.1 with proto POP3 port {edge_port(data_dir, "pop3s")} uidl\n'
+        # the local CA's certificate names localhost (fetchmail checks DNS names only)
+        f'poll localhost via 127.0.0.1 with proto POP3 port {edge_port(data_dir, "pop3s")} uidl\n'
         f'  user "alice@acme.example" there with password "{PASSWORD}" is "me" here\n'
         f'  ssl sslcertck sslcertfile "{data_dir / "tls" / "ca.pem"}" keep\n'
         f'  mda "/bin/sh -c \'cat > {mda_out}/$$.$(date +%s%N)\'"\n')
