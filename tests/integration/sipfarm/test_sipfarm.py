@@ -232,3 +232,76 @@ async def test_a_dialog_of_a_killed_member_is_ended_through_another(farm, cluste
     finally:
         callee.close()
         caller.close()
+
+
+def digest_answer(challenge, user: str, method: str, uri: str, header: str) -> str:
+    """A client's qop=auth answer to the first challenge of ``challenge`` (a parsed response)."""
+    from colony.protocols.sip.digest import h, parse_credentials
+
+    name = "WWW-Authenticate" if header == "Authorization" else "Proxy-Authenticate"
+    params = parse_credentials(challenge.headers.get(name))
+    algorithm = params.get("algorithm", "MD5")
+    key = ha1(algorithm, user, params["realm"], PASSWORDS[user])
+    response = h(algorithm, f"{key}:{params['nonce']}:00000001:c0ffee:auth:{h(algorithm, f'{method}:{uri}')}")
+    return (f'{header}: Digest username="{user}", realm="{params["realm"]}", nonce="{params["nonce"]}", '
+            f'uri="{uri}", response="{response}", algorithm={algorithm}, qop=auth, nc=00000001, cnonce="c0ffee"\r\n')
+
+
+async def read_sip(reader: asyncio.StreamReader):
+    from colony.protocols.sip.parser import StreamFramer
+
+    framer = StreamFramer()
+    while True:
+        if (data := framer.next_message()) is not None:
+            return parse_message(data)
+        chunk = await asyncio.wait_for(reader.read(65536), 10)
+        assert chunk, "connection closed"
+        framer.feed(chunk)
+
+
+async def test_a_phone_on_tcp_at_one_member_is_called_through_another(farm, cluster):
+    """The phone's TCP connection lives on member 2; an INVITE arriving at member 1 is relayed
+    over the bus to member 2, which puts it on that connection."""
+    host2, port2 = farm[1]
+    reader, writer = await asyncio.open_connection(host2, port2)
+    local_port = writer.get_extra_info("sockname")[1]
+
+    def register_msg(cseq: int, auth: str = "") -> bytes:
+        return (f"REGISTER sip:{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:{local_port};rport;branch=z9hG4bK{uuid.uuid4().hex}\r\n"
+                f"From: <sip:bob@{DOMAIN}>;tag=t1\r\nTo: <sip:bob@{DOMAIN}>\r\nCall-ID: tcp-reg\r\nCSeq: {cseq} REGISTER\r\n"
+                f"Contact: <sip:bob@127.0.0.1:{local_port};transport=tcp>\r\nExpires: 300\r\n{auth}Content-Length: 0\r\n\r\n").encode()
+    try:
+        writer.write(register_msg(1))
+        challenge = await read_sip(reader)
+        assert challenge.status == 401
+        writer.write(register_msg(2, digest_answer(challenge, "bob", "REGISTER", f"sip:{DOMAIN}", "Authorization")))
+        assert (await read_sip(reader)).status == 200
+        [binding] = await bindings(cluster, "bob")
+        assert binding["member"] == "sipfarm-2" and binding["transport"] == "TCP" and binding["nat"]
+
+        loop = asyncio.get_running_loop()
+        caller, caller_in = await loop.create_datagram_endpoint(Udp, local_addr=("127.0.0.1", 0))
+        caller_port = caller.get_extra_info("sockname")[1]
+
+        def invite(cseq: int, auth: str = "") -> bytes:
+            return (f"INVITE sip:bob@{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{caller_port};branch=z9hG4bK{uuid.uuid4().hex}\r\n"
+                    f"From: <sip:alice@{DOMAIN}>;tag=a1\r\nTo: <sip:bob@{DOMAIN}>\r\nCall-ID: tcp-call\r\nCSeq: {cseq} INVITE\r\n"
+                    f"Contact: <sip:alice@127.0.0.1:{caller_port}>\r\nMax-Forwards: 70\r\n{auth}Content-Length: 0\r\n\r\n").encode()
+        try:
+            caller.sendto(invite(1), farm[0])
+            challenge = parse_message(await asyncio.wait_for(caller_in.queue.get(), 10))
+            assert challenge.status == 407
+            caller.sendto(invite(2, digest_answer(challenge, "alice", "INVITE", f"sip:bob@{DOMAIN}", "Proxy-Authorization")), farm[0])
+            got = await read_sip(reader)
+            assert got.method == "INVITE" and got.headers.get("Record-Route").endswith("cf=sipfarm-1>")
+            # The phone answers on its connection (member 2); the answer reaches the caller.
+            ringing = (b"SIP/2.0 180 Ringing\r\n" + b"".join(f"Via: {v}\r\n".encode() for v in got.headers.get_all("Via"))
+                       + b"".join(f"{n}: {got.headers.get(n)}\r\n".encode() for n in ("From", "To", "Call-ID", "CSeq"))
+                       + b"Content-Length: 0\r\n\r\n")
+            writer.write(ringing)
+            answer = parse_message(await asyncio.wait_for(caller_in.queue.get(), 10))
+            assert answer.status == 180
+        finally:
+            caller.close()
+    finally:
+        writer.close()
