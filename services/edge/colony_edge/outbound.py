@@ -1,0 +1,300 @@
+"""The outbound queue on the edges: the asyncio shell around ``colony.outbound.rules``.
+
+Every edge runs one ``QueueRunner`` on the OUTBOUND work queue (durable consumer
+``names.OUTBOUND_CONSUMER``), so a job goes to whichever edge asks next and a job of an edge
+that dies is redelivered to another after ``ack_wait``.  Per job (one destination domain):
+
+1. a requeued generation that is not due yet goes back with the rest of its back-off;
+2. the MX hosts of the destination (``colony.dns.make_resolver``: ``Settings.dns_servers``),
+   each host's A/AAAA addresses, tried in order until one answers the greeting;
+3. SMTP with aiosmtplib: STARTTLS whenever the server offers it (opportunistic: an
+   unverifiable certificate does not stop delivery), MAIL, one RCPT per recipient, DATA with
+   the message DKIM-signed for ``sign_domain`` when a key is in ``Settings.dkim_key_dir``;
+   at most ``outbound_destination_concurrency`` connections per destination on this edge;
+4. ``rules.decide`` -> the DSN (into MAIL for a local sender, OUTBOUND otherwise), the
+   requeued generation, USAGE ``messages_out`` for the delivered recipients; then ack, or
+   nak with the back-off.  The runner's ``max_deliver`` is not the limit here: expiry is
+   ``outbound_max_age`` counted from ``queued_at``.
+
+A job that cannot be decoded or whose body is gone is rejected to DEAD_LETTERS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from datetime import UTC, datetime
+
+import aiosmtplib
+import dns.asyncresolver
+import dns.exception
+import dns.resolver
+from nats.js import JetStreamContext
+from opentelemetry import trace
+from prometheus_client import CollectorRegistry, Counter
+
+from colony.bus import names
+from colony.contracts.mail import InboundMail, MailRecipient
+from colony.contracts.outbound import OutboundMail, OutboundRecipient
+from colony.events import UnknownEvent, UsageRecorded
+from colony.outbound.dsn import build_dsn
+from colony.outbound.rules import NullMx, RecipientResult, decide, mail_exchangers
+from colony.outbound.signing import current_key, sign
+from colony.queue import Done, Job, QueuePolicy, QueueRunner, Reject, Retry
+from colony.settings import Settings
+from colony.telemetry import inject_headers
+
+log = logging.getLogger("colony.edge.outbound")
+
+
+class OutboundMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.recipients = Counter("colony_outbound_recipients", "Outbound recipients by result: delivered, "
+                                  "deferred, failed.", ["result"], registry=registry)
+        self.dsns = Counter("colony_outbound_dsns", "Delivery status notifications sent, by action.", ["action"],
+                            registry=registry)
+
+
+class _Unreachable(Exception):
+    """No MX host of the destination answered (every recipient is deferred with this text)."""
+
+
+class OutboundDelivery:
+    def __init__(self, js: JetStreamContext, settings: Settings, node_id: str, hostname: str,
+                 resolver: dns.asyncresolver.Resolver, metrics: OutboundMetrics) -> None:
+        self.js, self.settings, self.node_id, self.hostname = js, settings, node_id, hostname
+        self.resolver, self.metrics = resolver, metrics
+        self.key_dir = settings.dkim_key_dir or settings.data_dir / "dkim"
+        self.tracer = trace.get_tracer("colony.edge.outbound")
+        self._slots: dict[str, asyncio.Semaphore] = {}   # per destination, while in use
+        self._users: dict[str, int] = {}
+        self._bodies = None
+
+    async def handle(self, job: Job) -> Done | Retry | Reject:
+        try:
+            mail = OutboundMail.from_bytes(job.data)
+        except (UnknownEvent, ValueError) as exc:
+            return Reject(f"not an outbound message: {exc}")
+        now = datetime.now(UTC)
+        if mail.not_before is not None and mail.not_before > now:
+            return Retry("backing off", delay=(mail.not_before - now).total_seconds())
+        try:
+            body = await self._body(mail)
+        except LookupError as exc:
+            return Reject(str(exc))
+        attempt = mail.attempts + job.delivered
+        with self.tracer.start_as_current_span("outbound.deliver", attributes={
+                "colony.message_id": mail.message_id, "colony.destination": mail.destination,
+                "colony.attempt": attempt}):
+            results = await self._attempt(mail, body)
+            decision = decide(mail, results, attempt, datetime.now(UTC), self.settings)
+            if decision.dsn:
+                await self._send_dsn(mail, decision.dsn, body)
+            if decision.requeue is not None:
+                await self._publish_outbound(decision.requeue)
+            if decision.delivered:
+                await self._usage(mail, len(decision.delivered))
+        self.metrics.recipients.labels(result="delivered").inc(len(decision.delivered))
+        self.metrics.recipients.labels(result="failed").inc(len(decision.failed))
+        self.metrics.recipients.labels(result="deferred").inc(len(decision.deferred))
+        log.info("outbound %s to %s (attempt %d): %d delivered, %d failed, %d deferred%s", mail.message_id,
+                 mail.destination, attempt, len(decision.delivered), len(decision.failed), len(decision.deferred),
+                 f", retry in {decision.retry_after:.0f}s" if decision.retry_after and not decision.requeue else "")
+        if decision.finished or decision.requeue is not None:
+            return Done()
+        return Retry("; ".join(f"{r.address}: {r.code} {r.text}" for r in results)[:500], delay=decision.retry_after)
+
+    # --- delivery -------------------------------------------------------------------------
+
+    async def _attempt(self, mail: OutboundMail, body: bytes) -> list[RecipientResult]:
+        addresses = [r.address for r in mail.recipients]
+        try:
+            hosts = await self._exchangers(mail.destination)
+        except NullMx:
+            return [RecipientResult(a, 556, "5.1.10 the domain accepts no mail (null MX)") for a in addresses]
+        except _Permanent as exc:
+            return [RecipientResult(a, 550, f"5.1.2 {exc}") for a in addresses]
+        except (_Unreachable, dns.exception.DNSException) as exc:
+            return [RecipientResult(a, 0, f"DNS lookup failed: {exc}") for a in addresses]
+        message = self._signed(mail, body)
+        slot = self._slots.setdefault(mail.destination, asyncio.Semaphore(self.settings.outbound_destination_concurrency))
+        last = "no mail exchanger"
+        self._users[mail.destination] = self._users.get(mail.destination, 0) + 1
+        try:
+            async with slot:
+                for host in hosts:
+                    try:
+                        ips = await self._addresses(host)
+                    except (_Unreachable, _Permanent, dns.exception.DNSException) as exc:
+                        last = f"{host}: {exc}"
+                        continue
+                    for ip in ips:
+                        try:
+                            return await self._session(host, ip, mail, message)
+                        except _Unreachable as exc:
+                            last = f"{host} [{ip}]: {exc}"
+        finally:
+            # Bounded: a destination's semaphore lives only while jobs for it run or wait.
+            self._users[mail.destination] -= 1
+            if not self._users[mail.destination]:
+                del self._users[mail.destination]
+                self._slots.pop(mail.destination, None)
+        return [RecipientResult(a, 0, last) for a in addresses]
+
+    async def _exchangers(self, domain: str) -> list[str]:
+        try:
+            answer = await self.resolver.resolve(domain, "MX")
+            records = [(r.preference, r.exchange.to_text()) for r in answer]
+        except dns.resolver.NXDOMAIN:
+            raise _Permanent(f"{domain}: no such domain")
+        except dns.resolver.NoAnswer:
+            records = []
+        return mail_exchangers(records, domain)
+
+    async def _addresses(self, host: str) -> list[str]:
+        ips: list[str] = []
+        for kind in ("A", "AAAA"):
+            try:
+                ips += [r.to_text() for r in await self.resolver.resolve(host, kind)]
+            except (dns.resolver.NoAnswer, dns.resolver.NXDOMAIN):
+                continue
+        if not ips:
+            raise _Unreachable(f"{host} has no address")
+        return ips
+
+    async def _session(self, host: str, ip: str, mail: OutboundMail, message: bytes) -> list[RecipientResult]:
+        timeout = self.settings.outbound_connect_timeout
+        client = aiosmtplib.SMTP(hostname=ip, port=self.settings.outbound_smtp_port, local_hostname=self.hostname,
+                                 timeout=timeout, start_tls=None, validate_certs=False)
+        try:
+            await client.connect()
+        except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as exc:
+            raise _Unreachable(str(exc) or type(exc).__name__)
+        results: list[RecipientResult] = []
+        try:
+            options = []
+            if mail.body_type == "8BITMIME" and client.supports_extension("8bitmime"):
+                options.append("BODY=8BITMIME")
+            if mail.smtputf8 and client.supports_extension("smtputf8"):
+                options.append("SMTPUTF8")
+            try:
+                await client.mail(mail.mail_from, options=options)
+            except aiosmtplib.SMTPResponseException as exc:
+                return [RecipientResult(r.address, exc.code, exc.message, host) for r in mail.recipients]
+            accepted = []
+            for recipient in mail.recipients:
+                try:
+                    await client.rcpt(recipient.address)
+                    accepted.append(recipient.address)
+                except aiosmtplib.SMTPResponseException as exc:
+                    results.append(RecipientResult(recipient.address, exc.code, exc.message, host))
+            if accepted:
+                try:
+                    reply = await client.data(message)
+                    results += [RecipientResult(a, reply.code, reply.message, host) for a in accepted]
+                except aiosmtplib.SMTPResponseException as exc:
+                    results += [RecipientResult(a, exc.code, exc.message, host) for a in accepted]
+        except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as exc:
+            done = {r.address for r in results}
+            results += [RecipientResult(r.address, 0, f"{host}: {exc}", host) for r in mail.recipients
+                        if r.address not in done]
+        finally:
+            try:
+                await client.quit()
+            except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError):
+                client.close()
+        return results
+
+    def _signed(self, mail: OutboundMail, body: bytes) -> bytes:
+        if not mail.sign_domain:
+            return body
+        key = current_key(self.key_dir, mail.sign_domain)
+        if key is None:
+            return body
+        try:
+            return sign(body, key) + body
+        except Exception:  # dkimpy raises its own errors for odd messages; send unsigned rather than never
+            log.exception("DKIM signing of %s for %s failed; sending unsigned", mail.message_id, mail.sign_domain)
+            return body
+
+    # --- what the decision asks for -------------------------------------------------------
+
+    async def _body(self, mail: OutboundMail) -> bytes:
+        if mail.body is not None:
+            return mail.body
+        ref = mail.body_ref
+        if self._bodies is None:
+            self._bodies = await self.js.object_store(ref.bucket)
+        try:
+            result = await self._bodies.get(ref.name)
+        except Exception as exc:  # nats-py's ObjectNotFoundError and friends
+            raise LookupError(f"body {ref.name} of {mail.message_id} is gone: {exc!r}") from exc
+        return result.data
+
+    async def _send_dsn(self, mail: OutboundMail, failures, original: bytes) -> None:
+        report = build_dsn(mail, failures, original, self.hostname, datetime.now(UTC))
+        action = failures[0].action
+        suffix = f"dsn-{mail.generation}-{action}"
+        sender_domain = mail.mail_from.rpartition("@")[2].lower()
+        headers = inject_headers()
+        if mail.sender_local:
+            item = InboundMail(message_id=f"{mail.message_id}.{suffix}", domain=sender_domain, mail_from="",
+                               recipients=[MailRecipient(mailbox=mail.mail_from, original=mail.mail_from)],
+                               size=len(report), edge_node=self.node_id, body=report)
+            subject = names.mail_subject(self.settings.region, sender_domain)
+            msg_id = item.msg_id()
+        else:
+            item = OutboundMail.new(message_id=f"{mail.message_id}.{suffix}", destination=sender_domain, mail_from="",
+                                    recipients=[OutboundRecipient(address=mail.mail_from)], size=len(report),
+                                    edge_node=self.node_id, body=report, sender_local=False)
+            subject, msg_id = names.outbound_subject(sender_domain), item.msg_id()
+        await self.js.publish(subject, item.encode(), headers={**headers, "Nats-Msg-Id": msg_id},
+                              timeout=self.settings.mail_publish_timeout)
+        self.metrics.dsns.labels(action=action).inc()
+        log.info("DSN (%s) for %s to %s: %s", action, mail.message_id, mail.mail_from,
+                 ", ".join(f"{f.recipient.address} {f.status}" for f in failures))
+
+    async def _publish_outbound(self, mail: OutboundMail) -> None:
+        headers = {**inject_headers(), "Nats-Msg-Id": mail.msg_id()}
+        await self.js.publish(names.outbound_subject(mail.destination), mail.encode(), headers=headers,
+                              timeout=self.settings.mail_publish_timeout)
+
+    async def _usage(self, mail: OutboundMail, delivered: int) -> None:
+        sender_domain = (mail.account or mail.mail_from).rpartition("@")[2].lower()
+        if not sender_domain:
+            return
+        event = UsageRecorded(domain=sender_domain, account=mail.account or None, metric="messages_out",
+                              amount=delivered, source=self.node_id)
+        try:
+            await self.js.publish(names.usage_subject(sender_domain), event.encode(),
+                                  headers={"Nats-Msg-Id": f"usage/{mail.msg_id()}"},
+                                  timeout=self.settings.mail_publish_timeout)
+        except Exception:  # metering must not turn a delivered message into a retry (a duplicate)
+            log.exception("USAGE for %s not recorded", mail.message_id)
+
+
+class _Permanent(Exception):
+    """The destination cannot exist (NXDOMAIN): a permanent failure."""
+
+
+
+
+def outbound_policy(settings: Settings) -> QueuePolicy:
+    """The runner's policy: expiry, not ``max_deliver``, ends a message's life, so the
+    deliveries allowed are those the back-off schedule needs to reach ``outbound_max_age``
+    (plus slack for redeliveries after a crash); a handler that keeps raising still ends in
+    DEAD_LETTERS."""
+    doublings = math.ceil(math.log2(max(settings.outbound_retry_max / settings.outbound_retry_initial, 1))) + 1
+    attempts = doublings + math.ceil(settings.outbound_max_age / settings.outbound_retry_max) + 10
+    return QueuePolicy.from_settings(settings, max_deliver=attempts, concurrency=settings.outbound_concurrency,
+                                     backoff=(settings.outbound_retry_initial,))
+
+
+def outbound_runner(js: JetStreamContext, delivery: OutboundDelivery, settings: Settings, queue_metrics) -> QueueRunner:
+    return QueueRunner(js, stream=names.STREAM_OUTBOUND, durable=names.OUTBOUND_CONSUMER,
+                       filter_subject=names.SUBJECTS_OUTBOUND, handler=delivery.handle,
+                       policy=outbound_policy(settings), metrics=queue_metrics, name="outbound")
+
+
+__all__ = ["OutboundDelivery", "OutboundMetrics", "outbound_policy", "outbound_runner"]
