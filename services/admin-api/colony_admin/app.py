@@ -73,11 +73,30 @@ def create_app(settings: Settings, nc: Client, *, hasher: PasswordHasher | None 
         finally:
             await _stop(ctx)
 
-    app = FastAPI(title="Colony admin API", version="1", description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(title="Colony admin API", version="1", description=DESCRIPTION, lifespan=lifespan,
+                  docs_url=None, redoc_url=None)
     install_problem_handlers(app)
+    _self_hosted_docs(app)
     for module in (domains, accounts, cos, tokens, usage, audit, imports):
         app.include_router(module.router)
     return app
+
+
+def _self_hosted_docs(app: FastAPI) -> None:
+    """Swagger UI at ``/docs`` from the installed ``swagger-ui-bundle`` package, not FastAPI's
+    default CDN: operators' management networks have no internet, and the page was blank."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.staticfiles import StaticFiles
+    from swagger_ui_bundle import swagger_ui_path
+
+    app.mount("/docs-assets", StaticFiles(directory=swagger_ui_path), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui():
+        return get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{app.title} - Swagger UI",
+                                   swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs-assets/swagger-ui.css",
+                                   swagger_favicon_url="/docs-assets/favicon-32x32.png")
 
 
 def _in_memory(database_url: str) -> bool:

@@ -48,10 +48,13 @@ class AdminApiWorkload:
         self.accepting = True
         self.in_flight = 0
         self._http: EmbeddedHttpServer | None = None
+        self._feed = None  # the monitor page's follower of the CLUSTER stream
 
     async def start(self, runtime: NodeRuntime) -> dict[str, str]:
         from colony_admin.app import create_app
         from colony_admin.bootstrap import write_bootstrap_token
+        from colony_admin.monitor import routes as monitor
+        from colony_admin.observability import ApiMetrics, ObservedApi
         from colony_admin.routes import cluster
 
         # The cluster's first admin API makes the first system-admin token (`colony up` prints it).
@@ -61,7 +64,9 @@ class AdminApiWorkload:
         app = create_app(self.settings, runtime.nc)
         app.state.nc = runtime.nc
         app.include_router(cluster.router)
+        self._feed = monitor.install(app, runtime.nc, self.settings.cluster_secret_file)
         app.add_middleware(_DrainGate, workload=self)
+        app.add_middleware(ObservedApi, metrics=runtime.metrics.once(ApiMetrics))
         self._http = EmbeddedHttpServer(app, self.settings.host, self.settings.api_port, lifespan="on")
         port = await self._http.start()
         return {"http": f"{self.settings.advertised_host}:{port}"}
@@ -78,3 +83,5 @@ class AdminApiWorkload:
     async def stop(self) -> None:
         if self._http:
             await self._http.stop()
+        if self._feed:
+            await self._feed.stop()

@@ -1,0 +1,80 @@
+"""RED metrics and a server span for every admin API request (an ASGI middleware).
+
+Metrics (on the node runtime's registry, so the instance's ``/metrics`` shows them):
+
+- ``colony_api_requests_total{method, route, status}``: requests answered;
+- ``colony_api_request_duration_seconds{method, route}``: time to the last body byte;
+- ``colony_api_requests_in_flight``.
+
+``route`` is the route's template (``/v1/domains/{domain}``), never the raw path: a domain
+or account never becomes a label value, and unmatched paths count as ``unmatched``.  The span
+(``HTTP <method> <route>``) is the parent of everything the request does, so the trace
+context it sets flows into the bus headers of the events it appends.
+"""
+
+from __future__ import annotations
+
+import time
+
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class ApiMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter("colony_api_requests", "Admin API requests answered.",
+                                ["method", "route", "status"], registry=registry)
+        self.duration = Histogram("colony_api_request_duration_seconds", "Admin API request time, to the last byte.",
+                                  ["method", "route"], registry=registry,
+                                  buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30))
+        self.in_flight = Gauge("colony_api_requests_in_flight", "Admin API requests being answered.", registry=registry)
+
+
+def _route(scope) -> str:
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    if path:
+        return path
+    root = scope.get("root_path", "")
+    if scope.get("path", "").startswith(root + "/monitor/static/"):
+        return "/monitor/static"
+    return "unmatched"
+
+
+class ObservedApi:
+    """ASGI middleware: RED metrics and a server span per HTTP request."""
+
+    def __init__(self, app, metrics: ApiMetrics | None) -> None:
+        self.app, self.metrics = app, metrics
+        self.tracer = trace.get_tracer("colony.admin")
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        status = {"code": 500}
+        started = time.perf_counter()
+
+        async def observed_send(message):
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        method = scope.get("method", "GET")
+        with self.tracer.start_as_current_span(f"HTTP {method}", kind=SpanKind.SERVER,
+                                               attributes={"http.request.method": method}) as span:
+            if self.metrics:
+                self.metrics.in_flight.inc()
+            try:
+                await self.app(scope, receive, observed_send)
+            finally:
+                route = _route(scope)
+                span.update_name(f"HTTP {method} {route}")
+                span.set_attribute("http.route", route)
+                span.set_attribute("http.response.status_code", status["code"])
+                if status["code"] >= 500:
+                    span.set_status(Status(StatusCode.ERROR))
+                if self.metrics:
+                    self.metrics.in_flight.dec()
+                    self.metrics.requests.labels(method, route, str(status["code"])).inc()
+                    self.metrics.duration.labels(method, route).observe(time.perf_counter() - started)
