@@ -143,6 +143,17 @@ def test_a_holder_found_alive_resets_the_rank_wait():
     assert run(election, 101.0, HELD_BY_C1, standbys=("c2", "c3"), answers=gone)[0] == Wait(102.0)
 
 
+def test_a_lapsed_holder_does_not_hold_the_backup_back_when_its_lease_turns_vacant():
+    """SIGSTOP: the server expires the paused holder's lease (often before the standbys' own
+    unchanged-revision rule fires); its record is still READY, so with no holder to exclude it
+    heads the standby order, and it answers nothing (SILENT, not GONE)."""
+    election = policy("c2")
+    assert run(election, 100.0, HELD_BY_C1, standbys=("c2", "c3"), answers={"c1": SILENT})[0] == Wait(103.0)
+    action, asked = run(election, 102.0, None, standbys=("c1", "c2", "c3"), answers={"c1": SILENT})
+    assert action == Acquire(None, "vacant")
+    assert asked == []
+
+
 def test_a_lease_left_by_an_earlier_incarnation_of_myself_is_taken_over_at_once():
     mine = LeaseSeen(holder="c2", revision=9, epoch=9)
     action, asked = run(policy("c2"), 100.0, mine, standbys=("c1", "c2"), answers={})

@@ -31,7 +31,9 @@ Rank: standbys are ordered oldest first (``colony.cluster.view.standby_order``; 
 the Backup Controller shown by ``colony status``).  Whoever is ranked ``n`` among the
 standbys ahead of it that still answer (``GONE`` ones do not count) waits ``n *
 rank_delay`` seconds (``controller_rank_delay``), counted from the first moment it found the
-lease takeable, so the backup moves first and the others only if it did not.
+lease takeable, so the backup moves first and the others only if it did not.  The last holder
+seen never counts: when its lease lapses on the server (a vacancy) its record still says
+READY, and a paused holder is not provably gone.
 
 A **holder** (``holder_step``) renews every ``renew_interval``, gives the lease up when its
 instance stops accepting work (drain, stop: ``StepDown``), and stops acting the moment its
@@ -158,6 +160,7 @@ class Election:
     renew_interval: float
     rank_delay: float = RANK_DELAY
     _seen_revision: int = field(default=0, init=False)
+    _last_holder: str | None = field(default=None, init=False)
     _seen_at: float = field(default=0.0, init=False)
     _takeable_since: float | None = field(default=None, init=False)
 
@@ -173,6 +176,7 @@ class Election:
             return Wait()  # draining or stopping: it does not stand
         if lease is None:
             return self._in_turn(now, standbys, probes, Acquire(None, "vacant"))
+        self._last_holder = lease.holder
         if lease.holder == self.me:
             # Written by an earlier incarnation of this id: nobody acts under it any more.
             return Acquire(lease.revision, "taken-over", previous=self.me)
@@ -222,6 +226,9 @@ class Election:
                  action: Acquire) -> Action:
         """``action`` now if we are first among the standbys still answering, else after our rank's delay."""
         ahead = list(standbys[: standbys.index(self.me)] if self.me in standbys else standbys)
+        # The holder whose lease just lapsed is still READY in the records until it is declared
+        # FAILED, and a paused one answers nothing (not GONE): it must not hold the others back.
+        ahead = [node for node in ahead if node != self._last_holder]
         missing = tuple(node for node in ahead if node not in probes)
         if missing:
             return ProbeFirst(missing)
