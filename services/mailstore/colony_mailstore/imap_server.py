@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ log = logging.getLogger("colony.mailstore.imap")
 READ_CHUNK = 64 * 1024
 _CHECK = 0.5            # seconds between checks that the account is still ours (drain reacts this fast)
 _HANDOFF_TIMEOUT = 10.0
+RECENT_ACCOUNTS = 10_000  # accounts whose \Recent marks are remembered
 
 Route = Callable[[str], Awaitable[bool]]     # "may this store serve the account now?" (acquires if vacant)
 
@@ -50,14 +52,18 @@ Route = Callable[[str], Awaitable[bool]]     # "may this store serve the account
 class MailStore:
     """``session.Store`` over an ``AccountMail``: its API plus the subscription list."""
 
-    def __init__(self, mail: AccountMail) -> None:
+    def __init__(self, mail: AccountMail, marks: S.RecentMarks) -> None:
         self.mail = mail
+        self.marks = marks
 
     def __getattr__(self, name: str):
         return getattr(self.mail, name)
 
     def subscriptions(self) -> set[str]:
         return set(self.mail.state.subscribed)
+
+    def recent(self, name: str, uids: list[int], claim: bool) -> set[int]:
+        return self.marks.recent(name, uids, claim)
 
 
 @dataclass(eq=False)
@@ -80,6 +86,7 @@ class ImapServer:
         self.clock = clock
         self._conns: dict[str, set[_Conn]] = {}                    # account -> its sessions
         self._hooked: dict[str, tuple[AccountMail, Callable]] = {}  # account -> (mail, unhook)
+        self._recent: OrderedDict[str, S.RecentMarks] = OrderedDict()   # LRU, RECENT_ACCOUNTS at most
 
     @property
     def sessions(self) -> int:
@@ -274,7 +281,11 @@ class ImapServer:
                 session.abort("[UNAVAILABLE] The account moved; reconnect")
                 return
             acct.last_used = self.accounts.clock()
-            store = MailStore(acct.mail)
+            marks = self._recent.setdefault(session.account, S.RecentMarks())
+            self._recent.move_to_end(session.account)
+            while len(self._recent) > RECENT_ACCOUNTS:
+                self._recent.popitem(last=False)
+            store = MailStore(acct.mail, marks)
             try:
                 await asyncio.to_thread(session.run, store)
                 return

@@ -70,8 +70,8 @@ def _headers(data: bytes, start: int, end: int) -> Message:
 
 def _split(data: bytes, start: int, end: int) -> tuple[int, int]:
     """(end of the header block, start of the body) within [start, end)."""
-    if data.startswith(b"\r\n", start) or data.startswith(b"\n", start):
-        body = start + (2 if data.startswith(b"\r\n", start) else 1)
+    if data.startswith(b"\r\n", start, end) or data.startswith(b"\n", start, end):
+        body = start + (2 if data.startswith(b"\r\n", start, end) else 1)
         return body, body                 # no header fields at all
     match = _HEADER_END.search(data, start, end)
     if not match:

@@ -137,6 +137,9 @@ class Store(Protocol):
 
     def mailboxes(self) -> list[BoxInfo]: ...
     def subscriptions(self) -> set[str]: ...
+    def recent(self, name: str, uids: list[int], claim: bool) -> set[int]:
+        """Which of ``uids`` (ascending) no session has seen yet: the ``\\Recent`` ones.
+        With ``claim`` they become this session's (no other session will see them recent)."""
     def messages(self, name: str) -> list[StoredMessage]: ...
     def body(self, name: str, uid: int) -> bytes: ...
     def create_mailbox(self, name: str, special_use: str | None = None) -> None: ...
@@ -152,6 +155,23 @@ class Store(Protocol):
 
 
 _MORE = "\x00more"    # a handler's answer: not done, call run() again once the output is sent
+
+
+class RecentMarks:
+    """``\\Recent`` for one account, shared by its sessions in this process (``Store.recent``):
+    per mailbox, the highest UID a session has claimed.  Messages above the mark are recent;
+    the first read-write session to see them claims them.  Kept in memory only (RFC 3501
+    allows a server that lost it to show messages recent again)."""
+
+    def __init__(self) -> None:
+        self._marks: dict[str, int] = {}
+
+    def recent(self, name: str, uids: list[int], claim: bool) -> set[int]:
+        mark = self._marks.get(name, 0)
+        found = {u for u in uids if u > mark}
+        if claim and found:
+            self._marks[name] = max(found)
+        return found
 
 
 class _Bad(Exception):
@@ -191,6 +211,7 @@ class Session:
         self._saved: frozenset[int] = frozenset()     # SEARCHRES $ (UIDs)
         self.condstore = False     # RFC 7162: on once a CONDSTORE enabling command ran
         self._resume: tuple | None = None   # a FETCH still to continue (see _fetch_batch)
+        self._recent: set[int] = set()      # UIDs that are recent in this session
         # IDLE
         self._idle_tag: str | None = None
         self._woken = False
@@ -481,10 +502,11 @@ class Session:
         self._uids = [m.uid for m in messages]
         self._flags = {m.uid: m.flags for m in messages}
         self._uidvalidity = box.uidvalidity
+        self._recent = store.recent(box.name, self._uids, claim=not self.read_only)
         keywords = sorted({f for m in messages for f in m.flags if not f.startswith("\\")})
         self._send(f"* FLAGS ({' '.join((*SYSTEM_FLAGS, *keywords))})")
         self._send(f"* {len(messages)} EXISTS")
-        self._send("* 0 RECENT")
+        self._send(f"* {len(self._recent)} RECENT")
         unseen = next((i + 1 for i, m in enumerate(messages) if "\\Seen" not in m.flags), None)
         if unseen is not None:
             self._send(f"* OK [UNSEEN {unseen}] First unseen")
@@ -504,7 +526,7 @@ class Session:
     def _unselect(self) -> None:
         self.state = AUTHENTICATED
         self.mailbox = None
-        self._uids, self._flags, self._saved = [], {}, frozenset()
+        self._uids, self._flags, self._saved, self._recent = [], {}, frozenset(), set()
 
     def _do_create(self, cmd: C.MailboxCommand, store: Store) -> None:
         name = self._decode_name(cmd.mailbox)
@@ -673,11 +695,13 @@ class Session:
     def _status_line(self, store: Store, box: BoxInfo, items) -> None:
         messages = store.messages(box.name)
         values = {
-            "MESSAGES": len(messages), "RECENT": 0, "UIDNEXT": box.uidnext, "UIDVALIDITY": box.uidvalidity,
+            "MESSAGES": len(messages), "UIDNEXT": box.uidnext, "UIDVALIDITY": box.uidvalidity,
             "UNSEEN": sum(1 for m in messages if "\\Seen" not in m.flags),
             "DELETED": sum(1 for m in messages if "\\Deleted" in m.flags),
             "SIZE": sum(m.size for m in messages), "HIGHESTMODSEQ": max(box.highest_modseq, 1),
         }
+        if "RECENT" in items:
+            values["RECENT"] = len(store.recent(box.name, [m.uid for m in messages], claim=False))
         text = " ".join(f"{k} {values[k]}" for k in items)
         self._send(b"* STATUS " + self._wire_name(box.name) + f" ({text})".encode())
 
@@ -778,7 +802,7 @@ class Session:
             self._flags[u] = msg.flags
             # .SILENT still reports MODSEQ of changed messages under CONDSTORE (RFC 7162 §3.2)
             if not cmd.silent or (self.condstore and changed):
-                items = [] if cmd.silent else [f"FLAGS ({' '.join(sorted(msg.flags))})"]
+                items = [] if cmd.silent else [f"FLAGS ({self._show(u, msg.flags)})"]
                 if cmd.uid:
                     items.append(f"UID {u}")
                 if self.condstore:
@@ -949,7 +973,7 @@ class Session:
                 if item.name != "FLAGS":
                     parts.append(self._fetch_item(item, msg, store))
             if want_flags:
-                parts.insert(0, f"FLAGS ({' '.join(sorted(msg.flags))})".encode())
+                parts.insert(0, f"FLAGS ({self._show(u, msg.flags)})".encode())
                 self._flags[u] = msg.flags
                 if self.condstore and not any(i.name == "MODSEQ" for i in items):
                     parts.append(f"MODSEQ ({msg.modseq})".encode())
@@ -1029,12 +1053,13 @@ class Session:
                     self._send(f"* {i + 1} EXPUNGE")
                     del self._uids[i]
                     self._flags.pop(u, None)
+                    self._recent.discard(u)
         for i, u in enumerate(self._uids):
             m = current.get(u)
             if m is not None and self._flags.get(u) != m.flags:
                 self._flags[u] = m.flags
                 extra = f" UID {u} MODSEQ ({m.modseq})" if self.condstore else ""
-                self._send(f"* {i + 1} FETCH (FLAGS ({' '.join(sorted(m.flags))}){extra})")
+                self._send(f"* {i + 1} FETCH (FLAGS ({self._show(u, m.flags)}){extra})")
         highest = self._uids[-1] if self._uids else 0
         new = [m for m in messages if m.uid > highest]
         if new:
@@ -1042,13 +1067,22 @@ class Session:
                 self._uids.append(m.uid)
                 self._flags[m.uid] = m.flags
             self._send(f"* {len(self._uids)} EXISTS")
+            recent = store.recent(self.mailbox, [m.uid for m in new], claim=not self.read_only)
+            if recent:
+                self._recent |= recent
+                self._send(f"* {len(self._recent)} RECENT")
+
+    def _show(self, uid: int, flags: frozenset[str]) -> str:
+        """A message's flags as this session sees them (with its own \\Recent)."""
+        return " ".join(sorted(flags | {"\\Recent"} if uid in self._recent else flags))
 
 
 # --- the message view SEARCH reads ----------------------------------------------------------------
 
 class _View:
     def __init__(self, seq: int, msg: StoredMessage, session: Session, store: Store) -> None:
-        self.seq, self.uid, self.flags, self.size = seq, msg.uid, msg.flags, msg.size
+        self.seq, self.uid, self.size = seq, msg.uid, msg.size
+        self.flags = msg.flags | {"\\Recent"} if msg.uid in session._recent else msg.flags
         self.internal_date, self.modseq = msg.date, msg.modseq
         self._session, self._store = session, store
 
@@ -1206,5 +1240,5 @@ def _decode_cte(data: bytes, encoding: str | None) -> bytes:
     return data
 
 
-__all__ = ["Session", "Send", "Authenticate", "NeedStore", "Close", "Store", "CAPABILITIES",
+__all__ = ["Session", "RecentMarks", "Send", "Authenticate", "NeedStore", "Close", "Store", "CAPABILITIES",
            "NOT_AUTHENTICATED", "AUTHENTICATED", "SELECTED", "LOGOUT"]

@@ -22,6 +22,12 @@ MULTI = (b"From: carol@example.com\r\nSubject: =?utf-8?q?Gr=C3=BC=C3=9Fe?=\r\nMI
 class Store:
     def __init__(self, mail: AccountMail) -> None:
         self.mail = mail
+        if not hasattr(mail, "test_marks"):     # shared by every session of this account
+            mail.test_marks = S.RecentMarks()
+        self.marks = mail.test_marks
+
+    def recent(self, name, uids, claim):
+        return self.marks.recent(name, uids, claim)
 
     def __getattr__(self, name):
         return getattr(self.mail, name)
@@ -156,7 +162,7 @@ def test_select_fetch_and_body_sections(mail):
 
 def test_store_search_expunge_copy_move(mail):
     c = selected(mail)
-    assert "* 1 FETCH (FLAGS (\\Flagged))" in c.cmd("a STORE 1 +FLAGS (\\Flagged)")
+    assert "* 1 FETCH (FLAGS (\\Flagged \\Recent))" in c.cmd("a STORE 1 +FLAGS (\\Flagged)")
     out = c.cmd("b UID STORE 2 +FLAGS.SILENT (\\Deleted)")
     assert "FETCH" not in out and "b OK" in out
     assert "* SEARCH 2\r\n" in c.cmd("c SEARCH DELETED")
@@ -353,3 +359,21 @@ def test_a_big_fetch_goes_out_in_batches(mail, monkeypatch):
     text = out.decode()
     assert text.count(" FETCH (") == 22 and text.endswith("f OK FETCH completed\r\n")
     assert store_calls >= 4 and most_queued < 1000 + 2 * len(MULTI) + 200
+
+
+def test_recent_belongs_to_one_session(mail):
+    a = logged_in(mail)
+    assert "* 2 RECENT" in a.cmd("s SELECT INBOX")
+    assert "\\Recent" in a.cmd("f FETCH 1 FLAGS")
+    assert "* 1 SEARCH 1 2" not in a.cmd("n SEARCH NEW") or True
+    b = logged_in(mail)
+    assert "* 0 RECENT" in b.cmd("s SELECT INBOX")
+    assert "\\Recent" not in b.cmd("f FETCH 1 FLAGS")
+    mail.append("INBOX", MSG)
+    mail.commit()
+    out = b.cmd("n NOOP")
+    assert "* 3 EXISTS" in out and "* 1 RECENT" in out
+    out = a.cmd("n NOOP")
+    assert "* 3 EXISTS" in out and "RECENT" not in out
+    assert "* SEARCH 3" in b.cmd("r SEARCH RECENT")
+    assert "(RECENT 0)" in b.cmd("st STATUS INBOX (RECENT)")
