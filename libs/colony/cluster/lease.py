@@ -14,8 +14,10 @@ How an unrenewed lease disappears
     With ``js`` and ``bucket`` given, every lease write carries a per-message TTL
     (``Nats-TTL``, the lease length rounded up to whole seconds, which is what the server
     accepts), so the bucket itself may keep other keys for longer: that is how the
-    controller's decisions live beside its lease (``colony.cluster.decisions``).  Without
-    them the writes are plain KV updates and the bucket's max age must be the lease length.
+    controller's decisions live beside its lease (``colony.cluster.decisions``).  (The other
+    way round does not work: a message whose TTL is longer than the stream's max age still
+    goes at the max age, seen on nats-server 2.15.)  Without ``js`` and ``bucket`` the writes
+    are plain KV updates and the bucket's max age must be the lease length.
 
 Fenced writes
     ``publish_fenced`` writes to another subject of the lease's stream with
