@@ -173,6 +173,15 @@ def sip_relay_subject(node_id: str) -> str:
     return f"colony.sip.relay.{to_token(node_id)}"
 
 
+SIP_HANDLE = "colony.sip.handle.*"   # pattern of sip_handle_subject, for permissions
+
+
+def sip_handle_subject(node_id: str) -> str:
+    """Core NATS request/reply: a new SIP transaction for the member its Call-ID hashes to
+    (``colony_sipfarm.workload`` documents the payloads)."""
+    return f"colony.sip.handle.{to_token(node_id)}"
+
+
 SIP_NONCE_SECRET_KEY = "farm.nonce-secret"  # in sip_bindings: the farm-wide digest nonce secret
 
 
@@ -304,8 +313,9 @@ GRANTS: dict[str, Grant] = {
         append=(SUBJECTS_USAGE,),
         kv_write=(BUCKET_SIP_BINDINGS, BUCKET_RATE_COUNTERS),
         kv_read=(BUCKET_DIRECTORY,),
-        call=(AUTH_SIP_CREDENTIALS, DIRECTORY_LOOKUP, DIRECTORY_RECIPIENTS, SIP_RELAY),
+        call=(AUTH_SIP_CREDENTIALS, DIRECTORY_LOOKUP, DIRECTORY_RECIPIENTS, SIP_RELAY, SIP_HANDLE),
         listen=(SIP_RELAY,),
+        serve=(SIP_HANDLE,),
     ),
     # Only the admin API writes PROVISIONING (and its audit trail) and the directory it projects.
     "admin-api": _with(

@@ -39,6 +39,7 @@ import ipaddress
 import logging
 import time
 from collections import OrderedDict
+from contextvars import ContextVar
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -66,6 +67,11 @@ LOCAL_TAG = "cf-"
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, MESSAGE, INFO, UPDATE, REFER, NOTIFY, SUBSCRIBE, PRACK"
 ANSWER_CACHE = 20_000        # remembered local answers (retransmissions get the same one)
 ANSWER_LIFETIME = 32.0       # seconds: 64*T1, a transaction's longest life
+MAX_SPREAD_SIZE = 65_535     # spread_key reads anything; handle() applies sip_max_message_size
+
+# The member holding the connection the packet being handled came in on (it may have
+# handed the packet to us): what bindings and our Vias must name.  Per task, not per farm.
+_flow_member: ContextVar[str | None] = ContextVar("sip_flow_member", default=None)
 
 
 @dataclass(frozen=True)
@@ -117,8 +123,10 @@ class SipFarm:
 
     # --- entry point ----------------------------------------------------------------------
 
-    async def handle(self, data: bytes, source: Destination) -> list[Outbound]:
-        """One message from ``source``; returns what to send."""
+    async def handle(self, data: bytes, source: Destination, flow_member: str | None = None) -> list[Outbound]:
+        """One message from ``source`` (that arrived at ``flow_member``, default: this
+        member); returns what to send.  ``Outbound.member`` None: the member it arrived at."""
+        _flow_member.set(flow_member)
         try:
             message = parse_message(data, self.settings.sip_max_message_size)
         except SipParseError as exc:
@@ -134,6 +142,21 @@ class SipFarm:
         if isinstance(message, SipResponse):
             return await self._on_response(message)
         return await self._on_request(message, source)
+
+    @staticmethod
+    def spread_key(data: bytes) -> str | None:
+        """The Call-ID of a request that starts new work (REGISTER, or a request outside a
+        dialog), which goes to the READY member it hashes to; None for everything any member
+        handles alike (responses, ACK, CANCEL, in-dialog requests, what does not parse)."""
+        try:
+            message = parse_message(data, MAX_SPREAD_SIZE)
+        except SipParseError:
+            return None
+        if isinstance(message, SipResponse) or message.method in ("ACK", "CANCEL"):
+            return None
+        if "Route" in message.headers or "tag" in (message.headers.get("To") or ""):
+            return None
+        return message.call_id or None
 
     # --- requests -------------------------------------------------------------------------
 
@@ -309,7 +332,7 @@ class SipFarm:
                     result.pop(uri, None)
                     continue
                 result[uri] = Binding(contact=uri, q=q, expires_at=now + expires, call_id=call_id, cseq=cseq,
-                                      registered_at=now, member=self.node_id, transport=transport,
+                                      registered_at=now, member=self._flow(), transport=transport,
                                       source=f"{host}:{port}", nat=nat, user_agent=agent)
             if len(result) > self.settings.sip_max_bindings:
                 raise _TooMany()
@@ -346,7 +369,10 @@ class SipFarm:
         branch = FARM_BRANCH + _hash(incoming.branch or "", incoming.host, str(incoming.port), request.call_id,
                                      str(request.cseq().number))
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"SIP/2.0/{transport} {host}:{self.port};branch={branch};m={names.node_key(self.node_id)}"
+        return f"SIP/2.0/{transport} {host}:{self.port};branch={branch};m={names.node_key(self._flow())}"
+
+    def _flow(self) -> str:
+        return _flow_member.get() or self.node_id
 
     def _forward(self, request: SipRequest, source: Destination, destination: Destination,
                  member: str | None, record_route: bool) -> list[Outbound]:
@@ -364,7 +390,7 @@ class SipFarm:
     def _binding_destination(self, binding: Binding) -> tuple[Destination, str | None]:
         host, _, port = binding.source.rpartition(":")
         if binding.transport != "UDP":
-            return (binding.transport, host, int(port)), (names.node_key(binding.member) if binding.member != self.node_id else None)
+            return (binding.transport, host, int(port)), (names.node_key(binding.member) if binding.member != self._flow() else None)
         if binding.nat:
             return ("UDP", host, int(port)), None
         contact = parse_uri(binding.contact)
@@ -429,7 +455,7 @@ class SipFarm:
         if not uri.user:
             return None
         for binding in await self.store.lookup(f"{uri.user}@{uri.host}".lower()):
-            if binding.contact == str(uri) and binding.member != self.node_id:
+            if binding.contact == str(uri) and binding.member != self._flow():
                 return names.node_key(binding.member)
         return None
 
@@ -469,7 +495,7 @@ class SipFarm:
         self.metrics.forwarded.labels(kind="response", method=method).inc()
         destination = response_destination(nxt, None)
         member = ours.params.get("m")
-        if destination[0] == "UDP" or member in (None, names.node_key(self.node_id)):
+        if destination[0] == "UDP" or member in (None, names.node_key(self._flow())):
             member = None
         return [Outbound(response.encode(), destination, member)]
 

@@ -1,5 +1,15 @@
 """The SIP farm member's asyncio shell: UDP and TCP listeners around ``SipFarm``.
 
+New work is spread: a request that starts a transaction of its own (``SipFarm.spread_key``)
+is handled by the READY member its Call-ID hashes to (rendezvous hashing over the members
+this one sees in the ``nodes`` bucket with a fresh heartbeat), so every packet of one
+registration or call setup meets the same member's nonce counts and answer cache, and a
+draining member gets none.  The receiving member asks the owner over
+``colony.sip.handle.<owner>`` (request ``{"d": <base64 packet>, "s": [transport, host, port], "m": <node id it arrived at>}``,
+reply ``{"o": [{"d": <base64>, "t": [transport, host, port], "m": <member token> | null}]}``)
+and sends the answers itself, from the address the phone talked to (its NAT expects that).
+An owner that does not answer within a second is skipped for ten and the packet handled here.
+
 Each datagram or framed stream message is handed to ``SipFarm.handle`` in a task of its own
 (bounded: at most ``MAX_INFLIGHT`` at once, more UDP packets are dropped as a full socket
 buffer would); the answers go out on the UDP socket, on the TCP connection to that peer
@@ -19,7 +29,15 @@ from contextlib import suppress
 
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
+from datetime import datetime, timedelta, timezone
+
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
+from pydantic import ValidationError
+
 from colony.bus import names
+from colony.cluster.membership import NodeRecord, NodeState
+from colony.hashing import choose
 from colony.bus.tokens import from_token
 from colony.contracts.auth import AuthClient
 from colony.counters import SharedCounters
@@ -36,6 +54,8 @@ log = logging.getLogger("colony.sipfarm")
 
 MAX_INFLIGHT = 2000
 MAX_CONNECTIONS = 10_000
+HANDLE_TIMEOUT = 1.0     # seconds an owner has to answer a spread packet
+SUSPECT_FOR = 10.0       # seconds an owner that did not answer is passed over
 
 
 class _Udp(asyncio.DatagramProtocol):
@@ -59,6 +79,8 @@ class SipWorkload:
         self.counters: SharedCounters | None = None
         self._inflight: set[asyncio.Task] = set()
         self._runtime = None
+        self._members: dict[str, NodeRecord] = {}        # sipfarm records, by node id
+        self._suspect: dict[str, float] = {}             # node id -> monotonic time to trust again
 
     async def start(self, runtime) -> dict[str, str]:
         self._runtime = runtime
@@ -81,6 +103,8 @@ class SipWorkload:
             counters=self.counters, secret=await self._secret(kv), address=(s.advertised_host, port),
             registry=runtime.metrics.registry, publish_usage=publish_usage)
         await runtime.nc.subscribe(names.sip_relay_subject(runtime.node_id), cb=self._on_relay)
+        await runtime.nc.subscribe(names.sip_handle_subject(runtime.node_id), cb=self._on_handle)
+        runtime.spawn("sip-members", self._watch_members, restart=True)
         return {"sip": f"{s.advertised_host}:{port}"}
 
     async def _secret(self, kv) -> bytes:
@@ -104,12 +128,82 @@ class SipWorkload:
 
     async def _handle(self, data: bytes, source: Destination) -> None:
         try:
-            out = await self.farm.handle(data, source)
+            owner = self._owner(data)
+            out = None
+            if owner is not None:
+                out = await self._ask_owner(owner, data, source)
+            if out is None:
+                out = await self.farm.handle(data, source)
         except Exception:
             log.exception("SIP message from %s:%s failed", source[1], source[2])
             return
         for item in out:
             await self._send(item)
+
+    # --- spreading new work over READY members ----------------------------------------------
+
+    def ready_members(self) -> list[str]:
+        now, fresh = time.monotonic(), datetime.now(timezone.utc) - timedelta(seconds=self.settings.node_ttl)
+        return [r.id for r in self._members.values()
+                if r.state == NodeState.READY and r.heartbeat_at >= fresh and self._suspect.get(r.id, 0) <= now]
+
+    def _owner(self, data: bytes) -> str | None:
+        """The other member that should handle this packet, or None: handle it here."""
+        key = SipFarm.spread_key(data)
+        if key is None:
+            return None
+        owner = choose(key, self.ready_members())
+        return owner if owner not in (None, self._runtime.node_id) else None
+
+    async def _ask_owner(self, owner: str, data: bytes, source: Destination) -> list[Outbound] | None:
+        payload = json.dumps({"d": base64.b64encode(data).decode(), "s": list(source),
+                              "m": self._runtime.node_id}).encode()
+        try:
+            msg = await self._runtime.nc.request(names.sip_handle_subject(owner), payload, timeout=HANDLE_TIMEOUT,
+                                                 headers=inject_headers() or None)
+            body = json.loads(msg.data)
+            self.farm.metrics.relays.inc()
+            return [Outbound(base64.b64decode(o["d"]), tuple(o["t"]), o.get("m")) for o in body["o"]]
+        except (NatsTimeoutError, NoRespondersError, TimeoutError, ValueError, KeyError, TypeError) as exc:
+            log.info("member %s did not take a SIP packet (%s): handled here", owner, type(exc).__name__)
+            self._suspect[owner] = time.monotonic() + SUSPECT_FOR
+            return None
+
+    async def _on_handle(self, msg) -> None:
+        try:
+            body = json.loads(msg.data)
+            data, source, arrived_at = base64.b64decode(body["d"]), tuple(body["s"]), str(body["m"])
+        except (ValueError, KeyError, TypeError):
+            return
+        from opentelemetry import trace
+        with trace.get_tracer("colony.sipfarm").start_as_current_span("sip.handle", context=extract_context(msg.headers)):
+            try:
+                out = await self.farm.handle(data, source, flow_member=arrived_at)
+            except Exception:
+                log.exception("SIP message from %s:%s (spread to us) failed", source[1], source[2])
+                out = []
+        reply = {"o": [{"d": base64.b64encode(o.data).decode(), "t": list(o.destination), "m": o.member} for o in out]}
+        await msg.respond(json.dumps(reply).encode())
+
+    async def _watch_members(self) -> None:
+        kv = await self._runtime.nc.jetstream().key_value(names.BUCKET_NODES)
+        watcher = await kv.watchall()
+        try:
+            async for entry in watcher:
+                if entry is None:
+                    continue
+                if not entry.value or entry.operation in ("DEL", "PURGE"):
+                    self._members = {k: v for k, v in self._members.items() if names.node_key(k) != entry.key}
+                    continue
+                try:
+                    record = NodeRecord.decode(entry.value)
+                except ValidationError:
+                    continue
+                if record.role == self.role:
+                    self._members[record.id] = record
+        finally:
+            with suppress(Exception):
+                await watcher.stop()
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")

@@ -305,3 +305,39 @@ async def test_a_phone_on_tcp_at_one_member_is_called_through_another(farm, clus
             caller.close()
     finally:
         writer.close()
+
+
+def metric(cluster_view_addresses: dict, name: str) -> float:
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://{cluster_view_addresses['ops']}/metrics", timeout=10).read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
+
+
+async def test_new_transactions_go_to_the_member_their_call_id_hashes_to(farm, cluster):
+    """An OPTIONS sent to member 1 whose Call-ID hashes to member 2 is answered by member 2
+    (through member 1, from the address the client talked to)."""
+    from colony.hashing import choose
+
+    view = await cluster.view()
+    call_ids = [c for c in (uuid.uuid4().hex for _ in range(200))
+                if choose(c, ["sipfarm-1", "sipfarm-2"]) == "sipfarm-2"][:5]
+    loop = asyncio.get_running_loop()
+    sock, inbox = await loop.create_datagram_endpoint(Udp, local_addr=("127.0.0.1", 0))
+    port = sock.get_extra_info("sockname")[1]
+    name = 'colony_sip_answers_total{code="200",method="OPTIONS"}'
+    try:
+        async def answered_by_member_2():
+            for call_id in call_ids:
+                options = (f"OPTIONS sip:{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{port};rport;branch=z9hG4bK{uuid.uuid4().hex}\r\n"
+                           f"From: <sip:x@{DOMAIN}>;tag=1\r\nTo: <sip:{DOMAIN}>\r\nCall-ID: {call_id}\r\n"
+                           f"CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n")
+                sock.sendto(options.encode(), farm[0])
+                answer = parse_message(await asyncio.wait_for(inbox.queue.get(), 10))
+                assert answer.status == 200
+            return await asyncio.to_thread(metric, view["sipfarm-2"].addresses, name) >= len(call_ids)
+        # Member 1 learns of member 2 from the nodes bucket; until then it answers itself.
+        await wait_until(answered_by_member_2, 30, "member 2 to answer the OPTIONS that hash to it", interval=0.5)
+        assert await asyncio.to_thread(metric, view["sipfarm-1"].addresses, "colony_sip_relays_total") >= len(call_ids)
+    finally:
+        sock.close()
