@@ -52,9 +52,10 @@ Route = Callable[[str], Awaitable[bool]]     # "may this store serve the account
 class MailStore:
     """``session.Store`` over an ``AccountMail``: its API plus the subscription list."""
 
-    def __init__(self, mail: AccountMail, marks: S.RecentMarks) -> None:
+    def __init__(self, mail: AccountMail, marks: S.RecentMarks, quota_bytes: int | None) -> None:
         self.mail = mail
         self.marks = marks
+        self.quota_bytes = quota_bytes
 
     def __getattr__(self, name: str):
         return getattr(self.mail, name)
@@ -276,6 +277,11 @@ class ImapServer:
             log.info("IMAP session for %s: account unavailable: %s", session.account, exc)
             session.abort("[UNAVAILABLE] The account is not available here right now")
             return
+        try:
+            quota = await self.accounts.directory.quota(session.account)   # cached by the directory
+        except Exception as exc:   # the bus is away: serve mail, enforce the quota next time
+            log.warning("quota of %s unknown: %s", session.account, exc)
+            quota = None
         async with acct.lock:
             if self.accounts.open.get(session.account) is not acct:
                 session.abort("[UNAVAILABLE] The account moved; reconnect")
@@ -285,7 +291,7 @@ class ImapServer:
             self._recent.move_to_end(session.account)
             while len(self._recent) > RECENT_ACCOUNTS:
                 self._recent.popitem(last=False)
-            store = MailStore(acct.mail, marks)
+            store = MailStore(acct.mail, marks, quota)
             try:
                 await asyncio.to_thread(session.run, store)
                 return

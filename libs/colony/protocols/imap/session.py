@@ -65,7 +65,9 @@ NOT_AUTHENTICATED, AUTHENTICATED, SELECTED, LOGOUT = "not authenticated", "authe
 AUTOLOGOUT = 30 * 60.0
 DELIMITER = "/"
 SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
-_STATUS_OFFERED = {"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "SIZE", "DELETED", "HIGHESTMODSEQ"}
+_STATUS_OFFERED = {"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "SIZE", "DELETED", "HIGHESTMODSEQ",
+                   "DELETED-STORAGE"}
+QUOTA_ROOT = ""     # one quota root per account: all its mailboxes (RFC 9208)
 FETCH_BATCH_BYTES = 1024 * 1024
 MIME_CACHE = 8           # parsed messages kept per session
 MAX_APPEND = 64 * 1024 * 1024
@@ -73,13 +75,13 @@ MAX_APPEND = 64 * 1024 * 1024
 CAPABILITIES = ("IMAP4rev1", "LITERAL+", "ID", "IDLE", "NAMESPACE", "UNSELECT", "UIDPLUS", "MOVE", "CHILDREN",
                 "SPECIAL-USE", "ENABLE", "ESEARCH", "SEARCHRES", "SORT", "THREAD=ORDEREDSUBJECT",
                 "THREAD=REFERENCES", "MULTIAPPEND", "STATUS=SIZE", "BINARY", "CONDSTORE",
-                "LIST-EXTENDED", "LIST-STATUS")
+                "LIST-EXTENDED", "LIST-STATUS", "QUOTA", "QUOTA=RES-STORAGE")
 PREAUTH_CAPABILITIES = ("AUTH=PLAIN", "SASL-IR")
 
 _ANY = {"CAPABILITY", "NOOP", "LOGOUT", "ID"}
 _NOT_AUTH = {"LOGIN", "AUTHENTICATE", "STARTTLS"}
 _AUTH = {"SELECT", "EXAMINE", "CREATE", "DELETE", "RENAME", "SUBSCRIBE", "UNSUBSCRIBE", "LIST", "LSUB", "STATUS",
-         "APPEND", "NAMESPACE", "ENABLE", "IDLE"}
+         "APPEND", "NAMESPACE", "ENABLE", "IDLE", "GETQUOTA", "GETQUOTAROOT", "SETQUOTA"}
 _SELECTED = {"CHECK", "CLOSE", "UNSELECT", "EXPUNGE", "SEARCH", "FETCH", "STORE", "COPY", "MOVE", "SORT", "THREAD",
              "UID EXPUNGE"}
 
@@ -137,6 +139,9 @@ class Store(Protocol):
 
     def mailboxes(self) -> list[BoxInfo]: ...
     def subscriptions(self) -> set[str]: ...
+    quota_bytes: int | None     # the account's storage limit (None: unlimited)
+    bytes_used: int
+
     def recent(self, name: str, uids: list[int], claim: bool) -> set[int]:
         """Which of ``uids`` (ascending) no session has seen yet: the ``\\Recent`` ones.
         With ``claim`` they become this session's (no other session will see them recent)."""
@@ -699,6 +704,7 @@ class Session:
             "UNSEEN": sum(1 for m in messages if "\\Seen" not in m.flags),
             "DELETED": sum(1 for m in messages if "\\Deleted" in m.flags),
             "SIZE": sum(m.size for m in messages), "HIGHESTMODSEQ": max(box.highest_modseq, 1),
+            "DELETED-STORAGE": _kib(sum(m.size for m in messages if "\\Deleted" in m.flags)),
         }
         if "RECENT" in items:
             values["RECENT"] = len(store.recent(box.name, [m.uid for m in messages], claim=False))
@@ -711,6 +717,7 @@ class Session:
             box = self._find(store, name)
         except _No:
             raise _No("[TRYCREATE] No such mailbox") from None
+        self._check_quota(store, sum(len(m.data) for m in cmd.messages))
         uids = []
         for message in cmd.messages:
             if not message.data:
@@ -723,6 +730,33 @@ class Session:
         store.commit()
         self._sync(store, expunge=True)
         return f"[APPENDUID {box.uidvalidity} {_compress(uids)}] APPEND completed"
+
+    # --- QUOTA (RFC 9208): one root, "", for the whole account; STORAGE in KiB ------------------
+
+    def _check_quota(self, store: Store, adding: int) -> None:
+        limit = store.quota_bytes
+        if limit is not None and store.bytes_used + adding > limit:
+            raise _No("[OVERQUOTA] The mailbox quota would be exceeded")
+
+    def _quota_line(self, store: Store) -> None:
+        if store.quota_bytes is not None:
+            self._send(f'* QUOTA "" (STORAGE {_kib(store.bytes_used)} {store.quota_bytes // 1024})')
+
+    def _do_getquotaroot(self, cmd: C.MailboxCommand, store: Store) -> None:
+        box = self._find(store, self._decode_name(cmd.mailbox))
+        roots = ' ""' if store.quota_bytes is not None else ""
+        self._send(b"* QUOTAROOT " + self._wire_name(box.name) + roots.encode())
+        self._quota_line(store)
+        self._sync(store, expunge=True)
+
+    def _do_getquota(self, cmd: C.Quota, store: Store) -> None:
+        if cmd.root != QUOTA_ROOT.encode() or store.quota_bytes is None:
+            raise _No("[NONEXISTENT] No such quota root")
+        self._quota_line(store)
+        self._sync(store, expunge=True)
+
+    def _do_setquota(self, cmd: C.Quota, store: Store) -> None:
+        raise _No("[NOPERM] Quotas are set by the administrator")
 
     # --- selected state -------------------------------------------------------------------------
 
@@ -827,6 +861,8 @@ class Session:
                 raise _No("[READ-ONLY] Mailbox is read-only")
             mapping = store.move(self.mailbox, uids, box.name)
         else:
+            sizes = {m.uid: m.size for m in store.messages(self.mailbox)}
+            self._check_quota(store, sum(sizes[u] for u in uids))
             mapping = store.copy(self.mailbox, uids, box.name)
         store.commit()
         code = ""
@@ -1216,6 +1252,10 @@ def _compress(numbers: list[int]) -> str:
     if start is not None:
         out.append(str(start) if start == prev else f"{start}:{prev}")
     return ",".join(out)
+
+
+def _kib(octets: int) -> int:
+    return (octets + 1023) // 1024
 
 
 def _literal(data: bytes) -> bytes:

@@ -20,6 +20,8 @@ MULTI = (b"From: carol@example.com\r\nSubject: =?utf-8?q?Gr=C3=BC=C3=9Fe?=\r\nMI
 
 
 class Store:
+    quota_bytes = None
+
     def __init__(self, mail: AccountMail) -> None:
         self.mail = mail
         if not hasattr(mail, "test_marks"):     # shared by every session of this account
@@ -377,3 +379,20 @@ def test_recent_belongs_to_one_session(mail):
     assert "* 3 EXISTS" in out and "RECENT" not in out
     assert "* SEARCH 3" in b.cmd("r SEARCH RECENT")
     assert "(RECENT 0)" in b.cmd("st STATUS INBOX (RECENT)")
+
+
+def test_quota(mail):
+    c = selected(mail)
+    assert "* QUOTAROOT \"INBOX\"\r\n" in c.cmd("q GETQUOTAROOT INBOX")
+    c.store.quota_bytes = 4096
+    out = c.cmd("q2 GETQUOTAROOT INBOX")
+    assert "* QUOTAROOT \"INBOX\" \"\"" in out and '* QUOTA "" (STORAGE 1 4)' in out
+    assert '* QUOTA "" (STORAGE 1 4)' in c.cmd('q3 GETQUOTA ""')
+    assert "NO [NONEXISTENT]" in c.cmd('q4 GETQUOTA "other"')
+    assert "NO [NOPERM]" in c.cmd('q5 SETQUOTA "" (STORAGE 10)')
+    big = b"x" * 5000
+    assert "NO [OVERQUOTA]" in c.send(b"a APPEND INBOX {5000+}\r\n" + big + b"\r\n")
+    c.store.quota_bytes = len(MSG) + len(MULTI) + 100
+    assert "NO [OVERQUOTA]" in c.cmd("k COPY 1:2 Archive")
+    c.cmd("d STORE 1 +FLAGS.SILENT (\\Deleted)")
+    assert "DELETED-STORAGE 1" in c.cmd("s STATUS INBOX (DELETED-STORAGE)")
