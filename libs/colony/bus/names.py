@@ -17,6 +17,7 @@ BUCKET_ACCOUNT_OWNERS = "account_owners"  # per-account single-writer leases
 BUCKET_SIP_BINDINGS = "sip_bindings"    # SIP registrations
 BUCKET_DIRECTORY = "directory"          # what edges need to route without a round trip
 BUCKET_RATE_COUNTERS = "rate_counters"  # flow-control counters shared by every edge and farm member
+BUCKET_SECRET_KEYS = "secret_keys"      # data keys sealing PROVISIONING's secrets: the admin API's only
 
 CONTROLLER_LEASE_KEY = "controller"
 
@@ -322,7 +323,8 @@ GRANTS: dict[str, Grant] = {
         _INSTANCE,
         append=(SUBJECTS_PROVISIONING, SUBJECTS_AUDIT),
         read=(STREAM_PROVISIONING, STREAM_AUDIT, STREAM_USAGE, STREAM_CLUSTER, STREAM_DEAD_LETTERS),
-        kv_write=(BUCKET_DIRECTORY,),
+        # secret_keys: nobody else may read it, so PROVISIONING's sealed secrets open only here.
+        kv_write=(BUCKET_DIRECTORY, BUCKET_SECRET_KEYS),
         kv_read=(BUCKET_NODES, BUCKET_ACCOUNT_OWNERS, BUCKET_SIP_BINDINGS),
         call=(CONTROLLER_API, ADMIN_READMODEL_POSITIONS),
         serve=(AUTH_CHECK, AUTH_SIP_CREDENTIALS, DIRECTORY_LOOKUP, DIRECTORY_RECIPIENTS),

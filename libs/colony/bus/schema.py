@@ -43,6 +43,7 @@ class Buckets:
     sip_bindings: KeyValueConfig
     directory: KeyValueConfig
     rate_counters: KeyValueConfig
+    secret_keys: KeyValueConfig
 
 
 def bucket_configs(settings: Settings) -> Buckets:
@@ -82,6 +83,12 @@ def bucket_configs(settings: Settings) -> Buckets:
             bucket=names.BUCKET_RATE_COUNTERS, history=1, ttl=settings.rate_counter_max_age,
             storage=StorageType.FILE, replicas=r,
             description="flow-control counters shared by every edge and SIP farm member",
+        ),
+        # History 1 and purged on replacement: a shredded key must not survive as an old
+        # revision (colony_admin/auth/sealing.py).
+        secret_keys=KeyValueConfig(
+            bucket=names.BUCKET_SECRET_KEYS, history=1, storage=StorageType.FILE, replicas=r,
+            description="data keys of the secrets sealed in PROVISIONING (admin API only)",
         ),
     )
 
@@ -125,7 +132,7 @@ async def ensure_schema(js: JetStreamContext, settings: Settings, deadline: floa
         await _retrying(lambda c=config: _ensure_stream(js, c), config.name, deadline)
     buckets = bucket_configs(settings)
     for kv in (buckets.nodes, buckets.leases, buckets.account_owners, buckets.sip_bindings, buckets.directory,
-               buckets.rate_counters):
+               buckets.rate_counters, buckets.secret_keys):
         await _retrying(lambda k=kv: _ensure_bucket(js, k), kv.bucket, deadline)
     for obj in object_store_configs(settings):
         await _retrying(lambda o=obj: _ensure_object_store(js, o), obj.bucket, deadline)

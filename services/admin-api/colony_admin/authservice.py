@@ -168,7 +168,8 @@ class AuthService:
         if wait:
             return AuthCheckReply.refused(AuthFailure.THROTTLED, retry_after=round(wait, 1))
         found = await self._lookup(address)
-        stored = found["account"]["password_hash"] if found else None
+        # The read model holds the sealed value (auth/sealing.py); None once shredded.
+        stored = await self.provisioning.keys.open(found["account"]["password_hash"]) if found else None
         # Verify even for an unknown account would cost argon2 time; we skip it and accept the
         # timing difference because throttling caps probing anyway.
         verdict = await self.provisioning.check_password(stored, password) if stored else None
@@ -205,7 +206,7 @@ class AuthService:
             return SipCredentialsReply.refused(SipFailure.ACCOUNT_DISABLED)
         if "sip" not in effective(acct, found["limits"])["services"]:
             return SipCredentialsReply.refused(SipFailure.SERVICE_NOT_ENABLED)
-        ha1 = (acct["sip_ha1"] or {}).get(request.algorithm)
+        ha1 = await self.provisioning.keys.open((acct["sip_ha1"] or {}).get(request.algorithm))
         if not ha1:
             return SipCredentialsReply.refused(SipFailure.NO_CREDENTIALS)
         return SipCredentialsReply(ok=True, username=acct["name"], realm=acct["domain"], algorithm=request.algorithm,

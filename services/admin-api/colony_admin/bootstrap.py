@@ -19,6 +19,7 @@ from colony.eventstore import ConcurrencyConflict, EventStore
 from colony.settings import Settings
 from colony_admin import aggregates
 from colony_admin.auth import secrets
+from colony_admin.auth.sealing import SecretKeys
 from colony_admin.models import Role, TokenCreate
 
 BOOTSTRAP_TOKEN_ID = "bootstrap0000000"  # 16 characters, like every token id
@@ -40,10 +41,14 @@ async def ensure_bootstrap_token(settings: Settings, nc: Client) -> str | None:
     token = f"{secrets.TOKEN_PREFIX}{BOOTSTRAP_TOKEN_ID}_{secrets.split_token(random_token)[1]}"
     events = aggregates.create_token(None, BOOTSTRAP_TOKEN_ID,
                                      TokenCreate(name="bootstrap", role=Role.SYSTEM_ADMIN), digest, "colony up")
+    keys = SecretKeys(nc.jetstream(timeout=5.0))
+    sealed = await keys.seal(events)  # the digest is keyed, like every token's (auth/sealing.py)
     try:
-        await store.append(subject, [e.encode() for e in events], 0)
+        await store.append(subject, [e.encode() for e in sealed.events], 0)
     except ConcurrencyConflict:
-        return None  # another starter won the race
+        # Another starter won the race.  Both used the one key under the token's name (it is
+        # got or created, never overwritten), so nothing is left to undo.
+        return None
     return token
 
 

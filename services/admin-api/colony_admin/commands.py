@@ -14,7 +14,7 @@ import asyncio
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from argon2 import PasswordHasher
@@ -25,6 +25,7 @@ from colony.bus import names
 from colony.eventstore import ConcurrencyConflict, EventStore
 from colony_admin import aggregates
 from colony_admin.auth import passwords, secrets
+from colony_admin.auth.sealing import SecretKeys, state_keys
 from colony_admin.auth.roles import Principal
 from colony_admin.models import CosCreate, CosLimits
 from colony_admin.problems import Conflict
@@ -38,8 +39,9 @@ ARGON2_THREADS = max(1, (os.cpu_count() or 2))  # argon2-cffi releases the GIL: 
 @dataclass
 class Loaded:
     subject: str
-    state: aggregates.State
+    state: aggregates.State  # current credentials opened (auth/sealing.py)
     version: int
+    keys: list[str] = field(default_factory=list)  # the secret_keys entries the state's secrets use
 
 
 @dataclass
@@ -52,6 +54,7 @@ class Provisioning:
     def __init__(self, js: JetStreamContext, store: EventStore, readmodel: StreamProjection | None,
                  hasher: PasswordHasher) -> None:
         self.js, self.store, self.readmodel, self.hasher = js, store, readmodel, hasher
+        self.keys = SecretKeys(js)  # data keys of the sealed secrets in PROVISIONING
         # argon2 gets its own small pool: a bulk import with passwords must not queue the
         # database reads of every other request (token checks included) behind its hashes.
         self._argon2 = ThreadPoolExecutor(max_workers=ARGON2_THREADS, thread_name_prefix="argon2")
@@ -68,7 +71,7 @@ class Provisioning:
         subject = names.provisioning_subject(kind, name)
         stored = await self.store.read(subject)
         state = aggregates.fold(ev.decode(s.data) for s in stored)
-        return Loaded(subject, state, stored[-1].seq if stored else 0)
+        return Loaded(subject, await self.keys.open_state(state), stored[-1].seq if stored else 0, state_keys(state))
 
     async def commit(self, loaded: Loaded, events: list[ev.Event], *, if_match: int | None = None,
                      wait: bool = True) -> Outcome:
@@ -77,11 +80,15 @@ class Provisioning:
                            current_version=loaded.version)
         if not events:
             return Outcome(loaded.version, False)
+        sealed = await self.keys.seal(events, loaded.keys)
         try:
-            version = await self.store.append(loaded.subject, [e.encode() for e in events], loaded.version)
+            version = await self.store.append(loaded.subject, [e.encode() for e in sealed.events], loaded.version)
         except ConcurrencyConflict as exc:
+            await self.keys.shred_quietly(sealed.fresh, "keys of an append that lost a race")
             raise Conflict("changed concurrently by another request; re-read and retry",
                            current_version=exc.actual) from None
+        if sealed.stale:  # crypto-shredding: the replaced secrets in the log can no longer be opened
+            await self.keys.shred_quietly(sealed.stale, f"replaced secrets of {loaded.subject}")
         if wait and self.readmodel is not None:
             await self.readmodel.wait_for(version)
         return Outcome(version, True)

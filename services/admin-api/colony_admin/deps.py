@@ -88,7 +88,8 @@ async def principal(request: Request, ctx: Admin,
         # Created a moment ago through another instance, not yet in our read model.
         loaded = await ctx.provisioning.load(names.AGG_TOKEN, token_id)
         row = loaded.state
-    if row is None or row["revoked"] or not secrets.secret_matches(secret, row["secret_sha256"]):
+    if row is None or row["revoked"] or not await ctx.provisioning.keys.token_matches(
+            token_id, secrets.secret_digest(secret), row["secret_sha256"]):
         ctx.throttle.failed(f"ip:{addr}", now)
         ctx.throttle.failed(f"token:{token_id}", now)
         raise Unauthorized("unknown or revoked token")

@@ -111,11 +111,15 @@ class ImportRun:
         A conflict on a name that was deleted before (its subject has events) is not an
         "exists": it is created through the ordinary command path instead.
         """
+        keys = self.ctx.provisioning.keys
+        # Secrets sealed (auth/sealing.py); the key writes of a batch go out together.
+        sealed = await asyncio.gather(*(keys.seal([event]) for _, event in items))
         results = await self.ctx.store.create_many(
-            [(names.provisioning_subject(kind, name), event.encode()) for name, event in items])
+            [(names.provisioning_subject(kind, name), s.events[0].encode()) for (name, _), s in zip(items, sealed)])
         out: list[int | None] = []
-        for (name, event), result in zip(items, results, strict=True):
+        for (name, event), seal, result in zip(items, sealed, results, strict=True):
             if isinstance(result, ConcurrencyConflict):
+                await keys.shred_quietly(seal.fresh, "keys of a creation that lost a race")
                 loaded = await self.ctx.provisioning.load(kind, name)
                 result = None if loaded.state is not None else \
                     (await self.ctx.provisioning.commit(loaded, [event], wait=False)).version

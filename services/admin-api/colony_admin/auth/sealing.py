@@ -1,0 +1,242 @@
+"""Secrets in PROVISIONING, sealed: password hashes, SIP HA1 and token digests never travel
+the event log in the clear, and a replaced or deleted one is shredded.
+
+Theory of operation
+-------------------
+PROVISIONING keeps every event forever (it is the source of truth the read model is rebuilt
+from), so a secret written into it in the clear would stay readable by anyone who may read
+the stream, including every old password hash.  Instead:
+
+* **Account credentials.**  Each time an account's credentials are written
+  (``AccountCreated``, ``AccountPasswordSet``) a fresh 256-bit data key is made and kept in
+  the KV bucket ``names.BUCKET_SECRET_KEYS`` (history 1, readable and writable by the admin
+  API's bus identity only) under ``cred.<key id>``.  ``password_hash`` and every ``sip_ha1``
+  value in the event become ``sealed:1:<key id>:<base64url(nonce | AES-256-GCM ciphertext)>``
+  with the key id as associated data.  Once the event that replaces them (a new password,
+  new SIP credentials, the account's deletion) is appended, the old key is purged from the
+  bucket: the old ciphertext in the log can never be opened again (crypto-shredding).
+* **API tokens.**  A token's ``secret_sha256`` becomes HMAC-SHA256(token key, SHA-256 of
+  the secret) in hex (so the read model's 64-character column still holds it), the key under
+  ``token.<token id>``; revoking the token purges its key, and the stored digest is then
+  worthless.  Without the key the digest says nothing about the secret.
+* **Reading.**  Folding an aggregate keeps the sealed strings; only the current values are
+  opened (``open``), at the moment they are needed: a password check, a SIP credential
+  request, a command that compares or keeps the current hash.  Old, shredded values are
+  never asked for, so rebuilding the read model (which stores the sealed strings as they
+  are in the events) gives the same rows as the live one.
+* **Events from before sealing** carry clear values (no ``sealed:`` prefix); ``open``
+  returns them as they are and a token digest without a key is compared as plain SHA-256,
+  so existing clusters keep working.  Those clear values stay in the log (a stream is
+  append-only); the next password change or token revocation writes sealed values, but the
+  old clear event remains readable by the roles allowed to read PROVISIONING.
+
+Ordering: the new key is written before the event that uses it, the old key is purged only
+after that event is appended.  A crash in between leaves an unused key or an old key that
+is no longer referenced (the value it opens is superseded, not lost); neither can make a
+current secret unreadable.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import logging
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from nats.js import JetStreamContext
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+from colony import events as ev
+from colony.bus import names
+
+log = logging.getLogger("colony.admin.sealing")
+
+SEALED_PREFIX = "sealed:1:"
+_NONCE = 12
+
+
+def is_sealed(value: object) -> bool:
+    return isinstance(value, str) and value.startswith(SEALED_PREFIX)
+
+
+def key_id_of(value: object) -> str | None:
+    """The data key id a sealed value names, None for a clear (or missing) value."""
+    if not is_sealed(value):
+        return None
+    kid, sep, _ = value[len(SEALED_PREFIX):].partition(":")  # type: ignore[index]
+    return kid if sep and kid else None
+
+
+def cred_key(kid: str) -> str:
+    return f"cred.{kid}"
+
+
+def token_key(token_id: str) -> str:
+    return f"token.{token_id}"
+
+
+def seal_with(kid: str, key: bytes, plaintext: str) -> str:
+    nonce = secrets.token_bytes(_NONCE)
+    sealed = AESGCM(key).encrypt(nonce, plaintext.encode(), kid.encode())
+    return f"{SEALED_PREFIX}{kid}:{base64.urlsafe_b64encode(nonce + sealed).decode().rstrip('=')}"
+
+
+def open_with(value: str, key: bytes) -> str | None:
+    kid = key_id_of(value)
+    if kid is None:
+        return value
+    blob = value[len(SEALED_PREFIX) + len(kid) + 1:]
+    try:
+        raw = base64.urlsafe_b64decode(blob + "=" * (-len(blob) % 4))
+        return AESGCM(key).decrypt(raw[:_NONCE], raw[_NONCE:], kid.encode()).decode()
+    except (ValueError, InvalidTag):
+        return None
+
+
+def token_digest(key: bytes, secret_sha256: str) -> str:
+    return hmac.new(key, secret_sha256.encode(), hashlib.sha256).hexdigest()
+
+
+def state_keys(state: dict | None) -> list[str]:
+    """The bucket keys the secrets of an aggregate's current state depend on."""
+    if not state:
+        return []
+    if state.get("kind") == "token" or "secret_sha256" in state:
+        token_id = state.get("token_id") or state.get("id")
+        return [token_key(token_id)] if token_id else []
+    kids = {key_id_of(state.get("password_hash"))} | {key_id_of(v) for v in (state.get("sip_ha1") or {}).values()}
+    return [cred_key(k) for k in sorted(k for k in kids if k)]
+
+
+@dataclass
+class Sealed:
+    events: list[ev.Event]
+    fresh: list[str] = field(default_factory=list)  # keys written for these events
+    stale: list[str] = field(default_factory=list)  # keys to purge once they are appended
+
+
+class SecretKeys:
+    """The data keys, in ``names.BUCKET_SECRET_KEYS``; the bucket is opened on first use."""
+
+    def __init__(self, js: JetStreamContext) -> None:
+        self.js = js
+        self._kv: KeyValue | None = None
+
+    async def kv(self) -> KeyValue:
+        if self._kv is None:
+            self._kv = await self.js.key_value(names.BUCKET_SECRET_KEYS)
+        return self._kv
+
+    async def _get(self, key: str) -> bytes | None:
+        try:
+            entry = await (await self.kv()).get(key)
+        except KeyNotFoundError:  # also a purged key
+            return None
+        return base64.b64decode(entry.value) if entry.value else None
+
+    async def _new(self, key: str) -> bytes:
+        material = AESGCM.generate_key(bit_length=256)
+        await (await self.kv()).put(key, base64.b64encode(material))
+        return material
+
+    async def _token_key(self, token_id: str) -> bytes:
+        # Get or create, never overwrite: two bootstrap starters race on the fixed id, and the
+        # one whose event lands must find the key it used.  A token key is therefore never
+        # purged when an append loses (the winner may use it), only on revocation.
+        kv, key = await self.kv(), token_key(token_id)
+        material = AESGCM.generate_key(bit_length=256)
+        try:
+            await kv.create(key, base64.b64encode(material))
+            return material
+        except KeyWrongLastSequenceError:
+            found = await self._get(key)
+            if found is None:
+                raise
+            return found
+
+    async def open(self, value: str | None) -> str | None:
+        """The clear value; a clear (pre-sealing) value as it is; None once shredded."""
+        kid = key_id_of(value)
+        if kid is None:
+            return value
+        key = await self._get(cred_key(kid))
+        if key is None:
+            return None
+        opened = open_with(value, key)  # type: ignore[arg-type]
+        if opened is None:
+            log.error("sealed secret under key %s does not open: wrong key or damaged value", kid)
+        return opened
+
+    async def open_state(self, state: dict | None) -> dict | None:
+        """A folded account state with its current credentials opened."""
+        if not state or (not is_sealed(state.get("password_hash"))
+                         and not any(is_sealed(v) for v in (state.get("sip_ha1") or {}).values())):
+            return state
+        opened = dict(state)
+        opened["password_hash"] = await self.open(state.get("password_hash"))
+        ha1 = {}
+        for algorithm, value in (state.get("sip_ha1") or {}).items():
+            clear = await self.open(value)
+            if clear is not None:
+                ha1[algorithm] = clear
+        opened["sip_ha1"] = ha1
+        return opened
+
+    async def token_matches(self, token_id: str, secret_sha256: str, stored: str) -> bool:
+        key = await self._get(token_key(token_id))
+        # Without a key: a token from before sealing (plain SHA-256), or a revoked one whose
+        # key is shredded (its HMAC never equals a plain digest).
+        expected = token_digest(key, secret_sha256) if key is not None else secret_sha256
+        return hmac.compare_digest(expected, stored)
+
+    async def seal(self, events: Iterable[ev.Event], current_keys: Iterable[str] = ()) -> Sealed:
+        """Seal the secrets of ``events`` with fresh keys; say which keys of the current state
+        (``current_keys``, see ``state_keys``) the events make obsolete."""
+        out = Sealed([])
+        current = list(current_keys)
+        for event in events:
+            if isinstance(event, (ev.AccountCreated, ev.AccountPasswordSet)):
+                clear = ([event.password_hash] if event.password_hash and not is_sealed(event.password_hash) else []) \
+                    + [v for v in event.sip_ha1.values() if not is_sealed(v)]
+                if clear:
+                    kid = secrets.token_hex(16)
+                    key = await self._new(cred_key(kid))
+                    out.fresh.append(cred_key(kid))
+                    event = event.model_copy(update={
+                        "password_hash": None if event.password_hash is None else
+                        event.password_hash if is_sealed(event.password_hash) else
+                        seal_with(kid, key, event.password_hash),
+                        "sip_ha1": {a: v if is_sealed(v) else seal_with(kid, key, v) for a, v in event.sip_ha1.items()},
+                    })
+                out.stale += [k for k in current if k.startswith("cred.")]
+            elif isinstance(event, ev.AccountDeleted):
+                out.stale += current
+            elif isinstance(event, ev.ApiTokenCreated):
+                key = await self._token_key(event.token_id)
+                event = event.model_copy(update={"secret_sha256": token_digest(key, event.secret_sha256)})
+            elif isinstance(event, ev.ApiTokenRevoked):
+                out.stale.append(token_key(event.token_id))
+            out.events.append(event)
+        fresh = set(out.fresh)
+        out.stale = [k for k in dict.fromkeys(out.stale) if k not in fresh]
+        return out
+
+    async def shred(self, keys: Iterable[str]) -> None:
+        """Purge keys (every revision): what they sealed can never be opened again."""
+        kv = await self.kv()
+        for key in keys:
+            await kv.purge(key)
+
+    async def shred_quietly(self, keys: Iterable[str], why: str) -> None:
+        try:
+            await self.shred(keys)
+        except Exception:
+            # A key left behind opens a value that is superseded, never a current one; it is
+            # logged so an operator can purge it (`nats kv purge secret_keys <key>`).
+            log.exception("could not purge secret keys %s (%s)", list(keys), why)
