@@ -75,7 +75,7 @@ MAX_APPEND = 64 * 1024 * 1024
 CAPABILITIES = ("IMAP4rev1", "LITERAL+", "ID", "IDLE", "NAMESPACE", "UNSELECT", "UIDPLUS", "MOVE", "CHILDREN",
                 "SPECIAL-USE", "ENABLE", "ESEARCH", "SEARCHRES", "SORT", "THREAD=ORDEREDSUBJECT",
                 "THREAD=REFERENCES", "MULTIAPPEND", "STATUS=SIZE", "BINARY", "CONDSTORE",
-                "LIST-EXTENDED", "LIST-STATUS", "QUOTA", "QUOTA=RES-STORAGE")
+                "LIST-EXTENDED", "LIST-STATUS", "QUOTA", "QUOTA=RES-STORAGE", "QRESYNC")
 PREAUTH_CAPABILITIES = ("AUTH=PLAIN", "SASL-IR")
 
 _ANY = {"CAPABILITY", "NOOP", "LOGOUT", "ID"}
@@ -215,6 +215,7 @@ class Session:
         self._uidvalidity = 0
         self._saved: frozenset[int] = frozenset()     # SEARCHRES $ (UIDs)
         self.condstore = False     # RFC 7162: on once a CONDSTORE enabling command ran
+        self.qresync = False       # ENABLE QRESYNC: VANISHED instead of EXPUNGE
         self._resume: tuple | None = None   # a FETCH still to continue (see _fetch_batch)
         self._recent: set[int] = set()      # UIDs that are recent in this session
         # IDLE
@@ -465,12 +466,16 @@ class Session:
         self._sync(store, expunge=True)
 
     def _do_enable(self, cmd: C.Enable, store: Store) -> None:
-        # Only CONDSTORE can be switched on here (QRESYNC, IMAP4rev2 and UTF8=ACCEPT are not
+        # CONDSTORE and QRESYNC can be switched on here (IMAP4rev2 and UTF8=ACCEPT are not
         # offered); RFC 5161 lists what this command newly enabled.
         enabled = []
         if "CONDSTORE" in cmd.capabilities and not self.condstore:
             self._condstore_on(store)
             enabled.append("CONDSTORE")
+        if "QRESYNC" in cmd.capabilities and not self.qresync:
+            self._condstore_on(store)      # QRESYNC implies CONDSTORE (RFC 7162 §3.2.3)
+            self.qresync = True
+            enabled.append("QRESYNC")
         self._send("* ENABLED" + "".join(" " + e for e in enabled))
 
     def _condstore_on(self, store: Store) -> None:
@@ -491,8 +496,8 @@ class Session:
         return None
 
     def _do_select(self, cmd: C.Select, store: Store) -> str:
-        if cmd.qresync:
-            raise _Bad("QRESYNC is not offered")
+        if cmd.qresync and not self.qresync:
+            raise _Bad("QRESYNC parameter without ENABLE QRESYNC")
         if cmd.condstore:
             self.condstore = True
         if self.state == SELECTED:
@@ -524,7 +529,46 @@ class Session:
         else:
             permanent = " ".join((*SYSTEM_FLAGS, *keywords, "\\*"))
             self._send(f"* OK [PERMANENTFLAGS ({permanent})] Flags permitted")
+        if cmd.qresync:
+            self._resync(store, box, messages, cmd.qresync)
         return f"[{'READ-ONLY' if self.read_only else 'READ-WRITE'}] {cmd.name} completed"
+
+    def _resync(self, store: Store, box: BoxInfo, messages, qresync: tuple) -> None:
+        """SELECT ... (QRESYNC (uidvalidity modseq [known-uids [seq-match]])) (RFC 7162
+        §3.2.5): what vanished and what changed since the client's modseq.  Expunges leave
+        no trace in the store, so VANISHED (EARLIER) names every UID in the client's known
+        range that is not there (the RFC allows UIDs expunged before that modseq)."""
+        uidvalidity, modseq, known, _match = qresync
+        if uidvalidity != box.uidvalidity:
+            return                          # the client must resynchronise from scratch
+        gone = self._missing(known, box.uidnext - 1)
+        if gone:
+            self._send(f"* VANISHED (EARLIER) {gone}")
+        for i, m in enumerate(messages):
+            if m.modseq > modseq and (known is None or known.contains(m.uid, box.uidnext - 1)):
+                self._send(f"* {i + 1} FETCH (UID {m.uid} FLAGS ({self._show(m.uid, m.flags)}) MODSEQ ({m.modseq}))")
+
+    def _missing(self, known: SequenceSet | None, highest: int) -> str:
+        """UIDs in ``known`` (default 1:highest) that the selected mailbox does not hold, as
+        a compressed set: the gaps between present UIDs, found by bisection, so the work is
+        the ranges named plus the messages inside them, never the numbers in between."""
+        spans = known.resolved(highest) if known is not None else [(1, highest)]
+        present = self._uids          # ascending
+        gaps: list[str] = []
+        for a, b in spans:
+            a, b = max(a, 1), min(b, highest)
+            if a > b:
+                continue
+            i = bisect.bisect_left(present, a)
+            cursor = a
+            while i < len(present) and present[i] <= b:
+                if present[i] > cursor:
+                    gaps.append(_span(cursor, present[i] - 1))
+                cursor = present[i] + 1
+                i += 1
+            if cursor <= b:
+                gaps.append(_span(cursor, b))
+        return ",".join(gaps)
 
     _do_examine = _do_select
 
@@ -973,8 +1017,15 @@ class Session:
         for item in items:
             if item.name not in offered:
                 raise _Bad(f"FETCH {item.name} is not offered")
+        if cmd.vanished and not self.qresync:
+            raise _Bad("VANISHED needs ENABLE QRESYNC")
         uids = self._select_uids(cmd.sequence, cmd.uid)
         current = {m.uid: m for m in store.messages(self.mailbox)}
+        if cmd.vanished:
+            box = self._find(store, self.mailbox)
+            gone = self._missing(cmd.sequence, box.uidnext - 1)
+            if gone:
+                self._send(f"* VANISHED (EARLIER) {gone}")
         if cmd.changed_since is not None:
             uids = [u for u in uids if u in current and current[u].modseq > cmd.changed_since]
         sets_seen = not self.read_only and any(
@@ -1083,13 +1134,19 @@ class Session:
             return
         current = {m.uid: m for m in messages}
         if expunge:
+            vanished = []
             for i in range(len(self._uids) - 1, -1, -1):
                 u = self._uids[i]
                 if u not in current:
-                    self._send(f"* {i + 1} EXPUNGE")
+                    if self.qresync:
+                        vanished.append(u)
+                    else:
+                        self._send(f"* {i + 1} EXPUNGE")
                     del self._uids[i]
                     self._flags.pop(u, None)
                     self._recent.discard(u)
+            if vanished:
+                self._send(f"* VANISHED {_compress(sorted(vanished))}")
         for i, u in enumerate(self._uids):
             m = current.get(u)
             if m is not None and self._flags.get(u) != m.flags:
@@ -1252,6 +1309,10 @@ def _compress(numbers: list[int]) -> str:
     if start is not None:
         out.append(str(start) if start == prev else f"{start}:{prev}")
     return ",".join(out)
+
+
+def _span(a: int, b: int) -> str:
+    return str(a) if a == b else f"{a}:{b}"
 
 
 def _kib(octets: int) -> int:

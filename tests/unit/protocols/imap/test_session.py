@@ -396,3 +396,24 @@ def test_quota(mail):
     assert "NO [OVERQUOTA]" in c.cmd("k COPY 1:2 Archive")
     c.cmd("d STORE 1 +FLAGS.SILENT (\\Deleted)")
     assert "DELETED-STORAGE 1" in c.cmd("s STATUS INBOX (DELETED-STORAGE)")
+
+
+def test_qresync(mail):
+    c = logged_in(mail)
+    out = c.cmd("s SELECT INBOX")
+    uidvalidity = int(re.search(r"UIDVALIDITY (\d+)", out).group(1))
+    assert "BAD" in c.cmd(f"x SELECT INBOX (QRESYNC ({uidvalidity} 1))")
+    assert "* ENABLED QRESYNC" in c.cmd("e ENABLE QRESYNC")
+    out = c.cmd("f FETCH 1:* (MODSEQ)")
+    modseq = max(int(x) for x in re.findall(r"MODSEQ \((\d+)\)", out))
+    other = selected(mail)
+    other.cmd("a STORE 2 +FLAGS (\\Deleted)")
+    other.cmd("b EXPUNGE")
+    other.cmd("c STORE 1 +FLAGS (\\Answered)")
+    out = c.cmd("n NOOP")
+    assert "* VANISHED 2" in out and "EXPUNGE" not in out
+    out = c.cmd(f"s2 SELECT INBOX (QRESYNC ({uidvalidity} {modseq} 1:10))")
+    assert "* OK [CLOSED]" in out and "* VANISHED (EARLIER) 2" in out
+    assert re.search(r"\* 1 FETCH \(UID 1 FLAGS \([^)]*\\Answered[^)]*\) MODSEQ", out)
+    out = c.cmd(f"u UID FETCH 1:4294967295 (FLAGS) (CHANGEDSINCE {modseq} VANISHED)")
+    assert "* VANISHED (EARLIER) 2" in out and "u OK" in out
