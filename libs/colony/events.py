@@ -189,7 +189,8 @@ class UsageRecorded(Event):
     """One metering fact.  Subject ``colony.usage.<domain token>``.
 
     ``metric`` is one of ``storage_bytes`` (a gauge: the latest value counts), ``messages_in``,
-    ``messages_out``, ``sip_call_seconds``, ``sip_registrations`` (counters: summed).
+    ``messages_out``, ``sip_call_seconds``, ``sip_registrations``, ``pop3_sessions``,
+    ``pop3_session_seconds``, ``imap_sessions``, ``imap_session_seconds`` (counters: summed).
     """
 
     type: ClassVar[str] = "usage.recorded"
