@@ -34,11 +34,11 @@ from colony.bus import names
 from colony.cluster.control import ask_controller
 from colony.cluster.view import cluster_view
 from colony_admin import db, queries
-from colony_admin.auth import secrets
 from colony_admin.auth.roles import Principal
-from colony_admin.deps import AdminContext, client_addr
+from colony_admin.deps import AdminContext, client_addr, principal
 from colony_admin.models import Role
 from colony_admin.monitor import session
+from colony_admin.problems import Problem
 
 log = logging.getLogger("colony.admin.monitor")
 
@@ -156,24 +156,15 @@ async def login(request: Request):
         if len(body) > MAX_FORM:
             return _login_page(request, "That is not a token.", 413)
     token = (parse_qs(body.decode("utf-8", "replace")).get("token") or [""])[0].strip()
-    addr, now = client_addr(request), time.monotonic()
-    wait = ctx.throttle.retry_after(f"ip:{addr}", now)
-    if wait:
-        return _login_page(request, f"Too many failed log-ins; try again in {wait:.0f} s.", 429)
     try:
-        token_id, secret = secrets.split_token(token)
-    except secrets.MalformedToken:
-        ctx.throttle.failed(f"ip:{addr}", now)
-        return _login_page(request, "Unknown token.", 401)
-    row = await ctx.db(queries.get, db.api_tokens, db.api_tokens.c.id, token_id)
-    if row is None:
-        row = (await ctx.provisioning.load(names.AGG_TOKEN, token_id)).state
-    if row is None or row["revoked"] or not secrets.secret_matches(secret, row["secret_sha256"]):
-        ctx.throttle.failed(f"ip:{addr}", now)
-        return _login_page(request, "Unknown or revoked token.", 401)
-    ctx.throttle.succeeded(f"ip:{addr}")
-    if Role(row["role"]) != Role.SYSTEM_ADMIN:
+        # The API's own bearer-token check (throttling, sealed secrets, revocation), so the page
+        # never accepts a token the API would refuse.
+        who = await principal(request, ctx, authorization=f"Bearer {token}")
+    except Problem as exc:
+        return _login_page(request, str(exc.detail) if exc.status != 401 else "Unknown or revoked token.", exc.status)
+    if who.role != Role.SYSTEM_ADMIN:
         return _login_page(request, "Only a system administrator's token opens the cluster monitor.", 403)
+    token_id = who.token_id
     response = RedirectResponse("/monitor", status_code=303)
     response.set_cookie(session.COOKIE, session.issue(_key(request), token_id, time.time()), max_age=session.LIFETIME,
                         path="/monitor", secure=True, httponly=True, samesite="strict")

@@ -46,7 +46,7 @@ def issue(key: bytes, token_id: str, now: float) -> str:
 
 def verify(key: bytes, cookie: str | None, now: float) -> str | None:
     """The token id of a valid, unexpired cookie; None for anything else."""
-    if not cookie or len(cookie) > 512 or "." not in cookie:
+    if not cookie or len(cookie) > 512 or "." not in cookie or not cookie.isascii():
         return None
     payload, _, signature = cookie.rpartition(".")
     if not hmac.compare_digest(signature, _sign(key, payload.encode())):
@@ -64,4 +64,4 @@ def csrf_token(key: bytes, cookie: str) -> str:
 
 
 def csrf_ok(key: bytes, cookie: str | None, header: str | None) -> bool:
-    return bool(cookie and header) and hmac.compare_digest(header, csrf_token(key, cookie))
+    return bool(cookie and header) and header.isascii() and hmac.compare_digest(header, csrf_token(key, cookie))

@@ -1,0 +1,138 @@
+"""The cluster monitor page in a real headless browser (Debian's chromium + chromedriver,
+driven by Selenium) against a `colony up` cluster: log in, see every instance, Make
+Not-Ready on a mail store until it is drained, Ready again -- all without a reload.
+A domain administrator's token is refused.  The screenshots are kept under
+``$COLONY_TEST_ARTIFACTS`` (default ``test-artifacts/``)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from test_colony_up import all_ready, free_base_port, start_up, status_json, stop_up, wait_for
+from tools import need_tool
+
+pytestmark = pytest.mark.slow
+
+INSTANCES = 6  # 2 controllers (a backup to show), 2 mail stores, an admin API, a projector
+UP_ARGS = ("--controllers", "2", "--mailstores", "2", "--edges", "0", "--sipfarms", "0")
+
+
+def artifacts() -> Path:
+    path = Path(os.environ.get("COLONY_TEST_ARTIFACTS", "test-artifacts"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture
+def browser(tmp_path):
+    chromium = need_tool("chromium")
+    driver_path = need_tool("chromedriver", "chromium-driver")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", "--window-size=1400,900", f"--user-data-dir={tmp_path / 'chromium'}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    driver.set_page_load_timeout(60)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    data_dir, base = tmp_path / "colony", free_base_port()
+    proc = start_up(data_dir, base, *UP_ARGS)
+    try:
+        nodes = wait_for(lambda: all_ready(data_dir, INSTANCES), 240, f"{INSTANCES} READY instances")
+        token_file = data_dir / "admin.token"
+        wait_for(token_file.exists, 60, "the bootstrap admin token")
+        api = next(n["addresses"]["http"] for n in nodes if n["role"] == "admin-api")
+        yield {"data_dir": data_dir, "nodes": nodes, "api": f"http://{api}", "token": token_file.read_text().strip()}
+    finally:
+        stop_up(proc)
+
+
+def domain_admin_token(api: str, token: str) -> str:
+    auth = {"Authorization": f"Bearer {token}"}
+    with httpx.Client(base_url=api, headers=auth, timeout=30) as http:
+        assert http.post("/v1/domains", json={"name": "monitor.example"}).status_code == 201
+        made = http.post("/v1/tokens", json={"name": "dom", "role": "domain-admin", "domain": "monitor.example"})
+        assert made.status_code == 201, made.text
+        return made.json()["token"]
+
+
+def wait_in_browser(driver, condition, timeout: float, what: str):
+    """Poll the page (no reload) until ``condition(driver)`` is truthy."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = driver.execute_script(condition) if isinstance(condition, str) else condition(driver)
+        if result:
+            return result
+        time.sleep(0.3)
+    driver.save_screenshot(str(artifacts() / "monitor-timeout.png"))
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def row_state(node: str) -> str:
+    return (f"const r = document.querySelector('#nodes tr[data-node=\"{node}\"]');"
+            "return r ? r.dataset.state + '/' + r.dataset.drained : null;")
+
+
+def log_in(driver, api: str, token: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver.get(f"{api}/monitor")
+    field = driver.find_element(By.ID, "token")  # not logged in: redirected to the form
+    field.send_keys(token)
+    driver.find_element(By.ID, "login").click()
+
+
+def test_monitor_page_drains_and_readies_a_mail_store_live(cluster, browser):
+    from selenium.webdriver.common.by import By
+
+    api = cluster["api"]
+
+    # A domain administrator's token opens nothing here.
+    log_in(browser, api, domain_admin_token(api, cluster["token"]))
+    assert "Only a system administrator" in browser.find_element(By.ID, "error").text
+    assert browser.get_cookie("colony_monitor") is None
+    with httpx.Client(base_url=api, timeout=30) as http:
+        assert http.get("/monitor/events").status_code == 401
+        assert http.post("/monitor/nodes/x/drain").status_code == 401
+
+    log_in(browser, api, cluster["token"])
+    cookie = browser.get_cookie("colony_monitor")
+    assert cookie and cookie["httpOnly"] and cookie["secure"] and cookie["sameSite"] == "Strict"
+    ids = sorted(n["id"] for n in cluster["nodes"])
+    wait_in_browser(browser, "return document.getElementById('live').textContent === 'live';", 60, "the live feed")
+    shown = browser.execute_script("return [...document.querySelectorAll('#nodes tbody tr')].map(r => r.dataset.node).sort();")
+    assert shown == ids
+    browser.execute_script("window.notReloaded = true;")
+
+    store = next(n["id"] for n in cluster["nodes"] if n["role"] == "mailstore")
+    button = browser.find_element(By.CSS_SELECTOR, f'#nodes tr[data-node="{store}"] button.cmd-drain')
+    assert button.text == "Make Not-Ready"
+    button.click()
+    wait_in_browser(browser, row_state(store) + "", 120, f"{store} NOT_READY and drained")
+    wait_in_browser(browser, lambda d: d.execute_script(row_state(store)) == "NOT_READY/yes", 120,
+                    f"{store} NOT_READY and drained")
+    assert next(n for n in status_json(cluster["data_dir"]) if n["id"] == store)["state"] == "NOT_READY"
+    browser.save_screenshot(str(artifacts() / "monitor-drained.png"))
+
+    browser.find_element(By.CSS_SELECTOR, f'#nodes tr[data-node="{store}"] button.cmd-ready').click()
+    wait_in_browser(browser, lambda d: d.execute_script(row_state(store)) == "READY/no", 120, f"{store} READY again")
+    assert browser.execute_script("return window.notReloaded === true;"), "the page was reloaded"
+    transitions = browser.find_element(By.ID, "transitions").text
+    assert store in transitions and "NOT_READY" in transitions
+    browser.save_screenshot(str(artifacts() / "monitor.png"))
