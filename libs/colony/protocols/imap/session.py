@@ -75,7 +75,8 @@ MAX_APPEND = 64 * 1024 * 1024
 CAPABILITIES = ("IMAP4rev1", "LITERAL+", "ID", "IDLE", "NAMESPACE", "UNSELECT", "UIDPLUS", "MOVE", "CHILDREN",
                 "SPECIAL-USE", "ENABLE", "ESEARCH", "SEARCHRES", "SORT", "THREAD=ORDEREDSUBJECT",
                 "THREAD=REFERENCES", "MULTIAPPEND", "STATUS=SIZE", "BINARY", "CONDSTORE",
-                "LIST-EXTENDED", "LIST-STATUS", "QUOTA", "QUOTA=RES-STORAGE", "QRESYNC")
+                "LIST-EXTENDED", "LIST-STATUS", "QUOTA", "QUOTA=RES-STORAGE", "QRESYNC",
+                "IMAP4rev2", "UTF8=ACCEPT")
 PREAUTH_CAPABILITIES = ("AUTH=PLAIN", "SASL-IR")
 
 _ANY = {"CAPABILITY", "NOOP", "LOGOUT", "ID"}
@@ -216,6 +217,8 @@ class Session:
         self._saved: frozenset[int] = frozenset()     # SEARCHRES $ (UIDs)
         self.condstore = False     # RFC 7162: on once a CONDSTORE enabling command ran
         self.qresync = False       # ENABLE QRESYNC: VANISHED instead of EXPUNGE
+        self.rev2 = False          # ENABLE IMAP4rev2 (RFC 9051): ESEARCH for SEARCH, no \\Recent
+        self.utf8 = False          # ENABLE UTF8=ACCEPT (or IMAP4rev2): UTF-8 names and strings
         self._resume: tuple | None = None   # a FETCH still to continue (see _fetch_batch)
         self._recent: set[int] = set()      # UIDs that are recent in this session
         # IDLE
@@ -431,7 +434,7 @@ class Session:
 
     def _decode_name(self, raw: bytes) -> str:
         try:
-            name = decode_mutf7(raw)
+            name = raw.decode("utf-8") if self.utf8 else decode_mutf7(raw)
         except Exception:
             raise _No("[CANNOT] Invalid mailbox name") from None
         name = name.strip(DELIMITER) if name.upper() != "INBOX" else "INBOX"
@@ -442,7 +445,10 @@ class Session:
         return name
 
     def _wire_name(self, name: str) -> bytes:
-        return E.string(encode_mutf7(name))
+        return E.string(name, utf8=True) if self.utf8 else E.string(encode_mutf7(name))
+
+    def _pattern_text(self, raw: bytes) -> str:
+        return raw.decode("utf-8", "replace") if self.utf8 else _text_mutf7(raw)
 
     def _find(self, store: Store, name: str) -> BoxInfo:
         for box in store.mailboxes():
@@ -476,6 +482,12 @@ class Session:
             self._condstore_on(store)      # QRESYNC implies CONDSTORE (RFC 7162 §3.2.3)
             self.qresync = True
             enabled.append("QRESYNC")
+        if "IMAP4REV2" in cmd.capabilities and not self.rev2:
+            self.rev2 = self.utf8 = True
+            enabled.append("IMAP4rev2")
+        if "UTF8=ACCEPT" in cmd.capabilities and not self.utf8:
+            self.utf8 = True
+            enabled.append("UTF8=ACCEPT")
         self._send("* ENABLED" + "".join(" " + e for e in enabled))
 
     def _condstore_on(self, store: Store) -> None:
@@ -516,10 +528,14 @@ class Session:
         keywords = sorted({f for m in messages for f in m.flags if not f.startswith("\\")})
         self._send(f"* FLAGS ({' '.join((*SYSTEM_FLAGS, *keywords))})")
         self._send(f"* {len(messages)} EXISTS")
-        self._send(f"* {len(self._recent)} RECENT")
-        unseen = next((i + 1 for i, m in enumerate(messages) if "\\Seen" not in m.flags), None)
-        if unseen is not None:
-            self._send(f"* OK [UNSEEN {unseen}] First unseen")
+        if self.rev2:
+            # RFC 9051 §6.3.2: no RECENT or UNSEEN; the mailbox's name as the server has it.
+            self._send(f"* LIST () \"{DELIMITER}\" ".encode() + self._wire_name(box.name))
+        else:
+            self._send(f"* {len(self._recent)} RECENT")
+            unseen = next((i + 1 for i, m in enumerate(messages) if "\\Seen" not in m.flags), None)
+            if unseen is not None:
+                self._send(f"* OK [UNSEEN {unseen}] First unseen")
         self._send(f"* OK [UIDVALIDITY {box.uidvalidity}] UIDs valid")
         self._send(f"* OK [UIDNEXT {box.uidnext}] Predicted next UID")
         if self.condstore:
@@ -657,8 +673,8 @@ class Session:
         SPECIAL-USE options (RFC 6154)."""
         boxes = {b.name: b for b in store.mailboxes()}
         subs = store.subscriptions()
-        reference = _text_mutf7(cmd.reference)
-        patterns = [_text_mutf7(p) for p in cmd.patterns]
+        reference = self._pattern_text(cmd.reference)
+        patterns = [self._pattern_text(p) for p in cmd.patterns]
         selection, returns = set(cmd.selection), set(cmd.returns)
         unknown = selection - {"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"}
         if unknown:
@@ -942,10 +958,10 @@ class Session:
         if uses_modseq:
             self._condstore_on(store)
         modseq = f" (MODSEQ {max(m.modseq for m in found)})" if uses_modseq and found else ""
-        if cmd.returns is None:
+        if cmd.returns is None and not self.rev2:
             self._send("* SEARCH" + "".join(f" {n}" for n in numbers) + modseq)
         else:
-            returns = set(cmd.returns) or {"ALL"}
+            returns = set(cmd.returns or ()) or {"ALL"}   # IMAP4rev2: SEARCH answers ESEARCH
             if "SAVE" in returns:
                 picked = found
                 if returns & {"MIN", "MAX"} and not returns & {"ALL", "COUNT"}:
@@ -1082,9 +1098,10 @@ class Session:
             return f"MODSEQ ({msg.modseq})".encode()
         data, root = self._parsed(store, msg.uid)
         if name == "ENVELOPE":
-            return b"ENVELOPE " + E.envelope(root)
+            return b"ENVELOPE " + E.envelope(root, self.utf8)
         if name == "BODYSTRUCTURE" or (name == "BODY" and item.section is None):
-            return name.encode() + b" " + E.bodystructure(root, data, extensible=name == "BODYSTRUCTURE")
+            return name.encode() + b" " + E.bodystructure(root, data, extensible=name == "BODYSTRUCTURE",
+                                                          utf8=self.utf8)
         if name in ("RFC822", "RFC822.HEADER", "RFC822.TEXT"):
             text = {"RFC822": None, "RFC822.HEADER": "HEADER", "RFC822.TEXT": "TEXT"}[name]
             return name.encode() + b" " + _literal(mime.section_bytes(data, root, [], text))
@@ -1163,11 +1180,12 @@ class Session:
             recent = store.recent(self.mailbox, [m.uid for m in new], claim=not self.read_only)
             if recent:
                 self._recent |= recent
-                self._send(f"* {len(self._recent)} RECENT")
+                if not self.rev2:
+                    self._send(f"* {len(self._recent)} RECENT")
 
     def _show(self, uid: int, flags: frozenset[str]) -> str:
         """A message's flags as this session sees them (with its own \\Recent)."""
-        return " ".join(sorted(flags | {"\\Recent"} if uid in self._recent else flags))
+        return " ".join(sorted(flags | {"\\Recent"} if uid in self._recent and not self.rev2 else flags))
 
 
 # --- the message view SEARCH reads ----------------------------------------------------------------

@@ -417,3 +417,17 @@ def test_qresync(mail):
     assert re.search(r"\* 1 FETCH \(UID 1 FLAGS \([^)]*\\Answered[^)]*\) MODSEQ", out)
     out = c.cmd(f"u UID FETCH 1:4294967295 (FLAGS) (CHANGEDSINCE {modseq} VANISHED)")
     assert "* VANISHED (EARLIER) 2" in out and "u OK" in out
+
+
+def test_imap4rev2_when_enabled(mail):
+    c = logged_in(mail)
+    assert "* ENABLED IMAP4rev2" in c.cmd("e ENABLE IMAP4rev2")
+    out = c.cmd("s SELECT INBOX")
+    assert "RECENT" not in out and "UNSEEN" not in out and '* LIST () "/" "INBOX"' in out
+    assert '* ESEARCH (TAG "a") ALL 1:2' in c.cmd("a SEARCH ALL")
+    assert '* ESEARCH (TAG "b")\r\n' in c.cmd("b SEARCH DELETED")
+    assert "\\Recent" not in c.cmd("f FETCH 1 FLAGS")
+    assert "c OK" in c.cmd('c CREATE "Größe"')
+    assert '"Größe"' in c.cmd('l LIST "" "*"')
+    m = logged_in(mail)
+    assert "&AOQ-" not in m.cmd('l LIST "" "*"') and "Gr&APYA3w-e" in m.cmd('l2 LIST "" "*"')
