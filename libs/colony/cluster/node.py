@@ -137,10 +137,12 @@ class NodeRuntime:
         await self._register()
         await self.nc.subscribe(names.node_command_subject(self.node_id), cb=self._on_command)
         self.spawn("watch-epochs", self._watch_epochs, restart=True)
+        # Heartbeat from registration on: a workload that takes long to start (an admin API
+        # catching up with its read model on a busy machine) must not be declared FAILED.
+        self.spawn("heartbeat", self._heartbeat_loop, restart=True)
         addresses.update(await self.workload.start(self))
         self._record.addresses = addresses
         await self._transition(NodeState.READY, "started")
-        self.spawn("heartbeat", self._heartbeat_loop, restart=True)
         log.info("%s READY at %s", self.node_id, addresses)
 
     async def shutdown(self) -> None:
@@ -184,7 +186,10 @@ class NodeRuntime:
         """CAS on our own last revision; on conflict, find out who wrote and re-register."""
         async with self._write_lock:
             self.record.heartbeat_at = utcnow()
-            self.record.load = {"work": float(self.workload.active_work())}
+            try:
+                self.record.load = {"work": float(self.workload.active_work())}
+            except Exception:  # a workload still starting may not know yet: the heartbeat goes on
+                self.record.load = {"work": 0.0}
             try:
                 self._revision = await self._nodes.update(
                     names.node_key(self.node_id), self.record.encode(), last=self._revision)

@@ -6,7 +6,7 @@ secrets, plus ``seq`` (the PROVISIONING sequence it reflects).  Wire formats::
 
     domain.<token>        {"kind": "domain", "name": "acme.example", "state": "active" | "suspended",
                            "home_region": "eu", "cos": "gold" | null, "branding": {...},
-                           "storage": {"account_foldering": "none" | "1" | "1-1" | "2-2",
+                           "storage": {"account_foldering": "none" | "1" | "1-1" | "2-1" | "2-2",
                                        "domain_foldering": false, "fast_storage_index": null},
                            "seq": 17}
     address.<token>       {"kind": "account", "address": "amy@acme.example", "domain": "acme.example",
@@ -72,7 +72,7 @@ class StorageSettings(BaseModel):
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
-    account_foldering: Literal["none", "1", "1-1", "2-2"] = "none"
+    account_foldering: Literal["none", "1", "1-1", "2-1", "2-2"] = "none"
     domain_foldering: bool = False
     fast_storage_index: int | None = None
 

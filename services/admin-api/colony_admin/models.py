@@ -103,12 +103,14 @@ class AccountFoldering(StrEnum):
     """Seed's account-level foldering under the domain directory.
 
     ``none``: ``jsmith.macnt``; ``1``: ``j.sub/jsmith.macnt``; ``1-1``:
-    ``j.sub/s.sub/jsmith.macnt``; ``2-2``: ``js.sub/mi.sub/jsmith.macnt``.
+    ``j.sub/s.sub/jsmith.macnt``; ``2-1``: ``js.sub/m.sub/jsmith.macnt`` (the seed's third
+    example); ``2-2``: ``js.sub/mi.sub/jsmith.macnt``.
     """
 
     NONE = "none"
     ONE = "1"
     ONE_ONE = "1-1"
+    TWO_ONE = "2-1"
     TWO_TWO = "2-2"
 
 

@@ -164,3 +164,4 @@ async def test_dns_that_does_not_answer_gives_temperror_not_a_failure():
     assert verdict.refusal is None
     assert verdict.auth.header.startswith("Authentication-Results: mx.colony.test;")
     assert verdict.auth.spf in ("temperror", "none") and verdict.auth.dmarc in ("temperror", "none")
+    assert verdict.auth.dkim == "none"      # no signature at all: none, not fail (RFC 8601 §2.7.1)

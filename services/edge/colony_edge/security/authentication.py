@@ -19,6 +19,7 @@ sends.
 from __future__ import annotations
 
 import asyncio
+import re
 from dataclasses import dataclass
 
 import authheaders
@@ -29,6 +30,9 @@ from authres.core import AuthenticationResult
 
 from colony.dns import make_sync_resolver
 from colony.settings import Settings
+
+
+_HAS_DKIM_SIGNATURE = re.compile(rb"(?im)^dkim-signature[ \t]*:")
 
 
 def use_configured_dns(settings: Settings) -> None:
@@ -73,7 +77,11 @@ def authenticate(message: bytes | None, header_section: bytes, authserv_id: str,
         dkim_result = authheaders.DKIMAuthenticationResult(result="none", result_comment="message too large to verify")
     else:
         try:
-            dkim_result = authheaders.check_dkim(message)
+            if not _HAS_DKIM_SIGNATURE.search(header_section):
+                # No signature is "none", not "fail" (RFC 8601 §2.7.1); dkimpy would say fail.
+                dkim_result = authheaders.DKIMAuthenticationResult(result="none")
+            else:
+                dkim_result = authheaders.check_dkim(message)
             if dkim_result.result is None:
                 dkim_result = authheaders.DKIMAuthenticationResult(result="none")
         except Exception as exc:
