@@ -41,7 +41,7 @@ import time
 from collections import OrderedDict
 from contextvars import ContextVar
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
@@ -55,7 +55,7 @@ from colony.protocols.sip.digest import DigestAuthenticator, parse_credentials
 from colony.protocols.sip.message import (Headers, SipRequest, SipResponse, Via, make_response, parse_via)
 from colony.protocols.sip.parser import SipParseError, parse_message
 from colony.protocols.sip.transaction import Destination, response_destination, stamp_via
-from colony.protocols.sip.uri import SipURI, URIError, parse_address, parse_uri
+from colony.protocols.sip.uri import Address, SipURI, URIError, parse_address, parse_uri
 from colony.settings import Settings
 
 from colony_sipfarm.bindings import Binding, BindingStore
@@ -120,6 +120,7 @@ class SipFarm:
         self.scanners = [s.strip().lower() for s in settings.sip_refused_user_agents.split(",") if s.strip()]
         self.allowed = _networks(settings.sip_allow_networks)
         self._answers: OrderedDict[tuple, tuple[float, list[Outbound]]] = OrderedDict()
+        self._forks: OrderedDict[str, _Fork] = OrderedDict()
 
     # --- entry point ----------------------------------------------------------------------
 
@@ -146,13 +147,21 @@ class SipFarm:
     @staticmethod
     def spread_key(data: bytes) -> str | None:
         """The Call-ID of a request that starts new work (REGISTER, or a request outside a
-        dialog), which goes to the READY member it hashes to; None for everything any member
-        handles alike (responses, ACK, CANCEL, in-dialog requests, what does not parse)."""
+        dialog, CANCEL included) or of a response to a farm INVITE (the member that forked it
+        keeps the branches' state), which goes to the READY member it hashes to; None for
+        everything any member handles alike (other responses, ACK, in-dialog requests, what
+        does not parse)."""
         try:
             message = parse_message(data, MAX_SPREAD_SIZE)
         except SipParseError:
             return None
-        if isinstance(message, SipResponse) or message.method in ("ACK", "CANCEL"):
+        if isinstance(message, SipResponse):
+            try:
+                invite = message.cseq().method == "INVITE" and (message.top_via().branch or "").startswith(FARM_BRANCH)
+            except URIError:
+                return None
+            return message.call_id or None if invite else None
+        if message.method == "ACK":
             return None
         if "Route" in message.headers or "tag" in (message.headers.get("To") or ""):
             return None
@@ -364,18 +373,20 @@ class SipFarm:
             return False
         return isinstance(uri, SipURI) and "cf" in uri.params
 
-    def _via(self, request: SipRequest, transport: str) -> str:
+    def _via(self, request: SipRequest, transport: str, index: int = 0) -> str:
+        """Our Via for branch ``index`` of a request: the branch is a hash of the incoming one
+        (and the branch number), the same on every member."""
         incoming = request.top_via()
-        branch = FARM_BRANCH + _hash(incoming.branch or "", incoming.host, str(incoming.port), request.call_id,
-                                     str(request.cseq().number))
+        base = _hash(incoming.branch or "", incoming.host, str(incoming.port), request.call_id, str(request.cseq().number))
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"SIP/2.0/{transport} {host}:{self.port};branch={branch};m={names.node_key(self._flow())}"
+        return (f"SIP/2.0/{transport} {host}:{self.port};branch={FARM_BRANCH}{base}-{index}"
+                f";m={names.node_key(self._flow())}")
 
     def _flow(self) -> str:
         return _flow_member.get() or self.node_id
 
     def _forward(self, request: SipRequest, source: Destination, destination: Destination,
-                 member: str | None, record_route: bool) -> list[Outbound]:
+                 member: str | None, record_route: bool, index: int = 0) -> list[Outbound]:
         max_forwards = request.headers.get("Max-Forwards")
         hops = int(max_forwards) if max_forwards and max_forwards.isdigit() else 70
         if hops <= 0:
@@ -383,7 +394,7 @@ class SipFarm:
         request.headers.set("Max-Forwards", str(hops - 1))
         if record_route:
             request.headers.insert_before_first("Record-Route", self._record_route())
-        request.headers.add_first("Via", self._via(request, destination[0]))
+        request.headers.add_first("Via", self._via(request, destination[0], index))
         self.metrics.forwarded.labels(kind="request", method=request.method if request.method in ALLOW else "other").inc()
         return [Outbound(request.encode(), destination, member)]
 
@@ -418,16 +429,33 @@ class SipFarm:
         bindings = await self.store.lookup(account)
         if not bindings:
             return self._local(request, source, 480 if request.method != "CANCEL" else 481)
-        target = bindings[0]     # stateless: one branch, the best contact
-        try:
-            request.uri = parse_uri(target.contact)
-        except URIError:
+        # INVITE and CANCEL go to every contact at once (parallel forking; branch j to contact
+        # j, so a CANCEL finds the branches its INVITE made); anything else to the best one.
+        targets = bindings if request.method in ("INVITE", "CANCEL") else bindings[:1]
+        out: list[Outbound] = []
+        for index, target in enumerate(targets):
+            try:
+                destination, member = self._binding_destination(target)
+                branch = SipRequest(headers=request.headers.copy(), body=request.body, method=request.method,
+                                    uri=parse_uri(target.contact))
+            except URIError:
+                continue
+            branch.source = request.source
+            out += self._forward(branch, source, destination, member, record_route=request.method == "INVITE",
+                                 index=index)
+        if not out:
             return self._local(request, source, 480)
-        try:
-            destination, member = self._binding_destination(target)
-        except URIError:
-            return self._local(request, source, 480)
-        return self._forward(request, source, destination, member, record_route=request.method == "INVITE")
+        if request.method == "INVITE" and len(targets) > 1:
+            self._forks[self._fork_key(request)] = _Fork(self.clock() + FORK_LIFETIME, len(targets))
+            self._forks.move_to_end(self._fork_key(request))
+            while len(self._forks) > FORK_CACHE:
+                self._forks.popitem(last=False)
+        return out
+
+    @staticmethod
+    def _fork_key(request: SipRequest) -> str:
+        incoming = request.top_via()
+        return _hash(incoming.branch or "", incoming.host, str(incoming.port), request.call_id, str(request.cseq().number))
 
     async def _loose_route(self, request: SipRequest, source: Destination) -> list[Outbound]:
         request.headers.remove_first("Route")
@@ -466,9 +494,9 @@ class SipFarm:
         routes = request.headers.get_all("Route")
         if routes and self._is_ours(routes[0]):
             return await self._loose_route(request, source)
-        if routes:
-            return []
-        return await self._new_request(request, source)
+        # Without our Route it is the caller's ACK of a failure we passed on: the farm ACKed
+        # that failure to the callee itself (hop by hop), so this one ends here.
+        return []
 
     # --- responses ------------------------------------------------------------------------
 
@@ -487,17 +515,96 @@ class SipFarm:
             nxt: Via = response.top_via()
         except URIError:
             return []
-        if cseq.method == "INVITE" and 200 <= response.status < 300:
-            await self.call_answered(response)
         method = cseq.method if cseq.method in ALLOW else "other"
         if response.status >= 200:
             self.metrics.responses.labels(method=method, code=str(response.status)).inc()
+        out: list[Outbound] = []
+        base, _, index_text = (ours.branch or "")[len(FARM_BRANCH):].partition("-")
+        index = int(index_text) if index_text.isdigit() else 0
+        fork = self._forks.get(base) if cseq.method == "INVITE" else None
+        if fork is not None and fork.expires_at < self.clock():
+            fork = None
+        if cseq.method == "INVITE" and response.status >= 300:
+            out += await self._ack_failure(response, ours, index)
+        if cseq.method == "INVITE" and 200 <= response.status < 300:
+            await self.call_answered(response)
+            if fork is not None and not fork.answered:
+                fork.answered = True
+                out += await self._cancel_others(response, ours, index, fork)
+        elif fork is not None and response.status >= 300:
+            # Keep the failure until every branch has one; then pass on the best (§16.7).
+            fork.finals[index] = response
+            if fork.answered or len(fork.finals) < fork.branches:
+                return out
+            response = min(fork.finals.values(), key=_preference)
+            del self._forks[base]
+        elif fork is not None and fork.answered and response.status < 200:
+            return out   # ringing of a branch being cancelled
         self.metrics.forwarded.labels(kind="response", method=method).inc()
         destination = response_destination(nxt, None)
         member = ours.params.get("m")
         if destination[0] == "UDP" or member in (None, names.node_key(self._flow())):
             member = None
-        return [Outbound(response.encode(), destination, member)]
+        return [*out, Outbound(response.encode(), destination, member)]
+
+    async def _branch_target(self, response: SipResponse, index: int) -> tuple[Binding, Destination, str | None] | None:
+        """The contact branch ``index`` of the request went to, found again from the bindings."""
+        try:
+            to = parse_address(response.headers.get("To") or "").uri
+        except URIError:
+            return None
+        if not isinstance(to, SipURI) or not to.user:
+            return None
+        bindings = await self.store.lookup(f"{to.user}@{to.host}".lower())
+        if index >= len(bindings):
+            return None
+        try:
+            destination, member = self._binding_destination(bindings[index])
+        except URIError:
+            return None
+        return bindings[index], destination, member
+
+    def _hop_request(self, method: str, response: SipResponse, ours: Via, target: Binding, to: str) -> SipRequest:
+        headers = Headers()
+        headers.add("Via", str(ours))
+        headers.add("From", response.headers.get("From") or "")
+        headers.add("To", to)
+        headers.add("Call-ID", response.call_id)
+        headers.add("CSeq", f"{response.cseq().number} {method}")
+        headers.add("Max-Forwards", "70")
+        return SipRequest(headers=headers, method=method, uri=parse_uri(target.contact))
+
+    async def _ack_failure(self, response: SipResponse, ours: Via, index: int) -> list[Outbound]:
+        """ACK a branch's failure ourselves (§16.7 step 3: the proxy's client transaction does)."""
+        found = await self._branch_target(response, index)
+        if found is None:
+            return []
+        target, destination, member = found
+        ack = self._hop_request("ACK", response, ours, target, response.headers.get("To") or "")
+        return [Outbound(ack.encode(), destination, member)]
+
+    async def _cancel_others(self, response: SipResponse, ours: Via, index: int, fork: _Fork) -> list[Outbound]:
+        """A branch answered: CANCEL the others still ringing (§16.7 step 10)."""
+        out = []
+        to = response.headers.get("To") or ""
+        try:
+            to_address = parse_address(to)
+            to = str(Address(uri=to_address.uri, display_name=to_address.display_name,
+                             params={k: v for k, v in to_address.params.items() if k != "tag"}))
+        except URIError:
+            return []
+        base = (ours.branch or "").rpartition("-")[0]
+        for other in range(fork.branches):
+            if other == index or other in fork.finals:
+                continue
+            found = await self._branch_target(response, other)
+            if found is None:
+                continue
+            target, destination, member = found
+            via = Via(ours.transport, ours.host, ours.port, {**ours.params, "branch": f"{base}-{other}"})
+            cancel = self._hop_request("CANCEL", response, via, target, to)
+            out.append(Outbound(cancel.encode(), destination, member))
+        return out
 
     # --- call-duration metering -----------------------------------------------------------
 
@@ -536,3 +643,24 @@ class SipFarm:
 
 class _TooMany(Exception):
     pass
+
+
+FORK_CACHE = 20_000
+FORK_LIFETIME = 200.0        # seconds: longer than an INVITE rings (Timer C is > 3 minutes)
+
+
+@dataclass
+class _Fork:
+    """A forked INVITE at the member its Call-ID hashes to: which branches failed, whether one answered."""
+
+    expires_at: float
+    branches: int
+    answered: bool = False
+    finals: dict[int, SipResponse] = field(default_factory=dict)
+
+
+def _preference(response: SipResponse) -> tuple:
+    """Which failure the caller hears when every branch failed (§16.7 step 6): 6xx, then the
+    lowest class, preferring busy over unavailable over not found."""
+    status = response.status
+    return (0 if status >= 600 else 1, status // 100, {486: 0, 487: 1, 480: 2}.get(status, 3), status)

@@ -287,3 +287,54 @@ async def test_bad_requests_get_400_class_answers_and_garbage_silence(farm):
     assert await farm.handle(b"\x00\x01garbage\r\n\r\n", PHONE) == []
     huge = register(extra="X-Big: " + "a" * 20000 + "\r\n")
     assert await farm.handle(huge, PHONE) == []   # larger than sip_max_message_size, unreadable
+
+
+def reply(request, status: int, tag: str) -> bytes:
+    reason = {200: "OK", 180: "Ringing", 486: "Busy Here", 480: "Temporarily Unavailable"}[status]
+    return (f"SIP/2.0 {status} {reason}\r\n".encode()
+            + b"".join(f"Via: {v}\r\n".encode() for v in request.headers.get_all("Via"))
+            + f"From: {request.headers.get('From')}\r\nTo: {request.headers.get('To')};tag={tag}\r\n"
+              f"Call-ID: {request.call_id}\r\nCSeq: {request.headers.get('CSeq')}\r\nContent-Length: 0\r\n\r\n".encode())
+
+
+async def forked_invite(farm):
+    caller = ("UDP", "198.51.100.9", 5060)
+    await registered(farm, user="bob", contact="<sip:bob@192.0.2.7:5062>;q=0.9", call_id="desk")
+    await registered(farm, user="bob", contact="<sip:bob@192.0.2.8:5062>;q=0.5", call_id="mobile")
+    challenge, _ = await one(farm, invite(), caller)
+    auth = answer(challenge, "alice", method="INVITE", uri=f"sip:bob@{DOMAIN}", header="Proxy-Authorization")
+    out = await farm.handle(invite(cseq=2, auth=auth, branch="z9hG4bKinv2"), caller)
+    return [(parse_message(o.data), o.destination) for o in out]
+
+
+async def test_an_invite_forks_to_every_device_and_the_best_failure_wins(farm):
+    branches = await forked_invite(farm)
+    assert [d for _, d in branches] == [("UDP", "192.0.2.7", 5062), ("UDP", "192.0.2.8", 5062)]
+    assert [r.top_via().branch[-2:] for r, _ in branches] == ["-0", "-1"]
+    desk, mobile = branches[0][0], branches[1][0]
+    busy = [(parse_message(o.data), o.destination) for o in await farm.handle(reply(desk, 486, "d"), ("UDP", "192.0.2.7", 5062))]
+    # The farm ACKs the failure itself and holds it while the other device may still answer.
+    assert [(m.method, d) for m, d in busy] == [("ACK", ("UDP", "192.0.2.7", 5062))]
+    gone = [(parse_message(o.data), o.destination) for o in await farm.handle(reply(mobile, 480, "m"), ("UDP", "192.0.2.8", 5062))]
+    assert [getattr(m, "method", None) or m.status for m, _ in gone] == ["ACK", 486]
+    assert gone[1][1] == ("UDP", "198.51.100.9", 5060)
+
+
+async def test_an_answer_cancels_the_other_branches(farm):
+    (desk, _), (mobile, _) = await forked_invite(farm)
+    out = [(parse_message(o.data), o.destination) for o in await farm.handle(reply(mobile, 200, "m"), ("UDP", "192.0.2.8", 5062))]
+    cancel, ok = out
+    assert cancel[0].method == "CANCEL" and cancel[1] == ("UDP", "192.0.2.7", 5062)
+    assert cancel[0].top_via().branch == desk.top_via().branch and str(cancel[0].uri) == str(desk.uri)
+    assert ok[0].status == 200 and ok[1] == ("UDP", "198.51.100.9", 5060)
+    # The cancelled branch's ringing is not passed on.
+    assert await farm.handle(reply(desk, 180, "d"), ("UDP", "192.0.2.7", 5062)) == []
+
+
+async def test_a_callers_cancel_reaches_every_branch(farm):
+    (desk, _), (mobile, _) = await forked_invite(farm)
+    cancel = (f"CANCEL sip:bob@{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/UDP 198.51.100.9:5060;branch=z9hG4bKinv2\r\n"
+              f"From: <sip:alice@{DOMAIN}>;tag=a1\r\nTo: <sip:bob@{DOMAIN}>\r\nCall-ID: call-1\r\n"
+              f"CSeq: 2 CANCEL\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n").encode()
+    out = [parse_message(o.data) for o in await farm.handle(cancel, ("UDP", "198.51.100.9", 5060))]
+    assert [m.top_via().branch for m in out] == [desk.top_via().branch, mobile.top_via().branch]
