@@ -219,7 +219,15 @@ class Settings(BaseSettings):
                 raise ValueError(f"{url!r} is not a NATS URL; use nats://host:port")
         return value
 
-    @field_validator("edge_deny_networks", "edge_allow_networks")
+    @field_validator("sip_digest_algorithms")
+    @classmethod
+    def _check_digest_algorithms(cls, value: str) -> str:
+        names = [part.strip().upper() for part in value.split(",") if part.strip()]
+        if not names or any(name not in ("MD5", "SHA-256") for name in names):
+            raise ValueError(f"{value!r}: name MD5 and/or SHA-256, comma separated, most preferred first")
+        return value
+
+    @field_validator("edge_deny_networks", "edge_allow_networks", "sip_allow_networks")
     @classmethod
     def _check_networks(cls, value: str) -> str:
         import ipaddress
