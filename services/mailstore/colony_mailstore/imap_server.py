@@ -174,9 +174,14 @@ class ImapServer:
                     await self._run(conn)
                     continue
                 await writer.drain()
-                if session.account is not None:
+                if session.account is not None and session.state != S.LOGOUT:
                     if not self.accepting():
-                        session.goodbye("This server is shutting down; reconnect")
+                        session.goodbye("[UNAVAILABLE] This server is shutting down; reconnect")
+                        continue
+                    if session.account not in self.accounts.ownership.leases:
+                        # Lost or released (another store owns it now): the client's reconnect
+                        # reaches the new owner through the edge.
+                        session.goodbye("[UNAVAILABLE] The account moved to another server; reconnect")
                         continue
                     acct = self.accounts.open.get(session.account)
                     if acct is not None:   # an open session keeps the account open (idle release)
@@ -276,6 +281,7 @@ class ImapServer:
         except Exception as exc:
             log.info("IMAP session for %s: account unavailable: %s", session.account, exc)
             session.abort("[UNAVAILABLE] The account is not available here right now")
+            session.goodbye("[UNAVAILABLE] The account moved to another server; reconnect")
             return
         try:
             quota = await self.accounts.directory.quota(session.account)   # cached by the directory

@@ -200,3 +200,32 @@ async def test_hostile_input_gets_protocol_errors(imap):
     data = await asyncio.to_thread(_hostile, host, port)
     assert b"c BAD" in data and b"d OK" in data and b"e NO [TOOBIG]" in data
     assert b"f OK" in data and b"g BAD" in data and b"h OK" in data
+
+
+def _read_until(sock: socket.socket, needle: bytes, timeout: float) -> bytes:
+    sock.settimeout(timeout)
+    data = b""
+    deadline = time.monotonic() + timeout
+    while needle not in data and time.monotonic() < deadline:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+async def test_a_session_whose_account_moves_away_gets_bye(imap):
+    world, host, port, view, _ = imap
+    sock = await asyncio.to_thread(socket.create_connection, (host, port), 30)
+    try:
+        await asyncio.to_thread(_read_until, sock, b"\r\n", 30)
+        sock.sendall(f"a LOGIN {BOB} {PASSWORD}\r\nb SELECT INBOX\r\n".encode())
+        assert b"b OK" in await asyncio.to_thread(_read_until, sock, b"b OK", 30)
+        # Another store takes the account (here: its lease vanishes, so the owner's next
+        # renewal finds it lost): the session ends cleanly instead of serving stale state.
+        kv = await world.nc.jetstream().key_value(names.BUCKET_ACCOUNT_OWNERS)
+        await kv.purge(names.account_owner_key(BOB))
+        data = await asyncio.to_thread(_read_until, sock, b"* BYE", 60)
+        assert b"* BYE [UNAVAILABLE]" in data, data
+    finally:
+        sock.close()
