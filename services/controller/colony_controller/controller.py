@@ -54,6 +54,7 @@ from colony.cluster.membership import LIVE_STATES, NodeRecord, NodeState
 from colony.cluster.node import NodeRuntime
 from colony.cluster.view import standby_order
 from colony.events import ControllerElected, NodeStateChanged
+from colony_controller.metrics import ControllerMetrics
 
 log = logging.getLogger("colony.controller")
 
@@ -70,11 +71,15 @@ class Controller:
         self._nodes: dict[str, tuple[NodeRecord, int]] = {}  # id -> (record, revision)
         self._last_seen: dict[str, float] = {}  # id -> monotonic time we last saw a heartbeat
         self.election: Election | None = None
+        self.metrics: ControllerMetrics | None = None
 
     # --- Workload ---------------------------------------------------------------------------
 
     async def start(self, runtime: NodeRuntime) -> dict[str, str]:
         self.runtime = runtime
+        self.metrics = runtime.metrics.once(ControllerMetrics)
+        runtime.metrics.add_callback(ControllerMetrics.node_gauges(
+            lambda: self.is_active, lambda: [record for record, _ in self._nodes.values()]))
         s = runtime.settings
         js = runtime.nc.jetstream()
         self._leases: KeyValue = await js.key_value(names.BUCKET_LEASES)
@@ -192,6 +197,7 @@ class Controller:
             return
         self.election.won()
         how, previous = action.how, action.previous
+        self.metrics.elections.labels(how or "unknown").inc()
         rt = self.runtime
         rt.epochs.observe(self.lease.epoch)
         now = time.monotonic()
@@ -271,6 +277,7 @@ class Controller:
         except (KeyWrongLastSequenceError, KeyNotFoundError):
             return
         log.warning("%s declared %s FAILED (was %s)", self.runtime.node_id, record.id, old)
+        self.metrics.declared_failed.inc()
         await self.runtime.publish_event(names.cluster_event_subject("node"), NodeStateChanged(
             node_id=record.id, role=record.role, old=old, new=NodeState.FAILED, reason=failed.reason,
             by=self.runtime.node_id, epoch=epoch))
@@ -283,21 +290,36 @@ class Controller:
         except ValidationError as exc:
             return await self._reply(msg, False, 400, f"bad request: {exc.errors()[0]['msg']}")
         if not self.is_active:
-            return await self._reply(msg, False, 503, "this instance is no longer the controller; retry")
+            return await self._reply(msg, False, 503, "this instance is no longer the controller; retry",
+                                     command=request.command)
         if request.command == "whoami":
-            return await self._reply(msg, True, 200, data={"controller": self.runtime.node_id, "epoch": self.lease.epoch})
+            return await self._reply(msg, True, 200, data={"controller": self.runtime.node_id, "epoch": self.lease.epoch},
+                                     command=request.command)
         target = self._nodes.get(request.node or "")
         if target is None:
-            return await self._reply(msg, False, 404, f"no instance named {request.node!r}; see `colony status`")
+            return await self._reply(msg, False, 404, f"no instance named {request.node!r}; see `colony status`",
+                                     command=request.command)
         record, _ = target
         if record.state not in (NodeState.READY, NodeState.NOT_READY):
-            return await self._reply(msg, False, 409, f"{record.id} is {record.state}; only READY or NOT_READY instances can be drained or made ready")
+            return await self._reply(msg, False, 409, f"{record.id} is {record.state}; only READY or NOT_READY instances can be drained or made ready",
+                                     command=request.command)
         command = NodeCommand(command=request.command, epoch=self.lease.epoch)
         try:
             reply = await self.runtime.nc.request(names.node_command_subject(record.id), command.model_dump_json().encode(), timeout=5)
         except (NoRespondersError, NatsTimeout):
-            return await self._reply(msg, False, 504, f"{record.id} did not answer")
+            return await self._reply(msg, False, 504, f"{record.id} did not answer", command=request.command)
+        self._count(request.command, reply.data)
         await msg.respond(reply.data)
 
-    async def _reply(self, msg: Msg, ok: bool, status: int, error: str | None = None, data: dict | None = None) -> None:
+    def _count(self, command: str, reply: bytes) -> None:
+        try:
+            status = str(Reply.model_validate_json(reply).status)
+        except ValidationError:
+            status = "garbled"
+        self.metrics.commands.labels(command, status).inc()
+
+    async def _reply(self, msg: Msg, ok: bool, status: int, error: str | None = None, data: dict | None = None,
+                     command: str = "invalid") -> None:
+        if self.metrics:
+            self.metrics.commands.labels(command, str(status)).inc()
         await msg.respond(Reply(ok=ok, status=status, error=error, data=data or {}).model_dump_json().encode())
