@@ -72,6 +72,9 @@ MAX_SPREAD_SIZE = 65_535     # spread_key reads anything; handle() applies sip_m
 # The member holding the connection the packet being handled came in on (it may have
 # handed the packet to us): what bindings and our Vias must name.  Per task, not per farm.
 _flow_member: ContextVar[str | None] = ContextVar("sip_flow_member", default=None)
+# ... and its SIP address: our Vias and Record-Routes name it, so what comes back for the
+# phone arrives where the phone's packets went (its NAT expects answers from there).
+_flow_address: ContextVar[tuple[str, int] | None] = ContextVar("sip_flow_address", default=None)
 
 
 @dataclass(frozen=True)
@@ -124,10 +127,13 @@ class SipFarm:
 
     # --- entry point ----------------------------------------------------------------------
 
-    async def handle(self, data: bytes, source: Destination, flow_member: str | None = None) -> list[Outbound]:
-        """One message from ``source`` (that arrived at ``flow_member``, default: this
-        member); returns what to send.  ``Outbound.member`` None: the member it arrived at."""
+    async def handle(self, data: bytes, source: Destination, flow_member: str | None = None,
+                     flow_address: tuple[str, int] | None = None) -> list[Outbound]:
+        """One message from ``source`` (that arrived at ``flow_member`` on ``flow_address``,
+        default: this member); returns what to send.  ``Outbound.member`` None: the member it
+        arrived at."""
         _flow_member.set(flow_member)
+        _flow_address.set(flow_address)
         try:
             message = parse_message(data, self.settings.sip_max_message_size)
         except SipParseError as exc:
@@ -363,8 +369,12 @@ class SipFarm:
 
     # --- proxy ----------------------------------------------------------------------------
 
+    def _hostport(self) -> str:
+        host, port = _flow_address.get() or (self.host, self.port)
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
     def _record_route(self) -> str:
-        return f"<sip:{self.host}:{self.port};lr;cf={names.node_key(self.node_id)}>"
+        return f"<sip:{self._hostport()};lr;cf={names.node_key(self._flow())}>"
 
     def _is_ours(self, route: str) -> bool:
         try:
@@ -378,8 +388,7 @@ class SipFarm:
         (and the branch number), the same on every member."""
         incoming = request.top_via()
         base = _hash(incoming.branch or "", incoming.host, str(incoming.port), request.call_id, str(request.cseq().number))
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return (f"SIP/2.0/{transport} {host}:{self.port};branch={FARM_BRANCH}{base}-{index}"
+        return (f"SIP/2.0/{transport} {self._hostport()};branch={FARM_BRANCH}{base}-{index}"
                 f";m={names.node_key(self._flow())}")
 
     def _flow(self) -> str:

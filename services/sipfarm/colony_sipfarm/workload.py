@@ -5,7 +5,8 @@ is handled by the READY member its Call-ID hashes to (rendezvous hashing over th
 this one sees in the ``nodes`` bucket with a fresh heartbeat), so every packet of one
 registration or call setup meets the same member's nonce counts and answer cache, and a
 draining member gets none.  The receiving member asks the owner over
-``colony.sip.handle.<owner>`` (request ``{"d": <base64 packet>, "s": [transport, host, port], "m": <node id it arrived at>}``,
+``colony.sip.handle.<owner>`` (request ``{"d": <base64 packet>, "s": [transport, host, port], "m": <node id it arrived at>,
+"a": [its SIP host, port]}``,
 reply ``{"o": [{"d": <base64>, "t": [transport, host, port], "m": <member token> | null}]}``)
 and sends the answers itself, from the address the phone talked to (its NAT expects that).
 An owner that does not answer within a second is skipped for ten and the packet handled here.
@@ -79,6 +80,7 @@ class SipWorkload:
         self.counters: SharedCounters | None = None
         self._inflight: set[asyncio.Task] = set()
         self._runtime = None
+        self.farm_address: tuple[str, int] = ("", 0)
         self._members: dict[str, NodeRecord] = {}        # sipfarm records, by node id
         self._suspect: dict[str, float] = {}             # node id -> monotonic time to trust again
 
@@ -98,6 +100,7 @@ class SipWorkload:
         async def publish_usage(event: UsageRecorded) -> None:
             await runtime.publish_event(names.usage_subject(event.domain), event)
 
+        self.farm_address = (s.advertised_host, port)
         self.farm = SipFarm(
             s, runtime.node_id, store=BindingStore(kv, time.time), dialogs=kv, auth=AuthClient(runtime.nc),
             counters=self.counters, secret=await self._secret(kv), address=(s.advertised_host, port),
@@ -157,7 +160,7 @@ class SipWorkload:
 
     async def _ask_owner(self, owner: str, data: bytes, source: Destination) -> list[Outbound] | None:
         payload = json.dumps({"d": base64.b64encode(data).decode(), "s": list(source),
-                              "m": self._runtime.node_id}).encode()
+                              "m": self._runtime.node_id, "a": list(self.farm_address)}).encode()
         try:
             msg = await self._runtime.nc.request(names.sip_handle_subject(owner), payload, timeout=HANDLE_TIMEOUT,
                                                  headers=inject_headers() or None)
@@ -173,12 +176,13 @@ class SipWorkload:
         try:
             body = json.loads(msg.data)
             data, source, arrived_at = base64.b64decode(body["d"]), tuple(body["s"]), str(body["m"])
+            address = (str(body["a"][0]), int(body["a"][1]))
         except (ValueError, KeyError, TypeError):
             return
         from opentelemetry import trace
         with trace.get_tracer("colony.sipfarm").start_as_current_span("sip.handle", context=extract_context(msg.headers)):
             try:
-                out = await self.farm.handle(data, source, flow_member=arrived_at)
+                out = await self.farm.handle(data, source, flow_member=arrived_at, flow_address=address)
             except Exception:
                 log.exception("SIP message from %s:%s (spread to us) failed", source[1], source[2])
                 out = []
