@@ -221,6 +221,7 @@ class Session:
         self.utf8 = False          # ENABLE UTF8=ACCEPT (or IMAP4rev2): UTF-8 names and strings
         self._resume: tuple | None = None   # a FETCH still to continue (see _fetch_batch)
         self._recent: set[int] = set()      # UIDs that are recent in this session
+        self._keywords: set[str] = set()    # keywords announced in FLAGS
         # IDLE
         self._idle_tag: str | None = None
         self._woken = False
@@ -526,6 +527,7 @@ class Session:
         self._uidvalidity = box.uidvalidity
         self._recent = store.recent(box.name, self._uids, claim=not self.read_only)
         keywords = sorted({f for m in messages for f in m.flags if not f.startswith("\\")})
+        self._keywords = set(keywords)
         self._send(f"* FLAGS ({' '.join((*SYSTEM_FLAGS, *keywords))})")
         self._send(f"* {len(messages)} EXISTS")
         if self.rev2:
@@ -619,10 +621,7 @@ class Session:
         if name.upper() == "INBOX":
             raise _No("[CANNOT] INBOX cannot be deleted")
         self._find(store, name)
-        if any(b.name.startswith(name + DELIMITER) for b in store.mailboxes()):
-            # Deleting a name with inferiors would leave them unreachable in this store
-            # (it has no \Noselect placeholders): RFC 9051 §6.3.5 allows refusing.
-            raise _No("[INUSE] Mailbox has inferior hierarchical names")
+        # With inferiors, the name lives on as their implied \Noselect parent (RFC 9051 §6.3.5).
         if self.state == SELECTED and self.mailbox == name:
             self._unselect()
         store.delete_mailbox(name)
@@ -631,12 +630,20 @@ class Session:
 
     def _do_rename(self, cmd: C.Rename, store: Store) -> None:
         old, new = self._decode_name(cmd.old), self._decode_name(cmd.new)
-        if old.upper() == "INBOX":
-            raise _No("[CANNOT] Renaming INBOX is not supported")
-        if new.upper() == "INBOX" or new.upper().startswith("INBOX" + DELIMITER):
+        if new.upper() == "INBOX":
             raise _No("[CANNOT] Cannot rename into INBOX")
         self._find(store, old)
         existing = {b.name for b in store.mailboxes()}
+        if new in existing:
+            raise _No("[ALREADYEXISTS] Target mailbox exists")
+        if old == "INBOX":
+            # RFC 9051 §6.3.6: INBOX's messages move to the new mailbox; INBOX stays, empty
+            # (its inferiors do not move).
+            store.create_mailbox(new)
+            store.move("INBOX", [m.uid for m in store.messages("INBOX")], new)
+            store.commit()
+            self._sync(store, expunge=True)
+            return
         if new in existing:
             raise _No("[ALREADYEXISTS] Target mailbox exists")
         if new.startswith(old + DELIMITER):
@@ -725,10 +732,11 @@ class Session:
                                                                            for m in matchers)):
                 continue    # LSUB lists an unsubscribed parent only when "%" hid its subscribed child
             attrs: list[str] = []
-            if box is None:
+            if lsub:
+                if not selected_by_itself:
+                    attrs.append("\\Noselect")
+            elif box is None:
                 attrs.append("\\NonExistent" if cmd.extended else "\\Noselect")
-            elif lsub and not selected_by_itself:
-                attrs.append("\\Noselect")
             if not lsub:
                 has_children = any(n.startswith(name + DELIMITER) for n in boxes)
                 attrs.append("\\HasChildren" if has_children else "\\HasNoChildren")
@@ -889,7 +897,9 @@ class Session:
             uids = [u for u in uids if current[u].modseq <= cmd.unchanged_since]
         store.store_flags(self.mailbox, uids, cmd.flags, {"+": "add", "-": "remove", "": "set"}[cmd.mode])
         store.commit()
-        after = {m.uid: m for m in store.messages(self.mailbox)}
+        messages = store.messages(self.mailbox)
+        self._announce_keywords(messages)
+        after = {m.uid: m for m in messages}
         for u in uids:
             msg = after[u]
             changed = msg.flags != current[u].flags
@@ -1150,6 +1160,7 @@ class Session:
             self._out.append(Close())
             return
         current = {m.uid: m for m in messages}
+        self._announce_keywords(messages)
         if expunge:
             vanished = []
             for i in range(len(self._uids) - 1, -1, -1):
@@ -1182,6 +1193,16 @@ class Session:
                 self._recent |= recent
                 if not self.rev2:
                     self._send(f"* {len(self._recent)} RECENT")
+
+    def _announce_keywords(self, messages) -> None:
+        """A new keyword is a new defined flag: say so before the FETCH that carries it."""
+        keywords = {f for m in messages for f in m.flags if not f.startswith("\\")}
+        if not keywords <= self._keywords:
+            self._keywords |= keywords
+            flags = " ".join((*SYSTEM_FLAGS, *sorted(self._keywords)))
+            self._send(f"* FLAGS ({flags})")
+            if not self.read_only:
+                self._send(f"* OK [PERMANENTFLAGS ({flags} \\*)] Flags permitted")
 
     def _show(self, uid: int, flags: frozenset[str]) -> str:
         """A message's flags as this session sees them (with its own \\Recent)."""

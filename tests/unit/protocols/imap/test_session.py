@@ -217,7 +217,8 @@ def test_mailbox_management_and_list(mail):
     assert "r OK" in c.cmd("r RENAME Projects Work")
     out = c.cmd('l3 LIST "" "Work/*"')
     assert '"Work/2026"' in out
-    assert "NO [INUSE]" in c.cmd("d DELETE Work")
+    assert "d OK" in c.cmd("d DELETE Work")         # the name stays as the parent of Work/2026
+    assert '* LIST (\\Noselect \\HasChildren) "/" "Work"' in c.cmd('l5 LIST "" "Work"')
     assert "d2 OK" in c.cmd("d2 DELETE Work/2026")
     assert "NO [NONEXISTENT]" in c.cmd("d3 DELETE Nope")
     assert "c3 OK" in c.cmd("c3 CREATE &ZeVnLIqe-")      # modified UTF-7 name
@@ -431,3 +432,13 @@ def test_imap4rev2_when_enabled(mail):
     assert '"Größe"' in c.cmd('l LIST "" "*"')
     m = logged_in(mail)
     assert "&AOQ-" not in m.cmd('l LIST "" "*"') and "Gr&APYA3w-e" in m.cmd('l2 LIST "" "*"')
+
+
+def test_rename_inbox_moves_its_messages_and_new_keywords_are_announced(mail):
+    c = selected(mail)
+    out = c.cmd("k STORE 1 +FLAGS ($Important)")
+    assert out.index("* FLAGS (") < out.index("* 1 FETCH") and "$Important" in out.split("\r\n")[0]
+    c.cmd("u UNSELECT")
+    assert "r OK" in c.cmd("r RENAME INBOX Old")
+    assert "(MESSAGES 0)" in c.cmd("s STATUS INBOX (MESSAGES)")
+    assert "(MESSAGES 2)" in c.cmd("s2 STATUS Old (MESSAGES)")
