@@ -9,6 +9,7 @@ by side on one machine (``--base-port``).  With the default base 2500::
     2560  SIP UDP+TCP (sipfarm)
     2570+ admin API (one per admin-api instance, up to 10)
     2600+ ops listeners (health/metrics), one per instance
+    2590  Prometheus (`colony up --monitoring`)
 """
 
 from __future__ import annotations
@@ -31,6 +32,11 @@ class PortPlan:
     @property
     def nats_monitor(self) -> int:
         return self.base + 1
+
+    @property
+    def prometheus(self) -> int:
+        """`colony up --monitoring`'s Prometheus (web UI and query API)."""
+        return self.base + 90
 
     def admin_api(self, index: int) -> int:
         return self.base + 70 + index

@@ -99,6 +99,7 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path("colony-data"), description="Directory for everything this cluster writes locally (embedded NATS, SQLite, shared storage).")
     storage_dir: Path | None = Field(None, description="Shared storage root (NFS in production). Empty: <data_dir>/storage.")
     database_url: str = Field("", description="SQLAlchemy URL of the admin read model. Empty: SQLite in <data_dir>/admin.sqlite3.")
+    database_url_file: Path | None = Field(None, description="File holding the SQLAlchemy URL of the admin read model (it carries the database password, so production keeps it out of the environment: a Docker secret written by `colony deploy init`). Overrides database_url.")
     default_cos: str = Field("default", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", description="Class of service of every domain created without one (so a domain administrator cannot hand out unlimited quota). The admin API creates it, with default_cos_quota_bytes, when the first domain needs it; change its limits with `colony cos update`.")
     default_cos_quota_bytes: int = Field(10 * 1024**3, ge=0, description="Mailbox quota of the default class of service when the admin API creates it (later changes go through the CoS API).")
 
@@ -287,6 +288,15 @@ class Settings(BaseSettings):
 
     @property
     def sqlalchemy_url(self) -> str:
+        if self.database_url_file is not None:
+            try:
+                url = self.database_url_file.read_text().strip()
+            except OSError as exc:
+                raise ConfigError(f"database_url_file: cannot read {self.database_url_file} ({exc.strerror}); "
+                                 "point COLONY_DATABASE_URL_FILE at the file `colony deploy init` wrote") from None
+            if not url:
+                raise ConfigError(f"database_url_file: {self.database_url_file} is empty; write the URL into it")
+            return url
         return self.database_url or f"sqlite:///{(self.data_dir / 'admin.sqlite3').resolve()}"
 
 

@@ -25,6 +25,7 @@ from colony.bus.connection import connect
 from colony.cluster.control import ask_controller
 from colony.cluster.membership import NodeState
 from colony.cluster.view import NodeView, cluster_view
+from colony.monitoring import targets_for
 from colony.ports import DEFAULT_BASE_PORT
 from colony.settings import ConfigError, Settings, load_settings
 
@@ -190,8 +191,11 @@ def up(
     host: Annotated[str, typer.Option(help="Address every listener binds to.")] = "127.0.0.1",
     live: Annotated[bool, typer.Option(help="Show a live status table (default: when on a terminal).")] = sys.stdout.isatty(),
     restart: Annotated[bool, typer.Option(help="Restart an instance that dies.")] = True,
+    monitoring: Annotated[bool, typer.Option(
+        help="Also start Prometheus (Debian's `prometheus`) scraping every instance, targets kept current.")] = False,
 ) -> None:
     """Start the whole cluster here: embedded NATS, SQLite, shared storage under --data-dir."""
+    from colony.monitoring import MonitoringError, Prometheus
     from colony.supervisor import Cluster, SupervisorError
 
     if projectors is None:
@@ -214,10 +218,22 @@ def up(
     except Exception as exc:
         cluster.stop()
         _fail(f"could not start: {exc}")
+    prometheus = None
+    if monitoring:
+        prometheus = Prometheus(cluster.data_dir / "prometheus", host, cluster.plan.prometheus)
+        try:
+            prometheus.start()
+        except (MonitoringError, OSError) as exc:
+            cluster.stop()
+            _fail(str(exc))
     try:
         _announce(cluster, stop, had_token)
-        _watch(cluster, stop, live)
+        if prometheus:
+            console.print(f"  Prometheus: {prometheus.url}   (targets from {prometheus.targets_file})")
+        _watch(cluster, stop, live, prometheus)
     finally:
+        if prometheus:
+            prometheus.stop()
         console.print("stopping: edges and APIs first, controllers last, then the bus ...")
         killed = cluster.stop()
         if killed:
@@ -279,12 +295,16 @@ def _bootstrap_token(cluster, had_token: bool, timeout: float = 30.0) -> None:
         console.print(f"  admin token: {token}   (saved to {token_file}, mode 0600)")
 
 
-def _watch(cluster, stop, live: bool) -> None:
+def _watch(cluster, stop, live: bool, prometheus=None) -> None:
     url = cluster.nats.url
     if not live:
+        last = 0.0
         while not stop["now"]:
             for note in cluster.reap():
                 console.print(note)
+            if prometheus and time.monotonic() - last >= 2.0:
+                last = time.monotonic()
+                _update_targets(prometheus, url, cluster.operator_seed)
             time.sleep(0.2)
         return
     with Live(console=console, refresh_per_second=2, transient=False) as screen:
@@ -295,10 +315,21 @@ def _watch(cluster, stop, live: bool) -> None:
             if time.monotonic() - last >= 1.0:
                 last = time.monotonic()
                 try:
-                    screen.update(status_table(asyncio.run(_view(url, cluster.operator_seed)), url))
+                    views = asyncio.run(_view(url, cluster.operator_seed))
+                    screen.update(status_table(views, url))
+                    if prometheus:
+                        prometheus.update(targets_for(views))
                 except Exception as exc:
                     screen.update(f"bus unreachable: {exc}")
             time.sleep(0.1)
+
+
+def _update_targets(prometheus, url: str, seed) -> None:
+    """Prometheus's file_sd targets follow the NODES bucket (``colony.monitoring``)."""
+    try:
+        prometheus.update(targets_for(asyncio.run(_view(url, seed))))
+    except Exception as exc:  # noqa: BLE001 - the bus may be restarting: keep the last targets
+        err.print(f"[yellow]Prometheus targets not updated: {exc}[/yellow]")
 
 
 @app.command()
@@ -356,6 +387,36 @@ def bus_init(
     console.print(f"  servers    {files.auth_conf} (authorization), {files.cert} + {files.key} (TLS), CA {files.ca}")
     console.print("Give each process only its own role's seed (COLONY_NATS_NKEY_SEED_FILE) and the CA "
                   "(COLONY_NATS_TLS_CA_FILE); reload the servers after a change of the grant table.")
+
+
+deploy_app = typer.Typer(help="Deploying with docker-compose.yml.", no_args_is_help=True)
+app.add_typer(deploy_app, name="deploy")
+
+
+@deploy_app.command("init")
+def deploy_init(
+    out: Annotated[Path, typer.Option(help="Directory for the deployment's secrets (docker-compose.yml reads infra/secrets).")] = Path("infra/secrets"),
+    bus_out: Annotated[Path, typer.Option(help="Directory for the bus secrets (`colony bus init`).")] = Path("infra/nats/secrets"),
+    admin_host: Annotated[list[str], typer.Option("--admin-host", help="A name operators reach the admin API by (repeat); goes into its certificate.")] = [],  # noqa: B006 - typer reads it, never mutated
+    owner: Annotated[Optional[str], typer.Option(help="UID[:GID] of the image's user (10001): owns the files Colony containers read. Run as root.")] = None,
+) -> None:
+    """Generate every secret docker-compose.yml needs (passwords, the admin API's TLS, the bus);
+    keeps what exists. Nothing secret is printed: the files are the only copy."""
+    from colony.deploy import init_deploy
+
+    colony_owner = None
+    if owner:
+        uid, _, gid = owner.partition(":")
+        if not (uid.isdigit() and (gid.isdigit() or not gid)):
+            _fail(f"--owner {owner}: give a numeric UID[:GID], e.g. 10001")
+        colony_owner = (int(uid), int(gid or uid))
+    try:
+        files = init_deploy(out, bus_out, admin_hosts=admin_host, colony_owner=colony_owner)
+    except PermissionError as exc:
+        _fail(f"{exc}; --owner needs root (run with sudo)")
+    console.print(f"deployment secrets in {files.directory} (0700), bus secrets in {files.bus.directory}")
+    console.print(f"Trust {files.admin_ca} for the admin API (https://<host>:8443). After `docker compose up -d`, "
+                  f"the first system-admin token is in {files.token_file}.")
 
 
 def _register_provisioning() -> None:

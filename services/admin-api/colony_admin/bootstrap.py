@@ -5,6 +5,12 @@ stream itself guarantees that only the first admin-api instance to start (of any
 racing) creates it, and that a restart never makes a second one.  That instance writes the
 plaintext once to ``<data_dir>/admin.token`` (mode 0600), where ``colony up`` finds it to
 print and the CLI reads it; nothing else ever sees the plaintext.
+
+In compose the one-shot ``admin-bootstrap`` service runs ``python -m colony_admin.bootstrap``
+(``main`` below) with the admin API's bus identity before any admin API starts, its data
+directory a host directory (``infra/secrets/bootstrap``): the token lands on the Docker
+host, where the operator reads it (infra/README.md).  It waits for the schema, creates the
+token if the cluster never had one, and exits 0 either way, so a restart is harmless.
 """
 
 from __future__ import annotations
@@ -68,3 +74,41 @@ async def write_bootstrap_token(settings: Settings, nc: Client) -> Path | None:
         f.write(token + "\n")
     os.replace(partial, path)
     return path
+
+
+async def _run_job(settings: Settings) -> Path | None:
+    from colony.bus.connection import connect
+    from colony.bus.schema import ensure_schema
+
+    nc = await connect(settings, name="admin-bootstrap", persistent=False)
+    try:
+        # The controller creates the schema (secret_keys included); this identity may not.
+        await ensure_schema(nc.jetstream(timeout=5.0), settings, deadline=120.0, manage=False)
+        return await write_bootstrap_token(settings, nc)
+    finally:
+        await nc.close()
+
+
+def main() -> None:
+    """``python -m colony_admin.bootstrap``: the compose job that makes the first token."""
+    import asyncio
+    import logging
+    import sys
+
+    from colony.settings import ConfigError, load_settings
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        settings = load_settings()
+        written = asyncio.run(_run_job(settings))
+    except ConfigError as exc:
+        print(f"admin-bootstrap: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if written is None:
+        print("admin-bootstrap: the cluster has its first token already; nothing to do")
+    else:
+        print(f"admin-bootstrap: first system-admin token written to {written} (mode 0600)")
+
+
+if __name__ == "__main__":
+    main()

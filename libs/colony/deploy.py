@@ -1,0 +1,110 @@
+"""The secrets a compose deployment needs and nobody should type: `colony deploy init`.
+
+``docker-compose.yml`` has no password in it and no default for one: every secret is a file
+under ``infra/secrets/`` (ignored by git and Docker builds) that compose hands to the one
+container that needs it as a Docker secret (``/run/secrets/<name>``), so it is never in an
+environment variable (``docker inspect``) or on a command line (``ps``):
+
+* ``postgres-password``: the read-model database's password (``POSTGRES_PASSWORD_FILE``);
+* ``database-url``: the SQLAlchemy URL with that password, for the admin API and the
+  projector (``COLONY_DATABASE_URL_FILE``);
+* ``grafana-admin-password`` (``GF_SECURITY_ADMIN_PASSWORD__FILE``);
+* ``admin-tls/``: a private CA (``ca.pem``, what the operator's client trusts) and the
+  management balancer's certificate with its key (``admin-api.pem``): the admin API is
+  reached over TLS on the management network only;
+* ``bootstrap/``: where the one-shot ``admin-bootstrap`` job writes the first system-admin
+  token (``admin.token``), for the operator to read on the host;
+* the bus identities and TLS of ``colony bus init`` (``infra/nats/secrets/``).
+
+The directory is 0700 and owned by whoever ran the command (root), so nobody else on the
+host reads it.  Compose bind-mounts each secret file with its host mode and owner, and the
+containers run as different users (postgres, grafana, the image's uid 10001), so files
+read by a container are owned by that container's user (``--owner``) or world-readable
+inside the closed directory.  Running it again keeps every file that exists: a password
+that changed under a running database would lock the cluster out.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from colony.bus.secrets import BusFiles, _make_certificates, _write, init_bus
+
+NATS_HOSTS = ["nats-1", "nats-2", "nats-3"]
+ADMIN_HOSTS = ["admin-api", "admin-balancer"]
+
+
+@dataclass(frozen=True)
+class DeployFiles:
+    directory: Path
+    postgres_password: Path
+    database_url: Path
+    grafana_password: Path
+    admin_ca: Path
+    admin_pem: Path
+    bootstrap_dir: Path
+    bus: BusFiles
+
+    @property
+    def token_file(self) -> Path:
+        return self.bootstrap_dir / "admin.token"
+
+    def secret_values(self) -> list[str]:
+        """Every generated secret's text, for checks that none leaks anywhere."""
+        return [self.postgres_password.read_text().strip(), self.grafana_password.read_text().strip()]
+
+
+def _secret_file(path: Path, text: str, mode: int, owner: tuple[int, int] | None) -> None:
+    if path.exists():
+        return
+    _write(path, text.encode(), mode)
+    if owner is not None:
+        os.chown(path, *owner)
+
+
+def init_deploy(directory: Path, bus_directory: Path, *, admin_hosts: list[str] | None = None,
+                colony_owner: tuple[int, int] | None = None) -> DeployFiles:
+    """Generate what is missing under ``directory`` (and the bus's under ``bus_directory``).
+
+    ``colony_owner`` (uid, gid of the image's user, 10001) owns the files Colony processes
+    read; without it (tests, a rootless host) they are left to whoever runs this.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    os.chmod(directory, 0o700)
+    password = secrets.token_urlsafe(24)  # URL-safe: it goes into the database URL unquoted
+    pg = directory / "postgres-password"
+    # postgres reads its password file after dropping to its own user: readable inside the
+    # closed directory (0700) only.
+    _secret_file(pg, password + "\n", 0o644, None)
+    password = pg.read_text().strip()
+    url = directory / "database-url"
+    _secret_file(url, f"postgresql+psycopg://colony:{password}@postgres:5432/colony\n", 0o600, colony_owner)
+    grafana = directory / "grafana-admin-password"
+    _secret_file(grafana, secrets.token_urlsafe(18) + "\n", 0o644, None)
+
+    tls = directory / "admin-tls"
+    tls.mkdir(exist_ok=True)
+    os.chmod(tls, 0o700)
+    hosts = list(dict.fromkeys([*(admin_hosts or []), *ADMIN_HOSTS]))
+    admin = BusFiles(tls, {}, tls / "unused", tls / "ca.pem", tls / "server.pem", tls / "server.key")
+    combined = tls / "admin-api.pem"
+    if not combined.exists():
+        _make_certificates(admin, hosts)
+        # haproxy takes the chain and the key in one file; it reads it as root at start.
+        _write(combined, admin.cert.read_bytes() + admin.key.read_bytes(), 0o600)
+
+    bootstrap = directory / "bootstrap"
+    bootstrap.mkdir(exist_ok=True)
+    os.chmod(bootstrap, 0o700)
+    if colony_owner is not None:
+        os.chown(bootstrap, *colony_owner)  # the admin-bootstrap job writes the token here
+
+    bus = init_bus(bus_directory, NATS_HOSTS)
+    if colony_owner is not None:
+        for identity in bus.identities.values():
+            if identity.role != "operator":  # the operator's seed stays with whoever ran this
+                os.chown(identity.seed_file, *colony_owner)
+    return DeployFiles(directory, pg, url, grafana, admin.ca, combined, bootstrap, bus)
