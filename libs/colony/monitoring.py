@@ -3,7 +3,9 @@
 Theory of operation.  Prometheus finds the instances through file-based service discovery
 (``file_sd_configs``): ``targets.json`` in its directory lists every live instance's ops
 listener (``/metrics``), labelled ``job="colony-<role>"`` (the same jobs as the compose
-file's Prometheus, so one set of dashboards fits both), ``role`` and ``node``.  ``colony up``
+file's Prometheus, so one set of dashboards fits both) and nothing else: the instances'
+own gauges carry ``node`` and ``role`` (of the node they describe), which target labels of
+the same name would rename to ``exported_*``.  ``colony up``
 rewrites that file whenever the ``NODES`` bucket changes -- an instance started elsewhere
 with ``colony run`` joins by itself, one that stops or fails leaves -- and Prometheus
 notices the new file (inotify, and ``refresh_interval``) without a restart.  The file is
@@ -56,7 +58,7 @@ def targets_for(views: Iterable[NodeView]) -> list[dict]:
     for v in sorted(views, key=lambda v: v.id):
         address = v.addresses.get("ops")
         if address and v.state in LIVE_STATES:
-            groups.append({"targets": [address], "labels": {"job": f"colony-{v.role}", "role": str(v.role), "node": v.id}})
+            groups.append({"targets": [address], "labels": {"job": f"colony-{v.role}"}})
     return groups
 
 
