@@ -33,6 +33,8 @@ from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from dataclasses import dataclass
 
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
 from colony.contracts.handoff import MAX_LINE, NOT_OWNER, HandoffError, Verifier
 from colony.contracts.auth import AuthClient, AuthFailure, AuthUnavailable
 from colony.protocols.imap import session as S
@@ -67,6 +69,20 @@ class MailStore:
         return self.marks.recent(name, uids, claim)
 
 
+class ImapMetrics:
+    """IMAP's metrics on the instance registry (``runtime.metrics.registry``)."""
+
+    def __init__(self, registry: CollectorRegistry | None) -> None:
+        registry = registry if registry is not None else CollectorRegistry()
+        self.sessions = Gauge("colony_mailstore_imap_sessions", "IMAP sessions open on this instance.",
+                              registry=registry)
+        self.logins = Counter("colony_mailstore_imap_logins", "IMAP sessions started, by how and result.",
+                              ["how", "result"], registry=registry)
+        self.work = Histogram("colony_mailstore_imap_store_seconds",
+                              "Time an IMAP command spent with the account held (lock wait excluded).",
+                              registry=registry, buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30))
+
+
 @dataclass(eq=False)
 class _Conn:
     session: S.Session
@@ -76,7 +92,7 @@ class _Conn:
 class ImapServer:
     def __init__(self, accounts: AccountManager, route: Route, node_id: str, idle_timeout: float,
                  accepting: Callable[[], bool], verifier: Verifier | None = None, auth: AuthClient | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 registry: CollectorRegistry | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.accounts = accounts
         self.route = route
         self.node_id = node_id
@@ -85,6 +101,9 @@ class ImapServer:
         self.verifier = verifier
         self.auth = auth
         self.clock = clock
+        self.metrics = ImapMetrics(registry)
+        self.metrics.sessions.set_function(lambda: self._open_sessions)
+        self._open_sessions = 0
         self._conns: dict[str, set[_Conn]] = {}                    # account -> its sessions
         self._hooked: dict[str, tuple[AccountMail, Callable]] = {}  # account -> (mail, unhook)
         self._recent: OrderedDict[str, S.RecentMarks] = OrderedDict()   # LRU, RECENT_ACCOUNTS at most
@@ -113,6 +132,7 @@ class ImapServer:
         peer = writer.get_extra_info("peername")
         remote = peer[0] if peer else None
         conn: _Conn | None = None
+        self._open_sessions += 1
         try:
             account = None
             if handoff:
@@ -129,6 +149,7 @@ class ImapServer:
         except Exception:
             log.exception("IMAP session failed")
         finally:
+            self._open_sessions -= 1
             if conn is not None and conn.session.account:
                 self._forget(conn.session.account, conn)
             writer.close()
@@ -145,10 +166,13 @@ class ImapServer:
         except HandoffError as exc:
             log.warning("refused an IMAP hand-off from %s: %s", writer.get_extra_info("peername"), exc)
             writer.write(b"NO [AUTHENTICATIONFAILED] Bad hand-off\r\n")
+            self.metrics.logins.labels("handoff", "refused").inc()
             return None
         if not self.accepting() or not await self._claim(handoff.account):
             writer.write(f"NO [UNAVAILABLE] {NOT_OWNER} {self.node_id}\r\n".encode())
+            self.metrics.logins.labels("handoff", "not-owner").inc()
             return None
+        self.metrics.logins.labels("handoff", "ok").inc()
         log.info("IMAP session %s for %s from %s", handoff.session, handoff.account, handoff.client_ip)
         return handoff.account
 
@@ -216,6 +240,7 @@ class ImapServer:
             conn.session.auth_result(action.tag, None, "Authentication is unavailable; try again", temporary=True)
             return
         if not reply.ok:
+            self.metrics.logins.labels("login", "refused").inc()
             temporary = reply.reason in (AuthFailure.THROTTLED, AuthFailure.INTERNAL)
             conn.session.auth_result(action.tag, None, "Invalid credentials" if not temporary
                                      else "Try again later", temporary)
@@ -225,6 +250,7 @@ class ImapServer:
             conn.session.auth_result(action.tag, None, "The account is served elsewhere right now", temporary=True)
             return
         conn.session.auth_result(action.tag, account)
+        self.metrics.logins.labels("login", "ok").inc()
         self._conns.setdefault(account, set()).add(conn)
 
     async def _claim(self, account: str) -> bool:
@@ -298,8 +324,10 @@ class ImapServer:
             while len(self._recent) > RECENT_ACCOUNTS:
                 self._recent.popitem(last=False)
             store = MailStore(acct.mail, marks, quota)
+            started = time.perf_counter()
             try:
                 await asyncio.to_thread(session.run, store)
+                self.metrics.work.observe(time.perf_counter() - started)
                 return
             except Exception:
                 log.exception("IMAP command for %s failed", session.account)

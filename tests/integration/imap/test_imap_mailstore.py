@@ -9,6 +9,7 @@ import imaplib
 import socket
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -99,6 +100,14 @@ async def test_imaplib_select_fetch_store_search_copy_move_expunge(imap):
     assert r["copy"][0] == "OK"
     assert r["move"] == "OK"
     assert r["after"] == 1 and r["archive"] == 1 and r["trash"] == 1
+
+    async def metrics():
+        text = await asyncio.to_thread(
+            lambda: urllib.request.urlopen(f"http://{view.addresses['ops']}/metrics", timeout=10).read().decode())
+        return text if "colony_mailstore_imap_sessions 0.0" in text else None   # the session has ended
+    text = await wait_until(metrics, 30, "the IMAP session to end")
+    assert 'colony_mailstore_imap_logins_total{how="login",result="ok"} 1.0' in text
+    assert 'colony_mailstore_imap_logins_total{how="login",result="refused"} 1.0' in text
 
 
 def _two_sessions_and_idle(host: str, port: int, deliver) -> dict:
