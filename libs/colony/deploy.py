@@ -93,8 +93,9 @@ def init_deploy(directory: Path, bus_directory: Path, *, admin_hosts: list[str] 
     combined = tls / "admin-api.pem"
     if not combined.exists():
         _make_certificates(admin, hosts)
-        # haproxy takes the chain and the key in one file; it reads it as root at start.
-        _write(combined, admin.cert.read_bytes() + admin.key.read_bytes(), 0o600)
+        # haproxy takes the chain and the key in one file. The official image runs as its own
+        # user (uid 99), so the file is readable inside the closed (0700) directories only.
+        _write(combined, admin.cert.read_bytes() + admin.key.read_bytes(), 0o644)
 
     bootstrap = directory / "bootstrap"
     bootstrap.mkdir(exist_ok=True)
