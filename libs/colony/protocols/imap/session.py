@@ -22,8 +22,14 @@ never overtake each other.
 
 States (RFC 9051 §3): NOT_AUTHENTICATED -> AUTHENTICATED (LOGIN, AUTHENTICATE, or a
 pre-authenticated hand-off) -> SELECTED (SELECT/EXAMINE) -> back by CLOSE/UNSELECT or a
-failed SELECT; LOGOUT from any.  ``_ALLOWED`` says which command runs in which state; a
-command in the wrong state gets ``BAD``, never an exception.
+failed SELECT; LOGOUT from any.  ``_ANY``, ``_NOT_AUTH``, ``_AUTH`` and ``_SELECTED`` say which
+command runs in which state; a command in the wrong state gets ``BAD``, never an exception.
+
+Enabled state: CONDSTORE (by ENABLE or its first use: MODSEQ then goes with every FLAGS),
+QRESYNC (VANISHED replaces EXPUNGE), IMAP4rev2 / UTF8=ACCEPT (UTF-8 names and strings,
+ESEARCH for SEARCH, no \\Recent).  ``\\Recent`` itself is the store's business
+(``Store.recent``, e.g. ``RecentMarks``): the first read-write session to see a message
+claims it.
 
 Untagged updates (RFC 9051 §7.5.1, RFC 3501 §7.4.1): the session keeps its own view of the
 selected mailbox -- the UIDs in sequence order and the flags it last reported -- and at the
@@ -35,9 +41,10 @@ before; it goes out after the next command that allows it (NOOP, IDLE, UID comma
 Other sessions' changes thus reach a session exactly at command ends, and an IDLE session
 when ``wake()`` says the account changed.
 
-Memory: the reader bounds each command; responses are produced per command; parsed MIME
-structures are cached for a handful of messages only; sequence sets are resolved against
-the mailbox without ever being expanded.
+Memory: the reader bounds each command; a FETCH queues about ``FETCH_BATCH_BYTES`` of
+responses and asks for the store again (``NeedStore``) only once the shell has taken them;
+parsed MIME structures are cached for a handful of messages only; sequence sets are
+resolved against the mailbox without ever being expanded.
 
 Time comes from the injected ``clock`` (seconds): ``tick()`` ends a session idle for longer
 than ``autologout`` (30 minutes, RFC 9051 §5.4) with ``* BYE``.
