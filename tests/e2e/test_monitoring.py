@@ -1,0 +1,75 @@
+"""A real Prometheus (Debian's ``prometheus``) started by `colony up --monitoring` scrapes
+every instance it finds through file-based discovery, and every expression of every
+service dashboard (infra/grafana/generate.py) returns data from it."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from test_colony_up import all_ready, free_base_port, start_up, stop_up, wait_for
+from tools import need_tool
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+INSTANCES = 8  # colony up's defaults: 2 controllers, an edge, 2 mail stores, a SIP farm member, an admin API, a projector
+
+
+def dashboards() -> dict[str, dict]:
+    spec = importlib.util.spec_from_file_location("generate", ROOT / "infra/grafana/generate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return {name: d for name, d in module.dashboards().items() if module.SERVICES in d["tags"]}
+
+
+def query(prometheus: str, expr: str) -> list:
+    try:
+        answer = httpx.get(f"{prometheus}/api/v1/query", params={"query": expr}, timeout=30).json()
+    except (httpx.HTTPError, ValueError):
+        return []
+    assert answer["status"] == "success", f"{expr}: {answer}"
+    return answer["data"]["result"]
+
+
+def test_prometheus_scrapes_colony_up_and_every_dashboard_query_has_data(tmp_path):
+    need_tool("prometheus")
+    data_dir, base = tmp_path / "colony", free_base_port()
+    proc = start_up(data_dir, base, "--monitoring")
+    prometheus = f"http://127.0.0.1:{base + 90}"
+    try:
+        nodes = wait_for(lambda: all_ready(data_dir, INSTANCES), 240, f"{INSTANCES} READY instances")
+        targets = json.loads((data_dir / "prometheus" / "targets.json").read_text())
+        assert sorted(t["targets"][0] for t in targets) == sorted(n["addresses"]["ops"] for n in nodes)
+        assert {t["labels"]["job"] for t in targets} == {f"colony-{n['role']}" for n in nodes}
+        wait_for(lambda: len([r for r in query(prometheus, 'up{job=~"colony-.*"} == 1')]) == INSTANCES, 120,
+                 "Prometheus scraping every instance")
+
+        # Some admin API traffic, so its RED metrics have samples (a labelled counter has none before).
+        token = (data_dir / "admin.token").read_text().strip()
+        api = next(n["addresses"]["http"] for n in nodes if n["role"] == "admin-api")
+        with httpx.Client(base_url=f"http://{api}", headers={"Authorization": f"Bearer {token}"}, timeout=30) as http:
+            for _ in range(5):
+                assert http.get("/v1/domains").status_code == 200
+            assert http.get("/v1/cluster/nodes").status_code == 200
+
+        exprs = [(name, panel["title"], target["expr"].replace("$role", ".*"))
+                 for name, d in dashboards().items() for panel in d["panels"] for target in panel.get("targets", [])]
+        assert len(exprs) > 20
+        deadline = time.monotonic() + 120  # rate() needs two scrapes (5 s apart) after the traffic
+        empty = exprs
+        while empty and time.monotonic() < deadline:
+            empty = [e for e in empty if not query(prometheus, e[2])]
+            if empty:
+                time.sleep(2)
+        assert not empty, "dashboard queries without data:\n" + "\n".join(f"{n} / {t}: {e}" for n, t, e in empty)
+        # The cluster gauges count every instance once (only the active controller exports them).
+        total = query(prometheus, 'sum(colony_cluster_nodes{state="READY"})')
+        assert float(total[0]["value"][1]) == INSTANCES
+    finally:
+        stop_up(proc)
