@@ -60,6 +60,12 @@ class PortPlan:
     def pop3s(self, edge_index: int) -> int:
         return self.base + 95 + EDGE_PORT_STRIDE * edge_index
 
+    def submission(self, edge_index: int) -> int:
+        return self.base + 87 + EDGE_PORT_STRIDE * edge_index
+
+    def submissions(self, edge_index: int) -> int:
+        return self.base + 65 + EDGE_PORT_STRIDE * edge_index
+
     def sip(self, member_index: int) -> int:
         """UDP and TCP SIP port of farm member #member_index+1 (its own block, as the edges)."""
         return self.base + 60 + EDGE_PORT_STRIDE * member_index
@@ -69,7 +75,8 @@ class PortPlan:
         ports += [(f"SMTP edge #{i + 1}", self.smtp(i)) for i in range(edges)]
         ports += [(f"{what} edge #{i + 1}", port(i)) for i in range(edges)
                   for what, port in (("IMAP", self.imap), ("IMAPS", self.imaps), ("POP3", self.pop3),
-                                     ("POP3S", self.pop3s))]
+                                     ("POP3S", self.pop3s), ("submission", self.submission),
+                                     ("submissions", self.submissions))]
         ports += [(f"admin API #{i + 1}", self.admin_api(i)) for i in range(admin_apis)]
         ports += [(f"ops listener #{i + 1}", self.ops(i)) for i in range(instances)]
         return ports

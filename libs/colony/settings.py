@@ -119,6 +119,7 @@ class Settings(BaseSettings):
     # --- submission and outbound mail (edge) ---------------------------------------------
     submission_port: int = Field(587, ge=0, le=65535, description="Edge submission port (STARTTLS, AUTH required; 0: any free port). `colony up` derives it from --base-port.")
     submissions_port: int = Field(465, ge=0, le=65535, description="Edge submission port with implicit TLS (RFC 8314).")
+    submission_domain_rate_per_hour: int = Field(0, ge=0, description="Messages one domain's accounts may submit per hour, counted across all edges (0: no domain limit; each account also has its class of service's sending_rate_per_hour).")
     outbound_smtp_port: int = Field(25, ge=1, le=65535, description="Port remote MX hosts are contacted on (25; tests and relays through a smarthost on another port set it).")
     outbound_concurrency: int = Field(32, ge=1, description="Outbound deliveries one edge runs at once.")
     outbound_destination_concurrency: int = Field(4, ge=1, description="Outbound connections one edge opens at once to one destination domain.")

@@ -180,6 +180,8 @@ class Cluster:
                     env["COLONY_IMAPS_PORT"] = str(self.plan.imaps(edge_index))
                     env["COLONY_POP3_PORT"] = str(self.plan.pop3(edge_index))
                     env["COLONY_POP3S_PORT"] = str(self.plan.pop3s(edge_index))
+                    env["COLONY_SUBMISSION_PORT"] = str(self.plan.submission(edge_index))
+                    env["COLONY_SUBMISSIONS_PORT"] = str(self.plan.submissions(edge_index))
                     edge_index += 1
                 if role == "sipfarm":
                     env["COLONY_SIP_PORT"] = str(self.plan.sip(sip_index))
@@ -214,6 +216,8 @@ class Cluster:
             "imaps": [f"{self.host}:{self.plan.imaps(i)}" for i in range(self.counts.get("edge", 0))],
             "pop3": [f"{self.host}:{self.plan.pop3(i)}" for i in range(self.counts.get("edge", 0))],
             "pop3s": [f"{self.host}:{self.plan.pop3s(i)}" for i in range(self.counts.get("edge", 0))],
+            "submission": [f"{self.host}:{self.plan.submission(i)}" for i in range(self.counts.get("edge", 0))],
+            "submissions": [f"{self.host}:{self.plan.submissions(i)}" for i in range(self.counts.get("edge", 0))],
             "sip": [f"{self.host}:{self.plan.sip(i)}" for i in range(self.counts.get("sipfarm", 0))],
             "nats_url": self.nats.url if self.nats else None,
             "nats_pid": self.nats.process.pid if self.nats and self.nats.process else None,

@@ -292,7 +292,8 @@ GRANTS: dict[str, Grant] = {
     "edge": _with(
         _INSTANCE,
         # OUTBOUND: submission and DSNs; USAGE: messages out; DEAD_LETTERS: the outbound runner.
-        append=(SUBJECTS_MAIL, SUBJECTS_OUTBOUND, SUBJECTS_USAGE, SUBJECTS_DEAD_LETTERS),
+        # AUDIT: a submitting account throttled for its sending rate.
+        append=(SUBJECTS_MAIL, SUBJECTS_OUTBOUND, SUBJECTS_USAGE, SUBJECTS_DEAD_LETTERS, SUBJECTS_AUDIT),
         consume=(STREAM_OUTBOUND,),
         kv_write=(BUCKET_RATE_COUNTERS,),
         kv_read=(BUCKET_DIRECTORY, BUCKET_ACCOUNT_OWNERS),

@@ -250,6 +250,9 @@ def _announce(cluster, stop, had_token: bool) -> None:
     console.print(f"  logs:       {cluster.data_dir / 'logs'}")
     for address in info.get("smtp") or []:
         console.print(f"  SMTP MX:    {address}")
+    for label, key in (("submission", "submission"), ("SMTPS", "submissions")):
+        for address in info.get(key) or []:
+            console.print(f"  {label + ':':<11} {address}" + ("   (STARTTLS, AUTH)" if key == "submission" else "   (TLS, AUTH)"))
     for address in info.get("sip") or []:
         console.print(f"  SIP (UDP+TCP): {address}")
     for label, key in (("IMAP", "imap"), ("IMAPS", "imaps"), ("POP3", "pop3"), ("POP3S", "pop3s")):

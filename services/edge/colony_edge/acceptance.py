@@ -134,7 +134,7 @@ class MailAcceptor:
             if size <= self.settings.mail_inline_max_bytes:
                 body = head + message.spool.read_bytes()
             else:
-                ref = await self._put_body(message_id, head, message.spool)
+                ref = await self.put_body(message_id, head, message.spool)
             by_domain = self._group(session)
             received_at = datetime.now(UTC)
             headers = inject_headers()
@@ -200,7 +200,7 @@ class MailAcceptor:
                     notify=list(rcpt.notify) if rcpt.notify else None, orcpt=rcpt.orcpt))
         return groups
 
-    async def _put_body(self, message_id: str, head: bytes, spool: Path) -> MailBodyRef:
+    async def put_body(self, message_id: str, head: bytes, spool: Path) -> MailBodyRef:
         if self._bodies is None:
             self._bodies = await self.js.object_store(names.OBJECT_MAIL_BODIES)
         reader = _Concat(head, spool)

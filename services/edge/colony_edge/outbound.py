@@ -41,7 +41,8 @@ from colony.events import UnknownEvent, UsageRecorded
 from colony.outbound.dsn import build_dsn
 from colony.outbound.rules import NullMx, RecipientResult, decide, mail_exchangers
 from colony.outbound.signing import current_key, sign
-from colony.queue import Done, Job, QueuePolicy, QueueRunner, Reject, Retry
+from colony.dns import make_resolver
+from colony.queue import Done, Job, QueueMetrics, QueuePolicy, QueueRunner, Reject, Retry
 from colony.settings import Settings
 from colony.telemetry import inject_headers
 
@@ -297,4 +298,14 @@ def outbound_runner(js: JetStreamContext, delivery: OutboundDelivery, settings: 
                        policy=outbound_policy(settings), metrics=queue_metrics, name="outbound")
 
 
-__all__ = ["OutboundDelivery", "OutboundMetrics", "outbound_policy", "outbound_runner"]
+async def start_outbound(runtime, settings: Settings, hostname: str) -> QueueRunner:
+    """The edge's outbound runner, started on the runtime's task owner (stop it with ``stop()``)."""
+    js = runtime.nc.jetstream()
+    delivery = OutboundDelivery(js, settings, runtime.node_id, hostname, make_resolver(settings),
+                                OutboundMetrics(runtime.metrics.registry))
+    runner = outbound_runner(js, delivery, settings, runtime.metrics.once(QueueMetrics))
+    await runner.start(runtime.spawn)
+    return runner
+
+
+__all__ = ["OutboundDelivery", "OutboundMetrics", "outbound_policy", "outbound_runner", "start_outbound"]

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Protocol
 
 from colony.contracts.recipients import Mailbox
-from colony.protocols.smtp import Reply, events as E
+from colony.protocols.smtp import Reply, events as E, replies as R
 
 log = logging.getLogger("colony.edge.smtp")
 
@@ -106,6 +106,9 @@ class SmtpPolicy(Protocol):
     async def helo(self, session: SmtpSession, name: str) -> Verdict:
         """HELO/EHLO ``name`` (the session's ``helo`` is set once accepted)."""
 
+    async def auth(self, session: SmtpSession, auth: E.Auth) -> Verdict:
+        """AUTH on submission (only ever after TLS): check the credentials; accept = 235."""
+
     async def mail_from(self, session: SmtpSession, mail: E.MailFrom) -> Verdict:
         """MAIL FROM (SPF, rate per IP)."""
 
@@ -127,6 +130,10 @@ class BasePolicy:
 
     async def helo(self, session: SmtpSession, name: str) -> Verdict:
         return ACCEPT
+
+    async def auth(self, session: SmtpSession, auth: E.Auth) -> Verdict:
+        # Nobody is authenticated by a policy that does not check passwords.
+        return refuse(R.AUTH_FAILED)
 
     async def mail_from(self, session: SmtpSession, mail: E.MailFrom) -> Verdict:
         return ACCEPT
@@ -152,6 +159,14 @@ class PolicyChain(BasePolicy):
 
     async def helo(self, session: SmtpSession, name: str) -> Verdict:
         return await self._first(lambda p: p.helo(session, name))
+
+    async def auth(self, session: SmtpSession, auth: E.Auth) -> Verdict:
+        # The first policy that checks passwords answers; the others have no say in it.
+        for policy in self.policies:
+            hook = getattr(type(policy), "auth", None)
+            if hook is not None and hook is not BasePolicy.auth:
+                return await policy.auth(session, auth)
+        return refuse(R.AUTH_FAILED)
 
     async def mail_from(self, session: SmtpSession, mail: E.MailFrom) -> Verdict:
         return await self._first(lambda p: p.mail_from(session, mail))

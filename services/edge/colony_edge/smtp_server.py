@@ -41,6 +41,11 @@ class SmtpServerConfig:
     max_errors: int
     timeout: float
     greeting_delay: float = 0.0
+    # Submission (RFC 6409/8314): AUTH mechanisms offered once TLS is active, MAIL only after
+    # AUTH, and implicit TLS (port 465: the listener did the handshake before ``handle``).
+    auth_mechanisms: tuple[str, ...] = ()
+    auth_required: bool = False
+    implicit_tls: bool = False
 
 
 class SmtpServer:
@@ -75,7 +80,14 @@ class _Session:
         self.loop = asyncio.get_running_loop()
         self.conn = ServerConnection(ServerConfig(
             hostname=cfg.hostname, max_message_size=cfg.max_message_size, max_recipients=cfg.max_recipients,
-            max_errors=cfg.max_errors, timeout=cfg.timeout, tls_available=server.tls is not None), self.loop.time())
+            max_errors=cfg.max_errors, timeout=cfg.timeout, tls_available=server.tls is not None or cfg.implicit_tls,
+            tls_active=cfg.implicit_tls, auth_mechanisms=cfg.auth_mechanisms, auth_required=cfg.auth_required),
+            self.loop.time())
+        if cfg.implicit_tls:
+            tls = writer.get_extra_info("ssl_object")
+            self.info.tls = tls.version() if tls else "TLS"
+            cipher = tls.cipher() if tls else None
+            self.info.tls_cipher = cipher[0] if cipher else None
         self._spool: BinaryIO | None = None
         self._span: trace.Span | None = None   # one trace per message: from DATA/BDAT to the acks
         self._spool_path: Path | None = None
@@ -172,6 +184,10 @@ class _Session:
             if verdict.accept and info.max_message_size is not None:
                 conn.limit_message_size(info.max_message_size)
             await self._answer("rcpt", verdict.reply, R.RECIPIENT_OK, verdict.accept)
+        elif isinstance(event, E.Auth):
+            hook = getattr(policy, "auth", None)
+            verdict = await self._ask("auth", hook(info, event)) if hook else Verdict(False, R.AUTH_NOT_AVAILABLE)
+            await self._answer("auth", verdict.reply, R.AUTH_OK, verdict.accept)
         elif isinstance(event, E.DataStarted):
             self._open_spool()
         elif isinstance(event, E.DataChunk):

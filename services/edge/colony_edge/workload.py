@@ -1,4 +1,5 @@
-"""The edge's workload: the SMTP MX listener, its policy chain and the directory cache.
+"""The edge's workload: the SMTP MX listener, its policy chain and the directory cache;
+submission (587/465, ``colony_edge.submission``) and the outbound queue (``colony_edge.outbound``).
 
 Drain (``set_accepting(False)``) refuses new connections with 421 4.3.2 while sessions in
 progress finish; after ``drain_timeout`` the remaining ones get 421 and are closed.
@@ -17,13 +18,16 @@ from colony.protocols.smtp import replies as R
 from colony.settings import Settings
 from colony.tlsfiles import configured, server_context
 from colony_edge.access_proxy import open_access
+from colony.queue import QueueRunner
 from colony_edge.acceptance import MailAcceptor, SmtpMetrics
+from colony_edge.outbound import start_outbound
 from colony_edge.recipients import RecipientPolicy
 from colony_edge.security.authentication import use_configured_dns
 from colony_edge.security.gate import EdgeGate
 from colony_edge.security.policy import EdgeSecurityPolicy
 from colony_edge.smtp_policy import PolicyChain, SmtpPolicy
 from colony_edge.smtp_server import SmtpServer, SmtpServerConfig
+from colony_edge.submission import open_submission
 
 log = logging.getLogger("colony.edge")
 
@@ -38,6 +42,7 @@ class EdgeWorkload(ConnectionWorkload):
         self.directory: DirectoryCache | None = None
         self.smtp: SmtpServer | None = None
         self.counters: SharedCounters | None = None
+        self.outbound: QueueRunner | None = None   # the outbound queue (colony_edge.outbound)
 
     async def open_listeners(self, runtime) -> dict[str, str]:
         settings = self.settings
@@ -65,9 +70,22 @@ class EdgeWorkload(ConnectionWorkload):
             greeting_delay=settings.smtp_greeting_delay), policy, acceptor, metrics, self.tracker, tls)
         address = await self.listen("smtp", settings.host, settings.smtp_port, self.smtp.handle,
                                     refuse=lambda writer: writer.write(R.SHUTTING_DOWN.to_bytes()))
-        return {"smtp": address, **await open_access(self, runtime, gate, self.counters, hostname)}
+        listeners = {"smtp": address, **await open_access(self, runtime, gate, self.counters, hostname)}
+        listeners.update(await open_submission(self, runtime, acceptor, metrics, self.counters, tls, hostname))
+        self.outbound = await start_outbound(runtime, settings, hostname)
+        return listeners
+
+    def set_accepting(self, accepting: bool) -> None:
+        super().set_accepting(accepting)
+        if self.outbound is not None:
+            self.outbound.set_accepting(accepting)   # a drained edge delivers no more outbound mail
+
+    def active_work(self) -> int:
+        return super().active_work() + (self.outbound.active_work() if self.outbound is not None else 0)
 
     async def close_resources(self) -> None:
+        if self.outbound is not None:
+            await self.outbound.stop()
         if self.counters is not None:
             await self.counters.stop()
         if self.directory is not None:

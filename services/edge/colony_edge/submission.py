@@ -1,0 +1,275 @@
+"""Submission (RFC 6409) on the edge: the policy of ports 587 (STARTTLS) and 465 (implicit
+TLS) and the acceptor that splits a message between MAIL and OUTBOUND.
+
+The same sans-IO core and asyncio shell as the MX run submission with
+``auth_mechanisms=("PLAIN", "LOGIN")`` and ``auth_required``: the core never offers or
+accepts AUTH before TLS and refuses MAIL before AUTH; the hooks below decide the rest.
+
+* ``auth``: the password check of the auth contract (``colony.auth.check``, service
+  ``mail``); its answer carries the class of service's ``sending_rate_per_hour``.
+* ``mail_from``: the envelope sender must belong to the account: its own address, or an
+  alias (in its domain or a domain alias of it) whose targets include the account.  The null
+  sender is refused (a client does not send bounces).  The sending rate is counted here, per
+  account (class of service) and per domain (``submission_domain_rate_per_hour``), in the
+  shared counters, so it holds across all edges; a client past it hears 450 4.7.0, the
+  refusal is counted (``colony_submission_throttled_total{scope}``), logged, and the first
+  refusal of an account in a minute goes to AUDIT (``submission.throttled``) for operators.
+* ``rcpt_to``: a recipient in a hosted domain is resolved as on the MX (unknown users are
+  refused now, not bounced later); any other is remote and goes to OUTBOUND.
+* ``data_complete``: every address in ``From:`` must belong to the account as well.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import time
+from collections import OrderedDict
+from email.parser import BytesHeaderParser
+from email.policy import SMTP as SMTP_POLICY
+
+from nats.js import JetStreamContext
+from prometheus_client import CollectorRegistry, Counter
+
+from colony.bus import names
+from colony.contracts.auth import AuthClient, AuthUnavailable
+from colony.contracts.directory import AccountInfo, AliasInfo
+from colony.contracts.outbound import OutboundMail, OutboundRecipient
+from colony.counters import SharedCounters
+from colony.events import AuditRecorded
+from colony.protocols.smtp import Reply, events as E, replies as R
+from colony.settings import Settings
+from colony.telemetry import inject_headers
+from colony_edge.acceptance import AcceptanceFailed, MailAcceptor, fold, new_message_id
+from colony_edge.recipients import RecipientPolicy
+from colony_edge.smtp_policy import ACCEPT, AcceptedRecipient, BasePolicy, IncomingMessage, SmtpSession, Verdict, refuse
+
+log = logging.getLogger("colony.edge.submission")
+
+AUTH_UNAVAILABLE = Reply(454, "4.7.0", "Temporary authentication failure; try again later", "auth_unavailable")
+AUTH_THROTTLED = Reply(454, "4.7.0", "Too many failed attempts; try again later", "auth_throttled")
+NULL_SENDER = Reply(553, "5.7.1", "Submission with the null sender is not allowed", "null_sender")
+NOT_YOUR_SENDER = Reply(553, "5.7.1", "Sender address is not yours", "sender_not_owned")
+NOT_YOUR_FROM = Reply(550, "5.7.1", "From: header address is not yours", "from_not_owned")
+RATE_LIMITED = Reply(450, "4.7.0", "Sending rate exceeded; try again later", "sending_rate")
+
+_HEADER_SCAN = 256 * 1024   # the header section is read from the spool up to this far
+
+
+class SubmissionMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.auth = Counter("colony_submission_auth", "Submission AUTH attempts by result.", ["result"],
+                            registry=registry)
+        self.throttled = Counter("colony_submission_throttled", "Submissions refused for the sending rate, "
+                                 "by scope (account, domain).", ["scope"], registry=registry)
+
+
+class SubmissionPolicy(BasePolicy):
+    def __init__(self, directory, auth: AuthClient, counters: SharedCounters, js: JetStreamContext,
+                 settings: Settings, metrics: SubmissionMetrics, node_id: str) -> None:
+        self.directory, self.auth_client, self.counters, self.js = directory, auth, counters, js
+        self.settings, self.metrics, self.node_id = settings, metrics, node_id
+        self.recipients = RecipientPolicy(directory, settings.postmaster_address)
+        self._audited: OrderedDict[str, float] = OrderedDict()   # account -> last audit (bounded)
+
+    async def auth(self, session: SmtpSession, auth: E.Auth) -> Verdict:
+        try:
+            reply = await self.auth_client.check(auth.username, auth.password, service="mail",
+                                                 remote_addr=session.peer_ip)
+        except AuthUnavailable:
+            self.metrics.auth.labels(result="unavailable").inc()
+            return refuse(AUTH_UNAVAILABLE)
+        if not reply.ok:
+            self.metrics.auth.labels(result="throttled" if reply.reason == "throttled" else "refused").inc()
+            return refuse(AUTH_THROTTLED if reply.reason == "throttled" else R.AUTH_FAILED)
+        self.metrics.auth.labels(result="ok").inc()
+        session.notes["account"] = reply.account
+        session.notes["account_domain"] = reply.domain
+        session.notes["rate_per_hour"] = reply.sending_rate_per_hour
+        log.info("submission %s from %s: authenticated as %s", session.id, session.peer_ip, reply.account)
+        return ACCEPT
+
+    # --- envelope -------------------------------------------------------------------------
+
+    def owns(self, account: str, address: str) -> bool:
+        """Whether ``address`` is ``account``'s: itself, or an alias (also through a domain
+        alias) that delivers to it."""
+        local, _, domain = address.lower().rpartition("@")
+        if not local or not domain:
+            return False
+        candidates = [f"{local}@{domain}"]
+        real = self.directory.domain_alias(domain)
+        if real:
+            candidates.append(f"{local}@{real}")
+        for candidate in candidates:
+            if candidate == account.lower():
+                return True
+            entry = self.directory.address(candidate)
+            if isinstance(entry, AliasInfo) and account.lower() in (t.lower() for t in entry.targets):
+                return True
+            if isinstance(entry, AccountInfo) and entry.address.lower() == account.lower():
+                return True
+        return False
+
+    async def mail_from(self, session: SmtpSession, mail: E.MailFrom) -> Verdict:
+        account = str(session.notes.get("account", ""))
+        if not mail.address:
+            return refuse(NULL_SENDER)
+        if not self.owns(account, mail.address):
+            log.warning("submission %s: %s tried to send as %s; refused", session.id, account, mail.address)
+            return refuse(NOT_YOUR_SENDER)
+        return await self._rate(session, account)
+
+    async def _rate(self, session: SmtpSession, account: str) -> Verdict:
+        domain = str(session.notes.get("account_domain") or account.rpartition("@")[2])
+        limits = [("account", account, session.notes.get("rate_per_hour")),
+                  ("domain", domain, self.settings.submission_domain_rate_per_hour or None)]
+        for scope, subject, per_hour in limits:
+            if not per_hour:
+                continue
+            # The shared counters keep one-minute windows: an hourly allowance is held as
+            # its sixtieth per minute (at least one), which also stops a burst early.
+            per_minute = max(1.0, per_hour / 60.0)
+            seen = await self.counters.hit(f"submit_{scope}", subject)
+            if seen > per_minute:
+                self.metrics.throttled.labels(scope=scope).inc()
+                log.warning("submission %s: %s %s over its sending rate (%.0f/min > %.0f/min) from %s; throttled",
+                            session.id, scope, subject, seen, per_minute, session.peer_ip)
+                await self._audit(account, domain, scope, seen, per_minute, session.peer_ip)
+                return refuse(RATE_LIMITED)
+        return ACCEPT
+
+    async def _audit(self, account: str, domain: str, scope: str, seen: float, limit: float, ip: str) -> None:
+        now = time.monotonic()
+        last = self._audited.get(account)
+        if last is not None and now - last < 60:
+            return
+        self._audited[account] = now
+        self._audited.move_to_end(account)
+        while len(self._audited) > 10_000:
+            self._audited.popitem(last=False)
+        event = AuditRecorded(actor=account, role="system", action="submission.throttled", target=account,
+                              domain=domain, remote_addr=ip, outcome="refused",
+                              detail={"scope": scope, "rate_per_minute": round(seen, 1), "limit_per_minute": limit,
+                                      "edge": self.node_id})
+        try:
+            await self.js.publish(names.audit_subject(domain), event.encode(), timeout=self.settings.mail_publish_timeout)
+        except Exception:  # the refusal stands whether or not the audit trail could be written
+            log.exception("audit event for throttled %s not written", account)
+
+    async def rcpt_to(self, session: SmtpSession, rcpt: E.RcptTo) -> Verdict:
+        domain = rcpt.address.rpartition("@")[2].lower()
+        if rcpt.address.lower() == "postmaster" or self.directory.domain(domain) or self.directory.domain_alias(domain):
+            return await self.recipients.rcpt_to(session, rcpt)
+        if not domain or not self.directory.loaded.is_set():
+            return refuse(R.BAD_RECIPIENT_SYNTAX if not domain else Reply(451, "4.3.0", "Directory not loaded yet",
+                                                                          "directory_not_ready"))
+        session.recipients.append(AcceptedRecipient(rcpt, ()))   # remote: no mailbox here
+        return ACCEPT
+
+    async def data_complete(self, session: SmtpSession, message: IncomingMessage) -> Verdict:
+        account = str(session.notes.get("account", ""))
+        with open(message.spool, "rb") as spool:
+            head = spool.read(_HEADER_SCAN)
+        end = head.find(b"\r\n\r\n")
+        headers = BytesHeaderParser(policy=SMTP_POLICY).parsebytes(head if end < 0 else head[: end + 4])
+        senders = [address for _, address in email.utils.getaddresses([str(v) for v in headers.get_all("From", [])])]
+        if not senders or any(not self.owns(account, a) for a in senders):
+            log.warning("submission %s: %s sent From: %s; refused", session.id, account, ", ".join(senders) or "(none)")
+            return refuse(NOT_YOUR_FROM)
+        session.notes["from_domain"] = senders[0].rpartition("@")[2].lower()
+        return ACCEPT
+
+
+class SubmissionAcceptor:
+    """Local recipients through the MX's ``MailAcceptor`` (into MAIL), remote ones as one
+    ``OutboundMail`` per destination domain; returns only once every stream acknowledged."""
+
+    def __init__(self, local: MailAcceptor, js: JetStreamContext, settings: Settings, node_id: str) -> None:
+        self.local, self.js, self.settings, self.node_id = local, js, settings, node_id
+        self.tracer = local.tracer
+
+    async def accept(self, session: SmtpSession, message: IncomingMessage) -> str:
+        remote = [r for r in session.recipients if not r.mailboxes]
+        local = [r for r in session.recipients if r.mailboxes]
+        message_id = None
+        if local:
+            remote_part = session.recipients
+            session.recipients = local
+            try:
+                message_id = await self.local.accept(session, message)
+            finally:
+                session.recipients = remote_part
+        if remote:
+            message_id = await self._outbound(session, message, remote, message_id or new_message_id())
+        assert message_id is not None
+        return message_id
+
+    async def _outbound(self, session: SmtpSession, message: IncomingMessage, remote: list[AcceptedRecipient],
+                        message_id: str) -> str:
+        mail = session.mail_from
+        account = str(session.notes.get("account", ""))
+        tls = f" (using {session.tls})" if session.tls else ""
+        received = (f"from {session.helo or 'unknown'} ([{session.peer_ip}]) by {self.local.hostname} (Colony) "
+                    f"with ESMTPSA id {message_id}{tls}; {email.utils.format_datetime(email.utils.localtime())}")
+        head = fold("Received", received)
+        size = len(head) + message.size
+        body, ref = None, None
+        if size <= self.settings.mail_inline_max_bytes:
+            body = head + message.spool.read_bytes()
+        else:
+            ref = await self.local.put_body(message_id, head, message.spool)
+        by_domain: dict[str, list[OutboundRecipient]] = {}
+        for accepted in remote:
+            rcpt = accepted.rcpt
+            domain = rcpt.address.rpartition("@")[2].lower()
+            by_domain.setdefault(domain, []).append(OutboundRecipient(
+                address=rcpt.address, notify=list(rcpt.notify) if rcpt.notify else None, orcpt=rcpt.orcpt))
+        headers = inject_headers()
+        publishes = []
+        for destination, recipients in by_domain.items():
+            item = OutboundMail.new(
+                message_id=message_id, destination=destination, mail_from=mail.address, recipients=recipients,
+                account=account, sign_domain=str(session.notes.get("from_domain", "")), sender_local=True,
+                body_type=mail.body, smtputf8=mail.smtputf8, ret=mail.ret, envid=mail.envid, size=size,
+                edge_node=self.node_id, body=body, body_ref=ref)
+            publishes.append(self.js.publish(names.outbound_subject(destination), item.encode(),
+                                             headers={**headers, "Nats-Msg-Id": item.msg_id()},
+                                             timeout=self.settings.mail_publish_timeout))
+        results = await asyncio.gather(*publishes, return_exceptions=True)
+        failures = [r for r in results if isinstance(r, BaseException)]
+        if failures:
+            raise AcceptanceFailed(f"outbound publish of {message_id} failed: {failures[0]!r}") from failures[0]
+        log.info("submitted %s by %s for %d remote recipient(s) in %d domain(s)", message_id, account,
+                 sum(len(v) for v in by_domain.values()), len(by_domain))
+        return message_id
+
+
+async def open_submission(workload, runtime, acceptor: MailAcceptor, metrics, counters: SharedCounters,
+                          tls, hostname: str) -> dict[str, str]:
+    """Open the submission listeners of an edge (a ``ConnectionWorkload``): 587 with
+    STARTTLS and 465 with implicit TLS.  Off (a warning) without a TLS certificate: a
+    password must never cross the network in the clear."""
+    from colony_edge.smtp_server import SmtpServer, SmtpServerConfig
+
+    settings = workload.settings
+    if tls is None:
+        log.warning("no TLS certificate: submission (587/465) is not offered")
+        return {}
+    js = runtime.nc.jetstream()
+    policy = SubmissionPolicy(workload.directory, AuthClient(runtime.nc), counters, js, settings,
+                              SubmissionMetrics(runtime.metrics.registry), runtime.node_id)
+    submit = SubmissionAcceptor(acceptor, js, settings, runtime.node_id)
+    addresses = {}
+    for name, port, implicit in (("submission", settings.submission_port, False),
+                                 ("submissions", settings.submissions_port, True)):
+        server = SmtpServer(SmtpServerConfig(
+            hostname=hostname, spool_dir=settings.data_dir / "spool" / runtime.node_id / name,
+            max_message_size=settings.smtp_max_message_size, max_recipients=settings.smtp_max_recipients,
+            max_errors=settings.smtp_max_errors, timeout=settings.smtp_timeout, auth_mechanisms=("PLAIN", "LOGIN"),
+            auth_required=True, implicit_tls=implicit), policy, submit, metrics, workload.tracker, tls)
+        addresses[name] = await workload.listen(name, settings.host, port, server.handle,
+                                                refuse=lambda writer: writer.write(R.SHUTTING_DOWN.to_bytes()),
+                                                ssl=tls if implicit else None)
+    return addresses
