@@ -438,3 +438,12 @@ def _register_dlq() -> None:
 
 
 _register_dlq()
+
+
+def _register_queue() -> None:
+    from colony.cli import queue
+
+    queue.register(app)
+
+
+_register_queue()
