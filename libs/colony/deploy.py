@@ -9,9 +9,10 @@ environment variable (``docker inspect``) or on a command line (``ps``):
 * ``database-url``: the SQLAlchemy URL with that password, for the admin API and the
   projector (``COLONY_DATABASE_URL_FILE``);
 * ``grafana-admin-password`` (``GF_SECURITY_ADMIN_PASSWORD__FILE``);
-* ``admin-tls/``: a private CA (``ca.pem``, what the operator's client trusts) and the
-  management balancer's certificate with its key (``admin-api.pem``): the admin API is
-  reached over TLS on the management network only;
+* ``admin-tls/``: a private CA (``ca.pem``, what the operator's client trusts) and one
+  certificate for the names ``admin-api`` and ``admin-balancer`` (``server.pem`` /
+  ``server.key``; ``admin-api.pem`` is both in one file, for haproxy): the admin API is
+  reached over TLS on the management network only, and the balancer reaches it over TLS;
 * ``bootstrap/``: where the one-shot ``admin-bootstrap`` job writes the first system-admin
   token (``admin.token``), for the operator to read on the host;
 * the bus identities and TLS of ``colony bus init`` (``infra/nats/secrets/``).
@@ -96,6 +97,9 @@ def init_deploy(directory: Path, bus_directory: Path, *, admin_hosts: list[str] 
         # haproxy takes the chain and the key in one file. The official image runs as its own
         # user (uid 99), so the file is readable inside the closed (0700) directories only.
         _write(combined, admin.cert.read_bytes() + admin.key.read_bytes(), 0o644)
+    if colony_owner is not None:
+        # The admin API (uid 10001) serves HTTPS with the same certificate.
+        os.chown(admin.key, *colony_owner)
 
     bootstrap = directory / "bootstrap"
     bootstrap.mkdir(exist_ok=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from pathlib import Path
 
 import uvicorn
 
@@ -23,9 +24,13 @@ class _QuietSignalsServer(uvicorn.Server):
 
 
 class EmbeddedHttpServer:
-    def __init__(self, app, host: str, port: int, lifespan: str = "off", access_log: bool = False) -> None:
+    def __init__(self, app, host: str, port: int, lifespan: str = "off", access_log: bool = False,
+                 tls_cert_file: Path | None = None, tls_key_file: Path | None = None) -> None:
+        # HTTPS when a certificate is given (the admin API on the management network).
         config = uvicorn.Config(app, host=host, port=port, lifespan=lifespan, log_level="warning",
-                                access_log=access_log, timeout_graceful_shutdown=10)
+                                access_log=access_log, timeout_graceful_shutdown=10,
+                                ssl_certfile=str(tls_cert_file) if tls_cert_file else None,
+                                ssl_keyfile=str(tls_key_file) if tls_key_file else None)
         self.server = _QuietSignalsServer(config)
         self._task: asyncio.Task | None = None
 

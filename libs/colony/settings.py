@@ -106,6 +106,8 @@ class Settings(BaseSettings):
     # --- listeners ---------------------------------------------------------------------
     ops_port: int = Field(0, ge=0, le=65535, description="Port of this instance's health/metrics HTTP listener (0: any free port).")
     api_port: int = Field(8080, ge=0, le=65535, description="Port of the admin API (admin-api role).")
+    api_tls_cert_file: Path | None = Field(None, description="PEM certificate chain the admin API serves HTTPS with (compose: the management network's certificate of `colony deploy init`). Empty: plain HTTP (`colony up`, loopback).")
+    api_tls_key_file: Path | None = Field(None, description="PEM private key for api_tls_cert_file.")
 
     # --- inbound SMTP (edge) ------------------------------------------------------------
     smtp_port: int = Field(25, ge=0, le=65535, description="Port of the edge's SMTP MX listener (0: any free port). `colony up` derives it from --base-port.")

@@ -637,7 +637,8 @@ def test_haproxy_accepts_the_config(config, tmp_path):
     # The admin balancer's certificate is a generated secret, mounted at /run/secrets/.
     files = _deploy_secrets(tmp_path)
     checked = tmp_path / config.name
-    checked.write_text(config.read_text().replace("/run/secrets/admin-tls.pem", str(files.admin_pem)))
+    checked.write_text(config.read_text().replace("/run/secrets/admin-tls.pem", str(files.admin_pem))
+                       .replace("/run/secrets/admin-ca.pem", str(files.admin_ca)))
     result = subprocess.run([haproxy, "-c", "-f", str(checked)], capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -669,7 +670,11 @@ def test_admin_balancer_speaks_tls_on_the_management_network_only():
     balancer = SERVICES["admin-balancer"]
     mounted = {target: source for kind, source, target in volume_mounts(balancer) if kind == "bind"}
     assert (ROOT / mounted["/usr/local/etc/haproxy/haproxy.cfg"]).resolve() == ADMIN_CFG
-    assert {s["target"] for s in balancer["secrets"]} == {"/run/secrets/admin-tls.pem"}
+    assert {s["target"] for s in balancer["secrets"]} == {"/run/secrets/admin-tls.pem", "/run/secrets/admin-ca.pem"}
+    # HTTPS to the instances as well, verified against the deploy CA.
+    assert re.search(r"admin-api:\d+\s+ssl\s+verify\s+required\s+ca-file\s+/run/secrets/admin-ca.pem", text)
+    api_env = environment(SERVICES["admin-api"])
+    assert api_env["COLONY_API_TLS_CERT_FILE"].startswith("/run/secrets/") and api_env["COLONY_API_TLS_KEY_FILE"]
     ports = published_ports(balancer)
     assert ports and all(p["host_ip"] and p["host_ip"] != "0.0.0.0" for p in ports), \
         "published on the management interface's address (loopback unless set), never on every interface"

@@ -67,7 +67,9 @@ class AdminApiWorkload:
         self._feed = monitor.install(app, runtime.nc, self.settings.cluster_secret_file)
         app.add_middleware(_DrainGate, workload=self)
         app.add_middleware(ObservedApi, metrics=runtime.metrics.once(ApiMetrics))
-        self._http = EmbeddedHttpServer(app, self.settings.host, self.settings.api_port, lifespan="on")
+        self._http = EmbeddedHttpServer(app, self.settings.host, self.settings.api_port, lifespan="on",
+                                        tls_cert_file=self.settings.api_tls_cert_file,
+                                        tls_key_file=self.settings.api_tls_key_file)
         port = await self._http.start()
         return {"http": f"{self.settings.advertised_host}:{port}"}
 

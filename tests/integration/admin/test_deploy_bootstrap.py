@@ -90,3 +90,31 @@ async def test_first_start_makes_a_usable_system_admin_token(fresh_bus, tmp_path
         assert token_file.read_text().strip() == token
     finally:
         await operator.close()
+
+
+async def test_admin_api_listener_speaks_tls_with_the_deploy_certificate(tmp_path):
+    from fastapi import FastAPI
+
+    from colony.deploy import init_deploy
+    from colony.http_server import EmbeddedHttpServer
+
+    files = init_deploy(tmp_path / "secrets", tmp_path / "bus")
+    app = FastAPI()
+
+    @app.get("/ping")
+    def ping() -> dict:
+        return {"ok": True}
+
+    tls_dir = files.admin_ca.parent
+    server = EmbeddedHttpServer(app, "127.0.0.1", 0, tls_cert_file=tls_dir / "server.pem",
+                                tls_key_file=tls_dir / "server.key")
+    port = await server.start()
+    try:
+        async with httpx.AsyncClient(verify=str(files.admin_ca)) as client:
+            answer = await client.get(f"https://localhost:{port}/ping")
+            assert answer.json() == {"ok": True}
+        async with httpx.AsyncClient() as plain:
+            with pytest.raises(httpx.HTTPError):
+                await plain.get(f"http://127.0.0.1:{port}/ping")
+    finally:
+        await server.stop()
