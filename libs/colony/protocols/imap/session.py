@@ -78,6 +78,7 @@ QUOTA_ROOT = ""     # one quota root per account: all its mailboxes (RFC 9208)
 FETCH_BATCH_BYTES = 1024 * 1024
 MIME_CACHE = 8           # parsed messages kept per session
 MAX_APPEND = 64 * 1024 * 1024
+PREAUTH_LITERAL = 1024
 
 CAPABILITIES = ("IMAP4rev1", "LITERAL+", "ID", "IDLE", "NAMESPACE", "UNSELECT", "UIDPLUS", "MOVE", "CHILDREN",
                 "SPECIAL-USE", "ENABLE", "ESEARCH", "SEARCHRES", "SORT", "THREAD=ORDEREDSUBJECT",
@@ -206,10 +207,11 @@ class Session:
         self.clock = clock
         self.hostname = hostname
         self.autologout = autologout
-        self.reader = CommandReader(max_literal=max_literal)
+        # Before login only small literals (a user name, a password) are read.
+        self._max_literal = max_literal
+        self.reader = CommandReader(max_literal=max_literal if account else PREAUTH_LITERAL)
         self.state = AUTHENTICATED if account else NOT_AUTHENTICATED
         self.account = account
-        self.reader.continue_allowed(account is not None)
         self._out: deque[Action] = deque()
         self._pending: Command | None = None         # parsed later, in run()
         self._pending_command: C.ImapCommand | None = None
@@ -301,8 +303,7 @@ class Session:
         if isinstance(event, Continue):
             self._send("+ " + event.text)
         elif isinstance(event, TooBig):
-            text = "[TOOBIG] Literal too large" if self.state != NOT_AUTHENTICATED else "Literals need login first"
-            self._tagged(event.tag, "NO" if self.state != NOT_AUTHENTICATED else "BAD", text)
+            self._tagged(event.tag, "NO", "[TOOBIG] Literal too large")
         elif isinstance(event, LineTooLong):
             self._tagged(event.tag, "BAD", "Command line too long")
         elif isinstance(event, Command):
@@ -392,7 +393,7 @@ class Session:
             return
         self.account = account
         self.state = AUTHENTICATED
-        self.reader.continue_allowed(True)
+        self.reader.max_literal = self._max_literal
         self._tagged(tag, "OK", f"[CAPABILITY {' '.join(self._capabilities())}] Logged in")
 
     def _capabilities(self) -> tuple[str, ...]:

@@ -442,3 +442,11 @@ def test_rename_inbox_moves_its_messages_and_new_keywords_are_announced(mail):
     assert "r OK" in c.cmd("r RENAME INBOX Old")
     assert "(MESSAGES 0)" in c.cmd("s STATUS INBOX (MESSAGES)")
     assert "(MESSAGES 2)" in c.cmd("s2 STATUS Old (MESSAGES)")
+
+
+def test_login_with_literals_but_no_big_literal_before_login(mail):
+    c = Client(mail)
+    assert "a NO [TOOBIG]" in c.cmd("a APPEND INBOX {5000}")
+    assert c.cmd("b LOGIN {3}").startswith("+ ")
+    assert c.send(b"bob {6}\r\n").startswith("+ ")
+    assert "b OK" in c.send(b"secret\r\n")
