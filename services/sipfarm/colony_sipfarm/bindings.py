@@ -11,6 +11,9 @@ lifetimes at once.)
 
 from __future__ import annotations
 
+import asyncio
+import random
+import weakref
 from collections.abc import Callable
 
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
@@ -19,7 +22,7 @@ from pydantic import BaseModel, Field
 
 from colony.bus import names
 
-CAS_ATTEMPTS = 8
+CAS_ATTEMPTS = 32
 
 
 class Binding(BaseModel):
@@ -62,6 +65,9 @@ class BindingSet(BaseModel):
 class BindingStore:
     def __init__(self, kv: KeyValue, clock: Callable[[], float]) -> None:
         self.kv, self.clock = kv, clock
+        # One change per account at a time in this member: its REGISTERs queue here instead
+        # of failing each other's compare-and-set.  Weak: a lock lives while someone waits.
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
     async def _read(self, account: str) -> tuple[BindingSet, int | None]:
         try:
@@ -80,7 +86,14 @@ class BindingStore:
     async def change(self, account: str, edit: Callable[[list[Binding]], list[Binding]]) -> list[Binding]:
         """Apply ``edit`` to the live contacts with compare-and-set; return what is stored.
         ``edit`` may raise to abort (nothing is written); it may run more than once."""
-        for _ in range(CAS_ATTEMPTS):
+        lock = self._locks.get(account)
+        if lock is None:
+            lock = self._locks[account] = asyncio.Lock()
+        async with lock:
+            return await self._change(account, edit)
+
+    async def _change(self, account: str, edit: Callable[[list[Binding]], list[Binding]]) -> list[Binding]:
+        for attempt in range(CAS_ATTEMPTS):
             current, revision = await self._read(account)
             updated = BindingSet(account=account, bindings=edit(current.live(self.clock())))
             data = updated.model_dump_json().encode()
@@ -90,6 +103,9 @@ class BindingStore:
                 else:
                     await self.kv.update(names.sip_binding_key(account), data, last=revision)
             except KeyWrongLastSequenceError:
+                # Another member changed it: re-read after a short random pause, so members
+                # racing on one account do not collide again in lockstep.
+                await asyncio.sleep(random.uniform(0, 0.002 * (attempt + 1)))
                 continue
             return updated.bindings
         raise RuntimeError(f"bindings of {account} kept changing under {CAS_ATTEMPTS} attempts")

@@ -67,6 +67,8 @@ LOCAL_TAG = "cf-"
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, MESSAGE, INFO, UPDATE, REFER, NOTIFY, SUBSCRIBE, PRACK"
 ANSWER_CACHE = 20_000        # remembered local answers (retransmissions get the same one)
 ANSWER_LIFETIME = 32.0       # seconds: 64*T1, a transaction's longest life
+MAX_PENDING = 10_000         # requests worked on at once (each waits on the bus)
+HA1_CACHE = 50_000           # accounts whose credentials are remembered
 MAX_SPREAD_SIZE = 65_535     # spread_key reads anything; handle() applies sip_max_message_size
 
 # The member holding the connection the packet being handled came in on (it may have
@@ -124,6 +126,10 @@ class SipFarm:
         self.allowed = _networks(settings.sip_allow_networks)
         self._answers: OrderedDict[tuple, tuple[float, list[Outbound]]] = OrderedDict()
         self._forks: OrderedDict[str, _Fork] = OrderedDict()
+        self._pending: set[tuple] = set()           # answer keys of requests being worked on
+        # (account, realm, algorithm) -> (good until, HA1): a phone re-registers often, the
+        # credentials rarely change (a new password applies within sip_credentials_cache_seconds).
+        self._ha1: OrderedDict[tuple[str, str, str], tuple[float, str]] = OrderedDict()
 
     # --- entry point ----------------------------------------------------------------------
 
@@ -192,6 +198,20 @@ class SipFarm:
         if cached is not None and cached[0] > self.clock():
             self.metrics.retransmissions.inc()
             return cached[1]
+        if key in self._pending:
+            # A retransmission of a request still being worked on: its answer is coming
+            # (checking its credentials again would see a replayed nonce count).
+            self.metrics.retransmissions.inc()
+            return []
+        if len(self._pending) >= MAX_PENDING:
+            return self._local(request, source, 503, extra=[("Retry-After", "5")], remember=False)
+        self._pending.add(key)
+        try:
+            return await self._on_new_request(request, source)
+        finally:
+            self._pending.discard(key)
+
+    async def _on_new_request(self, request: SipRequest, source: Destination) -> list[Outbound]:
         if not self._trusted(source) and self.counters is not None:
             rate = await self.counters.hit("sip-req", source[1])
             if rate > self.settings.sip_requests_per_minute_per_ip:
@@ -274,11 +294,9 @@ class SipFarm:
         ha1 = None
         if username in (user_part, account) and algorithm in ("MD5", "SHA-256"):
             try:
-                reply = await self.auth.sip_credentials(account, realm, algorithm)
+                ha1 = await self._credentials(account, realm, algorithm)
             except AuthUnavailable:
                 return False, self._local(request, source, 503, extra=[("Retry-After", "5")], remember=False)
-            if reply.ok and reply.ha1:
-                ha1 = reply.ha1
         # Unknown users are checked against a random HA1: the same answer, the same work.
         verdict = self.digest.verify(credentials, request.method, realm, ha1 or _hash("nobody", realm, str(self.clock())),
                                      self.clock())
@@ -289,6 +307,22 @@ class SipFarm:
         if self.counters is not None and not self._trusted(source):
             await self.counters.hit("sip-authfail", source[1])
         return False, self._challenge(request, source, realm, status, challenge, stale=False)
+
+    async def _credentials(self, account: str, realm: str, algorithm: str) -> str | None:
+        key, now = (account, realm, algorithm), self.clock()
+        cached = self._ha1.get(key)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        reply = await self.auth.sip_credentials(account, realm, algorithm)
+        if not (reply.ok and reply.ha1):
+            self._ha1.pop(key, None)
+            return None
+        if self.settings.sip_credentials_cache_seconds > 0:
+            self._ha1[key] = (now + self.settings.sip_credentials_cache_seconds, reply.ha1)
+            self._ha1.move_to_end(key)
+            while len(self._ha1) > HA1_CACHE:
+                self._ha1.popitem(last=False)
+        return reply.ha1
 
     def _challenge(self, request, source, realm, status, header, stale) -> list[Outbound]:
         values = self.digest.challenges(realm, self.clock(), stale=stale, algorithms=self.algorithms)
