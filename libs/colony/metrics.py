@@ -69,3 +69,23 @@ def gauge(name: str, documentation: str, labels: dict[str, str], value: float,
     else:
         family.add_metric(list(labels.values()), value)
     return family
+
+
+class BusRequestMetrics:
+    """RED metrics of the bus requests a service answers (auth, directory, recipients, ...).
+
+    ``subject`` is the served subject name from ``colony.bus.names`` (a fixed set, never a
+    per-domain subject); ``outcome`` is ``ok``, ``bad_request`` (refused before the handler)
+    or ``error`` (the handler raised; the requester got the contract's refusal).
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        from prometheus_client import Counter, Gauge, Histogram
+
+        self.requests = Counter("colony_bus_requests", "Bus requests answered, by served subject and outcome.",
+                                ["subject", "outcome"], registry=registry)
+        self.duration = Histogram("colony_bus_request_duration_seconds", "Time to answer a bus request.",
+                                  ["subject"], registry=registry,
+                                  buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5))
+        self.in_flight = Gauge("colony_bus_requests_in_flight", "Bus requests being answered.", ["subject"],
+                               registry=registry)

@@ -6,13 +6,19 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import imaplib
+import smtplib
+import ssl
 import time
+from email.message import EmailMessage
 from pathlib import Path
 
 import httpx
 import pytest
 
 from test_colony_up import all_ready, free_base_port, start_up, stop_up, wait_for
+from test_mail_flow import colony, wait_deliverable
 from tools import need_tool
 
 pytestmark = pytest.mark.slow
@@ -37,10 +43,17 @@ def query(prometheus: str, expr: str) -> list:
     return answer["data"]["result"]
 
 
-def test_prometheus_scrapes_colony_up_and_every_dashboard_query_has_data(tmp_path):
+def test_prometheus_scrapes_colony_up_and_every_dashboard_query_has_data(tmp_path, dns_server):
     need_tool("prometheus")
     data_dir, base = tmp_path / "colony", free_base_port()
-    proc = start_up(data_dir, base, "--monitoring")
+    # Inherited by every instance: the loopback DNS server, the test's loopback client untrusted.
+    env = {"COLONY_DNS_SERVERS": dns_server.address, "COLONY_EDGE_ALLOW_NETWORKS": ""}
+    os.environ.update(env)
+    try:
+        proc = start_up(data_dir, base, "--monitoring")
+    finally:
+        for key in env:
+            del os.environ[key]
     prometheus = f"http://127.0.0.1:{base + 90}"
     try:
         nodes = wait_for(lambda: all_ready(data_dir, INSTANCES), 240, f"{INSTANCES} READY instances")
@@ -57,6 +70,24 @@ def test_prometheus_scrapes_colony_up_and_every_dashboard_query_has_data(tmp_pat
             for _ in range(5):
                 assert http.get("/v1/domains").status_code == 200
             assert http.get("/v1/cluster/nodes").status_code == 200
+        # One message in: recipients asked over the bus, SMTP, the mail queue, the mail store.
+        colony(data_dir, "domain", "add", "metrics.example")
+        colony(data_dir, "account", "add", "alice@metrics.example", "--password", "a long passphrase")
+        smtp = int(next(n for n in nodes if n["role"] == "edge")["addresses"]["smtp"].rsplit(":", 1)[1])
+        wait_deliverable(smtp, "alice@metrics.example")
+        msg = EmailMessage()
+        msg["From"], msg["To"], msg["Subject"] = "bob@remote.test", "alice@metrics.example", "metrics"
+        msg.set_content("counted\n")
+        with smtplib.SMTP("127.0.0.1", smtp, timeout=60) as s:
+            s.send_message(msg)
+        # A log-in through the edge: the password is checked over the bus (auth.check).
+        imap = next(n for n in nodes if n["role"] == "edge")["addresses"]["imap"].rsplit(":", 1)
+        tls = ssl.create_default_context(cafile=str(data_dir / "tls" / "ca.pem"))
+        tls.check_hostname = False  # the test's concern is the bus request, not the name on the certificate
+        client = imaplib.IMAP4(imap[0], int(imap[1]), timeout=60)
+        client.starttls(tls)
+        client.login("alice@metrics.example", "a long passphrase")
+        client.logout()
 
         exprs = [(name, panel["title"], target["expr"].replace("$role", ".*"))
                  for name, d in dashboards().items() for panel in d["panels"] for target in panel.get("targets", [])]

@@ -22,6 +22,7 @@ from nats.aio.client import Client
 from colony.bus import names
 from colony.eventstore import EventStore
 from colony.contracts.recipients import Limits
+from colony.metrics import BusRequestMetrics, Metrics
 from colony.settings import Settings
 from colony_admin import db
 from colony_admin.auth.secrets import password_hasher
@@ -52,7 +53,7 @@ Projections = Literal["projector", "inline"]
 
 
 def create_app(settings: Settings, nc: Client, *, hasher: PasswordHasher | None = None,
-               projections: Projections = "projector") -> FastAPI:
+               projections: Projections = "projector", metrics: Metrics | None = None) -> FastAPI:
     """``projections``: who writes the read model and the directory -- projector instances
     (``colony_admin.projector``, the default: this app only follows their announced
     positions), or this event loop (tests, and an in-memory SQLite database, which exists
@@ -61,7 +62,7 @@ def create_app(settings: Settings, nc: Client, *, hasher: PasswordHasher | None 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         mode = projections if not _in_memory(settings.sqlalchemy_url) else "inline"
-        ctx = await _start(settings, nc, hasher or password_hasher(), mode)
+        ctx = await _start(settings, nc, hasher or password_hasher(), mode, metrics)
         app.state.admin = ctx
         _warm_routes(app)
         # Everything built so far (FastAPI's routes and models, SQLAlchemy's tables, pydantic
@@ -121,7 +122,8 @@ def _warm_routes(app: FastAPI) -> None:
                     log.debug("could not pre-build routes of %r", route, exc_info=True)
 
 
-async def _start(settings: Settings, nc: Client, hasher: PasswordHasher, mode: Projections) -> AdminContext:
+async def _start(settings: Settings, nc: Client, hasher: PasswordHasher, mode: Projections,
+                 metrics: Metrics | None = None) -> AdminContext:
     engine = db.make_engine(settings.sqlalchemy_url)
     await asyncio.to_thread(db.migrate, engine)
     js = nc.jetstream(timeout=10.0)
@@ -149,7 +151,8 @@ async def _start(settings: Settings, nc: Client, hasher: PasswordHasher, mode: P
                        throttle=throttle, provisioning=provisioning, readmodel=read,
                        usage_projection=usage_p, audit_projection=audit_p,
                        auth_service=AuthService(nc, provisioning, engine, Throttle(),
-                                                Limits.from_settings(settings)))
+                                                Limits.from_settings(settings),
+                                                metrics=metrics.once(BusRequestMetrics) if metrics else None))
     for name, runner in runners:
         ctx.projections.append(asyncio.create_task(runner.run(), name=f"admin-projection-{name}"))
     await ctx.auth_service.start()

@@ -59,6 +59,7 @@ from colony.contracts.recipients import (
     normalise_address,
     resolve_all,
 )
+from colony.metrics import BusRequestMetrics
 from colony.telemetry import extract_context
 from colony_admin import db
 from colony_admin.auth.throttle import Throttle
@@ -96,9 +97,10 @@ _Handler = Callable[[Any], Awaitable[BaseModel]]
 
 class AuthService:
     def __init__(self, nc: Client, provisioning: Provisioning, engine, throttle: Throttle,
-                 limits: Limits = Limits()) -> None:
+                 limits: Limits = Limits(), metrics: BusRequestMetrics | None = None) -> None:
         self.nc, self.provisioning, self.engine, self.throttle = nc, provisioning, engine, throttle
         self.limits = limits
+        self.metrics = metrics
         self._subs: list[Any] = []
         self._tasks: set[asyncio.Task] = set()
         self._kv: KeyValue | None = None
@@ -137,16 +139,28 @@ class AuthService:
 
     async def _answer(self, request_model: type[BaseModel], handler: _Handler,
                       refusal: Callable[[str], BaseModel], msg: Msg) -> None:
+        outcome, started = "ok", time.perf_counter()
+        if self.metrics:
+            self.metrics.in_flight.labels(msg.subject).inc()
         try:
-            with _tracer.start_as_current_span(msg.subject, context=extract_context(msg.headers)):
+            with _tracer.start_as_current_span(msg.subject, context=extract_context(msg.headers),
+                                               kind=trace.SpanKind.SERVER):
                 reply = await handler(request_model.model_validate_json(msg.data))
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"]) or "request"
             reply = refusal(f"bad request: {where}: {first['msg']}")
+            outcome = "bad_request"
         except Exception:
             log.exception("request on %s failed", msg.subject)
             reply = refusal("internal error")
+            outcome = "error"
+        finally:
+            if self.metrics:
+                self.metrics.in_flight.labels(msg.subject).dec()
+        if self.metrics:
+            self.metrics.requests.labels(msg.subject, outcome).inc()
+            self.metrics.duration.labels(msg.subject).observe(time.perf_counter() - started)
         if msg.reply:
             await msg.respond(reply.to_bytes())
 

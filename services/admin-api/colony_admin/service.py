@@ -61,7 +61,7 @@ class AdminApiWorkload:
         written = await write_bootstrap_token(self.settings, runtime.nc)
         if written is not None:
             log.info("bootstrap system-admin token written to %s (mode 0600)", written)
-        app = create_app(self.settings, runtime.nc)
+        app = create_app(self.settings, runtime.nc, metrics=runtime.metrics)
         app.state.nc = runtime.nc
         app.include_router(cluster.router)
         self._feed = monitor.install(app, runtime.nc, self.settings.cluster_secret_file)
