@@ -62,6 +62,7 @@ from colony.contracts.recipients import (
 from colony.metrics import BusRequestMetrics
 from colony.telemetry import extract_context
 from colony_admin import db
+from colony_admin.auth.sealing import is_sealed
 from colony_admin.auth.throttle import Throttle
 from colony_admin.commands import Provisioning
 from colony_admin.directoryview import SqlDirectoryView
@@ -170,6 +171,20 @@ class AuthService:
                 return lookup(conn, address)
         return await asyncio.to_thread(work)
 
+    async def _credential(self, acct: dict[str, Any], field: str, algorithm: str | None = None) -> str | None:
+        """An account's current credential, opened (the read model holds it sealed,
+        ``auth/sealing.py``).  A key that is gone means the read model is behind a change
+        that shredded it (a new password, a re-hash after login): the stream is current."""
+        def pick(record: dict[str, Any]) -> str | None:
+            return record.get(field) if algorithm is None else (record.get(field) or {}).get(algorithm)
+
+        value = pick(acct)
+        opened = await self.provisioning.keys.open(value)
+        if opened is None and is_sealed(value):
+            state = (await self.provisioning.load(names.AGG_ADDRESS, acct["address"])).state
+            opened = pick(state) if state else None
+        return opened
+
     async def check(self, request: AuthCheckRequest) -> AuthCheckReply:
         password = request.password
         try:
@@ -182,8 +197,7 @@ class AuthService:
         if wait:
             return AuthCheckReply.refused(AuthFailure.THROTTLED, retry_after=round(wait, 1))
         found = await self._lookup(address)
-        # The read model holds the sealed value (auth/sealing.py); None once shredded.
-        stored = await self.provisioning.keys.open(found["account"]["password_hash"]) if found else None
+        stored = await self._credential(found["account"], "password_hash") if found else None
         # Verify even for an unknown account would cost argon2 time; we skip it and accept the
         # timing difference because throttling caps probing anyway.
         verdict = await self.provisioning.check_password(stored, password) if stored else None
@@ -220,7 +234,7 @@ class AuthService:
             return SipCredentialsReply.refused(SipFailure.ACCOUNT_DISABLED)
         if "sip" not in effective(acct, found["limits"])["services"]:
             return SipCredentialsReply.refused(SipFailure.SERVICE_NOT_ENABLED)
-        ha1 = await self.provisioning.keys.open((acct["sip_ha1"] or {}).get(request.algorithm))
+        ha1 = await self._credential(acct, "sip_ha1", request.algorithm)
         if not ha1:
             return SipCredentialsReply.refused(SipFailure.NO_CREDENTIALS)
         return SipCredentialsReply(ok=True, username=acct["name"], realm=acct["domain"], algorithm=request.algorithm,
