@@ -52,6 +52,9 @@ class EmbeddedNats:
     jetstream_domain: str | None = None
     leafnode_listen: str | None = None
     leafnode_remotes: tuple[str, ...] = ()
+    # Subjects that never cross this server's leafnode links (colony.regions.LEAF_DENY): a
+    # region's streams capture them, and the same subject heard in two regions would be stored twice.
+    leafnode_deny: tuple[str, ...] = ()
     cluster_name: str | None = None  # set, with cluster_port and routes, for a NATS cluster
     cluster_port: int | None = None
     routes: tuple[str, ...] = ()
@@ -104,7 +107,9 @@ class EmbeddedNats:
             if self.leafnode_listen:
                 leaf.append(f"listen: {self.leafnode_listen}")
             if self.leafnode_remotes:
-                leaf.append("remotes: [" + ", ".join(f'{{ url: "{u}" }}' for u in self.leafnode_remotes) + "]")
+                deny = ", ".join(f'"{d}"' for d in self.leafnode_deny)
+                extra = f", deny_imports: [{deny}], deny_exports: [{deny}]" if deny else ""
+                leaf.append("remotes: [" + ", ".join(f'{{ url: "{u}"{extra} }}' for u in self.leafnode_remotes) + "]")
             lines.append("leafnodes {\n  " + "\n  ".join(leaf) + "\n}")
         if self.authorization:
             lines.append(self.authorization)

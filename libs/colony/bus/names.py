@@ -60,6 +60,25 @@ SUBJECTS_AUDIT = "colony.audit.>"
 SUBJECTS_CLUSTER = "colony.cluster.>"
 SUBJECTS_DEAD_LETTERS = "colony.dlq.>"
 
+# --- Regions (super cluster over leafnodes, colony.regions) ------------------------------
+HUB_JS_DOMAIN = "hub"  # JetStream domain of the hub server the regions' leafnodes join
+
+# Subjects a region's own streams and buckets capture: they stay in their region (the leafnode
+# links deny them both ways), or one publish would be stored by every region listening.  What
+# crosses is JetStream API traffic of other domains (sources, mirrors) and request/reply.
+REGION_LOCAL_SUBJECTS = (SUBJECTS_PROVISIONING, SUBJECTS_MAIL, SUBJECTS_OUTBOUND, SUBJECTS_USAGE,
+                         SUBJECTS_AUDIT, SUBJECTS_CLUSTER, SUBJECTS_DEAD_LETTERS, "$KV.>", "$O.>")
+
+
+def js_domain(region: str) -> str:
+    """The JetStream domain of a region (each region is its own JetStream)."""
+    return to_token(region)
+
+
+def js_api_prefix(region: str) -> str:
+    """Where another region's JetStream API answers: ``external.api`` of sources and mirrors."""
+    return f"$JS.{js_domain(region)}.API"
+
 
 def provisioning_subject(aggregate_type: str, aggregate_id: str) -> str:
     """One subject per aggregate, so optimistic concurrency can check its last sequence."""

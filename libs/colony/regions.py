@@ -1,0 +1,105 @@
+"""Regions: several Colony clusters federated through NATS leafnodes (the seed's super cluster).
+
+Theory of operation
+-------------------
+Each region is its own NATS server or cluster and its own JetStream *domain*
+(``names.js_domain(region)``); the regions' servers are leafnodes of a small hub server
+(JetStream domain ``names.HUB_JS_DOMAIN``).  Nothing is forwarded by hand: every copy between
+regions is a JetStream stream source or mirror reading the other domain's API
+(``names.js_api_prefix``), so the server keeps the position, retries after a cut and never
+copies a message twice.
+
+* Subjects that a region's streams capture (``names.REGION_LOCAL_SUBJECTS``) are denied on the
+  leafnode links both ways.  Without that, a publish in ``us`` to a subject ``eu``'s stream also
+  listens on would be stored in both regions and then sourced again: a duplicate.
+* Mail: an edge publishes accepted mail to ``names.mail_subject(home, domain)`` in *its own*
+  region's MAIL (so ``250`` means stored locally, link or no link).  The home region's MAIL
+  sources every other region's MAIL filtered to ``names.mail_region_filter(home)``; its
+  mailstores consume that filter as they always do.  MAIL is a work queue: the copy leaves the
+  foreign region as the source reads it, and its order within one source is kept.
+* Provisioning: one region is the primary and owns the PROVISIONING stream; every other region
+  keeps a mirror of it under the same name, which its directory cache and auth read, so a cut
+  region keeps serving logins and mail with what it last saw.  A mirror takes no publishes, so
+  a change attempted in a cut region is refused (the write has nowhere to go), never kept
+  locally and lost in a later conflict.
+* Usage and audit: the primary region's USAGE and AUDIT streams also source the other regions'
+  ones, so billing and the audit log sum every region.
+
+This module is pure: it turns the region layout and the single-region stream configurations
+into the regional ones; ``colony.bus.schema`` applies them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from nats.js.api import ExternalStream, StreamConfig, StreamSource
+
+from colony.bus import names
+
+
+class RegionLayoutError(ValueError):
+    pass
+
+
+def check_layout(region: str, regions: list[str], primary: str) -> None:
+    """Errors name the setting and the fix."""
+    if not regions:
+        return
+    if region not in regions:
+        raise RegionLayoutError(f"COLONY_REGION={region!r} is not one of COLONY_REGIONS={','.join(regions)}; "
+                                f"add it to regions or correct region")
+    if primary not in regions:
+        raise RegionLayoutError(f"COLONY_PRIMARY_REGION={primary!r} is not one of COLONY_REGIONS={','.join(regions)}; "
+                                f"name one of the regions as primary_region")
+
+
+def _external(region: str) -> ExternalStream:
+    return ExternalStream(api=names.js_api_prefix(region))
+
+
+def mail_sources(home: str, regions: list[str]) -> list[StreamSource]:
+    """The home region's MAIL reads mail for it that other regions' edges accepted."""
+    return [StreamSource(name=names.STREAM_MAIL, filter_subject=names.mail_region_filter(home), external=_external(other))
+            for other in regions if other != home]
+
+
+def summed_sources(stream: str, home: str, regions: list[str]) -> list[StreamSource]:
+    """The primary's USAGE or AUDIT reads every other region's, whole."""
+    return [StreamSource(name=stream, external=_external(other)) for other in regions if other != home]
+
+
+def provisioning_mirror(config: StreamConfig, primary: str) -> StreamConfig:
+    """A non-primary region's PROVISIONING: same name, a mirror of the primary's (no subjects:
+    nothing may be published into it)."""
+    return replace(config, subjects=None, mirror=StreamSource(name=names.STREAM_PROVISIONING, external=_external(primary)))
+
+
+def regional_stream_configs(configs: list[StreamConfig], region: str, regions: list[str], primary: str) -> list[StreamConfig]:
+    """The stream configurations of one region of a super cluster (unchanged with no regions)."""
+    check_layout(region, regions, primary)
+    if len(regions) < 2:
+        return configs
+    out = []
+    for config in configs:
+        if config.name == names.STREAM_MAIL:
+            config = replace(config, sources=mail_sources(region, regions))
+        elif config.name == names.STREAM_PROVISIONING and region != primary:
+            config = provisioning_mirror(config, primary)
+        elif config.name in (names.STREAM_USAGE, names.STREAM_AUDIT) and region == primary:
+            config = replace(config, sources=summed_sources(config.name, region, regions))
+        out.append(config)
+    return out
+
+
+def sources_differ(have: StreamConfig, want: StreamConfig) -> bool:
+    """Whether the sources or mirror of an existing stream are not the ones wanted (compared by
+    stream, filter and API, the server adds fields of its own)."""
+
+    def key(s: StreamSource | None):
+        if s is None:
+            return None
+        return (s.name, s.filter_subject or None, s.external.api if s.external else None)
+
+    return (sorted(map(key, have.sources or [])) != sorted(map(key, want.sources or []))
+            or key(have.mirror) != key(want.mirror))

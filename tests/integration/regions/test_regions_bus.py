@@ -1,0 +1,152 @@
+"""Two regions (eu, us) and their hub on loopback, each region its own nats-server and
+JetStream domain joined through leafnodes, with the regional schema of colony.regions:
+mail accepted in us for a domain homed in eu lands once, in order, in eu's MAIL, also
+across a cut of the link; provisioning made on the primary during a cut reaches the mirror
+afterwards, and a provisioning write in a non-primary region is refused."""
+
+from __future__ import annotations
+
+import socket
+
+import nats
+import pytest
+from nats.errors import Error as NatsError
+from nats.js.api import AckPolicy, ConsumerConfig
+
+from cluster_harness import wait_until
+from colony.bus import names
+from colony.bus.schema import _ensure_stream, stream_configs
+from colony.natsd import EmbeddedNats
+from colony.regions import regional_stream_configs
+from colony.settings import Settings
+
+REGIONS = ["eu", "us"]
+PRIMARY = "eu"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class SuperCluster:
+    def __init__(self, tmp_path):
+        self.leaf_port = _free_port()
+        self.hub = EmbeddedNats(tmp_path / "hub", server_name="hub", jetstream_domain=names.HUB_JS_DOMAIN,
+                                leafnode_listen=f"127.0.0.1:{self.leaf_port}", sync_always=False)
+        self.servers = {
+            r: EmbeddedNats(tmp_path / r, server_name=r, jetstream_domain=names.js_domain(r),
+                            leafnode_remotes=(f"nats-leaf://127.0.0.1:{self.leaf_port}",),
+                            leafnode_deny=names.REGION_LOCAL_SUBJECTS, sync_always=False)
+            for r in REGIONS
+        }
+        self.nc: dict = {}
+
+    async def start(self):
+        self.hub.start()
+        for server in self.servers.values():
+            server.start()
+        for region, server in self.servers.items():
+            self.nc[region] = await nats.connect(server.url)
+        for region in REGIONS:
+            configs = regional_stream_configs(stream_configs(Settings(region=region)), region, REGIONS, PRIMARY)
+            for config in configs:
+                await _ensure_stream(self.js(region), config)
+
+    def js(self, region):
+        return self.nc[region].jetstream()
+
+    async def close(self):
+        for nc in self.nc.values():
+            await nc.close()
+        for server in (*self.servers.values(), self.hub):
+            server.stop()
+
+
+@pytest.fixture
+async def regions(tmp_path):
+    sc = SuperCluster(tmp_path)
+    await sc.start()
+    yield sc
+    await sc.close()
+
+
+async def _drain(js, region: str, expect: int, timeout: float = 60.0) -> list[bytes]:
+    """What the home region's mailstores would read: its MAIL, filtered to its own region."""
+    sub = await js.pull_subscribe(names.mail_region_filter(region), durable=names.MAILSTORE_CONSUMER,
+                                  config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT))
+    got: list[bytes] = []
+
+    async def probe():
+        try:
+            for msg in await sub.fetch(50, timeout=1):
+                got.append(msg.data)
+                await msg.ack_sync()
+        except (TimeoutError, nats.errors.TimeoutError):
+            pass
+        return len(got) >= expect
+
+    await wait_until(probe, timeout, f"{expect} messages in {region}'s MAIL")
+    return got
+
+
+async def test_foreign_mail_lands_once_in_order_across_a_cut(regions):
+    us, eu = regions.js("us"), regions.js("eu")
+    subject = names.mail_subject("eu", "acme.example")
+    for i in range(5):
+        await us.publish(subject, f"m{i}".encode())  # acked by us's own MAIL: the edge's 250
+    regions.hub.stop()  # the link is cut
+    for i in range(5, 25):
+        await us.publish(subject, f"m{i}".encode())
+    # us keeps serving its own domains during the cut.
+    await us.publish(names.mail_subject("us", "local.example"), b"own")
+    own = await _drain(us, "us", 1)
+    assert own == [b"own"]
+    regions.hub.start()
+    got = await _drain(eu, "eu", 25)
+
+    async def settled():
+        return (await us.stream_info(names.STREAM_MAIL)).state.messages == 0
+    await wait_until(settled, 30, "us's MAIL to hand everything over")
+    extra = []
+    try:
+        sub = await eu.pull_subscribe(names.mail_region_filter("eu"), durable=names.MAILSTORE_CONSUMER)
+        extra = await sub.fetch(10, timeout=2)
+    except (TimeoutError, nats.errors.TimeoutError):
+        pass
+    assert got == [f"m{i}".encode() for i in range(25)]  # once each, in order
+    assert not extra
+
+
+async def test_provisioning_replicates_and_a_cut_region_refuses_writes(regions):
+    eu, us = regions.js("eu"), regions.js("us")
+    subject = names.provisioning_subject("domain", "acme.example")
+    await eu.publish(subject, b"created")
+
+    async def mirrored(n):
+        async def probe():
+            return (await us.stream_info(names.STREAM_PROVISIONING)).state.messages == n
+        return probe
+    await wait_until(await mirrored(1), 30, "the us mirror of PROVISIONING")
+    regions.hub.stop()
+    await eu.publish(subject, b"renamed during the cut")
+    # A change in the cut region has no stream to go to: refused, not kept and lost later.
+    with pytest.raises(NatsError):
+        await us.publish(names.provisioning_subject("domain", "other.example"), b"conflict", timeout=2)
+    assert (await us.stream_info(names.STREAM_PROVISIONING)).state.messages == 1  # still served
+    regions.hub.start()
+    await wait_until(await mirrored(2), 60, "the cut's provisioning to reach us")
+    msg = await us.get_last_msg(names.STREAM_PROVISIONING, subject)
+    assert msg.data == b"renamed during the cut"
+
+
+async def test_usage_is_summed_on_the_primary(regions):
+    eu, us = regions.js("eu"), regions.js("us")
+    await us.publish(names.usage_subject("us.example"), b"1")
+    await eu.publish(names.usage_subject("acme.example"), b"2")
+
+    async def probe():
+        return (await eu.stream_info(names.STREAM_USAGE)).state.messages == 2
+    await wait_until(probe, 30, "us's usage in the primary's USAGE")
+    assert (await us.stream_info(names.STREAM_USAGE)).state.messages == 1
