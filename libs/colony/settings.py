@@ -67,6 +67,8 @@ class Settings(BaseSettings):
     role: Role | None = Field(None, description="Which service this process runs (controller, edge, mailstore, sipfarm, admin-api, projector).")
     host: str = Field("127.0.0.1", description="Address this instance binds its listeners to.")
     region: str = Field("local", pattern=r"^[a-z0-9-]{1,32}$", description="Region (super cluster) this instance belongs to; work for domains homed elsewhere travels over the bus to their region.")
+    regions: str = Field("", description="Every region of the super cluster, comma separated (e.g. eu,us); must include region. Empty: one region, no federation. Each region is its own NATS server/cluster and JetStream domain joined to a hub through leafnodes.")
+    primary_region: str = Field("", description="The region whose PROVISIONING is the source of truth; the others mirror it and refuse provisioning writes while cut off. Empty: the first of regions.")
     advertise_host: str = Field("", description="Address other members use to reach this instance. Empty: COLONY_HOST, or this machine's host name when COLONY_HOST is a wildcard (0.0.0.0, ::).")
 
     # --- bus ---------------------------------------------------------------------------
@@ -281,6 +283,16 @@ class Settings(BaseSettings):
         if self.host in ("0.0.0.0", "::", ""):
             return socket.gethostname()
         return self.host
+
+    @property
+    def region_list(self) -> list[str]:
+        """The regions of the super cluster ([] for a single region)."""
+        return [r.strip() for r in self.regions.split(",") if r.strip()]
+
+    @property
+    def primary(self) -> str:
+        """The primary region (this one when there are no regions)."""
+        return self.primary_region or (self.region_list[0] if self.region_list else self.region)
 
     @property
     def nats_servers(self) -> list[str]:

@@ -94,6 +94,14 @@ def bucket_configs(settings: Settings) -> Buckets:
 
 
 def stream_configs(settings: Settings) -> list[StreamConfig]:
+    """The streams of this instance's region (with the cross-region sources and mirror of
+    ``colony.regions`` when ``settings.regions`` names a super cluster)."""
+    from colony.regions import regional_stream_configs
+
+    return regional_stream_configs(_stream_configs(settings), settings.region, settings.region_list, settings.primary)
+
+
+def _stream_configs(settings: Settings) -> list[StreamConfig]:
     r = settings.stream_replicas
     base = StreamConfig(storage=StorageType.FILE, num_replicas=r, allow_direct=True, duplicate_window=120.0)
     return [
@@ -168,7 +176,7 @@ def schema_streams(settings: Settings) -> dict[str, str]:
     with one subject it holds."""
     from colony.bus.permissions import kv_stream, object_stream
 
-    found = {c.name: c.subjects[0] for c in stream_configs(settings)}
+    found = {c.name: c.subjects[0] for c in stream_configs(settings) if c.subjects}  # a mirror has none
     for f in Buckets.__dataclass_fields__:
         bucket = getattr(bucket_configs(settings), f).bucket
         found[kv_stream(bucket)] = f"$KV.{bucket}.>"
@@ -215,6 +223,10 @@ _COMPARED = ("subjects", "retention", "max_age", "max_msg_size", "num_replicas",
 
 
 def _differs(have: StreamConfig, want: StreamConfig) -> bool:
+    from colony.regions import sources_differ
+
+    if sources_differ(have, want):
+        return True
     for name in _COMPARED:
         a, b = getattr(have, name), getattr(want, name)
         if b is None:  # not ours to set: the server's default stands

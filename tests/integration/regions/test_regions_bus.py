@@ -15,9 +15,8 @@ from nats.js.api import AckPolicy, ConsumerConfig
 
 from cluster_harness import wait_until
 from colony.bus import names
-from colony.bus.schema import _ensure_stream, stream_configs
+from colony.bus.schema import ensure_schema
 from colony.natsd import EmbeddedNats
-from colony.regions import regional_stream_configs
 from colony.settings import Settings
 
 REGIONS = ["eu", "us"]
@@ -50,9 +49,7 @@ class SuperCluster:
         for region, server in self.servers.items():
             self.nc[region] = await nats.connect(server.url)
         for region in REGIONS:
-            configs = regional_stream_configs(stream_configs(Settings(region=region)), region, REGIONS, PRIMARY)
-            for config in configs:
-                await _ensure_stream(self.js(region), config)
+            await ensure_schema(self.js(region), Settings(region=region, regions=",".join(REGIONS), primary_region=PRIMARY))
 
     def js(self, region):
         return self.nc[region].jetstream()

@@ -1,0 +1,61 @@
+"""The regional stream layout of colony.regions, without a server."""
+
+from __future__ import annotations
+
+import pytest
+
+from colony.bus import names
+from colony.bus.schema import stream_configs
+from colony.regions import RegionLayoutError, sources_differ
+from colony.settings import Settings
+
+
+def _by_name(settings):
+    return {c.name: c for c in stream_configs(settings)}
+
+
+def test_one_region_is_unchanged():
+    plain = _by_name(Settings())
+    assert all(not c.sources and c.mirror is None for c in plain.values())
+    assert plain[names.STREAM_PROVISIONING].subjects == [names.SUBJECTS_PROVISIONING]
+
+
+def test_home_region_sources_its_mail_from_every_other_region():
+    eu = _by_name(Settings(region="eu", regions="eu,us,ap"))
+    sources = eu[names.STREAM_MAIL].sources
+    assert {(s.name, s.filter_subject, s.external.api) for s in sources} == {
+        (names.STREAM_MAIL, names.mail_region_filter("eu"), names.js_api_prefix(r)) for r in ("us", "ap")}
+    # eu is the primary (first named): it owns PROVISIONING and sums usage and audit.
+    assert eu[names.STREAM_PROVISIONING].mirror is None
+    assert {s.external.api for s in eu[names.STREAM_USAGE].sources} == {"$JS.us.API", "$JS.ap.API"}
+    assert {s.external.api for s in eu[names.STREAM_AUDIT].sources} == {"$JS.us.API", "$JS.ap.API"}
+
+
+def test_other_regions_mirror_provisioning_and_take_no_writes():
+    us = _by_name(Settings(region="us", regions="eu,us"))
+    prov = us[names.STREAM_PROVISIONING]
+    assert not prov.subjects
+    assert (prov.mirror.name, prov.mirror.external.api) == (names.STREAM_PROVISIONING, "$JS.eu.API")
+    assert not us[names.STREAM_USAGE].sources
+
+
+def test_explicit_primary():
+    eu = _by_name(Settings(region="eu", regions="eu,us", primary_region="us"))
+    assert eu[names.STREAM_PROVISIONING].mirror.external.api == "$JS.us.API"
+
+
+@pytest.mark.parametrize("kwargs, key", [
+    (dict(region="ap", regions="eu,us"), "COLONY_REGIONS"),
+    (dict(region="eu", regions="eu,us", primary_region="ap"), "COLONY_PRIMARY_REGION"),
+])
+def test_bad_layout_names_the_setting(kwargs, key):
+    with pytest.raises(RegionLayoutError, match=key):
+        stream_configs(Settings(**kwargs))
+
+
+def test_sources_compared_by_meaning():
+    a = _by_name(Settings(region="eu", regions="eu,us"))[names.STREAM_MAIL]
+    b = _by_name(Settings(region="eu", regions="eu,us"))[names.STREAM_MAIL]
+    c = _by_name(Settings(region="eu", regions="eu,us,ap"))[names.STREAM_MAIL]
+    assert not sources_differ(a, b)
+    assert sources_differ(a, c)
