@@ -29,13 +29,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import orjson
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.errors import APIError, NotFoundError
 
+from colony.telemetry import inject_headers
+
 log = logging.getLogger("colony.eventstore")
+_tracer = trace.get_tracer("colony.eventstore")  # a proxy: follows the provider setup_tracing installs
 
 WRONG_LAST_SEQUENCE = 10071
 EXPECTED_LAST_SUBJECT_SEQUENCE = "Nats-Expected-Last-Subject-Sequence"
@@ -91,8 +96,15 @@ class EventStore:
         can only hit the first (nobody else can slip in between without failing ours).
         """
         version = expected_version
-        for payload in payloads:
-            version = await self._append_one(subject, payload, version, headers or {})
+        # A PRODUCER span whose W3C context travels in the events' headers, so the projections
+        # that apply them continue the caller's trace (``colony.telemetry``).  Without a
+        # configured tracer the span is a no-op and no header is added.
+        with _tracer.start_as_current_span(f"append {self._stream}", kind=SpanKind.PRODUCER,
+                                           attributes={"messaging.destination.name": subject,
+                                                       "colony.events": len(payloads)}):
+            traced = inject_headers(headers)
+            for payload in payloads:
+                version = await self._append_one(subject, payload, version, traced)
         return version
 
     async def create_many(self, items: Sequence[tuple[str, bytes]], timeout: float | None = None) -> list[int | ConcurrencyConflict]:

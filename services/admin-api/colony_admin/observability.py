@@ -1,4 +1,4 @@
-"""RED metrics and a server span for every admin API request (an ASGI middleware).
+"""RED metrics for every admin API request (an ASGI middleware).
 
 Metrics (on the node runtime's registry, so the instance's ``/metrics`` shows them):
 
@@ -7,17 +7,18 @@ Metrics (on the node runtime's registry, so the instance's ``/metrics`` shows th
 - ``colony_api_requests_in_flight``.
 
 ``route`` is the route's template (``/v1/domains/{domain}``), never the raw path: a domain
-or account never becomes a label value, and unmatched paths count as ``unmatched``.  The span
-(``HTTP <method> <route>``) is the parent of everything the request does, so the trace
-context it sets flows into the bus headers of the events it appends.
+or account never becomes a label value, and unmatched paths count as ``unmatched``.
+
+Spans are FastAPI's own (its built-in OpenTelemetry support: a SERVER span ``<method>
+<route>`` per request, continuing an incoming ``traceparent``); it is the parent of
+everything the request does, so its context flows into the bus headers of the events the
+request appends.
 """
 
 from __future__ import annotations
 
 import time
 
-from opentelemetry import trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
@@ -43,11 +44,10 @@ def _route(scope) -> str:
 
 
 class ObservedApi:
-    """ASGI middleware: RED metrics and a server span per HTTP request."""
+    """ASGI middleware: RED metrics per HTTP request."""
 
-    def __init__(self, app, metrics: ApiMetrics | None) -> None:
+    def __init__(self, app, metrics: ApiMetrics) -> None:
         self.app, self.metrics = app, metrics
-        self.tracer = trace.get_tracer("colony.admin")
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -61,20 +61,11 @@ class ObservedApi:
             await send(message)
 
         method = scope.get("method", "GET")
-        with self.tracer.start_as_current_span(f"HTTP {method}", kind=SpanKind.SERVER,
-                                               attributes={"http.request.method": method}) as span:
-            if self.metrics:
-                self.metrics.in_flight.inc()
-            try:
-                await self.app(scope, receive, observed_send)
-            finally:
-                route = _route(scope)
-                span.update_name(f"HTTP {method} {route}")
-                span.set_attribute("http.route", route)
-                span.set_attribute("http.response.status_code", status["code"])
-                if status["code"] >= 500:
-                    span.set_status(Status(StatusCode.ERROR))
-                if self.metrics:
-                    self.metrics.in_flight.dec()
-                    self.metrics.requests.labels(method, route, str(status["code"])).inc()
-                    self.metrics.duration.labels(method, route).observe(time.perf_counter() - started)
+        self.metrics.in_flight.inc()
+        try:
+            await self.app(scope, receive, observed_send)
+        finally:
+            route = _route(scope)
+            self.metrics.in_flight.dec()
+            self.metrics.requests.labels(method, route, str(status["code"])).inc()
+            self.metrics.duration.labels(method, route).observe(time.perf_counter() - started)

@@ -13,6 +13,8 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from nats.aio.client import Client
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from sqlalchemy import Connection, Engine
@@ -20,6 +22,7 @@ from sqlalchemy.exc import DataError, IntegrityError
 
 from colony import events as ev
 from colony.tasks import keep_running
+from colony.telemetry import extract_context
 
 from colony_admin.db import write_tx
 from colony_admin.projections.position import PositionTracker
@@ -32,6 +35,27 @@ ApplyFn = Callable[[Connection, Batch], int]
 
 # What a bad event (rather than a bad moment) raises while being applied.
 BAD_DATA = (IntegrityError, DataError, ValueError, TypeError, KeyError)
+
+
+TRACED_PER_BATCH = 100  # spans per batch at most: a bulk import's batch is one transaction anyway
+_tracer = trace.get_tracer("colony.admin.projection")  # a proxy: follows the provider setup_tracing installs
+
+
+def traced_spans(name: str, msgs) -> list:
+    """A CONSUMER span per event that carries a trace context (set by ``EventStore.append``),
+    a child of the request that appended it, covering the transaction that makes it visible:
+    one provisioning command is one trace from the HTTP request to its projection."""
+    spans = []
+    for msg in msgs:
+        if len(spans) >= TRACED_PER_BATCH:
+            break
+        headers = msg.headers or {}
+        if "traceparent" in headers:
+            spans.append(_tracer.start_span(f"project {name}", context=extract_context(headers),
+                                            kind=SpanKind.CONSUMER,
+                                            attributes={"messaging.destination.name": msg.subject or "",
+                                                        "colony.seq": stream_seq(msg)}))
+    return spans
 
 
 class StreamProjection(PositionTracker):
@@ -82,10 +106,13 @@ class StreamProjection(PositionTracker):
                         log.error("projection %s: skipping seq %d: %s", self.name, seq, exc)
                 if batch:
                     self.in_flight = len(batch)
+                    spans = traced_spans(self.name, msgs)
                     try:
                         await asyncio.to_thread(self._apply_in_tx, batch)
                     finally:
                         self.in_flight = 0
+                        for span in spans:
+                            span.end()
                 if msgs:
                     await self._advance_to(stream_seq(msgs[-1]))
         finally:

@@ -1,0 +1,116 @@
+"""One provisioning command is one trace: exported over OTLP/HTTP by a `colony up` cluster to
+a receiver this test runs, its spans go from the admin API's HTTP request through the
+event append (context in the NATS headers) into the projector process's projection."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+
+from test_colony_up import free_base_port, ready_nodes, start_up, stop_up, wait_for
+
+pytestmark = pytest.mark.slow
+
+MAX_BODY = 16 << 20
+
+
+class OtlpReceiver:
+    """A minimal OTLP/HTTP trace receiver: every span it was sent, with its service."""
+
+    def __init__(self) -> None:
+        self.spans: list[dict] = []
+        self.lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - http.server's name
+                length = int(self.headers.get("Content-Length", 0))
+                body = self.rfile.read(min(length, MAX_BODY))
+                if self.headers.get("Content-Encoding") == "gzip":
+                    body = gzip.decompress(body)
+                request = ExportTraceServiceRequest.FromString(body)
+                with receiver.lock:
+                    for rs in request.resource_spans:
+                        service = next((a.value.string_value for a in rs.resource.attributes
+                                        if a.key == "service.name"), "")
+                        for ss in rs.scope_spans:
+                            for span in ss.spans:
+                                receiver.spans.append({"trace": span.trace_id.hex(), "id": span.span_id.hex(),
+                                                       "parent": span.parent_span_id.hex(), "name": span.name,
+                                                       "service": service})
+                out = ExportTraceServiceResponse().SerializeToString()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", str(len(out)))
+                self.end_headers()
+                self.wfile.write(out)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def trace_of(self, name: str, service: str) -> list[dict]:
+        with self.lock:
+            roots = [s for s in self.spans if s["name"] == name and s["service"] == service]
+            return [s for s in self.spans if roots and s["trace"] == roots[-1]["trace"]]
+
+
+@pytest.fixture
+def receiver():
+    r = OtlpReceiver()
+    r.thread.start()
+    yield r
+    r.server.shutdown()
+    r.server.server_close()
+
+
+def test_a_provisioning_command_is_one_trace_into_the_projection(tmp_path, receiver):
+    data_dir, base = tmp_path / "colony", free_base_port()
+    os.environ["COLONY_OTLP_ENDPOINT"] = receiver.url  # inherited by every instance
+    try:
+        proc = start_up(data_dir, base, "--controllers", "1", "--edges", "0", "--mailstores", "0", "--sipfarms", "0")
+    finally:
+        del os.environ["COLONY_OTLP_ENDPOINT"]
+    try:
+        nodes = wait_for(lambda: ready_nodes(data_dir, 3), 180, "controller, admin API and projector READY")
+        wait_for((data_dir / "admin.token").exists, 60, "the bootstrap token")
+        token = (data_dir / "admin.token").read_text().strip()
+        api = next(n["addresses"]["http"] for n in nodes if n["role"] == "admin-api")
+        with httpx.Client(base_url=f"http://{api}", headers={"Authorization": f"Bearer {token}"}, timeout=60) as http:
+            made = http.post("/v1/domains", json={"name": "traced.example"})
+            assert made.status_code == 201, made.text
+
+        def whole_trace():
+            spans = receiver.trace_of("POST /v1/domains", "colony-admin-api")
+            names = {(s["service"], s["name"]) for s in spans}
+            wanted = {("colony-admin-api", "POST /v1/domains"), ("colony-admin-api", "append PROVISIONING"),
+                      ("colony-projector", "project readmodel")}
+            return spans if wanted <= names else None
+
+        spans = wait_for(whole_trace, 90, "the request's trace to reach the projection")  # batches export every 5 s
+        by_id = {s["id"]: s for s in spans}
+        projection = next(s for s in spans if s["name"] == "project readmodel")
+        # The projection's parent is the append, whose ancestor is the HTTP request: one chain.
+        chain, span = [], projection
+        while span is not None:
+            chain.append(span["name"])
+            span = by_id.get(span["parent"])
+        assert chain[0] == "project readmodel" and chain[1] == "append PROVISIONING"
+        assert chain[-1] == "POST /v1/domains", chain
+    finally:
+        stop_up(proc)
