@@ -153,6 +153,9 @@ async def test_two_sessions_see_each_other_and_idle_hears_a_delivery(imap):
     assert any(x[1] == b"FETCH" and b"$Label1" in x[2][1] for x in r["b_noop"] if len(x) > 2), r["b_noop"]
     assert (1, b"EXPUNGE") in r["b_after_expunge"], r["b_after_expunge"]
     assert any(x == (3, b"EXISTS") for x in r["idle"]), r["idle"]
+    # Woken by the commit, not by a poll: the delivery's whole path (publish, queue, fsync)
+    # bounds this, with room for a loaded machine.
+    assert r["idle_seconds"] < 30, r["idle_seconds"]
     assert r["search"] == [2, 3, 4]      # imapclient searches by UID
 
 

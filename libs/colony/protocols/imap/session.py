@@ -346,7 +346,7 @@ class Session:
             self._send("* CAPABILITY " + " ".join(self._capabilities()))
             self._tagged(cmd.tag, "OK", "CAPABILITY completed")
         elif name == "ID":
-            self._send(f'* ID ("name" "Colony" "vendor" "Colony")')
+            self._send('* ID ("name" "Colony" "vendor" "Colony")')
             self._tagged(cmd.tag, "OK", "ID completed")
         elif name == "NOOP" and self.state == NOT_AUTHENTICATED:
             self._tagged(cmd.tag, "OK", "NOOP completed")
