@@ -124,7 +124,6 @@ def test_monitor_page_drains_and_readies_a_mail_store_live(cluster, browser):
     button = browser.find_element(By.CSS_SELECTOR, f'#nodes tr[data-node="{store}"] button.cmd-drain')
     assert button.text == "Make Not-Ready"
     button.click()
-    wait_in_browser(browser, row_state(store) + "", 120, f"{store} NOT_READY and drained")
     wait_in_browser(browser, lambda d: d.execute_script(row_state(store)) == "NOT_READY/yes", 120,
                     f"{store} NOT_READY and drained")
     assert next(n for n in status_json(cluster["data_dir"]) if n["id"] == store)["state"] == "NOT_READY"
@@ -136,3 +135,14 @@ def test_monitor_page_drains_and_readies_a_mail_store_live(cluster, browser):
     transitions = browser.find_element(By.ID, "transitions").text
     assert store in transitions and "NOT_READY" in transitions
     browser.save_screenshot(str(artifacts() / "monitor.png"))
+
+    # The session cookie alone does not make a POST: the page's CSRF token must come with it.
+    with httpx.Client(base_url=api, timeout=30, cookies={"colony_monitor": cookie["value"]}) as http:
+        refused = http.post(f"/monitor/nodes/{store}/drain")
+        assert refused.status_code == 403 and "CSRF" in refused.json()["error"]
+        assert http.post(f"/monitor/nodes/{store}/drain", headers={"X-CSRF-Token": "forged"}).status_code == 403
+        # Swagger UI comes from the admin API itself, not a CDN.
+        docs = http.get("/docs").text
+        assert "/docs-assets/swagger-ui-bundle.js" in docs and "cdn" not in docs
+        assert http.get("/docs-assets/swagger-ui-bundle.js").status_code == 200
+    assert next(n for n in status_json(cluster["data_dir"]) if n["id"] == store)["state"] == "READY"
