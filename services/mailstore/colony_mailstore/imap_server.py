@@ -44,7 +44,7 @@ from colony_mailstore.accounts import AccountManager, NotOwner, OpenAccount
 log = logging.getLogger("colony.mailstore.imap")
 
 READ_CHUNK = 64 * 1024
-_CHECK = 0.5            # seconds between checks that the account is still ours (drain reacts this fast)
+_CHECK = 0.5            # seconds between the watch's rounds (drain and lease loss are noticed this fast)
 _HANDOFF_TIMEOUT = 10.0
 RECENT_ACCOUNTS = 10_000  # accounts whose \Recent marks are remembered
 
@@ -87,6 +87,7 @@ class ImapMetrics:
 class _Conn:
     session: S.Session
     wake: asyncio.Event
+    leave: str | None = None      # set by the watch: say BYE with this
 
 
 class ImapServer:
@@ -198,22 +199,14 @@ class ImapServer:
                     await self._run(conn)
                     continue
                 await writer.drain()
-                if session.account is not None and session.state != S.LOGOUT:
-                    if not self.accepting():
-                        session.goodbye("[UNAVAILABLE] This server is shutting down; reconnect")
-                        continue
-                    if session.account not in self.accounts.ownership.leases:
-                        # Lost or released (another store owns it now): the client's reconnect
-                        # reaches the new owner through the edge.
-                        session.goodbye("[UNAVAILABLE] The account moved to another server; reconnect")
-                        continue
-                    acct = self.accounts.open.get(session.account)
-                    if acct is not None:   # an open session keeps the account open (idle release)
-                        acct.last_used = self.accounts.clock()
+                if conn.leave is not None and session.state != S.LOGOUT:
+                    session.goodbye(conn.leave)
+                    continue
                 if read is None:
                     read = asyncio.ensure_future(reader.read(READ_CHUNK))
                 waker = asyncio.ensure_future(conn.wake.wait())
-                timeout = min(_CHECK, max(0.0, session.deadline - self.clock()))
+                # No polling per session: the watch wakes it when it must go.
+                timeout = max(0.0, session.deadline - self.clock())
                 done, _ = await asyncio.wait({read, waker}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
                 waker.cancel()
                 if conn.wake.is_set():
@@ -295,6 +288,27 @@ class ImapServer:
                 if hooked is not None:
                     with suppress(ValueError):
                         hooked[1]()
+
+    async def watch(self) -> None:
+        """One loop for all sessions (run by the workload): sessions of an account this store
+        no longer holds (lost, released, draining) are told to say BYE, and accounts with open
+        sessions are kept from idle release."""
+        while True:
+            draining = not self.accepting()
+            for account, conns in list(self._conns.items()):
+                if draining or account not in self.accounts.ownership.leases:
+                    # The client's reconnect reaches the new owner through the edge.
+                    why = ("[UNAVAILABLE] This server is shutting down; reconnect" if draining else
+                           "[UNAVAILABLE] The account moved to another server; reconnect")
+                    for conn in conns:
+                        if conn.leave is None:
+                            conn.leave = why
+                            conn.wake.set()
+                    continue
+                acct = self.accounts.open.get(account)
+                if acct is not None:
+                    acct.last_used = self.accounts.clock()
+            await asyncio.sleep(_CHECK)
 
     def _notify(self, account: str) -> None:
         for conn in self._conns.get(account, ()):

@@ -100,6 +100,7 @@ class MailstoreWorkload:
             verifier = Verifier(load_secret(settings.cluster_secret_file), lambda: int(time.time() * 1000))
         self.imap = ImapServer(self.accounts, self.delivery.claim, runtime.node_id, settings.imap_idle_timeout,
                                lambda: self.accepting, verifier, AuthClient(runtime.nc), runtime.metrics.registry)
+        runtime.spawn("imap watch", self.imap.watch, restart=True)
         addresses = {}
         for key, handler, port, wanted in (
                 ("imap-inner", self.imap.handle_handoff, settings.imap_inner_port, verifier is not None),
