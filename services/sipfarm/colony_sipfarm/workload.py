@@ -80,6 +80,7 @@ class SipWorkload:
         self.counters: SharedCounters | None = None
         self._inflight: set[asyncio.Task] = set()
         self._runtime = None
+        self._usage: dict[tuple[str, str, str], float] = {}   # (domain, account, metric) -> sum
         self.farm_address: tuple[str, int] = ("", 0)
         self._members: dict[str, NodeRecord] = {}        # sipfarm records, by node id
         self._suspect: dict[str, float] = {}             # node id -> monotonic time to trust again
@@ -98,7 +99,12 @@ class SipWorkload:
         self.server = await asyncio.start_server(self._connection, s.host, port, reuse_address=True)
 
         async def publish_usage(event: UsageRecorded) -> None:
-            await runtime.publish_event(names.usage_subject(event.domain), event)
+            # Summed per account and metric, published every usage_flush_interval: one
+            # JetStream write per registration was as costly as the registration itself.
+            key = (event.domain, event.account or "", event.metric)
+            self._usage[key] = self._usage.get(key, 0.0) + event.amount
+
+        runtime.spawn("sip-usage", self._usage_loop, restart=True)
 
         self.farm_address = (s.advertised_host, port)
         self.farm = SipFarm(
@@ -290,6 +296,18 @@ class SipWorkload:
         with trace.get_tracer("colony.sipfarm").start_as_current_span("sip.relay", context=extract_context(msg.headers)):
             await self._emit(data, destination)
 
+    async def _usage_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.usage_flush_interval)
+            await self._flush_usage()
+
+    async def _flush_usage(self) -> None:
+        pending, self._usage = self._usage, {}
+        for (domain, account, metric), amount in pending.items():
+            await self._runtime.publish_event(names.usage_subject(domain), UsageRecorded(
+                domain=domain, account=account or None, metric=metric, amount=round(amount, 3),
+                source=self._runtime.node_id))
+
     # --- lifecycle ------------------------------------------------------------------------
 
     def set_accepting(self, accepting: bool) -> None:
@@ -310,3 +328,6 @@ class SipWorkload:
             writer.close()
         if self.counters is not None:
             await self.counters.stop()
+        if self._runtime is not None:
+            with suppress(Exception):    # metering of the last interval, if the bus is still there
+                await self._flush_usage()
