@@ -17,6 +17,7 @@ BUCKET_ACCOUNT_OWNERS = "account_owners"  # per-account single-writer leases
 BUCKET_SIP_BINDINGS = "sip_bindings"    # SIP registrations
 BUCKET_DIRECTORY = "directory"          # what edges need to route without a round trip
 BUCKET_RATE_COUNTERS = "rate_counters"  # flow-control counters shared by every edge and farm member
+BUCKET_OUTBOUND_DELIVERED = "outbound_delivered"  # recipients an edge delivered, until the job is acked
 BUCKET_SECRET_KEYS = "secret_keys"      # data keys sealing PROVISIONING's secrets: the admin API's only
 
 CONTROLLER_LEASE_KEY = "controller"
@@ -314,7 +315,7 @@ GRANTS: dict[str, Grant] = {
         # AUDIT: a submitting account throttled for its sending rate.
         append=(SUBJECTS_MAIL, SUBJECTS_OUTBOUND, SUBJECTS_USAGE, SUBJECTS_DEAD_LETTERS, SUBJECTS_AUDIT),
         consume=(STREAM_OUTBOUND,),
-        kv_write=(BUCKET_RATE_COUNTERS,),
+        kv_write=(BUCKET_RATE_COUNTERS, BUCKET_OUTBOUND_DELIVERED),
         kv_read=(BUCKET_DIRECTORY, BUCKET_ACCOUNT_OWNERS),
         obj_write=(OBJECT_MAIL_BODIES,),
         call=(AUTH_CHECK, DIRECTORY_LOOKUP, DIRECTORY_RECIPIENTS),

@@ -44,6 +44,7 @@ class Buckets:
     directory: KeyValueConfig
     rate_counters: KeyValueConfig
     secret_keys: KeyValueConfig
+    outbound_delivered: KeyValueConfig
 
 
 def bucket_configs(settings: Settings) -> Buckets:
@@ -89,6 +90,13 @@ def bucket_configs(settings: Settings) -> Buckets:
         secret_keys=KeyValueConfig(
             bucket=names.BUCKET_SECRET_KEYS, history=1, storage=StorageType.FILE, replicas=r,
             description="data keys of the secrets sealed in PROVISIONING (admin API only)",
+        ),
+        # Written after a remote 250, before the OUTBOUND job is acked: a job redelivered
+        # after its edge died skips the recipients already delivered.  Outlives any retry.
+        outbound_delivered=KeyValueConfig(
+            bucket=names.BUCKET_OUTBOUND_DELIVERED, history=1, ttl=settings.outbound_max_age + DAY,
+            storage=StorageType.FILE, replicas=r,
+            description="outbound recipients delivered by a job not yet acked (exactly-once after a crash)",
         ),
     )
 
@@ -140,7 +148,7 @@ async def ensure_schema(js: JetStreamContext, settings: Settings, deadline: floa
         await _retrying(lambda c=config: _ensure_stream(js, c), config.name, deadline)
     buckets = bucket_configs(settings)
     for kv in (buckets.nodes, buckets.leases, buckets.account_owners, buckets.sip_bindings, buckets.directory,
-               buckets.rate_counters, buckets.secret_keys):
+               buckets.rate_counters, buckets.secret_keys, buckets.outbound_delivered):
         await _retrying(lambda k=kv: _ensure_bucket(js, k), kv.bucket, deadline)
     for obj in object_store_configs(settings):
         await _retrying(lambda o=obj: _ensure_object_store(js, o), obj.bucket, deadline)

@@ -22,6 +22,7 @@ A job that cannot be decoded or whose body is gone is rejected to DEAD_LETTERS.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 from datetime import UTC, datetime
@@ -31,10 +32,12 @@ import dns.asyncresolver
 import dns.exception
 import dns.resolver
 from nats.js import JetStreamContext
+from nats.js.errors import KeyNotFoundError
 from opentelemetry import trace
 from prometheus_client import CollectorRegistry, Counter
 
 from colony.bus import names
+from colony.bus.tokens import to_token
 from colony.contracts.mail import InboundMail, MailRecipient
 from colony.contracts.outbound import OutboundMail, OutboundRecipient
 from colony.events import UnknownEvent, UsageRecorded
@@ -71,6 +74,7 @@ class OutboundDelivery:
         self._slots: dict[str, asyncio.Semaphore] = {}   # per destination, while in use
         self._users: dict[str, int] = {}
         self._bodies = None
+        self._marks = None
 
     async def handle(self, job: Job) -> Done | Retry | Reject:
         try:
@@ -88,7 +92,14 @@ class OutboundDelivery:
         with self.tracer.start_as_current_span("outbound.deliver", attributes={
                 "colony.message_id": mail.message_id, "colony.destination": mail.destination,
                 "colony.attempt": attempt}):
-            results = await self._attempt(mail, body)
+            done_before = await self._delivered_before(mail)
+            todo = [r for r in mail.recipients if r.address not in done_before]
+            results = [RecipientResult(a, 250, "2.0.0 delivered before a restart") for a in done_before
+                       if any(r.address == a for r in mail.recipients)]
+            if todo:
+                async def delivered(addresses: list[str]) -> None:
+                    await self._mark_delivered(mail, done_before | set(addresses))
+                results += await self._attempt(mail.model_copy(update={"recipients": todo}), body, delivered)
             decision = decide(mail, results, attempt, datetime.now(UTC), self.settings)
             if decision.dsn:
                 await self._send_dsn(mail, decision.dsn, body)
@@ -106,9 +117,36 @@ class OutboundDelivery:
             return Done()
         return Retry("; ".join(f"{r.address}: {r.code} {r.text}" for r in results)[:500], delay=decision.retry_after)
 
+    # --- exactly once across crashes -------------------------------------------------------
+
+    def _marker_key(self, mail: OutboundMail) -> str:
+        return to_token(f"{mail.message_id}/{mail.destination}")
+
+    async def _delivered_before(self, mail: OutboundMail) -> set[str]:
+        """Recipients an earlier delivery of this job (an edge that died before its ack, or
+        an earlier generation) already handed to the remote server."""
+        if self._marks is None:
+            self._marks = await self.js.key_value(names.BUCKET_OUTBOUND_DELIVERED)
+        try:
+            entry = await self._marks.get(self._marker_key(mail))
+        except KeyNotFoundError:
+            return set()
+        return set(json.loads(entry.value or b"[]"))
+
+    async def _mark_delivered(self, mail: OutboundMail, addresses: set[str]) -> None:
+        # Written right after the remote 250 and before the ack: only a crash inside this
+        # one write can still deliver a recipient twice (RFC 1047's window, made small).
+        try:
+            await self._marks.put(self._marker_key(mail), json.dumps(sorted(addresses)).encode())
+        except Exception:
+            log.exception("delivery marker of %s not written; a crash before the ack would repeat it",
+                          mail.message_id)
+
     # --- delivery -------------------------------------------------------------------------
 
-    async def _attempt(self, mail: OutboundMail, body: bytes) -> list[RecipientResult]:
+    async def _attempt(self, mail: OutboundMail, body: bytes, on_delivered) -> list[RecipientResult]:
+        """``on_delivered(addresses)`` is awaited the moment the remote server took the
+        message, before anything else (QUIT, the ack) can be interrupted by a crash."""
         addresses = [r.address for r in mail.recipients]
         try:
             hosts = await self._exchangers(mail.destination)
@@ -132,7 +170,7 @@ class OutboundDelivery:
                         continue
                     for ip in ips:
                         try:
-                            return await self._session(host, ip, mail, message)
+                            return await self._session(host, ip, mail, message, on_delivered)
                         except _Unreachable as exc:
                             last = f"{host} [{ip}]: {exc}"
         finally:
@@ -164,7 +202,8 @@ class OutboundDelivery:
             raise _Unreachable(f"{host} has no address")
         return ips
 
-    async def _session(self, host: str, ip: str, mail: OutboundMail, message: bytes) -> list[RecipientResult]:
+    async def _session(self, host: str, ip: str, mail: OutboundMail, message: bytes,
+                       on_delivered) -> list[RecipientResult]:
         timeout = self.settings.outbound_connect_timeout
         client = aiosmtplib.SMTP(hostname=ip, port=self.settings.outbound_smtp_port, local_hostname=self.hostname,
                                  timeout=timeout, start_tls=None, validate_certs=False)
@@ -193,6 +232,8 @@ class OutboundDelivery:
             if accepted:
                 try:
                     reply = await client.data(message)
+                    if 200 <= reply.code < 300:
+                        await on_delivered(accepted)
                     results += [RecipientResult(a, reply.code, reply.message, host) for a in accepted]
                 except aiosmtplib.SMTPResponseException as exc:
                     results += [RecipientResult(a, exc.code, exc.message, host) for a in accepted]
