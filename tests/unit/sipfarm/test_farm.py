@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
-import hashlib
+import asyncio
 import os
 
 import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from colony.contracts.auth import SipCredentialsReply
@@ -338,3 +341,28 @@ async def test_a_callers_cancel_reaches_every_branch(farm):
               f"CSeq: 2 CANCEL\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n").encode()
     out = [parse_message(o.data) for o in await farm.handle(cancel, ("UDP", "198.51.100.9", 5060))]
     assert [m.top_via().branch for m in out] == [desk.top_via().branch, mobile.top_via().branch]
+
+
+_SAMPLES = [register(), invite(), register(auth='Authorization: Digest username="alice", realm="acme.example", '
+                                            'nonce="x", uri="sip:acme.example", response="0", qop=auth, nc=1\r\n')]
+
+
+def _fresh_farm() -> SipFarm:
+    clock = Clock()
+
+    async def publish(event):
+        pass
+
+    return SipFarm(Settings(), "sipfarm-1", store=Store(clock), dialogs=Dialogs(), auth=Auth(), counters=Counters(),
+                   secret=b"k" * 32, address=ME, registry=CollectorRegistry(), publish_usage=publish, clock=clock)
+
+
+@hsettings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(_SAMPLES), st.integers(0, 400), st.binary(max_size=40), st.integers(0, 40))
+def test_mangled_packets_get_an_answer_or_nothing_never_an_exception(sample, at, insert, cut):
+    """Any packet: a list of things to send (possibly empty), never a traceback."""
+    data = sample[:at] + insert + sample[at + cut:]
+    farm = _fresh_farm()
+    out = asyncio.run(farm.handle(data, PHONE))
+    for item in out:
+        parse_message(item.data)    # what we send is itself valid SIP
