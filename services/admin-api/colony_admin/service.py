@@ -64,7 +64,8 @@ class AdminApiWorkload:
         app = create_app(self.settings, runtime.nc, metrics=runtime.metrics)
         app.state.nc = runtime.nc
         app.include_router(cluster.router)
-        self._feed = monitor.install(app, runtime.nc, self.settings.cluster_secret_file)
+        self._feed = monitor.install(app, runtime.nc, self.settings.cluster_secret_file,
+                                     accepting=lambda: self.accepting)
         app.add_middleware(_DrainGate, workload=self)
         app.add_middleware(ObservedApi, metrics=runtime.metrics.once(ApiMetrics))
         self._http = EmbeddedHttpServer(app, self.settings.host, self.settings.api_port, lifespan="on",

@@ -18,6 +18,7 @@ import json
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import parse_qs
@@ -59,6 +60,7 @@ class TransitionFeed:
     def __init__(self, nc: Client) -> None:
         self.nc = nc
         self.recent: deque[dict] = deque(maxlen=TRANSITIONS_KEPT)
+        self.cached: tuple[float, dict] | None = None  # (monotonic time, snapshot) shared by every page
         self._subs: list = []
         self._starting: asyncio.Lock = asyncio.Lock()
 
@@ -101,9 +103,14 @@ class TransitionFeed:
         self._subs.clear()
 
 
-def install(app: FastAPI, ctx_nc: Client, cluster_secret_file: Path | None) -> TransitionFeed:
-    """Add the monitor to ``app``: the routes, the static files, the session key and feed."""
+def install(app: FastAPI, ctx_nc: Client, cluster_secret_file: Path | None,
+            accepting: Callable[[], bool] = lambda: True) -> TransitionFeed:
+    """Add the monitor to ``app``: the routes, the static files, the session key and feed.
+    ``accepting``: False while this admin API drains -- open event streams then end (the
+    browser's EventSource reconnects, through the balancer, to another instance), so an
+    open page never keeps a draining instance busy."""
     app.state.monitor_key = session.session_key(cluster_secret_file)
+    app.state.monitor_accepting = accepting
     app.state.monitor_feed = feed = TransitionFeed(ctx_nc)
     app.include_router(router)
     app.mount("/monitor/static", StaticFiles(directory=str(HERE / "static")), name="monitor-static")
@@ -179,6 +186,16 @@ async def logout(request: Request):
 
 
 async def _snapshot(request: Request) -> dict:
+    """The view every open page gets; read from the bus at most once per ``SSE_PERIOD``
+    whatever the number of pages open (they share it)."""
+    feed: TransitionFeed = request.app.state.monitor_feed
+    now = time.monotonic()
+    if feed.cached is None or now - feed.cached[0] >= SSE_PERIOD * 0.9:
+        feed.cached = (now, await _read_snapshot(request))
+    return feed.cached[1]
+
+
+async def _read_snapshot(request: Request) -> dict:
     ctx: AdminContext = request.app.state.admin
     feed: TransitionFeed = request.app.state.monitor_feed
     try:
@@ -219,8 +236,10 @@ async def stream(request: Request):
     if await _caller(request) is None:
         return Response("log in first", status_code=401)
 
+    accepting = request.app.state.monitor_accepting
+
     async def frames():
-        while not await request.is_disconnected():
+        while accepting() and not await request.is_disconnected():
             try:
                 data = json.dumps(await _snapshot(request))
                 yield f"event: cluster\ndata: {data}\n\n".encode()
