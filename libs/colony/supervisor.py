@@ -97,6 +97,11 @@ class Cluster:
     bus_restarts: int = 0
     next_bus_restart: float = 0.0
     tls_ca: Path | None = None  # the local CA made for this cluster, when no certificate is configured
+    # One region of a super cluster (colony.supercluster): its JetStream domain, the hub's
+    # leafnode URL it joins, and every region's name for the instances' settings.
+    region: str | None = None
+    regions: tuple[str, ...] = ()
+    leaf_remote: str | None = None
 
     def __post_init__(self) -> None:
         self.data_dir = self.data_dir.resolve()
@@ -152,7 +157,8 @@ class Cluster:
         self.identities = generate_identities(self.bus_dir)
         self.nats = EmbeddedNats(store_dir=self.data_dir / "nats", host=self.host, port=self.plan.nats,
                                  monitor_port=self.plan.nats_monitor, server_name=f"colony-{self.base_port}",
-                                 preexec_fn=die_with_parent, authorization=authorization_config(self.identities))
+                                 preexec_fn=die_with_parent, authorization=authorization_config(self.identities),
+                                 **self._region_nats_options())
         self.nats.start()
         self.ensure_schema()
         index = 0
@@ -171,6 +177,8 @@ class Cluster:
                     "COLONY_OPS_PORT": str(self.plan.ops(index)),
                     "COLONY_NATS_NKEY_SEED_FILE": str(self.identities[role].seed_file),
                 })
+                if self.region:
+                    env.update({"COLONY_REGION": self.region, "COLONY_REGIONS": ",".join(self.regions)})
                 if role == "admin-api":
                     env["COLONY_API_PORT"] = str(self.plan.admin_api(admin_index))
                     admin_index += 1
@@ -196,6 +204,13 @@ class Cluster:
                 self.instances.append(inst)
                 index += 1
         self.info_file.write_text(json.dumps(self.describe(), indent=2))
+
+    def _region_nats_options(self) -> dict:
+        if not self.region:
+            return {}
+        return {"jetstream_domain": names.js_domain(self.region),
+                "leafnode_remotes": (self.leaf_remote,) if self.leaf_remote else (),
+                "leafnode_deny": names.REGION_LOCAL_SUBJECTS}
 
     def tls_env(self) -> dict[str, str]:
         """The certificate every TLS listener uses: the configured one, else a local CA's
@@ -244,7 +259,8 @@ class Cluster:
         from colony.settings import load_settings
 
         async def run() -> None:
-            settings = load_settings(nats_url=self.nats.url, nats_nkey_seed_file=self.operator_seed)
+            regional = {"region": self.region, "regions": ",".join(self.regions)} if self.region else {}
+            settings = load_settings(nats_url=self.nats.url, nats_nkey_seed_file=self.operator_seed, **regional)
             nc = await connect(settings, name="colony-up", persistent=False)
             try:
                 await ensure_schema(jetstream(nc), settings)

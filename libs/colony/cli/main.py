@@ -193,6 +193,9 @@ def up(
     restart: Annotated[bool, typer.Option(help="Restart an instance that dies.")] = True,
     monitoring: Annotated[bool, typer.Option(
         help="Also start Prometheus (Debian's `prometheus`) scraping every instance, targets kept current.")] = False,
+    regions: Annotated[Optional[str], typer.Option(
+        help="Run a super cluster: these regions (comma separated, the first is the primary) and their "
+             "leafnode hub, each region a whole cluster with its ports from base-port + 200*n.")] = None,
 ) -> None:
     """Start the whole cluster here: embedded NATS, SQLite, shared storage under --data-dir."""
     from colony.monitoring import MonitoringError, Prometheus
@@ -202,6 +205,9 @@ def up(
         projectors = 1 if admin_apis else 0
     counts = {"controller": controllers, "edge": edges, "mailstore": mailstores, "sipfarm": sipfarms,
               "projector": projectors, "admin-api": admin_apis}
+    if regions:
+        _up_regions(data_dir, base_port, [r.strip() for r in regions.split(",") if r.strip()], counts, host, restart)
+        return
     cluster = Cluster(data_dir=data_dir, base_port=base_port, counts=counts, host=host, restart=restart)
     had_token = (cluster.data_dir / "admin.token").exists()  # only a token made by this start is printed
     stop = {"now": False}
@@ -296,6 +302,52 @@ def _bootstrap_token(cluster, had_token: bool, timeout: float = 30.0) -> None:
     if token_file.exists():
         token = token_file.read_text().strip()
         console.print(f"  admin token: {token}   (saved to {token_file}, mode 0600)")
+
+
+def _up_regions(data_dir: Path, base_port: int, regions: list[str], counts: dict, host: str, restart: bool) -> None:
+    """``colony up --regions``: the hub and every region (colony.supercluster), which port is whose."""
+    from colony.supercluster import SuperCluster
+    from colony.supervisor import SupervisorError
+
+    stop = {"now": False}
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda signum, frame: stop.update(now=True))
+    try:
+        sc = SuperCluster(data_dir=data_dir, base_port=base_port, regions=regions, counts=counts, host=host, restart=restart)
+    except SupervisorError as exc:
+        _fail(str(exc))
+    try:
+        sc.start()
+    except SupervisorError as exc:
+        _fail(str(exc))
+    except Exception as exc:
+        sc.stop()
+        _fail(f"could not start: {exc}")
+    try:
+        info = sc.describe()
+        (sc.data_dir / "supercluster.json").write_text(json.dumps(info, indent=2))
+        console.print(f"[bold]Colony super cluster[/bold] in {sc.data_dir}: regions {', '.join(regions)} "
+                      f"(primary {regions[0]})")
+        console.print(f"  hub:        {info['hub']['nats_url']}   (leafnodes {info['hub']['leafnodes']})")
+        for region, r in info["regions"].items():
+            console.print(f"  [bold]{region}[/bold]  bus {r['nats_url']}   data {r['data_dir']}")
+            for label, key in (("admin API", "admin_api"), ("SMTP MX", "smtp"), ("submission", "submission"),
+                               ("IMAP", "imap"), ("POP3", "pop3"), ("SIP", "sip")):
+                for address in r.get(key) or []:
+                    console.print(f"    {label + ':':<12} {address}")
+        console.print("[bold green]Regions are up.[/bold green] Ctrl-C stops them.  "
+                      "`colony status --data-dir <data-dir>/<region>` shows one region.")
+        sys.stdout.flush()
+        while not stop["now"]:
+            for note in sc.reap():
+                console.print(note)
+            time.sleep(0.2)
+    finally:
+        console.print("stopping every region, then the hub ...")
+        killed = sc.stop()
+        if killed:
+            err.print(f"[yellow]{', '.join(killed)} did not stop within 20 s and were killed[/yellow]")
+        console.print("stopped; no process left behind.")
 
 
 def _watch(cluster, stop, live: bool, prometheus=None) -> None:

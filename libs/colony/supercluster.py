@@ -1,0 +1,92 @@
+"""``colony up --regions eu,us``: several regions and their hub on one machine, on loopback.
+
+Each region is a whole ``colony.supervisor.Cluster`` (its own nats-server and JetStream
+domain, controllers and services, data under ``<data_dir>/<region>``, ports from its own base
+port); the hub is one more small nats-server the regions' servers join as leafnodes.  The
+first region named is the primary (it owns PROVISIONING, see ``colony.regions``), so it is
+started first and the others' mirrors find it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from colony.bus import names
+from colony.natsd import EmbeddedNats
+from colony.ports import port_is_free
+from colony.supervisor import Cluster, SupervisorError, die_with_parent
+
+REGION_PORT_STRIDE = 200  # region #n's base port is base + 200*n (a region's own ports span base..base+199)
+HUB_PORT_OFFSET = 2       # the hub's client port: base + 2 of the first region's range; its leafnode port + 3
+
+
+@dataclass
+class SuperCluster:
+    data_dir: Path
+    base_port: int
+    regions: list[str]
+    counts: dict[str, int]
+    host: str = "127.0.0.1"
+    restart: bool = True
+    hub: EmbeddedNats | None = None
+    clusters: dict[str, Cluster] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.data_dir = self.data_dir.resolve()
+        if len(self.regions) < 2 or len(set(self.regions)) != len(self.regions):
+            raise SupervisorError("--regions needs two or more distinct region names, e.g. --regions eu,us")
+        if len(self.regions) * REGION_PORT_STRIDE > 1000:
+            raise SupervisorError("--regions: at most 5 regions on one machine (each takes 200 ports from --base-port)")
+        for i, region in enumerate(self.regions):
+            self.clusters[region] = Cluster(
+                data_dir=self.data_dir / region, base_port=self.base_port + REGION_PORT_STRIDE * i,
+                counts=dict(self.counts), host=self.host, restart=self.restart, region=region,
+                regions=tuple(self.regions), leaf_remote=f"nats-leaf://{self.host}:{self.leaf_port}")
+
+    @property
+    def hub_port(self) -> int:
+        return self.base_port + HUB_PORT_OFFSET
+
+    @property
+    def leaf_port(self) -> int:
+        return self.base_port + HUB_PORT_OFFSET + 1
+
+    def start(self) -> None:
+        for port, what in ((self.hub_port, "hub NATS"), (self.leaf_port, "hub leafnodes")):
+            if not port_is_free(self.host, port):
+                raise SupervisorError(f"port {port} ({what}) on {self.host} is taken; choose another --base-port")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        # The hub holds no data of its own: JetStream only so that it has a domain of its own and
+        # never answers another region's $JS.API.
+        self.hub = EmbeddedNats(store_dir=self.data_dir / "hub", host=self.host, port=self.hub_port,
+                                server_name=f"colony-hub-{self.base_port}", jetstream_domain=names.HUB_JS_DOMAIN,
+                                leafnode_listen=f"{self.host}:{self.leaf_port}", preexec_fn=die_with_parent)
+        self.hub.start()
+        for region in self.regions:
+            self.clusters[region].start()
+
+    def reap(self) -> list[str]:
+        notes = []
+        if self.restart and self.hub and self.hub.process and self.hub.process.poll() is not None:
+            notes.append("hub nats-server exited; restarting it (regions keep serving meanwhile)")
+            try:
+                self.hub.start()
+            except Exception as exc:  # noqa: BLE001 - told to the operator, tried again next round
+                notes.append(f"hub did not restart: {exc}")
+        for region, cluster in self.clusters.items():
+            notes += [f"[{region}] {note}" for note in cluster.reap()]
+        return notes
+
+    def describe(self) -> dict:
+        return {"hub": {"nats_url": self.hub.url if self.hub else None, "leafnodes": f"{self.host}:{self.leaf_port}"},
+                "primary": self.regions[0],
+                "regions": {region: cluster.describe() for region, cluster in self.clusters.items()}}
+
+    def stop(self) -> list[str]:
+        killed = []
+        for region in reversed(self.regions):
+            killed += [f"{region}/{k}" for k in self.clusters[region].stop()]
+        if self.hub:
+            self.hub.stop()
+        return killed
