@@ -292,8 +292,11 @@ class DomainAliasDeleted(Event):
 class AccountCreated(Event):
     """An account (mailbox and SIP user) was created.  Subject ``colony.prov.address.<local@domain>``.
 
-    Never a plaintext password: ``password_hash`` is argon2 (PHC string), ``sip_ha1`` maps a
-    digest algorithm (``MD5``, ``SHA-256``) to H(local:realm:password) with realm = domain.
+    Never a plaintext password: ``password_hash`` is argon2 (PHC string) or an imported hash,
+    ``sip_ha1`` maps a digest algorithm (``MD5``, ``SHA-256``) to H(local:realm:password) with
+    realm = domain; both sealed on the wire as ``sealed:1:<key id>:<base64url>`` (AES-256-GCM,
+    key in the ``secret_keys`` bucket, colony_admin/auth/sealing.py).  Events from before
+    sealing carry them in the clear.
     """
 
     type: ClassVar[str] = "prov.account_created"
@@ -390,8 +393,10 @@ class CosDeleted(Event):
 class ApiTokenCreated(Event):
     """An admin API token.  Subject ``colony.prov.token.<token id>``.
 
-    Only ``secret_sha256`` (hex SHA-256 of the random secret) is stored: the token itself is
-    shown once to whoever created it.  ``domain`` is set for domain administrators.
+    Only ``secret_sha256`` is stored: hex HMAC-SHA256, keyed with the token's key in the
+    ``secret_keys`` bucket, of the SHA-256 of the random secret (plain SHA-256 in events from
+    before sealing); the token itself is shown once to whoever created it.  ``domain`` is set
+    for domain administrators.
     """
 
     type: ClassVar[str] = "prov.token_created"
