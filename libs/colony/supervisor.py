@@ -137,7 +137,8 @@ class Cluster:
                     f"data directory {self.data_dir} is in use by `colony up` (pid {pid}); "
                     f"stop that one first or choose another with --data-dir")
         total = sum(self.counts.values())
-        planned = self.plan.all_ports(total, self.counts.get("admin-api", 0), self.counts.get("edge", 0))
+        planned = self.plan.all_ports(total, self.counts.get("admin-api", 0), self.counts.get("edge", 0),
+                                      self.counts.get("sipfarm", 0))
         clash = ephemeral_overlap([port for _, port in planned])
         if clash:
             raise SupervisorError(
