@@ -79,7 +79,8 @@ class SuperCluster:
         return notes
 
     def describe(self) -> dict:
-        return {"hub": {"nats_url": self.hub.url if self.hub else None, "leafnodes": f"{self.host}:{self.leaf_port}"},
+        return {"hub": {"nats_url": self.hub.url if self.hub else None, "leafnodes": f"{self.host}:{self.leaf_port}",
+                        "pid": self.hub.process.pid if self.hub and self.hub.process else None},
                 "primary": self.regions[0],
                 "regions": {region: cluster.describe() for region, cluster in self.clusters.items()}}
 

@@ -1,0 +1,117 @@
+"""`colony up --regions eu,us` as an operator runs it: provisioning on the primary (eu) reaches
+us; mail for a domain homed in eu, sent to the us edge, is stored once in eu; with the link
+between the regions frozen (the hub stopped with SIGSTOP), us still answers 250 for eu mail
+and delivers its own domains' mail, and every message it accepted reaches eu once the link is back."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import smtplib
+import subprocess
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+
+from test_colony_up import COLONY, ready_nodes, start_up, stop_up, wait_for
+from colony.ports import port_is_free
+
+pytestmark = pytest.mark.slow
+
+COUNTS = ["--controllers", "1", "--edges", "1", "--mailstores", "1", "--sipfarms", "0", "--admin-apis", "1"]
+PER_REGION = 5  # controller, edge, mail store, projector, admin API
+
+
+def free_base() -> int:
+    import random
+
+    for _ in range(200):
+        base = random.randrange(10000, 30000, 1000)
+        if all(port_is_free("127.0.0.1", base + off) for off in (0, 1, 2, 3, 25, 70, 100, 200, 201, 225, 270, 300)):
+            return base
+    raise RuntimeError("no free port range")
+
+
+def colony(data_dir: Path, *args: str) -> str:
+    out = subprocess.run([COLONY, *args, "--data-dir", str(data_dir)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out.stdout
+
+
+def bodies(region_dir: Path, domain: str) -> list[Path]:
+    return sorted((region_dir / "storage" / "SharedDomains" / domain).glob("**/*.macnt/mail/bodies/*"))
+
+
+def send(port: int, rcpt: str, subject: str) -> None:
+    msg = EmailMessage()
+    msg["From"], msg["To"], msg["Subject"] = "bob@remote.test", rcpt, subject
+    msg.set_content(subject)
+    with smtplib.SMTP("127.0.0.1", port, timeout=60) as s:
+        s.send_message(msg)  # raises unless every recipient got 250
+
+
+def wait_deliverable(port: int, rcpt: str) -> None:
+    def accepts() -> bool:
+        try:
+            with smtplib.SMTP("127.0.0.1", port, timeout=30) as s:
+                s.ehlo("probe.test")
+                s.mail("probe@remote.test")
+                return s.rcpt(rcpt)[0] == 250
+        except (smtplib.SMTPException, OSError):
+            return False
+    wait_for(accepts, 90, f"the edge at {port} to know {rcpt}")
+
+
+@pytest.fixture
+def regions(tmp_path):
+    data_dir, base = tmp_path / "sc", free_base()
+    env = {"COLONY_EDGE_ALLOW_NETWORKS": "", "COLONY_EDGE_MESSAGES_PER_MINUTE_PER_IP": "100000",
+           "COLONY_EDGE_RECIPIENTS_PER_MINUTE_PER_IP": "100000", "COLONY_EDGE_CONNECTIONS_PER_MINUTE_PER_IP": "100000",
+           "COLONY_DNSBL_ZONES": ""}
+    os.environ.update(env)
+    try:
+        proc = start_up(data_dir, base, "--regions", "eu,us", *COUNTS)
+    finally:
+        for key in env:
+            del os.environ[key]
+    try:
+        for region in ("eu", "us"):
+            wait_for(lambda r=region: ready_nodes(data_dir / r, PER_REGION), 240, f"every {region} instance READY")
+        wait_for(lambda: (data_dir / "eu" / "admin.token").exists(), 60, "the primary's bootstrap token")
+        yield data_dir, base
+    finally:
+        out = stop_up(proc)
+        print(out)
+
+
+def test_mail_for_eu_accepted_in_us_lands_in_eu_also_across_a_cut(regions):
+    data_dir, base = regions
+    eu, us = data_dir / "eu", data_dir / "us"
+    us_smtp = base + 200 + 25
+    info = json.loads((data_dir / "supercluster.json").read_text())
+    assert info["regions"]["us"]["smtp"] == [f"127.0.0.1:{us_smtp}"]
+    colony(eu, "domain", "add", "eu.example", "--region", "eu")
+    colony(eu, "account", "add", "kim@eu.example", "--password", "Kim-secret-123")
+    colony(eu, "domain", "add", "us.example", "--region", "us")
+    colony(eu, "account", "add", "lee@us.example", "--password", "Lee-secret-123")
+    wait_deliverable(us_smtp, "kim@eu.example")  # provisioning made on eu reached us's mirror
+    wait_deliverable(us_smtp, "lee@us.example")
+
+    for i in range(5):
+        send(us_smtp, "kim@eu.example", f"before {i}")
+    wait_for(lambda: len(bodies(eu, "eu.example")) >= 5, 120, "5 messages in eu's store")
+
+    hub = info["hub"]["pid"]
+    os.kill(hub, signal.SIGSTOP)  # the link between the regions hangs
+    try:
+        for i in range(5):
+            send(us_smtp, "kim@eu.example", f"during {i}")  # still 250: stored in us's MAIL
+        send(us_smtp, "lee@us.example", "own domain during the cut")
+        wait_for(lambda: len(bodies(us, "us.example")) == 1, 120, "us to deliver its own domain's mail meanwhile")
+    finally:
+        os.kill(hub, signal.SIGCONT)
+    wait_for(lambda: len(bodies(eu, "eu.example")) >= 10, 180, "every message accepted in us during the cut in eu")
+    assert len(bodies(eu, "eu.example")) == 10  # once each
+    assert not bodies(us, "eu.example")  # stored only in its home region
