@@ -129,11 +129,8 @@ class SipWorkload:
     # --- input ----------------------------------------------------------------------------
 
     def received(self, data: bytes, source: Destination) -> None:
-        if len(self._inflight) >= MAX_INFLIGHT or self.farm is None:
-            return      # overloaded: as a full socket buffer; the phone retransmits
-        task = asyncio.create_task(self._handle(data, source))
-        self._inflight.add(task)
-        task.add_done_callback(self._inflight.discard)
+        if self.farm is not None:
+            self._track(self._handle(data, source))   # when overloaded: dropped, as by a full socket buffer
 
     async def _handle(self, data: bytes, source: Destination) -> None:
         try:
@@ -179,6 +176,22 @@ class SipWorkload:
             return None
 
     async def _on_handle(self, msg) -> None:
+        # nats-py runs one subscription's callbacks one after another: work on each packet in
+        # a task of its own, or every spread packet would wait for the one before.
+        self._track(self._handle_spread(msg))
+
+    async def _on_relay(self, msg) -> None:
+        self._track(self._relay(msg))
+
+    def _track(self, coro) -> None:
+        if len(self._inflight) >= MAX_INFLIGHT:
+            coro.close()
+            return      # overloaded: the phone retransmits
+        task = asyncio.create_task(coro)
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+
+    async def _handle_spread(self, msg) -> None:
         try:
             body = json.loads(msg.data)
             data, source, arrived_at = base64.b64decode(body["d"]), tuple(body["s"]), str(body["m"])
@@ -285,7 +298,7 @@ class SipWorkload:
             self.connections.pop(key, None)
             writer.close()
 
-    async def _on_relay(self, msg) -> None:
+    async def _relay(self, msg) -> None:
         try:
             body = json.loads(msg.data)
             data = base64.b64decode(body["d"])
