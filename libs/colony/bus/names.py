@@ -17,6 +17,7 @@ BUCKET_ACCOUNT_OWNERS = "account_owners"  # per-account single-writer leases
 BUCKET_SIP_BINDINGS = "sip_bindings"    # SIP registrations
 BUCKET_DIRECTORY = "directory"          # what edges need to route without a round trip
 BUCKET_RATE_COUNTERS = "rate_counters"  # flow-control counters shared by every edge and farm member
+BUCKET_DKIM_KEYS = "dkim_keys"            # DKIM signing keys per domain (history 1): admin API writes, edges sign
 BUCKET_OUTBOUND_DELIVERED = "outbound_delivered"  # recipients an edge delivered, until the job is acked
 BUCKET_SECRET_KEYS = "secret_keys"      # data keys sealing PROVISIONING's secrets: the admin API's only
 
@@ -316,7 +317,7 @@ GRANTS: dict[str, Grant] = {
         append=(SUBJECTS_MAIL, SUBJECTS_OUTBOUND, SUBJECTS_USAGE, SUBJECTS_DEAD_LETTERS, SUBJECTS_AUDIT),
         consume=(STREAM_OUTBOUND,),
         kv_write=(BUCKET_RATE_COUNTERS, BUCKET_OUTBOUND_DELIVERED),
-        kv_read=(BUCKET_DIRECTORY, BUCKET_ACCOUNT_OWNERS),
+        kv_read=(BUCKET_DIRECTORY, BUCKET_ACCOUNT_OWNERS, BUCKET_DKIM_KEYS),
         obj_write=(OBJECT_MAIL_BODIES,),
         call=(AUTH_CHECK, DIRECTORY_LOOKUP, DIRECTORY_RECIPIENTS),
     ),
@@ -345,7 +346,7 @@ GRANTS: dict[str, Grant] = {
         append=(SUBJECTS_PROVISIONING, SUBJECTS_AUDIT),
         read=(STREAM_PROVISIONING, STREAM_AUDIT, STREAM_USAGE, STREAM_CLUSTER, STREAM_DEAD_LETTERS),
         # secret_keys: nobody else may read it, so PROVISIONING's sealed secrets open only here.
-        kv_write=(BUCKET_DIRECTORY, BUCKET_SECRET_KEYS),
+        kv_write=(BUCKET_DIRECTORY, BUCKET_SECRET_KEYS, BUCKET_DKIM_KEYS),
         kv_read=(BUCKET_NODES, BUCKET_ACCOUNT_OWNERS, BUCKET_SIP_BINDINGS),
         call=(CONTROLLER_API, ADMIN_READMODEL_POSITIONS),
         serve=(AUTH_CHECK, AUTH_SIP_CREDENTIALS, DIRECTORY_LOOKUP, DIRECTORY_RECIPIENTS),

@@ -45,6 +45,7 @@ class Buckets:
     rate_counters: KeyValueConfig
     secret_keys: KeyValueConfig
     outbound_delivered: KeyValueConfig
+    dkim_keys: KeyValueConfig
 
 
 def bucket_configs(settings: Settings) -> Buckets:
@@ -98,6 +99,12 @@ def bucket_configs(settings: Settings) -> Buckets:
             storage=StorageType.FILE, replicas=r,
             description="outbound recipients delivered by a job not yet acked (exactly-once after a crash)",
         ),
+        # History 1: a rotated-out private key is gone, not kept as an old revision; never
+        # in PROVISIONING (an event log keeps everything forever).
+        dkim_keys=KeyValueConfig(
+            bucket=names.BUCKET_DKIM_KEYS, history=1, storage=StorageType.FILE, replicas=r,
+            description="DKIM signing keys per domain (admin API writes, edges read)",
+        ),
     )
 
 
@@ -148,7 +155,7 @@ async def ensure_schema(js: JetStreamContext, settings: Settings, deadline: floa
         await _retrying(lambda c=config: _ensure_stream(js, c), config.name, deadline)
     buckets = bucket_configs(settings)
     for kv in (buckets.nodes, buckets.leases, buckets.account_owners, buckets.sip_bindings, buckets.directory,
-               buckets.rate_counters, buckets.secret_keys, buckets.outbound_delivered):
+               buckets.rate_counters, buckets.secret_keys, buckets.outbound_delivered, buckets.dkim_keys):
         await _retrying(lambda k=kv: _ensure_bucket(js, k), kv.bucket, deadline)
     for obj in object_store_configs(settings):
         await _retrying(lambda o=obj: _ensure_object_store(js, o), obj.bucket, deadline)

@@ -1,15 +1,17 @@
 """DKIM signing (RFC 6376, dkimpy) with per-domain keys kept outside the event log.
 
-Key store: ``<dkim_key_dir>/<domain>/<selector>.pem`` (PKCS#8 PEM, mode 0600), written by
-``write_key``; the newest file of a domain signs, so a rotation writes a key under a new
-selector, publishes ``<selector>._domainkey.<domain>`` and the next message uses it while the
-old record stays published for mail still in flight.  The files are plain state without
-history: nothing about a private key ever goes into a stream.
+Key stores, both without history: the ``dkim_keys`` bucket (history 1; one JSON value per
+domain, ``to_json``/``from_json``), written by the admin API's ``POST /v1/domains/{d}/dkim``,
+and, for operators who manage keys by hand, ``<dkim_key_dir>/<domain>/<selector>.pem``
+(PKCS#8 PEM, mode 0600, ``write_key``; the newest file of a domain).  A rotation makes a key
+under a new selector; the next message uses it while the old record stays published for
+mail still in flight.  Nothing about a private key ever goes into a stream.
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +39,16 @@ class DkimKey:
         der = key.public_key().public_bytes(serialization.Encoding.DER,
                                             serialization.PublicFormat.SubjectPublicKeyInfo)
         return f"v=DKIM1; k=rsa; p={base64.b64encode(der).decode()}"
+
+
+def to_json(key: DkimKey) -> bytes:
+    """The ``dkim_keys`` bucket's value (key: ``to_token(domain)``)."""
+    return json.dumps({"domain": key.domain, "selector": key.selector, "private_pem": key.private_pem.decode()}).encode()
+
+
+def from_json(data: bytes) -> DkimKey:
+    raw = json.loads(data)
+    return DkimKey(raw["domain"], raw["selector"], raw["private_pem"].encode())
 
 
 def generate_key(domain: str, selector: str, bits: int = 2048) -> DkimKey:

@@ -25,6 +25,7 @@ import asyncio
 import json
 import logging
 import math
+import time
 from datetime import UTC, datetime
 
 import aiosmtplib
@@ -43,7 +44,7 @@ from colony.contracts.outbound import OutboundMail, OutboundRecipient
 from colony.events import UnknownEvent, UsageRecorded
 from colony.outbound.dsn import build_dsn
 from colony.outbound.rules import NullMx, RecipientResult, decide, mail_exchangers
-from colony.outbound.signing import current_key, sign
+from colony.outbound.signing import DkimKey, current_key, from_json, sign
 from colony.dns import make_resolver
 from colony.queue import Done, Job, QueueMetrics, QueuePolicy, QueueRunner, Reject, Retry
 from colony.settings import Settings
@@ -75,6 +76,8 @@ class OutboundDelivery:
         self._users: dict[str, int] = {}
         self._bodies = None
         self._marks = None
+        self._key_bucket = None
+        self._keys: dict[str, tuple[float, DkimKey | None]] = {}   # domain -> (valid until, key)
 
     async def handle(self, job: Job) -> Done | Retry | Reject:
         try:
@@ -156,7 +159,7 @@ class OutboundDelivery:
             return [RecipientResult(a, 550, f"5.1.2 {exc}") for a in addresses]
         except (_Unreachable, dns.exception.DNSException) as exc:
             return [RecipientResult(a, 0, f"DNS lookup failed: {exc}") for a in addresses]
-        message = self._signed(mail, body)
+        message = await self._signed(mail, body)
         slot = self._slots.setdefault(mail.destination, asyncio.Semaphore(self.settings.outbound_destination_concurrency))
         last = "no mail exchanger"
         self._users[mail.destination] = self._users.get(mail.destination, 0) + 1
@@ -248,10 +251,33 @@ class OutboundDelivery:
                 client.close()
         return results
 
-    def _signed(self, mail: OutboundMail, body: bytes) -> bytes:
+    async def _key(self, domain: str) -> DkimKey | None:
+        """The domain's signing key: the ``dkim_keys`` bucket, else ``dkim_key_dir``; cached
+        for a minute (a rotation reaches every edge within that), at most 10,000 domains."""
+        now = time.monotonic()
+        cached = self._keys.get(domain)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        key = None
+        try:
+            if self._key_bucket is None:
+                self._key_bucket = await self.js.key_value(names.BUCKET_DKIM_KEYS)
+            key = from_json((await self._key_bucket.get(to_token(domain))).value)
+        except KeyNotFoundError:
+            pass
+        except Exception:  # the bucket unreachable: sign from files if there are any
+            log.exception("DKIM key of %s not readable from the bus", domain)
+        if key is None:
+            key = current_key(self.key_dir, domain)
+        if len(self._keys) >= 10_000:
+            self._keys.clear()
+        self._keys[domain] = (now + 60.0, key)
+        return key
+
+    async def _signed(self, mail: OutboundMail, body: bytes) -> bytes:
         if not mail.sign_domain:
             return body
-        key = current_key(self.key_dir, mail.sign_domain)
+        key = await self._key(mail.sign_domain)
         if key is None:
             return body
         try:
