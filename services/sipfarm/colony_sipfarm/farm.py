@@ -69,6 +69,7 @@ ANSWER_CACHE = 20_000        # remembered local answers (retransmissions get the
 ANSWER_LIFETIME = 32.0       # seconds: 64*T1, a transaction's longest life
 MAX_PENDING = 10_000         # requests worked on at once (each waits on the bus)
 HA1_CACHE = 50_000           # accounts whose credentials are remembered
+MAX_CONTACT = 1024           # longest contact URI stored (Binding.contact)
 MAX_SPREAD_SIZE = 65_535     # spread_key reads anything; handle() applies sip_max_message_size
 
 # The member holding the connection the packet being handled came in on (it may have
@@ -345,7 +346,7 @@ class SipFarm:
         now = self.clock()
         header_expires = request.headers.get("Expires")
         default = int(header_expires) if header_expires and header_expires.isdigit() else self.settings.sip_default_expires
-        call_id, cseq = request.call_id, request.cseq().number
+        call_id, cseq = request.call_id[:256], request.cseq().number   # Binding.call_id keeps 256
         wildcard = any(c.wildcard for c in contacts)
         if wildcard and (len(contacts) > 1 or default != 0):
             return self._local(request, source, 400, "Wildcard Needs Expires 0")
@@ -360,8 +361,12 @@ class SipFarm:
             try:
                 q = float(contact.params.get("q") or 1.0)
             except ValueError:
+                q = float("nan")
+            if not 0.0 <= q <= 1.0:     # also NaN
                 return self._local(request, source, 400, "Bad q")
-            changes.append((str(contact.uri), max(0.0, min(1.0, q)), min(expires, self.settings.sip_max_expires)))
+            if len(str(contact.uri)) > MAX_CONTACT:
+                return self._local(request, source, 400, "Contact Too Long")
+            changes.append((str(contact.uri), q, min(expires, self.settings.sip_max_expires)))
         transport, host, port = source
         agent = (request.headers.get("User-Agent") or "")[:256]
         via = request.top_via()

@@ -366,3 +366,12 @@ def test_mangled_packets_get_an_answer_or_nothing_never_an_exception(sample, at,
     out = asyncio.run(farm.handle(data, PHONE))
     for item in out:
         parse_message(item.data)    # what we send is itself valid SIP
+
+
+async def test_odd_contacts_get_400_not_a_crash(farm):
+    for contact in ("<sip:alice@192.0.2.7>;q=nan", "<sip:alice@192.0.2.7>;q=2", f"<sip:{'a' * 1100}@192.0.2.7>"):
+        assert (await registered(farm, contact=contact)).status == 400
+
+
+async def test_a_very_long_call_id_registers(farm):
+    assert (await registered(farm, call_id="c" * 1000)).status == 200
