@@ -144,7 +144,10 @@ class SipWorkload:
             log.exception("SIP message from %s:%s failed", source[1], source[2])
             return
         for item in out:
-            await self._send(item)
+            try:
+                await self._send(item)
+            except (OSError, ValueError) as exc:   # an address this socket cannot reach
+                log.info("could not send a SIP message to %s: %s", item.destination, exc)
 
     # --- spreading new work over READY members ----------------------------------------------
 
