@@ -238,6 +238,7 @@ class DomainCreated(Event):
     cos: str | None = None
     branding: dict[str, Any] = Field(default_factory=dict)
     storage: dict[str, Any] = Field(default_factory=dict)
+    dmarc_enforcement: str | None = None   # enforce / quarantine / none; None: the cluster's default
 
 
 class DomainUpdated(Event):

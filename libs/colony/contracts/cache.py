@@ -192,7 +192,8 @@ class DirectoryIndex:
                 tuple(forwarding) if forwarding else (), bool(raw.get("forward_keep_copy", False)))
         elif kind == names.AGG_DOMAIN:
             self._domains[name] = DomainInfo(name, sys.intern(raw.get("state", "active")),
-                                             intern(raw.get("home_region", "")), intern(raw.get("cos")))
+                                             intern(raw.get("home_region", "")), intern(raw.get("cos")),
+                                             intern(raw.get("dmarc_enforcement")))
         elif kind == names.AGG_DOMAIN_ALIAS:
             self._domain_aliases[name] = intern(raw["domain"])
         elif kind == names.AGG_COS:

@@ -85,9 +85,10 @@ class DomainEntry(_Entry):
     cos: str | None = None
     branding: dict[str, Any] = Field(default_factory=dict)
     storage: StorageSettings = Field(default_factory=StorageSettings)
+    dmarc_enforcement: Literal["enforce", "quarantine", "none"] | None = None
 
     def info(self) -> DomainInfo:
-        return DomainInfo(self.name, self.state, self.home_region, self.cos)
+        return DomainInfo(self.name, self.state, self.home_region, self.cos, self.dmarc_enforcement)
 
 
 class AccountEntry(_Entry):
@@ -179,6 +180,7 @@ class DomainInfo(NamedTuple):
     state: str
     home_region: str
     cos: str | None
+    dmarc: str | None = None        # the domain's DMARC choice (enforce/quarantine/none); None: cluster default
 
 
 class AccountInfo(NamedTuple):

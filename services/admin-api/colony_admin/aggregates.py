@@ -49,7 +49,8 @@ def apply(state: State, event: ev.Event) -> State:
     match event:
         case ev.DomainCreated():
             return {"kind": "domain", "name": event.domain, "state": event.state, "home_region": event.home_region,
-                    "cos": event.cos, "branding": dict(event.branding), "storage": dict(event.storage)}
+                    "cos": event.cos, "branding": dict(event.branding), "storage": dict(event.storage),
+                    "dmarc_enforcement": event.dmarc_enforcement}
         case ev.DomainUpdated():
             return {**_existing(state), **event.changes}
         case ev.DomainStateChanged():
@@ -118,7 +119,8 @@ def create_domain(state: State, cmd: DomainCreate) -> list[ev.Event]:
     if state is not None:
         raise AlreadyExists(f"domain {cmd.name} exists")
     return [ev.DomainCreated(domain=cmd.name, home_region=cmd.home_region, cos=cmd.cos,
-                             branding=cmd.branding.model_dump(mode="json"), storage=cmd.storage.model_dump(mode="json"))]
+                             branding=cmd.branding.model_dump(mode="json"), storage=cmd.storage.model_dump(mode="json"),
+                             dmarc_enforcement=cmd.dmarc_enforcement)]
 
 
 def update_domain(state: State, name: str, changes: dict[str, Any]) -> list[ev.Event]:

@@ -51,6 +51,7 @@ domains = Table(
     Column("cos", String(64), nullable=True, index=True),
     Column("branding", JSON, nullable=False),
     Column("storage", JSON, nullable=False),
+    Column("dmarc_enforcement", String(16), nullable=True),
     Column("version", BigInteger, nullable=False),
 )
 

@@ -140,23 +140,38 @@ class StorageLayout(_Strict):
     fast_storage_index: int | None = Field(None, ge=0, le=1000, description="Fast-storage element; none: off")
 
 
+class DmarcEnforcement(StrEnum):
+    """What the edges do with inbound mail that fails its sender's DMARC check, for this
+    recipient domain: ``enforce`` (refuse p=reject, file p=quarantine in Junk),
+    ``quarantine`` (never refuse, file in Junk), ``none`` (only mark it)."""
+
+    ENFORCE = "enforce"
+    QUARANTINE = "quarantine"
+    NONE = "none"
+
+
+_DMARC_DESCRIPTION = "DMARC choice for inbound mail to this domain; null: the cluster default (dmarc_enforcement)"
+
+
 class DomainCreate(_Strict):
     name: DomainName
     home_region: str = Field("", max_length=64, pattern=r"^[A-Za-z0-9_-]*$")
     cos: CosName | None = None
     branding: Branding = Field(default_factory=Branding)
     storage: StorageLayout = Field(default_factory=StorageLayout)
+    dmarc_enforcement: DmarcEnforcement | None = Field(None, description=_DMARC_DESCRIPTION)
 
 
 class DomainPatch(_Patch):
     """System administrators only (domain administrators change branding with PUT …/branding)."""
 
-    clearable: ClassVar[frozenset[str]] = frozenset({"cos"})
+    clearable: ClassVar[frozenset[str]] = frozenset({"cos", "dmarc_enforcement"})
 
     home_region: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9_-]*$")
     cos: CosName | None = None
     branding: Branding | None = None
     storage: StorageLayout | None = None
+    dmarc_enforcement: DmarcEnforcement | None = Field(None, description=_DMARC_DESCRIPTION)
 
 
 class DomainOut(BaseModel):
@@ -166,6 +181,7 @@ class DomainOut(BaseModel):
     cos: str | None
     branding: Branding
     storage: StorageLayout
+    dmarc_enforcement: DmarcEnforcement | None = None
     version: int = Field(description="Aggregate version; send it back in If-Match to update safely")
 
 

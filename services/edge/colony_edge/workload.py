@@ -61,7 +61,12 @@ class EdgeWorkload(ConnectionWorkload):
         await self.counters.start(runtime.task_owner)
         use_configured_dns(settings)
         gate = EdgeGate(settings, self.counters, make_resolver(settings), runtime.metrics.registry)
-        security = EdgeSecurityPolicy(gate)
+        directory = self.directory
+
+        def dmarc_choice(domain: str) -> str | None:
+            info = directory.domain(domain)
+            return info.dmarc if info is not None else None
+        security = EdgeSecurityPolicy(gate, dmarc_choice)
         policy = PolicyChain([security, *self.extra_policies, RecipientPolicy(self.directory, settings.postmaster_address)])
         self.smtp = SmtpServer(SmtpServerConfig(
             hostname=hostname, spool_dir=settings.data_dir / "spool" / runtime.node_id,

@@ -70,3 +70,38 @@ async def test_cursor_pagination_and_prefix_search(stack):
     assert d in [x["name"] for x in r.json()["items"]]
     r = await c.get("/v1/domains", params={"cursor": "!!!"}, headers=h)
     assert r.status_code == 400
+
+
+async def test_domain_dmarc_choice_reaches_the_directory(stack):
+    """A domain's DMARC choice for its inbound mail: set, read back, in the directory the
+    edges read, changed, and cleared back to the cluster default."""
+    import json
+
+    from colony.bus import names
+    from colony.contracts.directory import DomainEntry
+    c, h = stack.client, stack.as_(stack.sys_token)
+    d = unique_domain("dmarc")
+    r = await c.post("/v1/domains", json={"name": d, "dmarc_enforcement": "quarantine"}, headers=h)
+    assert r.status_code == 201, r.text
+    assert r.json()["dmarc_enforcement"] == "quarantine"
+    assert (await c.post("/v1/domains", json={"name": unique_domain("x"), "dmarc_enforcement": "maybe"},
+                         headers=h)).status_code == 422
+    kv = await stack.nc.jetstream().key_value(names.BUCKET_DIRECTORY)
+
+    async def entry():
+        return DomainEntry.model_validate(json.loads((await kv.get(names.directory_key("domain", d))).value))
+    from cluster_harness import wait_until
+    await wait_until(lambda: _is(entry(), "quarantine"), 30, "the directory to show the choice")
+    r = await c.patch(f"/v1/domains/{d}", json={"dmarc_enforcement": "none"}, headers=h)
+    assert r.status_code == 200, r.text
+    assert (await c.get(f"/v1/domains/{d}", headers=h)).json()["dmarc_enforcement"] == "none"
+    await wait_until(lambda: _is(entry(), "none"), 30, "the directory to follow the change")
+    r = await c.patch(f"/v1/domains/{d}", json={"dmarc_enforcement": None}, headers=h)
+    assert r.status_code == 200 and r.json()["dmarc_enforcement"] is None
+
+
+async def _is(awaitable, choice):
+    try:
+        return (await awaitable).dmarc_enforcement == choice
+    except Exception:
+        return False

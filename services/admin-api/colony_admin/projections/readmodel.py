@@ -81,7 +81,8 @@ def apply_provisioning(conn: Connection, batch: Batch) -> int:
 def _creation_row(seq: int, e: ev.Event) -> tuple[Table, dict[str, Any]] | None:
     if isinstance(e, ev.DomainCreated):
         return db.domains, dict(name=e.domain, state=e.state, home_region=e.home_region, cos=e.cos,
-                                branding=e.branding, storage=e.storage, version=seq)
+                                branding=e.branding, storage=e.storage, dmarc_enforcement=e.dmarc_enforcement,
+                                version=seq)
     if isinstance(e, ev.AccountCreated):
         return db.accounts, dict(address=e.address, domain=e.domain, name=e.name, real_name=e.real_name,
                                  password_hash=e.password_hash, sip_ha1=e.sip_ha1, cos=e.cos, quota_bytes=e.quota,
@@ -136,7 +137,8 @@ def _apply_one(conn: Connection, seq: int, e: ev.Event) -> None:  # noqa: C901 -
     match e:
         case ev.DomainCreated():
             conn.execute(insert(t.domains).values(name=e.domain, state=e.state, home_region=e.home_region, cos=e.cos,
-                                                  branding=e.branding, storage=e.storage, version=seq))
+                                                  branding=e.branding, storage=e.storage,
+                                                  dmarc_enforcement=e.dmarc_enforcement, version=seq))
         case ev.DomainUpdated():
             conn.execute(update(t.domains).where(t.domains.c.name == e.domain).values(**e.changes, version=seq))
         case ev.DomainStateChanged():

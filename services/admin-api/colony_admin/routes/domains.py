@@ -43,6 +43,7 @@ def domain_name(domain: str) -> str:
 def domain_out(row: dict[str, Any], version: int | None = None) -> DomainOut:
     return DomainOut(name=row["name"], state=row["state"], home_region=row["home_region"], cos=row["cos"],
                      branding=Branding(**row["branding"]), storage=row["storage"],
+                     dmarc_enforcement=row.get("dmarc_enforcement"),
                      version=version if version is not None else row["version"])
 
 
