@@ -97,7 +97,7 @@ class FarmMetrics:
         self.answers = Counter("colony_sip_answers", "Final answers this member made itself, by method and code.", ["method", "code"], registry=registry)
         self.forwarded = Counter("colony_sip_forwarded", "Requests and responses proxied on, by kind and method.", ["kind", "method"], registry=registry)
         self.responses = Counter("colony_sip_responses", "Responses proxied, by method and final code.", ["method", "code"], registry=registry)
-        self.relays = Counter("colony_sip_relays", "Packets handed to the member holding the TCP flow.", registry=registry)
+        self.relays = Counter("colony_sip_relays", "Packets handed to another member: new transactions to their Call-ID's owner, messages to the member holding a TCP flow.", registry=registry)
         self.retransmissions = Counter("colony_sip_retransmissions", "Retransmitted requests answered from the answer cache.", registry=registry)
         self.dropped = Counter("colony_sip_dropped", "Packets dropped without an answer, by reason.", ["reason"], registry=registry)
 
