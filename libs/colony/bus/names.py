@@ -343,8 +343,11 @@ GRANTS: dict[str, Grant] = {
     # Only the admin API writes PROVISIONING (and its audit trail) and the directory it projects.
     "admin-api": _with(
         _INSTANCE,
-        append=(SUBJECTS_PROVISIONING, SUBJECTS_AUDIT),
+        # OUTBOUND: /v1/queue reads it, retries (a republish) and deletes entries ("consume"
+        # is what grants deleting a message; the admin API never creates a consumer on it).
+        append=(SUBJECTS_PROVISIONING, SUBJECTS_AUDIT, SUBJECTS_OUTBOUND),
         read=(STREAM_PROVISIONING, STREAM_AUDIT, STREAM_USAGE, STREAM_CLUSTER, STREAM_DEAD_LETTERS),
+        consume=(STREAM_OUTBOUND,),
         # secret_keys: nobody else may read it, so PROVISIONING's sealed secrets open only here.
         kv_write=(BUCKET_DIRECTORY, BUCKET_SECRET_KEYS, BUCKET_DKIM_KEYS),
         kv_read=(BUCKET_NODES, BUCKET_ACCOUNT_OWNERS, BUCKET_SIP_BINDINGS),

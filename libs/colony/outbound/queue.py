@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError
+from nats.js.errors import BadRequestError, NotFoundError
 
 from colony.bus import names
 from colony.contracts.outbound import OutboundMail
@@ -66,7 +66,7 @@ class OutboundQueue:
     async def show(self, sequence: int) -> QueueEntry:
         try:
             msg = await self.js.get_msg(names.STREAM_OUTBOUND, seq=sequence)
-        except NotFoundError as exc:
+        except (NotFoundError, BadRequestError) as exc:  # BadRequest: not a sequence at all
             raise QueueEntryNotFound(f"no message {sequence} in the outbound queue") from exc
         return QueueEntry(sequence, OutboundMail.from_bytes(msg.data))
 
@@ -94,5 +94,5 @@ class OutboundQueue:
     async def delete(self, sequence: int) -> None:
         try:
             await self.js.delete_msg(names.STREAM_OUTBOUND, sequence)
-        except NotFoundError as exc:
+        except (NotFoundError, BadRequestError) as exc:
             raise QueueEntryNotFound(f"no message {sequence} in the outbound queue") from exc

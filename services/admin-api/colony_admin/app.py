@@ -35,7 +35,7 @@ from colony_admin.projections import readmodel
 from colony_admin.projections.directory import DirectoryProjection
 from colony_admin.projections.position import RemoteReadModel
 from colony_admin.projections.runner import StreamProjection
-from colony_admin.routes import accounts, audit, cos, dkim, domains, imports, tokens, usage
+from colony_admin.routes import accounts, audit, cos, dkim, domains, imports, queue, tokens, usage
 
 log = logging.getLogger("colony.admin")
 
@@ -78,7 +78,7 @@ def create_app(settings: Settings, nc: Client, *, hasher: PasswordHasher | None 
                   docs_url=None, redoc_url=None)
     install_problem_handlers(app)
     _self_hosted_docs(app)
-    for module in (domains, accounts, cos, dkim, tokens, usage, audit, imports):
+    for module in (domains, accounts, cos, dkim, tokens, usage, audit, imports, queue):
         app.include_router(module.router)
     return app
 

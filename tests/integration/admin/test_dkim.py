@@ -55,3 +55,4 @@ async def test_dkim_key_made_published_checked_and_rotated(stack, dns_server):
     info = await js.stream_info(names.STREAM_AUDIT)
     for seq in range(info.state.first_seq, info.state.last_seq + 1):
         assert b"PRIVATE KEY" not in (await js.get_msg(names.STREAM_AUDIT, seq)).data
+
