@@ -16,7 +16,9 @@ values never carry a domain or account (cardinality stays bounded per instance).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
+from contextlib import contextmanager
 from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
@@ -89,3 +91,17 @@ class BusRequestMetrics:
                                   buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5))
         self.in_flight = Gauge("colony_bus_requests_in_flight", "Bus requests being answered.", ["subject"],
                                registry=registry)
+
+    @contextmanager
+    def observe(self, subject: str):
+        """Count one answered request around its handling: ``ok`` unless the block raises."""
+        self.in_flight.labels(subject).inc()
+        started = time.perf_counter()
+        outcome = "error"
+        try:
+            yield
+            outcome = "ok"
+        finally:
+            self.in_flight.labels(subject).dec()
+            self.requests.labels(subject, outcome).inc()
+            self.duration.labels(subject).observe(time.perf_counter() - started)

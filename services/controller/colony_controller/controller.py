@@ -54,6 +54,7 @@ from colony.cluster.membership import LIVE_STATES, NodeRecord, NodeState
 from colony.cluster.node import NodeRuntime
 from colony.cluster.view import standby_order
 from colony.events import ControllerElected, NodeStateChanged
+from colony.metrics import BusRequestMetrics
 from colony_controller.metrics import ControllerMetrics
 
 log = logging.getLogger("colony.controller")
@@ -285,6 +286,10 @@ class Controller:
     # --- the controller API -----------------------------------------------------------------
 
     async def _on_api(self, msg: Msg) -> None:
+        with self.runtime.metrics.once(BusRequestMetrics).observe(names.CONTROLLER_API):
+            await self._answer_api(msg)
+
+    async def _answer_api(self, msg: Msg) -> None:
         try:
             request = ControllerRequest.model_validate_json(msg.data)
         except ValidationError as exc:

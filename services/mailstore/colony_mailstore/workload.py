@@ -16,6 +16,7 @@ import time
 from contextlib import suppress
 
 from colony.bus import names
+from colony.metrics import BusRequestMetrics
 from colony.contracts.auth import AuthClient
 from colony.contracts.handoff import Verifier, load_secret
 from colony.cluster.ownership import AccountOwnership, MailstoreMembers
@@ -65,6 +66,7 @@ class MailstoreWorkload:
         self.delivery = Delivery(nc, runtime.node_id, settings, self.accounts, ownership, self.members, metrics,
                                  self.usage)
         await self.members.refresh()
+        self.bus_metrics = runtime.metrics.once(BusRequestMetrics)
         self._sub = await nc.subscribe(names.mailstore_deliver_subject(runtime.node_id), cb=self._on_forward)
         # Renewals get a loop of their own: nothing else (a slow usage flush, a drain's
         # releases) may delay them past the lease.
@@ -114,9 +116,13 @@ class MailstoreWorkload:
     async def _on_forward(self, msg) -> None:
         # nats-py runs one subscription's callbacks one after another: a task per request lets
         # forwarded deliveries to one account share a group commit.
-        task = asyncio.create_task(self.delivery.serve_forward(msg), name="forwarded delivery")
+        task = asyncio.create_task(self._serve_forward(msg), name="forwarded delivery")
         self._forward_tasks.add(task)
         task.add_done_callback(self._forward_tasks.discard)  # serve_forward logs its own failures
+
+    async def _serve_forward(self, msg) -> None:
+        with self.bus_metrics.observe(names.MAILSTORE_DELIVER):
+            await self.delivery.serve_forward(msg)
 
     async def _renew_leases(self) -> None:
         while True:
