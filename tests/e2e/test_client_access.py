@@ -292,10 +292,11 @@ def test_mbsync_syncs_1000_messages_over_tls_twice(cluster, tmp_path):
         f"SSLType IMAPS\nCertificateFile {data_dir / 'tls' / 'ca.pem'}\n\n"
         "IMAPStore remote\nAccount colony\n\n"
         f"MaildirStore local\nPath {maildir}/\nInbox {maildir}/INBOX\n\n"
-        "Channel inbox\nFar :remote:INBOX\nNear :local:INBOX\nSync Pull\nCreate Near\n")
+        "Channel inbox\nFar :remote:INBOX\nNear :local:INBOX\nSync Pull\nCreate Near\nSyncState *\n")
 
     def run() -> subprocess.CompletedProcess:
-        return subprocess.run([mbsync, "-c", str(rc), "-V", "inbox"], capture_output=True, text=True, timeout=900)
+        return subprocess.run([mbsync, "-c", str(rc), "-V", "inbox"], capture_output=True, text=True, timeout=900,
+                              env=dict(os.environ, HOME=str(tmp_path)))   # its state stays in this test
 
     first = run()
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
