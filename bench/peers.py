@@ -292,3 +292,101 @@ class _quiet:
 
     def __exit__(self, *exc):
         return True
+
+
+class Kamailio:
+    """Debian's Kamailio as an authenticating registrar and stateful proxy on loopback UDP:
+    REGISTER needs digest auth (www), INVITE needs proxy auth, bindings in memory (usrloc
+    db_mode 0), Record-Route, every user's password ``password`` (the benchmark's users all
+    share one).  ``children`` UDP workers per listener (Kamailio's own scaling knob)."""
+
+    MODULES = ("tm", "sl", "rr", "pv", "maxfwd", "usrloc", "registrar", "textops", "siputils", "xlog",
+               "sanity", "auth", "corex")
+
+    def __init__(self, workdir: Path, port: int, password: str = "benchpass", children: int = 2) -> None:
+        self.dir = workdir / "kamailio"
+        self.port, self.password, self.children = port, password, children
+        self.process: subprocess.Popen | None = None
+
+    def config(self) -> str:
+        loads = "\n".join(f'loadmodule "{m}.so"' for m in self.MODULES)
+        return f"""#!KAMAILIO
+# written by bench/peers.py
+debug=1
+log_stderror=yes
+fork=yes
+children={self.children}
+disable_tcp=yes
+listen=udp:127.0.0.1:{self.port}
+mpath="/usr/lib/x86_64-linux-gnu/kamailio/modules/"
+{loads}
+modparam("usrloc", "db_mode", 0)
+modparam("auth", "nonce_expire", 300)
+modparam("rr", "enable_full_lr", 1)
+
+request_route {{
+    if (!mf_process_maxfwd_header("10")) {{ sl_send_reply("483", "Too Many Hops"); exit; }}
+    if (!sanity_check("1511", "7")) {{ exit; }}
+    if (has_totag()) {{
+        if (loose_route()) {{ t_relay(); exit; }}
+        if (is_method("ACK")) {{ if (t_check_trans()) {{ t_relay(); }} exit; }}
+        sl_send_reply("404", "Not here");
+        exit;
+    }}
+    if (is_method("CANCEL")) {{ if (t_check_trans()) {{ t_relay(); }} exit; }}
+    t_check_trans();
+    $avp(pass) = "{self.password}";
+    if (is_method("REGISTER")) {{
+        if (!pv_www_authenticate("$td", "$avp(pass)", "0")) {{ www_challenge("$td", "0"); exit; }}
+        consume_credentials();
+        if (!save("location")) {{ sl_reply_error(); }}
+        exit;
+    }}
+    if (is_method("OPTIONS") && uri == myself) {{ sl_send_reply("200", "OK"); exit; }}
+    if (is_method("INVITE")) {{
+        if (!pv_proxy_authenticate("$fd", "$avp(pass)", "0")) {{ proxy_challenge("$fd", "0"); exit; }}
+        consume_credentials();
+        record_route();
+    }}
+    if (!lookup("location")) {{ sl_send_reply("404", "Not Found"); exit; }}
+    t_relay();
+}}
+"""
+
+    def start(self) -> None:
+        if self.dir.exists():
+            shutil.rmtree(self.dir)
+        self.dir.mkdir(parents=True)
+        open_up(self.dir)
+        conf = self.dir / "kamailio.cfg"
+        conf.write_text(self.config())
+        check = subprocess.run(["kamailio", "-c", "-f", str(conf)], capture_output=True, text=True)
+        if check.returncode != 0:
+            raise RuntimeError(f"kamailio refused its config: {check.stderr[-800:]}")
+        self.process = subprocess.Popen(["kamailio", "-DD", "-E", "-f", str(conf), "-P", str(self.dir / "pid"),
+                                         "-Y", str(self.dir)],
+                                        stdout=subprocess.DEVNULL, stderr=open(self.dir / "kamailio.log", "wb"))
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"kamailio exited: {(self.dir / 'kamailio.log').read_text()[-800:]}")
+            if any(f":{self.port:04X} " in line for line in Path("/proc/net/udp").read_text().splitlines()):
+                return
+            time.sleep(0.05)
+        raise RuntimeError("kamailio did not open its UDP port")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                for pid in descendants(self.process.pid):
+                    with _quiet():
+                        os.kill(pid, signal.SIGKILL)
+
+    def pids(self) -> list[int]:
+        return descendants(self.process.pid) if self.process else []
+
+    def cpu_seconds(self) -> float:
+        return process_cpu(self.pids())

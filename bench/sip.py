@@ -1,0 +1,249 @@
+"""SIP: Colony's farm (1, 2, 3 members) against Kamailio, with sipp as the load on both.
+
+    .venv/bin/python bench/sip.py [--registrations 5000] [--calls 500] [--members 1,2,3] [--no-peer]
+
+Both sides are authenticating registrars and proxies on loopback UDP: REGISTER is answered
+401 and then 200 (digest auth, MD5), INVITE is answered 407 and then routed to the callee's
+binding with Record-Route; the callee is a sipp UAS registered for every callee user. The
+load is the same sipp scenarios (bench/sipp/register.xml, bench/sipp/uac_auth.xml) driven as
+fast as the system answers, at most ``--concurrency`` transactions in flight.
+
+Printed: registrations/s and calls/s (completed / wall time of the sipp run), p50/p99 of the
+response time sipp measured (REGISTER: from the authenticated REGISTER to its 200; call:
+from the authenticated INVITE to its 200), CPU per registration of the system under test,
+and the ratio to Kamailio per core used (Kamailio runs ``--kamailio-children`` UDP workers).
+For the farm, sipp spreads its load over the members by sending to each member's port in turn
+(one sipp process per member, as a layer-4 balancer would).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+from rich.console import Console
+from rich.table import Table
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from peers import Kamailio, descendants, have, process_cpu  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+SIPP_DIR = Path(__file__).resolve().parent / "sipp"
+DOMAIN = "bench.test"
+PASSWORD = "benchpass-long-enough"
+console = Console(width=130)
+
+
+def write_users(path: Path, users: list[str]) -> Path:
+    path.write_text("SEQUENTIAL\n" + "".join(
+        f"{u};{DOMAIN};[authentication username={u} password={PASSWORD}]\n" for u in users))
+    return path
+
+
+def write_callers(path: Path, callers: list[str], callees: list[str]) -> Path:
+    path.write_text("SEQUENTIAL\n" + "".join(
+        f"{c};{DOMAIN};[authentication username={c} password={PASSWORD}];{callees[i % len(callees)]}\n"
+        for i, c in enumerate(callers)))
+    return path
+
+
+def sipp(target: str, scenario: str, inf: Path, count: int, concurrency: int, local_port: int, workdir: Path,
+         rate: int = 20000) -> dict:
+    """Run one sipp client to completion; (successful, failed, wall seconds, response times in ms)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    proc = subprocess.run(
+        ["sipp", target, "-sf", str(SIPP_DIR / scenario), "-inf", str(inf), "-m", str(count), "-r", str(rate),
+         "-l", str(concurrency), "-i", "127.0.0.1", "-p", str(local_port), "-nostdin", "-timeout", "300s",
+         "-trace_rtt", "-rtt_freq", "1", "-trace_screen", "-max_recv_loops", "10000"],
+        capture_output=True, text=True, cwd=workdir, timeout=600)
+    wall = time.perf_counter() - start
+    screen = "".join(p.read_text(errors="replace") for p in workdir.glob("*_screen.log"))
+    ok = _count(screen, "Successful call")
+    failed = _count(screen, "Failed call")
+    rtts = []
+    for rtt_file in workdir.glob("*_rtt.csv"):
+        with open(rtt_file) as f:
+            for row in csv.reader(f, delimiter=";"):
+                if len(row) >= 2 and row[1].replace(".", "", 1).isdigit():
+                    rtts.append(float(row[1]))
+        rtt_file.unlink()
+    for log in workdir.glob("*_screen.log"):
+        log.unlink()
+    if proc.returncode not in (0, 1):
+        console.print(f"[yellow]sipp exited with {proc.returncode}: {proc.stderr[-300:]}[/yellow]")
+    return {"ok": ok, "failed": failed, "wall": wall, "rtts": rtts}
+
+
+def _count(screen: str, label: str) -> int:
+    for line in reversed(screen.splitlines()):
+        if line.strip().startswith(label):
+            parts = [p.strip() for p in line.split("|")]
+            try:
+                return int(parts[-1] or parts[-2])
+            except (ValueError, IndexError):
+                return 0
+    return 0
+
+
+def uas(port: int, workdir: Path) -> subprocess.Popen:
+    # Not sipp's built-in uas: that one drops the proxy's Record-Route from its answers.
+    return subprocess.Popen(["sipp", "-sf", str(SIPP_DIR / "uas.xml"), "-i", "127.0.0.1", "-p", str(port), "-nostdin",
+                             "-bg"],
+                            cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(len(values) * q))]
+
+
+def run_system(name: str, targets: list[str], cpu, args, workdir: Path, cores: float) -> dict:
+    users = [f"u{i}" for i in range(args.users)]
+    callees = [f"callee{i}" for i in range(4)]
+    inf = write_users(workdir / f"{name}-users.csv", users)
+    cpu0 = cpu()
+    per_target = args.registrations // len(targets)
+    results = []
+    procs = []
+    # One sipp per member, in parallel, like a layer-4 balancer spreading phones.
+    for k, target in enumerate(targets):
+        procs.append((target, k))
+    start = time.perf_counter()
+    import concurrent.futures
+    with concurrent.futures.ThreadPoolExecutor(len(targets)) as pool:
+        results = list(pool.map(lambda tk: sipp(tk[0], "register.xml", inf, per_target, args.concurrency,
+                                                args.base_port + 900 + tk[1], workdir / f"{name}-reg-{tk[1]}"),
+                                procs))
+    wall = time.perf_counter() - start
+    reg_cpu = cpu() - cpu0
+    ok = sum(r["ok"] for r in results)
+    rtts = [x for r in results for x in r["rtts"]]
+    row = {"system": name, "reg_ok": ok, "reg_failed": sum(r["failed"] for r in results),
+           "reg_rate": ok / wall, "reg_p50": percentile(rtts, 0.5), "reg_p99": percentile(rtts, 0.99),
+           "reg_cpu_ms": reg_cpu / max(ok, 1) * 1000, "cores": cores}
+    if args.calls:
+        # Callees: a sipp UAS on one port, registered for every callee user.
+        uas_port = args.base_port + 950
+        callee_inf = write_users(workdir / f"{name}-callees.csv", callees)
+        sipp(targets[0], "register.xml", callee_inf, len(callees), 4, uas_port, workdir / f"{name}-callee-reg")
+        server = uas(uas_port, workdir)
+        try:
+            time.sleep(0.5)
+            callers = write_callers(workdir / f"{name}-callers.csv", users, callees)
+            cpu0 = cpu()
+            call = sipp(targets[0], "uac_auth.xml", callers, args.calls, args.concurrency, args.base_port + 960,
+                        workdir / f"{name}-calls", rate=2000)
+            row.update({"call_ok": call["ok"], "call_failed": call["failed"], "call_rate": call["ok"] / call["wall"],
+                        "call_p50": percentile(call["rtts"], 0.5), "call_p99": percentile(call["rtts"], 0.99),
+                        "call_cpu_ms": (cpu() - cpu0) / max(call["ok"], 1) * 1000})
+        finally:
+            subprocess.run(["pkill", "-f", f"-p {uas_port}"], capture_output=True)
+            server.wait(5)
+    return row
+
+
+def run_kamailio(args, workdir: Path) -> dict:
+    kam = Kamailio(workdir, args.base_port + 800, password=PASSWORD, children=args.kamailio_children)
+    kam.start()
+    try:
+        return run_system("Kamailio", [f"127.0.0.1:{args.base_port + 800}"], kam.cpu_seconds, args, workdir,
+                          cores=min(args.kamailio_children, os.cpu_count() or 1))
+    finally:
+        kam.stop()
+
+
+def run_colony(args, workdir: Path, members: int) -> dict:
+    data_dir = workdir / f"colony-{members}"
+    proc = subprocess.Popen([str(ROOT / ".venv/bin/colony"), "up", "--data-dir", str(data_dir), "--base-port",
+                             str(args.base_port), "--sipfarms", str(members), "--mailstores", "1", "--no-live"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        token_file = data_dir / "admin.token"
+        deadline = time.monotonic() + 180
+        while not (token_file.exists() and token_file.read_text().strip()):
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError("colony up did not come up (see its logs)")
+            time.sleep(0.3)
+        info = json.loads((data_dir / "cluster.json").read_text())
+        api = info["admin_api"][0]
+        headers = {"Authorization": f"Bearer {token_file.read_text().strip()}"}
+        with httpx.Client(base_url=api, headers=headers, timeout=60) as client:
+            for _ in range(120):
+                try:
+                    client.post("/v1/domains", json={"name": DOMAIN}).raise_for_status()
+                    break
+                except httpx.HTTPError:
+                    time.sleep(0.5)
+            for user in [f"u{i}" for i in range(args.users)] + [f"callee{i}" for i in range(4)]:
+                client.post(f"/v1/domains/{DOMAIN}/accounts", json={"name": user, "password": PASSWORD}).raise_for_status()
+        status = json.loads(subprocess.run([str(ROOT / ".venv/bin/colony"), "status", "--json", "--data-dir",
+                                            str(data_dir)], capture_output=True, text=True, timeout=60).stdout)
+        targets = [n["addresses"].get("sip") or n["addresses"].get("sip-udp") for n in status if n["role"] == "sipfarm"]
+        targets = [t for t in targets if t]
+        if len(targets) != members:
+            raise RuntimeError(f"expected {members} SIP farm listeners, colony status shows {targets}")
+        time.sleep(2)  # let the farm's credential caches and the directory settle
+        return run_system(f"Colony ({members})", targets, lambda: process_cpu(descendants(proc.pid)), args, workdir,
+                          cores=min(members, os.cpu_count() or 1))
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--registrations", type=int, default=5000)
+    parser.add_argument("--calls", type=int, default=500)
+    parser.add_argument("--users", type=int, default=200)
+    parser.add_argument("--concurrency", type=int, default=200)
+    parser.add_argument("--members", default="1,2,3")
+    parser.add_argument("--kamailio-children", type=int, default=2)
+    parser.add_argument("--no-peer", action="store_true")
+    parser.add_argument("--base-port", type=int, default=5500)
+    args = parser.parse_args()
+    missing = have("sipp") + ([] if args.no_peer else have("kamailio"))
+    if missing:
+        sys.exit(f"needs Debian's {' and '.join(missing)}: apt-get install sip-tester kamailio")
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="colony-sip-bench-") as tmp:
+        workdir = Path(tmp)
+        peer = None
+        if not args.no_peer:
+            console.print("[dim]Kamailio ...[/dim]")
+            peer = run_kamailio(args, workdir)
+            rows.append(peer)
+        for members in map(int, args.members.split(",")):
+            console.print(f"[dim]Colony with {members} farm member(s) ...[/dim]")
+            rows.append(run_colony(args, workdir, members))
+    table = Table(title=f"SIP, {args.registrations} REGISTERs and {args.calls} calls, {os.cpu_count()} cores")
+    for column in ("system", "reg/s", "reg p50 ms", "reg p99 ms", "CPU ms/reg", "calls/s", "call p99 ms",
+                   "failed", "reg/s per core vs Kamailio"):
+        table.add_column(column, justify="left" if column == "system" else "right")
+    for r in rows:
+        ratio = ""
+        if peer and r is not peer:
+            ratio = f"{(r['reg_rate'] / r['cores']) / (peer['reg_rate'] / peer['cores']):.2f}x"
+        table.add_row(r["system"], f"{r['reg_rate']:.0f}", f"{r['reg_p50']:.1f}", f"{r['reg_p99']:.1f}",
+                      f"{r['reg_cpu_ms']:.3f}", f"{r.get('call_rate', 0):.0f}", f"{r.get('call_p99', float('nan')):.1f}",
+                      f"{r['reg_failed'] + r.get('call_failed', 0)}", ratio)
+    console.print(table)
+
+
+if __name__ == "__main__":
+    main()
