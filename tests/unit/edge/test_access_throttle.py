@@ -54,3 +54,51 @@ async def test_trusted_networks_skip_the_address_limit_and_ipv6_counts_by_64():
     await t.failed("2001:db8:1:2::1", "a@a.example")
     await t.failed("2001:db8:1:2::99", "b@a.example")
     assert await t.blocked("2001:db8:1:2:ffff::5", "c@a.example")
+
+
+class FakeAuth:
+    def __init__(self, reply) -> None:
+        self.reply, self.calls = reply, []
+
+    async def check(self, user, password, service=None, remote_addr=None):
+        self.calls.append(service)
+        return self.reply
+
+
+class FakeMetrics:
+    class _C:
+        def labels(self, *a):
+            return self
+
+        def inc(self):
+            pass
+    logins = _C()
+
+
+def proxy(reply, counters=None, **settings):
+    from colony_edge.access_proxy import AccessProxy
+
+    s = Settings(**settings)
+    return AccessProxy(s, b"s" * 32, FakeAuth(reply), None, LoginThrottle(s, counters, FakeGate()), FakeGate(),
+                       None, None, FakeMetrics(), "edge.test")
+
+
+async def test_an_account_without_the_service_is_refused_and_not_counted_as_a_guess():
+    from colony.contracts.auth import AuthCheckReply
+
+    counters = FakeCounters()
+    p = proxy(AuthCheckReply.refused("service not enabled"), counters)
+    login = await p.login("pop3", "alice@acme.example", "right", "198.51.100.7")
+    assert not login.ok and "not enabled" in login.reply and login.code == "AUTH"
+    assert p.auth.calls == ["pop"] and not counters.counts
+
+
+async def test_wrong_passwords_count_and_then_no_check_is_made():
+    from colony.contracts.auth import AuthCheckReply
+
+    counters = FakeCounters()
+    p = proxy(AuthCheckReply.refused("invalid credentials"), counters, access_login_failures_per_account=2)
+    for _ in range(2):
+        assert (await p.login("imap", "alice@acme.example", "bad", "198.51.100.7")).code == "AUTH"
+    login = await p.login("imap", "alice@acme.example", "bad", "198.51.100.7")
+    assert login.code == "LOGIN-DELAY" and p.auth.calls == ["imap", "imap"]
