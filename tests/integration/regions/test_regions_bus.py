@@ -147,3 +147,31 @@ async def test_usage_is_summed_on_the_primary(regions):
         return (await eu.stream_info(names.STREAM_USAGE)).state.messages == 2
     await wait_until(probe, 30, "us's usage in the primary's USAGE")
     assert (await us.stream_info(names.STREAM_USAGE)).state.messages == 1
+
+
+async def test_region_local_state_does_not_leak_across_the_link(regions):
+    """Each region's buckets and streams hear only their own region: a us node record or us
+    mail for a us domain is never stored in eu (the links deny those subjects)."""
+    eu, us = regions.js("eu"), regions.js("us")
+    us_nodes = await us.key_value(names.BUCKET_NODES)
+    await us_nodes.put("mailstore-1", b"us record")
+    await us.publish(names.mail_subject("us", "us.example"), b"us mail")
+    await us.publish(names.cluster_event_subject("test"), b"us event")
+    # A marker that does cross (eu's own mail sourced from us) proves the link is up and past
+    # the writes above, so their absence in eu is not a matter of timing.
+    await us.publish(names.mail_subject("eu", "acme.example"), b"marker")
+    assert await _drain(eu, "eu", 1) == [b"marker"]
+    eu_nodes = await eu.key_value(names.BUCKET_NODES)
+    assert not [k async for k in _keys(eu_nodes)]
+    assert (await eu.stream_info(names.STREAM_CLUSTER)).state.messages == 0
+    assert (await us.stream_info(names.STREAM_CLUSTER)).state.messages == 1
+
+
+async def _keys(kv):
+    from nats.js.errors import NoKeysError
+
+    try:
+        for key in await kv.keys():
+            yield key
+    except NoKeysError:
+        return
