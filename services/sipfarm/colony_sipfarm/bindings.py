@@ -83,19 +83,24 @@ class BindingStore:
         current, _ = await self._read(account)
         return sorted(current.live(self.clock()), key=lambda b: (-b.q, -b.registered_at))
 
-    async def change(self, account: str, edit: Callable[[list[Binding]], list[Binding]]) -> list[Binding]:
+    async def change(self, account: str, edit: Callable[[list[Binding]], list[Binding] | None]) -> list[Binding]:
         """Apply ``edit`` to the live contacts with compare-and-set; return what is stored.
-        ``edit`` may raise to abort (nothing is written); it may run more than once."""
+        ``edit`` may raise to abort, or return None to keep what is stored (nothing is written
+        either way); it may run more than once."""
         lock = self._locks.get(account)
         if lock is None:
             lock = self._locks[account] = asyncio.Lock()
         async with lock:
             return await self._change(account, edit)
 
-    async def _change(self, account: str, edit: Callable[[list[Binding]], list[Binding]]) -> list[Binding]:
+    async def _change(self, account: str, edit: Callable[[list[Binding]], list[Binding] | None]) -> list[Binding]:
         for attempt in range(CAS_ATTEMPTS):
             current, revision = await self._read(account)
-            updated = BindingSet(account=account, bindings=edit(current.live(self.clock())))
+            live = current.live(self.clock())
+            edited = edit(live)
+            if edited is None:
+                return live
+            updated = BindingSet(account=account, bindings=edited)
             data = updated.model_dump_json().encode()
             try:
                 if revision is None:

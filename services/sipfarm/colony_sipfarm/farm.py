@@ -93,6 +93,7 @@ class Outbound:
 class FarmMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registrations = Counter("colony_sip_registrations", "Successful REGISTER requests (incl. refreshes and removals).", registry=registry)
+        self.unwritten = Counter("colony_sip_refreshes_unwritten", "REGISTER refreshes answered from the stored bindings without a write (sip_refresh_write_slack).", registry=registry)
         self.requests = Counter("colony_sip_requests", "SIP requests received, by method.", ["method"], registry=registry)
         self.answers = Counter("colony_sip_answers", "Final answers this member made itself, by method and code.", ["method", "code"], registry=registry)
         self.forwarded = Counter("colony_sip_forwarded", "Requests and responses proxied on, by kind and method.", ["kind", "method"], registry=registry)
@@ -374,10 +375,18 @@ class SipFarm:
         # says): requests to the phone go where its packets came from, not to its Contact.
         nat = "rport" in via.params or "received" in via.params or (via.port or 5060) != port
 
-        def edit(current: list[Binding]) -> list[Binding]:
+        unwritten = False
+
+        def edit(current: list[Binding]) -> list[Binding] | None:
+            nonlocal unwritten
             if wildcard:
                 return [b for b in current if b.call_id == call_id and b.cseq >= cseq]
             result = {b.contact: b for b in current}
+            if all(self._fresh_enough(result.get(uri), q, now + expires, expires, host, port, transport, nat, agent)
+                   for uri, q, expires in changes):
+                unwritten = True
+                return None
+            unwritten = False
             for uri, q, expires in changes:
                 old = result.get(uri)
                 if old is not None and old.call_id == call_id and old.cseq >= cseq:
@@ -399,12 +408,29 @@ class SipFarm:
                 return self._local(request, source, 403, "Too Many Registered Devices")
             await self.publish_usage(UsageRecorded(domain=realm, account=account, metric="sip_registrations",
                                                    amount=1, source=self.node_id))
+            if unwritten:
+                self.metrics.unwritten.inc()
         else:
             stored = await self.store.lookup(account)    # a query (§10.2.3)
         self.metrics.registrations.inc()
         extra = [("Contact", f"<{b.contact}>;expires={max(1, int(b.expires_at - now))};q={b.q:g}") for b in stored]
         extra.append(("Date", time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(now))))
         return self._local(request, source, 200, extra=extra)
+
+    def _fresh_enough(self, old: Binding | None, q: float, expires_at: float, expires: int, host: str, port: int,
+                      transport: str, nat: bool, agent: str) -> bool:
+        """A refresh of ``old`` that would change only its expiry, by little: answered from the
+        stored binding without a write.  Phones refreshing every minute (a common NAT keep-alive)
+        would otherwise cost one synced write each.  The 200 names the stored, slightly
+        shorter expiry (RFC 3261 10.2.4: the phone refreshes by it); the slack is at most a
+        tenth of the asked lifetime, so a phone refreshing by its own timer at 90 % of it still
+        lands before the binding lapses."""
+        if old is None or expires == 0:
+            return False
+        slack = min(self.settings.sip_refresh_write_slack, expires / 10)
+        return (old.q == q and old.member == self._flow() and old.transport == transport
+                and old.source == f"{host}:{port}" and old.nat == nat and old.user_agent == agent
+                and expires_at - slack <= old.expires_at <= expires_at)
 
     # --- proxy ----------------------------------------------------------------------------
 

@@ -38,6 +38,7 @@ class Store:
     def __init__(self, clock) -> None:
         self.sets: dict[str, list[Binding]] = {}
         self.clock = clock
+        self.writes = 0
 
     async def lookup(self, account):
         live = [b for b in self.sets.get(account, []) if b.expires_at > self.clock()]
@@ -45,7 +46,11 @@ class Store:
 
     async def change(self, account, edit):
         live = [b for b in self.sets.get(account, []) if b.expires_at > self.clock()]
-        self.sets[account] = edit(live)
+        edited = edit(live)
+        if edited is None:      # BindingStore writes nothing then
+            return live
+        self.writes += 1
+        self.sets[account] = edited
         return self.sets[account]
 
 
@@ -213,6 +218,24 @@ async def test_bindings_expire_and_short_ones_are_refused(farm):
     assert (await registered(farm, expires="120")).status == 200
     farm.clock_.now += 121
     assert await farm.store.lookup("alice@acme.example") == []
+
+
+async def test_a_quick_refresh_is_answered_without_a_write_and_names_the_stored_expiry(farm):
+    await registered(farm, call_id="r")
+    assert farm.store.writes == 1
+    farm.clock_.now += 20       # slack: min(60 s, 300 s / 10) = 30 s
+    ok = await registered(farm, call_id="r", cseq=3)
+    assert farm.store.writes == 1 and ok.headers.get_all("Contact") == ["<sip:alice@192.0.2.7:5062>;expires=280;q=1"]
+    farm.clock_.now += 20       # now 40 s later than the stored write: written
+    ok = await registered(farm, call_id="r", cseq=5)
+    assert farm.store.writes == 2 and ok.headers.get_all("Contact") == ["<sip:alice@192.0.2.7:5062>;expires=300;q=1"]
+    # Anything else that changes is written at once: q, a new device, a removal.
+    await registered(farm, contact="<sip:alice@192.0.2.7:5062>;q=0.5", call_id="r", cseq=7)
+    await registered(farm, contact="<sip:alice@192.0.2.9:5062>", call_id="r", cseq=9)
+    await registered(farm, contact="<sip:alice@192.0.2.9:5062>", expires="0", call_id="r", cseq=11)
+    assert farm.store.writes == 5
+    assert [b.contact for b in await farm.store.lookup("alice@acme.example")] == ["sip:alice@192.0.2.7:5062"]
+    assert [s.value for s in farm.metrics.unwritten.collect()[0].samples if s.name.endswith("_total")] == [1]
 
 
 async def test_scanners_get_no_answer(farm):
