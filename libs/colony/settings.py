@@ -195,6 +195,7 @@ class Settings(BaseSettings):
     sip_min_expires: int = Field(60, ge=1, description="Shortest registration (seconds) the registrar accepts; shorter gets 423 Interval Too Brief.")
     sip_max_expires: int = Field(3600, ge=60, description="Longest registration (seconds); a longer request is cut to this.")
     sip_default_expires: int = Field(3600, ge=60, description="Registration length when the phone names none.")
+    sip_refresh_write_slack: float = Field(60.0, ge=0, description="Seconds by which a REGISTER refresh that changes nothing but a contact's expiry may move it later and still be answered from the stored binding without a write to sip_bindings (at most a tenth of the asked lifetime; the 200 names the stored expiry). 0: write every refresh.")
     sip_max_bindings: int = Field(10, ge=1, le=100, description="Most contacts (devices) one account may have registered at once; more gets 403.")
     sip_refused_user_agents: str = Field("friendly-scanner, sipvicious, sipcli, sip-scan, sundayddr, iWar, VaxSIPUserAgent, pplsip", description="User-Agent substrings (case-insensitive, comma separated) of SIP scanners: their requests are dropped without an answer. Empty: refuse none.")
     sip_requests_per_minute_per_ip: int = Field(6000, ge=1, description="SIP requests per minute one source address may send across all farm members; more are answered 503 with Retry-After.")
