@@ -115,3 +115,27 @@ def test_mail_for_eu_accepted_in_us_lands_in_eu_also_across_a_cut(regions):
     wait_for(lambda: len(bodies(eu, "eu.example")) >= 10, 180, "every message accepted in us during the cut in eu")
     assert len(bodies(eu, "eu.example")) == 10  # once each
     assert not bodies(us, "eu.example")  # stored only in its home region
+
+
+def test_controller_failover_in_one_region_leaves_the_other_alone(regions):
+    from test_colony_up import status_json
+
+    data_dir, base = regions
+    eu, us = data_dir / "eu", data_dir / "us"
+    us_smtp = base + 200 + 25
+    colony(eu, "domain", "add", "us.example", "--region", "us")
+    colony(eu, "account", "add", "lee@us.example", "--password", "Lee-secret-123")
+    wait_deliverable(us_smtp, "lee@us.example")
+    us_before = {n["id"]: (n["pid"], n["epoch"], n["controller"]) for n in status_json(us)}
+    eu_controller = next(n for n in status_json(eu) if n["controller"])
+
+    os.kill(eu_controller["pid"], signal.SIGKILL)  # `colony up` starts it again: a new election in eu
+
+    def eu_reelected():
+        nodes = status_json(eu)
+        return any(n["controller"] and n["epoch"] > eu_controller["epoch"] for n in nodes) and nodes
+    wait_for(eu_reelected, 180, "eu to elect a controller with a newer epoch")
+    send(us_smtp, "lee@us.example", "during eu's failover")
+    wait_for(lambda: len(bodies(us, "us.example")) == 1, 120, "us to deliver its own mail")
+    us_after = {n["id"]: (n["pid"], n["epoch"], n["controller"]) for n in status_json(us)}
+    assert us_after == us_before  # same processes, same controller, same epoch
