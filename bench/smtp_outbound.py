@@ -1,0 +1,211 @@
+"""Outbound mail: Colony (submission with AUTH over TLS -> OUTBOUND -> an edge's delivery)
+against Postfix relaying the same load, both delivering to one loopback SMTP sink.
+
+    .venv/bin/python bench/smtp_outbound.py [--messages 1000] [--clients 16] [--size 2k] [--no-peer]
+
+Colony: `colony up` (one edge), a domain with 20 accounts made through the admin API; each
+client opens one submission session (587-equivalent port, STARTTLS, AUTH PLAIN) and sends
+its share of the messages to remote recipients, one after another.  The remote domain's MX
+is found through a loopback DNS server (dnslib, as the tests use) and points at the sink
+(aiosmtpd on loopback, counting messages).  Postfix (Debian's, configured by
+``bench/peers.py``) gets the same messages over plain SMTP from mynetworks (no TLS, no
+AUTH: less work than Colony does per message) and relays them to the same sink.
+
+Printed per system: submissions/s (first MAIL FROM to the last 250), delivered/s (first
+MAIL FROM to the last message at the sink), p50/p99 of one submission transaction, and the
+ratio Colony / Postfix of delivered/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import aiosmtplib
+import httpx
+from aiosmtpd.controller import Controller
+from rich.console import Console
+from rich.table import Table
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(ROOT / "tests"))
+from dnsserver import LoopbackDNS  # noqa: E402
+from peers import Postfix, have, wait_port  # noqa: E402
+
+DOMAIN = "bench.test"
+REMOTE = "remote.test"
+ACCOUNTS = [f"user{i}" for i in range(20)]
+PASSWORD = "bench password 1"
+console = Console(width=120)
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.count = 0
+        self.lock = threading.Lock()
+
+    async def handle_DATA(self, server, session, envelope):
+        with self.lock:
+            self.count += 1
+        return "250 2.0.0 Queued"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def message(n: int, size: int, sender: str) -> bytes:
+    line = "Outbound benchmark line of text, seventy-odd characters long, for you.\r\n"
+    body = (line * (size // len(line) + 1))[:size].rstrip("\r\n")
+    text = (f"From: {sender}\r\nTo: rcpt{n}@{REMOTE}\r\nSubject: bench {n}\r\n"
+            f"Message-ID: <out-{n}-{time.time_ns()}@{DOMAIN}>\r\n\r\n{body}\r\n")
+    return text.encode()
+
+
+async def client(port: int, sender: str, share: list[int], size: int, latencies: list[float], tls_auth: bool) -> None:
+    """One session (STARTTLS and AUTH for Colony), its messages one after another."""
+    smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=tls_auth, validate_certs=False, timeout=120)
+    await smtp.connect()
+    if tls_auth:
+        await smtp.login(sender, PASSWORD)
+    for n in share:
+        data = message(n, size, sender)
+        start = time.perf_counter()
+        await smtp.sendmail(sender, [f"rcpt{n}@{REMOTE}"], data)
+        latencies.append(time.perf_counter() - start)
+    await smtp.quit()
+
+
+async def load(port: int, count: int, clients: int, size: int, tls_auth: bool) -> tuple[float, float, list[float]]:
+    # Client i sends as account i (mod 20): one AUTH per session.
+    latencies: list[float] = []
+    start = time.perf_counter()
+    await asyncio.gather(*(client(port, f"{ACCOUNTS[i % len(ACCOUNTS)]}@{DOMAIN}", list(range(i, count, clients)),
+                                  size, latencies, tls_auth) for i in range(min(clients, count))))
+    return start, time.perf_counter(), latencies
+
+
+def wait_delivered(sink: Sink, expected: int, timeout: float) -> float:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if sink.count >= expected:
+            return time.perf_counter()
+        time.sleep(0.02)
+    raise RuntimeError(f"only {sink.count} of {expected} messages delivered after {timeout}s")
+
+
+def summary(system: str, count: int, start: float, submitted: float, delivered: float, latencies: list[float]) -> dict:
+    latencies.sort()
+    return {"system": system, "submit": count / (submitted - start), "deliver": count / (delivered - start),
+            "p50": statistics.median(latencies) * 1000, "p99": latencies[max(0, int(len(latencies) * 0.99) - 1)] * 1000}
+
+
+def run_colony(workdir: Path, sink: Sink, sink_port: int, dns: LoopbackDNS, count: int, clients: int, size: int,
+               base: int) -> dict:
+    data_dir = workdir / "colony"
+    env = {**os.environ, "COLONY_DNS_SERVERS": dns.address, "COLONY_OUTBOUND_SMTP_PORT": str(sink_port)}
+    proc = subprocess.Popen([str(ROOT / ".venv/bin/colony"), "up", "--data-dir", str(data_dir), "--base-port", str(base),
+                             "--sipfarms", "0"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        token_file = data_dir / "admin.token"
+        deadline = time.monotonic() + 120
+        while not (token_file.exists() and token_file.read_text().strip()):
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError("colony up did not come up (see its logs)")
+            time.sleep(0.2)
+        info = json.loads((data_dir / "cluster.json").read_text())
+        api = info["admin_api"][0]
+        wait_port(int(api.rsplit(":", 1)[1]), 120)
+        headers = {"Authorization": f"Bearer {token_file.read_text().strip()}"}
+        with httpx.Client(base_url=api, headers=headers, timeout=30) as http:
+            http.post("/v1/domains", json={"name": DOMAIN}).raise_for_status()
+            for name in ACCOUNTS:
+                http.post(f"/v1/domains/{DOMAIN}/accounts", json={"name": name, "password": PASSWORD}).raise_for_status()
+        port = int(info["submission"][0].rsplit(":", 1)[1])
+        wait_port(port, 120)
+        deadline = time.monotonic() + 120
+        while True:   # the edge learns the accounts from its directory cache
+            try:
+                asyncio.run(load(port, 1, 1, 100, True))
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+        wait_delivered(sink, 1, 120)
+        sink.count = 0
+        start, submitted, latencies = asyncio.run(load(port, count, clients, size, True))
+        delivered = wait_delivered(sink, count, 600)
+        return summary("Colony", count, start, submitted, delivered, latencies)
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def run_postfix(workdir: Path, sink: Sink, sink_port: int, count: int, clients: int, size: int, base: int) -> dict:
+    postfix = Postfix(workdir, smtp_port=base + 25, domain=DOMAIN, relay_to=f"127.0.0.1:{sink_port}")
+    postfix.start()
+    try:
+        sink.count = 0
+        start, submitted, latencies = asyncio.run(load(base + 25, count, clients, size, False))
+        delivered = wait_delivered(sink, count, 600)
+        return summary("Postfix (relay)", count, start, submitted, delivered, latencies)
+    finally:
+        postfix.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--messages", type=int, default=1000)
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--size", type=int, default=2048)
+    parser.add_argument("--no-peer", action="store_true", help="skip Postfix")
+    parser.add_argument("--base-port", type=int, default=5500)
+    args = parser.parse_args()
+    if not args.no_peer and have("postfix", "/usr/sbin/postfix") == ["postfix", "/usr/sbin/postfix"]:
+        sys.exit("the peer needs Debian's postfix: apt-get install postfix (or --no-peer)")
+    sink = Sink()
+    sink_port = free_port()
+    controller = Controller(sink, hostname="127.0.0.1", port=sink_port)
+    controller.start()
+    dns = LoopbackDNS().start()
+    dns.add(f"{REMOTE}. 60 IN MX 10 mx.{REMOTE}.", f"mx.{REMOTE}. 60 IN A 127.0.0.1")
+    rows = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="colony-bench-out-") as tmp:
+            work = Path(tmp)
+            rows.append(run_colony(work, sink, sink_port, dns, args.messages, args.clients, args.size, args.base_port))
+            if not args.no_peer:
+                rows.append(run_postfix(work, sink, sink_port, args.messages, args.clients, args.size, args.base_port + 100))
+    finally:
+        dns.stop()
+        controller.stop()
+    table = Table("system", "submissions/s", "delivered/s", "p50 ms", "p99 ms",
+                  title=f"{args.messages} messages of {args.size} B, {args.clients} clients")
+    for r in rows:
+        table.add_row(r["system"], f"{r['submit']:.0f}", f"{r['deliver']:.0f}", f"{r['p50']:.1f}", f"{r['p99']:.1f}")
+    console.print(table)
+    if len(rows) == 2:
+        console.print(f"Colony / Postfix (delivered/s): {rows[0]['deliver'] / rows[1]['deliver']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
