@@ -135,8 +135,18 @@ class SubscriptionChanged(_Record):
     on: bool
 
 
+class AclChanged(_Record):
+    """``{"t":"acl","e":7,"s":19,"box":3,"id":"bob@example.com","rights":"lrs"}``: the mailbox's
+    rights for ``id`` (an address of the account's domain or ``anyone``, RFC 4314) are now
+    ``rights``; ``""`` removes the entry (DELETEACL)."""
+    t: Literal["acl"] = "acl"
+    box: int
+    id: str
+    rights: str
+
+
 Record = Annotated[Union[Claim, Seal, MailboxCreated, MailboxRenamed, MailboxDeleted, MessageAppended,
-                         FlagsChanged, Expunged, SubscriptionChanged], Field(discriminator="t")]
+                         FlagsChanged, Expunged, SubscriptionChanged, AclChanged], Field(discriminator="t")]
 _RECORD = TypeAdapter(Record)
 
 

@@ -61,6 +61,7 @@ class Mailbox:
     uidnext: int = 1
     highest_modseq: int = 0
     messages: dict[int, Message] = field(default_factory=dict)  # uid -> message, ascending
+    acl: dict[str, str] = field(default_factory=dict)  # identifier -> rights (RFC 4314), owner implied
 
 
 class MailState:
@@ -127,6 +128,13 @@ class MailState:
             box.highest_modseq = r.s
         elif isinstance(r, j.SubscriptionChanged):
             (self.subscribed.add if r.on else self.subscribed.discard)(r.name)
+        elif isinstance(r, j.AclChanged):
+            box = self.boxes.get(r.box)
+            if box is not None:
+                if r.rights:
+                    box.acl[r.id] = r.rights
+                else:
+                    box.acl.pop(r.id, None)
         return freed
 
     def _forget(self, msg: Message) -> list[str]:
@@ -155,7 +163,7 @@ class MailState:
             "dedupe": list(self.dedupe.items()),
             "boxes": [{
                 "id": b.id, "name": b.name, "uidvalidity": b.uidvalidity, "special_use": b.special_use,
-                "uidnext": b.uidnext, "highest_modseq": b.highest_modseq,
+                "uidnext": b.uidnext, "highest_modseq": b.highest_modseq, "acl": dict(b.acl),
                 "messages": [[m.uid, m.body, sorted(m.flags), m.date.isoformat(), m.size, m.modseq, m.key]
                              for m in b.messages.values()],
             } for b in self.boxes.values()],
@@ -167,7 +175,8 @@ class MailState:
         s.seq, s.next_id, s.subscribed = data["seq"], data["next_id"], set(data["subscribed"])
         s.dedupe = OrderedDict((k, tuple(v)) for k, v in data["dedupe"])
         for b in data["boxes"]:
-            box = Mailbox(b["id"], b["name"], b["uidvalidity"], b["special_use"], b["uidnext"], b["highest_modseq"])
+            box = Mailbox(b["id"], b["name"], b["uidvalidity"], b["special_use"], b["uidnext"], b["highest_modseq"],
+                          acl=dict(b.get("acl", {})))  # snapshots older than ACLs have none
             for uid, body, flags, date, size, modseq, key in b["messages"]:
                 box.messages[uid] = Message(uid, body, frozenset(flags), datetime.fromisoformat(date), size, modseq, key)
                 s.body_refs[body] = s.body_refs.get(body, 0) + 1
@@ -392,6 +401,16 @@ class AccountMail:
         if box.name == INBOX:
             raise MailboxError("INBOX cannot be deleted")
         self._stage(j.MailboxDeleted(e=self.epoch, s=self._next(), id=box.id))
+
+    def acl(self, name: str) -> dict[str, str]:
+        """The mailbox's ACL entries (identifier -> rights); the owner's own rights are implied."""
+        return dict(self.state.box(name).acl)
+
+    def set_acl(self, name: str, identifier: str, rights: str) -> None:
+        """Set ``identifier``'s rights on the mailbox (``""`` removes the entry)."""
+        box = self.state.box(name)
+        if box.acl.get(identifier, "") != rights:
+            self._stage(j.AclChanged(e=self.epoch, s=self._next(), box=box.id, id=identifier, rights=rights))
 
     def subscribe(self, name: str, on: bool = True) -> None:
         self._stage(j.SubscriptionChanged(e=self.epoch, s=self._next(), name=name, on=on))

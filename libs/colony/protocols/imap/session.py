@@ -64,7 +64,7 @@ from typing import Protocol
 
 from colony.protocols.imap import commands as C
 from colony.protocols.imap import encode as E
-from colony.protocols.imap import mime, search
+from colony.protocols.imap import mime, rights, search
 from colony.protocols.imap.reader import Command, CommandReader, Continue, LineTooLong, TooBig
 from colony.protocols.imap.syntax import SequenceSet, decode_mutf7, encode_mutf7
 
@@ -90,7 +90,8 @@ PREAUTH_CAPABILITIES = ("AUTH=PLAIN", "SASL-IR")
 _ANY = {"CAPABILITY", "NOOP", "LOGOUT", "ID"}
 _NOT_AUTH = {"LOGIN", "AUTHENTICATE", "STARTTLS"}
 _AUTH = {"SELECT", "EXAMINE", "CREATE", "DELETE", "RENAME", "SUBSCRIBE", "UNSUBSCRIBE", "LIST", "LSUB", "STATUS",
-         "APPEND", "NAMESPACE", "ENABLE", "IDLE", "GETQUOTA", "GETQUOTAROOT", "SETQUOTA"}
+         "APPEND", "NAMESPACE", "ENABLE", "IDLE", "GETQUOTA", "GETQUOTAROOT", "SETQUOTA",
+         "GETACL", "SETACL", "DELETEACL", "LISTRIGHTS", "MYRIGHTS"}
 _SELECTED = {"CHECK", "CLOSE", "UNSELECT", "EXPUNGE", "SEARCH", "FETCH", "STORE", "COPY", "MOVE", "SORT", "THREAD",
              "UID EXPUNGE"}
 
@@ -833,6 +834,64 @@ class Session:
 
     def _do_setquota(self, cmd: C.Quota, store: Store) -> None:
         raise _No("[NOPERM] Quotas are set by the administrator")
+
+    # --- ACL (RFC 4314) on the account's own mailboxes: the owner holds every right ----------
+
+    def _acl_target(self, store: Store, cmd) -> tuple[BoxInfo, str | None]:
+        box = self._find(store, self._decode_name(cmd.mailbox))
+        if not isinstance(cmd, C.Acl):
+            return box, None
+        try:
+            ident = rights.check_identifier(_text(cmd.identifier), self.account or "")
+        except rights.RightsError as exc:
+            raise _No(f"[CANNOT] {exc}") from None
+        return box, ident
+
+    def _owner_identifier(self, ident: str) -> bool:
+        return ident.lower() == (self.account or "").lower()
+
+    def _do_setacl(self, cmd: C.Acl, store: Store) -> None:
+        box, ident = self._acl_target(store, cmd)
+        try:
+            new = rights.apply(store.acl(box.name).get(ident, ""), _text(cmd.rights or b""))
+        except rights.RightsError as exc:
+            raise _Bad(str(exc)) from None   # RFC 4314 3.1: an unknown right is BAD
+        if self._owner_identifier(ident):
+            raise _No("[CANNOT] The owner always holds every right")
+        store.set_acl(box.name, ident, new)
+        store.commit()
+        self._sync(store, expunge=True)
+
+    def _do_deleteacl(self, cmd: C.Acl, store: Store) -> None:
+        box, ident = self._acl_target(store, cmd)
+        if self._owner_identifier(ident):
+            raise _No("[CANNOT] The owner always holds every right")
+        store.set_acl(box.name, ident, "")
+        store.commit()
+        self._sync(store, expunge=True)
+
+    def _do_getacl(self, cmd: C.MailboxCommand, store: Store) -> None:
+        box, _ = self._acl_target(store, cmd)
+        line = b"* ACL " + self._wire_name(box.name)
+        entries = {(self.account or "").lower(): rights.ALL, **store.acl(box.name)}
+        for ident, granted in entries.items():
+            line += b" " + E.string(ident) + b" " + E.string(rights.show(granted))
+        self._send(line)
+        self._sync(store, expunge=True)
+
+    def _do_listrights(self, cmd: C.Acl, store: Store) -> None:
+        box, ident = self._acl_target(store, cmd)
+        head = b"* LISTRIGHTS " + self._wire_name(box.name) + b" " + E.string(ident)
+        if self._owner_identifier(ident):
+            self._send(head + b" " + E.string(rights.show(rights.ALL)))
+        else:   # every right is granted on its own (RIGHTS=texk); c and d name the groups
+            self._send(head + b' "" ' + " ".join(rights.ALL + "cd").encode())
+        self._sync(store, expunge=True)
+
+    def _do_myrights(self, cmd: C.MailboxCommand, store: Store) -> None:
+        box, _ = self._acl_target(store, cmd)
+        self._send(b"* MYRIGHTS " + self._wire_name(box.name) + b" " + E.string(rights.show(rights.ALL)))
+        self._sync(store, expunge=True)
 
     # --- selected state -------------------------------------------------------------------------
 

@@ -1,0 +1,93 @@
+"""Access rights on mailboxes (RFC 4314), pure functions.
+
+Theory of operation
+-------------------
+A mailbox's ACL maps an identifier to a set of rights, letters of ``lrswipkxtea``: l lookup,
+r read, s keep \\Seen, w write other flags, i insert, p post, k create children, x delete
+the mailbox, t set \\Deleted, e expunge, a administer.  The account's owner holds every right
+on its own mailboxes whatever the ACL says, so an owner can never lock themself out.
+
+RFC 2086's ``c`` and ``d`` are still understood (RFC 4314 §2.1.1): a ``c`` in a SETACL stands
+for ``k`` and ``x``, a ``d`` for ``t`` and ``e``; in answers ``c`` is shown when ``k`` or ``x``
+is held and ``d`` when ``t`` or ``e`` is (that is what ``RIGHTS=texk`` promises: the four are
+granted independently).
+
+Identifiers are addresses of the owner's own domain, or ``anyone`` -- which here means anyone
+*of that domain*: sharing is a matter between colleagues, and a grant must never make mail
+visible to another tenant.  Anything else is refused.
+"""
+
+from __future__ import annotations
+
+ALL = "lrswipkxtea"
+_OBSOLETE = {"c": "kx", "d": "te"}
+ANYONE = "anyone"
+
+
+class RightsError(ValueError):
+    """A rights string or identifier the server cannot accept (answered ``BAD``/``NO``)."""
+
+
+def parse(text: str) -> tuple[str, frozenset[str]]:
+    """``"+lr"`` -> ``("+", {"l","r"})``; the mode is ``+``, ``-`` or ``=`` (replace)."""
+    mode = "="
+    if text[:1] in ("+", "-"):
+        mode, text = text[0], text[1:]
+    out: set[str] = set()
+    for ch in text.lower():
+        if ch in ALL:
+            out.add(ch)
+        elif ch in _OBSOLETE:
+            out.update(_OBSOLETE[ch])
+        else:
+            raise RightsError(f"Unknown right {ch!r}")
+    return mode, frozenset(out)
+
+
+def apply(current: str, text: str) -> str:
+    """The rights after a SETACL of ``text`` on ``current``, canonical order."""
+    mode, rights = parse(text)
+    have = set(current)
+    new = rights if mode == "=" else (have | rights if mode == "+" else have - rights)
+    return canonical(new)
+
+
+def canonical(rights) -> str:
+    return "".join(ch for ch in ALL if ch in rights)
+
+
+def show(rights: str) -> str:
+    """Rights as answered (GETACL, MYRIGHTS): with RFC 2086's ``c``/``d`` for old clients."""
+    out = canonical(rights)
+    if "k" in rights or "x" in rights:
+        out += "c"
+    if "t" in rights or "e" in rights:
+        out += "d"
+    return out
+
+
+def check_identifier(identifier: str, owner: str) -> str:
+    """The identifier normalised (address lowercased), or ``RightsError`` if it is not one of
+    the owner's domain or ``anyone``."""
+    ident = identifier.strip()
+    if ident.lower() == ANYONE:
+        return ANYONE
+    if ident.startswith("-"):
+        raise RightsError("Negative rights are not supported")
+    local, at, domain = ident.rpartition("@")
+    owner_domain = owner.rpartition("@")[2].lower()
+    if not at or not local or domain.lower() != owner_domain:
+        raise RightsError(f"Only addresses of {owner_domain} can be granted rights")
+    return f"{local}@{domain.lower()}"
+
+
+def effective(acl: dict[str, str], user: str, owner: str) -> str:
+    """What ``user`` may do on a mailbox of ``owner`` with ``acl``."""
+    if user.lower() == owner.lower():
+        return ALL
+    if user.rpartition("@")[2].lower() != owner.rpartition("@")[2].lower():
+        return ""
+    return canonical(set(acl.get(user.lower(), "")) | set(acl.get(ANYONE, "")))
+
+
+__all__ = ["ALL", "ANYONE", "RightsError", "parse", "apply", "canonical", "show", "check_identifier", "effective"]
