@@ -92,6 +92,11 @@ def test_mail_for_eu_accepted_in_us_lands_in_eu_also_across_a_cut(regions):
     us_smtp = base + 200 + 25
     info = json.loads((data_dir / "supercluster.json").read_text())
     assert info["regions"]["us"]["smtp"] == [f"127.0.0.1:{us_smtp}"]
+    # `colony status` on the super cluster's data directory: every region's instances.
+    nodes = json.loads(subprocess.run([COLONY, "status", "--json", "--data-dir", str(data_dir)],
+                                      capture_output=True, text=True, timeout=120).stdout)
+    assert sorted((n["region"], n["role"]) for n in nodes) == sorted(
+        (r, role) for r in ("eu", "us") for role in ("admin-api", "controller", "edge", "mailstore", "projector"))
     colony(eu, "domain", "add", "eu.example", "--region", "eu")
     colony(eu, "account", "add", "kim@eu.example", "--password", "Kim-secret-123")
     colony(eu, "domain", "add", "us.example", "--region", "us")

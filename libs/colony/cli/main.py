@@ -111,6 +111,9 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable: a list of nodes.")] = False,
 ) -> None:
     """Every instance: role, READY / NOT_READY, controller and backup, where it listens."""
+    if nats is None and (data_dir / "supercluster.json").exists():
+        _status_regions(data_dir, as_json)
+        return
     url = resolve_nats_url(nats, data_dir)
     try:
         views = asyncio.run(_view(url, operator_seed(nats, data_dir)))
@@ -120,6 +123,26 @@ def status(
         print(json.dumps([v.model_dump(mode="json") for v in views], indent=2))
     else:
         console.print(status_table(views, url))
+
+
+def _status_regions(data_dir: Path, as_json: bool) -> None:
+    """`colony up --regions`: every region's instances, each region's bus asked in turn."""
+    info = json.loads((data_dir / "supercluster.json").read_text())
+    nodes = []
+    for region, r in info["regions"].items():
+        region_dir = Path(r["data_dir"])
+        url = resolve_nats_url(None, region_dir)
+        try:
+            views = asyncio.run(_view(url, operator_seed(None, region_dir)))
+        except Exception as exc:
+            err.print(f"[yellow]region {region}: cannot reach its bus at {url}: {exc or type(exc).__name__}[/yellow]")
+            continue
+        if as_json:
+            nodes += [{**v.model_dump(mode="json"), "region": region} for v in views]
+        else:
+            console.print(status_table(views, f"{url} (region {region}{', primary' if region == info['primary'] else ''})"))
+    if as_json:
+        print(json.dumps(nodes, indent=2))
 
 
 def _command(command: str, node: str, data_dir: Path, nats: str | None, wait: bool, timeout: float) -> None:
