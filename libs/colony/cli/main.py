@@ -359,7 +359,7 @@ def _up_regions(data_dir: Path, base_port: int, regions: list[str], counts: dict
                 for address in r.get(key) or []:
                     console.print(f"    {label + ':':<12} {address}")
         console.print("[bold green]Regions are up.[/bold green] Ctrl-C stops them.  "
-                      "`colony status --data-dir <data-dir>/<region>` shows one region.")
+                      "`colony status --data-dir <data-dir>` shows every region.")
         sys.stdout.flush()
         while not stop["now"]:
             for note in sc.reap():
