@@ -22,6 +22,8 @@ from __future__ import annotations
 ALL = "lrswipkxtea"
 _OBSOLETE = {"c": "kx", "d": "te"}
 ANYONE = "anyone"
+MAX_IDENTIFIER = 254    # the longest address (RFC 5321's path limit less its brackets)
+MAX_ENTRIES = 100       # per mailbox: each entry is journal state kept for the mailbox's life
 
 
 class RightsError(ValueError):
@@ -70,6 +72,8 @@ def check_identifier(identifier: str, owner: str) -> str:
     """The identifier normalised (address lowercased), or ``RightsError`` if it is not one of
     the owner's domain or ``anyone``."""
     ident = identifier.strip()
+    if len(ident) > MAX_IDENTIFIER:
+        raise RightsError("Identifier too long")
     if ident.lower() == ANYONE:
         return ANYONE
     if ident.startswith("-"):
@@ -90,4 +94,4 @@ def effective(acl: dict[str, str], user: str, owner: str) -> str:
     return canonical(set(acl.get(user.lower(), "")) | set(acl.get(ANYONE, "")))
 
 
-__all__ = ["ALL", "ANYONE", "RightsError", "parse", "apply", "canonical", "show", "check_identifier", "effective"]
+__all__ = ["ALL", "ANYONE", "MAX_IDENTIFIER", "MAX_ENTRIES", "RightsError", "parse", "apply", "canonical", "show", "check_identifier", "effective"]

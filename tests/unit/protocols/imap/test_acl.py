@@ -39,7 +39,7 @@ def test_identifiers_only_of_the_owners_domain():
     owner = "alice@example.com"
     assert rights.check_identifier("Bob@EXAMPLE.com", owner) == "Bob@example.com"
     assert rights.check_identifier("ANYONE", owner) == "anyone"
-    for bad in ("bob@other.test", "bob", "-bob@example.com", "@example.com", ""):
+    for bad in ("bob@other.test", "bob", "-bob@example.com", "@example.com", "", "x" * 300 + "@example.com"):
         with pytest.raises(rights.RightsError):
             rights.check_identifier(bad, owner)
 
@@ -90,3 +90,11 @@ def test_acl_commands_need_login(mail):  # noqa: F811
 
     c = Client(mail)
     assert "a1 BAD" in c.cmd("a1 GETACL INBOX")
+
+
+def test_acl_entries_per_mailbox_are_bounded(mail):  # noqa: F811
+    c = logged_in(mail)
+    for n in range(rights.MAX_ENTRIES):
+        assert f"a{n} OK" in c.cmd(f"a{n} SETACL Drafts u{n}@example.com l")
+    assert "b1 NO [LIMIT]" in c.cmd("b1 SETACL Drafts one-more@example.com l")
+    assert "b2 OK" in c.cmd("b2 SETACL Drafts u1@example.com +r")      # changing an entry is fine
