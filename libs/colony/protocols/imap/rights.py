@@ -69,7 +69,7 @@ def show(rights: str) -> str:
 
 
 def check_identifier(identifier: str, owner: str) -> str:
-    """The identifier normalised (address lowercased), or ``RightsError`` if it is not one of
+    """The identifier normalised (lower case), or ``RightsError`` if it is not one of
     the owner's domain or ``anyone``."""
     ident = identifier.strip()
     if len(ident) > MAX_IDENTIFIER:
@@ -82,7 +82,7 @@ def check_identifier(identifier: str, owner: str) -> str:
     owner_domain = owner.rpartition("@")[2].lower()
     if not at or not local or domain.lower() != owner_domain:
         raise RightsError(f"Only addresses of {owner_domain} can be granted rights")
-    return f"{local}@{domain.lower()}"
+    return ident.lower()    # accounts are named in lower case everywhere in Colony
 
 
 def effective(acl: dict[str, str], user: str, owner: str) -> str:

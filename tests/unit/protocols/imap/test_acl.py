@@ -37,7 +37,7 @@ def test_rights_apply_show_and_effective():
 
 def test_identifiers_only_of_the_owners_domain():
     owner = "alice@example.com"
-    assert rights.check_identifier("Bob@EXAMPLE.com", owner) == "Bob@example.com"
+    assert rights.check_identifier("Bob@EXAMPLE.com", owner) == "bob@example.com"
     assert rights.check_identifier("ANYONE", owner) == "anyone"
     for bad in ("bob@other.test", "bob", "-bob@example.com", "@example.com", "", "x" * 300 + "@example.com"):
         with pytest.raises(rights.RightsError):
