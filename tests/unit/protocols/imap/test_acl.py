@@ -98,3 +98,17 @@ def test_acl_entries_per_mailbox_are_bounded(mail):  # noqa: F811
         assert f"a{n} OK" in c.cmd(f"a{n} SETACL Drafts u{n}@example.com l")
     assert "b1 NO [LIMIT]" in c.cmd("b1 SETACL Drafts one-more@example.com l")
     assert "b2 OK" in c.cmd("b2 SETACL Drafts u1@example.com +r")      # changing an entry is fine
+
+
+def test_acl_follows_rename_and_goes_with_delete(tmp_path):
+    m = AccountMail(tmp_path / "m", 1, clock=lambda: 1_700_000_000.0)
+    m.open()
+    m.create_mailbox("Team")
+    m.set_acl("Team", "bob@example.com", "lr")
+    m.rename_mailbox("Team", "Crew")
+    assert m.acl("Crew") == {"bob@example.com": "lr"}
+    m.delete_mailbox("Crew")
+    m.create_mailbox("Crew")
+    m.commit()
+    assert m.acl("Crew") == {}
+    m.close()
