@@ -67,11 +67,12 @@ class _Unreachable(Exception):
 
 class OutboundDelivery:
     def __init__(self, js: JetStreamContext, settings: Settings, node_id: str, hostname: str,
-                 resolver: dns.asyncresolver.Resolver, metrics: OutboundMetrics) -> None:
+                 resolver: dns.asyncresolver.Resolver, metrics: OutboundMetrics,
+                 tracer: trace.Tracer | None = None) -> None:
         self.js, self.settings, self.node_id, self.hostname = js, settings, node_id, hostname
         self.resolver, self.metrics = resolver, metrics
         self.key_dir = settings.dkim_key_dir or settings.data_dir / "dkim"
-        self.tracer = trace.get_tracer("colony.edge.outbound")
+        self.tracer = tracer or trace.get_tracer("colony.edge.outbound")  # the global provider (setup_tracing)
         self._slots: dict[str, asyncio.Semaphore] = {}   # per destination, while in use
         self._users: dict[str, int] = {}
         self._bodies = None
@@ -94,7 +95,7 @@ class OutboundDelivery:
         attempt = mail.attempts + job.delivered
         with self.tracer.start_as_current_span("outbound.deliver", attributes={
                 "colony.message_id": mail.message_id, "colony.destination": mail.destination,
-                "colony.attempt": attempt}):
+                "colony.attempt": attempt}) as span:
             done_before = await self._delivered_before(mail)
             todo = [r for r in mail.recipients if r.address not in done_before]
             results = [RecipientResult(a, 250, "2.0.0 delivered before a restart") for a in done_before
@@ -110,6 +111,8 @@ class OutboundDelivery:
                 await self._publish_outbound(decision.requeue)
             if decision.delivered:
                 await self._usage(mail, len(decision.delivered))
+            span.set_attribute("colony.delivered", len(decision.delivered))
+            span.set_attribute("colony.remote_replies", [f"{r.address}: {r.code} {r.text}"[:200] for r in results])
         self.metrics.recipients.labels(result="delivered").inc(len(decision.delivered))
         self.metrics.recipients.labels(result="failed").inc(len(decision.failed))
         self.metrics.recipients.labels(result="deferred").inc(len(decision.deferred))
@@ -362,7 +365,8 @@ def outbound_policy(settings: Settings) -> QueuePolicy:
 def outbound_runner(js: JetStreamContext, delivery: OutboundDelivery, settings: Settings, queue_metrics) -> QueueRunner:
     return QueueRunner(js, stream=names.STREAM_OUTBOUND, durable=names.OUTBOUND_CONSUMER,
                        filter_subject=names.SUBJECTS_OUTBOUND, handler=delivery.handle,
-                       policy=outbound_policy(settings), metrics=queue_metrics, name="outbound")
+                       policy=outbound_policy(settings), metrics=queue_metrics, name="outbound",
+                       tracer=delivery.tracer)
 
 
 async def start_outbound(runtime, settings: Settings, hostname: str) -> QueueRunner:

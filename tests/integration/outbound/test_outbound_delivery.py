@@ -210,3 +210,36 @@ async def _true(value):
 
 async def _is(awaitable, expected):
     return (await awaitable) == expected
+
+
+async def test_the_delivery_is_a_span_in_the_submitters_trace_with_the_remote_reply(js, owner, nats_server, dns_server,
+                                                                                    sink, tmp_path):
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from colony.telemetry import inject_headers
+
+    exported = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exported))
+    tracer = provider.get_tracer("test")
+    settings = settings_for(nats_server, dns_server, sink, tmp_path)
+    metrics = Metrics(with_process=False)
+    delivery = OutboundDelivery(js, settings, "edge-1", "edge1.example.com", make_resolver(settings),
+                                OutboundMetrics(metrics.registry), tracer=tracer)
+    await outbound_runner(js, delivery, settings, metrics.once(QueueMetrics)).start(owner.spawn)
+    body = ORIGINAL % b"m-traced"
+    mail = OutboundMail.new(message_id="m-traced", destination="remote.test", mail_from="alice@example.com",
+                            recipients=[OutboundRecipient(address="bob@remote.test")], size=len(body),
+                            edge_node="edge-1", body=body)
+    with tracer.start_as_current_span("smtp.accept") as parent:
+        headers = inject_headers({"Nats-Msg-Id": mail.msg_id()})
+    await js.publish(names.outbound_subject("remote.test"), mail.encode(), headers=headers)
+
+    async def delivered_span():
+        return [s for s in exported.get_finished_spans() if s.name == "outbound.deliver"]
+    [span] = await wait_until(delivered_span, 30, "the delivery span")
+    assert span.context.trace_id == parent.get_span_context().trace_id
+    assert span.attributes["colony.delivered"] == 1
+    assert span.attributes["colony.remote_replies"][0].startswith("bob@remote.test: 250")
