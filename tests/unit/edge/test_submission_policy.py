@@ -1,0 +1,84 @@
+"""The submission policy's decisions without sockets: which senders belong to an account
+(its address, aliases that deliver to it, through domain aliases), the null sender, the
+From: header check, and remote recipients marked for OUTBOUND."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from colony.contracts.directory import AccountInfo, AliasInfo, DomainInfo
+from colony.protocols.smtp import events as E
+from colony.settings import Settings
+from colony_edge.smtp_policy import IncomingMessage, SmtpSession
+from colony_edge.submission import NOT_YOUR_FROM, NOT_YOUR_SENDER, NULL_SENDER, SubmissionPolicy
+
+
+class Directory:
+    def __init__(self) -> None:
+        self.loaded = asyncio.Event()
+        self.loaded.set()
+        self.domains = {"example.com": DomainInfo("example.com", "active", "local", None)}
+        self.aliases = {"example-mail.com": "example.com"}
+        self.addresses = {
+            "bob@example.com": AccountInfo("bob@example.com", "active", None, None, None, (), False),
+            "carol@example.com": AccountInfo("carol@example.com", "active", None, None, None, (), False),
+            "team@example.com": AliasInfo("team@example.com", ("bob@example.com", "frank@example.org")),
+        }
+
+    def domain(self, name):
+        return self.domains.get(name)
+
+    def domain_alias(self, name):
+        return self.aliases.get(name)
+
+    def address(self, address):
+        return self.addresses.get(address)
+
+
+@pytest.fixture
+def policy() -> SubmissionPolicy:
+    return SubmissionPolicy(Directory(), auth=None, counters=None, js=None, settings=Settings(), metrics=None,
+                            node_id="edge-1")
+
+
+def session() -> SmtpSession:
+    s = SmtpSession(id="s1", peer_ip="192.0.2.1", peer_port=1, local_port=587)
+    s.notes.update(account="bob@example.com", account_domain="example.com", rate_per_hour=None)
+    return s
+
+
+@pytest.mark.parametrize("address, mine", [
+    ("bob@example.com", True), ("BOB@Example.COM", True), ("team@example.com", True),
+    ("bob@example-mail.com", True), ("team@example-mail.com", True),
+    ("carol@example.com", False), ("bob@example.org", False), ("nobody@example.com", False), ("bob", False),
+])
+def test_which_senders_belong_to_the_account(policy, address, mine):
+    assert policy.owns("bob@example.com", address) is mine
+
+
+async def test_envelope_sender_checks(policy):
+    assert (await policy.mail_from(session(), E.MailFrom(address="team@example.com"))).accept
+    assert (await policy.mail_from(session(), E.MailFrom(address=""))).reply == NULL_SENDER
+    assert (await policy.mail_from(session(), E.MailFrom(address="carol@example.com"))).reply == NOT_YOUR_SENDER
+
+
+async def test_from_header_must_be_the_accounts_too(policy, tmp_path: Path):
+    def spooled(head: str) -> IncomingMessage:
+        path = tmp_path / "m.spool"
+        path.write_bytes(head.encode() + b"\r\nbody\r\n")
+        return IncomingMessage(size=path.stat().st_size, spool=path)
+
+    s = session()
+    assert (await policy.data_complete(s, spooled("From: Bob <bob@example.com>\r\nSubject: x\r\n"))).accept
+    assert s.notes["from_domain"] == "example.com"
+    for head in ("From: carol@example.com\r\n", "From: bob@example.com, carol@example.com\r\n", "Subject: no from\r\n"):
+        assert (await policy.data_complete(session(), spooled(head))).reply == NOT_YOUR_FROM
+
+
+async def test_remote_recipients_are_accepted_without_a_mailbox(policy):
+    s = session()
+    assert (await policy.rcpt_to(s, E.RcptTo(address="dave@remote.test"))).accept
+    assert [(r.rcpt.address, r.mailboxes) for r in s.recipients] == [("dave@remote.test", ())]
