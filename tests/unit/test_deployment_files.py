@@ -544,7 +544,7 @@ def test_regions_example_compose_mounts_the_region_configs():
         # The leafnode remote names the hub by its compose service name.
         assert svc.get("hostname", name) == name
         assert svc["image"] == next(iter(NATS_SERVICES.values()))["image"], "one NATS version everywhere"
-    assert mounted == {"hub.conf", "eu.conf"}
+    assert mounted == {"hub.conf", "eu.conf", "us.conf"}
     eu = strip_conf_comments((NATS_DIR / "regions" / "eu.conf").read_text())
     hosts = {host for host, _ in re.findall(r"nats-leaf://([\w.-]+):(\d+)", eu)}
     assert hosts <= set(example["services"])

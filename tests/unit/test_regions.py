@@ -61,11 +61,12 @@ def test_sources_compared_by_meaning():
     assert sources_differ(a, c)
 
 
-def test_production_region_config_denies_the_region_local_subjects():
+@pytest.mark.parametrize("region", ["eu", "us"])
+def test_production_region_config_denies_the_region_local_subjects(region):
     import re
     from pathlib import Path
 
-    conf = (Path(__file__).resolve().parents[2] / "infra" / "nats" / "regions" / "eu.conf").read_text()
+    conf = (Path(__file__).resolve().parents[2] / "infra" / "nats" / "regions" / f"{region}.conf").read_text()
     for key in ("deny_imports", "deny_exports"):
         listed = re.search(key + r": \[([^\]]*)\]", conf).group(1)
         assert set(re.findall(r'"([^"]+)"', listed)) == set(names.REGION_LOCAL_SUBJECTS), key
