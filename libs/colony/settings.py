@@ -196,6 +196,7 @@ class Settings(BaseSettings):
     sip_max_expires: int = Field(3600, ge=60, description="Longest registration (seconds); a longer request is cut to this.")
     sip_default_expires: int = Field(3600, ge=60, description="Registration length when the phone names none.")
     sip_refresh_write_slack: float = Field(60.0, ge=0, description="Seconds by which a REGISTER refresh that changes nothing but a contact's expiry may move it later and still be answered from the stored binding without a write to sip_bindings (at most a tenth of the asked lifetime; the 200 names the stored expiry). 0: write every refresh.")
+    sip_dialog_record_ttl: float = Field(43200.0, ge=3, description="Seconds a call's metering record (d.<hash> in sip_bindings, written at the INVITE 2xx) lives if no BYE ends it: a call longer than this is not metered; one whose BYE never comes is forgotten after it.")
     sip_max_bindings: int = Field(10, ge=1, le=100, description="Most contacts (devices) one account may have registered at once; more gets 403.")
     sip_refused_user_agents: str = Field("friendly-scanner, sipvicious, sipcli, sip-scan, sundayddr, iWar, VaxSIPUserAgent, pplsip", description="User-Agent substrings (case-insensitive, comma separated) of SIP scanners: their requests are dropped without an answer. Empty: refuse none.")
     sip_requests_per_minute_per_ip: int = Field(6000, ge=1, description="SIP requests per minute one source address may send across all farm members; more are answered 503 with Retry-After.")

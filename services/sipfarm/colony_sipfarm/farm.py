@@ -693,7 +693,10 @@ class SipFarm:
             return
         value = {"started": self.clock(), "account": f"{caller.user}@{caller.host}".lower(), "domain": caller.host.lower()}
         try:
-            await self.dialogs.create(names.sip_dialog_key(_hash(response.call_id)), json.dumps(value).encode())
+            # A TTL: a call whose BYE never comes (both phones lost) must not stay forever;
+            # one that outlives it is metered by nobody.
+            await self.dialogs.create(names.sip_dialog_key(_hash(response.call_id)), json.dumps(value).encode(),
+                                      msg_ttl=self.settings.sip_dialog_record_ttl)
         except Exception:   # already recorded (a retransmitted 2xx) or the bus is away: no metering
             pass
 

@@ -58,7 +58,7 @@ class Dialogs:
     def __init__(self) -> None:
         self.data: dict[str, bytes] = {}
 
-    async def create(self, key, value):
+    async def create(self, key, value, msg_ttl=None):
         if key in self.data:
             raise RuntimeError("exists")
         self.data[key] = value
