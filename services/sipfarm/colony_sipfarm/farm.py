@@ -519,11 +519,33 @@ class SipFarm:
                                  index=index)
         if not out:
             return self._local(request, source, 480)
-        if request.method == "INVITE" and len(targets) > 1:
-            self._forks[self._fork_key(request)] = _Fork(self.clock() + FORK_LIFETIME, len(targets))
+        if request.method == "INVITE":
+            # Kept for one branch too: Timer C (expire_forks) answers the caller 408 when
+            # no branch ever gave a final answer.
+            self._forks[self._fork_key(request)] = _Fork(self.clock() + FORK_LIFETIME, len(targets),
+                                                         request=request, source=source)
             self._forks.move_to_end(self._fork_key(request))
             while len(self._forks) > FORK_CACHE:
                 self._forks.popitem(last=False)
+        return out
+
+    def expire_forks(self) -> list[Outbound]:
+        """Timer C (RFC 3261 16.6 step 11, 16.8): an INVITE none of whose branches gave a
+        final answer within FORK_LIFETIME gets 408 to the caller (the branches' own best
+        failure if some failed).  The shell calls this every second."""
+        now, out = self.clock(), []
+        while self._forks:
+            key, fork = next(iter(self._forks.items()))
+            if fork.expires_at >= now:
+                break
+            del self._forks[key]
+            if fork.answered or fork.request is None or fork.source is None:
+                continue
+            if fork.finals:
+                best = min(fork.finals.values(), key=_preference)
+                out += self._local(fork.request, fork.source, best.status, best.reason, remember=False)
+            else:
+                out += self._local(fork.request, fork.source, 408, remember=False)
         return out
 
     @staticmethod
@@ -733,6 +755,8 @@ class _Fork:
     expires_at: float
     branches: int
     answered: bool = False
+    request: SipRequest | None = None    # the caller's INVITE as received, for Timer C's 408
+    source: Destination | None = None
     finals: dict[int, SipResponse] = field(default_factory=dict)
 
 

@@ -114,6 +114,7 @@ class SipWorkload:
         await runtime.nc.subscribe(names.sip_relay_subject(runtime.node_id), cb=self._on_relay)
         await runtime.nc.subscribe(names.sip_handle_subject(runtime.node_id), cb=self._on_handle)
         runtime.spawn("sip-members", self._watch_members, restart=True)
+        runtime.spawn("sip-timer-c", self._timer_c_loop, restart=True)
         return {"sip": f"{s.advertised_host}:{port}"}
 
     async def _secret(self, kv) -> bytes:
@@ -311,6 +312,13 @@ class SipWorkload:
         from opentelemetry import trace
         with trace.get_tracer("colony.sipfarm").start_as_current_span("sip.relay", context=extract_context(msg.headers)):
             await self._emit(data, destination)
+
+    async def _timer_c_loop(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            if self.farm is not None:
+                for item in self.farm.expire_forks():
+                    await self._send(item)
 
     async def _usage_loop(self) -> None:
         while True:

@@ -346,6 +346,28 @@ async def test_an_invite_forks_to_every_device_and_the_best_failure_wins(farm):
     assert gone[1][1] == ("UDP", "198.51.100.9", 5060)
 
 
+async def test_timer_c_answers_408_when_no_branch_ever_answers(farm):
+    branches = await forked_invite(farm)
+    assert farm.expire_forks() == []
+    farm.clock_.now += 150
+    assert farm.expire_forks() == []      # still ringing
+    farm.clock_.now += 60
+    out = farm.expire_forks()
+    assert [(parse_message(o.data).status, o.destination) for o in out] == [(408, ("UDP", "198.51.100.9", 5060))]
+    assert farm.expire_forks() == []      # once
+
+
+async def test_timer_c_passes_on_a_failure_that_came_and_nothing_after_an_answer(farm):
+    (desk, _), (mobile, _) = await forked_invite(farm)
+    await farm.handle(reply(desk, 486, "d"), ("UDP", "192.0.2.7", 5062))
+    farm.clock_.now += 210
+    assert [parse_message(o.data).status for o in farm.expire_forks()] == [486]
+    (desk, _), (mobile, _) = await forked_invite(farm)
+    await farm.handle(reply(mobile, 200, "m"), ("UDP", "192.0.2.8", 5062))
+    farm.clock_.now += 210
+    assert farm.expire_forks() == []
+
+
 async def test_an_answer_cancels_the_other_branches(farm):
     (desk, _), (mobile, _) = await forked_invite(farm)
     out = [(parse_message(o.data), o.destination) for o in await farm.handle(reply(mobile, 200, "m"), ("UDP", "192.0.2.8", 5062))]
