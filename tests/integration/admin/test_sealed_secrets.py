@@ -25,19 +25,21 @@ async def ask(stack, subject: str, **request) -> dict:
 
 
 async def whole_stream(stack) -> list[bytes]:
-    """Every PROVISIONING message, read with the operator's (full) rights."""
+    """Every PROVISIONING message, read with the operator's (full) rights, to the stream's end
+    (the end is where the consumer has nothing pending: sequences have gaps where other tests
+    deleted messages, so counting up to the last sequence could wait forever)."""
     js = stack.nc.jetstream()
-    last = (await js.stream_info(names.STREAM_PROVISIONING)).state.last_seq
     sub = await js.pull_subscribe(names.SUBJECTS_PROVISIONING, stream=names.STREAM_PROVISIONING,
                                   config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL))
     out: list[bytes] = []
     try:
-        while len(out) < last:
-            batch = await sub.fetch(500, timeout=10)
+        while True:
+            batch = await sub.fetch(500, timeout=30)
             out += [m.data for m in batch]
-            for m in batch:
-                if m.metadata.sequence.stream >= last:
-                    return out
+            if batch and batch[-1].metadata.num_pending == 0:
+                return out
+    finally:
+        await sub.unsubscribe()
     finally:
         await sub.unsubscribe()
     return out

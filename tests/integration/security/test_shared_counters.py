@@ -87,8 +87,9 @@ async def _eq_async(awaitable, expected):
 
 
 async def test_exact_mode_counts_every_hit_across_instances_at_once(js):
-    a = SharedCounters(js, "edge-a")      # flush_interval 0: every hit is a compare-and-set
-    b = SharedCounters(js, "edge-b")
+    clock = FakeClock(2000 * WINDOW)      # one window throughout: no minute boundary mid-test
+    a = SharedCounters(js, "edge-a", clock=clock)      # flush_interval 0: every hit is a compare-and-set
+    b = SharedCounters(js, "edge-b", clock=clock)
     await a.start()
     await b.start()
     try:
