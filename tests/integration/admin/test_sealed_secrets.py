@@ -40,9 +40,6 @@ async def whole_stream(stack) -> list[bytes]:
                 return out
     finally:
         await sub.unsubscribe()
-    finally:
-        await sub.unsubscribe()
-    return out
 
 
 async def key_names(kv) -> set[str]:
