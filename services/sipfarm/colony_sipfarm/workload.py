@@ -37,6 +37,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from pydantic import ValidationError
 
 from colony.bus import names
+from colony.metrics import BusRequestMetrics
 from colony.cluster.membership import NodeRecord, NodeState
 from colony.hashing import choose
 from colony.bus.tokens import from_token
@@ -111,6 +112,7 @@ class SipWorkload:
             s, runtime.node_id, store=BindingStore(kv, time.time), dialogs=kv, auth=AuthClient(runtime.nc),
             counters=self.counters, secret=await self._secret(kv), address=(s.advertised_host, port),
             registry=runtime.metrics.registry, publish_usage=publish_usage)
+        self._bus_metrics = runtime.metrics.once(BusRequestMetrics)
         await runtime.nc.subscribe(names.sip_relay_subject(runtime.node_id), cb=self._on_relay)
         await runtime.nc.subscribe(names.sip_handle_subject(runtime.node_id), cb=self._on_handle)
         runtime.spawn("sip-members", self._watch_members, restart=True)
@@ -182,10 +184,15 @@ class SipWorkload:
     async def _on_handle(self, msg) -> None:
         # nats-py runs one subscription's callbacks one after another: work on each packet in
         # a task of its own, or every spread packet would wait for the one before.
-        self._track(self._handle_spread(msg))
+        self._track(self._metered(names.SIP_HANDLE, lambda: self._handle_spread(msg)))
 
     async def _on_relay(self, msg) -> None:
-        self._track(self._relay(msg))
+        self._track(self._metered(names.SIP_RELAY, lambda: self._relay(msg)))
+
+    async def _metered(self, subject: str, work) -> None:
+        """RED metrics of the farm's bus traffic (``colony_bus_requests_*``), by served subject."""
+        with self._bus_metrics.observe(subject):
+            await work()
 
     def _track(self, coro) -> None:
         if len(self._inflight) >= MAX_INFLIGHT:
