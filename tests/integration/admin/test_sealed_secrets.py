@@ -20,7 +20,8 @@ from colony_admin.projections.readmodel import dump_provisioning
 
 
 async def ask(stack, subject: str, **request) -> dict:
-    msg = await stack.nc.request(subject, json.dumps(request).encode(), timeout=10)
+    # argon2 checks on a busy 2-core machine can take seconds each: a generous deadline.
+    msg = await stack.nc.request(subject, json.dumps(request).encode(), timeout=60)
     return json.loads(msg.data)
 
 
