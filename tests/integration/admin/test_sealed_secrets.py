@@ -8,7 +8,7 @@ import hashlib
 import json
 
 from conftest import unique_domain, wait_until
-from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NoKeysError
 from passlib.hash import sha512_crypt
 
@@ -28,10 +28,11 @@ async def ask(stack, subject: str, **request) -> dict:
 async def whole_stream(stack) -> list[bytes]:
     """Every PROVISIONING message, read with the operator's (full) rights, to the stream's end
     (the end is where the consumer has nothing pending: sequences have gaps where other tests
-    deleted messages, so counting up to the last sequence could wait forever)."""
+    deleted messages, so counting up to the last sequence could wait forever).  No acks: an
+    unacknowledged message would come back after ack_wait and the reading never end."""
     js = stack.nc.jetstream()
     sub = await js.pull_subscribe(names.SUBJECTS_PROVISIONING, stream=names.STREAM_PROVISIONING,
-                                  config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL))
+                                  config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.NONE))
     out: list[bytes] = []
     try:
         while True:
