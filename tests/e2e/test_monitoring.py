@@ -57,8 +57,16 @@ def test_prometheus_scrapes_colony_up_and_every_dashboard_query_has_data(tmp_pat
     prometheus = f"http://127.0.0.1:{base + 90}"
     try:
         nodes = wait_for(lambda: all_ready(data_dir, INSTANCES), 240, f"{INSTANCES} READY instances")
-        targets = json.loads((data_dir / "prometheus" / "targets.json").read_text())
-        assert sorted(t["targets"][0] for t in targets) == sorted(n["addresses"]["ops"] for n in nodes)
+        wanted = sorted(n["addresses"]["ops"] for n in nodes)
+
+        def targets_written():
+            # colony up rewrites the file every 2 s: wait for the rewrite after the last READY.
+            try:
+                found = json.loads((data_dir / "prometheus" / "targets.json").read_text())
+            except (OSError, ValueError):
+                return None
+            return found if sorted(t["targets"][0] for t in found) == wanted else None
+        targets = wait_for(targets_written, 120, "colony up to list every instance for Prometheus")
         assert {t["labels"]["job"] for t in targets} == {f"colony-{n['role']}" for n in nodes}
         wait_for(lambda: len([r for r in query(prometheus, 'up{job=~"colony-.*"} == 1')]) == INSTANCES, 120,
                  "Prometheus scraping every instance")
