@@ -11,7 +11,6 @@ Talks to the bus directly (``--nats``, else the cluster of ``--data-dir``), as `
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 from pathlib import Path
@@ -22,7 +21,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from colony.bus.connection import connect
+from colony.cli._bus import fail, run_on_bus
 from colony.outbound.queue import OutboundQueue, QueueEntryNotFound
 
 queue_app = typer.Typer(help="Outbound queue: mail waiting for remote delivery.", no_args_is_help=True)
@@ -35,34 +34,11 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a t
 
 
 def _fail(message: str, code: int = 1) -> None:
-    err.print(f"[red]error:[/red] {message}")
-    raise typer.Exit(code)
+    fail(message, code)
 
 
 def _run(nats: str | None, data_dir: Path, work):
-    from colony.cli import main as cli  # registered by main: import it late, not at module load
-
-    url = cli.resolve_nats_url(nats, data_dir)
-    seed = cli.operator_seed(nats, data_dir) if hasattr(cli, "operator_seed") else None
-    overrides = {"nats_url": url, "nats_connect_timeout": 3}
-    if seed is not None:
-        overrides["nats_nkey_seed_file"] = seed
-
-    async def main():
-        nc = await connect(cli._settings(**overrides), name="colony-cli", persistent=False)
-        try:
-            return await work(OutboundQueue(nc.jetstream()))
-        finally:
-            await nc.close()
-
-    try:
-        return asyncio.run(main())
-    except QueueEntryNotFound as exc:
-        _fail(str(exc))
-    except typer.Exit:
-        raise
-    except Exception as exc:
-        _fail(f"cannot reach the outbound queue on {url}: {exc or type(exc).__name__}. Is the cluster up (`colony up`)?")
+    return run_on_bus(nats, data_dir, OutboundQueue, work, (QueueEntryNotFound,), "the outbound queue")
 
 
 @queue_app.command("list")
