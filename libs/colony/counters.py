@@ -113,7 +113,12 @@ class SharedCounters:
             self._forget_old()      # a new minute: windows older than the previous one go
         current = names.rate_counter_key(kind, subject, window)
         previous = names.rate_counter_key(kind, subject, window - 1)
-        fresh_after = time.monotonic() - max(self.flush_interval, 0.001)
+        if n == 0 and self.flush_interval <= 0:
+            # An exact-mode query has no write of its own to learn the total from: always ask,
+            # or a total learnt a moment ago misses another instance's batched write since.
+            fresh_after = float("inf")
+        else:
+            fresh_after = time.monotonic() - max(self.flush_interval, 0.001)
         for key in (current, previous):
             if key not in self._rates:
                 self._track(key)

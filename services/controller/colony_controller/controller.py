@@ -52,7 +52,7 @@ from colony.cluster.election import (
 from colony.cluster.lease import Lease, LeaseLost, read_lease
 from colony.cluster.membership import LIVE_STATES, NodeRecord, NodeState
 from colony.cluster.node import NodeRuntime
-from colony.cluster.view import standby_order
+from colony.cluster.view import read_nodes, standby_order
 from colony.events import ControllerElected, NodeStateChanged
 from colony.metrics import BusRequestMetrics
 from colony_controller.metrics import ControllerMetrics
@@ -171,9 +171,18 @@ class Controller:
         holder = lease.holder if lease else None
         standbys = [r.id for r in standby_order((r for r, _ in self._nodes.values()), holder)]
         probes: dict[str, ProbeResult] = {}
+        fresh = False
         while True:
             action = self.election.standby_step(time.monotonic(), accepting=self.accepting, lease=lease,
                                                 standbys=standbys, probes=probes)
+            if isinstance(action, Acquire) and not fresh:
+                # Our watch of the nodes bucket may lag behind a standby that became READY a
+                # moment ago and ranks ahead of us: rank on a direct read before acting, so the
+                # Backup Controller shown is the one that moves first.
+                fresh = True
+                with suppress(Exception):
+                    standbys = [r.id for r in standby_order(await read_nodes(self.runtime.nc), holder)]
+                continue
             if not isinstance(action, ProbeFirst):
                 return action
             answers = await asyncio.gather(*(self._probe(node) for node in action.nodes))
