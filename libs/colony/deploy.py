@@ -32,7 +32,8 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from colony.bus.secrets import BusFiles, _make_certificates, _write, init_bus
+from colony.bus.secrets import BusFiles, _make_certificates, init_bus
+from colony.pki import write_file as _write
 
 NATS_HOSTS = ["nats-1", "nats-2", "nats-3"]
 ADMIN_HOSTS = ["admin-api", "admin-balancer"]

@@ -9,13 +9,11 @@ that should verify the server trust ``ca.pem``.  Every context is TLS 1.2 or new
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
-import os
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
+from colony.pki import CertificateFiles, make_ca_and_certificate
 from colony.settings import ConfigError, Settings
 
 
@@ -76,56 +74,9 @@ def configured(settings: Settings) -> TlsFiles | None:
 
 def ensure_local_ca(directory: Path, hostnames: list[str]) -> TlsFiles:
     """Create (if missing) a local CA and a server certificate signed by it in ``directory``."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
     directory.mkdir(parents=True, exist_ok=True)
     files = TlsFiles(directory / "server.pem", directory / "server.key", directory / "ca.pem")
-    if files.cert.exists() and files.key.exists() and files.ca.exists():
-        return files
-
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Colony local CA")])
-    ca_cert = (
-        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
-        .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=3650))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
-                                     key_encipherment=False, data_encipherment=False, key_agreement=False,
-                                     encipher_only=False, decipher_only=False), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    names: list[x509.GeneralName] = []
-    for host in dict.fromkeys(["localhost", "127.0.0.1", "::1", *hostnames]):
-        try:
-            names.append(x509.IPAddress(ipaddress.ip_address(host)))
-        except ValueError:
-            names.append(x509.DNSName(host))
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostnames[0] if hostnames else "localhost")]))
-        .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=825))
-        .add_extension(x509.SubjectAlternativeName(names), critical=False)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    pem = serialization.Encoding.PEM
-    _write(directory / "ca.key", ca_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()), 0o600)
-    _write(files.key, key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()), 0o600)
-    _write(files.ca, ca_cert.public_bytes(pem), 0o644)
-    _write(files.cert, cert.public_bytes(pem) + ca_cert.public_bytes(pem), 0o644)
+    if not (files.cert.exists() and files.key.exists() and files.ca.exists()):
+        make_ca_and_certificate(CertificateFiles(files.ca, files.cert, files.key, directory / "ca.key"),
+                                ca_name="Colony local CA", hosts=[*hostnames, "localhost", "127.0.0.1", "::1"])
     return files
-
-
-def _write(path: Path, data: bytes, mode: int) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
