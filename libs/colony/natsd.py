@@ -55,6 +55,9 @@ class EmbeddedNats:
     # Subjects that never cross this server's leafnode links (colony.regions.LEAF_DENY): a
     # region's streams capture them, and the same subject heard in two regions would be stored twice.
     leafnode_deny: tuple[str, ...] = ()
+    # Who may attach as a leafnode (a hub's listener): (user, password) pairs, one per region.
+    # Empty: anyone who reaches the port (the production shape verifies certificates instead).
+    leafnode_users: tuple[tuple[str, str], ...] = ()
     cluster_name: str | None = None  # set, with cluster_port and routes, for a NATS cluster
     cluster_port: int | None = None
     routes: tuple[str, ...] = ()
@@ -106,6 +109,9 @@ class EmbeddedNats:
             leaf = []
             if self.leafnode_listen:
                 leaf.append(f"listen: {self.leafnode_listen}")
+                if self.leafnode_users:
+                    users = ", ".join(f'{{ user: "{u}", password: "{pw}" }}' for u, pw in self.leafnode_users)
+                    leaf.append(f"authorization {{ users: [{users}] }}")
             if self.leafnode_remotes:
                 deny = ", ".join(f'"{d}"' for d in self.leafnode_deny)
                 extra = f", deny_imports: [{deny}], deny_exports: [{deny}]" if deny else ""

@@ -102,6 +102,9 @@ class Cluster:
     region: str | None = None
     regions: tuple[str, ...] = ()
     leaf_remote: str | None = None
+    # One secret for every region of a super cluster: an edge hands an IMAP/POP session over to
+    # the account's home region's mail store with it (colony.supercluster sets it).
+    cluster_secret_file: Path | None = None
 
     def __post_init__(self) -> None:
         self.data_dir = self.data_dir.resolve()
@@ -199,7 +202,8 @@ class Cluster:
                 if role in ("edge", "mailstore") and not os.environ.get("COLONY_CLUSTER_SECRET_FILE"):
                     # signs the edges' IMAP/POP3 session hand-offs to the mail stores
                     from colony.contracts.handoff import ensure_secret
-                    env["COLONY_CLUSTER_SECRET_FILE"] = str(ensure_secret(self.bus_dir / "cluster.secret"))
+                    env["COLONY_CLUSTER_SECRET_FILE"] = str(ensure_secret(self.cluster_secret_file
+                                                                          or self.bus_dir / "cluster.secret"))
                 inst = Instance(node_id, role, env, self.data_dir / "logs" / f"{node_id}.log")
                 inst.spawn()
                 self.instances.append(inst)
