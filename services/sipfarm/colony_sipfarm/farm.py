@@ -70,6 +70,7 @@ ANSWER_LIFETIME = 32.0       # seconds: 64*T1, a transaction's longest life
 MAX_PENDING = 10_000         # requests worked on at once (each waits on the bus)
 HA1_CACHE = 50_000           # accounts whose credentials are remembered
 MAX_CONTACT = 1024           # longest contact URI stored (Binding.contact)
+ENDED_MARKER_TTL = 5         # seconds the purge marker of an ended call's record lives
 MAX_SPREAD_SIZE = 65_535     # spread_key reads anything; handle() applies sip_max_message_size
 
 # The member holding the connection the packet being handled came in on (it may have
@@ -732,9 +733,17 @@ class SipFarm:
             return
         record = json.loads(entry.value)
         try:
+            # The compare-and-set decides which BYE meters the call (both parties may send one).
             await self.dialogs.delete(key, last=entry.revision)
         except Exception:    # the other party's BYE metered it already
             return
+        try:
+            # A delete leaves a marker that no limit removes (history 1 keeps it, and it has no
+            # age): one per call, forever.  A purge with a TTL replaces it by a marker that
+            # expires, so an ended call leaves nothing on the bus after ENDED_MARKER_TTL.
+            await self.dialogs.purge(key, msg_ttl=ENDED_MARKER_TTL)
+        except Exception as exc:
+            log.info("the ended call's record %s keeps its delete marker: %s", key, exc)
         seconds = max(0.0, self.clock() - float(record["started"]))
         await self.publish_usage(UsageRecorded(domain=record["domain"], account=record["account"],
                                                metric="sip_call_seconds", amount=round(seconds, 3), source=self.node_id))

@@ -76,6 +76,9 @@ class Dialogs:
     async def delete(self, key, last=None):
         self.data.pop(key)
 
+    async def purge(self, key, msg_ttl=None):
+        self.data.pop(key, None)
+
 
 class Auth:
     def __init__(self) -> None:
