@@ -311,6 +311,7 @@ class AccountCreated(Event):
     quota: int | None = None
     services: list[str] | None = None
     forwarding: list[str] = Field(default_factory=list)
+    forward_keep_copy: bool = False   # forwarding also delivers to this mailbox (absent in older events: false)
     state: str = "active"
 
 

@@ -289,6 +289,7 @@ def domain_import(
       quota_bytes     the account's quota (capped by its class)
       services        mail imap pop sip (space or ; separated in CSV, a list in JSON)
       forwarding      addresses (as services)
+      forward_keep_copy  true: forwarded mail also stays in the account (default false)
 
     Running the same import again is safe: accounts that exist and equal their rows are
     reported unchanged; ones that differ are row errors unless --update changes them.

@@ -61,7 +61,8 @@ def apply(state: State, event: ev.Event) -> State:
             return {"kind": "account", "address": event.address, "domain": event.domain, "name": event.name,
                     "real_name": event.real_name, "password_hash": event.password_hash,
                     "sip_ha1": dict(event.sip_ha1), "cos": event.cos, "quota_bytes": event.quota,
-                    "services": event.services, "forwarding": list(event.forwarding), "state": event.state}
+                    "services": event.services, "forwarding": list(event.forwarding),
+                    "forward_keep_copy": event.forward_keep_copy, "state": event.state}
         case ev.AccountUpdated():
             return {**_existing(state), **event.changes}
         case ev.AccountPasswordSet():
@@ -186,7 +187,7 @@ def create_account(state: State, domain_state: State, domain: str, cmd: AccountC
         address=address, domain=domain, name=cmd.name, real_name=cmd.real_name, password_hash=password_hash,
         sip_ha1=sip_ha1, cos=cmd.cos, quota=cmd.quota_bytes,
         services=[s.value for s in cmd.services] if cmd.services is not None else None,
-        forwarding=list(cmd.forwarding), state=cmd.state.value)]
+        forwarding=list(cmd.forwarding), forward_keep_copy=cmd.forward_keep_copy, state=cmd.state.value)]
 
 
 def update_account(state: State, address: str, changes: dict[str, Any], *,
@@ -215,7 +216,7 @@ def upgrade_password(state: State, address: str, verified_hash: str, new_hash: s
     return [ev.AccountPasswordSet(address=address, password_hash=new_hash, sip_ha1=kept)]
 
 
-_COMPARED_FIELDS = ("real_name", "cos", "quota_bytes", "services", "forwarding", "state")
+_COMPARED_FIELDS = ("real_name", "cos", "quota_bytes", "services", "forwarding", "forward_keep_copy", "state")
 
 
 def account_differences(state: State, address: str, cmd: AccountCreate) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
+    false,
 )
 from sqlalchemy.dialects import postgresql
 
@@ -67,6 +68,7 @@ accounts = Table(
     Column("quota_bytes", BigInteger, nullable=True),
     Column("services", JSON, nullable=True),
     Column("forwarding", JSON, nullable=False),
+    Column("forward_keep_copy", Boolean, nullable=False, default=False, server_default=false()),
     Column("state", String(16), nullable=False),
     Column("version", BigInteger, nullable=False),
     Index("ix_accounts_domain_name", "domain", "name", unique=True),

@@ -52,14 +52,12 @@ class SqlDirectoryView:
 
     def _address(self, address: str) -> AccountInfo | AliasInfo | None:
         a = db.accounts.c
-        row = self.conn.execute(select(a.address, a.state, a.cos, a.quota_bytes, a.services, a.forwarding)
-                                .where(a.address == address)).first()
+        row = self.conn.execute(select(a.address, a.state, a.cos, a.quota_bytes, a.services, a.forwarding,
+                                       a.forward_keep_copy).where(a.address == address)).first()
         if row is not None:
-            # forward_keep_copy is not in the read model yet: forwarding replaces delivery,
-            # as the directory's default says.
             return AccountInfo(row.address, row.state, row.cos, row.quota_bytes,
                                tuple(row.services) if row.services is not None else None,
-                               tuple(row.forwarding or ()), False)
+                               tuple(row.forwarding or ()), bool(row.forward_keep_copy))
         t = db.aliases.c
         targets = self.conn.execute(select(t.targets).where(t.address == address)).scalar()
         return AliasInfo(address, tuple(targets)) if targets is not None else None

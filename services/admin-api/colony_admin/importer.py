@@ -20,6 +20,9 @@ header or JSON object keys; only ``domain`` is required)::
     sip_realm     the realm those HA1 were made for; must be the domain (its SIP realm)
     cos, quota_bytes, services, forwarding
                   the account's class of service, quota, enabled services and forwarding
+    forward_keep_copy
+                  true: forwarded mail is also kept in the account (default false: forwarding
+                  replaces delivery); true/false, yes/no or 1/0
 
 ``services`` and ``forwarding`` are lists (JSON) or space/semicolon separated (CSV).  JSON is
 a list of such objects (or {"rows": [...]}).  An empty cell is the same as a missing column:
@@ -46,7 +49,7 @@ from colony_admin.models import AccountCreate, Branding, DomainCreate
 
 _SPLIT = re.compile(r"[;\s]+")
 KNOWN = {"domain", "domain_cos", "display_name", "account", "real_name", "password", "password_hash", "cos",
-         "quota_bytes", "services", "forwarding", "sip_ha1_md5", "sip_ha1_sha256", "sip_realm"}
+         "quota_bytes", "services", "forwarding", "forward_keep_copy", "sip_ha1_md5", "sip_ha1_sha256", "sip_realm"}
 COLUMNS = __doc__.split("::", 1)[1].split("``services`` and", 1)[0].strip("\n")  # for the CLI's --help
 
 
@@ -143,7 +146,7 @@ def plan(rows: list[dict[str, Any]]) -> Plan:
                 out.errors.append(f"row {n}: account {raw['account']} is not in domain {domain}")
                 continue
         fields: dict[str, Any] = {"name": local}
-        for column in ("real_name", "password", "password_hash", "cos", "quota_bytes"):
+        for column in ("real_name", "password", "password_hash", "cos", "quota_bytes", "forward_keep_copy"):
             if _blank(raw.get(column)) is not None:
                 fields[column] = raw[column]
         for column in ("services", "forwarding"):

@@ -253,6 +253,8 @@ class AccountCreate(_Strict):
     quota_bytes: int | None = Field(None, ge=0, description="Capped by the class of service")
     services: list[Service] | None = Field(None, description="Subset of the class of service's; none: all of them")
     forwarding: list[Address] = Field(default_factory=list, max_length=20)
+    forward_keep_copy: bool = Field(False, description="With forwarding: also keep a copy in this mailbox "
+                                                       "(false: forwarding replaces delivery here)")
     state: AccountState = AccountState.ACTIVE
 
     _check = model_validator(mode="after")(_one_password)
@@ -270,6 +272,7 @@ class AccountPatch(_Patch):
     quota_bytes: int | None = Field(None, ge=0)
     services: list[Service] | None = None
     forwarding: list[Address] | None = Field(None, max_length=20)
+    forward_keep_copy: bool | None = None
     state: AccountState | None = None
 
     _check = model_validator(mode="after")(_one_password)
@@ -284,6 +287,7 @@ class AccountOut(BaseModel):
     quota_bytes: int | None
     services: list[Service] | None
     forwarding: list[str]
+    forward_keep_copy: bool
     state: AccountState
     has_password: bool
     version: int

@@ -59,3 +59,28 @@ async def test_instances_sharing_one_database_migrate_and_project_together(make_
     assert await a.ctx.readmodel.wait_for(last, timeout=30) and await b.ctx.readmodel.wait_for(last, timeout=30)
     listed = (await b.client.get(f"/v1/domains/{d}/accounts", headers=h)).json()["items"]
     assert sorted(x["name"] for x in listed) == sorted(f"u{i}" for i in range(20))
+
+
+def test_migration_0003_gives_existing_accounts_forwarding_without_a_kept_copy(databases):
+    """Accounts stored before forward_keep_copy existed keep what forwarding meant then:
+    forwarded mail is not kept.  Downgrading drops the column and keeps the rows."""
+    engine = db.make_engine(databases.new())
+    try:
+        cfg = db.alembic_config(engine)
+        command.upgrade(cfg, "0002")
+        assert "forward_keep_copy" not in {c["name"] for c in inspect(engine).get_columns("accounts")}
+        with engine.begin() as conn:
+            conn.exec_driver_sql(
+                "INSERT INTO accounts (address, domain, name, real_name, sip_ha1, forwarding, state, version) "
+                "VALUES ('old@m.example', 'm.example', 'old', '', '{}', '[\"x@y.example\"]', 'active', 7)")
+        command.upgrade(cfg, "head")
+        with engine.connect() as conn:
+            row = conn.execute(db.accounts.select()).mappings().one()
+        assert row["address"] == "old@m.example" and row["forwarding"] == ["x@y.example"]
+        assert row["forward_keep_copy"] is False
+        command.downgrade(cfg, "0002")
+        assert "forward_keep_copy" not in {c["name"] for c in inspect(engine).get_columns("accounts")}
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("SELECT address FROM accounts").scalar() == "old@m.example"
+    finally:
+        engine.dispose()

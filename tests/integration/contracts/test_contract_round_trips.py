@@ -113,3 +113,35 @@ async def test_recipient_resolution_service(stack):
         return not r.ok and r.reason is Refusal.DOMAIN_SUSPENDED
 
     await wait_until(suspended, 20, "the suspension to reach the read model")
+
+
+async def test_forward_keep_copy_end_to_end(stack):
+    """The account field travels API -> event -> read model and directory -> resolution: with
+    it, forwarded mail also stays in the account; without it, forwarding replaces delivery."""
+    d = await provision(stack)
+    c, h = stack.client, stack.as_(stack.sys_token)
+    r = await c.post(f"/v1/domains/{d}/accounts",
+                     json={"name": "keep", "forwarding": [f"amy@{d}", "far@remote.example"], "forward_keep_copy": True},
+                     headers=h)
+    assert r.status_code == 201 and r.json()["forward_keep_copy"] is True
+    assert (await c.get(f"/v1/domains/{d}/accounts/fwd", headers=h)).json()["forward_keep_copy"] is False
+    client = DirectoryClient(stack.nc, timeout=10)
+
+    keep, fwd = await client.resolve([f"keep@{d}", f"fwd@{d}"])      # the read model's resolver
+    assert sorted(m.address for m in keep.mailboxes) == [f"amy@{d}", f"keep@{d}"]
+    assert keep.remote == ("far@remote.example",)
+    assert [m.address for m in fwd.mailboxes] == [f"amy@{d}"]
+
+    async def in_directory(expected: bool):
+        entry = await client.lookup("address", f"keep@{d}")
+        return isinstance(entry, AccountEntry) and entry.forward_keep_copy is expected
+
+    await wait_until(lambda: in_directory(True), 20, "the directory to hold forward_keep_copy")
+    listed = (await c.get(f"/v1/domains/{d}/accounts", params={"prefix": "keep"}, headers=h)).json()["items"]
+    assert [a["forward_keep_copy"] for a in listed] == [True]
+
+    r = await c.patch(f"/v1/domains/{d}/accounts/keep", json={"forward_keep_copy": False}, headers=h)
+    assert r.status_code == 200 and r.json()["forward_keep_copy"] is False
+    (keep,) = await client.resolve([f"keep@{d}"])
+    assert [m.address for m in keep.mailboxes] == [f"amy@{d}"]
+    await wait_until(lambda: in_directory(False), 20, "the directory to follow the change")

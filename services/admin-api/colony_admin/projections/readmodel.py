@@ -86,7 +86,8 @@ def _creation_row(seq: int, e: ev.Event) -> tuple[Table, dict[str, Any]] | None:
     if isinstance(e, ev.AccountCreated):
         return db.accounts, dict(address=e.address, domain=e.domain, name=e.name, real_name=e.real_name,
                                  password_hash=e.password_hash, sip_ha1=e.sip_ha1, cos=e.cos, quota_bytes=e.quota,
-                                 services=e.services, forwarding=e.forwarding, state=e.state, version=seq)
+                                 services=e.services, forwarding=e.forwarding, forward_keep_copy=e.forward_keep_copy,
+                                 state=e.state, version=seq)
     if isinstance(e, ev.ApiTokenCreated):
         return db.api_tokens, dict(id=e.token_id, name=e.name, role=e.role, domain=e.domain,
                                    secret_sha256=e.secret_sha256, revoked=False, created_by=e.created_by,
@@ -103,7 +104,7 @@ def _flush(conn: Connection, inserts: dict[Table, list[dict[str, Any]]]) -> None
     inserts.clear()
 
 
-# Tables whose columns are only strings, integers and JSON: their bulk inserts skip
+# Tables whose columns are only strings, integers, booleans and JSON: their bulk inserts skip
 # SQLAlchemy's per-row parameter processing (most of the projection's CPU at import rates).
 # JSON is serialised here, compactly (orjson), to the same JSON values SQLAlchemy would
 # store; everything is read back through SQLAlchemy's JSON type as usual.
@@ -153,7 +154,7 @@ def _apply_one(conn: Connection, seq: int, e: ev.Event) -> None:  # noqa: C901 -
             conn.execute(insert(t.accounts).values(
                 address=e.address, domain=e.domain, name=e.name, real_name=e.real_name, password_hash=e.password_hash,
                 sip_ha1=e.sip_ha1, cos=e.cos, quota_bytes=e.quota, services=e.services, forwarding=e.forwarding,
-                state=e.state, version=seq))
+                forward_keep_copy=e.forward_keep_copy, state=e.state, version=seq))
         case ev.AccountUpdated():
             conn.execute(update(t.accounts).where(t.accounts.c.address == e.address).values(**e.changes, version=seq))
         case ev.AccountPasswordSet():
