@@ -145,6 +145,9 @@ async def test_a_drain_whose_task_fails_is_reported(cluster):
     view = await wait_until(lambda: _drain_failed(cluster, "worker-d"), 30, "worker-d to report its failed drain")
     assert view.state == "NOT_READY" and not view.drained
     assert view.drain_error == "RuntimeError: sessions would not close"
+    # The task owner records the fault when the drain task's exception reaches it, a record
+    # write after the one that carried drain_error.
+    view = await wait_until(lambda: _with_faults(cluster, "worker-d"), 30, "worker-d to show the drain task's fault")
     assert [f.task for f in view.faults] == ["drain"]
     failed = await wait_until(lambda: _cluster_events(cluster, "drain"), 30, "a DrainFailed event")
     assert [(e.type, e.node_id, e.error) for e in failed] == [
