@@ -424,4 +424,4 @@ class DirectoryCache(DirectoryIndex):
 
     def limits_of(self, address: str) -> dict[str, Any] | None:
         """What a final mailbox may use (quota, message size, recipients, services)."""
-        return account_limits(self, address)
+        return account_limits(self, address, self.limits.default_cos)

@@ -1,6 +1,7 @@
-"""What an account may use: its class of service (the account's, else its domain's) capped
-by the account's own settings.  Pure; the auth service, the recipient resolver and the
-edges all use it, so every door applies the same rules."""
+"""What an account may use: its class of service (the account's, else its domain's, else
+the cluster's default class) capped by the account's own settings.  Pure; the auth service,
+the recipient resolver, the edges and the mail stores all use it, so every door applies the
+same rules."""
 
 from __future__ import annotations
 
@@ -13,6 +14,17 @@ SERVICES: tuple[str, ...] = ("mail", "imap", "pop", "sip")
 UNLIMITED_COS: dict[str, Any] = {"services": list(SERVICES), "quota_bytes": None,
                                  "max_message_bytes": None, "max_recipients_per_message": None,
                                  "sending_rate_per_hour": None}
+
+
+DEFAULT_COS = "default"   # Settings.default_cos's default; pass the setting where there is one
+
+
+def cos_name(account_cos: str | None, domain_cos: str | None, default_cos: str | None = DEFAULT_COS) -> str | None:
+    """The class of service whose limits apply: the account's, else its domain's, else the
+    cluster's default.  Domains created before every domain got a class have none in the
+    directory; without the fallback they would be unlimited.  (A default class that does
+    not exist yet limits nothing: the admin API creates it once a domain needs it.)"""
+    return account_cos or domain_cos or default_cos
 
 
 def effective(account: dict[str, Any], cos_limits: dict[str, Any] | None) -> dict[str, Any]:

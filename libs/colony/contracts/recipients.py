@@ -99,11 +99,14 @@ class Limits(NamedTuple):
     max_depth: int = 10       # aliases/forwarding hops from the recipient to a final mailbox
     max_results: int = 1000   # final mailboxes + remote addresses of one recipient
     max_steps: int = 10_000   # addresses visited while expanding one recipient
+    default_cos: str | None = entitlements.DEFAULT_COS  # class of a domain that has none
 
     @classmethod
     def from_settings(cls, settings: Any) -> Limits:
-        """``recipient_max_depth`` and ``recipient_max_results`` of ``colony.settings.Settings``."""
-        return cls(settings.recipient_max_depth, settings.recipient_max_results, 10 * settings.recipient_max_results)
+        """``recipient_max_depth``, ``recipient_max_results`` and ``default_cos`` of
+        ``colony.settings.Settings``."""
+        return cls(settings.recipient_max_depth, settings.recipient_max_results, 10 * settings.recipient_max_results,
+                   settings.default_cos)
 
 
 class Mailbox(NamedTuple):
@@ -240,7 +243,7 @@ class _Expansion:
         if entry.state != ACTIVE:
             self.refuse(Refusal.ACCOUNT_DISABLED)
             return
-        if not _receives_mail(view, entry, info):
+        if not _receives_mail(view, entry, info, self.limits.default_cos):
             self.refuse(Refusal.MAIL_NOT_ENABLED)
             return
         if entry.forwarding:
@@ -256,10 +259,10 @@ class _Expansion:
             self._count()
 
 
-def _receives_mail(view: DirectoryView, account: AccountInfo, domain: DomainInfo) -> bool:
+def _receives_mail(view: DirectoryView, account: AccountInfo, domain: DomainInfo, default_cos: str | None) -> bool:
     if account.services is not None and "mail" not in account.services:
         return False
-    cos_name = account.cos or domain.cos
+    cos_name = entitlements.cos_name(account.cos, domain.cos, default_cos)
     if cos_name:
         limits = view.cos(cos_name)
         services = limits.get("services") if limits else None
@@ -279,7 +282,7 @@ def resolve(view: DirectoryView, recipient: str, limits: Limits = Limits()) -> R
     if info is not None and info.state == ACTIVE:
         entry = view.address(address)
         if (type(entry) is AccountInfo and entry.state == ACTIVE and not entry.forwarding
-                and _receives_mail(view, entry, info)):
+                and _receives_mail(view, entry, info, limits.default_cos)):
             return Accepted(recipient, (Mailbox(address, info.name, info.home_region),), ())
     expansion = _Expansion(view, limits)
     try:
@@ -295,14 +298,15 @@ def resolve(view: DirectoryView, recipient: str, limits: Limits = Limits()) -> R
     return Refused(recipient, Refusal.LOOP if expansion.looped else Refusal.UNKNOWN_USER)
 
 
-def account_limits(view: DirectoryView, address: str) -> dict[str, Any] | None:
+def account_limits(view: DirectoryView, address: str,
+                   default_cos: str | None = entitlements.DEFAULT_COS) -> dict[str, Any] | None:
     """What a final mailbox may use (``entitlements.effective``): quota, message size,
     recipients per message, services.  None if ``address`` is not an account."""
     entry = view.address(address)
     if type(entry) is not AccountInfo:
         return None
     domain = view.domain(address.rpartition("@")[2])
-    cos_name = entry.cos or (domain.cos if domain else None)
+    cos_name = entitlements.cos_name(entry.cos, domain.cos if domain else None, default_cos)
     cos = view.cos(cos_name) if cos_name else None
     return entitlements.effective({"services": list(entry.services) if entry.services is not None else None,
                                    "quota_bytes": entry.quota_bytes}, cos)

@@ -18,6 +18,7 @@ from typing import Literal
 from argon2 import PasswordHasher
 from fastapi import FastAPI
 from nats.aio.client import Client
+from sqlalchemy import select
 
 from colony.bus import names
 from colony.eventstore import EventStore
@@ -157,7 +158,24 @@ async def _start(settings: Settings, nc: Client, hasher: PasswordHasher, mode: P
         ctx.projections.append(asyncio.create_task(runner.run(), name=f"admin-projection-{name}"))
     await ctx.auth_service.start()
     await _catch_up(ctx)
+    await _ensure_default_cos(ctx)
     return ctx
+
+
+async def _ensure_default_cos(ctx: AdminContext) -> None:
+    """Domains created before every domain got a class of service have none; every door
+    gives them the default class (``entitlements.cos_name``), which therefore has to exist.
+    Created only when such a domain exists, so a new cluster's event log is not touched."""
+    def classless() -> bool:
+        with ctx.engine.connect() as conn:
+            t = db.domains.c
+            return conn.execute(select(t.name).where(t.cos.is_(None)).limit(1)).first() is not None
+    try:
+        if await asyncio.to_thread(classless):
+            await ctx.provisioning.ensure_cos(ctx.settings.default_cos, ctx.settings.default_cos_quota_bytes)
+    except Exception:
+        # Not fatal: until it exists those domains are limited by nothing, as before.
+        log.exception("could not create the default class of service %s", ctx.settings.default_cos)
 
 
 async def _catch_up(ctx: AdminContext, timeout: float = 120.0) -> None:

@@ -50,6 +50,7 @@ from colony.contracts.directory import (
     EntryKind,
     parse_entry,
 )
+from colony.contracts import entitlements
 from colony.contracts.entitlements import effective
 from colony.contracts.recipients import (
     Limits,
@@ -74,8 +75,9 @@ _tracer = trace.get_tracer("colony.admin.auth")
 INVALID = AuthCheckReply.refused(AuthFailure.INVALID)
 
 
-def lookup(conn: Connection, address: str) -> dict[str, Any] | None:
-    """The account with its domain's state and its effective class of service."""
+def lookup(conn: Connection, address: str, default_cos: str | None = entitlements.DEFAULT_COS) -> dict[str, Any] | None:
+    """The account with its domain's state and its effective class of service (the
+    account's, else the domain's, else the cluster's default: ``entitlements.cos_name``)."""
     local, _, domain = address.rpartition("@")
     real = conn.execute(select(db.domain_aliases.c.domain).where(db.domain_aliases.c.name == domain)).scalar()
     if real:
@@ -84,7 +86,7 @@ def lookup(conn: Connection, address: str) -> dict[str, Any] | None:
     dom = conn.execute(select(db.domains).where(db.domains.c.name == domain)).mappings().first()
     if acct is None or dom is None:
         return None
-    cos_name = acct["cos"] or dom["cos"]
+    cos_name = entitlements.cos_name(acct["cos"], dom["cos"], default_cos)
     limits = None
     if cos_name:
         limits = conn.execute(select(db.classes_of_service.c.limits)
@@ -168,7 +170,7 @@ class AuthService:
     async def _lookup(self, address: str) -> dict[str, Any] | None:
         def work():
             with self.engine.connect() as conn:
-                return lookup(conn, address)
+                return lookup(conn, address, self.limits.default_cos)
         return await asyncio.to_thread(work)
 
     async def _credential(self, acct: dict[str, Any], field: str, algorithm: str | None = None) -> str | None:

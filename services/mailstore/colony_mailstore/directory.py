@@ -10,6 +10,7 @@ from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from colony.bus import names
+from colony.contracts import entitlements
 from colony.contracts.directory import AccountEntry, CosEntry, DomainEntry, parse_entry
 from colony.storage.layout import StorageLayout
 
@@ -18,9 +19,11 @@ _CACHE_ENTRIES = 10_000
 
 
 class Directory:
-    def __init__(self, kv: KeyValue, clock=time.monotonic) -> None:
+    def __init__(self, kv: KeyValue, clock=time.monotonic,
+                 default_cos: str | None = entitlements.DEFAULT_COS) -> None:
         self.kv = kv
         self.clock = clock
+        self.default_cos = default_cos  # Settings.default_cos: the class of a domain that has none
         self._cache: OrderedDict[str, tuple[float, object]] = OrderedDict()
 
     async def _get(self, kind: str, name: str):
@@ -53,18 +56,17 @@ class Directory:
         return StorageLayout.from_provisioning(entry.storage.model_dump() if entry else None)
 
     async def quota(self, address: str) -> int | None:
-        """Bytes the account may store: its own quota, else its class of service's, else none."""
+        """Bytes the account may store (None: unlimited): the same rule as every other door
+        (``entitlements``): its class of service -- its own, else its domain's, else the
+        cluster's default -- capped by the account's own quota."""
         account = await self.account(address)
         if account is None:
             return None
-        if account.quota_bytes is not None:
-            return account.quota_bytes
-        cos_name = account.cos
-        if cos_name is None:
+        domain_cos = None
+        if account.cos is None:
             domain = await self.domain(account.domain)
-            cos_name = domain.cos if domain else None
-        if cos_name is None:
-            return None
-        cos = await self._get(names.AGG_COS, cos_name)
-        quota = cos.limits.get("quota_bytes") if isinstance(cos, CosEntry) else None
-        return int(quota) if quota else None
+            domain_cos = domain.cos if domain else None
+        cos_name = entitlements.cos_name(account.cos, domain_cos, self.default_cos)
+        cos = await self._get(names.AGG_COS, cos_name) if cos_name else None
+        limits = cos.limits if isinstance(cos, CosEntry) else None
+        return entitlements.effective({"services": None, "quota_bytes": account.quota_bytes}, limits)["quota_bytes"]

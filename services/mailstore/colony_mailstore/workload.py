@@ -58,7 +58,7 @@ class MailstoreWorkload:
         metrics = MailstoreMetrics(runtime.metrics.registry)
         ownership = AccountOwnership(await js.key_value(names.BUCKET_ACCOUNT_OWNERS), runtime.node_id, settings,
                                      runtime.publish_event)
-        directory = Directory(await js.key_value(names.BUCKET_DIRECTORY))
+        directory = Directory(await js.key_value(names.BUCKET_DIRECTORY), default_cos=settings.default_cos)
         self.members = MailstoreMembers(nc)
         self.accounts = AccountManager(settings.shared_storage, ownership, directory, metrics,
                                        segment_max_bytes=settings.mail_segment_max_bytes)

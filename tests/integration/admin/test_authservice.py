@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 
 from conftest import unique_domain
@@ -71,3 +72,46 @@ async def test_sip_farm_gets_ha1_never_the_password(stack):
                              headers=stack.as_(stack.sys_token))
     reply = await ask(stack, names.AUTH_SIP_CREDENTIALS, user=f"alice@{d}", algorithm="MD5")
     assert reply["ha1"] == hashlib.md5(f"alice:{d}:looking-glass".encode()).hexdigest()
+
+
+async def test_a_domain_without_a_class_of_service_gets_the_default_everywhere(make_stack, nats_url, monkeypatch):
+    """A domain from before every domain got a class (cos=None in its event) is not unlimited:
+    the admin API creates the default class at start-up, the auth check and the mail store's
+    quota read apply it."""
+    from colony import events as ev
+    from colony.eventstore import EventStore
+    from colony_mailstore.directory import Directory
+
+    from conftest import connect, wait_until
+
+    default = "dflt-" + unique_domain("c")[2:12]
+    monkeypatch.setenv("COLONY_DEFAULT_COS", default)
+    monkeypatch.setenv("COLONY_DEFAULT_COS_QUOTA_BYTES", "4242")
+    d = unique_domain("classless")
+    nc = await connect(nats_url)
+    try:
+        store = EventStore(nc.jetstream(), names.STREAM_PROVISIONING)
+        await store.append(names.provisioning_subject(names.AGG_DOMAIN, d),
+                           [ev.DomainCreated(domain=d, cos=None).encode()], 0)
+    finally:
+        await nc.close()
+
+    stack = await make_stack()   # catches up, sees a domain without a class, creates the default
+    c, h = stack.client, stack.as_(stack.sys_token)
+    cos = await c.get(f"/v1/cos/{default}", headers=h)
+    assert cos.status_code == 200 and cos.json()["limits"]["quota_bytes"] == 4242
+    assert (await c.get(f"/v1/domains/{d}", headers=h)).json()["cos"] is None   # the domain itself is unchanged
+    r = await c.post(f"/v1/domains/{d}/accounts", json={"name": "old", "password": "old-password"}, headers=h)
+    assert r.status_code == 201, r.text
+
+    ok = await ask(stack, names.AUTH_CHECK, user=f"old@{d}", password="old-password", service="imap")
+    assert ok["ok"] and ok["quota_bytes"] == 4242
+
+    ticks = itertools.count(step=60)   # a clock that moves a minute per read: no cached answers
+    directory = Directory(await stack.nc.jetstream().key_value(names.BUCKET_DIRECTORY),
+                          clock=lambda: next(ticks), default_cos=default)
+
+    async def mailstore_quota() -> bool:
+        return await directory.quota(f"old@{d}") == 4242
+
+    await wait_until(mailstore_quota, 30, "the mail store to read the default class's quota")

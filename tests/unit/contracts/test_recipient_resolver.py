@@ -193,6 +193,22 @@ def test_account_limits_follow_the_class_of_service(d):
     assert account_limits(d, "nobody@acme.example") is None
 
 
+def test_a_domain_without_a_class_gets_the_default_class(d):
+    """Domains from before every domain got a class carry cos=None: they get the cluster's
+    default class (Limits.default_cos, from Settings.default_cos), never "unlimited"."""
+    assert account_limits(d, "amy@acme.example")["quota_bytes"] is None   # no default class exists yet
+    d.put("cos", "default", kind="cos", name="default", limits={"quota_bytes": 1000, "max_message_bytes": 50})
+    got = account_limits(d, "amy@acme.example")
+    assert got["quota_bytes"] == 1000 and got["max_message_bytes"] == 50
+    d.put("cos", "house", kind="cos", name="house", limits={"quota_bytes": 7, "services": ["imap"]})
+    assert account_limits(d, "amy@acme.example", default_cos="house")["quota_bytes"] == 7   # the setting's name
+    assert resolve(d, "amy@acme.example", Limits(default_cos="house")).reason is Refusal.MAIL_NOT_ENABLED
+    assert mailboxes(resolve(d, "amy@acme.example")) == ["amy@acme.example"]   # "default" grants mail
+    d.put("cos", "gold", kind="cos", name="gold", limits={"quota_bytes": 5000})
+    d.domain_("acme.example", cos="gold")           # a domain's own class wins over the default
+    assert account_limits(d, "amy@acme.example")["quota_bytes"] == 5000
+
+
 def test_normalise_address():
     assert normalise_address(" <Kim@ACME.Example.> ") == "kim@acme.example"
     assert normalise_address("kim@bücher.example") == "kim@xn--bcher-kva.example"
