@@ -101,6 +101,8 @@ class FarmMetrics:
         self.responses = Counter("colony_sip_responses", "Responses proxied, by method and final code.", ["method", "code"], registry=registry)
         self.relays = Counter("colony_sip_relays", "Packets handed to another member: new transactions to their Call-ID's owner, messages to the member holding a TCP flow.", registry=registry)
         self.retransmissions = Counter("colony_sip_retransmissions", "Retransmitted requests answered from the answer cache.", registry=registry)
+        self.proxy_retransmissions = Counter("colony_sip_proxy_retransmissions", "Requests this member forwarded over UDP and sent again (Timer A/E), by method.", ["method"], registry=registry)
+        self.proxy_timeouts = Counter("colony_sip_proxy_timeouts", "Requests forwarded over UDP that got no answer within 64*T1 (Timer B/F; the branch counts as 408), by method.", ["method"], registry=registry)
         self.dropped = Counter("colony_sip_dropped", "Packets dropped without an answer, by reason.", ["reason"], registry=registry)
 
 
@@ -621,7 +623,7 @@ class SipFarm:
         fork = self._forks.get(base) if cseq.method == "INVITE" else None
         if fork is not None and fork.expires_at < self.clock():
             fork = None
-        if cseq.method == "INVITE" and response.status >= 300:
+        if cseq.method == "INVITE" and response.status >= 300 and not _made_for_timeout(response):
             out += await self._ack_failure(response, ours, index)
         if cseq.method == "INVITE" and 200 <= response.status < 300:
             await self.call_answered(response)
@@ -774,3 +776,15 @@ def _preference(response: SipResponse) -> tuple:
     lowest class, preferring busy over unavailable over not found."""
     status = response.status
     return (0 if status >= 600 else 1, status // 100, {486: 0, 487: 1, 480: 2}.get(status, 3), status)
+
+
+def _made_for_timeout(response: SipResponse) -> bool:
+    """The 408 a member's client transaction made when a branch never answered
+    (``retransmission.py``): untagged, while a UAS tags every final answer (§8.2.6.2), so
+    there is nobody downstream to ACK."""
+    if response.status != 408:
+        return False
+    try:
+        return parse_address(response.headers.get("To") or "").tag is None
+    except URIError:
+        return False

@@ -44,13 +44,15 @@ from colony.bus.tokens import from_token
 from colony.contracts.auth import AuthClient
 from colony.counters import SharedCounters
 from colony.events import UsageRecorded
-from colony.protocols.sip.parser import SipParseError, StreamFramer
-from colony.protocols.sip.transaction import Destination
+from colony.protocols.sip.message import SipRequest, SipResponse
+from colony.protocols.sip.parser import SipParseError, StreamFramer, parse_message
+from colony.protocols.sip.transaction import Destination, Timers
 from colony.settings import Settings
 from colony.telemetry import extract_context, inject_headers
 
 from colony_sipfarm.bindings import BindingStore
-from colony_sipfarm.farm import Outbound, SipFarm
+from colony_sipfarm.farm import ALLOW, FARM_BRANCH, Outbound, SipFarm
+from colony_sipfarm.retransmission import ProxyClientTransactions
 
 log = logging.getLogger("colony.sipfarm")
 
@@ -85,6 +87,9 @@ class SipWorkload:
         self.farm_address: tuple[str, int] = ("", 0)
         self._members: dict[str, NodeRecord] = {}        # sipfarm records, by node id
         self._suspect: dict[str, float] = {}             # node id -> monotonic time to trust again
+        # Client transactions of the requests this member forwards over UDP (retransmission.py).
+        self.proxy_transactions = ProxyClientTransactions(Timers(t1=settings.sip_timer_t1, t2=settings.sip_timer_t2))
+        self._timers_changed = asyncio.Event()
 
     async def start(self, runtime) -> dict[str, str]:
         self._runtime = runtime
@@ -117,6 +122,7 @@ class SipWorkload:
         await runtime.nc.subscribe(names.sip_handle_subject(runtime.node_id), cb=self._on_handle)
         runtime.spawn("sip-members", self._watch_members, restart=True)
         runtime.spawn("sip-timer-c", self._timer_c_loop, restart=True)
+        runtime.spawn("sip-retransmit", self._retransmit_loop, restart=True)
         return {"sip": f"{s.advertised_host}:{port}"}
 
     async def _secret(self, kv) -> bytes:
@@ -132,6 +138,8 @@ class SipWorkload:
     # --- input ----------------------------------------------------------------------------
 
     def received(self, data: bytes, source: Destination) -> None:
+        if source[0] == "UDP" and data.startswith(b"SIP/2.0 ") and len(self.proxy_transactions):
+            self._observe_response(data)
         if self.farm is not None:
             self._track(self._handle(data, source))   # when overloaded: dropped, as by a full socket buffer
 
@@ -284,6 +292,8 @@ class SipWorkload:
         if transport == "UDP":
             if self.udp is not None:
                 self.udp.sendto(data, (host, port))
+                if not data.startswith((b"SIP/2.0 ", b"ACK ")):
+                    self._start_client_transaction(data, destination)
             return
         writer = self.connections.get((host, port))
         if writer is None:
@@ -319,6 +329,53 @@ class SipWorkload:
         from opentelemetry import trace
         with trace.get_tracer("colony.sipfarm").start_as_current_span("sip.relay", context=extract_context(msg.headers)):
             await self._emit(data, destination)
+
+    # --- proxy client transactions over UDP (retransmission.py) --------------------------------
+
+    def _start_client_transaction(self, data: bytes, destination: Destination) -> None:
+        """A request this member forwarded over UDP: retransmit it until answered."""
+        try:
+            request = parse_message(data, len(data))
+            if not isinstance(request, SipRequest) or not (request.top_via().branch or "").startswith(FARM_BRANCH):
+                return
+        except Exception:     # ours, so it parses; if not, it just goes unretransmitted
+            return
+        if self.proxy_transactions.sent(request, data, destination, time.monotonic()):
+            self._timers_changed.set()
+
+    def _observe_response(self, data: bytes) -> None:
+        try:
+            response = parse_message(data, self.settings.sip_max_message_size)
+        except Exception:
+            return
+        if isinstance(response, SipResponse):
+            try:
+                self.proxy_transactions.received(response, time.monotonic())
+            except Exception:    # no readable Via/CSeq: the farm drops it too
+                return
+
+    async def _retransmit_loop(self) -> None:
+        while True:
+            deadline = self.proxy_transactions.next_deadline()
+            self._timers_changed.clear()
+            if deadline is None:
+                await self._timers_changed.wait()
+                continue
+            delay = deadline - time.monotonic()
+            if delay > 0:
+                with suppress(TimeoutError):
+                    await asyncio.wait_for(self._timers_changed.wait(), delay)
+                continue
+            due = self.proxy_transactions.expire(time.monotonic())
+            for data, (_, host, port), method in due.retransmit:
+                self.farm.metrics.proxy_retransmissions.labels(method=method if method in ALLOW else "other").inc()
+                if self.udp is not None:
+                    self.udp.sendto(data, (host, port))
+            for response, destination in due.timed_out:
+                # As if the branch had answered 408 (§16.7): the farm passes on the best failure.
+                method = response.cseq().method
+                self.farm.metrics.proxy_timeouts.labels(method=method if method in ALLOW else "other").inc()
+                self._track(self._handle(response.encode(), destination))
 
     async def _timer_c_loop(self) -> None:
         while True:

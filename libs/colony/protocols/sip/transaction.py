@@ -21,7 +21,7 @@ timers (D, I, J, K) to zero, as §17 requires.
 Timers (defaults T1 = 0.5 s, T2 = 4 s, T4 = 5 s):
 
     A  INVITE client retransmit        T1, doubling          (unreliable only)
-    B  INVITE client timeout           64*T1
+    B  INVITE client timeout           64*T1                 (while Calling only)
     D  INVITE client wait for strays   32 s / 0
     E  non-INVITE client retransmit    T1, doubling to T2    (unreliable only)
     F  non-INVITE client timeout       64*T1
@@ -222,8 +222,10 @@ class ClientTransaction(Transaction):
     def _invite_response(self, response: SipResponse, status: int, now: float) -> list[Action]:
         if self.state in (State.CALLING, State.PROCEEDING):
             if status < 200:
+                # Timer B times out a transaction still *Calling* only (§17.1.1.2, figure 5):
+                # a ringing phone may ring for minutes; a proxy's Timer C bounds that.
                 self.state = State.PROCEEDING
-                self._clear("A")
+                self._clear("A", "B")
                 return [Deliver(response)]
             self._clear("A", "B")
             if status < 300:

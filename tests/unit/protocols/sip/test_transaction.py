@@ -47,7 +47,7 @@ def test_invite_client_non_2xx_is_acked_and_absorbs_retransmissions():
     tx = ClientTransaction(request(), DEST, reliable=False)
     tx.start(0.0)
     assert kinds(tx.on_response(make_response(tx.request, 180, to_tag="b"), 0.1)) == ["Deliver"]
-    assert tx.state == State.PROCEEDING and tx.next_timer() == 32.0        # A stopped, B runs
+    assert tx.state == State.PROCEEDING and tx.next_timer() is None        # A and B stopped (B: Calling only)
     busy = make_response(tx.request, 486, to_tag="b")
     actions = tx.on_response(busy, 0.2)
     assert kinds(actions) == ["Transmit", "Deliver"] and tx.state == State.COMPLETED

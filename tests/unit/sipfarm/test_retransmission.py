@@ -1,0 +1,97 @@
+"""The proxy's client transactions over UDP, on a fake clock: Timer A/E retransmissions,
+B/F timeouts turned into an untagged 408, provisional answers stopping an INVITE's timers."""
+
+from __future__ import annotations
+
+from colony.protocols.sip.message import make_response
+from colony.protocols.sip.parser import parse_message
+from colony.protocols.sip.transaction import Timers
+
+from colony_sipfarm.farm import _made_for_timeout
+from colony_sipfarm.retransmission import ProxyClientTransactions
+
+CALLEE = ("UDP", "192.0.2.9", 5064)
+
+
+def forwarded(method: str = "INVITE", branch: str = "z9hG4bK-cfabc-0") -> tuple:
+    data = (f"{method} sip:bob@192.0.2.9:5064 SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP 127.0.0.1:5060;branch={branch};m=sipfarm-1\r\n"
+            "Via: SIP/2.0/UDP 192.0.2.7:5062;branch=z9hG4bKcaller\r\n"
+            "From: <sip:alice@acme.example>;tag=a\r\nTo: <sip:bob@acme.example>\r\n"
+            f"Call-ID: c1\r\nCSeq: 2 {method}\r\nMax-Forwards: 69\r\nContent-Length: 0\r\n\r\n").encode()
+    return parse_message(data), data
+
+
+def run(table: ProxyClientTransactions, until: float) -> list:
+    fired = []
+    while (t := table.next_deadline()) is not None and t <= until:
+        fired.append((t, table.expire(t)))
+    return fired
+
+
+def test_an_unanswered_invite_is_sent_again_at_t1_doubling_then_fails_408():
+    table = ProxyClientTransactions(Timers(t1=0.5))
+    request, data = forwarded()
+    assert table.sent(request, data, CALLEE, 0.0)
+    fired = run(table, 100)
+    sends = [t for t, due in fired for _ in due.retransmit]
+    assert sends == [0.5, 1.5, 3.5, 7.5, 15.5, 31.5]
+    assert all(d == data and dest == CALLEE for _, due in fired for d, dest, _ in due.retransmit)
+    [(t, last)] = [(t, due) for t, due in fired if due.timed_out]
+    assert t == 32.0
+    [(response, where)] = last.timed_out
+    assert response.status == 408 and where == CALLEE and _made_for_timeout(response)
+    assert response.headers.get_all("Via")[0].startswith("SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK-cfabc-0")
+    assert len(table) == 0 and table.next_deadline() is None
+
+
+def test_a_provisional_stops_an_invites_retransmission_and_its_timeout():
+    table = ProxyClientTransactions(Timers(t1=0.5))
+    request, data = forwarded()
+    table.sent(request, data, CALLEE, 0.0)
+    assert table.received(make_response(request, 100), 0.2)
+    assert table.next_deadline() is None               # ringing may last; Timer C is the farm's
+    assert table.received(make_response(request, 200, to_tag="b"), 5.0)
+    assert run(table, 1000)[-1][1].timed_out == []     # Timer M ends it quietly
+    assert len(table) == 0
+
+
+def test_a_non_invite_goes_on_at_t2_while_proceeding_and_ends_on_its_final():
+    table = ProxyClientTransactions(Timers(t1=0.5, t2=4.0))
+    request, data = forwarded("MESSAGE")
+    table.sent(request, data, CALLEE, 0.0)
+    run(table, 2.0)                                    # sent again at 0.5 and 1.5
+    table.received(make_response(request, 100), 2.0)
+    fired = run(table, 10.0)
+    assert [t for t, due in fired if due.retransmit] == [3.5, 7.5]   # the due one, then T2 apart (§17.1.2.2)
+    table.received(make_response(request, 200, to_tag="b"), 10.0)
+    assert all(not due.retransmit and not due.timed_out for _, due in run(table, 100))
+    assert len(table) == 0
+
+
+def test_the_callers_retransmission_starts_no_second_transaction_and_acks_none():
+    table = ProxyClientTransactions()
+    request, data = forwarded()
+    assert table.sent(request, data, CALLEE, 0.0)
+    assert not table.sent(request, data, CALLEE, 0.4)
+    ack, ack_data = forwarded("ACK")
+    assert not table.sent(ack, ack_data, CALLEE, 0.5)
+    assert len(table) == 1
+
+
+def test_the_table_is_bounded():
+    table = ProxyClientTransactions(limit=3)
+    started = [table.sent(*forwarded(branch=f"z9hG4bK-cf{n}-0"), CALLEE, 0.0) for n in range(5)]
+    assert started == [True, True, True, False, False] and len(table) == 3
+
+
+def test_a_response_of_no_transaction_is_not_ours():
+    table = ProxyClientTransactions()
+    request, _ = forwarded()
+    assert not table.received(make_response(request, 180, to_tag="b"), 0.0)
+
+
+def test_a_real_408_is_acked_as_any_failure():
+    request, _ = forwarded()
+    assert not _made_for_timeout(make_response(request, 408, to_tag="uas"))
+    assert not _made_for_timeout(make_response(request, 486))
