@@ -1,0 +1,168 @@
+"""MTA-STS on the edge: the I/O around ``colony.outbound.mta_sts`` (the TXT lookup, the
+HTTPS fetch of the policy, the per-edge cache) and the TLS context deliveries under an
+enforced policy use.
+
+The fetch is HTTP/1.1 with h11 over an asyncio TLS connection rather than an HTTP client
+library, because the policy host's address must come from ``colony.dns`` (the cluster's
+resolvers, ``Settings.dns_servers``) while the certificate is checked for the host *name*
+``mta-sts.<domain>``; h11 keeps the HTTP rules (framing, chunked bodies) out of our code.
+RFC 8461 §3.3: the certificate must be valid (system store, or ``outbound_tls_ca_file``),
+3xx redirects are not followed, only ``200`` with ``text/plain`` counts, the body is
+bounded (``POLICY_MAX_BYTES``) and the whole fetch has a deadline (``mta_sts_fetch_timeout``).
+
+The cache is per edge, in memory: a policy is a few hundred bytes that changes rarely
+(max_age is typically days), every edge that delivers to a domain fetches it once per id,
+and a bus bucket would add a shared write path for no gain in correctness while the edge
+runs.  What it costs: an edge that restarts forgets its policies, so until it has fetched
+again, an attacker who both strips the TXT record and intercepts the MX could downgrade
+that edge's deliveries (RFC 8461 §10.2 wants the cache to survive restarts).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+
+import dns.asyncresolver
+import dns.exception
+import dns.resolver
+import h11
+
+from colony.outbound.mta_sts import (POLICY_MAX_BYTES, WELL_KNOWN_PATH, Policy, PolicyCache, PolicyError,
+                                     parse_policy, parse_record, policy_host, record_name)
+from colony.settings import Settings
+
+log = logging.getLogger("colony.edge.mta_sts")
+
+
+class FetchError(Exception):
+    """The policy could not be fetched (the reason is the message)."""
+
+
+def verified_tls_context(settings: Settings) -> ssl.SSLContext:
+    """TLS 1.2+ with certificate and host name checks: the system store, or the CA bundle
+    in ``outbound_tls_ca_file`` (a private CA; tests use trustme's)."""
+    context = ssl.create_default_context(cafile=str(settings.outbound_tls_ca_file)
+                                         if settings.outbound_tls_ca_file else None)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+class MtaSts:
+    """``await policy(domain)``: the policy to deliver under, or None (no MTA-STS)."""
+
+    def __init__(self, settings: Settings, resolver: dns.asyncresolver.Resolver, clock=time.monotonic) -> None:
+        self.settings, self.resolver, self.clock = settings, resolver, clock
+        self.cache = PolicyCache()
+        self.tls = verified_tls_context(settings)
+        self._fetching: dict[str, asyncio.Future] = {}   # one fetch per domain at a time
+
+    async def policy(self, domain: str) -> Policy | None:
+        domain = domain.rstrip(".").lower()
+        try:
+            record_id = await self._record_id(domain)
+        except dns.exception.DNSException as exc:
+            # A failed lookup is not "no record": keep using what the cache has (§5.1).
+            log.info("MTA-STS record of %s not looked up (%s); using the cached policy if any", domain, exc)
+            return self.cache.current(domain, self.clock())
+        if self.cache.needs_fetch(domain, record_id, self.clock()):
+            running = self._fetching.get(domain)
+            if running is not None:
+                await asyncio.shield(running)
+            else:
+                future = asyncio.get_running_loop().create_future()
+                self._fetching[domain] = future
+                try:
+                    policy = await self._fetch(domain, record_id)
+                    self.cache.store(domain, policy, self.clock())
+                    log.info("MTA-STS policy of %s: id %s, mode %s, mx %s, max_age %d", domain, policy.id,
+                             policy.mode, ",".join(policy.mx), policy.max_age)
+                except (FetchError, PolicyError) as exc:
+                    log.warning("MTA-STS policy of %s (id %s) not fetched: %s", domain, record_id, exc)
+                finally:
+                    future.set_result(None)
+                    del self._fetching[domain]
+        return self.cache.current(domain, self.clock())
+
+    async def _record_id(self, domain: str) -> str | None:
+        try:
+            answer = await self.resolver.resolve(record_name(domain), "TXT")
+        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+            return None
+        texts = [b"".join(r.strings).decode("ascii", "replace") for r in answer]
+        return parse_record(texts)
+
+    async def _fetch(self, domain: str, record_id: str) -> Policy:
+        host = policy_host(domain)
+        try:
+            return await asyncio.wait_for(self._get(host, record_id), self.settings.mta_sts_fetch_timeout)
+        except asyncio.TimeoutError:
+            raise FetchError(f"https://{host}{WELL_KNOWN_PATH} took longer than "
+                             f"{self.settings.mta_sts_fetch_timeout:g}s")
+
+    async def _addresses(self, host: str) -> list[str]:
+        ips: list[str] = []
+        for kind in ("A", "AAAA"):
+            try:
+                ips += [r.to_text() for r in await self.resolver.resolve(host, kind)]
+            except (dns.resolver.NoAnswer, dns.resolver.NXDOMAIN):
+                continue
+            except dns.exception.DNSException as exc:
+                raise FetchError(f"{host}: {exc}")
+        if not ips:
+            raise FetchError(f"{host} has no address")
+        return ips
+
+    async def _get(self, host: str, record_id: str) -> Policy:
+        last = "no address"
+        for ip in await self._addresses(host):
+            try:
+                reader, writer = await asyncio.open_connection(ip, self.settings.mta_sts_port, ssl=self.tls,
+                                                               server_hostname=host)
+            except (OSError, ssl.SSLError) as exc:
+                last = f"{host} [{ip}]: {exc}"
+                continue
+            try:
+                text = await self._exchange(reader, writer, host)
+            finally:
+                writer.close()
+            return parse_policy(text, record_id)
+        raise FetchError(last)
+
+    async def _exchange(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str) -> str:
+        conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=16 * 1024)
+        writer.write(conn.send(h11.Request(method="GET", target=WELL_KNOWN_PATH, headers=[
+            ("Host", host), ("User-Agent", "colony-mta-sts"), ("Accept", "text/plain"), ("Connection", "close")])))
+        writer.write(conn.send(h11.EndOfMessage()))
+        await writer.drain()
+        body = bytearray()
+        while True:
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                raise FetchError(f"bad HTTP from {host}: {exc}")
+            if event is h11.NEED_DATA:
+                data = await reader.read(16 * 1024)
+                conn.receive_data(data)
+                continue
+            if isinstance(event, h11.Response):
+                if event.status_code != 200:   # 3xx included: §3.3 forbids following redirects
+                    raise FetchError(f"{host} answered HTTP {event.status_code}")
+                ctype = dict(event.headers).get(b"content-type", b"").split(b";")[0].strip().lower()
+                if ctype != b"text/plain":
+                    raise FetchError(f"{host} served {ctype.decode('latin-1')!r}, not text/plain")
+            elif isinstance(event, h11.Data):
+                body += event.data
+                if len(body) > POLICY_MAX_BYTES:
+                    raise FetchError(f"policy of {host} is larger than {POLICY_MAX_BYTES} bytes")
+            elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
+                break
+        try:
+            return body.decode("ascii")
+        except UnicodeDecodeError:
+            raise FetchError(f"policy of {host} is not ASCII text")
+
+
+__all__ = ["FetchError", "MtaSts", "verified_tls_context"]

@@ -1,0 +1,144 @@
+"""Connection reuse in the outbound queue, against a real nats-server, the loopback DNS
+server and an aiosmtpd MX that counts its connections: several messages for one destination
+go over one SMTP session (RSET between them), the per-destination limit holds, a session
+carries at most ``outbound_messages_per_connection`` messages, and a kept session the MX
+dropped is replaced by a new one with each message delivered exactly once."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+
+import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP
+
+from cluster_harness import wait_until
+from test_outbound_delivery import free_port, owner, queued, settings_for, start_queue, submit  # noqa: F401
+
+pytestmark = pytest.mark.slow
+
+
+class CountingSink:
+    """The remote MX: counts connections (open now, most at once, all) and RSETs; with
+    ``drop_next_rset`` it closes a session when the next RSET comes, without a reply (an
+    MX whose idle timeout fired just as the client came back)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.connections = self.open = self.most_open = self.rsets = 0
+        self.message_ids: list[str] = []
+        self.drop_next_rset = False
+
+    async def handle_DATA(self, server, session, envelope):
+        with self.lock:
+            found = re.search(rb"Message-ID: <([^>]+)>", envelope.original_content)
+            self.message_ids.append(found.group(1).decode() if found else "?")
+        return "250 2.0.0 Queued"
+
+
+class _CountingSMTP(SMTP):
+    def connection_made(self, transport):
+        sink = self.event_handler
+        with sink.lock:
+            sink.connections += 1
+            sink.open += 1
+            sink.most_open = max(sink.most_open, sink.open)
+        super().connection_made(transport)
+
+    def connection_lost(self, error):
+        with self.event_handler.lock:
+            self.event_handler.open -= 1
+        super().connection_lost(error)
+
+    async def smtp_RSET(self, arg):
+        sink = self.event_handler
+        with sink.lock:
+            sink.rsets += 1
+            drop, sink.drop_next_rset = sink.drop_next_rset, False
+        if drop:
+            self.transport.close()
+            return
+        await super().smtp_RSET(arg)
+
+
+class _CountingController(Controller):
+    def factory(self):
+        return _CountingSMTP(self.handler, **self.SMTP_kwargs)
+
+
+@pytest.fixture
+def mx():
+    handler = CountingSink()
+    controller = _CountingController(handler, hostname="127.0.0.1", port=free_port())
+    controller.start()   # aiosmtpd connects once itself to see that the server is up: not ours to count
+    deadline = time.monotonic() + 10
+    while handler.open and time.monotonic() < deadline:
+        time.sleep(0.01)
+    with handler.lock:
+        handler.connections = handler.most_open = handler.rsets = 0
+    handler.port = controller.port
+    yield handler
+    controller.stop()
+
+
+async def _delivered(mx: CountingSink, count: int) -> bool:
+    return len(mx.message_ids) >= count
+
+
+async def _empty(js) -> bool:
+    return await queued(js) == 0
+
+
+async def test_messages_for_one_destination_share_one_connection(js, owner, nats_server, dns_server, mx, tmp_path):
+    settings = settings_for(nats_server, dns_server, mx, tmp_path, outbound_destination_concurrency=1,
+                            outbound_connection_idle=30.0)
+    await start_queue(js, owner, settings)
+    for n in range(8):
+        await submit(js, f"reuse-{n}", "bob@remote.test")
+    await wait_until(lambda: _delivered(mx, 8), 60, "eight messages at the MX")
+    await wait_until(lambda: _empty(js), 30, "the jobs acked")
+    assert sorted(mx.message_ids) == sorted(f"reuse-{n}@example.com" for n in range(8))
+    assert mx.connections == 1, "one session carried every message"
+    assert mx.rsets == 7, "RSET before each transaction after the first"
+
+
+async def test_the_message_cap_and_the_destination_limit_hold(js, owner, nats_server, dns_server, mx, tmp_path):
+    settings = settings_for(nats_server, dns_server, mx, tmp_path, outbound_destination_concurrency=2,
+                            outbound_messages_per_connection=3, outbound_connection_idle=30.0)
+    await start_queue(js, owner, settings)
+    for n in range(12):
+        await submit(js, f"cap-{n}", "bob@remote.test")
+    await wait_until(lambda: _delivered(mx, 12), 60, "twelve messages at the MX")
+    await wait_until(lambda: _empty(js), 30, "the jobs acked")
+    assert len(set(mx.message_ids)) == 12 and len(mx.message_ids) == 12
+    assert mx.most_open <= 2, f"{mx.most_open} connections at once to a destination limited to 2"
+    assert mx.connections >= 4, "at most three messages per connection: twelve need four or more"
+
+
+async def test_a_kept_connection_the_mx_dropped_is_replaced_without_loss_or_duplicate(js, owner, nats_server,
+                                                                                       dns_server, mx, tmp_path):
+    settings = settings_for(nats_server, dns_server, mx, tmp_path, outbound_destination_concurrency=1,
+                            outbound_connection_idle=30.0, outbound_retry_initial=60.0, outbound_retry_max=60.0)
+    await start_queue(js, owner, settings)
+    await submit(js, "drop-1", "bob@remote.test")
+    await wait_until(lambda: _delivered(mx, 1), 30, "the first message")
+    mx.drop_next_rset = True     # the kept session dies when it is used again
+    await submit(js, "drop-2", "bob@remote.test")
+    # Retries wait 60 s here, so delivery within the deadline means the same attempt
+    # moved to a new connection instead of deferring the message.
+    await wait_until(lambda: _delivered(mx, 2), 30, "the second message, on a new connection")
+    await wait_until(lambda: _empty(js), 30, "the jobs acked")
+    assert mx.message_ids == ["drop-1@example.com", "drop-2@example.com"]
+    assert mx.connections == 2 and mx.rsets == 1
+
+
+async def test_no_reuse_when_the_idle_time_is_zero(js, owner, nats_server, dns_server, mx, tmp_path):
+    settings = settings_for(nats_server, dns_server, mx, tmp_path, outbound_destination_concurrency=1,
+                            outbound_connection_idle=0.0)
+    await start_queue(js, owner, settings)
+    for n in range(3):
+        await submit(js, f"single-{n}", "bob@remote.test")
+    await wait_until(lambda: _delivered(mx, 3), 60, "three messages at the MX")
+    assert mx.connections == 3 and mx.rsets == 0
