@@ -162,6 +162,9 @@ class Store(Protocol):
     def delete_mailbox(self, name: str) -> None: ...
     def subscribe(self, name: str, on: bool = True) -> None: ...
     def acl(self, name: str) -> dict[str, str]: ...
+    # Optional: the rights (``rights.ALL`` letters) this session's user holds on ``name``; a
+    # store without it is the user's own account, where the owner holds every right.
+    # def myrights(self, name: str) -> str: ...
     def set_acl(self, name: str, identifier: str, rights: str) -> None: ...
     def append(self, name: str, data: bytes, flags=(), date: datetime | None = None): ...
     def store_flags(self, name: str, uids, flags, mode: str = "set") -> None: ...
@@ -468,6 +471,26 @@ class Session:
                 return box
         raise _No("[NONEXISTENT] No such mailbox")
 
+    def _rights(self, store: Store, name: str) -> str:
+        """What the user may do on ``name``: asked of the store each time, so a grant or a
+        revoke counts from the next command on."""
+        myrights = getattr(store, "myrights", None)
+        return rights.ALL if myrights is None else myrights(name)
+
+    def _require(self, store: Store, name: str, needed: str) -> str:
+        held = self._rights(store, name)
+        why = rights.refusal(held, needed)
+        if why is not None:
+            raise _No(why)
+        return held
+
+    def _require_parent(self, store: Store, name: str) -> None:
+        """CREATE and RENAME's target: ``k`` on the existing parent (RFC 4314 §4); a top-level
+        name in the user's own hierarchy needs nothing."""
+        parent = name.rpartition(DELIMITER)[0]
+        if parent and parent in {b.name for b in store.mailboxes()}:
+            self._require(store, parent, "k")
+
     # --- authenticated state -----------------------------------------------------------------
 
     def _do_noop(self, cmd, store: Store) -> None:
@@ -529,10 +552,11 @@ class Session:
             self._send("* OK [CLOSED] Previous mailbox closed")
         name = self._decode_name(cmd.mailbox)
         box = self._find(store, name)
+        held = self._require(store, box.name, rights.NEEDS[cmd.name])
         messages = store.messages(name)
         self.state = SELECTED
         self.mailbox = box.name
-        self.read_only = cmd.name == "EXAMINE"
+        self.read_only = cmd.name == "EXAMINE" or rights.read_only(held)
         self._uids = [m.uid for m in messages]
         self._flags = {m.uid: m.flags for m in messages}
         self._uidvalidity = box.uidvalidity
@@ -556,7 +580,8 @@ class Session:
         if self.read_only:
             self._send("* OK [PERMANENTFLAGS ()] Read-only mailbox")
         else:
-            permanent = " ".join((*SYSTEM_FLAGS, *keywords, "\\*"))
+            # Only the flags this user may change are permanent for them (RFC 4314 §4).
+            permanent = " ".join(rights.settable_flags(held, (*SYSTEM_FLAGS, *keywords, "\\*")))
             self._send(f"* OK [PERMANENTFLAGS ({permanent})] Flags permitted")
         if cmd.qresync:
             self._resync(store, box, messages, cmd.qresync)
@@ -617,6 +642,7 @@ class Session:
         existing = {b.name for b in store.mailboxes()}
         if name in existing:
             raise _No("[ALREADYEXISTS] Mailbox exists")
+        self._require_parent(store, name)
         # Superior hierarchy levels are created too (RFC 9051 §6.3.4).
         parts = name.split(DELIMITER)
         for i in range(1, len(parts)):
@@ -632,6 +658,7 @@ class Session:
         if name.upper() == "INBOX":
             raise _No("[CANNOT] INBOX cannot be deleted")
         self._find(store, name)
+        self._require(store, name, rights.NEEDS["DELETE"])
         # With inferiors, the name lives on as their implied \Noselect parent (RFC 9051 §6.3.5).
         if self.state == SELECTED and self.mailbox == name:
             self._unselect()
@@ -644,9 +671,11 @@ class Session:
         if new.upper() == "INBOX":
             raise _No("[CANNOT] Cannot rename into INBOX")
         self._find(store, old)
+        self._require(store, old, rights.NEEDS["RENAME"])
         existing = {b.name for b in store.mailboxes()}
         if new in existing:
             raise _No("[ALREADYEXISTS] Target mailbox exists")
+        self._require_parent(store, new)
         if old == "INBOX":
             # RFC 9051 §6.3.6: INBOX's messages move to the new mailbox; INBOX stays, empty
             # (its inferiors do not move).
@@ -689,7 +718,7 @@ class Session:
     def _do_list(self, cmd: C.ListCommand, store: Store) -> None:
         """LIST, LSUB, and LIST-EXTENDED (RFC 5258) with LIST-STATUS (RFC 5819) and the
         SPECIAL-USE options (RFC 6154)."""
-        boxes = {b.name: b for b in store.mailboxes()}
+        boxes = {b.name: b for b in store.mailboxes() if "l" in self._rights(store, b.name)}
         subs = store.subscriptions()
         reference = self._pattern_text(cmd.reference)
         patterns = [self._pattern_text(p) for p in cmd.patterns]
@@ -771,6 +800,7 @@ class Session:
             raise _Bad(f"STATUS item {sorted(set(cmd.items) - _STATUS_OFFERED)[0]} is not offered")
         name = self._decode_name(cmd.mailbox)
         box = self._find(store, name)
+        self._require(store, box.name, rights.NEEDS["STATUS"])
         if "HIGHESTMODSEQ" in cmd.items:
             self._condstore_on(store)
         self._status_line(store, box, cmd.items)
@@ -796,6 +826,7 @@ class Session:
             box = self._find(store, name)
         except _No:
             raise _No("[TRYCREATE] No such mailbox") from None
+        held = self._require(store, box.name, rights.NEEDS["APPEND"])
         self._check_quota(store, sum(len(m.data) for m in cmd.messages))
         uids = []
         for message in cmd.messages:
@@ -804,6 +835,7 @@ class Session:
             flags = [f for f in message.flags if f != "\\Recent"]
             if "\\*" in flags:
                 raise _Bad("\\* is not a flag")
+            flags = rights.settable_flags(held, flags)     # the others are dropped silently (§4)
             stored = store.append(box.name, message.data, flags, message.date.astimezone(UTC) if message.date else None)
             uids.append(stored.uid)
         store.commit()
@@ -841,6 +873,11 @@ class Session:
 
     def _acl_target(self, store: Store, cmd) -> tuple[BoxInfo, str | None]:
         box = self._find(store, self._decode_name(cmd.mailbox))
+        if cmd.name == "MYRIGHTS":       # any right at all lets a user ask what they hold (§4)
+            if not self._rights(store, box.name):
+                raise _No("[NONEXISTENT] No such mailbox")
+        else:
+            self._require(store, box.name, rights.NEEDS[cmd.name])
         if not isinstance(cmd, C.Acl):
             return box, None
         try:
@@ -895,13 +932,15 @@ class Session:
 
     def _do_myrights(self, cmd: C.MailboxCommand, store: Store) -> None:
         box, _ = self._acl_target(store, cmd)
-        self._send(b"* MYRIGHTS " + self._wire_name(box.name) + b" " + E.string(rights.show(rights.ALL)))
+        held = self._rights(store, box.name)
+        self._send(b"* MYRIGHTS " + self._wire_name(box.name) + b" " + E.string(rights.show(held)))
         self._sync(store, expunge=True)
 
     # --- selected state -------------------------------------------------------------------------
 
     def _do_close(self, cmd, store: Store) -> None:
-        if not self.read_only:
+        # Without the right to expunge, CLOSE just closes (RFC 4314 §4).
+        if not self.read_only and "e" in self._rights(store, self.mailbox):
             store.expunge(self.mailbox)
             store.commit()
         self._unselect()
@@ -912,6 +951,7 @@ class Session:
     def _do_expunge(self, cmd, store: Store) -> None:
         if self.read_only:
             raise _No("[READ-ONLY] Mailbox is read-only")
+        self._require(store, self.mailbox, rights.NEEDS["EXPUNGE"])
         store.expunge(self.mailbox)
         store.commit()
         self._sync(store, expunge=True)
@@ -919,6 +959,7 @@ class Session:
     def _do_uid_expunge(self, cmd: C.UidExpunge, store: Store) -> None:
         if self.read_only:
             raise _No("[READ-ONLY] Mailbox is read-only")
+        self._require(store, self.mailbox, rights.NEEDS["UID EXPUNGE"])
         wanted = self._select_uids(cmd.sequence, uid=True)
         deleted = {m.uid for m in store.messages(self.mailbox) if "\\Deleted" in m.flags}
         store.expunge(self.mailbox, [u for u in wanted if u in deleted])
@@ -955,6 +996,11 @@ class Session:
             raise _No("[READ-ONLY] Mailbox is read-only")
         if "\\*" in cmd.flags:
             raise _Bad("\\* is not a flag")
+        held = self._require(store, self.mailbox, "r")
+        refused = rights.refused_flags(held, cmd.flags)
+        if refused:    # all or nothing: half a STORE would leave the client's view wrong
+            rights_needed = "".join(sorted({rights.flag_right(f) for f in refused}))
+            raise _No(f"[NOPERM] Changing {refused[0]} needs the right {rights_needed} on this mailbox")
         if cmd.unchanged_since is not None:
             self._condstore_on(store)
         uids = self._select_uids(cmd.sequence, cmd.uid)
@@ -995,17 +1041,25 @@ class Session:
             box = self._find(store, target)
         except _No:
             raise _No("[TRYCREATE] No such mailbox") from None
+        self._require(store, self.mailbox, "r")
+        held = self._require(store, box.name, rights.NEEDS[cmd.name])
         uids = self._select_uids(cmd.sequence, cmd.uid)
-        present = {m.uid for m in store.messages(self.mailbox)}
-        uids = [u for u in uids if u in present]
+        source = {m.uid: m for m in store.messages(self.mailbox)}
+        uids = [u for u in uids if u in source]
         if cmd.name == "MOVE":
             if self.read_only:
                 raise _No("[READ-ONLY] Mailbox is read-only")
+            self._require(store, self.mailbox, rights.MOVE_SOURCE)
             mapping = store.move(self.mailbox, uids, box.name)
         else:
-            sizes = {m.uid: m.size for m in store.messages(self.mailbox)}
-            self._check_quota(store, sum(sizes[u] for u in uids))
+            self._check_quota(store, sum(source[u].size for u in uids))
             mapping = store.copy(self.mailbox, uids, box.name)
+        # The copies keep only the flags the user may set on the target (RFC 4314 §4).
+        if held != rights.ALL:
+            for flag in sorted({f for u in mapping for f in source[u].flags if f != "\\Recent"}):
+                if not rights.settable_flags(held, [flag]):
+                    store.store_flags(box.name, [mapping[u] for u in mapping if flag in source[u].flags],
+                                      [flag], "remove")
         store.commit()
         code = ""
         if mapping:
@@ -1025,6 +1079,7 @@ class Session:
     # --- SEARCH / SORT / THREAD ------------------------------------------------------------------
 
     def _views(self, store: Store) -> list[_View]:
+        self._require(store, self.mailbox, "r")
         current = {m.uid: m for m in store.messages(self.mailbox)}
         return [_View(i + 1, current[u], self, store) for i, u in enumerate(self._uids) if u in current]
 
@@ -1117,6 +1172,7 @@ class Session:
                 raise _Bad(f"FETCH {item.name} is not offered")
         if cmd.vanished and not self.qresync:
             raise _Bad("VANISHED needs ENABLE QRESYNC")
+        held = self._require(store, self.mailbox, "r")
         uids = self._select_uids(cmd.sequence, cmd.uid)
         current = {m.uid: m for m in store.messages(self.mailbox)}
         if cmd.vanished:
@@ -1126,7 +1182,7 @@ class Session:
                 self._send(f"* VANISHED (EARLIER) {gone}")
         if cmd.changed_since is not None:
             uids = [u for u in uids if u in current and current[u].modseq > cmd.changed_since]
-        sets_seen = not self.read_only and any(
+        sets_seen = not self.read_only and "s" in held and any(
             i.name in ("RFC822", "RFC822.TEXT", "BODY", "BINARY") and (i.name != "BODY" or i.section is not None)
             for i in items)
         if sets_seen:
