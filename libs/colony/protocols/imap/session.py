@@ -64,7 +64,7 @@ from typing import Protocol
 
 from colony.protocols.imap import commands as C
 from colony.protocols.imap import encode as E
-from colony.protocols.imap import mime, rights, search
+from colony.protocols.imap import mime, rights, search, shared
 from colony.protocols.imap.reader import Command, CommandReader, Continue, LineTooLong, TooBig
 from colony.protocols.imap.syntax import SequenceSet, decode_mutf7, encode_mutf7
 
@@ -486,10 +486,16 @@ class Session:
 
     def _require_parent(self, store: Store, name: str) -> None:
         """CREATE and RENAME's target: ``k`` on the existing parent (RFC 4314 §4); a top-level
-        name in the user's own hierarchy needs nothing."""
+        name in the user's own hierarchy needs nothing, one in a colleague's is theirs alone."""
         parent = name.rpartition(DELIMITER)[0]
         if parent and parent in {b.name for b in store.mailboxes()}:
             self._require(store, parent, "k")
+        elif self._owner(store, name) != (self.account or "").lower():
+            raise _No("[NOPERM] Only the owner creates top-level mailboxes")
+
+    def _owner(self, store: Store, name: str) -> str:
+        owner_of = getattr(store, "owner_of", None)
+        return (owner_of(name) if owner_of is not None else self.account or "").lower()
 
     # --- authenticated state -----------------------------------------------------------------
 
@@ -503,7 +509,10 @@ class Session:
         self._send("* CAPABILITY " + " ".join(self._capabilities()))
 
     def _do_namespace(self, cmd, store: Store) -> None:
-        self._send(f'* NAMESPACE (("" "{DELIMITER}")) NIL NIL')
+        # Folders colleagues share appear under "Other Users/<owner>/" (RFC 2342) when the
+        # store offers them (``shares``).
+        others = f'(("{shared.PREFIX}" "{DELIMITER}"))' if getattr(store, "shares", False) else "NIL"
+        self._send(f'* NAMESPACE (("" "{DELIMITER}")) {others} NIL')
         self._sync(store, expunge=True)
 
     def _do_enable(self, cmd: C.Enable, store: Store) -> None:
@@ -647,7 +656,7 @@ class Session:
         parts = name.split(DELIMITER)
         for i in range(1, len(parts)):
             parent = DELIMITER.join(parts[:i])
-            if parent not in existing and parent.upper() != "INBOX":
+            if parent not in existing and parent.upper() != "INBOX" and not shared.is_namespace_node(parent):
                 store.create_mailbox(parent)
         store.create_mailbox(name, uses[0] if uses else None)
         store.commit()
@@ -691,7 +700,7 @@ class Session:
         parts = new.split(DELIMITER)
         for i in range(1, len(parts)):
             parent = DELIMITER.join(parts[:i])
-            if parent not in existing and parent.upper() != "INBOX":
+            if parent not in existing and parent.upper() != "INBOX" and not shared.is_namespace_node(parent):
                 store.create_mailbox(parent)
                 existing.add(parent)
         # Inferior names move with their superior (RFC 9051 §6.3.6).
@@ -881,13 +890,13 @@ class Session:
         if not isinstance(cmd, C.Acl):
             return box, None
         try:
-            ident = rights.check_identifier(_text(cmd.identifier), self.account or "")
+            ident = rights.check_identifier(_text(cmd.identifier), self._owner(store, box.name))
         except rights.RightsError as exc:
             raise _No(f"[CANNOT] {exc}") from None
         return box, ident
 
-    def _owner_identifier(self, ident: str) -> bool:
-        return ident.lower() == (self.account or "").lower()
+    def _owner_identifier(self, store: Store, box: BoxInfo, ident: str) -> bool:
+        return ident.lower() == self._owner(store, box.name)
 
     def _do_setacl(self, cmd: C.Acl, store: Store) -> None:
         box, ident = self._acl_target(store, cmd)
@@ -895,7 +904,7 @@ class Session:
             new = rights.apply(store.acl(box.name).get(ident, ""), _text(cmd.rights or b""))
         except rights.RightsError as exc:
             raise _Bad(str(exc)) from None   # RFC 4314 3.1: an unknown right is BAD
-        if self._owner_identifier(ident):
+        if self._owner_identifier(store, box, ident):
             raise _No("[CANNOT] The owner always holds every right")
         acl = store.acl(box.name)
         if new and ident not in acl and len(acl) >= rights.MAX_ENTRIES:
@@ -906,7 +915,7 @@ class Session:
 
     def _do_deleteacl(self, cmd: C.Acl, store: Store) -> None:
         box, ident = self._acl_target(store, cmd)
-        if self._owner_identifier(ident):
+        if self._owner_identifier(store, box, ident):
             raise _No("[CANNOT] The owner always holds every right")
         store.set_acl(box.name, ident, "")
         store.commit()
@@ -915,7 +924,7 @@ class Session:
     def _do_getacl(self, cmd: C.MailboxCommand, store: Store) -> None:
         box, _ = self._acl_target(store, cmd)
         line = b"* ACL " + self._wire_name(box.name)
-        entries = {(self.account or "").lower(): rights.ALL, **store.acl(box.name)}
+        entries = {self._owner(store, box.name): rights.ALL, **store.acl(box.name)}
         for ident, granted in entries.items():
             line += b" " + E.string(ident) + b" " + E.string(rights.show(granted))
         self._send(line)
@@ -924,7 +933,7 @@ class Session:
     def _do_listrights(self, cmd: C.Acl, store: Store) -> None:
         box, ident = self._acl_target(store, cmd)
         head = b"* LISTRIGHTS " + self._wire_name(box.name) + b" " + E.string(ident)
-        if self._owner_identifier(ident):
+        if self._owner_identifier(store, box, ident):
             self._send(head + b" " + E.string(rights.show(rights.ALL)))
         else:   # every right is granted on its own (RIGHTS=texk); c and d name the groups
             self._send(head + b' "" ' + " ".join(rights.ALL + "cd").encode())

@@ -1,0 +1,312 @@
+"""Shared folders (RFC 4314 rights, RFC 2342 "Other Users" namespace), pure: no I/O, no locks.
+
+Theory of operation
+-------------------
+A user sees a colleague's mailbox as ``Other Users/<owner address>/<the owner's name>``: the
+"Other Users" namespace of RFC 2342 with the owner's address as its second level, so every
+shared name says whose mail it is and cannot collide with the user's own names (a personal
+name never starts with the prefix: ``OTHER_USERS`` is reserved in the personal namespace).
+
+Two views make that work, each a ``session.Store``:
+
+* ``SharedView`` is the *owner's* side: one account's ``AccountMail`` as one grantee sees it.
+  It lists only the mailboxes the grantee holds a right on (under the prefix), answers
+  ``myrights`` from the mailbox's ACL (``rights.effective``: the grantee's entry and
+  ``anyone``, never across domains), and maps names back before touching the journal.  It
+  runs where the owner's mail is written -- the owner's mail store, holding the lease -- so the
+  single-writer rule holds whoever asks; the session's rights checks (``rights.NEEDS``) run
+  against it, so a refused command changes nothing.
+* ``CompositeStore`` is the *grantee's* side: the user's own store for every name outside
+  the prefix, and for ``Other Users/<owner>/...`` the ``SharedView`` that ``open_view(owner)``
+  returns (in-process when this store owns that account too, otherwise a proxy to the
+  owner's mail store).  Subscriptions stay the grantee's own (they are just names).
+  COPY/MOVE between two accounts is a read in one and an append in the other (MOVE then
+  deletes and expunges the source): two commits, not one; a crash between them leaves a copy
+  in both places, never none.
+
+``\\Seen`` on a shared folder is the owner's flag, shared by everyone with ``s`` (no per-user
+seen state); the quota that counts is the owner's account.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import replace
+from datetime import datetime
+
+from colony.protocols.imap import rights
+
+OTHER_USERS = "Other Users"
+DELIMITER = "/"
+PREFIX = OTHER_USERS + DELIMITER
+
+
+def shared_name(owner: str, name: str) -> str:
+    """The name a grantee sees for ``owner``'s mailbox ``name``."""
+    return f"{PREFIX}{owner.lower()}{DELIMITER}{name}"
+
+
+def split_shared(name: str) -> tuple[str, str] | None:
+    """``(owner, owner's name)`` for a name in the Other Users namespace, else ``None``."""
+    if not name.startswith(PREFIX):
+        return None
+    owner, sep, inner = name[len(PREFIX):].partition(DELIMITER)
+    if not sep or not inner or "@" not in owner:
+        return None
+    return owner.lower(), inner
+
+
+def is_namespace_node(name: str) -> bool:
+    """``Other Users`` and ``Other Users/<owner>``: levels of the namespace, never mailboxes."""
+    return name == OTHER_USERS or (name.startswith(PREFIX) and DELIMITER not in name[len(PREFIX):])
+
+
+class SharedError(ValueError):
+    """Refused by the shared view (the text is shown to the client)."""
+
+
+class SharedView:
+    """The owner's mail (an ``AccountMail``-like object) as ``grantee`` sees it."""
+
+    def __init__(self, mail, owner: str, grantee: str, marks=None) -> None:
+        self.mail = mail
+        self.owner = owner.lower()
+        self.grantee = grantee.lower()
+        self.marks = marks
+
+    # names ---------------------------------------------------------------------------------
+    def _inner(self, name: str) -> str:
+        parsed = split_shared(name)
+        if parsed is None or parsed[0] != self.owner:
+            raise SharedError(f"{name!r} is not a mailbox of {self.owner}")
+        return parsed[1]
+
+    def _outer(self, name: str) -> str:
+        return shared_name(self.owner, name)
+
+    def owner_of(self, name: str) -> str:
+        return self.owner
+
+    def myrights(self, name: str) -> str:
+        try:
+            return rights.effective(self.mail.acl(self._inner(name)), self.grantee, self.owner)
+        except ValueError:       # no such mailbox (or not this owner's): no rights at all
+            return ""
+
+    # reads ---------------------------------------------------------------------------------
+    @property
+    def quota_bytes(self) -> int | None:
+        return getattr(self.mail, "quota_bytes", None)
+
+    @property
+    def bytes_used(self) -> int:
+        return self.mail.bytes_used
+
+    def mailboxes(self):
+        out = []
+        for box in self.mail.mailboxes():
+            if rights.effective(self.mail.acl(box.name), self.grantee, self.owner):
+                out.append(replace(box, name=self._outer(box.name), subscribed=False))
+        return out
+
+    def messages(self, name: str):
+        return self.mail.messages(self._inner(name))
+
+    def body(self, name: str, uid: int) -> bytes:
+        return self.mail.body(self._inner(name), uid)
+
+    def recent(self, name: str, uids: list[int], claim: bool) -> set[int]:
+        return set() if self.marks is None else self.marks.recent(self._outer(name), uids, claim)
+
+    def acl(self, name: str) -> dict[str, str]:
+        return self.mail.acl(self._inner(name))
+
+    # writes (the session has checked the rights) ------------------------------------------
+    def create_mailbox(self, name: str, special_use: str | None = None) -> None:
+        self.mail.create_mailbox(self._inner(name), special_use)
+        # The creator of a mailbox under a shared parent keeps access to it (RFC 4314 §4:
+        # "the owner ... the user who created it"): the grantee gets the parent's rights.
+        inner = self._inner(name)
+        parent = inner.rpartition(DELIMITER)[0]
+        if parent:
+            held = rights.effective(self.mail.acl(parent), self.grantee, self.owner)
+            if held:
+                self.mail.set_acl(inner, self.grantee, held)
+
+    def rename_mailbox(self, old: str, new: str) -> None:
+        self.mail.rename_mailbox(self._inner(old), self._inner(new))
+
+    def delete_mailbox(self, name: str) -> None:
+        self.mail.delete_mailbox(self._inner(name))
+
+    def set_acl(self, name: str, identifier: str, granted: str) -> None:
+        self.mail.set_acl(self._inner(name), identifier, granted)
+
+    def append(self, name: str, data: bytes, flags=(), date: datetime | None = None):
+        return self.mail.append(self._inner(name), data, flags, date)
+
+    def store_flags(self, name: str, uids, flags, mode: str = "set") -> None:
+        self.mail.store_flags(self._inner(name), uids, flags, mode)
+
+    def expunge(self, name: str, uids=None) -> list[int]:
+        return self.mail.expunge(self._inner(name), uids)
+
+    def copy(self, src: str, uids, dst: str) -> dict[int, int]:
+        return self.mail.copy(self._inner(src), uids, self._inner(dst))
+
+    def move(self, src: str, uids, dst: str) -> dict[int, int]:
+        return self.mail.move(self._inner(src), uids, self._inner(dst))
+
+    def subscriptions(self) -> set[str]:
+        return set()
+
+    def subscribe(self, name: str, on: bool = True) -> None:
+        raise SharedError("Subscriptions are the subscriber's own")
+
+    def commit(self) -> None:
+        self.mail.commit()
+
+
+class CompositeStore:
+    """The grantee's session store: own mail, plus the shared views of the owners in
+    ``owners`` (the grant index's answer: who may have shared something with this user)."""
+
+    shares = True      # NAMESPACE announces the Other Users namespace
+
+    def __init__(self, own, account: str, owners: Iterable[str],
+                 open_view: Callable[[str], object | None]) -> None:
+        self.own = own
+        self.account = account.lower()
+        self.owners = sorted({o.lower() for o in owners} - {self.account})
+        self._open_view = open_view
+        self._views: dict[str, object | None] = {}
+        self._touched: list[object] = []
+
+    def __getattr__(self, name: str):     # anything else the session asks is the user's own
+        return getattr(self.own, name)
+
+    def _view(self, owner: str):
+        if owner not in self._views:
+            self._views[owner] = self._open_view(owner) if owner in self.owners else None
+        return self._views[owner]
+
+    def _route(self, name: str):
+        parsed = split_shared(name)
+        if parsed is None:
+            if name == OTHER_USERS or name.startswith(PREFIX):
+                raise SharedError("No such mailbox")
+            return self.own
+        view = self._view(parsed[0])
+        if view is None:
+            raise SharedError("No such mailbox")
+        return view
+
+    def _writing(self, store):
+        if all(s is not store for s in self._touched):
+            self._touched.append(store)
+        return store
+
+    # the session's Store protocol ----------------------------------------------------------
+    @property
+    def quota_bytes(self) -> int | None:
+        return self.own.quota_bytes
+
+    @property
+    def bytes_used(self) -> int:
+        return self.own.bytes_used
+
+    def myrights(self, name: str) -> str:
+        try:
+            store = self._route(name)
+        except SharedError:
+            return ""
+        mine = getattr(store, "myrights", None)
+        return rights.ALL if mine is None else mine(name)
+
+    def owner_of(self, name: str) -> str:
+        parsed = split_shared(name)
+        return parsed[0] if parsed else self.account
+
+    def mailboxes(self):
+        boxes = list(self.own.mailboxes())
+        for owner in self.owners:
+            view = self._view(owner)
+            if view is not None:
+                boxes.extend(view.mailboxes())
+        return boxes
+
+    def subscriptions(self) -> set[str]:
+        return self.own.subscriptions()
+
+    def subscribe(self, name: str, on: bool = True) -> None:
+        self._writing(self.own).subscribe(name, on)
+
+    def recent(self, name: str, uids: list[int], claim: bool) -> set[int]:
+        return self._route(name).recent(name, uids, claim)
+
+    def messages(self, name: str):
+        return self._route(name).messages(name)
+
+    def body(self, name: str, uid: int) -> bytes:
+        return self._route(name).body(name, uid)
+
+    def acl(self, name: str) -> dict[str, str]:
+        return self._route(name).acl(name)
+
+    def set_acl(self, name: str, identifier: str, granted: str) -> None:
+        self._writing(self._route(name)).set_acl(name, identifier, granted)
+
+    def create_mailbox(self, name: str, special_use: str | None = None) -> None:
+        if name == OTHER_USERS or name.startswith(PREFIX) and split_shared(name) is None:
+            raise SharedError(f"{OTHER_USERS} is reserved for folders others share")
+        self._writing(self._route(name)).create_mailbox(name, special_use)
+
+    def rename_mailbox(self, old: str, new: str) -> None:
+        store = self._route(old)
+        if self._route(new) is not store:
+            raise SharedError("A mailbox cannot be renamed into another account")
+        self._writing(store).rename_mailbox(old, new)
+
+    def delete_mailbox(self, name: str) -> None:
+        self._writing(self._route(name)).delete_mailbox(name)
+
+    def append(self, name: str, data: bytes, flags=(), date: datetime | None = None):
+        return self._writing(self._route(name)).append(name, data, flags, date)
+
+    def store_flags(self, name: str, uids, flags, mode: str = "set") -> None:
+        self._writing(self._route(name)).store_flags(name, uids, flags, mode)
+
+    def expunge(self, name: str, uids=None) -> list[int]:
+        return self._writing(self._route(name)).expunge(name, uids)
+
+    def copy(self, src: str, uids, dst: str) -> dict[int, int]:
+        source, target = self._route(src), self._route(dst)
+        if source is target:
+            return self._writing(source).copy(src, uids, dst)
+        # Across accounts: read here, append there (flags and internal date kept).
+        current = {m.uid: m for m in source.messages(src)}
+        mapping = {}
+        for uid in uids:
+            msg = current.get(uid)
+            if msg is None:
+                continue
+            flags = [f for f in msg.flags if f != "\\Recent"]
+            mapping[uid] = self._writing(target).append(dst, source.body(src, uid), flags, msg.date).uid
+        return mapping
+
+    def move(self, src: str, uids, dst: str) -> dict[int, int]:
+        source, target = self._route(src), self._route(dst)
+        if source is target:
+            return self._writing(source).move(src, uids, dst)
+        mapping = self.copy(src, uids, dst)
+        # The copies are committed before the source loses anything: a failure in between
+        # leaves the message in both accounts, never in neither.
+        self._writing(target).commit()
+        self._writing(source).store_flags(src, list(mapping), ["\\Deleted"], "add")
+        source.expunge(src, list(mapping))
+        return mapping
+
+    def commit(self) -> None:
+        touched, self._touched = self._touched, []
+        for store in touched:
+            store.commit()
