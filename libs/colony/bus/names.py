@@ -66,10 +66,16 @@ SUBJECTS_DEAD_LETTERS = "colony.dlq.>"
 HUB_JS_DOMAIN = "hub"  # JetStream domain of the hub server the regions' leafnodes join
 
 # Subjects a region's own streams and buckets capture: they stay in their region (the leafnode
-# links deny them both ways), or one publish would be stored by every region listening.  What
-# crosses is JetStream API traffic of other domains (sources, mirrors) and request/reply.
+# links deny them both ways), or one publish would be stored by every region listening.  So do
+# the subjects addressed to one instance or to "the" controller: instance ids repeat between
+# regions (each has its edge-1, controller-1), so `drain edge-1` or a standby's liveness
+# question would otherwise also reach, and be answered by, the namesake in another region.
+# What crosses is JetStream API traffic of other domains (sources, mirrors, reads) and the
+# cluster-wide request/reply services (auth, directory), whose queue groups prefer local members.
 REGION_LOCAL_SUBJECTS = (SUBJECTS_PROVISIONING, SUBJECTS_MAIL, SUBJECTS_OUTBOUND, SUBJECTS_USAGE,
-                         SUBJECTS_AUDIT, SUBJECTS_CLUSTER, SUBJECTS_DEAD_LETTERS, "$KV.>", "$O.>")
+                         SUBJECTS_AUDIT, SUBJECTS_CLUSTER, SUBJECTS_DEAD_LETTERS, "$KV.>", "$O.>",
+                         "colony.ctl.>", "colony.node.>", "colony.mailstore.>", "colony.sip.>",
+                         "colony.admin.>")
 
 
 def js_domain(region: str) -> str:
