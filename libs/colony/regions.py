@@ -24,6 +24,11 @@ copies a message twice.
   locally and lost in a later conflict.
 * Usage and audit: the primary region's USAGE and AUDIT streams also source the other regions'
   ones, so billing and the audit log sum every region.
+* Keys the admin API writes beside its events (``MIRRORED_BUCKETS``: the data keys that open
+  the sealed secrets in PROVISIONING, the DKIM signing keys) are owned by the primary like
+  PROVISIONING itself; every other region keeps a mirror of each bucket under the same name
+  (history 1, so a key purged in the primary -- crypto-shredding -- is gone from the mirror
+  too).  Without them a region's auth could not open a password hash, nor its edges sign.
 
 This module is pure: it turns the region layout and the single-region stream configurations
 into the regional ones; ``colony.bus.schema`` applies them.
@@ -33,7 +38,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from nats.js.api import ExternalStream, StreamConfig, StreamSource
+from nats.js.api import ExternalStream, StorageType, StreamConfig, StreamSource
 
 from colony.bus import names
 
@@ -73,6 +78,29 @@ def provisioning_mirror(config: StreamConfig, primary: str) -> StreamConfig:
     """A non-primary region's PROVISIONING: same name, a mirror of the primary's (no subjects:
     nothing may be published into it)."""
     return replace(config, subjects=None, mirror=StreamSource(name=names.STREAM_PROVISIONING, external=_external(primary)))
+
+
+# Buckets the primary owns and the other regions mirror (see the theory of operation).
+MIRRORED_BUCKETS = (names.BUCKET_SECRET_KEYS, names.BUCKET_DKIM_KEYS)
+
+
+def mirrored_buckets(settings) -> tuple[str, ...]:
+    """The buckets this instance's region mirrors from the primary (none in the primary or
+    outside a super cluster)."""
+    if len(settings.region_list) < 2 or settings.region == settings.primary:
+        return ()
+    return MIRRORED_BUCKETS
+
+
+def bucket_mirror(bucket: str, primary: str, replicas: int) -> StreamConfig:
+    """A non-primary region's copy of one of the primary's KV buckets: the bucket's own stream
+    name (``KV_<bucket>``, so ``js.key_value(bucket)`` reads it as usual), no subjects (a write
+    in this region has nowhere to go and fails, as a provisioning write does), one value per key."""
+    stream = f"KV_{bucket}"
+    return StreamConfig(name=stream, mirror=StreamSource(name=stream, external=_external(primary)),
+                        max_msgs_per_subject=1, allow_direct=True, allow_rollup_hdrs=True, deny_delete=True,
+                        storage=StorageType.FILE, num_replicas=replicas,
+                        description=f"mirror of the primary region's {bucket} bucket")
 
 
 def regional_stream_configs(configs: list[StreamConfig], region: str, regions: list[str], primary: str) -> list[StreamConfig]:

@@ -153,10 +153,18 @@ async def ensure_schema(js: JetStreamContext, settings: Settings, deadline: floa
         return
     for config in stream_configs(settings):
         await _retrying(lambda c=config: _ensure_stream(js, c), config.name, deadline)
+    from colony.regions import bucket_mirror, mirrored_buckets
+
+    # A region other than the primary mirrors the primary's key buckets (colony.regions).
+    mirrored = mirrored_buckets(settings)
     buckets = bucket_configs(settings)
     for kv in (buckets.nodes, buckets.leases, buckets.account_owners, buckets.sip_bindings, buckets.directory,
                buckets.rate_counters, buckets.secret_keys, buckets.outbound_delivered, buckets.dkim_keys):
-        await _retrying(lambda k=kv: _ensure_bucket(js, k), kv.bucket, deadline)
+        if kv.bucket in mirrored:
+            config = bucket_mirror(kv.bucket, settings.primary, settings.stream_replicas)
+            await _retrying(lambda c=config: _ensure_stream(js, c), config.name, deadline)
+        else:
+            await _retrying(lambda k=kv: _ensure_bucket(js, k), kv.bucket, deadline)
     for obj in object_store_configs(settings):
         await _retrying(lambda o=obj: _ensure_object_store(js, o), obj.bucket, deadline)
 
@@ -191,10 +199,13 @@ def schema_streams(settings: Settings) -> dict[str, str]:
     with one subject it holds."""
     from colony.bus.permissions import kv_stream, object_stream
 
+    from colony.regions import mirrored_buckets
+
     found = {c.name: c.subjects[0] for c in stream_configs(settings) if c.subjects}  # a mirror has none
     for f in Buckets.__dataclass_fields__:
         bucket = getattr(bucket_configs(settings), f).bucket
-        found[kv_stream(bucket)] = f"$KV.{bucket}.>"
+        if bucket not in mirrored_buckets(settings):  # likewise
+            found[kv_stream(bucket)] = f"$KV.{bucket}.>"
     for store in object_store_configs(settings):
         found[object_stream(store.bucket)] = f"$O.{store.bucket}.C.>"
     return found

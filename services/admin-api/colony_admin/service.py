@@ -58,9 +58,12 @@ class AdminApiWorkload:
         from colony_admin.routes import cluster
 
         # The cluster's first admin API makes the first system-admin token (`colony up` prints it).
-        written = await write_bootstrap_token(self.settings, runtime.nc)
-        if written is not None:
-            log.info("bootstrap system-admin token written to %s (mode 0600)", written)
+        # In a super cluster only the primary region's: the others cannot write PROVISIONING or
+        # its keys (mirrors), and the token reaches them through the mirrors.
+        if self.settings.region == self.settings.primary:
+            written = await write_bootstrap_token(self.settings, runtime.nc)
+            if written is not None:
+                log.info("bootstrap system-admin token written to %s (mode 0600)", written)
         app = create_app(self.settings, runtime.nc, metrics=runtime.metrics)
         app.state.nc = runtime.nc
         app.include_router(cluster.router)

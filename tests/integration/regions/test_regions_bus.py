@@ -175,3 +175,62 @@ async def _keys(kv):
             yield key
     except NoKeysError:
         return
+
+
+async def test_key_buckets_are_mirrored_shredding_included_and_refuse_writes_elsewhere(regions):
+    """The data keys of sealed secrets (and DKIM keys) written in the primary are readable in
+    every region -- a cut region's auth opens password hashes with them -- and a key purged in
+    the primary (crypto-shredding) is gone from the mirror too."""
+    eu_kv = await regions.js("eu").key_value(names.BUCKET_SECRET_KEYS)
+    await eu_kv.put("cred.k1", b"material-1")
+    await eu_kv.put("cred.k2", b"material-2")
+    us_kv = await regions.js("us").key_value(names.BUCKET_SECRET_KEYS)
+
+    async def mirrored(key, value):
+        async def probe():
+            try:
+                return (await us_kv.get(key)).value == value
+            except nats.js.errors.KeyNotFoundError:
+                return False
+        return probe
+    await wait_until(await mirrored("cred.k1", b"material-1"), 30, "the key in us's mirror")
+    await eu_kv.purge("cred.k1")
+
+    async def shredded():
+        info = await regions.js("us").stream_info(f"KV_{names.BUCKET_SECRET_KEYS}", subjects_filter=">")
+        # the purge marker replaced the key's only value: its material is stored nowhere in us
+        msg = await regions.js("us").get_last_msg(f"KV_{names.BUCKET_SECRET_KEYS}",
+                                                  f"$KV.{names.BUCKET_SECRET_KEYS}.cred.k1")
+        return info.state.messages == 2 and not msg.data and msg.headers.get("KV-Operation") == "PURGE"
+    await wait_until(shredded, 30, "the purge to reach us's mirror")
+    dkim = await regions.js("us").key_value(names.BUCKET_DKIM_KEYS)
+    assert dkim is not None  # the DKIM keys' mirror exists too
+    with pytest.raises(NatsError):  # nowhere to write in us: the primary owns the keys
+        await us_kv.put("cred.k3", b"local")
+
+
+@pytest.mark.parametrize("subject", [names.node_command_subject("edge-1"), names.controller_alive_subject("controller-1"),
+                                     names.CONTROLLER_API, names.mailstore_deliver_subject("mailstore-1"),
+                                     names.sip_relay_subject("sipfarm-1"), names.sip_handle_subject("sipfarm-1"),
+                                     names.ADMIN_READMODEL_POSITIONS])
+async def test_instance_addressed_requests_stay_in_their_region(regions, subject):
+    """Instance ids repeat between regions: `drain edge-1` in eu must not reach us's edge-1,
+    a standby's liveness question must not be answered by another region's controller-1."""
+    asked: list[str] = []
+
+    async def us_namesake(msg):
+        asked.append(msg.subject)
+        await msg.respond(b"us answered")
+    await regions.nc["us"].subscribe(subject, cb=us_namesake)
+    await regions.nc["us"].subscribe("probe.crosses", cb=us_namesake)
+    await regions.nc["us"].flush()
+
+    async def link_up():
+        try:
+            return await regions.nc["eu"].request("probe.crosses", b"", timeout=0.5)
+        except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+            return None
+    await wait_until(link_up, 30, "a plain request to cross from eu to us")
+    with pytest.raises((nats.errors.NoRespondersError, nats.errors.TimeoutError)):
+        await regions.nc["eu"].request(subject, b"", timeout=1)
+    assert subject not in asked
