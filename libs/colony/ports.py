@@ -6,7 +6,8 @@ by side on one machine (``--base-port``).  With the default base 2500::
     2587  submission (edge)        2565  SMTPS (edge)
     2543  IMAP (edge)              2593  IMAPS (edge)
     2510  POP3 (edge)              2595  POP3S (edge)
-    2560  SIP UDP+TCP (sipfarm member #1; member #n: 2560 + 1000*(n-1))
+    2560  SIP UDP+TCP (sipfarm member #1; member #n: 2560 + 1000*(n-1), and so for every SIP port)
+    2561  SIP over TLS            2562  SIP over WebSocket (ws)   2563  SIP over WSS
     2570+ admin API (one per admin-api instance, up to 10)
     2600+ ops listeners (health/metrics), one per instance
     2590  Prometheus (`colony up --monitoring`)
@@ -70,6 +71,15 @@ class PortPlan:
         """UDP and TCP SIP port of farm member #member_index+1 (its own block, as the edges)."""
         return self.base + 60 + EDGE_PORT_STRIDE * member_index
 
+    def sip_tls(self, member_index: int) -> int:
+        return self.base + 61 + EDGE_PORT_STRIDE * member_index
+
+    def sip_ws(self, member_index: int) -> int:
+        return self.base + 62 + EDGE_PORT_STRIDE * member_index
+
+    def sip_wss(self, member_index: int) -> int:
+        return self.base + 63 + EDGE_PORT_STRIDE * member_index
+
     def all_ports(self, instances: int, admin_apis: int, edges: int = 0, sipfarms: int = 0) -> list[tuple[str, int]]:
         ports = [("NATS", self.nats), ("NATS monitoring", self.nats_monitor)]
         ports += [(f"SMTP edge #{i + 1}", self.smtp(i)) for i in range(edges)]
@@ -77,7 +87,9 @@ class PortPlan:
                   for what, port in (("IMAP", self.imap), ("IMAPS", self.imaps), ("POP3", self.pop3),
                                      ("POP3S", self.pop3s), ("submission", self.submission),
                                      ("submissions", self.submissions))]
-        ports += [(f"SIP farm member #{i + 1}", self.sip(i)) for i in range(sipfarms)]
+        ports += [(f"{what} farm member #{i + 1}", port(i)) for i in range(sipfarms)
+                  for what, port in (("SIP", self.sip), ("SIP TLS", self.sip_tls), ("SIP WS", self.sip_ws),
+                                     ("SIP WSS", self.sip_wss))]
         ports += [(f"admin API #{i + 1}", self.admin_api(i)) for i in range(admin_apis)]
         ports += [(f"ops listener #{i + 1}", self.ops(i)) for i in range(instances)]
         return ports

@@ -200,7 +200,6 @@ class Settings(BaseSettings):
     sip_wss_port: int = Field(5063, ge=0, le=65535, description="SIP over secure WebSocket port (wss://) of this farm member. `colony up`: 2563 for the first member, +1000 for each further one.")
     sip_tls: bool = Field(True, description="Whether farm members listen for SIP over TLS and WSS (needs tls_cert_file/tls_key_file; without them these listeners are off and a warning says so).")
     sip_ws: bool = Field(True, description="Whether farm members listen for SIP over plain WebSocket (ws://); browsers on https pages need WSS.")
-    sip_ws_max_frame: int = Field(65536, ge=1024, description="Largest WebSocket frame (octets) a farm member accepts; a larger one closes the connection with 1009. A SIP message in it is still held to sip_max_message_size.")
     sip_timer_t1: float = Field(0.5, ge=0.05, le=10, description="RFC 3261 T1 (seconds): first retransmission interval of requests the farm forwards over UDP; an unanswered branch fails after 64*T1.")
     sip_timer_t2: float = Field(4.0, ge=0.1, le=60, description="RFC 3261 T2 (seconds): the cap of non-INVITE retransmission intervals.")
     sip_max_message_size: int = Field(16384, ge=1024, le=65535, description="Largest SIP message (octets) a farm member reads; a larger datagram is dropped unread, a larger stream message closes the connection.")

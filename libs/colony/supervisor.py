@@ -197,6 +197,9 @@ class Cluster:
                     edge_index += 1
                 if role == "sipfarm":
                     env["COLONY_SIP_PORT"] = str(self.plan.sip(sip_index))
+                    env["COLONY_SIP_TLS_PORT"] = str(self.plan.sip_tls(sip_index))
+                    env["COLONY_SIP_WS_PORT"] = str(self.plan.sip_ws(sip_index))
+                    env["COLONY_SIP_WSS_PORT"] = str(self.plan.sip_wss(sip_index))
                     sip_index += 1
                 env.update(self.tls_env())
                 if role in ("edge", "mailstore") and not os.environ.get("COLONY_CLUSTER_SECRET_FILE"):
@@ -239,6 +242,9 @@ class Cluster:
             "submission": [f"{self.host}:{self.plan.submission(i)}" for i in range(self.counts.get("edge", 0))],
             "submissions": [f"{self.host}:{self.plan.submissions(i)}" for i in range(self.counts.get("edge", 0))],
             "sip": [f"{self.host}:{self.plan.sip(i)}" for i in range(self.counts.get("sipfarm", 0))],
+            "sip_tls": [f"{self.host}:{self.plan.sip_tls(i)}" for i in range(self.counts.get("sipfarm", 0))],
+            "sip_ws": [f"ws://{self.host}:{self.plan.sip_ws(i)}" for i in range(self.counts.get("sipfarm", 0))],
+            "sip_wss": [f"wss://{self.host}:{self.plan.sip_wss(i)}" for i in range(self.counts.get("sipfarm", 0))],
             "nats_url": self.nats.url if self.nats else None,
             "nats_pid": self.nats.process.pid if self.nats and self.nats.process else None,
             "operator_seed": str(self.operator_seed) if self.identities else None,

@@ -284,6 +284,9 @@ def _announce(cluster, stop, had_token: bool) -> None:
             console.print(f"  {label + ':':<11} {address}" + ("   (STARTTLS, AUTH)" if key == "submission" else "   (TLS, AUTH)"))
     for address in info.get("sip") or []:
         console.print(f"  SIP (UDP+TCP): {address}")
+    for label, key in (("SIP (TLS)", "sip_tls"), ("SIP (WS)", "sip_ws"), ("SIP (WSS)", "sip_wss")):
+        for address in info.get(key) or []:
+            console.print(f"  {label + ':':<14} {address}" + ("   (RFC 7118, Sec-WebSocket-Protocol: sip)" if "ws" in key else ""))
     for label, key in (("IMAP", "imap"), ("IMAPS", "imaps"), ("POP3", "pop3"), ("POP3S", "pop3s")):
         for address in info.get(key) or []:
             console.print(f"  {label + ':':<11} {address}" + ("   (STARTTLS)" if key in ("imap", "pop3") else "   (TLS)"))

@@ -441,8 +441,19 @@ class SipFarm:
         host, port = _flow_address.get() or (self.host, self.port)
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
-    def _record_route(self) -> str:
-        return f"<sip:{self._hostport()};lr;cf={names.node_key(self._flow())}>"
+    def _record_route(self, source: Destination, destination: Destination, member: str | None) -> str:
+        """Our Record-Route; when the caller (``fc``) or the callee (``fe``) is on a
+        connection, it names that flow and the member holding it (RFC 5626's flow token, in
+        the spirit of RFC 7118 §5): in-dialog requests reach a phone on TCP, TLS or WebSocket
+        through its connection, which its Contact (an .invalid host, or a port nobody
+        listens on) cannot name."""
+        mine = names.node_key(self._flow())
+        flows = ""
+        if source[0] != "UDP":
+            flows += f";fc={_flow_token(source, mine)}"
+        if destination[0] != "UDP":
+            flows += f";fe={_flow_token(destination, member or mine)}"
+        return f"<sip:{self._hostport()};lr;cf={mine}{flows}>"
 
     def _is_ours(self, route: str) -> bool:
         try:
@@ -456,8 +467,14 @@ class SipFarm:
         (and the branch number), the same on every member."""
         incoming = request.top_via()
         base = _hash(incoming.branch or "", incoming.host, str(incoming.port), request.call_id, str(request.cseq().number))
+        flow = ""
+        if request.source is not None and request.source[0] != "UDP":
+            # The caller's connection (§18.2.2: a response goes back on it), which its Via
+            # cannot name: a WebSocket client's sent-by is an .invalid host (RFC 7118), a TCP
+            # client's is its listening port, not the connection's.
+            flow = f";fl={_flow_token(request.source, names.node_key(self._flow()))}"
         return (f"SIP/2.0/{transport} {self._hostport()};branch={FARM_BRANCH}{base}-{index}"
-                f";m={names.node_key(self._flow())}")
+                f";m={names.node_key(self._flow())}{flow}")
 
     def _flow(self) -> str:
         return _flow_member.get() or self.node_id
@@ -470,7 +487,7 @@ class SipFarm:
             return self._local(request, source, 483)
         request.headers.set("Max-Forwards", str(hops - 1))
         if record_route:
-            request.headers.insert_before_first("Record-Route", self._record_route())
+            request.headers.insert_before_first("Record-Route", self._record_route(source, destination, member))
         request.headers.add_first("Via", self._via(request, destination[0], index))
         self.metrics.forwarded.labels(kind="request", method=request.method if request.method in ALLOW else "other").inc()
         return [Outbound(request.encode(), destination, member)]
@@ -557,6 +574,7 @@ class SipFarm:
         return _hash(incoming.branch or "", incoming.host, str(incoming.port), request.call_id, str(request.cseq().number))
 
     async def _loose_route(self, request: SipRequest, source: Destination) -> list[Outbound]:
+        flows = self._route_flows(request.headers.get("Route") or "")
         request.headers.remove_first("Route")
         while (route := request.headers.get("Route")) and self._is_ours(route):
             request.headers.remove_first("Route")   # spiralled through several members
@@ -570,21 +588,26 @@ class SipFarm:
         if request.method == "BYE":
             await self._call_ended(request)
         transport = (uri.transport or "udp").upper()
-        destination = (transport, uri.host, uri.port or 5060)
+        destination: Destination = (transport, uri.host, uri.port or 5060)
         member = None
-        if transport != "UDP":
-            # A phone on TCP: the member holding its flow (its binding says which).
-            target = await self._flow_member(uri)
-            member = target
+        # The other party's connection, when the Record-Route names one: a request that came
+        # on one flow of the dialog goes out on the other.
+        for flow, holder in flows:
+            if flow != source and not route:
+                destination = flow
+                member = holder if holder != names.node_key(self._flow()) else None
+                break
         return self._forward(request, source, destination, member, record_route=False)
 
-    async def _flow_member(self, uri: SipURI) -> str | None:
-        if not uri.user:
-            return None
-        for binding in await self.store.lookup(f"{uri.user}@{uri.host}".lower()):
-            if binding.contact == str(uri) and binding.member != self._flow():
-                return names.node_key(binding.member)
-        return None
+    def _route_flows(self, route: str) -> list[tuple[Destination, str]]:
+        try:
+            uri = parse_address(route).uri
+        except URIError:
+            return []
+        if not isinstance(uri, SipURI):
+            return []
+        found = (_from_flow_token(uri.params.get(name) or "") for name in ("fc", "fe"))
+        return [f for f in found if f is not None]
 
     async def _on_ack(self, request: SipRequest, source: Destination) -> list[Outbound]:
         tag = parse_address(request.headers.get("To") or "").tag or ""
@@ -641,6 +664,9 @@ class SipFarm:
             return out   # ringing of a branch being cancelled
         self.metrics.forwarded.labels(kind="response", method=method).inc()
         destination = response_destination(nxt, None)
+        flow = _from_flow_token(ours.params.get("fl") or "")
+        if flow is not None and destination[0] != "UDP":
+            destination = flow[0]
         member = ours.params.get("m")
         if destination[0] == "UDP" or member in (None, names.node_key(self._flow())):
             member = None
@@ -788,3 +814,17 @@ def _made_for_timeout(response: SipResponse) -> bool:
         return parse_address(response.headers.get("To") or "").tag is None
     except URIError:
         return False
+
+
+def _flow_token(flow: Destination, member: str) -> str:
+    """A connection (transport, host, port) and the member holding it, as a URI or Via
+    parameter value (a token: hex, so IPv6 colons need no escaping)."""
+    return f"{flow[0]}|{flow[1]}|{flow[2]}|{member}".encode().hex()
+
+
+def _from_flow_token(token: str) -> tuple[Destination, str] | None:
+    try:
+        transport, host, port, member = bytes.fromhex(token).decode().split("|")
+        return ((transport, host, int(port)), member) if host else None
+    except ValueError:
+        return None

@@ -47,8 +47,10 @@ from colony.events import UsageRecorded
 from colony.protocols.sip.message import SipRequest, SipResponse
 from colony.protocols.sip.parser import SipParseError, StreamFramer, parse_message
 from colony.protocols.sip.transaction import Destination, Timers
+from colony.protocols.sip.websocket import SipWebSocket
 from colony.settings import Settings
 from colony.telemetry import extract_context, inject_headers
+from colony.tlsfiles import configured, server_context
 
 from colony_sipfarm.bindings import BindingStore
 from colony_sipfarm.farm import ALLOW, FARM_BRANCH, Outbound, SipFarm
@@ -58,6 +60,8 @@ log = logging.getLogger("colony.sipfarm")
 
 MAX_INFLIGHT = 2000
 MAX_CONNECTIONS = 10_000
+MAX_WRITE_BUFFER = 1 << 20    # bytes queued for a phone that does not read: then its flow is closed
+HANDSHAKE_TIMEOUT = 10.0      # seconds a new TLS or WebSocket connection has to complete its handshake
 HANDLE_TIMEOUT = 1.0     # seconds an owner has to answer a spread packet
 SUSPECT_FOR = 10.0       # seconds an owner that did not answer is passed over
 
@@ -70,6 +74,26 @@ class _Udp(asyncio.DatagramProtocol):
         self.workload.received(data, ("UDP", addr[0], addr[1]))
 
 
+class _Flow:
+    """A connection a phone (or a peer we opened) holds to this member: TCP, TLS, WS or WSS.
+    ``send`` takes one SIP message; over a WebSocket it becomes one frame."""
+
+    def __init__(self, transport: str, writer: asyncio.StreamWriter, ws: SipWebSocket | None = None) -> None:
+        self.transport, self.writer, self.ws = transport, writer, ws
+
+    def send(self, data: bytes) -> None:
+        if self.ws is not None:
+            data = self.ws.send(data)
+        if self.writer.transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
+            log.info("closing a %s flow whose peer does not read", self.transport)
+            self.writer.close()
+            return
+        self.writer.write(data)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
 class SipWorkload:
     role = "sipfarm"
 
@@ -79,9 +103,11 @@ class SipWorkload:
         self.farm: SipFarm | None = None
         self.udp: asyncio.DatagramTransport | None = None
         self.server: asyncio.Server | None = None
-        self.connections: dict[tuple[str, int], asyncio.StreamWriter] = {}
+        self.stream_servers: list[asyncio.Server] = []     # TLS, WS, WSS
+        self.connections: dict[tuple[str, int], _Flow] = {}
         self.counters: SharedCounters | None = None
         self._inflight: set[asyncio.Task] = set()
+        self._readers: set[asyncio.Task] = set()
         self._runtime = None
         self._usage: dict[tuple[str, str, str], float] = {}   # (domain, account, metric) -> sum
         self.farm_address: tuple[str, int] = ("", 0)
@@ -103,6 +129,8 @@ class SipWorkload:
         port = self.udp.get_extra_info("sockname")[1]
         # TCP on the same port number as UDP (phones expect both on one port).
         self.server = await asyncio.start_server(self._connection, s.host, port, reuse_address=True)
+        listeners = {"sip": f"{s.advertised_host}:{port}"}
+        listeners.update(await self._start_secure_listeners())
 
         async def publish_usage(event: UsageRecorded) -> None:
             # Summed per account and metric, published every usage_flush_interval: one
@@ -123,7 +151,33 @@ class SipWorkload:
         runtime.spawn("sip-members", self._watch_members, restart=True)
         runtime.spawn("sip-timer-c", self._timer_c_loop, restart=True)
         runtime.spawn("sip-retransmit", self._retransmit_loop, restart=True)
-        return {"sip": f"{s.advertised_host}:{port}"}
+        return listeners
+
+    async def _start_secure_listeners(self) -> dict[str, str]:
+        """SIP over TLS (RFC 3261 §26), WebSocket and secure WebSocket (RFC 7118), with the
+        certificate every TLS listener of the cluster uses (``colony.tlsfiles``)."""
+        s, found = self.settings, {}
+        files = configured(s)
+        context = server_context(files.cert, files.key) if files is not None else None
+        if s.sip_tls and context is None:
+            log.warning("SIP over TLS and WSS are off: no certificate (set COLONY_TLS_CERT_FILE and "
+                        "COLONY_TLS_KEY_FILE, or COLONY_SIP_TLS=false to silence this)")
+        plans = []
+        if s.sip_tls and context is not None:
+            plans.append(("sip_tls", "TLS", s.sip_tls_port, context))
+        if s.sip_ws:
+            plans.append(("sip_ws", "WS", s.sip_ws_port, None))
+        if s.sip_tls and context is not None:
+            plans.append(("sip_wss", "WSS", s.sip_wss_port, context))
+        for name, transport, port, ssl in plans:
+            handler = self._connection if transport == "TLS" else self._ws_connection
+            server = await asyncio.start_server(lambda r, w, t=transport, h=handler: h(r, w, t), s.host, port,
+                                                reuse_address=True, ssl=ssl, ssl_handshake_timeout=HANDSHAKE_TIMEOUT if ssl else None)
+            self.stream_servers.append(server)
+            bound = server.sockets[0].getsockname()[1]
+            scheme = {"WS": "ws://", "WSS": "wss://"}.get(transport, "")
+            found[name] = f"{scheme}{s.advertised_host}:{bound}"
+        return found
 
     async def _secret(self, kv) -> bytes:
         """The farm-wide nonce secret: the first member makes it, the others read it."""
@@ -247,13 +301,14 @@ class SipWorkload:
             with suppress(Exception):
                 await watcher.stop()
 
-    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                          transport: str = "TCP") -> None:
         peer = writer.get_extra_info("peername")
         key = (peer[0], peer[1])
         if len(self.connections) >= MAX_CONNECTIONS:
             writer.close()
             return
-        self.connections[key] = writer
+        self.connections[key] = _Flow(transport, writer)
         framer = StreamFramer(self.settings.sip_max_message_size)
         try:
             while data := await reader.read(65536):
@@ -268,7 +323,36 @@ class SipWorkload:
                         writer.write(StreamFramer.PONG)
                     if message is None:
                         break
-                    self.received(message, ("TCP", key[0], key[1]))
+                    self.received(message, (transport, key[0], key[1]))
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            self.connections.pop(key, None)
+            writer.close()
+
+    async def _ws_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, transport: str) -> None:
+        """One RFC 7118 connection: the handshake, then one SIP message per WebSocket message."""
+        peer = writer.get_extra_info("peername")
+        key = (peer[0], peer[1])
+        if len(self.connections) >= MAX_CONNECTIONS:
+            writer.close()
+            return
+        ws = SipWebSocket(self.settings.sip_max_message_size)
+        try:
+            while not ws.closed:
+                try:
+                    data = await asyncio.wait_for(reader.read(65536), None if ws.open else HANDSHAKE_TIMEOUT)
+                except TimeoutError:
+                    break       # no upgrade request in time
+                got = ws.receive(data or None)
+                if got.to_send:
+                    writer.write(got.to_send)
+                if ws.open and key not in self.connections:
+                    self.connections[key] = _Flow(transport, writer, ws)
+                for message in got.messages:
+                    self.received(message, (transport, key[0], key[1]))
+            with suppress(ConnectionError, OSError):
+                await writer.drain()
         except (ConnectionError, OSError):
             pass
         finally:
@@ -295,16 +379,27 @@ class SipWorkload:
                 if not data.startswith((b"SIP/2.0 ", b"ACK ")):
                     self._start_client_transaction(data, destination)
             return
-        writer = self.connections.get((host, port))
-        if writer is None:
+        flow = self.connections.get((host, port))
+        if flow is None:
+            if transport != "TCP":
+                # TLS and WebSocket phones are reached over the flow they opened (RFC 5626,
+                # RFC 7118 §5: a browser accepts no connections); it is gone.
+                log.info("no %s flow to %s:%s for a SIP message", transport, host, port)
+                return
             try:
                 reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 5.0)
             except (OSError, TimeoutError):
                 log.info("no TCP connection to %s:%s for a SIP message", host, port)
                 return
-            self.connections[(host, port)] = writer
-            asyncio.create_task(self._read_outbound(reader, writer, (host, port)))
-        writer.write(data)
+            flow = self.connections[(host, port)] = _Flow("TCP", writer)
+            self._track_outbound(self._read_outbound(reader, writer, (host, port)))
+        flow.send(data)
+
+    def _track_outbound(self, coro) -> None:
+        """A reader of a connection we opened (its failures end in its own ``finally``)."""
+        task = asyncio.create_task(coro)
+        self._readers.add(task)
+        task.add_done_callback(self._readers.discard)
 
     async def _read_outbound(self, reader, writer, key) -> None:
         framer = StreamFramer(self.settings.sip_max_message_size)
@@ -412,8 +507,10 @@ class SipWorkload:
             self.udp.close()
         if self.server is not None:
             self.server.close()
-        for writer in list(self.connections.values()):
-            writer.close()
+        for server in self.stream_servers:
+            server.close()
+        for flow in list(self.connections.values()):
+            flow.close()
         if self.counters is not None:
             await self.counters.stop()
         if self._runtime is not None:
