@@ -1,12 +1,18 @@
 """`colony up --regions eu,us` as an operator runs it: provisioning on the primary (eu) reaches
 us; mail for a domain homed in eu, sent to the us edge, is stored once in eu; with the link
 between the regions frozen (the hub stopped with SIGSTOP), us still answers 250 for eu mail
-and delivers its own domains' mail, and every message it accepted reaches eu once the link is back."""
+and delivers its own domains' mail, and every message it accepted reaches eu once the link is back.
+The eu user then reads that mail over IMAP and POP3 through the us edge (proxied to eu's
+mail store), and eu's admin API lists both regions' instances."""
 
 from __future__ import annotations
 
+import imaplib
 import json
 import os
+import poplib
+import ssl
+import urllib.request
 import signal
 import smtplib
 import subprocess
@@ -120,6 +126,33 @@ def test_mail_for_eu_accepted_in_us_lands_in_eu_also_across_a_cut(regions):
     wait_for(lambda: len(bodies(eu, "eu.example")) >= 10, 180, "every message accepted in us during the cut in eu")
     assert len(bodies(eu, "eu.example")) == 10  # once each
     assert not bodies(us, "eu.example")  # stored only in its home region
+
+    # The eu user reads it through the us edge: the session is proxied to eu's mail store.
+    us_tls = ssl.create_default_context(cafile=str(us / "tls" / "ca.pem"))
+    imap = imaplib.IMAP4_SSL("127.0.0.1", base + 200 + 93, ssl_context=us_tls, timeout=60)
+    imap.login("kim@eu.example", "Kim-secret-123")
+    status, data = imap.select("INBOX", readonly=True)
+    assert status == "OK" and int(data[0]) == 10
+    status, data = imap.fetch("1:*", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+    subjects = sorted(part[1].decode().strip() for part in data if isinstance(part, tuple))
+    assert subjects == sorted([f"Subject: before {i}" for i in range(5)] + [f"Subject: during {i}" for i in range(5)])
+    imap.logout()
+    pop = poplib.POP3_SSL("127.0.0.1", base + 200 + 95, context=us_tls, timeout=60)
+    pop.user("kim@eu.example")
+    pop.pass_("Kim-secret-123")
+    assert pop.stat()[0] == 10
+    pop.quit()
+    assert not list((us / "storage" / "SharedDomains" / "eu.example").glob("**/*.macnt"))  # none made in us
+
+    # One admin view: eu's admin API lists every region's instances with their region.
+    token = (eu / "admin.token").read_text().strip()
+    request = urllib.request.Request(info["regions"]["eu"]["admin_api"][0] + "/v1/cluster/nodes",
+                                     headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        listed = json.loads(response.read())
+        assert "Colony-Unreachable-Regions" not in response.headers
+    assert sorted((n["region"], n["role"]) for n in listed) == sorted(
+        (r, role) for r in ("eu", "us") for role in ("admin-api", "controller", "edge", "mailstore", "projector"))
 
 
 def test_controller_failover_in_one_region_leaves_the_other_alone(regions):

@@ -67,6 +67,17 @@ def _read_stream(stream: str) -> list[str]:
     ]
 
 
+def _read_bucket_in_any_region(bucket: str) -> list[str]:
+    """Gets from a bucket of another region's JetStream (``$JS.<domain>.API``): an edge finds
+    the mail store of an account homed elsewhere, the admin API shows every region's
+    instances.  Reads only, and only of buckets the role reads at home; writes stay in their
+    region (``$KV.>`` is denied on the leafnode links anyway)."""
+    stream = kv_stream(bucket)
+    api = "$JS.*.API"
+    return [f"{api}.STREAM.INFO.{stream}", f"{api}.STREAM.MSG.GET.{stream}",
+            f"{api}.DIRECT.GET.{stream}", f"{api}.DIRECT.GET.{stream}.>"]
+
+
 def _manage_schema() -> list[str]:
     return ["$JS.API.STREAM.CREATE.*", "$JS.API.STREAM.UPDATE.*", "$JS.API.STREAM.INFO.*"]
 
@@ -86,6 +97,8 @@ def permissions_for(grant: names.Grant, public_key: str) -> dict | None:
         publish += _read_stream(kv_stream(bucket)) + [f"$KV.{bucket}.>"]
     for bucket in grant.kv_read:
         publish += _read_stream(kv_stream(bucket))
+    for bucket in (*grant.kv_write, *grant.kv_read):
+        publish += _read_bucket_in_any_region(bucket)
     for store in grant.obj_write:
         publish += _read_stream(object_stream(store)) + [f"$O.{store}.>", f"$JS.API.STREAM.PURGE.{object_stream(store)}"]
     for store in grant.obj_read:

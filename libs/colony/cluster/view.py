@@ -41,6 +41,7 @@ class NodeView(BaseModel):
     faults: list[TaskFault] = []
     fault_count: int = 0
     drain_error: str = ""
+    region: str = ""  # in a super cluster, the instance's region (colony.regions)
 
 
 def standby_order(records: Iterable[NodeRecord], holder: str | None) -> list[NodeRecord]:
@@ -49,14 +50,14 @@ def standby_order(records: Iterable[NodeRecord], holder: str | None) -> list[Nod
     return sorted(standbys, key=lambda r: (r.started_at, r.id))
 
 
-async def read_nodes(nc: Client) -> list[NodeRecord]:
-    """Every record, read key by key.
+async def read_nodes(nc: Client, domain: str | None = None) -> list[NodeRecord]:
+    """Every record, read key by key (of another region with its JetStream ``domain``).
 
     Not ``kv.keys()``: nats-py's key listing waits for a watcher to catch up with the
     stream, which never happens while many instances heartbeat (seen: `colony status`
     hanging under load).  The stream's subject list plus one direct get per key is bounded.
     """
-    js = nc.jetstream()
+    js = nc.jetstream(domain=domain)
     prefix = f"$KV.{names.BUCKET_NODES}."
     try:
         kv = await js.key_value(names.BUCKET_NODES)
@@ -80,9 +81,9 @@ async def read_nodes(nc: Client) -> list[NodeRecord]:
     return [r for r in await asyncio.gather(*(one(k) for k in keys)) if r is not None]
 
 
-async def read_controller_lease(nc: Client) -> LeaseEntry | None:
+async def read_controller_lease(nc: Client, domain: str | None = None) -> LeaseEntry | None:
     try:
-        kv = await nc.jetstream().key_value(names.BUCKET_LEASES)
+        kv = await nc.jetstream(domain=domain).key_value(names.BUCKET_LEASES)
     except NotFoundError:
         return None
     return await read_lease(kv, names.CONTROLLER_LEASE_KEY)
@@ -105,5 +106,24 @@ def build_view(records: list[NodeRecord], lease: LeaseEntry | None) -> list[Node
     return views
 
 
-async def cluster_view(nc: Client) -> list[NodeView]:
-    return build_view(await read_nodes(nc), await read_controller_lease(nc))
+async def cluster_view(nc: Client, domain: str | None = None) -> list[NodeView]:
+    """One region's instances: this one's, or another region's read through its JetStream ``domain``."""
+    return build_view(await read_nodes(nc, domain), await read_controller_lease(nc, domain))
+
+
+async def regions_view(nc: Client, here: str, regions: list[str],
+                       timeout: float = 3.0) -> tuple[list[NodeView], list[str]]:
+    """Every region's instances, each row carrying its region: this region's read locally, the
+    others' through their JetStream domains over the leafnode link.  Also the regions that did
+    not answer within ``timeout`` (cut off): the caller says so rather than show them empty."""
+    async def one(region: str) -> list[NodeView] | None:
+        domain = None if region == here else names.js_domain(region)
+        try:
+            views = await asyncio.wait_for(cluster_view(nc, domain), timeout)
+        except Exception:  # noqa: BLE001 - no responders, timeouts: the region is out of reach
+            return None
+        return [v.model_copy(update={"region": region}) for v in views]
+
+    results = await asyncio.gather(*(one(r) for r in regions or [here]))
+    views = [v for got in results if got is not None for v in got]
+    return views, [r for r, got in zip(regions or [here], results) if got is None]

@@ -22,6 +22,19 @@ a temporary failure.  From then on bytes are copied both ways, and whichever sid
 closes the other: a store that drains or loses the account says the protocol's goodbye
 first, so the client sees a clean ``* BYE`` / ``-ERR`` and reconnects to the new owner.
 
+Regions: an account whose domain is homed in another region (the directory's
+``home_region``) is served by a mail store *of that region*: the edge reads that region's
+node records and ownership leases through its JetStream domain (``$JS.<region>.API``, over
+the leafnode link) and hands the session to that store's inner listener directly, with the
+same signed hand-off (every region's stores share the hand-off secret).  The session's bytes
+go over a direct TCP connection, not over the bus: an IMAP session is a long-lived byte
+stream (IDLE, literals of any size) that needs no persistence, and carrying it as bus
+messages would add a copy, a message per chunk and flow control of our own for nothing.  The
+inner listeners must therefore be reachable between regions (a private network), as they are
+between the edges and stores of one region.  Mail for a cut-off home region is still
+accepted (it waits in the stream); a login is not: it gets a temporary failure, never the
+wrong region's (empty) mailbox.
+
 Memory per session is bounded: before login the cores bound every line and literal; after
 it the copy loops move at most one read buffer at a time and wait for the other side to
 drain.  Idle timeouts: before login ``access_login_timeout``; after it the store's own
@@ -76,9 +89,10 @@ class StoreFinder:
     """The READY mail stores with their inner listeners (from ``cluster_nodes``, re-read at
     most every ``refresh`` seconds) and the owner of an account (its lease)."""
 
-    def __init__(self, nc: Client, owners: KeyValue, refresh: float = 1.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.nc, self.owners, self.refresh, self.clock = nc, owners, refresh, clock
+    def __init__(self, nc: Client, owners: KeyValue | None, refresh: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic, domain: str | None = None) -> None:
+        # domain: another region's JetStream domain (None: this region's); owners then opens lazily
+        self.nc, self.owners, self.refresh, self.clock, self.domain = nc, owners, refresh, clock, domain
         self._stores: dict[str, dict[str, str]] = {}
         self._read_at = float("-inf")
         self._lock = asyncio.Lock()
@@ -86,7 +100,7 @@ class StoreFinder:
     async def stores(self, force: bool = False) -> dict[str, dict[str, str]]:
         async with self._lock:
             if force or self.clock() - self._read_at >= self.refresh:
-                records = await read_nodes(self.nc)
+                records = await read_nodes(self.nc, self.domain)
                 self._stores = {r.id: r.addresses for r in records
                                 if r.role == Role.MAILSTORE and r.state == NodeState.READY}
                 self._read_at = self.clock()
@@ -97,6 +111,8 @@ class StoreFinder:
         stores = {node: addr[listener] for node, addr in (await self.stores(force)).items() if listener in addr}
         if not stores:
             return None
+        if self.owners is None:
+            self.owners = await self.nc.jetstream(domain=self.domain).key_value(names.BUCKET_ACCOUNT_OWNERS)
         seen = await read_lease(self.owners, names.account_owner_key(account))
         if seen is not None and seen.record.holder in stores:
             return stores[seen.record.holder]
@@ -142,10 +158,23 @@ class Login:
 class AccessProxy:
     def __init__(self, settings: Settings, secret: bytes, auth: AuthClient, finder: StoreFinder,
                  throttle: LoginThrottle, gate: EdgeGate, tls: ssl.SSLContext | None, tracker,
-                 metrics: AccessMetrics, hostname: str) -> None:
+                 metrics: AccessMetrics, hostname: str,
+                 home_region: Callable[[str], str | None] = lambda domain: None) -> None:
         self.settings, self.secret, self.auth, self.finder = settings, secret, auth, finder
         self.throttle, self.gate, self.tls, self.tracker = throttle, gate, tls, tracker
         self.metrics, self.hostname = metrics, hostname
+        self.home_region = home_region            # domain -> its home region ('' or None: here)
+        self._foreign: dict[str, StoreFinder] = {}  # region -> the finder reading that region's records
+
+    def finder_for(self, domain: str) -> tuple[str, StoreFinder]:
+        """The region whose stores serve ``domain``'s accounts, and the finder of its stores."""
+        here = self.settings.region
+        region = self.home_region(domain) or here
+        if region == here or region not in self.settings.region_list:
+            return here, self.finder
+        if region not in self._foreign:
+            self._foreign[region] = StoreFinder(self.finder.nc, None, domain=names.js_domain(region))
+        return region, self._foreign[region]
 
     # --- shared steps ------------------------------------------------------------------------
 
@@ -169,18 +198,22 @@ class AccessProxy:
                 return Login(False, f"{proto.upper()} is not enabled for this account", "AUTH")
             await self.throttle.failed(ip, user)
             return Login(False, "Authentication failed", "AUTH")
-        login = await self.hand_off(proto, reply.account or user, ip)
-        self.metrics.logins.labels(proto, "ok" if login.ok else "no-store").inc()
+        account = reply.account or user
+        region, finder = self.finder_for(reply.domain or account.rpartition("@")[2])
+        login = await self.hand_off(proto, account, ip, finder)
+        outcome = "no-store" if not login.ok else "ok" if region == self.settings.region else "ok-other-region"
+        self.metrics.logins.labels(proto, outcome).inc()
         return login
 
-    async def hand_off(self, proto: str, account: str, ip: str) -> Login:
+    async def hand_off(self, proto: str, account: str, ip: str, finder: StoreFinder | None = None) -> Login:
+        finder = finder or self.finder
         listener = f"{proto}-inner"
         last = "no mail store is ready"
         for attempt in range(_ROUTE_ATTEMPTS):
             if attempt:
                 await asyncio.sleep(_ROUTE_PAUSE)
             try:
-                target = await self.finder.target(account, listener, force=attempt > 0)
+                target = await finder.target(account, listener, force=attempt > 0)
             except Exception as exc:  # the bus is away for a moment: same as no store
                 last = f"cannot read the cluster: {exc}"
                 continue
@@ -393,6 +426,11 @@ class _ImapSession(_Session):
         self.writer.close()
 
 
+def _home_region(directory, domain: str) -> str | None:
+    info = directory.domain(domain) if directory is not None else None
+    return info.home_region if info is not None else None
+
+
 def _imap_code(pop3_code: str) -> str:
     return {"AUTH": "AUTHENTICATIONFAILED", "LOGIN-DELAY": "UNAVAILABLE", "SYS/TEMP": "UNAVAILABLE"}.get(
         pop3_code, "UNAVAILABLE")
@@ -413,7 +451,8 @@ async def open_access(workload, runtime, gate: EdgeGate, counters: SharedCounter
     owners = await runtime.nc.jetstream().key_value(names.BUCKET_ACCOUNT_OWNERS)
     proxy = AccessProxy(settings, load_secret(settings.cluster_secret_file), AuthClient(runtime.nc),
                         StoreFinder(runtime.nc, owners), LoginThrottle(settings, counters, gate), gate, tls,
-                        workload.tracker, AccessMetrics(runtime.metrics.registry), hostname)
+                        workload.tracker, AccessMetrics(runtime.metrics.registry), hostname,
+                        home_region=lambda domain: _home_region(workload.directory, domain))
     workload.access = proxy
     limit = settings.access_max_command_bytes + 1024
     listeners = [("imap", settings.imap_port, proxy.imap, False, b"* BYE [UNAVAILABLE] Server shutting down\r\n"),

@@ -5,11 +5,11 @@ System administrators only; drain and ready are audited like every other change.
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from colony.cluster.control import ask_controller
-from colony.cluster.view import NodeView, cluster_view
+from colony.cluster.view import NodeView, cluster_view, regions_view
 from colony_admin.auth.roles import require_system
 from colony_admin.deps import Admin, Caller, client_addr
 
@@ -24,10 +24,18 @@ def _problem(status: int, detail: str) -> JSONResponse:
 
 
 @router.get("/nodes", response_model=list[NodeView],
-            summary="Every instance, its role and state, the controller and the backup (as `colony status --json`)")
-async def list_nodes(ctx: Admin, who: Caller) -> list[NodeView]:
+            summary="Every instance, its role and state, the controller and the backup (as `colony status --json`); "
+                    "in a super cluster every region's, each with its region")
+async def list_nodes(ctx: Admin, who: Caller, response: Response) -> list[NodeView]:
     require_system(who, "see the cluster")
-    return await cluster_view(ctx.nc)
+    regions = ctx.settings.region_list
+    if not regions:
+        return await cluster_view(ctx.nc)
+    views, unreachable = await regions_view(ctx.nc, ctx.settings.region, regions)
+    if unreachable:
+        # A cut-off region is named, not shown as a region without instances.
+        response.headers["Colony-Unreachable-Regions"] = ",".join(unreachable)
+    return views
 
 
 async def _command(request: Request, ctx: Admin, who: Caller, command: str, node_id: str):
