@@ -423,3 +423,53 @@ async def test_odd_contacts_get_400_not_a_crash(farm):
 
 async def test_a_very_long_call_id_registers(farm):
     assert (await registered(farm, call_id="c" * 1000)).status == 200
+
+
+async def test_a_browser_phone_is_reached_over_its_flow_for_the_call_and_in_dialog(farm):
+    """RFC 7118: a WebSocket phone's Contact names an .invalid host; the INVITE, the ACK of the
+    2xx and a BYE all go to its flow (held by member 2 here), named in the Record-Route."""
+    ws_phone = ("WSS", "203.0.113.5", 40123)
+    contact = "sip:k3mx8w@df7jal23ls0d.invalid;transport=ws"
+
+    def ws_register(cseq: int, auth: str = "") -> bytes:
+        return (f"REGISTER sip:{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/WSS df7jal23ls0d.invalid;branch=z9hG4bKws{cseq}\r\n"
+                f"From: <sip:bob@{DOMAIN}>;tag=w1\r\nTo: <sip:bob@{DOMAIN}>\r\nCall-ID: ws-reg\r\n"
+                f"CSeq: {cseq} REGISTER\r\nContact: <{contact}>\r\nExpires: 300\r\n{auth}Content-Length: 0\r\n\r\n").encode()
+    challenge = parse_message((await farm.handle(ws_register(1), ws_phone, flow_member="sipfarm-2"))[0].data)
+    [ok] = await farm.handle(ws_register(2, answer(challenge, "bob")), ws_phone, flow_member="sipfarm-2")
+    assert ok.destination == ws_phone and ok.member is None
+    assert "received=203.0.113.5" in parse_message(ok.data).headers.get("Via")
+
+    caller = ("UDP", "198.51.100.9", 5060)
+    challenge, _ = await one(farm, invite(), caller)
+    auth = answer(challenge, "alice", method="INVITE", uri=f"sip:bob@{DOMAIN}", header="Proxy-Authorization")
+    forwarded, out = await one(farm, invite(cseq=2, auth=auth, branch="z9hG4bKinv2"), caller)
+    assert out.destination == ws_phone and out.member == "sipfarm-2"        # relayed to the flow's member
+    assert forwarded.top_via().transport == "WSS"
+    route = forwarded.headers.get("Record-Route")
+    assert ";fe=" in route and ";fc=" not in route                          # the caller is on UDP
+    ack = (f"ACK {contact} SIP/2.0\r\nVia: SIP/2.0/UDP 198.51.100.9:5060;branch=z9hG4bKack\r\nRoute: {route}\r\n"
+           f"From: <sip:alice@{DOMAIN}>;tag=a1\r\nTo: <sip:bob@{DOMAIN}>;tag=b1\r\nCall-ID: call-1\r\n"
+           f"CSeq: 2 ACK\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n").encode()
+    sent, out = await one(farm, ack, caller)
+    assert sent.method == "ACK" and out.destination == ws_phone and out.member == "sipfarm-2"
+    # The phone hangs up over its flow: the BYE goes to the caller's Contact, not back to it.
+    bye = (f"BYE sip:alice@198.51.100.9:5060 SIP/2.0\r\nVia: SIP/2.0/WSS df7jal23ls0d.invalid;branch=z9hG4bKbye\r\n"
+           f"Route: {route}\r\nFrom: <sip:bob@{DOMAIN}>;tag=b1\r\nTo: <sip:alice@{DOMAIN}>;tag=a1\r\nCall-ID: call-1\r\n"
+           f"CSeq: 1 BYE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n").encode()
+    _, out = await one(farm, bye, ws_phone)
+    assert out.destination == ("UDP", "198.51.100.9", 5060) and out.member is None
+
+
+async def test_a_response_goes_back_on_the_connection_the_request_came_on(farm):
+    """A TCP caller's Via names its listening port, not its connection's: our Via's fl= does."""
+    await registered(farm, user="bob", contact="sip:bob@192.0.2.7:5062")
+    caller = ("TCP", "198.51.100.9", 51234)
+    tcp_invite = lambda **kw: invite(**kw).replace(b"SIP/2.0/UDP 198.51.100.9:5060", b"SIP/2.0/TCP 198.51.100.9:5060")
+    challenge, out = await one(farm, tcp_invite(), caller)
+    assert out.destination == caller
+    auth = answer(challenge, "alice", method="INVITE", uri=f"sip:bob@{DOMAIN}", header="Proxy-Authorization")
+    forwarded, _ = await one(farm, tcp_invite(cseq=2, auth=auth, branch="z9hG4bKinv2"), caller)
+    assert ";fc=" in forwarded.headers.get("Record-Route")
+    _, out = await one(farm, reply(forwarded, 180, "b1"), ("UDP", "192.0.2.7", 5062))
+    assert out.destination == caller
