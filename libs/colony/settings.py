@@ -137,6 +137,8 @@ class Settings(BaseSettings):
     outbound_tls_ca_file: Path | None = Field(None, description="CA bundle that MTA-STS policy servers and MX hosts under an enforced MTA-STS policy are verified against. Empty: the system's trust store.")
     mta_sts: bool = Field(True, description="Honour MTA-STS (RFC 8461) policies of destination domains: in enforce mode deliver only to the policy's MX hosts over verified TLS.")
     mta_sts_port: int = Field(443, ge=1, le=65535, description="HTTPS port of mta-sts.<domain> policy servers (443; tests set another).")
+    srs_secret_file: Path | None = Field(None, description="File of random bytes (>= 16) keying SRS, the rewriting of the envelope sender of mail forwarded to outside addresses. Empty: a key derived from cluster_secret_file; with neither, mail for accounts that forward outside the cluster is not forwarded there (the MX answers 451 when that was the only target).")
+    srs_max_age_days: int = Field(21, ge=1, le=1000, description="Days a bounce to an SRS address is accepted and sent on to the original sender; older ones are refused 550.")
     mta_sts_fetch_timeout: float = Field(20.0, gt=0, description="Seconds an MTA-STS policy fetch (connect, TLS, HTTP) may take before it counts as failed.")
     dkim_key_dir: Path | None = Field(None, description="Directory of DKIM signing keys: <dir>/<domain>/<selector>.pem, the newest file per domain signs. Empty: <data_dir>/dkim. Readable by the edges only (never in the event log).")
     tls_cert_file: Path | None = Field(None, description="PEM certificate chain for STARTTLS and TLS listeners. Empty: `colony up` makes a local CA and certificate in <data_dir>/tls.")

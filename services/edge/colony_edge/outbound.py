@@ -46,6 +46,7 @@ from colony.contracts.outbound import OutboundMail, OutboundRecipient
 from colony.events import UnknownEvent, UsageRecorded
 from colony.outbound.dsn import build_dsn
 from colony.outbound.mta_sts import Policy
+from colony.outbound.srs import Srs, SrsError, is_srs
 from colony.outbound.rules import NullMx, RecipientResult, decide, mail_exchangers
 from colony.outbound.signing import DkimKey, current_key, from_json, sign
 from colony.dns import make_resolver
@@ -164,8 +165,9 @@ class ConnectionPool:
 class OutboundDelivery:
     def __init__(self, js: JetStreamContext, settings: Settings, node_id: str, hostname: str,
                  resolver: dns.asyncresolver.Resolver, metrics: OutboundMetrics,
-                 tracer: trace.Tracer | None = None) -> None:
+                 tracer: trace.Tracer | None = None, srs: Srs | None = None) -> None:
         self.js, self.settings, self.node_id, self.hostname = js, settings, node_id, hostname
+        self.srs = srs   # to send the DSN of a forwarded message straight to its original sender
         self.resolver, self.metrics = resolver, metrics
         if resolver.cache is None:
             # MX/A/AAAA/TXT answers kept for their TTL: without it every message cost three
@@ -485,7 +487,16 @@ class OutboundDelivery:
         report = build_dsn(mail, failures, original, self.hostname, datetime.now(UTC))
         action = failures[0].action
         suffix = f"dsn-{mail.generation}-{action}"
-        sender_domain = mail.mail_from.rpartition("@")[2].lower()
+        bounce_to = mail.mail_from
+        if self.srs is not None and is_srs(bounce_to):
+            # Forwarded mail: the DSN goes to the original sender directly, not through our
+            # own MX and back (the SRS address is ours; reversing it here is the same step).
+            try:
+                bounce_to = self.srs.reverse(bounce_to, time.time())
+            except SrsError as exc:
+                log.warning("DSN for %s: SRS sender %s not reversed (%s); sending to it as it is",
+                            mail.message_id, bounce_to, exc)
+        sender_domain = bounce_to.rpartition("@")[2].lower()
         headers = inject_headers()
         if mail.sender_local:
             item = InboundMail(message_id=f"{mail.message_id}.{suffix}", domain=sender_domain, mail_from="",
@@ -495,7 +506,7 @@ class OutboundDelivery:
             msg_id = item.msg_id()
         else:
             item = OutboundMail.new(message_id=f"{mail.message_id}.{suffix}", destination=sender_domain, mail_from="",
-                                    recipients=[OutboundRecipient(address=mail.mail_from)], size=len(report),
+                                    recipients=[OutboundRecipient(address=bounce_to)], size=len(report),
                                     edge_node=self.node_id, body=report, sender_local=False)
             subject, msg_id = names.outbound_subject(sender_domain), item.msg_id()
         await self.js.publish(subject, item.encode(), headers={**headers, "Nats-Msg-Id": msg_id},
@@ -547,11 +558,11 @@ def outbound_runner(js: JetStreamContext, delivery: OutboundDelivery, settings: 
                        tracer=delivery.tracer)
 
 
-async def start_outbound(runtime, settings: Settings, hostname: str) -> QueueRunner:
+async def start_outbound(runtime, settings: Settings, hostname: str, srs: Srs | None = None) -> QueueRunner:
     """The edge's outbound runner, started on the runtime's task owner (stop it with ``stop()``)."""
     js = runtime.nc.jetstream()
     delivery = OutboundDelivery(js, settings, runtime.node_id, hostname, make_resolver(settings),
-                                OutboundMetrics(runtime.metrics.registry))
+                                OutboundMetrics(runtime.metrics.registry), srs=srs)
     runner = outbound_runner(js, delivery, settings, runtime.metrics.once(QueueMetrics))
     await runner.start(runtime.spawn)
     return runner

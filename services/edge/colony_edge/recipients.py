@@ -1,13 +1,21 @@
 """The recipient policy of the MX: RCPT TO answered from the directory cache, with the
-limits of each recipient's class of service (message size, recipients, quota)."""
+limits of each recipient's class of service (message size, recipients, quota).
+
+With SRS on (an ``Srs``: ``colony_edge.forwarding.load_srs``), forwarding targets outside
+the cluster are accepted as ``AcceptedRecipient.remote`` (the acceptor sends them through
+OUTBOUND with an SRS sender), and a RCPT to an SRS address in a hosted domain -- a bounce
+of mail we forwarded -- is reversed to the original sender: 550 when the address is forged,
+malformed or expired, so nobody can relay through us by making one up."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any, Protocol
 
 from colony.contracts.recipients import Resolution
+from colony.outbound.srs import Srs, SrsError, is_srs
 from colony.protocols.smtp import Reply, events as E, replies as R
 from colony_edge.smtp_policy import ACCEPT, AcceptedRecipient, BasePolicy, SmtpSession, Verdict, refuse
 
@@ -25,16 +33,50 @@ class RecipientDirectory(Protocol):
 
     def resolve(self, recipient: str) -> Resolution: ...
     def limits_of(self, address: str) -> dict[str, Any] | None: ...
+    def domain(self, name: str) -> Any: ...
+    def domain_alias(self, name: str) -> Any: ...
 
 
 NO_POSTMASTER = Reply(550, "5.1.1", "No postmaster mailbox is configured here (COLONY_POSTMASTER_ADDRESS)",
                       "no_postmaster")
 
 
+SRS_REFUSED = {"forged": "Invalid SRS address (its signature does not match)",
+               "expired": "Expired SRS address (the forwarded message is too old for a bounce)",
+               "malformed": "Invalid SRS address"}
+
+
 class RecipientPolicy(BasePolicy):
-    def __init__(self, directory: RecipientDirectory, postmaster: str = "") -> None:
+    def __init__(self, directory: RecipientDirectory, postmaster: str = "", srs: Srs | None = None,
+                 clock=time.time) -> None:
         self.directory = directory
         self.postmaster = postmaster   # where <Postmaster> and postmaster@<a hosted domain> without one go
+        self.srs, self.clock = srs, clock
+
+    def _hosted(self, domain: str) -> bool:
+        return bool(self.directory.domain(domain) or self.directory.domain_alias(domain))
+
+    def _srs_bounce(self, session: SmtpSession, rcpt: E.RcptTo) -> Verdict | None:
+        """A RCPT to an SRS address of a hosted domain: reversed and accepted for the
+        original sender, or refused 550.  None: not an SRS address of ours."""
+        address = rcpt.address
+        if self.srs is None or not is_srs(address) or not self._hosted(address.rpartition("@")[2].lower()):
+            return None
+        try:
+            original = self.srs.reverse(address, self.clock())
+        except SrsError as exc:
+            log.warning("RCPT %s refused: %s", address, exc)
+            return refuse(Reply(550, "5.1.1", SRS_REFUSED[exc.reason], f"srs_{exc.reason}"))
+        domain = original.rpartition("@")[2].lower()
+        if self._hosted(domain):
+            resolution = self.directory.resolve(original)
+            if not resolution.ok:
+                return refuse(Reply(resolution.code, resolution.status, resolution.text, str(resolution.reason)))
+            session.recipients.append(AcceptedRecipient(rcpt, resolution.mailboxes, tuple(resolution.remote)))
+        else:
+            session.recipients.append(AcceptedRecipient(rcpt, (), (original,)))
+        log.info("RCPT %s: bounce of forwarded mail, for %s", address, original)
+        return ACCEPT
 
     async def rcpt_to(self, session: SmtpSession, rcpt: E.RcptTo) -> Verdict:
         if not self.directory.loaded.is_set():
@@ -46,6 +88,9 @@ class RecipientPolicy(BasePolicy):
             if not self.postmaster:
                 return refuse(NO_POSTMASTER)
             address = self.postmaster
+        bounce = self._srs_bounce(session, rcpt)
+        if bounce is not None:
+            return bounce
         resolution = self.directory.resolve(address)
         if (not resolution.ok and self.postmaster and address.partition("@")[0].lower() == "postmaster"
                 and str(resolution.reason) == "unknown_user"):
@@ -54,7 +99,7 @@ class RecipientPolicy(BasePolicy):
             resolution = self.directory.resolve(self.postmaster)
         if not resolution.ok:
             return refuse(Reply(resolution.code, resolution.status, resolution.text, str(resolution.reason)))
-        if not resolution.mailboxes:
+        if not resolution.mailboxes and (self.srs is None or not resolution.remote):
             return refuse(REMOTE_ONLY)
         declared = session.mail_from.size if session.mail_from else None
         max_size = session.max_message_size
@@ -73,11 +118,13 @@ class RecipientPolicy(BasePolicy):
                 # The message can never fit: permanent.  Current usage is the mail store's to
                 # check (it knows the mailbox); it answers over-quota with a bounce.
                 return refuse(R.QUOTA_PERMANENT)
-        if resolution.remote:
-            # Outbound delivery has no contract yet: the local mailboxes get the message, the
-            # remote forwarding targets do not.  Said loudly, so it is not a silent loss.
-            log.warning("RCPT %s: forwarding to %d remote address(es) not delivered (no outbound path yet)",
-                        rcpt.address, len(resolution.remote))
+        if resolution.remote and self.srs is None:
+            # Without an SRS key forwarded mail would fail SPF at the destination: the local
+            # mailboxes get the message, the remote targets do not.  Said loudly, so it is
+            # not a silent loss.
+            log.warning("RCPT %s: forwarding to %d remote address(es) not delivered (no SRS key: set "
+                        "COLONY_SRS_SECRET_FILE or COLONY_CLUSTER_SECRET_FILE)", rcpt.address, len(resolution.remote))
         session.max_message_size = max_size
-        session.recipients.append(AcceptedRecipient(rcpt, resolution.mailboxes))
+        remote = tuple(resolution.remote) if self.srs is not None else ()
+        session.recipients.append(AcceptedRecipient(rcpt, resolution.mailboxes, remote))
         return ACCEPT

@@ -54,10 +54,13 @@ def refuse(reply: Reply) -> Verdict:
 
 @dataclass
 class AcceptedRecipient:
-    """One RCPT TO the policy accepted, and the final mailboxes it resolved to."""
+    """One RCPT TO the policy accepted, and the final mailboxes it resolved to; ``remote``:
+    addresses outside the cluster it also goes to (forwarding targets, or the original
+    sender of a bounce to an SRS address), delivered through OUTBOUND."""
 
     rcpt: E.RcptTo
     mailboxes: tuple[Mailbox, ...]
+    remote: tuple[str, ...] = ()
 
 
 @dataclass

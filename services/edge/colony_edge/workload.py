@@ -20,6 +20,7 @@ from colony.tlsfiles import configured, server_context
 from colony_edge.access_proxy import open_access
 from colony.queue import QueueRunner
 from colony_edge.acceptance import MailAcceptor, SmtpMetrics
+from colony_edge.forwarding import ForwardingAcceptor, load_srs
 from colony_edge.outbound import start_outbound
 from colony_edge.recipients import RecipientPolicy
 from colony_edge.security.authentication import use_configured_dns
@@ -67,17 +68,23 @@ class EdgeWorkload(ConnectionWorkload):
             info = directory.domain(domain)
             return info.dmarc if info is not None else None
         security = EdgeSecurityPolicy(gate, dmarc_choice)
-        policy = PolicyChain([security, *self.extra_policies, RecipientPolicy(self.directory, settings.postmaster_address)])
+        srs = load_srs(settings)   # forwarding outside the cluster, with SRS senders (off without a key)
+        if srs is None:
+            log.warning("no SRS key (COLONY_SRS_SECRET_FILE / COLONY_CLUSTER_SECRET_FILE): mail is not forwarded "
+                        "to addresses outside the cluster")
+        policy = PolicyChain([security, *self.extra_policies,
+                              RecipientPolicy(self.directory, settings.postmaster_address, srs)])
+        mx_acceptor = ForwardingAcceptor(acceptor, js, settings, runtime.node_id, srs) if srs else acceptor
         self.smtp = SmtpServer(SmtpServerConfig(
             hostname=hostname, spool_dir=settings.data_dir / "spool" / runtime.node_id,
             max_message_size=settings.smtp_max_message_size, max_recipients=settings.smtp_max_recipients,
             max_errors=settings.smtp_max_errors, timeout=settings.smtp_timeout,
-            greeting_delay=settings.smtp_greeting_delay), policy, acceptor, metrics, self.tracker, tls)
+            greeting_delay=settings.smtp_greeting_delay), policy, mx_acceptor, metrics, self.tracker, tls)
         address = await self.listen("smtp", settings.host, settings.smtp_port, self.smtp.handle,
                                     refuse=lambda writer: writer.write(R.SHUTTING_DOWN.to_bytes()))
         listeners = {"smtp": address, **await open_access(self, runtime, gate, self.counters, hostname)}
         listeners.update(await open_submission(self, runtime, acceptor, metrics, self.counters, tls, hostname))
-        self.outbound = await start_outbound(runtime, settings, hostname)
+        self.outbound = await start_outbound(runtime, settings, hostname, srs)
         return listeners
 
     def set_accepting(self, accepting: bool) -> None:
