@@ -50,14 +50,14 @@ def standby_order(records: Iterable[NodeRecord], holder: str | None) -> list[Nod
     return sorted(standbys, key=lambda r: (r.started_at, r.id))
 
 
-async def read_nodes(nc: Client, domain: str | None = None) -> list[NodeRecord]:
+async def read_nodes(nc: Client, domain: str | None = None, timeout: float | None = None) -> list[NodeRecord]:
     """Every record, read key by key (of another region with its JetStream ``domain``).
 
     Not ``kv.keys()``: nats-py's key listing waits for a watcher to catch up with the
     stream, which never happens while many instances heartbeat (seen: `colony status`
     hanging under load).  The stream's subject list plus one direct get per key is bounded.
     """
-    js = nc.jetstream(domain=domain)
+    js = nc.jetstream(domain=domain, **({"timeout": timeout} if timeout else {}))
     prefix = f"$KV.{names.BUCKET_NODES}."
     try:
         kv = await js.key_value(names.BUCKET_NODES)

@@ -75,6 +75,7 @@ _COPY = 64 * 1024          # one read buffer per direction and session
 _ROUTE_ATTEMPTS = 20       # NOT-OWNER answers or unreachable stores before a temporary failure
 _ROUTE_PAUSE = 0.25        # seconds between them (a drained store releases its accounts this fast)
 _STORE_TIMEOUT = 15.0      # seconds a store has to answer a hand-off
+_FOREIGN_TIMEOUT = 3.0     # seconds another region's JetStream has to answer a read
 
 
 class AccessMetrics:
@@ -90,9 +91,11 @@ class StoreFinder:
     most every ``refresh`` seconds) and the owner of an account (its lease)."""
 
     def __init__(self, nc: Client, owners: KeyValue | None, refresh: float = 1.0,
-                 clock: Callable[[], float] = time.monotonic, domain: str | None = None) -> None:
+                 clock: Callable[[], float] = time.monotonic, domain: str | None = None,
+                 timeout: float | None = None) -> None:
         # domain: another region's JetStream domain (None: this region's); owners then opens lazily
         self.nc, self.owners, self.refresh, self.clock, self.domain = nc, owners, refresh, clock, domain
+        self.timeout = timeout  # of each JetStream request (None: nats-py's default)
         self._stores: dict[str, dict[str, str]] = {}
         self._read_at = float("-inf")
         self._lock = asyncio.Lock()
@@ -100,7 +103,7 @@ class StoreFinder:
     async def stores(self, force: bool = False) -> dict[str, dict[str, str]]:
         async with self._lock:
             if force or self.clock() - self._read_at >= self.refresh:
-                records = await read_nodes(self.nc, self.domain)
+                records = await read_nodes(self.nc, self.domain, self.timeout)
                 self._stores = {r.id: r.addresses for r in records
                                 if r.role == Role.MAILSTORE and r.state == NodeState.READY}
                 self._read_at = self.clock()
@@ -112,7 +115,8 @@ class StoreFinder:
         if not stores:
             return None
         if self.owners is None:
-            self.owners = await self.nc.jetstream(domain=self.domain).key_value(names.BUCKET_ACCOUNT_OWNERS)
+            js = self.nc.jetstream(domain=self.domain, **({"timeout": self.timeout} if self.timeout else {}))
+            self.owners = await js.key_value(names.BUCKET_ACCOUNT_OWNERS)
         seen = await read_lease(self.owners, names.account_owner_key(account))
         if seen is not None and seen.record.holder in stores:
             return stores[seen.record.holder]
@@ -173,7 +177,8 @@ class AccessProxy:
         if region == here or region not in self.settings.region_list:
             return here, self.finder
         if region not in self._foreign:
-            self._foreign[region] = StoreFinder(self.finder.nc, None, domain=names.js_domain(region))
+            self._foreign[region] = StoreFinder(self.finder.nc, None, domain=names.js_domain(region),
+                                                timeout=_FOREIGN_TIMEOUT)
         return region, self._foreign[region]
 
     # --- shared steps ------------------------------------------------------------------------
@@ -215,7 +220,11 @@ class AccessProxy:
             try:
                 target = await finder.target(account, listener, force=attempt > 0)
             except Exception as exc:  # the bus is away for a moment: same as no store
-                last = f"cannot read the cluster: {exc}"
+                last = f"cannot read the cluster: {exc!r}"
+                if finder.domain is not None:
+                    # The home region is out of reach (the link is cut): say so now rather than
+                    # keep the client waiting through every retry; its reconnect tries again.
+                    break
                 continue
             if target is None:
                 continue

@@ -102,3 +102,51 @@ async def test_wrong_passwords_count_and_then_no_check_is_made():
         assert (await p.login("imap", "alice@acme.example", "bad", "198.51.100.7")).code == "AUTH"
     login = await p.login("imap", "alice@acme.example", "bad", "198.51.100.7")
     assert login.code == "LOGIN-DELAY" and p.auth.calls == ["imap", "imap"]
+
+
+class FakeFinder:
+    """A StoreFinder stand-in: a fixed answer, or the exception of an unreachable region."""
+
+    def __init__(self, target=None, error=None, domain=None) -> None:
+        self.target_addr, self.error, self.domain, self.asked = target, error, domain, 0
+        self.nc = None
+
+    async def target(self, account, listener, force=False):
+        self.asked += 1
+        if self.error:
+            raise self.error
+        return self.target_addr
+
+
+def regional_proxy(homes: dict[str, str], **settings):
+    from colony.contracts.auth import AuthCheckReply
+    from colony_edge.access_proxy import AccessProxy
+
+    s = Settings(region="eu", regions="eu,us", **settings)
+    return AccessProxy(s, b"s" * 32, FakeAuth(AuthCheckReply(ok=True, account="lee@us.example", domain="us.example")),
+                       FakeFinder(), LoginThrottle(s, None, FakeGate()), FakeGate(), None, None, FakeMetrics(),
+                       "edge.test", home_region=homes.get)
+
+
+def test_the_home_region_picks_whose_stores_serve_the_session():
+    p = regional_proxy({"us.example": "us", "eu.example": "eu", "moon.example": "moon"})
+    region, finder = p.finder_for("us.example")
+    assert region == "us" and finder is not p.finder and finder.domain == "us"
+    assert p.finder_for("us.example")[1] is finder  # one finder per region, reused
+    assert p.finder_for("eu.example") == ("eu", p.finder)
+    assert p.finder_for("unhomed.example") == ("eu", p.finder)  # no home region: served here
+    assert p.finder_for("moon.example") == ("eu", p.finder)     # not a region of this super cluster
+
+
+async def test_an_unreachable_home_region_is_a_prompt_temporary_failure():
+    import asyncio
+    import time
+
+    p = regional_proxy({"us.example": "us"})
+    cut = FakeFinder(error=asyncio.TimeoutError(), domain="us")
+    p._foreign["us"] = cut
+    started = time.monotonic()
+    login = await p.login("imap", "lee@us.example", "right", "198.51.100.7")
+    assert not login.ok and login.code == "SYS/TEMP"
+    assert cut.asked == 1 and time.monotonic() - started < 1  # no retries against a cut link
+    assert p.finder.asked == 0  # never this region's (empty) mailbox
