@@ -20,6 +20,7 @@ BUCKET_RATE_COUNTERS = "rate_counters"  # flow-control counters shared by every 
 BUCKET_DKIM_KEYS = "dkim_keys"            # DKIM signing keys per domain (history 1): admin API writes, edges sign
 BUCKET_OUTBOUND_DELIVERED = "outbound_delivered"  # recipients an edge delivered, until the job is acked
 BUCKET_SECRET_KEYS = "secret_keys"      # data keys sealing PROVISIONING's secrets: the admin API's only
+BUCKET_ACL_GRANTS = "acl_grants"        # shared folders: per grantee, the owners granting it something
 
 CONTROLLER_LEASE_KEY = "controller"
 
@@ -151,6 +152,23 @@ def mailstore_deliver_subject(node_id: str) -> str:
 
 
 MAILSTORE_DELIVER = "colony.mailstore.deliver.*"  # pattern of the above, for permissions
+
+
+def mailstore_shared_subject(node_id: str) -> str:
+    """A grantee's IMAP call on a shared folder, sent to the mail store owning the folder's
+    account (request/reply, ``colony_mailstore.sharing``)."""
+    return f"colony.mailstore.shared.{to_token(node_id)}"
+
+
+MAILSTORE_SHARED = "colony.mailstore.shared.*"  # pattern of the above, for permissions
+
+
+def acl_grant_key(grantee: str, domain: str | None = None) -> str:
+    """Key of ``BUCKET_ACL_GRANTS`` for a grantee address, or for ``anyone`` of ``domain``
+    (upper case: ``to_token`` never makes it, so no address can collide)."""
+    if grantee == "anyone":
+        return f"ANYONE.{to_token(domain or '')}"
+    return f"USER.{to_token(grantee.lower())}"
 MAILSTORE_CONSUMER = "mailstore"  # durable pull consumer of a region's MAIL, shared by its mailstores
 OWNER_EVENTS = "owner"            # cluster_event_subject kind of account-ownership events
 
@@ -331,11 +349,12 @@ GRANTS: dict[str, Grant] = {
         _INSTANCE,
         append=(SUBJECTS_OUTBOUND, SUBJECTS_USAGE, SUBJECTS_DEAD_LETTERS),
         consume=(STREAM_MAIL,),
-        kv_write=(BUCKET_ACCOUNT_OWNERS,),
+        kv_write=(BUCKET_ACCOUNT_OWNERS, BUCKET_ACL_GRANTS),
         kv_read=(BUCKET_DIRECTORY,),
         obj_write=(OBJECT_MAIL_BODIES,),  # deletes a body once the message is stored
-        call=(AUTH_CHECK, DIRECTORY_LOOKUP, DIRECTORY_RECIPIENTS, MAILSTORE_DELIVER),
-        serve=(MAILSTORE_DELIVER,),  # deliveries forwarded to the account's owner
+        call=(AUTH_CHECK, DIRECTORY_LOOKUP, DIRECTORY_RECIPIENTS, MAILSTORE_DELIVER, MAILSTORE_SHARED),
+        # deliveries forwarded to the account's owner; grantees' calls on its shared folders
+        serve=(MAILSTORE_DELIVER, MAILSTORE_SHARED),
     ),
     "sipfarm": _with(
         _INSTANCE,

@@ -46,6 +46,7 @@ class Buckets:
     secret_keys: KeyValueConfig
     outbound_delivered: KeyValueConfig
     dkim_keys: KeyValueConfig
+    acl_grants: KeyValueConfig
 
 
 def bucket_configs(settings: Settings) -> Buckets:
@@ -105,6 +106,11 @@ def bucket_configs(settings: Settings) -> Buckets:
             bucket=names.BUCKET_DKIM_KEYS, history=1, storage=StorageType.FILE, replicas=r,
             description="DKIM signing keys per domain (admin API writes, edges read)",
         ),
+        # Owners' mail stores write (CAS), grantees' read: a hint, the ACL is in the journal.
+        acl_grants=KeyValueConfig(
+            bucket=names.BUCKET_ACL_GRANTS, history=1, storage=StorageType.FILE, replicas=r,
+            description="shared folders: per grantee, the accounts granting it rights",
+        ),
     )
 
 
@@ -159,7 +165,8 @@ async def ensure_schema(js: JetStreamContext, settings: Settings, deadline: floa
     mirrored = mirrored_buckets(settings)
     buckets = bucket_configs(settings)
     for kv in (buckets.nodes, buckets.leases, buckets.account_owners, buckets.sip_bindings, buckets.directory,
-               buckets.rate_counters, buckets.secret_keys, buckets.outbound_delivered, buckets.dkim_keys):
+               buckets.rate_counters, buckets.secret_keys, buckets.outbound_delivered, buckets.dkim_keys,
+               buckets.acl_grants):
         if kv.bucket in mirrored:
             config = bucket_mirror(kv.bucket, settings.primary, settings.stream_replicas)
             await _retrying(lambda c=config: _ensure_stream(js, c), config.name, deadline)

@@ -165,6 +165,12 @@ class Delivery:
         handed over by an edge: they are never forwarded)."""
         return await self._route(address, may_forward=False) == self.node_id
 
+    async def locate(self, address: str) -> str:
+        """Where ``address``'s mail is written, as a delivery would route it: our node id (held
+        here, or vacant and ours to take), another owner's id, or ``!reason`` (retry later).
+        Shared-folder calls (``sharing``) go there."""
+        return await self._route(address, may_forward=True)
+
     async def _route(self, address: str, may_forward: bool) -> str:
         """Our node id (store here), another owner's id (forward), or ``!reason`` (retry later)."""
         if self.ownership.holding(address):

@@ -37,9 +37,12 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from colony.contracts.handoff import MAX_LINE, NOT_OWNER, HandoffError, Verifier
 from colony.contracts.auth import AuthClient, AuthFailure, AuthUnavailable
+from colony.protocols.imap import rights
 from colony.protocols.imap import session as S
+from colony.protocols.imap.shared import CompositeStore
 from colony.storage.mailbox import AccountMail
 from colony_mailstore.accounts import AccountManager, NotOwner, OpenAccount
+from colony_mailstore.sharing import RemoteView, Sharing, grantees
 
 log = logging.getLogger("colony.mailstore.imap")
 
@@ -64,6 +67,9 @@ class MailStore:
 
     def subscriptions(self) -> set[str]:
         return set(self.mail.state.subscribed)
+
+    def myrights(self, name: str) -> str:
+        return rights.ALL     # the account's owner holds every right on its own mailboxes
 
     def recent(self, name: str, uids: list[int], claim: bool) -> set[int]:
         return self.marks.recent(name, uids, claim)
@@ -93,8 +99,10 @@ class _Conn:
 class ImapServer:
     def __init__(self, accounts: AccountManager, route: Route, node_id: str, idle_timeout: float,
                  accepting: Callable[[], bool], verifier: Verifier | None = None, auth: AuthClient | None = None,
-                 registry: CollectorRegistry | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+                 registry: CollectorRegistry | None = None, clock: Callable[[], float] = time.monotonic,
+                 sharing: Sharing | None = None) -> None:
         self.accounts = accounts
+        self.sharing = sharing     # shared folders (None: the user's own mail only)
         self.route = route
         self.node_id = node_id
         self.idle_timeout = idle_timeout
@@ -310,6 +318,14 @@ class ImapServer:
                     acct.last_used = self.accounts.clock()
             await asyncio.sleep(_CHECK)
 
+    def marks_for(self, account: str) -> S.RecentMarks:
+        """The account's \\Recent marks (shared folders' calls use the owner's)."""
+        marks = self._recent.setdefault(account, S.RecentMarks())
+        self._recent.move_to_end(account)
+        while len(self._recent) > RECENT_ACCOUNTS:
+            self._recent.popitem(last=False)
+        return marks
+
     def _notify(self, account: str) -> None:
         for conn in self._conns.get(account, ()):
             conn.wake.set()
@@ -328,24 +344,32 @@ class ImapServer:
         except Exception as exc:   # the bus is away: serve mail, enforce the quota next time
             log.warning("quota of %s unknown: %s", session.account, exc)
             quota = None
+        owners = await self.sharing.owners(session.account) if self.sharing is not None else []
         async with acct.lock:
             if self.accounts.open.get(session.account) is not acct:
                 session.abort("[UNAVAILABLE] The account moved; reconnect")
                 return
             acct.last_used = self.accounts.clock()
-            marks = self._recent.setdefault(session.account, S.RecentMarks())
-            self._recent.move_to_end(session.account)
-            while len(self._recent) > RECENT_ACCOUNTS:
-                self._recent.popitem(last=False)
-            store = MailStore(acct.mail, marks, quota)
+            store = MailStore(acct.mail, self.marks_for(session.account), quota)
+            if self.sharing is not None:
+                # Colleagues' folders under Other Users/ (colony.protocols.imap.shared); each
+                # call on one goes to the mail store owning that account (sharing.RemoteView).
+                loop, account = asyncio.get_running_loop(), session.account
+                store = CompositeStore(store, account, owners,
+                                       lambda owner: RemoteView(self.sharing.call, loop, owner, account))
+            before = grantees(acct.mail)
             started = time.perf_counter()
             try:
                 await asyncio.to_thread(session.run, store)
                 self.metrics.work.observe(time.perf_counter() - started)
-                return
+                after = grantees(acct.mail)
             except Exception:
                 log.exception("IMAP command for %s failed", session.account)
                 session.abort("[SERVERBUG] Internal error; the account will be reopened")
+            else:
+                if self.sharing is not None:
+                    await self.sharing.record(session.account, before, after)
+                return
         # A failed commit breaks the handle: close it (outside its lock) so the next command reopens.
         await self.accounts.close(session.account, "imap error", release=False)
 

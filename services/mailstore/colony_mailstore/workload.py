@@ -28,6 +28,7 @@ from colony_mailstore.directory import Directory
 from colony_mailstore.metrics import MailstoreMetrics
 from colony_mailstore.imap_server import ImapServer
 from colony_mailstore.pop3_server import Pop3InnerServer
+from colony_mailstore.sharing import GrantIndex, Sharing
 from colony_mailstore.usage import UsageMeter
 
 log = logging.getLogger("colony.mailstore")
@@ -45,6 +46,8 @@ class MailstoreWorkload:
         self.delivery: Delivery | None = None
         self.accounts: AccountManager | None = None
         self._sub = None
+        self._shared_sub = None
+        self.sharing: Sharing | None = None
         self._forward_tasks: set[asyncio.Task] = set()
         self.pop3: Pop3InnerServer | None = None
         self.imap: ImapServer | None = None
@@ -100,8 +103,16 @@ class MailstoreWorkload:
         verifier = None
         if settings.cluster_secret_file is not None:
             verifier = Verifier(load_secret(settings.cluster_secret_file), lambda: int(time.time() * 1000))
+        js = runtime.nc.jetstream()
+        self.sharing = Sharing(runtime.nc, runtime.node_id, self.accounts, self.delivery,
+                               GrantIndex(await js.key_value(names.BUCKET_ACL_GRANTS)), lambda: self.accepting)
         self.imap = ImapServer(self.accounts, self.delivery.claim, runtime.node_id, settings.imap_idle_timeout,
-                               lambda: self.accepting, verifier, AuthClient(runtime.nc), runtime.metrics.registry)
+                               lambda: self.accepting, verifier, AuthClient(runtime.nc), runtime.metrics.registry,
+                               sharing=self.sharing)
+        self.sharing.marks_for = self.imap.marks_for
+        # Grantees' calls on this store's accounts' shared folders (sharing.py).
+        self._shared_sub = await runtime.nc.subscribe(names.mailstore_shared_subject(runtime.node_id),
+                                                      cb=self._on_shared)
         runtime.spawn("imap watch", self.imap.watch, restart=True)
         addresses = {}
         for key, handler, port, wanted in (
@@ -119,6 +130,18 @@ class MailstoreWorkload:
         task = asyncio.create_task(self._serve_forward(msg), name="forwarded delivery")
         self._forward_tasks.add(task)
         task.add_done_callback(self._forward_tasks.discard)  # serve_forward logs its own failures
+
+    async def _on_shared(self, msg) -> None:
+        task = asyncio.create_task(self._serve_shared(msg), name="shared-folder call")
+        self._forward_tasks.add(task)
+        task.add_done_callback(self._forward_tasks.discard)
+
+    async def _serve_shared(self, msg) -> None:
+        with self.bus_metrics.observe(names.MAILSTORE_SHARED):
+            try:
+                await self.sharing.handle(msg)
+            except Exception:
+                log.exception("shared-folder call failed")
 
     async def _serve_forward(self, msg) -> None:
         with self.bus_metrics.observe(names.MAILSTORE_DELIVER):
@@ -178,6 +201,9 @@ class MailstoreWorkload:
         if self._sub is not None:
             with suppress(Exception):
                 await self._sub.unsubscribe()
+        if self._shared_sub is not None:
+            with suppress(Exception):
+                await self._shared_sub.unsubscribe()
         if self._forward_tasks:
             await asyncio.wait(set(self._forward_tasks), timeout=5.0)
         if self.accounts is not None:

@@ -30,7 +30,7 @@ def _acl_session(host: str, port: int) -> dict:
 async def test_acl_grants_kept_and_other_domains_refused(imap):
     _world, host, port, _view, _ = imap
     r = await asyncio.to_thread(_acl_session, host, port)
-    assert "ACL" not in r["caps"]     # not advertised until shared folders can be opened
+    assert "ACL" in r["caps"] and "RIGHTS=TEXK" in r["caps"]    # shared folders can be opened
     assert r["grant"] == "OK"
     assert r["foreign"][0] == "NO" and b"[CANNOT]" in r["foreign"][1][0]
     assert r["myrights"] == [b'"Archive" "lrswipkxteacd"']

@@ -84,7 +84,7 @@ CAPABILITIES = ("IMAP4rev1", "LITERAL+", "ID", "IDLE", "NAMESPACE", "UNSELECT", 
                 "SPECIAL-USE", "ENABLE", "ESEARCH", "SEARCHRES", "SORT", "THREAD=ORDEREDSUBJECT",
                 "THREAD=REFERENCES", "MULTIAPPEND", "STATUS=SIZE", "BINARY", "CONDSTORE",
                 "LIST-EXTENDED", "LIST-STATUS", "QUOTA", "QUOTA=RES-STORAGE", "QRESYNC",
-                "IMAP4rev2", "UTF8=ACCEPT")
+                "IMAP4rev2", "UTF8=ACCEPT", "ACL", "RIGHTS=texk")
 PREAUTH_CAPABILITIES = ("AUTH=PLAIN", "SASL-IR")
 
 _ANY = {"CAPABILITY", "NOOP", "LOGOUT", "ID"}
@@ -798,7 +798,7 @@ class Session:
             if recursive and child_match and not selected_by_itself and "SUBSCRIBED" in selection:
                 line += b' ("CHILDINFO" ("SUBSCRIBED"))'
             self._send(line)
-            if "STATUS" in returns and box is not None:
+            if "STATUS" in returns and box is not None and "r" in self._rights(store, name):
                 self._status_line(store, box, cmd.status_items)
         self._sync(store, expunge=True)
 
@@ -1292,7 +1292,9 @@ class Session:
         try:
             messages = store.messages(self.mailbox)
         except ValueError:
-            self._send("* BYE The selected mailbox was deleted")
+            # Deleted, or (a colleague's folder) no longer shared with this user: to the user
+            # both are the same, and RFC 3501 lets the server end the session then.
+            self._send("* BYE The selected mailbox was deleted or is no longer shared with you")
             self.state = LOGOUT
             self._out.append(Close())
             return

@@ -14,8 +14,10 @@ Two views make that work, each a ``session.Store``:
   ``myrights`` from the mailbox's ACL (``rights.effective``: the grantee's entry and
   ``anyone``, never across domains), and maps names back before touching the journal.  It
   runs where the owner's mail is written -- the owner's mail store, holding the lease -- so the
-  single-writer rule holds whoever asks; the session's rights checks (``rights.NEEDS``) run
-  against it, so a refused command changes nothing.
+  single-writer rule holds whoever asks.  The session checks the rights first (``rights.NEEDS``,
+  with the protocol's own answers); the view checks them again on every call, so the owner's
+  store never relies on the asking store's word, and it keeps only the flags the grantee may
+  set on what it writes (APPEND, COPY, MOVE, STORE).
 * ``CompositeStore`` is the *grantee's* side: the user's own store for every name outside
   the prefix, and for ``Other Users/<owner>/...`` the ``SharedView`` that ``open_view(owner)``
   returns (in-process when this store owns that account too, otherwise a proxy to the
@@ -93,6 +95,24 @@ class SharedView:
         except ValueError:       # no such mailbox (or not this owner's): no rights at all
             return ""
 
+    def _need(self, name: str, needed: str) -> str:
+        held = self.myrights(name)
+        why = "[NONEXISTENT] No such mailbox" if not held else rights.refusal(held, needed)
+        if why is not None:
+            raise SharedError(why)
+        return held
+
+    def _parent_needs_k(self, name: str) -> None:
+        parent = self._inner(name).rpartition(DELIMITER)[0]
+        if not parent:
+            raise SharedError("[NOPERM] Only the owner creates top-level mailboxes")
+        self._need(self._outer(parent), "k")
+
+    def _drop_unsettable(self, inner: str, held: str, flags_by_uid: dict[int, frozenset[str]]) -> None:
+        for flag in sorted({f for flags in flags_by_uid.values() for f in flags}):
+            if not rights.settable_flags(held, [flag]):
+                self.mail.store_flags(inner, [u for u, fl in flags_by_uid.items() if flag in fl], [flag], "remove")
+
     # reads ---------------------------------------------------------------------------------
     @property
     def quota_bytes(self) -> int | None:
@@ -110,19 +130,24 @@ class SharedView:
         return out
 
     def messages(self, name: str):
+        self._need(name, "")              # listed (any right): STATUS/SELECT checked r already
         return self.mail.messages(self._inner(name))
 
     def body(self, name: str, uid: int) -> bytes:
+        self._need(name, "r")
         return self.mail.body(self._inner(name), uid)
 
     def recent(self, name: str, uids: list[int], claim: bool) -> set[int]:
+        self._need(name, "")
         return set() if self.marks is None else self.marks.recent(self._outer(name), uids, claim)
 
     def acl(self, name: str) -> dict[str, str]:
+        self._need(name, "a")
         return self.mail.acl(self._inner(name))
 
     # writes (the session has checked the rights) ------------------------------------------
     def create_mailbox(self, name: str, special_use: str | None = None) -> None:
+        self._parent_needs_k(name)
         self.mail.create_mailbox(self._inner(name), special_use)
         # The creator of a mailbox under a shared parent keeps access to it (RFC 4314 §4:
         # "the owner ... the user who created it"): the grantee gets the parent's rights.
@@ -134,28 +159,58 @@ class SharedView:
                 self.mail.set_acl(inner, self.grantee, held)
 
     def rename_mailbox(self, old: str, new: str) -> None:
+        self._need(old, "x")
+        self._parent_needs_k(new)
         self.mail.rename_mailbox(self._inner(old), self._inner(new))
 
     def delete_mailbox(self, name: str) -> None:
+        self._need(name, "x")
         self.mail.delete_mailbox(self._inner(name))
 
     def set_acl(self, name: str, identifier: str, granted: str) -> None:
-        self.mail.set_acl(self._inner(name), identifier, granted)
+        self._need(name, "a")
+        if identifier.lower() == self.owner:
+            raise SharedError("[CANNOT] The owner always holds every right")
+        try:
+            ident = rights.check_identifier(identifier, self.owner)
+        except rights.RightsError as exc:
+            raise SharedError(f"[CANNOT] {exc}") from None
+        self.mail.set_acl(self._inner(name), ident, rights.canonical(granted))
 
     def append(self, name: str, data: bytes, flags=(), date: datetime | None = None):
-        return self.mail.append(self._inner(name), data, flags, date)
+        held = self._need(name, "i")
+        return self.mail.append(self._inner(name), data, rights.settable_flags(held, flags), date)
 
     def store_flags(self, name: str, uids, flags, mode: str = "set") -> None:
-        self.mail.store_flags(self._inner(name), uids, flags, mode)
+        held = self._need(name, "r")
+        allowed = rights.settable_flags(held, flags)
+        if mode == "set":     # a replace must not touch flags the grantee may not change either
+            wanted, chosen = set(flags), set(uids)
+            for m in self.mail.messages(self._inner(name)):
+                if m.uid in chosen and rights.refused_flags(held, (m.flags - {"\\Recent"}) ^ wanted):
+                    raise SharedError("[NOPERM] That would change flags you may not change")
+            allowed = list(flags)
+        elif not allowed:
+            return
+        self.mail.store_flags(self._inner(name), uids, allowed, mode)
 
     def expunge(self, name: str, uids=None) -> list[int]:
+        self._need(name, "e")
         return self.mail.expunge(self._inner(name), uids)
 
+    def _transfer(self, op: str, src: str, uids, dst: str, source_needs: str) -> dict[int, int]:
+        self._need(src, source_needs)
+        held = self._need(dst, "i")
+        before = {m.uid: m.flags for m in self.mail.messages(self._inner(src))}
+        mapping = getattr(self.mail, op)(self._inner(src), uids, self._inner(dst))
+        self._drop_unsettable(self._inner(dst), held, {new: before[old] for old, new in mapping.items()})
+        return mapping
+
     def copy(self, src: str, uids, dst: str) -> dict[int, int]:
-        return self.mail.copy(self._inner(src), uids, self._inner(dst))
+        return self._transfer("copy", src, uids, dst, "r")
 
     def move(self, src: str, uids, dst: str) -> dict[int, int]:
-        return self.mail.move(self._inner(src), uids, self._inner(dst))
+        return self._transfer("move", src, uids, dst, "r" + rights.MOVE_SOURCE)
 
     def subscriptions(self) -> set[str]:
         return set()
