@@ -39,13 +39,16 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from opentelemetry import trace
 
 from colony.bus import names
 from colony.protocols.imap import rights
 from colony.protocols.imap.shared import SharedError, SharedView
 from colony.storage.mailbox import MailboxInfo
+from colony.telemetry import extract_context, inject_headers
 
 log = logging.getLogger("colony.mailstore.sharing")
+tracer = trace.get_tracer("colony.mailstore")
 
 LOCK_WAIT = 10.0          # seconds a shared call waits for the owner's account
 REQUEST_TIMEOUT = 30.0    # seconds for one forwarded call (a body can be large)
@@ -288,6 +291,10 @@ class Sharing:
 
     # the grantee's side
     async def call(self, owner: str, grantee: str, op: str, args: list) -> dict:
+        with tracer.start_as_current_span("imap shared-folder call", attributes={"imap.shared.op": op}):
+            return await self._call(owner, grantee, op, args)
+
+    async def _call(self, owner: str, grantee: str, op: str, args: list) -> dict:
         for _ in range(8):
             target = await self.delivery.locate(owner)
             if target.startswith("!"):
@@ -299,7 +306,7 @@ class Sharing:
                 request = json.dumps({"owner": owner, "grantee": grantee, "op": op, "args": args}).encode()
                 try:
                     msg = await self.nc.request(names.mailstore_shared_subject(target), request,
-                                                timeout=REQUEST_TIMEOUT + LOCK_WAIT)
+                                                timeout=REQUEST_TIMEOUT + LOCK_WAIT, headers=inject_headers())
                 except Exception as exc:    # no responders, timeout: the lease will tell next round
                     log.info("shared call to %s for %s: %s", target, owner, exc)
                     await asyncio.sleep(0.25)
@@ -315,9 +322,11 @@ class Sharing:
     async def handle(self, msg) -> None:
         try:
             request = json.loads(msg.data)
-            answer = await self.serve(request["owner"].lower(), request["grantee"].lower(), request["op"],
-                                      list(request["args"]))
-        except (ValueError, KeyError, TypeError) as exc:
+            with tracer.start_as_current_span("mailstore shared-folder call", context=extract_context(msg.headers),
+                                              attributes={"imap.shared.op": str(request.get("op"))}):
+                answer = await self.serve(request["owner"].lower(), request["grantee"].lower(), request["op"],
+                                          list(request["args"]))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             answer = {"error": f"bad shared call: {exc}", "kind": "refused"}
         await msg.respond(json.dumps(answer).encode())
 
