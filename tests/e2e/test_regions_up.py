@@ -153,6 +153,17 @@ def test_mail_for_eu_accepted_in_us_lands_in_eu_also_across_a_cut(regions):
         assert "Colony-Unreachable-Regions" not in response.headers
     assert sorted((n["region"], n["role"]) for n in listed) == sorted(
         (r, role) for r in ("eu", "us") for role in ("admin-api", "controller", "edge", "mailstore", "projector"))
+    # ... and so does its monitor page, each instance with its region.
+    import httpx
+    api = info["regions"]["eu"]["admin_api"][0]
+    with httpx.Client(base_url=api, timeout=60) as http:
+        cookie = http.post("/monitor/login", data={"token": token}).cookies.get("colony_monitor")
+    assert cookie
+    with httpx.Client(base_url=api, timeout=60, cookies={"colony_monitor": cookie}) as http:
+        page = http.get("/monitor").text  # the cookie is Secure: httpx would not send it back on http
+    for region in ("eu", "us"):
+        for role in ("controller", "edge", "mailstore"):
+            assert f"{role}-1 ({region})" in page, (role, region)
 
 
 def test_controller_failover_in_one_region_leaves_the_other_alone(regions):

@@ -33,7 +33,7 @@ from nats.js.api import DeliverPolicy, ConsumerConfig
 from colony import events
 from colony.bus import names
 from colony.cluster.control import ask_controller
-from colony.cluster.view import cluster_view
+from colony.cluster.view import cluster_view, regions_view
 from colony_admin import db, queries
 from colony_admin.auth.roles import Principal
 from colony_admin.deps import AdminContext, client_addr, principal
@@ -204,12 +204,20 @@ async def _read_snapshot(request: Request) -> dict:
         log.warning("cannot follow the CLUSTER stream: %s", exc)
     now = datetime.now(UTC)
     nodes = []
-    for v in await cluster_view(ctx.nc):
+    settings = ctx.settings
+    if settings.region_list:
+        # A super cluster: every region's instances.  Drain/ready ask this region's controller,
+        # so only this region's rows get the buttons (ids repeat between regions).
+        views, unreachable = await regions_view(ctx.nc, settings.region, settings.region_list)
+    else:
+        views, unreachable = await cluster_view(ctx.nc), []
+    for v in views:
         row = v.model_dump(mode="json")
+        row["local"] = not v.region or v.region == settings.region
         row["uptime"] = _duration(now - datetime.fromisoformat(v.started_at))
         row["work"] = int(v.load.get("work", 0))
         nodes.append(row)
-    return {"nodes": nodes, "transitions": feed.rows(), "at": now.isoformat()}
+    return {"nodes": nodes, "transitions": feed.rows(), "at": now.isoformat(), "unreachable": unreachable}
 
 
 def _duration(delta: timedelta) -> str:

@@ -34,7 +34,7 @@ function drawNodes(nodes) {
     tr.dataset.node = n.id;
     tr.dataset.state = n.state;
     tr.dataset.drained = n.drained ? "yes" : "no";
-    cell(tr, n.id, "id");
+    cell(tr, n.region ? `${n.id} (${n.region})` : n.id, "id");
     cell(tr, n.role);
     cell(tr, n.state + (n.drained ? " (drained)" : ""), "state state-" + n.state);
     cell(tr, n.controller ? `controller (epoch ${n.epoch})` : (n.backup ? "backup" : ""));
@@ -52,7 +52,9 @@ function drawNodes(nodes) {
     const status = document.createElement("span");
     status.className = "progress";
     status.textContent = progress(n) + (n.drain_error ? ` (${n.drain_error})` : "");
-    if (n.state === "READY") act.appendChild(button("Make Not-Ready", "drain", n.id));
+    // Another region's instance: its own region's monitor drains it (this controller cannot).
+    if (n.local === false) {}
+    else if (n.state === "READY") act.appendChild(button("Make Not-Ready", "drain", n.id));
     else if (n.state === "NOT_READY") act.appendChild(button("Ready", "ready", n.id));
     act.appendChild(status);
     rows.push(tr);
@@ -108,8 +110,9 @@ function connect() {
     const snap = JSON.parse(e.data);
     drawNodes(snap.nodes);
     drawTransitions(snap.transitions);
-    live.textContent = "live";
-    live.className = "live on";
+    const cut = (snap.unreachable || []).join(", ");
+    live.textContent = cut ? `live; regions out of reach: ${cut}` : "live";
+    live.className = cut ? "live off" : "live on";
   });
   source.addEventListener("trouble", e => {
     live.textContent = "bus trouble: " + JSON.parse(e.data);
