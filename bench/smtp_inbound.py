@@ -1,7 +1,7 @@
 """Inbound mail: Colony (edge -> MAIL stream -> mail stores) against Postfix -> Dovecot LMTP.
 
     .venv/bin/python bench/smtp_inbound.py [--messages 2000] [--clients 16] [--sizes 1k,100k]
-                                           [--mailstores 1,3] [--no-peer]
+                                           [--mailstores 1,3] [--no-peer] [--by-process]
 
 Both systems run on this machine on loopback, configured by this script, with the same
 durability: Colony's embedded nats-server syncs every acknowledged write
@@ -161,16 +161,33 @@ def run_colony(workdir: Path, count: int, size: int, clients: int, mailstores: i
         wait_stored(stored, 1, 60)
         pids = descendants(proc.pid)
         cpu0 = process_cpu(pids)
+        before = {pid: process_cpu([pid]) for pid in pids}
         start, latencies = asyncio.run(run_load(smtp_port, count, size, clients))
         end = wait_stored(stored, count + 1, 600)
-        cpu = process_cpu(descendants(proc.pid)) - cpu0
-        return summarise("Colony", str(mailstores), size, count, start, end, latencies, cpu)
+        after = descendants(proc.pid)
+        cpu = process_cpu(after) - cpu0
+        result = summarise("Colony", str(mailstores), size, count, start, end, latencies, cpu)
+        # Where the CPU went, per process (--by-process prints it): what scale-out costs.
+        result["by_process"] = sorted(((process_label(pid), (process_cpu([pid]) - before.get(pid, 0.0)) / count * 1000)
+                                       for pid in after), key=lambda item: -item[1])
+        return result
     finally:
         os.killpg(proc.pid, signal.SIGINT)
         try:
             proc.wait(60)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def process_label(pid: int) -> str:
+    """A process's role as `colony up` started it: its command line without the interpreter."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return str(pid)
+    words = [a.decode(errors="replace") for a in argv if a]
+    words = [w for w in words if not w.endswith(("python", "python3")) and not w.startswith("/")] or words[:1]
+    return f"{pid} " + " ".join(words)[:70]
 
 
 def summarise(system: str, mailstores: str, size: int, count: int, start: float, end: float,
@@ -194,6 +211,7 @@ def main() -> None:
     parser.add_argument("--mailstores", default="1,3")
     parser.add_argument("--no-peer", action="store_true", help="skip Postfix + Dovecot")
     parser.add_argument("--base-port", type=int, default=4500)
+    parser.add_argument("--by-process", action="store_true", help="also print Colony's CPU per message per process")
     args = parser.parse_args()
     missing = [] if args.no_peer else have("postfix", "dovecot")
     if missing:
@@ -221,6 +239,16 @@ def main() -> None:
         table.add_row(r["system"], r["mailstores"], str(r["size"]), f"{r['rate']:.0f}", f"{r['p50']:.1f}",
                       f"{r['p99']:.1f}", f"{r['cpu_ms']:.2f}", f"{ratio:.2f}x" if ratio else "")
     console.print(table)
+    if args.by_process:
+        for r in rows:
+            if "by_process" in r:
+                detail = Table(title=f"CPU ms/msg per process: {r['mailstores']} mail store(s), {r['size']} octets")
+                detail.add_column("process")
+                detail.add_column("CPU ms/msg", justify="right")
+                for label, ms in r["by_process"]:
+                    if ms >= 0.01:
+                        detail.add_row(label, f"{ms:.2f}")
+                console.print(detail)
 
 
 if __name__ == "__main__":

@@ -12,10 +12,10 @@ copies a message twice.
 * Subjects that a region's streams capture (``names.REGION_LOCAL_SUBJECTS``) are denied on the
   leafnode links both ways.  Without that, a publish in ``us`` to a subject ``eu``'s stream also
   listens on would be stored in both regions and then sourced again: a duplicate.
-* Mail: an edge publishes accepted mail to ``names.mail_subject(home, domain)`` in *its own*
+* Mail: an edge publishes accepted mail to ``names.mail_subject(home, domain, partition)`` in *its own*
   region's MAIL (so ``250`` means stored locally, link or no link).  The home region's MAIL
   sources every other region's MAIL filtered to ``names.mail_region_filter(home)``; its
-  mailstores consume that filter as they always do.  MAIL is a work queue: the copy leaves the
+  mailstores consume its partitions as they always do.  MAIL is a work queue: the copy leaves the
   foreign region as the source reads it, and its order within one source is kept.
 * Provisioning: one region is the primary and owns the PROVISIONING stream; every other region
   keeps a mirror of it under the same name, which its directory cache and auth read, so a cut

@@ -6,6 +6,7 @@ Nothing else in the code base spells a subject or bucket name as a literal.  Var
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, replace
 
 from colony.bus.tokens import to_token
@@ -94,14 +95,48 @@ def provisioning_subject(aggregate_type: str, aggregate_id: str) -> str:
     return f"colony.prov.{aggregate_type}.{to_token(aggregate_id)}"
 
 
-def mail_subject(region: str, domain: str) -> str:
-    """Accepted inbound mail for one recipient domain (``colony.contracts.mail.InboundMail``)."""
-    return f"colony.mail.{to_token(region)}.{to_token(domain)}"
+# Inbound mail of a region is split into this many partitions by final mailbox; a mail store
+# consumes the partitions rendezvous hashing gives it and owns their accounts, so most mail is
+# stored where it is fetched instead of being forwarded to the owner.  A cluster constant:
+# edges and mail stores must agree (changing it moves accounts, as a membership change does).
+MAIL_PARTITIONS = 8
+
+
+def mail_partition(mailbox: str) -> int:
+    """The partition of a final mailbox: the same in every process (unlike ``hash``) and
+    evenly spread over similar names (unlike crc32, whose low bits follow the last letters)."""
+    digest = hashlib.blake2s(mailbox.lower().encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "big") % MAIL_PARTITIONS
+
+
+def mail_partition_key(partition: int) -> str:
+    """What rendezvous hashing places, for a partition and for each account in it."""
+    return f"mail-partition-{partition}"
+
+
+def mail_subject(region: str, domain: str, partition: int | None = None) -> str:
+    """Accepted inbound mail for one recipient domain (``colony.contracts.mail.InboundMail``),
+    in the partition of its first recipient (``mail_partition``); without one, the
+    unpartitioned subject that older edges used (still consumed)."""
+    base = f"colony.mail.{to_token(region)}.{to_token(domain)}"
+    return base if partition is None else f"{base}.{partition}"
 
 
 def mail_region_filter(region: str) -> str:
-    """All inbound mail of one region: what that region's mailstores consume."""
+    """All inbound mail of one region (partitioned or not): what other regions source."""
+    return f"colony.mail.{to_token(region)}.>"
+
+
+def mail_unpartitioned_filter(region: str) -> str:
+    """A region's inbound mail without a partition (``mail_subject(region, domain)``)."""
     return f"colony.mail.{to_token(region)}.*"
+
+
+def mail_partition_filter(region: str, partition: int) -> str:
+    """One partition of a region's inbound mail: one work-queue consumer each (filters of a
+    work-queue stream may not overlap, and these do not: they differ in the last token, and
+    in token count from the unpartitioned filter)."""
+    return f"colony.mail.{to_token(region)}.*.{partition}"
 
 
 def outbound_subject(destination: str) -> str:

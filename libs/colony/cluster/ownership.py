@@ -54,8 +54,15 @@ Publish = Callable[[str, Event], Awaitable[None]]
 
 
 def place(address: str, ready_mailstores: Iterable[str]) -> str | None:
-    """The READY mailstore an unowned account belongs on (rendezvous hashing)."""
-    return choose(address, ready_mailstores)
+    """The READY mailstore an unowned account belongs on: the one that consumes its mail
+    partition (rendezvous hashing of ``names.mail_partition``), so its mail is stored where
+    it is fetched, without a forward."""
+    return choose(names.mail_partition_key(names.mail_partition(address)), ready_mailstores)
+
+
+def consumes_partition(partition: int, node_id: str, ready_mailstores: Iterable[str]) -> bool:
+    """Whether ``node_id`` fetches ``partition``'s mail (the same choice as ``place``)."""
+    return choose(names.mail_partition_key(partition), set(ready_mailstores) | {node_id}) == node_id
 
 
 class TakeoverWatch:
@@ -191,13 +198,35 @@ class AccountOwnership:
 
 
 class MailstoreMembers:
-    """The READY mailstores, as last read from ``cluster_nodes`` (refreshed by its owner)."""
+    """The READY mailstores that are still heartbeating, as last read from ``cluster_nodes``
+    (refreshed by its owner).
 
-    def __init__(self, nc: Client) -> None:
+    A member whose heartbeat has not changed for ``stale_after`` seconds on *our* clock is
+    left out even while its record still says READY (no controller has marked it FAILED yet,
+    or none runs): each store fetches the MAIL partitions rendezvous hashing gives it among
+    these, so a paused store's partitions must pass to the others without waiting for anyone.
+    """
+
+    def __init__(self, nc: Client, stale_after: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.nc = nc
+        self.stale_after = stale_after
+        self.clock = clock
         self.ready: tuple[str, ...] = ()
+        self._heard: dict[str, tuple[object, float]] = {}  # id -> (last heartbeat seen, when it changed)
 
     async def refresh(self) -> tuple[str, ...]:
         records = await read_nodes(self.nc)
-        self.ready = tuple(sorted(r.id for r in records if r.role == Role.MAILSTORE and r.state == NodeState.READY))
+        now = self.clock()
+        heard: dict[str, tuple[object, float]] = {}
+        ready = []
+        for r in records:
+            if r.role != Role.MAILSTORE or r.state != NodeState.READY:
+                continue
+            last = self._heard.get(r.id)
+            since = last[1] if last is not None and last[0] == r.heartbeat_at else now
+            heard[r.id] = (r.heartbeat_at, since)
+            if now - since <= self.stale_after:
+                ready.append(r.id)
+        self._heard = heard
+        self.ready = tuple(sorted(ready))
         return self.ready

@@ -6,10 +6,12 @@ consumes them from the work-queue stream ``MAIL`` and acknowledges only after th
 on disk.  A message to ten recipients in three domains is therefore three stream messages
 that share ``message_id`` and the body, each listing only its domain's recipients.
 
-Subject: ``names.mail_subject(region, domain)`` = ``colony.mail.<region>.<domain token>``,
-where ``domain`` is the domain of the *final* mailboxes (after aliases, domain aliases and
-forwarding were resolved by the edge), so one consumer per region (or per domain) can
-filter.  Headers:
+Subject: ``names.mail_subject(region, domain, partition)`` =
+``colony.mail.<region>.<domain token>.<partition>``, where ``domain`` is the domain of the
+*final* mailboxes (after aliases, domain aliases and forwarding were resolved by the edge)
+and ``partition`` is ``names.mail_partition`` of the first of them: each mail store consumes
+the partitions whose accounts it owns (``colony.cluster.ownership.place``).  The
+unpartitioned ``colony.mail.<region>.<domain token>`` of older edges is consumed too.  Headers:
 
 * ``Nats-Msg-Id: <message_id>/<domain token>`` -- an edge that retries a publish after a
   timeout is deduplicated within the stream's duplicate window;

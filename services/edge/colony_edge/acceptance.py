@@ -6,7 +6,8 @@ message and
 1. gives it a message id and prepends ``Return-Path:`` (RFC 5321 §4.4) and ``Received:``
    (with the TLS version, the message id and the trace id) and what the policies added;
 2. groups the final mailboxes by (home region, domain): one ``InboundMail`` each, on
-   ``names.mail_subject(region, domain)``, so ten recipients in three domains are three
+   ``names.mail_subject(region, domain, partition)`` (the partition of its first mailbox,
+   so the mail store owning it fetches it), so ten recipients in three domains are three
    stream messages sharing one id and one body;
 3. puts a body larger than ``mail_inline_max_bytes`` into the ``mail_bodies`` object store
    first, read in chunks straight from the spool file (the edge never holds it in memory);
@@ -146,7 +147,10 @@ class MailAcceptor:
                     envid=mail.envid, size=size, edge_node=self.node_id, client_ip=session.peer_ip,
                     helo=session.helo, tls=session.tls, body=body, body_ref=ref,
                     special_use=session.notes.get("special_use"))
-                publishes.append(self._publish(names.mail_subject(region, domain), item, headers))
+                # The first recipient's partition: its owner fetches the job (others, if any,
+                # are forwarded by it to their owners).
+                partition = names.mail_partition(recipients[0].mailbox)
+                publishes.append(self._publish(names.mail_subject(region, domain, partition), item, headers))
             # Every publish runs to its end (none is left running unowned); the first
             # failure is the answer.
             results = await asyncio.gather(*publishes, return_exceptions=True)

@@ -502,7 +502,7 @@ class OutboundDelivery:
             item = InboundMail(message_id=f"{mail.message_id}.{suffix}", domain=sender_domain, mail_from="",
                                recipients=[MailRecipient(mailbox=mail.mail_from, original=mail.mail_from)],
                                size=len(report), edge_node=self.node_id, body=report)
-            subject = names.mail_subject(self.settings.region, sender_domain)
+            subject = names.mail_subject(self.settings.region, sender_domain, names.mail_partition(mail.mail_from))
             msg_id = item.msg_id()
         else:
             item = OutboundMail.new(message_id=f"{mail.message_id}.{suffix}", destination=sender_domain, mail_from="",

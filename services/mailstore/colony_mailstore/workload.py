@@ -20,12 +20,13 @@ from colony.metrics import BusRequestMetrics
 from colony.contracts.auth import AuthClient
 from colony.contracts.handoff import Verifier, load_secret
 from colony.cluster.ownership import AccountOwnership, MailstoreMembers
-from colony.queue import QueueMetrics, QueuePolicy, QueueRunner
+from colony.queue import QueueMetrics
 from colony.settings import Settings
 from colony_mailstore.accounts import AccountManager
 from colony_mailstore.delivery import Delivery
 from colony_mailstore.directory import Directory
 from colony_mailstore.metrics import MailstoreMetrics
+from colony_mailstore.partitions import PartitionRunners
 from colony_mailstore.imap_server import ImapServer
 from colony_mailstore.pop3_server import Pop3InnerServer
 from colony_mailstore.sharing import GrantIndex, Sharing
@@ -42,7 +43,7 @@ class MailstoreWorkload:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.accepting = True
-        self.runner: QueueRunner | None = None
+        self.runner: PartitionRunners | None = None   # MAIL, one consumer per partition (partitions.py)
         self.delivery: Delivery | None = None
         self.accounts: AccountManager | None = None
         self._sub = None
@@ -62,7 +63,7 @@ class MailstoreWorkload:
         ownership = AccountOwnership(await js.key_value(names.BUCKET_ACCOUNT_OWNERS), runtime.node_id, settings,
                                      runtime.publish_event)
         directory = Directory(await js.key_value(names.BUCKET_DIRECTORY), default_cos=settings.default_cos)
-        self.members = MailstoreMembers(nc)
+        self.members = MailstoreMembers(nc, stale_after=settings.node_ttl)
         self.accounts = AccountManager(settings.shared_storage, ownership, directory, metrics,
                                        segment_max_bytes=settings.mail_segment_max_bytes)
         self.usage = UsageMeter(js.publish, runtime.node_id)
@@ -75,12 +76,9 @@ class MailstoreWorkload:
         # releases) may delay them past the lease.
         runtime.spawn("account leases", self._renew_leases, restart=True)
         runtime.spawn("mailstore upkeep", self._upkeep, restart=True)
-        self.runner = QueueRunner(
-            js, stream=names.STREAM_MAIL, durable=f"{names.MAILSTORE_CONSUMER}-{settings.region}",
-            filter_subject=names.mail_region_filter(settings.region), handler=self.delivery.handle,
-            policy=QueuePolicy.from_settings(settings, concurrency=settings.mailstore_delivery_concurrency),
-            metrics=QueueMetrics(runtime.metrics.registry), name="mail")
-        await self.runner.start(runtime.spawn)
+        self.runner = PartitionRunners(js, settings, runtime.node_id, self.delivery.handle,
+                                       QueueMetrics(runtime.metrics.registry))
+        await self.runner.start(runtime.spawn, self.members.ready)
         return {**await self._open_access(runtime), **await self._open_imap(runtime)}
 
     async def _open_access(self, runtime) -> dict[str, str]:
@@ -163,6 +161,8 @@ class MailstoreWorkload:
                     await self.members.refresh()
                 except Exception as exc:  # placement keeps the last view meanwhile
                     log.warning("could not read the cluster's mailstores: %s", exc)
+                else:
+                    self.runner.rebalance(self.members.ready)
             if now >= next_usage:
                 next_usage = now + self.settings.usage_flush_interval
                 await self.usage.flush()
@@ -179,7 +179,7 @@ class MailstoreWorkload:
         if self.delivery is not None:
             self.delivery.accepting = accepting
         if self.runner is not None:
-            self.runner.set_accepting(accepting)
+            self.runner.set_accepting(accepting, self.members.ready)
 
     def active_work(self) -> int:
         if self.runner is None:

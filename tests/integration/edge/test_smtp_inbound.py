@@ -43,7 +43,9 @@ async def test_smtplib_with_starttls_delivers_one_stream_message(edge):
     msgs = await wait_until(edge.stream_messages, 30, "the message in MAIL")
     assert len(msgs) == 1
     raw = msgs[0]
-    assert raw.subject == names.mail_subject("local", "example.com")
+    # in the partition of its (first) final mailbox, which that mailbox's owner fetches
+    assert raw.subject == names.mail_subject("local", "example.com", names.mail_partition("bob@example.com"))
+    assert raw.subject == f"colony.mail.local.example_2ecom.{names.mail_partition('bob@example.com')}"
     assert raw.headers["Nats-Msg-Id"].endswith("/example_2ecom")
     mail = _decode(raw)
     assert mail.mail_from == "alice@remote.test" and mail.edge_node == "edge-1"

@@ -74,7 +74,9 @@ class MailWorld:
         mail = InboundMail(message_id=message_id, domain=domain, mail_from="sender@remote.test",
                            recipients=[MailRecipient(mailbox=r, original=r) for r in recipients],
                            size=len(body), edge_node="test", body=body)
-        await self.nc.jetstream().publish(names.mail_subject("local", domain), mail.encode(),
+        # As an edge publishes: in the first recipient's partition (its owner fetches it).
+        subject = names.mail_subject("local", domain, names.mail_partition(recipients[0]))
+        await self.nc.jetstream().publish(subject, mail.encode(),
                                           headers={"Nats-Msg-Id": mail.msg_id()}, timeout=10)
         return message_id
 
@@ -135,7 +137,8 @@ async def publish_many(world: MailWorld, jobs: list[tuple[list[str], str]], conn
                                    size=len(body), edge_node="test", body=body)
                 for attempt in range(5):  # as an edge does: retry; Nats-Msg-Id makes it once
                     try:
-                        await js.publish(names.mail_subject("local", domain), mail.encode(),
+                        await js.publish(names.mail_subject("local", domain, names.mail_partition(recipients[0])),
+                                         mail.encode(),
                                          headers={"Nats-Msg-Id": mail.msg_id()}, timeout=10)
                         break
                     except NatsTimeout:

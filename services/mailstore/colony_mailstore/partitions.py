@@ -1,0 +1,96 @@
+"""Which partitions of a region's MAIL this mail store fetches: one queue runner each.
+
+Why: with one consumer shared by every mail store, a job went to whichever store fetched it
+first, and with three stores two jobs in three were then forwarded to the account's owner
+over the bus (a request and a reply carrying the message, decoded on both sides): CPU per
+message rose about 30 % from one mail store to three.  Now the edge publishes each job in
+the partition of its first recipient (``names.mail_partition``), every partition has a
+durable consumer of its own, and a store fetches the partitions rendezvous hashing gives it
+among the READY stores (``ownership.consumes_partition``) -- the same choice that places an
+unowned account (``ownership.place``).  So a job is normally fetched by the owner of its
+accounts and stored without a forward.
+
+Correctness does not rest on this: the single writer is whoever holds the account's lease,
+and a job fetched by another store is forwarded to the owner exactly as before (after a
+membership change, until the leases follow, and for the other recipients of a job).  While
+two stores' views of the membership differ, both may fetch one partition (a shared pull
+consumer splits its jobs between them); a partition whose store died or drains is fetched by
+its next choice as soon as the membership read every second says so, and its jobs wait in
+the stream meanwhile.
+
+The unpartitioned subject of older edges keeps its consumer (``mailstore-<region>``), which
+every store fetches.
+
+Memory: ``mailstore_delivery_concurrency`` jobs in flight over the partitions fetched (split
+evenly, at least ``_MIN_SHARE`` each), plus a small share for the unpartitioned consumer,
+whatever the membership.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import replace
+
+from colony.bus import names
+from colony.cluster.ownership import consumes_partition
+from colony.queue import QueueMetrics, QueuePolicy, QueueRunner
+from colony.settings import Settings
+
+_MIN_SHARE = 4
+
+
+class PartitionRunners:
+    def __init__(self, js, settings: Settings, node_id: str, handler, metrics: QueueMetrics) -> None:
+        self.node_id = node_id
+        self.total = settings.mailstore_delivery_concurrency
+        policy = QueuePolicy.from_settings(settings, concurrency=self.total)
+        region = settings.region
+
+        def runner(durable: str, filter_subject: str, concurrency: int) -> QueueRunner:
+            return QueueRunner(js, stream=names.STREAM_MAIL, durable=durable, filter_subject=filter_subject,
+                               handler=handler, policy=replace(policy, concurrency=concurrency), metrics=metrics,
+                               name="mail")
+
+        self.unpartitioned = runner(f"{names.MAILSTORE_CONSUMER}-{region}", names.mail_unpartitioned_filter(region),
+                                    max(_MIN_SHARE, self.total // 8))
+        self.partitions = [runner(f"{names.MAILSTORE_CONSUMER}-{region}-p{p}", names.mail_partition_filter(region, p),
+                                  self.total) for p in range(names.MAIL_PARTITIONS)]
+        self.accepting = True
+        self.fetching: frozenset[int] = frozenset()
+        for r in self.partitions:
+            r.set_accepting(False)  # until rebalance() says which are ours
+
+    @property
+    def runners(self) -> list[QueueRunner]:
+        return [self.unpartitioned, *self.partitions]
+
+    async def start(self, spawn, ready: Iterable[str]) -> None:
+        for r in self.runners:
+            await r.start(spawn)
+        self.rebalance(ready)
+
+    def rebalance(self, ready: Iterable[str]) -> frozenset[int]:
+        """Fetch the partitions that are ours among ``ready`` (the READY mail stores; we count
+        ourselves in even while starting, so a store alone fetches everything at once)."""
+        ready = tuple(ready)
+        wanted = frozenset(p for p in range(names.MAIL_PARTITIONS)
+                           if consumes_partition(p, self.node_id, ready)) if self.accepting else frozenset()
+        share = max(_MIN_SHARE, self.total // max(1, len(wanted)))
+        for p, r in enumerate(self.partitions):
+            if r.policy.concurrency != share:
+                r.policy = replace(r.policy, concurrency=share)
+            r.set_accepting(p in wanted)
+        self.fetching = wanted
+        return wanted
+
+    def set_accepting(self, accepting: bool, ready: Iterable[str] = ()) -> None:
+        self.accepting = accepting
+        self.unpartitioned.set_accepting(accepting)
+        self.rebalance(ready)
+
+    def active_work(self) -> int:
+        return sum(r.active_work() for r in self.runners)
+
+    async def stop(self) -> None:
+        for r in self.runners:
+            await r.stop()
