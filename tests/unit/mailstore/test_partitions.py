@@ -53,3 +53,31 @@ def test_partition_subjects_match_only_their_own_filter():
         assert sum(matches(f, subject) for f in filters) == 1, subject
         assert matches(names.mail_region_filter("eu"), subject)          # what other regions source
         assert matches(names.SUBJECTS_MAIL, subject)
+
+
+async def test_a_member_whose_heartbeat_stops_leaves_the_ready_set(monkeypatch):
+    """Its record may still say READY (no controller marked it FAILED): after stale_after
+    seconds on our clock without a new heartbeat it is out, so its partitions pass on."""
+    from datetime import UTC, datetime, timedelta
+
+    from colony.cluster import ownership
+    from colony.cluster.membership import NodeRecord, NodeState
+
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    beats = {"mailstore-1": t0, "mailstore-2": t0}
+
+    async def read_nodes(nc):
+        return [NodeRecord(id=n, role="mailstore", state=NodeState.READY, host="h", pid=1, version="v",
+                           started_at=t0, heartbeat_at=at) for n, at in beats.items()]
+
+    monkeypatch.setattr(ownership, "read_nodes", read_nodes)
+    now = [100.0]
+    members = ownership.MailstoreMembers(None, stale_after=5.0, clock=lambda: now[0])
+    assert await members.refresh() == ("mailstore-1", "mailstore-2")
+    for step in range(1, 8):
+        now[0] += 1.0
+        beats["mailstore-1"] = t0 + timedelta(seconds=step)      # 1 keeps beating, 2 is paused
+        ready = await members.refresh()
+    assert ready == ("mailstore-1",)
+    beats["mailstore-2"] = t0 + timedelta(seconds=60)          # SIGCONT: back at its next beat
+    assert await members.refresh() == ("mailstore-1", "mailstore-2")
