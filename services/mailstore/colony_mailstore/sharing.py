@@ -130,8 +130,8 @@ def run_call(mail, owner: str, grantee: str, op: str, args: list, marks=None):
     """One forwarded call against the owner's mail (worker thread, account lock held);
     writes are committed before the answer."""
     view = SharedView(mail, owner, grantee, marks)
-    if op == "mailboxes":
-        return [asdict(b) for b in view.mailboxes()]
+    if op == "mailboxes":    # with each mailbox's rights: LIST needs both, in one round trip
+        return [{**asdict(b), "rights": view.myrights(b.name)} for b in view.mailboxes()]
     if op == "myrights":
         return view.myrights(args[0])
     if op == "messages":
@@ -182,8 +182,13 @@ class RemoteView:
     def __init__(self, call: Call, loop: asyncio.AbstractEventLoop, owner: str, grantee: str) -> None:
         self._call, self._loop = call, loop
         self.owner, self.grantee = owner.lower(), grantee.lower()
+        # Rights learnt with the mailbox list.  A view lives for one command (the session's
+        # store is made per command), so a grant or revoke still counts from the next one.
+        self._rights: dict[str, str] = {}
 
     def _do(self, op: str, *args):
+        if op not in ("mailboxes", "myrights", "messages", "body", "recent", "acl"):
+            self._rights.clear()     # a write may change what is listed or granted
         future = asyncio.run_coroutine_threadsafe(self._call(self.owner, self.grantee, op, list(args)), self._loop)
         try:
             answer = future.result(REQUEST_TIMEOUT + LOCK_WAIT)
@@ -200,10 +205,14 @@ class RemoteView:
         return self.owner
 
     def myrights(self, name: str) -> str:
+        if name in self._rights:
+            return self._rights[name]
         return self._do("myrights", name)
 
     def mailboxes(self):
-        return [MailboxInfo(**b) for b in self._do("mailboxes")]
+        boxes = self._do("mailboxes")
+        self._rights = {b["name"]: b.pop("rights") for b in boxes}
+        return [MailboxInfo(**b) for b in boxes]
 
     def messages(self, name: str):
         return [RemoteMessage(uid, frozenset(flags), datetime.fromisoformat(date), size, modseq)

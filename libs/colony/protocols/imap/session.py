@@ -469,6 +469,10 @@ class Session:
         for box in store.mailboxes():
             if box.name == name:
                 return box
+        unreachable = getattr(store, "unreachable", None)
+        why = unreachable(name) if unreachable is not None else None
+        if why:     # a colleague's folder whose store did not answer: not "nonexistent"
+            raise _No(why if why.startswith("[") else f"[UNAVAILABLE] {why}")
         raise _No("[NONEXISTENT] No such mailbox")
 
     def _rights(self, store: Store, name: str) -> str:

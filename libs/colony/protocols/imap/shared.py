@@ -236,6 +236,7 @@ class CompositeStore:
         self._open_view = open_view
         self._views: dict[str, object | None] = {}
         self._touched: list[object] = []
+        self._away: dict[str, str] = {}
 
     def __getattr__(self, name: str):     # anything else the session asks is the user's own
         return getattr(self.own, name)
@@ -286,9 +287,18 @@ class CompositeStore:
         boxes = list(self.own.mailboxes())
         for owner in self.owners:
             view = self._view(owner)
-            if view is not None:
+            if view is None:
+                continue
+            try:
                 boxes.extend(view.mailboxes())
+            except SharedError as exc:   # a colleague's store is away: the user's own mail still works
+                self._away[owner] = str(exc)
         return boxes
+
+    def unreachable(self, name: str) -> str | None:
+        """Why ``name`` could not be listed just now (its owner's store did not answer)."""
+        parsed = split_shared(name)
+        return self._away.get(parsed[0]) if parsed else None
 
     def subscriptions(self) -> set[str]:
         return self.own.subscriptions()

@@ -144,3 +144,20 @@ def test_creating_in_a_shared_folder_needs_k_and_never_top_level(accounts):
     assert "Team/Sub" in [b.name for b in alice.mailboxes()]
     assert f'"{TEAM}/Sub"' in c.cmd('l LIST "" "*"')                  # its creator keeps access
     assert [b.name for b in bob.mailboxes() if b.name.startswith("Other")] == []
+
+
+def test_a_colleagues_store_away_leaves_the_users_own_mail_working(accounts):
+    alice, bob = accounts
+
+    class Away:
+        def __getattr__(self, name):
+            def fail(*args, **kwargs):
+                raise shared.SharedError("[UNAVAILABLE] The owner's mail store did not answer; try again")
+            return fail
+
+    c = Client(bob)
+    c.store = shared.CompositeStore(Store(bob), BOB, [ALICE], lambda owner: Away())
+    assert "a OK" in c.cmd(f"a LOGIN {BOB} secret")
+    assert '"INBOX"' in c.cmd('l LIST "" "*"')
+    assert "s OK" in c.cmd("s SELECT INBOX")
+    assert "t NO [UNAVAILABLE]" in c.cmd(f't STATUS "{TEAM}" (MESSAGES)')
