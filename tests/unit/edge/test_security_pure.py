@@ -46,3 +46,35 @@ def test_block_list_answers_and_zone_weights():
     assert parse_zones("Zen.Example.:3, bl.example") == [DnsblZone("zen.example", 3.0), DnsblZone("bl.example", 1.0)]
     with pytest.raises(ValueError, match="dnsbl_zones"):
         parse_zones("zen.example:lots")
+
+
+def test_dmarc_org_domain_lookups_share_one_parsed_public_suffix_list(monkeypatch):
+    """authheaders parses the whole Public Suffix List per org-domain lookup (up to four per
+    message, most of a check's CPU); the edge makes it parse the list once and gives the
+    same answers."""
+    import authheaders.dmarc_lookup as lookup
+
+    from colony_edge.security import authentication
+
+    assert lookup.get_org_domain_from_suffix_list is authentication._org_domain_from_shared_list
+    parsed = []
+
+    class CountingList(authentication.PublicSuffixList):
+        def __init__(self, *args, **kwargs):
+            parsed.append(1)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(authentication, "PublicSuffixList", CountingList)
+    monkeypatch.setattr(authentication, "_suffix_lists", {})
+    domains = ("mail.example.co.uk", "example.co.uk", "a.b.signer.test", "news.bbc.co.uk", "x.y.example.com")
+    answers = {d: lookup.get_org_domain(d) for d in domains}
+    assert len(parsed) == 1
+    assert answers["mail.example.co.uk"] == "example.co.uk" and answers["x.y.example.com"] == "example.com"
+    # the library's own answers: a list parsed afresh from the same file, as authheaders does
+    import importlib.resources
+
+    from publicsuffix2 import PublicSuffixList
+    with importlib.resources.as_file(importlib.resources.files("authheaders") / "public_suffix_list.txt") as path:
+        with open(path) as f:
+            fresh = PublicSuffixList(f)
+    assert answers == {d: fresh.get_public_suffix(d) for d in domains}

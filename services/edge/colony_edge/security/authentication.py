@@ -9,6 +9,12 @@ Every DNS query those libraries make goes through dnspython's default resolver, 
 documents ``dns.resolver.default_resolver`` as the process-wide resolver; pyspf, dkimpy and
 authheaders take no resolver argument we could pass instead).
 
+Cost: authheaders finds a domain's organizational domain (DMARC alignment, RFC 7489 §3.2)
+by parsing the whole Public Suffix List -- some 9,000 rules, each IDNA-encoded -- on every
+lookup, and a message needs up to four: measured, that was over 95 % of the CPU of a check
+(tens of milliseconds per message).  ``_share_one_suffix_list`` makes its lookup use one list
+parsed once per process; the answers are the library's own.
+
 DKIM needs the whole message in memory; for messages larger than
 ``Settings.edge_dkim_max_bytes`` the edge passes only the header section, so they are
 checked for SPF and DMARC (on SPF alone) and say ``dkim=none (message too large to
@@ -19,12 +25,16 @@ sends.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
+import threading
 from dataclasses import dataclass
 
 import authheaders
+import authheaders.dmarc_lookup
 import dns.resolver
 import spf
+from publicsuffix2 import PublicSuffixList
 from authres import AuthenticationResultsHeader
 from authres.core import AuthenticationResult
 
@@ -32,12 +42,51 @@ from colony.dns import make_sync_resolver
 from colony.settings import Settings
 
 
+log = logging.getLogger("colony.edge.authentication")
+
+_DNS_CACHE_ENTRIES = 20_000
+
 _HAS_DKIM_SIGNATURE = re.compile(rb"(?im)^dkim-signature[ \t]*:")
+
+_suffix_lists: dict[str, PublicSuffixList] = {}
+_suffix_lock = threading.Lock()
+
+
+def _org_domain_from_shared_list(location, domain: str) -> str:
+    """``authheaders.dmarc_lookup.get_org_domain_from_suffix_list`` with the list parsed once
+    per file instead of once per call (the same list file, the same lookup)."""
+    key = str(location)
+    psl = _suffix_lists.get(key)
+    if psl is None:
+        with _suffix_lock:
+            psl = _suffix_lists.get(key)
+            if psl is None:
+                with open(location) as suffix_list:
+                    psl = _suffix_lists[key] = PublicSuffixList(suffix_list)
+    return psl.get_public_suffix(domain)
+
+
+def _share_one_suffix_list() -> bool:
+    """Put the shared list into authheaders (see the module docstring).  If a later
+    authheaders no longer has the function, checks stay correct, only slower: say so."""
+    if not callable(getattr(authheaders.dmarc_lookup, "get_org_domain_from_suffix_list", None)):
+        log.warning("authheaders has no get_org_domain_from_suffix_list any more: DMARC checks parse the "
+                    "public suffix list on every lookup")
+        return False
+    authheaders.dmarc_lookup.get_org_domain_from_suffix_list = _org_domain_from_shared_list
+    return True
+
+
+_share_one_suffix_list()
 
 
 def use_configured_dns(settings: Settings) -> None:
-    """Make dnspython's process-wide resolver the configured one (see the module docstring)."""
-    dns.resolver.default_resolver = make_sync_resolver(settings)
+    """Make dnspython's process-wide resolver the configured one (see the module docstring),
+    with a cache: a sender's SPF, DKIM key and DMARC records are the same for every message
+    it sends, and are kept as long as their TTLs allow (dnspython's LRU cache, bounded)."""
+    resolver = make_sync_resolver(settings)
+    resolver.cache = dns.resolver.LRUCache(_DNS_CACHE_ENTRIES)
+    dns.resolver.default_resolver = resolver
 
 
 @dataclass(frozen=True)
