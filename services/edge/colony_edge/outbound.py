@@ -186,6 +186,7 @@ class OutboundDelivery:
         self._marks = None
         self._key_bucket = None
         self._keys: dict[str, tuple[float, DkimKey | None]] = {}   # domain -> (valid until, key)
+        self._usage_counts: dict[tuple[str, str], int] = {}         # (sender domain, account) -> delivered
 
     async def handle(self, job: Job) -> Done | Retry | Reject:
         try:
@@ -521,17 +522,28 @@ class OutboundDelivery:
                               timeout=self.settings.mail_publish_timeout)
 
     async def _usage(self, mail: OutboundMail, delivered: int) -> None:
+        """Counted here, published by ``flush_usage`` (every ``usage_flush_interval``): one
+        USAGE event per message cost the admin API and its projector more CPU (each folds
+        every event into the read model) than the edge spent delivering the message."""
         sender_domain = (mail.account or mail.mail_from).rpartition("@")[2].lower()
-        if not sender_domain:
-            return
-        event = UsageRecorded(domain=sender_domain, account=mail.account or None, metric="messages_out",
-                              amount=delivered, source=self.node_id)
-        try:
-            await self.js.publish(names.usage_subject(sender_domain), event.encode(),
-                                  headers={"Nats-Msg-Id": f"usage/{mail.msg_id()}"},
-                                  timeout=self.settings.mail_publish_timeout)
-        except Exception:  # metering must not turn a delivered message into a retry (a duplicate)
-            log.exception("USAGE for %s not recorded", mail.message_id)
+        if sender_domain:
+            key = (sender_domain, mail.account)
+            self._usage_counts[key] = self._usage_counts.get(key, 0) + delivered
+
+    async def flush_usage(self) -> None:
+        """One ``messages_out`` event per (domain, account) for what was delivered since the
+        last flush; a failed publish keeps its count for the next one.  A crash loses at most
+        one interval of counts (never mail), as the mail store's metering does."""
+        counts, self._usage_counts = self._usage_counts, {}
+        for (domain, account), amount in counts.items():
+            event = UsageRecorded(domain=domain, account=account or None, metric="messages_out", amount=amount,
+                                  source=self.node_id)
+            try:
+                await self.js.publish(names.usage_subject(domain), event.encode(),
+                                      timeout=self.settings.mail_publish_timeout)
+            except Exception as exc:  # metering must never turn a delivery into a retry (a duplicate)
+                log.warning("USAGE messages_out of %s not recorded yet: %r", account or domain, exc)
+                self._usage_counts[(domain, account)] = self._usage_counts.get((domain, account), 0) + amount
 
 
 class _Permanent(Exception):
@@ -565,6 +577,15 @@ async def start_outbound(runtime, settings: Settings, hostname: str, srs: Srs | 
                                 OutboundMetrics(runtime.metrics.registry), srs=srs)
     runner = outbound_runner(js, delivery, settings, runtime.metrics.once(QueueMetrics))
     await runner.start(runtime.spawn)
+
+    async def meter() -> None:
+        try:
+            while True:
+                await asyncio.sleep(settings.usage_flush_interval)
+                await delivery.flush_usage()
+        finally:   # stopping: publish what the last interval counted
+            await asyncio.wait_for(delivery.flush_usage(), settings.mail_publish_timeout)
+    runtime.spawn("outbound-usage", meter)
     return runner
 
 

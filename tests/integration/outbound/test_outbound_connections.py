@@ -142,3 +142,28 @@ async def test_no_reuse_when_the_idle_time_is_zero(js, owner, nats_server, dns_s
         await submit(js, f"single-{n}", "bob@remote.test")
     await wait_until(lambda: _delivered(mx, 3), 60, "three messages at the MX")
     assert mx.connections == 3 and mx.rsets == 0
+
+
+async def test_messages_out_are_metered_in_batches(js, owner, nats_server, dns_server, mx, tmp_path):
+    """USAGE messages_out counts every delivered recipient, summed per account and flush
+    (not one event per message: each event costs the admin API's read model a write)."""
+    from colony.bus import names
+    from colony.events import decode
+    from colony_edge.outbound import OutboundDelivery
+
+    settings = settings_for(nats_server, dns_server, mx, tmp_path, outbound_destination_concurrency=1)
+    runner = await start_queue(js, owner, settings)
+    for n in range(6):
+        await submit(js, f"meter-{n}", "bob@remote.test", "carol@remote.test")
+    await wait_until(lambda: _delivered(mx, 6), 60, "six messages at the MX")
+    await wait_until(lambda: _empty(js), 30, "the jobs acked")
+    delivery: OutboundDelivery = runner.handler.__self__
+    await delivery.flush_usage()
+
+    info = await js.stream_info(names.STREAM_USAGE)
+    events = [decode((await js.get_msg(names.STREAM_USAGE, seq)).data)
+              for seq in range(info.state.first_seq, info.state.last_seq + 1)] if info.state.messages else []
+    out = [e for e in events if e.metric == "messages_out"]
+    assert sum(e.amount for e in out) == 12 and {(e.domain, e.account) for e in out} == {("example.com",
+                                                                                           "alice@example.com")}
+    assert len(out) < 6, "summed, not one event per message"
