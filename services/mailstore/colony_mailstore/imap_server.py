@@ -39,7 +39,7 @@ from colony.contracts.handoff import MAX_LINE, NOT_OWNER, HandoffError, Verifier
 from colony.contracts.auth import AuthClient, AuthFailure, AuthUnavailable
 from colony.protocols.imap import rights
 from colony.protocols.imap import session as S
-from colony.protocols.imap.shared import CompositeStore
+from colony.protocols.imap.shared import PREFIX as SHARED_PREFIX, CompositeStore
 from colony.storage.mailbox import AccountMail
 from colony_mailstore.accounts import AccountManager, NotOwner, OpenAccount
 from colony_mailstore.sharing import RemoteView, Sharing, grantees
@@ -50,6 +50,9 @@ READ_CHUNK = 64 * 1024
 _CHECK = 0.5            # seconds between the watch's rounds (drain and lease loss are noticed this fast)
 _HANDOFF_TIMEOUT = 10.0
 RECENT_ACCOUNTS = 10_000  # accounts whose \Recent marks are remembered
+# A colleague's folder changes on another store, whose commits wake nobody here: IDLE
+# sessions in one look again this often (one call to the owner's store each).
+SHARED_IDLE_POLL = 2.0
 
 Route = Callable[[str], Awaitable[bool]]     # "may this store serve the account now?" (acquires if vacant)
 
@@ -301,8 +304,11 @@ class ImapServer:
         """One loop for all sessions (run by the workload): sessions of an account this store
         no longer holds (lost, released, draining) are told to say BYE, and accounts with open
         sessions are kept from idle release."""
+        next_shared = 0.0
         while True:
             draining = not self.accepting()
+            now = self.clock()
+            poll_shared, next_shared = (True, now + SHARED_IDLE_POLL) if now >= next_shared else (False, next_shared)
             for account, conns in list(self._conns.items()):
                 if draining or account not in self.accounts.ownership.leases:
                     # The client's reconnect reaches the new owner through the edge.
@@ -316,6 +322,11 @@ class ImapServer:
                 acct = self.accounts.open.get(account)
                 if acct is not None:
                     acct.last_used = self.accounts.clock()
+                if poll_shared:
+                    for conn in conns:
+                        mailbox = conn.session.mailbox
+                        if conn.session.idling and mailbox and mailbox.startswith(SHARED_PREFIX):
+                            conn.wake.set()
             await asyncio.sleep(_CHECK)
 
     def marks_for(self, account: str) -> S.RecentMarks:

@@ -22,7 +22,8 @@ key: several owners write one key).  It is a hint: the rights are always read fr
 owner's journal, so a stale owner in the list shows nothing and costs one request.
 
 Limits: a grantee's session hears of changes others make in a shared folder at its next
-command (an IDLE on a shared folder is not woken across stores); a command holding the
+command, or in IDLE within ``imap_server.SHARED_IDLE_POLL`` (nothing wakes it across
+stores: the watch loop has it look again); a command holding the
 grantee's account that waits more than ``LOCK_WAIT`` for the owner's account (two users
 copying into each other's folders at the same instant) is answered ``NO [UNAVAILABLE]``.
 """

@@ -126,6 +126,14 @@ def _scenario(addresses) -> dict:
                             bob.fetch(bob.search("ALL"), ["BODY.PEEK[HEADER.FIELDS (SUBJECT)]"]).values()]
 
         bob.select_folder(SHARED)
+        bob.idle()                       # alice's store writes; bob's store looks again while he idles
+        started = time.monotonic()
+        alice.append("Projects", b"From: alice\r\nSubject: while bob idles\r\n\r\nnews\r\n")
+        heard = []
+        while time.monotonic() - started < 30 and not any(r[1] == b"EXISTS" for r in heard):
+            heard += bob.idle_check(timeout=2)
+        out["idle_heard"] = [r for r in heard if r[1] == b"EXISTS"]
+        bob.idle_done()
         assert alice._imap.deleteacl("Projects", BOB)[0] == "OK"     # imapclient has no DELETEACL
         with pytest.raises(IMAPClientError) as refused:
             bob.fetch(uids[:1], ["FLAGS"])
@@ -165,4 +173,5 @@ async def test_share_a_folder_with_a_colleague_on_another_store(two_stores):
     assert "NOPERM" in r["store_deleted"]
     assert r["alice_exists"] == 3
     assert any(b"plan" in s for s in r["bob_inbox"])
+    assert r["idle_heard"] and r["idle_heard"][0][0] == 4           # 2 + bob's APPEND + alice's
     assert "NONEXISTENT" in r["after_revoke"]

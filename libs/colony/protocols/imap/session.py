@@ -256,6 +256,10 @@ class Session:
         self._last_activity = self.clock()
         self.reader.receive_data(data)
 
+    @property
+    def idling(self) -> bool:
+        return self._idle_tag is not None
+
     def wake(self) -> None:
         """The account changed (a delivery, another session): IDLE reports it at once."""
         self._woken = True
