@@ -134,6 +134,13 @@ def _scenario(addresses) -> dict:
             heard += bob.idle_check(timeout=2)
         out["idle_heard"] = [r for r in heard if r[1] == b"EXISTS"]
         bob.idle_done()
+        alice.setacl("Projects", BOB, "lrswite")                 # now bob may delete and expunge
+        bob.select_folder(SHARED)
+        mine = bob.search(["SUBJECT", "from bob"])
+        bob.add_flags(mine, [b"\\Deleted"])
+        out["expunged"] = bob.expunge()
+        alice.noop()
+        out["alice_after_expunge"] = len(alice.search("ALL"))
         assert alice._imap.deleteacl("Projects", BOB)[0] == "OK"     # imapclient has no DELETEACL
         with pytest.raises(IMAPClientError) as refused:
             bob.fetch(uids[:1], ["FLAGS"])
@@ -174,4 +181,5 @@ async def test_share_a_folder_with_a_colleague_on_another_store(two_stores):
     assert r["alice_exists"] == 3
     assert any(b"plan" in s for s in r["bob_inbox"])
     assert r["idle_heard"] and r["idle_heard"][0][0] == 4           # 2 + bob's APPEND + alice's
+    assert r["alice_after_expunge"] == 3                             # bob's own message expunged
     assert "NONEXISTENT" in r["after_revoke"]
