@@ -80,3 +80,14 @@ def test_cache_is_bounded_least_recently_used_first():
     cache.store("c.test", parse_policy(POLICY, "c"), now=1.0)
     assert cache.current("b.test", now=2.0) is None
     assert cache.current("a.test", now=2.0) is not None and cache.current("c.test", now=2.0) is not None
+
+
+def test_tlsrpt_record_report_addresses():
+    from colony.outbound.mta_sts import parse_tlsrpt
+
+    assert parse_tlsrpt(["v=TLSRPTv1; rua=mailto:tls@example.com,https://r.example.com/v1"]) == (
+        "mailto:tls@example.com", "https://r.example.com/v1")
+    assert parse_tlsrpt(["v=TLSRPTv1;rua=mailto:a@x.test", "unrelated"]) == ("mailto:a@x.test",)
+    assert parse_tlsrpt(["v=TLSRPTv1; rua=ftp://x.test"]) == ()                    # only mailto: and https:
+    assert parse_tlsrpt(["v=TLSRPTv1; rua=mailto:a@x.test", "v=TLSRPTv1; rua=mailto:b@x.test"]) == ()  # two: none
+    assert parse_tlsrpt([]) == () and parse_tlsrpt(["v=TLSRPTv1"]) == ()

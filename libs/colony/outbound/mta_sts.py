@@ -56,6 +56,24 @@ class PolicyError(ValueError):
     """A policy file that does not parse (the domain is then treated as having none)."""
 
 
+def tlsrpt_name(domain: str) -> str:
+    return f"_smtp._tls.{domain.rstrip('.').lower()}"
+
+
+def parse_tlsrpt(txt_records: list[str]) -> tuple[str, ...]:
+    """The report addresses (``rua``: mailto: or https: URIs) of the domain's TLSRPT record
+    (RFC 8460 §3: exactly one record starting ``v=TLSRPTv1``, else none)."""
+    candidates = [t for t in txt_records if t.startswith("v=TLSRPTv1")]
+    if len(candidates) != 1:
+        return ()
+    for part in candidates[0].split(";")[1:]:
+        key, sep, value = part.strip(" \t").partition("=")
+        if sep and key.strip() == "rua":
+            uris = tuple(u.strip() for u in value.split(",") if u.strip())
+            return tuple(u for u in uris if u.lower().startswith(("mailto:", "https:")))
+    return ()
+
+
 def record_name(domain: str) -> str:
     return f"_mta-sts.{domain.rstrip('.').lower()}"
 
@@ -174,4 +192,4 @@ class PolicyCache:
 
 
 __all__ = ["MAX_AGE_LIMIT", "POLICY_MAX_BYTES", "WELL_KNOWN_PATH", "Policy", "PolicyCache", "PolicyError",
-           "parse_policy", "parse_record", "policy_host", "record_name"]
+           "parse_policy", "parse_record", "parse_tlsrpt", "policy_host", "record_name", "tlsrpt_name"]

@@ -31,7 +31,7 @@ import dns.resolver
 import h11
 
 from colony.outbound.mta_sts import (POLICY_MAX_BYTES, WELL_KNOWN_PATH, Policy, PolicyCache, PolicyError,
-                                     parse_policy, parse_record, policy_host, record_name)
+                                     parse_policy, parse_record, parse_tlsrpt, policy_host, record_name, tlsrpt_name)
 from colony.settings import Settings
 
 log = logging.getLogger("colony.edge.mta_sts")
@@ -85,6 +85,16 @@ class MtaSts:
                     future.set_result(None)
                     del self._fetching[domain]
         return self.cache.current(domain, self.clock())
+
+    async def report_addresses(self, domain: str) -> tuple[str, ...]:
+        """Where the domain wants TLS failures reported (TLSRPT, RFC 8460), for the log line
+        of a failure; () when it publishes nothing or the lookup fails.  Reports themselves
+        are not sent."""
+        try:
+            answer = await self.resolver.resolve(tlsrpt_name(domain), "TXT")
+        except dns.exception.DNSException:
+            return ()
+        return parse_tlsrpt([b"".join(r.strings).decode("ascii", "replace") for r in answer])
 
     async def _record_id(self, domain: str) -> str | None:
         try:

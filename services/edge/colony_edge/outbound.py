@@ -307,7 +307,7 @@ class OutboundDelivery:
                         continue
                     for ip in ips:
                         try:
-                            connection = await self._open(host, ip, policy)
+                            connection = await self._open(host, ip, policy, mail.destination)
                             return await self._transaction(connection, mail, message, on_delivered, reused=False)
                         except _Unreachable as exc:
                             last = f"{host} [{ip}]: {exc}"
@@ -340,7 +340,7 @@ class OutboundDelivery:
             raise _Unreachable(f"{host} has no address")
         return ips
 
-    async def _open(self, host: str, ip: str, policy: Policy | None) -> _Connection:
+    async def _open(self, host: str, ip: str, policy: Policy | None, destination: str = "") -> _Connection:
         """A new session with ``host`` at ``ip``, greeted and EHLO'd, with STARTTLS: verified
         for the host name under an MTA-STS policy (enforce: or not at all; testing: else
         opportunistic, and logged), opportunistic otherwise.  Raises _Unreachable."""
@@ -354,10 +354,14 @@ class OutboundDelivery:
                 except (ssl.SSLError, ssl.CertificateError, aiosmtplib.SMTPException) as exc:
                     client.close()
                     self.metrics.mta_sts.labels(result=f"tls_failed_{policy.mode}").inc()
+                    rua = await self.mta_sts.report_addresses(destination) if self.mta_sts else ()
+                    log.warning("MTA-STS %s policy %s of %s: no verified TLS with %s (%s); %s%s", policy.mode,
+                                policy.id, destination, host, exc,
+                                "not delivering there" if policy.enforced else "delivering anyway",
+                                f"; the domain asks for TLS reports at {', '.join(rua)} (TLSRPT, not sent)"
+                                if rua else "")
                     if policy.enforced:
                         raise _Unreachable(f"MTA-STS: no verified TLS with {host}: {exc}")
-                    log.warning("MTA-STS testing policy of %s: no verified TLS with %s (%s); delivering anyway",
-                                policy.id, host, exc)
                     client = await self._connect(ip, start_tls=None)
                 else:
                     self.metrics.mta_sts.labels(result=f"tls_verified_{policy.mode}").inc()

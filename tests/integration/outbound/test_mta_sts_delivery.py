@@ -8,6 +8,7 @@ redirect, takes only text/plain, bounds the body, and a cached policy outlives i
 
 from __future__ import annotations
 
+import logging
 import ssl
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -154,14 +155,18 @@ async def test_enforce_delivers_over_tls_verified_for_the_mx_name(js, owner, nat
 
 
 async def test_enforce_refuses_a_certificate_not_valid_for_the_mx_and_keeps_the_message(
-        js, owner, nats_server, dns_server, mx_wrong_name, tmp_path, ca, policy_server):
+        js, owner, nats_server, dns_server, mx_wrong_name, tmp_path, ca, policy_server, caplog):
     settings = mta_sts_settings(nats_server, dns_server, mx_wrong_name, tmp_path, ca, policy_server)
+    dns_server.add('_smtp._tls.remote.test. 60 IN TXT "v=TLSRPTv1; rua=mailto:tls-reports@remote.test"')
+    caplog.set_level(logging.WARNING, logger="colony.edge.outbound")
     await start_queue(js, owner, settings)
     await submit(js, "sts-badcert", "bob@remote.test")
     # Each attempt greets with EHLO, then STARTTLS fails verification; three attempts = retried.
     await wait_until(lambda: _count(mx_wrong_name.ehlos >= 3), 30, "three refused attempts")
     assert not mx_wrong_name.messages
     assert await queued(js) == 1, "a policy failure is temporary: the message stays queued"
+    [line, *_] = [r.getMessage() for r in caplog.records if "no verified TLS with mx.remote.test" in r.getMessage()]
+    assert "not delivering there" in line and "mailto:tls-reports@remote.test" in line
 
 
 async def test_enforce_never_uses_an_mx_the_policy_does_not_list(js, owner, nats_server, dns_server, mx_good,
