@@ -26,8 +26,9 @@ from colony.ports import port_is_free
 
 pytestmark = pytest.mark.slow
 
-COUNTS = ["--controllers", "1", "--edges", "1", "--mailstores", "1", "--sipfarms", "0", "--admin-apis", "1"]
-PER_REGION = 5  # controller, edge, mail store, projector, admin API
+COUNTS = ["--controllers", "1", "--edges", "1", "--mailstores", "1", "--sipfarms", "1", "--admin-apis", "1"]
+PER_REGION = 6  # controller, edge, mail store, SIP farm member, projector, admin API
+ROLES = ("admin-api", "controller", "edge", "mailstore", "projector", "sipfarm")
 
 
 def free_base() -> int:
@@ -56,6 +57,36 @@ def send(port: int, rcpt: str, subject: str) -> None:
     msg.set_content(subject)
     with smtplib.SMTP("127.0.0.1", port, timeout=60) as s:
         s.send_message(msg)  # raises unless every recipient got 250
+
+
+def register(aor: str, call_id: str) -> bytes:
+    domain = aor.split("@")[1]
+    return (f"REGISTER sip:{domain} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP 127.0.0.1:5999;rport;branch=z9hG4bK-{call_id}\r\n"
+            "Max-Forwards: 70\r\n"
+            f"To: <sip:{aor}>\r\nFrom: <sip:{aor}>;tag={call_id}\r\n"
+            f"Call-ID: {call_id}@regions.test\r\nCSeq: 1 REGISTER\r\n"
+            "Contact: <sip:phone@127.0.0.1:5999>\r\nExpires: 60\r\nContent-Length: 0\r\n\r\n").encode()
+
+
+def sip_over_udp(address: str, request: bytes) -> str:
+    """The final answer to one request, sent again (as a UDP client does) until it comes
+    (the Via's rport asks for the answer at this socket, RFC 3581)."""
+    import socket
+
+    host, port = address.rsplit(":", 1)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(2)
+        for _ in range(30):
+            s.sendto(request, (host, int(port)))
+            try:
+                while True:
+                    answer = s.recv(65535).decode()
+                    if not answer.startswith("SIP/2.0 1"):
+                        return answer
+            except socket.timeout:
+                continue
+    raise AssertionError(f"no SIP answer from {address}")
 
 
 def wait_deliverable(port: int, rcpt: str) -> None:
@@ -101,8 +132,7 @@ def test_mail_for_eu_accepted_in_us_lands_in_eu_also_across_a_cut(regions):
     # `colony status` on the super cluster's data directory: every region's instances.
     nodes = json.loads(subprocess.run([COLONY, "status", "--json", "--data-dir", str(data_dir)],
                                       capture_output=True, text=True, timeout=120).stdout)
-    assert sorted((n["region"], n["role"]) for n in nodes) == sorted(
-        (r, role) for r in ("eu", "us") for role in ("admin-api", "controller", "edge", "mailstore", "projector"))
+    assert sorted((n["region"], n["role"]) for n in nodes) == sorted((r, role) for r in ("eu", "us") for role in ROLES)
     colony(eu, "domain", "add", "eu.example", "--region", "eu")
     colony(eu, "account", "add", "kim@eu.example", "--password", "Kim-secret-123")
     colony(eu, "domain", "add", "us.example", "--region", "us")
@@ -151,8 +181,7 @@ def test_mail_for_eu_accepted_in_us_lands_in_eu_also_across_a_cut(regions):
     with urllib.request.urlopen(request, timeout=60) as response:
         listed = json.loads(response.read())
         assert "Colony-Unreachable-Regions" not in response.headers
-    assert sorted((n["region"], n["role"]) for n in listed) == sorted(
-        (r, role) for r in ("eu", "us") for role in ("admin-api", "controller", "edge", "mailstore", "projector"))
+    assert sorted((n["region"], n["role"]) for n in listed) == sorted((r, role) for r in ("eu", "us") for role in ROLES)
     # ... and so does its monitor page, each instance with its region.
     import httpx
     api = info["regions"]["eu"]["admin_api"][0]
@@ -164,6 +193,14 @@ def test_mail_for_eu_accepted_in_us_lands_in_eu_also_across_a_cut(regions):
     for region in ("eu", "us"):
         for role in ("controller", "edge", "mailstore"):
             assert f"{role}-1 ({region})" in page, (role, region)
+
+    # SIP: a REGISTER for a us subscriber reaching the eu farm is redirected to the us farm,
+    # which challenges it as its own; an eu subscriber is challenged in eu.
+    eu_sip, us_sip = info["regions"]["eu"]["sip"][0], info["regions"]["us"]["sip"][0]
+    moved = sip_over_udp(eu_sip, register("lee@us.example", "r1"))
+    assert moved.startswith("SIP/2.0 302") and f"Contact: <sip:lee@{us_sip}>" in moved, moved
+    assert sip_over_udp(us_sip, register("lee@us.example", "r2")).startswith("SIP/2.0 401")
+    assert sip_over_udp(eu_sip, register("kim@eu.example", "r3")).startswith("SIP/2.0 401")
 
 
 def test_controller_failover_in_one_region_leaves_the_other_alone(regions):

@@ -118,8 +118,9 @@ class SipFarm:
     def __init__(self, settings: Settings, node_id: str, *, store: BindingStore, dialogs: KeyValue, auth: AuthClient,
                  counters: SharedCounters | None, secret: bytes, address: tuple[str, int],
                  registry: CollectorRegistry, publish_usage: Callable[[UsageRecorded], Awaitable[None]],
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, home_regions=None) -> None:
         self.settings, self.node_id = settings, node_id
+        self.home_regions = home_regions  # colony_sipfarm.home_region.HomeRegions in a super cluster
         self.store, self.dialogs, self.auth, self.counters = store, dialogs, auth, counters
         self.digest = DigestAuthenticator(secret, nonce_ttl=settings.sip_nonce_ttl)
         self.host, self.port = address
@@ -221,6 +222,10 @@ class SipFarm:
             rate = await self.counters.hit("sip-req", source[1])
             if rate > self.settings.sip_requests_per_minute_per_ip:
                 return self._local(request, source, 503, extra=[("Retry-After", "60")], remember=False)
+        if self.home_regions is not None:  # a subscriber of another region: sent there (home_region.py)
+            moved = await self.home_regions.answer(request, source[0])
+            if moved is not None:
+                return self._local(request, source, moved[0], extra=moved[1], remember=moved[0] != 503)
         if request.method == "REGISTER":
             return await self._register(request, source)
         routes = request.headers.get_all("Route")

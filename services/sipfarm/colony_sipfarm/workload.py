@@ -144,7 +144,8 @@ class SipWorkload:
         self.farm = SipFarm(
             s, runtime.node_id, store=BindingStore(kv, time.time), dialogs=kv, auth=AuthClient(runtime.nc),
             counters=self.counters, secret=await self._secret(kv), address=(s.advertised_host, port),
-            registry=runtime.metrics.registry, publish_usage=publish_usage)
+            registry=runtime.metrics.registry, publish_usage=publish_usage,
+            home_regions=await home_regions(s, runtime.nc) if len(s.region_list) > 1 else None)
         self._bus_metrics = runtime.metrics.once(BusRequestMetrics)
         await runtime.nc.subscribe(names.sip_relay_subject(runtime.node_id), cb=self._on_relay)
         await runtime.nc.subscribe(names.sip_handle_subject(runtime.node_id), cb=self._on_handle)
@@ -516,3 +517,17 @@ class SipWorkload:
         if self._runtime is not None:
             with suppress(Exception):    # metering of the last interval, if the bus is still there
                 await self._flush_usage()
+
+
+async def home_regions(settings, nc):
+    """Requests for other regions' subscribers are redirected there (``home_region``)."""
+    from colony_sipfarm.home_region import HomeRegions
+
+    directory = await nc.jetstream().key_value(names.BUCKET_DIRECTORY)
+
+    async def get(key: str) -> bytes | None:
+        try:
+            return (await directory.get(key)).value
+        except KeyNotFoundError:
+            return None
+    return HomeRegions(settings, nc, get)
