@@ -87,7 +87,9 @@ class ForwardingAcceptor:
             for address in accepted.remote:
                 domain = address.rpartition("@")[2].lower()
                 by_domain.setdefault(domain, {}).setdefault(address.lower(), OutboundRecipient(
-                    address=address, notify=list(rcpt.notify) if rcpt.notify else None))
+                    address=address, notify=list(rcpt.notify) if rcpt.notify else None,
+                    # the DSN names the recipient the sender wrote (RFC 3461 ORCPT)
+                    orcpt=rcpt.orcpt or (None if address == rcpt.address else f"rfc822;{rcpt.address}")))
         headers = inject_headers()
         publishes = []
         for destination, recipients in by_domain.items():

@@ -67,10 +67,12 @@ class SubmissionMetrics:
 
 class SubmissionPolicy(BasePolicy):
     def __init__(self, directory, auth: AuthClient, counters: SharedCounters, js: JetStreamContext,
-                 settings: Settings, metrics: SubmissionMetrics, node_id: str) -> None:
+                 settings: Settings, metrics: SubmissionMetrics, node_id: str, srs=None) -> None:
         self.directory, self.auth_client, self.counters, self.js = directory, auth, counters, js
         self.settings, self.metrics, self.node_id = settings, metrics, node_id
-        self.recipients = RecipientPolicy(directory, settings.postmaster_address)
+        # With an SRS key, a hosted recipient that forwards outside is accepted with its remote
+        # targets (as on the MX); the copies keep the account's own envelope sender.
+        self.recipients = RecipientPolicy(directory, settings.postmaster_address, srs)
         self._audited: OrderedDict[str, float] = OrderedDict()   # account -> last audit (bounded)
 
     async def auth(self, session: SmtpSession, auth: E.Auth) -> Verdict:
@@ -191,7 +193,8 @@ class SubmissionAcceptor:
         self.tracer = local.tracer
 
     async def accept(self, session: SmtpSession, message: IncomingMessage) -> str:
-        remote = [r for r in session.recipients if not r.mailboxes]
+        # Remote: recipients outside the cluster, and hosted recipients' forwarding targets.
+        remote = [r for r in session.recipients if not r.mailboxes or r.remote]
         local = [r for r in session.recipients if r.mailboxes]
         message_id = None
         if local:
@@ -221,11 +224,18 @@ class SubmissionAcceptor:
         else:
             ref = await self.local.put_body(message_id, head, message.spool)
         by_domain: dict[str, list[OutboundRecipient]] = {}
+        seen: set[str] = set()
         for accepted in remote:
             rcpt = accepted.rcpt
-            domain = rcpt.address.rpartition("@")[2].lower()
-            by_domain.setdefault(domain, []).append(OutboundRecipient(
-                address=rcpt.address, notify=list(rcpt.notify) if rcpt.notify else None, orcpt=rcpt.orcpt))
+            for address in accepted.remote or (rcpt.address,):
+                if address.lower() in seen:
+                    continue
+                seen.add(address.lower())
+                domain = address.rpartition("@")[2].lower()
+                by_domain.setdefault(domain, []).append(OutboundRecipient(
+                    address=address, notify=list(rcpt.notify) if rcpt.notify else None,
+                    # A forwarded copy names the recipient it was sent to (RFC 3461 ORCPT).
+                    orcpt=rcpt.orcpt or (None if address == rcpt.address else f"rfc822;{rcpt.address}")))
         headers = inject_headers()
         publishes = []
         for destination, recipients in by_domain.items():
@@ -247,7 +257,7 @@ class SubmissionAcceptor:
 
 
 async def open_submission(workload, runtime, acceptor: MailAcceptor, metrics, counters: SharedCounters,
-                          tls, hostname: str) -> dict[str, str]:
+                          tls, hostname: str, srs=None) -> dict[str, str]:
     """Open the submission listeners of an edge (a ``ConnectionWorkload``): 587 with
     STARTTLS and 465 with implicit TLS.  Off (a warning) without a TLS certificate: a
     password must never cross the network in the clear."""
@@ -259,7 +269,7 @@ async def open_submission(workload, runtime, acceptor: MailAcceptor, metrics, co
         return {}
     js = runtime.nc.jetstream()
     policy = SubmissionPolicy(workload.directory, AuthClient(runtime.nc), counters, js, settings,
-                              SubmissionMetrics(runtime.metrics.registry), runtime.node_id)
+                              SubmissionMetrics(runtime.metrics.registry), runtime.node_id, srs)
     submit = SubmissionAcceptor(acceptor, js, settings, runtime.node_id)
     addresses = {}
     for name, port, implicit in (("submission", settings.submission_port, False),
