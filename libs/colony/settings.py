@@ -172,7 +172,7 @@ class Settings(BaseSettings):
     account_idle_release: float = Field(300.0, gt=0, description="Seconds without deliveries or sessions after which a mailstore closes an account and releases its lease.")
     mailstore_forward_timeout: float = Field(15.0, gt=0, description="Seconds a mailstore waits for the account's owner to store a forwarded delivery before retrying it later.")
     mailstore_delivery_concurrency: int = Field(64, ge=1, le=1024, description="MAIL messages a mailstore works on at once (deliveries to one account share one fsync; 64 was 2x the throughput of 16 on 2 cores). Large bodies are further limited to a few at a time.")
-    usage_flush_interval: float = Field(1.0, gt=0, le=60, description="Seconds a mailstore sums its USAGE counts (messages in, storage bytes) per account before publishing them; a crash loses at most this much metering, never mail.")
+    usage_flush_interval: float = Field(1.0, gt=0, le=60, description="Seconds a mailstore (messages in, storage bytes) or an edge (messages out) sums its USAGE counts per account before publishing them; a crash loses at most this much metering, never mail.")
     mail_segment_max_bytes: int = Field(64 * 1024 * 1024, ge=4096, description="Size past which an account's owner moves to a new epoch and journal segment (the old one is dropped), so a long tenure does not grow one file without bound.")
 
     # --- flow control (shared by every edge / farm member, on the bus) ------------------
