@@ -21,12 +21,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import random
 import re
 import resource
-import signal
 import ssl
 import statistics
 import subprocess
@@ -39,6 +37,7 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from colony_up import ColonyUp  # noqa: E402
 from peers import Dovecot, have, wait_port  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -215,19 +214,10 @@ def colony(data_dir: Path, *args: str) -> None:
 
 
 def run_colony(workdir: Path, args) -> tuple[dict, dict, dict | None]:
-    data_dir = workdir / "colony"
-    base = args.base_port
     env = dict(os.environ, COLONY_ACCESS_PLAINTEXT_AUTH="true", COLONY_EDGE_MAX_SESSIONS_PER_IP="1000000")
-    proc = subprocess.Popen([str(ROOT / ".venv/bin/colony"), "up", "--data-dir", str(data_dir), "--base-port", str(base),
-                             "--edges", "1", "--mailstores", "1", "--sipfarms", "0"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 180
-        while not (data_dir / "admin.token").exists():
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError("colony up did not come up (see its logs)")
-            time.sleep(0.2)
-        info = json.loads((data_dir / "cluster.json").read_text())
+    with ColonyUp(workdir / "colony", args.base_port, "--edges", "1", "--mailstores", "1", "--sipfarms", "0",
+                  env=env) as cluster:
+        data_dir, info = cluster.data_dir, cluster.info
         imap_port = int(info["imap"][0].rsplit(":", 1)[1])
         imaps_port = int(info["imaps"][0].rsplit(":", 1)[1])
         wait_port(imap_port, 120)
@@ -254,12 +244,6 @@ def run_colony(workdir: Path, args) -> tuple[dict, dict, dict | None]:
         console.log("throughput")
         ops = asyncio.run(throughput(imap_port, users, args.seconds, args.messages))
         return idle_plain, idle_tls, summarise(ops, args.seconds)
-    finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(120)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def run_dovecot(workdir: Path, args) -> dict:

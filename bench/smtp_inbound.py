@@ -15,18 +15,17 @@ mail store, a file in the user's Maildir).  The table prints messages/s from the
 MAIL FROM to the last message stored, p50/p99 of the SMTP transaction time as the client
 sees it (MAIL FROM to the 250 after the data), and CPU per message: user+system time of
 every process of the system under test (for Colony all of `colony up`'s processes,
-nats-server and idle roles included), divided by the messages.
+nats-server and idle roles included), divided by the messages; for Colony also how many
+deliveries a mail store had to forward to the account's owner over the bus
+(``--by-process``: the CPU of each process).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,9 +37,9 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from peers import Dovecot, Postfix, descendants, have, process_cpu, wait_port  # noqa: E402
+from colony_up import ColonyUp, process_label  # noqa: E402
+from peers import Dovecot, Postfix, have, process_cpu, wait_port  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
 DOMAIN = "bench.test"
 ACCOUNTS = [f"user{i}" for i in range(20)]
 console = Console(width=120)
@@ -131,24 +130,8 @@ def run_peer(workdir: Path, count: int, size: int, clients: int, base: int) -> d
 
 def run_colony(workdir: Path, count: int, size: int, clients: int, mailstores: int, base: int) -> dict:
     data_dir = workdir / f"colony-{mailstores}"
-    proc = subprocess.Popen([str(ROOT / ".venv/bin/colony"), "up", "--data-dir", str(data_dir), "--base-port", str(base),
-                             "--mailstores", str(mailstores), "--sipfarms", "0"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        token_file = data_dir / "admin.token"
-        deadline = time.monotonic() + 120
-        while not (token_file.exists() and token_file.read_text().strip()):
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError("colony up did not come up (see its logs)")
-            time.sleep(0.2)
-        info = json.loads((data_dir / "cluster.json").read_text())
-        api = info["admin_api"][0]
-        wait_port(int(api.rsplit(":", 1)[1]), 120)
-        headers = {"Authorization": f"Bearer {token_file.read_text().strip()}"}
-        with httpx.Client(base_url=api, headers=headers, timeout=30) as client:
-            client.post("/v1/domains", json={"name": DOMAIN}).raise_for_status()
-            for name in ACCOUNTS:
-                client.post(f"/v1/domains/{DOMAIN}/accounts", json={"name": name}).raise_for_status()
+    with ColonyUp(data_dir, base, "--mailstores", str(mailstores), "--sipfarms", "0", timeout=120) as colony:
+        colony.provision(DOMAIN, ACCOUNTS)
         smtp_port = base + 25
         wait_port(smtp_port, 60)
         storage = data_dir / "storage" / "SharedDomains"
@@ -159,35 +142,34 @@ def run_colony(workdir: Path, count: int, size: int, clients: int, mailstores: i
         # The edge learns new accounts from its directory cache: wait until it accepts one.
         asyncio.run(run_load(smtp_port, 1, 100, 1))
         wait_stored(stored, 1, 60)
-        pids = descendants(proc.pid)
+        forwarded0 = forwarded_deliveries(colony)
+        pids = colony.pids()
         cpu0 = process_cpu(pids)
         before = {pid: process_cpu([pid]) for pid in pids}
         start, latencies = asyncio.run(run_load(smtp_port, count, size, clients))
         end = wait_stored(stored, count + 1, 600)
-        after = descendants(proc.pid)
+        after = colony.pids()
         cpu = process_cpu(after) - cpu0
         result = summarise("Colony", str(mailstores), size, count, start, end, latencies, cpu)
+        result["forwarded"] = forwarded_deliveries(colony) - forwarded0
         # Where the CPU went, per process (--by-process prints it): what scale-out costs.
         result["by_process"] = sorted(((process_label(pid), (process_cpu([pid]) - before.get(pid, 0.0)) / count * 1000)
                                        for pid in after), key=lambda item: -item[1])
         return result
-    finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
 
 
-def process_label(pid: int) -> str:
-    """A process's role as `colony up` started it: its command line without the interpreter."""
-    try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return str(pid)
-    words = [a.decode(errors="replace") for a in argv if a]
-    words = [w for w in words if not w.endswith(("python", "python3")) and not w.startswith("/")] or words[:1]
-    return f"{pid} " + " ".join(words)[:70]
+def forwarded_deliveries(colony: ColonyUp) -> int:
+    """Deliveries a mail store sent on to the account's owner over the bus (every store's
+    ``colony_mailstore_forwarded_total`` on its /metrics): what scale-out costs in messages."""
+    total = 0
+    for node in colony.status():
+        ops = node.get("addresses", {}).get("ops") if node.get("role") == "mailstore" else None
+        if not ops:
+            continue
+        text = httpx.get(f"http://{ops}/metrics", timeout=10).text
+        total += sum(int(float(line.rsplit(" ", 1)[1])) for line in text.splitlines()
+                     if line.startswith("colony_mailstore_forwarded_total{"))
+    return total
 
 
 def summarise(system: str, mailstores: str, size: int, count: int, start: float, end: float,
@@ -232,12 +214,14 @@ def main() -> None:
                 row["ratio"] = row["rate"] / peer["rate"] if peer else None
                 rows.append(row)
     table = Table(title=f"Inbound SMTP, {args.messages} messages, {args.clients} clients, {os.cpu_count()} cores")
-    for column in ("system", "mail stores", "size", "msgs/s", "p50 ms", "p99 ms", "CPU ms/msg", "vs Postfix"):
+    for column in ("system", "mail stores", "size", "msgs/s", "p50 ms", "p99 ms", "CPU ms/msg", "forwarded",
+                   "vs Postfix"):
         table.add_column(column, justify="right" if column not in ("system",) else "left")
     for r in rows:
         ratio = r.get("ratio")
         table.add_row(r["system"], r["mailstores"], str(r["size"]), f"{r['rate']:.0f}", f"{r['p50']:.1f}",
-                      f"{r['p99']:.1f}", f"{r['cpu_ms']:.2f}", f"{ratio:.2f}x" if ratio else "")
+                      f"{r['p99']:.1f}", f"{r['cpu_ms']:.2f}", str(r.get("forwarded", "")),
+                      f"{ratio:.2f}x" if ratio else "")
     console.print(table)
     if args.by_process:
         for r in rows:

@@ -24,12 +24,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import signal
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -37,7 +34,6 @@ import time
 from pathlib import Path
 
 import aiosmtplib
-import httpx
 from aiosmtpd.controller import Controller
 from rich.console import Console
 from rich.table import Table
@@ -46,7 +42,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT / "tests"))
 from dnsserver import LoopbackDNS  # noqa: E402
-from peers import Postfix, descendants, have, process_cpu, wait_port  # noqa: E402
+from colony_up import ColonyUp, process_label  # noqa: E402
+from peers import Postfix, have, process_cpu, wait_port  # noqa: E402
 
 DOMAIN = "bench.test"
 REMOTE = "remote.test"
@@ -121,19 +118,6 @@ def wait_delivered(sink: Sink, expected: int, timeout: float) -> float:
     raise RuntimeError(f"only {sink.count} of {expected} messages delivered after {timeout}s")
 
 
-def process_label(pid: int) -> str:
-    """A process's role as `colony up` started it (``-m colony_edge``, ``nats-server``, ...)."""
-    try:
-        argv = [a.decode(errors="replace") for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a]
-    except OSError:
-        return str(pid)
-    if "-m" in argv[:-1]:
-        return argv[argv.index("-m") + 1]                    # colony_edge, colony_mailstore, ...
-    if argv[1:2] == [str(ROOT / ".venv/bin/colony")] or argv[:1] == [str(ROOT / ".venv/bin/colony")]:
-        return "colony up"
-    return Path(argv[0]).name if argv else str(pid)         # nats-server
-
-
 def summary(system: str, count: int, start: float, submitted: float, delivered: float, latencies: list[float],
             cpu: float) -> dict:
     latencies.sort()
@@ -144,27 +128,10 @@ def summary(system: str, count: int, start: float, submitted: float, delivered: 
 
 def run_colony(workdir: Path, sink: Sink, sink_port: int, dns: LoopbackDNS, count: int, clients: int, size: int,
                base: int) -> dict:
-    data_dir = workdir / "colony"
     env = {**os.environ, "COLONY_DNS_SERVERS": dns.address, "COLONY_OUTBOUND_SMTP_PORT": str(sink_port)}
-    proc = subprocess.Popen([str(ROOT / ".venv/bin/colony"), "up", "--data-dir", str(data_dir), "--base-port", str(base),
-                             "--sipfarms", "0"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        token_file = data_dir / "admin.token"
-        deadline = time.monotonic() + 120
-        while not (token_file.exists() and token_file.read_text().strip()):
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError("colony up did not come up (see its logs)")
-            time.sleep(0.2)
-        info = json.loads((data_dir / "cluster.json").read_text())
-        api = info["admin_api"][0]
-        wait_port(int(api.rsplit(":", 1)[1]), 120)
-        headers = {"Authorization": f"Bearer {token_file.read_text().strip()}"}
-        with httpx.Client(base_url=api, headers=headers, timeout=30) as http:
-            http.post("/v1/domains", json={"name": DOMAIN}).raise_for_status()
-            for name in ACCOUNTS:
-                http.post(f"/v1/domains/{DOMAIN}/accounts", json={"name": name, "password": PASSWORD}).raise_for_status()
-        port = int(info["submission"][0].rsplit(":", 1)[1])
+    with ColonyUp(workdir / "colony", base, "--sipfarms", "0", env=env, timeout=120) as colony:
+        colony.provision(DOMAIN, ACCOUNTS, password=PASSWORD)
+        port = int(colony.info["submission"][0].rsplit(":", 1)[1])
         wait_port(port, 120)
         deadline = time.monotonic() + 120
         while True:   # the edge learns the accounts from its directory cache
@@ -177,7 +144,7 @@ def run_colony(workdir: Path, sink: Sink, sink_port: int, dns: LoopbackDNS, coun
                 time.sleep(0.5)
         wait_delivered(sink, 1, 120)
         sink.count = 0
-        pids = descendants(proc.pid)
+        pids = colony.pids()
         cpu0 = process_cpu(pids)
         before = {pid: process_cpu([pid]) for pid in pids}
         start, submitted, latencies = asyncio.run(load(port, count, clients, size, True))
@@ -186,12 +153,6 @@ def run_colony(workdir: Path, sink: Sink, sink_port: int, dns: LoopbackDNS, coun
         result["by_process"] = sorted(((process_label(pid), (process_cpu([pid]) - before[pid]) / count * 1000)
                                        for pid in pids), key=lambda item: -item[1])
         return result
-    finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def run_postfix(workdir: Path, sink: Sink, sink_port: int, count: int, clients: int, size: int, base: int) -> dict:
