@@ -587,7 +587,8 @@ async def start_outbound(runtime, settings: Settings, hostname: str, srs: Srs | 
             while True:
                 await asyncio.sleep(settings.usage_flush_interval)
                 await delivery.flush_usage()
-        finally:   # stopping: publish what the last interval counted
+        finally:   # stopping: publish what the last interval counted, close kept connections
+            delivery.pool.close()
             await asyncio.wait_for(delivery.flush_usage(), settings.mail_publish_timeout)
     runtime.spawn("outbound-usage", meter)
     return runner
