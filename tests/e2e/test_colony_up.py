@@ -99,15 +99,25 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+UP_LOGS: dict[int, Path] = {}  # pid of a `colony up` -> the file its output goes to
+
+
 def start_up(data_dir: Path, base: int, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen([COLONY, "up", "--data-dir", str(data_dir), "--base-port", str(base), "--no-live", *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # Output to a file, not a pipe nobody reads until the end: a long test whose `colony up`
+    # printed more than the pipe holds would block it mid-run.
+    log = data_dir.parent / f"{data_dir.name}-colony-up.log"
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([COLONY, "up", "--data-dir", str(data_dir), "--base-port", str(base), "--no-live", *extra],
+                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    UP_LOGS[proc.pid] = log
+    return proc
 
 
 def stop_up(proc: subprocess.Popen) -> str:
+    """Ctrl-C, wait for the whole cluster to stop, and return what `colony up` printed."""
     proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=180)  # every instance drains (up to 10 s each tier) first
-    return out
+    proc.wait(timeout=180)  # every instance drains (up to 10 s each tier) first
+    return UP_LOGS.pop(proc.pid).read_text(errors="replace")
 
 
 def test_up_status_and_ctrl_c_leaves_nothing_behind(tmp_path):
