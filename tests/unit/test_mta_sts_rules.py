@@ -91,3 +91,13 @@ def test_tlsrpt_record_report_addresses():
     assert parse_tlsrpt(["v=TLSRPTv1; rua=ftp://x.test"]) == ()                    # only mailto: and https:
     assert parse_tlsrpt(["v=TLSRPTv1; rua=mailto:a@x.test", "v=TLSRPTv1; rua=mailto:b@x.test"]) == ()  # two: none
     assert parse_tlsrpt([]) == () and parse_tlsrpt(["v=TLSRPTv1"]) == ()
+
+
+def test_a_failed_fetch_is_not_retried_for_the_same_id_until_retry_after():
+    cache = PolicyCache(retry_after=300.0)
+    cache.fetch_failed("example.com", "id1", now=0.0)
+    assert not cache.needs_fetch("example.com", "id1", now=299.0)
+    assert cache.needs_fetch("example.com", "id2", now=10.0)        # a new id is worth a try at once
+    assert cache.needs_fetch("example.com", "id1", now=300.0)
+    cache.store("example.com", parse_policy(POLICY, "id1"), now=300.0)
+    assert not cache.needs_fetch("example.com", "id1", now=301.0)   # stored: the failure is forgotten

@@ -21,7 +21,8 @@ Before a delivery the sender (``colony_edge.mta_sts`` does the I/O):
    the cached policy's (or no unexpired cached policy at all) means a fetch (§5.1);
 3. fetches over HTTPS (certificate validated for ``mta-sts.<domain>``, no redirects, a
    size limit, a timeout; the I/O side) and parses with ``parse_policy``; a good policy is
-   ``PolicyCache.store``-d for its ``max_age``;
+   ``PolicyCache.store``-d for its ``max_age``; a failure is noted (``fetch_failed``) so the
+   same record id is not fetched again for ``retry_after`` seconds;
 4. uses ``PolicyCache.current(domain, now)``: the unexpired cached policy, whether or not
    the TXT lookup or the fetch just failed -- a cached policy outlives the loss of its
    record, which is what stops an attacker who strips the TXT record from downgrading
@@ -161,11 +162,16 @@ def parse_policy(text: str, record_id: str) -> Policy:
 
 class PolicyCache:
     """Policies by domain until their max_age runs out; at most ``limit`` domains (the
-    least recently used goes first), so memory stays bounded whatever the queue holds."""
+    least recently used goes first), so memory stays bounded whatever the queue holds.
 
-    def __init__(self, limit: int = 10_000) -> None:
-        self.limit = limit
+    A fetch that failed is not tried again for the same record id for ``retry_after``
+    seconds: every queued message to a domain whose policy server is down would otherwise
+    cost an HTTPS attempt (and its timeout)."""
+
+    def __init__(self, limit: int = 10_000, retry_after: float = 300.0) -> None:
+        self.limit, self.retry_after = limit, retry_after
         self._entries: OrderedDict[str, tuple[float, Policy]] = OrderedDict()
+        self._failed: OrderedDict[str, tuple[str, float]] = OrderedDict()   # domain -> (record id, until)
 
     def current(self, domain: str, now: float) -> Policy | None:
         entry = self._entries.get(domain)
@@ -181,10 +187,20 @@ class PolicyCache:
         """§5.1: fetch when there is a record and no unexpired policy with that id."""
         if record_id is None:
             return False
+        failed = self._failed.get(domain)
+        if failed is not None and failed[0] == record_id and failed[1] > now:
+            return False
         cached = self.current(domain, now)
         return cached is None or cached.id != record_id
 
+    def fetch_failed(self, domain: str, record_id: str, now: float) -> None:
+        self._failed[domain] = (record_id, now + self.retry_after)
+        self._failed.move_to_end(domain)
+        while len(self._failed) > self.limit:
+            self._failed.popitem(last=False)
+
     def store(self, domain: str, policy: Policy, now: float) -> None:
+        self._failed.pop(domain, None)
         self._entries[domain] = (now + policy.max_age, policy)
         self._entries.move_to_end(domain)
         while len(self._entries) > self.limit:

@@ -80,7 +80,9 @@ class MtaSts:
                     log.info("MTA-STS policy of %s: id %s, mode %s, mx %s, max_age %d", domain, policy.id,
                              policy.mode, ",".join(policy.mx), policy.max_age)
                 except (FetchError, PolicyError) as exc:
-                    log.warning("MTA-STS policy of %s (id %s) not fetched: %s", domain, record_id, exc)
+                    self.cache.fetch_failed(domain, record_id, self.clock())
+                    log.warning("MTA-STS policy of %s (id %s) not fetched: %s; not tried again for %.0f s", domain,
+                                record_id, exc, self.cache.retry_after)
                 finally:
                     future.set_result(None)
                     del self._fetching[domain]
