@@ -37,7 +37,7 @@ from colony_admin.models import (
     Role,
     TokenCreate,
 )
-from colony_admin.problems import AlreadyExists, Conflict, Invalid, NotFound
+from colony_admin.problems import AlreadyExists, Conflict, Invalid, MoveRequired, NotFound
 
 State = dict[str, Any] | None
 
@@ -124,9 +124,21 @@ def create_domain(state: State, cmd: DomainCreate) -> list[ev.Event]:
                              dmarc_enforcement=cmd.dmarc_enforcement)]
 
 
-def update_domain(state: State, name: str, changes: dict[str, Any]) -> list[ev.Event]:
+def update_domain(state: State, name: str, changes: dict[str, Any], *, has_accounts: bool) -> list[ev.Event]:
+    """``has_accounts``: whether the domain has accounts (their mailboxes are stored in its home
+    region).  Re-homing such a domain by a settings change would route new mail and logins to
+    the new region at once and leave every stored message behind in the old one, so it is
+    refused; an empty domain has nothing to leave behind and may be re-homed freely."""
     current = require(state, f"domain {name}")
     effective = {k: v for k, v in changes.items() if current.get(k) != v}
+    if "home_region" in effective and has_accounts:
+        old, new = current.get("home_region") or "(none)", effective["home_region"] or "(none)"
+        raise MoveRequired(
+            f"domain {name} has accounts whose mailboxes are stored in its home region {old}; changing "
+            f"home_region to {new} would leave them behind. Moving a domain with accounts is the domain move "
+            f"operation (POST /v1/domains/{name}/move, colony domain move {name} <region>), which copies "
+            "the mailboxes before it switches the home region",
+            operation=f"/v1/domains/{name}/move", home_region=current.get("home_region") or "")
     return [ev.DomainUpdated(domain=name, changes=effective)] if effective else []
 
 

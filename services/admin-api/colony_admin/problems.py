@@ -90,6 +90,13 @@ class Invalid(Problem):
     status, kind = 422, "invalid"
 
 
+class MoveRequired(Problem):
+    """A change that would leave stored data behind in another region: it takes the domain
+    move operation (which copies the mailboxes first), not a settings change."""
+
+    status, kind = 409, "domain-move-required"
+
+
 class TooManyRequests(Problem):
     status, kind = 429, "too-many-requests"
 

@@ -69,6 +69,11 @@ def domain_has_addresses(conn: Connection, domain: str) -> bool:
     return bool(conn.execute(select(db.domain_aliases.c.name).where(db.domain_aliases.c.domain == domain).limit(1)).first())
 
 
+def domain_has_accounts(conn: Connection, domain: str) -> bool:
+    """Accounts only: they are what has stored mailboxes (aliases and domain aliases store nothing)."""
+    return bool(conn.execute(select(db.accounts.c.address).where(db.accounts.c.domain == domain).limit(1)).first())
+
+
 def cos_in_use(conn: Connection, name: str) -> bool:
     return bool(conn.execute(select(db.domains.c.name).where(db.domains.c.cos == name).limit(1)).first()
                 or conn.execute(select(db.accounts.c.address).where(db.accounts.c.cos == name).limit(1)).first())

@@ -38,6 +38,36 @@ async def test_domain_account_alias_lifecycle(stack):
     assert r.status_code == 404 and r.json()["type"].endswith("not-found")
 
 
+async def test_home_region_of_a_domain_with_accounts_changes_only_by_a_move(stack):
+    c, h = stack.client, stack.as_(stack.sys_token)
+    d = unique_domain("rehome")
+    assert (await c.post("/v1/domains", json={"name": d, "home_region": "eu"}, headers=h)).status_code == 201
+    # empty: nothing stored anywhere yet, so the home is a plain setting
+    r = await c.patch(f"/v1/domains/{d}", json={"home_region": "us"}, headers=h)
+    assert r.status_code == 200 and r.json()["home_region"] == "us", r.text
+    r = await c.post(f"/v1/domains/{d}/aliases", json={"name": "info", "targets": ["x@elsewhere.example"]}, headers=h)
+    assert r.status_code == 201, r.text
+    r = await c.patch(f"/v1/domains/{d}", json={"home_region": "eu"}, headers=h)
+    assert r.status_code == 200 and r.json()["home_region"] == "eu", r.text  # an alias stores nothing
+
+    assert (await c.post(f"/v1/domains/{d}/accounts", json={"name": "bob"}, headers=h)).status_code == 201
+    r = await c.patch(f"/v1/domains/{d}", json={"home_region": "us"}, headers=h)
+    assert r.status_code == 409, r.text
+    assert r.headers["content-type"].startswith("application/problem+json")
+    problem = r.json()
+    assert problem["type"].endswith("/domain-move-required") and problem["operation"] == f"/v1/domains/{d}/move"
+    assert problem["home_region"] == "eu" and "move" in problem["detail"]
+    r = await c.get(f"/v1/domains/{d}", headers=h)
+    assert r.json()["home_region"] == "eu"  # nothing changed
+    # the same home, or other settings, still go through
+    r = await c.patch(f"/v1/domains/{d}", json={"home_region": "eu", "dmarc_enforcement": "none"}, headers=h)
+    assert r.status_code == 200 and r.json()["dmarc_enforcement"] == "none", r.text
+
+    assert (await c.delete(f"/v1/domains/{d}/accounts/bob", headers=h)).status_code == 204
+    r = await c.patch(f"/v1/domains/{d}", json={"home_region": "us"}, headers=h)
+    assert r.status_code == 200 and r.json()["home_region"] == "us", r.text
+
+
 async def test_problem_details_for_validation_and_auth(stack):
     c = stack.client
     r = await c.get("/v1/domains")

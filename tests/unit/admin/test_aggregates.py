@@ -7,7 +7,7 @@ import pytest
 from colony import events as ev
 from colony_admin import aggregates as agg
 from colony_admin.models import AccountCreate, AliasCreate, CosCreate, DomainCreate, DomainState, Role, TokenCreate
-from colony_admin.problems import AlreadyExists, Conflict, Invalid, NotFound
+from colony_admin.problems import AlreadyExists, Conflict, Invalid, MoveRequired, NotFound
 
 
 def test_domain_lifecycle_folds_to_the_expected_state():
@@ -15,7 +15,7 @@ def test_domain_lifecycle_folds_to_the_expected_state():
     state = agg.fold(created)
     assert state["name"] == "acme.example" and state["state"] == "active"
     assert state["branding"]["display_name"] == "Acme"
-    upd = agg.update_domain(state, "acme.example", {"home_region": "eu", "cos": None})
+    upd = agg.update_domain(state, "acme.example", {"home_region": "eu", "cos": None}, has_accounts=False)
     assert [type(e) for e in upd] == [ev.DomainUpdated] and upd[0].changes == {"home_region": "eu"}
     state = agg.fold(created + upd)
     suspended = agg.set_domain_state(state, "acme.example", DomainState.SUSPENDED, "unpaid")
@@ -25,6 +25,22 @@ def test_domain_lifecycle_folds_to_the_expected_state():
     with pytest.raises(Conflict):
         agg.delete_domain(state, "acme.example", has_addresses=True)
     assert agg.fold(created + agg.delete_domain(state, "acme.example", has_addresses=False)) is None
+
+
+def test_rehoming_a_domain_with_accounts_is_refused_and_names_the_move():
+    state = agg.fold(agg.create_domain(None, DomainCreate(name="a.example", home_region="eu")))
+    with pytest.raises(MoveRequired) as refused:
+        agg.update_domain(state, "a.example", {"home_region": "us"}, has_accounts=True)
+    problem = refused.value
+    assert problem.status == 409 and problem.body()["type"].endswith("/domain-move-required")
+    assert problem.extra["operation"] == "/v1/domains/a.example/move" and problem.extra["home_region"] == "eu"
+    assert "colony domain move a.example" in problem.detail
+    # the same region again is no change, and other settings of a populated domain still change
+    assert agg.update_domain(state, "a.example", {"home_region": "eu"}, has_accounts=True) == []
+    assert agg.update_domain(state, "a.example", {"cos": "gold"}, has_accounts=True)[0].changes == {"cos": "gold"}
+    # an empty domain has no mailboxes to leave behind
+    assert agg.update_domain(state, "a.example", {"home_region": "us"}, has_accounts=False)[0].changes == \
+        {"home_region": "us"}
 
 
 def test_events_round_trip_through_the_wire_form():
@@ -37,7 +53,7 @@ def test_creating_twice_is_already_exists_and_updates_need_an_aggregate():
     with pytest.raises(AlreadyExists):
         agg.create_domain(state, DomainCreate(name="a.example"))
     with pytest.raises(NotFound):
-        agg.update_domain(None, "b.example", {"cos": "x"})
+        agg.update_domain(None, "b.example", {"cos": "x"}, has_accounts=False)
 
 
 def test_accounts_and_aliases_share_one_namespace():

@@ -105,7 +105,10 @@ async def patch_domain(domain: str, body: DomainPatch, request: Request, respons
     if "cos" in changes:
         await _require_cos(ctx, changes["cos"])
     loaded = await ctx.provisioning.load(names.AGG_DOMAIN, domain)
-    events = aggregates.update_domain(loaded.state, domain, changes)
+    # Checked against the read model, as a domain deletion is: an account created elsewhere a
+    # moment ago may not be in it yet.
+    has_accounts = "home_region" in changes and await ctx.db(queries.domain_has_accounts, domain)
+    events = aggregates.update_domain(loaded.state, domain, changes, has_accounts=has_accounts)
     outcome = await ctx.provisioning.commit(loaded, events, if_match=expected)
     if outcome.changed:
         await ctx.provisioning.audit(who, "domain.update", domain, domain=domain, remote_addr=client_addr(request),
@@ -120,7 +123,8 @@ async def put_branding(domain: str, body: Branding, request: Request, response: 
     domain = domain_name(domain)
     roles.require_domain(who, domain)
     loaded = await ctx.provisioning.load(names.AGG_DOMAIN, domain)
-    events = aggregates.update_domain(loaded.state, domain, {"branding": body.model_dump(mode="json")})
+    events = aggregates.update_domain(loaded.state, domain, {"branding": body.model_dump(mode="json")},
+                                      has_accounts=False)  # branding never re-homes
     outcome = await ctx.provisioning.commit(loaded, events, if_match=expected)
     if outcome.changed:
         await ctx.provisioning.audit(who, "domain.branding", domain, domain=domain, remote_addr=client_addr(request))
