@@ -20,6 +20,7 @@ BUCKET_DIRECTORY = "directory"          # what edges need to route without a rou
 BUCKET_RATE_COUNTERS = "rate_counters"  # flow-control counters shared by every edge and farm member
 BUCKET_DKIM_KEYS = "dkim_keys"            # DKIM signing keys per domain (history 1): admin API writes, edges sign
 BUCKET_OUTBOUND_DELIVERED = "outbound_delivered"  # recipients an edge delivered, until the job is acked
+BUCKET_MTA_STS = "mta_sts"                # MTA-STS policies edges fetched (RFC 8461 cache that outlives a restart)
 BUCKET_SECRET_KEYS = "secret_keys"      # data keys sealing PROVISIONING's secrets: the admin API's only
 BUCKET_ACL_GRANTS = "acl_grants"        # shared folders: per grantee, the owners granting it something
 
@@ -375,7 +376,7 @@ GRANTS: dict[str, Grant] = {
         # AUDIT: a submitting account throttled for its sending rate.
         append=(SUBJECTS_MAIL, SUBJECTS_OUTBOUND, SUBJECTS_USAGE, SUBJECTS_DEAD_LETTERS, SUBJECTS_AUDIT),
         consume=(STREAM_OUTBOUND,),
-        kv_write=(BUCKET_RATE_COUNTERS, BUCKET_OUTBOUND_DELIVERED),
+        kv_write=(BUCKET_RATE_COUNTERS, BUCKET_OUTBOUND_DELIVERED, BUCKET_MTA_STS),
         kv_read=(BUCKET_DIRECTORY, BUCKET_ACCOUNT_OWNERS, BUCKET_DKIM_KEYS),
         obj_write=(OBJECT_MAIL_BODIES,),
         call=(AUTH_CHECK, DIRECTORY_LOOKUP, DIRECTORY_RECIPIENTS),

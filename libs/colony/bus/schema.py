@@ -45,6 +45,7 @@ class Buckets:
     rate_counters: KeyValueConfig
     secret_keys: KeyValueConfig
     outbound_delivered: KeyValueConfig
+    mta_sts: KeyValueConfig
     dkim_keys: KeyValueConfig
     acl_grants: KeyValueConfig
 
@@ -99,6 +100,13 @@ def bucket_configs(settings: Settings) -> Buckets:
             bucket=names.BUCKET_OUTBOUND_DELIVERED, history=1, ttl=settings.outbound_max_age + DAY,
             storage=StorageType.FILE, replicas=r,
             description="outbound recipients delivered by a job not yet acked (exactly-once after a crash)",
+        ),
+        # MTA-STS policies the edges fetched (RFC 8461 §5.1: cached for max_age, at most a
+        # year), so a policy outlives an edge's restart and an edge that never delivered to a
+        # domain starts with the policy another edge learnt.
+        mta_sts=KeyValueConfig(
+            bucket=names.BUCKET_MTA_STS, history=1, ttl=366 * DAY, storage=StorageType.FILE, replicas=r,
+            description="MTA-STS policies of destination domains (edges write and read)",
         ),
         # History 1: a rotated-out private key is gone, not kept as an old revision; never
         # in PROVISIONING (an event log keeps everything forever).
@@ -165,8 +173,8 @@ async def ensure_schema(js: JetStreamContext, settings: Settings, deadline: floa
     mirrored = mirrored_buckets(settings)
     buckets = bucket_configs(settings)
     for kv in (buckets.nodes, buckets.leases, buckets.account_owners, buckets.sip_bindings, buckets.directory,
-               buckets.rate_counters, buckets.secret_keys, buckets.outbound_delivered, buckets.dkim_keys,
-               buckets.acl_grants):
+               buckets.rate_counters, buckets.secret_keys, buckets.outbound_delivered, buckets.mta_sts,
+               buckets.dkim_keys, buckets.acl_grants):
         if kv.bucket in mirrored:
             config = bucket_mirror(kv.bucket, settings.primary, settings.stream_replicas)
             await _retrying(lambda c=config: _ensure_stream(js, c), config.name, deadline)

@@ -39,6 +39,7 @@ Time is an argument (``now``, seconds on any monotonic-enough clock).
 
 from __future__ import annotations
 
+import json
 import re
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -129,6 +130,20 @@ class Policy:
         return False
 
 
+def policy_to_json(policy: Policy, expires: float) -> bytes:
+    return json.dumps({"id": policy.id, "mode": policy.mode, "mx": list(policy.mx), "max_age": policy.max_age,
+                       "expires": expires}).encode()
+
+
+def policy_from_json(data: bytes) -> tuple[Policy, float]:
+    """A shared cache entry: the policy and when it runs out (seconds since the epoch)."""
+    raw = json.loads(data)
+    if raw.get("mode") not in MODES:
+        raise PolicyError(f"cached mode {raw.get('mode')!r}")
+    return (Policy(id=str(raw["id"]), mode=raw["mode"], mx=tuple(str(m) for m in raw["mx"]),
+                   max_age=int(raw["max_age"])), float(raw["expires"]))
+
+
 def parse_policy(text: str, record_id: str) -> Policy:
     """The policy file (§3.2: ``key: value`` lines ended by CRLF or LF; unknown keys are
     ignored; ``mx`` may repeat, other keys count the first time).  Raises PolicyError."""
@@ -173,6 +188,10 @@ class PolicyCache:
         self._entries: OrderedDict[str, tuple[float, Policy]] = OrderedDict()
         self._failed: OrderedDict[str, tuple[str, float]] = OrderedDict()   # domain -> (record id, until)
 
+    def expiry(self, domain: str) -> float | None:
+        entry = self._entries.get(domain)
+        return entry[0] if entry is not None else None
+
     def current(self, domain: str, now: float) -> Policy | None:
         entry = self._entries.get(domain)
         if entry is None:
@@ -199,13 +218,15 @@ class PolicyCache:
         while len(self._failed) > self.limit:
             self._failed.popitem(last=False)
 
-    def store(self, domain: str, policy: Policy, now: float) -> None:
+    def store(self, domain: str, policy: Policy, now: float, expires: float | None = None) -> None:
+        """``expires``: when a policy learnt elsewhere (another edge) runs out; default
+        ``now + max_age`` for one fetched now."""
         self._failed.pop(domain, None)
-        self._entries[domain] = (now + policy.max_age, policy)
+        self._entries[domain] = (now + policy.max_age if expires is None else expires, policy)
         self._entries.move_to_end(domain)
         while len(self._entries) > self.limit:
             self._entries.popitem(last=False)
 
 
 __all__ = ["MAX_AGE_LIMIT", "POLICY_MAX_BYTES", "WELL_KNOWN_PATH", "Policy", "PolicyCache", "PolicyError",
-           "parse_policy", "parse_record", "parse_tlsrpt", "policy_host", "record_name", "tlsrpt_name"]
+           "parse_policy", "parse_record", "policy_from_json", "policy_to_json", "parse_tlsrpt", "policy_host", "record_name", "tlsrpt_name"]

@@ -10,12 +10,14 @@ RFC 8461 §3.3: the certificate must be valid (system store, or ``outbound_tls_c
 3xx redirects are not followed, only ``200`` with ``text/plain`` counts, the body is
 bounded (``POLICY_MAX_BYTES``) and the whole fetch has a deadline (``mta_sts_fetch_timeout``).
 
-The cache is per edge, in memory: a policy is a few hundred bytes that changes rarely
-(max_age is typically days), every edge that delivers to a domain fetches it once per id,
-and a bus bucket would add a shared write path for no gain in correctness while the edge
-runs.  What it costs: an edge that restarts forgets its policies, so until it has fetched
-again, an attacker who both strips the TXT record and intercepts the MX could downgrade
-that edge's deliveries (RFC 8461 §10.2 wants the cache to survive restarts).
+The cache has two levels: in memory per edge (every lookup), and the ``mta_sts`` bucket
+on the bus, shared by the edges, which a fetched policy is written to.  An edge asks the
+bucket when its memory has nothing for a domain (and remembers a miss for five minutes, so
+domains without MTA-STS cost no bus round trip per message).  So a policy outlives an
+edge's restart, and an edge that never delivered to a domain starts with what another edge
+learnt: an attacker who strips the TXT record cannot downgrade delivery by waiting for a
+restart (RFC 8461 §10.2).  Expiry is wall-clock time (``expires`` in the entry), as edges
+compare it with each other's.
 """
 
 from __future__ import annotations
@@ -24,14 +26,20 @@ import asyncio
 import logging
 import ssl
 import time
+from collections import OrderedDict
 
 import dns.asyncresolver
 import dns.exception
 import dns.resolver
 import h11
 
+from nats.js.errors import KeyNotFoundError
+
+from colony.bus import names
+from colony.bus.tokens import to_token
 from colony.outbound.mta_sts import (POLICY_MAX_BYTES, WELL_KNOWN_PATH, Policy, PolicyCache, PolicyError,
-                                     parse_policy, parse_record, parse_tlsrpt, policy_host, record_name, tlsrpt_name)
+                                     parse_policy, parse_record, parse_tlsrpt, policy_from_json, policy_host,
+                                     policy_to_json, record_name, tlsrpt_name)
 from colony.settings import Settings
 
 log = logging.getLogger("colony.edge.mta_sts")
@@ -53,14 +61,19 @@ def verified_tls_context(settings: Settings) -> ssl.SSLContext:
 class MtaSts:
     """``await policy(domain)``: the policy to deliver under, or None (no MTA-STS)."""
 
-    def __init__(self, settings: Settings, resolver: dns.asyncresolver.Resolver, clock=time.monotonic) -> None:
-        self.settings, self.resolver, self.clock = settings, resolver, clock
+    SHARED_MISS_SECONDS = 300.0
+
+    def __init__(self, settings: Settings, resolver: dns.asyncresolver.Resolver, js=None, clock=time.time) -> None:
+        self.settings, self.resolver, self.js, self.clock = settings, resolver, js, clock
         self.cache = PolicyCache()
         self.tls = verified_tls_context(settings)
         self._fetching: dict[str, asyncio.Future] = {}   # one fetch per domain at a time
+        self._bucket = None
+        self._shared_miss: OrderedDict[str, float] = OrderedDict()   # domain -> don't ask the bucket until
 
     async def policy(self, domain: str) -> Policy | None:
         domain = domain.rstrip(".").lower()
+        await self._load_shared(domain)
         try:
             record_id = await self._record_id(domain)
         except dns.exception.DNSException as exc:
@@ -77,6 +90,7 @@ class MtaSts:
                 try:
                     policy = await self._fetch(domain, record_id)
                     self.cache.store(domain, policy, self.clock())
+                    await self._save_shared(domain)
                     log.info("MTA-STS policy of %s: id %s, mode %s, mx %s, max_age %d", domain, policy.id,
                              policy.mode, ",".join(policy.mx), policy.max_age)
                 except (FetchError, PolicyError) as exc:
@@ -87,6 +101,43 @@ class MtaSts:
                     future.set_result(None)
                     del self._fetching[domain]
         return self.cache.current(domain, self.clock())
+
+    # --- the shared cache (the mta_sts bucket) ----------------------------------------------
+
+    async def _open_bucket(self):
+        if self._bucket is None and self.js is not None:
+            self._bucket = await self.js.key_value(names.BUCKET_MTA_STS)
+        return self._bucket
+
+    async def _load_shared(self, domain: str) -> None:
+        now = self.clock()
+        if self.js is None or self.cache.current(domain, now) is not None or self._shared_miss.get(domain, 0) > now:
+            return
+        try:
+            bucket = await self._open_bucket()
+            policy, expires = policy_from_json((await bucket.get(to_token(domain))).value)
+        except KeyNotFoundError:
+            policy, expires = None, 0.0
+        except Exception as exc:   # the bus unreachable, or an entry we cannot read: as if none
+            log.info("MTA-STS policy of %s not read from the bus: %r", domain, exc)
+            policy, expires = None, 0.0
+        if policy is not None and expires > now:
+            self.cache.store(domain, policy, now, expires=expires)
+            return
+        self._shared_miss[domain] = now + self.SHARED_MISS_SECONDS
+        self._shared_miss.move_to_end(domain)
+        while len(self._shared_miss) > self.cache.limit:
+            self._shared_miss.popitem(last=False)
+
+    async def _save_shared(self, domain: str) -> None:
+        policy, expires = self.cache.current(domain, self.clock()), self.cache.expiry(domain)
+        if self.js is None or policy is None or expires is None:
+            return
+        self._shared_miss.pop(domain, None)
+        try:
+            await (await self._open_bucket()).put(to_token(domain), policy_to_json(policy, expires))
+        except Exception as exc:   # the policy still holds on this edge
+            log.warning("MTA-STS policy of %s not shared on the bus: %r", domain, exc)
 
     async def report_addresses(self, domain: str) -> tuple[str, ...]:
         """Where the domain wants TLS failures reported (TLSRPT, RFC 8460), for the log line

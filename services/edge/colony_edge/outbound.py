@@ -174,7 +174,7 @@ class OutboundDelivery:
             # or four queries to the same few destinations (a seventh of the edge's CPU in the
             # outbound benchmark).
             resolver.cache = dns.resolver.LRUCache(10_000)
-        self.mta_sts = MtaSts(settings, resolver) if settings.mta_sts else None
+        self.mta_sts = MtaSts(settings, resolver, js) if settings.mta_sts else None
         self.tls_verified = verified_tls_context(settings)
         self.pool = ConnectionPool(settings.outbound_connection_idle, settings.outbound_messages_per_connection,
                                    limit=settings.outbound_concurrency)

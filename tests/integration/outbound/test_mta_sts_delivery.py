@@ -231,3 +231,20 @@ async def test_the_cached_policy_outlives_its_record_and_a_new_id_is_fetched(dns
     policy_server.body = ENFORCE.replace("enforce", "testing").encode()
     second = await sts.policy("remote.test")
     assert second.id == "p2" and second.mode == "testing" and policy_server.fetches == 2
+
+
+async def test_a_policy_outlives_an_edge_restart_through_the_bus(js, dns_server, tmp_path, ca, policy_server,
+                                                                 nats_server):
+    settings = mta_sts_settings(nats_server, dns_server, policy_server, tmp_path, ca, policy_server)
+    first_edge = MtaSts(settings, make_resolver(settings), js)
+    fetched = await first_edge.policy("remote.test")
+    assert fetched is not None and fetched.enforced and policy_server.fetches == 1
+    # An attacker strips the record; an edge that starts now (or never delivered there)
+    # still finds the policy another edge learnt, without fetching it.
+    dns_server.remove("_mta-sts.remote.test", "TXT")
+    later_edge = MtaSts(settings, make_resolver(settings), js)
+    assert await later_edge.policy("remote.test") == fetched
+    assert policy_server.fetches == 1
+    # A domain without MTA-STS is not a bus round trip per message: the miss is remembered.
+    assert await later_edge.policy("plain.test") is None
+    assert "plain.test" in later_edge._shared_miss
