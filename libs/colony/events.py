@@ -270,6 +270,100 @@ class DomainDeleted(Event):
     domain: str
 
 
+# A domain moving to another region (``colony_controller.domain_move`` is the state machine
+# and its theory of operation).  Not appended yet: the rules and their events exist, the
+# controller's driver, the admin API's move route and the mail store's export/import do not.
+# One event per phase on the domain's own subject, so the directory's domain entry carries
+# the phase to every edge and mail store, the flip changes ``home_region`` in the same
+# append, and a move and a settings change of the domain conflict on its version.  ``epoch``
+# is the lease revision of the controller that wrote the event.
+
+
+class DomainMoveRequested(Event):
+    """A system administrator asked for the domain to move.  Subject as DomainCreated."""
+
+    type: ClassVar[str] = "prov.domain_move_requested"
+    domain: str
+    move_id: str
+    source: str      # the home region when asked ("" for a domain that had none)
+    target: str
+    requested_by: str = ""
+
+
+class DomainMoveRouting(Event):
+    """New mail for the domain goes to the target region's MAIL; the source region's mail
+    stores store none of it any more and send it on.  Subject as DomainCreated."""
+
+    type: ClassVar[str] = "prov.domain_move_routing"
+    domain: str
+    move_id: str
+    epoch: int
+
+
+class DomainMoveCopying(Event):
+    """The accounts whose storage is copied from the source region (those that existed when
+    routing had settled).  Subject as DomainCreated."""
+
+    type: ClassVar[str] = "prov.domain_move_copying"
+    domain: str
+    move_id: str
+    accounts: list[str]
+    epoch: int
+
+
+class DomainMoveSealing(Event):
+    """Logins for the domain get a temporary failure in every region and the source region's
+    sessions are closed, so what users changed since the first copy is copied once more,
+    with nobody changing it.  Subject as DomainCreated."""
+
+    type: ClassVar[str] = "prov.domain_move_sealing"
+    domain: str
+    move_id: str
+    epoch: int
+
+
+class DomainMoveFlipped(Event):
+    """``home_region`` is the target: logins and mail go there.  Subject as DomainCreated."""
+
+    type: ClassVar[str] = "prov.domain_move_flipped"
+    domain: str
+    move_id: str
+    target: str
+    epoch: int
+
+
+class DomainMoveDone(Event):
+    """The source region's copy of the domain's storage is removed.  Subject as DomainCreated."""
+
+    type: ClassVar[str] = "prov.domain_move_done"
+    domain: str
+    move_id: str
+    epoch: int
+
+
+class DomainMoveAccountCopied(Event):
+    """One pass of one account's copy, as verified after it.  Subject
+    ``colony.prov.domain_move.<domain>`` (progress, kept off the domain's own subject so a
+    domain of many accounts does not fold thousands of events on every read).
+
+    ``copy_pass`` 1 is the bulk copy while users still work in the source region, 2 the
+    catch-up while sealed; ``source_position`` is the journal position the pass copied up
+    to, where the next pass starts.  Verified when both sides count the same messages and
+    their digests (over the sorted dedupe keys and body checksums) agree."""
+
+    type: ClassVar[str] = "prov.domain_move_account_copied"
+    domain: str
+    move_id: str
+    address: str
+    copy_pass: int
+    source_messages: int
+    target_messages: int
+    source_digest: str
+    target_digest: str
+    source_position: int = 0
+    epoch: int
+
+
 class DomainAliasCreated(Event):
     """``alias`` is another name of ``domain``.  Subject ``colony.prov.domain_alias.<alias>``."""
 
