@@ -127,6 +127,8 @@ class SharedCounters:
                 # What we knew is older than one flush of anyone else: ask again, so an
                 # instance that was quiet for a while does not answer from an old total.
                 await self._read(key)
+        if current not in self._rates:   # forgotten while we awaited (the clock moved on): count anyway
+            self._track(current)
         self._rates[current][2] += n
         if n and self.flush_interval <= 0:
             # Exact: one compare-and-set in flight per key; a hit that arrives meanwhile rides
@@ -145,7 +147,13 @@ class SharedCounters:
         return await self.hit(kind, subject, 0)
 
     def _total(self, key: str) -> int:
-        known, _, pending, _ = self._rates[key]
+        # A hit that started just before a minute boundary may find its previous window
+        # forgotten when it resumes: a concurrent hit in the new minute dropped it as two
+        # windows old.  It then counts nothing, as it would a moment later anyway.
+        state = self._rates.get(key)
+        if state is None:
+            return 0
+        known, _, pending, _ = state
         return known + pending
 
     def _track(self, key: str) -> None:

@@ -103,3 +103,33 @@ async def test_exact_mode_counts_every_hit_across_instances_at_once(js):
     finally:
         await a.stop()
         await b.stop()
+
+
+async def test_a_hit_across_a_minute_boundary_survives_a_concurrent_hit_of_the_next_minute(js):
+    """Seen as 451 at RCPT in a burst: a hit awaiting its read of the bus at the end of a
+    minute resumed after another hit of the new minute had forgotten its previous window
+    (KeyError).  It must count and answer."""
+    clock = FakeClock(2000 * WINDOW + WINDOW * 0.999)
+    counters = SharedCounters(js, "edge-a", clock=clock)
+    await counters.start()
+    try:
+        await counters.hit("rcpt", "burst.example")
+        real_read = counters._read
+        moved = False
+
+        async def read_then_the_minute_ends(key: str) -> None:
+            nonlocal moved
+            await real_read(key)
+            if not moved and key.endswith(f".{2000 - 1}"):   # its previous window, the last it reads
+                moved = True
+                clock.t += WINDOW       # the next minute: a concurrent hit forgets old windows
+                await counters.hit("rcpt", "burst.example")
+
+        counters._read = read_then_the_minute_ends
+        clock.t -= WINDOW * 0.0005           # still the old minute when this hit starts
+        total = await counters.hit("rcpt", "other.example")
+        assert total >= 1
+        counters._read = real_read
+        assert await counters.rate("rcpt", "burst.example") >= 1
+    finally:
+        await counters.stop()
