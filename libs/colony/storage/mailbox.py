@@ -35,6 +35,7 @@ DEFAULT_MAILBOXES: tuple[tuple[str, str | None], ...] = (
 )
 DEDUPE_WINDOW = 50_000  # delivery keys remembered per account (redeliveries come within minutes)
 SNAPSHOT_EVERY = 2_000  # records between snapshots
+_MOVED = "move:"  # storage.transfer.MOVE_PREFIX (imported from there would be a cycle)
 
 
 class MailboxError(ValueError):
@@ -419,9 +420,11 @@ class AccountMail:
                key: str | None = None) -> Stored:
         """Store a message; with ``key``, a second append of the same key returns the first UID."""
         box = self.state.box(name)
-        if key is not None and key in self.state.dedupe:
-            box_id, uid = self.state.dedupe[key]
-            return Stored(uid, True)
+        if key is not None:
+            # "move:<key>" is the same message copied here by a domain move (storage.transfer)
+            seen = self.state.dedupe.get(key) or self.state.dedupe.get(_MOVED + key)
+            if seen is not None:
+                return Stored(seen[1], True)
         body = self._write_body(data)
         uid = box.uidnext
         self._stage(j.MessageAppended(e=self.epoch, s=self._next(), box=box.id, uid=uid, body=body,
