@@ -58,3 +58,22 @@ def test_two_runners_in_one_process_share_one_set_of_queue_metrics():
     assert metrics.once(QueueMetrics) is first
     first.jobs.labels("mail", "done").inc()
     assert b'colony_queue_jobs_total{outcome="done",queue="mail"} 1.0' in metrics.render()
+
+
+async def test_a_job_budget_caps_what_several_runners_fetch_together():
+    """Runners sharing a JobBudget fetch at most what it has free and give slots back as
+    jobs end (the mail store's partitions share one)."""
+    import asyncio
+
+    from colony.queue import JobBudget
+
+    budget = JobBudget(3)
+    assert budget.free() == 3
+    budget.take(3)
+    assert budget.free() == 0 and not budget.freed.is_set()
+    waiter = asyncio.ensure_future(budget.freed.wait())
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    budget.give(1)
+    await asyncio.wait_for(waiter, 1)
+    assert budget.free() == 1

@@ -37,7 +37,7 @@ Operators: ``colony dlq list|show|replay|purge`` (``colony.queue.deadletter.Dead
 
 from colony.queue.deadletter import DeadLetter, DeadLetterError, DeadLetterNotFound, DeadLetters
 from colony.queue.outcomes import Action, Decision, Done, QueuePolicy, Reject, Retry, before_handling, decide
-from colony.queue.runner import Job, QueueMetrics, QueueRunner
+from colony.queue.runner import Job, JobBudget, QueueMetrics, QueueRunner
 
 __all__ = [
     "Action", "DeadLetter", "DeadLetterError", "DeadLetterNotFound", "DeadLetters", "Decision", "Done", "Job", "QueueMetrics",

@@ -87,6 +87,30 @@ class QueueMetrics:
         self.in_flight = Gauge("colony_queue_jobs_in_flight", "Jobs being handled now.", ["queue"], registry=registry)
 
 
+class JobBudget:
+    """Jobs in flight shared by several runners (one process consuming several filters):
+    each fetches at most what the budget has free, so together they hold about ``limit``
+    jobs, and any one of them may use all of it while the others are idle.  A runner checks
+    before it fetches and does not reserve (an idle runner's long poll must not hold slots),
+    so runners fetching at the same moment may together exceed it by their batches; each
+    runner's own ``policy.concurrency`` stays the hard bound."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self.freed = asyncio.Event()
+
+    def free(self) -> int:
+        return self.limit - self.used
+
+    def take(self, n: int) -> None:
+        self.used += n
+
+    def give(self, n: int = 1) -> None:
+        self.used -= n
+        self.freed.set()
+
+
 class QueueRunner:
     """Handle the jobs of ``stream`` matching ``filter_subject`` through durable ``durable``.
 
@@ -96,7 +120,8 @@ class QueueRunner:
 
     def __init__(self, js: JetStreamContext, *, stream: str, durable: str, filter_subject: str,
                  handler: Handler, policy: QueuePolicy | None = None, metrics: QueueMetrics | None = None,
-                 name: str | None = None, fetch_timeout: float = 1.0, tracer: trace.Tracer | None = None) -> None:
+                 name: str | None = None, fetch_timeout: float = 1.0, tracer: trace.Tracer | None = None,
+                 budget: JobBudget | None = None) -> None:
         self.js = js
         self.stream = stream
         self.durable = durable
@@ -107,6 +132,7 @@ class QueueRunner:
         self.metrics = metrics or QueueMetrics(CollectorRegistry(auto_describe=True))
         self.dead_letters = DeadLetters(js)
         self.fetch_timeout = fetch_timeout
+        self.budget = budget
         self.accepting = True
         self._resume = asyncio.Event()
         self._resume.set()
@@ -188,6 +214,12 @@ class QueueRunner:
                 self._slot_free.clear()
                 await self._slot_free.wait()
                 continue
+            if self.budget is not None:
+                if self.budget.free() <= 0:
+                    self.budget.freed.clear()
+                    await self.budget.freed.wait()
+                    continue
+                free = min(free, self.budget.free())
             try:
                 msgs = await self._sub.fetch(batch=free, timeout=self.fetch_timeout)
             except (NatsTimeoutError, asyncio.TimeoutError):
@@ -197,11 +229,15 @@ class QueueRunner:
             for msg in msgs:
                 task = asyncio.create_task(self._run(msg), name=f"job {self.name}")
                 self._inflight.add(task)
+                if self.budget is not None:
+                    self.budget.take(1)
                 task.add_done_callback(self._job_ended)
 
     def _job_ended(self, task: asyncio.Task) -> None:
         self._inflight.discard(task)
         self._slot_free.set()
+        if self.budget is not None:
+            self.budget.give(1)
         if not task.cancelled() and task.exception() is not None:  # _run handles everything: a bug
             log.error("%s: a job ended with an unhandled error", self.name, exc_info=task.exception())
 

@@ -21,9 +21,13 @@ the stream meanwhile.
 The unpartitioned subject of older edges keeps its consumer (``mailstore-<region>``), which
 every store fetches.
 
-Memory: ``mailstore_delivery_concurrency`` jobs in flight over the partitions fetched (split
-evenly, at least ``_MIN_SHARE`` each), plus a small share for the unpartitioned consumer,
-whatever the membership.
+Memory: the partition runners share one ``JobBudget`` of ``mailstore_delivery_concurrency``
+jobs in flight, so a store holds about that many whatever the membership, and one busy
+partition may use all of it (its fetches stay as large as one shared runner's were: splitting
+the concurrency evenly made every fetch small and doubled nats-server's CPU per message with
+one store).  Runners fetching at the same moment may exceed the budget by their batches;
+each runner's own concurrency (the same number) is the hard bound.  The unpartitioned
+consumer has a small concurrency of its own.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from dataclasses import replace
 
 from colony.bus import names
 from colony.cluster.ownership import consumes_partition
-from colony.queue import QueueMetrics, QueuePolicy, QueueRunner
+from colony.queue import JobBudget, QueueMetrics, QueuePolicy, QueueRunner
 from colony.settings import Settings
 
 _MIN_SHARE = 4
@@ -46,15 +50,17 @@ class PartitionRunners:
         policy = QueuePolicy.from_settings(settings, concurrency=self.total)
         region = settings.region
 
-        def runner(durable: str, filter_subject: str, concurrency: int) -> QueueRunner:
+        self.budget = JobBudget(self.total)
+
+        def runner(durable: str, filter_subject: str, concurrency: int, budget: JobBudget | None) -> QueueRunner:
             return QueueRunner(js, stream=names.STREAM_MAIL, durable=durable, filter_subject=filter_subject,
                                handler=handler, policy=replace(policy, concurrency=concurrency), metrics=metrics,
-                               name="mail")
+                               name="mail", budget=budget)
 
         self.unpartitioned = runner(f"{names.MAILSTORE_CONSUMER}-{region}", names.mail_unpartitioned_filter(region),
-                                    max(_MIN_SHARE, self.total // 8))
+                                    max(_MIN_SHARE, self.total // 8), None)
         self.partitions = [runner(f"{names.MAILSTORE_CONSUMER}-{region}-p{p}", names.mail_partition_filter(region, p),
-                                  self.total) for p in range(names.MAIL_PARTITIONS)]
+                                  self.total, self.budget) for p in range(names.MAIL_PARTITIONS)]
         self.accepting = True
         self.fetching: frozenset[int] = frozenset()
         for r in self.partitions:
@@ -75,10 +81,7 @@ class PartitionRunners:
         ready = tuple(ready)
         wanted = frozenset(p for p in range(names.MAIL_PARTITIONS)
                            if consumes_partition(p, self.node_id, ready)) if self.accepting else frozenset()
-        share = max(_MIN_SHARE, self.total // max(1, len(wanted)))
         for p, r in enumerate(self.partitions):
-            if r.policy.concurrency != share:
-                r.policy = replace(r.policy, concurrency=share)
             r.set_accepting(p in wanted)
         self.fetching = wanted
         return wanted
