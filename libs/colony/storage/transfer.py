@@ -32,7 +32,9 @@ all its messages (``source_digest``) and counts them; the target hashes the same
 messages under the source's merge keys (``target_digest(target, source_keys(source))``).
 Equal counts and digests mean every source message is in the target once, with the same
 body and flags.  A renamed mailbox changes the merge keys of what it holds (the name is in
-them), so a rename between passes costs a re-copy of that mailbox, never a loss.
+them), so a rename between passes costs a re-copy of that mailbox, never a loss; a folder
+the source no longer has is deleted here once the merge has emptied it (routing delivers to
+default mailboxes only, so nothing else could have put mail in it).
 
 Memory is bounded by one body at a time and ``batch`` staged records; the target is
 committed every ``batch`` records.
@@ -44,9 +46,10 @@ import hashlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from colony.storage.mailbox import INBOX, AccountMail, MailState, Message
+from colony.storage.mailbox import DEFAULT_MAILBOXES, INBOX, AccountMail, MailState, Message
 
 MOVE_PREFIX = "move:"
+_DEFAULTS = frozenset(name for name, _use in DEFAULT_MAILBOXES)
 
 
 def merge_key(mailbox: str, uidvalidity: int, msg: Message) -> str:
@@ -126,13 +129,14 @@ class MergeReport:
     flags_changed: int
     expunged: int
     mailboxes_created: int
+    mailboxes_deleted: int
     source_position: int     # the source journal position the merge brought the target up to
 
 
 def merge(target: AccountMail, source: MailState, read_body: Callable[[str], bytes], *,
           batch: int = 200) -> MergeReport:
     """Bring ``target`` up to ``source`` (see the module docstring); commits as it goes."""
-    created = appended = flags_changed = expunged = staged = 0
+    created = appended = flags_changed = expunged = deleted = staged = 0
 
     def flush(force: bool = False) -> None:
         nonlocal staged
@@ -176,5 +180,13 @@ def merge(target: AccountMail, source: MailState, read_body: Callable[[str], byt
     for mailbox, uids in gone.items():
         expunged += len(target.expunge(mailbox, uids))
         staged += 1
+    # A folder the user deleted or renamed in the source between passes: nobody but the merge
+    # created it here (routing delivers to default mailboxes only), and it is empty now.
+    source_names = {b.name.upper() if b.name.upper() == INBOX else b.name for b in source.boxes.values()}
+    for box in list(target.state.boxes.values()):
+        if box.name not in source_names and box.name not in _DEFAULTS and not box.messages:
+            target.delete_mailbox(box.name)
+            deleted += 1
+            staged += 1
     flush(force=True)
-    return MergeReport(appended, flags_changed, expunged, created, source.seq)
+    return MergeReport(appended, flags_changed, expunged, created, deleted, source.seq)

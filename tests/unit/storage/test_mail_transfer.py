@@ -61,16 +61,21 @@ def test_two_passes_copy_everything_once_and_follow_what_users_did_in_between(tm
     src.store_flags("INBOX", [1], ["\\Answered"], "add")
     src.expunge("Archive", [1])
     src.append("INBOX", b"three", key="<3@x>/a@acme.example")
+    src.rename_mailbox("Projects/2026", "Projects/2027")
     src.commit()
     assert not verified(src_dir, dst)
 
     second = tr.merge(dst, read_state(src_dir), source_body(src_dir))
-    assert (second.appended, second.flags_changed, second.expunged) == (1, 1, 1)
+    # the renamed folder's message is copied under its new name and the old folder goes
+    assert (second.appended, second.flags_changed, second.expunged) == (2, 1, 2)
+    assert (second.mailboxes_created, second.mailboxes_deleted) == (1, 1)
+    assert "Projects/2026" not in {b.name for b in dst.mailboxes()}
     assert verified(src_dir, dst)
     assert contents(dst) == sorted(contents(src) + [("INBOX", b"routed during the move", ())])
 
     again = tr.merge(dst, read_state(src_dir), source_body(src_dir))  # a repeated pass does nothing
-    assert (again.appended, again.flags_changed, again.expunged, again.mailboxes_created) == (0, 0, 0, 0)
+    assert (again.appended, again.flags_changed, again.expunged, again.mailboxes_created,
+            again.mailboxes_deleted) == (0, 0, 0, 0, 0)
 
 
 def test_a_redelivery_is_stored_once_whichever_side_got_it_first(tmp_path):
