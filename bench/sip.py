@@ -65,7 +65,7 @@ def sipp(target: str, scenario: str, inf: Path, count: int, concurrency: int, lo
     proc = subprocess.run(
         ["sipp", target, "-sf", str(SIPP_DIR / scenario), "-inf", str(inf), "-m", str(count), "-r", str(rate),
          "-l", str(concurrency), "-i", "127.0.0.1", "-p", str(local_port), "-nostdin", "-timeout", "300s",
-         "-trace_rtt", "-rtt_freq", "1", "-trace_screen", "-max_recv_loops", "10000"],
+         "-trace_rtt", "-rtt_freq", "1", "-trace_screen", "-trace_err", "-max_recv_loops", "10000"],
         capture_output=True, text=True, cwd=workdir, timeout=600)
     wall = time.perf_counter() - start
     screen = "".join(p.read_text(errors="replace") for p in workdir.glob("*_screen.log"))
@@ -98,8 +98,9 @@ def _count(screen: str, label: str) -> int:
 
 def uas(port: int, workdir: Path) -> subprocess.Popen:
     # Not sipp's built-in uas: that one drops the proxy's Record-Route from its answers.
-    return subprocess.Popen(["sipp", "-sf", str(SIPP_DIR / "uas.xml"), "-i", "127.0.0.1", "-p", str(port), "-nostdin",
-                             "-bg"],
+    # In the foreground (no -bg: a daemonised sipp outlives its handle and kept the port from
+    # the next system's run), stopped through this handle.
+    return subprocess.Popen(["sipp", "-sf", str(SIPP_DIR / "uas.xml"), "-i", "127.0.0.1", "-p", str(port), "-nostdin"],
                             cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -150,8 +151,12 @@ def run_system(name: str, targets: list[str], cpu, args, workdir: Path, cores: f
                         "call_p50": percentile(call["rtts"], 0.5), "call_p99": percentile(call["rtts"], 0.99),
                         "call_cpu_ms": (cpu() - cpu0) / max(call["ok"], 1) * 1000})
         finally:
-            subprocess.run(["pkill", "-f", f"-p {uas_port}"], capture_output=True)
-            server.wait(5)
+            server.terminate()
+            try:
+                server.wait(5)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
     return row
 
 
@@ -216,13 +221,15 @@ def main() -> None:
     parser.add_argument("--kamailio-children", type=int, default=2)
     parser.add_argument("--no-peer", action="store_true")
     parser.add_argument("--base-port", type=int, default=5500)
+    parser.add_argument("--keep", type=Path, help="Work in this directory and keep it (sipp's *_errors.log, the cluster's logs).")
     args = parser.parse_args()
     missing = have("sipp") + ([] if args.no_peer else have("kamailio"))
     if missing:
         sys.exit(f"needs Debian's {' and '.join(missing)}: apt-get install sip-tester kamailio")
     rows = []
     with tempfile.TemporaryDirectory(prefix="colony-sip-bench-") as tmp:
-        workdir = Path(tmp)
+        workdir = Path(tmp) if args.keep is None else args.keep
+        workdir.mkdir(parents=True, exist_ok=True)
         peer = None
         if not args.no_peer:
             console.print("[dim]Kamailio ...[/dim]")

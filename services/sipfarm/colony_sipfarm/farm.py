@@ -552,6 +552,12 @@ class SipFarm:
             self._forks.move_to_end(self._fork_key(request))
             while len(self._forks) > FORK_CACHE:
                 self._forks.popitem(last=False)
+            # 100 Trying (§16.2, §17.2.1): the caller stops retransmitting, and a retransmission
+            # that still comes gets the 100 again from the answer cache instead of a second
+            # forwarding -- downstream, the sending member's client transactions retransmit
+            # (retransmission.py).  Forwarding the caller's copies too doubled the traffic
+            # to the callee, and under overload every copy was work again.
+            out = [*self._local(request, source, 100), *out]
         return out
 
     def expire_forks(self) -> list[Outbound]:

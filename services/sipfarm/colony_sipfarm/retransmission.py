@@ -16,8 +16,10 @@ the responses come back) runs a client transaction for it from the sans-IO core
   best failure (§16.7: a timed-out branch counts as 408).  The 408 carries no To tag: it
   is never ACKed downstream (a UAS tags every final answer it sends, §8.2.6.2).
 
-Responses are only *observed* here, to stop the timers: the farm passes them on as before
-(stateless forwarding of responses, §16.11), and ACKs failures itself.  A request the
+Responses stop the timers; the farm passes them on as before (§16.11) and ACKs failures
+itself -- except a retransmitted final answer to a non-INVITE the transaction already has
+(§17.1.2.2: absorbed in Completed), which is dropped here: under load the phone repeats its
+answer to our retransmissions, and passing every copy on would multiply the work.  A request the
 caller retransmits is forwarded again, as a stateless proxy does, but starts no second
 transaction.  ACKs have no transaction; reliable transports (TCP, TLS, WS) retransmit nothing.
 
@@ -73,18 +75,18 @@ class ProxyClientTransactions:
         return True
 
     def received(self, response: SipResponse, now: float) -> bool:
-        """A response came: move its transaction on (stops retransmission).  True when it
-        belonged to one."""
+        """A response came: move its transaction on (stops retransmission).  False when the
+        farm should not pass it on (a retransmission the transaction absorbed)."""
         found = self._running.get(client_key(response))
         if found is None:
-            return False
+            return True        # not ours, or its transaction ended: stateless forwarding
         tx, before = found[0], found[0].next_timer()
-        tx.on_response(response, now)      # its ACK of a failure is the farm's to send
+        actions = tx.on_response(response, now)      # its ACK of a failure is the farm's to send
         if tx.terminated:
             del self._running[client_key(response)]
         elif tx.next_timer() != before:
             self._schedule(client_key(response), tx)
-        return True
+        return bool(actions) or tx.invite
 
     def next_deadline(self) -> float | None:
         while self._heap:

@@ -62,6 +62,10 @@ MAX_INFLIGHT = 2000
 MAX_CONNECTIONS = 10_000
 MAX_WRITE_BUFFER = 1 << 20    # bytes queued for a phone that does not read: then its flow is closed
 HANDSHAKE_TIMEOUT = 10.0      # seconds a new TLS or WebSocket connection has to complete its handshake
+# Packets being worked on beyond which this member sends no retransmission copies (their
+# timers still double, and Timer B/F still ends an unanswered branch): a member that far
+# behind has likely not read the answers yet, and every copy would come back as more work.
+RETRANSMIT_BUSY = 200
 HANDLE_TIMEOUT = 1.0     # seconds an owner has to answer a spread packet
 SUSPECT_FOR = 10.0       # seconds an owner that did not answer is passed over
 
@@ -194,7 +198,9 @@ class SipWorkload:
 
     def received(self, data: bytes, source: Destination) -> None:
         if source[0] == "UDP" and data.startswith(b"SIP/2.0 ") and len(self.proxy_transactions):
-            self._observe_response(data)
+            if not self._observe_response(data):
+                self.farm.metrics.dropped.labels(reason="absorbed retransmission").inc()
+                return
         if self.farm is not None:
             self._track(self._handle(data, source))   # when overloaded: dropped, as by a full socket buffer
 
@@ -439,16 +445,18 @@ class SipWorkload:
         if self.proxy_transactions.sent(request, data, destination, time.monotonic()):
             self._timers_changed.set()
 
-    def _observe_response(self, data: bytes) -> None:
+    def _observe_response(self, data: bytes) -> bool:
+        """Move the response's client transaction on; False: absorb it (a retransmission)."""
         try:
             response = parse_message(data, self.settings.sip_max_message_size)
         except Exception:
-            return
-        if isinstance(response, SipResponse):
-            try:
-                self.proxy_transactions.received(response, time.monotonic())
-            except Exception:    # no readable Via/CSeq: the farm drops it too
-                return
+            return True          # the farm decides what to do with what does not parse
+        if not isinstance(response, SipResponse):
+            return True
+        try:
+            return self.proxy_transactions.received(response, time.monotonic())
+        except Exception:        # no readable Via/CSeq: the farm drops it too
+            return True
 
     async def _retransmit_loop(self) -> None:
         while True:
@@ -463,7 +471,11 @@ class SipWorkload:
                     await asyncio.wait_for(self._timers_changed.wait(), delay)
                 continue
             due = self.proxy_transactions.expire(time.monotonic())
+            busy = len(self._inflight) > RETRANSMIT_BUSY
             for data, (_, host, port), method in due.retransmit:
+                if busy:
+                    self.farm.metrics.dropped.labels(reason="retransmission while busy").inc()
+                    continue
                 self.farm.metrics.proxy_retransmissions.labels(method=method if method in ALLOW else "other").inc()
                 if self.udp is not None:
                     self.udp.sendto(data, (host, port))

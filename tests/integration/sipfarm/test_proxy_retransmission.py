@@ -70,6 +70,7 @@ async def invite_bob(member, call_id: str) -> tuple:
     assert challenge.status == 407
     transport.sendto(invite(2, digest_answer(challenge, "alice", "INVITE", f"sip:bob@{DOMAIN}", "Proxy-Authorization")),
                      member)
+    assert (await receive(queue)).status == 100       # the farm took it over (§16.2): alice stops retransmitting
     return transport, queue
 
 

@@ -299,6 +299,7 @@ async def test_a_phone_on_tcp_at_one_member_is_called_through_another(farm, clus
                        + b"".join(f"{n}: {got.headers.get(n)}\r\n".encode() for n in ("From", "To", "Call-ID", "CSeq"))
                        + b"Content-Length: 0\r\n\r\n")
             writer.write(ringing)
+            assert parse_message(await asyncio.wait_for(caller_in.queue.get(), 10)).status == 100   # the farm's, §16.2
             answer = parse_message(await asyncio.wait_for(caller_in.queue.get(), 10))
             assert answer.status == 180
         finally:

@@ -142,6 +142,7 @@ async def test_a_phone_on_tls_at_one_member_is_called_and_hung_up_on_through_ano
         assert challenge.status == 407
         alice.sendto(invite(2, digest_answer(challenge, "alice", "INVITE", f"sip:bob@{DOMAIN}", "Proxy-Authorization")),
                      member1)
+        assert parse_message(await asyncio.wait_for(alice_in.queue.get(), 10)).status == 100
         got = await bob.receive()      # relayed to member 2, written on bob's TLS connection
         assert got.method == "INVITE" and got.top_via().transport == "TLS"
         bob.send(answer(got, 200, "OK", contact=bob_contact))

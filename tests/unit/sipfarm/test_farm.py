@@ -149,6 +149,15 @@ async def one(farm, data, source=PHONE):
     return parse_message(out[0].data), out[0]
 
 
+async def forwarded_invite(farm, data, source):
+    """An INVITE the farm forwards to one device: 100 Trying to the caller first (§16.2)."""
+    out = await farm.handle(data, source)
+    assert len(out) == 2, out
+    trying = parse_message(out[0].data)
+    assert trying.status == 100 and out[0].destination == source
+    return parse_message(out[1].data), out[1]
+
+
 async def registered(farm, user="alice", contact="sip:alice@192.0.2.7:5062", **kw):
     challenge, _ = await one(farm, register(user, contact, **kw))
     assert challenge.status == 401
@@ -259,7 +268,7 @@ async def test_a_call_is_authenticated_forwarded_with_record_route_and_metered(f
     assert challenge.status == 407
     assert await farm.handle(invite().replace(b"INVITE sip", b"ACK sip").replace(b"1 INVITE", b"1 ACK"), caller) == []
     auth = answer(challenge, "alice", method="INVITE", uri=f"sip:bob@{DOMAIN}", header="Proxy-Authorization")
-    forwarded, out = await one(farm, invite(cseq=2, auth=auth, branch="z9hG4bKinv2"), caller)
+    forwarded, out = await forwarded_invite(farm, invite(cseq=2, auth=auth, branch="z9hG4bKinv2"), caller)
     assert out.destination == ("UDP", "192.0.2.7", 5062)
     assert str(forwarded.uri) == "sip:bob@192.0.2.7:5062"
     assert forwarded.headers.get("Record-Route") == "<sip:127.0.0.1:5060;lr;cf=sipfarm-1>"
@@ -332,7 +341,8 @@ async def forked_invite(farm):
     await registered(farm, user="bob", contact="<sip:bob@192.0.2.8:5062>;q=0.5", call_id="mobile")
     challenge, _ = await one(farm, invite(), caller)
     auth = answer(challenge, "alice", method="INVITE", uri=f"sip:bob@{DOMAIN}", header="Proxy-Authorization")
-    out = await farm.handle(invite(cseq=2, auth=auth, branch="z9hG4bKinv2"), caller)
+    trying, *out = await farm.handle(invite(cseq=2, auth=auth, branch="z9hG4bKinv2"), caller)
+    assert parse_message(trying.data).status == 100
     return [(parse_message(o.data), o.destination) for o in out]
 
 
@@ -443,7 +453,7 @@ async def test_a_browser_phone_is_reached_over_its_flow_for_the_call_and_in_dial
     caller = ("UDP", "198.51.100.9", 5060)
     challenge, _ = await one(farm, invite(), caller)
     auth = answer(challenge, "alice", method="INVITE", uri=f"sip:bob@{DOMAIN}", header="Proxy-Authorization")
-    forwarded, out = await one(farm, invite(cseq=2, auth=auth, branch="z9hG4bKinv2"), caller)
+    forwarded, out = await forwarded_invite(farm, invite(cseq=2, auth=auth, branch="z9hG4bKinv2"), caller)
     assert out.destination == ws_phone and out.member == "sipfarm-2"        # relayed to the flow's member
     assert forwarded.top_via().transport == "WSS"
     route = forwarded.headers.get("Record-Route")
@@ -469,7 +479,19 @@ async def test_a_response_goes_back_on_the_connection_the_request_came_on(farm):
     challenge, out = await one(farm, tcp_invite(), caller)
     assert out.destination == caller
     auth = answer(challenge, "alice", method="INVITE", uri=f"sip:bob@{DOMAIN}", header="Proxy-Authorization")
-    forwarded, _ = await one(farm, tcp_invite(cseq=2, auth=auth, branch="z9hG4bKinv2"), caller)
+    forwarded, _ = await forwarded_invite(farm, tcp_invite(cseq=2, auth=auth, branch="z9hG4bKinv2"), caller)
     assert ";fc=" in forwarded.headers.get("Record-Route")
     _, out = await one(farm, reply(forwarded, 180, "b1"), ("UDP", "192.0.2.7", 5062))
     assert out.destination == caller
+
+
+async def test_a_retransmitted_invite_gets_100_trying_again_and_is_not_forwarded_twice(farm):
+    """The farm retransmits downstream itself (retransmission.py): the caller's copies are absorbed."""
+    caller = ("UDP", "198.51.100.9", 5060)
+    await registered(farm, user="bob", contact="sip:bob@192.0.2.7:5062")
+    challenge, _ = await one(farm, invite(), caller)
+    auth = answer(challenge, "alice", method="INVITE", uri=f"sip:bob@{DOMAIN}", header="Proxy-Authorization")
+    first = invite(cseq=2, auth=auth, branch="z9hG4bKinv2")
+    forwarded, _ = await forwarded_invite(farm, first, caller)
+    again, out = await one(farm, first, caller)
+    assert again.status == 100 and out.destination == caller

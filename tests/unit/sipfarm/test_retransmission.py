@@ -52,6 +52,7 @@ def test_a_provisional_stops_an_invites_retransmission_and_its_timeout():
     assert table.received(make_response(request, 100), 0.2)
     assert table.next_deadline() is None               # ringing may last; Timer C is the farm's
     assert table.received(make_response(request, 200, to_tag="b"), 5.0)
+    assert table.received(make_response(request, 200, to_tag="b"), 5.5)   # 2xx copies go on (end to end)
     assert run(table, 1000)[-1][1].timed_out == []     # Timer M ends it quietly
     assert len(table) == 0
 
@@ -64,9 +65,11 @@ def test_a_non_invite_goes_on_at_t2_while_proceeding_and_ends_on_its_final():
     table.received(make_response(request, 100), 2.0)
     fired = run(table, 10.0)
     assert [t for t, due in fired if due.retransmit] == [3.5, 7.5]   # the due one, then T2 apart (§17.1.2.2)
-    table.received(make_response(request, 200, to_tag="b"), 10.0)
+    assert table.received(make_response(request, 200, to_tag="b"), 10.0)
+    assert not table.received(make_response(request, 200, to_tag="b"), 10.5)   # a retransmission: absorbed
     assert all(not due.retransmit and not due.timed_out for _, due in run(table, 100))
     assert len(table) == 0
+    assert table.received(make_response(request, 200, to_tag="b"), 200)        # after Timer K: passed on
 
 
 def test_the_callers_retransmission_starts_no_second_transaction_and_acks_none():
@@ -85,10 +88,10 @@ def test_the_table_is_bounded():
     assert started == [True, True, True, False, False] and len(table) == 3
 
 
-def test_a_response_of_no_transaction_is_not_ours():
+def test_a_response_of_no_transaction_is_passed_on():
     table = ProxyClientTransactions()
     request, _ = forwarded()
-    assert not table.received(make_response(request, 180, to_tag="b"), 0.0)
+    assert table.received(make_response(request, 180, to_tag="b"), 0.0)
 
 
 def test_a_real_408_is_acked_as_any_failure():
