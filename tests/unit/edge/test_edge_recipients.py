@@ -155,7 +155,9 @@ async def test_one_trace_per_message_and_one_publish_per_domain(tmp_path):
     from colony.contracts.mail import InboundMail
     js = FakeJs()
     message_id = await _accept(tmp_path, js, TracerProvider().get_tracer("test"))
-    assert sorted(p[0] for p in js.published) == [names.mail_subject("eu", "a.test"), names.mail_subject("local", "b.test")]
+    # one per domain, in the partition of its (first) final mailbox
+    assert sorted(p[0] for p in js.published) == [names.mail_subject("eu", "a.test", names.mail_partition("x@a.test")),
+                                                  names.mail_subject("local", "b.test", names.mail_partition("z@b.test"))]
     traces = {p[2]["traceparent"].split("-")[1] for p in js.published}
     assert len(traces) == 1
     mails = [InboundMail.from_bytes(p[1]) for p in js.published]
