@@ -270,9 +270,9 @@ class DomainDeleted(Event):
     domain: str
 
 
-# A domain moving to another region (``colony_controller.domain_move`` is the state machine
-# and its theory of operation).  Not appended yet: the rules and their events exist, the
-# controller's driver, the admin API's move route and the mail store's export/import do not.
+# A domain moving to another region (``colony.domain_move`` is the state machine
+# and its theory of operation).  ``DomainMoveRequested`` is appended by the admin API
+# (``POST /v1/domains/{d}/move``); the others are the controller driver's to append.
 # One event per phase on the domain's own subject, so the directory's domain entry carries
 # the phase to every edge and mail store, the flip changes ``home_region`` in the same
 # append, and a move and a settings change of the domain conflict on its version.  ``epoch``

@@ -1,4 +1,4 @@
-"""The domain move's rules (colony_controller.domain_move), pure: events in, next step out, a fake clock."""
+"""The domain move's rules (colony.domain_move), pure: events in, next step out, a fake clock."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from colony import events as ev
-from colony_controller import domain_move as dm
+from colony import domain_move as dm
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 SETTLE = timedelta(seconds=5)

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from colony import events as ev
 from colony.storage import transfer as tr
 from colony.storage.mailbox import AccountMail, read_state
-from colony_controller import domain_move as dm
+from colony import domain_move as dm
 
 SETTLE = timedelta(seconds=5)
 ACCOUNTS = ("alice@acme.example", "bob@acme.example")

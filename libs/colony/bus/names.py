@@ -273,6 +273,7 @@ AGG_ADDRESS = "address"            # an account or an alias: one namespace per d
 AGG_DOMAIN_ALIAS = "domain_alias"
 AGG_COS = "cos"
 AGG_TOKEN = "token"
+AGG_DOMAIN_MOVE = "domain_move"      # a domain move's per-account progress (not in the directory)
 
 
 def provisioning_filter(aggregate_type: str) -> str:

@@ -253,6 +253,56 @@ def domain_delete(name: str, api: ApiOpt = None, token: TokenOpt = None, token_f
     console.print(f"{name} deleted")
 
 
+def move_line(progress: dict[str, Any]) -> str:
+    """One line of a move's progress, as ``colony domain move`` prints it."""
+    line = f"{progress['domain']}: {progress['source'] or '(no region)'} -> {progress['target']}: {progress['phase']}"
+    if progress["accounts"]:
+        line += f", pass {progress['copy_pass']}: {progress['accounts_verified']}/{progress['accounts']} accounts verified"
+    if progress.get("stuck"):
+        line += f" -- STUCK: {progress['stuck']}"
+    return line
+
+
+@domain_app.command("move")
+def domain_move(name: str, region: Annotated[str, typer.Argument(help="The region to move the domain to")],
+                wait: Annotated[bool, typer.Option(help="Follow the move until it is done")] = True,
+                timeout: Annotated[float, typer.Option(help="Seconds to follow it")] = 3600.0,
+                api: ApiOpt = None, token: TokenOpt = None, token_file: TokenFileOpt = None,
+                data_dir: DataDirOpt = Path("colony-data"), as_json: JsonOpt = False) -> None:
+    """Move a domain and its stored mail to another region (system admin; the primary
+    region's controller carries it out, losing nothing; logins pause briefly before the
+    switch).  Exits 0 once done, 1 if the move is stuck or still under way at --timeout."""
+    client = _api(api, token, token_file, data_dir)
+    progress = client.call("POST", f"/v1/domains/{name}/move", json={"region": region})
+    last = move_line(progress)
+    console.print(last)
+    deadline = time.monotonic() + timeout
+    while wait and progress["phase"] != "done":
+        if progress.get("stuck"):
+            _fail(f"the move of {name} is stuck: {progress['stuck']}")
+        if time.monotonic() > deadline:
+            _fail(f"the move of {name} is still under way after {timeout:g}s "
+                  f"(phase {progress['phase']}); `colony domain move-status {name}` follows it")
+        time.sleep(0.5)
+        progress = client.poll(f"/v1/domains/{name}/move") or progress
+        if (line := move_line(progress)) != last:
+            console.print(line)
+            last = line
+    if as_json:
+        _show(progress, True)
+
+
+@domain_app.command("move-status")
+def domain_move_status(name: str, api: ApiOpt = None, token: TokenOpt = None, token_file: TokenFileOpt = None,
+                       data_dir: DataDirOpt = Path("colony-data"), as_json: JsonOpt = False) -> None:
+    """The progress of a domain's latest move to another region."""
+    progress = _api(api, token, token_file, data_dir).call("GET", f"/v1/domains/{name}/move")
+    if as_json:
+        _show(progress, True)
+    else:
+        console.print(move_line(progress))
+
+
 @domain_app.command("import")
 def domain_import(
     file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="CSV or JSON (see colony_admin.importer)")],

@@ -191,9 +191,13 @@ class DirectoryIndex:
                 intern(tuple(services)) if services is not None else None,
                 tuple(forwarding) if forwarding else (), bool(raw.get("forward_keep_copy", False)))
         elif kind == names.AGG_DOMAIN:
+            move = raw.get("move") or {}
+            moving = bool(move) and move.get("phase") != "done"
             self._domains[name] = DomainInfo(name, sys.intern(raw.get("state", "active")),
                                              intern(raw.get("home_region", "")), intern(raw.get("cos")),
-                                             intern(raw.get("dmarc_enforcement")))
+                                             intern(raw.get("dmarc_enforcement")),
+                                             intern(move.get("phase")) if moving else None,
+                                             intern(move.get("target", "")) if moving else "")
         elif kind == names.AGG_DOMAIN_ALIAS:
             self._domain_aliases[name] = intern(raw["domain"])
         elif kind == names.AGG_COS:

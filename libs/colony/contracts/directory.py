@@ -8,6 +8,9 @@ secrets, plus ``seq`` (the PROVISIONING sequence it reflects).  Wire formats::
                            "home_region": "eu", "cos": "gold" | null, "branding": {...},
                            "storage": {"account_foldering": "none" | "1" | "1-1" | "2-1" | "2-2",
                                        "domain_foldering": false, "fast_storage_index": null},
+                           "move": {"move_id": "...", "source": "eu", "target": "us",
+                                    "phase": "requested" | "routing" | "copying" | "sealing" | "flipped" | "done",
+                                    "since": "<ISO 8601>"} (absent: never moved),
                            "seq": 17}
     address.<token>       {"kind": "account", "address": "amy@acme.example", "domain": "acme.example",
                            "name": "amy", "real_name": "Amy", "cos": null, "quota_bytes": null,
@@ -77,6 +80,18 @@ class StorageSettings(BaseModel):
     fast_storage_index: int | None = None
 
 
+class DomainMoveEntry(BaseModel):
+    """The domain's latest move to another region (``colony.domain_move``)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    move_id: str
+    source: str = ""
+    target: str
+    phase: Literal["requested", "routing", "copying", "sealing", "flipped", "done"]
+    since: str = ""
+
+
 class DomainEntry(_Entry):
     kind: Literal["domain"] = "domain"
     name: str
@@ -86,9 +101,12 @@ class DomainEntry(_Entry):
     branding: dict[str, Any] = Field(default_factory=dict)
     storage: StorageSettings = Field(default_factory=StorageSettings)
     dmarc_enforcement: Literal["enforce", "quarantine", "none"] | None = None
+    move: DomainMoveEntry | None = None
 
     def info(self) -> DomainInfo:
-        return DomainInfo(self.name, self.state, self.home_region, self.cos, self.dmarc_enforcement)
+        moving = self.move is not None and self.move.phase != "done"
+        return DomainInfo(self.name, self.state, self.home_region, self.cos, self.dmarc_enforcement,
+                          self.move.phase if moving else None, self.move.target if moving else "")
 
 
 class AccountEntry(_Entry):
@@ -181,6 +199,8 @@ class DomainInfo(NamedTuple):
     home_region: str
     cos: str | None
     dmarc: str | None = None        # the domain's DMARC choice (enforce/quarantine/none); None: cluster default
+    move_phase: str | None = None   # a move to another region under way: its phase (never "done"); None: not moving
+    move_target: str = ""           # ... and the region it moves to
 
 
 class AccountInfo(NamedTuple):

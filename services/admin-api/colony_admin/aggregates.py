@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from colony import domain_move
 from colony import events as ev
 from colony.bus import names
 from colony_admin.models import (
@@ -37,7 +38,7 @@ from colony_admin.models import (
     Role,
     TokenCreate,
 )
-from colony_admin.problems import AlreadyExists, Conflict, Invalid, MoveRequired, NotFound
+from colony_admin.problems import AlreadyExists, Conflict, Invalid, MoveInProgress, MoveRequired, NotFound
 
 State = dict[str, Any] | None
 
@@ -55,6 +56,13 @@ def apply(state: State, event: ev.Event) -> State:
             return {**_existing(state), **event.changes}
         case ev.DomainStateChanged():
             return {**_existing(state), "state": event.state}
+        case ev.DomainMoveRequested() | ev.DomainMoveRouting() | ev.DomainMoveCopying() | ev.DomainMoveSealing() \
+                | ev.DomainMoveFlipped() | ev.DomainMoveDone():
+            return apply_move(_existing(state), event)
+        case ev.DomainMoveAccountCopied():
+            # Progress of a move, on its own subject (``names.AGG_DOMAIN_MOVE``): only the
+            # controller's move rules fold these; the aggregate just says whose they are.
+            return {"kind": names.AGG_DOMAIN_MOVE, "domain": event.domain, "move_id": event.move_id}
         case ev.DomainAliasCreated():
             return {"kind": "domain_alias", "name": event.alias, "domain": event.domain}
         case ev.AccountCreated():
@@ -85,6 +93,41 @@ def apply(state: State, event: ev.Event) -> State:
         case ev.DomainDeleted() | ev.DomainAliasDeleted() | ev.AccountDeleted() | ev.AliasDeleted() | ev.CosDeleted():
             return None
     raise ValueError(f"{event.type} is not a provisioning event")
+
+
+# The phases in order (``colony.domain_move.Phase``; the admin API does not import
+# the controller).  The domain's state keeps only the phase: the accounts and copy passes are
+# the controller's business (``domain_move.fold`` over the same events).
+MOVE_PHASES = tuple(p.value for p in domain_move.Phase)
+MOVE_PHASE_OF = {ev.DomainMoveRouting: "routing", ev.DomainMoveCopying: "copying", ev.DomainMoveSealing: "sealing",
+                  ev.DomainMoveFlipped: "flipped", ev.DomainMoveDone: "done"}
+
+
+def apply_move(domain: dict[str, Any], event: ev.Event) -> dict[str, Any]:
+    """A domain's ``move``: ``{"move_id", "source", "target", "phase", "since"}`` of its latest
+    move (kept after ``done``, so the domain shows where it came from).  As in the controller's
+    rules, a repeated or out-of-order phase, or an event of another move, changes nothing."""
+    move = domain.get("move")
+    if isinstance(event, ev.DomainMoveRequested):
+        if move is not None and move["phase"] != "done":
+            return domain
+        return {**domain, "move": {"move_id": event.move_id, "source": event.source, "target": event.target,
+                                   "phase": "requested", "since": event.at.isoformat()}}
+    if move is None or move["move_id"] != getattr(event, "move_id", None):
+        return domain
+    phase = MOVE_PHASE_OF[type(event)]
+    if MOVE_PHASES.index(phase) != MOVE_PHASES.index(move["phase"]) + 1:
+        return domain
+    changed = {**domain, "move": {**move, "phase": phase, "since": event.at.isoformat()}}
+    if isinstance(event, ev.DomainMoveFlipped):
+        changed["home_region"] = event.target
+    return changed
+
+
+def moving_phase(domain: State) -> str | None:
+    """The phase of the domain's move under way, None if it is not moving."""
+    move = (domain or {}).get("move")
+    return move["phase"] if move is not None and move["phase"] != "done" else None
 
 
 def fold(events: Iterable[ev.Event]) -> State:
@@ -131,6 +174,9 @@ def update_domain(state: State, name: str, changes: dict[str, Any], *, has_accou
     refused; an empty domain has nothing to leave behind and may be re-homed freely."""
     current = require(state, f"domain {name}")
     effective = {k: v for k, v in changes.items() if current.get(k) != v}
+    if "home_region" in effective and (phase := moving_phase(current)) is not None:
+        raise MoveInProgress(f"domain {name} is moving to {current['move']['target']} (phase {phase}); its home "
+                             f"region changes when the move flips (GET /v1/domains/{name}/move)")
     if "home_region" in effective and has_accounts:
         old, new = current.get("home_region") or "(none)", effective["home_region"] or "(none)"
         raise MoveRequired(
@@ -150,7 +196,10 @@ def set_domain_state(state: State, name: str, new: DomainState, reason: str = ""
 
 
 def delete_domain(state: State, name: str, *, has_addresses: bool) -> list[ev.Event]:
-    require(state, f"domain {name}")
+    current = require(state, f"domain {name}")
+    if (phase := moving_phase(current)) is not None:
+        raise MoveInProgress(f"domain {name} is moving to {current['move']['target']} (phase {phase}); "
+                             "it can be deleted once the move is done")
     if has_addresses:
         raise Conflict(f"domain {name} still has accounts or aliases; delete them first")
     return [ev.DomainDeleted(domain=name)]

@@ -53,6 +53,11 @@ domains = Table(
     Column("branding", JSON, nullable=False),
     Column("storage", JSON, nullable=False),
     Column("dmarc_enforcement", String(16), nullable=True),
+    # The domain's latest move to another region (null: never moved); phase "done" once finished.
+    Column("move_id", String(64), nullable=True),
+    Column("move_phase", String(16), nullable=True),
+    Column("move_source", String(64), nullable=True),
+    Column("move_target", String(64), nullable=True),
     Column("version", BigInteger, nullable=False),
 )
 

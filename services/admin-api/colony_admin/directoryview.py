@@ -43,8 +43,13 @@ class SqlDirectoryView:
 
     def _domain(self, name: str) -> DomainInfo | None:
         t = db.domains.c
-        row = self.conn.execute(select(t.name, t.state, t.home_region, t.cos).where(t.name == name)).first()
-        return DomainInfo(row.name, row.state, row.home_region or "", row.cos) if row else None
+        row = self.conn.execute(select(t.name, t.state, t.home_region, t.cos, t.dmarc_enforcement, t.move_phase,
+                                       t.move_target).where(t.name == name)).first()
+        if row is None:
+            return None
+        moving = row.move_phase is not None and row.move_phase != "done"
+        return DomainInfo(row.name, row.state, row.home_region or "", row.cos, row.dmarc_enforcement,
+                          row.move_phase if moving else None, (row.move_target or "") if moving else "")
 
     def _domain_alias(self, name: str) -> str | None:
         t = db.domain_aliases.c

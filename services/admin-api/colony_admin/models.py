@@ -174,6 +174,13 @@ class DomainPatch(_Patch):
     dmarc_enforcement: DmarcEnforcement | None = Field(None, description=_DMARC_DESCRIPTION)
 
 
+class DomainMoveSummary(BaseModel):
+    move_id: str
+    source: str
+    target: str
+    phase: str = Field(description="requested, routing, copying, sealing, flipped or done")
+
+
 class DomainOut(BaseModel):
     name: str
     state: DomainState
@@ -182,7 +189,28 @@ class DomainOut(BaseModel):
     branding: Branding
     storage: StorageLayout
     dmarc_enforcement: DmarcEnforcement | None = None
+    move: DomainMoveSummary | None = Field(None, description="The domain's latest move to another region; "
+                                           "null: never moved (GET /v1/domains/{d}/move shows its progress)")
     version: int = Field(description="Aggregate version; send it back in If-Match to update safely")
+
+
+class DomainMoveRequest(_Strict):
+    region: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$",
+                        description="The region to move the domain to (one of the super cluster's regions)")
+
+
+class DomainMoveOut(BaseModel):
+    domain: str
+    move_id: str
+    source: str = Field(description="The home region when the move was asked for ('' for a domain that had none)")
+    target: str
+    phase: str = Field(description="requested, routing, copying, sealing, flipped or done")
+    since: datetime = Field(description="When the current phase was recorded")
+    accounts: int = Field(description="Accounts being copied (fixed when copying begins; 0 before)")
+    accounts_verified: int = Field(description="Accounts whose current copy pass is verified")
+    copy_pass: int = Field(description="1: the bulk copy while users work; 2: the catch-up while sealed; 0: none yet")
+    stuck: str | None = Field(None, description="Set when an account's copy did not verify after repeated "
+                              "attempts: the account and the mismatch; an operator looks")
 
 
 class SuspendRequest(_Strict):

@@ -97,6 +97,22 @@ class MoveRequired(Problem):
     status, kind = 409, "domain-move-required"
 
 
+class MoveInProgress(Problem):
+    """The domain is moving to another region; what was asked waits for the move to end."""
+
+    status, kind = 409, "domain-move-in-progress"
+
+
+class AlreadyInRegion(Problem):
+    status, kind = 409, "already-in-region"
+
+
+class UnknownRegion(Problem):
+    """Not one of the super cluster's regions (settings: regions)."""
+
+    status, kind = 422, "unknown-region"
+
+
 class TooManyRequests(Problem):
     status, kind = 429, "too-many-requests"
 

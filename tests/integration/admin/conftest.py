@@ -14,6 +14,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -172,12 +173,13 @@ async def make_stack(nats_url, databases, tmp_path) -> AsyncIterator[Callable[..
     """Start admin API stacks (several may share the bus, each with its own database)."""
     opened: list[tuple] = []
 
-    async def start(database_url: str | None = None, projections: str = "inline") -> Stack:
+    async def start(database_url: str | None = None, projections: str = "inline", **settings_: Any) -> Stack:
         # The app connects as the admin-api role; the test's own connection (``stack.nc``) is
         # the operator's, so a test may also act as an edge or a mailstore would.
         app_nc = await connect(nats_url, role="admin-api")
         nc = await connect(nats_url)
-        settings = Settings(nats_url=nats_url, data_dir=tmp_path, database_url=database_url or databases.new())
+        settings = Settings(nats_url=nats_url, data_dir=tmp_path, database_url=database_url or databases.new(),
+                            **settings_)
         app = create_app(settings, app_nc, hasher=password_hasher(fast=True), projections=projections)
         lifespan = app.router.lifespan_context(app)
         await lifespan.__aenter__()
@@ -207,8 +209,9 @@ class LiveServer:
     """The admin API under a real uvicorn on 127.0.0.1, in a thread with its own event loop
     (for clients that need a URL: the CLI and schemathesis)."""
 
-    def __init__(self, nats_url: str, database_url: str, data_dir: Path, projections: str = "inline") -> None:
-        self.projections = projections
+    def __init__(self, nats_url: str, database_url: str, data_dir: Path, projections: str = "inline",
+                 **settings_: Any) -> None:
+        self.projections, self.settings_ = projections, settings_
         self.nats_url, self.database_url, self.data_dir = nats_url, database_url, data_dir
         self.url = ""
         self.sys_token = ""
@@ -236,7 +239,8 @@ class LiveServer:
 
         self._loop = asyncio.get_running_loop()
         nc = await connect(self.nats_url, role="admin-api")
-        settings = Settings(nats_url=self.nats_url, data_dir=self.data_dir, database_url=self.database_url)
+        settings = Settings(nats_url=self.nats_url, data_dir=self.data_dir, database_url=self.database_url,
+                            **self.settings_)
         app = create_app(settings, nc, hasher=password_hasher(fast=True), projections=self.projections)
         self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="on", log_level="warning"))
         serving = asyncio.create_task(self._server.serve())

@@ -71,3 +71,63 @@ def test_domain_account_cos_token_commands(live_server):
     usage = run(live_server, "usage", "report", "--from", "2020-01-01T00:00:00Z", "--to", "2030-01-01T00:00:00Z",
                 "--format", "csv")
     assert usage.output.startswith("domain,account,storage_bytes")
+
+
+async def test_domain_move_follows_the_move_until_done_and_says_why_one_is_refused(nats_url, databases, tmp_path):
+    """`colony domain move` asks, then prints each phase and the copy progress the controller
+    records until the move is done (the controller's events are appended here as it would)."""
+    import asyncio
+
+    from conftest import LiveServer, connect
+
+    from colony import events as ev
+    from colony.bus import names
+    from colony.eventstore import EventStore
+
+    server = await asyncio.to_thread(
+        lambda: LiveServer(nats_url, databases.new(), tmp_path, region="eu", regions="eu,us",
+                           primary_region="eu").start())
+    try:
+        d = f"mv-{uuid.uuid4().hex[:8]}.example"
+        await asyncio.to_thread(run, server, "domain", "add", d, "--region", "eu")
+        await asyncio.to_thread(run, server, "account", "add", f"amy@{d}")
+        refused = await asyncio.to_thread(lambda: run(server, "domain", "move", d, "ap", ok=False))
+        assert refused.exit_code == 1 and "422" in refused.output and "'ap'" in refused.output
+
+        moving = asyncio.create_task(asyncio.to_thread(run, server, "domain", "move", d, "us", "--timeout", "60"))
+        nc = await connect(nats_url)
+        try:
+            store = EventStore(nc.jetstream(), names.STREAM_PROVISIONING)
+            subject = names.provisioning_subject(names.AGG_DOMAIN, d)
+            progress = names.provisioning_subject(names.AGG_DOMAIN_MOVE, d)
+
+            async def append(on: str, event: ev.Event) -> None:
+                stored = await store.read(on)
+                await store.append(on, [event.encode()], stored[-1].seq if stored else 0)
+                await asyncio.sleep(0.6)  # the CLI polls every 0.5 s: let it see each step
+
+            while not (stored := await store.read(subject)) or not isinstance(ev.decode(stored[-1].data),
+                                                                                 ev.DomainMoveRequested):
+                await asyncio.sleep(0.05)
+            ids = {"domain": d, "move_id": ev.decode(stored[-1].data).move_id, "epoch": 1}
+            copied = dict(address=f"amy@{d}", source_messages=3, target_messages=3, source_digest="z",
+                          target_digest="z")
+            await append(subject, ev.DomainMoveRouting(**ids))
+            await append(subject, ev.DomainMoveCopying(**ids, accounts=[f"amy@{d}"]))
+            await append(progress, ev.DomainMoveAccountCopied(**ids, copy_pass=1, **copied))
+            await append(subject, ev.DomainMoveSealing(**ids))
+            await append(progress, ev.DomainMoveAccountCopied(**ids, copy_pass=2, **copied))
+            await append(subject, ev.DomainMoveFlipped(**ids, target="us"))
+            await append(subject, ev.DomainMoveDone(**ids))
+        finally:
+            await nc.close()
+        out = (await asyncio.wait_for(moving, 60)).output
+        assert f"{d}: eu -> us: requested" in out
+        assert "copying, pass 1: 1/1 accounts verified" in out and "sealing, pass 2: 1/1 accounts verified" in out
+        assert out.rstrip().endswith(f"{d}: eu -> us: done, pass 2: 1/1 accounts verified")
+        shown = await asyncio.to_thread(run, server, "domain", "show", d, "--json")
+        assert '"home_region": "us"' in shown.output
+        status = await asyncio.to_thread(run, server, "domain", "move-status", d)
+        assert "done" in status.output
+    finally:
+        await asyncio.to_thread(server.stop)

@@ -84,3 +84,50 @@ def test_migration_0003_gives_existing_accounts_forwarding_without_a_kept_copy(d
             assert conn.exec_driver_sql("SELECT address FROM accounts").scalar() == "old@m.example"
     finally:
         engine.dispose()
+
+
+def test_migration_0004_existing_domains_have_never_moved_and_the_projection_records_a_move(databases):
+    """Domains stored before the move columns read as never moved; the read model then folds
+    a move's phases (a repeated phase changes nothing but the version) and the flip re-homes
+    the domain.  Downgrading drops the columns and keeps the rows."""
+    from colony import events as ev
+    from colony_admin.projections import readmodel
+
+    engine = db.make_engine(databases.new())
+    try:
+        cfg = db.alembic_config(engine)
+        command.upgrade(cfg, "0003")
+        assert "move_phase" not in {c["name"] for c in inspect(engine).get_columns("domains")}
+        with engine.begin() as conn:
+            conn.exec_driver_sql(
+                "INSERT INTO domains (name, state, home_region, branding, storage, version) "
+                "VALUES ('m.example', 'active', 'eu', '{}', '{}', 3)")
+        command.upgrade(cfg, "head")
+        with engine.connect() as conn:
+            row = conn.execute(db.domains.select()).mappings().one()
+        assert row["home_region"] == "eu" and row["move_id"] is None and row["move_phase"] is None
+        ids = {"domain": "m.example", "move_id": "mv1"}
+        batch = [(10, ev.DomainMoveRequested(**ids, source="eu", target="us")),
+                 (11, ev.DomainMoveRouting(**ids, epoch=4)),
+                 (12, ev.DomainMoveRouting(**ids, epoch=4)),          # a repeated append
+                 (13, ev.DomainMoveCopying(**ids, accounts=["a@m.example"], epoch=4)),
+                 (14, ev.DomainMoveAccountCopied(**ids, address="a@m.example", copy_pass=1, source_messages=1,
+                                                 target_messages=1, source_digest="x", target_digest="x", epoch=4))]
+        with engine.begin() as conn:
+            readmodel.apply_provisioning(conn, batch)
+            row = conn.execute(db.domains.select()).mappings().one()
+        assert (row["move_id"], row["move_phase"], row["move_source"], row["move_target"], row["home_region"]) \
+            == ("mv1", "copying", "eu", "us", "eu")
+        assert row["version"] == 13  # the domain subject's last event (the progress one is another subject)
+        with engine.begin() as conn:
+            readmodel.apply_provisioning(conn, [
+                (20, ev.DomainMoveFlipped(**ids, target="us", epoch=4)),   # sealing skipped: refused
+                (21, ev.DomainMoveSealing(**ids, epoch=4)), (22, ev.DomainMoveFlipped(**ids, target="us", epoch=4))])
+            row = conn.execute(db.domains.select()).mappings().one()
+        assert (row["move_phase"], row["home_region"], row["version"]) == ("flipped", "us", 22)
+        command.downgrade(cfg, "0003")
+        assert "move_phase" not in {c["name"] for c in inspect(engine).get_columns("domains")}
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("SELECT home_region FROM domains").scalar() == "us"
+    finally:
+        engine.dispose()

@@ -4,7 +4,8 @@ Keys (``names.directory_key``): ``domain.<d>``, ``address.<local@d>``, ``domain_
 ``cos.<name>``.  Each value is the aggregate's current state as JSON, without secrets
 (password hashes and HA1s stay behind the auth service), plus ``seq``: the PROVISIONING
 sequence it reflects.  A deleted aggregate becomes ``{"deleted": true, "seq": N}``; edges
-treat that like a missing key.  Tokens are not in the directory.
+treat that like a missing key.  Tokens and a domain move's per-account progress
+(``domain_move.<d>``) are not in the directory.
 
 All projectors (``colony_admin.projector``) share one durable consumer, so each event is
 handled once somewhere (in batches: a creation event is written as is, pipelined; any other event makes
@@ -54,7 +55,7 @@ def _json(value: dict[str, Any]) -> bytes:
 
 def directory_entry(kind: str, name: str, state: aggregates.State, seq: int) -> tuple[str, dict[str, Any]] | None:
     """Pure: the key and value the directory holds for an aggregate; None if not published."""
-    if kind == names.AGG_TOKEN:
+    if kind in (names.AGG_TOKEN, names.AGG_DOMAIN_MOVE):
         return None
     key = names.directory_key(kind, name)
     if state is None:
@@ -140,6 +141,8 @@ class DirectoryProjection:
 
     async def _publish(self, subject: str) -> None:
         kind, name = parse_subject(subject)
+        if kind == names.AGG_DOMAIN_MOVE:
+            return  # a move's progress: nothing an edge reads
         stored = await self.store.read(subject)
         if not stored:
             return

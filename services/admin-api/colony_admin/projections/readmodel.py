@@ -21,7 +21,7 @@ from sqlalchemy import JSON, Connection, Table, delete, insert, select, update
 
 from colony import events as ev
 from colony.bus.tokens import normalise_domain
-from colony_admin import db
+from colony_admin import aggregates, db
 
 log = logging.getLogger("colony.admin.readmodel")
 
@@ -144,6 +144,11 @@ def _apply_one(conn: Connection, seq: int, e: ev.Event) -> None:  # noqa: C901 -
             conn.execute(update(t.domains).where(t.domains.c.name == e.domain).values(**e.changes, version=seq))
         case ev.DomainStateChanged():
             conn.execute(update(t.domains).where(t.domains.c.name == e.domain).values(state=e.state, version=seq))
+        case ev.DomainMoveRequested() | ev.DomainMoveRouting() | ev.DomainMoveCopying() | ev.DomainMoveSealing() \
+                | ev.DomainMoveFlipped() | ev.DomainMoveDone():
+            _apply_move(conn, seq, e)
+        case ev.DomainMoveAccountCopied():
+            pass  # a move's per-account progress: the controller's, not the read model's
         case ev.DomainDeleted():
             conn.execute(delete(t.domains).where(t.domains.c.name == e.domain))
         case ev.DomainAliasCreated():
@@ -185,6 +190,24 @@ def _apply_one(conn: Connection, seq: int, e: ev.Event) -> None:  # noqa: C901 -
             conn.execute(update(t.api_tokens).where(t.api_tokens.c.id == e.token_id).values(revoked=True, version=seq))
         case _:
             log.warning("read model: ignoring %s at seq %d (not a provisioning event)", e.type, seq)
+
+
+def _apply_move(conn: Connection, seq: int, e: ev.Event) -> None:
+    """The aggregate's own rule (``aggregates.apply_move``) on the row: a repeated or
+    out-of-order phase changes nothing but ``version``, which follows every event of the
+    domain's subject (it is the ETag)."""
+    d = db.domains.c
+    row = conn.execute(select(d.home_region, d.move_id, d.move_phase, d.move_source, d.move_target)
+                       .where(d.name == e.domain)).first()
+    if row is None:
+        return
+    move = None if row.move_id is None else {"move_id": row.move_id, "phase": row.move_phase,
+                                             "source": row.move_source or "", "target": row.move_target or ""}
+    after = aggregates.apply_move({"home_region": row.home_region, "move": move}, e)
+    moved = after["move"] or {}
+    conn.execute(update(db.domains).where(d.name == e.domain).values(
+        home_region=after["home_region"], move_id=moved.get("move_id"), move_phase=moved.get("phase"),
+        move_source=moved.get("source"), move_target=moved.get("target"), version=seq))
 
 
 # --- usage -------------------------------------------------------------------------------------

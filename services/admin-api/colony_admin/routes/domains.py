@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 
+import uuid
+
+from colony import domain_move
 from colony import events as ev
 from colony.bus import names
 from colony.dns import make_resolver
@@ -17,6 +21,9 @@ from colony_admin.models import (
     DomainAliasCreate,
     DomainAliasOut,
     DomainCreate,
+    DomainMoveOut,
+    DomainMoveRequest,
+    DomainMoveSummary,
     DomainOut,
     DomainPatch,
     DomainState,
@@ -27,7 +34,15 @@ from colony_admin.models import (
     TokenOut,
     check_domain,
 )
-from colony_admin.problems import COMMON_RESPONSES, Forbidden, Invalid
+from colony_admin.problems import (
+    COMMON_RESPONSES,
+    AlreadyInRegion,
+    Forbidden,
+    Invalid,
+    MoveInProgress,
+    NotFound,
+    UnknownRegion,
+)
 from colony_admin.routes._common import Cursor, Limit, Prefix, apply_all, set_etag, token_out
 
 router = APIRouter(prefix="/v1/domains", tags=["domains"], responses=COMMON_RESPONSES)
@@ -41,9 +56,15 @@ def domain_name(domain: str) -> str:
 
 
 def domain_out(row: dict[str, Any], version: int | None = None) -> DomainOut:
+    move = row.get("move")  # the aggregate's state; a read-model row has the move's columns
+    if move is None and row.get("move_id") is not None:
+        move = {"move_id": row["move_id"], "source": row.get("move_source") or "",
+                "target": row.get("move_target") or "", "phase": row.get("move_phase")}
     return DomainOut(name=row["name"], state=row["state"], home_region=row["home_region"], cos=row["cos"],
                      branding=Branding(**row["branding"]), storage=row["storage"],
                      dmarc_enforcement=row.get("dmarc_enforcement"),
+                     move=DomainMoveSummary(**{k: move[k] for k in ("move_id", "source", "target", "phase")})
+                     if move is not None else None,
                      version=version if version is not None else row["version"])
 
 
@@ -169,6 +190,67 @@ async def delete_domain(domain: str, request: Request, ctx: Admin, who: Caller, 
     await ctx.provisioning.commit(loaded, events, if_match=expected)
     await ctx.provisioning.audit(who, "domain.delete", domain, domain=domain, remote_addr=client_addr(request))
     return Response(status_code=204)
+
+
+# --- moving a domain to another region ----------------------------------------------------------
+
+_MOVE_REFUSALS = {"unknown-domain": NotFound, "unknown-region": UnknownRegion,
+                  "already-in-region": AlreadyInRegion, "domain-move-in-progress": MoveInProgress}
+
+
+async def _move_events(ctx: Admin, domain: str) -> list[ev.Event]:
+    """The domain's events and its move's per-account progress, in stream order (a copy
+    result counts only after the copying event that fixed the accounts)."""
+    stored = [*await ctx.provisioning.store.read(names.provisioning_subject(names.AGG_DOMAIN, domain)),
+              *await ctx.provisioning.store.read(names.provisioning_subject(names.AGG_DOMAIN_MOVE, domain))]
+    stored.sort(key=lambda s: s.seq)
+    return [ev.decode(s.data) for s in stored]
+
+
+def _move_out(move: domain_move.Move) -> DomainMoveOut:
+    stuck = None
+    if move.phase in (domain_move.Phase.COPYING, domain_move.Phase.SEALING):
+        # The rules' own verdict (the default number of attempts, as the driver uses).
+        step = domain_move.next_step(move, domain_move.Observations(), now=move.since, epoch=move.epoch,
+                                     settle=timedelta(0))
+        stuck = step.why if isinstance(step, domain_move.Stuck) else None
+    return DomainMoveOut(**move.progress(), stuck=stuck)
+
+
+@router.post("/{domain}/move", response_model=DomainMoveOut, status_code=202,
+             summary="Move a domain and its stored mail to another region (system admin)")
+async def move_domain(domain: str, body: DomainMoveRequest, request: Request, response: Response, ctx: Admin,
+                      who: Caller) -> DomainMoveOut:
+    """Records the request; the primary region's active controller carries the move out
+    (routing, copying, sealing, flipped, done) and ``GET …/move`` follows it."""
+    domain = domain_name(domain)
+    roles.require_system(who, "move domains between regions")
+    loaded = await ctx.provisioning.load(names.AGG_DOMAIN, domain)
+    history = await _move_events(ctx, domain)
+    try:
+        events = domain_move.request_move(domain_move.fold(history), loaded.state, domain, body.region,
+                                          ctx.settings.region_list, uuid.uuid4().hex, requested_by=who.actor)
+    except domain_move.MoveRefused as refused:
+        raise _MOVE_REFUSALS[refused.reason](str(refused), domain=domain) from None
+    outcome = await ctx.provisioning.commit(loaded, events)
+    await ctx.provisioning.audit(who, "domain.move", domain, domain=domain, remote_addr=client_addr(request),
+                                 detail={"target": body.region, "move_id": events[0].move_id})
+    response.headers["Location"] = f"/v1/domains/{domain}/move"
+    set_etag(response, outcome.version)
+    return _move_out(domain_move.fold([*history, *events]))
+
+
+@router.get("/{domain}/move", response_model=DomainMoveOut, summary="The progress of the domain's latest move")
+async def get_domain_move(domain: str, ctx: Admin, who: Caller) -> DomainMoveOut:
+    domain = domain_name(domain)
+    roles.require_system(who, "follow domain moves")
+    history = await _move_events(ctx, domain)
+    move = domain_move.fold(history)
+    if aggregates.fold(e for e in history if not isinstance(e, ev.DomainMoveAccountCopied)) is None:
+        raise NotFound(f"domain {domain} does not exist")
+    if move is None:
+        raise NotFound(f"domain {domain} has never been moved (POST /v1/domains/{domain}/move starts a move)")
+    return _move_out(move)
 
 
 # --- domain aliases ------------------------------------------------------------------------------

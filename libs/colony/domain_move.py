@@ -51,9 +51,9 @@ A controller that sees an event of a newer epoch than its own stands down: a new
 controller drives the move.  Appends are made expecting the subject's version, so two
 controllers that decide at once cannot both record a step; the loser re-reads.
 
-The asyncio driver, the admin API's ``/v1/domains/{d}/move``, the edge and mail store
-behaviour per phase and the mail store's export/import are not built yet; this module is
-the part they will share.
+The admin API uses ``request_move`` and ``Move.progress`` (``POST|GET /v1/domains/{d}/move``);
+the controller's driver (not built yet) is to use ``next_step``.  Shared by both, the module
+lives in ``colony`` rather than in either service.
 """
 
 from __future__ import annotations
@@ -77,7 +77,13 @@ class Phase(StrEnum):
 
 
 class MoveRefused(ValueError):
-    """A move that cannot be asked for; the message says why (the admin API answers 409/422)."""
+    """A move that cannot be asked for; the message says why, ``reason`` says which rule
+    (the admin API's problem type): ``unknown-domain``, ``unknown-region`` (also a cluster of
+    one region), ``already-in-region``, ``domain-move-in-progress``."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -170,17 +176,20 @@ def request_move(move: Move | None, domain_state: Mapping[str, Any] | None, doma
                  regions: Iterable[str], move_id: str, requested_by: str = "") -> list[ev.Event]:
     known = [r for r in regions if r]
     if domain_state is None:
-        raise MoveRefused(f"domain {domain} does not exist")
+        raise MoveRefused("unknown-domain", f"domain {domain} does not exist")
     if not known:
-        raise MoveRefused("this cluster has one region (settings: regions); there is nowhere to move to")
+        raise MoveRefused("unknown-region",
+                          "this cluster has one region (settings: regions); there is nowhere to move to")
     if target not in known:
-        raise MoveRefused(f"region {target!r} is not one of this super cluster's regions ({', '.join(known)})")
+        raise MoveRefused("unknown-region",
+                          f"region {target!r} is not one of this super cluster's regions ({', '.join(known)})")
     if move is not None and move.active:
-        raise MoveRefused(f"domain {domain} is already moving from {move.source or '(none)'} to {move.target} "
+        raise MoveRefused("domain-move-in-progress",
+                          f"domain {domain} is already moving from {move.source or '(none)'} to {move.target} "
                           f"(phase {move.phase.value}); GET /v1/domains/{domain}/move shows its progress")
     source = domain_state.get("home_region") or ""
     if source == target:
-        raise MoveRefused(f"domain {domain} is already homed in {target}")
+        raise MoveRefused("already-in-region", f"domain {domain} is already homed in {target}")
     return [ev.DomainMoveRequested(domain=domain, move_id=move_id, source=source, target=target,
                                    requested_by=requested_by)]
 
