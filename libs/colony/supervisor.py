@@ -141,7 +141,7 @@ class Cluster:
                     f"stop that one first or choose another with --data-dir")
         total = sum(self.counts.values())
         planned = self.plan.all_ports(total, self.counts.get("admin-api", 0), self.counts.get("edge", 0),
-                                      self.counts.get("sipfarm", 0))
+                                      self.counts.get("sipfarm", 0), self.counts.get("mailstore", 0))
         clash = ephemeral_overlap([port for _, port in planned])
         if clash:
             raise SupervisorError(
@@ -169,6 +169,7 @@ class Cluster:
         admin_index = 0
         edge_index = 0
         sip_index = 0
+        store_index = 0
         for role in ROLE_MODULES:
             for n in range(1, self.counts.get(role, 0) + 1):
                 node_id = f"{role}-{n}"
@@ -201,6 +202,10 @@ class Cluster:
                     env["COLONY_SIP_WS_PORT"] = str(self.plan.sip_ws(sip_index))
                     env["COLONY_SIP_WSS_PORT"] = str(self.plan.sip_wss(sip_index))
                     sip_index += 1
+                if role == "mailstore":
+                    env["COLONY_IMAP_INNER_PORT"] = str(self.plan.imap_inner(store_index))
+                    env["COLONY_POP3_INNER_PORT"] = str(self.plan.pop3_inner(store_index))
+                    store_index += 1
                 env.update(self.tls_env())
                 if role in ("edge", "mailstore") and not os.environ.get("COLONY_CLUSTER_SECRET_FILE"):
                     # signs the edges' IMAP/POP3 session hand-offs to the mail stores

@@ -434,7 +434,7 @@ def ports(base_port: Annotated[int, typer.Option()] = DEFAULT_BASE_PORT) -> None
     table = Table(title=f"ports for --base-port {base_port}")
     table.add_column("what")
     table.add_column("port")
-    for what, port in plan.all_ports(instances=8, admin_apis=1, edges=2, sipfarms=2):
+    for what, port in plan.all_ports(instances=8, admin_apis=1, edges=2, sipfarms=2, mailstores=2):
         table.add_row(what, str(port))
     console.print(table)
 

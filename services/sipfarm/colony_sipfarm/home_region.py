@@ -142,5 +142,8 @@ def contact(target: SipURI, member: str, transport: str) -> str:
     user = f"{target.user}@" if target.user else ""
     if transport == "TLS":
         return f"<sips:{user}{hostport}>"
-    params = {"TCP": ";transport=tcp", "WS": ";transport=ws", "WSS": ";transport=wss"}.get(transport, "")
+    if transport == "WSS":
+        # RFC 7118 §5.2 defines only transport=ws; secure WebSocket is the sips: scheme over it.
+        return f"<sips:{user}{hostport};transport=ws>"
+    params = {"TCP": ";transport=tcp", "WS": ";transport=ws"}.get(transport, "")
     return f"<sip:{user}{hostport}{params}>"

@@ -180,8 +180,8 @@ class SipWorkload:
                                                 reuse_address=True, ssl=ssl, ssl_handshake_timeout=HANDSHAKE_TIMEOUT if ssl else None)
             self.stream_servers.append(server)
             bound = server.sockets[0].getsockname()[1]
-            scheme = {"WS": "ws://", "WSS": "wss://"}.get(transport, "")
-            found[name] = f"{scheme}{s.advertised_host}:{bound}"
+            # host:port like every address in a node record; the key names the protocol.
+            found[name] = f"{s.advertised_host}:{bound}"
         return found
 
     async def _secret(self, kv) -> bytes:

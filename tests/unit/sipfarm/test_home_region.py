@@ -17,7 +17,7 @@ DIRECTORY = {
     names.directory_key("domain_alias", "us-alias.example"): {"kind": "domain_alias", "name": "us-alias.example",
                                                               "domain": "us.example"},
 }
-US_FARM = {"sipfarm-1": {"sip": "10.0.2.1:5060", "sip_tls": "10.0.2.1:5061", "sip_ws": "ws://10.0.2.1:8080"}}
+US_FARM = {"sipfarm-1": {"sip": "10.0.2.1:5060", "sip_tls": "10.0.2.1:5061", "sip_ws": "10.0.2.1:8080"}}
 
 
 class Clock:
