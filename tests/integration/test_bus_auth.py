@@ -114,13 +114,20 @@ async def test_an_edge_cannot_write_provisioning_read_credentials_or_delete_stre
 async def test_only_controllers_write_the_lease_and_only_the_admin_api_writes_provisioning(bus):
     server, operator, as_role = bus
     controller, admin, edge = await as_role("controller"), await as_role("admin-api"), await as_role("edge")
-    subject = names.provisioning_subject(names.AGG_DOMAIN, "acme.example")
+    subject = names.provisioning_subject(names.AGG_ADDRESS, "amy@acme.example")
 
     with pytest.raises(NatsError):
         await controller.js.publish(subject, b"{}")
     assert await controller.refused(subject)
     ack = await admin.js.publish(subject, b"{}")
     assert ack.stream == names.STREAM_PROVISIONING
+    # ... except a domain move's phases and progress, which the controller drives
+    for kind in (names.AGG_DOMAIN, names.AGG_DOMAIN_MOVE):
+        ack = await controller.js.publish(names.provisioning_subject(kind, "acme.example"), b"{}")
+        assert ack.stream == names.STREAM_PROVISIONING
+    for other in (names.AGG_TOKEN, names.AGG_COS, names.AGG_DOMAIN_ALIAS):
+        with pytest.raises(NatsError):
+            await controller.js.publish(names.provisioning_subject(other, "acme.example"), b"{}")
 
     leases = await controller.js.key_value(names.BUCKET_LEASES)
     await leases.put(names.CONTROLLER_LEASE_KEY, b"{}")

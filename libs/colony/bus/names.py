@@ -362,7 +362,11 @@ GRANTS: dict[str, Grant] = {
     # mark other instances FAILED; they keep the schema up to date.
     "controller": _with(
         _INSTANCE, manage_schema=True,
-        read=(STREAM_CLUSTER,),
+        # Domain moves (colony_controller.domain_mover): it reads a domain's events and appends
+        # the move's phases to the domain's subject and its progress to the move's; no other
+        # provisioning subject (accounts, tokens, ...) is writable by it.
+        append=(provisioning_filter(AGG_DOMAIN), provisioning_filter(AGG_DOMAIN_MOVE)),
+        read=(STREAM_CLUSTER, STREAM_PROVISIONING),
         kv_write=(BUCKET_LEASES, BUCKET_ACCOUNT_OWNERS),
         kv_read=(BUCKET_DIRECTORY,),
         # CONTROLLER_API: `docker compose run controller colony drain ...` asks as a controller
