@@ -51,8 +51,12 @@ A controller that sees an event of a newer epoch than its own stands down: a new
 controller drives the move.  Appends are made expecting the subject's version, so two
 controllers that decide at once cannot both record a step; the loser re-reads.
 
-The admin API uses ``request_move`` and ``Move.progress`` (``POST|GET /v1/domains/{d}/move``);
-the controller's driver (not built yet) is to use ``next_step``.  Shared by both, the module
+A move still ``requested`` may be withdrawn (``cancel_move``, ``DomainMoveCancelled``); from
+``routing`` on it runs to its end.
+
+The admin API uses ``request_move``, ``cancel_move`` and ``Move.progress``
+(``POST|GET|DELETE /v1/domains/{d}/move``); the controller's driver
+(``colony_controller.domain_mover``) uses ``next_step``.  Shared by both, the module
 lives in ``colony`` rather than in either service.
 """
 
@@ -74,12 +78,13 @@ class Phase(StrEnum):
     SEALING = "sealing"
     FLIPPED = "flipped"
     DONE = "done"
+    CANCELLED = "cancelled"   # withdrawn while still ``requested`` (outside the order above)
 
 
 class MoveRefused(ValueError):
     """A move that cannot be asked for; the message says why, ``reason`` says which rule
     (the admin API's problem type): ``unknown-domain``, ``unknown-region`` (also a cluster of
-    one region), ``already-in-region``, ``domain-move-in-progress``."""
+    one region), ``already-in-region``, ``domain-move-in-progress``, ``no-move-in-progress``."""
 
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(detail)
@@ -110,7 +115,7 @@ class Move:
 
     @property
     def active(self) -> bool:
-        return self.phase != Phase.DONE
+        return self.phase not in (Phase.DONE, Phase.CANCELLED)
 
     def progress(self) -> dict[str, Any]:
         """What ``GET /v1/domains/{d}/move`` shows."""
@@ -127,7 +132,7 @@ class Move:
 _PHASE_OF = {ev.DomainMoveRouting: Phase.ROUTING, ev.DomainMoveCopying: Phase.COPYING,
              ev.DomainMoveSealing: Phase.SEALING, ev.DomainMoveFlipped: Phase.FLIPPED,
              ev.DomainMoveDone: Phase.DONE}
-_ORDER = list(Phase)
+_ORDER = [p for p in Phase if p != Phase.CANCELLED]
 
 
 def apply(move: Move | None, event: ev.Event) -> Move | None:
@@ -142,6 +147,9 @@ def apply(move: Move | None, event: ev.Event) -> Move | None:
     if move is None or getattr(event, "move_id", None) != move.move_id:
         return move
     epoch = max(move.epoch, getattr(event, "epoch", 0))
+    if isinstance(event, ev.DomainMoveCancelled):
+        # Only a move nobody has started: from routing on, mail already goes to the target.
+        return replace(move, phase=Phase.CANCELLED, since=event.at) if move.phase == Phase.REQUESTED else move
     phase = _PHASE_OF.get(type(event))
     if phase is not None:
         if _ORDER.index(phase) != _ORDER.index(move.phase) + 1:
@@ -192,6 +200,17 @@ def request_move(move: Move | None, domain_state: Mapping[str, Any] | None, doma
         raise MoveRefused("already-in-region", f"domain {domain} is already homed in {target}")
     return [ev.DomainMoveRequested(domain=domain, move_id=move_id, source=source, target=target,
                                    requested_by=requested_by)]
+
+
+def cancel_move(move: Move | None, domain: str, cancelled_by: str = "") -> list[ev.Event]:
+    """Withdraw a move that is still ``requested``; from ``routing`` on it runs to its end."""
+    if move is None or not move.active:
+        raise MoveRefused("no-move-in-progress", f"domain {domain} is not moving")
+    if move.phase != Phase.REQUESTED:
+        raise MoveRefused("domain-move-in-progress",
+                          f"the move of {domain} to {move.target} is under way (phase {move.phase.value}); "
+                          "only a move still requested can be cancelled")
+    return [ev.DomainMoveCancelled(domain=domain, move_id=move.move_id, cancelled_by=cancelled_by)]
 
 
 # --- what to do next -------------------------------------------------------------------------
@@ -262,6 +281,8 @@ def next_step(move: Move, obs: Observations, *, now: datetime, epoch: int, settl
               max_attempts: int = 3) -> Step:
     """The one thing to do next.  ``epoch``: the asking controller's; ``settle``: how long
     every edge's and mail store's directory cache needs to see a new phase."""
+    if move.phase == Phase.CANCELLED:
+        return Finished()
     if move.epoch > epoch:
         return StandDown(move.epoch)
     ids = {"domain": move.domain, "move_id": move.move_id, "epoch": epoch}

@@ -341,6 +341,16 @@ class DomainMoveDone(Event):
     epoch: int
 
 
+class DomainMoveCancelled(Event):
+    """A move still ``requested`` was withdrawn (nothing had been routed or copied).  Subject
+    as DomainCreated."""
+
+    type: ClassVar[str] = "prov.domain_move_cancelled"
+    domain: str
+    move_id: str
+    cancelled_by: str = ""
+
+
 class DomainMoveAccountCopied(Event):
     """One pass of one account's copy, as verified after it.  Subject
     ``colony.prov.domain_move.<domain>`` (progress, kept off the domain's own subject so a

@@ -277,7 +277,7 @@ def domain_move(name: str, region: Annotated[str, typer.Argument(help="The regio
     last = move_line(progress)
     console.print(last)
     deadline = time.monotonic() + timeout
-    while wait and progress["phase"] != "done":
+    while wait and progress["phase"] not in ("done", "cancelled"):
         if progress.get("stuck"):
             _fail(f"the move of {name} is stuck: {progress['stuck']}")
         if time.monotonic() > deadline:
@@ -290,6 +290,15 @@ def domain_move(name: str, region: Annotated[str, typer.Argument(help="The regio
             last = line
     if as_json:
         _show(progress, True)
+    if progress["phase"] == "cancelled":
+        _fail(f"the move of {name} was cancelled before it started")
+
+
+@domain_app.command("move-cancel")
+def domain_move_cancel(name: str, api: ApiOpt = None, token: TokenOpt = None, token_file: TokenFileOpt = None,
+                       data_dir: DataDirOpt = Path("colony-data")) -> None:
+    """Withdraw a move that has not started yet (phase requested)."""
+    console.print(move_line(_api(api, token, token_file, data_dir).call("DELETE", f"/v1/domains/{name}/move")))
 
 
 @domain_app.command("move-status")

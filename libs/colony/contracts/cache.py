@@ -192,7 +192,7 @@ class DirectoryIndex:
                 tuple(forwarding) if forwarding else (), bool(raw.get("forward_keep_copy", False)))
         elif kind == names.AGG_DOMAIN:
             move = raw.get("move") or {}
-            moving = bool(move) and move.get("phase") != "done"
+            moving = bool(move) and move.get("phase") not in ("done", "cancelled")
             self._domains[name] = DomainInfo(name, sys.intern(raw.get("state", "active")),
                                              intern(raw.get("home_region", "")), intern(raw.get("cos")),
                                              intern(raw.get("dmarc_enforcement")),

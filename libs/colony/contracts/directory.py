@@ -9,7 +9,8 @@ secrets, plus ``seq`` (the PROVISIONING sequence it reflects).  Wire formats::
                            "storage": {"account_foldering": "none" | "1" | "1-1" | "2-1" | "2-2",
                                        "domain_foldering": false, "fast_storage_index": null},
                            "move": {"move_id": "...", "source": "eu", "target": "us",
-                                    "phase": "requested" | "routing" | "copying" | "sealing" | "flipped" | "done",
+                                    "phase": "requested" | "routing" | "copying" | "sealing" | "flipped" | "done"
+                                             | "cancelled",
                                     "since": "<ISO 8601>"} (absent: never moved),
                            "seq": 17}
     address.<token>       {"kind": "account", "address": "amy@acme.example", "domain": "acme.example",
@@ -88,7 +89,7 @@ class DomainMoveEntry(BaseModel):
     move_id: str
     source: str = ""
     target: str
-    phase: Literal["requested", "routing", "copying", "sealing", "flipped", "done"]
+    phase: Literal["requested", "routing", "copying", "sealing", "flipped", "done", "cancelled"]
     since: str = ""
 
 
@@ -104,7 +105,7 @@ class DomainEntry(_Entry):
     move: DomainMoveEntry | None = None
 
     def info(self) -> DomainInfo:
-        moving = self.move is not None and self.move.phase != "done"
+        moving = self.move is not None and self.move.phase not in ("done", "cancelled")
         return DomainInfo(self.name, self.state, self.home_region, self.cos, self.dmarc_enforcement,
                           self.move.phase if moving else None, self.move.target if moving else "")
 

@@ -57,7 +57,7 @@ def apply(state: State, event: ev.Event) -> State:
         case ev.DomainStateChanged():
             return {**_existing(state), "state": event.state}
         case ev.DomainMoveRequested() | ev.DomainMoveRouting() | ev.DomainMoveCopying() | ev.DomainMoveSealing() \
-                | ev.DomainMoveFlipped() | ev.DomainMoveDone():
+                | ev.DomainMoveFlipped() | ev.DomainMoveDone() | ev.DomainMoveCancelled():
             return apply_move(_existing(state), event)
         case ev.DomainMoveAccountCopied():
             # Progress of a move, on its own subject (``names.AGG_DOMAIN_MOVE``): only the
@@ -98,7 +98,8 @@ def apply(state: State, event: ev.Event) -> State:
 # The phases in order (``colony.domain_move.Phase``; the admin API does not import
 # the controller).  The domain's state keeps only the phase: the accounts and copy passes are
 # the controller's business (``domain_move.fold`` over the same events).
-MOVE_PHASES = tuple(p.value for p in domain_move.Phase)
+MOVE_PHASES = tuple(p.value for p in domain_move.Phase if p != domain_move.Phase.CANCELLED)
+MOVE_ENDED = ("done", "cancelled")
 MOVE_PHASE_OF = {ev.DomainMoveRouting: "routing", ev.DomainMoveCopying: "copying", ev.DomainMoveSealing: "sealing",
                   ev.DomainMoveFlipped: "flipped", ev.DomainMoveDone: "done"}
 
@@ -109,12 +110,16 @@ def apply_move(domain: dict[str, Any], event: ev.Event) -> dict[str, Any]:
     rules, a repeated or out-of-order phase, or an event of another move, changes nothing."""
     move = domain.get("move")
     if isinstance(event, ev.DomainMoveRequested):
-        if move is not None and move["phase"] != "done":
+        if move is not None and move["phase"] not in MOVE_ENDED:
             return domain
         return {**domain, "move": {"move_id": event.move_id, "source": event.source, "target": event.target,
                                    "phase": "requested", "since": event.at.isoformat()}}
     if move is None or move["move_id"] != getattr(event, "move_id", None):
         return domain
+    if isinstance(event, ev.DomainMoveCancelled):
+        if move["phase"] != "requested":
+            return domain
+        return {**domain, "move": {**move, "phase": "cancelled", "since": event.at.isoformat()}}
     phase = MOVE_PHASE_OF[type(event)]
     if MOVE_PHASES.index(phase) != MOVE_PHASES.index(move["phase"]) + 1:
         return domain
@@ -127,7 +132,7 @@ def apply_move(domain: dict[str, Any], event: ev.Event) -> dict[str, Any]:
 def moving_phase(domain: State) -> str | None:
     """The phase of the domain's move under way, None if it is not moving."""
     move = (domain or {}).get("move")
-    return move["phase"] if move is not None and move["phase"] != "done" else None
+    return move["phase"] if move is not None and move["phase"] not in MOVE_ENDED else None
 
 
 def fold(events: Iterable[ev.Event]) -> State:

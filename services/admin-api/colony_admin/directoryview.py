@@ -47,7 +47,7 @@ class SqlDirectoryView:
                                        t.move_target).where(t.name == name)).first()
         if row is None:
             return None
-        moving = row.move_phase is not None and row.move_phase != "done"
+        moving = row.move_phase is not None and row.move_phase not in ("done", "cancelled")
         return DomainInfo(row.name, row.state, row.home_region or "", row.cos, row.dmarc_enforcement,
                           row.move_phase if moving else None, (row.move_target or "") if moving else "")
 

@@ -178,7 +178,7 @@ class DomainMoveSummary(BaseModel):
     move_id: str
     source: str
     target: str
-    phase: str = Field(description="requested, routing, copying, sealing, flipped or done")
+    phase: str = Field(description="requested, routing, copying, sealing, flipped, done, or cancelled (withdrawn before it started)")
 
 
 class DomainOut(BaseModel):
@@ -204,7 +204,7 @@ class DomainMoveOut(BaseModel):
     move_id: str
     source: str = Field(description="The home region when the move was asked for ('' for a domain that had none)")
     target: str
-    phase: str = Field(description="requested, routing, copying, sealing, flipped or done")
+    phase: str = Field(description="requested, routing, copying, sealing, flipped, done, or cancelled (withdrawn before it started)")
     since: datetime = Field(description="When the current phase was recorded")
     accounts: int = Field(description="Accounts being copied (fixed when copying begins; 0 before)")
     accounts_verified: int = Field(description="Accounts whose current copy pass is verified")

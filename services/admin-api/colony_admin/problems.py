@@ -103,6 +103,10 @@ class MoveInProgress(Problem):
     status, kind = 409, "domain-move-in-progress"
 
 
+class NoMoveInProgress(Problem):
+    status, kind = 409, "no-move-in-progress"
+
+
 class AlreadyInRegion(Problem):
     status, kind = 409, "already-in-region"
 

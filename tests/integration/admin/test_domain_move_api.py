@@ -87,3 +87,25 @@ async def test_a_single_region_cluster_has_nowhere_to_move_and_domain_admins_may
     da = stack.as_(r.json()["token"])
     assert (await c.post(f"/v1/domains/{d}/move", json={"region": "us"}, headers=da)).status_code == 403
     assert (await c.get(f"/v1/domains/{d}/move", headers=da)).status_code == 403
+
+
+async def test_a_move_not_yet_started_can_be_cancelled_and_one_under_way_cannot(make_stack):
+    stack = await make_stack(region="eu", regions="eu,us", primary_region="eu")
+    c, h = stack.client, stack.as_(stack.sys_token)
+    d = unique_domain("cancel")
+    assert (await c.post("/v1/domains", json={"name": d, "home_region": "eu"}, headers=h)).status_code == 201
+    r = await c.delete(f"/v1/domains/{d}/move", headers=h)
+    assert r.status_code == 409 and r.json()["type"].endswith("/no-move-in-progress"), r.text
+    first = (await c.post(f"/v1/domains/{d}/move", json={"region": "us"}, headers=h)).json()
+    r = await c.delete(f"/v1/domains/{d}/move", headers=h)
+    assert r.status_code == 200 and r.json()["phase"] == "cancelled", r.text
+    domain = (await c.get(f"/v1/domains/{d}", headers=h)).json()
+    assert domain["move"]["phase"] == "cancelled" and domain["home_region"] == "eu"
+    # no longer moving: it may move again, and once that one routes mail it cannot be withdrawn
+    second = (await c.post(f"/v1/domains/{d}/move", json={"region": "us"}, headers=h)).json()
+    assert second["phase"] == "requested" and second["move_id"] != first["move_id"]
+    await _append(stack, names.provisioning_subject(names.AGG_DOMAIN, d),
+                  ev.DomainMoveRouting(domain=d, move_id=second["move_id"], epoch=1))
+    r = await c.delete(f"/v1/domains/{d}/move", headers=h)
+    assert r.status_code == 409 and r.json()["type"].endswith("/domain-move-in-progress"), r.text
+    assert (await c.get(f"/v1/domains/{d}/move", headers=h)).json()["phase"] == "routing"

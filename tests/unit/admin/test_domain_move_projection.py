@@ -81,3 +81,26 @@ def test_edges_read_the_phase_from_the_directory_and_progress_stays_out_of_it():
 def test_a_domain_entry_of_an_older_writer_reads_as_not_moving():
     parsed = directory.parse_entry(b'{"kind":"domain","name":"a.example","home_region":"eu","seq":3}')
     assert parsed.move is None and parsed.info().move_phase is None
+
+
+def test_a_cancelled_move_ends_it_only_while_requested():
+    requested = [CREATED, ev.DomainMoveRequested(**IDS, source="eu", target="us")]
+    state = aggregates.fold([*requested, ev.DomainMoveCancelled(**IDS)])
+    assert _phases(state) == (None, "cancelled", "eu")
+    routing = aggregates.fold([*requested, ev.DomainMoveRouting(**IDS, epoch=1)])
+    assert aggregates.apply(routing, ev.DomainMoveCancelled(**IDS)) == routing
+    key, value = directory_entry(names.AGG_DOMAIN, "acme.example", state, 5)
+    assert directory.parse_entry(orjson.dumps(value)).info().move_phase is None
+    # the rules agree: nothing left to drive, and a new move may be asked for
+    from colony import domain_move as dm
+    from datetime import timedelta
+    move = dm.fold([*requested[1:], ev.DomainMoveCancelled(**IDS)])
+    assert move.phase == dm.Phase.CANCELLED and not move.active
+    assert isinstance(dm.next_step(move, dm.Observations(), now=move.since, epoch=1, settle=timedelta(0)), dm.Finished)
+    assert dm.cancel_move(dm.fold(requested[1:]), "acme.example")[0].move_id == "mv1"
+    for moving in (dm.fold([*requested[1:], ev.DomainMoveRouting(**IDS, epoch=1)]), move, None):
+        try:
+            dm.cancel_move(moving, "acme.example")
+            raise AssertionError("cancelled a move that was not requested")
+        except dm.MoveRefused as refused:
+            assert refused.reason in ("domain-move-in-progress", "no-move-in-progress")

@@ -145,7 +145,7 @@ def _apply_one(conn: Connection, seq: int, e: ev.Event) -> None:  # noqa: C901 -
         case ev.DomainStateChanged():
             conn.execute(update(t.domains).where(t.domains.c.name == e.domain).values(state=e.state, version=seq))
         case ev.DomainMoveRequested() | ev.DomainMoveRouting() | ev.DomainMoveCopying() | ev.DomainMoveSealing() \
-                | ev.DomainMoveFlipped() | ev.DomainMoveDone():
+                | ev.DomainMoveFlipped() | ev.DomainMoveDone() | ev.DomainMoveCancelled():
             _apply_move(conn, seq, e)
         case ev.DomainMoveAccountCopied():
             pass  # a move's per-account progress: the controller's, not the read model's

@@ -40,6 +40,7 @@ from colony_admin.problems import (
     Forbidden,
     Invalid,
     MoveInProgress,
+    NoMoveInProgress,
     NotFound,
     UnknownRegion,
 )
@@ -195,7 +196,8 @@ async def delete_domain(domain: str, request: Request, ctx: Admin, who: Caller, 
 # --- moving a domain to another region ----------------------------------------------------------
 
 _MOVE_REFUSALS = {"unknown-domain": NotFound, "unknown-region": UnknownRegion,
-                  "already-in-region": AlreadyInRegion, "domain-move-in-progress": MoveInProgress}
+                  "already-in-region": AlreadyInRegion, "domain-move-in-progress": MoveInProgress,
+                  "no-move-in-progress": NoMoveInProgress}
 
 
 async def _move_events(ctx: Admin, domain: str) -> list[ev.Event]:
@@ -251,6 +253,28 @@ async def get_domain_move(domain: str, ctx: Admin, who: Caller) -> DomainMoveOut
     if move is None:
         raise NotFound(f"domain {domain} has never been moved (POST /v1/domains/{domain}/move starts a move)")
     return _move_out(move)
+
+
+@router.delete("/{domain}/move", response_model=DomainMoveOut,
+               summary="Cancel a move that has not started (phase requested; system admin)")
+async def cancel_domain_move(domain: str, request: Request, response: Response, ctx: Admin,
+                             who: Caller) -> DomainMoveOut:
+    domain = domain_name(domain)
+    roles.require_system(who, "move domains between regions")
+    loaded = await ctx.provisioning.load(names.AGG_DOMAIN, domain)
+    aggregates.require(loaded.state, f"domain {domain}")
+    history = await _move_events(ctx, domain)
+    try:
+        events = domain_move.cancel_move(domain_move.fold(history), domain, cancelled_by=who.actor)
+    except domain_move.MoveRefused as refused:
+        raise _MOVE_REFUSALS[refused.reason](str(refused), domain=domain) from None
+    # Expecting the version read: a controller that starts the move meanwhile wins, and the
+    # cancel is refused (409 conflict) rather than withdrawing a move already routing mail.
+    outcome = await ctx.provisioning.commit(loaded, events)
+    await ctx.provisioning.audit(who, "domain.move_cancel", domain, domain=domain, remote_addr=client_addr(request),
+                                 detail={"move_id": events[0].move_id})
+    set_etag(response, outcome.version)
+    return _move_out(domain_move.fold([*history, *events]))
 
 
 # --- domain aliases ------------------------------------------------------------------------------
