@@ -163,8 +163,10 @@ class AccessProxy:
     def __init__(self, settings: Settings, secret: bytes, auth: AuthClient, finder: StoreFinder,
                  throttle: LoginThrottle, gate: EdgeGate, tls: ssl.SSLContext | None, tracker,
                  metrics: AccessMetrics, hostname: str,
-                 home_region: Callable[[str], str | None] = lambda domain: None) -> None:
+                 home_region: Callable[[str], str | None] = lambda domain: None,
+                 move_phase: Callable[[str], str | None] = lambda domain: None) -> None:
         self.settings, self.secret, self.auth, self.finder = settings, secret, auth, finder
+        self.move_phase = move_phase              # domain -> the phase of its move to another region, if moving
         self.throttle, self.gate, self.tls, self.tracker = throttle, gate, tls, tracker
         self.metrics, self.hostname = metrics, hostname
         self.home_region = home_region            # domain -> its home region ('' or None: here)
@@ -204,7 +206,15 @@ class AccessProxy:
             await self.throttle.failed(ip, user)
             return Login(False, "Authentication failed", "AUTH")
         account = reply.account or user
-        region, finder = self.finder_for(reply.domain or account.rpartition("@")[2])
+        domain = reply.domain or account.rpartition("@")[2]
+        if self.move_phase(domain) == "sealing":
+            # The domain's last copy to its new region runs with nobody changing the old one
+            # (colony.domain_move): a temporary failure, so clients retry and reach the new
+            # home once the move flips.  Checked after the password, like any other refusal.
+            self.metrics.logins.labels(proto, "moving").inc()
+            return Login(False, "This mailbox is being moved to another region; try again in a few minutes",
+                         "SYS/TEMP")
+        region, finder = self.finder_for(domain)
         login = await self.hand_off(proto, account, ip, finder)
         outcome = "no-store" if not login.ok else "ok" if region == self.settings.region else "ok-other-region"
         self.metrics.logins.labels(proto, outcome).inc()
@@ -440,6 +450,11 @@ def _home_region(directory, domain: str) -> str | None:
     return info.home_region if info is not None else None
 
 
+def _move_phase(directory, domain: str) -> str | None:
+    info = directory.domain(domain) if directory is not None else None
+    return info.move_phase if info is not None else None
+
+
 def _imap_code(pop3_code: str) -> str:
     return {"AUTH": "AUTHENTICATIONFAILED", "LOGIN-DELAY": "UNAVAILABLE", "SYS/TEMP": "UNAVAILABLE"}.get(
         pop3_code, "UNAVAILABLE")
@@ -461,7 +476,8 @@ async def open_access(workload, runtime, gate: EdgeGate, counters: SharedCounter
     proxy = AccessProxy(settings, load_secret(settings.cluster_secret_file), AuthClient(runtime.nc),
                         StoreFinder(runtime.nc, owners), LoginThrottle(settings, counters, gate), gate, tls,
                         workload.tracker, AccessMetrics(runtime.metrics.registry), hostname,
-                        home_region=lambda domain: _home_region(workload.directory, domain))
+                        home_region=lambda domain: _home_region(workload.directory, domain),
+                        move_phase=lambda domain: _move_phase(workload.directory, domain))
     workload.access = proxy
     limit = settings.access_max_command_bytes + 1024
     listeners = [("imap", settings.imap_port, proxy.imap, False, b"* BYE [UNAVAILABLE] Server shutting down\r\n"),

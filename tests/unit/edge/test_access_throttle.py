@@ -150,3 +150,25 @@ async def test_an_unreachable_home_region_is_a_prompt_temporary_failure():
     assert not login.ok and login.code == "SYS/TEMP"
     assert cut.asked == 1 and time.monotonic() - started < 1  # no retries against a cut link
     assert p.finder.asked == 0  # never this region's (empty) mailbox
+
+
+async def test_logins_to_a_domain_whose_move_is_sealing_get_a_temporary_failure():
+    """While a domain's last copy to its new region runs, nobody may change the old copy: a
+    correct password gets SYS/TEMP ([UNAVAILABLE] over IMAP) and no store is asked; other
+    phases log in as usual, to the home region's stores."""
+    from colony_edge.access_proxy import _imap_code
+
+    phases = {"us.example": "sealing"}
+    p = regional_proxy({"us.example": "us"})
+    p.move_phase = phases.get
+    login = await p.login("imap", "lee@us.example", "right", "198.51.100.7")
+    assert not login.ok and login.code == "SYS/TEMP" and "being moved" in login.reply
+    assert _imap_code(login.code) == "UNAVAILABLE"
+    assert p.finder.asked == 0 and not p._foreign
+    for phase in ("routing", "copying", "flipped", None):
+        phases["us.example"] = phase
+        p = regional_proxy({"us.example": "us"})
+        p.move_phase = phases.get
+        p._foreign["us"] = FakeFinder(error=RuntimeError("unreachable"), domain="us")  # answers at once
+        await p.login("imap", "lee@us.example", "right", "198.51.100.7")
+        assert p._foreign["us"].asked > 0, phase  # went on to the home region's stores
