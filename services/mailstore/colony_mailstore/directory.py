@@ -47,6 +47,12 @@ class Directory:
         value = await self._get(names.AGG_DOMAIN, domain)
         return value if isinstance(value, DomainEntry) else None
 
+    async def sealed(self, address: str) -> bool:
+        """Whether the account's domain is moving to another region and in its ``sealing``
+        phase: no session may change its mail until the move flips (``colony.domain_move``)."""
+        entry = await self.domain(address.rpartition("@")[2])
+        return entry is not None and entry.move is not None and entry.move.phase == "sealing"
+
     async def account(self, address: str) -> AccountEntry | None:
         value = await self._get(names.AGG_ADDRESS, address)
         return value if isinstance(value, AccountEntry) else None

@@ -180,6 +180,12 @@ class ImapServer:
             writer.write(b"NO [AUTHENTICATIONFAILED] Bad hand-off\r\n")
             self.metrics.logins.labels("handoff", "refused").inc()
             return None
+        if await self.accounts.directory.sealed(handoff.account):
+            # An edge whose directory has not seen the seal yet: refused here too, so nobody
+            # changes the old copy during the move's last pass.
+            writer.write(b"NO [UNAVAILABLE] This mailbox is being moved to another region; try again shortly\r\n")
+            self.metrics.logins.labels("handoff", "moving").inc()
+            return None
         if not self.accepting() or not await self._claim(handoff.account):
             writer.write(f"NO [UNAVAILABLE] {NOT_OWNER} {self.node_id}\r\n".encode())
             self.metrics.logins.labels("handoff", "not-owner").inc()

@@ -79,6 +79,9 @@ class Pop3InnerServer:
             writer.write(b"-ERR [SYS/PERM] Bad hand-off\r\n")
             return
         account = handoff.account
+        if await self.accounts.directory.sealed(account):  # see ImapServer._handoff
+            writer.write(b"-ERR [SYS/TEMP] This mailbox is being moved to another region; try again shortly\r\n")
+            return
         if not self.accepting() or not await self.route(account):
             writer.write(f"-ERR [SYS/TEMP] {NOT_OWNER} {self.node_id}\r\n".encode())
             return

@@ -241,3 +241,35 @@ async def test_a_session_whose_account_moves_away_gets_bye(imap):
         assert b"* BYE [UNAVAILABLE]" in data, data
     finally:
         sock.close()
+
+
+async def test_a_handoff_for_a_domain_whose_move_is_sealing_is_refused_until_it_flips(imap):
+    """An edge whose directory has not seen the seal yet still cannot open a session that
+    would change the old copy during the move's last pass: the store refuses the hand-off
+    with a temporary failure (IMAP and POP3), and takes it again once the phase moves on."""
+    import orjson
+
+    world, host, port, view, secret = imap
+    key = handoff.load_secret(secret)
+    entry = {"kind": "domain", "name": DOMAIN, "storage": {"account_foldering": "none"},
+             "move": {"move_id": "m1", "source": "", "target": "us", "phase": "sealing"}}
+    await world.directory.put(names.directory_key(names.AGG_DOMAIN, DOMAIN), orjson.dumps(entry))
+
+    def attempt(proto: str) -> bytes:
+        inner_host, _, inner_port = view.addresses[f"{proto}-inner"].rpartition(":")
+        return _raw(inner_host, int(inner_port), handoff.sign(key, proto, BOB, "198.51.100.7", int(time.time() * 1000)))
+
+    async def refused(proto: str, prefix: bytes) -> bool:
+        data = await asyncio.to_thread(attempt, proto)
+        return data.startswith(prefix) and b"being moved" in data
+
+    # the store's directory cache may hold the entry for a moment: wait for the seal to show
+    await wait_until(lambda: refused("imap", b"NO [UNAVAILABLE]"), 30, "IMAP hand-off refused while sealing")
+    assert await refused("pop3", b"-ERR [SYS/TEMP]")
+    entry["move"]["phase"] = "flipped"
+    await world.directory.put(names.directory_key(names.AGG_DOMAIN, DOMAIN), orjson.dumps(entry))
+
+    async def accepted() -> bool:
+        return (await asyncio.to_thread(attempt, "imap")).startswith(b"OK [CAPABILITY")
+
+    await wait_until(accepted, 30, "IMAP hand-off accepted after the flip")
