@@ -194,6 +194,9 @@ def split_key(key: str) -> tuple[str, str]:
 
 # --- views: what the resolver reads (tuples: an edge keeps a million of them) -----------------
 
+_ROUTED_PHASES = frozenset({"routing", "copying", "sealing", "flipped"})
+
+
 class DomainInfo(NamedTuple):
     name: str
     state: str
@@ -202,6 +205,12 @@ class DomainInfo(NamedTuple):
     dmarc: str | None = None        # the domain's DMARC choice (enforce/quarantine/none); None: cluster default
     move_phase: str | None = None   # a move to another region under way: its phase (never "done"); None: not moving
     move_target: str = ""           # ... and the region it moves to
+
+    @property
+    def mail_region(self) -> str:
+        """Where new mail for the domain goes: the move's target from ``routing`` on (the
+        target's stores take it while the old mail is copied over), else the home region."""
+        return self.move_target if self.move_phase in _ROUTED_PHASES else self.home_region
 
 
 class AccountInfo(NamedTuple):

@@ -112,7 +112,7 @@ class Limits(NamedTuple):
 class Mailbox(NamedTuple):
     address: str
     domain: str
-    home_region: str
+    home_region: str     # the region whose stores take the mail (a moving domain's target from routing on)
 
 
 class Accepted(NamedTuple):
@@ -255,7 +255,7 @@ class _Expansion:
             if not entry.keep_copy:
                 return
         if address not in self.mailboxes:
-            self.mailboxes[address] = Mailbox(address, info.name, info.home_region)
+            self.mailboxes[address] = Mailbox(address, info.name, info.mail_region)
             self._count()
 
 
@@ -283,7 +283,7 @@ def resolve(view: DirectoryView, recipient: str, limits: Limits = Limits()) -> R
         entry = view.address(address)
         if (type(entry) is AccountInfo and entry.state == ACTIVE and not entry.forwarding
                 and _receives_mail(view, entry, info, limits.default_cos)):
-            return Accepted(recipient, (Mailbox(address, info.name, info.home_region),), ())
+            return Accepted(recipient, (Mailbox(address, info.name, info.mail_region),), ())
     expansion = _Expansion(view, limits)
     try:
         expansion.visit(address, (), True)

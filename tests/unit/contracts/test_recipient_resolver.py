@@ -61,6 +61,18 @@ def test_an_account_is_its_own_mailbox_with_its_domain_home_region(d):
     assert resolve(d, "bob@beta.example").mailboxes[0].home_region == "us"
 
 
+def test_mail_for_a_moving_domain_goes_to_the_target_from_routing_on(d):
+    """Asked for, the move changes nothing yet; from routing on new mail goes to the target
+    region's stores (the fast path and the expansion alike), and after the move to the new home."""
+    d.alias("team@acme.example", "amy@acme.example")
+    for phase, region in [("requested", "eu"), ("routing", "us"), ("copying", "us"), ("sealing", "us"),
+                          ("flipped", "us"), ("done", "eu"), ("cancelled", "eu")]:
+        d.put("domain", "acme.example", kind="domain", name="acme.example", state="active", home_region="eu",
+              move={"move_id": "m1", "source": "eu", "target": "us", "phase": phase})
+        assert resolve(d, "amy@acme.example").mailboxes[0].home_region == region, phase
+        assert resolve(d, "team@acme.example").mailboxes[0].home_region == region, phase
+
+
 def test_unknown_user_and_unhosted_domain(d):
     r = resolve(d, "nobody@acme.example")
     assert isinstance(r, Refused) and r.reason is Refusal.UNKNOWN_USER
