@@ -6,7 +6,7 @@ import hashlib
 import itertools
 import json
 
-from conftest import unique_domain
+from conftest import connect, unique_domain, wait_until
 
 from colony.bus import names
 
@@ -81,8 +81,6 @@ async def test_a_domain_without_a_class_of_service_gets_the_default_everywhere(m
     from colony import events as ev
     from colony.eventstore import EventStore
     from colony_mailstore.directory import Directory
-
-    from conftest import connect, wait_until
 
     default = "dflt-" + unique_domain("c")[2:12]
     monkeypatch.setenv("COLONY_DEFAULT_COS", default)
