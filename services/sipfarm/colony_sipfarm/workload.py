@@ -129,10 +129,19 @@ class SipWorkload:
         self.counters = SharedCounters(js, runtime.node_id, flush_interval=s.rate_counter_flush_interval)
         await self.counters.start(runtime.task_owner)
         loop = asyncio.get_running_loop()
-        self.udp, _ = await loop.create_datagram_endpoint(lambda: _Udp(self), local_addr=(s.host, s.sip_port))
-        port = self.udp.get_extra_info("sockname")[1]
-        # TCP on the same port number as UDP (phones expect both on one port).
-        self.server = await asyncio.start_server(self._connection, s.host, port, reuse_address=True)
+        for attempt in range(20):
+            self.udp, _ = await loop.create_datagram_endpoint(lambda: _Udp(self), local_addr=(s.host, s.sip_port))
+            port = self.udp.get_extra_info("sockname")[1]
+            # TCP on the same port number as UDP (phones expect both on one port).
+            try:
+                self.server = await asyncio.start_server(self._connection, s.host, port, reuse_address=True)
+                break
+            except OSError:
+                self.udp.close()
+                # With sip_port 0 the kernel chose a UDP port whose TCP twin is taken (an
+                # outgoing connection may hold it): choose again.  A fixed port is an error.
+                if s.sip_port != 0 or attempt == 19:
+                    raise
         listeners = {"sip": f"{s.advertised_host}:{port}"}
         listeners.update(await self._start_secure_listeners())
 
