@@ -17,7 +17,7 @@ import time
 import httpx
 import pytest
 
-from test_colony_up import all_ready, free_base_port, pid_alive, start_up, status_json, wait_for
+from test_colony_up import UP_LOGS, all_ready, free_base_port, pid_alive, start_up, status_json, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -53,19 +53,17 @@ class Provisioner(threading.Thread):
                     time.sleep(0.1)
 
 
-class Output(threading.Thread):
-    """Collects what `colony up` prints, so the test can wait for a line."""
+class Output:
+    """What `colony up` printed so far (start_up sends it to a file)."""
 
     def __init__(self, proc) -> None:
-        super().__init__(daemon=True)
-        self.proc, self.lines = proc, []
+        self.path = UP_LOGS[proc.pid]
 
-    def run(self) -> None:
-        for line in self.proc.stdout:
-            self.lines.append(line)
+    def text(self) -> str:
+        return self.path.read_text(errors="replace") if self.path.exists() else ""
 
     def has(self, text: str) -> bool:
-        return any(text in line for line in self.lines)
+        return text in self.text()
 
 
 def test_a_killed_bus_comes_back_and_nothing_acknowledged_is_lost(tmp_path):
@@ -73,7 +71,6 @@ def test_a_killed_bus_comes_back_and_nothing_acknowledged_is_lost(tmp_path):
     proc = start_up(data_dir, base, "--controllers", "2", "--mailstores", "1", "--edges", "1",
                     "--sipfarms", "0", "--admin-apis", "1", "--projectors", "1")
     out = Output(proc)
-    out.start()
     provisioner = None
     try:
         nodes = wait_for(lambda: all_ready(data_dir, INSTANCES), 120, f"{INSTANCES} READY instances")
@@ -125,7 +122,6 @@ def test_a_killed_bus_comes_back_and_nothing_acknowledged_is_lost(tmp_path):
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)
             proc.wait(60)
-        out.join(10)
-    text = "".join(out.lines)
+    text = out.text()
     assert proc.returncode == 0, text
     assert "no process left behind" in text
