@@ -267,6 +267,21 @@ class LiveServer:
 
 
 @pytest.fixture
+def make_live_server(nats_url, databases, tmp_path):
+    """Start live servers with Settings of one's own (``region=...``); stopped afterwards."""
+    started: list[LiveServer] = []
+
+    def start(**settings_: Any) -> LiveServer:
+        server = LiveServer(nats_url, databases.new(), tmp_path, **settings_).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
 def live_server(nats_url, databases, tmp_path) -> LiveServer:
     server = LiveServer(nats_url, databases.new(), tmp_path).start()
     yield server

@@ -73,20 +73,25 @@ def test_domain_account_cos_token_commands(live_server):
     assert usage.output.startswith("domain,account,storage_bytes")
 
 
-async def test_domain_move_follows_the_move_until_done_and_says_why_one_is_refused(nats_url, databases, tmp_path):
+async def test_domain_move_follows_the_move_until_done_and_says_why_one_is_refused(nats_url, make_live_server):
     """`colony domain move` asks, then prints each phase and the copy progress the controller
-    records until the move is done (the controller's events are appended here as it would)."""
+    records until the move is done (the controller's events are appended here as it would,
+    each one after the command has shown the previous)."""
     import asyncio
+    import sys
+    from pathlib import Path
 
-    from conftest import LiveServer, connect
+    import nats
 
     from colony import events as ev
     from colony.bus import names
+    from colony.bus.connection import connect_options
     from colony.eventstore import EventStore
+    from colony.settings import Settings
 
-    server = await asyncio.to_thread(
-        lambda: LiveServer(nats_url, databases.new(), tmp_path, region="eu", regions="eu,us",
-                           primary_region="eu").start())
+    server = await asyncio.to_thread(make_live_server, region="eu", regions="eu,us", primary_region="eu")
+    nc = await nats.connect(nats_url, **connect_options(Settings().nats_nkey_seed_file))  # the operator
+    proc = None
     try:
         d = f"mv-{uuid.uuid4().hex[:8]}.example"
         await asyncio.to_thread(run, server, "domain", "add", d, "--region", "eu")
@@ -94,40 +99,47 @@ async def test_domain_move_follows_the_move_until_done_and_says_why_one_is_refus
         refused = await asyncio.to_thread(lambda: run(server, "domain", "move", d, "ap", ok=False))
         assert refused.exit_code == 1 and "422" in refused.output and "'ap'" in refused.output
 
-        moving = asyncio.create_task(asyncio.to_thread(run, server, "domain", "move", d, "us", "--timeout", "60"))
-        nc = await connect(nats_url)
-        try:
-            store = EventStore(nc.jetstream(), names.STREAM_PROVISIONING)
-            subject = names.provisioning_subject(names.AGG_DOMAIN, d)
-            progress = names.provisioning_subject(names.AGG_DOMAIN_MOVE, d)
+        proc = await asyncio.create_subprocess_exec(
+            str(Path(sys.executable).parent / "colony"), "domain", "move", d, "us", "--api", server.url,
+            "--timeout", "120", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            env={**os.environ, "COLONY_TOKEN": server.sys_token, "PYTHONUNBUFFERED": "1"})
+        printed: list[str] = []
 
-            async def append(on: str, event: ev.Event) -> None:
-                stored = await store.read(on)
-                await store.append(on, [event.encode()], stored[-1].seq if stored else 0)
-                await asyncio.sleep(0.6)  # the CLI polls every 0.5 s: let it see each step
+        async def shows(text: str) -> None:
+            while not printed or text not in printed[-1]:
+                line = await asyncio.wait_for(proc.stdout.readline(), 60)
+                assert line, f"colony exited before printing {text!r}: {printed}"
+                printed.append(line.decode().rstrip())
 
-            while not (stored := await store.read(subject)) or not isinstance(ev.decode(stored[-1].data),
-                                                                                 ev.DomainMoveRequested):
-                await asyncio.sleep(0.05)
-            ids = {"domain": d, "move_id": ev.decode(stored[-1].data).move_id, "epoch": 1}
-            copied = dict(address=f"amy@{d}", source_messages=3, target_messages=3, source_digest="z",
-                          target_digest="z")
-            await append(subject, ev.DomainMoveRouting(**ids))
-            await append(subject, ev.DomainMoveCopying(**ids, accounts=[f"amy@{d}"]))
-            await append(progress, ev.DomainMoveAccountCopied(**ids, copy_pass=1, **copied))
-            await append(subject, ev.DomainMoveSealing(**ids))
-            await append(progress, ev.DomainMoveAccountCopied(**ids, copy_pass=2, **copied))
-            await append(subject, ev.DomainMoveFlipped(**ids, target="us"))
-            await append(subject, ev.DomainMoveDone(**ids))
-        finally:
-            await nc.close()
-        out = (await asyncio.wait_for(moving, 60)).output
-        assert f"{d}: eu -> us: requested" in out
-        assert "copying, pass 1: 1/1 accounts verified" in out and "sealing, pass 2: 1/1 accounts verified" in out
-        assert out.rstrip().endswith(f"{d}: eu -> us: done, pass 2: 1/1 accounts verified")
+        store = EventStore(nc.jetstream(), names.STREAM_PROVISIONING)
+        subject = names.provisioning_subject(names.AGG_DOMAIN, d)
+        progress = names.provisioning_subject(names.AGG_DOMAIN_MOVE, d)
+
+        async def append(on: str, event: ev.Event) -> None:
+            stored = await store.read(on)
+            await store.append(on, [event.encode()], stored[-1].seq if stored else 0)
+
+        await shows(f"{d}: eu -> us: requested")
+        move_id = ev.decode((await store.read(subject))[-1].data).move_id
+        ids = {"domain": d, "move_id": move_id, "epoch": 1}
+        copied = dict(address=f"amy@{d}", source_messages=3, target_messages=3, source_digest="z", target_digest="z")
+        steps = [(subject, ev.DomainMoveRouting(**ids), ": routing"),
+                 (subject, ev.DomainMoveCopying(**ids, accounts=[f"amy@{d}"]), "copying, pass 1: 0/1 accounts"),
+                 (progress, ev.DomainMoveAccountCopied(**ids, copy_pass=1, **copied), "copying, pass 1: 1/1 accounts"),
+                 (subject, ev.DomainMoveSealing(**ids), "sealing, pass 2: 0/1 accounts"),
+                 (progress, ev.DomainMoveAccountCopied(**ids, copy_pass=2, **copied), "sealing, pass 2: 1/1 accounts"),
+                 (subject, ev.DomainMoveFlipped(**ids, target="us"), "flipped"),
+                 (subject, ev.DomainMoveDone(**ids), f"{d}: eu -> us: done, pass 2: 1/1 accounts verified")]
+        for on, event, then in steps:
+            await append(on, event)
+            await shows(then)
+        assert await asyncio.wait_for(proc.wait(), 60) == 0, printed
         shown = await asyncio.to_thread(run, server, "domain", "show", d, "--json")
         assert '"home_region": "us"' in shown.output
         status = await asyncio.to_thread(run, server, "domain", "move-status", d)
         assert "done" in status.output
     finally:
-        await asyncio.to_thread(server.stop)
+        if proc is not None and proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        await nc.close()
