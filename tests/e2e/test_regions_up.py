@@ -202,6 +202,27 @@ def test_mail_for_eu_accepted_in_us_lands_in_eu_also_across_a_cut(regions):
     assert sip_over_udp(us_sip, register("lee@us.example", "r2")).startswith("SIP/2.0 401")
     assert sip_over_udp(eu_sip, register("kim@eu.example", "r3")).startswith("SIP/2.0 401")
 
+    # A message too large to travel inline in MAIL (over mail_inline_max_bytes) still reaches
+    # eu: object stores do not cross regions, so the us edge carries the body in the job.
+    big = EmailMessage()
+    big["From"], big["To"], big["Subject"] = "bob@remote.test", "kim@eu.example", "large"
+    big.set_content("large")
+    big.add_attachment(os.urandom(1024 * 1024), maintype="application", subtype="octet-stream")
+    with smtplib.SMTP("127.0.0.1", us_smtp, timeout=120) as s:
+        s.send_message(big)
+    wait_for(lambda: len(bodies(eu, "eu.example")) >= 11, 180, "the large message in eu's store")
+    assert max(p.stat().st_size for p in bodies(eu, "eu.example")) > 1024 * 1024
+    # One larger than a MAIL job can carry gets a clear permanent refusal, not a 250 eu cannot read.
+    huge = EmailMessage()
+    huge["From"], huge["To"], huge["Subject"] = "bob@remote.test", "kim@eu.example", "huge"
+    huge.set_content("huge")
+    huge.add_attachment(os.urandom(5 * 1024 * 1024), maintype="application", subtype="octet-stream")
+    with smtplib.SMTP("127.0.0.1", us_smtp, timeout=120) as s:
+        with pytest.raises(smtplib.SMTPDataError) as refused:
+            s.send_message(huge)
+    assert refused.value.smtp_code == 552 and b"another region" in refused.value.smtp_error
+    assert len(bodies(eu, "eu.example")) == 11
+
 
 def test_controller_failover_in_one_region_leaves_the_other_alone(regions):
     from test_colony_up import status_json

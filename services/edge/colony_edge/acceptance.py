@@ -43,6 +43,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from colony.bus import names
 from colony.contracts.mail import InboundMail, MailBodyRef, MailRecipient
+from colony.protocols.smtp import Reply
 from colony.settings import Settings
 from colony.telemetry import inject_headers
 from colony_edge.smtp_policy import IncomingMessage, SmtpSession
@@ -51,7 +52,22 @@ log = logging.getLogger("colony.edge.acceptance")
 
 
 class AcceptanceFailed(Exception):
-    pass
+    """The message was not made durable.  ``reply``: the answer when it is not the default
+    451 (a message that can never be accepted here gets a permanent one)."""
+
+    def __init__(self, message: str, reply: Reply | None = None) -> None:
+        super().__init__(message)
+        self.reply = reply
+
+
+# A body for another region travels inline in its MAIL job: object stores are region-local
+# (``$O.>`` does not cross the links between regions), so a body_ref would name an object the
+# home region's mail stores cannot read.  Inline, base64 and the envelope must fit MAIL's
+# 8 MiB messages: 4 MiB of message does.
+CROSS_REGION_MAX_BYTES = 4 * 1024 * 1024
+TOO_BIG_FOR_HOME_REGION = Reply(
+    552, "5.3.4", f"Message too big for a domain served in another region (at most {CROSS_REGION_MAX_BYTES} octets here)",
+    "size_cross_region")
 
 
 class SmtpMetrics:
@@ -131,12 +147,19 @@ class MailAcceptor:
             trace_id = span.get_span_context().trace_id
             head = self._head(session, message, message_id, format(trace_id, "032x") if trace_id else None)
             size = len(head) + message.size
-            body, ref = None, None
-            if size <= self.settings.mail_inline_max_bytes:
-                body = head + message.spool.read_bytes()
-            else:
-                ref = await self.put_body(message_id, head, message.spool)
             by_domain = self._group(session)
+            local = self.settings.region
+            one_region = len(self.settings.region_list) <= 1
+            def here(region: str) -> bool:
+                return one_region or region == local
+            foreign = any(not here(region) for region, _ in by_domain)
+            if foreign and size > CROSS_REGION_MAX_BYTES:
+                raise AcceptanceFailed(f"{message_id}: {size} octets for another region", TOO_BIG_FOR_HOME_REGION)
+            body, ref = None, None
+            if size <= self.settings.mail_inline_max_bytes or foreign:
+                body = head + message.spool.read_bytes()
+            if size > self.settings.mail_inline_max_bytes and any(here(region) for region, _ in by_domain):
+                ref = await self.put_body(message_id, head, message.spool)
             received_at = datetime.now(UTC)
             headers = inject_headers()
             publishes = []
@@ -145,7 +168,10 @@ class MailAcceptor:
                     at=received_at, message_id=message_id, domain=domain, mail_from=mail.address,
                     recipients=recipients, body_type=mail.body, smtputf8=mail.smtputf8, ret=mail.ret,
                     envid=mail.envid, size=size, edge_node=self.node_id, client_ip=session.peer_ip,
-                    helo=session.helo, tls=session.tls, body=body, body_ref=ref,
+                    helo=session.helo, tls=session.tls,
+                    # Local groups of a large message share one stored body; other regions' carry it.
+                    body=body if ref is None or not here(region) else None,
+                    body_ref=ref if here(region) else None,
                     special_use=session.notes.get("special_use"))
                 # The first recipient's partition: its owner fetches the job (others, if any,
                 # are forwarded by it to their owners).

@@ -243,8 +243,9 @@ class _Session:
                 with trace.use_span(self._span or trace.INVALID_SPAN, end_on_exit=False):
                     message_id = await self.server.acceptor.accept(info, message)
             except AcceptanceFailed as exc:
-                log.error("smtp %s: message not made durable, answering 451: %s", info.id, exc)
-                await self._answer("data", R.TEMPORARY_FAILURE, R.QUEUED, False)
+                reply = exc.reply or R.TEMPORARY_FAILURE
+                log.error("smtp %s: message not made durable, answering %d: %s", info.id, reply.code, exc)
+                await self._answer("data", reply, R.QUEUED, False)
             else:
                 await self._answer("data", None, Reply(250, "2.0.0", f"OK queued as {message_id}"), True)
         self.discard_spool()
