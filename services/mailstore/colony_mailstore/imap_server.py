@@ -6,7 +6,8 @@ Listeners, both inner (the edge faces clients and ends TLS):
   authenticated and hands over (``colony.contracts.handoff``): the first line is the signed
   hand-off; the store answers one untagged line, ``OK [CAPABILITY ...]`` (the edge sends it
   tagged as its LOGIN answer) or ``NO [UNAVAILABLE] NOT-OWNER ...``, and the session goes on
-  in the authenticated state;
+  in the authenticated state; a signed ``export`` line instead is another store pulling an
+  account's mail (a domain move), served by ``export.AccountExporter``;
 * ``imap-direct`` (only with ``imap_direct_login``): a plain IMAP server whose LOGIN /
   AUTHENTICATE PLAIN are checked through the auth contract (service ``imap``), for tools
   and tests on a trusted network.
@@ -42,11 +43,13 @@ from colony.protocols.imap import session as S
 from colony.protocols.imap.shared import PREFIX as SHARED_PREFIX, CompositeStore
 from colony.storage.mailbox import AccountMail
 from colony_mailstore.accounts import AccountManager, NotOwner, OpenAccount
+from colony_mailstore.export import AccountExporter
 from colony_mailstore.sharing import RemoteView, Sharing, grantees
 
 log = logging.getLogger("colony.mailstore.imap")
 
 READ_CHUNK = 64 * 1024
+EXPORT_LINE = b"COLONY-HANDOFF 1 export "
 _CHECK = 0.5            # seconds between the watch's rounds (drain and lease loss are noticed this fast)
 _HANDOFF_TIMEOUT = 10.0
 RECENT_ACCOUNTS = 10_000  # accounts whose \Recent marks are remembered
@@ -103,8 +106,9 @@ class ImapServer:
     def __init__(self, accounts: AccountManager, route: Route, node_id: str, idle_timeout: float,
                  accepting: Callable[[], bool], verifier: Verifier | None = None, auth: AuthClient | None = None,
                  registry: CollectorRegistry | None = None, clock: Callable[[], float] = time.monotonic,
-                 sharing: Sharing | None = None) -> None:
+                 sharing: Sharing | None = None, exporter: AccountExporter | None = None) -> None:
         self.accounts = accounts
+        self.exporter = exporter   # export lines on imap-inner (colony.contracts.account_export)
         self.sharing = sharing     # shared folders (None: the user's own mail only)
         self.route = route
         self.node_id = node_id
@@ -172,6 +176,10 @@ class ImapServer:
         try:
             line = await asyncio.wait_for(reader.readuntil(b"\n"), _HANDOFF_TIMEOUT)
         except (asyncio.LimitOverrunError, asyncio.TimeoutError, asyncio.IncompleteReadError):
+            return None
+        if self.exporter is not None and line.startswith(EXPORT_LINE):
+            # another store pulling an account (a domain move): not a session
+            await self.exporter.serve(line, reader, writer)
             return None
         try:
             handoff = self.verifier.verify(line[:MAX_LINE + 1], "imap")

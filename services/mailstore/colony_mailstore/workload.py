@@ -25,6 +25,7 @@ from colony.settings import Settings
 from colony_mailstore.accounts import AccountManager
 from colony_mailstore.delivery import Delivery
 from colony_mailstore.directory import Directory
+from colony_mailstore.export import AccountExporter
 from colony_mailstore.metrics import MailstoreMetrics
 from colony_mailstore.partitions import PartitionRunners
 from colony_mailstore.imap_server import ImapServer
@@ -106,7 +107,9 @@ class MailstoreWorkload:
                                GrantIndex(await js.key_value(names.BUCKET_ACL_GRANTS)), lambda: self.accepting)
         self.imap = ImapServer(self.accounts, self.delivery.claim, runtime.node_id, settings.imap_idle_timeout,
                                lambda: self.accepting, verifier, AuthClient(runtime.nc), runtime.metrics.registry,
-                               sharing=self.sharing)
+                               sharing=self.sharing,
+                               exporter=AccountExporter(self.accounts, verifier, runtime.metrics.registry)
+                               if verifier is not None else None)
         self.sharing.marks_for = self.imap.marks_for
         # Grantees' calls on this store's accounts' shared folders (sharing.py).
         self._shared_sub = await runtime.nc.subscribe(names.mailstore_shared_subject(runtime.node_id),

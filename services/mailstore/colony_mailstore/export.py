@@ -1,0 +1,130 @@
+"""The source's side of ``colony.contracts.account_export``: one account's mail, read-only.
+
+A signed ``export`` line arrives on ``imap-inner`` (``ImapServer`` passes it here).  The state
+sent is the owner's live state taken under the account's lock when this store has the account
+open (users work in the source until the move seals it), else what the committed journal says
+(``read_state``: what the next owner would rebuild).  Nothing here changes the account, so an
+interrupted pull costs nothing but a repeat.  A body is sent only if the sent state refers to
+it; one the owner collected meanwhile (expunged between the state and the request) is answered
+``NO`` and the pull fails, to be repeated against a newer state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import orjson
+from prometheus_client import CollectorRegistry, Counter
+
+from colony.contracts import account_export as X
+from colony.contracts.handoff import MAX_LINE, HandoffError, Verifier
+from colony.storage import transfer
+from colony.storage.layout import find_account
+from colony.storage.mailbox import MailState, read_state
+from colony_mailstore.accounts import AccountManager, split_address
+
+log = logging.getLogger("colony.mailstore.export")
+
+REQUEST_TIMEOUT = 60.0   # seconds the puller may think between requests
+
+
+class ExportMetrics:
+    def __init__(self, registry: CollectorRegistry | None) -> None:
+        registry = registry if registry is not None else CollectorRegistry()
+        self.exports = Counter("colony_mailstore_account_exports", "Account exports (domain moves), by result.",
+                               ["result"], registry=registry)
+        self.octets = Counter("colony_mailstore_account_export_octets", "Body octets sent by account exports.",
+                              registry=registry)
+
+
+class AccountExporter:
+    def __init__(self, accounts: AccountManager, verifier: Verifier, registry: CollectorRegistry | None = None) -> None:
+        self.accounts, self.verifier = accounts, verifier
+        self.metrics = ExportMetrics(registry)
+
+    async def serve(self, line: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request = self.verifier.verify(line[:MAX_LINE + 1], X.PROTO)
+        except HandoffError as exc:
+            log.warning("refused an export from %s: %s", writer.get_extra_info("peername"), exc)
+            writer.write(b"NO Bad export request\r\n")
+            self.metrics.exports.labels("refused").inc()
+            return
+        found = await self._state(request.account)
+        if found is None:
+            writer.write(b"NO No such account here\r\n")
+            self.metrics.exports.labels("unknown").inc()
+            return
+        state, bodies_dir = found
+        try:
+            source = await asyncio.to_thread(transfer.source_digest, state, lambda n: (bodies_dir / n).read_bytes())
+        except OSError:
+            writer.write(b"NO The account changed while it was read; pull again\r\n")
+            self.metrics.exports.labels("changed").inc()
+            return
+        payload = orjson.dumps({"state": state.to_json(), "messages": source.messages, "digest": source.sha256})
+        writer.write(b"STATE %d\r\n" % len(payload))
+        writer.write(payload)
+        await writer.drain()
+        log.info("export of %s: %d messages, journal position %d", request.account, source.messages, state.seq)
+        result = "ok"
+        while True:
+            try:
+                raw = await asyncio.wait_for(reader.readuntil(b"\n"), REQUEST_TIMEOUT)
+            except (asyncio.IncompleteReadError, asyncio.TimeoutError):
+                break
+            except asyncio.LimitOverrunError:
+                result = "bad-request"
+                break
+            try:
+                verb, name = X.parse_request(raw[:X.MAX_REQUEST])
+            except ValueError:
+                writer.write(b"NO Bad request\r\n")
+                result = "bad-request"
+                break
+            if verb == "DONE":
+                break
+            if name not in state.body_refs:
+                writer.write(b"NO No such body in the exported state\r\n")
+                await writer.drain()
+                continue
+            if not await self._send_body(bodies_dir / name, writer):
+                writer.write(b"NO The body is gone (expunged meanwhile); pull again\r\n")
+                await writer.drain()
+        self.metrics.exports.labels(result).inc()
+
+    async def _send_body(self, path: Path, writer: asyncio.StreamWriter) -> bool:
+        try:
+            f = open(path, "rb")
+        except OSError:
+            return False
+        with f:
+            size = f.seek(0, 2)
+            f.seek(0)
+            writer.write(b"BODY %d\r\n" % size)
+            left = size
+            while left:
+                # a file that shrank under us cannot happen (bodies are written once, then
+                # only deleted, and an open file keeps its octets)
+                chunk = await asyncio.to_thread(f.read, min(X.CHUNK, left))
+                writer.write(chunk)
+                left -= len(chunk)
+                await writer.drain()
+        self.metrics.octets.inc(size)
+        return True
+
+    async def _state(self, address: str) -> tuple[MailState, Path] | None:
+        acct = self.accounts.open.get(address)
+        if acct is not None:
+            async with acct.lock:
+                # a copy through JSON: the owner's state changes as soon as the lock is released
+                return MailState.from_json(acct.mail.state.to_json()), acct.mail.bodies_dir
+        name, domain = split_address(address)
+        layout = await self.accounts.directory.layout(domain)
+        found = await asyncio.to_thread(find_account, self.accounts.root, domain, name, layout)
+        if found is None:
+            return None
+        mail_dir = found[0].mail_dir
+        return await asyncio.to_thread(read_state, mail_dir), mail_dir / "bodies"
