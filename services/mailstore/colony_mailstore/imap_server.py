@@ -50,6 +50,7 @@ log = logging.getLogger("colony.mailstore.imap")
 
 READ_CHUNK = 64 * 1024
 EXPORT_LINE = b"COLONY-HANDOFF 1 export "
+SEALED_BYE = "[UNAVAILABLE] This mailbox is being moved to another region; reconnect shortly"
 _CHECK = 0.5            # seconds between the watch's rounds (drain and lease loss are noticed this fast)
 _HANDOFF_TIMEOUT = 10.0
 RECENT_ACCOUNTS = 10_000  # accounts whose \Recent marks are remembered
@@ -316,8 +317,8 @@ class ImapServer:
 
     async def watch(self) -> None:
         """One loop for all sessions (run by the workload): sessions of an account this store
-        no longer holds (lost, released, draining) are told to say BYE, and accounts with open
-        sessions are kept from idle release."""
+        no longer holds (lost, released, draining) or whose domain's move is sealing are told
+        to say BYE, and accounts with open sessions are kept from idle release."""
         next_shared = 0.0
         while True:
             draining = not self.accepting()
@@ -333,6 +334,14 @@ class ImapServer:
                             conn.leave = why
                             conn.wake.set()
                     continue
+                if await self.accounts.directory.sealed(account):
+                    # The domain's move is in its last pass: the source's copy must stop
+                    # changing, so its sessions end (the move waits for none to be left).
+                    for conn in conns:
+                        if conn.leave is None:
+                            conn.leave = SEALED_BYE
+                            conn.wake.set()
+                    continue
                 acct = self.accounts.open.get(account)
                 if acct is not None:
                     acct.last_used = self.accounts.clock()
@@ -342,6 +351,11 @@ class ImapServer:
                         if conn.session.idling and mailbox and mailbox.startswith(SHARED_PREFIX):
                             conn.wake.set()
             await asyncio.sleep(_CHECK)
+
+    def sessions_of_domain(self, domain: str) -> int:
+        """Open sessions of the domain's accounts here (a move seals only when none is left)."""
+        suffix = "@" + domain.lower()
+        return sum(len(conns) for account, conns in self._conns.items() if account.lower().endswith(suffix))
 
     def marks_for(self, account: str) -> S.RecentMarks:
         """The account's \\Recent marks (shared folders' calls use the owner's)."""

@@ -52,6 +52,12 @@ class Pop3InnerServer:
         self.accepting = accepting
         self.clock = clock
         self.sessions = 0
+        self._by_account: dict[str, int] = {}   # account -> its POP3 sessions here
+
+    def sessions_of_domain(self, domain: str) -> int:
+        """Open sessions of the domain's accounts here (a move seals only when none is left)."""
+        suffix = "@" + domain.lower()
+        return sum(n for account, n in self._by_account.items() if account.lower().endswith(suffix))
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.sessions += 1
@@ -102,11 +108,15 @@ class Pop3InnerServer:
         log.info("POP3 session %s for %s from %s", handoff.session, account, handoff.client_ip)
         closed = asyncio.Event()
         acct.sessions += 1             # never released as idle while we use it
+        self._by_account[account] = self._by_account.get(account, 0) + 1
         acct.on_close.append(closed.set)  # a change of owner ends the session at once
         try:
             await self._run(core, acct, uids, reader, writer, closed)
         finally:
             acct.sessions -= 1
+            left = self._by_account.pop(account) - 1
+            if left:
+                self._by_account[account] = left
             with contextlib.suppress(ValueError):
                 acct.on_close.remove(closed.set)
             await self._usage(account, self.clock() - started)
@@ -131,6 +141,11 @@ class Pop3InnerServer:
                 if event is None:
                     if closed.is_set() or not self._still_ours(acct):
                         core.goodbye()
+                        continue
+                    if await self.accounts.directory.sealed(acct.address):
+                        # the domain's move is in its last pass: the source's copy must stop
+                        # changing, so the session ends and its deletions are not applied
+                        core.goodbye("[SYS/TEMP] This mailbox is being moved to another region; nothing deleted")
                         continue
                     out = core.data_to_send()
                     if out:

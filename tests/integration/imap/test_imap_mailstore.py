@@ -273,3 +273,37 @@ async def test_a_handoff_for_a_domain_whose_move_is_sealing_is_refused_until_it_
         return (await asyncio.to_thread(attempt, "imap")).startswith(b"OK [CAPABILITY")
 
     await wait_until(accepted, 30, "IMAP hand-off accepted after the flip")
+
+
+async def test_sealing_a_domains_move_ends_its_open_imap_and_pop3_sessions(imap):
+    """The move's last pass needs the source's copy to stop changing: sessions already open
+    when the domain's move reaches ``sealing`` end (IMAP ``* BYE``, POP3 ``-ERR`` without
+    applying its deletions), so the controller sees none left and can copy the last time."""
+    import orjson
+
+    world, host, port, view, secret = imap
+    key = handoff.load_secret(secret)
+    imap_sock = await asyncio.to_thread(socket.create_connection, (host, port), 30)
+    pop_host, _, pop_port = view.addresses["pop3-inner"].rpartition(":")
+    pop_sock = await asyncio.to_thread(socket.create_connection, (pop_host, int(pop_port)), 30)
+    try:
+        await asyncio.to_thread(_read_until, imap_sock, b"\r\n", 30)
+        imap_sock.sendall(f"a LOGIN {BOB} {PASSWORD}\r\nb SELECT INBOX\r\nc IDLE\r\n".encode())
+        assert b"+ idling" in await asyncio.to_thread(_read_until, imap_sock, b"+ idling", 30)
+        pop_sock.sendall(handoff.sign(key, "pop3", BOB, "198.51.100.7", int(time.time() * 1000)))
+        assert (await asyncio.to_thread(_read_until, pop_sock, b"\r\n", 30)).startswith(b"+OK")
+        pop_sock.sendall(b"DELE 1\r\n")
+        assert b"+OK" in await asyncio.to_thread(_read_until, pop_sock, b"\r\n", 30)
+
+        entry = {"kind": "domain", "name": DOMAIN, "storage": {"account_foldering": "none"},
+                 "move": {"move_id": "m1", "source": "", "target": "us", "phase": "sealing"}}
+        await world.directory.put(names.directory_key(names.AGG_DOMAIN, DOMAIN), orjson.dumps(entry))
+
+        imap_data = await asyncio.to_thread(_read_until, imap_sock, b"* BYE", 60)
+        assert b"* BYE [UNAVAILABLE]" in imap_data and b"moved to another region" in imap_data, imap_data
+        pop_data = await asyncio.to_thread(_read_until, pop_sock, b"\r\n", 60)
+        assert pop_data.startswith(b"-ERR [SYS/TEMP]") and b"nothing deleted" in pop_data, pop_data
+        assert len(world.state(BOB).box("INBOX").messages) == 3     # the DELE was not applied
+    finally:
+        imap_sock.close()
+        pop_sock.close()
