@@ -83,8 +83,16 @@ class ExportClient:
             asyncio.open_connection(self.host, self.port), self.timeout)
         self._writer.write(sign(self.secret, PROTO, self.account, "-", int(time.time() * 1000)))
         size = await self._sized(b"STATE", self.max_state)
-        data = orjson.loads(await self._read(size))
-        return Exported(MailState.from_json(data["state"]), transfer.Digest(data["messages"], data["digest"]))
+        raw = await self._read(size)
+
+        def decode() -> Exported:    # in a thread: a large account's state must not stall the loop
+            try:
+                data = orjson.loads(raw)
+                return Exported(MailState.from_json(data["state"]), transfer.Digest(data["messages"], data["digest"]))
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                raise ExportError(f"the source's state does not parse: {exc!r}") from exc
+
+        return await asyncio.to_thread(decode)
 
     async def body(self, name: str) -> bytes:
         assert self._writer is not None

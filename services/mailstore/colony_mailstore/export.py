@@ -58,17 +58,21 @@ class AccountExporter:
             self.metrics.exports.labels("unknown").inc()
             return
         state, bodies_dir = found
+
+        def describe() -> bytes:
+            source = transfer.source_digest(state, lambda n: (bodies_dir / n).read_bytes())
+            return orjson.dumps({"state": state.to_json(), "messages": source.messages, "digest": source.sha256})
+
         try:
-            source = await asyncio.to_thread(transfer.source_digest, state, lambda n: (bodies_dir / n).read_bytes())
+            payload = await asyncio.to_thread(describe)
         except OSError:
             writer.write(b"NO The account changed while it was read; pull again\r\n")
             self.metrics.exports.labels("changed").inc()
             return
-        payload = orjson.dumps({"state": state.to_json(), "messages": source.messages, "digest": source.sha256})
         writer.write(b"STATE %d\r\n" % len(payload))
         writer.write(payload)
         await writer.drain()
-        log.info("export of %s: %d messages, journal position %d", request.account, source.messages, state.seq)
+        log.info("export of %s: %d messages, journal position %d", request.account, state.messages_total, state.seq)
         result = "ok"
         while True:
             try:
@@ -120,7 +124,9 @@ class AccountExporter:
         if acct is not None:
             async with acct.lock:
                 # a copy through JSON: the owner's state changes as soon as the lock is released
-                return MailState.from_json(acct.mail.state.to_json()), acct.mail.bodies_dir
+                # (in a thread: a large account's copy must not stall the loop)
+                copy = await asyncio.to_thread(lambda: MailState.from_json(acct.mail.state.to_json()))
+                return copy, acct.mail.bodies_dir
         name, domain = split_address(address)
         layout = await self.accounts.directory.layout(domain)
         found = await asyncio.to_thread(find_account, self.accounts.root, domain, name, layout)
