@@ -8,8 +8,8 @@ treat that like a missing key.  Tokens and a domain move's per-account progress
 (``domain_move.<d>``) are not in the directory.
 
 All projectors (``colony_admin.projector``) share one durable consumer, so each event is
-handled once somewhere (in batches: a creation event is written as is, pipelined; any other event makes
-us read the aggregate back and write its newest state).  Two projectors may still race on one key (events of one aggregate handled by
+handled once somewhere (in batches: a creation event is written as is and a deletion as the deleted marker,
+pipelined; any other event makes us read the aggregate back and write its newest state).  Two projectors may still race on one key (events of one aggregate handled by
 different projectors), so every write is a compare-and-set that only moves ``seq`` forward:
 the directory never goes back to an older state.
 """
@@ -32,9 +32,8 @@ from nats.js.kv import KeyValue
 from colony import events as ev
 from colony.tasks import keep_running
 from colony.bus import names
-from colony.bus.permissions import kv_stream
 from colony.bus.tokens import from_token
-from colony.eventstore import ConcurrencyConflict, EventStore
+from colony.eventstore import EXPECTED_LAST_SUBJECT_SEQUENCE, EventStore
 from colony_admin import aggregates
 from colony_admin.projections.pull import PullBatches, stream_seq
 
@@ -43,10 +42,13 @@ log = logging.getLogger("colony.admin.directory")
 DURABLE = "admin-directory"
 _SECRET_FIELDS = ("password_hash", "sip_ha1", "secret_sha256")
 _SUBJECT_PREFIX = "colony.prov."
+_ACK_TIMEOUT = 5.0  # seconds for a batch's pipelined first writes; late ones are settled one by one
 
 
 _CREATIONS = (ev.DomainCreated, ev.AccountCreated, ev.AliasCreated, ev.DomainAliasCreated, ev.CosCreated,
               ev.ApiTokenCreated)
+# Every one of these folds to None (``aggregates.apply``), whatever the aggregate held before.
+_DELETIONS = (ev.DomainDeleted, ev.DomainAliasDeleted, ev.AccountDeleted, ev.AliasDeleted, ev.CosDeleted)
 
 
 def _json(value: dict[str, Any]) -> bytes:
@@ -76,7 +78,6 @@ class DirectoryProjection:
         self.nc, self.js, self.store, self._batch = nc, js, store, batch
         self._gate = gate  # cleared: finish the batch in hand, take no new one (a drained projector)
         self.in_flight = 0  # events of the batch being written (a projector's active work)
-        self._kv_stream = EventStore(js, kv_stream(names.BUCKET_DIRECTORY))
         self._kv: KeyValue | None = None
 
     async def run(self) -> None:
@@ -116,28 +117,70 @@ class DirectoryProjection:
         others: list[str] = []
         for subject, group in by_subject.items():
             try:
-                event = ev.decode(group[0].data) if len(group) == 1 else None
+                # The batch's last event of the subject: a deletion ends the aggregate whatever
+                # came before it, a creation alone in the batch is its whole state.
+                event = ev.decode(group[-1].data)
             except ev.UnknownEvent as exc:
                 # A newer producer's event: say so and leave the key alone rather than guess
                 # (and rather than stall the directory on one message forever).
                 log.error("directory: skipping %s: %s", subject, exc)
                 continue
-            if event is not None and isinstance(event, _CREATIONS):
-                # A creation is the whole state: no need to read the aggregate back.
+            if isinstance(event, _DELETIONS) or (len(group) == 1 and isinstance(event, _CREATIONS)):
+                # No need to read the aggregate back (a bulk import fences every new domain's
+                # name with a deletion on its domain-alias subject: reading each of those back
+                # cost a stream read per domain and halved the import's visible rate).
                 kind, name = parse_subject(subject)
-                entry = directory_entry(kind, name, aggregates.apply(None, event), stream_seq(group[0]))
+                state = None if isinstance(event, _DELETIONS) else aggregates.apply(None, event)
+                entry = directory_entry(kind, name, state, stream_seq(group[-1]))
                 if entry is not None:
                     fresh.append(entry)
             else:
                 others.append(subject)
         if fresh:
-            results = await self._kv_stream.create_many(
-                [(names.kv_subject(names.BUCKET_DIRECTORY, key), _json(value)) for key, value in fresh])
+            written = await self._create_many(fresh)
             await asyncio.gather(*(self._put_forward(key, value)
-                                   for (key, value), r in zip(fresh, results, strict=True)
-                                   if isinstance(r, ConcurrencyConflict)))
+                                   for (key, value), ok in zip(fresh, written, strict=True) if not ok))
         # Only the newest state of each aggregate matters: one write per subject per batch.
         await asyncio.gather(*(self._publish(subject) for subject in others))
+
+    async def _create_many(self, entries: list[tuple[str, dict[str, Any]]]) -> list[bool]:
+        """Write each entry as a new key, pipelined on one reply subscription (expected last
+        subject sequence 0); per entry, whether that write landed.  Anything else (the key
+        exists -- a deletion marker over a live entry --, a lost ack, an error) is settled by
+        ``_put_forward``, which only moves ``seq`` forward, so settling twice is harmless.
+
+        Not ``EventStore.create_many``: its settling reads the subject back with direct gets,
+        which the directory bucket's stream does not allow (no responders)."""
+        nc = self.nc
+        loop = asyncio.get_running_loop()
+        inbox = nc.new_inbox()
+        acks: list[asyncio.Future[bytes]] = [loop.create_future() for _ in entries]
+
+        async def on_ack(msg) -> None:
+            future = acks[int(msg.subject.rsplit(".", 1)[1])]
+            if not future.done():
+                future.set_result(msg.data or b"{}")
+
+        sub = await nc.subscribe(f"{inbox}.*", cb=on_ack)
+        try:
+            for i, (key, value) in enumerate(entries):
+                await nc.publish(names.kv_subject(names.BUCKET_DIRECTORY, key), _json(value), reply=f"{inbox}.{i}",
+                                 headers={EXPECTED_LAST_SUBJECT_SEQUENCE: "0"})
+            await asyncio.wait(acks, timeout=_ACK_TIMEOUT)
+            written = []
+            for future in acks:
+                if not future.done():
+                    future.cancel()
+                    written.append(False)
+                    continue
+                try:
+                    ack = orjson.loads(future.result())
+                except orjson.JSONDecodeError:
+                    ack = {}
+                written.append("seq" in ack and "error" not in ack)
+            return written
+        finally:
+            await sub.unsubscribe()
 
     async def _publish(self, subject: str) -> None:
         kind, name = parse_subject(subject)

@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import JSON, Connection, Table, delete, insert, select, update
+from sqlalchemy import JSON, Column, Connection, Table, delete, insert, select, update
 
 from colony import events as ev
 from colony.bus.tokens import normalise_domain
@@ -64,15 +64,27 @@ def apply_provisioning(conn: Connection, batch: Batch) -> int:
     done, fresh = _fresh(conn, READ_MODEL, batch)
     # Runs of creations become one multi-row INSERT per table (what bulk imports produce);
     # anything else is applied one by one, after flushing, so stream order is kept.
+    # Runs of deletions likewise become one DELETE ... IN per key column (a bulk import fences
+    # each new domain's name with a deletion on its domain-alias subject: one statement per
+    # domain cost more than inserting the domain and its accounts).
     inserts: dict[Table, list[dict[str, Any]]] = {}
+    deletes: dict[Column, list[str]] = {}
     for seq, event in fresh:
         row = _creation_row(seq, event)
         if row is not None:
+            _flush_deletes(conn, deletes)
             inserts.setdefault(row[0], []).append(row[1])
             continue
+        key = _deletion_key(event)
+        if key is not None:
+            _flush(conn, inserts)
+            deletes.setdefault(key[0], []).append(key[1])
+            continue
         _flush(conn, inserts)
+        _flush_deletes(conn, deletes)
         _apply_one(conn, seq, event)
     _flush(conn, inserts)
+    _flush_deletes(conn, deletes)
     if fresh:
         _advance(conn, READ_MODEL, done, fresh[-1][0])
     return len(fresh)
@@ -93,6 +105,31 @@ def _creation_row(seq: int, e: ev.Event) -> tuple[Table, dict[str, Any]] | None:
                                    secret_sha256=e.secret_sha256, revoked=False, created_by=e.created_by,
                                    created_at=e.at, version=seq)
     return None
+
+
+def _deletion_key(e: ev.Event) -> tuple[Column, str] | None:
+    """The row a deletion removes, as (key column, value); None for any other event."""
+    if isinstance(e, ev.DomainAliasDeleted):
+        return db.domain_aliases.c.name, e.alias
+    if isinstance(e, ev.DomainDeleted):
+        return db.domains.c.name, e.domain
+    if isinstance(e, ev.AccountDeleted):
+        return db.accounts.c.address, e.address
+    if isinstance(e, ev.AliasDeleted):
+        return db.aliases.c.address, e.address
+    if isinstance(e, ev.CosDeleted):
+        return db.classes_of_service.c.name, e.name
+    return None
+
+
+_DELETE_CHUNK = 500  # values per IN list: well under any SQLite build's bound-parameter limit
+
+
+def _flush_deletes(conn: Connection, deletes: dict[Column, list[str]]) -> None:
+    for column, keys in deletes.items():
+        for i in range(0, len(keys), _DELETE_CHUNK):
+            conn.execute(delete(column.table).where(column.in_(keys[i:i + _DELETE_CHUNK])))
+    deletes.clear()
 
 
 def _flush(conn: Connection, inserts: dict[Table, list[dict[str, Any]]]) -> None:
