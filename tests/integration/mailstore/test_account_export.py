@@ -71,6 +71,28 @@ async def test_pull_copy_repeat_catch_up_and_verify(source, tmp_path):
         target.close()
 
 
+async def test_a_pull_broken_off_midway_is_finished_by_pulling_again(source, tmp_path):
+    world, host, port, secret = source
+    ids = [await world.publish([BOB], size=1000 * (i + 1)) for i in range(4)]
+    await wait_until(lambda: asyncio.sleep(0, world.stored_ids(BOB) == {i: 1 for i in ids}), 60,
+                     "four messages in bob's INBOX")
+    target = AccountMail(tmp_path / "target" / "bob", epoch=1)
+    target.open()
+    try:
+        # the puller takes bodies up to the second-largest only: the largest breaks the pull off
+        sizes = sorted(m.size for m in world.state(BOB).box("INBOX").messages.values())
+        with pytest.raises(X.ExportError):
+            await X.pull_into(X.ExportClient(host, port, secret, BOB, max_body=sizes[-2]), target, batch=1)
+        partial = len(target.state.box("INBOX").messages)
+        assert partial < 4
+        done = await X.pull_into(X.ExportClient(host, port, secret, BOB), target, batch=1)
+        assert done.verified and done.source.messages == 4
+        assert done.merge.appended == 4 - partial
+        assert len(target.state.box("INBOX").messages) == 4
+    finally:
+        target.close()
+
+
 async def test_forged_unknown_and_oversized_are_refused(source, tmp_path):
     world, host, port, secret = source
     with pytest.raises(X.ExportError, match="NO Bad export"):
