@@ -145,7 +145,9 @@ class PullReport:
 async def pull_into(client: ExportClient, target: AccountMail, *, batch: int = 200) -> PullReport:
     """Merge the source's account into ``target`` (held by the caller, who owns it) and
     verify.  The merge runs in a worker thread; each body it asks for is fetched through the
-    loop, one at a time."""
+    loop, one at a time.  The caller keeps every other writer of ``target`` out for the whole
+    call (in a mail store: the account's lock, so routed deliveries wait): the merge indexes
+    the target once, and a delivery slipped in between its batches could be stored twice."""
     loop = asyncio.get_running_loop()
     try:
         exported = await client.open()
