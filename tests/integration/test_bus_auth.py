@@ -183,3 +183,14 @@ def test_a_seed_readable_by_others_is_refused_before_connecting(nats_server, tmp
         connect_options(seed)
     with pytest.raises(ConfigError, match="colony bus init"):
         connect_options(tmp_path / "missing.nk")
+
+
+async def test_a_mail_store_may_send_mail_on_to_another_regions_subject(bus):
+    """Mail for a domain moving away that still reaches a region's store is sent on to the
+    target region's MAIL subject (colony_mailstore.delivery); the SIP farm may not."""
+    server, operator, as_role = bus
+    store, farm = await as_role("mailstore"), await as_role("sipfarm")
+    ack = await store.js.publish(names.mail_subject("us", "acme.example", 3), b"mail")
+    assert ack.stream == names.STREAM_MAIL
+    with pytest.raises(NatsError):
+        await farm.js.publish(names.mail_subject("us", "acme.example", 3), b"mail")

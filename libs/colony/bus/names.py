@@ -388,7 +388,9 @@ GRANTS: dict[str, Grant] = {
     ),
     "mailstore": _with(
         _INSTANCE,
-        append=(SUBJECTS_OUTBOUND, SUBJECTS_USAGE, SUBJECTS_DEAD_LETTERS),
+        # MAIL: mail for a domain moving away, still reaching this region, is sent on to the
+        # move's target region (colony_mailstore.delivery)
+        append=(SUBJECTS_OUTBOUND, SUBJECTS_USAGE, SUBJECTS_DEAD_LETTERS, SUBJECTS_MAIL),
         consume=(STREAM_MAIL,),
         kv_write=(BUCKET_ACCOUNT_OWNERS, BUCKET_ACL_GRANTS),
         kv_read=(BUCKET_DIRECTORY,),

@@ -62,6 +62,9 @@ H_JOB_ID = "Colony-Job-Id"
 
 STORED, RETRY, REJECTED = "stored", "retry", "rejected"
 LARGE_BODIES_AT_ONCE = 4  # object-store bodies in memory per instance (see handle)
+# The largest body that travels inline to another region (the edge's acceptance has the same
+# rule, colony_edge.acceptance.CROSS_REGION_MAX_BYTES).
+CROSS_REGION_MAX_BYTES = 4 * 1024 * 1024
 
 
 class PoisonBody(Exception):
@@ -106,6 +109,15 @@ class Delivery:
         if not isinstance(mail, InboundMail):
             return Reject(f"not an InboundMail: {mail.type}")
         recipients = list(dict.fromkeys(r.mailbox.lower() for r in mail.recipients))
+        target = await self._moving_to(mail.domain)
+        if target is not None:
+            if mail.body_ref is None or mail.size <= CROSS_REGION_MAX_BYTES:
+                return await self._send_on(mail, recipients, target, job.headers)
+            # Too large to travel inline: only mail accepted before the edge saw the move
+            # (edges see `routing` a settle time before `sealing`), stored here, where the
+            # move's copy passes still reach it.
+            log.warning("mail %s for moving domain %s is too large to send on to %s; stored here",
+                        mail.message_id, mail.domain, target)
         # Large bodies (up to 64 MB each) are held in memory while they are stored: only a
         # few at a time, whatever the delivery concurrency.
         async with self._large if mail.body_ref is not None else contextlib.nullcontext():
@@ -122,6 +134,41 @@ class Delivery:
         if rejected:
             return Reject("; ".join(f"{a}: {w}" for a, w in list(rejected.items())[:3]))
         self.metrics.latency.observe(max(0.0, (datetime.now(UTC) - mail.at).total_seconds()))
+        return None
+
+    async def _moving_to(self, domain: str) -> str | None:
+        """The region a domain's new mail goes to while it moves away from this region (from
+        ``routing`` on, ``DomainInfo.mail_region``); None to store it here."""
+        entry = await self.accounts.directory.domain(domain)
+        if entry is None:
+            return None
+        info = entry.info()
+        if info.move_phase is None or info.mail_region in ("", self.settings.region):
+            return None
+        return info.mail_region
+
+    async def _send_on(self, mail: InboundMail, recipients: list[str], target: str,
+                       job_headers: dict[str, str] | None) -> Retry | Reject | None:
+        """Mail for a domain moving to ``target`` that still reached this region (an edge
+        whose directory had not seen ``routing`` yet, or a redelivery): stored here it could
+        miss the move's last pass, so it goes to the target region's MAIL as an edge would
+        have sent it, body inline (object stores are region-local), with the same message id
+        so the target's duplicate window drops a second copy."""
+        if mail.body_ref is not None:
+            try:
+                body = await self._body(mail)
+            except PoisonBody as exc:
+                return Reject(str(exc))
+            mail = mail.model_copy(update={"body": body, "body_ref": None})
+        subject = names.mail_subject(target, mail.domain, names.mail_partition(recipients[0]))
+        headers = {"Nats-Msg-Id": mail.msg_id()}
+        try:
+            with tracer.start_as_current_span("mailstore.send_on", context=extract_context(job_headers)):
+                await self.js.publish(subject, mail.encode(), headers=inject_headers(headers), timeout=10)
+        except (NatsTimeoutError, NoRespondersError) as exc:
+            return Retry(f"sending on to region {target}: {exc!r}", delay=1.0)
+        self.metrics.sent_on.inc()
+        log.info("mail %s for moving domain %s sent on to region %s", mail.message_id, mail.domain, target)
         return None
 
     async def _body(self, mail: InboundMail) -> bytes:

@@ -13,6 +13,9 @@ class MailstoreMetrics:
                                   "Redelivered messages recognised as already stored.", registry=registry)
         self.forwarded = Counter("colony_mailstore_forwarded", "Recipients handed to the account's owner, by result.",
                                  ["result"], registry=registry)
+        self.sent_on = Counter("colony_mailstore_sent_on",
+                               "MAIL jobs for a domain moving to another region sent on to that region's MAIL.",
+                               registry=registry)
         self.over_quota = Counter("colony_mailstore_over_quota", "Deliveries refused because the account is full.",
                                   registry=registry)
         self.commits = Counter("colony_mailstore_commits", "Journal fsyncs (group commits).", registry=registry)
