@@ -170,3 +170,28 @@ def test_only_the_admin_api_may_touch_the_key_bucket():
         perms = json.dumps(permissions_for(names.GRANTS[role], "UKEY"), default=str)
         assert names.BUCKET_SECRET_KEYS not in perms, f"{role} may reach {names.BUCKET_SECRET_KEYS}"
     assert names.BUCKET_SECRET_KEYS in json.dumps(permissions_for(names.GRANTS["admin-api"], "UKEY"), default=str)
+
+
+async def test_sealing_many_creations_stores_every_key_before_returning(stack):
+    """The bulk import's pipelined key writes: each account's credentials sealed under its own
+    key, every key readable at once, other events sealed as one by one."""
+    keys = stack.ctx.provisioning.keys
+    d = unique_domain()
+    hashes = [sha512_crypt.hash(f"pw-{i}", rounds=5000) for i in range(3)]
+    events = [ev.AccountCreated(address=f"u{i}@{d}", domain=d, name=f"u{i}", password_hash="{SHA512-CRYPT}" + h,
+                                sip_ha1={"MD5": f"{i:032x}"}) for i, h in enumerate(hashes)]
+    events += [ev.AccountCreated(address=f"nopw@{d}", domain=d, name="nopw"), ev.DomainCreated(domain=d)]
+    sealed = await keys.seal_creations(events)
+    assert len(sealed) == len(events)
+    kids = set()
+    for i in range(3):
+        event = sealed[i].events[0]
+        assert sealing.is_sealed(event.password_hash) and sealing.is_sealed(event.sip_ha1["MD5"])
+        assert await keys.open(event.password_hash) == "{SHA512-CRYPT}" + hashes[i]
+        assert await keys.open(event.sip_ha1["MD5"]) == f"{i:032x}"
+        assert sealed[i].fresh == [sealing.cred_key(sealing.key_id_of(event.password_hash))]
+        assert await has_key(stack, sealed[i].fresh[0])
+        kids.add(sealing.key_id_of(event.password_hash))
+    assert len(kids) == 3  # a key per account: shredding one never touches another
+    assert sealed[3].events[0].password_hash is None and sealed[3].fresh == []
+    assert sealed[4].events[0] == events[4] and sealed[4].fresh == []

@@ -38,9 +38,11 @@ current secret unreadable.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
+import json
 import logging
 import secrets
 from collections.abc import Iterable
@@ -119,6 +121,16 @@ class Sealed:
     events: list[ev.Event]
     fresh: list[str] = field(default_factory=list)  # keys written for these events
     stale: list[str] = field(default_factory=list)  # keys to purge once they are appended
+
+
+def _sealed_credentials(event: ev.AccountCreated | ev.AccountPasswordSet, kid: str, key: bytes):
+    """The event with its clear password hash and HA1s sealed under ``key`` (id ``kid``)."""
+    return event.model_copy(update={
+        "password_hash": None if event.password_hash is None else
+        event.password_hash if is_sealed(event.password_hash) else
+        seal_with(kid, key, event.password_hash),
+        "sip_ha1": {a: v if is_sealed(v) else seal_with(kid, key, v) for a, v in event.sip_ha1.items()},
+    })
 
 
 class SecretKeys:
@@ -208,12 +220,7 @@ class SecretKeys:
                     kid = secrets.token_hex(16)
                     key = await self._new(cred_key(kid))
                     out.fresh.append(cred_key(kid))
-                    event = event.model_copy(update={
-                        "password_hash": None if event.password_hash is None else
-                        event.password_hash if is_sealed(event.password_hash) else
-                        seal_with(kid, key, event.password_hash),
-                        "sip_ha1": {a: v if is_sealed(v) else seal_with(kid, key, v) for a, v in event.sip_ha1.items()},
-                    })
+                    event = _sealed_credentials(event, kid, key)
                 out.stale += [k for k in current if k.startswith("cred.")]
             elif isinstance(event, ev.AccountDeleted):
                 out.stale += current
@@ -226,6 +233,64 @@ class SecretKeys:
         fresh = set(out.fresh)
         out.stale = [k for k in dict.fromkeys(out.stale) if k not in fresh]
         return out
+
+    async def seal_creations(self, events: list[ev.Event]) -> list[Sealed]:
+        """``seal([event])`` for each of many new aggregates (a bulk import), the accounts'
+        key writes pipelined on one reply subscription: one awaited request per account
+        (``KeyValue.put``) was most of an import's cost when its rows carry password hashes.
+        Every key is stored (acknowledged) before this returns, so no event is appended
+        naming a key that is not there."""
+        out: list[Sealed | None] = [None] * len(events)
+        writes: list[tuple[str, bytes]] = []
+        for i, event in enumerate(events):
+            if isinstance(event, ev.AccountCreated) and (
+                    (event.password_hash and not is_sealed(event.password_hash))
+                    or any(not is_sealed(v) for v in event.sip_ha1.values())):
+                kid = secrets.token_hex(16)
+                key = AESGCM.generate_key(bit_length=256)
+                writes.append((cred_key(kid), key))
+                out[i] = Sealed([_sealed_credentials(event, kid, key)], fresh=[cred_key(kid)])
+        await self._put_many(writes)
+        for i, event in enumerate(events):
+            if out[i] is None:
+                out[i] = await self.seal([event])
+        return out  # type: ignore[return-value]
+
+    async def _put_many(self, writes: list[tuple[str, bytes]], timeout: float = 5.0) -> None:
+        if not writes:
+            return
+        kv = await self.kv()
+        nc = self.js._nc  # the JetStream context's own connection (as EventStore.create_many)
+        loop = asyncio.get_running_loop()
+        inbox = nc.new_inbox()
+        acks: list[asyncio.Future[bytes]] = [loop.create_future() for _ in writes]
+
+        async def on_ack(msg) -> None:
+            future = acks[int(msg.subject.rsplit(".", 1)[1])]
+            if not future.done():
+                future.set_result(msg.data or b"{}")
+
+        sub = await nc.subscribe(f"{inbox}.*", cb=on_ack)
+        try:
+            for i, (key, material) in enumerate(writes):
+                await nc.publish(names.kv_subject(names.BUCKET_SECRET_KEYS, key), base64.b64encode(material),
+                                 reply=f"{inbox}.{i}")
+            await asyncio.wait(acks, timeout=timeout)
+        finally:
+            await sub.unsubscribe()
+        for (key, material), future in zip(writes, acks, strict=True):
+            ok = False
+            if future.done() and not future.cancelled():
+                try:
+                    ack = json.loads(future.result())
+                    ok = isinstance(ack, dict) and "seq" in ack and "error" not in ack
+                except ValueError:
+                    ok = False
+            if not ok:
+                future.cancel()
+                # Lost or refused: write it again the ordinary way (a put of the same
+                # material is harmless if the first one landed), raising if that fails too.
+                await kv.put(key, base64.b64encode(material))
 
     async def shred(self, keys: Iterable[str]) -> None:
         """Purge keys (every revision): what they sealed can never be opened again."""

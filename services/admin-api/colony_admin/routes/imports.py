@@ -113,7 +113,7 @@ class ImportRun:
         """
         keys = self.ctx.provisioning.keys
         # Secrets sealed (auth/sealing.py); the key writes of a batch go out together.
-        sealed = await asyncio.gather(*(keys.seal([event]) for _, event in items))
+        sealed = await keys.seal_creations([event for _, event in items])
         results = await self.ctx.store.create_many(
             [(names.provisioning_subject(kind, name), s.events[0].encode()) for (name, _), s in zip(items, sealed)])
         out: list[int | None] = []
