@@ -43,6 +43,33 @@ async def test_directory_follows_creates_updates_and_deletes(stack):
     assert (await _entry(stack, "domain_alias", f"alt-{d}"))["domain"] == d
 
 
+async def test_a_name_deleted_and_created_again_is_live_in_the_directory(stack):
+    """A creation over a deleted marker (the key exists) and a deletion over a live entry both
+    conflict with the pipelined first write and are settled by the forward-only put."""
+    c, h = stack.client, stack.as_(stack.sys_token)
+    d = unique_domain("again")
+    await c.post("/v1/domains", json={"name": d}, headers=h)
+    r = await c.post(f"/v1/domains/{d}/accounts", json={"name": "bo", "real_name": "first"}, headers=h)
+    assert r.status_code == 201, r.text
+
+    async def live(real_name: str):
+        async def check() -> bool:
+            entry = await _entry(stack, "address", f"bo@{d}")
+            return bool(entry and not entry.get("deleted") and entry.get("real_name") == real_name)
+        return check
+
+    await wait_until(await live("first"), what="the account in the directory")
+    assert (await c.delete(f"/v1/domains/{d}/accounts/bo", headers=h)).status_code == 204
+
+    async def deleted() -> bool:
+        return bool((await _entry(stack, "address", f"bo@{d}") or {}).get("deleted"))
+
+    await wait_until(deleted, what="the deleted marker")
+    r = await c.post(f"/v1/domains/{d}/accounts", json={"name": "bo", "real_name": "second"}, headers=h)
+    assert r.status_code == 201, r.text
+    await wait_until(await live("second"), what="the account created again in the directory")
+
+
 async def test_login_through_a_domain_alias_reaches_the_real_account(stack):
     c, h = stack.client, stack.as_(stack.sys_token)
     d = unique_domain("real")
