@@ -29,7 +29,7 @@ async def members(cluster, tmp_path):
     await serve_credentials(nc)
     tls = ensure_local_ca(tmp_path / "tls", ["127.0.0.1"])
     for n in (1, 2):
-        cluster.start("sipfarm", f"sipfarm-{n}", COLONY_SIP_PORT=str(free_udp_port()), COLONY_OUTBOUND_SMTP_PORT="25",
+        cluster.start("sipfarm", f"sipfarm-{n}", COLONY_SIP_PORT="0", COLONY_OUTBOUND_SMTP_PORT="25",
                       COLONY_TLS_CERT_FILE=str(tls.cert), COLONY_TLS_KEY_FILE=str(tls.key))
     views = [await cluster.wait_state(f"sipfarm-{n}", "READY", timeout=60) for n in (1, 2)]
     context = ssl.create_default_context(cafile=str(tls.ca))
