@@ -111,8 +111,13 @@ def test_swaks_and_smtplib_deliver_into_the_seed_layout(cluster, dns_server):
                for p in found)
     messages = {m["Subject"]: m for m in (email.message_from_bytes(p.read_bytes()) for p in found)}
     assert "dmarc=fail" in messages["urgent transfer"]["Authentication-Results"]
-    state = read_state(found[0].parent.parent)     # the journal as the next owner would read it
-    by_box = {b.name: list(b.messages) for b in state.boxes.values()}
+    # The journal as the next owner would read it.  A body file is written before its journal
+    # record is committed, so wait for the records rather than read them once.
+    def boxes():
+        state = read_state(found[0].parent.parent)
+        by_box = {b.name: list(b.messages) for b in state.boxes.values()}
+        return by_box if sum(len(m) for m in by_box.values()) == 3 else None
+    by_box = wait_for(boxes, 60, "the three messages in the account's journal")
     assert len(by_box["INBOX"]) == 2 and len(by_box["Junk"]) == 1
     swaked = messages["via swaks"]
     assert swaked["Return-Path"] == "<bob@remote.test>"
