@@ -38,11 +38,9 @@ current secret unreadable.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import hmac
-import json
 import logging
 import secrets
 from collections.abc import Iterable
@@ -56,6 +54,7 @@ from nats.js.kv import KeyValue
 
 from colony import events as ev
 from colony.bus import names
+from colony.bus.pipelined import landed, publish_pipelined
 
 log = logging.getLogger("colony.admin.sealing")
 
@@ -261,33 +260,10 @@ class SecretKeys:
             return
         kv = await self.kv()
         nc = self.js._nc  # the JetStream context's own connection (as EventStore.create_many)
-        loop = asyncio.get_running_loop()
-        inbox = nc.new_inbox()
-        acks: list[asyncio.Future[bytes]] = [loop.create_future() for _ in writes]
-
-        async def on_ack(msg) -> None:
-            future = acks[int(msg.subject.rsplit(".", 1)[1])]
-            if not future.done():
-                future.set_result(msg.data or b"{}")
-
-        sub = await nc.subscribe(f"{inbox}.*", cb=on_ack)
-        try:
-            for i, (key, material) in enumerate(writes):
-                await nc.publish(names.kv_subject(names.BUCKET_SECRET_KEYS, key), base64.b64encode(material),
-                                 reply=f"{inbox}.{i}")
-            await asyncio.wait(acks, timeout=timeout)
-        finally:
-            await sub.unsubscribe()
-        for (key, material), future in zip(writes, acks, strict=True):
-            ok = False
-            if future.done() and not future.cancelled():
-                try:
-                    ack = json.loads(future.result())
-                    ok = isinstance(ack, dict) and "seq" in ack and "error" not in ack
-                except ValueError:
-                    ok = False
-            if not ok:
-                future.cancel()
+        acks = await publish_pipelined(nc, [(names.kv_subject(names.BUCKET_SECRET_KEYS, key), base64.b64encode(material), None)
+                                            for key, material in writes], timeout)
+        for (key, material), ack in zip(writes, acks, strict=True):
+            if not landed(ack):
                 # Lost or refused: write it again the ordinary way (a put of the same
                 # material is harmless if the first one landed), raising if that fails too.
                 await kv.put(key, base64.b64encode(material))

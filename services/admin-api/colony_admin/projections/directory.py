@@ -32,6 +32,7 @@ from nats.js.kv import KeyValue
 from colony import events as ev
 from colony.tasks import keep_running
 from colony.bus import names
+from colony.bus.pipelined import landed, publish_pipelined
 from colony.bus.tokens import from_token
 from colony.eventstore import EXPECTED_LAST_SUBJECT_SEQUENCE, EventStore
 from colony_admin import aggregates
@@ -151,36 +152,10 @@ class DirectoryProjection:
 
         Not ``EventStore.create_many``: its settling reads the subject back with direct gets,
         which the directory bucket's stream does not allow (no responders)."""
-        nc = self.nc
-        loop = asyncio.get_running_loop()
-        inbox = nc.new_inbox()
-        acks: list[asyncio.Future[bytes]] = [loop.create_future() for _ in entries]
-
-        async def on_ack(msg) -> None:
-            future = acks[int(msg.subject.rsplit(".", 1)[1])]
-            if not future.done():
-                future.set_result(msg.data or b"{}")
-
-        sub = await nc.subscribe(f"{inbox}.*", cb=on_ack)
-        try:
-            for i, (key, value) in enumerate(entries):
-                await nc.publish(names.kv_subject(names.BUCKET_DIRECTORY, key), _json(value), reply=f"{inbox}.{i}",
-                                 headers={EXPECTED_LAST_SUBJECT_SEQUENCE: "0"})
-            await asyncio.wait(acks, timeout=_ACK_TIMEOUT)
-            written = []
-            for future in acks:
-                if not future.done():
-                    future.cancel()
-                    written.append(False)
-                    continue
-                try:
-                    ack = orjson.loads(future.result())
-                except orjson.JSONDecodeError:
-                    ack = {}
-                written.append("seq" in ack and "error" not in ack)
-            return written
-        finally:
-            await sub.unsubscribe()
+        acks = await publish_pipelined(
+            self.nc, [(names.kv_subject(names.BUCKET_DIRECTORY, key), _json(value), {EXPECTED_LAST_SUBJECT_SEQUENCE: "0"})
+                      for key, value in entries], _ACK_TIMEOUT)
+        return [landed(ack) for ack in acks]
 
     async def _publish(self, subject: str) -> None:
         kind, name = parse_subject(subject)
