@@ -194,3 +194,46 @@ async def test_a_mail_store_may_send_mail_on_to_another_regions_subject(bus):
     assert ack.stream == names.STREAM_MAIL
     with pytest.raises(NatsError):
         await farm.js.publish(names.mail_subject("us", "acme.example", 3), b"mail")
+
+
+async def test_a_domain_moves_questions_go_from_the_controller_to_a_regions_mail_stores(bus):
+    """The primary's controller asks another region's mail stores to pull an account, count a
+    domain's sessions and remove its copy; the stores answer (queue group), an edge may neither
+    ask nor answer, and a store may not ask (only the controller drives a move)."""
+    server, operator, as_role = bus
+    controller, store, edge = await as_role("controller"), await as_role("mailstore"), await as_role("edge")
+
+    async def answer(msg):
+        await msg.respond(b"ok:" + msg.subject.encode())
+
+    await store.nc.subscribe(names.DOMAIN_MOVE_REQUESTS, queue=names.QUEUE_DOMAIN_MOVE, cb=answer)
+    await store.nc.flush()
+    for verb in names.MOVE_VERBS:
+        subject = names.domain_move_subject("us", verb)
+
+        async def asked(subject=subject):
+            try:
+                return await controller.nc.request(subject, b"{}", timeout=5)
+            except nats.errors.NoRespondersError:  # the server has not seen the subscription yet
+                return None
+        assert (await wait_until(asked, 10, f"an answer on {subject}")).data == b"ok:" + subject.encode()
+    await edge.nc.subscribe(names.DOMAIN_MOVE_REQUESTS)
+    assert await edge.refused("colony.move")
+    await store.nc.publish(names.domain_move_subject("eu", names.MOVE_REMOVE), b"{}")
+    assert await store.refused("colony.move.eu.remove")
+
+
+def test_a_domain_moves_questions_cross_the_leafnode_link():
+    """They are asked from the primary region of another region's stores, so no region-local
+    prefix (denied on the leafnode link, infra/nats/regions/*.conf) may cover them."""
+    from fnmatch import fnmatchcase
+
+    def covered(subject: str, pattern: str) -> bool:
+        head = pattern.removesuffix(">")
+        return subject.startswith(head) if pattern.endswith(">") else fnmatchcase(subject, pattern.replace("*", "[!.]*"))
+
+    for verb in names.MOVE_VERBS:
+        subject = names.domain_move_subject("us", verb)
+        assert not any(covered(subject, p) for p in names.REGION_LOCAL_SUBJECTS), subject
+    with pytest.raises(ValueError, match="domain-move"):
+        names.domain_move_subject("us", "drop")

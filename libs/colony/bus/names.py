@@ -199,6 +199,28 @@ def mailstore_shared_subject(node_id: str) -> str:
 MAILSTORE_SHARED = "colony.mailstore.shared.*"  # pattern of the above, for permissions
 
 
+# A domain move's questions from the primary region's controller to another region's mail
+# stores (colony_controller.domain_mover.MovePort).  They must cross the leafnode link, so they
+# live under their own prefix: ``colony.mailstore.>`` is region-local (REGION_LOCAL_SUBJECTS).
+# The region is a token of the subject, so a request reaches only that region's stores (a
+# queue group there: one store answers, asking its region's peers itself when it needs them).
+MOVE_PULL = "pull"          # (a) pull one account from the source region, holding its lock
+MOVE_SESSIONS = "sessions"  # (b) the source region's open sessions of a domain
+MOVE_REMOVE = "remove"      # (c) remove the domain's copy from the source region after `flipped`
+MOVE_VERBS = (MOVE_PULL, MOVE_SESSIONS, MOVE_REMOVE)
+
+
+def domain_move_subject(region: str, verb: str) -> str:
+    """Where ``region``'s mail stores answer one of a domain move's questions (request/reply)."""
+    if verb not in MOVE_VERBS:
+        raise ValueError(f"unknown domain-move request {verb!r}; one of {', '.join(MOVE_VERBS)}")
+    return f"colony.move.{to_token(region)}.{verb}"
+
+
+DOMAIN_MOVE_REQUESTS = "colony.move.*.*"  # pattern of the above, for permissions
+QUEUE_DOMAIN_MOVE = "domain-move"          # the queue group a region's mail stores serve them in
+
+
 def acl_grant_key(grantee: str, domain: str | None = None) -> str:
     """Key of ``BUCKET_ACL_GRANTS`` for a grantee address, or for ``anyone`` of ``domain``
     (upper case: ``to_token`` never makes it, so no address can collide)."""
@@ -370,7 +392,9 @@ GRANTS: dict[str, Grant] = {
         kv_write=(BUCKET_LEASES, BUCKET_ACCOUNT_OWNERS),
         kv_read=(BUCKET_DIRECTORY,),
         # CONTROLLER_API: `docker compose run controller colony drain ...` asks as a controller
-        call=(NODE_COMMANDS, CONTROLLER_ALIVE, CONTROLLER_API),
+        # DOMAIN_MOVE_REQUESTS: the primary's controller asks a region's mail stores to pull an
+        # account, count a domain's sessions or remove its copy (colony_controller.domain_mover)
+        call=(NODE_COMMANDS, CONTROLLER_ALIVE, CONTROLLER_API, DOMAIN_MOVE_REQUESTS),
         serve=(CONTROLLER_API, CONTROLLER_ALIVE),
     ),
     # An edge sees the world through the directory and the password check; it cannot read
@@ -396,8 +420,9 @@ GRANTS: dict[str, Grant] = {
         kv_read=(BUCKET_DIRECTORY,),
         obj_write=(OBJECT_MAIL_BODIES,),  # deletes a body once the message is stored
         call=(AUTH_CHECK, DIRECTORY_LOOKUP, DIRECTORY_RECIPIENTS, MAILSTORE_DELIVER, MAILSTORE_SHARED),
-        # deliveries forwarded to the account's owner; grantees' calls on its shared folders
-        serve=(MAILSTORE_DELIVER, MAILSTORE_SHARED),
+        # deliveries forwarded to the account's owner; grantees' calls on its shared folders;
+        # a domain move's questions to its region (it never asks them itself)
+        serve=(MAILSTORE_DELIVER, MAILSTORE_SHARED, DOMAIN_MOVE_REQUESTS),
     ),
     "sipfarm": _with(
         _INSTANCE,
