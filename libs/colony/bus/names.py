@@ -217,6 +217,12 @@ def domain_move_subject(region: str, verb: str) -> str:
     return f"colony.move.{to_token(region)}.{verb}"
 
 
+def domain_move_requests_of(region: str) -> str:
+    """What one region's mail stores subscribe to: only their own region's questions (the
+    permissions' pattern below would also hear every other region's)."""
+    return f"colony.move.{to_token(region)}.*"
+
+
 DOMAIN_MOVE_REQUESTS = "colony.move.*.*"  # pattern of the above, for permissions
 QUEUE_DOMAIN_MOVE = "domain-move"          # the queue group a region's mail stores serve them in
 

@@ -5,7 +5,8 @@ Theory of operation
 The primary region's active controller drives a move (``colony_controller.domain_mover``);
 what it needs from the mail stores it asks over ``names.domain_move_subject(region, verb)``,
 subjects that cross the leafnode link, served in the queue group ``names.QUEUE_DOMAIN_MOVE``
-by the asked region's stores (the store that receives a question asks its region's peers
+by the asked region's stores, each subscribed to ``names.domain_move_requests_of(its region)``
+only (a wildcard region would answer other regions' questions) (the store that receives a question asks its region's peers
 itself, over the region-local ``colony.mailstore.>`` subjects, when it needs them)::
 
     pull      to the TARGET region: pull one account from the source region's store and merge

@@ -124,3 +124,50 @@ async def test_the_admin_api_reads_every_regions_instances(regions):
     views, unreachable = await regions_view(admin, "eu", ["eu", "us", "ap"], timeout=2)
     assert sorted((v.region, v.id) for v in views) == [("eu", "controller-1"), ("us", "edge-1")]
     assert unreachable == ["ap"]
+
+
+async def test_a_domain_moves_questions_reach_the_asked_region_across_the_link(regions):
+    """The primary's (eu) controller asks us's mail stores to pull an account (over the
+    leafnode link, with the controller's credentials) and eu's own stores for sessions; each
+    region's stores hear only their region's questions."""
+    from colony import domain_move as dm
+    from colony.contracts import move_requests as mr
+    from colony_controller.move_port import BusMovePort
+
+    heard: dict[str, list[str]] = {"eu": [], "us": []}
+
+    def store_of(region: str):
+        async def serve(msg):
+            heard[region].append(msg.subject)
+            if msg.subject.endswith(".pull"):
+                reply = mr.PullReply(source_messages=1, target_messages=1, source_digest="d", target_digest="d",
+                                     source_position=5)
+            else:
+                reply = mr.SessionsReply(sessions=0, accounts_held=3)
+            await msg.respond(reply.model_dump_json().encode())
+        return serve
+
+    for region in REGIONS:
+        store = await regions(region, "mailstore")
+        await store.subscribe(names.domain_move_requests_of(region), queue=names.QUEUE_DOMAIN_MOVE,
+                              cb=store_of(region))
+        await store.flush()
+    controller = await regions("eu", "controller")
+
+    async def no_accounts(domain):
+        return []
+    port = BusMovePort(controller, no_accounts, epoch=lambda: 1, timeout=2)
+    move = dm.Move(domain="acme.example", move_id="m1", source="eu", target="us", phase=dm.Phase.COPYING,
+                   since=datetime.now(timezone.utc))
+
+    async def pulled():
+        try:
+            return await port.copy_account(move, "bob@acme.example", 1, 0)
+        except mr.MoveRequestError:  # the us store's interest has not crossed the link yet
+            return None
+    report = await wait_until(pulled, 30, "us's store to answer the pull across the link")
+    assert report.source_position == 5
+    assert await port.source_sessions(move) == 0
+    assert await port.source_cleaned(move) is False
+    assert set(heard["us"]) == {"colony.move.us.pull"}
+    assert set(heard["eu"]) == {"colony.move.eu.sessions"}
