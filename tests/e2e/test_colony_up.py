@@ -187,7 +187,8 @@ def test_up_status_and_ctrl_c_leaves_nothing_behind(tmp_path):
     assert f"admin token: {token}" in out, "colony up prints the token the first admin API wrote"
     assert f"nats://127.0.0.1:{base}" in out, "colony up prints the bus URL"
     assert "no process left behind" in out
-    assert "were killed" not in out, "every instance stops by itself on SIGTERM"
+    killed = [line for line in out.splitlines() if "were killed" in line]
+    assert not killed, f"every instance stops by itself on SIGTERM: {killed}"
     wait_for(lambda: not any(pid_alive(p) for p in pids), 30, "every instance to be gone")
     assert all(port_is_free("127.0.0.1", p) for _, p in PortPlan(base).all_ports(8, 1))
     assert not (data_dir / "colony.pid").exists()

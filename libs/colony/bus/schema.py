@@ -257,6 +257,20 @@ async def _retrying(step, what: str, deadline: float) -> None:
                 raise SchemaError(f"{what}: JetStream did not answer within {deadline:g}s; is the NATS cluster healthy?") from None
             log.info("%s: JetStream timed out; retrying", what)
             await asyncio.sleep(0.5)
+        except _PeerOffline as exc:
+            if loop.time() >= until:
+                raise SchemaError(f"{what}: {exc}; is the NATS cluster healthy?") from None
+            log.info("%s: %s; retrying", what, exc)
+            await asyncio.sleep(0.5)
+
+
+class _PeerOffline(Exception):
+    """Seen right after a server of a replicated cluster died: the server asked had not yet
+    learnt of a stream that exists ("stream not found"), and creating it again found too few
+    peers.  Both pass once the cluster has settled, so the step is tried again."""
+
+
+PEER_OFFLINE = 10005  # "no suitable peers for placement"
 
 
 _COMPARED = ("subjects", "retention", "max_age", "max_msg_size", "num_replicas", "discard", "description",
@@ -288,6 +302,8 @@ async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
             await js.add_stream(config)
             return
         except BadRequestError as exc:
+            if exc.err_code == PEER_OFFLINE:
+                raise _PeerOffline(f"stream {config.name}: {exc.description}") from exc
             if exc.err_code != 10058:  # created by a concurrent starter: fall through to update
                 raise SchemaError(f"stream {config.name}: {exc.description}") from exc
         info = await js.stream_info(config.name)
