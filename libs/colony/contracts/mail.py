@@ -47,6 +47,13 @@ from colony.bus.tokens import to_token
 from colony.events import Event, UnknownEvent, decode
 
 
+# The largest message that travels to another region: object stores are region-local (``$O.>``
+# does not cross the links between regions), so a job for another region carries its body
+# inline, and base64 plus the envelope must fit MAIL's 8 MiB messages.  The edge refuses larger
+# ones for a foreign-homed domain; a mail store sending on a moving domain's mail keeps them.
+CROSS_REGION_MAX_BYTES = 4 * 1024 * 1024
+
+
 class MailRecipient(BaseModel):
     """One final mailbox and the DSN parameters (RFC 3461) its RCPT carried."""
 

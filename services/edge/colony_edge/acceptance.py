@@ -42,7 +42,7 @@ from opentelemetry import trace
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from colony.bus import names
-from colony.contracts.mail import InboundMail, MailBodyRef, MailRecipient
+from colony.contracts.mail import CROSS_REGION_MAX_BYTES, InboundMail, MailBodyRef, MailRecipient
 from colony.protocols.smtp import Reply
 from colony.settings import Settings
 from colony.telemetry import inject_headers
@@ -60,11 +60,6 @@ class AcceptanceFailed(Exception):
         self.reply = reply
 
 
-# A body for another region travels inline in its MAIL job: object stores are region-local
-# (``$O.>`` does not cross the links between regions), so a body_ref would name an object the
-# home region's mail stores cannot read.  Inline, base64 and the envelope must fit MAIL's
-# 8 MiB messages: 4 MiB of message does.
-CROSS_REGION_MAX_BYTES = 4 * 1024 * 1024
 TOO_BIG_FOR_HOME_REGION = Reply(
     552, "5.3.4", f"Message too big for a domain served in another region (at most {CROSS_REGION_MAX_BYTES} octets here)",
     "size_cross_region")
@@ -135,6 +130,16 @@ class MailAcceptor:
         self.js, self.settings, self.node_id, self.hostname, self.metrics = js, settings, node_id, hostname, metrics
         self.tracer = tracer or trace.get_tracer("colony.edge.smtp")  # the global provider (setup_tracing)
         self._bodies = None
+
+    async def accept_for(self, session: SmtpSession, message: IncomingMessage, recipients: list) -> str:
+        """``accept`` for some of the session's recipients only (the rest go elsewhere, e.g.
+        OUTBOUND); the session's recipient list is left as it was."""
+        everyone = session.recipients
+        session.recipients = recipients
+        try:
+            return await self.accept(session, message)
+        finally:
+            session.recipients = everyone
 
     async def accept(self, session: SmtpSession, message: IncomingMessage) -> str:
         started = time.monotonic()

@@ -54,14 +54,7 @@ class ForwardingAcceptor:
         if not remote:
             return await self.local.accept(session, message)
         local = [r for r in session.recipients if r.mailboxes]
-        message_id = None
-        if local:
-            everyone = session.recipients
-            session.recipients = local
-            try:
-                message_id = await self.local.accept(session, message)
-            finally:
-                session.recipients = everyone
+        message_id = await self.local.accept_for(session, message, local) if local else None
         return await self._outbound(session, message, remote, message_id or new_message_id())
 
     async def _outbound(self, session: SmtpSession, message: IncomingMessage, remote, message_id: str) -> str:

@@ -196,14 +196,7 @@ class SubmissionAcceptor:
         # Remote: recipients outside the cluster, and hosted recipients' forwarding targets.
         remote = [r for r in session.recipients if not r.mailboxes or r.remote]
         local = [r for r in session.recipients if r.mailboxes]
-        message_id = None
-        if local:
-            remote_part = session.recipients
-            session.recipients = local
-            try:
-                message_id = await self.local.accept(session, message)
-            finally:
-                session.recipients = remote_part
+        message_id = await self.local.accept_for(session, message, local) if local else None
         if remote:
             message_id = await self._outbound(session, message, remote, message_id or new_message_id())
         assert message_id is not None

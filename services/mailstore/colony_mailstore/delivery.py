@@ -45,7 +45,7 @@ from pydantic import BaseModel, Field
 
 from colony.bus import names
 from colony.cluster.ownership import AccountOwnership, MailstoreMembers, place
-from colony.contracts.mail import InboundMail
+from colony.contracts.mail import CROSS_REGION_MAX_BYTES, InboundMail
 from colony.events import UnknownEvent, decode
 from colony.queue import Job, Reject, Retry
 from colony.settings import Settings
@@ -62,9 +62,6 @@ H_JOB_ID = "Colony-Job-Id"
 
 STORED, RETRY, REJECTED = "stored", "retry", "rejected"
 LARGE_BODIES_AT_ONCE = 4  # object-store bodies in memory per instance (see handle)
-# The largest body that travels inline to another region (the edge's acceptance has the same
-# rule, colony_edge.acceptance.CROSS_REGION_MAX_BYTES).
-CROSS_REGION_MAX_BYTES = 4 * 1024 * 1024
 
 
 class PoisonBody(Exception):

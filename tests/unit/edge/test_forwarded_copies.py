@@ -12,6 +12,7 @@ from colony.outbound.srs import Srs
 from colony.protocols.smtp import events as E
 from colony.settings import Settings
 from colony_edge.forwarding import ForwardingAcceptor
+from colony_edge.acceptance import MailAcceptor
 from colony_edge.smtp_policy import AcceptedRecipient, IncomingMessage, SmtpSession
 from colony_edge.submission import SubmissionAcceptor
 from test_edge_recipients import FakeJs
@@ -28,6 +29,8 @@ class LocalAcceptor:
     async def accept(self, session, message) -> str:
         self.stored.append([r.rcpt.address for r in session.recipients])
         return "m1"
+
+    accept_for = MailAcceptor.accept_for  # the real narrowing around the fake accept
 
 
 def transaction(tmp_path: Path, sender: str) -> tuple[SmtpSession, IncomingMessage]:
