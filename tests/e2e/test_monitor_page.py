@@ -74,9 +74,14 @@ def domain_admin_token(api: str, token: str) -> str:
 
 def wait_in_browser(driver, condition, timeout: float, what: str):
     """Poll the page (no reload) until ``condition(driver)`` is truthy."""
+    from selenium.common.exceptions import JavascriptException, StaleElementReferenceException
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        result = driver.execute_script(condition) if isinstance(condition, str) else condition(driver)
+        try:
+            result = driver.execute_script(condition) if isinstance(condition, str) else condition(driver)
+        except (StaleElementReferenceException, JavascriptException):
+            result = None  # the page is being replaced (a form post's redirect): look again
         if result:
             return result
         time.sleep(0.3)
@@ -96,6 +101,11 @@ def log_in(driver, api: str, token: str) -> None:
     field = driver.find_element(By.ID, "token")  # not logged in: redirected to the form
     field.send_keys(token)
     driver.find_element(By.ID, "login").click()
+    # click() returns before the form post's answer has replaced the page: wait for the
+    # outcome (the session cookie, or the refusal shown on the form) before anyone reads it.
+    wait_in_browser(driver, lambda d: d.get_cookie("colony_monitor") or d.execute_script(
+        "const e = document.getElementById('error'); return e && e.textContent.trim();"), 60,
+        "the login's outcome")
 
 
 def test_monitor_page_drains_and_readies_a_mail_store_live(cluster, browser):
