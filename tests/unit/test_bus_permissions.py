@@ -67,3 +67,14 @@ def test_bus_init_writes_keys_only_its_owner_can_read(tmp_path):
     cert = x509.load_pem_x509_certificate(files.cert.read_bytes())
     sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
     assert {"nats-1", "nats-2", "localhost"} <= set(sans)
+
+
+def test_a_domain_moves_question_is_passed_on_between_a_regions_mail_stores_only():
+    publish, subscribe = allowed("mailstore")
+    assert names.MAILSTORE_MOVE in publish and names.MAILSTORE_MOVE in subscribe
+    assert names.mailstore_move_subject("mailstore-2", names.MOVE_PULL).startswith("colony.mailstore.")
+    # region-local: the prefix is denied on the leafnode links, so a peer is always of the same region
+    assert any(names.MAILSTORE_MOVE.startswith(p.removesuffix(">")) for p in names.REGION_LOCAL_SUBJECTS)
+    for role in ("edge", "controller", "sipfarm", "admin-api"):
+        publish, subscribe = allowed(role)
+        assert names.MAILSTORE_MOVE not in publish | subscribe, role

@@ -227,6 +227,18 @@ DOMAIN_MOVE_REQUESTS = "colony.move.*.*"  # pattern of the above, for permission
 QUEUE_DOMAIN_MOVE = "domain-move"          # the queue group a region's mail stores serve them in
 
 
+def mailstore_move_subject(node_id: str, verb: str) -> str:
+    """A domain move's question passed on by the region's store that took it (queue group
+    ``QUEUE_DOMAIN_MOVE``) to one peer of its region: ``pull`` to the account's owner,
+    ``sessions``/``remove`` to every store (``colony_mailstore.moves``).  Region-local."""
+    if verb not in MOVE_VERBS:
+        raise ValueError(f"unknown domain-move request {verb!r}; one of {', '.join(MOVE_VERBS)}")
+    return f"colony.mailstore.move.{to_token(node_id)}.{verb}"
+
+
+MAILSTORE_MOVE = "colony.mailstore.move.*.*"  # pattern of the above, for permissions
+
+
 def acl_grant_key(grantee: str, domain: str | None = None) -> str:
     """Key of ``BUCKET_ACL_GRANTS`` for a grantee address, or for ``anyone`` of ``domain``
     (upper case: ``to_token`` never makes it, so no address can collide)."""
@@ -425,10 +437,13 @@ GRANTS: dict[str, Grant] = {
         kv_write=(BUCKET_ACCOUNT_OWNERS, BUCKET_ACL_GRANTS),
         kv_read=(BUCKET_DIRECTORY,),
         obj_write=(OBJECT_MAIL_BODIES,),  # deletes a body once the message is stored
-        call=(AUTH_CHECK, DIRECTORY_LOOKUP, DIRECTORY_RECIPIENTS, MAILSTORE_DELIVER, MAILSTORE_SHARED),
+        # MAILSTORE_MOVE: a domain move's question passed on to the region's peers
+        call=(AUTH_CHECK, DIRECTORY_LOOKUP, DIRECTORY_RECIPIENTS, MAILSTORE_DELIVER, MAILSTORE_SHARED,
+              MAILSTORE_MOVE),
         # deliveries forwarded to the account's owner; grantees' calls on its shared folders;
-        # a domain move's questions to its region (it never asks them itself)
-        serve=(MAILSTORE_DELIVER, MAILSTORE_SHARED, DOMAIN_MOVE_REQUESTS),
+        # a domain move's questions to its region (it never asks them itself) and their
+        # parts passed on by a peer
+        serve=(MAILSTORE_DELIVER, MAILSTORE_SHARED, DOMAIN_MOVE_REQUESTS, MAILSTORE_MOVE),
     ),
     "sipfarm": _with(
         _INSTANCE,
