@@ -45,10 +45,17 @@ MAX_STATE = 256 * 1024 * 1024   # octets of state JSON (about a million messages
 MAX_BODY = 256 * 1024 * 1024    # octets of one body
 MAX_REQUEST = 512               # octets of one request line
 CHUNK = 64 * 1024
+# The source's words when the account has no storage in its region (never received mail):
+# nothing to copy, which the puller tells apart from a failure.
+NO_SUCH_ACCOUNT = "No such account here"
 
 
 class ExportError(Exception):
     """The source refused, or the conversation broke; the pull may simply be repeated."""
+
+
+class NoSuchAccount(ExportError):
+    """The source region stores nothing for the account (``NO No such account here``)."""
 
 
 def parse_request(line: bytes) -> tuple[str, str | None]:
@@ -116,6 +123,8 @@ class ExportClient:
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, asyncio.TimeoutError, ConnectionError) as exc:
             raise ExportError(f"the source broke off: {exc!r}") from exc
         head, _, arg = line.rstrip(b"\r\n").partition(b" ")
+        if head == b"NO" and arg == NO_SUCH_ACCOUNT.encode():
+            raise NoSuchAccount(f"the source answered {line[:200]!r}")
         if head != verb or not arg.isdigit():
             raise ExportError(f"the source answered {line[:200]!r}")
         size = int(arg)

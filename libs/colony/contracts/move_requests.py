@@ -22,6 +22,23 @@ Every request carries the move's id and the controller's epoch, so a store can r
 question from a controller that has lost the lease to a newer one.  A reply is either the
 answer or ``{"error": "..."}`` (``MoveRequestError`` on the asking side); the controller's
 rules treat a failed pass as not verified and try again, so an error is never fatal.
+
+Wire form (JSON bodies, one message each way)::
+
+    colony.move.us.pull      {"domain": "acme.example", "move_id": "01J...", "source": "eu",
+                              "target": "us", "epoch": 7, "address": "bob@acme.example",
+                              "copy_pass": 1, "from_position": 0}
+                          -> {"source_messages": 12, "target_messages": 12, "source_digest": "9f..",
+                              "target_digest": "9f..", "source_position": 4711}
+    colony.move.eu.sessions  {"domain": ..., "move_id": ..., "source": "eu", "target": "us", "epoch": 7}
+                          -> {"sessions": 0, "accounts_held": 3}
+    colony.move.eu.remove    {..., "accounts": ["bob@acme.example", ...]}
+                          -> {"removed": 3}
+    any                   -> {"error": "acme.example is not homed in us yet (phase sealing); ..."}
+
+The store that takes a question passes it on inside its region with the same bodies and
+replies on ``names.mailstore_move_subject(peer, verb)`` (``colony_mailstore.moves``: the pull
+to the account's owner, ``sessions`` and ``remove`` to every store, each answering for itself).
 """
 
 from __future__ import annotations

@@ -54,7 +54,7 @@ class AccountExporter:
             return
         found = await self._state(request.account)
         if found is None:
-            writer.write(b"NO No such account here\r\n")
+            writer.write(b"NO %s\r\n" % X.NO_SUCH_ACCOUNT.encode())
             self.metrics.exports.labels("unknown").inc()
             return
         state, bodies_dir = found

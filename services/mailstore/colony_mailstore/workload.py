@@ -27,6 +27,7 @@ from colony_mailstore.delivery import Delivery
 from colony_mailstore.directory import Directory
 from colony_mailstore.export import AccountExporter
 from colony_mailstore.metrics import MailstoreMetrics
+from colony_mailstore.moves import MoveServer
 from colony_mailstore.partitions import PartitionRunners
 from colony_mailstore.imap_server import ImapServer
 from colony_mailstore.pop3_server import Pop3InnerServer
@@ -55,6 +56,7 @@ class MailstoreWorkload:
         self.imap: ImapServer | None = None
         self._imap_listeners: list[asyncio.Server] = []
         self._pop3_listener: asyncio.Server | None = None
+        self.moves: MoveServer | None = None
 
     async def start(self, runtime) -> dict[str, str]:
         nc = runtime.nc
@@ -80,7 +82,17 @@ class MailstoreWorkload:
         self.runner = PartitionRunners(js, settings, runtime.node_id, self.delivery.handle,
                                        QueueMetrics(runtime.metrics.registry))
         await self.runner.start(runtime.spawn, self.members.ready)
-        return {**await self._open_access(runtime), **await self._open_imap(runtime)}
+        addresses = {**await self._open_access(runtime), **await self._open_imap(runtime)}
+        if settings.region_list:
+            # a domain move's questions to this region (moves.py); the pull needs the cluster secret
+            secret = load_secret(settings.cluster_secret_file) if settings.cluster_secret_file else None
+            self.moves = MoveServer(nc, runtime.node_id, settings.region, self.accounts, self.delivery, self.members,
+                                    secret, self._sessions_of_domain, runtime.metrics.registry)
+            await self.moves.start()
+        return addresses
+
+    def _sessions_of_domain(self, domain: str) -> int:
+        return sum(server.sessions_of_domain(domain) for server in (self.imap, self.pop3) if server is not None)
 
     async def _open_access(self, runtime) -> dict[str, str]:
         """The inner POP3 listener for sessions edges hand over (off without a cluster secret)."""
@@ -187,12 +199,15 @@ class MailstoreWorkload:
     def active_work(self) -> int:
         if self.runner is None:
             return 0
-        return self.runner.active_work() + len(self._forward_tasks) + len(self.accounts.ownership.leases)
+        moving = len(self.moves.tasks) if self.moves is not None else 0
+        return self.runner.active_work() + len(self._forward_tasks) + len(self.accounts.ownership.leases) + moving
 
     async def hand_over(self) -> None:
         await self.accounts.release_all("drain")
 
     async def stop(self) -> None:
+        if self.moves is not None:
+            await self.moves.stop()
         for listener in self._imap_listeners:
             listener.close()
         if self.imap is not None:
