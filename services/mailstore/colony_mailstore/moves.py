@@ -106,9 +106,8 @@ class MoveServer:
     async def start(self) -> None:
         self._subs = [
             await self.nc.subscribe(names.domain_move_requests_of(self.region), queue=names.QUEUE_DOMAIN_MOVE,
-                                    cb=lambda msg: self._spawn(msg, peer=False)),
-            *[await self.nc.subscribe(names.mailstore_move_subject(self.node_id, verb),
-                                      cb=lambda msg: self._spawn(msg, peer=True))
+                                    cb=self._on_question),
+            *[await self.nc.subscribe(names.mailstore_move_subject(self.node_id, verb), cb=self._on_peer)
               for verb in names.MOVE_VERBS],
         ]
 
@@ -122,7 +121,13 @@ class MoveServer:
         if self.tasks:
             await asyncio.wait(set(self.tasks), timeout=5.0)
 
-    async def _spawn(self, msg, peer: bool) -> None:
+    async def _on_question(self, msg) -> None:
+        self._spawn(msg, peer=False)
+
+    async def _on_peer(self, msg) -> None:
+        self._spawn(msg, peer=True)
+
+    def _spawn(self, msg, peer: bool) -> None:
         # one task per question: a long pull must not hold up a sessions count
         task = asyncio.create_task(self._answer(msg, peer), name="domain move question")
         self.tasks.add(task)
