@@ -582,7 +582,7 @@ def test_nats_config_requires_tls_and_colony_identities(path):
     for block in ("cluster", "leafnodes"):
         body = nats_block(text, block)
         if body is not None and "listen" in body:
-            assert "verify: true" in body, f"{block}: the other side proves itself with a certificate"
+            assert re.search(r"verify(_and_map)?: true", body), f"{block}: the other side proves itself with a certificate"
 
 
 # --- the balancers --------------------------------------------------------------------------
