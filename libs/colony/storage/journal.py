@@ -145,8 +145,21 @@ class AclChanged(_Record):
     rights: str
 
 
+class SeenChanged(_Record):
+    """``{"t":"seen","e":7,"s":20,"box":3,"user":"bob@example.com","uids":[42],"on":true}``:
+    ``user`` -- someone the owner shares the mailbox with -- has now (or no longer) seen these
+    messages.  \\Seen is private per user in a shared mailbox (RFC 4314 §4/§5.1.2): a
+    colleague's reading is theirs, the owner's \\Seen stays the message's own flag."""
+    t: Literal["seen"] = "seen"
+    box: int
+    user: str
+    uids: list[int]
+    on: bool
+
+
 Record = Annotated[Union[Claim, Seal, MailboxCreated, MailboxRenamed, MailboxDeleted, MessageAppended,
-                         FlagsChanged, Expunged, SubscriptionChanged, AclChanged], Field(discriminator="t")]
+                         FlagsChanged, Expunged, SubscriptionChanged, AclChanged, SeenChanged],
+                   Field(discriminator="t")]
 _RECORD = TypeAdapter(Record)
 
 

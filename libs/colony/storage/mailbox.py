@@ -54,6 +54,16 @@ class Message:
 
 
 @dataclass
+class PrivateSeen:
+    """One colleague's own \\Seen in a mailbox shared with them (RFC 4314 §4: \\Seen is kept
+    per user).  Their MODSEQ of a message is the higher of the message's own and the ``s`` of
+    their last change to it here, so CONDSTORE sees their change and nobody else does."""
+    seen: set[int] = field(default_factory=set)
+    modseq: dict[int, int] = field(default_factory=dict)   # uid -> s of the user's last change
+    highest: int = 0                                        # s of the user's last change in the mailbox
+
+
+@dataclass
 class Mailbox:
     id: int
     name: str
@@ -63,6 +73,7 @@ class Mailbox:
     highest_modseq: int = 0
     messages: dict[int, Message] = field(default_factory=dict)  # uid -> message, ascending
     acl: dict[str, str] = field(default_factory=dict)  # identifier -> rights (RFC 4314), owner implied
+    private: dict[str, PrivateSeen] = field(default_factory=dict)  # colleague -> their own \Seen
 
 
 class MailState:
@@ -126,9 +137,22 @@ class MailState:
                 msg = box.messages.pop(uid, None)
                 if msg is not None:
                     freed += self._forget(msg)
+            for private in box.private.values():   # bounded by the messages that exist
+                for uid in r.uids:
+                    private.seen.discard(uid)
+                    private.modseq.pop(uid, None)
             box.highest_modseq = r.s
         elif isinstance(r, j.SubscriptionChanged):
             (self.subscribed.add if r.on else self.subscribed.discard)(r.name)
+        elif isinstance(r, j.SeenChanged):
+            # Not the mailbox's HIGHESTMODSEQ: the owner and the other colleagues see no change.
+            box = self.boxes[r.box]
+            private = box.private.setdefault(r.user, PrivateSeen())
+            for uid in r.uids:
+                if uid in box.messages:
+                    (private.seen.add if r.on else private.seen.discard)(uid)
+                    private.modseq[uid] = r.s
+            private.highest = r.s
         elif isinstance(r, j.AclChanged):
             box = self.boxes.get(r.box)
             if box is not None:
@@ -165,6 +189,9 @@ class MailState:
             "boxes": [{
                 "id": b.id, "name": b.name, "uidvalidity": b.uidvalidity, "special_use": b.special_use,
                 "uidnext": b.uidnext, "highest_modseq": b.highest_modseq, "acl": dict(b.acl),
+                "private": {user: {"highest": p.highest,
+                                   "uids": [[uid, modseq, uid in p.seen] for uid, modseq in sorted(p.modseq.items())]}
+                            for user, p in b.private.items()},
                 "messages": [[m.uid, m.body, sorted(m.flags), m.date.isoformat(), m.size, m.modseq, m.key]
                              for m in b.messages.values()],
             } for b in self.boxes.values()],
@@ -178,6 +205,9 @@ class MailState:
         for b in data["boxes"]:
             box = Mailbox(b["id"], b["name"], b["uidvalidity"], b["special_use"], b["uidnext"], b["highest_modseq"],
                           acl=dict(b.get("acl", {})))  # snapshots older than ACLs have none
+            for user, p in b.get("private", {}).items():   # nor older ones private \Seen
+                box.private[user] = PrivateSeen({uid for uid, _, on in p["uids"] if on},
+                                                {uid: modseq for uid, modseq, _ in p["uids"]}, p["highest"])
             for uid, body, flags, date, size, modseq, key in b["messages"]:
                 box.messages[uid] = Message(uid, body, frozenset(flags), datetime.fromisoformat(date), size, modseq, key)
                 s.body_refs[body] = s.body_refs.get(body, 0) + 1
@@ -413,6 +443,19 @@ class AccountMail:
         if box.acl.get(identifier, "") != rights:
             self._stage(j.AclChanged(e=self.epoch, s=self._next(), box=box.id, id=identifier, rights=rights))
 
+    def private_seen(self, name: str, user: str) -> PrivateSeen:
+        """``user``'s own \\Seen in mailbox ``name`` (empty if they never changed it)."""
+        return self.state.box(name).private.get(user.lower()) or PrivateSeen()
+
+    def store_seen(self, name: str, user: str, uids: Iterable[int], on: bool) -> None:
+        """Set (``on``) or clear ``user``'s own \\Seen on ``uids``; one record for those that change."""
+        box = self.state.box(name)
+        user = user.lower()
+        seen = box.private[user].seen if user in box.private else set()
+        changed = sorted(u for u in set(uids) if u in box.messages and (u in seen) != on)
+        if changed:
+            self._stage(j.SeenChanged(e=self.epoch, s=self._next(), box=box.id, user=user, uids=changed, on=on))
+
     def subscribe(self, name: str, on: bool = True) -> None:
         self._stage(j.SubscriptionChanged(e=self.epoch, s=self._next(), name=name, on=on))
 
@@ -469,6 +512,11 @@ class AccountMail:
             self._stage(j.MessageAppended(e=self.epoch, s=self._next(), box=b.id, uid=new, body=msg.body,
                                           flags=sorted(msg.flags), date=msg.date, size=msg.size))
             mapping[uid] = new
+        # A copy keeps each colleague's own \Seen too, as it keeps the owner's in its flags.
+        for user, private in list(a.private.items()):
+            seen = [mapping[u] for u in sorted(private.seen) if u in mapping]
+            if seen:
+                self.store_seen(dst, user, seen, True)
         return mapping
 
     def move(self, src: str, uids: Iterable[int], dst: str) -> dict[int, int]:

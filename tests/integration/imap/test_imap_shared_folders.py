@@ -1,7 +1,8 @@
 """Shared folders across two mail store processes on a real nats-server: alice's account is
 owned by one store, bob's by the other; alice shares a folder with bob, and bob's IMAP session
 (imapclient, on his own store) lists, opens, reads, flags and appends to it through the
-forwarding to alice's store, within the rights alice grants, until she revokes them."""
+forwarding to alice's store, within the rights alice grants, until she revokes them; what bob
+reads is read for him only (\\Seen per user, with his own MODSEQ)."""
 
 from __future__ import annotations
 
@@ -104,6 +105,7 @@ def _scenario(addresses) -> dict:
         selected = bob.select_folder(SHARED, readonly=True)
         out["lr_select"] = (selected[b"EXISTS"], b"READ-ONLY" in selected)
         uids = bob.search("ALL")
+        out["uids"] = uids
         out["read"] = bob.fetch(uids[:1], ["BODY.PEEK[]"])[uids[0]][b"BODY[]"]
         with pytest.raises(IMAPClientError) as refused:
             bob.add_flags(uids[:1], [b"\\Flagged"])
@@ -115,6 +117,16 @@ def _scenario(addresses) -> dict:
         bob.add_flags(uids[:1], [b"\\Flagged", b"\\Seen"])
         alice.select_folder("Projects")
         out["alice_sees_flags"] = _flags(alice, uids[0])
+        out["bob_sees_flags"] = _flags(bob, uids[0])
+        # \Seen is each user's own (RFC 4314 §4): bob reading message 2 marks it read for him
+        # only, with a MODSEQ of his that alice's HIGHESTMODSEQ does not show.
+        modseqs = [c.folder_status(name, [b"HIGHESTMODSEQ"])[b"HIGHESTMODSEQ"]
+                   for c, name in ((alice, "Projects"), (bob, SHARED))]
+        bob.fetch(uids[1:2], ["BODY[]"])
+        out["seen_2"] = (_flags(alice, uids[1]), _flags(bob, uids[1]))
+        out["alice_modseq"] = (modseqs[0], alice.folder_status("Projects", [b"HIGHESTMODSEQ"])[b"HIGHESTMODSEQ"])
+        out["bob_changed"] = sorted(bob.fetch(uids, ["FLAGS"], modifiers=[f"CHANGEDSINCE {modseqs[1]}"]))
+        out["alice_changed"] = sorted(alice.fetch(uids, ["FLAGS"], modifiers=[f"CHANGEDSINCE {modseqs[0]}"]))
         with pytest.raises(IMAPClientError) as refused:
             bob.add_flags(uids[:1], [b"\\Deleted"])                 # no t
         out["store_deleted"] = str(refused.value)
@@ -176,7 +188,12 @@ async def test_share_a_folder_with_a_colleague_on_another_store(two_stores):
     assert r["lrswi_read_only"] is False
     assert b"Subject: plan" in r["read"]
     assert "READ-ONLY" in r["store_lr"]
-    assert {b"\\Flagged", b"\\Seen"} <= r["alice_sees_flags"]       # written in alice's mailbox
+    assert b"\\Flagged" in r["alice_sees_flags"]                     # written in alice's mailbox ...
+    assert b"\\Seen" not in r["alice_sees_flags"]                    # ... but bob's \Seen is his own
+    assert {b"\\Flagged", b"\\Seen"} <= r["bob_sees_flags"]
+    assert b"\\Seen" not in r["seen_2"][0] and b"\\Seen" in r["seen_2"][1]
+    assert r["alice_modseq"][0] == r["alice_modseq"][1]               # nothing changed for alice
+    assert r["bob_changed"] == [r["uids"][1]] and r["alice_changed"] == []
     assert "NOPERM" in r["store_deleted"]
     assert r["alice_exists"] == 3
     assert any(b"plan" in s for s in r["bob_inbox"])

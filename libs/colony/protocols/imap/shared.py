@@ -26,8 +26,14 @@ Two views make that work, each a ``session.Store``:
   deletes and expunges the source): two commits, not one; a crash between them leaves a copy
   in both places, never none.
 
-``\\Seen`` on a shared folder is the owner's flag, shared by everyone with ``s`` (no per-user
-seen state); the quota that counts is the owner's account.
+``\\Seen`` is private per user (RFC 4314 §4 and §5.1.2; Cyrus and Dovecot do the same): the
+message's own ``\\Seen`` flag is the owner's, and each grantee's is kept beside it in the owner's
+journal (``AccountMail.store_seen``, written by the owner's store like any other change), so a
+colleague reading a shared folder never marks it read for the owner or for anyone else.  The
+view shows the grantee their own ``\\Seen`` instead of the owner's, and a message's MODSEQ for
+them is the higher of the message's own and that of their last change to it: CONDSTORE and
+QRESYNC see each user's own changes and no one else's.  The quota that counts is the owner's
+account.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from datetime import datetime
 
 from colony.protocols.imap import rights
 
+SEEN = "\\Seen"
 OTHER_USERS = "Other Users"
 DELIMITER = "/"
 PREFIX = OTHER_USERS + DELIMITER
@@ -109,7 +116,9 @@ class SharedView:
         self._need(self._outer(parent), "k")
 
     def _drop_unsettable(self, inner: str, held: str, flags_by_uid: dict[int, frozenset[str]]) -> None:
-        for flag in sorted({f for flags in flags_by_uid.values() for f in flags}):
+        # \Seen in the message's flags is the owner's, which a copy keeps; the grantee's own
+        # goes with the copy in AccountMail.copy, and _transfer takes it back without ``s``.
+        for flag in sorted({f for flags in flags_by_uid.values() for f in flags} - {SEEN}):
             if not rights.settable_flags(held, [flag]):
                 self.mail.store_flags(inner, [u for u, fl in flags_by_uid.items() if flag in fl], [flag], "remove")
 
@@ -126,12 +135,24 @@ class SharedView:
         out = []
         for box in self.mail.mailboxes():
             if rights.effective(self.mail.acl(box.name), self.grantee, self.owner):
-                out.append(replace(box, name=self._outer(box.name), subscribed=False))
+                highest = max(box.highest_modseq, self.mail.private_seen(box.name, self.grantee).highest)
+                out.append(replace(box, name=self._outer(box.name), subscribed=False, highest_modseq=highest))
         return out
 
     def messages(self, name: str):
         self._need(name, "")              # listed (any right): STATUS/SELECT checked r already
-        return self.mail.messages(self._inner(name))
+        inner = self._inner(name)
+        return self._as_seen_by_grantee(inner, self.mail.messages(inner))
+
+    def _as_seen_by_grantee(self, inner: str, messages):
+        """The messages with the grantee's own \\Seen and MODSEQ in place of the owner's."""
+        private = self.mail.private_seen(inner, self.grantee)
+        out = []
+        for m in messages:
+            flags = m.flags | {SEEN} if m.uid in private.seen else m.flags - {SEEN}
+            modseq = max(m.modseq, private.modseq.get(m.uid, 0))
+            out.append(m if flags == m.flags and modseq == m.modseq else replace(m, flags=flags, modseq=modseq))
+        return out
 
     def body(self, name: str, uid: int) -> bytes:
         self._need(name, "r")
@@ -179,20 +200,36 @@ class SharedView:
 
     def append(self, name: str, data: bytes, flags=(), date: datetime | None = None):
         held = self._need(name, "i")
-        return self.mail.append(self._inner(name), data, rights.settable_flags(held, flags), date)
+        inner = self._inner(name)
+        allowed = rights.settable_flags(held, flags)
+        stored = self.mail.append(inner, data, [f for f in allowed if f != SEEN], date)
+        if SEEN in allowed:
+            self.mail.store_seen(inner, self.grantee, [stored.uid], True)
+        return stored
 
     def store_flags(self, name: str, uids, flags, mode: str = "set") -> None:
         held = self._need(name, "r")
-        allowed = rights.settable_flags(held, flags)
+        inner = self._inner(name)
+        uids = list(uids)
         if mode == "set":     # a replace must not touch flags the grantee may not change either
-            wanted, chosen = set(flags), set(uids)
-            for m in self.mail.messages(self._inner(name)):
-                if m.uid in chosen and rights.refused_flags(held, (m.flags - {"\\Recent"}) ^ wanted):
+            wanted, chosen = frozenset(flags), set(uids)
+            owners = {m.uid: m for m in self.mail.messages(inner) if m.uid in chosen}
+            for m in self._as_seen_by_grantee(inner, owners.values()):
+                if rights.refused_flags(held, (m.flags - {"\\Recent"}) ^ wanted):
                     raise SharedError("[NOPERM] That would change flags you may not change")
-            allowed = list(flags)
-        elif not allowed:
+            # The shared flags become the wanted ones, each message keeping the owner's \Seen.
+            for owner_seen in (True, False):
+                group = [u for u, m in owners.items() if (SEEN in m.flags) == owner_seen]
+                if group:
+                    self.mail.store_flags(inner, group, (wanted - {SEEN}) | ({SEEN} if owner_seen else set()), "set")
+            self.mail.store_seen(inner, self.grantee, owners, SEEN in wanted)  # unchanged without ``s``
             return
-        self.mail.store_flags(self._inner(name), uids, allowed, mode)
+        allowed = rights.settable_flags(held, flags)
+        shared = [f for f in allowed if f != SEEN]
+        if shared:
+            self.mail.store_flags(inner, uids, shared, mode)
+        if SEEN in allowed:
+            self.mail.store_seen(inner, self.grantee, uids, mode == "add")
 
     def expunge(self, name: str, uids=None) -> list[int]:
         self._need(name, "e")
@@ -204,6 +241,8 @@ class SharedView:
         before = {m.uid: m.flags for m in self.mail.messages(self._inner(src))}
         mapping = getattr(self.mail, op)(self._inner(src), uids, self._inner(dst))
         self._drop_unsettable(self._inner(dst), held, {new: before[old] for old, new in mapping.items()})
+        if "s" not in held:   # the grantee's own \Seen came along, but they may not set it there
+            self.mail.store_seen(self._inner(dst), self.grantee, list(mapping.values()), False)
         return mapping
 
     def copy(self, src: str, uids, dst: str) -> dict[int, int]:

@@ -11,7 +11,7 @@ from colony.storage.mailbox import AccountMail
 
 from test_session import MSG, Client, Store
 
-ALICE, BOB, EVE = "alice@example.com", "bob@example.com", "eve@other.test"
+ALICE, BOB, CAROL, EVE = "alice@example.com", "bob@example.com", "carol@example.com", "eve@other.test"
 TEAM = "Other Users/alice@example.com/Team"
 
 
@@ -86,7 +86,9 @@ def test_grant_read_then_write_then_revoke(accounts):
     assert "s OK [READ-WRITE]" in out
     assert "t NO [NOPERM]" in c.cmd("t STORE 1 +FLAGS (\\Deleted)")         # no t
     assert "u OK" in c.cmd("u STORE 1 +FLAGS (\\Flagged \\Seen)")
-    assert {"\\Flagged", "\\Seen"} <= alice.messages("Team")[0].flags        # written in alice's journal
+    assert "\\Flagged" in alice.messages("Team")[0].flags                    # written in alice's journal
+    assert "\\Seen" not in alice.messages("Team")[0].flags                   # bob's \Seen is his own
+    assert alice.private_seen("Team", BOB).seen == {1}
     out = c.cmd("v SEARCH FLAGGED")
     assert "* SEARCH 1" in out
     msg = "Subject: from bob\r\n\r\nhi\r\n"
@@ -161,3 +163,81 @@ def test_a_colleagues_store_away_leaves_the_users_own_mail_working(accounts):
     assert '"INBOX"' in c.cmd('l LIST "" "*"')
     assert "s OK" in c.cmd("s SELECT INBOX")
     assert "t NO [UNAVAILABLE]" in c.cmd(f't STATUS "{TEAM}" (MESSAGES)')
+
+
+def flags_of(client: Client, seq: int) -> str:
+    out = client.cmd(f"f FETCH {seq} FLAGS")
+    return next(line for line in out.splitlines() if line.startswith(f"* {seq} FETCH"))
+
+
+def test_seen_is_each_users_own_in_a_shared_folder(accounts, tmp_path):
+    """RFC 4314 §4/§5.1.2: a colleague reading a shared folder marks it read for themself only."""
+    alice, bob = accounts
+    carol = AccountMail(tmp_path / "carol", 1, clock=lambda: 1_700_000_000.0)
+    carol.open()
+    owner = session(ALICE, alice, {})
+    assert "g OK" in owner.cmd(f"g SETACL Team {BOB} lrswi")
+    assert "h OK" in owner.cmd(f"h SETACL Team {CAROL} lrs")
+    b = session(BOB, bob, {ALICE: alice})
+    c = session(CAROL, carol, {ALICE: alice})
+    assert "s OK" in owner.cmd("s SELECT Team")
+    assert "s OK" in b.cmd(f's SELECT "{TEAM}"')
+    assert "s OK" in c.cmd(f's SELECT "{TEAM}"')
+    assert "\\Seen" in flags_of(owner, 2) and "\\Seen" not in flags_of(b, 2)   # alice read 2; bob did not
+
+    assert "Hello there" in b.cmd("r FETCH 1 BODY[]")                  # bob reads 1: seen for him ...
+    assert "\\Seen" in flags_of(b, 1)
+    assert "\\Seen" not in flags_of(owner, 1) and "\\Seen" not in flags_of(c, 1)   # ... for nobody else
+    assert "* 1 FETCH" not in owner.cmd("n NOOP")                       # nor an update to alice's session
+    out = b.cmd("u SEARCH UNSEEN")
+    assert "* SEARCH 2" in out and "* SEARCH 1" not in out
+
+    assert "t OK" in owner.cmd("t STORE 1 +FLAGS (\\Seen)")           # alice reads 1 too; then bob unreads it
+    assert "v OK" in b.cmd("v STORE 1 -FLAGS (\\Seen)")
+    assert "\\Seen" in flags_of(owner, 1) and "\\Seen" not in flags_of(b, 1)
+    assert "w OK" in b.cmd("w STORE 2 FLAGS (\\Flagged \\Seen)")     # a replace keeps alice's \Seen ...
+    assert alice.messages("Team")[1].flags == frozenset({"\\Flagged", "\\Seen"})
+    assert "x OK" in b.cmd("x STORE 2 FLAGS (\\Flagged)")              # ... whatever bob's becomes
+    assert alice.messages("Team")[1].flags == frozenset({"\\Flagged", "\\Seen"})
+    assert "\\Seen" not in flags_of(b, 2)
+
+    msg = "Subject: from bob\r\n\r\nhi\r\n"                          # APPEND (\Seen): bob's own too
+    assert "a OK" in b.cmd(f'a APPEND "{TEAM}" (\\Seen) {{{len(msg)}+}}\r\n{msg}')
+    assert alice.messages("Team")[-1].flags == frozenset() and alice.private_seen("Team", BOB).seen == {3}
+    carol.close()
+
+
+def test_a_colleagues_seen_has_its_own_modseq(accounts):
+    """CONDSTORE: bob's \\Seen change raises the MODSEQ bob sees, not alice's HIGHESTMODSEQ."""
+    alice, bob = accounts
+    owner = session(ALICE, alice, {})
+    assert "g OK" in owner.cmd(f"g SETACL Team {BOB} lrs")
+    b = session(BOB, bob, {ALICE: alice})
+    mine = owner.cmd("a STATUS Team (HIGHESTMODSEQ)")
+    out = b.cmd(f's SELECT "{TEAM}" (CONDSTORE)')
+    before = int(out.split("[HIGHESTMODSEQ ")[1].split("]")[0])
+    out = b.cmd("t STORE 1 +FLAGS (\\Seen)")
+    modseq = int(out.split("MODSEQ (")[1].split(")")[0])
+    assert modseq > before
+    out = b.cmd(f"f FETCH 1:* (FLAGS) (CHANGEDSINCE {before})")
+    assert "* 1 FETCH" in out and "* 2 FETCH" not in out
+    assert f"[HIGHESTMODSEQ {modseq}]" in b.cmd(f's2 SELECT "{TEAM}" (CONDSTORE)')
+    assert owner.cmd("a2 STATUS Team (HIGHESTMODSEQ)").splitlines()[0] == mine.splitlines()[0]
+    assert "s OK" in owner.cmd("s SELECT Team (CONDSTORE)")
+    assert "* 1 FETCH" not in owner.cmd(f"f FETCH 1:* (FLAGS) (CHANGEDSINCE {before})")
+
+
+def test_private_seen_survives_a_snapshot_and_goes_with_an_expunge(accounts):
+    from colony.storage.mailbox import MailState
+
+    alice, _ = accounts
+    alice.store_seen("Team", BOB, [1, 2], True)
+    alice.copy("Team", [2], "Private")
+    alice.commit()
+    assert alice.private_seen("Private", BOB).seen == {2}                  # a copy keeps bob's \Seen
+    again = MailState.from_json(alice.state.to_json())
+    assert again.box("Team").private[BOB].seen == {1, 2}
+    assert again.box("Team").private[BOB].modseq == alice.state.box("Team").private[BOB].modseq
+    alice.expunge("Team", [1])
+    alice.commit()
+    assert alice.private_seen("Team", BOB).seen == {2} and 1 not in alice.private_seen("Team", BOB).modseq
