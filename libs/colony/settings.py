@@ -89,6 +89,7 @@ class Settings(BaseSettings):
     controller_probe_interval: float = Field(0.2, gt=0, description="Seconds between standby checks of the controller's liveness.")
     controller_rank_delay: float = Field(1.0, gt=0, description="Seconds each live standby ranked ahead of a controller gets to take over first (the Backup Controller moves at once, the n-th standby after n of these).")
     drain_timeout: float = Field(300.0, gt=0, description="Seconds a draining instance waits for its sessions to finish before it hands them over.")
+    domain_move_settle: float = Field(10.0, ge=0.5, description="Seconds a domain move waits after each of its phases (routing, sealing, flipped) before the next step, so every edge's and mail store's directory copy in every region has seen it (the PROVISIONING mirror's lag plus the mail stores' 2 s cache).")
 
     # --- work queues (colony.queue) -----------------------------------------------------
     queue_max_deliver: int = Field(5, ge=1, le=1000, description="Deliveries of a work-queue job before it goes to the DEAD_LETTERS stream (see `colony dlq`).")

@@ -14,7 +14,14 @@ Duties while active
       fenced decision first (``colony.cluster.decisions.publish_decision``, refused by the
       server once the lease is someone else's), then a CAS on the node record it judged;
     * serve ``colony.ctl.api`` (drain / ready / whoami) and pass the command on to the
-      instance stamped with the epoch.
+      instance stamped with the epoch;
+    * in the primary region of a super cluster, drive every domain move under way
+      (``domain_mover``): the directory's ``domain.*`` entries are watched from start to
+      stop (a standby knows the moves too), and while active one driver task runs per move
+      not yet finished, stamped with the lease's epoch.  A controller that takes over starts
+      the drivers again, which continue from the move's last event; one that loses the lease
+      cancels them (an append it still makes carries the old epoch, and the move's events
+      of the newer one make the rules stand it down).
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import json
 import logging
 import time
 from contextlib import suppress
+from datetime import timedelta
 
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -53,9 +61,15 @@ from colony.cluster.lease import Lease, LeaseLost, read_lease
 from colony.cluster.membership import LIVE_STATES, NodeRecord, NodeState
 from colony.cluster.node import NodeRuntime
 from colony.cluster.view import read_nodes, standby_order
+from colony import domain_move as dm
+from colony.contracts.directory import AccountEntry, DomainEntry, parse_entry
+from colony.contracts.move_requests import MoveRequestError
 from colony.events import ControllerElected, NodeStateChanged
+from colony.eventstore import EventStore
 from colony.metrics import BusRequestMetrics
+from colony_controller.domain_mover import DomainMover
 from colony_controller.metrics import ControllerMetrics
+from colony_controller.move_port import BusMovePort
 
 log = logging.getLogger("colony.controller")
 
@@ -73,6 +87,9 @@ class Controller:
         self._last_seen: dict[str, float] = {}  # id -> monotonic time we last saw a heartbeat
         self.election: Election | None = None
         self.metrics: ControllerMetrics | None = None
+        self._moving: dict[str, str] = {}        # domain -> id of its move under way (the directory's)
+        self._finished: set[tuple[str, str]] = set()  # (domain, move id) a driver saw finished
+        self._drivers: dict[str, asyncio.Task] = {}   # domain -> its driver, while active
 
     # --- Workload ---------------------------------------------------------------------------
 
@@ -96,6 +113,9 @@ class Controller:
             runtime.spawn("election", self._election_loop, restart=True),
             runtime.spawn("failure-detector", self._failure_detector, restart=True),
         ]
+        if s.region_list and s.region == s.primary:
+            self._tasks += [runtime.spawn("domain-move-watch", self._watch_moves, restart=True),
+                            runtime.spawn("domain-moves", self._run_moves, restart=True)]
         return {}
 
     def set_accepting(self, accepting: bool) -> None:
@@ -229,6 +249,9 @@ class Controller:
         await self.lease.release()
 
     async def _drop_duties(self) -> None:
+        for task in self._drivers.values():
+            task.cancel()
+        self._drivers.clear()
         if self._api_sub is not None:
             with suppress(Exception):
                 await self._api_sub.unsubscribe()
@@ -292,6 +315,75 @@ class Controller:
             node_id=record.id, role=record.role, old=old, new=NodeState.FAILED, reason=failed.reason,
             by=self.runtime.node_id, epoch=epoch))
 
+    # --- domain moves (primary region only) --------------------------------------------------
+
+    async def _watch_moves(self) -> None:
+        """Keep ``_moving`` equal to the directory's domains with a move under way."""
+        kv = await self.runtime.nc.jetstream().key_value(names.BUCKET_DIRECTORY)
+        watcher = await kv.watch(f"{names.AGG_DOMAIN}.*")
+        seen: dict[str, str] = {}   # key -> domain, so a deleted key can be forgotten
+        try:
+            async for entry in watcher:
+                if entry is None:
+                    continue
+                if entry.operation in ("DEL", "PURGE") or not entry.value:
+                    self._moving.pop(seen.pop(entry.key, ""), None)
+                    continue
+                try:
+                    value = parse_entry(entry.value)
+                except ValueError:
+                    continue
+                if not isinstance(value, DomainEntry):
+                    continue
+                seen[entry.key] = value.name
+                if value.move is not None and value.move.phase not in ("done", "cancelled"):
+                    self._moving[value.name] = value.move.move_id
+                else:
+                    self._moving.pop(value.name, None)
+        finally:
+            with suppress(Exception):
+                await watcher.stop()
+
+    def _move_epoch(self) -> int:
+        return self.lease.epoch if self.is_active else 0
+
+    async def _run_moves(self) -> None:
+        """While active, one driver per move under way (started again after a failover)."""
+        nc = self.runtime.nc
+        js = nc.jetstream()
+        directory = await js.key_value(names.BUCKET_DIRECTORY)
+        port = BusMovePort(nc, lambda domain: domain_accounts(directory, domain), epoch=self._move_epoch)
+        mover = DomainMover(EventStore(js, names.STREAM_PROVISIONING), port, epoch=self._move_epoch,
+                            settle=timedelta(seconds=self.runtime.settings.domain_move_settle))
+        while True:
+            if self.is_active:
+                for domain, move_id in list(self._moving.items()):
+                    running = self._drivers.get(domain)
+                    if (running is None or running.done()) and (domain, move_id) not in self._finished:
+                        self._drivers[domain] = self.runtime.spawn(f"domain move {domain}",
+                                                                   lambda d=domain, m=move_id: self._drive(mover, d, m))
+            await asyncio.sleep(1.0)
+
+    async def _drive(self, mover: DomainMover, domain: str, move_id: str) -> None:
+        """Drive one move until it is finished or another controller's; a failed question
+        (a region cut off, a store busy) is asked again, a stuck move looked at again later."""
+        while self.is_active:
+            try:
+                step = await mover.drive(domain)
+            except (MoveRequestError, NatsTimeout, NatsError, OSError) as exc:
+                log.warning("moving %s: %s; trying again", domain, exc or type(exc).__name__)
+                await asyncio.sleep(2.0)
+                continue
+            match step:
+                case dm.Stuck():
+                    await asyncio.sleep(30.0)   # logged by the driver; an operator acts
+                case dm.StandDown():
+                    return
+                case _:   # finished (or no move any more): not started again for this move
+                    self._finished.add((domain, move_id))
+                    log.info("the move %s of %s is finished", move_id, domain)
+                    return
+
     # --- the controller API -----------------------------------------------------------------
 
     async def _on_api(self, msg: Msg) -> None:
@@ -337,3 +429,28 @@ class Controller:
         if self.metrics:
             self.metrics.commands.labels(command, str(status)).inc()
         await msg.respond(Reply(ok=ok, status=status, error=error, data=data or {}).model_dump_json().encode())
+
+
+async def domain_accounts(directory: KeyValue, domain: str) -> list[str]:
+    """The domain's accounts, from the directory (one pass over its ``address.*`` keys, the
+    newest value of each; only this domain's accounts are kept).  Asked once per move, when
+    its accounts are fixed at the start of ``copying``."""
+    watcher = await directory.watch(f"{names.AGG_ADDRESS}.*", ignore_deletes=True)
+    wanted = domain.lower()
+    found: list[str] = []
+    try:
+        async for entry in watcher:
+            if entry is None:   # everything that was in the bucket has been delivered
+                break
+            if not entry.value:
+                continue
+            try:
+                value = parse_entry(entry.value)
+            except ValueError:
+                continue
+            if isinstance(value, AccountEntry) and value.domain.lower() == wanted:
+                found.append(value.address.lower())
+    finally:
+        with suppress(Exception):
+            await watcher.stop()
+    return sorted(found)
