@@ -5,16 +5,48 @@ A development cluster has none, so ``ensure_local_ca`` makes, once, a private CA
 server certificate for localhost/127.0.0.1/::1 and the advertised host, in
 ``<data_dir>/tls/`` (``ca.pem``, ``server.pem``, ``server.key``, key files 0600); clients
 that should verify the server trust ``ca.pem``.  Every context is TLS 1.2 or newer.
+
+Memory per TLS session: every TLS listener is served by asyncio's SSL protocol
+(``asyncio.sslproto.SSLProtocol``), which allocates a read buffer of its class attribute
+``max_size`` -- 256 KiB in CPython 3.11 -- for each connection when it is made, and
+keeps it for the connection's life.  For an edge holding tens of thousands of idle IMAPS or
+SIP TLS sessions that buffer is nearly all their memory (measured: ~280 KB per idle TLS
+session against ~5 KB per plain one), so ``server_context`` bounds it for the process to
+``TLS_READ_BUFFER`` (``bound_tls_read_buffer``).  A TLS record carries at most 16 KiB of
+plaintext (RFC 8446 §5.1), so reading 16 KiB of ciphertext at a time costs a bulk transfer
+a few more ``recv`` calls and nothing else; OpenSSL already frees its own record buffers
+of an idle connection (CPython sets ``SSL_MODE_RELEASE_BUFFERS``).
 """
 
 from __future__ import annotations
 
+import logging
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
 from colony.pki import CertificateFiles, make_ca_and_certificate
 from colony.settings import ConfigError, Settings
+
+
+log = logging.getLogger("colony.tls")
+
+TLS_READ_BUFFER = 16 * 1024   # bytes asyncio reads from a TLS socket at a time, per connection
+
+
+def bound_tls_read_buffer(size: int = TLS_READ_BUFFER) -> None:
+    """Make asyncio's SSL protocol allocate ``size`` bytes of read buffer per connection
+    instead of its 256 KiB (see the module's docstring).  Process-wide and idempotent: it
+    also applies to TLS client connections (the bus, outbound SMTP), which only read in
+    smaller steps.  ``max_size`` is a class attribute of a module asyncio does not export;
+    tests/integration/edge/test_tls_session_memory.py measures a connection's memory, so a Python whose
+    SSL protocol no longer reads it fails there instead of silently costing 256 KiB."""
+    from asyncio import sslproto
+
+    if not isinstance(getattr(sslproto.SSLProtocol, "max_size", None), int):
+        log.warning("asyncio's SSL protocol has no max_size: TLS sessions keep its default read buffer")
+        return
+    sslproto.SSLProtocol.max_size = size
 
 
 @dataclass(frozen=True)
@@ -25,6 +57,7 @@ class TlsFiles:
 
 
 def server_context(cert: Path, key: Path) -> ssl.SSLContext:
+    bound_tls_read_buffer()  # every TLS listener is built from this context
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
