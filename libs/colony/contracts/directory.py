@@ -25,6 +25,8 @@ secrets, plus ``seq`` (the PROVISIONING sequence it reflects).  Wire formats::
                                       "max_recipients_per_message": ..., "sending_rate_per_hour": ...},
                            "seq": 21}
     any key, deleted      {"deleted": true, "seq": 22}   (a KV delete or purge means the same)
+    position.provisioning {"seq": 1234}   (``POSITION_KEY``: every PROVISIONING event up to this
+                                           sequence is in the bucket; the projection's checkpoint)
 
 Readers ignore fields they do not know (a newer writer may add some), so these models use
 ``extra="ignore"``; ``forward_keep_copy`` is optional (absent: false, forwarding replaces
@@ -51,6 +53,8 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from colony.bus import names
+
+POSITION_KEY = "position.provisioning"  # not an entry: readers of entries skip its kind
 
 
 class EntryKind(StrEnum):

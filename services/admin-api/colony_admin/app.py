@@ -130,10 +130,11 @@ async def _start(settings: Settings, nc: Client, hasher: PasswordHasher, mode: P
     js = nc.jetstream(timeout=10.0)
     store = EventStore(js, names.STREAM_PROVISIONING)
 
-    def follow(stream: str, subjects: str, name: str, apply) -> StreamProjection:
-        return StreamProjection(nc=nc, js=js, engine=engine, stream=stream, subjects=subjects, name=name, apply=apply)
+    def follow(stream: str, subjects: str, name: str, apply, **kw) -> StreamProjection:
+        return StreamProjection(nc=nc, js=js, engine=engine, stream=stream, subjects=subjects, name=name, apply=apply,
+                                **kw)
 
-    runners: list[tuple[str, StreamProjection | DirectoryProjection]] = []
+    runners: list[tuple[str, StreamProjection]] = []
     usage_p = audit_p = None
     read: StreamProjection | RemoteReadModel
     if mode == "projector":
@@ -141,11 +142,10 @@ async def _start(settings: Settings, nc: Client, hasher: PasswordHasher, mode: P
         await read.start()
     else:
         read = follow(names.STREAM_PROVISIONING, names.SUBJECTS_PROVISIONING, readmodel.READ_MODEL,
-                      readmodel.apply_provisioning)
+                      readmodel.apply_provisioning, directory=DirectoryProjection(nc, js, store))
         usage_p = follow(names.STREAM_USAGE, names.SUBJECTS_USAGE, readmodel.USAGE, readmodel.apply_usage)
         audit_p = follow(names.STREAM_AUDIT, names.SUBJECTS_AUDIT, readmodel.AUDIT, readmodel.apply_audit)
-        runners = [("readmodel", read), ("usage", usage_p), ("audit", audit_p),
-                   ("directory", DirectoryProjection(nc, js, store))]
+        runners = [("readmodel", read), ("usage", usage_p), ("audit", audit_p)]
     throttle = Throttle()
     provisioning = Provisioning(js, store, read, hasher)
     ctx = AdminContext(settings=settings, nc=nc, js=js, engine=engine, store=store, hasher=hasher,

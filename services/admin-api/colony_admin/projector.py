@@ -18,8 +18,9 @@ becomes visible about 1.6x faster with the projections in another process (see
   availability, not more throughput.  It announces its position
   (``projections.position.ReadModelPosition``); an admin API answers a command only once an
   announcement shows the command's event.
-* Directory: one durable consumer shared by every projector, so each event is handled
-  once somewhere; more projectors share that work.
+* Directory: fed by the read model's consumer (each event read and decoded once), its
+  checkpoint kept in the directory bucket; several projectors may write one key, and every
+  write only moves it forward.
 * Drain ("Make Not-Ready"): each projection finishes the batch in hand and asks for no
   more; the active work is that in-flight batch.  ``colony ready`` resumes where it was.
 """
@@ -52,7 +53,7 @@ class ProjectorWorkload:
         self.gate = asyncio.Event()  # set: take new batches; cleared by a drain
         self.gate.set()
         self.readmodel: StreamProjection | None = None
-        self.projections: list[StreamProjection | DirectoryProjection] = []
+        self.projections: list[StreamProjection] = []
         self._engine = None
         self._runtime: NodeRuntime | None = None
 
@@ -68,14 +69,14 @@ class ProjectorWorkload:
                                     apply=apply, gate=self.gate, **kw)
 
         self.readmodel = follow(names.STREAM_PROVISIONING, names.SUBJECTS_PROVISIONING, readmodel.READ_MODEL,
-                                readmodel.apply_provisioning, on_advance=self._announce)
+                                readmodel.apply_provisioning, on_advance=self._announce,
+                                directory=DirectoryProjection(nc, js, EventStore(js, names.STREAM_PROVISIONING)))
         self.projections = [
             self.readmodel,
-            DirectoryProjection(nc, js, EventStore(js, names.STREAM_PROVISIONING), gate=self.gate),
             follow(names.STREAM_USAGE, names.SUBJECTS_USAGE, readmodel.USAGE, readmodel.apply_usage),
             follow(names.STREAM_AUDIT, names.SUBJECTS_AUDIT, readmodel.AUDIT, readmodel.apply_audit),
         ]
-        for name, projection in zip(("readmodel", "directory", "usage", "audit"), self.projections, strict=True):
+        for name, projection in zip(("readmodel", "usage", "audit"), self.projections, strict=True):
             runtime.spawn(f"projection-{name}", projection.follow, restart=True,
                           context=lambda p=projection: f"at seq {getattr(p, 'position', '?')}; resumes from its checkpoint")
         runtime.spawn("announce-position", self._announce_every, restart=True)
@@ -103,7 +104,7 @@ class ProjectorWorkload:
         return sum(p.in_flight for p in self.projections)
 
     async def hand_over(self) -> None:
-        return None  # a batch is short; an unacknowledged directory batch goes to another projector
+        return None  # a batch is short; one cut off is projected again from the checkpoints
 
     async def stop(self) -> None:
         if self._engine is not None:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
+from colony.bus import names
 from colony_admin import importer
 from colony_admin.models import AccountCreate, DomainCreate, check_address
-from colony_admin.projections.directory import directory_entry, parse_subject
+from colony_admin.projections.directory import directory_entry, parse_subject, subject_entry
 from colony_admin.queries import decode_cursor, encode_cursor
 from colony_admin.problems import BadRequest
 
@@ -62,6 +63,18 @@ def test_directory_entries_hide_secrets_and_mark_deletions():
     assert directory_entry("domain", "b.example", None, 9)[1] == {"deleted": True, "seq": 9}
     assert directory_entry("token", "x", {"secret_sha256": "h"}, 1) is None
     assert parse_subject("colony.prov.address.a_40b_2eexample") == ("address", "a@b.example")
+
+
+@pytest.mark.parametrize("kind,name", [("address", "a@b.example"), ("domain", "xn--bcher-kva.example"),
+                                       ("address", "odd_name+tag@b.example"), ("domain_alias", "Ünïcode.example"),
+                                       ("cos", "gold plan/2"), ("token", "x"), ("domain_move", "b.example")])
+def test_an_entry_keyed_from_the_subject_is_the_entry_keyed_from_the_name(kind, name):
+    """The projection's hot path takes the key from the event's subject without decoding the
+    name: the same key and value as from the name, for any name the encoder escapes."""
+    state = {"kind": kind, "name": name, "password_hash": "h"}
+    subject = names.provisioning_subject(kind, name)
+    assert subject_entry(subject, state, 3) == directory_entry(kind, name, state, 3)
+    assert subject_entry(subject, None, 4) == directory_entry(kind, name, None, 4)
 
 
 def test_patch_null_clears_only_clearable_fields():

@@ -7,11 +7,20 @@ sequence it reflects.  A deleted aggregate becomes ``{"deleted": true, "seq": N}
 treat that like a missing key.  Tokens and a domain move's per-account progress
 (``domain_move.<d>``) are not in the directory.
 
-All projectors (``colony_admin.projector``) share one durable consumer, so each event is
-handled once somewhere (in batches: a creation event is written as is and a deletion as the deleted marker,
-pipelined; any other event makes us read the aggregate back and write its newest state).  Two projectors may still race on one key (events of one aggregate handled by
-different projectors), so every write is a compare-and-set that only moves ``seq`` forward:
-the directory never goes back to an older state.
+The directory is not read from the stream on its own: it rides on the read model's pull
+consumer (``runner.StreamProjection`` with ``directory=``), which decodes each event once and
+hands every batch to both, the SQL transaction in its worker thread and these writes on the
+event loop at the same time.  Its checkpoint lives with the directory, in the bucket itself
+(``contracts.directory.POSITION_KEY``: every event at or below it is in the directory), so a
+read-model database rebuilt from scratch does not rewrite a directory that is current, and a
+directory purged or restored from a backup is caught up from where it is.
+
+Within a batch, a creation alone on its subject is written as is and a deletion as the deleted
+marker, pipelined; any other event makes us read the aggregate back and write its newest
+state.  Every projector follows the whole stream, so two of them may write one key, or one
+may write a key behind another (events of one aggregate in different batches): every write
+is a compare-and-set that only moves ``seq`` forward, and the position only moves forward,
+so the directory never goes back to an older state.
 """
 
 from __future__ import annotations
@@ -25,22 +34,22 @@ import orjson
 
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
 from colony import events as ev
-from colony.tasks import keep_running
 from colony.bus import names
 from colony.bus.pipelined import landed, publish_pipelined
 from colony.bus.tokens import from_token
+from colony.contracts.directory import POSITION_KEY
 from colony.eventstore import EXPECTED_LAST_SUBJECT_SEQUENCE, EventStore
 from colony_admin import aggregates
-from colony_admin.projections.pull import PullBatches, stream_seq
 
 log = logging.getLogger("colony.admin.directory")
 
-DURABLE = "admin-directory"
+# The durable consumer through which the directory once read the stream on its own; a durable
+# never expires, so a projector removes it at start.
+_RETIRED_DURABLE = "admin-directory"
 _SECRET_FIELDS = ("password_hash", "sip_ha1", "secret_sha256")
 _SUBJECT_PREFIX = "colony.prov."
 _ACK_TIMEOUT = 5.0  # seconds for a batch's pipelined first writes; late ones are settled one by one
@@ -56,16 +65,33 @@ def _json(value: dict[str, Any]) -> bytes:
     return orjson.dumps(value)
 
 
+_UNPUBLISHED = (names.AGG_TOKEN, names.AGG_DOMAIN_MOVE)
+
+
 def directory_entry(kind: str, name: str, state: aggregates.State, seq: int) -> tuple[str, dict[str, Any]] | None:
     """Pure: the key and value the directory holds for an aggregate; None if not published."""
-    if kind in (names.AGG_TOKEN, names.AGG_DOMAIN_MOVE):
+    if kind in _UNPUBLISHED:
         return None
-    key = names.directory_key(kind, name)
+    return names.directory_key(kind, name), _value(state, seq)
+
+
+def subject_entry(subject: str, state: aggregates.State, seq: int) -> tuple[str, dict[str, Any]] | None:
+    """``directory_entry`` of the aggregate of a PROVISIONING subject, keyed straight from the
+    subject: ``colony.prov.<kind>.<token>`` and ``<kind>.<token>`` carry the same token
+    (``names.provisioning_subject``, ``names.directory_key``), so a bulk import's hot path
+    decodes and encodes no name."""
+    key = subject[len(_SUBJECT_PREFIX):]
+    if key.partition(".")[0] in _UNPUBLISHED:
+        return None
+    return key, _value(state, seq)
+
+
+def _value(state: aggregates.State, seq: int) -> dict[str, Any]:
     if state is None:
-        return key, {"deleted": True, "seq": seq}
+        return {"deleted": True, "seq": seq}
     value = {k: v for k, v in state.items() if k not in _SECRET_FIELDS}
     value["seq"] = seq
-    return key, value
+    return value
 
 
 def parse_subject(subject: str) -> tuple[str, str]:
@@ -73,66 +99,53 @@ def parse_subject(subject: str) -> tuple[str, str]:
     return kind, from_token(token)
 
 
+Item = tuple[int, str, ev.Event]  # stream sequence, subject, the event decoded
+
+
 class DirectoryProjection:
-    def __init__(self, nc: Client, js: JetStreamContext, store: EventStore, batch: int = 1000,
-                 gate: asyncio.Event | None = None) -> None:
-        self.nc, self.js, self.store, self._batch = nc, js, store, batch
-        self._gate = gate  # cleared: finish the batch in hand, take no new one (a drained projector)
-        self.in_flight = 0  # events of the batch being written (a projector's active work)
+    """The directory's side of the read model's feed: ``open()`` once per feed (answers the
+    position to start after), then ``handle()`` for every batch in stream order."""
+
+    def __init__(self, nc: Client, js: JetStreamContext, store: EventStore) -> None:
+        self.nc, self.js, self.store = nc, js, store
+        self.position = 0  # every event at or below it is in the directory
         self._kv: KeyValue | None = None
 
-    async def run(self) -> None:
-        await keep_running("directory projection (resumes from the durable consumer)", self.follow, log)
-
-    async def follow(self) -> None:
+    async def open(self) -> int:
         self._kv = await self.js.key_value(names.BUCKET_DIRECTORY)
-        config = ConsumerConfig(durable_name=DURABLE, filter_subject=names.SUBJECTS_PROVISIONING,
-                                ack_policy=AckPolicy.ALL, deliver_policy=DeliverPolicy.ALL, ack_wait=60.0,
-                                max_ack_pending=20_000)
-        await self.js.add_consumer(names.STREAM_PROVISIONING, config=config)
-        pull = PullBatches(self.nc, self.js, names.STREAM_PROVISIONING, DURABLE, self._batch)
-        await pull.open()
         try:
-            while True:
-                ask = self._gate is None or self._gate.is_set()
-                if not ask and not pull.busy:
-                    await self._gate.wait()
-                    continue
-                msgs = await pull.next(ask)
-                if not msgs:
-                    continue
-                self.in_flight = len(msgs)
-                try:
-                    await self._handle(msgs)
-                    await msgs[-1].ack()  # ack-all: the whole batch is in the directory
-                finally:
-                    self.in_flight = 0
-        finally:
-            await pull.close()
+            await self.js.delete_consumer(names.STREAM_PROVISIONING, _RETIRED_DURABLE)
+        except NotFoundError:
+            pass
+        try:
+            entry = await self._kv.get(POSITION_KEY)
+            self.position = int(json.loads(entry.value or b"{}").get("seq", 0))
+        except KeyNotFoundError:
+            self.position = 0
+        return self.position
 
-    async def _handle(self, msgs) -> None:
-        by_subject: dict[str, list] = {}
-        for m in msgs:
-            by_subject.setdefault(m.subject, []).append(m)
+    async def handle(self, items: list[Item]) -> None:
+        """Write a batch's events above the position, then move the position past the batch.
+        Raises on a transient error (the bus unreachable): the caller's loop starts again from
+        the position, and writing an event twice is harmless."""
+        if not items or items[-1][0] <= self.position:
+            return
+        by_subject: dict[str, list[Item]] = {}
+        for item in items:
+            if item[0] > self.position:
+                by_subject.setdefault(item[1], []).append(item)
         fresh: list[tuple[str, dict[str, Any]]] = []
         others: list[str] = []
         for subject, group in by_subject.items():
-            try:
-                # The batch's last event of the subject: a deletion ends the aggregate whatever
-                # came before it, a creation alone in the batch is its whole state.
-                event = ev.decode(group[-1].data)
-            except ev.UnknownEvent as exc:
-                # A newer producer's event: say so and leave the key alone rather than guess
-                # (and rather than stall the directory on one message forever).
-                log.error("directory: skipping %s: %s", subject, exc)
-                continue
+            # The batch's last event of the subject: a deletion ends the aggregate whatever
+            # came before it, a creation alone in the batch is its whole state.
+            seq, _, event = group[-1]
             if isinstance(event, _DELETIONS) or (len(group) == 1 and isinstance(event, _CREATIONS)):
                 # No need to read the aggregate back (a bulk import fences every new domain's
                 # name with a deletion on its domain-alias subject: reading each of those back
                 # cost a stream read per domain and halved the import's visible rate).
-                kind, name = parse_subject(subject)
                 state = None if isinstance(event, _DELETIONS) else aggregates.apply(None, event)
-                entry = directory_entry(kind, name, state, stream_seq(group[-1]))
+                entry = subject_entry(subject, state, seq)
                 if entry is not None:
                     fresh.append(entry)
             else:
@@ -143,6 +156,8 @@ class DirectoryProjection:
                                    for (key, value), ok in zip(fresh, written, strict=True) if not ok))
         # Only the newest state of each aggregate matters: one write per subject per batch.
         await asyncio.gather(*(self._publish(subject) for subject in others))
+        last = items[-1][0]
+        self.position = max(last, await self._put_forward(POSITION_KEY, {"seq": last}))
 
     async def _create_many(self, entries: list[tuple[str, dict[str, Any]]]) -> list[bool]:
         """Write each entry as a new key, pipelined on one reply subscription (expected last
@@ -173,7 +188,9 @@ class DirectoryProjection:
         if entry is not None:
             await self._put_forward(*entry)
 
-    async def _put_forward(self, key: str, value: dict[str, Any]) -> None:
+    async def _put_forward(self, key: str, value: dict[str, Any]) -> int:
+        """Write ``value`` unless the key holds its ``seq`` or a newer one; answers the ``seq``
+        the key holds afterwards (another projector's, when it was ahead)."""
         assert self._kv is not None
         data = _json(value)
         for _ in range(10):
@@ -184,12 +201,13 @@ class DirectoryProjection:
             try:
                 if current is None:
                     await self._kv.create(key, data)
-                    return
-                if current.value and json.loads(current.value).get("seq", 0) >= value["seq"]:
-                    return  # someone already wrote this state or a newer one
+                    return value["seq"]
+                held = json.loads(current.value).get("seq", 0) if current.value else 0
+                if held >= value["seq"]:
+                    return held  # someone already wrote this state or a newer one
                 await self._kv.update(key, data, last=current.revision)
-                return
+                return value["seq"]
             except KeyWrongLastSequenceError:
                 continue  # raced with another instance: re-read and decide again
         log.warning("directory: gave up writing %s after repeated races", key)
-
+        return 0

@@ -4,6 +4,15 @@ A projection follows the stream with its own ephemeral pull consumer starting ri
 the checkpoint stored in the database, applies a batch in one transaction (in
 a worker thread: SQLAlchemy is synchronous here), and wakes whoever waits for a sequence
 (read-your-writes: a command answers only once the read model shows its event).
+
+The read model of PROVISIONING carries the directory projection on the same consumer
+(``directory=``): each event is taken off the bus and decoded once, and each batch goes to
+the SQL transaction (worker thread) and to the directory's KV writes (event loop) at the same
+time.  The consumer starts after the lower of the two checkpoints; each side skips what it
+holds already.  The position a projection announces moves only once both have the batch, so
+a command that answers (read-your-writes) is in the directory the edges read as well.  Why
+one consumer for both: reading and decoding every event twice was the largest share of the
+projector's time in a bulk import (``bench/README.md``, "Provisioning").
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ from colony.tasks import keep_running
 from colony.telemetry import extract_context
 
 from colony_admin.db import write_tx
+from colony_admin.projections.directory import DirectoryProjection
 from colony_admin.projections.position import PositionTracker
 from colony_admin.projections.pull import PullBatches, stream_seq
 from colony_admin.projections.readmodel import Batch, checkpoint, skip_to
@@ -62,13 +72,14 @@ class StreamProjection(PositionTracker):
     def __init__(self, *, nc: Client, js: JetStreamContext, engine: Engine, stream: str, subjects: str, name: str,
                  apply: ApplyFn, batch: int = 1000,
                  on_advance: Callable[[int], Awaitable[None]] | None = None,
-                 gate: asyncio.Event | None = None) -> None:
+                 gate: asyncio.Event | None = None, directory: DirectoryProjection | None = None) -> None:
         self.nc, self.js, self.engine, self.stream, self.subjects, self.name = nc, js, engine, stream, subjects, name
         self.in_flight = 0  # events of the batch being applied (a projector's active work)
         self._apply = apply
         self._batch = batch
         self._on_advance = on_advance  # told every new position (a projector announces it)
         self._gate = gate  # cleared: finish the batch in hand, take no new one (a drained projector)
+        self.directory = directory  # fed the same batches (PROVISIONING only)
         super().__init__()
 
     async def run(self) -> None:
@@ -78,6 +89,8 @@ class StreamProjection(PositionTracker):
     async def follow(self) -> None:
         start = await asyncio.to_thread(self._load_checkpoint)
         await self._advance_to(start)
+        if self.directory is not None:
+            start = min(start, await self.directory.open())
         config = ConsumerConfig(
             filter_subject=self.subjects,
             ack_policy=AckPolicy.NONE,
@@ -96,19 +109,19 @@ class StreamProjection(PositionTracker):
                     await self._gate.wait()
                     continue
                 msgs = await pull.next(ask)
-                batch: list[tuple[int, ev.Event]] = []
+                items: list[tuple[int, str, ev.Event]] = []
                 for msg in msgs:
                     seq = stream_seq(msg)
                     try:
-                        batch.append((seq, ev.decode(msg.data)))
+                        items.append((seq, msg.subject, ev.decode(msg.data)))
                     except ev.UnknownEvent as exc:
                         # A newer producer's event: say so and skip rather than guess its meaning.
                         log.error("projection %s: skipping seq %d: %s", self.name, seq, exc)
-                if batch:
-                    self.in_flight = len(batch)
+                if items:
+                    self.in_flight = len(items)
                     spans = traced_spans(self.name, msgs)
                     try:
-                        await asyncio.to_thread(self._apply_in_tx, batch)
+                        await self._apply_batch(items)
                     finally:
                         self.in_flight = 0
                         for span in spans:
@@ -121,6 +134,24 @@ class StreamProjection(PositionTracker):
                 await self.js.delete_consumer(self.stream, consumer)
             except Exception:  # noqa: BLE001 - the connection may be gone; it expires by itself (inactive_threshold)
                 pass
+
+    async def _apply_batch(self, items: list[tuple[int, str, ev.Event]]) -> None:
+        # A batch the database holds already (the directory catching up from further back)
+        # needs no transaction; the checkpoint, checked in the transaction, decides the rest.
+        sql = (asyncio.to_thread(self._apply_in_tx, [(seq, event) for seq, _, event in items])
+               if items[-1][0] > self.position else None)
+        if self.directory is None:
+            if sql is not None:
+                await sql
+            return
+        # Both at once: the SQL runs in its thread (sqlite3 and psycopg release the GIL) while
+        # the loop writes the directory; both finish before either failure is raised, so a
+        # restart never overlaps a transaction still running.
+        results = await asyncio.gather(*(c for c in (sql, self.directory.handle(items)) if c is not None),
+                                       return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
 
     def _load_checkpoint(self) -> int:
         with self.engine.connect() as conn:
