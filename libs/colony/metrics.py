@@ -73,6 +73,18 @@ def gauge(name: str, documentation: str, labels: dict[str, str], value: float,
     return family
 
 
+class _Answer:
+    """What a handler inside ``BusRequestMetrics.observe`` may say about its request."""
+
+    __slots__ = ("outcome",)
+
+    def __init__(self) -> None:
+        self.outcome = "ok"
+
+    def refused(self) -> None:
+        self.outcome = "bad_request"
+
+
 class BusRequestMetrics:
     """RED metrics of the bus requests a service answers (auth, directory, recipients, ...).
 
@@ -94,13 +106,14 @@ class BusRequestMetrics:
 
     @contextmanager
     def observe(self, subject: str):
-        """Count one answered request around its handling: ``ok`` unless the block raises."""
+        """Count one answered request around its handling: ``ok`` unless the block raises or
+        calls ``refused()`` on what it is given (the request did not parse or was not admitted)."""
         self.in_flight.labels(subject).inc()
         started = time.perf_counter()
-        outcome = "error"
+        outcome, answer = "error", _Answer()
         try:
-            yield
-            outcome = "ok"
+            yield answer
+            outcome = answer.outcome
         finally:
             self.in_flight.labels(subject).dec()
             self.requests.labels(subject, outcome).inc()

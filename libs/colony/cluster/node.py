@@ -43,7 +43,7 @@ from colony.cluster.epoch import EpochGuard, StaleEpoch
 from colony.cluster.lease import LeaseRecord
 from colony.cluster.membership import NodeRecord, NodeState
 from colony.cluster.ops_http import OpsServer
-from colony.metrics import Metrics
+from colony.metrics import BusRequestMetrics, Metrics
 from colony.events import DrainFailed, Event, NodeDrained, NodeStateChanged, TaskFailed, utcnow
 from colony.metrics import gauge
 from colony.settings import Settings
@@ -264,21 +264,26 @@ class NodeRuntime:
     # --- commands -------------------------------------------------------------------------
 
     async def _on_command(self, msg: Msg) -> None:
-        try:
-            cmd = NodeCommand.model_validate_json(msg.data)
-            self.epochs.admit(cmd.epoch)
-        except StaleEpoch as exc:
-            log.warning("%s refused a command: %s", self.node_id, exc)
-            await msg.respond(Reply(ok=False, status=409, error=str(exc)).model_dump_json().encode())
-            return
-        except ValidationError as exc:
-            await msg.respond(Reply(ok=False, status=400, error=f"bad command: {exc.errors()[0]['msg']}").model_dump_json().encode())
-            return
-        if cmd.command == "drain":
-            await self.begin_drain()
-        elif cmd.command == "ready":
-            await self.make_ready()
-        await msg.respond(Reply(ok=True, data=self.record.model_dump(mode="json")).model_dump_json().encode())
+        # Counted like every answered bus request (RED), under the subjects' pattern: one
+        # series per process, not one per node id.
+        with self.metrics.once(BusRequestMetrics).observe(names.NODE_COMMANDS) as request:
+            try:
+                cmd = NodeCommand.model_validate_json(msg.data)
+                self.epochs.admit(cmd.epoch)
+            except StaleEpoch as exc:
+                log.warning("%s refused a command: %s", self.node_id, exc)
+                request.refused()
+                await msg.respond(Reply(ok=False, status=409, error=str(exc)).model_dump_json().encode())
+                return
+            except ValidationError as exc:
+                request.refused()
+                await msg.respond(Reply(ok=False, status=400, error=f"bad command: {exc.errors()[0]['msg']}").model_dump_json().encode())
+                return
+            if cmd.command == "drain":
+                await self.begin_drain()
+            elif cmd.command == "ready":
+                await self.make_ready()
+            await msg.respond(Reply(ok=True, data=self.record.model_dump(mode="json")).model_dump_json().encode())
 
     async def begin_drain(self) -> None:
         # A drain that failed may be asked for again; one still running is left alone.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from colony.cluster.control import ask_controller
 
@@ -40,6 +41,13 @@ async def test_drain_then_ready(cluster, role):
     assert reply.ok, reply.error
     back = await cluster.wait_state(f"{role}-1", "READY", drained=False)
     assert await _readyz(back) == 200
+    # Both commands were answered bus requests, counted (RED) under the subjects' pattern.
+    async with httpx.AsyncClient(timeout=30) as client:
+        metrics = (await client.get(f"http://{back.addresses['ops']}/metrics")).text
+    counted = sum(sample.value for family in text_string_to_metric_families(metrics) for sample in family.samples
+                  if sample.name == "colony_bus_requests_total"
+                  and sample.labels == {"subject": "colony.node.cmd.*", "outcome": "ok"})
+    assert counted >= 2, metrics
     if role == "admin-api":
         async with httpx.AsyncClient(timeout=30) as client:
             served = await client.get(f"http://{back.addresses['http']}/v1/cluster/nodes")
