@@ -1,0 +1,175 @@
+"""Moving a domain between regions as an operator does it, under `colony up --regions eu,us`:
+a domain homed in eu with stored mail, flags and a folder is moved to us through the admin API
+(`colony domain move`) while mail keeps arriving at both regions' edges -- once steadily, once
+with eu's active controller SIGKILLed mid-move; the move reaches `done`, us's IMAP shows every
+message once with its flags, new mail sent to either edge lands in us, and eu's copy is gone."""
+
+from __future__ import annotations
+
+import imaplib
+import json
+import os
+import re
+import signal
+import ssl
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from test_colony_up import COLONY, ready_nodes, start_up, status_json, stop_up, wait_for
+from test_regions_up import bodies, colony, free_base, send, wait_deliverable
+
+pytestmark = pytest.mark.slow
+
+COUNTS = ["--controllers", "1", "--edges", "1", "--mailstores", "1", "--sipfarms", "1", "--admin-apis", "1"]
+PER_REGION = 6
+DOMAIN = "move.example"
+PASSWORD = "Move-secret-123"
+
+
+@pytest.fixture
+def regions(tmp_path, request):
+    """The super cluster; ``request.param``: the move's settle time in seconds."""
+    data_dir, base = tmp_path / "sc", free_base()
+    env = {"COLONY_EDGE_ALLOW_NETWORKS": "", "COLONY_EDGE_MESSAGES_PER_MINUTE_PER_IP": "100000",
+           "COLONY_EDGE_RECIPIENTS_PER_MINUTE_PER_IP": "100000", "COLONY_EDGE_CONNECTIONS_PER_MINUTE_PER_IP": "100000",
+           "COLONY_DNSBL_ZONES": "", "COLONY_DOMAIN_MOVE_SETTLE": str(getattr(request, "param", 3))}
+    os.environ.update(env)
+    try:
+        proc = start_up(data_dir, base, "--regions", "eu,us", *COUNTS)
+    finally:
+        for key in env:
+            del os.environ[key]
+    try:
+        for region in ("eu", "us"):
+            wait_for(lambda r=region: ready_nodes(data_dir / r, PER_REGION), 240, f"every {region} instance READY")
+        wait_for(lambda: (data_dir / "eu" / "admin.token").exists(), 60, "the primary's bootstrap token")
+        yield data_dir, base
+    finally:
+        print(stop_up(proc))
+
+
+def imap_login(region_dir: Path, port: int, user: str) -> imaplib.IMAP4_SSL:
+    tls = ssl.create_default_context(cafile=str(region_dir / "tls" / "ca.pem"))
+    imap = imaplib.IMAP4_SSL("127.0.0.1", port, ssl_context=tls, timeout=60)
+    imap.login(user, PASSWORD)
+    return imap
+
+
+def mailbox(imap: imaplib.IMAP4_SSL, name: str) -> dict[str, set[str]]:
+    """Subject -> flags of every message in the mailbox (a subject seen twice fails: a duplicate)."""
+    status, _ = imap.select(name, readonly=True)
+    assert status == "OK", name
+    status, data = imap.fetch("1:*", "(FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+    if data == [None]:
+        return {}
+    out: dict[str, set[str]] = {}
+    for part in data:
+        if not isinstance(part, tuple):
+            continue
+        flags = set(re.search(rb"FLAGS \(([^)]*)\)", part[0]).group(1).decode().split()) - {"\\Recent"}
+        subject = part[1].decode().strip().removeprefix("Subject: ")
+        assert subject not in out, f"{subject!r} twice in {name}"
+        out[subject] = flags
+    return out
+
+
+def move_status(eu: Path) -> dict:
+    out = subprocess.run([COLONY, "domain", "move-status", DOMAIN, "--json", "--data-dir", str(eu)],
+                         capture_output=True, text=True, timeout=60)
+    return json.loads(out.stdout) if out.returncode == 0 else {}
+
+
+def active_controller(region_dir: Path) -> dict | None:
+    return next((n for n in status_json(region_dir) if n["role"] == "controller" and n["controller"]), None)
+
+
+# With the controller killed the phases last longer (15 s settle), so the kill lands mid-move
+# on a loaded machine too, whose CLI polls take seconds.
+@pytest.mark.parametrize(("regions", "kill_controller"), [(3, False), (15, True)], indirect=["regions"],
+                         ids=["steady", "controller-sigkilled"])
+def test_a_domain_moves_from_eu_to_us_with_its_mail_flags_and_folders(regions, kill_controller):
+    data_dir, base = regions
+    eu, us = data_dir / "eu", data_dir / "us"
+    eu_smtp, us_smtp, eu_imap, us_imap = base + 25, base + 200 + 25, base + 93, base + 200 + 93
+    colony(eu, "domain", "add", DOMAIN, "--region", "eu")
+    for user in ("amy", "ben", "cid"):   # cid never gets mail: nothing stored to copy
+        colony(eu, "account", "add", f"{user}@{DOMAIN}", "--password", PASSWORD)
+    wait_deliverable(eu_smtp, f"amy@{DOMAIN}")
+    wait_deliverable(us_smtp, f"ben@{DOMAIN}")
+
+    sent = {"amy": [f"amy before {i}" for i in range(3)], "ben": [f"ben before {i}" for i in range(2)]}
+    for user, subjects in sent.items():
+        for subject in subjects:
+            send(eu_smtp, f"{user}@{DOMAIN}", subject)
+    wait_for(lambda: len(bodies(eu, DOMAIN)) >= 5, 120, "5 messages in eu's store")
+
+    # flags and a folder of the user's own, made over IMAP in eu
+    imap = imap_login(eu, eu_imap, f"amy@{DOMAIN}")
+    assert imap.create("Projects")[0] == "OK"
+    imap.select("INBOX")
+    status, data = imap.search(None, "SUBJECT", '"amy before 0"')
+    first = data[0].split()[0]
+    assert imap.store(first, "+FLAGS", "(\\Flagged \\Seen)")[0] == "OK"
+    assert imap.copy(first, "Projects")[0] == "OK"
+    imap.logout()
+    before = {"INBOX": {s: set() for s in sent["amy"]}, "Projects": {"amy before 0": {"\\Flagged", "\\Seen"}}}
+    before["INBOX"]["amy before 0"] = {"\\Flagged", "\\Seen"}
+
+    mover = subprocess.Popen([COLONY, "domain", "move", DOMAIN, "us", "--timeout", "400", "--data-dir", str(eu)],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    killed = None
+    if kill_controller:
+        # the primary's active controller dies mid-move; the supervisor starts it again, and
+        # it (a new process, a new epoch) carries the move on from its last event
+        victim = wait_for(lambda: active_controller(eu), 60, "eu's active controller")
+        phase = wait_for(lambda: move_status(eu).get("phase") in ("copying", "sealing") and move_status(eu)["phase"],
+                         120, "the move to copy")
+        os.kill(victim["pid"], signal.SIGKILL)
+        killed = victim["pid"]
+        assert move_status(eu)["phase"] not in ("done",), f"killed too late (seen {phase})"
+    # mail keeps arriving at both regions' edges while the domain moves
+    during = 0
+    while mover.poll() is None and during < 40:
+        edge = eu_smtp if during % 2 == 0 else us_smtp
+        send(edge, f"ben@{DOMAIN}", f"ben during {during}")
+        sent["ben"].append(f"ben during {during}")
+        during += 1
+        time.sleep(0.5)
+    out, _ = mover.communicate(timeout=420)
+    assert mover.returncode == 0, out
+    if killed is not None:
+        wait_for(lambda: (c := active_controller(eu)) is not None and c["pid"] != killed, 120,
+                 "eu's controller started again and active")
+    progress = move_status(eu)
+    assert progress["phase"] == "done" and progress["accounts"] == 3 and progress["accounts_verified"] == 3, progress
+
+    # after the move: mail sent to either edge lands in us
+    for edge in (eu_smtp, us_smtp):
+        subject = f"ben after via {edge}"
+        send(edge, f"ben@{DOMAIN}", subject)
+        sent["ben"].append(subject)
+
+    def ben_has_all():
+        imap = imap_login(us, us_imap, f"ben@{DOMAIN}")
+        try:
+            return set(mailbox(imap, "INBOX")) == set(sent["ben"])
+        finally:
+            imap.logout()
+    wait_for(ben_has_all, 120, "every message to ben, once, in us")
+
+    imap = imap_login(us, us_imap, f"amy@{DOMAIN}")
+    try:
+        assert mailbox(imap, "INBOX") == before["INBOX"]
+        assert mailbox(imap, "Projects") == before["Projects"]
+    finally:
+        imap.logout()
+    ben = imap_login(eu, eu_imap, f"ben@{DOMAIN}")   # eu's edge proxies the login to us now
+    try:
+        assert set(mailbox(ben, "INBOX")) == set(sent["ben"])
+    finally:
+        ben.logout()
+    # the source's copy is gone
+    assert not list((eu / "storage" / "SharedDomains").glob(f"**/{DOMAIN}/**/*.macnt"))
