@@ -12,8 +12,9 @@ step done but not recorded (the process died in between) is done again, which th
 
 What touches the mail stores is behind ``MovePort`` (the accounts of a domain, one account's
 copy pass, the source's open sessions and its clean-up), so the rules and the shell are
-tested here with a port in memory.  The port over the bus is ``colony_controller.move_port``;
-the stores do not answer its questions yet, so the controller does not run this driver.
+tested here with a port in memory.  The port over the bus is ``colony_controller.move_port``
+(answered by the regions' mail stores, ``colony_mailstore.moves``); the primary region's
+active controller runs ``drive`` for every move under way (``colony_controller.controller``).
 """
 
 from __future__ import annotations
