@@ -46,6 +46,7 @@ class Job:
     sequence: int          # in its stream
     delivered: int         # 1 on the first delivery
     _msg: Msg | None = field(default=None, repr=False)
+    acked: bool = field(default=False, repr=False)   # by the handler itself (``ack``)
 
     @property
     def id(self) -> str:
@@ -60,8 +61,19 @@ class Job:
     async def in_progress(self) -> None:
         """Extra keep-alive for a handler step that may block longer than usual (the runner
         already sends one every ``ack_wait / 3``)."""
-        if self._msg is not None:
+        if self._msg is not None and not self.acked:
             await self._msg.in_progress()
+
+    async def ack(self, timeout: float = 5.0) -> None:
+        """Acknowledge the job now, from inside the handler, confirmed by the server: for a
+        handler whose work is complete at a moment it can name, so the ack itself is the
+        record of it (the outbound queue acks the instant the remote server took a message,
+        instead of writing a marker and then acking).  The runner then only counts the job,
+        whatever the handler returns.  Raises when the server did not confirm: the job is
+        then still the runner's to settle."""
+        if self._msg is not None:
+            await self._msg.ack_sync(timeout=timeout)
+        self.acked = True
 
     @classmethod
     def from_msg(cls, msg: Msg) -> Job:
@@ -308,6 +320,10 @@ class QueueRunner:
                 log.warning("%s: progress for job %s not sent: %s", self.name, job.id, describe(exc))
 
     async def _apply(self, msg: Msg, job: Job, decision: Decision) -> None:
+        if job.acked:   # the handler acked it itself (Job.ack): done, whatever it returned after
+            self.handled += 1
+            self.metrics.jobs.labels(self.name, "done").inc()
+            return
         try:
             if decision.action == Action.ACK:
                 await msg.ack_sync(timeout=max(self.policy.ack_wait / 2, 2.0))

@@ -107,6 +107,41 @@ async def test_a_rejected_job_goes_to_dead_letters_at_once_and_purge_empties_the
     await runner.stop()
 
 
+async def test_a_job_the_handler_acked_itself_is_done_whatever_the_handler_returns(js, owner):
+    """Job.ack: the ack is confirmed by the server at once (the job leaves the work queue
+    while the handler still runs), and what the handler returns afterwards -- even a retry
+    or an exception -- does not bring it back."""
+    acked = asyncio.Event()
+    release = asyncio.Event()
+    calls = []
+
+    async def handler(job: Job):
+        calls.append(job.delivered)
+        await job.ack()
+        acked.set()
+        await release.wait()
+        raise RuntimeError("after the ack: must not retry the job")
+
+    metrics = Metrics(with_process=False)
+    runner = QueueRunner(js, stream=STREAM, durable="workers", filter_subject=SUBJECTS, handler=handler,
+                         policy=QueuePolicy(max_deliver=3, ack_wait=2, backoff=(0.05,)), metrics=metrics.once(QueueMetrics))
+    await runner.start(owner.spawn)
+    await js.publish("test.jobs.early", b"x", headers={"Nats-Msg-Id": "early-1"})
+    await asyncio.wait_for(acked.wait(), 30)
+    assert await wait_until(lambda: _is(queued(js), 0), 10, "the job out of the queue before the handler returned")
+    release.set()
+    await wait_until(lambda: _is(_handled(runner), 1), 10, "the job counted as done")
+    assert 'colony_queue_jobs_total{outcome="done",queue="workers"} 1.0' in metrics.render().decode()
+    assert await wait_until(lambda: _consumer_idle(js), 10, "nothing pending or waiting for an ack")
+    assert calls == [1] and await DeadLetters(js).count() == 0
+    await runner.stop()
+
+
+async def _consumer_idle(js) -> bool:
+    info = await js.consumer_info(STREAM, "workers")
+    return info.num_pending == 0 and info.num_ack_pending == 0 and info.num_redelivered == 0
+
+
 async def _is(awaitable, value):
     return (await awaitable) == value
 
