@@ -5,12 +5,16 @@ service dashboard (infra/grafana/generate.py) returns data from it."""
 from __future__ import annotations
 
 import importlib.util
+import imaplib
 import json
 import os
-import imaplib
+import poplib
 import smtplib
+import socket
 import ssl
+import threading
 import time
+import uuid
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -34,6 +38,56 @@ def dashboards() -> dict[str, dict]:
     return {name: d for name, d in module.dashboards().items() if module.SERVICES in d["tags"]}
 
 
+class Sink:
+    """The remote MX of ``remote.test`` (aiosmtpd): what the edges deliver outbound."""
+
+    def __init__(self) -> None:
+        from aiosmtpd.controller import Controller
+
+        self.received: list[str] = []
+        self.lock = threading.Lock()
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.controller = Controller(self, hostname="127.0.0.1", port=self.port)
+
+    async def handle_DATA(self, server, session, envelope):  # noqa: N802 - aiosmtpd's hook name
+        with self.lock:
+            self.received.extend(envelope.rcpt_tos)
+        return "250 2.0.0 Queued"
+
+
+@pytest.fixture
+def sink():
+    s = Sink()
+    s.controller.start()
+    yield s
+    s.controller.stop()
+
+
+def sip_register(address: str, domain: str, user: str) -> int:
+    """One unauthenticated REGISTER over UDP: the member's own answer's status (401, a challenge)."""
+    host, port = address.rsplit(":", 1)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        udp.bind(("127.0.0.1", 0))
+        udp.settimeout(2)
+        local = udp.getsockname()[1]
+        request = (f"REGISTER sip:{domain} SIP/2.0\r\n"
+                   f"Via: SIP/2.0/UDP 127.0.0.1:{local};rport;branch=z9hG4bK{uuid.uuid4().hex}\r\n"
+                   f"Max-Forwards: 70\r\nFrom: <sip:{user}@{domain}>;tag=m1\r\nTo: <sip:{user}@{domain}>\r\n"
+                   f"Call-ID: {uuid.uuid4().hex}\r\nCSeq: 1 REGISTER\r\n"
+                   f"Contact: <sip:{user}@127.0.0.1:{local}>\r\nExpires: 60\r\nContent-Length: 0\r\n\r\n").encode()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # UDP: send again until answered (as a phone's Timer E would)
+            udp.sendto(request, (host, int(port)))
+            try:
+                answer = udp.recv(65536)
+            except TimeoutError:
+                continue
+            return int(answer.split(b" ", 2)[1])
+    raise AssertionError(f"no answer to REGISTER from {address}")
+
+
 def query(prometheus: str, expr: str) -> list:
     try:
         answer = httpx.get(f"{prometheus}/api/v1/query", params={"query": expr}, timeout=30).json()
@@ -43,11 +97,14 @@ def query(prometheus: str, expr: str) -> list:
     return answer["data"]["result"]
 
 
-def test_prometheus_scrapes_colony_up_and_every_dashboard_query_has_data(tmp_path, dns_server):
+def test_prometheus_scrapes_colony_up_and_every_dashboard_query_has_data(tmp_path, dns_server, sink):
     need_tool("prometheus")
     data_dir, base = tmp_path / "colony", free_base_port()
-    # Inherited by every instance: the loopback DNS server, the test's loopback client untrusted.
-    env = {"COLONY_DNS_SERVERS": dns_server.address, "COLONY_EDGE_ALLOW_NETWORKS": ""}
+    # Inherited by every instance: the loopback DNS server, the test's loopback client
+    # untrusted, remote MX hosts contacted on the sink's port.
+    env = {"COLONY_DNS_SERVERS": dns_server.address, "COLONY_EDGE_ALLOW_NETWORKS": "",
+           "COLONY_OUTBOUND_SMTP_PORT": str(sink.port)}
+    dns_server.add("remote.test. 60 IN MX 10 mx.remote.test.", "mx.remote.test. 60 IN A 127.0.0.1")
     os.environ.update(env)
     try:
         proc = start_up(data_dir, base, "--monitoring")
@@ -88,14 +145,38 @@ def test_prometheus_scrapes_colony_up_and_every_dashboard_query_has_data(tmp_pat
         msg.set_content("counted\n")
         with smtplib.SMTP("127.0.0.1", smtp, timeout=60) as s:
             s.send_message(msg)
-        # A log-in through the edge: the password is checked over the bus (auth.check).
-        imap = next(n for n in nodes if n["role"] == "edge")["addresses"]["imap"].rsplit(":", 1)
+            # An unknown recipient is refused (SMTP in: refusals by stage).
+            s.rset()
+            s.mail("bob@remote.test")
+            assert s.rcpt("nobody@metrics.example")[0] == 550
+        edge = next(n for n in nodes if n["role"] == "edge")["addresses"]
         tls = ssl.create_default_context(cafile=str(data_dir / "tls" / "ca.pem"))
-        tls.check_hostname = False  # the test's concern is the bus request, not the name on the certificate
+        tls.check_hostname = False  # the test's concern is the metrics, not the name on the certificate
+        # Log-ins through the edge: the password is checked over the bus (auth.check).
+        imap = edge["imap"].rsplit(":", 1)
         client = imaplib.IMAP4(imap[0], int(imap[1]), timeout=60)
         client.starttls(tls)
         client.login("alice@metrics.example", "a long passphrase")
         client.logout()
+        pop = edge["pop3"].rsplit(":", 1)
+        pop3 = poplib.POP3(pop[0], int(pop[1]), timeout=60)
+        pop3.stls(tls)
+        pop3.user("alice@metrics.example")
+        pop3.pass_("a long passphrase")
+        pop3.quit()
+        # SMTP out: submitted with AUTH, delivered by an edge to remote.test's MX (the sink).
+        out = EmailMessage()
+        out["From"], out["To"], out["Subject"] = "alice@metrics.example", "carol@remote.test", "out"
+        out.set_content("delivered\n")
+        submission = edge["submission"].rsplit(":", 1)
+        with smtplib.SMTP(submission[0], int(submission[1]), timeout=60) as s:
+            s.starttls(context=tls)
+            s.login("alice@metrics.example", "a long passphrase")
+            s.send_message(out)
+        wait_for(lambda: "carol@remote.test" in sink.received, 120, "the edge to deliver to remote.test's MX")
+        # SIP: a REGISTER without credentials is challenged by the member that takes it.
+        sip = next(n for n in nodes if n["role"] == "sipfarm")["addresses"]["sip"]
+        assert 400 <= sip_register(sip, "metrics.example", "alice") < 500
 
         exprs = [(name, panel["title"], target["expr"].replace("$role", ".*"))
                  for name, d in dashboards().items() for panel in d["panels"] for target in panel.get("targets", [])]

@@ -17,6 +17,8 @@ async def test_sessions_are_counted_while_tracked():
             assert tracker.by_protocol() == {"smtp": 1, "imap": 1}
         assert tracker.active_work() == 1
     assert tracker.active_work() == 0
+    # A protocol that had sessions reads 0 when idle (its gauge stays in /metrics).
+    assert tracker.by_protocol() == {"smtp": 0, "imap": 0}
 
 
 async def test_hand_over_says_goodbye_to_each_session_once_and_forgets_them():

@@ -73,10 +73,15 @@ class SessionTracker:
         self.accepting = True
         self._sessions: dict[int, Session] = {}
         self._ids = itertools.count(1)
+        # Every protocol that had a session: its gauge reads 0 when the last one closes rather
+        # than vanishing from /metrics (a dashboard would show "no data" for an idle edge).
+        # A handful of names fixed by the code, so the set stays small.
+        self._protocols: set[str] = set()
 
     def register(self, protocol: str, peer: str, goodbye: Goodbye) -> Session:
         session = Session(next(self._ids), protocol, peer, goodbye)
         self._sessions[session.id] = session
+        self._protocols.add(protocol)
         return session
 
     def unregister(self, session: Session) -> None:
@@ -95,7 +100,7 @@ class SessionTracker:
         return len(self._sessions)
 
     def by_protocol(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
+        counts: dict[str, int] = dict.fromkeys(self._protocols, 0)
         for s in self._sessions.values():
             counts[s.protocol] = counts.get(s.protocol, 0) + 1
         return counts
