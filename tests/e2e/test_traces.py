@@ -1,12 +1,16 @@
 """One provisioning command is one trace: exported over OTLP/HTTP by a `colony up` cluster to
 a receiver this test runs, its spans go from the admin API's HTTP request through the
-event append (context in the NATS headers) into the projector process's projection."""
+event append (context in the NATS headers) into the projector process's projection.
+One message is one trace too: from the edge's SMTP transaction through the MAIL stream
+(context in the message's headers) into the mail store's delivery job."""
 
 from __future__ import annotations
 
 import gzip
 import os
+import smtplib
 import threading
+from email.message import EmailMessage
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
@@ -17,6 +21,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 
 from test_colony_up import free_base_port, ready_nodes, start_up, stop_up, wait_for
+from test_mail_flow import colony, wait_deliverable
 
 pytestmark = pytest.mark.slow
 
@@ -63,6 +68,15 @@ class OtlpReceiver:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def chain(self, spans: list[dict], name: str) -> list[str]:
+        """``(service, name)`` of the span called ``name`` and of each of its ancestors, innermost first."""
+        by_id = {s["id"]: s for s in spans}
+        span, out = next(s for s in spans if s["name"] == name), []
+        while span is not None:
+            out.append((span["service"], span["name"]))
+            span = by_id.get(span["parent"])
+        return out
 
     def trace_of(self, name: str, service: str) -> list[dict]:
         with self.lock:
@@ -112,5 +126,45 @@ def test_a_provisioning_command_is_one_trace_into_the_projection(tmp_path, recei
             span = by_id.get(span["parent"])
         assert chain[0] == "project readmodel" and chain[1] == "append PROVISIONING"
         assert chain[-1] == "POST /v1/domains", chain
+    finally:
+        stop_up(proc)
+
+
+def test_a_message_is_one_trace_from_smtp_into_the_mail_store(tmp_path, receiver, dns_server):
+    data_dir, base = tmp_path / "colony", free_base_port()
+    # Inherited by every instance: the trace receiver, the loopback DNS server, the test's
+    # loopback client treated as a stranger on the internet.
+    env = {"COLONY_OTLP_ENDPOINT": receiver.url, "COLONY_DNS_SERVERS": dns_server.address,
+           "COLONY_EDGE_ALLOW_NETWORKS": ""}
+    os.environ.update(env)
+    try:
+        proc = start_up(data_dir, base, "--controllers", "1", "--edges", "1", "--mailstores", "1", "--sipfarms", "0")
+    finally:
+        for key in env:
+            del os.environ[key]
+    try:
+        nodes = wait_for(lambda: ready_nodes(data_dir, 5), 180, "controller, edge, mail store, admin API, projector READY")
+        wait_for((data_dir / "admin.token").exists, 60, "the bootstrap token")
+        colony(data_dir, "domain", "add", "traced.example")
+        colony(data_dir, "account", "add", "dora@traced.example", "--password", "a long passphrase")
+        smtp = int(next(n for n in nodes if n["role"] == "edge")["addresses"]["smtp"].rsplit(":", 1)[1])
+        wait_deliverable(smtp, "dora@traced.example")
+        msg = EmailMessage()
+        msg["From"], msg["To"], msg["Subject"] = "bob@remote.test", "dora@traced.example", "traced"
+        msg.set_content("one trace\n")
+        with smtplib.SMTP("127.0.0.1", smtp, timeout=60) as s:
+            s.send_message(msg)
+
+        def whole_trace():
+            spans = receiver.trace_of("smtp.accept", "colony-edge")
+            names = {(s["service"], s["name"]) for s in spans}
+            return spans if ("colony-mailstore", "mail job") in names else None
+
+        spans = wait_for(whole_trace, 90, "the message's trace to reach the mail store")  # batches export every 5 s
+        chain = receiver.chain(spans, "mail job")
+        # The store's delivery job is a child of the edge's acceptance, which belongs to the
+        # SMTP transaction's message span: one chain across the bus.
+        assert chain[0] == ("colony-mailstore", "mail job")
+        assert ("colony-edge", "smtp.accept") in chain and chain[-1] == ("colony-edge", "smtp.message"), chain
     finally:
         stop_up(proc)
