@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -57,20 +58,62 @@ RECENT_ACCOUNTS = 10_000  # accounts whose \Recent marks are remembered
 # A colleague's folder changes on another store, whose commits wake nobody here: IDLE
 # sessions in one look again this often (one call to the owner's store each).
 SHARED_IDLE_POLL = 2.0
+# Message bodies read for FETCH, kept for every session of this store: a body file never
+# changes (its name is never reused), and opening and reading one was the largest cost of an
+# IMAP command (py-spy under bench/imap.py (b): clients fetch the same headers again and
+# again, and a session's own parsed-message cache holds 8).  Bounded in bytes; a body larger
+# than BODY_CACHE_LARGEST is read each time rather than push everything else out.
+BODY_CACHE_BYTES = 16 * 1024 * 1024
+BODY_CACHE_LARGEST = 256 * 1024
 
 Route = Callable[[str], Awaitable[bool]]     # "may this store serve the account now?" (acquires if vacant)
+
+
+class BodyCache:
+    """Recently read message bodies by (account directory, body file), least recently used
+    out first, at most ``budget`` bytes.  Used from the sessions' worker threads."""
+
+    def __init__(self, budget: int = BODY_CACHE_BYTES, largest: int = BODY_CACHE_LARGEST) -> None:
+        self.budget, self.largest = budget, largest
+        self.bytes = 0
+        self._bodies: OrderedDict[tuple[str, str], bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, str], read: Callable[[], bytes]) -> bytes:
+        with self._lock:
+            data = self._bodies.get(key)
+            if data is not None:
+                self._bodies.move_to_end(key)
+                return data
+        data = read()
+        if len(data) <= self.largest:
+            with self._lock:
+                if key not in self._bodies:
+                    self._bodies[key] = data
+                    self.bytes += len(data)
+                    while self.bytes > self.budget:
+                        self.bytes -= len(self._bodies.popitem(last=False)[1])
+        return data
 
 
 class MailStore:
     """``session.Store`` over an ``AccountMail``: its API plus the subscription list."""
 
-    def __init__(self, mail: AccountMail, marks: S.RecentMarks, quota_bytes: int | None) -> None:
+    def __init__(self, mail: AccountMail, marks: S.RecentMarks, quota_bytes: int | None,
+                 bodies: BodyCache | None = None) -> None:
         self.mail = mail
         self.marks = marks
         self.quota_bytes = quota_bytes
+        self.bodies = bodies
 
     def __getattr__(self, name: str):
         return getattr(self.mail, name)
+
+    def body(self, name: str, uid: int) -> bytes:
+        msg = self.mail.state.box(name).messages.get(uid)
+        if msg is None or self.bodies is None:
+            return self.mail.body(name, uid)      # (no such message: its error)
+        return self.bodies.get((str(self.mail.dir), msg.body), lambda: self.mail.body(name, uid))
 
     def subscriptions(self) -> set[str]:
         return set(self.mail.state.subscribed)
@@ -109,6 +152,7 @@ class ImapServer:
                  registry: CollectorRegistry | None = None, clock: Callable[[], float] = time.monotonic,
                  sharing: Sharing | None = None, exporter: AccountExporter | None = None) -> None:
         self.accounts = accounts
+        self.bodies = BodyCache()
         self.exporter = exporter   # export lines on imap-inner (colony.contracts.account_export)
         self.sharing = sharing     # shared folders (None: the user's own mail only)
         self.route = route
@@ -389,7 +433,7 @@ class ImapServer:
                 session.abort("[UNAVAILABLE] The account moved; reconnect")
                 return
             acct.last_used = self.accounts.clock()
-            store = MailStore(acct.mail, self.marks_for(session.account), quota)
+            store = MailStore(acct.mail, self.marks_for(session.account), quota, self.bodies)
             if self.sharing is not None:
                 # Colleagues' folders under Other Users/ (colony.protocols.imap.shared); each
                 # call on one goes to the mail store owning that account (sharing.RemoteView).
