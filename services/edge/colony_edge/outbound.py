@@ -93,6 +93,9 @@ class _Connection:
     policy_key: str
     messages: int = 0
     expiry: asyncio.TimerHandle | None = None
+    # No mail transaction open: greeted, or the last one ended with the reply to its data
+    # (RFC 5321 4.1.1.4: that clears the server's buffers) or a refused MAIL.
+    clean: bool = True
 
 
 class ConnectionPool:
@@ -406,7 +409,11 @@ class OutboundDelivery:
         try:
             if reused:
                 self.metrics.connections.labels(kind="reused").inc()
-                await client.rset()   # RSET between transactions; also proves the connection is alive
+                if not connection.clean:
+                    # A transaction left open (every RCPT refused): RSET ends it.  After a
+                    # finished one RSET would be a NOOP (RFC 5321 4.1.1.5) and a round trip
+                    # per message; a dead session shows at MAIL instead, still before DATA.
+                    await client.rset()
             if client.is_ehlo_or_helo_needed:
                 await client.ehlo()   # after STARTTLS the extensions must be learnt again (RFC 3207 4.2)
             options = []
@@ -414,10 +421,13 @@ class OutboundDelivery:
                 options.append("BODY=8BITMIME")
             if mail.smtputf8 and client.supports_extension("smtputf8"):
                 options.append("SMTPUTF8")
+            connection.clean = False
             try:
                 await client.mail(mail.mail_from, options=options)
             except aiosmtplib.SMTPResponseException as exc:
-                healthy = exc.code != 421
+                if exc.code == 421 and reused:
+                    raise   # the kept session is closing: a stale one (below), try a new one
+                healthy = connection.clean = exc.code != 421   # a refused MAIL opens no transaction
                 return [RecipientResult(r.address, exc.code, exc.message, host) for r in mail.recipients]
             accepted = []
             for recipient in mail.recipients:
@@ -432,12 +442,15 @@ class OutboundDelivery:
                 data_sent = True
                 try:
                     reply = await client.data(message)
+                    connection.clean = True
                     if 200 <= reply.code < 300:
                         await on_delivered(accepted)
                     results += [RecipientResult(a, reply.code, reply.message, host) for a in accepted]
                 except aiosmtplib.SMTPResponseException as exc:
                     if exc.code == 421:
                         raise
+                    # Refused at DATA (the transaction ends) or after the data (it ended).
+                    connection.clean = True
                     results += [RecipientResult(a, exc.code, exc.message, host) for a in accepted]
             healthy = True
         except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as exc:

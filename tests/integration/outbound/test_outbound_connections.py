@@ -1,8 +1,9 @@
 """Connection reuse in the outbound queue, against a real nats-server, the loopback DNS
 server and an aiosmtpd MX that counts its connections: several messages for one destination
-go over one SMTP session (RSET between them), the per-destination limit holds, a session
-carries at most ``outbound_messages_per_connection`` messages, and a kept session the MX
-dropped is replaced by a new one with each message delivered exactly once."""
+go over one SMTP session (no RSET after a finished transaction, RSET after one left open),
+the per-destination limit holds, a session carries at most ``outbound_messages_per_connection``
+messages, and a kept session the MX dropped is replaced by a new one with each message
+delivered exactly once."""
 
 from __future__ import annotations
 
@@ -22,20 +23,27 @@ pytestmark = pytest.mark.slow
 
 class CountingSink:
     """The remote MX: counts connections (open now, most at once, all) and RSETs; with
-    ``drop_next_rset`` it closes a session when the next RSET comes, without a reply (an
-    MX whose idle timeout fired just as the client came back)."""
+    ``drop_next_mail`` it closes a session when the next MAIL comes, without a reply (an
+    MX whose idle timeout fired just as the client came back); refuses ``nobody@``."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.connections = self.open = self.most_open = self.rsets = 0
         self.message_ids: list[str] = []
-        self.drop_next_rset = False
+        self.drop_next_mail = False
+        self.commands: list[str] = []
 
     async def handle_DATA(self, server, session, envelope):
         with self.lock:
             found = re.search(rb"Message-ID: <([^>]+)>", envelope.original_content)
             self.message_ids.append(found.group(1).decode() if found else "?")
         return "250 2.0.0 Queued"
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if address.startswith("nobody@"):
+            return "550 5.1.1 No such user"
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
 
 
 class _CountingSMTP(SMTP):
@@ -56,11 +64,18 @@ class _CountingSMTP(SMTP):
         sink = self.event_handler
         with sink.lock:
             sink.rsets += 1
-            drop, sink.drop_next_rset = sink.drop_next_rset, False
+            sink.commands.append("RSET")
+        await super().smtp_RSET(arg)
+
+    async def smtp_MAIL(self, arg):
+        sink = self.event_handler
+        with sink.lock:
+            sink.commands.append("MAIL")
+            drop, sink.drop_next_mail = sink.drop_next_mail, False
         if drop:
             self.transport.close()
             return
-        await super().smtp_RSET(arg)
+        await super().smtp_MAIL(arg)
 
 
 class _CountingController(Controller):
@@ -78,6 +93,7 @@ def mx():
         time.sleep(0.01)
     with handler.lock:
         handler.connections = handler.most_open = handler.rsets = 0
+        handler.commands.clear()
     handler.port = controller.port
     yield handler
     controller.stop()
@@ -101,7 +117,21 @@ async def test_messages_for_one_destination_share_one_connection(js, owner, nats
     await wait_until(lambda: _empty(js), 30, "the jobs acked")
     assert sorted(mx.message_ids) == sorted(f"reuse-{n}@example.com" for n in range(8))
     assert mx.connections == 1, "one session carried every message"
-    assert mx.rsets == 7, "RSET before each transaction after the first"
+    assert mx.rsets == 0, "no RSET after a finished transaction: it would be a NOOP and a round trip"
+
+
+async def test_a_transaction_left_open_is_reset_before_the_next(js, owner, nats_server, dns_server, mx, tmp_path):
+    """Every RCPT refused: MAIL was accepted and no DATA followed, so the session still
+    holds that transaction; the next message on it starts with RSET."""
+    settings = settings_for(nats_server, dns_server, mx, tmp_path, outbound_destination_concurrency=1,
+                            outbound_connection_idle=30.0)
+    await start_queue(js, owner, settings)
+    await submit(js, "open-1", "nobody@remote.test")
+    await wait_until(lambda: _empty(js), 30, "the refused job done (a DSN, no retry)")
+    await submit(js, "open-2", "bob@remote.test")
+    await wait_until(lambda: _delivered(mx, 1), 30, "the second message at the MX")
+    assert mx.message_ids == ["open-2@example.com"]
+    assert mx.connections == 1 and mx.commands == ["MAIL", "RSET", "MAIL"]
 
 
 async def test_the_message_cap_and_the_destination_limit_hold(js, owner, nats_server, dns_server, mx, tmp_path):
@@ -124,14 +154,14 @@ async def test_a_kept_connection_the_mx_dropped_is_replaced_without_loss_or_dupl
     await start_queue(js, owner, settings)
     await submit(js, "drop-1", "bob@remote.test")
     await wait_until(lambda: _delivered(mx, 1), 30, "the first message")
-    mx.drop_next_rset = True     # the kept session dies when it is used again
+    mx.drop_next_mail = True     # the kept session dies when it is used again
     await submit(js, "drop-2", "bob@remote.test")
     # Retries wait 60 s here, so delivery within the deadline means the same attempt
     # moved to a new connection instead of deferring the message.
     await wait_until(lambda: _delivered(mx, 2), 30, "the second message, on a new connection")
     await wait_until(lambda: _empty(js), 30, "the jobs acked")
     assert mx.message_ids == ["drop-1@example.com", "drop-2@example.com"]
-    assert mx.connections == 2 and mx.rsets == 1
+    assert mx.connections == 2 and mx.rsets == 0
 
 
 async def test_no_reuse_when_the_idle_time_is_zero(js, owner, nats_server, dns_server, mx, tmp_path):
