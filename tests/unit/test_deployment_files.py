@@ -772,6 +772,13 @@ def test_jetstream_fsyncs_before_acknowledging(name):
         f"{name}: three replicas on one Docker host share its crash; fsync every write before the ack"
 
 
+@pytest.mark.parametrize("path", sorted((NATS_DIR / "regions").glob("*.conf")), ids=lambda p: p.name)
+def test_region_examples_fsync_before_acknowledging(path):
+    # Each example region is one server holding every replica: the same crash takes them all.
+    jetstream = nats_block(strip_conf_comments(path.read_text()), "jetstream")
+    assert nats_value(jetstream, "sync_interval") == "always", path.name
+
+
 def _size(value: str) -> int:
     number, unit = re.fullmatch(r"(\d+)\s*([KMG]?B?)?", value.upper()).groups()
     return int(number) * {"": 1, "B": 1, "K": 1024, "KB": 1024, "M": 1024**2, "MB": 1024**2, "G": 1024**3, "GB": 1024**3}[unit or ""]
