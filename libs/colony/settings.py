@@ -218,6 +218,7 @@ class Settings(BaseSettings):
     sip_requests_per_minute_per_ip: int = Field(6000, ge=1, description="SIP requests per minute one source address may send across all farm members; more are answered 503 with Retry-After.")
     sip_auth_failures_per_minute_per_ip: int = Field(30, ge=1, description="Failed digest authentications per minute one source address may have across all farm members before its requests get 403 for the rest of the window.")
     sip_credentials_cache_seconds: float = Field(30.0, ge=0, description="Seconds a farm member remembers an account's SIP digest credentials (HA1) from colony.auth.sip; a changed password or a disabled account applies within this long. 0: ask every time.")
+    sip_bindings_cache_seconds: float = Field(30.0, ge=0, description="Seconds a farm member answers from an account's registered contacts it read, wrote or saw change (its watch of sip_bindings keeps them current) before reading them again: a refresh or a call then needs no bus read. Bounds what a stalled watch could hide. 0: read every time.")
     sip_allow_networks: str = Field("127.0.0.0/8, ::1/128", description="Sources exempt from the SIP rate limits, comma separated CIDRs: this host's own tools by default (as edge_allow_networks); add trunks and load testers. Empty: none.")
 
     # --- recipient resolution (colony.contracts.recipients) ----------------------------

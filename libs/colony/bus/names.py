@@ -282,6 +282,9 @@ def sip_binding_key(account: str) -> str:
     return f"b.{to_token(account)}"
 
 
+SIP_BINDING_KEYS = "b.>"    # every sip_binding_key, for a farm member's watch of binding changes
+
+
 def sip_dialog_key(dialog_id: str) -> str:
     """A call in progress in ``sip_bindings`` (for its duration metering): ``d.<hex id>``."""
     return f"d.{dialog_id}"

@@ -7,15 +7,27 @@ retries).  Each contact carries its own expiry: expired ones are ignored by read
 dropped by the next write, so a phone that stops refreshing disappears without any member
 having to notice.  (The bucket's streams have no per-message TTL: a key holds several
 lifetimes at once.)
+
+Each member remembers the binding sets it read or wrote lately (``cache_size`` accounts, each
+for ``trust_seconds`` after it was last read, written or seen changing), kept current by a
+watch of every ``b.>`` write (``watch``): a phone's refresh, or a call to it, then costs no
+bus read -- that read was the largest bus cost of a REGISTER.  Nothing is remembered while
+the watch is not running, and an entry older than ``trust_seconds`` is read again, which
+bounds what a stalled watch could hide.  Writes stay compare-and-set on the revision the
+member knows: a stale entry costs one failed write and a fresh read, never a lost change.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
+import time
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable
 
+from nats.js import JetStreamContext, api
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 from pydantic import BaseModel, Field
@@ -62,21 +74,89 @@ class BindingSet(BaseModel):
         return [b for b in self.bindings if b.expires_at > now]
 
 
+CACHE_SIZE = 50_000     # accounts whose binding sets a member remembers
+
+
 class BindingStore:
-    def __init__(self, kv: KeyValue, clock: Callable[[], float]) -> None:
-        self.kv, self.clock = kv, clock
+    def __init__(self, kv: KeyValue, clock: Callable[[], float], *, js: JetStreamContext | None = None,
+                 trust_seconds: float = 0.0, cache_size: int = CACHE_SIZE,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        """``js`` and ``trust_seconds`` > 0: remember binding sets, kept current by ``watch``."""
+        self.kv, self.clock, self.js = kv, clock, js
+        self.trust_seconds, self.cache_size, self.monotonic = trust_seconds, cache_size, monotonic
         # One change per account at a time in this member: its REGISTERs queue here instead
         # of failing each other's compare-and-set.  Weak: a lock lives while someone waits.
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        # key -> (binding set, revision (0: no key), monotonic time last confirmed)
+        self._cache: OrderedDict[str, tuple[BindingSet, int, float]] = OrderedDict()
+        self._watching = False
 
-    async def _read(self, account: str) -> tuple[BindingSet, int | None]:
+    async def watch(self) -> None:
+        """Keep the remembered binding sets current (runs until cancelled; the shell restarts it).
+        Only writes made after it started are delivered, and only remembered keys are read."""
+        if self.js is None or self.trust_seconds <= 0 or self.cache_size <= 0:
+            await asyncio.Event().wait()        # remembering is off: nothing to watch
+        # The bucket's own subjects and stream (the KV layout every NATS client shares, ADR-8),
+        # from now on only: nats-py's kv.watch would first deliver every account's bindings.
+        prefix = f"$KV.{names.BUCKET_SIP_BINDINGS}."
+        sub = await self.js.subscribe(prefix + names.SIP_BINDING_KEYS, stream=f"KV_{names.BUCKET_SIP_BINDINGS}",
+                                      cb=functools.partial(self._seen, prefix=prefix),
+                                      ordered_consumer=True, deliver_policy=api.DeliverPolicy.NEW)
+        self._watching = True
         try:
-            entry = await self.kv.get(names.sip_binding_key(account))
+            await asyncio.Event().wait()
+        finally:
+            self._watching = False
+            self._cache.clear()
+            try:
+                await sub.unsubscribe()
+            except Exception:       # the connection is going away with it
+                pass
+
+    async def _seen(self, msg, prefix: str) -> None:
+        key = msg.subject[len(prefix):]
+        cached = self._cache.get(key)
+        if cached is None:
+            return                  # not remembered here: nothing to keep current
+        revision = msg.metadata.sequence.stream
+        if revision <= cached[1]:
+            return                  # our own write, or older than what we know
+        operation = (msg.headers or {}).get("KV-Operation") or (msg.headers or {}).get("Nats-Marker-Reason")
+        try:
+            value = (BindingSet(account=cached[0].account) if operation or not msg.data
+                     else BindingSet.model_validate_json(msg.data))
+        except ValueError:
+            self._cache.pop(key, None)
+            return
+        self._cache[key] = (value, revision, self.monotonic())
+
+    def _remember(self, key: str, value: BindingSet, revision: int | None) -> None:
+        if not self._watching:
+            return
+        cached = self._cache.get(key)
+        if cached is not None and cached[1] > (revision or 0):
+            return                  # the watch brought a newer one while we read
+        self._cache[key] = (value, revision or 0, self.monotonic())
+        self._cache.move_to_end(key)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+
+    async def _read(self, account: str, fresh: bool = False) -> tuple[BindingSet, int | None]:
+        key = names.sip_binding_key(account)
+        if not fresh and self._watching:
+            cached = self._cache.get(key)
+            if cached is not None and cached[2] > self.monotonic() - self.trust_seconds:
+                self._cache.move_to_end(key)
+                return cached[0], cached[1] or None
+        try:
+            entry = await self.kv.get(key)
         except KeyNotFoundError:
-            return BindingSet(account=account), None
-        if not entry.value:
-            return BindingSet(account=account), entry.revision
-        return BindingSet.model_validate_json(entry.value), entry.revision
+            value, revision = BindingSet(account=account), None
+        else:
+            revision = entry.revision
+            value = BindingSet.model_validate_json(entry.value) if entry.value else BindingSet(account=account)
+        self._remember(key, value, revision)
+        return value, revision
 
     async def lookup(self, account: str) -> list[Binding]:
         """Live contacts, best first (highest q, then the most recently registered)."""
@@ -95,22 +175,26 @@ class BindingStore:
 
     async def _change(self, account: str, edit: Callable[[list[Binding]], list[Binding] | None]) -> list[Binding]:
         for attempt in range(CAS_ATTEMPTS):
-            current, revision = await self._read(account)
+            # After a conflict, read the bus: what this member remembered was overtaken.
+            current, revision = await self._read(account, fresh=attempt > 0)
             live = current.live(self.clock())
             edited = edit(live)
             if edited is None:
                 return live
             updated = BindingSet(account=account, bindings=edited)
             data = updated.model_dump_json().encode()
+            key = names.sip_binding_key(account)
             try:
                 if revision is None:
-                    await self.kv.create(names.sip_binding_key(account), data)
+                    written = await self.kv.create(key, data)
                 else:
-                    await self.kv.update(names.sip_binding_key(account), data, last=revision)
+                    written = await self.kv.update(key, data, last=revision)
             except KeyWrongLastSequenceError:
+                self._cache.pop(key, None)
                 # Another member changed it: re-read after a short random pause, so members
                 # racing on one account do not collide again in lockstep.
                 await asyncio.sleep(random.uniform(0, 0.002 * (attempt + 1)))
                 continue
+            self._remember(key, updated, written)
             return updated.bindings
         raise RuntimeError(f"bindings of {account} kept changing under {CAS_ATTEMPTS} attempts")

@@ -71,6 +71,7 @@ MAX_PENDING = 10_000         # requests worked on at once (each waits on the bus
 HA1_CACHE = 50_000           # accounts whose credentials are remembered
 MAX_CONTACT = 1024           # longest contact URI stored (Binding.contact)
 ENDED_MARKER_TTL = 5         # seconds the purge marker of an ended call's record lives
+OVERLOAD_RETRY_AFTER = 5    # seconds a refused sender should wait (Retry-After of an overload 503)
 MAX_SPREAD_SIZE = 65_535     # spread_key reads anything; handle() applies sip_max_message_size
 
 # The member holding the connection the packet being handled came in on (it may have
@@ -103,6 +104,7 @@ class FarmMetrics:
         self.retransmissions = Counter("colony_sip_retransmissions", "Retransmitted requests answered from the answer cache.", registry=registry)
         self.proxy_retransmissions = Counter("colony_sip_proxy_retransmissions", "Requests this member forwarded over UDP and sent again (Timer A/E), by method.", ["method"], registry=registry)
         self.proxy_timeouts = Counter("colony_sip_proxy_timeouts", "Requests forwarded over UDP that got no answer within 64*T1 (Timer B/F; the branch counts as 408), by method.", ["method"], registry=registry)
+        self.overloaded = Counter("colony_sip_overloaded", "New requests answered 503 + Retry-After because they waited too long for this member's turn (overload).", registry=registry)
         self.dropped = Counter("colony_sip_dropped", "Packets dropped without an answer, by reason.", ["reason"], registry=registry)
 
 
@@ -139,15 +141,28 @@ class SipFarm:
 
     # --- entry point ----------------------------------------------------------------------
 
+    def parse(self, data: bytes) -> SipRequest | SipResponse | SipParseError:
+        """``data`` read once, for the shell to look at (``spread_key_of``) and then hand to
+        ``handle`` -- parsing was the largest single cost of a packet, paid twice before."""
+        try:
+            return parse_message(data, self.settings.sip_max_message_size)
+        except SipParseError as exc:
+            return exc
+
     async def handle(self, data: bytes, source: Destination, flow_member: str | None = None,
-                     flow_address: tuple[str, int] | None = None) -> list[Outbound]:
+                     flow_address: tuple[str, int] | None = None,
+                     parsed: SipRequest | SipResponse | SipParseError | None = None) -> list[Outbound]:
         """One message from ``source`` (that arrived at ``flow_member`` on ``flow_address``,
         default: this member); returns what to send.  ``Outbound.member`` None: the member it
-        arrived at."""
+        arrived at.  ``parsed``: what ``parse(data)`` gave, unchanged since."""
         _flow_member.set(flow_member)
         _flow_address.set(flow_address)
         try:
-            message = parse_message(data, self.settings.sip_max_message_size)
+            if parsed is None:
+                parsed = self.parse(data)
+            if isinstance(parsed, SipParseError):
+                raise parsed
+            message = parsed
         except SipParseError as exc:
             if exc.request is None:
                 self.metrics.dropped.labels(reason="unparsable").inc()
@@ -162,6 +177,27 @@ class SipFarm:
             return await self._on_response(message)
         return await self._on_request(message, source)
 
+    def refuse_overloaded(self, parsed: SipRequest | SipResponse | SipParseError, source: Destination) -> list[Outbound]:
+        """503 + Retry-After for a request that starts new work while this member is behind
+        (RFC 3261 §21.5.4), with no bus work; kept for retransmissions like any answer, so a
+        copy costs a lookup.  What a request already answered gets is that answer again."""
+        if not isinstance(parsed, SipRequest) or parsed.method == "ACK":
+            return []
+        try:
+            stamp_via(parsed, source)
+            key = self._answer_key(parsed)
+        except URIError:
+            return []
+        cached = self._answers.get(key)
+        if cached is not None and cached[0] > self.clock():
+            self.metrics.retransmissions.inc()
+            return cached[1]
+        if key in self._pending:       # the first copy is being worked on: its answer comes
+            self.metrics.retransmissions.inc()
+            return []
+        self.metrics.overloaded.inc()
+        return self._local(parsed, source, 503, extra=[("Retry-After", str(OVERLOAD_RETRY_AFTER))])
+
     @staticmethod
     def spread_key(data: bytes) -> str | None:
         """The Call-ID of a request that starts new work (REGISTER, or a request outside a
@@ -172,6 +208,13 @@ class SipFarm:
         try:
             message = parse_message(data, MAX_SPREAD_SIZE)
         except SipParseError:
+            return None
+        return SipFarm.spread_key_of(message)
+
+    @staticmethod
+    def spread_key_of(message: SipRequest | SipResponse | SipParseError) -> str | None:
+        """``spread_key`` of a message already parsed (``parse``)."""
+        if isinstance(message, SipParseError):
             return None
         if isinstance(message, SipResponse):
             try:
@@ -817,9 +860,10 @@ def _preference(response: SipResponse) -> tuple:
 
 def _made_for_timeout(response: SipResponse) -> bool:
     """The 408 a member's client transaction made when a branch never answered
-    (``retransmission.py``): untagged, while a UAS tags every final answer (§8.2.6.2), so
-    there is nobody downstream to ACK."""
-    if response.status != 408:
+    (``retransmission.py``), or the 430 a member made when a branch's flow was gone
+    (``workload.py``): untagged, while a UAS tags every final answer (§8.2.6.2), so there is
+    nobody downstream to ACK."""
+    if response.status not in (408, 430):
         return False
     try:
         return parse_address(response.headers.get("To") or "").tag is None

@@ -37,6 +37,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from pydantic import ValidationError
 
 from colony.bus import names
+from colony.bus.pipelined import landed, publish_pipelined
 from colony.metrics import BusRequestMetrics
 from colony.cluster.membership import NodeRecord, NodeState
 from colony.hashing import choose
@@ -44,7 +45,7 @@ from colony.bus.tokens import from_token
 from colony.contracts.auth import AuthClient
 from colony.counters import SharedCounters
 from colony.events import UsageRecorded
-from colony.protocols.sip.message import SipRequest, SipResponse
+from colony.protocols.sip.message import SipRequest, SipResponse, make_response
 from colony.protocols.sip.parser import SipParseError, StreamFramer, parse_message
 from colony.protocols.sip.transaction import Destination, Timers
 from colony.protocols.sip.websocket import SipWebSocket
@@ -67,6 +68,10 @@ HANDSHAKE_TIMEOUT = 10.0      # seconds a new TLS or WebSocket connection has to
 # behind has likely not read the answers yet, and every copy would come back as more work.
 RETRANSMIT_BUSY = 200
 HANDLE_TIMEOUT = 1.0     # seconds an owner has to answer a spread packet
+USAGE_ACK_TIMEOUT = 10.0  # seconds the bus has to store one interval's usage sums
+# Seconds a packet that starts new work may wait for its turn before it is refused with 503:
+# two T1s, by when its sender has retransmitted twice -- this member is behind.
+LATE = 1.0
 SUSPECT_FOR = 10.0       # seconds an owner that did not answer is passed over
 
 
@@ -154,8 +159,10 @@ class SipWorkload:
         runtime.spawn("sip-usage", self._usage_loop, restart=True)
 
         self.farm_address = (s.advertised_host, port)
+        store = BindingStore(kv, time.time, js=js, trust_seconds=s.sip_bindings_cache_seconds)
+        runtime.spawn("sip-bindings-watch", store.watch, restart=True)
         self.farm = SipFarm(
-            s, runtime.node_id, store=BindingStore(kv, time.time), dialogs=kv, auth=AuthClient(runtime.nc),
+            s, runtime.node_id, store=store, dialogs=kv, auth=AuthClient(runtime.nc),
             counters=self.counters, secret=await self._secret(kv), address=(s.advertised_host, port),
             registry=runtime.metrics.registry, publish_usage=publish_usage,
             home_regions=await home_regions(s, runtime.nc) if len(s.region_list) > 1 else None)
@@ -206,21 +213,28 @@ class SipWorkload:
     # --- input ----------------------------------------------------------------------------
 
     def received(self, data: bytes, source: Destination) -> None:
-        if source[0] == "UDP" and data.startswith(b"SIP/2.0 ") and len(self.proxy_transactions):
-            if not self._observe_response(data):
+        if self.farm is None:
+            return
+        # Parsed once here: the spreading, the client transactions and the farm all read it.
+        parsed = self.farm.parse(data)
+        if source[0] == "UDP" and isinstance(parsed, SipResponse) and len(self.proxy_transactions):
+            if not self._observe_response(parsed):
                 self.farm.metrics.dropped.labels(reason="absorbed retransmission").inc()
                 return
-        if self.farm is not None:
-            self._track(self._handle(data, source))   # when overloaded: dropped, as by a full socket buffer
+        # when overloaded: dropped, as by a full socket buffer
+        self._track(self._handle(data, source, parsed, time.monotonic()))
 
-    async def _handle(self, data: bytes, source: Destination) -> None:
+    async def _handle(self, data: bytes, source: Destination, parsed=None, arrived: float | None = None) -> None:
         try:
-            owner = self._owner(data)
-            out = None
-            if owner is not None:
-                out = await self._ask_owner(owner, data, source)
-            if out is None:
-                out = await self.farm.handle(data, source)
+            if parsed is None:
+                parsed = self.farm.parse(data)
+            if arrived is not None and time.monotonic() - arrived > LATE and self._starts_work(parsed):
+                # Overloaded (RFC 3261 §21.5.4): a new transaction that waited this long for
+                # its turn gets 503 + Retry-After now, instead of work that ends in a Timer
+                # B/F 408 half a minute later; what finishes calls in progress goes on.
+                out = self.farm.refuse_overloaded(parsed, source)
+            else:
+                out = await self._handle_parsed(data, source, parsed)
         except Exception:
             log.exception("SIP message from %s:%s failed", source[1], source[2])
             return
@@ -230,6 +244,21 @@ class SipWorkload:
             except (OSError, ValueError) as exc:   # an address this socket cannot reach
                 log.info("could not send a SIP message to %s: %s", item.destination, exc)
 
+    @staticmethod
+    def _starts_work(parsed) -> bool:
+        """A request that starts a transaction of its own (not CANCEL: it ends work)."""
+        return (isinstance(parsed, SipRequest) and parsed.method != "CANCEL"
+                and SipFarm.spread_key_of(parsed) is not None)
+
+    async def _handle_parsed(self, data: bytes, source: Destination, parsed) -> list[Outbound]:
+        owner = self._owner(parsed)
+        out = None
+        if owner is not None:
+            out = await self._ask_owner(owner, data, source)
+        if out is None:
+            out = await self.farm.handle(data, source, parsed=parsed)
+        return out
+
     # --- spreading new work over READY members ----------------------------------------------
 
     def ready_members(self) -> list[str]:
@@ -237,9 +266,10 @@ class SipWorkload:
         return [r.id for r in self._members.values()
                 if r.state == NodeState.READY and r.heartbeat_at >= fresh and self._suspect.get(r.id, 0) <= now]
 
-    def _owner(self, data: bytes) -> str | None:
-        """The other member that should handle this packet, or None: handle it here."""
-        key = SipFarm.spread_key(data)
+    def _owner(self, parsed) -> str | None:
+        """The other member that should handle this packet (``SipFarm.parse``'s result), or
+        None: handle it here."""
+        key = SipFarm.spread_key_of(parsed)
         if key is None:
             return None
         owner = choose(key, self.ready_members())
@@ -401,6 +431,7 @@ class SipWorkload:
                 # TLS and WebSocket phones are reached over the flow they opened (RFC 5626,
                 # RFC 7118 §5: a browser accepts no connections); it is gone.
                 log.info("no %s flow to %s:%s for a SIP message", transport, host, port)
+                self._flow_failed(data, destination)
                 return
             try:
                 reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 5.0)
@@ -410,6 +441,23 @@ class SipWorkload:
             flow = self.connections[(host, port)] = _Flow("TCP", writer)
             self._track_outbound(self._read_outbound(reader, writer, (host, port)))
         flow.send(data)
+
+    def _flow_failed(self, data: bytes, destination: Destination) -> None:
+        """A request we forwarded cannot go out: its flow is gone.  The branch fails at once
+        with 430 Flow Failed (RFC 5626 §5.3), fed back into the farm like a branch's answer
+        (untagged: made here, never ACKed downstream), so the caller hears the best failure
+        now rather than Timer C's 408 minutes later.  Responses and ACKs are just lost, as
+        on any dead connection."""
+        if data.startswith((b"SIP/2.0 ", b"ACK ")) or self.farm is None:
+            return
+        try:
+            request = parse_message(data, len(data))
+            if not isinstance(request, SipRequest) or not (request.top_via().branch or "").startswith(FARM_BRANCH):
+                return
+            failed = make_response(request, 430, to_tag=None).encode()
+        except Exception:     # ours, so it parses; if not, the caller's Timer C answers
+            return
+        self._track(self._handle(failed, destination))
 
     def _track_outbound(self, coro) -> None:
         """A reader of a connection we opened (its failures end in its own ``finally``)."""
@@ -454,14 +502,8 @@ class SipWorkload:
         if self.proxy_transactions.sent(request, data, destination, time.monotonic()):
             self._timers_changed.set()
 
-    def _observe_response(self, data: bytes) -> bool:
+    def _observe_response(self, response: SipResponse) -> bool:
         """Move the response's client transaction on; False: absorb it (a retransmission)."""
-        try:
-            response = parse_message(data, self.settings.sip_max_message_size)
-        except Exception:
-            return True          # the farm decides what to do with what does not parse
-        if not isinstance(response, SipResponse):
-            return True
         try:
             return self.proxy_transactions.received(response, time.monotonic())
         except Exception:        # no readable Via/CSeq: the farm drops it too
@@ -508,10 +550,17 @@ class SipWorkload:
 
     async def _flush_usage(self) -> None:
         pending, self._usage = self._usage, {}
-        for (domain, account, metric), amount in pending.items():
-            await self._runtime.publish_event(names.usage_subject(domain), UsageRecorded(
-                domain=domain, account=account or None, metric=metric, amount=round(amount, 3),
-                source=self._runtime.node_id))
+        # Pipelined: one account's sum per event, all in flight at once.  Awaiting each ack in
+        # turn cost a bus round trip per account registered in the interval (py-spy: the
+        # largest bus cost left under a REGISTER load).  As before, a sum the bus did not
+        # take is logged and dropped, never published twice.
+        events = [UsageRecorded(domain=domain, account=account or None, metric=metric, amount=round(amount, 3),
+                                source=self._runtime.node_id) for (domain, account, metric), amount in pending.items()]
+        acks = await publish_pipelined(self._runtime.nc, [(names.usage_subject(e.domain), e.encode(), None) for e in events],
+                                       timeout=USAGE_ACK_TIMEOUT)
+        lost = sum(not landed(ack) for ack in acks)
+        if lost:
+            log.warning("%d of %d SIP usage sums were not stored", lost, len(events))
 
     # --- lifecycle ------------------------------------------------------------------------
 

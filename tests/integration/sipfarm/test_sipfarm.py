@@ -134,6 +134,33 @@ async def test_register_against_every_member_is_seen_by_all(farm, cluster):
     code, out = await register(farm[1], "alice", 5070, expires=0)
     assert code == 0, out
     assert [b["contact"] for b in await bindings(cluster, "alice")] == ["sip:alice@127.0.0.1:5071"]
+    # Every successful change is metered (members sum them and publish every interval).
+    async def metered() -> bool:
+        return await usage_sum(cluster, f"alice@{DOMAIN}", "sip_registrations") >= 3
+    await wait_until(metered, 30, "the three registrations' USAGE events")
+    assert await usage_sum(cluster, f"alice@{DOMAIN}", "sip_registrations") == 3
+
+
+async def usage_sum(cluster, account: str, metric: str) -> float:
+    """The sum of ``metric`` for ``account`` over the USAGE events of the test domain so far."""
+    from nats.errors import TimeoutError as NatsTimeout
+
+    from colony.events import UsageRecorded, decode
+
+    js = (await cluster.client()).jetstream()
+    sub = await js.subscribe(names.usage_subject(DOMAIN), ordered_consumer=True)
+    total = 0.0
+    try:
+        while True:
+            try:
+                msg = await sub.next_msg(timeout=1)
+            except NatsTimeout:
+                return total
+            event = decode(msg.data)
+            if isinstance(event, UsageRecorded) and event.account == account and event.metric == metric:
+                total += event.amount
+    finally:
+        await sub.unsubscribe()
 
 
 @needs_sipp

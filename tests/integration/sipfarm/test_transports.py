@@ -224,3 +224,40 @@ async def test_a_websocket_message_over_the_size_limit_closes_with_1009(members)
     close = await phone.next_event()
     assert isinstance(close, CloseConnection) and close.code == 1009
     phone.writer.close()
+
+
+async def test_a_call_to_a_websocket_phone_whose_connection_is_gone_fails_at_once_with_430(members, cluster):
+    """The browser phone closed its flow but its registration lives on: the INVITE cannot reach
+    it (no connection can be opened to a browser), so the branch fails with 430 Flow Failed
+    (RFC 5626 §5.3) and the caller hears it now, not Timer C's 408 minutes later."""
+    addresses, _ = members
+    bob, accepted = await WsPhone.connect(addresses[1]["sip_ws"])
+    assert isinstance(accepted, AcceptConnection)
+    contact = "sip:q8v2@gone7.invalid;transport=ws"
+    await register(bob, "WS", "bob", "gone7.invalid", contact)
+    bob.writer.write(bob.ws.send(CloseConnection(code=1000)))
+    assert isinstance(await bob.next_event(), CloseConnection)
+    bob.writer.close()
+
+    loop = asyncio.get_running_loop()
+    caller, caller_in = await loop.create_datagram_endpoint(Udp, local_addr=("127.0.0.1", 0))
+    caller_port = caller.get_extra_info("sockname")[1]
+    call_id = f"gone-{uuid.uuid4().hex}"
+
+    def invite(cseq: int, auth: str = "") -> bytes:
+        return (f"INVITE sip:bob@{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{caller_port};branch=z9hG4bK{uuid.uuid4().hex}\r\n"
+                f"From: <sip:alice@{DOMAIN}>;tag=a1\r\nTo: <sip:bob@{DOMAIN}>\r\nCall-ID: {call_id}\r\nCSeq: {cseq} INVITE\r\n"
+                f"Contact: <sip:alice@127.0.0.1:{caller_port}>\r\nMax-Forwards: 70\r\n{auth}Content-Length: 0\r\n\r\n").encode()
+    try:
+        member = hostport(addresses[0]["sip"])
+        caller.sendto(invite(1), member)
+        challenge = parse_message(await asyncio.wait_for(caller_in.queue.get(), 10))
+        assert challenge.status == 407
+        caller.sendto(invite(2, digest_answer(challenge, "alice", "INVITE", f"sip:bob@{DOMAIN}", "Proxy-Authorization")),
+                      member)
+        statuses = []
+        while not statuses or statuses[-1] < 200:
+            statuses.append(parse_message(await asyncio.wait_for(caller_in.queue.get(), 15)).status)
+        assert statuses[-1] == 430, statuses
+    finally:
+        caller.close()

@@ -495,3 +495,23 @@ async def test_a_retransmitted_invite_gets_100_trying_again_and_is_not_forwarded
     forwarded, _ = await forwarded_invite(farm, first, caller)
     again, out = await one(farm, first, caller)
     assert again.status == 100 and out.destination == caller
+
+
+async def test_a_late_new_request_gets_503_with_retry_after_and_its_copies_the_same(farm):
+    data = register(branch="z9hG4bKlate1")
+    [refused] = farm.refuse_overloaded(farm.parse(data), PHONE)
+    response = parse_message(refused.data)
+    assert response.status == 503 and response.headers.get("Retry-After")
+    assert refused.destination == PHONE
+    # A copy of it gets the same answer, with no new decision and no bus work.
+    assert farm.refuse_overloaded(farm.parse(data), PHONE)[0].data == refused.data
+    assert (await farm.handle(data, PHONE))[0].data == refused.data
+    assert farm.store.writes == 0 and farm.auth.asked == 0
+
+
+async def test_a_late_copy_of_an_answered_request_gets_its_answer_not_503(farm):
+    data = register(branch="z9hG4bKlate2")
+    [challenge] = await farm.handle(data, PHONE)
+    assert parse_message(challenge.data).status == 401
+    assert farm.refuse_overloaded(farm.parse(data), PHONE)[0].data == challenge.data
+    assert farm.refuse_overloaded(farm.parse(b"SIP/2.0 200 OK\r\n\r\n"), PHONE) == []

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from colony.protocols.sip.uri import URI, Address, URIError, _split_params, parse_address, parse_host
 
@@ -44,6 +45,7 @@ LIST_FIELDS = frozenset({
 })
 
 
+@lru_cache(maxsize=1024)      # every add and lookup asks; names from the wire are few (bounded)
 def canonical_name(name: str) -> str:
     lower = name.lower()
     if lower in COMPACT:
@@ -158,7 +160,14 @@ class Via:
 _VIA = re.compile(r"^\s*SIP\s*/\s*2\.0\s*/\s*([A-Za-z]+)\s+([^;\s]+(?:\s*:\s*\d+)?)\s*(;.*)?$", re.IGNORECASE)
 
 
+@lru_cache(maxsize=4096)
 def parse_via(value: str) -> Via:
+    """One Via value.  Remembered (bounded): handling one message reads its top Via several
+    times.  The Via returned is shared, so its ``params`` are never changed in place."""
+    return _parse_via(value)
+
+
+def _parse_via(value: str) -> Via:
     match = _VIA.match(value)
     if not match:
         raise URIError(f"bad Via {value!r}")
@@ -257,6 +266,7 @@ REASONS = {
     407: "Proxy Authentication Required", 408: "Request Timeout", 410: "Gone", 413: "Request Entity Too Large",
     414: "Request-URI Too Long", 415: "Unsupported Media Type", 416: "Unsupported URI Scheme",
     420: "Bad Extension", 421: "Extension Required", 423: "Interval Too Brief", 429: "Too Many Requests",
+    430: "Flow Failed",
     480: "Temporarily Unavailable", 481: "Call/Transaction Does Not Exist", 482: "Loop Detected",
     483: "Too Many Hops", 484: "Address Incomplete", 486: "Busy Here", 487: "Request Terminated",
     488: "Not Acceptable Here", 491: "Request Pending", 500: "Server Internal Error", 501: "Not Implemented",

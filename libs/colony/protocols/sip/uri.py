@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from urllib.parse import quote, unquote_to_bytes
 
 
@@ -132,6 +133,9 @@ def parse_host(text: str) -> tuple[str, int | None]:
     return host.lower(), port
 
 
+# Remembered (bounded): handling one message reads its To, From and URIs several times.  The
+# objects returned are shared, so their ``params`` are never changed in place.
+@lru_cache(maxsize=4096)
 def parse_uri(text: str) -> URI:
     text = text.strip()
     match = _SCHEME.match(text)
@@ -207,6 +211,7 @@ def _read_quoted(text: str, start: int) -> tuple[str, int]:
     raise URIError("unbalanced quotes")
 
 
+@lru_cache(maxsize=4096)
 def parse_address(text: str) -> Address:
     text = text.strip()
     if text == "*":

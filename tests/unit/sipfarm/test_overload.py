@@ -1,0 +1,42 @@
+"""The shell's overload rule: a request that starts new work and waited too long for its turn
+is answered 503 + Retry-After without being worked on; what finishes work goes on."""
+
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+
+from colony.protocols.sip.parser import parse_message
+from colony.settings import Settings
+
+from colony_sipfarm.workload import LATE, SipWorkload
+from test_farm import PHONE, farm, register  # noqa: F401 (farm: the fixture)
+
+
+def _shell(farm) -> tuple[SipWorkload, list]:
+    shell = SipWorkload(Settings())
+    shell.farm, shell._runtime = farm, SimpleNamespace(node_id="sipfarm-1")
+    sent: list = []
+
+    async def send(item) -> None:
+        sent.append(parse_message(item.data))
+    shell._send = send
+    return shell, sent
+
+
+async def test_new_work_that_waited_too_long_gets_503_and_fresh_work_is_done(farm):
+    shell, sent = _shell(farm)
+    await shell._handle(register(branch="z9hG4bKold"), PHONE, arrived=time.monotonic() - LATE - 0.5)
+    await shell._handle(register(branch="z9hG4bKnew"), PHONE, arrived=time.monotonic())
+    assert [m.status for m in sent] == [503, 401]
+    assert sent[0].headers.get("Retry-After")
+    assert farm.metrics.overloaded._value.get() == 1
+
+
+async def test_a_late_response_is_still_worked_on(farm):
+    shell, sent = _shell(farm)
+    stray = (b"SIP/2.0 180 Ringing\r\nVia: SIP/2.0/UDP 192.0.2.9:5060;branch=z9hG4bKx\r\n"
+             b"From: <sip:a@acme.example>;tag=1\r\nTo: <sip:b@acme.example>;tag=2\r\nCall-ID: late-1\r\n"
+             b"CSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n")
+    await shell._handle(stray, PHONE, arrived=time.monotonic() - 10)
+    assert sent == [] and farm.metrics.overloaded._value.get() == 0
