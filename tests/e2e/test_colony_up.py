@@ -145,6 +145,17 @@ def test_up_status_and_ctrl_c_leaves_nothing_behind(tmp_path):
         wait_for(lambda: token_file.exists() and token_file.read_text().strip(), 60, "the bootstrap token")
         assert token_file.stat().st_mode & 0o777 == 0o600
         token = token_file.read_text().strip()
+        # No secret on a command line (`ps` shows every user's): not the token, not a bus
+        # seed or the cluster secret; instances read them from 0600 files.
+        secrets = [token] + [f.read_text().strip() for f in (data_dir / "bus").iterdir() if f.is_file()
+                             and f.suffix in (".nk", ".secret")]
+        assert len(secrets) > 2
+        for pid in [proc.pid, *descendants(proc.pid)]:
+            try:
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+            except OSError:
+                continue  # ended meanwhile
+            assert not any(secret in argv for secret in secrets), f"a secret on the command line of {pid}: {argv!r}"
         served = httpx.get(f"http://{admin['addresses']['http']}/v1/cluster/nodes",
                            headers={"Authorization": f"Bearer {token}"}, timeout=10)
         assert served.status_code == 200
