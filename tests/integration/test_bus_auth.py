@@ -223,6 +223,36 @@ async def test_a_domain_moves_questions_go_from_the_controller_to_a_regions_mail
     assert await store.refused("colony.move.eu.remove")
 
 
+async def test_a_store_passes_a_move_question_on_to_its_peers_and_nobody_else_may(bus):
+    """The store that took a move question asks its region's peers on
+    ``colony.mailstore.move.<peer>.<verb>`` (colony_mailstore.moves); an edge or a controller
+    may neither ask nor answer there."""
+    server, operator, as_role = bus
+    asker, peer = await as_role("mailstore"), await as_role("mailstore")
+    controller, edge = await as_role("controller"), await as_role("edge")
+
+    async def answer(msg):
+        await msg.respond(b"peer:" + msg.subject.encode())
+
+    await peer.nc.subscribe(names.mailstore_move_subject("mailstore-2", names.MOVE_VERBS[0]).rpartition(".")[0] + ".*",
+                            cb=answer)
+    await peer.nc.flush()
+    for verb in names.MOVE_VERBS:
+        subject = names.mailstore_move_subject("mailstore-2", verb)
+
+        async def asked(subject=subject):
+            try:
+                return await asker.nc.request(subject, b"{}", timeout=5)
+            except nats.errors.NoRespondersError:
+                return None
+        assert (await wait_until(asked, 10, f"an answer on {subject}")).data == b"peer:" + subject.encode()
+    for other in (controller, edge):
+        await other.nc.publish(names.mailstore_move_subject("mailstore-2", names.MOVE_REMOVE), b"{}")
+        assert await other.refused("colony.mailstore.move")
+    await edge.nc.subscribe(names.MAILSTORE_MOVE)
+    assert await edge.refused("colony.mailstore.move")
+
+
 def test_a_domain_moves_questions_cross_the_leafnode_link():
     """They are asked from the primary region of another region's stores, so no region-local
     prefix (denied on the leafnode link, infra/nats/regions/*.conf) may cover them."""
