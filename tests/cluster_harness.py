@@ -75,6 +75,32 @@ async def wait_until(probe: Callable[[], Awaitable[T]], timeout: float, what: st
         await asyncio.sleep(interval)
 
 
+async def wait_progress(probe: Callable[[], Awaitable[tuple[int, str]]], stall: float, what: str,
+                        interval: float = 0.5) -> None:
+    """Poll ``probe`` -- ``(work left, what to show if it stalls)`` -- until nothing is left;
+    fail naming ``what`` once the work left has not shrunk for ``stall`` seconds.
+
+    For a large amount of work on a machine whose speed nobody knows (a CI box running other
+    suites): a fixed deadline for the whole would fail a slow run that is still moving, while
+    a stall deadline -- sized from the mechanism's own timers, e.g. node_ttl + ack_wait +
+    margin -- fails only when the system stopped making progress."""
+    best: int | None = None
+    since = time.monotonic()
+    detail = ""
+    while True:
+        try:
+            left, detail = await probe()
+        except NatsTimeout as exc:  # JetStream busy: not an answer yet
+            left, detail = best if best is not None else 1, repr(exc)
+        if left <= 0:
+            return
+        if best is None or left < best:
+            best, since = left, time.monotonic()
+        elif time.monotonic() - since >= stall:
+            raise AssertionError(f"no progress for {stall}s waiting for {what}: {left} left; {detail}")
+        await asyncio.sleep(interval)
+
+
 @dataclass
 class Node:
     node_id: str

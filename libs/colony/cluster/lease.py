@@ -134,13 +134,22 @@ class Lease:
             self.tenure = Tenure(sent, self._ttl, self._margin)
             return True
 
-    async def renew(self) -> None:
-        """Extend the lease; raises LeaseLost if someone else holds it now."""
+    async def renew(self, late_ok: bool = False) -> None:
+        """Extend the lease; raises LeaseLost if someone else holds it now.
+
+        Past our own deadline the lease is given up (``LeaseLost``): we stopped acting when
+        it passed, and from then on a successor may take it.  With ``late_ok`` the renewal is
+        still tried, because it is a CAS on our last revision: it succeeds only if nobody took
+        the lease meanwhile and the server has not expired it, so we are still the only
+        holder, with the same epoch, and act again from now on.  Whoever's CAS on that
+        revision lands first wins.  (A mail store on a loaded machine whose renewal ran late
+        keeps its accounts open instead of taking them over from itself under a new epoch,
+        a rebuild each -- work that made it later still.)"""
         async with self._writes:
             if not self.epoch:
                 raise LeaseLost("not held")
             sent = self._clock()
-            if not self.held:
+            if not self.held and not late_ok:
                 self._drop()
                 raise LeaseLost("our own deadline passed before we could renew")
             record = LeaseRecord(holder=self._holder, epoch=self.epoch, acquired_at=self._acquired_at).encode()

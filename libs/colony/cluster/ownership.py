@@ -46,6 +46,7 @@ from colony.cluster.membership import NodeState
 from colony.cluster.view import read_nodes
 from colony.events import AccountAcquired, AccountReleased, Event
 from colony.hashing import choose
+from colony.keyed_lock import KeyedLock
 from colony.settings import Role, Settings
 
 log = logging.getLogger("colony.ownership")
@@ -104,20 +105,15 @@ class AccountOwnership:
         self.clock = clock
         self.leases: dict[str, Lease] = {}
         self.watch = TakeoverWatch(self.ttl)
-        self._gates: dict[str, asyncio.Lock] = {}
+        self._gates = KeyedLock()
 
     @contextlib.asynccontextmanager
     async def deciding(self, address: str):
         """One ownership decision per account at a time in this process: without it, two
         deliveries racing for a vacant account would see our own fresh lease and "take it
         over" from ourselves."""
-        gate = self._gates.setdefault(address, asyncio.Lock())
-        try:
-            async with gate:
-                yield
-        finally:
-            if not gate.locked() and self._gates.get(address) is gate:
-                del self._gates[address]
+        async with self._gates.hold(address):
+            yield
 
     def holding(self, address: str) -> Lease | None:
         """Our lease on ``address`` if we may write it now (by our own clock)."""
@@ -167,8 +163,14 @@ class AccountOwnership:
 
         async def one(address: str, lease: Lease) -> None:
             epoch = lease.epoch
+            late = not lease.held
             try:
-                await lease.renew()
+                # Late (our renewals ran behind on a loaded machine): still ours if nobody
+                # took it -- the CAS says so -- and then without a new epoch (Lease.renew).
+                await lease.renew(late_ok=True)
+                if late:
+                    log.warning("renewed %s after our own deadline (epoch %d kept: nobody had taken it)",
+                                address, epoch)
             except LeaseLost as exc:
                 log.warning("lost %s (epoch %d): %s", address, epoch, exc)
                 lost.append(address)

@@ -23,6 +23,7 @@ import orjson
 
 from colony.cluster.lease import Lease
 from colony.cluster.ownership import AccountOwnership
+from colony.keyed_lock import KeyedLock
 from colony.storage import journal
 from colony.storage.layout import AccountPaths, StorageLayout, account_paths, find_account
 from colony.storage.mailbox import INBOX, AccountMail, Stored
@@ -81,7 +82,7 @@ class AccountManager:
         self.metrics = metrics
         self.clock = clock
         self.open: dict[str, OpenAccount] = {}
-        self._opening: dict[str, asyncio.Lock] = {}
+        self._opening = KeyedLock()  # one open per account at a time
 
     # --- open / close ----------------------------------------------------------------------
 
@@ -90,25 +91,24 @@ class AccountManager:
         acct = self.open.get(address)
         if acct is not None and acct.lease is lease:
             return acct
-        gate = self._opening.setdefault(address, asyncio.Lock())
-        try:
-            async with gate:
-                acct = self.open.get(address)
-                if acct is not None and acct.lease is lease:
-                    return acct
-                if acct is not None:  # an older tenure's handle: it must not write any more
-                    await self._discard(address)
-                name, domain = split_address(address)
-                layout = await self.directory.layout(domain)
-                settings = await self.directory.account(address)
-                info = settings.model_dump(mode="json") if settings else {"address": address}
-                acct = await asyncio.to_thread(self._open_sync, address, name, domain, layout, lease, info)
-                self.open[address] = acct
-                self.metrics.open_accounts.set(len(self.open))
+        async with self._opening.hold(address):
+            acct = self.open.get(address)
+            if acct is not None and acct.lease is lease:
                 return acct
-        finally:
-            if not gate.locked():
-                self._opening.pop(address, None)
+            if acct is not None and acct.lease.epoch > lease.epoch:
+                # A delivery that took its lease before a newer one of ours opened the account
+                # (a takeover from ourselves): the newer handle stays, this one retries.
+                raise NotOwner(f"{address} is open under a newer epoch ({acct.lease.epoch} > {lease.epoch})")
+            if acct is not None:  # an older tenure's handle: it must not write any more
+                await self._discard(address)
+            name, domain = split_address(address)
+            layout = await self.directory.layout(domain)
+            settings = await self.directory.account(address)
+            info = settings.model_dump(mode="json") if settings else {"address": address}
+            acct = await asyncio.to_thread(self._open_sync, address, name, domain, layout, lease, info)
+            self.open[address] = acct
+            self.metrics.open_accounts.set(len(self.open))
+            return acct
 
     def _open_sync(self, address: str, name: str, domain: str, layout: StorageLayout, lease: Lease,
                    settings: dict) -> OpenAccount:
@@ -174,9 +174,10 @@ class AccountManager:
 
     async def _store(self, acct: OpenAccount, batch: list[_Item]) -> None:
         if not acct.lease.held:
+            # Past our own deadline: write nothing now.  The handle stays open: a late renewal
+            # that nobody beat keeps the same epoch (Lease.renew), and a lost lease closes it.
             for item in batch:
                 item.future.set_exception(NotOwner(f"lease on {acct.address} not held"))
-            await self._discard(acct.address)
             return
         try:
             results = await asyncio.to_thread(_store_sync, acct.mail, batch)

@@ -242,8 +242,11 @@ class Delivery:
                 return "!draining, no other mailstore is ready"
             holder = seen.record.holder
             if holder == self.node_id:
-                if address in self.ownership.leases and self.ownership.holding(address) is None:
-                    return "!our lease is ending; waiting for it to lapse"
+                if address in self.ownership.leases:
+                    # Ours in this process (taken while we read): never a takeover from ourselves.
+                    if self.ownership.holding(address) is None:
+                        return "!our lease is ending; waiting for it to lapse"
+                    return self.node_id
                 # An earlier incarnation of this node id: abandoned by definition.
                 if self.accepting and await self._take(address, seen, "taken-over"):
                     return self.node_id

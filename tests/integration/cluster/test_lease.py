@@ -66,6 +66,29 @@ async def test_holder_stops_acting_before_the_lease_can_expire(leases):
         await a.renew()
 
 
+async def test_a_late_renewal_keeps_the_epoch_only_if_nobody_took_the_lease(leases):
+    """Past our own deadline (renewals ran behind) ``late_ok`` still tries the CAS on our last
+    revision: it wins while nobody took the lease (same epoch, acting again), and loses --
+    dropping the lease -- once a successor's CAS on that revision landed first."""
+    clock = FakeClock()
+    a = Lease(leases, "controller", "a", ttl=3, safety_margin=1, clock=clock)
+    await a.try_acquire()
+    epoch = a.epoch
+    clock.now += 2.5
+    assert not a.held
+    await a.renew(late_ok=True)
+    assert a.held and a.epoch == epoch
+    assert (await read_lease(leases, "controller")).record.holder == "a"
+
+    clock.now += 2.5
+    seen = (await read_lease(leases, "controller")).revision
+    b = Lease(leases, "controller", "b", ttl=3, safety_margin=1)
+    assert await b.try_acquire(take_over_revision=seen) is True   # b saw it lapse first
+    with pytest.raises(LeaseLost):
+        await a.renew(late_ok=True)
+    assert not a.held and a.epoch == 0
+
+
 async def test_release_lets_a_successor_in_at_once(leases):
     a = Lease(leases, "controller", "a", ttl=3, safety_margin=1)
     b = Lease(leases, "controller", "b", ttl=3, safety_margin=1)

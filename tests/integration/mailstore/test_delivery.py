@@ -5,7 +5,9 @@ from __future__ import annotations
 import signal
 import uuid
 
-from cluster_harness import wait_until
+import pytest
+
+from cluster_harness import wait_progress, wait_until
 from mailworld import DOMAIN, publish_many, world  # noqa: F401  (world is a fixture)
 
 from colony.storage.layout import StorageLayout, account_paths
@@ -103,6 +105,9 @@ async def test_sigstop_owner_is_fenced_and_replay_is_clean(world):
     assert uids == sorted(uids) and len(set(uids)) == len(uids)
 
 
+# A 2,000-message burst on a machine of unknown load: the waits inside fail on a stall, so
+# the test as a whole may take longer than the suite's default limit.
+@pytest.mark.timeout(900)
 async def test_sigkill_mid_burst_every_message_stored_exactly_once(world):
     await world.domain(account_foldering="1-1")
     users = [f"user{i}@{DOMAIN}" for i in range(8)]
@@ -111,7 +116,7 @@ async def test_sigkill_mid_burst_every_message_stored_exactly_once(world):
     for node in ("mailstore-1", "mailstore-2"):
         world.start(node)
     for node in ("mailstore-1", "mailstore-2"):
-        await world.cluster.wait_state(node, "READY", timeout=30)
+        await world.cluster.wait_state(node, "READY", timeout=60)  # two cold starts on a loaded box
     jobs = [([users[i % len(users)], users[(i * 3 + 1) % len(users)]], uuid.uuid4().hex) for i in range(2000)]
     expected: dict[str, set[str]] = {u: set() for u in users}
     for rcpts, mid in jobs:
@@ -125,23 +130,50 @@ async def test_sigkill_mid_burst_every_message_stored_exactly_once(world):
     world.cluster.nodes["mailstore-1"].signal(signal.SIGKILL)
     await publishing
 
-    async def everything():
-        return all(set(world.stored_ids(u)) == expected[u] for u in users)
-    await wait_until(everything, 240, "every message stored after the kill", interval=0.5)
+    async def left():
+        missing = sum(len(expected[u] - set(world.stored_ids(u))) for u in users)
+        return missing, await _queue_state(world)
+    # Not one deadline for the whole burst (a CI box running other suites delivers it at an
+    # unknown speed) but a stall deadline: the killed store's partitions pass on after
+    # node_ttl (3 s) plus a membership read (1 s), its un-acked jobs come back after ack_wait
+    # (6 s), its leases lapse after 4 s and a forward to it times out after 2 s; four times
+    # that sum for a loaded machine.
+    await wait_progress(left, 4 * (3 + 1 + 6 + 4 + 2), "every message stored after the kill")
     for u in users:
         counts = world.stored_ids(u)
         assert set(counts.values()) == {1}, f"duplicates in {u}: {[k for k, v in counts.items() if v > 1][:5]}"
-    # The takeovers are events others can watch.
-    events = await _owner_events(world)
-    taken = [e for e in events if e.type == "cluster.account_acquired" and e.previous == "mailstore-1"
-             and e.node_id == "mailstore-2"]
-    killed_owned = {e.address for e in events if e.type == "cluster.account_acquired" and e.node_id == "mailstore-1"}
-    assert killed_owned <= {e.address for e in taken}
-    assert {e.how for e in taken} <= {"taken-over", "expired"}
+    # The takeovers are events others can watch: every account the killed store held was
+    # next acquired by the survivor -- taken over from it (no responders, or its revision
+    # unrenewed for a lease length), or created afresh once the server had expired its
+    # lease (the account's partition passes to the survivor only after node_ttl, and its
+    # jobs in flight come back after ack_wait: both may be later than the lease's end).
+    events = [e for e in await _owner_events(world) if e.type == "cluster.account_acquired"]
+    killed_owned = {e.address for e in events if e.node_id == "mailstore-1"}
+    for address in killed_owned:
+        acquisitions = [e for e in events if e.address == address]
+        last_killed = max(i for i, e in enumerate(acquisitions) if e.node_id == "mailstore-1")
+        successor = acquisitions[last_killed + 1]
+        assert successor.node_id == "mailstore-2", successor
+        assert (successor.how in ("taken-over", "expired") and successor.previous == "mailstore-1"
+                or successor.how == "vacant" and successor.previous is None), successor
     # A restarted instance rejoins and the mailboxes replay the same.
     world.start("mailstore-1")
-    await world.cluster.wait_state("mailstore-1", "READY", timeout=30)
+    await world.cluster.wait_state("mailstore-1", "READY", timeout=60)
     assert all(set(world.stored_ids(u)) == expected[u] for u in users)
+
+
+async def _queue_state(world) -> str:
+    """MAIL and DEAD_LETTERS as a stalled wait shows them: what is queued, where, how often redelivered."""
+    from colony.bus import names
+
+    js = world.nc.jetstream()
+    parts = [f"MAIL {(await js.stream_info(names.STREAM_MAIL)).state.messages}",
+             f"DEAD_LETTERS {(await js.stream_info(names.STREAM_DEAD_LETTERS)).state.messages}"]
+    for p in range(names.MAIL_PARTITIONS):
+        info = await js.consumer_info(names.STREAM_MAIL, f"{names.MAILSTORE_CONSUMER}-local-p{p}")
+        parts.append(f"p{p} pending {info.num_pending} unacked {info.num_ack_pending} "
+                     f"redelivered {info.num_redelivered} pulls {info.num_waiting}")
+    return "; ".join(parts)
 
 
 async def _owner_events(world):
