@@ -258,8 +258,9 @@ class Controller:
             self._api_sub = None
 
     async def _on_alive(self, msg: Msg) -> None:
-        epoch = self.lease.epoch if self.is_active else 0
-        await msg.respond(json.dumps({"node": self.runtime.node_id, "epoch": epoch}).encode())
+        with self.runtime.metrics.once(BusRequestMetrics).observe(names.CONTROLLER_ALIVE):
+            epoch = self.lease.epoch if self.is_active else 0
+            await msg.respond(json.dumps({"node": self.runtime.node_id, "epoch": epoch}).encode())
 
     # --- membership and failure detection ---------------------------------------------------
 
