@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import logging
+import re
 import time
 from collections import OrderedDict
 from email.parser import BytesHeaderParser
@@ -55,6 +57,41 @@ NOT_YOUR_FROM = Reply(550, "5.7.1", "From: header address is not yours", "from_n
 RATE_LIMITED = Reply(450, "4.7.0", "Sending rate exceeded; try again later", "sending_rate")
 
 _HEADER_SCAN = 256 * 1024   # the header section is read from the spool up to this far
+# A header-section line as the email package's feed parser tells it: a field, a
+# continuation, or an mbox "From " line; the first other line (an empty one) ends the section.
+_HEADER_LINE = re.compile(rb"^(From |[\041-\071\073-\176]*:|[\t ])")
+_CACHED_FROM = 1024          # From fields longer than this are parsed every time (bounded cache)
+
+
+def from_addresses(head: bytes) -> tuple[str, ...]:
+    """The addresses in the ``From:`` fields of a header section, read as ``email.policy.SMTP``
+    and ``getaddresses`` read them.  Only the From fields are parsed, and that parse is
+    cached by their raw text: a client sending many messages repeats its From (parsing every
+    header section cost ~6% of an edge's CPU in the outbound benchmark)."""
+    fields: list[list[bytes]] = []
+    current: list[bytes] | None = None
+    for line in head.splitlines(keepends=True):
+        if not _HEADER_LINE.match(line):
+            break
+        if line[:1] in b" \t":
+            if current is not None:
+                current.append(line)
+            continue
+        current = [line] if line[:5].lower() == b"from:" else None
+        if current is not None:
+            fields.append(current)
+    raw = tuple(b"".join(f) for f in fields)
+    if sum(map(len, raw)) > _CACHED_FROM:
+        return _parse_from(raw)
+    return _cached_from(raw)
+
+
+def _parse_from(fields: tuple[bytes, ...]) -> tuple[str, ...]:
+    headers = BytesHeaderParser(policy=SMTP_POLICY).parsebytes(b"".join(fields) + b"\r\n")
+    return tuple(address for _, address in email.utils.getaddresses([str(v) for v in headers.get_all("From", [])]))
+
+
+_cached_from = functools.lru_cache(maxsize=1024)(_parse_from)
 
 
 class SubmissionMetrics:
@@ -174,9 +211,7 @@ class SubmissionPolicy(BasePolicy):
         account = str(session.notes.get("account", ""))
         with open(message.spool, "rb") as spool:
             head = spool.read(_HEADER_SCAN)
-        end = head.find(b"\r\n\r\n")
-        headers = BytesHeaderParser(policy=SMTP_POLICY).parsebytes(head if end < 0 else head[: end + 4])
-        senders = [address for _, address in email.utils.getaddresses([str(v) for v in headers.get_all("From", [])])]
+        senders = from_addresses(head)
         if not senders or any(not self.owns(account, a) for a in senders):
             log.warning("submission %s: %s sent From: %s; refused", session.id, account, ", ".join(senders) or "(none)")
             return refuse(NOT_YOUR_FROM)

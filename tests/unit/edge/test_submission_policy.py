@@ -82,3 +82,40 @@ async def test_remote_recipients_are_accepted_without_a_mailbox(policy):
     s = session()
     assert (await policy.rcpt_to(s, E.RcptTo(address="dave@remote.test"))).accept
     assert [(r.rcpt.address, r.mailboxes) for r in s.recipients] == [("dave@remote.test", ())]
+
+
+def _whole_section_parse(head: bytes) -> tuple[str, ...]:
+    """What data_complete did before ``from_addresses``: the whole header section through
+    ``email.policy.SMTP``; the fast path must read every header section the same way."""
+    import email.utils
+    from email.parser import BytesHeaderParser
+    from email.policy import SMTP
+
+    end = head.find(b"\r\n\r\n")
+    headers = BytesHeaderParser(policy=SMTP).parsebytes(head if end < 0 else head[: end + 4])
+    return tuple(a for _, a in email.utils.getaddresses([str(v) for v in headers.get_all("From", [])]))
+
+
+@pytest.mark.parametrize("head", [
+    b"From: Bob <bob@example.com>\r\nSubject: x\r\n\r\nbody\r\n",
+    b"Subject: x\r\nFROM: bob@example.com\r\n\r\n",
+    b"From: \"Bob, the builder\" <bob@example.com>,\r\n\tcarol@example.com\r\nTo: x@y\r\n\r\n",
+    b"From: bob@example.com\r\nFrom: carol@example.com\r\n\r\n",
+    b"From: =?utf-8?q?alice=40example.com?= <bob@example.com>\r\n\r\n",
+    b"From bob@example.com Mon Jan  1 00:00:00 2024\r\nFrom: carol@example.com\r\n\r\n",
+    b"Subject: x\r\nthis line is no header\r\nFrom: bob@example.com\r\n\r\n",
+    b"Subject: x\r\n\r\nFrom: bob@example.com\r\n",
+    b"From: bob@example.com\nSubject: bare LF\n\n",
+    b"From : bob@example.com\r\n\r\n",
+    b"From: bob@example.com",
+    b"From: J\xc3\xb6rg <j\xc3\xb6rg@example.com>\r\n\r\n",
+    b"From: bob@example.com)<evil@other.example>\r\n\r\n",
+    b"Subject: none\r\n\r\n",
+    b"From: " + b"x" * 2000 + b"@example.com\r\n\r\n",   # too long to cache
+    b"",
+])
+def test_from_addresses_reads_a_header_section_as_the_email_package_does(head):
+    from colony_edge.submission import from_addresses
+
+    assert from_addresses(head) == _whole_section_parse(head)
+    assert from_addresses(head) == _whole_section_parse(head), "the cached answer too"
