@@ -2,14 +2,18 @@
 a receiver this test runs, its spans go from the admin API's HTTP request through the
 event append (context in the NATS headers) into the projector process's projection.
 One message is one trace too: from the edge's SMTP transaction through the MAIL stream
-(context in the message's headers) into the mail store's delivery job."""
+(context in the message's headers) into the mail store's delivery job; and one SIP
+request, from the farm member it reaches into the admin API's credential lookup."""
 
 from __future__ import annotations
 
 import gzip
 import os
 import smtplib
+import socket
 import threading
+import time
+import uuid
 from email.message import EmailMessage
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -166,5 +170,77 @@ def test_a_message_is_one_trace_from_smtp_into_the_mail_store(tmp_path, receiver
         # SMTP transaction's message span: one chain across the bus.
         assert chain[0] == ("colony-mailstore", "mail job")
         assert ("colony-edge", "smtp.accept") in chain and chain[-1] == ("colony-edge", "smtp.message"), chain
+    finally:
+        stop_up(proc)
+
+
+def register_until_ok(address: str, domain: str, user: str, password: str, deadline: float) -> None:
+    """REGISTER over UDP, answering the digest challenge, until the member says 200 (the
+    account reaches the credential service through the projection a moment after it is made)."""
+    from colony.protocols.sip.digest import h, ha1, parse_credentials
+    from colony.protocols.sip.parser import parse_message
+
+    host, port = address.rsplit(":", 1)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        udp.bind(("127.0.0.1", 0))
+        udp.settimeout(2)
+        local, call_id = udp.getsockname()[1], uuid.uuid4().hex
+
+        def ask(cseq: int, auth: str = ""):
+            request = (f"REGISTER sip:{domain} SIP/2.0\r\n"
+                       f"Via: SIP/2.0/UDP 127.0.0.1:{local};rport;branch=z9hG4bK{uuid.uuid4().hex}\r\n"
+                       f"Max-Forwards: 70\r\nFrom: <sip:{user}@{domain}>;tag=t1\r\nTo: <sip:{user}@{domain}>\r\n"
+                       f"Call-ID: {call_id}\r\nCSeq: {cseq} REGISTER\r\nContact: <sip:{user}@127.0.0.1:{local}>\r\n"
+                       f"Expires: 60\r\n{auth}Content-Length: 0\r\n\r\n").encode()
+            for _ in range(5):  # UDP: send again until answered
+                udp.sendto(request, (host, int(port)))
+                try:
+                    return parse_message(udp.recv(65536))
+                except TimeoutError:
+                    continue
+            raise AssertionError(f"no answer to REGISTER from {address}")
+
+        cseq, status = 0, None
+        while time.monotonic() < deadline:
+            cseq += 1
+            challenge = ask(cseq)
+            assert challenge.status == 401, challenge.status
+            params = parse_credentials(challenge.headers.get("WWW-Authenticate"))
+            algorithm, uri = params.get("algorithm", "MD5"), f"sip:{domain}"
+            key = ha1(algorithm, user, params["realm"], password)
+            response = h(algorithm, f"{key}:{params['nonce']}:00000001:c0ffee:auth:{h(algorithm, f'REGISTER:{uri}')}")
+            cseq += 1
+            status = ask(cseq, f'Authorization: Digest username="{user}", realm="{params["realm"]}", '
+                               f'nonce="{params["nonce"]}", uri="{uri}", response="{response}", algorithm={algorithm}, '
+                               f'qop=auth, nc=00000001, cnonce="c0ffee"\r\n').status
+            if status == 200:
+                return
+            time.sleep(0.5)
+        raise AssertionError(f"REGISTER never answered 200 (last: {status})")
+
+
+def test_a_sip_request_is_one_trace_from_the_farm_into_the_credential_lookup(tmp_path, receiver):
+    data_dir, base = tmp_path / "colony", free_base_port()
+    os.environ["COLONY_OTLP_ENDPOINT"] = receiver.url  # inherited by every instance
+    try:
+        proc = start_up(data_dir, base, "--controllers", "1", "--edges", "0", "--mailstores", "0", "--sipfarms", "1")
+    finally:
+        del os.environ["COLONY_OTLP_ENDPOINT"]
+    try:
+        nodes = wait_for(lambda: ready_nodes(data_dir, 4), 180, "controller, SIP farm member, admin API, projector READY")
+        wait_for((data_dir / "admin.token").exists, 60, "the bootstrap token")
+        colony(data_dir, "domain", "add", "sip.example")
+        colony(data_dir, "account", "add", "erin@sip.example", "--password", "a long passphrase")
+        sip = next(n for n in nodes if n["role"] == "sipfarm")["addresses"]["sip"]
+        register_until_ok(sip, "sip.example", "erin", "a long passphrase", time.monotonic() + 60)
+
+        def whole_trace():
+            spans = receiver.trace_of("sip REGISTER", "colony-sipfarm")
+            return spans if any(s["service"] == "colony-admin-api" for s in spans) else None
+
+        spans = wait_for(whole_trace, 90, "the REGISTER's trace to reach the credential lookup")  # batches every 5 s
+        lookup = next(s for s in spans if s["service"] == "colony-admin-api")
+        chain = receiver.chain(spans, lookup["name"])
+        assert chain[-1] == ("colony-sipfarm", "sip REGISTER"), chain
     finally:
         stop_up(proc)

@@ -25,6 +25,7 @@ import base64
 import json
 import logging
 import os
+import socket
 import time
 from contextlib import suppress
 
@@ -33,6 +34,8 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from datetime import datetime, timedelta, timezone
 
 from nats.errors import NoRespondersError
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
 from nats.errors import TimeoutError as NatsTimeoutError
 from pydantic import ValidationError
 
@@ -57,6 +60,25 @@ from colony_sipfarm.bindings import BindingStore
 from colony_sipfarm.farm import ALLOW, FARM_BRANCH, Outbound, SipFarm
 from colony_sipfarm.retransmission import ProxyClientTransactions
 
+_tracer = trace.get_tracer("colony.sipfarm")  # a proxy: follows the provider setup_tracing installs
+# Span names from a fixed set (a method a phone makes up is "other"), as the metrics' labels.
+_METHODS = frozenset(m.strip() for m in ALLOW.split(","))
+
+
+def _span_name(parsed) -> str:
+    if isinstance(parsed, SipRequest):
+        return f"sip {parsed.method if parsed.method in _METHODS else 'other'}"
+    return "sip response" if isinstance(parsed, SipResponse) else "sip unparsable"
+
+
+def _span_attributes(parsed, source: Destination) -> dict[str, str | int]:
+    attributes: dict[str, str | int] = {"network.transport": source[0].lower(), "colony.sip.source": f"{source[1]}:{source[2]}"}
+    if isinstance(parsed, (SipRequest, SipResponse)):
+        attributes["colony.sip.call_id"] = parsed.call_id[:200]
+    if isinstance(parsed, SipResponse):
+        attributes["colony.sip.status"] = parsed.status
+    return attributes
+
 log = logging.getLogger("colony.sipfarm")
 
 MAX_INFLIGHT = 2000
@@ -67,6 +89,7 @@ HANDSHAKE_TIMEOUT = 10.0      # seconds a new TLS or WebSocket connection has to
 # timers still double, and Timer B/F still ends an unanswered branch): a member that far
 # behind has likely not read the answers yet, and every copy would come back as more work.
 RETRANSMIT_BUSY = 200
+UDP_BUFFER = 4 << 20      # bytes of receive buffer asked for the SIP UDP socket
 HANDLE_TIMEOUT = 1.0     # seconds an owner has to answer a spread packet
 USAGE_ACK_TIMEOUT = 10.0  # seconds the bus has to store one interval's usage sums
 # Seconds a packet that starts new work may wait for its turn before it is refused with 503:
@@ -136,6 +159,11 @@ class SipWorkload:
         loop = asyncio.get_running_loop()
         for attempt in range(20):
             self.udp, _ = await loop.create_datagram_endpoint(lambda: _Udp(self), local_addr=(s.host, s.sip_port))
+            # A burst that arrives while the loop is busy waits in the kernel: the default
+            # buffer (~200 KiB) overflowed under 200 calls at once and lost answers (each a
+            # retransmission or a Timer B 408 later).  The kernel caps this at rmem_max.
+            with suppress(OSError):
+                self.udp.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_BUFFER)
             port = self.udp.get_extra_info("sockname")[1]
             # TCP on the same port number as UDP (phones expect both on one port).
             try:
@@ -251,13 +279,19 @@ class SipWorkload:
                 and SipFarm.spread_key_of(parsed) is not None)
 
     async def _handle_parsed(self, data: bytes, source: Destination, parsed) -> list[Outbound]:
-        owner = self._owner(parsed)
-        out = None
-        if owner is not None:
-            out = await self._ask_owner(owner, data, source)
-        if out is None:
-            out = await self.farm.handle(data, source, parsed=parsed)
-        return out
+        # One SERVER span per packet from a phone or a peer, where it arrives: its context
+        # rides on the hand-over to the Call-ID's owner (``sip.handle``) and on the owner's
+        # credential and binding requests over the bus, so a REGISTER or an INVITE is one
+        # trace across members and into the admin API's auth service.
+        with _tracer.start_as_current_span(_span_name(parsed), kind=SpanKind.SERVER,
+                                           attributes=_span_attributes(parsed, source)):
+            owner = self._owner(parsed)
+            out = None
+            if owner is not None:
+                out = await self._ask_owner(owner, data, source)
+            if out is None:
+                out = await self.farm.handle(data, source, parsed=parsed)
+            return out
 
     # --- spreading new work over READY members ----------------------------------------------
 
@@ -524,7 +558,11 @@ class SipWorkload:
             due = self.proxy_transactions.expire(time.monotonic())
             busy = len(self._inflight) > RETRANSMIT_BUSY
             for data, (_, host, port), method in due.retransmit:
-                if busy:
+                # An INVITE copy goes out even when busy: it is due only while no answer at
+                # all was seen (Timer A stops at the first provisional), i.e. the INVITE or
+                # its 180 was lost -- skipping it turned every such loss into our own Timer B
+                # 408 (bench/sip.py, 200 calls at once).  Non-INVITE copies wait.
+                if busy and method != "INVITE":
                     self.farm.metrics.dropped.labels(reason="retransmission while busy").inc()
                     continue
                 self.farm.metrics.proxy_retransmissions.labels(method=method if method in ALLOW else "other").inc()
