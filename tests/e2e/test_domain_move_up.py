@@ -1,9 +1,10 @@
 """Moving a domain between regions as an operator does it, under `colony up --regions eu,us`:
 a domain homed in eu with stored mail, flags and a folder is moved to us through the admin API
 (`colony domain move`) while mail keeps arriving at both regions' edges and a user keeps
-reading her INBOX (at worst a clean reconnect) -- once steadily, once
-with eu's active controller SIGKILLed mid-move; the move reaches `done`, us's IMAP shows every
-message once with its flags, new mail sent to either edge lands in us, and eu's copy is gone."""
+reading her INBOX (at worst a clean reconnect) -- steadily, with eu's active controller
+SIGKILLed mid-move, and with the link between the regions hung mid-move; the move reaches
+`done`, us's IMAP shows every message once with its flags, new mail sent to either edge lands
+in us, and eu's copy is gone."""
 
 from __future__ import annotations
 
@@ -125,11 +126,11 @@ def active_controller(region_dir: Path) -> dict | None:
     return next((n for n in status_json(region_dir) if n["role"] == "controller" and n["controller"]), None)
 
 
-# With the controller killed the phases last longer (15 s settle), so the kill lands mid-move
-# on a loaded machine too, whose CLI polls take seconds.
-@pytest.mark.parametrize(("regions", "kill_controller"), [(3, False), (15, True)], indirect=["regions"],
-                         ids=["steady", "controller-sigkilled"])
-def test_a_domain_moves_from_eu_to_us_with_its_mail_flags_and_folders(regions, kill_controller):
+# With a fault the phases last longer (15 s settle), so it lands mid-move on a loaded
+# machine too.
+@pytest.mark.parametrize(("regions", "fault"), [(3, None), (15, "controller"), (15, "link")], indirect=["regions"],
+                         ids=["steady", "controller-sigkilled", "link-cut"])
+def test_a_domain_moves_from_eu_to_us_with_its_mail_flags_and_folders(regions, fault):
     data_dir, base = regions
     eu, us = data_dir / "eu", data_dir / "us"
     eu_smtp, us_smtp, eu_imap, us_imap = base + 25, base + 200 + 25, base + 93, base + 200 + 93
@@ -160,7 +161,7 @@ def test_a_domain_moves_from_eu_to_us_with_its_mail_flags_and_folders(regions, k
     mover = subprocess.Popen([COLONY, "domain", "move", DOMAIN, "us", "--timeout", "400", "--data-dir", str(eu)],
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     killed = None
-    if kill_controller:
+    if fault == "controller":
         # the primary's active controller dies mid-move; the supervisor starts it again, and
         # it (a new process, a new epoch) carries the move on from its last event
         victim = wait_for(lambda: active_controller(eu), 60, "eu's active controller")
@@ -168,6 +169,19 @@ def test_a_domain_moves_from_eu_to_us_with_its_mail_flags_and_folders(regions, k
         os.kill(victim["pid"], signal.SIGKILL)
         killed = victim["pid"]
         assert move_status(eu)["phase"] in ("copying", "sealing"), "killed too late"
+    elif fault == "link":
+        # the link between the regions hangs mid-move while mail arrives at both edges: the
+        # controller's questions to us wait or fail and are asked again once it is back
+        hub = json.loads((data_dir / "supercluster.json").read_text())["hub"]["pid"]
+        wait_for(lambda: move_status(eu).get("phase") in ("copying", "sealing"), 120, "the move to copy")
+        os.kill(hub, signal.SIGSTOP)
+        try:
+            for i in range(6):
+                subject = f"ben during the cut {i}"
+                send(eu_smtp if i % 2 == 0 else us_smtp, f"ben@{DOMAIN}", subject)   # 250 in either region
+                sent["ben"].append(subject)
+        finally:
+            os.kill(hub, signal.SIGCONT)
     # mail keeps arriving at both regions' edges while the domain moves, and amy keeps reading
     reader = Reader(eu, eu_imap, f"amy@{DOMAIN}", len(sent["amy"]))
     during = 0
