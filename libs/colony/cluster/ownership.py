@@ -39,10 +39,11 @@ from collections.abc import Awaitable, Callable, Iterable
 
 from nats.aio.client import Client
 from nats.js.kv import KeyValue
+from pydantic import ValidationError
 
 from colony.bus import names
 from colony.cluster.lease import Lease, LeaseEntry, LeaseLost, read_lease
-from colony.cluster.membership import NodeState
+from colony.cluster.membership import NodeRecord, NodeState
 from colony.cluster.view import read_nodes
 from colony.events import AccountAcquired, AccountReleased, Event
 from colony.hashing import choose
@@ -200,13 +201,18 @@ class AccountOwnership:
 
 
 class MailstoreMembers:
-    """The READY mailstores that are still heartbeating, as last read from ``cluster_nodes``
-    (refreshed by its owner).
+    """The READY mailstores that are still heartbeating, from ``cluster_nodes``.
 
     A member whose heartbeat has not changed for ``stale_after`` seconds on *our* clock is
     left out even while its record still says READY (no controller has marked it FAILED yet,
     or none runs): each store fetches the MAIL partitions rendezvous hashing gives it among
     these, so a paused store's partitions must pass to the others without waiting for anyone.
+
+    Records arrive by a watch of the bucket (``watch``, run by the owner: every instance's
+    heartbeat is pushed to us) and ``update()`` recomputes the set from what was seen, without
+    a bus round trip.  Reading every record every second instead (a stream listing and one
+    get per instance, per mail store) was a cost each added store paid again.  ``refresh()``
+    reads them all at once: at start, and now and then in case the watch missed something.
     """
 
     def __init__(self, nc: Client, stale_after: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
@@ -214,21 +220,61 @@ class MailstoreMembers:
         self.stale_after = stale_after
         self.clock = clock
         self.ready: tuple[str, ...] = ()
+        self._records: dict[str, NodeRecord] = {}          # id -> latest record of a mailstore
         self._heard: dict[str, tuple[object, float]] = {}  # id -> (last heartbeat seen, when it changed)
 
-    async def refresh(self) -> tuple[str, ...]:
-        records = await read_nodes(self.nc)
+    def observe(self, record: NodeRecord) -> None:
+        """One record as written (any role; only mail stores are kept)."""
+        if record.role != Role.MAILSTORE:
+            return
+        known = self._records.get(record.id)
+        if known is not None and record.heartbeat_at < known.heartbeat_at:
+            return  # older than what a full read already showed us (the watch lagging behind it)
+        self._records[record.id] = record
+        last = self._heard.get(record.id)
+        if last is None or last[0] != record.heartbeat_at:
+            self._heard[record.id] = (record.heartbeat_at, self.clock())
+
+    def forget(self, node_id: str) -> None:
+        """The record was deleted (or expired from the bucket)."""
+        self._records.pop(node_id, None)
+        self._heard.pop(node_id, None)
+
+    def update(self) -> tuple[str, ...]:
+        """The READY, still-heartbeating mail stores among the records seen so far."""
         now = self.clock()
-        heard: dict[str, tuple[object, float]] = {}
-        ready = []
-        for r in records:
-            if r.role != Role.MAILSTORE or r.state != NodeState.READY:
-                continue
-            last = self._heard.get(r.id)
-            since = last[1] if last is not None and last[0] == r.heartbeat_at else now
-            heard[r.id] = (r.heartbeat_at, since)
-            if now - since <= self.stale_after:
-                ready.append(r.id)
-        self._heard = heard
-        self.ready = tuple(sorted(ready))
+        self.ready = tuple(sorted(
+            r.id for r in self._records.values()
+            if r.state == NodeState.READY and now - self._heard[r.id][1] <= self.stale_after))
         return self.ready
+
+    async def refresh(self) -> tuple[str, ...]:
+        """Read every record now (start, and a safety net beside the watch)."""
+        records = await read_nodes(self.nc)
+        seen = set()
+        for r in records:
+            self.observe(r)
+            seen.add(r.id)
+        for node_id in [n for n in self._records if n not in seen]:
+            self.forget(node_id)
+        return self.update()
+
+    async def watch(self) -> None:
+        """Follow ``cluster_nodes`` (runs until cancelled; restart it if it raises)."""
+        kv = await self.nc.jetstream().key_value(names.BUCKET_NODES)
+        watcher = await kv.watchall()
+        try:
+            async for entry in watcher:
+                if entry is None:  # the initial values have all been delivered
+                    continue
+                if not entry.value or entry.operation in ("DEL", "PURGE"):
+                    for node_id in [n for n in self._records if names.node_key(n) == entry.key]:
+                        self.forget(node_id)
+                    continue
+                try:
+                    self.observe(NodeRecord.decode(entry.value))
+                except ValidationError:
+                    continue
+        finally:
+            with contextlib.suppress(Exception):
+                await watcher.stop()

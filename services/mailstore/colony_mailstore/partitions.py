@@ -15,8 +15,8 @@ and a job fetched by another store is forwarded to the owner exactly as before (
 membership change, until the leases follow, and for the other recipients of a job).  While
 two stores' views of the membership differ, both may fetch one partition (a shared pull
 consumer splits its jobs between them); a partition whose store died or drains is fetched by
-its next choice as soon as the membership read every second says so, and its jobs wait in
-the stream meanwhile.
+its next choice as soon as the members' heartbeats say so (``MailstoreMembers``), and its
+jobs wait in the stream meanwhile.
 
 The unpartitioned subject of older edges keeps its consumer (``mailstore-<region>``), which
 every store fetches.

@@ -37,6 +37,7 @@ from colony_mailstore.usage import UsageMeter
 log = logging.getLogger("colony.mailstore")
 
 _TICK = 0.25  # upkeep loop period: drain release and membership refresh react this fast
+_MEMBERS_READ = 30.0  # seconds between full reads of cluster_nodes beside the watch (MailstoreMembers)
 
 
 class MailstoreWorkload:
@@ -79,6 +80,7 @@ class MailstoreWorkload:
         # releases) may delay them past the lease.
         runtime.spawn("account leases", self._renew_leases, restart=True)
         runtime.spawn("mailstore upkeep", self._upkeep, restart=True)
+        runtime.spawn("mailstore members", self.members.watch, restart=True)
         self.runner = PartitionRunners(js, settings, runtime.node_id, self.delivery.handle,
                                        QueueMetrics(runtime.metrics.registry))
         await self.runner.start(runtime.spawn, self.members.ready)
@@ -168,16 +170,18 @@ class MailstoreWorkload:
     async def _upkeep(self) -> None:
         loop = asyncio.get_running_loop()
         next_members = next_idle = next_usage = loop.time()
+        next_read = loop.time() + _MEMBERS_READ
         while True:
             now = loop.time()
             if now >= next_members:
                 next_members = now + 1.0
-                try:
-                    await self.members.refresh()
-                except Exception as exc:  # placement keeps the last view meanwhile
-                    log.warning("could not read the cluster's mailstores: %s", exc)
-                else:
-                    self.runner.rebalance(self.members.ready)
+                if now >= next_read:  # the watch keeps the view; a full read now and then in case it missed one
+                    next_read = now + _MEMBERS_READ
+                    try:
+                        await self.members.refresh()
+                    except Exception as exc:  # placement keeps the last view meanwhile
+                        log.warning("could not read the cluster's mailstores: %s", exc)
+                self.runner.rebalance(self.members.update())
             if now >= next_usage:
                 next_usage = now + self.settings.usage_flush_interval
                 await self.usage.flush()

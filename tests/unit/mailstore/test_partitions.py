@@ -81,3 +81,38 @@ async def test_a_member_whose_heartbeat_stops_leaves_the_ready_set(monkeypatch):
     assert ready == ("mailstore-1",)
     beats["mailstore-2"] = t0 + timedelta(seconds=60)          # SIGCONT: back at its next beat
     assert await members.refresh() == ("mailstore-1", "mailstore-2")
+
+
+def test_members_from_watched_records_without_a_read():
+    """The watch feeds records (any role, any order); ``update()`` alone says who is in: READY
+    mail stores whose heartbeat changed within stale_after on our clock.  A record older than
+    one already seen (the watch lagging behind a full read) changes nothing."""
+    from datetime import UTC, datetime, timedelta
+
+    from colony.cluster import ownership
+    from colony.cluster.membership import NodeRecord, NodeState
+
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def record(node, at, role="mailstore", state=NodeState.READY):
+        return NodeRecord(id=node, role=role, state=state, host="h", pid=1, version="v", started_at=t0,
+                          heartbeat_at=at)
+
+    now = [100.0]
+    members = ownership.MailstoreMembers(None, stale_after=5.0, clock=lambda: now[0])
+    members.observe(record("mailstore-1", t0))
+    members.observe(record("mailstore-2", t0))
+    members.observe(record("edge-1", t0, role="edge"))
+    members.observe(record("mailstore-3", t0, state=NodeState.NOT_READY))
+    assert members.update() == ("mailstore-1", "mailstore-2")
+    for step in range(1, 7):
+        now[0] += 1.0
+        members.observe(record("mailstore-1", t0 + timedelta(seconds=step)))
+        members.observe(record("mailstore-2", t0))                 # a stale copy: no newer beat
+    assert members.update() == ("mailstore-1",)
+    members.observe(record("mailstore-1", t0))                      # lagging: ignored
+    assert members.update() == ("mailstore-1",)
+    members.observe(record("mailstore-2", t0 + timedelta(seconds=60)))
+    assert members.update() == ("mailstore-1", "mailstore-2")
+    members.forget("mailstore-1")
+    assert members.update() == ("mailstore-2",)
