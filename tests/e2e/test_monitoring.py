@@ -188,6 +188,10 @@ def test_prometheus_scrapes_colony_up_and_every_dashboard_query_has_data(tmp_pat
             if empty:
                 time.sleep(2)
         assert not empty, "dashboard queries without data:\n" + "\n".join(f"{n} / {t}: {e}" for n, t, e in empty)
+        # The projector applied the provisioning commands above (domain, account) and says so.
+        applied = query(prometheus, 'sum(colony_projection_events_total{projection="readmodel"})')
+        assert float(applied[0]["value"][1]) >= 2
+        assert float(query(prometheus, 'max(colony_projection_position{projection="readmodel"})')[0]["value"][1]) >= 2
         # The cluster gauges count every instance once (only the active controller exports them).
         total = query(prometheus, 'sum(colony_cluster_nodes{state="READY"})')
         assert float(total[0]["value"][1]) == INSTANCES

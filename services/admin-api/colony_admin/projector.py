@@ -40,7 +40,7 @@ from colony_admin import db
 from colony_admin.projections import readmodel
 from colony_admin.projections.directory import DirectoryProjection
 from colony_admin.projections.position import ANNOUNCE_EVERY, ReadModelPosition
-from colony_admin.projections.runner import StreamProjection
+from colony_admin.projections.runner import ProjectionMetrics, StreamProjection
 
 log = logging.getLogger("colony.admin.projector")
 
@@ -64,9 +64,11 @@ class ProjectorWorkload:
         await asyncio.to_thread(db.migrate, engine)
         js = nc.jetstream(timeout=10.0)
 
+        metrics = runtime.metrics.once(ProjectionMetrics)
+
         def follow(stream: str, subjects: str, name: str, apply, **kw) -> StreamProjection:
             return StreamProjection(nc=nc, js=js, engine=engine, stream=stream, subjects=subjects, name=name,
-                                    apply=apply, gate=self.gate, **kw)
+                                    apply=apply, gate=self.gate, metrics=metrics, **kw)
 
         self.readmodel = follow(names.STREAM_PROVISIONING, names.SUBJECTS_PROVISIONING, readmodel.READ_MODEL,
                                 readmodel.apply_provisioning, on_advance=self._announce,

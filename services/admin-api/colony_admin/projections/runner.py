@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 from nats.aio.client import Client
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from sqlalchemy import Connection, Engine
@@ -68,11 +70,35 @@ def traced_spans(name: str, msgs) -> list:
     return spans
 
 
+class ProjectionMetrics:
+    """RED metrics of the projections, the stream consumers that make the read model:
+    events applied, batches that failed (the projection restarts from its checkpoint), time
+    per batch, and the stream position reached. ``projection`` is one of a fixed few names."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.events = Counter("colony_projection_events", "Events applied by a projection.", ["projection"],
+                              registry=registry)
+        self.failures = Counter("colony_projection_batch_failures",
+                                "Batches that raised (the projection restarts from its checkpoint).", ["projection"],
+                                registry=registry)
+        self.seconds = Histogram("colony_projection_batch_seconds", "Time to apply one batch.", ["projection"],
+                                 registry=registry,
+                                 buckets=(.001, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30))
+        self.position = Gauge("colony_projection_position", "Stream sequence a projection has applied.",
+                              ["projection"], registry=registry)
+
+    def known(self, projection: str) -> None:
+        # Series at 0 from the start: a dashboard shows "none failed", not "no data".
+        self.events.labels(projection)
+        self.failures.labels(projection)
+
+
 class StreamProjection(PositionTracker):
     def __init__(self, *, nc: Client, js: JetStreamContext, engine: Engine, stream: str, subjects: str, name: str,
                  apply: ApplyFn, batch: int = 1000,
                  on_advance: Callable[[int], Awaitable[None]] | None = None,
-                 gate: asyncio.Event | None = None, directory: DirectoryProjection | None = None) -> None:
+                 gate: asyncio.Event | None = None, directory: DirectoryProjection | None = None,
+                 metrics: ProjectionMetrics | None = None) -> None:
         self.nc, self.js, self.engine, self.stream, self.subjects, self.name = nc, js, engine, stream, subjects, name
         self.in_flight = 0  # events of the batch being applied (a projector's active work)
         self._apply = apply
@@ -80,6 +106,9 @@ class StreamProjection(PositionTracker):
         self._on_advance = on_advance  # told every new position (a projector announces it)
         self._gate = gate  # cleared: finish the batch in hand, take no new one (a drained projector)
         self.directory = directory  # fed the same batches (PROVISIONING only)
+        self.metrics = metrics
+        if metrics is not None:
+            metrics.known(name)
         super().__init__()
 
     async def run(self) -> None:
@@ -120,9 +149,19 @@ class StreamProjection(PositionTracker):
                 if items:
                     self.in_flight = len(items)
                     spans = traced_spans(self.name, msgs)
+                    started = time.perf_counter()
                     try:
                         await self._apply_batch(items)
+                    except BaseException:
+                        if self.metrics is not None:
+                            self.metrics.failures.labels(self.name).inc()
+                        raise
+                    else:
+                        if self.metrics is not None:
+                            self.metrics.events.labels(self.name).inc(len(items))
                     finally:
+                        if self.metrics is not None:
+                            self.metrics.seconds.labels(self.name).observe(time.perf_counter() - started)
                         self.in_flight = 0
                         for span in spans:
                             span.end()
@@ -180,6 +219,8 @@ class StreamProjection(PositionTracker):
 
     async def _advance_to(self, seq: int) -> None:
         await super()._advance_to(seq)
+        if self.metrics is not None:
+            self.metrics.position.labels(self.name).set(self.position)
         if self._on_advance is not None:
             await self._on_advance(self.position)
 
