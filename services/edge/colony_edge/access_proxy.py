@@ -155,7 +155,7 @@ class LoginThrottle:
 class Login:
     ok: bool
     reply: str                      # the store's line (ok) or the refusal text
-    code: str = "AUTH"              # POP3 response code / IMAP response code of a refusal
+    code: str = "AUTH"              # a refusal's response code: the edge's own in POP3 terms, or the store's
     upstream: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
 
 
@@ -259,7 +259,8 @@ class AccessProxy:
             if NOT_OWNER in text:
                 last = text
                 continue
-            return Login(False, text.partition(" ")[2] or "Mailbox unavailable", "SYS/TEMP")
+            code, reason = _refusal(text)
+            return Login(False, reason or "Mailbox unavailable", code or "SYS/TEMP")
         log.warning("no store took a %s session of %s: %s", proto, account, last)
         return Login(False, "Your mailbox is not reachable right now; try again shortly", "SYS/TEMP")
 
@@ -455,9 +456,26 @@ def _move_phase(directory, domain: str) -> str | None:
     return info.move_phase if info is not None else None
 
 
-def _imap_code(pop3_code: str) -> str:
-    return {"AUTH": "AUTHENTICATIONFAILED", "LOGIN-DELAY": "UNAVAILABLE", "SYS/TEMP": "UNAVAILABLE"}.get(
-        pop3_code, "UNAVAILABLE")
+def _refusal(line: str) -> tuple[str | None, str]:
+    """A store's refusal line (``NO [UNAVAILABLE] text``, ``* BYE text``, ``-ERR [SYS/TEMP] text``)
+    as its response code and text.  The edge answers the client with its own tagged ``NO`` /
+    ``-ERR`` and the cores put the code in brackets, so the code must be taken out of the text:
+    relayed whole, the client saw it twice (RFC 3501 §7.1 and RFC 2449 §8 allow one)."""
+    if line.startswith("* "):
+        line = line[2:]
+    rest = line.partition(" ")[2].strip()
+    if rest.startswith("["):
+        code, closed, text = rest[1:].partition("]")
+        if closed and code.strip():
+            return code.strip(), text.strip()
+    return None, rest
+
+
+def _imap_code(code: str) -> str:
+    """The IMAP response code (RFC 5530) of a refusal: the edge's own refusals are named in POP3's
+    vocabulary (RFC 3206) and translated; a code an IMAP store gave is already IMAP's."""
+    return {"AUTH": "AUTHENTICATIONFAILED", "LOGIN-DELAY": "UNAVAILABLE", "SYS/TEMP": "UNAVAILABLE",
+            "SYS/PERM": "UNAVAILABLE", "IN-USE": "INUSE"}.get(code, code)
 
 
 async def open_access(workload, runtime, gate: EdgeGate, counters: SharedCounters | None, hostname: str) -> dict[str, str]:

@@ -1,0 +1,118 @@
+"""A store's refusal of a hand-off reaches the client as one tagged NO / -ERR with the store's
+response code once (RFC 3501 §7.1, RFC 2449 §8), over real sockets: client -> edge -> store."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import pytest
+
+from colony.contracts.auth import AuthCheckReply
+from colony.settings import Settings
+from colony_edge.access_proxy import AccessProxy, LoginThrottle
+
+
+class _Auth:
+    async def check(self, user, password, service=None, remote_addr=None):
+        return AuthCheckReply(ok=True, account=user, domain=user.rpartition("@")[2])
+
+
+class _Finder:
+    domain = None
+    nc = None
+
+    def __init__(self, target: str) -> None:
+        self.addr = target
+
+    async def target(self, account, listener, force=False):
+        return self.addr
+
+
+class _Gate:
+    async def on_connect(self, ip):
+        return None
+
+    def on_disconnect(self, ip):
+        pass
+
+    def trusted(self, ip):
+        return True
+
+
+class _Tracker:
+    @contextlib.contextmanager
+    def track(self, proto, ip, goodbye):
+        yield
+
+
+class _Metrics:
+    class _C:
+        def labels(self, *a):
+            return self
+
+        def inc(self):
+            pass
+    logins = _C()
+
+
+@contextlib.asynccontextmanager
+async def _listen(handler):
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    try:
+        yield f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def _store_refusing(answer: bytes):
+    async def handle(reader, writer):
+        with contextlib.suppress(Exception):
+            await reader.readuntil(b"\n")  # the signed hand-off line
+            writer.write(answer)
+            await writer.drain()
+        writer.close()
+    return handle
+
+
+async def _client_login(proto: str, store_answer: bytes, command: list[bytes]) -> bytes:
+    """Log in through a real edge listener whose one store refuses with ``store_answer``; the
+    client's answer to the last command."""
+    settings = Settings(access_plaintext_auth=True)
+    async with _listen(await _store_refusing(store_answer)) as store:
+        proxy = AccessProxy(settings, b"s" * 32, _Auth(), _Finder(store), LoginThrottle(settings, None, _Gate()),
+                            _Gate(), None, _Tracker(), _Metrics(), "edge.test")
+        serve = proxy.imap if proto == "imap" else proxy.pop3
+
+        async with _listen(lambda r, w: serve(r, w, False)) as edge:
+            host, _, port = edge.rpartition(":")
+            reader, writer = await asyncio.open_connection(host, int(port))
+            try:
+                await asyncio.wait_for(reader.readline(), 5)  # greeting
+                answer = b""
+                for line in command:
+                    writer.write(line)
+                    await writer.drain()
+                    answer = await asyncio.wait_for(reader.readline(), 10)
+                return answer
+            finally:
+                writer.close()
+
+
+@pytest.mark.parametrize("store_answer, expected", [
+    (b"NO [UNAVAILABLE] This mailbox is being moved to another region; try again shortly\r\n",
+     b"a1 NO [UNAVAILABLE] This mailbox is being moved to another region; try again shortly\r\n"),
+    (b"NO [AUTHENTICATIONFAILED] Bad hand-off\r\n", b"a1 NO [AUTHENTICATIONFAILED] Bad hand-off\r\n"),
+    (b"* BYE [UNAVAILABLE] Server shutting down\r\n", b"a1 NO [UNAVAILABLE] Server shutting down\r\n"),
+    (b"NO Mailbox locked\r\n", b"a1 NO [UNAVAILABLE] Mailbox locked\r\n"),
+])
+async def test_an_imap_store_refusal_carries_its_code_once(store_answer, expected):
+    answer = await _client_login("imap", store_answer, [b"a1 LOGIN alice@acme.example secret\r\n"])
+    assert answer == expected
+
+
+async def test_a_pop3_store_refusal_carries_its_code_once():
+    answer = await _client_login("pop3", b"-ERR [SYS/TEMP] This mailbox is being moved; try again shortly\r\n",
+                                 [b"USER alice@acme.example\r\n", b"PASS secret\r\n"])
+    assert answer == b"-ERR [SYS/TEMP] This mailbox is being moved; try again shortly\r\n"
