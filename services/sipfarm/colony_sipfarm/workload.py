@@ -57,17 +57,15 @@ from colony.telemetry import extract_context, inject_headers
 from colony.tlsfiles import configured, server_context
 
 from colony_sipfarm.bindings import BindingStore
-from colony_sipfarm.farm import ALLOW, FARM_BRANCH, Outbound, SipFarm
+from colony_sipfarm.farm import FARM_BRANCH, Outbound, SipFarm, method_label
 from colony_sipfarm.retransmission import ProxyClientTransactions
 
 _tracer = trace.get_tracer("colony.sipfarm")  # a proxy: follows the provider setup_tracing installs
-# Span names from a fixed set (a method a phone makes up is "other"), as the metrics' labels.
-_METHODS = frozenset(m.strip() for m in ALLOW.split(","))
 
 
 def _span_name(parsed) -> str:
     if isinstance(parsed, SipRequest):
-        return f"sip {parsed.method if parsed.method in _METHODS else 'other'}"
+        return f"sip {method_label(parsed.method)}"  # a fixed set of names, as the metrics' labels
     return "sip response" if isinstance(parsed, SipResponse) else "sip unparsable"
 
 
@@ -565,13 +563,13 @@ class SipWorkload:
                 if busy and method != "INVITE":
                     self.farm.metrics.dropped.labels(reason="retransmission while busy").inc()
                     continue
-                self.farm.metrics.proxy_retransmissions.labels(method=method if method in ALLOW else "other").inc()
+                self.farm.metrics.proxy_retransmissions.labels(method=method_label(method)).inc()
                 if self.udp is not None:
                     self.udp.sendto(data, (host, port))
             for response, destination in due.timed_out:
                 # As if the branch had answered 408 (§16.7): the farm passes on the best failure.
                 method = response.cseq().method
-                self.farm.metrics.proxy_timeouts.labels(method=method if method in ALLOW else "other").inc()
+                self.farm.metrics.proxy_timeouts.labels(method=method_label(method)).inc()
                 self._track(self._handle(response.encode(), destination))
 
     async def _timer_c_loop(self) -> None:
