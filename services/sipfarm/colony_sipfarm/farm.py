@@ -65,6 +65,13 @@ log = logging.getLogger("colony.sipfarm")
 FARM_BRANCH = "z9hG4bK-cf"
 LOCAL_TAG = "cf-"
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, MESSAGE, INFO, UPDATE, REFER, NOTIFY, SUBSCRIBE, PRACK"
+METHODS = frozenset(m.strip() for m in ALLOW.split(","))
+
+
+def method_label(method: str) -> str:
+    """A method as a metric label or span name: one we know, else "other" (a phone chooses
+    the method token; a substring test of ALLOW let "VITE" or "E" through as labels of their own)."""
+    return method if method in METHODS else "other"
 ANSWER_CACHE = 20_000        # remembered local answers (retransmissions get the same one)
 ANSWER_LIFETIME = 32.0       # seconds: 64*T1, a transaction's longest life
 MAX_PENDING = 10_000         # requests worked on at once (each waits on the bus)
@@ -231,7 +238,7 @@ class SipFarm:
     # --- requests -------------------------------------------------------------------------
 
     async def _on_request(self, request: SipRequest, source: Destination) -> list[Outbound]:
-        self.metrics.requests.labels(method=request.method if request.method in ALLOW else "other").inc()
+        self.metrics.requests.labels(method=method_label(request.method)).inc()
         agent = (request.headers.get("User-Agent") or "").lower()
         if agent and any(s in agent for s in self.scanners):
             self.metrics.dropped.labels(reason="scanner").inc()
@@ -309,7 +316,7 @@ class SipFarm:
         except URIError:
             return []
         out = [Outbound(response.encode(), destination)]
-        self.metrics.answers.labels(method=request.method if request.method in ALLOW else "other", code=str(status)).inc()
+        self.metrics.answers.labels(method=method_label(request.method), code=str(status)).inc()
         if remember:
             try:
                 key = self._answer_key(request)
@@ -537,7 +544,7 @@ class SipFarm:
         if record_route:
             request.headers.insert_before_first("Record-Route", self._record_route(source, destination, member))
         request.headers.add_first("Via", self._via(request, destination[0], index))
-        self.metrics.forwarded.labels(kind="request", method=request.method if request.method in ALLOW else "other").inc()
+        self.metrics.forwarded.labels(kind="request", method=method_label(request.method)).inc()
         return [Outbound(request.encode(), destination, member)]
 
     def _binding_destination(self, binding: Binding) -> tuple[Destination, str | None]:
@@ -691,7 +698,7 @@ class SipFarm:
             nxt: Via = response.top_via()
         except URIError:
             return []
-        method = cseq.method if cseq.method in ALLOW else "other"
+        method = method_label(cseq.method)
         if response.status >= 200:
             self.metrics.responses.labels(method=method, code=str(response.status)).inc()
         out: list[Outbound] = []
