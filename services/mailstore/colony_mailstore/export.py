@@ -16,7 +16,7 @@ import logging
 from pathlib import Path
 
 import orjson
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from colony.contracts import account_export as X
 from colony.contracts.handoff import MAX_LINE, HandoffError, Verifier
@@ -37,6 +37,11 @@ class ExportMetrics:
                                ["result"], registry=registry)
         self.octets = Counter("colony_mailstore_account_export_octets", "Body octets sent by account exports.",
                               registry=registry)
+        # apart from colony_mailstore_imap_sessions: an export arrives on imap-inner but is
+        # another store pulling an account, not a subscriber's session
+        self.open = Gauge("colony_mailstore_account_exports_open",
+                          "Account exports (domain moves, cross-region reads) in progress on this instance.",
+                          registry=registry)
 
 
 class AccountExporter:
@@ -45,6 +50,10 @@ class AccountExporter:
         self.metrics = ExportMetrics(registry)
 
     async def serve(self, line: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with self.metrics.open.track_inprogress():
+            await self._serve(line, reader, writer)
+
+    async def _serve(self, line: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             request = self.verifier.verify(line[:MAX_LINE + 1], X.PROTO)
         except HandoffError as exc:

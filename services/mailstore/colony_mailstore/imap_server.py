@@ -193,13 +193,16 @@ class ImapServer:
         peer = writer.get_extra_info("peername")
         remote = peer[0] if peer else None
         conn: _Conn | None = None
-        self._open_sessions += 1
+        counted = False
         try:
             account = None
             if handoff:
                 account = await self._handoff(reader, writer)
                 if account is None:
-                    return
+                    return   # refused, or an account export (counted by the exporter): no session
+            # counted from here: the gauge is subscribers' sessions, not inner connections
+            self._open_sessions += 1
+            counted = True
             session = S.Session(self.clock, self.node_id, self.idle_timeout, account=account, handed_over=handoff)
             conn = _Conn(session, asyncio.Event())
             if account is not None:
@@ -210,7 +213,8 @@ class ImapServer:
         except Exception:
             log.exception("IMAP session failed")
         finally:
-            self._open_sessions -= 1
+            if counted:
+                self._open_sessions -= 1
             if conn is not None and conn.session.account:
                 self._forget(conn.session.account, conn)
             writer.close()

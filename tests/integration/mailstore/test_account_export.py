@@ -119,3 +119,29 @@ async def test_forged_unknown_and_oversized_are_refused(source, tmp_path):
             await client.body("not-a-body")
     finally:
         await client.close()
+
+
+async def test_an_export_is_not_counted_as_an_imap_session(source):
+    """An export arrives on imap-inner like a hand-off, but it is another store pulling an
+    account: the IMAP sessions gauge (subscribers) stays at 0, the exports gauge counts it."""
+    import urllib.request
+
+    world, host, port, secret = source
+    view = await world.cluster.wait_state("mailstore-1", "READY", timeout=60)
+    mid = await world.publish([BOB])   # the account exists on disk once it has mail
+    await wait_until(lambda: asyncio.sleep(0, world.stored_ids(BOB).get(mid) == 1), 60, "a message")
+
+    async def metrics(*wanted: str):
+        text = await asyncio.to_thread(
+            lambda: urllib.request.urlopen(f"http://{view.addresses['ops']}/metrics", timeout=10).read().decode())
+        return text if all(w in text.splitlines() for w in wanted) else None
+
+    client = X.ExportClient(host, port, secret, BOB)
+    await client.open()
+    try:
+        await wait_until(lambda: metrics("colony_mailstore_account_exports_open 1.0",
+                                         "colony_mailstore_imap_sessions 0.0"), 30, "the export counted apart")
+    finally:
+        await client.close()
+    await wait_until(lambda: metrics("colony_mailstore_account_exports_open 0.0",
+                                     "colony_mailstore_imap_sessions 0.0"), 30, "the export to end")
