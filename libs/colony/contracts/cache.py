@@ -35,7 +35,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import orjson
@@ -70,7 +70,8 @@ def _name(token: str) -> str:
 class DirectoryIndex:
     """The pure in-memory directory; see the module docstring."""
 
-    __slots__ = ("_domains", "_domain_aliases", "_addresses", "_cos", "_interned", "_deferred", "bad_entries")
+    __slots__ = ("_domains", "_domain_aliases", "_addresses", "_cos", "_interned", "_deferred", "bad_entries",
+                 "on_change")
 
     def __init__(self) -> None:
         self._domains: dict[str, DomainInfo] = {}
@@ -82,6 +83,9 @@ class DirectoryIndex:
         # value -> the one shared copy (states, class names, service tuples, quotas)
         self._interned: dict[Any, Any] = {}
         self.bad_entries = 0
+        # Told (kind, name) of every key written or deleted, e.g. so the edge's login cache
+        # forgets an account whose password, state or services changed.
+        self.on_change: Callable[[str, str], None] | None = None
 
     # --- DirectoryView ---------------------------------------------------------------------
     def domain(self, name: str) -> DomainInfo | None:
@@ -125,6 +129,8 @@ class DirectoryIndex:
         kind, _, token = key.partition(".")
         try:
             name = _name(token)
+            if self.on_change is not None:
+                self.on_change(kind, name)
             if defer and value and kind == names.AGG_ADDRESS and b'"deleted"' not in value:
                 self._addresses[name] = value
                 self._deferred.append(name)

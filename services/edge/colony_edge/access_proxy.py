@@ -11,8 +11,9 @@ connection rate and sessions per address across all edges: ``* BYE`` / ``-ERR`` 
 
 A login is checked in this order: the login-failure throttle (``LoginThrottle``: failures
 per address and per account per minute, counted across all edges in the shared counters),
-then the auth contract with the service (``imap`` / ``pop``: an account without it gets
-``NO`` / ``-ERR [AUTH]``).  On success the edge finds the account's store (``StoreFinder``:
+then the edge's login cache (``LoginCache``: a recent answer for the same user, password and
+service, dropped when the directory changes the account), else the auth contract with the
+service (``imap`` / ``pop``: an account without it gets ``NO`` / ``-ERR [AUTH]``).  On success the edge finds the account's store (``StoreFinder``:
 the holder of its ownership lease if that store is READY, else the rendezvous choice among
 the READY stores, which takes the account when the session arrives), connects to that
 store's inner listener and sends the signed hand-off line (``colony.contracts.handoff``).
@@ -66,6 +67,7 @@ from colony.counters import SharedCounters
 from colony.protocols.imap import preauth as imap
 from colony.protocols.pop3 import rules as pop3
 from colony.settings import Role, Settings
+from colony_edge.login_cache import LoginCache
 from colony_edge.security.gate import EdgeGate
 from colony_edge.security.networks import counting_unit
 
@@ -164,8 +166,10 @@ class AccessProxy:
                  throttle: LoginThrottle, gate: EdgeGate, tls: ssl.SSLContext | None, tracker,
                  metrics: AccessMetrics, hostname: str,
                  home_region: Callable[[str], str | None] = lambda domain: None,
-                 move_phase: Callable[[str], str | None] = lambda domain: None) -> None:
+                 move_phase: Callable[[str], str | None] = lambda domain: None,
+                 login_cache: LoginCache | None = None) -> None:
         self.settings, self.secret, self.auth, self.finder = settings, secret, auth, finder
+        self.login_cache = login_cache            # None: every login asks the auth service
         self.move_phase = move_phase              # domain -> the phase of its move to another region, if moving
         self.throttle, self.gate, self.tls, self.tracker = throttle, gate, tls, tracker
         self.metrics, self.hostname = metrics, hostname
@@ -190,11 +194,19 @@ class AccessProxy:
         if await self.throttle.blocked(ip, user):
             self.metrics.logins.labels(proto, "throttled").inc()
             return Login(False, "Too many failed logins; try again later", "LOGIN-DELAY")
-        try:
-            reply = await self.auth.check(user, password, service=service, remote_addr=ip)
-        except AuthUnavailable:
-            self.metrics.logins.labels(proto, "unavailable").inc()
-            return Login(False, "Authentication is unavailable; try again later", "SYS/TEMP")
+        cache, reply = self.login_cache, None
+        if cache is not None:
+            key = cache.key(service, user, password)
+            reply = cache.get(key)
+        if reply is None:
+            mark = cache.mark() if cache is not None else 0
+            try:
+                reply = await self.auth.check(user, password, service=service, remote_addr=ip)
+            except AuthUnavailable:
+                self.metrics.logins.labels(proto, "unavailable").inc()
+                return Login(False, "Authentication is unavailable; try again later", "SYS/TEMP")
+            if cache is not None:
+                cache.put(key, user, reply, mark)
         if not reply.ok:
             self.metrics.logins.labels(proto, reply.reason or "refused").inc()
             if reply.reason == "throttled":
@@ -491,11 +503,19 @@ async def open_access(workload, runtime, gate: EdgeGate, counters: SharedCounter
     files = configured(settings)
     tls = sni_context(files.cert, files.key, settings.tls_sni_dir) if files else None
     owners = await runtime.nc.jetstream().key_value(names.BUCKET_ACCOUNT_OWNERS)
+    login_cache = None
+    if settings.access_auth_cache_size and workload.directory is not None:
+        # Only with the directory feed: it is what drops an entry when the password changes.
+        login_cache = LoginCache(settings.access_auth_cache_size, settings.access_auth_cache_ttl,
+                                 settings.access_auth_cache_negative_ttl)
+        workload.directory.on_change = login_cache.on_directory_change
+        runtime.metrics.add_callback(login_cache.metrics)
     proxy = AccessProxy(settings, load_secret(settings.cluster_secret_file), AuthClient(runtime.nc),
                         StoreFinder(runtime.nc, owners), LoginThrottle(settings, counters, gate), gate, tls,
                         workload.tracker, AccessMetrics(runtime.metrics.registry), hostname,
                         home_region=lambda domain: _home_region(workload.directory, domain),
-                        move_phase=lambda domain: _move_phase(workload.directory, domain))
+                        move_phase=lambda domain: _move_phase(workload.directory, domain),
+                        login_cache=login_cache)
     workload.access = proxy
     limit = settings.access_max_command_bytes + 1024
     listeners = [("imap", settings.imap_port, proxy.imap, False, b"* BYE [UNAVAILABLE] Server shutting down\r\n"),
