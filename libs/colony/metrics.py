@@ -89,8 +89,10 @@ class BusRequestMetrics:
     """RED metrics of the bus requests a service answers (auth, directory, recipients, ...).
 
     ``subject`` is the served subject name from ``colony.bus.names`` (a fixed set, never a
-    per-domain subject); ``outcome`` is ``ok``, ``bad_request`` (refused before the handler)
-    or ``error`` (the handler raised; the requester got the contract's refusal).
+    per-domain subject); ``outcome`` is ``ok``, ``bad_request`` (refused before the handler),
+    ``error`` (the handler raised; the requester got the contract's refusal), ``shed`` (answered
+    "temporarily unavailable": too much work queued) or ``expired`` (dropped unanswered: the
+    requester had stopped waiting).
     """
 
     def __init__(self, registry: CollectorRegistry) -> None:

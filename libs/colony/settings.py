@@ -105,6 +105,7 @@ class Settings(BaseSettings):
     database_url_file: Path | None = Field(None, description="File holding the SQLAlchemy URL of the admin read model (it carries the database password, so production keeps it out of the environment: a Docker secret written by `colony deploy init`). Overrides database_url.")
     default_cos: str = Field("default", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", description="Class of service of every domain created without one (so a domain administrator cannot hand out unlimited quota). The admin API creates it, with default_cos_quota_bytes, when the first domain needs it; change its limits with `colony cos update`.")
     default_cos_quota_bytes: int = Field(10 * 1024**3, ge=0, description="Mailbox quota of the default class of service when the admin API creates it (later changes go through the CoS API).")
+    auth_max_queued_checks: int = Field(64, ge=0, description="Password checks (colony.auth.check) an admin API keeps waiting for an argon2 thread; one more is answered `temporarily unavailable` at once (the edges' temporary failure), so a password spray or a crowd of retrying clients cannot queue minutes of hashing. Checks whose requester stopped waiting are dropped unhashed.")
 
     # --- listeners ---------------------------------------------------------------------
     ops_port: int = Field(0, ge=0, le=65535, description="Port of this instance's health/metrics HTTP listener (0: any free port).")

@@ -14,8 +14,17 @@ throttled per account and per client address; a user in a domain alias
               "max_message_bytes": ... | null, "max_recipients_per_message": ... | null,
               "sending_rate_per_hour": ... | null}
           or {"ok": false, "reason": "invalid credentials" | "service not enabled" | "account disabled"
-                                    | "throttled" | "bad request: ..." | "internal error",
+                                    | "throttled" | "temporarily unavailable" | "bad request: ..."
+                                    | "internal error",
               "retry_after": 2.5}   (retry_after only with "throttled": seconds)
+
+The requester says how long it waits for the answer in the ``Colony-Timeout`` header
+(seconds, ``TIMEOUT_HEADER``; absent: ``DEFAULT_TIMEOUT``).  The service sheds what it cannot
+answer in time: a request still queued for a password hash when its requester's wait is over
+gets no answer at all (nobody listens for it any more), and one that finds the queue of
+pending hashes full is answered ``"temporarily unavailable"`` at once -- a temporary
+failure, never "wrong password".  ``AuthClient`` raises ``AuthUnavailable`` for it, like for
+a timeout.
 
 ``colony.auth.sip`` (``names.AUTH_SIP_CREDENTIALS``): the HA1 of RFC 7616 for one realm,
 never the password::
@@ -26,7 +35,7 @@ never the password::
                                     | "no SIP credentials (set a password)" | "bad request: ..."}
 
 ``AuthClient(nc)`` sends these and returns the typed replies; a timeout or no responder
-raises ``AuthUnavailable`` (answer the client with a temporary failure, never "wrong
+(or a "temporarily unavailable" reply) raises ``AuthUnavailable`` (answer the client with a temporary failure, never "wrong
 password").
 """
 
@@ -45,12 +54,18 @@ from colony.telemetry import inject_headers
 
 DIGEST_ALGORITHMS: tuple[str, ...] = ("MD5", "SHA-256")
 
+# How long the requester waits (seconds): the service drops a request whose wait is over.
+# Relative, not a wall-clock deadline, so the hosts' clocks need not agree.
+TIMEOUT_HEADER = "Colony-Timeout"
+DEFAULT_TIMEOUT = 5.0
+
 
 class AuthFailure(StrEnum):
     INVALID = "invalid credentials"
     SERVICE_NOT_ENABLED = "service not enabled"
     ACCOUNT_DISABLED = "account disabled"
     THROTTLED = "throttled"
+    UNAVAILABLE = "temporarily unavailable"   # shed: too many password checks queued
     INTERNAL = "internal error"
 
 
@@ -151,8 +166,10 @@ class SipCredentialsReply(_Message):
 async def request(nc: Client, subject: str, payload: bytes, timeout: float) -> bytes:
     """One request/reply; no answer in time (or no responder) is ``AuthUnavailable``."""
     try:
-        # the caller's trace continues in the service (W3C trace context in the headers)
-        msg = await nc.request(subject, payload, timeout=timeout, headers=inject_headers() or None)
+        # the caller's trace continues in the service (W3C trace context in the headers); the
+        # service learns how long we wait, so it does not hash for a requester that gave up
+        headers = inject_headers() | {TIMEOUT_HEADER: f"{timeout:g}"}
+        msg = await nc.request(subject, payload, timeout=timeout, headers=headers)
     except (NatsTimeoutError, NoRespondersError, TimeoutError) as exc:
         raise AuthUnavailable(f"no answer on {subject} within {timeout:g}s") from exc
     return msg.data
@@ -161,7 +178,7 @@ async def request(nc: Client, subject: str, payload: bytes, timeout: float) -> b
 class AuthClient:
     """``await AuthClient(nc).check(user, password, service="imap", remote_addr=ip)``"""
 
-    def __init__(self, nc: Client, timeout: float = 5.0) -> None:
+    def __init__(self, nc: Client, timeout: float = DEFAULT_TIMEOUT) -> None:
         self.nc, self.timeout = nc, timeout
 
     async def check(self, user: str, password: str, service: str | None = None,
@@ -169,7 +186,11 @@ class AuthClient:
         if len(user) > 320 or len(password) > 1024:
             return AuthCheckReply.refused(AuthFailure.INVALID)  # no account has such a name or password
         req = AuthCheckRequest(user=user, password=password, service=service, remote_addr=remote_addr)
-        return AuthCheckReply.from_bytes(await request(self.nc, names.AUTH_CHECK, req.to_bytes(), self.timeout))
+        reply = AuthCheckReply.from_bytes(await request(self.nc, names.AUTH_CHECK, req.to_bytes(), self.timeout))
+        if not reply.ok and reply.reason == AuthFailure.UNAVAILABLE:
+            # shed by an overloaded service: every edge already answers this as a timeout
+            raise AuthUnavailable(f"{names.AUTH_CHECK}: {reply.reason}")
+        return reply
 
     async def sip_credentials(self, user: str, realm: str, algorithm: str = "MD5") -> SipCredentialsReply:
         if len(user) > 320 or len(realm) > 253:

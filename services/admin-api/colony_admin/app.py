@@ -153,7 +153,8 @@ async def _start(settings: Settings, nc: Client, hasher: PasswordHasher, mode: P
                        usage_projection=usage_p, audit_projection=audit_p,
                        auth_service=AuthService(nc, provisioning, engine, Throttle(),
                                                 Limits.from_settings(settings),
-                                                metrics=metrics.once(BusRequestMetrics) if metrics else None))
+                                                metrics=metrics.once(BusRequestMetrics) if metrics else None,
+                                                max_queued_checks=settings.auth_max_queued_checks))
     for name, runner in runners:
         ctx.projections.append(asyncio.create_task(runner.run(), name=f"admin-projection-{name}"))
     await ctx.auth_service.start()

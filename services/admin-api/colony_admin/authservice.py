@@ -12,6 +12,18 @@ address (brute-force protection).  A user in a domain alias (alice@acme-alias.ex
 the account in the real domain.  A request that does not parse gets its contract's refusal
 with ``bad request: ...``, never silence.
 
+Load shedding (a password spray, or many clients retrying at once): argon2 is the costly
+step, so password checks wait for one of ``hash_slots`` hashing slots (one per argon2 thread)
+in a queue of at most ``max_queued_checks``.  A check that finds the queue full is answered
+``temporarily unavailable`` at once (the edges' temporary failure: SMTP 454 4.7.0, IMAP
+``NO [UNAVAILABLE]``, POP ``-ERR [SYS/TEMP]``); one whose requester stopped waiting
+(``Colony-Timeout`` header, ``contracts.auth``) before it reaches a slot, or before it is
+picked up at all, gets no answer and costs no hash -- its requester already answered its
+client, and the bus refuses a reply to an inbox whose request has timed out.  So a burst
+costs at most the queue's worth of hashes, and a request after it waits for the hashes of
+the queue, not of the whole burst.  Counted as outcome ``shed`` / ``expired`` of the RED
+metrics.
+
 Directory lookups read the ``directory`` bucket itself (so they answer exactly what a
 ``DirectoryCache`` holds); recipient resolution runs the edges' pure resolver over the read
 model (``SqlDirectoryView``).
@@ -21,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -39,6 +52,8 @@ from colony.contracts.auth import (
     AuthCheckReply,
     AuthCheckRequest,
     AuthFailure,
+    DEFAULT_TIMEOUT,
+    TIMEOUT_HEADER,
     SipCredentialsReply,
     SipCredentialsRequest,
     SipFailure,
@@ -65,7 +80,7 @@ from colony.telemetry import extract_context
 from colony_admin import db
 from colony_admin.auth.sealing import is_sealed
 from colony_admin.auth.throttle import Throttle
-from colony_admin.commands import Provisioning
+from colony_admin.commands import ARGON2_THREADS, Provisioning
 from colony_admin.directoryview import SqlDirectoryView
 from colony_admin.models import check_address, check_domain, check_local
 
@@ -95,15 +110,40 @@ def lookup(conn: Connection, address: str, default_cos: str | None = entitlement
 
 
 # One served subject: how its request parses, what a request that does not parse gets.
-_Handler = Callable[[Any], Awaitable[BaseModel]]
+# A handler gets the request and its deadline (``time.monotonic()`` seconds).
+_Handler = Callable[[Any, float], Awaitable[BaseModel]]
+
+# A requester's stated wait is believed up to this long (a header cannot pin work forever).
+_MAX_TIMEOUT = 60.0
+
+
+class _Expired(Exception):
+    """The requester stopped waiting before the work began: answer nothing."""
+
+
+def deadline_of(headers: dict[str, str] | None, received: float) -> float:
+    """When the requester stops waiting: ``received`` plus its ``Colony-Timeout`` header
+    (seconds), else ``DEFAULT_TIMEOUT`` (a requester from before the header)."""
+    raw = (headers or {}).get(TIMEOUT_HEADER)
+    try:
+        timeout = float(raw) if raw is not None else DEFAULT_TIMEOUT
+    except ValueError:
+        timeout = DEFAULT_TIMEOUT
+    if not math.isfinite(timeout) or timeout <= 0:
+        timeout = DEFAULT_TIMEOUT
+    return received + min(timeout, _MAX_TIMEOUT)
 
 
 class AuthService:
     def __init__(self, nc: Client, provisioning: Provisioning, engine, throttle: Throttle,
-                 limits: Limits = Limits(), metrics: BusRequestMetrics | None = None) -> None:
+                 limits: Limits = Limits(), metrics: BusRequestMetrics | None = None,
+                 max_queued_checks: int = 64, hash_slots: int = ARGON2_THREADS) -> None:
         self.nc, self.provisioning, self.engine, self.throttle = nc, provisioning, engine, throttle
         self.limits = limits
         self.metrics = metrics
+        self.max_queued_checks = max_queued_checks
+        self._hash_slots = asyncio.Semaphore(hash_slots)
+        self.queued_checks = 0   # checks waiting for a hashing slot
         self._subs: list[Any] = []
         self._tasks: set[asyncio.Task] = set()
         self._kv: KeyValue | None = None
@@ -135,20 +175,28 @@ class AuthService:
         # nats-py runs a subscription's callbacks one at a time; argon2 takes tens of ms, so
         # each request gets its own task and checks run side by side.
         async def cb(msg: Msg) -> None:
-            task = asyncio.create_task(self._answer(request_model, handler, refusal, msg))
+            deadline = deadline_of(msg.headers, time.monotonic())
+            task = asyncio.create_task(self._answer(request_model, handler, refusal, msg, deadline))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         return cb
 
     async def _answer(self, request_model: type[BaseModel], handler: _Handler,
-                      refusal: Callable[[str], BaseModel], msg: Msg) -> None:
+                      refusal: Callable[[str], BaseModel], msg: Msg, deadline: float) -> None:
         outcome, started = "ok", time.perf_counter()
+        reply: BaseModel | None = None
         if self.metrics:
             self.metrics.in_flight.labels(msg.subject).inc()
         try:
+            if time.monotonic() >= deadline:   # queued in the client library past its wait
+                raise _Expired
             with _tracer.start_as_current_span(msg.subject, context=extract_context(msg.headers),
                                                kind=trace.SpanKind.SERVER):
-                reply = await handler(request_model.model_validate_json(msg.data))
+                reply = await handler(request_model.model_validate_json(msg.data), deadline)
+            if isinstance(reply, AuthCheckReply) and reply.reason == AuthFailure.UNAVAILABLE:
+                outcome = "shed"
+        except _Expired:
+            outcome = "expired"
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"]) or "request"
@@ -164,7 +212,7 @@ class AuthService:
         if self.metrics:
             self.metrics.requests.labels(msg.subject, outcome).inc()
             self.metrics.duration.labels(msg.subject).observe(time.perf_counter() - started)
-        if msg.reply:
+        if msg.reply and reply is not None:
             await msg.respond(reply.to_bytes())
 
     async def _lookup(self, address: str) -> dict[str, Any] | None:
@@ -187,7 +235,24 @@ class AuthService:
             opened = pick(state) if state else None
         return opened
 
-    async def check(self, request: AuthCheckRequest) -> AuthCheckReply:
+    async def _verify(self, stored: str, password: str, deadline: float):
+        """The password check, shed under load: ``None`` when the queue of checks waiting for
+        a hashing slot is full; ``_Expired`` when the requester's wait ends in the queue."""
+        if self.queued_checks >= self.max_queued_checks:
+            return None
+        self.queued_checks += 1
+        try:
+            await self._hash_slots.acquire()
+        finally:
+            self.queued_checks -= 1
+        try:
+            if time.monotonic() >= deadline:
+                raise _Expired
+            return await self.provisioning.check_password(stored, password)
+        finally:
+            self._hash_slots.release()
+
+    async def check(self, request: AuthCheckRequest, deadline: float = math.inf) -> AuthCheckReply:
         password = request.password
         try:
             address = check_address(request.user)
@@ -202,7 +267,11 @@ class AuthService:
         stored = await self._credential(found["account"], "password_hash") if found else None
         # Verify even for an unknown account would cost argon2 time; we skip it and accept the
         # timing difference because throttling caps probing anyway.
-        verdict = await self.provisioning.check_password(stored, password) if stored else None
+        verdict = None
+        if stored:
+            verdict = await self._verify(stored, password, deadline)
+            if verdict is None:   # shed: not a failed attempt, so no throttling either
+                return AuthCheckReply.refused(AuthFailure.UNAVAILABLE)
         if verdict is None or not verdict.ok:
             for k in keys:
                 self.throttle.failed(k, now)
@@ -219,7 +288,7 @@ class AuthService:
             return AuthCheckReply.refused(AuthFailure.SERVICE_NOT_ENABLED)
         return AuthCheckReply.granted(acct["address"], acct["domain"], limits)
 
-    async def sip_credentials(self, request: SipCredentialsRequest) -> SipCredentialsReply:
+    async def sip_credentials(self, request: SipCredentialsRequest, deadline: float = math.inf) -> SipCredentialsReply:
         user = request.user
         try:
             if "@" in user:
@@ -242,7 +311,8 @@ class AuthService:
         return SipCredentialsReply(ok=True, username=acct["name"], realm=acct["domain"], algorithm=request.algorithm,
                                    ha1=ha1)
 
-    async def directory_lookup(self, request: DirectoryLookupRequest) -> DirectoryLookupReply:
+    async def directory_lookup(self, request: DirectoryLookupRequest,
+                               deadline: float = math.inf) -> DirectoryLookupReply:
         if request.kind is EntryKind.ADDRESS:
             name = normalise_address(request.name)
         elif request.kind is EntryKind.COS:
@@ -264,7 +334,7 @@ class AuthService:
             return DirectoryLookupReply(found=False, error="internal error")
         return DirectoryLookupReply(found=parsed is not None, entry=parsed)
 
-    async def recipients(self, request: RecipientsRequest) -> RecipientsReply:
+    async def recipients(self, request: RecipientsRequest, deadline: float = math.inf) -> RecipientsReply:
         def work():
             with self.engine.connect() as conn:
                 return resolve_all(SqlDirectoryView(conn), request.recipients, self.limits)

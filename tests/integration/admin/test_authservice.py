@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import itertools
 import json
+import time
+
+import pytest
 
 from conftest import connect, unique_domain, wait_until
 
@@ -113,3 +117,79 @@ async def test_a_domain_without_a_class_of_service_gets_the_default_everywhere(m
         return await directory.quota(f"old@{d}") == 4242
 
     await wait_until(mailstore_quota, 30, "the mail store to read the default class's quota")
+
+
+async def test_a_flood_of_checks_is_shed_and_a_fresh_check_is_answered_after_it(stack, monkeypatch):
+    """A password spray or a crowd of retrying clients: the service hashes one check at a
+    time here (one slot, a hasher the test holds), keeps two waiting, answers the rest
+    "temporarily unavailable" at once, and drops unhashed the waiting checks whose requesters
+    gave up -- so a check after the flood waits for no backlog.  Counted, not timed."""
+    from nats.errors import TimeoutError as NatsTimeoutError
+    from prometheus_client import CollectorRegistry
+
+    from colony.contracts.auth import TIMEOUT_HEADER, AuthClient, AuthUnavailable
+    from colony.metrics import BusRequestMetrics
+
+    d = await _provision(stack)
+    svc = stack.ctx.auth_service
+    registry = CollectorRegistry()
+    monkeypatch.setattr(svc, "metrics", BusRequestMetrics(registry))
+    monkeypatch.setattr(svc, "max_queued_checks", 2)
+    monkeypatch.setattr(svc, "_hash_slots", asyncio.Semaphore(1))
+    real_check = svc.provisioning.check_password
+    gate, hashed = asyncio.Event(), []
+
+    async def held_hash(stored, password):   # the slow hasher: as slow as the test says
+        hashed.append(password)
+        await gate.wait()
+        return await real_check(stored, password)
+    monkeypatch.setattr(svc.provisioning, "check_password", held_hash)
+
+    def send(password: str, timeout: float):
+        body = json.dumps({"user": f"alice@{d}", "password": password}).encode()
+        return asyncio.create_task(stack.nc.request(names.AUTH_CHECK, body, timeout=timeout,
+                                                    headers={TIMEOUT_HEADER: f"{timeout:g}"}))
+
+    async def counted(outcome: str) -> float:
+        return registry.get_sample_value("colony_bus_requests_total",
+                                         {"subject": names.AUTH_CHECK, "outcome": outcome}) or 0.0
+
+    first = send("wonderland", 60)                          # takes the one slot
+    await wait_until(lambda: _true(len(hashed) == 1), what="the first check hashing")
+    impatient = [send(f"guess{i}", 0.5) for i in range(2)]  # wait in the queue, give up there
+    await wait_until(lambda: _true(svc.queued_checks == 2), what="two checks queued")
+    given_up = time.monotonic() + 0.5   # received before now: their waits are over by then
+
+    # (a) the excess is shed at once, with the typed answer, while the hasher is still held
+    for i in range(5):
+        msg = await send(f"spray{i}", 60)
+        assert json.loads(msg.data) == {"ok": False, "reason": "temporarily unavailable"}
+    with pytest.raises(AuthUnavailable):                    # what the edges see: a temporary failure
+        await AuthClient(stack.nc, timeout=60).check(f"alice@{d}", "wonderland")
+    assert await counted("shed") == 6
+
+    for task in impatient:
+        with pytest.raises(NatsTimeoutError):
+            await task
+    await wait_until(lambda: _true(time.monotonic() > given_up), what="the queued checks' deadlines")
+    gate.set()
+    # (c) the check it took gets the right answer
+    assert json.loads((await first).data)["ok"] is True
+    await wait_until(lambda: _true(svc.queued_checks == 0), what="the queue drained")
+    await wait_until(counted_is(counted, "expired", 2), what="two expired checks dropped")
+    # (b) a fresh check is hashed next: the two abandoned ones were never hashed
+    fresh = await send("wonderland", 60)
+    assert json.loads(fresh.data)["ok"] is True
+    assert hashed == ["wonderland", "wonderland"]
+    # shed and dropped checks are no failed attempts: nothing was throttled
+    assert not svc.throttle.retry_after(f"acct:alice@{d}", time.monotonic())
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+def counted_is(counted, outcome: str, n: float):
+    async def check() -> bool:
+        return await counted(outcome) == n
+    return check
