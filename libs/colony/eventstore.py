@@ -18,6 +18,10 @@ first attempt may have landed, the retry can meet 10071 although nothing conflic
 (NATS-NOTES: the expected-sequence check runs before duplicate detection).  So on 10071 we
 read the subject's last message: if it carries our Msg-Id, our append is in and we return its
 sequence; otherwise someone else wrote first and the caller gets ``ConcurrencyConflict``.
+Those recovery reads go to the stream leader (``STREAM.MSG.GET``), never a direct get: a
+direct get may be answered by a replica that has not applied the append whose ack was lost,
+and it fails outright on a stream created without ``allow_direct``.  Plain reads (``read``,
+``version``) use direct gets where the stream allows them.
 """
 
 from __future__ import annotations
@@ -72,6 +76,7 @@ class EventStore:
         self._stream = stream
         self._attempts = publish_attempts
         self._timeout = timeout
+        self._allow_direct: bool | None = None   # learnt from the stream's config on the first read
 
     @property
     def stream(self) -> str:
@@ -142,9 +147,9 @@ class EventStore:
         try:
             return await self._append_one(subject, payload, 0, {})
         except ConcurrencyConflict as exc:
-            first = await self.read(subject)
-            if first and first[0].data == payload:
-                return first[0].seq
+            first = await self._first(subject)
+            if first is not None and first.data == payload:
+                return first.seq
             return exc
 
     async def _append_one(self, subject: str, payload: bytes, expected: int, extra: dict[str, str]) -> int:
@@ -157,7 +162,7 @@ class EventStore:
             except APIError as exc:
                 if exc.err_code != WRONG_LAST_SEQUENCE:
                     raise
-                last = await self._last(subject)
+                last = await self._last(subject, direct=False)
                 if last is not None and last.headers.get(MSG_ID) == msg_id:
                     return last.seq  # an earlier attempt of ours landed; its ack was lost
                 raise ConcurrencyConflict(subject, expected, last.seq if last else 0) from None
@@ -171,20 +176,38 @@ class EventStore:
         """Every event of the aggregate with a sequence above ``after``, in order."""
         events: list[StoredEvent] = []
         seq = after + 1
+        direct = await self._direct()
         while True:
             try:
-                raw = await self._js.get_msg(self._stream, seq=seq, subject=subject, next=True, direct=True)
+                raw = await self._js.get_msg(self._stream, seq=seq, subject=subject, next=True, direct=direct)
             except NotFoundError:
                 return events
             events.append(StoredEvent(raw.subject or subject, raw.seq or 0, raw.data or b"", _headers(raw.headers)))
             seq = (raw.seq or 0) + 1
 
-    async def _last(self, subject: str) -> StoredEvent | None:
+    async def _first(self, subject: str) -> StoredEvent | None:
+        """The aggregate's first event, read from the leader (a recovery read)."""
         try:
-            raw = await self._js.get_msg(self._stream, subject=subject, direct=True)
+            raw = await self._js.get_msg(self._stream, seq=1, subject=subject, next=True)
         except NotFoundError:
             return None
         return StoredEvent(raw.subject or subject, raw.seq or 0, raw.data or b"", _headers(raw.headers))
+
+    async def _last(self, subject: str, *, direct: bool = True) -> StoredEvent | None:
+        """The aggregate's last event; ``direct=False`` reads it from the leader (a recovery read)."""
+        try:
+            raw = await self._js.get_msg(self._stream, subject=subject, direct=direct and await self._direct())
+        except NotFoundError:
+            return None
+        return StoredEvent(raw.subject or subject, raw.seq or 0, raw.data or b"", _headers(raw.headers))
+
+    async def _direct(self) -> bool:
+        """Whether the stream answers direct gets (``allow_direct``), asked once: a direct get on
+        a stream without it has no responder (NoRespondersError)."""
+        if self._allow_direct is None:
+            info = await self._js.stream_info(self._stream)
+            self._allow_direct = bool(info.config.allow_direct)
+        return self._allow_direct
 
 
 def _headers(raw: object) -> dict[str, str]:

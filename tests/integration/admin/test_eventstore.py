@@ -73,3 +73,27 @@ async def test_create_many_settles_a_lost_ack_by_content(store):
     await store.append(s, [b"landed"], 0)  # as if create_many's own publish had landed
     assert await store._careful(s, b"landed") == (await store.read(s))[0].seq
     assert isinstance(await store._careful(s, b"someone else"), ConcurrencyConflict)
+
+
+async def test_create_many_and_its_recovery_work_on_a_stream_without_direct_gets(nats_url):
+    """A stream created without allow_direct (by an operator, an older deployment): the
+    conflict and lost-ack recovery read from the leader, which any stream answers."""
+    from nats.js.api import StreamConfig
+
+    nc = await connect(nats_url)
+    name = f"NODIRECT_{uuid.uuid4().hex[:8]}"
+    js = nc.jetstream()
+    await js.add_stream(StreamConfig(name=name, subjects=[f"{name}.>"], allow_direct=False))
+    try:
+        store = EventStore(js, name, timeout=2.0)
+        existing, landed, fresh = (f"{name}.{n}" for n in ("existing", "landed", "fresh"))
+        await store.append(existing, [b"first"], 0)
+        await store.append(landed, [b"ours"], 0)   # as if create_many's own publish had landed
+        results = await store.create_many([(fresh, b"new"), (existing, b"again"), (landed, b"ours")])
+        assert isinstance(results[0], int)
+        assert isinstance(results[1], ConcurrencyConflict) and results[1].actual == (await store.read(existing))[0].seq
+        assert results[2] == (await store.read(landed))[0].seq
+        assert [e.data for e in await store.read(fresh)] == [b"new"] and await store.version(fresh) == results[0]
+    finally:
+        await js.delete_stream(name)
+        await nc.close()
