@@ -35,7 +35,7 @@ from nats.js import JetStreamContext
 from prometheus_client import CollectorRegistry, Counter
 
 from colony.bus import names
-from colony.contracts.auth import AuthClient, AuthUnavailable
+from colony.contracts.auth import AuthClient, AuthFailure, AuthUnavailable
 from colony.contracts.directory import AccountInfo, AliasInfo
 from colony.contracts.outbound import OutboundMail, OutboundRecipient
 from colony.counters import SharedCounters
@@ -120,6 +120,9 @@ class SubmissionPolicy(BasePolicy):
             self.metrics.auth.labels(result="unavailable").inc()
             return refuse(AUTH_UNAVAILABLE)
         if not reply.ok:
+            if reply.reason == AuthFailure.INTERNAL:   # the service failed, not the password: 454 (RFC 4954)
+                self.metrics.auth.labels(result="unavailable").inc()
+                return refuse(AUTH_UNAVAILABLE)
             self.metrics.auth.labels(result="throttled" if reply.reason == "throttled" else "refused").inc()
             return refuse(AUTH_THROTTLED if reply.reason == "throttled" else R.AUTH_FAILED)
         self.metrics.auth.labels(result="ok").inc()

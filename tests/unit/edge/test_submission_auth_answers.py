@@ -1,0 +1,45 @@
+"""What AUTH on the submission port answers for each kind of auth service answer: a service
+that failed or shed the check is a temporary failure (454 4.7.0, RFC 4954), never 535."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from colony.contracts.auth import AuthCheckReply, AuthClient, AuthFailure
+from colony.protocols.smtp import events as E, replies as R
+from colony.settings import Settings
+from colony_edge.smtp_policy import SmtpSession
+from colony_edge.submission import AUTH_THROTTLED, AUTH_UNAVAILABLE, SubmissionMetrics, SubmissionPolicy
+
+
+class FakeBus:
+    """Answers every request with one fixed reply body, as the auth service would."""
+
+    def __init__(self, reply: AuthCheckReply) -> None:
+        self.reply, self.headers = reply, None
+
+    async def request(self, subject, payload, timeout, headers=None):
+        self.headers = headers
+        return SimpleNamespace(data=self.reply.to_bytes())
+
+
+def policy_with(bus: FakeBus) -> SubmissionPolicy:
+    return SubmissionPolicy(None, auth=AuthClient(bus, timeout=3), counters=None, js=None, settings=Settings(),
+                            metrics=SubmissionMetrics(CollectorRegistry()), node_id="edge-1")
+
+
+@pytest.mark.parametrize("reason, expected", [
+    (AuthFailure.UNAVAILABLE, AUTH_UNAVAILABLE),   # shed under load
+    (AuthFailure.INTERNAL, AUTH_UNAVAILABLE),
+    (AuthFailure.THROTTLED, AUTH_THROTTLED),
+    (AuthFailure.INVALID, R.AUTH_FAILED),
+])
+async def test_auth_answers(reason, expected):
+    bus = FakeBus(AuthCheckReply.refused(reason))
+    verdict = await policy_with(bus).auth(SmtpSession(id="s1", peer_ip="192.0.2.1", peer_port=1, local_port=587),
+                                          E.Auth(mechanism="PLAIN", username="bob@example.com", password="x"))
+    assert not verdict.accept and verdict.reply == expected
+    assert bus.headers["Colony-Timeout"] == "3"   # the service learns how long the edge waits
