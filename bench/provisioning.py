@@ -59,7 +59,7 @@ def percentile(values: list[float], p: float) -> float:
 async def sysadmin_token(nc) -> str:
     from colony.bus import names
 
-    store = EventStore(nc.jetstream(), names.STREAM_PROVISIONING)
+    store = EventStore(nc.jetstream(), names.STREAM_PROVISIONING, nc=nc)
     token_id, token, digest = secrets.new_token()
     events = aggregates.create_token(None, token_id, TokenCreate(name="bench", role=Role.SYSTEM_ADMIN), digest, "bench")
     await store.append(names.provisioning_subject(names.AGG_TOKEN, token_id), [e.encode() for e in events], 0)

@@ -71,8 +71,12 @@ class StoredEvent:
 class EventStore:
     """Append to and read aggregates of one stream."""
 
-    def __init__(self, js: JetStreamContext, stream: str, *, publish_attempts: int = 3, timeout: float = 5.0) -> None:
+    def __init__(self, js: JetStreamContext, stream: str, *, nc: Client | None = None, publish_attempts: int = 3,
+                 timeout: float = 5.0) -> None:
+        # ``nc``: the connection ``js`` was made from, needed by ``create_many`` only (it publishes
+        # on the connection directly; a JetStream context exposes its own only as a private).
         self._js = js
+        self.nc = nc
         self._stream = stream
         self._attempts = publish_attempts
         self._timeout = timeout
@@ -118,11 +122,12 @@ class EventStore:
         subject has events already).  An item whose ack does not come in time is retried
         alone through the careful path of ``append``.
         """
-        nc: Client = self._js._nc  # the JetStream context's own connection
+        if self.nc is None:
+            raise RuntimeError("EventStore.create_many needs the connection: EventStore(js, stream, nc=nc)")
         # One header only: every consumer of the stream parses the stored headers of every
         # message, and at bulk rates that parsing is a large share of the CPU.
-        acks = await publish_pipelined(nc, [(subject, payload, {EXPECTED_LAST_SUBJECT_SEQUENCE: "0"})
-                                            for subject, payload in items], timeout or self._timeout)
+        acks = await publish_pipelined(self.nc, [(subject, payload, {EXPECTED_LAST_SUBJECT_SEQUENCE: "0"})
+                                                 for subject, payload in items], timeout or self._timeout)
         results: list[int | ConcurrencyConflict] = []
         for (subject, payload), ack in zip(items, acks, strict=True):
             if ack is None:

@@ -128,7 +128,7 @@ async def _start(settings: Settings, nc: Client, hasher: PasswordHasher, mode: P
     engine = db.make_engine(settings.sqlalchemy_url)
     await asyncio.to_thread(db.migrate, engine)
     js = nc.jetstream(timeout=10.0)
-    store = EventStore(js, names.STREAM_PROVISIONING)
+    store = EventStore(js, names.STREAM_PROVISIONING, nc=nc)
 
     def follow(stream: str, subjects: str, name: str, apply, **kw) -> StreamProjection:
         return StreamProjection(nc=nc, js=js, engine=engine, stream=stream, subjects=subjects, name=name, apply=apply,

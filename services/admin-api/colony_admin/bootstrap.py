@@ -39,7 +39,7 @@ async def ensure_bootstrap_token(settings: Settings, nc: Client) -> str | None:
     made other tokens).  ``settings`` is accepted for symmetry with the other entry points.
     """
     del settings
-    store = EventStore(nc.jetstream(timeout=5.0), names.STREAM_PROVISIONING)
+    store = EventStore(nc.jetstream(timeout=5.0), names.STREAM_PROVISIONING, nc=nc)
     subject = names.provisioning_subject(names.AGG_TOKEN, BOOTSTRAP_TOKEN_ID)
     if await store.version(subject):
         return None
@@ -47,7 +47,7 @@ async def ensure_bootstrap_token(settings: Settings, nc: Client) -> str | None:
     token = f"{secrets.TOKEN_PREFIX}{BOOTSTRAP_TOKEN_ID}_{secrets.split_token(random_token)[1]}"
     events = aggregates.create_token(None, BOOTSTRAP_TOKEN_ID,
                                      TokenCreate(name="bootstrap", role=Role.SYSTEM_ADMIN), digest, "colony up")
-    keys = SecretKeys(nc.jetstream(timeout=5.0))
+    keys = SecretKeys(nc.jetstream(timeout=5.0), nc)
     sealed = await keys.seal(events)  # the digest is keyed, like every token's (auth/sealing.py)
     try:
         await store.append(subject, [e.encode() for e in sealed.events], 0)

@@ -54,7 +54,7 @@ class Provisioning:
     def __init__(self, js: JetStreamContext, store: EventStore, readmodel: StreamProjection | None,
                  hasher: PasswordHasher) -> None:
         self.js, self.store, self.readmodel, self.hasher = js, store, readmodel, hasher
-        self.keys = SecretKeys(js)  # data keys of the sealed secrets in PROVISIONING
+        self.keys = SecretKeys(js, store.nc)  # data keys of the sealed secrets in PROVISIONING
         # argon2 gets its own small pool: a bulk import with passwords must not queue the
         # database reads of every other request (token checks included) behind its hashes.
         self._argon2 = ThreadPoolExecutor(max_workers=ARGON2_THREADS, thread_name_prefix="argon2")

@@ -72,7 +72,7 @@ class ProjectorWorkload:
 
         self.readmodel = follow(names.STREAM_PROVISIONING, names.SUBJECTS_PROVISIONING, readmodel.READ_MODEL,
                                 readmodel.apply_provisioning, on_advance=self._announce,
-                                directory=DirectoryProjection(nc, js, EventStore(js, names.STREAM_PROVISIONING)))
+                                directory=DirectoryProjection(nc, js, EventStore(js, names.STREAM_PROVISIONING, nc=nc)))
         self.projections = [
             self.readmodel,
             follow(names.STREAM_USAGE, names.SUBJECTS_USAGE, readmodel.USAGE, readmodel.apply_usage),

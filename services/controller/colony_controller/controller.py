@@ -354,7 +354,7 @@ class Controller:
         js = nc.jetstream()
         directory = await js.key_value(names.BUCKET_DIRECTORY)
         port = BusMovePort(nc, lambda domain: domain_accounts(directory, domain), epoch=self._move_epoch)
-        mover = DomainMover(EventStore(js, names.STREAM_PROVISIONING), port, epoch=self._move_epoch,
+        mover = DomainMover(EventStore(js, names.STREAM_PROVISIONING, nc=nc), port, epoch=self._move_epoch,
                             settle=timedelta(seconds=self.runtime.settings.domain_move_settle))
         while True:
             if self.is_active:

@@ -14,7 +14,7 @@ from colony.eventstore import MSG_ID, ConcurrencyConflict, EventStore
 @pytest.fixture
 async def store(nats_url):
     nc = await connect(nats_url)
-    yield EventStore(nc.jetstream(), names.STREAM_PROVISIONING)
+    yield EventStore(nc.jetstream(), names.STREAM_PROVISIONING, nc=nc)
     await nc.close()
 
 
@@ -85,7 +85,7 @@ async def test_create_many_and_its_recovery_work_on_a_stream_without_direct_gets
     js = nc.jetstream()
     await js.add_stream(StreamConfig(name=name, subjects=[f"{name}.>"], allow_direct=False))
     try:
-        store = EventStore(js, name, timeout=2.0)
+        store = EventStore(js, name, nc=nc, timeout=2.0)
         existing, landed, fresh = (f"{name}.{n}" for n in ("existing", "landed", "fresh"))
         await store.append(existing, [b"first"], 0)
         await store.append(landed, [b"ours"], 0)   # as if create_many's own publish had landed
@@ -96,4 +96,28 @@ async def test_create_many_and_its_recovery_work_on_a_stream_without_direct_gets
         assert [e.data for e in await store.read(fresh)] == [b"new"] and await store.version(fresh) == results[0]
     finally:
         await js.delete_stream(name)
+        await nc.close()
+
+
+class PublicOnly:
+    """A JetStream context with only its public face: what a pin-bump may leave us."""
+
+    def __init__(self, js) -> None:
+        self._wrapped = js
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):
+            raise AttributeError(f"{name} is private to nats-py")
+        return getattr(self._wrapped, name)
+
+
+async def test_create_many_uses_the_connection_it_was_given_not_a_nats_py_private(nats_url):
+    nc = await connect(nats_url)
+    try:
+        store = EventStore(PublicOnly(nc.jetstream()), names.STREAM_PROVISIONING, nc=nc)
+        fresh = [subject() for _ in range(3)]
+        results = await store.create_many([(s, b"made") for s in fresh])
+        assert all(isinstance(r, int) for r in results)
+        assert [e.data for e in await store.read(fresh[1])] == [b"made"]
+    finally:
         await nc.close()

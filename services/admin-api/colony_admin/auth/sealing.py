@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
@@ -135,8 +136,10 @@ def _sealed_credentials(event: ev.AccountCreated | ev.AccountPasswordSet, kid: s
 class SecretKeys:
     """The data keys, in ``names.BUCKET_SECRET_KEYS``; the bucket is opened on first use."""
 
-    def __init__(self, js: JetStreamContext) -> None:
-        self.js = js
+    def __init__(self, js: JetStreamContext, nc: Client | None = None) -> None:
+        # ``nc``: the connection ``js`` was made from, needed by ``seal_creations`` only (its
+        # pipelined key writes; a JetStream context exposes its own only as a private)
+        self.js, self.nc = js, nc
         self._kv: KeyValue | None = None
 
     async def kv(self) -> KeyValue:
@@ -258,10 +261,11 @@ class SecretKeys:
     async def _put_many(self, writes: list[tuple[str, bytes]], timeout: float = 5.0) -> None:
         if not writes:
             return
+        if self.nc is None:
+            raise RuntimeError("SecretKeys.seal_creations needs the connection: SecretKeys(js, nc)")
         kv = await self.kv()
-        nc = self.js._nc  # the JetStream context's own connection (as EventStore.create_many)
-        acks = await publish_pipelined(nc, [(names.kv_subject(names.BUCKET_SECRET_KEYS, key), base64.b64encode(material), None)
-                                            for key, material in writes], timeout)
+        acks = await publish_pipelined(self.nc, [(names.kv_subject(names.BUCKET_SECRET_KEYS, key), base64.b64encode(material), None)
+                                                 for key, material in writes], timeout)
         for (key, material), ack in zip(writes, acks, strict=True):
             if not landed(ack):
                 # Lost or refused: write it again the ordinary way (a put of the same
