@@ -205,8 +205,9 @@ class AccessProxy:
             except AuthUnavailable:
                 self.metrics.logins.labels(proto, "unavailable").inc()
                 return Login(False, "Authentication is unavailable; try again later", "SYS/TEMP")
-            if cache is not None:
-                cache.put(key, user, reply, mark)
+            finally:
+                if cache is not None:
+                    cache.put(key, user, reply, mark)
         if not reply.ok:
             self.metrics.logins.labels(proto, reply.reason or "refused").inc()
             if reply.reason == "throttled":

@@ -75,6 +75,7 @@ class LoginCache:
         self._epoch = 0
         self._recent: OrderedDict[str, int] = OrderedDict()
         self._floor = 0  # checks marked before this epoch are never kept
+        self._in_flight = 0  # checks marked and not yet put
         self.hits = self.negative_hits = self.misses = self.invalidated = 0
 
     def __len__(self) -> int:
@@ -103,10 +104,15 @@ class LoginCache:
         return None
 
     def mark(self) -> int:
-        """Call before asking the auth service; give the answer to ``put`` with this mark."""
+        """Call before asking the auth service; give the answer to ``put`` with this mark,
+        whatever happens (``reply=None``: no answer)."""
+        self._in_flight += 1
         return self._epoch
 
-    def put(self, key: bytes, user: str, reply: AuthCheckReply, mark: int) -> None:
+    def put(self, key: bytes, user: str, reply: AuthCheckReply | None, mark: int) -> None:
+        self._in_flight = max(0, self._in_flight - 1)
+        if reply is None:
+            return
         if reply.ok:
             ttl = self.ttl
         elif reply.reason == AuthFailure.INVALID and self.negative_ttl > 0:
@@ -178,6 +184,8 @@ class LoginCache:
 
     def on_directory_change(self, kind: str, name: str) -> None:
         """A directory write (``DirectoryIndex.on_change``): drop what it may have made wrong."""
+        if not self._entries and not self._in_flight:
+            return  # nothing it could make wrong (and a directory's cold start stays as cheap)
         if kind == names.AGG_ADDRESS:
             self.invalidate_address(name)
         elif kind == names.AGG_DOMAIN:

@@ -209,3 +209,16 @@ async def test_a_cached_login_asks_nobody_and_failures_still_count_toward_the_th
     assert auth.calls == 2 and throttle.failures == 3
     refused = await proxy.login("imap", "amy@acme.example", "secret", "198.51.100.7")
     assert not refused.ok and refused.code == "LOGIN-DELAY"   # the throttle comes before the cache
+
+
+def test_an_empty_cache_ignores_the_directory_unless_a_check_is_on_its_way():
+    cache, _ = _cache()
+    for i in range(10):  # e.g. the directory's cold start: nothing to drop, nothing remembered
+        cache.on_directory_change("address", f"u{i}@acme.example")
+    assert cache.mark() == 0
+    cache.put(b"k" * 32, "amy@acme.example", None, 0)   # a check with no answer releases its mark
+    key = cache.key("imap", "amy@acme.example", "old")
+    mark = cache.mark()
+    cache.on_directory_change("address", "amy@acme.example")   # noticed: a check is on its way
+    cache.put(key, "amy@acme.example", OK, mark)
+    assert cache.get(key) is None
