@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from test_colony_up import COLONY, ready_nodes, start_up, status_json, stop_up, wait_for
-from test_regions_up import bodies, colony, free_base, send, wait_deliverable
+from test_colony_up import COLONY, status_json, wait_for
+from test_regions_up import bodies, colony, regions_up, send, wait_deliverable
 
 pytestmark = pytest.mark.slow
 
@@ -35,23 +35,9 @@ PASSWORD = "Move-secret-123"
 @pytest.fixture
 def regions(tmp_path, request):
     """The super cluster; ``request.param``: the move's settle time in seconds."""
-    data_dir, base = tmp_path / "sc", free_base()
-    env = {"COLONY_EDGE_ALLOW_NETWORKS": "", "COLONY_EDGE_MESSAGES_PER_MINUTE_PER_IP": "100000",
-           "COLONY_EDGE_RECIPIENTS_PER_MINUTE_PER_IP": "100000", "COLONY_EDGE_CONNECTIONS_PER_MINUTE_PER_IP": "100000",
-           "COLONY_DNSBL_ZONES": "", "COLONY_DOMAIN_MOVE_SETTLE": str(getattr(request, "param", 3))}
-    os.environ.update(env)
-    try:
-        proc = start_up(data_dir, base, "--regions", "eu,us", *COUNTS)
-    finally:
-        for key in env:
-            del os.environ[key]
-    try:
-        for region in ("eu", "us"):
-            wait_for(lambda r=region: ready_nodes(data_dir / r, PER_REGION), 240, f"every {region} instance READY")
-        wait_for(lambda: (data_dir / "eu" / "admin.token").exists(), 60, "the primary's bootstrap token")
-        yield data_dir, base
-    finally:
-        print(stop_up(proc))
+    settle = str(getattr(request, "param", 3))
+    with regions_up(tmp_path / "sc", COUNTS, PER_REGION, COLONY_DOMAIN_MOVE_SETTLE=settle) as up:
+        yield up
 
 
 def imap_login(region_dir: Path, port: int, user: str) -> imaplib.IMAP4_SSL:

@@ -7,6 +7,7 @@ mail store), and eu's admin API lists both regions' instances."""
 
 from __future__ import annotations
 
+import contextlib
 import imaplib
 import json
 import os
@@ -101,26 +102,34 @@ def wait_deliverable(port: int, rcpt: str) -> None:
     wait_for(accepts, 90, f"the edge at {port} to know {rcpt}")
 
 
-@pytest.fixture
-def regions(tmp_path):
-    data_dir, base = tmp_path / "sc", free_base()
+@contextlib.contextmanager
+def regions_up(data_dir: Path, counts: list[str], per_region: int, **extra_env: str):
+    """``colony up --regions eu,us`` with the edges' abuse limits lifted for one test client,
+    until every instance of both regions is READY and the primary's token exists; stopped
+    (its output printed) on the way out."""
+    base = free_base()
     env = {"COLONY_EDGE_ALLOW_NETWORKS": "", "COLONY_EDGE_MESSAGES_PER_MINUTE_PER_IP": "100000",
            "COLONY_EDGE_RECIPIENTS_PER_MINUTE_PER_IP": "100000", "COLONY_EDGE_CONNECTIONS_PER_MINUTE_PER_IP": "100000",
-           "COLONY_DNSBL_ZONES": ""}
+           "COLONY_DNSBL_ZONES": "", **extra_env}
     os.environ.update(env)
     try:
-        proc = start_up(data_dir, base, "--regions", "eu,us", *COUNTS)
+        proc = start_up(data_dir, base, "--regions", "eu,us", *counts)
     finally:
         for key in env:
             del os.environ[key]
     try:
         for region in ("eu", "us"):
-            wait_for(lambda r=region: ready_nodes(data_dir / r, PER_REGION), 240, f"every {region} instance READY")
+            wait_for(lambda r=region: ready_nodes(data_dir / r, per_region), 240, f"every {region} instance READY")
         wait_for(lambda: (data_dir / "eu" / "admin.token").exists(), 60, "the primary's bootstrap token")
         yield data_dir, base
     finally:
-        out = stop_up(proc)
-        print(out)
+        print(stop_up(proc))
+
+
+@pytest.fixture
+def regions(tmp_path):
+    with regions_up(tmp_path / "sc", COUNTS, PER_REGION) as up:
+        yield up
 
 
 def test_mail_for_eu_accepted_in_us_lands_in_eu_also_across_a_cut(regions):

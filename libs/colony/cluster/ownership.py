@@ -183,9 +183,10 @@ class AccountOwnership:
         renewing = list(self.leases.items())
         await asyncio.gather(*(one(a, lease) for a, lease in renewing))
         # A lease released (or replaced) meanwhile was not lost: it was given up on purpose.
-        lost = [a for a in lost if self.leases.get(a) is dict(renewing)[a]]
+        renewed = dict(renewing)
+        lost = [a for a in lost if self.leases.get(a) is renewed[a]]
         for address in lost:
-            lease = self.leases.pop(address, None)
+            self.leases.pop(address, None)
             await self.publish(names.cluster_event_subject(names.OWNER_EVENTS), AccountReleased(
                 address=address, node_id=self.node_id, epoch=epochs.get(address, 0), reason="lost"))
         return lost
