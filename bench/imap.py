@@ -248,6 +248,8 @@ def run_colony(workdir: Path, args) -> tuple[dict, dict, dict | None]:
         tls = ssl.create_default_context(cafile=info["tls_ca"])
         idle_plain = asyncio.run(idle_sessions(imap_port, users, args.idle, None, pids, args.logins))
         idle_tls = asyncio.run(idle_sessions(imaps_port, users, args.idle, tls, pids, args.logins))
+        if args.no_throughput:
+            return idle_plain, idle_tls, None
         console.log("throughput")
         ops = asyncio.run(throughput(imap_port, users, args.seconds, args.messages))
         return idle_plain, idle_tls, summarise(ops, args.seconds)
@@ -274,6 +276,7 @@ def main() -> None:
     parser.add_argument("--base-port", type=int, default=21000)
     parser.add_argument("--no-peer", action="store_true")
     parser.add_argument("--logins", type=int, default=8, help="concurrent logins in (a)")
+    parser.add_argument("--no-throughput", action="store_true", help="only (a), the idle sessions")
     args = parser.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))   # colony up and its instances inherit it
@@ -281,7 +284,7 @@ def main() -> None:
         workdir = Path(tmp)
         idle_plain, idle_tls, colony_ops = run_colony(workdir, args)
         peer = None
-        if not args.no_peer and not have("dovecot"):
+        if not args.no_peer and not args.no_throughput and not have("dovecot"):
             peer = run_dovecot(workdir, args)
     table = Table(title=f"(a) idle IMAP sessions through one edge process (fd limit {hard})")
     for col in ("transport", "sessions", "failed", "login+SELECT+IDLE s", "edge KB/session", "store KB/session"):
@@ -290,6 +293,8 @@ def main() -> None:
         table.add_row(name, str(r["sessions"]), str(r["failed"]), f"{r['seconds']:.1f}",
                       f"{r['edge_kb_per_session']:.1f}", f"{r['store_kb_per_session']:.1f}")
     console.print(table)
+    if colony_ops is None:
+        return
     table = Table(title=f"(b) throughput: {args.clients} clients, {args.seconds:g} s, {args.messages} messages each")
     for col in ("operation", "Colony ops/s", "p50 ms", "p99 ms", "Dovecot ops/s", "p50 ms", "p99 ms", "ratio"):
         table.add_column(col, justify="right")
