@@ -296,40 +296,6 @@ def test_imap_over_tls_through_two_edges_sees_the_same_mailbox(cluster):
     two.logout()
 
 
-def test_a_cached_login_needs_no_auth_service_and_a_password_change_ends_it_at_once(cluster):
-    """The edge's login cache: a second login with the same password is answered by the edge
-    alone (the admin API, home of the auth service, is stopped meanwhile), and a password change
-    through the admin API makes the old password fail on the very next login."""
-    data_dir, _ = cluster
-    need_store_imap(data_dir)
-    user, first, second = "cached@acme.example", "first passphrase", "second passphrase"
-    colony(data_dir, "account", "add", user, "--password", first)
-    port = edge_port(data_dir, "imaps", 0)
-
-    def login(password: str) -> str:
-        client = imaplib.IMAP4_SSL("127.0.0.1", port, ssl_context=tls_context(data_dir), timeout=60)
-        try:
-            return client.login(user, password)[0]
-        except imaplib.IMAP4.error as exc:
-            return str(exc)
-        finally:
-            try:
-                client.logout()
-            except (imaplib.IMAP4.error, OSError):
-                pass
-
-    wait_for(lambda: login(first) == "OK", 120, "the first login (checked by the auth service)")
-    admin = next(n for n in status(data_dir) if n["role"] == "admin-api")
-    os.kill(admin["pid"], signal.SIGSTOP)
-    try:
-        assert login(first) == "OK"        # no auth service to ask: the edge's cache answered
-    finally:
-        os.kill(admin["pid"], signal.SIGCONT)
-    colony(data_dir, "account", "passwd", user, "--password", second)
-    assert login(first) != "OK"            # the directory's rewrite of the account dropped it
-    wait_for(lambda: login(second) == "OK", 120, "a login with the new password")
-
-
 @pytest.mark.timeout(1200)
 def test_mbsync_syncs_1000_messages_over_tls_twice(cluster, tmp_path):
     mbsync = need_tool("mbsync")
@@ -421,3 +387,38 @@ def test_idle_through_a_drain_of_the_owner(cluster):
         again.logout()
     finally:
         colony(data_dir, "ready", owner)
+
+
+def test_a_cached_login_needs_no_auth_service_and_a_password_change_ends_it_at_once(cluster):
+    """The edge's login cache: a second login with the same password is answered by the edge
+    alone (the admin API, home of the auth service, is stopped meanwhile), and a password change
+    through the admin API makes the old password fail on the very next login.  Last in the
+    module: its account stays open on a store, and ``holder`` counts on alice's being the only one."""
+    data_dir, _ = cluster
+    need_store_imap(data_dir)
+    user, first, second = "cached@acme.example", "first passphrase", "second passphrase"
+    colony(data_dir, "account", "add", user, "--password", first)
+    port = edge_port(data_dir, "imaps", 0)
+
+    def login(password: str) -> str:
+        client = imaplib.IMAP4_SSL("127.0.0.1", port, ssl_context=tls_context(data_dir), timeout=60)
+        try:
+            return client.login(user, password)[0]
+        except imaplib.IMAP4.error as exc:
+            return str(exc)
+        finally:
+            try:
+                client.logout()
+            except (imaplib.IMAP4.error, OSError):
+                pass
+
+    wait_for(lambda: login(first) == "OK", 120, "the first login (checked by the auth service)")
+    admin = next(n for n in status(data_dir) if n["role"] == "admin-api")
+    os.kill(admin["pid"], signal.SIGSTOP)
+    try:
+        assert login(first) == "OK"        # no auth service to ask: the edge's cache answered
+    finally:
+        os.kill(admin["pid"], signal.SIGCONT)
+    colony(data_dir, "account", "passwd", user, "--password", second)
+    assert login(first) != "OK"            # the directory's rewrite of the account dropped it
+    wait_for(lambda: login(second) == "OK", 120, "a login with the new password")
