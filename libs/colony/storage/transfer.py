@@ -36,6 +36,11 @@ them), so a rename between passes costs a re-copy of that mailbox, never a loss;
 the source no longer has is deleted here once the merge has emptied it (routing delivers to
 default mailboxes only, so nothing else could have put mail in it).
 
+Colleagues' own \\Seen in shared folders (``seen`` records in the owner's journal, part of
+the ``MailState``) follows the source on the copy of each source message, after the messages
+(the target's UIDs are known then); it is not in the digest, which an older source computes
+without it.
+
 Memory is bounded by one body at a time and ``batch`` staged records; the target is
 committed every ``batch`` records.
 """
@@ -131,6 +136,7 @@ class MergeReport:
     mailboxes_created: int
     mailboxes_deleted: int
     source_position: int     # the source journal position the merge brought the target up to
+    seen_changed: int = 0    # seen records written for colleagues' own \Seen (shared folders)
 
 
 def merge(target: AccountMail, source: MailState, read_body: Callable[[str], bytes], *,
@@ -189,4 +195,36 @@ def merge(target: AccountMail, source: MailState, read_body: Callable[[str], byt
             deleted += 1
             staged += 1
     flush(force=True)
-    return MergeReport(appended, flags_changed, expunged, created, deleted, source.seq)
+    seen_changed = _merge_private_seen(target, source)
+    return MergeReport(appended, flags_changed, expunged, created, deleted, source.seq, seen_changed)
+
+
+def _private_seen_rows(state: MailState, where: dict[tuple[str, int], str]) -> set[tuple[str, str]]:
+    """``(merge key, colleague)`` for each colleague's own \\Seen on a message ``where`` names."""
+    return {(where[(box.name, uid)], user)
+            for box in state.boxes.values() for user, p in box.private.items()
+            for uid in p.seen if (box.name, uid) in where}
+
+
+def _merge_private_seen(target: AccountMail, source: MailState) -> int:
+    """Bring each colleague's own \\Seen (``seen`` records, a shared folder's per-user \\Seen)
+    on the source's messages in line with the source, as the owner's flags are: the source
+    wins while users still work there.  Only messages the source holds are touched (a routed
+    delivery the source lacks keeps what colleagues set on it here); a repeat changes nothing.
+    Returns the number of records written (one per mailbox, colleague and direction)."""
+    src = {(e.mailbox, e.uid): e.key for e in _source_entries(source)}
+    keys = set(src.values())
+    tgt = {(e.mailbox, e.uid): key for key, (e, _routed) in _target_index(target.state).items() if key in keys}
+    by_key = {key: place for place, key in tgt.items()}
+    want, have = _private_seen_rows(source, src), _private_seen_rows(target.state, tgt)
+    changes: dict[tuple[str, str, bool], list[int]] = {}
+    for rows, on in ((want - have, True), (have - want, False)):
+        for key, user in rows:
+            if key in by_key:        # a message the target lacks is already a failed merge; the digest says so
+                box, uid = by_key[key]
+                changes.setdefault((box, user, on), []).append(uid)
+    for (box, user, on), uids in sorted(changes.items()):
+        target.store_seen(box, user, uids, on)
+    if changes:
+        target.commit()
+    return len(changes)

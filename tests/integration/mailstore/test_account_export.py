@@ -145,3 +145,82 @@ async def test_an_export_is_not_counted_as_an_imap_session(source):
         await client.close()
     await wait_until(lambda: metrics("colony_mailstore_account_exports_open 0.0",
                                      "colony_mailstore_imap_sessions 0.0"), 30, "the export to end")
+
+
+async def test_a_colleagues_own_seen_is_carried_by_the_pull(world, tmp_path):
+    """bob shares his INBOX with alice, who reads two messages over IMAP on the real store:
+    her \\Seen is a seen record in bob's journal.  The pull carries it to the copies, a
+    repeat writes nothing, and her clearing one in the source follows on the next pull."""
+    from imapclient import IMAPClient
+
+    from colony.bus import names
+    from colony.contracts.auth import AuthCheckReply, AuthCheckRequest, AuthFailure
+
+    alice, password = f"alice@{DOMAIN}", "s3cret"
+
+    async def answer(msg):
+        req = AuthCheckRequest.from_bytes(msg.data)
+        ok = req.user.lower() in (alice, BOB) and req.password == password
+        await msg.respond((AuthCheckReply.granted(req.user.lower(), DOMAIN, {}) if ok
+                           else AuthCheckReply.refused(AuthFailure.INVALID)).to_bytes())
+
+    sub = await world.nc.subscribe(names.AUTH_CHECK, cb=answer)
+    secret_file = tmp_path / "cluster.secret"
+    handoff.ensure_secret(secret_file)
+    await world.domain()
+    await world.account(BOB)
+    await world.account(alice)
+    world.start("mailstore-1", COLONY_CLUSTER_SECRET_FILE=str(secret_file), COLONY_IMAP_DIRECT_LOGIN="true",
+                COLONY_OUTBOUND_SMTP_PORT="25")
+    view = await world.cluster.wait_state("mailstore-1", "READY", timeout=60)
+    host, _, port = view.addresses["imap-inner"].rpartition(":")
+    ihost, _, iport = view.addresses["imap-direct"].rpartition(":")
+    secret = handoff.load_secret(secret_file)
+    ids = [await world.publish([BOB]) for _ in range(3)]
+    await wait_until(lambda: asyncio.sleep(0, world.stored_ids(BOB) == {i: 1 for i in ids}), 60, "three messages")
+
+    def imap(user: str, work):
+        client = IMAPClient(ihost, int(iport), ssl=False, timeout=60)
+        try:
+            client.login(user, password)
+            return work(client)
+        finally:
+            client.logout()
+
+    def read_two(client):
+        client.select_folder(f"Other Users/{BOB}/INBOX")
+        uids = sorted(client.search())
+        client.add_flags(uids[:2], [b"\\Seen"])
+        return uids
+
+    await asyncio.to_thread(imap, BOB, lambda c: c.setacl("INBOX", alice, "lrs"))
+    uids = await asyncio.to_thread(imap, alice, read_two)
+
+    def alice_seen(state) -> set[str]:
+        box = state.box("INBOX")
+        p = box.private.get(alice)
+        return {box.messages[u].key.removeprefix("move:") for u in (p.seen if p else ())}
+
+    await wait_until(lambda: asyncio.sleep(0, len(alice_seen(world.state(BOB))) == 2), 30, "alice's seen records")
+    target = AccountMail(tmp_path / "target" / "bob", epoch=1)
+    target.open()
+    try:
+        first = await X.pull_into(X.ExportClient(host, int(port), secret, BOB), target)
+        assert first.verified and first.merge.appended == 3 and first.merge.seen_changed == 1
+        assert alice_seen(target.state) == alice_seen(world.state(BOB))
+        assert not any(m.flags for m in target.state.box("INBOX").messages.values())   # bob's own: unread
+
+        again = await X.pull_into(X.ExportClient(host, int(port), secret, BOB), target)
+        assert again.verified and (again.merge.appended, again.merge.seen_changed) == (0, 0)
+
+        def unread_one(client):
+            client.select_folder(f"Other Users/{BOB}/INBOX")
+            client.remove_flags(uids[:1], [b"\\Seen"])
+        await asyncio.to_thread(imap, alice, unread_one)
+        await wait_until(lambda: asyncio.sleep(0, len(alice_seen(world.state(BOB))) == 1), 30, "alice's unread")
+        third = await X.pull_into(X.ExportClient(host, int(port), secret, BOB), target)
+        assert third.verified and third.merge.seen_changed == 1
+        assert alice_seen(target.state) == alice_seen(world.state(BOB))
+    finally:
+        target.close()
+        await sub.unsubscribe()

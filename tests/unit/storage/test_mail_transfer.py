@@ -124,3 +124,48 @@ def test_moving_on_keeps_the_identity_of_what_an_earlier_move_copied(tmp_path):
     keys = sorted(m.key for b in last.mailboxes() for m in last.messages(b.name))
     assert keys == ["move:<1@x>/a@acme.example", "move:<2@x>/a@acme.example", "move:Sent/" +
                     str(src.state.box("Sent").uidvalidity) + "/1"]
+
+
+def private_seen(acct):
+    return {(b.name, acct.body(b.name, uid), user)
+            for b in acct.state.boxes.values() for user, p in b.private.items() for uid in p.seen}
+
+
+def test_colleagues_own_seen_is_carried_and_follows_the_source_once(tmp_path):
+    """A colleague's \\Seen in a shared folder is a seen record in the owner's journal: the
+    merge carries it to the copy of each message, a repeat writes nothing, a change in the
+    source between passes (set or cleared) follows, and a routed delivery the source lacks
+    keeps what a colleague set on it in the target."""
+    src_dir, dst_dir = tmp_path / "eu", tmp_path / "us"
+    src = opened(src_dir)
+    src.create_mailbox("Team")
+    for i in range(3):
+        src.append("Team", f"team {i}".encode(), key=f"<t{i}@x>/a@acme.example")
+    src.append("INBOX", b"inbox", key="<i@x>/a@acme.example")
+    src.set_acl("Team", "b@acme.example", "lrs")
+    src.store_seen("Team", "b@acme.example", [1, 2], True)
+    src.store_seen("Team", "c@acme.example", [3], True)
+    src.store_seen("INBOX", "b@acme.example", [1], True)
+    src.commit()
+    dst = opened(dst_dir)
+    dst.append("INBOX", b"routed", key="<r@x>/a@acme.example")
+    dst.commit()
+    dst.store_seen("INBOX", "c@acme.example", [1], True)
+    dst.commit()
+
+    first = tr.merge(dst, read_state(src_dir), source_body(src_dir), batch=2)
+    assert first.seen_changed == 3
+    assert private_seen(dst) == private_seen(src) | {("INBOX", b"routed", "c@acme.example")}
+    assert verified(src_dir, dst)
+    assert tr.merge(dst, read_state(src_dir), source_body(src_dir)).seen_changed == 0
+
+    src.store_seen("Team", "b@acme.example", [2], False)
+    src.store_seen("Team", "c@acme.example", [1], True)
+    src.commit()
+    again = tr.merge(dst, read_state(src_dir), source_body(src_dir))
+    assert again.seen_changed == 2 and (again.appended, again.flags_changed) == (0, 0)
+    assert private_seen(dst) == private_seen(src) | {("INBOX", b"routed", "c@acme.example")}
+
+    # replayed from the journal alone (a store restarted, or the next owner), the same
+    dst.close()
+    assert private_seen(opened(dst_dir, epoch=2)) == private_seen(src) | {("INBOX", b"routed", "c@acme.example")}
