@@ -242,7 +242,9 @@ def test_fetchmail_syncs_1000_messages_over_tls_twice(cluster, tmp_path):
     env = dict(os.environ, HOME=str(tmp_path), FETCHMAILHOME=str(tmp_path))
 
     def run() -> subprocess.CompletedProcess:
-        return subprocess.run([fetchmail, "-f", str(rc), "-v", "--nodetach", "--idfile", str(tmp_path / "ids")],
+        # a lock of its own: as root fetchmail locks /var/run/fetchmail.pid, shared with any other run
+        return subprocess.run([fetchmail, "-f", str(rc), "-v", "--nodetach", "--idfile", str(tmp_path / "ids"),
+                               "--pidfile", str(tmp_path / "fetchmail.pid")],
                               capture_output=True, text=True, timeout=600, env=env)
 
     first = run()
