@@ -12,14 +12,20 @@ the sliding-window estimate
 
     estimate = count(w) + count(w - 1) * (1 - elapsed_in_w / window)
 
-With ``flush_interval = 0`` (the default) every hit is added to the key at once with a
+With ``flush_interval > 0`` (the deployed default, ``rate_counter_flush_interval``) an
+instance counts hits locally, summed per key, and adds them to the bus in batches: a write
+per key and instance at most every half interval, not one per hit (the bucket is
+``sync_interval: always``, so every write is an fsync).  ``hit`` answers the total it last
+learnt from the bus plus its own pending hits, so an instance never under-counts what it
+has seen itself, and it re-reads a total older than half an interval before answering: a
+hit at one instance is in every other instance's answers at most one interval later.  A
+write that fails stays pending (its hits are not lost) and is retried; ``stop`` flushes
+what is pending.  With ``flush_interval = 0`` every hit is added at once with a
 compare-and-set (create, or update on the last revision it read; a conflict re-reads and
 retries), and ``hit`` answers the cluster-wide total that write returned: exact across
-instances, at one bus round trip per hit.  With ``flush_interval > 0`` an instance counts
-hits locally and adds them in batches every interval (for counters too busy for a round
-trip each); ``hit`` then answers the last total it learnt plus its own pending hits, so the
-slack is what *other* instances counted within their last interval.  Either way no
-increment is ever lost: the stored count is never below the truth.
+instances, at one synced bus write per hit.  Either way the stored count is never below
+the truth, and every add to a key goes through one lock per key, so a batch and a hit never
+carry the same increments twice.
 
 **Concurrency** ("sessions open from this IP") is a sum of per-instance shares: each
 instance writes its own share ``conc.<kind>.<token>.<node>`` (single writer: plain puts,
@@ -27,8 +33,10 @@ batched like the rates) and watches ``conc.>`` to know everyone else's.  A live 
 rewrites its non-zero shares well within the bucket's max age; the shares of an instance
 that died expire with it.
 
-Memory is bounded: windows older than the previous one are forgotten, and at most
-``max_keys`` counters are tracked (the oldest are flushed and dropped first).
+Memory is bounded: pending hits are one integer per key, windows older than the previous
+one are forgotten (with any hits still pending for them: no instance reads those windows
+any more, so no decision can miss them), and at most ``max_keys`` flushed counters are
+kept (the oldest are dropped first).
 """
 
 from __future__ import annotations
@@ -55,10 +63,17 @@ WINDOW = 60.0
 class SharedCounters:
     def __init__(self, js: JetStreamContext, node_id: str, *, flush_interval: float = 0.0,
                  share_refresh: float = 30.0, max_keys: int = 200_000,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self.js, self.node_id = js, node_id
         self.flush_interval, self.share_refresh, self.max_keys = flush_interval, share_refresh, max_keys
-        self.clock = clock
+        # clock: wall time, for the one-minute windows every instance must agree on;
+        # monotonic: how old a learnt total is.  Both injectable for tests.
+        self.clock, self.monotonic = clock, monotonic
+        # Half the interval to reach the bus, half for others' learnt totals to age out:
+        # an increment is in every instance's answers at most one interval later.
+        self._half = flush_interval / 2
+        self.flush_failures = 0
         self._kv: KeyValue | None = None
         # rate key -> [known cluster total, revision (0: absent), pending local hits,
         #              monotonic time the total was learnt]
@@ -87,9 +102,20 @@ class SharedCounters:
                        owner.spawn("concurrency watch", self._watch_shares, restart=True),
                        owner.spawn("concurrency refresh", self._refresh_loop, restart=True)]
 
-    async def stop(self) -> None:
+    async def stop(self, flush_timeout: float = 5.0) -> None:
+        # Pending hits go to the bus before we do, retried for a while if the bus is slow.
+        deadline = self.monotonic() + flush_timeout
+        while True:
+            try:
+                await asyncio.wait_for(self.flush(), max(deadline - self.monotonic(), 0.01))
+                break
+            except Exception as exc:  # noqa: BLE001 - a bus failure; retried until the deadline
+                if self.monotonic() >= deadline:
+                    lost = sum(state[2] for state in self._rates.values())
+                    log.warning("rate counters: %d pending hits not flushed at stop: %s", lost, exc)
+                    break
+                await asyncio.sleep(min(0.2, max(self._half, 0.01)))
         with suppress(Exception):
-            await self.flush()
             # Our shares end with us: remove them rather than let them count until they expire.
             for key in list(self._my_shares):
                 self._my_shares[key] = 0
@@ -118,7 +144,7 @@ class SharedCounters:
             # or a total learnt a moment ago misses another instance's batched write since.
             fresh_after = float("inf")
         else:
-            fresh_after = time.monotonic() - max(self.flush_interval, 0.001)
+            fresh_after = self.monotonic() - max(self._half, 0.001)
         for key in (current, previous):
             if key not in self._rates:
                 self._track(key)
@@ -133,11 +159,7 @@ class SharedCounters:
         if n and self.flush_interval <= 0:
             # Exact: one compare-and-set in flight per key; a hit that arrives meanwhile rides
             # along with the next one, and the total answered always includes this hit.
-            lock = self._locks.setdefault(current, asyncio.Lock())
-            async with lock:
-                if self._rates[current][2]:
-                    await self._add(current, self._rates[current][2])
-
+            await self._flush_key(current)
         elif n:
             self._wake.set()
         return self._total(current) + self._total(previous) * (1.0 - elapsed)
@@ -168,16 +190,29 @@ class SharedCounters:
             entry = await self._kv.get(key)
         except KeyNotFoundError:
             if state is not None:
-                state[3] = time.monotonic()
+                state[3] = self.monotonic()
             return
         if state is not None and entry.value:
-            state[0], state[1], state[3] = int(entry.value), entry.revision, time.monotonic()
+            state[0], state[1], state[3] = int(entry.value), entry.revision, self.monotonic()
 
     async def flush(self) -> None:
-        """Add every pending hit to the shared counts (compare-and-set; retried on conflict)."""
-        pending = [(key, state[2]) for key, state in self._rates.items() if state[2]]
-        await asyncio.gather(*(self._add(key, n) for key, n in pending))
+        """Add every pending hit to the shared counts (compare-and-set; retried on conflict).
+        Raises the first bus failure after trying every key; what failed stays pending."""
+        pending = [key for key, state in self._rates.items() if state[2]]
+        results = await asyncio.gather(*(self._flush_key(key) for key in pending), return_exceptions=True)
         self._forget_old()
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
+    async def _flush_key(self, key: str) -> None:
+        # One add per key at a time: the amount is taken under the lock, so hits that arrive
+        # while a write is in flight wait for the next one instead of being written twice.
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            state = self._rates.get(key)
+            if state is not None and state[2]:
+                await self._add(key, state[2])
 
     async def _add(self, key: str, n: int) -> None:
         assert self._kv is not None
@@ -192,7 +227,7 @@ class SharedCounters:
                     state[1] = await self._kv.create(key, value)
                 state[0] = known + n
                 state[2] -= n
-                state[3] = time.monotonic()
+                state[3] = self.monotonic()
                 return
             except (KeyWrongLastSequenceError, KeyNotFoundError):
                 # Someone else added first (or the key expired): learn their total and retry.
@@ -204,17 +239,23 @@ class SharedCounters:
                     continue
                 raise
         log.warning("rate counter %s: gave up adding %d after repeated conflicts; kept pending", key, n)
+        self._wake.set()   # tried again on the next flush
 
     def _forget_old(self, force: bool = False) -> None:
         window, _ = self._window()
         for key in list(self._rates):
             state = self._rates[key]
-            if state[2]:
-                continue  # never drop an unflushed hit
             if int(key.rsplit(".", 1)[1]) < window - 1:
+                lock = self._locks.get(key)
+                if lock is not None and lock.locked():
+                    continue  # its write is in flight: forget it next time
+                if state[2]:
+                    # Two windows old: no instance reads it any more, so no decision misses
+                    # these hits; keeping them while the bus is down would grow without bound.
+                    log.warning("rate counter %s: dropped %d hits not flushed in time", key, state[2])
                 del self._rates[key]
                 lock = self._locks.get(key)
-                if lock is not None and not lock.locked():
+                if lock is not None:
                     del self._locks[key]
         if force and len(self._rates) >= self.max_keys:
             for key in list(self._rates)[: max(1, self.max_keys // 10)]:
@@ -222,12 +263,24 @@ class SharedCounters:
                     del self._rates[key]
 
     async def _flush_loop(self) -> None:
+        backoff = max(self._half, 0.01)
         while True:
             await self._wake.wait()
             self._wake.clear()
-            await asyncio.sleep(max(self.flush_interval, 0.01))
-            await self.flush()
-            await self._flush_shares()
+            await asyncio.sleep(max(self._half, 0.01))
+            try:
+                await self.flush()
+                await self._flush_shares()
+            except Exception as exc:  # noqa: BLE001 - the bus is down or slow: keep it all pending
+                # Nothing is lost (pending hits and dirty shares stay), and the loop must not
+                # wait for the next hit to try again: wake itself after a growing pause.
+                self.flush_failures += 1
+                log.warning("rate counters: flush failed (%s); retrying in %.1f s", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, max(self.flush_interval, 0.01) * 5, 10.0)
+                self._wake.set()
+            else:
+                backoff = max(self._half, 0.01)
 
     # --- concurrency ------------------------------------------------------------------------
 
@@ -253,7 +306,7 @@ class SharedCounters:
         key = (kind, subject)
         # Expiry is silent to watchers: a share not rewritten for several refresh periods
         # belongs to an instance that is gone.
-        stale = time.monotonic() - self.share_max_age
+        stale = self.monotonic() - self.share_max_age
         others = sum(n for node, (n, seen) in self._shares.get(key, {}).items()
                      if node != self.node_id and seen >= stale)
         return others + self._my_shares.get(key, 0)
@@ -261,21 +314,30 @@ class SharedCounters:
     async def _flush_shares(self) -> None:
         assert self._kv is not None
         dirty, self._dirty_shares = self._dirty_shares, set()
-        for kind, subject in dirty:
-            n = self._my_shares.get((kind, subject), 0)
-            key = names.concurrency_key(kind, subject, self.node_id)
-            if n:
-                await self._kv.put(key, str(n).encode())
-            else:
-                self._my_shares.pop((kind, subject), None)
-                with suppress(KeyNotFoundError):
-                    await self._kv.delete(key)
+        try:
+            while dirty:
+                kind, subject = share = dirty.pop()
+                n = self._my_shares.get(share, 0)
+                key = names.concurrency_key(kind, subject, self.node_id)
+                try:
+                    if n:
+                        await self._kv.put(key, str(n).encode())
+                    else:
+                        with suppress(KeyNotFoundError):
+                            await self._kv.delete(key)
+                        if not self._my_shares.get(share):
+                            self._my_shares.pop(share, None)
+                except BaseException:
+                    dirty.add(share)
+                    raise
+        finally:
+            self._dirty_shares |= dirty   # what was not written is written on the retry
 
     async def _refresh_loop(self) -> None:
         while True:
             await asyncio.sleep(self.share_refresh)
             self._dirty_shares.update(k for k, n in self._my_shares.items() if n)
-            stale = time.monotonic() - self.share_max_age
+            stale = self.monotonic() - self.share_max_age
             for key in list(self._shares):
                 shares = {node: v for node, v in self._shares[key].items() if v[1] >= stale}
                 if shares:
@@ -302,7 +364,7 @@ class SharedCounters:
                     if not shares:
                         del self._shares[key]
                 else:
-                    shares[node] = (int(entry.value), time.monotonic())
+                    shares[node] = (int(entry.value), self.monotonic())
         finally:
             with suppress(Exception):
                 await watcher.stop()

@@ -181,7 +181,7 @@ class Settings(BaseSettings):
     mail_segment_max_bytes: int = Field(64 * 1024 * 1024, ge=4096, description="Size past which an account's owner moves to a new epoch and journal segment (the old one is dropped), so a long tenure does not grow one file without bound.")
 
     # --- flow control (shared by every edge / farm member, on the bus) ------------------
-    rate_counter_flush_interval: float = Field(0.0, ge=0, le=5, description="0: every counted event is added to the shared counters at once (exact across instances, one bus round trip each). More: seconds an instance batches its increments; other instances see them that much later.")
+    rate_counter_flush_interval: float = Field(1.0, ge=0, le=5, description="Seconds an instance batches its flow-control increments before they reach the shared counters: it writes each busy counter at most every half interval (a synced bus write, instead of one per SMTP connection, RCPT or SIP request), its own decisions always include its unflushed increments, and other instances see them at most this long later; failed writes are retried, pending increments are flushed at stop. 0: every counted event is one compare-and-set at once (exact across instances, one synced bus write each).")
     rate_counter_max_age: float = Field(150.0, ge=130, description="Seconds a shared counter key lives without an update (more than two one-minute windows).")
 
     postmaster_address: str = Field("", description="The operator's mailbox for RCPT TO:<Postmaster> and for postmaster@ of every hosted domain that has none of its own (RFC 5321 §4.5.1), e.g. postmaster@provider.example. Empty: <Postmaster> is refused.")

@@ -8,7 +8,9 @@ import asyncio
 import pytest
 
 from cluster_harness import wait_until
+from colony.bus import names
 from colony.counters import WINDOW, SharedCounters
+from colony.settings import Settings
 
 
 class FakeClock:
@@ -88,8 +90,8 @@ async def _eq_async(awaitable, expected):
 
 async def test_exact_mode_counts_every_hit_across_instances_at_once(js):
     clock = FakeClock(2000 * WINDOW)      # one window throughout: no minute boundary mid-test
-    a = SharedCounters(js, "edge-a", clock=clock)      # flush_interval 0: every hit is a compare-and-set
-    b = SharedCounters(js, "edge-b", clock=clock)
+    a = SharedCounters(js, "edge-a", flush_interval=0.0, clock=clock)   # every hit is a compare-and-set
+    b = SharedCounters(js, "edge-b", flush_interval=0.0, clock=clock)
     await a.start()
     await b.start()
     try:
@@ -133,3 +135,40 @@ async def test_a_hit_across_a_minute_boundary_survives_a_concurrent_hit_of_the_n
         assert await counters.rate("rcpt", "burst.example") >= 1
     finally:
         await counters.stop()
+
+
+async def test_the_default_batched_limit_holds_across_instances_within_one_interval(js):
+    """With the deployed default (batched), a client that spreads its requests over two
+    instances meets one limit: each instance answers its own hits at once, sees the other's
+    at most one flush interval later, and the bus gets a few writes, not one per hit."""
+    interval = Settings().rate_counter_flush_interval
+    assert interval > 0
+    limit, subject = 40, "203.0.113.9"
+    clock = FakeClock(3000 * WINDOW)      # one window throughout: no minute boundary mid-test
+    a = SharedCounters(js, "edge-a", flush_interval=interval, clock=clock)
+    b = SharedCounters(js, "edge-b", flush_interval=interval, clock=clock)
+    await a.start()
+    await b.start()
+    stream = f"KV_{names.BUCKET_RATE_COUNTERS}"
+    try:
+        before = (await js.stream_info(stream)).state.last_seq
+        loop = asyncio.get_running_loop()
+        # 30 hits at a: each answer includes all of a's own, nothing on the bus yet needed.
+        assert [await a.hit("conn", subject) for _ in range(30)] == list(range(1, 31))
+        counted_at = loop.time()
+        # b sees them at most one interval later (plus a round trip each way).
+        await wait_until(lambda: _eq_async(b.rate("conn", subject), 30), interval + 2, "b to see a's 30 hits")
+        assert loop.time() - counted_at <= interval + 2
+        # b's hits then run into the shared limit on the 11th: 30 + 11 > 40.
+        answers = [await b.hit("conn", subject) for _ in range(11)]
+        assert answers[-1] > limit and answers[-2] <= limit
+        await a.stop()      # stop flushes what is pending
+        await b.stop()
+        entry = await (await js.key_value(names.BUCKET_RATE_COUNTERS)).get(
+            names.rate_counter_key("conn", subject, 3000))
+        assert int(entry.value) == 41
+        writes = (await js.stream_info(stream)).state.last_seq - before
+        assert writes <= 6, f"{writes} bus writes for 41 hits: not batched"
+    finally:
+        await a.stop()
+        await b.stop()

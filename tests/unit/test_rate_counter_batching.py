@@ -1,0 +1,237 @@
+"""SharedCounters in batched mode (the default), against an in-memory KV with injected clocks:
+an instance's own answers include its unflushed hits, others see them within one flush
+interval, a failed flush loses nothing and is retried, stop flushes, and exact mode (0)
+still writes every hit at once."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+
+import pytest
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+
+from colony.bus import names
+from colony.counters import WINDOW, SharedCounters
+from colony.settings import Settings
+
+
+class Clock:
+    def __init__(self, t: float) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class MemoryKV:
+    """The compare-and-set surface of a nats-py KeyValue; ``fail`` makes writes time out."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, tuple[bytes, int]] = {}
+        self.seq = 0
+        self.writes = 0
+        self.fail = False
+
+    def _write(self, key: str, value: bytes) -> int:
+        if self.fail:
+            raise NatsTimeoutError
+        self.seq += 1
+        self.writes += 1
+        self.data[key] = (value, self.seq)
+        return self.seq
+
+    async def get(self, key):
+        await asyncio.sleep(0)
+        if key not in self.data:
+            raise KeyNotFoundError
+        value, revision = self.data[key]
+        return SimpleNamespace(key=key, value=value, revision=revision)
+
+    async def create(self, key, value):
+        await asyncio.sleep(0)
+        if key in self.data:
+            raise KeyWrongLastSequenceError("wrong last sequence")
+        return self._write(key, value)
+
+    async def update(self, key, value, last):
+        await asyncio.sleep(0)
+        if key not in self.data or self.data[key][1] != last:
+            raise KeyWrongLastSequenceError("wrong last sequence")
+        return self._write(key, value)
+
+    async def put(self, key, value):
+        return self._write(key, value)
+
+    async def delete(self, key):
+        self.data.pop(key, None)
+
+    async def watch(self, _):
+        return Watcher()
+
+    def count(self, kind: str, subject: str, window: int) -> int:
+        value = self.data.get(names.rate_counter_key(kind, subject, window))
+        return int(value[0]) if value else 0
+
+
+class Watcher:
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        await asyncio.Event().wait()
+
+    async def stop(self):
+        pass
+
+
+class JS:
+    def __init__(self, kv: MemoryKV) -> None:
+        self.kv = kv
+
+    async def key_value(self, _):
+        return self.kv
+
+
+W = 1000
+SUBJECT = "198.51.100.7"
+
+
+async def pair(kv: MemoryKV, interval: float, wall: Clock, mono: Clock):
+    a = SharedCounters(JS(kv), "edge-a", flush_interval=interval, clock=wall, monotonic=mono)
+    b = SharedCounters(JS(kv), "edge-b", flush_interval=interval, clock=wall, monotonic=mono)
+    await a.start()
+    await b.start()
+    return a, b
+
+
+def test_batching_is_the_default_and_bounded():
+    assert 0 < Settings().rate_counter_flush_interval <= 5
+
+
+async def test_own_hits_count_at_once_and_reach_others_within_one_interval():
+    kv, wall, mono = MemoryKV(), Clock(W * WINDOW), Clock(100.0)
+    a, b = await pair(kv, 60.0, wall, mono)    # long interval: only explicit flushes write
+    try:
+        # (1) a never under-counts what it has seen itself, with nothing on the bus yet.
+        for i in range(1, 51):
+            assert await a.hit("conn", SUBJECT) == i
+        assert kv.count("conn", SUBJECT, W) == 0 and kv.writes == 0
+        assert await b.hit("conn", SUBJECT) == 1         # b has not been told yet
+        await a.flush()
+        assert kv.count("conn", SUBJECT, W) == 50 and kv.writes == 1   # one write for 50 hits
+        # (2) b's learnt total is fresh for half an interval, then re-read.
+        mono.t += 29.0
+        assert await b.rate("conn", SUBJECT) == 1
+        mono.t += 2.0
+        assert await b.rate("conn", SUBJECT) == 51         # a's 50 + b's own pending 1
+        await b.flush()
+        assert kv.count("conn", SUBJECT, W) == 51
+        # a learns b's hit through its next write's conflict, or its next re-read.
+        await a.hit("conn", SUBJECT)
+        await a.flush()
+        assert kv.count("conn", SUBJECT, W) == 52
+        assert await a.rate("conn", SUBJECT) == 52
+    finally:
+        await a.stop()
+        await b.stop()
+
+
+async def test_the_flush_loop_writes_within_half_an_interval():
+    kv, wall = MemoryKV(), Clock(W * WINDOW)
+    a = SharedCounters(JS(kv), "edge-a", flush_interval=0.2, clock=wall)
+    await a.start()
+    try:
+        await asyncio.gather(*(a.hit("rcpt", SUBJECT) for _ in range(30)))
+        deadline = asyncio.get_running_loop().time() + 5
+        while kv.count("rcpt", SUBJECT, W) != 30:
+            assert asyncio.get_running_loop().time() < deadline, "the loop never flushed"
+            await asyncio.sleep(0.01)
+        assert kv.writes <= 2      # batched: not one write per hit
+    finally:
+        await a.stop()
+
+
+async def test_a_failed_flush_keeps_its_hits_and_is_retried_without_a_new_hit():
+    kv, wall = MemoryKV(), Clock(W * WINDOW)
+    a = SharedCounters(JS(kv), "edge-a", flush_interval=0.05, clock=wall)
+    await a.start()
+    try:
+        kv.fail = True
+        for _ in range(7):
+            await a.hit("sip", SUBJECT)
+        with pytest.raises(NatsTimeoutError):
+            await a.flush()
+        assert await a.rate("sip", SUBJECT) == 7     # still counted locally, one summed entry
+        assert a._rates[names.rate_counter_key("sip", SUBJECT, W)][2] == 7
+        deadline = asyncio.get_running_loop().time() + 5
+        while a.flush_failures < 2:                  # the loop keeps trying on its own
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.01)
+        kv.fail = False
+        while kv.count("sip", SUBJECT, W) != 7:
+            assert asyncio.get_running_loop().time() < deadline, "never retried"
+            await asyncio.sleep(0.01)
+        assert await a.rate("sip", SUBJECT) == 7     # not counted twice after the retry
+    finally:
+        await a.stop()
+
+
+async def test_stop_flushes_pending_hits_and_retries_a_failing_bus():
+    kv, wall = MemoryKV(), Clock(W * WINDOW)
+    a = SharedCounters(JS(kv), "edge-a", flush_interval=5.0, clock=wall)
+    await a.start()
+    for _ in range(3):
+        await a.hit("conn", SUBJECT)
+    kv.fail = True
+    loop = asyncio.get_running_loop()
+    loop.call_later(0.3, setattr, kv, "fail", False)   # the bus comes back during the drain
+    await a.stop(flush_timeout=5)
+    assert kv.count("conn", SUBJECT, W) == 3
+
+
+async def test_a_hit_during_a_write_in_flight_is_written_once():
+    """Every add to a key takes one lock, and its amount under it: a batch and an exact hit
+    (or two batches) never carry the same increments."""
+    kv, wall, mono = MemoryKV(), Clock(W * WINDOW), Clock(100.0)
+    a = SharedCounters(JS(kv), "edge-a", flush_interval=60.0, clock=wall, monotonic=mono)
+    await a.start()
+    try:
+        await a.hit("conn", SUBJECT)
+        flushing = asyncio.ensure_future(a.flush())
+        await asyncio.sleep(0)
+        await asyncio.gather(a.hit("conn", SUBJECT), a.flush(), a.flush())
+        await flushing
+        await a.flush()
+        assert kv.count("conn", SUBJECT, W) == 2
+        assert a._rates[names.rate_counter_key("conn", SUBJECT, W)][2] == 0
+    finally:
+        await a.stop()
+
+
+async def test_pending_hits_of_a_window_nobody_reads_any_more_are_dropped():
+    kv, wall = MemoryKV(), Clock(W * WINDOW)
+    a = SharedCounters(JS(kv), "edge-a", flush_interval=60.0, clock=wall)
+    await a.start()
+    try:
+        kv.fail = True
+        await a.hit("conn", SUBJECT)
+        wall.t += 2 * WINDOW              # two minutes of a dead bus
+        await a.rate("conn", "other")     # a new minute forgets the old windows
+        assert names.rate_counter_key("conn", SUBJECT, W) not in a._rates
+        kv.fail = False
+    finally:
+        await a.stop()
+
+
+async def test_exact_mode_writes_every_hit_at_once():
+    kv, wall, mono = MemoryKV(), Clock(W * WINDOW), Clock(100.0)
+    a, b = await pair(kv, 0.0, wall, mono)
+    try:
+        for i in range(1, 11):
+            assert await (a if i % 2 else b).hit("conn", SUBJECT) == i
+            assert kv.count("conn", SUBJECT, W) == i
+    finally:
+        await a.stop()
+        await b.stop()
