@@ -41,7 +41,7 @@ MESSAGE = (b"From: Alice Example <alice@example.com>\r\nTo: bob@remote.test, car
 
 def dkimpy_sign(message: bytes, key: signing.DkimKey) -> bytes:
     return dkim.sign(message, key.selector.encode(), key.domain.encode(), key.private_pem,
-                     canonicalize=(b"relaxed", b"relaxed"), include_headers=signing._signed_headers(message))
+                     canonicalize=(b"relaxed", b"relaxed"), include_headers=signing.headers_to_sign(message))
 
 
 def main() -> None:

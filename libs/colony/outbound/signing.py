@@ -124,7 +124,8 @@ def _private_key(key: DkimKey) -> rsa.RSAPrivateKey:
     return loaded
 
 
-def _signed_headers(message: bytes) -> list[bytes]:
+def headers_to_sign(message: bytes) -> list[bytes]:
+    """The SIGNED_HEADERS ``message`` has, in that order, each once (From alone if none)."""
     present = {line.split(b":", 1)[0].strip().lower() for line in message.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
                if line and line[:1] not in b" \t" and b":" in line}
     return [h for h in SIGNED_HEADERS if h in present] or [b"from"]
@@ -138,7 +139,7 @@ def sign(message: bytes, key: DkimKey, *, now: float | None = None) -> bytes:
     ``dkim.MessageFormatError``, one without From ``dkim.ParameterError``, as ``dkim.sign`` did.
     """
     pk = _private_key(key)
-    include = tuple(_signed_headers(message))
+    include = tuple(headers_to_sign(message))
     if b"from" not in include:   # RFC 6376 5.4: From MUST be signed; dkim.sign's error
         raise dkim.ParameterError("The From header field MUST be signed")
     domain, selector = key.domain.encode(), key.selector.encode()

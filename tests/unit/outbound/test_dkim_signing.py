@@ -27,7 +27,7 @@ def reference(message: bytes, key: DkimKey, now: float) -> bytes:
     with mock.patch("time.time", return_value=now):
         signature = dkim.sign(message, key.selector.encode(), key.domain.encode(), key.private_pem,
                               canonicalize=(b"relaxed", b"relaxed"),
-                              include_headers=signing._signed_headers(message))
+                              include_headers=signing.headers_to_sign(message))
     return signature.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
 
@@ -122,7 +122,7 @@ _body_line = st.text(st.characters(min_codepoint=9, max_codepoint=0x2fff, blackl
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(headers=st.lists(st.tuples(_names, _folded), max_size=8), body=st.lists(_body_line, max_size=12),
-       eol=st.sampled_from(["\r\n", "\n"]), now=st.integers(0, 2**32))
+       eol=st.sampled_from(["\r\n", "\n"]), now=st.integers(0, NOW))   # dkim.verify refuses a t= in the future
 def test_any_message_shape_matches_dkimpy_and_verifies(headers, body, eol, now):
     head = "".join(f"{n}: {v}\r\n" for n, v in [("From", "a@example.com")] + headers)
     message = (head + "\r\n" + "\r\n".join(body)).replace("\r\n", eol).encode()
