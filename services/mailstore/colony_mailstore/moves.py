@@ -227,9 +227,9 @@ class MoveServer:
                 except X.ExportError as exc:
                     raise Refused(f"pulling {address} from {request.source}: {exc}") from None
                 acct.last_used = self.accounts.clock()
-        log.info("pulled %s from %s (pass %d): %d appended, %d flags, %d expunged; %s", address, request.source,
-                 request.copy_pass, report.merge.appended, report.merge.flags_changed, report.merge.expunged,
-                 "verified" if report.verified else "NOT verified")
+        log.info("pulled %s from %s (pass %d): %d appended, %d flags, %d expunged, %d colleagues' \\Seen records; %s",
+                 address, request.source, request.copy_pass, report.merge.appended, report.merge.flags_changed,
+                 report.merge.expunged, report.merge.seen_changed, "verified" if report.verified else "NOT verified")
         return mr.PullReply(source_messages=report.source.messages, target_messages=report.target.messages,
                             source_digest=report.source.sha256, target_digest=report.target.sha256,
                             source_position=report.merge.source_position)
