@@ -119,3 +119,13 @@ class InboundMail(Event):
     def msg_id(self) -> str:
         """The ``Nats-Msg-Id`` header value: unique per (message, domain)."""
         return f"{self.message_id}/{to_token(self.domain)}"
+
+    def sent_on_msg_id(self, region: str) -> str:
+        """The ``Nats-Msg-Id`` of this mail sent on by a mail store to ``region``'s stores
+        (a domain moving or moved there).  Not ``msg_id()``: the edge's publish of the same
+        mail is still in the duplicate window of the stream the store publishes into (its
+        own region's MAIL, or the target's MAIL when the edge was the target's), so that id
+        would be acknowledged as a duplicate and the mail dropped.  Stable for the job, so a
+        redelivered job sent on again is one message; the stores' delivery key dedupes the
+        rest."""
+        return f"{self.msg_id()}/on/{region}"

@@ -134,23 +134,35 @@ class Delivery:
         return None
 
     async def _moving_to(self, domain: str) -> str | None:
-        """The region a domain's new mail goes to while it moves away from this region (from
-        ``routing`` on, ``DomainInfo.mail_region``); None to store it here."""
+        """The region a domain's new mail goes to when that is another region of the super
+        cluster (``DomainInfo.mail_region``: a moving domain's target from ``routing`` on, else
+        its home); None to store it here.  Not only while the move is under way: mail accepted
+        in another region before its edge saw ``routing`` is sourced into this region's MAIL
+        after a delay of its own (a cross-region source can take seconds to restart, a cut link
+        longer), so it can reach this store after ``done``, when the domain is plainly homed in
+        the target and this region's copy has been removed; stored here it would be lost.  A
+        region that is not one of ``regions`` (a single-region cluster keeping a domain's
+        ``home_region`` setting) is never sent to unless the domain is moving there: nobody
+        would consume it."""
         entry = await self.accounts.directory.domain(domain)
         if entry is None:
             return None
         info = entry.info()
-        if info.move_phase is None or info.mail_region in ("", self.settings.region):
+        region = info.mail_region
+        if region in ("", self.settings.region):
             return None
-        return info.mail_region
+        if info.move_phase is None and region not in self.settings.region_list:
+            return None
+        return region
 
     async def _send_on(self, mail: InboundMail, recipients: list[str], target: str,
                        job_headers: dict[str, str] | None) -> Retry | Reject | None:
-        """Mail for a domain moving to ``target`` that still reached this region (an edge
-        whose directory had not seen ``routing`` yet, or a redelivery): stored here it could
-        miss the move's last pass, so it goes to the target region's MAIL as an edge would
-        have sent it, body inline (object stores are region-local), with the same message id
-        so the target's duplicate window drops a second copy."""
+        """Mail for a domain moving (or moved) to ``target`` that still reached this region (an
+        edge whose directory had not seen ``routing`` yet, or a redelivery): stored here it
+        could miss the move's last pass or be deleted with the source's copy, so it goes to
+        the target region's MAIL as an edge would have sent it, body inline (object stores are
+        region-local), under a message id of its own that a redelivered job repeats (the
+        edge's id is still in a duplicate window on the way: ``sent_on_msg_id``)."""
         if mail.body_ref is not None:
             try:
                 body = await self._body(mail)
@@ -158,7 +170,7 @@ class Delivery:
                 return Reject(str(exc))
             mail = mail.model_copy(update={"body": body, "body_ref": None})
         subject = names.mail_subject(target, mail.domain, names.mail_partition(recipients[0]))
-        headers = {"Nats-Msg-Id": mail.msg_id()}
+        headers = {"Nats-Msg-Id": mail.sent_on_msg_id(target)}
         try:
             with tracer.start_as_current_span("mailstore.send_on", context=extract_context(job_headers)):
                 await self.js.publish(subject, mail.encode(), headers=inject_headers(headers), timeout=10)

@@ -1,6 +1,10 @@
 """A mail store that takes a MAIL job for a domain moving away from its region (an edge whose
 directory had not seen ``routing`` yet) stores nothing and sends it on to the move's target
-region's MAIL, body inline and message id kept; a domain not moving is stored as before."""
+region's MAIL with the body inline, and the stream keeps it (its message id is not the edge's,
+which the duplicate window still holds); a domain not moving is stored as before.  The same
+after the move is ``done``: mail accepted in another region before its edge saw the move can
+be sourced into the old region's MAIL after the source's copy was removed, and stored there it
+would be lost (issue #11: two messages lost in the e2e move)."""
 
 from __future__ import annotations
 
@@ -22,10 +26,20 @@ BOB = f"bob@{DOMAIN}"
 pytestmark = pytest.mark.slow
 
 
-async def test_mail_for_a_domain_moving_away_is_sent_on_to_the_target_region(world):
+# the domain's directory entry as the store reads it when the job arrives: still moving, or
+# moved (the move kept as history, home_region the target's)
+PHASES = {
+    "routing": {"move": {"move_id": "m1", "source": "local", "target": "us", "phase": "routing"}},
+    "flipped": {"home_region": "us", "move": {"move_id": "m1", "source": "local", "target": "us", "phase": "flipped"}},
+    "done": {"home_region": "us", "move": {"move_id": "m1", "source": "local", "target": "us", "phase": "done"}},
+}
+
+
+@pytest.mark.parametrize("phase", list(PHASES))
+async def test_mail_for_a_domain_moving_away_is_sent_on_to_the_target_region(world, phase):
     await world.domain()
     await world.account(BOB)
-    world.start("mailstore-1")
+    world.start("mailstore-1", COLONY_REGIONS="local,us")
     await world.cluster.wait_state("mailstore-1", "READY", timeout=60)
     before = await world.publish([BOB])
     await wait_until(lambda: _async(world.stored_ids(BOB).get(before) == 1), 60, "mail stored before the move")
@@ -33,7 +47,7 @@ async def test_mail_for_a_domain_moving_away_is_sent_on_to_the_target_region(wor
     await world.directory.put(names.directory_key(names.AGG_DOMAIN, DOMAIN), orjson.dumps(
         {"kind": "domain", "name": DOMAIN, "storage": {"account_foldering": "none", "domain_foldering": False,
                                                         "fast_storage_index": None},
-         "move": {"move_id": "m1", "source": "local", "target": "us", "phase": "routing"}}))
+         **PHASES[phase]}))
     # what reaches the target's subject (the stream that captures it acked the store's publish)
     seen = []
 
@@ -57,8 +71,13 @@ async def test_mail_for_a_domain_moving_away_is_sent_on_to_the_target_region(wor
     assert msg.subject == names.mail_subject("us", DOMAIN, names.mail_partition(BOB))
     mail = InboundMail.from_bytes(msg.data)
     assert mail.message_id == mid and mail.body is not None and b"Subject: test" in mail.body
-    assert msg.headers["Nats-Msg-Id"] == mail.msg_id()
+    assert msg.headers["Nats-Msg-Id"] == mail.sent_on_msg_id("us")
     assert world.stored_ids(BOB).get(mid) is None          # not stored in the source region
+    # and kept by this region's MAIL for the target to source: the edge's publish of the same
+    # mail is still in the stream's duplicate window, so a publish under its Nats-Msg-Id would
+    # be acknowledged as a duplicate and dropped
+    kept = await world.nc.jetstream().get_last_msg(names.STREAM_MAIL, msg.subject)
+    assert InboundMail.from_bytes(kept.data).message_id == mid
 
 
 async def _async(value):
