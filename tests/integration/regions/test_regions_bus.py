@@ -16,6 +16,7 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from cluster_harness import wait_until
 from colony.bus import names
 from colony.bus.schema import ensure_schema
+from colony.contracts.mail import InboundMail, MailRecipient
 from colony.natsd import EmbeddedNats
 from colony.settings import Settings
 
@@ -234,3 +235,27 @@ async def test_instance_addressed_requests_stay_in_their_region(regions, subject
     with pytest.raises((nats.errors.NoRespondersError, nats.errors.TimeoutError)):
         await regions.nc["eu"].request(subject, b"", timeout=1)
     assert subject not in asked
+
+
+async def test_mail_sent_on_by_the_old_home_comes_back_to_the_region_that_accepted_it(regions):
+    """The path of mail for a domain moving from eu to us that us's edge accepted before it saw
+    the move: us's MAIL -> eu's MAIL (sourced) -> eu's store sends it on -> us's MAIL (sourced)
+    -> us's stores.  The edge's Nats-Msg-Id is in the duplicate window of both MAIL streams on
+    the way, so the send-on needs an id of its own (issue #11: under the edge's it was dropped)."""
+    us, eu = regions.js("us"), regions.js("eu")
+    domain = "move.example"
+    body = b"Subject: early\r\n\r\nhello\r\n"
+    mail = InboundMail(message_id="early-1", domain=domain, mail_from="s@remote.test",
+                       recipients=[MailRecipient(mailbox=f"ben@{domain}", original=f"ben@{domain}")],
+                       size=len(body), edge_node="edge-1", body=body)
+    await us.publish(names.mail_subject("eu", domain), mail.encode(), headers={"Nats-Msg-Id": mail.msg_id()})
+    (sourced,) = await _drain(eu, "eu", 1)
+    assert InboundMail.from_bytes(sourced).message_id == "early-1"
+    # what the old id would have met in eu's MAIL: a duplicate, stored nowhere
+    ack = await eu.publish(names.mail_subject("us", domain), sourced, headers={"Nats-Msg-Id": mail.msg_id()})
+    assert ack.duplicate
+    ack = await eu.publish(names.mail_subject("us", domain), sourced,
+                           headers={"Nats-Msg-Id": mail.sent_on_msg_id("us")})
+    assert not ack.duplicate
+    (back,) = await _drain(us, "us", 1)
+    assert InboundMail.from_bytes(back).message_id == "early-1"
