@@ -19,8 +19,9 @@ per key and instance at most every half interval, not one per hit (the bucket is
 learnt from the bus plus its own pending hits, so an instance never under-counts what it
 has seen itself, and it re-reads a total older than half an interval before answering: a
 hit at one instance is in every other instance's answers at most one interval later.  A
-write that fails stays pending (its hits are not lost) and is retried; ``stop`` flushes
-what is pending.  With ``flush_interval = 0`` every hit is added at once with a
+write that fails stays pending (its hits are not lost) and is retried; one that timed out
+but was applied (a frozen server that resumed) is recognised by its ``Nats-Msg-Id`` on the
+key's last entry, so its hits are not added twice.  ``stop`` flushes what is pending.  With ``flush_interval = 0`` every hit is added at once with a
 compare-and-set (create, or update on the last revision it read; a conflict re-reads and
 retries), and ``hit`` answers the cluster-wide total that write returned: exact across
 instances, at one synced bus write per hit.  Either way the stored count is never below
@@ -43,12 +44,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from contextlib import suppress
 
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.api import Header
+from nats.js.errors import APIError, KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from colony.bus import names
@@ -88,6 +91,11 @@ class SharedCounters:
         self._tasks: list[asyncio.Task] = []
         self._own_tasks: TaskOwner | None = None
         self._locks: dict[str, asyncio.Lock] = {}
+        # rate key -> a write that failed without an answer: (known, revision, n, message id)
+        self._in_doubt: dict[str, tuple[int, int, int, str]] = {}
+        # Message ids are unique per process (a restarted instance must not be deduplicated
+        # against its previous life's ids within the stream's duplicate window).
+        self._writes, self._nonce = 0, secrets.token_hex(6)
         self._last_window = 0
 
     # --- lifecycle --------------------------------------------------------------------------
@@ -215,31 +223,64 @@ class SharedCounters:
                 await self._add(key, state[2])
 
     async def _add(self, key: str, n: int) -> None:
+        """Add ``n`` to ``key`` with a compare-and-set (caller holds the key's lock).
+
+        A write that times out may still have been applied (a frozen server resumes and
+        stores it): its exact publish, message id included, is what the next attempt sends,
+        so the stream's duplicate detection answers it instead of adding ``n`` twice."""
         assert self._kv is not None
         state = self._rates[key]
+        doubt = self._in_doubt.pop(key, None)
         for _ in range(20):
-            known, revision = state[0], state[1]
-            value = str(known + n).encode()
+            if doubt is not None:
+                known, revision, n, msg_id = doubt
+            else:
+                known, revision = state[0], state[1]
+                self._writes += 1
+                msg_id = f"{self.node_id}.{self._nonce}.{self._writes}"
+            headers = {Header.EXPECTED_LAST_SUBJECT_SEQUENCE: str(revision), Header.MSG_ID: msg_id}
             try:
-                if revision:
-                    state[1] = await self._kv.update(key, value, last=revision)
-                else:
-                    state[1] = await self._kv.create(key, value)
-                state[0] = known + n
-                state[2] -= n
-                state[3] = self.monotonic()
-                return
-            except (KeyWrongLastSequenceError, KeyNotFoundError):
-                # Someone else added first (or the key expired): learn their total and retry.
+                ack = await self.js.publish(names.kv_subject(names.BUCKET_RATE_COUNTERS, key),
+                                            str(known + n).encode(), headers=headers)
+            except APIError as err:
+                if err.err_code not in (10071, 10164):    # not "wrong last sequence"
+                    self._in_doubt[key] = (known, revision, n, msg_id)
+                    raise
+                if doubt is not None and await self._applied(key, msg_id):
+                    # The doubtful write was applied and is still the last: take it as done.
+                    # (Applied but already overwritten by another instance cannot be told
+                    # with one entry of history: it is added again, counting more, never less.)
+                    await self._read(key)
+                    state[2] -= n
+                    if state[2]:
+                        self._wake.set()
+                    return
+                # Someone else added first (or the key expired, or our doubtful write was not
+                # applied): learn their total and retry.
+                doubt = None
                 state[0], state[1] = 0, 0
                 await self._read(key)
-            except Exception as exc:
-                if "wrong last sequence" in str(exc):  # create() on an existing key, as nats-py reports it
-                    await self._read(key)
-                    continue
+                continue
+            except BaseException:
+                self._in_doubt[key] = (known, revision, n, msg_id)
                 raise
+            state[0], state[1], state[3] = known + n, ack.seq, self.monotonic()
+            state[2] -= n
+            if doubt is not None and state[2]:
+                self._wake.set()     # what arrived meanwhile goes with the next flush
+            return
         log.warning("rate counter %s: gave up adding %d after repeated conflicts; kept pending", key, n)
         self._wake.set()   # tried again on the next flush
+
+    async def _applied(self, key: str, msg_id: str) -> bool:
+        assert self._kv is not None
+        try:
+            msg = await self.js.get_last_msg(f"KV_{names.BUCKET_RATE_COUNTERS}",
+                                             names.kv_subject(names.BUCKET_RATE_COUNTERS, key),
+                                             direct=getattr(self._kv, "_direct", False))
+        except Exception:  # noqa: BLE001 - gone or unreadable: not provably ours
+            return False
+        return bool(msg.headers) and msg.headers.get(Header.MSG_ID) == msg_id
 
     def _forget_old(self, force: bool = False) -> None:
         window, _ = self._window()
@@ -254,6 +295,7 @@ class SharedCounters:
                     # these hits; keeping them while the bus is down would grow without bound.
                     log.warning("rate counter %s: dropped %d hits not flushed in time", key, state[2])
                 del self._rates[key]
+                self._in_doubt.pop(key, None)
                 lock = self._locks.get(key)
                 if lock is not None:
                     del self._locks[key]

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError
 
 from colony.bus import names
 from colony.counters import WINDOW, SharedCounters
@@ -26,13 +26,34 @@ class Clock:
 
 
 class MemoryKV:
-    """The compare-and-set surface of a nats-py KeyValue; ``fail`` makes writes time out."""
+    """The compare-and-set surface of a nats-py KeyValue, and the stream's own publish
+    (expected last subject sequence, Nats-Msg-Id kept on the entry); ``fail`` makes writes time
+    out, ``lose_acks`` applies them and then times out (a frozen server that resumed)."""
 
     def __init__(self) -> None:
         self.data: dict[str, tuple[bytes, int]] = {}
         self.seq = 0
         self.writes = 0
         self.fail = False
+        self.lose_acks = False
+        self.msg_ids: dict[str, int] = {}
+
+    async def publish(self, subject, value, headers):
+        await asyncio.sleep(0)
+        key = subject.split(".", 2)[2]
+        last = int(headers["Nats-Expected-Last-Subject-Sequence"])
+        if self.fail:
+            raise NatsTimeoutError
+        # nats-server checks the expected sequence before the message id (as 2.15 does)
+        if (self.data[key][1] if key in self.data else 0) != last:
+            raise APIError(code=400, err_code=10071, description="wrong last sequence")
+        if headers["Nats-Msg-Id"] in self.msg_ids:
+            return SimpleNamespace(seq=self.msg_ids[headers["Nats-Msg-Id"]], duplicate=True)
+        seq = self._write(key, value)
+        self.msg_ids[headers["Nats-Msg-Id"]] = seq
+        if self.lose_acks:
+            raise NatsTimeoutError
+        return SimpleNamespace(seq=seq, duplicate=False)
 
     def _write(self, key: str, value: bytes) -> int:
         if self.fail:
@@ -92,6 +113,17 @@ class JS:
 
     async def key_value(self, _):
         return self.kv
+
+    async def publish(self, subject, value, headers):
+        return await self.kv.publish(subject, value, headers)
+
+    async def get_last_msg(self, stream, subject, direct=False):
+        key = subject.split(".", 2)[2]
+        if key not in self.kv.data:
+            raise KeyNotFoundError
+        seq = self.kv.data[key][1]
+        ids = [i for i, s in self.kv.msg_ids.items() if s == seq]
+        return SimpleNamespace(headers={"Nats-Msg-Id": ids[0]} if ids else None)
 
 
 W = 1000
@@ -235,3 +267,26 @@ async def test_exact_mode_writes_every_hit_at_once():
     finally:
         await a.stop()
         await b.stop()
+
+
+async def test_a_write_applied_but_unanswered_is_not_added_twice():
+    """A timed-out write the server did apply: the retry finds its message id on the key's
+    last entry and takes it as done instead of adding the hits again."""
+    kv, wall = MemoryKV(), Clock(W * WINDOW)
+    a = SharedCounters(JS(kv), "edge-a", flush_interval=60.0, clock=wall)
+    await a.start()
+    try:
+        for _ in range(5):
+            await a.hit("conn", SUBJECT)
+        kv.lose_acks = True
+        with pytest.raises(NatsTimeoutError):
+            await a.flush()
+        kv.lose_acks = False
+        assert kv.count("conn", SUBJECT, W) == 5
+        await a.hit("conn", SUBJECT)            # one more while the first write was in doubt
+        await a.flush()                         # the doubtful write, found applied
+        await a.flush()                         # and the hit that came meanwhile
+        assert kv.count("conn", SUBJECT, W) == 6
+        assert await a.rate("conn", SUBJECT) == 6
+    finally:
+        await a.stop()

@@ -4,6 +4,7 @@ one cluster-wide count, nothing is lost under concurrent increments, and windows
 from __future__ import annotations
 
 import asyncio
+import signal
 
 import pytest
 
@@ -172,3 +173,39 @@ async def test_the_default_batched_limit_holds_across_instances_within_one_inter
     finally:
         await a.stop()
         await b.stop()
+
+
+async def test_hits_counted_while_the_bus_is_frozen_reach_it_when_it_is_back(js, nats_server):
+    """SIGSTOP the nats-server: the flush times out, the instance keeps answering with its own
+    hits, and once the server runs again the loop's retry writes every one of them."""
+    clock = FakeClock(4000 * WINDOW)
+    quick = js._nc.jetstream(timeout=1.0)     # a frozen server costs 1 s per attempt, not 5
+    a = SharedCounters(quick, "edge-a", flush_interval=0.2, clock=clock)
+    await a.start()
+    kv = await js.key_value(names.BUCKET_RATE_COUNTERS)
+    key = names.rate_counter_key("conn", "198.51.100.99", 4000)
+    try:
+        assert await a.hit("conn", "198.51.100.99") == 1       # read once while the bus runs
+        nats_server.process.send_signal(signal.SIGSTOP)
+        try:
+            for i in range(2, 26):
+                assert await a.hit("conn", "198.51.100.99") == i   # answered from what it has seen
+            await wait_until(lambda: _eq(a.flush_failures >= 1, True), 15, "a flush to fail")
+        finally:
+            nats_server.process.send_signal(signal.SIGCONT)
+
+        async def stored() -> int:
+            try:
+                return int((await kv.get(key)).value)
+            except Exception:
+                return 0
+
+        async def flushed() -> bool:
+            return not a._rates[key][2] and await stored() >= 25
+        await wait_until(flushed, 20, "the retried flush to write all 25 hits")
+        # The write that timed out was applied when the server resumed: the retry found it
+        # (its message id on the key's last entry) rather than adding the 24 hits twice.
+        assert await stored() == 25
+        assert await a.rate("conn", "198.51.100.99") == 25
+    finally:
+        await a.stop()
