@@ -64,8 +64,20 @@ def _external(region: str) -> ExternalStream:
 
 
 def mail_sources(home: str, regions: list[str]) -> list[StreamSource]:
-    """The home region's MAIL reads mail for it that other regions' edges accepted."""
-    return [StreamSource(name=names.STREAM_MAIL, filter_subject=names.mail_region_filter(home), external=_external(other))
+    """The home region's MAIL reads mail for it that other regions' edges accepted.
+
+    ``opt_start_seq=1``: when the server sets a source up afresh (the stream starts, is
+    updated or its leader changes, or the first consumer across a new leafnode link is
+    replaced) it looks for its position in the messages it holds; MAIL is a work queue, so
+    the sourced ones are gone once stored, and without a configured start it falls back to
+    the time of its *last message* -- any local mail -- and skips every message the other
+    region accepted before that and had not handed over yet (they stayed in that region's
+    MAIL for ever: mail answered ``250`` and lost).  From sequence 1 it reads what the other
+    region's MAIL still holds, which, that being a work queue too, is exactly what this
+    region has not confirmed; a message handed over twice is stored once by the stores'
+    delivery key."""
+    return [StreamSource(name=names.STREAM_MAIL, filter_subject=names.mail_region_filter(home), external=_external(other),
+                         opt_start_seq=1)
             for other in regions if other != home]
 
 
@@ -122,12 +134,12 @@ def regional_stream_configs(configs: list[StreamConfig], region: str, regions: l
 
 def sources_differ(have: StreamConfig, want: StreamConfig) -> bool:
     """Whether the sources or mirror of an existing stream are not the ones wanted (compared by
-    stream, filter and API, the server adds fields of its own)."""
+    stream, filter, API and start sequence, the server adds fields of its own)."""
 
     def key(s: StreamSource | None):
         if s is None:
             return None
-        return (s.name, s.filter_subject or None, s.external.api if s.external else None)
+        return (s.name, s.filter_subject or None, s.external.api if s.external else None, s.opt_start_seq or None)
 
     return (sorted(map(key, have.sources or [])) != sorted(map(key, want.sources or []))
             or key(have.mirror) != key(want.mirror))

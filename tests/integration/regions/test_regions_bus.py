@@ -259,3 +259,35 @@ async def test_mail_sent_on_by_the_old_home_comes_back_to_the_region_that_accept
     assert not ack.duplicate
     (back,) = await _drain(us, "us", 1)
     assert InboundMail.from_bytes(back).message_id == "early-1"
+
+
+async def test_mail_waiting_in_another_region_is_not_skipped_when_the_source_starts_afresh(regions):
+    """The home region's MAIL is a work queue: once its stores took everything, it holds no
+    sourced message to find its position in.  A source set up afresh then (here: the home
+    region's server restarted; also a stream update or the first source consumer across a new
+    link being replaced) must still read what the other region accepted and had not handed
+    over -- not start from the time of the home region's last (local) message, which skipped
+    it and left it in the other region's MAIL for ever (issue #11: mail accepted in us early
+    in a domain move never reached anyone)."""
+    us, eu = regions.js("us"), regions.js("eu")
+    foreign = names.mail_subject("eu", "acme.example")
+    await us.publish(foreign, b"warm")
+    assert await _drain(eu, "eu", 1) == [b"warm"]
+    regions.hub.stop()                                   # the link is cut: nothing is handed over
+    await us.publish(foreign, b"waiting")
+    await eu.publish(names.mail_subject("eu", "local.example"), b"eu-own")   # newer than it
+    assert await _drain(eu, "eu", 1) == [b"eu-own"]     # eu's MAIL is empty again
+    server = regions.servers["eu"]
+    port = server.port_number
+    server.stop()
+    server.port = port                                   # where the client reconnects
+    server.start()
+    regions.hub.start()
+
+    async def back():
+        try:
+            return (await eu.stream_info(names.STREAM_MAIL)) is not None
+        except (NatsError, TimeoutError):
+            return False
+    await wait_until(back, 30, "the client reconnected to eu")
+    assert await _drain(eu, "eu", 1, timeout=60) == [b"waiting"]
