@@ -201,6 +201,18 @@ async def stack(make_stack) -> Stack:
     return await make_stack()
 
 
+class PublicOnly:
+    """A JetStream context with only its public face: what a pin-bump may leave us."""
+
+    def __init__(self, js) -> None:
+        self._wrapped = js
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):
+            raise AttributeError(f"{name} is private to nats-py")
+        return getattr(self._wrapped, name)
+
+
 def unique_domain(tag: str = "t") -> str:
     return f"{tag}-{uuid.uuid4().hex[:10]}.example"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from conftest import connect
+from conftest import PublicOnly, connect
 
 from colony.bus import names
 from colony.eventstore import MSG_ID, ConcurrencyConflict, EventStore
@@ -97,18 +97,6 @@ async def test_create_many_and_its_recovery_work_on_a_stream_without_direct_gets
     finally:
         await js.delete_stream(name)
         await nc.close()
-
-
-class PublicOnly:
-    """A JetStream context with only its public face: what a pin-bump may leave us."""
-
-    def __init__(self, js) -> None:
-        self._wrapped = js
-
-    def __getattr__(self, name: str):
-        if name.startswith("_"):
-            raise AttributeError(f"{name} is private to nats-py")
-        return getattr(self._wrapped, name)
 
 
 async def test_create_many_uses_the_connection_it_was_given_not_a_nats_py_private(nats_url):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from conftest import unique_domain, wait_until
+from conftest import PublicOnly, unique_domain, wait_until
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import KeyDeletedError, KeyNotFoundError
 from passlib.hash import sha512_crypt
@@ -197,20 +197,8 @@ async def test_sealing_many_creations_stores_every_key_before_returning(stack):
     assert sealed[4].events[0] == events[4] and sealed[4].fresh == []
 
 
-class _PublicOnly:
-    """A JetStream context with only its public face: what a pin-bump may leave us."""
-
-    def __init__(self, js) -> None:
-        self._wrapped = js
-
-    def __getattr__(self, name: str):
-        if name.startswith("_"):
-            raise AttributeError(f"{name} is private to nats-py")
-        return getattr(self._wrapped, name)
-
-
 async def test_bulk_sealing_uses_the_connection_it_was_given_not_a_nats_py_private(stack):
-    keys = sealing.SecretKeys(_PublicOnly(stack.nc.jetstream()), stack.nc)
+    keys = sealing.SecretKeys(PublicOnly(stack.nc.jetstream()), stack.nc)
     d = unique_domain()
     event = ev.AccountCreated(address=f"u@{d}", domain=d, name="u", password_hash="{PLAIN}pw")
     sealed = await keys.seal_creations([event])
