@@ -7,6 +7,9 @@ API answers, provision a domain and accounts, measure its processes' CPU, stop i
         ...
 
 One copy of what every benchmark that runs Colony needs, so they start it the same way.
+With ``--regions eu,us`` among the arguments it is the super cluster: the token and the admin
+API are the primary region's (the first named; provisioning is written there), ``info`` is
+``supercluster.json`` (each region's addresses under ``info["regions"]``).
 """
 
 from __future__ import annotations
@@ -50,6 +53,8 @@ class ColonyUp:
         self.env = env
         self.timeout = timeout
         self.proc: subprocess.Popen | None = None
+        # The primary region of a super cluster, None for one cluster.
+        self.primary = args[args.index("--regions") + 1].split(",")[0] if "--regions" in args[:-1] else None
         self.info: dict = {}
         self.api = ""
         self.headers: dict[str, str] = {}
@@ -59,20 +64,30 @@ class ColonyUp:
                                       str(self.base_port), *self.args], env=self.env,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         try:
-            token_file = self.data_dir / "admin.token"
+            primary_dir = self.data_dir / self.primary if self.primary else self.data_dir
+            token_file = primary_dir / "admin.token"
+            # A super cluster writes supercluster.json once every region has started, which
+            # can be after the primary's admin API wrote its token.
+            info_file = self.data_dir / ("supercluster.json" if self.primary else "cluster.json")
             deadline = time.monotonic() + self.timeout
-            while not (token_file.exists() and token_file.read_text().strip()):
+            while not (token_file.exists() and token_file.read_text().strip() and self._read_info(info_file)):
                 if time.monotonic() > deadline or self.proc.poll() is not None:
                     raise RuntimeError(f"colony up did not come up (see the logs under {self.data_dir})")
                 time.sleep(0.2)
-            self.info = json.loads((self.data_dir / "cluster.json").read_text())
-            self.api = self.info["admin_api"][0]
+            self.api = (self.info["regions"][self.primary] if self.primary else self.info)["admin_api"][0]
             wait_port(int(self.api.rsplit(":", 1)[1]), self.timeout)
             self.headers = {"Authorization": f"Bearer {token_file.read_text().strip()}"}
         except BaseException:
             self.stop()
             raise
         return self
+
+    def _read_info(self, path: Path) -> bool:
+        try:
+            self.info = json.loads(path.read_text())  # it may be read half written
+        except (OSError, ValueError):
+            return False
+        return True
 
     def __exit__(self, *exc) -> None:
         self.stop()
@@ -89,13 +104,14 @@ class ColonyUp:
     def http(self, timeout: float = 60.0) -> httpx.Client:
         return httpx.Client(base_url=self.api, headers=self.headers, timeout=timeout)
 
-    def provision(self, domain: str, accounts: list[str], password: str | None = None) -> None:
-        """The domain (retried while the admin API is still catching up) and its accounts."""
+    def provision(self, domain: str, accounts: list[str], password: str | None = None, **domain_fields) -> None:
+        """The domain (retried while the admin API is still catching up; ``domain_fields`` such
+        as ``home_region="eu"`` go into its creation) and its accounts."""
         with self.http() as client:
             deadline = time.monotonic() + self.timeout
             while True:
                 try:
-                    client.post("/v1/domains", json={"name": domain}).raise_for_status()
+                    client.post("/v1/domains", json={"name": domain, **domain_fields}).raise_for_status()
                     break
                 except httpx.HTTPError:
                     if time.monotonic() > deadline:
