@@ -1,20 +1,46 @@
-"""Cross-region mail against in-region mail, and provisioning replication lag between regions.
+"""Cross-region mail delivery as a user sees it, against the same load delivered within one
+region, and provisioning replication lag between regions (issue #11).
 
-    .venv/bin/python bench/regions.py [--messages 2000] [--size 2048] [--events 300]
+    .venv/bin/python bench/regions.py [--messages 400] [--clients 16] [--size 1536] [--repeat 2]
+                                      [--events 100] [--mailstores 1] [--base-port 15000]
+                                      [--no-bus] [--bus-messages 2000] [--bus-events 300]
 
-A hub and two regions (eu, us), each its own nats-server and JetStream domain joined as
-leafnodes (``colony.regions``' layout, created by ``colony.bus.schema.ensure_schema`` with
-``regions=eu,us``).  The consumer is what eu's mail stores do: a durable pull consumer of eu's
-MAIL filtered to ``colony.mail.eu.*``, acking each message.  In-region: the producer publishes
-into eu's MAIL; cross-region: into us's MAIL (what a us edge does for an eu-homed domain),
-from where eu's MAIL sources it.  Latency is from the producer's publish to the consumer's
-receipt (one clock); throughput is messages over the time from the first publish to the last
-receipt.  CPU: each nats-server's (and the benchmark's own) CPU seconds during each run, from
-/proc, per 1,000 messages -- on a machine where the servers share the cores, throughput
-follows the total CPU a message costs, so this says where a cross-region message's extra time
-goes.  Replication lag: one PROVISIONING event at a time published on the primary (eu),
-timed until a consumer of us's mirror receives it.  Goals (issue #11): cross-region throughput
->= 0.9x in-region, replication lag p99 < 1 s on loopback.
+**Delivery (the main table).** ``colony up --regions eu,us`` (hub and two regions on this
+machine, every process as an operator starts it, nats-servers syncing every write) with one
+controller, edge, mail store, projector and admin API per region and no SIP farm; a domain
+homed in eu with 20 accounts, provisioned through eu's admin API.  The same SMTP load --
+``--clients`` concurrent clients, one connection each, ``--messages`` messages of
+``--size`` octets of text between them (the client and messages of ``bench/smtp_inbound.py``)
+-- goes (a) to eu's edge: in-region, or (b) to us's edge: cross-region, accepted in us (its
+``250`` means stored in us's MAIL), sourced into eu's MAIL through the hub, stored by eu's
+mail store.  A message counts as stored when its body file is in eu's mail store on disk.
+Per run:
+
+* stored msgs/s: the messages over the time from the first MAIL FROM to the last body stored;
+* SMTP transaction p50/p99: MAIL FROM to the ``250`` after the data, as the client sees it;
+* end-to-end p50/p99: MAIL FROM to the message's body stored in eu (the body file's ctime:
+  set when the store renames the fsync'd file into place; the store's journal commit
+  follows within milliseconds), and "after the 250": the part of it after the client's
+  ``250``.  File times are the kernel's coarse wall clock (a few ms of granularity), the
+  client's times ``time.time()``: both wall clock on one machine;
+* CPU ms per message of every process of both regions, the hub and ``colony up`` itself
+  (user+system from /proc, over the run), and extra copies stored (should be 0).
+
+The runs alternate in ABBA order (in, cross, cross, in, ...; ``--repeat`` runs of each on one
+``colony up``) so a drift of the shared machine weighs on both; the summary gives medians and
+the median of the adjacent pairs' ratios.  Before them (not measured): the first message from
+each edge, timed to tell whether the first cross-region delivery still waits.
+
+**Replication lag.** ``--events`` accounts created one at a time through eu's admin API; each
+PROVISIONING event is timed from its delivery to a consumer of eu's stream to its delivery to
+a consumer of us's mirror (both in this process, matched by stream sequence).
+
+**Bus only (second table, ``--no-bus`` skips it).** What the delivery is made of, without
+Colony's processes: three nats-servers of their own (hub, eu, us; no fsync), the streams as
+``colony.bus.schema`` makes them, a Python client publishing ``--bus-messages`` jobs into eu's
+MAIL (in-region) or us's (cross-region) and pulling them from eu's MAIL as eu's stores do,
+with each server's CPU per 1,000 messages, and the same replication lag measured on them.
+Goals (issue #11): cross-region throughput >= 0.9x in-region, replication lag p99 < 1 s.
 """
 
 from __future__ import annotations
@@ -22,6 +48,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
+import shutil
+import smtplib
 import socket
 import statistics
 import struct
@@ -31,15 +60,332 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "libs"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import httpx  # noqa: E402
 import nats  # noqa: E402
-from nats.js.api import AckPolicy, ConsumerConfig  # noqa: E402
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy  # noqa: E402
 
 from colony.bus import names  # noqa: E402
+from colony.bus.connection import connect_options  # noqa: E402
 from colony.bus.schema import ensure_schema  # noqa: E402
 from colony.natsd import EmbeddedNats  # noqa: E402
 from colony.settings import Settings  # noqa: E402
+from colony_up import ColonyUp, process_label  # noqa: E402
+from peers import process_cpu  # noqa: E402
+from smtp_inbound import ACCOUNTS, DOMAIN, make_message, smtp_session  # noqa: E402
 
+REGIONS = ("eu", "us")  # eu is the primary and the domain's home
+LAG_DOMAIN = "lag.test"
+MESSAGE_ID = re.compile(rb"^Message-ID:\s*<([^>]+)>", re.MULTILINE | re.IGNORECASE)
+
+
+# --- delivery through `colony up --regions` -----------------------------------------------------
+
+class Submissions(list):
+    """The latency list ``smtp_session`` appends to after each message's final ``250``; this one
+    also notes the wall-clock time of that ``250``, so every message's MAIL FROM and ``250`` can
+    be set against the time its body file was stored (a file time: wall clock too)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.done_at: list[float] = []
+
+    def append(self, latency: float) -> None:
+        self.done_at.append(time.time())
+        super().append(latency)
+
+
+async def send_load(port: int, count: int, size: int, clients: int) -> dict[bytes, tuple[float, float]]:
+    """``count`` messages over ``clients`` connections: Message-ID -> (MAIL FROM, 250), wall clock."""
+    messages = [(f"{ACCOUNTS[n % len(ACCOUNTS)]}@{DOMAIN}", make_message(size, n)) for n in range(count)]
+    shares = [messages[i::clients] for i in range(clients)]
+    records = [Submissions() for _ in shares]
+    await asyncio.gather(*(smtp_session(port, share, rec) for share, rec in zip(shares, records) if share))
+    sent = {}
+    for share, rec in zip(shares, records):
+        for (_, data), latency, done in zip(share, rec, rec.done_at):
+            sent[MESSAGE_ID.search(data).group(1)] = (done - latency, done)
+    return sent
+
+
+class Store:
+    """A region's mail store on disk: the body files of the benchmark domain's accounts."""
+
+    def __init__(self, region_dir: Path) -> None:
+        self.root = region_dir / "storage" / "SharedDomains" / DOMAIN
+        self.dirs: list[Path] = []  # the accounts' bodies directories, once every account has mail
+
+    def refresh(self) -> None:
+        self.dirs = sorted(self.root.glob("**/*.macnt/mail/bodies"))
+
+    def all_files(self) -> set[Path]:
+        return set(self.root.glob("**/*.macnt/mail/bodies/[!.]*"))  # .tmp-*: being written
+
+    def files(self) -> set[Path]:
+        if not self.dirs:
+            return self.all_files()
+        out = set()
+        for d in self.dirs:
+            with os.scandir(d) as entries:
+                out.update(d / e.name for e in entries if not e.name.startswith("."))
+        return out
+
+    def count(self) -> int:
+        if not self.dirs:
+            return len(self.all_files())
+        return sum(1 for d in self.dirs for name in os.listdir(d) if not name.startswith("."))
+
+
+def stored_times(paths: set[Path]) -> dict[bytes, list[float]]:
+    """Message-ID -> when each copy's body file was stored (ctime: renamed into place after its fsync)."""
+    out: dict[bytes, list[float]] = {}
+    for path in paths:
+        found = MESSAGE_ID.search(path.read_bytes())
+        if found:
+            out.setdefault(found.group(1), []).append(path.stat().st_ctime)
+    return out
+
+
+def wait_stored(store: Store, before: set[Path], sent: dict, timeout: float) -> dict[bytes, list[float]]:
+    """Every sent message's body in the store (the new files' times), or RuntimeError."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if store.count() - len(before) >= len(sent):
+            times = stored_times(store.files() - before)
+            if all(mid in times for mid in sent):
+                return times
+        if time.monotonic() > deadline:
+            times = stored_times(store.files() - before)
+            raise RuntimeError(f"only {sum(mid in times for mid in sent)} of {len(sent)} messages stored in eu "
+                               f"after {timeout:.0f} s")
+        time.sleep(0.05)
+
+
+def smtp_accepts(port: int, rcpt: str) -> bool:
+    try:
+        with smtplib.SMTP("127.0.0.1", port, timeout=30) as s:
+            s.ehlo("probe.test")
+            s.mail("probe@remote.test")
+            return s.rcpt(rcpt)[0] == 250
+    except (smtplib.SMTPException, OSError):
+        return False
+
+
+def wait_until(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.2)
+
+
+def process_names(colony: ColonyUp, pids: list[int]) -> dict[int, str]:
+    """pid -> "<region> <instance>" (``eu edge-1``, ``us nats-server``, ``hub nats-server``)."""
+    known = {colony.proc.pid: "colony up", colony.info["hub"]["pid"]: "hub nats-server"}
+    for region, r in colony.info["regions"].items():
+        known[r["nats_pid"]] = f"{region} nats-server"
+        known.update({i["pid"]: f"{region} {node}" for node, i in r["instances"].items()})
+    out = {}
+    for pid in pids:
+        if pid not in known:  # restarted since supercluster.json was written, or a child of one
+            try:
+                env = dict(v.split(b"=", 1) for v in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if b"=" in v)
+            except OSError:
+                env = {}
+            known[pid] = f"{env.get(b'COLONY_REGION', b'?').decode()} {process_label(pid)}"
+        out[pid] = known[pid]
+    return out
+
+
+def group_of(label: str) -> str:
+    first = label.split(" ", 1)[0]
+    return first if first in (*REGIONS, "hub") else "colony up"
+
+
+def pct(values: list[float], p: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(p * len(values)))]
+
+
+def delivery_run(colony: ColonyUp, store: Store, kind: str, port: int, args) -> dict:
+    pids = colony.pids()
+    labels = process_names(colony, pids)
+    before = store.files()
+    load0 = os.getloadavg()[0]
+    cpu0 = {pid: process_cpu([pid]) for pid in pids}
+    own0 = process_cpu([os.getpid()])
+    sent = asyncio.run(send_load(port, args.messages, args.size, args.clients))
+    times = wait_stored(store, before, sent, 600)
+    cpu = {pid: process_cpu([pid]) - cpu0[pid] for pid in pids}
+    own = process_cpu([os.getpid()]) - own0
+    n = len(sent)
+    first_stored = {mid: min(times[mid]) for mid in sent}
+    start = min(mail_from for mail_from, _ in sent.values())
+    by_label: dict[str, float] = {}
+    for pid, used in cpu.items():
+        by_label[labels[pid]] = by_label.get(labels[pid], 0.0) + used * 1000 / n
+    return {
+        "kind": kind, "n": n, "load": (load0, os.getloadavg()[0]),
+        "rate": n / (max(first_stored.values()) - start),
+        "smtp": [(done - mail_from) * 1000 for mail_from, done in sent.values()],
+        "e2e": [(first_stored[mid] - mail_from) * 1000 for mid, (mail_from, _) in sent.items()],
+        "after": [(first_stored[mid] - done) * 1000 for mid, (_, done) in sent.items()],
+        "extra": sum(len(copies) for copies in times.values()) - n,
+        "cpu": by_label, "cpu_total": sum(by_label.values()), "client_cpu": own * 1000 / n,
+    }
+
+
+def run_line(i: int, r: dict) -> str:
+    groups: dict[str, float] = {}
+    for label, ms in r["cpu"].items():
+        groups[group_of(label)] = groups.get(group_of(label), 0.0) + ms
+    return (f"run {i} {r['kind']:<12} load {r['load'][0]:.2f}->{r['load'][1]:.2f}: {r['rate']:6.1f} stored msgs/s, "
+            f"SMTP p50/p99 {statistics.median(r['smtp']):.0f}/{pct(r['smtp'], 0.99):.0f} ms, "
+            f"end-to-end p50/p99 {statistics.median(r['e2e']):.0f}/{pct(r['e2e'], 0.99):.0f} ms, "
+            f"CPU {r['cpu_total']:.2f} ms/msg (" + ", ".join(f"{g} {ms:.2f}" for g, ms in sorted(groups.items()))
+            + f"), extra copies {r['extra']}")
+
+
+def abba(repeat: int) -> list[str]:
+    order: list[str] = []
+    for i in range(repeat):
+        order += ["in-region", "cross-region"] if i % 2 == 0 else ["cross-region", "in-region"]
+    return order
+
+
+def first_delivery(store: Store, port: int, size: int) -> float:
+    """Seconds from MAIL FROM to stored in eu for one message (nothing else in flight)."""
+    before = store.files()
+    sent = asyncio.run(send_load(port, 1, size, 1))
+    times = wait_stored(store, before, sent, 300)
+    (mid, (mail_from, _)), = sent.items()
+    return min(times[mid]) - mail_from
+
+
+async def replication_lag(colony: ColonyUp, events: int) -> list[float]:
+    """Seconds from each PROVISIONING event's delivery in eu to its delivery from us's mirror."""
+    seen: dict[str, dict[int, float]] = {r: {} for r in REGIONS}
+    ncs = []
+    try:
+        for region in REGIONS:
+            r = colony.info["regions"][region]
+            nc = await nats.connect(r["nats_url"], **connect_options(r["operator_seed"]), name=f"bench-lag-{region}")
+            ncs.append(nc)
+
+            async def note(msg, region=region):
+                seen[region][msg.metadata.sequence.stream] = time.perf_counter()  # a mirror keeps the sequence
+            await nc.jetstream().subscribe(names.SUBJECTS_PROVISIONING, stream=names.STREAM_PROVISIONING, cb=note,
+                                           ordered_consumer=True, deliver_policy=DeliverPolicy.NEW)
+        async with httpx.AsyncClient(base_url=colony.api, headers=colony.headers, timeout=60) as http:
+            (await http.post("/v1/domains", json={"name": LAG_DOMAIN, "home_region": REGIONS[0]})).raise_for_status()
+            for i in range(events):  # one at a time: each waits for the last to be written
+                (await http.post(f"/v1/domains/{LAG_DOMAIN}/accounts", json={"name": f"lag{i}"})).raise_for_status()
+        deadline = time.monotonic() + 60
+        while not seen["eu"] or not set(seen["eu"]) <= set(seen["us"]):
+            if time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.05)
+        return [seen["us"][s] - t for s, t in seen["eu"].items() if s in seen["us"]]
+    finally:
+        for nc in ncs:
+            await nc.close()
+
+
+def delivery(args) -> None:
+    counts = ("--controllers", "1", "--edges", "1", "--mailstores", str(args.mailstores), "--sipfarms", "0",
+              "--admin-apis", "1")
+    print(f"Delivery through `colony up --regions eu,us` ({' '.join(counts)}), {os.cpu_count()} cores, "
+          f"load average {os.getloadavg()[0]:.2f} at the start")
+    with tempfile.TemporaryDirectory(prefix="colony-bench-regions-") as tmp:
+        data_dir = Path(tmp) / "sc"
+        t0 = time.monotonic()
+        with ColonyUp(data_dir, args.base_port, "--regions", ",".join(REGIONS), *counts, timeout=240) as colony:
+            colony.provision(DOMAIN, ACCOUNTS, home_region=REGIONS[0])
+            ports = {r: int(colony.info["regions"][r]["smtp"][0].rsplit(":", 1)[1]) for r in REGIONS}
+            for region, port in ports.items():  # provisioning reached the region's directory
+                wait_until(lambda port=port: smtp_accepts(port, f"{ACCOUNTS[-1]}@{DOMAIN}"), 180,
+                           f"{region}'s edge to accept {ACCOUNTS[-1]}@{DOMAIN}")
+            print(f"  up and provisioned in {time.monotonic() - t0:.0f} s (domain {DOMAIN} homed in eu, "
+                  f"{len(ACCOUNTS)} accounts)")
+            eu_store = Store(data_dir / "eu")
+            first_in = first_delivery(eu_store, ports["eu"], args.size)
+            first_cross = first_delivery(eu_store, ports["us"], args.size)
+            print(f"  first message, MAIL FROM to stored in eu (not measured below): in-region {first_in:.2f} s, "
+                  f"cross-region {first_cross:.2f} s")
+            # Every account gets mail (its bodies directory exists) before the runs count files.
+            before = eu_store.files()
+            wait_stored(eu_store, before, asyncio.run(send_load(ports["us"], len(ACCOUNTS), args.size, 4)), 300)
+            eu_store.refresh()
+            runs = []
+            for i, kind in enumerate(abba(args.repeat), 1):
+                port = ports["eu"] if kind == "in-region" else ports["us"]
+                runs.append(delivery_run(colony, eu_store, kind, port, args))
+                print("  " + run_line(i, runs[-1]))
+            in_us = len(Store(data_dir / "us").all_files())
+            lags = asyncio.run(replication_lag(colony, args.events)) if args.events else []
+        load_end = os.getloadavg()[0]
+    print_delivery(runs, args, in_us, load_end)
+    if lags:
+        print(f"\nProvisioning replication eu -> us through colony up, {len(lags)} events ({args.events} accounts "
+              f"created one at a time through eu's admin API), from delivery in eu to delivery from us's mirror: "
+              f"p50 {statistics.median(lags) * 1000:.1f} ms, p99 {pct(lags, 0.99) * 1000:.1f} ms, "
+              f"max {max(lags) * 1000:.1f} ms (goal: p99 < 1 s), load {os.getloadavg()[0]:.2f}")
+
+
+def print_delivery(runs: list[dict], args, in_us: int, load_end: float) -> None:
+    kinds = ("in-region", "cross-region")
+    by_kind = {k: [r for r in runs if r["kind"] == k] for k in kinds}
+    pairs = [(runs[i], runs[i + 1]) for i in range(0, len(runs) - 1, 2)]
+
+    def med(kind: str, fn) -> float:
+        return statistics.median(fn(r) for r in by_kind[kind])
+
+    def paired(fn) -> str:
+        ratios = []
+        for a, b in pairs:
+            inn, cross = (a, b) if a["kind"] == "in-region" else (b, a)
+            if fn(inn):
+                ratios.append(fn(cross) / fn(inn))
+        return f"{statistics.median(ratios):.2f}x" if ratios else "-"
+
+    loads = [x for r in runs for x in r["load"]]
+    print(f"\nDelivery: {args.messages} messages of ~{len(make_message(args.size, 0))} B per run over "
+          f"{args.clients} SMTP connections; medians of {len(by_kind['in-region'])} in-region and "
+          f"{len(by_kind['cross-region'])} cross-region runs (ABBA order); load average {min(loads):.2f}-"
+          f"{max(loads):.2f} during the runs, {load_end:.2f} at the end")
+    rows = [("stored msgs/s (first MAIL FROM to last stored in eu)", lambda r: r["rate"], "{:.1f}"),
+            ("SMTP transaction p50 ms (MAIL FROM to 250)", lambda r: statistics.median(r["smtp"]), "{:.1f}"),
+            ("SMTP transaction p99 ms", lambda r: pct(r["smtp"], 0.99), "{:.1f}"),
+            ("end-to-end p50 ms (MAIL FROM to stored in eu)", lambda r: statistics.median(r["e2e"]), "{:.1f}"),
+            ("end-to-end p99 ms", lambda r: pct(r["e2e"], 0.99), "{:.1f}"),
+            ("  of it after the 250, p50 ms", lambda r: statistics.median(r["after"]), "{:.1f}"),
+            ("  of it after the 250, p99 ms", lambda r: pct(r["after"], 0.99), "{:.1f}"),
+            ("CPU ms/msg, every process of both regions and the hub", lambda r: r["cpu_total"], "{:.2f}")]
+    for group in (*REGIONS, "hub", "colony up"):
+        rows.append((f"  of it {group}", lambda r, g=group: sum(ms for label, ms in r["cpu"].items()
+                                                                if group_of(label) == g), "{:.2f}"))
+    rows += [("the SMTP clients' CPU ms/msg (this process; not in the total)", lambda r: r["client_cpu"], "{:.2f}"),
+             ("extra copies stored", lambda r: r["extra"], "{:.0f}")]
+    width = 64
+    print(f"{'':<{width}} {'in-region':>10} {'cross-region':>12} {'cross/in':>9} {'paired':>7}")
+    for title, fn, fmt in rows:
+        a, b = med("in-region", fn), med("cross-region", fn)
+        ratio = f"{b / a:.2f}x" if a else "-"
+        print(f"{title:<{width}} {fmt.format(a):>10} {fmt.format(b):>12} {ratio:>9} {paired(fn):>7}")
+    print("(paired: the median of the ratios of adjacent in/cross runs; goal: cross/in stored msgs/s >= 0.9x)")
+    print("CPU ms/msg by process (medians):")
+    labels = sorted({label for r in runs for label in r["cpu"]},
+                    key=lambda label: (group_of(label), -max(r["cpu"].get(label, 0) for r in runs)))
+    for label in labels:
+        a = med("in-region", lambda r: r["cpu"].get(label, 0.0))
+        b = med("cross-region", lambda r: r["cpu"].get(label, 0.0))
+        if max(a, b) >= 0.01:
+            print(f"  {label:<{width - 2}} {a:>10.2f} {b:>12.2f} {b - a:>+9.2f}")
+    print(f"bodies of {DOMAIN} stored in us (should be 0: mail is stored in its home region): {in_us}")
+
+
+# --- bus only: the delivery's bus part, three nats-servers of this benchmark's own ----------------
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -68,11 +414,6 @@ class CpuMeter:
     def stop(self) -> dict[str, float]:
         self.used = {name: cpu_seconds(pid) - self.before[name] for name, pid in self.pids.items()}
         return self.used
-
-
-def pct(values: list[float], p: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(p * len(values)))]
 
 
 async def run_mail(js_pub, js_eu, label: str, n: int, size: int, cpu: CpuMeter | None = None) -> dict:
@@ -136,8 +477,11 @@ async def run_lag(js_eu, js_us, events: int) -> list[float]:
     return lags
 
 
-async def main(args) -> None:
-    tmp = Path(tempfile.mkdtemp(prefix="colony-bench-regions-"))
+async def bus_only(args) -> None:
+    print(f"\nBus only (no Colony processes): hub, eu and us nats-servers of this benchmark's own, no fsync; "
+          f"{args.bus_messages} jobs of {args.size} B published 100 in flight, pulled from eu's MAIL; "
+          f"load average {os.getloadavg()[0]:.2f}")
+    tmp = Path(tempfile.mkdtemp(prefix="colony-bench-regions-bus-"))
     leaf = _free_port()
     hub = EmbeddedNats(tmp / "hub", server_name="hub", jetstream_domain=names.HUB_JS_DOMAIN,
                        leafnode_listen=f"127.0.0.1:{leaf}", sync_always=False)
@@ -158,8 +502,8 @@ async def main(args) -> None:
         await run_mail(us, eu, "warm-up", 1, args.size)
         cpu = CpuMeter({"hub": hub.process.pid, "eu": servers["eu"].process.pid, "us": servers["us"].process.pid,
                         "bench": None})
-        rows = [await run_mail(eu, eu, "in-region", args.messages, args.size, cpu),
-                await run_mail(us, eu, "cross-region", args.messages, args.size, cpu)]
+        rows = [await run_mail(eu, eu, "in-region", args.bus_messages, args.size, cpu),
+                await run_mail(us, eu, "cross-region", args.bus_messages, args.size, cpu)]
         for row in rows:
             print(f"{row['label']:<13} {row['n']} msgs of {args.size} B: {row['rate']:8.0f} msg/s, "
                   f"latency p50 {row['p50']:7.1f} ms p99 {row['p99']:7.1f} ms, {row['extra']} extra copies")
@@ -169,21 +513,39 @@ async def main(args) -> None:
             print(f"  {row['label']:<24} " + "  ".join(f"{row['cpu'][name]:6.0f}" for name in cpu.pids)
                   + f"  {sum(row['cpu'].values()):6.0f}")
         total_in, total_cross = (sum(r["cpu"].values()) for r in rows)
-        print(f"cross/in CPU per message: {total_cross / total_in:.2f}x")
-        lags = await run_lag(eu, us, args.events)
-        print(f"provisioning replication eu -> us, {len(lags)} events one at a time: "
+        print(f"cross/in CPU per message: {total_cross / total_in:.2f}x   (bench = this process, the client)")
+        lags = await run_lag(eu, us, args.bus_events)
+        print(f"provisioning replication eu -> us on the bus, {len(lags)} events published one at a time: "
               f"p50 {statistics.median(lags) * 1000:.1f} ms, p99 {pct(lags, 0.99) * 1000:.1f} ms, "
-              f"max {max(lags) * 1000:.1f} ms")
+              f"max {max(lags) * 1000:.1f} ms; load average {os.getloadavg()[0]:.2f}")
     finally:
         for nc in ncs.values():
             await nc.close()
         for s in (*servers.values(), hub):
             s.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--messages", type=int, default=400, help="messages per delivery run")
+    parser.add_argument("--clients", type=int, default=16, help="concurrent SMTP connections per run")
+    parser.add_argument("--size", type=int, default=1536, help="octets of body text per message")
+    parser.add_argument("--repeat", type=int, default=2, help="runs of each of in-region and cross-region (ABBA)")
+    parser.add_argument("--events", type=int, default=100, help="accounts created for the replication lag (0: skip)")
+    parser.add_argument("--mailstores", type=int, default=1, help="mail stores per region")
+    parser.add_argument("--base-port", type=int, default=15000, help="eu from here, us from +200, the hub at +2/+3")
+    parser.add_argument("--no-bus", action="store_true", help="skip the bus-only table")
+    parser.add_argument("--bus-messages", type=int, default=2000)
+    parser.add_argument("--bus-events", type=int, default=300)
+    args = parser.parse_args()
+    if args.repeat < 1 or args.messages < 1 or args.clients < 1:
+        parser.error("--repeat, --messages and --clients must be at least 1")
+    print(f"bench/regions.py {' '.join(sys.argv[1:])}  ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})")
+    delivery(args)
+    if not args.no_bus:
+        asyncio.run(bus_only(args))
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--messages", type=int, default=2000)
-    parser.add_argument("--size", type=int, default=2048)
-    parser.add_argument("--events", type=int, default=300)
-    asyncio.run(main(parser.parse_args()))
+    main()
