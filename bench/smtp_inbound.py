@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/smtp_inbound.py [--messages 2000] [--clients 16] [--sizes 1k,100k]
                                            [--mailstores 1,3] [--no-peer] [--by-process]
+                                           [--repeat N] [--idle-seconds 5]
 
 Both systems run on this machine on loopback, configured by this script, with the same
 durability: Colony's embedded nats-server syncs every acknowledged write
@@ -18,6 +19,26 @@ every process of the system under test (for Colony all of `colony up`'s processe
 nats-server and idle roles included), divided by the messages; for Colony also how many
 deliveries a mail store had to forward to the account's owner over the bus
 (``--by-process``: the CPU of each process).
+
+``--repeat N`` runs every mail store count N times in ABBA order (1, 3, 3, 1, 1, 3, ...: a
+drift of the machine's speed during the series weighs on both alike), prints each run as it
+ends, and then the median of every figure per count and the growth from the first count to
+the last, both from the medians and as the median of the growths of adjacent pairs.  The
+goal's figure is always ``CPU ms/msg`` (every process of `colony up`).  Beside it, labelled,
+figures less sensitive to what else the VM does:
+
+* ``stores+nats``: the CPU of the mail stores and nats-server only, per message (the
+  processes whose number or load changes with the mail store count);
+* ``net of idle``: every process's CPU per message minus what it spent per second when
+  idle, measured for ``--idle-seconds`` just before the load, times the load's duration
+  (the fixed cost of being up, separated from the cost of the messages);
+* ``calibrated``: ``CPU ms/msg`` divided by the CPU time of a fixed pure-Python loop in
+  this process, measured before and after the run, times that loop's time on the first run
+  (the VM's speed moved by 50 % between runs on the shared machine: this divides it out,
+  as far as the loop feels what the services feel);
+* ``bus in``/``bus out`` per message: messages clients published to nats-server and
+  messages it delivered to clients (its ``/varz``), and ``--by-process`` shows them per
+  connection (``/connz``, named by node id) beside each process's CPU.
 """
 
 from __future__ import annotations
@@ -128,8 +149,9 @@ def run_peer(workdir: Path, count: int, size: int, clients: int, base: int) -> d
 
 # --- Colony ----------------------------------------------------------------------------------
 
-def run_colony(workdir: Path, count: int, size: int, clients: int, mailstores: int, base: int) -> dict:
-    data_dir = workdir / f"colony-{mailstores}"
+def run_colony(workdir: Path, count: int, size: int, clients: int, mailstores: int, base: int,
+               idle_seconds: float = 0.0, tag: str = "") -> dict:
+    data_dir = workdir / f"colony-{mailstores}{tag}"
     with ColonyUp(data_dir, base, "--mailstores", str(mailstores), "--sipfarms", "0", timeout=120) as colony:
         colony.provision(DOMAIN, ACCOUNTS)
         smtp_port = base + 25
@@ -144,18 +166,82 @@ def run_colony(workdir: Path, count: int, size: int, clients: int, mailstores: i
         wait_stored(stored, 1, 60)
         forwarded0 = forwarded_deliveries(colony)
         pids = colony.pids()
+        # What each process spends per second with nothing to do (timers, heartbeats, long
+        # polls), measured right before the load: subtracted for the "net of idle" figure.
+        idle_rate: dict[int, float] = {}
+        if idle_seconds > 0:
+            idle0 = {pid: process_cpu([pid]) for pid in pids}
+            t0 = time.monotonic()
+            time.sleep(idle_seconds)
+            idle_rate = {pid: (process_cpu([pid]) - idle0[pid]) / (time.monotonic() - t0) for pid in pids}
+        monitor = colony.info.get("nats_monitor", "")
+        bus0, conns0 = bus_counts(monitor)
+        load_at_start = os.getloadavg()[0]
         cpu0 = process_cpu(pids)
         before = {pid: process_cpu([pid]) for pid in pids}
+        t_start = time.monotonic()
         start, latencies = asyncio.run(run_load(smtp_port, count, size, clients))
         end = wait_stored(stored, count + 1, 600)
+        elapsed = time.monotonic() - t_start
         after = colony.pids()
         cpu = process_cpu(after) - cpu0
+        bus1, conns1 = bus_counts(monitor)
         result = summarise("Colony", str(mailstores), size, count, start, end, latencies, cpu)
         result["forwarded"] = forwarded_deliveries(colony) - forwarded0
+        result["load"] = load_at_start
+        per_pid = {pid: process_cpu([pid]) - before.get(pid, 0.0) for pid in after}
+        labels = {pid: process_label(pid) for pid in after}
+        result["stores_nats_ms"] = sum(c for pid, c in per_pid.items()
+                                       if labels[pid] in ("colony_mailstore", "nats-server")) / count * 1000
+        if idle_rate:
+            result["net_idle_ms"] = sum(c - idle_rate.get(pid, 0.0) * elapsed for pid, c in per_pid.items()) / count * 1000
+        if bus0 is not None and bus1 is not None:
+            result["bus_in"] = (bus1[0] - bus0[0]) / count
+            result["bus_out"] = (bus1[1] - bus0[1]) / count
+            result["bus_by_conn"] = sorted(((name, (conns1[name][0] - conns0.get(name, (0, 0))[0]) / count,
+                                             (conns1[name][1] - conns0.get(name, (0, 0))[1]) / count)
+                                            for name in conns1), key=lambda item: -(item[1] + item[2]))
         # Where the CPU went, per process (--by-process prints it): what scale-out costs.
-        result["by_process"] = sorted(((process_label(pid), (process_cpu([pid]) - before.get(pid, 0.0)) / count * 1000)
-                                       for pid in after), key=lambda item: -item[1])
+        result["by_process"] = sorted(((labels[pid], c / count * 1000,
+                                        idle_rate[pid] * 1000 if pid in idle_rate else None)
+                                       for pid, c in per_pid.items()), key=lambda item: -item[1])
         return result
+
+
+def bus_counts(monitor: str) -> tuple[tuple[int, int] | None, dict[str, tuple[int, int]]]:
+    """nats-server's messages in (published by clients) and out (delivered to clients) in
+    total (``/varz``) and per named connection (``/connz``; Colony names a connection by its
+    node id).  (None, {}) without a monitoring port."""
+    if not monitor:
+        return None, {}
+    try:
+        varz = httpx.get(f"{monitor}/varz", timeout=10).json()
+        connz = httpx.get(f"{monitor}/connz", params={"limit": 4096}, timeout=10).json()
+    except (httpx.HTTPError, ValueError):
+        return None, {}
+    conns: dict[str, tuple[int, int]] = {}
+    for c in connz.get("connections", []):
+        name = c.get("name") or f"cid {c.get('cid')}"
+        old = conns.get(name, (0, 0))
+        conns[name] = (old[0] + c.get("in_msgs", 0), old[1] + c.get("out_msgs", 0))
+    return (varz.get("in_msgs", 0), varz.get("out_msgs", 0)), conns
+
+
+def calibrate() -> float:
+    """CPU seconds of a fixed pure-Python loop in this process (median of three): how fast
+    the VM runs Python right now.  The services are CPython too, so their CPU per message
+    moves with it when other guests or helpers take the host's cores or caches."""
+    times = []
+    for _ in range(3):
+        t0 = time.process_time()
+        acc = 0
+        for i in range(400_000):
+            acc = (acc + i * i) % 1_000_003
+        d = {}
+        for i in range(100_000):
+            d[i & 1023] = str(i)
+        times.append(time.process_time() - t0)
+    return statistics.median(times)
 
 
 def forwarded_deliveries(colony: ColonyUp) -> int:
@@ -185,6 +271,67 @@ def parse_size(text: str) -> int:
     return int(float(text[:-1]) * 1024) if text.endswith("k") else int(text)
 
 
+def abba(counts: list[int], repeat: int) -> list[int]:
+    """The run order for ``repeat`` runs of each count: forward, backward, forward, ...
+    (1,3 repeated 2 -> 1, 3, 3, 1)."""
+    order: list[int] = []
+    for i in range(repeat):
+        order.extend(counts if i % 2 == 0 else reversed(counts))
+    return order
+
+
+def growth(a: float, b: float) -> str:
+    return f"{(b / a - 1) * 100:+.1f} %" if a else "-"
+
+
+FIGURES = (("cpu_ms", "CPU ms/msg (all)"), ("stores_nats_ms", "stores+nats ms/msg"),
+           ("net_idle_ms", "net of idle ms/msg"), ("calibrated_ms", "calibrated ms/msg"),
+           ("bus_in", "bus in/msg"), ("bus_out", "bus out/msg"), ("rate", "msgs/s"))
+
+
+def print_series(runs: list[dict], counts: list[int], size: int) -> None:
+    """Median per mail store count of every figure, and the growth first count -> last."""
+    table = Table(title=f"Inbound SMTP, {size} octets: medians of {len(runs)} runs (ABBA order)")
+    table.add_column("figure")
+    for n in counts:
+        table.add_column(f"{n} store(s)", justify="right")
+    table.add_column(f"growth {counts[0]} -> {counts[-1]} (medians)", justify="right")
+    table.add_column("median of paired growths", justify="right")
+    by_count = {n: [r for r in runs if r["mailstores"] == str(n)] for n in counts}
+    # Adjacent runs of the first and last count (1,3 | 3,1 | 1,3 ...): each pair shares the
+    # machine's state of the moment.
+    ordered = [r for r in runs if r["mailstores"] in (str(counts[0]), str(counts[-1]))]
+    pairs = [(ordered[i], ordered[i + 1]) for i in range(0, len(ordered) - 1, 2)]
+    for key, title in FIGURES:
+        medians = {}
+        for n in counts:
+            values = [r[key] for r in by_count[n] if key in r]
+            medians[n] = statistics.median(values) if values else None
+        paired = []
+        for x, y in pairs:
+            first, last = (x, y) if x["mailstores"] == str(counts[0]) else (y, x)
+            if key in first and key in last and first[key]:
+                paired.append(last[key] / first[key] - 1)
+        a, b = medians[counts[0]], medians[counts[-1]]
+        table.add_row(title, *(f"{medians[n]:.2f}" if medians[n] is not None else "-" for n in counts),
+                      growth(a, b) if a is not None and b is not None else "-",
+                      f"{statistics.median(paired) * 100:+.1f} %" if paired else "-")
+    console.print(table)
+
+
+def run_line(i: int, r: dict) -> str:
+    parts = [f"run {i}: {r['mailstores']} store(s), load {r.get('load', 0):.2f} at start, {r['rate']:.0f} msgs/s,",
+             f"CPU {r['cpu_ms']:.2f} ms/msg (all)", f"stores+nats {r.get('stores_nats_ms', 0):.2f}"]
+    if "net_idle_ms" in r:
+        parts.append(f"net of idle {r['net_idle_ms']:.2f}")
+    if "calibrated_ms" in r:
+        parts.append(f"calibrated {r['calibrated_ms']:.2f} (loop {r['loop_s'] * 1000:.0f} ms)")
+    if "bus_in" in r:
+        parts.append(f"bus in/out per msg {r['bus_in']:.1f}/{r['bus_out']:.1f}")
+    parts.append(f"forwarded {r.get('forwarded', 0)}")
+    return ", ".join(parts)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=2000)
@@ -194,12 +341,21 @@ def main() -> None:
     parser.add_argument("--no-peer", action="store_true", help="skip Postfix + Dovecot")
     parser.add_argument("--base-port", type=int, default=4500)
     parser.add_argument("--by-process", action="store_true", help="also print Colony's CPU per message per process")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run each mail store count this many times, ABBA order; print medians and growth")
+    parser.add_argument("--idle-seconds", type=float, default=5.0,
+                        help="measure each process's idle CPU this long before the load (0: skip 'net of idle')")
     args = parser.parse_args()
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
     missing = [] if args.no_peer else have("postfix", "dovecot")
     if missing:
         sys.exit(f"the peer needs Debian's {' and '.join(missing)}: apt-get install postfix dovecot-core "
                  f"dovecot-lmtpd (or run with --no-peer)")
+    counts = [int(n) for n in args.mailstores.split(",")]
     rows = []
+    series: dict[int, list[dict]] = {}
+    reference_loop = None
     with tempfile.TemporaryDirectory(prefix="colony-bench-") as tmp:
         workdir = Path(tmp)
         for size in map(parse_size, args.sizes.split(",")):
@@ -208,31 +364,48 @@ def main() -> None:
                 console.print(f"[dim]Postfix + Dovecot, {size} octets ...[/dim]")
                 peer = run_peer(workdir, args.messages, size, args.clients, args.base_port + 400)
                 rows.append(peer)
-            for n in map(int, args.mailstores.split(",")):
+            series[size] = []
+            for i, n in enumerate(abba(counts, args.repeat), 1):
                 console.print(f"[dim]Colony with {n} mail store(s), {size} octets ...[/dim]")
-                row = run_colony(workdir, args.messages, size, args.clients, n, args.base_port)
+                loop_before = calibrate()
+                row = run_colony(workdir, args.messages, size, args.clients, n, args.base_port,
+                                 idle_seconds=args.idle_seconds, tag=f"-{size}-{i}")
+                row["loop_s"] = (loop_before + calibrate()) / 2
+                reference_loop = reference_loop or row["loop_s"]
+                row["calibrated_ms"] = row["cpu_ms"] * reference_loop / row["loop_s"]
                 row["ratio"] = row["rate"] / peer["rate"] if peer else None
                 rows.append(row)
+                series[size].append(row)
+                console.print(run_line(i, row))
     table = Table(title=f"Inbound SMTP, {args.messages} messages, {args.clients} clients, {os.cpu_count()} cores")
-    for column in ("system", "mail stores", "size", "msgs/s", "p50 ms", "p99 ms", "CPU ms/msg", "forwarded",
-                   "vs Postfix"):
+    for column in ("system", "mail stores", "size", "msgs/s", "p50 ms", "p99 ms", "CPU ms/msg", "stores+nats",
+                   "net of idle", "forwarded", "load", "vs Postfix"):
         table.add_column(column, justify="right" if column not in ("system",) else "left")
     for r in rows:
         ratio = r.get("ratio")
         table.add_row(r["system"], r["mailstores"], str(r["size"]), f"{r['rate']:.0f}", f"{r['p50']:.1f}",
-                      f"{r['p99']:.1f}", f"{r['cpu_ms']:.2f}", str(r.get("forwarded", "")),
-                      f"{ratio:.2f}x" if ratio else "")
+                      f"{r['p99']:.1f}", f"{r['cpu_ms']:.2f}",
+                      f"{r['stores_nats_ms']:.2f}" if "stores_nats_ms" in r else "",
+                      f"{r['net_idle_ms']:.2f}" if "net_idle_ms" in r else "", str(r.get("forwarded", "")),
+                      f"{r['load']:.2f}" if "load" in r else "", f"{ratio:.2f}x" if ratio else "")
     console.print(table)
+    if args.repeat > 1 or len(counts) > 1:
+        for size, runs in series.items():
+            print_series(runs, counts, size)
     if args.by_process:
-        for r in rows:
+        for i, r in enumerate(rows):
             if "by_process" in r:
-                detail = Table(title=f"CPU ms/msg per process: {r['mailstores']} mail store(s), {r['size']} octets")
+                detail = Table(title=f"Per process: {r['mailstores']} mail store(s), {r['size']} octets, row {i}")
                 detail.add_column("process")
                 detail.add_column("CPU ms/msg", justify="right")
-                for label, ms in r["by_process"]:
-                    if ms >= 0.01:
-                        detail.add_row(label, f"{ms:.2f}")
+                detail.add_column("idle CPU ms/s (before the load)", justify="right")
+                for label, ms, idle in r["by_process"]:
+                    if ms >= 0.01 or (idle or 0) >= 0.1:
+                        detail.add_row(label, f"{ms:.2f}", f"{idle:.1f}" if idle is not None else "")
                 console.print(detail)
+                if r.get("bus_by_conn"):
+                    console.print("bus messages per delivered message, in/out by connection: " + ", ".join(
+                        f"{name} {i_:.2f}/{o_:.2f}" for name, i_, o_ in r["bus_by_conn"] if i_ + o_ >= 0.01))
 
 
 if __name__ == "__main__":
