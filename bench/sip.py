@@ -14,6 +14,13 @@ from the authenticated INVITE to its 200), CPU per registration of the system un
 and the ratio to Kamailio per core used (Kamailio runs ``--kamailio-children`` UDP workers).
 For the farm, sipp spreads its load over the members by sending to each member's port in turn
 (one sipp process per member, as a layer-4 balancer would).
+
+``--by-process`` also prints, for Colony's registrations, the CPU per REGISTER of each process
+of ``colony up`` (the member, nats-server, the admin API answering credential lookups, the
+projector, ...), the bus messages per REGISTER each connection published and was delivered
+(nats-server's ``/connz``, by connection name = node id), and the cluster's idle CPU (per
+second, measured before the load): the whole cluster's CPU per REGISTER includes what every
+process spends anyway, spread over the registrations of the run.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from colony_up import process_label  # noqa: E402
 from peers import Kamailio, descendants, have, process_cpu  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -110,10 +118,13 @@ def percentile(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(len(values) * q))]
 
 
-def run_system(name: str, targets: list[str], cpu, args, workdir: Path, cores: float) -> dict:
+def run_system(name: str, targets: list[str], cpu, args, workdir: Path, cores: float, probe=None) -> dict:
+    """``probe``: called before the registrations, it returns what to call after them (the
+    per-process figures of ``--by-process``, given the number of REGISTERs answered 200)."""
     users = [f"u{i}" for i in range(args.users)]
     callees = [f"callee{i}" for i in range(4)]
     inf = write_users(workdir / f"{name}-users.csv", users)
+    finish = probe() if probe is not None else None
     cpu0 = cpu()
     per_target = args.registrations // len(targets)
     results = []
@@ -133,7 +144,9 @@ def run_system(name: str, targets: list[str], cpu, args, workdir: Path, cores: f
     rtts = [x for r in results for x in r["rtts"]]
     row = {"system": name, "reg_ok": ok, "reg_failed": sum(r["failed"] for r in results),
            "reg_rate": ok / wall, "reg_p50": percentile(rtts, 0.5), "reg_p99": percentile(rtts, 0.99),
-           "reg_cpu_ms": reg_cpu / max(ok, 1) * 1000, "cores": cores}
+           "reg_cpu_ms": reg_cpu / max(ok, 1) * 1000, "cores": cores, "wall": wall}
+    if finish is not None:
+        row["detail"] = finish(max(ok, 1))
     if args.calls:
         # Callees: a sipp UAS on one port, registered for every callee user.
         uas_port = args.base_port + 950
@@ -157,6 +170,69 @@ def run_system(name: str, targets: list[str], cpu, args, workdir: Path, cores: f
                 server.kill()
                 server.wait()
     return row
+
+
+def colony_probe(root: int, monitor: str, idle_seconds: float):
+    """``run_system``'s probe for ``colony up`` (``--by-process``): the idle CPU of the cluster
+    first, then per process and per bus connection what the registrations cost."""
+    def connz() -> dict[str, tuple[int, int]]:
+        found: dict[str, tuple[int, int]] = {}
+        for c in httpx.get(f"{monitor}/connz", params={"limit": 4096}, timeout=10).json().get("connections") or []:
+            name = c.get("name") or f"cid {c.get('cid')}"
+            old = found.get(name, (0, 0))
+            found[name] = (old[0] + int(c.get("in_msgs", 0)), old[1] + int(c.get("out_msgs", 0)))
+        return found
+
+    def varz() -> tuple[int, int]:
+        v = httpx.get(f"{monitor}/varz", timeout=10).json()
+        return int(v["in_msgs"]), int(v["out_msgs"])
+
+    def by_label(pids: list[int]) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for pid in pids:
+            label = process_label(pid)
+            out[label] = out.get(label, 0.0) + process_cpu([pid])
+        return out
+
+    def start():
+        pids = descendants(root)
+        idle0, t0 = process_cpu(pids), time.perf_counter()
+        time.sleep(idle_seconds)
+        idle = (process_cpu(pids) - idle0) / (time.perf_counter() - t0)
+        cpu0, conn0, varz0, started = by_label(pids), connz(), varz(), time.perf_counter()
+
+        def finish(count: int) -> dict:
+            wall = time.perf_counter() - started
+            cpu1, conn1, varz1 = by_label(descendants(root)), connz(), varz()
+            processes = sorted(((label, (cpu1[label] - cpu0.get(label, 0.0)) / count * 1000) for label in cpu1),
+                               key=lambda item: -item[1])
+            connections = sorted(((name, (conn1[name][0] - conn0.get(name, (0, 0))[0]) / count,
+                                   (conn1[name][1] - conn0.get(name, (0, 0))[1]) / count) for name in conn1),
+                                 key=lambda item: -(item[1] + item[2]))
+            return {"idle_cpu_per_s": idle, "idle_ms_per_reg": idle * wall / count * 1000,
+                    "processes": processes, "connections": connections,
+                    "server_in": (varz1[0] - varz0[0]) / count, "server_out": (varz1[1] - varz0[1]) / count}
+        return finish
+    return start
+
+
+def print_detail(row: dict) -> None:
+    detail = row.get("detail")
+    if not detail:
+        return
+    table = Table(title=f"{row['system']}: per REGISTER answered 200, by process and by bus connection")
+    for column in ("process / connection", "CPU ms", "msgs published", "msgs delivered"):
+        table.add_column(column, justify="left" if column.startswith("process") else "right")
+    for label, ms in detail["processes"]:
+        if ms >= 0.005:
+            table.add_row(label, f"{ms:.3f}", "", "")
+    for name, pub, sub in detail["connections"]:
+        if pub + sub >= 0.005:
+            table.add_row(f"bus: {name}", "", f"{pub:.2f}", f"{sub:.2f}")
+    table.add_row("nats-server /varz", "", f"{detail['server_in']:.2f}", f"{detail['server_out']:.2f}")
+    console.print(table)
+    console.print(f"idle: the cluster spends {detail['idle_cpu_per_s'] * 1000:.0f} ms CPU per second with no load, "
+                  f"{detail['idle_ms_per_reg']:.3f} ms per REGISTER over this run's wall time")
 
 
 def run_kamailio(args, workdir: Path) -> dict:
@@ -200,8 +276,9 @@ def run_colony(args, workdir: Path, members: int) -> dict:
         if len(targets) != members:
             raise RuntimeError(f"expected {members} SIP farm listeners, colony status shows {targets}")
         time.sleep(2)  # let the farm's credential caches and the directory settle
+        probe = colony_probe(proc.pid, info["nats_monitor"], idle_seconds=5.0) if args.by_process else None
         return run_system(f"Colony ({members})", targets, lambda: process_cpu(descendants(proc.pid)), args, workdir,
-                          cores=min(members, os.cpu_count() or 1))
+                          cores=min(members, os.cpu_count() or 1), probe=probe)
     finally:
         os.killpg(proc.pid, signal.SIGINT)
         try:
@@ -220,6 +297,8 @@ def main() -> None:
     parser.add_argument("--kamailio-children", type=int, default=2)
     parser.add_argument("--no-peer", action="store_true")
     parser.add_argument("--base-port", type=int, default=5500)
+    parser.add_argument("--by-process", action="store_true",
+                        help="also print Colony's CPU and bus messages per REGISTER by process, and its idle CPU")
     parser.add_argument("--keep", type=Path, help="Work in this directory and keep it (sipp's *_errors.log, the cluster's logs).")
     args = parser.parse_args()
     missing = have("sipp") + ([] if args.no_peer else have("kamailio"))
@@ -249,6 +328,8 @@ def main() -> None:
                       f"{r['reg_cpu_ms']:.3f}", f"{r.get('call_rate', 0):.0f}", f"{r.get('call_p99', float('nan')):.1f}",
                       f"{r['reg_failed'] + r.get('call_failed', 0)}", ratio)
     console.print(table)
+    for r in rows:
+        print_detail(r)
 
 
 if __name__ == "__main__":
