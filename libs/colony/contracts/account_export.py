@@ -26,6 +26,23 @@ is resumed by pulling again, because the merge is idempotent.
 Memory is bounded on both sides: the source streams a body from its file in chunks; the
 client refuses a state over ``max_state`` octets or a body over ``max_body`` octets and holds
 one body at a time (what ``transfer.merge`` asks for).
+
+One large body of the object store (``mailbody``)
+-------------------------------------------------
+A mail store that sends a job on to another region (a domain moving or moved there) cannot
+put a body over ``contracts.mail.CROSS_REGION_MAX_BYTES`` inline; it sends the job with its
+``body_ref`` naming its own region, and the store that takes it in the other region fetches
+the body from any READY mail store of that region (the object store is region-wide)::
+
+    C: COLONY-HANDOFF 1 mailbody <account> <session> - <issued-ms> <mac>\r\n
+    C: BODY <object name>\r\n
+    S: BODY <octets>\r\n<octets>   or   NO <text>\r\n
+
+``account`` is the recipient the body is fetched for (logs).  ``NO No such body here`` means
+the object is gone for good (older than the object store's max age): the job can never be
+stored; any other ``NO`` is temporary.  The fetcher checks the body's SHA-256 against the
+``body_ref``'s.  The server holds the body in memory while it sends it (the object store's
+client reads an object whole), a few at a time.
 """
 
 from __future__ import annotations
@@ -41,6 +58,7 @@ from colony.storage.mailbox import AccountMail, MailState
 from colony.storage import transfer
 
 PROTO = "export"
+BODY_PROTO = "mailbody"
 MAX_STATE = 256 * 1024 * 1024   # octets of state JSON (about a million messages)
 MAX_BODY = 256 * 1024 * 1024    # octets of one body
 MAX_REQUEST = 512               # octets of one request line
@@ -48,6 +66,7 @@ CHUNK = 64 * 1024
 # The source's words when the account has no storage in its region (never received mail):
 # nothing to copy, which the puller tells apart from a failure.
 NO_SUCH_ACCOUNT = "No such account here"
+NO_SUCH_BODY = "No such body here"   # a mailbody's object is gone for good
 
 
 class ExportError(Exception):
@@ -56,6 +75,10 @@ class ExportError(Exception):
 
 class NoSuchAccount(ExportError):
     """The source region stores nothing for the account (``NO No such account here``)."""
+
+
+class NoSuchBody(ExportError):
+    """The source region's object store no longer has the body (``NO No such body here``)."""
 
 
 def parse_request(line: bytes) -> tuple[str, str | None]:
@@ -85,10 +108,13 @@ class ExportClient:
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
 
-    async def open(self) -> Exported:
+    async def _connect(self, proto: str) -> None:
         self._reader, self._writer = await asyncio.wait_for(
             asyncio.open_connection(self.host, self.port), self.timeout)
-        self._writer.write(sign(self.secret, PROTO, self.account, "-", int(time.time() * 1000)))
+        self._writer.write(sign(self.secret, proto, self.account, "-", int(time.time() * 1000)))
+
+    async def open(self) -> Exported:
+        await self._connect(PROTO)
         size = await self._sized(b"STATE", self.max_state)
         raw = await self._read(size)
 
@@ -125,6 +151,8 @@ class ExportClient:
         head, _, arg = line.rstrip(b"\r\n").partition(b" ")
         if head == b"NO" and arg == NO_SUCH_ACCOUNT.encode():
             raise NoSuchAccount(f"the source answered {line[:200]!r}")
+        if head == b"NO" and arg == NO_SUCH_BODY.encode():
+            raise NoSuchBody(f"the source answered {line[:200]!r}")
         if head != verb or not arg.isdigit():
             raise ExportError(f"the source answered {line[:200]!r}")
         size = int(arg)
@@ -138,6 +166,17 @@ class ExportClient:
             return await asyncio.wait_for(self._reader.readexactly(size), self.timeout)
         except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError) as exc:
             raise ExportError(f"the source broke off: {exc!r}") from exc
+
+
+async def fetch_mail_body(client: ExportClient, name: str) -> bytes:
+    """One body of the source region's object store (``mailbody``), for ``client.account``;
+    ``NoSuchBody`` if it is gone for good; ``ExportError``, ``OSError`` or a timeout for
+    anything worth trying again."""
+    try:
+        await client._connect(BODY_PROTO)
+        return await client.body(name)
+    finally:
+        await client.close()
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,8 @@ listener (``imap-inner`` / ``pop3-inner`` in the owner's node record) and sends 
     COLONY-HANDOFF 1 <proto> <account> <session> <client-ip> <issued-ms> <mac>\\r\\n
 
 ``proto`` is ``imap`` or ``pop3`` (or ``export``: an account's mail pulled by another
-store, ``colony.contracts.account_export``, on the ``imap-inner`` listener); ``account``
+store, or ``mailbody``: one large body of the object store fetched by a store of another
+region, both ``colony.contracts.account_export``, on the ``imap-inner`` listener); ``account``
 the canonical address the auth contract answered; ``session`` a random id (hex) unique per
 hand-off; ``client-ip`` the client's address (for logs and usage); ``issued-ms`` the
 edge's wall clock in milliseconds; ``mac`` HMAC-SHA256 (hex) over the other fields joined
@@ -44,7 +45,7 @@ from pathlib import Path
 
 PREFIX = "COLONY-HANDOFF"
 VERSION = "1"
-PROTOCOLS = ("imap", "pop3", "export")   # export: colony.contracts.account_export
+PROTOCOLS = ("imap", "pop3", "export", "mailbody")   # export, mailbody: colony.contracts.account_export
 MAX_SKEW = 30.0          # seconds a hand-off line stays good (clocks of cluster members agree this well)
 MAX_LINE = 1024          # octets: the store reads no more before it has a verified line
 NOT_OWNER = "NOT-OWNER"  # in a store's refusal: "not mine, ask the lease again"

@@ -35,13 +35,20 @@ edge added, and CRLF line ends, dot-stuffing removed.  Bodies larger than
 ``names.OBJECT_MAIL_BODIES`` object store (object name ``message_id``), shared by all the
 domain messages of one transaction; the object store's max age (``Settings.mail_body_max_age``)
 outlives any redelivery, so consumers never delete it themselves.
+
+A mail store that sends a body too large to travel inline on to another region (a domain
+moving or moved there) sends the same ``body_ref`` with ``region`` set to its own: the object
+stays in that region's object store, and the receiving store fetches it from one of that
+region's mail stores over the signed inner listener (``colony.contracts.account_export``,
+protocol ``mailbody``), as a domain move's pull fetches bodies.  ``region`` is absent for a
+body in the consumer's own region.
 """
 
 from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, model_serializer, model_validator
 
 from colony.bus.tokens import to_token
 from colony.events import Event, UnknownEvent, decode
@@ -50,7 +57,8 @@ from colony.events import Event, UnknownEvent, decode
 # The largest message that travels to another region: object stores are region-local (``$O.>``
 # does not cross the links between regions), so a job for another region carries its body
 # inline, and base64 plus the envelope must fit MAIL's 8 MiB messages.  The edge refuses larger
-# ones for a foreign-homed domain; a mail store sending on a moving domain's mail keeps them.
+# ones for a foreign-homed domain; a mail store sending on a moving domain's mail sends a larger
+# one as a ``body_ref`` naming its own region (``MailBodyRef.region``), fetched from there.
 CROSS_REGION_MAX_BYTES = 4 * 1024 * 1024
 
 
@@ -74,6 +82,17 @@ class MailBodyRef(BaseModel):
     name: str     # object name: the message id
     size: int
     sha256: str   # hex digest of the stored bytes, so a consumer can verify what it read
+    # The region whose object store holds it, when that is not the consumer's own (a mail
+    # store sent the job on to another region); fetched over the inner listener.
+    region: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _own_region_absent(self, handler):
+        # left out when None: stores of an older release (extra="forbid") read edges' jobs as before
+        data = handler(self)
+        if data.get("region") is None:
+            data.pop("region", None)
+        return data
 
 
 class InboundMail(Event):

@@ -44,11 +44,15 @@ from opentelemetry import trace
 from pydantic import BaseModel, Field
 
 from colony.bus import names
+from colony.cluster.membership import NodeState
 from colony.cluster.ownership import AccountOwnership, MailstoreMembers, place
+from colony.cluster.view import read_nodes
+from colony.contracts import account_export as X
+from colony.contracts.handoff import load_secret
 from colony.contracts.mail import CROSS_REGION_MAX_BYTES, InboundMail
 from colony.events import UnknownEvent, decode
 from colony.queue import Job, Reject, Retry
-from colony.settings import Settings
+from colony.settings import Role, Settings
 from colony.telemetry import extract_context, inject_headers
 from colony_mailstore.accounts import AccountManager, NotOwner, OverQuota
 from colony_mailstore.metrics import MailstoreMetrics
@@ -62,10 +66,15 @@ H_JOB_ID = "Colony-Job-Id"
 
 STORED, RETRY, REJECTED = "stored", "retry", "rejected"
 LARGE_BODIES_AT_ONCE = 4  # object-store bodies in memory per instance (see handle)
+REMOTE_TIMEOUT = 5.0      # seconds for a read of another region's node records
 
 
 class PoisonBody(Exception):
     """The message's body can never be read (gone, or not what the edge stored)."""
+
+
+class BodyUnavailable(Exception):
+    """The message's body is in another region that cannot be reached now: retry later."""
 
 
 class ForwardReply(BaseModel):
@@ -93,6 +102,7 @@ class Delivery:
         self.metrics = metrics
         self.usage = usage
         self._large = asyncio.Semaphore(LARGE_BODIES_AT_ONCE)
+        self._secret: bytes | None = None   # the cluster secret, read when a body is in another region
         self.accepting = True
         self.forwards_in_flight = 0
 
@@ -108,13 +118,7 @@ class Delivery:
         recipients = list(dict.fromkeys(r.mailbox.lower() for r in mail.recipients))
         target = await self._moving_to(mail.domain)
         if target is not None:
-            if mail.body_ref is None or mail.size <= CROSS_REGION_MAX_BYTES:
-                return await self._send_on(mail, recipients, target, job.headers)
-            # Too large to travel inline: only mail accepted before the edge saw the move
-            # (edges see `routing` a settle time before `sealing`), stored here, where the
-            # move's copy passes still reach it.
-            log.warning("mail %s for moving domain %s is too large to send on to %s; stored here",
-                        mail.message_id, mail.domain, target)
+            return await self._send_on(mail, recipients, target, job.headers)
         # Large bodies (up to 64 MB each) are held in memory while they are stored: only a
         # few at a time, whatever the delivery concurrency.
         async with self._large if mail.body_ref is not None else contextlib.nullcontext():
@@ -122,6 +126,8 @@ class Delivery:
                 body = await self._body(mail)
             except PoisonBody as exc:
                 return Reject(str(exc))
+            except BodyUnavailable as exc:
+                return Retry(str(exc), delay=5.0)
             results = await self.deliver(mail, job.data, body, recipients, job.id, job.headers, may_forward=True)
         rejected = {a: why for a, (status, why) in results.items() if status == REJECTED}
         retry = {a: why for a, (status, why) in results.items() if status == RETRY}
@@ -162,12 +168,22 @@ class Delivery:
         could miss the move's last pass or be deleted with the source's copy, so it goes to
         the target region's MAIL as an edge would have sent it, body inline (object stores are
         region-local), under a message id of its own that a redelivered job repeats (the
-        edge's id is still in a duplicate window on the way: ``sent_on_msg_id``)."""
-        if mail.body_ref is not None:
+        edge's id is still in a duplicate window on the way: ``sent_on_msg_id``).  A body too
+        large for that stays in this region's object store and goes as a ``body_ref`` naming
+        this region, which the target's store fetches from here over the inner listener: kept
+        here instead, it would miss the move's last copy pass if it came after it, or be
+        removed with this region's copy."""
+        if mail.body_ref is not None and mail.size > CROSS_REGION_MAX_BYTES:
+            if mail.body_ref.region in (None, ""):
+                mail = mail.model_copy(update={"body_ref": mail.body_ref.model_copy(
+                    update={"region": self.settings.region})})
+        elif mail.body_ref is not None:
             try:
                 body = await self._body(mail)
             except PoisonBody as exc:
                 return Reject(str(exc))
+            except BodyUnavailable as exc:
+                return Retry(str(exc), delay=5.0)
             mail = mail.model_copy(update={"body": body, "body_ref": None})
         subject = names.mail_subject(target, mail.domain, names.mail_partition(recipients[0]))
         headers = {"Nats-Msg-Id": mail.sent_on_msg_id(target)}
@@ -184,16 +200,54 @@ class Delivery:
         if mail.body is not None:
             return mail.body
         ref = mail.body_ref
-        try:
-            store = await self.js.object_store(ref.bucket)
-            result = await store.get(ref.name)
-        except (ObjectNotFoundError, ObjectDeletedError) as exc:  # gone for good; the bus away is a retry
-            raise PoisonBody(f"body {ref.bucket}/{ref.name} is gone") from exc
-        data = result.data
+        if ref.region not in (None, "", self.settings.region):
+            data = await self._remote_body(mail)
+        else:
+            try:
+                store = await self.js.object_store(ref.bucket)
+                data = (await store.get(ref.name)).data
+            except (ObjectNotFoundError, ObjectDeletedError) as exc:  # gone for good; the bus away is a retry
+                raise PoisonBody(f"body {ref.bucket}/{ref.name} is gone") from exc
         digest = await asyncio.to_thread(lambda: hashlib.sha256(data).hexdigest())  # 50 MB: not on the loop
         if digest != ref.sha256:
             raise PoisonBody(f"body {ref.bucket}/{ref.name} does not match its sha256")
         return data
+
+    async def _remote_body(self, mail: InboundMail) -> bytes:
+        """A body another region's store sent on with the job, left in that region's object
+        store: fetched from one of that region's READY stores over its inner listener
+        (``account_export.fetch_mail_body``), the next one tried if one fails.  ``PoisonBody``
+        if the region says it is gone; ``BodyUnavailable`` (retry later) if the region cannot
+        be reached."""
+        ref = mail.body_ref
+        if self._secret is None:
+            if self.settings.cluster_secret_file is None:
+                raise BodyUnavailable(f"body {ref.name} is in region {ref.region}, and this mail store has no "
+                                      "cluster secret to fetch it with")
+            self._secret = load_secret(self.settings.cluster_secret_file)
+        try:
+            records = await read_nodes(self.nc, names.js_domain(ref.region), REMOTE_TIMEOUT)
+        except Exception as exc:   # the link is cut, the other bus busy: the job waits
+            raise BodyUnavailable(f"region {ref.region} could not be read: {type(exc).__name__}: {exc}") from None
+        stores = {r.id: r.addresses["imap-inner"] for r in records
+                  if r.role == Role.MAILSTORE and r.state == NodeState.READY and "imap-inner" in r.addresses}
+        if not stores:
+            raise BodyUnavailable(f"region {ref.region} has no READY mail store to fetch body {ref.name} from")
+        first = place(ref.name, stores)
+        failures = []
+        for node in [first, *sorted(set(stores) - {first})]:
+            host, _, port = stores[node].rpartition(":")
+            client = X.ExportClient(host, int(port), self._secret, mail.domain, max_body=ref.size)
+            try:
+                data = await X.fetch_mail_body(client, ref.name)
+            except X.NoSuchBody as exc:
+                raise PoisonBody(f"body {ref.bucket}/{ref.name} is gone from region {ref.region}") from exc
+            except (X.ExportError, OSError, asyncio.TimeoutError) as exc:
+                failures.append(f"{node}: {exc!r}"[:200])
+                continue
+            self.metrics.remote_bodies.inc()
+            return data
+        raise BodyUnavailable(f"body {ref.name} could not be fetched from region {ref.region}: {'; '.join(failures)}")
 
     # --- routing ---------------------------------------------------------------------------
 
@@ -382,6 +436,8 @@ class Delivery:
                 body = await self._body(mail)
             except PoisonBody as exc:
                 return ForwardReply(rejected={a: str(exc) for a in addresses})
+            except BodyUnavailable as exc:
+                return ForwardReply(retry={a: str(exc) for a in addresses})
             results = await self.deliver(mail, msg.data, body, addresses, headers.get(H_JOB_ID, ""), headers,
                                          may_forward=False)
         reply = ForwardReply()

@@ -7,6 +7,12 @@ open (users work in the source until the move seals it), else what the committed
 interrupted pull costs nothing but a repeat.  A body is sent only if the sent state refers to
 it; one the owner collected meanwhile (expunged between the state and the request) is answered
 ``NO`` and the pull fails, to be repeated against a newer state.
+
+A signed ``mailbody`` line asks for one body of this region's ``mail_bodies`` object store
+instead: a job this region's stores sent on to another region with its large body left here
+(``MailBodyRef.region``).  The name is checked as the export's body names are (no path from
+the wire, and it only ever names an object of that one bucket); ``NO No such body here`` when
+the object is gone, so the asking store can tell that from a failure worth retrying.
 """
 
 from __future__ import annotations
@@ -14,10 +20,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
+from typing import Any
 
 import orjson
+from nats.js.errors import ObjectDeletedError, ObjectNotFoundError
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from colony.bus import names
 from colony.contracts import account_export as X
 from colony.contracts.handoff import MAX_LINE, HandoffError, Verifier
 from colony.storage import transfer
@@ -28,6 +37,7 @@ from colony_mailstore.accounts import AccountManager, split_address
 log = logging.getLogger("colony.mailstore.export")
 
 REQUEST_TIMEOUT = 60.0   # seconds the puller may think between requests
+BODIES_AT_ONCE = 4       # object-store bodies held in memory at once for mailbody requests
 
 
 class ExportMetrics:
@@ -42,16 +52,61 @@ class ExportMetrics:
         self.open = Gauge("colony_mailstore_account_exports_open",
                           "Account exports (domain moves, cross-region reads) in progress on this instance.",
                           registry=registry)
+        self.bodies = Counter("colony_mailstore_mail_bodies_served",
+                              "Large mail bodies another region's store fetched from this region, by result.",
+                              ["result"], registry=registry)
 
 
 class AccountExporter:
-    def __init__(self, accounts: AccountManager, verifier: Verifier, registry: CollectorRegistry | None = None) -> None:
-        self.accounts, self.verifier = accounts, verifier
+    def __init__(self, accounts: AccountManager, verifier: Verifier, registry: CollectorRegistry | None = None,
+                 js: Any = None) -> None:
+        self.accounts, self.verifier, self.js = accounts, verifier, js
         self.metrics = ExportMetrics(registry)
+        self._bodies = asyncio.Semaphore(BODIES_AT_ONCE)
 
     async def serve(self, line: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with self.metrics.open.track_inprogress():
             await self._serve(line, reader, writer)
+
+    async def serve_body(self, line: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One ``mailbody`` request (``colony.contracts.account_export``)."""
+        result = await self._serve_body(line, reader, writer)
+        self.metrics.bodies.labels(result).inc()
+
+    async def _serve_body(self, line: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> str:
+        try:
+            request = self.verifier.verify(line[:MAX_LINE + 1], X.BODY_PROTO)
+        except HandoffError as exc:
+            log.warning("refused a mail body request from %s: %s", writer.get_extra_info("peername"), exc)
+            writer.write(b"NO Bad mail body request\r\n")
+            return "refused"
+        try:
+            raw = await asyncio.wait_for(reader.readuntil(b"\n"), REQUEST_TIMEOUT)
+            verb, name = X.parse_request(raw[:X.MAX_REQUEST])
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, asyncio.TimeoutError, ValueError):
+            writer.write(b"NO Bad request\r\n")
+            return "bad-request"
+        if verb != "BODY" or self.js is None:
+            writer.write(b"NO Bad request\r\n")
+            return "bad-request"
+        async with self._bodies:
+            try:
+                store = await self.js.object_store(names.OBJECT_MAIL_BODIES)
+                data = (await store.get(name)).data
+            except (ObjectNotFoundError, ObjectDeletedError):
+                writer.write(b"NO %s\r\n" % X.NO_SUCH_BODY.encode())
+                return "unknown"
+            except Exception as exc:   # the bus busy or away: the asking store tries again
+                log.warning("mail body %s for %s could not be read: %r", name, request.account, exc)
+                writer.write(b"NO Temporarily unavailable\r\n")
+                return "error"
+            writer.write(b"BODY %d\r\n" % len(data))
+            for start in range(0, len(data), X.CHUNK):
+                writer.write(data[start:start + X.CHUNK])
+                await writer.drain()
+        self.metrics.octets.inc(len(data))
+        log.info("sent mail body %s (%d octets) for %s to another region", name, len(data), request.account)
+        return "ok"
 
     async def _serve(self, line: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

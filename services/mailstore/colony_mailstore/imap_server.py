@@ -51,6 +51,7 @@ log = logging.getLogger("colony.mailstore.imap")
 
 READ_CHUNK = 64 * 1024
 EXPORT_LINE = b"COLONY-HANDOFF 1 export "
+MAILBODY_LINE = b"COLONY-HANDOFF 1 mailbody "
 SEALED_BYE = "[UNAVAILABLE] This mailbox is being moved to another region; reconnect shortly"
 _CHECK = 0.5            # seconds between the watch's rounds (drain and lease loss are noticed this fast)
 _HANDOFF_TIMEOUT = 10.0
@@ -229,6 +230,10 @@ class ImapServer:
         if self.exporter is not None and line.startswith(EXPORT_LINE):
             # another store pulling an account (a domain move): not a session
             await self.exporter.serve(line, reader, writer)
+            return None
+        if self.exporter is not None and line.startswith(MAILBODY_LINE):
+            # another region's store fetching a large body sent on from here: not a session
+            await self.exporter.serve_body(line, reader, writer)
             return None
         try:
             handoff = self.verifier.verify(line[:MAX_LINE + 1], "imap")

@@ -16,6 +16,9 @@ class MailstoreMetrics:
         self.sent_on = Counter("colony_mailstore_sent_on",
                                "MAIL jobs for a domain moving to another region sent on to that region's MAIL.",
                                registry=registry)
+        self.remote_bodies = Counter("colony_mailstore_remote_bodies_fetched",
+                                     "Large bodies of jobs sent on from another region, fetched from that region.",
+                                     registry=registry)
         self.over_quota = Counter("colony_mailstore_over_quota", "Deliveries refused because the account is full.",
                                   registry=registry)
         self.commits = Counter("colony_mailstore_commits", "Journal fsyncs (group commits).", registry=registry)

@@ -126,7 +126,7 @@ class MailstoreWorkload:
         self.imap = ImapServer(self.accounts, self.delivery.claim, runtime.node_id, settings.imap_idle_timeout,
                                lambda: self.accepting, verifier, AuthClient(runtime.nc), runtime.metrics.registry,
                                sharing=self.sharing,
-                               exporter=AccountExporter(self.accounts, verifier, runtime.metrics.registry)
+                               exporter=AccountExporter(self.accounts, verifier, runtime.metrics.registry, js=js)
                                if verifier is not None else None)
         self.sharing.marks_for = self.imap.marks_for
         # Grantees' calls on this store's accounts' shared folders (sharing.py).

@@ -16,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cluster_harness import wait_until  # noqa: E402
 from mailworld import DOMAIN, world  # noqa: E402,F401  (world is a fixture)
 
+from colony.bus import names  # noqa: E402
 from colony.contracts import account_export as X  # noqa: E402
 from colony.contracts import handoff  # noqa: E402
 from colony.storage.mailbox import AccountMail  # noqa: E402
@@ -119,6 +120,26 @@ async def test_forged_unknown_and_oversized_are_refused(source, tmp_path):
             await client.body("not-a-body")
     finally:
         await client.close()
+
+
+async def test_a_large_body_of_the_object_store_is_served_to_another_region_s_store(source):
+    """``mailbody``: a job sent on to another region with its large body left here; that
+    region's store fetches the body by name.  Gone for good is told apart from a failure."""
+    world, host, port, secret = source
+    body = b"Subject: big\r\n\r\n" + b"0123456789abcdef" * (300 * 1024)
+    store = await world.nc.jetstream().object_store(names.OBJECT_MAIL_BODIES)
+    await store.put("m-large-1", body)
+    assert await X.fetch_mail_body(X.ExportClient(host, port, secret, DOMAIN), "m-large-1") == body
+    with pytest.raises(X.NoSuchBody):
+        await X.fetch_mail_body(X.ExportClient(host, port, secret, DOMAIN), "m-never-stored")
+    with pytest.raises(X.ExportError, match="NO Bad mail body"):
+        await X.fetch_mail_body(X.ExportClient(host, port, b"not the cluster secret!!", DOMAIN), "m-large-1")
+    for name in ("../../etc/passwd", ".hidden"):
+        with pytest.raises(X.ExportError, match="NO Bad request") as raised:
+            await X.fetch_mail_body(X.ExportClient(host, port, secret, DOMAIN), name)
+        assert not isinstance(raised.value, X.NoSuchBody)
+    with pytest.raises(X.ExportError, match="at most 1000"):
+        await X.fetch_mail_body(X.ExportClient(host, port, secret, DOMAIN, max_body=1000), "m-large-1")
 
 
 async def test_an_export_is_not_counted_as_an_imap_session(source):

@@ -33,6 +33,16 @@ def test_body_ref_round_trips_and_exactly_one_body():
         _mail(body=b"x", body_ref=ref)
 
 
+def test_a_body_ref_names_its_region_only_when_sent_on_from_another():
+    own = MailBodyRef(bucket=names.OBJECT_MAIL_BODIES, name="m1", size=10, sha256="00")
+    # absent, not null: a store of an older release (extra="forbid") reads an edge's job as before
+    assert b"region" not in _mail(body_ref=own).encode()
+    elsewhere = own.model_copy(update={"region": "eu"})
+    encoded = _mail(body_ref=elsewhere).encode()
+    assert b'"region":"eu"' in encoded
+    assert events.decode(encoded).body_ref == elsewhere
+
+
 def test_subject_and_msg_id_use_tokens():
 
     assert names.mail_subject("local", "example.com") == "colony.mail.local.example_2ecom"
