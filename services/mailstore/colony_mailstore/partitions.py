@@ -41,6 +41,12 @@ from colony.queue import JobBudget, QueueMetrics, QueuePolicy, QueueRunner
 from colony.settings import Settings
 
 _MIN_SHARE = 4
+# Seconds a fetch of an idle partition waits on the server before asking again.  A fetch
+# returns as soon as a job arrives, whatever this is; it only sets how often an idle runner
+# re-asks (a pull request and the server's 408 each time), a cost every store paid about ten
+# times a second at 1 s.  While a runner stops fetching (drain, a partition passed on) its last
+# request may still bring jobs for this long: they are handled (forwarded if need be) as any.
+LONG_POLL = 5.0
 
 
 class PartitionRunners:
@@ -55,7 +61,7 @@ class PartitionRunners:
         def runner(durable: str, filter_subject: str, concurrency: int, budget: JobBudget | None) -> QueueRunner:
             return QueueRunner(js, stream=names.STREAM_MAIL, durable=durable, filter_subject=filter_subject,
                                handler=handler, policy=replace(policy, concurrency=concurrency), metrics=metrics,
-                               name="mail", budget=budget)
+                               name="mail", budget=budget, fetch_timeout=LONG_POLL)
 
         self.unpartitioned = runner(f"{names.MAILSTORE_CONSUMER}-{region}", names.mail_unpartitioned_filter(region),
                                     max(_MIN_SHARE, self.total // 8), None)

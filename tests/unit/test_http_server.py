@@ -1,0 +1,40 @@
+"""The embedded uvicorn server's main loop: it ticks once a second instead of uvicorn's ten
+times (an idle process's largest timer), refreshes the Date header on every tick, and stops
+at once when asked rather than at the next tick.  No socket: only the loop is driven."""
+
+from __future__ import annotations
+
+import asyncio
+
+import uvicorn
+
+from colony.http_server import _QuietSignalsServer
+
+
+async def _app(scope, receive, send):  # never called: nothing connects
+    raise AssertionError("no requests here")
+
+
+async def test_the_loop_ticks_with_the_date_header_and_stops_when_asked():
+    server = _QuietSignalsServer(uvicorn.Config(_app, log_level="warning"))
+    server.config.load()
+    ticks: list[int] = []
+    on_tick = server.on_tick
+
+    async def counting(counter: int) -> bool:
+        ticks.append(counter)
+        return await on_tick(counter)
+
+    server.on_tick = counting
+    loop = asyncio.get_running_loop()
+    task = asyncio.create_task(server.main_loop())
+    while not ticks:
+        await asyncio.sleep(0)
+    assert any(name == b"date" for name, _ in server.server_state.default_headers)
+    assert all(t % 10 == 0 for t in ticks)  # uvicorn refreshes the Date header on tenths
+    started = loop.time()
+    server.should_exit = True
+    server.exit_requested.set()
+    await asyncio.wait_for(task, 30)
+    assert loop.time() - started < 0.9  # woken, not the next one-second tick
+    assert len(ticks) <= 2
