@@ -21,8 +21,8 @@ becomes visible about 1.6x faster with the projections in another process (see
 * Directory: fed by the read model's consumer (each event read and decoded once), its
   checkpoint kept in the directory bucket; several projectors may write one key, and every
   write only moves it forward.
-* Drain ("Make Not-Ready"): each projection finishes the batch in hand and asks for no
-  more; the active work is that in-flight batch.  ``colony ready`` resumes where it was.
+* Drain ("Make Not-Ready"): each projection finishes the batches in hand (at most two: they
+  are pipelined) and asks for no more; the active work is those in-flight batches.  ``colony ready`` resumes where it was.
 """
 
 from __future__ import annotations

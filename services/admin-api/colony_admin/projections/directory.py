@@ -16,8 +16,11 @@ read-model database rebuilt from scratch does not rewrite a directory that is cu
 directory purged or restored from a backup is caught up from where it is.
 
 Within a batch, a creation alone on its subject is written as is and a deletion as the deleted
-marker, pipelined; any other event makes us read the aggregate back and write its newest
-state.  Every projector follows the whole stream, so two of them may write one key, or one
+marker, pipelined -- except a deletion that opens its subject (appended expecting an empty
+subject: the aggregate never lived), which leaves the key missing, as edges read the marker
+anyway; any other event makes us read the aggregate back and write its newest state.  The
+position is written (``advance``) only once a batch's writes and those of every batch before
+it are acknowledged; the writes of consecutive batches may overlap.  Every projector follows the whole stream, so two of them may write one key, or one
 may write a key behind another (events of one aggregate in different batches): every write
 is a compare-and-set that only moves ``seq`` forward, and the position only moves forward,
 so the directory never goes back to an older state.
@@ -28,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Container
 from typing import Any
 
 import orjson
@@ -109,6 +113,7 @@ class DirectoryProjection:
     def __init__(self, nc: Client, js: JetStreamContext, store: EventStore) -> None:
         self.nc, self.js, self.store = nc, js, store
         self.position = 0  # every event at or below it is in the directory
+        self._position_revision: int | None = None  # of the position key, as last read or written here
         self._kv: KeyValue | None = None
 
     async def open(self) -> int:
@@ -120,14 +125,24 @@ class DirectoryProjection:
         try:
             entry = await self._kv.get(POSITION_KEY)
             self.position = int(json.loads(entry.value or b"{}").get("seq", 0))
+            self._position_revision = entry.revision
         except KeyNotFoundError:
-            self.position = 0
+            self.position, self._position_revision = 0, None
         return self.position
 
-    async def handle(self, items: list[Item]) -> None:
-        """Write a batch's events above the position, then move the position past the batch.
-        Raises on a transient error (the bus unreachable): the caller's loop starts again from
-        the position, and writing an event twice is harmless."""
+    async def handle(self, items: list[Item], opened: Container[int] = ()) -> None:
+        """``write`` a batch, then ``advance`` past it: for a caller with one batch at a time."""
+        if items:
+            await self.write(items, opened)
+            await self.advance(items[-1][0])
+
+    async def write(self, items: list[Item], opened: Container[int] = ()) -> None:
+        """Write a batch's events above the position (not the position itself: ``advance``).
+        Writes of several batches may be in flight at once: each write only moves its key's
+        ``seq`` forward, whichever lands first.  ``opened``: the sequences of events appended
+        expecting an empty subject (the server refused them otherwise), i.e. the first event of
+        their aggregate.  Raises on a transient error (the bus unreachable): the caller's loop
+        starts again from the position, and writing an event twice is harmless."""
         if not items or items[-1][0] <= self.position:
             return
         by_subject: dict[str, list[Item]] = {}
@@ -141,6 +156,12 @@ class DirectoryProjection:
             # came before it, a creation alone in the batch is its whole state.
             seq, _, event = group[-1]
             if isinstance(event, _DELETIONS) or (len(group) == 1 and isinstance(event, _CREATIONS)):
+                if len(group) == 1 and seq in opened and isinstance(event, _DELETIONS):
+                    # A deletion that opens its subject (a bulk import's fence of each new
+                    # domain's name): the aggregate never lived, so its key is missing for every
+                    # projector at every position, which edges read as the deleted marker
+                    # would say.  Not writing it saves a KV write and its ack per new domain.
+                    continue
                 # No need to read the aggregate back (a bulk import fences every new domain's
                 # name with a deletion on its domain-alias subject: reading each of those back
                 # cost a stream read per domain and halved the import's visible rate).
@@ -156,7 +177,24 @@ class DirectoryProjection:
                                    for (key, value), ok in zip(fresh, written, strict=True) if not ok))
         # Only the newest state of each aggregate matters: one write per subject per batch.
         await asyncio.gather(*(self._publish(subject) for subject in others))
-        last = items[-1][0]
+
+    async def advance(self, last: int) -> None:
+        """Move the position to ``last``.  Only once every event up to ``last`` is written (the
+        caller's order: a batch's writes, and those of every batch before it, acknowledged).
+        One compare-and-set on the revision this projector wrote last; another projector's
+        write in between makes it read the key and move forward only (``_put_forward``)."""
+        if last <= self.position:
+            return
+        assert self._kv is not None
+        if self._position_revision is not None:
+            try:
+                self._position_revision = await self._kv.update(POSITION_KEY, _json({"seq": last}),
+                                                                last=self._position_revision)
+                self.position = last
+                return
+            except KeyWrongLastSequenceError:
+                pass
+        self._position_revision = None
         self.position = max(last, await self._put_forward(POSITION_KEY, {"seq": last}))
 
     async def _create_many(self, entries: list[tuple[str, dict[str, Any]]]) -> list[bool]:

@@ -13,6 +13,17 @@ holds already.  The position a projection announces moves only once both have th
 a command that answers (read-your-writes) is in the directory the edges read as well.  Why
 one consumer for both: reading and decoding every event twice was the largest share of the
 projector's time in a bulk import (``bench/README.md``, "Provisioning").
+
+Batches are pipelined (``depth``, 2): while one batch commits in the projection's thread and
+waits for its directory acks, the next is fetched, decoded and handed on.  Order holds where
+it matters: the transactions run one at a time in stream order, each with its checkpoint (one
+that fails stops those queued behind it); a key's directory writes only move its ``seq``
+forward, so overlapping batches cannot take it back; and each position -- the announced one
+and the directory's checkpoint -- moves past a batch only after every batch before it is
+done.  A SIGKILL at any point therefore resumes exactly: from the database's checkpoint for
+the rows, from the bucket's for the directory.  Why: with one batch at a time the projector
+spent most of a bulk import waiting on round trips (fetch, commit, acks) rather than working
+(``bench/README.md``, "Provisioning").
 """
 
 from __future__ import annotations
@@ -20,7 +31,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from nats.aio.client import Client
 from opentelemetry import trace
@@ -32,6 +45,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DataError, IntegrityError
 
 from colony import events as ev
+from colony.eventstore import EXPECTED_LAST_SUBJECT_SEQUENCE
 from colony.tasks import keep_running
 from colony.telemetry import extract_context
 
@@ -93,16 +107,38 @@ class ProjectionMetrics:
         self.failures.labels(projection)
 
 
+Item = tuple[int, str, ev.Event]  # stream sequence, subject, the event decoded
+
+
+class _Chain:
+    """The transactions of one run of a projection, run in order in its thread: once one has
+    raised, those queued behind it refuse to start (their checkpoint would jump the gap)."""
+
+    def __init__(self) -> None:
+        self.broken = False
+
+    def run(self, fn: Callable[[Batch], None], batch: Batch) -> None:
+        if self.broken:
+            raise RuntimeError("an earlier batch of this run failed")
+        try:
+            fn(batch)
+        except BaseException:
+            self.broken = True
+            raise
+
+
 class StreamProjection(PositionTracker):
     def __init__(self, *, nc: Client, js: JetStreamContext, engine: Engine, stream: str, subjects: str, name: str,
-                 apply: ApplyFn, batch: int = 1000,
+                 apply: ApplyFn, batch: int = 1000, depth: int = 2,
                  on_advance: Callable[[int], Awaitable[None]] | None = None,
                  gate: asyncio.Event | None = None, directory: DirectoryProjection | None = None,
                  metrics: ProjectionMetrics | None = None) -> None:
         self.nc, self.js, self.engine, self.stream, self.subjects, self.name = nc, js, engine, stream, subjects, name
-        self.in_flight = 0  # events of the batch being applied (a projector's active work)
+        self.in_flight = 0  # events of the batches being applied (a projector's active work)
         self._apply = apply
         self._batch = batch
+        self._depth = depth  # batches applied at once: one committing while the next is prepared
+        self._executor: ThreadPoolExecutor | None = None  # one thread: transactions in stream order
         self._on_advance = on_advance  # told every new position (a projector announces it)
         self._gate = gate  # cleared: finish the batch in hand, take no new one (a drained projector)
         self.directory = directory  # fed the same batches (PROVISIONING only)
@@ -130,15 +166,24 @@ class StreamProjection(PositionTracker):
         )
         consumer = (await self.js.add_consumer(self.stream, config=config)).name
         pull = PullBatches(self.nc, self.js, self.stream, consumer, self._batch)
+        chain = _Chain()  # this run's transactions: one failed, those queued behind it refuse
+        pending: deque[asyncio.Task[None]] = deque()  # batches being applied, oldest first
         await pull.open()
         try:
             while True:
+                # A batch that failed ends the run (the caller restarts from the checkpoints);
+                # the ones behind it will not move the position (see _apply_batch).
+                while pending and pending[0].done():
+                    pending.popleft().result()
                 ask = self._gate is None or self._gate.is_set()
                 if not ask and not pull.busy:
                     await self._gate.wait()
                     continue
                 msgs = await pull.next(ask)
-                items: list[tuple[int, str, ev.Event]] = []
+                if not msgs:
+                    continue
+                items: list[Item] = []
+                opened: set[int] = set()
                 for msg in msgs:
                     seq = stream_seq(msg)
                     try:
@@ -146,51 +191,82 @@ class StreamProjection(PositionTracker):
                     except ev.UnknownEvent as exc:
                         # A newer producer's event: say so and skip rather than guess its meaning.
                         log.error("projection %s: skipping seq %d: %s", self.name, seq, exc)
-                if items:
-                    self.in_flight = len(items)
-                    spans = traced_spans(self.name, msgs)
-                    started = time.perf_counter()
-                    try:
-                        await self._apply_batch(items)
-                    except BaseException:
-                        if self.metrics is not None:
-                            self.metrics.failures.labels(self.name).inc()
-                        raise
-                    else:
-                        if self.metrics is not None:
-                            self.metrics.events.labels(self.name).inc(len(items))
-                    finally:
-                        if self.metrics is not None:
-                            self.metrics.seconds.labels(self.name).observe(time.perf_counter() - started)
-                        self.in_flight = 0
-                        for span in spans:
-                            span.end()
-                if msgs:
-                    await self._advance_to(stream_seq(msgs[-1]))
+                        continue
+                    if msg.headers and msg.headers.get(EXPECTED_LAST_SUBJECT_SEQUENCE) == "0":
+                        opened.add(seq)
+                # Bounded pipeline: at most ``depth`` batches in hand (and one more arriving).
+                while len(pending) >= self._depth:
+                    await pending.popleft()
+                before = pending[-1] if pending else None
+                pending.append(asyncio.create_task(
+                    self._apply_batch(items, opened, stream_seq(msgs[-1]), before, chain, traced_spans(self.name, msgs)),
+                    name=f"projection-{self.name}-{stream_seq(msgs[-1])}"))
+        except asyncio.CancelledError:
+            for task in pending:
+                task.cancel()
+            raise
         finally:
+            # Nothing of this run outlives it: a restart never overlaps a batch still writing.
+            # (A transaction already in its thread finishes there; the next run's queue behind it.)
+            await asyncio.gather(*pending, return_exceptions=True)
             await pull.close()
             try:
                 await self.js.delete_consumer(self.stream, consumer)
             except Exception:  # noqa: BLE001 - the connection may be gone; it expires by itself (inactive_threshold)
                 pass
 
-    async def _apply_batch(self, items: list[tuple[int, str, ev.Event]]) -> None:
-        # A batch the database holds already (the directory catching up from further back)
-        # needs no transaction; the checkpoint, checked in the transaction, decides the rest.
-        sql = (asyncio.to_thread(self._apply_in_tx, [(seq, event) for seq, _, event in items])
-               if items[-1][0] > self.position else None)
-        if self.directory is None:
-            if sql is not None:
-                await sql
-            return
-        # Both at once: the SQL runs in its thread (sqlite3 and psycopg release the GIL) while
-        # the loop writes the directory; both finish before either failure is raised, so a
-        # restart never overlaps a transaction still running.
-        results = await asyncio.gather(*(c for c in (sql, self.directory.handle(items)) if c is not None),
-                                       return_exceptions=True)
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
+    async def _apply_batch(self, items: list[Item], opened: set[int], last: int, before: asyncio.Task[None] | None,
+                           chain: _Chain, spans: list) -> None:
+        """Apply one batch while the batches before it may still be committing or writing; move
+        the position past it only once they and it are done.
+
+        Ordering: the SQL transactions run one at a time in submission order (one thread per
+        projection), each with the checkpoint in it; the directory's writes of consecutive
+        batches may overlap (each only moves its key forward) and its position is written in
+        order (``before`` first).  A batch whose predecessor failed moves neither position."""
+        self.in_flight += len(items)
+        started = time.perf_counter()
+        failure: BaseException | None = None  # this batch's own, not one passed on from ``before``
+        try:
+            if items:
+                # A batch the database holds already (the directory catching up from further
+                # back) needs no transaction; the checkpoint, checked in the transaction, decides.
+                work = []
+                if items[-1][0] > self.position:
+                    work.append(self._in_thread(chain, [(seq, event) for seq, _, event in items]))
+                if self.directory is not None:
+                    work.append(self.directory.write(items, opened))
+                # Both at once: sqlite3 and psycopg release the GIL while the loop writes the
+                # directory; both finish before either failure is raised.
+                for result in await asyncio.gather(*work, return_exceptions=True):
+                    if isinstance(result, BaseException) and failure is None:
+                        failure = result
+            if before is not None:
+                await before  # raises if it failed: then neither position moves past it
+            if failure is not None:
+                raise failure
+            if self.directory is not None and items:
+                try:
+                    await self.directory.advance(items[-1][0])
+                except Exception as exc:
+                    failure = exc
+                    raise
+            if self.metrics is not None:
+                self.metrics.events.labels(self.name).inc(len(items))
+        finally:
+            if self.metrics is not None:
+                if failure is not None:
+                    self.metrics.failures.labels(self.name).inc()
+                self.metrics.seconds.labels(self.name).observe(time.perf_counter() - started)
+            self.in_flight -= len(items)
+            for span in spans:
+                span.end()
+        await self._advance_to(last)
+
+    async def _in_thread(self, chain: _Chain, batch: Batch) -> None:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"projection-{self.name}")
+        await asyncio.get_running_loop().run_in_executor(self._executor, chain.run, self._apply_in_tx, batch)
 
     def _load_checkpoint(self) -> int:
         with self.engine.connect() as conn:
