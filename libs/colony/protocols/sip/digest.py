@@ -62,7 +62,9 @@ def parse_credentials(value: str) -> dict[str, str] | None:
             return None
         name, raw = match.group(1).lower(), match.group(2)
         if raw.startswith('"'):
-            raw = re.sub(r"\\(.)", r"\1", raw[1:-1])
+            raw = raw[1:-1]
+            if "\\" in raw:
+                raw = re.sub(r"\\(.)", r"\1", raw)
         params[name] = raw
         pos = match.end()
     return params

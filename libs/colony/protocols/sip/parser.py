@@ -41,6 +41,10 @@ MAX_HEADERS = 256
 MANDATORY = ("Via", "From", "To", "Call-ID", "CSeq")
 
 _TOKEN = re.compile(r"^[A-Za-z0-9\-.!%*_+`'~]+$")
+# Header names as they came on the wire (before the colon, spacing included) -> canonical name,
+# for names already found valid: the same few dozen names arrive in every message.  Bounded.
+_NAMES: dict[str, str] = {}
+_NAMES_KEPT = 1024
 _VERSION = re.compile(r"^SIP/2\.0$", re.IGNORECASE)
 
 
@@ -85,21 +89,28 @@ def parse_message(data: bytes, max_size: int = MAX_SIZE) -> SipRequest | SipResp
     if not start:
         raise SipParseError(400, "Empty Start Line")
     headers = Headers()
+    items = headers._items          # filled here directly: every name is made canonical below
+    names = _NAMES
     for line in header_lines:
         if not line.strip():
             continue
         name, colon, value = line.partition(":")
-        name = name.strip()
-        if not colon or not _TOKEN.match(name):
-            raise SipParseError(400, "Malformed Header Line")
-        canonical = canonical_name(name)
+        canonical = names.get(name)    # a name seen before (with its spacing): valid, canonical
+        if canonical is None:
+            stripped = name.strip()
+            if not colon or not _TOKEN.match(stripped):
+                raise SipParseError(400, "Malformed Header Line")
+            canonical = canonical_name(stripped)
+            if len(names) >= _NAMES_KEPT:
+                names.clear()
+            names[name] = canonical
         value = value.strip()
         if canonical in LIST_FIELDS:
             for part in split_list(value):
-                headers.add(canonical, part)
+                items.append((canonical, part))
         else:
-            headers.add(canonical, value)
-        if len(headers) > MAX_HEADERS:
+            items.append((canonical, value))
+        if len(items) > MAX_HEADERS:
             raise SipParseError(400, "Too Many Header Fields")
 
     parts = start.split(" ")

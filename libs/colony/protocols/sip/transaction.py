@@ -45,7 +45,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from colony.protocols.sip.message import Headers, SipRequest, SipResponse, Via
+from colony.protocols.sip.message import Headers, SipRequest, SipResponse, Via, remember_via
 
 MAGIC = "z9hG4bK"
 
@@ -112,8 +112,10 @@ def stamp_via(request: SipRequest, source: Destination) -> None:
         params["received"] = host
     if params != via.params:
         stamped = Via(via.transport, via.host, via.port, params)
+        text = str(stamped)
+        remember_via(text, stamped)
         request.headers.remove_first("Via")
-        request.headers.add_first("Via", str(stamped))
+        request.headers.add_first("Via", text)
 
 
 def response_destination(via: Via, source: Destination | None) -> Destination:
