@@ -223,6 +223,29 @@ async def test_a_domain_moves_questions_go_from_the_controller_to_a_regions_mail
     assert await store.refused("colony.move.eu.remove")
 
 
+async def test_the_controller_asks_the_admin_api_for_a_domain_s_accounts(bus):
+    """A domain move's list of accounts comes from the admin API's read model
+    (``colony.dir.accounts``): the controller may ask and the admin API answer; an edge may
+    not ask for a whole domain's addresses."""
+    server, operator, as_role = bus
+    controller, admin, edge = await as_role("controller"), await as_role("admin-api"), await as_role("edge")
+
+    async def answer(msg):
+        await msg.respond(b'{"accounts": []}')
+
+    await admin.nc.subscribe(names.DIRECTORY_DOMAIN_ACCOUNTS, queue=names.QUEUE_ADMIN, cb=answer)
+    await admin.nc.flush()
+
+    async def asked():
+        try:
+            return await controller.nc.request(names.DIRECTORY_DOMAIN_ACCOUNTS, b"{}", timeout=5)
+        except nats.errors.NoRespondersError:  # the server has not seen the subscription yet
+            return None
+    assert (await wait_until(asked, 10, "an answer on colony.dir.accounts")).data == b'{"accounts": []}'
+    await edge.nc.publish(names.DIRECTORY_DOMAIN_ACCOUNTS, b"{}")
+    assert await edge.refused("colony.dir.accounts")
+
+
 async def test_a_store_passes_a_move_question_on_to_its_peers_and_nobody_else_may(bus):
     """The store that took a move question asks its region's peers on
     ``colony.mailstore.move.<peer>.<verb>`` (colony_mailstore.moves); an edge or a controller

@@ -258,6 +258,7 @@ AUTH_CHECK = "colony.auth.check"          # password check for the cluster (queu
 AUTH_SIP_CREDENTIALS = "colony.auth.sip"  # SIP digest credentials (HA1) for the farm
 DIRECTORY_LOOKUP = "colony.dir.lookup"          # one directory entry (colony.contracts.directory)
 DIRECTORY_RECIPIENTS = "colony.dir.recipients"  # recipient resolution (colony.contracts.recipients)
+DIRECTORY_DOMAIN_ACCOUNTS = "colony.dir.accounts"  # a domain's accounts, a page at a time (colony.contracts.directory)
 
 QUEUE_ADMIN = "admin-api"
 
@@ -414,8 +415,9 @@ GRANTS: dict[str, Grant] = {
         kv_read=(BUCKET_DIRECTORY,),
         # CONTROLLER_API: `docker compose run controller colony drain ...` asks as a controller
         # DOMAIN_MOVE_REQUESTS: the primary's controller asks a region's mail stores to pull an
-        # account, count a domain's sessions or remove its copy (colony_controller.domain_mover)
-        call=(NODE_COMMANDS, CONTROLLER_ALIVE, CONTROLLER_API, DOMAIN_MOVE_REQUESTS),
+        # account, count a domain's sessions or remove its copy (colony_controller.domain_mover);
+        # DIRECTORY_DOMAIN_ACCOUNTS: the accounts a move copies, from the admin API's read model
+        call=(NODE_COMMANDS, CONTROLLER_ALIVE, CONTROLLER_API, DOMAIN_MOVE_REQUESTS, DIRECTORY_DOMAIN_ACCOUNTS),
         serve=(CONTROLLER_API, CONTROLLER_ALIVE),
     ),
     # An edge sees the world through the directory and the password check; it cannot read
@@ -469,7 +471,7 @@ GRANTS: dict[str, Grant] = {
         kv_write=(BUCKET_DIRECTORY, BUCKET_SECRET_KEYS, BUCKET_DKIM_KEYS),
         kv_read=(BUCKET_NODES, BUCKET_ACCOUNT_OWNERS, BUCKET_SIP_BINDINGS),
         call=(CONTROLLER_API, ADMIN_READMODEL_POSITIONS),
-        serve=(AUTH_CHECK, AUTH_SIP_CREDENTIALS, DIRECTORY_LOOKUP, DIRECTORY_RECIPIENTS),
+        serve=(AUTH_CHECK, AUTH_SIP_CREDENTIALS, DIRECTORY_LOOKUP, DIRECTORY_RECIPIENTS, DIRECTORY_DOMAIN_ACCOUNTS),
         listen=(ADMIN_READMODEL_POSITIONS,),
     ),
     # The admin API's projections as their own member (colony_admin.projector): reads what

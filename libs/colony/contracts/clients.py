@@ -4,6 +4,7 @@
     client = DirectoryClient(nc)
     entry = await client.lookup(EntryKind.ADDRESS, "amy@acme.example")   # a model or None
     answers = await client.resolve(["kim@acme-mail.example", "team@acme.example"])
+    accounts = await client.domain_accounts("acme.example")               # every account's address
 
 No answer in time (or no admin API running) raises ``DirectoryUnavailable``: a temporary
 failure (SMTP 451 4.3.0), never "unknown user".
@@ -17,7 +18,14 @@ from nats.errors import TimeoutError as NatsTimeoutError
 
 from colony.bus import names
 from colony.telemetry import inject_headers
-from colony.contracts.directory import DirectoryLookupReply, DirectoryLookupRequest, EntryKind
+from colony.contracts.directory import (
+    DirectoryLookupReply,
+    DirectoryLookupRequest,
+    DomainAccountsReply,
+    DomainAccountsRequest,
+    EntryKind,
+    MAX_ACCOUNTS_PAGE,
+)
 from colony.contracts.recipients import (
     MAX_RECIPIENTS_PER_REQUEST,
     RecipientsReply,
@@ -60,3 +68,17 @@ class DirectoryClient:
                 raise DirectoryUnavailable(reply.error or "the service answered for other recipients")
             out.extend(r.resolution() for r in reply.results)
         return out
+
+    async def domain_accounts(self, domain: str, page: int = MAX_ACCOUNTS_PAGE) -> list[str]:
+        """Every account address of ``domain`` (not its aliases), a page per request."""
+        out: list[str] = []
+        after: str | None = None
+        while True:
+            reply = DomainAccountsReply.from_bytes(await self._ask(
+                names.DIRECTORY_DOMAIN_ACCOUNTS, DomainAccountsRequest(domain=domain, after=after, limit=page).to_bytes()))
+            if reply.error:
+                raise DirectoryUnavailable(reply.error)
+            out.extend(reply.accounts)
+            if reply.next_after is None:
+                return out
+            after = reply.next_after

@@ -42,6 +42,19 @@ tuples, because an edge holds a million of them.
     reply    {"found": true, "entry": {<the value above>}}
           or {"found": false}
           or {"found": false, "error": "bad request: ..."}
+
+``colony.dir.accounts`` (``names.DIRECTORY_DOMAIN_ACCOUNTS``, served by the admin API from its
+read model): one page of a domain's account addresses, in order of their local part, read as
+a range of the read model's (domain, name) index -- bounded by the domain and the page, never
+by the cluster (the directory's ``address.<token>`` keys end in the domain, so no key filter
+selects a domain's)::
+
+    request  {"domain": "acme.example", "after": "amy" | null, "limit": 1000}
+    reply    {"accounts": ["bob@acme.example", ...], "next_after": "zed" | null}
+          or {"accounts": [], "error": "bad request: ..."}
+
+``next_after`` (the last local part of a full page) is the next request's ``after``; null
+when the page was the last.  ``DirectoryClient.domain_accounts`` pages through them.
 """
 
 from __future__ import annotations
@@ -262,4 +275,35 @@ class DirectoryLookupReply(BaseModel):
 
     @classmethod
     def from_bytes(cls, data: bytes) -> DirectoryLookupReply:
+        return cls.model_validate_json(data)
+
+
+MAX_ACCOUNTS_PAGE = 1000   # addresses in one reply: ~100 KiB, well under the bus's max payload
+
+
+class DomainAccountsRequest(BaseModel):
+    """``{"domain": "acme.example", "after": "amy", "limit": 1000}``"""
+
+    model_config = ConfigDict(extra="forbid")
+
+    domain: str = Field(min_length=1, max_length=255)
+    after: str | None = Field(None, max_length=320)
+    limit: int = Field(MAX_ACCOUNTS_PAGE, ge=1, le=MAX_ACCOUNTS_PAGE)
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json().encode()
+
+
+class DomainAccountsReply(BaseModel):
+    """``{"accounts": [...], "next_after": "zed" | null}`` or ``{"accounts": [], "error": "..."}``"""
+
+    accounts: list[str]
+    next_after: str | None = None
+    error: str | None = None
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json(exclude_none=True).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> DomainAccountsReply:
         return cls.model_validate_json(data)

@@ -5,6 +5,7 @@
 - ``names.AUTH_SIP_CREDENTIALS``  ``contracts.auth.SipCredentialsRequest`` -> ``SipCredentialsReply``
 - ``names.DIRECTORY_LOOKUP``      ``contracts.directory.DirectoryLookupRequest`` -> ``DirectoryLookupReply``
 - ``names.DIRECTORY_RECIPIENTS``  ``contracts.recipients.RecipientsRequest`` -> ``RecipientsReply``
+- ``names.DIRECTORY_DOMAIN_ACCOUNTS``  ``contracts.directory.DomainAccountsRequest`` -> ``DomainAccountsReply``
 
 The wire formats are in those modules' docstrings.  Unknown user and wrong password give the
 same answer (no account enumeration).  Failures are throttled per account and per client
@@ -26,7 +27,8 @@ metrics.
 
 Directory lookups read the ``directory`` bucket itself (so they answer exactly what a
 ``DirectoryCache`` holds); recipient resolution runs the edges' pure resolver over the read
-model (``SqlDirectoryView``).
+model (``SqlDirectoryView``), and a domain's accounts (what a domain move copies) are a range
+of the read model's (domain, name) index, a page at a time.
 """
 
 from __future__ import annotations
@@ -62,6 +64,8 @@ from colony.contracts.directory import (
     BadEntry,
     DirectoryLookupReply,
     DirectoryLookupRequest,
+    DomainAccountsReply,
+    DomainAccountsRequest,
     EntryKind,
     parse_entry,
 )
@@ -77,7 +81,7 @@ from colony.contracts.recipients import (
 )
 from colony.metrics import BusRequestMetrics
 from colony.telemetry import extract_context
-from colony_admin import db
+from colony_admin import db, queries
 from colony_admin.auth.sealing import is_sealed
 from colony_admin.auth.throttle import Throttle
 from colony_admin.commands import ARGON2_THREADS, Provisioning
@@ -156,6 +160,8 @@ class AuthService:
              lambda error: DirectoryLookupReply(found=False, error=error)),
             (names.DIRECTORY_RECIPIENTS, RecipientsRequest, self.recipients,
              lambda error: RecipientsReply(results=[], error=error)),
+            (names.DIRECTORY_DOMAIN_ACCOUNTS, DomainAccountsRequest, self.domain_accounts,
+             lambda error: DomainAccountsReply(accounts=[], error=error)),
         ]
         for subject, request_model, handler, refusal in served:
             self._subs.append(await self.nc.subscribe(subject, queue=names.QUEUE_ADMIN,
@@ -333,6 +339,17 @@ class AuthService:
             log.error("directory value at %s is unreadable: %s", entry.key, exc)
             return DirectoryLookupReply(found=False, error="internal error")
         return DirectoryLookupReply(found=parsed is not None, entry=parsed)
+
+    async def domain_accounts(self, request: DomainAccountsRequest,
+                              deadline: float = math.inf) -> DomainAccountsReply:
+        domain = normalise_domain(request.domain)
+
+        def work():
+            with self.engine.connect() as conn:
+                return queries.domain_account_page(conn, domain, request.after, request.limit)
+        page = await asyncio.to_thread(work)
+        return DomainAccountsReply(accounts=[address for _, address in page],
+                                   next_after=page[-1][0] if len(page) == request.limit else None)
 
     async def recipients(self, request: RecipientsRequest, deadline: float = math.inf) -> RecipientsReply:
         def work():

@@ -74,6 +74,18 @@ def domain_has_accounts(conn: Connection, domain: str) -> bool:
     return bool(conn.execute(select(db.accounts.c.address).where(db.accounts.c.domain == domain).limit(1)).first())
 
 
+def domain_account_page(conn: Connection, domain: str, after: str | None, limit: int) -> list[tuple[str, str]]:
+    """(name, address) of up to ``limit`` accounts of ``domain`` whose local part sorts after
+    ``after``, in that order: a range of the (domain, name) index, so a page costs the page,
+    never a scan of every account of the cluster (what a domain move's list of accounts was)."""
+    where = [db.accounts.c.domain == domain]
+    if after is not None:
+        where.append(db.accounts.c.name > after)
+    query = (select(db.accounts.c.name, db.accounts.c.address).where(*where)
+             .order_by(db.accounts.c.name).limit(limit))
+    return [(row.name, row.address) for row in conn.execute(query)]
+
+
 def cos_in_use(conn: Connection, name: str) -> bool:
     return bool(conn.execute(select(db.domains.c.name).where(db.domains.c.cos == name).limit(1)).first()
                 or conn.execute(select(db.accounts.c.address).where(db.accounts.c.cos == name).limit(1)).first())

@@ -62,7 +62,8 @@ from colony.cluster.membership import LIVE_STATES, NodeRecord, NodeState
 from colony.cluster.node import NodeRuntime
 from colony.cluster.view import read_nodes, standby_order
 from colony import domain_move as dm
-from colony.contracts.directory import AccountEntry, DomainEntry, parse_entry
+from colony.contracts.clients import DirectoryClient, DirectoryUnavailable
+from colony.contracts.directory import DomainEntry, parse_entry
 from colony.contracts.move_requests import MoveRequestError
 from colony.events import ControllerElected, NodeStateChanged
 from colony.eventstore import EventStore
@@ -352,7 +353,7 @@ class Controller:
         """While active, one driver per move under way (started again after a failover)."""
         nc = self.runtime.nc
         js = nc.jetstream()
-        directory = await js.key_value(names.BUCKET_DIRECTORY)
+        directory = DirectoryClient(nc, timeout=10.0)
         port = BusMovePort(nc, lambda domain: domain_accounts(directory, domain), epoch=self._move_epoch)
         mover = DomainMover(EventStore(js, names.STREAM_PROVISIONING, nc=nc), port, epoch=self._move_epoch,
                             settle=timedelta(seconds=self.runtime.settings.domain_move_settle))
@@ -432,26 +433,13 @@ class Controller:
         await msg.respond(Reply(ok=ok, status=status, error=error, data=data or {}).model_dump_json().encode())
 
 
-async def domain_accounts(directory: KeyValue, domain: str) -> list[str]:
-    """The domain's accounts, from the directory (one pass over its ``address.*`` keys, the
-    newest value of each; only this domain's accounts are kept).  Asked once per move, when
-    its accounts are fixed at the start of ``copying``."""
-    watcher = await directory.watch(f"{names.AGG_ADDRESS}.*", ignore_deletes=True)
-    wanted = domain.lower()
-    found: list[str] = []
+async def domain_accounts(directory: DirectoryClient, domain: str) -> list[str]:
+    """The domain's accounts, from the admin API's read model (``DIRECTORY_DOMAIN_ACCOUNTS``: a
+    range of its (domain, name) index, a page at a time), so the cost is the domain's, not the
+    cluster's: the directory bucket cannot be filtered by domain (an ``address.<token>`` key
+    ends in the domain).  Asked once per move, when its accounts are fixed at the start of
+    ``copying``; no answer is a question to ask again (``MoveRequestError``)."""
     try:
-        async for entry in watcher:
-            if entry is None:   # everything that was in the bucket has been delivered
-                break
-            if not entry.value:
-                continue
-            try:
-                value = parse_entry(entry.value)
-            except ValueError:
-                continue
-            if isinstance(value, AccountEntry) and value.domain.lower() == wanted:
-                found.append(value.address.lower())
-    finally:
-        with suppress(Exception):
-            await watcher.stop()
-    return sorted(found)
+        return sorted(a.lower() for a in await directory.domain_accounts(domain))
+    except DirectoryUnavailable as exc:
+        raise MoveRequestError(f"the accounts of {domain}: {exc}") from exc

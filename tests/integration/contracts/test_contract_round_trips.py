@@ -92,6 +92,21 @@ async def test_directory_lookup_answers_what_the_bucket_holds(stack):
     assert await client.lookup("address", "not an address") is None
 
 
+async def test_a_domain_s_accounts_page_by_page_and_no_other_domain_s(stack):
+    """What a domain move copies (``colony.dir.accounts``): the domain's accounts, not its
+    aliases, not another domain's, whatever the page size."""
+    d, other = await provision(stack), await provision(stack)
+    client = DirectoryClient(stack.nc, timeout=10)
+    for page in (1000, 2, 1):
+        assert await client.domain_accounts(d, page=page) == [f"amy@{d}", f"bob@{d}", f"fwd@{d}"]
+    assert await client.domain_accounts(d.upper() + ".") == [f"amy@{d}", f"bob@{d}", f"fwd@{d}"]
+    assert await client.domain_accounts(other) == [f"amy@{other}", f"bob@{other}", f"fwd@{other}"]
+    assert await client.domain_accounts("nobody.example") == []
+    for payload in (b"garbage", b'{"domain": "x.example", "limit": 1001}', b'{"domain": ""}'):
+        reply = json.loads((await stack.nc.request(names.DIRECTORY_DOMAIN_ACCOUNTS, payload, timeout=10)).data)
+        assert reply["error"].startswith("bad request") and reply["accounts"] == [], (payload, reply)
+
+
 async def test_recipient_resolution_service(stack):
     d = await provision(stack)
     client = DirectoryClient(stack.nc, timeout=10)
