@@ -294,3 +294,51 @@ async def test_mail_waiting_in_another_region_is_not_skipped_when_the_source_sta
             return False
     await wait_until(back, 30, "the client reconnected to eu")
     assert await _drain(eu, "eu", 1, timeout=60) == [b"waiting"]
+
+
+@pytest.mark.parametrize("stream, subject", [(names.STREAM_USAGE, names.usage_subject("us.example")),
+                                             (names.STREAM_AUDIT, names.audit_subject("us.example"))])
+@pytest.mark.parametrize("handed_over_before", [True, False], ids=["warm", "cold"])
+async def test_summed_streams_are_not_skipped_when_the_source_starts_afresh(regions, stream, subject,
+                                                                            handed_over_before):
+    """USAGE and AUDIT keep their messages (limits, not a work queue), so a source the server
+    sets up afresh finds its position in what it sourced before ("warm"): the MAIL bug of
+    starting from the time of the last local message cannot strike there.  But a primary that
+    has sourced nothing yet from a region ("cold": the link was down from the start, or a
+    region joined a cluster with history) has no sourced message to find, and the server's
+    fallback is then the time of its last local message.  Either way every message the other
+    region appended while cut off must arrive, once."""
+    us, eu = regions.js("us"), regions.js("eu")
+    own = names.usage_subject("eu.example") if stream == names.STREAM_USAGE else names.audit_subject("eu.example")
+    expected = []
+    if handed_over_before:
+        await us.publish(subject, b"warm")
+        expected.append(b"warm")
+
+        async def warm():
+            return (await eu.stream_info(stream)).state.messages == 1
+        await wait_until(warm, 30, f"us's first message in eu's {stream}")
+    regions.hub.stop()                                   # the link is cut: nothing is handed over
+    for i in range(3):
+        await us.publish(subject, f"cut-{i}".encode())
+        expected.append(f"cut-{i}".encode())
+    await eu.publish(own, b"eu-own")                     # newer than all of them
+    server = regions.servers["eu"]
+    port = server.port_number
+    server.stop()                                        # the source is set up afresh at start
+    server.port = port
+    server.start()
+    regions.hub.start()
+
+    async def sourced():
+        try:
+            return (await eu.stream_info(stream)).state.messages >= len(expected) + 1
+        except (NatsError, TimeoutError):
+            return False
+    await wait_until(sourced, 60, f"us's messages in eu's {stream}")
+    info = await eu.stream_info(stream)
+    got = []
+    for seq in range(info.state.first_seq, info.state.last_seq + 1):
+        msg = await eu.get_msg(stream, seq)
+        got.append(msg.data)
+    assert sorted(got) == sorted([*expected, b"eu-own"])   # every message once, none skipped
