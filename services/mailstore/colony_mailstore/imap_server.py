@@ -39,7 +39,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from colony.contracts.handoff import MAX_LINE, NOT_OWNER, HandoffError, Verifier
 from colony.contracts.auth import AuthClient, AuthFailure, AuthUnavailable
-from colony.protocols.imap import rights
+from colony.protocols.imap import mime, rights
 from colony.protocols.imap import session as S
 from colony.protocols.imap.shared import PREFIX as SHARED_PREFIX, CompositeStore
 from colony.storage.mailbox import AccountMail
@@ -59,62 +59,128 @@ RECENT_ACCOUNTS = 10_000  # accounts whose \Recent marks are remembered
 # A colleague's folder changes on another store, whose commits wake nobody here: IDLE
 # sessions in one look again this often (one call to the owner's store each).
 SHARED_IDLE_POLL = 2.0
-# Message bodies read for FETCH, kept for every session of this store: a body file never
+# Messages read for FETCH and SEARCH, kept for every session of this store: a body file never
 # changes (its name is never reused), and opening and reading one was the largest cost of an
 # IMAP command (py-spy under bench/imap.py (b): clients fetch the same headers again and
-# again, and a session's own parsed-message cache holds 8).  Bounded in bytes; a body larger
-# than BODY_CACHE_LARGEST is read each time rather than push everything else out.
+# again, and a session's own parsed-message cache holds 8); parsing it (email.parser, for
+# ENVELOPE, BODYSTRUCTURE and the offsets of every section) was the next.  Bounded by an
+# estimate of the bytes held; a body larger than BODY_CACHE_LARGEST is read each time rather
+# than push everything else out.
 BODY_CACHE_BYTES = 16 * 1024 * 1024
 BODY_CACHE_LARGEST = 256 * 1024
+# What a parsed tree costs beside the octets (an estimate: the email.message.Message of a
+# part and its header strings are a few times the header block).
+_PART_OVERHEAD = 1024
+_HEADER_FACTOR = 4
+# Commands that read only the account's state (and cached messages) run on the event loop
+# rather than in a worker thread, unless the account is this large (a SELECT walks the
+# mailbox: the loop must not stall other sessions that long).
+INLINE_MAX_MESSAGES = 5_000
 
 Route = Callable[[str], Awaitable[bool]]     # "may this store serve the account now?" (acquires if vacant)
 
 
-class BodyCache:
-    """Recently read message bodies by (account directory, body file), least recently used
-    out first, at most ``budget`` bytes.  Used from the sessions' worker threads."""
+def _parsed_weight(data: bytes, root: mime.Part) -> int:
+    return len(data) + sum(_PART_OVERHEAD + _HEADER_FACTOR * (p.header_end - p.header_start) for p in root.walk())
+
+
+class MessageCache:
+    """Recently read messages by (account directory, body file): the octets and, once a
+    command needed it, the parsed MIME tree (``mime.analyze``, read-only once built), least
+    recently used out first, at most ``budget`` bytes by estimate.  Used from the sessions'
+    worker threads and the event loop."""
 
     def __init__(self, budget: int = BODY_CACHE_BYTES, largest: int = BODY_CACHE_LARGEST) -> None:
         self.budget, self.largest = budget, largest
         self.bytes = 0
-        self._bodies: OrderedDict[tuple[str, str], bytes] = OrderedDict()
+        self._entries: OrderedDict[tuple[str, str], tuple[bytes, mime.Part | None, int]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: tuple[str, str], read: Callable[[], bytes]) -> bytes:
+    def holds(self, key: tuple[str, str]) -> bool:
         with self._lock:
-            data = self._bodies.get(key)
-            if data is not None:
-                self._bodies.move_to_end(key)
-                return data
+            return key in self._entries
+
+    def _hit(self, key: tuple[str, str]) -> tuple[bytes, mime.Part | None, int] | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                self._entries.move_to_end(key)
+            return entry
+
+    def _keep(self, key: tuple[str, str], data: bytes, root: mime.Part | None) -> None:
+        if len(data) > self.largest:
+            return
+        weight = _parsed_weight(data, root) if root is not None else len(data)
+        with self._lock:
+            old = self._entries.pop(key, None)
+            if old is not None:
+                self.bytes -= old[2]
+            self._entries[key] = (data, root, weight)
+            self.bytes += weight
+            while self.bytes > self.budget:
+                self.bytes -= self._entries.popitem(last=False)[1][2]
+
+    def body(self, key: tuple[str, str], read: Callable[[], bytes]) -> bytes:
+        entry = self._hit(key)
+        if entry is not None:
+            return entry[0]
         data = read()
-        if len(data) <= self.largest:
-            with self._lock:
-                if key not in self._bodies:
-                    self._bodies[key] = data
-                    self.bytes += len(data)
-                    while self.bytes > self.budget:
-                        self.bytes -= len(self._bodies.popitem(last=False)[1])
+        self._keep(key, data, None)
         return data
+
+    def parsed(self, key: tuple[str, str], read: Callable[[], bytes]) -> tuple[bytes, mime.Part]:
+        entry = self._hit(key)
+        if entry is not None and entry[1] is not None:
+            return entry[0], entry[1]
+        data = entry[0] if entry is not None else read()
+        root = mime.analyze(data)
+        self._keep(key, data, root)
+        return data, root
 
 
 class MailStore:
     """``session.Store`` over an ``AccountMail``: its API plus the subscription list."""
 
     def __init__(self, mail: AccountMail, marks: S.RecentMarks, quota_bytes: int | None,
-                 bodies: BodyCache | None = None) -> None:
+                 cache: MessageCache | None = None) -> None:
         self.mail = mail
         self.marks = marks
         self.quota_bytes = quota_bytes
-        self.bodies = bodies
+        self.cache = cache
 
     def __getattr__(self, name: str):
         return getattr(self.mail, name)
 
-    def body(self, name: str, uid: int) -> bytes:
+    def _key(self, name: str, uid: int) -> tuple[str, str] | None:
         msg = self.mail.state.box(name).messages.get(uid)
-        if msg is None or self.bodies is None:
+        return None if msg is None or self.cache is None else (str(self.mail.dir), msg.body)
+
+    def body(self, name: str, uid: int) -> bytes:
+        key = self._key(name, uid)
+        if key is None:
             return self.mail.body(name, uid)      # (no such message: its error)
-        return self.bodies.get((str(self.mail.dir), msg.body), lambda: self.mail.body(name, uid))
+        return self.cache.body(key, lambda: self.mail.body(name, uid))
+
+    def parsed(self, name: str, uid: int) -> tuple[bytes, mime.Part] | None:
+        key = self._key(name, uid)
+        if key is None:
+            return None                           # the session reads body() (and its error)
+        return self.cache.parsed(key, lambda: self.mail.body(name, uid))
+
+    def holds(self, name: str, uids: list[int]) -> bool:
+        """Whether every one of ``uids`` (in ``name``, or gone from it) is in the cache."""
+        try:
+            box = self.mail.state.box(name)
+        except ValueError:
+            return True       # no such mailbox: the command answers NO without reading
+        if self.cache is None:
+            return not uids
+        where = str(self.mail.dir)
+        for uid in uids:
+            msg = box.messages.get(uid)
+            if msg is not None and not self.cache.holds((where, msg.body)):
+                return False
+        return True
 
     def subscriptions(self) -> set[str]:
         return set(self.mail.state.subscribed)
@@ -143,8 +209,18 @@ class ImapMetrics:
 @dataclass(eq=False)
 class _Conn:
     session: S.Session
-    wake: asyncio.Event
+    wake: asyncio.Event           # the account changed, or the watch wants the session gone
     leave: str | None = None      # set by the watch: say BYE with this
+    ready: asyncio.Future | None = None   # what the session's wait awaits (see _serve)
+
+    def poke(self, *_: object) -> None:
+        """End the session's wait: data arrived, a wake-up, or the autologout deadline."""
+        if self.ready is not None and not self.ready.done():
+            self.ready.set_result(None)
+
+    def wake_up(self) -> None:
+        self.wake.set()
+        self.poke()
 
 
 class ImapServer:
@@ -153,7 +229,7 @@ class ImapServer:
                  registry: CollectorRegistry | None = None, clock: Callable[[], float] = time.monotonic,
                  sharing: Sharing | None = None, exporter: AccountExporter | None = None) -> None:
         self.accounts = accounts
-        self.bodies = BodyCache()
+        self.message_cache = MessageCache()   # shared by all sessions of this store
         self.exporter = exporter   # export lines on imap-inner (colony.contracts.account_export)
         self.sharing = sharing     # shared folders (None: the user's own mail only)
         self.route = route
@@ -260,14 +336,25 @@ class ImapServer:
                      remote: str | None) -> None:
         session = conn.session
         read: asyncio.Task | None = None
+        out: list[bytes] = []     # a command's responses go out as one write, not one per line
+        queued = 0
         try:
             while True:
                 action = session.next_action()
                 if isinstance(action, S.Send):
-                    writer.write(action.data)
-                    if writer.transport.get_write_buffer_size() > READ_CHUNK:
-                        await writer.drain()   # a client that does not read slows its own session only
+                    out.append(action.data)
+                    queued += len(action.data)
+                    if queued >= READ_CHUNK:
+                        writer.write(b"".join(out))
+                        out.clear()
+                        queued = 0
+                        if writer.transport.get_write_buffer_size() > READ_CHUNK:
+                            await writer.drain()   # a client that does not read slows its own session only
                     continue
+                if out:
+                    writer.write(b"".join(out))
+                    out.clear()
+                    queued = 0
                 if isinstance(action, S.Close):
                     await writer.drain()
                     return
@@ -283,15 +370,24 @@ class ImapServer:
                     continue
                 if read is None:
                     read = asyncio.ensure_future(reader.read(READ_CHUNK))
-                waker = asyncio.ensure_future(conn.wake.wait())
-                # No polling per session: the watch wakes it when it must go.
-                timeout = max(0.0, session.deadline - self.clock())
-                done, _ = await asyncio.wait({read, waker}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-                waker.cancel()
+                    read.add_done_callback(conn.poke)
+                if not read.done() and not conn.wake.is_set():
+                    # One future for "data, a wake-up or the deadline", resolved by whichever
+                    # comes first: per command that is cheaper than a waiter task for the
+                    # wake-up and asyncio.wait over both.  No polling per session: the watch
+                    # wakes it when it must go.
+                    conn.ready = asyncio.get_running_loop().create_future()
+                    timer = asyncio.get_running_loop().call_later(max(0.0, session.deadline - self.clock()),
+                                                                  conn.poke)
+                    try:
+                        await conn.ready
+                    finally:
+                        timer.cancel()
+                        conn.ready = None
                 if conn.wake.is_set():
                     conn.wake.clear()
                     session.wake()
-                if read in done:
+                if read.done():
                     data = read.result()
                     read = None
                     if not data:
@@ -385,7 +481,7 @@ class ImapServer:
                     for conn in conns:
                         if conn.leave is None:
                             conn.leave = why
-                            conn.wake.set()
+                            conn.wake_up()
                     continue
                 if await self.accounts.directory.sealed(account):
                     # The domain's move is in its last pass: the source's copy must stop
@@ -393,7 +489,7 @@ class ImapServer:
                     for conn in conns:
                         if conn.leave is None:
                             conn.leave = SEALED_BYE
-                            conn.wake.set()
+                            conn.wake_up()
                     continue
                 acct = self.accounts.open.get(account)
                 if acct is not None:
@@ -402,7 +498,7 @@ class ImapServer:
                     for conn in conns:
                         mailbox = conn.session.mailbox
                         if conn.session.idling and mailbox and mailbox.startswith(SHARED_PREFIX):
-                            conn.wake.set()
+                            conn.wake_up()
             await asyncio.sleep(_CHECK)
 
     def sessions_of_domain(self, domain: str) -> int:
@@ -420,7 +516,24 @@ class ImapServer:
 
     def _notify(self, account: str) -> None:
         for conn in self._conns.get(account, ()):
-            conn.wake.set()
+            conn.wake_up()
+
+    @staticmethod
+    def _light(session: S.Session, mail: AccountMail, owners: list[str], store) -> bool:
+        """Whether the waiting command can run on the event loop: it only reads the account's
+        state in memory and messages already in the cache (``Session.pending_reads``), no
+        colleague's folder is in reach (those calls go over the bus), and the account is
+        small enough for the work to be short.  Handing a command to a worker thread and
+        back cost about as much as a cached FETCH itself."""
+        if owners or mail.state.messages_total > INLINE_MAX_MESSAGES:
+            return False
+        uids = session.pending_reads()
+        if uids is None:
+            return False
+        if not uids:
+            return True
+        own = store.own if isinstance(store, CompositeStore) else store
+        return session.mailbox is not None and own.holds(session.mailbox, uids)
 
     async def _run(self, conn: _Conn) -> None:
         session = conn.session
@@ -442,7 +555,7 @@ class ImapServer:
                 session.abort("[UNAVAILABLE] The account moved; reconnect")
                 return
             acct.last_used = self.accounts.clock()
-            store = MailStore(acct.mail, self.marks_for(session.account), quota, self.bodies)
+            store = MailStore(acct.mail, self.marks_for(session.account), quota, self.message_cache)
             if self.sharing is not None:
                 # Colleagues' folders under Other Users/ (colony.protocols.imap.shared); each
                 # call on one goes to the mail store owning that account (sharing.RemoteView).
@@ -452,7 +565,10 @@ class ImapServer:
             before = grantees(acct.mail)
             started = time.perf_counter()
             try:
-                await asyncio.to_thread(session.run, store)
+                if self._light(session, acct.mail, owners, store):
+                    session.run(store)
+                else:
+                    await asyncio.to_thread(session.run, store)
                 self.metrics.work.observe(time.perf_counter() - started)
                 after = grantees(acct.mail)
             except Exception:

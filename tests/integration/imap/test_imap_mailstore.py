@@ -191,6 +191,29 @@ async def test_handoff_starts_an_authenticated_session_and_refuses_forgeries(ima
     assert data.startswith(b"NO "), data
 
 
+def _one_read_per_command(host: str, port: int) -> list[bytes]:
+    """Each command's whole answer as the first recv after it (one write by the store)."""
+    answers = []
+    with socket.create_connection((host, port), timeout=30) as s:
+        _read_until(s, b"\r\n", 30)
+        s.sendall(b"a LOGIN " + BOB.encode() + b" " + PASSWORD.encode() + b"\r\n")
+        _read_until(s, b"a OK", 30)
+        for line in (b"b SELECT INBOX", b"c FETCH 1:3 (UID FLAGS BODY.PEEK[HEADER])", b"d SEARCH UNSEEN"):
+            s.sendall(line + b"\r\n")
+            answers.append(s.recv(1 << 20))
+    return answers
+
+
+async def test_a_commands_responses_leave_the_store_in_one_write(imap):
+    # Line by line, every response was a write, a TCP segment, and at the edge a read and a
+    # write of its own: a FETCH of 20 headers cost the edge 21 relays instead of one.
+    world, host, port, view, _ = imap
+    select, fetch, search = await asyncio.to_thread(_one_read_per_command, host, port)
+    assert select.startswith(b"* FLAGS") and select.endswith(b"b OK [READ-WRITE] SELECT completed\r\n"), select
+    assert fetch.count(b" FETCH (") == 3 and fetch.endswith(b"c OK FETCH completed\r\n"), fetch
+    assert search.startswith(b"* SEARCH") and search.endswith(b"d OK SEARCH completed\r\n"), search
+
+
 def _hostile(host: str, port: int) -> bytes:
     with socket.create_connection((host, port), timeout=30) as s:
         s.recv(4096)

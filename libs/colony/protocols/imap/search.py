@@ -111,6 +111,23 @@ def _internal_day(m: MessageView) -> date:
     return m.internal_date.date()
 
 
+# Search keys answered from a message's octets (headers or body) rather than its metadata.
+_CONTENT_KEYS = {"SENTBEFORE", "SENTON", "SENTSINCE", "FROM", "TO", "CC", "BCC", "SUBJECT", "HEADER", "BODY", "TEXT"}
+
+
+def reads_message(key: tuple) -> bool:
+    """Whether evaluating ``key`` reads any message's octets (a shell may then want the
+    bodies at hand first); flags, sizes, dates, UIDs and MODSEQ are metadata."""
+    kind = key[0]
+    if kind == "AND":
+        return any(reads_message(k) for k in key[1])
+    if kind == "OR":
+        return reads_message(key[1]) or reads_message(key[2])
+    if kind == "NOT":
+        return reads_message(key[1])
+    return kind in _CONTENT_KEYS
+
+
 def matches(key: tuple, m: MessageView, ctx: SearchContext) -> bool:
     kind = key[0]
     if kind == "AND":

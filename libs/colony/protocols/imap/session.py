@@ -77,6 +77,7 @@ _STATUS_OFFERED = {"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "SI
 QUOTA_ROOT = ""     # one quota root per account: all its mailboxes (RFC 9208)
 FETCH_BATCH_BYTES = 1024 * 1024
 MIME_CACHE = 8           # parsed messages kept per session
+READS_AT_MOST = 64       # messages a command may read and still count as light (``pending_reads``)
 MAX_APPEND = 64 * 1024 * 1024
 PREAUTH_LITERAL = 1024
 
@@ -94,6 +95,12 @@ _AUTH = {"SELECT", "EXAMINE", "CREATE", "DELETE", "RENAME", "SUBSCRIBE", "UNSUBS
          "GETACL", "SETACL", "DELETEACL", "LISTRIGHTS", "MYRIGHTS"}
 _SELECTED = {"CHECK", "CLOSE", "UNSELECT", "EXPUNGE", "SEARCH", "FETCH", "STORE", "COPY", "MOVE", "SORT", "THREAD",
              "UID EXPUNGE"}
+# Commands that only read the account's state (mailboxes, messages' metadata, ACLs, quota):
+# never a commit, never a message's octets (``pending_reads``).
+_STATE_READS = {"NOOP", "CHECK", "SELECT", "EXAMINE", "UNSELECT", "IDLE", "NAMESPACE", "ENABLE", "LIST", "LSUB",
+                "STATUS", "GETQUOTA", "GETQUOTAROOT", "GETACL", "LISTRIGHTS", "MYRIGHTS"}
+# FETCH items answered from the message's metadata alone.
+_FETCH_METADATA = {"FLAGS", "UID", "MODSEQ", "INTERNALDATE", "RFC822.SIZE"}
 
 
 # --- actions for the shell ---------------------------------------------------------------------
@@ -157,6 +164,9 @@ class Store(Protocol):
         With ``claim`` they become this session's (no other session will see them recent)."""
     def messages(self, name: str) -> list[StoredMessage]: ...
     def body(self, name: str, uid: int) -> bytes: ...
+    # Optional: ``(body, mime.analyze(body))`` from a cache the store keeps for all its
+    # sessions, or None (the session then parses it and keeps it in its own small cache).
+    # def parsed(self, name: str, uid: int) -> tuple[bytes, mime.Part] | None: ...
     def create_mailbox(self, name: str, special_use: str | None = None) -> None: ...
     def rename_mailbox(self, old: str, new: str) -> None: ...
     def delete_mailbox(self, name: str) -> None: ...
@@ -284,6 +294,39 @@ class Session:
             cmd, self._resume = self._resume[0], None
         if cmd is not None:
             self._tagged(cmd.tag, "NO", text)
+
+    def pending_reads(self) -> list[int] | None:
+        """What the waiting work (the next ``NeedStore``) needs besides the account's state in
+        memory, so that a shell can run light commands without handing them to a worker
+        thread: the UIDs of the selected mailbox whose octets it reads (``[]``: none), or
+        ``None`` when it may write (a commit is blocking I/O), reads more than
+        ``READS_AT_MOST`` messages, or is not known to only read.  A hint for where to run
+        ``run``, which is correct wherever it runs."""
+        if self._resume is not None:
+            return None
+        cmd = self._pending_command
+        if cmd is None:
+            return [] if self._idle_tag is not None else None     # IDLE woken: a sync
+        name = _name(cmd)
+        if name in _STATE_READS:
+            return []
+        if name == "FETCH":
+            items = {i.name for i in cmd.items}
+            if items <= _FETCH_METADATA:
+                return []
+            if not self.read_only and items & {"RFC822", "RFC822.TEXT", "BODY", "BINARY"}:
+                return None      # may set \Seen
+            try:
+                uids = self._select_uids(cmd.sequence, cmd.uid)
+            except _Bad:
+                return []        # answered BAD without reading
+        elif name in ("SORT", "THREAD") or (name == "SEARCH" and search.reads_message(cmd.criteria)):
+            uids = self._uids
+        elif name == "SEARCH":
+            return []
+        else:
+            return None
+        return list(uids) if len(uids) <= READS_AT_MOST else None
 
     @property
     def deadline(self) -> float:
@@ -1164,6 +1207,13 @@ class Session:
     # --- FETCH -------------------------------------------------------------------------------------
 
     def _parsed(self, store: Store, uid: int) -> tuple[bytes, mime.Part]:
+        # A store may keep parsed messages itself, for all its sessions (optional
+        # ``Store.parsed``: None when it does not hold that message's kind of mailbox).
+        shared = getattr(store, "parsed", None)
+        if shared is not None:
+            hit = shared(self.mailbox, uid)
+            if hit is not None:
+                return hit
         key = (self.mailbox, uid)
         hit = self._mime.get(key)
         if hit is not None:

@@ -354,6 +354,13 @@ class CompositeStore:
     def body(self, name: str, uid: int) -> bytes:
         return self._route(name).body(name, uid)
 
+    def parsed(self, name: str, uid: int):
+        # Defined here, not left to __getattr__: the own store's parse cache must never answer
+        # for a colleague's mailbox.
+        store = self._route(name)
+        parsed = getattr(store, "parsed", None)
+        return parsed(name, uid) if parsed is not None else None
+
     def acl(self, name: str) -> dict[str, str]:
         return self._route(name).acl(name)
 

@@ -450,3 +450,57 @@ def test_login_with_literals_but_no_big_literal_before_login(mail):
     assert c.cmd("b LOGIN {3}").startswith("+ ")
     assert c.send(b"bob {6}\r\n").startswith("+ ")
     assert "b OK" in c.send(b"secret\r\n")
+
+
+def test_pending_reads_names_what_the_waiting_command_reads(mail, monkeypatch):
+    c = selected(mail)
+
+    def pending(line: str):
+        c.session.receive_data(line.encode() + b"\r\n")
+        assert isinstance(c.session.next_action(), S.NeedStore)
+        reads = c.session.pending_reads()
+        c.session.run(c.store)
+        c.pump()
+        return reads
+
+    assert pending("a NOOP") == [] and pending("b SELECT INBOX") == []
+    assert pending("c SEARCH UNSEEN") == [] and pending("d SEARCH OR SEEN LARGER 10") == []
+    assert pending("e SEARCH NOT SUBJECT hello") == [1, 2]        # headers: every message
+    assert pending("f SORT (SUBJECT) UTF-8 ALL") == [1, 2]
+    assert pending("g FETCH 1:* (UID FLAGS RFC822.SIZE INTERNALDATE)") == []
+    assert pending("h FETCH 2 (BODY.PEEK[HEADER] ENVELOPE)") == [2]
+    assert pending("i UID FETCH 2:* (BODYSTRUCTURE)") == [2]
+    assert pending("j FETCH 9 (ENVELOPE)") == []                  # BAD, nothing read
+    assert pending("k FETCH 1 (BODY[TEXT])") is None               # may set \Seen: a commit
+    assert pending("l STORE 1 +FLAGS (\\Flagged)") is None
+    assert pending("m COPY 1 Archive") is None and pending("n CLOSE") is None
+    assert pending("o EXAMINE INBOX") == []
+    assert pending("p FETCH 1 (BODY[TEXT])") == [1]                # read-only: never sets \Seen
+    monkeypatch.setattr(S, "READS_AT_MOST", 1)
+    assert pending("q FETCH 1:2 (ENVELOPE)") is None               # too many to count as light
+    assert pending("r IDLE") == []
+    c.session.wake()
+    assert isinstance(c.session.next_action(), S.NeedStore)
+    assert c.session.pending_reads() == []                         # IDLE woken: a sync only
+    c.session.run(c.store)
+    assert "r OK" in c.send(b"DONE\r\n")
+
+
+def test_a_store_that_keeps_parsed_messages_serves_fetch_and_search(mail):
+    import colony.protocols.imap.mime as mime
+
+    c = selected(mail)
+    parsed: list[int] = []
+
+    def keep(name, uid):
+        parsed.append(uid)
+        data = mail.body(name, uid)
+        return data, mime.analyze(data)
+
+    c.store.parsed = keep
+    out = c.cmd("a FETCH 1 (ENVELOPE BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+    assert '"Hello there"' in out and "Subject: Hello there" in out
+    assert set(parsed) == {1}
+    parsed.clear()
+    assert "* SEARCH 1\r\n" in c.cmd("b SEARCH SUBJECT hello")
+    assert parsed == [1, 2]      # the store's cache is asked each time, the session keeps none
