@@ -37,8 +37,10 @@ accepted (it waits in the stream); a login is not: it gets a temporary failure, 
 wrong region's (empty) mailbox.
 
 Memory per session is bounded: before login the cores bound every line and literal; after
-it the copy loops move at most one read buffer at a time and wait for the other side to
-drain.  Idle timeouts: before login ``access_login_timeout``; after it the store's own
+it the two connections are spliced (``_Splice``): a chunk read from one is written to the
+other in the read's own callback, and a connection whose write buffer passes its high-water
+mark pauses reading from the other until it drains; an idle session holds no buffer at all.
+Idle timeouts: before login ``access_login_timeout``; after it the store's own
 (``imap_idle_timeout`` outside IDLE, ``pop3_idle_timeout``).
 """
 
@@ -279,28 +281,35 @@ class AccessProxy:
 
     async def pipe(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter,
                    upstream: tuple[asyncio.StreamReader, asyncio.StreamWriter], leftover: bytes) -> None:
-        """Copy both ways until either side closes; then close both."""
+        """Splice the client's and the store's connections until either side closes; then
+        close both.  The transports are handed to ``_Splice`` protocols, so each chunk goes
+        from one socket's callback straight into the other's write, with no task, stream
+        buffer or line parsing in between; bytes the stream readers had already taken (a
+        client's pipelined commands, the store's first responses) go first."""
         store_reader, store_writer = upstream
-        if leftover:
-            store_writer.write(leftover)
-
-        async def copy(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(ConnectionError, OSError):
-                while data := await src.read(_COPY):
-                    dst.write(data)
-                    await dst.drain()
-
-        tasks = [asyncio.ensure_future(copy(client_reader, store_writer)),
-                 asyncio.ensure_future(copy(store_reader, client_writer))]
+        client, store = client_writer.transport, store_writer.transport
+        loop = asyncio.get_running_loop()
+        lost = loop.create_future()
+        to_store = _Splice(store, client.get_protocol(), lost)
+        to_client = _Splice(client, store.get_protocol(), lost)
+        client.set_protocol(to_store)
+        store.set_protocol(to_client)
+        # Nothing feeds the stream readers any more: what they hold is all they will ever hold.
+        client_reader.feed_eof()
+        store_reader.feed_eof()
         try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            to_store.start(leftover + await client_reader.read())
+            to_client.start(await store_reader.read())
+            await lost
+        except (ConnectionError, OSError):
+            pass                # a side went away before the splice began
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            store_writer.close()
-            with contextlib.suppress(ConnectionError, OSError):
-                await asyncio.wait_for(client_writer.drain(), 5)
+            store.close()
+            client.close()      # sends what is buffered first...
+            try:
+                await asyncio.wait_for(asyncio.shield(to_store.closed), 5)
+            except (asyncio.TimeoutError, asyncio.CancelledError):
+                client.abort()  # ...unless the client does not take it
 
     async def _admit(self, writer: asyncio.StreamWriter, ip: str, refuse: Callable[[str], bytes]) -> bool:
         refusal = await self.gate.on_connect(ip)
@@ -336,6 +345,53 @@ class AccessProxy:
                 await session.run()
         finally:
             self.gate.on_disconnect(ip)
+
+
+class _Splice(asyncio.Protocol):
+    """The receiving side of one connection of a spliced pair: what arrives is written to
+    ``peer``.  Flow control is the transports' own: when this connection's write buffer is
+    over its high-water mark (its reader is slow), reading from the peer pauses until it
+    drains, so each direction holds at most that buffer plus one read.  Losing either
+    connection ends the splice (``lost``); the stream protocol the transport had before
+    still hears of it, so ``StreamWriter.wait_closed`` works as usual."""
+
+    __slots__ = ("peer", "previous", "lost", "closed", "_held")
+
+    def __init__(self, peer: asyncio.BaseTransport, previous: asyncio.BaseProtocol,
+                 lost: asyncio.Future) -> None:
+        self.peer, self.previous, self.lost = peer, previous, lost
+        self.closed: asyncio.Future = lost.get_loop().create_future()   # this connection is gone
+        self._held: list[bytes] | None = []     # data that came before start()
+
+    def start(self, first: bytes) -> None:
+        held, self._held = self._held or [], None
+        data = first + b"".join(held)
+        if data:
+            self.peer.write(data)
+
+    def data_received(self, data: bytes) -> None:
+        if self._held is not None:
+            self._held.append(data)
+        else:
+            self.peer.write(data)
+
+    def eof_received(self) -> bool:
+        return False      # the transport closes itself; connection_lost follows
+
+    def pause_writing(self) -> None:
+        # The transport this protocol belongs to cannot take more: stop reading its source.
+        self.peer.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.peer.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+        if not self.lost.done():
+            self.lost.set_result(None)
+        with contextlib.suppress(Exception):
+            self.previous.connection_lost(exc)
 
 
 def _ip(writer: asyncio.StreamWriter) -> str:
