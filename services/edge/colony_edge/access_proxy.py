@@ -69,13 +69,13 @@ from colony.counters import SharedCounters
 from colony.protocols.imap import preauth as imap
 from colony.protocols.pop3 import rules as pop3
 from colony.settings import Role, Settings
-from colony_edge.login_cache import LoginCache
+from colony_edge.login_cache import LoginCache, edge_login_cache
 from colony_edge.security.gate import EdgeGate
 from colony_edge.security.networks import counting_unit
 
 log = logging.getLogger("colony.edge.access")
 
-_COPY = 64 * 1024          # one read buffer per direction and session
+_COPY = 64 * 1024          # the stream limit of a store connection before the splice (its answer line)
 _ROUTE_ATTEMPTS = 20       # NOT-OWNER answers or unreachable stores before a temporary failure
 _ROUTE_PAUSE = 0.25        # seconds between them (a drained store releases its accounts this fast)
 _STORE_TIMEOUT = 15.0      # seconds a store has to answer a hand-off
@@ -560,13 +560,7 @@ async def open_access(workload, runtime, gate: EdgeGate, counters: SharedCounter
     files = configured(settings)
     tls = sni_context(files.cert, files.key, settings.tls_sni_dir) if files else None
     owners = await runtime.nc.jetstream().key_value(names.BUCKET_ACCOUNT_OWNERS)
-    login_cache = None
-    if settings.access_auth_cache_size and workload.directory is not None:
-        # Only with the directory feed: it is what drops an entry when the password changes.
-        login_cache = LoginCache(settings.access_auth_cache_size, settings.access_auth_cache_ttl,
-                                 settings.access_auth_cache_negative_ttl)
-        workload.directory.on_change = login_cache.on_directory_change
-        runtime.metrics.add_callback(login_cache.metrics)
+    login_cache = edge_login_cache(workload, settings, runtime.metrics)
     proxy = AccessProxy(settings, load_secret(settings.cluster_secret_file), AuthClient(runtime.nc),
                         StoreFinder(runtime.nc, owners), LoginThrottle(settings, counters, gate), gate, tls,
                         workload.tracker, AccessMetrics(runtime.metrics.registry), hostname,

@@ -62,6 +62,20 @@ def _domain_of(address: str) -> str:
     return address.rpartition("@")[2]
 
 
+def edge_login_cache(workload, settings, metrics) -> LoginCache | None:
+    """The edge's one login cache, shared by IMAP, POP3 (``access_proxy``) and submission AUTH:
+    made on first use, only together with the directory cache (whose feed is what drops an
+    entry when a password changes), ``None`` when either is off."""
+    cache = getattr(workload, "login_cache", None)
+    if cache is None and settings.access_auth_cache_size and workload.directory is not None:
+        cache = LoginCache(settings.access_auth_cache_size, settings.access_auth_cache_ttl,
+                           settings.access_auth_cache_negative_ttl)
+        workload.directory.on_change = cache.on_directory_change
+        metrics.add_callback(cache.metrics)
+        workload.login_cache = cache
+    return cache
+
+
 class LoginCache:
     def __init__(self, size: int, ttl: float, negative_ttl: float = 0.0,
                  clock: Callable[[], float] = time.monotonic, secret: bytes | None = None) -> None:

@@ -44,6 +44,7 @@ from colony.protocols.smtp import Reply, events as E, replies as R
 from colony.settings import Settings
 from colony.telemetry import inject_headers
 from colony_edge.acceptance import AcceptanceFailed, MailAcceptor, fold, new_message_id
+from colony_edge.login_cache import LoginCache, edge_login_cache
 from colony_edge.recipients import RecipientPolicy
 from colony_edge.smtp_policy import ACCEPT, AcceptedRecipient, BasePolicy, IncomingMessage, SmtpSession, Verdict, refuse
 
@@ -104,8 +105,12 @@ class SubmissionMetrics:
 
 class SubmissionPolicy(BasePolicy):
     def __init__(self, directory, auth: AuthClient, counters: SharedCounters, js: JetStreamContext,
-                 settings: Settings, metrics: SubmissionMetrics, node_id: str, srs=None) -> None:
+                 settings: Settings, metrics: SubmissionMetrics, node_id: str, srs=None,
+                 login_cache: LoginCache | None = None) -> None:
         self.directory, self.auth_client, self.counters, self.js = directory, auth, counters, js
+        # The edge's login cache (as IMAP/POP3 use it): a client that submits every few
+        # minutes with the same password costs one argon2id check per TTL, not one per session.
+        self.login_cache = login_cache
         self.settings, self.metrics, self.node_id = settings, metrics, node_id
         # With an SRS key, a hosted recipient that forwards outside is accepted with its remote
         # targets (as on the MX); the copies keep the account's own envelope sender.
@@ -113,12 +118,21 @@ class SubmissionPolicy(BasePolicy):
         self._audited: OrderedDict[str, float] = OrderedDict()   # account -> last audit (bounded)
 
     async def auth(self, session: SmtpSession, auth: E.Auth) -> Verdict:
-        try:
-            reply = await self.auth_client.check(auth.username, auth.password, service="mail",
-                                                 remote_addr=session.peer_ip)
-        except AuthUnavailable:
-            self.metrics.auth.labels(result="unavailable").inc()
-            return refuse(AUTH_UNAVAILABLE)
+        cache, reply = self.login_cache, None
+        if cache is not None:
+            key = cache.key("mail", auth.username, auth.password)
+            reply = cache.get(key)
+        if reply is None:
+            mark = cache.mark() if cache is not None else 0
+            try:
+                reply = await self.auth_client.check(auth.username, auth.password, service="mail",
+                                                     remote_addr=session.peer_ip)
+            except AuthUnavailable:
+                self.metrics.auth.labels(result="unavailable").inc()
+                return refuse(AUTH_UNAVAILABLE)
+            finally:
+                if cache is not None:
+                    cache.put(key, auth.username, reply, mark)
         if not reply.ok:
             if reply.reason == AuthFailure.INTERNAL:   # the service failed, not the password: 454 (RFC 4954)
                 self.metrics.auth.labels(result="unavailable").inc()
@@ -300,7 +314,8 @@ async def open_submission(workload, runtime, acceptor: MailAcceptor, metrics, co
         return {}
     js = runtime.nc.jetstream()
     policy = SubmissionPolicy(workload.directory, AuthClient(runtime.nc), counters, js, settings,
-                              SubmissionMetrics(runtime.metrics.registry), runtime.node_id, srs)
+                              SubmissionMetrics(runtime.metrics.registry), runtime.node_id, srs,
+                              login_cache=edge_login_cache(workload, settings, runtime.metrics))
     submit = SubmissionAcceptor(acceptor, js, settings, runtime.node_id)
     addresses = {}
     for name, port, implicit in (("submission", settings.submission_port, False),

@@ -43,3 +43,39 @@ async def test_auth_answers(reason, expected):
                                           E.Auth(mechanism="PLAIN", username="bob@example.com", password="x"))
     assert not verdict.accept and verdict.reply == expected
     assert bus.headers["Colony-Timeout"] == "3"   # the service learns how long the edge waits
+
+
+class CountingBus(FakeBus):
+    def __init__(self, reply: AuthCheckReply) -> None:
+        super().__init__(reply)
+        self.asked = 0
+
+    async def request(self, subject, payload, timeout, headers=None):
+        self.asked += 1
+        return await super().request(subject, payload, timeout, headers)
+
+
+async def test_a_repeated_auth_is_answered_by_the_edges_login_cache_until_the_account_changes():
+    from colony.bus import names
+    from colony_edge.login_cache import LoginCache
+
+    bus = CountingBus(AuthCheckReply.granted("bob@example.com", "example.com", {}))
+    cache = LoginCache(100, ttl=3600)
+    policy = SubmissionPolicy(None, auth=AuthClient(bus, timeout=3), counters=None, js=None, settings=Settings(),
+                              metrics=SubmissionMetrics(CollectorRegistry()), node_id="edge-1", login_cache=cache)
+
+    async def auth(password: str):
+        session = SmtpSession(id="s1", peer_ip="192.0.2.1", peer_port=1, local_port=587)
+        verdict = await policy.auth(session, E.Auth(mechanism="PLAIN", username="bob@example.com", password=password))
+        return verdict.accept, session.notes.get("account")
+
+    assert await auth("right") == (True, "bob@example.com")
+    assert await auth("right") == (True, "bob@example.com")
+    assert bus.asked == 1 and cache.hits == 1
+    await auth("other")                      # another password is never answered from the cache
+    assert bus.asked == 2
+    # IMAP's entry for the same user and password is not submission's (the service is in the key)
+    assert cache.get(cache.key("imap", "bob@example.com", "right")) is None
+    cache.on_directory_change(names.AGG_ADDRESS, "bob@example.com")   # e.g. a password change
+    await auth("right")
+    assert bus.asked == 3
