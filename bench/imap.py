@@ -15,7 +15,9 @@ loopback IMAP port.
 (b) **Throughput**: ``--clients`` sessions, one account each holding ``--messages``
     messages, loop for ``--seconds``: SELECT INBOX, FETCH 1:20 headers, FETCH one body,
     STORE +FLAGS \\Seen, SEARCH UNSEEN.  Operations per second and p50/p99 per operation;
-    the ratio Colony/Dovecot.
+    the ratio Colony/Dovecot; and the servers' CPU per operation over the loop (Colony: the
+    edge and the mail store, the processes every command crosses; Dovecot: all its
+    processes), the steadier figure on a shared machine.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
@@ -39,7 +42,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from colony_up import ColonyUp  # noqa: E402
-from peers import Dovecot, have, wait_port  # noqa: E402
+from peers import Dovecot, have, process_cpu, wait_port  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DOMAIN = "bench.test"
@@ -173,7 +176,9 @@ async def idle_sessions(port: int, users: list[str], count: int, tls: ssl.SSLCon
             **{f"{k}_kb_per_session": (after[k] - before[k]) / n for k in pids}}
 
 
-async def throughput(port: int, users: list[str], seconds: float, messages: int) -> dict[str, list[float]]:
+async def throughput(port: int, users: list[str], seconds: float, messages: int,
+                     cpu: Callable[[], float] = lambda: 0.0) -> tuple[dict[str, list[float]], float]:
+    """The operations' latencies, and the server's CPU seconds (``cpu``) over the loop."""
     ops: dict[str, list[float]] = {"SELECT": [], "FETCH headers": [], "FETCH body": [], "STORE flags": [], "SEARCH": []}
     # Everyone logs in first: the clock measures the operations, not the password checks.
     clients = []
@@ -181,6 +186,7 @@ async def throughput(port: int, users: list[str], seconds: float, messages: int)
         c = await Imap.open(port)
         await c.login(user)
         clients.append((user, c))
+    cpu_start = cpu()
     stop = time.monotonic() + seconds
 
     async def client(user: str, c: Imap) -> None:
@@ -194,21 +200,26 @@ async def throughput(port: int, users: list[str], seconds: float, messages: int)
                 t = time.perf_counter()
                 await c.cmd(text)
                 ops[name].append(time.perf_counter() - t)
-        await c.cmd("LOGOUT")
-        c.close()
 
     await asyncio.gather(*(client(u, c) for u, c in clients))
-    return ops
+    used = cpu() - cpu_start
+    for _, c in clients:
+        await c.cmd("LOGOUT")
+        c.close()
+    return ops, used
 
 
-def summarise(ops: dict[str, list[float]], seconds: float) -> dict[str, tuple[float, float, float]]:
+def summarise(measured: tuple[dict[str, list[float]], float], seconds: float) -> dict[str, tuple[float, float, float]]:
+    """Per operation (ops/s, p50 ms, p99 ms); "all" carries the server's CPU ms per operation
+    in place of p50."""
+    ops, cpu = measured
     out = {}
     for name, lat in ops.items():
         lat = sorted(lat)
         p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))] if lat else float("nan")
         out[name] = (len(lat) / seconds, statistics.median(lat) * 1000 if lat else float("nan"), p99 * 1000)
     total = sum(len(v) for v in ops.values())
-    out["all"] = (total / seconds, float("nan"), float("nan"))
+    out["all"] = (total / seconds, cpu * 1000 / total if total else float("nan"), float("nan"))
     return out
 
 
@@ -251,7 +262,9 @@ def run_colony(workdir: Path, args) -> tuple[dict, dict, dict | None]:
         if args.no_throughput:
             return idle_plain, idle_tls, None
         console.log("throughput")
-        ops = asyncio.run(throughput(imap_port, users, args.seconds, args.messages))
+        # Colony's CPU: the edge and the mail store, the two processes every command crosses.
+        ops = asyncio.run(throughput(imap_port, users, args.seconds, args.messages,
+                                     lambda: process_cpu(list(pids.values()))))
         return idle_plain, idle_tls, summarise(ops, args.seconds)
 
 
@@ -262,7 +275,8 @@ def run_dovecot(workdir: Path, args) -> dict:
     try:
         users = [f"user{i}@{DOMAIN}" for i in range(args.clients)]
         asyncio.run(fill(port, users, args.messages))
-        return summarise(asyncio.run(throughput(port, users, args.seconds, args.messages)), args.seconds)
+        return summarise(asyncio.run(throughput(port, users, args.seconds, args.messages, dovecot.cpu_seconds)),
+                         args.seconds)
     finally:
         dovecot.stop()
 
@@ -299,13 +313,21 @@ def main() -> None:
     for col in ("operation", "Colony ops/s", "p50 ms", "p99 ms", "Dovecot ops/s", "p50 ms", "p99 ms", "ratio"):
         table.add_column(col, justify="right")
     for name, (rate, p50, p99) in colony_ops.items():
+        if name == "all":
+            continue
         if peer:
             prate, pp50, pp99 = peer[name]
             table.add_row(name, f"{rate:.0f}", f"{p50:.1f}", f"{p99:.1f}", f"{prate:.0f}", f"{pp50:.1f}",
                           f"{pp99:.1f}", f"{rate / prate:.2f}x" if prate else "-")
         else:
             table.add_row(name, f"{rate:.0f}", f"{p50:.1f}", f"{p99:.1f}", "-", "-", "-", "-")
+    rate, cpu_ms, _ = colony_ops["all"]
+    prate, pcpu_ms, _ = peer["all"] if peer else (float("nan"),) * 3
+    table.add_row("all", f"{rate:.0f}", "", "", f"{prate:.0f}", "", "", f"{rate / prate:.2f}x" if peer else "-")
     console.print(table)
+    console.print(f"server CPU per operation: Colony (edge + store) {cpu_ms:.2f} ms, Dovecot {pcpu_ms:.2f} ms"
+                  + (f" ({pcpu_ms / cpu_ms:.2f}x)" if peer and cpu_ms else "")
+                  + f"; load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":
