@@ -23,6 +23,14 @@ question from a controller that has lost the lease to a newer one.  A reply is e
 answer or ``{"error": "..."}`` (``MoveRequestError`` on the asking side); the controller's
 rules treat a failed pass as not verified and try again, so an error is never fatal.
 
+A pull is answered within ``PULL_ANSWER_WITHIN`` seconds however long the copy takes: a
+copy still under way by then goes on in the owner's background and the answer is an error
+saying so; the same question asked again waits for that copy (or takes its result) instead
+of starting another.  So the asker's timeout is short, and a store that dies with the
+question in hand (SIGKILL: nobody tells the asker) costs ``PULL_ASK_TIMEOUT``, not the
+length of a whole copy; the question then reaches a live store, which pulls again once the
+account's lease has passed to it.
+
 Wire form (JSON bodies, one message each way)::
 
     colony.move.us.pull      {"domain": "acme.example", "move_id": "01J...", "source": "eu",
@@ -48,6 +56,9 @@ from typing import TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 MAX_ACCOUNTS = 100_000  # accounts of one remove request: bounded whatever the asker sends
+PULL_ANSWER_WITHIN = 15.0  # seconds the pulling owner waits for its copy before answering "still under way"
+PULL_PASS_ON_TIMEOUT = PULL_ANSWER_WITHIN + 5.0  # the store that passed the pull on waits this long for the owner
+PULL_ASK_TIMEOUT = PULL_PASS_ON_TIMEOUT + 10.0   # the controller's timeout for a pull question
 
 
 class _Message(BaseModel):

@@ -5,7 +5,10 @@ the leafnode link (``names.domain_move_subject``).  The accounts of a domain are
 caller's ``accounts`` function (the directory the controller may read), not asked of a store.
 Each request carries trace context (``colony.telemetry.inject_headers``).  A timeout or
 "no responders" (the asked region cut off, or no store there yet) becomes
-``MoveRequestError``: the driver's step fails and is simply taken again later.
+``MoveRequestError``: the driver's step fails and is simply taken again later.  A pull is
+answered within ``mr.PULL_ANSWER_WITHIN`` (a long copy says "still under way" and goes on),
+so its timeout is short: a target store SIGKILLed with the question in hand is noticed
+after ``mr.PULL_ASK_TIMEOUT``, and the question asked again reaches a live store.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from colony_controller.domain_mover import CopyReport
 
 class BusMovePort:
     def __init__(self, nc, accounts: Callable[[str], Awaitable[list[str]]], *, epoch: Callable[[], int],
-                 timeout: float = 30.0, pull_timeout: float = 600.0) -> None:
+                 timeout: float = 30.0, pull_timeout: float = mr.PULL_ASK_TIMEOUT) -> None:
         self.nc, self._accounts, self.epoch = nc, accounts, epoch
         self.timeout, self.pull_timeout = timeout, pull_timeout
 

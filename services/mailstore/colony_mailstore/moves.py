@@ -17,7 +17,14 @@ cannot answer alone it passes on to its region's peers on the region-local
     over the source's READY stores, read through the source's JetStream domain as an edge
     does for IMAP -- and runs ``account_export.pull_into`` against that store's
     ``imap-inner`` listener.  An account the source stores nothing for (it never got mail)
-    is an empty, verified copy.
+    is an empty, verified copy.  The copy runs as a job of the owner's, not of the question:
+    the owner answers within ``mr.PULL_ANSWER_WITHIN`` -- the copy's result, or "still under
+    way" while the job goes on -- and the same question asked again (the same move, account,
+    pass and start) waits for that job or takes its result rather than starting another.  A
+    store that dies with the question in hand (the owner, or the store that passed it on) is
+    therefore noticed by the asker within ``mr.PULL_ASK_TIMEOUT`` and the question asked
+    again; it reaches the account's next owner once the lease has passed (``NoResponders``
+    from the dead one until then), which pulls again into what the dead one committed.
 ``sessions`` (the source region)
     The domain's open IMAP and POP sessions summed over every READY store of the region
     (each peer answers for itself; a peer that is gone has none, one that does not answer
@@ -71,7 +78,7 @@ tracer = trace.get_tracer("colony.mailstore")
 
 MAX_PULLS = 4             # account pulls at once on one store (each holds one body in memory)
 PEER_TIMEOUT = 10.0       # seconds for a peer's sessions/remove answer
-PULL_TIMEOUT = 570.0      # seconds for the owner's pull (the controller waits 600)
+PULL_JOBS_KEPT = 256      # pull jobs (running, or finished with a result nobody took yet) on one store
 REMOTE_TIMEOUT = 5.0      # seconds for each read of the source region's buckets
 EPOCHS_KEPT = 1_000       # moves whose newest controller epoch is remembered
 
@@ -100,6 +107,8 @@ class MoveServer:
         self._pulls = asyncio.Semaphore(MAX_PULLS)
         self._epochs: OrderedDict[str, int] = OrderedDict()
         self._owners_kv: dict[str, object] = {}     # source region -> its account_owners bucket
+        # (move, account, pass, start) -> the copy job answering it, until its result is taken
+        self._pull_jobs: OrderedDict[tuple, asyncio.Task] = OrderedDict()
         self.tasks: set[asyncio.Task] = set()
         self._subs: list = []
 
@@ -120,6 +129,9 @@ class MoveServer:
         self._subs = []
         if self.tasks:
             await asyncio.wait(set(self.tasks), timeout=5.0)
+        for job in self._pull_jobs.values():
+            job.cancel()
+        self._pull_jobs.clear()
 
     async def _on_question(self, msg) -> None:
         self._spawn(msg, peer=False)
@@ -206,7 +218,31 @@ class MoveServer:
         if where != self.node_id:
             if peer:  # passed on once already: ownership moved meanwhile; the controller asks again
                 raise Refused(f"{address} is owned by {where} now")
-            return await self._pass_on(where, names.MOVE_PULL, raw, mr.PullReply, PULL_TIMEOUT)
+            return await self._pass_on(where, names.MOVE_PULL, raw, mr.PullReply, mr.PULL_PASS_ON_TIMEOUT)
+        key = (request.move_id, address, request.copy_pass, request.from_position)
+        job = self._pull_jobs.get(key)
+        if job is None or (job.done() and (job.cancelled() or job.exception() is not None)):
+            if sum(not j.done() for j in self._pull_jobs.values()) >= PULL_JOBS_KEPT:
+                raise Refused(f"{PULL_JOBS_KEPT} pulls under way on {self.node_id}; ask again later")
+            job = asyncio.create_task(self._pull_job(request, address), name=f"domain move pull {address}")
+            job.add_done_callback(_retrieve)
+            self._pull_jobs[key] = job
+            while len(self._pull_jobs) > PULL_JOBS_KEPT:   # the oldest finished results nobody asked for
+                oldest = next((k for k, j in self._pull_jobs.items() if j.done()), None)
+                if oldest is None:
+                    break
+                del self._pull_jobs[oldest]
+        done, _ = await asyncio.wait({job}, timeout=mr.PULL_ANSWER_WITHIN)
+        if not done:
+            raise Refused(f"pulling {address} (pass {request.copy_pass}) is still under way on {self.node_id}; "
+                          "ask again for its result")
+        if self._pull_jobs.get(key) is job:
+            del self._pull_jobs[key]    # a result is given once; a later question pulls again
+        if job.cancelled():
+            raise Refused(f"the pull of {address} was cancelled ({self.node_id} is stopping)")
+        return job.result()
+
+    async def _pull_job(self, request: mr.PullRequest, address: str) -> mr.PullReply:
         lease = self.accounts.ownership.holding(address)
         if lease is None:
             raise Refused(f"{address}: our lease lapsed")
@@ -320,6 +356,13 @@ class MoveServer:
             return mr.decode_reply(msg.data, kind)
         except mr.MoveRequestError as exc:
             raise Refused(str(exc)) from None
+
+
+def _retrieve(job: asyncio.Task) -> None:
+    """A pull job's failure is answered to whoever asks next (or dropped with the job):
+    retrieving it here keeps asyncio from logging it as never retrieved."""
+    if not job.cancelled():
+        job.exception()
 
 
 # --- storage (worker threads) -----------------------------------------------------------------

@@ -5,6 +5,7 @@ the accounts held counted, the domain's copy removed once and idempotently."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from colony.bus import names
 from colony.contracts import move_requests as mr
 from colony.contracts.directory import DomainEntry, DomainMoveEntry
 from colony.storage.layout import StorageLayout, account_paths
-from colony_mailstore.moves import MoveServer
+from colony_mailstore.moves import MoveServer, Refused
 
 DOMAIN = "acme.example"
 ASKED = {"domain": DOMAIN, "move_id": "m1", "source": "eu", "target": "us", "epoch": 5}
@@ -146,3 +147,67 @@ async def test_a_pull_after_the_flip_is_refused(tmp_path):
     await server._answer(msg, peer=False)
     with pytest.raises(mr.MoveRequestError, match="is flipped"):
         mr.decode_reply(msg.answer, mr.PullReply)
+
+
+class Here:
+    """Delivery's routing: every account is ours."""
+
+    async def locate(self, address: str) -> str:
+        return "mailstore-1"
+
+
+async def test_a_long_pull_goes_on_after_its_answer_and_the_question_asked_again_takes_its_result(tmp_path,
+                                                                                                  monkeypatch):
+    """The owner answers within PULL_ANSWER_WITHIN whatever the copy's length, so the asker's
+    timeout can be short and a store that dies with the question is noticed soon; asked
+    again, it waits for the same copy (never a second one beside it) and takes its result."""
+    accounts = FakeAccounts(tmp_path)
+    accounts.directory.entry = at("copying")
+    server = MoveServer(nc=None, node_id="mailstore-1", region="us", accounts=accounts, delivery=Here(),
+                        members=FakeMembers(), secret=b"s" * 32, sessions_of_domain=lambda d: 0)
+    monkeypatch.setattr(mr, "PULL_ANSWER_WITHIN", 0)
+    finish, started = asyncio.Event(), []
+    reply = mr.PullReply(source_messages=3, target_messages=3, source_digest="d", target_digest="d",
+                         source_position=9)
+
+    async def pull_job(request, address):
+        started.append((address, request.copy_pass))
+        await finish.wait()
+        if len(started) == 3:
+            raise Refused("the source broke off")
+        return reply
+
+    monkeypatch.setattr(server, "_pull_job", pull_job)
+    question = {**ASKED, "address": f"bob@{DOMAIN}", "copy_pass": 1, "from_position": 0}
+
+    async def pull():
+        msg = Msg(names.MOVE_PULL, question)
+        msg.subject = names.domain_move_subject("us", names.MOVE_PULL)
+        await server._answer(msg, peer=False)
+        return mr.decode_reply(msg.answer, mr.PullReply)
+
+    with pytest.raises(mr.MoveRequestError, match="still under way"):
+        await pull()
+    with pytest.raises(mr.MoveRequestError, match="still under way"):
+        await pull()   # the same copy, still going
+    assert started == [(f"bob@{DOMAIN}", 1)]
+    finish.set()
+    await asyncio.sleep(0)          # the copy finishes with nobody waiting: its result is kept
+    assert await pull() == reply
+    assert len(started) == 1
+    # a result is given once: the next question is a new pass of the same account
+    finish.clear()
+    with pytest.raises(mr.MoveRequestError, match="still under way"):
+        await pull()
+    assert len(started) == 2
+    finish.set()
+    await asyncio.sleep(0)
+    assert await pull() == reply
+    # a copy that fails while the question waits is answered with its failure; asked again,
+    # the account is copied again
+    monkeypatch.setattr(mr, "PULL_ANSWER_WITHIN", 30)
+    with pytest.raises(mr.MoveRequestError, match="broke off"):
+        await pull()
+    assert await pull() == reply
+    assert len(started) == 4
+    await server.stop()
