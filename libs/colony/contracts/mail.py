@@ -139,12 +139,16 @@ class InboundMail(Event):
         """The ``Nats-Msg-Id`` header value: unique per (message, domain)."""
         return f"{self.message_id}/{to_token(self.domain)}"
 
-    def sent_on_msg_id(self, region: str) -> str:
+    def sent_on_msg_id(self, region: str, job: str = "") -> str:
         """The ``Nats-Msg-Id`` of this mail sent on by a mail store to ``region``'s stores
         (a domain moving or moved there).  Not ``msg_id()``: the edge's publish of the same
         mail is still in the duplicate window of the stream the store publishes into (its
         own region's MAIL, or the target's MAIL when the edge was the target's), so that id
-        would be acknowledged as a duplicate and the mail dropped.  Stable for the job, so a
-        redelivered job sent on again is one message; the stores' delivery key dedupes the
-        rest."""
-        return f"{self.msg_id()}/on/{region}"
+        would be acknowledged as a duplicate and the mail dropped.  ``job`` names the job
+        being sent on (``<region>.<its sequence in that region's MAIL>``): stable for the
+        job, so a redelivered job sent on again is one message, while the same mail come
+        back as another job -- bounced between two regions whose directories disagree about
+        a move for a moment (eu sends on to us, us not yet seeing the move sends it back,
+        eu sends it on again) -- is not taken for a duplicate of its first sending on and
+        dropped.  The stores' delivery key dedupes the rest."""
+        return f"{self.msg_id()}/on/{region}/{job}" if job else f"{self.msg_id()}/on/{region}"

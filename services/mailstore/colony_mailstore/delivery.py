@@ -118,7 +118,7 @@ class Delivery:
         recipients = list(dict.fromkeys(r.mailbox.lower() for r in mail.recipients))
         target = await self._moving_to(mail.domain)
         if target is not None:
-            return await self._send_on(mail, recipients, target, job.headers)
+            return await self._send_on(mail, recipients, target, job.headers, job.sequence)
         # Large bodies (up to 64 MB each) are held in memory while they are stored: only a
         # few at a time, whatever the delivery concurrency.
         async with self._large if mail.body_ref is not None else contextlib.nullcontext():
@@ -162,13 +162,16 @@ class Delivery:
         return region
 
     async def _send_on(self, mail: InboundMail, recipients: list[str], target: str,
-                       job_headers: dict[str, str] | None) -> Retry | Reject | None:
+                       job_headers: dict[str, str] | None, sequence: int) -> Retry | Reject | None:
         """Mail for a domain moving (or moved) to ``target`` that still reached this region (an
         edge whose directory had not seen ``routing`` yet, or a redelivery): stored here it
         could miss the move's last pass or be deleted with the source's copy, so it goes to
         the target region's MAIL as an edge would have sent it, body inline (object stores are
         region-local), under a message id of its own that a redelivered job repeats (the
-        edge's id is still in a duplicate window on the way: ``sent_on_msg_id``).  A body too
+        edge's id is still in a duplicate window on the way: ``sent_on_msg_id``; and this
+        job's own place, ``sequence`` in this region's MAIL, is part of it: a copy that bounced
+        back here while the regions' directories disagreed about the move is a new job and
+        must not be dropped as a duplicate of its first sending on).  A body too
         large for that stays in this region's object store and goes as a ``body_ref`` naming
         this region, which the target's store fetches from here over the inner listener: kept
         here instead, it would miss the move's last copy pass if it came after it, or be
@@ -186,7 +189,7 @@ class Delivery:
                 return Retry(str(exc), delay=5.0)
             mail = mail.model_copy(update={"body": body, "body_ref": None})
         subject = names.mail_subject(target, mail.domain, names.mail_partition(recipients[0]))
-        headers = {"Nats-Msg-Id": mail.sent_on_msg_id(target)}
+        headers = {"Nats-Msg-Id": mail.sent_on_msg_id(target, f"{self.settings.region}.{sequence}")}
         try:
             with tracer.start_as_current_span("mailstore.send_on", context=extract_context(job_headers)):
                 await self.js.publish(subject, mail.encode(), headers=inject_headers(headers), timeout=10)
