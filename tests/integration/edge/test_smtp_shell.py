@@ -12,6 +12,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from prometheus_client import CollectorRegistry
 
+from cluster_harness import wait_until
+
 from colony.cluster.sessions import SessionTracker
 from colony.contracts.recipients import Mailbox
 from colony_edge.acceptance import AcceptanceFailed, SmtpMetrics
@@ -113,9 +115,14 @@ async def test_bdat_binarymime_through_the_shell(tmp_path):
         c.writer.write(b"BDAT 4\r\n\x00\r\n.BDAT 3 LAST\r\n\n\xff.")
         assert (await c.reply()).startswith(b"250 2.0.0 4 octets")
         assert (await c.reply()).startswith(b"250 2.0.0 OK queued as id1")
+        # The session keeps one spool file for its messages; an answered message's octets are gone.
+        assert [f.stat().st_size for f in (tmp_path / "spool").iterdir()] in ([], [0])
         c.close()
+
+        async def spool_gone() -> bool:
+            return list((tmp_path / "spool").iterdir()) == []
+        await wait_until(spool_gone, 30, "the spool file removed at the session's end")
     assert acceptor.messages == [("a@b.test", ["ok@x.test"], b"\x00\r\n.\n\xff.")]
-    assert list((tmp_path / "spool").iterdir()) == []
 
 
 async def test_acceptance_failure_is_451_and_nothing_is_kept(tmp_path):
@@ -127,8 +134,12 @@ async def test_acceptance_failure_is_451_and_nothing_is_kept(tmp_path):
         await c.cmd(b"RCPT TO:<ok@x.test>\r\n")
         assert (await c.cmd(b"DATA\r\n")).startswith(b"354")
         assert (await c.cmd(b"hello\r\n.\r\n")).startswith(b"451 4.3.0")
+        assert [f.stat().st_size for f in (tmp_path / "spool").iterdir()] in ([], [0])
         c.close()
-    assert list((tmp_path / "spool").iterdir()) == []
+
+        async def spool_gone() -> bool:
+            return list((tmp_path / "spool").iterdir()) == []
+        await wait_until(spool_gone, 30, "the spool file removed at the session's end")
 
 
 async def test_idle_client_gets_421_timeout(tmp_path):
