@@ -59,6 +59,7 @@ from colony.protocols.sip.uri import Address, SipURI, URIError, parse_address, p
 from colony.settings import Settings
 
 from colony_sipfarm.bindings import Binding, BindingStore
+from colony_sipfarm.credentials import CredentialCache
 
 log = logging.getLogger("colony.sipfarm")
 
@@ -164,9 +165,9 @@ class SipFarm:
         self._answers: OrderedDict[tuple, tuple[float, list[Outbound]]] = OrderedDict()
         self._forks: OrderedDict[str, _Fork] = OrderedDict()
         self._pending: set[tuple] = set()           # answer keys of requests being worked on
-        # (account, realm, algorithm) -> (good until, HA1): a phone re-registers often, the
-        # credentials rarely change (a new password applies within sip_credentials_cache_seconds).
-        self._ha1: OrderedDict[tuple[str, str, str], tuple[float, str]] = OrderedDict()
+        # The HA1s looked up lately (credentials.py): a phone's refresh needs no round trip
+        # to the auth service.  Kept current by the shell's watch of the directory.
+        self.credentials = CredentialCache(HA1_CACHE, settings.sip_credentials_cache_seconds)
 
     # --- entry point ----------------------------------------------------------------------
 
@@ -401,20 +402,14 @@ class SipFarm:
         return False, self._challenge(request, source, realm, status, challenge, stale=False)
 
     async def _credentials(self, account: str, realm: str, algorithm: str) -> str | None:
-        key, now = (account, realm, algorithm), self.clock()
-        cached = self._ha1.get(key)
-        if cached is not None and cached[0] > now:
-            return cached[1]
+        cached = self.credentials.get(account, realm, algorithm)
+        if cached is not None:
+            return cached
+        begun = self.credentials.begin()
         reply = await self.auth.sip_credentials(account, realm, algorithm)
-        if not (reply.ok and reply.ha1):
-            self._ha1.pop(key, None)
-            return None
-        if self.settings.sip_credentials_cache_seconds > 0:
-            self._ha1[key] = (now + self.settings.sip_credentials_cache_seconds, reply.ha1)
-            self._ha1.move_to_end(key)
-            while len(self._ha1) > HA1_CACHE:
-                self._ha1.popitem(last=False)
-        return reply.ha1
+        ha1 = reply.ha1 if reply.ok and reply.ha1 else None
+        self.credentials.put(account, realm, algorithm, ha1, begun)
+        return ha1
 
     def _challenge(self, request, source, realm, status, header, stale) -> list[Outbound]:
         values = self.digest.challenges(realm, self.clock(), stale=stale, algorithms=self.algorithms)

@@ -29,6 +29,7 @@ import socket
 import time
 from contextlib import suppress
 
+from nats.js.api import DeliverPolicy
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from datetime import datetime, timedelta, timezone
@@ -192,6 +193,8 @@ class SipWorkload:
             counters=self.counters, secret=await self._secret(kv), address=(s.advertised_host, port),
             registry=runtime.metrics.registry, publish_usage=publish_usage,
             home_regions=await home_regions(s, runtime.nc) if len(s.region_list) > 1 else None)
+        runtime.metrics.add_callback(self.farm.credentials.metrics)
+        runtime.spawn("sip-directory-watch", self._watch_directory, restart=True)
         self._bus_metrics = runtime.metrics.once(BusRequestMetrics)
         await runtime.nc.subscribe(names.sip_relay_subject(runtime.node_id), cb=self._on_relay)
         await runtime.nc.subscribe(names.sip_handle_subject(runtime.node_id), cb=self._on_handle)
@@ -358,6 +361,32 @@ class SipWorkload:
                 out = []
         reply = {"o": [{"d": base64.b64encode(o.data).decode(), "t": list(o.destination), "m": o.member} for o in out]}
         await msg.respond(json.dumps(reply).encode())
+
+    async def _watch_directory(self) -> None:
+        """Tell the farm's credential cache (``credentials.py``) of every write to the
+        ``directory`` bucket from now on: a new password, a disabled or deleted account drops
+        its remembered HA1 at once.  Only the keys are read (headers only)."""
+        prefix = f"$KV.{names.BUCKET_DIRECTORY}."
+        cache = self.farm.credentials
+
+        async def seen(msg) -> None:
+            kind, _, token = msg.subject[len(prefix):].partition(".")
+            try:
+                name = from_token(token)
+            except ValueError:
+                name = token
+            cache.on_directory_change(kind, name)
+
+        sub = await self._runtime.nc.jetstream().subscribe(
+            prefix + ">", stream=f"KV_{names.BUCKET_DIRECTORY}", cb=seen, ordered_consumer=True,
+            deliver_policy=DeliverPolicy.NEW, headers_only=True)
+        cache.watching = True
+        try:
+            await asyncio.Event().wait()
+        finally:
+            cache.watching = False
+            with suppress(Exception):       # the connection is going away with it
+                await sub.unsubscribe()
 
     async def _watch_members(self) -> None:
         kv = await self._runtime.nc.jetstream().key_value(names.BUCKET_NODES)

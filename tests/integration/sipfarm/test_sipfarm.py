@@ -9,6 +9,7 @@ import shutil
 import signal
 import socket
 import uuid
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -35,12 +36,16 @@ def free_udp_port() -> int:
         return s.getsockname()[1]
 
 
+SERVED: Counter[str] = Counter()    # credential lookups answered, by user
+
+
 async def serve_credentials(nc) -> None:
     """The contract as the admin API serves it: HA1 per realm, never the password."""
 
     async def answer(msg):
         req = SipCredentialsRequest.from_bytes(msg.data)
         user = req.user.partition("@")[0]
+        SERVED[user] += 1
         if user in PASSWORDS and req.realm == DOMAIN:
             reply = SipCredentialsReply(ok=True, username=user, realm=req.realm, algorithm=req.algorithm,
                                         ha1=ha1(req.algorithm, user, req.realm, PASSWORDS[user]))
@@ -412,3 +417,40 @@ async def test_sigkill_of_a_member_during_concurrent_calls(farm, cluster):
             await uas.wait()
     # The registration made at the killed member is still there for every other member.
     assert [b["contact"] for b in await bindings(cluster, "bob")] == [f"sip:bob@127.0.0.1:{uas_port}"]
+
+
+@needs_sipp
+async def test_a_remembered_ha1_is_dropped_as_soon_as_the_directory_changes_the_account(farm, cluster):
+    """Members remember HA1s for long (a refresh needs no round trip to the auth service) and
+    forget one when the account's directory entry is written, as a new password does."""
+    addresses = [(await cluster.wait_state(n, "READY")).addresses for n in ("sipfarm-1", "sipfarm-2")]
+
+    async def both_remember() -> bool:
+        code, out = await register(farm[0], "alice", 5080)
+        assert code == 0, out
+        return all(metric(a, "colony_sip_credentials_cache_entries") >= 1 for a in addresses)
+    # New Call-IDs spread the registrations over both members (and the first seconds of a
+    # member's directory watch keep nothing).
+    await wait_until(both_remember, 60, "both members to remember alice's HA1")
+    asked = SERVED["alice"]
+    for i in range(4):
+        code, out = await register(farm[i % 2], "alice", 5080)
+        assert code == 0, out
+    assert SERVED["alice"] == asked           # no round trip for a remembered HA1
+
+    old, PASSWORDS["alice"] = PASSWORDS["alice"], "alice-new-secret"
+    try:
+        dropped = [metric(a, "colony_sip_credentials_cache_invalidated") for a in addresses]
+        directory = await (await cluster.client()).jetstream().key_value(names.BUCKET_DIRECTORY)
+        await directory.put(names.directory_key(names.AGG_ADDRESS, f"alice@{DOMAIN}"), b'{"seq": 1}')
+
+        async def forgotten() -> bool:
+            return all(metric(a, "colony_sip_credentials_cache_invalidated") > d for a, d in zip(addresses, dropped))
+        await wait_until(forgotten, 30, "both members to drop alice's HA1")
+        for i in range(4):                    # whichever member a Call-ID goes to
+            code, out = await register(farm[i % 2], "alice", 5080)
+            assert code == 0, out
+        code, out = await register(farm[0], "alice", 5080, password=old)
+        assert code != 0, "the old password still registers"
+    finally:
+        PASSWORDS["alice"] = old

@@ -175,6 +175,26 @@ async def test_register_with_digest_stores_the_binding_and_meters_it(farm):
     assert [(u.metric, u.account) for u in farm.usage] == [("sip_registrations", "alice@acme.example")]
 
 
+async def test_a_refresh_asks_no_credentials_while_the_directory_is_watched_and_a_change_asks_again(farm):
+    from colony.bus import names
+    from colony_sipfarm.credentials import SETTLE, CredentialCache
+
+    clock = Clock()
+    farm.credentials = CredentialCache(100, 3600, clock=clock)
+    assert (await registered(farm, call_id="r1")).status == 200
+    assert (await registered(farm, call_id="r2")).status == 200
+    assert farm.auth.asked == 2                  # not watching: nothing remembered
+    farm.credentials.watching = True
+    clock.now += SETTLE + 1
+    for n in range(3, 6):
+        assert (await registered(farm, call_id=f"r{n}")).status == 200
+    assert farm.auth.asked == 3                  # one lookup, then remembered
+    farm.credentials.on_directory_change(names.AGG_ADDRESS, "alice@acme.example")   # e.g. a new password
+    clock.now += SETTLE + 1
+    assert (await registered(farm, call_id="r6")).status == 200
+    assert farm.auth.asked == 4
+
+
 async def test_unknown_user_and_wrong_password_get_the_same_challenge(farm):
     replies = []
     for user, password in (("alice", "wrong"), ("mallory", PASSWORD)):
