@@ -36,7 +36,7 @@ into the regional ones; ``colony.bus.schema`` applies them.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from nats.js.api import ExternalStream, StorageType, StreamConfig, StreamSource
 
@@ -143,3 +143,84 @@ def sources_differ(have: StreamConfig, want: StreamConfig) -> bool:
 
     return (sorted(map(key, have.sources or [])) != sorted(map(key, want.sources or []))
             or key(have.mirror) != key(want.mirror))
+
+
+# --- sources that stopped reading --------------------------------------------------------
+#
+# The server sets a source up by asking the other domain's API for a consumer.  If that
+# request goes unanswered (the link is not up yet) it waits 30 s for the answer; if it is
+# refused (the other region's stream does not exist yet) it tries again after 10 s, 20 s,
+# ... up to two minutes (nats-server 2.15 ``stream.go``: ``srcConsumerWaitTime``,
+# ``calculateRetryBackoff``).  Nothing on the server shortens that wait when the other region
+# turns up, so the first cross-region mail after a start waited up to 40 s.  The region's
+# controller watches its sourcing streams and, when a source has not heard from its region
+# for a while although that region's JetStream answers now, has the server set it up afresh.
+
+# The server's source consumers send an idle heartbeat every second (``sourceHealthHB``): a
+# source that has heard nothing for three is not reading, whatever the machine's load.
+SOURCE_STALE_AFTER = 3.0
+# A source set up afresh needs a round trip to the other region and the server's 0.1-0.2 s
+# jitter before its first heartbeat; it is not judged again before this has passed.
+SOURCE_RESTART_PAUSE = 5.0
+# How often the controller looks (a stream info per sourcing stream).
+SOURCE_CHECK_INTERVAL = 1.0
+
+
+@dataclass(frozen=True)
+class SourceSeen:
+    """One source of a stream as the server reports it (``STREAM.INFO``'s ``sources[]``).
+
+    ``region`` is the region it reads, from its external API (``None`` for a source within
+    the region); ``active`` is seconds since the server last heard from it, ``None`` when it
+    never has (the server reports -1)."""
+    stream: str
+    region: str | None
+    active: float | None
+    error: str | None = None
+
+    @classmethod
+    def from_info(cls, stream: str, source: dict, regions: list[str]) -> SourceSeen:
+        """From the JSON of one ``sources[]`` entry; the region is the one of ``regions`` whose
+        API the source's ``external.api`` names."""
+        api = (source.get("external") or {}).get("api")
+        region = next((r for r in regions if names.js_api_prefix(r) == api), None) if api else None
+        active = source.get("active")
+        error = source.get("error")
+        return cls(stream=stream, region=region,
+                   active=None if not isinstance(active, (int, float)) or active < 0 else active / 1e9,
+                   error=(error.get("description") if isinstance(error, dict) else error) or None)
+
+
+class SourceRestarts:
+    """Which sources to set up afresh: the rules, with time an argument.
+
+    A source is *stale* when the server has not heard from it for ``stale_after`` seconds
+    (or never has); the shell then asks whether the source's region answers, and only a
+    stale source whose region answers is restarted -- during a cut nothing is done, as
+    nothing could be read.  After a restart the source is left alone for ``pause`` seconds
+    so that the server's own set-up can finish."""
+
+    def __init__(self, stale_after: float = SOURCE_STALE_AFTER, pause: float = SOURCE_RESTART_PAUSE) -> None:
+        self.stale_after = stale_after
+        self.pause = pause
+        self._restarted: dict[tuple[str, str], float] = {}  # (stream, region) -> when
+
+    def stale(self, seen: list[SourceSeen], now: float) -> list[SourceSeen]:
+        out = []
+        for source in seen:
+            if source.region is None:
+                continue
+            if source.active is not None and source.active < self.stale_after:
+                continue
+            at = self._restarted.get((source.stream, source.region))
+            if at is not None and now - at < self.pause:
+                continue
+            out.append(source)
+        return out
+
+    def due(self, stale: list[SourceSeen], answering: set[str], now: float) -> list[SourceSeen]:
+        """The stale sources to restart now, given the regions whose JetStream answered."""
+        due = [s for s in stale if s.region in answering]
+        for source in due:
+            self._restarted[(source.stream, source.region)] = now
+        return due

@@ -79,7 +79,10 @@ def _read_bucket_in_any_region(bucket: str) -> list[str]:
 
 
 def _manage_schema() -> list[str]:
-    return ["$JS.API.STREAM.CREATE.*", "$JS.API.STREAM.UPDATE.*", "$JS.API.STREAM.INFO.*"]
+    # The info of the streams other regions source, in any region: the controller asks whether
+    # a source's region answers before setting the source up afresh (colony.regions).
+    sourced = [f"$JS.*.API.STREAM.INFO.{s}" for s in (names.STREAM_MAIL, names.STREAM_USAGE, names.STREAM_AUDIT)]
+    return ["$JS.API.STREAM.CREATE.*", "$JS.API.STREAM.UPDATE.*", "$JS.API.STREAM.INFO.*", *sourced]
 
 
 def permissions_for(grant: names.Grant, public_key: str) -> dict | None:

@@ -336,3 +336,24 @@ async def _ensure_bucket(js: JetStreamContext, config: KeyValueConfig) -> None:
             await js.update_stream(stream)
         except BadRequestError as exc2:
             raise SchemaError(f"bucket {config.bucket}: {exc2.description}") from exc2
+
+
+def sourcing_stream_configs(settings: Settings) -> list[StreamConfig]:
+    """The streams of this region that source other regions' (MAIL everywhere, USAGE and AUDIT
+    in the primary; none outside a super cluster)."""
+    return [c for c in stream_configs(settings) if c.sources]
+
+
+async def restart_source(js: JetStreamContext, config: StreamConfig, api: str) -> None:
+    """Have the server set up afresh the source of ``config`` that reads ``api``.
+
+    The server sets a source up again only when a stream update adds it (an update that leaves
+    it as it was changes nothing, whatever its state), so this is two updates: without the
+    source, then with it.  The re-added source finds its position as after any restart
+    (``colony.regions``: MAIL from ``opt_start_seq``, USAGE and AUDIT from what they hold).
+    Should the second update fail, the stream lacks that source until ``_ensure_stream`` puts
+    it back (the controller does on its next look)."""
+    without = replace(config, sources=[s for s in config.sources or []
+                                       if not (s.external and s.external.api == api)])
+    await js.update_stream(without)
+    await js.update_stream(config)
