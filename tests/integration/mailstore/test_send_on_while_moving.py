@@ -80,6 +80,18 @@ async def test_mail_for_a_domain_moving_away_is_sent_on_to_the_target_region(wor
     kept = await world.nc.jetstream().get_last_msg(names.STREAM_MAIL, msg.subject)
     assert InboundMail.from_bytes(kept.data).message_id == mid
 
+    # The same mail back as another job, as a target store that had not seen the move yet
+    # sends it back: sent on again, not taken for a duplicate of its first sending on (lost).
+    first = msg.headers["Nats-Msg-Id"]
+    await world.nc.jetstream().publish(names.mail_subject("local", DOMAIN, names.mail_partition(BOB)), mail.encode(),
+                                       headers={"Nats-Msg-Id": mail.sent_on_msg_id("local", "us.1")}, timeout=10)
+
+    async def sent_on_again():
+        last = await world.nc.jetstream().get_last_msg(names.STREAM_MAIL, msg.subject)
+        return last.headers["Nats-Msg-Id"] != first and InboundMail.from_bytes(last.data).message_id == mid
+    await wait_until(sent_on_again, 30, "the bounced mail sent on again")
+    assert world.stored_ids(BOB).get(mid) is None
+
 
 async def _async(value):
     return value
