@@ -22,6 +22,8 @@ Duties while active
       the drivers again, which continue from the move's last event; one that loses the lease
       cancels them (an append it still makes carries the old epoch, and the move's events
       of the newer one make the rules stand it down).
+    * in a super cluster, keep the region's cross-region sources reading (``source_keeper``):
+      a source the server has given up on for now is set up afresh once its region answers.
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ from colony.metrics import BusRequestMetrics
 from colony_controller.domain_mover import DomainMover
 from colony_controller.metrics import ControllerMetrics
 from colony_controller.move_port import BusMovePort
+from colony_controller.source_keeper import SourceKeeper
 
 log = logging.getLogger("colony.controller")
 
@@ -114,6 +117,11 @@ class Controller:
             runtime.spawn("election", self._election_loop, restart=True),
             runtime.spawn("failure-detector", self._failure_detector, restart=True),
         ]
+        if len(s.region_list) > 1:
+            # A source the server gave up on for now reads again as soon as its region answers.
+            keeper = SourceKeeper(runtime.nc, s)
+            self._tasks.append(runtime.spawn("region-sources", lambda: keeper.run(active=lambda: self.is_active),
+                                             restart=True))
         if s.region_list and s.region == s.primary:
             self._tasks += [runtime.spawn("domain-move-watch", self._watch_moves, restart=True),
                             runtime.spawn("domain-moves", self._run_moves, restart=True)]
