@@ -43,10 +43,11 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from colony.bus import names
 from colony.contracts.mail import CROSS_REGION_MAX_BYTES, InboundMail, MailBodyRef, MailRecipient
+from colony.contracts.outbound import OutboundMail, OutboundRecipient
 from colony.protocols.smtp import Reply
 from colony.settings import Settings
 from colony.telemetry import inject_headers
-from colony_edge.smtp_policy import IncomingMessage, SmtpSession
+from colony_edge.smtp_policy import AcceptedRecipient, IncomingMessage, SmtpSession
 
 log = logging.getLogger("colony.edge.acceptance")
 
@@ -268,6 +269,53 @@ class MailAcceptor:
         raise AcceptanceFailed(f"publish of {item.message_id} to {subject} timed out: {last!r}")
 
 
+async def outbound_body(local: MailAcceptor, settings: Settings, name: str, head: bytes,
+                        message: IncomingMessage) -> tuple[int, bytes | None, MailBodyRef | None]:
+    """A copy that goes out (OUTBOUND), ``head`` (its Received: line) before the message: its
+    size, and its octets inline up to ``mail_inline_max_bytes``, or else a reference to its
+    copy in the object store (``local.put_body``), named ``name``."""
+    size = len(head) + message.size
+    if size <= settings.mail_inline_max_bytes:
+        return size, head + message.spool.read_bytes(), None
+    return size, None, await local.put_body(name, head, message.spool)
+
+
+def outbound_recipients(remote: Iterable[AcceptedRecipient]) -> dict[str, list[OutboundRecipient]]:
+    """The addresses ``remote`` go out to (a recipient outside the cluster, or a hosted one's
+    forwarding targets) by destination domain, each address once, as the first RCPT that
+    led to it names it."""
+    by_domain: dict[str, list[OutboundRecipient]] = {}
+    seen: set[str] = set()
+    for accepted in remote:
+        rcpt = accepted.rcpt
+        for address in accepted.remote or (rcpt.address,):
+            if address.lower() in seen:
+                continue
+            seen.add(address.lower())
+            domain = address.rpartition("@")[2].lower()
+            by_domain.setdefault(domain, []).append(OutboundRecipient(
+                address=address, notify=list(rcpt.notify) if rcpt.notify else None,
+                # A forwarded copy names the recipient it was sent to (RFC 3461 ORCPT).
+                orcpt=rcpt.orcpt or (None if address == rcpt.address else f"rfc822;{rcpt.address}")))
+    return by_domain
+
+
+async def publish_outbound(js: JetStreamContext, settings: Settings, message_id: str, items: Iterable[OutboundMail],
+                           what: str) -> None:
+    """Publish the OUTBOUND jobs of ``message_id`` (one per destination domain) side by side
+    and return once JetStream acknowledged all; ``AcceptanceFailed`` (``what`` names the
+    kind of copy) otherwise. Each job's ``Nats-Msg-Id`` makes a publish again of one that
+    did land a no-op."""
+    headers = inject_headers()
+    results = await asyncio.gather(*(
+        js.publish(names.outbound_subject(item.destination), item.encode(),
+                   headers={**headers, "Nats-Msg-Id": item.msg_id()}, timeout=settings.mail_publish_timeout)
+        for item in items), return_exceptions=True)
+    failures = [r for r in results if isinstance(r, BaseException)]
+    if failures:
+        raise AcceptanceFailed(f"{what} publish of {message_id} failed: {failures[0]!r}") from failures[0]
+
+
 def _b64url_to_hex(text: str) -> str:
     try:
         return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).hex()
@@ -285,4 +333,5 @@ def remove_quietly(paths: Iterable[Path]) -> None:
             log.warning("could not remove spool file %s: %s", path, exc)
 
 
-__all__ = ["AcceptanceFailed", "MailAcceptor", "SmtpMetrics", "fold", "new_message_id", "remove_quietly"]
+__all__ = ["AcceptanceFailed", "MailAcceptor", "SmtpMetrics", "fold", "new_message_id", "outbound_body", "outbound_recipients",
+           "publish_outbound", "remove_quietly"]

@@ -13,20 +13,18 @@ from the cluster secret every edge already has; it is never in an event or the e
 
 from __future__ import annotations
 
-import asyncio
 import email.utils
 import logging
 import time
 
 from nats.js import JetStreamContext
 
-from colony.bus import names
 from colony.contracts.handoff import load_secret
-from colony.contracts.outbound import OutboundMail, OutboundRecipient
+from colony.contracts.outbound import OutboundMail
 from colony.outbound.srs import Srs, srs_key
 from colony.settings import Settings
-from colony.telemetry import inject_headers
-from colony_edge.acceptance import AcceptanceFailed, MailAcceptor, fold, new_message_id
+from colony_edge.acceptance import (MailAcceptor, fold, new_message_id, outbound_body, outbound_recipients,
+                                   publish_outbound)
 from colony_edge.smtp_policy import IncomingMessage, SmtpSession
 
 log = logging.getLogger("colony.edge.forwarding")
@@ -68,35 +66,14 @@ class ForwardingAcceptor:
                     f"with {'ESMTPS' if session.tls else 'ESMTP'} id {message_id} for forwarding{tls}; "
                     f"{email.utils.format_datetime(email.utils.localtime())}")
         head = fold("Received", received)
-        size = len(head) + message.size
-        body, ref = None, None
-        if size <= self.settings.mail_inline_max_bytes:
-            body = head + message.spool.read_bytes()
-        else:
-            ref = await self.local.put_body(f"{message_id}.fwd", head, message.spool)
-        by_domain: dict[str, dict[str, OutboundRecipient]] = {}
-        for accepted in remote:
-            rcpt = accepted.rcpt
-            for address in accepted.remote:
-                domain = address.rpartition("@")[2].lower()
-                by_domain.setdefault(domain, {}).setdefault(address.lower(), OutboundRecipient(
-                    address=address, notify=list(rcpt.notify) if rcpt.notify else None,
-                    # the DSN names the recipient the sender wrote (RFC 3461 ORCPT)
-                    orcpt=rcpt.orcpt or (None if address == rcpt.address else f"rfc822;{rcpt.address}")))
-        headers = inject_headers()
-        publishes = []
-        for destination, recipients in by_domain.items():
-            item = OutboundMail.new(
-                message_id=message_id, destination=destination, mail_from=sender, recipients=list(recipients.values()),
+        size, body, ref = await outbound_body(self.local, self.settings, f"{message_id}.fwd", head, message)
+        by_domain = outbound_recipients(remote)
+        await publish_outbound(self.js, self.settings, message_id, (
+            OutboundMail.new(
+                message_id=message_id, destination=destination, mail_from=sender, recipients=recipients,
                 sender_local=False, body_type=mail.body, smtputf8=mail.smtputf8, ret=mail.ret, envid=mail.envid,
                 size=size, edge_node=self.node_id, body=body, body_ref=ref)
-            publishes.append(self.js.publish(names.outbound_subject(destination), item.encode(),
-                                             headers={**headers, "Nats-Msg-Id": item.msg_id()},
-                                             timeout=self.settings.mail_publish_timeout))
-        results = await asyncio.gather(*publishes, return_exceptions=True)
-        failures = [r for r in results if isinstance(r, BaseException)]
-        if failures:
-            raise AcceptanceFailed(f"forwarding publish of {message_id} failed: {failures[0]!r}") from failures[0]
+            for destination, recipients in by_domain.items()), "forwarding")
         log.info("forwarding %s from %s as %s to %d address(es) in %d domain(s)", message_id, mail.address or "<>",
                  sender or "<>", sum(len(v) for v in by_domain.values()), len(by_domain))
         return message_id

@@ -21,7 +21,6 @@ accepts AUTH before TLS and refuses MAIL before AUTH; the hooks below decide the
 
 from __future__ import annotations
 
-import asyncio
 import email.utils
 import functools
 import logging
@@ -37,13 +36,13 @@ from prometheus_client import CollectorRegistry, Counter
 from colony.bus import names
 from colony.contracts.auth import AuthClient, AuthFailure, AuthUnavailable
 from colony.contracts.directory import AccountInfo, AliasInfo
-from colony.contracts.outbound import OutboundMail, OutboundRecipient
+from colony.contracts.outbound import OutboundMail
 from colony.counters import SharedCounters
 from colony.events import AuditRecorded
 from colony.protocols.smtp import Reply, events as E, replies as R
 from colony.settings import Settings
-from colony.telemetry import inject_headers
-from colony_edge.acceptance import AcceptanceFailed, MailAcceptor, fold, new_message_id
+from colony_edge.acceptance import (MailAcceptor, fold, new_message_id, outbound_body, outbound_recipients,
+                                   publish_outbound)
 from colony_edge.login_cache import LoginCache, edge_login_cache
 from colony_edge.recipients import RecipientPolicy
 from colony_edge.smtp_policy import ACCEPT, AcceptedRecipient, BasePolicy, IncomingMessage, SmtpSession, Verdict, refuse
@@ -262,40 +261,15 @@ class SubmissionAcceptor:
         received = (f"from {session.helo or 'unknown'} ([{session.peer_ip}]) by {self.local.hostname} (Colony) "
                     f"with ESMTPSA id {message_id}{tls}; {email.utils.format_datetime(email.utils.localtime())}")
         head = fold("Received", received)
-        size = len(head) + message.size
-        body, ref = None, None
-        if size <= self.settings.mail_inline_max_bytes:
-            body = head + message.spool.read_bytes()
-        else:
-            ref = await self.local.put_body(message_id, head, message.spool)
-        by_domain: dict[str, list[OutboundRecipient]] = {}
-        seen: set[str] = set()
-        for accepted in remote:
-            rcpt = accepted.rcpt
-            for address in accepted.remote or (rcpt.address,):
-                if address.lower() in seen:
-                    continue
-                seen.add(address.lower())
-                domain = address.rpartition("@")[2].lower()
-                by_domain.setdefault(domain, []).append(OutboundRecipient(
-                    address=address, notify=list(rcpt.notify) if rcpt.notify else None,
-                    # A forwarded copy names the recipient it was sent to (RFC 3461 ORCPT).
-                    orcpt=rcpt.orcpt or (None if address == rcpt.address else f"rfc822;{rcpt.address}")))
-        headers = inject_headers()
-        publishes = []
-        for destination, recipients in by_domain.items():
-            item = OutboundMail.new(
+        size, body, ref = await outbound_body(self.local, self.settings, message_id, head, message)
+        by_domain = outbound_recipients(remote)
+        await publish_outbound(self.js, self.settings, message_id, (
+            OutboundMail.new(
                 message_id=message_id, destination=destination, mail_from=mail.address, recipients=recipients,
                 account=account, sign_domain=str(session.notes.get("from_domain", "")), sender_local=True,
                 body_type=mail.body, smtputf8=mail.smtputf8, ret=mail.ret, envid=mail.envid, size=size,
                 edge_node=self.node_id, body=body, body_ref=ref)
-            publishes.append(self.js.publish(names.outbound_subject(destination), item.encode(),
-                                             headers={**headers, "Nats-Msg-Id": item.msg_id()},
-                                             timeout=self.settings.mail_publish_timeout))
-        results = await asyncio.gather(*publishes, return_exceptions=True)
-        failures = [r for r in results if isinstance(r, BaseException)]
-        if failures:
-            raise AcceptanceFailed(f"outbound publish of {message_id} failed: {failures[0]!r}") from failures[0]
+            for destination, recipients in by_domain.items()), "outbound")
         log.info("submitted %s by %s for %d remote recipient(s) in %d domain(s)", message_id, account,
                  sum(len(v) for v in by_domain.values()), len(by_domain))
         return message_id
