@@ -320,7 +320,7 @@ def print_series(runs: list[dict], counts: list[int], size: int) -> None:
 
 
 def run_line(i: int, r: dict) -> str:
-    parts = [f"run {i}: {r['mailstores']} store(s), load {r.get('load', 0):.2f} at start, {r['rate']:.0f} msgs/s,",
+    parts = [f"run {i}: {r['mailstores']} store(s), load {r.get('load', 0):.2f} at start, {r['rate']:.0f} msgs/s",
              f"CPU {r['cpu_ms']:.2f} ms/msg (all)", f"stores+nats {r.get('stores_nats_ms', 0):.2f}"]
     if "net_idle_ms" in r:
         parts.append(f"net of idle {r['net_idle_ms']:.2f}")
