@@ -1,7 +1,7 @@
 """Outbound mail: Colony (submission with AUTH over TLS -> OUTBOUND -> an edge's delivery)
 against Postfix relaying the same load, both delivering to one loopback SMTP sink.
 
-    .venv/bin/python bench/smtp_outbound.py [--messages 1000] [--clients 16] [--size 2k] [--no-peer]
+    .venv/bin/python bench/smtp_outbound.py [--messages 1000] [--clients 16] [--size 2k] [--no-peer] [--dkim]
 
 Colony: `colony up` (one edge), a domain with 20 accounts made through the admin API; each
 client opens one submission session (587-equivalent port, STARTTLS, AUTH PLAIN) and sends
@@ -18,7 +18,11 @@ milliseconds per message (user+system of every process of the system under test:
 Colony `colony up` and all it runs, nats-server included; for Postfix its master and every
 daemon; the sink and the clients are this process and count for neither), and the ratio
 Colony / Postfix of delivered/s.  On a machine shared with other work the rates move with
-the load; CPU per message is the steadier figure.
+the load; CPU per message is the steadier figure.  Also printed for Colony: its CPU per
+message by process, and the bus messages per message (nats-server's ``/varz`` ``in_msgs`` and
+``out_msgs`` over the timed part: every publish, request, reply, ack and JetStream-internal
+message the server took in or handed out).  ``--dkim`` makes a DKIM key for the sending
+domain first (through the admin API), so every delivery is signed.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import time
 from pathlib import Path
 
 import aiosmtplib
+import httpx
 from aiosmtpd.controller import Controller
 from rich.console import Console
 from rich.table import Table
@@ -150,11 +155,20 @@ def summary(system: str, count: int, start: float, submitted: float, delivered: 
             "cpu_ms": cpu / count * 1000, "load": os.getloadavg()[0]}
 
 
+def bus_messages(monitor: str) -> tuple[int, int]:
+    """nats-server's counts of messages taken in and handed out since it started (``/varz``)."""
+    varz = httpx.get(f"{monitor}/varz", timeout=30).json()
+    return int(varz["in_msgs"]), int(varz["out_msgs"])
+
+
 def run_colony(workdir: Path, sink: Sink, sink_port: int, dns: LoopbackDNS, count: int, clients: int, size: int,
-               base: int) -> dict:
+               base: int, dkim: bool = False, idle: float = 10.0) -> dict:
     env = {**os.environ, "COLONY_DNS_SERVERS": dns.address, "COLONY_OUTBOUND_SMTP_PORT": str(sink_port)}
     with ColonyUp(workdir / "colony", base, "--sipfarms", "0", env=env, timeout=120) as colony:
         colony.provision(DOMAIN, ACCOUNTS, password=PASSWORD)
+        if dkim:
+            with colony.http() as api:
+                api.post(f"/v1/domains/{DOMAIN}/dkim").raise_for_status()
         port = int(colony.info["submission"][0].rsplit(":", 1)[1])
         wait_port(port, 120)
         deadline = time.monotonic() + 120
@@ -169,12 +183,27 @@ def run_colony(workdir: Path, sink: Sink, sink_port: int, dns: LoopbackDNS, coun
         wait_delivered(sink, 1, 120)
         sink.count = 0
         pids = colony.pids()
+        idle0 = {pid: process_cpu([pid]) for pid in pids}
+        time.sleep(idle)   # what the cluster spends doing nothing, per second, for the split below
+        idle_rates = {pid: (process_cpu([pid]) - idle0[pid]) / idle for pid in pids}
         before: dict[int, float] = {}
-        start, submitted, latencies = asyncio.run(load(port, count, clients, size, True, on_start=lambda: before.update(
-            {pid: process_cpu([pid]) for pid in pids})))
+        bus0: list[tuple[int, int]] = []
+
+        def started() -> None:
+            before.update({pid: process_cpu([pid]) for pid in pids})
+            bus0.append(bus_messages(colony.info["nats_monitor"]))
+        start, submitted, latencies = asyncio.run(load(port, count, clients, size, True, on_start=started))
         delivered = wait_delivered(sink, count, 600)
+        bus1 = bus_messages(colony.info["nats_monitor"])
         result = summary("Colony", count, start, submitted, delivered, latencies,
                          process_cpu(pids) - sum(before.values()))
+        result["bus"] = ((bus1[0] - bus0[0][0]) / count, (bus1[1] - bus0[0][1]) / count)
+        # The idle rate times the timed part's length is what the cluster would have spent anyway.
+        seconds = delivered - start
+        result["idle_ms_per_s"] = sum(idle_rates.values()) * 1000
+        result["idle_share_ms"] = sum(idle_rates.values()) * seconds / count * 1000
+        result["idle_by_process"] = sorted(((process_label(pid), rate * 1000) for pid, rate in idle_rates.items()),
+                                           key=lambda item: -item[1])
         result["by_process"] = sorted(((process_label(pid), (process_cpu([pid]) - before[pid]) / count * 1000)
                                        for pid in pids), key=lambda item: -item[1])
         return result
@@ -201,6 +230,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=2048)
     parser.add_argument("--no-peer", action="store_true", help="skip Postfix")
     parser.add_argument("--base-port", type=int, default=5500)
+    parser.add_argument("--dkim", action="store_true", help="sign every delivery (a DKIM key for the sending domain)")
+    parser.add_argument("--idle", type=float, default=10.0, help="seconds the idle cluster's CPU is measured first")
     args = parser.parse_args()
     if not args.no_peer and have("postfix", "/usr/sbin/postfix") == ["postfix", "/usr/sbin/postfix"]:
         sys.exit("the peer needs Debian's postfix: apt-get install postfix (or --no-peer)")
@@ -214,7 +245,8 @@ def main() -> None:
     try:
         with tempfile.TemporaryDirectory(prefix="colony-bench-out-") as tmp:
             work = Path(tmp)
-            rows.append(run_colony(work, sink, sink_port, dns, args.messages, args.clients, args.size, args.base_port))
+            rows.append(run_colony(work, sink, sink_port, dns, args.messages, args.clients, args.size, args.base_port,
+                                   args.dkim, args.idle))
             if not args.no_peer:
                 rows.append(run_postfix(work, sink, sink_port, args.messages, args.clients, args.size, args.base_port + 100))
     finally:
@@ -230,6 +262,11 @@ def main() -> None:
         if "by_process" in r:
             console.print("Colony CPU ms per message by process: " + ", ".join(
                 f"{label} {ms:.1f}" for label, ms in r["by_process"] if ms >= 0.05))
+            console.print(f"Colony bus messages per message: {r['bus'][0]:.1f} into nats-server, "
+                          f"{r['bus'][1]:.1f} out of it")
+            console.print(f"Colony idle (before the load): {r['idle_ms_per_s']:.0f} ms CPU per second, "
+                          f"{r['idle_share_ms']:.1f} ms of the CPU per message at this rate: " + ", ".join(
+                              f"{label} {ms:.1f}" for label, ms in r["idle_by_process"] if ms >= 0.05))
     if len(rows) == 2:
         console.print(f"Colony / Postfix (delivered/s): {rows[0]['deliver'] / rows[1]['deliver']:.2f}x; "
                       f"CPU per message: {rows[0]['cpu_ms'] / rows[1]['cpu_ms']:.1f}x Postfix's")
