@@ -293,7 +293,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=500)
     parser.add_argument("--users", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=200)
-    parser.add_argument("--members", default="1,2,3")
+    parser.add_argument("--members", default="1,2,3", help="farm sizes to run, comma separated (0: the peer only)")
     parser.add_argument("--kamailio-children", type=int, default=2)
     parser.add_argument("--no-peer", action="store_true")
     parser.add_argument("--base-port", type=int, default=5500)
@@ -313,7 +313,7 @@ def main() -> None:
             console.print("[dim]Kamailio ...[/dim]")
             peer = run_kamailio(args, workdir)
             rows.append(peer)
-        for members in map(int, args.members.split(",")):
+        for members in (int(m) for m in args.members.split(",") if int(m) > 0):   # 0: Kamailio only
             console.print(f"[dim]Colony with {members} farm member(s) ...[/dim]")
             rows.append(run_colony(args, workdir, members))
     table = Table(title=f"SIP, {args.registrations} REGISTERs and {args.calls} calls, {os.cpu_count()} cores")
