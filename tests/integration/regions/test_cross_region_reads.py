@@ -171,3 +171,28 @@ async def test_a_domain_moves_questions_reach_the_asked_region_across_the_link(r
     assert await port.source_cleaned(move) is False
     assert set(heard["us"]) == {"colony.move.us.pull"}
     assert set(heard["eu"]) == {"colony.move.eu.sessions"}
+
+
+async def test_a_controller_may_restart_its_regions_sources(regions):
+    """The controller's identity may do what colony_controller.source_keeper does: read its
+    sourcing streams, ask the other region's JetStream for its stream, update the stream. A
+    permission missing would fail silently there (no answer is read as a region not there)."""
+    from colony.regions import SourceRestarts
+    from colony_controller.source_keeper import SourceKeeper
+
+    eu_ctl = await regions("eu", "controller")
+    settings = Settings(region="eu", regions=",".join(REGIONS), primary_region="eu")
+    keeper = SourceKeeper(eu_ctl, settings, restarts=SourceRestarts(stale_after=0.0))  # every source is stale
+
+    async def restarted():
+        return await keeper.step()
+    due = await wait_until(restarted, 30, "the controller to restart eu's sources")
+    assert {(s.stream, s.region) for s in due} == {(names.STREAM_MAIL, "us"), (names.STREAM_USAGE, "us"),
+                                                   (names.STREAM_AUDIT, "us")}
+    us_op = await regions("us", "operator")
+    await us_op.jetstream().publish(names.mail_subject("eu", "acme.example"), b"after the restart")
+    eu_js = (await regions("eu", "operator")).jetstream()
+
+    async def crossed():
+        return (await eu_js.stream_info(names.STREAM_MAIL)).state.messages == 1
+    await wait_until(crossed, 30, "us's mail in eu's MAIL after the restart")

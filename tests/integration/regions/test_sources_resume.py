@@ -164,6 +164,7 @@ async def test_mail_accepted_during_a_cut_crosses_soon_after_the_link_is_back(re
     await regions.start_region("us")
     await _send(regions, b"before")
     await _arrives(regions, b"before")
+    restarts = regions.keepers["eu"].restarted
     regions.hub.stop()
     await _send(regions, b"during")         # stored in us: the sender got its 250
 
@@ -171,6 +172,7 @@ async def test_mail_accepted_during_a_cut_crosses_soon_after_the_link_is_back(re
         (source,) = (await regions.js("eu").stream_info(names.STREAM_MAIL)).sources
         return source.active is not None and source.active / 1e9 >= CUT
     await wait_until(cut_long_enough, CUT + 30, f"eu's source to have heard nothing from us for {CUT:g}s")
+    assert regions.keepers["eu"].restarted == restarts  # nothing to read during a cut: left alone
     regions.hub.start()
     waited = await _arrives(regions, b"during")
     assert waited < BOUND, f"mail accepted during the cut waited {waited:.1f}s after the link was back"
