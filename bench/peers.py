@@ -95,7 +95,31 @@ def descendants(root: int) -> list[int]:
     return out
 
 
-class Dovecot:
+class _ForegroundDaemon:
+    """A peer server run in the foreground as our child (``self.process``), its workers its
+    descendants: stopped with SIGTERM, and SIGKILL for the whole tree if it does not go
+    within 10 s; its CPU is that of the tree."""
+
+    process: subprocess.Popen | None = None
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                for pid in descendants(self.process.pid):
+                    with _quiet():
+                        os.kill(pid, signal.SIGKILL)
+
+    def pids(self) -> list[int]:
+        return descendants(self.process.pid) if self.process else []
+
+    def cpu_seconds(self) -> float:
+        return process_cpu(self.pids())
+
+
+class Dovecot(_ForegroundDaemon):
     def __init__(self, workdir: Path, lmtp_port: int, imap_port: int = 0, pop3_port: int = 0,
                  password: str = "benchpass") -> None:
         self.dir = workdir / "dovecot"
@@ -179,22 +203,6 @@ default_internal_user = dovecot
         wait_port(self.lmtp_port)
         if self.imap_port:
             wait_port(self.imap_port)
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                for pid in descendants(self.process.pid):
-                    with _quiet():
-                        os.kill(pid, signal.SIGKILL)
-
-    def pids(self) -> list[int]:
-        return descendants(self.process.pid) if self.process else []
-
-    def cpu_seconds(self) -> float:
-        return process_cpu(self.pids())
 
     def delivered(self) -> int:
         return sum(1 for p in self.mail_dir.glob("*/*/new/*")) + sum(1 for p in self.mail_dir.glob("*/*/cur/*"))
@@ -294,7 +302,7 @@ class _quiet:
         return True
 
 
-class Kamailio:
+class Kamailio(_ForegroundDaemon):
     """Debian's Kamailio as an authenticating registrar and stateful proxy on loopback UDP:
     REGISTER needs digest auth (www), INVITE needs proxy auth, bindings in memory (usrloc
     db_mode 0), Record-Route, every user's password ``password`` (the benchmark's users all
@@ -375,18 +383,3 @@ request_route {{
             time.sleep(0.05)
         raise RuntimeError("kamailio did not open its UDP port")
 
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                for pid in descendants(self.process.pid):
-                    with _quiet():
-                        os.kill(pid, signal.SIGKILL)
-
-    def pids(self) -> list[int]:
-        return descendants(self.process.pid) if self.process else []
-
-    def cpu_seconds(self) -> float:
-        return process_cpu(self.pids())
