@@ -178,3 +178,24 @@ async def test_mail_accepted_during_a_cut_crosses_soon_after_the_link_is_back(re
     assert waited < BOUND, f"mail accepted during the cut waited {waited:.1f}s after the link was back"
     await _send(regions, b"after")
     assert await _arrives(regions, b"after") < BOUND
+
+
+async def test_a_stream_left_without_its_source_gets_it_back(regions):
+    """A restart is two updates; if the second is lost the stream lacks the source until the
+    keeper's next look puts its configuration back."""
+    from dataclasses import replace
+
+    from colony.bus.schema import sourcing_stream_configs
+
+    regions.hub.start()
+    await regions.start_region("eu")
+    await regions.start_region("us")
+    (mail,) = [c for c in sourcing_stream_configs(_settings("eu")) if c.name == names.STREAM_MAIL]
+    cut_short = await regions.js("eu").update_stream(replace(mail, sources=[]))   # the first update only
+    assert not cut_short.config.sources
+
+    async def restored():
+        return (await regions.js("eu").stream_info(names.STREAM_MAIL)).config.sources
+    await wait_until(restored, 30, "eu's MAIL to get its source back")
+    await _send(regions, b"after the repair")
+    assert await _arrives(regions, b"after the repair") < BOUND
