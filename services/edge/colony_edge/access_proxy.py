@@ -290,6 +290,9 @@ class AccessProxy:
         client, store = client_writer.transport, store_writer.transport
         loop = asyncio.get_running_loop()
         lost = loop.create_future()
+        # A side that left before the splice told only the stream protocol (its EOF, or the
+        # connection's loss): the splice would never hear of it, so it ends at once.
+        gone = client.is_closing() or store.is_closing() or client_reader.at_eof() or store_reader.at_eof()
         to_store = _Splice(store, client.get_protocol(), lost)
         to_client = _Splice(client, store.get_protocol(), lost)
         client.set_protocol(to_store)
@@ -300,7 +303,8 @@ class AccessProxy:
         try:
             to_store.start(leftover + await client_reader.read())
             to_client.start(await store_reader.read())
-            await lost
+            if not gone:
+                await lost
         except (ConnectionError, OSError):
             pass                # a side went away before the splice began
         finally:

@@ -29,15 +29,18 @@ class _Store:
     """A stand-in mail store: takes the hand-off, answers OK and one untagged line at once,
     then echoes what it gets; ``BLOB n`` makes it send n octets instead."""
 
-    def __init__(self) -> None:
+    def __init__(self, release: asyncio.Event | None = None) -> None:
         self.received = bytearray()
         self.writer: asyncio.StreamWriter | None = None
         self.closed = asyncio.Event()
+        self.release = release      # answer the hand-off only once this is set
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.writer = writer
         try:
             await reader.readuntil(b"\n")
+            if self.release is not None:
+                await self.release.wait()
             writer.write(OK_LINE + EARLY)
             while data := await reader.read(65536):
                 self.received += data
@@ -73,12 +76,14 @@ def tls(tmp_path):
 async def _edge(store: _Store, server_tls: ssl.SSLContext | None = None):
     settings = Settings(access_plaintext_auth=True)
     handlers: list[asyncio.Task] = []
+    readers: list[asyncio.StreamReader] = []
     async with _listen(store.handle) as store_addr:
         proxy = AccessProxy(settings, b"s" * 32, _Auth(), _Finder(store_addr), LoginThrottle(settings, None, _Gate()),
                             _Gate(), server_tls, _Tracker(), _Metrics(), "edge.test")
 
         async def serve(reader, writer):
             handlers.append(asyncio.current_task())
+            readers.append(reader)
             try:
                 await proxy.imap(reader, writer, server_tls is not None)
             finally:      # as the edge's listener does (colony.cluster.sessions)
@@ -87,7 +92,7 @@ async def _edge(store: _Store, server_tls: ssl.SSLContext | None = None):
 
         server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=server_tls)
         try:
-            yield server.sockets[0].getsockname()[1], handlers
+            yield server.sockets[0].getsockname()[1], handlers, readers
         finally:
             server.close()
 
@@ -104,7 +109,7 @@ async def _login(port: int, client_tls: ssl.SSLContext | None, pipelined: bytes 
 async def test_pipelined_and_early_bytes_go_first_and_large_data_arrives_whole(tls, use_tls):
     server_tls, client_tls = tls if use_tls else (None, None)
     store = _Store()
-    async with _edge(store, server_tls) as (port, handlers):
+    async with _edge(store, server_tls) as (port, handlers, _):
         reader, writer = await _login(port, client_tls, pipelined=b"a2 NOOP\r\n")
         assert await asyncio.wait_for(reader.readline(), 10) == b"a1 " + OK_LINE
         assert await asyncio.wait_for(reader.readline(), 10) == EARLY           # the store's, held by the edge
@@ -127,7 +132,7 @@ async def test_pipelined_and_early_bytes_go_first_and_large_data_arrives_whole(t
 async def test_a_client_that_does_not_read_holds_the_store_back(tls):
     store = _Store()
     size = 64 * 1024 * 1024
-    async with _edge(store) as (port, handlers):
+    async with _edge(store) as (port, handlers, _):
         reader, writer = await _login(port, None)
         assert await asyncio.wait_for(reader.readline(), 10) == b"a1 " + OK_LINE
         assert await asyncio.wait_for(reader.readline(), 10) == EARLY
@@ -142,6 +147,25 @@ async def test_a_client_that_does_not_read_holds_the_store_back(tls):
         # The store closes: the client sees the end and the edge's handler is done.
         store.writer.close()
         assert await asyncio.wait_for(reader.read(), 10) == b""
+        await asyncio.wait_for(asyncio.gather(*handlers), 10)
+        writer.close()
+
+
+async def test_a_client_gone_before_the_splice_ends_the_session_at_once():
+    # The client logs in and leaves at once: its EOF reaches the edge while the hand-off is
+    # under way, before the splice exists; the store must still hear that it left, not keep
+    # the session until its idle timeout.
+    release = asyncio.Event()
+    store = _Store(release)
+    async with _edge(store) as (port, handlers, readers):
+        reader, writer = await _login(port, None)
+        await writer.drain()
+        writer.write_eof()
+        # The store answers only once the edge has taken the client's EOF (before the splice).
+        await wait_until(lambda: _async(bool(readers) and readers[0].at_eof()), 10, "the edge to see the EOF")
+        release.set()
+        assert (await asyncio.wait_for(reader.read(), 10)).startswith(b"a1 " + OK_LINE)
+        await asyncio.wait_for(store.closed.wait(), 10)
         await asyncio.wait_for(asyncio.gather(*handlers), 10)
         writer.close()
 
