@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import logging
 import ssl
+from collections.abc import Iterable
 from pathlib import Path
 
 import nats
 from nats.aio.client import Client
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 
 from colony.bus.permissions import inbox_prefix, public_key_of
@@ -46,6 +48,19 @@ async def connect(settings: Settings, name: str = "colony", persistent: bool = T
         reconnected_cb=on_reconnect,
     )
     return nc
+
+
+async def unsubscribe_all(subs: Iterable[Subscription | None]) -> None:
+    """Unsubscribe each of ``subs`` (``None`` stands for one never made), for a stop or a
+    restart. A failure is no error: at shutdown the connection may be closed or draining
+    already, and the server forgets a closed connection's subscriptions by itself."""
+    for sub in subs:
+        if sub is None:
+            continue
+        try:
+            await sub.unsubscribe()
+        except Exception as exc:  # noqa: BLE001 - see above; the next one must still go
+            log.debug("unsubscribing from %s failed: %s", sub.subject, exc)
 
 
 def jetstream(nc: Client) -> JetStreamContext:

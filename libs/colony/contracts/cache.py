@@ -45,6 +45,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from colony.bus import names
+from colony.bus.connection import unsubscribe_all
 from colony.bus.tokens import TokenError, from_token
 from colony.tasks import TaskOwner
 from colony.contracts.directory import AccountInfo, AliasInfo, DomainInfo
@@ -333,11 +334,7 @@ class DirectoryCache(DirectoryIndex):
 
     async def _unfollow(self) -> None:
         sub, consumer, self._sub, self._consumer = self._sub, self._consumer, None, None
-        if sub is not None:
-            try:
-                await sub.unsubscribe()
-            except Exception as exc:  # the connection may be closed; the server forgets the consumer anyway
-                log.debug("directory cache: unsubscribe failed: %s", exc)
+        await unsubscribe_all([sub])
         if consumer is not None and not self.nc.is_closed:
             try:
                 await self.nc.jetstream().delete_consumer(self._stream, consumer)

@@ -27,6 +27,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from opentelemetry import trace
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from colony.bus.connection import unsubscribe_all
 from colony.queue.deadletter import H_JOB_ID, MSG_ID, DeadLetter, DeadLetters
 from colony.queue.outcomes import Action, Decision, Outcome, QueuePolicy, Retry, before_handling, decide
 from colony.tasks import describe
@@ -199,9 +200,7 @@ class QueueRunner:
             for task in pending:
                 with suppress(asyncio.CancelledError, Exception):
                     await task
-        if self._sub is not None:
-            with suppress(Exception):
-                await self._sub.unsubscribe()
+        await unsubscribe_all([self._sub])
 
     # --- fetching -------------------------------------------------------------------------
 
@@ -210,9 +209,7 @@ class QueueRunner:
             await self._fetch_forever()
         except Exception:
             # Restarted by its owner: subscribe afresh (the consumer may have been deleted).
-            if self._sub is not None:
-                with suppress(Exception):
-                    await self._sub.unsubscribe()
+            await unsubscribe_all([self._sub])
             self._sub = None
             raise
 

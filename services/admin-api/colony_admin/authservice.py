@@ -49,6 +49,7 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy import Connection, select
 
 from colony.bus import names
+from colony.bus.connection import unsubscribe_all
 from colony.bus.tokens import normalise_domain
 from colony.contracts.auth import (
     AuthCheckReply,
@@ -168,11 +169,7 @@ class AuthService:
                                                       cb=self._spawn(request_model, handler, refusal)))
 
     async def stop(self) -> None:
-        for sub in self._subs:
-            try:
-                await sub.unsubscribe()
-            except Exception:
-                pass
+        await unsubscribe_all(self._subs)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -45,6 +45,7 @@ from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
 from colony.bus import names
+from colony.bus.connection import unsubscribe_all
 from colony.cluster.commands import ControllerRequest, NodeCommand, Reply
 from colony.cluster.decisions import NodeFailed, publish_decision
 from colony.cluster.election import (
@@ -261,10 +262,8 @@ class Controller:
         for task in self._drivers.values():
             task.cancel()
         self._drivers.clear()
-        if self._api_sub is not None:
-            with suppress(Exception):
-                await self._api_sub.unsubscribe()
-            self._api_sub = None
+        await unsubscribe_all([self._api_sub])
+        self._api_sub = None
 
     async def _on_alive(self, msg: Msg) -> None:
         with self.runtime.metrics.once(BusRequestMetrics).observe(names.CONTROLLER_ALIVE):

@@ -61,6 +61,7 @@ from prometheus_client import CollectorRegistry, Counter
 from pydantic import ValidationError
 
 from colony.bus import names
+from colony.bus.connection import unsubscribe_all
 from colony.cluster.lease import read_lease
 from colony.cluster.membership import NodeState
 from colony.cluster.ownership import place
@@ -121,11 +122,7 @@ class MoveServer:
         ]
 
     async def stop(self) -> None:
-        for sub in self._subs:
-            try:
-                await sub.unsubscribe()
-            except Exception:
-                pass
+        await unsubscribe_all(self._subs)
         self._subs = []
         if self.tasks:
             await asyncio.wait(set(self.tasks), timeout=5.0)

@@ -16,6 +16,7 @@ import time
 from contextlib import suppress
 
 from colony.bus import names
+from colony.bus.connection import unsubscribe_all
 from colony.bus.pipelined import publish_pipelined
 from colony.metrics import BusRequestMetrics
 from colony.contracts.auth import AuthClient
@@ -236,12 +237,7 @@ class MailstoreWorkload:
             self._pop3_listener.close()
         if self.runner is not None:
             await self.runner.stop()
-        if self._sub is not None:
-            with suppress(Exception):
-                await self._sub.unsubscribe()
-        if self._shared_sub is not None:
-            with suppress(Exception):
-                await self._shared_sub.unsubscribe()
+        await unsubscribe_all([self._sub, self._shared_sub])
         if self._forward_tasks:
             await asyncio.wait(set(self._forward_tasks), timeout=5.0)
         if self.accounts is not None:

@@ -33,6 +33,7 @@ from nats.js.kv import KeyValue
 from pydantic import BaseModel, Field
 
 from colony.bus import names
+from colony.bus.connection import unsubscribe_all
 
 CAS_ATTEMPTS = 32
 
@@ -108,10 +109,7 @@ class BindingStore:
         finally:
             self._watching = False
             self._cache.clear()
-            try:
-                await sub.unsubscribe()
-            except Exception:       # the connection is going away with it
-                pass
+            await unsubscribe_all([sub])
 
     async def _seen(self, msg, prefix: str) -> None:
         key = msg.subject[len(prefix):]

@@ -32,6 +32,7 @@ from nats.js.api import DeliverPolicy, ConsumerConfig
 
 from colony import events
 from colony.bus import names
+from colony.bus.connection import unsubscribe_all
 from colony.cluster.control import ask_controller
 from colony.cluster.view import cluster_view, regions_view
 from colony_admin import db, queries
@@ -95,11 +96,7 @@ class TransitionFeed:
         return sorted(self.recent, key=lambda r: r["at"])[-TRANSITIONS_KEPT:]
 
     async def stop(self) -> None:
-        for sub in self._subs:
-            try:
-                await sub.unsubscribe()
-            except Exception:  # noqa: BLE001 - the connection may already be closed at shutdown
-                log.debug("unsubscribe failed", exc_info=True)
+        await unsubscribe_all(self._subs)
         self._subs.clear()
 
 

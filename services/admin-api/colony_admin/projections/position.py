@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import Engine
 
 from colony.bus import names
+from colony.bus.connection import unsubscribe_all
 
 log = logging.getLogger("colony.admin.readmodel")
 
@@ -100,12 +101,8 @@ class RemoteReadModel(PositionTracker):
         await self._advance_to(await asyncio.to_thread(load))
 
     async def stop(self) -> None:
-        if self._sub is not None:
-            try:
-                await self._sub.unsubscribe()
-            except Exception:  # noqa: BLE001 - the connection may be closing
-                pass
-            self._sub = None
+        await unsubscribe_all([self._sub])
+        self._sub = None
 
     async def _on_position(self, msg: Msg) -> None:
         try:

@@ -48,6 +48,7 @@ from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 
 from colony.bus import names
+from colony.bus.connection import unsubscribe_all
 
 log = logging.getLogger("colony.admin.pull")
 
@@ -99,12 +100,8 @@ class PullBatches:
                                             pending_msgs_limit=4 * self.batch + 100)
 
     async def close(self) -> None:
-        if self._sub is not None:
-            try:
-                await self._sub.unsubscribe()
-            except Exception:  # noqa: BLE001 - the connection may be gone already
-                pass
-            self._sub = None
+        await unsubscribe_all([self._sub])
+        self._sub = None
 
     async def _on_msg(self, msg: Msg) -> None:
         status = msg.headers.get(_STATUS) if msg.headers else None
