@@ -324,28 +324,22 @@ class AccessProxy:
             return False
         return True
 
-    # --- POP3 ---------------------------------------------------------------------------------
+    # --- POP3 and IMAP: the listeners' handlers ------------------------------------------------
 
     async def pop3(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, implicit_tls: bool) -> None:
-        ip = _ip(writer)
-        if not await self._admit(writer, ip, lambda text: f"-ERR [SYS/TEMP] {text}\r\n".encode()):
-            return
-        try:
-            session = _Pop3Session(self, reader, writer, ip, implicit_tls)
-            with self.tracker.track("pop3", ip, session.goodbye):
-                await session.run()
-        finally:
-            self.gate.on_disconnect(ip)
-
-    # --- IMAP ---------------------------------------------------------------------------------
+        await self._serve(_Pop3Session, reader, writer, implicit_tls)
 
     async def imap(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, implicit_tls: bool) -> None:
+        await self._serve(_ImapSession, reader, writer, implicit_tls)
+
+    async def _serve(self, kind: type[_Session], reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                     implicit_tls: bool) -> None:
         ip = _ip(writer)
-        if not await self._admit(writer, ip, lambda text: f"* BYE [UNAVAILABLE] {text}\r\n".encode()):
+        if not await self._admit(writer, ip, kind.refusal):
             return
         try:
-            session = _ImapSession(self, reader, writer, ip, implicit_tls)
-            with self.tracker.track("imap", ip, session.goodbye):
+            session = kind(self, reader, writer, ip, implicit_tls)
+            with self.tracker.track(kind.service, ip, session.goodbye):
                 await session.run()
         finally:
             self.gate.on_disconnect(ip)
@@ -404,8 +398,15 @@ def _ip(writer: asyncio.StreamWriter) -> str:
 
 
 class _Session:
-    """What the POP3 and IMAP sessions share: reading with the login deadline, STARTTLS,
-    and the switch to the proxy."""
+    """A POP3 or IMAP client before its login: its protocol's core is fed what it sends
+    until the login deadline, STARTTLS is done here, and a login the store accepts hands the
+    connection over to the store (``AccessProxy.pipe``). The subclasses give the protocol's
+    core, events and words; the steps are the same for both."""
+
+    service: str            # the login's service, as the auth service and the login cache name it
+    protocol = None         # the module with the core's events (StartTLS, Authenticate, Close)
+    too_slow: bytes         # said when the login deadline passes
+    shutting_down: bytes    # said to a client not yet handed over when the edge drains
 
     def __init__(self, proxy: AccessProxy, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                  ip: str, implicit_tls: bool) -> None:
@@ -432,13 +433,8 @@ class _Session:
             self.writer.write(data)
             await self.writer.drain()
 
-
-class _Pop3Session(_Session):
     async def run(self) -> None:
-        core = pop3.Pop3Server(time.monotonic, tls_available=self.proxy.tls is not None, tls_active=self.tls_active,
-                               allow_plaintext=self.proxy.settings.access_plaintext_auth,
-                               greeting=f"{self.proxy.hostname} POP3 ready")
-        self.core = core
+        core = self.make_core()
         while not self.closing:
             await self.write(core.data_to_send())
             event = core.next_event()
@@ -446,26 +442,26 @@ class _Pop3Session(_Session):
                 data = await self.read()
                 if not data:
                     if time.monotonic() >= self.deadline:
-                        await self.write(b"-ERR Too slow to log in; closing\r\n")
+                        await self.write(self.too_slow)
                     return
                 core.receive_data(data)
-            elif isinstance(event, pop3.StartTLS):
+            elif isinstance(event, self.protocol.StartTLS):
                 await self.start_tls()
                 core.tls_started()
-            elif isinstance(event, pop3.Authenticate):
-                login = await self.proxy.login("pop3", event.user, event.password, self.ip)
+            elif isinstance(event, self.protocol.Authenticate):
+                login = await self.proxy.login(self.service, event.user, event.password, self.ip)
                 if not login.ok:
-                    core.login_failed(login.code, login.reply)
+                    core.login_failed(self.refusal_code(login.code), login.reply)
                     continue
                 await self.write(core.data_to_send())
-                await self.write((login.reply + "\r\n").encode())
+                await self.write(self.welcome(core, login.reply))
                 self.proxying = True
                 await self.proxy.pipe(self.reader, self.writer, login.upstream, core.leftover())
                 return
-            elif isinstance(event, pop3.Close):
+            elif isinstance(event, self.protocol.Close):
                 await self.write(core.data_to_send())
                 return
-            else:  # Retrieve / Commit cannot happen before login
+            else:  # POP3's Retrieve / Commit cannot happen before login
                 return
 
     async def goodbye(self) -> None:
@@ -473,50 +469,70 @@ class _Pop3Session(_Session):
         self.closing = True
         if not self.proxying:
             with contextlib.suppress(Exception):
-                await self.write(b"-ERR [SYS/TEMP] Server shutting down\r\n")
+                await self.write(self.shutting_down)
         self.writer.close()
+
+    # --- what a protocol fills in -------------------------------------------------------------
+
+    def make_core(self):
+        """The protocol's sans-IO core for the time before login."""
+        raise NotImplementedError
+
+    @staticmethod
+    def refusal(text: str) -> bytes:
+        """The greeting that turns a client away before the session begins (the gate's ``text``)."""
+        raise NotImplementedError
+
+    def refusal_code(self, code: str) -> str:
+        """The response code of a refused login in the protocol's vocabulary."""
+        return code
+
+    def welcome(self, core, store_line: str) -> bytes:
+        """What the client is told when the store took the login (``store_line``, its answer)."""
+        raise NotImplementedError
+
+
+class _Pop3Session(_Session):
+    service = "pop3"
+    protocol = pop3
+    too_slow = b"-ERR Too slow to log in; closing\r\n"
+
+    @staticmethod
+    def refusal(text: str) -> bytes:
+        return f"-ERR [SYS/TEMP] {text}\r\n".encode()
+    shutting_down = b"-ERR [SYS/TEMP] Server shutting down\r\n"
+
+    def make_core(self) -> pop3.Pop3Server:
+        return pop3.Pop3Server(time.monotonic, tls_available=self.proxy.tls is not None, tls_active=self.tls_active,
+                               allow_plaintext=self.proxy.settings.access_plaintext_auth,
+                               greeting=f"{self.proxy.hostname} POP3 ready")
+
+    def welcome(self, core: pop3.Pop3Server, store_line: str) -> bytes:
+        return (store_line + "\r\n").encode()
 
 
 class _ImapSession(_Session):
-    async def run(self) -> None:
-        core = imap.ImapPreauth(tls_available=self.proxy.tls is not None, tls_active=self.tls_active,
+    service = "imap"
+    protocol = imap
+    too_slow = b"* BYE Too slow to log in\r\n"
+
+    @staticmethod
+    def refusal(text: str) -> bytes:
+        return f"* BYE [UNAVAILABLE] {text}\r\n".encode()
+    shutting_down = b"* BYE [UNAVAILABLE] Server shutting down\r\n"
+
+    def make_core(self) -> imap.ImapPreauth:
+        return imap.ImapPreauth(tls_available=self.proxy.tls is not None, tls_active=self.tls_active,
                                 allow_plaintext=self.proxy.settings.access_plaintext_auth,
                                 max_line=self.proxy.settings.access_max_command_bytes,
                                 greeting=f"{self.proxy.hostname} IMAP ready")
-        while not self.closing:
-            await self.write(core.data_to_send())
-            event = core.next_event()
-            if event is None:
-                data = await self.read()
-                if not data:
-                    if time.monotonic() >= self.deadline:
-                        await self.write(b"* BYE Too slow to log in\r\n")
-                    return
-                core.receive_data(data)
-            elif isinstance(event, imap.StartTLS):
-                await self.start_tls()
-                core.tls_started()
-            elif isinstance(event, imap.Authenticate):
-                login = await self.proxy.login("imap", event.user, event.password, self.ip)
-                if not login.ok:
-                    core.login_failed(_imap_code(login.code), login.reply)
-                    continue
-                await self.write(core.data_to_send())
-                core.login_ok(login.reply)
-                await self.write(core.data_to_send())
-                self.proxying = True
-                await self.proxy.pipe(self.reader, self.writer, login.upstream, core.leftover())
-                return
-            elif isinstance(event, imap.Close):
-                await self.write(core.data_to_send())
-                return
 
-    async def goodbye(self) -> None:
-        self.closing = True
-        if not self.proxying:
-            with contextlib.suppress(Exception):
-                await self.write(b"* BYE [UNAVAILABLE] Server shutting down\r\n")
-        self.writer.close()
+    def refusal_code(self, code: str) -> str:
+        return _imap_code(code)
+
+    def welcome(self, core: imap.ImapPreauth, store_line: str) -> bytes:
+        core.login_ok(store_line)       # the store's OK goes out with the client's login tag
+        return core.data_to_send()
 
 
 def _home_region(directory, domain: str) -> str | None:

@@ -1,5 +1,7 @@
 """A store's refusal of a hand-off reaches the client as one tagged NO / -ERR with the store's
-response code once (RFC 3501 §7.1, RFC 2449 §8), over real sockets: client -> edge -> store."""
+response code once (RFC 3501 §7.1, RFC 2449 §8), over real sockets: client -> edge -> store.
+Before login the edge answers in each protocol's own words (the gate's refusal, the login
+deadline, a drain)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import pytest
 from colony.contracts.auth import AuthCheckReply
 from colony.settings import Settings
 from colony_edge.access_proxy import AccessProxy, LoginThrottle
+from colony_edge.security.gate import Refusal
 
 
 class _Auth:
@@ -116,3 +119,65 @@ async def test_a_pop3_store_refusal_carries_its_code_once():
     answer = await _client_login("pop3", b"-ERR [SYS/TEMP] This mailbox is being moved; try again shortly\r\n",
                                  [b"USER alice@acme.example\r\n", b"PASS secret\r\n"])
     assert answer == b"-ERR [SYS/TEMP] This mailbox is being moved; try again shortly\r\n"
+
+
+# --- before login: each protocol's own words for the gate's refusal, the login deadline and a drain
+
+
+class _RefusingGate(_Gate):
+    async def on_connect(self, ip):
+        return Refusal(421, "4.7.0", "Too many connections from your address", "concurrency")
+
+
+class _Tracking(_Tracker):
+    def __init__(self) -> None:
+        self.goodbyes: list = []
+
+    @contextlib.contextmanager
+    def track(self, proto, ip, goodbye):
+        self.goodbyes.append(goodbye)
+        yield
+
+
+async def _before_login(proto: str, gate=None, login_timeout: float = 60.0, drain: bool = False) -> list[bytes]:
+    """What a client that only connects hears from a real edge listener, up to the edge's
+    closing the connection."""
+    settings = Settings(access_plaintext_auth=True, access_login_timeout=login_timeout)
+    tracker = _Tracking()
+    gate = gate or _Gate()
+    proxy = AccessProxy(settings, b"s" * 32, _Auth(), _Finder("127.0.0.1:1"), LoginThrottle(settings, None, gate),
+                        gate, None, tracker, _Metrics(), "edge.test")
+    serve = proxy.imap if proto == "imap" else proxy.pop3
+
+    async def handle(reader, writer):
+        try:
+            await serve(reader, writer, False)
+        finally:
+            writer.close()      # as the edge's listener does when a handler returns
+
+    async with _listen(handle) as edge:
+        host, _, port = edge.rpartition(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            lines = [await asyncio.wait_for(reader.readline(), 10)]
+            if drain:   # the greeting came from the session, so it is tracked already
+                await tracker.goodbyes[0]()
+            while lines[-1]:
+                lines.append(await asyncio.wait_for(reader.readline(), 10))
+            return lines[:-1]
+        finally:
+            writer.close()
+
+
+@pytest.mark.parametrize("proto, refused, too_slow, shutting_down", [
+    ("pop3", b"-ERR [SYS/TEMP] Too many connections from your address\r\n", b"-ERR Too slow to log in; closing\r\n",
+     b"-ERR [SYS/TEMP] Server shutting down\r\n"),
+    ("imap", b"* BYE [UNAVAILABLE] Too many connections from your address\r\n", b"* BYE Too slow to log in\r\n",
+     b"* BYE [UNAVAILABLE] Server shutting down\r\n"),
+])
+async def test_before_login_each_protocol_speaks_its_own_words(proto, refused, too_slow, shutting_down):
+    assert await _before_login(proto, gate=_RefusingGate()) == [refused]
+    greeting, *rest = await _before_login(proto, login_timeout=0.5)
+    assert greeting.startswith(b"+OK" if proto == "pop3" else b"* OK") and rest == [too_slow]
+    greeting, *rest = await _before_login(proto, drain=True)
+    assert rest == [shutting_down]
