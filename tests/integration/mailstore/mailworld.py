@@ -56,6 +56,13 @@ class MailWorld:
     def start(self, node_id: str, **env: str):
         return self.cluster.start("mailstore", node_id, COLONY_STORAGE_DIR=str(self.root), **{**MAILSTORE_ENV, **env})
 
+    async def start_ready(self, *node_ids: str, timeout: float = 30) -> None:
+        """Start the mail stores ``node_ids`` side by side, then wait until each is READY."""
+        for node_id in node_ids:
+            self.start(node_id)
+        for node_id in node_ids:
+            await self.cluster.wait_state(node_id, "READY", timeout=timeout)
+
     async def domain(self, name: str = DOMAIN, **storage) -> None:
         await self.directory.put(names.directory_key(names.AGG_DOMAIN, name), orjson.dumps(
             {"kind": "domain", "name": name, "storage": {"account_foldering": "none", "domain_foldering": False,

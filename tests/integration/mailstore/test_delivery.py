@@ -18,10 +18,7 @@ async def test_delivered_once_into_the_seed_layout(world):
     users = [f"{n}@{DOMAIN}" for n in ("alice", "bob", "carol", "dave")]
     for u in users:
         await world.account(u)
-    for node in ("mailstore-1", "mailstore-2"):
-        world.start(node)
-    for node in ("mailstore-1", "mailstore-2"):
-        await world.cluster.wait_state(node, "READY", timeout=30)
+    await world.start_ready("mailstore-1", "mailstore-2")
     ids = [await world.publish(users) for _ in range(10)]
 
     async def all_stored():
@@ -71,10 +68,7 @@ async def test_sigstop_owner_is_fenced_and_replay_is_clean(world):
     await world.domain()
     alice = f"alice@{DOMAIN}"
     await world.account(alice)
-    for node in ("mailstore-1", "mailstore-2"):
-        world.start(node)
-    for node in ("mailstore-1", "mailstore-2"):
-        await world.cluster.wait_state(node, "READY", timeout=30)
+    await world.start_ready("mailstore-1", "mailstore-2")
     first = await world.publish([alice])
     await wait_until(lambda: _has(world, alice, [first]), 60, "the first message")
     old = await world.owner(alice)
@@ -113,10 +107,7 @@ async def test_sigkill_mid_burst_every_message_stored_exactly_once(world):
     users = [f"user{i}@{DOMAIN}" for i in range(8)]
     for u in users:
         await world.account(u)
-    for node in ("mailstore-1", "mailstore-2"):
-        world.start(node)
-    for node in ("mailstore-1", "mailstore-2"):
-        await world.cluster.wait_state(node, "READY", timeout=60)  # two cold starts on a loaded box
+    await world.start_ready("mailstore-1", "mailstore-2", timeout=60)  # two cold starts on a loaded box
     jobs = [([users[i % len(users)], users[(i * 3 + 1) % len(users)]], uuid.uuid4().hex) for i in range(2000)]
     expected: dict[str, set[str]] = {u: set() for u in users}
     for rcpts, mid in jobs:
@@ -275,10 +266,7 @@ async def test_forwarded_delivery_wire_contract(world):
     await world.domain()
     alice = f"alice@{DOMAIN}"
     await world.account(alice)
-    for node in ("mailstore-1", "mailstore-2"):
-        world.start(node)
-    for node in ("mailstore-1", "mailstore-2"):
-        await world.cluster.wait_state(node, "READY", timeout=30)
+    await world.start_ready("mailstore-1", "mailstore-2")
     first = await world.publish([alice])
     await wait_until(lambda: _has(world, alice, [first]), 60, "the first message")
     owner = await world.owner(alice)

@@ -51,10 +51,7 @@ async def test_foldering_switched_while_a_burst_is_delivered(world):
     users = [f"{n}@{DOMAIN}" for n in ("anna", "bert", "cleo", "dirk")]
     for u in users:
         await world.account(u)
-    for node in ("mailstore-1", "mailstore-2"):
-        world.start(node)
-    for node in ("mailstore-1", "mailstore-2"):
-        await world.cluster.wait_state(node, "READY", timeout=30)
+    await world.start_ready("mailstore-1", "mailstore-2")
     jobs = [([users[i % 4], users[(i + 1) % 4]], uuid.uuid4().hex) for i in range(1200)]
     publishing = asyncio.create_task(publish_many(world, jobs, connections=4))
 
