@@ -52,3 +52,29 @@ async def js(nats_server):
     await ensure_schema(context, Settings(nats_url=nats_server.url))
     yield context
     await nc.close()
+
+
+@pytest.fixture
+def smtp_mx():
+    """Remote MXs for outbound mail: ``smtp_mx(handler)`` serves an aiosmtpd ``handler`` on a
+    free loopback port, sets ``handler.port`` and returns the handler; stopped after the test."""
+    import socket
+
+    from aiosmtpd.controller import Controller
+
+    controllers = []
+
+    def serve(handler):
+        # aiosmtpd connects to its own port to see it is up, so it needs the number first.
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        controller = Controller(handler, hostname="127.0.0.1", port=port)
+        controller.start()
+        controllers.append(controller)
+        handler.port = port
+        return handler
+
+    yield serve
+    for controller in controllers:
+        controller.stop()

@@ -9,11 +9,9 @@ from __future__ import annotations
 import json
 import secrets
 import smtplib
-import socket
 import threading
 
 import pytest
-from aiosmtpd.controller import Controller
 
 from cluster_harness import ClusterHarness, wait_until
 from colony.bus import names
@@ -35,20 +33,9 @@ class Remote:
         return "250 2.0.0 Queued"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
-def remote():
-    handler = Remote()
-    controller = Controller(handler, hostname="127.0.0.1", port=free_port())
-    controller.start()
-    handler.port = controller.port
-    yield handler
-    controller.stop()
+def remote(smtp_mx):
+    return smtp_mx(Remote())
 
 
 @pytest.fixture

@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import re
-import socket
 import threading
 import time
 from collections import Counter
 
 import pytest
-from aiosmtpd.controller import Controller
 
 from cluster_harness import ClusterHarness, wait_until
 from colony.bus import names
@@ -46,16 +44,8 @@ class CountingSink:
 
 
 @pytest.fixture
-def sink():
-    handler = CountingSink()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    controller = Controller(handler, hostname="127.0.0.1", port=port)
-    controller.start()
-    handler.port = port
-    yield handler
-    controller.stop()
+def sink(smtp_mx):
+    return smtp_mx(CountingSink())
 
 
 def start_edge(cluster: ClusterHarness, node_id: str, dns_server, sink):

@@ -12,7 +12,6 @@ import asyncio
 import base64
 import json
 import smtplib
-import socket
 import ssl
 import subprocess
 import threading
@@ -20,7 +19,6 @@ import threading
 import dkim
 import dns.resolver
 import pytest
-from aiosmtpd.controller import Controller
 
 from cluster_harness import ClusterHarness, wait_until
 from colony.bus import names
@@ -35,12 +33,6 @@ from tools import need_tool
 PASSWORD = "correct horse"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Sink:
     def __init__(self) -> None:
         self.messages: list[tuple[str, list[str], bytes]] = []
@@ -53,13 +45,8 @@ class Sink:
 
 
 @pytest.fixture
-def sink():
-    handler = Sink()
-    controller = Controller(handler, hostname="127.0.0.1", port=free_port())
-    controller.start()
-    handler.port = controller.port
-    yield handler
-    controller.stop()
+def sink(smtp_mx):
+    return smtp_mx(Sink())
 
 
 class Submission:

@@ -14,7 +14,6 @@ import threading
 
 import dkim
 import pytest
-from aiosmtpd.controller import Controller
 
 from cluster_harness import wait_until
 from colony.bus import names
@@ -27,12 +26,6 @@ from colony.queue import QueueMetrics
 from colony.settings import Settings
 from colony.tasks import TaskOwner
 from colony_edge.outbound import OutboundDelivery, OutboundMetrics, outbound_runner
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Sink:
@@ -61,13 +54,8 @@ class Sink:
 
 
 @pytest.fixture
-def sink():
-    handler = Sink()
-    controller = Controller(handler, hostname="127.0.0.1", port=free_port())
-    controller.start()
-    handler.port = controller.port
-    yield handler
-    controller.stop()
+def sink(smtp_mx):
+    return smtp_mx(Sink())
 
 
 @pytest.fixture
