@@ -83,6 +83,24 @@ async def provision(harness: ClusterHarness, cos_limits: dict | None = None) -> 
 
 
 @pytest.fixture
+def loopback_tls(tmp_path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A server context (``colony.tlsfiles.server_context``, as the edge builds it) with a
+    certificate for localhost and 127.0.0.1 from a throwaway CA, and a client context that
+    trusts that CA."""
+    import trustme
+
+    from colony.tlsfiles import server_context
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost", "127.0.0.1")
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    client = ssl.create_default_context()
+    ca.configure_trust(client)
+    return server_context(tmp_path / "cert.pem", tmp_path / "key.pem"), client
+
+
+@pytest.fixture
 async def edge(cluster: ClusterHarness, tmp_path) -> Edge:
     await cluster.ensure_schema()
     await provision(cluster)

@@ -12,11 +12,9 @@ import hashlib
 import ssl
 
 import pytest
-import trustme
 
 from cluster_harness import wait_until
 from colony.settings import Settings
-from colony.tlsfiles import server_context
 from colony_edge.access_proxy import AccessProxy, LoginThrottle
 
 from test_access_store_refusals import _Auth, _Finder, _Gate, _listen, _Metrics, _Tracker
@@ -61,17 +59,6 @@ def _blob(size: int) -> bytes:
     return (bytes(range(256)) * (size // 256 + 1))[:size]
 
 
-@pytest.fixture
-def tls(tmp_path):
-    ca = trustme.CA()
-    cert = ca.issue_cert("localhost", "127.0.0.1")
-    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
-    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
-    client = ssl.create_default_context()
-    ca.configure_trust(client)
-    return server_context(tmp_path / "cert.pem", tmp_path / "key.pem"), client
-
-
 @contextlib.asynccontextmanager
 async def _edge(store: _Store, server_tls: ssl.SSLContext | None = None):
     settings = Settings(access_plaintext_auth=True)
@@ -106,8 +93,8 @@ async def _login(port: int, client_tls: ssl.SSLContext | None, pipelined: bytes 
 
 
 @pytest.mark.parametrize("use_tls", [False, True])
-async def test_pipelined_and_early_bytes_go_first_and_large_data_arrives_whole(tls, use_tls):
-    server_tls, client_tls = tls if use_tls else (None, None)
+async def test_pipelined_and_early_bytes_go_first_and_large_data_arrives_whole(loopback_tls, use_tls):
+    server_tls, client_tls = loopback_tls if use_tls else (None, None)
     store = _Store()
     async with _edge(store, server_tls) as (port, handlers, _):
         reader, writer = await _login(port, client_tls, pipelined=b"a2 NOOP\r\n")
@@ -129,7 +116,7 @@ async def test_pipelined_and_early_bytes_go_first_and_large_data_arrives_whole(t
         await asyncio.wait_for(asyncio.gather(*handlers), 10)    # and the edge's handler is done
 
 
-async def test_a_client_that_does_not_read_holds_the_store_back(tls):
+async def test_a_client_that_does_not_read_holds_the_store_back(loopback_tls):
     store = _Store()
     size = 64 * 1024 * 1024
     async with _edge(store) as (port, handlers, _):

@@ -6,26 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import ssl
 import tracemalloc
 
-import pytest
-import trustme
-
-from colony.tlsfiles import TLS_READ_BUFFER, server_context
+from colony.tlsfiles import TLS_READ_BUFFER
 
 SESSIONS = 20
-
-
-@pytest.fixture
-def contexts(tmp_path):
-    ca = trustme.CA()
-    cert = ca.issue_cert("localhost", "127.0.0.1")
-    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
-    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
-    client = ssl.create_default_context()
-    ca.configure_trust(client)
-    return server_context(tmp_path / "cert.pem", tmp_path / "key.pem"), client
 
 
 async def _serve(server_ctx, handler):
@@ -33,8 +18,8 @@ async def _serve(server_ctx, handler):
     return server, server.sockets[0].getsockname()[1]
 
 
-async def test_an_idle_tls_session_costs_kilobytes_not_the_256_kib_buffer(contexts):
-    server_ctx, client_ctx = contexts
+async def test_an_idle_tls_session_costs_kilobytes_not_the_256_kib_buffer(loopback_tls):
+    server_ctx, client_ctx = loopback_tls
     connected: list[asyncio.StreamWriter] = []
     all_in = asyncio.Event()
 
@@ -68,8 +53,8 @@ async def test_an_idle_tls_session_costs_kilobytes_not_the_256_kib_buffer(contex
     await server.wait_closed()
 
 
-async def test_data_larger_than_the_read_buffer_arrives_whole_both_ways(contexts):
-    server_ctx, client_ctx = contexts
+async def test_data_larger_than_the_read_buffer_arrives_whole_both_ways(loopback_tls):
+    server_ctx, client_ctx = loopback_tls
     payload = bytes(range(256)) * (4 * TLS_READ_BUFFER // 256 * 16)  # 1 MiB: many records and reads
 
     async def echo(reader, writer):
