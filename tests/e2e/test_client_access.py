@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from test_colony_up import COLONY, free_base_port, ready_nodes, start_up, status_json, stop_up, wait_for
+from test_colony_up import (COLONY, free_base_port, ready_nodes, start_up, status_json, stop_up,
+                           wait_deliverable, wait_for)
 
 pytestmark = pytest.mark.slow
 
@@ -97,17 +98,7 @@ def tls_context(data_dir: Path) -> ssl.SSLContext:
 
 def deliver(data_dir: Path, count: int, subject: str) -> None:
     port = edge_port(data_dir, "smtp")
-
-    def accepts() -> bool:
-        try:
-            with smtplib.SMTP("127.0.0.1", port, timeout=30) as s:
-                s.ehlo("probe.test")
-                s.mail("probe@remote.test")
-                return s.rcpt("alice@acme.example")[0] == 250
-        except (smtplib.SMTPException, OSError):
-            return False
-
-    wait_for(accepts, 60, "the edge to know alice")
+    wait_deliverable(port, "alice@acme.example")
 
     def send(numbers: range) -> None:
         with smtplib.SMTP("127.0.0.1", port, timeout=120) as s:

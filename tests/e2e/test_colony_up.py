@@ -6,6 +6,7 @@ import json
 import os
 import random
 import signal
+import smtplib
 import socket
 import subprocess
 import sys
@@ -52,6 +53,20 @@ def wait_for(condition, timeout: float, what: str):
             return result
         time.sleep(0.3)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def wait_deliverable(port: int, rcpt: str, timeout: float = 60) -> None:
+    """Wait until the edge SMTP listener at ``port`` takes ``rcpt`` (its directory cache has
+    heard of the account)."""
+    def accepts() -> bool:
+        try:
+            with smtplib.SMTP("127.0.0.1", port, timeout=30) as s:
+                s.ehlo("probe.test")
+                s.mail("probe@remote.test")
+                return s.rcpt(rcpt)[0] == 250
+        except (smtplib.SMTPException, OSError):
+            return False
+    wait_for(accepts, timeout, f"the edge at {port} to know {rcpt}")
 
 
 def ready_nodes(data_dir: Path, expected: int) -> list[dict] | None:

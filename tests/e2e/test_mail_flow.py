@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from test_colony_up import COLONY, free_base_port, ready_nodes, start_up, stop_up, wait_for
+from test_colony_up import COLONY, free_base_port, ready_nodes, start_up, stop_up, wait_deliverable, wait_for
 from tools import need_tool
 
 from colony.storage.mailbox import read_state
@@ -64,18 +64,6 @@ def smtp_port(data_dir: Path) -> int:
                                       capture_output=True, text=True, timeout=60).stdout)
     edge = next(n for n in nodes if n["role"] == "edge")
     return int(edge["addresses"]["smtp"].rsplit(":", 1)[1])
-
-
-def wait_deliverable(port: int, rcpt: str) -> None:
-    def accepts() -> bool:
-        try:
-            with smtplib.SMTP("127.0.0.1", port, timeout=30) as s:
-                s.ehlo("probe.test")
-                s.mail("probe@remote.test")
-                return s.rcpt(rcpt)[0] == 250
-        except (smtplib.SMTPException, OSError):
-            return False
-    wait_for(accepts, 60, f"the edge to know {rcpt}")
 
 
 def test_swaks_and_smtplib_deliver_into_the_seed_layout(cluster, dns_server):

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+import test_colony_up as colony_up
 from test_colony_up import COLONY, ready_nodes, start_up, stop_up, wait_for
 from colony.ports import port_is_free
 
@@ -91,15 +92,8 @@ def sip_over_udp(address: str, request: bytes) -> str:
 
 
 def wait_deliverable(port: int, rcpt: str) -> None:
-    def accepts() -> bool:
-        try:
-            with smtplib.SMTP("127.0.0.1", port, timeout=30) as s:
-                s.ehlo("probe.test")
-                s.mail("probe@remote.test")
-                return s.rcpt(rcpt)[0] == 250
-        except (smtplib.SMTPException, OSError):
-            return False
-    wait_for(accepts, 90, f"the edge at {port} to know {rcpt}")
+    # A region's edge hears of provisioning later than a lone cluster's: the primary's mirror first.
+    colony_up.wait_deliverable(port, rcpt, timeout=90)
 
 
 @contextlib.contextmanager
