@@ -340,7 +340,11 @@ class AccessProxy:
         try:
             session = kind(self, reader, writer, ip, implicit_tls)
             with self.tracker.track(kind.service, ip, session.goodbye):
-                await session.run()
+                try:
+                    await session.run()
+                except (_ClientGone, ConnectionError) as exc:
+                    # A client that left or stopped reading before login: ordinary, not a failure.
+                    log.debug("%s client %s gone before login: %s", kind.service, ip, exc)
         finally:
             self.gate.on_disconnect(ip)
 
@@ -397,6 +401,13 @@ def _ip(writer: asyncio.StreamWriter) -> str:
     return peer[0] if isinstance(peer, tuple) else "0.0.0.0"
 
 
+_WRITE_GRACE = 5.0    # seconds past the login deadline a pre-login write may wait for the client
+
+
+class _ClientGone(Exception):
+    """The client cannot be written to any more: the session ends without a word."""
+
+
 class _Session:
     """A POP3 or IMAP client before its login: its protocol's core is fed what it sends
     until the login deadline, STARTTLS is done here, and a login the store accepts hands the
@@ -429,9 +440,19 @@ class _Session:
         await self.writer.start_tls(self.proxy.tls)
 
     async def write(self, data: bytes) -> None:
+        """Send ``data`` before login. The wait for the client to take it is bounded by the
+        login deadline plus ``_WRITE_GRACE`` (the "too slow" line is written after the
+        deadline): a client that pipelines commands and never reads their answers, or a TLS
+        peer gone without the close reaching asyncio (whose ``drain`` then never returns),
+        would otherwise hold the session and its buffers for as long as it likes."""
         if data:
             self.writer.write(data)
-            await self.writer.drain()
+            remaining = max(0.0, self.deadline - time.monotonic()) + _WRITE_GRACE
+            try:
+                await asyncio.wait_for(self.writer.drain(), remaining)
+            except asyncio.TimeoutError:
+                self.writer.transport.abort()
+                raise _ClientGone("the client did not take the edge's answers in time") from None
 
     async def run(self) -> None:
         core = self.make_core()

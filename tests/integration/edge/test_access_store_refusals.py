@@ -181,3 +181,59 @@ async def test_before_login_each_protocol_speaks_its_own_words(proto, refused, t
     assert greeting.startswith(b"+OK" if proto == "pop3" else b"* OK") and rest == [too_slow]
     greeting, *rest = await _before_login(proto, drain=True)
     assert rest == [shutting_down]
+
+
+@pytest.mark.parametrize("proto, command", [("imap", b"a CAPABILITY\r\n"), ("pop3", b"CAPA\r\n")])
+async def test_a_client_that_never_reads_cannot_hold_a_session_before_login(proto, command):
+    """A client pipelines commands before login and never reads the answers: once the
+    kernel's buffers are full the edge's write waits, but not past the login deadline plus
+    the grace: the connection is aborted and the handler ends quietly (no failure)."""
+    import socket
+    import time
+
+    from colony_edge import access_proxy
+
+    settings = Settings(access_plaintext_auth=True, access_login_timeout=1.0)
+    proxy = AccessProxy(settings, b"s" * 32, _Auth(), _Finder("127.0.0.1:1"), LoginThrottle(settings, None, _Gate()),
+                        _Gate(), None, _Tracker(), _Metrics(), "edge.test")
+    serve = proxy.imap if proto == "imap" else proxy.pop3
+    ended: asyncio.Future = asyncio.get_running_loop().create_future()
+
+    async def handle(reader, writer):
+        try:
+            await serve(reader, writer, False)
+            ended.set_result(None)
+        except BaseException as exc:        # the handler must not fail: record what escaped
+            ended.set_exception(exc)
+            raise
+        finally:
+            writer.close()
+
+    async with _listen(handle) as edge:
+        host, _, port = edge.rpartition(":")
+        client = socket.create_connection((host, int(port)))
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        client.setblocking(False)
+        start = time.monotonic()
+        try:
+            # Enough answers to fill both kernel buffers and the edge's transport many times over.
+            pending = command * (400_000 // len(command) + 1)
+            limit = settings.access_login_timeout + access_proxy._WRITE_GRACE + 30
+
+            async def feed():
+                nonlocal pending
+                while pending and not ended.done():
+                    try:
+                        sent = client.send(pending[:65536])
+                        pending = pending[sent:]
+                    except BlockingIOError:
+                        await asyncio.sleep(0.01)
+                    except OSError:
+                        return
+
+            feeder = asyncio.ensure_future(feed())
+            await asyncio.wait_for(asyncio.shield(ended), limit)
+            feeder.cancel()
+            assert time.monotonic() - start >= settings.access_login_timeout
+        finally:
+            client.close()
