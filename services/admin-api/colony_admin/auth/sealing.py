@@ -42,8 +42,9 @@ import base64
 import hashlib
 import hmac
 import logging
+import os
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidTag
@@ -83,10 +84,21 @@ def token_key(token_id: str) -> str:
     return f"token.{token_id}"
 
 
+def _sealer(kid: str, key: bytes) -> Callable[[str], str]:
+    """Seals values under one data key: a credential's password hash and HA1s share its key,
+    so the cipher is set up once per credential, not once per value (an import seals
+    thousands).  Each value still gets its own random nonce."""
+    aead, aad, head = AESGCM(key), kid.encode(), f"{SEALED_PREFIX}{kid}:"
+
+    def seal(plaintext: str) -> str:
+        nonce = os.urandom(_NONCE)
+        blob = base64.urlsafe_b64encode(nonce + aead.encrypt(nonce, plaintext.encode(), aad))
+        return head + blob.rstrip(b"=").decode()
+    return seal
+
+
 def seal_with(kid: str, key: bytes, plaintext: str) -> str:
-    nonce = secrets.token_bytes(_NONCE)
-    sealed = AESGCM(key).encrypt(nonce, plaintext.encode(), kid.encode())
-    return f"{SEALED_PREFIX}{kid}:{base64.urlsafe_b64encode(nonce + sealed).decode().rstrip('=')}"
+    return _sealer(kid, key)(plaintext)
 
 
 def open_with(value: str, key: bytes) -> str | None:
@@ -125,12 +137,12 @@ class Sealed:
 
 def _sealed_credentials(event: ev.AccountCreated | ev.AccountPasswordSet, kid: str, key: bytes):
     """The event with its clear password hash and HA1s sealed under ``key`` (id ``kid``)."""
-    return event.model_copy(update={
-        "password_hash": None if event.password_hash is None else
-        event.password_hash if is_sealed(event.password_hash) else
-        seal_with(kid, key, event.password_hash),
-        "sip_ha1": {a: v if is_sealed(v) else seal_with(kid, key, v) for a, v in event.sip_ha1.items()},
-    })
+    seal, update = _sealer(kid, key), {}
+    if event.password_hash is not None and not is_sealed(event.password_hash):
+        update["password_hash"] = seal(event.password_hash)
+    if event.sip_ha1:
+        update["sip_ha1"] = {a: v if is_sealed(v) else seal(v) for a, v in event.sip_ha1.items()}
+    return event.model_copy(update=update) if update else event
 
 
 class SecretKeys:
