@@ -28,6 +28,13 @@ from colony.tasks import TaskOwner
 from colony_edge.outbound import OutboundDelivery, OutboundMetrics, outbound_runner
 
 
+def free_port() -> int:
+    """A free loopback port (the MTA-STS and connection tests start MXs of their own kinds)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 class Sink:
     """The remote MX: records what it accepted; ``mode`` decides its answers."""
 
