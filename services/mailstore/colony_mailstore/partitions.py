@@ -41,16 +41,16 @@ from colony.queue import JobBudget, QueueMetrics, QueuePolicy, QueueRunner
 from colony.settings import Settings
 
 _MIN_SHARE = 4
-# Seconds a fetch of an idle partition waits on the server before asking again.  A fetch
-# usually returns as soon as a job arrives; it sets how often an idle runner re-asks (a pull
-# request and the server's 408 each time): at 1 s a store paid that once a second for every
-# partition it fetches and for the unpartitioned consumer, up to nine times.  Not always:
-# when nats-py 2.16's fetch takes a 408 left over from an earlier request as the answer to its
-# first request, its second request lingers and a job that arrives then is handed over only
-# at the fetch's deadline -- up to this long (bench/README.md, regions: the tail stall).
+# Seconds a fetch of an idle partition waits on the server before asking again.  It is also
+# the longest a delivered job can sit in the store unhandled: when nats-py 2.16's fetch takes a
+# 408 left over from an earlier request as the answer to its first request, its second request
+# lingers and a job that arrives then is handed over only at the fetch's deadline
+# (bench/README.md, regions: the tail stall).  5 s saved idle pull requests (a pull and a 408 a
+# second per fetched partition at 1 s) but left the last message of a burst stored up to 5 s
+# late; 1 s until the runner pulls without nats-py's fetch (as projections/pull.py does).
 # While a runner stops fetching (drain, a partition passed on) its last request may still
 # bring jobs for this long: they are handled (forwarded if need be) as any.
-LONG_POLL = 5.0
+LONG_POLL = 1.0
 
 
 class PartitionRunners:
