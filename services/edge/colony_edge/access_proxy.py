@@ -447,6 +447,14 @@ class _Session:
         would otherwise hold the session and its buffers for as long as it likes."""
         if data:
             self.writer.write(data)
+            transport = self.writer.transport
+            if transport.get_write_buffer_size() <= transport.get_write_buffer_limits()[1]:
+                # Not paused: drain() returns without yielding to the loop. STARTTLS relies on
+                # that: between the "begin TLS" answer and start_tls() the loop must not run, or
+                # a client's ClientHello arriving in between is read as plain text and the
+                # handshake hangs until its timeout (a wait_for here did exactly that under load).
+                await self.writer.drain()
+                return
             remaining = max(0.0, self.deadline - time.monotonic()) + _WRITE_GRACE
             try:
                 await asyncio.wait_for(self.writer.drain(), remaining)
