@@ -152,7 +152,11 @@ async def test_the_first_mail_crosses_soon_after_the_other_region_comes_up(regio
     await _send(regions, b"first")
     waited = await _arrives(regions, b"first")
     assert waited < BOUND, f"the first cross-region mail waited {waited:.1f}s"
-    assert regions.keepers["eu"].restarted >= 1
+    if late == "us-stream":
+        # The refusal was awaited above, so the source was stalled: only the keeper brings it
+        # back this soon. With us's server late, a busy machine may link us before eu's source
+        # sends its first request: no stall, nothing to restart, and the bound is what holds.
+        assert regions.keepers["eu"].restarted >= 1
     # and the source keeps reading: the next one crosses at once
     await _send(regions, b"second")
     assert await _arrives(regions, b"second") < BOUND
