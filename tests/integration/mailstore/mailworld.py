@@ -109,13 +109,18 @@ class MailWorld:
         return Counter(m.key.split("/")[0] for m in inbox.messages.values())
 
     async def owner(self, address: str) -> str | None:
-        kv = await self.nc.jetstream().key_value(names.BUCKET_ACCOUNT_OWNERS)
-        try:
-            entry = await kv.get(names.account_owner_key(address))
-        except Exception:
-            return None
-        return orjson.loads(entry.value)["holder"] if entry.value else None
+        return await account_owner(self.nc, address)
 
+
+
+async def account_owner(nc, address: str) -> str | None:
+    """The node id holding ``address``'s ownership lease, or None (no lease, or unreadable)."""
+    kv = await nc.jetstream().key_value(names.BUCKET_ACCOUNT_OWNERS)
+    try:
+        entry = await kv.get(names.account_owner_key(address))
+    except Exception:
+        return None
+    return orjson.loads(entry.value)["holder"] if entry.value else None
 
 @pytest.fixture
 async def world(cluster, tmp_path):

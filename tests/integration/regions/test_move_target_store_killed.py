@@ -29,7 +29,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "mailstore"))
 
 from cluster_harness import ClusterHarness, wait_until  # noqa: E402
-from mailworld import MAILSTORE_ENV  # noqa: E402
+from mailworld import MAILSTORE_ENV, account_owner  # noqa: E402
 
 from colony import domain_move as dm  # noqa: E402
 from colony.bus import names  # noqa: E402
@@ -129,12 +129,7 @@ class Region:
         return out
 
     async def owner(self, address: str) -> str | None:
-        kv = await self.nc.jetstream().key_value(names.BUCKET_ACCOUNT_OWNERS)
-        try:
-            entry = await kv.get(names.account_owner_key(address))
-        except Exception:
-            return None
-        return orjson.loads(entry.value)["holder"] if entry.value else None
+        return await account_owner(self.nc, address)
 
 
 async def _auth(msg) -> None:
