@@ -12,7 +12,7 @@ import orjson
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class UnknownEvent(ValueError):
@@ -199,6 +199,46 @@ class UsageRecorded(Event):
     metric: str
     amount: float
     source: str = ""  # node id of the producer
+
+
+USAGE_GAUGES = frozenset({"storage_bytes"})
+USAGE_SUMS_PER_EVENT = 2_000   # a producer splits larger intervals: ~60 bytes each, well under max_payload
+
+
+class UsageSummed(Event):
+    """Many accounts' counter sums of one domain, from one producer over one interval.
+
+    Subject ``colony.usage.<domain token>``, beside ``UsageRecorded``: one event where a
+    ``UsageRecorded`` per account and metric cost a synced JetStream write and a projected
+    row lookup each (at one REGISTER per account per interval, one write per REGISTER).
+    ``sums`` is ``[[account or null, metric, amount], ...]`` -- counters only (a gauge's
+    "latest value" is per event, so gauges stay ``UsageRecorded``), at most
+    ``USAGE_SUMS_PER_EVENT`` of them.  Wire form::
+
+        {"type":"usage.summed","v":1,"at":"2026-11-26T04:00:00Z","domain":"acme.example",
+         "sums":[["alice@acme.example","sip_registrations",3.0],[null,"sip_call_seconds",61.5]],
+         "source":"sipfarm-1"}
+
+    The read model stores each entry as one usage row (``item`` = its index), so reports
+    read both events alike and a cluster with producers of both versions meters correctly.
+    """
+
+    type: ClassVar[str] = "usage.summed"
+    domain: str
+    sums: list[tuple[str | None, str, float]] = Field(max_length=USAGE_SUMS_PER_EVENT)
+    source: str = ""
+
+    def records(self) -> list[UsageRecorded]:
+        """The same facts as ``UsageRecorded`` events (same time, producer and domain)."""
+        return [UsageRecorded(at=self.at, domain=self.domain, account=account, metric=metric, amount=amount,
+                              source=self.source) for account, metric, amount in self.sums]
+
+    @field_validator("sums")
+    @classmethod
+    def _counters_only(cls, sums: list[tuple[str | None, str, float]]) -> list[tuple[str | None, str, float]]:
+        if any(metric in USAGE_GAUGES for _, metric, _ in sums):
+            raise ValueError(f"gauges ({', '.join(sorted(USAGE_GAUGES))}) are sent as UsageRecorded, not summed")
+        return sums
 
 
 # --- audit (stream AUDIT) ---------------------------------------------------------------

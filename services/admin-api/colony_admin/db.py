@@ -22,6 +22,7 @@ from sqlalchemy import (
     Engine,
     Float,
     Index,
+    Integer,
     MetaData,
     String,
     Table,
@@ -128,6 +129,8 @@ checkpoints = Table(
 usage_records = Table(
     "usage_records", metadata,
     Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    # The entry's index in its event: 0 for a UsageRecorded, 0..n-1 for a UsageSummed's sums.
+    Column("item", Integer, primary_key=True, autoincrement=False, nullable=False, server_default="0"),
     Column("at", DateTime(timezone=True), nullable=False),
     Column("domain", Name(), nullable=False),
     Column("account", Name(), nullable=True),

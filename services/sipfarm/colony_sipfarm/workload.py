@@ -48,7 +48,7 @@ from colony.hashing import choose
 from colony.bus.tokens import from_token
 from colony.contracts.auth import AuthClient
 from colony.counters import SharedCounters
-from colony.events import UsageRecorded
+from colony.events import USAGE_SUMS_PER_EVENT, UsageRecorded, UsageSummed
 from colony.protocols.sip.message import SipRequest, SipResponse, make_response
 from colony.protocols.sip.parser import SipParseError, StreamFramer, parse_message
 from colony.protocols.sip.transaction import Destination, Timers
@@ -615,17 +615,22 @@ class SipWorkload:
 
     async def _flush_usage(self) -> None:
         pending, self._usage = self._usage, {}
-        # Pipelined: one account's sum per event, all in flight at once.  Awaiting each ack in
-        # turn cost a bus round trip per account registered in the interval (py-spy: the
-        # largest bus cost left under a REGISTER load).  As before, a sum the bus did not
-        # take is logged and dropped, never published twice.
-        events = [UsageRecorded(domain=domain, account=account or None, metric=metric, amount=round(amount, 3),
-                                source=self._runtime.node_id) for (domain, account, metric), amount in pending.items()]
+        # One UsageSummed per domain (split at USAGE_SUMS_PER_EVENT) carries every account's
+        # sums of the interval: a UsageRecorded per account cost a synced JetStream write, its
+        # ack and a projected row each -- at one REGISTER per account per interval, the
+        # largest bus cost of a REGISTER.  The projection reads both events, so members of
+        # either version can meter side by side.  As before, a sum the bus did not take is
+        # logged and dropped, never published twice.
+        by_domain: dict[str, list[tuple[str | None, str, float]]] = {}
+        for (domain, account, metric), amount in pending.items():
+            by_domain.setdefault(domain, []).append((account or None, metric, round(amount, 3)))
+        events = [UsageSummed(domain=domain, sums=sums[i:i + USAGE_SUMS_PER_EVENT], source=self._runtime.node_id)
+                  for domain, sums in by_domain.items() for i in range(0, len(sums), USAGE_SUMS_PER_EVENT)]
         acks = await publish_pipelined(self._runtime.nc, [(names.usage_subject(e.domain), e.encode(), None) for e in events],
                                        timeout=USAGE_ACK_TIMEOUT)
-        lost = sum(not landed(ack) for ack in acks)
+        lost = sum(len(e.sums) for e, ack in zip(events, acks) if not landed(ack))
         if lost:
-            log.warning("%d of %d SIP usage sums were not stored", lost, len(events))
+            log.warning("%d of %d SIP usage sums were not stored", lost, len(pending))
 
     # --- lifecycle ------------------------------------------------------------------------
 

@@ -131,3 +131,35 @@ def test_migration_0004_existing_domains_have_never_moved_and_the_projection_rec
             assert conn.exec_driver_sql("SELECT home_region FROM domains").scalar() == "us"
     finally:
         engine.dispose()
+
+
+def test_migration_0005_keys_usage_rows_by_sequence_and_item(databases):
+    """Usage rows stored before 0005 become item 0 of their event; a UsageSummed then
+    projects one row per entry under its one sequence.  Downgrading keeps the item-0 rows."""
+    from colony import events as ev
+    from colony_admin.projections import readmodel
+
+    engine = db.make_engine(databases.new())
+    try:
+        cfg = db.alembic_config(engine)
+        command.upgrade(cfg, "0004")
+        with engine.begin() as conn:
+            conn.exec_driver_sql(
+                "INSERT INTO usage_records (seq, at, domain, account, metric, amount) "
+                "VALUES (5, '2026-11-25 10:00:00+00:00', 'm.example', 'a@m.example', 'messages_in', 2)")
+        command.upgrade(cfg, "head")
+        summed = ev.UsageSummed(domain="m.example", sums=[("a@m.example", "sip_registrations", 3),
+                                                          ("b", "sip_call_seconds", 1.5)])
+        with engine.begin() as conn:
+            readmodel.apply_usage(conn, [(9, summed)])
+            readmodel.apply_usage(conn, [(9, summed)])       # applied twice: nothing new
+            rows = conn.execute(db.usage_records.select().order_by("seq", "item")).mappings().all()
+        assert [(r["seq"], r["item"], r["account"], r["metric"], r["amount"]) for r in rows] == [
+            (5, 0, "a@m.example", "messages_in", 2), (9, 0, "a@m.example", "sip_registrations", 3),
+            (9, 1, "b@m.example", "sip_call_seconds", 1.5)]
+        command.downgrade(cfg, "0004")
+        assert "item" not in {c["name"] for c in inspect(engine).get_columns("usage_records")}
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("SELECT seq FROM usage_records ORDER BY seq").scalars().all() == [5, 9]
+    finally:
+        engine.dispose()

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from conftest import unique_domain, wait_until
 
 from colony.bus import names
-from colony.events import UsageRecorded
+from colony.events import UsageRecorded, UsageSummed
 from colony_admin.models import Role
 
 
@@ -58,6 +58,30 @@ async def test_usage_is_summed_per_domain_and_account_for_a_period(stack):
 
     r = await c.get("/v1/usage", params={"from": period["to"], "to": period["from"]}, headers=billing)
     assert r.status_code == 400
+
+
+async def test_summed_and_single_usage_events_are_reported_alike(stack):
+    """A cluster mid-upgrade has producers of both events on USAGE: the report sums a
+    UsageSummed's entries with the UsageRecorded facts (one row per entry under one sequence)."""
+    d = unique_domain("bill")
+    t0 = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
+    inside = t0 + timedelta(hours=1)
+    await _publish(stack, domain=d, account=f"alice@{d}", metric="sip_registrations", amount=2, at=inside,
+                   source="sipfarm-old")
+    summed = UsageSummed(domain=d.upper(), at=inside, source="sipfarm-new", sums=[
+        (f"alice@{d}", "sip_registrations", 3), ("bob", "sip_registrations", 1),   # local part only
+        (f"bob@{d}", "sip_call_seconds", 61.5), (None, "sip_registrations", 4)])
+    last = (await stack.nc.jetstream().publish(names.usage_subject(d), summed.encode())).seq
+    assert await stack.ctx.usage_projection.wait_for(last, timeout=30)
+
+    billing = stack.as_(await stack.token(Role.BILLING_READER, name="billing"))
+    period = {"from": t0.isoformat(), "to": (t0 + timedelta(days=1)).isoformat(), "domain": d, "per_account": "true"}
+    r = await stack.client.get("/v1/usage", params=period, headers=billing)
+    assert r.status_code == 200, r.text
+    rows = {row["account"]: row for row in r.json()["rows"]}
+    assert rows[None]["sip_registrations"] == 10 and rows[None]["sip_call_seconds"] == 61.5
+    assert rows[f"alice@{d}"]["sip_registrations"] == 5
+    assert (rows[f"bob@{d}"]["sip_registrations"], rows[f"bob@{d}"]["sip_call_seconds"]) == (1, 61.5)
 
 
 async def test_every_change_is_audited_with_who_what_when_where(stack):

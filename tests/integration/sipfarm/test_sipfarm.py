@@ -150,7 +150,7 @@ async def usage_sum(cluster, account: str, metric: str) -> float:
     """The sum of ``metric`` for ``account`` over the USAGE events of the test domain so far."""
     from nats.errors import TimeoutError as NatsTimeout
 
-    from colony.events import UsageRecorded, decode
+    from colony.events import UsageRecorded, UsageSummed, decode
 
     js = (await cluster.client()).jetstream()
     sub = await js.subscribe(names.usage_subject(DOMAIN), ordered_consumer=True)
@@ -162,8 +162,9 @@ async def usage_sum(cluster, account: str, metric: str) -> float:
             except NatsTimeout:
                 return total
             event = decode(msg.data)
-            if isinstance(event, UsageRecorded) and event.account == account and event.metric == metric:
-                total += event.amount
+            records = event.records() if isinstance(event, UsageSummed) else [event]
+            total += sum(r.amount for r in records
+                         if isinstance(r, UsageRecorded) and r.account == account and r.metric == metric)
     finally:
         await sub.unsubscribe()
 

@@ -249,17 +249,28 @@ def _apply_move(conn: Connection, seq: int, e: ev.Event) -> None:
 
 # --- usage -------------------------------------------------------------------------------------
 
-def usage_row(seq: int, e: ev.UsageRecorded) -> dict[str, Any]:
+def usage_row(seq: int, e: ev.UsageRecorded, item: int = 0) -> dict[str, Any]:
     domain = normalise_domain(e.domain)
     account = e.account.strip().lower() if e.account else None
     if account and "@" not in account:
         account = f"{account}@{domain}"  # producers may send the local part only
-    return {"seq": seq, "at": e.at, "domain": domain, "account": account, "metric": e.metric, "amount": e.amount}
+    return {"seq": seq, "item": item, "at": e.at, "domain": domain, "account": account, "metric": e.metric,
+            "amount": e.amount}
+
+
+def usage_rows(seq: int, e: ev.Event) -> list[dict[str, Any]]:
+    """The rows of one USAGE event: one for a ``UsageRecorded``, one per entry of a
+    ``UsageSummed`` (both are on the stream while producers of either version run)."""
+    if isinstance(e, ev.UsageRecorded):
+        return [usage_row(seq, e)]
+    if isinstance(e, ev.UsageSummed):
+        return [usage_row(seq, record, item) for item, record in enumerate(e.records())]
+    return []
 
 
 def apply_usage(conn: Connection, batch: Batch) -> int:
     done, fresh = _fresh(conn, USAGE, batch)
-    rows = [usage_row(seq, e) for seq, e in fresh if isinstance(e, ev.UsageRecorded)]
+    rows = [row for seq, e in fresh for row in usage_rows(seq, e)]
     if rows:
         conn.execute(insert(db.usage_records), rows)
     if fresh:
