@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
+import shutil
+import tempfile
+
 import pytest
 
 from colony.natsd import EmbeddedNats
@@ -40,18 +45,23 @@ def dns_server():
 
 
 @pytest.fixture
-async def js(nats_server):
-    """A JetStream context on the test's nats-server with Colony's schema in place."""
+async def nc(nats_server):
+    """A client connection to the test's nats-server, with Colony's schema in place."""
     import nats
 
     from colony.bus.schema import ensure_schema
     from colony.settings import Settings
 
     nc = await nats.connect(nats_server.url, **nats_server.client_options())
-    context = nc.jetstream()
-    await ensure_schema(context, Settings(nats_url=nats_server.url))
-    yield context
+    await ensure_schema(nc.jetstream(), Settings(nats_url=nats_server.url))
+    yield nc
     await nc.close()
+
+
+@pytest.fixture
+def js(nc):
+    """A JetStream context on the test's nats-server with Colony's schema in place."""
+    return nc.jetstream()
 
 
 @pytest.fixture
@@ -78,3 +88,35 @@ def smtp_mx():
     yield serve
     for controller in controllers:
         controller.stop()
+
+
+# pytest-xdist (`./dev.sh test` runs two workers): a test marked `alone` runs with no other
+# test beside it -- fault tests that freeze many processes, tests whose bounds hold on a
+# busy machine only if the load is what it was without workers.  Every test holds the run's
+# lock shared, an `alone` test exclusively; a waiting `alone` test first closes the gate, so a
+# stream of short tests on the other worker cannot starve it.  The wait is outside the test's
+# setup/call/teardown, so pytest-timeout does not count it.
+LOCKS = "COLONY_TEST_LOCKS"
+
+
+def pytest_configure(config):
+    if not hasattr(config, "workerinput") and getattr(config.option, "numprocesses", None):
+        # the controller, before it starts the workers (they inherit its environment)
+        path = tempfile.mkdtemp(prefix="colony-test-locks-")
+        os.environ[LOCKS] = path
+        config.add_cleanup(lambda: shutil.rmtree(path, ignore_errors=True))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    directory = os.environ.get(LOCKS) if hasattr(item.config, "workerinput") else None
+    if directory is None:
+        return (yield)
+    alone = item.get_closest_marker("alone") is not None
+    with open(os.path.join(directory, "gate"), "a") as gate, open(os.path.join(directory, "run"), "a") as run:
+        fcntl.flock(gate, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(run, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+        finally:
+            fcntl.flock(gate, fcntl.LOCK_UN)
+        return (yield)  # closing `run` releases it

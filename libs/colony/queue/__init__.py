@@ -14,7 +14,7 @@ Public API (import from ``colony.queue``)::
         await store(message)                    # the durable effect ...
         return None                             # ... then the runner acks
 
-    runner = QueueRunner(js, stream=names.STREAM_MAIL, durable="mailstore",
+    runner = QueueRunner(nc, stream=names.STREAM_MAIL, durable="mailstore",
                          filter_subject=names.SUBJECTS_MAIL, handler=deliver,
                          policy=QueuePolicy.from_settings(settings),
                          metrics=runtime.metrics.once(QueueMetrics), name="mail")
@@ -40,6 +40,6 @@ from colony.queue.outcomes import Action, Decision, Done, QueuePolicy, Reject, R
 from colony.queue.runner import Job, JobBudget, QueueMetrics, QueueRunner
 
 __all__ = [
-    "Action", "DeadLetter", "DeadLetterError", "DeadLetterNotFound", "DeadLetters", "Decision", "Done", "Job", "QueueMetrics",
+    "Action", "DeadLetter", "DeadLetterError", "DeadLetterNotFound", "DeadLetters", "Decision", "Done", "Job", "JobBudget", "QueueMetrics",
     "QueuePolicy", "QueueRunner", "Reject", "Retry", "before_handling", "decide",
 ]

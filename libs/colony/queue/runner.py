@@ -9,6 +9,11 @@ ack it out of the queue).  If the process dies mid-job nothing was acked: JetStr
 redelivers after ``ack_wait`` to whichever runner of the same durable asks next, so handlers
 must be idempotent by ``job.id``.  ``set_accepting(False)`` stops fetching (a drain);
 ``active_work()`` is the jobs in flight; ``stop()`` waits for them, then naks what is left.
+
+Jobs come through ``colony.queue.pull.JobPuller`` (its docstring says why not nats-py's
+``fetch``): a job is handled the moment it arrives, an idle runner keeps one long poll of
+``fetch_timeout`` seconds outstanding, and outstanding requests never ask for more than the
+free slots.
 """
 
 from __future__ import annotations
@@ -20,16 +25,15 @@ from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
 
+from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from opentelemetry import trace
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from colony.bus.connection import unsubscribe_all
 from colony.queue.deadletter import H_JOB_ID, MSG_ID, DeadLetter, DeadLetters
 from colony.queue.outcomes import Action, Decision, Outcome, QueuePolicy, Retry, before_handling, decide
+from colony.queue.pull import JobPuller
 from colony.tasks import describe
 from colony.telemetry import extract_context
 
@@ -112,6 +116,7 @@ class JobBudget:
         self.limit = limit
         self.used = 0
         self.freed = asyncio.Event()
+        self._waiters: list[Callable[[], None]] = []  # every runner sharing it: wake them all
 
     def free(self) -> int:
         return self.limit - self.used
@@ -122,6 +127,11 @@ class JobBudget:
     def give(self, n: int = 1) -> None:
         self.used -= n
         self.freed.set()
+        for wake in self._waiters:
+            wake()
+
+    def on_free(self, wake: Callable[[], None]) -> None:
+        self._waiters.append(wake)
 
 
 class QueueRunner:
@@ -131,11 +141,12 @@ class QueueRunner:
     one consumer per filter, so give each kind of job its own filter.
     """
 
-    def __init__(self, js: JetStreamContext, *, stream: str, durable: str, filter_subject: str,
+    def __init__(self, nc: Client, *, stream: str, durable: str, filter_subject: str,
                  handler: Handler, policy: QueuePolicy | None = None, metrics: QueueMetrics | None = None,
-                 name: str | None = None, fetch_timeout: float = 1.0, tracer: trace.Tracer | None = None,
+                 name: str | None = None, fetch_timeout: float = 5.0, tracer: trace.Tracer | None = None,
                  budget: JobBudget | None = None) -> None:
-        self.js = js
+        self.nc = nc
+        self.js = js = nc.jetstream()
         self.stream = stream
         self.durable = durable
         self.filter_subject = filter_subject
@@ -147,12 +158,11 @@ class QueueRunner:
         self.fetch_timeout = fetch_timeout
         self.budget = budget
         self.accepting = True
-        self._resume = asyncio.Event()
-        self._resume.set()
-        self._slot_free = asyncio.Event()
         self._inflight: set[asyncio.Task] = set()
-        self._sub = None
+        self._puller: JobPuller | None = None
         self._loop_task: asyncio.Task | None = None
+        if budget is not None:
+            budget.on_free(self._wake)
         self.tracer = tracer or trace.get_tracer("colony.queue")
         self.handled = 0  # jobs acked by this runner (tests and benchmarks read it)
 
@@ -174,14 +184,28 @@ class QueueRunner:
             max_deliver=-1, max_ack_pending=max(self.policy.concurrency * 64, 1000),
         )
         await self.js.add_consumer(self.stream, config)  # creates, or updates a changed policy
-        self._sub = await self.js.pull_subscribe_bind(durable=self.durable, stream=self.stream)
+        puller = JobPuller(self.nc, self.stream, self.durable, on_job=self._dispatch, free=self._free,
+                           expires=self.fetch_timeout, concurrency=self.policy.concurrency,
+                           consumer_exists=lambda: self.js.consumer_info(self.stream, self.durable))
+        await puller.open()
+        self._puller = puller
+
+    def _wake(self) -> None:
+        if self._puller is not None:
+            self._puller.wake()
+
+    def _free(self) -> int:
+        """Slots that requests may ask to fill: none while draining."""
+        if not self.accepting:
+            return 0
+        free = self.policy.concurrency - len(self._inflight)
+        if self.budget is not None:
+            free = min(free, self.budget.free())
+        return free
 
     def set_accepting(self, accepting: bool) -> None:
         self.accepting = accepting
-        if accepting:
-            self._resume.set()
-        else:
-            self._resume.clear()
+        self._wake()
 
     def active_work(self) -> int:
         return len(self._inflight)
@@ -200,53 +224,38 @@ class QueueRunner:
             for task in pending:
                 with suppress(asyncio.CancelledError, Exception):
                     await task
-        await unsubscribe_all([self._sub])
+        await self._close_puller()
+
+    async def _close_puller(self) -> None:
+        puller, self._puller = self._puller, None
+        if puller is not None:
+            await puller.close()
 
     # --- fetching -------------------------------------------------------------------------
 
     async def _fetch_loop(self) -> None:
         try:
-            await self._fetch_forever()
+            if self._puller is None:
+                await self._subscribe()
+            await self._puller.run()
         except Exception:
             # Restarted by its owner: subscribe afresh (the consumer may have been deleted).
-            await unsubscribe_all([self._sub])
-            self._sub = None
+            await self._close_puller()
             raise
 
-    async def _fetch_forever(self) -> None:
-        while True:
-            if self._sub is None:
-                await self._subscribe()
-            await self._resume.wait()
-            free = self.policy.concurrency - len(self._inflight)
-            if free <= 0:
-                self._slot_free.clear()
-                await self._slot_free.wait()
-                continue
-            if self.budget is not None:
-                if self.budget.free() <= 0:
-                    self.budget.freed.clear()
-                    await self.budget.freed.wait()
-                    continue
-                free = min(free, self.budget.free())
-            try:
-                msgs = await self._sub.fetch(batch=free, timeout=self.fetch_timeout)
-            except (NatsTimeoutError, asyncio.TimeoutError):
-                # Nothing to do: nats-py says so with its own TimeoutError, or with asyncio's
-                # when the deadline ran out between its two pull requests (none delivered).
-                continue
-            for msg in msgs:
-                task = asyncio.create_task(self._run(msg), name=f"job {self.name}")
-                self._inflight.add(task)
-                if self.budget is not None:
-                    self.budget.take(1)
-                task.add_done_callback(self._job_ended)
+    def _dispatch(self, msg: Msg) -> None:
+        task = asyncio.create_task(self._run(msg), name=f"job {self.name}")
+        self._inflight.add(task)
+        if self.budget is not None:
+            self.budget.take(1)
+        task.add_done_callback(self._job_ended)
 
     def _job_ended(self, task: asyncio.Task) -> None:
         self._inflight.discard(task)
-        self._slot_free.set()
         if self.budget is not None:
-            self.budget.give(1)
+            self.budget.give(1)  # wakes every runner sharing it, this one included
+        else:
+            self._wake()
         if not task.cancelled() and task.exception() is not None:  # _run handles everything: a bug
             log.error("%s: a job ended with an unhandled error", self.name, exc_info=task.exception())
 

@@ -647,8 +647,8 @@ def outbound_policy(settings: Settings) -> QueuePolicy:
                                      backoff=(settings.outbound_retry_initial,))
 
 
-def outbound_runner(js: JetStreamContext, delivery: OutboundDelivery, settings: Settings, queue_metrics) -> QueueRunner:
-    return QueueRunner(js, stream=names.STREAM_OUTBOUND, durable=names.OUTBOUND_CONSUMER,
+def outbound_runner(nc: Client, delivery: OutboundDelivery, settings: Settings, queue_metrics) -> QueueRunner:
+    return QueueRunner(nc, stream=names.STREAM_OUTBOUND, durable=names.OUTBOUND_CONSUMER,
                        filter_subject=names.SUBJECTS_OUTBOUND, handler=delivery.handle,
                        policy=outbound_policy(settings), metrics=queue_metrics, name="outbound",
                        tracer=delivery.tracer)
@@ -659,7 +659,7 @@ async def start_outbound(runtime, settings: Settings, hostname: str, srs: Srs | 
     js = runtime.nc.jetstream()
     delivery = OutboundDelivery(js, settings, runtime.node_id, hostname, make_resolver(settings),
                                 OutboundMetrics(runtime.metrics.registry), srs=srs, nc=runtime.nc)
-    runner = outbound_runner(js, delivery, settings, runtime.metrics.once(QueueMetrics))
+    runner = outbound_runner(runtime.nc, delivery, settings, runtime.metrics.once(QueueMetrics))
     await runner.start(runtime.spawn)
 
     async def meter() -> None:

@@ -41,20 +41,17 @@ from colony.queue import JobBudget, QueueMetrics, QueuePolicy, QueueRunner
 from colony.settings import Settings
 
 _MIN_SHARE = 4
-# Seconds a fetch of an idle partition waits on the server before asking again.  It is also
-# the longest a delivered job can sit in the store unhandled: when nats-py 2.16's fetch takes a
-# 408 left over from an earlier request as the answer to its first request, its second request
-# lingers and a job that arrives then is handed over only at the fetch's deadline
-# (bench/README.md, regions: the tail stall).  5 s saved idle pull requests (a pull and a 408 a
-# second per fetched partition at 1 s) but left the last message of a burst stored up to 5 s
-# late; 1 s until the runner pulls without nats-py's fetch (as projections/pull.py does).
-# While a runner stops fetching (drain, a partition passed on) its last request may still
-# bring jobs for this long: they are handled (forwarded if need be) as any.
-LONG_POLL = 1.0
+# Seconds an idle partition's long poll waits on the server before it is asked again: one
+# pull request and one 408 per partition fetched per LONG_POLL is what an idle store costs the
+# bus.  A job that arrives meanwhile is handed over at once (colony.queue.pull).  When a runner
+# stops fetching (a drain, a partition passed on), its open poll may still bring jobs until it
+# expires: they are handled (forwarded if need be) as any; once the runner has stopped, the
+# server sees no subscriber for the poll and passes it over.
+LONG_POLL = 5.0
 
 
 class PartitionRunners:
-    def __init__(self, js, settings: Settings, node_id: str, handler, metrics: QueueMetrics) -> None:
+    def __init__(self, nc, settings: Settings, node_id: str, handler, metrics: QueueMetrics) -> None:
         self.node_id = node_id
         self.total = settings.mailstore_delivery_concurrency
         policy = QueuePolicy.from_settings(settings, concurrency=self.total)
@@ -63,7 +60,7 @@ class PartitionRunners:
         self.budget = JobBudget(self.total)
 
         def runner(durable: str, filter_subject: str, concurrency: int, budget: JobBudget | None) -> QueueRunner:
-            return QueueRunner(js, stream=names.STREAM_MAIL, durable=durable, filter_subject=filter_subject,
+            return QueueRunner(nc, stream=names.STREAM_MAIL, durable=durable, filter_subject=filter_subject,
                                handler=handler, policy=replace(policy, concurrency=concurrency), metrics=metrics,
                                name="mail", budget=budget, fetch_timeout=LONG_POLL)
 

@@ -86,7 +86,7 @@ class MailstoreWorkload:
         runtime.spawn("account leases", self._renew_leases, restart=True)
         runtime.spawn("mailstore upkeep", self._upkeep, restart=True)
         runtime.spawn("mailstore members", self.members.watch, restart=True)
-        self.runner = PartitionRunners(js, settings, runtime.node_id, self.delivery.handle,
+        self.runner = PartitionRunners(nc, settings, runtime.node_id, self.delivery.handle,
                                        QueueMetrics(runtime.metrics.registry))
         await self.runner.start(runtime.spawn, self.members.ready)
         addresses = {**await self._open_access(runtime), **await self._open_imap(runtime)}

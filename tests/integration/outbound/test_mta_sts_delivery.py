@@ -143,10 +143,10 @@ async def _attempts_at_least(js, n: int) -> bool:
     return info.delivered.consumer_seq >= n
 
 
-async def test_enforce_delivers_over_tls_verified_for_the_mx_name(js, owner, nats_server, dns_server, mx_good,
+async def test_enforce_delivers_over_tls_verified_for_the_mx_name(nc, js, owner, nats_server, dns_server, mx_good,
                                                                    tmp_path, ca, policy_server):
     settings = mta_sts_settings(nats_server, dns_server, mx_good, tmp_path, ca, policy_server)
-    await start_queue(js, owner, settings)
+    await start_queue(nc, owner, settings)
     await submit(js, "sts-ok", "bob@remote.test")
     await wait_until(lambda: _count(mx_good.messages), 30, "the message at the MX")
     [(content, over_tls)] = mx_good.messages
@@ -155,11 +155,11 @@ async def test_enforce_delivers_over_tls_verified_for_the_mx_name(js, owner, nat
 
 
 async def test_enforce_refuses_a_certificate_not_valid_for_the_mx_and_keeps_the_message(
-        js, owner, nats_server, dns_server, mx_wrong_name, tmp_path, ca, policy_server, caplog):
+        nc, js, owner, nats_server, dns_server, mx_wrong_name, tmp_path, ca, policy_server, caplog):
     settings = mta_sts_settings(nats_server, dns_server, mx_wrong_name, tmp_path, ca, policy_server)
     dns_server.add('_smtp._tls.remote.test. 60 IN TXT "v=TLSRPTv1; rua=mailto:tls-reports@remote.test"')
     caplog.set_level(logging.WARNING, logger="colony.edge.outbound")
-    await start_queue(js, owner, settings)
+    await start_queue(nc, owner, settings)
     await submit(js, "sts-badcert", "bob@remote.test")
     # Each attempt greets with EHLO, then STARTTLS fails verification; three attempts = retried.
     await wait_until(lambda: _count(mx_wrong_name.ehlos >= 3), 30, "three refused attempts")
@@ -169,22 +169,22 @@ async def test_enforce_refuses_a_certificate_not_valid_for_the_mx_and_keeps_the_
     assert "not delivering there" in line and "mailto:tls-reports@remote.test" in line
 
 
-async def test_enforce_never_uses_an_mx_the_policy_does_not_list(js, owner, nats_server, dns_server, mx_good,
+async def test_enforce_never_uses_an_mx_the_policy_does_not_list(nc, js, owner, nats_server, dns_server, mx_good,
                                                                   tmp_path, ca, policy_server):
     policy_server.body = ENFORCE.replace("mx.remote.test", "*.elsewhere.test").encode()
     settings = mta_sts_settings(nats_server, dns_server, mx_good, tmp_path, ca, policy_server)
-    await start_queue(js, owner, settings)
+    await start_queue(nc, owner, settings)
     await submit(js, "sts-notlisted", "bob@remote.test")
     await wait_until(lambda: _attempts_at_least(js, 3), 30, "three delivery attempts")
     assert mx_good.ehlos == 0 and not mx_good.messages
     assert await queued(js) == 1
 
 
-async def test_testing_mode_delivers_despite_a_bad_certificate(js, owner, nats_server, dns_server, mx_wrong_name,
+async def test_testing_mode_delivers_despite_a_bad_certificate(nc, js, owner, nats_server, dns_server, mx_wrong_name,
                                                                 tmp_path, ca, policy_server):
     policy_server.body = ENFORCE.replace("enforce", "testing").encode()
     settings = mta_sts_settings(nats_server, dns_server, mx_wrong_name, tmp_path, ca, policy_server)
-    await start_queue(js, owner, settings)
+    await start_queue(nc, owner, settings)
     await submit(js, "sts-testing", "bob@remote.test")
     await wait_until(lambda: _count(mx_wrong_name.messages), 30, "the message at the MX")
     assert len(mx_wrong_name.messages) == 1

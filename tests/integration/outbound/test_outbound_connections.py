@@ -107,10 +107,10 @@ async def _empty(js) -> bool:
     return await queued(js) == 0
 
 
-async def test_messages_for_one_destination_share_one_connection(js, owner, nats_server, dns_server, mx, tmp_path):
+async def test_messages_for_one_destination_share_one_connection(nc, js, owner, nats_server, dns_server, mx, tmp_path):
     settings = settings_for(nats_server, dns_server, mx, tmp_path, outbound_destination_concurrency=1,
                             outbound_connection_idle=30.0)
-    await start_queue(js, owner, settings)
+    await start_queue(nc, owner, settings)
     for n in range(8):
         await submit(js, f"reuse-{n}", "bob@remote.test")
     await wait_until(lambda: _delivered(mx, 8), 60, "eight messages at the MX")
@@ -120,12 +120,12 @@ async def test_messages_for_one_destination_share_one_connection(js, owner, nats
     assert mx.rsets == 0, "no RSET after a finished transaction: it would be a NOOP and a round trip"
 
 
-async def test_a_transaction_left_open_is_reset_before_the_next(js, owner, nats_server, dns_server, mx, tmp_path):
+async def test_a_transaction_left_open_is_reset_before_the_next(nc, js, owner, nats_server, dns_server, mx, tmp_path):
     """Every RCPT refused: MAIL was accepted and no DATA followed, so the session still
     holds that transaction; the next message on it starts with RSET."""
     settings = settings_for(nats_server, dns_server, mx, tmp_path, outbound_destination_concurrency=1,
                             outbound_connection_idle=30.0)
-    await start_queue(js, owner, settings)
+    await start_queue(nc, owner, settings)
     await submit(js, "open-1", "nobody@remote.test")
     await wait_until(lambda: _empty(js), 30, "the refused job done (a DSN, no retry)")
     await submit(js, "open-2", "bob@remote.test")
@@ -134,10 +134,10 @@ async def test_a_transaction_left_open_is_reset_before_the_next(js, owner, nats_
     assert mx.connections == 1 and mx.commands == ["MAIL", "RSET", "MAIL"]
 
 
-async def test_the_message_cap_and_the_destination_limit_hold(js, owner, nats_server, dns_server, mx, tmp_path):
+async def test_the_message_cap_and_the_destination_limit_hold(nc, js, owner, nats_server, dns_server, mx, tmp_path):
     settings = settings_for(nats_server, dns_server, mx, tmp_path, outbound_destination_concurrency=2,
                             outbound_messages_per_connection=3, outbound_connection_idle=30.0)
-    await start_queue(js, owner, settings)
+    await start_queue(nc, owner, settings)
     for n in range(12):
         await submit(js, f"cap-{n}", "bob@remote.test")
     await wait_until(lambda: _delivered(mx, 12), 60, "twelve messages at the MX")
@@ -147,11 +147,11 @@ async def test_the_message_cap_and_the_destination_limit_hold(js, owner, nats_se
     assert mx.connections >= 4, "at most three messages per connection: twelve need four or more"
 
 
-async def test_a_kept_connection_the_mx_dropped_is_replaced_without_loss_or_duplicate(js, owner, nats_server,
+async def test_a_kept_connection_the_mx_dropped_is_replaced_without_loss_or_duplicate(nc, js, owner, nats_server,
                                                                                        dns_server, mx, tmp_path):
     settings = settings_for(nats_server, dns_server, mx, tmp_path, outbound_destination_concurrency=1,
                             outbound_connection_idle=30.0, outbound_retry_initial=60.0, outbound_retry_max=60.0)
-    await start_queue(js, owner, settings)
+    await start_queue(nc, owner, settings)
     await submit(js, "drop-1", "bob@remote.test")
     await wait_until(lambda: _delivered(mx, 1), 30, "the first message")
     mx.drop_next_mail = True     # the kept session dies when it is used again
@@ -164,17 +164,17 @@ async def test_a_kept_connection_the_mx_dropped_is_replaced_without_loss_or_dupl
     assert mx.connections == 2 and mx.rsets == 0
 
 
-async def test_no_reuse_when_the_idle_time_is_zero(js, owner, nats_server, dns_server, mx, tmp_path):
+async def test_no_reuse_when_the_idle_time_is_zero(nc, js, owner, nats_server, dns_server, mx, tmp_path):
     settings = settings_for(nats_server, dns_server, mx, tmp_path, outbound_destination_concurrency=1,
                             outbound_connection_idle=0.0)
-    await start_queue(js, owner, settings)
+    await start_queue(nc, owner, settings)
     for n in range(3):
         await submit(js, f"single-{n}", "bob@remote.test")
     await wait_until(lambda: _delivered(mx, 3), 60, "three messages at the MX")
     assert mx.connections == 3 and mx.rsets == 0
 
 
-async def test_messages_out_are_metered_in_batches(js, owner, nats_server, dns_server, mx, tmp_path):
+async def test_messages_out_are_metered_in_batches(nc, js, owner, nats_server, dns_server, mx, tmp_path):
     """USAGE messages_out counts every delivered recipient, summed per account and flush
     (not one event per message: each event costs the admin API's read model a write)."""
     from colony.bus import names
@@ -182,7 +182,7 @@ async def test_messages_out_are_metered_in_batches(js, owner, nats_server, dns_s
     from colony_edge.outbound import OutboundDelivery
 
     settings = settings_for(nats_server, dns_server, mx, tmp_path, outbound_destination_concurrency=1)
-    runner = await start_queue(js, owner, settings)
+    runner = await start_queue(nc, owner, settings)
     for n in range(6):
         await submit(js, f"meter-{n}", "bob@remote.test", "carol@remote.test")
     await wait_until(lambda: _delivered(mx, 6), 60, "six messages at the MX")

@@ -76,11 +76,11 @@ ORIGINAL = (b"From: Alice <alice@example.com>\r\nTo: bob@remote.test\r\nSubject:
             b"Date: Wed, 25 Nov 2026 12:00:00 +0000\r\nMessage-ID: <%s@example.com>\r\n\r\nHello there.\r\n")
 
 
-async def start_queue(js, owner, settings: Settings):
+async def start_queue(nc, owner, settings: Settings):
     metrics = Metrics(with_process=False)
-    delivery = OutboundDelivery(js, settings, "edge-1", "edge1.example.com", make_resolver(settings),
+    delivery = OutboundDelivery(nc.jetstream(), settings, "edge-1", "edge1.example.com", make_resolver(settings),
                                 OutboundMetrics(metrics.registry))
-    runner = outbound_runner(js, delivery, settings, metrics.once(QueueMetrics))
+    runner = outbound_runner(nc, delivery, settings, metrics.once(QueueMetrics))
     await runner.start(owner.spawn)
     return runner
 
@@ -119,12 +119,12 @@ async def queued(js) -> int:
     return (await js.stream_info(names.STREAM_OUTBOUND)).state.messages
 
 
-async def test_remote_mail_is_found_by_mx_delivered_once_and_dkim_signed(js, owner, nats_server, dns_server, sink, tmp_path):
+async def test_remote_mail_is_found_by_mx_delivered_once_and_dkim_signed(nc, js, owner, nats_server, dns_server, sink, tmp_path):
     settings = settings_for(nats_server, dns_server, sink, tmp_path)
     key = generate_key("example.com", "s2026", 1024)
     write_key(settings.dkim_key_dir, key)
     dns_server.add_txt("s2026._domainkey.example.com.", key.dns_record())
-    await start_queue(js, owner, settings)
+    await start_queue(nc, owner, settings)
     await submit(js, "m-ok", "bob@remote.test", "carol@remote.test")
 
     await wait_until(lambda: _true(sink.messages), 30, "the message at the remote MX")
@@ -142,10 +142,10 @@ async def test_remote_mail_is_found_by_mx_delivered_once_and_dkim_signed(js, own
     assert not await dsns(js)
 
 
-async def test_4xx_is_retried_with_backoff_and_delivered_when_the_destination_recovers(js, owner, nats_server, dns_server, sink, tmp_path):
+async def test_4xx_is_retried_with_backoff_and_delivered_when_the_destination_recovers(nc, js, owner, nats_server, dns_server, sink, tmp_path):
     settings = settings_for(nats_server, dns_server, sink, tmp_path)
     sink.mode = "4xx"
-    await start_queue(js, owner, settings)
+    await start_queue(nc, owner, settings)
     await submit(js, "m-later", "bob@remote.test")
     await wait_until(lambda: _true(sink.rcpt_calls >= 3), 30, "three refused attempts")
     assert not sink.messages
@@ -155,9 +155,9 @@ async def test_4xx_is_retried_with_backoff_and_delivered_when_the_destination_re
     assert len(sink.messages) == 1 and not await dsns(js)
 
 
-async def test_5xx_gives_exactly_one_dsn_listing_the_failed_recipients(js, owner, nats_server, dns_server, sink, tmp_path):
+async def test_5xx_gives_exactly_one_dsn_listing_the_failed_recipients(nc, js, owner, nats_server, dns_server, sink, tmp_path):
     settings = settings_for(nats_server, dns_server, sink, tmp_path)
-    await start_queue(js, owner, settings)
+    await start_queue(nc, owner, settings)
     await submit(js, "m-bounce", "bob@remote.test", "nobody@remote.test")
     await wait_until(lambda: _true(sink.messages), 30, "the good recipient delivered")
     [dsn] = await wait_until(lambda: dsns(js), 30, "the DSN in MAIL")
@@ -174,14 +174,14 @@ async def test_5xx_gives_exactly_one_dsn_listing_the_failed_recipients(js, owner
     assert len(await dsns(js)) == 1 and len(sink.messages) == 1
 
 
-async def test_a_destination_that_never_answers_expires_with_a_dsn(js, owner, nats_server, dns_server, sink, tmp_path):
+async def test_a_destination_that_never_answers_expires_with_a_dsn(nc, js, owner, nats_server, dns_server, sink, tmp_path):
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
     silent.listen(100)   # accepts connections (the kernel does) and never says a word
     try:
         settings = settings_for(nats_server, dns_server, sink, tmp_path, outbound_smtp_port=silent.getsockname()[1],
                                 outbound_connect_timeout=0.5, outbound_max_age=3.0)
-        await start_queue(js, owner, settings)
+        await start_queue(nc, owner, settings)
         await submit(js, "m-expire", "bob@remote.test")
         [dsn] = await wait_until(lambda: dsns(js), 60, "the expiry DSN")
         status = email.message_from_bytes(dsn.body).get_payload()[1].as_string()
@@ -191,9 +191,9 @@ async def test_a_destination_that_never_answers_expires_with_a_dsn(js, owner, na
         silent.close()
 
 
-async def test_a_bounce_is_never_bounced(js, owner, nats_server, dns_server, sink, tmp_path):
+async def test_a_bounce_is_never_bounced(nc, js, owner, nats_server, dns_server, sink, tmp_path):
     settings = settings_for(nats_server, dns_server, sink, tmp_path)
-    await start_queue(js, owner, settings)
+    await start_queue(nc, owner, settings)
     await submit(js, "m-null", "nobody@remote.test", mail_from="")
     await wait_until(lambda: _is(queued(js), 0), 30, "the job acked out of OUTBOUND")
     assert sink.rcpt_calls == 1 and not await dsns(js)
@@ -207,7 +207,7 @@ async def _is(awaitable, expected):
     return (await awaitable) == expected
 
 
-async def test_the_delivery_is_a_span_in_the_submitters_trace_with_the_remote_reply(js, owner, nats_server, dns_server,
+async def test_the_delivery_is_a_span_in_the_submitters_trace_with_the_remote_reply(nc, js, owner, nats_server, dns_server,
                                                                                     sink, tmp_path):
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -223,7 +223,7 @@ async def test_the_delivery_is_a_span_in_the_submitters_trace_with_the_remote_re
     metrics = Metrics(with_process=False)
     delivery = OutboundDelivery(js, settings, "edge-1", "edge1.example.com", make_resolver(settings),
                                 OutboundMetrics(metrics.registry), tracer=tracer)
-    await outbound_runner(js, delivery, settings, metrics.once(QueueMetrics)).start(owner.spawn)
+    await outbound_runner(nc, delivery, settings, metrics.once(QueueMetrics)).start(owner.spawn)
     body = ORIGINAL % b"m-traced"
     mail = OutboundMail.new(message_id="m-traced", destination="remote.test", mail_from="alice@example.com",
                             recipients=[OutboundRecipient(address="bob@remote.test")], size=len(body),

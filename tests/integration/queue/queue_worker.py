@@ -68,7 +68,7 @@ class TestWorkload:
                 await js.publish("test.results.done", str(os.getpid()).encode(), headers={"Nats-Msg-Id": job.id})
                 note("done.log", f"done {job.id} {os.getpid()}")
 
-            self.runner = QueueRunner(js, stream="JOBS", durable="workers", filter_subject="test.jobs.>",
+            self.runner = QueueRunner(runtime.nc, stream="JOBS", durable="workers", filter_subject="test.jobs.>",
                                       handler=handle, policy=QueuePolicy.from_settings(self.settings),
                                       metrics=runtime.metrics.once(QueueMetrics), name="jobs")
             await self.runner.start(runtime.spawn)

@@ -24,13 +24,18 @@ STREAM, SUBJECTS = "JOBS", "test.jobs.>"
 
 
 @pytest.fixture
-async def js(nats_server):
+async def nc(nats_server):
     nc = await connect(Settings(nats_url=nats_server.url), name="test-queue")
-    js = nc.jetstream()
-    await ensure_schema(js, Settings(nats_url=nats_server.url))
-    await js.add_stream(StreamConfig(name=STREAM, subjects=[SUBJECTS], retention=RetentionPolicy.WORK_QUEUE))
-    yield js
+    await ensure_schema(nc.jetstream(), Settings(nats_url=nats_server.url))
+    await nc.jetstream().add_stream(StreamConfig(name=STREAM, subjects=[SUBJECTS],
+                                                 retention=RetentionPolicy.WORK_QUEUE))
+    yield nc
     await nc.close()
+
+
+@pytest.fixture
+def js(nc):
+    return nc.jetstream()
 
 
 @pytest.fixture
@@ -44,7 +49,7 @@ async def queued(js) -> int:
     return (await js.stream_info(STREAM)).state.messages
 
 
-async def test_a_poison_job_is_dead_lettered_after_max_deliver_and_replay_puts_it_back(js, owner):
+async def test_a_poison_job_is_dead_lettered_after_max_deliver_and_replay_puts_it_back(nc, js, owner):
     deliveries: list[tuple[str, int, bool]] = []
     cured = asyncio.Event()
 
@@ -55,7 +60,7 @@ async def test_a_poison_job_is_dead_lettered_after_max_deliver_and_replay_puts_i
         return None
 
     metrics = Metrics(with_process=False)
-    runner = QueueRunner(js, stream=STREAM, durable="workers", filter_subject=SUBJECTS, handler=handler,
+    runner = QueueRunner(nc, stream=STREAM, durable="workers", filter_subject=SUBJECTS, handler=handler,
                          policy=QueuePolicy(max_deliver=3, ack_wait=5, backoff=(0.05,), concurrency=2),
                          metrics=metrics.once(QueueMetrics))
     await runner.start(owner.spawn)
@@ -85,14 +90,14 @@ async def test_a_poison_job_is_dead_lettered_after_max_deliver_and_replay_puts_i
     await runner.stop()
 
 
-async def test_a_rejected_job_goes_to_dead_letters_at_once_and_purge_empties_them(js, owner):
+async def test_a_rejected_job_goes_to_dead_letters_at_once_and_purge_empties_them(nc, js, owner):
     calls = []
 
     async def handler(job: Job):
         calls.append(job.delivered)
         return Reject("refers to no mailbox")
 
-    runner = QueueRunner(js, stream=STREAM, durable="workers", filter_subject=SUBJECTS, handler=handler,
+    runner = QueueRunner(nc, stream=STREAM, durable="workers", filter_subject=SUBJECTS, handler=handler,
                          policy=QueuePolicy(max_deliver=5, ack_wait=5, backoff=(0.05,)))
     await runner.start(owner.spawn)
     for i in range(3):
@@ -107,7 +112,7 @@ async def test_a_rejected_job_goes_to_dead_letters_at_once_and_purge_empties_the
     await runner.stop()
 
 
-async def test_a_job_the_handler_acked_itself_is_done_whatever_the_handler_returns(js, owner):
+async def test_a_job_the_handler_acked_itself_is_done_whatever_the_handler_returns(nc, js, owner):
     """Job.ack: the ack is confirmed by the server at once (the job leaves the work queue
     while the handler still runs), and what the handler returns afterwards -- even a retry
     or an exception -- does not bring it back."""
@@ -123,7 +128,7 @@ async def test_a_job_the_handler_acked_itself_is_done_whatever_the_handler_retur
         raise RuntimeError("after the ack: must not retry the job")
 
     metrics = Metrics(with_process=False)
-    runner = QueueRunner(js, stream=STREAM, durable="workers", filter_subject=SUBJECTS, handler=handler,
+    runner = QueueRunner(nc, stream=STREAM, durable="workers", filter_subject=SUBJECTS, handler=handler,
                          policy=QueuePolicy(max_deliver=3, ack_wait=2, backoff=(0.05,)), metrics=metrics.once(QueueMetrics))
     await runner.start(owner.spawn)
     await js.publish("test.jobs.early", b"x", headers={"Nats-Msg-Id": "early-1"})
@@ -155,7 +160,7 @@ async def _len(awaitable, n):
     return found if len(found) == n else None
 
 
-async def test_the_operator_lists_shows_replays_and_purges_dead_letters_with_colony_dlq(js, owner, nats_server):
+async def test_the_operator_lists_shows_replays_and_purges_dead_letters_with_colony_dlq(nc, js, owner, nats_server):
     import json
     import os
     import sys
@@ -178,7 +183,7 @@ async def test_the_operator_lists_shows_replays_and_purges_dead_letters_with_col
             return Reject("unknown mailbox")
         handled.append(job.data)
 
-    runner = QueueRunner(js, stream=STREAM, durable="workers", filter_subject=SUBJECTS, handler=handler,
+    runner = QueueRunner(nc, stream=STREAM, durable="workers", filter_subject=SUBJECTS, handler=handler,
                          policy=QueuePolicy(max_deliver=3, ack_wait=5, backoff=(0.05,)))
     await runner.start(owner.spawn)
     await js.publish("test.jobs.x", b"From: a@example.com\r\n\r\nhello", headers={"Nats-Msg-Id": "m-1"})
@@ -219,7 +224,7 @@ async def test_the_operator_lists_shows_replays_and_purges_dead_letters_with_col
     assert code == 1 and f"no dead letter {second}" in err
 
 
-async def test_a_failing_fetch_loop_is_recorded_and_comes_back_with_a_new_consumer(js):
+async def test_a_failing_fetch_loop_is_recorded_and_comes_back_with_a_new_consumer(nc, js):
     faults = []
     owner = TaskOwner(logging.getLogger("test"), on_fault=faults.append, first_backoff=0.05)
     handled = []
@@ -227,7 +232,7 @@ async def test_a_failing_fetch_loop_is_recorded_and_comes_back_with_a_new_consum
     async def handler(job: Job):
         handled.append(job.data)
 
-    runner = QueueRunner(js, stream=STREAM, durable="workers", filter_subject=SUBJECTS, handler=handler,
+    runner = QueueRunner(nc, stream=STREAM, durable="workers", filter_subject=SUBJECTS, handler=handler,
                          policy=QueuePolicy(max_deliver=3, ack_wait=5, backoff=(0.05,)), fetch_timeout=0.2)
     await runner.start(owner.spawn)
     await js.publish("test.jobs.1", b"before")
@@ -247,7 +252,7 @@ async def _true(value):
     return value
 
 
-async def test_a_hung_handler_is_cancelled_after_job_timeout_and_the_job_retried(js, owner):
+async def test_a_hung_handler_is_cancelled_after_job_timeout_and_the_job_retried(nc, js, owner):
     attempts = []
 
     async def handler(job: Job):
@@ -255,7 +260,7 @@ async def test_a_hung_handler_is_cancelled_after_job_timeout_and_the_job_retried
         if job.delivered == 1:
             await asyncio.Event().wait()  # hangs; the runner's keep-alive alone would hold it forever
 
-    runner = QueueRunner(js, stream=STREAM, durable="workers", filter_subject=SUBJECTS, handler=handler,
+    runner = QueueRunner(nc, stream=STREAM, durable="workers", filter_subject=SUBJECTS, handler=handler,
                          policy=QueuePolicy(max_deliver=3, ack_wait=30, backoff=(0.05,), job_timeout=0.5))
     await runner.start(owner.spawn)
     await js.publish("test.jobs.hang", b"x")
@@ -277,7 +282,7 @@ async def test_every_role_that_consumes_a_work_queue_may_dead_letter_its_poison(
     nc = await bus_connect(settings, name=f"test-{role}")
     owner = TaskOwner(logging.getLogger("test"))
     try:
-        runner = QueueRunner(nc.jetstream(), stream=stream, durable=f"{role}-test", filter_subject=subjects,
+        runner = QueueRunner(nc, stream=stream, durable=f"{role}-test", filter_subject=subjects,
                              handler=_reject, policy=QueuePolicy(max_deliver=2, ack_wait=5, backoff=(0.05,)))
         await runner.start(owner.spawn)
         await js.publish(subjects.replace(">", "x.y"), b"poison", headers={"Nats-Msg-Id": "p-1"})
@@ -295,7 +300,7 @@ async def _reject(job):
     return Reject("no such mailbox")
 
 
-async def test_a_draining_runner_finishes_jobs_in_flight_and_fetches_no_more(js, owner):
+async def test_a_draining_runner_finishes_jobs_in_flight_and_fetches_no_more(nc, js, owner):
     release = asyncio.Event()
     started: list[bytes] = []
 
@@ -304,7 +309,7 @@ async def test_a_draining_runner_finishes_jobs_in_flight_and_fetches_no_more(js,
         if job.data == b"first":
             await release.wait()
 
-    runner = QueueRunner(js, stream=STREAM, durable="workers", filter_subject=SUBJECTS, handler=handler,
+    runner = QueueRunner(nc, stream=STREAM, durable="workers", filter_subject=SUBJECTS, handler=handler,
                          policy=QueuePolicy(max_deliver=3, ack_wait=5, backoff=(0.05,), concurrency=1))
     await runner.start(owner.spawn)
     await js.publish("test.jobs.1", b"first")
@@ -327,7 +332,7 @@ async def _active(runner):
     return runner.active_work()
 
 
-async def test_each_job_is_a_span_in_the_trace_of_whoever_queued_it(js, owner):
+async def test_each_job_is_a_span_in_the_trace_of_whoever_queued_it(nc, js, owner):
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -342,7 +347,7 @@ async def test_each_job_is_a_span_in_the_trace_of_whoever_queued_it(js, owner):
     async def handler(job: Job):
         return None
 
-    runner = QueueRunner(js, stream=STREAM, durable="workers", filter_subject=SUBJECTS, handler=handler,
+    runner = QueueRunner(nc, stream=STREAM, durable="workers", filter_subject=SUBJECTS, handler=handler,
                          policy=QueuePolicy(max_deliver=3, ack_wait=5, backoff=(0.05,)), tracer=tracer, name="mail")
     await runner.start(owner.spawn)
     with tracer.start_as_current_span("smtp DATA") as parent:
@@ -355,3 +360,70 @@ async def test_each_job_is_a_span_in_the_trace_of_whoever_queued_it(js, owner):
     assert span.parent.span_id == parent.get_span_context().span_id
     assert span.attributes["colony.job.id"] == "traced-1" and span.attributes["colony.job.action"] == "ack"
     await runner.stop()
+
+
+async def test_a_job_that_arrives_during_a_long_poll_is_handled_at_once(nc, js, owner):
+    """The idle runner's long poll (here a minute) hands a job over as it arrives, not when the
+    poll ends: nats-py's fetch could hold one until its deadline (colony.queue.pull)."""
+    handled: list[bytes] = []
+
+    async def handler(job: Job):
+        handled.append(job.data)
+
+    runner = QueueRunner(nc, stream=STREAM, durable="workers", filter_subject=SUBJECTS, handler=handler,
+                         policy=QueuePolicy(max_deliver=3, ack_wait=5, backoff=(0.05,)), fetch_timeout=60)
+    await runner.start(owner.spawn)
+    await wait_until(lambda: _waiting(js), 30, "the runner's long poll waiting on the server")
+    for n in range(3):
+        await js.publish("test.jobs.late", b"job %d" % n)
+        await wait_until(lambda: _is(_handled(runner), n + 1), 20, f"job {n} handled before the poll expires")
+    assert handled == [b"job 0", b"job 1", b"job 2"]
+    assert runner._puller.statuses["408"] == 0, "no poll has expired: each job came on a request still open"
+    await runner.stop()
+
+
+async def _waiting(js) -> bool:
+    return (await js.consumer_info(STREAM, "workers")).num_waiting > 0
+
+
+async def test_the_server_never_hands_out_more_jobs_than_the_runner_has_slots(nc, js, owner):
+    release = asyncio.Event()
+
+    async def handler(job: Job):
+        await release.wait()
+
+    runner = QueueRunner(nc, stream=STREAM, durable="workers", filter_subject=SUBJECTS, handler=handler,
+                         policy=QueuePolicy(max_deliver=3, ack_wait=30, backoff=(0.05,), concurrency=2))
+    await runner.start(owner.spawn)
+    for n in range(6):
+        await js.publish(f"test.jobs.{n}", b"x")
+    await wait_until(lambda: _is(_active(runner), 2), 30, "two jobs in flight")
+    info = await js.consumer_info(STREAM, "workers")
+    assert info.num_ack_pending == 2 and info.num_pending == 4, "the rest wait on the server, not in this process"
+    release.set()
+    await wait_until(lambda: _is(_handled(runner), 6), 30, "every job handled, two at a time")
+    assert await queued(js) == 0
+    await runner.stop()
+
+
+async def test_a_job_queued_after_a_runner_stopped_goes_to_the_next_runner_at_once(nc, js, owner):
+    """A stopped runner's long poll may still be open on the server; it has no subscriber any
+    more, so the server passes it over (no interest) and the job is not held for ack_wait."""
+    handled: list[str] = []
+
+    def runner(name: str) -> QueueRunner:
+        async def handler(job: Job):
+            handled.append(name)
+        return QueueRunner(nc, stream=STREAM, durable="workers", filter_subject=SUBJECTS, handler=handler,
+                           policy=QueuePolicy(max_deliver=3, ack_wait=120, backoff=(0.05,)), fetch_timeout=60)
+
+    first = runner("first")
+    await first.start(owner.spawn)
+    await wait_until(lambda: _waiting(js), 30, "the first runner's long poll open on the server")
+    await first.stop()
+    second = runner("second")
+    await second.start(owner.spawn)
+    await js.publish("test.jobs.after", b"x")
+    await wait_until(lambda: _is(_handled(second), 1), 30, "the job handled by the second runner, long before ack_wait")
+    assert handled == ["second"]
+    await second.stop()
