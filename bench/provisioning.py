@@ -201,7 +201,7 @@ async def main(args: argparse.Namespace) -> None:
     projector = None
     drop_schema = None
     cpu_before = cpu_after = None
-    api_cpu = None
+    api_cpu = bus_cpu = None
     wall_before = wall_after = 0.0
     load_before = os.getloadavg()
     tmp = Path(tempfile.mkdtemp(prefix="colony-bench-"))
@@ -230,6 +230,7 @@ async def main(args: argparse.Namespace) -> None:
             credentials = migration_credentials() if args.password_hashes else None
             cpu_before = cpu_seconds(projector.pid) if projector is not None else None
             api_cpu_before = time.process_time()
+            bus_cpu_before = cpu_seconds(srv.process.pid) if srv.process is not None else None
             wall_before = time.perf_counter()
             n_domains, n_accounts, seconds = await bulk_create(client, headers, run, args.domains,
                                                                args.accounts_per_domain, args.chunk, args.time_budget,
@@ -237,6 +238,8 @@ async def main(args: argparse.Namespace) -> None:
             api_cpu = time.process_time() - api_cpu_before  # before the directory poll, which is not the API's
             directory_lag = await directory_caught_up(nc)
             cpu_after = cpu_seconds(projector.pid) if projector is not None else None
+            if bus_cpu_before is not None:
+                bus_cpu = cpu_seconds(srv.process.pid) - bus_cpu_before  # type: ignore[union-attr,operator]
             wall_after = time.perf_counter()
             if n_domains and args.accounts_per_domain:
                 # "visible" must mean listable: the last domain's accounts, straight after its job
@@ -290,6 +293,11 @@ async def main(args: argparse.Namespace) -> None:
         # requests and 20 ms polls; the import's cost on the API side, comparable under load.
         table.add_row("admin API (+ bench client) CPU for the import",
                       f"{api_cpu:.2f} s ({api_cpu * 10_000 / n_accounts:.2f} s per 10,000 accounts)", "", "", "")
+    if bus_cpu is not None and n_accounts:
+        # nats-server takes a share of the two cores too: every append, key write, directory
+        # write and delivery is a message it stores or routes (same span as the projector's).
+        table.add_row("nats-server CPU for the import",
+                      f"{bus_cpu:.2f} s ({bus_cpu * 10_000 / n_accounts:.2f} s per 10,000 accounts)", "", "", "")
     table.add_row("directory KV (edges) caught up", "not within 300 s" if directory_lag is None else
                   f"{directory_lag:.1f} s after the last import job ended", "", "", "")
     for name, values in (("first page of domains", page_ms), ("deep page of domains (cursor)", deep_ms),
