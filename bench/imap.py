@@ -17,7 +17,9 @@ loopback IMAP port.
     STORE +FLAGS \\Seen, SEARCH UNSEEN.  Operations per second and p50/p99 per operation;
     the ratio Colony/Dovecot; and the servers' CPU per operation over the loop (Colony: the
     edge and the mail store, the processes every command crosses; Dovecot: all its
-    processes), the steadier figure on a shared machine.
+    processes), the steadier figure on a shared machine.  ``--by-process`` also prints
+    Colony's CPU per operation for every process of ``colony up`` (nats-server included: a
+    command that reads the directory or a lease goes over the bus).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from colony_up import ColonyUp  # noqa: E402
+from colony_up import ColonyUp, process_label  # noqa: E402
 from peers import Dovecot, have, process_cpu, wait_port  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -263,9 +265,15 @@ def run_colony(workdir: Path, args) -> tuple[dict, dict, dict | None]:
             return idle_plain, idle_tls, None
         console.log("throughput")
         # Colony's CPU: the edge and the mail store, the two processes every command crosses.
+        every = cluster.pids()
+        before = {pid: process_cpu([pid]) for pid in every}
         ops = asyncio.run(throughput(imap_port, users, args.seconds, args.messages,
                                      lambda: process_cpu(list(pids.values()))))
-        return idle_plain, idle_tls, summarise(ops, args.seconds)
+        result = summarise(ops, args.seconds)
+        count = sum(len(v) for v in ops[0].values()) or 1
+        result["by_process"] = sorted(((process_label(pid), (process_cpu([pid]) - before[pid]) / count * 1000)
+                                       for pid in every), key=lambda r: -r[1])
+        return idle_plain, idle_tls, result
 
 
 def run_dovecot(workdir: Path, args) -> dict:
@@ -291,6 +299,8 @@ def main() -> None:
     parser.add_argument("--no-peer", action="store_true")
     parser.add_argument("--logins", type=int, default=8, help="concurrent logins in (a)")
     parser.add_argument("--no-throughput", action="store_true", help="only (a), the idle sessions")
+    parser.add_argument("--by-process", action="store_true",
+                        help="also print Colony's CPU per operation for each process of colony up")
     args = parser.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))   # colony up and its instances inherit it
@@ -312,9 +322,10 @@ def main() -> None:
     table = Table(title=f"(b) throughput: {args.clients} clients, {args.seconds:g} s, {args.messages} messages each")
     for col in ("operation", "Colony ops/s", "p50 ms", "p99 ms", "Dovecot ops/s", "p50 ms", "p99 ms", "ratio"):
         table.add_column(col, justify="right")
-    for name, (rate, p50, p99) in colony_ops.items():
-        if name == "all":
+    for name, figures in colony_ops.items():
+        if name in ("all", "by_process"):
             continue
+        rate, p50, p99 = figures
         if peer:
             prate, pp50, pp99 = peer[name]
             table.add_row(name, f"{rate:.0f}", f"{p50:.1f}", f"{p99:.1f}", f"{prate:.0f}", f"{pp50:.1f}",
@@ -328,6 +339,14 @@ def main() -> None:
     console.print(f"server CPU per operation: Colony (edge + store) {cpu_ms:.2f} ms, Dovecot {pcpu_ms:.2f} ms"
                   + (f" ({pcpu_ms / cpu_ms:.2f}x)" if peer and cpu_ms else "")
                   + f"; load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    if args.by_process:
+        table = Table(title="Colony's CPU per operation by process (ms)")
+        table.add_column("process")
+        table.add_column("ms/op", justify="right")
+        for label, ms in colony_ops["by_process"]:
+            table.add_row(label, f"{ms:.3f}")
+        table.add_row("all of colony up", f"{sum(ms for _, ms in colony_ops['by_process']):.3f}")
+        console.print(table)
 
 
 if __name__ == "__main__":
