@@ -40,8 +40,9 @@ import logging
 import time
 from collections import OrderedDict
 from contextvars import ContextVar
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
@@ -50,7 +51,6 @@ from prometheus_client import CollectorRegistry, Counter
 from colony.bus import names
 from colony.contracts.auth import AuthClient, AuthUnavailable
 from colony.counters import SharedCounters
-from colony.events import UsageRecorded
 from colony.protocols.sip.digest import DigestAuthenticator, parse_credentials
 from colony.protocols.sip.message import (Headers, SipRequest, SipResponse, Via, make_response, parse_via)
 from colony.protocols.sip.parser import SipParseError, parse_message
@@ -89,6 +89,17 @@ _flow_member: ContextVar[str | None] = ContextVar("sip_flow_member", default=Non
 # ... and its SIP address: our Vias and Record-Routes name it, so what comes back for the
 # phone arrives where the phone's packets went (its NAT expects answers from there).
 _flow_address: ContextVar[tuple[str, int] | None] = ContextVar("sip_flow_address", default=None)
+
+
+class UsageCount(NamedTuple):
+    """One metered amount for the shell to sum (``sip_registrations``, ``sip_call_seconds``):
+    the shell publishes each interval's sums (``UsageSummed``), so a typed event per REGISTER
+    would be built only to be taken apart (a pydantic event cost ~14 us, 3 % of a REGISTER)."""
+
+    domain: str
+    account: str | None
+    metric: str
+    amount: float
 
 
 @dataclass(frozen=True)
@@ -148,7 +159,7 @@ def _networks(text: str) -> list:
 class SipFarm:
     def __init__(self, settings: Settings, node_id: str, *, store: BindingStore, dialogs: KeyValue, auth: AuthClient,
                  counters: SharedCounters | None, secret: bytes, address: tuple[str, int],
-                 registry: CollectorRegistry, publish_usage: Callable[[UsageRecorded], Awaitable[None]],
+                 registry: CollectorRegistry, meter: Callable[[UsageCount], None],
                  clock: Callable[[], float] = time.time, home_regions=None) -> None:
         self.settings, self.node_id = settings, node_id
         self.home_regions = home_regions  # colony_sipfarm.home_region.HomeRegions in a super cluster
@@ -156,7 +167,7 @@ class SipFarm:
         self.digest = DigestAuthenticator(secret, nonce_ttl=settings.sip_nonce_ttl)
         self.host, self.port = address
         self.metrics = FarmMetrics(registry)
-        self.publish_usage = publish_usage
+        self.meter = meter
         self.clock = clock
         self.algorithms = tuple(a.strip().upper() for a in settings.sip_digest_algorithms.split(",") if a.strip()) or ("MD5",)
         self.scanners = [s.strip().lower() for s in settings.sip_refused_user_agents.split(",") if s.strip()]
@@ -491,8 +502,7 @@ class SipFarm:
                 stored = await self.store.change(account, edit)
             except _TooMany:
                 return self._local(request, source, 403, "Too Many Registered Devices")
-            await self.publish_usage(UsageRecorded(domain=realm, account=account, metric="sip_registrations",
-                                                   amount=1, source=self.node_id))
+            self.meter(UsageCount(realm, account, "sip_registrations", 1))
             if unwritten:
                 self.metrics.unwritten.inc()
         else:
@@ -861,8 +871,7 @@ class SipFarm:
         except Exception as exc:
             log.info("the ended call's record %s keeps its delete marker: %s", key, exc)
         seconds = max(0.0, self.clock() - float(record["started"]))
-        await self.publish_usage(UsageRecorded(domain=record["domain"], account=record["account"],
-                                               metric="sip_call_seconds", amount=round(seconds, 3), source=self.node_id))
+        self.meter(UsageCount(record["domain"], record["account"], "sip_call_seconds", round(seconds, 3)))
 
 
 class _TooMany(Exception):

@@ -48,7 +48,7 @@ from colony.hashing import choose
 from colony.bus.tokens import from_token
 from colony.contracts.auth import AuthClient
 from colony.counters import SharedCounters
-from colony.events import USAGE_SUMS_PER_EVENT, UsageRecorded, UsageSummed
+from colony.events import USAGE_SUMS_PER_EVENT, UsageSummed
 from colony.protocols.sip.message import SipRequest, SipResponse, make_response
 from colony.protocols.sip.parser import SipParseError, StreamFramer, parse_message
 from colony.protocols.sip.transaction import Destination, Timers
@@ -58,7 +58,7 @@ from colony.telemetry import extract_context, inject_headers
 from colony.tlsfiles import configured, server_context
 
 from colony_sipfarm.bindings import BindingStore
-from colony_sipfarm.farm import FARM_BRANCH, Outbound, SipFarm, method_label
+from colony_sipfarm.farm import FARM_BRANCH, Outbound, SipFarm, UsageCount, method_label
 from colony_sipfarm.retransmission import ProxyClientTransactions
 
 _tracer = trace.get_tracer("colony.sipfarm")  # a proxy: follows the provider setup_tracing installs
@@ -177,11 +177,11 @@ class SipWorkload:
         listeners = {"sip": f"{s.advertised_host}:{port}"}
         listeners.update(await self._start_secure_listeners())
 
-        async def publish_usage(event: UsageRecorded) -> None:
+        def meter(count: UsageCount) -> None:
             # Summed per account and metric, published every usage_flush_interval: one
             # JetStream write per registration was as costly as the registration itself.
-            key = (event.domain, event.account or "", event.metric)
-            self._usage[key] = self._usage.get(key, 0.0) + event.amount
+            key = (count.domain, count.account or "", count.metric)
+            self._usage[key] = self._usage.get(key, 0.0) + count.amount
 
         runtime.spawn("sip-usage", self._usage_loop, restart=True)
 
@@ -191,7 +191,7 @@ class SipWorkload:
         self.farm = SipFarm(
             s, runtime.node_id, store=store, dialogs=kv, auth=AuthClient(runtime.nc),
             counters=self.counters, secret=await self._secret(kv), address=(s.advertised_host, port),
-            registry=runtime.metrics.registry, publish_usage=publish_usage,
+            registry=runtime.metrics.registry, meter=meter,
             home_regions=await home_regions(s, runtime.nc) if len(s.region_list) > 1 else None)
         runtime.metrics.add_callback(self.farm.credentials.metrics)
         runtime.spawn("sip-directory-watch", self._watch_directory, restart=True)

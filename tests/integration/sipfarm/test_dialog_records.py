@@ -23,12 +23,12 @@ async def test_a_call_record_whose_bye_never_comes_expires(cluster):
     kv = await js.key_value(names.BUCKET_SIP_BINDINGS)
     usage = []
 
-    async def publish(event):
+    def publish(event):
         usage.append(event)
 
     farm = SipFarm(Settings(sip_dialog_record_ttl=3), "sipfarm-1", store=BindingStore(kv, clock=lambda: 0.0),
                    dialogs=kv, auth=None, counters=None, secret=b"k" * 32, address=("127.0.0.1", 5060),
-                   registry=CollectorRegistry(), publish_usage=publish)
+                   registry=CollectorRegistry(), meter=publish)
     await farm.call_answered(parse_message(OK))
     key = names.sip_dialog_key(_hash("lost-bye-1"))
     assert (await kv.get(key)).value
@@ -60,12 +60,12 @@ async def test_ended_calls_leave_no_markers_behind(cluster):
     kv = await js.key_value(names.BUCKET_SIP_BINDINGS)
     usage = []
 
-    async def publish(event):
+    def publish(event):
         usage.append(event)
 
     farm = SipFarm(Settings(), "sipfarm-1", store=BindingStore(kv, clock=lambda: 0.0),
                    dialogs=kv, auth=None, counters=None, secret=b"k" * 32, address=("127.0.0.1", 5060),
-                   registry=CollectorRegistry(), publish_usage=publish)
+                   registry=CollectorRegistry(), meter=publish)
     calls = [f"marker-{n}" for n in range(60)]
     for call_id in calls:
         await farm.call_answered(parse_message(_answered(call_id)))

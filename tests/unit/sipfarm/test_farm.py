@@ -110,12 +110,12 @@ def farm():
     clock = Clock()
     usage = []
 
-    async def publish(event):
+    def publish(event):
         usage.append(event)
 
     f = SipFarm(Settings(sip_auth_failures_per_minute_per_ip=5), "sipfarm-1", store=Store(clock), dialogs=Dialogs(),
                 auth=Auth(), counters=Counters(), secret=b"k" * 32, address=ME, registry=CollectorRegistry(),
-                publish_usage=publish, clock=clock)
+                meter=publish, clock=clock)
     f.usage, f.clock_ = usage, clock
     return f
 
@@ -317,7 +317,7 @@ async def test_the_same_request_gets_the_same_branch_on_every_member(farm):
     await registered(farm, user="bob")
     other = SipFarm(farm.settings, "sipfarm-2", store=farm.store, dialogs=farm.dialogs, auth=farm.auth,
                     counters=Counters(), secret=b"k" * 32, address=("127.0.0.1", 6060), registry=CollectorRegistry(),
-                    publish_usage=farm.publish_usage, clock=farm.clock_)
+                    meter=farm.meter, clock=farm.clock_)
     cancel = (f"CANCEL sip:bob@{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/UDP 198.51.100.9:5060;branch=z9hG4bKinv2\r\n"
               f"From: <sip:alice@{DOMAIN}>;tag=a1\r\nTo: <sip:bob@{DOMAIN}>\r\nCall-ID: call-1\r\n"
               f"CSeq: 2 CANCEL\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n").encode()
@@ -428,11 +428,11 @@ _SAMPLES = [register(), invite(), register(auth='Authorization: Digest username=
 def _fresh_farm() -> SipFarm:
     clock = Clock()
 
-    async def publish(event):
+    def publish(event):
         pass
 
     return SipFarm(Settings(), "sipfarm-1", store=Store(clock), dialogs=Dialogs(), auth=Auth(), counters=Counters(),
-                   secret=b"k" * 32, address=ME, registry=CollectorRegistry(), publish_usage=publish, clock=clock)
+                   secret=b"k" * 32, address=ME, registry=CollectorRegistry(), meter=publish, clock=clock)
 
 
 @hsettings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -228,7 +228,23 @@ class CSeq:
         return f"{self.number} {self.method}"
 
 
+_CSEQS: dict[str, CSeq] = {}
+_CSEQS_KEPT = 4096
+
+
 def parse_cseq(value: str) -> CSeq:
+    """A CSeq value; remembered (bounded, shared like ``parse_via``'s): one message's CSeq is
+    read four or five times (parser, answer key, registrar), and values repeat across calls."""
+    cseq = _CSEQS.get(value)
+    if cseq is None:
+        cseq = _parse_cseq(value)
+        if len(_CSEQS) >= _CSEQS_KEPT:
+            _CSEQS.clear()
+        _CSEQS[value] = cseq
+    return cseq
+
+
+def _parse_cseq(value: str) -> CSeq:
     parts = value.split()
     if len(parts) != 2 or not parts[0].isdigit() or len(parts[0]) > 10:
         raise URIError(f"bad CSeq {value!r}")
