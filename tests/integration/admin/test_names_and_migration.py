@@ -241,6 +241,23 @@ async def test_running_the_same_import_again_is_safe(stack):
     assert (await ask(stack, names.AUTH_CHECK, user=f"u1-{tag}@{d}", password=PW))["ok"]
 
 
+async def test_an_account_deleted_and_imported_again_logs_in_with_its_imported_credentials(stack):
+    """The import builds an account's event with its credentials already sealed; a name deleted
+    before (its subject has history) is then created through the command path with that same
+    event, whose data key must therefore survive the lost "new subject" append."""
+    d = unique_domain("reimp")
+    ha1 = hashlib.md5(f"carol:{d}:phone".encode()).hexdigest()
+    rows = [{"domain": d, "account": "carol", "password_hash": foreign_hashes()["sha512crypt"], "sip_ha1_md5": ha1}]
+    assert (await _import(stack, rows))["accounts_created"] == 1
+    r = await stack.client.delete(f"/v1/domains/{d}/accounts/carol", headers=stack.as_(stack.sys_token))
+    assert r.status_code in (200, 204), r.text
+    again = await _import(stack, rows)
+    assert (again["accounts_created"], again["failed"]) == (1, 0), again
+    assert (await ask(stack, names.AUTH_CHECK, user=f"carol@{d}", password=PW))["ok"]
+    sip = await ask(stack, names.AUTH_SIP_CREDENTIALS, user="carol", realm=d, algorithm="MD5")
+    assert sip["ok"] and sip["ha1"] == ha1
+
+
 async def test_a_dns_failure_is_neither_proof_nor_a_traceback(stack):
     # Nothing answers on this address: the lookup times out.
     stack.ctx.settings = stack.ctx.settings.model_copy(update={"dns_servers": "127.0.0.1:1", "dns_timeout": 0.5})

@@ -84,14 +84,14 @@ def token_key(token_id: str) -> str:
     return f"token.{token_id}"
 
 
-def _sealer(kid: str, key: bytes) -> Callable[[str], str]:
+def _sealer(kid: str, key: bytes, random: Callable[[int], bytes] = os.urandom) -> Callable[[str], str]:
     """Seals values under one data key: a credential's password hash and HA1s share its key,
     so the cipher is set up once per credential, not once per value (an import seals
     thousands).  Each value still gets its own random nonce."""
     aead, aad, head = AESGCM(key), kid.encode(), f"{SEALED_PREFIX}{kid}:"
 
     def seal(plaintext: str) -> str:
-        nonce = os.urandom(_NONCE)
+        nonce = random(_NONCE)
         blob = base64.urlsafe_b64encode(nonce + aead.encrypt(nonce, plaintext.encode(), aad))
         return head + blob.rstrip(b"=").decode()
     return seal
@@ -133,6 +133,64 @@ class Sealed:
     events: list[ev.Event]
     fresh: list[str] = field(default_factory=list)  # keys written for these events
     stale: list[str] = field(default_factory=list)  # keys to purge once they are appended
+
+
+class CredentialSealer:
+    """Seals the credentials of many new accounts (a bulk import), each under a fresh data key
+    of its own exactly as ``SecretKeys.seal`` does one by one; ``SecretKeys.store`` then writes
+    the keys together, before any event naming them is appended.
+
+    What a credential costs here is its cipher set-up and one encryption per value.  The random
+    key ids, keys and nonces are consecutive slices of one ``os.urandom`` read per
+    ``POOL`` bytes (a read per id, key and nonce was four system calls per account, more than
+    the encryption itself); slices of the kernel's CSPRNG output are as random as separate
+    reads, and none is used twice.  ``seal`` hands back the sealed values so that a caller
+    building the event can build it sealed at once, instead of building it in the clear and
+    copying it.  The pool holds key material, as the keys themselves do, only as long as the
+    sealer lives (one import batch).
+    """
+
+    POOL = 65536
+
+    def __init__(self) -> None:
+        self.writes: list[tuple[str, bytes]] = []  # (bucket key, data key) to store
+        self._pool, self._at = b"", 0
+
+    def _random(self, n: int) -> bytes:
+        if self._at + n > len(self._pool):
+            self._pool, self._at = os.urandom(self.POOL), 0
+        self._at += n
+        return self._pool[self._at - n:self._at]
+
+    def seal(self, password_hash: str | None, sip_ha1: dict[str, str]) -> tuple[str | None, dict[str, str], str | None]:
+        """(password hash, HA1s, bucket key of their fresh data key): the clear values sealed
+        under a new key; values already sealed are kept; no key (None) if nothing was clear."""
+        if (password_hash is None or is_sealed(password_hash)) and all(is_sealed(v) for v in sip_ha1.values()):
+            return password_hash, sip_ha1, None
+        kid, key = self._random(16).hex(), self._random(32)
+        seal = _sealer(kid, key, self._random)
+        if password_hash is not None and not is_sealed(password_hash):
+            password_hash = seal(password_hash)
+        if sip_ha1:
+            sip_ha1 = {a: v if is_sealed(v) else seal(v) for a, v in sip_ha1.items()}
+        name = cred_key(kid)
+        self.writes.append((name, key))
+        return password_hash, sip_ha1, name
+
+    def forget(self, name: str | None) -> None:
+        """Do not store the key ``seal`` just made (its event was not built after all)."""
+        if name is not None and self.writes and self.writes[-1][0] == name:
+            self.writes.pop()
+
+    def seal_event(self, event: ev.Event) -> Sealed:
+        """``SecretKeys.seal([event])`` for a new account (the event copied with its values
+        sealed); any other event as it is."""
+        if not isinstance(event, ev.AccountCreated):
+            return Sealed([event])
+        hashed, ha1, name = self.seal(event.password_hash, event.sip_ha1)
+        if name is None:
+            return Sealed([event])
+        return Sealed([event.model_copy(update={"password_hash": hashed, "sip_ha1": ha1})], fresh=[name])
 
 
 def _sealed_credentials(event: ev.AccountCreated | ev.AccountPasswordSet, kid: str, key: bytes):
@@ -249,26 +307,23 @@ class SecretKeys:
         return out
 
     async def seal_creations(self, events: list[ev.Event]) -> list[Sealed]:
-        """``seal([event])`` for each of many new aggregates (a bulk import), the accounts'
-        key writes pipelined on one reply subscription: one awaited request per account
-        (``KeyValue.put``) was most of an import's cost when its rows carry password hashes.
-        Every key is stored (acknowledged) before this returns, so no event is appended
-        naming a key that is not there."""
-        out: list[Sealed | None] = [None] * len(events)
-        writes: list[tuple[str, bytes]] = []
-        for i, event in enumerate(events):
-            if isinstance(event, ev.AccountCreated) and (
-                    (event.password_hash and not is_sealed(event.password_hash))
-                    or any(not is_sealed(v) for v in event.sip_ha1.values())):
-                kid = secrets.token_hex(16)
-                key = AESGCM.generate_key(bit_length=256)
-                writes.append((cred_key(kid), key))
-                out[i] = Sealed([_sealed_credentials(event, kid, key)], fresh=[cred_key(kid)])
-        await self._put_many(writes)
+        """``seal([event])`` for each of many new aggregates (a bulk import): the accounts'
+        credentials through one ``CredentialSealer``, their key writes pipelined on one reply
+        subscription (one awaited ``KeyValue.put`` per account was most of an import's cost
+        when its rows carry password hashes).  Every key is stored (acknowledged) before this
+        returns, so no event is appended naming a key that is not there."""
+        sealer = CredentialSealer()
+        out = [sealer.seal_event(event) if isinstance(event, ev.AccountCreated) else None for event in events]
+        await self.store(sealer)
         for i, event in enumerate(events):
             if out[i] is None:
                 out[i] = await self.seal([event])
         return out  # type: ignore[return-value]
+
+    async def store(self, sealer: CredentialSealer) -> None:
+        """Write the data keys ``sealer`` made, pipelined; every one acknowledged on return."""
+        writes, sealer.writes = sealer.writes, []
+        await self._put_many(writes)
 
     async def _put_many(self, writes: list[tuple[str, bytes]], timeout: float = 5.0) -> None:
         if not writes:

@@ -26,7 +26,7 @@ from colony import events as ev
 from colony.bus import names
 from colony.eventstore import ConcurrencyConflict
 from colony_admin import aggregates, importer
-from colony_admin.auth import roles, secrets
+from colony_admin.auth import roles, sealing, secrets
 from colony_admin.auth.roles import Principal
 from colony_admin.deps import Admin, AdminContext, Caller, client_addr
 from colony_admin.models import AccountCreate, ImportJob, Role, TokenCreate
@@ -105,22 +105,29 @@ class ImportRun:
             self._cos_exists[name] = (await self.ctx.provisioning.load(names.AGG_COS, name)).state is not None
         return self._cos_exists[name]
 
-    async def _create_new(self, kind: str, items: list[tuple[str, ev.Event]]) -> list[int | None]:
+    async def _create_new(self, kind: str, items: list[tuple[str, ev.Event]],
+                          sealed: list[sealing.Sealed] | None = None) -> list[int | None]:
         """Create many aggregates at once; None where one exists already.
 
-        A conflict on a name that was deleted before (its subject has events) is not an
-        "exists": it is created through the ordinary command path instead.
+        ``sealed``: the events of ``items`` with their secrets sealed and those keys stored
+        already (``_create_accounts``); without it they are sealed here.  A conflict on a name
+        that was deleted before (its subject has events) is not an "exists": it is created
+        through the ordinary command path instead.
         """
         keys = self.ctx.provisioning.keys
-        # Secrets sealed (auth/sealing.py); the key writes of a batch go out together.
-        sealed = await keys.seal_creations([event for _, event in items])
+        if sealed is None:
+            # Secrets sealed (auth/sealing.py); the key writes of a batch go out together.
+            sealed = await keys.seal_creations([event for _, event in items])
         results = await self.ctx.store.create_many(
             [(names.provisioning_subject(kind, name), s.events[0].encode()) for (name, _), s in zip(items, sealed)])
         out: list[int | None] = []
         for (name, event), seal, result in zip(items, sealed, results, strict=True):
             if isinstance(result, ConcurrencyConflict):
-                await keys.shred_quietly(seal.fresh, "keys of a creation that lost a race")
                 loaded = await self.ctx.provisioning.load(kind, name)
+                # An event built sealed (``sealed`` given) is committed below as it is, naming
+                # its fresh key; one sealed here is committed in the clear and sealed again.
+                if loaded.state is not None or event is not seal.events[0]:
+                    await keys.shred_quietly(seal.fresh, "keys of a creation that lost a race")
                 result = None if loaded.state is not None else \
                     (await self.ctx.provisioning.commit(loaded, [event], wait=False)).version
             if result is not None:
@@ -189,19 +196,23 @@ class ImportRun:
                 self.job.tokens.append(entry)
         await self._audit("token.create", [f"{t['token_id']} for {t['domain']}" for t in minted])
 
-    def _prepare_simple(self, row: importer.AccountRow) -> tuple[str, ev.Event] | None:
+    def _prepare_simple(self, row: importer.AccountRow, sealer: sealing.CredentialSealer,
+                        ) -> tuple[str, sealing.Sealed] | None:
         """``_prepare_account`` for the common row that needs no I/O (no password to hash, no
-        CoS to look up, its domain known): decided here, without a task per row."""
+        CoS to look up, its domain known): decided here, without a task per row, and its
+        event built with its credentials sealed already (no clear event to copy)."""
+        fresh = None
         try:
             roles.require_domain(self.who, row.domain)
             cmd = row.account
+            hashed, ha1, fresh = sealer.seal(row.password_hash, _ha1(cmd))
             events = aggregates.create_account(None, self._domains[row.domain], row.domain, cmd,
-                                               password_hash=row.password_hash, sip_ha1=_ha1(cmd),
-                                               cos_exists=True)
+                                               password_hash=hashed, sip_ha1=ha1, cos_exists=True)
         except Problem as exc:
+            sealer.forget(fresh)
             self._error(row.row, exc.detail)
             return None
-        return f"{cmd.name}@{row.domain}", events[0]
+        return f"{cmd.name}@{row.domain}", sealing.Sealed(events, fresh=[fresh] if fresh else [])
 
     async def _prepare_account(self, row: importer.AccountRow) -> tuple[str, ev.Event] | None:
         try:
@@ -223,18 +234,21 @@ class ImportRun:
         return f"{cmd.name}@{row.domain}", events[0]
 
     async def _create_accounts(self, rows: list[importer.AccountRow]) -> None:
-        prepared: list[tuple[str, ev.Event] | None] = [None] * len(rows)
+        sealer = sealing.CredentialSealer()
+        prepared: list[tuple[str, sealing.Sealed] | None] = [None] * len(rows)
         slow: list[int] = []
         for i, r in enumerate(rows):
             if r.account.password is None and r.account.cos is None and r.domain in self._domains:
-                prepared[i] = self._prepare_simple(r)
+                prepared[i] = self._prepare_simple(r, sealer)
             else:
                 slow.append(i)
         if slow:  # passwords hash concurrently on the argon2 pool
             for i, p in zip(slow, await asyncio.gather(*(self._prepare_account(rows[i]) for i in slow)), strict=True):
-                prepared[i] = p
+                prepared[i] = None if p is None else (p[0], sealer.seal_event(p[1]))
         items = [(p, r) for p, r in zip(prepared, rows, strict=True) if p is not None]
-        results = await self._create_new(names.AGG_ADDRESS, [p for p, _ in items])
+        await self.ctx.provisioning.keys.store(sealer)  # every key acknowledged before an event names it
+        results = await self._create_new(names.AGG_ADDRESS, [(address, s.events[0]) for (address, s), _ in items],
+                                         [s for (_, s), _ in items])
         created, existing = [], []
         for ((address, _), row), seq in zip(items, results, strict=True):
             if seq is None:
