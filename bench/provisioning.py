@@ -194,14 +194,34 @@ def fresh_database(url: str):
         engine.dispose()
 
     sep = "&" if "?" in url else "?"
-    return f"{url}{sep}options=-csearch_path%3D{schema}", drop
+    # application_name: how postgres_cpu finds this run's server processes
+    return f"{url}{sep}options=-csearch_path%3D{schema}&application_name={schema}", drop
+
+
+def postgres_cpu(url: str) -> dict[int, float]:
+    """CPU used so far by each PostgreSQL server process (backend) serving this run's
+    connections (found by the application_name ``fresh_database`` gives them; the server
+    must run on this machine): the read model's writes cost the server's CPU as well as the
+    projector's, and on 2 cores it is taken from them."""
+    from urllib.parse import parse_qs, urlsplit
+
+    from sqlalchemy import create_engine, text
+
+    app = parse_qs(urlsplit(url).query).get("application_name", [""])[0]
+    engine = create_engine(url.split("?", 1)[0])
+    try:
+        with engine.connect() as conn:
+            pids = conn.execute(text("SELECT pid FROM pg_stat_activity WHERE application_name = :a"), {"a": app})
+            return {pid: cpu for (pid,) in pids if (cpu := cpu_seconds(pid)) is not None}
+    finally:
+        engine.dispose()
 
 
 async def main(args: argparse.Namespace) -> None:
     projector = None
     drop_schema = None
     cpu_before = cpu_after = None
-    api_cpu = bus_cpu = None
+    api_cpu = bus_cpu = pg_cpu = None
     wall_before = wall_after = 0.0
     load_before = os.getloadavg()
     tmp = Path(tempfile.mkdtemp(prefix="colony-bench-"))
@@ -231,6 +251,7 @@ async def main(args: argparse.Namespace) -> None:
             cpu_before = cpu_seconds(projector.pid) if projector is not None else None
             api_cpu_before = time.process_time()
             bus_cpu_before = cpu_seconds(srv.process.pid) if srv.process is not None else None
+            pg_before = postgres_cpu(database_url) if drop_schema is not None else None
             wall_before = time.perf_counter()
             n_domains, n_accounts, seconds = await bulk_create(client, headers, run, args.domains,
                                                                args.accounts_per_domain, args.chunk, args.time_budget,
@@ -238,6 +259,9 @@ async def main(args: argparse.Namespace) -> None:
             api_cpu = time.process_time() - api_cpu_before  # before the directory poll, which is not the API's
             directory_lag = await directory_caught_up(nc)
             cpu_after = cpu_seconds(projector.pid) if projector is not None else None
+            if pg_before is not None:
+                # a backend that started during the import counts from zero (its start-up is small)
+                pg_cpu = sum(cpu - pg_before.get(pid, 0.0) for pid, cpu in postgres_cpu(database_url).items())
             if bus_cpu_before is not None:
                 bus_cpu = cpu_seconds(srv.process.pid) - bus_cpu_before  # type: ignore[union-attr,operator]
             wall_after = time.perf_counter()
@@ -298,6 +322,9 @@ async def main(args: argparse.Namespace) -> None:
         # write and delivery is a message it stores or routes (same span as the projector's).
         table.add_row("nats-server CPU for the import",
                       f"{bus_cpu:.2f} s ({bus_cpu * 10_000 / n_accounts:.2f} s per 10,000 accounts)", "", "", "")
+    if pg_cpu is not None and n_accounts:
+        table.add_row("PostgreSQL server CPU for the import",
+                      f"{pg_cpu:.2f} s ({pg_cpu * 10_000 / n_accounts:.2f} s per 10,000 accounts)", "", "", "")
     table.add_row("directory KV (edges) caught up", "not within 300 s" if directory_lag is None else
                   f"{directory_lag:.1f} s after the last import job ended", "", "", "")
     for name, values in (("first page of domains", page_ms), ("deep page of domains (cursor)", deep_ms),
