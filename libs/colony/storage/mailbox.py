@@ -298,6 +298,7 @@ class AccountMail:
         self._pending: list[bytes] = []
         self._pending_records: list[j._Record] = []
         self._freed: list[str] = []
+        self._bodies_unsynced = False   # a body file was renamed into place since the last directory sync
         self._since_snapshot = 0
         self._broken: str | None = None
         self._listeners: list[Listener] = []
@@ -535,7 +536,13 @@ class AccountMail:
         data = b"".join(self._pending)
         records, self._pending, self._pending_records = self._pending_records, [], []
         try:
-            j.fsync_dir(self.bodies_dir)
+            if self._bodies_unsynced:
+                # The new bodies' names must be durable before a record naming them is; a
+                # batch that wrote no body (flags, expunges, ACLs: most IMAP commits) has
+                # nothing there to sync, and the directory's fsync cost as much CPU as the
+                # journal's own.
+                j.fsync_dir(self.bodies_dir)
+                self._bodies_unsynced = False
             self._write_now(data)
             newer = j.newer_claim(self.journal_dir, self.epoch)
             if newer is not None:
@@ -602,5 +609,6 @@ class AccountMail:
         self._check()
         self._body_counter += 1
         name = f"{self.epoch}-{self.state.seq + 1}-{self._body_counter}"
+        self._bodies_unsynced = True
         j.write_atomically(self.bodies_dir / name, data, sync_dir=False)  # commit() syncs the dir once
         return name
