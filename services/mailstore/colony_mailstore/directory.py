@@ -25,13 +25,19 @@ class Directory:
         self.clock = clock
         self.default_cos = default_cos  # Settings.default_cos: the class of a domain that has none
         self._cache: OrderedDict[str, tuple[float, object]] = OrderedDict()
+        # address -> (read time of the oldest entry it was computed from, quota): an IMAP
+        # session asks at every command, and computing it (three cached reads, each with its
+        # key's encoding, and the class-of-service rule) cost more than many a command's own
+        # work.  Kept no longer than the entries it came from, so it is never staler than they.
+        self._quotas: dict[str, tuple[float, int | None]] = {}
 
-    async def _get(self, kind: str, name: str):
+    async def _read(self, kind: str, name: str) -> tuple[float, object]:
+        """The entry (None: no such key) and when it was read from the bucket."""
         key = names.directory_key(kind, name)
         hit = self._cache.get(key)
         now = self.clock()
         if hit is not None and now - hit[0] < _CACHE_SECONDS:
-            return hit[1]
+            return hit
         try:
             entry = await self.kv.get(key)
             value = parse_entry(entry.value) if entry.value else None
@@ -41,7 +47,10 @@ class Directory:
         self._cache.move_to_end(key)
         while len(self._cache) > _CACHE_ENTRIES:
             self._cache.popitem(last=False)
-        return value
+        return now, value
+
+    async def _get(self, kind: str, name: str):
+        return (await self._read(kind, name))[1]
 
     async def domain(self, domain: str) -> DomainEntry | None:
         value = await self._get(names.AGG_DOMAIN, domain)
@@ -65,14 +74,26 @@ class Directory:
         """Bytes the account may store (None: unlimited): the same rule as every other door
         (``entitlements``): its class of service -- its own, else its domain's, else the
         cluster's default -- capped by the account's own quota."""
-        account = await self.account(address)
-        if account is None:
-            return None
-        domain_cos = None
-        if account.cos is None:
-            domain = await self.domain(account.domain)
-            domain_cos = domain.cos if domain else None
-        cos_name = entitlements.cos_name(account.cos, domain_cos, self.default_cos)
-        cos = await self._get(names.AGG_COS, cos_name) if cos_name else None
-        limits = cos.limits if isinstance(cos, CosEntry) else None
-        return entitlements.effective({"services": None, "quota_bytes": account.quota_bytes}, limits)["quota_bytes"]
+        hit = self._quotas.get(address)
+        if hit is not None and self.clock() - hit[0] < _CACHE_SECONDS:
+            return hit[1]
+        oldest, account = await self._read(names.AGG_ADDRESS, address)
+        if not isinstance(account, AccountEntry):
+            quota = None
+        else:
+            domain_cos = None
+            if account.cos is None:
+                read_at, domain = await self._read(names.AGG_DOMAIN, account.domain)
+                oldest = min(oldest, read_at)
+                domain_cos = domain.cos if isinstance(domain, DomainEntry) else None
+            cos_name = entitlements.cos_name(account.cos, domain_cos, self.default_cos)
+            cos = None
+            if cos_name:
+                read_at, cos = await self._read(names.AGG_COS, cos_name)
+                oldest = min(oldest, read_at)
+            limits = cos.limits if isinstance(cos, CosEntry) else None
+            quota = entitlements.effective({"services": None, "quota_bytes": account.quota_bytes}, limits)["quota_bytes"]
+        if len(self._quotas) >= _CACHE_ENTRIES:
+            self._quotas.clear()
+        self._quotas[address] = (oldest, quota)
+        return quota

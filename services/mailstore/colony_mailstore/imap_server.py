@@ -212,6 +212,11 @@ class _Conn:
     wake: asyncio.Event           # the account changed, or the watch wants the session gone
     leave: str | None = None      # set by the watch: say BYE with this
     ready: asyncio.Future | None = None   # what the session's wait awaits (see _serve)
+    timer: asyncio.TimerHandle | None = None  # the autologout check, while armed
+
+    def expire(self) -> None:
+        self.timer = None
+        self.poke()
 
     def poke(self, *_: object) -> None:
         """End the session's wait: data arrived, a wake-up, or the autologout deadline."""
@@ -221,6 +226,123 @@ class _Conn:
     def wake_up(self) -> None:
         self.wake.set()
         self.poke()
+
+
+class _Incoming(asyncio.Protocol):
+    """A session's connection once its first line (the hand-off) is read: what arrives is
+    kept here and the session's wait is ended (``_Conn.poke``) from the read's own callback,
+    instead of a read task per command and a done-callback on it.  Memory stays bounded as
+    with a stream reader: past ``READ_CHUNK`` unread bytes reading pauses until the session
+    takes them.  Writes go to the transport as before; ``drain`` waits while its buffer is
+    over the high-water mark.  The stream protocol it replaces still hears of the loss of the
+    connection, so ``StreamWriter.wait_closed`` works as usual."""
+
+    def __init__(self, transport: asyncio.Transport, previous: asyncio.BaseProtocol, conn: _Conn) -> None:
+        self.transport, self.previous, self.conn = transport, previous, conn
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.eof = False
+        self.lost = False
+        self._reading_paused = False
+        size, (_, high) = transport.get_write_buffer_size(), transport.get_write_buffer_limits()
+        self._writing_paused = size > high
+        self._drained: asyncio.Future | None = None
+
+    @classmethod
+    async def install(cls, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, conn: _Conn) -> _Incoming:
+        transport = writer.transport
+        incoming = cls(transport, transport.get_protocol(), conn)
+        gone = transport.is_closing() or reader.at_eof()
+        transport.set_protocol(incoming)
+        # Nothing feeds the stream reader any more: what it holds (commands the edge sent
+        # right behind the hand-off) comes first.
+        reader.feed_eof()
+        left = await reader.read()
+        if left:
+            incoming.chunks.append(left)
+            incoming.size = len(left)
+        if gone:
+            incoming.eof = True
+            return incoming
+        # Read the socket afresh: the stream protocol may have paused reading (a full
+        # buffer) or stopped it (an end of file that came while data was still buffered, which
+        # would otherwise never be heard of again); pausing and resuming registers it anew.
+        with suppress(Exception):
+            transport.pause_reading()
+            if incoming.size <= READ_CHUNK:
+                transport.resume_reading()
+            else:
+                incoming._reading_paused = True
+        return incoming
+
+    @property
+    def ready(self) -> bool:
+        """Something to take: data, or the end of the connection."""
+        return self.size > 0 or self.eof
+
+    def take(self) -> bytes:
+        """Everything received so far (b"" only at the end of the connection)."""
+        data = self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
+        self.chunks = []
+        self.size = 0
+        if self._reading_paused and not self.eof:
+            self._reading_paused = False
+            with suppress(Exception):
+                self.transport.resume_reading()
+        return data
+
+    def _pause(self) -> None:
+        if not self._reading_paused:
+            self._reading_paused = True
+            with suppress(Exception):
+                self.transport.pause_reading()
+
+    def stop(self) -> None:
+        """The session is over: wake nothing any more."""
+        self.conn = None
+
+    async def drain(self) -> None:
+        if self.lost:
+            raise ConnectionResetError("connection lost")
+        if self._writing_paused:
+            self._drained = asyncio.get_running_loop().create_future()
+            await self._drained
+            if self.lost:
+                raise ConnectionResetError("connection lost")
+
+    def _poke(self) -> None:
+        if self.conn is not None:
+            self.conn.poke()
+
+    # --- asyncio.Protocol -----------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        self.chunks.append(data)
+        self.size += len(data)
+        if self.size > READ_CHUNK:
+            self._pause()
+        self._poke()
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        self._poke()
+        return True       # half-closed: the commands already received are still answered
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.eof = self.lost = True
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+        self._poke()
+        with suppress(Exception):
+            self.previous.connection_lost(exc)
 
 
 class ImapServer:
@@ -335,7 +457,7 @@ class ImapServer:
     async def _serve(self, conn: _Conn, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                      remote: str | None) -> None:
         session = conn.session
-        read: asyncio.Task | None = None
+        incoming = await _Incoming.install(reader, writer, conn)
         out: list[bytes] = []     # a command's responses go out as one write, not one per line
         queued = 0
         try:
@@ -349,14 +471,14 @@ class ImapServer:
                         out.clear()
                         queued = 0
                         if writer.transport.get_write_buffer_size() > READ_CHUNK:
-                            await writer.drain()   # a client that does not read slows its own session only
+                            await incoming.drain()   # a client that does not read slows its own session only
                     continue
                 if out:
                     writer.write(b"".join(out))
                     out.clear()
                     queued = 0
                 if isinstance(action, S.Close):
-                    await writer.drain()
+                    await incoming.drain()
                     return
                 if isinstance(action, S.Authenticate):
                     await self._authenticate(conn, action, remote)
@@ -364,39 +486,39 @@ class ImapServer:
                 if isinstance(action, S.NeedStore):
                     await self._run(conn)
                     continue
-                await writer.drain()
+                await incoming.drain()
                 if conn.leave is not None and session.state != S.LOGOUT:
                     session.goodbye(conn.leave)
                     continue
-                if read is None:
-                    read = asyncio.ensure_future(reader.read(READ_CHUNK))
-                    read.add_done_callback(conn.poke)
-                if not read.done() and not conn.wake.is_set():
+                if not incoming.ready and not conn.wake.is_set():
                     # One future for "data, a wake-up or the deadline", resolved by whichever
-                    # comes first: per command that is cheaper than a waiter task for the
-                    # wake-up and asyncio.wait over both.  No polling per session: the watch
-                    # wakes it when it must go.
-                    conn.ready = asyncio.get_running_loop().create_future()
-                    timer = asyncio.get_running_loop().call_later(max(0.0, session.deadline - self.clock()),
-                                                                  conn.poke)
+                    # comes first; the connection's protocol resolves it itself (no read task
+                    # per command).  No polling per session: the watch wakes it when it must go.
+                    loop = asyncio.get_running_loop()
+                    conn.ready = loop.create_future()
+                    if conn.timer is None:
+                        # Armed once and left running: the deadline only moves later, so a
+                        # timer that fires early costs one look (tick) and is armed again,
+                        # instead of a timer made and cancelled at every command.
+                        conn.timer = loop.call_later(max(0.0, session.deadline - self.clock()), conn.expire)
                     try:
                         await conn.ready
                     finally:
-                        timer.cancel()
                         conn.ready = None
                 if conn.wake.is_set():
                     conn.wake.clear()
                     session.wake()
-                if read.done():
-                    data = read.result()
-                    read = None
+                if incoming.ready:
+                    data = incoming.take()
                     if not data:
-                        return
+                        return       # the edge (or the client) closed
                     session.receive_data(data)
                 session.tick()
         finally:
-            if read is not None:
-                read.cancel()
+            incoming.stop()
+            if conn.timer is not None:
+                conn.timer.cancel()
+                conn.timer = None
 
     async def _authenticate(self, conn: _Conn, action: S.Authenticate, remote: str | None) -> None:
         if self.auth is None:
@@ -562,7 +684,10 @@ class ImapServer:
                 loop, account = asyncio.get_running_loop(), session.account
                 store = CompositeStore(store, account, owners,
                                        lambda owner: RemoteView(self.sharing.call, loop, owner, account))
-            before = grantees(acct.mail)
+            # Who the account grants rights to, for the grant index, only around a command
+            # that may change it (a walk over every mailbox's ACL, twice, per command).
+            follow = self.sharing is not None and not session.pending_keeps_grants()
+            before = grantees(acct.mail) if follow else None
             started = time.perf_counter()
             try:
                 if self._light(session, acct.mail, owners, store):
@@ -570,12 +695,12 @@ class ImapServer:
                 else:
                     await asyncio.to_thread(session.run, store)
                 self.metrics.work.observe(time.perf_counter() - started)
-                after = grantees(acct.mail)
+                after = grantees(acct.mail) if follow else None
             except Exception:
                 log.exception("IMAP command for %s failed", session.account)
                 session.abort("[SERVERBUG] Internal error; the account will be reopened")
             else:
-                if self.sharing is not None:
+                if follow:
                     await self.sharing.record(session.account, before, after)
                 return
         # A failed commit breaks the handle: close it (outside its lock) so the next command reopens.

@@ -191,6 +191,31 @@ async def test_handoff_starts_an_authenticated_session_and_refuses_forgeries(ima
     assert data.startswith(b"NO "), data
 
 
+def _pipelined_then_closed(host: str, port: int, first: bytes) -> bytes:
+    """The hand-off, commands right behind it and the end of the connection (no LOGOUT), all
+    sent before the store answers anything; then everything the store sends until it closes."""
+    with socket.create_connection((host, port), timeout=30) as s:
+        s.sendall(first + b"t2 SELECT INBOX\r\nt3 FETCH 1:3 (UID)\r\n")
+        s.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+        return data
+
+
+async def test_commands_sent_with_the_handoff_and_an_early_close_are_all_answered(imap):
+    # The store reads a session's bytes in its connection's own callback once the hand-off
+    # line is taken; bytes and an end of file that came before that must not be lost.
+    world, host, port, view, secret = imap
+    inner_host, _, inner_port = view.addresses["imap-inner"].rpartition(":")
+    line = handoff.sign(handoff.load_secret(secret), "imap", BOB, "198.51.100.7", int(time.time() * 1000))
+    data = await asyncio.wait_for(asyncio.to_thread(_pipelined_then_closed, inner_host, int(inner_port), line), 30)
+    assert data.startswith(b"OK [CAPABILITY IMAP4rev1"), data
+    assert b"t2 OK [READ-WRITE]" in data and data.count(b" FETCH (UID ") == 3, data
+    # ...and the end of file ended the session: the store closed (else recv times out).
+    assert data.endswith(b"t3 OK FETCH completed\r\n"), data
+
+
 def _one_read_per_command(host: str, port: int) -> list[bytes]:
     """Each command's whole answer as the first recv after it (one write by the store)."""
     answers = []

@@ -99,6 +99,12 @@ _SELECTED = {"CHECK", "CLOSE", "UNSELECT", "EXPUNGE", "SEARCH", "FETCH", "STORE"
 # never a commit, never a message's octets (``pending_reads``).
 _STATE_READS = {"NOOP", "CHECK", "SELECT", "EXAMINE", "UNSELECT", "IDLE", "NAMESPACE", "ENABLE", "LIST", "LSUB",
                 "STATUS", "GETQUOTA", "GETQUOTAROOT", "GETACL", "LISTRIGHTS", "MYRIGHTS"}
+# Commands that never create, delete or rename a mailbox nor change an ACL: whatever they
+# write is messages and flags (``pending_keeps_grants``).
+_KEEPS_GRANTS = _STATE_READS | {"FETCH", "STORE", "SEARCH", "SORT", "THREAD", "CLOSE", "EXPUNGE", "UID EXPUNGE",
+                                "APPEND", "COPY", "MOVE", "SUBSCRIBE", "UNSUBSCRIBE"}
+# The name a FETCH response gives an item asked for without setting \Seen.
+_LABELS = {"BODY.PEEK": "BODY", "BINARY.PEEK": "BINARY"}
 # FETCH items answered from the message's metadata alone.
 _FETCH_METADATA = {"FLAGS", "UID", "MODSEQ", "INTERNALDATE", "RFC822.SIZE"}
 
@@ -327,6 +333,18 @@ class Session:
         else:
             return None
         return list(uids) if len(uids) <= READS_AT_MOST else None
+
+    def pending_keeps_grants(self) -> bool:
+        """Whether the waiting work certainly leaves every mailbox and ACL of the account as
+        it is (it reads, or writes only messages and flags), so a shell that must follow who
+        the account grants rights to need not look after it.  A hint like ``pending_reads``:
+        False whenever in doubt."""
+        if self._resume is not None:
+            return True          # the next batch of a FETCH
+        cmd = self._pending_command
+        if cmd is None:
+            return self._idle_tag is not None     # IDLE woken: a sync
+        return _name(cmd) in _KEEPS_GRANTS
 
     @property
     def deadline(self) -> float:
@@ -1267,7 +1285,12 @@ class Session:
         batch in memory, not the mailbox."""
         current = {m.uid: m for m in store.messages(self.mailbox)}
         position = {u: i + 1 for i, u in enumerate(self._uids)}
+        # What does not depend on the message, worked out once per batch rather than per message.
+        flags_asked = any(i.name == "FLAGS" for i in items)
+        add_modseq = self.condstore and not any(i.name == "MODSEQ" for i in items)
+        others = [(item, self._fetch_label(item)) for item in items if item.name != "FLAGS"]
         queued = 0
+        out = self._out
         for n, u in enumerate(uids):
             if queued >= FETCH_BATCH_BYTES:
                 self._resume = (cmd, items, uids[n:], sets_seen)
@@ -1275,23 +1298,35 @@ class Session:
             msg = current.get(u)
             if msg is None:
                 continue                 # expunged by another session; its EXPUNGE comes later
-            parts: list[bytes] = []
-            want_flags = any(i.name == "FLAGS" for i in items) or (sets_seen and self._flags.get(u) != msg.flags)
-            for item in items:
-                if item.name != "FLAGS":
-                    parts.append(self._fetch_item(item, msg, store))
-            if want_flags:
+            parts = [self._fetch_item(item, msg, store, label) for item, label in others]
+            if flags_asked or (sets_seen and self._flags.get(u) != msg.flags):
                 parts.insert(0, f"FLAGS ({self._show(u, msg.flags)})".encode())
                 self._flags[u] = msg.flags
-                if self.condstore and not any(i.name == "MODSEQ" for i in items):
+                if add_modseq:
                     parts.append(f"MODSEQ ({msg.modseq})".encode())
-            data = f"* {position[u]} FETCH (".encode() + b" ".join(parts) + b")\r\n"
+            data = b"* %d FETCH (%b)\r\n" % (position[u], b" ".join(parts))
             queued += len(data)
-            self._out.append(Send(data))
+            out.append(Send(data))
         self._sync(store, expunge=cmd.uid)
         return None
 
-    def _fetch_item(self, item: C.FetchItem, msg: StoredMessage, store: Store) -> bytes:
+    @staticmethod
+    def _fetch_label(item: C.FetchItem) -> str | None:
+        """The response label of a BODY[...] / BINARY[...] item without its partial origin
+        (``BODY[1.HEADER.FIELDS (FROM)]``); None for the other items."""
+        if item.section is None or item.name not in ("BODY", "BODY.PEEK", "BINARY", "BINARY.PEEK", "BINARY.SIZE"):
+            return None
+        numbers, text, fields = item.section
+        section = ".".join(str(n) for n in numbers)
+        if text:
+            section = f"{section}.{text}" if section else text
+            if fields:
+                section += " (" + " ".join(f.upper() for f in fields) + ")"
+        if item.name == "BINARY.SIZE":
+            return section
+        return f"{_LABELS.get(item.name, item.name)}[{section}]"
+
+    def _fetch_item(self, item: C.FetchItem, msg: StoredMessage, store: Store, label: str | None = None) -> bytes:
         name = item.name
         if name == "UID":
             return f"UID {msg.uid}".encode()
@@ -1311,12 +1346,8 @@ class Session:
             text = {"RFC822": None, "RFC822.HEADER": "HEADER", "RFC822.TEXT": "TEXT"}[name]
             return name.encode() + b" " + _literal(mime.section_bytes(data, root, [], text))
         numbers, text, fields = item.section
-        label_name = {"BODY.PEEK": "BODY", "BINARY.PEEK": "BINARY"}.get(name, name)
-        section = ".".join(str(n) for n in numbers)
-        if text:
-            section = f"{section}.{text}" if section else text
-            if fields:
-                section += " (" + " ".join(f.upper() for f in fields) + ")"
+        if label is None:
+            label = self._fetch_label(item)
         try:
             if name.startswith("BINARY"):
                 part = mime.find_part(root, list(numbers))
@@ -1330,8 +1361,7 @@ class Session:
         except mime.SectionError:
             octets = b""     # a part that does not exist reads as empty (RFC 9051 §6.4.5)
         if name == "BINARY.SIZE":
-            return f"BINARY.SIZE[{section}] {len(octets)}".encode()
-        label = f"{label_name}[{section}]"
+            return f"BINARY.SIZE[{label}] {len(octets)}".encode()
         if item.partial is not None:
             offset, length = item.partial
             octets = octets[offset:offset + length]
@@ -1393,7 +1423,8 @@ class Session:
 
     def _announce_keywords(self, messages) -> None:
         """A new keyword is a new defined flag: say so before the FETCH that carries it."""
-        keywords = {f for m in messages for f in m.flags if not f.startswith("\\")}
+        # One union of the messages' flag sets (in C), then the few distinct flags filtered.
+        keywords = {f for f in set().union(*[m.flags for m in messages]) if not f.startswith("\\")}
         if not keywords <= self._keywords:
             self._keywords |= keywords
             flags = " ".join((*SYSTEM_FLAGS, *sorted(self._keywords)))
