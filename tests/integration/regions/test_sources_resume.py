@@ -94,8 +94,18 @@ class Regions:
 
 
 @pytest.fixture
-async def regions(tmp_path):
+def stop_servers_anyway(request):
+    """A synchronous finalizer: when pytest-timeout interrupts the event loop, the async
+    fixture's teardown below may never run, and its three nats-servers would outlive the run."""
+    servers = []
+    request.addfinalizer(lambda: [server.stop() for server in servers])
+    return servers
+
+
+@pytest.fixture
+async def regions(tmp_path, stop_servers_anyway):
     r = Regions(tmp_path)
+    stop_servers_anyway.extend([*r.servers.values(), r.hub])
     yield r
     await r.close()
 
