@@ -216,6 +216,40 @@ async def test_commands_sent_with_the_handoff_and_an_early_close_are_all_answere
     assert data.endswith(b"t3 OK FETCH completed\r\n"), data
 
 
+def _silent_session(host: str, port: int, first: bytes) -> tuple[bytes, float]:
+    """A handed-over session that runs two commands a second apart, then stays silent: what
+    the store sends until it closes, and how long after the last command it closed."""
+    with socket.create_connection((host, port), timeout=30) as s:
+        s.sendall(first)
+        data = _read_until(s, b"\r\n", 30)
+        for tag in (b"t2", b"t3"):
+            time.sleep(1.0)
+            s.sendall(tag + b" NOOP\r\n")
+            data += _read_until(s, tag + b" OK", 30)
+        last = time.monotonic()
+        while chunk := s.recv(65536):
+            data += chunk
+        return data, time.monotonic() - last
+
+
+async def test_a_silent_session_is_logged_out_after_the_idle_timeout_from_its_last_command(world, tmp_path):
+    # The store arms one autologout timer per session and arms it again when it fires before
+    # the deadline (each command moves the deadline later): the BYE must still come a whole
+    # timeout after the last command, not after the first.
+    secret = tmp_path / "cluster.secret"
+    handoff.ensure_secret(secret)
+    await world.domain()
+    await world.account(BOB)
+    world.start("mailstore-1", COLONY_CLUSTER_SECRET_FILE=str(secret), COLONY_IMAP_IDLE_TIMEOUT="2.5",
+                COLONY_OUTBOUND_SMTP_PORT="25")
+    view = await world.cluster.wait_state("mailstore-1", "READY", timeout=60)
+    inner_host, _, inner_port = view.addresses["imap-inner"].rpartition(":")
+    line = handoff.sign(handoff.load_secret(secret), "imap", BOB, "198.51.100.7", int(time.time() * 1000))
+    data, after = await asyncio.wait_for(asyncio.to_thread(_silent_session, inner_host, int(inner_port), line), 40)
+    assert b"t2 OK" in data and b"t3 OK" in data and b"* BYE Autologout" in data, data
+    assert after >= 2.4, after      # measured from t3, although a timer was armed at t2 and before
+
+
 def _one_read_per_command(host: str, port: int) -> list[bytes]:
     """Each command's whole answer as the first recv after it (one write by the store)."""
     answers = []
