@@ -137,11 +137,14 @@ class _Session:
         return True
 
     async def _read(self) -> None:
-        deadline = self.conn.get_timer()
-        timeout = None if deadline is None else max(0.0, deadline - self.loop.time())
+        deadline = self.conn.get_timer()   # on the loop's clock, as the core was given it
         await self._drain()
         try:
-            data = await asyncio.wait_for(self.reader.read(READ_SIZE), timeout)
+            # timeout_at, not wait_for: Python 3.11's wait_for wraps the read in a new task
+            # (two more loop callbacks per read, four reads per submitted message); this
+            # only arms a timer handle.
+            async with asyncio.timeout_at(deadline):
+                data = await self.reader.read(READ_SIZE)
         except asyncio.TimeoutError:
             self.conn.handle_timer(self.loop.time())
             return
