@@ -17,3 +17,22 @@ def need_tool(name: str, package: str | None = None) -> str:
             pytest.fail(f"{name} is required in CI (apt-get install {package}; listed in .ci/apt-packages)")
         pytest.skip(f"{name} is not installed (apt-get install {package})")
     return path
+
+
+# Ports a test plans itself (a `colony up` base port, a nats-server's route port) come from
+# below the kernel's ephemeral range (32768+), where no process's outgoing connection can
+# take them.  Checking that a port is free and binding it are two steps, so under
+# pytest-xdist each worker plans from its own slice of the band: two workers never pick
+# the same port, and the free check only races with processes outside the run.
+PORT_BAND = (10000, 32000)
+
+
+def port_band(span: int = 1) -> range:
+    """The first ports this test process may plan ``span`` consecutive ports from."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+    width = (PORT_BAND[1] - PORT_BAND[0]) // workers // 1000 * 1000  # slices on 1000s: bases stay round
+    low = PORT_BAND[0] + worker * width
+    if span > width:
+        raise RuntimeError(f"{span} ports do not fit in a worker's {width}")
+    return range(low, low + width - span + 1)

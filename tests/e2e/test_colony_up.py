@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from colony.ports import PortPlan, ephemeral_overlap, port_is_free
+from tools import port_band
 
 pytestmark = pytest.mark.slow
 
@@ -25,9 +26,11 @@ COLONY = str(Path(sys.executable).parent / "colony")
 
 def free_base_port() -> int:
     """A base port whose whole plan is free right now, below the kernel's ephemeral range
-    (32768+), where the instances' own outgoing connections could take a planned port."""
+    (32768+), where the instances' own outgoing connections could take a planned port, and
+    in this pytest-xdist worker's own slice of it (tools.port_band)."""
+    band = port_band(2000)  # + the second store block (1000 up)
     for _ in range(200):
-        base = random.randrange(10000, 30000, 100)  # + the second store block (1000 up)
+        base = random.randrange(band.start, band.stop, 100)
         if all(port_is_free("127.0.0.1", p) for _, p in PortPlan(base).all_ports(12, 2)):
             return base
     raise RuntimeError("no free port range")

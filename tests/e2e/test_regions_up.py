@@ -25,6 +25,7 @@ import pytest
 import test_colony_up as colony_up
 from test_colony_up import COLONY, ready_nodes, start_up, stop_up, wait_for
 from colony.ports import port_is_free
+from tools import port_band
 
 pytestmark = pytest.mark.slow
 
@@ -36,8 +37,9 @@ ROLES = ("admin-api", "controller", "edge", "mailstore", "projector", "sipfarm")
 def free_base() -> int:
     import random
 
+    band = port_band(2000)  # this pytest-xdist worker's slice: regions at base + 200*n, second instances 1000 up
     for _ in range(200):
-        base = random.randrange(10000, 30000, 1000)
+        base = random.randrange(band.start, band.stop, 1000)
         if all(port_is_free("127.0.0.1", base + off) for off in (0, 1, 2, 3, 25, 70, 100, 200, 201, 225, 270, 300)):
             return base
     raise RuntimeError("no free port range")

@@ -24,6 +24,7 @@ from colony.bus.connection import connect
 from colony.bus.secrets import init_bus
 from colony.natsd import nats_server_binary
 from colony.ports import port_is_free
+from tools import port_band
 from colony.settings import Settings
 
 pytestmark = pytest.mark.slow
@@ -35,8 +36,9 @@ START_TIMEOUT = 60
 def free_ports(count: int) -> list[int]:
     """Free ports below the kernel's ephemeral range (as tests/integration/cluster/test_nats_cluster.py)."""
     found: list[int] = []
+    band = port_band()  # this pytest-xdist worker's own slice
     while len(found) < count:
-        port = random.randrange(20000, 32000)
+        port = random.choice(band)
         if port not in found and port_is_free("127.0.0.1", port):
             found.append(port)
     return found

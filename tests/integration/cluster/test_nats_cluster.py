@@ -14,6 +14,7 @@ import pytest
 
 from colony.natsd import EmbeddedNats, NatsServerError
 from colony.ports import port_is_free
+from tools import port_band
 
 pytestmark = pytest.mark.slow
 
@@ -22,8 +23,9 @@ def free_ports(count: int) -> list[int]:
     """Free ports below the kernel's ephemeral range: a port the kernel just handed us for a
     bind is one it may hand the next outgoing connection (any process's) too."""
     found: list[int] = []
+    band = port_band()  # this pytest-xdist worker's own slice
     while len(found) < count:
-        port = random.randrange(20000, 32000)
+        port = random.choice(band)
         if port not in found and port_is_free("127.0.0.1", port):
             found.append(port)
     return found
