@@ -44,7 +44,9 @@ from colony.storage.layout import ACCOUNT_SUFFIX, StorageLayout, find_account  #
 from colony.storage.mailbox import read_state  # noqa: E402
 from colony_controller.move_port import BusMovePort  # noqa: E402
 
-pytestmark = pytest.mark.slow
+# alone under pytest-xdist: it freezes and kills stores of a three-server, three-store world,
+# and its deadlines come from the timers that bound each wait, not from the load of a second test.
+pytestmark = [pytest.mark.slow, pytest.mark.alone]
 
 REGIONS = ("eu", "us")
 DOMAIN = "move.example"
