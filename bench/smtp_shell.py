@@ -47,7 +47,11 @@ class Acceptor:
 
 
 async def run(transactions: int) -> float:
-    spool = Path(tempfile.mkdtemp(prefix="colony-bench-shell-")) / "spool"
+    with tempfile.TemporaryDirectory(prefix="colony-bench-shell-") as tmp:
+        return await _run(transactions, Path(tmp) / "spool")
+
+
+async def _run(transactions: int, spool: Path) -> float:
     server = SmtpServer(SmtpServerConfig(hostname="mx.test", spool_dir=spool, max_message_size=10_000_000,
                                          max_recipients=100, max_errors=10, timeout=60.0),
                         Policy(), Acceptor(), SmtpMetrics(CollectorRegistry()), SessionTracker())
