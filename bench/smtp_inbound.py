@@ -2,14 +2,17 @@
 
     .venv/bin/python bench/smtp_inbound.py [--messages 2000] [--clients 16] [--sizes 1k,100k]
                                            [--mailstores 1,3] [--no-peer] [--by-process]
-                                           [--repeat N] [--idle-seconds 5]
+                                           [--repeat N] [--idle-seconds 5] [--accounts 20]
 
 Both systems run on this machine on loopback, configured by this script, with the same
 durability: Colony's embedded nats-server syncs every acknowledged write
 (``sync_interval: always``) and its mail stores fsync before they acknowledge; Postfix
 fsyncs its queue files and Dovecot runs with ``mail_fsync = always``.  The same load goes
 to both: ``--clients`` concurrent SMTP sessions sending ``--messages`` messages of each size
-to 20 accounts in one domain, one connection per client reused for all its messages.
+to ``--accounts`` accounts (20 by default) in one domain, round robin, one connection per
+client reused for all its messages.  Few accounts favour few mail stores: deliveries to one
+account share its journal's fsync, and one store holding every job in flight finds more of
+them for the same account than each of three stores does (``--accounts 1000`` takes that out).
 
 A message counts as *stored* when it is in a mailbox on disk (a body file in the account's
 mail store, a file in the user's Maildir).  The table prints messages/s from the first
@@ -62,7 +65,7 @@ from colony_up import ColonyUp, process_label  # noqa: E402
 from peers import Dovecot, Postfix, have, process_cpu, wait_port  # noqa: E402
 
 DOMAIN = "bench.test"
-ACCOUNTS = [f"user{i}" for i in range(20)]
+ACCOUNTS = [f"user{i}" for i in range(20)]  # --accounts replaces it
 console = Console(width=120)
 
 
@@ -161,8 +164,9 @@ def run_colony(workdir: Path, count: int, size: int, clients: int, mailstores: i
         def stored() -> int:
             return sum(1 for _ in storage.glob("**/*.macnt/mail/bodies/*"))
 
-        # The edge learns new accounts from its directory cache: wait until it accepts one.
-        asyncio.run(run_load(smtp_port, 1, 100, 1))
+        # The edge learns new accounts from its directory cache, in the order they were
+        # created: wait until it accepts the last one.
+        asyncio.run(smtp_session(smtp_port, [(f"{ACCOUNTS[-1]}@{DOMAIN}", make_message(100, len(ACCOUNTS) - 1))], []))
         wait_stored(stored, 1, 60)
         forwarded0 = forwarded_deliveries(colony)
         pids = colony.pids()
@@ -345,7 +349,12 @@ def main() -> None:
                         help="run each mail store count this many times, ABBA order; print medians and growth")
     parser.add_argument("--idle-seconds", type=float, default=5.0,
                         help="measure each process's idle CPU this long before the load (0: skip 'net of idle')")
+    parser.add_argument("--accounts", type=int, default=20,
+                        help="accounts the messages go to, round robin (few favour few mail stores: shared fsyncs)")
     args = parser.parse_args()
+    if args.accounts < 1:
+        parser.error("--accounts must be at least 1")
+    ACCOUNTS[:] = [f"user{i}" for i in range(args.accounts)]
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
     missing = [] if args.no_peer else have("postfix", "dovecot")
