@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 from collections.abc import AsyncIterator
 from typing import Literal
@@ -25,7 +24,7 @@ from colony.eventstore import EventStore
 from colony.contracts.recipients import Limits
 from colony.metrics import BusRequestMetrics, Metrics
 from colony.settings import Settings
-from colony_admin import db
+from colony_admin import db, gcpolicy
 from colony_admin.auth.secrets import password_hasher
 from colony_admin.auth.throttle import Throttle
 from colony_admin.authservice import AuthService
@@ -69,7 +68,7 @@ def create_app(settings: Settings, nc: Client, *, hasher: PasswordHasher | None 
         # Everything built so far (FastAPI's routes and models, SQLAlchemy's tables, pydantic
         # validators) lives as long as the process: keep it out of the cyclic GC's full
         # collections, which otherwise walk all of it again and again during a bulk import.
-        gc.freeze()
+        gcpolicy.after_start_up()
         try:
             yield
         finally:

@@ -28,7 +28,6 @@ becomes visible about 1.6x faster with the projections in another process (see
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 
 from colony.bus import names
@@ -36,7 +35,7 @@ from colony.cluster.node import NodeRuntime
 from colony.cluster.service_main import run_service
 from colony.eventstore import EventStore
 from colony.settings import Settings
-from colony_admin import db
+from colony_admin import db, gcpolicy
 from colony_admin.projections import readmodel
 from colony_admin.projections.directory import DirectoryProjection
 from colony_admin.projections.position import ANNOUNCE_EVERY, ReadModelPosition
@@ -82,7 +81,7 @@ class ProjectorWorkload:
             runtime.spawn(f"projection-{name}", projection.follow, restart=True,
                           context=lambda p=projection: f"at seq {getattr(p, 'position', '?')}; resumes from its checkpoint")
         runtime.spawn("announce-position", self._announce_every, restart=True)
-        gc.freeze()  # modules, models and tables live as long as the process: out of the GC's way
+        gcpolicy.after_start_up()  # modules, models and tables frozen out of the GC's way; a larger young generation
         return {}
 
     async def _announce(self, seq: int) -> None:
