@@ -19,9 +19,9 @@ def test_an_idle_runner_asks_for_all_its_free_slots_in_one_long_poll():
 
 def test_what_is_owed_and_in_flight_never_exceeds_the_free_slots():
     ledger = PullLedger(expires=5.0, refill=4)
-    first = ledger.sent(ledger.plan(free=8, now=0.0), now=0.0)
+    ledger.sent(ledger.plan(free=8, now=0.0), now=0.0)
     for _ in range(3):                     # three jobs arrive: three slots taken, three fewer owed
-        ledger.delivered(first.number)
+        ledger.delivered()
     assert ledger.owed() == 5
     assert ledger.plan(free=5, now=0.1) == 0
     # two jobs end: 7 free, 5 owed -> 2 wanted, under the refill of 4: wait for more to free up
@@ -34,9 +34,9 @@ def test_what_is_owed_and_in_flight_never_exceeds_the_free_slots():
 
 def test_a_request_that_got_all_it_asked_for_is_over_without_a_status():
     ledger = PullLedger(expires=5.0)
-    request = ledger.sent(2, now=0.0)
-    assert ledger.delivered(request.number) is False
-    assert ledger.delivered(request.number) is True
+    ledger.sent(2, now=0.0)
+    assert ledger.delivered() is False
+    assert ledger.delivered() is True
     assert ledger.outstanding == {} and ledger.plan(free=1, now=0.1) == 1
 
 
@@ -51,13 +51,24 @@ def test_a_status_left_over_from_a_request_given_up_ends_nothing():
     assert ledger.ended(new.number, "408", now=3.5) is True
 
 
-def test_a_message_for_a_request_given_up_is_still_a_delivery_but_changes_no_request():
+def test_jobs_fill_the_oldest_open_request_first_as_the_server_does():
+    """A job names no request (it comes under its own subject): the server fills its waiting
+    requests in order, so the ledger counts a job against the oldest open one."""
+    ledger = PullLedger(expires=5.0, refill=2)
+    first = ledger.sent(2, now=0.0)
+    second = ledger.sent(2, now=0.1)
+    assert ledger.delivered() is False and ledger.delivered() is True   # the first is complete
+    assert first.number not in ledger.outstanding
+    assert ledger.delivered() is False
+    assert ledger.outstanding[second.number].remaining == 1
+    assert ledger.ended(second.number, "408", now=5.1) is True
+
+
+def test_a_job_with_no_request_open_changes_nothing():
     ledger = PullLedger(expires=1.0)
-    old = ledger.sent(3, now=0.0)
-    ledger.expire(now=5.0)
-    new = ledger.sent(3, now=5.0)
-    assert ledger.delivered(old.number) is False
-    assert ledger.outstanding[new.number].remaining == 3
+    ledger.sent(3, now=0.0)
+    ledger.expire(now=5.0)                 # given up; a late job for it still arrives
+    assert ledger.delivered() is False and ledger.outstanding == {}
 
 
 def test_a_refusal_holds_new_requests_for_a_moment_instead_of_a_tight_loop():
@@ -73,7 +84,7 @@ def test_a_refusal_holds_new_requests_for_a_moment_instead_of_a_tight_loop():
 def test_an_expired_long_poll_with_something_delivered_is_not_a_missing_consumer():
     ledger = PullLedger(expires=1.0, grace=1.0)
     answered = ledger.sent(2, now=0.0)
-    ledger.delivered(answered.number)
+    ledger.delivered()
     silent = ledger.sent(1, now=0.5)
     assert ledger.next_deadline() == 2.0
     given_up = ledger.expire(now=2.6)

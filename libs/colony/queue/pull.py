@@ -10,8 +10,13 @@ short (max waiting, leadership change, and "Consumer Deleted"), ``503`` (no resp
 consumer does not exist; ``100`` is an idle heartbeat and ends nothing.
 
 ``JobPuller`` subscribes one private wildcard inbox, ``<inbox>.*``, and gives every request a
-reply subject of its own, ``<inbox>.<request number>``.  So a status always names the request
-it ends: one left over from a request given up earlier cannot end a newer one.  (That is the
+reply subject of its own, ``<inbox>.<request number>``.  So a status -- sent to the request's
+reply subject -- always names the request it ends: one left over from a request given up
+earlier cannot end a newer one.  A job names no request: the server delivers it on the inbox
+subscription but under the subject it was published to.  It fills the oldest open request
+first (the server serves its waiting requests in order, each until its batch is complete:
+checked on nats-server 2.15, where a 408 then reports what the younger request still lacked),
+so the ledger counts each job against the oldest request it has open.  (That is the
 flaw this module replaces: nats-py 2.16's ``PullSubscription.fetch`` shares one reply subject
 between its requests, takes a stale ``408`` as the answer to its first request, and then holds
 a job that arrives for its second request until the fetch's deadline -- the "tail stall" of
@@ -107,16 +112,16 @@ class PullLedger:
         self.outstanding[request.number] = request
         return request
 
-    def delivered(self, number: int) -> bool:
-        """A message for request ``number`` arrived; True when that ended the request (it got
-        all it asked for: the server ends it without a status)."""
-        request = self.outstanding.get(number)
-        if request is None:
-            return False  # given up before: still a delivery, but it changes nothing here
+    def delivered(self) -> bool:
+        """A job arrived: it filled the oldest open request (the server's order).  True when
+        that completed the request (the server ends it without a status)."""
+        if not self.outstanding:
+            return False  # for a request given up before: still a delivery, but it changes nothing here
+        request = self.outstanding[min(self.outstanding)]
         request.answered = True
         request.remaining -= 1
         if request.remaining <= 0:
-            del self.outstanding[number]
+            del self.outstanding[request.number]
             return True
         return False
 
@@ -182,17 +187,16 @@ class JobPuller:
         self._sub = None
 
     async def _on_msg(self, msg: Msg) -> None:
-        number = _request_number(msg.subject)
         status = msg.headers.get(_STATUS) if msg.headers else None
         if not status:
-            if self.ledger.delivered(number):
+            if self.ledger.delivered():
                 self._wake.set()
             self.on_job(msg)
             return
         if status == _HEARTBEAT:
             return
         self.statuses[status] += 1
-        if not self.ledger.ended(number, status, self.clock()):
+        if not self.ledger.ended(_request_number(msg.subject), status, self.clock()):
             return  # a request given up earlier: it ends nothing now
         description = (msg.headers or {}).get(_DESCRIPTION, "")
         if status == "503":

@@ -427,3 +427,23 @@ async def test_a_job_queued_after_a_runner_stopped_goes_to_the_next_runner_at_on
     await wait_until(lambda: _is(_handled(second), 1), 30, "the job handled by the second runner, long before ack_wait")
     assert handled == ["second"]
     await second.stop()
+
+
+async def test_a_backlog_larger_than_the_slots_is_worked_off_without_waiting_for_polls_to_expire(nc, js, owner):
+    """Forty jobs queued, four slots, a long poll of a minute: each batch that ends makes room
+    for the next request at once.  (A job comes under its own subject, not its request's, so a
+    ledger that looked for the request in the job's subject kept the first request owed until
+    its deadline and took one batch per long poll.)"""
+    for n in range(40):
+        await js.publish(f"test.jobs.backlog.x{n}", b"%d" % n)
+    runner = QueueRunner(nc, stream=STREAM, durable="workers", filter_subject=SUBJECTS, handler=_done,
+                         policy=QueuePolicy(max_deliver=3, ack_wait=30, backoff=(0.05,), concurrency=4),
+                         fetch_timeout=60)
+    await runner.start(owner.spawn)
+    await wait_until(lambda: _is(_handled(runner), 40), 30, "the backlog handled, four at a time")
+    assert runner._puller.statuses["408"] == 0
+    await runner.stop()
+
+
+async def _done(job: Job):
+    return None
