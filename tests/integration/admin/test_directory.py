@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 
-from conftest import unique_domain, wait_until
+from conftest import connect, unique_domain, wait_until
 
 from colony.bus import names
 from colony.contracts import directory as contract
@@ -88,6 +88,8 @@ async def test_projector_role_writes_what_the_admin_api_serves_and_drains(make_s
     instance (its own cluster member, here in this process) that writes the read model and
     the directory; commands still answer only once the read model shows them."""
     url = databases.new()
+    # The schema first, as a controller would have made it: the projector role may not.
+    await (await connect(nats_url)).close()
     settings = Settings(nats_url=nats_url, data_dir=tmp_path, node_id="projector-t", database_url=url)
     runtime = NodeRuntime(settings, ProjectorWorkload(settings))
     await runtime.start()
