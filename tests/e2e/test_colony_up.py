@@ -223,6 +223,12 @@ def test_up_status_and_ctrl_c_leaves_nothing_behind(tmp_path):
     assert not (data_dir / "colony.pid").exists()
 
 
+def said(result: subprocess.CompletedProcess) -> str:
+    """A command's error output as one line: the console wraps it at its width, and a long
+    temporary path (a pytest-xdist worker's is longer) moves where the breaks fall."""
+    return " ".join(result.stderr.split())
+
+
 def test_two_clusters_side_by_side_and_clear_refusals(tmp_path):
     first_dir, second_dir = tmp_path / "a", tmp_path / "b"
     base_a = free_base_port()
@@ -234,18 +240,18 @@ def test_two_clusters_side_by_side_and_clear_refusals(tmp_path):
         refused = subprocess.run([COLONY, "up", "--data-dir", str(first_dir), "--base-port", str(free_base_port()), "--no-live"],
                                  capture_output=True, text=True, timeout=60)
         assert refused.returncode != 0
-        assert "in use" in refused.stderr and "--data-dir" in refused.stderr
+        assert "in use" in said(refused) and "--data-dir" in said(refused)
         # Same ports: refused, naming the port and the fix.
         refused = subprocess.run([COLONY, "up", "--data-dir", str(second_dir), "--base-port", str(base_a), "--no-live"],
                                  capture_output=True, text=True, timeout=60)
         assert refused.returncode != 0
-        assert str(base_a) in refused.stderr and "--base-port" in refused.stderr
+        assert str(base_a) in said(refused) and "--base-port" in said(refused)
         # Ports where the kernel hands out outgoing connections: refused, with the fix.
         inside = ephemeral_overlap([40000])
         if inside:
             refused = subprocess.run([COLONY, "up", "--data-dir", str(tmp_path / "eph"), "--base-port", "40000", "--no-live"],
                                      capture_output=True, text=True, timeout=60)
-            assert refused.returncode != 0 and "ephemeral" in refused.stderr and "--base-port" in refused.stderr
+            assert refused.returncode != 0 and "ephemeral" in said(refused) and "--base-port" in said(refused)
         # Another directory and base port: runs beside the first.
         base_b = free_base_port()
         b = start_up(second_dir, base_b, *counts)
