@@ -55,21 +55,33 @@ SEED_VARIABLE = "COLONY_NATS_NKEY_SEED_FILE"
 
 
 @pytest.fixture(scope="session")
-def nats_url(tmp_path_factory) -> str:
+def nats_url(request, tmp_path_factory) -> str:
     """The authenticated bus, as `colony up` runs it: the suite itself is the operator
     (COLONY_NATS_NKEY_SEED_FILE, so a plain ``Settings()`` may do anything), and every admin
-    API stack connects as the admin-api role, with that role's permissions only."""
-    base = tmp_path_factory.mktemp("nats")
-    srv = EmbeddedNats.authenticated(base / "nats", base / "bus", sync_always=False)
-    url = srv.start()
-    before = os.environ.get(SEED_VARIABLE)
-    os.environ[SEED_VARIABLE] = str(srv.seed_file("operator"))
-    yield url
-    if before is None:
-        os.environ.pop(SEED_VARIABLE, None)
-    else:
-        os.environ[SEED_VARIABLE] = before
-    srv.stop()
+    API stack connects as the admin-api role, with that role's permissions only.
+
+    One server per test process, kept on the pytest config and stopped when the run ends: under
+    pytest-xdist this session fixture was seen set up twice in one worker (both servers up until
+    the end), and the second one's operator seed in the environment then failed every
+    connection to the first (authentication errors, NoServersError)."""
+    shared = getattr(request.config, "_colony_admin_bus", None)
+    if shared is None:
+        base = tmp_path_factory.mktemp("nats")
+        srv = EmbeddedNats.authenticated(base / "nats", base / "bus", sync_always=False)
+        url = srv.start()
+        before = os.environ.get(SEED_VARIABLE)
+        os.environ[SEED_VARIABLE] = str(srv.seed_file("operator"))
+
+        def stop() -> None:
+            if before is None:
+                os.environ.pop(SEED_VARIABLE, None)
+            else:
+                os.environ[SEED_VARIABLE] = before
+            srv.stop()
+
+        request.config.add_cleanup(stop)
+        shared = request.config._colony_admin_bus = url
+    return shared
 
 
 @pytest.fixture(scope="session")
