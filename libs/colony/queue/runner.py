@@ -115,7 +115,6 @@ class JobBudget:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.used = 0
-        self.freed = asyncio.Event()
         self._waiters: list[Callable[[], None]] = []  # every runner sharing it: wake them all
 
     def free(self) -> int:
@@ -126,7 +125,6 @@ class JobBudget:
 
     def give(self, n: int = 1) -> None:
         self.used -= n
-        self.freed.set()
         for wake in self._waiters:
             wake()
 
