@@ -52,7 +52,10 @@ def colony(data_dir: Path, *args: str) -> str:
 
 
 def bodies(region_dir: Path, domain: str) -> list[Path]:
-    return sorted((region_dir / "storage" / "SharedDomains" / domain).glob("**/*.macnt/mail/bodies/*"))
+    # Not the ".tmp-" files of a body being written, or left by a killed store until the
+    # account's next owner removes them.
+    return sorted(p for p in (region_dir / "storage" / "SharedDomains" / domain).glob("**/*.macnt/mail/bodies/*")
+                  if not p.name.startswith("."))
 
 
 def send(port: int, rcpt: str, subject: str) -> None:
