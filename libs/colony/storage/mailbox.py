@@ -18,6 +18,7 @@ mailstore runs each account's batch in a worker thread under the account's lock)
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from collections import OrderedDict
@@ -36,6 +37,7 @@ DEFAULT_MAILBOXES: tuple[tuple[str, str | None], ...] = (
 DEDUPE_WINDOW = 50_000  # delivery keys remembered per account (redeliveries come within minutes)
 SNAPSHOT_EVERY = 2_000  # records between snapshots
 _MOVED = "move:"  # storage.transfer.MOVE_PREFIX (imported from there would be a cycle)
+_HANDLES = itertools.count(1)   # tells the handles of this process apart (``AccountMail.version``)
 
 
 class MailboxError(ValueError):
@@ -303,6 +305,7 @@ class AccountMail:
         self._broken: str | None = None
         self._listeners: list[Listener] = []
         self._body_counter = 0
+        self._handle = next(_HANDLES)
 
     # --- take over -------------------------------------------------------------------------
 
@@ -382,6 +385,17 @@ class AccountMail:
 
     def messages(self, name: str) -> list[Message]:
         return list(self.state.box(name).messages.values())
+
+    def version(self, name: str) -> tuple[int, int, int]:
+        """A token that is equal between two calls only if no message of mailbox ``name`` was
+        added, expunged or had its flags changed in between (each of those records moves the
+        mailbox's HIGHESTMODSEQ; a colleague's own \\Seen does not, and is not the owner's
+        view).  The handle and the mailbox's id are part of it, so a reopened account or a
+        mailbox deleted and created again under the name never compares equal.  Raises
+        ``MailboxError`` as ``messages`` does.  What IMAP's end-of-command sync compares to
+        skip its walk over the mailbox."""
+        box = self.state.box(name)
+        return (self._handle, box.id, box.highest_modseq)
 
     def body(self, name: str, uid: int) -> bytes:
         msg = self.state.box(name).messages.get(uid)

@@ -167,6 +167,9 @@ class MailStore:
             return None                           # the session reads body() (and its error)
         return self.cache.parsed(key, lambda: self.mail.body(name, uid))
 
+    def version(self, name: str) -> tuple[int, int, int]:
+        return self.mail.version(name)
+
     def holds(self, name: str, uids: list[int]) -> bool:
         """Whether every one of ``uids`` (in ``name``, or gone from it) is in the cache."""
         try:

@@ -79,6 +79,48 @@ def test_mailbox_errors_are_mailbox_errors(tmp_path):
     assert "Work" in {b.name for b in acct.mailboxes()}
 
 
+def test_version_moves_with_every_change_the_owner_can_see(tmp_path):
+    """``version`` is what IMAP's end-of-command sync compares to skip its walk: equal only
+    if no message of the mailbox was added, expunged or had its flags changed."""
+    acct = opened(tmp_path, 1)
+    acct.create_mailbox("Work")
+    acct.commit()
+    v = acct.version("INBOX")
+    work = acct.version("Work")
+    assert acct.version("INBOX") == v and work != v
+    acct.append("INBOX", b"Subject: a\r\n\r\nx\r\n")
+    acct.commit()
+    assert acct.version("INBOX") != v and acct.version("Work") == work   # per mailbox
+    for change in (lambda: acct.store_flags("INBOX", [1], ["\\Flagged"], "add"),
+                   lambda: acct.store_flags("INBOX", [1], ["$Work"], "add"),
+                   lambda: acct.expunge("INBOX", [1])):
+        v = acct.version("INBOX")
+        change()
+        acct.commit()
+        assert acct.version("INBOX") != v
+    # A colleague's own \Seen is not the owner's view: no change for the owner.
+    acct.append("Work", b"Subject: b\r\n\r\ny\r\n")
+    acct.commit()
+    work = acct.version("Work")
+    acct.store_seen("Work", "carol@example.com", [1], True)
+    acct.commit()
+    assert acct.version("Work") == work
+    # Deleted and created again under the name: a new mailbox, never equal.
+    acct.delete_mailbox("Work")
+    acct.create_mailbox("Work")
+    acct.commit()
+    assert acct.version("Work") != work
+    acct.delete_mailbox("Work")
+    acct.commit()
+    with pytest.raises(MailboxError):
+        acct.version("Work")
+    # Another handle on the same state (a reopen, a takeover) never compares equal either.
+    v = acct.version("INBOX")
+    acct.close()
+    again = opened(tmp_path, 2)
+    assert again.version("INBOX") != v
+
+
 def test_listeners_see_committed_records(tmp_path):
     acct = opened(tmp_path, 3)
     seen = []

@@ -181,6 +181,10 @@ class Store(Protocol):
     # Optional: the rights (``rights.ALL`` letters) this session's user holds on ``name``; a
     # store without it is the user's own account, where the owner holds every right.
     # def myrights(self, name: str) -> str: ...
+    # Optional: a token equal between two calls only if no message of the mailbox was added,
+    # expunged or had its flags changed in between (None: the store cannot tell); raises
+    # ValueError for a mailbox that is gone, as ``messages`` does.
+    # def version(self, name: str) -> object | None: ...
     def set_acl(self, name: str, identifier: str, rights: str) -> None: ...
     def append(self, name: str, data: bytes, flags=(), date: datetime | None = None): ...
     def store_flags(self, name: str, uids, flags, mode: str = "set") -> None: ...
@@ -245,6 +249,10 @@ class Session:
         self._uids: list[int] = []
         self._flags: dict[int, frozenset[str]] = {}
         self._uidvalidity = 0
+        # The store's version of the selected mailbox when the view above last matched it
+        # whole (``Store.version``); None: unknown, or expunges held back.  Equal at a
+        # command's end: nothing to tell, no walk over the mailbox.
+        self._synced: object | None = None
         self._saved: frozenset[int] = frozenset()     # SEARCHRES $ (UIDs)
         self.condstore = False     # RFC 7162: on once a CONDSTORE enabling command ran
         self.qresync = False       # ENABLE QRESYNC: VANISHED instead of EXPUNGE
@@ -631,7 +639,9 @@ class Session:
         name = self._decode_name(cmd.mailbox)
         box = self._find(store, name)
         held = self._require(store, box.name, rights.NEEDS[cmd.name])
+        version = _version(store, name)
         messages = store.messages(name)
+        self._synced = version
         self.state = SELECTED
         self.mailbox = box.name
         self.read_only = cmd.name == "EXAMINE" or rights.read_only(held)
@@ -708,6 +718,7 @@ class Session:
         self.state = AUTHENTICATED
         self.mailbox = None
         self._uids, self._flags, self._saved, self._recent = [], {}, frozenset(), set()
+        self._synced = None
 
     def _do_create(self, cmd: C.MailboxCommand, store: Store) -> None:
         name = self._decode_name(cmd.mailbox)
@@ -1378,6 +1389,9 @@ class Session:
         if self.state != SELECTED or self.mailbox is None:
             return
         try:
+            version = _version(store, self.mailbox)
+            if version is not None and version == self._synced:
+                return           # the view is the mailbox: nothing to tell
             messages = store.messages(self.mailbox)
         except ValueError:
             # Deleted, or (a colleague's folder) no longer shared with this user: to the user
@@ -1388,6 +1402,7 @@ class Session:
             return
         current = {m.uid: m for m in messages}
         self._announce_keywords(messages)
+        whole = True         # the view holds no message that is gone
         if expunge:
             vanished = []
             for i in range(len(self._uids) - 1, -1, -1):
@@ -1404,7 +1419,9 @@ class Session:
                 self._send(f"* VANISHED {_compress(sorted(vanished))}")
         for i, u in enumerate(self._uids):
             m = current.get(u)
-            if m is not None and self._flags.get(u) != m.flags:
+            if m is None:
+                whole = False    # its EXPUNGE is held back
+            elif self._flags.get(u) != m.flags:
                 self._flags[u] = m.flags
                 extra = f" UID {u} MODSEQ ({m.modseq})" if self.condstore else ""
                 self._send(f"* {i + 1} FETCH (FLAGS ({self._show(u, m.flags)}){extra})")
@@ -1420,6 +1437,7 @@ class Session:
                 self._recent |= recent
                 if not self.rev2:
                     self._send(f"* {len(self._recent)} RECENT")
+        self._synced = version if whole else None
 
     def _announce_keywords(self, messages) -> None:
         """A new keyword is a new defined flag: say so before the FETCH that carries it."""
@@ -1472,6 +1490,11 @@ class _View:
 
 
 # --- helpers -------------------------------------------------------------------------------------
+
+def _version(store: Store, name: str) -> object | None:
+    version = getattr(store, "version", None)
+    return None if version is None else version(name)
+
 
 def _name(cmd: C.ImapCommand) -> str:
     if isinstance(cmd, C.UidExpunge):

@@ -354,6 +354,13 @@ class CompositeStore:
     def body(self, name: str, uid: int) -> bytes:
         return self._route(name).body(name, uid)
 
+    def version(self, name: str):
+        # Only the user's own mailboxes say (AccountMail.version); a colleague's folder is
+        # walked at every sync (the owner's commits wake nobody here, and the token would
+        # have to be the grantee's view, own \Seen included).  Never left to __getattr__.
+        store = self._route(name)
+        return store.version(name) if store is self.own and hasattr(store, "version") else None
+
     def parsed(self, name: str, uid: int):
         # Defined here, not left to __getattr__: the own store's parse cache must never answer
         # for a colleague's mailbox.

@@ -197,6 +197,53 @@ def test_two_sessions_see_each_other_and_expunge_is_held_during_fetch(mail):
     assert "* 2 EXISTS" in b.cmd("4 NOOP")
 
 
+def test_a_command_after_no_change_tells_nothing_and_the_next_change_once(mail):
+    """The end-of-command sync skips its walk while the store's version of the mailbox is the
+    one the session last matched; every kind of change still reaches the other session."""
+    a, b = selected(mail), selected(mail)
+    assert b.cmd("1 NOOP") == "1 OK NOOP completed\r\n"
+    a.cmd("2 STORE 1 +FLAGS (\\Flagged)")
+    out = b.cmd("2 FETCH 2 UID")
+    assert "* 1 FETCH (FLAGS (\\Flagged))" in out and "* 2 FETCH (UID 2)" in out
+    assert b.cmd("3 NOOP") == "3 OK NOOP completed\r\n"
+    a.cmd("4 STORE 2 +FLAGS ($Work)")      # a new keyword: FLAGS before the FETCH that has it
+    out = b.cmd("4 NOOP")
+    assert out.index("* FLAGS (") < out.index("* 2 FETCH (FLAGS ($Work \\Seen))")
+    assert b.cmd("5 NOOP") == "5 OK NOOP completed\r\n"
+    mail.append("INBOX", MSG)
+    mail.commit()
+    assert "* 3 EXISTS" in b.cmd("6 SEARCH ALL")
+    assert b.cmd("7 NOOP") == "7 OK NOOP completed\r\n"
+    assert "* 3 EXISTS" in a.cmd("7 NOOP")
+    # The session's own STORE answers for itself; nothing is told twice.
+    out = b.cmd("8 STORE 3 +FLAGS (\\Answered)")
+    assert out.count("FETCH") == 1 and b.cmd("9 NOOP") == "9 OK NOOP completed\r\n"
+    assert "* 3 FETCH (FLAGS (\\Answered))" in a.cmd("10 NOOP")
+
+
+def test_a_held_back_expunge_goes_out_although_nothing_changed_since(mail):
+    a, b = selected(mail), selected(mail)
+    a.cmd("1 STORE 1 +FLAGS (\\Deleted)")
+    a.cmd("2 EXPUNGE")
+    out = b.cmd("3 FETCH 2 FLAGS")          # non-UID FETCH: the EXPUNGE waits
+    assert "EXPUNGE" not in out and "* 2 FETCH (FLAGS (\\Seen))" in out
+    out = b.cmd("4 SEARCH ALL")             # nothing changed since, and still not allowed
+    assert "EXPUNGE" not in out and "* SEARCH 2" in out
+    assert "* 1 EXPUNGE" in b.cmd("5 NOOP")
+    assert b.cmd("6 NOOP") == "6 OK NOOP completed\r\n"
+    assert "* 1 FETCH (FLAGS (\\Seen) UID 2)" in b.cmd("7 FETCH 1 (UID FLAGS)")
+
+
+def test_a_mailbox_gone_under_the_session_still_ends_it(mail):
+    a, b = logged_in(mail), logged_in(mail)
+    a.cmd("1 CREATE Work")
+    assert "OK [READ-WRITE]" in b.cmd("2 SELECT Work")
+    assert b.cmd("3 NOOP") == "3 OK NOOP completed\r\n"
+    a.cmd("4 DELETE Work")
+    out = b.cmd("5 NOOP")
+    assert "* BYE" in out and b.closed
+
+
 def test_idle_reports_a_delivery_when_woken(mail):
     c = selected(mail)
     assert c.cmd("i IDLE") == "+ idling\r\n"
