@@ -7,9 +7,10 @@ that dies is redelivered to another after ``ack_wait``.  Per job (one destinatio
 1. a requeued generation that is not due yet goes back with the rest of its back-off;
 2. the MX hosts of the destination (``colony.dns.make_resolver``: ``Settings.dns_servers``),
    each host's A/AAAA addresses, tried in order until one answers the greeting;
-3. SMTP with aiosmtplib: STARTTLS whenever the server offers it (opportunistic: an
-   unverifiable certificate does not stop delivery), MAIL, one RCPT per recipient, DATA with
-   the message DKIM-signed for ``sign_domain`` when a key is in ``Settings.dkim_key_dir``;
+3. SMTP with ``colony_edge.smtp_client``: STARTTLS whenever the server offers it
+   (opportunistic: an unverifiable certificate does not stop delivery), MAIL, one RCPT per
+   recipient, DATA -- pipelined (RFC 2920) when the server offers PIPELINING -- with the
+   message DKIM-signed for ``sign_domain`` when a key is in ``Settings.dkim_key_dir``;
    at most ``outbound_destination_concurrency`` connections per destination on this edge;
 4. ``rules.decide`` -> the DSN (into MAIL for a local sender, OUTBOUND otherwise), the
    requeued generation, USAGE ``messages_out`` for the delivered recipients; then ack, or
@@ -31,7 +32,6 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-import aiosmtplib
 import dns.asyncresolver
 import dns.exception
 import dns.resolver
@@ -51,6 +51,7 @@ from colony.outbound.dsn import build_dsn
 from colony.outbound.mta_sts import Policy
 from colony.outbound.srs import Srs, SrsError, is_srs
 from colony.outbound.rules import NullMx, RecipientResult, decide, mail_exchangers
+from colony.protocols.smtp.client import RemoteReply, Transaction, encode_message
 from colony.outbound.signing import DkimKey, current_key, from_json, sign
 from colony.dns import make_resolver
 from colony.queue import Done, Job, QueueMetrics, QueuePolicy, QueueRunner, Reject, Retry
@@ -58,6 +59,7 @@ from colony.settings import Settings
 from colony.telemetry import inject_headers
 
 from colony_edge.mta_sts import MtaSts, verified_tls_context
+from colony_edge.smtp_client import SmtpClient, SmtpError, opportunistic_context
 
 log = logging.getLogger("colony.edge.outbound")
 
@@ -92,7 +94,7 @@ def _policy_key(policy: Policy | None) -> str:
 
 @dataclass(eq=False)
 class _Connection:
-    client: aiosmtplib.SMTP
+    client: SmtpClient
     host: str
     ip: str
     policy_key: str
@@ -140,7 +142,7 @@ class ConnectionPool:
         if self.idle_timeout <= 0 or connection.messages >= self.max_messages or self._count >= self.limit:
             try:
                 await connection.client.quit()
-            except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError):
+            except (SmtpError, OSError):
                 connection.client.close()
             return
         connection.expiry = asyncio.get_running_loop().call_later(self.idle_timeout, self._expire, destination,
@@ -184,6 +186,7 @@ class OutboundDelivery:
             resolver.cache = dns.resolver.LRUCache(10_000)
         self.mta_sts = MtaSts(settings, resolver, js) if settings.mta_sts else None
         self.tls_verified = verified_tls_context(settings)
+        self.tls_any = opportunistic_context()
         self.pool = ConnectionPool(settings.outbound_connection_idle, settings.outbound_messages_per_connection,
                                    limit=settings.outbound_concurrency)
         self.key_dir = settings.dkim_key_dir or settings.data_dir / "dkim"
@@ -307,7 +310,7 @@ class OutboundDelivery:
                 # the lookup cost a seventieth of the edge's CPU per message.
                 while (cached := self.pool.take(mail.destination, _policy_key(policy))) is not None:
                     if message is None:
-                        message = await self._signed(mail, body)
+                        message = encode_message(await self._signed(mail, body))
                     try:
                         return await self._transaction(cached, mail, message, on_delivered, reused=True)
                     except _Stale as exc:
@@ -333,7 +336,7 @@ class OutboundDelivery:
                 last = ("no MX host matches the MTA-STS policy" if policy is not None and policy.enforced and not hosts
                         else "no mail exchanger")
                 if hosts and message is None:
-                    message = await self._signed(mail, body)
+                    message = encode_message(await self._signed(mail, body))
                 for host in hosts:
                     try:
                         ips = await self._addresses(host)
@@ -381,12 +384,13 @@ class OutboundDelivery:
         opportunistic, and logged), opportunistic otherwise.  Raises _Unreachable."""
         verify = policy is not None and policy.mode in ("enforce", "testing")
         try:
-            client = await self._connect(ip, start_tls=False if verify else None)
-            if verify:
+            client = await self._connect(ip)
+            if not verify:
+                await self._opportunistic(client)
+            else:
                 try:
-                    # aiosmtplib says EHLO first and refuses (SMTPException) when STARTTLS is not offered.
-                    await client.starttls(server_hostname=host, tls_context=self.tls_verified)
-                except (ssl.SSLError, ssl.CertificateError, aiosmtplib.SMTPException) as exc:
+                    await client.starttls(self.tls_verified, server_hostname=host)   # SmtpError if not offered
+                except (ssl.SSLError, ssl.CertificateError, SmtpError) as exc:
                     client.close()
                     self.metrics.mta_sts.labels(result=f"tls_failed_{policy.mode}").inc()
                     rua = await self.mta_sts.report_addresses(destination) if self.mta_sts else ()
@@ -397,31 +401,37 @@ class OutboundDelivery:
                                 if rua else "")
                     if policy.enforced:
                         raise _Unreachable(f"MTA-STS: no verified TLS with {host}: {exc}")
-                    client = await self._connect(ip, start_tls=None)
+                    client = await self._connect(ip)
+                    await self._opportunistic(client)
                 else:
                     self.metrics.mta_sts.labels(result=f"tls_verified_{policy.mode}").inc()
-        except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as exc:
+        except (SmtpError, OSError) as exc:   # ssl.SSLError is an OSError
             raise _Unreachable(str(exc) or type(exc).__name__)
         self.metrics.connections.labels(kind="new").inc()
         return _Connection(client, host, ip, _policy_key(policy))
 
-    async def _connect(self, ip: str, start_tls: bool | None) -> aiosmtplib.SMTP:
-        client = aiosmtplib.SMTP(hostname=ip, port=self.settings.outbound_smtp_port, local_hostname=self.hostname,
-                                 timeout=self.settings.outbound_connect_timeout, start_tls=start_tls,
-                                 validate_certs=False)
-        await client.connect()
-        return client
+    async def _connect(self, ip: str) -> SmtpClient:
+        return await SmtpClient.connect(ip, self.settings.outbound_smtp_port, local_hostname=self.hostname,
+                                        timeout=self.settings.outbound_connect_timeout)
+
+    async def _opportunistic(self, client: SmtpClient) -> None:
+        if client.supports("STARTTLS"):
+            try:
+                await client.starttls(self.tls_any)
+            except BaseException:
+                client.close()
+                raise
 
     async def _transaction(self, connection: _Connection, mail: OutboundMail, message: bytes, on_delivered,
                            reused: bool) -> list[RecipientResult]:
-        """One mail transaction on ``connection``; afterwards the connection goes back to the
-        pool (if it is healthy and under its message cap) or is closed.  On a reused
-        connection a failure before DATA was sent raises _Stale: nothing was delivered, so
-        the caller may try again on a new connection without a duplicate."""
+        """One mail transaction on ``connection`` (``message`` already encoded for DATA);
+        afterwards the connection goes back to the pool (if it is healthy and under its
+        message cap) or is closed.  On a reused connection a failure before the message was
+        sent raises _Stale: nothing was delivered, so the caller may try again on a new
+        connection without a duplicate."""
         client, host = connection.client, connection.host
-        results: list[RecipientResult] = []
+        addresses = [r.address for r in mail.recipients]
         healthy = False
-        data_sent = False
         try:
             if reused:
                 self.metrics.connections.labels(kind="reused").inc()
@@ -430,59 +440,39 @@ class OutboundDelivery:
                     # finished one RSET would be a NOOP (RFC 5321 4.1.1.5) and a round trip
                     # per message; a dead session shows at MAIL instead, still before DATA.
                     await client.rset()
-            if client.is_ehlo_or_helo_needed:
-                await client.ehlo()   # after STARTTLS the extensions must be learnt again (RFC 3207 4.2)
             options = []
-            if mail.body_type == "8BITMIME" and client.supports_extension("8bitmime"):
+            if mail.body_type == "8BITMIME" and client.supports("8BITMIME"):
                 options.append("BODY=8BITMIME")
-            if mail.smtputf8 and client.supports_extension("smtputf8"):
+            if mail.smtputf8 and client.supports("SMTPUTF8"):
                 options.append("SMTPUTF8")
             connection.clean = False
-            try:
-                await client.mail(mail.mail_from, options=options)
-            except aiosmtplib.SMTPResponseException as exc:
-                if exc.code == 421 and reused:
-                    raise   # the kept session is closing: a stale one (below), try a new one
-                healthy = connection.clean = exc.code != 421   # a refused MAIL opens no transaction
-                return [RecipientResult(r.address, exc.code, exc.message, host) for r in mail.recipients]
-            accepted = []
-            for recipient in mail.recipients:
-                try:
-                    await client.rcpt(recipient.address)
-                    accepted.append(recipient.address)
-                except aiosmtplib.SMTPResponseException as exc:
-                    if exc.code == 421:
-                        raise
-                    results.append(RecipientResult(recipient.address, exc.code, exc.message, host))
-            if accepted:
-                data_sent = True
-                try:
-                    reply = await client.data(message)
-                    connection.clean = True
-                    if 200 <= reply.code < 300:
-                        await on_delivered(accepted)
-                    results += [RecipientResult(a, reply.code, reply.message, host) for a in accepted]
-                except aiosmtplib.SMTPResponseException as exc:
-                    if exc.code == 421:
-                        raise
-                    # Refused at DATA (the transaction ends) or after the data (it ended).
-                    connection.clean = True
-                    results += [RecipientResult(a, exc.code, exc.message, host) for a in accepted]
-            healthy = True
-        except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as exc:
-            if reused and not data_sent:
+            tx = await client.send(mail.mail_from, addresses, message, tuple(options), encoded=True)
+            delivered = tx.delivered
+            if delivered:
+                await on_delivered(delivered)
+            if tx.closing is not None and reused and not tx.message_sent:
+                # 421 before the message went out: the kept session was closing (the MX timed
+                # it out), nothing was handed over; a new connection takes the same attempt.
+                raise _Stale(f"{tx.closing.code} {tx.closing.text}")
+            connection.clean = not tx.left_open
+            healthy = tx.closing is None
+            return [RecipientResult(a, reply.code, reply.text, host) for a, reply in _replies(tx)]
+        except SmtpError as exc:
+            tx = exc.transaction
+            if reused and (tx is None or not tx.message_sent):
                 client.close()
                 raise _Stale(str(exc) or type(exc).__name__)
-            done = {r.address for r in results}
-            results += [RecipientResult(r.address, 0, f"{host}: {exc}", host) for r in mail.recipients
-                        if r.address not in done]
+            # Refusals already heard stand; the rest is deferred with what went wrong.
+            refused = {} if tx is None or tx.mail is None or not tx.mail.positive else {
+                a: reply for a, reply in zip(tx.recipients, tx.rcpts) if reply is not None and not reply.positive}
+            return [RecipientResult(a, refused[a].code, refused[a].text, host) if a in refused
+                    else RecipientResult(a, 0, f"{host}: {exc}", host) for a in addresses]
         finally:
             connection.messages += 1
             if healthy and client.is_connected:
                 await self.pool.give(mail.destination, connection)
             else:
                 client.close()
-        return results
 
     async def _key(self, domain: str) -> DkimKey | None:
         """The domain's signing key: the ``dkim_keys`` bucket, else ``dkim_key_dir``; cached
@@ -632,6 +622,22 @@ class OutboundDelivery:
 
 class _Permanent(Exception):
     """The destination cannot exist (NXDOMAIN): a permanent failure."""
+
+
+def _replies(tx: Transaction) -> list[tuple[str, RemoteReply]]:
+    """What the remote server said about each recipient: a refused MAIL for all of them
+    (in a pipelined group the RCPTs' and DATA's 503s would only echo it); else its RCPT
+    reply if refused, the reply to DATA if that refused, the reply to the message's end; a
+    421 for whatever it cut short."""
+    cut = tx.closing or RemoteReply(421, "4.4.2 the session ended")
+    if tx.mail is None or not tx.mail.positive:
+        return [(a, tx.mail or cut) for a in tx.recipients]
+    if tx.data is not None and tx.data.code != 354:
+        after = tx.data
+    else:
+        after = tx.final or cut
+    return [(a, after if reply is not None and reply.positive else reply or cut)
+            for a, reply in zip(tx.recipients, tx.rcpts)]
 
 
 

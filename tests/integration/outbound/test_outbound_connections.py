@@ -3,7 +3,8 @@ server and an aiosmtpd MX that counts its connections: several messages for one 
 go over one SMTP session (no RSET after a finished transaction, RSET after one left open),
 the per-destination limit holds, a session carries at most ``outbound_messages_per_connection``
 messages, and a kept session the MX dropped is replaced by a new one with each message
-delivered exactly once."""
+delivered exactly once.  Every test runs against an MX without PIPELINING and one that
+advertises it (RFC 2920: MAIL, the RCPTs and DATA then go out in one write)."""
 
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ class CountingSink:
     ``drop_next_mail`` it closes a session when the next MAIL comes, without a reply (an
     MX whose idle timeout fired just as the client came back); refuses ``nobody@``."""
 
-    def __init__(self) -> None:
+    def __init__(self, pipelining: bool = False) -> None:
+        self.pipelining = pipelining
         self.lock = threading.Lock()
         self.connections = self.open = self.most_open = self.rsets = 0
         self.message_ids: list[str] = []
@@ -38,6 +40,12 @@ class CountingSink:
             found = re.search(rb"Message-ID: <([^>]+)>", envelope.original_content)
             self.message_ids.append(found.group(1).decode() if found else "?")
         return "250 2.0.0 Queued"
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        session.host_name = hostname
+        if self.pipelining:   # aiosmtpd reads line by line, so it serves a pipelining client as it is
+            responses.insert(-1, "250-PIPELINING")
+        return responses
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         if address.startswith("nobody@"):
@@ -83,9 +91,9 @@ class _CountingController(Controller):
         return _CountingSMTP(self.handler, **self.SMTP_kwargs)
 
 
-@pytest.fixture
-def mx():
-    handler = CountingSink()
+@pytest.fixture(params=["plain", "pipelining"])
+def mx(request):
+    handler = CountingSink(pipelining=request.param == "pipelining")
     controller = _CountingController(handler, hostname="127.0.0.1", port=free_port())
     controller.start()   # aiosmtpd connects once itself to see that the server is up: not ours to count
     deadline = time.monotonic() + 10
