@@ -29,7 +29,7 @@ import math
 import ssl
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import dns.asyncresolver
@@ -92,6 +92,16 @@ def _policy_key(policy: Policy | None) -> str:
     return "" if policy is None or policy.mode == "none" else f"{policy.mode}:{policy.id}"
 
 
+@dataclass
+class _Outcome:
+    """What one delivery attempt came to: a result per recipient, the recipients the remote
+    server took the message for (to be recorded at once), and a connection to QUIT."""
+
+    results: list[RecipientResult]
+    delivered: list[str] = field(default_factory=list)
+    quit: _Connection | None = None
+
+
 @dataclass(eq=False)
 class _Connection:
     client: SmtpClient
@@ -138,17 +148,22 @@ class ConnectionPool:
             idle = self._idle.get(destination)
         return None
 
-    async def give(self, destination: str, connection: _Connection) -> None:
+    def keep(self, destination: str, connection: _Connection) -> bool:
+        """Keep ``connection`` for the next message to ``destination``; False when it is not
+        kept (reuse off, at its message cap, the pool full): the caller says QUIT (``quit``)."""
         if self.idle_timeout <= 0 or connection.messages >= self.max_messages or self._count >= self.limit:
-            try:
-                await connection.client.quit()
-            except (SmtpError, OSError):
-                connection.client.close()
-            return
+            return False
         connection.expiry = asyncio.get_running_loop().call_later(self.idle_timeout, self._expire, destination,
                                                                   connection)
         self._idle.setdefault(destination, []).append(connection)
         self._count += 1
+        return True
+
+    async def quit(self, connection: _Connection) -> None:
+        try:
+            await connection.client.quit()
+        except (SmtpError, OSError):
+            connection.client.close()
 
     def _expire(self, destination: str, connection: _Connection) -> None:
         idle = self._idle.get(destination)
@@ -296,66 +311,82 @@ class OutboundDelivery:
 
     async def _attempt(self, mail: OutboundMail, body: bytes, on_delivered) -> list[RecipientResult]:
         """``on_delivered(addresses)`` is awaited the moment the remote server took the
-        message, before anything else (QUIT, the ack) can be interrupted by a crash."""
-        addresses = [r.address for r in mail.recipients]
+        message, before anything else (QUIT, the ack) can be interrupted by a crash.
+
+        The destination's slot is held only for the SMTP exchange: the message is signed
+        before it is taken, and a connection that goes back to the pool releases it before
+        the delivery is recorded (putting it back and releasing the slot do not wait, so
+        no crash window opens between the remote 250 and the record), so the next job to
+        the destination uses the session while this one's bus write is under way.  A
+        connection that is closed with QUIT keeps the slot until then, after the record."""
         policy = await self.mta_sts.policy(mail.destination) if self.mta_sts is not None else None
+        # Signed up front, outside the slot: a DNS failure then costs a signature it did not
+        # need, which is rare next to every delivery holding the slot for one.
+        message = encode_message(await self._signed(mail, body))
         slot = self._slots.setdefault(mail.destination, asyncio.Semaphore(self.settings.outbound_destination_concurrency))
         self._users[mail.destination] = self._users.get(mail.destination, 0) + 1
-        message = None
         try:
             async with slot:
-                # A connection the last delivery to this destination left open (same policy, so
-                # an MX host the policy allows).  Taken before the MX lookup, which only a new
-                # connection needs: a kept session is at most outbound_connection_idle old, and
-                # the lookup cost a seventieth of the edge's CPU per message.
-                while (cached := self.pool.take(mail.destination, _policy_key(policy))) is not None:
-                    if message is None:
-                        message = encode_message(await self._signed(mail, body))
-                    try:
-                        return await self._transaction(cached, mail, message, on_delivered, reused=True)
-                    except _Stale as exc:
-                        log.info("cached connection to %s [%s] is dead (%s); using a new one", cached.host,
-                                 cached.ip, exc)
-                        self.metrics.connections.labels(kind="stale").inc()
-                try:
-                    hosts = await self._exchangers(mail.destination)
-                except NullMx:
-                    return [RecipientResult(a, 556, "5.1.10 the domain accepts no mail (null MX)") for a in addresses]
-                except _Permanent as exc:
-                    return [RecipientResult(a, 550, f"5.1.2 {exc}") for a in addresses]
-                except (_Unreachable, dns.exception.DNSException) as exc:
-                    return [RecipientResult(a, 0, f"DNS lookup failed: {exc}") for a in addresses]
-                if policy is not None and policy.mode != "none":
-                    outside = [h for h in hosts if not policy.allows(h)]
-                    if outside:
-                        self.metrics.mta_sts.labels(result="mx_not_in_policy").inc()
-                        log.warning("MTA-STS (%s) of %s does not list MX %s%s", policy.mode, mail.destination,
-                                    ", ".join(outside), "; not used" if policy.enforced else "")
-                        if policy.enforced:
-                            hosts = [h for h in hosts if policy.allows(h)]
-                last = ("no MX host matches the MTA-STS policy" if policy is not None and policy.enforced and not hosts
-                        else "no mail exchanger")
-                if hosts and message is None:
-                    message = encode_message(await self._signed(mail, body))
-                for host in hosts:
-                    try:
-                        ips = await self._addresses(host)
-                    except (_Unreachable, _Permanent, dns.exception.DNSException) as exc:
-                        last = f"{host}: {exc}"
-                        continue
-                    for ip in ips:
-                        try:
-                            connection = await self._open(host, ip, policy, mail.destination)
-                            return await self._transaction(connection, mail, message, on_delivered, reused=False)
-                        except _Unreachable as exc:
-                            last = f"{host} [{ip}]: {exc}"
+                outcome = await self._in_slot(mail, message, policy)
+                if outcome.quit is not None:
+                    if outcome.delivered:
+                        await on_delivered(outcome.delivered)
+                        outcome.delivered = []
+                    await self.pool.quit(outcome.quit)
         finally:
             # Bounded: a destination's semaphore lives only while jobs for it run or wait.
             self._users[mail.destination] -= 1
             if not self._users[mail.destination]:
                 del self._users[mail.destination]
                 self._slots.pop(mail.destination, None)
-        return [RecipientResult(a, 0, last) for a in addresses]
+        if outcome.delivered:
+            await on_delivered(outcome.delivered)
+        return outcome.results
+
+    async def _in_slot(self, mail: OutboundMail, message: bytes, policy: Policy | None) -> _Outcome:
+        addresses = [r.address for r in mail.recipients]
+        # A connection the last delivery to this destination left open (same policy, so
+        # an MX host the policy allows).  Taken before the MX lookup, which only a new
+        # connection needs: a kept session is at most outbound_connection_idle old, and
+        # the lookup cost a seventieth of the edge's CPU per message.
+        while (cached := self.pool.take(mail.destination, _policy_key(policy))) is not None:
+            try:
+                return await self._transaction(cached, mail, message, reused=True)
+            except _Stale as exc:
+                log.info("cached connection to %s [%s] is dead (%s); using a new one", cached.host,
+                         cached.ip, exc)
+                self.metrics.connections.labels(kind="stale").inc()
+        try:
+            hosts = await self._exchangers(mail.destination)
+        except NullMx:
+            return _Outcome([RecipientResult(a, 556, "5.1.10 the domain accepts no mail (null MX)") for a in addresses])
+        except _Permanent as exc:
+            return _Outcome([RecipientResult(a, 550, f"5.1.2 {exc}") for a in addresses])
+        except (_Unreachable, dns.exception.DNSException) as exc:
+            return _Outcome([RecipientResult(a, 0, f"DNS lookup failed: {exc}") for a in addresses])
+        if policy is not None and policy.mode != "none":
+            outside = [h for h in hosts if not policy.allows(h)]
+            if outside:
+                self.metrics.mta_sts.labels(result="mx_not_in_policy").inc()
+                log.warning("MTA-STS (%s) of %s does not list MX %s%s", policy.mode, mail.destination,
+                            ", ".join(outside), "; not used" if policy.enforced else "")
+                if policy.enforced:
+                    hosts = [h for h in hosts if policy.allows(h)]
+        last = ("no MX host matches the MTA-STS policy" if policy is not None and policy.enforced and not hosts
+                else "no mail exchanger")
+        for host in hosts:
+            try:
+                ips = await self._addresses(host)
+            except (_Unreachable, _Permanent, dns.exception.DNSException) as exc:
+                last = f"{host}: {exc}"
+                continue
+            for ip in ips:
+                try:
+                    connection = await self._open(host, ip, policy, mail.destination)
+                    return await self._transaction(connection, mail, message, reused=False)
+                except _Unreachable as exc:
+                    last = f"{host} [{ip}]: {exc}"
+        return _Outcome([RecipientResult(a, 0, last) for a in addresses])
 
     async def _exchangers(self, domain: str) -> list[str]:
         try:
@@ -422,16 +453,17 @@ class OutboundDelivery:
                 client.close()
                 raise
 
-    async def _transaction(self, connection: _Connection, mail: OutboundMail, message: bytes, on_delivered,
-                           reused: bool) -> list[RecipientResult]:
-        """One mail transaction on ``connection`` (``message`` already encoded for DATA);
-        afterwards the connection goes back to the pool (if it is healthy and under its
-        message cap) or is closed.  On a reused connection a failure before the message was
-        sent raises _Stale: nothing was delivered, so the caller may try again on a new
-        connection without a duplicate."""
+    async def _transaction(self, connection: _Connection, mail: OutboundMail, message: bytes,
+                           reused: bool) -> _Outcome:
+        """One mail transaction on ``connection`` (``message`` already encoded for DATA).
+        Afterwards the connection is back in the pool (healthy and under its message cap),
+        closed, or -- at its cap or past the pool's limit -- handed to the caller for QUIT.
+        On a reused connection a failure before the message was sent raises _Stale: nothing
+        was delivered, so the caller may try again on a new connection without a duplicate."""
         client, host = connection.client, connection.host
         addresses = [r.address for r in mail.recipients]
         healthy = False
+        outcome = _Outcome([])
         try:
             if reused:
                 self.metrics.connections.labels(kind="reused").inc()
@@ -447,32 +479,30 @@ class OutboundDelivery:
                 options.append("SMTPUTF8")
             connection.clean = False
             tx = await client.send(mail.mail_from, addresses, message, tuple(options), encoded=True)
-            delivered = tx.delivered
-            if delivered:
-                await on_delivered(delivered)
             if tx.closing is not None and reused and not tx.message_sent:
                 # 421 before the message went out: the kept session was closing (the MX timed
                 # it out), nothing was handed over; a new connection takes the same attempt.
                 raise _Stale(f"{tx.closing.code} {tx.closing.text}")
             connection.clean = not tx.left_open
             healthy = tx.closing is None
-            return [RecipientResult(a, reply.code, reply.text, host) for a, reply in _replies(tx)]
+            outcome = _Outcome([RecipientResult(a, reply.code, reply.text, host) for a, reply in _replies(tx)],
+                               tx.delivered)
         except SmtpError as exc:
             tx = exc.transaction
             if reused and (tx is None or not tx.message_sent):
-                client.close()
                 raise _Stale(str(exc) or type(exc).__name__)
             # Refusals already heard stand; the rest is deferred with what went wrong.
             refused = {} if tx is None or tx.mail is None or not tx.mail.positive else {
                 a: reply for a, reply in zip(tx.recipients, tx.rcpts) if reply is not None and not reply.positive}
-            return [RecipientResult(a, refused[a].code, refused[a].text, host) if a in refused
-                    else RecipientResult(a, 0, f"{host}: {exc}", host) for a in addresses]
+            outcome = _Outcome([RecipientResult(a, refused[a].code, refused[a].text, host) if a in refused
+                                else RecipientResult(a, 0, f"{host}: {exc}", host) for a in addresses])
         finally:
             connection.messages += 1
-            if healthy and client.is_connected:
-                await self.pool.give(mail.destination, connection)
-            else:
+            if not (healthy and client.is_connected):
                 client.close()
+            elif not self.pool.keep(mail.destination, connection):
+                outcome.quit = connection
+        return outcome
 
     async def _key(self, domain: str) -> DkimKey | None:
         """The domain's signing key: the ``dkim_keys`` bucket, else ``dkim_key_dir``; cached

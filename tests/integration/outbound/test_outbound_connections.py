@@ -205,3 +205,53 @@ async def test_messages_out_are_metered_in_batches(nc, js, owner, nats_server, d
     assert sum(e.amount for e in out) == 12 and {(e.domain, e.account) for e in out} == {("example.com",
                                                                                            "alice@example.com")}
     assert len(out) < 6, "summed, not one event per message"
+
+
+async def test_the_destination_slot_is_free_while_a_delivery_is_recorded(js, nats_server, dns_server, mx, tmp_path):
+    """With one connection allowed per destination, the next message goes out on the kept
+    session while the first one's delivery record (the ack, or the marker) is still under
+    way: the slot covers the SMTP exchange, not the bus write after the remote 250."""
+    import asyncio
+
+    from prometheus_client import CollectorRegistry
+
+    from colony.contracts.outbound import OutboundMail, OutboundRecipient
+    from colony.dns import make_resolver
+    from colony_edge.outbound import OutboundDelivery, OutboundMetrics
+    from test_outbound_delivery import ORIGINAL
+
+    settings = settings_for(nats_server, dns_server, mx, tmp_path, outbound_destination_concurrency=1,
+                            outbound_connection_idle=30.0)
+    delivery = OutboundDelivery(js, settings, "edge-1", "edge1.example.com", make_resolver(settings),
+                                OutboundMetrics(CollectorRegistry()))
+
+    def mail(n: str) -> tuple[OutboundMail, bytes]:
+        body = ORIGINAL % n.encode()
+        return OutboundMail.new(message_id=n, destination="remote.test", mail_from="alice@example.com",
+                                recipients=[OutboundRecipient(address="bob@remote.test")], size=len(body),
+                                edge_node="edge-1", body=body), body
+
+    release, recorded = asyncio.Event(), []
+
+    async def slow_record(addresses: list[str]) -> None:
+        recorded.append(addresses)
+        await release.wait()
+
+    async def record(addresses: list[str]) -> None:
+        recorded.append(addresses)
+
+    first = asyncio.ensure_future(delivery._attempt(*mail("slot-1"), slow_record))
+    try:
+        await wait_until(lambda: _true(len(recorded) == 1), 10, "the first message taken by the MX")
+        results = await asyncio.wait_for(delivery._attempt(*mail("slot-2"), record), 10)
+        assert [r.code for r in results] == [250] and not first.done()
+    finally:
+        release.set()
+        results = await first
+    assert [r.code for r in results] == [250] and recorded == [["bob@remote.test"], ["bob@remote.test"]]
+    assert mx.message_ids == ["slot-1@example.com", "slot-2@example.com"] and mx.connections == 1
+    delivery.pool.close()
+
+
+async def _true(value: bool) -> bool:
+    return value
