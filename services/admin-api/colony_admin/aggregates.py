@@ -47,7 +47,17 @@ State = dict[str, Any] | None
 
 def apply(state: State, event: ev.Event) -> State:
     """One event on top of a state: the single definition of what each event means."""
+    # Cases in the order a bulk import meets them (the projector folds every account): each
+    # case is an isinstance check, and on a pydantic model (ABCMeta) a miss costs ~0.1 us --
+    # a dozen misses before an account was as much as building its state.  No event class
+    # subclasses another, so the order does not change which case matches.
     match event:
+        case ev.AccountCreated():
+            return {"kind": "account", "address": event.address, "domain": event.domain, "name": event.name,
+                    "real_name": event.real_name, "password_hash": event.password_hash,
+                    "sip_ha1": dict(event.sip_ha1), "cos": event.cos, "quota_bytes": event.quota,
+                    "services": event.services, "forwarding": list(event.forwarding),
+                    "forward_keep_copy": event.forward_keep_copy, "state": event.state}
         case ev.DomainCreated():
             return {"kind": "domain", "name": event.domain, "state": event.state, "home_region": event.home_region,
                     "cos": event.cos, "branding": dict(event.branding), "storage": dict(event.storage),
@@ -65,12 +75,6 @@ def apply(state: State, event: ev.Event) -> State:
             return {"kind": names.AGG_DOMAIN_MOVE, "domain": event.domain, "move_id": event.move_id}
         case ev.DomainAliasCreated():
             return {"kind": "domain_alias", "name": event.alias, "domain": event.domain}
-        case ev.AccountCreated():
-            return {"kind": "account", "address": event.address, "domain": event.domain, "name": event.name,
-                    "real_name": event.real_name, "password_hash": event.password_hash,
-                    "sip_ha1": dict(event.sip_ha1), "cos": event.cos, "quota_bytes": event.quota,
-                    "services": event.services, "forwarding": list(event.forwarding),
-                    "forward_keep_copy": event.forward_keep_copy, "state": event.state}
         case ev.AccountUpdated():
             return {**_existing(state), **event.changes}
         case ev.AccountPasswordSet():

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from datetime import datetime
+from operator import itemgetter
 from typing import Any
 
 import orjson
@@ -91,15 +92,17 @@ def apply_provisioning(conn: Connection, batch: Batch) -> int:
 
 
 def _creation_row(seq: int, e: ev.Event) -> tuple[Table, dict[str, Any]] | None:
-    if isinstance(e, ev.DomainCreated):
-        return db.domains, dict(name=e.domain, state=e.state, home_region=e.home_region, cos=e.cos,
-                                branding=e.branding, storage=e.storage, dmarc_enforcement=e.dmarc_enforcement,
-                                version=seq)
+    # Accounts first: most events of a bulk import are, and a missed isinstance check on a
+    # pydantic model costs ~0.1 us (aggregates.apply says more).
     if isinstance(e, ev.AccountCreated):
         return db.accounts, dict(address=e.address, domain=e.domain, name=e.name, real_name=e.real_name,
                                  password_hash=e.password_hash, sip_ha1=e.sip_ha1, cos=e.cos, quota_bytes=e.quota,
                                  services=e.services, forwarding=e.forwarding, forward_keep_copy=e.forward_keep_copy,
                                  state=e.state, version=seq)
+    if isinstance(e, ev.DomainCreated):
+        return db.domains, dict(name=e.domain, state=e.state, home_region=e.home_region, cos=e.cos,
+                                branding=e.branding, storage=e.storage, dmarc_enforcement=e.dmarc_enforcement,
+                                version=seq)
     if isinstance(e, ev.ApiTokenCreated):
         return db.api_tokens, dict(id=e.token_id, name=e.name, role=e.role, domain=e.domain,
                                    secret_sha256=e.secret_sha256, revoked=False, created_by=e.created_by,
@@ -165,10 +168,19 @@ def _insert_raw(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> N
     sql, order, is_json, positional = compiled
     dumps = orjson.dumps
     # Python None in a JSON column is stored as JSON null, as SQLAlchemy's JSON type does.
-    pairs = list(zip(order, is_json, strict=True))
     if positional:
-        params: list[Any] = [tuple(dumps(r[c]).decode() if j else r[c] for c, j in pairs) for r in rows]
+        # The row's values in statement order with one C call, then only the JSON columns
+        # replaced: a generator over every column of every row cost more than the insert.
+        values = itemgetter(*order)
+        json_at = [i for i, j in enumerate(is_json) if j]
+        params: list[Any] = []
+        for r in rows:
+            row = list(values(r))
+            for i in json_at:
+                row[i] = dumps(row[i]).decode()
+            params.append(tuple(row))
     else:
+        pairs = list(zip(order, is_json, strict=True))
         params = [{c: dumps(r[c]).decode() if j else r[c] for c, j in pairs} for r in rows]
     conn.exec_driver_sql(sql, params)
 
