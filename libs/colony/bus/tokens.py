@@ -30,14 +30,25 @@ def _escape(match: re.Match[str]) -> str:
 _ASCII_ESCAPES = {code: f"_{code:02x}" for code in range(128) if _UNSAFE.fullmatch(chr(code))}
 
 
+# What is left unsafe once a lower-case address or domain had its "_", "." and "@" escaped.
+_UNSAFE_AFTER_COMMON = re.compile(r"[^a-z0-9_-]")
+
+
 def to_token(name: str) -> str:
     # Hot path (every subject and key of a bulk import, e.g. the directory projection's
-    # keys): ASCII names go through the translate table; others through the regex, where
-    # runs of safe characters are copied by the regex engine and only unsafe runs go
-    # through Python (a character's escape is that of every byte of its UTF-8 form).
+    # keys): a lower-case address or domain needs only "_", "." and "@" escaped, which three
+    # str.replace do in C about 4x faster than the translate table (whose escapes are longer
+    # than one character, so CPython looks each character up in the dict); "_" goes first
+    # because the others' escapes contain it.  Any other ASCII name goes through the table,
+    # the rest through the regex, where runs of safe characters are copied by the regex
+    # engine and only unsafe runs go through Python (a character's escape is that of every
+    # byte of its UTF-8 form).
     if not name:
         raise TokenError("an empty name has no token")
     if name.isascii():
+        common = name.replace("_", "_5f").replace(".", "_2e").replace("@", "_40")
+        if _UNSAFE_AFTER_COMMON.search(common) is None:
+            return common
         return name.translate(_ASCII_ESCAPES)
     return _UNSAFE.sub(_escape, name)
 

@@ -84,3 +84,25 @@ def test_patch_null_clears_only_clearable_fields():
                                                                                             "quota_bytes": None}
     assert DomainPatch(branding=None, cos=None).changes() == {"cos": None}
     assert AccountPatch().changes() == {}
+
+
+def test_a_row_sets_only_the_cells_it_fills():
+    """Empty cells and missing columns set nothing; lists, SIP columns and falsy values that
+    are not empty (0, false) are taken, in JSON as in CSV."""
+    rows = [{"domain": "a.example", "account": "x", "real_name": "", "quota_bytes": 0, "forward_keep_copy": False,
+             "services": "mail imap", "forwarding": ["y@b.example"], "sip_ha1_md5": "0" * 32, "sip_realm": "",
+             "cos": None},
+            {"domain": "a.example", "account": "z", "sip_ha1_md5": "1" * 32, "sip_realm": "a.example"},
+            {"domain": "a.example", "account": "w", "sip_ha1_md5": "2" * 32, "sip_realm": "b.example"},
+            {"domain": "a.example", "account": "v", "colour": "red"}]
+    plan = importer.plan(rows)
+    x, z = (row.account for row in plan.accounts)
+    assert x.model_fields_set == {"name", "quota_bytes", "forward_keep_copy", "services", "forwarding", "sip_ha1"}
+    assert (x.quota_bytes, x.forward_keep_copy, x.services, x.forwarding) == (0, False, ["mail", "imap"], ["y@b.example"])
+    assert x.sip_ha1.md5 == "0" * 32 and x.sip_ha1.realm is None and z.sip_ha1.realm == "a.example"
+    assert [e.split(":")[0] for e in plan.errors] == ["row 3", "row 4"]
+    assert "realm b.example" in plan.errors[0] and "unknown column(s) ['colour']" in plan.errors[1]
+    csv_plan = importer.plan(importer.parse(b"domain,account,real_name,services,sip_ha1_md5\n"
+                                            b"a.example,x,,mail;sip,\n", "csv"))
+    (only,) = csv_plan.accounts
+    assert only.account.model_fields_set == {"name", "services"} and only.account.services == ["mail", "sip"]

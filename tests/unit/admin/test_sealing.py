@@ -67,3 +67,13 @@ def test_database_url_file_is_read_and_errors_name_the_key(tmp_path):
     (tmp_path / "empty").write_text("")
     with pytest.raises(ConfigError, match="database_url_file"):
         _ = Settings(database_url_file=tmp_path / "empty").sqlalchemy_url
+
+
+def test_a_sealer_makes_a_key_only_for_clear_credentials():
+    sealer = sealing.CredentialSealer()
+    assert sealer.seal(None, {}) == (None, {}, None) and sealer.writes == []
+    hashed, ha1, name = sealer.seal("{SSHA}abc", {"MD5": "0" * 32})
+    assert [key for key, _ in sealer.writes] == [name]
+    assert sealer.seal(hashed, ha1) == (hashed, ha1, None) and len(sealer.writes) == 1  # sealed already
+    _, _, second = sealer.seal(None, {"MD5": "1" * 32})
+    assert second not in (None, name) and len(sealer.writes) == 2

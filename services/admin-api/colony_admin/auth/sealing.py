@@ -165,6 +165,8 @@ class CredentialSealer:
     def seal(self, password_hash: str | None, sip_ha1: dict[str, str]) -> tuple[str | None, dict[str, str], str | None]:
         """(password hash, HA1s, bucket key of their fresh data key): the clear values sealed
         under a new key; values already sealed are kept; no key (None) if nothing was clear."""
+        if password_hash is None and not sip_ha1:
+            return None, sip_ha1, None  # nothing to seal: most rows of an import without credentials
         if (password_hash is None or is_sealed(password_hash)) and all(is_sealed(v) for v in sip_ha1.values()):
             return password_hash, sip_ha1, None
         kid, key = self._random(16).hex(), self._random(32)
