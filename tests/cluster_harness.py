@@ -21,7 +21,7 @@ from nats.errors import TimeoutError as NatsTimeout
 from colony.bus.connection import connect
 from colony.cluster.view import NodeView, cluster_view
 from colony.settings import Settings
-from colony.supervisor import ROLE_MODULES
+from colony.supervisor import ROLE_MODULES, die_with_parent
 
 T = TypeVar("T")
 
@@ -140,7 +140,8 @@ class ClusterHarness:
         full_env.update(self.extra_env)
         full_env.update(env)
         log_path = self.workdir / f"{node_id}.log"
-        proc = subprocess.Popen([sys.executable, "-m", ROLE_MODULES[role]], env=full_env,
+        # die_with_parent: an instance outlives no test run, even one killed by SIGKILL.
+        proc = subprocess.Popen([sys.executable, "-m", ROLE_MODULES[role]], env=full_env, preexec_fn=die_with_parent,
                                 stdout=open(log_path, "ab"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         node = Node(node_id, role, proc, log_path)
         self.nodes[node_id] = node

@@ -10,6 +10,7 @@ import tempfile
 import pytest
 
 from colony.natsd import EmbeddedNats
+from colony.supervisor import die_with_parent
 
 
 @pytest.fixture
@@ -17,7 +18,10 @@ def nats_server(tmp_path, monkeypatch):
     """The authenticated bus, as `colony up` runs it: every role has its own identity
     (``nats_server.seed_file(role)``) and permissions; the test process itself is the
     operator (COLONY_NATS_NKEY_SEED_FILE), so a plain ``Settings()`` here may do anything."""
-    server = EmbeddedNats.authenticated(tmp_path / "nats", tmp_path / "bus", sync_always=False)
+    # die_with_parent: no nats-server outlives a test run, even one killed by SIGKILL (the
+    # fixture runs on the main thread, whose end is what PR_SET_PDEATHSIG watches).
+    server = EmbeddedNats.authenticated(tmp_path / "nats", tmp_path / "bus", sync_always=False,
+                                        preexec_fn=die_with_parent)
     server.start()
     monkeypatch.setenv("COLONY_NATS_NKEY_SEED_FILE", str(server.seed_file("operator")))
     yield server

@@ -188,12 +188,13 @@ class Lease:
     async def release(self) -> None:
         """Give the lease up at once (graceful stop or drain), so a successor need not wait."""
         async with self._writes:
-            if self.epoch:
-                try:
+            try:
+                if self.epoch:
                     await self._kv.delete(self._key, last=self.revision)
-                except (KeyWrongLastSequenceError, KeyNotFoundError):
-                    pass
-            self._drop()
+            except (KeyWrongLastSequenceError, KeyNotFoundError):
+                pass
+            finally:  # a delete that failed (bus gone) still ends our tenure: the TTL frees it
+                self._drop()
 
     def forget(self) -> None:
         """Stop acting on the lease without a write (our tenure ended): the server expires it."""

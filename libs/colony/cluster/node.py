@@ -148,17 +148,22 @@ class NodeRuntime:
     async def shutdown(self) -> None:
         """Graceful stop: take no new work, let short work finish, say STOPPED, close."""
         # Each step is attempted whatever the one before did (the bus may be gone), and a
-        # failure is logged: a stop must always get as far as closing.
+        # failure is logged: a stop must always get as far as closing. With the bus gone, the
+        # record writes are skipped (each would wait out a request timeout for nothing: the
+        # record's TTL tells the cluster instead), so a stop takes seconds, not the 20 s after
+        # which `colony up` kills an instance.
         try:
             self.workload.set_accepting(False)
             if self.state in (NodeState.READY, NodeState.NOT_READY):
-                await self._transition(NodeState.NOT_READY, "stopping", keep_drained=True)
+                if self._bus_up():
+                    await self._transition(NodeState.NOT_READY, "stopping", keep_drained=True)
                 await self._wait_empty(min(self.settings.drain_timeout, 10.0))
         except Exception:
             log.exception("%s: could not finish work before stopping", self.node_id)
         await self.task_owner.close()  # the drain task too
-        with suppress(Exception):
-            await self._transition(NodeState.STOPPED, "stopped")
+        if self._bus_up():
+            with suppress(Exception):
+                await self._transition(NodeState.STOPPED, "stopped")
         try:
             await self.workload.stop()
         except Exception:
@@ -166,7 +171,13 @@ class NodeRuntime:
         await self.ops.stop()
         if self._own_nc and self.nc is not None:
             with suppress(Exception):
-                await self.nc.drain()
+                if self._bus_up():
+                    await self.nc.drain()
+                else:  # drain() refuses a reconnecting client, which would keep trying
+                    await self.nc.close()
+
+    def _bus_up(self) -> bool:
+        return self.nc is not None and self.nc.is_connected
 
     # --- record keeping -------------------------------------------------------------------
 

@@ -256,7 +256,10 @@ class Controller:
     async def _step_down(self, why: str) -> None:
         log.info("%s gives up the controller lease: %s", self.runtime.node_id, why)
         await self._drop_duties()
-        await self.lease.release()
+        if self.runtime.nc.is_connected:
+            await self.lease.release()
+        else:  # a release would wait out a request timeout; the lease's TTL frees it instead
+            self.lease.forget()
 
     async def _drop_duties(self) -> None:
         for task in self._drivers.values():

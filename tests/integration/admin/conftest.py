@@ -31,6 +31,7 @@ from colony.bus.schema import ensure_schema
 from colony.eventstore import EventStore
 from colony.natsd import EmbeddedNats
 from colony.settings import Settings
+from colony.supervisor import die_with_parent
 from colony_admin import aggregates
 from colony_admin.app import create_app
 from colony_admin.auth import secrets
@@ -67,7 +68,8 @@ def nats_url(request, tmp_path_factory) -> str:
     shared = getattr(request.config, "_colony_admin_bus", None)
     if shared is None:
         base = tmp_path_factory.mktemp("nats")
-        srv = EmbeddedNats.authenticated(base / "nats", base / "bus", sync_always=False)
+        srv = EmbeddedNats.authenticated(base / "nats", base / "bus", sync_always=False,
+                                         preexec_fn=die_with_parent)  # outlives no test run
         url = srv.start()
         before = os.environ.get(SEED_VARIABLE)
         os.environ[SEED_VARIABLE] = str(srv.seed_file("operator"))
