@@ -94,3 +94,71 @@ def test_an_expired_long_poll_with_something_delivered_is_not_a_missing_consumer
 def test_request_numbers_come_from_the_last_token_of_the_reply_subject():
     assert _request_number("_INBOX_abc.Xy7.12") == 12
     assert _request_number("_INBOX.noise") == 0
+
+
+def test_wants_says_whether_plan_would_ask_without_changing_anything():
+    ledger = PullLedger(expires=5.0, refill=4, hold=0.5)
+    assert ledger.wants(free=1, now=0.0) is True, "a lone job is fetched at once"
+    ledger.sent(8, now=0.0)
+    for free in (0, 8, 11):                # covered by the outstanding request, or under the refill
+        assert ledger.wants(free=free, now=0.1) is False
+        assert ledger.plan(free=free, now=0.1) == 0
+    assert ledger.wants(free=12, now=0.1) is True and ledger.plan(free=12, now=0.1) == 4
+    request = ledger.sent(4, now=0.1)
+    ledger.ended(request.number, "409", now=0.2)
+    ledger.outstanding.clear()
+    assert ledger.wants(free=4, now=0.3) is False, "held after a refusal"
+    assert ledger.wants(free=4, now=0.3) is False, "and asking did not end the hold"
+    assert ledger.plan(free=4, now=0.3) == 0
+    assert ledger.wants(free=4, now=0.7) is True and ledger.plan(free=4, now=0.7) == 4
+
+
+class _FakeBus:
+    """What JobPuller uses of a nats client: an inbox, a subscription, publish."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, bytes, str]] = []
+
+    def new_inbox(self) -> str:
+        return "_INBOX.t"
+
+    async def subscribe(self, subject, cb, pending_msgs_limit):
+        return None
+
+    async def publish(self, subject, body, reply=""):
+        self.requests.append((subject, body, reply))
+
+
+async def test_a_freed_slot_wakes_the_puller_only_when_it_would_ask_for_more():
+    """Every runner sharing a JobBudget hears of every freed slot: one whose outstanding
+    request still owes at least that much, or that is not fetching, keeps sleeping."""
+    import asyncio
+    import json
+
+    from colony.queue.pull import JobPuller
+
+    bus, free = _FakeBus(), [8]
+    puller = JobPuller(bus, "MAIL", "c", on_job=lambda msg: None, free=lambda: free[0], expires=5.0,
+                       concurrency=8, consumer_exists=lambda: asyncio.sleep(0))
+    await puller.open()
+    task = asyncio.create_task(puller.run())
+    try:
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert [json.loads(b)["batch"] for _, b, _ in bus.requests] == [8], "one long poll for every free slot"
+        for _ in range(3):                  # three jobs came and went: the long poll still owes 5 of 8
+            puller.ledger.delivered()
+        for _ in range(5):
+            puller.wake()
+        free[0] = 0                          # a runner that stopped fetching is told too
+        puller.wake()
+        assert puller.wakeups == 0
+        free[0] = 12                         # a larger budget: 12 free, 5 owed -> worth a request of 7
+        puller.wake()
+        assert puller.wakeups == 1
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert [json.loads(b)["batch"] for _, b, _ in bus.requests] == [8, 7]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
