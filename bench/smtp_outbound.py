@@ -60,9 +60,16 @@ console = Console(width=120)
 
 
 class Sink:
-    def __init__(self) -> None:
+    def __init__(self, pipelining: bool = False) -> None:
         self.count = 0
         self.lock = threading.Lock()
+        self.pipelining = pipelining
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        session.host_name = hostname
+        if self.pipelining:   # as Postfix, Exim and the large providers' MX hosts do
+            responses.insert(-1, "250-PIPELINING")
+        return responses
 
     async def handle_DATA(self, server, session, envelope):
         with self.lock:
@@ -232,10 +239,12 @@ def main() -> None:
     parser.add_argument("--base-port", type=int, default=5500)
     parser.add_argument("--dkim", action="store_true", help="sign every delivery (a DKIM key for the sending domain)")
     parser.add_argument("--idle", type=float, default=10.0, help="seconds the idle cluster's CPU is measured first")
+    parser.add_argument("--sink-pipelining", action="store_true",
+                        help="the sink advertises PIPELINING (RFC 2920), as real MX hosts do; both systems then pipeline")
     args = parser.parse_args()
     if not args.no_peer and have("postfix", "/usr/sbin/postfix") == ["postfix", "/usr/sbin/postfix"]:
         sys.exit("the peer needs Debian's postfix: apt-get install postfix (or --no-peer)")
-    sink = Sink()
+    sink = Sink(args.sink_pipelining)
     sink_port = free_port()
     controller = Controller(sink, hostname="127.0.0.1", port=sink_port)
     controller.start()
@@ -253,7 +262,8 @@ def main() -> None:
         dns.stop()
         controller.stop()
     table = Table("system", "submissions/s", "delivered/s", "p50 ms", "p99 ms", "CPU ms/msg", "load after",
-                  title=f"{args.messages} messages of {args.size} B, {args.clients} clients")
+                  title=f"{args.messages} messages of {args.size} B, {args.clients} clients"
+                  + (", the sink offers PIPELINING" if args.sink_pipelining else ""))
     for r in rows:
         table.add_row(r["system"], f"{r['submit']:.0f}", f"{r['deliver']:.0f}", f"{r['p50']:.1f}", f"{r['p99']:.1f}",
                       f"{r['cpu_ms']:.1f}", f"{r['load']:.1f}")
