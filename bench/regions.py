@@ -3,7 +3,8 @@ region, and provisioning replication lag between regions (issue #11).
 
     .venv/bin/python bench/regions.py [--messages 400] [--clients 16] [--size 1536] [--repeat 2]
                                       [--events 100] [--mailstores 1] [--base-port 15000]
-                                      [--no-bus] [--bus-messages 2000] [--bus-events 300]
+                                      [--no-bus | --no-delivery] [--bus-messages 2000] [--bus-events 300]
+                                      [--bus-sync] [--bus-direct] [--bus-store-acks]
 
 **Delivery (the main table).** ``colony up --regions eu,us`` (hub and two regions on this
 machine, every process as an operator starts it, nats-servers syncing every write) with one
@@ -40,6 +41,12 @@ Colony's processes: three nats-servers of their own (hub, eu, us; no fsync), the
 ``colony.bus.schema`` makes them, a Python client publishing ``--bus-messages`` jobs into eu's
 MAIL (in-region) or us's (cross-region) and pulling them from eu's MAIL as eu's stores do,
 with each server's CPU per 1,000 messages, and the same replication lag measured on them.
+``--bus-sync`` has those servers fsync every write as ``colony up``'s do (the synced writes
+are the largest part of a server's CPU per job); ``--bus-direct`` adds a row where eu's
+consumer pulls us's MAIL itself through us's JetStream domain (no second copy in eu, but
+every pull request, job, ack and ack reply crosses the hub), to weigh that against the
+source; ``--bus-store-acks`` makes the consumer pull and acknowledge as the mail stores do
+(8 at a time, every ack confirmed).  ``--no-delivery`` runs the bus-only table alone.
 Goals (issue #11): cross-region throughput >= 0.9x in-region, replication lag p99 < 1 s.
 """
 
@@ -425,7 +432,10 @@ class CpuMeter:
         return self.used
 
 
-async def run_mail(js_pub, js_eu, label: str, n: int, size: int, cpu: CpuMeter | None = None) -> dict:
+async def run_mail(js_pub, js_eu, label: str, n: int, size: int, cpu: CpuMeter | None = None,
+                   store_acks: bool = False) -> dict:
+    """``store_acks``: pull 8 at a time and confirm every ack (``ack_sync``) as the mail stores'
+    queue runner does, instead of batches of 200 acked without confirmation."""
     durable = f"bench-{label}"
     sub = await js_eu.pull_subscribe(names.mail_region_filter("eu"), durable=durable,
                                      config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, max_ack_pending=10000))
@@ -436,13 +446,13 @@ async def run_mail(js_pub, js_eu, label: str, n: int, size: int, cpu: CpuMeter |
     async def consume():
         while len(latencies) < n:
             try:
-                msgs = await sub.fetch(200, timeout=5)
+                msgs = await sub.fetch(8 if store_acks else 200, timeout=5)
             except (TimeoutError, nats.errors.TimeoutError):
                 continue
             now = time.perf_counter()
             for m in msgs:
                 latencies.append(now - struct.unpack("d", m.data[:8])[0])
-                await m.ack()
+                await (m.ack_sync() if store_acks else m.ack())
         done.set()
 
     task = asyncio.create_task(consume())
@@ -487,16 +497,18 @@ async def run_lag(js_eu, js_us, events: int) -> list[float]:
 
 
 async def bus_only(args) -> None:
-    print(f"\nBus only (no Colony processes): hub, eu and us nats-servers of this benchmark's own, no fsync; "
+    sync = "fsync on every write, as colony up's" if args.bus_sync else "no fsync"
+    print(f"\nBus only (no Colony processes): hub, eu and us nats-servers of this benchmark's own, {sync}; "
           f"{args.bus_messages} jobs of {args.size} B published 100 in flight, pulled from eu's MAIL; "
           f"load average {os.getloadavg()[0]:.2f}")
     tmp = Path(tempfile.mkdtemp(prefix="colony-bench-regions-bus-"))
     leaf = _free_port()
     hub = EmbeddedNats(tmp / "hub", server_name="hub", jetstream_domain=names.HUB_JS_DOMAIN,
-                       leafnode_listen=f"127.0.0.1:{leaf}", sync_always=False)
+                       leafnode_listen=f"127.0.0.1:{leaf}", sync_always=args.bus_sync)
     servers = {r: EmbeddedNats(tmp / r, server_name=r, jetstream_domain=names.js_domain(r),
                                leafnode_remotes=(f"nats-leaf://127.0.0.1:{leaf}",),
-                               leafnode_deny=names.REGION_LOCAL_SUBJECTS, sync_always=False) for r in ("eu", "us")}
+                               leafnode_deny=names.REGION_LOCAL_SUBJECTS, sync_always=args.bus_sync)
+               for r in ("eu", "us")}
     hub.start()
     for s in servers.values():
         s.start()
@@ -511,8 +523,18 @@ async def bus_only(args) -> None:
         await run_mail(us, eu, "warm-up", 1, args.size)
         cpu = CpuMeter({"hub": hub.process.pid, "eu": servers["eu"].process.pid, "us": servers["us"].process.pid,
                         "bench": None})
-        rows = [await run_mail(eu, eu, "in-region", args.bus_messages, args.size, cpu),
-                await run_mail(us, eu, "cross-region", args.bus_messages, args.size, cpu)]
+        acks = args.bus_store_acks
+        rows = [await run_mail(eu, eu, "in-region", args.bus_messages, args.size, cpu, acks),
+                await run_mail(us, eu, "cross-region", args.bus_messages, args.size, cpu, acks)]
+        if args.bus_direct:
+            # The alternative to the second copy: eu's consumer reads us's MAIL itself, through
+            # us's JetStream domain.  A work queue takes one consumer per filter, so eu's MAIL
+            # first loses its source of us (these servers are thrown away afterwards).
+            config = (await eu.stream_info(names.STREAM_MAIL)).config
+            config.sources = None
+            await eu.update_stream(config)
+            rows.append(await run_mail(us, ncs["eu"].jetstream(domain=names.js_domain("us")), "cross-direct",
+                                       args.bus_messages, args.size, cpu, acks))
         for row in rows:
             print(f"{row['label']:<13} {row['n']} msgs of {args.size} B: {row['rate']:8.0f} msg/s, "
                   f"latency p50 {row['p50']:7.1f} ms p99 {row['p99']:7.1f} ms, {row['extra']} extra copies")
@@ -521,8 +543,12 @@ async def bus_only(args) -> None:
         for row in rows:
             print(f"  {row['label']:<24} " + "  ".join(f"{row['cpu'][name]:6.0f}" for name in cpu.pids)
                   + f"  {sum(row['cpu'].values()):6.0f}")
-        total_in, total_cross = (sum(r["cpu"].values()) for r in rows)
+        total_in, total_cross = (sum(r["cpu"].values()) for r in rows[:2])
         print(f"cross/in CPU per message: {total_cross / total_in:.2f}x   (bench = this process, the client)")
+        if args.bus_direct:
+            servers_cpu = [sum(v for k, v in r["cpu"].items() if k != "bench") for r in rows]
+            print("servers' CPU per message (hub + eu + us), in / cross through the source / cross read directly: "
+                  + " / ".join(f"{c / 1000:.3f} ms" for c in servers_cpu))
         lags = await run_lag(eu, us, args.bus_events)
         print(f"provisioning replication eu -> us on the bus, {len(lags)} events published one at a time: "
               f"p50 {statistics.median(lags) * 1000:.1f} ms, p99 {pct(lags, 0.99) * 1000:.1f} ms, "
@@ -545,13 +571,23 @@ def main() -> None:
     parser.add_argument("--mailstores", type=int, default=1, help="mail stores per region")
     parser.add_argument("--base-port", type=int, default=15000, help="eu from here, us from +200, the hub at +2/+3")
     parser.add_argument("--no-bus", action="store_true", help="skip the bus-only table")
+    parser.add_argument("--no-delivery", action="store_true", help="skip the delivery table (bus only)")
     parser.add_argument("--bus-messages", type=int, default=2000)
     parser.add_argument("--bus-events", type=int, default=300)
+    parser.add_argument("--bus-sync", action="store_true",
+                        help="the bus-only servers fsync every write (sync_interval: always), as colony up's do")
+    parser.add_argument("--bus-direct", action="store_true",
+                        help="add a bus-only row where eu's consumer pulls us's MAIL directly instead of its source's copy")
+    parser.add_argument("--bus-store-acks", action="store_true",
+                        help="the bus-only consumer pulls 8 at a time and confirms each ack, as the mail stores do")
     args = parser.parse_args()
     if args.repeat < 1 or args.messages < 1 or args.clients < 1:
         parser.error("--repeat, --messages and --clients must be at least 1")
+    if args.no_bus and args.no_delivery:
+        parser.error("--no-bus and --no-delivery together leave nothing to run")
     print(f"bench/regions.py {' '.join(sys.argv[1:])}  ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})")
-    delivery(args)
+    if not args.no_delivery:
+        delivery(args)
     if not args.no_bus:
         asyncio.run(bus_only(args))
 
