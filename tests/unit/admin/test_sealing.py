@@ -77,3 +77,21 @@ def test_a_sealer_makes_a_key_only_for_clear_credentials():
     assert sealer.seal(hashed, ha1) == (hashed, ha1, None) and len(sealer.writes) == 1  # sealed already
     _, _, second = sealer.seal(None, {"MD5": "1" * 32})
     assert second not in (None, name) and len(sealer.writes) == 2
+
+
+def test_bulk_sealing_hands_unkeyed_events_back_as_seal_does():
+    """``seal_creations`` skips ``seal`` for events it would hand back unchanged (a domain's
+    creation, a fence): the result must be what ``seal`` gives, event for event."""
+    import asyncio
+
+    from colony import events as ev
+
+    keys = sealing.SecretKeys(js=None)  # type: ignore[arg-type] - nothing here reaches the bus
+    events = [ev.DomainCreated(domain="a.example", cos="default"), ev.DomainAliasDeleted(alias="a.example", domain="a.example"),
+              ev.CosCreated(name="gold", limits={}), ev.AccountCreated(address="x@a.example", domain="a.example", name="x")]
+
+    async def both():
+        return await keys.seal_creations(events), [await keys.seal([e]) for e in events]
+
+    bulk, one_by_one = asyncio.run(both())
+    assert bulk == one_by_one and [s.events[0] for s in bulk] == events

@@ -205,6 +205,10 @@ def _sealed_credentials(event: ev.AccountCreated | ev.AccountPasswordSet, kid: s
     return event.model_copy(update=update) if update else event
 
 
+# The events ``SecretKeys.seal`` changes or names keys for; it hands any other back as it is.
+_KEYED = (ev.AccountCreated, ev.AccountPasswordSet, ev.AccountDeleted, ev.ApiTokenCreated, ev.ApiTokenRevoked)
+
+
 class SecretKeys:
     """The data keys, in ``names.BUCKET_SECRET_KEYS``; the bucket is opened on first use."""
 
@@ -319,7 +323,10 @@ class SecretKeys:
         await self.store(sealer)
         for i, event in enumerate(events):
             if out[i] is None:
-                out[i] = await self.seal([event])
+                # A domain's creation (most of the rest of an import) holds no secret and names
+                # no key: ``seal`` would hand it back as it is, after a coroutine and five
+                # missed isinstance checks per domain.
+                out[i] = await self.seal([event]) if isinstance(event, _KEYED) else Sealed([event])
         return out  # type: ignore[return-value]
 
     async def store(self, sealer: CredentialSealer) -> None:
