@@ -22,7 +22,7 @@ import itertools
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -396,6 +396,11 @@ class AccountMail:
         skip its walk over the mailbox."""
         box = self.state.box(name)
         return (self._handle, box.id, box.highest_modseq)
+
+    def message_map(self, name: str) -> Mapping[int, Message]:
+        """The messages of ``name`` by UID, ascending: the state's own mapping, read-only, which
+        later changes show in (a command reads it without copying the mailbox)."""
+        return self.state.box(name).messages
 
     def body(self, name: str, uid: int) -> bytes:
         msg = self.state.box(name).messages.get(uid)

@@ -81,7 +81,9 @@ Route = Callable[[str], Awaitable[bool]]     # "may this store serve the account
 
 
 def _parsed_weight(data: bytes, root: mime.Part) -> int:
-    return len(data) + sum(_PART_OVERHEAD + _HEADER_FACTOR * (p.header_end - p.header_start) for p in root.walk())
+    # Sessions keep up to RENDER_MEMO small FETCH renderings on a tree (mime.Part.rendered).
+    return (len(data) + S.RENDER_MEMO * S.RENDER_MEMO_LARGEST
+            + sum(_PART_OVERHEAD + _HEADER_FACTOR * (p.header_end - p.header_start) for p in root.walk()))
 
 
 class MessageCache:
@@ -147,13 +149,14 @@ class MailStore:
         self.marks = marks
         self.quota_bytes = quota_bytes
         self.cache = cache
+        self._where = str(mail.dir)
 
     def __getattr__(self, name: str):
         return getattr(self.mail, name)
 
     def _key(self, name: str, uid: int) -> tuple[str, str] | None:
         msg = self.mail.state.box(name).messages.get(uid)
-        return None if msg is None or self.cache is None else (str(self.mail.dir), msg.body)
+        return None if msg is None or self.cache is None else (self._where, msg.body)
 
     def body(self, name: str, uid: int) -> bytes:
         key = self._key(name, uid)
@@ -169,6 +172,9 @@ class MailStore:
 
     def version(self, name: str) -> tuple[int, int, int]:
         return self.mail.version(name)
+
+    def message_map(self, name: str):
+        return self.mail.message_map(name)
 
     def holds(self, name: str, uids: list[int]) -> bool:
         """Whether every one of ``uids`` (in ``name``, or gone from it) is in the cache."""

@@ -45,6 +45,9 @@ class Part:
     children: list[Part] = field(default_factory=list)
     message: Part | None = None          # message/rfc822: the encapsulated message
     lines: int = 0                       # body lines (text/* and message/rfc822)
+    # FETCH renderings of the message this is the root of (ENVELOPE, BODYSTRUCTURE, small
+    # sections), kept by the IMAP session: the octets never change, so neither do they.
+    rendered: dict | None = field(default=None, compare=False, repr=False)
 
     @property
     def multipart(self) -> bool:

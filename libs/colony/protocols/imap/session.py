@@ -77,6 +77,11 @@ _STATUS_OFFERED = {"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "SI
 QUOTA_ROOT = ""     # one quota root per account: all its mailboxes (RFC 9208)
 FETCH_BATCH_BYTES = 1024 * 1024
 MIME_CACHE = 8           # parsed messages kept per session
+# FETCH items rendered once per message and kept on its parsed tree (``mime.Part.rendered``):
+# at most this many per message, each at most this long (a store that caches trees counts
+# the bound in their weight).
+RENDER_MEMO = 4
+RENDER_MEMO_LARGEST = 1536
 READS_AT_MOST = 64       # messages a command may read and still count as light (``pending_reads``)
 MAX_APPEND = 64 * 1024 * 1024
 PREAUTH_LITERAL = 1024
@@ -185,6 +190,9 @@ class Store(Protocol):
     # expunged or had its flags changed in between (None: the store cannot tell); raises
     # ValueError for a mailbox that is gone, as ``messages`` does.
     # def version(self, name: str) -> object | None: ...
+    # Optional: the mailbox's messages by UID, a live mapping that follows the store's
+    # changes (None: the store cannot; the session then maps ``messages`` itself).
+    # def message_map(self, name: str) -> Mapping[int, StoredMessage] | None: ...
     def set_acl(self, name: str, identifier: str, rights: str) -> None: ...
     def append(self, name: str, data: bytes, flags=(), date: datetime | None = None): ...
     def store_flags(self, name: str, uids, flags, mode: str = "set") -> None: ...
@@ -1093,9 +1101,10 @@ class Session:
         if cmd.unchanged_since is not None:
             self._condstore_on(store)
         uids = self._select_uids(cmd.sequence, cmd.uid)
-        current = {m.uid: m for m in store.messages(self.mailbox)}
-        position = {u: i + 1 for i, u in enumerate(self._uids)}
+        current = self._by_uid(store)
         uids = [u for u in uids if u in current]
+        # Flags as they were (a store's messages may be live objects its commit changes).
+        before = {u: current[u].flags for u in uids}
         modified = []
         if cmd.unchanged_since is not None:
             # RFC 7162 §3.1.3: messages changed since the client looked are left alone and
@@ -1107,9 +1116,10 @@ class Session:
         messages = store.messages(self.mailbox)
         self._announce_keywords(messages)
         after = {m.uid: m for m in messages}
+        position = self._position
         for u in uids:
             msg = after[u]
-            changed = msg.flags != current[u].flags
+            changed = msg.flags != before[u]
             self._flags[u] = msg.flags
             # .SILENT still reports MODSEQ of changed messages under CONDSTORE (RFC 7162 §3.2)
             if not cmd.silent or (self.condstore and changed):
@@ -1118,10 +1128,10 @@ class Session:
                     items.append(f"UID {u}")
                 if self.condstore:
                     items.append(f"MODSEQ ({msg.modseq})")
-                self._send(f"* {position[u]} FETCH ({' '.join(items)})")
+                self._send(f"* {position(u)} FETCH ({' '.join(items)})")
         self._sync(store, expunge=cmd.uid)
         if modified:
-            numbers = modified if cmd.uid else [position[u] for u in modified]
+            numbers = modified if cmd.uid else [position(u) for u in modified]
             return f"[MODIFIED {_compress(numbers)}] Conditional STORE failed for some messages"
 
     def _do_copy(self, cmd: C.CopyMove, store: Store) -> str:
@@ -1270,7 +1280,7 @@ class Session:
             raise _Bad("VANISHED needs ENABLE QRESYNC")
         held = self._require(store, self.mailbox, "r")
         uids = self._select_uids(cmd.sequence, cmd.uid)
-        current = {m.uid: m for m in store.messages(self.mailbox)}
+        current = self._by_uid(store)
         if cmd.vanished:
             box = self._find(store, self.mailbox)
             gone = self._missing(cmd.sequence, box.uidnext - 1)
@@ -1286,7 +1296,6 @@ class Session:
             if unseen:
                 store.store_flags(self.mailbox, unseen, ["\\Seen"], "add")
                 store.commit()
-                current = {m.uid: m for m in store.messages(self.mailbox)}
         return self._fetch_batch(cmd, items, uids, sets_seen, store)
 
     def _fetch_batch(self, cmd: C.Fetch, items: list[C.FetchItem], uids: list[int], sets_seen: bool,
@@ -1294,8 +1303,8 @@ class Session:
         """FETCH responses until ``FETCH_BATCH_BYTES`` are queued; the rest waits for the
         client to take them (``_resume``), so a FETCH of a whole large mailbox holds one
         batch in memory, not the mailbox."""
-        current = {m.uid: m for m in store.messages(self.mailbox)}
-        position = {u: i + 1 for i, u in enumerate(self._uids)}
+        current = self._by_uid(store)
+        position = self._position
         # What does not depend on the message, worked out once per batch rather than per message.
         flags_asked = any(i.name == "FLAGS" for i in items)
         add_modseq = self.condstore and not any(i.name == "MODSEQ" for i in items)
@@ -1315,7 +1324,7 @@ class Session:
                 self._flags[u] = msg.flags
                 if add_modseq:
                     parts.append(f"MODSEQ ({msg.modseq})".encode())
-            data = b"* %d FETCH (%b)\r\n" % (position[u], b" ".join(parts))
+            data = b"* %d FETCH (%b)\r\n" % (position(u), b" ".join(parts))
             queued += len(data)
             out.append(Send(data))
         self._sync(store, expunge=cmd.uid)
@@ -1349,16 +1358,23 @@ class Session:
             return f"MODSEQ ({msg.modseq})".encode()
         data, root = self._parsed(store, msg.uid)
         if name == "ENVELOPE":
-            return b"ENVELOPE " + E.envelope(root, self.utf8)
+            return _memo(root, (name, self.utf8), lambda: b"ENVELOPE " + E.envelope(root, self.utf8))
         if name == "BODYSTRUCTURE" or (name == "BODY" and item.section is None):
-            return name.encode() + b" " + E.bodystructure(root, data, extensible=name == "BODYSTRUCTURE",
-                                                          utf8=self.utf8)
+            return _memo(root, (name, self.utf8), lambda: name.encode() + b" " + E.bodystructure(
+                root, data, extensible=name == "BODYSTRUCTURE", utf8=self.utf8))
         if name in ("RFC822", "RFC822.HEADER", "RFC822.TEXT"):
             text = {"RFC822": None, "RFC822.HEADER": "HEADER", "RFC822.TEXT": "TEXT"}[name]
             return name.encode() + b" " + _literal(mime.section_bytes(data, root, [], text))
-        numbers, text, fields = item.section
         if label is None:
             label = self._fetch_label(item)
+        # BODY[...] and BINARY[...] of one message never change: the same item (partial
+        # included) is the same octets.  BINARY.SIZE and BODY.PEEK share a label with
+        # others, hence the name in the key.
+        return _memo(root, (name, label, item.partial), lambda: self._section_item(item, data, root, label))
+
+    def _section_item(self, item: C.FetchItem, data: bytes, root: mime.Part, label: str) -> bytes:
+        name = item.name
+        numbers, text, fields = item.section
         try:
             if name.startswith("BINARY"):
                 part = mime.find_part(root, list(numbers))
@@ -1380,6 +1396,17 @@ class Session:
         if name.startswith("BINARY") and b"\x00" in octets:
             return label.encode() + b" ~" + _literal(octets)     # literal8 (RFC 3516 §4.2)
         return label.encode() + b" " + _literal(octets)
+
+    def _by_uid(self, store: Store):
+        """The selected mailbox's messages by UID: the store's own mapping when it has one
+        (no dict of the whole mailbox per command), else one made from ``messages``."""
+        live = getattr(store, "message_map", None)
+        found = live(self.mailbox) if live is not None else None
+        return found if found is not None else {m.uid: m for m in store.messages(self.mailbox)}
+
+    def _position(self, uid: int) -> int:
+        """The sequence number of a UID of the session's view (UIDs ascend with it)."""
+        return bisect.bisect_left(self._uids, uid) + 1
 
     # --- untagged updates ---------------------------------------------------------------------------
 
@@ -1490,6 +1517,21 @@ class _View:
 
 
 # --- helpers -------------------------------------------------------------------------------------
+
+def _memo(root: mime.Part, key: tuple, render: Callable[[], bytes]) -> bytes:
+    """A FETCH item of one message, rendered once and kept on its parsed tree (shared by
+    every session that holds the tree), within ``RENDER_MEMO`` / ``RENDER_MEMO_LARGEST``.
+    Sessions in worker threads may render the same item at once: both keep equal octets."""
+    memo = root.rendered
+    if memo is None:
+        memo = root.rendered = {}
+    hit = memo.get(key)
+    if hit is None:
+        hit = render()
+        if len(hit) <= RENDER_MEMO_LARGEST and len(memo) < RENDER_MEMO:
+            memo[key] = hit
+    return hit
+
 
 def _version(store: Store, name: str) -> object | None:
     version = getattr(store, "version", None)

@@ -276,6 +276,7 @@ class CompositeStore:
         self._views: dict[str, object | None] = {}
         self._touched: list[object] = []
         self._away: dict[str, str] = {}
+        self._routes: dict[str, object] = {}    # name -> its store (a FETCH asks per message)
 
     def __getattr__(self, name: str):     # anything else the session asks is the user's own
         return getattr(self.own, name)
@@ -286,6 +287,12 @@ class CompositeStore:
         return self._views[owner]
 
     def _route(self, name: str):
+        store = self._routes.get(name)
+        if store is None:
+            store = self._routes[name] = self._find_route(name)
+        return store
+
+    def _find_route(self, name: str):
         parsed = split_shared(name)
         if parsed is None:
             if name == OTHER_USERS or name.startswith(PREFIX):
@@ -360,6 +367,10 @@ class CompositeStore:
         # have to be the grantee's view, own \Seen included).  Never left to __getattr__.
         store = self._route(name)
         return store.version(name) if store is self.own and hasattr(store, "version") else None
+
+    def message_map(self, name: str):
+        store = self._route(name)     # as version: the own mail only
+        return store.message_map(name) if store is self.own and hasattr(store, "message_map") else None
 
     def parsed(self, name: str, uid: int):
         # Defined here, not left to __getattr__: the own store's parse cache must never answer

@@ -551,3 +551,47 @@ def test_a_store_that_keeps_parsed_messages_serves_fetch_and_search(mail):
     parsed.clear()
     assert "* SEARCH 1\r\n" in c.cmd("b SEARCH SUBJECT hello")
     assert parsed == [1, 2]      # the store's cache is asked each time, the session keeps none
+
+
+def test_fetch_renders_an_item_of_a_message_once(mail, monkeypatch):
+    """ENVELOPE, BODYSTRUCTURE and BODY[...] of one message never change: rendered once, kept
+    on its parsed tree (shared by the sessions holding it), within RENDER_MEMO items of at
+    most RENDER_MEMO_LARGEST octets; the same answers every time."""
+    from colony.protocols.imap import encode
+
+    calls: list[str] = []
+    real_envelope, real_structure = encode.envelope, encode.bodystructure
+    monkeypatch.setattr(S.E, "envelope", lambda *a, **k: calls.append("env") or real_envelope(*a, **k))
+    monkeypatch.setattr(S.E, "bodystructure", lambda *a, **k: calls.append("bs") or real_structure(*a, **k))
+    c = selected(mail)
+    ask = "FETCH 2 (ENVELOPE BODYSTRUCTURE BODY.PEEK[HEADER.FIELDS (SUBJECT)] BODY.PEEK[1]<0.3>)"
+    first = c.cmd("a " + ask)
+    assert "ENVELOPE (" in first and "BODYSTRUCTURE ((" in first and "BODY[1]<0> {3}\r\nK=C" in first
+    rendered = list(calls)       # (bodystructure calls itself for each part)
+    assert rendered.count("env") == 1 and "bs" in rendered
+    assert c.cmd("b " + ask).replace("b OK", "a OK") == first
+    assert calls == rendered
+    # A different partial, BODY for BODYSTRUCTURE, BINARY for BODY: other items, not the kept ones.
+    out = c.cmd("c FETCH 2 (BODY.PEEK[1]<1.3> BODY BINARY.PEEK[1])")
+    assert "BODY[1]<1> {3}\r\n=C3" in out and "BODY (" in out and "BINARY[1] {5}\r\nK\xe4se" in out
+    # UTF-8 on: ENVELOPE is rendered for it apart (another key).
+    u = selected(mail)
+    u.cmd("e ENABLE UTF8=ACCEPT")
+    u.cmd("s SELECT INBOX")
+    assert "ENVELOPE (" in u.cmd("f FETCH 2 ENVELOPE") and calls.count("env") == 2
+    # Bounded: a large item is never kept, and at most RENDER_MEMO items per message.
+    root = c.session._parsed(c.store, 2)[1]
+    assert 0 < len(root.rendered) <= S.RENDER_MEMO
+    assert all(len(v) <= S.RENDER_MEMO_LARGEST for v in root.rendered.values())
+    # Setting \Seen on the way still reports the new flags (the mailbox's live mapping).
+    out = c.cmd("g FETCH 1 (BODY[HEADER])")
+    assert "* 1 FETCH (FLAGS (\\Recent \\Seen) BODY[HEADER] {" in out
+
+
+def test_store_silent_under_condstore_still_names_the_changed_messages(mail):
+    """RFC 7162 §3.2: .SILENT still reports MODSEQ for messages the STORE changed."""
+    c = logged_in(mail)
+    c.cmd("e ENABLE CONDSTORE")
+    c.cmd("s SELECT INBOX")
+    out = c.cmd("a STORE 1:2 +FLAGS.SILENT (\\Seen)")       # 2 has it already: no change
+    assert re.search(r"\* 1 FETCH \(MODSEQ \(\d+\)\)", out) and "* 2 FETCH" not in out
