@@ -4,7 +4,8 @@ region, and provisioning replication lag between regions (issue #11).
     .venv/bin/python bench/regions.py [--messages 400] [--clients 16] [--size 1536] [--repeat 2]
                                       [--events 100] [--mailstores 1] [--base-port 15000]
                                       [--no-bus | --no-delivery] [--bus-messages 2000] [--bus-events 300]
-                                      [--bus-sync] [--bus-direct] [--bus-store-acks]
+                                      [--bus-in-flight 100] [--bus-sync] [--bus-direct] [--bus-publish-home]
+                                      [--bus-store-acks]
 
 **Delivery (the main table).** ``colony up --regions eu,us`` (hub and two regions on this
 machine, every process as an operator starts it, nats-servers syncing every write) with one
@@ -45,8 +46,10 @@ with each server's CPU per 1,000 messages, and the same replication lag measured
 are the largest part of a server's CPU per job); ``--bus-direct`` adds a row where eu's
 consumer pulls us's MAIL itself through us's JetStream domain (no second copy in eu, but
 every pull request, job, ack and ack reply crosses the hub), to weigh that against the
-source; ``--bus-store-acks`` makes the consumer pull and acknowledge as the mail stores do
-(8 at a time, every ack confirmed).  ``--no-delivery`` runs the bus-only table alone.
+source; ``--bus-publish-home`` adds one where us's client publishes straight into eu's MAIL
+across the link (no copy in us, the ack from eu); ``--bus-store-acks`` makes the consumer pull
+and acknowledge as the mail stores do (8 at a time, every ack confirmed).  ``--no-delivery``
+runs the bus-only table alone.
 Goals (issue #11): cross-region throughput >= 0.9x in-region, replication lag p99 < 1 s.
 """
 
@@ -83,6 +86,7 @@ from peers import process_cpu  # noqa: E402
 from smtp_inbound import ACCOUNTS, DOMAIN, make_message, smtp_session  # noqa: E402
 
 REGIONS = ("eu", "us")  # eu is the primary and the domain's home
+HOME_PREFIX = "bench-home-mail"  # --bus-publish-home: a subject the leafnode links do not deny
 LAG_DOMAIN = "lag.test"
 MESSAGE_ID = re.compile(rb"^Message-ID:\s*<([^>]+)>", re.MULTILINE | re.IGNORECASE)
 
@@ -433,11 +437,12 @@ class CpuMeter:
 
 
 async def run_mail(js_pub, js_eu, label: str, n: int, size: int, cpu: CpuMeter | None = None,
-                   store_acks: bool = False) -> dict:
+                   store_acks: bool = False, prefix: str | None = None, in_flight: int = 100) -> dict:
     """``store_acks``: pull 8 at a time and confirm every ack (``ack_sync``) as the mail stores'
-    queue runner does, instead of batches of 200 acked without confirmation."""
+    queue runner does, instead of batches of 200 acked without confirmation.  ``prefix``: jobs
+    go to ``<prefix>.eu.<domain>`` instead of eu's mail subjects (``--bus-publish-home``)."""
     durable = f"bench-{label}"
-    sub = await js_eu.pull_subscribe(names.mail_region_filter("eu"), durable=durable,
+    sub = await js_eu.pull_subscribe(f"{prefix}.eu.>" if prefix else names.mail_region_filter("eu"), durable=durable,
                                      config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, max_ack_pending=10000))
     latencies: list[float] = []
     pad = b"x" * max(0, size - 8)
@@ -459,13 +464,13 @@ async def run_mail(js_pub, js_eu, label: str, n: int, size: int, cpu: CpuMeter |
     if cpu:
         cpu.start()
     start = time.perf_counter()
-    subject = names.mail_subject("eu", f"{label}.example")
+    subject = f"{prefix}.eu.{label}.example" if prefix else names.mail_subject("eu", f"{label}.example")
     acks = []
     for i in range(n):
         # Nats-Msg-Id as an edge sets it: the sourcing stream drops a copy it already has.
         acks.append(js_pub.publish(subject, struct.pack("d", time.perf_counter()) + pad,
                                    headers={"Nats-Msg-Id": f"{label}-{i}"}))
-        if len(acks) >= 100:  # an edge has many sessions in flight, each waiting for its ack
+        if len(acks) >= in_flight:  # an edge has many sessions in flight, each waiting for its ack
             await asyncio.gather(*acks)
             acks = []
     await asyncio.gather(*acks)
@@ -499,7 +504,7 @@ async def run_lag(js_eu, js_us, events: int) -> list[float]:
 async def bus_only(args) -> None:
     sync = "fsync on every write, as colony up's" if args.bus_sync else "no fsync"
     print(f"\nBus only (no Colony processes): hub, eu and us nats-servers of this benchmark's own, {sync}; "
-          f"{args.bus_messages} jobs of {args.size} B published 100 in flight, pulled from eu's MAIL; "
+          f"{args.bus_messages} jobs of {args.size} B published {args.bus_in_flight} in flight, pulled from eu's MAIL; "
           f"load average {os.getloadavg()[0]:.2f}")
     tmp = Path(tempfile.mkdtemp(prefix="colony-bench-regions-bus-"))
     leaf = _free_port()
@@ -523,9 +528,31 @@ async def bus_only(args) -> None:
         await run_mail(us, eu, "warm-up", 1, args.size)
         cpu = CpuMeter({"hub": hub.process.pid, "eu": servers["eu"].process.pid, "us": servers["us"].process.pid,
                         "bench": None})
-        acks = args.bus_store_acks
-        rows = [await run_mail(eu, eu, "in-region", args.bus_messages, args.size, cpu, acks),
-                await run_mail(us, eu, "cross-region", args.bus_messages, args.size, cpu, acks)]
+        how = {"store_acks": args.bus_store_acks, "in_flight": args.bus_in_flight}
+        rows = [await run_mail(eu, eu, "in-region", args.bus_messages, args.size, cpu, **how),
+                await run_mail(us, eu, "cross-region", args.bus_messages, args.size, cpu, **how)]
+        if args.bus_publish_home:
+            # The other alternative: us's client publishes straight into eu's MAIL across the
+            # link, its ack coming from eu (no copy in us; 250 would then depend on the link).
+            # eu's mail subjects are denied on the link, so eu's MAIL also takes a subject
+            # that is not (these servers are thrown away afterwards).
+            config = (await eu.stream_info(names.STREAM_MAIL)).config
+            config.subjects = [*config.subjects, f"{HOME_PREFIX}.eu.>"]
+            await eu.update_stream(config)
+            # us hears of eu's new interest over the link a moment later: probe until a
+            # publish from us is answered, then remove the probe.
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    await us.publish(f"{HOME_PREFIX}.eu.probe", b"probe", timeout=2)
+                    break
+                except (nats.errors.NoRespondersError, nats.js.errors.NoStreamResponseError, nats.errors.TimeoutError):
+                    if time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(0.1)
+            await eu.purge_stream(names.STREAM_MAIL, subject=f"{HOME_PREFIX}.eu.probe")
+            rows.append(await run_mail(us, eu, "cross-publish", args.bus_messages, args.size, cpu,
+                                       prefix=HOME_PREFIX, **how))
         if args.bus_direct:
             # The alternative to the second copy: eu's consumer reads us's MAIL itself, through
             # us's JetStream domain.  A work queue takes one consumer per filter, so eu's MAIL
@@ -534,7 +561,7 @@ async def bus_only(args) -> None:
             config.sources = None
             await eu.update_stream(config)
             rows.append(await run_mail(us, ncs["eu"].jetstream(domain=names.js_domain("us")), "cross-direct",
-                                       args.bus_messages, args.size, cpu, acks))
+                                       args.bus_messages, args.size, cpu, **how))
         for row in rows:
             print(f"{row['label']:<13} {row['n']} msgs of {args.size} B: {row['rate']:8.0f} msg/s, "
                   f"latency p50 {row['p50']:7.1f} ms p99 {row['p99']:7.1f} ms, {row['extra']} extra copies")
@@ -545,10 +572,8 @@ async def bus_only(args) -> None:
                   + f"  {sum(row['cpu'].values()):6.0f}")
         total_in, total_cross = (sum(r["cpu"].values()) for r in rows[:2])
         print(f"cross/in CPU per message: {total_cross / total_in:.2f}x   (bench = this process, the client)")
-        if args.bus_direct:
-            servers_cpu = [sum(v for k, v in r["cpu"].items() if k != "bench") for r in rows]
-            print("servers' CPU per message (hub + eu + us), in / cross through the source / cross read directly: "
-                  + " / ".join(f"{c / 1000:.3f} ms" for c in servers_cpu))
+        print("servers' CPU ms per message (hub + eu + us): "
+              + ", ".join(f"{r['label']} {sum(v for k, v in r['cpu'].items() if k != 'bench') / 1000:.3f}" for r in rows))
         lags = await run_lag(eu, us, args.bus_events)
         print(f"provisioning replication eu -> us on the bus, {len(lags)} events published one at a time: "
               f"p50 {statistics.median(lags) * 1000:.1f} ms, p99 {pct(lags, 0.99) * 1000:.1f} ms, "
@@ -574,15 +599,21 @@ def main() -> None:
     parser.add_argument("--no-delivery", action="store_true", help="skip the delivery table (bus only)")
     parser.add_argument("--bus-messages", type=int, default=2000)
     parser.add_argument("--bus-events", type=int, default=300)
+    parser.add_argument("--bus-in-flight", type=int, default=100,
+                        help="bus-only jobs published at once, each round waiting for all their acks (an edge: its sessions)")
     parser.add_argument("--bus-sync", action="store_true",
                         help="the bus-only servers fsync every write (sync_interval: always), as colony up's do")
     parser.add_argument("--bus-direct", action="store_true",
                         help="add a bus-only row where eu's consumer pulls us's MAIL directly instead of its source's copy")
+    parser.add_argument("--bus-publish-home", action="store_true",
+                        help="add a bus-only row where us's client publishes straight into eu's MAIL across the link")
     parser.add_argument("--bus-store-acks", action="store_true",
                         help="the bus-only consumer pulls 8 at a time and confirms each ack, as the mail stores do")
     args = parser.parse_args()
     if args.repeat < 1 or args.messages < 1 or args.clients < 1:
         parser.error("--repeat, --messages and --clients must be at least 1")
+    if args.bus_in_flight < 1:
+        parser.error("--bus-in-flight must be at least 1")
     if args.no_bus and args.no_delivery:
         parser.error("--no-bus and --no-delivery together leave nothing to run")
     print(f"bench/regions.py {' '.join(sys.argv[1:])}  ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})")
