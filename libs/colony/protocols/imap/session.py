@@ -1485,6 +1485,8 @@ class Session:
 # --- the message view SEARCH reads ----------------------------------------------------------------
 
 class _View:
+    __slots__ = ("seq", "uid", "size", "flags", "internal_date", "modseq", "_session", "_store")
+
     def __init__(self, seq: int, msg: StoredMessage, session: Session, store: Store) -> None:
         self.seq, self.uid, self.size = seq, msg.uid, msg.size
         self.flags = msg.flags | {"\\Recent"} if msg.uid in session._recent else msg.flags
@@ -1538,34 +1540,17 @@ def _version(store: Store, name: str) -> object | None:
     return None if version is None else version(name)
 
 
+# Command classes whose instances carry no name of their own (no class derives from another,
+# so the exact type decides: one lookup instead of a chain of isinstance per call).
+_NAMES: dict[type, str] = {C.UidExpunge: "UID EXPUNGE", C.Login: "LOGIN", C.Authenticate: "AUTHENTICATE",
+                           C.Enable: "ENABLE", C.Id: "ID", C.Rename: "RENAME", C.Status: "STATUS",
+                           C.Append: "APPEND", C.Search: "SEARCH", C.Sort: "SORT", C.Thread: "THREAD",
+                           C.Fetch: "FETCH", C.Store: "STORE"}
+
+
 def _name(cmd: C.ImapCommand) -> str:
-    if isinstance(cmd, C.UidExpunge):
-        return "UID EXPUNGE"
-    if isinstance(cmd, C.Login):
-        return "LOGIN"
-    if isinstance(cmd, C.Authenticate):
-        return "AUTHENTICATE"
-    if isinstance(cmd, C.Enable):
-        return "ENABLE"
-    if isinstance(cmd, C.Id):
-        return "ID"
-    if isinstance(cmd, C.Rename):
-        return "RENAME"
-    if isinstance(cmd, C.Status):
-        return "STATUS"
-    if isinstance(cmd, C.Append):
-        return "APPEND"
-    if isinstance(cmd, C.Search):
-        return "SEARCH"
-    if isinstance(cmd, C.Sort):
-        return "SORT"
-    if isinstance(cmd, C.Thread):
-        return "THREAD"
-    if isinstance(cmd, C.Fetch):
-        return "FETCH"
-    if isinstance(cmd, C.Store):
-        return "STORE"
-    return cmd.name      # Simple, Select, MailboxCommand, ListCommand, Quota, Acl, CopyMove
+    # Simple, Select, MailboxCommand, ListCommand, Quota, Acl, CopyMove carry their name.
+    return _NAMES.get(type(cmd)) or cmd.name
 
 
 def _has_key(key: tuple, name: str) -> bool:
