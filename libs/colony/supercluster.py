@@ -77,6 +77,8 @@ class SuperCluster:
         return self.base_port + HUB_PORT_OFFSET + 1
 
     def start(self) -> None:
+        for cluster in self.clusters.values():  # a taken port refuses before anything starts
+            cluster.check_free()
         self.start_hub()
         for region in self.regions:
             self.clusters[region].start()

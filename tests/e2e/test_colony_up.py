@@ -48,12 +48,23 @@ def status_json(data_dir: Path) -> list[dict]:
     return json.loads(out.stdout)
 
 
-def wait_for(condition, timeout: float, what: str):
+class UpExited(AssertionError):
+    """The `colony up` a test waits on ended by itself (its output says why)."""
+
+    def __init__(self, proc: subprocess.Popen, what: str):
+        self.output = UP_LOGS[proc.pid].read_text(errors="replace") if proc.pid in UP_LOGS else ""
+        super().__init__(f"`colony up` exited with {proc.returncode} while we waited for {what}:\n{self.output[-3000:]}")
+
+
+def wait_for(condition, timeout: float, what: str, up: subprocess.Popen | None = None):
+    """Poll ``condition`` until it holds; with ``up``, fail at once if that `colony up` ended."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         result = condition()
         if result:
             return result
+        if up is not None and up.poll() is not None:
+            raise UpExited(up, what)
         time.sleep(0.3)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 

@@ -23,8 +23,9 @@ from pathlib import Path
 import pytest
 
 import test_colony_up as colony_up
-from test_colony_up import COLONY, ready_nodes, start_up, stop_up, wait_for
+from test_colony_up import UP_LOGS, UpExited, COLONY, ready_nodes, start_up, stop_up, wait_for
 from colony.ports import port_is_free
+from colony.supercluster import HUB_PORT_OFFSET
 from tools import port_band
 
 pytestmark = pytest.mark.slow
@@ -112,13 +113,24 @@ def regions_up(data_dir: Path, counts: list[str], per_region: int, **extra_env: 
            "COLONY_DNSBL_ZONES": "", **extra_env}
     os.environ.update(env)
     try:
-        proc = start_up(data_dir, base, "--regions", "eu,us", *counts)
+        for attempt in range(3):
+            proc = start_up(data_dir, base, "--regions", "eu,us", *counts)
+            try:
+                wait_for(lambda: ready_nodes(data_dir / "eu", per_region), 240, "every eu instance READY", up=proc)
+                break
+            except UpExited as exc:
+                # Another program on the machine (a benchmark) took one of the free ports we
+                # picked before `colony up` bound it: it refused at once, so pick again.
+                if "is taken" not in exc.output or attempt == 2:
+                    raise
+                UP_LOGS.pop(proc.pid, None)
+                base = free_base()
     finally:
         for key in env:
             del os.environ[key]
     try:
         for region in ("eu", "us"):
-            wait_for(lambda r=region: ready_nodes(data_dir / r, per_region), 240, f"every {region} instance READY")
+            wait_for(lambda r=region: ready_nodes(data_dir / r, per_region), 240, f"every {region} instance READY", up=proc)
         wait_for(lambda: (data_dir / "eu" / "admin.token").exists(), 60, "the primary's bootstrap token")
         yield data_dir, base
     finally:
@@ -254,3 +266,22 @@ def test_controller_failover_in_one_region_leaves_the_other_alone(regions):
     wait_for(lambda: len(bodies(us, "us.example")) == 1, 120, "us to deliver its own mail")
     us_after = {n["id"]: (n["pid"], n["epoch"], n["controller"]) for n in status_json(us)}
     assert us_after == us_before  # same processes, same controller, same epoch
+
+
+def test_a_taken_port_in_any_region_refuses_before_anything_starts(tmp_path):
+    """`colony up --regions` checks every region's ports first: a port taken in the second
+    region must not leave the hub and the first region started (and a data directory in use)."""
+    import socket
+
+    base = free_base()
+    us_smtp = base + 200 + 25
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", us_smtp))
+        taken.listen()
+        out = subprocess.run([COLONY, "up", "--data-dir", str(tmp_path / "sc"), "--base-port", str(base),
+                              "--no-live", "--regions", "eu,us"], capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    # (Another program may hold another of the range's ports by now: any one refused will do.)
+    assert "is taken" in out.stdout + out.stderr, out.stdout + out.stderr
+    assert not (tmp_path / "sc" / "hub").exists(), "the hub started although a region could not"
+    assert port_is_free("127.0.0.1", base + HUB_PORT_OFFSET)
