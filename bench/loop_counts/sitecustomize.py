@@ -1,0 +1,69 @@
+"""Counters for bench/smtp_inbound_counts.py, loaded into every Python process of `colony up`
+through PYTHONPATH (only there: it wraps asyncio and nats-py internals, for measuring).
+
+Per process, written to ``$COLONY_LOOP_COUNTS/<pid>.json`` at most twice a second while the
+event loop runs: ``select`` (event-loop passes), ``nonzero`` (passes that returned I/O
+events), ``events``, ``submit`` (executor jobs: the mail store's worker-thread batches),
+``handles`` and ``by`` (callbacks run, by task coroutine or callback name) and ``kv:<bucket>:<key
+head>`` (KV reads).  Each wrapper adds CPU: read counts from a counting run, CPU from another.
+"""
+import json, os, sys, time, selectors
+_C = {"select": 0, "events": 0, "submit": 0, "nonzero": 0}
+_last = [0.0]
+_dir = os.environ["COLONY_LOOP_COUNTS"]
+def _dump():
+    now = time.monotonic()
+    if now - _last[0] < 0.5:
+        return
+    _last[0] = now
+    tmp = f"{_dir}/{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        json.dump({"argv": sys.argv, **_C}, f)
+    os.replace(tmp, f"{_dir}/{os.getpid()}.json")
+_orig = selectors.EpollSelector.select
+def select(self, timeout=None):
+    r = _orig(self, timeout)
+    _C["select"] += 1
+    _C["events"] += len(r)
+    if r:
+        _C["nonzero"] += 1
+    _dump()
+    return r
+selectors.EpollSelector.select = select
+import concurrent.futures.thread as _t
+_osub = _t.ThreadPoolExecutor.submit
+def submit(self, *a, **k):
+    _C["submit"] += 1
+    return _osub(self, *a, **k)
+_t.ThreadPoolExecutor.submit = submit
+if True:  # callbacks by name
+    import asyncio.events as _ev
+    _H = {}
+    _C["handles"] = 0
+    _orun = _ev.Handle._run
+    def _run(self):
+        _C["handles"] += 1
+        cb = self._callback
+        try:
+            owner = getattr(cb, "__self__", None)
+            if isinstance(owner, __import__("asyncio").Task):
+                name = "task:" + getattr(owner.get_coro(), "__qualname__", "?")
+            else:
+                name = getattr(cb, "__qualname__", repr(cb)[:40])
+        except Exception:
+            name = "?"
+        _H[name] = _H.get(name, 0) + 1
+        return _orun(self)
+    _ev.Handle._run = _run
+    _C["by"] = _H
+if True:  # KV reads by bucket and key
+    try:
+        import nats.js.kv as _kv
+        _og = _kv.KeyValue.get
+        async def _get(self, key, *a, **k):
+            kk = "kv:" + self._name + ":" + key.split(".")[0]
+            _C[kk] = _C.get(kk, 0) + 1
+            return await _og(self, key, *a, **k)
+        _kv.KeyValue.get = _get
+    except Exception as e:
+        _C["kverr"] = repr(e)

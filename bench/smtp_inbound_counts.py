@@ -1,0 +1,181 @@
+"""What a delivered message costs each process of `colony up`, counted rather than timed.
+
+    .venv/bin/python bench/smtp_inbound_counts.py --stores 3 [--messages 3000] [--clients 16]
+        [--accounts 20] [--idle 5] [--loop-counts] [--perf FILE] [--base-port 21000]
+
+The load of ``bench/smtp_inbound.py`` (1 KiB messages, ``--clients`` SMTP sessions, round
+robin over ``--accounts``), and per process, divided by the messages: CPU (user and system
+apart), voluntary and involuntary context switches of all its threads, read- and write-like
+system calls (``/proc/<pid>/io``: file writes and fsyncs' writes, not socket sends), and the
+mail stores' own counters (commits, stored, account acquisitions).  On a shared VM the CPU
+of one run moves by tens of percent; these counts do not, so they say whether a process does
+more *work* per message or the same work more slowly.
+
+``--idle N`` measures every process's CPU per second for N seconds before the load and
+prints CPU per message net of it.  ``--loop-counts`` starts `colony up` with
+``bench/loop_counts`` on PYTHONPATH: event-loop passes, callbacks run by name, executor jobs
+and KV reads per message (its wrappers cost CPU: take CPU from a run without it).  ``--perf
+FILE`` records the mail stores with ``perf record -e cpu-clock -g`` during the load (CPU
+only, kernel included; ``perf report -i FILE --sort dso,sym``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import smtp_inbound as S  # noqa: E402
+from colony_up import ColonyUp, process_label  # noqa: E402
+from peers import process_cpu, wait_port  # noqa: E402
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+COLUMNS = ("cpu", "utime", "stime", "vcs", "ics", "syscr", "syscw", "select", "nonzero", "submit", "handles")
+STORE_METRICS = ("colony_mailstore_commits_total", "colony_mailstore_messages_stored_total",
+                 "colony_mailstore_forwarded_total", "colony_mailstore_account_acquired_total")
+
+
+def counters(pid: int, counts_dir: Path | None) -> dict[str, float]:
+    """Cumulative counters of one process (CPU in ms)."""
+    out: dict[str, float] = {}
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        out["utime"], out["stime"] = int(stat[11]) / CLK_TCK * 1000, int(stat[12]) / CLK_TCK * 1000
+        out["cpu"] = process_cpu([pid]) * 1000
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            for line in (task / "status").read_text().splitlines():
+                if line.startswith("voluntary_ctxt_switches"):
+                    out["vcs"] = out.get("vcs", 0) + int(line.split()[1])
+                elif line.startswith("nonvoluntary_ctxt_switches"):
+                    out["ics"] = out.get("ics", 0) + int(line.split()[1])
+        io = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
+        out["syscr"], out["syscw"] = int(io["syscr"]), int(io["syscw"])
+    except (OSError, ValueError, IndexError):
+        pass
+    if counts_dir is not None:
+        try:
+            loop = json.loads((counts_dir / f"{pid}.json").read_text())
+        except (OSError, ValueError):
+            loop = {}
+        loop.pop("argv", None)
+        out.update({f"by:{k}": v for k, v in loop.pop("by", {}).items()})
+        out.update(loop)
+    return out
+
+
+def store_metrics(colony: ColonyUp) -> Counter:
+    total: Counter = Counter()
+    for node in colony.status():
+        ops = node.get("addresses", {}).get("ops") if node.get("role") == "mailstore" else None
+        if ops:
+            for line in httpx.get(f"http://{ops}/metrics", timeout=10).text.splitlines():
+                if line.startswith(STORE_METRICS):
+                    name, value = line.rsplit(" ", 1)
+                    total[name] += float(value)
+    return total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--stores", type=int, default=1)
+    parser.add_argument("--messages", type=int, default=3000)
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--accounts", type=int, default=20)
+    parser.add_argument("--base-port", type=int, default=4500)
+    parser.add_argument("--idle", type=float, default=0.0, help="seconds of idle CPU measured before the load")
+    parser.add_argument("--loop-counts", action="store_true", help="count event-loop work (costs CPU)")
+    parser.add_argument("--perf", default="", help="perf record the mail stores into this file")
+    parser.add_argument("--json", default="", help="write the raw counters here")
+    args = parser.parse_args()
+    S.ACCOUNTS[:] = [f"user{i}" for i in range(args.accounts)]
+    n = args.messages
+    with tempfile.TemporaryDirectory(prefix="colony-counts-") as tmp:
+        counts_dir = Path(tmp) / "loop" if args.loop_counts else None
+        env = None
+        if counts_dir is not None:
+            counts_dir.mkdir()
+            site = str(Path(__file__).resolve().parent / "loop_counts")
+            env = {**os.environ, "COLONY_LOOP_COUNTS": str(counts_dir),
+                   "PYTHONPATH": os.pathsep.join(p for p in (site, os.environ.get("PYTHONPATH", "")) if p)}
+        data_dir = Path(tmp) / "colony"
+        with ColonyUp(data_dir, args.base_port, "--mailstores", str(args.stores), "--sipfarms", "0",
+                      env=env, timeout=120) as colony:
+            colony.provision(S.DOMAIN, S.ACCOUNTS)
+            port = args.base_port + 25
+            wait_port(port, 60)
+            storage = data_dir / "storage" / "SharedDomains"
+
+            def stored() -> int:
+                return sum(1 for _ in storage.glob("**/*.macnt/mail/bodies/*"))
+
+            last = S.ACCOUNTS[-1]
+            asyncio.run(S.smtp_session(port, [(f"{last}@{S.DOMAIN}", S.make_message(100, len(S.ACCOUNTS) - 1))], []))
+            S.wait_stored(stored, 1, 60)
+            time.sleep(1.0)  # the loop counters are written twice a second
+            pids = colony.pids()
+            labels = {pid: process_label(pid) for pid in pids}
+            idle: dict[int, float] = {}
+            if args.idle > 0:
+                i0, t0 = {pid: counters(pid, None)["cpu"] for pid in pids}, time.monotonic()
+                time.sleep(args.idle)
+                idle = {pid: (counters(pid, None)["cpu"] - i0[pid]) / (time.monotonic() - t0) for pid in pids}
+            m0 = store_metrics(colony)
+            c0 = {pid: counters(pid, counts_dir) for pid in pids}
+            load = os.getloadavg()[0]
+            perf = None
+            if args.perf:
+                stores = ",".join(str(pid) for pid in pids if labels[pid] == "colony_mailstore")
+                perf = subprocess.Popen(["perf", "record", "-e", "cpu-clock", "-F", "997", "-g", "-o", args.perf,
+                                         "-p", stores], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                time.sleep(1.0)
+            t0 = time.monotonic()
+            start, _ = asyncio.run(S.run_load(port, n, 1024, args.clients))
+            end = S.wait_stored(stored, n + 1, 600)
+            elapsed = time.monotonic() - t0
+            if perf is not None:
+                perf.send_signal(2)
+                perf.wait(timeout=60)
+            time.sleep(1.0)
+            c1 = {pid: counters(pid, counts_dir) for pid in pids}
+            m1 = store_metrics(colony)
+    print(f"{args.stores} mail store(s), {args.clients} clients, {n} messages: {n / (end - start):.0f} msgs/s, "
+          f"load {load:.2f} at start")
+    print(f"{'process':24}" + "".join(f"{c:>9}" for c in COLUMNS) + "   per message (CPU in ms)")
+    by_role: dict[str, Counter] = {}
+    per_pid = {pid: {k: c1[pid].get(k, 0) - c0[pid].get(k, 0) for k in c1[pid]} for pid in pids}
+    for pid in sorted(pids, key=lambda p: -per_pid[p].get("cpu", 0)):
+        d = per_pid[pid]
+        if d.get("cpu", 0) / n < 0.01:
+            continue
+        role = by_role.setdefault(labels[pid], Counter())
+        role.update({k: v for k, v in d.items()})
+        net = f"  net of idle {(d['cpu'] - idle[pid] * elapsed) / n:.3f} (idle {idle[pid]:.1f} ms/s)" \
+            if pid in idle else ""
+        print(f"{labels[pid][:17] + ' ' + str(pid):24}" + "".join(f"{d.get(c, 0) / n:9.3f}" for c in COLUMNS) + net)
+    print("summed by role")
+    for role, d in by_role.items():
+        print(f"{role[:24]:24}" + "".join(f"{d.get(c, 0) / n:9.3f}" for c in COLUMNS))
+    print("mail stores' metrics: " + ", ".join(f"{k} {(m1[k] - m0[k]) / n:.3f}" for k in sorted(m1) if m1[k] - m0[k]))
+    stores = by_role.get("colony_mailstore", Counter())
+    extra = sorted(((k, v) for k, v in stores.items() if k.startswith(("by:", "kv:")) and v), key=lambda kv: -kv[1])
+    if extra:
+        print("mail stores' callbacks (by:) and KV reads (kv:) per message: " +
+              ", ".join(f"{k} {v / n:.3f}" for k, v in extra[:24]))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"stores": args.stores, "clients": args.clients, "n": n, "load": load,
+                                               "rows": [(labels[p], p, per_pid[p], idle.get(p)) for p in pids],
+                                               "metrics": [m0, m1]}))
+
+
+if __name__ == "__main__":
+    main()
