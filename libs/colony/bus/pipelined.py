@@ -27,32 +27,38 @@ async def publish_pipelined(nc: Client, messages: Sequence[Outgoing], timeout: f
         return []
     loop = asyncio.get_running_loop()
     inbox = nc.new_inbox()
-    acks: list[asyncio.Future[bytes]] = [loop.create_future() for _ in messages]
+    # Each ack's raw body in its message's slot, and one future for "all are in": a future per
+    # message, waited on with asyncio.wait, cost ~2 us a message more (creation, a done
+    # callback each, the wait's bookkeeping) -- a sixth of what a pipelined publish costs us.
+    raw: list[bytes | None] = [None] * len(messages)
+    missing = len(messages)
+    all_in: asyncio.Future[None] = loop.create_future()
 
     async def on_ack(msg: Msg) -> None:
+        nonlocal missing
         try:
-            future = acks[int(msg.subject.rsplit(".", 1)[1])]
+            index = int(msg.subject.rsplit(".", 1)[1])
+            if raw[index] is not None:
+                return  # a second answer to one message: the first one counts
         except (ValueError, IndexError):
             return
-        if not future.done():
-            future.set_result(msg.data or b"{}")
+        raw[index] = msg.data or b"{}"
+        missing -= 1
+        if not missing and not all_in.done():
+            all_in.set_result(None)
 
     sub = await nc.subscribe(f"{inbox}.*", cb=on_ack)
     try:
         for i, (subject, payload, headers) in enumerate(messages):
             await nc.publish(subject, payload, reply=f"{inbox}.{i}", headers=headers)
         # One wait for the whole batch: a wait_for per message costs a task and a timer each.
-        await asyncio.wait(acks, timeout=timeout)
+        await asyncio.wait([all_in], timeout=timeout)
     finally:
         await sub.unsubscribe()
     answers: list[dict[str, Any] | None] = []
-    for future in acks:
-        if not future.done():
-            future.cancel()
-            answers.append(None)
-            continue
+    for data in list(raw):  # a copy: nothing that arrives after the deadline counts
         try:
-            ack = orjson.loads(future.result())
+            ack = None if data is None else orjson.loads(data)
         except orjson.JSONDecodeError:
             ack = None
         answers.append(ack if isinstance(ack, dict) else None)
