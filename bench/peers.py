@@ -210,8 +210,9 @@ default_internal_user = dovecot
 
 class Postfix:
     def __init__(self, workdir: Path, smtp_port: int, domain: str, lmtp_port: int | None = None,
-                 relay_to: str | None = None) -> None:
+                 relay_to: str | None = None, extra: str = "") -> None:
         self.dir = workdir / "postfix"
+        self.extra = extra  # more main.cf lines, e.g. a destination concurrency limit
         self.smtp_port = smtp_port
         self.domain = domain
         self.lmtp_port = lmtp_port
@@ -241,7 +242,7 @@ smtputf8_enable = yes
 default_process_limit = 100
 lmtp_connection_cache_on_demand = yes
 smtpd_tls_security_level = none
-{route}"""
+{route}{self.extra}"""
 
     def master_cf(self) -> str:
         base = Path("/etc/postfix/master.cf").read_text()
