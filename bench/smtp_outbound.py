@@ -23,8 +23,8 @@ message by process, and the bus messages per message (nats-server's ``/varz`` ``
 ``out_msgs`` over the timed part: every publish, request, reply, ack and JetStream-internal
 message the server took in or handed out).  ``--dkim`` makes a DKIM key for the sending
 domain first (through the admin API), so every delivery is signed, and has Postfix sign too,
-through Debian's OpenDKIM as a milter (2048-bit RSA, relaxed/relaxed, its CPU counted with
-Postfix's; ``--postfix-unsigned`` for the older rows' setup).  The "signed" column counts
+through Debian's OpenDKIM as a milter on a unix socket (2048-bit RSA, relaxed/relaxed, its
+CPU counted with Postfix's; ``--postfix-unsigned`` for the older rows' setup).  The "signed" column counts
 the messages that reached the sink with a DKIM-Signature header.  Both systems open at most
 ``--destination-concurrency`` connections to the one destination (default 20, Postfix's
 default_destination_concurrency_limit).
@@ -242,7 +242,7 @@ def run_postfix(workdir: Path, sink: Sink, sink_port: int, count: int, clients: 
     """Postfix relaying to the sink; with ``dkim``, signing through an OpenDKIM milter (its
     CPU counted with Postfix's), so that both systems do the same work per message."""
     extra = f"default_destination_concurrency_limit = {concurrency}\n"
-    milter = OpenDKIM(workdir, base + 91, DOMAIN) if dkim else None
+    milter = OpenDKIM(workdir, DOMAIN) if dkim else None
     if milter is not None:
         milter.start()
         extra += f"smtpd_milters = {milter.milter}\nmilter_default_action = tempfail\n"
