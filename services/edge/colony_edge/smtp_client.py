@@ -6,9 +6,10 @@ a transaction.  A session is greeted and EHLO'd (HELO if EHLO is refused) on ``c
 anew); ``send`` runs one transaction, pipelined when the server advertised PIPELINING (one
 write and one wake-up for MAIL, every RCPT and DATA instead of a round trip each), and
 ``rset``/``quit``/``close`` end things.  Every reply must come within ``timeout`` seconds
-of the previous step (RFC 5321 §4.5.3.2 asks for longer ones; a dead MX must not hold a
-slot).  Failures are ``SmtpError``: the connection closed, a timeout, a malformed reply,
-or a refusal of the session itself (greeting, EHLO and HELO, STARTTLS).
+of the previous step, and every megabyte written must leave within it too (RFC 5321
+§4.5.3.2 asks for longer ones; a dead MX must not hold a slot).  Failures are ``SmtpError``:
+the connection closed, a timeout, a malformed reply, or a refusal of the session itself
+(greeting, EHLO and HELO, STARTTLS).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from colony.protocols.smtp.client import (ProtocolError, RemoteReply, ReplyReade
                                           ehlo_extensions, encode_message)
 
 _READ = 64 * 1024
+_WRITE = 1024 * 1024   # octets of a message sent between two progress deadlines
 
 
 class SmtpError(Exception):
@@ -111,8 +113,7 @@ class SmtpClient:
         try:
             while True:
                 if out:
-                    self._writer.write(out)
-                    await self._writer.drain()
+                    await self._write(out)
                 if tx.finished:
                     break
                 out = tx.receive(await self._reply())
@@ -144,11 +145,23 @@ class SmtpClient:
 
     async def _command(self, line: bytes) -> RemoteReply:
         try:
-            self._writer.write(line)
-            await self._writer.drain()
+            await self._write(line)
         except OSError as exc:
             raise SmtpError(str(exc) or type(exc).__name__) from exc
         return await self._reply()
+
+    async def _write(self, data: bytes) -> None:
+        """Send ``data``; each ``_WRITE`` octets of it must leave within ``timeout`` (a server
+        that stops reading must not hold the session: drain() alone waits forever, and one
+        deadline for the whole of a large message would be too short on a slow link)."""
+        view = memoryview(data)
+        for start in range(0, len(view), _WRITE):
+            self._writer.write(view[start:start + _WRITE])
+            try:
+                async with asyncio.timeout(self.timeout):
+                    await self._writer.drain()
+            except TimeoutError:
+                raise SmtpError(f"the server read nothing within {self.timeout:g}s") from None
 
     async def _reply(self) -> RemoteReply:
         replies = self._replies

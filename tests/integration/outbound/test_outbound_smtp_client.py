@@ -153,6 +153,25 @@ async def test_a_server_that_never_answers_times_out():
         client.close()
 
 
+async def test_a_server_that_stops_reading_the_message_times_out():
+    """It takes the data phase, then reads nothing more: the message's write must end within
+    the timeout too (a write that waited for the socket to drain, with no deadline, held the
+    destination's slot and the job for as long as the MX kept the connection open)."""
+    async def script(reader, writer):
+        await greet(reader, writer)
+        await reader.readuntil(b"DATA\r\n")
+        writer.write(b"250 ok\r\n250 ok\r\n354 go\r\n")
+        await asyncio.sleep(10)
+
+    big = b"From: a@b.test\r\n\r\n" + (b"y" * 998 + b"\r\n") * 32_000   # 32 MB: more than the sockets buffer
+    async with Scripted(script) as port:
+        client = await SmtpClient.connect("127.0.0.1", port, local_hostname="edge.test", timeout=0.5)
+        with pytest.raises(SmtpError, match="within") as caught:
+            await asyncio.wait_for(client.send("a@b.test", ["c@d.test"], big), 8)
+        assert caught.value.transaction.message_sent   # the server may hold part of it: not stale
+        client.close()
+
+
 async def test_ehlo_refused_falls_back_to_helo_without_pipelining():
     commands = []
 
