@@ -95,24 +95,21 @@ class PullLedger:
 
     def plan(self, free: int, now: float) -> int:
         """How many messages to ask for now (0: send nothing), given ``free`` slots."""
-        if self._hold_until:
-            if now < self._hold_until:
-                return 0
+        want = self._want(free, now)
+        if self._hold_until and now >= self._hold_until:
             self._hold_until = 0.0
-        want = free - self.owed()
-        if want <= 0:
-            return 0
-        if not self.outstanding or want >= self.refill:
-            return want
-        return 0
+        return want
 
     def wants(self, free: int, now: float) -> bool:
         """Whether ``plan(free, now)`` would send a request, without changing anything: a
         freed slot is worth waking the runner for only then (``JobPuller.wake``)."""
+        return self._want(free, now) > 0
+
+    def _want(self, free: int, now: float) -> int:
         if self._hold_until and now < self._hold_until:
-            return False
+            return 0
         want = free - self.owed()
-        return want > 0 and (not self.outstanding or want >= self.refill)
+        return want if want > 0 and (not self.outstanding or want >= self.refill) else 0
 
     def sent(self, batch: int, now: float) -> Request:
         self._numbers += 1

@@ -670,8 +670,6 @@ def _replies(tx: Transaction) -> list[tuple[str, RemoteReply]]:
             for a, reply in zip(tx.recipients, tx.rcpts)]
 
 
-
-
 def outbound_policy(settings: Settings) -> QueuePolicy:
     """The runner's policy: expiry, not ``max_deliver``, ends a message's life, so the
     deliveries allowed are those the back-off schedule needs to reach ``outbound_max_age``
