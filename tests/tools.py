@@ -4,6 +4,7 @@ developer's machine without them, a failure in CI (``.ci/apt-packages`` installs
 from __future__ import annotations
 
 import os
+import random
 import shutil
 
 import pytest
@@ -36,3 +37,23 @@ def port_band(span: int = 1) -> range:
     if span > width:
         raise RuntimeError(f"{span} ports do not fit in a worker's {width}")
     return range(low, low + width - span + 1)
+
+
+_planned: set[int] = set()  # every single port free_ports handed out in this test process
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` free single ports from this worker's slice of the band, none handed out
+    before in this process: a test that plans a server's ports in several calls (routes, then
+    each server's client and monitor ports) would otherwise be given one port twice, since
+    nothing binds them between the calls."""
+    from colony.ports import port_is_free  # the tests' sys.path has libs/ by now
+
+    band = port_band()
+    found: list[int] = []
+    while len(found) < count:
+        port = random.choice(band)
+        if port not in _planned and port_is_free("127.0.0.1", port):
+            _planned.add(port)
+            found.append(port)
+    return found

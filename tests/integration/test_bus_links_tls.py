@@ -10,10 +10,8 @@ certificate also names 127.0.0.1); every TLS and authorization block is the ship
 
 from __future__ import annotations
 
-import random
 import re
 import subprocess
-import time
 from pathlib import Path
 
 import httpx
@@ -23,8 +21,7 @@ from cluster_harness import wait_until
 from colony.bus.connection import connect
 from colony.bus.secrets import init_bus
 from colony.natsd import nats_server_binary
-from colony.ports import port_is_free
-from tools import port_band
+from tools import free_ports
 from colony.settings import Settings
 
 pytestmark = pytest.mark.slow
@@ -33,15 +30,6 @@ NATS_DIR = Path(__file__).resolve().parents[2] / "infra" / "nats"
 START_TIMEOUT = 60
 
 
-def free_ports(count: int) -> list[int]:
-    """Free ports below the kernel's ephemeral range (as tests/integration/cluster/test_nats_cluster.py)."""
-    found: list[int] = []
-    band = port_band()  # this pytest-xdist worker's own slice
-    while len(found) < count:
-        port = random.choice(band)
-        if port not in found and port_is_free("127.0.0.1", port):
-            found.append(port)
-    return found
 
 
 class ConfServer:
@@ -104,10 +92,17 @@ def shipped(path: Path, secrets_parent: Path) -> str:
     return path.read_text().replace("/etc/nats/", f"{secrets_parent}/")
 
 
-async def until(probe, timeout: float, what: str):
+async def until(probe, timeout: float, what: str, servers: list[ConfServer] = ()):
+    """``wait_until`` for a synchronous probe; a timeout carries the tail of each server's log,
+    since a cluster that does not form says why only there."""
     async def check():
         return probe()
-    return await wait_until(check, timeout, what, interval=0.2)
+    try:
+        return await wait_until(check, timeout, what, interval=0.2)
+    except AssertionError as exc:
+        logs = "".join(f"\n--- {s.dir.name}:\n{s.log_text()[-3000:]}"
+                       for s in servers)
+        raise AssertionError(f"{exc}{logs}") from None
 
 
 def handshake_refused(server: ConfServer, since: int, kind: str) -> bool:
@@ -148,7 +143,7 @@ async def test_the_three_servers_cluster_over_verified_tls_routes_only(tmp_path,
     names = {f"nats-{i + 1}" for i in range(3)}
     for i, server in enumerate(servers):
         await until(lambda s=server, me=f"nats-{i + 1}": s.route_peers() == names - {me}, START_TIMEOUT,
-                    f"nats-{i + 1} routed to both peers over TLS")
+                    f"nats-{i + 1} routed to both peers over TLS", servers)
     await until(lambda: (servers[0].monitor("jsz").get("meta_cluster") or {}).get("cluster_size") == 3
                 and (servers[0].monitor("jsz").get("meta_cluster") or {}).get("leader"), START_TIMEOUT,
                 "a JetStream meta leader of the three")

@@ -6,29 +6,17 @@ client whose server dies reconnects elsewhere; both must leave exactly one contr
 
 from __future__ import annotations
 
-import random
 import signal
 import threading
 
 import pytest
 
 from colony.natsd import EmbeddedNats, NatsServerError
-from colony.ports import port_is_free
-from tools import port_band
+from tools import free_ports
 
 pytestmark = pytest.mark.slow
 
 
-def free_ports(count: int) -> list[int]:
-    """Free ports below the kernel's ephemeral range: a port the kernel just handed us for a
-    bind is one it may hand the next outgoing connection (any process's) too."""
-    found: list[int] = []
-    band = port_band()  # this pytest-xdist worker's own slice
-    while len(found) < count:
-        port = random.choice(band)
-        if port not in found and port_is_free("127.0.0.1", port):
-            found.append(port)
-    return found
 
 
 def start_cluster(tmp_path, attempt: int) -> list[EmbeddedNats]:
