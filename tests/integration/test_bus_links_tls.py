@@ -66,9 +66,12 @@ class ConfServer:
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
-    def monitor(self, endpoint: str) -> dict:
+    def assert_running(self) -> None:
         if self.process is not None and self.process.poll() is not None:
             raise AssertionError(f"{self.dir.name} exited: {self.log_text()[-2000:]}")
+
+    def monitor(self, endpoint: str) -> dict:
+        self.assert_running()
         try:
             return httpx.get(f"http://127.0.0.1:{self.monitor_port}/{endpoint}", timeout=5).json()
         except (httpx.HTTPError, ValueError):
@@ -94,8 +97,11 @@ def shipped(path: Path, secrets_parent: Path) -> str:
 
 async def until(probe, timeout: float, what: str, servers: list[ConfServer] = ()):
     """``wait_until`` for a synchronous probe; a timeout carries the tail of each server's log,
-    since a cluster that does not form says why only there."""
+    since a cluster that does not form says why only there; a server of ``servers`` that has
+    exited (a port it could not bind) fails the wait at once."""
     async def check():
+        for server in servers:
+            server.assert_running()
         return probe()
     try:
         return await wait_until(check, timeout, what, interval=0.2)
