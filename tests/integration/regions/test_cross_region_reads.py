@@ -5,7 +5,6 @@ write anything in the other region."""
 
 from __future__ import annotations
 
-import socket
 from datetime import datetime, timezone
 
 import nats
@@ -20,14 +19,15 @@ from colony.cluster.view import cluster_view, regions_view
 from colony.natsd import EmbeddedNats
 from colony.settings import Settings
 from colony_edge.access_proxy import StoreFinder
+from tools import free_ports
 
 REGIONS = ("eu", "us")
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port below the kernel's ephemeral range (tests/tools.py: one the kernel handed out
+    for a bind may go to the next outgoing connection before the server binds it)."""
+    return free_ports(1)[0]
 
 
 @pytest.fixture

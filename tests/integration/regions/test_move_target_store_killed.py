@@ -43,6 +43,7 @@ from colony.settings import Settings  # noqa: E402
 from colony.storage.layout import ACCOUNT_SUFFIX, StorageLayout, find_account  # noqa: E402
 from colony.storage.mailbox import read_state  # noqa: E402
 from colony_controller.move_port import BusMovePort  # noqa: E402
+from tools import free_ports  # noqa: E402
 
 # alone under pytest-xdist: it freezes and kills stores of a three-server, three-store world,
 # and its deadlines come from the timers that bound each wait, not from the load of a second test.
@@ -61,11 +62,9 @@ PULL_DEADLINE = mr.PULL_ASK_TIMEOUT + 2 * LEASE_TTL + 4 * RETRY + 60
 
 
 def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port below the kernel's ephemeral range (tests/tools.py: one the kernel handed out
+    for a bind may go to the next outgoing connection before the server binds it)."""
+    return free_ports(1)[0]
 
 
 class Region:

@@ -6,7 +6,6 @@ afterwards, and a provisioning write in a non-primary region is refused."""
 
 from __future__ import annotations
 
-import socket
 
 import nats
 import pytest
@@ -19,15 +18,16 @@ from colony.bus.schema import ensure_schema
 from colony.contracts.mail import InboundMail, MailRecipient
 from colony.natsd import EmbeddedNats
 from colony.settings import Settings
+from tools import free_ports
 
 REGIONS = ["eu", "us"]
 PRIMARY = "eu"
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port below the kernel's ephemeral range (tests/tools.py: one the kernel handed out
+    for a bind may go to the next outgoing connection before the server binds it)."""
+    return free_ports(1)[0]
 
 
 class SuperCluster:

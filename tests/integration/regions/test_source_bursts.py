@@ -16,7 +16,6 @@ was the mail store's fetch: ``bench/README.md``.)
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 
 import nats
@@ -29,6 +28,7 @@ from colony.bus.schema import ensure_schema
 from colony.natsd import EmbeddedNats
 from colony.regions import SOURCE_STALE_AFTER
 from colony.settings import Settings
+from tools import free_ports
 
 # alone under pytest-xdist: TAIL_BOUND is a time, measured with the test's own 16 connections
 # and three servers as the only load besides the machine's.
@@ -44,9 +44,9 @@ assert TAIL_BOUND < SOURCE_STALE_AFTER
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port below the kernel's ephemeral range (tests/tools.py: one the kernel handed out
+    for a bind may go to the next outgoing connection before the server binds it)."""
+    return free_ports(1)[0]
 
 
 @pytest.fixture
