@@ -13,9 +13,10 @@ controller, edge, mail store, projector and admin API per region and no SIP farm
 homed in eu with 20 accounts, provisioned through eu's admin API.  The same SMTP load --
 ``--clients`` concurrent clients, one connection each, ``--messages`` messages of
 ``--size`` octets of text between them (the client and messages of ``bench/smtp_inbound.py``)
--- goes (a) to eu's edge: in-region, or (b) to us's edge: cross-region, accepted in us (its
-``250`` means stored in us's MAIL), sourced into eu's MAIL through the hub, stored by eu's
-mail store.  A message counts as stored when its body file is in eu's mail store on disk.
+-- goes (a) to eu's edge: in-region, or (b) to us's edge: cross-region, accepted in us and
+published through the hub straight into eu's MAIL (its ``250`` means stored in eu; in us's
+MAIL, sourced into eu's, only when eu does not answer in time), stored by eu's mail store.
+A message counts as stored when its body file is in eu's mail store on disk.
 Per run:
 
 * stored msgs/s: the messages over the time from the first MAIL FROM to the last body stored;

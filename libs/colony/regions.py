@@ -12,11 +12,19 @@ copies a message twice.
 * Subjects that a region's streams capture (``names.REGION_LOCAL_SUBJECTS``) are denied on the
   leafnode links both ways.  Without that, a publish in ``us`` to a subject ``eu``'s stream also
   listens on would be stored in both regions and then sourced again: a duplicate.
-* Mail: an edge publishes accepted mail to ``names.mail_subject(home, domain, partition)`` in *its own*
-  region's MAIL (so ``250`` means stored locally, link or no link).  The home region's MAIL
-  sources every other region's MAIL filtered to ``names.mail_region_filter(home)``; its
-  mailstores consume its partitions as they always do.  MAIL is a work queue: the copy leaves the
-  foreign region as the source reads it, and its order within one source is kept.
+* Mail: an edge publishes mail for a domain homed in another region straight into the home
+  region's MAIL across the link (``names.mail_home_subject``, which only the home MAIL takes and
+  stores as its ``names.mail_subject`` by a subject transform), so ``250`` means stored in the
+  home region, one synced write in all.  When the home region does not answer within
+  ``mail_home_ack_timeout`` the edge stores the mail in *its own* region's MAIL under
+  ``names.mail_subject(home, domain, partition)`` with the same ``Nats-Msg-Id``, and for a while
+  (``HomeLinks``) sends that region's mail there without trying: ``250`` then means stored
+  in the receiving region.  The home region's MAIL sources every other region's MAIL filtered to
+  ``names.mail_region_filter(home)``; a copy whose direct publish was stored after all is the
+  same message id, dropped by the home MAIL's duplicate window or, later than that, by the
+  stores' delivery key.  Its mailstores consume its partitions as they always do.  MAIL is a
+  work queue: the copy leaves the foreign region as the source reads it, and its order within
+  one source is kept.
 * Provisioning: one region is the primary and owns the PROVISIONING stream; every other region
   keeps a mirror of it under the same name, which its directory cache and auth read, so a cut
   region keeps serving logins and mail with what it last saw.  A mirror takes no publishes, so
@@ -38,7 +46,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from nats.js.api import ExternalStream, StorageType, StreamConfig, StreamSource
+from nats.js.api import ExternalStream, StorageType, StreamConfig, StreamSource, SubjectTransform
 
 from colony.bus import names
 
@@ -79,6 +87,13 @@ def mail_sources(home: str, regions: list[str]) -> list[StreamSource]:
     return [StreamSource(name=names.STREAM_MAIL, filter_subject=names.mail_region_filter(home), external=_external(other),
                          opt_start_seq=1)
             for other in regions if other != home]
+
+
+def mail_home_transform(region: str) -> SubjectTransform:
+    """The home MAIL stores what other regions' edges publish into it as its own mail subjects
+    (a subject the transform's source does not match -- local and sourced mail -- is stored
+    unchanged)."""
+    return SubjectTransform(src=names.mail_home_filter(region), dest=names.mail_region_filter(region))
 
 
 def summed_sources(stream: str, home: str, regions: list[str]) -> list[StreamSource]:
@@ -123,7 +138,8 @@ def regional_stream_configs(configs: list[StreamConfig], region: str, regions: l
     out = []
     for config in configs:
         if config.name == names.STREAM_MAIL:
-            config = replace(config, sources=mail_sources(region, regions))
+            config = replace(config, subjects=[*config.subjects, names.mail_home_filter(region)],
+                             subject_transform=mail_home_transform(region), sources=mail_sources(region, regions))
         elif config.name == names.STREAM_PROVISIONING and region != primary:
             config = provisioning_mirror(config, primary)
         elif config.name in (names.STREAM_USAGE, names.STREAM_AUDIT) and region == primary:
@@ -224,3 +240,56 @@ class SourceRestarts:
         for source in due:
             self._restarted[(source.stream, source.region)] = now
         return due
+
+
+# --- publishing into the home region ------------------------------------------------------
+#
+# An edge publishes mail for another region's domain straight into that region's MAIL and
+# waits up to ``mail_home_ack_timeout`` for its ack; without one it stores the mail in its own
+# region's MAIL, which the home region sources.  A cut link (or a stopped hub, which drops
+# nothing and answers nothing) would add that wait to every such SMTP transaction, so after a
+# failure the region's mail goes to the local MAIL at once for ``HOME_LINK_PAUSE`` seconds;
+# then one message tries the link again while the others keep going locally.
+HOME_LINK_PAUSE = 10.0
+
+
+class HomeLinks:
+    """Whether to publish a region's mail into its MAIL across the link now: the rules, with
+    time an argument.
+
+    A region is *closed* (publish across) until a publish into it fails or goes unanswered;
+    it is then *open* (store locally, no wait) for ``pause`` seconds, after which the next
+    message is the *probe*: the one publish across while every other goes locally, until its
+    outcome closes the region again or opens it for another pause.  Every ``direct()`` that
+    answers ``True`` must be followed by ``answered()`` or ``failed()`` for that region."""
+
+    def __init__(self, pause: float = HOME_LINK_PAUSE) -> None:
+        self.pause = pause
+        self._open_until: dict[str, float] = {}  # region -> when a probe may go; absent: closed
+        self._probing: set[str] = set()
+
+    def direct(self, region: str, now: float) -> bool:
+        until = self._open_until.get(region)
+        if until is None:
+            return True
+        if now < until or region in self._probing:
+            return False
+        self._probing.add(region)
+        return True
+
+    def answered(self, region: str) -> None:
+        """A publish into ``region`` was acknowledged: its mail goes across again."""
+        self._probing.discard(region)
+        self._open_until.pop(region, None)
+
+    def failed(self, region: str, now: float) -> None:
+        """A publish into ``region`` failed or was not answered in time."""
+        self._probing.discard(region)
+        self._open_until[region] = now + self.pause
+
+    def abandoned(self, region: str) -> None:
+        """A publish into ``region`` ended without an outcome (cancelled): a probe may go again."""
+        self._probing.discard(region)
+
+    def is_open(self, region: str) -> bool:
+        return region in self._open_until

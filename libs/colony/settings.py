@@ -169,6 +169,7 @@ class Settings(BaseSettings):
     mail_inline_max_bytes: int = Field(512 * 1024, ge=1024, le=4 * 1024 * 1024, description="Messages up to this size travel inline in the MAIL stream; larger ones go through the mail_bodies object store. Keep it well under the NATS max_payload (base64 adds a third).")
     mail_body_max_age: float = Field(14 * 86400.0, gt=0, description="Seconds a large message body stays in the mail_bodies object store (must outlive any redelivery of its MAIL message).")
     mail_publish_timeout: float = Field(30.0, gt=0, description="Seconds the edge waits for JetStream to acknowledge accepted mail before it answers 451 (temporary failure).")
+    mail_home_ack_timeout: float = Field(2.0, gt=0, le=30, description="In a super cluster: seconds the edge waits for the home region's MAIL to acknowledge mail for one of its domains, published across the link, before it stores the mail in its own region's MAIL instead (sourced to the home region later, the same message id keeping it to one copy). The SMTP client waits this long at most once per link failure: then that region's mail is stored locally at once for a while (colony.regions.HomeLinks). Above a healthy link's round trip, well under mail_publish_timeout.")
 
     # --- mail store (account ownership, delivery) ---------------------------------------
     account_lease_ttl: float = Field(10.0, ge=3.0, description="Seconds an account-ownership lease lives without renewal (the account_owners bucket's max age); a killed or paused mailstore's accounts move after this long.")

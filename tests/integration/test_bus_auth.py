@@ -290,3 +290,17 @@ def test_a_domain_moves_questions_cross_the_leafnode_link():
         assert not any(covered(subject, p) for p in names.REGION_LOCAL_SUBJECTS), subject
     with pytest.raises(ValueError, match="domain-move"):
         names.domain_move_subject("us", "drop")
+
+
+async def test_only_the_edge_publishes_into_another_regions_mail(bus):
+    """An edge publishes mail for a domain homed in another region straight into that region's
+    MAIL (colony_edge.acceptance); no other role may put anything there."""
+    server, operator, as_role = bus
+    edge, store = await as_role("edge"), await as_role("mailstore")
+    home = names.mail_home_subject("eu", "acme.example", 3)
+    await edge.nc.publish(home, b"mail")
+    await edge.nc.publish(names.provisioning_subject("domain", "x.example"), b"{}")  # a marker it may not send
+    assert await edge.refused("colony.prov")
+    assert not any("colony.mailhome" in e for e in edge.errors)  # the server answers in order
+    await store.nc.publish(home, b"mail")
+    assert await store.refused("colony.mailhome")

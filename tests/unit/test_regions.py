@@ -70,3 +70,49 @@ def test_production_region_config_denies_the_region_local_subjects(region):
     for key in ("deny_imports", "deny_exports"):
         listed = re.search(key + r": \[([^\]]*)\]", conf).group(1)
         assert set(re.findall(r'"([^"]+)"', listed)) == set(names.REGION_LOCAL_SUBJECTS), key
+
+
+def test_the_home_mail_takes_other_regions_publishes_as_its_own_mail_subjects():
+    eu = _by_name(Settings(region="eu", regions="eu,us"))[names.STREAM_MAIL]
+    assert eu.subjects == [names.SUBJECTS_MAIL, names.mail_home_filter("eu")]
+    assert (eu.subject_transform.src, eu.subject_transform.dest) == (names.mail_home_filter("eu"),
+                                                                     names.mail_region_filter("eu"))
+    # only eu's MAIL takes eu's: a publish from us is stored once, in eu
+    us = _by_name(Settings(region="us", regions="eu,us"))[names.STREAM_MAIL]
+    assert names.mail_home_filter("eu") not in us.subjects
+    assert _by_name(Settings())[names.STREAM_MAIL].subject_transform is None
+    # the links let it through: no region-local subject covers it
+    assert not any(names.mail_home_subject("eu", "acme.example", 3).startswith(p.rstrip(">"))
+                   for p in names.REGION_LOCAL_SUBJECTS)
+
+
+def test_only_the_edge_publishes_into_another_regions_mail():
+    assert [role for role, grant in names.GRANTS.items() if names.SUBJECTS_MAIL_HOME in grant.append] == ["edge"]
+
+
+def test_a_failed_home_region_is_skipped_for_a_pause_then_probed_by_one_message():
+    from colony.regions import HomeLinks
+
+    links = HomeLinks(pause=10.0)
+    assert links.direct("eu", 0.0) and links.direct("eu", 0.0)   # closed: every message crosses
+    links.failed("eu", 1.0)
+    assert not links.direct("eu", 1.5) and not links.direct("eu", 10.9)  # open: no wait
+    assert links.direct("us", 5.0)                                       # per region
+    assert links.direct("eu", 11.0)             # the probe
+    assert not links.direct("eu", 11.1)         # the others go locally meanwhile
+    links.failed("eu", 13.0)                    # the probe timed out too
+    assert not links.direct("eu", 22.9)
+    assert links.direct("eu", 23.0)
+    links.answered("eu")
+    assert links.direct("eu", 23.1) and links.direct("eu", 23.1) and not links.is_open("eu")
+
+
+def test_a_cancelled_probe_lets_the_next_message_probe():
+    from colony.regions import HomeLinks
+
+    links = HomeLinks(pause=10.0)
+    links.failed("eu", 0.0)
+    assert links.direct("eu", 10.0)
+    assert not links.direct("eu", 10.0)
+    links.abandoned("eu")
+    assert links.direct("eu", 10.0)

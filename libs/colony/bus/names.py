@@ -123,6 +123,26 @@ def mail_subject(region: str, domain: str, partition: int | None = None) -> str:
     return base if partition is None else f"{base}.{partition}"
 
 
+# Mail an edge publishes straight into another region's MAIL across the link (the recipient's
+# home region; ``colony.regions``).  ``colony.mail.>`` never crosses (REGION_LOCAL_SUBJECTS),
+# so the home MAIL also takes ``colony.mailhome.<its region>.>`` and stores it, by a subject
+# transform, as ``colony.mail.<region>...``: its stores, filters and sources see the one
+# subject scheme.  Only the home region's MAIL takes a region's mailhome subjects, so the
+# publish is stored once, and its JetStream ack comes from the home region.
+SUBJECTS_MAIL_HOME = "colony.mailhome.>"
+
+
+def mail_home_subject(region: str, domain: str, partition: int) -> str:
+    """``mail_subject(region, domain, partition)`` as published from another region into
+    ``region``'s MAIL directly."""
+    return f"colony.mailhome.{to_token(region)}.{to_token(domain)}.{partition}"
+
+
+def mail_home_filter(region: str) -> str:
+    """What ``region``'s MAIL takes from other regions' edges (and transforms into its mail subjects)."""
+    return f"colony.mailhome.{to_token(region)}.>"
+
+
 def mail_region_filter(region: str) -> str:
     """All inbound mail of one region (partitioned or not): what other regions source."""
     return f"colony.mail.{to_token(region)}.>"
@@ -426,7 +446,10 @@ GRANTS: dict[str, Grant] = {
         _INSTANCE,
         # OUTBOUND: submission and DSNs; USAGE: messages out; DEAD_LETTERS: the outbound runner.
         # AUDIT: a submitting account throttled for its sending rate.
-        append=(SUBJECTS_MAIL, SUBJECTS_OUTBOUND, SUBJECTS_USAGE, SUBJECTS_DEAD_LETTERS, SUBJECTS_AUDIT),
+        # MAIL_HOME: mail for a domain homed in another region, into that region's MAIL
+        # across the link (colony_edge.acceptance); the only role that publishes there.
+        append=(SUBJECTS_MAIL, SUBJECTS_MAIL_HOME, SUBJECTS_OUTBOUND, SUBJECTS_USAGE, SUBJECTS_DEAD_LETTERS,
+                SUBJECTS_AUDIT),
         consume=(STREAM_OUTBOUND,),
         kv_write=(BUCKET_RATE_COUNTERS, BUCKET_OUTBOUND_DELIVERED, BUCKET_MTA_STS),
         kv_read=(BUCKET_DIRECTORY, BUCKET_ACCOUNT_OWNERS, BUCKET_DKIM_KEYS),

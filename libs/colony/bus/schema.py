@@ -282,6 +282,11 @@ def _differs(have: StreamConfig, want: StreamConfig) -> bool:
 
     if sources_differ(have, want):
         return True
+    if want.subject_transform is not None and (
+            have.subject_transform is None
+            or (have.subject_transform.src, have.subject_transform.dest)
+            != (want.subject_transform.src, want.subject_transform.dest)):
+        return True
     for name in _COMPARED:
         a, b = getattr(have, name), getattr(want, name)
         if b is None:  # not ours to set: the server's default stands

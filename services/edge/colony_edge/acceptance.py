@@ -8,7 +8,11 @@ message and
 2. groups the final mailboxes by (home region, domain): one ``InboundMail`` each, on
    ``names.mail_subject(region, domain, partition)`` (the partition of its first mailbox,
    so the mail store owning it fetches it), so ten recipients in three domains are three
-   stream messages sharing one id and one body;
+   stream messages sharing one id and one body; a group homed in another region of the super
+   cluster goes straight into that region's MAIL across the link
+   (``names.mail_home_subject``), or, when that region does not acknowledge it within
+   ``mail_home_ack_timeout`` or failed to lately (``colony.regions.HomeLinks``), into this
+   region's MAIL under the same ``Nats-Msg-Id``, sourced to the home region later;
 3. puts a body larger than ``mail_inline_max_bytes`` into the ``mail_bodies`` object store
    first, read in chunks straight from the spool file (the edge never holds it in memory);
 4. publishes every domain message with ``Nats-Msg-Id`` and the trace context, and returns
@@ -45,6 +49,7 @@ from colony.bus import names
 from colony.contracts.mail import CROSS_REGION_MAX_BYTES, InboundMail, MailBodyRef, MailRecipient
 from colony.contracts.outbound import OutboundMail, OutboundRecipient
 from colony.protocols.smtp import Reply
+from colony.regions import HomeLinks
 from colony.settings import Settings
 from colony.telemetry import inject_headers
 from colony_edge.smtp_policy import AcceptedRecipient, IncomingMessage, SmtpSession
@@ -78,6 +83,12 @@ class SmtpMetrics:
                                        registry=registry)
         self.rejected = Counter("colony_smtp_rejected", "SMTP refusals, by session stage and reason.",
                                 ["stage", "reason"], registry=registry)
+        self.home_publishes = Counter(
+            "colony_smtp_home_region_messages",
+            "MAIL stream messages for a domain homed in another region, by where they were stored: "
+            "home (acknowledged by the home region across the link), fallback (it did not answer in time: "
+            "stored here), local (stored here without trying, the link having failed lately).",
+            ["outcome"], registry=registry)
         self.ack_seconds = Histogram("colony_smtp_ack_seconds", "From the end of DATA to the last JetStream ack.",
                                      buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
                                      registry=registry)
@@ -131,6 +142,7 @@ class MailAcceptor:
         self.js, self.settings, self.node_id, self.hostname, self.metrics = js, settings, node_id, hostname, metrics
         self.tracer = tracer or trace.get_tracer("colony.edge.smtp")  # the global provider (setup_tracing)
         self._bodies = None
+        self.home_links = HomeLinks()
 
     async def accept_for(self, session: SmtpSession, message: IncomingMessage, recipients: list) -> str:
         """``accept`` for some of the session's recipients only (the rest go elsewhere, e.g.
@@ -182,7 +194,10 @@ class MailAcceptor:
                 # The first recipient's partition: its owner fetches the job (others, if any,
                 # are forwarded by it to their owners).
                 partition = names.mail_partition(recipients[0].mailbox)
-                publishes.append(self._publish(names.mail_subject(region, domain, partition), item, headers))
+                if here(region) or region not in self.settings.region_list:
+                    publishes.append(self._publish(names.mail_subject(region, domain, partition), item, headers))
+                else:
+                    publishes.append(self._publish_home(region, domain, partition, item, headers))
             # Every publish runs to its end (none is left running unowned); the first
             # failure is the answer.
             results = await asyncio.gather(*publishes, return_exceptions=True)
@@ -253,9 +268,42 @@ class MailAcceptor:
         sha = _b64url_to_hex(digest) if digest else ""
         return MailBodyRef(bucket=names.OBJECT_MAIL_BODIES, name=message_id, size=info.size, sha256=sha)
 
-    async def _publish(self, subject: str, item: InboundMail, trace_headers: dict[str, str]) -> None:
-        headers = {**trace_headers, "Nats-Msg-Id": item.msg_id()}
+    async def _publish_home(self, region: str, domain: str, partition: int, item: InboundMail,
+                            trace_headers: dict[str, str]) -> None:
+        """Into the home region's MAIL across the link, else into this region's.
+
+        One attempt, bounded by ``mail_home_ack_timeout``: a link that is down answers at once
+        (no responders), a stopped hub or server not at all.  The local copy carries the same
+        ``Nats-Msg-Id``, so if the unanswered publish was stored after all, the home MAIL drops
+        the sourced copy as a duplicate (within its window; later, the stores' delivery key
+        stores it once)."""
         payload = item.encode()
+        links, outcome = self.home_links, "local"
+        if links.direct(region, time.monotonic()):
+            try:
+                await self.js.publish(names.mail_home_subject(region, domain, partition), payload,
+                                      timeout=self.settings.mail_home_ack_timeout,
+                                      headers={**trace_headers, "Nats-Msg-Id": item.msg_id()})
+            except Exception as exc:  # timeout, no responders, or the home stream's refusal
+                links.failed(region, time.monotonic())
+                outcome = "fallback"
+                log.warning("%s: region %s did not take it across the link (%r); storing it in %s's MAIL, "
+                            "and %s's mail there without trying for %.0f s", item.message_id, region, exc,
+                            self.settings.region, region, links.pause)
+            except BaseException:  # cancelled: no outcome either way, so the next message may try
+                links.abandoned(region)
+                raise
+            else:
+                links.answered(region)
+                self.metrics.home_publishes.labels("home").inc()
+                return
+        await self._publish(names.mail_subject(region, domain, partition), item, trace_headers, payload)
+        self.metrics.home_publishes.labels(outcome).inc()
+
+    async def _publish(self, subject: str, item: InboundMail, trace_headers: dict[str, str],
+                       payload: bytes | None = None) -> None:
+        headers = {**trace_headers, "Nats-Msg-Id": item.msg_id()}
+        payload = payload if payload is not None else item.encode()
         for attempt in (1, 2, 3):
             try:
                 await self.js.publish(subject, payload, timeout=self.settings.mail_publish_timeout, headers=headers)

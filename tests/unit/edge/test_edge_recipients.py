@@ -190,3 +190,58 @@ async def test_postmaster_without_domain_and_for_every_hosted_domain():
     assert not refused.accept and refused.reply.code == 550 and "POSTMASTER" in refused.reply.text
     # Not a hosted domain: postmaster there is not ours to take.
     assert not (await policy.rcpt_to(session(), E.RcptTo("postmaster@elsewhere.test"))).accept
+
+
+class HomeJs(FakeJs):
+    """The home region across the link: its publishes time out ``home_timeouts`` times."""
+
+    def __init__(self, home_timeouts: int = 0) -> None:
+        super().__init__()
+        self.home_timeouts = home_timeouts
+
+    async def publish(self, subject, payload, timeout=None, headers=None):
+        from nats.errors import TimeoutError as NatsTimeoutError
+        self.published.append((subject, payload, dict(headers)))
+        if subject.startswith("colony.mailhome.") and self.home_timeouts:
+            self.home_timeouts -= 1
+            raise NatsTimeoutError
+
+
+async def _accept_in_us(tmp_path, acceptor, rcpt="x@a.test"):
+    policy, s = RecipientPolicy(directory()), session()
+    assert (await policy.rcpt_to(s, E.RcptTo(rcpt))).accept
+    spool = tmp_path / "m.spool"
+    spool.write_bytes(b"Subject: t\r\n\r\nhi\r\n")
+    return await acceptor.accept(s, IncomingMessage(size=spool.stat().st_size, spool=spool))
+
+
+def _us_acceptor(js):
+    from prometheus_client import CollectorRegistry
+    from colony_edge.acceptance import SmtpMetrics
+    return MailAcceptor(js, Settings(region="us", regions="eu,us", mail_home_ack_timeout=0.5), "edge-1", "mx.test",
+                        SmtpMetrics(CollectorRegistry()))
+
+
+async def test_mail_for_another_region_goes_into_its_mail_across_the_link(tmp_path):
+    js = HomeJs()
+    acceptor = _us_acceptor(js)
+    await _accept_in_us(tmp_path, acceptor)            # a.test is homed in eu
+    await _accept_in_us(tmp_path, acceptor, "z@b.test")  # b.test has no home: stored here
+    assert [p[0] for p in js.published] == [names.mail_home_subject("eu", "a.test", names.mail_partition("x@a.test")),
+                                            names.mail_subject("us", "b.test", names.mail_partition("z@b.test"))]
+
+
+async def test_an_unanswered_home_region_gets_the_mail_through_the_local_mail_then_is_skipped(tmp_path):
+    js = HomeJs(home_timeouts=1)
+    acceptor = _us_acceptor(js)
+    await _accept_in_us(tmp_path, acceptor)
+    home, local = js.published
+    partition = names.mail_partition("x@a.test")
+    assert (home[0], local[0]) == (names.mail_home_subject("eu", "a.test", partition),
+                                   names.mail_subject("eu", "a.test", partition))
+    assert home[1] == local[1] and home[2]["Nats-Msg-Id"] == local[2]["Nats-Msg-Id"]  # one copy in the end
+    js.published.clear()
+    await _accept_in_us(tmp_path, acceptor)    # the breaker: no second wait
+    assert [p[0] for p in js.published] == [names.mail_subject("eu", "a.test", partition)]
+    metric = acceptor.metrics.home_publishes
+    assert [metric.labels(o)._value.get() for o in ("home", "fallback", "local")] == [0, 1, 1]
