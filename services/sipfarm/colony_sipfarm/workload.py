@@ -11,9 +11,10 @@ reply ``{"o": [{"d": <base64>, "t": [transport, host, port], "m": <member token>
 and sends the answers itself, from the address the phone talked to (its NAT expects that).
 An owner that does not answer within a second is skipped for ten and the packet handled here.
 
-Each datagram or framed stream message is handed to ``SipFarm.handle`` in a task of its own
-(bounded: at most ``MAX_INFLIGHT`` at once, more UDP packets are dropped as a full socket
-buffer would); the answers go out on the UDP socket, on the TCP connection to that peer
+Each datagram or framed stream message is handed to ``SipFarm.handle`` at once, and goes on
+in a task of its own from its first wait on the bus (``colony.eager_task``; bounded: at most
+``MAX_INFLIGHT`` such tasks, more UDP packets are dropped as a full socket buffer would); the
+answers go out on the UDP socket, on the TCP connection to that peer
 (kept by (host, port), as RFC 3261 §18 reuses connections), or -- when another member holds
 that connection -- over ``colony.sip.relay.<member>`` with the trace context in the headers.
 """
@@ -48,6 +49,7 @@ from colony.hashing import choose
 from colony.bus.tokens import from_token
 from colony.contracts.auth import AuthClient
 from colony.counters import SharedCounters
+from colony.eager_task import start_eagerly
 from colony.events import USAGE_SUMS_PER_EVENT, UsageSummed
 from colony.protocols.sip.message import SipRequest, SipResponse, make_response
 from colony.protocols.sip.parser import SipParseError, StreamFramer, parse_message
@@ -150,9 +152,11 @@ class SipWorkload:
         # Client transactions of the requests this member forwards over UDP (retransmission.py).
         self.proxy_transactions = ProxyClientTransactions(Timers(t1=settings.sip_timer_t1, t2=settings.sip_timer_t2))
         self._timers_changed = asyncio.Event()
+        self._traced = False        # a tracer provider is installed (start() looks)
 
     async def start(self, runtime) -> dict[str, str]:
         self._runtime = runtime
+        self._traced = not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
         s = self.settings
         js = runtime.nc.jetstream()
         kv = await js.key_value(names.BUCKET_SIP_BINDINGS)
@@ -289,8 +293,10 @@ class SipWorkload:
         # trace across members and into the admin API's auth service.  With no tracer
         # provider installed (no ``otlp_endpoint``) the span would record nothing and carry
         # no context, yet building it and its attributes was 4-5 % of a busy member's CPU
-        # (py-spy under a REGISTER load): then there is none.
-        if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+        # (py-spy under a REGISTER load): then there is none.  Whether one is installed is
+        # settled before start (service_main's setup_tracing); asking the API per packet
+        # read os.environ each time (1.6 % of the member's CPU).
+        if not self._traced:
             return await self._route(data, source, parsed)
         with _tracer.start_as_current_span(_span_name(parsed), kind=SpanKind.SERVER,
                                            attributes=_span_attributes(parsed, source)):
@@ -367,9 +373,13 @@ class SipWorkload:
         if len(self._inflight) >= MAX_INFLIGHT:
             coro.close()
             return      # overloaded: the phone retransmits
-        task = asyncio.create_task(coro)
-        self._inflight.add(task)
-        task.add_done_callback(self._inflight.discard)
+        # Started at once, a task only from its first wait (eager_task.py): most packets (a
+        # remembered account's REGISTER, a challenge, a cached answer) never wait, and a
+        # task per packet was ~5 % of a busy member's CPU.  Its work catches its own errors.
+        task = start_eagerly(coro)
+        if task is not None:
+            self._inflight.add(task)
+            task.add_done_callback(self._inflight.discard)
 
     async def _handle_spread(self, msg) -> None:
         try:
