@@ -356,7 +356,9 @@ class SipFarm:
         response = make_response(request, status, reason, to_tag=tag,
                                  extra=[*(extra or []), ("Server", "Colony SIP farm")])
         try:
-            destination = response_destination(response.top_via(), source)
+            # The response's top Via is the request's (make_response copies it): read from
+            # the request, whose header index exists already.
+            destination = response_destination(request.top_via(), source)
         except URIError:
             return []
         out = [Outbound(response.encode(), destination)]
@@ -461,9 +463,10 @@ class SipFarm:
                 q = float("nan")
             if not 0.0 <= q <= 1.0:     # also NaN
                 return self._local(request, source, 400, "Bad q")
-            if len(str(contact.uri)) > MAX_CONTACT:
+            uri = str(contact.uri)
+            if len(uri) > MAX_CONTACT:
                 return self._local(request, source, 400, "Contact Too Long")
-            changes.append((str(contact.uri), q, min(expires, self.settings.sip_max_expires)))
+            changes.append((uri, q, min(expires, self.settings.sip_max_expires)))
         transport, host, port = source
         agent = (request.headers.get("User-Agent") or "")[:256]
         via = request.top_via()

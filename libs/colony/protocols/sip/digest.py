@@ -44,6 +44,8 @@ def ha1(algorithm: str, user: str, realm: str, password: str) -> str:
     return h(algorithm, f"{user}:{realm}:{password}")
 
 
+_ESCAPED = re.compile(r"\\(.)")
+_NC = re.compile(r"[0-9a-fA-F]{8}")
 _PARAM = re.compile(r'\s*([A-Za-z0-9_-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^\s,"]*)\s*(?:,|$)')
 
 
@@ -56,18 +58,18 @@ def parse_credentials(value: str) -> dict[str, str] | None:
     params: dict[str, str] = {}
     pos = 0
     rest = rest.strip()
-    while pos < len(rest):
-        match = _PARAM.match(rest, pos)
-        if not match or match.end() == pos:
+    # One scan for every parameter; they must follow each other with nothing between.
+    for match in _PARAM.finditer(rest):
+        if match.start() != pos:
             return None
-        name, raw = match.group(1).lower(), match.group(2)
-        if raw.startswith('"'):
+        name, raw = match.groups()
+        if raw[:1] == '"':
             raw = raw[1:-1]
             if "\\" in raw:
-                raw = re.sub(r"\\(.)", r"\1", raw)
-        params[name] = raw
+                raw = _ESCAPED.sub(r"\1", raw)
+        params[name.lower()] = raw
         pos = match.end()
-    return params
+    return params if pos == len(rest) else None
 
 
 @dataclass(frozen=True)
@@ -91,7 +93,8 @@ class DigestAuthenticator:
 
     def nonce(self, realm: str, now: float) -> str:
         head = struct.pack(">d", now) + os.urandom(8)
-        mac = hmac.new(self.secret, head + realm.encode(), hashlib.sha256).digest()[:16]
+        # hmac.digest: OpenSSL's one-shot HMAC, without the Python HMAC object hmac.new builds.
+        mac = hmac.digest(self.secret, head + realm.encode(), "sha256")[:16]
         return base64.urlsafe_b64encode(head + mac).decode().rstrip("=")
 
     def challenges(self, realm: str, now: float, stale: bool = False,
@@ -109,7 +112,7 @@ class DigestAuthenticator:
         if len(raw) != 32:
             return None
         head, mac = raw[:16], raw[16:]
-        expected = hmac.new(self.secret, head + realm.encode(), hashlib.sha256).digest()[:16]
+        expected = hmac.digest(self.secret, head + realm.encode(), "sha256")[:16]
         if not hmac.compare_digest(mac, expected):
             return None
         return struct.unpack(">d", head[:8])[0]
@@ -135,7 +138,7 @@ class DigestAuthenticator:
         nc_text = credentials.get("nc", "")
         if qop not in (None, "auth"):
             return Verdict(False, reason="unsupported qop")
-        if qop and (not cnonce or not re.fullmatch(r"[0-9a-fA-F]{8}", nc_text)):
+        if qop and (not cnonce or not _NC.fullmatch(nc_text)):
             return Verdict(False, reason="qop=auth needs cnonce and nc")
         key = ha1_hex
         if algorithm.endswith("-SESS"):

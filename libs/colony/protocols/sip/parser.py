@@ -58,6 +58,11 @@ class SipParseError(ValueError):
 
 def _split_head(data: bytes) -> tuple[bytes, bytes]:
     """Header section and body, split at the first empty line whatever its line ends."""
+    i = data.find(b"\r\n\r\n")
+    # CRLF throughout (nearly every message): no bare-LF blank line ends the head earlier.
+    # A "\n\r\n" ending at i + 1 would (a bare LF line, then CRLF).
+    if i >= 0 and data.find(b"\n\n", 0, i) < 0 and data.find(b"\n\r\n", 0, i + 2) < 0:
+        return data[:i], data[i + 4:]
     found = [(i, len(sep)) for sep in (b"\r\n\r\n", b"\n\n", b"\n\r\n") if (i := data.find(sep)) >= 0]
     if not found:
         return data, b""
@@ -67,6 +72,8 @@ def _split_head(data: bytes) -> tuple[bytes, bytes]:
 
 def _lines(head: str) -> list[str]:
     raw = head.rstrip("\r").replace("\r\n", "\n").split("\n")
+    if "\n " not in head and "\n\t" not in head:
+        return raw      # no folded line (nearly every message): nothing to join
     lines: list[str] = []
     for line in raw:
         if line[:1] in (" ", "\t") and lines:
@@ -145,42 +152,48 @@ def _addressable(headers: Headers) -> bool:
     return True
 
 
-def _request(parts: list[str], headers: Headers, body: bytes) -> SipRequest:
+def _refused(status: int, reason: str, parts: list[str], headers: Headers) -> SipParseError:
+    """The error for a bad request, with the partly parsed request when an answer can be
+    addressed to it -- worked out only for a request that is refused."""
     partial = SipRequest(headers=headers, method=parts[0] if parts else "", uri=None)
-    answerable = partial if _addressable(headers) else None
+    return SipParseError(status, reason, partial if _addressable(headers) else None)
+
+
+def _request(parts: list[str], headers: Headers, body: bytes) -> SipRequest:
     if len(parts) != 3:
-        raise SipParseError(400, "Malformed Request Line", answerable)
+        raise _refused(400, "Malformed Request Line", parts, headers)
     method, uri_text, version = parts
     if not _TOKEN.match(method):
-        raise SipParseError(400, "Bad Method", answerable)
+        raise _refused(400, "Bad Method", parts, headers)
     if not _VERSION.match(version):
-        raise SipParseError(505, "Version Not Supported", answerable)
-    missing = [name for name in MANDATORY if headers.get(name) is None]
-    if missing:
-        raise SipParseError(400, f"Missing {missing[0]}", answerable)
+        raise _refused(505, "Version Not Supported", parts, headers)
+    get = headers.get
+    for name in MANDATORY:
+        if get(name) is None:
+            raise _refused(400, f"Missing {name}", parts, headers)
     try:
-        cseq = parse_cseq(headers.get("CSeq") or "")
+        cseq = parse_cseq(get("CSeq") or "")
         for value in headers.get_all("Via"):
             parse_via(value)
-        parse_address(headers.get("From") or "")
-        parse_address(headers.get("To") or "")
+        parse_address(get("From") or "")
+        parse_address(get("To") or "")
     except URIError as exc:
-        raise SipParseError(400, f"Bad Header: {str(exc)[:60]}", answerable) from None
+        raise _refused(400, f"Bad Header: {str(exc)[:60]}", parts, headers) from None
     if cseq.method != method:
-        raise SipParseError(400, "CSeq Method Does Not Match", answerable)
-    max_forwards = headers.get("Max-Forwards")
+        raise _refused(400, "CSeq Method Does Not Match", parts, headers)
+    max_forwards = get("Max-Forwards")
     if max_forwards is not None and (not max_forwards.isdigit() or int(max_forwards) > 255):
-        raise SipParseError(400, "Bad Max-Forwards", answerable)
+        raise _refused(400, "Bad Max-Forwards", parts, headers)
     if uri_text.startswith("<"):
-        raise SipParseError(400, "Request-URI In Angle Brackets", answerable)
+        raise _refused(400, "Request-URI In Angle Brackets", parts, headers)
     try:
         uri = parse_uri(uri_text)
     except URIError as exc:
-        raise SipParseError(400, f"Bad Request-URI: {str(exc)[:60]}", answerable) from None
+        raise _refused(400, f"Bad Request-URI: {str(exc)[:60]}", parts, headers) from None
     if isinstance(uri, OtherURI) and uri.scheme not in ("tel",):
-        raise SipParseError(416, "Unsupported URI Scheme", answerable)
+        raise _refused(416, "Unsupported URI Scheme", parts, headers)
     if getattr(uri, "headers", None):
-        raise SipParseError(400, "Headers In Request-URI", answerable)  # RFC 3261 §19.1.5
+        raise _refused(400, "Headers In Request-URI", parts, headers)  # RFC 3261 §19.1.5
     request = SipRequest(headers=headers, method=method, uri=uri, version="SIP/2.0")
     request.body = _content(headers, body, request)
     return request

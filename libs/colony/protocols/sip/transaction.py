@@ -114,8 +114,7 @@ def stamp_via(request: SipRequest, source: Destination) -> None:
         stamped = Via(via.transport, via.host, via.port, params)
         text = str(stamped)
         remember_via(text, stamped)
-        request.headers.remove_first("Via")
-        request.headers.add_first("Via", text)
+        request.headers.replace_first("Via", text)
 
 
 def response_destination(via: Via, source: Destination | None) -> Destination:

@@ -25,6 +25,10 @@ _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*):")
 # RFC 3261 user unreserved + unreserved + escaped; anything else must be %-escaped on output.
 _USER_SAFE = "-_.!~*'()&=+$,;?/"
 _TOKEN = re.compile(r"^[A-Za-z0-9\-.!%*_+`'~]+$")
+# Compiled once: every packet's Via and URIs pass parse_host, and re's own cache lookup for
+# a pattern given as text cost as much as the match.
+_IPV6 = re.compile(r"[0-9A-Fa-f:.]+")
+_HOSTNAME = re.compile(r"[A-Za-z0-9\-._]+")
 
 
 def _split_params(text: str) -> dict[str, str | None]:
@@ -116,12 +120,12 @@ def parse_host(text: str) -> tuple[str, int | None]:
         if end < 0:
             raise URIError(f"unterminated IPv6 reference in {text!r}")
         host, rest = text[1:end], text[end + 1:]
-        if not re.fullmatch(r"[0-9A-Fa-f:.]+", host):
+        if not _IPV6.fullmatch(host):
             raise URIError(f"{host!r} is not an IPv6 address")
     else:
         host, sep, port_text = text.partition(":")
         rest = sep + port_text
-        if not host or not re.fullmatch(r"[A-Za-z0-9\-._]+", host):
+        if not host or not _HOSTNAME.fullmatch(host):
             raise URIError(f"bad host {host!r}")
     port = None
     if rest:

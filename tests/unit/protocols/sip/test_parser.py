@@ -171,6 +171,14 @@ def test_lf_only_line_ends_are_tolerated():
     assert parse_message(data).method == "OPTIONS"
 
 
+def test_the_first_blank_line_ends_the_head_whatever_its_line_ends():
+    # A bare-LF line then a CRLF: the head ends there, before a later CRLFCRLF in the body.
+    head = CRLF.join(["OPTIONS sip:bob@example.com SIP/2.0", *BASE, "CSeq: 1 OPTIONS"])
+    assert parse_message((head + "\n\r\nbody\r\n\r\n").encode()).body == b"body\r\n\r\n"
+    assert parse_message((head + "\n\nbody\r\n\r\n").encode()).body == b"body\r\n\r\n"
+    assert parse_message((head + "\r\n\r\nbody\n\n").encode()).body == b"body\n\n"
+
+
 def test_stream_framing_keepalives_and_limits():
     one = msg("OPTIONS sip:bob@example.com SIP/2.0", *BASE, "CSeq: 1 OPTIONS", "l: 3", body="abc")
     framer = StreamFramer()

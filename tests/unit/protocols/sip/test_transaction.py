@@ -151,6 +151,20 @@ def test_via_stamping_and_response_routing():
     assert response_destination(tcp.top_via(), ("TCP", "198.51.100.1", 33333)) == ("TCP", "198.51.100.1", 33333)
 
 
+def test_stamping_changes_the_top_via_only_and_lookups_see_it():
+    req = parse_message((
+        "OPTIONS sip:bob@example.com SIP/2.0\r\nMax-Forwards: 70\r\n"
+        "Via: SIP/2.0/UDP 192.0.2.1:5070;branch=z9hG4bK-top;rport\r\nVia: SIP/2.0/UDP 192.0.2.9;branch=z9hG4bK-2\r\n"
+        "From: <sip:alice@example.com>;tag=a\r\nTo: <sip:bob@example.com>\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\n\r\n").encode())
+    assert req.top_via().branch == "z9hG4bK-top"          # the header index is built before stamping
+    stamp_via(req, ("UDP", "203.0.113.5", 40000))
+    vias = req.headers.get_all("Via")
+    assert len(vias) == 2 and vias[1] == "SIP/2.0/UDP 192.0.2.9;branch=z9hG4bK-2"
+    assert req.top_via().params["received"] == "203.0.113.5" and req.top_via().params["rport"] == "40000"
+    again = parse_message(req.encode())                     # what is sent agrees with what was read
+    assert again.headers.get_all("Via") == vias and [n for n, _ in again.headers][:2] == ["Max-Forwards", "Via"]
+
+
 def test_table_expires_in_deadline_order():
     table = TransactionTable()
     a = ClientTransaction(request("OPTIONS", branch="z9hG4bK-1"), DEST, reliable=True)
