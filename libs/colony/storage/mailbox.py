@@ -13,11 +13,20 @@ The read API is what IMAP (CONDSTORE/QRESYNC), POP and delivery build on: ``mail
 EXPUNGE, FETCH FLAGS, IDLE): a listener gets the committed records of each batch.
 
 All methods are blocking file I/O; the owner calls them from one thread at a time (the
-mailstore runs each account's batch in a worker thread under the account's lock).
+mailstore calls them under the account's lock).  ``commit()`` is also available in three
+steps, so a caller on an event loop can stage and finish there and send only the waits to a
+thread: ``prepare_commit()`` takes the batch, its ``sync()`` (file system calls only, any
+thread) makes it durable, ``finish_commit()`` checks the fence and publishes it.
+
+A new body is written under its final name and left unsynced; the commit fsyncs it, then
+the bodies directory, then writes and fsyncs the journal records that name it.  Until that
+last fsync no record names it (nobody reads it), and a crash before leaves it unreferenced,
+which the next owner removes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import time
@@ -38,6 +47,40 @@ DEDUPE_WINDOW = 50_000  # delivery keys remembered per account (redeliveries com
 SNAPSHOT_EVERY = 2_000  # records between snapshots
 _MOVED = "move:"  # storage.transfer.MOVE_PREFIX (imported from there would be a cycle)
 _HANDLES = itertools.count(1)   # tells the handles of this process apart (``AccountMail.version``)
+
+
+@dataclass
+class PendingCommit:
+    """A staged batch taken off its handle by ``AccountMail.prepare_commit``.  ``sync()`` is
+    only system calls on descriptors and paths the handle owns, so it may run in a worker
+    thread while the owner's thread (under the account's lock) waits for it."""
+
+    mail: AccountMail
+    data: bytes
+    records: list
+    body_fds: list[int]
+    dir_fd: int | None   # the bodies directory, when this batch put a name into it
+    newer: int | None = None
+    error: BaseException | None = None
+    synced: bool = False
+
+    def sync(self) -> None:
+        """Bodies, then their directory, then the journal (the records naming them), each
+        fsynced before the next is written; then the fence check.  Never raises: a failure is
+        kept for ``finish_commit``."""
+        try:
+            while self.body_fds:
+                fd = self.body_fds[-1]
+                os.fsync(fd)
+                os.close(fd)
+                self.body_fds.pop()
+            if self.dir_fd is not None:
+                os.fsync(self.dir_fd)
+            self.mail._write_now(self.data)
+            self.newer = j.newer_claim(self.mail.journal_dir, self.mail.epoch)
+            self.synced = True
+        except BaseException as exc:
+            self.error = exc
 
 
 class MailboxError(ValueError):
@@ -300,7 +343,8 @@ class AccountMail:
         self._pending: list[bytes] = []
         self._pending_records: list[j._Record] = []
         self._freed: list[str] = []
-        self._bodies_unsynced = False   # a body file was renamed into place since the last directory sync
+        self._body_fds: list[int] = []  # bodies written since the last commit, not yet fsynced
+        self._dir_fd: int | None = None  # the bodies directory, open while the handle is
         self._since_snapshot = 0
         self._broken: str | None = None
         self._listeners: list[Listener] = []
@@ -549,34 +593,59 @@ class AccountMail:
     def commit(self) -> None:
         """fsync the staged records (one fsync for the batch), then make sure no newer owner
         claimed the account meanwhile.  Only after this returns may the batch be acknowledged."""
+        pending = self.prepare_commit()
+        if pending is None:
+            return
+        pending.sync()
+        self.finish_commit(pending)
+        if self.snapshot_due:
+            self.snapshot()
+
+    def prepare_commit(self) -> PendingCommit | None:
+        """Take the staged batch (None: nothing staged).  Its ``sync()`` must run, and then
+        ``finish_commit``, before anything else is staged or committed on this handle."""
         self._check()
         if not self._pending:
-            return
-        data = b"".join(self._pending)
-        records, self._pending, self._pending_records = self._pending_records, [], []
-        try:
-            if self._bodies_unsynced:
-                # The new bodies' names must be durable before a record naming them is; a
-                # batch that wrote no body (flags, expunges, ACLs: most IMAP commits) has
-                # nothing there to sync, and the directory's fsync cost as much CPU as the
-                # journal's own.
-                j.fsync_dir(self.bodies_dir)
-                self._bodies_unsynced = False
-            self._write_now(data)
-            newer = j.newer_claim(self.journal_dir, self.epoch)
-            if newer is not None:
-                raise j.Fenced(f"epoch {newer} claimed the account after us ({self.epoch})")
-        except BaseException as exc:
-            self._broken = f"commit failed: {exc}"
-            raise
+            return None
+        dir_fd = None
+        if self._body_fds:
+            # The new bodies' names must be durable before a record naming them is; a batch
+            # that wrote no body (flags, expunges, ACLs: most IMAP commits) has nothing there
+            # to sync, and the directory's fsync cost as much CPU as the journal's own.
+            if self._dir_fd is None:
+                self._dir_fd = os.open(self.bodies_dir, os.O_RDONLY | os.O_DIRECTORY)
+            dir_fd = self._dir_fd
+        pending = PendingCommit(self, b"".join(self._pending), self._pending_records, self._body_fds, dir_fd)
+        self._pending, self._pending_records, self._body_fds = [], [], []
+        # Broken until finished: a sync that never comes back leaves the handle unusable.
+        self._broken = "commit under way"
+        return pending
+
+    def finish_commit(self, pending: PendingCommit) -> None:
+        """After ``pending.sync()``: raise what it failed with (the handle stays broken), or
+        ``Fenced`` if a newer owner claimed the account; else the batch is durable and may be
+        acknowledged, and the listeners hear of it."""
+        if pending.error is None and not pending.synced:
+            pending.error = MailboxError("the commit was never synced")
+        if pending.error is None and pending.newer is not None:
+            pending.error = j.Fenced(f"epoch {pending.newer} claimed the account after us ({self.epoch})")
+        if pending.error is not None:
+            for fd in pending.body_fds:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            self._broken = f"commit failed: {pending.error}"
+            raise pending.error
+        self._broken = None
         for body in self._freed:
             (self.bodies_dir / body).unlink(missing_ok=True)
         self._freed.clear()
-        self._since_snapshot += len(records)
-        if self._since_snapshot >= SNAPSHOT_EVERY:
-            self.snapshot()
+        self._since_snapshot += len(pending.records)
         for listener in list(self._listeners):
-            listener(records)
+            listener(pending.records)
+
+    @property
+    def snapshot_due(self) -> bool:
+        return self._since_snapshot >= SNAPSHOT_EVERY
 
     def snapshot(self) -> None:
         self._check()
@@ -600,6 +669,10 @@ class AccountMail:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+        for fd in [*self._body_fds, *([self._dir_fd] if self._dir_fd is not None else [])]:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._body_fds, self._dir_fd = [], None
         self._broken = self._broken or "closed"
 
     # --- internals -------------------------------------------------------------------------
@@ -625,9 +698,18 @@ class AccountMail:
         self._offset += len(data)
 
     def _write_body(self, data: bytes) -> str:
+        """Written under its final name (unique to this handle) and left open: the commit
+        fsyncs it, and the directory once, before any record names it."""
         self._check()
         self._body_counter += 1
         name = f"{self.epoch}-{self.state.seq + 1}-{self._body_counter}"
-        self._bodies_unsynced = True
-        j.write_atomically(self.bodies_dir / name, data, sync_dir=False)  # commit() syncs the dir once
+        fd = os.open(self.bodies_dir / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        except BaseException:
+            os.close(fd)
+            raise
+        self._body_fds.append(fd)
         return name

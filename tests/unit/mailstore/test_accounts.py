@@ -4,6 +4,7 @@ move under the lease, and fencing by a newer owner."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from datetime import UTC, datetime
 
 import pytest
@@ -11,6 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from colony.storage.layout import StorageLayout, account_paths
 from colony.storage.mailbox import AccountMail
+from colony_mailstore import accounts
 from colony_mailstore.accounts import AccountManager, NotOwner, OverQuota
 from colony_mailstore.metrics import MailstoreMetrics
 
@@ -169,3 +171,45 @@ async def test_idle_release_spares_accounts_with_sessions_and_closing_ends_them(
     assert ownership.released == [("ida@example.com", "idle")]
     await mgr.release_all("drain")
     assert ended == ["hal"] and not mgr.open
+
+
+async def test_commits_of_several_accounts_share_a_worker_thread_hop(manager, monkeypatch):
+    mgr, _ = manager
+    for name in ("jo", "ken", "lee"):   # opened first: opening has hops of its own
+        await mgr.deliver(f"{name}@example.com", FakeLease(2), b"first", f"0/{name}", NOW)
+    hops = []
+    real = accounts._sync_all
+    monkeypatch.setattr(accounts, "_sync_all", lambda batch: (hops.append(len(batch)), real(batch))[1])
+    stored = await asyncio.gather(*(mgr.deliver(f"{name}@example.com", mgr.open[f"{name}@example.com"].lease,
+                                                b"m%d" % i, f"{i}/{name}", NOW)
+                                    for i in range(1, 5) for name in ("jo", "ken", "lee")))
+    assert [s.uid for s in stored] == [2, 2, 2, 3, 3, 3, 4, 4, 4, 5, 5, 5]
+    assert sum(hops) < 12 and max(hops) > 1, hops   # accounts' commits went together
+
+
+async def test_a_delivery_cancelled_during_its_commit_finishes_the_batch_first(manager, monkeypatch):
+    mgr, _ = manager
+    lease = FakeLease(4)
+    await mgr.deliver("max@example.com", lease, b"first", "0/max", NOW)
+    release = threading.Event()
+    started = threading.Event()
+    real = accounts._sync_all
+
+    def slow(batch):
+        started.set()
+        release.wait(10)
+        real(batch)
+    monkeypatch.setattr(accounts, "_sync_all", slow)
+    first = asyncio.ensure_future(mgr.deliver("max@example.com", lease, b"one", "1/max", NOW))
+    second = asyncio.ensure_future(mgr.deliver("max@example.com", lease, b"two", "2/max", NOW))
+    await asyncio.to_thread(started.wait, 10)
+    first.cancel()
+    await asyncio.sleep(0)
+    assert not first.done()          # its fsyncs are still running: the handle is mid-commit
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert (await second).uid == 3   # the next batch, once the cancelled one had finished
+    mail = mgr.open["max@example.com"].mail
+    assert mail.usable and [mail.body("INBOX", m.uid) for m in mail.messages("INBOX")] == [b"first", b"one", b"two"]
+    assert (await mgr.deliver("max@example.com", lease, b"one", "1/max", NOW)).duplicate

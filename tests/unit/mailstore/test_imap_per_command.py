@@ -5,13 +5,16 @@ the bodies directory."""
 
 from __future__ import annotations
 
+import os
+import stat
+from pathlib import Path
+
 import orjson
 import pytest
 from nats.js.errors import KeyNotFoundError
 
 from colony.bus import names
 from colony.protocols.imap import session as S
-from colony.storage import journal
 from colony.storage.mailbox import AccountMail
 from colony_mailstore.directory import _CACHE_SECONDS, Directory
 
@@ -104,9 +107,14 @@ def test_commands_that_may_change_mailboxes_or_acls_are_followed(line):
 
 
 def test_a_commit_without_a_new_body_does_not_sync_the_bodies_directory(tmp_path, monkeypatch):
-    synced = []
-    real = journal.fsync_dir
-    monkeypatch.setattr(journal, "fsync_dir", lambda d: (synced.append(d), real(d)))
+    synced = []   # directories fsynced (the commit keeps the bodies directory open to sync it)
+    real = os.fsync
+
+    def fsync(fd):
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            synced.append(Path(os.readlink(f"/proc/self/fd/{fd}")))
+        real(fd)
+    monkeypatch.setattr(os, "fsync", fsync)
     mail = AccountMail(tmp_path / "mail", 1)
     mail.open()
     synced.clear()

@@ -254,3 +254,49 @@ def test_late_body_files_of_a_fenced_owner_are_collected(tmp_path):
         old.commit()
     opened(tmp_path, 10)
     assert os.listdir(tmp_path / "bodies") == []
+
+
+def test_a_commit_makes_bodies_durable_before_the_records_that_name_them(tmp_path, monkeypatch):
+    acct = opened(tmp_path, 3)
+    calls = []
+    real_fsync, real_write = os.fsync, os.write
+
+    def what(fd):   # "bodies" or "journal" (a file in it), or "bodies/" (the directory itself)
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        return path.rpartition("/")[2] + "/" if os.path.isdir(path) else path.rpartition("/")[0].rpartition("/")[2]
+
+    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(("fsync", what(fd))), real_fsync(fd))[1])
+    monkeypatch.setattr(os, "write", lambda fd, b: (calls.append(("write", what(fd))), real_write(fd, b))[1])
+    acct.append("INBOX", b"one")
+    acct.append("INBOX", b"two")
+    assert calls == [("write", "bodies"), ("write", "bodies")]   # written, not yet synced
+    pending = acct.prepare_commit()
+    with pytest.raises(j.Fenced):
+        acct.append("INBOX", b"not while a commit is under way")
+    calls.clear()
+    pending.sync()
+    assert calls == [("fsync", "bodies"), ("fsync", "bodies"), ("fsync", "bodies/"), ("write", "journal"),
+                     ("fsync", "journal")]
+    acct.finish_commit(pending)
+    assert [acct.body("INBOX", m.uid) for m in acct.messages("INBOX")] == [b"one", b"two"]
+    acct.append("INBOX", b"three")
+    acct.commit()
+    assert [acct.body("INBOX", m.uid) for m in opened(tmp_path, 4).messages("INBOX")] == [b"one", b"two", b"three"]
+
+
+def test_a_commit_that_failed_or_was_fenced_during_its_sync_breaks_the_handle(tmp_path):
+    acct = opened(tmp_path, 3)
+    acct.append("INBOX", b"one")
+    pending = acct.prepare_commit()
+    with pytest.raises(MailboxError):
+        acct.finish_commit(pending)          # never synced: nothing may be acknowledged
+    with pytest.raises(j.Fenced):
+        acct.append("INBOX", b"two")
+    old = opened(tmp_path, 4)
+    old.append("INBOX", b"late")
+    pending = old.prepare_commit()
+    opened(tmp_path, 5)                      # claims the account while the old owner syncs
+    pending.sync()
+    with pytest.raises(j.Fenced):
+        old.finish_commit(pending)
+    assert [m.uid for m in opened(tmp_path, 6).messages("INBOX")] == []
