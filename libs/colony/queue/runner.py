@@ -2,7 +2,7 @@
 JetStream work-queue stream, bounded concurrency, ack after the durable effect.
 
 Per job: extract the trace context from its headers into a span, keep it alive with
-``in_progress()`` every ``ack_wait / 3`` while the handler runs (at most ``job_timeout``:
+``in_progress()`` about every ``ack_wait / 3`` while the handler runs (at most ``job_timeout``:
 then it is cancelled and the job retried), then do what ``decide`` says
 (ack with a confirmed double-ack, ``nak(delay)``, or copy to ``DEAD_LETTERS`` and only then
 ack it out of the queue).  If the process dies mid-job nothing was acked: JetStream
@@ -163,6 +163,13 @@ class QueueRunner:
             budget.on_free(self._wake)
         self.tracer = tracer or trace.get_tracer("colony.queue")
         self.handled = 0  # jobs acked by this runner (tests and benchmarks read it)
+        # Jobs being handled -> when they last told JetStream they are alive.  One timer for
+        # all of them, armed while any runs: a task (or timer) per job to send a progress
+        # that a job finishing in milliseconds never needs cost more than the rest of the
+        # runner's bookkeeping for it.
+        self._running: dict[int, tuple[Job, float]] = {}   # by id(job)
+        self._progress_timer: asyncio.TimerHandle | None = None
+        self._progress_sends: set[asyncio.Future] = set()
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -222,6 +229,9 @@ class QueueRunner:
             for task in pending:
                 with suppress(asyncio.CancelledError, Exception):
                     await task
+        if self._progress_timer is not None:
+            self._progress_timer.cancel()
+            self._progress_timer = None
         await self._close_puller()
 
     async def _close_puller(self) -> None:
@@ -287,7 +297,9 @@ class QueueRunner:
             self.metrics.seconds.labels(self.name).observe(time.monotonic() - started)
 
     async def _handle(self, job: Job) -> Outcome | None:
-        keep_alive = asyncio.create_task(self._keep_alive(job), name=f"in-progress {self.name}")
+        self._running[id(job)] = (job, time.monotonic())
+        if self._progress_timer is None:
+            self._arm_progress()
         deadline = asyncio.timeout(self.policy.job_timeout)
         try:
             async with deadline:
@@ -311,17 +323,34 @@ class QueueRunner:
             log.error("%s: job %s (delivery %d) failed", self.name, job.id, job.delivered, exc_info=exc)
             return Retry(reason=describe(exc))
         finally:
-            keep_alive.cancel()
-            with suppress(asyncio.CancelledError, Exception):
-                await keep_alive
+            self._running.pop(id(job), None)
 
-    async def _keep_alive(self, job: Job) -> None:
-        while True:
-            await asyncio.sleep(self.policy.progress_interval)
+    def _arm_progress(self) -> None:
+        # Every quarter interval: a job is told alive one to one and a quarter intervals
+        # after its start or its last progress, 5/12 of ack_wait at the latest.
+        self._progress_timer = asyncio.get_running_loop().call_later(self.policy.progress_interval / 4,
+                                                                     self._progress_due)
+
+    def _progress_due(self) -> None:
+        self._progress_timer = None
+        if not self._running:
+            return
+        now = time.monotonic()
+        for key, (job, last) in list(self._running.items()):
+            if last <= now - self.policy.progress_interval:
+                self._running[key] = (job, now)
+                self._send_progress(job)
+        self._arm_progress()
+
+    def _send_progress(self, job: Job) -> None:
+        async def send() -> None:
             try:
                 await job.in_progress()
             except Exception as exc:  # the bus is away; the ack will tell whether the job is still ours
                 log.warning("%s: progress for job %s not sent: %s", self.name, job.id, describe(exc))
+        task = asyncio.ensure_future(send())
+        self._progress_sends.add(task)   # held until sent; send() logs its own failure
+        task.add_done_callback(self._progress_sends.discard)
 
     async def _apply(self, msg: Msg, job: Job, decision: Decision) -> None:
         if job.acked:   # the handler acked it itself (Job.ack): done, whatever it returned after
