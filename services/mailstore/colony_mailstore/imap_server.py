@@ -28,9 +28,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import statistics
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from dataclasses import dataclass
@@ -77,7 +78,47 @@ _HEADER_FACTOR = 4
 # mailbox: the loop must not stall other sessions that long).
 INLINE_MAX_MESSAGES = 5_000
 
+# Where a command's commit (the journal's write, fsync and fence check) runs: on the event
+# loop while this store's commits have been quick, else in a worker thread with the rest of
+# the command.  Handing a STORE to a thread and back cost it 1-1.7 ms more than a SEARCH in
+# bench/imap.py on a loaded 2-core machine (the thread waits for a CPU and, after each system
+# call, for the GIL), where the fsync itself took ~0.06 ms; but a slow sync (NFS: a round
+# trip to the server) on the loop would stall every session of the store.
+INLINE_COMMIT_MAX = 0.0005   # seconds: the median of recent commits timed on the loop, at most
+COMMIT_SAMPLES = 16          # commits that median is taken over (a rare slow one does not count)
+COMMIT_PROBE_EVERY = 16      # while commits go to threads, one in this many is timed on the loop again
+
 Route = Callable[[str], Awaitable[bool]]     # "may this store serve the account now?" (acquires if vacant)
+
+
+class CommitCost:
+    """How long this store's commits take when run on the event loop, and so whether the next
+    one may (``on_loop``).  Only commits timed on the loop count: one in a thread also waits
+    for the GIL, which would keep commits in threads for good on a busy store.  While they
+    go to threads, every ``probe_every``-th is tried on the loop again, so a store whose
+    disk was slow for a while comes back."""
+
+    def __init__(self, limit: float = INLINE_COMMIT_MAX, samples: int = COMMIT_SAMPLES,
+                 probe_every: int = COMMIT_PROBE_EVERY) -> None:
+        self.limit, self.probe_every = limit, probe_every
+        self._samples: deque[float] = deque(maxlen=samples)
+        self._median = 0.0
+        self._threaded = 0
+
+    @property
+    def median(self) -> float:
+        return self._median
+
+    def on_loop(self) -> bool:
+        return self._median <= self.limit or self._threaded >= self.probe_every
+
+    def timed(self, seconds: float) -> None:
+        self._samples.append(seconds)
+        self._median = statistics.median(self._samples)
+        self._threaded = 0
+
+    def threaded(self) -> None:
+        self._threaded += 1
 
 
 def _parsed_weight(data: bytes, root: mime.Part) -> int:
@@ -144,15 +185,30 @@ class MailStore:
     """``session.Store`` over an ``AccountMail``: its API plus the subscription list."""
 
     def __init__(self, mail: AccountMail, marks: S.RecentMarks, quota_bytes: int | None,
-                 cache: MessageCache | None = None) -> None:
+                 cache: MessageCache | None = None, cost: CommitCost | None = None) -> None:
         self.mail = mail
         self.marks = marks
         self.quota_bytes = quota_bytes
         self.cache = cache
+        self.cost = cost
+        self.on_loop = False      # set by the shell for a command it runs on the event loop
         self._where = str(mail.dir)
 
     def __getattr__(self, name: str):
         return getattr(self.mail, name)
+
+    def commit(self) -> None:
+        # A handle with records staged is not ``usable`` until they are committed; a commit of
+        # nothing (a STORE that changed no flag) says nothing about the disk.
+        if self.cost is None or self.mail.usable:
+            self.mail.commit()
+        elif self.on_loop:
+            started = time.perf_counter()
+            self.mail.commit()
+            self.cost.timed(time.perf_counter() - started)
+        else:
+            self.mail.commit()
+            self.cost.threaded()
 
     def _key(self, name: str, uid: int) -> tuple[str, str] | None:
         msg = self.mail.state.box(name).messages.get(uid)
@@ -361,6 +417,7 @@ class ImapServer:
                  sharing: Sharing | None = None, exporter: AccountExporter | None = None) -> None:
         self.accounts = accounts
         self.message_cache = MessageCache()   # shared by all sessions of this store
+        self.commit_cost = CommitCost()        # where commits run (on the loop while quick)
         self.exporter = exporter   # export lines on imap-inner (colony.contracts.account_export)
         self.sharing = sharing     # shared folders (None: the user's own mail only)
         self.route = route
@@ -649,21 +706,20 @@ class ImapServer:
         for conn in self._conns.get(account, ()):
             conn.wake_up()
 
-    @staticmethod
-    def _light(session: S.Session, mail: AccountMail, owners: list[str], store) -> bool:
+    def _light(self, session: S.Session, mail: AccountMail, owners: list[str], own: MailStore) -> bool:
         """Whether the waiting command can run on the event loop: it only reads the account's
-        state in memory and messages already in the cache (``Session.pending_reads``), no
+        state in memory and messages already in the cache (``Session.pending_reads``) and
+        writes at most flags and expunges while commits are quick (``CommitCost``), no
         colleague's folder is in reach (those calls go over the bus), and the account is
         small enough for the work to be short.  Handing a command to a worker thread and
         back cost about as much as a cached FETCH itself."""
         if owners or mail.state.messages_total > INLINE_MAX_MESSAGES:
             return False
-        uids = session.pending_reads()
+        uids = session.pending_reads(record_writes=self.commit_cost.on_loop())
         if uids is None:
             return False
         if not uids:
             return True
-        own = store.own if isinstance(store, CompositeStore) else store
         return session.mailbox is not None and own.holds(session.mailbox, uids)
 
     async def _run(self, conn: _Conn) -> None:
@@ -686,7 +742,8 @@ class ImapServer:
                 session.abort("[UNAVAILABLE] The account moved; reconnect")
                 return
             acct.last_used = self.accounts.clock()
-            store = MailStore(acct.mail, self.marks_for(session.account), quota, self.message_cache)
+            store = own = MailStore(acct.mail, self.marks_for(session.account), quota, self.message_cache,
+                                    self.commit_cost)
             if self.sharing is not None:
                 # Colleagues' folders under Other Users/ (colony.protocols.imap.shared); each
                 # call on one goes to the mail store owning that account (sharing.RemoteView).
@@ -699,7 +756,8 @@ class ImapServer:
             before = grantees(acct.mail) if follow else None
             started = time.perf_counter()
             try:
-                if self._light(session, acct.mail, owners, store):
+                if self._light(session, acct.mail, owners, own):
+                    own.on_loop = True
                     session.run(store)
                 else:
                     await asyncio.to_thread(session.run, store)

@@ -5,6 +5,7 @@ a stand-in for the admin API), and the edge's signed hand-off on ``imap-inner``.
 from __future__ import annotations
 
 import asyncio
+import signal
 import imaplib
 import socket
 import sys
@@ -389,3 +390,50 @@ async def test_sealing_a_domains_move_ends_its_open_imap_and_pop3_sessions(imap)
     finally:
         imap_sock.close()
         pop_sock.close()
+
+
+async def test_flag_changes_acknowledged_by_concurrent_sessions_survive_a_sigkill(imap):
+    """Four sessions of one account change flags at once (the store commits them on its event
+    loop while its commits are quick, in a worker thread otherwise); the store is SIGKILLed
+    mid-stream.  Every STORE that got its tagged OK is in the journal the next owner reads."""
+    world, host, port, _, _ = imap
+    uids = sorted(world.state(BOB).box("INBOX").messages)
+    acked: list[tuple[int, str]] = []
+
+    async def session(n: int) -> None:
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            await reader.readline()
+
+            async def cmd(tag: str, text: str) -> bytes:
+                writer.write(f"{tag} {text}\r\n".encode())
+                while True:
+                    line = await reader.readline()
+                    if not line:
+                        raise ConnectionError("closed")
+                    if line.startswith(tag.encode() + b" "):
+                        return line
+
+            assert b" OK" in await cmd("l", f"LOGIN {BOB} {PASSWORD}")
+            assert b" OK" in await cmd("s", "SELECT INBOX")
+            for i in range(100_000):
+                uid, keyword = uids[i % len(uids)], f"k{n}x{i}"
+                if (await cmd(f"t{i}", f"UID STORE {uid} +FLAGS.SILENT ({keyword})")).startswith(f"t{i} OK".encode()):
+                    acked.append((uid, keyword))
+        finally:
+            writer.close()
+
+    sessions = [asyncio.create_task(session(n)) for n in range(4)]
+
+    async def enough():
+        done = [t for t in sessions if t.done()]
+        if done:   # a session that failed before the kill: its error, not a timeout
+            await done[0]
+        return len(acked) >= 80
+    await wait_until(enough, 60, "80 flag changes acknowledged")
+    world.cluster.nodes["mailstore-1"].signal(signal.SIGKILL)
+    results = await asyncio.gather(*sessions, return_exceptions=True)
+    assert all(isinstance(r, (ConnectionError, OSError)) for r in results), results
+    box = world.state(BOB).box("INBOX")
+    missing = [(uid, kw) for uid, kw in acked if kw not in box.messages[uid].flags]
+    assert not missing, f"{len(missing)} of {len(acked)} acknowledged flag changes lost: {missing[:5]}"

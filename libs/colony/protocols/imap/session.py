@@ -104,6 +104,9 @@ _SELECTED = {"CHECK", "CLOSE", "UNSELECT", "EXPUNGE", "SEARCH", "FETCH", "STORE"
 # never a commit, never a message's octets (``pending_reads``).
 _STATE_READS = {"NOOP", "CHECK", "SELECT", "EXAMINE", "UNSELECT", "IDLE", "NAMESPACE", "ENABLE", "LIST", "LSUB",
                 "STATUS", "GETQUOTA", "GETQUOTAROOT", "GETACL", "LISTRIGHTS", "MYRIGHTS"}
+# Commands whose only writes are journal records of the selected mailbox (flags, expunges):
+# no message to store, no mailbox or ACL changed (``pending_reads(record_writes=True)``).
+_RECORD_WRITES = {"STORE", "EXPUNGE", "UID EXPUNGE", "CLOSE"}
 # Commands that never create, delete or rename a mailbox nor change an ACL: whatever they
 # write is messages and flags (``pending_keeps_grants``).
 _KEEPS_GRANTS = _STATE_READS | {"FETCH", "STORE", "SEARCH", "SORT", "THREAD", "CLOSE", "EXPUNGE", "UID EXPUNGE",
@@ -317,26 +320,31 @@ class Session:
         if cmd is not None:
             self._tagged(cmd.tag, "NO", text)
 
-    def pending_reads(self) -> list[int] | None:
+    def pending_reads(self, record_writes: bool = False) -> list[int] | None:
         """What the waiting work (the next ``NeedStore``) needs besides the account's state in
         memory, so that a shell can run light commands without handing them to a worker
         thread: the UIDs of the selected mailbox whose octets it reads (``[]``: none), or
         ``None`` when it may write (a commit is blocking I/O), reads more than
         ``READS_AT_MOST`` messages, or is not known to only read.  A hint for where to run
-        ``run``, which is correct wherever it runs."""
+        ``run``, which is correct wherever it runs.
+
+        ``record_writes``: the shell may commit where it runs light commands (its syncs are
+        quick), so a command whose only writes are journal records of flags and expunges
+        (STORE, EXPUNGE, UID EXPUNGE, CLOSE, a FETCH that sets \\Seen) counts as light too;
+        one that stores a message or changes mailboxes or ACLs never does."""
         if self._resume is not None:
             return None
         cmd = self._pending_command
         if cmd is None:
             return [] if self._idle_tag is not None else None     # IDLE woken: a sync
         name = _name(cmd)
-        if name in _STATE_READS:
+        if name in _STATE_READS or (record_writes and name in _RECORD_WRITES):
             return []
         if name == "FETCH":
             items = {i.name for i in cmd.items}
             if items <= _FETCH_METADATA:
                 return []
-            if not self.read_only and items & {"RFC822", "RFC822.TEXT", "BODY", "BINARY"}:
+            if not (self.read_only or record_writes) and items & {"RFC822", "RFC822.TEXT", "BODY", "BINARY"}:
                 return None      # may set \Seen
             try:
                 uids = self._select_uids(cmd.sequence, cmd.uid)

@@ -533,6 +533,27 @@ def test_pending_reads_names_what_the_waiting_command_reads(mail, monkeypatch):
     assert "r OK" in c.send(b"DONE\r\n")
 
 
+def test_with_record_writes_flag_and_expunge_commands_count_as_light(mail):
+    # A shell whose commits are quick may run these on its loop; a command that stores a
+    # message or changes mailboxes may not.
+    c = selected(mail)
+
+    def pending(line: str):
+        c.session.receive_data(line.encode() + b"\r\n")
+        assert isinstance(c.session.next_action(), S.NeedStore)
+        reads = c.session.pending_reads(record_writes=True)
+        c.session.run(c.store)
+        c.pump()
+        return reads
+
+    assert pending("a STORE 1 +FLAGS (\\Flagged)") == [] and pending("b UID STORE 1 -FLAGS (\\Flagged)") == []
+    assert pending("c FETCH 1 (BODY[TEXT])") == [1]                # sets \Seen: reads message 1
+    assert pending("d EXPUNGE") == [] and pending("e UID EXPUNGE 9") == []
+    assert pending("f COPY 1 Archive") is None and pending("g CREATE Foo") is None
+    assert pending("h APPEND INBOX {2+}\r\nhi") is None
+    assert pending("i CLOSE") == []
+
+
 def test_a_store_that_keeps_parsed_messages_serves_fetch_and_search(mail):
     import colony.protocols.imap.mime as mime
 
