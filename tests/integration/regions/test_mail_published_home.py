@@ -138,7 +138,7 @@ async def test_a_stopped_hub_costs_one_bounded_wait_and_every_message_lands_once
     assert ACK_TIMEOUT <= waited < ACK_TIMEOUT + 3.0, waited   # 250 within the bound, stored in us
     started = time.monotonic()
     second = await _accept(edge, tmp_path, "after the breaker opened")
-    assert time.monotonic() - started < ACK_TIMEOUT / 2     # no second wait
+    assert time.monotonic() - started < ACK_TIMEOUT         # no second wait (a wait is at least this)
     assert (await us.stream_info(names.STREAM_MAIL)).state.messages == 2
     assert [edge.metrics.home_publishes.labels(o)._value.get() for o in ("fallback", "local")] == [1, 1]
     os.kill(regions.hub.process.pid, signal.SIGCONT)
