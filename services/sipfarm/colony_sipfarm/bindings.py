@@ -139,12 +139,20 @@ class BindingStore:
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
 
+    def _remembered(self, key: str) -> tuple[BindingSet, int, float] | None:
+        """The set remembered for ``key`` while it may be trusted (the watch runs and it was
+        confirmed within ``trust_seconds``), else None: read the bus."""
+        cached = self._cache.get(key) if self._watching else None
+        if cached is None or cached[2] <= self.monotonic() - self.trust_seconds:
+            return None
+        self._cache.move_to_end(key)
+        return cached
+
     async def _read(self, account: str, fresh: bool = False) -> tuple[BindingSet, int | None]:
         key = names.sip_binding_key(account)
-        if not fresh and self._watching:
-            cached = self._cache.get(key)
-            if cached is not None and cached[2] > self.monotonic() - self.trust_seconds:
-                self._cache.move_to_end(key)
+        if not fresh:
+            cached = self._remembered(key)
+            if cached is not None:
                 return cached[0], cached[1] or None
         try:
             entry = await self.kv.get(key)
@@ -167,6 +175,14 @@ class BindingStore:
         either way); it may run more than once."""
         lock = self._locks.get(account)
         if lock is None:
+            # Nobody is changing this account here: a refresh that the remembered set
+            # answers (edit keeps it) needs no lock -- nothing is awaited, so nothing can
+            # interleave.  Making and taking a lock per REGISTER was ~2 % of a member's CPU.
+            remembered = self._remembered(names.sip_binding_key(account))
+            if remembered is not None:
+                live = remembered[0].live(self.clock())
+                if edit(live) is None:
+                    return live
             lock = self._locks[account] = asyncio.Lock()
         async with lock:
             return await self._change(account, edit)
