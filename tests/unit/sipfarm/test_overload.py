@@ -3,13 +3,14 @@ is answered 503 + Retry-After without being worked on; what finishes work goes o
 
 from __future__ import annotations
 
+import asyncio
 import time
 from types import SimpleNamespace
 
 from colony.protocols.sip.parser import parse_message
 from colony.settings import Settings
 
-from colony_sipfarm.workload import LATE, SipWorkload
+from colony_sipfarm.workload import LATE, TURN_PROBE, SipWorkload
 from test_farm import PHONE, farm, register  # noqa: F401 (farm: the fixture)
 
 
@@ -40,3 +41,32 @@ async def test_a_late_response_is_still_worked_on(farm):
              b"CSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n")
     await shell._handle(stray, PHONE, arrived=time.monotonic() - 10)
     assert sent == [] and farm.metrics.overloaded._value.get() == 0
+
+
+async def test_new_work_is_refused_while_the_event_loop_is_slow_to_come_round(farm):
+    # Packets are worked on in the callback that reads them: their own age shows no queue,
+    # the loop's measured turn does.
+    shell, sent = _shell(farm)
+    shell._turn = LATE + 0.5
+    await shell._handle(register(branch="z9hG4bKslow"), PHONE, arrived=time.monotonic())
+    shell._turn = 0.01
+    await shell._handle(register(branch="z9hG4bKquick"), PHONE, arrived=time.monotonic())
+    assert [m.status for m in sent] == [503, 401]
+
+
+async def test_the_turn_is_measured_while_the_loop_is_held(farm):
+    shell, _ = _shell(farm)
+    probe = asyncio.create_task(shell._measure_turns())
+    try:
+        await asyncio.sleep(TURN_PROBE / 2)            # the probe waits for its timer
+        time.sleep(0.3)                                 # a callback that holds the loop past it
+        deadline = time.monotonic() + 5
+        while shell._turn < 0.15 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert shell._turn >= 0.15
+        deadline = time.monotonic() + 5                 # and it comes down once the loop is free
+        while shell._turn > 0.1 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert shell._turn <= 0.1
+    finally:
+        probe.cancel()
