@@ -198,17 +198,22 @@ class MailStore:
         return getattr(self.mail, name)
 
     def commit(self) -> None:
-        # A handle with records staged is not ``usable`` until they are committed; a commit of
-        # nothing (a STORE that changed no flag) says nothing about the disk.
-        if self.cost is None or self.mail.usable:
-            self.mail.commit()
-        elif self.on_loop:
-            started = time.perf_counter()
-            self.mail.commit()
-            self.cost.timed(time.perf_counter() - started)
-        else:
-            self.mail.commit()
-            self.cost.threaded()
+        """``AccountMail.commit``, timed for ``CommitCost`` when it runs on the loop.  There
+        the snapshot a commit may bring due is left to the shell, which writes it from a
+        thread after the command (a whole account's state, fsynced: not for the loop)."""
+        pending = self.mail.prepare_commit()
+        if pending is None:
+            return            # nothing staged (a STORE that changed no flag): nothing learnt
+        started = time.perf_counter()
+        pending.sync()
+        self.mail.finish_commit(pending)
+        if self.cost is not None:
+            if self.on_loop:
+                self.cost.timed(time.perf_counter() - started)
+            else:
+                self.cost.threaded()
+        if not self.on_loop and self.mail.snapshot_due:
+            self.mail.snapshot()
 
     def _key(self, name: str, uid: int) -> tuple[str, str] | None:
         msg = self.mail.state.box(name).messages.get(uid)
@@ -759,6 +764,8 @@ class ImapServer:
                 if self._light(session, acct.mail, owners, own):
                     own.on_loop = True
                     session.run(store)
+                    if acct.mail.snapshot_due:
+                        await asyncio.to_thread(acct.mail.snapshot)
                 else:
                     await asyncio.to_thread(session.run, store)
                 self.metrics.work.observe(time.perf_counter() - started)

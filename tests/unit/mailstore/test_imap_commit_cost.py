@@ -80,3 +80,26 @@ def test_a_store_runs_on_the_loop_only_while_commits_are_quick(tmp_path):
     server.commit_cost.timed(0.01)
     assert not server._light(session, mail, [], own)       # slow commits: a worker thread
     mail.close()
+
+
+def test_a_snapshot_a_commit_brings_due_is_never_written_on_the_loop(tmp_path, monkeypatch):
+    import colony.storage.mailbox as mailbox
+    monkeypatch.setattr(mailbox, "SNAPSHOT_EVERY", 2)
+    mail = AccountMail(tmp_path / "mail", 1, clock=lambda: 1_700_000_000.0)
+    mail.open()
+    uid = mail.append("INBOX", MSG).uid
+    mail.commit()
+    def snapshots():
+        return sorted(p.name for p in mail.journal_dir.glob("snap-*"))
+    before = snapshots()
+    store = MailStore(mail, S.RecentMarks(), None, MessageCache(), CommitCost())
+    store.on_loop = True
+    for flag in ("\\Seen", "\\Flagged"):
+        mail.store_flags("INBOX", [uid], [flag], "add")
+        store.commit()
+    assert mail.snapshot_due and snapshots() == before     # the shell writes it, from a thread
+    threaded = MailStore(mail, S.RecentMarks(), None, MessageCache(), CommitCost())
+    mail.store_flags("INBOX", [uid], ["\\Answered"], "add")
+    threaded.commit()                           # in a worker thread: written at once
+    assert not mail.snapshot_due and snapshots()[-1] > before[-1]
+    mail.close()
