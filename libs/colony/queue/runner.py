@@ -4,8 +4,11 @@ JetStream work-queue stream, bounded concurrency, ack after the durable effect.
 Per job: extract the trace context from its headers into a span, keep it alive with
 ``in_progress()`` about every ``ack_wait / 3`` while the handler runs (at most ``job_timeout``:
 then it is cancelled and the job retried), then do what ``decide`` says
-(ack with a confirmed double-ack, ``nak(delay)``, or copy to ``DEAD_LETTERS`` and only then
-ack it out of the queue).  If the process dies mid-job nothing was acked: JetStream
+(ack, ``nak(delay)``, or copy to ``DEAD_LETTERS`` and only then ack it out of the queue).
+The ack of a job done is sent after the durable effect and not waited for: an ack that never
+reaches the server is a redelivery after ``ack_wait``, which the idempotent handler absorbs,
+exactly as an ack confirmed too late was before; a handler whose work must be known to be
+acknowledged acks it itself, confirmed (``Job.ack``).  If the process dies mid-job nothing was acked: JetStream
 redelivers after ``ack_wait`` to whichever runner of the same durable asks next, so handlers
 must be idempotent by ``job.id``.  ``set_accepting(False)`` stops fetching (a drain);
 ``active_work()`` is the jobs in flight; ``stop()`` waits for them, then naks what is left.
@@ -232,6 +235,8 @@ class QueueRunner:
         if self._progress_timer is not None:
             self._progress_timer.cancel()
             self._progress_timer = None
+        with suppress(Exception):   # the acks sent so far reach the server before we go
+            await self.nc.flush(timeout=2)
         await self._close_puller()
 
     async def _close_puller(self) -> None:
@@ -359,7 +364,9 @@ class QueueRunner:
             return
         try:
             if decision.action == Action.ACK:
-                await msg.ack_sync(timeout=max(self.policy.ack_wait / 2, 2.0))
+                # Not waited for: the confirmation changed nothing but a log line, and cost
+                # every job a reply from the server, a future and a timer in this process.
+                await msg.ack()
                 self.handled += 1
                 self.metrics.jobs.labels(self.name, "done").inc()
             elif decision.action == Action.NAK:

@@ -237,6 +237,8 @@ async def test_a_failing_fetch_loop_is_recorded_and_comes_back_with_a_new_consum
     await runner.start(owner.spawn)
     await js.publish("test.jobs.1", b"before")
     await wait_until(lambda: _is(_handled(runner), 1), 30, "the first job handled")
+    # Its ack is sent, not waited for: let it reach the consumer before deleting that.
+    await wait_until(lambda: _consumer_idle(js), 10, "the first job's ack taken")
 
     await js.delete_consumer(STREAM, "workers")  # an operator's mistake, or a lost stream
     await wait_until(lambda: _true(bool(faults)), 30, "the failing fetch loop recorded as a fault")
