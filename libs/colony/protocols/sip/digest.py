@@ -46,7 +46,8 @@ def ha1(algorithm: str, user: str, realm: str, password: str) -> str:
 
 _ESCAPED = re.compile(r"\\(.)")
 _NC = re.compile(r"[0-9a-fA-F]{8}")
-_PARAM = re.compile(r'\s*([A-Za-z0-9_-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^\s,"]*)\s*(?:,|$)')
+# A quoted value as runs between escapes ("unrolled"): half the time of an alternation per character.
+_PARAM = re.compile(r'\s*([A-Za-z0-9_-]+)\s*=\s*("[^"\\]*(?:\\.[^"\\]*)*"|[^\s,"]*)\s*(?:,|$)')
 
 
 def parse_credentials(value: str) -> dict[str, str] | None:
@@ -58,9 +59,12 @@ def parse_credentials(value: str) -> dict[str, str] | None:
     params: dict[str, str] = {}
     pos = 0
     rest = rest.strip()
-    # One scan for every parameter; they must follow each other with nothing between.
-    for match in _PARAM.finditer(rest):
-        if match.start() != pos:
+    end = len(rest)
+    # Parameter after parameter, each where the last ended; the first that does not match
+    # ends it (a search for the next match would cost quadratic time on a long bad value).
+    while pos < end:
+        match = _PARAM.match(rest, pos)
+        if match is None:
             return None
         name, raw = match.groups()
         if raw[:1] == '"':
@@ -69,7 +73,7 @@ def parse_credentials(value: str) -> dict[str, str] | None:
                 raw = _ESCAPED.sub(r"\1", raw)
         params[name.lower()] = raw
         pos = match.end()
-    return params if pos == len(rest) else None
+    return params
 
 
 @dataclass(frozen=True)

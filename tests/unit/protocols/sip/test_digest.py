@@ -3,6 +3,8 @@ password anywhere (only HA1)."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from colony.protocols.sip.digest import DigestAuthenticator, h, ha1, parse_credentials
@@ -42,6 +44,16 @@ def test_parse_credentials():
     assert params["username"] == "bob" and params["qop"] == "auth" and params["opaque"] == '5ccc"069c'
     assert parse_credentials('Basic Ym9iOnNlY3JldA==') is None
     assert parse_credentials('Digest username="unterminated') is None
+    assert parse_credentials('Digest username="bob" junk, realm="x"') is None
+
+
+def test_a_long_malformed_value_is_refused_in_linear_time():
+    # A value that stops matching early must end the parse there: searching on for the next
+    # parameter cost seconds per 16 KiB message (quadratic in its length).
+    started = time.perf_counter()
+    for filler in ("b" * 16_000, 'a="' * 5_000, "a=b " * 4_000):
+        assert parse_credentials('Digest a="x" ' + filler) is None
+    assert time.perf_counter() - started < 0.5
 
 
 @pytest.mark.parametrize("algorithm", ["SHA-256", "MD5"])
