@@ -249,8 +249,12 @@ class SourceRestarts:
 # region's MAIL, which the home region sources.  A cut link (or a stopped hub, which drops
 # nothing and answers nothing) would add that wait to every such SMTP transaction, so after a
 # failure the region's mail goes to the local MAIL at once for ``HOME_LINK_PAUSE`` seconds;
-# then one message tries the link again while the others keep going locally.
+# then one message tries the link again while the others keep going locally.  Mail the local
+# MAIL still holds for the region (not yet taken by its source) would be overtaken by a message
+# sent across, so the probe waits until the local MAIL has none left, asking again every
+# ``HOME_BACKLOG_RECHECK`` seconds: an edge's mail reaches the home region in the order it took it.
 HOME_LINK_PAUSE = 10.0
+HOME_BACKLOG_RECHECK = 1.0
 
 
 class HomeLinks:
@@ -260,7 +264,8 @@ class HomeLinks:
     A region is *closed* (publish across) until a publish into it fails or goes unanswered;
     it is then *open* (store locally, no wait) for ``pause`` seconds, after which the next
     message is the *probe*: the one publish across while every other goes locally, until its
-    outcome closes the region again or opens it for another pause.  Every ``direct()`` that
+    outcome closes the region again or opens it for another pause.  A probe that finds the
+    region's mail still waiting in the local MAIL is not sent across (``backlogged``).  Every ``direct()`` that
     answers ``True`` must be followed by ``answered()`` or ``failed()`` for that region."""
 
     def __init__(self, pause: float = HOME_LINK_PAUSE) -> None:
@@ -286,6 +291,12 @@ class HomeLinks:
         """A publish into ``region`` failed or was not answered in time."""
         self._probing.discard(region)
         self._open_until[region] = now + self.pause
+
+    def backlogged(self, region: str, now: float) -> None:
+        """The probe found mail for ``region`` still in the local MAIL: it stays there, and so
+        does the region's mail, until the next look (sooner than a failure's pause)."""
+        self._probing.discard(region)
+        self._open_until[region] = now + min(self.pause, HOME_BACKLOG_RECHECK)
 
     def abandoned(self, region: str) -> None:
         """A publish into ``region`` ended without an outcome (cancelled): a probe may go again."""

@@ -304,3 +304,15 @@ async def test_only_the_edge_publishes_into_another_regions_mail(bus):
     assert not any("colony.mailhome" in e for e in edge.errors)  # the server answers in order
     await store.nc.publish(home, b"mail")
     assert await store.refused("colony.mailhome")
+
+
+async def test_the_edge_reads_mails_state_but_takes_nothing_from_it(bus):
+    """Before it sends a region's mail across again, an edge asks how much of that region's
+    mail its own MAIL still holds (colony_edge.acceptance): STREAM.INFO, and nothing else."""
+    server, operator, as_role = bus
+    edge = await as_role("edge")
+    await operator.jetstream().publish(names.mail_subject("eu", "acme.example", 3), b"mail")
+    info = await edge.js.stream_info(names.STREAM_MAIL, subjects_filter=names.mail_region_filter("eu"))
+    assert sum(info.state.subjects.values()) == 1
+    await edge.nc.publish(f"$JS.API.CONSUMER.CREATE.{names.STREAM_MAIL}", b"{}")
+    assert await edge.refused(f"CONSUMER.CREATE.{names.STREAM_MAIL}")

@@ -116,3 +116,16 @@ def test_a_cancelled_probe_lets_the_next_message_probe():
     assert not links.direct("eu", 10.0)
     links.abandoned("eu")
     assert links.direct("eu", 10.0)
+
+
+def test_a_probe_that_finds_the_regions_mail_still_waiting_here_looks_again_soon():
+    from colony.regions import HOME_BACKLOG_RECHECK, HomeLinks
+
+    links = HomeLinks(pause=10.0)
+    links.failed("eu", 0.0)
+    assert links.direct("eu", 10.0)              # the probe ...
+    links.backlogged("eu", 10.0)                 # ... found local mail for eu: not sent across
+    assert links.is_open("eu") and not links.direct("eu", 10.0 + HOME_BACKLOG_RECHECK - 0.01)
+    assert links.direct("eu", 10.0 + HOME_BACKLOG_RECHECK)  # looks again after the recheck, not the pause
+    links.answered("eu")
+    assert not links.is_open("eu")

@@ -385,7 +385,8 @@ class Grant:
     deleting a dead job, copying one to DEAD_LETTERS), ``kv_write``/``kv_read`` for
     buckets, ``obj_write``/``obj_read``
     for object stores, ``call`` for a core subject it sends to (a request or an announcement),
-    ``serve`` for a request subject it answers, ``listen`` for announcements it follows.
+    ``serve`` for a request subject it answers, ``listen`` for announcements it follows,
+    ``info`` for a stream whose state (``STREAM.INFO``) it may read and nothing more.
     ``tests/integration/test_bus_auth.py`` runs the real server against this table.
     """
 
@@ -399,6 +400,7 @@ class Grant:
     call: tuple[str, ...] = ()
     serve: tuple[str, ...] = ()
     listen: tuple[str, ...] = ()
+    info: tuple[str, ...] = ()
     manage_schema: bool = False  # may create and update streams and buckets (never delete)
     everything: bool = False     # no restriction at all: the operator only
 
@@ -451,6 +453,9 @@ GRANTS: dict[str, Grant] = {
         append=(SUBJECTS_MAIL, SUBJECTS_MAIL_HOME, SUBJECTS_OUTBOUND, SUBJECTS_USAGE, SUBJECTS_DEAD_LETTERS,
                 SUBJECTS_AUDIT),
         consume=(STREAM_OUTBOUND,),
+        # MAIL's state: whether mail it stored here for another region is still waiting for
+        # that region's source before it sends that region's mail across again
+        info=(STREAM_MAIL,),
         kv_write=(BUCKET_RATE_COUNTERS, BUCKET_OUTBOUND_DELIVERED, BUCKET_MTA_STS),
         kv_read=(BUCKET_DIRECTORY, BUCKET_ACCOUNT_OWNERS, BUCKET_DKIM_KEYS),
         obj_write=(OBJECT_MAIL_BODIES,),

@@ -96,6 +96,7 @@ def permissions_for(grant: names.Grant, public_key: str) -> dict | None:
     for stream in grant.consume:
         # A queue runner (colony.queue) copies a job it gives up on to DEAD_LETTERS.
         publish += _read_stream(stream) + [f"$JS.API.STREAM.MSG.DELETE.{stream}", names.dead_letter_subject(stream)]
+    publish += [f"$JS.API.STREAM.INFO.{stream}" for stream in grant.info]
     for bucket in grant.kv_write:
         publish += _read_stream(kv_stream(bucket)) + [f"$KV.{bucket}.>"]
     for bucket in grant.kv_read:

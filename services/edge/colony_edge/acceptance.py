@@ -279,7 +279,17 @@ class MailAcceptor:
         stores it once)."""
         payload = item.encode()
         links, outcome = self.home_links, "local"
-        if links.direct(region, time.monotonic()):
+        direct = links.direct(region, time.monotonic())
+        if direct and links.is_open(region):  # the probe: not past mail still waiting here
+            try:
+                waiting = await self._local_backlog(region)
+            except BaseException:
+                links.abandoned(region)
+                raise
+            if waiting:
+                links.backlogged(region, time.monotonic())
+                direct = False
+        if direct:
             try:
                 await self.js.publish(names.mail_home_subject(region, domain, partition), payload,
                                       timeout=self.settings.mail_home_ack_timeout,
@@ -299,6 +309,19 @@ class MailAcceptor:
                 return
         await self._publish(names.mail_subject(region, domain, partition), item, trace_headers, payload)
         self.metrics.home_publishes.labels(outcome).inc()
+
+    async def _local_backlog(self, region: str) -> int:
+        """How many messages this region's MAIL holds for ``region``'s stores, not yet taken by
+        that region's source (a work queue: the source's acks remove them); unknown counts as
+        waiting, which keeps the mail here a little longer and in order."""
+        try:
+            info = await asyncio.wait_for(
+                self.js.stream_info(names.STREAM_MAIL, subjects_filter=names.mail_region_filter(region)),
+                self.settings.mail_home_ack_timeout)
+        except Exception as exc:  # timeout or the server's error: ask again at the next probe
+            log.debug("MAIL's backlog for %s unknown: %r", region, exc)
+            return 1
+        return sum((info.state.subjects or {}).values())
 
     async def _publish(self, subject: str, item: InboundMail, trace_headers: dict[str, str],
                        payload: bytes | None = None) -> None:

@@ -96,8 +96,9 @@ async def _last_seq(js) -> int:
     return (await js.stream_info(names.STREAM_MAIL)).state.last_seq
 
 
-async def _eu_mail_once(sc, message_ids: list[str]) -> None:
-    """Every message in eu's MAIL once, nothing else, after us handed over all it held."""
+async def _eu_mail_once(sc, message_ids: list[str]) -> list[str]:
+    """Every message in eu's MAIL once, nothing else, after us handed over all it held; their
+    ids in eu's order."""
     us, eu = sc.js("us"), sc.js("eu")
 
     async def handed_over():
@@ -115,6 +116,7 @@ async def _eu_mail_once(sc, message_ids: list[str]) -> None:
             got.append((msg.subject, InboundMail.from_bytes(msg.data).message_id))
             await msg.ack_sync()
     assert sorted(got) == sorted((names.mail_subject("eu", DOMAIN, PARTITION), m) for m in message_ids)
+    return [message_id for _, message_id in got]
 
 
 async def test_mail_for_another_region_is_stored_only_in_its_home_region(regions, tmp_path):
@@ -154,7 +156,11 @@ async def test_a_stopped_hub_costs_one_bounded_wait_and_every_message_lands_once
             return None
     await wait_until(link_back, 30, "the link to answer again")
     await regions.js("eu").purge_stream(names.STREAM_MAIL, subject=names.mail_subject("eu", "marker.example", 0))
-    await _eu_mail_once(regions, [first, second])
+    # The pause is over: the next message tries the link again, but not past the two still
+    # waiting in us's MAIL if its source has not taken them yet (then it is stored in us too).
+    edge.home_links.failed("eu", time.monotonic() - edge.home_links.pause)
+    third = await _accept(edge, tmp_path, "after the link came back")
+    assert await _eu_mail_once(regions, [first, second, third]) == [first, second, third]
 
 
 async def test_a_publish_stored_in_the_home_region_whose_ack_was_lost_lands_once(regions, tmp_path):
@@ -166,3 +172,28 @@ async def test_a_publish_stored_in_the_home_region_whose_ack_was_lost_lands_once
     assert (await us.stream_info(names.STREAM_MAIL)).state.messages == 1     # and, the edge unsure, in us
     assert edge.metrics.home_publishes.labels("fallback")._value.get() == 1
     await _eu_mail_once(regions, [message_id])    # the sourced copy was a duplicate in eu
+
+
+async def test_mail_stored_here_is_not_overtaken_by_the_next_message_sent_across(regions, tmp_path):
+    """After a fallback, the message that tries the link again must not reach eu before the mail
+    us still holds for eu: while us's MAIL has some (its source has not taken it), that message
+    is stored in us too, behind it.  eu's source of us is taken away to hold that mail in us."""
+    us, eu = regions.js("us"), regions.js("eu")
+    config = (await eu.stream_info(names.STREAM_MAIL)).config
+    sources, config.sources = config.sources, []
+    await eu.update_stream(config)
+    edge = _edge(us, tmp_path)
+    edge.home_links.failed("eu", time.monotonic())   # as after a publish eu did not answer
+    held = await _accept(edge, tmp_path, "stored in us")
+    edge.home_links.failed("eu", time.monotonic() - edge.home_links.pause)  # the pause is over
+    eu_before = await _last_seq(eu)
+    behind = await _accept(edge, tmp_path, "the probe, behind it")
+    assert await _last_seq(eu) == eu_before                                  # not sent across
+    assert (await us.stream_info(names.STREAM_MAIL)).state.messages == 2
+    assert [edge.metrics.home_publishes.labels(o)._value.get() for o in ("home", "local")] == [0, 2]
+    config.sources = sources
+    await eu.update_stream(config)
+    assert await _eu_mail_once(regions, [held, behind]) == [held, behind]
+    edge.home_links.failed("eu", time.monotonic() - edge.home_links.pause)
+    await _accept(edge, tmp_path, "across again")                           # nothing waits in us now
+    assert edge.metrics.home_publishes.labels("home")._value.get() == 1

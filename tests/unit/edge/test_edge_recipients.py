@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 from colony.bus import names
 from colony.contracts.cache import DirectoryIndex
@@ -198,6 +199,13 @@ class HomeJs(FakeJs):
     def __init__(self, home_timeouts: int = 0) -> None:
         super().__init__()
         self.home_timeouts = home_timeouts
+        self.waiting_here: dict[str, int] = {}  # what STREAM.INFO of the local MAIL reports, by subject
+        self.info_asked: list[str | None] = []
+
+    async def stream_info(self, name, subjects_filter=None):
+        from types import SimpleNamespace
+        self.info_asked.append(subjects_filter)
+        return SimpleNamespace(state=SimpleNamespace(subjects=dict(self.waiting_here)))
 
     async def publish(self, subject, payload, timeout=None, headers=None):
         from nats.errors import TimeoutError as NatsTimeoutError
@@ -245,3 +253,28 @@ async def test_an_unanswered_home_region_gets_the_mail_through_the_local_mail_th
     assert [p[0] for p in js.published] == [names.mail_subject("eu", "a.test", partition)]
     metric = acceptor.metrics.home_publishes
     assert [metric.labels(o)._value.get() for o in ("home", "fallback", "local")] == [0, 1, 1]
+
+
+async def test_the_probe_waits_while_mail_stored_here_for_the_home_region_is_not_yet_taken(tmp_path):
+    """An edge's mail reaches the home region in the order it took it: after a fallback, the
+    message that would try the link again stays local while the local MAIL still holds mail
+    for that region (the source has not taken it), and crosses once it holds none."""
+    js = HomeJs(home_timeouts=1)
+    acceptor = _us_acceptor(js)
+    partition = names.mail_partition("x@a.test")
+    local, home = names.mail_subject("eu", "a.test", partition), names.mail_home_subject("eu", "a.test", partition)
+    await _accept_in_us(tmp_path, acceptor)                        # times out: stored here
+    assert js.info_asked == []                                     # no probe yet, nothing asked
+    acceptor.home_links.failed("eu", time.monotonic() - acceptor.home_links.pause)  # the pause is over
+    js.waiting_here = {local: 1}                                   # the source has not taken it yet
+    js.published.clear()
+    await _accept_in_us(tmp_path, acceptor)
+    assert [p[0] for p in js.published] == [local]                 # kept behind it, here
+    assert js.info_asked == [names.mail_region_filter("eu")]
+    assert acceptor.home_links.is_open("eu")
+    acceptor.home_links.failed("eu", time.monotonic() - acceptor.home_links.pause)
+    js.waiting_here = {}
+    js.published.clear()
+    await _accept_in_us(tmp_path, acceptor)
+    assert [p[0] for p in js.published] == [home]                  # none waiting: across again
+    assert not acceptor.home_links.is_open("eu")
