@@ -1,9 +1,9 @@
 """IMAP client access: idle sessions per edge process and IMAP throughput, Colony against Dovecot.
 
     .venv/bin/python bench/imap.py [--idle 300] [--clients 8] [--seconds 20] [--messages 200] [--no-peer]
-                                   [--logins 8]
+                                   [--logins 8] [--mailstores 1]
 
-Colony runs as `colony up` (1 edge, 1 mail store) with plaintext login allowed (loopback), the
+Colony runs as `colony up` (1 edge, ``--mailstores`` mail stores) with plaintext login allowed (loopback), the
 clients going through the edge's IMAP listener (plaintext) and IMAPS listener (TLS);
 Dovecot (Debian's, configured here by ``bench/peers.py``) gets the same load on its own
 loopback IMAP port.
@@ -147,8 +147,8 @@ def rss_kb(pid: int) -> int:
 
 
 async def idle_sessions(port: int, users: list[str], count: int, tls: ssl.SSLContext | None,
-                        pids: dict[str, int], logins: int = 8) -> dict:
-    before = {k: rss_kb(p) for k, p in pids.items()}
+                        pids: dict[str, list[int]], logins: int = 8) -> dict:
+    before = {k: sum(rss_kb(p) for p in group) for k, group in pids.items()}
     clients: list[Imap] = []
     # Logins at once: every one is an argon2id check in the admin API, and on a loaded machine
     # more at once only makes each take longer than the edge waits for it (then the client
@@ -172,7 +172,7 @@ async def idle_sessions(port: int, users: list[str], count: int, tls: ssl.SSLCon
     await asyncio.gather(*(one(i) for i in range(count)))
     took = time.monotonic() - start
     await asyncio.sleep(2)
-    after = {k: rss_kb(p) for k, p in pids.items()}
+    after = {k: sum(rss_kb(p) for p in group) for k, group in pids.items()}
     for c in clients:
         c.close()
     n = max(len(clients), 1)
@@ -237,7 +237,7 @@ def run_colony(workdir: Path, args) -> tuple[dict, dict, dict | None]:
     # connection-rate limits of the edge gate, which would otherwise cap the count.
     env = dict(os.environ, COLONY_ACCESS_PLAINTEXT_AUTH="true", COLONY_EDGE_MAX_SESSIONS_PER_IP="1000000",
                COLONY_EDGE_CONNECTIONS_PER_MINUTE_PER_IP="1000000")
-    with ColonyUp(workdir / "colony", args.base_port, "--edges", "1", "--mailstores", "1", "--sipfarms", "0",
+    with ColonyUp(workdir / "colony", args.base_port, "--edges", "1", "--mailstores", str(args.mailstores), "--sipfarms", "0",
                   env=env) as cluster:
         data_dir, info = cluster.data_dir, cluster.info
         imap_port = int(info["imap"][0].rsplit(":", 1)[1])
@@ -259,7 +259,8 @@ def run_colony(workdir: Path, args) -> tuple[dict, dict, dict | None]:
         console.log(f"filling {len(users)} mailboxes with {args.messages} messages each")
         asyncio.run(fill(imap_port, users, args.messages))
         console.log("idle sessions")
-        pids = {"edge": info["instances"]["edge-1"]["pid"], "store": info["instances"]["mailstore-1"]["pid"]}
+        pids = {"edge": [info["instances"]["edge-1"]["pid"]],
+                "store": [info["instances"][f"mailstore-{i + 1}"]["pid"] for i in range(args.mailstores)]}
         tls = ssl.create_default_context(cafile=info["tls_ca"])
         idle_plain = asyncio.run(idle_sessions(imap_port, users, args.idle, None, pids, args.logins))
         idle_tls = asyncio.run(idle_sessions(imaps_port, users, args.idle, tls, pids, args.logins))
@@ -276,7 +277,7 @@ def run_colony(workdir: Path, args) -> tuple[dict, dict, dict | None]:
         idle_rate = {pid: (process_cpu([pid]) - idle_start[pid]) / args.idle_seconds for pid in every}
         before = {pid: process_cpu([pid]) for pid in every}
         ops = asyncio.run(throughput(imap_port, users, args.seconds, args.messages,
-                                     lambda: process_cpu(list(pids.values()))))
+                                     lambda: process_cpu([pid for group in pids.values() for pid in group])))
         result = summarise(ops, args.seconds)
         count = sum(len(v) for v in ops[0].values()) or 1
         result["by_process"] = sorted(((process_label(pid), (process_cpu([pid]) - before[pid]) / count * 1000,
@@ -306,6 +307,9 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=200)
     parser.add_argument("--base-port", type=int, default=21000)
     parser.add_argument("--no-peer", action="store_true")
+    parser.add_argument("--mailstores", type=int, default=1,
+                        help="mail stores in colony up (accounts spread over them; Dovecot runs a "
+                             "process per session and uses every core, one store one core at most)")
     parser.add_argument("--logins", type=int, default=8, help="concurrent logins in (a)")
     parser.add_argument("--no-throughput", action="store_true", help="only (a), the idle sessions")
     parser.add_argument("--by-process", action="store_true",
