@@ -93,6 +93,23 @@ class Syncer:
         self._next()
 
 
+async def _wait_out(work: asyncio.Future) -> bool:
+    """Wait for a worker thread's ``work`` on an account's handle to end, even if the caller
+    is cancelled meanwhile (returns True then: the caller finishes its batch and raises
+    ``CancelledError`` itself).  Stopping at the cancellation would release the account's
+    lock with the thread still writing the handle, and leave the batch's deliveries without
+    an answer: each waiter then found its item taken and no result on it."""
+    cancelled = False
+    while not work.done():
+        try:
+            await asyncio.shield(work)
+        except asyncio.CancelledError:
+            cancelled = True
+        except BaseException:
+            break     # the work's own error: the caller reads it with ``work.result()``
+    return cancelled
+
+
 def _sync_all(batch: list[PendingCommit]) -> None:
     for pending in batch:
         pending.sync()   # never raises: the failure is kept on the commit
@@ -257,9 +274,13 @@ class AccountManager:
                         cancelled = True   # synced all the same: finish the batch, then stop
                     acct.mail.finish_commit(pending)
                 if acct.mail.snapshot_due:
-                    await asyncio.to_thread(acct.mail.snapshot)
+                    snapshot = asyncio.ensure_future(asyncio.to_thread(acct.mail.snapshot))
+                    cancelled = await _wait_out(snapshot) or cancelled
+                    snapshot.result()
             else:
-                results = await asyncio.to_thread(_store_sync, acct.mail, batch)
+                work = asyncio.ensure_future(asyncio.to_thread(_store_sync, acct.mail, batch))
+                cancelled = await _wait_out(work)
+                results = work.result()
         except journal.Fenced as exc:
             self.metrics.fenced.inc()
             log.warning("%s: %s", acct.address, exc)

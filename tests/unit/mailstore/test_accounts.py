@@ -213,3 +213,51 @@ async def test_a_delivery_cancelled_during_its_commit_finishes_the_batch_first(m
     mail = mgr.open["max@example.com"].mail
     assert mail.usable and [mail.body("INBOX", m.uid) for m in mail.messages("INBOX")] == [b"first", b"one", b"two"]
     assert (await mgr.deliver("max@example.com", lease, b"one", "1/max", NOW)).duplicate
+
+
+async def _cancel_while_held(mgr, monkeypatch, target, name: str):
+    """Two deliveries in one batch, the first cancelled while ``target`` (a function of the
+    commit, run in a worker thread) is held: the lock stays held until the thread is done,
+    and the other delivery gets its answer."""
+    lease = FakeLease(5)
+    address = f"{name}@example.com"
+    await mgr.deliver(address, lease, b"first", f"0/{name}", NOW)
+    acct = mgr.open[address]
+    release, started = threading.Event(), threading.Event()
+    owner, attr = target
+    real = getattr(owner, attr)
+
+    def held(*args):
+        started.set()
+        release.wait(10)
+        return real(*args)
+    monkeypatch.setattr(owner, attr, held)
+    async with acct.lock:   # both queue up, so the first to take the lock stores both
+        first = asyncio.ensure_future(mgr.deliver(address, lease, b"one", f"1/{name}", NOW))
+        second = asyncio.ensure_future(mgr.deliver(address, lease, b"two", f"2/{name}", NOW))
+        await asyncio.sleep(0)
+        assert len(acct.queue) == 2
+    await asyncio.to_thread(started.wait, 10)
+    first.cancel()
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not first.done() and acct.lock.locked(), "the lock was released with a thread still writing the handle"
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert (await second).uid == 3, "the batch's other delivery is answered with what was stored"
+    mail = mgr.open[address].mail
+    assert mail.usable and [mail.body("INBOX", m.uid) for m in mail.messages("INBOX")] == [b"first", b"one", b"two"]
+
+
+async def test_a_delivery_cancelled_during_the_snapshot_its_commit_brought_due_answers_the_batch(manager, monkeypatch):
+    from colony.storage import mailbox
+    mgr, _ = manager
+    monkeypatch.setattr(mailbox, "SNAPSHOT_EVERY", 2)
+    await _cancel_while_held(mgr, monkeypatch, (AccountMail, "snapshot"), "nan")
+
+
+async def test_a_large_batch_cancelled_in_its_worker_thread_answers_the_batch(manager, monkeypatch):
+    mgr, _ = manager
+    monkeypatch.setattr(accounts, "STAGE_ON_LOOP_BYTES", 0)   # every batch staged in a thread
+    await _cancel_while_held(mgr, monkeypatch, (accounts, "_store_sync"), "oda")
