@@ -45,6 +45,11 @@ DEFAULT_MAILBOXES: tuple[tuple[str, str | None], ...] = (
 )
 DEDUPE_WINDOW = 50_000  # delivery keys remembered per account (redeliveries come within minutes)
 SNAPSHOT_EVERY = 2_000  # records between snapshots
+# New bodies a handle keeps open for its commit's fsync, at most: past that, those written so
+# far are fsynced and closed at once.  One APPEND of thousands of small messages (MULTIAPPEND
+# takes up to 80 MiB) would otherwise hold a descriptor per message until its commit, out of
+# the process's limit that every session, account and connection of the store shares.
+MAX_OPEN_BODIES = 64
 _MOVED = "move:"  # storage.transfer.MOVE_PREFIX (imported from there would be a cycle)
 _HANDLES = itertools.count(1)   # tells the handles of this process apart (``AccountMail.version``)
 
@@ -345,6 +350,7 @@ class AccountMail:
         self._freed: list[str] = []
         self._body_fds: list[int] = []  # bodies written since the last commit, not yet fsynced
         self._dir_fd: int | None = None  # the bodies directory, open while the handle is
+        self._bodies_synced_early = False  # bodies fsynced and closed before the commit (MAX_OPEN_BODIES)
         self._since_snapshot = 0
         self._broken: str | None = None
         self._listeners: list[Listener] = []
@@ -608,7 +614,7 @@ class AccountMail:
         if not self._pending:
             return None
         dir_fd = None
-        if self._body_fds:
+        if self._body_fds or self._bodies_synced_early:
             # The new bodies' names must be durable before a record naming them is; a batch
             # that wrote no body (flags, expunges, ACLs: most IMAP commits) has nothing there
             # to sync, and the directory's fsync cost as much CPU as the journal's own.
@@ -617,6 +623,7 @@ class AccountMail:
             dir_fd = self._dir_fd
         pending = PendingCommit(self, b"".join(self._pending), self._pending_records, self._body_fds, dir_fd)
         self._pending, self._pending_records, self._body_fds = [], [], []
+        self._bodies_synced_early = False
         # Broken until finished: a sync that never comes back leaves the handle unusable.
         self._broken = "commit under way"
         return pending
@@ -701,6 +708,13 @@ class AccountMail:
         """Written under its final name (unique to this handle) and left open: the commit
         fsyncs it, and the directory once, before any record names it."""
         self._check()
+        if len(self._body_fds) >= MAX_OPEN_BODIES:
+            # Durable early does no harm (nothing names them yet); the directory still waits
+            # for the commit.
+            while self._body_fds:
+                os.fsync(self._body_fds[-1])
+                os.close(self._body_fds.pop())
+            self._bodies_synced_early = True
         self._body_counter += 1
         name = f"{self.epoch}-{self.state.seq + 1}-{self._body_counter}"
         fd = os.open(self.bodies_dir / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)

@@ -300,3 +300,26 @@ def test_a_commit_that_failed_or_was_fenced_during_its_sync_breaks_the_handle(tm
     with pytest.raises(j.Fenced):
         old.finish_commit(pending)
     assert [m.uid for m in opened(tmp_path, 6).messages("INBOX")] == []
+
+
+def test_an_append_of_many_messages_holds_a_bounded_number_of_descriptors(tmp_path, monkeypatch):
+    from colony.storage import mailbox
+    monkeypatch.setattr(mailbox, "MAX_OPEN_BODIES", 4, raising=False)
+    acct = opened(tmp_path, 3)
+    acct.append("INBOX", b"first")
+    acct.commit()
+    before = len(os.listdir("/proc/self/fd"))
+    most = 0
+    for i in range(20):            # one MULTIAPPEND: a commit after all of them
+        acct.append("INBOX", b"m%d" % i)
+        most = max(most, len(os.listdir("/proc/self/fd")) - before)
+    assert most <= 5, f"{most} descriptors held for 20 bodies not yet committed"
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.path.isdir(os.readlink(f"/proc/self/fd/{fd}"))),
+                                                 real_fsync(fd))[1])
+    acct.commit()
+    assert synced[-2:] == [True, False], "the bodies' directory, then the journal"
+    assert len(os.listdir("/proc/self/fd")) - before <= 0
+    assert [acct.body("INBOX", m.uid) for m in opened(tmp_path, 4).messages("INBOX")] == \
+        [b"first"] + [b"m%d" % i for i in range(20)]
