@@ -266,12 +266,20 @@ class HomeLinks:
     message is the *probe*: the one publish across while every other goes locally, until its
     outcome closes the region again or opens it for another pause.  A probe that finds the
     region's mail still waiting in the local MAIL is not sent across (``backlogged``).  Every ``direct()`` that
-    answers ``True`` must be followed by ``answered()`` or ``failed()`` for that region."""
+    answers ``True`` must be followed by ``answered()`` or ``failed()`` for that region.
+
+    A store of the region's mail in the local MAIL is bracketed by ``local_started()`` and
+    ``local_ended()``: no probe goes while one is in flight (the probe's look at the local
+    MAIL would not see it yet), and one that starts while the probe is out keeps the region
+    open after the probe's answer, until a later probe finds the local MAIL empty -- else the
+    messages after the answer would cross ahead of it."""
 
     def __init__(self, pause: float = HOME_LINK_PAUSE) -> None:
         self.pause = pause
         self._open_until: dict[str, float] = {}  # region -> when a probe may go; absent: closed
         self._probing: set[str] = set()
+        self._local: dict[str, int] = {}          # region -> its stores in the local MAIL in flight
+        self._stored_during_probe: set[str] = set()
 
     def direct(self, region: str, now: float) -> bool:
         until = self._open_until.get(region)
@@ -279,28 +287,50 @@ class HomeLinks:
             return True
         if now < until or region in self._probing:
             return False
+        if self._local.get(region):
+            self.backlogged(region, now)
+            return False
         self._probing.add(region)
         return True
 
-    def answered(self, region: str) -> None:
-        """A publish into ``region`` was acknowledged: its mail goes across again."""
+    def local_started(self, region: str) -> None:
+        self._local[region] = self._local.get(region, 0) + 1
+        if region in self._probing:
+            self._stored_during_probe.add(region)
+
+    def local_ended(self, region: str) -> None:
+        left = self._local.get(region, 0) - 1
+        if left > 0:
+            self._local[region] = left
+        else:
+            self._local.pop(region, None)
+
+    def answered(self, region: str, now: float) -> None:
+        """A publish into ``region`` was acknowledged: its mail goes across again (unless some
+        was stored here while it was out: then once a later probe finds none left here)."""
         self._probing.discard(region)
+        if region in self._stored_during_probe:
+            self.backlogged(region, now)
+            return
         self._open_until.pop(region, None)
 
     def failed(self, region: str, now: float) -> None:
         """A publish into ``region`` failed or was not answered in time."""
         self._probing.discard(region)
+        self._stored_during_probe.discard(region)
         self._open_until[region] = now + self.pause
 
     def backlogged(self, region: str, now: float) -> None:
         """The probe found mail for ``region`` still in the local MAIL: it stays there, and so
         does the region's mail, until the next look (sooner than a failure's pause)."""
         self._probing.discard(region)
+        self._stored_during_probe.discard(region)
         self._open_until[region] = now + min(self.pause, HOME_BACKLOG_RECHECK)
 
     def abandoned(self, region: str) -> None:
         """A publish into ``region`` ended without an outcome (cancelled): a probe may go again."""
         self._probing.discard(region)
+        self._stored_during_probe.discard(region)
 
     def is_open(self, region: str) -> bool:
         return region in self._open_until

@@ -103,7 +103,7 @@ def test_a_failed_home_region_is_skipped_for_a_pause_then_probed_by_one_message(
     links.failed("eu", 13.0)                    # the probe timed out too
     assert not links.direct("eu", 22.9)
     assert links.direct("eu", 23.0)
-    links.answered("eu")
+    links.answered("eu", 23.1)
     assert links.direct("eu", 23.1) and links.direct("eu", 23.1) and not links.is_open("eu")
 
 
@@ -127,5 +127,27 @@ def test_a_probe_that_finds_the_regions_mail_still_waiting_here_looks_again_soon
     links.backlogged("eu", 10.0)                 # ... found local mail for eu: not sent across
     assert links.is_open("eu") and not links.direct("eu", 10.0 + HOME_BACKLOG_RECHECK - 0.01)
     assert links.direct("eu", 10.0 + HOME_BACKLOG_RECHECK)  # looks again after the recheck, not the pause
-    links.answered("eu")
+    links.answered("eu", 23.1)
     assert not links.is_open("eu")
+
+
+def test_mail_stored_here_while_the_probe_is_out_keeps_the_next_messages_here():
+    """An edge's order across a cut: a message stored locally while the probe crosses, or
+    still being stored when a probe would go, is not overtaken by the messages after it."""
+    from colony.regions import HOME_BACKLOG_RECHECK, HomeLinks
+
+    links = HomeLinks(pause=10.0)
+    links.failed("eu", 0.0)
+    assert links.direct("eu", 10.0)              # the probe goes out ...
+    links.local_started("eu")                    # ... and another message is stored here meanwhile
+    links.local_ended("eu")
+    links.answered("eu", 10.2)                   # the probe crossed; that message is still here
+    assert links.is_open("eu") and not links.direct("eu", 10.2)
+    assert links.direct("eu", 10.2 + HOME_BACKLOG_RECHECK)   # a later probe looks at the local MAIL first
+    links.answered("eu", 11.3)
+    assert not links.is_open("eu")
+    links.failed("eu", 20.0)
+    links.local_started("eu")                    # a local store still in flight when the pause ends:
+    assert not links.direct("eu", 30.0)          # the probe's look would not see it yet
+    links.local_ended("eu")
+    assert links.direct("eu", 30.0 + HOME_BACKLOG_RECHECK)

@@ -304,10 +304,14 @@ class MailAcceptor:
                 links.abandoned(region)
                 raise
             else:
-                links.answered(region)
+                links.answered(region, time.monotonic())
                 self.metrics.home_publishes.labels("home").inc()
                 return
-        await self._publish(names.mail_subject(region, domain, partition), item, trace_headers, payload)
+        links.local_started(region)
+        try:
+            await self._publish(names.mail_subject(region, domain, partition), item, trace_headers, payload)
+        finally:
+            links.local_ended(region)
         self.metrics.home_publishes.labels(outcome).inc()
 
     async def _local_backlog(self, region: str) -> int:

@@ -278,3 +278,38 @@ async def test_the_probe_waits_while_mail_stored_here_for_the_home_region_is_not
     await _accept_in_us(tmp_path, acceptor)
     assert [p[0] for p in js.published] == [home]                  # none waiting: across again
     assert not acceptor.home_links.is_open("eu")
+
+
+async def test_a_message_stored_here_while_the_probe_crosses_is_not_overtaken(tmp_path):
+    """The probe's answer does not send the next messages across while one stored here during
+    the probe still waits for the home region's source."""
+    partition = names.mail_partition("x@a.test")
+    local, home = names.mail_subject("eu", "a.test", partition), names.mail_home_subject("eu", "a.test", partition)
+
+    class SlowHomeJs(HomeJs):
+        def __init__(self) -> None:
+            super().__init__()
+            self.crossing = asyncio.Event()
+            self.answer = asyncio.Event()
+
+        async def publish(self, subject, payload, timeout=None, headers=None):
+            await super().publish(subject, payload, timeout, headers)
+            if subject == home and not self.answer.is_set():
+                self.crossing.set()
+                await self.answer.wait()       # the probe is out across the link
+            elif subject == local:
+                self.waiting_here[local] = self.waiting_here.get(local, 0) + 1  # until eu's source takes it
+
+    js = SlowHomeJs()
+    acceptor = _us_acceptor(js)
+    acceptor.home_links.failed("eu", time.monotonic() - acceptor.home_links.pause)  # the pause is over
+    for name in ("p", "l", "n"):
+        (tmp_path / name).mkdir()
+    probe = asyncio.ensure_future(_accept_in_us(tmp_path / "p", acceptor))
+    await asyncio.wait_for(js.crossing.wait(), 5)
+    await _accept_in_us(tmp_path / "l", acceptor)      # stored here while the probe is out
+    js.answer.set()
+    await probe
+    js.published.clear()
+    await _accept_in_us(tmp_path / "n", acceptor)      # after the probe's answer
+    assert [p[0] for p in js.published] == [local], "it would reach eu ahead of the one still held here"
