@@ -50,19 +50,29 @@ class Syncer:
     waiting: the commits that come in while a hop runs go together in the next.  A hop's
     fsyncs run one after another (a 1 KiB body's fsync takes ~0.2 ms on ext4, and eight
     threads at once got no more through than one), so waiting for the running hop costs less
-    than a thread hand-off and a loop wake-up per account."""
+    than a thread hand-off and a loop wake-up per account.
+
+    A hop starts on the loop pass after the one that queued its first commit, not inside it:
+    the jobs of one read from the bus reach their commits in the same pass, and a hop started
+    by the first of them left the rest to wait for the next (with three stores, ~5 jobs in
+    flight each, a hop carried 1.7 commits).  The start costs one callback; a hop saved is a
+    thread wake-up, a self-pipe write and a loop wake-up."""
 
     def __init__(self) -> None:
         self._waiting: list[tuple[PendingCommit, asyncio.Future]] = []
         self._running = False
+        self._starting = False   # a start is scheduled for the next loop pass
 
     async def sync(self, pending: PendingCommit) -> None:
         """Returns when ``pending`` is synced (its outcome is on it, for ``finish_commit``).
         Cancelling the caller does not stop it: the fsyncs run on, and the caller is
         cancelled once they are done, so the handle is never left mid-commit."""
-        done = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
         self._waiting.append((pending, done))
-        self._next()
+        if not self._running and not self._starting:
+            self._starting = True
+            loop.call_soon(self._start)
         cancelled = False
         while not done.done():
             try:
@@ -71,6 +81,10 @@ class Syncer:
                 cancelled = True
         if cancelled:
             raise asyncio.CancelledError
+
+    def _start(self) -> None:
+        self._starting = False
+        self._next()
 
     def _next(self) -> None:
         if self._running or not self._waiting:

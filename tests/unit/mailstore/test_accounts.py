@@ -187,6 +187,17 @@ async def test_commits_of_several_accounts_share_a_worker_thread_hop(manager, mo
     assert sum(hops) < 12 and max(hops) > 1, hops   # accounts' commits went together
 
 
+async def test_commits_queued_in_one_loop_pass_go_in_one_hop(monkeypatch):
+    hops = []
+    monkeypatch.setattr(accounts, "_sync_all", lambda batch: hops.append(len(batch)))
+    syncer = accounts.Syncer()
+    # gather's tasks take their first step in the same pass: three commits queued at once
+    await asyncio.gather(*(syncer.sync(object()) for _ in range(3)))
+    assert hops == [3]   # the first did not leave with a hop of its own
+    await asyncio.gather(*(syncer.sync(object()) for _ in range(2)))
+    assert hops == [3, 2]
+
+
 async def test_a_delivery_cancelled_during_its_commit_finishes_the_batch_first(manager, monkeypatch):
     mgr, _ = manager
     lease = FakeLease(4)
