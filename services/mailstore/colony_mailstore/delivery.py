@@ -267,9 +267,12 @@ class Delivery:
                 results[address] = (RETRY, where[1:])
             else:
                 remote.setdefault(where, []).append(address)
-        stores = [self._store_local(mail, body, a) for a in local]
-        forwards = [self._forward(owner, raw, addrs, job_id, headers) for owner, addrs in remote.items()]
-        for outcome in await asyncio.gather(*stores, *forwards):
+        work = [*(self._store_local(mail, body, a) for a in local),
+                *(self._forward(owner, raw, addrs, job_id, headers) for owner, addrs in remote.items())]
+        # A lone store or forward (nearly every job) is awaited in this task: gather would
+        # wrap it in a task of its own, two more loop passes per message, each a pass of its
+        # own on a store with few jobs in flight.
+        for outcome in [await work[0]] if len(work) == 1 else await asyncio.gather(*work):
             results.update(outcome)
         return results
 
