@@ -18,10 +18,12 @@ closing, so the account has one writer inside this process too.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -56,29 +58,37 @@ class Syncer:
     the jobs of one read from the bus reach their commits in the same pass, and a hop started
     by the first of them left the rest to wait for the next (with three stores, ~5 jobs in
     flight each, a hop carried 1.7 commits).  The start costs one callback; a hop saved is a
-    thread wake-up, a self-pipe write and a loop wake-up."""
+    thread wake-up, a self-pipe write and a loop wake-up.
+
+    The hop runs on a thread of the Syncer's own (one hop at a time needs no more) and ends
+    with one callback on the loop that wakes the waiting deliveries: through
+    ``run_in_executor`` and ``asyncio.shield`` each hop and each commit cost two more loop
+    passes of chained callbacks, passes of their own on a store with few jobs in flight."""
 
     def __init__(self) -> None:
-        self._waiting: list[tuple[PendingCommit, asyncio.Future]] = []
+        self._waiting: list[_Wait] = []
         self._running = False
         self._starting = False   # a start is scheduled for the next loop pass
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="syncer")
 
     async def sync(self, pending: PendingCommit) -> None:
         """Returns when ``pending`` is synced (its outcome is on it, for ``finish_commit``).
         Cancelling the caller does not stop it: the fsyncs run on, and the caller is
         cancelled once they are done, so the handle is never left mid-commit."""
         loop = asyncio.get_running_loop()
-        done = loop.create_future()
-        self._waiting.append((pending, done))
+        wait = _Wait(pending, loop.create_future())
+        self._waiting.append(wait)
         if not self._running and not self._starting:
             self._starting = True
             loop.call_soon(self._start)
         cancelled = False
-        while not done.done():
+        while not wait.ended:
             try:
-                await asyncio.shield(done)
-            except asyncio.CancelledError:
+                await wait.future
+            except asyncio.CancelledError:   # the cancellation took the future with it
                 cancelled = True
+                if not wait.ended:
+                    wait.future = loop.create_future()
         if cancelled:
             raise asyncio.CancelledError
 
@@ -91,20 +101,40 @@ class Syncer:
             return
         batch, self._waiting = self._waiting, []
         try:
-            hop = asyncio.get_running_loop().run_in_executor(None, _sync_all, [p for p, _ in batch])
-        except Exception as exc:  # the executor is shut down (the process is stopping)
-            for pending, done in batch:
-                pending.error = exc
-                done.set_result(None)
+            self._thread.submit(self._hop, asyncio.get_running_loop(), batch)
+        except Exception as exc:  # the interpreter is shutting down
+            for wait in batch:
+                wait.pending.error = exc
+            self._wake(batch)
             return
         self._running = True
-        hop.add_done_callback(lambda _: self._ended(batch))
 
-    def _ended(self, batch: list[tuple[PendingCommit, asyncio.Future]]) -> None:
+    def _hop(self, loop: asyncio.AbstractEventLoop, batch: list[_Wait]) -> None:
+        """In the worker thread."""
+        try:
+            _sync_all([wait.pending for wait in batch])
+        finally:
+            with contextlib.suppress(RuntimeError):   # the loop is closed: nobody waits any more
+                loop.call_soon_threadsafe(self._ended, batch)
+
+    def _ended(self, batch: list[_Wait]) -> None:
         self._running = False
-        for _, done in batch:
-            done.set_result(None)
+        self._wake(batch)
         self._next()
+
+    @staticmethod
+    def _wake(batch: list[_Wait]) -> None:
+        for wait in batch:
+            wait.ended = True
+            if not wait.future.done():   # cancelled with its caller, who is waiting on anew
+                wait.future.set_result(None)
+
+
+@dataclass(slots=True)
+class _Wait:
+    pending: PendingCommit
+    future: asyncio.Future
+    ended: bool = False
 
 
 async def _wait_out(work: asyncio.Future) -> bool:
