@@ -21,18 +21,31 @@ as a ``CancelledError`` at its ``await``, as with any task.
 What differs from a task: during its first step the coroutine runs inside its caller, so
 ``asyncio.current_task()`` is the caller's task (None in a protocol callback) -- code that
 needs a task of its own there (``asyncio.timeout``) must not be started this way.
+
+On Python 3.12 and later ``asyncio.wait_for`` is built on ``asyncio.timeout`` and needs that
+task (nats-py's requests use it), so there the first step runs in a real task started
+eagerly (``asyncio.Task(..., eager_start=True)``, which is current during that step) and the
+same contract holds: None if it finished, its error raised to the caller.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
+import sys
 from collections.abc import Coroutine
 from typing import Any
 
 
 def start_eagerly(coro: Coroutine[Any, Any, Any]) -> asyncio.Task | None:
     """Run ``coro`` until it first waits; None if it finished, else the task running the rest."""
+    if sys.version_info >= (3, 12):
+        task = asyncio.Task(coro, loop=asyncio.get_running_loop(), eager_start=True)  # type: ignore[call-arg]
+        if not task.done():
+            return task
+        if not task.cancelled() and task.exception() is not None:
+            raise task.exception()
+        return None
     context = contextvars.copy_context()
     try:
         waiting = _claimed(context.run(coro.send, None))
