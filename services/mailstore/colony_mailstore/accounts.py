@@ -27,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, TypeVar
 
 import orjson
 
@@ -40,6 +41,7 @@ from colony_mailstore.directory import Directory
 from colony_mailstore.metrics import MailstoreMetrics
 
 log = logging.getLogger("colony.mailstore.accounts")
+T = TypeVar("T")
 
 
 # A batch whose messages together exceed this is staged in the worker thread (a large body's
@@ -152,6 +154,16 @@ async def _wait_out(work: asyncio.Future) -> bool:
         except BaseException:
             break     # the work's own error: the caller reads it with ``work.result()``
     return cancelled
+
+
+async def thread_to_the_end(fn: Callable[..., T], *args: Any) -> T:
+    """``asyncio.to_thread(fn, *args)`` for work on an account's handle under its lock: if the
+    caller is cancelled meanwhile, it still waits for the thread to end (``_wait_out``), then
+    raises ``CancelledError`` (the work's own error, if any, chained to it)."""
+    work = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+    if await _wait_out(work):
+        raise asyncio.CancelledError() from work.exception()
+    return work.result()
 
 
 def _sync_all(batch: list[PendingCommit]) -> None:

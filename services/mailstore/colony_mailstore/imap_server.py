@@ -44,7 +44,7 @@ from colony.protocols.imap import mime, rights
 from colony.protocols.imap import session as S
 from colony.protocols.imap.shared import PREFIX as SHARED_PREFIX, CompositeStore
 from colony.storage.mailbox import AccountMail
-from colony_mailstore.accounts import AccountManager, NotOwner, OpenAccount
+from colony_mailstore.accounts import AccountManager, NotOwner, OpenAccount, thread_to_the_end
 from colony_mailstore.export import AccountExporter
 from colony_mailstore.sharing import RemoteView, Sharing, grantees
 
@@ -765,9 +765,11 @@ class ImapServer:
                     own.on_loop = True
                     session.run(store)
                     if acct.mail.snapshot_due:
-                        await asyncio.to_thread(acct.mail.snapshot)
+                        await thread_to_the_end(acct.mail.snapshot)
                 else:
-                    await asyncio.to_thread(session.run, store)
+                    # Cancelled (a stop), it still waits for the thread: the lock must not be
+                    # released while the command works on the account's handle.
+                    await thread_to_the_end(session.run, store)
                 self.metrics.work.observe(time.perf_counter() - started)
                 after = grantees(acct.mail) if follow else None
             except Exception:

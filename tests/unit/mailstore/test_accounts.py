@@ -272,3 +272,31 @@ async def test_a_large_batch_cancelled_in_its_worker_thread_answers_the_batch(ma
     mgr, _ = manager
     monkeypatch.setattr(accounts, "STAGE_ON_LOOP_BYTES", 0)   # every batch staged in a thread
     await _cancel_while_held(mgr, monkeypatch, (accounts, "_store_sync"), "oda")
+
+
+async def test_work_in_a_thread_under_an_accounts_lock_is_waited_out_when_the_caller_is_cancelled():
+    """A command's or a snapshot's worker thread works on the account's handle under its lock:
+    a cancelled caller (the store stopping) must not release the lock before the thread ends."""
+    from colony_mailstore.accounts import thread_to_the_end
+
+    lock, release, ended = asyncio.Lock(), threading.Event(), []
+
+    def work():
+        release.wait(10)
+        ended.append(True)
+        return "done"
+
+    async def command():
+        async with lock:
+            return await thread_to_the_end(work)
+
+    task = asyncio.create_task(command())
+    await asyncio.sleep(0.05)
+    task.cancel()
+    await asyncio.sleep(0.05)
+    assert not task.done() and lock.locked()      # still waiting for the thread, lock held
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert ended == [True] and not lock.locked()
+    assert await thread_to_the_end(lambda: 7) == 7
