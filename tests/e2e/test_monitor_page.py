@@ -72,6 +72,15 @@ def domain_admin_token(api: str, token: str) -> str:
         return made.json()["token"]
 
 
+def click_live(driver, selector: str, timeout: float, what: str) -> None:
+    """Click the element ``selector`` finds, in one script turn: the live feed re-renders a
+    node's row whenever its record changes, so an element found by one WebDriver call may be
+    gone (stale) by the next."""
+    wait_in_browser(driver, lambda d: d.execute_script(
+        "const e = document.querySelector(arguments[0]); if (!e) return false; e.click(); return true;",
+        selector), timeout, what)
+
+
 def wait_in_browser(driver, condition, timeout: float, what: str):
     """Poll the page (no reload) until ``condition(driver)`` is truthy."""
     from selenium.common.exceptions import JavascriptException, StaleElementReferenceException
@@ -131,15 +140,17 @@ def test_monitor_page_drains_and_readies_a_mail_store_live(cluster, browser):
     browser.execute_script("window.notReloaded = true;")
 
     store = next(n["id"] for n in cluster["nodes"] if n["role"] == "mailstore")
-    button = browser.find_element(By.CSS_SELECTOR, f'#nodes tr[data-node="{store}"] button.cmd-drain')
-    assert button.text == "Make Not-Ready"
-    button.click()
+    drain = f'#nodes tr[data-node="{store}"] button.cmd-drain'
+    wait_in_browser(browser, lambda d: d.execute_script(
+        "const e = document.querySelector(arguments[0]); return e && e.textContent.trim();", drain) == "Make Not-Ready",
+        30, f"{store}'s button to read Make Not-Ready")
+    click_live(browser, drain, 30, f"{store}'s drain button")
     wait_in_browser(browser, lambda d: d.execute_script(row_state(store)) == "NOT_READY/yes", 120,
                     f"{store} NOT_READY and drained")
     assert next(n for n in status_json(cluster["data_dir"]) if n["id"] == store)["state"] == "NOT_READY"
     browser.save_screenshot(str(artifacts() / "monitor-drained.png"))
 
-    browser.find_element(By.CSS_SELECTOR, f'#nodes tr[data-node="{store}"] button.cmd-ready').click()
+    click_live(browser, f'#nodes tr[data-node="{store}"] button.cmd-ready', 30, f"{store}'s ready button")
     wait_in_browser(browser, lambda d: d.execute_script(row_state(store)) == "READY/no", 120, f"{store} READY again")
     assert browser.execute_script("return window.notReloaded === true;"), "the page was reloaded"
     transitions = browser.find_element(By.ID, "transitions").text
