@@ -265,8 +265,9 @@ class HomeLinks:
     it is then *open* (store locally, no wait) for ``pause`` seconds, after which the next
     message is the *probe*: the one publish across while every other goes locally, until its
     outcome closes the region again or opens it for another pause.  A probe that finds the
-    region's mail still waiting in the local MAIL is not sent across (``backlogged``).  Every ``direct()`` that
-    answers ``True`` must be followed by ``answered()`` or ``failed()`` for that region.
+    region's mail still waiting in the local MAIL is not sent across (``backlogged``).  Every
+    ``direct()`` that answers ``True`` must be followed by ``answered()``, ``failed()``,
+    ``backlogged()`` or ``abandoned()`` for that region.
 
     A store of the region's mail in the local MAIL is bracketed by ``local_started()`` and
     ``local_ended()``: no probe goes while one is in flight (the probe's look at the local

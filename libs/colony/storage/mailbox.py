@@ -74,11 +74,7 @@ class PendingCommit:
         fsynced before the next is written; then the fence check.  Never raises: a failure is
         kept for ``finish_commit``."""
         try:
-            while self.body_fds:
-                fd = self.body_fds[-1]
-                os.fsync(fd)
-                os.close(fd)
-                self.body_fds.pop()
+            _sync_and_close(self.body_fds)
             if self.dir_fd is not None:
                 os.fsync(self.dir_fd)
             self.mail._write_now(self.data)
@@ -86,6 +82,14 @@ class PendingCommit:
             self.synced = True
         except BaseException as exc:
             self.error = exc
+
+
+def _sync_and_close(fds: list[int]) -> None:
+    """fsync and close the bodies' descriptors, last first, each taken off ``fds`` once
+    closed (a failure leaves the rest for whoever closes the handle)."""
+    while fds:
+        os.fsync(fds[-1])
+        os.close(fds.pop())
 
 
 class MailboxError(ValueError):
@@ -711,9 +715,7 @@ class AccountMail:
         if len(self._body_fds) >= MAX_OPEN_BODIES:
             # Durable early does no harm (nothing names them yet); the directory still waits
             # for the commit.
-            while self._body_fds:
-                os.fsync(self._body_fds[-1])
-                os.close(self._body_fds.pop())
+            _sync_and_close(self._body_fds)
             self._bodies_synced_early = True
         self._body_counter += 1
         name = f"{self.epoch}-{self.state.seq + 1}-{self._body_counter}"

@@ -105,10 +105,6 @@ class CommitCost:
         self._median = 0.0
         self._threaded = 0
 
-    @property
-    def median(self) -> float:
-        return self._median
-
     def on_loop(self) -> bool:
         return self._median <= self.limit or self._threaded >= self.probe_every
 

@@ -279,9 +279,10 @@ async def test_work_in_a_thread_under_an_accounts_lock_is_waited_out_when_the_ca
     a cancelled caller (the store stopping) must not release the lock before the thread ends."""
     from colony_mailstore.accounts import thread_to_the_end
 
-    lock, release, ended = asyncio.Lock(), threading.Event(), []
+    lock, started, release, ended = asyncio.Lock(), threading.Event(), threading.Event(), []
 
     def work():
+        started.set()
         release.wait(10)
         ended.append(True)
         return "done"
@@ -291,9 +292,11 @@ async def test_work_in_a_thread_under_an_accounts_lock_is_waited_out_when_the_ca
             return await thread_to_the_end(work)
 
     task = asyncio.create_task(command())
-    await asyncio.sleep(0.05)
+    while not started.is_set():
+        await asyncio.sleep(0.001)
     task.cancel()
-    await asyncio.sleep(0.05)
+    for _ in range(10):                           # plain to_thread ends at the cancellation's first turn
+        await asyncio.sleep(0)
     assert not task.done() and lock.locked()      # still waiting for the thread, lock held
     release.set()
     with pytest.raises(asyncio.CancelledError):

@@ -76,9 +76,11 @@ async def test_a_change_in_flight_is_waited_for_before_a_refresh_is_answered():
     await bindings.change("alice@acme.example", add("sip:a@192.0.2.7"))
     kv.hold = asyncio.Event()
     writing = asyncio.create_task(bindings.change("alice@acme.example", add("sip:b@192.0.2.8")))
-    await asyncio.sleep(0.01)                       # the write is in flight, holding the lock
+    while kv.calls[-1] != "update":                 # the write is in flight, holding the lock
+        await asyncio.sleep(0)
     refresh = asyncio.create_task(bindings.change("alice@acme.example", add("sip:a@192.0.2.7")))
-    await asyncio.sleep(0.01)
+    for _ in range(10):                             # an answer from the old set needs one turn
+        await asyncio.sleep(0)
     assert not refresh.done()                       # it waits for the write, not the old set
     kv.hold.set()
     await asyncio.wait_for(writing, 5)
