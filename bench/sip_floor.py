@@ -36,7 +36,6 @@ import statistics
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 REALM = b"bench.test"

@@ -28,6 +28,7 @@ import logging
 import os
 import socket
 import time
+from collections import deque
 from contextlib import suppress
 
 from nats.js.api import DeliverPolicy
@@ -91,6 +92,8 @@ HANDSHAKE_TIMEOUT = 10.0      # seconds a new TLS or WebSocket connection has to
 # behind has likely not read the answers yet, and every copy would come back as more work.
 RETRANSMIT_BUSY = 200
 UDP_BUFFER = 4 << 20      # bytes of receive buffer asked for the SIP UDP socket
+UDP_DRAIN = 64            # datagrams read per readiness of the UDP socket at most (_UdpSocket)
+UDP_MAX_DATAGRAM = 65535  # bytes: the largest UDP payload (a larger SIP message is refused by the parser)
 HANDLE_TIMEOUT = 1.0     # seconds an owner has to answer a spread packet
 USAGE_ACK_TIMEOUT = 10.0  # seconds the bus has to store one interval's usage sums
 # Seconds a packet that starts new work may wait for its turn before it is refused with 503:
@@ -101,12 +104,101 @@ SUSPECT_FOR = 10.0       # seconds an owner that did not answer is passed over
 READY_RECHECK = 0.5      # seconds ready_members() is reused (unless a record or suspicion changes)
 
 
-class _Udp(asyncio.DatagramProtocol):
-    def __init__(self, workload: SipWorkload) -> None:
-        self.workload = workload
+class _UdpSocket:
+    """The member's UDP socket, read by draining: up to ``UDP_DRAIN`` datagrams per readiness.
 
-    def datagram_received(self, data: bytes, addr) -> None:
-        self.workload.received(data, ("UDP", addr[0], addr[1]))
+    asyncio's datagram transport reads one datagram per readiness, so every packet cost a
+    whole event-loop pass (the selector call, the ready list, the handle) before any SIP work:
+    bench/sip_floor.py measured a responder that does no SIP work at 0.057 ms CPU per
+    registration through ``DatagramProtocol`` against 0.023 ms draining the socket with
+    ``add_reader`` + ``recvfrom`` -- more than Kamailio's whole 0.05 ms.  The drain is bounded
+    so that a flood of phones cannot starve the bus connection's reads (credential replies)
+    and the timers; what is left waits in the kernel's buffer for the next pass.  Backpressure
+    and the overload rule are the shell's as before: every datagram goes through
+    ``SipWorkload.received``, whose ``_track`` drops past ``MAX_INFLIGHT``.
+
+    Sending is ``sendto`` at once; only when the kernel's send buffer is full (EAGAIN) are
+    datagrams queued, up to ``MAX_WRITE_BUFFER`` bytes, and flushed when writable -- past that
+    they are lost as on the wire (asyncio's transport queued without a bound)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, received) -> None:
+        self.loop, self.sock, self._received = loop, sock, received
+        self._fd = sock.fileno()
+        self._queue: deque[tuple[bytes, tuple]] = deque()
+        self._queued = 0
+        self.closed = False
+        sock.setblocking(False)
+        loop.add_reader(self._fd, self._read)
+
+    def _read(self) -> None:
+        recvfrom, received = self.sock.recvfrom, self._received
+        for _ in range(UDP_DRAIN):
+            try:
+                data, addr = recvfrom(UDP_MAX_DATAGRAM)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:     # an ICMP error reported on the socket: nothing to read
+                log.debug("SIP UDP socket: %s", exc)
+                continue
+            received(data, ("UDP", addr[0], addr[1]))
+
+    def sendto(self, data: bytes, addr) -> None:
+        if self.closed:
+            return
+        if not self._queue:
+            try:
+                self.sock.sendto(data, addr)
+                return
+            except (BlockingIOError, InterruptedError):
+                self.loop.add_writer(self._fd, self._flush)
+            except OSError as exc:     # as asyncio's transport: reported, not raised (the caller's
+                log.info("could not send a SIP datagram to %s: %s", addr, exc)   # send is one of many)
+                return
+        if self._queued + len(data) > MAX_WRITE_BUFFER:
+            return
+        self._queue.append((bytes(data), addr))
+        self._queued += len(data)
+
+    def _flush(self) -> None:
+        while self._queue:
+            data, addr = self._queue[0]
+            try:
+                self.sock.sendto(data, addr)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                log.info("could not send a SIP datagram to %s: %s", addr, exc)
+            self._queue.popleft()
+            self._queued -= len(data)
+        self.loop.remove_writer(self._fd)
+
+    def get_extra_info(self, name: str):
+        return {"socket": self.sock, "sockname": self.sock.getsockname()}.get(name)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.loop.remove_reader(self._fd)
+        self.loop.remove_writer(self._fd)
+        self.sock.close()
+
+
+async def _bind_udp(host: str, port: int) -> socket.socket:
+    """A UDP socket bound to (host, port), the first address of host that binds (as
+    ``loop.create_datagram_endpoint`` chose)."""
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM, proto=socket.IPPROTO_UDP)
+    error: OSError | None = None
+    for family, kind, proto, _, address in infos:
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.bind(address)
+            return sock
+        except OSError as exc:
+            sock.close()
+            error = exc
+    raise error or OSError(f"cannot bind UDP to {host}:{port}")
 
 
 class _Flow:
@@ -136,7 +228,7 @@ class SipWorkload:
         self.settings = settings
         self.accepting = True
         self.farm: SipFarm | None = None
-        self.udp: asyncio.DatagramTransport | None = None
+        self.udp: _UdpSocket | None = None
         self.server: asyncio.Server | None = None
         self.stream_servers: list[asyncio.Server] = []     # TLS, WS, WSS
         self.connections: dict[tuple[str, int], _Flow] = {}
@@ -166,7 +258,7 @@ class SipWorkload:
         await self.counters.start(runtime.task_owner)
         loop = asyncio.get_running_loop()
         for attempt in range(20):
-            self.udp, _ = await loop.create_datagram_endpoint(lambda: _Udp(self), local_addr=(s.host, s.sip_port))
+            self.udp = _UdpSocket(loop, await _bind_udp(s.host, s.sip_port), self.received)
             # A burst that arrives while the loop is busy waits in the kernel: the default
             # buffer (~200 KiB) overflowed under 200 calls at once and lost answers (each a
             # retransmission or a Timer B 408 later).  The kernel caps this at rmem_max.
