@@ -14,7 +14,8 @@ message and
    ``mail_home_ack_timeout`` or failed to lately (``colony.regions.HomeLinks``), into this
    region's MAIL under the same ``Nats-Msg-Id``, sourced to the home region later;
 3. puts a body larger than ``mail_inline_max_bytes`` into the ``mail_bodies`` object store
-   first, read in chunks straight from the spool file (the edge never holds it in memory);
+   first, read in chunks straight from the spool file (the edge never holds it in memory;
+   the SMTP shell spools to a file any message over ``smtp_server.MEMORY_SPOOL``);
 4. publishes every domain message with ``Nats-Msg-Id`` and the trace context, and returns
    only once JetStream acknowledged all of them.  A timed-out publish is retried with the
    same ``Nats-Msg-Id``, which the stream's duplicate window turns into one message.
@@ -114,11 +115,11 @@ def fold(name: str, value: str) -> bytes:
 
 
 class _Concat(io.RawIOBase):
-    """The prepended header fields, then the spool file: one reader for the object store."""
+    """The prepended header fields, then the message: one reader for the object store."""
 
-    def __init__(self, head: bytes, path: Path) -> None:
+    def __init__(self, head: bytes, message: IncomingMessage) -> None:
         self._head = memoryview(head)
-        self._file = open(path, "rb")
+        self._file = message.open()
 
     def readable(self) -> bool:
         return True
@@ -175,9 +176,9 @@ class MailAcceptor:
                 raise AcceptanceFailed(f"{message_id}: {size} octets for another region", TOO_BIG_FOR_HOME_REGION)
             body, ref = None, None
             if size <= self.settings.mail_inline_max_bytes or foreign:
-                body = head + message.spool.read_bytes()
+                body = head + message.read_bytes()
             if size > self.settings.mail_inline_max_bytes and any(here(region) for region, _ in by_domain):
-                ref = await self.put_body(message_id, head, message.spool)
+                ref = await self.put_body(message_id, head, message)
             received_at = datetime.now(UTC)
             headers = inject_headers()
             publishes = []
@@ -251,10 +252,10 @@ class MailAcceptor:
                     notify=list(rcpt.notify) if rcpt.notify else None, orcpt=rcpt.orcpt))
         return groups
 
-    async def put_body(self, message_id: str, head: bytes, spool: Path) -> MailBodyRef:
+    async def put_body(self, message_id: str, head: bytes, message: IncomingMessage) -> MailBodyRef:
         if self._bodies is None:
             self._bodies = await self.js.object_store(names.OBJECT_MAIL_BODIES)
-        reader = _Concat(head, spool)
+        reader = _Concat(head, message)
         try:
             info = await asyncio.wait_for(self._bodies.put(message_id, reader, meta=ObjectMeta(name=message_id)),
                                           self.settings.mail_publish_timeout * 4)
@@ -351,8 +352,8 @@ async def outbound_body(local: MailAcceptor, settings: Settings, name: str, head
     copy in the object store (``local.put_body``), named ``name``."""
     size = len(head) + message.size
     if size <= settings.mail_inline_max_bytes:
-        return size, head + message.spool.read_bytes(), None
-    return size, None, await local.put_body(name, head, message.spool)
+        return size, head + message.read_bytes(), None
+    return size, None, await local.put_body(name, head, message)
 
 
 def outbound_recipients(remote: Iterable[AcceptedRecipient]) -> dict[str, list[OutboundRecipient]]:

@@ -21,11 +21,12 @@ message, and ``rcpt_to`` records the resolved mailboxes in ``session.recipients`
 
 from __future__ import annotations
 
+import io
 import logging
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 from colony.contracts.recipients import Mailbox
 from colony.protocols.smtp import Reply, events as E, replies as R
@@ -88,15 +89,39 @@ class SmtpSession:
 
 @dataclass
 class IncomingMessage:
-    """The message at its end: its size, where its octets are spooled, and header fields to
-    prepend (policies add e.g. Authentication-Results; the edge adds Received/Return-Path)."""
+    """The message at its end: its size, its octets (``data``, a message the shell kept in
+    memory, or else the ``spool`` file they were written to), and header fields to prepend
+    (policies add e.g. Authentication-Results; the edge adds Received/Return-Path).  Read
+    them through ``read_bytes``, ``read_head`` and ``open``, which serve either."""
 
     size: int
-    spool: Path
+    spool: Path | None = None
     headers: list[tuple[str, str]] = field(default_factory=list)
+    data: bytes | None = None
 
     def add_header(self, name: str, value: str) -> None:
         self.headers.append((name, value))
+
+    def read_bytes(self) -> bytes:
+        if self.data is not None:
+            return self.data
+        assert self.spool is not None, "a message with neither octets nor a spool file"
+        return self.spool.read_bytes()
+
+    def read_head(self, limit: int) -> bytes:
+        """The first ``limit`` octets at most (enough for the header section)."""
+        if self.data is not None:
+            return self.data[:limit]
+        assert self.spool is not None, "a message with neither octets nor a spool file"
+        with open(self.spool, "rb") as spool:
+            return spool.read(limit)
+
+    def open(self) -> BinaryIO:
+        """A binary reader of the octets (close it)."""
+        if self.data is not None:
+            return io.BytesIO(self.data)
+        assert self.spool is not None, "a message with neither octets nor a spool file"
+        return open(self.spool, "rb")
 
 
 class SmtpPolicy(Protocol):

@@ -225,9 +225,7 @@ class SubmissionPolicy(BasePolicy):
 
     async def data_complete(self, session: SmtpSession, message: IncomingMessage) -> Verdict:
         account = str(session.notes.get("account", ""))
-        with open(message.spool, "rb") as spool:
-            head = spool.read(_HEADER_SCAN)
-        senders = from_addresses(head)
+        senders = from_addresses(message.read_head(_HEADER_SCAN))
         if not senders or any(not self.owns(account, a) for a in senders):
             log.warning("submission %s: %s sent From: %s; refused", session.id, account, ", ".join(senders) or "(none)")
             return refuse(NOT_YOUR_FROM)

@@ -18,7 +18,7 @@ from colony.cluster.sessions import SessionTracker
 from colony.contracts.recipients import Mailbox
 from colony_edge.acceptance import AcceptanceFailed, SmtpMetrics
 from colony_edge.smtp_policy import ACCEPT, AcceptedRecipient, BasePolicy
-from colony_edge.smtp_server import SmtpServer, SmtpServerConfig
+from colony_edge.smtp_server import MEMORY_SPOOL, SmtpServer, SmtpServerConfig
 
 
 class Policy(BasePolicy):
@@ -31,7 +31,7 @@ class Policy(BasePolicy):
 
 class Acceptor:
     def __init__(self, fail: bool = False) -> None:
-        self.fail, self.messages, self.traces = fail, [], []
+        self.fail, self.messages, self.traces, self.spooled = fail, [], [], []
         self.exporter = InMemorySpanExporter()
         provider = TracerProvider()
         provider.add_span_processor(SimpleSpanProcessor(self.exporter))
@@ -42,7 +42,9 @@ class Acceptor:
         if self.fail:
             raise AcceptanceFailed("bus down")
         self.messages.append((session.mail_from.address, [r.rcpt.address for r in session.recipients],
-                              message.spool.read_bytes()))
+                              message.read_bytes()))
+        # Where the octets were: in memory, or a spool file (and what the file held then).
+        self.spooled.append(None if message.spool is None else message.spool.read_bytes())
         return f"id{len(self.messages)}"
 
 
@@ -115,7 +117,7 @@ async def test_bdat_binarymime_through_the_shell(tmp_path):
         c.writer.write(b"BDAT 4\r\n\x00\r\n.BDAT 3 LAST\r\n\n\xff.")
         assert (await c.reply()).startswith(b"250 2.0.0 4 octets")
         assert (await c.reply()).startswith(b"250 2.0.0 OK queued as id1")
-        # The session keeps one spool file for its messages; an answered message's octets are gone.
+        # A small message is never written to a file.
         assert [f.stat().st_size for f in (tmp_path / "spool").iterdir()] in ([], [0])
         c.close()
 
@@ -172,3 +174,26 @@ async def test_one_span_per_message_from_data_to_acceptance(tmp_path):
     spans = [s for s in acceptor.exporter.get_finished_spans() if s.name == "smtp.message"]
     assert len(spans) == 2 and len(set(acceptor.traces)) == 2
     assert sorted(s.context.trace_id for s in spans) == sorted(acceptor.traces)
+
+
+async def test_small_messages_stay_in_memory_large_ones_spool_to_a_file_removed_once_answered(tmp_path):
+    """A message up to MEMORY_SPOOL octets never touches the disk; a larger one goes to a
+    spool file of its own, gone once the message is answered, and a smaller one after it
+    carries none of its octets."""
+    acceptor = Acceptor()
+    listener, port, _ = await serve(tmp_path, acceptor)
+    line = b"0123456789" * 7 + b"\r\n"
+    large = line * (MEMORY_SPOOL // len(line) * 3)
+    bodies = [b"small one\r\n", large, b"after the large one\r\n", line * (MEMORY_SPOOL // len(line) - 2)]
+    async with listener:
+        c = await Client.open(port)
+        await c.cmd(b"EHLO c.test\r\n")
+        for body in bodies:
+            await c.cmd(b"MAIL FROM:<a@b.test>\r\n")
+            await c.cmd(b"RCPT TO:<ok@x.test>\r\n")
+            assert (await c.cmd(b"DATA\r\n")).startswith(b"354")
+            assert (await c.cmd(body + b".\r\n")).startswith(b"250 2.0.0 OK queued")
+            assert list((tmp_path / "spool").iterdir()) == []
+        c.close()
+    assert [m[2] for m in acceptor.messages] == bodies
+    assert acceptor.spooled == [None, large, None, None]

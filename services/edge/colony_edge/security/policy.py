@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from pathlib import Path
 
 from colony.protocols.smtp import Reply
 from colony.protocols.smtp import events as E
@@ -28,9 +27,10 @@ def _verdict(refusal: Refusal | None) -> Verdict:
     return refuse(Reply(refusal.code, refusal.status, refusal.text, refusal.reason))
 
 
-def read_for_authentication(spool: Path, size: int, dkim_max: int) -> tuple[bytes | None, bytes]:
+def read_for_authentication(message: IncomingMessage, dkim_max: int) -> tuple[bytes | None, bytes]:
     """(whole message or None when too large for DKIM, header section).  Blocking."""
-    with open(spool, "rb") as f:
+    size = message.size
+    with message.open() as f:
         if size <= dkim_max:
             whole = f.read()
             end = whole.find(b"\r\n\r\n")
@@ -63,8 +63,11 @@ class EdgeSecurityPolicy(BasePolicy):
         return _verdict(await self.gate.on_rcpt(session.peer_ip, domain))
 
     async def data_complete(self, session: SmtpSession, message: IncomingMessage) -> Verdict:
-        whole, header_section = await asyncio.to_thread(
-            read_for_authentication, message.spool, message.size, self.gate.settings.edge_dkim_max_bytes)
+        limit = self.gate.settings.edge_dkim_max_bytes
+        if message.data is not None:   # held in memory by the shell: nothing to wait for
+            whole, header_section = read_for_authentication(message, limit)
+        else:
+            whole, header_section = await asyncio.to_thread(read_for_authentication, message, limit)
         mail_from = session.mail_from.address if session.mail_from else ""
         domains = sorted({m.domain for r in session.recipients for m in r.mailboxes})
         verdict = await self.gate.on_data(session.peer_ip, session.helo, mail_from, whole, header_section,
