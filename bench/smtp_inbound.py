@@ -24,6 +24,12 @@ nats-server and idle roles included), divided by the messages; for Colony also h
 deliveries a mail store had to forward to the account's owner over the bus
 (``--by-process``: the CPU of each process).
 
+Each run's data goes where creating a file is cheap (``bench/scratch.py``): on this VM's
+journal-less ext4 a new inode near recently deleted ones cost up to 20x more CPU, a body file
+per message, and which run of a series got such a place was chance.  ``file create`` (``create
+us``) is the CPU of a 1 KiB create where the run's data is; ``--no-spread`` keeps the old
+placement.
+
 ``--repeat N`` runs every mail store count N times in ABBA order (1, 3, 3, 1, 1, 3, ...: a
 drift of the machine's speed during the series weighs on both alike), prints each run as it
 ends, and then the median of every figure per count and the growth from the first count to
@@ -64,6 +70,7 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from colony_up import ColonyUp, process_label  # noqa: E402
 from peers import Dovecot, Postfix, have, process_cpu, wait_port  # noqa: E402
+from scratch import quiet_directory, spread_out  # noqa: E402
 
 DOMAIN = "bench.test"
 ACCOUNTS = [f"user{i}" for i in range(20)]  # --accounts replaces it
@@ -154,8 +161,10 @@ def run_peer(workdir: Path, count: int, size: int, clients: int, base: int) -> d
 # --- Colony ----------------------------------------------------------------------------------
 
 def run_colony(workdir: Path, count: int, size: int, clients: int, mailstores: int, base: int,
-               idle_seconds: float = 0.0, tag: str = "") -> dict:
-    data_dir = workdir / f"colony-{mailstores}{tag}"
+               idle_seconds: float = 0.0, tag: str = "", stay: bool = False) -> dict:
+    # Where a new file is cheap (bench/scratch.py): on this VM a create's CPU moved by 20x
+    # with deletions nearby, and a mail store creates one body file per message.
+    data_dir, create_us = quiet_directory(workdir, f"colony-{mailstores}{tag}", tries=1 if stay else 8)
     with ColonyUp(data_dir, base, "--mailstores", str(mailstores), "--sipfarms", "0", timeout=120) as colony:
         colony.provision(DOMAIN, ACCOUNTS)
         smtp_port = base + 25
@@ -194,6 +203,7 @@ def run_colony(workdir: Path, count: int, size: int, clients: int, mailstores: i
         result = summarise("Colony", str(mailstores), size, count, start, end, latencies, cpu)
         result["forwarded"] = forwarded_deliveries(colony) - forwarded0
         result["load"] = load_at_start
+        result["create_us"] = create_us
         per_pid = {pid: process_cpu([pid]) - before.get(pid, 0.0) for pid in after}
         labels = {pid: process_label(pid) for pid in after}
         result["stores_nats_ms"] = sum(c for pid, c in per_pid.items()
@@ -334,6 +344,8 @@ def run_line(i: int, r: dict) -> str:
     if "bus_in" in r:
         parts.append(f"bus in/out per msg {r['bus_in']:.1f}/{r['bus_out']:.1f}")
     parts.append(f"forwarded {r.get('forwarded', 0)}")
+    if "create_us" in r:
+        parts.append(f"file create {r['create_us']:.0f} us")
     return ", ".join(parts)
 
 
@@ -350,6 +362,9 @@ def main() -> None:
                         help="run each mail store count this many times, ABBA order; print medians and growth")
     parser.add_argument("--idle-seconds", type=float, default=5.0,
                         help="measure each process's idle CPU this long before the load (0: skip 'net of idle')")
+    parser.add_argument("--no-spread", action="store_true",
+                        help="put each run's data where the scratch directory's neighbours are, whatever a file "
+                             "create costs there (the placement before bench/scratch.py, for A/B)")
     parser.add_argument("--accounts", type=int, default=20,
                         help="accounts the messages go to, round robin (few favour few mail stores: shared fsyncs)")
     args = parser.parse_args()
@@ -368,6 +383,8 @@ def main() -> None:
     reference_loop = None
     with tempfile.TemporaryDirectory(prefix="colony-bench-") as tmp:
         workdir = Path(tmp)
+        if not args.no_spread and not spread_out(workdir):
+            console.print("[dim]chattr +T not supported here: each run's data stays beside the scratch directory[/dim]")
         for size in map(parse_size, args.sizes.split(",")):
             peer = None
             if not args.no_peer:
@@ -379,7 +396,7 @@ def main() -> None:
                 console.print(f"[dim]Colony with {n} mail store(s), {size} octets ...[/dim]")
                 loop_before = calibrate()
                 row = run_colony(workdir, args.messages, size, args.clients, n, args.base_port,
-                                 idle_seconds=args.idle_seconds, tag=f"-{size}-{i}")
+                                 idle_seconds=args.idle_seconds, tag=f"-{size}-{i}", stay=args.no_spread)
                 row["loop_s"] = (loop_before + calibrate()) / 2
                 reference_loop = reference_loop or row["loop_s"]
                 row["calibrated_ms"] = row["cpu_ms"] * reference_loop / row["loop_s"]
@@ -389,7 +406,7 @@ def main() -> None:
                 console.print(run_line(i, row))
     table = Table(title=f"Inbound SMTP, {args.messages} messages, {args.clients} clients, {os.cpu_count()} cores")
     for column in ("system", "mail stores", "size", "msgs/s", "p50 ms", "p99 ms", "CPU ms/msg", "stores+nats",
-                   "net of idle", "forwarded", "load", "vs Postfix"):
+                   "net of idle", "forwarded", "load", "create us", "vs Postfix"):
         table.add_column(column, justify="right" if column not in ("system",) else "left")
     for r in rows:
         ratio = r.get("ratio")
@@ -397,7 +414,8 @@ def main() -> None:
                       f"{r['p99']:.1f}", f"{r['cpu_ms']:.2f}",
                       f"{r['stores_nats_ms']:.2f}" if "stores_nats_ms" in r else "",
                       f"{r['net_idle_ms']:.2f}" if "net_idle_ms" in r else "", str(r.get("forwarded", "")),
-                      f"{r['load']:.2f}" if "load" in r else "", f"{ratio:.2f}x" if ratio else "")
+                      f"{r['load']:.2f}" if "load" in r else "",
+                      f"{r['create_us']:.0f}" if "create_us" in r else "", f"{ratio:.2f}x" if ratio else "")
     console.print(table)
     if args.repeat > 1 or len(counts) > 1:
         for size, runs in series.items():
