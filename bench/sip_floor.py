@@ -14,7 +14,10 @@ imported, not copied) against
   three ways: ``protocol`` (asyncio ``DatagramProtocol``: one datagram per event-loop pass),
   ``reader`` (``loop.add_reader`` + ``sock.recvfrom`` until ``BlockingIOError``: the socket
   drained per readiness) and ``thread`` (a blocking ``recvfrom``/``sendto`` loop in a plain
-  thread, no event loop at all);
+  thread, no event loop at all); and a fourth, ``reader-one`` (``add_reader``, one 64 KiB
+  ``recvfrom`` per readiness), which tells the two costs of ``protocol`` apart: its pass per
+  datagram, and asyncio's 256 KiB receive buffer per datagram (``max_size``), which in this
+  small process cost more than the pass (measured: bench/README.md, "SIP: the floor");
 - with ``--colony``, Colony's member (``bench/sip.py``'s ``run_colony`` with ``--by-process``;
   the member's CPU only, not the cluster's).
 
@@ -46,7 +49,7 @@ _COPIED = (b"via", b"v", b"from", b"f", b"to", b"t", b"call-id", b"i", b"cseq")
 _UNAUTHORIZED = (b"SIP/2.0 401 Unauthorized\r\n", b'WWW-Authenticate: Digest realm="' + REALM + b'", nonce="' + NONCE
                  + b'", algorithm=MD5\r\nContent-Length: 0\r\n\r\n')
 _OK = (b"SIP/2.0 200 OK\r\n", b"Expires: 3600\r\nContent-Length: 0\r\n\r\n")
-MODES = ("protocol", "reader", "thread")
+MODES = ("protocol", "reader", "thread", "reader-one")
 
 
 def answer(data: bytes) -> bytes | None:
@@ -95,8 +98,10 @@ async def _serve_asyncio(mode: str, port: int) -> None:
     if mode == "protocol":
         transport, _ = await loop.create_datagram_endpoint(_Protocol, sock=sock)
     else:
+        reads = 1 if mode == "reader-one" else 1 << 62
+
         def drain() -> None:
-            while True:
+            for _ in range(reads):
                 try:
                     data, addr = sock.recvfrom(65535)
                 except (BlockingIOError, InterruptedError):

@@ -108,10 +108,13 @@ class _UdpSocket:
     """The member's UDP socket, read by draining: up to ``UDP_DRAIN`` datagrams per readiness.
 
     asyncio's datagram transport reads one datagram per readiness, so every packet cost a
-    whole event-loop pass (the selector call, the ready list, the handle) before any SIP work:
-    bench/sip_floor.py measured a responder that does no SIP work at 0.057 ms CPU per
-    registration through ``DatagramProtocol`` against 0.023 ms draining the socket with
-    ``add_reader`` + ``recvfrom`` -- more than Kamailio's whole 0.05 ms.  The drain is bounded
+    whole event-loop pass (an ``epoll_wait``, the ready list, the handle) before any SIP
+    work, and it reads into a 256 KiB buffer per datagram.  Under a REGISTER load strace saw
+    one ``epoll_wait`` per datagram before, one per ~60 after; bench/sip_floor.py measured a
+    responder that does no SIP work at 0.065-0.072 ms CPU per registration through
+    ``DatagramProtocol``, 0.027-0.029 ms with ``add_reader`` and one 64 KiB ``recvfrom`` per
+    readiness (the big buffer was most of the difference there; in the member's larger heap
+    it costs little) and 0.021-0.024 ms drained (Kamailio: 0.048 ms).  The drain is bounded
     so that a flood of phones cannot starve the bus connection's reads (credential replies)
     and the timers; what is left waits in the kernel's buffer for the next pass.  Backpressure
     and the overload rule are the shell's as before: every datagram goes through
