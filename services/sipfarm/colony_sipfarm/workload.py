@@ -141,6 +141,8 @@ class _UdpSocket:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:     # an ICMP error reported on the socket: nothing to read
+                if self.closed:        # closed by the work on an earlier datagram (stop)
+                    return
                 log.debug("SIP UDP socket: %s", exc)
                 continue
             received(data, ("UDP", addr[0], addr[1]))

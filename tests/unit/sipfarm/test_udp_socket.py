@@ -115,3 +115,26 @@ async def test_sends_that_meet_a_full_buffer_are_queued_in_order_bounded_and_flu
     finally:
         peer.close()
         udp.close()
+
+
+async def test_a_socket_closed_by_the_work_on_a_datagram_reads_no_further():
+    loop = asyncio.get_running_loop()
+    got: list = []
+    udp = None
+
+    def received(data, source) -> None:
+        got.append(data)
+        udp.close()                         # as stop() would, from inside the drain
+
+    udp = _UdpSocket(loop, await _bind_udp("127.0.0.1", 0), received)
+    loop.remove_reader(udp.sock.fileno())
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        for n in range(3):
+            sender.sendto(b"d%d" % n, udp.get_extra_info("sockname"))
+        await asyncio.sleep(0.05)
+        udp._read()
+        assert got == [b"d0"] and udp.closed
+        udp.sendto(b"late", sender.getsockname())     # after close: nothing, no error
+    finally:
+        sender.close()
