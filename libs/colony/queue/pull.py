@@ -91,7 +91,10 @@ class PullLedger:
 
     def owed(self) -> int:
         """Messages the outstanding requests may still bring."""
-        return sum(r.remaining for r in self.outstanding.values())
+        owed = 0
+        for r in self.outstanding.values():   # a plain loop: asked for every finished job
+            owed += r.remaining
+        return owed
 
     def plan(self, free: int, now: float) -> int:
         """How many messages to ask for now (0: send nothing), given ``free`` slots."""
