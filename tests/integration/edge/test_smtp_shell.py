@@ -197,3 +197,61 @@ async def test_small_messages_stay_in_memory_large_ones_spool_to_a_file_removed_
         c.close()
     assert [m[2] for m in acceptor.messages] == bodies
     assert acceptor.spooled == [None, large, None, None]
+
+
+async def test_a_spooled_message_leaves_no_file_however_it_ends(tmp_path):
+    """Past MEMORY_SPOOL a message has a file; RSET between BDAT chunks, a message over the
+    size limit, a refused acceptance and a client gone mid-DATA each remove it, and a BDAT
+    message crossing the boundary in its LAST chunk arrives whole."""
+    acceptor = Acceptor()
+    listener, port, _ = await serve(tmp_path, acceptor, max_message_size=4 * MEMORY_SPOOL)
+    spool = tmp_path / "spool"
+    half = b"y" * (MEMORY_SPOOL - 10)
+    big = (b"x" * 998 + b"\r\n") * (MEMORY_SPOOL // 1000 + 5)
+
+    async def spool_gone() -> bool:
+        return list(spool.iterdir()) == []
+
+    async def spooled() -> bool:
+        return len(list(spool.iterdir())) == 1
+
+    async with listener:
+        c = await Client.open(port)
+        await c.cmd(b"EHLO c.test\r\n")
+        await c.cmd(b"MAIL FROM:<a@b.test>\r\n")
+        await c.cmd(b"RCPT TO:<ok@x.test>\r\n")
+        assert (await c.cmd(b"BDAT %d\r\n%s" % (len(half), half))).startswith(b"250")
+        assert list(spool.iterdir()) == []
+        assert (await c.cmd(b"BDAT 100\r\n" + b"z" * 100)).startswith(b"250")
+        assert len(list(spool.iterdir())) == 1
+        assert (await c.cmd(b"RSET\r\n")).startswith(b"250")
+        assert list(spool.iterdir()) == []
+
+        await c.cmd(b"MAIL FROM:<a@b.test>\r\n")
+        await c.cmd(b"RCPT TO:<ok@x.test>\r\n")
+        assert (await c.cmd(b"DATA\r\n")).startswith(b"354")
+        assert (await c.cmd(big * 5 + b".\r\n")).startswith(b"552")
+        assert list(spool.iterdir()) == []
+
+        await c.cmd(b"MAIL FROM:<a@b.test>\r\n")
+        await c.cmd(b"RCPT TO:<ok@x.test>\r\n")
+        assert (await c.cmd(b"BDAT %d\r\n%s" % (len(half), half))).startswith(b"250")
+        assert (await c.cmd(b"BDAT 100 LAST\r\n" + b"z" * 100)).startswith(b"250 2.0.0 OK queued")
+        assert list(spool.iterdir()) == []
+
+        acceptor.fail = True
+        await c.cmd(b"MAIL FROM:<a@b.test>\r\n")
+        await c.cmd(b"RCPT TO:<ok@x.test>\r\n")
+        assert (await c.cmd(b"DATA\r\n")).startswith(b"354")
+        assert (await c.cmd(big + b".\r\n")).startswith(b"451")
+        assert list(spool.iterdir()) == []
+
+        await c.cmd(b"MAIL FROM:<a@b.test>\r\n")
+        await c.cmd(b"RCPT TO:<ok@x.test>\r\n")
+        assert (await c.cmd(b"DATA\r\n")).startswith(b"354")
+        c.writer.write(big)
+        await wait_until(spooled, 30, "the message spooled")
+        c.close()
+        await wait_until(spool_gone, 30, "the spool file removed when the client went mid-DATA")
+    assert acceptor.messages == [("a@b.test", ["ok@x.test"], half + b"z" * 100)]
+    assert acceptor.spooled == [half + b"z" * 100]
