@@ -1,7 +1,7 @@
 """What a delivered message costs each process of `colony up`, counted rather than timed.
 
     .venv/bin/python bench/smtp_inbound_counts.py --stores 3 [--messages 3000] [--clients 16]
-        [--accounts 20] [--idle 5] [--loop-counts] [--perf FILE] [--base-port 21000]
+        [--accounts 20] [--idle 5] [--loop-counts [--call-counts]] [--perf FILE] [--base-port 21000]
 
 The load of ``bench/smtp_inbound.py`` (1 KiB messages, ``--clients`` SMTP sessions, round
 robin over ``--accounts``), and per process, divided by the messages: CPU (user and system
@@ -13,8 +13,12 @@ more *work* per message or the same work more slowly.
 
 ``--idle N`` measures every process's CPU per second for N seconds before the load and
 prints CPU per message net of it.  ``--loop-counts`` starts `colony up` with
-``bench/loop_counts`` on PYTHONPATH: event-loop passes, callbacks run by name, executor jobs
-and KV reads per message (its wrappers cost CPU: take CPU from a run without it).  ``--perf
+``bench/loop_counts`` on PYTHONPATH: event-loop passes, callbacks run by name, executor jobs,
+KV reads and the stores' bus messages by kind (pull requests, acks, jobs, statuses ...) per
+message (its wrappers cost CPU: take CPU from a run without it); ``--call-counts`` adds the
+stores' Python calls on the loop's thread by function (cProfile, very dear; its own times are
+wall-clock).  Every run prints nats-server's messages to and from each kind of client
+(``/connz`` on the monitor port, base port + 1).  ``--perf
 FILE`` records the mail stores with ``perf record -e cpu-clock -g`` during the load (CPU
 only, kernel included; ``perf report -i FILE --sort dso,sym``).
 """
@@ -86,6 +90,45 @@ def store_metrics(colony: ColonyUp) -> Counter:
     return total
 
 
+def bus_counts(monitor: int) -> Counter:
+    """nats-server's view, cumulative: messages each client connection sent the server (>) and
+    the server sent it (<), summed by connection name (the process's role)."""
+    out: Counter = Counter()
+    try:
+        conns = httpx.get(f"http://127.0.0.1:{monitor}/connz?limit=1024", timeout=10).json().get("connections", [])
+    except (httpx.HTTPError, ValueError):
+        return out
+    for c in conns:
+        name = (c.get("name") or "?").split("-")[0].split(" ")[0]
+        out[f"{name} >"] += c.get("in_msgs", 0)
+        out[f"{name} <"] += c.get("out_msgs", 0)
+    return out
+
+
+def call_counts(counts_dir: Path | None, pids: list[int], on: bool) -> Counter:
+    """The stores' cumulative Python calls by function (bench/loop_counts: cProfile, SIGUSR2)."""
+    total: Counter = Counter()
+    if not on or counts_dir is None:
+        return total
+    import marshal
+    import signal
+    for pid in pids:
+        before = set(counts_dir.glob(f"{pid}.calls.*"))
+        os.kill(pid, signal.SIGUSR2)
+        for _ in range(100):
+            new = set(counts_dir.glob(f"{pid}.calls.*")) - before
+            if new:
+                break
+            time.sleep(0.1)
+        time.sleep(0.3)  # written by now
+        for path in new:
+            for k, (_cc, nc, _tt, _ct) in marshal.loads(path.read_bytes()).items():
+                k = k.replace(str(Path(__file__).resolve().parents[1]), "")
+                total[k] += nc
+                total["us:" + k] += _tt * 1e6   # own time, profiler's overhead included
+    return total
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stores", type=int, default=1)
@@ -96,6 +139,8 @@ def main() -> None:
     parser.add_argument("--idle", type=float, default=0.0, help="seconds of idle CPU measured before the load")
     parser.add_argument("--loop-counts", action="store_true", help="count event-loop work (costs CPU)")
     parser.add_argument("--perf", default="", help="perf record the mail stores into this file")
+    parser.add_argument("--call-counts", action="store_true",
+                        help="with --loop-counts: the stores' Python calls by function (cProfile; costs much CPU)")
     parser.add_argument("--json", default="", help="write the raw counters here")
     parser.add_argument("--no-spread", action="store_true",
                         help="leave the data beside the scratch directory's neighbours (bench/scratch.py)")
@@ -111,6 +156,7 @@ def main() -> None:
             counts_dir.mkdir()
             site = str(Path(__file__).resolve().parent / "loop_counts")
             env = {**os.environ, "COLONY_LOOP_COUNTS": str(counts_dir),
+                   **({"COLONY_CALL_COUNTS": "1"} if args.call_counts else {}),
                    "PYTHONPATH": os.pathsep.join(p for p in (site, os.environ.get("PYTHONPATH", "")) if p)}
         # Where a new file is cheap (bench/scratch.py): a body file per message.
         data_dir, create_us = quiet_directory(Path(tmp), "colony", tries=1 if args.no_spread else 8)
@@ -136,7 +182,9 @@ def main() -> None:
                 time.sleep(args.idle)
                 idle = {pid: (counters(pid, None)["cpu"] - i0[pid]) / (time.monotonic() - t0) for pid in pids}
             m0 = store_metrics(colony)
+            b0 = bus_counts(args.base_port + 1)
             c0 = {pid: counters(pid, counts_dir) for pid in pids}
+            calls0 = call_counts(counts_dir, [p for p in pids if labels[p] == "colony_mailstore"], args.call_counts)
             load = os.getloadavg()[0]
             perf = None
             if args.perf:
@@ -153,7 +201,9 @@ def main() -> None:
                 perf.wait(timeout=60)
             time.sleep(1.0)
             c1 = {pid: counters(pid, counts_dir) for pid in pids}
+            calls1 = call_counts(counts_dir, [p for p in pids if labels[p] == "colony_mailstore"], args.call_counts)
             m1 = store_metrics(colony)
+            b1 = bus_counts(args.base_port + 1)
     print(f"{args.stores} mail store(s), {args.clients} clients, {n} messages: {n / (end - start):.0f} msgs/s, "
           f"load {load:.2f} at start, a 1 KiB file create {create_us:.0f} us where the mail lands")
     print(f"{'process':24}" + "".join(f"{c:>9}" for c in COLUMNS) + "   per message (CPU in ms)")
@@ -171,16 +221,28 @@ def main() -> None:
     print("summed by role")
     for role, d in by_role.items():
         print(f"{role[:24]:24}" + "".join(f"{d.get(c, 0) / n:9.3f}" for c in COLUMNS))
+    bus = sorted(((k, v) for k, v in by_role.get("colony_mailstore", Counter()).items() if k.startswith("bus") and v), key=lambda kv: kv[0])
+    if bus:
+        print("mail stores' bus messages per message (bus> sent, bus< received): " +
+              ", ".join(f"{k[3:]} {v / n:.3f}" for k, v in bus))
     print("mail stores' metrics: " + ", ".join(f"{k} {(m1[k] - m0[k]) / n:.3f}" for k in sorted(m1) if m1[k] - m0[k]))
+    print("nats-server, messages per message by connection name (> sent by it, < to it): " +
+          ", ".join(f"{k} {(b1[k] - b0[k]) / n:.2f}" for k in sorted(b1) if b1[k] - b0[k]))
     stores = by_role.get("colony_mailstore", Counter())
     extra = sorted(((k, v) for k, v in stores.items() if k.startswith(("by:", "kv:")) and v), key=lambda kv: -kv[1])
     if extra:
         print("mail stores' callbacks (by:) and KV reads (kv:) per message: " +
               ", ".join(f"{k} {v / n:.3f}" for k, v in extra[:24]))
+    if args.call_counts:
+        calls = Counter({k: v - calls0.get(k, 0) for k, v in calls1.items() if not k.startswith("us:")})
+        print(f"mail stores' Python calls on the loop's thread per message: {sum(calls.values()) / n:.0f}; most:")
+        for k, v in calls.most_common(40):
+            print(f"  {v / n:8.2f}  {k}")
     if args.json:
         Path(args.json).write_text(json.dumps({"stores": args.stores, "clients": args.clients, "n": n, "load": load,
                                                "rows": [(labels[p], p, per_pid[p], idle.get(p)) for p in pids],
-                                               "metrics": [m0, m1]}))
+                                               "metrics": [m0, m1],
+                                               "calls": {k: v - calls0.get(k, 0) for k, v in calls1.items()}}))
 
 
 if __name__ == "__main__":

@@ -4,8 +4,10 @@ through PYTHONPATH (only there: it wraps asyncio and nats-py internals, for meas
 Per process, written to ``$COLONY_LOOP_COUNTS/<pid>.json`` at most twice a second while the
 event loop runs: ``select`` (event-loop passes), ``nonzero`` (passes that returned I/O
 events), ``events``, ``submit`` (executor jobs: the mail store's worker-thread batches),
-``handles`` and ``by`` (callbacks run, by task coroutine or callback name) and ``kv:<bucket>:<key
-head>`` (KV reads).  Each wrapper adds CPU: read counts from a counting run, CPU from another.
+``handles`` and ``by`` (callbacks run, by task coroutine or callback name), ``kv:<bucket>:<key
+head>`` (KV reads), ``bus>kind`` / ``bus<kind`` (messages published / received: pull, ack,
+progress, job, status:408 ...).  With ``COLONY_CALL_COUNTS`` a mail store also runs cProfile
+on its loop's thread and writes it out on SIGUSR2.  Each wrapper adds CPU: read counts from a counting run, CPU from another.
 """
 import json, os, sys, time, selectors
 _C = {"select": 0, "events": 0, "submit": 0, "nonzero": 0}
@@ -67,3 +69,54 @@ if True:  # KV reads by bucket and key
         _kv.KeyValue.get = _get
     except Exception as e:
         _C["kverr"] = repr(e)
+if True:  # bus messages sent and received, by kind ("bus>" and "bus<" prefixes)
+    try:
+        import nats.aio.client as _nc
+        def _kind_out(subject, payload):
+            if subject.startswith("$JS.API.CONSUMER.MSG.NEXT."):
+                return "pull"
+            if subject.startswith("$JS.ACK."):
+                p = bytes(payload[:4])
+                return {b"+WPI": "progress", b"-NAK": "nak", b"+NXT": "next", b"+TER": "term"}.get(p, "ack")
+            if subject.startswith("$JS.API."):
+                return "jsapi:" + ".".join(subject.split(".")[2:4])
+            return ".".join(subject.split(".")[:2])
+        _opub = _nc.Client.publish
+        async def _publish(self, subject, payload=b"", reply="", headers=None):
+            k = "bus>" + _kind_out(subject, payload)
+            _C[k] = _C.get(k, 0) + 1
+            return await _opub(self, subject, payload, reply, headers)
+        _nc.Client.publish = _publish
+        _oproc = _nc.Client._process_msg
+        async def _process(self, sid, subject, reply, data, headers):
+            s = subject.decode(errors="replace") if isinstance(subject, (bytes, bytearray)) else str(subject)
+            if headers and b"NATS/1.0 " in bytes(headers[:12]):
+                k = "status:" + bytes(headers[9:12]).decode(errors="replace")
+            elif reply and bytes(reply[:8]) == b"$JS.ACK.":
+                k = "job"
+            elif s.startswith("_INBOX."):
+                k = "inbox"
+            else:
+                k = ".".join(s.split(".")[:2])
+            k = "bus<" + k
+            _C[k] = _C.get(k, 0) + 1
+            return await _oproc(self, sid, subject, reply, data, headers)
+        _nc.Client._process_msg = _process
+    except Exception as e:
+        _C["buserr"] = repr(e)
+if os.environ.get("COLONY_CALL_COUNTS") and b"colony_mailstore" in open("/proc/self/cmdline", "rb").read():
+    # Python calls of the event loop's thread by function, cumulative, written on SIGUSR2 to
+    # <dir>/<pid>.calls.<n> (bench/smtp_inbound_counts.py --call-counts diffs two of them).
+    import cProfile, marshal, signal
+    _prof = cProfile.Profile()
+    _snaps = [0]
+    def _snap(signum, frame):
+        _prof.disable()
+        _prof.create_stats()
+        stats = {f"{f}:{l}:{n}": (cc, nc, tt, ct) for (f, l, n), (cc, nc, tt, ct, _) in _prof.stats.items()}
+        _snaps[0] += 1
+        with open(f"{_dir}/{os.getpid()}.calls.{_snaps[0]}", "wb") as out:
+            marshal.dump(stats, out)
+        _prof.enable()
+    signal.signal(signal.SIGUSR2, _snap)
+    _prof.enable()
