@@ -4,7 +4,7 @@
         [--accounts 20] [--idle 5] [--loop-counts [--call-counts]] [--perf FILE] [--base-port 21000]
 
 The load of ``bench/smtp_inbound.py`` (1 KiB messages, ``--clients`` SMTP sessions, round
-robin over ``--accounts``), and per process, divided by the messages: CPU (user and system
+robin over ``--accounts``), and per process, divided by the messages: CPU (user and system, and of the main thread -- the event loop -- alone: loop_u, loop_s
 apart), voluntary and involuntary context switches of all its threads, read- and write-like
 system calls (``/proc/<pid>/io``: file writes and fsyncs' writes, not socket sends), and the
 mail stores' own counters (commits, stored, account acquisitions).  On a shared VM the CPU
@@ -45,7 +45,7 @@ from peers import process_cpu, wait_port  # noqa: E402
 from scratch import quiet_directory, spread_out  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-COLUMNS = ("cpu", "utime", "stime", "vcs", "ics", "syscr", "syscw", "select", "nonzero", "submit", "handles")
+COLUMNS = ("cpu", "utime", "stime", "loop_u", "loop_s", "vcs", "ics", "syscr", "syscw", "select", "nonzero", "submit", "handles")
 STORE_METRICS = ("colony_mailstore_commits_total", "colony_mailstore_messages_stored_total",
                  "colony_mailstore_forwarded_total", "colony_mailstore_account_acquired_total")
 
@@ -57,6 +57,8 @@ def counters(pid: int, counts_dir: Path | None) -> dict[str, float]:
         stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         out["utime"], out["stime"] = int(stat[11]) / CLK_TCK * 1000, int(stat[12]) / CLK_TCK * 1000
         out["cpu"] = process_cpu([pid]) * 1000
+        main = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        out["loop_u"], out["loop_s"] = int(main[11]) / CLK_TCK * 1000, int(main[12]) / CLK_TCK * 1000
         for task in Path(f"/proc/{pid}/task").iterdir():
             for line in (task / "status").read_text().splitlines():
                 if line.startswith("voluntary_ctxt_switches"):
