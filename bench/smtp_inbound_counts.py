@@ -1,7 +1,7 @@
 """What a delivered message costs each process of `colony up`, counted rather than timed.
 
     .venv/bin/python bench/smtp_inbound_counts.py --stores 3 [--messages 3000] [--clients 16]
-        [--accounts 20] [--idle 5] [--loop-counts [--call-counts]] [--perf FILE] [--base-port 21000]
+        [--accounts 20] [--idle 5] [--loop-counts [--call-counts]] [--perf FILE] [--py-spy FILE] [--base-port 21000]
 
 The load of ``bench/smtp_inbound.py`` (1 KiB messages, ``--clients`` SMTP sessions, round
 robin over ``--accounts``), and per process, divided by the messages: CPU (user and system, and of the main thread -- the event loop -- alone: loop_u, loop_s
@@ -20,7 +20,9 @@ stores' Python calls on the loop's thread by function (cProfile, very dear; its 
 wall-clock).  Every run prints nats-server's messages to and from each kind of client
 (``/connz`` on the monitor port, base port + 1).  ``--perf
 FILE`` records the mail stores with ``perf record -e cpu-clock -g`` during the load (CPU
-only, kernel included; ``perf report -i FILE --sort dso,sym``).
+only, kernel included; ``perf report -i FILE --sort dso,sym``).  ``--py-spy FILE`` records each
+store's Python stacks (``FILE.<pid>``, collapsed, 250 Hz, non-blocking): wall time of threads
+not idle, so a thread waiting for the GIL or in an fsync counts.
 """
 
 from __future__ import annotations
@@ -143,6 +145,8 @@ def main() -> None:
     parser.add_argument("--perf", default="", help="perf record the mail stores into this file")
     parser.add_argument("--call-counts", action="store_true",
                         help="with --loop-counts: the stores' Python calls by function (cProfile; costs much CPU)")
+    parser.add_argument("--py-spy", default="",
+                        help="py-spy record each mail store (collapsed stacks, non-blocking) into FILE.<pid>")
     parser.add_argument("--json", default="", help="write the raw counters here")
     parser.add_argument("--no-spread", action="store_true",
                         help="leave the data beside the scratch directory's neighbours (bench/scratch.py)")
@@ -194,10 +198,22 @@ def main() -> None:
                 perf = subprocess.Popen(["perf", "record", "-e", "cpu-clock", "-F", "997", "-g", "-o", args.perf,
                                          "-p", stores], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 time.sleep(1.0)
+            spies = []
+            if args.py_spy:
+                spy = str(Path(sys.executable).with_name("py-spy"))
+                spies = [subprocess.Popen([spy, "record", "--nonblocking", "-r", "250", "-f", "raw", "-o",
+                                           f"{args.py_spy}.{pid}", "-p", str(pid)],
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                         for pid in pids if labels[pid] == "colony_mailstore"]
+                time.sleep(1.0)
             t0 = time.monotonic()
             start, _ = asyncio.run(S.run_load(port, n, 1024, args.clients))
             end = S.wait_stored(stored, n + 1, 600)
             elapsed = time.monotonic() - t0
+            for spy in spies:
+                spy.send_signal(2)
+            for spy in spies:
+                spy.wait(timeout=60)
             if perf is not None:
                 perf.send_signal(2)
                 perf.wait(timeout=60)
