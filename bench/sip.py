@@ -166,13 +166,18 @@ def run_system(name: str, targets: list[str], cpu, args, workdir: Path, cores: f
                         "call_p50": percentile(call["rtts"], 0.5), "call_p99": percentile(call["rtts"], 0.99),
                         "call_cpu_ms": (cpu() - cpu0) / max(call["ok"], 1) * 1000})
         finally:
-            server.terminate()
-            try:
-                server.wait(5)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
+            stop_process(server, 5)
     return row
+
+
+def stop_process(proc: subprocess.Popen, timeout: float) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within ``timeout`` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def colony_probe(root: int, monitor: str, idle_seconds: float):

@@ -157,12 +157,7 @@ def run_responder(sip, mode: str, args, workdir: Path) -> dict:
             return t.user + t.system
         return sip.run_system(f"floor: {mode}", [f"127.0.0.1:{port}"], cpu, args, workdir, cores=1)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        sip.stop_process(proc, 10)
 
 
 def run_member(sip, args, workdir: Path) -> dict:
