@@ -77,7 +77,7 @@ class MtaSts:
         self._fetching: dict[str, asyncio.Future] = {}   # one fetch per domain at a time
         self._bucket = None
         self._shared_miss: OrderedDict[str, float] = OrderedDict()   # domain -> don't ask the bucket until
-        self._records: dict[str, tuple[float, str | None]] = {}       # domain -> (until, record id) on the monotonic clock
+        self._records: dict[str, tuple[float, str | None]] = {}       # domain -> (until, record id)
 
     async def policy(self, domain: str) -> Policy | None:
         domain = domain.rstrip(".").lower()
@@ -158,7 +158,7 @@ class MtaSts:
         return parse_tlsrpt([b"".join(r.strings).decode("ascii", "replace") for r in answer])
 
     async def _record_id(self, domain: str) -> str | None:
-        now = time.monotonic()
+        now = self.clock()
         memo = self._records.get(domain)
         if memo is not None and memo[0] > now:
             return memo[1]

@@ -3,8 +3,6 @@ caches answers: a memo in front of dnspython's cache, never longer than it would
 
 from __future__ import annotations
 
-import asyncio
-
 import dns.exception
 import dns.resolver
 import pytest
@@ -37,8 +35,16 @@ class Resolver:
         return self.outcome
 
 
-def _sts(resolver: Resolver, memo: float = 0.2) -> MtaSts:
-    sts = MtaSts(Settings(), resolver)
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _sts(resolver: Resolver, memo: float = 0.2, clock: Clock | None = None) -> MtaSts:
+    sts = MtaSts(Settings(), resolver, clock=clock or Clock())
     sts.RECORD_MEMO_SECONDS = memo
     return sts
 
@@ -49,12 +55,14 @@ def _sts(resolver: Resolver, memo: float = 0.2) -> MtaSts:
     (dns.resolver.NoAnswer(), None),
 ])
 async def test_a_record_and_its_absence_are_remembered_for_a_moment(outcome, expected):
-    resolver = Resolver(outcome)
-    sts = _sts(resolver)
+    resolver, clock = Resolver(outcome), Clock()
+    sts = _sts(resolver, clock=clock)
     assert [await sts._record_id("remote.test") for _ in range(50)] == [expected] * 50
     assert resolver.asked == [("_mta-sts.remote.test", "TXT")]
     assert await sts._record_id("other.test") == expected and len(resolver.asked) == 2   # per domain
-    await asyncio.sleep(0.25)
+    clock.now += 0.19
+    assert await sts._record_id("remote.test") == expected and len(resolver.asked) == 2  # still remembered
+    clock.now += 0.02
     assert await sts._record_id("remote.test") == expected and len(resolver.asked) == 3   # then asked again
 
 
