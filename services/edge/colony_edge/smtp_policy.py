@@ -104,17 +104,14 @@ class IncomingMessage:
 
     def read_bytes(self) -> bytes:
         if self.data is not None:
-            return self.data
-        assert self.spool is not None, "a message with neither octets nor a spool file"
-        return self.spool.read_bytes()
+            return self.data      # no copy
+        with self.open() as octets:
+            return octets.read()
 
     def read_head(self, limit: int) -> bytes:
         """The first ``limit`` octets at most (enough for the header section)."""
-        if self.data is not None:
-            return self.data[:limit]
-        assert self.spool is not None, "a message with neither octets nor a spool file"
-        with open(self.spool, "rb") as spool:
-            return spool.read(limit)
+        with self.open() as octets:
+            return octets.read(limit)
 
     def open(self) -> BinaryIO:
         """A binary reader of the octets (close it)."""
