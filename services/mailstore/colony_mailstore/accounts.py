@@ -21,7 +21,9 @@ import asyncio
 import contextlib
 import logging
 import os
+import statistics
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -49,12 +51,57 @@ T = TypeVar("T")
 STAGE_ON_LOOP_BYTES = 256 * 1024
 
 
+# Where a command's commit (the journal's write, fsync and fence check) runs: on the event
+# loop while this store's commits have been quick, else in a worker thread with the rest of
+# the command.  Handing a STORE to a thread and back cost it 1-1.7 ms more than a SEARCH in
+# bench/imap.py on a loaded 2-core machine (the thread waits for a CPU and, after each system
+# call, for the GIL), where the fsync itself took ~0.06 ms; but a slow sync (NFS: a round
+# trip to the server) on the loop would stall every session of the store.
+INLINE_COMMIT_MAX = 0.0005   # seconds: the median of recent commits timed on the loop, at most
+COMMIT_SAMPLES = 16          # commits that median is taken over (a rare slow one does not count)
+COMMIT_PROBE_EVERY = 16      # while commits go to threads, one in this many is timed on the loop again
+
+# A delivery hop of at most this many commits runs on the loop (Syncer), while such hops have
+# taken at most INLINE_HOP_MAX there.  The limit is looser than a session command's: a hop
+# this small means the store has next to nothing else to do, so the loop it holds has no
+# session waiting on it as a rule, and what it saves is two wake-ups of a process that
+# would otherwise sleep in between.  Slow storage (NFS) still keeps its hops in the thread.
+INLINE_HOP_COMMITS = 2
+INLINE_HOP_MAX = 0.010
+
+
+class CommitCost:
+    """How long this store's commits take when run on the event loop, and so whether the next
+    one may (``on_loop``).  Only commits timed on the loop count: one in a thread also waits
+    for the GIL, which would keep commits in threads for good on a busy store.  While they
+    go to threads, every ``probe_every``-th is tried on the loop again, so a store whose
+    disk was slow for a while comes back."""
+
+    def __init__(self, limit: float = INLINE_COMMIT_MAX, samples: int = COMMIT_SAMPLES,
+                 probe_every: int = COMMIT_PROBE_EVERY) -> None:
+        self.limit, self.probe_every = limit, probe_every
+        self._samples: deque[float] = deque(maxlen=samples)
+        self._median = 0.0
+        self._threaded = 0
+
+    def on_loop(self) -> bool:
+        return self._median <= self.limit or self._threaded >= self.probe_every
+
+    def timed(self, seconds: float) -> None:
+        self._samples.append(seconds)
+        self._median = statistics.median(self._samples)
+        self._threaded = 0
+
+    def threaded(self) -> None:
+        self._threaded += 1
+
+
 class Syncer:
-    """Runs ``PendingCommit.sync()`` in a worker thread, one hop at a time for every commit
-    waiting: the commits that come in while a hop runs go together in the next.  A hop's
-    fsyncs run one after another (a 1 KiB body's fsync takes ~0.2 ms on ext4, and eight
-    threads at once got no more through than one), so waiting for the running hop costs less
-    than a thread hand-off and a loop wake-up per account.
+    """Runs ``PendingCommit.sync()`` for every commit waiting, one hop at a time: the commits
+    that come in while a hop runs go together in the next.  A hop's fsyncs run one after
+    another (a 1 KiB body's fsync takes ~0.2 ms on ext4, and eight threads at once got no
+    more through than one), so waiting for the running hop costs less than a thread hand-off
+    and a loop wake-up per account.
 
     A hop starts on the loop pass after the one that queued its first commit, not inside it:
     the jobs of one read from the bus reach their commits in the same pass, and a hop started
@@ -62,12 +109,22 @@ class Syncer:
     flight each, a hop carried 1.7 commits).  The start costs one callback; a hop saved is a
     thread wake-up, a self-pipe write and a loop wake-up.
 
-    The hop runs on a thread of the Syncer's own (one hop at a time needs no more) and ends
-    with one callback on the loop that wakes the waiting deliveries: through
-    ``run_in_executor`` and ``asyncio.shield`` each hop and each commit cost two more loop
-    passes of chained callbacks, passes of their own on a store with few jobs in flight."""
+    *Where a hop runs.*  A busy store's hops carry many commits, and run on a thread of the
+    Syncer's own, so the loop stages the next batch meanwhile; the hop ends with one callback
+    on the loop that wakes the waiting deliveries (through ``run_in_executor`` and
+    ``asyncio.shield`` each hop and each commit cost two more loop passes of chained
+    callbacks).  A hop of at most ``inline_commits`` commits runs on the loop itself while
+    ``cost`` says such hops are quick: that is a store with little to do -- each of three
+    stores sharing what one would take -- and there the thread bought no overlap, only a
+    sleep and two wake-ups per message (the thread's, then the loop's for its end), which
+    made three lightly loaded stores spend more CPU per message than one busy one.  While
+    the loop is held, arriving jobs wait in the socket; the next pass reads them together,
+    so a store that gets busier moves its hops back to the thread by itself."""
 
-    def __init__(self) -> None:
+    def __init__(self, inline_commits: int = INLINE_HOP_COMMITS, cost: CommitCost | None = None) -> None:
+        self.inline_commits = inline_commits
+        self.cost = cost if cost is not None else CommitCost(limit=INLINE_HOP_MAX)
+        self.hops = {"loop": 0, "thread": 0}   # hops run, by where (tests and benchmarks read it)
         self._waiting: list[_Wait] = []
         self._running = False
         self._starting = False   # a start is scheduled for the next loop pass
@@ -102,6 +159,16 @@ class Syncer:
         if self._running or not self._waiting:
             return
         batch, self._waiting = self._waiting, []
+        if len(batch) <= self.inline_commits:
+            if self.cost.on_loop():
+                started = time.perf_counter()
+                _sync_all([wait.pending for wait in batch])
+                self.cost.timed(time.perf_counter() - started)
+                self.hops["loop"] += 1
+                self._wake(batch)
+                return
+            self.cost.threaded()
+        self.hops["thread"] += 1
         try:
             self._thread.submit(self._hop, asyncio.get_running_loop(), batch)
         except Exception as exc:  # the interpreter is shutting down

@@ -28,10 +28,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import statistics
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from dataclasses import dataclass
@@ -44,7 +43,7 @@ from colony.protocols.imap import mime, rights
 from colony.protocols.imap import session as S
 from colony.protocols.imap.shared import PREFIX as SHARED_PREFIX, CompositeStore
 from colony.storage.mailbox import AccountMail
-from colony_mailstore.accounts import AccountManager, NotOwner, OpenAccount, thread_to_the_end
+from colony_mailstore.accounts import AccountManager, CommitCost, NotOwner, OpenAccount, thread_to_the_end
 from colony_mailstore.export import AccountExporter
 from colony_mailstore.sharing import RemoteView, Sharing, grantees
 
@@ -78,43 +77,8 @@ _HEADER_FACTOR = 4
 # mailbox: the loop must not stall other sessions that long).
 INLINE_MAX_MESSAGES = 5_000
 
-# Where a command's commit (the journal's write, fsync and fence check) runs: on the event
-# loop while this store's commits have been quick, else in a worker thread with the rest of
-# the command.  Handing a STORE to a thread and back cost it 1-1.7 ms more than a SEARCH in
-# bench/imap.py on a loaded 2-core machine (the thread waits for a CPU and, after each system
-# call, for the GIL), where the fsync itself took ~0.06 ms; but a slow sync (NFS: a round
-# trip to the server) on the loop would stall every session of the store.
-INLINE_COMMIT_MAX = 0.0005   # seconds: the median of recent commits timed on the loop, at most
-COMMIT_SAMPLES = 16          # commits that median is taken over (a rare slow one does not count)
-COMMIT_PROBE_EVERY = 16      # while commits go to threads, one in this many is timed on the loop again
 
 Route = Callable[[str], Awaitable[bool]]     # "may this store serve the account now?" (acquires if vacant)
-
-
-class CommitCost:
-    """How long this store's commits take when run on the event loop, and so whether the next
-    one may (``on_loop``).  Only commits timed on the loop count: one in a thread also waits
-    for the GIL, which would keep commits in threads for good on a busy store.  While they
-    go to threads, every ``probe_every``-th is tried on the loop again, so a store whose
-    disk was slow for a while comes back."""
-
-    def __init__(self, limit: float = INLINE_COMMIT_MAX, samples: int = COMMIT_SAMPLES,
-                 probe_every: int = COMMIT_PROBE_EVERY) -> None:
-        self.limit, self.probe_every = limit, probe_every
-        self._samples: deque[float] = deque(maxlen=samples)
-        self._median = 0.0
-        self._threaded = 0
-
-    def on_loop(self) -> bool:
-        return self._median <= self.limit or self._threaded >= self.probe_every
-
-    def timed(self, seconds: float) -> None:
-        self._samples.append(seconds)
-        self._median = statistics.median(self._samples)
-        self._threaded = 0
-
-    def threaded(self) -> None:
-        self._threaded += 1
 
 
 def _parsed_weight(data: bytes, root: mime.Part) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from datetime import UTC, datetime
 
 import pytest
@@ -198,8 +199,45 @@ async def test_commits_queued_in_one_loop_pass_go_in_one_hop(monkeypatch):
     assert hops == [3, 2]
 
 
+async def test_a_small_hop_runs_on_the_loop_and_a_larger_one_in_the_thread(monkeypatch):
+    where = []
+    monkeypatch.setattr(accounts, "_sync_all",
+                        lambda batch: where.append((len(batch), threading.current_thread() is threading.main_thread())))
+    syncer = accounts.Syncer(inline_commits=2)
+    await syncer.sync(object())
+    await asyncio.gather(*(syncer.sync(object()) for _ in range(2)))
+    await asyncio.gather(*(syncer.sync(object()) for _ in range(3)))
+    assert where == [(1, True), (2, True), (3, False)]
+    assert syncer.hops == {"loop": 2, "thread": 1}
+
+
+async def test_slow_hops_on_the_loop_send_small_hops_to_the_thread_until_a_probe_is_quick(monkeypatch):
+    slow = [True]
+
+    def sync_all(batch):
+        if slow[0] and threading.current_thread() is threading.main_thread():
+            time.sleep(0.01)     # a slow disk (NFS): the loop must not wait on it again
+    monkeypatch.setattr(accounts, "_sync_all", sync_all)
+    syncer = accounts.Syncer(inline_commits=2, cost=accounts.CommitCost(limit=0.002, samples=2, probe_every=3))
+    await syncer.sync(object())                   # the first is tried on the loop: slow
+    for _ in range(3):
+        await syncer.sync(object())               # so the next ones go to the thread
+    assert syncer.hops == {"loop": 1, "thread": 3}
+    slow[0] = False
+    await syncer.sync(object())                   # the third in the thread earned a probe on the loop
+    await syncer.sync(object())                   # median of (slow, quick) still over the limit
+    assert syncer.hops == {"loop": 2, "thread": 4}
+    for _ in range(3):
+        await syncer.sync(object())               # two in the thread, then a probe: quick again
+    assert syncer.hops == {"loop": 3, "thread": 6}
+    await syncer.sync(object())                   # the median of two quick ones: the loop's again
+    await syncer.sync(object())
+    assert syncer.hops == {"loop": 5, "thread": 6}
+
+
 async def test_a_delivery_cancelled_during_its_commit_finishes_the_batch_first(manager, monkeypatch):
     mgr, _ = manager
+    mgr.syncer.inline_commits = 0    # every hop in the Syncer's thread, as a busy store's are
     lease = FakeLease(4)
     await mgr.deliver("max@example.com", lease, b"first", "0/max", NOW)
     release = threading.Event()
