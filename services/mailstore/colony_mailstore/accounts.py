@@ -162,10 +162,12 @@ class Syncer:
         if len(batch) <= self.inline_commits:
             if self.cost.on_loop():
                 started = time.perf_counter()
-                _sync_all([wait.pending for wait in batch])
-                self.cost.timed(time.perf_counter() - started)
-                self.hops["loop"] += 1
-                self._wake(batch)
+                try:
+                    _sync_all([wait.pending for wait in batch])
+                finally:     # as the thread's hop: whatever happens, nobody is left waiting
+                    self.cost.timed(time.perf_counter() - started)
+                    self.hops["loop"] += 1
+                    self._wake(batch)
                 return
             self.cost.threaded()
         self.hops["thread"] += 1
