@@ -319,13 +319,20 @@ def sip_relay_subject(node_id: str) -> str:
     return f"colony.sip.relay.{to_token(node_id)}"
 
 
-SIP_HANDLE = "colony.sip.handle.*"   # pattern of sip_handle_subject, for permissions
+SIP_SPREAD = "colony.sip.spread.*"   # pattern of sip_spread_subject, for permissions
 
 
-def sip_handle_subject(node_id: str) -> str:
+def sip_spread_subject(node_id: str) -> str:
     """Core NATS request/reply: a new SIP transaction for the member its Call-ID hashes to
-    (``colony_sipfarm.workload`` documents the payloads)."""
-    return f"colony.sip.handle.{to_token(node_id)}"
+    (binary frames, ``colony_sipfarm.spread_frames``)."""
+    return f"colony.sip.spread.{to_token(node_id)}"
+
+
+# The previous version's hand-over (JSON + base64 frames on ``colony.sip.handle.<member>``),
+# still granted so that members of that version go on handing new work to each other while a
+# farm is upgraded member by member.  Nothing of this version sends or serves there: a member
+# of the new version asking an old one gets no responders and handles the packet itself.
+SIP_HANDLE = "colony.sip.handle.*"
 
 
 SIP_NONCE_SECRET_KEY = "farm.nonce-secret"  # in sip_bindings: the farm-wide digest nonce secret
@@ -483,9 +490,9 @@ GRANTS: dict[str, Grant] = {
         append=(SUBJECTS_USAGE,),
         kv_write=(BUCKET_SIP_BINDINGS, BUCKET_RATE_COUNTERS),
         kv_read=(BUCKET_DIRECTORY,),
-        call=(AUTH_SIP_CREDENTIALS, DIRECTORY_LOOKUP, DIRECTORY_RECIPIENTS, SIP_RELAY, SIP_HANDLE),
+        call=(AUTH_SIP_CREDENTIALS, DIRECTORY_LOOKUP, DIRECTORY_RECIPIENTS, SIP_RELAY, SIP_SPREAD, SIP_HANDLE),
         listen=(SIP_RELAY,),
-        serve=(SIP_HANDLE,),
+        serve=(SIP_SPREAD, SIP_HANDLE),
     ),
     # Only the admin API writes PROVISIONING (and its audit trail) and the directory it projects.
     "admin-api": _with(

@@ -5,11 +5,14 @@ is handled by the READY member its Call-ID hashes to (rendezvous hashing over th
 this one sees in the ``nodes`` bucket with a fresh heartbeat), so every packet of one
 registration or call setup meets the same member's nonce counts and answer cache, and a
 draining member gets none.  The receiving member asks the owner over
-``colony.sip.handle.<owner>`` (request ``{"d": <base64 packet>, "s": [transport, host, port], "m": <node id it arrived at>,
-"a": [its SIP host, port]}``,
-reply ``{"o": [{"d": <base64>, "t": [transport, host, port], "m": <member token> | null}]}``)
-and sends the answers itself, from the address the phone talked to (its NAT expects that).
-An owner that does not answer within a second is skipped for ten and the packet handled here.
+``colony.sip.spread.<owner>`` (request/reply, binary frames: the packet, its source and where
+it arrived; the reply, what to send -- ``spread_frames``, wire format in its docstring) and
+sends the answers itself, from the address the phone talked to (its NAT expects that).  The
+trace context rides in the headers when a tracer provider is installed; with none, neither
+side builds a span or headers for it (as for a packet handled where it arrives).  An owner
+that does not answer within a second, or answers with a frame that does not decode, is
+skipped for ten and the packet handled here; a request frame that does not decode is dropped
+with a log line (its sender times out and handles the packet itself).
 
 Each datagram or framed stream message is handed to ``SipFarm.handle`` at once, and goes on
 in a task of its own from its first wait on the bus (``colony.eager_task``; bounded: at most
@@ -63,6 +66,7 @@ from colony.tlsfiles import configured, server_context
 from colony_sipfarm.bindings import BindingStore
 from colony_sipfarm.farm import FARM_BRANCH, Outbound, SipFarm, UsageCount, method_label
 from colony_sipfarm.retransmission import ProxyClientTransactions
+from colony_sipfarm.spread_frames import FrameError, SpreadAnswers, SpreadPacket
 
 _tracer = trace.get_tracer("colony.sipfarm")  # a proxy: follows the provider setup_tracing installs
 
@@ -303,7 +307,7 @@ class SipWorkload:
         runtime.spawn("sip-directory-watch", self._watch_directory, restart=True)
         self._bus_metrics = runtime.metrics.once(BusRequestMetrics)
         await runtime.nc.subscribe(names.sip_relay_subject(runtime.node_id), cb=self._on_relay)
-        await runtime.nc.subscribe(names.sip_handle_subject(runtime.node_id), cb=self._on_handle)
+        await runtime.nc.subscribe(names.sip_spread_subject(runtime.node_id), cb=self._on_handle)
         runtime.spawn("sip-members", self._watch_members, restart=True)
         runtime.spawn("sip-timer-c", self._timer_c_loop, restart=True)
         runtime.spawn("sip-retransmit", self._retransmit_loop, restart=True)
@@ -389,7 +393,7 @@ class SipWorkload:
 
     async def _handle_parsed(self, data: bytes, source: Destination, parsed) -> list[Outbound]:
         # One SERVER span per packet from a phone or a peer, where it arrives: its context
-        # rides on the hand-over to the Call-ID's owner (``sip.handle``) and on the owner's
+        # rides on the hand-over to the Call-ID's owner (span ``sip.handle``) and on the owner's
         # credential and binding requests over the bus, so a REGISTER or an INVITE is one
         # trace across members and into the admin API's auth service.  With no tracer
         # provider installed (no ``otlp_endpoint``) the span would record nothing and carry
@@ -443,15 +447,20 @@ class SipWorkload:
         return owner if owner not in (None, self._runtime.node_id) else None
 
     async def _ask_owner(self, owner: str, data: bytes, source: Destination) -> list[Outbound] | None:
-        payload = json.dumps({"d": base64.b64encode(data).decode(), "s": list(source),
-                              "m": self._runtime.node_id, "a": list(self.farm_address)}).encode()
         try:
-            msg = await self._runtime.nc.request(names.sip_handle_subject(owner), payload, timeout=HANDLE_TIMEOUT,
-                                                 headers=inject_headers() or None)
-            body = json.loads(msg.data)
+            payload = SpreadPacket(data, source, self._runtime.node_id, self.farm_address).to_frame()
+        except ValueError as exc:     # an address the frame cannot carry (a space in a host name)
+            log.warning("cannot spread a SIP packet from %s:%s: %s", source[1], source[2], exc)
+            return None
+        try:
+            # Headers only with a tracer provider: without one there is no context to carry,
+            # and propagating nothing still cost a dict and the propagators' walk per packet.
+            msg = await self._runtime.nc.request(names.sip_spread_subject(owner), payload, timeout=HANDLE_TIMEOUT,
+                                                 headers=(inject_headers() or None) if self._traced else None)
+            out = SpreadAnswers.from_frame(msg.data)
             self.farm.metrics.relays.inc()
-            return [Outbound(base64.b64decode(o["d"]), tuple(o["t"]), o.get("m")) for o in body["o"]]
-        except (NatsTimeoutError, NoRespondersError, TimeoutError, ValueError, KeyError, TypeError) as exc:
+            return out
+        except (NatsTimeoutError, NoRespondersError, TimeoutError, FrameError) as exc:
             log.info("member %s did not take a SIP packet (%s): handled here", owner, type(exc).__name__)
             self._suspect[owner] = time.monotonic() + SUSPECT_FOR
             self._ready_until = 0.0
@@ -460,15 +469,15 @@ class SipWorkload:
     async def _on_handle(self, msg) -> None:
         # nats-py runs one subscription's callbacks one after another: work on each packet in
         # a task of its own, or every spread packet would wait for the one before.
-        self._track(self._metered(names.SIP_HANDLE, lambda: self._handle_spread(msg)))
+        self._track(self._metered(names.SIP_SPREAD, lambda answer: self._handle_spread(msg, answer)))
 
     async def _on_relay(self, msg) -> None:
-        self._track(self._metered(names.SIP_RELAY, lambda: self._relay(msg)))
+        self._track(self._metered(names.SIP_RELAY, lambda answer: self._relay(msg)))
 
     async def _metered(self, subject: str, work) -> None:
         """RED metrics of the farm's bus traffic (``colony_bus_requests_*``), by served subject."""
-        with self._bus_metrics.observe(subject):
-            await work()
+        with self._bus_metrics.observe(subject) as answer:
+            await work(answer)
 
     def _track(self, coro) -> None:
         if len(self._inflight) >= MAX_INFLIGHT:
@@ -482,22 +491,32 @@ class SipWorkload:
             self._inflight.add(task)
             task.add_done_callback(self._inflight.discard)
 
-    async def _handle_spread(self, msg) -> None:
+    async def _handle_spread(self, msg, answer) -> None:
         try:
-            body = json.loads(msg.data)
-            data, source, arrived_at = base64.b64decode(body["d"]), tuple(body["s"]), str(body["m"])
-            address = (str(body["a"][0]), int(body["a"][1]))
-        except (ValueError, KeyError, TypeError):
+            packet = SpreadPacket.from_frame(msg.data)
+        except FrameError as exc:
+            answer.refused()
+            log.info("dropped a SIP packet spread to us that does not decode: %s", exc)
             return
-        from opentelemetry import trace
-        with trace.get_tracer("colony.sipfarm").start_as_current_span("sip.handle", context=extract_context(msg.headers)):
-            try:
-                out = await self.farm.handle(data, source, flow_member=arrived_at, flow_address=address)
-            except Exception:
-                log.exception("SIP message from %s:%s (spread to us) failed", source[1], source[2])
-                out = []
-        reply = {"o": [{"d": base64.b64encode(o.data).decode(), "t": list(o.destination), "m": o.member} for o in out]}
-        await msg.respond(json.dumps(reply).encode())
+        if self._traced:
+            with _tracer.start_as_current_span("sip.handle", context=extract_context(msg.headers)):
+                out = await self._handle_for(packet)
+        else:      # no provider: the span would record nothing (see _handle_parsed)
+            out = await self._handle_for(packet)
+        try:
+            reply = SpreadAnswers.to_frame(out)
+        except ValueError as exc:     # a field our own farm made that the frame cannot carry
+            log.warning("could not answer a SIP packet spread to us: %s", exc)
+            return                    # its sender times out and handles it itself
+        await msg.respond(reply)
+
+    async def _handle_for(self, packet: SpreadPacket) -> list[Outbound]:
+        try:
+            return await self.farm.handle(packet.data, packet.source, flow_member=packet.arrived_at,
+                                          flow_address=packet.address)
+        except Exception:
+            log.exception("SIP message from %s:%s (spread to us) failed", packet.source[1], packet.source[2])
+            return []
 
     async def _watch_directory(self) -> None:
         """Tell the farm's credential cache (``credentials.py``) of every write to the
@@ -613,7 +632,7 @@ class SipWorkload:
             self.farm.metrics.relays.inc()
             payload = json.dumps({"d": base64.b64encode(item.data).decode(), "t": [transport, host, port]}).encode()
             await self._runtime.nc.publish(names.sip_relay_subject(from_token(item.member)), payload,
-                                           headers=inject_headers() or None)
+                                           headers=(inject_headers() or None) if self._traced else None)
             return
         await self._emit(item.data, item.destination)
 
@@ -685,8 +704,10 @@ class SipWorkload:
             destination = tuple(body["t"])
         except (ValueError, KeyError, TypeError):
             return
-        from opentelemetry import trace
-        with trace.get_tracer("colony.sipfarm").start_as_current_span("sip.relay", context=extract_context(msg.headers)):
+        if not self._traced:       # no provider: the span would record nothing
+            await self._emit(data, destination)
+            return
+        with _tracer.start_as_current_span("sip.relay", context=extract_context(msg.headers)):
             await self._emit(data, destination)
 
     # --- proxy client transactions over UDP (retransmission.py) --------------------------------

@@ -212,7 +212,7 @@ async def test_key_buckets_are_mirrored_shredding_included_and_refuse_writes_els
 
 @pytest.mark.parametrize("subject", [names.node_command_subject("edge-1"), names.controller_alive_subject("controller-1"),
                                      names.CONTROLLER_API, names.mailstore_deliver_subject("mailstore-1"),
-                                     names.sip_relay_subject("sipfarm-1"), names.sip_handle_subject("sipfarm-1"),
+                                     names.sip_relay_subject("sipfarm-1"), names.sip_spread_subject("sipfarm-1"),
                                      names.ADMIN_READMODEL_POSITIONS])
 async def test_instance_addressed_requests_stay_in_their_region(regions, subject):
     """Instance ids repeat between regions: `drain edge-1` in eu must not reach us's edge-1,
