@@ -1,0 +1,99 @@
+"""The shell's hand-over of a new transaction to its Call-ID's owner, over a bus faked in
+process: the asker's request reaches the owner's handler, its reply comes back; frames that
+do not decode are dropped with a log line, never a traceback."""
+
+from __future__ import annotations
+
+import logging
+from types import SimpleNamespace
+
+from prometheus_client import CollectorRegistry
+
+from colony.bus import names
+from colony.metrics import BusRequestMetrics
+from colony.protocols.sip.parser import parse_message
+from colony.settings import Settings
+
+from colony_sipfarm.spread_frames import SpreadPacket
+from colony_sipfarm.workload import SipWorkload
+from test_farm import PHONE, farm, register  # noqa: F401 (farm: the fixture)
+
+
+class Bus:
+    """Core NATS request/reply between shells: ``reply`` replaces the owner's answer if set."""
+
+    def __init__(self) -> None:
+        self.served: dict[str, SipWorkload] = {}
+        self.requests: list[tuple[str, bytes, dict | None]] = []
+        self.reply: bytes | None = None
+
+    async def request(self, subject, payload, timeout, headers=None):
+        self.requests.append((subject, payload, headers))
+        answered: list[bytes] = []
+
+        async def respond(data: bytes) -> None:
+            answered.append(data)
+        await self.served[subject]._on_handle(SimpleNamespace(data=payload, headers=headers, respond=respond))
+        if self.reply is not None:
+            return SimpleNamespace(data=self.reply)
+        if not answered:
+            raise TimeoutError
+        return SimpleNamespace(data=answered[0])
+
+
+def _shell(farm, bus: Bus, node_id: str) -> SipWorkload:
+    shell = SipWorkload(Settings())
+    shell.farm, shell.farm_address = farm, ("192.0.2.100", 5060)
+    shell._runtime = SimpleNamespace(node_id=node_id, nc=bus)
+    shell._bus_metrics = BusRequestMetrics(CollectorRegistry())
+    bus.served[names.sip_spread_subject(node_id)] = shell
+    return shell
+
+
+def _outcome(shell: SipWorkload, outcome: str) -> float:
+    return shell._bus_metrics.requests.labels(names.SIP_SPREAD, outcome)._value.get()
+
+
+async def test_the_owner_answers_and_the_asker_gets_what_to_send(farm):
+    bus = Bus()
+    asker, owner = _shell(farm, bus, "sipfarm-1"), _shell(farm, bus, "sipfarm-2")
+    packet = register()
+    out = await asker._ask_owner("sipfarm-2", packet, PHONE)
+    assert [(parse_message(o.data).status, o.destination) for o in out] == [(401, PHONE)]
+    subject, frame, headers = bus.requests[0]
+    assert subject == "colony.sip.spread.sipfarm-2" and headers is None      # no tracer provider
+    assert SpreadPacket.from_frame(frame) == SpreadPacket(packet, PHONE, "sipfarm-1", ("192.0.2.100", 5060))
+    assert _outcome(owner, "ok") == 1 and farm.metrics.relays._value.get() == 1
+
+
+async def test_a_request_frame_that_does_not_decode_is_dropped_with_a_log_line(farm, caplog):
+    bus = Bus()
+    owner = _shell(farm, bus, "sipfarm-2")
+    answered: list[bytes] = []
+
+    async def respond(data: bytes) -> None:
+        answered.append(data)
+    with caplog.at_level(logging.INFO, logger="colony.sipfarm"):
+        await owner._on_handle(SimpleNamespace(data=b"UDP 1.2.3.4 not-a-port m h 1\nREGISTER", headers=None,
+                                               respond=respond))
+    assert answered == [] and _outcome(owner, "bad_request") == 1
+    assert "does not decode" in caplog.text and "Traceback" not in caplog.text
+
+
+async def test_an_answer_that_does_not_decode_has_the_packet_handled_here_and_the_owner_passed_over(farm, caplog):
+    bus = Bus()
+    asker, _ = _shell(farm, bus, "sipfarm-1"), _shell(farm, bus, "sipfarm-2")
+    bus.reply = b"99 UDP 192.0.2.7 5062 -\nshort"
+    with caplog.at_level(logging.INFO, logger="colony.sipfarm"):
+        assert await asker._ask_owner("sipfarm-2", register(), PHONE) is None
+    assert "sipfarm-2" in asker._suspect and "FrameError" in caplog.text
+
+
+async def test_with_tracing_on_the_hand_over_still_answers(farm):
+    # The span and header path (no provider here, so the span records nothing and the
+    # headers stay empty): it must hand over the same answers.
+    bus = Bus()
+    asker, owner = _shell(farm, bus, "sipfarm-1"), _shell(farm, bus, "sipfarm-2")
+    asker._traced = owner._traced = True
+    out = await asker._ask_owner("sipfarm-2", register(), PHONE)
+    assert [parse_message(o.data).status for o in out] == [401] and _outcome(owner, "ok") == 1
