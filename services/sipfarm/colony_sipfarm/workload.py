@@ -10,9 +10,18 @@ it arrived; the reply, what to send -- ``spread_frames``, wire format in its doc
 sends the answers itself, from the address the phone talked to (its NAT expects that).  The
 trace context rides in the headers when a tracer provider is installed; with none, neither
 side builds a span or headers for it (as for a packet handled where it arrives).  An owner
-that does not answer within a second, or answers with a frame that does not decode, is
-skipped for ten and the packet handled here; a request frame that does not decode is dropped
-with a log line (its sender times out and handles the packet itself).
+that has no responder, or answers with a frame that does not decode, is skipped for ten
+seconds and the packet handled here; a request frame that does not decode is dropped with a
+log line (its sender times out).  An owner that does not answer a REGISTER within a second is
+not taken for dead while its heartbeat is fresh: it may be waiting on the bus (a first
+credential lookup waits on the auth service, up to its own 5 s), and handling the packet here
+as well did the work twice and took a live member out of the spread for ten seconds -- at a
+farm's start under load, every member passed every other over.  The answer to the datagram
+is then lost as on the wire (``colony_sip_dropped{reason="owner slow"}``): the phone sends it
+again, and the owner answers the copy from its answer cache.  Everything else that times out
+is handled here and its owner passed over, as before: a proxied request's answer is its
+forwarding, which the owner does not keep for a copy; a packet from a connection is never
+sent again; an owner whose heartbeat is stale is out of the spread anyway.
 
 Each datagram or framed stream message is handed to ``SipFarm.handle`` at once, and goes on
 in a task of its own from its first wait on the bus (``colony.eager_task``; bounded: at most
@@ -411,7 +420,8 @@ class SipWorkload:
         owner = self._owner(parsed)
         out = None
         if owner is not None:
-            out = await self._ask_owner(owner, data, source)
+            out = await self._ask_owner(owner, data, source,
+                                        answered_again=isinstance(parsed, SipRequest) and parsed.method == "REGISTER")
         if out is None:
             out = await self.farm.handle(data, source, parsed=parsed)
         return out
@@ -446,7 +456,11 @@ class SipWorkload:
         owner = choose(key, ready)
         return owner if owner not in (None, self._runtime.node_id) else None
 
-    async def _ask_owner(self, owner: str, data: bytes, source: Destination) -> list[Outbound] | None:
+    async def _ask_owner(self, owner: str, data: bytes, source: Destination,
+                         answered_again: bool = False) -> list[Outbound] | None:
+        """What the owner says to send for the packet, or None: handle it here.
+        ``answered_again``: the owner answers a copy of this request from its answer cache (a
+        REGISTER), so a late answer may be left to the phone's retransmission."""
         try:
             payload = SpreadPacket(data, source, self._runtime.node_id, self.farm_address).to_frame()
         except ValueError as exc:     # an address the frame cannot carry (a space in a host name)
@@ -460,7 +474,15 @@ class SipWorkload:
             out = SpreadAnswers.from_frame(msg.data)
             self.farm.metrics.relays.inc()
             return out
-        except (NatsTimeoutError, NoRespondersError, TimeoutError, FrameError) as exc:
+        except (NatsTimeoutError, TimeoutError) as exc:
+            if answered_again and source[0] == "UDP" and owner in self.ready_members():
+                self.farm.metrics.dropped.labels(reason="owner slow").inc()
+                return []      # answered late, not dead: the phone's copy gets the owner's answer
+            log.info("member %s did not take a SIP packet (%s): handled here", owner, type(exc).__name__)
+            self._suspect[owner] = time.monotonic() + SUSPECT_FOR
+            self._ready_until = 0.0
+            return None
+        except (NoRespondersError, FrameError) as exc:
             log.info("member %s did not take a SIP packet (%s): handled here", owner, type(exc).__name__)
             self._suspect[owner] = time.monotonic() + SUSPECT_FOR
             self._ready_until = 0.0

@@ -26,9 +26,12 @@ class Bus:
         self.served: dict[str, SipWorkload] = {}
         self.requests: list[tuple[str, bytes, dict | None]] = []
         self.reply: bytes | None = None
+        self.late = False       # the owner does not answer in time
 
     async def request(self, subject, payload, timeout, headers=None):
         self.requests.append((subject, payload, headers))
+        if self.late:
+            raise TimeoutError
         answered: list[bytes] = []
 
         async def respond(data: bytes) -> None:
@@ -97,3 +100,57 @@ async def test_with_tracing_on_the_hand_over_still_answers(farm):
     asker._traced = owner._traced = True
     out = await asker._ask_owner("sipfarm-2", register(), PHONE)
     assert [parse_message(o.data).status for o in out] == [401] and _outcome(owner, "ok") == 1
+
+
+def _ready(shell: SipWorkload, *members: str) -> None:
+    shell._ready, shell._ready_until = list(members), float("inf")
+
+
+def _dropped(farm, reason: str) -> float:
+    return farm.metrics.dropped.labels(reason=reason)._value.get()
+
+
+async def test_a_register_the_live_owner_answers_late_is_left_to_the_phones_copy(farm):
+    # The owner is waiting on the auth service: handling the packet here too would do the
+    # work twice and pass a live member over.  Nothing is sent; the copy gets the answer.
+    bus = Bus()
+    asker, _ = _shell(farm, bus, "sipfarm-1"), _shell(farm, bus, "sipfarm-2")
+    _ready(asker, "sipfarm-1", "sipfarm-2")
+    bus.late = True
+    packet = register()
+    assert await asker._ask_owner("sipfarm-2", packet, PHONE, answered_again=True) == []
+    assert "sipfarm-2" not in asker._suspect and _dropped(farm, "owner slow") == 1
+    bus.late = False
+    out = await asker._ask_owner("sipfarm-2", packet, PHONE, answered_again=True)
+    assert [parse_message(o.data).status for o in out] == [401]
+
+
+async def test_a_late_answer_is_handled_here_for_a_connection_a_proxied_request_or_a_stale_owner(farm):
+    bus = Bus()
+    asker, _ = _shell(farm, bus, "sipfarm-1"), _shell(farm, bus, "sipfarm-2")
+    bus.late = True
+    cases = [(("TCP", "192.0.2.7", 5062), True, ("sipfarm-1", "sipfarm-2")),   # no copy will come
+             (PHONE, False, ("sipfarm-1", "sipfarm-2")),                      # an INVITE's forwarding is not kept
+             (PHONE, True, ("sipfarm-1",))]                                   # its heartbeat went stale
+    for source, answered_again, ready in cases:
+        _ready(asker, *ready)
+        asker._suspect.clear()
+        assert await asker._ask_owner("sipfarm-2", register(), source, answered_again=answered_again) is None
+        assert "sipfarm-2" in asker._suspect
+    assert _dropped(farm, "owner slow") == 0
+
+
+async def test_route_leaves_only_a_register_to_the_phones_copy(farm):
+    bus = Bus()
+    asker, _ = _shell(farm, bus, "sipfarm-1"), _shell(farm, bus, "sipfarm-2")
+    asked = []
+
+    async def ask(owner, data, source, answered_again=False):
+        asked.append(answered_again)
+        return []
+    asker._ask_owner = ask
+    asker._owner = lambda parsed: "sipfarm-2"
+    await asker._route(register(), PHONE, farm.parse(register()))
+    invite = register().replace(b"REGISTER sip:", b"INVITE sip:bob@").replace(b"1 REGISTER", b"1 INVITE")
+    await asker._route(invite, PHONE, farm.parse(invite))
+    assert asked == [True, False]
