@@ -52,7 +52,7 @@ from colony.bus import names
 from colony.contracts.auth import AuthClient, AuthUnavailable
 from colony.counters import SharedCounters
 from colony.protocols.sip.digest import DigestAuthenticator, parse_credentials
-from colony.protocols.sip.message import (Headers, SipRequest, SipResponse, Via, make_response, parse_via)
+from colony.protocols.sip.message import (Headers, SipRequest, SipResponse, Via, encode_response, parse_via)
 from colony.protocols.sip.parser import SipParseError, parse_message
 from colony.protocols.sip.transaction import Destination, response_destination, stamp_via
 from colony.protocols.sip.uri import Address, SipURI, URIError, parse_address, parse_uri
@@ -353,15 +353,15 @@ class SipFarm:
         if request.method == "ACK":
             return []
         tag = LOCAL_TAG + _hash(request.call_id, request.headers.get("From") or "")[:10]
-        response = make_response(request, status, reason, to_tag=tag,
-                                 extra=[*(extra or []), ("Server", "Colony SIP farm")])
+        data = encode_response(request, status, reason, to_tag=tag,
+                               extra=[*(extra or []), ("Server", "Colony SIP farm")])
         try:
-            # The response's top Via is the request's (make_response copies it): read from
+            # The answer's top Via is the request's (encode_response copies it): read from
             # the request, whose header index exists already.
             destination = response_destination(request.top_via(), source)
         except URIError:
             return []
-        out = [Outbound(response.encode(), destination)]
+        out = [Outbound(data, destination)]
         self.metrics.answer(request.method, status).inc()
         if remember:
             try:

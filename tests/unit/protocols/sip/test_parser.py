@@ -235,3 +235,27 @@ def test_mutated_messages_parse_or_fail_cleanly(lines, tail):
             pass
     except SipParseError:
         pass
+
+
+# An answer printed straight from the request must be the bytes make_response(...).encode() gives.
+_REQUEST_FOR_ANSWERS = ("INVITE sip:b@b.example SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bKx, SIP/2.0/TCP g\r\n"
+                        "v: SIP/2.0/UDP k;rport\r\nFrom: <sip:a@a.example>;tag=1\r\n{to}Call-ID: c\r\n"
+                        "CSeq: 1 INVITE\r\n{timestamp}Content-Length: 0\r\n\r\n")
+
+
+@settings(max_examples=300, deadline=None)
+@given(to=st.sampled_from(["To: <sip:b@b.example>\r\n", "t: sip:b@b.example;tag=9\r\n", 'To: "B" <sip:b@b.example>\r\n',
+                           "To: <sip:b@b.example>;tag=\r\n"]),
+       timestamp=st.sampled_from(["", "Timestamp: 54 0.1\r\n"]),
+       status=st.sampled_from([100, 180, 200, 401, 486, 503, 599]),
+       reason=st.one_of(st.none(), st.sampled_from(["", "Fine", "Ünïcode"])),
+       to_tag=st.one_of(st.none(), st.just(""), st.text(alphabet="abc123-", min_size=1, max_size=6)),
+       extra=st.lists(st.tuples(st.sampled_from(["Contact", "contact", "m", "l", "Content-Length", "x-thing", "Date",
+                                                 "WWW-Authenticate", "i", "server"]),
+                                st.text(max_size=12).filter(lambda v: "\r" not in v and "\n" not in v)), max_size=5),
+       body=st.binary(max_size=8))
+def test_encode_response_prints_what_make_response_encodes(to, timestamp, status, reason, to_tag, extra, body):
+    from colony.protocols.sip.message import encode_response
+    request = parse_message(_REQUEST_FOR_ANSWERS.format(to=to, timestamp=timestamp).encode())
+    expected = make_response(request, status, reason, to_tag=to_tag, extra=extra, body=body).encode()
+    assert encode_response(request, status, reason, to_tag=to_tag, extra=extra, body=body) == expected
