@@ -237,6 +237,64 @@ def test_mutated_messages_parse_or_fail_cleanly(lines, tail):
         pass
 
 
+# The Via fast path (the usual "SIP/2.0/UDP host:port;params") and the general regex must
+# agree on every value: the same Via, or both refusing it.
+_via_texts = st.builds(
+    lambda prefix, transport, gap, hostport, params: f"{prefix}{transport}{gap}{hostport}{params}",
+    # mostly the fast path's own shape, so that it is exercised, not only refused
+    st.sampled_from(["SIP/2.0/"] * 6 + ["sip/2.0/", " SIP/2.0/", "SIP / 2.0 / ", "SIP/2.0", "SIP/2.1/", ""]),
+    st.one_of(st.sampled_from(["UDP", "tcp", "Tls", "WSS", "", "U2", "ÚDP"]), st.text(max_size=4)),
+    st.sampled_from([" "] * 6 + ["  ", "\t", "", " \x1c", "\n"]),
+    st.one_of(st.sampled_from(["192.0.2.7:5062", "h", "[::1]:5", "[::1", "h :5", "h: 5", "h:x", "h:0", "Host.Example",
+                               "", ";", "h:70000", "a b"]),
+              st.text(alphabet="ab1:[]. \t;=\x1c\u00a0", max_size=12)),
+    st.one_of(st.sampled_from(["", ";branch=z9hG4bKx;rport", ";rport;received=1.2.3.4", ";;x", "; branch = y ",
+                               ";=v", ";BRANCH=Z", "\r\n", ";a\u2003b"]),
+              st.text(alphabet="ab;= \t\n=\x1c", max_size=10)))
+
+# ... and values of the fast path's shape without white space, most of which it takes
+_via_texts |= st.builds(lambda transport, hostport, params: f"SIP/2.0/{transport} {hostport}{params}",
+                        st.sampled_from(["UDP", "tcp", "Tls", "WSS", "", "U2", "ÚDP"]),
+                        st.text(alphabet="ab1:[].;=", min_size=1, max_size=10),
+                        st.text(alphabet="ab;=x1.:", max_size=12))
+
+
+@settings(max_examples=1500, deadline=None)
+@given(_via_texts)
+def test_via_fast_path_agrees_with_the_general_parse(text):
+    from colony.protocols.sip.message import _parse_via, _parse_via_general
+
+    def outcome(parse):
+        try:
+            return parse(text)
+        except URIError:
+            return "refused"
+    assert outcome(_parse_via) == outcome(_parse_via_general)
+
+
+def test_a_known_header_name_without_a_colon_is_still_refused():
+    # Names seen before skip their checks only when a colon follows them.
+    good = (b"REGISTER sip:a.example SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bKx\r\nFrom: <sip:a@a.example>;tag=1\r\n"
+            b"To: <sip:a@a.example>\r\nCall-ID: c\r\nCSeq: 1 REGISTER\r\n")
+    assert parse_message(good + b"\r\n").method == "REGISTER"
+    with pytest.raises(SipParseError) as err:
+        parse_message(good + b"Via\r\n\r\n")
+    assert err.value.status == 400 and err.value.reason == "Malformed Header Line"
+    assert parse_message(good + b" \t\r\n\r\n").method == "REGISTER"      # a blank (folded) line
+
+
+def test_methods_and_versions_outside_the_fast_comparison_still_parse():
+    base = ("{method} sip:a.example {version}\r\nVia: SIP/2.0/UDP h;branch=z9hG4bKx\r\nFrom: <sip:a@a.example>;tag=1\r\n"
+            "To: <sip:a@a.example>\r\nCall-ID: c\r\nCSeq: 1 {method}\r\n\r\n")
+    assert parse_message(base.format(method="FOO.BAR", version="sip/2.0").encode()).method == "FOO.BAR"
+    with pytest.raises(SipParseError) as err:
+        parse_message(base.format(method="REGISTER", version="SIP/2.1").encode())
+    assert err.value.status == 505
+    with pytest.raises(SipParseError) as err:
+        parse_message(base.format(method="RE@GISTER", version="SIP/2.0").encode())
+    assert err.value.status == 400
+
+
 # An answer printed straight from the request must be the bytes make_response(...).encode() gives.
 _REQUEST_FOR_ANSWERS = ("INVITE sip:b@b.example SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bKx, SIP/2.0/TCP g\r\n"
                         "v: SIP/2.0/UDP k;rport\r\nFrom: <sip:a@a.example>;tag=1\r\n{to}Call-ID: c\r\n"
@@ -259,3 +317,37 @@ def test_encode_response_prints_what_make_response_encodes(to, timestamp, status
     request = parse_message(_REQUEST_FOR_ANSWERS.format(to=to, timestamp=timestamp).encode())
     expected = make_response(request, status, reason, to_tag=to_tag, extra=extra, body=body).encode()
     assert encode_response(request, status, reason, to_tag=to_tag, extra=extra, body=body) == expected
+
+
+# The fast path of parse_message (CRLF throughout, nothing folded) and the general one must
+# give the same message, or the same refusal, for any bytes.
+def _outcome(data):
+    try:
+        m = parse_message(data)
+    except SipParseError as exc:
+        partial = exc.request
+        return ("refused", exc.status, exc.reason, partial and (partial.method, list(partial.headers)))
+    return (type(m).__name__, getattr(m, "method", None), str(getattr(m, "uri", None)), getattr(m, "status", None),
+            getattr(m, "reason", None), list(m.headers), m.body)
+
+
+_LINES = ["REGISTER sip:a.example SIP/2.0", "SIP/2.0 200 OK", "INVITE sip:b@b.example SIP/2.0", " REGISTER x SIP/2.0",
+          "Via: SIP/2.0/UDP h;branch=z9hG4bKx", "v: SIP/2.0/UDP g, SIP/2.0/TCP k", "From: <sip:a@a.example>;tag=1",
+          "To: <sip:a@a.example>", "Call-ID: c", "CSeq: 1 REGISTER", "CSeq: 1 INVITE", "Content-Length: 2", "l: 0",
+          " folded", "\tfolded: too", " ", "", "\r", "\x0c", "Bad Line", "Via", "x-y :z", "Contact: *", "m: <sip:q>, <sip:r>",
+          "Max-Forwards: 70", "ÿ: x", "Subject: \u00e9", "Route: <sip:x;lr>"]
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(_LINES), st.sampled_from(["\r\n"] * 8 + ["\n", "\r\r\n", "\n\r\n"])),
+                min_size=1, max_size=10),
+       st.sampled_from(["\r\n\r\n"] * 4 + ["\n\n", "\r\r\n\r\n", "\n\r\n", ""]),
+       st.binary(max_size=4), st.sampled_from([b"", b"\r\n", b"\xff"]))
+def test_the_fast_path_and_the_general_path_agree(lines, end, body, prefix):
+    from unittest import mock
+    from colony.protocols.sip import parser
+    data = prefix + "".join(text + sep for text, sep in lines[:-1]).encode() + lines[-1][0].encode() + end.encode() + body
+    general_fields = parser._fields
+    with mock.patch.object(parser, "_fields", lambda lines, fast: None if fast else general_fields(lines, False)):
+        general = _outcome(data)
+    assert _outcome(data) == general
