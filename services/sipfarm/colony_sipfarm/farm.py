@@ -176,6 +176,8 @@ class SipFarm:
         self._answers: OrderedDict[tuple, tuple[float, list[Outbound]]] = OrderedDict()
         self._forks: OrderedDict[str, _Fork] = OrderedDict()
         self._pending: set[tuple] = set()           # answer keys of requests being worked on
+        self._last_key: tuple = (None, None, None)   # (request, its top Via value, answer key)
+        self._date: tuple[int, str] = (-1, "")       # (second, its Date header value)
         # The HA1s looked up lately (credentials.py): a phone's refresh needs no round trip
         # to the auth service.  Kept current by the shell's watch of the directory.
         self.credentials = CredentialCache(HA1_CACHE, settings.sip_credentials_cache_seconds)
@@ -326,9 +328,17 @@ class SipFarm:
         return await self._new_request(request, source)
 
     def _answer_key(self, request: SipRequest) -> tuple:
+        # Asked twice for a request this member answers (on arrival, then to remember the
+        # answer): the last key is kept while its request and top Via are the same objects.
+        value = request.headers.get("Via")
+        last = self._last_key
+        if last[0] is request and last[1] is value and value is not None:
+            return last[2]
         via = request.top_via()
         method = "INVITE" if request.method == "ACK" else request.method
-        return (via.branch or request.call_id, via.host, via.port, method, request.cseq().number)
+        key = (via.branch or request.call_id, via.host, via.port, method, request.cseq().number)
+        self._last_key = (request, value, key)
+        return key
 
     def _trusted(self, source: Destination) -> bool:
         # Remembered per address (bounded): asked two or three times per packet, and parsing
@@ -512,8 +522,15 @@ class SipFarm:
             stored = await self.store.lookup(account)    # a query (§10.2.3)
         self.metrics.registrations.inc()
         extra = [("Contact", f"<{b.contact}>;expires={max(1, int(b.expires_at - now))};q={b.q:g}") for b in stored]
-        extra.append(("Date", time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(now))))
+        extra.append(("Date", self._date_of(now)))
         return self._local(request, source, 200, extra=extra)
+
+    def _date_of(self, now: float) -> str:
+        """The Date header value for ``now``, printed once per second (strftime was 1 % of a REGISTER)."""
+        second = int(now)
+        if self._date[0] != second:
+            self._date = (second, time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(second)))
+        return self._date[1]
 
     def _fresh_enough(self, old: Binding | None, q: float, expires_at: float, expires: int, host: str, port: int,
                       transport: str, nat: bool, agent: str) -> bool:

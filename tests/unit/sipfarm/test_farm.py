@@ -535,3 +535,19 @@ async def test_a_late_copy_of_an_answered_request_gets_its_answer_not_503(farm):
     assert parse_message(challenge.data).status == 401
     assert farm.refuse_overloaded(farm.parse(data), PHONE)[0].data == challenge.data
     assert farm.refuse_overloaded(farm.parse(b"SIP/2.0 200 OK\r\n\r\n"), PHONE) == []
+
+
+def test_the_answer_key_is_kept_only_while_the_request_and_its_top_via_are_the_same(farm):
+    request = parse_message(register())
+    key = farm._answer_key(request)
+    assert farm._answer_key(request) is key
+    request.headers.replace_first("Via", "SIP/2.0/UDP 192.0.2.9:5070;branch=z9hG4bKother")
+    assert farm._answer_key(request)[:3] == ("z9hG4bKother", "192.0.2.9", 5070)
+    other = parse_message(register(branch="z9hG4bKthird"))
+    assert farm._answer_key(other)[0] == "z9hG4bKthird"
+
+
+def test_the_date_of_a_200_is_the_clock_s_second_printed_once_per_second(farm):
+    import time as _time
+    for when in (1_700_000_000.2, 1_700_000_000.9, 1_700_000_001.0, 1_600_000_000.5):
+        assert farm._date_of(when) == _time.strftime("%a, %d %b %Y %H:%M:%S GMT", _time.gmtime(when))
