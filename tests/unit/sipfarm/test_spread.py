@@ -4,6 +4,7 @@ do not decode are dropped with a log line, never a traceback."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from types import SimpleNamespace
 
@@ -16,7 +17,7 @@ from colony.settings import Settings
 
 from colony_sipfarm.spread_frames import SpreadPacket
 from colony_sipfarm.workload import SipWorkload
-from test_farm import PHONE, farm, register  # noqa: F401 (farm: the fixture)
+from test_farm import PHONE, answer, farm, register  # noqa: F401 (farm: the fixture)
 
 
 class Bus:
@@ -154,3 +155,48 @@ async def test_route_leaves_only_a_register_to_the_phones_copy(farm):
     invite = register().replace(b"REGISTER sip:", b"INVITE sip:bob@").replace(b"1 REGISTER", b"1 INVITE")
     await asker._route(invite, PHONE, farm.parse(invite))
     assert asked == [True, False]
+
+
+class SlowBus(Bus):
+    """As ``Bus``, but the owner goes on working after the asker's timeout, as over NATS."""
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__()
+        self.timeout = timeout
+
+    async def request(self, subject, payload, timeout, headers=None):
+        answered = asyncio.get_running_loop().create_future()
+
+        async def respond(data: bytes) -> None:
+            if not answered.done():
+                answered.set_result(data)
+        await self.served[subject]._on_handle(SimpleNamespace(data=payload, headers=headers, respond=respond))
+        return SimpleNamespace(data=await asyncio.wait_for(asyncio.shield(answered), self.timeout))
+
+
+async def test_the_copy_of_a_register_a_slow_owner_answered_late_gets_its_remembered_answer(farm):
+    # The owner waits on the auth service past the asker's timeout: the first packet's answer
+    # is lost, a copy while it still works gets nothing, and a copy after it is done gets the
+    # 200 it made (not a second credential check: the nonce count would look replayed).
+    bus = SlowBus(timeout=0.05)
+    asker, owner = _shell(farm, bus, "sipfarm-1"), _shell(farm, bus, "sipfarm-2")
+    _ready(asker, "sipfarm-1", "sipfarm-2")
+    [challenge] = await asker._ask_owner("sipfarm-2", register(), PHONE, answered_again=True)
+    released = asyncio.Event()
+    lookup = farm.auth.sip_credentials
+
+    async def slow_lookup(*args):
+        await released.wait()
+        return await lookup(*args)
+    farm.auth.sip_credentials = slow_lookup
+    packet = register(cseq=2, auth=answer(parse_message(challenge.data), "alice"))
+    assert await asker._ask_owner("sipfarm-2", packet, PHONE, answered_again=True) == []
+    assert _dropped(farm, "owner slow") == 1
+    assert await asker._ask_owner("sipfarm-2", packet, PHONE, answered_again=True) == []   # still working
+    released.set()
+    while owner._inflight:
+        await asyncio.sleep(0)
+    out = await asker._ask_owner("sipfarm-2", packet, PHONE, answered_again=True)
+    assert [parse_message(o.data).status for o in out] == [200]
+    assert farm.auth.asked == 1 and farm.metrics.retransmissions._value.get() == 2
+    assert "sipfarm-2" not in asker._suspect and _dropped(farm, "owner slow") == 1
