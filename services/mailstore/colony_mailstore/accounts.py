@@ -60,6 +60,11 @@ STAGE_ON_LOOP_BYTES = 256 * 1024
 INLINE_COMMIT_MAX = 0.0005   # seconds: the median of recent commits timed on the loop, at most
 COMMIT_SAMPLES = 16          # commits that median is taken over (a rare slow one does not count)
 COMMIT_PROBE_EVERY = 16      # while commits go to threads, one in this many is timed on the loop again
+# One commit (or hop) on the loop this long sends the next ones to threads at once, whatever the
+# median says: a disk that stalls (writeback, an NFS server away) stalls the fsyncs after it
+# too, and waiting for the median to turn (half of COMMIT_SAMPLES slow ones) held the loop that
+# many times -- its sessions, the node's heartbeat (node_ttl) and the lease renewals with it.
+COMMIT_STALL = 0.1
 
 # A delivery hop of at most this many commits runs on the loop (Syncer), while such hops have
 # taken at most INLINE_HOP_MAX there.  The limit is looser than a session command's: a hop
@@ -75,11 +80,13 @@ class CommitCost:
     one may (``on_loop``).  Only commits timed on the loop count: one in a thread also waits
     for the GIL, which would keep commits in threads for good on a busy store.  While they
     go to threads, every ``probe_every``-th is tried on the loop again, so a store whose
-    disk was slow for a while comes back."""
+    disk was slow for a while comes back.  A single commit over ``stall`` sends the next ones
+    to threads at once: a rare slow one among quick ones does not move the median, but a
+    stalled disk stalls the next fsyncs too."""
 
     def __init__(self, limit: float = INLINE_COMMIT_MAX, samples: int = COMMIT_SAMPLES,
-                 probe_every: int = COMMIT_PROBE_EVERY) -> None:
-        self.limit, self.probe_every = limit, probe_every
+                 probe_every: int = COMMIT_PROBE_EVERY, stall: float = COMMIT_STALL) -> None:
+        self.limit, self.probe_every, self.stall = limit, probe_every, stall
         self._samples: deque[float] = deque(maxlen=samples)
         self._median = 0.0
         self._threaded = 0
@@ -90,6 +97,8 @@ class CommitCost:
     def timed(self, seconds: float) -> None:
         self._samples.append(seconds)
         self._median = statistics.median(self._samples)
+        if seconds > self.stall:    # to threads until a probe (then the median decides again)
+            self._median = max(self._median, seconds)
         self._threaded = 0
 
     def threaded(self) -> None:
