@@ -12,8 +12,9 @@ trace context rides in the headers when a tracer provider is installed; with non
 side builds a span or headers for it (as for a packet handled where it arrives).  An owner
 that has no responder, or answers with a frame that does not decode, is skipped for ten
 seconds and the packet handled here; a request frame that does not decode is dropped with a
-log line (its sender times out).  An owner that does not answer a REGISTER within a second is
-not taken for dead while its heartbeat is fresh: it may be waiting on the bus (a first
+log line (its sender times out); an answer to a destination no frame can carry (a Via
+maddr with a space) is left out and the rest answered.  An owner that does not answer a
+REGISTER within a second is not taken for dead while its heartbeat is fresh: it may be waiting on the bus (a first
 credential lookup waits on the auth service, up to its own 5 s), and handling the packet here
 as well did the work twice and took a live member out of the spread for ten seconds -- at a
 farm's start under load, every member passed every other over.  The answer to the datagram
@@ -78,6 +79,15 @@ from colony_sipfarm.retransmission import ProxyClientTransactions
 from colony_sipfarm.spread_frames import FrameError, SpreadAnswers, SpreadPacket
 
 _tracer = trace.get_tracer("colony.sipfarm")  # a proxy: follows the provider setup_tracing installs
+
+
+def _frames(item: Outbound) -> bool:
+    """Whether ``item`` fits a ``SpreadAnswers`` frame (every field an ASCII token)."""
+    try:
+        SpreadAnswers.to_frame([item])
+    except ValueError:
+        return False
+    return True
 
 
 def _span_name(parsed) -> str:
@@ -527,9 +537,14 @@ class SipWorkload:
             out = await self._handle_for(packet)
         try:
             reply = SpreadAnswers.to_frame(out)
-        except ValueError as exc:     # a field our own farm made that the frame cannot carry
-            log.warning("could not answer a SIP packet spread to us: %s", exc)
-            return                    # its sender times out and handles it itself
+        except ValueError:
+            # A destination the frame cannot carry comes from the packet itself (a Via maddr
+            # or a Contact host with a space or non-ASCII: nothing could send there).  Left
+            # out, the rest answered in time: no answer kept the asker waiting a second, then
+            # had it pass us over -- one such packet every 10 s took a member out of the spread.
+            kept = [item for item in out if _frames(item)]
+            self.farm.metrics.dropped.labels(reason="unsendable").inc(len(out) - len(kept))
+            reply = SpreadAnswers.to_frame(kept)
         await msg.respond(reply)
 
     async def _handle_for(self, packet: SpreadPacket) -> list[Outbound]:

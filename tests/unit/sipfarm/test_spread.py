@@ -200,3 +200,17 @@ async def test_the_copy_of_a_register_a_slow_owner_answered_late_gets_its_rememb
     assert [parse_message(o.data).status for o in out] == [200]
     assert farm.auth.asked == 1 and farm.metrics.retransmissions._value.get() == 2
     assert "sipfarm-2" not in asker._suspect and _dropped(farm, "owner slow") == 1
+
+
+async def test_an_answer_to_where_no_frame_can_go_is_left_out_and_the_owner_answers_in_time(farm):
+    # A phone's Via maddr (or Contact host) with non-ASCII or a space: the owner used to send
+    # no answer at all, and the asker, after a second, passed a live member over for 10 s.
+    bus = Bus()
+    asker, _ = _shell(farm, bus, "sipfarm-1"), _shell(farm, bus, "sipfarm-2")
+    _ready(asker, "sipfarm-1", "sipfarm-2")
+    options = (register().replace(b"REGISTER sip:", b"OPTIONS sip:").replace(b"1 REGISTER", b"1 OPTIONS")
+               .replace(b";branch=", ";maddr=ex\u00e4mple.com;branch=".encode()))
+    assert await asker._ask_owner("sipfarm-2", options, PHONE) == []
+    assert "sipfarm-2" not in asker._suspect and _dropped(farm, "unsendable") == 1
+    out = await asker._ask_owner("sipfarm-2", register(), PHONE)
+    assert [parse_message(o.data).status for o in out] == [401]
