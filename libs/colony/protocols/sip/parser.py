@@ -23,6 +23,11 @@ the request's, a non-numeric or negative Content-Length, a Content-Length longer
 datagram, Max-Forwards outside 0..255, an unknown URI scheme in a request (416), and any
 message larger than ``max_size`` (413 / dropped).
 
+Nearly every message is CRLF throughout and not folded: ``parse_message`` reads those with
+one search and one split, and hands anything else (a bare LF, a folded or bad line, too many
+fields, a head that is not UTF-8) to the general path, which gives the answers described
+above; the two must agree on any bytes (tests/unit/protocols/sip/test_parser.py).
+
 ``StreamFramer`` cuts a byte stream into messages: it skips the CRLFs a client sends as
 keep-alive between messages (answering a CRLFCRLF "ping" with a CRLF "pong", RFC 5626 §4.4.1),
 needs Content-Length on a stream (§18.3), and never holds more than ``max_size`` bytes of
