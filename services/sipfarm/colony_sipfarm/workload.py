@@ -19,7 +19,8 @@ credential lookup waits on the auth service, up to its own 5 s), and handling th
 as well did the work twice and took a live member out of the spread for ten seconds -- at a
 farm's start under load, every member passed every other over.  The answer to the datagram
 is then lost as on the wire (``colony_sip_dropped{reason="owner slow"}``): the phone sends it
-again, and the owner answers the copy from its answer cache.  Everything else that times out
+again, and the owner answers the copy from its answer cache -- while the owner has answered
+some hand-over in the last ``SLOW_OWNER_GRACE`` seconds (one that answers none is not slow).  Everything else that times out
 is handled here and its owner passed over, as before: a proxied request's answer is its
 forwarding, which the owner does not keep for a copy; a packet from a connection is never
 sent again; an owner whose heartbeat is stale is out of the spread anyway.
@@ -117,6 +118,10 @@ RETRANSMIT_BUSY = 200
 UDP_BUFFER = 4 << 20      # bytes of receive buffer asked for the SIP UDP socket
 UDP_DRAIN = 64            # datagrams read per readiness of the UDP socket at most (_UdpSocket)
 UDP_MAX_DATAGRAM = 65535  # bytes: the largest UDP payload (a larger SIP message is refused by the parser)
+NAME_TTL = 60.0           # seconds a host name's address is used for datagrams (_UdpSocket)
+NAMES_KEPT = 4096         # host names remembered at most
+MAX_LOOKUPS = 64          # host name lookups running at once at most
+LOOKUP_TIMEOUT = 5.0      # seconds a lookup may take before its datagram is lost
 HANDLE_TIMEOUT = 1.0     # seconds an owner has to answer a spread packet
 USAGE_ACK_TIMEOUT = 10.0  # seconds the bus has to store one interval's usage sums
 # Seconds a packet that starts new work may wait for its turn before it is refused with 503:
@@ -124,6 +129,11 @@ USAGE_ACK_TIMEOUT = 10.0  # seconds the bus has to store one interval's usage su
 LATE = 1.0
 TURN_PROBE = 0.1         # seconds between measurements of how long the event loop takes to come round
 SUSPECT_FOR = 10.0       # seconds an owner that did not answer is passed over
+# Seconds since an owner last answered a hand-over within which a late answer to a REGISTER
+# is taken as slowness (left to the phone's copy), not failure: an owner that answers nothing
+# at all -- hung, or unable to be reached on the spread subject (say, a bus whose permissions
+# predate it) -- gets its packets handled where they arrive, as any other timeout.
+SLOW_OWNER_GRACE = 5.0
 READY_RECHECK = 0.5      # seconds ready_members() is reused (unless a record or suspicion changes)
 
 
@@ -145,13 +155,23 @@ class _UdpSocket:
 
     Sending is ``sendto`` at once; only when the kernel's send buffer is full (EAGAIN) are
     datagrams queued, up to ``MAX_WRITE_BUFFER`` bytes, and flushed when writable -- past that
-    they are lost as on the wire (asyncio's transport queued without a bound)."""
+    they are lost as on the wire (asyncio's transport queued without a bound).
+
+    A destination named by a host name (a Via's ``maddr``, a Contact or Request-URI host) is
+    looked up with the loop's ``getaddrinfo`` (in a thread), not by ``sendto``: given a name,
+    ``sendto`` resolves it itself, blocking the loop for as long as DNS takes -- a phone that
+    names a slow domain would stall every call and registration of the member.  Answers are
+    remembered for ``NAME_TTL`` seconds (at most ``NAMES_KEPT`` names); at most
+    ``MAX_LOOKUPS`` run at once (past that the datagram is lost, as on the wire), each for at
+    most ``LOOKUP_TIMEOUT`` seconds; a name that does not resolve loses its datagram, logged."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, received) -> None:
         self.loop, self.sock, self._received = loop, sock, received
         self._fd = sock.fileno()
         self._queue: deque[tuple[bytes, tuple]] = deque()
         self._queued = 0
+        self._names: dict[str, tuple[str, float]] = {}   # host name -> (address, good until)
+        self._lookups: set[asyncio.Task] = set()
         self.closed = False
         sock.setblocking(False)
         loop.add_reader(self._fd, self._read)
@@ -173,6 +193,12 @@ class _UdpSocket:
     def sendto(self, data: bytes, addr) -> None:
         if self.closed:
             return
+        if not _is_address(addr[0]):
+            known = self._names.get(addr[0])
+            if known is None or known[1] < self.loop.time():
+                self._look_up(data, addr)
+                return
+            addr = (known[0], addr[1])
         if not self._queue:
             try:
                 self.sock.sendto(data, addr)
@@ -186,6 +212,30 @@ class _UdpSocket:
             return
         self._queue.append((bytes(data), addr))
         self._queued += len(data)
+
+    def _look_up(self, data: bytes, addr) -> None:
+        if len(self._lookups) >= MAX_LOOKUPS:
+            log.info("SIP datagram to %s lost: %d host name lookups running", addr[0], MAX_LOOKUPS)
+            return
+        task = self.loop.create_task(self._resolve_and_send(bytes(data), addr))
+        self._lookups.add(task)
+        task.add_done_callback(self._lookups.discard)
+
+    async def _resolve_and_send(self, data: bytes, addr) -> None:
+        host, port = addr[0], addr[1]
+        try:
+            async with asyncio.timeout(LOOKUP_TIMEOUT):
+                infos = await self.loop.getaddrinfo(host, port, family=self.sock.family, type=socket.SOCK_DGRAM)
+        except (OSError, TimeoutError) as exc:
+            log.info("SIP datagram to %s lost: the name does not resolve (%s)", host, exc)
+            return
+        if not infos:
+            return
+        address = infos[0][4][0]
+        if len(self._names) >= NAMES_KEPT:
+            self._names.clear()
+        self._names[host] = (address, self.loop.time() + NAME_TTL)
+        self.sendto(data, (address, port))
 
     def _flush(self) -> None:
         while self._queue:
@@ -207,9 +257,25 @@ class _UdpSocket:
         if self.closed:
             return
         self.closed = True
+        for task in self._lookups:
+            task.cancel()
         self.loop.remove_reader(self._fd)
         self.loop.remove_writer(self._fd)
         self.sock.close()
+
+
+def _is_address(host: str) -> bool:
+    """An IPv4 or IPv6 literal (``sendto`` takes it as it is, with no lookup)."""
+    try:
+        socket.inet_pton(socket.AF_INET, host)
+        return True
+    except OSError:
+        pass
+    try:
+        socket.inet_pton(socket.AF_INET6, host.partition("%")[0])   # a zone index is sendto's to read
+        return True
+    except OSError:
+        return False
 
 
 async def _bind_udp(host: str, port: int) -> socket.socket:
@@ -268,6 +334,7 @@ class SipWorkload:
         self.farm_address: tuple[str, int] = ("", 0)
         self._members: dict[str, NodeRecord] = {}        # sipfarm records, by node id
         self._suspect: dict[str, float] = {}             # node id -> monotonic time to trust again
+        self._answered_at: dict[str, float] = {}         # node id -> when it last answered a hand-over
         self._ready: list[str] = []                      # ready_members(), reused until _ready_until
         self._ready_until = 0.0
         # Client transactions of the requests this member forwards over UDP (retransmission.py).
@@ -483,9 +550,11 @@ class SipWorkload:
                                                  headers=(inject_headers() or None) if self._traced else None)
             out = SpreadAnswers.from_frame(msg.data)
             self.farm.metrics.relays.inc()
+            self._answered_at[owner] = time.monotonic()
             return out
         except (NatsTimeoutError, TimeoutError) as exc:
-            if answered_again and source[0] == "UDP" and owner in self.ready_members():
+            if (answered_again and source[0] == "UDP" and owner in self.ready_members()
+                    and time.monotonic() - self._answered_at.get(owner, -SLOW_OWNER_GRACE) < SLOW_OWNER_GRACE):
                 self.farm.metrics.dropped.labels(reason="owner slow").inc()
                 return []      # answered late, not dead: the phone's copy gets the owner's answer
             log.info("member %s did not take a SIP packet (%s): handled here", owner, type(exc).__name__)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from types import SimpleNamespace
 
 from prometheus_client import CollectorRegistry
@@ -16,6 +17,7 @@ from colony.protocols.sip.parser import parse_message
 from colony.settings import Settings
 
 from colony_sipfarm.spread_frames import SpreadPacket
+from colony_sipfarm import workload
 from colony_sipfarm.workload import SipWorkload
 from test_farm import PHONE, answer, farm, register  # noqa: F401 (farm: the fixture)
 
@@ -117,6 +119,7 @@ async def test_a_register_the_live_owner_answers_late_is_left_to_the_phones_copy
     bus = Bus()
     asker, _ = _shell(farm, bus, "sipfarm-1"), _shell(farm, bus, "sipfarm-2")
     _ready(asker, "sipfarm-1", "sipfarm-2")
+    assert await asker._ask_owner("sipfarm-2", register(), PHONE, answered_again=True)   # it answers
     bus.late = True
     packet = register()
     assert await asker._ask_owner("sipfarm-2", packet, PHONE, answered_again=True) == []
@@ -124,6 +127,23 @@ async def test_a_register_the_live_owner_answers_late_is_left_to_the_phones_copy
     bus.late = False
     out = await asker._ask_owner("sipfarm-2", packet, PHONE, answered_again=True)
     assert [parse_message(o.data).status for o in out] == [401]
+
+
+async def test_an_owner_that_has_answered_nothing_lately_is_not_slow_but_passed_over(farm, monkeypatch):
+    # Hung, or unreachable on the spread subject (a bus whose permissions predate it): its
+    # heartbeat may still be fresh, but leaving its REGISTERs to the phones' copies would
+    # lose every one of them.
+    bus = Bus()
+    asker, _ = _shell(farm, bus, "sipfarm-1"), _shell(farm, bus, "sipfarm-2")
+    _ready(asker, "sipfarm-1", "sipfarm-2")
+    bus.late = True
+    assert await asker._ask_owner("sipfarm-2", register(), PHONE, answered_again=True) is None   # never answered
+    assert "sipfarm-2" in asker._suspect
+    asker._suspect.clear()
+    _ready(asker, "sipfarm-1", "sipfarm-2")
+    asker._answered_at["sipfarm-2"] = time.monotonic() - workload.SLOW_OWNER_GRACE - 1      # long ago
+    assert await asker._ask_owner("sipfarm-2", register(), PHONE, answered_again=True) is None
+    assert "sipfarm-2" in asker._suspect and _dropped(farm, "owner slow") == 0
 
 
 async def test_a_late_answer_is_handled_here_for_a_connection_a_proxied_request_or_a_stale_owner(farm):

@@ -5,6 +5,7 @@ buffer are queued (bounded) and flushed when the socket is writable."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 from types import SimpleNamespace
 
@@ -138,3 +139,87 @@ async def test_a_socket_closed_by_the_work_on_a_datagram_reads_no_further():
         udp.sendto(b"late", sender.getsockname())     # after close: nothing, no error
     finally:
         sender.close()
+
+
+async def test_a_datagram_to_a_host_name_is_sent_after_a_lookup_off_the_loop_and_the_name_remembered(monkeypatch):
+    # sendto given a name resolves it itself, blocking the loop for as long as DNS takes.
+    loop = asyncio.get_running_loop()
+    looked_up: list[str] = []
+
+    async def getaddrinfo(host, port, family=0, type=0):
+        looked_up.append(host)
+        return [(socket.AF_INET, socket.SOCK_DGRAM, 0, "", ("127.0.0.1", port))]
+    udp = _UdpSocket(loop, await _bind_udp("127.0.0.1", 0), lambda data, source: None)
+    monkeypatch.setattr(loop, "getaddrinfo", getaddrinfo)
+    phone = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    phone.bind(("127.0.0.1", 0))
+    phone.setblocking(False)
+    sent = []
+    real = udp.sock
+
+    class Watched:       # what reaches the kernel: never a name
+        family = real.family
+
+        def sendto(self, data, addr):
+            sent.append(addr[0])
+            return real.sendto(data, addr)
+    udp.sock = Watched()
+    try:
+        port = phone.getsockname()[1]
+        udp.sendto(b"one", ("phone.test", port))
+        udp.sendto(b"two", ("phone.test", port))      # before the first lookup ended: looked up too
+        await _wait_for(lambda: len(sent) == 2)
+        udp.sendto(b"three", ("phone.test", port))    # remembered: sent at once
+        assert sent == ["127.0.0.1"] * 3 and looked_up == ["phone.test", "phone.test"]
+        got = set()
+        await _wait_for(lambda: (got.update(_drain(phone)) or len(got) == 3))
+        assert got == {b"one", b"two", b"three"}
+    finally:
+        udp.sock = real
+        udp.close()
+        phone.close()
+
+
+def _drain(sock) -> list[bytes]:
+    out = []
+    while True:
+        try:
+            out.append(sock.recv(100))
+        except BlockingIOError:
+            return out
+
+
+async def test_a_name_that_hangs_or_fails_loses_its_datagram_and_blocks_nothing(monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger="colony.sipfarm")
+    loop = asyncio.get_running_loop()
+    hang = asyncio.Event()
+
+    async def getaddrinfo(host, port, family=0, type=0):
+        if host == "nowhere.test":
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        await hang.wait()         # a DNS server that never answers
+        return []
+    udp = _UdpSocket(loop, await _bind_udp("127.0.0.1", 0), lambda data, source: None)
+    monkeypatch.setattr(loop, "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(workload, "MAX_LOOKUPS", 3)
+    phone = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    phone.bind(("127.0.0.1", 0))
+    phone.setblocking(False)
+    try:
+        port = phone.getsockname()[1]
+        for n in range(5):                 # three lookups hang; the other two are lost at once
+            udp.sendto(b"x%d" % n, ("slow.test", port))
+        assert len(udp._lookups) == 3
+        udp.sendto(b"now", ("127.0.0.1", port))      # an address goes out meanwhile
+        udp.sendto(b"lost", ("nowhere.test", port))  # over the limit too: lost at once
+        await _wait_for(lambda: _drain(phone) == [b"now"])
+        hang.set()
+        await _wait_for(lambda: not udp._lookups)
+        monkeypatch.setattr(workload, "MAX_LOOKUPS", 64)
+        udp.sendto(b"lost", ("nowhere.test", port))
+        await _wait_for(lambda: not udp._lookups)
+        await asyncio.sleep(0.02)
+        assert _drain(phone) == [] and "does not resolve" in caplog.text
+    finally:
+        udp.close()
+        phone.close()
