@@ -377,12 +377,12 @@ REASONS = {
 _RESPONSE_COPIED = ("Via", "From", "To", "Call-ID", "CSeq")
 
 
-def make_response(request: SipRequest, status: int, reason: str | None = None, *, to_tag: str | None = None,
-                  extra: list[tuple[str, str]] | None = None, body: bytes = b"") -> SipResponse:
-    headers = Headers()
-    items = headers._items       # the copied names are canonical already
+def _copied(request: SipRequest, status: int, to_tag: str | None):
+    """The request's fields a response to it repeats, in order, the To tagged ``to_tag`` if
+    it has no tag yet (not in a 100)."""
+    values = request.headers._values
     for name in _RESPONSE_COPIED:
-        for value in request.headers._values(name) or ():
+        for value in values(name) or ():
             if name == "To" and to_tag and status != 100:
                 try:
                     to = parse_address(value)
@@ -391,7 +391,13 @@ def make_response(request: SipRequest, status: int, reason: str | None = None, *
                 else:
                     if to.tag is None:
                         value = f"{value};tag={to_tag}"
-            items.append((name, value))
+            yield name, value
+
+
+def make_response(request: SipRequest, status: int, reason: str | None = None, *, to_tag: str | None = None,
+                  extra: list[tuple[str, str]] | None = None, body: bytes = b"") -> SipResponse:
+    headers = Headers()
+    headers._items.extend(_copied(request, status, to_tag))   # the copied names are canonical already
     if status == 100 and "Timestamp" in request.headers:
         headers.add("Timestamp", request.headers.get("Timestamp") or "")
     for name, value in extra or ():
@@ -405,18 +411,8 @@ def encode_response(request: SipRequest, status: int, reason: str | None = None,
     message objects: an answer a server makes itself is only sent, and building those
     objects to print them at once was a tenth of a REGISTER's Python."""
     lines = [f"SIP/2.0 {status} {reason or REASONS.get(status, 'Unknown')}"]
-    values = request.headers._values
-    for name in _RESPONSE_COPIED:
-        for value in values(name) or ():
-            if name == "To" and to_tag and status != 100:
-                try:
-                    to = parse_address(value)
-                except URIError:
-                    pass
-                else:
-                    if to.tag is None:
-                        value = f"{value};tag={to_tag}"
-            lines.append(f"{name}: {value}")
+    for name, value in _copied(request, status, to_tag):
+        lines.append(f"{name}: {value}")
     if status == 100 and "Timestamp" in request.headers:
         lines.append(f"Timestamp: {request.headers.get('Timestamp') or ''}")
     for name, value in extra or ():
