@@ -412,7 +412,11 @@ class SipFarm:
             try:
                 ha1 = await self._credentials(account, realm, algorithm)
             except AuthUnavailable:
-                return False, self._local(request, source, 503, extra=[("Retry-After", "5")], remember=False)
+                # Kept for the transaction's copies like any final answer (RFC 3261 §17.2.1):
+                # a copy asking a struggling auth service again is more load on it, and the
+                # copy of a REGISTER whose hand-over answer came late (workload.py) gets the
+                # 503 + Retry-After only from here.  A new REGISTER asks again.
+                return False, self._local(request, source, 503, extra=[("Retry-After", "5")])
         # Unknown users are checked against a random HA1: the same answer, the same work.
         verdict = self.digest.verify(credentials, request.method, realm, ha1 or _hash("nobody", realm, str(self.clock())),
                                      self.clock())

@@ -551,3 +551,25 @@ def test_the_date_of_a_200_is_the_clock_s_second_printed_once_per_second(farm):
     import time as _time
     for when in (1_700_000_000.2, 1_700_000_000.9, 1_700_000_001.0, 1_600_000_000.5):
         assert farm._date_of(when) == _time.strftime("%a, %d %b %Y %H:%M:%S GMT", _time.gmtime(when))
+
+
+async def test_an_auth_service_away_gets_503_its_copies_the_same_and_a_new_register_asks_again(farm):
+    from colony.contracts.auth import AuthUnavailable
+
+    challenge, _ = await one(farm, register("alice"))
+    real = farm.auth.sip_credentials
+    asked = []
+
+    async def away(*args):
+        asked.append(args)
+        raise AuthUnavailable("no answer on colony.auth.sip within 5s")
+    farm.auth.sip_credentials = away
+    packet = register("alice", cseq=2, branch="z9hG4bKaway", auth=answer(challenge, "alice"))
+    first, _ = await one(farm, packet)
+    assert first.status == 503 and first.headers.get("Retry-After") == "5"
+    copy, _ = await one(farm, packet)                  # a retransmission: the same answer, no new lookup
+    assert copy.status == 503 and len(asked) == 1
+    farm.auth.sip_credentials = real
+    challenge, _ = await one(farm, register("alice", cseq=3))
+    ok, _ = await one(farm, register("alice", cseq=4, auth=answer(challenge, "alice")))
+    assert ok.status == 200
