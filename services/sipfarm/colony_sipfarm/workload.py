@@ -553,19 +553,18 @@ class SipWorkload:
             self._answered_at[owner] = time.monotonic()
             return out
         except (NatsTimeoutError, TimeoutError) as exc:
+            answered_at = self._answered_at.get(owner)
             if (answered_again and source[0] == "UDP" and owner in self.ready_members()
-                    and time.monotonic() - self._answered_at.get(owner, -SLOW_OWNER_GRACE) < SLOW_OWNER_GRACE):
+                    and answered_at is not None and time.monotonic() - answered_at < SLOW_OWNER_GRACE):
                 self.farm.metrics.dropped.labels(reason="owner slow").inc()
                 return []      # answered late, not dead: the phone's copy gets the owner's answer
-            log.info("member %s did not take a SIP packet (%s): handled here", owner, type(exc).__name__)
-            self._suspect[owner] = time.monotonic() + SUSPECT_FOR
-            self._ready_until = 0.0
-            return None
+            failure = exc
         except (NoRespondersError, FrameError) as exc:
-            log.info("member %s did not take a SIP packet (%s): handled here", owner, type(exc).__name__)
-            self._suspect[owner] = time.monotonic() + SUSPECT_FOR
-            self._ready_until = 0.0
-            return None
+            failure = exc
+        log.info("member %s did not take a SIP packet (%s): handled here", owner, type(failure).__name__)
+        self._suspect[owner] = time.monotonic() + SUSPECT_FOR
+        self._ready_until = 0.0
+        return None
 
     async def _on_handle(self, msg) -> None:
         # nats-py runs one subscription's callbacks one after another: work on each packet in
