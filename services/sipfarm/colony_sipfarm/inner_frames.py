@@ -1,0 +1,175 @@
+"""Authenticated datagrams of the inner relay: a new transaction handed to its Call-ID's owner
+by UDP, member to member, and the owner's answer back.
+
+Theory of operation
+-------------------
+A packet that arrived over UDP at a member that is not its Call-ID's owner is sent, as one
+datagram, to the owner's inner relay listener (``sip_inner`` in the owner's node record), and
+the asking member does not wait for it: the owner handles it as if it had arrived there and
+sends what is to go out back, as one or more datagrams, to the asking member's inner listener,
+which sends each item from the address the phone talked to.  Nothing is kept per frame on
+either side.  A frame lost inside the farm is a packet lost on the wire: the phone sends it
+again and the owner's answer cache answers the copy.  (Over the bus, request/reply cost each
+relayed REGISTER about 0.2 ms of member CPU -- a request future, a subscription's queue and
+task, a publish and flush on both sides -- more than handling the packet; ``bench/README.md``,
+"SIP: hand-over over the inner network".)
+
+One frame, one datagram::
+
+    CIR1 <kind> <to member> <from member> <from's inner host> <its inner port> <traceparent or ->\\n<body><MAC>
+
+``kind`` is ``P`` (the body is a ``SpreadPacket`` frame, to the owner) or ``A`` (a
+``SpreadAnswers`` frame, to the member that asked); ``to`` is the member the frame is for, so
+a frame sent to one member and replayed at another is refused there; the inner address is
+where answers go (the owner reads no node record for it).  ``traceparent`` is the W3C trace
+context of the asker's span when tracing is on (``-`` otherwise), so the owner's
+``sip.handle`` span joins the trace.  The MAC is HMAC-SHA256, cut to 16 bytes, over
+everything before it, under a key derived from the farm-wide secret every member already
+holds (``RelayKey.from_secret``; a separate key, so a MAC is never a nonce and back).
+
+A datagram can be replayed by whoever sees the inner network: it then is a copy of a packet a
+phone did send, which the owner treats as a retransmission (its answer cache, then the
+digest's growing nonce counts), or a copy of answers the phone already had.  Frames are not
+encrypted: they carry what the phones sent in the clear anyway.
+
+``open_frame`` trusts nothing: anything that is not exactly a frame of this module under this
+key -- a bad MAC, a truncated or padded frame, an unknown kind, a body that does not decode --
+raises ``FrameError`` (a ``ValueError``) and nothing else; the caller drops the datagram and
+counts it (``FrameError.reason`` is the metric's label).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+
+from colony_sipfarm.farm import Outbound
+from colony_sipfarm.spread_frames import MAX_LINE, FrameError, SpreadAnswers, SpreadPacket, _field, _port
+
+MAGIC = b"CIR1"
+MAC_SIZE = 16
+# The largest UDP payload over IPv4 (65,535 less the IP and UDP headers): a larger frame
+# cannot go as one datagram, and the caller hands the packet over the bus instead.
+MAX_DATAGRAM = 65_507
+PACKET, ANSWERS = "P", "A"
+_KEY_LABEL = b"colony sip inner relay v1"
+_NONE = b"-"
+
+
+class InnerFrameError(FrameError):
+    """A datagram on the inner listener that is not a frame of ours; ``reason`` names why
+    (a metric label: a fixed, short set)."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class RelayKey:
+    """The inner relay's MAC key, derived from the farm's shared secret."""
+
+    key: bytes
+
+    @classmethod
+    def from_secret(cls, secret: bytes) -> RelayKey:
+        return cls(hmac.new(secret, _KEY_LABEL, hashlib.sha256).digest())
+
+    def mac(self, data: bytes) -> bytes:
+        return hmac.new(self.key, data, hashlib.sha256).digest()[:MAC_SIZE]
+
+
+@dataclass(frozen=True, slots=True)
+class InnerFrame:
+    """A frame that passed its MAC: exactly one of ``packet`` and ``answers`` is set."""
+
+    to: str
+    sender: str
+    reply_to: tuple[str, int]
+    traceparent: str | None
+    packet: SpreadPacket | None = None
+    answers: list[Outbound] | None = None
+
+
+def _head(kind: str, to: str, sender: str, reply_to: tuple[str, int], traceparent: str | None) -> bytes:
+    return b" ".join((MAGIC, kind.encode(), _field(to), _field(sender), _field(reply_to[0]), _field(int(reply_to[1])),
+                      _field(traceparent) if traceparent else _NONE)) + b"\n"
+
+
+def seal_packet(key: RelayKey, packet: SpreadPacket, to: str, sender: str, reply_to: tuple[str, int],
+                traceparent: str | None = None) -> bytes:
+    """The datagram handing ``packet`` to member ``to``.  Raises ``ValueError`` for a field no
+    frame can carry (as ``SpreadPacket.to_frame``); the caller checks the size against
+    ``MAX_DATAGRAM``."""
+    data = _head(PACKET, to, sender, reply_to, traceparent) + packet.to_frame()
+    return data + key.mac(data)
+
+
+def seal_answers(key: RelayKey, items: list[Outbound], to: str, sender: str, reply_to: tuple[str, int],
+                 traceparent: str | None = None) -> tuple[list[bytes], int]:
+    """The datagrams carrying ``items`` (in order) to member ``to``, each at most
+    ``MAX_DATAGRAM`` bytes, and how many items were left out: one whose destination no frame
+    can carry (a Via maddr with a space, from the phone's packet), or too large for any
+    datagram.  No items, no datagram."""
+    head = _head(ANSWERS, to, sender, reply_to, traceparent)
+    room = MAX_DATAGRAM - len(head) - MAC_SIZE
+    frames: list[bytes] = []
+    parts: list[bytes] = []
+    size = left_out = 0
+    for item in items:
+        try:
+            part = SpreadAnswers.to_frame([item])
+        except ValueError:
+            left_out += 1
+            continue
+        if len(part) > room:
+            left_out += 1
+            continue
+        if size + len(part) > room:
+            frames.append(_sealed(key, head, parts))
+            parts, size = [], 0
+        parts.append(part)
+        size += len(part)
+    if parts:
+        frames.append(_sealed(key, head, parts))
+    return frames, left_out
+
+
+def _sealed(key: RelayKey, head: bytes, parts: list[bytes]) -> bytes:
+    data = b"".join((head, *parts))
+    return data + key.mac(data)
+
+
+def open_frame(key: RelayKey, frame: bytes) -> InnerFrame:
+    """The frame in ``frame``, checked against ``key``; ``InnerFrameError`` for anything else."""
+    if len(frame) < len(MAGIC) + MAC_SIZE or not frame.startswith(MAGIC + b" "):
+        raise InnerFrameError("not an inner frame")
+    data, mac = frame[:-MAC_SIZE], frame[-MAC_SIZE:]
+    if not hmac.compare_digest(key.mac(data), mac):
+        raise InnerFrameError("bad mac")
+    # Past the MAC the frame was made by a member: still decoded without trust (a member of
+    # another version, a bug), but a failure here is a bug or a version skew, not an attack.
+    end = data.find(b"\n", 0, MAX_LINE)
+    if end < 0:
+        raise InnerFrameError("undecodable", "no metadata line")
+    try:
+        fields = data[:end].decode("ascii").split(" ")
+    except UnicodeDecodeError:
+        raise InnerFrameError("undecodable", "metadata not ASCII") from None
+    if len(fields) != 7 or not all(fields):
+        raise InnerFrameError("undecodable", f"{len(fields)} fields, not 7")
+    _, kind, to, sender, host, port, traceparent = fields
+    body = data[end + 1:]
+    try:
+        reply_to = (host, _port(port))
+        common = dict(to=to, sender=sender, reply_to=reply_to, traceparent=None if traceparent == "-" else traceparent)
+        if kind == PACKET:
+            return InnerFrame(packet=SpreadPacket.from_frame(body), **common)
+        if kind == ANSWERS:
+            return InnerFrame(answers=SpreadAnswers.from_frame(body), **common)
+    except InnerFrameError:
+        raise
+    except FrameError as exc:
+        raise InnerFrameError("undecodable", str(exc)) from None
+    raise InnerFrameError("undecodable", f"kind {kind[:8]!r}")
