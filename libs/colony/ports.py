@@ -8,6 +8,7 @@ by side on one machine (``--base-port``).  With the default base 2500::
     2510  POP3 (edge)              2595  POP3S (edge)
     2560  SIP UDP+TCP (sipfarm member #1; member #n: 2560 + 1000*(n-1), and so for every SIP port)
     2561  SIP over TLS            2562  SIP over WebSocket (ws)   2563  SIP over WSS
+    2564  SIP inner relay (UDP, between farm members only)
     2544  inner IMAP (mail store #1; store #n: 2544 + 1000*(n-1): sessions edges hand over)
     2511  inner POP3 (mail store #1, likewise)
     2570+ admin API (one per admin-api instance, up to 10)
@@ -82,6 +83,10 @@ class PortPlan:
     def sip_wss(self, member_index: int) -> int:
         return self.base + 63 + EDGE_PORT_STRIDE * member_index
 
+    def sip_inner(self, member_index: int) -> int:
+        """The inner relay (UDP) of farm member #member_index+1: packets handed over between members."""
+        return self.base + 64 + EDGE_PORT_STRIDE * member_index
+
     def imap_inner(self, store_index: int) -> int:
         """The inner IMAP listener of mail store #store_index+1 (edges hand sessions to it)."""
         return self.base + 44 + EDGE_PORT_STRIDE * store_index
@@ -99,7 +104,7 @@ class PortPlan:
                                      ("submissions", self.submissions))]
         ports += [(f"{what} farm member #{i + 1}", port(i)) for i in range(sipfarms)
                   for what, port in (("SIP", self.sip), ("SIP TLS", self.sip_tls), ("SIP WS", self.sip_ws),
-                                     ("SIP WSS", self.sip_wss))]
+                                     ("SIP WSS", self.sip_wss), ("SIP inner relay", self.sip_inner))]
         ports += [(f"{what} mail store #{i + 1}", port(i)) for i in range(mailstores)
                   for what, port in (("inner IMAP", self.imap_inner), ("inner POP3", self.pop3_inner))]
         ports += [(f"admin API #{i + 1}", self.admin_api(i)) for i in range(admin_apis)]

@@ -201,6 +201,7 @@ class Cluster:
                     env["COLONY_SIP_TLS_PORT"] = str(self.plan.sip_tls(sip_index))
                     env["COLONY_SIP_WS_PORT"] = str(self.plan.sip_ws(sip_index))
                     env["COLONY_SIP_WSS_PORT"] = str(self.plan.sip_wss(sip_index))
+                    env["COLONY_SIP_INNER_PORT"] = str(self.plan.sip_inner(sip_index))
                     sip_index += 1
                 if role == "mailstore":
                     env["COLONY_IMAP_INNER_PORT"] = str(self.plan.imap_inner(store_index))
@@ -250,6 +251,7 @@ class Cluster:
             "sip_tls": [f"{self.host}:{self.plan.sip_tls(i)}" for i in range(self.counts.get("sipfarm", 0))],
             "sip_ws": [f"ws://{self.host}:{self.plan.sip_ws(i)}" for i in range(self.counts.get("sipfarm", 0))],
             "sip_wss": [f"wss://{self.host}:{self.plan.sip_wss(i)}" for i in range(self.counts.get("sipfarm", 0))],
+            "sip_inner": [f"{self.host}:{self.plan.sip_inner(i)}" for i in range(self.counts.get("sipfarm", 0))],
             "nats_url": self.nats.url if self.nats else None,
             "nats_pid": self.nats.process.pid if self.nats and self.nats.process else None,
             "operator_seed": str(self.operator_seed) if self.identities else None,

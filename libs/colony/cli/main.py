@@ -287,6 +287,8 @@ def _announce(cluster, stop, had_token: bool) -> None:
     for label, key in (("SIP (TLS)", "sip_tls"), ("SIP (WS)", "sip_ws"), ("SIP (WSS)", "sip_wss")):
         for address in info.get(key) or []:
             console.print(f"  {label + ':':<14} {address}" + ("   (RFC 7118, Sec-WebSocket-Protocol: sip)" if "ws" in key else ""))
+    for address in info.get("sip_inner") or []:
+        console.print(f"  SIP inner relay: {address}   (UDP, between farm members only)")
     for label, key in (("IMAP", "imap"), ("IMAPS", "imaps"), ("POP3", "pop3"), ("POP3S", "pop3s")):
         for address in info.get(key) or []:
             console.print(f"  {label + ':':<11} {address}" + ("   (STARTTLS)" if key in ("imap", "pop3") else "   (TLS)"))

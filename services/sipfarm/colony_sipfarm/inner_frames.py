@@ -77,7 +77,7 @@ class RelayKey:
         return cls(hmac.new(secret, _KEY_LABEL, hashlib.sha256).digest())
 
     def mac(self, data: bytes) -> bytes:
-        return hmac.new(self.key, data, hashlib.sha256).digest()[:MAC_SIZE]
+        return hmac.digest(self.key, data, "sha256")[:MAC_SIZE]     # one-shot: no HMAC object per frame
 
 
 @dataclass(frozen=True, slots=True)

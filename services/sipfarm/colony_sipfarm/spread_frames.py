@@ -18,6 +18,9 @@ Reply (``SpreadAnswers``): zero or more items, one after the other, each::
 
     <length of its SIP bytes> <transport> <host> <port> <member token, or "-" for the member that asked>\\n<SIP bytes>
 
+A datagram that arrived over UDP is handed over as a datagram instead, member to member, with
+the same ``SpreadPacket`` and ``SpreadAnswers`` frames as its body (``inner_frames``).
+
 Fields are ASCII tokens without spaces (transports, IP addresses and host names, decimal
 ports, node ids and their bus tokens); encoding refuses a field that is not one.  Decoding
 takes bytes from the bus and trusts nothing: anything that is not exactly such a frame raises

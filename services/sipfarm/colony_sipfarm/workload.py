@@ -4,17 +4,34 @@ New work is spread: a request that starts a transaction of its own (``SipFarm.sp
 is handled by the READY member its Call-ID hashes to (rendezvous hashing over the members
 this one sees in the ``nodes`` bucket with a fresh heartbeat), so every packet of one
 registration or call setup meets the same member's nonce counts and answer cache, and a
-draining member gets none.  The receiving member asks the owner over
-``colony.sip.spread.<owner>`` (request/reply, binary frames: the packet, its source and where
-it arrived; the reply, what to send -- ``spread_frames``, wire format in its docstring) and
-sends the answers itself, from the address the phone talked to (its NAT expects that).  The
-trace context rides in the headers when a tracer provider is installed; with none, neither
-side builds a span or headers for it (as for a packet handled where it arrives).  An owner
+draining member gets none.
+
+A packet that arrived over UDP goes to the owner as a datagram, member to member (the inner
+relay, ``inner_frames``: the packet frame behind one signed line, to the owner's ``sip_inner``
+listener from its node record), and this member waits for nothing: the owner handles it and
+sends what is to go out to this member's inner listener, which sends it from the address the
+phone talked to (its NAT expects that).  A frame lost on the way is a packet lost on the wire:
+the phone sends it again and the owner's answer cache answers the copy.  Over the bus's
+request/reply a hand-over cost both members about 0.2 ms of CPU -- more than handling the
+packet (``bench/README.md``, "SIP: hand-over over the inner network").  Each owner is sent to
+over a socket connected to its listener, so the ICMP port-unreachable of an owner that died
+comes back as ``ConnectionRefusedError`` on the next send: that packet is handled here and the
+owner passed over for ``SUSPECT_FOR``.  An owner that stopped without closing its port
+(SIGSTOP, a host gone) is not noticed so: its packets are lost until its heartbeat goes stale
+(``node_ttl``), and the phones retransmit.
+
+A packet from a connection (TCP, TLS, WS, WSS) is asked over ``colony.sip.spread.<owner>``
+(request/reply, binary frames -- ``spread_frames``): its phone does not send it again, so the
+hand-over must not be lossy.  So is a datagram whose frame would not fit a datagram, and one
+for an owner whose record names no inner listener (a member of the previous version).  The
+trace context rides in the frame's line (inner relay) or the headers (bus) when a tracer
+provider is installed; with none, neither side builds a span or headers for it (as for a
+packet handled where it arrives).  Over the bus: an owner
 that has no responder, or answers with a frame that does not decode, is skipped for ten
 seconds and the packet handled here; a request frame that does not decode is dropped with a
 log line (its sender times out); an answer to a destination no frame can carry (a Via
 maddr with a space) is left out and the rest answered.  An owner that does not answer a
-REGISTER within a second is not taken for dead while its heartbeat is fresh: it may be waiting on the bus (a first
+REGISTER datagram within a second is not taken for dead while its heartbeat is fresh: it may be waiting on the bus (a first
 credential lookup waits on the auth service, up to its own 5 s), and handling the packet here
 as well did the work twice and took a live member out of the spread for ten seconds -- at a
 farm's start under load, every member passed every other over.  The answer to the datagram
@@ -76,6 +93,8 @@ from colony.tlsfiles import configured, server_context
 
 from colony_sipfarm.bindings import BindingStore
 from colony_sipfarm.farm import FARM_BRANCH, Outbound, SipFarm, UsageCount, method_label
+from colony_sipfarm.inner_frames import (MAX_DATAGRAM, InnerFrame, InnerFrameError, RelayKey, open_frame,
+                                         seal_answers, seal_packet)
 from colony_sipfarm.retransmission import ProxyClientTransactions
 from colony_sipfarm.spread_frames import FrameError, SpreadAnswers, SpreadPacket
 
@@ -135,6 +154,7 @@ SUSPECT_FOR = 10.0       # seconds an owner that did not answer is passed over
 # predate it) -- gets its packets handled where they arrive, as any other timeout.
 SLOW_OWNER_GRACE = 5.0
 READY_RECHECK = 0.5      # seconds ready_members() is reused (unless a record or suspicion changes)
+INNER_PEERS_KEPT = 256   # connected sockets to other members' inner listeners kept at most
 
 
 class _UdpSocket:
@@ -337,6 +357,15 @@ class SipWorkload:
         self._answered_at: dict[str, float] = {}         # node id -> when it last answered a hand-over
         self._ready: list[str] = []                      # ready_members(), reused until _ready_until
         self._ready_until = 0.0
+        # The inner relay (inner_frames.py): this member's listener, the address it advertises,
+        # the key its frames are signed with, the other members' listeners (resolved) and one
+        # connected socket per listener sent to -- connected, so that an ICMP port-unreachable
+        # from a member that died comes back as ConnectionRefusedError on the next send.
+        self.inner: _UdpSocket | None = None
+        self.inner_address: tuple[str, int] = ("", 0)
+        self._relay_key: RelayKey | None = None
+        self._inner_peers: dict[str, tuple[int, tuple]] = {}       # node id -> (family, sockaddr)
+        self._inner_sockets: dict[tuple, socket.socket] = {}        # sockaddr -> connected socket
         # Client transactions of the requests this member forwards over UDP (retransmission.py).
         self.proxy_transactions = ProxyClientTransactions(Timers(t1=settings.sip_timer_t1, t2=settings.sip_timer_t2))
         self._timers_changed = asyncio.Event()
@@ -381,12 +410,22 @@ class SipWorkload:
 
         runtime.spawn("sip-usage", self._usage_loop, restart=True)
 
+        secret = await self._secret(kv)
+        self._relay_key = RelayKey.from_secret(secret)
+        self.inner = _UdpSocket(loop, await _bind_udp(s.host, s.sip_inner_port), self._inner_received)
+        with suppress(OSError):     # bursts of hand-overs wait in the kernel, as on the SIP socket
+            self.inner.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_BUFFER)
+        self.inner_address = (s.advertised_host, self.inner.get_extra_info("sockname")[1])
+        # In the node record: the other members send hand-overs there (a record without it is
+        # a member of the previous version, asked over the bus), and `colony status` shows it.
+        listeners["sip_inner"] = f"{self.inner_address[0]}:{self.inner_address[1]}"
+
         self.farm_address = (s.advertised_host, port)
         store = BindingStore(kv, time.time, js=js, trust_seconds=s.sip_bindings_cache_seconds)
         runtime.spawn("sip-bindings-watch", store.watch, restart=True)
         self.farm = SipFarm(
             s, runtime.node_id, store=store, dialogs=kv, auth=AuthClient(runtime.nc),
-            counters=self.counters, secret=await self._secret(kv), address=(s.advertised_host, port),
+            counters=self.counters, secret=secret, address=(s.advertised_host, port),
             registry=runtime.metrics.registry, meter=meter,
             home_regions=await home_regions(s, runtime.nc) if len(s.region_list) > 1 else None)
         runtime.metrics.add_callback(self.farm.credentials.metrics)
@@ -465,11 +504,7 @@ class SipWorkload:
         except Exception:
             log.exception("SIP message from %s:%s failed", source[1], source[2])
             return
-        for item in out:
-            try:
-                await self._send(item)
-            except (OSError, ValueError) as exc:   # an address this socket cannot reach
-                log.info("could not send a SIP message to %s: %s", item.destination, exc)
+        await self._send_all(out)
 
     @staticmethod
     def _starts_work(parsed) -> bool:
@@ -497,8 +532,14 @@ class SipWorkload:
         owner = self._owner(parsed)
         out = None
         if owner is not None:
-            out = await self._ask_owner(owner, data, source,
-                                        answered_again=isinstance(parsed, SipRequest) and parsed.method == "REGISTER")
+            # A datagram goes to the owner as a datagram (the inner relay); a packet from a
+            # connection, which its phone does not send again, over the bus's request/reply.
+            relayed = self._relay_inner(owner, data, source) if source[0] == "UDP" else None
+            if relayed:
+                return []          # the owner sends the answers here, to the inner listener
+            if relayed is None:
+                out = await self._ask_owner(owner, data, source,
+                                            answered_again=isinstance(parsed, SipRequest) and parsed.method == "REGISTER")
         if out is None:
             out = await self.farm.handle(data, source, parsed=parsed)
         return out
@@ -561,10 +602,143 @@ class SipWorkload:
             failure = exc
         except (NoRespondersError, FrameError) as exc:
             failure = exc
-        log.info("member %s did not take a SIP packet (%s): handled here", owner, type(failure).__name__)
+        self._pass_over(owner, type(failure).__name__)
+        return None
+
+    def _pass_over(self, owner: str, why: str) -> None:
+        log.info("member %s did not take a SIP packet (%s): handled here", owner, why)
         self._suspect[owner] = time.monotonic() + SUSPECT_FOR
         self._ready_until = 0.0
-        return None
+
+    # --- the inner relay: hand-overs of datagrams as datagrams (inner_frames.py) -------------
+
+    def _relay_inner(self, owner: str, data: bytes, source: Destination) -> bool | None:
+        """Send a datagram that ``owner`` is to handle to its inner listener, and wait for
+        nothing: True, sent (or lost as on the wire); False, the owner is gone (an ICMP
+        port-unreachable came back): it is passed over, handle the packet here; None, this
+        hand-over cannot go as a datagram (the owner has no inner listener -- a member of the
+        previous version -- or the frame is larger than a datagram): ask over the bus."""
+        peer = self._inner_peers.get(owner)
+        if peer is None or self.inner is None:
+            return None
+        node_id = self._runtime.node_id
+        traceparent = inject_headers().get("traceparent") if self._traced else None
+        try:
+            frame = seal_packet(self._relay_key, SpreadPacket(data, source, node_id, self.farm_address), owner,
+                                node_id, self.inner_address, traceparent)
+        except ValueError:
+            return None      # an address no frame carries: _ask_owner says so and it is handled here
+        if len(frame) > MAX_DATAGRAM:
+            return None
+        try:
+            self._inner_socket(peer).send(frame)
+        except ConnectionRefusedError:
+            # The owner's port answered ICMP port-unreachable to an earlier frame: it died (or
+            # restarted elsewhere, and its new record is on the way).  That earlier packet is
+            # lost, as on the wire; this one is handled here.
+            self._pass_over(owner, "inner relay refused")
+            return False
+        except (BlockingIOError, InterruptedError):
+            self.farm.metrics.dropped.labels(reason="inner relay busy").inc()
+            return True      # a full send buffer: lost, as on the wire
+        except OSError as exc:
+            self._pass_over(owner, f"inner relay: {exc}")
+            return False
+        self.farm.metrics.relays.inc()
+        return True
+
+    def _inner_socket(self, peer: tuple[int, tuple]) -> socket.socket:
+        family, address = peer
+        sock = self._inner_sockets.get(address)
+        if sock is None:
+            if len(self._inner_sockets) >= INNER_PEERS_KEPT:     # members come and go: bounded
+                self._close_inner_sockets()
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            sock.setblocking(False)
+            sock.connect(address)     # an address, never a name: no lookup here
+            self._inner_sockets[address] = sock
+        return sock
+
+    def _close_inner_sockets(self) -> None:
+        for sock in self._inner_sockets.values():
+            sock.close()
+        self._inner_sockets.clear()
+
+    async def _learn_inner(self, record: NodeRecord) -> None:
+        """Where ``record``'s member takes hand-overs, looked up now (a name in a record
+        would otherwise be resolved by every send, blocking the loop)."""
+        address = record.addresses.get("sip_inner")
+        if address is None:
+            self._inner_peers.pop(record.id, None)
+            return
+        host, _, port = address.rpartition(":")
+        host = host.strip("[]")
+        try:
+            async with asyncio.timeout(LOOKUP_TIMEOUT):
+                infos = await asyncio.get_running_loop().getaddrinfo(host, int(port), type=socket.SOCK_DGRAM)
+        except (OSError, ValueError, TimeoutError) as exc:
+            log.warning("member %s's inner relay %s does not resolve (%s): its hand-overs go over the bus",
+                        record.id, address, exc)
+            self._inner_peers.pop(record.id, None)
+            return
+        self._inner_peers[record.id] = (infos[0][0], infos[0][4])
+
+    def _inner_received(self, data: bytes, source: Destination) -> None:
+        """A datagram on the inner listener: a packet to handle here, or answers to send."""
+        if self.farm is None or self._relay_key is None:
+            return
+        try:
+            frame = open_frame(self._relay_key, data)
+        except InnerFrameError as exc:
+            self.farm.metrics.dropped.labels(reason=f"inner {exc.reason}").inc()
+            log.debug("inner relay: dropped a datagram from %s:%s: %s", source[1], source[2], exc)
+            return
+        node_id = self._runtime.node_id
+        # Sent to another member (a replay, a stale address): not ours to act on.  A packet
+        # must name the member that sent it as the one it arrived at (the answers go there).
+        if frame.to != node_id or (frame.packet is not None and frame.packet.arrived_at != frame.sender):
+            self.farm.metrics.dropped.labels(reason="inner misaddressed").inc()
+            return
+        if frame.packet is not None:
+            self._track(self._handle_inner(frame))
+        else:
+            self._track(self._send_all(frame.answers))
+
+    async def _handle_inner(self, frame: InnerFrame) -> None:
+        if self._traced:
+            context = extract_context({"traceparent": frame.traceparent} if frame.traceparent else None)
+            with _tracer.start_as_current_span("sip.handle", context=context):
+                out = await self._handle_for(frame.packet)
+        else:      # no provider: the span would record nothing (see _handle_parsed)
+            out = await self._handle_for(frame.packet)
+        if not out:
+            return
+        node_id = self._runtime.node_id
+        frames, left_out = seal_answers(self._relay_key, out, frame.sender, node_id, self.inner_address)
+        if left_out:
+            # A destination no frame can carry (a Via maddr with a space, from the phone's
+            # packet), or one item larger than a datagram: nothing could be sent there.
+            self.farm.metrics.dropped.labels(reason="unsendable").inc(left_out)
+        peer = self._inner_peers.get(frame.sender)
+        if peer is None:      # its record not seen yet: the address it gave, if it is one
+            if not _is_address(frame.reply_to[0]):
+                self.farm.metrics.dropped.labels(reason="inner no route").inc(len(frames))
+                return
+            family = socket.AF_INET6 if ":" in frame.reply_to[0] else socket.AF_INET
+            peer = (family, frame.reply_to)
+        for data in frames:
+            try:
+                self._inner_socket(peer).send(data)
+            except OSError as exc:     # the asker died or is swamped: lost, as on the wire
+                self.farm.metrics.dropped.labels(reason="inner relay busy" if isinstance(exc, BlockingIOError)
+                                                 else "inner relay refused").inc()
+
+    async def _send_all(self, items: list[Outbound]) -> None:
+        for item in items:
+            try:
+                await self._send(item)
+            except (OSError, ValueError) as exc:   # an address this socket cannot reach
+                log.info("could not send a SIP message to %s: %s", item.destination, exc)
 
     async def _on_handle(self, msg) -> None:
         # nats-py runs one subscription's callbacks one after another: work on each packet in
@@ -657,7 +831,10 @@ class SipWorkload:
                 if entry is None:
                     continue
                 if not entry.value or entry.operation in ("DEL", "PURGE"):
-                    self._members = {k: v for k, v in self._members.items() if names.node_key(k) != entry.key}
+                    gone = [k for k in self._members if names.node_key(k) == entry.key]
+                    self._members = {k: v for k, v in self._members.items() if k not in gone}
+                    for k in gone:
+                        self._inner_peers.pop(k, None)
                     self._ready_until = 0.0
                     continue
                 try:
@@ -665,6 +842,9 @@ class SipWorkload:
                 except ValidationError:
                     continue
                 if record.role == self.role:
+                    known = self._members.get(record.id)
+                    if known is None or known.addresses != record.addresses:   # not every heartbeat
+                        await self._learn_inner(record)
                     self._members[record.id] = record
                     self._ready_until = 0.0
         finally:
@@ -923,6 +1103,9 @@ class SipWorkload:
     async def stop(self) -> None:
         if self.udp is not None:
             self.udp.close()
+        if self.inner is not None:
+            self.inner.close()
+        self._close_inner_sockets()
         if self.server is not None:
             self.server.close()
         for server in self.stream_servers:
