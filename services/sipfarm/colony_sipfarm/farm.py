@@ -623,7 +623,15 @@ class SipFarm:
         uri = request.uri
         if not isinstance(uri, SipURI) or not uri.user:
             return self._local(request, source, 404)
-        if request.method == "INVITE":
+        if request.method != "CANCEL":
+            # Every request the farm forwards to a subscriber's phone comes from a subscriber
+            # who proved it (407, the From user's HA1) -- not only an INVITE.  An unchallenged
+            # MESSAGE, NOTIFY, REFER, OPTIONS ... let anyone reach any registered phone
+            # through the farm (past the phone's NAT, which only the farm's flow opens) under
+            # any of our users' names, and told a stranger whether a user was registered (an
+            # answer from the phone against our 480).  A CANCEL cannot be challenged (RFC 3261
+            # §22.1: it cannot be sent again); it only ends what an authenticated INVITE
+            # started, and reaches its branches by the INVITE's own Via branch.
             try:
                 caller = parse_address(request.headers.get("From") or "").uri
             except URIError:

@@ -338,6 +338,45 @@ async def test_unregistered_user_and_options(farm):
     assert ok.status == 200 and "INVITE" in ok.headers.get("Allow")
 
 
+def out_of_dialog(method, to="bob", sender="alice", cseq=1, auth="", branch="z9hG4bKood1") -> bytes:
+    return (f"{method} sip:{to}@{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/UDP 198.51.100.9:5060;branch={branch}\r\n"
+            f"From: <sip:{sender}@{DOMAIN}>;tag=s1\r\nTo: <sip:{to}@{DOMAIN}>\r\nCall-ID: ood-{method}\r\n"
+            f"CSeq: {cseq} {method}\r\nMax-Forwards: 70\r\n{auth}Content-Type: text/plain\r\n"
+            f"Content-Length: 2\r\n\r\nhi").encode()
+
+
+@pytest.mark.parametrize("method", ["MESSAGE", "OPTIONS", "NOTIFY", "REFER", "SUBSCRIBE", "INFO"])
+async def test_every_request_forwarded_to_a_phone_needs_the_callers_credentials(farm, method):
+    """Not only an INVITE: a stranger must not reach a registered phone through the farm under
+    a subscriber's name, nor learn who is registered (407 for a registered callee and for
+    nobody alike, never the phone's answer against our 480)."""
+    stranger = ("UDP", "198.51.100.9", 5060)
+    await registered(farm, user="bob", contact="sip:bob@192.0.2.7:5062")
+    registered_callee, _ = await one(farm, out_of_dialog(method), stranger)
+    nobody, _ = await one(farm, out_of_dialog(method, to="nobody", branch="z9hG4bKood2"), stranger)
+    assert registered_callee.status == nobody.status == 407
+    assert registered_callee.headers.get("Proxy-Authenticate").startswith("Digest ")
+    # With alice's credentials it reaches bob's phone, the credentials stripped.
+    auth = answer(registered_callee, "alice", method=method, uri=f"sip:bob@{DOMAIN}", header="Proxy-Authorization")
+    out = await farm.handle(out_of_dialog(method, cseq=2, auth=auth, branch="z9hG4bKood3"), stranger)
+    [forwarded] = [parse_message(o.data) for o in out if o.destination == ("UDP", "192.0.2.7", 5062)]
+    assert forwarded.method == method and str(forwarded.uri) == "sip:bob@192.0.2.7:5062"
+    assert "Proxy-Authorization" not in forwarded.headers and forwarded.body == b"hi"
+    # A wrong password is answered as a stranger is.
+    wrong = answer(registered_callee, "alice", password="not-it", method=method, uri=f"sip:bob@{DOMAIN}",
+                   header="Proxy-Authorization")
+    refused, _ = await one(farm, out_of_dialog(method, cseq=3, auth=wrong, branch="z9hG4bKood4"), stranger)
+    assert refused.status == 407
+
+
+async def test_a_cancel_is_not_challenged(farm):
+    """RFC 3261 §22.1: a CANCEL cannot be sent again with credentials."""
+    out = await farm.handle(out_of_dialog("CANCEL", to="nobody").replace(b"Content-Length: 2\r\n\r\nhi",
+                                                                         b"Content-Length: 0\r\n\r\n"),
+                            ("UDP", "198.51.100.9", 5060))
+    assert [parse_message(o.data).status for o in out] == [481]
+
+
 async def test_bad_requests_get_400_class_answers_and_garbage_silence(farm):
     bad = register().replace(b"CSeq: 1 REGISTER", b"CSeq: 1 INVITE")
     response, _ = await one(farm, bad)
