@@ -62,6 +62,28 @@ async def test_password_guessing_is_throttled(stack):
     assert right["reason"] == "throttled" and right["retry_after"] > 0
 
 
+async def test_an_unknown_account_costs_the_same_hash_as_a_wrong_password(stack, monkeypatch):
+    """Same answer and same work: a name that does not exist is verified against a decoy hash
+    made as an account's is, so the time does not tell real accounts apart.  Counted, not timed."""
+    d = await _provision(stack)
+    svc = stack.ctx.auth_service
+    real_check, checked = svc.provisioning.check_password, []
+
+    async def counted_check(stored, password):
+        checked.append(stored)
+        return await real_check(stored, password)
+    monkeypatch.setattr(svc.provisioning, "check_password", counted_check)
+
+    wrong = await ask(stack, names.AUTH_CHECK, user=f"alice@{d}", password="nope")
+    unknown = await ask(stack, names.AUTH_CHECK, user=f"nobody@{d}", password="nope")
+    elsewhere = await ask(stack, names.AUTH_CHECK, user="nobody@no-such-domain.example", password="nope")
+    assert wrong == unknown == elsewhere == {"ok": False, "reason": "invalid credentials"}
+    assert len(checked) == 3 and all(stored and stored.startswith("$argon2id$") for stored in checked)
+    assert checked[1] == checked[2] != checked[0]     # one decoy, not alice's hash
+    # ... and the decoy never lets anyone in, whatever the password.
+    assert (await ask(stack, names.AUTH_CHECK, user=f"nobody@{d}", password=""))["ok"] is False
+
+
 async def test_sip_farm_gets_ha1_never_the_password(stack):
     d = await _provision(stack)
     for algorithm, h in (("MD5", hashlib.md5), ("SHA-256", hashlib.sha256)):
