@@ -52,6 +52,19 @@ def _field(value: str | int) -> bytes:
     return raw
 
 
+def _fields(*values: str | int) -> bytes:
+    """``values`` as one line of fields joined by single spaces, each checked as ``_field``
+    checks one -- in one pass over the joined line (per field, the checks were a good part of
+    a hand-over's framing: every relayed packet is framed twice)."""
+    raw = " ".join([str(value) for value in values]).encode("ascii")
+    if (not raw or raw.count(b" ") != len(values) - 1 or b"\n" in raw or b"\r" in raw or b"  " in raw
+            or raw[0] == 32 or raw[-1] == 32 or b" - " in b" " + raw + b" "):
+        for value in values:
+            _field(value)      # says which field
+        raise ValueError(f"not frame fields: {values!r}")
+    return raw
+
+
 def _line(frame: bytes, start: int) -> tuple[list[str], int]:
     """The space-separated fields of the line starting at ``start``, and where its data begins."""
     end = frame.find(b"\n", start, start + MAX_LINE)
@@ -89,18 +102,18 @@ class SpreadPacket:
 
     def to_frame(self) -> bytes:
         transport, host, port = self.source
-        head = b" ".join((_field(transport), _field(host), _field(int(port)), _field(self.arrived_at),
-                          _field(self.address[0]), _field(int(self.address[1]))))
-        return head + b"\n" + self.data
+        return b"".join((_fields(transport, host, int(port), self.arrived_at, self.address[0], int(self.address[1])),
+                         b"\n", self.data))
 
     @classmethod
     def from_frame(cls, frame: bytes) -> SpreadPacket:
         fields, start = _line(frame, 0)
         if len(fields) != 6:
             raise FrameError(f"{len(fields)} fields, not 6")
+        if not all(fields):
+            raise FrameError("empty field")
         transport, host, port, member, farm_host, farm_port = fields
-        return cls(frame[start:], (_text(transport), _text(host), _port(port)), _text(member),
-                   (_text(farm_host), _port(farm_port)))
+        return cls(frame[start:], (transport, host, _port(port)), member, (farm_host, _port(farm_port)))
 
 
 class SpreadAnswers:
@@ -111,10 +124,12 @@ class SpreadAnswers:
         parts: list[bytes] = []
         for item in items:
             transport, host, port = item.destination
-            member = _field(item.member) if item.member is not None else _NO_MEMBER
-            parts.append(b" ".join((str(len(item.data)).encode(), _field(transport), _field(host),
-                                    _field(int(port)), member)))
-            parts.append(b"\n")
+            if item.member is None:
+                parts.append(_fields(len(item.data), transport, host, int(port)))
+                parts.append(b" -\n")
+            else:
+                parts.append(_fields(len(item.data), transport, host, int(port), item.member))
+                parts.append(b"\n")
             parts.append(item.data)
         return b"".join(parts)
 

@@ -71,3 +71,17 @@ def test_a_field_the_frame_cannot_carry_is_refused_when_encoding(bad):
         SpreadPacket(b"x", ("UDP", bad, 5060), "m", ("h", 1)).to_frame()
     with pytest.raises(ValueError):
         SpreadAnswers.to_frame([Outbound(b"x", ("UDP", "h", 1), bad)])
+
+
+@given(st.lists(st.text(max_size=6) | st.integers(0, 99), min_size=1, max_size=6))
+def test_a_line_of_fields_is_checked_as_each_field_alone(values):
+    # _fields checks the joined line in one pass; it must refuse exactly what _field refuses.
+    from colony_sipfarm.spread_frames import _field, _fields
+
+    try:
+        expected = b" ".join(_field(v) for v in values)
+    except ValueError:
+        with pytest.raises(ValueError):
+            _fields(*values)
+    else:
+        assert _fields(*values) == expected
