@@ -156,7 +156,7 @@ def _sealed(key: RelayKey, head: bytes, parts: list[bytes]) -> bytes:
 def open_frame(key: RelayKey, frame: bytes) -> InnerFrame:
     """The frame in ``frame``, checked against ``key``; ``InnerFrameError`` for anything else."""
     if len(frame) < len(MAGIC) + MAC_SIZE or not frame.startswith(MAGIC + b" "):
-        raise InnerFrameError("not an inner frame")
+        raise InnerFrameError("foreign")     # not ours at all: a scan, a stray datagram
     data = frame[:-MAC_SIZE]
     if not hmac.compare_digest(key.mac(data), frame[-MAC_SIZE:]):
         raise InnerFrameError("bad mac")

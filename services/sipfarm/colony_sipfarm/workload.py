@@ -714,7 +714,11 @@ class SipWorkload:
         if not out:
             return
         node_id = self._runtime.node_id
-        frames, left_out = seal_answers(self._relay_key, out, frame.sender, node_id, self.inner_address)
+        try:
+            frames, left_out = seal_answers(self._relay_key, out, frame.sender, node_id, self.inner_address)
+        except ValueError:     # a sender name no frame carries: signed, so a member's bug
+            self.farm.metrics.dropped.labels(reason="unsendable").inc(len(out))
+            return
         if left_out:
             # A destination no frame can carry (a Via maddr with a space, from the phone's
             # packet), or one item larger than a datagram: nothing could be sent there.
