@@ -58,7 +58,7 @@ from dataclasses import dataclass
 from colony.protocols.smtp import events as E
 from colony.protocols.smtp import replies as R
 from colony.protocols.smtp.replies import Reply
-from colony.protocols.smtp.syntax import SyntaxProblem, is_helo_name, parse_mail, parse_rcpt
+from colony.protocols.smtp.syntax import SyntaxProblem, is_helo_name, is_number, parse_mail, parse_rcpt
 
 # Session states.
 _GREETING = "greeting"      # banner not sent yet
@@ -444,7 +444,7 @@ class ServerConnection:
 
     def _cmd_bdat(self, argument: str) -> None:
         words = argument.split(" ")
-        if not (1 <= len(words) <= 2) or not words[0].isdigit() or len(words[0]) > 20 \
+        if not (1 <= len(words) <= 2) or not is_number(words[0]) \
                 or (len(words) == 2 and words[1].upper() != "LAST"):
             # Without a valid size the chunk cannot be skipped: nothing after it can be trusted.
             self._fatal(R.SYNTAX_ERROR, "BDAT")

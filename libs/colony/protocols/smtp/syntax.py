@@ -33,6 +33,13 @@ _HELO = re.compile(rf"(?:{_HELO_LABEL}(?:\.{_HELO_LABEL})*\.?|{_LITERAL})")
 _KEYWORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9\-]*")
 _XTEXT = re.compile(r"(?:[\x21-\x2a\x2c-\x3c\x3e-\x7e]|\+[0-9A-F]{2})*")
 _NOTIFY = {"SUCCESS", "FAILURE", "DELAY"}
+# ASCII digits only: str.isdigit() is also true of "²" or "٣", which int() refuses or reads.
+_NUMBER = re.compile(r"[0-9]{1,20}")
+
+
+def is_number(text: str) -> bool:
+    """A decimal of at most 20 ASCII digits (RFC 1870 size-value, RFC 3030 chunk-size)."""
+    return _NUMBER.fullmatch(text) is not None
 
 
 def is_helo_name(name: str) -> bool:
@@ -108,7 +115,7 @@ def parse_mail(argument: str, max_size: int) -> dict:
     out: dict = {"smtputf8": False}
     for key, value in params.items():
         if key == "SIZE":
-            if value is None or not value.isdigit() or len(value) > 20:
+            if value is None or not is_number(value):
                 raise SyntaxProblem(R.SYNTAX_ERROR)
             out["size"] = int(value)
             if out["size"] > max_size:
