@@ -15,7 +15,11 @@ Arguments are atoms, quoted strings or literals (``{n}`` with a ``+`` continuati
 ``{n+}``/LITERAL+ without).  Memory is bounded whatever a client sends: a line is at most
 ``max_line`` octets and so is a literal; a longer line is answered ``BAD`` and skipped to
 its end unbuffered; a larger literal is refused (synchronizing: never sent; non-synchronizing:
-its octets are counted off and dropped).  After ``max_errors`` bad commands, ``* BYE``.
+its octets are counted off and dropped).  A command has at most ``MAX_LITERALS`` literals
+(LOGIN's user and password): each literal continues the command with another line, so
+without that bound a client could grow one command without end, ``max_line`` at a time.  The
+tag and the command name come before any literal (a literal's octets, CRLF included, must
+never be echoed back as a tag).  After ``max_errors`` bad commands, ``* BYE``.
 
 LOGIN and AUTHENTICATE PLAIN (with SASL-IR, RFC 4959) are refused before TLS unless
 ``allow_plaintext`` (``LOGINDISABLED`` is then advertised, RFC 9051 §6.2.3).
@@ -30,8 +34,9 @@ from collections import deque
 from dataclasses import dataclass
 
 MAX_LINE = 8192
+MAX_LITERALS = 2     # per command: LOGIN {user} {password} is the most any command here needs
 _LITERAL = re.compile(rb"\{(\d{1,10})(\+?)\}$")
-_TAG = re.compile(r"^[\x21-\x7e]+$")
+_TAG = re.compile(r'[^\x00-\x20\x7f-\U0010ffff(){%*"\\+]+')     # RFC 9051 tag (fullmatch)
 _ATOM_SPECIALS = set('(){ %*"\\]')
 
 
@@ -70,6 +75,7 @@ class ImapPreauth:
         self._out = bytearray()
         self._events: deque[Event] = deque()
         self._parts: list[str] = []        # tokens of the command read so far (literals included)
+        self._literals = 0                 # literals in the command read so far
         self._literal: tuple[int, bool] | None = None   # (octets still to read, keep them?)
         self._literal_buf = bytearray()
         self._discarding = False
@@ -194,10 +200,15 @@ class ImapPreauth:
         literal = _LITERAL.search(line)
         head = line[:literal.start()] if literal else line
         try:
-            self._parts += _tokens(head.decode("utf-8"), first=not self._parts)
+            self._parts += _tokens(head.decode("utf-8"), first=not self._parts, prior=self._parts)
+            if literal and len(self._parts) < 2:
+                raise _Bad("a tag and a command name come before a literal")
+            if literal and self._literals >= MAX_LITERALS:
+                raise _Bad("too many literals in one command")
         except (UnicodeDecodeError, _Bad) as exc:
             tag = self._parts[0] if self._parts else _first_word(line)
             self._parts.clear()
+            self._literals = 0
             self._bad(tag, f"Bad syntax: {exc or 'not UTF-8'}")
             if literal and literal.group(2):      # non-synchronizing: its octets follow anyway
                 self._literal = (int(literal.group(1)), False)
@@ -207,22 +218,28 @@ class ImapPreauth:
             if size > self.max_line:
                 tag = self._parts[0] if self._parts else "*"
                 self._parts.clear()
+                self._literals = 0
                 self._bad(tag, "Literal too large before login")
                 if plus:
                     self._literal = (size, False)
                 return
+            self._literals += 1
             self._literal = (size, True)
             if not plus:
                 self._out += b"+ Ready for literal\r\n"
             return
         parts, self._parts = self._parts, []
+        self._literals = 0
         if parts:
             self._command(parts)
 
     def _command(self, parts: list[str]) -> None:
         tag = parts[0]
+        if not _TAG.fullmatch(tag) or len(tag) > 64:
+            self._bad("*", "Bad tag")
+            return
         if len(parts) < 2:
-            self._bad(tag if _TAG.match(tag) else "*", "Missing command")
+            self._bad(tag, "Missing command")
             return
         verb, args = parts[1].upper(), parts[2:]
         if verb == "CAPABILITY":
@@ -302,11 +319,19 @@ def _clean(text: str) -> str:
 
 def _first_word(line: bytes) -> str:
     word = line.split(b" ", 1)[0].decode("ascii", "replace")
-    return word if _TAG.match(word) and len(word) <= 64 else "*"
+    return word if _TAG.fullmatch(word) and len(word) <= 64 else "*"
 
 
-def _tokens(text: str, first: bool) -> list[str]:
-    """Atoms and quoted strings of one line fragment (a literal marker already cut off)."""
+def _in_id(prior: list[str], out: list[str]) -> bool:
+    words = [*prior[:2], *out[:2]][:2]
+    return len(words) == 2 and words[1].upper() == "ID"
+
+
+def _tokens(text: str, first: bool, prior: list[str] = ()) -> list[str]:
+    """Atoms and quoted strings of one line fragment (a literal marker already cut off).
+    ``prior``: the command's tokens before this fragment.  In ID's argument (RFC 2971: a
+    parenthesized list of strings, which clients send before login) parentheses are taken
+    as tokens of their own; the edge answers ID the same whatever it holds."""
     out: list[str] = []
     i, n = 0, len(text)
     while i < n:
@@ -314,6 +339,11 @@ def _tokens(text: str, first: bool) -> list[str]:
         if c == " ":
             i += 1
             continue
+        if c in "()":
+            if _in_id(prior, out):
+                out.append(c)
+                i += 1
+                continue
         if c == '"':
             j, buf = i + 1, []
             while j < n and text[j] != '"':
@@ -329,13 +359,13 @@ def _tokens(text: str, first: bool) -> list[str]:
             i = j + 1
             continue
         j = i
-        while j < n and text[j] != " ":
+        while j < n and text[j] != " " and not (text[j] in "()" and _in_id(prior, out)):
             j += 1
         word = text[i:j]
         if not (first and not out) and any(ch in _ATOM_SPECIALS or ord(ch) < 0x20 for ch in word):
             raise _Bad(f"unexpected character in {word[:20]!r}")
         out.append(word)
         i = j
-    if first and out and not _TAG.match(out[0]):
+    if first and out and not _TAG.fullmatch(out[0]):
         raise _Bad("bad tag")
     return out

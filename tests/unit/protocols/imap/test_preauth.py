@@ -98,3 +98,37 @@ def test_hostile_input_gives_protocol_answers_and_bounded_memory(chunks):
         for line in c.data_to_send().split(b"\r\n")[:-1]:
             assert line.split(b" ")[1:2] in ([b"OK"], [b"NO"], [b"BAD"], [b"BYE"], [b"CAPABILITY"], [b"ID"]) \
                 or line.startswith(b"+ "), line
+
+
+def test_a_command_cannot_grow_without_end_through_literals():
+    # Each literal continues the command with another line: without a bound on literals one
+    # command held everything a client sent before login, max_line at a time.
+    c = core(tls_active=True, max_line=1024, max_errors=1000)
+    c.receive_data(b"a LOGIN {1000+}\r\n" + b"u" * 1000 + b" {1000+}\r\n" + b"p" * 1000)
+    for _ in range(200):
+        c.receive_data(b" {1000+}\r\n" + b"x" * 1000)
+        assert sum(len(p) for p in c._parts) <= 3 * 1024 and len(c._literal_buf) <= 1024
+    assert b"a BAD Bad syntax: too many literals" in c.data_to_send()
+    c = core(tls_active=True)
+    c.receive_data(b"b LOGIN {1+}\r\nu {2+}\r\npw\r\n")     # LOGIN's two literals are fine
+    assert c.next_event() == Authenticate("b", "u", "pw", "LOGIN")
+
+
+def test_a_literal_is_never_taken_as_the_tag():
+    # The tag is echoed in the answer: from a literal it could carry CRLF and forge lines.
+    c = core(tls_active=True)
+    c.receive_data(b"{16+}\r\nx OK fake\r\n* BYE NOOP\r\n")
+    out = c.data_to_send()
+    assert b"x OK fake" not in out and out.startswith(b"* BAD")
+    c.receive_data(b'"x\ry" NOOP\r\n{b NOOP\r\n')
+    out = c.data_to_send()
+    assert out == b"* BAD Bad syntax: bad tag\r\n" * 2
+
+
+def test_id_with_a_parameter_list_before_login():
+    # RFC 2971: clients (Apple Mail, K-9...) send ID with their name and version before login.
+    c = core(tls_active=True)
+    c.receive_data(b'a ID ("name" "Thunderbird" "version" "115.0")\r\nb id NIL\r\n')
+    out = c.data_to_send()
+    assert out.count(b'* ID ("name" "Colony")') == 2 and b"a OK ID" in out and b"b OK ID" in out
+    assert b"BAD" not in out
