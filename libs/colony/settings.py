@@ -112,6 +112,7 @@ class Settings(BaseSettings):
     api_port: int = Field(8080, ge=0, le=65535, description="Port of the admin API (admin-api role).")
     api_tls_cert_file: Path | None = Field(None, description="PEM certificate chain the admin API serves HTTPS with (compose: the management network's certificate of `colony deploy init`). Empty: plain HTTP (`colony up`, loopback).")
     api_tls_key_file: Path | None = Field(None, description="PEM private key for api_tls_cert_file.")
+    api_max_import_bytes: int = Field(100 * 1024**2, ge=1024, description="Largest bulk import body (POST /v1/imports, CSV or JSON) the admin API accepts; a larger one is answered 413 (split the file). Every other request body is limited to 1 MiB: FastAPI reads a body before it checks the token.")
 
     # --- inbound SMTP (edge) ------------------------------------------------------------
     smtp_port: int = Field(25, ge=0, le=65535, description="Port of the edge's SMTP MX listener (0: any free port). `colony up` derives it from --base-port.")

@@ -28,6 +28,7 @@ from colony_admin import db, gcpolicy
 from colony_admin.auth.secrets import password_hasher
 from colony_admin.auth.throttle import Throttle
 from colony_admin.authservice import AuthService
+from colony_admin.bodylimit import BodyLimit
 from colony_admin.commands import Provisioning
 from colony_admin.deps import AdminContext
 from colony_admin.problems import install_problem_handlers
@@ -77,6 +78,7 @@ def create_app(settings: Settings, nc: Client, *, hasher: PasswordHasher | None 
     app = FastAPI(title="Colony admin API", version="1", description=DESCRIPTION, lifespan=lifespan,
                   docs_url=None, redoc_url=None)
     install_problem_handlers(app)
+    app.add_middleware(BodyLimit, by_path={"/v1/imports": settings.api_max_import_bytes})
     _self_hosted_docs(app)
     for module in (domains, accounts, cos, dkim, tokens, usage, audit, imports, queue):
         app.include_router(module.router)

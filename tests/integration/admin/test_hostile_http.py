@@ -1,0 +1,108 @@
+"""The admin API over a real socket against what an attacker or a careless client sends:
+the answer is a problem+json, memory stays bounded, and nothing is read that need not be."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+
+import pytest
+
+from colony.http_server import EmbeddedHttpServer
+from colony_admin.bodylimit import MAX_JSON_BODY
+
+
+@pytest.fixture
+async def served(make_stack) -> AsyncIterator[tuple]:
+    stack = await make_stack(api_max_import_bytes=64 * 1024)
+    server = EmbeddedHttpServer(stack.app, "127.0.0.1", 0)
+    port = await server.start()
+    try:
+        yield stack, port
+    finally:
+        await server.stop()
+
+
+async def _exchange(port: int, head: bytes, body_chunks, timeout: float = 20.0) -> tuple[bytes, bool]:
+    """Send ``head`` and then the body chunks while reading the answer, as a real client
+    does; returns what was answered and whether the server closed the connection (a
+    server that goes on reading the body leaves it open until ``timeout``)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    answer = b""
+
+    async def read() -> bool:
+        nonlocal answer
+        try:
+            while data := await reader.read(65536):
+                answer += data
+        except ConnectionError:
+            pass
+        return True
+
+    async def write() -> None:
+        writer.write(head)
+        for chunk in body_chunks:
+            writer.write(chunk)
+            await writer.drain()
+
+    reading = asyncio.create_task(read())
+    try:
+        with contextlib.suppress(ConnectionError):
+            await write()
+        closed = await asyncio.wait_for(reading, timeout)
+    except TimeoutError:
+        closed = False
+    finally:
+        reading.cancel()
+        writer.close()
+    return answer, closed
+
+
+def _problem(answer: bytes) -> tuple[int, dict[str, str], dict]:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), headers, json.loads(body)
+
+
+async def test_an_unauthenticated_oversized_json_body_is_refused_unread(served):
+    stack, port = served
+    size = 8 * MAX_JSON_BODY
+    head = (f"POST /v1/domains HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {size}\r\n\r\n").encode()
+    answer, closed = await _exchange(port, head, [b"[" * 65536] * (size // 65536))
+    status, headers, problem = _problem(answer)
+    assert status == 413 and headers["content-type"] == "application/problem+json", answer[:300]
+    assert problem["status"] == 413 and str(MAX_JSON_BODY) in problem["detail"]
+    assert headers.get("connection") == "close" and closed
+
+
+async def test_a_chunked_body_is_cut_off_at_the_ceiling(served):
+    stack, port = served
+    head = (b"PATCH /v1/domains/acme.example HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\nAuthorization: Bearer " + stack.sys_token.encode() + b"\r\n\r\n")
+    piece = b" " * 65536
+    chunk = b"%x\r\n" % len(piece) + piece + b"\r\n"
+    answer, closed = await _exchange(port, head, [chunk] * (4 * MAX_JSON_BODY // len(piece)))
+    status, headers, problem = _problem(answer)
+    assert status == 413 and headers["content-type"] == "application/problem+json", answer[:300]
+    assert problem["status"] == 413 and headers.get("connection") == "close" and closed
+
+
+async def test_a_bulk_import_has_its_own_ceiling(served):
+    stack, port = served
+    auth = b"Authorization: Bearer " + stack.sys_token.encode() + b"\r\n"
+    small = b"domain\r\nsmall-import.example\r\n"
+    head = (b"POST /v1/imports HTTP/1.1\r\nHost: x\r\nContent-Type: text/csv\r\nConnection: close\r\n" + auth
+            + b"Content-Length: %d\r\n\r\n" % len(small))
+    answer, _ = await _exchange(port, head, [small])
+    assert answer.startswith(b"HTTP/1.1 202"), answer[:300]
+
+    big = b"domain\r\n" + b"".join(b"d%06d.example\r\n" % i for i in range(10_000))  # 150 kB > 64 kB
+    head = (b"POST /v1/imports HTTP/1.1\r\nHost: x\r\nContent-Type: text/csv\r\n" + auth
+            + b"Content-Length: %d\r\n\r\n" % len(big))
+    answer, _ = await _exchange(port, head, [big])
+    status, headers, problem = _problem(answer)
+    assert status == 413 and str(64 * 1024) in problem["detail"], answer[:300]
