@@ -396,6 +396,22 @@ class _Splice(asyncio.Protocol):
             self.previous.connection_lost(exc)
 
 
+def _drop_buffered(reader: asyncio.StreamReader) -> None:
+    """Drop what ``reader`` holds without waiting for more: ``read`` returns at once when
+    something is buffered and only otherwise waits, so one step of the coroutine either
+    finishes with the buffered octets or shows there are none (it is then closed)."""
+    while True:
+        step = reader.read(1 << 20)
+        try:
+            step.send(None)
+        except StopIteration as done:
+            if not done.value:
+                return
+            continue
+        step.close()
+        return
+
+
 def _ip(writer: asyncio.StreamWriter) -> str:
     peer = writer.get_extra_info("peername")
     return peer[0] if isinstance(peer, tuple) else "0.0.0.0"
@@ -437,7 +453,18 @@ class _Session:
             return b""
 
     async def start_tls(self) -> None:
-        await self.writer.start_tls(self.proxy.tls)
+        """Upgrade to TLS.  Whatever the client sent behind its STARTTLS / STLS in the clear
+        is dropped (RFC 9051 §6.2.1, RFC 2595 §4; CVE-2011-0411): the core drops what it
+        was fed, and what the stream reader still holds beyond that read is dropped here,
+        or it would be read as the first words of the encrypted session (a man in the
+        middle's commands run as the user's).  A failed handshake (a scanner, an HTTP
+        request, a client gone) ends the session quietly: it is the client's, not ours."""
+        _drop_buffered(self.reader)
+        remaining = max(1.0, self.deadline - time.monotonic())
+        try:
+            await self.writer.start_tls(self.proxy.tls, ssl_handshake_timeout=remaining)
+        except (ssl.SSLError, OSError, asyncio.TimeoutError) as exc:
+            raise _ClientGone(f"TLS handshake failed: {exc!r}") from None
 
     async def write(self, data: bytes) -> None:
         """Send ``data`` before login. The wait for the client to take it is bounded by the
