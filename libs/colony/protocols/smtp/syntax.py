@@ -33,6 +33,7 @@ _HELO = re.compile(rf"(?:{_HELO_LABEL}(?:\.{_HELO_LABEL})*\.?|{_LITERAL})")
 _KEYWORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9\-]*")
 _XTEXT = re.compile(r"(?:[\x21-\x2a\x2c-\x3c\x3e-\x7e]|\+[0-9A-F]{2})*")
 _NOTIFY = {"SUCCESS", "FAILURE", "DELAY"}
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # ASCII digits only: str.isdigit() is also true of "²" or "٣", which int() refuses or reads.
 _NUMBER = re.compile(r"[0-9]{1,20}")
 
@@ -49,7 +50,16 @@ def is_helo_name(name: str) -> bool:
 def xtext_decode(value: str) -> str:
     if not _XTEXT.fullmatch(value):
         raise SyntaxProblem(R.SYNTAX_ERROR)
-    return re.sub(r"\+([0-9A-F]{2})", lambda m: chr(int(m.group(1), 16)), value)
+    return _printable(re.sub(r"\+([0-9A-F]{2})", lambda m: chr(int(m.group(1), 16)), value))
+
+
+def _printable(value: str) -> str:
+    """ENVID and ORCPT are copied into DSNs (``Original-Envelope-Id:``, ``Original-Recipient:``):
+    a control character decoded from "+0D+0A" would write lines of the client's choosing into a
+    report the cluster sends (RFC 3461 §4: they are printable text, an address)."""
+    if _CONTROL.search(value):
+        raise SyntaxProblem(R.SYNTAX_ERROR)
+    return value
 
 
 def split_path(argument: str, prefix: str) -> tuple[str, str]:
@@ -163,7 +173,7 @@ def parse_rcpt(argument: str, smtputf8: bool) -> dict:
             addr_type, semi, addr = (value or "").partition(";")
             if not semi or not _KEYWORD.fullmatch(addr_type) or not addr or len(value or "") > 500:
                 raise SyntaxProblem(R.SYNTAX_ERROR)
-            out["orcpt"] = f"{addr_type};{xtext_decode(addr) if addr_type.lower() == 'rfc822' else addr}"
+            out["orcpt"] = f"{addr_type};{xtext_decode(addr) if addr_type.lower() == 'rfc822' else _printable(addr)}"
         else:
             raise SyntaxProblem(R.UNKNOWN_PARAMETER)
     address = parse_path(path, null_ok=False, postmaster_ok=True, bad=R.BAD_RECIPIENT_SYNTAX)

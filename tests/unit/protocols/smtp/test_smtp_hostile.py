@@ -25,3 +25,27 @@ def test_a_bdat_size_of_non_ascii_digits_is_a_syntax_error(number):
     d.session()
     out = d.feed(f"BDAT {number} LAST\r\n".encode())
     assert codes(out) == ["501 5.5.4"] and d.conn.closed and not d.messages
+
+
+@pytest.mark.parametrize("params", [b"ENVID=id+0D+0AX-Injected:+20yes", b"ENVID=+00", b"ENVID=a+7Fb"])
+def test_an_envid_that_decodes_to_control_characters_is_refused(params):
+    # The ENVID goes verbatim into a DSN's Original-Envelope-Id: field; CR LF would add lines.
+    d = Driver()
+    d.feed(b"EHLO c.test\r\n")
+    assert codes(d.feed(b"MAIL FROM:<a@b.test> " + params + b"\r\n")) == ["501 5.5.4"]
+    assert not d.of(E.MailFrom)
+    assert codes(d.feed(b"MAIL FROM:<a@b.test> ENVID=id+2B+20ok\r\n")) == ["250 2.1.0"]
+    assert d.of(E.MailFrom)[-1].envid == "id+ ok"
+
+
+@pytest.mark.parametrize("orcpt", [b"rfc822;a+0D+0AX-Injected:+20yes@b.test", b"rfc822;a+09b@b.test",
+                                   b"x-local;a\x01b", b"utf-8;a\x7fb"])
+def test_an_orcpt_with_control_characters_is_refused(orcpt):
+    # ORCPT goes into the DSN's Original-Recipient: field.
+    d = Driver()
+    d.feed(b"EHLO c.test\r\n")
+    d.feed(b"MAIL FROM:<a@b.test>\r\n")
+    assert codes(d.feed(b"RCPT TO:<x@y.test> ORCPT=" + orcpt + b"\r\n")) == ["501 5.5.4"]
+    assert not d.of(E.RcptTo)
+    assert codes(d.feed(b"RCPT TO:<x@y.test> ORCPT=rfc822;+22a+20b+22@y.test\r\n")) == ["250 2.1.5"]
+    assert d.of(E.RcptTo)[-1].orcpt == 'rfc822;"a b"@y.test'
