@@ -8,6 +8,9 @@ Metrics (on the node runtime's registry, so the instance's ``/metrics`` shows th
 
 ``route`` is the route's template (``/v1/domains/{domain}``), never the raw path: a domain
 or account never becomes a label value, and unmatched paths count as ``unmatched``.
+``method`` is one of RFC 9110's methods or PATCH, else ``other``: the client chooses the
+method token, and every new one made a counter and a histogram of its own (20,000 requests
+with made-up methods, no token needed, grew the process by 77 MB and ``/metrics`` to 36 MB).
 
 Spans are FastAPI's own (its built-in OpenTelemetry support: a SERVER span ``<method>
 <route>`` per request, continuing an incoming ``traceparent``); it is the parent of
@@ -30,6 +33,14 @@ class ApiMetrics:
                                   ["method", "route"], registry=registry,
                                   buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30))
         self.in_flight = Gauge("colony_api_requests_in_flight", "Admin API requests being answered.", registry=registry)
+
+
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
+
+
+def _method(scope) -> str:
+    method = scope.get("method", "GET")
+    return method if method in METHODS else "other"
 
 
 def _route(scope) -> str:
@@ -60,7 +71,7 @@ class ObservedApi:
                 status["code"] = message["status"]
             await send(message)
 
-        method = scope.get("method", "GET")
+        method = _method(scope)
         self.metrics.in_flight.inc()
         try:
             await self.app(scope, receive, observed_send)

@@ -37,3 +37,28 @@ async def test_requests_are_counted_by_route_template_and_status():
     assert value("colony_api_requests_total", method="GET", route="/boom", status="500") == 1
     assert value("colony_api_request_duration_seconds_count", method="GET", route="/v1/domains/{domain}") == 2
     assert value("colony_api_requests_in_flight") == 0
+
+
+async def test_a_method_the_client_made_up_is_counted_as_other():
+    """Methods are the client's choice: each new one must not make new series."""
+    app = FastAPI()
+
+    @app.get("/v1/domains")
+    async def domains():
+        return []
+
+    registry = CollectorRegistry()
+    app.add_middleware(ObservedApi, metrics=ApiMetrics(registry))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://api") as http:
+        for i in range(50):
+            assert (await http.request(f"M{i:04d}", "/v1/domains")).status_code == 405
+        assert (await http.request("PATCH", "/v1/domains")).status_code == 405
+
+    def value(name, **labels):
+        return registry.get_sample_value(name, labels)
+
+    assert value("colony_api_requests_total", method="other", route="/v1/domains", status="405") == 50
+    assert value("colony_api_requests_total", method="PATCH", route="/v1/domains", status="405") == 1
+    methods = {s.labels["method"] for m in registry.collect() for s in m.samples if "method" in s.labels}
+    assert methods == {"other", "PATCH"}
