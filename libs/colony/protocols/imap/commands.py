@@ -275,6 +275,8 @@ def parse_command(command: Command) -> ImapCommand:
         raise
     except ParseError as exc:
         raise CommandError(tag, str(exc)) from None
+    except ValueError:       # octets no reader above expected (a text that is not UTF-8...)
+        raise CommandError(tag, "Syntax error") from None
 
 
 def _dispatch(c: Cursor, tag: str, name: str) -> ImapCommand:
@@ -443,7 +445,7 @@ def _list(c: Cursor, tag: str, name: str) -> ListCommand:
             returns.append(option)
             if option == "STATUS":
                 c.sp()
-                status_items = [x.decode().upper() for x in c.paren_list(lambda k: k.atom("a status item"))]
+                status_items = [x.decode("ascii", "replace").upper() for x in c.paren_list(lambda k: k.atom("a status item"))]
                 bad = set(status_items) - STATUS_ITEMS
                 if bad:
                     raise ParseError(f"unknown STATUS item {sorted(bad)[0]}")
@@ -610,7 +612,7 @@ def _store(c: Cursor, tag: str, name: str, uid: bool) -> Store:
         mode = "+"
     elif c.accept(b"-"):
         mode = "-"
-    item = c.atom("FLAGS").decode().upper()
+    item = c.atom("FLAGS").decode("ascii", "replace").upper()
     if item not in ("FLAGS", "FLAGS.SILENT"):
         raise ParseError("expected FLAGS or FLAGS.SILENT")
     c.sp()
@@ -647,7 +649,7 @@ def _search(c: Cursor, tag: str, name: str, uid: bool) -> Search:
     c.sp()
     returns = None
     if c.accept(b"RETURN "):
-        returns = tuple(x.decode().upper() for x in c.paren_list(lambda k: k.atom("a return option")))
+        returns = tuple(x.decode("ascii", "replace").upper() for x in c.paren_list(lambda k: k.atom("a return option")))
         bad = set(returns) - {"MIN", "MAX", "ALL", "COUNT", "SAVE"}
         if bad:
             raise ParseError(f"unknown RETURN option {sorted(bad)[0]}")
@@ -746,7 +748,7 @@ def _search_key(c: Cursor, depth: int) -> SearchKey:
             if kind not in ("PRIV", "SHARED", "ALL"):
                 raise ParseError("expected priv, shared or all")
             c.sp()
-            return (key, c.number("a mod-sequence", MAX_NUMBER64), entry.decode(), kind)
+            return (key, c.number("a mod-sequence", MAX_NUMBER64), entry.decode("utf-8", "replace"), kind)
         return (key, c.number("a mod-sequence", MAX_NUMBER64))
     raise ParseError(f"unknown search key {key[:30]}")
 

@@ -291,9 +291,14 @@ class Cursor:
         base = _date(day.strip(), month, year)
         offset = timedelta(hours=int(zh), minutes=int(zm)) * (1 if sign == b"+" else -1)
         try:
-            return base.replace(hour=int(hh), minute=int(mm), second=int(ss), tzinfo=timezone(offset))
+            value = base.replace(hour=int(hh), minute=int(mm), second=int(ss), tzinfo=timezone(offset))
         except ValueError:
             raise ParseError("bad time of day") from None
+        try:
+            value.astimezone(timezone.utc)    # 1-Jan-0001 ahead of UTC has no UTC time in Python
+        except OverflowError:
+            raise ParseError("date-time out of range") from None
+        return value
 
 
 def _date(day: bytes, month: bytes, year: bytes) -> datetime:

@@ -131,3 +131,22 @@ def test_any_token_soup_parses_or_is_bad(tokens):
         parse("".join(tokens))
     except (C.CommandError, ParseError, AssertionError):
         pass
+
+
+@pytest.mark.parametrize("line", [b"a STORE 1 \xff (x)", b"a UID SEARCH RETURN (\xff) ALL",
+                                  b'a LIST "" x RETURN (STATUS (\xff))', b'a SEARCH MODSEQ "\xff" all 1'])
+def test_octets_that_are_not_utf8_are_a_bad_command_not_an_exception(line):
+    # The session parses before it checks the state: an exception here ended the connection
+    # with a traceback in the store's log, in any state.
+    try:
+        parse(line)
+    except C.CommandError as exc:
+        assert exc.tag == "a"
+
+
+@pytest.mark.parametrize("when", ['"01-Jan-0001 00:00:00 +0100"', '"31-Dec-9999 23:59:59 -0100"'])
+def test_an_append_date_without_a_utc_time_is_bad(when):
+    # APPEND stores the date in UTC: one that has none raised OverflowError under the
+    # account's lock (a traceback, and the account closed and reopened).
+    assert bad(f"a APPEND INBOX {when} {{1+}}\r\nx").tag == "a"
+    assert parse('a APPEND INBOX "01-Jan-0001 00:00:00 +0000" {1+}\r\nx').messages[0].date.year == 1
