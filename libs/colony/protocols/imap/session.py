@@ -533,6 +533,12 @@ class Session:
             self._tagged(cmd.tag, "NO", f"[BADCHARSET ({' '.join(search.CHARSETS)})] Unsupported charset")
         except (ValueError, mime.SectionError) as exc:
             self._tagged(cmd.tag, "NO", str(exc)[:200])
+        except Exception:
+            # A fault of ours: the command still gets its answer (the client would wait for
+            # it for ever: the shell's ``abort`` no longer knows the command), and the shell
+            # hears of the fault to log it and reopen the account.
+            self._tagged(cmd.tag, "NO", "[SERVERBUG] Internal error")
+            raise
 
     # --- mailbox names -------------------------------------------------------------------------
 

@@ -616,3 +616,23 @@ def test_store_silent_under_condstore_still_names_the_changed_messages(mail):
     c.cmd("s SELECT INBOX")
     out = c.cmd("a STORE 1:2 +FLAGS.SILENT (\\Seen)")       # 2 has it already: no change
     assert re.search(r"\* 1 FETCH \(MODSEQ \(\d+\)\)", out) and "* 2 FETCH" not in out
+
+
+def test_a_fault_in_a_command_still_answers_it(mail):
+    # The shell logs the fault and reopens the account, but the client must not wait for
+    # ever for the command's answer (an APPEND whose date had no UTC time did exactly that).
+    c = selected(mail)
+
+    class Broken(Store):
+        def store_flags(self, *args, **kwargs):
+            raise RuntimeError("a bug")
+
+    c.store = Broken(mail)
+    c.session.receive_data(b"f STORE 1 +FLAGS (\\Flagged)\r\n")
+    assert isinstance(c.session.next_action(), S.NeedStore)
+    with pytest.raises(RuntimeError):
+        c.session.run(c.store)
+    assert c.pump() == b"f NO [SERVERBUG] Internal error\r\n"
+    c.session.abort("[SERVERBUG] Internal error; the account will be reopened")   # as the shell does
+    c.store = Store(mail)
+    assert c.cmd("g NOOP").endswith("g OK NOOP completed\r\n")
