@@ -12,8 +12,9 @@ session's IMAP4rev2/UTF8=ACCEPT state).
 
 from __future__ import annotations
 
+import bisect
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
 from colony.protocols.imap.reader import Command, Literal
@@ -39,6 +40,9 @@ class SequenceSet:
 
     ranges: tuple[tuple[int | None, int | None], ...] = ()
     saved: bool = False
+    # (highest, starts, spans) of the last ``contains``: SEARCH asks once per message, and
+    # resolving a set of thousands of ranges each time cost seconds per command.
+    _resolved: tuple | None = field(default=None, compare=False, repr=False)
 
     def resolved(self, highest: int) -> list[tuple[int, int]]:
         """Ordered, merged (low, high) ranges with ``*`` = ``highest`` (RFC 9051 §9: a range
@@ -60,7 +64,14 @@ class SequenceSet:
         return merged
 
     def contains(self, n: int, highest: int) -> bool:
-        return any(a <= n <= b for a, b in self.resolved(highest))
+        cached = self._resolved
+        if cached is None or cached[0] != highest:
+            spans = self.resolved(highest)
+            cached = (highest, [a for a, _ in spans], spans)
+            object.__setattr__(self, "_resolved", cached)
+        _, starts, spans = cached
+        i = bisect.bisect_right(starts, n) - 1
+        return i >= 0 and n <= spans[i][1]
 
     def __str__(self) -> str:
         if self.saved:
