@@ -34,6 +34,7 @@ wrong passwords get the same challenge; a message larger than ``sip_max_message_
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import ipaddress
 import logging
@@ -165,6 +166,13 @@ class SipFarm:
         self.home_regions = home_regions  # colony_sipfarm.home_region.HomeRegions in a super cluster
         self.store, self.dialogs, self.auth, self.counters = store, dialogs, auth, counters
         self.digest = DigestAuthenticator(secret, nonce_ttl=settings.sip_nonce_ttl)
+        # Our Via branches are MACs under the farm secret (every member has it) of where the
+        # next hop's response goes: a response is passed on only under a branch this farm
+        # made for that very next Via (§16.11 wants the top Via checked as ours).  Checking
+        # only the branch's prefix let a forged "response" have a member send its bytes to
+        # any address the forger named -- a UDP reflector, or a TCP connection dialled to any
+        # host:port of the inner network carrying the forger's text.
+        self._branch_key = hashlib.sha256(b"colony sip branch\x00" + secret).digest()
         self.host, self.port = address
         self.metrics = FarmMetrics(registry)
         self.meter = meter
@@ -579,18 +587,30 @@ class SipFarm:
         return isinstance(uri, SipURI) and "cf" in uri.params
 
     def _via(self, request: SipRequest, transport: str, index: int = 0) -> str:
-        """Our Via for branch ``index`` of a request: the branch is a hash of the incoming one
-        (and the branch number), the same on every member."""
-        incoming = request.top_via()
-        base = _hash(incoming.branch or "", incoming.host, str(incoming.port), request.call_id, str(request.cseq().number))
-        flow = ""
-        if request.source is not None and request.source[0] != "UDP":
-            # The caller's connection (§18.2.2: a response goes back on it), which its Via
-            # cannot name: a WebSocket client's sent-by is an .invalid host (RFC 7118), a TCP
-            # client's is its listening port, not the connection's.
-            flow = f";fl={_flow_token(request.source, names.node_key(self._flow()))}"
+        """Our Via for branch ``index`` of a request: the branch is a MAC of the incoming Via
+        (and the branch number), the same on every member (``_branch_base``)."""
+        flow = self._caller_flow(request)
+        base = self._branch_base(request.top_via(), request.call_id, request.cseq().number, flow)
         return (f"SIP/2.0/{transport} {self._hostport()};branch={FARM_BRANCH}{base}-{index}"
-                f";m={names.node_key(self._flow())}{flow}")
+                f";m={names.node_key(self._flow())}{f';fl={flow}' if flow else ''}")
+
+    def _caller_flow(self, request: SipRequest) -> str:
+        """The caller's connection as our Via's ``fl`` (§18.2.2: a response goes back on it),
+        which its Via cannot name: a WebSocket client's sent-by is an .invalid host (RFC 7118),
+        a TCP client's is its listening port, not the connection's.  Empty over UDP."""
+        if request.source is None or request.source[0] == "UDP":
+            return ""
+        return _flow_token(request.source, names.node_key(self._flow()))
+
+    def _branch_base(self, incoming: Via, call_id: str, cseq: int, flow: str) -> str:
+        """The transaction part of our branch: a MAC of the incoming branch, where its
+        response goes (the stamped Via's received/rport/maddr, or the caller's flow), Call-ID
+        and CSeq number -- what a retransmission, its CANCEL and the ACK of a failure share,
+        so they get the same branch on every member; and what ``_on_response`` recomputes
+        from the response's next Via to know the response is to a request we forwarded."""
+        where = response_destination(incoming, None)
+        text = "\x00".join((incoming.branch or "", *map(str, where), call_id, str(cseq), flow))
+        return hmac.digest(self._branch_key, text.encode(), "sha256").hex()[:24]
 
     def _flow(self) -> str:
         return _flow_member.get() or self.node_id
@@ -698,10 +718,10 @@ class SipFarm:
                 out += self._local(fork.request, fork.source, 408, remember=False)
         return out
 
-    @staticmethod
-    def _fork_key(request: SipRequest) -> str:
-        incoming = request.top_via()
-        return _hash(incoming.branch or "", incoming.host, str(incoming.port), request.call_id, str(request.cseq().number))
+    def _fork_key(self, request: SipRequest) -> str:
+        """The branch base of the INVITE's branches (``_branch_base``): their responses find
+        the fork by it."""
+        return self._branch_base(request.top_via(), request.call_id, request.cseq().number, self._caller_flow(request))
 
     async def _loose_route(self, request: SipRequest, source: Destination) -> list[Outbound]:
         flows = self._route_flows(request.headers.get("Route") or "")
@@ -767,11 +787,17 @@ class SipFarm:
             nxt: Via = response.top_via()
         except URIError:
             return []
+        base, _, index_text = (ours.branch or "")[len(FARM_BRANCH):].partition("-")
+        expected = self._branch_base(nxt, response.call_id, cseq.number, ours.params.get("fl") or "")
+        if not hmac.compare_digest(base.encode(), expected.encode()):
+            # Not to a request we forwarded to that next hop (or its Via was changed on the
+            # way): discarded, as §16.11 has a response whose top Via is not ours.
+            self.metrics.dropped.labels(reason="forged response").inc()
+            return []
         method = method_label(cseq.method)
         if response.status >= 200:
             self.metrics.responses.labels(method=method, code=str(response.status)).inc()
         out: list[Outbound] = []
-        base, _, index_text = (ours.branch or "")[len(FARM_BRANCH):].partition("-")
         index = int(index_text) if index_text.isdigit() else 0
         fork = self._forks.get(base) if cseq.method == "INVITE" else None
         if fork is not None and fork.expires_at < self.clock():

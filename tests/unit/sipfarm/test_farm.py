@@ -312,6 +312,39 @@ async def test_a_call_is_authenticated_forwarded_with_record_route_and_metered(f
     assert [(u.metric, u.amount) for u in farm.usage if u.metric == "sip_call_seconds"] == [("sip_call_seconds", 42.0)]
 
 
+async def test_a_response_is_passed_on_only_to_the_next_hop_of_a_request_we_forwarded(farm):
+    """§16.11: a response whose top Via is not one we put on a request is discarded.  A forged
+    "response" with a farm-looking Via must not make a member send the forger's bytes to an
+    address of the forger's choosing: over UDP a reflector, over TCP a connection dialled to
+    any host:port (say an MTA on the inner network) carrying the forger's text."""
+    caller = ("UDP", "198.51.100.9", 5060)
+    await registered(farm, user="bob", contact="sip:bob@192.0.2.7:5062")
+    challenge, _ = await one(farm, invite(), caller)
+    auth = answer(challenge, "alice", method="INVITE", uri=f"sip:bob@{DOMAIN}", header="Proxy-Authorization")
+    forwarded, _ = await forwarded_invite(farm, invite(cseq=2, auth=auth, branch="z9hG4bKinv2"), caller)
+    ours, theirs = forwarded.headers.get_all("Via")
+    callee = ("UDP", "192.0.2.7", 5062)
+    body = b"EHLO x\r\nMAIL FROM:<a@evil.example>\r\n"
+
+    def response(*vias: str) -> bytes:
+        return (b"SIP/2.0 200 OK\r\n" + b"".join(f"Via: {v}\r\n".encode() for v in vias)
+                + f"From: <sip:alice@{DOMAIN}>;tag=a1\r\nTo: <sip:bob@{DOMAIN}>;tag=b1\r\nCall-ID: call-1\r\n"
+                  f"CSeq: 2 INVITE\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+
+    made_up = "SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK-cf0123456789abcdef012345-0;m=sipfarm-1"
+    for vias in [(made_up, "SIP/2.0/TCP 10.0.0.25:25;branch=z9hG4bKx"),           # any branch of ours' shape
+                 (made_up, "SIP/2.0/UDP 203.0.113.5:53;branch=z9hG4bKx"),
+                 (ours, theirs + ";received=203.0.113.5"),                     # a real one, sent elsewhere
+                 (ours, theirs.replace("SIP/2.0/UDP", "SIP/2.0/TCP")),
+                 (ours + ";fl=" + "TCP|10.0.0.25|25|sipfarm-1".encode().hex(), theirs),
+                 ("SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK-cf\u00e9-0", theirs)]:
+        assert await farm.handle(response(*vias), callee) == [], vias
+    assert farm.metrics.dropped.labels(reason="forged response")._value.get() == 6
+    # The callee's own answer still goes to the caller.
+    answered, out = await one(farm, response(ours, theirs), callee)
+    assert answered.status == 200 and out.destination == caller
+
+
 async def test_the_same_request_gets_the_same_branch_on_every_member(farm):
     """A retransmission or CANCEL reaching another member is the same transaction downstream."""
     await registered(farm, user="bob")
