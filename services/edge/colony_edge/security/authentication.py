@@ -13,7 +13,9 @@ Cost: authheaders finds a domain's organizational domain (DMARC alignment, RFC 7
 by parsing the whole Public Suffix List -- some 9,000 rules, each IDNA-encoded -- on every
 lookup, and a message needs up to four: measured, that was over 95 % of the CPU of a check
 (tens of milliseconds per message).  ``_share_one_suffix_list`` makes its lookup use one list
-parsed once per process; the answers are the library's own.
+parsed once per process; the answers are the library's own.  dkimpy's header parser (which
+authheaders' DMARC check uses too) is quadratic in the lines of one folded field: the edge
+puts a linear one with the same answers in its place (``_parse_headers_in_linear_time``).
 
 DKIM needs the whole message in memory; for messages larger than
 ``Settings.edge_dkim_max_bytes`` the edge passes only the header section, so they are
@@ -32,6 +34,7 @@ from dataclasses import dataclass
 
 import authheaders
 import authheaders.dmarc_lookup
+import dkim
 import dns.resolver
 import spf
 from publicsuffix2 import PublicSuffixList
@@ -78,6 +81,59 @@ def _share_one_suffix_list() -> bool:
 
 
 _share_one_suffix_list()
+
+
+_LIBRARY_RFC822_PARSE = dkim.rfc822_parse
+_FIELD_NAME = re.compile(rb"([\x21-\x7e]+?):")
+
+
+def _rfc822_parse_linear(message: bytes) -> tuple[list[list[bytes]], bytes]:
+    """``dkim.rfc822_parse`` with the same answers and exceptions, in linear time.
+
+    The library appends each continuation line to its field with ``bytes +=``, which copies
+    the field so far: a field folded over n lines costs O(n^2).  A client sending one field of
+    "CRLF a" lines got ~12 s of a worker thread's CPU (holding the GIL) per 2 MB and per parse,
+    ~13 minutes for a 16 MiB message (``edge_dkim_max_bytes``), DKIM and DMARC each parsing
+    it; a handful of such messages took every thread the checks run in.  Here the lines of a
+    field are joined once."""
+    headers: list[list[bytes]] = []
+    parts: list[list[bytes]] = []
+    lines = re.split(b"\r?\n", message)
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if len(line) == 0:
+            i += 1   # the empty line ends the header section; the body follows it
+            break
+        if line[0] in (0x09, 0x20):
+            parts[-1].append(line + b"\r\n")   # IndexError before any field, as the library's
+        else:
+            m = _FIELD_NAME.match(line)
+            if m is not None:
+                headers.append([m.group(1), b""])
+                parts.append([line[m.end(0):] + b"\r\n"])
+            elif not line.startswith(b"From "):
+                raise dkim.MessageFormatError("Unexpected characters in RFC822 header: %s" % line)
+        i += 1
+    for header, pieces in zip(headers, parts):
+        header[1] = b"".join(pieces)
+    return headers, b"\r\n".join(lines[i:])
+
+
+def _parse_headers_in_linear_time() -> bool:
+    """Put ``_rfc822_parse_linear`` where dkimpy (DKIM/ARC verification) and authheaders
+    (``check_dmarc``) look the parser up.  If a later version no longer has it there, checks
+    stay correct: say so (a long folded field may then cost quadratic time again)."""
+    if getattr(dkim, "rfc822_parse", None) is not _LIBRARY_RFC822_PARSE \
+            or getattr(authheaders, "rfc822_parse", None) is not _LIBRARY_RFC822_PARSE:
+        log.warning("dkimpy/authheaders no longer share dkim.rfc822_parse: header parsing is the library's own "
+                    "(quadratic in the lines of one folded field)")
+        return False
+    dkim.rfc822_parse = authheaders.rfc822_parse = _rfc822_parse_linear
+    return True
+
+
+_parse_headers_in_linear_time()
 
 
 def use_configured_dns(settings: Settings) -> None:
