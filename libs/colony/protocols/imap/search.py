@@ -370,9 +370,9 @@ def thread_references(messages: list[MessageView]) -> list[ThreadNode]:
     roots = [n for n in containers.values() if parent.get(id(n)) is None]
 
     def prune(nodes: list[ThreadNode], is_root: bool) -> list[ThreadNode]:
+        """One level: ``nodes``' own children are pruned already."""
         out: list[ThreadNode] = []
         for n in nodes:
-            n.children = prune(n.children, False)
             if n.message is None:
                 if not n.children:
                     continue
@@ -382,17 +382,25 @@ def thread_references(messages: list[MessageView]) -> list[ThreadNode]:
             out.append(n)
         return out
 
+    # Trees are as deep as a chain of replies or one References header is long (thousands),
+    # so they are walked with a stack, never by recursion: a node after all its descendants.
+    for n in reversed(_preorder(roots)):
+        n.children = prune(n.children, False)
     roots = prune(roots, True)
 
     def first_date(n: ThreadNode):
+        # Only roots lack a message once pruned, and their children have one (or are the
+        # two-level holders made below): this recursion is a few levels deep at most.
         if n.message is not None:
             return (sort_key(n.message, "DATE"), n.message.seq)
         return min((first_date(c) for c in n.children), default=(datetime.max.replace(tzinfo=timezone.utc), 0))
 
     def order(nodes: list[ThreadNode]) -> None:
-        nodes.sort(key=first_date)
-        for n in nodes:
-            order(n.children)
+        levels = [nodes]
+        while levels:
+            level = levels.pop()
+            level.sort(key=first_date)
+            levels.extend(n.children for n in level if n.children)
 
     # Group roots by base subject (RFC 5256 §4 step 5).
     by_subject: dict[str, ThreadNode] = {}
@@ -421,19 +429,46 @@ def thread_references(messages: list[MessageView]) -> list[ThreadNode]:
     return grouped
 
 
+def _preorder(roots: list[ThreadNode]) -> list[ThreadNode]:
+    """Every node under ``roots``, each before its descendants, without recursion."""
+    out: list[ThreadNode] = []
+    seen: set[int] = set()
+    stack = list(reversed(roots))
+    while stack:
+        n = stack.pop()
+        if id(n) in seen:       # never twice, even if a link made a loop
+            continue
+        seen.add(id(n))
+        out.append(n)
+        stack.extend(reversed(n.children))
+    return out
+
+
 def format_threads(threads: list[ThreadNode], number: Callable[[MessageView], int]) -> str:
-    """The THREAD response body: ``(2)(3 6 (4 23)(44 7 96))`` (RFC 5256 §4)."""
-    def node_text(n: ThreadNode) -> str:
+    """The THREAD response body: ``(2)(3 6 (4 23)(44 7 96))`` (RFC 5256 §4).  A run of
+    only children is one list of numbers; each branch is a parenthesized list of its own.
+    Written with a stack: a thread may be thousands of branches deep."""
+    out: list[str] = []
+    stack: list[str | ThreadNode] = []
+    for t in reversed(threads):
+        stack += [")", t, "("]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            out.append(item)
+            continue
         parts = []
-        current = n
+        current = item
         while True:
             if current.message is not None:
                 parts.append(str(number(current.message)))
-            if len(current.children) == 1:
-                current = current.children[0]
-                continue
-            if current.children:
-                parts.append("".join(f"({node_text(c)})" for c in current.children))
-            break
-        return " ".join(parts)
-    return "".join(f"({node_text(t)})" for t in threads)
+            if len(current.children) != 1:
+                break
+            current = current.children[0]
+        out.append(" ".join(parts))
+        if current.children:
+            if parts:
+                out.append(" ")
+            for c in reversed(current.children):
+                stack += [")", c, "("]
+    return "".join(out)

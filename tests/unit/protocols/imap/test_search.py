@@ -129,3 +129,21 @@ def test_threads():
     assert format_threads(refs, lambda m: m.seq) == "(3)(1 (2 4)(5)(6))"
     ordered = thread_orderedsubject(msgs)
     assert format_threads(ordered, lambda m: m.seq) == "(3)(1 (2)(4)(5)(6))"
+
+
+def test_threads_thousands_deep():
+    # One message whose References names 3,000 ancestors (anyone can mail it), and a chain of
+    # 3,000 replies each branching off a leaf: the tree walks recursed that deep and THREAD
+    # REFERENCES raised RecursionError (a traceback, the account reopened, for every THREAD).
+    refs = " ".join(f"<r{i}@x>" for i in range(3000))
+    one = [Msg(1, 1, {"Message-ID": "<m@x>", "References": refs, "Subject": "s"})]
+    assert format_threads(thread_references(one), lambda m: m.seq) == "(1)"
+    deep, n = [], 3000
+    for i in range(n):
+        parent = {"In-Reply-To": f"<c{i - 1}@x>"} if i else {}
+        deep.append(Msg(2 * i + 1, 2 * i + 1, {"Message-ID": f"<c{i}@x>", "Subject": "s", **parent},
+                        internal_date=T0 + timedelta(seconds=2 * i)))
+        deep.append(Msg(2 * i + 2, 2 * i + 2, {"Message-ID": f"<l{i}@x>", "In-Reply-To": f"<c{i}@x>", "Subject": "s"},
+                        internal_date=T0 + timedelta(seconds=2 * i + 1)))
+    text = format_threads(thread_references(deep), lambda m: m.seq)
+    assert text.startswith("(1 (2)(3 (4)(5 ") and text.count("(") == text.count(")") == 2 * n - 1
