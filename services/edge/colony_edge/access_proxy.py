@@ -495,6 +495,10 @@ class _Session:
             await self.write(core.data_to_send())
             event = core.next_event()
             if event is None:
+                out = core.data_to_send()
+                if out:     # taking a core's output may let it go on with pipelined commands
+                    await self.write(out)
+                    continue
                 data = await self.read()
                 if not data:
                     if time.monotonic() >= self.deadline:

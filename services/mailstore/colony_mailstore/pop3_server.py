@@ -151,6 +151,7 @@ class Pop3InnerServer:
                     if out:
                         writer.write(out)
                         await writer.drain()
+                        continue    # taking the output lets the core go on with pipelined commands
                     if read is None:
                         read = asyncio.ensure_future(reader.read(_READ))
                     done, _ = await asyncio.wait({read, wake}, timeout=_CHECK, return_when=asyncio.FIRST_COMPLETED)

@@ -19,7 +19,12 @@ that drops in TRANSACTION deletes nothing.
 Limits that keep memory bounded whatever a client sends: a command line is at most 255
 octets (RFC 2449 §4); a longer one is refused with -ERR and skipped up to its end without
 being buffered; a SASL response line is at most ``MAX_SASL`` octets; after ``max_errors``
-bad commands the server says goodbye.  ``clock`` is injected: the idle timer (10 minutes,
+bad commands the server says goodbye; answers are held up to ``MAX_OUTPUT`` octets (plus the
+one being made): past that, pipelined commands wait in the input until ``data_to_send()``
+takes the output, which lets the core go on with them -- so a shell loops over events and
+``data_to_send()`` until both are empty before it reads again (without the bound, ``RETR 1``
+pipelined a thousand times and never read held a thousand copies of the message).
+``clock`` is injected: the idle timer (10 minutes,
 RFC 1939 §3) is ``idle_deadline`` and the shell calls ``handle_timer(now)``.
 
 Plaintext authentication before TLS is refused unless ``allow_plaintext`` (the edge allows it
@@ -37,6 +42,8 @@ from enum import StrEnum
 
 MAX_LINE = 255
 MAX_SASL = 4096
+MAX_TOP_LINES = 2 ** 31     # a TOP line count past any message's body
+MAX_OUTPUT = 64 * 1024     # octets of answers held before pipelined commands wait for the shell
 IDLE_TIMEOUT = 600.0
 
 
@@ -122,8 +129,12 @@ class Pop3Server:
         return self._events.popleft() if self._events else None
 
     def data_to_send(self) -> bytes:
+        """The answers so far; commands held back by ``MAX_OUTPUT`` go on once they are
+        taken (their events and answers are then waiting)."""
         out = bytes(self._out)
         self._out.clear()
+        if out and self._in:
+            self._process()
         return out
 
     def leftover(self) -> bytes:
@@ -209,7 +220,7 @@ class Pop3Server:
             self._close("too many errors")
 
     def _process(self) -> None:
-        while not self._busy and self.state != State.CLOSED:
+        while not self._busy and self.state != State.CLOSED and len(self._out) < MAX_OUTPUT:
             end = self._in.find(b"\n")
             if self._discarding:
                 if end < 0:
@@ -365,7 +376,7 @@ class Pop3Server:
 
     def _number(self, arg: str) -> int | None:
         """A live message number from ``arg``, or None after answering -ERR."""
-        if not arg.isdigit() or len(arg) > 9:
+        if not _digits(arg) or len(arg) > 9:
             self._reply(False, "Need a message number")
             self._count_error()
             return None
@@ -406,14 +417,15 @@ class Pop3Server:
 
     def _cmd_transaction_TOP(self, arg: str) -> None:
         parts = arg.split()
-        if len(parts) != 2 or not parts[1].isdigit() or len(parts[1]) > 9:
+        if len(parts) != 2 or not _digits(parts[1]):
             self._reply(False, "TOP needs a message number and a line count")
             self._count_error()
             return
         n = self._number(parts[0])
         if n is not None:
             self._busy = True
-            self._events.append(Retrieve(n, int(parts[1])))
+            # More lines than the body has is the whole message (RFC 1939 §7), however many.
+            self._events.append(Retrieve(n, min(int(parts[1]), MAX_TOP_LINES)))
 
     def _cmd_transaction_DELE(self, arg: str) -> None:
         n = self._number(arg)
@@ -424,6 +436,11 @@ class Pop3Server:
     def _cmd_transaction_RSET(self, arg: str) -> None:
         self._deleted.clear()
         self._reply(True, f"{len(self._messages)} message(s)")
+
+
+def _digits(text: str) -> bool:
+    """ASCII digits only: str.isdigit() also takes '²' or '①', which int() then refuses."""
+    return text.isascii() and text.isdigit()
 
 
 def dot_stuff(chunks: Iterable[bytes], top_lines: int | None = None) -> bytes:

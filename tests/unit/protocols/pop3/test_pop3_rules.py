@@ -184,3 +184,47 @@ def test_any_input_gets_protocol_answers(chunks):
         for line in out.split(b"\r\n"):
             assert len(line) < 400
     assert len(srv._in) <= 4096 + 300
+
+
+def test_numbers_are_ascii_digits_and_top_takes_any_line_count():
+    # '²'.isdigit() is True and int('²') raises: RETR ² was a traceback in the store.
+    srv = logged_in()
+    assert say(srv, "RETR ²") == b"-ERR Need a message number\r\n"
+    assert say(srv, "TOP 1 ²") == b"-ERR TOP needs a message number and a line count\r\n"
+    assert say(srv, "DELE ①") == b"-ERR Need a message number\r\n"
+    # More lines than the body has is the whole message (RFC 1939 §7), however many digits.
+    assert say(srv, "TOP 1 99999999999999999999") == b""
+    assert srv.next_event() == Retrieve(1, 2 ** 31)
+
+
+def test_pipelined_commands_wait_while_the_output_is_not_taken():
+    # RETR pipelined without reading: each answer is a whole message, and all of them were
+    # queued before the shell could write one (a 1 MB message asked 3,000 times grew the
+    # store by 3 GB). Past MAX_OUTPUT the core waits for data_to_send().
+    from colony.protocols.pop3.rules import MAX_OUTPUT
+    srv = logged_in()
+    srv.receive_data(b"RETR 1\r\n" * 1000)
+    served = 0
+    while (event := srv.next_event()) is not None:
+        assert event == Retrieve(1)
+        srv.send_message([b"x" * 100_000])
+        served += 1
+    assert served == 1 and len(srv._out) < MAX_OUTPUT + 100_100
+    total = 0
+    while True:                     # as a shell does: events, then output, until both are empty
+        out = srv.data_to_send()
+        event = srv.next_event()
+        if not out and event is None:
+            break
+        total += len(out)
+        if event is not None:
+            srv.send_message([b"x" * 100_000])
+            served += 1
+        assert len(srv._out) < MAX_OUTPUT + 100_100
+    assert served == 1000 and total > 1000 * 100_000
+    srv.receive_data(b"LIST\r\n" * 10_000)           # answered by the core itself: bounded too
+    assert len(srv._out) < MAX_OUTPUT + 100
+    answers = b""
+    while out := srv.data_to_send():
+        answers += out
+    assert answers.count(b"+OK listing follows") == 10_000
