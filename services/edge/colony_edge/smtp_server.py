@@ -164,6 +164,8 @@ class _Session:
         with suppress(Exception):
             self.writer.write(self.conn.data_to_send())
             await asyncio.wait_for(self.writer.drain(), 5)
+        if self.writer.transport.get_write_buffer_size():
+            self.writer.transport.abort()   # the client reads nothing: close() would wait for ever
         self.writer.close()
 
     # --- events ---------------------------------------------------------------------------
@@ -342,7 +344,21 @@ class _Session:
         await self._drain()
 
     async def _drain(self) -> None:
+        writer = self.writer
         try:
-            await self.writer.drain()
+            if not writer.transport.get_write_buffer_size():
+                await writer.drain()   # nothing is waiting to go out: no timer needed
+                return
+            # A client that sends commands and never reads the replies would hold the session
+            # here for ever (the core's timer runs only while the shell reads): it has as long
+            # to read a reply as to send a command (RFC 5321 §4.5.3.2), then it is cut off.
+            async with asyncio.timeout(self.server.config.timeout):
+                await writer.drain()
+        except TimeoutError:
+            log.info("smtp %s from %s: the client read no reply for %.0f s; connection aborted", self.info.id,
+                     self.info.peer_ip, self.server.config.timeout)
+            self.server.metrics.rejected.labels(stage="protocol", reason=R.TIMEOUT.reason).inc()
+            self._closing = True
+            writer.transport.abort()   # close() would wait for ever to flush what it cannot send
         except (ConnectionError, OSError):
             self._closing = True

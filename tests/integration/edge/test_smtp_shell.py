@@ -4,6 +4,7 @@ failures, early talkers, BDAT, timeouts and acceptance failures all end in SMTP 
 from __future__ import annotations
 
 import asyncio
+import socket
 
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
@@ -255,3 +256,28 @@ async def test_a_spooled_message_leaves_no_file_however_it_ends(tmp_path):
         await wait_until(spool_gone, 30, "the spool file removed when the client went mid-DATA")
     assert acceptor.messages == [("a@b.test", ["ok@x.test"], half + b"z" * 100)]
     assert acceptor.spooled == [half + b"z" * 100]
+
+
+async def test_a_client_that_never_reads_its_replies_is_cut_off_after_the_timeout(tmp_path):
+    """Pipelined commands whose replies are never read fill the socket buffers; the session
+    waited in drain() for ever (the core's timer runs only while reading) and held its slot."""
+    tracker = SessionTracker()
+    server = SmtpServer(SmtpServerConfig(hostname="mx.test", spool_dir=tmp_path / "spool", max_message_size=10_000,
+                                         max_recipients=10, max_errors=10, timeout=1.0),
+                        Policy(), Acceptor(), SmtpMetrics(CollectorRegistry()), tracker)
+    listener = await asyncio.start_server(server.handle, "127.0.0.1", 0)
+    async with listener:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)   # a client that reads nothing
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, listener.sockets[0].getsockname())
+        reader, writer = await asyncio.open_connection(sock=sock)
+        writer.write(b"EHLO c.test\r\n")
+        while not (await asyncio.wait_for(reader.readline(), 10)).startswith(b"250 "):
+            pass
+        writer.write(b"NOOP\r\n" * 1_000_000)   # ~14 MB of replies, never read
+
+        async def session_over() -> bool:
+            return tracker.active_work() == 0
+        await wait_until(session_over, 20, "the session that read nothing ended")
+        writer.transport.abort()
