@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import ipaddress
 import json
 import logging
 import os
@@ -130,6 +131,11 @@ MAX_INFLIGHT = 2000
 MAX_CONNECTIONS = 10_000
 MAX_WRITE_BUFFER = 1 << 20    # bytes queued for a phone that does not read: then its flow is closed
 HANDSHAKE_TIMEOUT = 10.0      # seconds a new TLS or WebSocket connection has to complete its handshake
+# Seconds a TCP or TLS connection has for its first SIP message, and any message from its first
+# byte to its last: a connection that sends nothing, or a message a byte at a time, held a
+# descriptor and a slot of MAX_CONNECTIONS forever.  A flow that has sent a message and is
+# quiet between messages is kept (phones choose their own keep-alive intervals).
+MESSAGE_TIMEOUT = 10.0
 # Packets being worked on beyond which this member sends no retransmission copies (their
 # timers still double, and Timer B/F still ends an unanswered branch): a member that far
 # behind has likely not read the answers yet, and every copy would come back as more work.
@@ -315,6 +321,32 @@ async def _bind_udp(host: str, port: int) -> socket.socket:
     raise error or OSError(f"cannot bind UDP to {host}:{port}")
 
 
+def _write(writer: asyncio.StreamWriter, data: bytes, transport: str) -> None:
+    """Write to a phone's connection, or close it when MAX_WRITE_BUFFER is queued already: a
+    peer that does not read -- what it asked for included (pongs to a ping flood) -- must not
+    grow the member's memory.  Aborted, not closed: a close waits to write out what is queued,
+    which that peer never reads, so it held the connection for good."""
+    if writer.transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
+        log.info("closing a %s flow whose peer does not read", transport)
+        writer.transport.abort()
+        return
+    writer.write(data)
+
+
+def _counting_unit(host: str) -> str:
+    """What the connections per source are counted by: the IPv4 address, or the IPv6 /64 (an
+    attacker holds a whole /64, so counting single IPv6 addresses would count nothing)."""
+    try:
+        address = ipaddress.ip_address(host.partition("%")[0])
+    except ValueError:
+        return host
+    if address.version == 6:
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
+
+
 class _Flow:
     """A connection a phone (or a peer we opened) holds to this member: TCP, TLS, WS or WSS.
     ``send`` takes one SIP message; over a WebSocket it becomes one frame."""
@@ -325,11 +357,7 @@ class _Flow:
     def send(self, data: bytes) -> None:
         if self.ws is not None:
             data = self.ws.send(data)
-        if self.writer.transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
-            log.info("closing a %s flow whose peer does not read", self.transport)
-            self.writer.close()
-            return
-        self.writer.write(data)
+        _write(self.writer, data, self.transport)
 
     def close(self) -> None:
         self.writer.close()
@@ -346,6 +374,9 @@ class SipWorkload:
         self.server: asyncio.Server | None = None
         self.stream_servers: list[asyncio.Server] = []     # TLS, WS, WSS
         self.connections: dict[tuple[str, int], _Flow] = {}
+        # Connections open per source (_counting_unit), phones' and those still in their
+        # handshake alike: one address could otherwise take all MAX_CONNECTIONS.
+        self._per_source: dict[str, int] = {}
         self.counters: SharedCounters | None = None
         self._inflight: set[asyncio.Task] = set()
         self._readers: set[asyncio.Task] = set()
@@ -855,18 +886,47 @@ class SipWorkload:
             with suppress(Exception):
                 await watcher.stop()
 
+    def _admit(self, host: str) -> str | None:
+        """Count a new connection from ``host``: its counting unit, or None when this member
+        holds MAX_CONNECTIONS already or the source its ``sip_max_connections_per_ip`` (then
+        the caller closes it).  ``sip_allow_networks`` are held to the total only."""
+        if len(self.connections) >= MAX_CONNECTIONS:
+            return None
+        unit = _counting_unit(host)
+        held = self._per_source.get(unit, 0)
+        if held >= self.settings.sip_max_connections_per_ip and not (
+                self.farm is not None and self.farm._trusted(("TCP", host, 0))):
+            if self.farm is not None:
+                self.farm.metrics.dropped.labels(reason="connections per source").inc()
+            return None
+        self._per_source[unit] = held + 1
+        return unit
+
+    def _release(self, unit: str) -> None:
+        held = self._per_source.pop(unit, 1) - 1
+        if held > 0:
+            self._per_source[unit] = held
+
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                           transport: str = "TCP") -> None:
         peer = writer.get_extra_info("peername")
         key = (peer[0], peer[1])
-        if len(self.connections) >= MAX_CONNECTIONS:
+        unit = self._admit(key[0])
+        if unit is None:
             writer.close()
             return
         self.connections[key] = _Flow(transport, writer)
         framer = StreamFramer(self.settings.sip_max_message_size)
+        loop = asyncio.get_running_loop()
+        # Closes the connection when it is too slow (MESSAGE_TIMEOUT): armed from the start
+        # until the first message, then while a message is part read -- never re-armed by
+        # the bytes of the message it times, so a byte every few seconds does not hold it.
+        deadline = loop.call_later(MESSAGE_TIMEOUT, self._too_slow, writer, transport)
+        framed = False
         try:
             while data := await reader.read(65536):
                 framer.feed(data)
+                got = False
                 while True:
                     try:
                         message = framer.next_message()
@@ -874,21 +934,37 @@ class SipWorkload:
                         return     # unframeable: the stream cannot continue
                     if framer.pings:
                         framer.pings = 0
-                        writer.write(StreamFramer.PONG)
+                        _write(writer, StreamFramer.PONG, transport)
                     if message is None:
                         break
+                    got = framed = True
                     self.received(message, (transport, key[0], key[1]))
+                if got and deadline is not None:      # a message came in time
+                    deadline.cancel()
+                    deadline = None
+                if framed and deadline is None and framer.pending:     # the next one is begun
+                    deadline = loop.call_later(MESSAGE_TIMEOUT, self._too_slow, writer, transport)
         except (ConnectionError, OSError):
             pass
         finally:
+            if deadline is not None:
+                deadline.cancel()
+            self._release(unit)
             self.connections.pop(key, None)
             writer.close()
+
+    def _too_slow(self, writer: asyncio.StreamWriter, transport: str) -> None:
+        if self.farm is not None:
+            self.farm.metrics.dropped.labels(reason="stream too slow").inc()
+        log.debug("closing a %s connection whose message did not come within %s s", transport, MESSAGE_TIMEOUT)
+        writer.transport.abort()     # not close(): that would wait on a peer that may not read either
 
     async def _ws_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, transport: str) -> None:
         """One RFC 7118 connection: the handshake, then one SIP message per WebSocket message."""
         peer = writer.get_extra_info("peername")
         key = (peer[0], peer[1])
-        if len(self.connections) >= MAX_CONNECTIONS:
+        unit = self._admit(key[0])
+        if unit is None:
             writer.close()
             return
         ws = SipWebSocket(self.settings.sip_max_message_size)
@@ -900,7 +976,7 @@ class SipWorkload:
                     break       # no upgrade request in time
                 got = ws.receive(data or None)
                 if got.to_send:
-                    writer.write(got.to_send)
+                    _write(writer, got.to_send, transport)
                 if ws.open and key not in self.connections:
                     self.connections[key] = _Flow(transport, writer, ws)
                 for message in got.messages:
@@ -910,6 +986,7 @@ class SipWorkload:
         except (ConnectionError, OSError):
             pass
         finally:
+            self._release(unit)
             self.connections.pop(key, None)
             writer.close()
 

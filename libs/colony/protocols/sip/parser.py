@@ -280,6 +280,12 @@ class StreamFramer:
     def feed(self, data: bytes) -> None:
         self._buffer += data
 
+    @property
+    def pending(self) -> bool:
+        """Part of a message is held (CRs and LFs between messages are keep-alives, not one):
+        the shell gives such a connection a deadline to finish it."""
+        return bool(self._buffer) and bool(self._buffer.strip(b"\r\n"))
+
     def next_message(self) -> bytes | None:
         """The next whole message's bytes, or None until more data arrives.  Raises
         ``SipParseError`` when the stream cannot continue (the connection must close)."""

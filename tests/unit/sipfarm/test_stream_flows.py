@@ -1,0 +1,189 @@
+"""What one client can hold of a member's connections (workload._connection, _ws_connection),
+over real sockets on 127.0.0.1: connections per source are capped, a connection must send
+its first message, and finish each message, within MESSAGE_TIMEOUT, and a peer that does not
+read what it asks for (pongs to a ping flood) is closed instead of growing the member's
+memory.  Before these, 10,000 silent connections from one address locked every phone out of
+TCP, TLS and WebSocket, and a WebSocket ping flood that read nothing grew the member by tens
+of MB a second."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import uuid
+from types import SimpleNamespace
+
+from prometheus_client import CollectorRegistry
+
+from colony.protocols.sip.parser import StreamFramer, parse_message
+from colony.settings import Settings
+
+from colony_sipfarm import workload
+from colony_sipfarm.farm import SipFarm
+from colony_sipfarm.workload import SipWorkload
+from test_farm import Auth, Clock, Counters, Dialogs, Store
+
+WS_UPGRADE = (b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+              b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+              b"Sec-WebSocket-Protocol: sip\r\n\r\n")
+
+
+def options() -> bytes:
+    call_id = uuid.uuid4().hex
+    return (f"OPTIONS sip:acme.example SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:5999;branch=z9hG4bK{call_id[:10]}\r\n"
+            f"From: <sip:alice@acme.example>;tag=a\r\nTo: <sip:acme.example>\r\nCall-ID: {call_id}\r\n"
+            f"CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n").encode()
+
+
+async def _wait_for(condition, timeout: float = 5.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        assert loop.time() < deadline
+        await asyncio.sleep(0.01)
+
+
+async def _shell(allow: str = "", **settings):
+    settings = Settings(sip_allow_networks=allow, **settings)
+    farm = SipFarm(settings, "sipfarm-1", store=Store(Clock()), dialogs=Dialogs(), auth=Auth(), counters=Counters(),
+                   secret=b"k" * 32, address=("127.0.0.1", 5060), registry=CollectorRegistry(), meter=lambda c: None)
+    shell = SipWorkload(settings)
+    shell.farm, shell._runtime = farm, SimpleNamespace(node_id="sipfarm-1")
+    tcp = await asyncio.start_server(shell._connection, "127.0.0.1", 0)
+    ws = await asyncio.start_server(lambda r, w: shell._ws_connection(r, w, "WS"), "127.0.0.1", 0)
+    return shell, tcp.sockets[0].getsockname()[1], ws.sockets[0].getsockname()[1], (tcp, ws)
+
+
+async def _closed(reader: asyncio.StreamReader, timeout: float = 5.0) -> bool:
+    """Whether the member closed the connection (EOF or reset) within ``timeout``."""
+    try:
+        async with asyncio.timeout(timeout):
+            while await reader.read(65536):
+                pass
+    except TimeoutError:
+        return False
+    except ConnectionError:
+        pass
+    return True
+
+
+async def _answer(reader: asyncio.StreamReader):
+    framer = StreamFramer()
+    while (data := framer.next_message()) is None:
+        chunk = await asyncio.wait_for(reader.read(65536), 5)
+        assert chunk, "connection closed"
+        framer.feed(chunk)
+    return parse_message(data)
+
+
+async def test_one_source_holds_at_most_its_connections_and_allowed_networks_only_the_total():
+    shell, port, ws_port, servers = await _shell(sip_max_connections_per_ip=3)
+    held = [await asyncio.open_connection("127.0.0.1", p) for p in (port, port, ws_port)]
+    try:
+        await _wait_for(lambda: shell._per_source.get("127.0.0.1") == 3)
+        for p in (port, ws_port):     # the fourth, over TCP or WebSocket alike, is closed at once
+            reader, writer = await asyncio.open_connection("127.0.0.1", p)
+            assert await _closed(reader)
+            writer.close()
+        assert shell.farm.metrics.dropped.labels(reason="connections per source")._value.get() == 2
+        held.pop()[1].close()          # one goes: a new one is taken, and answered
+        await _wait_for(lambda: shell._per_source.get("127.0.0.1") == 2)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(options())
+        assert (await _answer(reader)).status == 200
+        held.append((reader, writer))
+    finally:
+        for _, writer in held:
+            writer.close()
+        for server in servers:
+            server.close()
+    await _wait_for(lambda: not shell._per_source and not shell.connections)
+
+    shell, port, _, servers = await _shell(allow="127.0.0.0/8", sip_max_connections_per_ip=3)
+    held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(6)]
+    try:
+        await _wait_for(lambda: len(shell.connections) == 6)
+    finally:
+        for _, writer in held:
+            writer.close()
+        for server in servers:
+            server.close()
+
+
+async def test_a_connection_must_send_its_first_message_and_finish_each_in_time(monkeypatch):
+    monkeypatch.setattr(workload, "MESSAGE_TIMEOUT", 0.5)
+    shell, port, _, servers = await _shell()
+    try:
+        silent, silent_writer = await asyncio.open_connection("127.0.0.1", port)
+        assert await _closed(silent, 3)
+        # A byte at a time, each well within the timeout: the message as a whole is not.
+        slow, slow_writer = await asyncio.open_connection("127.0.0.1", port)
+        closed = asyncio.ensure_future(_closed(slow, 3))
+        for byte in options():
+            if closed.done():
+                break
+            slow_writer.write(bytes([byte]))
+            await asyncio.sleep(0.05)
+        assert closed.done() and closed.result(), "a message trickled in a byte at a time held the connection"
+        assert shell.farm.metrics.dropped.labels(reason="stream too slow")._value.get() == 2
+        # A phone that has sent its message may be quiet between messages (keep-alive CRLFs
+        # included), and is answered on the same connection afterwards.
+        phone, phone_writer = await asyncio.open_connection("127.0.0.1", port)
+        phone_writer.write(options())
+        assert (await _answer(phone)).status == 200
+        phone_writer.write(b"\r\n")
+        assert not await _closed(phone, 1.5)
+        phone_writer.write(options())
+        assert (await _answer(phone)).status == 200
+        for writer in (silent_writer, slow_writer, phone_writer):
+            writer.close()
+    finally:
+        for server in servers:
+            server.close()
+
+
+async def test_a_websocket_ping_flood_that_reads_no_pong_is_closed_not_buffered(monkeypatch):
+    monkeypatch.setattr(workload, "MAX_WRITE_BUFFER", 64 * 1024)
+    shell, _, ws_port, servers = await _shell()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)     # and never read
+    sock.connect(("127.0.0.1", ws_port))
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    try:
+        await loop.sock_sendall(sock, WS_UPGRADE)
+        await _wait_for(lambda: len(shell.connections) == 1)
+        flow = next(iter(shell.connections.values()))
+        ping = bytes([0x89, 0x80 | 125]) + b"\0\0\0\0" + b"p" * 125
+        sent = 0
+        deadline = loop.time() + 10
+        while shell.connections and loop.time() < deadline:
+            try:
+                sent += sock.send(ping * 64)
+            except BlockingIOError:
+                await asyncio.sleep(0.01)
+            except ConnectionError:
+                break
+            await asyncio.sleep(0)
+            assert flow.writer.transport.get_write_buffer_size() <= workload.MAX_WRITE_BUFFER + 64 * 1024
+        assert not shell.connections, f"still open after {sent} bytes of pings"
+    finally:
+        sock.close()
+        for server in servers:
+            server.close()
+
+
+def test_connections_are_counted_per_ipv4_address_and_ipv6_64():
+    assert workload._counting_unit("192.0.2.7") == "192.0.2.7"
+    assert workload._counting_unit("2001:db8:1:2:aaaa::1") == workload._counting_unit("2001:db8:1:2::ffff") == "2001:db8:1:2::/64"
+    assert workload._counting_unit("::ffff:192.0.2.7") == "192.0.2.7"
+    assert workload._counting_unit("fe80::1%eth0") == "fe80::/64"
+
+
+def test_the_framer_tells_a_part_read_message_from_keep_alives():
+    framer = StreamFramer()
+    assert not framer.pending
+    framer.feed(b"\r\n")                 # perhaps half a ping
+    assert framer.next_message() is None and not framer.pending
+    framer.feed(b"\r\nOPT")
+    assert framer.next_message() is None and framer.pending and framer.pings == 1
