@@ -11,7 +11,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Generic, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from colony.bus.tokens import normalise_domain
 from colony_admin.auth import passwords
@@ -46,7 +46,7 @@ def check_address(value: str) -> str:
 
 
 def check_cos_name(value: str) -> str:
-    if not _COS_RE.match(value):
+    if not _COS_RE.fullmatch(value):  # match() let "gold\n" through: $ also matches before a final newline
         raise ValueError(f"{value!r} is not a class-of-service name (letters, digits, _ . -; max 64)")
     return value
 
@@ -65,8 +65,30 @@ Address = Annotated[str, AfterValidator(check_address)]
 CosName = Annotated[str, AfterValidator(check_cos_name)]
 
 
+def no_nul(value: Any) -> Any:
+    """PostgreSQL cannot store NUL in text: an event carrying one is refused by the read
+    model's projection (skipped with an error log), so the object would exist in the event
+    log and the directory but never in lists, and deletion checks would miss it."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError("NUL characters are not allowed")
+    elif isinstance(value, (list, tuple, set)):
+        for item in value:
+            no_nul(item)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            no_nul(key)
+            no_nul(item)
+    return value
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _storable_text(cls, value: Any) -> Any:
+        return no_nul(value)
 
 
 class _Patch(_Strict):

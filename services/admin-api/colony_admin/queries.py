@@ -28,9 +28,12 @@ def encode_cursor(key: str) -> str:
 
 def decode_cursor(cursor: str) -> str:
     try:
-        return base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True).decode()
+        key = base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise BadRequest("cursor is not one this API handed out") from None
+        key = "\x00"
+    if "\x00" in key:  # no key holds one, and PostgreSQL refuses it as a parameter
+        raise BadRequest("cursor is not one this API handed out")
+    return key
 
 
 def page(conn: Connection, table: Table, key: Column, *, where: list[ColumnElement[bool]] | None = None,

@@ -4,8 +4,10 @@ the answer is a problem+json, memory stays bounded, and nothing is read that nee
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
+import uuid
 from collections.abc import AsyncIterator
 
 import pytest
@@ -106,3 +108,36 @@ async def test_a_bulk_import_has_its_own_ceiling(served):
     answer, _ = await _exchange(port, head, [big])
     status, headers, problem = _problem(answer)
     assert status == 413 and str(64 * 1024) in problem["detail"], answer[:300]
+
+
+async def test_text_postgresql_cannot_store_is_refused_at_the_door(make_stack):
+    """A NUL in a name, a search prefix or a cursor: on PostgreSQL the account was created
+    (event log, directory) yet never listed -- the projection skipped its event -- and a
+    prefix or a cursor holding one was a 500.  On both databases: refused, as a problem."""
+    stack = await make_stack()
+    c, h = stack.client, stack.as_(stack.sys_token)
+    domain = f"nul-{uuid.uuid4().hex[:8]}.example"
+    assert (await c.post("/v1/domains", json={"name": domain}, headers=h)).status_code == 201
+
+    r = await c.post(f"/v1/domains/{domain}/accounts", json={"name": "bob", "real_name": "B\x00b"}, headers=h)
+    assert r.status_code == 422 and r.json()["errors"][0]["loc"] == ["body", "real_name"], r.text
+    r = await c.put(f"/v1/domains/{domain}/branding", json={"display_name": "x\x00"}, headers=h)
+    assert r.status_code == 422, r.text
+    r = await c.post("/v1/tokens", json={"name": "t\x00", "role": "billing-reader"}, headers=h)
+    assert r.status_code == 422, r.text
+
+    r = await c.get("/v1/domains", params={"prefix": "\x00"}, headers=h)
+    assert r.status_code == 422 and r.headers["content-type"] == "application/problem+json", r.text
+    nul_cursor = base64.urlsafe_b64encode(b"a\x00").decode()
+    r = await c.get(f"/v1/domains/{domain}/accounts", params={"cursor": nul_cursor}, headers=h)
+    assert r.status_code == 400, r.text
+    assert (await c.get("/v1/tokens/%00", headers=h)).status_code == 404
+
+    # "gold\n" passed the class-of-service name rule ($ matches before a final newline).
+    r = await c.post("/v1/cos", json={"name": "gold\n"}, headers=h)
+    assert r.status_code == 422, r.text
+
+    r = await c.post(f"/v1/domains/{domain}/accounts", json={"name": "bob", "real_name": "Bob"}, headers=h)
+    assert r.status_code == 201
+    listed = (await c.get(f"/v1/domains/{domain}/accounts", headers=h)).json()["items"]
+    assert [a["name"] for a in listed] == ["bob"]

@@ -13,7 +13,9 @@ from colony_admin.models import TokenOut
 
 Cursor = Annotated[str | None, Query(description="next_cursor of the previous page", max_length=2000)]
 Limit = Annotated[int, Query(ge=1, le=1000, description="Page size")]
-Prefix = Annotated[str | None, Query(description="Only names that start with this", max_length=320)]
+# No NUL: PostgreSQL refuses it in a text parameter (a 500 instead of an empty page).
+Prefix = Annotated[str | None, Query(description="Only names that start with this", max_length=320,
+                                     pattern=r"^[^\x00]*$")]
 
 
 def apply_all(state: aggregates.State, events: list[ev.Event]) -> dict[str, Any]:

@@ -57,6 +57,9 @@ async def create_token(body: TokenCreate, request: Request, ctx: Admin, who: Cal
 @router.get("/tokens/{token_id}", response_model=TokenOut, summary="One token")
 async def get_token(token_id: str, ctx: Admin, who: Caller) -> TokenOut:
     roles.require_system(who, "read tokens")
+    # Ids are short and alphanumeric; anything else (a NUL, which PostgreSQL refuses) is unknown.
+    if len(token_id) > 64 or not (token_id.isascii() and token_id.isalnum()):
+        raise NotFound(f"token {token_id!r} does not exist")
     row = await ctx.db(queries.get, db.api_tokens, db.api_tokens.c.id, token_id)
     if row is None:
         raise NotFound(f"token {token_id} does not exist")
