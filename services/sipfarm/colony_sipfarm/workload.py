@@ -930,8 +930,11 @@ class SipWorkload:
                 while True:
                     try:
                         message = framer.next_message()
-                    except SipParseError:
-                        return     # unframeable: the stream cannot continue
+                    except SipParseError as exc:
+                        # Unframeable: the stream cannot continue.  A request whose head was
+                        # read (no or a bad Content-Length, too large) gets its 400/513 first.
+                        await self._refuse_on_stream(exc, (transport, key[0], key[1]), writer)
+                        return
                     if framer.pings:
                         framer.pings = 0
                         _write(writer, StreamFramer.PONG, transport)
@@ -952,6 +955,20 @@ class SipWorkload:
             self._release(unit)
             self.connections.pop(key, None)
             writer.close()
+
+    async def _refuse_on_stream(self, exc: SipParseError, source: Destination, writer: asyncio.StreamWriter) -> None:
+        """The farm's answer to a request the framer could not cut from the stream, written
+        before the connection closes (the close writes it out); nothing when unaddressable."""
+        if exc.request is None or self.farm is None:
+            return
+        try:
+            out = await self.farm.handle(b"", source, parsed=exc)     # a local answer: no bus work
+        except Exception:
+            log.exception("SIP message from %s:%s failed", source[1], source[2])
+            return
+        for item in out:
+            if item.destination == source:
+                _write(writer, item.data, source[0])
 
     def _too_slow(self, writer: asyncio.StreamWriter, transport: str) -> None:
         if self.farm is not None:

@@ -173,6 +173,32 @@ async def test_a_websocket_ping_flood_that_reads_no_pong_is_closed_not_buffered(
             server.close()
 
 
+async def test_a_request_the_stream_cannot_carry_gets_its_answer_before_the_close():
+    """RFC 3261 §18.3: a stream needs Content-Length.  A request without one, with a bad one or
+    one larger than sip_max_message_size cannot be cut from the stream, so the connection
+    ends -- after the protocol's own answer (400, 513), when the head can address one."""
+    shell, port, _, servers = await _shell(sip_max_message_size=2048)
+    try:
+        for head_end, status in [(b"\r\n", 400),                                   # no Content-Length
+                                 (b"Content-Length: -5\r\n\r\n", 400),
+                                 (b"Content-Length: 99999999999\r\n\r\n", 400),
+                                 (b"Content-Length: 5000\r\n\r\n" + b"x" * 10, 513)]:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(options().replace(b"Content-Length: 0\r\n\r\n", head_end))
+            answer = await _answer(reader)
+            assert answer.status == status and answer.call_id, head_end
+            assert await _closed(reader)
+            writer.close()
+        # A head without an end addresses nothing: the connection just closes at the limit.
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"OPTIONS sip:acme.example SIP/2.0\r\nX: " + b"a" * 5000)
+        assert await _closed(reader)
+        writer.close()
+    finally:
+        for server in servers:
+            server.close()
+
+
 def test_connections_are_counted_per_ipv4_address_and_ipv6_64():
     assert workload._counting_unit("192.0.2.7") == "192.0.2.7"
     assert workload._counting_unit("2001:db8:1:2:aaaa::1") == workload._counting_unit("2001:db8:1:2::ffff") == "2001:db8:1:2::/64"

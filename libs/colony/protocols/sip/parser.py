@@ -4,7 +4,7 @@ Theory of operation
 -------------------
 ``parse_message(data)`` turns one whole message into a ``SipRequest`` or ``SipResponse`` or
 raises ``SipParseError``.  The error carries the status a server answers a *request* with
-(400, 416, 505, 413...) and, when enough of the request was readable to address a response
+(400, 416, 505, 513...) and, when enough of the request was readable to address a response
 to it (Via, From, To, Call-ID, CSeq), the partly parsed request, so the transport can send
 that answer; otherwise (a broken response, or garbage) the message is dropped silently, as
 RFC 3261 §16.3/§18 want for what cannot be answered.
@@ -21,7 +21,8 @@ SP-separated parts, white space or ``<>`` in the Request-URI, a version other th
 name, a missing mandatory header (Via, From, To, Call-ID, CSeq), a CSeq whose method is not
 the request's, a non-numeric or negative Content-Length, a Content-Length longer than the
 datagram, Max-Forwards outside 0..255, an unknown URI scheme in a request (416), and any
-message larger than ``max_size`` (413 / dropped).
+message larger than ``max_size`` (513 Message Too Large, RFC 3261 §21.5.14; 413 is a body
+the server will not take).
 
 Nearly every message is CRLF throughout and not folded: ``parse_message`` reads those with
 one search and one split, and hands anything else (a bare LF, a folded or bad line, too many
@@ -31,7 +32,10 @@ above; the two must agree on any bytes (tests/unit/protocols/sip/test_parser.py)
 ``StreamFramer`` cuts a byte stream into messages: it skips the CRLFs a client sends as
 keep-alive between messages (answering a CRLFCRLF "ping" with a CRLF "pong", RFC 5626 §4.4.1),
 needs Content-Length on a stream (§18.3), and never holds more than ``max_size`` bytes of
-one message: a larger one is an error that ends the connection.
+one message: a larger one is an error that ends the connection.  When the request's head was
+read whole (a missing or bad Content-Length, or one that makes the message too large), the
+error carries the partly parsed request like ``parse_message``'s, so the shell can answer it
+(400, 513) before it closes the connection.
 """
 
 from __future__ import annotations
@@ -93,7 +97,7 @@ def _lines(head: str) -> list[str]:
 
 def parse_message(data: bytes, max_size: int = MAX_SIZE) -> SipRequest | SipResponse:
     if len(data) > max_size:
-        raise SipParseError(413, "Message Too Large")
+        raise SipParseError(513, "Message Too Large")
     data = data.lstrip(b"\r\n")
     headers = None
     # CRLF throughout, nothing folded (nearly every message): one search, one split.  With no
@@ -308,19 +312,27 @@ class StreamFramer:
             end, sep = buf.find(b"\n\n"), 2
         if end < 0:
             if len(buf) > self.max_size:
-                raise SipParseError(413, "Message Too Large")
+                raise SipParseError(513, "Message Too Large")   # no head to address an answer
             return None
         head = bytes(buf[:end])
         match = re.search(rb"(?im)^(?:content-length|l)[ \t]*:[ \t]*(\S*)[ \t]*\r?$", head)
         if not match:
-            raise SipParseError(400, "Missing Content-Length On A Stream")
+            raise self._refused(head, 400, "Missing Content-Length On A Stream")
         if not match.group(1).isdigit() or len(match.group(1)) > 9:
-            raise SipParseError(400, "Bad Content-Length")
+            raise self._refused(head, 400, "Bad Content-Length")
         total = end + sep + int(match.group(1))
         if total > self.max_size:
-            raise SipParseError(413, "Message Too Large")
+            raise self._refused(head, 513, "Message Too Large")
         if len(buf) < total:
             return None
         message = bytes(buf[:total])
         del buf[:total]
         return message
+
+    def _refused(self, head: bytes, status: int, reason: str) -> SipParseError:
+        """The error that ends the stream, with the request when its head can address an answer."""
+        try:
+            message = parse_message(head + b"\r\n\r\n", max(self.max_size, len(head) + 4))
+        except SipParseError as exc:
+            message = exc.request
+        return SipParseError(status, reason, message if isinstance(message, SipRequest) else None)

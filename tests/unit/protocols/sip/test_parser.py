@@ -194,17 +194,25 @@ def test_stream_framing_keepalives_and_limits():
     no_length.feed(msg("OPTIONS sip:bob@example.com SIP/2.0", *BASE, "CSeq: 1 OPTIONS"))
     with pytest.raises(SipParseError, match="Content-Length"):
         no_length.next_message()
+    with pytest.raises(SipParseError) as err:      # the head was read: the answer can be addressed
+        no_length.next_message()
+    assert err.value.status == 400 and err.value.request.call_id
+    too_long = StreamFramer(max_size=1000)
+    too_long.feed(msg("OPTIONS sip:bob@example.com SIP/2.0", *BASE, "CSeq: 1 OPTIONS", "Content-Length: 5000"))
+    with pytest.raises(SipParseError) as err:
+        too_long.next_message()
+    assert err.value.status == 513 and err.value.request.method == "OPTIONS"
     big = StreamFramer(max_size=1000)
     big.feed(b"INVITE sip:x SIP/2.0\r\nX: " + b"a" * 2000)
     with pytest.raises(SipParseError) as err:
         big.next_message()
-    assert err.value.status == 413
+    assert err.value.status == 513
 
 
 def test_oversized_datagram():
     with pytest.raises(SipParseError) as err:
         parse_message(b"x" * 70_000)
-    assert err.value.status == 413
+    assert err.value.status == 513
 
 
 @settings(max_examples=400, deadline=None)
