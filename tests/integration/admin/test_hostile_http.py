@@ -10,9 +10,11 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 
+import httpx
 import pytest
 
 from colony.http_server import EmbeddedHttpServer
+from colony_admin.auth import secrets
 from colony_admin.bodylimit import MAX_JSON_BODY
 
 
@@ -141,3 +143,27 @@ async def test_text_postgresql_cannot_store_is_refused_at_the_door(make_stack):
     assert r.status_code == 201
     listed = (await c.get(f"/v1/domains/{domain}/accounts", headers=h)).json()["items"]
     assert [a["name"] for a in listed] == ["bob"]
+
+
+async def test_wrong_secrets_sent_with_a_token_id_do_not_lock_its_holder_out(make_stack):
+    """Ten wrong secrets for the system admin's token id, from ten addresses, then the real
+    token from an eleventh: it works (the addresses that guessed are the ones refused)."""
+    stack = await make_stack()
+    token_id, _ = secrets.split_token(stack.sys_token)
+
+    def from_address(host: str) -> httpx.AsyncClient:
+        return httpx.AsyncClient(transport=httpx.ASGITransport(app=stack.app, client=(host, 40000)),
+                                 base_url="http://admin.test")
+
+    for i in range(12):
+        async with from_address(f"192.0.2.{i + 1}") as attacker:
+            r = await attacker.get("/v1/whoami", headers=stack.as_(f"col_{token_id}_wrong{i}"))
+            assert r.status_code == 401, r.text
+    async with from_address("198.51.100.7") as holder:
+        r = await holder.get("/v1/whoami", headers=stack.as_(stack.sys_token))
+        assert r.status_code == 200 and r.json()["token_id"] == token_id, r.text
+
+    async with from_address("203.0.113.9") as guesser:  # one address guessing is still slowed down
+        codes = [(await guesser.get("/v1/whoami", headers=stack.as_(f"col_{token_id}_x{i}"))).status_code
+                 for i in range(12)]
+        assert codes[:10] == [401] * 10 and codes[10:] == [429, 429]

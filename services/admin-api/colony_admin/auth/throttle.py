@@ -1,4 +1,4 @@
-"""Brute-force protection: count failures per key (client address, token id, account) in a
+"""Brute-force protection: count failures per key (client address, account) in a
 sliding window and refuse checks for a while once a key has too many.
 
 Pure: the caller passes the monotonic time, so tests advance a number instead of sleeping.
