@@ -231,8 +231,9 @@ class _UdpSocket:
                 return
             except (BlockingIOError, InterruptedError):
                 self.loop.add_writer(self._fd, self._flush)
-            except OSError as exc:     # as asyncio's transport: reported, not raised (the caller's
-                log.info("could not send a SIP datagram to %s: %s", addr, exc)   # send is one of many)
+            except (OSError, OverflowError) as exc:     # as asyncio's transport: reported, not raised
+                # (the caller's send is one of many); OverflowError: a port no datagram can have.
+                log.info("could not send a SIP datagram to %s: %s", addr, exc)
                 return
         if self._queued + len(data) > MAX_WRITE_BUFFER:
             return
@@ -252,8 +253,8 @@ class _UdpSocket:
         try:
             async with asyncio.timeout(LOOKUP_TIMEOUT):
                 infos = await self.loop.getaddrinfo(host, port, family=self.sock.family, type=socket.SOCK_DGRAM)
-        except (OSError, TimeoutError) as exc:
-            log.info("SIP datagram to %s lost: the name does not resolve (%s)", host, exc)
+        except (OSError, TimeoutError, ValueError) as exc:     # ValueError: no DNS name (a label over 63)
+            log.info("SIP datagram to %s lost: the name does not resolve (%s)", host[:100], exc)
             return
         if not infos:
             return
@@ -270,7 +271,7 @@ class _UdpSocket:
                 self.sock.sendto(data, addr)
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as exc:
+            except (OSError, OverflowError) as exc:
                 log.info("could not send a SIP datagram to %s: %s", addr, exc)
             self._queue.popleft()
             self._queued -= len(data)

@@ -223,3 +223,25 @@ async def test_a_name_that_hangs_or_fails_loses_its_datagram_and_blocks_nothing(
     finally:
         udp.close()
         phone.close()
+
+
+async def test_a_destination_no_datagram_can_have_is_logged_not_raised(caplog):
+    """A port past 65535 (sendto raises OverflowError) or a host name no DNS can hold (a label
+    over 63 octets: getaddrinfo raises UnicodeError), both from a phone's packet, lose their
+    datagram with a log line -- they were a traceback per packet ("Task exception was never
+    retrieved")."""
+    caplog.set_level(logging.INFO, logger="colony.sipfarm")
+    loop = asyncio.get_running_loop()
+    udp = _UdpSocket(loop, await _bind_udp("127.0.0.1", 0), lambda data, source: None)
+    try:
+        udp.sendto(b"x", ("127.0.0.1", 99_999_999))
+        udp._queue.append((b"y", ("127.0.0.1", 99_999_999)))     # met a full buffer before
+        udp._queued += 1
+        udp._flush()
+        assert not udp._queue
+        udp.sendto(b"z", ("a" * 300 + ".example", 5060))
+        await _wait_for(lambda: not udp._lookups)
+        task_errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+        assert not task_errors and caplog.text.count("could not send") == 2 and "does not resolve" in caplog.text
+    finally:
+        udp.close()

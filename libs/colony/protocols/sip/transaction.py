@@ -127,7 +127,9 @@ def response_destination(via: Via, source: Destination | None) -> Destination:
         return source
     host = via.params.get("maddr") or via.params.get("received") or via.host
     rport = via.params.get("rport")
-    port = int(rport) if rport and rport.isdigit() else (via.port or 5060)
+    # An rport no port can be (a client's own, RFC 3581 leaves its form to us) is ignored: the
+    # shell's sendto raised on it, a traceback per packet.
+    port = int(rport) if rport and rport.isdigit() and 0 < int(rport) < 65536 else (via.port or 5060)
     return (transport, host, port)
 
 

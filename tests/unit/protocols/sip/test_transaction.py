@@ -144,6 +144,10 @@ def test_via_stamping_and_response_routing():
     plain = request()
     stamp_via(plain, ("UDP", "203.0.113.5", 40000))
     assert response_destination(plain.top_via(), None) == ("UDP", "203.0.113.5", 5070)
+    for rport in ("99999999", "65536", "0"):      # no port: the sent-by's (sendto raised on them)
+        bad = request(via_extra=f";rport={rport}")
+        stamp_via(bad, ("UDP", "203.0.113.5", 40000))
+        assert response_destination(bad.top_via(), None) == ("UDP", "203.0.113.5", 5070)
     same = request()
     stamp_via(same, ("UDP", "192.0.2.1", 5070))
     assert "received" not in same.top_via().params
