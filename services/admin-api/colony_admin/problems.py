@@ -139,6 +139,19 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI reports both of these as 422, which RFC 9110 keeps for content that parses:
+        # a body that is not JSON at all is 400 (15.5.1), one in another format 415 (15.5.16).
+        broken = next((e for e in exc.errors() if e.get("type") == "json_invalid"), None)
+        if broken is not None:
+            why = (broken.get("ctx") or {}).get("error", "")
+            return problem_response(400, "Bad Request", f"the body is not valid JSON: {why}".rstrip(": "),
+                                    kind="bad-request", instance=request.url.path)
+        if isinstance(getattr(exc, "body", None), bytes | bytearray) and exc.body:
+            # FastAPI hands over the raw bytes only when the Content-Type was not JSON.
+            return problem_response(415, "Unsupported Media Type",
+                                    f"send the body as application/json, not {request.headers.get('content-type') or 'untyped'}",
+                                    kind="unsupported-media-type", instance=request.url.path,
+                                    headers={"Accept-Post": "application/json"} if request.method == "POST" else None)
         errors = [{"loc": list(map(str, e.get("loc", ()))), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
                   for e in exc.errors()]
         first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
@@ -176,6 +189,8 @@ COMMON_RESPONSES: dict[int | str, dict[str, Any]] = {
     403: _doc(403, "The token's role may not do this"),
     404: _doc(404, "No such object"),
     409: _doc(409, "Already exists, or changed concurrently: re-read and retry"),
+    413: _doc(413, "The request body is larger than the endpoint accepts"),
+    415: _doc(415, "The body is not application/json"),
     422: _doc(422, "Invalid field values"),
     429: _doc(429, "Too many failed authentications; see Retry-After"),
 }
