@@ -863,8 +863,12 @@ class Session:
             chosen = {n for n in chosen if n in boxes and boxes[n].special_use}
         # Parents implied by the hierarchy: \Noselect in LSUB/LIST (RFC 3501), \NonExistent
         # with LIST-EXTENDED; with RECURSIVEMATCH they carry CHILDINFO.
-        implied = {DELIMITER.join(n.split(DELIMITER)[:i]) for n in chosen | set(boxes)
-                   for i in range(1, n.count(DELIMITER) + 1)}
+        # Every question about descendants is answered from sets and a sorted list, never
+        # by a walk over all names per name: with thousands of mailboxes that walk made one
+        # LIST take seconds of the store's event loop (other sessions waited as long).
+        parents_of_chosen, parents_of_boxes = _ancestors(chosen), _ancestors(boxes)
+        implied = parents_of_chosen | parents_of_boxes
+        chosen_sorted = sorted(chosen)
         recursive = "RECURSIVEMATCH" in selection
         candidates = chosen | (implied if not cmd.extended or recursive or not selection else set())
         if cmd.extended and not selection:
@@ -874,13 +878,13 @@ class Session:
                 continue
             box = boxes.get(name)
             selected_by_itself = name in chosen
-            child_match = [c for c in chosen if c.startswith(name + DELIMITER)]
-            if not selected_by_itself and not (recursive and child_match) and cmd.extended and selection:
+            has_chosen_child = name in parents_of_chosen
+            if not selected_by_itself and not (recursive and has_chosen_child) and cmd.extended and selection:
                 continue
             if not selected_by_itself and not cmd.extended and not lsub and name in boxes:
                 continue
-            if lsub and not selected_by_itself and (not child_match or any(m(c) for c in child_match
-                                                                           for m in matchers)):
+            if lsub and not selected_by_itself and (not has_chosen_child or any(
+                    m(c) for c in _descendants(chosen_sorted, name) for m in matchers)):
                 continue    # LSUB lists an unsubscribed parent only when "%" hid its subscribed child
             attrs: list[str] = []
             if lsub:
@@ -889,7 +893,7 @@ class Session:
             elif box is None:
                 attrs.append("\\NonExistent" if cmd.extended else "\\Noselect")
             if not lsub:
-                has_children = any(n.startswith(name + DELIMITER) for n in boxes)
+                has_children = name in parents_of_boxes
                 attrs.append("\\HasChildren" if has_children else "\\HasNoChildren")
                 if box is not None and box.special_use and (not cmd.extended or special_only
                                                             or "SPECIAL-USE" in returns or not returns):
@@ -897,7 +901,7 @@ class Session:
                 if cmd.extended and (by_subscription or "SUBSCRIBED" in returns) and name in subs:
                     attrs.append("\\Subscribed")
             line = f"* {cmd.name} ({' '.join(attrs)}) \"{DELIMITER}\" ".encode() + self._wire_name(name)
-            if recursive and child_match and not selected_by_itself and "SUBSCRIBED" in selection:
+            if recursive and has_chosen_child and not selected_by_itself and "SUBSCRIBED" in selection:
                 line += b' ("CHILDINFO" ("SUBSCRIBED"))'
             self._send(line)
             if "STATUS" in returns and box is not None and "r" in self._rights(store, name):
@@ -1588,6 +1592,27 @@ def _text_mutf7(value: bytes) -> str:
         return decode_mutf7(value)
     except Exception:
         return value.decode("utf-8", "replace")
+
+
+def _ancestors(names) -> set[str]:
+    """Every superior hierarchy level of ``names`` (``a`` and ``a/b`` for ``a/b/c``)."""
+    out: set[str] = set()
+    for n in names:
+        i = n.find(DELIMITER)
+        while i > 0:
+            out.add(n[:i])
+            i = n.find(DELIMITER, i + 1)
+    return out
+
+
+def _descendants(sorted_names: list[str], name: str) -> list[str]:
+    """The names under ``name`` in ``sorted_names``: one contiguous run, found by bisection."""
+    prefix = name + DELIMITER
+    start = bisect.bisect_left(sorted_names, prefix)
+    end = start
+    while end < len(sorted_names) and sorted_names[end].startswith(prefix):
+        end += 1
+    return sorted_names[start:end]
 
 
 def _pattern(pattern: str) -> Callable[[str], bool]:

@@ -636,3 +636,40 @@ def test_a_fault_in_a_command_still_answers_it(mail):
     c.session.abort("[SERVERBUG] Internal error; the account will be reopened")   # as the shell does
     c.store = Store(mail)
     assert c.cmd("g NOOP").endswith("g OK NOOP completed\r\n")
+
+
+def test_list_of_ten_thousand_mailboxes_costs_a_linear_walk():
+    # LIST looked for each name's children in every other name: 5,000 mailboxes cost 5 s of
+    # CPU on the store's event loop (every session of the store waited). A budget of CPU
+    # seconds, not wall time, far above the linear walk (~0.1 s) and far below the old cost.
+    import time
+    from dataclasses import dataclass
+
+    @dataclass
+    class Box:
+        name: str
+        uidvalidity: int = 1
+        uidnext: int = 1
+        highest_modseq: int = 1
+        special_use: str | None = None
+
+    class Many:
+        quota_bytes, bytes_used = None, 0
+        boxes = [Box("INBOX")] + [Box(f"p{i}") for i in range(100)] + [Box(f"p{i % 100}/c{i}") for i in range(10_000)]
+
+        def mailboxes(self):
+            return self.boxes
+
+        def subscriptions(self):
+            return {"p1/c1", "p7"}
+
+    c = Client.__new__(Client)
+    c.clock, c.session, c.store, c.closed = Clock(), S.Session(Clock(), "test", account="bob"), Many(), False
+    c.pump()
+    started = time.process_time()
+    out = c.cmd('a LIST "" "*"')
+    assert time.process_time() - started < 3
+    assert out.count("* LIST") == 10_101 and '* LIST (\\HasChildren) "/" "p1"\r\n' in out
+    assert '* LIST (\\HasNoChildren) "/" "p1/c1"\r\n' in out
+    out = c.cmd('b LSUB "" "%"')
+    assert out == '* LSUB (\\Noselect) "/" "p1"\r\n* LSUB () "/" "p7"\r\nb OK LSUB completed\r\n'
