@@ -823,6 +823,12 @@ class SipFarm:
         flow = _from_flow_token(ours.params.get("fl") or "")
         if flow is not None and destination[0] != "UDP":
             destination = flow[0]
+        elif destination[0] != "UDP":
+            # No fl=: the request came over UDP, whatever its Via claims.  Its answer goes back
+            # as a datagram; dialling the Via's (maddr) host:port let a subscriber have a member
+            # open a connection to any address of the inner network, carrying what its other
+            # phone answered.
+            destination = ("UDP", destination[1], destination[2])
         member = ours.params.get("m")
         if destination[0] == "UDP" or member in (None, names.node_key(self._flow())):
             member = None

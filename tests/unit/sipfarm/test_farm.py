@@ -345,6 +345,22 @@ async def test_a_response_is_passed_on_only_to_the_next_hop_of_a_request_we_forw
     assert answered.status == 200 and out.destination == caller
 
 
+async def test_a_caller_that_came_over_udp_is_answered_over_udp_whatever_its_via_says(farm):
+    """A Via naming TCP on a request that came over UDP must not have a member dial TCP to
+    the Via's maddr for the callee's answer: a subscriber could otherwise have the farm open a
+    connection to any host:port of the inner network carrying text its other phone wrote."""
+    caller = ("UDP", "198.51.100.9", 5060)
+    await registered(farm, user="bob", contact="sip:bob@192.0.2.7:5062")
+    lying = lambda **kw: invite(**kw).replace(b"SIP/2.0/UDP 198.51.100.9:5060;",
+                                              b"SIP/2.0/TCP 198.51.100.9:25;maddr=10.0.0.25;")
+    challenge, out = await one(farm, lying(), caller)
+    assert out.destination == caller
+    auth = answer(challenge, "alice", method="INVITE", uri=f"sip:bob@{DOMAIN}", header="Proxy-Authorization")
+    forwarded, _ = await forwarded_invite(farm, lying(cseq=2, auth=auth, branch="z9hG4bKinv2"), caller)
+    _, out = await one(farm, reply(forwarded, 180, "b1"), ("UDP", "192.0.2.7", 5062))
+    assert out.destination[0] == "UDP"
+
+
 async def test_the_same_request_gets_the_same_branch_on_every_member(farm):
     """A retransmission or CANCEL reaching another member is the same transaction downstream."""
     await registered(farm, user="bob")
