@@ -986,24 +986,37 @@ class SipWorkload:
             writer.close()
             return
         ws = SipWebSocket(self.settings.sip_max_message_size)
+        loop = asyncio.get_running_loop()
+        # As for TCP (_connection), a timer per step, not per read: the upgrade within
+        # HANDSHAKE_TIMEOUT of the connection (a timeout per read let a request trickled a
+        # byte every few seconds hold the connection), then each message within
+        # MESSAGE_TIMEOUT of its first part.  An open WebSocket may be quiet between messages.
+        deadline: asyncio.TimerHandle | None = loop.call_later(HANDSHAKE_TIMEOUT, self._too_slow, writer, transport)
         try:
             while not ws.closed:
-                try:
-                    data = await asyncio.wait_for(reader.read(65536), None if ws.open else HANDSHAKE_TIMEOUT)
-                except TimeoutError:
-                    break       # no upgrade request in time
-                got = ws.receive(data or None)
+                was_open = ws.open
+                got = ws.receive(await reader.read(65536) or None)
                 if got.to_send:
                     _write(writer, got.to_send, transport)
                 if ws.open and key not in self.connections:
                     self.connections[key] = _Flow(transport, writer, ws)
                 for message in got.messages:
                     self.received(message, (transport, key[0], key[1]))
+                if ws.open and not ws.pending:          # between messages
+                    if deadline is not None:
+                        deadline.cancel()
+                        deadline = None
+                elif deadline is None or got.messages or ws.open != was_open:   # a step begun now
+                    if deadline is not None:
+                        deadline.cancel()
+                    deadline = loop.call_later(MESSAGE_TIMEOUT, self._too_slow, writer, transport)
             with suppress(ConnectionError, OSError):
                 await writer.drain()
         except (ConnectionError, OSError):
             pass
         finally:
+            if deadline is not None:
+                deadline.cancel()
             self._release(unit)
             self.connections.pop(key, None)
             writer.close()

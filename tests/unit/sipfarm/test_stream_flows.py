@@ -142,6 +142,35 @@ async def test_a_connection_must_send_its_first_message_and_finish_each_in_time(
             server.close()
 
 
+async def test_a_websocket_upgrade_and_each_message_must_come_in_time_not_each_read(monkeypatch):
+    monkeypatch.setattr(workload, "HANDSHAKE_TIMEOUT", 0.5)
+    monkeypatch.setattr(workload, "MESSAGE_TIMEOUT", 0.5)
+    shell, _, ws_port, servers = await _shell()
+    try:
+        # The upgrade a byte at a time, each well within the timeout: the upgrade is not.
+        slow, slow_writer = await asyncio.open_connection("127.0.0.1", ws_port)
+        closed = asyncio.ensure_future(_closed(slow, 3))
+        for byte in WS_UPGRADE:
+            if closed.done():
+                break
+            slow_writer.write(bytes([byte]))
+            await asyncio.sleep(0.05)
+        assert closed.done() and closed.result(), "an upgrade trickled in a byte at a time held the connection"
+        # Open, quiet: kept.  A message whose last fragment never comes: closed.
+        browser, writer = await asyncio.open_connection("127.0.0.1", ws_port)
+        writer.write(WS_UPGRADE)
+        assert (await browser.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
+        assert not await _closed(browser, 1.2)
+        writer.write(bytes([0x01, 0x80 | 5]) + b"\0\0\0\0" + b"OPTIO")      # a first fragment only
+        assert await _closed(browser, 3)
+        assert shell.farm.metrics.dropped.labels(reason="stream too slow")._value.get() == 2
+        slow_writer.close()
+        writer.close()
+    finally:
+        for server in servers:
+            server.close()
+
+
 async def test_a_websocket_ping_flood_that_reads_no_pong_is_closed_not_buffered(monkeypatch):
     monkeypatch.setattr(workload, "MAX_WRITE_BUFFER", 64 * 1024)
     shell, _, ws_port, servers = await _shell()

@@ -79,6 +79,11 @@ class SipWebSocket:
             self.closed = True
         return out
 
+    @property
+    def pending(self) -> bool:
+        """Part of a SIP message arrived, not its last fragment (the shell times it)."""
+        return bool(self._partial)
+
     def send(self, message: bytes) -> bytes:
         """A SIP message as one WebSocket frame (empty if the connection is not open)."""
         if not self.open or self.closed:
