@@ -305,6 +305,12 @@ class ImapPreauth:
         if not user:
             self._bad(tag, "Malformed PLAIN response")
             return
+        if zid and zid.lower() != user.lower():
+            # RFC 4616 §2: acting as someone else needs that right, which nobody has here;
+            # logging in as the authcid instead would leave the client thinking it is zid.
+            self._out += f"{tag} NO [AUTHORIZATIONFAILED] Acting as another user is not allowed\r\n".encode()
+            self._count_error()
+            return
         self._authenticate(tag, user, pw, "PLAIN", zid)
 
     def _authenticate(self, tag: str, user: str, password: str, mechanism: str, authzid: str = "") -> None:

@@ -331,6 +331,11 @@ class Pop3Server:
             self._reply(False, "[AUTH] Malformed PLAIN response")
             self._count_error()
             return
+        if zid and zid.lower() != user.lower():
+            # RFC 4616 §2: acting as someone else needs that right, which nobody has here.
+            self._reply(False, "[AUTH] Acting as another user is not allowed")
+            self._count_error()
+            return
         self._user = user
         self._busy = True
         self._events.append(Authenticate(user, pw, "PLAIN", zid))

@@ -132,3 +132,14 @@ def test_id_with_a_parameter_list_before_login():
     out = c.data_to_send()
     assert out.count(b'* ID ("name" "Colony")') == 2 and b"a OK ID" in out and b"b OK ID" in out
     assert b"BAD" not in out
+
+
+def test_plain_with_another_users_authzid_is_refused():
+    # The edge logs in the authcid only; with authzid bob and alice's password the client
+    # was logged in as alice while asking to act as bob (RFC 4616 §2: fail instead).
+    c = core(tls_active=True)
+    c.receive_data(b"a AUTHENTICATE PLAIN " + base64.b64encode(b"bob@x.example\0alice@x.example\0pw") + b"\r\n")
+    assert c.data_to_send() == b"a NO [AUTHORIZATIONFAILED] Acting as another user is not allowed\r\n"
+    assert c.next_event() is None
+    c.receive_data(b"b AUTHENTICATE PLAIN " + base64.b64encode(b"Alice@x.example\0alice@x.example\0pw") + b"\r\n")
+    assert c.next_event() == Authenticate("b", "alice@x.example", "pw", "PLAIN", "Alice@x.example")

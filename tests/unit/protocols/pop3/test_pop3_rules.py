@@ -228,3 +228,11 @@ def test_pipelined_commands_wait_while_the_output_is_not_taken():
     while out := srv.data_to_send():
         answers += out
     assert answers.count(b"+OK listing follows") == 10_000
+
+
+def test_sasl_plain_with_another_users_authzid_is_refused():
+    srv, _ = server(tls_active=True)
+    out = say(srv, "AUTH PLAIN " + base64.b64encode(b"bob@x.example\0alice@x.example\0pw").decode())
+    assert out == b"-ERR [AUTH] Acting as another user is not allowed\r\n" and srv.next_event() is None
+    say(srv, "AUTH PLAIN " + base64.b64encode(b"alice@x.example\0alice@x.example\0pw").decode())
+    assert srv.next_event() == Authenticate("alice@x.example", "pw", "PLAIN", "alice@x.example")
