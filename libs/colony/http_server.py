@@ -12,9 +12,90 @@ import contextlib
 import logging
 from pathlib import Path
 
+import h11
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 log = logging.getLogger("colony.http")
+
+REQUEST_GRACE = 10.0        # seconds a request (head and body) may take before the rate counts
+REQUEST_MIN_RATE = 1024.0   # bytes a second a request must arrive at after that
+
+
+def request_deadline(since: float, received: int, grace: float = REQUEST_GRACE,
+                     min_rate: float = REQUEST_MIN_RATE) -> float:
+    """When a request begun at ``since`` (the connection, or the end of the previous response)
+    has run out of time, having sent ``received`` bytes since: a head within the grace, a body
+    at ``min_rate`` or better.  A client that sends a byte now and then gets no longer."""
+    return since + grace + received / min_rate
+
+
+class _TimelyH11Protocol(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol with a deadline on reading each request.
+
+    uvicorn waits for a request's head and body without end (its keep-alive timeout counts
+    only between requests and is cancelled by any byte), so a client that connects and sends
+    nothing, or a byte every few seconds (slowloris), held a connection -- one of the
+    process's file descriptors, shared with everything else the instance serves -- for ever,
+    on the admin API and on every instance's ops listener.  Here a request not in within
+    ``request_deadline`` is answered 408 and the connection closed (closed silently if not a
+    byte of it came).  Time the application spends not reading (flow control) is not the
+    client's fault and extends the deadline.
+    """
+
+    grace = REQUEST_GRACE
+    min_rate = REQUEST_MIN_RATE
+
+    def connection_made(self, transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._received, self._timer = 0, None
+        self._watch()
+
+    def data_received(self, data: bytes) -> None:
+        self._received += len(data)
+        super().data_received(data)
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self._watch()  # the next request on this connection gets its own time
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _watch(self) -> None:
+        self._since, self._base, self._watched = self.loop.time(), self._received, self.cycle
+        self._arm(request_deadline(self._since, 0, self.grace, self.min_rate))
+
+    def _arm(self, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self.loop.call_at(when, self._check)
+
+    def _waiting_for_client(self) -> bool:
+        their = self.conn.their_state
+        return their is h11.SEND_BODY or (their is h11.IDLE and self.cycle is self._watched)
+
+    def _check(self) -> None:
+        self._timer = None
+        if self.transport.is_closing() or not self._waiting_for_client():
+            return  # answered, or the application has the whole request
+        now = self.loop.time()
+        if self.flow.read_paused:  # the application is not reading: not the client's time
+            self._since = now - self.grace + 1.0
+            self._base = self._received
+        deadline = request_deadline(self._since, self._received - self._base, self.grace, self.min_rate)
+        if now < deadline:
+            self._arm(deadline)
+            return
+        got = self._received - self._base
+        if got and self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+            self.transport.write(b"HTTP/1.1 408 Request Timeout\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                                 b"Connection: close\r\nContent-Length: 22\r\n\r\nrequest not in in time\n")
+        self.transport.close()  # connection_lost tells a waiting application
 
 
 class _QuietSignalsServer(uvicorn.Server):
@@ -44,10 +125,13 @@ class _QuietSignalsServer(uvicorn.Server):
 
 class EmbeddedHttpServer:
     def __init__(self, app, host: str, port: int, lifespan: str = "off", access_log: bool = False,
-                 tls_cert_file: Path | None = None, tls_key_file: Path | None = None) -> None:
+                 tls_cert_file: Path | None = None, tls_key_file: Path | None = None,
+                 request_grace: float = REQUEST_GRACE, request_min_rate: float = REQUEST_MIN_RATE) -> None:
         # HTTPS when a certificate is given (the admin API on the management network).
+        protocol = type("TimelyH11Protocol", (_TimelyH11Protocol,),
+                        {"grace": request_grace, "min_rate": request_min_rate})
         config = uvicorn.Config(app, host=host, port=port, lifespan=lifespan, log_level="warning",
-                                access_log=access_log, timeout_graceful_shutdown=10,
+                                access_log=access_log, timeout_graceful_shutdown=10, http=protocol,
                                 ssl_certfile=str(tls_cert_file) if tls_cert_file else None,
                                 ssl_keyfile=str(tls_key_file) if tls_key_file else None)
         self.server = _QuietSignalsServer(config)

@@ -1,0 +1,96 @@
+"""The embedded HTTP server (admin API, every ops listener) over real sockets: a client
+that sends nothing, or its request a byte at a time, does not keep a connection open."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+
+from colony.http_server import EmbeddedHttpServer
+
+
+async def _echo(request: Request) -> PlainTextResponse:
+    return PlainTextResponse(f"{len(await request.body())}")
+
+
+APP = Starlette(routes=[Route("/echo", _echo, methods=["GET", "POST"])])
+
+
+async def _serve(grace: float = 0.5, min_rate: float = 1000.0) -> tuple[EmbeddedHttpServer, int]:
+    server = EmbeddedHttpServer(APP, "127.0.0.1", 0, request_grace=grace, request_min_rate=min_rate)
+    return server, await server.start()
+
+
+async def _until_closed(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, drip: bytes = b"",
+                        every: float = 0.1, timeout: float = 20.0) -> tuple[bytes, float]:
+    """Drip ``drip`` a byte at a time until the server closes; what it said, and when."""
+    started, answer = time.monotonic(), b""
+
+    async def read() -> None:
+        nonlocal answer
+        while data := await reader.read(4096):
+            answer += data
+
+    reading = asyncio.create_task(read())
+    try:
+        async with asyncio.timeout(timeout):
+            for i in range(len(drip)):
+                if reading.done():
+                    break
+                writer.write(drip[i:i + 1])
+                await asyncio.sleep(every)
+            await reading
+    finally:
+        reading.cancel()
+        writer.close()
+    return answer, time.monotonic() - started
+
+
+async def test_a_silent_connection_is_closed_without_a_word():
+    server, port = await _serve()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        answer, took = await _until_closed(reader, writer)
+        assert answer == b"" and took < 5
+    finally:
+        await server.stop()
+
+
+async def test_a_head_sent_a_byte_at_a_time_is_answered_408():
+    server, port = await _serve()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        head = b"GET /echo HTTP/1.1\r\nHost: x\r\n" + b"X-Slow: " + b"a" * 500 + b"\r\n\r\n"
+        answer, took = await _until_closed(reader, writer, head)
+        assert answer.startswith(b"HTTP/1.1 408 "), answer
+        assert took < 5
+    finally:
+        await server.stop()
+
+
+async def test_a_body_sent_too_slowly_is_answered_408_and_a_brisk_one_is_served():
+    server, port = await _serve()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n")
+        answer, took = await _until_closed(reader, writer, b"b" * 5000)
+        assert answer.startswith(b"HTTP/1.1 408 "), answer
+        assert took < 5
+
+        # Kept alive, two requests, the second with a body well above the grace's worth.
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        body = b"c" * 200_000
+        for _ in range(2):
+            writer.write(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            assert head.startswith(b"HTTP/1.1 200 "), head
+            length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+            assert await reader.readexactly(length) == b"200000"
+        writer.close()
+    finally:
+        await server.stop()
