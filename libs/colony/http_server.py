@@ -30,6 +30,11 @@ def request_deadline(since: float, received: int, grace: float = REQUEST_GRACE,
     return since + grace + received / min_rate
 
 
+def _framed_twice(headers: list[tuple[bytes, bytes]]) -> bool:
+    names = {name for name, _ in headers}
+    return b"content-length" in names and b"transfer-encoding" in names
+
+
 class _TimelyH11Protocol(H11Protocol):
     """uvicorn's HTTP/1.1 protocol with a deadline on reading each request.
 
@@ -40,7 +45,8 @@ class _TimelyH11Protocol(H11Protocol):
     on the admin API and on every instance's ops listener.  Here a request not in within
     ``request_deadline`` is answered 408 and the connection closed (closed silently if not a
     byte of it came).  Time the application spends not reading (flow control) is not the
-    client's fault and extends the deadline.
+    client's fault and extends the deadline.  A request framed by both Content-Length and
+    Transfer-Encoding is the connection's last (RFC 9112 6.1: uvicorn served what followed).
     """
 
     grace = REQUEST_GRACE
@@ -54,6 +60,15 @@ class _TimelyH11Protocol(H11Protocol):
     def data_received(self, data: bytes) -> None:
         self._received += len(data)
         super().data_received(data)
+
+    def handle_events(self) -> None:
+        before = self.cycle
+        super().handle_events()
+        cycle = self.cycle
+        if cycle is not None and cycle is not before and _framed_twice(cycle.scope["headers"]):
+            # RFC 9112 6.1: h11 reads the body by Transfer-Encoding, but a proxy in front may
+            # have used Content-Length; what follows on this connection could be smuggled.
+            cycle.keep_alive = False  # the response is the connection's last
 
     def on_response_complete(self) -> None:
         super().on_response_complete()

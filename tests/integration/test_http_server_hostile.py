@@ -1,5 +1,6 @@
 """The embedded HTTP server (admin API, every ops listener) over real sockets: a client
-that sends nothing, or its request a byte at a time, does not keep a connection open."""
+that sends nothing, or its request a byte at a time, does not keep a connection open, and
+a request framed twice (Content-Length and Transfer-Encoding) ends its connection."""
 
 from __future__ import annotations
 
@@ -92,5 +93,18 @@ async def test_a_body_sent_too_slowly_is_answered_408_and_a_brisk_one_is_served(
             length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
             assert await reader.readexactly(length) == b"200000"
         writer.close()
+    finally:
+        await server.stop()
+
+
+async def test_a_request_with_both_content_length_and_chunked_is_the_connections_last():
+    server, port = await _serve(grace=5.0)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        smuggled = b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n"
+        writer.write(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n" % (5 + len(smuggled)) + smuggled)
+        answer, _ = await _until_closed(reader, writer, timeout=4.0)
+        assert answer.startswith(b"HTTP/1.1 200 ") and answer.count(b"HTTP/1.1 ") == 1, answer
     finally:
         await server.stop()
