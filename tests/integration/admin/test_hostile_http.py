@@ -6,13 +6,18 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import csv
+import io
 import json
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
 
+from colony.bus import names
+from colony.events import UsageRecorded
 from colony.http_server import EmbeddedHttpServer
 from colony_admin.auth import secrets
 from colony_admin.bodylimit import MAX_JSON_BODY
@@ -167,3 +172,22 @@ async def test_wrong_secrets_sent_with_a_token_id_do_not_lock_its_holder_out(mak
         codes = [(await guesser.get("/v1/whoami", headers=stack.as_(f"col_{token_id}_x{i}"))).status_code
                  for i in range(12)]
         assert codes[:10] == [401] * 10 and codes[10:] == [429, 429]
+
+
+async def test_the_billing_csv_does_not_carry_formulas(make_stack):
+    """Account names may begin with = + or - (RFC 5322 atext) and domain administrators
+    choose them; the usage CSV is opened in spreadsheets, which would run such a cell."""
+    stack = await make_stack()
+    domain = f"csv-{uuid.uuid4().hex[:8]}.example"
+    at = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+    for account in ("=1+2", "-2+3", "+cmd|'/c'!a0", "plain"):
+        event = UsageRecorded(domain=domain, account=f"{account}@{domain}", metric="messages_in", amount=1,
+                              at=at, source="mailstore-1")
+        last = (await stack.nc.jetstream().publish(names.usage_subject(domain), event.encode())).seq
+    assert await stack.ctx.usage_projection.wait_for(last, timeout=30)
+    r = await stack.client.get("/v1/usage", headers=stack.as_(stack.sys_token), params={
+        "from": (at - timedelta(hours=1)).isoformat(), "to": (at + timedelta(hours=1)).isoformat(),
+        "domain": domain, "per_account": "true", "format": "csv"})
+    assert r.status_code == 200, r.text
+    accounts = sorted(row["account"] for row in csv.DictReader(io.StringIO(r.text)) if row["account"])
+    assert accounts == sorted([f"'=1+2@{domain}", f"'-2+3@{domain}", f"'+cmd|'/c'!a0@{domain}", f"plain@{domain}"])

@@ -22,6 +22,15 @@ router = APIRouter(prefix="/v1", tags=["usage"], responses=COMMON_RESPONSES)
 CSV_COLUMNS = ("domain", "account", *queries.USAGE_METRICS)
 
 
+def spreadsheet_safe(value):
+    """A text cell a spreadsheet would run as a formula (=, +, -, @, tab, CR first: OWASP's
+    CSV injection) gets a leading apostrophe.  Account names may start with = + or - (RFC
+    5322 atext), and a domain administrator chooses them; this file is opened by billing."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
+
+
 def _utc(value: datetime) -> datetime:
     # Stored times are UTC (SQLite keeps no offset), so compare in UTC.
     return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
@@ -51,7 +60,7 @@ async def usage(
         writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS)
         writer.writeheader()
         for row in rows:
-            writer.writerow({**row, "account": row["account"] or ""})
+            writer.writerow({k: spreadsheet_safe(v) for k, v in {**row, "account": row["account"] or ""}.items()})
         return Response(buf.getvalue(), media_type="text/csv",
                         headers={"Content-Disposition": 'attachment; filename="usage.csv"'})
     return UsageReport(start=start, end=end, domain=dom, rows=[UsageRow(**r) for r in rows])
