@@ -3,6 +3,8 @@ tolerant of what the RFC allows, refusing what would make us route wrongly."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -207,6 +209,41 @@ def test_stream_framing_keepalives_and_limits():
     with pytest.raises(SipParseError) as err:
         big.next_message()
     assert err.value.status == 513
+
+
+class _ReferenceFramer(StreamFramer):
+    """The framer as it was before long keep-alive runs were dropped in bulk: one ping or CRLF
+    per turn of the loop."""
+
+    def next_message(self):
+        from colony.protocols.sip import parser
+        saved, parser._KEEPALIVES = parser._KEEPALIVES, re.compile(rb"(?!)")    # never matches
+        try:
+            return super().next_message()
+        finally:
+            parser._KEEPALIVES = saved
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from([b"\r\n\r\n", b"\r\n", b"\n", b"\r\n\r\n" * 50, b"M"]), max_size=40),
+       st.integers(min_value=1, max_value=300))
+def test_a_keep_alive_flood_is_framed_as_one_ping_at_a_time_would_be(parts, step):
+    """Runs of keep-alives are dropped at C speed (a ping flood cost one Python turn per ping);
+    the messages framed are the same, and a pong is due whenever it was."""
+    one = msg("OPTIONS sip:bob@example.com SIP/2.0", *BASE, "CSeq: 1 OPTIONS", "l: 3", body="abc")
+    stream = b"".join(one if p == b"M" else p for p in parts) + one
+    got = {}
+    for framer in (StreamFramer(), _ReferenceFramer()):
+        messages, pinged = [], False
+        for i in range(0, len(stream), step):
+            framer.feed(stream[i:i + step])
+            while (m := framer.next_message()) is not None:
+                messages.append(m)
+            pinged |= framer.pings > 0
+            framer.pings = 0
+        got[type(framer)] = (messages, pinged)
+    ours, reference = got[StreamFramer], got[_ReferenceFramer]
+    assert ours[0] == reference[0] and ours[1] >= reference[1]
 
 
 def test_oversized_datagram():
