@@ -88,13 +88,18 @@ def parse(body: bytes, fmt: str) -> list[dict[str, Any]]:
         raise ImportFormatError("the file is not UTF-8") from None
     if fmt == "csv":
         reader = csv.DictReader(io.StringIO(text))
-        if not reader.fieldnames or "domain" not in [f.strip() for f in reader.fieldnames]:
-            raise ImportFormatError("the CSV needs a header row with at least a 'domain' column")
-        return [{(k or "").strip(): (v or "").strip() for k, v in row.items() if k} for row in reader]
+        try:  # csv.Error: a cell over the module's field limit (128 KiB), a stray quote in strict mode
+            if not reader.fieldnames or "domain" not in [f.strip() for f in reader.fieldnames]:
+                raise ImportFormatError("the CSV needs a header row with at least a 'domain' column")
+            return [{(k or "").strip(): (v or "").strip() for k, v in row.items() if k} for row in reader]
+        except csv.Error as exc:
+            raise ImportFormatError(f"not CSV after line {reader.line_num}: {exc}") from None
     try:
         data = json.loads(text)
     except ValueError as exc:
         raise ImportFormatError(f"not JSON: {exc}") from None
+    except RecursionError:  # the decoder recurses per nesting level; no import nests deeper than 3
+        raise ImportFormatError("not an import: JSON nested too deeply") from None
     if isinstance(data, dict):
         data = data.get("rows")
     if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):

@@ -38,6 +38,15 @@ def test_json_and_format_errors():
         importer.parse(b"\xff", "json")
 
 
+def test_hostile_files_are_format_errors_not_crashes():
+    """A CSV cell over the csv module's limit and JSON nested past the decoder's recursion
+    were a 500 with a traceback; they are the import's own 400."""
+    with pytest.raises(importer.ImportFormatError, match="after line 1: field larger"):
+        importer.parse(b"domain,real_name\nbig.example," + b"a" * 200_000 + b"\n", "csv")
+    with pytest.raises(importer.ImportFormatError, match="nested"):
+        importer.parse(b"[" * 100_000 + b"]" * 100_000, "json")
+
+
 def test_names_are_normalised_and_checked():
     assert DomainCreate(name=" B\u00fccher.Example. ").name == "xn--bcher-kva.example"
     assert check_address("Alice@ACME.example") == "alice@acme.example"
