@@ -123,7 +123,9 @@ def response_destination(via: Via, source: Destination | None) -> Destination:
     otherwise to ``maddr``, else ``received`` (else the sent-by host), at ``rport`` (else
     the sent-by port, else 5060)."""
     transport = via.transport.upper()
-    if source is not None and transport not in ("UDP",):
+    # A request that came on a connection is answered on it, whatever transport its Via names:
+    # a Via of UDP with a maddr had a TCP client's answers sent as datagrams to any address.
+    if source is not None and (transport != "UDP" or source[0] != "UDP"):
         return source
     host = via.params.get("maddr") or via.params.get("received") or via.host
     rport = via.params.get("rport")

@@ -144,6 +144,8 @@ def test_via_stamping_and_response_routing():
     plain = request()
     stamp_via(plain, ("UDP", "203.0.113.5", 40000))
     assert response_destination(plain.top_via(), None) == ("UDP", "203.0.113.5", 5070)
+    over_tcp = request(via_extra=";maddr=203.0.113.99")        # a Via of UDP on a TCP connection
+    assert response_destination(over_tcp.top_via(), ("TCP", "198.51.100.1", 40000)) == ("TCP", "198.51.100.1", 40000)
     for rport in ("99999999", "65536", "0"):      # no port: the sent-by's (sendto raised on them)
         bad = request(via_extra=f";rport={rport}")
         stamp_via(bad, ("UDP", "203.0.113.5", 40000))
