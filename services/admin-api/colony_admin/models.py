@@ -65,20 +65,28 @@ Address = Annotated[str, AfterValidator(check_address)]
 CosName = Annotated[str, AfterValidator(check_cos_name)]
 
 
-def no_nul(value: Any) -> Any:
-    """PostgreSQL cannot store NUL in text: an event carrying one is refused by the read
-    model's projection (skipped with an error log), so the object would exist in the event
-    log and the directory but never in lists, and deletion checks would miss it."""
+MAX_INT = 2**63 - 1  # a 64-bit SQL integer (BIGINT, SQLite INTEGER)
+
+
+def storable(value: Any) -> Any:
+    """Only what the read model can store: no NUL in text (PostgreSQL refuses it), no
+    integer beyond 64 bits (both databases refuse it).  An event the read model refuses is
+    skipped by its projection (PostgreSQL) or stalls it (SQLite's OverflowError): the object
+    would be in the event log and the directory but never in lists, deletion checks would
+    miss it, and on SQLite nothing after it would be projected at all."""
     if isinstance(value, str):
         if "\x00" in value:
             raise ValueError("NUL characters are not allowed")
+    elif isinstance(value, int):
+        if not -MAX_INT - 1 <= value <= MAX_INT:
+            raise ValueError(f"numbers must lie within ±{MAX_INT}")
     elif isinstance(value, (list, tuple, set)):
         for item in value:
-            no_nul(item)
+            storable(item)
     elif isinstance(value, dict):
         for key, item in value.items():
-            no_nul(key)
-            no_nul(item)
+            storable(key)
+            storable(item)
     return value
 
 
@@ -87,8 +95,8 @@ class _Strict(BaseModel):
 
     @field_validator("*", mode="before")
     @classmethod
-    def _storable_text(cls, value: Any) -> Any:
-        return no_nul(value)
+    def _storable(cls, value: Any) -> Any:
+        return storable(value)
 
 
 class _Patch(_Strict):

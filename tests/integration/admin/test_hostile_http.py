@@ -20,6 +20,7 @@ from colony.bus import names
 from colony.events import UsageRecorded
 from colony.http_server import EmbeddedHttpServer
 from colony_admin.auth import secrets
+from colony_admin.models import Role
 from colony_admin.bodylimit import MAX_JSON_BODY
 
 
@@ -191,3 +192,25 @@ async def test_the_billing_csv_does_not_carry_formulas(make_stack):
     assert r.status_code == 200, r.text
     accounts = sorted(row["account"] for row in csv.DictReader(io.StringIO(r.text)) if row["account"])
     assert accounts == sorted([f"'=1+2@{domain}", f"'-2+3@{domain}", f"'+cmd|'/c'!a0@{domain}", f"plain@{domain}"])
+
+
+async def test_numbers_beyond_64_bits_are_refused_and_the_read_model_goes_on(make_stack):
+    """quota_bytes=10**30 was accepted (a domain administrator may set it): on SQLite the
+    projection then failed on that event for ever, so nothing created after it was listed."""
+    stack = await make_stack()
+    c, h = stack.client, stack.as_(stack.sys_token)
+    domain = f"big-{uuid.uuid4().hex[:8]}.example"
+    assert (await c.post("/v1/domains", json={"name": domain}, headers=h)).status_code == 201
+    admin = stack.as_(await stack.token(Role.DOMAIN_ADMIN, domain))
+    r = await c.post(f"/v1/domains/{domain}/accounts", json={"name": "huge", "quota_bytes": 10**30}, headers=admin)
+    assert r.status_code == 422 and r.json()["errors"][0]["loc"] == ["body", "quota_bytes"], r.text
+    r = await c.post("/v1/cos", json={"name": f"c{uuid.uuid4().hex[:6]}", "limits": {"max_message_bytes": 2**64}},
+                     headers=h)
+    assert r.status_code == 422, r.text
+    r = await c.post("/v1/imports", json=[{"domain": domain, "account": "huge2", "quota_bytes": 10**30}], headers=h)
+    assert r.status_code == 202 and r.json()["failed"] == 1, r.text
+
+    r = await c.post(f"/v1/domains/{domain}/accounts", json={"name": "fine", "quota_bytes": 2**63 - 1}, headers=admin)
+    assert r.status_code == 201, r.text
+    listed = (await c.get(f"/v1/domains/{domain}/accounts", headers=admin)).json()["items"]
+    assert [a["name"] for a in listed] == ["fine"]
