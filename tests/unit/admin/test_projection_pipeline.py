@@ -97,3 +97,23 @@ def test_a_broken_chain_refuses_what_is_queued_behind():
         chain.run(lambda batch: 1 / 0, [])
     with pytest.raises(RuntimeError):
         chain.run(lambda batch: None, [])
+
+
+async def test_an_event_the_database_cannot_store_is_skipped_not_retried_for_ever(tmp_path):
+    """SQLite's driver refuses an integer beyond 64 bits with OverflowError: that event is
+    bad data, skipped past, not a transient failure the projection retries without end."""
+    from colony_admin import db
+
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'rm.sqlite3'}")
+    db.migrate(engine)
+    applied: list[int] = []
+
+    def apply(conn, batch) -> int:
+        if any(item[0] == 2 for item in batch):
+            raise OverflowError("Python int too large to convert to SQLite INTEGER")
+        applied.extend(item[0] for item in batch)
+        return len(batch)
+
+    p = StreamProjection(nc=None, js=None, engine=engine, stream="S", subjects="s.>", name="readmodel", apply=apply)
+    await p._apply_batch(_items(1, 3), set(), 3, None, _Chain(), [])
+    assert applied == [1, 3] and p.position == 3

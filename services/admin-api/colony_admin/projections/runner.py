@@ -59,8 +59,10 @@ log = logging.getLogger("colony.admin.projection")
 
 ApplyFn = Callable[[Connection, Batch], int]
 
-# What a bad event (rather than a bad moment) raises while being applied.
-BAD_DATA = (IntegrityError, DataError, ValueError, TypeError, KeyError)
+# What a bad event (rather than a bad moment) raises while being applied.  OverflowError:
+# SQLite's driver refuses an integer beyond 64 bits with it (PostgreSQL's says DataError);
+# taken for a bad moment, one such event stopped the projection for good.
+BAD_DATA = (IntegrityError, DataError, ValueError, TypeError, KeyError, OverflowError)
 
 
 TRACED_PER_BATCH = 100  # spans per batch at most: a bulk import's batch is one transaction anyway
