@@ -165,3 +165,35 @@ async def test_dns_that_does_not_answer_gives_temperror_not_a_failure():
     assert verdict.auth.header.startswith("Authentication-Results: mx.colony.test;")
     assert verdict.auth.spf in ("temperror", "none") and verdict.auth.dmarc in ("temperror", "none")
     assert verdict.auth.dkim == "none"      # no signature at all: none, not fail (RFC 8601 §2.7.1)
+
+
+async def test_from_fields_naming_many_domains_cost_no_lookups_and_cannot_hide_a_reject(dns_server):
+    """authheaders evaluated DMARC per From address, two DNS queries each: a From: of 50,000
+    addresses was 100,000 queries.  Now one evaluation per author domain, and past
+    MAX_AUTHOR_DOMAINS none, with the message refused (so one more domain is no way around
+    a p=reject)."""
+    from colony_edge.security.authentication import MAX_AUTHOR_DOMAINS
+
+    dns_server.add('_dmarc.sender.test. IN TXT "v=DMARC1; p=reject"')
+    settings = Settings(dns_servers=dns_server.address, edge_authserv_id="mx.colony.test")
+    use_configured_dns(settings)
+    gate = _gate(settings)
+
+    def dmarc_queries() -> int:
+        return sum(1 for name, _ in dns_server.queries if name.startswith("_dmarc."))
+
+    others = b", ".join(b"x@other%d.test" % i for i in range(MAX_AUTHOR_DOMAINS))
+    message = b"From: " + others + b", alice@sender.test\r\nSubject: s\r\n\r\nbody\r\n"
+    verdict = await gate.on_data("203.0.113.9", "evil.test", "alice@sender.test", message,
+                                 message.split(b"\r\n\r\n")[0], [None])
+    assert verdict.refusal is not None and verdict.refusal.code == 550 and verdict.refusal.reason == "from-domains"
+    assert verdict.auth.dmarc == "permerror" and dmarc_queries() == 0
+    assert _refusals(gate, "data", "from-domains") == 1
+
+    # Two thousand From fields of one domain: one evaluation, and its p=reject holds.
+    head = b"".join(b"From: alice%d@sender.test\r\n" % i for i in range(2000))
+    message = head + b"Subject: s\r\n\r\nbody\r\n"
+    verdict = await gate.on_data("203.0.113.9", "evil.test", "alice@sender.test", message,
+                                 message.split(b"\r\n\r\n")[0], [None])
+    assert verdict.auth.dmarc == "fail" and verdict.refusal is not None and verdict.refusal.reason == "dmarc-reject"
+    assert dmarc_queries() <= 2

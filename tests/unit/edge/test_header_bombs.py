@@ -57,3 +57,58 @@ def test_one_field_folded_over_half_a_million_lines_is_checked_in_linear_time():
     dmarc = authheaders.check_dmarc(bomb, spf, none, dnsfunc=lambda name, timeout=5: None)
     assert dmarc.result == "none"
     assert time.process_time() - started < 5
+
+
+def _records(name: str) -> str | None:
+    """A DNS stand-in for authheaders (its test hook: a TXT string or None)."""
+    return {"_dmarc.strict.test": "v=DMARC1; p=reject", "_dmarc.soft.test": "v=DMARC1; p=quarantine",
+            "_dmarc.open.test": "v=DMARC1; p=none"}.get(name)
+
+
+FROMS = [
+    b"From: a@strict.test\r\n",
+    b"From: a@soft.test, b@soft.test\r\n",
+    b"From: a@open.test\r\nFrom: b@strict.test\r\nFrom: c@STRICT.test\r\n",
+    b"From: nobody\r\nFrom: a@strict.test\r\n",
+    b"From: a@open.test\r\nFrom: a@soft.test\r\nFrom: b@open.test\r\n",
+    b"From: \"Name, with comma\" <a@none.test>\r\n",
+    b"To: x@y.test\r\n",
+]
+
+
+@pytest.mark.parametrize("head", FROMS)
+def test_dmarc_on_one_address_per_author_domain_answers_as_on_the_message(head):
+    message = head + b"Subject: s\r\n\r\nbody\r\n"
+    spf = authheaders.SPFAuthenticationResult(result="fail", smtp_mailfrom="a@elsewhere.test")
+    none = authheaders.DKIMAuthenticationResult(result="none")
+    keys, count = authentication.authors(message)
+
+    def answer(text: bytes) -> str:
+        try:
+            return str(authheaders.check_dmarc(text, spf, none, dnsfunc=_records))
+        except Exception as exc:   # no From at all: the library fails (authenticate: temperror)
+            return type(exc).__name__
+    assert answer(authentication._dmarc_input(keys, count)) == answer(message)
+
+
+def test_a_thousand_from_fields_of_one_domain_are_one_author_domain():
+    head = b"".join(b"From: a%d@Strict.test\r\n" % i for i in range(1000))
+    assert authentication.authors(head + b"\r\n") == ([(True, "strict.test")], 1000)
+    many = b"From: " + b", ".join(b"a@d%d.test" % i for i in range(50_000)) + b"\r\n\r\n"
+    keys, count = authentication.authors(many)
+    assert len(keys) == count == 50_000
+
+
+def test_more_author_domains_than_the_limit_are_not_looked_up(monkeypatch):
+    import spf
+
+    monkeypatch.setattr(spf, "check2", lambda *args, **kwargs: ("none", "no SPF here"))
+
+    def no_dmarc(*args, **kwargs):
+        raise AssertionError("DMARC evaluated for every author domain")
+    monkeypatch.setattr(authheaders, "check_dmarc", no_dmarc)
+    limit = authentication.MAX_AUTHOR_DOMAINS
+    head = b"From: " + b", ".join(b"a@d%d.test" % i for i in range(limit + 1)) + b"\r\n"
+    outcome = authentication.authenticate(head + b"\r\nbody\r\n", head, "mx.test", "192.0.2.1", "a@d0.test",
+                                          "client.test")
+    assert outcome.author_domains == limit + 1 and outcome.dmarc == "permerror"

@@ -26,7 +26,7 @@ from prometheus_client import CollectorRegistry, Counter
 from colony.counters import SharedCounters
 from colony.settings import Settings
 from colony_edge.security import dnsbl
-from colony_edge.security.authentication import AuthOutcome, authenticate_async
+from colony_edge.security.authentication import MAX_AUTHOR_DOMAINS, AuthOutcome, authenticate_async
 from colony_edge.security.networks import NetworkList, counting_unit
 
 log = logging.getLogger("colony.edge.gate")
@@ -172,6 +172,12 @@ class EdgeGate:
                                         self.settings.dns_timeout)
         for method, result in (("spf", auth.spf), ("dkim", auth.dkim), ("dmarc", auth.dmarc)):
             self.metrics.auth_results.labels(method, result).inc()
+        if auth.author_domains > MAX_AUTHOR_DOMAINS:
+            # Not evaluated (each author domain costs DNS queries): refused, or naming one
+            # domain more than the limit would be a way around any domain's p=reject.
+            return DataVerdict(auth, refusal=self._refuse("data", ip, Refusal(
+                550, "5.7.1", f"Message refused: From: names {auth.author_domains} domains, "
+                f"at most {MAX_AUTHOR_DOMAINS} are checked (DMARC)", "from-domains")))
         if auth.dmarc != "fail" or self.trusted(ip):
             return DataVerdict(auth)
         choice = max((c or self.settings.dmarc_enforcement for c in dmarc_choices),
