@@ -74,6 +74,18 @@ def test_directory_entries_hide_secrets_and_mark_deletions():
     assert parse_subject("colony.prov.address.a_40b_2eexample") == ("address", "a@b.example")
 
 
+def test_a_directory_value_with_an_integer_beyond_64_bits_is_still_written():
+    """Such an event may be in PROVISIONING from before the API refused it; orjson refused to
+    encode it and the projector stopped at it for good."""
+    import json
+
+    from colony_admin.projections.directory import _json
+
+    _, value = directory_entry("address", "a@b.example", {"kind": "account", "quota_bytes": 10**30}, 7)
+    assert json.loads(_json(value)) == {"kind": "account", "quota_bytes": 10**30, "seq": 7}
+    assert _json({"seq": 1}) == b'{"seq":1}'
+
+
 @pytest.mark.parametrize("kind,name", [("address", "a@b.example"), ("domain", "xn--bcher-kva.example"),
                                        ("address", "odd_name+tag@b.example"), ("domain_alias", "Ünïcode.example"),
                                        ("cos", "gold plan/2"), ("token", "x"), ("domain_move", "b.example")])

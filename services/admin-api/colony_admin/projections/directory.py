@@ -79,7 +79,13 @@ def _sort_of(event: ev.Event) -> int:
 
 
 def _json(value: dict[str, Any]) -> bytes:
-    return orjson.dumps(value)
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        # orjson refuses integers beyond 64 bits; an event holding one (appended before the API
+        # refused them) stopped this projection -- and the read model's, on the same consumer --
+        # at its sequence for good.  The standard library writes any integer.
+        return json.dumps(value, separators=(",", ":")).encode()
 
 
 _UNPUBLISHED = (names.AGG_TOKEN, names.AGG_DOMAIN_MOVE)
