@@ -348,7 +348,7 @@ class ServerConnection:
         # nothing is read anyway.
         if self._buf and verb not in ("BDAT", "STARTTLS", "QUIT") \
                 and (not self._pipelining or verb in _LAST_IN_GROUP):
-            self._fatal(R.SYNC_ERROR, verb)
+            self._fatal(R.SYNC_ERROR, verb if verb in _COMMANDS else "")
             return True
         self._command(verb, argument)
         return True
@@ -356,7 +356,9 @@ class ServerConnection:
     def _command(self, verb: str, argument: str) -> None:
         handler = _COMMANDS.get(verb)
         if handler is None:
-            self._reply(R.UNRECOGNIZED, verb[:16])
+            # Not the verb itself: Rejected.command is a metric label, and every verb a client
+            # makes up would be one more time series kept for ever.
+            self._reply(R.UNRECOGNIZED, "")
             return
         handler(self, argument)
 

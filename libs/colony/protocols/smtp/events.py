@@ -105,7 +105,8 @@ class StartTls(Event):
 
 @dataclass(frozen=True)
 class Rejected(Event):
-    """The core refused something on its own (syntax, sequence, limits, strictness)."""
+    """The core refused something on its own (syntax, sequence, limits, strictness).
+    ``command`` is one of the verbs the core knows, or "" (never what a client made up)."""
 
     reply: Reply
     command: str = ""
