@@ -1617,36 +1617,44 @@ def _descendants(sorted_names: list[str], name: str) -> list[str]:
 
 def _pattern(pattern: str) -> Callable[[str], bool]:
     """LIST wildcards: ``*`` matches anything, ``%`` anything but the delimiter; INBOX is
-    case-insensitive.  A linear matcher (no regex backtracking on hostile patterns)."""
+    case-insensitive.  A bit-parallel automaton (bit p: the pattern's first p characters
+    match what was read so far), one step per character of the name whatever the pattern:
+    a search over positions cost a hostile pattern (``*%*%...``, thousands long) against a
+    long name minutes of the store's event loop."""
     if pattern.upper().startswith("INBOX"):
         pattern = "INBOX" + pattern[5:]
+    compact: list[str] = []          # a run of wildcards is one: "*" if it holds one, else "%"
+    for ch in pattern:
+        if ch in "*%" and compact and compact[-1] in "*%":
+            if ch == "*":
+                compact[-1] = "*"
+            continue
+        compact.append(ch)
+    literal: dict[str, int] = {}     # char -> bits p with compact[p] == char
+    star = percent = wild = 0        # star/percent: bit p+1 for a wildcard at p; wild: bit p
+    for p, ch in enumerate(compact):
+        if ch == "*":
+            star |= 1 << (p + 1)
+            wild |= 1 << p
+        elif ch == "%":
+            percent |= 1 << (p + 1)
+            wild |= 1 << p
+        else:
+            literal[ch] = literal.get(ch, 0) | 1 << p
+    final = 1 << len(compact)
+    start = 1 | ((1 & wild) << 1)    # a leading wildcard may match nothing
 
     def match(name: str) -> bool:
-        # Classic two-pointer wildcard matching with a stack of star positions, O(n*m) worst.
-        memo: dict[tuple[int, int], bool] = {}
-        stack = [(0, 0)]
-        while stack:
-            p, n = stack.pop()
-            if (p, n) in memo:
-                continue
-            memo[(p, n)] = True
-            if p == len(pattern):
-                if n == len(name):
-                    return True
-                continue
-            c = pattern[p]
-            if c == "*":
-                stack.extend((p + 1, k) for k in range(n, len(name) + 1))
-            elif c == "%":
-                k = n
-                while True:
-                    stack.append((p + 1, k))
-                    if k >= len(name) or name[k] == DELIMITER:
-                        break
-                    k += 1
-            elif n < len(name) and name[n] == c:
-                stack.append((p + 1, n + 1))
-        return False
+        active = start
+        for ch in name:
+            nxt = ((active & literal.get(ch, 0)) << 1) | (active & star)
+            if ch != DELIMITER:
+                nxt |= active & percent
+            nxt |= (nxt & wild) << 1     # no two wildcards are adjacent: one step closes it
+            if not nxt:
+                return False
+            active = nxt
+        return bool(active & final)
 
     return match
 

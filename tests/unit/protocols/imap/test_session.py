@@ -673,3 +673,37 @@ def test_list_of_ten_thousand_mailboxes_costs_a_linear_walk():
     assert '* LIST (\\HasNoChildren) "/" "p1/c1"\r\n' in out
     out = c.cmd('b LSUB "" "%"')
     assert out == '* LSUB (\\Noselect) "/" "p1"\r\n* LSUB () "/" "p7"\r\nb OK LSUB completed\r\n'
+
+
+def test_list_with_a_hostile_pattern_costs_a_walk_over_each_name():
+    # The wildcard matcher searched pattern/name positions: "*%" x 20 against one mailbox
+    # name of 2,000 characters cost 22 s of CPU (on the store's event loop, a LIST); a live
+    # "*%" x 2,000 against a 60,000-character name never finished.
+    import time
+    c = Client.__new__(Client)
+
+    class Long:
+        quota_bytes, bytes_used = None, 0
+
+        class Box:
+            uidvalidity, uidnext, highest_modseq, special_use = 1, 1, 1, None
+
+            def __init__(self, name):
+                self.name = name
+
+        boxes = [Box("INBOX"), Box("L" * 60_000), Box("a/b/c")]
+
+        def mailboxes(self):
+            return self.boxes
+
+        def subscriptions(self):
+            return set()
+
+    c.clock, c.session, c.store, c.closed = Clock(), S.Session(Clock(), "test", account="bob"), Long(), False
+    c.pump()
+    started = time.process_time()
+    out = c.cmd('a LIST "" "' + "*%" * 2000 + 'x"')
+    assert time.process_time() - started < 3 and out == "a OK LIST completed\r\n"
+    assert c.cmd('b LIST "" "*%L"').count("* LIST") == 1
+    assert c.cmd('c LIST "" "a/%"') == '* LIST (\\Noselect \\HasChildren) "/" "a/b"\r\nc OK LIST completed\r\n'
+    assert c.cmd('d LIST "" "%/*c"') == '* LIST (\\HasNoChildren) "/" "a/b/c"\r\nd OK LIST completed\r\n'
