@@ -82,3 +82,14 @@ def test_entitlements_are_capped_by_the_class_of_service():
     got = effective({"services": ["imap", "sip"], "quota_bytes": 500}, cos)
     assert got["services"] == ["imap"] and got["quota_bytes"] == 100  # an account cannot exceed its CoS
     assert effective({"services": None, "quota_bytes": 5}, None)["services"] == ["mail", "imap", "pop", "sip"]
+
+
+def test_if_match_takes_a_version_or_star_and_refuses_anything_else_as_400():
+    from colony_admin.deps import if_match
+    from colony_admin.problems import BadRequest
+
+    assert if_match(None) is None and if_match("*") is None
+    assert if_match('"7"') == 7 and if_match('W/"12"') == 12
+    for bad in ("9" * 5000, "²", "٣", "1, 2", "abc", '"-1"', "9" * 20):
+        with pytest.raises(BadRequest):
+            if_match(bad)
