@@ -214,3 +214,12 @@ async def test_numbers_beyond_64_bits_are_refused_and_the_read_model_goes_on(mak
     assert r.status_code == 201, r.text
     listed = (await c.get(f"/v1/domains/{domain}/accounts", headers=admin)).json()["items"]
     assert [a["name"] for a in listed] == ["fine"]
+
+
+async def test_a_period_at_the_ends_of_the_calendar_is_400(stack):
+    """9999-12-31 west of UTC and 0001-01-01 east of it have no UTC datetime: was a 500."""
+    h = stack.as_(stack.sys_token)
+    for start, end in (("9999-12-31T23:59:59-14:00", "9999-12-31T23:59:59+00:00"),
+                       ("0001-01-01T00:00:00+14:00", "2020-01-01T00:00:00Z")):
+        r = await stack.client.get("/v1/usage", params={"from": start, "to": end}, headers=h)
+        assert r.status_code == 400 and "out of range" in r.json()["detail"], r.text

@@ -33,7 +33,10 @@ def spreadsheet_safe(value):
 
 def _utc(value: datetime) -> datetime:
     # Stored times are UTC (SQLite keeps no offset), so compare in UTC.
-    return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+    try:
+        return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+    except OverflowError:  # 9999-12-31T23:59-14:00 is past the last datetime in UTC (was a 500)
+        raise BadRequest(f"{value.isoformat()} is out of range in UTC") from None
 
 
 @router.get(
