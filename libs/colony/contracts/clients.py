@@ -46,7 +46,11 @@ class DirectoryClient:
         try:
             return (await self.nc.request(subject, payload, timeout=self.timeout,
                                           headers=inject_headers() or None)).data
-        except (NatsTimeoutError, NoRespondersError, TimeoutError) as exc:
+        except NoRespondersError as exc:
+            # Told apart from silence: nobody serves the subject (no admin API up, or not
+            # yet subscribed) is a different fault from one that did not answer in time.
+            raise DirectoryUnavailable(f"no responder on {subject}") from exc
+        except (NatsTimeoutError, TimeoutError) as exc:
             raise DirectoryUnavailable(f"no answer on {subject} within {self.timeout:g}s") from exc
 
     async def lookup(self, kind: EntryKind | str, name: str):

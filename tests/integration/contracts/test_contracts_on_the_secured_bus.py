@@ -93,5 +93,28 @@ async def test_an_edge_runs_the_cache_and_asks_the_admin_api(nats_server):
             await nc.close()
 
 
+async def test_no_responder_and_a_silent_one_are_told_apart(nats_server):
+    """Both are a temporary failure, but an operator reading the log needs to know which:
+    nobody serving the subject answers at once (the server's no-responders status), a
+    responder that keeps silent only after the client's timeout."""
+    admin = await as_role(nats_server, "admin-api")
+    edge = await as_role(nats_server, "edge")
+    try:
+        # a generous timeout: the no-responders status must come back long before it
+        with pytest.raises(DirectoryUnavailable, match="no responder on colony.dir.recipients"):
+            await DirectoryClient(edge, timeout=30).resolve(["amy@secure.example"])
+
+        async def silent(msg):
+            pass
+
+        await admin.subscribe(names.DIRECTORY_RECIPIENTS, queue=names.QUEUE_ADMIN, cb=silent)
+        await admin.flush()
+        with pytest.raises(DirectoryUnavailable, match=r"no answer on colony.dir.recipients within 0.5s"):
+            await DirectoryClient(edge, timeout=0.5).resolve(["amy@secure.example"])
+    finally:
+        for nc in (edge, admin):
+            await nc.close()
+
+
 async def _true(value: bool) -> bool:
     return value
