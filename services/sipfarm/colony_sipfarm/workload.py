@@ -380,6 +380,7 @@ class SipWorkload:
         self._per_source: dict[str, int] = {}
         self.counters: SharedCounters | None = None
         self._inflight: set[asyncio.Task] = set()
+        self._room = asyncio.Event()     # set when fewer than MAX_INFLIGHT are in hand (_room_for_a_message)
         self._readers: set[asyncio.Task] = set()
         self._runtime = None
         self._usage: dict[tuple[str, str, str], float] = {}   # (domain, account, metric) -> sum
@@ -799,7 +800,21 @@ class SipWorkload:
         task = start_eagerly(coro)
         if task is not None:
             self._inflight.add(task)
-            task.add_done_callback(self._inflight.discard)
+            task.add_done_callback(self._untrack)
+
+    def _untrack(self, task: asyncio.Task) -> None:
+        self._inflight.discard(task)
+        if len(self._inflight) < MAX_INFLIGHT:
+            self._room.set()
+
+    async def _room_for_a_message(self) -> None:
+        """Wait while MAX_INFLIGHT packets are in hand.  A datagram past that is dropped (its
+        phone sends it again); a connection's message is never sent again -- one TCP client
+        pipelining 20,000 REGISTERs had half of them dropped unanswered -- so its connection
+        is read no further until there is room, and TCP's flow control holds the phone."""
+        while len(self._inflight) >= MAX_INFLIGHT:
+            self._room.clear()
+            await self._room.wait()
 
     async def _handle_spread(self, msg, answer) -> None:
         try:
@@ -927,7 +942,6 @@ class SipWorkload:
         try:
             while data := await reader.read(65536):
                 framer.feed(data)
-                got = False
                 while True:
                     try:
                         message = framer.next_message()
@@ -941,11 +955,13 @@ class SipWorkload:
                         _write(writer, StreamFramer.PONG, transport)
                     if message is None:
                         break
-                    got = framed = True
+                    framed = True
+                    if deadline is not None:      # the message came in time
+                        deadline.cancel()
+                        deadline = None
+                    if len(self._inflight) >= MAX_INFLIGHT:
+                        await self._room_for_a_message()
                     self.received(message, (transport, key[0], key[1]))
-                if got and deadline is not None:      # a message came in time
-                    deadline.cancel()
-                    deadline = None
                 if framed and deadline is None and framer.pending:     # the next one is begun
                     deadline = loop.call_later(MESSAGE_TIMEOUT, self._too_slow, writer, transport)
         except (ConnectionError, OSError):
@@ -1001,6 +1017,8 @@ class SipWorkload:
                 if ws.open and key not in self.connections:
                     self.connections[key] = _Flow(transport, writer, ws)
                 for message in got.messages:
+                    if len(self._inflight) >= MAX_INFLIGHT:
+                        await self._room_for_a_message()
                     self.received(message, (transport, key[0], key[1]))
                 if ws.open and not ws.pending:          # between messages
                     if deadline is not None:
@@ -1087,6 +1105,8 @@ class SipWorkload:
             while data := await reader.read(65536):
                 framer.feed(data)
                 while (message := framer.next_message()) is not None:
+                    if len(self._inflight) >= MAX_INFLIGHT:
+                        await self._room_for_a_message()
                     self.received(message, ("TCP", key[0], key[1]))
         except (ConnectionError, OSError, SipParseError):
             pass

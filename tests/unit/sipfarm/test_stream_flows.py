@@ -228,6 +228,35 @@ async def test_a_request_the_stream_cannot_carry_gets_its_answer_before_the_clos
             server.close()
 
 
+async def test_a_connection_pipelining_past_the_members_capacity_is_read_later_not_dropped(monkeypatch):
+    """A datagram past MAX_INFLIGHT packets in hand is dropped (its phone sends it again); a
+    connection's message never is sent again, so the connection is read no further until
+    there is room.  One TCP client pipelining 20,000 REGISTERs had half of them dropped."""
+    monkeypatch.setattr(workload, "MAX_INFLIGHT", 3)
+    shell, port, _, servers = await _shell()
+    release, handled = asyncio.Event(), []
+
+    async def handle(data, source, **kw):       # the farm waiting on the bus for each
+        handled.append(data)
+        await release.wait()
+        return []
+    monkeypatch.setattr(shell.farm, "handle", handle)
+    sent = [options() for _ in range(10)]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(b"".join(sent))
+        await _wait_for(lambda: len(handled) == 3)
+        await asyncio.sleep(0.2)               # (nothing more is taken meanwhile)
+        assert len(handled) == 3 and len(shell._inflight) == 3
+        release.set()
+        await _wait_for(lambda: len(handled) == 10)
+        assert handled == sent
+    finally:
+        writer.close()
+        for server in servers:
+            server.close()
+
+
 def test_connections_are_counted_per_ipv4_address_and_ipv6_64():
     assert workload._counting_unit("192.0.2.7") == "192.0.2.7"
     assert workload._counting_unit("2001:db8:1:2:aaaa::1") == workload._counting_unit("2001:db8:1:2::ffff") == "2001:db8:1:2::/64"
