@@ -59,6 +59,15 @@ def test_throttle_memory_is_bounded():
     assert len(t._failures) <= 100
 
 
+def test_throttle_locks_are_bounded_too():
+    """Every key locked once and never seen again (a spray from many addresses) stayed."""
+    t = Throttle(max_keys=100, max_failures=1, lockout=60.0)
+    for i in range(1000):
+        t.failed(f"ip:{i}", now=float(i))
+    assert len(t._locked_until) <= 100
+    assert t.retry_after("ip:999", 999.0) > 0  # the newest locks are the ones kept
+
+
 def test_roles():
     sys = Principal("a", "root", Role.SYSTEM_ADMIN)
     da = Principal("b", "boss", Role.DOMAIN_ADMIN, "acme.example")

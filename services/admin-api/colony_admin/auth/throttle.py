@@ -39,11 +39,22 @@ class Throttle:
         while q and q[0] <= now - self.window:
             q.popleft()
         if len(q) >= self.max_failures:
+            if len(self._locked_until) >= self.max_keys:
+                self._forget_expired_locks(now)
             self._locked_until[key] = now + self.lockout
             q.clear()
 
     def succeeded(self, key: str) -> None:
         self._failures.pop(key, None)
+
+    def _forget_expired_locks(self, now: float) -> None:
+        # A lock was forgotten only when its own key came back after it expired: from many
+        # addresses (an IPv6 prefix holds 2^64) locks piled up without end.  Drop the expired
+        # ones, then the oldest (locks are added in time order, all of the same length).
+        for key in [k for k, until in self._locked_until.items() if until <= now]:
+            del self._locked_until[key]
+        while len(self._locked_until) >= self.max_keys:
+            self._locked_until.pop(next(iter(self._locked_until)))
 
     def _forget_oldest(self, now: float) -> None:
         # Bounded memory under a spray of random keys: drop expired entries, then the oldest.
