@@ -28,6 +28,13 @@ from email.policy import compat32
 
 MAX_DEPTH = 32
 MAX_PARTS = 10_000
+# Header octets handed to the email parser, per part and per message: its objects cost ~20
+# times the octets (a 13 MB header block peaked at 280 MB), and anyone may mail a message of
+# the largest size accepted that is all header fields.  What lies beyond is not parsed (its
+# fields count for nothing in ENVELOPE, BODYSTRUCTURE and header searches) but is still
+# served whole by BODY[HEADER], which slices the octets.
+MAX_HEADER_PART = 256 * 1024
+MAX_HEADER_MESSAGE = 4 * 1024 * 1024
 
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
 
@@ -67,7 +74,14 @@ class Part:
             yield from self.message.walk()
 
 
-def _headers(data: bytes, start: int, end: int) -> Message:
+def _headers(data: bytes, start: int, end: int, counter: list[int]) -> Message:
+    """The header fields in [start, end), within ``MAX_HEADER_PART`` and what is left of the
+    message's ``MAX_HEADER_MESSAGE`` (``counter[1]``), cut at a line end."""
+    allowed = min(end - start, MAX_HEADER_PART, max(0, MAX_HEADER_MESSAGE - counter[1]))
+    if allowed < end - start:
+        cut = data.rfind(b"\n", start, start + allowed)
+        end = cut + 1 if cut >= start else start
+    counter[1] += end - start
     return BytesHeaderParser(policy=compat32).parsebytes(data[start:end])
 
 
@@ -83,7 +97,7 @@ def _split(data: bytes, start: int, end: int) -> tuple[int, int]:
 
 
 def analyze(data: bytes) -> Part:
-    counter = [0]
+    counter = [0, 0]        # parts made, header octets parsed
     return _part(data, 0, len(data), ("text", "plain"), 0, counter)
 
 
@@ -97,7 +111,7 @@ def _count_lines(data: bytes, start: int, end: int) -> int:
 def _part(data: bytes, start: int, end: int, default: tuple[str, str], depth: int, counter: list[int]) -> Part:
     counter[0] += 1
     header_end, body_start = _split(data, start, end)
-    headers = _headers(data, start, header_end)
+    headers = _headers(data, start, header_end, counter)
     ctype = headers.get_content_type() if headers.get("Content-Type") else "/".join(default)
     maintype, _, subtype = ctype.partition("/")
     if not headers.get("Content-Type") and default == ("message", "rfc822"):

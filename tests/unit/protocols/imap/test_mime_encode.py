@@ -147,3 +147,25 @@ def test_any_message_analyzes(pieces):
     envelope(root)
     for part in root.walk():
         assert 0 <= part.header_start <= part.body_start <= part.body_end <= len(data)
+
+
+def test_a_message_of_header_fields_is_parsed_within_a_bound():
+    # The email parser's objects cost ~20x the header octets: a 12 MB header block peaked at
+    # 328 MB (a 64 MB one, the largest message accepted, at ~1.7 GB) at every FETCH ENVELOPE.
+    from colony.protocols.imap import mime
+    from colony.protocols.imap.mime import MAX_HEADER_MESSAGE, MAX_HEADER_PART
+    block = b"Subject: hi\r\n" + b"X-Filler: y\r\n" * 200_000 + b"X-Late: z\r\n"
+    msg = block + b"\r\nbody\r\n"
+    root = mime.analyze(msg)
+    assert root.header("Subject") == "hi" and root.header("X-Late") is None
+    assert len(root.headers.keys()) <= MAX_HEADER_PART // len(b"X-Filler: y\r\n") + 1
+    assert mime.section_bytes(msg, root, [], "HEADER") == block + b"\r\n"     # served whole
+    assert mime.section_bytes(msg, root, [], "TEXT") == b"body\r\n"
+    # Across parts the message's budget holds: 40 parts of 200 KiB of fields each.
+    part = b"Content-Type: text/plain\r\n" + b"X-Filler: y\r\n" * 16_000 + b"\r\nx\r\n"
+    multi = (b"Content-Type: multipart/mixed; boundary=b\r\n\r\n"
+             + b"".join(b"--b\r\n" + part for _ in range(40)) + b"--b--\r\n")
+    root = mime.analyze(multi)
+    assert len(root.children) == 40
+    parsed = sum(len(p.headers.keys()) for p in root.walk() if p.headers is not None)
+    assert parsed * len(b"X-Filler: y\r\n") <= MAX_HEADER_MESSAGE + 40 * 100
