@@ -1518,8 +1518,11 @@ class _View:
         return self._root()[1].header(name)
 
     def headers_text(self) -> str:
+        # Within the bound the MIME analysis parses (``mime.MAX_HEADER_PART``): decoding
+        # encoded-words costs ~40x the octets, and a message may be all header fields.
         data, root = self._root()
-        return search.decode_header_value(data[root.header_start:root.header_end].decode("utf-8", "replace"))
+        end = min(root.header_end, root.header_start + mime.MAX_HEADER_PART)
+        return search.decode_header_value(data[root.header_start:end].decode("utf-8", "replace"))
 
     def body_text(self) -> str:
         data, root = self._root()

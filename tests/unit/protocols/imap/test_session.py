@@ -707,3 +707,22 @@ def test_list_with_a_hostile_pattern_costs_a_walk_over_each_name():
     assert c.cmd('b LIST "" "*%L"').count("* LIST") == 1
     assert c.cmd('c LIST "" "a/%"') == '* LIST (\\Noselect \\HasChildren) "/" "a/b"\r\nc OK LIST completed\r\n'
     assert c.cmd('d LIST "" "%/*c"') == '* LIST (\\HasNoChildren) "/" "a/b/c"\r\nd OK LIST completed\r\n'
+
+
+def test_search_text_reads_a_bounded_header(tmp_path):
+    # SEARCH TEXT decoded the whole header block: 12 MB of fields with encoded-words cost
+    # ~470 MB and half a minute per message. Like the fields the MIME analysis parses, the
+    # header text searched is bounded (mime.MAX_HEADER_PART).
+    import time
+    from colony.protocols.imap import mime
+    m = AccountMail(tmp_path / "mail", 1, clock=lambda: 1_700_000_000.0)
+    m.open()
+    m.append("INBOX", b"Subject: early\r\n" + b"X: =?utf-8?q?a?= y\r\n" * 200_000 + b"X: late\r\n\r\nbody\r\n")
+    m.commit()
+    c = selected(m)
+    started = time.process_time()
+    assert "* SEARCH 1\r\n" in c.cmd("a SEARCH TEXT early")
+    assert "* SEARCH\r\n" in c.cmd("b SEARCH TEXT late")
+    assert time.process_time() - started < 5
+    assert mime.MAX_HEADER_PART < 200_000 * 20
+    m.close()
