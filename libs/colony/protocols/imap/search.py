@@ -210,6 +210,7 @@ def search(messages: Iterable[MessageView], key: tuple, ctx: SearchContext) -> l
 _BLOB = r"\[[^\[\]]*\]"
 _SUBJ_LEADER = re.compile(rf"^(?:(?:{_BLOB}\s*)*(?:re|fwd?)\s*(?:{_BLOB}\s*)?:\s*)", re.IGNORECASE)
 _BLOB_LEADER = re.compile(rf"^{_BLOB}\s*")
+_BLOB_AT = re.compile(rf"{_BLOB}\s*")
 _TRAILER = re.compile(r"\s*\(fwd\)\s*$", re.IGNORECASE)
 
 
@@ -226,11 +227,20 @@ def base_subject(raw: str | None) -> str:
         while True:                            # (3)-(5) leaders and blobs
             before_leader = s
             s = _SUBJ_LEADER.sub("", s, count=1)
-            blob = _BLOB_LEADER.match(s)
-            if blob and s[blob.end():].strip():
-                s = s[blob.end():]
-            if s == before_leader:
-                break
+            if s != before_leader:
+                blob = _BLOB_LEADER.match(s)
+                if blob and s[blob.end():].strip():
+                    s = s[blob.end():]
+                continue
+            # No leader, and removing blobs cannot make one (a leader may begin with any run
+            # of them): the leading blobs go, each while something is left after it, in one
+            # pass -- one blob and one failed leader match per round was quadratic, minutes
+            # of SORT/THREAD for a subject of "[a]" repeated.
+            last, pos = len(s.rstrip()), 0
+            while (blob := _BLOB_AT.match(s, pos)) and blob.end() < last:
+                pos = blob.end()
+            s = s[pos:]
+            break
         if s.lower().startswith("[fwd:") and s.endswith("]"):   # (6)
             s = s[5:-1].strip()
             continue
