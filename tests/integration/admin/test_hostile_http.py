@@ -223,3 +223,16 @@ async def test_a_period_at_the_ends_of_the_calendar_is_400(stack):
                        ("0001-01-01T00:00:00+14:00", "2020-01-01T00:00:00Z")):
         r = await stack.client.get("/v1/usage", params={"from": start, "to": end}, headers=h)
         assert r.status_code == 400 and "out of range" in r.json()["detail"], r.text
+
+
+async def test_failed_token_checks_from_one_ipv6_64_count_together(stack):
+    """Each address of a /64 used to get its own budget of ten failures."""
+    codes = []
+    for i in range(12):
+        transport = httpx.ASGITransport(app=stack.app, client=(f"2001:db8:1:2::{i + 1:x}", 40000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://admin.test") as http:
+            codes.append((await http.get("/v1/whoami", headers=stack.as_(f"col_{i:016x}_wrong"))).status_code)
+    assert codes[:10] == [401] * 10 and codes[10:] == [429, 429], codes
+    transport = httpx.ASGITransport(app=stack.app, client=("2001:db8:1:3::1", 40000))  # the next /64
+    async with httpx.AsyncClient(transport=transport, base_url="http://admin.test") as http:
+        assert (await http.get("/v1/whoami", headers=stack.as_(stack.sys_token))).status_code == 200
