@@ -1076,6 +1076,12 @@ class SipWorkload:
             return
         flow = self.connections.get((host, port))
         if flow is None:
+            if data.startswith(b"SIP/2.0 "):
+                # A response goes back on the connection its request came on (§18.2.2), named by
+                # the phone's own port of it: dialling that reached nothing -- a client that
+                # pipelined 2,000 requests and hung up had the member dial it 2,000 times.
+                log.debug("no %s flow to %s:%s for a SIP response", transport, host, port)
+                return
             if transport != "TCP":
                 # TLS and WebSocket phones are reached over the flow they opened (RFC 5626,
                 # RFC 7118 §5: a browser accepts no connections); it is gone.

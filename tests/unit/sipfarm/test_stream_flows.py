@@ -290,6 +290,27 @@ async def test_a_connection_pipelining_past_the_members_capacity_is_read_later_n
             server.close()
 
 
+async def test_a_response_for_a_connection_that_is_gone_is_lost_not_dialled():
+    """Answers to a client that pipelined requests and hung up: the connection's address is
+    the client's own port of it, so dialling it (once per answer) reached nothing."""
+    shell, _, _, servers = await _shell()
+    dialled: list = []
+    bait = await asyncio.start_server(lambda r, w: dialled.append(w), "127.0.0.1", 0)
+    where = ("TCP", "127.0.0.1", bait.sockets[0].getsockname()[1])
+    try:
+        answer = b"SIP/2.0 200 OK\r\nVia: SIP/2.0/TCP 127.0.0.1:5999;branch=z9hG4bKx\r\nContent-Length: 0\r\n\r\n"
+        await shell._emit(answer, where)
+        assert not shell.connections
+        await shell._emit(options(), where)          # a request is still dialled (a phone's Contact)
+        await _wait_for(lambda: len(dialled) == 1)
+    finally:
+        for flow in list(shell.connections.values()):
+            flow.close()
+        bait.close()
+        for server in servers:
+            server.close()
+
+
 def test_connections_are_counted_per_ipv4_address_and_ipv6_64():
     assert workload._counting_unit("192.0.2.7") == "192.0.2.7"
     assert workload._counting_unit("2001:db8:1:2:aaaa::1") == workload._counting_unit("2001:db8:1:2::ffff") == "2001:db8:1:2::/64"
