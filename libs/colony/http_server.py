@@ -65,6 +65,14 @@ class _TimelyH11Protocol(H11Protocol):
         before = self.cycle
         super().handle_events()
         cycle = self.cycle
+        if cycle is not None and not cycle.response_complete and self.transport.is_closing():
+            # uvicorn answered 400 itself (a malformed chunk after the head) and closed, but the
+            # application, already started, then sent its own response into a connection h11
+            # had closed: LocalProtocolError and an "Exception in ASGI application" traceback in
+            # the log, per request.  connection_lost would say so a moment later; say it now.
+            cycle.disconnected = True
+            cycle.message_event.set()
+            return
         if cycle is not None and cycle is not before and _framed_twice(cycle.scope["headers"]):
             # RFC 9112 6.1: h11 reads the body by Transfer-Encoding, but a proxy in front may
             # have used Content-Length; what follows on this connection could be smuggled.

@@ -5,6 +5,7 @@ a request framed twice (Content-Length and Transfer-Encoding) ends its connectio
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 from starlette.applications import Starlette
@@ -34,14 +35,15 @@ async def _until_closed(reader: asyncio.StreamReader, writer: asyncio.StreamWrit
 
     async def read() -> None:
         nonlocal answer
-        while data := await reader.read(4096):
-            answer += data
+        with contextlib.suppress(ConnectionError):  # a byte dripped after the server closed
+            while data := await reader.read(4096):
+                answer += data
 
     reading = asyncio.create_task(read())
     try:
         async with asyncio.timeout(timeout):
             for i in range(len(drip)):
-                if reading.done():
+                if reading.done() or answer:  # answered: writing on would only draw a reset
                     break
                 writer.write(drip[i:i + 1])
                 await asyncio.sleep(every)
@@ -106,5 +108,37 @@ async def test_a_request_with_both_content_length_and_chunked_is_the_connections
                      b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n" % (5 + len(smuggled)) + smuggled)
         answer, _ = await _until_closed(reader, writer, timeout=4.0)
         assert answer.startswith(b"HTTP/1.1 200 ") and answer.count(b"HTTP/1.1 ") == 1, answer
+    finally:
+        await server.stop()
+
+
+async def test_a_malformed_chunk_is_answered_400_without_an_application_traceback():
+    """The application answers without reading the body (as a 401 does); the chunk after the
+    head is malformed, so uvicorn answers 400 and closes first.  The application's answer
+    used to hit the closed h11 connection: an "Exception in ASGI application" traceback."""
+    finished = asyncio.Event()
+    failures: list[BaseException] = []
+
+    async def quick(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        try:
+            await send({"type": "http.response.start", "status": 401, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+        except Exception as exc:  # what uvicorn then logs as "Exception in ASGI application"
+            failures.append(exc)
+            raise
+        finally:
+            finished.set()
+
+    server = EmbeddedHttpServer(quick, "127.0.0.1", 0, request_grace=5.0)
+    port = await server.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /v1/domains HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nZZZ\r\n")
+        answer, _ = await _until_closed(reader, writer, timeout=4.0)
+        await asyncio.wait_for(finished.wait(), 5)
+        assert answer.startswith(b"HTTP/1.1 400 "), answer
+        assert failures == []
     finally:
         await server.stop()
