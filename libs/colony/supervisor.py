@@ -36,21 +36,32 @@ ROLE_MODULES = {
 }
 
 
+def _find_prctl():
+    """libc's prctl, looked up here in the parent: a child between fork and exec must not
+    import or dlopen (another thread of the parent may have held the import or the loader
+    lock at the fork, which the child then waits on for ever)."""
+    try:
+        import ctypes
+
+        return ctypes.CDLL("libc.so.6", use_errno=True).prctl
+    except (OSError, AttributeError):  # not Linux: the supervisor's own signal handling is all there is
+        return None
+
+
+_PRCTL = _find_prctl()
+_PR_SET_PDEATHSIG = 1
+
+
 def die_with_parent() -> None:
     """In the child, before exec: SIGTERM us if the supervisor dies, even by SIGKILL.
 
     The instances run in their own sessions (so Ctrl-C reaches only the supervisor, which
     stops them in order); without this, a supervisor killed or hung up on would leave them
-    running with nobody to stop them.
+    running with nobody to stop them.  Only a call into the prctl found at import: nothing
+    here may import, load a library or take a lock (``subprocess``'s preexec_fn warning).
     """
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        PR_SET_PDEATHSIG = 1
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:  # not Linux: the supervisor's own signal handling is all there is
-        pass
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class SupervisorError(RuntimeError):
