@@ -75,3 +75,5 @@ def test_smtplib_and_swaks_deliver_through_colony_up(tmp_path):
     finally:
         out = stop_up(proc)
     assert "SMTP MX:" in out and info["tls_ca"] in out
+    if not os.environ.get("COLONY_POSTMASTER_ADDRESS"):   # no mailbox for <Postmaster>: said where the MX is
+        assert "postmaster: none set" in out and "COLONY_POSTMASTER_ADDRESS" in out, out

@@ -270,6 +270,17 @@ def up(
         console.print("stopped; no process left behind.")
 
 
+def _postmaster_address() -> str:
+    """The postmaster_address the instances will read (same environment and config file), or
+    "" also when the settings do not load: the instances report that themselves."""
+    from colony.settings import Settings
+
+    try:
+        return Settings().postmaster_address
+    except Exception:
+        return ""
+
+
 def _announce(cluster, stop, had_token: bool) -> None:
     info = cluster.describe()
     console.print(f"[bold]Colony is starting[/bold] in {info['data_dir']}")
@@ -279,6 +290,11 @@ def _announce(cluster, stop, had_token: bool) -> None:
     console.print(f"  logs:       {cluster.data_dir / 'logs'}")
     for address in info.get("smtp") or []:
         console.print(f"  SMTP MX:    {address}")
+    if info.get("smtp") and not _postmaster_address():
+        # RFC 5321 4.5.1: RCPT TO:<Postmaster> MUST be accepted; there is no mailbox to take it
+        # until the operator names one, so say so where the listeners are announced.
+        console.print("  [yellow]postmaster: none set -- RCPT TO:<Postmaster> is refused (RFC 5321 4.5.1 wants it "
+                      "taken); name a mailbox: COLONY_POSTMASTER_ADDRESS=postmaster@<your domain>[/yellow]")
     for label, key in (("submission", "submission"), ("SMTPS", "submissions")):
         for address in info.get(key) or []:
             console.print(f"  {label + ':':<11} {address}" + ("   (STARTTLS, AUTH)" if key == "submission" else "   (TLS, AUTH)"))
