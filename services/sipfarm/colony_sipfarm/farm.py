@@ -604,7 +604,7 @@ class SipFarm:
 
     def _branch_base(self, incoming: Via, call_id: str, cseq: int, flow: str) -> str:
         """The transaction part of our branch: a MAC of the incoming branch, where its
-        response goes (the stamped Via's received/rport/maddr, or the caller's flow), Call-ID
+        response goes (the stamped Via's received/rport, or the caller's flow), Call-ID
         and CSeq number -- what a retransmission, its CANCEL and the ACK of a failure share,
         so they get the same branch on every member; and what ``_on_response`` recomputes
         from the response's next Via to know the response is to a request we forwarded."""

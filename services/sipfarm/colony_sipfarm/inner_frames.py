@@ -122,7 +122,7 @@ def seal_answers(key: RelayKey, items: list[Outbound], to: str, sender: str, rep
                  traceparent: str | None = None) -> tuple[list[bytes], int]:
     """The datagrams carrying ``items`` (in order) to member ``to``, each at most
     ``MAX_DATAGRAM`` bytes, and how many items were left out: one whose destination no frame
-    can carry (a Via maddr with a space, from the phone's packet), or too large for any
+    can carry (a Contact maddr with a space, from a phone's packet), or too large for any
     datagram.  No items, no datagram."""
     head = _head(ANSWERS, to, sender, reply_to, traceparent)
     room = MAX_DATAGRAM - len(head) - MAC_SIZE

@@ -29,8 +29,8 @@ provider is installed; with none, neither side builds a span or headers for it (
 packet handled where it arrives).  Over the bus: an owner
 that has no responder, or answers with a frame that does not decode, is skipped for ten
 seconds and the packet handled here; a request frame that does not decode is dropped with a
-log line (its sender times out); an answer to a destination no frame can carry (a Via
-maddr with a space) is left out and the rest answered.  An owner that does not answer a
+log line (its sender times out); an answer to a destination no frame can carry (a registered
+Contact's maddr with a space) is left out and the rest answered.  An owner that does not answer a
 REGISTER datagram within a second is not taken for dead while its heartbeat is fresh: it may be waiting on the bus (a first
 credential lookup waits on the auth service, up to its own 5 s), and handling the packet here
 as well did the work twice and took a live member out of the spread for ten seconds -- at a
@@ -183,7 +183,7 @@ class _UdpSocket:
     datagrams queued, up to ``MAX_WRITE_BUFFER`` bytes, and flushed when writable -- past that
     they are lost as on the wire (asyncio's transport queued without a bound).
 
-    A destination named by a host name (a Via's ``maddr``, a Contact or Request-URI host) is
+    A destination named by a host name (a Via's sent-by, a Contact or Request-URI host) is
     looked up with the loop's ``getaddrinfo`` (in a thread), not by ``sendto``: given a name,
     ``sendto`` resolves it itself, blocking the loop for as long as DNS takes -- a phone that
     names a slow domain would stall every call and registration of the member.  Answers are
@@ -757,7 +757,7 @@ class SipWorkload:
             self.farm.metrics.dropped.labels(reason="unsendable").inc(len(out))
             return
         if left_out:
-            # A destination no frame can carry (a Via maddr with a space, from the phone's
+            # A destination no frame can carry (a Contact maddr with a space, from a phone's
             # packet), or one item larger than a datagram: nothing could be sent there.
             self.farm.metrics.dropped.labels(reason="unsendable").inc(left_out)
         peer = self._inner_peers.get(frame.sender)
@@ -835,8 +835,8 @@ class SipWorkload:
         try:
             reply = SpreadAnswers.to_frame(out)
         except ValueError:
-            # A destination the frame cannot carry comes from the packet itself (a Via maddr
-            # or a Contact host with a space or non-ASCII: nothing could send there).  Left
+            # A destination the frame cannot carry comes from a phone's packet (a registered
+            # Contact's maddr with a space or non-ASCII: nothing could send there).  Left
             # out, the rest answered in time: no answer kept the asker waiting a second, then
             # had it pass us over -- one such packet every 10 s took a member out of the spread.
             kept = [item for item in out if _frames(item)]

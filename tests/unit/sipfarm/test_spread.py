@@ -19,7 +19,7 @@ from colony.settings import Settings
 from colony_sipfarm.spread_frames import SpreadPacket
 from colony_sipfarm import workload
 from colony_sipfarm.workload import SipWorkload
-from test_farm import PHONE, answer, farm, register  # noqa: F401 (farm: the fixture)
+from test_farm import PHONE, answer, farm, invite, register, registered  # noqa: F401 (farm: the fixture)
 
 
 class Bus:
@@ -223,14 +223,20 @@ async def test_the_copy_of_a_register_a_slow_owner_answered_late_gets_its_rememb
 
 
 async def test_an_answer_to_where_no_frame_can_go_is_left_out_and_the_owner_answers_in_time(farm):
-    # A phone's Via maddr (or Contact host) with non-ASCII or a space: the owner used to send
+    # A destination no frame can carry comes from a phone's packet -- here a registered Contact
+    # whose maddr is not ASCII, where the caller's INVITE is forwarded: the owner used to send
     # no answer at all, and the asker, after a second, passed a live member over for 10 s.
+    # The item is left out and the rest (the 100 Trying) answered.
     bus = Bus()
     asker, _ = _shell(farm, bus, "sipfarm-1"), _shell(farm, bus, "sipfarm-2")
     _ready(asker, "sipfarm-1", "sipfarm-2")
-    options = (register().replace(b"REGISTER sip:", b"OPTIONS sip:").replace(b"1 REGISTER", b"1 OPTIONS")
-               .replace(b";branch=", ";maddr=ex\u00e4mple.com;branch=".encode()))
-    assert await asker._ask_owner("sipfarm-2", options, PHONE) == []
+    await registered(farm, user="bob", contact="<sip:bob@192.0.2.7:5062;maddr=ex\u00e4mple.com>")
+    caller = ("UDP", "198.51.100.9", 5060)
+    [challenge] = await asker._ask_owner("sipfarm-2", invite(), caller)
+    auth = answer(parse_message(challenge.data), "alice", method="INVITE", uri="sip:bob@acme.example",
+                  header="Proxy-Authorization")
+    out = await asker._ask_owner("sipfarm-2", invite(cseq=2, auth=auth, branch="z9hG4bKinv2"), caller)
+    assert [(parse_message(o.data).status, o.destination) for o in out] == [(100, caller)]
     assert "sipfarm-2" not in asker._suspect and _dropped(farm, "unsendable") == 1
     out = await asker._ask_owner("sipfarm-2", register(), PHONE)
     assert [parse_message(o.data).status for o in out] == [401]

@@ -120,14 +120,20 @@ def stamp_via(request: SipRequest, source: Destination) -> None:
 def response_destination(via: Via, source: Destination | None) -> Destination:
     """Where a response goes (RFC 3261 §18.2.2, RFC 3581 §4): over a reliable transport back
     on the connection it came in on (``source``, the shell maps it to the connection);
-    otherwise to ``maddr``, else ``received`` (else the sent-by host), at ``rport`` (else
-    the sent-by port, else 5060)."""
+    otherwise to ``received`` (else the sent-by host), at ``rport`` (else the sent-by port,
+    else 5060).
+
+    A Via ``maddr`` is ignored, as Kamailio does by default (``reply_to_via=0``), though
+    §18.2.2 would send there: it let anyone aim the farm's answers -- a 401/407 or an OPTIONS
+    200 is ~2.2x the request that asks for it -- at a third party without spoofing an
+    address.  Answers go where the request came from (``received``/``rport``), or where its
+    sent-by says; a client that multicasts its requests has no use for SIP service here."""
     transport = via.transport.upper()
     # A request that came on a connection is answered on it, whatever transport its Via names:
     # a Via of UDP with a maddr had a TCP client's answers sent as datagrams to any address.
     if source is not None and (transport != "UDP" or source[0] != "UDP"):
         return source
-    host = via.params.get("maddr") or via.params.get("received") or via.host
+    host = via.params.get("received") or via.host
     rport = via.params.get("rport")
     # An rport no port can be (a client's own, RFC 3581 leaves its form to us) is ignored: the
     # shell's sendto raised on it, a traceback per packet.

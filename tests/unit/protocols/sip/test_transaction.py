@@ -150,6 +150,12 @@ def test_via_stamping_and_response_routing():
         bad = request(via_extra=f";rport={rport}")
         stamp_via(bad, ("UDP", "203.0.113.5", 40000))
         assert response_destination(bad.top_via(), None) == ("UDP", "203.0.113.5", 5070)
+    # A Via maddr aims no answer at a third party (Kamailio's reply_to_via=0): the answer goes
+    # where the request came from, or to its sent-by.
+    aimed = request(via_extra=";rport;maddr=198.51.100.77")
+    stamp_via(aimed, ("UDP", "203.0.113.5", 40000))
+    assert response_destination(aimed.top_via(), None) == ("UDP", "203.0.113.5", 40000)
+    assert response_destination(request(via_extra=";maddr=198.51.100.77").top_via(), None) == ("UDP", "192.0.2.1", 5070)
     same = request()
     stamp_via(same, ("UDP", "192.0.2.1", 5070))
     assert "received" not in same.top_via().params
