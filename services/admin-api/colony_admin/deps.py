@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import time
 from dataclasses import dataclass, field
 from typing import Annotated, Any
@@ -16,6 +15,7 @@ from sqlalchemy import Engine
 
 from colony.bus import names
 from colony.eventstore import EventStore
+from colony.netaddr import counting_unit
 from colony.settings import Settings
 from colony_admin import db, queries
 from colony_admin.auth import secrets
@@ -64,21 +64,6 @@ Admin = Annotated[AdminContext, Depends(admin)]
 
 def client_addr(request: Request) -> str:
     return request.client.host if request.client else "unknown"
-
-
-def counting_unit(host: str) -> str:
-    """What failed token checks are counted by: the IPv4 address, or the IPv6 /64 (as the
-    edges and the SIP farm count): one holder of a /64 has 2^64 addresses, so counting
-    single IPv6 addresses gave an attacker a fresh budget per request."""
-    try:
-        address = ipaddress.ip_address(host.partition("%")[0])
-    except ValueError:
-        return host
-    if address.version == 6:
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
-        return str(ipaddress.IPv6Network((address, 64), strict=False))
-    return str(address)
 
 
 async def principal(request: Request, ctx: Admin,

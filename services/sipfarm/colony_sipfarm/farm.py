@@ -52,6 +52,7 @@ from prometheus_client import CollectorRegistry, Counter
 from colony.bus import names
 from colony.contracts.auth import AuthClient, AuthUnavailable
 from colony.counters import SharedCounters
+from colony.netaddr import counting_unit
 from colony.protocols.sip.digest import DigestAuthenticator, parse_credentials
 from colony.protocols.sip.message import (Headers, SipRequest, SipResponse, Via, encode_response, parse_via)
 from colony.protocols.sip.parser import SipParseError, parse_message
@@ -313,7 +314,7 @@ class SipFarm:
 
     async def _on_new_request(self, request: SipRequest, source: Destination) -> list[Outbound]:
         if not self._trusted(source) and self.counters is not None:
-            rate = await self.counters.hit("sip-req", source[1])
+            rate = await self.counters.hit("sip-req", counting_unit(source[1]))
             if rate > self.settings.sip_requests_per_minute_per_ip:
                 return self._local(request, source, 503, extra=[("Retry-After", "60")], remember=False)
         if self.home_regions is not None:  # a subscriber of another region: sent there (home_region.py)
@@ -400,7 +401,7 @@ class SipFarm:
         (False, the answer): a challenge, 403 when the source failed too often, 503 when the
         credentials service is away.  Unknown user and wrong password look the same."""
         if not self._trusted(source) and self.counters is not None:
-            failures = await self.counters.rate("sip-authfail", source[1])
+            failures = await self.counters.rate("sip-authfail", counting_unit(source[1]))
             if failures >= self.settings.sip_auth_failures_per_minute_per_ip:
                 return False, self._local(request, source, 403, "Too Many Failed Authentications")
         credentials = None
@@ -433,7 +434,7 @@ class SipFarm:
         if verdict.stale:
             return False, self._challenge(request, source, realm, status, challenge, stale=True)
         if self.counters is not None and not self._trusted(source):
-            await self.counters.hit("sip-authfail", source[1])
+            await self.counters.hit("sip-authfail", counting_unit(source[1]))
         return False, self._challenge(request, source, realm, status, challenge, stale=False)
 
     async def _credentials(self, account: str, realm: str, algorithm: str) -> str | None:

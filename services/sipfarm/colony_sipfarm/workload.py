@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import ipaddress
 import json
 import logging
 import os
@@ -79,6 +78,7 @@ from colony.bus.pipelined import landed, publish_pipelined
 from colony.metrics import BusRequestMetrics
 from colony.cluster.membership import NodeRecord, NodeState
 from colony.hashing import choose
+from colony.netaddr import counting_unit
 from colony.bus.tokens import from_token
 from colony.contracts.auth import AuthClient
 from colony.counters import SharedCounters
@@ -334,20 +334,6 @@ def _write(writer: asyncio.StreamWriter, data: bytes, transport: str) -> None:
     writer.write(data)
 
 
-def _counting_unit(host: str) -> str:
-    """What the connections per source are counted by: the IPv4 address, or the IPv6 /64 (an
-    attacker holds a whole /64, so counting single IPv6 addresses would count nothing)."""
-    try:
-        address = ipaddress.ip_address(host.partition("%")[0])
-    except ValueError:
-        return host
-    if address.version == 6:
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
-        return str(ipaddress.IPv6Network((address, 64), strict=False))
-    return str(address)
-
-
 class _Flow:
     """A connection a phone (or a peer we opened) holds to this member: TCP, TLS, WS or WSS.
     ``send`` takes one SIP message; over a WebSocket it becomes one frame."""
@@ -375,7 +361,7 @@ class SipWorkload:
         self.server: asyncio.Server | None = None
         self.stream_servers: list[asyncio.Server] = []     # TLS, WS, WSS
         self.connections: dict[tuple[str, int], _Flow] = {}
-        # Connections open per source (_counting_unit), phones' and those still in their
+        # Connections open per source (colony.netaddr.counting_unit), phones' and those still in their
         # handshake alike: one address could otherwise take all MAX_CONNECTIONS.
         self._per_source: dict[str, int] = {}
         self.counters: SharedCounters | None = None
@@ -912,7 +898,7 @@ class SipWorkload:
         the caller closes it).  ``sip_allow_networks`` are held to the total only."""
         if len(self.connections) >= MAX_CONNECTIONS:
             return None
-        unit = _counting_unit(host)
+        unit = counting_unit(host)
         held = self._per_source.get(unit, 0)
         if held >= self.settings.sip_max_connections_per_ip and not (
                 self.farm is not None and self.farm._trusted(("TCP", host, 0))):

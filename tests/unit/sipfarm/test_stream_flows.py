@@ -325,10 +325,10 @@ async def test_a_response_for_a_connection_that_is_gone_is_lost_not_dialled():
 
 
 def test_connections_are_counted_per_ipv4_address_and_ipv6_64():
-    assert workload._counting_unit("192.0.2.7") == "192.0.2.7"
-    assert workload._counting_unit("2001:db8:1:2:aaaa::1") == workload._counting_unit("2001:db8:1:2::ffff") == "2001:db8:1:2::/64"
-    assert workload._counting_unit("::ffff:192.0.2.7") == "192.0.2.7"
-    assert workload._counting_unit("fe80::1%eth0") == "fe80::/64"
+    assert workload.counting_unit("192.0.2.7") == "192.0.2.7"
+    assert workload.counting_unit("2001:db8:1:2:aaaa::1") == workload.counting_unit("2001:db8:1:2::ffff") == "2001:db8:1:2::/64"
+    assert workload.counting_unit("::ffff:192.0.2.7") == "192.0.2.7"
+    assert workload.counting_unit("fe80::1%eth0") == "fe80::/64"
 
 
 def test_the_framer_tells_a_part_read_message_from_keep_alives():

@@ -1,4 +1,4 @@
-"""CIDR allow and deny lists, and the unit a client address is counted by.
+"""CIDR allow and deny lists (the unit a client address is counted by: ``colony.netaddr``).
 
 A list is written as in settings: ``"192.0.2.0/24, 2001:db8::/32, 198.51.100.7"``.
 IPv4-mapped IPv6 addresses (``::ffff:192.0.2.1``, what a dual-stack socket reports) are
@@ -10,15 +10,11 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+from colony.netaddr import IPAddress, counting_unit, parse_address
+
+__all__ = ["IPAddress", "IPNetwork", "NetworkList", "counting_unit", "parse_address"]
+
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-def parse_address(text: str) -> IPAddress:
-    address = ipaddress.ip_address(text.strip().split("%", 1)[0])
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-        return address.ipv4_mapped
-    return address
 
 
 class NetworkList:
@@ -47,13 +43,3 @@ class NetworkList:
 
     def __bool__(self) -> bool:
         return bool(self.networks)
-
-
-def counting_unit(address: IPAddress | str) -> str:
-    """What rate limits count by: the IPv4 address, or the IPv6 /64 (one subscriber's LAN:
-    an attacker holds a whole /64, so counting single IPv6 addresses would count nothing)."""
-    if isinstance(address, str):
-        address = parse_address(address)
-    if address.version == 6:
-        return str(ipaddress.IPv6Network((address, 64), strict=False))
-    return str(address)
