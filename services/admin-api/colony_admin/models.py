@@ -98,6 +98,13 @@ class _Strict(BaseModel):
     def _storable(cls, value: Any) -> Any:
         return storable(value)
 
+    @field_validator("*", mode="after")
+    @classmethod
+    def _storable_parsed(cls, value: Any) -> Any:
+        # A number sent as text -- "1000000000000000000000000000000" in JSON, or any CSV cell of
+        # a bulk import -- is a str before parsing and an int only after it, past the check above.
+        return storable(value)
+
 
 class _Patch(_Strict):
     """A partial update: only the fields sent change.  ``null`` clears a field that may be

@@ -127,3 +127,20 @@ def test_a_row_sets_only_the_cells_it_fills():
                                             b"a.example,x,,mail;sip,\n", "csv"))
     (only,) = csv_plan.accounts
     assert only.account.model_fields_set == {"name", "services"} and only.account.services == ["mail", "sip"]
+
+
+def test_a_number_beyond_64_bits_sent_as_text_is_refused_too():
+    """The 64-bit check ran before parsing, when a number sent as text (a JSON string, every
+    CSV cell of a bulk import) is still a str: 10**30 as text became an int past it, and the
+    projection then skipped (PostgreSQL) or stalled on (SQLite) the account's event."""
+    from colony_admin.models import CosLimits
+
+    huge = str(10**30)
+    with pytest.raises(ValidationError, match="64|numbers must lie"):
+        AccountCreate(name="huge", quota_bytes=huge)
+    with pytest.raises(ValidationError, match="numbers must lie"):
+        CosLimits.model_validate_json('{"max_message_bytes": "%s"}' % huge)
+    plan = importer.plan(importer.parse(f"domain,account,quota_bytes\nacme.example,huge,{huge}\n"
+                                        f"acme.example,fine,{2**63 - 1}\n".encode(), "csv"))
+    assert [a.account.name for a in plan.accounts] == ["fine"] and plan.accounts[0].account.quota_bytes == 2**63 - 1
+    assert len(plan.errors) == 1 and plan.errors[0].startswith("row 1: ") and "numbers must lie" in plan.errors[0]
