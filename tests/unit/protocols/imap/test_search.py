@@ -159,3 +159,28 @@ def test_base_subject_of_a_long_run_of_blobs_is_linear():
     assert base_subject("[a] " * 60_000) == "[a]"
     assert base_subject("[list] Re: [a][b] fwd: Hello (fwd)") == "hello"
     assert time.process_time() - started < 2
+
+
+def test_threads_from_references_deeper_than_any_walk_cut_lose_no_message():
+    # The loop check walked at most 10,000 levels up: a References chain deeper than that,
+    # then naming its first ID again, was linked into a loop that no root reached, and the
+    # message was missing from THREAD's answer (RFC 5256: every message is in a thread).
+    n = 12_000
+    refs = " ".join(f"<r{i}@x>" for i in range(n)) + " <r0@x>"
+    one = [Msg(1, 1, {"Message-ID": "<m@x>", "References": refs, "Subject": "s"}),
+           Msg(2, 2, {"Message-ID": "<o@x>", "Subject": "other"})]
+    assert sorted(format_threads(thread_references(one), lambda m: m.seq).strip("()").split(")(")) == ["1", "2"]
+
+
+def test_threads_of_a_references_header_made_to_walk_a_deep_chain_again_and_again():
+    # '<r0>' then a deep chain, then '<r0> <deepest>' pairs: each pair walked the whole chain
+    # to refuse a loop (9,000 levels x 9,000 pairs, the 256 KiB of one header field: tens of
+    # seconds of CPU for every THREAD REFERENCES of the mailbox). Bounded now; nothing lost.
+    import time
+    deep = 9_000
+    refs = " ".join(f"<r{i}@x>" for i in range(deep)) + f" <r0@x> <r{deep - 1}@x>" * 9_000
+    assert len(refs) < 256 * 1024
+    msgs = [Msg(1, 1, {"Message-ID": "<m@x>", "References": refs, "Subject": "s"})]
+    started = time.process_time()
+    assert format_threads(thread_references(msgs), lambda m: m.seq) == "(1)"
+    assert time.process_time() - started < 5
