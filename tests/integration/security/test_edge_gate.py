@@ -197,3 +197,22 @@ async def test_from_fields_naming_many_domains_cost_no_lookups_and_cannot_hide_a
                                  message.split(b"\r\n\r\n")[0], [None])
     assert verdict.auth.dmarc == "fail" and verdict.refusal is not None and verdict.refusal.reason == "dmarc-reject"
     assert dmarc_queries() <= 2
+
+
+async def test_many_author_domains_follow_the_recipients_dmarc_choice(dns_server):
+    """Past MAX_AUTHOR_DOMAINS the message was refused whatever the recipients' domains chose,
+    though "quarantine" never refuses and "none" only marks (docs, Settings.dmarc_enforcement)."""
+    from colony_edge.security.authentication import MAX_AUTHOR_DOMAINS
+
+    settings = Settings(dns_servers=dns_server.address, edge_authserv_id="mx.colony.test")
+    use_configured_dns(settings)
+    gate = _gate(settings)
+    others = b", ".join(b"x@other%d.test" % i for i in range(MAX_AUTHOR_DOMAINS + 1))
+    message = b"From: " + others + b"\r\nSubject: s\r\n\r\nbody\r\n"
+    head = message.split(b"\r\n\r\n")[0]
+    verdict = await gate.on_data("203.0.113.9", "evil.test", "x@other0.test", message, head, ["quarantine"])
+    assert verdict.refusal is None and verdict.quarantine and verdict.auth.dmarc == "permerror"
+    verdict = await gate.on_data("203.0.113.9", "evil.test", "x@other0.test", message, head, ["none", None])
+    assert verdict.refusal is not None and verdict.refusal.reason == "from-domains"   # None: the default, enforce
+    verdict = await gate.on_data("203.0.113.9", "evil.test", "x@other0.test", message, head, ["none"])
+    assert verdict.refusal is None and not verdict.quarantine

@@ -172,16 +172,23 @@ class EdgeGate:
                                         self.settings.dns_timeout)
         for method, result in (("spf", auth.spf), ("dkim", auth.dkim), ("dmarc", auth.dmarc)):
             self.metrics.auth_results.labels(method, result).inc()
-        if auth.author_domains > MAX_AUTHOR_DOMAINS:
-            # Not evaluated (each author domain costs DNS queries): refused, or naming one
-            # domain more than the limit would be a way around any domain's p=reject.
-            return DataVerdict(auth, refusal=self._refuse("data", ip, Refusal(
-                550, "5.7.1", f"Message refused: From: names {auth.author_domains} domains, "
-                f"at most {MAX_AUTHOR_DOMAINS} are checked (DMARC)", "from-domains")))
-        if auth.dmarc != "fail" or self.trusted(ip):
-            return DataVerdict(auth)
         choice = max((c or self.settings.dmarc_enforcement for c in dmarc_choices),
                      key=lambda c: _STRICTNESS.get(c, 2), default=self.settings.dmarc_enforcement)
+        if auth.author_domains > MAX_AUTHOR_DOMAINS:
+            # Not evaluated (each author domain costs DNS queries): handled as the strictest
+            # policy would be, or naming one domain more than the limit would be a way around
+            # any domain's p=reject -- but within what the recipients' domains chose: with
+            # "quarantine" (never refuse) it is filed in Junk, with "none" (only mark) accepted.
+            if choice == "enforce":
+                return DataVerdict(auth, refusal=self._refuse("data", ip, Refusal(
+                    550, "5.7.1", f"Message refused: From: names {auth.author_domains} domains, "
+                    f"at most {MAX_AUTHOR_DOMAINS} are checked (DMARC)", "from-domains")))
+            if choice == "quarantine":
+                self.metrics.refusals.labels("data", "dmarc-quarantine").inc()
+                return DataVerdict(auth, quarantine=True)
+            return DataVerdict(auth)
+        if auth.dmarc != "fail" or self.trusted(ip):
+            return DataVerdict(auth)
         if choice == "enforce" and auth.dmarc_policy == "reject":
             return DataVerdict(auth, refusal=self._refuse("data", ip, Refusal(
                 550, "5.7.1", f"Message refused: DMARC policy of {auth.from_domain} (unauthenticated sender)",
