@@ -136,6 +136,10 @@ HANDSHAKE_TIMEOUT = 10.0      # seconds a new TLS or WebSocket connection has to
 # descriptor and a slot of MAX_CONNECTIONS forever.  A flow that has sent a message and is
 # quiet between messages is kept (phones choose their own keep-alive intervals).
 MESSAGE_TIMEOUT = 10.0
+# Seconds a closing connection has to take what is still queued for it, then it is aborted: a
+# peer that reads nothing held a close() for good -- its descriptor and up to MAX_WRITE_BUFFER
+# of ours -- after the connection had left its source's count (_close_flow).
+CLOSE_TIMEOUT = 10.0
 # Packets being worked on beyond which this member sends no retransmission copies (their
 # timers still double, and Timer B/F still ends an unanswered branch): a member that far
 # behind has likely not read the answers yet, and every copy would come back as more work.
@@ -332,6 +336,21 @@ def _write(writer: asyncio.StreamWriter, data: bytes, transport: str) -> None:
         writer.transport.abort()
         return
     writer.write(data)
+
+
+async def _close_flow(writer: asyncio.StreamWriter) -> None:
+    """Close a connection once what is queued for it is written, for at most CLOSE_TIMEOUT,
+    then abort it: ``close()`` alone waits for a peer that may never read (one that stopped
+    reading and sent its FIN, say), holding the descriptor and what is queued for ever, while
+    the connection no longer counted against its source -- one address could pile them up."""
+    writer.close()
+    try:
+        async with asyncio.timeout(CLOSE_TIMEOUT):
+            await writer.wait_closed()
+    except TimeoutError:
+        writer.transport.abort()
+    except (ConnectionError, OSError):
+        pass
 
 
 class _Flow:
@@ -977,7 +996,7 @@ class SipWorkload:
             if deadline is not None:
                 deadline.cancel()
             self.connections.pop(key, None)
-            writer.close()
+            await _close_flow(writer)
 
     async def _refuse_on_stream(self, exc: SipParseError, source: Destination, writer: asyncio.StreamWriter) -> None:
         """The farm's answer to a request the framer could not cut from the stream, written
@@ -1030,15 +1049,13 @@ class SipWorkload:
                     if deadline is not None:
                         deadline.cancel()
                     deadline = loop.call_later(MESSAGE_TIMEOUT, self._too_slow, writer, transport)
-            with suppress(ConnectionError, OSError):
-                await writer.drain()
         except (ConnectionError, OSError):
             pass
         finally:
             if deadline is not None:
                 deadline.cancel()
             self.connections.pop(key, None)
-            writer.close()
+            await _close_flow(writer)     # writes out the close frame or refusal, in bounded time
 
     # --- output ---------------------------------------------------------------------------
 
@@ -1119,7 +1136,7 @@ class SipWorkload:
             pass
         finally:
             self.connections.pop(key, None)
-            writer.close()
+            await _close_flow(writer)
 
     async def _relay(self, msg) -> None:
         try:

@@ -303,6 +303,40 @@ async def test_a_connection_pipelining_past_the_members_capacity_is_read_later_n
             server.close()
 
 
+async def test_a_connection_whose_peer_reads_nothing_is_aborted_when_it_closes_not_held(monkeypatch):
+    """A client that pipelines requests, reads none of the answers and sends its FIN: close()
+    waited for ever to write out what was queued for it, holding the descriptor and the bytes
+    after the connection had left its source's count -- one address could pile them up."""
+    monkeypatch.setattr(workload, "CLOSE_TIMEOUT", 0.5)
+    shell, _, _, servers = await _shell()
+    accepted: list[asyncio.StreamWriter] = []
+
+    def small_send_buffer(reader, writer):     # (loopback would autotune it to MBs)
+        writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
+        accepted.append(writer)
+        return shell._admitted(reader, writer, "TCP", shell._connection)
+
+    tcp = await asyncio.start_server(small_send_buffer, "127.0.0.1", 0)
+    servers += (tcp,)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)     # and never read
+    sock.connect(("127.0.0.1", tcp.sockets[0].getsockname()[1]))
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    try:
+        await loop.sock_sendall(sock, b"".join(options() for _ in range(400)))    # ~150 KB of answers
+        await _wait_for(lambda: accepted and accepted[0].transport.get_write_buffer_size() > 32 * 1024)
+        sock.shutdown(socket.SHUT_WR)
+        transport = accepted[0].transport
+        await _wait_for(lambda: not shell._per_source and transport.is_closing())
+        # Aborted: nothing of ours is held for the peer (a close() would still hold it all).
+        await _wait_for(lambda: transport.get_write_buffer_size() == 0)
+    finally:
+        sock.close()
+        for server in servers:
+            server.close()
+
+
 async def test_a_response_for_a_connection_that_is_gone_is_lost_not_dialled():
     """Answers to a client that pipelined requests and hung up: the connection's address is
     the client's own port of it, so dialling it (once per answer) reached nothing."""
