@@ -37,7 +37,9 @@ MAX_LINE = 8192
 MAX_LITERALS = 2     # per command: LOGIN {user} {password} is the most any command here needs
 _LITERAL = re.compile(rb"\{(\d{1,10})(\+?)\}$")
 _TAG = re.compile(r'[^\x00-\x20\x7f-\U0010ffff(){%*"\\+]+')     # RFC 9051 tag (fullmatch)
-_ATOM_SPECIALS = set('(){ %*"\\]')
+# Not allowed in an unquoted argument.  ']' is: LOGIN takes astrings, whose ASTRING-CHAR
+# includes resp-specials (RFC 9051 §9), so 'LOGIN alice pa]ss' is a valid command.
+_ATOM_SPECIALS = set('(){ %*"\\')
 
 
 @dataclass(frozen=True)

@@ -143,3 +143,12 @@ def test_plain_with_another_users_authzid_is_refused():
     assert c.next_event() is None
     c.receive_data(b"b AUTHENTICATE PLAIN " + base64.b64encode(b"Alice@x.example\0alice@x.example\0pw") + b"\r\n")
     assert c.next_event() == Authenticate("b", "alice@x.example", "pw", "PLAIN", "Alice@x.example")
+
+
+def test_login_arguments_are_astrings_with_a_bracket():
+    # RFC 9051 §9: astring = 1*ASTRING-CHAR / string, and ASTRING-CHAR takes ']': an
+    # unquoted password with ']' is a valid LOGIN (it was BAD, counted as an error).
+    c = core(tls_active=True)
+    c.receive_data(b"a LOGIN alice@x.example pa]ss\r\n")
+    assert c.next_event() == Authenticate("a", "alice@x.example", "pa]ss", "LOGIN")
+    assert b"BAD" not in c.data_to_send()
