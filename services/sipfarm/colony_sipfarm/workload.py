@@ -1039,6 +1039,9 @@ class SipWorkload:
                     self.connections[key] = _Flow(transport, writer, ws)
                 for message in got.messages:
                     if len(self._inflight) >= MAX_INFLIGHT:
+                        if deadline is not None:     # the wait is ours, not the client's
+                            deadline.cancel()
+                            deadline = None
                         await self._room_for_a_message()
                     self.received(message, (transport, key[0], key[1]))
                 if ws.open and not ws.pending:          # between messages

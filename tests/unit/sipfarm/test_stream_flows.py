@@ -337,6 +337,50 @@ async def test_a_connection_whose_peer_reads_nothing_is_aborted_when_it_closes_n
             server.close()
 
 
+def _ws_frame(opcode: int, payload: bytes, fin: bool = True) -> bytes:
+    """A client's frame (masked with a zero key, so the payload is as it is)."""
+    head = bytes([(0x80 if fin else 0) | opcode])
+    if len(payload) < 126:
+        head += bytes([0x80 | len(payload)])
+    else:
+        head += bytes([0x80 | 126]) + len(payload).to_bytes(2, "big")
+    return head + b"\0\0\0\0" + payload
+
+
+async def test_a_websocket_message_waiting_for_the_members_capacity_is_not_timed_as_the_clients(monkeypatch):
+    """A message whose last fragment came in time, held while MAX_INFLIGHT packets are in
+    hand: the wait is the member's, and the client's message timer must not close it."""
+    monkeypatch.setattr(workload, "MAX_INFLIGHT", 1)
+    monkeypatch.setattr(workload, "MESSAGE_TIMEOUT", 0.3)
+    shell, _, ws_port, servers = await _shell()
+    release, handled = asyncio.Event(), []
+
+    async def handle(data, source, **kw):       # the farm waiting on the bus
+        handled.append(data)
+        await release.wait()
+        return []
+    monkeypatch.setattr(shell.farm, "handle", handle)
+    first, second = options(), options()
+    browser, writer = await asyncio.open_connection("127.0.0.1", ws_port)
+    try:
+        writer.write(WS_UPGRADE)
+        assert (await browser.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
+        writer.write(_ws_frame(0x1, first))
+        await _wait_for(lambda: len(handled) == 1)          # the member is full now
+        writer.write(_ws_frame(0x1, second[:20], fin=False))
+        ws = next(iter(shell.connections.values())).ws
+        await _wait_for(lambda: ws.pending)                 # read: the message's timer runs
+        writer.write(_ws_frame(0x0, second[20:]))           # in time: the message is whole
+        assert not await _closed(browser, 1.0)
+        release.set()
+        await _wait_for(lambda: len(handled) == 2)
+        assert handled == [first, second]
+    finally:
+        writer.close()
+        for server in servers:
+            server.close()
+
+
 async def test_a_response_for_a_connection_that_is_gone_is_lost_not_dialled():
     """Answers to a client that pipelined requests and hung up: the connection's address is
     the client's own port of it, so dialling it (once per answer) reached nothing."""
