@@ -473,7 +473,9 @@ class Session:
         except (binascii.Error, ValueError):
             self._tagged(tag, "BAD", "Invalid PLAIN response")
             return
-        if authzid and authzid != user:
+        # Compared without case, as the edge does: an authzid that differs from the user only
+        # in case names the same account (addresses are looked up without case).
+        if authzid and _text(authzid).lower() != _text(user).lower():
             self._tagged(tag, "NO", "[AUTHORIZATIONFAILED] Acting as another user is not allowed")
             return
         self._waiting = True

@@ -127,6 +127,11 @@ def test_authenticate_plain_with_and_without_initial_response(mail):
     c = Client(mail)
     c.cmd("d AUTHENTICATE PLAIN")
     assert "d BAD" in c.cmd("%%%")
+    # An authzid equal to the user but for case is the user (as at the edge); another is not.
+    c = Client(mail)
+    assert "e OK" in c.cmd("e AUTHENTICATE PLAIN " + base64.b64encode(b"BOB\0bob\0secret").decode())
+    c = Client(mail)
+    assert "f NO [AUTHORIZATIONFAILED]" in c.cmd("f AUTHENTICATE PLAIN " + base64.b64encode(b"alice\0bob\0secret").decode())
 
 
 def test_handed_over_session_answers_one_untagged_ok(mail):
