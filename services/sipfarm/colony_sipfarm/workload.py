@@ -383,6 +383,9 @@ class SipWorkload:
         # Connections open per source (colony.netaddr.counting_unit), phones' and those still in their
         # handshake alike: one address could otherwise take all MAX_CONNECTIONS.
         self._per_source: dict[str, int] = {}
+        # All of those together, held to MAX_CONNECTIONS: ``connections`` has a flow only once
+        # it is open, so connections in their TLS or WebSocket handshake went uncounted.
+        self._admitted_count = 0
         self.counters: SharedCounters | None = None
         self._inflight: set[asyncio.Task] = set()
         self._room = asyncio.Event()     # set when fewer than MAX_INFLIGHT are in hand (_room_for_a_message)
@@ -915,7 +918,7 @@ class SipWorkload:
         """Count a new connection from ``host``: its counting unit, or None when this member
         holds MAX_CONNECTIONS already or the source its ``sip_max_connections_per_ip`` (then
         the caller closes it).  ``sip_allow_networks`` are held to the total only."""
-        if len(self.connections) >= MAX_CONNECTIONS:
+        if self._admitted_count >= MAX_CONNECTIONS or len(self.connections) >= MAX_CONNECTIONS:
             return None
         unit = counting_unit(host)
         held = self._per_source.get(unit, 0)
@@ -925,9 +928,11 @@ class SipWorkload:
                 self.farm.metrics.dropped.labels(reason="connections per source").inc()
             return None
         self._per_source[unit] = held + 1
+        self._admitted_count += 1
         return unit
 
     def _release(self, unit: str) -> None:
+        self._admitted_count -= 1
         held = self._per_source.pop(unit, 1) - 1
         if held > 0:
             self._per_source[unit] = held

@@ -112,6 +112,31 @@ async def test_one_source_holds_at_most_its_connections_and_allowed_networks_onl
             server.close()
 
 
+async def test_connections_still_in_their_handshake_count_towards_the_members_total(monkeypatch):
+    """MAX_CONNECTIONS bounds every connection a member holds for phones: one still in its
+    WebSocket upgrade (or TLS handshake) has no flow in ``connections`` yet, and went uncounted
+    -- sources enough could hold any number of them."""
+    monkeypatch.setattr(workload, "MAX_CONNECTIONS", 2)
+    shell, port, ws_port, servers = await _shell()
+    silent = [await asyncio.open_connection("127.0.0.1", ws_port) for _ in range(2)]     # no upgrade yet
+    try:
+        await _wait_for(lambda: shell._admitted_count == 2)
+        assert not shell.connections
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        assert await _closed(reader)
+        writer.close()
+        for _, silent_writer in silent:
+            silent_writer.close()
+        await _wait_for(lambda: shell._admitted_count == 0 and not shell._per_source)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(options())
+        assert (await _answer(reader)).status == 200
+        writer.close()
+    finally:
+        for server in servers:
+            server.close()
+
+
 async def test_connections_in_their_tls_handshake_count_against_their_source(tmp_path):
     """The source is counted before the TLS handshake: the listener's own handshake came
     first, uncounted, so 3,000 silent connections to the TLS port from one address held 1,500
