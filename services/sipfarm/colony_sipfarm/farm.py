@@ -822,7 +822,10 @@ class SipFarm:
         self.metrics.forwarded.labels(kind="response", method=method).inc()
         destination = response_destination(nxt, None)
         flow = _from_flow_token(ours.params.get("fl") or "")
-        if flow is not None and destination[0] != "UDP":
+        if flow is not None:
+            # The request came on a connection: its answer goes back on it (§18.2.2), whatever
+            # transport its Via names -- a TCP caller whose Via said UDP got the callee's
+            # answers as datagrams to its Via's port, where nothing listened.
             destination = flow[0]
         elif destination[0] != "UDP":
             # No fl=: the request came over UDP, whatever its Via claims.  Its answer goes back

@@ -593,6 +593,19 @@ async def test_a_response_goes_back_on_the_connection_the_request_came_on(farm):
     assert out.destination == caller
 
 
+async def test_a_response_goes_back_on_the_connection_whatever_transport_the_callers_via_names(farm):
+    """As the farm's own answers (response_destination): a TCP caller whose Via says UDP still
+    gets the callee's answers on its connection, not as datagrams to its Via's port."""
+    await registered(farm, user="bob", contact="sip:bob@192.0.2.7:5062")
+    caller = ("TCP", "198.51.100.9", 51234)
+    challenge, out = await one(farm, invite(), caller)          # its Via: SIP/2.0/UDP 198.51.100.9:5060
+    assert out.destination == caller
+    auth = answer(challenge, "alice", method="INVITE", uri=f"sip:bob@{DOMAIN}", header="Proxy-Authorization")
+    forwarded, _ = await forwarded_invite(farm, invite(cseq=2, auth=auth, branch="z9hG4bKinv2"), caller)
+    _, out = await one(farm, reply(forwarded, 180, "b1"), ("UDP", "192.0.2.7", 5062))
+    assert out.destination == caller
+
+
 async def test_a_retransmitted_invite_gets_100_trying_again_and_is_not_forwarded_twice(farm):
     """The farm retransmits downstream itself (retransmission.py): the caller's copies are absorbed."""
     caller = ("UDP", "198.51.100.9", 5060)
