@@ -153,14 +153,23 @@ class AuthService:
         self._subs: list[Any] = []
         self._tasks: set[asyncio.Task] = set()
         self._kv: KeyValue | None = None
-        self._decoy_hash: str | None = None
+        self._decoy_hash: asyncio.Future[str] | None = None
 
     async def _decoy(self) -> str:
         """A hash of a random password, made as an account's is: what a check of an account
-        that does not exist (or has no password) is verified against."""
+        that does not exist (or has no password) is verified against.  Made once, by the first
+        check that needs it, on the argon2 pool; checks arriving meanwhile wait for that one.
+        (Each used to make its own on the default executor: a spray of unknown names right
+        after a start queued one argon2 hash per check, unshed, ahead of every check's
+        database lookup on that executor.)"""
         if self._decoy_hash is None:
-            self._decoy_hash = await asyncio.to_thread(self.provisioning.hasher.hash, secrets.token_hex(16))
-        return self._decoy_hash
+            self._decoy_hash = asyncio.ensure_future(self.provisioning.make_hash(secrets.token_hex(16)))
+        try:
+            return await asyncio.shield(self._decoy_hash)  # a waiter given up on is not the hash's end
+        except Exception:
+            if self._decoy_hash.done():
+                self._decoy_hash = None  # the next check tries again
+            raise
 
     async def start(self) -> None:
         served: list[tuple[str, type[BaseModel], _Handler, Callable[[str], BaseModel]]] = [

@@ -123,8 +123,11 @@ class Provisioning:
     # --- passwords: CPU-heavy argon2 off the event loop --------------------------------------
 
     async def hash_password(self, local: str, domain: str, password: str) -> tuple[str, dict[str, str]]:
-        hashed = await asyncio.get_running_loop().run_in_executor(self._argon2, self.hasher.hash, password)
-        return hashed, secrets.sip_ha1(local, domain, password)
+        return await self.make_hash(password), secrets.sip_ha1(local, domain, password)
+
+    async def make_hash(self, password: str) -> str:
+        """The argon2id hash of ``password``, made on the argon2 pool."""
+        return await asyncio.get_running_loop().run_in_executor(self._argon2, self.hasher.hash, password)
 
     async def check_password(self, stored: str | None, password: str) -> passwords.Verdict:
         """Any accepted scheme (``auth/passwords.py``); says whether a re-hash is due."""

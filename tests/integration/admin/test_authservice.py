@@ -84,6 +84,36 @@ async def test_an_unknown_account_costs_the_same_hash_as_a_wrong_password(stack,
     assert (await ask(stack, names.AUTH_CHECK, user=f"nobody@{d}", password=""))["ok"] is False
 
 
+async def test_checks_of_unknown_names_at_once_share_one_decoy_made_on_the_argon2_pool(stack, monkeypatch):
+    """The first checks needing the decoy each made one, on the default executor (where every
+    check's database lookup runs): a spray of unknown names after a start queued a hash per
+    check there, none of them shed.  Eight first callers at once: one hash, on the pool."""
+    import threading
+
+    svc = stack.ctx.auth_service
+    made: list[str] = []
+
+    class CountedHasher:  # argon2's PasswordHasher has slots: wrapped, not patched
+        def __init__(self, real):
+            self.real = real
+
+        def hash(self, password):
+            made.append(threading.current_thread().name)
+            return self.real.hash(password)
+
+        def __getattr__(self, name):
+            return getattr(self.real, name)
+    monkeypatch.setattr(svc.provisioning, "hasher", CountedHasher(svc.provisioning.hasher))
+    monkeypatch.setattr(svc, "_decoy_hash", None)   # as just after a start
+
+    decoys = await asyncio.gather(*(svc._decoy() for _ in range(8)))
+    assert len(made) == 1 and made[0].startswith("argon2"), made
+    assert len(set(decoys)) == 1 and decoys[0].startswith("$argon2id$")
+    checks = await asyncio.gather(*(ask(stack, names.AUTH_CHECK, user=f"nobody{i}@nowhere.example", password="x")
+                                    for i in range(4)))
+    assert checks == [{"ok": False, "reason": "invalid credentials"}] * 4 and len(made) == 1
+
+
 async def test_sip_farm_gets_ha1_never_the_password(stack):
     d = await _provision(stack)
     for algorithm, h in (("MD5", hashlib.md5), ("SHA-256", hashlib.sha256)):
