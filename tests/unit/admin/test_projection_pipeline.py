@@ -117,3 +117,28 @@ async def test_an_event_the_database_cannot_store_is_skipped_not_retried_for_eve
     p = StreamProjection(nc=None, js=None, engine=engine, stream="S", subjects="s.>", name="readmodel", apply=apply)
     await p._apply_batch(_items(1, 3), set(), 3, None, _Chain(), [])
     assert applied == [1, 3] and p.position == 3
+
+
+async def test_a_skipped_event_is_counted_not_only_logged(tmp_path):
+    """An event skipped is an object the read model lacks until a rebuild; an error log line
+    was all that said so, and no alert reads logs."""
+    from prometheus_client import CollectorRegistry
+
+    from colony_admin import db
+    from colony_admin.projections.runner import ProjectionMetrics
+
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'rm.sqlite3'}")
+    db.migrate(engine)
+
+    def apply(conn, batch) -> int:
+        if any(item[0] in (2, 5) for item in batch):
+            raise OverflowError("Python int too large to convert to SQLite INTEGER")
+        return len(batch)
+
+    registry = CollectorRegistry()
+    p = StreamProjection(nc=None, js=None, engine=engine, stream="S", subjects="s.>", name="readmodel", apply=apply,
+                         metrics=ProjectionMetrics(registry))
+    assert registry.get_sample_value("colony_projection_skipped_events_total", {"projection": "readmodel"}) == 0
+    await p._apply_batch(_items(1, 6), set(), 6, None, _Chain(), [])
+    assert p.position == 6
+    assert registry.get_sample_value("colony_projection_skipped_events_total", {"projection": "readmodel"}) == 2

@@ -97,6 +97,11 @@ class ProjectionMetrics:
         self.failures = Counter("colony_projection_batch_failures",
                                 "Batches that raised (the projection restarts from its checkpoint).", ["projection"],
                                 registry=registry)
+        # An event skipped is an object the read model lacks (never listed, missed by deletion
+        # checks) until a rebuild: only an error log said so, which no alert watches.
+        self.skipped = Counter("colony_projection_skipped_events",
+                               "Events skipped as unreadable (a newer producer's) or refused by the database; "
+                               "the read model lacks them until rebuilt.", ["projection"], registry=registry)
         self.seconds = Histogram("colony_projection_batch_seconds", "Time to apply one batch.", ["projection"],
                                  registry=registry,
                                  buckets=(.001, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30))
@@ -107,6 +112,7 @@ class ProjectionMetrics:
         # Series at 0 from the start: a dashboard shows "none failed", not "no data".
         self.events.labels(projection)
         self.failures.labels(projection)
+        self.skipped.labels(projection)
 
 
 Item = tuple[int, str, ev.Event]  # stream sequence, subject, the event decoded
@@ -193,6 +199,7 @@ class StreamProjection(PositionTracker):
                     except ev.UnknownEvent as exc:
                         # A newer producer's event: say so and skip rather than guess its meaning.
                         log.error("projection %s: skipping seq %d: %s", self.name, seq, exc)
+                        self._skipped()
                         continue
                     if msg.headers and msg.headers.get(EXPECTED_LAST_SUBJECT_SEQUENCE) == "0":
                         opened.add(seq)
@@ -294,6 +301,11 @@ class StreamProjection(PositionTracker):
                               "rebuilt by a fixed version", self.name, item[0], item[1].type)
                 with write_tx(self.engine) as conn:
                     skip_to(conn, self.name, item[0])
+                self._skipped()
+
+    def _skipped(self) -> None:
+        if self.metrics is not None:
+            self.metrics.skipped.labels(self.name).inc()
 
     async def _advance_to(self, seq: int) -> None:
         await super()._advance_to(seq)
