@@ -82,6 +82,7 @@ from colony.contracts.recipients import (
     resolve_all,
 )
 from colony.metrics import BusRequestMetrics
+from colony.netaddr import counting_unit
 from colony.telemetry import extract_context
 from colony_admin import db, queries
 from colony_admin.auth.sealing import is_sealed
@@ -279,7 +280,9 @@ class AuthService:
             address = check_address(request.user)
         except ValueError:
             return INVALID
-        keys = [f"acct:{address}"] + ([f"ip:{request.remote_addr}"] if request.remote_addr else [])
+        # IPv6 per /64, as every per-source limit counts (colony.netaddr): per single address a
+        # holder of a /64 had a fresh budget for every guess.
+        keys = [f"acct:{address}"] + ([f"ip:{counting_unit(request.remote_addr)}"] if request.remote_addr else [])
         now = time.monotonic()
         wait = max(self.throttle.retry_after(k, now) for k in keys)
         if wait:

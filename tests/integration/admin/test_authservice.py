@@ -114,6 +114,18 @@ async def test_checks_of_unknown_names_at_once_share_one_decoy_made_on_the_argon
     assert checks == [{"ok": False, "reason": "invalid credentials"}] * 4 and len(made) == 1
 
 
+async def test_failed_checks_from_one_ipv6_64_count_together(stack, monkeypatch):
+    """Each address of a /64 had its own budget: one guess per name per address, for ever.
+    Counted per /64 as every per-source limit is; the next /64 is someone else."""
+    monkeypatch.setattr(stack.ctx.auth_service.throttle, "max_failures", 3)
+    d = unique_domain("v6")
+    answers = [await ask(stack, names.AUTH_CHECK, user=f"guess{i}@{d}", password="x", remote_addr=f"2001:db8:5:6::{i + 1}")
+               for i in range(4)]
+    assert [a["reason"] for a in answers] == ["invalid credentials"] * 3 + ["throttled"], answers
+    other = await ask(stack, names.AUTH_CHECK, user=f"guess9@{d}", password="x", remote_addr="2001:db8:5:7::1")
+    assert other == {"ok": False, "reason": "invalid credentials"}
+
+
 async def test_sip_farm_gets_ha1_never_the_password(stack):
     d = await _provision(stack)
     for algorithm, h in (("MD5", hashlib.md5), ("SHA-256", hashlib.sha256)):
