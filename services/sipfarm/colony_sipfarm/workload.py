@@ -942,7 +942,10 @@ class SipWorkload:
         """Every connection a phone opens: counted against its source's share (``_admit``)
         first, then TLS when ``tls`` (a handshake costs the member ~0.8 ms of CPU and ~40 KB
         while it lasts), then ``handler`` -- ``_connection`` or ``_ws_connection``."""
-        unit = self._admit(writer.get_extra_info("peername")[0])
+        peer = writer.get_extra_info("peername")
+        # None: the connection was reset between its accept and here (getpeername failed):
+        # nothing to serve, where peer[0] raised -- a traceback per such connection.
+        unit = self._admit(peer[0]) if peer else None
         if unit is None:
             writer.close()
             return

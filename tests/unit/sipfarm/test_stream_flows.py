@@ -137,6 +137,19 @@ async def test_connections_still_in_their_handshake_count_towards_the_members_to
             server.close()
 
 
+async def test_a_connection_reset_before_it_is_served_is_closed_without_a_traceback():
+    """Reset between its accept and the handler: asyncio has no peer address for it (None)."""
+    shell, _, _, servers = await _shell()
+    closed: list[bool] = []
+    writer = SimpleNamespace(get_extra_info=lambda name: None, close=lambda: closed.append(True))
+    try:
+        await shell._admitted(None, writer, "TCP", shell._connection)
+        assert closed == [True] and not shell._per_source and shell._admitted_count == 0
+    finally:
+        for server in servers:
+            server.close()
+
+
 async def test_connections_in_their_tls_handshake_count_against_their_source(tmp_path):
     """The source is counted before the TLS handshake: the listener's own handshake came
     first, uncounted, so 3,000 silent connections to the TLS port from one address held 1,500
