@@ -68,6 +68,15 @@ def test_throttle_locks_are_bounded_too():
     assert t.retry_after("ip:999", 999.0) > 0  # the newest locks are the ones kept
 
 
+def test_a_key_locked_again_is_not_the_first_lock_dropped():
+    """Locks are dropped oldest first when too many; one renewed kept its first place."""
+    t = Throttle(max_keys=4, max_failures=1, lockout=60.0)
+    for i, key in enumerate(("a", "b", "c", "a", "d", "e")):  # "a" locked again at 3; "e" is one too many
+        t.failed(key, now=float(i))
+    assert t.retry_after("a", 6.0) > 0 and t.retry_after("b", 6.0) == 0
+    assert all(t.retry_after(key, 6.0) > 0 for key in "cde")
+
+
 def test_roles():
     sys = Principal("a", "root", Role.SYSTEM_ADMIN)
     da = Principal("b", "boss", Role.DOMAIN_ADMIN, "acme.example")

@@ -41,6 +41,9 @@ class Throttle:
         if len(q) >= self.max_failures:
             if len(self._locked_until) >= self.max_keys:
                 self._forget_expired_locks(now)
+            # Moved to the end: a key locked again (checks that passed before its lock, failing
+            # after it) kept its first place and was the first dropped, as if the oldest.
+            self._locked_until.pop(key, None)
             self._locked_until[key] = now + self.lockout
             q.clear()
 
