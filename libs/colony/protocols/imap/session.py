@@ -870,7 +870,11 @@ class Session:
         # LIST take seconds of the store's event loop (other sessions waited as long).
         parents_of_chosen, parents_of_boxes = _ancestors(chosen), _ancestors(boxes)
         implied = parents_of_chosen | parents_of_boxes
-        chosen_sorted = sorted(chosen)
+        # LSUB: the subscribed names the patterns match, and so the parents of such a name (an
+        # unsubscribed parent is listed only when the pattern hid all its subscribed children).
+        # One pass over the subscriptions: testing every descendant of every parent was cubic
+        # in a chain of nested names (1,000 of them: one LSUB, 19 s of the store's event loop).
+        parents_of_matched = _ancestors(c for c in chosen if any(m(c) for m in matchers)) if lsub else set()
         recursive = "RECURSIVEMATCH" in selection
         candidates = chosen | (implied if not cmd.extended or recursive or not selection else set())
         if cmd.extended and not selection:
@@ -885,8 +889,7 @@ class Session:
                 continue
             if not selected_by_itself and not cmd.extended and not lsub and name in boxes:
                 continue
-            if lsub and not selected_by_itself and (not has_chosen_child or any(
-                    m(c) for c in _descendants(chosen_sorted, name) for m in matchers)):
+            if lsub and not selected_by_itself and (not has_chosen_child or name in parents_of_matched):
                 continue    # LSUB lists an unsubscribed parent only when "%" hid its subscribed child
             attrs: list[str] = []
             if lsub:
@@ -1600,24 +1603,20 @@ def _text_mutf7(value: bytes) -> str:
 
 
 def _ancestors(names) -> set[str]:
-    """Every superior hierarchy level of ``names`` (``a`` and ``a/b`` for ``a/b/c``)."""
+    """Every superior hierarchy level of ``names`` (``a`` and ``a/b`` for ``a/b/c``).
+    From the deepest level up, stopping at one already found (its own are found too): each
+    level is copied once, not once per name under it -- a chain of 2,000 nested names cost
+    1 s of copying this way round, a chain of 4,000 eight times that."""
     out: set[str] = set()
     for n in names:
-        i = n.find(DELIMITER)
+        i = n.rfind(DELIMITER)
         while i > 0:
-            out.add(n[:i])
-            i = n.find(DELIMITER, i + 1)
+            parent = n[:i]
+            if parent in out:
+                break
+            out.add(parent)
+            i = n.rfind(DELIMITER, 0, i)
     return out
-
-
-def _descendants(sorted_names: list[str], name: str) -> list[str]:
-    """The names under ``name`` in ``sorted_names``: one contiguous run, found by bisection."""
-    prefix = name + DELIMITER
-    start = bisect.bisect_left(sorted_names, prefix)
-    end = start
-    while end < len(sorted_names) and sorted_names[end].startswith(prefix):
-        end += 1
-    return sorted_names[start:end]
 
 
 def _pattern(pattern: str) -> Callable[[str], bool]:
