@@ -342,8 +342,13 @@ async def _close_flow(writer: asyncio.StreamWriter) -> None:
     """Close a connection once what is queued for it is written, for at most CLOSE_TIMEOUT,
     then abort it: ``close()`` alone waits for a peer that may never read (one that stopped
     reading and sent its FIN, say), holding the descriptor and what is queued for ever, while
-    the connection no longer counted against its source -- one address could pile them up."""
+    the connection no longer counted against its source -- one address could pile them up.
+    A handler being cancelled (the process is ending: asyncio.run cancels every task and waits
+    for them) does not wait on its peer."""
     writer.close()
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        return
     try:
         async with asyncio.timeout(CLOSE_TIMEOUT):
             await writer.wait_closed()

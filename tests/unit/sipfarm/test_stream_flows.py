@@ -369,6 +369,19 @@ async def test_a_connection_whose_peer_reads_nothing_is_aborted_when_it_closes_n
         await _wait_for(lambda: not shell._per_source and transport.is_closing())
         # Aborted: nothing of ours is held for the peer (a close() would still hold it all).
         await _wait_for(lambda: transport.get_write_buffer_size() == 0)
+        # A handler cancelled as the process ends waits on no peer (asyncio.run waits for it).
+        monkeypatch.setattr(workload, "CLOSE_TIMEOUT", 60)
+        other = socket.socket()
+        other.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        other.connect(("127.0.0.1", tcp.sockets[0].getsockname()[1]))
+        other.setblocking(False)
+        await loop.sock_sendall(other, b"".join(options() for _ in range(400)))
+        await _wait_for(lambda: len(accepted) == 2 and accepted[1].transport.get_write_buffer_size() > 32 * 1024)
+        [handler] = [t for t in asyncio.all_tasks() if "_admitted" in repr(t.get_coro())]
+        handler.cancel()
+        async with asyncio.timeout(5):
+            await asyncio.gather(handler, return_exceptions=True)
+        other.close()
     finally:
         sock.close()
         for server in servers:
