@@ -130,6 +130,12 @@ class SubmissionPolicy(BasePolicy):
         self._audited: OrderedDict[str, float] = OrderedDict()   # account -> last audit (bounded)
 
     async def auth(self, session: SmtpSession, auth: E.Auth) -> Verdict:
+        if auth.authzid and auth.authzid.lower() != auth.username.lower():
+            # RFC 4616 §2: acting as another user needs that right, and nobody has it here (as
+            # on the edge's IMAP and POP3); authenticating the authcid instead would leave the
+            # client believing it acts as the authzid.
+            self.metrics.auth.labels(result="refused").inc()
+            return refuse(R.AUTH_FAILED)
         cache, reply = self.login_cache, None
         if cache is not None:
             key = cache.key("mail", auth.username, auth.password)

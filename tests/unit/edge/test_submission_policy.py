@@ -140,3 +140,29 @@ async def test_a_from_header_too_long_to_parse_on_the_loop_is_refused_unparsed(p
     head = "From: " + ", ".join(["Bob Example <bob@example.com>"] * 100) + "\r\n\r\nbody\r\n"
     assert len(head) < submission.MAX_FROM
     assert (await policy.data_complete(session(), IncomingMessage(size=len(head), data=head.encode()))).accept
+
+
+async def test_auth_plain_acting_as_another_user_is_refused():
+    """RFC 4616 §2: PLAIN with authzid bob and carol's credentials logged in as carol while the
+    client asked to act as bob (the edge's IMAP and POP3 refuse it since 1793a25). An authzid
+    equal to the user but for case is the user."""
+    from prometheus_client import CollectorRegistry
+
+    from colony.contracts.auth import AuthCheckReply
+    from colony.protocols.smtp import replies as R
+    from colony_edge.submission import SubmissionMetrics
+
+    checked = []
+
+    class Auth:
+        async def check(self, user, password, service, remote_addr):
+            checked.append(user)
+            return AuthCheckReply(ok=True, account=user, domain="example.com")
+
+    policy = SubmissionPolicy(Directory(), auth=Auth(), counters=None, js=None, settings=Settings(),
+                              metrics=SubmissionMetrics(CollectorRegistry()), node_id="edge-1")
+    s = SmtpSession(id="s1", peer_ip="192.0.2.1", peer_port=1, local_port=587)
+    verdict = await policy.auth(s, E.Auth("PLAIN", "carol@example.com", "pw", "bob@example.com"))
+    assert verdict.reply == R.AUTH_FAILED and checked == [] and "account" not in s.notes
+    verdict = await policy.auth(s, E.Auth("PLAIN", "carol@example.com", "pw", "Carol@Example.com"))
+    assert verdict.accept and checked == ["carol@example.com"] and s.notes["account"] == "carol@example.com"
