@@ -184,6 +184,7 @@ class ImapPreauth:
                 if len(self._in) > self.max_line:
                     self._in.clear()
                     self._parts.clear()
+                    self._literals = 0      # the command is dropped: its literals with it
                     self._discarding = True
                     self._bad("*", "Line too long")
                 return
@@ -191,6 +192,7 @@ class ImapPreauth:
             del self._in[:end + 1]
             if end + 1 > self.max_line:
                 self._parts.clear()
+                self._literals = 0
                 self._bad("*", "Line too long")
                 continue
             if self._sasl_tag is not None:

@@ -152,3 +152,16 @@ def test_login_arguments_are_astrings_with_a_bracket():
     c.receive_data(b"a LOGIN alice@x.example pa]ss\r\n")
     assert c.next_event() == Authenticate("a", "alice@x.example", "pa]ss", "LOGIN")
     assert b"BAD" not in c.data_to_send()
+
+
+def test_a_command_dropped_for_a_long_line_leaves_no_literal_behind():
+    # The literals of a command cut off by a too-long line were still counted against the
+    # next command: a LOGIN with two literals after it was BAD "too many literals".
+    for long_line in (b"x" * 2000 + b"\r\n", b"x" * 2000):
+        c = core(tls_active=True, max_line=1024)
+        c.receive_data(b"a LOGIN {5+}\r\nalice " + long_line)
+        if not long_line.endswith(b"\n"):
+            c.receive_data(b"\r\n")
+        assert b"BAD" in c.data_to_send()
+        c.receive_data(b"b LOGIN {1+}\r\nu {2+}\r\npw\r\n")
+        assert c.next_event() == Authenticate("b", "u", "pw", "LOGIN")
