@@ -20,6 +20,7 @@ log = logging.getLogger("colony.http")
 
 REQUEST_GRACE = 10.0        # seconds a request (head and body) may take before the rate counts
 REQUEST_MIN_RATE = 1024.0   # bytes a second a request must arrive at after that
+LINGER = 5.0                # seconds a connection closed while its request's body still comes reads on
 
 
 def request_deadline(since: float, received: int, grace: float = REQUEST_GRACE,
@@ -33,6 +34,42 @@ def request_deadline(since: float, received: int, grace: float = REQUEST_GRACE,
 def _framed_twice(headers: list[tuple[bytes, bytes]]) -> bool:
     names = {name for name, _ in headers}
     return b"content-length" in names and b"transfer-encoding" in names
+
+
+class _LingeringTransport:
+    """The transport as uvicorn holds it.  uvicorn closes a connection while the client may
+    still be sending the request's body (a 413 for a body over the ceiling, any answer with
+    ``Connection: close`` that did not read the body).  A socket closed with input unread is
+    reset by the kernel, and a client still writing -- one that reads the answer only once its
+    body is sent, as http.client does -- gets "connection reset" or "broken pipe" instead of
+    the answer (RFC 9112 9.6, the TCP reset problem; a 413 with its reason was lost so).  Such a
+    close lingers instead: the answer is out, what the client still sends is read and dropped,
+    and the connection closes when the client closes its side or after ``linger`` seconds."""
+
+    def __init__(self, transport: asyncio.Transport, protocol: _TimelyH11Protocol) -> None:
+        self._transport, self._protocol = transport, protocol
+        self.lingering = False
+        self.write = transport.write  # the one called per response: no __getattr__ on its way
+
+    def __getattr__(self, name: str):
+        return getattr(self._transport, name)
+
+    def is_closing(self) -> bool:
+        return self.lingering or self._transport.is_closing()
+
+    def close(self) -> None:
+        if self.lingering:
+            return  # the linger's end closes it
+        if not self._transport.is_closing() and self._protocol.conn.their_state is h11.SEND_BODY:
+            self.lingering = True
+            self._transport.resume_reading()
+            self._protocol.lingers()
+            return
+        self._transport.close()
+
+    def close_now(self) -> None:
+        self.lingering = False
+        self._transport.close()
 
 
 class _TimelyH11Protocol(H11Protocol):
@@ -51,15 +88,21 @@ class _TimelyH11Protocol(H11Protocol):
 
     grace = REQUEST_GRACE
     min_rate = REQUEST_MIN_RATE
+    linger = LINGER
 
     def connection_made(self, transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
         self._received, self._timer = 0, None
+        super().connection_made(_LingeringTransport(transport, self))
         self._watch()
 
     def data_received(self, data: bytes) -> None:
+        if self.transport.lingering:
+            return  # the rest of a body already answered: dropped (_LingeringTransport)
         self._received += len(data)
         super().data_received(data)
+
+    def lingers(self) -> None:
+        self._arm(self.loop.time() + self.linger)
 
     def handle_events(self) -> None:
         before = self.cycle
@@ -104,6 +147,9 @@ class _TimelyH11Protocol(H11Protocol):
 
     def _check(self) -> None:
         self._timer = None
+        if self.transport.lingering:
+            self.transport.close_now()
+            return
         if self.transport.is_closing() or not self._waiting_for_client():
             return  # answered, or the application has the whole request
         now = self.loop.time()
@@ -118,7 +164,7 @@ class _TimelyH11Protocol(H11Protocol):
         if got and self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
             self.transport.write(b"HTTP/1.1 408 Request Timeout\r\nContent-Type: text/plain; charset=utf-8\r\n"
                                  b"Connection: close\r\nContent-Length: 22\r\n\r\nrequest not in in time\n")
-        self.transport.close()  # connection_lost tells a waiting application
+        self.transport.close_now()  # connection_lost tells a waiting application
 
 
 class _QuietSignalsServer(uvicorn.Server):
@@ -149,10 +195,11 @@ class _QuietSignalsServer(uvicorn.Server):
 class EmbeddedHttpServer:
     def __init__(self, app, host: str, port: int, lifespan: str = "off", access_log: bool = False,
                  tls_cert_file: Path | None = None, tls_key_file: Path | None = None,
-                 request_grace: float = REQUEST_GRACE, request_min_rate: float = REQUEST_MIN_RATE) -> None:
+                 request_grace: float = REQUEST_GRACE, request_min_rate: float = REQUEST_MIN_RATE,
+                 linger: float = LINGER) -> None:
         # HTTPS when a certificate is given (the admin API on the management network).
         protocol = type("TimelyH11Protocol", (_TimelyH11Protocol,),
-                        {"grace": request_grace, "min_rate": request_min_rate})
+                        {"grace": request_grace, "min_rate": request_min_rate, "linger": linger})
         config = uvicorn.Config(app, host=host, port=port, lifespan=lifespan, log_level="warning",
                                 access_log=access_log, timeout_graceful_shutdown=10, http=protocol,
                                 ssl_certfile=str(tls_cert_file) if tls_cert_file else None,

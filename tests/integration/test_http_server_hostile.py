@@ -142,3 +142,50 @@ async def test_a_malformed_chunk_is_answered_400_without_an_application_tracebac
         assert failures == []
     finally:
         await server.stop()
+
+
+async def _refuse_unread(scope, receive, send):
+    """Answers 413 from the head, never reading the body (as the admin API's body ceiling does)."""
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 413,
+                "headers": [(b"content-length", b"9"), (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": b"too large"})
+
+
+def _post_with_http_client(port: int, size: int) -> int | str:
+    """As http.client (and urllib3 1.x under requests) posts: the whole body, then the answer."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request("POST", "/v1/imports", body=b"x" * size, headers={"Content-Type": "text/csv"})
+        return conn.getresponse().status
+    except OSError as exc:
+        return type(exc).__name__
+    finally:
+        conn.close()
+
+
+async def test_a_refusal_before_the_body_lingers_so_a_client_still_sending_reads_it():
+    """Closed at once with the body unread, the socket was reset under a client still
+    writing: BrokenPipeError / ConnectionResetError instead of the 413 and its reason."""
+    server = EmbeddedHttpServer(_refuse_unread, "127.0.0.1", 0, linger=30.0)
+    port = await server.start()
+    try:
+        statuses = [await asyncio.to_thread(_post_with_http_client, port, 8 * 1024 * 1024) for _ in range(3)]
+        assert statuses == [413] * 3, statuses
+    finally:
+        await server.stop()
+
+
+async def test_a_lingering_connection_is_closed_when_its_time_is_up():
+    server = EmbeddedHttpServer(_refuse_unread, "127.0.0.1", 0, linger=0.5)
+    port = await server.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST /v1/imports HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n\r\n" + b"x" * 1000)
+        answer, _ = await _until_closed(reader, writer, timeout=10.0)  # neither side sends more
+        assert answer.startswith(b"HTTP/1.1 413 ") and answer.endswith(b"too large"), answer
+    finally:
+        await server.stop()

@@ -9,7 +9,9 @@ as ``Settings.api_max_import_bytes``.
 
 A declared ``Content-Length`` over the ceiling is refused before the app runs; a body sent
 without one (chunked) is counted as it arrives and refused once past it.  Either answer
-closes the connection, so the server does not go on reading (and discarding) the rest.
+closes the connection, so the server does not go on reading (and discarding) the rest for
+more than the close's linger (``colony.http_server``: a client still sending reads the 413
+rather than a reset).
 """
 
 from __future__ import annotations
