@@ -60,7 +60,8 @@ class _LingeringTransport:
     def close(self) -> None:
         if self.lingering:
             return  # the linger's end closes it
-        if not self._transport.is_closing() and self._protocol.conn.their_state is h11.SEND_BODY:
+        if (not self._transport.is_closing() and self._protocol.conn.their_state is h11.SEND_BODY
+                and self._transport.get_protocol() is self._protocol):  # not a WebSocket's, after an upgrade
             self.lingering = True
             self._transport.resume_reading()
             self._protocol.lingers()

@@ -189,3 +189,22 @@ async def test_a_lingering_connection_is_closed_when_its_time_is_up():
         assert answer.startswith(b"HTTP/1.1 413 ") and answer.endswith(b"too large"), answer
     finally:
         await server.stop()
+
+
+async def test_a_refused_websocket_upgrade_is_closed_at_once_not_lingered():
+    """After an upgrade the connection is the WebSocket protocol's; the HTTP request it came
+    as never ended in h11's eyes, which is no body still coming to wait for."""
+    async def no_websockets(scope, receive, send):
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close"})
+
+    server = EmbeddedHttpServer(no_websockets, "127.0.0.1", 0, linger=30.0)
+    port = await server.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+                     b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+        answer, _ = await _until_closed(reader, writer, timeout=10.0)  # TimeoutError if it lingered
+        assert answer.startswith(b"HTTP/1.1 403 "), answer
+    finally:
+        await server.stop()
