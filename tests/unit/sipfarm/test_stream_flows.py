@@ -69,6 +69,24 @@ async def _closed(reader: asyncio.StreamReader, timeout: float = 5.0) -> bool:
     return True
 
 
+async def _non_reading_peer(shell, transport: str, handler, accepted: list | None = None):
+    """A listener of the shell's whose accepted sockets get a small, fixed send buffer
+    (loopback would autotune it to MBs), and a connected client socket with a small receive
+    buffer that the test never reads: what the member writes piles up at once."""
+    def small_send_buffer(reader, writer):
+        writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
+        if accepted is not None:
+            accepted.append(writer)
+        return shell._admitted(reader, writer, transport, handler)
+
+    server = await asyncio.start_server(small_send_buffer, "127.0.0.1", 0)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", server.sockets[0].getsockname()[1]))
+    sock.setblocking(False)
+    return server, sock
+
+
 async def _answer(reader: asyncio.StreamReader):
     framer = StreamFramer()
     while (data := framer.next_message()) is None:
@@ -250,16 +268,8 @@ async def test_a_websocket_ping_flood_that_reads_no_pong_is_closed_not_buffered(
     monkeypatch.setattr(workload, "MAX_WRITE_BUFFER", 64 * 1024)
     shell, _, _, servers = await _shell()
 
-    def small_send_buffer(reader, writer):
-        writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
-        return shell._admitted(reader, writer, "WS", shell._ws_connection)
-
-    ws = await asyncio.start_server(small_send_buffer, "127.0.0.1", 0)
+    ws, sock = await _non_reading_peer(shell, "WS", shell._ws_connection)
     servers += (ws,)
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)     # and never read
-    sock.connect(("127.0.0.1", ws.sockets[0].getsockname()[1]))
-    sock.setblocking(False)
     loop = asyncio.get_running_loop()
     try:
         await loop.sock_sendall(sock, WS_UPGRADE)
@@ -349,17 +359,8 @@ async def test_a_connection_whose_peer_reads_nothing_is_aborted_when_it_closes_n
     shell, _, _, servers = await _shell()
     accepted: list[asyncio.StreamWriter] = []
 
-    def small_send_buffer(reader, writer):     # (loopback would autotune it to MBs)
-        writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
-        accepted.append(writer)
-        return shell._admitted(reader, writer, "TCP", shell._connection)
-
-    tcp = await asyncio.start_server(small_send_buffer, "127.0.0.1", 0)
+    tcp, sock = await _non_reading_peer(shell, "TCP", shell._connection, accepted)
     servers += (tcp,)
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)     # and never read
-    sock.connect(("127.0.0.1", tcp.sockets[0].getsockname()[1]))
-    sock.setblocking(False)
     loop = asyncio.get_running_loop()
     try:
         await loop.sock_sendall(sock, b"".join(options() for _ in range(400)))    # ~150 KB of answers

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -643,21 +644,22 @@ def test_a_fault_in_a_command_still_answers_it(mail):
     assert c.cmd("g NOOP").endswith("g OK NOOP completed\r\n")
 
 
+
+@dataclass
+class Box:
+    """A mailbox as the session reads it from a store, for the tests that build thousands."""
+    name: str
+    uidvalidity: int = 1
+    uidnext: int = 1
+    highest_modseq: int = 1
+    special_use: str | None = None
+
+
 def test_list_of_ten_thousand_mailboxes_costs_a_linear_walk():
     # LIST looked for each name's children in every other name: 5,000 mailboxes cost 5 s of
     # CPU on the store's event loop (every session of the store waited). A budget of CPU
     # seconds, not wall time, far above the linear walk (~0.1 s) and far below the old cost.
     import time
-    from dataclasses import dataclass
-
-    @dataclass
-    class Box:
-        name: str
-        uidvalidity: int = 1
-        uidnext: int = 1
-        highest_modseq: int = 1
-        special_use: str | None = None
-
     class Many:
         quota_bytes, bytes_used = None, 0
         boxes = [Box("INBOX")] + [Box(f"p{i}") for i in range(100)] + [Box(f"p{i % 100}/c{i}") for i in range(10_000)]
@@ -686,16 +688,6 @@ def test_lsub_over_a_chain_of_nested_mailboxes_is_linear():
     # every level per name, cubic in a chain of nested names (any user may CREATE them):
     # 1,000 of them, one LSUB took 19 s of the store's event loop.
     import time
-    from dataclasses import dataclass
-
-    @dataclass
-    class Box:
-        name: str
-        uidvalidity: int = 1
-        uidnext: int = 1
-        highest_modseq: int = 1
-        special_use: str | None = None
-
     names, current = [], ""
     for i in range(1000):
         current = (current + "/" if current else "") + ("x" if i % 2 == 0 else "y")
@@ -730,12 +722,6 @@ def test_list_with_a_hostile_pattern_costs_a_walk_over_each_name():
 
     class Long:
         quota_bytes, bytes_used = None, 0
-
-        class Box:
-            uidvalidity, uidnext, highest_modseq, special_use = 1, 1, 1, None
-
-            def __init__(self, name):
-                self.name = name
 
         boxes = [Box("INBOX"), Box("L" * 60_000), Box("a/b/c")]
 
