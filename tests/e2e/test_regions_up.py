@@ -276,6 +276,9 @@ def test_a_taken_port_in_any_region_refuses_before_anything_starts(tmp_path):
     base = free_base()
     us_smtp = base + 200 + 25
     with socket.socket() as taken:
+        # SO_REUSEADDR as the real listeners (and free_base's check): a connection of an
+        # earlier test left in TIME_WAIT on this port made a plain bind fail.
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         taken.bind(("127.0.0.1", us_smtp))
         taken.listen()
         out = subprocess.run([COLONY, "up", "--data-dir", str(tmp_path / "sc"), "--base-port", str(base),

@@ -4,6 +4,7 @@ call the directory subjects; the admin API identity may serve them."""
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 
 import nats
@@ -109,8 +110,18 @@ async def test_no_responder_and_a_silent_one_are_told_apart(nats_server):
 
         await admin.subscribe(names.DIRECTORY_RECIPIENTS, queue=names.QUEUE_ADMIN, cb=silent)
         await admin.flush()
-        with pytest.raises(DirectoryUnavailable, match=r"no answer on colony.dir.recipients within 0.5s"):
-            await DirectoryClient(edge, timeout=0.5).resolve(["amy@secure.example"])
+        # The subscription is the server's once flushed, yet under a loaded CI run the edge's
+        # next request still met "no responders" once: asked again until the silent responder
+        # is reached (a deadline, not a bet on one request), then its silence must read as such.
+        deadline = asyncio.get_running_loop().time() + 30
+        while True:
+            with pytest.raises(DirectoryUnavailable) as unavailable:
+                await DirectoryClient(edge, timeout=0.5).resolve(["amy@secure.example"])
+            message = str(unavailable.value)
+            if "no responder" not in message or asyncio.get_running_loop().time() > deadline:
+                break
+            await asyncio.sleep(0.1)
+        assert re.search(r"no answer on colony.dir.recipients within 0.5s", message), message
     finally:
         for nc in (edge, admin):
             await nc.close()
