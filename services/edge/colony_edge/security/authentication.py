@@ -228,10 +228,11 @@ def authenticate(message: bytes | None, header_section: bytes, authserv_id: str,
         except Exception as exc:
             dkim_result = authheaders.DKIMAuthenticationResult(result="temperror", result_comment=_why(exc))
     results.append(dkim_result)
-    dmarc_message = message if message is not None else header_section + b"\r\n"
     keys: list[tuple[bool, str]] = []
     try:
-        keys, count = authors(dmarc_message)
+        # DMARC reads only the From fields: the header section, never the whole message
+        # (up to edge_dkim_max_bytes) split into lines once more.
+        keys, count = authors(header_section + b"\r\n")
         if len(keys) > MAX_AUTHOR_DOMAINS:
             dmarc_result = authheaders.DMARCAuthenticationResult(
                 result="permerror", result_comment=f"{len(keys)} author domains, not evaluated")
