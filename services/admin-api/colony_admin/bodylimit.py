@@ -16,11 +16,9 @@ rather than a reset).
 
 from __future__ import annotations
 
-import json
-
 from starlette.exceptions import HTTPException
 
-from colony_admin.problems import PROBLEM_JSON, TYPE_BASE
+from colony_admin.problems import problem_response
 
 MAX_JSON_BODY = 1024 * 1024
 
@@ -48,7 +46,7 @@ class BodyLimit:
         limit = self.by_path.get(scope["path"].rstrip("/") or "/", self.default)
         declared = _content_length(scope)
         if declared is not None and declared > limit:
-            return await _refuse(scope, send, limit)
+            return await _refuse(scope, receive, send, limit)
         received = 0
         started = False
 
@@ -71,7 +69,7 @@ class BodyLimit:
         except BodyTooLarge:
             if started:  # a handler that answered while still reading: nothing left to say
                 raise
-            await _refuse(scope, send, limit)
+            await _refuse(scope, receive, send, limit)
 
 
 def _content_length(scope) -> int | None:
@@ -84,10 +82,7 @@ def _content_length(scope) -> int | None:
     return None
 
 
-async def _refuse(scope, send, limit: int) -> None:
-    body = json.dumps({"type": TYPE_BASE + "too-large", "title": "Content Too Large", "status": 413,
-                       "detail": _detail(limit), "instance": scope.get("path")}).encode()
-    await send({"type": "http.response.start", "status": 413, "headers": [
-        (b"content-type", PROBLEM_JSON.encode()), (b"content-length", str(len(body)).encode()),
-        (b"connection", b"close")]})
-    await send({"type": "http.response.body", "body": body})
+async def _refuse(scope, receive, send, limit: int) -> None:
+    response = problem_response(413, "Content Too Large", _detail(limit), kind="too-large",
+                                instance=scope.get("path"), headers={"Connection": "close"})
+    await response(scope, receive, send)
