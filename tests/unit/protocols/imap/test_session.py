@@ -655,24 +655,34 @@ class Box:
     special_use: str | None = None
 
 
+class _MailboxNames:
+    """A store of many mailboxes, as much of one as LIST and LSUB read."""
+    quota_bytes, bytes_used = None, 0
+
+    def __init__(self, names, subscribed=()) -> None:
+        self.boxes, self.subscribed = [Box(name) for name in names], set(subscribed)
+
+    def mailboxes(self):
+        return self.boxes
+
+    def subscriptions(self):
+        return self.subscribed
+
+
+def _logged_in_over(store) -> Client:
+    c = Client.__new__(Client)
+    c.clock, c.session, c.store, c.closed = Clock(), S.Session(Clock(), "test", account="bob"), store, False
+    c.pump()
+    return c
+
+
 def test_list_of_ten_thousand_mailboxes_costs_a_linear_walk():
     # LIST looked for each name's children in every other name: 5,000 mailboxes cost 5 s of
     # CPU on the store's event loop (every session of the store waited). A budget of CPU
     # seconds, not wall time, far above the linear walk (~0.1 s) and far below the old cost.
     import time
-    class Many:
-        quota_bytes, bytes_used = None, 0
-        boxes = [Box("INBOX")] + [Box(f"p{i}") for i in range(100)] + [Box(f"p{i % 100}/c{i}") for i in range(10_000)]
-
-        def mailboxes(self):
-            return self.boxes
-
-        def subscriptions(self):
-            return {"p1/c1", "p7"}
-
-    c = Client.__new__(Client)
-    c.clock, c.session, c.store, c.closed = Clock(), S.Session(Clock(), "test", account="bob"), Many(), False
-    c.pump()
+    c = _logged_in_over(_MailboxNames(["INBOX"] + [f"p{i}" for i in range(100)] + [f"p{i % 100}/c{i}" for i in range(10_000)],
+                                      {"p1/c1", "p7"}))
     started = time.process_time()
     out = c.cmd('a LIST "" "*"')
     assert time.process_time() - started < 3
@@ -692,20 +702,7 @@ def test_lsub_over_a_chain_of_nested_mailboxes_is_linear():
     for i in range(1000):
         current = (current + "/" if current else "") + ("x" if i % 2 == 0 else "y")
         names.append(current)
-
-    class Chain:
-        quota_bytes, bytes_used = None, 0
-        boxes = [Box("INBOX")] + [Box(n) for n in names]
-
-        def mailboxes(self):
-            return self.boxes
-
-        def subscriptions(self):
-            return {n for n in names if n.endswith("y")}
-
-    c = Client.__new__(Client)
-    c.clock, c.session, c.store, c.closed = Clock(), S.Session(Clock(), "test", account="bob"), Chain(), False
-    c.pump()
+    c = _logged_in_over(_MailboxNames(["INBOX"] + names, {n for n in names if n.endswith("y")}))
     started = time.process_time()
     out = c.cmd('a LSUB "" "*x"')
     assert time.process_time() - started < 3
@@ -718,21 +715,7 @@ def test_list_with_a_hostile_pattern_costs_a_walk_over_each_name():
     # name of 2,000 characters cost 22 s of CPU (on the store's event loop, a LIST); a live
     # "*%" x 2,000 against a 60,000-character name never finished.
     import time
-    c = Client.__new__(Client)
-
-    class Long:
-        quota_bytes, bytes_used = None, 0
-
-        boxes = [Box("INBOX"), Box("L" * 60_000), Box("a/b/c")]
-
-        def mailboxes(self):
-            return self.boxes
-
-        def subscriptions(self):
-            return set()
-
-    c.clock, c.session, c.store, c.closed = Clock(), S.Session(Clock(), "test", account="bob"), Long(), False
-    c.pump()
+    c = _logged_in_over(_MailboxNames(["INBOX", "L" * 60_000, "a/b/c"]))
     started = time.process_time()
     out = c.cmd('a LIST "" "' + "*%" * 2000 + 'x"')
     assert time.process_time() - started < 3 and out == "a OK LIST completed\r\n"
