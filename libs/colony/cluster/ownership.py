@@ -121,6 +121,11 @@ class AccountOwnership:
         lease = self.leases.get(address)
         return lease if lease is not None and lease.held else None
 
+    def still_holds(self, address: str, lease: Lease) -> bool:
+        """``lease`` is still our lease on ``address``: not released, lost or replaced since it
+        was taken (a release drops it from ``leases`` before its write to the bus ends)."""
+        return self.leases.get(address) is lease
+
     async def owner(self, address: str) -> LeaseEntry | None:
         return await read_lease(self.kv, names.account_owner_key(address))
 

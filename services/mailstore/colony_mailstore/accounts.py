@@ -323,6 +323,11 @@ class AccountManager:
             settings = await self.directory.account(address)
             info = settings.model_dump(mode="json") if settings else {"address": address}
             acct = await asyncio.to_thread(self._open_sync, address, name, domain, layout, lease, info)
+            if not self.ownership.still_holds(address, lease):
+                # Released (a drain, idle) or lost while it opened: a close then found nothing
+                # to close, so keeping this handle would hold the account open here, unowned,
+                # beside its new owner's.
+                raise NotOwner(f"lease on {address} ended while it opened")
             self.open[address] = acct
             self.metrics.open_accounts.set(len(self.open))
             return acct

@@ -27,7 +27,7 @@ from colony.events import UsageRecorded
 from colony.protocols.pop3.rules import Close, Commit, MessageInfo, Pop3Server, Retrieve
 from colony.storage import journal
 from colony.storage.mailbox import INBOX, MailboxError
-from colony_mailstore.accounts import AccountManager, OpenAccount
+from colony_mailstore.accounts import AccountManager, NotOwner, OpenAccount
 
 log = logging.getLogger("colony.mailstore.pop3")
 
@@ -95,7 +95,11 @@ class Pop3InnerServer:
         if lease is None:
             writer.write(f"-ERR [SYS/TEMP] {NOT_OWNER} {self.node_id}\r\n".encode())
             return
-        acct = await self.accounts.get(account, lease)
+        try:
+            acct = await self.accounts.get(account, lease)
+        except NotOwner:  # released or lost while it opened (a drain)
+            writer.write(f"-ERR [SYS/TEMP] {NOT_OWNER} {self.node_id}\r\n".encode())
+            return
         try:
             listing, uids = await self._listing(acct)
         except MailboxError as exc:

@@ -30,8 +30,13 @@ class FakeOwnership:
         self.released: list[tuple[str, str]] = []
 
     async def release(self, address: str, reason: str) -> None:
-        self.leases.pop(address, None)
+        lease = self.leases.pop(address, None)
+        if lease is not None:
+            lease.held = False
         self.released.append((address, reason))
+
+    def still_holds(self, address: str, lease) -> bool:
+        return lease.held
 
     async def rotate(self, address: str):
         lease = self.leases[address]
@@ -172,6 +177,32 @@ async def test_idle_release_spares_accounts_with_sessions_and_closing_ends_them(
     assert ownership.released == [("ida@example.com", "idle")]
     await mgr.release_all("drain")
     assert ended == ["hal"] and not mgr.open
+
+
+async def test_an_account_released_while_it_opens_is_not_kept_open(tmp_path):
+    """A drain's release_all while an IMAP login's open of the account is still reading the
+    directory: the close finds nothing open, the release ends the lease, and the open that
+    finishes after must not leave the account open here beside its next owner's."""
+    ownership, directory = FakeOwnership(), FakeDirectory()
+    reading, go_on = asyncio.Event(), asyncio.Event()
+    layout = directory.layout
+
+    async def slow_layout(domain):
+        reading.set()
+        await go_on.wait()
+        return await layout(domain)
+    directory.layout = slow_layout
+    metrics = MailstoreMetrics(CollectorRegistry())
+    mgr = AccountManager(tmp_path, ownership, directory, metrics)
+    lease = ownership.leases["kim@example.com"] = FakeLease(3)
+    opening = asyncio.create_task(mgr.get("kim@example.com", lease))
+    await reading.wait()
+    await mgr.release_all("drain")
+    go_on.set()
+    with pytest.raises(NotOwner):
+        await opening
+    assert not mgr.open and metrics.open_accounts._value.get() == 0
+    assert ownership.released == [("kim@example.com", "drain")]
 
 
 async def test_commits_of_several_accounts_share_a_worker_thread_hop(manager, monkeypatch):
