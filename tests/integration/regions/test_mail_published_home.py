@@ -136,14 +136,17 @@ async def test_mail_for_another_region_is_stored_only_in_its_home_region(regions
     await _eu_mail_once(regions, [message_id])
 
 
-async def test_a_stopped_hub_costs_one_bounded_wait_and_every_message_lands_once(regions, tmp_path):
+async def test_a_stopped_hub_costs_one_bounded_wait_and_every_message_lands_once(regions, tmp_path, caplog):
+    caplog.set_level("WARNING", logger="colony.edge.acceptance")
     us = regions.js("us")
     edge = _edge(us, tmp_path)
     os.kill(regions.hub.process.pid, signal.SIGSTOP)  # the link answers nothing
     started = time.monotonic()
     first = await _accept(edge, tmp_path, "during the stop")
     waited = time.monotonic() - started
-    assert ACK_TIMEOUT <= waited < ACK_TIMEOUT + 3.0, waited   # 250 within the bound, stored in us
+    # 250 within the bound, stored in us; the edge's warning says why the publish across ended
+    # (a quick "no responders" would mean the link was already gone before the stop)
+    assert ACK_TIMEOUT <= waited < ACK_TIMEOUT + 3.0, (waited, caplog.messages)
     started = time.monotonic()
     second = await _accept(edge, tmp_path, "after the breaker opened")
     assert time.monotonic() - started < ACK_TIMEOUT         # no second wait (a wait is at least this)
