@@ -134,6 +134,11 @@ def response_destination(via: Via, source: Destination | None) -> Destination:
     if source is not None and (transport != "UDP" or source[0] != "UDP"):
         return source
     host = via.params.get("received") or via.host
+    if host.startswith("[") and host.endswith("]"):
+        # RFC 3261's grammar has received=IPv6address, bare; RFC 5118 §4.5 has receivers take
+        # the bracketed form some senders write too.  Kept, the brackets made it a host name
+        # to look up, and the answer was lost.
+        host = host[1:-1]
     rport = via.params.get("rport")
     # An rport no port can be (a client's own, RFC 3581 leaves its form to us) is ignored: the
     # shell's sendto raised on it, a traceback per packet.

@@ -11,6 +11,7 @@ unescaping); ``__str__`` escapes it again where the grammar requires.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
@@ -28,6 +29,9 @@ _TOKEN = re.compile(r"^[A-Za-z0-9\-.!%*_+`'~]+$")
 # Compiled once: every packet's Via and URIs pass parse_host, and re's own cache lookup for
 # a pattern given as text cost as much as the match.
 _IPV6 = re.compile(r"[0-9A-Fa-f:.]+")
+# RFC 3261's IPv6address (copied from RFC 2373) also derives a third colon before an embedded
+# IPv4 address; RFC 5954 corrected the grammar, RFC 5118 §4.10 asks that it be tolerated.
+_ABNF_BUG = re.compile(r"^([0-9A-Fa-f:]*?):::(\d+\.\d+\.\d+\.\d+)$")
 _HOSTNAME = re.compile(r"[A-Za-z0-9\-._]+")
 
 
@@ -119,9 +123,7 @@ def parse_host(text: str) -> tuple[str, int | None]:
         end = text.find("]")
         if end < 0:
             raise URIError(f"unterminated IPv6 reference in {text!r}")
-        host, rest = text[1:end], text[end + 1:]
-        if not _IPV6.fullmatch(host):
-            raise URIError(f"{host!r} is not an IPv6 address")
+        host, rest = _ipv6_reference(text[1:end]), text[end + 1:]
     else:
         host, sep, port_text = text.partition(":")
         rest = sep + port_text
@@ -135,6 +137,25 @@ def parse_host(text: str) -> tuple[str, int | None]:
         if not 0 < port < 65536:
             raise URIError(f"port {port} out of range")
     return host.lower(), port
+
+
+def _ipv6_reference(host: str) -> str:
+    """The address inside ``[...]``, as written (lower case), once it is one (RFC 4291): a
+    host the farm may send to is an address, never a name to look up.  Everything inside the
+    brackets is the address -- ``[2001:db8::10:5070]`` has no port (RFC 5118 §4.3) -- and the
+    three-colon form RFC 3261's grammar allows before an embedded IPv4 address
+    (``2001:db8:::192.0.2.1``, RFC 5118 §4.10) is read as the two-colon address it means."""
+    if not _IPV6.fullmatch(host):
+        raise URIError(f"{host!r} is not an IPv6 address")
+    if ":::" in host:
+        match = _ABNF_BUG.match(host)
+        if match:
+            host = f"{match.group(1)}::{match.group(2)}"
+    try:
+        ipaddress.IPv6Address(host)
+    except ValueError:
+        raise URIError(f"{host!r} is not an IPv6 address") from None
+    return host
 
 
 # Remembered (bounded): handling one message reads its To, From and URIs several times.  The

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from colony.protocols.sip.message import SipRequest, SipResponse, make_response
 from colony.protocols.sip.parser import SipParseError, StreamFramer, parse_message
+from colony.protocols.sip.transaction import response_destination
 from colony.protocols.sip.uri import OtherURI, URIError, parse_address, parse_uri
 
 CRLF = "\r\n"
@@ -179,6 +180,122 @@ def test_the_first_blank_line_ends_the_head_whatever_its_line_ends():
     assert parse_message((head + "\n\r\nbody\r\n\r\n").encode()).body == b"body\r\n\r\n"
     assert parse_message((head + "\n\nbody\r\n\r\n").encode()).body == b"body\r\n\r\n"
     assert parse_message((head + "\r\n\r\nbody\n\n").encode()).body == b"body\n\n"
+
+
+# RFC 5118, the IPv6 torture tests: the messages of its §4, each with the RFC's outcome.
+# Headers as the RFC has them; the SDP bodies carry a Content-Length of their own bytes.
+V6_FROM = ["To: sip:user@example.com", "From: sip:user@example.com;tag=81x2"]
+V6_VIA = "Via: SIP/2.0/UDP [2001:db8::9:1];branch=z9hG4bKas3-111"
+V6_CALLER = 'Contact: "Caller" <sip:caller@[2001:db8::1]>'
+
+
+def with_sdp(*lines: str, sdp: list[str]) -> bytes:
+    body = CRLF.join(sdp) + CRLF
+    return msg(*lines, "Content-Type: application/sdp", f"Content-Length: {len(body.encode())}", body=body)
+
+
+def test_rfc5118_4_1_an_ipv6_reference_is_read_in_the_request_uri_via_and_contact():
+    req = parse_message(msg("REGISTER sip:[2001:db8::10] SIP/2.0", *V6_FROM, V6_VIA,
+                            "Call-ID: SSG9559905523997077@hlau_4100", "Max-Forwards: 70", V6_CALLER,
+                            "CSeq: 98176 REGISTER", "Content-Length: 0"))
+    assert (req.uri.host, req.uri.port) == ("2001:db8::10", None)
+    assert (req.top_via().host, req.top_via().port) == ("2001:db8::9:1", None)
+    assert req.address("Contact").uri.host == "2001:db8::1"
+    assert str(req.uri) == "sip:[2001:db8::10]"
+
+
+def test_rfc5118_4_2_an_ipv6_address_without_brackets_is_refused_with_400():
+    with pytest.raises(SipParseError) as err:
+        parse_message(msg("REGISTER sip:2001:db8::10 SIP/2.0", *V6_FROM, V6_VIA,
+                          "Call-ID: SSG9559905523997077@hlau_4100", "Max-Forwards: 70", V6_CALLER,
+                          "CSeq: 98176 REGISTER", "Content-Length: 0"))
+    assert err.value.status == 400 and err.value.request is not None    # answerable: its Via is good
+
+
+def test_rfc5118_4_3_and_4_4_a_port_is_only_ever_after_the_closing_bracket():
+    head = [*V6_FROM, V6_VIA, "Call-ID: SSG9559905523997077@hlau_4100", V6_CALLER, "Max-Forwards: 70",
+            "CSeq: 98176 REGISTER", "Content-Length: 0"]
+    ambiguous = parse_message(msg("REGISTER sip:[2001:db8::10:5070] SIP/2.0", *head))
+    assert (ambiguous.uri.host, ambiguous.uri.port) == ("2001:db8::10:5070", None)    # §4.3: no port
+    unambiguous = parse_message(msg("REGISTER sip:[2001:db8::10]:5070 SIP/2.0", *head))
+    assert (unambiguous.uri.host, unambiguous.uri.port) == ("2001:db8::10", 5070)     # §4.4
+
+
+def test_rfc5118_4_5_received_with_and_without_brackets_both_name_where_answers_go():
+    bracketed = parse_message(msg(
+        "BYE sip:[2001:db8::10] SIP/2.0", "To: sip:user@example.com;tag=bd76ya", V6_FROM[1],
+        "Via: SIP/2.0/UDP [2001:db8::9:1];received=[2001:db8::9:255];branch=z9hG4bKas3-111",
+        "Call-ID: SSG9559905523997077@hlau_4100", "Max-Forwards: 70", "CSeq: 321 BYE", "Content-Length: 0"))
+    bare = parse_message(msg(
+        "OPTIONS sip:[2001:db8::10] SIP/2.0", *V6_FROM,
+        "Via: SIP/2.0/UDP [2001:db8::9:1];received=2001:db8::9:255;branch=z9hG4bKas3",
+        "Call-ID: SSG95523997077@hlau_4100", "Max-Forwards: 70", 'Contact: "Caller" <sip:caller@[2001:db8::9:1]>',
+        "CSeq: 921 OPTIONS", "Content-Length: 0"))
+    # The answer goes to the address, never to "[2001:db8::9:255]" taken for a host name.
+    assert response_destination(bracketed.top_via(), None) == ("UDP", "2001:db8::9:255", 5060)
+    assert response_destination(bare.top_via(), None) == ("UDP", "2001:db8::9:255", 5060)
+
+
+def test_rfc5118_4_6_and_4_8_ipv6_and_ipv4_addresses_in_the_sdp_body():
+    head = ["INVITE sip:user@[2001:db8::10] SIP/2.0", "To: sip:user@[2001:db8::10]", V6_FROM[1],
+            "Via: SIP/2.0/UDP [2001:db8::20];branch=z9hG4bKas3-111", "Call-ID: SSG9559905523997077@hlau_4100",
+            'Contact: "Caller" <sip:caller@[2001:db8::20]>', "CSeq: 8612 INVITE", "Max-Forwards: 70"]
+    sdp = ["v=0", "o=assistant 971731711378798081 0 IN IP6 2001:db8::20", "s=Live video feed",
+           "c=IN IP6 2001:db8::20", "t=0 0", "m=audio 6000 RTP/AVP 0", "a=rtpmap:0 PCMU/8000",
+           "m=video 6024 RTP/AVP 107", "a=rtpmap:107 H263-1998/90000"]
+    req = parse_message(with_sdp(*head, sdp=sdp))
+    assert req.uri.host == "2001:db8::10" and b"c=IN IP6 2001:db8::20\r\n" in req.body
+    mixed = ["v=0", "o=bob 280744730 28977631 IN IP4 host.example.com", "s=", "t=0 0",
+             "m=audio 22334 RTP/AVP 0", "c=IN IP4 192.0.2.1", "m=video 6024 RTP/AVP 107",
+             "c=IN IP6 2001:db8::1", "a=rtpmap:107 H263-1998/90000"]
+    req = parse_message(with_sdp(*head[:3], V6_VIA, *head[4:], sdp=mixed))
+    assert req.body.endswith(b"a=rtpmap:107 H263-1998/90000\r\n")
+
+
+def test_rfc5118_4_7_ipv6_and_ipv4_vias_in_one_message():
+    req = parse_message(msg(
+        "BYE sip:user@host.example.net SIP/2.0",
+        "Via: SIP/2.0/UDP [2001:db8::9:1]:6050;branch=z9hG4bKas3-111",
+        "Via: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bKjhja8781hjuaij65144",
+        "Via: SIP/2.0/TCP [2001:db8::9:255];branch=z9hG4bK451jj;received=192.0.2.200",
+        "Call-ID: 997077@lau_4100", "Max-Forwards: 70", "CSeq: 89187 BYE",
+        "To: sip:user@example.net;tag=9817--94", V6_FROM[1], "Content-Length: 0"))
+    assert [(v.transport, v.host, v.port) for v in req.vias()] == [
+        ("UDP", "2001:db8::9:1", 6050), ("UDP", "192.0.2.1", None), ("TCP", "2001:db8::9:255", None)]
+    assert req.vias()[2].params["received"] == "192.0.2.200"
+
+
+def test_rfc5118_4_9_ipv4_mapped_ipv6_addresses():
+    req = parse_message(with_sdp(
+        "INVITE sip:user@example.com SIP/2.0", "To: sip:user@example.com", "From: sip:user@east.example.com;tag=81x2",
+        "Via: SIP/2.0/UDP [::ffff:192.0.2.10]:19823;branch=z9hG4bKbh19",
+        "Via: SIP/2.0/UDP [::ffff:192.0.2.2];branch=z9hG4bKas3-111", "Call-ID: SSG9559905523997077@hlau_4100",
+        'Contact: "T. desk phone" <sip:ted@[::ffff:192.0.2.2]>', "CSeq: 612 INVITE", "Max-Forwards: 70",
+        sdp=["v=0", "o=assistant 971731711378798081 0 IN IP6 ::ffff:192.0.2.2", "s=Call me soon, please!",
+             "c=IN IP6 ::ffff:192.0.2.2", "t=0 0", "m=audio 6000 RTP/AVP 0", "a=rtpmap:0 PCMU/8000"]))
+    assert [(v.host, v.port) for v in req.vias()] == [("::ffff:192.0.2.10", 19823), ("::ffff:192.0.2.2", None)]
+    assert req.address("Contact").uri.host == "::ffff:192.0.2.2"
+
+
+@pytest.mark.parametrize("written,address", [
+    ("2001:db8:::192.0.2.1", "2001:db8::192.0.2.1"),     # RFC 3261's ABNF allows it: tolerated
+    ("2001:db8::192.0.2.1", "2001:db8::192.0.2.1"),      # the corrected grammar (RFC 5954)
+])
+def test_rfc5118_4_10_the_three_colon_reference_is_tolerated_as_the_address_it_means(written, address):
+    req = parse_message(msg(f"OPTIONS sip:user@[{written}] SIP/2.0", f"To: sip:user@[{written}]",
+                            "From: sip:user@example.com;tag=810x2", "Via: SIP/2.0/UDP lab1.east.example.com;branch=z9hG4bKas3-111",
+                            "Call-ID: G9559905523997077@hlau_4100", "CSeq: 689 OPTIONS", "Max-Forwards: 70", "Content-Length: 0"))
+    assert req.uri.host == address and req.address("To").uri.host == address
+
+
+@pytest.mark.parametrize("reference", ["[::::]", "[1.2.3.4]", "[2001:db8:::1]", "[12345::1]", "[1:2:3:4:5:6:7:8:9]", "[]"])
+def test_what_is_inside_brackets_must_be_an_ipv6_address(reference):
+    # A host the farm may send to is an address or a name; "[::::]" was taken as a host.
+    with pytest.raises(URIError):
+        parse_uri(f"sip:user@{reference}")
+    with pytest.raises(SipParseError) as err:
+        parse_message(msg(f"OPTIONS sip:user@{reference} SIP/2.0", *BASE, "CSeq: 1 OPTIONS"))
+    assert err.value.status == 400
 
 
 def test_stream_framing_keepalives_and_limits():
