@@ -13,14 +13,17 @@ What we tolerate (RFC 3261 §7.3.1 and the RFC 4475 "valid" torture cases): any 
 header names and compact forms, white space around the colon and inside values, folded
 header lines (a line that starts with SP/HT continues the previous one), bare LF line ends,
 unknown header fields and methods, escaped characters in URIs, Content-Length shorter than
-a datagram (the rest is ignored, §18.3).
+a datagram (the rest is ignored, §18.3); and the RFC 5118 IPv6 cases: IPv6 references in
+any URI and Via, IPv4-mapped addresses, ``received`` with or without brackets, the
+three-colon reference RFC 3261's grammar allows (read as the address it means, ``uri.py``).
 
 What we refuse (the RFC 4475 "invalid" ones): a start line that is not exactly three
 SP-separated parts, white space or ``<>`` in the Request-URI, a version other than SIP/2.0
 (505), a status code outside 100..699, a header line without a colon or with an invalid
 name, a missing mandatory header (Via, From, To, Call-ID, CSeq), a CSeq whose method is not
 the request's, a non-numeric or negative Content-Length, a Content-Length longer than the
-datagram, Max-Forwards outside 0..255, an unknown URI scheme in a request (416), and any
+datagram, Max-Forwards outside 0..255, an IPv6 address without brackets or brackets around
+anything but an IPv6 address (RFC 5118 §4.2), an unknown URI scheme in a request (416), and any
 message larger than ``max_size`` (513 Message Too Large, RFC 3261 §21.5.14; 413 is a body
 the server will not take).
 
