@@ -136,6 +136,10 @@ class MailState:
     def __init__(self) -> None:
         self.seq = 0
         self.next_id = 1
+        # The highest UIDVALIDITY any mailbox of the account was given, deleted ones included: a
+        # name created again starts its UIDs at 1, so its UIDVALIDITY must be greater than its
+        # former incarnation's (RFC 3501 6.3.4, RFC 9051 2.3.1.1), whatever the clock says.
+        self.uidvalidity_high = 0
         self.boxes: dict[int, Mailbox] = {}
         self.by_name: dict[str, int] = {}
         self.subscribed: set[str] = set()
@@ -154,6 +158,7 @@ class MailState:
             self.boxes[r.id] = Mailbox(r.id, r.name, r.uidvalidity, r.special_use)
             self.by_name[_key(r.name)] = r.id
             self.next_id = max(self.next_id, r.id + 1)
+            self.uidvalidity_high = max(self.uidvalidity_high, r.uidvalidity)
         elif isinstance(r, j.MailboxRenamed):
             box = self.boxes[r.id]
             del self.by_name[_key(box.name)]
@@ -238,7 +243,8 @@ class MailState:
 
     def to_json(self) -> dict:
         return {
-            "seq": self.seq, "next_id": self.next_id, "subscribed": sorted(self.subscribed),
+            "seq": self.seq, "next_id": self.next_id, "uidvalidity_high": self.uidvalidity_high,
+            "subscribed": sorted(self.subscribed),
             "dedupe": list(self.dedupe.items()),
             "boxes": [{
                 "id": b.id, "name": b.name, "uidvalidity": b.uidvalidity, "special_use": b.special_use,
@@ -269,6 +275,8 @@ class MailState:
                 s.messages_total += 1
             s.boxes[box.id] = box
             s.by_name[_key(box.name)] = box.id
+        # (a snapshot written before the field was kept knows only the mailboxes that exist)
+        s.uidvalidity_high = data.get("uidvalidity_high", max((b.uidvalidity for b in s.boxes.values()), default=0))
         return s
 
 
@@ -489,7 +497,7 @@ class AccountMail:
     def create_mailbox(self, name: str, special_use: str | None = None) -> None:
         if _key(name) in self.state.by_name:
             raise MailboxError(f"mailbox {name!r} exists")
-        uidvalidity = max(int(self._clock()), max((b.uidvalidity for b in self.state.boxes.values()), default=0) + 1)
+        uidvalidity = max(int(self._clock()), self.state.uidvalidity_high + 1)
         self._stage(j.MailboxCreated(e=self.epoch, s=self._next(), id=self.state.next_id, name=name,
                                      uidvalidity=uidvalidity, special_use=special_use))
 

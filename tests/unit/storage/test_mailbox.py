@@ -79,6 +79,32 @@ def test_mailbox_errors_are_mailbox_errors(tmp_path):
     assert "Work" in {b.name for b in acct.mailboxes()}
 
 
+def test_a_mailbox_created_again_never_gets_a_uidvalidity_used_before(tmp_path, monkeypatch):
+    # RFC 3501 6.3.4 / RFC 9051 2.3.1.1: UIDs start again at 1 in the new incarnation, so its
+    # UIDVALIDITY must be greater than the deleted one's: also within the same second, under a
+    # clock that is behind, after a takeover, and from a snapshot that no longer holds the
+    # deleted mailbox.
+    monkeypatch.setattr(mb, "SNAPSHOT_EVERY", 3)
+    seen = []
+    for epoch in (3, 4, 5):
+        acct = opened(tmp_path, epoch)
+        acct._clock.now -= 3600 * epoch                      # each new owner's clock further behind
+        for _ in range(2):                                   # twice within the same second
+            acct.create_mailbox("Projects")
+            acct.commit()
+            assert acct.append("Projects", b"Subject: x\r\n\r\nx\r\n").uid == 1
+            acct.commit()
+            seen.append(next(b.uidvalidity for b in acct.mailboxes() if b.name == "Projects"))
+            acct.delete_mailbox("Projects")
+            acct.commit()
+    assert seen == sorted(set(seen)), seen
+    assert j.list_snapshots(tmp_path / "journal")
+    restored = mb.MailState.from_json(acct.state.to_json())
+    assert "Projects" not in restored.by_name and restored.uidvalidity_high == seen[-1]
+    older = {k: v for k, v in acct.state.to_json().items() if k != "uidvalidity_high"}
+    assert mb.MailState.from_json(older).uidvalidity_high == max(b.uidvalidity for b in acct.mailboxes())
+
+
 def test_version_moves_with_every_change_the_owner_can_see(tmp_path):
     """``version`` is what IMAP's end-of-command sync compares to skip its walk: equal only
     if no message of the mailbox was added, expunged or had its flags changed."""
