@@ -166,22 +166,26 @@ class SmtpClient:
     async def _reply(self) -> RemoteReply:
         replies = self._replies
         reply = replies.next_reply()
-        while reply is None:
-            try:
-                async with asyncio.timeout(self.timeout):
+        if reply is not None:
+            return reply
+        try:
+            # One deadline for the whole reply, not one per read: a server that drips a
+            # byte at a time would otherwise hold the session (and the destination's slot)
+            # for as long as it likes.
+            async with asyncio.timeout(self.timeout):
+                while reply is None:
                     data = await self._reader.read(_READ)
-            except TimeoutError:
-                raise SmtpError(f"no reply within {self.timeout:g}s") from None
-            except OSError as exc:
-                raise SmtpError(str(exc) or type(exc).__name__) from exc
-            if not data:
-                raise SmtpError("connection closed by the server")
-            try:
-                replies.receive_data(data)
-                reply = replies.next_reply()
-            except ProtocolError as exc:
-                self.close()
-                raise SmtpError(str(exc)) from exc
+                    if not data:
+                        raise SmtpError("connection closed by the server")
+                    replies.receive_data(data)
+                    reply = replies.next_reply()
+        except TimeoutError:
+            raise SmtpError(f"no reply within {self.timeout:g}s") from None
+        except OSError as exc:
+            raise SmtpError(str(exc) or type(exc).__name__) from exc
+        except ProtocolError as exc:
+            self.close()
+            raise SmtpError(str(exc)) from exc
         return reply
 
 

@@ -5,6 +5,8 @@ DATA refused, a 354 with no recipient accepted, 4xx/5xx after the data."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from colony.protocols.smtp.client import (ProtocolError, RemoteReply, ReplyReader, Transaction, command,
@@ -59,6 +61,35 @@ def test_an_endless_reply_is_bounded():
     with pytest.raises(ProtocolError):
         for _ in range(100):
             reader.receive_data(b"250-" + b"x" * 40 + b"\r\n")
+
+
+def test_a_reply_dripped_a_line_per_segment_is_parsed_in_linear_time():
+    """A hostile MX sends its EHLO reply one short line per segment: each segment must cost
+    only its own octets (parsing the whole incomplete reply again per segment took 78 s of
+    the event loop's CPU for one 64 KiB reply)."""
+    reader = ReplyReader()
+    started = time.process_time()
+    with pytest.raises(ProtocolError, match="longer than"):
+        for _ in range(20_000):
+            reader.receive_data(b"250-x\r\n")
+            assert reader.next_reply() is None
+    assert time.process_time() - started < 2.0
+    reader = ReplyReader()
+    for octet in b"250-mx.test\r\n250 PIPELINING\r\n":
+        reader.receive_data(bytes([octet]))
+    assert reader.next_reply() == R(250, "mx.test\nPIPELINING") and reader.pending == 0
+
+
+@pytest.mark.parametrize("wire", [b"199 x\r\n", b"600 x\r\n", b"999 5.0.0 x\r\n", b"000\r\n"])
+def test_a_reply_code_out_of_range_is_a_protocol_error(wire):
+    with pytest.raises(ProtocolError, match="out of range"):
+        replies(wire)
+
+
+def test_reply_text_that_is_not_utf8_is_replaced_not_carried_as_surrogates():
+    [reply] = replies(b"550-5.1.1 \xff\xfe bad\r\n550 5.1.1 user\r\n")
+    assert reply.text == "5.1.1 \ufffd\ufffd bad\n5.1.1 user"
+    reply.text.encode("utf-8")   # what a DSN, a log line and a span do with it
 
 
 def test_pending_counts_octets_beyond_the_replies_taken():

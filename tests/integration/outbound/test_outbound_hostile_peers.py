@@ -1,0 +1,147 @@
+"""The outbound queue against remote MXs that misbehave on purpose (an attacker owns the
+destination domain) or by bug: real loopback sockets, a real nats-server and the loopback
+DNS server.  What is checked is what the queue promises whatever the peer does: bounded
+time per attempt, no message counted delivered that the server did not take, nothing sent
+twice, a session out of step with its replies not used again, a DSN that is RFC 3464-correct
+whatever octets the peer put in its replies, opportunistic TLS that falls back to plaintext
+as RFC 7435 allows, and 8-bit or UTF-8 mail never sent raw to a server that did not offer
+8BITMIME or SMTPUTF8 (RFC 6152 §3, RFC 6531 §3.2: bounced, not mangled)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from colony_edge.smtp_client import SmtpClient, SmtpError
+from test_outbound_smtp_client import Scripted
+
+
+class HostileMX:
+    """A small SMTP server in the test's event loop: answers each command line as it comes
+    (so a pipelined group too), records what it took, and misbehaves as ``quirk`` says:
+
+    * ``250-to-data``: DATA is answered 250, as if the message had been taken;
+    * ``extra-reply``: the reply to the message's end is followed by a second 250;
+    * ``refuse-starttls``: STARTTLS (advertised) is answered 454;
+    * ``broken-tls``: STARTTLS is answered 220, then the "handshake" is plaintext garbage;
+    * ``bad-utf8-5xx``: every RCPT is refused with a multi-line 550 of invalid UTF-8 that
+      tries to inject DSN fields and MIME boundaries.
+    """
+
+    def __init__(self, quirk: str = "", extensions: tuple[str, ...] = ("PIPELINING", "8BITMIME")) -> None:
+        self.quirk, self.extensions = quirk, list(extensions)
+        self.connections = 0
+        self.messages: list[bytes] = []
+        self.mail_commands: list[str] = []
+        self.tls_tried = 0
+        self.port = 0
+        self._server: asyncio.AbstractServer | None = None
+
+    async def __aenter__(self) -> HostileMX:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self._server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            writer.write(b"220 mx.hostile.test ESMTP\r\n")
+            while line := await reader.readline():
+                verb = line[:8].split(b" ")[0].strip().upper()
+                if verb in (b"EHLO", b"HELO"):
+                    lines = ["mx.hostile.test"] + self.extensions
+                    writer.write("".join(f"250{'-' if i < len(lines) - 1 else ' '}{t}\r\n"
+                                         for i, t in enumerate(lines)).encode())
+                elif verb == b"STARTTLS":
+                    self.tls_tried += 1
+                    if self.quirk == "refuse-starttls":
+                        writer.write(b"454 4.7.0 TLS not available due to temporary reason\r\n")
+                    else:   # broken-tls: "go ahead", then no TLS at all
+                        writer.write(b"220 2.0.0 go ahead\r\n")
+                        await writer.drain()
+                        await reader.read(1000)
+                        writer.write(b"this is not a TLS server hello\r\n" * 4)
+                        await writer.drain()
+                        return
+                elif verb == b"MAIL":
+                    self.mail_commands.append(line.decode("utf-8", "replace").strip())
+                    writer.write(b"250 2.1.0 ok\r\n")
+                elif verb == b"RCPT":
+                    if self.quirk == "bad-utf8-5xx":
+                        writer.write(b"550-5.1.1 \xff\xfe\xc3 unknown\r\n550-Final-Recipient: rfc822; forged@x\r\n"
+                                     b"550---=_colony_dsn_\r\n550 5.1.1 \xe2\x80 bye\r\n")
+                    else:
+                        writer.write(b"250 2.1.5 ok\r\n")
+                elif verb == b"DATA":
+                    if self.quirk == "250-to-data":
+                        writer.write(b"250 2.0.0 ok, taken\r\n")
+                        continue
+                    writer.write(b"354 go ahead\r\n")
+                    await writer.drain()
+                    self.messages.append(await reader.readuntil(b"\r\n.\r\n"))
+                    writer.write(b"250 2.0.0 queued\r\n")
+                    if self.quirk == "extra-reply":
+                        writer.write(b"250 2.0.0 and again\r\n")
+                elif verb == b"RSET":
+                    writer.write(b"250 2.0.0 ok\r\n")
+                elif verb == b"QUIT":
+                    writer.write(b"221 2.0.0 bye\r\n")
+                    await writer.drain()
+                    return
+                else:
+                    writer.write(b"500 5.5.1 what\r\n")
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+
+async def _true(value):
+    return value
+
+
+# --- the client alone -----------------------------------------------------------------------
+
+async def test_a_reply_dripped_a_byte_at_a_time_is_bounded_by_one_deadline():
+    """1 byte per 0.1 s, well inside the 0.5 s timeout for each read: only a deadline for the
+    whole reply ends it (one per read let the MX hold the session and the slot forever)."""
+    async def script(reader, writer):
+        for octet in b"220 " + b"x" * 200 + b"\r\n":
+            writer.write(bytes([octet]))
+            await writer.drain()
+            await asyncio.sleep(0.1)
+
+    async with Scripted(script) as port:
+        started = time.monotonic()
+        with pytest.raises(SmtpError, match="no reply within"):
+            await asyncio.wait_for(SmtpClient.connect("127.0.0.1", port, local_hostname="edge.test", timeout=0.5),
+                                   15)
+        assert time.monotonic() - started < 3
+
+
+async def test_a_1gb_banner_is_refused_after_one_reply_s_worth():
+    """The banner never ends (a line without CRLF, then endless continuation lines): the
+    client stops at 64 KiB, having read little more than that."""
+    sent = 0
+
+    async def script(reader, writer):
+        nonlocal sent
+        chunk = b"220-" + b"y" * 1020 + b"\r\n"
+        try:
+            while sent < 1024 ** 3:
+                writer.write(chunk)
+                await writer.drain()
+                sent += len(chunk)
+        except ConnectionError:
+            pass
+
+    async with Scripted(script) as port:
+        with pytest.raises(SmtpError, match="longer than"):
+            await asyncio.wait_for(SmtpClient.connect("127.0.0.1", port, local_hostname="edge.test", timeout=5), 15)
+    assert sent < 16 * 1024 * 1024
