@@ -484,7 +484,7 @@ class OutboundDelivery:
                 # it out), nothing was handed over; a new connection takes the same attempt.
                 raise _Stale(f"{tx.closing.code} {tx.closing.text}")
             connection.clean = not tx.left_open
-            healthy = tx.closing is None
+            healthy = tx.closing is None and client.in_step
             outcome = _Outcome([RecipientResult(a, reply.code, reply.text, host) for a, reply in _replies(tx)],
                                tx.delivered)
         except SmtpError as exc:

@@ -80,6 +80,13 @@ class SmtpClient:
     def is_connected(self) -> bool:
         return not self._writer.is_closing() and not self._reader.at_eof()
 
+    @property
+    def in_step(self) -> bool:
+        """No reply beyond those the commands asked for has been read: a session that sent
+        more (a pipelining server answering twice) is not reused, or the next transaction
+        would take a stale reply for its own."""
+        return not self._replies.pending
+
     async def starttls(self, context: ssl.SSLContext, server_hostname: str | None = None) -> None:
         """STARTTLS, the handshake, and EHLO again.  Raises SmtpError if the server does not
         offer it or refuses it, ``ssl.SSLError`` (and ``ssl.CertificateError``) if the
@@ -116,7 +123,13 @@ class SmtpClient:
                     await self._write(out)
                 if tx.finished:
                     break
-                out = tx.receive(await self._reply())
+                reply = await self._reply()
+                if reply.code == 354 and self._replies.pending:
+                    # More replies came with the 354 than commands were sent: a server out
+                    # of step, whose next reply would be read as the answer to a message it
+                    # has not seen yet.  The message is not sent.
+                    raise ProtocolError("replies after the 354 to DATA, before the message was sent")
+                out = tx.receive(reply)
         except SmtpError as exc:
             exc.transaction = tx
             raise

@@ -14,8 +14,10 @@ import time
 
 import pytest
 
+from cluster_harness import wait_until
 from colony_edge.smtp_client import SmtpClient, SmtpError
-from test_outbound_smtp_client import Scripted
+from test_outbound_delivery import dsns, owner, queued, settings_for, start_queue, submit  # noqa: F401
+from test_outbound_smtp_client import Scripted, greet
 
 
 class HostileMX:
@@ -145,3 +147,69 @@ async def test_a_1gb_banner_is_refused_after_one_reply_s_worth():
         with pytest.raises(SmtpError, match="longer than"):
             await asyncio.wait_for(SmtpClient.connect("127.0.0.1", port, local_hostname="edge.test", timeout=5), 15)
     assert sent < 16 * 1024 * 1024
+
+
+@pytest.mark.parametrize("pipelining", [False, True])
+async def test_a_250_to_data_sends_no_message_and_delivers_nothing(pipelining):
+    async with HostileMX("250-to-data", ("PIPELINING",) if pipelining else ()) as mx:
+        client = await SmtpClient.connect("127.0.0.1", mx.port, local_hostname="edge.test", timeout=5)
+        with pytest.raises(SmtpError, match="250 to DATA") as caught:
+            await client.send("a@b.test", ["c@d.test"], b"Subject: x\r\n\r\nbody\r\n")
+        client.close()
+    tx = caught.value.transaction
+    assert not tx.message_sent and tx.delivered == [] and not mx.messages
+
+
+async def test_replies_beyond_the_commands_stop_the_message_before_it_is_sent():
+    """A pipelining server answers the group with one reply too many: the one after the 354
+    would be read as the message's answer before the message is even sent."""
+    async def script(reader, writer):
+        await greet(reader, writer)
+        await reader.readuntil(b"DATA\r\n")
+        writer.write(b"250 ok\r\n250 ok\r\n354 go\r\n250 2.0.0 queued before it came\r\n")
+        await writer.drain()
+        await reader.read(1000)
+
+    async with Scripted(script) as port:
+        client = await SmtpClient.connect("127.0.0.1", port, local_hostname="edge.test", timeout=5)
+        with pytest.raises(SmtpError, match="after the 354") as caught:
+            await client.send("a@b.test", ["c@d.test"], b"Subject: x\r\n\r\nbody\r\n")
+        client.close()
+    assert not caught.value.transaction.message_sent
+
+
+# --- the queue ------------------------------------------------------------------------------
+
+async def test_a_250_to_data_is_deferred_not_counted_delivered(nc, js, owner, nats_server, dns_server, tmp_path):
+    """The message was never sent: it stays queued, is retried, and goes out once when the
+    MX behaves; no DSN."""
+    async with HostileMX("250-to-data") as mx:
+        settings = settings_for(nats_server, dns_server, mx, tmp_path)
+        await start_queue(nc, owner, settings)
+        await submit(js, "h-250data", "bob@remote.test")
+        await wait_until(lambda: _true(mx.connections >= 2), 30, "a retry after the 250 to DATA")
+        assert await queued(js) == 1 and not mx.messages
+        mx.quirk = ""
+        await wait_until(lambda: _true(mx.messages), 30, "the message delivered once the MX behaves")
+        await wait_until(lambda: _zero(queued(js)), 30, "the job acked")
+    assert len(mx.messages) == 1 and not await dsns(js)
+
+
+async def test_a_session_that_answered_twice_is_not_reused(nc, js, owner, nats_server, dns_server, tmp_path):
+    """The stale second 250 would be read as the next transaction's reply to MAIL."""
+    async with HostileMX("extra-reply") as mx:
+        settings = settings_for(nats_server, dns_server, mx, tmp_path, outbound_connection_idle=30.0,
+                                outbound_destination_concurrency=1)
+        await start_queue(nc, owner, settings)
+        await submit(js, "h-twice-1", "bob@remote.test")
+        await wait_until(lambda: _true(len(mx.messages) == 1), 30, "the first message")
+        await submit(js, "h-twice-2", "bob@remote.test")
+        await wait_until(lambda: _true(len(mx.messages) == 2), 30, "the second message")
+        await wait_until(lambda: _zero(queued(js)), 30, "both jobs acked")
+    assert mx.connections == 2, "the session out of step was closed, not kept"
+    assert [b"<h-twice-1@" in m for m in mx.messages] == [True, False]
+    assert not await dsns(js)
+
+
+async def _zero(awaitable) -> bool:
+    return (await awaitable) == 0

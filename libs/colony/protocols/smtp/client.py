@@ -26,6 +26,9 @@ shell only writes what it hands out and feeds it each reply in order:
   message goes out only after ``354`` and only if at least one recipient was accepted; a
   ``354`` with none accepted (a pipelining server that let DATA through) is answered with a
   lone "." so the server ends the empty transaction, whose reply delivers nothing.
+* A reply of a class its command cannot have (a 2xx to DATA, a 3xx to anything else)
+  raises ``ProtocolError``: the server is out of step, nothing it said after that is
+  trusted, and the message was not sent.
 * ``421`` at any point means the server is closing the session (RFC 5321 §3.8): the
   transaction ends there (``closing``) and no further reply is awaited; what was not
   answered stays ``None``.
@@ -220,7 +223,13 @@ class Transaction:
     def receive(self, reply: RemoteReply) -> bytes:
         if self.finished or not self._expect:
             raise ProtocolError(f"a reply nothing asked for: {reply.code} {reply.text[:80]}")
-        kind, i = self._expect.popleft()
+        kind, i = self._expect[0]
+        if reply.positive if kind == _DATA else reply.code // 100 == 3:
+            # RFC 5321 4.3.2: only DATA has an intermediate reply, and DATA never a 2xx.  A
+            # "250" to DATA read as its answer delivered a message that was never sent; a
+            # 3xx elsewhere is a server out of step with the commands.
+            raise ProtocolError(f"reply {reply.code} to {kind}: {reply.text[:80]}")
+        self._expect.popleft()
         if kind == _MAIL:
             self.mail = reply
         elif kind == _RCPT:

@@ -217,6 +217,34 @@ def test_a_reply_nobody_asked_for_is_a_protocol_error():
         tx.receive(R(250))
 
 
+@pytest.mark.parametrize("pipelining", [False, True])
+def test_a_2xx_to_data_is_a_protocol_error_not_a_delivery(pipelining):
+    """RFC 5321 4.3.2: DATA is answered 354 (or refused); a server that says 250 instead has
+    not taken a message the client never sent."""
+    tx = Transaction("a@b.test", ["c@d.test"], MSG, pipelining=pipelining)
+    tx.start()
+    tx.receive(R(250))
+    if not pipelining:
+        assert tx.receive(R(250)) == b"DATA\r\n"
+    else:
+        tx.receive(R(250))
+    with pytest.raises(ProtocolError, match="250 to DATA"):
+        tx.receive(R(250, "2.0.0 queued"))
+    assert not tx.message_sent and tx.delivered == []
+
+
+@pytest.mark.parametrize("at", range(3))
+def test_a_3xx_to_anything_but_data_is_a_protocol_error(at):
+    tx = Transaction("a@b.test", ["c@d.test"], MSG, pipelining=True)
+    tx.start()
+    script = [R(250), R(250), R(354), R(250)]
+    script[at if at < 2 else 3] = R(354)
+    with pytest.raises(ProtocolError, match="354 to"):
+        for reply in script:
+            tx.receive(reply)
+    assert tx.delivered == []
+
+
 # --- without PIPELINING: one command per round trip -----------------------------------------
 
 def test_without_pipelining_each_command_waits_for_the_previous_reply():
