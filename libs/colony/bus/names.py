@@ -23,6 +23,7 @@ BUCKET_OUTBOUND_DELIVERED = "outbound_delivered"  # recipients an edge delivered
 BUCKET_MTA_STS = "mta_sts"                # MTA-STS policies edges fetched (RFC 8461 cache that outlives a restart)
 BUCKET_SECRET_KEYS = "secret_keys"      # data keys sealing PROVISIONING's secrets: the admin API's only
 BUCKET_ACL_GRANTS = "acl_grants"        # shared folders: per grantee, the owners granting it something
+BUCKET_LOGIN_FAMILIAR = "login_familiar"  # (account, client network) pairs that logged in: exempt from the account lock
 
 CONTROLLER_LEASE_KEY = "controller"
 
@@ -463,7 +464,7 @@ GRANTS: dict[str, Grant] = {
         # MAIL's state: whether mail it stored here for another region is still waiting for
         # that region's source before it sends that region's mail across again
         info=(STREAM_MAIL,),
-        kv_write=(BUCKET_RATE_COUNTERS, BUCKET_OUTBOUND_DELIVERED, BUCKET_MTA_STS),
+        kv_write=(BUCKET_RATE_COUNTERS, BUCKET_OUTBOUND_DELIVERED, BUCKET_MTA_STS, BUCKET_LOGIN_FAMILIAR),
         kv_read=(BUCKET_DIRECTORY, BUCKET_ACCOUNT_OWNERS, BUCKET_DKIM_KEYS),
         obj_write=(OBJECT_MAIL_BODIES,),
         call=(AUTH_CHECK, DIRECTORY_LOOKUP, DIRECTORY_RECIPIENTS),

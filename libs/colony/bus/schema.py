@@ -48,6 +48,7 @@ class Buckets:
     mta_sts: KeyValueConfig
     dkim_keys: KeyValueConfig
     acl_grants: KeyValueConfig
+    login_familiar: KeyValueConfig
 
 
 def bucket_configs(settings: Settings) -> Buckets:
@@ -114,6 +115,14 @@ def bucket_configs(settings: Settings) -> Buckets:
             bucket=names.BUCKET_DKIM_KEYS, history=1, storage=StorageType.FILE, replicas=r,
             description="DKIM signing keys per domain (admin API writes, edges read)",
         ),
+        # Edges write a pair at most once a day per edge; the max age forgets a network that
+        # stopped logging in (colony_edge.familiar).  Off (login_familiar_days 0): a day's
+        # bucket nobody writes.
+        login_familiar=KeyValueConfig(
+            bucket=names.BUCKET_LOGIN_FAMILIAR, history=1, ttl=max(settings.login_familiar_days, 1.0) * DAY,
+            storage=StorageType.FILE, replicas=r,
+            description="client networks that logged in to an account (digests): exempt from its failed-login limit",
+        ),
         # Owners' mail stores write (CAS), grantees' read: a hint, the ACL is in the journal.
         acl_grants=KeyValueConfig(
             bucket=names.BUCKET_ACL_GRANTS, history=1, storage=StorageType.FILE, replicas=r,
@@ -172,9 +181,7 @@ async def ensure_schema(js: JetStreamContext, settings: Settings, deadline: floa
     # A region other than the primary mirrors the primary's key buckets (colony.regions).
     mirrored = mirrored_buckets(settings)
     buckets = bucket_configs(settings)
-    for kv in (buckets.nodes, buckets.leases, buckets.account_owners, buckets.sip_bindings, buckets.directory,
-               buckets.rate_counters, buckets.secret_keys, buckets.outbound_delivered, buckets.mta_sts,
-               buckets.dkim_keys, buckets.acl_grants):
+    for kv in (getattr(buckets, f) for f in Buckets.__dataclass_fields__):  # every one: a list here missed a new one
         if kv.bucket in mirrored:
             config = bucket_mirror(kv.bucket, settings.primary, settings.stream_replicas)
             await _retrying(lambda c=config: _ensure_stream(js, c), config.name, deadline)

@@ -99,6 +99,8 @@ class AuthCheckRequest(_Message):
     password: str = Field(max_length=1024)
     service: str | None = Field(None, max_length=16, description="mail, imap, pop or sip; none: any")
     remote_addr: str | None = Field(None, max_length=64, description="the client's address (throttling)")
+    familiar: bool = Field(False, description="the client's network logged in to this account before "
+                           "(colony_edge.familiar): the account's failed-login lock does not hold it")
 
 
 class AuthCheckReply(_Message):
@@ -182,10 +184,11 @@ class AuthClient:
         self.nc, self.timeout = nc, timeout
 
     async def check(self, user: str, password: str, service: str | None = None,
-                    remote_addr: str | None = None) -> AuthCheckReply:
+                    remote_addr: str | None = None, familiar: bool = False) -> AuthCheckReply:
         if len(user) > 320 or len(password) > 1024:
             return AuthCheckReply.refused(AuthFailure.INVALID)  # no account has such a name or password
-        req = AuthCheckRequest(user=user, password=password, service=service, remote_addr=remote_addr)
+        req = AuthCheckRequest(user=user, password=password, service=service, remote_addr=remote_addr,
+                               familiar=familiar)
         reply = AuthCheckReply.from_bytes(await request(self.nc, names.AUTH_CHECK, req.to_bytes(), self.timeout))
         if not reply.ok and reply.reason == AuthFailure.UNAVAILABLE:
             # shed by an overloaded service: every edge already answers this as a timeout

@@ -283,8 +283,12 @@ class AuthService:
         # IPv6 per /64, as every per-source limit counts (colony.netaddr): per single address a
         # holder of a /64 had a fresh budget for every guess.
         keys = [f"acct:{address}"] + ([f"ip:{counting_unit(request.remote_addr)}"] if request.remote_addr else [])
+        # A client familiar to the account (the edge says so: colony_edge.familiar) is held by
+        # its address's lock only: strangers' failures must not lock the owner out.  Its own
+        # failures still count against the account.
+        holding = keys[1:] if request.familiar and len(keys) > 1 else keys
         now = time.monotonic()
-        wait = max(self.throttle.retry_after(k, now) for k in keys)
+        wait = max((self.throttle.retry_after(k, now) for k in holding), default=0.0)
         if wait:
             return AuthCheckReply.refused(AuthFailure.THROTTLED, retry_after=round(wait, 1))
         found = await self._lookup(address)

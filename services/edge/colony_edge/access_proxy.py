@@ -63,12 +63,13 @@ from colony.cluster.lease import read_lease
 from colony.cluster.membership import NodeState
 from colony.cluster.ownership import place
 from colony.cluster.view import read_nodes
-from colony.contracts.auth import AuthClient, AuthUnavailable
+from colony.contracts.auth import AuthClient, AuthFailure, AuthUnavailable
 from colony.contracts.handoff import MAX_LINE, NOT_OWNER, sign
 from colony.counters import SharedCounters
 from colony.protocols.imap import preauth as imap
 from colony.protocols.pop3 import rules as pop3
 from colony.settings import Role, Settings
+from colony_edge.familiar import FamiliarClients, edge_familiar
 from colony_edge.login_cache import LoginCache, edge_login_cache
 from colony_edge.security.gate import EdgeGate
 from colony_edge.security.networks import counting_unit
@@ -132,10 +133,13 @@ class StoreFinder:
 class LoginThrottle:
     """Failed logins per minute per client address (IPv6: per /64) and per account, summed
     over every edge.  Trusted networks skip the per-address limit only: an account under a
-    password-guessing attack is protected whoever guesses."""
+    password-guessing attack is protected whoever guesses.  The per-account limit holds
+    strangers only: a client familiar to the account (``colony_edge.familiar``) is held by
+    its address's limit alone, so nobody can lock an account's owner out."""
 
-    def __init__(self, settings: Settings, counters: SharedCounters | None, gate: EdgeGate) -> None:
-        self.settings, self.counters, self.gate = settings, counters, gate
+    def __init__(self, settings: Settings, counters: SharedCounters | None, gate: EdgeGate,
+                 familiar: FamiliarClients | None = None) -> None:
+        self.settings, self.counters, self.gate, self.familiar = settings, counters, gate, familiar
 
     async def blocked(self, ip: str, account: str) -> bool:
         if self.counters is None:
@@ -143,8 +147,16 @@ class LoginThrottle:
         if not self.gate.trusted(ip) and \
                 await self.counters.rate("login-fail-ip", counting_unit(ip)) >= self.settings.access_login_failures_per_ip:
             return True
-        return await self.counters.rate("login-fail-account", account.lower()) >= \
-            self.settings.access_login_failures_per_account
+        if await self.counters.rate("login-fail-account", account.lower()) < self.settings.access_login_failures_per_account:
+            return False
+        return not await self.is_familiar(ip, account)
+
+    async def is_familiar(self, ip: str, account: str) -> bool:
+        return self.familiar is not None and await self.familiar.known(account, ip)
+
+    async def succeeded(self, ip: str, account: str) -> None:
+        if self.familiar is not None:
+            await self.familiar.remember(account, ip)
 
     async def failed(self, ip: str, account: str) -> None:
         if self.counters is None:
@@ -204,6 +216,9 @@ class AccessProxy:
             mark = cache.mark() if cache is not None else 0
             try:
                 reply = await self.auth.check(user, password, service=service, remote_addr=ip)
+                if not reply.ok and reply.reason == AuthFailure.THROTTLED and await self.throttle.is_familiar(ip, user):
+                    # the auth service's lock on the account: not for a client it has seen log in
+                    reply = await self.auth.check(user, password, service=service, remote_addr=ip, familiar=True)
             except AuthUnavailable:
                 self.metrics.logins.labels(proto, "unavailable").inc()
                 return Login(False, "Authentication is unavailable; try again later", "SYS/TEMP")
@@ -220,6 +235,7 @@ class AccessProxy:
                 return Login(False, f"{proto.upper()} is not enabled for this account", "AUTH")
             await self.throttle.failed(ip, user)
             return Login(False, "Authentication failed", "AUTH")
+        await self.throttle.succeeded(ip, user)
         account = reply.account or user
         domain = reply.domain or account.rpartition("@")[2]
         if self.move_phase(domain) == "sealing":
@@ -642,7 +658,9 @@ async def open_access(workload, runtime, gate: EdgeGate, counters: SharedCounter
     owners = await runtime.nc.jetstream().key_value(names.BUCKET_ACCOUNT_OWNERS)
     login_cache = edge_login_cache(workload, settings, runtime.metrics)
     proxy = AccessProxy(settings, load_secret(settings.cluster_secret_file), AuthClient(runtime.nc),
-                        StoreFinder(runtime.nc, owners), LoginThrottle(settings, counters, gate), gate, tls,
+                        StoreFinder(runtime.nc, owners),
+                        LoginThrottle(settings, counters, gate, edge_familiar(workload, settings, runtime.nc.jetstream())),
+                        gate, tls,
                         workload.tracker, AccessMetrics(runtime.metrics.registry), hostname,
                         home_region=lambda domain: _home_region(workload.directory, domain),
                         move_phase=lambda domain: _move_phase(workload.directory, domain),

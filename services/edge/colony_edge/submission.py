@@ -43,6 +43,7 @@ from colony.protocols.smtp import Reply, events as E, replies as R
 from colony.settings import Settings
 from colony_edge.acceptance import (MailAcceptor, fold, new_message_id, outbound_body, outbound_recipients,
                                    publish_outbound)
+from colony_edge.familiar import FamiliarClients, edge_familiar
 from colony_edge.login_cache import LoginCache, edge_login_cache
 from colony_edge.recipients import RecipientPolicy
 from colony_edge.smtp_policy import ACCEPT, AcceptedRecipient, BasePolicy, IncomingMessage, SmtpSession, Verdict, refuse
@@ -118,8 +119,9 @@ class SubmissionMetrics:
 class SubmissionPolicy(BasePolicy):
     def __init__(self, directory, auth: AuthClient, counters: SharedCounters, js: JetStreamContext,
                  settings: Settings, metrics: SubmissionMetrics, node_id: str, srs=None,
-                 login_cache: LoginCache | None = None) -> None:
+                 login_cache: LoginCache | None = None, familiar: FamiliarClients | None = None) -> None:
         self.directory, self.auth_client, self.counters, self.js = directory, auth, counters, js
+        self.familiar = familiar   # clients that logged in before: not held by an account's lock
         # The edge's login cache (as IMAP/POP3 use it): a client that submits every few
         # minutes with the same password costs one argon2id check per TTL, not one per session.
         self.login_cache = login_cache
@@ -145,6 +147,11 @@ class SubmissionPolicy(BasePolicy):
             try:
                 reply = await self.auth_client.check(auth.username, auth.password, service="mail",
                                                      remote_addr=session.peer_ip)
+                if not reply.ok and reply.reason == AuthFailure.THROTTLED and self.familiar is not None \
+                        and await self.familiar.known(auth.username, session.peer_ip):
+                    # the account's lock holds strangers only (colony_edge.familiar)
+                    reply = await self.auth_client.check(auth.username, auth.password, service="mail",
+                                                         remote_addr=session.peer_ip, familiar=True)
             except AuthUnavailable:
                 self.metrics.auth.labels(result="unavailable").inc()
                 return refuse(AUTH_UNAVAILABLE)
@@ -158,6 +165,8 @@ class SubmissionPolicy(BasePolicy):
             self.metrics.auth.labels(result="throttled" if reply.reason == "throttled" else "refused").inc()
             return refuse(AUTH_THROTTLED if reply.reason == "throttled" else R.AUTH_FAILED)
         self.metrics.auth.labels(result="ok").inc()
+        if self.familiar is not None:
+            await self.familiar.remember(auth.username, session.peer_ip)
         session.notes["account"] = reply.account
         session.notes["account_domain"] = reply.domain
         session.notes["rate_per_hour"] = reply.sending_rate_per_hour
@@ -310,7 +319,8 @@ async def open_submission(workload, runtime, acceptor: MailAcceptor, metrics, co
     js = runtime.nc.jetstream()
     policy = SubmissionPolicy(workload.directory, AuthClient(runtime.nc), counters, js, settings,
                               SubmissionMetrics(runtime.metrics.registry), runtime.node_id, srs,
-                              login_cache=edge_login_cache(workload, settings, runtime.metrics))
+                              login_cache=edge_login_cache(workload, settings, runtime.metrics),
+                              familiar=edge_familiar(workload, settings, js))
     submit = SubmissionAcceptor(acceptor, js, settings, runtime.node_id)
     addresses = {}
     for name, port, implicit in (("submission", settings.submission_port, False),

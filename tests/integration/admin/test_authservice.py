@@ -62,6 +62,26 @@ async def test_password_guessing_is_throttled(stack):
     assert right["reason"] == "throttled" and right["retry_after"] > 0
 
 
+async def test_a_client_familiar_to_the_account_is_not_held_by_its_lock(stack):
+    """Strangers' failures lock the account for strangers only: a client the edge says logged
+    in to it before (``familiar``) is held by its own address's lock alone."""
+    d = await _provision(stack)
+    stack.ctx.auth_service.throttle.max_failures = 3
+    for i in range(3):
+        await ask(stack, names.AUTH_CHECK, user=f"alice@{d}", password=f"guess{i}", remote_addr=f"203.0.113.{20 + i}")
+    stranger = await ask(stack, names.AUTH_CHECK, user=f"alice@{d}", password="wonderland", remote_addr="198.51.100.5")
+    assert stranger["reason"] == "throttled"
+    owner = await ask(stack, names.AUTH_CHECK, user=f"alice@{d}", password="wonderland", remote_addr="198.51.100.6",
+                      familiar=True)
+    assert owner["ok"] and owner["account"] == f"alice@{d}"
+    # ... but not past a lock of its own address
+    for i in range(3):
+        await ask(stack, names.AUTH_CHECK, user=f"other{i}@{d}", password="x", remote_addr="198.51.100.7")
+    locked = await ask(stack, names.AUTH_CHECK, user=f"alice@{d}", password="wonderland", remote_addr="198.51.100.7",
+                       familiar=True)
+    assert locked["reason"] == "throttled"
+
+
 async def test_an_unknown_account_costs_the_same_hash_as_a_wrong_password(stack, monkeypatch):
     """Same answer and same work: a name that does not exist is verified against a decoy hash
     made as an account's is, so the time does not tell real accounts apart.  Counted, not timed."""

@@ -61,19 +61,24 @@ class Submission:
         ctx.check_hostname = False
         return ctx
 
-    def client(self, edge: int = 0) -> smtplib.SMTP:
-        client = smtplib.SMTP("127.0.0.1", self.port(edge), local_hostname="client.test", timeout=60)
+    def client(self, edge: int = 0, source: str | None = None) -> smtplib.SMTP:
+        client = smtplib.SMTP("127.0.0.1", self.port(edge), local_hostname="client.test", timeout=60,
+                              source_address=(source, 0) if source else None)
         client.starttls(context=self.context())
         client.ehlo()
         return client
 
 
-async def serve_auth(cluster: ClusterHarness, rate_per_hour: int | None):
+async def serve_auth(cluster: ClusterHarness, rate_per_hour: int | None, locked: set[str] = frozenset()):
+    """The auth service; accounts in ``locked`` as under its failed-login lock: throttled,
+    unless the edge says the client is familiar to the account."""
     nc = await cluster.client()
 
     async def check(msg):
         req = AuthCheckRequest.from_bytes(msg.data)
-        if req.password == PASSWORD and req.user.endswith("@example.com"):
+        if req.user in locked and not req.familiar:
+            reply = AuthCheckReply.refused("throttled", retry_after=60)
+        elif req.password == PASSWORD and req.user.endswith("@example.com"):
             reply = AuthCheckReply.granted(req.user, "example.com", {"sending_rate_per_hour": rate_per_hour})
         else:
             reply = AuthCheckReply.refused("invalid credentials")
@@ -83,10 +88,10 @@ async def serve_auth(cluster: ClusterHarness, rate_per_hour: int | None):
 
 
 async def start_edges(cluster, tmp_path, dns_server, sink, count: int = 1, rate_per_hour: int | None = None,
-                      **env: str):
+                      locked: set[str] = frozenset(), **env: str):
     await cluster.ensure_schema()
     await provision(cluster)
-    await serve_auth(cluster, rate_per_hour)
+    await serve_auth(cluster, rate_per_hour, locked)
     files = ensure_local_ca(tmp_path / "tls", ["mx.test"])
     dns_server.add("remote.test. 60 IN MX 10 mx.remote.test.", "mx.remote.test. 60 IN A 127.0.0.1")
     key = generate_key("example.com", "sel1", 1024)
@@ -165,6 +170,35 @@ async def test_smtplib_submits_over_starttls_local_to_mail_remote_signed_to_the_
         return b"".join(b"".join(r.strings) for r in resolver.resolve(name.decode().rstrip("."), "TXT"))
 
     assert content.startswith(b"DKIM-Signature:") and dkim.verify(content, dnsfunc=lookup)
+
+
+async def test_an_account_locked_by_strangers_still_takes_its_owners_usual_client_on_every_edge(
+        cluster, tmp_path, dns_server, sink):
+    """The auth service's failed-login lock on an account holds strangers only: a client
+    network that logged in to the account on one edge (remembered in the login_familiar
+    bucket, through the edge's own bus credentials) is let in on the other edge while the
+    account is locked, another network is not.  No login cache, so every AUTH asks."""
+    locked: set[str] = set()
+    sub = await start_edges(cluster, tmp_path, dns_server, sink, count=2, locked=locked,
+                            COLONY_ACCESS_AUTH_CACHE_SIZE="0")
+
+    def login(edge: int, source: str) -> tuple[int, bytes]:
+        with sub.client(edge, source) as c:
+            try:
+                return c.login("erin@example.com", PASSWORD)
+            except smtplib.SMTPAuthenticationError as exc:
+                return exc.smtp_code, exc.smtp_error
+
+    assert (await asyncio.to_thread(login, 0, "127.0.0.5"))[0] == 235   # the owner's usual client
+    locked.add("erin@example.com")                                       # strangers' guesses lock it
+    owner = await asyncio.to_thread(login, 1, "127.0.0.5")
+    stranger = await asyncio.to_thread(login, 1, "127.0.0.6")
+    assert owner[0] == 235, owner
+    assert stranger[0] == 454, stranger                               # throttled: try later
+    kv = await (await cluster.client()).jetstream().key_value(names.BUCKET_LOGIN_FAMILIAR)
+    from colony_edge.familiar import familiar_key
+    # the pairs, as digests: the start's probe (127.0.0.1) and the owner's; never the stranger's
+    assert set(await kv.keys()) == {familiar_key("erin@example.com", ip) for ip in ("127.0.0.1", "127.0.0.5")}
 
 
 async def test_auth_before_tls_and_spoofing_are_refused(cluster, tmp_path, dns_server, sink):

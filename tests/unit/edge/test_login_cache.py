@@ -176,7 +176,7 @@ class FakeAuth:
 
 class CountingThrottle(LoginThrottle):
     def __init__(self, limit: int) -> None:
-        self.limit, self.failures = limit, 0
+        self.limit, self.failures, self.familiar = limit, 0, None
 
     async def blocked(self, ip, account):
         return self.failures >= self.limit
