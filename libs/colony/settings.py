@@ -27,6 +27,15 @@ class Role(StrEnum):
     PROJECTOR = "projector"  # the admin API's projections (colony_admin.projector)
 
 
+# Where a SIP farm member never sends what a phone's message named (its Contact, an in-dialog
+# target): this host, "this network", link-local (cloud metadata at 169.254.169.254 among
+# them), multicast and the reserved/broadcast block.  Private networks are not in it: phones
+# on a LAN register their private addresses.  `colony up` on loopback serves phones on this
+# host, so it drops the loopback networks from it (supervisor.py).
+SIP_CONTACT_DENY_DEFAULT = "127.0.0.0/8, ::1/128, 0.0.0.0/8, ::/128, 169.254.0.0/16, fe80::/10, 224.0.0.0/4, ff00::/8, 240.0.0.0/4"
+SIP_CONTACT_DENY_LOOPBACK_SERVED = "0.0.0.0/8, ::/128, 169.254.0.0/16, fe80::/10, 224.0.0.0/4, ff00::/8, 240.0.0.0/4"
+
+
 class ConfigError(Exception):
     """A configuration value is wrong; the message names the key and the fix."""
 
@@ -194,6 +203,8 @@ class Settings(BaseSettings):
     edge_allow_networks: str = Field("127.0.0.0/8, ::1/128", description="Trusted client networks: exempt from block lists and flow-control limits (this host's own tools by default; add your relays and monitoring; empty: trust no one).")
     dnsbl_zones: str = Field("", description="DNS block lists with weights, zone[:weight] comma separated, e.g. zen.example:3, bl.example:1. Empty: no block lists.")
     dnsbl_threshold: float = Field(1.0, gt=0, description="A client whose summed block-list weights reach this is refused (554 5.7.1).")
+    proxy_protocol_from: str = Field("", description="Balancers allowed to send the PROXY protocol header (HAProxy's send-proxy / send-proxy-v2, nginx stream's proxy_protocol on), comma separated CIDRs. A connection to the edge's SMTP, submission, IMAP(S) and POP3(S) listeners or the SIP farm's TCP, TLS, WS and WSS listeners from one of these networks must begin with a v1 or v2 header within proxy_protocol_timeout (before TLS on the implicit-TLS ports), and the client address it carries is the connection's address for every per-address rule (allow/deny lists, DNSBL, rate and connection limits, SPF, Received:, SIP Via received=); without a valid header it is closed. Connections from elsewhere are served as without a balancer: a header they send is protocol garbage. Empty: off. List only the balancers' own addresses: any host listed can claim any client address.")
+    proxy_protocol_timeout: float = Field(5.0, gt=0, le=60, description="Seconds a connection from proxy_protocol_from has to deliver its whole PROXY header; then it is closed.")
     edge_max_sessions_per_ip: int = Field(20, ge=1, description="Concurrent SMTP/IMAP/POP sessions one client address (IPv6: one /64) may hold across all edges.")
     edge_connections_per_minute_per_ip: int = Field(120, ge=1, description="New connections per minute one client address may open across all edges.")
     edge_messages_per_minute_per_ip: int = Field(300, ge=1, description="Messages per minute one client address may send across all edges.")
@@ -228,6 +239,7 @@ class Settings(BaseSettings):
     sip_auth_failures_per_minute_per_ip: int = Field(30, ge=1, description="Failed digest authentications per minute one source address (IPv6: one /64) may have across all farm members before its requests get 403 for the rest of the window.")
     sip_credentials_cache_seconds: float = Field(3600.0, ge=0, le=86400, description="Seconds a farm member remembers an account's SIP digest credentials (HA1) from colony.auth.sip, in memory only (like access_auth_cache_ttl for logins): a phone's refresh then needs no round trip. A new password, a disabled or deleted account or a changed domain, class of service or alias drops it at once (the member watches the directory bucket; nothing is remembered while that watch is not running); this bounds what a stalled watch could hide. 0: ask every time.")
     sip_bindings_cache_seconds: float = Field(30.0, ge=0, description="Seconds a farm member answers from an account's registered contacts it read, wrote or saw change (its watch of sip_bindings keeps them current) before reading them again: a refresh or a call then needs no bus read. Bounds what a stalled watch could hide. 0: read every time.")
+    sip_contact_deny_networks: str = Field(SIP_CONTACT_DENY_DEFAULT, description="Networks a SIP farm member never sends a request to when the address came from a phone's message, comma separated CIDRs: a REGISTER whose contact would be reached there -- the Contact's address, or for a phone behind NAT (rport, or packets from elsewhere than its Via) or on a connection the address its packets come from -- is refused 403 with a Warning, and a binding, in-dialog target (Route or Request-URI) or host name that leads there is not sent to. Otherwise any subscriber could register 127.0.0.1:5432 or an inner address and have the farm carry INVITEs into the provider's own network. The default: loopback, 0.0.0.0/8 and ::, link-local (169.254.169.254, the cloud metadata service), multicast, 240.0.0.0/4; add the networks of the farm's inner relay, the bus and other back-end hosts. `colony up` on a loopback host leaves loopback out (its phones are on this host). Empty: send anywhere.")
     sip_allow_networks: str = Field("127.0.0.0/8, ::1/128", description="Sources exempt from the SIP rate limits, comma separated CIDRs: this host's own tools by default (as edge_allow_networks); add trunks and load testers. Empty: none.")
 
     # --- recipient resolution (colony.contracts.recipients) ----------------------------
@@ -262,7 +274,7 @@ class Settings(BaseSettings):
             raise ValueError(f"{value!r}: name MD5 and/or SHA-256, comma separated, most preferred first")
         return value
 
-    @field_validator("edge_deny_networks", "edge_allow_networks", "sip_allow_networks")
+    @field_validator("edge_deny_networks", "edge_allow_networks", "sip_allow_networks", "proxy_protocol_from")
     @classmethod
     def _check_networks(cls, value: str) -> str:
         import ipaddress
@@ -272,6 +284,19 @@ class Settings(BaseSettings):
                 ipaddress.ip_network(item, strict=False)
             except ValueError:
                 raise ValueError(f"{item!r} is not an IPv4/IPv6 address or CIDR network; write e.g. 192.0.2.0/24, 2001:db8::/32") from None
+        return value
+
+    @field_validator("sip_contact_deny_networks")
+    @classmethod
+    def _check_deny_networks(cls, value: str) -> str:
+        import ipaddress
+
+        for item in filter(None, (part.strip() for part in value.split(","))):
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IPv4/IPv6 address or CIDR network; write e.g. 10.0.0.0/8, fd00::/8 "
+                                 f"(or leave the key empty to send anywhere)") from None
         return value
 
     @field_validator("dnsbl_zones")

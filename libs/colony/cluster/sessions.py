@@ -32,7 +32,10 @@ the handler::
 
 ``listen`` refuses connections (``refuse`` then close) while the instance is not accepting,
 logs a handler that raises with its protocol and peer (and counts it), and always closes
-the transport.  ``stop`` closes the listeners and hands over what is left.
+the transport.  ``stop`` closes the listeners and hands over what is left.  A service whose
+listeners face clients through a balancer sets ``balancers`` (``proxy_protocol_from``):
+``listen`` then takes the balancer's PROXY header first (``colony.proxy_listener``) and the
+handler's peer address is the client's.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily
 
+from colony.proxy_listener import Balancers, start_server
 from colony.tasks import describe
 
 if TYPE_CHECKING:
@@ -142,13 +146,17 @@ class ConnectionWorkload:
 
     role: str = ""
     hand_over_timeout = 10.0  # seconds each session gets to say goodbye
+    # Networks whose connections begin with a PROXY header (none: no header is read), and
+    # the seconds they have to send it.
+    balancers: Balancers | None = None
+    proxy_header_timeout = 5.0
 
     def __init__(self, role: str | None = None) -> None:
         if role:
             self.role = role
         self.tracker = SessionTracker()
         self.runtime: NodeRuntime | None = None
-        self._servers: list[asyncio.base_events.Server] = []
+        self._servers: list = []     # asyncio.Server or colony.proxy_listener.ProxiedServer
         self._handler_failures: Counter | None = None
 
     # --- to override ----------------------------------------------------------------------
@@ -226,7 +234,8 @@ class ConnectionWorkload:
                 with suppress(Exception):
                     await asyncio.wait_for(writer.wait_closed(), 5)
 
-        server = await asyncio.start_server(connected, host, port, ssl=ssl, limit=limit)
+        server = await start_server(connected, host, port, ssl=ssl, limit=limit, balancers=self.balancers,
+                                    header_timeout=self.proxy_header_timeout, name=protocol)
         self._servers.append(server)
         bound = server.sockets[0].getsockname()[1]
         if advertised_host is None:

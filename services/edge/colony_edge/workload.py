@@ -15,6 +15,7 @@ from colony.contracts.recipients import Limits
 from colony.counters import SharedCounters
 from colony.dns import make_resolver
 from colony.protocols.smtp import replies as R
+from colony.proxy_listener import Balancers
 from colony.settings import Settings
 from colony.tlsfiles import configured, server_context
 from colony_edge.access_proxy import open_access
@@ -44,6 +45,9 @@ class EdgeWorkload(ConnectionWorkload):
         self.smtp: SmtpServer | None = None
         self.counters: SharedCounters | None = None
         self.outbound: QueueRunner | None = None   # the outbound queue (colony_edge.outbound)
+        # Every client-facing listener (SMTP, submission, IMAP, POP3) takes the balancers' header.
+        self.balancers = Balancers.parse(settings.proxy_protocol_from)
+        self.proxy_header_timeout = settings.proxy_protocol_timeout
 
     async def open_listeners(self, runtime) -> dict[str, str]:
         settings = self.settings

@@ -60,6 +60,7 @@ import os
 import socket
 import time
 from collections import deque
+from collections.abc import Callable
 from contextlib import suppress
 
 from nats.js.api import DeliverPolicy
@@ -88,6 +89,7 @@ from colony.protocols.sip.message import SipRequest, SipResponse, make_response
 from colony.protocols.sip.parser import SipParseError, StreamFramer, parse_message
 from colony.protocols.sip.transaction import Destination, Timers
 from colony.protocols.sip.websocket import SipWebSocket
+from colony.proxy_listener import Balancers, start_server
 from colony.settings import Settings
 from colony.telemetry import extract_context, inject_headers
 from colony.tlsfiles import configured, server_context
@@ -193,10 +195,15 @@ class _UdpSocket:
     names a slow domain would stall every call and registration of the member.  Answers are
     remembered for ``NAME_TTL`` seconds (at most ``NAMES_KEPT`` names); at most
     ``MAX_LOOKUPS`` run at once (past that the datagram is lost, as on the wire), each for at
-    most ``LOOKUP_TIMEOUT`` seconds; a name that does not resolve loses its datagram, logged."""
+    most ``LOOKUP_TIMEOUT`` seconds; a name that does not resolve loses its datagram, logged.
+    Every such name came from a phone's message (the farm's answers go to the address a
+    request came from), so what it resolves to is asked of ``refused`` (``sip_contact_deny_
+    networks``) at each lookup: a name for 127.0.0.1, or one that rebinds there after its
+    REGISTER was taken, loses its datagram."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, received) -> None:
-        self.loop, self.sock, self._received = loop, sock, received
+    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, received,
+                 refused: Callable[[str], bool] = lambda address: False) -> None:
+        self.loop, self.sock, self._received, self._refused = loop, sock, received, refused
         self._fd = sock.fileno()
         self._queue: deque[tuple[bytes, tuple]] = deque()
         self._queued = 0
@@ -263,6 +270,9 @@ class _UdpSocket:
         if not infos:
             return
         address = infos[0][4][0]
+        if self._refused(address):
+            log.info("SIP datagram to %s lost: it resolves to %s, in sip_contact_deny_networks", host[:100], address)
+            return
         if len(self._names) >= NAMES_KEPT:
             self._names.clear()
         self._names[host] = (address, self.loop.time() + NAME_TTL)
@@ -382,8 +392,13 @@ class SipWorkload:
         self.accepting = True
         self.farm: SipFarm | None = None
         self.udp: _UdpSocket | None = None
-        self.server: asyncio.Server | None = None
-        self.stream_servers: list[asyncio.Server] = []     # TLS, WS, WSS
+        self.server = None                 # asyncio.Server, or colony.proxy_listener's behind a balancer
+        self.stream_servers: list = []     # TLS, WS, WSS
+        # Connections from proxy_protocol_from begin with the balancer's PROXY header, and
+        # the peer address every handler reads is then the phone's (colony.proxy_listener).
+        # TLS stays after the header and after _admit, as without a balancer.
+        self._proxied = {"balancers": Balancers.parse(settings.proxy_protocol_from),
+                         "header_timeout": settings.proxy_protocol_timeout}
         self.connections: dict[tuple[str, int], _Flow] = {}
         # Connections open per source (colony.netaddr.counting_unit), phones' and those still in their
         # handshake alike: one address could otherwise take all MAX_CONNECTIONS.
@@ -428,7 +443,7 @@ class SipWorkload:
         await self.counters.start(runtime.task_owner)
         loop = asyncio.get_running_loop()
         for attempt in range(20):
-            self.udp = _UdpSocket(loop, await _bind_udp(s.host, s.sip_port), self.received)
+            self.udp = _UdpSocket(loop, await _bind_udp(s.host, s.sip_port), self.received, self._denied_address)
             # A burst that arrives while the loop is busy waits in the kernel: the default
             # buffer (~200 KiB) overflowed under 200 calls at once and lost answers (each a
             # retransmission or a Timer B 408 later).  The kernel caps this at rmem_max.
@@ -437,8 +452,8 @@ class SipWorkload:
             port = self.udp.get_extra_info("sockname")[1]
             # TCP on the same port number as UDP (phones expect both on one port).
             try:
-                self.server = await asyncio.start_server(lambda r, w: self._admitted(r, w, "TCP", self._connection),
-                                                         s.host, port, reuse_address=True)
+                self.server = await start_server(lambda r, w: self._admitted(r, w, "TCP", self._connection),
+                                                 s.host, port, reuse_address=True, name="sip", **self._proxied)
                 break
             except OSError:
                 self.udp.close()
@@ -507,8 +522,9 @@ class SipWorkload:
             # TLS is begun by _admitted, after the source is counted: a listener's own
             # handshake came first, uncounted -- 3,000 silent connections to the TLS port
             # from one address held 1,500 descriptors and 120 MB for the handshake timeout.
-            server = await asyncio.start_server(
-                lambda r, w, t=transport, h=handler, c=ssl: self._admitted(r, w, t, h, c), s.host, port, reuse_address=True)
+            server = await start_server(
+                lambda r, w, t=transport, h=handler, c=ssl: self._admitted(r, w, t, h, c), s.host, port,
+                reuse_address=True, name=name, **self._proxied)
             self.stream_servers.append(server)
             bound = server.sockets[0].getsockname()[1]
             # host:port like every address in a node record; the key names the protocol.
@@ -1108,13 +1124,32 @@ class SipWorkload:
                 self._flow_failed(data, destination)
                 return
             try:
-                reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 5.0)
-            except (OSError, TimeoutError):
+                address = host
+                if not _is_address(host):
+                    # A name from a phone's message (a Route, a Contact): what it resolves to
+                    # is judged now, as the UDP socket's lookups are (the farm judged literals).
+                    async with asyncio.timeout(LOOKUP_TIMEOUT):
+                        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+                    address = infos[0][4][0]
+                    if self._denied_address(address):
+                        log.info("no TCP connection to %s:%s: it resolves to %s, in sip_contact_deny_networks",
+                                 host[:100], port, address)
+                        return
+                reader, writer = await asyncio.wait_for(asyncio.open_connection(address, port), 5.0)
+            except (OSError, TimeoutError, ValueError, IndexError):
                 log.info("no TCP connection to %s:%s for a SIP message", host, port)
                 return
             flow = self.connections[(host, port)] = _Flow("TCP", writer)
             self._track_outbound(self._read_outbound(reader, writer, (host, port)))
         flow.send(data)
+
+    def _denied_address(self, address: str) -> bool:
+        """``address`` (a host name's, just looked up) is in sip_contact_deny_networks: what
+        was to go there is dropped, counted as the farm's own refusals are."""
+        if self.farm is None or address not in self.farm.denied:
+            return False
+        self.farm.metrics.dropped.labels(reason="denied destination").inc()
+        return True
 
     def _flow_failed(self, data: bytes, destination: Destination) -> None:
         """A request we forwarded cannot go out: its flow is gone.  The branch fails at once
