@@ -20,7 +20,7 @@ from nats.errors import TimeoutError as NatsTimeout
 
 from colony.bus.connection import connect
 from colony.cluster.view import NodeView, cluster_view
-from colony.settings import Settings
+from colony.settings import SIP_CONTACT_DENY_LOOPBACK_SERVED, Settings
 from colony.supervisor import ROLE_MODULES, die_with_parent
 
 T = TypeVar("T")
@@ -37,6 +37,13 @@ FAST_TIMINGS = {
     "COLONY_CONTROLLER_RANK_DELAY": "5",
     "COLONY_DRAIN_TIMEOUT": "20",
 }
+
+
+# The tests' phones are on loopback, which the production sip_contact_deny_networks refuses
+# (a Contact of 127.0.0.1 would have the farm send into its own host): relaxed here, as
+# `colony up` on loopback does, the rest of the default kept.  A test of the refusal sets
+# its own (tests/integration/sipfarm/test_contact_networks.py).
+TEST_NETWORKS = {"COLONY_SIP_CONTACT_DENY_NETWORKS": SIP_CONTACT_DENY_LOOPBACK_SERVED}
 
 
 def _listener_ports() -> dict[str, str]:
@@ -129,6 +136,7 @@ class ClusterHarness:
         when an earlier process of the same id may have left a record behind."""
         full_env = dict(os.environ)
         full_env.update(FAST_TIMINGS)
+        full_env.update(TEST_NETWORKS)
         full_env.update({
             "COLONY_NATS_URL": self.nats_url,
             "COLONY_NODE_ID": node_id,

@@ -24,6 +24,7 @@ from colony.bus import names
 from colony.bus.permissions import Identity, authorization_config, generate_identities
 from colony.natsd import EmbeddedNats, NatsServerError
 from colony.ports import PortPlan, ephemeral_overlap, port_is_free
+from colony.settings import SIP_CONTACT_DENY_LOOPBACK_SERVED
 
 # The order instances start in; they stop in the reverse order.
 ROLE_MODULES = {
@@ -91,6 +92,15 @@ class Instance:
     @property
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 @dataclass
@@ -213,6 +223,10 @@ class Cluster:
                     env["COLONY_SIP_WS_PORT"] = str(self.plan.sip_ws(sip_index))
                     env["COLONY_SIP_WSS_PORT"] = str(self.plan.sip_wss(sip_index))
                     env["COLONY_SIP_INNER_PORT"] = str(self.plan.sip_inner(sip_index))
+                    if _is_loopback(self.host) and "COLONY_SIP_CONTACT_DENY_NETWORKS" not in os.environ:
+                        # Served on loopback, every phone is on this host and registers a
+                        # loopback contact; the rest of the production default holds.
+                        env["COLONY_SIP_CONTACT_DENY_NETWORKS"] = SIP_CONTACT_DENY_LOOPBACK_SERVED
                     sip_index += 1
                 if role == "mailstore":
                     env["COLONY_IMAP_INNER_PORT"] = str(self.plan.imap_inner(store_index))

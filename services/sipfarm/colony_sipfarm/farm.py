@@ -53,6 +53,7 @@ from colony.bus import names
 from colony.contracts.auth import AuthClient, AuthUnavailable
 from colony.counters import SharedCounters
 from colony.netaddr import counting_unit
+from colony.netaddr import parse_address as parse_ip
 from colony.protocols.sip.digest import DigestAuthenticator, parse_credentials
 from colony.protocols.sip.message import (Headers, SipRequest, SipResponse, Via, encode_response, parse_via)
 from colony.protocols.sip.parser import SipParseError, parse_message
@@ -150,12 +151,68 @@ class FarmMetrics:
         return child
 
 
+DENIED_TEXT = "the address requests for this contact would go to is in a network this farm does not send to"
+
+
+def _warning(agent: str, text: str) -> str:
+    """A Warning value (RFC 3261 §20.43): 399 miscellaneous, this member as the agent."""
+    return f'399 {agent} "{text}"'
+
+
+def _reached_at(contact: str, transport: str, source_host: str, nat: bool) -> str:
+    """The host requests for a contact registered from ``source_host`` go to: the source for
+    a connection or a phone behind NAT (``_binding_destination``), else the Contact's
+    ``maddr`` or host.  "" for a contact that is no SIP URI (never sent to)."""
+    if transport != "UDP" or nat:
+        return source_host
+    try:
+        uri = parse_uri(contact)
+    except URIError:
+        return ""
+    if not isinstance(uri, SipURI):
+        return ""
+    return uri.params.get("maddr") or uri.host
+
+
 def _hash(*parts: str) -> str:
     return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:24]
 
 
 def _networks(text: str) -> list:
     return [ipaddress.ip_network(n.strip(), strict=False) for n in text.split(",") if n.strip()]
+
+
+class DeniedNetworks:
+    """``sip_contact_deny_networks``: where the farm sends nothing a phone's message named.
+
+    A phone chooses its Contact, and a caller the targets of its in-dialog requests (Route,
+    Request-URI): without this a subscriber could register ``127.0.0.1:5432``, an inner
+    address or the cloud metadata service and have the farm carry INVITEs there -- the farm
+    as a reflector into the provider's own network.  What is asked is the address the farm
+    would *send to*: for a phone behind NAT or on a connection that is where its packets come
+    from, not its (private) Contact.  An IPv4-mapped IPv6 address is the IPv4 address it
+    carries.  A host name is not in it: the shell asks again with the address the name
+    resolves to, at each lookup (``workload._UdpSocket``), so a name cannot rebind past it."""
+
+    def __init__(self, text: str) -> None:
+        self.networks = _networks(text)
+        self._verdicts: dict[str, bool] = {}
+
+    def __contains__(self, host: str) -> bool:
+        if not self.networks:
+            return False
+        verdict = self._verdicts.get(host)
+        if verdict is None:
+            try:
+                address = parse_ip(host)
+            except ValueError:
+                verdict = False         # a name
+            else:
+                verdict = any(address in net for net in self.networks)
+            if len(self._verdicts) >= TRUSTED_KEPT:
+                self._verdicts.clear()
+            self._verdicts[host] = verdict
+        return verdict
 
 
 class SipFarm:
@@ -181,6 +238,7 @@ class SipFarm:
         self.algorithms = tuple(a.strip().upper() for a in settings.sip_digest_algorithms.split(",") if a.strip()) or ("MD5",)
         self.scanners = [s.strip().lower() for s in settings.sip_refused_user_agents.split(",") if s.strip()]
         self.allowed = _networks(settings.sip_allow_networks)
+        self.denied = DeniedNetworks(settings.sip_contact_deny_networks)
         self._trusted_hosts: dict[str, bool] = {}
         self._answers: OrderedDict[tuple, tuple[float, list[Outbound]]] = OrderedDict()
         self._forks: OrderedDict[str, _Fork] = OrderedDict()
@@ -496,6 +554,11 @@ class SipFarm:
         # Behind NAT (RFC 3581 asked for, or the packet came from elsewhere than the Via
         # says): requests to the phone go where its packets came from, not to its Contact.
         nat = "rport" in via.params or "received" in via.params or (via.port or 5060) != port
+        for uri, _, expires in changes:
+            if expires and _reached_at(uri, transport, host, nat) in self.denied:
+                # As Asterisk's contact_deny ACL answers (403), with the reason in a Warning
+                # (RFC 3261 §20.43) -- but judged by the address requests would go to.
+                return self._local(request, source, 403, extra=[("Warning", _warning(self._hostport(), DENIED_TEXT))])
 
         unwritten = False
 
@@ -630,15 +693,24 @@ class SipFarm:
         return [Outbound(request.encode(), destination, member)]
 
     def _binding_destination(self, binding: Binding) -> tuple[Destination, str | None]:
+        """Where requests for ``binding`` go; URIError for none (not a SIP contact, or an
+        address in ``sip_contact_deny_networks``: a binding made before the network was
+        added to it)."""
         host, _, port = binding.source.rpartition(":")
         if binding.transport != "UDP":
-            return (binding.transport, host, int(port)), (names.node_key(binding.member) if binding.member != self._flow() else None)
-        if binding.nat:
-            return ("UDP", host, int(port)), None
-        contact = parse_uri(binding.contact)
-        if not isinstance(contact, SipURI):
-            raise URIError("not a SIP contact")
-        return ("UDP", contact.params.get("maddr") or contact.host, contact.port or 5060), None
+            destination: Destination = (binding.transport, host, int(port))
+            member = names.node_key(binding.member) if binding.member != self._flow() else None
+        elif binding.nat:
+            destination, member = ("UDP", host, int(port)), None
+        else:
+            contact = parse_uri(binding.contact)
+            if not isinstance(contact, SipURI):
+                raise URIError("not a SIP contact")
+            destination, member = ("UDP", contact.params.get("maddr") or contact.host, contact.port or 5060), None
+        if destination[1] in self.denied:
+            self.metrics.dropped.labels(reason="denied destination").inc()
+            raise URIError("a contact in sip_contact_deny_networks")
+        return destination, member
 
     async def _new_request(self, request: SipRequest, source: Destination) -> list[Outbound]:
         uri = request.uri
@@ -748,6 +820,14 @@ class SipFarm:
                 destination = flow
                 member = holder if holder != names.node_key(self._flow()) else None
                 break
+        else:
+            # The target is what a phone wrote (the other party's Contact, or a Route or
+            # Request-URI a caller chose): no farm Record-Route of a real dialog is needed to
+            # write one, so any stranger could otherwise aim the farm anywhere with it.
+            if destination[1] in self.denied:
+                self.metrics.dropped.labels(reason="denied destination").inc()
+                return self._local(request, source, 403, extra=[("Warning", _warning(self._hostport(), DENIED_TEXT))],
+                                   remember=False)
         return self._forward(request, source, destination, member, record_route=False)
 
     def _route_flows(self, route: str) -> list[tuple[Destination, str]]:

@@ -245,3 +245,37 @@ async def test_a_destination_no_datagram_can_have_is_logged_not_raised(caplog):
         assert not task_errors and caplog.text.count("could not send") == 2 and "does not resolve" in caplog.text
     finally:
         udp.close()
+
+
+async def test_a_name_that_resolves_into_a_denied_network_loses_its_datagram_at_every_lookup(monkeypatch, caplog):
+    # A phone's Contact or a Route may name a host whose address the farm must not send to
+    # (sip_contact_deny_networks); the farm judges literals, the socket what a name resolves to.
+    from colony.settings import SIP_CONTACT_DENY_DEFAULT
+    from colony_sipfarm.farm import DeniedNetworks
+
+    caplog.set_level(logging.INFO, logger="colony.sipfarm")
+    loop = asyncio.get_running_loop()
+    answers = {"inner.test": "127.0.0.1", "phone.test": "192.0.2.50"}
+
+    async def getaddrinfo(host, port, family=0, type=0):
+        return [(socket.AF_INET, socket.SOCK_DGRAM, 0, "", (answers[host], port))]
+    denied = DeniedNetworks(SIP_CONTACT_DENY_DEFAULT)
+    udp = _UdpSocket(loop, await _bind_udp("127.0.0.1", 0), lambda data, source: None, lambda a: a in denied)
+    monkeypatch.setattr(loop, "getaddrinfo", getaddrinfo)
+    sent = []
+
+    class Watched:
+        family = udp.sock.family
+
+        def sendto(self, data, addr):
+            sent.append(addr[0])
+    real, udp.sock = udp.sock, Watched()
+    try:
+        udp.sendto(b"x", ("inner.test", 5432))
+        await _wait_for(lambda: "in sip_contact_deny_networks" in caplog.text)
+        assert sent == [] and "inner.test" not in udp._names       # not remembered: asked again each time
+        udp.sendto(b"y", ("phone.test", 5060))
+        await _wait_for(lambda: sent == ["192.0.2.50"])
+    finally:
+        udp.sock = real
+        udp.close()
