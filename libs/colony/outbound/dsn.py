@@ -51,7 +51,8 @@ def build_dsn(job: OutboundMail, failures: list[Failure], original: bytes, repor
         human = [f"This is the mail system at {reporting_mta}.", "",
                  "Your message could not be delivered to the recipients below.", ""]
     for f in failures:
-        human.append(f"<{f.recipient.address}>: {f.diagnostic}")
+        # One line: the diagnostic quotes a remote server's multi-line reply.
+        human.append(f"<{f.recipient.address}>: {' '.join(f.diagnostic.split())}")
     status = [f"Reporting-MTA: dns; {reporting_mta}"]
     if job.envid:
         status.append(f"Original-Envelope-Id: {job.envid}")
@@ -84,4 +85,9 @@ def build_dsn(job: OutboundMail, failures: list[Failure], original: bytes, repor
 
 
 def _one_line(text: str) -> str:
-    return " ".join(text.replace("\r", " ").replace("\n", " ").split())[:900]
+    """A field of message/delivery-status: one line of printable US-ASCII (RFC 3464 §2.1.2:
+    the report is 7-bit text).  The diagnostic quotes whatever the remote server said --
+    several lines, any octets -- so every other character becomes "?"."""
+    text = " ".join(text.split())[:900]
+    return text if text.isascii() and text.isprintable() else "".join(
+        c if " " <= c <= "~" else "?" for c in text)

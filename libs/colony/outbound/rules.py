@@ -29,6 +29,7 @@ Time is an argument (``now``): tests shorten the ages through settings and pass 
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -114,10 +115,17 @@ def retry_delay(attempt: int, settings: Settings) -> float:
     return min(settings.outbound_retry_max, settings.outbound_retry_initial * 2 ** max(0, attempt - 1))
 
 
+_STATUS = re.compile(r"([245])\.\d{1,3}\.\d{1,3}")
+
+
 def status_of(result: RecipientResult) -> str:
-    """The RFC 3463 status in a reply text, else one from the code's class."""
+    """The RFC 3463 status in a reply text, else one from the code's class.  The text's is
+    taken only when well-formed (RFC 3463 §2: 1-3 digits per part) and of the reply's own
+    class (RFC 2034 §4: a "550 2.0.0" says nothing usable); a remote server writes it, and
+    it becomes the DSN's Status field."""
     words = result.text.split(" ", 1)
-    if words and words[0].count(".") == 2 and words[0][:1] in "245" and words[0].replace(".", "").isdigit():
+    found = _STATUS.fullmatch(words[0]) if words else None
+    if found and str(result.code)[:1] == found.group(1):
         return words[0]
     if result.code == 0:
         return "4.4.1"    # no answer from host

@@ -10,6 +10,7 @@ as RFC 7435 allows, and 8-bit or UTF-8 mail never sent raw to a server that did 
 from __future__ import annotations
 
 import asyncio
+import email
 import time
 
 import pytest
@@ -209,6 +210,29 @@ async def test_a_session_that_answered_twice_is_not_reused(nc, js, owner, nats_s
     assert mx.connections == 2, "the session out of step was closed, not kept"
     assert [b"<h-twice-1@" in m for m in mx.messages] == [True, False]
     assert not await dsns(js)
+
+
+async def test_a_refusal_in_invalid_utf8_gives_one_well_formed_dsn(nc, js, owner, nats_server, dns_server, tmp_path):
+    """Invalid UTF-8 in a remote reply made building the DSN raise (surrogates), so the job
+    failed until DEAD_LETTERS and the sender never heard; the reply's lines must not become
+    fields or boundaries of the report either."""
+    async with HostileMX("bad-utf8-5xx") as mx:
+        settings = settings_for(nats_server, dns_server, mx, tmp_path)
+        await start_queue(nc, owner, settings)
+        await submit(js, "h-utf8", "bob@remote.test")
+        [dsn] = await wait_until(lambda: dsns(js), 30, "the DSN")
+        await wait_until(lambda: _zero(queued(js)), 30, "the job acked")
+    report = email.message_from_bytes(dsn.body)
+    assert report.get_content_type() == "multipart/report" and len(report.get_payload()) == 3
+    status = report.get_payload()[1]
+    [per_message, per_recipient] = status.get_payload()
+    assert per_recipient.get_all("Final-Recipient") == ["rfc822; bob@remote.test"]
+    assert per_recipient["Status"] == "5.1.1" and per_recipient["Action"] == "failed"
+    diagnostic = per_recipient["Diagnostic-Code"]
+    assert diagnostic.startswith("smtp; 550 5.1.1") and diagnostic.isascii() and "\n" not in diagnostic
+    human = report.get_payload()[0].get_payload(decode=True)
+    assert b"\r\n550" not in human and b"\nFinal-Recipient" not in human
+    assert not mx.messages
 
 
 async def _zero(awaitable) -> bool:

@@ -109,6 +109,19 @@ def test_dsn_is_a_multipart_report_with_every_failed_recipient():
     assert returned.get_content_type() == "text/rfc822-headers" and b"body\r\n" not in raw.split(b"rfc822-headers")[1]
 
 
+@pytest.mark.parametrize("code, text, status", [
+    (550, "5.1.1 unknown", "5.1.1"),
+    (550, "2.0.0 ok?", "5.0.0"),             # not the reply's class (RFC 2034)
+    (552, "5.1234.1 x", "5.0.0"),            # 1-3 digits per part (RFC 3463)
+    (554, "5.1.1x", "5.0.0"),
+    (553, "5.7.1 refused", "5.7.1"),
+])
+def test_the_status_of_a_remote_reply_is_taken_only_when_well_formed_and_of_its_class(code, text, status):
+    d = decide(job("a@remote.test"), [RecipientResult("a@remote.test", code, text)], 1, T0 + timedelta(days=9),
+               SETTINGS)
+    assert [f.status for f in d.failed] == [status]
+
+
 def test_dkim_signature_verifies_against_the_published_record():
     key = generate_key("example.com", "s2026", 1024)
     signed = sign(ORIGINAL, key) + ORIGINAL
