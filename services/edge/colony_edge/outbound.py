@@ -417,7 +417,7 @@ class OutboundDelivery:
         try:
             client = await self._connect(ip)
             if not verify:
-                await self._opportunistic(client)
+                client = await self._opportunistic(client, host, ip)
             else:
                 try:
                     await client.starttls(self.tls_verified, server_hostname=host)   # SmtpError if not offered
@@ -432,8 +432,7 @@ class OutboundDelivery:
                                 if rua else "")
                     if policy.enforced:
                         raise _Unreachable(f"MTA-STS: no verified TLS with {host}: {exc}")
-                    client = await self._connect(ip)
-                    await self._opportunistic(client)
+                    client = await self._opportunistic(await self._connect(ip), host, ip)
                 else:
                     self.metrics.mta_sts.labels(result=f"tls_verified_{policy.mode}").inc()
         except (SmtpError, OSError) as exc:   # ssl.SSLError is an OSError
@@ -445,13 +444,34 @@ class OutboundDelivery:
         return await SmtpClient.connect(ip, self.settings.outbound_smtp_port, local_hostname=self.hostname,
                                         timeout=self.settings.outbound_connect_timeout)
 
-    async def _opportunistic(self, client: SmtpClient) -> None:
-        if client.supports("STARTTLS"):
-            try:
-                await client.starttls(self.tls_any)
-            except BaseException:
+    async def _opportunistic(self, client: SmtpClient, host: str, ip: str) -> SmtpClient:
+        """STARTTLS when offered, else -- and when it fails -- plaintext (RFC 7435: with no
+        policy asking for TLS, an MX whose TLS is broken still gets its mail, as Postfix's
+        "may" level does; deferring would end in a bounce days later).  A refusal (RFC 3207
+        §4: 454) leaves the session as it was, so it goes on in the clear; after a failed
+        handshake the session is lost, so a new connection goes without STARTTLS."""
+        if not client.supports("STARTTLS"):
+            return client
+        try:
+            await client.starttls(self.tls_any)
+            return client
+        except SmtpError as exc:
+            if exc.reply is not None and exc.reply.code == 421:   # closing: not now, in any form
                 client.close()
                 raise
+            if exc.reply is not None and not client.tls and client.is_connected and client.in_step:
+                log.info("STARTTLS refused by %s [%s] (%s); delivering in plaintext", host, ip, exc)
+                return client
+            failure: Exception = exc
+        except (ssl.SSLError, OSError) as exc:   # ssl.CertificateError is an SSLError
+            failure = exc
+        except BaseException:
+            client.close()
+            raise
+        client.close()
+        log.info("TLS with %s [%s] failed (%s); delivering in plaintext on a new connection", host, ip,
+                 str(failure) or type(failure).__name__)
+        return await self._connect(ip)
 
     async def _transaction(self, connection: _Connection, mail: OutboundMail, message: bytes,
                            reused: bool) -> _Outcome:

@@ -235,5 +235,20 @@ async def test_a_refusal_in_invalid_utf8_gives_one_well_formed_dsn(nc, js, owner
     assert not mx.messages
 
 
+@pytest.mark.parametrize("quirk", ["refuse-starttls", "broken-tls"])
+async def test_opportunistic_tls_that_fails_falls_back_to_plaintext(nc, js, owner, nats_server, dns_server, tmp_path,
+                                                                    quirk):
+    """RFC 3207 §4.1 / RFC 7435: with no policy requiring TLS, STARTTLS refused (454) or a
+    handshake that fails is no reason to keep the mail: it goes in the clear (as Postfix's
+    "may" level does), not deferred for days and then bounced."""
+    async with HostileMX(quirk, ("PIPELINING", "8BITMIME", "STARTTLS")) as mx:
+        settings = settings_for(nats_server, dns_server, mx, tmp_path)
+        await start_queue(nc, owner, settings)
+        await submit(js, f"h-{quirk}", "bob@remote.test")
+        await wait_until(lambda: _true(mx.messages), 30, "the message delivered in plaintext")
+        await wait_until(lambda: _zero(queued(js)), 30, "the job acked")
+    assert len(mx.messages) == 1 and mx.tls_tried >= 1 and not await dsns(js)
+
+
 async def _zero(awaitable) -> bool:
     return (await awaitable) == 0
