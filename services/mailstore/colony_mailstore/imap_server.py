@@ -219,7 +219,7 @@ class MailStore:
         return rights.ALL     # the account's owner holds every right on its own mailboxes
 
     def recent(self, name: str, uids: list[int], claim: bool) -> set[int]:
-        return self.marks.recent(name, uids, claim)
+        return self.marks.recent(name, self.mail.state.box(name).uidvalidity, uids, claim)
 
 
 class ImapMetrics:

@@ -212,16 +212,21 @@ class RecentMarks:
     """``\\Recent`` for one account, shared by its sessions in this process (``Store.recent``):
     per mailbox, the highest UID a session has claimed.  Messages above the mark are recent;
     the first read-write session to see them claims them.  Kept in memory only (RFC 3501
-    allows a server that lost it to show messages recent again)."""
+    allows a server that lost it to show messages recent again).  A mark holds for the
+    mailbox's UIDVALIDITY it was claimed under: a mailbox deleted and created again (or
+    another renamed to its name) numbers from 1 again, and the old mark would hide its new
+    messages from every session."""
 
     def __init__(self) -> None:
-        self._marks: dict[str, int] = {}
+        self._marks: dict[str, tuple[int, int]] = {}     # name -> (UIDVALIDITY, highest UID claimed)
 
-    def recent(self, name: str, uids: list[int], claim: bool) -> set[int]:
-        mark = self._marks.get(name, 0)
+    def recent(self, name: str, uidvalidity: int, uids: list[int], claim: bool) -> set[int]:
+        held, mark = self._marks.get(name, (uidvalidity, 0))
+        if held != uidvalidity:
+            mark = 0
         found = {u for u in uids if u > mark}
         if claim and found:
-            self._marks[name] = max(found)
+            self._marks[name] = (uidvalidity, max(found))
         return found
 
 

@@ -160,7 +160,9 @@ class SharedView:
 
     def recent(self, name: str, uids: list[int], claim: bool) -> set[int]:
         self._need(name, "")
-        return set() if self.marks is None else self.marks.recent(self._outer(name), uids, claim)
+        if self.marks is None:
+            return set()
+        return self.marks.recent(self._outer(name), self.mail.state.box(self._inner(name)).uidvalidity, uids, claim)
 
     def acl(self, name: str) -> dict[str, str]:
         self._need(name, "a")

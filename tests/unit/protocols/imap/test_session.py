@@ -30,7 +30,7 @@ class Store:
         self.marks = mail.test_marks
 
     def recent(self, name, uids, claim):
-        return self.marks.recent(name, uids, claim)
+        return self.marks.recent(name, self.mail.state.box(name).uidvalidity, uids, claim)
 
     def __getattr__(self, name):
         return getattr(self.mail, name)
@@ -433,6 +433,26 @@ def test_recent_belongs_to_one_session(mail):
     assert "* 3 EXISTS" in out and "RECENT" not in out
     assert "* SEARCH 3" in b.cmd("r SEARCH RECENT")
     assert "(RECENT 0)" in b.cmd("st STATUS INBOX (RECENT)")
+
+
+def test_a_mailbox_created_again_has_its_messages_recent_again(mail):
+    # The marks of the deleted mailbox's UIDs must not hide the new one's (they start at 1 again):
+    # the first session to see a new message has it \Recent (RFC 3501 2.3.2).
+    a = logged_in(mail)
+    a.cmd("c CREATE Projects")
+    for _ in range(3):
+        mail.append("Projects", MSG)
+    mail.commit()
+    assert "* 3 RECENT" in a.cmd("s SELECT Projects")
+    a.cmd("u UNSELECT")
+    assert "OK" in a.cmd("d DELETE Projects") and "OK" in a.cmd("c CREATE Projects")
+    mail.append("Projects", MSG)
+    mail.commit()
+    assert "(RECENT 1)" in a.cmd("st STATUS Projects (RECENT)")
+    out = a.cmd("s SELECT Projects")
+    assert "* 1 RECENT" in out, out
+    assert "\\Recent" in a.cmd("f FETCH 1 FLAGS")
+    assert "* 0 RECENT" in logged_in(mail).cmd("s SELECT Projects")   # claimed by the first
 
 
 def test_quota(mail):
