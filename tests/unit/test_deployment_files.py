@@ -604,6 +604,28 @@ def test_haproxy_forwards_every_edge_port_to_the_edges():
     assert f"port {edge_ops_port}" in text and "GET /readyz" in text
 
 
+def test_haproxy_sends_the_proxy_protocol_from_the_address_the_services_trust():
+    # send-proxy-v2 and proxy_protocol_from change together: a header the services do not
+    # expect is protocol garbage, and a header they expect but do not get closes the connection.
+    import ipaddress
+
+    for port, (service, _, backend) in haproxy_forwarding().items():
+        templates = [line for line in backend if line.startswith("server-template")]
+        assert templates and all("send-proxy-v2" in line.split() for line in templates), \
+            f"port {port}: {service} expects the PROXY header (send-proxy-v2)"
+        assert not any("check-send-proxy" in line for line in backend), "checks go to the ops port, without a header"
+    inner = SERVICES["haproxy"]["networks"]["inner"]
+    address = ipaddress.ip_address(interpolate(inner["ipv4_address"]))
+    [pool] = COMPOSE["networks"]["inner"]["ipam"]["config"]
+    assert address in ipaddress.ip_network(interpolate(pool["subnet"]))
+    assert address not in ipaddress.ip_network(interpolate(pool["ip_range"])), \
+        "haproxy's fixed address is outside the range other containers are given"
+    for name in ("edge", "sipfarm"):
+        trusted = [ipaddress.ip_network(n.strip()) for n in environment(SERVICES[name])["COLONY_PROXY_PROTOCOL_FROM"].split(",")]
+        assert any(address in net for net in trusted), f"{name} does not take haproxy's header"
+        assert all(net.num_addresses == 1 for net in trusted), f"{name}: only the balancer itself may claim addresses"
+
+
 def test_haproxy_resolves_backends_with_dockers_dns():
     sections = haproxy_sections()
     resolvers = [name for kind, name in sections if kind == "resolvers"]
