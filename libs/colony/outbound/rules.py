@@ -23,6 +23,11 @@ turns that into a ``Decision``:
 * The delay notice (a DSN with Action: delayed) goes out once, on the first attempt after
   ``outbound_delay_warning`` that still defers.
 
+Before MAIL, ``transfer_options`` says which parameters the message needs on the server
+at hand (``BODY=8BITMIME``, ``SMTPUTF8``), or that it cannot go there at all
+(``Unsendable``: 8-bit octets without 8BITMIME, UTF-8 where SMTPUTF8 is not offered), which
+stands for every recipient as a permanent refusal would.
+
 Time is an argument (``now``): tests shorten the ages through settings and pass the clock.
 """
 
@@ -30,6 +35,7 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -60,6 +66,45 @@ def mail_exchangers(records: list[tuple[int, str]], domain: str, rng: random.Ran
         rng.shuffle(group)   # RFC 5321 §5.1: spread the load over equal preferences
         hosts += [h for h in group if h not in hosts]
     return hosts
+
+
+class Unsendable(Exception):
+    """The message cannot go to this server as it is: ``code`` and ``text`` stand for every
+    recipient, as a refusal would (nothing was sent)."""
+
+    def __init__(self, code: int, text: str) -> None:
+        super().__init__(f"{code} {text}")
+        self.code, self.text = code, text
+
+
+def transfer_options(job: OutboundMail, message: bytes, offered: Callable[[str], bool],
+                     host: str) -> tuple[str, ...]:
+    """The MAIL parameters ``message`` (as sent: CRLF lines) needs on a server that offers
+    the extensions ``offered`` says, or ``Unsendable``.
+
+    * SMTPUTF8 (RFC 6531 §3.2): a message that needs it -- a non-ASCII envelope address or
+      header field -- is not sent to a server that does not offer it (5.6.7, as Postfix
+      says); one that only declared it but is all ASCII goes without the parameter.
+    * 8-bit octets (RFC 6152 §3): ``BODY=8BITMIME`` when offered, whether or not the sender
+      declared it; without the extension the client must convert or bounce, and we bounce
+      (5.6.3, "conversion required but not supported") rather than send them raw.
+    """
+    options = []
+    if job.smtputf8:
+        end = message.find(b"\r\n\r\n")
+        needs = (not job.mail_from.isascii() or not all(r.address.isascii() for r in job.recipients)
+                 or not message[: end if end >= 0 else len(message)].isascii())
+        if offered("SMTPUTF8"):
+            options.append("SMTPUTF8")
+        elif needs:
+            raise Unsendable(550, f"5.6.7 SMTPUTF8 is required, but was not offered by {host}")
+    if job.body_type in ("8BITMIME", "BINARYMIME") or not message.isascii():
+        if offered("8BITMIME"):
+            options.insert(0, "BODY=8BITMIME")
+        elif not message.isascii():
+            raise Unsendable(554, f"5.6.3 the message has 8-bit octets and {host} does not offer 8BITMIME "
+                                  "(conversion required but not supported)")
+    return tuple(options)
 
 
 @dataclass(frozen=True)

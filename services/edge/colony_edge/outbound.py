@@ -50,7 +50,7 @@ from colony.events import UnknownEvent, UsageRecorded
 from colony.outbound.dsn import build_dsn
 from colony.outbound.mta_sts import Policy
 from colony.outbound.srs import Srs, SrsError, is_srs
-from colony.outbound.rules import NullMx, RecipientResult, decide, mail_exchangers
+from colony.outbound.rules import NullMx, RecipientResult, Unsendable, decide, mail_exchangers, transfer_options
 from colony.protocols.smtp.client import RemoteReply, Transaction, encode_message
 from colony.outbound.signing import DkimKey, current_key, from_json, sign
 from colony.dns import make_resolver
@@ -492,13 +492,17 @@ class OutboundDelivery:
                     # finished one RSET would be a NOOP (RFC 5321 4.1.1.5) and a round trip
                     # per message; a dead session shows at MAIL instead, still before DATA.
                     await client.rset()
-            options = []
-            if mail.body_type == "8BITMIME" and client.supports("8BITMIME"):
-                options.append("BODY=8BITMIME")
-            if mail.smtputf8 and client.supports("SMTPUTF8"):
-                options.append("SMTPUTF8")
+            try:
+                options = transfer_options(mail, message, client.supports, host)
+            except Unsendable as exc:
+                # Nothing was sent: the session is as it was, good for the next message.
+                log.warning("outbound %s to %s not sent to %s [%s]: %s", mail.message_id, mail.destination, host,
+                            connection.ip, exc)
+                healthy = True
+                outcome = _Outcome([RecipientResult(a, exc.code, exc.text) for a in addresses])
+                return outcome
             connection.clean = False
-            tx = await client.send(mail.mail_from, addresses, message, tuple(options), encoded=True)
+            tx = await client.send(mail.mail_from, addresses, message, options, encoded=True)
             if tx.closing is not None and reused and not tx.message_sent:
                 # 421 before the message went out: the kept session was closing (the MX timed
                 # it out), nothing was handed over; a new connection takes the same attempt.

@@ -16,8 +16,10 @@ import time
 import pytest
 
 from cluster_harness import wait_until
+from colony.bus import names
+from colony.contracts.outbound import OutboundMail, OutboundRecipient
 from colony_edge.smtp_client import SmtpClient, SmtpError
-from test_outbound_delivery import dsns, owner, queued, settings_for, start_queue, submit  # noqa: F401
+from test_outbound_delivery import ORIGINAL, dsns, owner, queued, settings_for, start_queue, submit  # noqa: F401
 from test_outbound_smtp_client import Scripted, greet
 
 
@@ -248,6 +250,49 @@ async def test_opportunistic_tls_that_fails_falls_back_to_plaintext(nc, js, owne
         await wait_until(lambda: _true(mx.messages), 30, "the message delivered in plaintext")
         await wait_until(lambda: _zero(queued(js)), 30, "the job acked")
     assert len(mx.messages) == 1 and mx.tls_tried >= 1 and not await dsns(js)
+
+
+async def _submit_body(js, message_id: str, body: bytes, **fields) -> None:
+    mail = OutboundMail.new(message_id=message_id, destination="remote.test", mail_from="alice@example.com",
+                            recipients=[OutboundRecipient(address="bob@remote.test")], size=len(body),
+                            edge_node="edge-1", body=body, account="alice@example.com", **fields)
+    await js.publish(names.outbound_subject("remote.test"), mail.encode(), headers={"Nats-Msg-Id": mail.msg_id()})
+
+
+async def test_8bit_mail_to_a_server_without_8bitmime_is_bounced_not_sent_raw(nc, js, owner, nats_server, dns_server,
+                                                                            tmp_path):
+    """RFC 6152 §3: convert or bounce; never 8-bit octets to a 7-bit server.  A message
+    declared 8BITMIME that holds only 7-bit octets still goes."""
+    async with HostileMX("", ("PIPELINING",)) as mx:
+        settings = settings_for(nats_server, dns_server, mx, tmp_path)
+        await start_queue(nc, owner, settings)
+        eight = ORIGINAL.replace(b"Hello there.", "Grüße aus Köln.".encode()) % b"h-8bit"
+        await _submit_body(js, "h-8bit", eight, body_type="8BITMIME")
+        await _submit_body(js, "h-7bit", ORIGINAL % b"h-7bit", body_type="8BITMIME")
+        [dsn] = await wait_until(lambda: dsns(js), 30, "the DSN for the 8-bit message")
+        await wait_until(lambda: _zero(queued(js)), 30, "both jobs acked")
+    status = email.message_from_bytes(dsn.body).get_payload()[1].get_payload()[1]
+    assert status["Status"] == "5.6.3" and status["Action"] == "failed"
+    assert len(mx.messages) == 1 and b"<h-7bit@" in mx.messages[0]
+    assert all("BODY=8BITMIME" not in c for c in mx.mail_commands)
+
+
+async def test_utf8_mail_to_a_server_without_smtputf8_is_bounced(nc, js, owner, nats_server, dns_server, tmp_path):
+    """RFC 6531 §3.2: a message that needs SMTPUTF8 (a UTF-8 header here) is not sent to a
+    server that did not offer it; one that merely declared it but is all ASCII goes, without
+    the parameter."""
+    async with HostileMX("", ("PIPELINING", "8BITMIME")) as mx:
+        settings = settings_for(nats_server, dns_server, mx, tmp_path)
+        await start_queue(nc, owner, settings)
+        utf8 = ORIGINAL.replace(b"Subject: outbound test", "Subject: Grüße".encode()) % b"h-utf8hdr"
+        await _submit_body(js, "h-utf8hdr", utf8, smtputf8=True, body_type="8BITMIME")
+        await _submit_body(js, "h-ascii", ORIGINAL % b"h-ascii", smtputf8=True)
+        [dsn] = await wait_until(lambda: dsns(js), 30, "the DSN for the UTF-8 message")
+        await wait_until(lambda: _zero(queued(js)), 30, "both jobs acked")
+    status = email.message_from_bytes(dsn.body).get_payload()[1].get_payload()[1]
+    assert status["Status"] == "5.6.7" and status["Action"] == "failed"
+    assert len(mx.messages) == 1 and b"<h-ascii@" in mx.messages[0]
+    assert all("SMTPUTF8" not in c for c in mx.mail_commands)
 
 
 async def _zero(awaitable) -> bool:

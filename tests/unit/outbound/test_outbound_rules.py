@@ -11,7 +11,8 @@ import pytest
 
 from colony.contracts.outbound import OutboundMail, OutboundRecipient
 from colony.outbound.dsn import build_dsn
-from colony.outbound.rules import NullMx, RecipientResult, decide, mail_exchangers, retry_delay
+from colony.outbound.rules import (NullMx, RecipientResult, Unsendable, decide, mail_exchangers, retry_delay,
+                                   transfer_options)
 from colony.outbound.signing import generate_key, sign
 from colony.settings import Settings
 
@@ -120,6 +121,31 @@ def test_the_status_of_a_remote_reply_is_taken_only_when_well_formed_and_of_its_
     d = decide(job("a@remote.test"), [RecipientResult("a@remote.test", code, text)], 1, T0 + timedelta(days=9),
                SETTINGS)
     assert [f.status for f in d.failed] == [status]
+
+
+EIGHT_BIT = "Subject: hi\r\n\r\nGrüße\r\n".encode()
+UTF8_HEADER = "Subject: Grüße\r\n\r\nhi\r\n".encode()
+
+
+@pytest.mark.parametrize("fields, message, offered, expected", [
+    ({}, ORIGINAL, {"8BITMIME"}, ()),
+    ({"body_type": "8BITMIME"}, ORIGINAL, set(), ()),                       # declared, but 7-bit: goes
+    ({"body_type": "8BITMIME"}, ORIGINAL, {"8BITMIME"}, ("BODY=8BITMIME",)),
+    ({}, EIGHT_BIT, {"8BITMIME"}, ("BODY=8BITMIME",)),                      # 8-bit though undeclared
+    ({}, EIGHT_BIT, set(), "5.6.3"),
+    ({"smtputf8": True}, ORIGINAL, set(), ()),                               # declared, all ASCII
+    ({"smtputf8": True}, UTF8_HEADER, {"8BITMIME"}, "5.6.7"),
+    ({"smtputf8": True}, UTF8_HEADER, {"8BITMIME", "SMTPUTF8"}, ("BODY=8BITMIME", "SMTPUTF8")),
+    ({"smtputf8": True, "mail_from": "jörg@example.com"}, ORIGINAL, {"8BITMIME"}, "5.6.7"),
+])
+def test_transfer_options_bounce_rather_than_send_8bit_or_utf8_raw(fields, message, offered, expected):
+    j = job("a@remote.test", **fields)
+    if isinstance(expected, tuple):
+        assert transfer_options(j, message, offered.__contains__, "mx.remote.test") == expected
+    else:
+        with pytest.raises(Unsendable) as caught:
+            transfer_options(j, message, offered.__contains__, "mx.remote.test")
+        assert caught.value.text.startswith(expected) and "mx.remote.test" in caught.value.text
 
 
 def test_dkim_signature_verifies_against_the_published_record():
