@@ -44,6 +44,8 @@ import ssl as ssl_module
 from collections.abc import Awaitable, Callable, Iterable
 from contextlib import suppress
 
+from prometheus_client import CollectorRegistry, Counter
+
 from colony.netaddr import parse_address
 from colony.protocols.proxy_header import HeaderReader, ProxyHeader, ProxyHeaderError
 
@@ -83,15 +85,30 @@ class Balancers:
         return bool(self.networks)
 
 
+Refused = Callable[[str, str], None]     # (listener name, reason) of a balancer's connection closed
+
+
+def refusal_counter(registry: CollectorRegistry) -> Refused:
+    """``colony_proxy_header_refusals_total{listener,reason}``: a balancer's connections
+    closed for their header -- ``malformed``, ``timeout`` or ``closed`` (ended before a
+    whole header; one that sent nothing at all, a TCP health check, is not counted).  A
+    steady count means the balancer does not send the header the service expects."""
+    counter = Counter("colony_proxy_header_refusals", "Connections from a proxy_protocol_from balancer closed "
+                      "for a missing, malformed or late PROXY header.", ["listener", "reason"], registry=registry)
+    return lambda listener, reason: counter.labels(listener=listener, reason=reason).inc()
+
+
 async def start_server(handler: Handler, host: str | None, port: int, *, balancers: Balancers | None = None,
                        header_timeout: float = 5.0, ssl: ssl_module.SSLContext | None = None,
-                       limit: int = 64 * 1024, reuse_address: bool | None = None, name: str = "tcp"):
+                       limit: int = 64 * 1024, reuse_address: bool | None = None, name: str = "tcp",
+                       refused: Refused | None = None):
     """``asyncio.start_server(handler, host, port, ssl=, limit=, reuse_address=)``, taking
     a PROXY header first from ``balancers`` (see the module doc).  The result has what the
-    callers use of ``asyncio.Server``: ``sockets``, ``close()``, ``wait_closed()``."""
+    callers use of ``asyncio.Server``: ``sockets``, ``close()``, ``wait_closed()``.
+    ``refused(name, reason)`` is told of each balancer connection closed for its header."""
     if not balancers:
         return await asyncio.start_server(handler, host, port, ssl=ssl, limit=limit, reuse_address=reuse_address)
-    server = ProxiedServer(handler, balancers, header_timeout, ssl, limit, name)
+    server = ProxiedServer(handler, balancers, header_timeout, ssl, limit, name, refused)
     server.bind(host, port, reuse_address)
     return server
 
@@ -115,8 +132,9 @@ def _peer_tuple(source: tuple[str, int]) -> tuple:
 
 class ProxiedServer:
     def __init__(self, handler: Handler, balancers: Balancers, header_timeout: float,
-                 ssl: ssl_module.SSLContext | None, limit: int, name: str) -> None:
+                 ssl: ssl_module.SSLContext | None, limit: int, name: str, refused: Refused | None = None) -> None:
         self._handler = handler
+        self._refused = refused
         self._balancers = balancers
         self._header_timeout = header_timeout
         self._ssl = ssl
@@ -178,6 +196,7 @@ class ProxiedServer:
                               self._name, exc.strerror, ACCEPT_RETRY_DELAY)
                     await asyncio.sleep(ACCEPT_RETRY_DELAY)
                     continue
+                log.error("%s listener stopped accepting: %s", self._name, exc)
                 raise
             task = loop.create_task(self._arrive(conn, address))
             self._arriving.add(task)
@@ -188,14 +207,13 @@ class ProxiedServer:
         conn.setblocking(False)
         try:
             if address[0] in self._balancers:
+                reader = HeaderReader()
                 try:
                     async with asyncio.timeout(self._header_timeout):
-                        header = await read_header(conn)
+                        header = await read_header(conn, reader)
                 except (ProxyHeaderError, ConnectionError, TimeoutError) as exc:
-                    why = "no PROXY header in time" if isinstance(exc, TimeoutError) else str(exc)
-                    log.warning("%s listener: closing a connection from balancer %s: %s",
-                                self._name, address[0], why)
                     conn.close()
+                    self._refuse(address[0], exc, reader)
                     return
                 if header.source is not None:
                     conn = _ProxiedSocket(conn.family, conn.type, conn.proto, conn.detach(),
@@ -208,6 +226,21 @@ class ProxiedServer:
         except OSError as exc:    # a reset, a failed TLS handshake (ssl.SSLError is an OSError)
             log.debug("%s listener: connection from %s ended before its handler: %s", self._name, address[0], exc)
             conn.close()
+        except Exception:
+            log.exception("%s listener: connection from %s failed before its handler", self._name, address[0])
+            conn.close()
+
+    def _refuse(self, balancer: str, exc: Exception, reader: HeaderReader) -> None:
+        if isinstance(exc, ConnectionError) and reader.untouched:
+            # Connected and closed without a byte: a balancer's TCP check, not a fault.
+            log.debug("%s listener: balancer %s closed a connection before sending anything", self._name, balancer)
+            return
+        reason = "malformed" if isinstance(exc, ProxyHeaderError) else "timeout" if isinstance(exc, TimeoutError) \
+            else "closed"
+        why = "no whole PROXY header in time" if reason == "timeout" else str(exc)
+        log.warning("%s listener: closing a connection from balancer %s: %s", self._name, balancer, why)
+        if self._refused is not None:
+            self._refused(self._name, reason)
 
     def _protocol(self) -> asyncio.StreamReaderProtocol:
         # What asyncio.start_server's factory makes: the handler runs as its own task.
@@ -215,11 +248,11 @@ class ProxiedServer:
         return asyncio.StreamReaderProtocol(reader, self._handler)
 
 
-async def read_header(conn: socket.socket) -> ProxyHeader:
+async def read_header(conn: socket.socket, reader: HeaderReader | None = None) -> ProxyHeader:
     """The PROXY header at the front of non-blocking ``conn``, and not one octet more: peek,
     judge, take what the reader says is the header's (module doc of proxy_header)."""
     loop = asyncio.get_running_loop()
-    reader = HeaderReader()
+    reader = reader or HeaderReader()
     while reader.header is None:
         try:
             peeked = conn.recv(reader.wanted(), socket.MSG_PEEK)

@@ -103,14 +103,26 @@ async def test_from_an_untrusted_source_a_header_is_just_data():
 
 
 async def test_a_trusted_connection_without_a_valid_header_is_closed_unserved():
-    handler = Recorder()
-    server, port = await serve(handler, header_timeout=0.5)
+    handler, refusals = Recorder(), []
+    server, port = await serve(handler, header_timeout=0.5, name="smtp",
+                               refused=lambda name, reason: refusals.append((name, reason)))
     try:
         assert await exchange(port, b"EHLO client\r\n") in (b"", b"<reset>")
         assert await exchange(port, b"PROXY TCP4 203.0.113.7 192.0.2.10 40001 99999\r\nEHLO\r\n") in (b"", b"<reset>")
         assert await exchange(port, encode_v2(CLIENT, FRONT)[:20]) == b""    # cut short, then silence
         assert await exchange(port) == b""                                    # silence: closed at the timeout
         assert handler.calls == 0
+        assert refusals == [("smtp", "malformed"), ("smtp", "malformed"), ("smtp", "timeout"), ("smtp", "timeout")]
+
+        # A header cut short by the balancer closing is counted; a connection closed before
+        # its first byte (a TCP health check) is not.
+        for sent in (b"PROXY TCP4 203.0", b""):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(sent)
+            writer.write_eof()
+            assert await asyncio.wait_for(reader.read(), WAIT) == b""
+            writer.close()
+        assert refusals[4:] == [("smtp", "closed")]
     finally:
         server.close()
 

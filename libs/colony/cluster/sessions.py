@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily
 
-from colony.proxy_listener import Balancers, start_server
+from colony.proxy_listener import Balancers, Refused, refusal_counter, start_server
 from colony.tasks import describe
 
 if TYPE_CHECKING:
@@ -158,6 +158,7 @@ class ConnectionWorkload:
         self.runtime: NodeRuntime | None = None
         self._servers: list = []     # asyncio.Server or colony.proxy_listener.ProxiedServer
         self._handler_failures: Counter | None = None
+        self._header_refusals: Refused | None = None
 
     # --- to override ----------------------------------------------------------------------
 
@@ -173,6 +174,8 @@ class ConnectionWorkload:
     async def start(self, runtime: NodeRuntime) -> dict[str, str]:
         self.runtime = runtime
         self._handler_failures = self._failure_counter(runtime.metrics.registry)
+        if self.balancers:
+            self._header_refusals = refusal_counter(runtime.metrics.registry)
         runtime.metrics.add_callback(self._session_gauge)
         return await self.open_listeners(runtime)
 
@@ -235,7 +238,8 @@ class ConnectionWorkload:
                     await asyncio.wait_for(writer.wait_closed(), 5)
 
         server = await start_server(connected, host, port, ssl=ssl, limit=limit, balancers=self.balancers,
-                                    header_timeout=self.proxy_header_timeout, name=protocol)
+                                    header_timeout=self.proxy_header_timeout, name=protocol,
+                                    refused=self._header_refusals)
         self._servers.append(server)
         bound = server.sockets[0].getsockname()[1]
         if advertised_host is None:

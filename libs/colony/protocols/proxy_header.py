@@ -88,6 +88,11 @@ class HeaderReader:
     def done(self) -> bool:
         return self.header is not None
 
+    @property
+    def untouched(self) -> bool:
+        """Nothing was fed yet (a connection closed now sent no byte at all)."""
+        return not self._buf
+
     def wanted(self) -> int:
         """How many bytes a caller may usefully peek at now (some may not be the header's)."""
         if self.done:

@@ -89,7 +89,7 @@ from colony.protocols.sip.message import SipRequest, SipResponse, make_response
 from colony.protocols.sip.parser import SipParseError, StreamFramer, parse_message
 from colony.protocols.sip.transaction import Destination, Timers
 from colony.protocols.sip.websocket import SipWebSocket
-from colony.proxy_listener import Balancers, start_server
+from colony.proxy_listener import Balancers, refusal_counter, start_server
 from colony.settings import Settings
 from colony.telemetry import extract_context, inject_headers
 from colony.tlsfiles import configured, server_context
@@ -436,6 +436,8 @@ class SipWorkload:
     async def start(self, runtime) -> dict[str, str]:
         self._runtime = runtime
         self._traced = not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+        if self._proxied["balancers"]:
+            self._proxied["refused"] = refusal_counter(runtime.metrics.registry)
         s = self.settings
         js = runtime.nc.jetstream()
         kv = await js.key_value(names.BUCKET_SIP_BINDINGS)

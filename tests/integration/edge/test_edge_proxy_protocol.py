@@ -95,8 +95,15 @@ def closed_without_a_word(edge: Edge, first: bytes) -> bool:
     return False
 
 
+def metric(addresses: dict, name: str) -> float:
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://{addresses['ops']}/metrics", timeout=10).read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
+
+
 async def test_smtp_behind_a_proxy_protocol_balancer(cluster: ClusterHarness, tmp_path, dns_server):
-    edge, _ = await start_edge(cluster, tmp_path, dns_server)
+    edge, addresses = await start_edge(cluster, tmp_path, dns_server)
 
     # The header's client is the one the deny list judges, in v1 and v2.
     for header in (encode_v1(DENIED, FRONT), encode_v2(DENIED, FRONT)):
@@ -132,6 +139,9 @@ async def test_smtp_behind_a_proxy_protocol_balancer(cluster: ClusterHarness, tm
     started = time.monotonic()
     assert await asyncio.to_thread(closed_without_a_word, edge, b"")
     assert time.monotonic() - started < 15
+    # Counted, so a balancer that does not send the header shows on /metrics.
+    refusals = 'colony_proxy_header_refusals_total{listener="smtp",reason='
+    assert metric(addresses, refusals + '"malformed"}') == 2 and metric(addresses, refusals + '"timeout"}') == 1
 
 
 async def test_imaps_header_before_the_tls_handshake(cluster: ClusterHarness, tmp_path, dns_server):
