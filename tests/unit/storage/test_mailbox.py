@@ -87,8 +87,10 @@ def test_a_mailbox_created_again_never_gets_a_uidvalidity_used_before(tmp_path, 
     monkeypatch.setattr(mb, "SNAPSHOT_EVERY", 3)
     seen = []
     for epoch in (3, 4, 5):
-        acct = opened(tmp_path, epoch)
-        acct._clock.now -= 3600 * epoch                      # each new owner's clock further behind
+        clock = Clock()
+        clock.now -= 3600 * epoch                            # each new owner's clock further behind
+        acct = AccountMail(tmp_path, epoch, clock=clock)
+        acct.open()
         for _ in range(2):                                   # twice within the same second
             acct.create_mailbox("Projects")
             acct.commit()
