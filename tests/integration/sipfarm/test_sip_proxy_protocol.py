@@ -1,5 +1,5 @@
 """A farm member behind a PROXY protocol balancer (``proxy_protocol_from``), over real
-sockets: over TCP and TLS the phone the header names is the source the member answers
+sockets: over TCP, TLS and WebSocket the phone the header names is the source the member answers
 (Via received=/rport) and counts (``sip_max_connections_per_ip`` per phone, not per
 balancer); a listed balancer's connection without a header is closed; an unlisted sender's
 header is not believed."""
@@ -11,10 +11,12 @@ import ssl
 import uuid
 
 import pytest
+from wsproto.events import AcceptConnection, Request
 
 from colony.protocols.proxy_header import encode_v1, encode_v2
 from colony.tlsfiles import ensure_local_ca
 from test_sipfarm import DOMAIN, read_sip, serve_credentials
+from test_transports import WsPhone
 
 BALANCER = "127.0.0.8"
 FRONT = ("192.0.2.10", 5060)
@@ -91,6 +93,16 @@ async def test_the_headers_phone_is_the_source_over_tcp_and_tls(member):
         w4.write(options("TLS"))
         via = (await read_sip(secure)).headers.get("Via")
         assert "received=2001:db8::9" in via and "rport=5073" in via
+
+        # WebSocket (RFC 7118): the header, then the HTTP upgrade.
+        ws_reader, w5 = await connect(addresses["sip_ws"], encode_v1(("203.0.113.10", 5074), FRONT))
+        open_.append(w5)
+        phone = WsPhone(ws_reader, w5)
+        w5.write(phone.ws.send(Request(host="127.0.0.1", target="/", subprotocols=["sip"])))
+        assert isinstance(await phone.next_event(), AcceptConnection)
+        phone.send(options("WS"))
+        via = (await phone.receive()).headers.get("Via")
+        assert "received=203.0.113.10" in via and "rport=5074" in via
     finally:
         for w in open_:
             w.close()
