@@ -196,7 +196,8 @@ frontend smtp
 backend edge
     server edge1 {edge.host}:{edge.port} send-proxy-v2 source {BALANCER}
 """)
-    proc = subprocess.Popen([haproxy, "-f", str(config), "-db"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = tmp_path / "haproxy.log"    # a file, not a pipe nobody reads while it runs
+    proc = subprocess.Popen([haproxy, "-f", str(config), "-db"], stdout=log.open("wb"), stderr=subprocess.STDOUT)
     try:
         def greeting(source: str) -> int:
             try:
@@ -208,7 +209,7 @@ backend edge
                 return 0
 
         async def up():
-            assert proc.poll() is None, proc.stderr.read().decode()
+            assert proc.poll() is None, log.read_text()
             return await asyncio.to_thread(greeting, "127.0.0.67") == 250
         await wait_until(up, 30, "haproxy to forward to the edge")
         # 127.0.0.66 is on the deny list: refused only if the edge sees it, not haproxy's 127.0.0.8.
