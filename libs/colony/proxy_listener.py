@@ -141,12 +141,13 @@ class ProxiedServer:
         self._limit = limit
         self._name = name
         self.sockets: list[socket.socket] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._accepting: list[asyncio.Task] = []
         self._arriving: set[asyncio.Task] = set()     # connections before their handler starts
 
     def bind(self, host: str | None, port: int, reuse_address: bool | None) -> None:
         """One listening socket per address ``host`` resolves to, as asyncio's create_server."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         infos = socket.getaddrinfo(host or None, port, family=socket.AF_UNSPEC, type=socket.SOCK_STREAM,
                                    flags=socket.AI_PASSIVE)
         try:
@@ -176,6 +177,11 @@ class ProxiedServer:
         for task in [*self._accepting, *self._arriving]:
             task.cancel()
         for sock in self.sockets:
+            # The accept waiting on it is unregistered now, not when its task next runs: by
+            # then the descriptor's number may belong to another socket (as asyncio's own
+            # Server does in _stop_serving).
+            if sock.fileno() != -1:
+                self._loop.remove_reader(sock.fileno())
             sock.close()
 
     async def wait_closed(self) -> None:
