@@ -744,12 +744,14 @@ class SipFarm:
         # j, so a CANCEL finds the branches its INVITE made); anything else to the best one.
         targets = bindings if request.method in ("INVITE", "CANCEL") else bindings[:1]
         out: list[Outbound] = []
+        unsent = 0
         for index, target in enumerate(targets):
             try:
                 destination, member = self._binding_destination(target)
                 branch = SipRequest(headers=request.headers.copy(), body=request.body, method=request.method,
                                     uri=parse_uri(target.contact))
             except URIError:
+                unsent += 1
                 continue
             branch.source = request.source
             out += self._forward(branch, source, destination, member, record_route=request.method == "INVITE",
@@ -760,7 +762,7 @@ class SipFarm:
             # Kept for one branch too: Timer C (expire_forks) answers the caller 408 when
             # no branch ever gave a final answer.
             self._forks[self._fork_key(request)] = _Fork(self.clock() + FORK_LIFETIME, len(targets),
-                                                         request=request, source=source)
+                                                         request=request, source=source, unsent=unsent)
             self._forks.move_to_end(self._fork_key(request))
             while len(self._forks) > FORK_CACHE:
                 self._forks.popitem(last=False)
@@ -893,7 +895,7 @@ class SipFarm:
         elif fork is not None and response.status >= 300:
             # Keep the failure until every branch has one; then pass on the best (§16.7).
             fork.finals[index] = response
-            if fork.answered or len(fork.finals) < fork.branches:
+            if fork.answered or len(fork.finals) + fork.unsent < fork.branches:
                 return out
             response = min(fork.finals.values(), key=_preference)
             del self._forks[base]
@@ -1035,11 +1037,14 @@ class _Fork:
     """A forked INVITE at the member its Call-ID hashes to: which branches failed, whether one answered."""
 
     expires_at: float
-    branches: int
+    branches: int                        # contacts forked to, branch j to contact j
     answered: bool = False
     request: SipRequest | None = None    # the caller's INVITE as received, for Timer C's 408
     source: Destination | None = None
     finals: dict[int, SipResponse] = field(default_factory=dict)
+    # Contacts that got no branch (no SIP URI, or in sip_contact_deny_networks): no answer
+    # will come for them, so the caller hears the others' best failure, not Timer C's 408.
+    unsent: int = 0
 
 
 def _preference(response: SipResponse) -> tuple:

@@ -94,8 +94,15 @@ async def test_a_binding_made_before_its_network_was_denied_is_not_called(farm):
         Binding(contact="sip:bob@192.0.2.9:5062", q=0.5, expires_at=now + 300, call_id="d", cseq=1, registered_at=now,
                 member="sipfarm-1", transport="UDP", source="192.0.2.9:5062", nat=False))
     auth = answer(challenge, "alice", method="INVITE", uri=f"sip:bob@{DOMAIN}", header="Proxy-Authorization", nc=2)
-    _, out = await forwarded_invite(farm, invite(cseq=3, auth=auth, branch="z9hG4bKinv3"), caller)
-    assert out.destination == ("UDP", "192.0.2.9", 5062)
+    forwarded, out = await forwarded_invite(farm, invite(cseq=3, auth=auth, branch="z9hG4bKinv3"), caller)
+    assert out.destination == ("UDP", "192.0.2.9", 5062) and forwarded.top_via().branch.endswith("-1")
+    # Its failure is the caller's answer at once: the unsent branch is not waited for (Timer C).
+    busy = (b"SIP/2.0 486 Busy Here\r\n" + b"".join(f"Via: {v}\r\n".encode() for v in forwarded.headers.get_all("Via"))
+            + f"From: {forwarded.headers.get('From')}\r\nTo: {forwarded.headers.get('To')};tag=b9\r\n"
+              f"Call-ID: {forwarded.call_id}\r\nCSeq: {forwarded.headers.get('CSeq')}\r\nContent-Length: 0\r\n\r\n".encode())
+    answers = [(parse_message(o.data), o.destination) for o in await farm.handle(busy, ("UDP", "192.0.2.9", 5062))]
+    assert [(getattr(m, "method", None) or m.status, d) for m, d in answers] == [
+        ("ACK", ("UDP", "192.0.2.9", 5062)), (486, caller)]
 
 
 @pytest.mark.parametrize("target", ["sip:x@127.0.0.1:5432", "sip:x@[::1]:4222;transport=tcp", "sip:x@169.254.169.254:80"])
