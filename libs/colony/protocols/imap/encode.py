@@ -17,6 +17,20 @@ NIL = b"NIL"
 _QUOTE_LIMIT = 1024
 
 
+# ASTRING-CHAR (RFC 3501 §9, RFC 9051 §9): any printable ASCII but the atom-specials, with "]"
+_ASTRING_CHARS = frozenset(range(0x21, 0x7F)) - frozenset(b'(){%*"\\')
+
+
+def astring(value: str) -> bytes:
+    """An astring (ACL identifiers and rights, RFC 4314): an atom when it can be one, as
+    Dovecot and Cyrus send them and as clients such as imapclient and cyradm read them; else
+    a string."""
+    data = value.encode("utf-8", "surrogateescape")
+    if data and all(c in _ASTRING_CHARS for c in data):
+        return data
+    return string(data)
+
+
 def string(value: bytes | str | None, utf8: bool = False) -> bytes:
     if value is None:
         return NIL

@@ -692,8 +692,9 @@ class Session:
                 self._send(f"* OK [UNSEEN {unseen}] First unseen")
         self._send(f"* OK [UIDVALIDITY {box.uidvalidity}] UIDs valid")
         self._send(f"* OK [UIDNEXT {box.uidnext}] Predicted next UID")
-        if self.condstore:
-            self._send(f"* OK [HIGHESTMODSEQ {max(box.highest_modseq, 1)}] Highest")
+        # Every SELECT/EXAMINE, CONDSTORE enabled or not: RFC 7162 §3.1.2.1 asks it of a
+        # server that keeps mod-sequences, and a client learns here whether it may use them.
+        self._send(f"* OK [HIGHESTMODSEQ {max(box.highest_modseq, 1)}] Highest")
         if self.read_only:
             self._send("* OK [PERMANENTFLAGS ()] Read-only mailbox")
         else:
@@ -1042,15 +1043,15 @@ class Session:
         line = b"* ACL " + self._wire_name(box.name)
         entries = {self._owner(store, box.name): rights.ALL, **store.acl(box.name)}
         for ident, granted in entries.items():
-            line += b" " + E.string(ident) + b" " + E.string(rights.show(granted))
+            line += b" " + E.astring(ident) + b" " + E.astring(rights.show(granted))
         self._send(line)
         self._sync(store, expunge=True)
 
     def _do_listrights(self, cmd: C.Acl, store: Store) -> None:
         box, ident = self._acl_target(store, cmd)
-        head = b"* LISTRIGHTS " + self._wire_name(box.name) + b" " + E.string(ident)
+        head = b"* LISTRIGHTS " + self._wire_name(box.name) + b" " + E.astring(ident)
         if self._owner_identifier(store, box, ident):
-            self._send(head + b" " + E.string(rights.show(rights.ALL)))
+            self._send(head + b" " + E.astring(rights.show(rights.ALL)))
         else:   # every right is granted on its own (RIGHTS=texk); c and d name the groups
             self._send(head + b' "" ' + " ".join(rights.ALL + "cd").encode())
         self._sync(store, expunge=True)
@@ -1058,7 +1059,7 @@ class Session:
     def _do_myrights(self, cmd: C.MailboxCommand, store: Store) -> None:
         box, _ = self._acl_target(store, cmd)
         held = self._rights(store, box.name)
-        self._send(b"* MYRIGHTS " + self._wire_name(box.name) + b" " + E.string(rights.show(held)))
+        self._send(b"* MYRIGHTS " + self._wire_name(box.name) + b" " + E.astring(rights.show(held)))
         self._sync(store, expunge=True)
 
     # --- selected state -------------------------------------------------------------------------

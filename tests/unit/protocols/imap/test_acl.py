@@ -65,16 +65,16 @@ def test_acl_records_replay_and_snapshot(tmp_path):
 def test_session_acl_commands(mail):  # noqa: F811
     c = logged_in(mail)   # bob@example.com owns the mailbox
     out = c.cmd("a1 MYRIGHTS INBOX")
-    assert '* MYRIGHTS "INBOX" "lrswipkxteacd"' in out and "a1 OK" in out
+    assert '* MYRIGHTS "INBOX" lrswipkxteacd' in out and "a1 OK" in out
     assert "a2 OK" in c.cmd("a2 SETACL Sent alice@example.com lr")
     assert "a3 OK" in c.cmd("a3 SETACL Sent alice@example.com +s")
     out = c.cmd("a4 GETACL Sent")
-    assert '* ACL "Sent" "bob@example.com" "lrswipkxteacd" "alice@example.com" "lrs"\r\n' in out and "a4 OK" in out
+    assert '* ACL "Sent" bob@example.com lrswipkxteacd alice@example.com lrs\r\n' in out and "a4 OK" in out
     assert "a5 OK" in c.cmd("a5 SETACL Sent anyone c")
-    assert '"anyone" "kxc"' in c.cmd("a6 GETACL Sent")
+    assert ' anyone kxc\r\n' in c.cmd("a6 GETACL Sent")
     out = c.cmd("a7 LISTRIGHTS Sent alice@example.com")
-    assert '* LISTRIGHTS "Sent" "alice@example.com" "" l r s w i p k x t e a c d' in out
-    assert '* LISTRIGHTS "Sent" "bob@example.com" "lrswipkxteacd"' in c.cmd("a8 LISTRIGHTS Sent bob@example.com")
+    assert '* LISTRIGHTS "Sent" alice@example.com "" l r s w i p k x t e a c d' in out
+    assert '* LISTRIGHTS "Sent" bob@example.com lrswipkxteacd' in c.cmd("a8 LISTRIGHTS Sent bob@example.com")
     assert "a9 OK" in c.cmd("a9 DELETEACL Sent anyone")
     assert "anyone" not in c.cmd("b1 GETACL Sent")
     # errors: another tenant, an unknown right, the owner, a missing mailbox
@@ -83,7 +83,7 @@ def test_session_acl_commands(mail):  # noqa: F811
     assert "b4 NO [CANNOT]" in c.cmd("b4 SETACL Sent bob@example.com -a")
     assert "b5 NO [CANNOT]" in c.cmd("b5 DELETEACL Sent bob@example.com")
     assert "b6 NO [NONEXISTENT]" in c.cmd("b6 GETACL Nowhere")
-    assert '"alice@example.com" "lrs"' in c.cmd("b7 GETACL Sent")
+    assert ' alice@example.com lrs\r\n' in c.cmd("b7 GETACL Sent")
 
 
 def test_acl_commands_need_login(mail):  # noqa: F811
@@ -112,3 +112,15 @@ def test_acl_follows_rename_and_goes_with_delete(tmp_path):
     m.commit()
     assert m.acl("Crew") == {}
     m.close()
+
+
+def test_identifiers_and_rights_are_atoms_when_they_can_be_and_strings_otherwise():
+    """RFC 4314 makes both astrings: an atom where the characters allow (what Dovecot and
+    Cyrus send and imapclient's getacl reads), quoted or a literal where they do not."""
+    from colony.protocols.imap.encode import astring
+
+    assert astring("alice@example.com") == b"alice@example.com" and astring("lrs") == b"lrs"
+    assert astring("x]y") == b"x]y"                               # "]" is an ASTRING-CHAR
+    assert astring("") == b'""' and astring("a b") == b'"a b"' and astring('q"') == b'"q\\""'
+    assert astring("a%b") == b'"a%b"' and astring("(x)") == b'"(x)"' and astring("{3}") == b'"{3}"'
+    assert astring("j\u00fcrg@example.com") == b"{17}\r\nj\xc3\xbcrg@example.com"

@@ -353,6 +353,15 @@ def test_status_size_and_binary_append(mail):
     assert "a OK [APPENDUID" in out
 
 
+def test_every_select_names_the_highest_modseq_condstore_enabled_or_not(mail):
+    """RFC 7162 §3.1.2.1: a server keeping mod-sequences sends HIGHESTMODSEQ with every
+    successful SELECT or EXAMINE (imapclient's livetest, Dovecot do so)."""
+    c = logged_in(mail)
+    assert "[HIGHESTMODSEQ " in c.cmd("s SELECT INBOX")
+    assert "[HIGHESTMODSEQ " in c.cmd("x EXAMINE INBOX")
+    assert "MODSEQ" not in c.cmd("f FETCH 1 (FLAGS)")      # not enabled: FLAGS without MODSEQ
+
+
 def test_condstore(mail):
     c = logged_in(mail)
     assert "* ENABLED CONDSTORE" in c.cmd("e ENABLE CONDSTORE")
