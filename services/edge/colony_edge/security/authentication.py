@@ -27,6 +27,7 @@ sends.
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import re
 import threading
@@ -36,6 +37,9 @@ from email.utils import getaddresses
 import authheaders
 import authheaders.dmarc_lookup
 import dkim
+import dkim.crypto
+import dkim.dnsplug
+import dkim.util
 import dns.resolver
 import spf
 from publicsuffix2 import PublicSuffixList
@@ -137,6 +141,37 @@ def _parse_headers_in_linear_time() -> bool:
 _parse_headers_in_linear_time()
 
 
+# A DKIM key record is in the signer's DNS, so the sender chooses it.  dkimpy verifies RSA
+# with Python's pow() and no bound on the key: a record with a 16 kbit modulus and a 32 kbit
+# exponent cost ~20 s of CPU per message, one with 4 KiB of each ~170 s, all of it holding
+# the GIL (every session of the edge stood still).  Keys beyond OpenSSL's own limit on the
+# modulus, or with an exponent past NIST SP 800-56B's 256 bits (real keys use 65537), are
+# refused before dkimpy sees them: dkim=fail, as for any key dkimpy cannot use.
+MAX_DKIM_MODULUS_BITS = 16_384
+MAX_DKIM_EXPONENT_BITS = 256
+
+
+def _bounded_dkim_key(name, timeout=5):
+    """dkimpy's own TXT lookup (``dkim.dnsplug.get_txt``), refusing RSA keys too costly to
+    verify (see above).  A record that does not parse is passed on: dkimpy's checks say what
+    is wrong with it."""
+    record = dkim.dnsplug.get_txt(name, timeout=timeout)
+    if not record:
+        return record
+    try:
+        tags = dkim.util.parse_tag_value(record)
+        if tags.get(b"k", b"rsa") != b"rsa":
+            return record
+        key = dkim.crypto.parse_public_key(base64.b64decode(re.sub(rb"\s+", b"", tags.get(b"p", b""))))
+        modulus, exponent = int(key["modulus"]), int(key["publicExponent"])
+    except Exception:
+        return record
+    if modulus.bit_length() > MAX_DKIM_MODULUS_BITS or exponent.bit_length() > MAX_DKIM_EXPONENT_BITS:
+        raise dkim.KeyFormatError(f"RSA key too costly to verify: {modulus.bit_length()}-bit modulus, "
+                                  f"{exponent.bit_length()}-bit exponent")
+    return record
+
+
 def use_configured_dns(settings: Settings) -> None:
     """Make dnspython's process-wide resolver the configured one (see the module docstring),
     with a cache: a sender's SPF, DKIM key and DMARC records are the same for every message
@@ -222,7 +257,7 @@ def authenticate(message: bytes | None, header_section: bytes, authserv_id: str,
                 # No signature is "none", not "fail" (RFC 8601 §2.7.1); dkimpy would say fail.
                 dkim_result = authheaders.DKIMAuthenticationResult(result="none")
             else:
-                dkim_result = authheaders.check_dkim(message)
+                dkim_result = authheaders.check_dkim(message, dnsfunc=_bounded_dkim_key)
             if dkim_result.result is None:
                 dkim_result = authheaders.DKIMAuthenticationResult(result="none")
         except Exception as exc:
