@@ -4,14 +4,20 @@ token checks): the IPv4 address, or the IPv6 /64.  One subscriber's LAN is a /64
 attacker holds a whole one, so counting single IPv6 addresses would give it a fresh budget
 per address.  IPv4-mapped IPv6 addresses (``::ffff:192.0.2.1``, what a dual-stack socket
 reports) count as the IPv4 address they carry; a zone (``%eth0``) is dropped.
+
+``NetworkList`` is a list of networks as settings write them (``"192.0.2.0/24,
+2001:db8::/32, 198.51.100.7"``): the edges' allow and deny lists, the balancers allowed to
+send a PROXY header.
 """
 
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
 from functools import lru_cache
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def parse_address(text: str) -> IPAddress:
@@ -40,3 +46,31 @@ def _unit_of_text(text: str) -> str:
         return counting_unit(parse_address(text))
     except ValueError:
         return text
+
+
+class NetworkList:
+    def __init__(self, networks: Iterable[IPNetwork] = ()) -> None:
+        self.networks = tuple(networks)
+
+    @classmethod
+    def parse(cls, text: str, key: str = "networks") -> NetworkList:
+        """Parse a comma-separated list; ``ValueError`` names ``key`` and the bad entry."""
+        nets = []
+        for item in filter(None, (part.strip() for part in text.split(","))):
+            try:
+                nets.append(ipaddress.ip_network(item, strict=False))
+            except ValueError:
+                raise ValueError(f"{key}: {item!r} is not an IPv4/IPv6 address or CIDR network "
+                                 f"(e.g. 192.0.2.0/24 or 2001:db8::/32)") from None
+        return cls(nets)
+
+    def __contains__(self, address: IPAddress | str) -> bool:
+        if isinstance(address, str):
+            try:
+                address = parse_address(address)   # a dual-stack socket's ::ffff:a.b.c.d is a.b.c.d
+            except ValueError:
+                return False
+        return any(address.version == net.version and address in net for net in self.networks)
+
+    def __bool__(self) -> bool:
+        return bool(self.networks)

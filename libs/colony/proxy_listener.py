@@ -37,52 +37,31 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import ipaddress
 import logging
 import socket
 import ssl as ssl_module
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from contextlib import suppress
 
 from prometheus_client import CollectorRegistry, Counter
 
-from colony.netaddr import parse_address
+from colony.netaddr import NetworkList
 from colony.protocols.proxy_header import HeaderReader, ProxyHeader, ProxyHeaderError
 
 log = logging.getLogger("colony.proxy_listener")
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 ACCEPT_RETRY_DELAY = 1.0      # out of descriptors: as asyncio's own accept loop, try again later
 TLS_HANDSHAKE_TIMEOUT = 60.0  # asyncio.start_server's default
 
 
-class Balancers:
+class Balancers(NetworkList):
     """The networks allowed to send a PROXY header (``proxy_protocol_from``)."""
-
-    def __init__(self, networks: Iterable[IPNetwork] = ()) -> None:
-        self.networks = tuple(networks)
 
     @classmethod
     def parse(cls, text: str, key: str = "proxy_protocol_from") -> Balancers:
-        nets = []
-        for item in filter(None, (part.strip() for part in text.split(","))):
-            try:
-                nets.append(ipaddress.ip_network(item, strict=False))
-            except ValueError:
-                raise ValueError(f"{key}: {item!r} is not an IPv4/IPv6 address or CIDR network") from None
-        return cls(nets)
-
-    def __contains__(self, address: str) -> bool:
-        try:
-            ip = parse_address(address)     # a dual-stack socket's ::ffff:a.b.c.d is a.b.c.d
-        except ValueError:
-            return False
-        return any(ip.version == net.version and ip in net for net in self.networks)
-
-    def __bool__(self) -> bool:
-        return bool(self.networks)
+        return super().parse(text, key)
 
 
 Refused = Callable[[str, str], None]     # (listener name, reason) of a balancer's connection closed

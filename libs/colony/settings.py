@@ -14,7 +14,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 
@@ -274,29 +274,13 @@ class Settings(BaseSettings):
             raise ValueError(f"{value!r}: name MD5 and/or SHA-256, comma separated, most preferred first")
         return value
 
-    @field_validator("edge_deny_networks", "edge_allow_networks", "sip_allow_networks", "proxy_protocol_from")
+    @field_validator("edge_deny_networks", "edge_allow_networks", "sip_allow_networks", "proxy_protocol_from",
+                     "sip_contact_deny_networks")
     @classmethod
-    def _check_networks(cls, value: str) -> str:
-        import ipaddress
+    def _check_networks(cls, value: str, info: ValidationInfo) -> str:
+        from colony.netaddr import NetworkList
 
-        for item in filter(None, (part.strip() for part in value.split(","))):
-            try:
-                ipaddress.ip_network(item, strict=False)
-            except ValueError:
-                raise ValueError(f"{item!r} is not an IPv4/IPv6 address or CIDR network; write e.g. 192.0.2.0/24, 2001:db8::/32") from None
-        return value
-
-    @field_validator("sip_contact_deny_networks")
-    @classmethod
-    def _check_deny_networks(cls, value: str) -> str:
-        import ipaddress
-
-        for item in filter(None, (part.strip() for part in value.split(","))):
-            try:
-                ipaddress.ip_network(item, strict=False)
-            except ValueError:
-                raise ValueError(f"{item!r} is not an IPv4/IPv6 address or CIDR network; write e.g. 10.0.0.0/8, fd00::/8 "
-                                 f"(or leave the key empty to send anywhere)") from None
+        NetworkList.parse(value, f"COLONY_{info.field_name.upper()}")   # the error names the key and the entry
         return value
 
     @field_validator("dnsbl_zones")
