@@ -90,11 +90,11 @@ async def register(member: tuple[str, int], user: str, contact_port: int, passwo
                       "-i", "127.0.0.1", "-p", str(free_udp_port()))
 
 
-async def bindings(cluster, user: str) -> list:
+async def bindings(cluster, user: str, domain: str = DOMAIN) -> list:
     js = (await cluster.client()).jetstream()
     kv = await js.key_value(names.BUCKET_SIP_BINDINGS)
     try:
-        entry = await kv.get(names.sip_binding_key(f"{user}@{DOMAIN}"))
+        entry = await kv.get(names.sip_binding_key(f"{user}@{domain}"))
     except Exception:
         return []
     import json

@@ -18,7 +18,7 @@ from colony.protocols.sip.digest import ha1
 from tools import need_tool
 
 from test_scanners import Phone
-from test_sipfarm import SCENARIOS, free_udp_port, needs_sipp, sipp
+from test_sipfarm import SCENARIOS, bindings, free_udp_port, needs_sipp, sipp
 
 # sipsak resolves the domain of every URI it is given, an outbound proxy or not: the
 # accounts live in a domain that resolves everywhere.
@@ -86,23 +86,12 @@ async def test_sipsak_registers_with_digest_auth(farm, cluster):
                              "-x", "300", *via(farm[0]))
     assert code == 0, out
     assert "SIP/2.0 401 Unauthorized" in out and "All usrloc tests completed successful" in out, out
-    [binding] = [b for b in await bindings_of(cluster, "alice")]
+    [binding] = await bindings(cluster, "alice", DOMAIN)
     assert binding["contact"].startswith("sip:alice@127.0.0.1:")
     # A wrong password is the same 401 again, and sipsak says so.
     code, out = await sipsak("-vv", "-U", "-s", f"sip:alice@{DOMAIN}", "-u", "alice", "-a", "not-the-password",
                              "-x", "300", *via(farm[1]))
     assert code != 0 and "All usrloc tests completed successful" not in out, out
-
-
-async def bindings_of(cluster, user: str) -> list:
-    js = (await cluster.client()).jetstream()
-    kv = await js.key_value(names.BUCKET_SIP_BINDINGS)
-    import json
-    try:
-        entry = await kv.get(names.sip_binding_key(f"{user}@{DOMAIN}"))
-    except Exception:
-        return []
-    return json.loads(entry.value)["bindings"]
 
 
 @needs_sipp
