@@ -379,8 +379,10 @@ class ImapServer:
     def __init__(self, accounts: AccountManager, route: Route, node_id: str, idle_timeout: float,
                  accepting: Callable[[], bool], verifier: Verifier | None = None, auth: AuthClient | None = None,
                  registry: CollectorRegistry | None = None, clock: Callable[[], float] = time.monotonic,
-                 sharing: Sharing | None = None, exporter: AccountExporter | None = None) -> None:
+                 sharing: Sharing | None = None, exporter: AccountExporter | None = None,
+                 max_mailboxes: int = S.MAX_MAILBOXES) -> None:
         self.accounts = accounts
+        self.max_mailboxes = max_mailboxes   # per account (imap_max_mailboxes)
         self.message_cache = MessageCache()   # shared by all sessions of this store
         self.commit_cost = CommitCost()        # where commits run (on the loop while quick)
         self.exporter = exporter   # export lines on imap-inner (colony.contracts.account_export)
@@ -433,7 +435,8 @@ class ImapServer:
             # counted from here: the gauge is subscribers' sessions, not inner connections
             self._open_sessions += 1
             counted = True
-            session = S.Session(self.clock, self.node_id, self.idle_timeout, account=account, handed_over=handoff)
+            session = S.Session(self.clock, self.node_id, self.idle_timeout, account=account, handed_over=handoff,
+                                max_mailboxes=self.max_mailboxes)
             conn = _Conn(session, asyncio.Event())
             if account is not None:
                 self._conns.setdefault(account, set()).add(conn)

@@ -84,6 +84,14 @@ RENDER_MEMO = 4
 RENDER_MEMO_LARGEST = 1536
 READS_AT_MOST = 64       # messages a command may read and still count as light (``pending_reads``)
 MAX_APPEND = 64 * 1024 * 1024
+# What one account may make of its mailbox tree (CREATE, RENAME): ``NO [LIMIT]`` past it
+# (RFC 5530).  Without them one command could make thousands of mailboxes (a name of many
+# levels creates every missing parent) and an account grow its state without bound.  A level
+# is at most a file name's 255 octets, which clients and other servers assume.
+MAX_MAILBOXES = 10_000
+MAX_NAME_OCTETS = 1024
+MAX_NAME_LEVEL_OCTETS = 255
+MAX_NAME_LEVELS = 32
 PREAUTH_LITERAL = 1024
 
 CAPABILITIES = ("IMAP4rev1", "LITERAL+", "ID", "IDLE", "NAMESPACE", "UNSELECT", "UIDPLUS", "MOVE", "CHILDREN",
@@ -242,13 +250,15 @@ class _No(Exception):
 
 class Session:
     def __init__(self, clock: Callable[[], float], hostname: str = "colony", autologout: float = AUTOLOGOUT,
-                 account: str | None = None, handed_over: bool = False, max_literal: int = MAX_APPEND) -> None:
+                 account: str | None = None, handed_over: bool = False, max_literal: int = MAX_APPEND,
+                 max_mailboxes: int = MAX_MAILBOXES) -> None:
         """``account``: the session starts authenticated -- ``* PREAUTH`` greeting, or with
         ``handed_over`` the hand-off's one untagged ``OK [CAPABILITY ...]`` line that the edge
         sends tagged as its LOGIN answer (``colony.contracts.handoff``)."""
         self.clock = clock
         self.hostname = hostname
         self.autologout = autologout
+        self.max_mailboxes = max_mailboxes
         # Before login only small literals (a user name, a password) are read.
         self._max_literal = max_literal
         self.reader = CommandReader(max_literal=max_literal if account else PREAUTH_LITERAL)
@@ -561,6 +571,16 @@ class Session:
             raise _No("[CANNOT] Invalid mailbox name")
         return name
 
+    def _check_new_names(self, store: Store, names: list[str], added: int) -> None:
+        """Names a CREATE or RENAME is about to make, and how many mailboxes it adds."""
+        for name in names:
+            if len(name.encode("utf-8")) > MAX_NAME_OCTETS or name.count(DELIMITER) >= MAX_NAME_LEVELS or \
+                    any(len(level.encode("utf-8")) > MAX_NAME_LEVEL_OCTETS for level in name.split(DELIMITER)):
+                raise _No(f"[LIMIT] Mailbox names are at most {MAX_NAME_OCTETS} octets, {MAX_NAME_LEVELS} levels "
+                          f"of {MAX_NAME_LEVEL_OCTETS} octets")
+        if added and len(store.mailboxes()) + added > self.max_mailboxes:
+            raise _No(f"[LIMIT] An account has at most {self.max_mailboxes} mailboxes")
+
     def _wire_name(self, name: str) -> bytes:
         return E.string(name, utf8=True) if self.utf8 else E.string(encode_mutf7(name))
 
@@ -764,10 +784,11 @@ class Session:
         self._require_parent(store, name)
         # Superior hierarchy levels are created too (RFC 9051 §6.3.4).
         parts = name.split(DELIMITER)
-        for i in range(1, len(parts)):
-            parent = DELIMITER.join(parts[:i])
-            if parent not in existing and parent.upper() != "INBOX" and not shared.is_namespace_node(parent):
-                store.create_mailbox(parent)
+        parents = [p for p in (DELIMITER.join(parts[:i]) for i in range(1, len(parts)))
+                   if p not in existing and p.upper() != "INBOX" and not shared.is_namespace_node(p)]
+        self._check_new_names(store, [name], len(parents) + 1)
+        for parent in parents:
+            store.create_mailbox(parent)
         store.create_mailbox(name, uses[0] if uses else None)
         store.commit()
         self._sync(store, expunge=True)
@@ -798,6 +819,7 @@ class Session:
         if old == "INBOX":
             # RFC 9051 §6.3.6: INBOX's messages move to the new mailbox; INBOX stays, empty
             # (its inferiors do not move).
+            self._check_new_names(store, [new], 1)
             store.create_mailbox(new)
             store.move("INBOX", [m.uid for m in store.messages("INBOX")], new)
             store.commit()
@@ -808,13 +830,15 @@ class Session:
         if new.startswith(old + DELIMITER):
             raise _No("[CANNOT] Cannot rename a mailbox into itself")
         parts = new.split(DELIMITER)
-        for i in range(1, len(parts)):
-            parent = DELIMITER.join(parts[:i])
-            if parent not in existing and parent.upper() != "INBOX" and not shared.is_namespace_node(parent):
-                store.create_mailbox(parent)
-                existing.add(parent)
+        parents = [p for p in (DELIMITER.join(parts[:i]) for i in range(1, len(parts)))
+                   if p not in existing and p.upper() != "INBOX" and not shared.is_namespace_node(p)]
+        moving = sorted(n for n in existing if n == old or n.startswith(old + DELIMITER))
+        self._check_new_names(store, [new + n[len(old):] for n in moving], len(parents))
+        for parent in parents:
+            store.create_mailbox(parent)
+            existing.add(parent)
         # Inferior names move with their superior (RFC 9051 §6.3.6).
-        for name in sorted(n for n in existing if n == old or n.startswith(old + DELIMITER)):
+        for name in moving:
             store.rename_mailbox(name, new + name[len(old):])
         subs = store.subscriptions()
         for name in sorted(n for n in subs if n == old or n.startswith(old + DELIMITER)):

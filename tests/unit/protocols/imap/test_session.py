@@ -770,3 +770,25 @@ def test_search_text_reads_a_bounded_header(tmp_path):
     assert time.process_time() - started < 5
     assert mime.MAX_HEADER_PART < 200_000 * 20
     m.close()
+
+
+def test_an_account_cannot_grow_its_mailbox_tree_without_bound(mail):
+    """CREATE and RENAME stop at the account's mailbox count and at the name's length and
+    depth, with NO [LIMIT] (RFC 5530) and nothing made: one command naming a thousand levels
+    made a thousand parents."""
+    c = logged_in(mail)
+    before = [b.name for b in c.store.mailboxes()]
+    c.session.max_mailboxes = len(before) + 4              # what a new account has, and four more
+    deep = "/".join(f"l{i}" for i in range(S.MAX_NAME_LEVELS + 1))
+    assert "a NO [LIMIT]" in c.cmd(f"a CREATE {deep}")
+    assert "b NO [LIMIT]" in c.cmd(f"b CREATE {'x' * (S.MAX_NAME_LEVEL_OCTETS + 1)}")
+    assert "c NO [LIMIT]" in c.cmd(f"c CREATE {'/'.join(['y' * 200] * 6)}")          # > 1024 octets
+    assert [b.name for b in c.store.mailboxes()] == before
+    assert "d OK" in c.cmd("d CREATE one/two")            # a parent and the child: 2 of 4
+    assert "e NO [LIMIT]" in c.cmd("e CREATE three/four/five")   # would be 5
+    assert "f OK" in c.cmd("f CREATE three")
+    assert "f2 OK" in c.cmd("f2 CREATE four")                    # 4 of 4
+    assert "g NO [LIMIT]" in c.cmd("g RENAME one new/place")     # its new parent would be the 5th
+    assert "h OK" in c.cmd("h RENAME one three/one")            # no new mailbox: the tree moves
+    assert "i NO [LIMIT]" in c.cmd(f"i RENAME three {'z' * 256}")
+    assert len(c.store.mailboxes()) == len(before) + 4
