@@ -17,7 +17,10 @@ it needs to route a packet is in the packet or on the bus, never only in one mem
 * A **response** whose top Via is a farm Via is popped and sent on to the next Via -- by
   whichever member it reaches.  The Via carries ``;m=<member>``: the member that holds the
   caller's TCP connection, to which a response for a connection-oriented hop is relayed.
-* An **in-dialog request** whose top Route is a farm Record-Route is loose-routed (§16.4).
+* An **in-dialog request** whose top Route is a farm Record-Route is loose-routed (§16.4) --
+  only when the Route carries the farm's MAC for the request's Call-ID and From- or To-tag
+  (``route_signature.py``): anyone can write the farm's address into a Route, and a dialog's
+  requests cannot be challenged.  Others get 404 and go nowhere.
 * A phone's TCP flow lives on one member: its binding records ``member``; a request to it from
   another member is relayed over ``colony.sip.relay.<member>``.
 
@@ -63,6 +66,7 @@ from colony.settings import Settings
 
 from colony_sipfarm.bindings import Binding, BindingStore
 from colony_sipfarm.credentials import CredentialCache
+from colony_sipfarm.route_signature import PARAM as ROUTE_MAC, RouteSigner
 
 log = logging.getLogger("colony.sipfarm")
 
@@ -231,6 +235,12 @@ class SipFarm:
         # any address the forger named -- a UDP reflector, or a TCP connection dialled to any
         # host:port of the inner network carrying the forger's text.
         self._branch_key = hashlib.sha256(b"colony sip branch\x00" + secret).digest()
+        # Our Record-Routes are signed the same way (route_signature.py).  Routes of dialogs
+        # made before the farm signed them are followed while their call record lives, and
+        # only for as long as such a record can live after this member started: later, no
+        # unsigned Route costs a bus read.
+        self.routes = RouteSigner(secret)
+        self._unsigned_until = clock() + settings.sip_dialog_record_ttl
         self.host, self.port = address
         self.metrics = FarmMetrics(registry)
         self.meter = meter
@@ -629,19 +639,25 @@ class SipFarm:
         host, port = _flow_address.get() or (self.host, self.port)
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
-    def _record_route(self, source: Destination, destination: Destination, member: str | None) -> str:
+    def _record_route(self, request: SipRequest, source: Destination, destination: Destination,
+                      member: str | None) -> str:
         """Our Record-Route; when the caller (``fc``) or the callee (``fe``) is on a
         connection, it names that flow and the member holding it (RFC 5626's flow token, in
         the spirit of RFC 7118 §5): in-dialog requests reach a phone on TCP, TLS or WebSocket
         through its connection, which its Contact (an .invalid host, or a port nobody
-        listens on) cannot name."""
+        listens on) cannot name.  Signed (``dm``) for the request's Call-ID and From-tag."""
         mine = names.node_key(self._flow())
-        flows = ""
+        params = {"cf": mine}
         if source[0] != "UDP":
-            flows += f";fc={_flow_token(source, mine)}"
+            params["fc"] = _flow_token(source, mine)
         if destination[0] != "UDP":
-            flows += f";fe={_flow_token(destination, member or mine)}"
-        return f"<sip:{self._hostport()};lr;cf={mine}{flows}>"
+            params["fe"] = _flow_token(destination, member or mine)
+        try:
+            tag = parse_address(request.headers.get("From") or "").tag or ""
+        except URIError:
+            tag = ""
+        params[ROUTE_MAC] = self.routes.sign(request.call_id, tag, params)
+        return f"<sip:{self._hostport()};lr{''.join(f';{k}={v}' for k, v in params.items())}>"
 
     def _is_ours(self, route: str) -> bool:
         try:
@@ -687,7 +703,7 @@ class SipFarm:
             return self._local(request, source, 483)
         request.headers.set("Max-Forwards", str(hops - 1))
         if record_route:
-            request.headers.insert_before_first("Record-Route", self._record_route(source, destination, member))
+            request.headers.insert_before_first("Record-Route", self._record_route(request, source, destination, member))
         request.headers.add_first("Via", self._via(request, destination[0], index))
         self.metrics.forwarded.labels(kind="request", method=method_label(request.method)).inc()
         return [Outbound(request.encode(), destination, member)]
@@ -799,6 +815,11 @@ class SipFarm:
         return self._branch_base(request.top_via(), request.call_id, request.cseq().number, self._caller_flow(request))
 
     async def _loose_route(self, request: SipRequest, source: Destination) -> list[Outbound]:
+        if not await self._route_proven(request):
+            # As Kamailio's default script answers an in-dialog request its loose_route()
+            # does not take; an ACK gets nothing (_local).
+            self.metrics.dropped.labels(reason="forged route").inc()
+            return self._local(request, source, 404, "Not Here", remember=False)
         flows = self._route_flows(request.headers.get("Route") or "")
         request.headers.remove_first("Route")
         while (route := request.headers.get("Route")) and self._is_ours(route):
@@ -831,6 +852,32 @@ class SipFarm:
                 return self._local(request, source, 403, extra=[("Warning", _warning(self._hostport(), DENIED_TEXT))],
                                    remember=False)
         return self._forward(request, source, destination, member, record_route=False)
+
+    async def _route_proven(self, request: SipRequest) -> bool:
+        """The top Route (ours) was put there by the farm for this request's dialog: its MAC
+        is good for the Call-ID and the From- or To-tag.  A Route without one (a dialog made
+        before the farm signed) only while that call's record is on the bus, which bounds it
+        to ``sip_dialog_record_ttl`` -- and to dialogs that were answered; a Call-ID is not
+        guessable, so a stranger cannot name one."""
+        try:
+            uri = parse_address(request.headers.get("Route") or "").uri
+            tags = [parse_address(request.headers.get(name) or "").tag or "" for name in ("From", "To")]
+        except URIError:
+            return False
+        if not isinstance(uri, SipURI):
+            return False
+        if ROUTE_MAC in uri.params:
+            return self.routes.verify(uri.params, request.call_id, tags)
+        if self.clock() > self._unsigned_until:
+            return False
+        try:
+            entry = await self.dialogs.get(names.sip_dialog_key(_hash(request.call_id)))
+        except KeyNotFoundError:
+            return False
+        except Exception as exc:     # the bus away: not provable now
+            log.info("an unsigned Route's dialog record could not be read: %s", exc)
+            return False
+        return bool(entry.value)
 
     def _route_flows(self, route: str) -> list[tuple[Destination, str]]:
         try:

@@ -13,6 +13,7 @@ import uuid
 from colony.protocols.sip.parser import parse_message
 from colony.settings import SIP_CONTACT_DENY_DEFAULT, SIP_CONTACT_DENY_LOOPBACK_SERVED
 
+from signed_routes import signed_route
 from test_scanners import member
 from test_sipfarm import DOMAIN, Udp, digest_answer, udp_exchange
 
@@ -80,16 +81,20 @@ async def test_a_contact_in_the_inner_network_is_refused_and_the_inner_service_h
         # packets come from is what counts, whatever its Contact says.
         assert (await register_from_phone(farm, "<sip:alice@127.0.0.1:5062>")).status == 200
         assert (await register_from_phone(farm, f"<sip:alice@{target}>", rport=True)).status == 200
-        # A stranger's in-dialog request with a farm Route aimed at the inner service: 403,
-        # never forwarded (before, any farm Record-Route written by anyone was loose-routed).
+        # An in-dialog request aimed at the inner service -- by a party of a dialog the farm
+        # record-routed (its Route signed), or by a stranger (404, test_route_signatures.py):
+        # never forwarded.
         for transport in ("", ";transport=tcp"):
-            bye = (f"BYE sip:x@{target}{transport} SIP/2.0\r\n"
-                   f"Via: SIP/2.0/UDP 127.0.0.1:9;rport;branch=z9hG4bK{uuid.uuid4().hex}\r\n"
-                   f"Route: <sip:{farm[0]}:{farm[1]};lr;cf=sipfarm-1>\r\nMax-Forwards: 70\r\n"
-                   f"From: <sip:mallory@{DOMAIN}>;tag=m1\r\nTo: <sip:x@{DOMAIN}>;tag=x1\r\n"
-                   f"Call-ID: {uuid.uuid4().hex}\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n").encode()
-            answer = await udp_exchange(farm, bye)
-            assert answer is not None and parse_message(answer).status == 403
+            call_id = uuid.uuid4().hex
+            for route, status in ((await signed_route(cluster, farm, call_id, "m1"), 403),
+                                  (f"<sip:{farm[0]}:{farm[1]};lr;cf=sipfarm-1>", 404)):
+                bye = (f"BYE sip:x@{target}{transport} SIP/2.0\r\n"
+                       f"Via: SIP/2.0/UDP 127.0.0.1:9;rport;branch=z9hG4bK{uuid.uuid4().hex}\r\n"
+                       f"Route: {route}\r\nMax-Forwards: 70\r\n"
+                       f"From: <sip:mallory@{DOMAIN}>;tag=m1\r\nTo: <sip:x@{DOMAIN}>;tag=x1\r\n"
+                       f"Call-ID: {call_id}\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n").encode()
+                answer = await udp_exchange(farm, bye)
+                assert answer is not None and parse_message(answer).status == status
         await asyncio.sleep(0.5)    # anything the farm had sent would be there by now
         assert heard(service) == []
     finally:
@@ -103,10 +108,11 @@ async def test_without_the_inner_network_in_the_list_the_same_bye_reaches_it(clu
     service = inner_service()
     try:
         target = f"{INNER}:{service.getsockname()[1]}"
+        call_id = uuid.uuid4().hex       # a dialog's party: its Route is signed
         bye = (f"BYE sip:x@{target} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:9;rport;branch=z9hG4bK{uuid.uuid4().hex}\r\n"
-               f"Route: <sip:{farm[0]}:{farm[1]};lr;cf=sipfarm-1>\r\nMax-Forwards: 70\r\n"
+               f"Route: {await signed_route(cluster, farm, call_id, 'm1')}\r\nMax-Forwards: 70\r\n"
                f"From: <sip:mallory@{DOMAIN}>;tag=m1\r\nTo: <sip:x@{DOMAIN}>;tag=x1\r\n"
-               f"Call-ID: {uuid.uuid4().hex}\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n").encode()
+               f"Call-ID: {call_id}\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n").encode()
         await udp_exchange(farm, bye, timeout=0.5)
         got: list[bytes] = []
         for _ in range(100):

@@ -20,6 +20,8 @@ from colony.contracts.auth import SipCredentialsReply, SipCredentialsRequest
 from colony.protocols.sip.digest import ha1
 from colony.protocols.sip.parser import parse_message
 
+from signed_routes import signed_route
+
 SCENARIOS = Path(__file__).parent / "scenarios"
 DOMAIN = "acme.example"
 PASSWORDS = {"alice": "alice-secret", "bob": "bob-secret"}
@@ -247,13 +249,14 @@ async def test_a_dialog_of_a_killed_member_is_ended_through_another(farm, cluste
     try:
         callee_port = callee.get_extra_info("sockname")[1]
         caller_port = caller.get_extra_info("sockname")[1]
-        host1, port1 = farm[0]
+        call_id = uuid.uuid4().hex
+        route = await signed_route(cluster, farm[0], call_id, "a1")     # as member 1 signed it
         cluster.nodes["sipfarm-1"].signal(signal.SIGKILL)
         cluster.nodes["sipfarm-1"].process.wait(10)
         bye = (f"BYE sip:bob@127.0.0.1:{callee_port} SIP/2.0\r\n"
                f"Via: SIP/2.0/UDP 127.0.0.1:{caller_port};branch=z9hG4bK{uuid.uuid4().hex}\r\n"
-               f"Route: <sip:{host1}:{port1};lr;cf=sipfarm-1>\r\n"
-               f"From: <sip:alice@{DOMAIN}>;tag=a1\r\nTo: <sip:bob@{DOMAIN}>;tag=b1\r\nCall-ID: {uuid.uuid4().hex}\r\n"
+               f"Route: {route}\r\n"
+               f"From: <sip:alice@{DOMAIN}>;tag=a1\r\nTo: <sip:bob@{DOMAIN}>;tag=b1\r\nCall-ID: {call_id}\r\n"
                f"CSeq: 3 BYE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n")
         caller.sendto(bye.encode(), farm[1])
         got = parse_message(await asyncio.wait_for(callee_in.queue.get(), 10))

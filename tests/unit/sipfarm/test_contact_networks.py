@@ -107,17 +107,20 @@ async def test_a_binding_made_before_its_network_was_denied_is_not_called(farm):
 
 @pytest.mark.parametrize("target", ["sip:x@127.0.0.1:5432", "sip:x@[::1]:4222;transport=tcp", "sip:x@169.254.169.254:80"])
 async def test_an_in_dialog_request_is_not_loose_routed_into_a_denied_network(farm, target):
-    # Anyone can write a farm Record-Route into a Route header: no dialog is needed for it.
+    # A party to a dialog the farm record-routed chooses its requests' targets (the remote
+    # target it learned, further Routes): its signed Route brings them here, not further.
+    def route(call_id: str) -> str:
+        return f"<sip:127.0.0.1:5060;lr;cf=sipfarm-1;dm={farm.routes.sign(call_id, 'a1', {'cf': 'sipfarm-1'})}>"
     for method in ("BYE", "INFO"):
         request = (f"{method} {target} SIP/2.0\r\nVia: SIP/2.0/UDP 198.51.100.9:5060;branch=z9hG4bK{method}\r\n"
-                   f"Route: <sip:127.0.0.1:5060;lr;cf=sipfarm-1>\r\n"
+                   f"Route: {route(f'c-{method}')}\r\n"
                    f"From: <sip:alice@{DOMAIN}>;tag=a1\r\nTo: <sip:bob@{DOMAIN}>;tag=b1\r\nCall-ID: c-{method}\r\n"
                    f"CSeq: 3 {method}\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n").encode()
         refused, out = await one(farm, request, ("UDP", "198.51.100.9", 5060))
         assert refused.status == 403 and "399" in refused.headers.get("Warning")
         assert out.destination == ("UDP", "198.51.100.9", 5060)
     ack = (f"ACK {target} SIP/2.0\r\nVia: SIP/2.0/UDP 198.51.100.9:5060;branch=z9hG4bKack\r\n"
-           f"Route: <sip:127.0.0.1:5060;lr;cf=sipfarm-1>\r\nFrom: <sip:alice@{DOMAIN}>;tag=a1\r\n"
+           f"Route: {route('c-ack')}\r\nFrom: <sip:alice@{DOMAIN}>;tag=a1\r\n"
            f"To: <sip:bob@{DOMAIN}>;tag=b1\r\nCall-ID: c-ack\r\nCSeq: 3 ACK\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n").encode()
     assert await farm.handle(ack, ("UDP", "198.51.100.9", 5060)) == []
 

@@ -291,20 +291,21 @@ async def test_a_call_is_authenticated_forwarded_with_record_route_and_metered(f
     forwarded, out = await forwarded_invite(farm, invite(cseq=2, auth=auth, branch="z9hG4bKinv2"), caller)
     assert out.destination == ("UDP", "192.0.2.7", 5062)
     assert str(forwarded.uri) == "sip:bob@192.0.2.7:5062"
-    assert forwarded.headers.get("Record-Route") == "<sip:127.0.0.1:5060;lr;cf=sipfarm-1>"
+    route = forwarded.headers.get("Record-Route")      # signed for the dialog (test_route_signature.py)
+    assert route.startswith("<sip:127.0.0.1:5060;lr;cf=sipfarm-1;dm=")
     assert forwarded.top_via().branch.startswith(FARM_BRANCH) and "Proxy-Authorization" not in forwarded.headers
     assert forwarded.headers.get("Max-Forwards") == "69"
     # The callee answers: the 200 goes back to the caller, whichever member it reaches.
     ok = (b"SIP/2.0 200 OK\r\n" + b"".join(f"Via: {v}\r\n".encode() for v in forwarded.headers.get_all("Via"))
           + f"From: <sip:alice@{DOMAIN}>;tag=a1\r\nTo: <sip:bob@{DOMAIN}>;tag=b1\r\nCall-ID: call-1\r\n"
-            f"CSeq: 2 INVITE\r\nRecord-Route: <sip:127.0.0.1:5060;lr;cf=sipfarm-1>\r\n"
+            f"CSeq: 2 INVITE\r\nRecord-Route: {route}\r\n"
             f"Contact: <sip:bob@192.0.2.7:5062>\r\nContent-Length: 0\r\n\r\n".encode())
     response, out = await one(farm, ok, ("UDP", "192.0.2.7", 5062))
     assert out.destination == ("UDP", "198.51.100.9", 5060) and len(response.headers.get_all("Via")) == 1
     # The BYE comes back on the Route and is loose-routed to the callee; the call is metered.
     farm.clock_.now += 42
     bye = (f"BYE sip:bob@192.0.2.7:5062 SIP/2.0\r\nVia: SIP/2.0/UDP 198.51.100.9:5060;branch=z9hG4bKbye\r\n"
-           f"Route: <sip:127.0.0.1:5060;lr;cf=sipfarm-1>\r\n"
+           f"Route: {route}\r\n"
            f"From: <sip:alice@{DOMAIN}>;tag=a1\r\nTo: <sip:bob@{DOMAIN}>;tag=b1\r\nCall-ID: call-1\r\n"
            f"CSeq: 3 BYE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n").encode()
     forwarded, out = await one(farm, bye, caller)
