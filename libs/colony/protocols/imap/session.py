@@ -92,6 +92,10 @@ MAX_MAILBOXES = 10_000
 MAX_NAME_OCTETS = 1024
 MAX_NAME_LEVEL_OCTETS = 255
 MAX_NAME_LEVELS = 32
+# Distinct keywords a mailbox may hold (Cyrus allows 128 user flags per mailbox): each is in
+# every SELECT's FLAGS and PERMANENTFLAGS, so a client adding thousands made every later
+# SELECT of the mailbox carry them.
+MAX_KEYWORDS = 256
 PREAUTH_LITERAL = 1024
 
 CAPABILITIES = ("IMAP4rev1", "LITERAL+", "ID", "IDLE", "NAMESPACE", "UNSELECT", "UIDPLUS", "MOVE", "CHILDREN",
@@ -986,6 +990,7 @@ class Session:
             if "\\*" in flags:
                 raise _Bad("\\* is not a flag")
             flags = rights.settable_flags(held, flags)     # the others are dropped silently (§4)
+            self._check_keywords(flags, lambda: {f for m in store.messages(box.name) for f in m.flags})
             stored = store.append(box.name, message.data, flags, message.date.astimezone(UTC) if message.date else None)
             uids.append(stored.uid)
         store.commit()
@@ -1151,6 +1156,9 @@ class Session:
         if refused:    # all or nothing: half a STORE would leave the client's view wrong
             rights_needed = "".join(sorted({rights.flag_right(f) for f in refused}))
             raise _No(f"[NOPERM] Changing {refused[0]} needs the right {rights_needed} on this mailbox")
+        if cmd.mode != "-":
+            self._check_keywords(cmd.flags, lambda: {f for m in store.messages(self.mailbox) for f in m.flags},
+                                 self._keywords)
         if cmd.unchanged_since is not None:
             self._condstore_on(store)
         uids = self._select_uids(cmd.sequence, cmd.uid)
@@ -1518,6 +1526,20 @@ class Session:
                 if not self.rev2:
                     self._send(f"* {len(self._recent)} RECENT")
         self._synced = version if whole else None
+
+    @staticmethod
+    def _check_keywords(flags, held: Callable[[], set[str]], announced: set[str] | None = None) -> None:
+        """``NO [LIMIT]`` (RFC 5530) if ``flags`` would take the mailbox past MAX_KEYWORDS
+        distinct keywords.  ``held()`` reads the mailbox's (every message's flags), so it is
+        asked only when a new keyword comes and the keywords this session announced -- a
+        superset, removed ones stay announced -- leave no room."""
+        keywords = {f for f in flags if not f.startswith("\\")}
+        if not keywords or announced is not None and (keywords <= announced or
+                                                      len(announced | keywords) <= MAX_KEYWORDS):
+            return
+        have = {f for f in held() if not f.startswith("\\")}
+        if len(have | keywords) > MAX_KEYWORDS and not keywords <= have:
+            raise _No(f"[LIMIT] A mailbox holds at most {MAX_KEYWORDS} keywords")
 
     def _announce_keywords(self, messages) -> None:
         """A new keyword is a new defined flag: say so before the FETCH that carries it."""

@@ -792,3 +792,19 @@ def test_an_account_cannot_grow_its_mailbox_tree_without_bound(mail):
     assert "h OK" in c.cmd("h RENAME one three/one")            # no new mailbox: the tree moves
     assert "i NO [LIMIT]" in c.cmd(f"i RENAME three {'z' * 256}")
     assert len(c.store.mailboxes()) == len(before) + 4
+
+
+def test_a_mailbox_holds_a_bounded_number_of_keywords(mail):
+    """Every keyword is in each SELECT's FLAGS and PERMANENTFLAGS: STORE and APPEND stop at
+    MAX_KEYWORDS distinct ones per mailbox with NO [LIMIT]; the ones it has stay usable."""
+    c = selected(mail)
+    many = " ".join(f"k{i}" for i in range(S.MAX_KEYWORDS))
+    assert "a OK" in c.cmd(f"a STORE 1 +FLAGS.SILENT ({many})")
+    assert "b NO [LIMIT]" in c.cmd("b STORE 2 +FLAGS (one-more)")
+    assert "one-more" not in c.cmd("f FETCH 2 (FLAGS)")
+    assert "c OK" in c.cmd("c STORE 2 +FLAGS (k7 \\Flagged)")       # held ones, and system flags
+    data = b"Subject: x\r\n\r\nx\r\n"
+    out = c.send(b"e APPEND INBOX (yet-another) {%d+}\r\n" % len(data) + data + b"\r\n")
+    assert "e NO [LIMIT]" in out
+    assert "d OK" in c.cmd("d STORE 1 -FLAGS (k1 k2)")             # room again for two
+    assert "g OK" in c.cmd("g STORE 2 +FLAGS (one-more)")
