@@ -78,3 +78,23 @@ def test_dmarc_org_domain_lookups_share_one_parsed_public_suffix_list(monkeypatc
         with open(path) as f:
             fresh = PublicSuffixList(f)
     assert answers == {d: fresh.get_public_suffix(d) for d in domains}
+
+
+def test_what_a_sender_makes_dkimpy_log_is_debug_not_error(caplog):
+    """A key record that does not parse is an ERROR line from dkimpy for every such message;
+    the edge keeps it only at DEBUG (the verdict is in Authentication-Results)."""
+    import logging
+
+    import dkim
+
+    from colony_edge.security import authentication  # noqa: F401  (installs the filter)
+
+    message = (b"DKIM-Signature: v=1; a=rsa-sha256; d=example.com; s=x; c=relaxed/relaxed; h=from;"
+               b" bh=47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=; b=AAAA\r\nFrom: a@example.com\r\n\r\n")
+    caplog.set_level(logging.INFO)
+    assert not dkim.verify(message, dnsfunc=lambda *a, **k: b"v=DKIM1; k=rsa; p=garbage")
+    assert not [r for r in caplog.records if r.name == "dkimpy"]
+    caplog.clear()
+    caplog.set_level(logging.DEBUG, logger="colony.edge.authentication")
+    assert not dkim.verify(message, dnsfunc=lambda *a, **k: b"v=DKIM1; k=rsa; p=garbage")
+    assert [r.levelname for r in caplog.records if r.name == "dkimpy"] == ["DEBUG"]

@@ -52,6 +52,23 @@ from colony.settings import Settings
 
 log = logging.getLogger("colony.edge.authentication")
 
+
+class _SenderChosen(logging.Filter):
+    """dkimpy logs at ERROR what any sender can cause -- a malformed signature, a key record
+    that does not parse, a DNS timeout -- one line per message, worded from the sender's own
+    data: a flood any stranger can write into the operator's log.  The verdict is in the
+    Authentication-Results header and the edge's metrics; these lines are kept for an
+    operator who turns ``colony.edge.authentication`` to DEBUG, and shown as DEBUG."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not log.isEnabledFor(logging.DEBUG):
+            return False
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
+
+
+logging.getLogger("dkimpy").addFilter(_SenderChosen())
+
 _DNS_CACHE_ENTRIES = 20_000
 
 _HAS_DKIM_SIGNATURE = re.compile(rb"(?im)^dkim-signature[ \t]*:")
