@@ -12,8 +12,12 @@ older than ``nonce_ttl`` is *stale*: the client is challenged again with ``stale
 it retries with the same credentials and no prompt (RFC 7616 §3.4.1.3).
 
 *Replays are refused.*  With ``qop=auth`` every use of a nonce carries a nonce-count that
-must grow; the highest count seen per nonce is kept (bounded: at most ``max_tracked``
-nonces, oldest first out -- a forgotten nonce is treated as stale, never as fresh).  Without
+must grow; the highest count seen per nonce is kept while the nonce can still be accepted:
+one older than ``nonce_ttl`` is stale whatever its count, so its entry goes as soon as it is
+the least recently used, and the table holds the nonces used within ``nonce_ttl`` -- not,
+after a busy hour, ``max_tracked`` of them for as long as the member runs.  It never holds
+more than ``max_tracked`` (oldest first out); a forgotten nonce is treated as stale, never
+as fresh.  Without
 qop (RFC 2069 clients) a nonce is good for one request only.  The farm sends every request
 of one Call-ID to the same member, so the member that checks a REGISTER refresh is the one
 that saw the last one.
@@ -162,7 +166,13 @@ class DigestAuthenticator:
             return Verdict(False, stale=True, reason="nonce history forgotten")
         self._counts[nonce] = (nc, issued)
         self._counts.move_to_end(nonce)
-        while len(self._counts) > self.max_tracked:
-            _, (_, evicted_issued) = self._counts.popitem(last=False)
+        # Least recently used first.  A nonce is recorded only while fresh (issued after
+        # now - nonce_ttl), so once the first entry is fresh every later one was used since:
+        # what stays is what was used within nonce_ttl.
+        horizon = now - self.nonce_ttl
+        counts = self._counts
+        while len(counts) > self.max_tracked or (counts and next(iter(counts.values()))[1] < horizon):
+            _, (_, evicted_issued) = counts.popitem(last=False)
+            # Also for an expired one: should the clock step back, its replay is stale, not fresh.
             self._forgotten_before = max(self._forgotten_before, evicted_issued)
         return Verdict(True)

@@ -117,3 +117,22 @@ def test_forgotten_history_is_never_trusted():
     # The first nonce's history fell out of the bounded table: its replay is stale, not fresh.
     verdict = auth.verify(first, "REGISTER", "acme.example", key, now=11)
     assert not verdict.ok and verdict.stale
+
+
+def test_nonce_history_keeps_only_nonces_still_acceptable():
+    # A member that answers a steady stream of phones for hours must not keep max_tracked
+    # nonces forever: an entry goes once its nonce is past nonce_ttl (its use is stale anyway).
+    auth = DigestAuthenticator(SECRET, nonce_ttl=30.0, max_tracked=100_000)
+    key = ha1("MD5", "alice", "acme.example", "s3cret")
+    for t in range(2000):                          # one REGISTER a second, each with a new nonce
+        creds = answer(auth.challenges("acme.example", now=float(t))[1], "REGISTER", "sip:acme.example",
+                       "alice", "s3cret")
+        assert auth.verify(creds, "REGISTER", "acme.example", key, now=t + 0.5).ok
+    assert len(auth._counts) <= 31
+    # A nonce still in its lifetime keeps refusing a replayed count.
+    verdict = auth.verify(creds, "REGISTER", "acme.example", key, now=2000.0)
+    assert not verdict.ok and verdict.reason == "replayed nonce count"
+    # One whose entry went is stale, also if the clock stepped back into its lifetime.
+    first = answer(auth.challenges("acme.example", now=100.0)[1], "REGISTER", "sip:acme.example", "alice", "s3cret")
+    verdict = auth.verify(first, "REGISTER", "acme.example", key, now=100.5)
+    assert not verdict.ok and verdict.stale
