@@ -210,6 +210,10 @@ class MtaSts:
                 continue
             try:
                 text = await self._exchange(reader, writer, host)
+            except OSError as exc:   # a reset or a TLS alert mid-answer (ssl.SSLError is one)
+                # Not a FetchError, this escaped policy() and failed the delivery instead
+                # of meaning "no policy", and the next message fetched again.
+                raise FetchError(f"{host} [{ip}]: {exc!r}") from exc
             finally:
                 writer.close()
             return parse_policy(text, record_id)

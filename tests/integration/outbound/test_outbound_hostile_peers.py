@@ -11,13 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import email
+import socket
+import ssl
+import struct
 import time
 
 import pytest
+import trustme
 
 from cluster_harness import wait_until
 from colony.bus import names
 from colony.contracts.outbound import OutboundMail, OutboundRecipient
+from colony.dns import make_resolver
+from colony_edge.mta_sts import MtaSts
 from colony_edge.smtp_client import SmtpClient, SmtpError
 from test_outbound_delivery import ORIGINAL, dsns, owner, queued, settings_for, start_queue, submit  # noqa: F401
 from test_outbound_smtp_client import Scripted, greet
@@ -297,3 +303,79 @@ async def test_utf8_mail_to_a_server_without_smtputf8_is_bounced(nc, js, owner, 
 
 async def _zero(awaitable) -> bool:
     return (await awaitable) == 0
+
+
+# --- the MTA-STS policy server ----------------------------------------------------------------
+
+class HostilePolicyServer:
+    """https://mta-sts.remote.test/ on loopback (trustme certificate, valid), in the test's
+    event loop; after reading the request it does what ``quirk`` says."""
+
+    def __init__(self, ca: trustme.CA, quirk: str) -> None:
+        self.quirk, self.fetches = quirk, 0
+        self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert("mta-sts.remote.test").configure_cert(self.context)
+
+    async def __aenter__(self) -> HostilePolicyServer:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.context)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self._server.close()
+
+    async def _serve(self, reader, writer) -> None:
+        self.fetches += 1
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            head = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
+            if self.quirk == "reset":
+                sock = writer.get_extra_info("socket")
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                writer.transport.abort()
+                return
+            if self.quirk == "drip":
+                writer.write(head + b"Content-Length: 100\r\n\r\n")
+                for octet in b"version: STSv1\r\nmode: enforce\r\n" * 3:
+                    writer.write(bytes([octet]))
+                    await writer.drain()
+                    await asyncio.sleep(0.1)
+            elif self.quirk in ("endless", "continue"):
+                # Floods for 10 s (the client gives up after 1); pausing between writes, as
+                # a write to a TLS stream the client dropped neither raises nor blocks here.
+                if self.quirk == "endless":
+                    writer.write(head + b"Transfer-Encoding: chunked\r\n\r\n")
+                chunk = (b"4000\r\n" + b"mx: a.test\r\n".ljust(0x4000, b"#") + b"\r\n" if self.quirk == "endless"
+                         else b"HTTP/1.1 100 Continue\r\n\r\n" * 500)
+                until = time.monotonic() + 10
+                while time.monotonic() < until and not writer.is_closing():
+                    writer.write(chunk)
+                    await writer.drain()
+                    await asyncio.sleep(0.001)
+            elif self.quirk == "garbage":
+                body = b"\x00\xff" * 1000
+                writer.write(head + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+            await writer.drain()
+        except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+
+@pytest.mark.parametrize("quirk", ["reset", "drip", "endless", "continue", "garbage"])
+async def test_a_hostile_policy_server_means_no_policy_soon_and_once(dns_server, tmp_path, nats_server, quirk):
+    """RFC 8461 §3.3: a fetch that fails is no policy (delivery as without MTA-STS), within
+    ``mta_sts_fetch_timeout`` whatever the server does, and it is not repeated for every
+    message."""
+    ca = trustme.CA()
+    async with HostilePolicyServer(ca, quirk) as server:
+        ca_file = tmp_path / "ca.pem"
+        ca.cert_pem.write_to_path(str(ca_file))
+        dns_server.add('_mta-sts.remote.test. 60 IN TXT "v=STSv1; id=p1;"', "mta-sts.remote.test. 60 IN A 127.0.0.1")
+        settings = settings_for(nats_server, dns_server, server, tmp_path, outbound_tls_ca_file=ca_file,
+                                mta_sts_port=server.port, mta_sts_fetch_timeout=1.0)
+        sts = MtaSts(settings, make_resolver(settings))
+        started = time.monotonic()
+        assert await sts.policy("remote.test") is None
+        assert time.monotonic() - started < 3
+        assert await sts.policy("remote.test") is None and server.fetches == 1
