@@ -21,7 +21,8 @@ thread) makes it durable, ``finish_commit()`` checks the fence and publishes it.
 A new body is written under its final name and left unsynced; the commit fsyncs it, then
 the bodies directory, then writes and fsyncs the journal records that name it.  Until that
 last fsync no record names it (nobody reads it), and a crash before leaves it unreferenced,
-which the next owner removes.
+which the next owner removes; a body whose write failed (a full disk) is removed at once,
+and those of a batch whose commit failed when the handle of the same tenure is reopened.
 """
 
 from __future__ import annotations
@@ -418,6 +419,14 @@ class AccountMail:
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND)
         self._offset = valid
         self._body_counter = int(self._clock() * 1000) % 1_000_000  # fresh body names after a failed batch
+        # A failed batch's bodies carry our epoch, which _collect_garbage spares (they may be
+        # a live batch's): as the only handle of this tenure, nothing staged, we know they
+        # are not, and on a full disk they hold the space the retry needs.
+        prefix = f"{self.epoch}-"
+        with os.scandir(self.bodies_dir) as it:
+            for entry in it:
+                if entry.name.startswith(prefix) and entry.name not in self.state.body_refs:
+                    os.unlink(entry.path)
 
     def _rebuild(self, segments: dict[int, Path]) -> tuple[int, int]:
         self.state, prev, length = rebuild(self.journal_dir, segments, self.epoch)
@@ -733,7 +742,11 @@ class AccountMail:
             while view:
                 view = view[os.write(fd, view):]
         except BaseException:
+            # A disk that filled up mid-body: the part written is nobody's, and the space it
+            # holds is what a retry will need.
             os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(self.bodies_dir / name)
             raise
         self._body_fds.append(fd)
         return name

@@ -208,6 +208,46 @@ def test_same_tenure_reopens_its_own_segment_and_cuts_a_torn_tail(tmp_path):
     assert [m.uid for m in opened(tmp_path, 6).messages("INBOX")] == [1, 2]
 
 
+def test_a_full_disk_leaves_no_part_of_a_body_and_the_retry_stores_it_once(tmp_path, monkeypatch):
+    """ENOSPC half-way through a body, then in the commit of another: the partial body goes at
+    once, the failed batch's bodies when the tenure's handle is reopened, and the retries
+    store each message once, whole."""
+    import errno
+    acct = opened(tmp_path, 5)
+    acct.append("INBOX", b"kept", key="k")
+    acct.commit()
+    real_write = os.write
+
+    def full(fd, data):
+        if len(data) > 4:        # the disk takes a few bytes of the body, then is full
+            real_write(fd, bytes(data[:4]))
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+    monkeypatch.setattr(os, "write", full)
+    with pytest.raises(OSError):
+        acct.append("INBOX", b"a large message", key="big")
+    monkeypatch.undo()
+    bodies = tmp_path / "bodies"
+    assert len(list(bodies.iterdir())) == 1                  # only the committed one
+
+    acct.append("INBOX", b"written, never committed", key="lost-commit")
+    pending = acct.prepare_commit()
+    pending.error = OSError(errno.ENOSPC, "No space left on device")   # the journal's write failed
+    with pytest.raises(OSError):
+        acct.finish_commit(pending)
+    acct.close()
+    assert len(list(bodies.iterdir())) == 2                  # its body is still there ...
+    again = opened(tmp_path, 5)
+    assert len(list(bodies.iterdir())) == 1                  # ... until the tenure reopens
+    again.append("INBOX", b"a large message", key="big")
+    again.append("INBOX", b"written, never committed", key="lost-commit")
+    again.commit()
+    inbox = opened(tmp_path, 6)
+    assert [inbox.body("INBOX", m.uid) for m in inbox.messages("INBOX")] == [
+        b"kept", b"a large message", b"written, never committed"]
+    assert len(list(bodies.iterdir())) == 3
+
+
 def test_old_epoch_cannot_open_over_a_newer_one(tmp_path):
     opened(tmp_path, 9)
     with pytest.raises(j.Fenced):
