@@ -10,8 +10,9 @@ it needs to route a packet is in the packet or on the bus, never only in one mem
   phone registered through one member is reachable through all of them.
 * A **new request** (INVITE, MESSAGE, ...) for ``user@domain`` is authenticated (INVITE: 407,
   the caller must have SIP credentials) and forwarded to the account's best live contact,
-  with a Record-Route naming this member (``;cf=<member>``) so the dialog's later requests
-  come back through the farm, and a Via of ours whose branch is a hash of the incoming one
+  with -- when it creates a dialog (INVITE, SUBSCRIBE, REFER: ``DIALOG_CREATING``) -- a
+  Record-Route naming this member (``;cf=<member>``) so the dialog's later requests come
+  back through the farm, and a Via of ours whose branch is a hash of the incoming one
   (``z9hG4bK-cf...``): a retransmission, its CANCEL and the ACK of a failure get the same
   branch whichever member forwards them, so the callee sees one transaction.
 * A **response** whose top Via is a farm Via is popped and sent on to the next Via -- by
@@ -74,6 +75,13 @@ FARM_BRANCH = "z9hG4bK-cf"
 LOCAL_TAG = "cf-"
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, MESSAGE, INFO, UPDATE, REFER, NOTIFY, SUBSCRIBE, PRACK"
 METHODS = frozenset(m.strip() for m in ALLOW.split(","))
+# Requests that create a dialog, which the farm record-routes to stay on its path (RFC 3261
+# §16.6 step 4): a call, a subscription (RFC 6665 §4.3: a proxy that wants its NOTIFYs and
+# refreshes Record-Routes the SUBSCRIBE) and the implicit subscription of a REFER (RFC 3515
+# §2.4.4).  Without it a phone's NOTIFYs went straight to the subscriber's Contact, which a
+# phone behind NAT cannot be reached at, and the subscriber's in-dialog refresh or
+# un-SUBSCRIBE sent to the farm got 481.
+DIALOG_CREATING = frozenset({"INVITE", "SUBSCRIBE", "REFER"})
 
 
 def method_label(method: str) -> str:
@@ -770,7 +778,7 @@ class SipFarm:
                 unsent += 1
                 continue
             branch.source = request.source
-            out += self._forward(branch, source, destination, member, record_route=request.method == "INVITE",
+            out += self._forward(branch, source, destination, member, record_route=request.method in DIALOG_CREATING,
                                  index=index)
         if not out:
             return self._local(request, source, 480)

@@ -419,6 +419,33 @@ async def test_every_request_forwarded_to_a_phone_needs_the_callers_credentials(
     assert refused.status == 407
 
 
+@pytest.mark.parametrize("method, routed", [("SUBSCRIBE", True), ("REFER", True), ("MESSAGE", False),
+                                             ("OPTIONS", False), ("INFO", False)])
+async def test_requests_that_create_a_dialog_are_record_routed(farm, method, routed):
+    """RFC 3261 §16.6 step 4, RFC 6665 §4.3, RFC 3515 §2.4.4: the farm stays on the path of a
+    subscription as of a call, so the phone's NOTIFYs and the subscriber's refresh come back
+    through it (and reach a phone behind NAT); a MESSAGE or OPTIONS creates no dialog."""
+    caller = ("UDP", "198.51.100.9", 5060)
+    await registered(farm, user="bob", contact="sip:bob@192.0.2.7:5062")
+    challenge, _ = await one(farm, out_of_dialog(method), caller)
+    auth = answer(challenge, "alice", method=method, uri=f"sip:bob@{DOMAIN}", header="Proxy-Authorization")
+    forwarded, out = await one(farm, out_of_dialog(method, cseq=2, auth=auth, branch="z9hG4bKood5"), caller)
+    assert out.destination == ("UDP", "192.0.2.7", 5062)
+    route = forwarded.headers.get("Record-Route")
+    if not routed:
+        assert route is None
+        return
+    assert route.startswith("<sip:127.0.0.1:5060;lr;cf=sipfarm-1;dm=")
+    # The phone's NOTIFY comes back on that Route (From and To of the subscription swapped)
+    # and is loose-routed to the subscriber.
+    notify = (f"NOTIFY sip:alice@198.51.100.9:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.7:5062;branch=z9hG4bKn1\r\n"
+              f"Route: {route}\r\nFrom: <sip:bob@{DOMAIN}>;tag=b1\r\nTo: <sip:alice@{DOMAIN}>;tag=s1\r\n"
+              f"Call-ID: ood-{method}\r\nCSeq: 1 NOTIFY\r\nEvent: dialog\r\nSubscription-State: active\r\n"
+              f"Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n").encode()
+    notified, out = await one(farm, notify, ("UDP", "192.0.2.7", 5062))
+    assert notified.method == "NOTIFY" and out.destination == caller and "Route" not in notified.headers
+
+
 async def test_a_cancel_is_not_challenged(farm):
     """RFC 3261 §22.1: a CANCEL cannot be sent again with credentials."""
     out = await farm.handle(out_of_dialog("CANCEL", to="nobody").replace(b"Content-Length: 2\r\n\r\nhi",
