@@ -463,10 +463,15 @@ class SipFarm:
                 key = self._answer_key(request)
             except URIError:
                 return out
-            self._answers[key] = (self.clock() + ANSWER_LIFETIME, out)
-            self._answers.move_to_end(key)
-            while len(self._answers) > ANSWER_CACHE:
-                self._answers.popitem(last=False)
+            now = self.clock()
+            answers = self._answers
+            answers[key] = (now + ANSWER_LIFETIME, out)
+            answers.move_to_end(key)
+            # Every answer lives ANSWER_LIFETIME, so the oldest expire first: dropped as they
+            # expire, the cache holds the last 32 s of answers, not ANSWER_CACHE of them (with
+            # each its encoded message) for as long as the member runs after a busy hour.
+            while len(answers) > ANSWER_CACHE or (answers and next(iter(answers.values()))[0] <= now):
+                answers.popitem(last=False)
         return out
 
     # --- authentication -------------------------------------------------------------------

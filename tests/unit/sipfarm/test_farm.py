@@ -702,3 +702,21 @@ async def test_an_auth_service_away_gets_503_its_copies_the_same_and_a_new_regis
     challenge, _ = await one(farm, register("alice", cseq=3))
     ok, _ = await one(farm, register("alice", cseq=4, auth=answer(challenge, "alice")))
     assert ok.status == 200
+
+
+async def test_answers_kept_for_retransmissions_go_when_they_expire(farm):
+    # A steady stream of challenges for hours: the cache holds the last ANSWER_LIFETIME
+    # seconds of answers, not ANSWER_CACHE of them forever.
+    from colony_sipfarm.farm import ANSWER_LIFETIME
+
+    for n in range(400):
+        challenge, _ = await one(farm, register(call_id=f"flow-{n}"))
+        assert challenge.status == 401
+        farm.clock_.now += 1.0
+    assert len(farm._answers) <= ANSWER_LIFETIME + 1
+    # Within its lifetime a retransmission still gets the same answer, without a new nonce.
+    data = register(call_id="again", branch="z9hG4bKagain")
+    first, _ = await one(farm, data)
+    farm.clock_.now += ANSWER_LIFETIME - 1
+    copy, _ = await one(farm, data)
+    assert copy.headers.get("WWW-Authenticate") == first.headers.get("WWW-Authenticate")
