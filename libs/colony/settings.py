@@ -34,6 +34,12 @@ class Role(StrEnum):
 # host, so it drops the loopback networks from it (supervisor.py).
 SIP_CONTACT_DENY_DEFAULT = "127.0.0.0/8, ::1/128, 0.0.0.0/8, ::/128, 169.254.0.0/16, fe80::/10, 224.0.0.0/4, ff00::/8, 240.0.0.0/4"
 SIP_CONTACT_DENY_LOOPBACK_SERVED = "0.0.0.0/8, ::/128, 169.254.0.0/16, fe80::/10, 224.0.0.0/4, ff00::/8, 240.0.0.0/4"
+# Where the outbound queue never delivers, whatever a destination's MX or A records say:
+# "this network" (0.0.0.0 reaches this host), link-local (cloud metadata among them),
+# multicast and the reserved/broadcast block -- addresses no mail server has.  Loopback is
+# not in it (a smarthost or test MX may be there); mail that reaches one of our own edges
+# is caught by its greeting instead (a loop, 5.4.6).
+OUTBOUND_DENY_DEFAULT = "0.0.0.0/8, ::/128, 169.254.0.0/16, fe80::/10, 224.0.0.0/4, ff00::/8, 240.0.0.0/4"
 
 
 class ConfigError(Exception):
@@ -146,6 +152,7 @@ class Settings(BaseSettings):
     outbound_delay_warning: float = Field(4 * 3600.0, gt=0, description="Seconds after which a sender whose message is still queued gets one delay DSN.")
     outbound_connection_idle: float = Field(5.0, ge=0, description="Seconds an outbound SMTP connection stays open after a delivery, for the next message to the same destination (0: a connection per message).")
     outbound_messages_per_connection: int = Field(100, ge=1, description="Most messages one outbound SMTP connection carries before it is closed and a new one opened.")
+    outbound_deny_networks: str = Field(OUTBOUND_DENY_DEFAULT, description="Networks the outbound queue never connects to, comma separated CIDRs: an MX host (or a domain's own address) there is skipped, and a destination all of whose addresses are there fails 5.4.4. A domain's owner chooses its MX records, so without this one could aim the edges at 169.254.169.254 or 0.0.0.0 (this host). The default: 0.0.0.0/8 and ::, link-local, multicast, 240.0.0.0/4. Add loopback and the cluster's inner networks where no mail server of the outside world is (not the default: a smarthost or a test MX may listen on loopback). Empty: connect anywhere.")
     outbound_tls_ca_file: Path | None = Field(None, description="CA bundle that MTA-STS policy servers and MX hosts under an enforced MTA-STS policy are verified against. Empty: the system's trust store.")
     mta_sts: bool = Field(True, description="Honour MTA-STS (RFC 8461) policies of destination domains: in enforce mode deliver only to the policy's MX hosts over verified TLS.")
     mta_sts_port: int = Field(443, ge=1, le=65535, description="HTTPS port of mta-sts.<domain> policy servers (443; tests set another).")
@@ -276,7 +283,7 @@ class Settings(BaseSettings):
         return value
 
     @field_validator("edge_deny_networks", "edge_allow_networks", "sip_allow_networks", "proxy_protocol_from",
-                     "sip_contact_deny_networks")
+                     "sip_contact_deny_networks", "outbound_deny_networks")
     @classmethod
     def _check_networks(cls, value: str, info: ValidationInfo) -> str:
         from colony.netaddr import NetworkList

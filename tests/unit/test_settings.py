@@ -42,3 +42,9 @@ def test_safety_margin_shorter_than_lease_is_checked():
 
     with pytest.raises(ValueError):
         Lease(kv=None, key="k", holder="me", ttl=1.0, safety_margin=1.0)
+
+
+def test_outbound_deny_networks_name_the_key_and_the_bad_entry(monkeypatch):
+    monkeypatch.setenv("COLONY_OUTBOUND_DENY_NETWORKS", "169.254.0.0/16, inner-net")
+    with pytest.raises(ConfigError, match="COLONY_OUTBOUND_DENY_NETWORKS.*'inner-net'"):
+        load_settings()

@@ -54,6 +54,7 @@ from colony.outbound.rules import NullMx, RecipientResult, Unsendable, decide, m
 from colony.protocols.smtp.client import RemoteReply, Transaction, encode_message
 from colony.outbound.signing import DkimKey, current_key, from_json, sign
 from colony.dns import make_resolver
+from colony.netaddr import NetworkList
 from colony.queue import Done, Job, QueueMetrics, QueuePolicy, QueueRunner, Reject, Retry
 from colony.settings import Settings
 from colony.telemetry import inject_headers
@@ -81,6 +82,11 @@ class OutboundMetrics:
 
 class _Unreachable(Exception):
     """No MX host of the destination answered (every recipient is deferred with this text)."""
+
+
+class _Loop(Exception):
+    """The MX host greets with our own name: delivering there would send the mail back to
+    us (RFC 5321 §5.1 -- Postfix says "mail for ... loops back to myself", 5.4.6)."""
 
 
 class _Stale(Exception):
@@ -200,6 +206,7 @@ class OutboundDelivery:
             # outbound benchmark).
             resolver.cache = dns.resolver.LRUCache(10_000)
         self.mta_sts = MtaSts(settings, resolver, js) if settings.mta_sts else None
+        self.deny = NetworkList.parse(settings.outbound_deny_networks, "COLONY_OUTBOUND_DENY_NETWORKS")
         self.tls_verified = verified_tls_context(settings)
         self.tls_any = opportunistic_context()
         self.pool = ConnectionPool(settings.outbound_connection_idle, settings.outbound_messages_per_connection,
@@ -374,18 +381,33 @@ class OutboundDelivery:
                     hosts = [h for h in hosts if policy.allows(h)]
         last = ("no MX host matches the MTA-STS policy" if policy is not None and policy.enforced and not hosts
                 else "no mail exchanger")
+        # A permanent failure only when every address was one we must not use (in
+        # outbound_deny_networks, or ourselves): anything that may pass (a timeout, a DNS
+        # failure) keeps the mail queued.
+        refused, transient = "", not hosts
         for host in hosts:
             try:
                 ips = await self._addresses(host)
             except (_Unreachable, _Permanent, dns.exception.DNSException) as exc:
-                last = f"{host}: {exc}"
+                last, transient = f"{host}: {exc}", True
                 continue
             for ip in ips:
+                if ip in self.deny:
+                    # The domain's owner chose this address: never connect there.
+                    log.warning("outbound to %s: MX %s [%s] is in outbound_deny_networks; not used",
+                                mail.destination, host, ip)
+                    refused = refused or f"5.4.4 {host} [{ip}] is in outbound_deny_networks (unable to route)"
+                    continue
                 try:
                     connection = await self._open(host, ip, policy, mail.destination)
                     return await self._transaction(connection, mail, message, reused=False)
+                except _Loop as exc:
+                    log.warning("outbound to %s: %s", mail.destination, exc)
+                    refused = f"5.4.6 {exc}"
                 except _Unreachable as exc:
-                    last = f"{host} [{ip}]: {exc}"
+                    last, transient = f"{host} [{ip}]: {exc}", True
+        if refused and not transient:
+            return _Outcome([RecipientResult(a, 554, refused) for a in addresses])
         return _Outcome([RecipientResult(a, 0, last) for a in addresses])
 
     async def _exchangers(self, domain: str) -> list[str]:
@@ -416,6 +438,9 @@ class OutboundDelivery:
         verify = policy is not None and policy.mode in ("enforce", "testing")
         try:
             client = await self._connect(ip)
+            if _greets_as(client, self.hostname):
+                client.close()
+                raise _Loop(f"mail for {destination} loops back to myself ({host} [{ip}] greets as {self.hostname})")
             if not verify:
                 client = await self._opportunistic(client, host, ip)
             else:
@@ -676,6 +701,14 @@ class OutboundDelivery:
 
 class _Permanent(Exception):
     """The destination cannot exist (NXDOMAIN): a permanent failure."""
+
+
+def _greets_as(client: SmtpClient, hostname: str) -> bool:
+    """The server's greeting names ``hostname`` (our own: every edge greets with it)."""
+    if client.greeting is None or not hostname:
+        return False
+    words = client.greeting.text.split(None, 1)
+    return bool(words) and words[0].rstrip(".").lower() == hostname.rstrip(".").lower()
 
 
 def _replies(tx: Transaction) -> list[tuple[str, RemoteReply]]:

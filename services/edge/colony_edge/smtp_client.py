@@ -39,6 +39,7 @@ class SmtpClient:
         self._reader, self._writer = reader, writer
         self.local_hostname, self.timeout = local_hostname, timeout
         self._replies = ReplyReader()
+        self.greeting: RemoteReply | None = None
         self.extensions: dict[str, str] = {}
         self.tls = False
 
@@ -52,7 +53,7 @@ class SmtpClient:
             raise SmtpError(f"connecting to {host}:{port} timed out") from None
         client = cls(reader, writer, local_hostname, timeout)
         try:
-            greeting = await client._reply()
+            greeting = client.greeting = await client._reply()
             if greeting.code != 220:
                 raise SmtpError(f"greeting: {greeting.code} {greeting.text}", greeting)
             await client._hello()

@@ -41,8 +41,9 @@ class HostileMX:
       tries to inject DSN fields and MIME boundaries.
     """
 
-    def __init__(self, quirk: str = "", extensions: tuple[str, ...] = ("PIPELINING", "8BITMIME")) -> None:
-        self.quirk, self.extensions = quirk, list(extensions)
+    def __init__(self, quirk: str = "", extensions: tuple[str, ...] = ("PIPELINING", "8BITMIME"),
+                 name: str = "mx.hostile.test") -> None:
+        self.quirk, self.extensions, self.name = quirk, list(extensions), name
         self.connections = 0
         self.messages: list[bytes] = []
         self.mail_commands: list[str] = []
@@ -61,7 +62,7 @@ class HostileMX:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
         try:
-            writer.write(b"220 mx.hostile.test ESMTP\r\n")
+            writer.write(f"220 {self.name} ESMTP\r\n".encode())
             while line := await reader.readline():
                 verb = line[:8].split(b" ")[0].strip().upper()
                 if verb in (b"EHLO", b"HELO"):
@@ -303,6 +304,55 @@ async def test_utf8_mail_to_a_server_without_smtputf8_is_bounced(nc, js, owner, 
 
 async def _zero(awaitable) -> bool:
     return (await awaitable) == 0
+
+
+# --- where the MX records point -------------------------------------------------------------
+
+async def _status_of_the_dsn(js) -> str:
+    [dsn] = await wait_until(lambda: dsns(js), 30, "the DSN")
+    return email.message_from_bytes(dsn.body).get_payload()[1].get_payload()[1]["Status"]
+
+
+@pytest.mark.parametrize("address", ["0.0.0.0", "169.254.169.254"])
+async def test_an_mx_in_outbound_deny_networks_is_never_connected_to(nc, js, owner, nats_server, dns_server, tmp_path,
+                                                                      address):
+    """0.0.0.0 is this host (Linux connects it to loopback), 169.254.169.254 the cloud's
+    metadata service: a domain's owner must not aim the edges there.  Nothing is tried, and
+    the sender hears at once (5.4.4), not after five days of retries."""
+    async with HostileMX() as mx:
+        settings = settings_for(nats_server, dns_server, mx, tmp_path)
+        dns_server.remove("mx.remote.test", "A")
+        dns_server.add(f"mx.remote.test. 60 IN A {address}")
+        await start_queue(nc, owner, settings)
+        await submit(js, f"h-deny-{address}", "bob@remote.test")
+        assert await _status_of_the_dsn(js) == "5.4.4"
+        await wait_until(lambda: _zero(queued(js)), 30, "the job acked")
+    assert mx.connections == 0
+
+
+async def test_an_mx_that_greets_with_our_own_name_is_a_loop_not_a_delivery(nc, js, owner, nats_server, dns_server,
+                                                                            tmp_path):
+    """An MX record aimed at our own edges (127.0.0.1 in production is the edge's own MX):
+    the greeting names us, so the mail would come straight back (Postfix: "loops back to
+    myself", 5.4.6)."""
+    async with HostileMX(name="edge1.example.com") as mx:
+        settings = settings_for(nats_server, dns_server, mx, tmp_path)
+        await start_queue(nc, owner, settings)
+        await submit(js, "h-loop", "bob@remote.test")
+        assert await _status_of_the_dsn(js) == "5.4.6"
+        await wait_until(lambda: _zero(queued(js)), 30, "the job acked")
+    assert not mx.messages and not mx.mail_commands
+
+
+async def test_a_null_mx_fails_at_once_with_5_1_10(nc, js, owner, nats_server, dns_server, tmp_path):
+    async with HostileMX() as mx:
+        settings = settings_for(nats_server, dns_server, mx, tmp_path)
+        dns_server.remove("remote.test", "MX")
+        dns_server.add("remote.test. 60 IN MX 0 .")
+        await start_queue(nc, owner, settings)
+        await submit(js, "h-nullmx", "bob@remote.test")
+        assert await _status_of_the_dsn(js) == "5.1.10"
+    assert mx.connections == 0
 
 
 # --- the MTA-STS policy server ----------------------------------------------------------------
