@@ -922,6 +922,11 @@ class SipFarm:
         except (URIError, IndexError):
             return []
         if not (ours.branch or "").startswith(FARM_BRANCH) or len(vias) < 2:
+            if len(vias) == 1 and _answers_cancel(response):
+                # The answer to a CANCEL the farm sent a branch itself (_cancel_others, §16.7
+                # step 10): it ends here, as at a proxy's own client transaction (the shell's
+                # has seen it), and is nothing stray -- one was counted per forked call answered.
+                return []
             self.metrics.dropped.labels(reason="stray response").inc()
             return []
         response.headers.remove_first("Via")
@@ -1112,6 +1117,13 @@ def _preference(response: SipResponse) -> tuple:
     lowest class, preferring busy over unavailable over not found."""
     status = response.status
     return (0 if status >= 600 else 1, status // 100, {486: 0, 487: 1, 480: 2}.get(status, 3), status)
+
+
+def _answers_cancel(response: SipResponse) -> bool:
+    try:
+        return response.cseq().method == "CANCEL"
+    except URIError:
+        return False
 
 
 def _made_for_timeout(response: SipResponse) -> bool:

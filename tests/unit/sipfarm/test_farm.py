@@ -528,6 +528,20 @@ async def test_an_answer_cancels_the_other_branches(farm):
     assert await farm.handle(reply(desk, 180, "d"), ("UDP", "192.0.2.7", 5062)) == []
 
 
+async def test_the_answer_to_the_farms_own_cancel_ends_there_and_is_not_stray(farm):
+    (desk, _), (mobile, _) = await forked_invite(farm)
+    out = [parse_message(o.data) for o in await farm.handle(reply(mobile, 200, "m"), ("UDP", "192.0.2.8", 5062))]
+    cancel = next(m for m in out if getattr(m, "method", None) == "CANCEL")
+    stray = farm.metrics.dropped.labels(reason="stray response")
+    before = stray._value.get()
+    assert await farm.handle(reply(cancel, 200, "d"), ("UDP", "192.0.2.7", 5062)) == []
+    assert stray._value.get() == before
+    # A response with our Via alone to anything else is stray still (nothing of ours sends one).
+    assert await farm.handle(reply(cancel, 200, "d").replace(b" CANCEL\r\n", b" INVITE\r\n"),
+                             ("UDP", "192.0.2.7", 5062)) == []
+    assert stray._value.get() == before + 1
+
+
 async def test_a_callers_cancel_reaches_every_branch(farm):
     (desk, _), (mobile, _) = await forked_invite(farm)
     cancel = (f"CANCEL sip:bob@{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/UDP 198.51.100.9:5060;branch=z9hG4bKinv2\r\n"
