@@ -65,6 +65,13 @@ from colony_edge.smtp_client import SmtpClient, SmtpError, opportunistic_context
 log = logging.getLogger("colony.edge.outbound")
 
 _MAX_UNSENT = 10_000   # unconfirmed USAGE events kept for a resend; older ones are dropped
+# What one delivery attempt tries, whatever the destination publishes: a domain may list
+# thousands of MX hosts (or addresses) that never answer, and trying each in turn held the
+# job and the destination's slot for hours (2,000 hosts x 30 s).  Postfix stops at 5
+# addresses (smtp_mx_address_limit), Exim at 5 hosts (hosts_max_try); the rest waits for
+# the next attempt, when equal preferences are shuffled again.
+MAX_MX_HOSTS = 10       # MX hosts whose addresses are looked up
+MAX_MX_ADDRESSES = 5    # addresses connected to
 
 
 class OutboundMetrics:
@@ -385,19 +392,26 @@ class OutboundDelivery:
         # outbound_deny_networks, or ourselves): anything that may pass (a timeout, a DNS
         # failure) keeps the mail queued.
         refused, transient = "", not hosts
-        for host in hosts:
+        tries = 0
+        for host in hosts[:MAX_MX_HOSTS]:
+            if tries >= MAX_MX_ADDRESSES:
+                break
             try:
                 ips = await self._addresses(host)
             except (_Unreachable, _Permanent, dns.exception.DNSException) as exc:
                 last, transient = f"{host}: {exc}", True
                 continue
             for ip in ips:
+                if tries >= MAX_MX_ADDRESSES:
+                    last, transient = f"{last}; no more than {MAX_MX_ADDRESSES} addresses tried per attempt", True
+                    break
                 if ip in self.deny:
                     # The domain's owner chose this address: never connect there.
                     log.warning("outbound to %s: MX %s [%s] is in outbound_deny_networks; not used",
                                 mail.destination, host, ip)
                     refused = refused or f"5.4.4 {host} [{ip}] is in outbound_deny_networks (unable to route)"
                     continue
+                tries += 1
                 try:
                     connection = await self._open(host, ip, policy, mail.destination)
                     return await self._transaction(connection, mail, message, reused=False)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import email
+import logging
 import socket
 import ssl
 import struct
@@ -37,6 +38,7 @@ class HostileMX:
     * ``extra-reply``: the reply to the message's end is followed by a second 250;
     * ``refuse-starttls``: STARTTLS (advertised) is answered 454;
     * ``broken-tls``: STARTTLS is answered 220, then the "handshake" is plaintext garbage;
+    * ``silent``: accepts the connection and never says a word;
     * ``bad-utf8-5xx``: every RCPT is refused with a multi-line 550 of invalid UTF-8 that
       tries to inject DSN fields and MIME boundaries.
     """
@@ -62,6 +64,9 @@ class HostileMX:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
         try:
+            if self.quirk == "silent":   # never greets
+                await reader.read()
+                return
             writer.write(f"220 {self.name} ESMTP\r\n".encode())
             while line := await reader.readline():
                 verb = line[:8].split(b" ")[0].strip().upper()
@@ -342,6 +347,27 @@ async def test_an_mx_that_greets_with_our_own_name_is_a_loop_not_a_delivery(nc, 
         assert await _status_of_the_dsn(js) == "5.4.6"
         await wait_until(lambda: _zero(queued(js)), 30, "the job acked")
     assert not mx.messages and not mx.mail_commands
+
+
+async def test_one_attempt_tries_a_bounded_number_of_mx_addresses(nc, js, owner, nats_server, dns_server, tmp_path,
+                                                                    caplog):
+    """Forty MX hosts, none of which ever greets: one attempt tries five addresses (as
+    Postfix and Exim do) and ends, instead of holding the job and the destination's slot for
+    forty connection timeouts (or thousands: DNS carries that many MX records)."""
+    caplog.set_level(logging.INFO, logger="colony.edge.outbound")
+    async with HostileMX("silent") as mx:
+        settings = settings_for(nats_server, dns_server, mx, tmp_path, outbound_connect_timeout=0.3,
+                                outbound_retry_initial=600.0, outbound_retry_max=600.0)
+        dns_server.remove("remote.test", "MX")
+        dns_server.add(*[f"remote.test. 60 IN MX {i} mx{i}.remote.test." for i in range(40)],
+                       *[f"mx{i}.remote.test. 60 IN A 127.0.0.1" for i in range(40)])
+        await start_queue(nc, owner, settings)
+        started = time.monotonic()
+        await submit(js, "h-many", "bob@remote.test")
+        await wait_until(lambda: _true("outbound h-many to remote.test (attempt 1): 0 delivered, 0 failed, 1 deferred"
+                                       in caplog.text), 30, "the first attempt's end")
+        assert time.monotonic() - started < 10
+    assert mx.connections == 5
 
 
 async def test_a_null_mx_fails_at_once_with_5_1_10(nc, js, owner, nats_server, dns_server, tmp_path):
