@@ -1,0 +1,230 @@
+"""Softphone call flows through a real SIP farm member, with sipp as both phones.
+
+Each flow is a scenario pair in ``scenarios/flow_*``: the callee (``*_uas.xml``) registers
+through the farm (``register.xml``) and waits; the caller (``*_uac.xml``) authenticates on
+the farm's 407 and runs the call.  A flow passes when both sipp processes finish their one
+call (exit code 0) -- every message they expect came, through the farm, in order -- and the
+member timed out no branch and dropped no packet meanwhile.
+
+What a softphone does beyond REGISTER and a plain call (RFC 3261 §16 proxy rules): re-INVITE
+and UPDATE both ways (the callee's requests along the Record-Route reversed), 100rel/PRACK in
+the early dialog, INFO/MESSAGE/OPTIONS/REFER+NOTIFY in a dialog, the callee's BYE, CANCEL
+while ringing and racing the 200, a 302 the caller follows, forks (busy + answer; both ring,
+one answers, the other is cancelled), an INVITE near the MTU over UDP and over TCP, and a
+SUBSCRIBE dialog (RFC 6665) whose NOTIFYs and un-SUBSCRIBE go through the farm.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import urllib.request
+from collections import Counter
+from pathlib import Path
+from typing import NamedTuple
+
+import pytest
+import pytest_asyncio
+
+from cluster_harness import ClusterHarness
+from colony.bus import names
+from colony.contracts.auth import SipCredentialsReply, SipCredentialsRequest
+from colony.natsd import EmbeddedNats
+from colony.protocols.sip.digest import ha1
+from colony.supervisor import die_with_parent
+
+from test_sipfarm import free_udp_port
+
+SCENARIOS = Path(__file__).parent / "scenarios"
+DOMAIN = "acme.example"
+
+SIPP = shutil.which("sipp")
+if SIPP is None and os.environ.get("CI") == "true":
+    raise RuntimeError("sipp (Debian sip-tester) is missing; CI installs it from .ci/apt-packages")
+# One bus and one member for the module's flows (a member's start is most of a flow's time);
+# each flow has callees of its own, so no flow rings another's phones.
+pytestmark = [pytest.mark.skipif(SIPP is None, reason="sipp (Debian sip-tester) is not installed"),
+              pytest.mark.asyncio(loop_scope="module")]
+
+
+def password(user: str) -> str:
+    return f"{user}-flows"
+
+
+async def serve_credentials(nc) -> None:
+    """The credentials contract as the admin API serves it: every user exists here."""
+
+    async def answer(msg):
+        req = SipCredentialsRequest.from_bytes(msg.data)
+        user = req.user.partition("@")[0]
+        if req.realm == DOMAIN:
+            reply = SipCredentialsReply(ok=True, username=user, realm=req.realm, algorithm=req.algorithm,
+                                        ha1=ha1(req.algorithm, user, req.realm, password(user)))
+        else:
+            reply = SipCredentialsReply.refused("unknown user")
+        await msg.respond(reply.to_bytes())
+
+    await nc.subscribe(names.AUTH_SIP_CREDENTIALS, queue=names.QUEUE_ADMIN, cb=answer)
+
+
+class Member(NamedTuple):
+    host: str
+    port: int
+    ops: str          # its metrics
+
+    def counts(self) -> Counter[str]:
+        """The member's counters that a healthy flow leaves alone: branches that never got an
+        answer (Timer B/F, a transaction left hanging) and packets it dropped, by reason."""
+        text = urllib.request.urlopen(f"http://{self.ops}/metrics", timeout=10).read().decode()
+        found: Counter[str] = Counter()
+        for line in text.splitlines():
+            if line.startswith(("colony_sip_proxy_timeouts_total", "colony_sip_dropped_total")):
+                name, _, value = line.rpartition(" ")
+                found[name] += int(float(value))
+        return found
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def member(tmp_path_factory) -> Member:
+    """A farm member on its own authenticated bus, as tests/conftest.py's ``cluster`` runs one."""
+    root = tmp_path_factory.mktemp("flows")
+    server = EmbeddedNats.authenticated(root / "nats", root / "bus", sync_always=False, preexec_fn=die_with_parent)
+    server.start()
+    cluster = ClusterHarness(nats_url=server.url, workdir=root, identities=server.identities)
+    try:
+        await cluster.ensure_schema()
+        await serve_credentials(await cluster.client())
+        cluster.start("sipfarm", "sipfarm-1", COLONY_SIP_PORT="0", COLONY_OUTBOUND_SMTP_PORT="25")
+        view = await cluster.wait_state("sipfarm-1", "READY", timeout=60)
+        host, _, port = view.addresses["sip"].rpartition(":")
+        yield Member(host, int(port), view.addresses["ops"])
+    finally:
+        await cluster.close()
+        server.stop()
+
+
+def _sipp_args(scenario: str, *args: str, limit: float) -> list[str]:
+    return [SIPP, "-sf", str(SCENARIOS / scenario), *args, "-m", "1", "-nostdin", "-timeout", f"{limit:g}s",
+            "-timeout_error", "-trace_err", "-error_file", "/dev/stderr", "-trace_msg", "-message_file", "/dev/stderr"]
+
+
+class Phone:
+    """A callee: a sipp UAS on its own port, registered for ``user`` through the farm."""
+
+    def __init__(self, scenario: str, user: str, transport: str = "u1", limit: float = 30) -> None:
+        self.scenario, self.user, self.transport, self.limit = scenario, user, transport, limit
+        self.port = free_udp_port()
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self, member: Member) -> "Phone":
+        self.proc = await asyncio.create_subprocess_exec(
+            *_sipp_args(self.scenario, "-i", "127.0.0.1", "-p", str(self.port), "-t", self.transport,
+                        "-key", "domain", DOMAIN, limit=self.limit),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        code, out = await run(member, "register.xml", self.user, "-au", self.user, "-ap", password(self.user),
+                              "-key", "contact_port", str(self.port), "-key", "expires", "300")
+        assert code == 0, out
+        return self
+
+    async def finished(self) -> str:
+        assert self.proc is not None
+        out, _ = await asyncio.wait_for(self.proc.communicate(), self.limit + 10)
+        text = out.decode(errors="replace")
+        assert self.proc.returncode == 0, f"{self.scenario} exited {self.proc.returncode}:\n{text[-6000:]}"
+        return text
+
+    async def stop(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+
+
+async def run(member: Member, scenario: str, service: str, *args: str, transport: str = "u1",
+              limit: float = 30) -> tuple[int, str]:
+    """One sipp call (or REGISTER) through ``member``: (exit code, its output's tail)."""
+    host, port = member.host, member.port
+    proc = await asyncio.create_subprocess_exec(
+        *_sipp_args(scenario, f"{host}:{port}", "-s", service, "-i", "127.0.0.1", "-p", str(free_udp_port()),
+                    "-t", transport, "-key", "domain", DOMAIN, *args, limit=limit),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    out, _ = await asyncio.wait_for(proc.communicate(), limit + 10)
+    return proc.returncode, out.decode(errors="replace")[-8000:]
+
+
+async def flow(member: Member, uac: str, uas: str, callee: str, *args: str, **kw) -> None:
+    """The caller alice runs ``uac`` against ``callee``, a phone running ``uas``; both must
+    finish, and the member must have timed out no branch and dropped nothing meanwhile."""
+    before = await asyncio.to_thread(member.counts)
+    phone = await Phone(uas, callee).start(member)
+    try:
+        code, out = await run(member, uac, callee, "-au", "alice", "-ap", password("alice"),
+                              "-key", "caller", "alice", *args, **kw)
+        if code != 0:
+            await phone.stop()
+            phone_out = (await phone.proc.stdout.read()).decode(errors="replace")[-8000:]
+            pytest.fail(f"{uac} exited {code}:\n{out}\n\n{uas}:\n{phone_out}")
+        await phone.finished()
+    finally:
+        await phone.stop()
+    after = await asyncio.to_thread(member.counts)
+    assert after == before, f"the member timed out or dropped: {after - before}"
+
+
+@pytest.mark.parametrize("transport", ["u1", "t1"])
+async def test_hold_and_resume_with_reinvite_and_update_both_ways(member, transport):
+    await flow(member, "flow_reinvite_uac.xml", "flow_reinvite_uas.xml", f"bob-hold-{transport}", transport=transport)
+
+
+@pytest.mark.parametrize("transport", ["u1", "t1"])
+async def test_reliable_183_and_prack_in_the_early_dialog_then_the_callee_hangs_up(member, transport):
+    await flow(member, "flow_prack_uac.xml", "flow_prack_uas.xml", f"bob-prack-{transport}", transport=transport)
+
+
+@pytest.mark.parametrize("transport", ["u1", "t1"])
+async def test_info_message_options_and_a_transfer_with_notify_inside_a_call(member, transport):
+    await flow(member, "flow_midcall_uac.xml", "flow_midcall_uas.xml", f"bob-midcall-{transport}", transport=transport)
+
+
+async def test_a_cancel_while_ringing_gets_the_caller_a_487(member):
+    await flow(member, "flow_cancel_uac.xml", "flow_ringing_uas.xml", "bob-cancel")
+
+
+async def test_a_cancel_racing_the_200_leaves_one_answered_call(member):
+    await flow(member, "flow_cancel_race_uac.xml", "flow_cancel_race_uas.xml", "bob-race")
+
+
+async def test_a_302_reaches_the_caller_who_calls_the_new_target(member):
+    carol = await Phone("flow_answer_uas.xml", "carol").start(member)     # the 302 names carol
+    try:
+        await flow(member, "flow_redirect_uac.xml", "flow_redirect_uas.xml", "bob-moved")
+        await carol.finished()
+    finally:
+        await carol.stop()
+
+
+async def test_forked_call_one_device_busy_the_other_answers(member):
+    busy = await Phone("flow_busy_uas.xml", "bob-fork-busy").start(member)
+    try:
+        await flow(member, "flow_big_sdp_uac.xml", "flow_answer_uas.xml", "bob-fork-busy")
+        await busy.finished()
+    finally:
+        await busy.stop()
+
+
+async def test_forked_call_both_ring_one_answers_the_other_is_cancelled(member):
+    ringing = await Phone("flow_ringing_uas.xml", "bob-fork-ring").start(member)
+    try:
+        await flow(member, "flow_big_sdp_uac.xml", "flow_answer_late_uas.xml", "bob-fork-ring")
+        await ringing.finished()
+    finally:
+        await ringing.stop()
+
+
+@pytest.mark.parametrize("transport", ["u1", "t1"])
+async def test_an_invite_near_the_mtu(member, transport):
+    await flow(member, "flow_big_sdp_uac.xml", "flow_answer_uas.xml", f"bob-big-{transport}", transport=transport)
+
+
+async def test_a_subscription_keeps_the_farm_on_its_path(member):
+    await flow(member, "flow_subscribe_uac.xml", "flow_subscribe_uas.xml", "bob-blf")
