@@ -51,8 +51,10 @@ def build_dsn(job: OutboundMail, failures: list[Failure], original: bytes, repor
         human = [f"This is the mail system at {reporting_mta}.", "",
                  "Your message could not be delivered to the recipients below.", ""]
     for f in failures:
-        # One line: the diagnostic quotes a remote server's multi-line reply.
-        human.append(f"<{f.recipient.address}>: {' '.join(f.diagnostic.split())}")
+        # One line, and bounded: the diagnostic quotes a remote server's reply, which may be
+        # 64 KiB of lines for each recipient (100 of them made a DSN larger than the bus
+        # carries, so it was never sent and the job ended in DEAD_LETTERS).
+        human.append(f"<{f.recipient.address}>: {' '.join(f.diagnostic.split())[:900]}")
     status = [f"Reporting-MTA: dns; {reporting_mta}"]
     if job.envid:
         status.append(f"Original-Envelope-Id: {job.envid}")

@@ -148,6 +148,19 @@ def test_transfer_options_bounce_rather_than_send_8bit_or_utf8_raw(fields, messa
         assert caught.value.text.startswith(expected) and "mx.remote.test" in caught.value.text
 
 
+def test_a_dsn_stays_small_whatever_the_remote_server_said():
+    """A hostile MX answers each of 100 RCPTs with a 64 KiB multi-line 550: the DSN quotes
+    each reply on one bounded line, so it stays far below what the bus carries."""
+    addresses = [f"u{i}@remote.test" for i in range(100)]
+    text = "5.1.1 " + "\n".join("x" * 70 for _ in range(900))
+    j = job(*addresses)
+    d = decide(j, [RecipientResult(a, 550, text, "mx.remote.test") for a in addresses], 1, T0, SETTINGS)
+    raw = build_dsn(j, d.dsn, ORIGINAL, "edge.example.com", T0)
+    assert len(raw) < 300_000
+    human, status, _ = email.message_from_bytes(raw).get_payload()
+    assert human.get_payload(decode=True).count(b"\n") < 110 and status.as_string().count("Status: 5.1.1") == 100
+
+
 def test_dkim_signature_verifies_against_the_published_record():
     key = generate_key("example.com", "s2026", 1024)
     signed = sign(ORIGINAL, key) + ORIGINAL
