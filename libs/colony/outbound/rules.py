@@ -26,7 +26,8 @@ turns that into a ``Decision``:
 Before MAIL, ``transfer_options`` says which parameters the message needs on the server
 at hand (``BODY=8BITMIME``, ``SMTPUTF8``), or that it cannot go there at all
 (``Unsendable``: 8-bit octets without 8BITMIME, UTF-8 where SMTPUTF8 is not offered), which
-stands for every recipient as a permanent refusal would.
+stands for every recipient as a permanent refusal would; ``check_binary`` does the same,
+before any connection, for a BINARYMIME message whose octets DATA cannot carry.
 
 Time is an argument (``now``): tests shorten the ages through settings and pass the clock.
 """
@@ -75,6 +76,20 @@ class Unsendable(Exception):
     def __init__(self, code: int, text: str) -> None:
         super().__init__(f"{code} {text}")
         self.code, self.text = code, text
+
+
+def check_binary(job: OutboundMail, body: bytes) -> None:
+    """``Unsendable`` for a BODY=BINARYMIME message (RFC 3030, taken with BDAT) whose octets
+    DATA cannot carry -- NUL, or CR and LF other than as CRLF: the client sends with DATA
+    only, which would turn them into line ends (RFC 3030 §3: such a message must not be
+    sent without BINARYMIME; converting it is not done, so it is bounced).  One that is
+    text after all goes as 8-bit."""
+    if job.body_type != "BINARYMIME":
+        return
+    crlf = body.count(b"\r\n")
+    if b"\0" in body or body.count(b"\r") != crlf or body.count(b"\n") != crlf:
+        raise Unsendable(554, "5.6.3 a binary message (BODY=BINARYMIME) cannot be relayed without BDAT "
+                              "(conversion required but not supported)")
 
 
 def transfer_options(job: OutboundMail, message: bytes, offered: Callable[[str], bool],

@@ -50,7 +50,8 @@ from colony.events import UnknownEvent, UsageRecorded
 from colony.outbound.dsn import build_dsn
 from colony.outbound.mta_sts import Policy
 from colony.outbound.srs import Srs, SrsError, is_srs
-from colony.outbound.rules import NullMx, RecipientResult, Unsendable, decide, mail_exchangers, transfer_options
+from colony.outbound.rules import (NullMx, RecipientResult, Unsendable, check_binary, decide, mail_exchangers,
+                                   transfer_options)
 from colony.protocols.smtp.client import RemoteReply, Transaction, encode_message
 from colony.outbound.signing import DkimKey, current_key, from_json, sign
 from colony.dns import make_resolver
@@ -333,6 +334,11 @@ class OutboundDelivery:
         no crash window opens between the remote 250 and the record), so the next job to
         the destination uses the session while this one's bus write is under way.  A
         connection that is closed with QUIT keeps the slot until then, after the record."""
+        try:
+            check_binary(mail, body)
+        except Unsendable as exc:
+            log.warning("outbound %s to %s not sent: %s", mail.message_id, mail.destination, exc)
+            return [RecipientResult(r.address, exc.code, exc.text) for r in mail.recipients]
         policy = await self.mta_sts.policy(mail.destination) if self.mta_sts is not None else None
         # Signed up front, outside the slot: a DNS failure then costs a signature it did not
         # need, which is rare next to every delivery holding the slot for one.

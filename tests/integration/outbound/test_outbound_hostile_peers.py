@@ -307,6 +307,24 @@ async def test_utf8_mail_to_a_server_without_smtputf8_is_bounced(nc, js, owner, 
     assert all("SMTPUTF8" not in c for c in mx.mail_commands)
 
 
+async def test_binary_mail_is_bounced_not_mangled_into_lines(nc, js, owner, nats_server, dns_server, tmp_path):
+    """RFC 3030 §3: BODY=BINARYMIME mail (taken with BDAT) whose octets DATA cannot carry is
+    not sent by DATA, where its NULs and bare line ends would be rewritten; one that is
+    text after all goes, as 8BITMIME."""
+    async with HostileMX() as mx:
+        settings = settings_for(nats_server, dns_server, mx, tmp_path)
+        await start_queue(nc, owner, settings)
+        binary = (ORIGINAL % b"h-binary").replace(b"Hello there.", b"\x00\x01\n\r\xff")
+        await _submit_body(js, "h-binary", binary, body_type="BINARYMIME")
+        await _submit_body(js, "h-bintext", ORIGINAL % b"h-bintext", body_type="BINARYMIME")
+        [dsn] = await wait_until(lambda: dsns(js), 30, "the DSN for the binary message")
+        await wait_until(lambda: _zero(queued(js)), 30, "both jobs acked")
+    status = email.message_from_bytes(dsn.body).get_payload()[1].get_payload()[1]
+    assert status["Status"] == "5.6.3"
+    assert len(mx.messages) == 1 and b"<h-bintext@" in mx.messages[0]
+    assert mx.mail_commands == ["MAIL FROM:<alice@example.com> BODY=8BITMIME"]
+
+
 async def _zero(awaitable) -> bool:
     return (await awaitable) == 0
 

@@ -11,8 +11,8 @@ import pytest
 
 from colony.contracts.outbound import OutboundMail, OutboundRecipient
 from colony.outbound.dsn import build_dsn
-from colony.outbound.rules import (NullMx, RecipientResult, Unsendable, decide, mail_exchangers, retry_delay,
-                                   transfer_options)
+from colony.outbound.rules import (NullMx, RecipientResult, Unsendable, check_binary, decide, mail_exchangers,
+                                   retry_delay, transfer_options)
 from colony.outbound.signing import generate_key, sign
 from colony.settings import Settings
 
@@ -146,6 +146,22 @@ def test_transfer_options_bounce_rather_than_send_8bit_or_utf8_raw(fields, messa
         with pytest.raises(Unsendable) as caught:
             transfer_options(j, message, offered.__contains__, "mx.remote.test")
         assert caught.value.text.startswith(expected) and "mx.remote.test" in caught.value.text
+
+
+@pytest.mark.parametrize("body, sendable", [
+    (b"Subject: x\r\n\r\nbinary\x00data\r\n", False),
+    (b"Subject: x\r\n\r\nbare\nline feed\r\n", False),
+    (b"Subject: x\r\n\r\nbare\rcarriage return\r\n", False),
+    ("Subject: x\r\n\r\n8-bit text, Grüße\r\n".encode(), True),
+])
+def test_a_binarymime_message_goes_by_data_only_if_data_can_carry_it(body, sendable):
+    j = job("a@remote.test", body_type="BINARYMIME")
+    if sendable:
+        check_binary(j, body)
+    else:
+        with pytest.raises(Unsendable, match="5.6.3"):
+            check_binary(j, body)
+    check_binary(job("a@remote.test", body_type="8BITMIME"), b"\x00")   # only BINARYMIME is judged
 
 
 def test_a_dsn_stays_small_whatever_the_remote_server_said():
