@@ -38,6 +38,7 @@ class HostileMX:
     * ``extra-reply``: the reply to the message's end is followed by a second 250;
     * ``refuse-starttls``: STARTTLS (advertised) is answered 454;
     * ``broken-tls``: STARTTLS is answered 220, then the "handshake" is plaintext garbage;
+    * ``554-greeting``: greets with 554 (RFC 5321 §3.1: no SMTP service here);
     * ``silent``: accepts the connection and never says a word;
     * ``bad-utf8-5xx``: every RCPT is refused with a multi-line 550 of invalid UTF-8 that
       tries to inject DSN fields and MIME boundaries.
@@ -66,6 +67,11 @@ class HostileMX:
         try:
             if self.quirk == "silent":   # never greets
                 await reader.read()
+                return
+            if self.quirk == "554-greeting":
+                writer.write(b"554 5.3.2 mx.hostile.test no SMTP service here\r\n")
+                await writer.drain()
+                await reader.readline()   # QUIT, or nothing
                 return
             writer.write(f"220 {self.name} ESMTP\r\n".encode())
             while line := await reader.readline():
@@ -206,6 +212,21 @@ async def test_a_250_to_data_is_deferred_not_counted_delivered(nc, js, owner, na
         assert await queued(js) == 1 and not mx.messages
         mx.quirk = ""
         await wait_until(lambda: _true(mx.messages), 30, "the message delivered once the MX behaves")
+        await wait_until(lambda: _zero(queued(js)), 30, "the job acked")
+    assert len(mx.messages) == 1 and not await dsns(js)
+
+
+async def test_a_554_greeting_defers_and_does_not_bounce(nc, js, owner, nats_server, dns_server, tmp_path):
+    """As Postfix's default (smtp_skip_5xx_greeting): a server that will not talk now is
+    no verdict on the recipients; the mail waits, and goes once the server greets."""
+    async with HostileMX("554-greeting") as mx:
+        settings = settings_for(nats_server, dns_server, mx, tmp_path)
+        await start_queue(nc, owner, settings)
+        await submit(js, "h-554", "bob@remote.test")
+        await wait_until(lambda: _true(mx.connections >= 3), 30, "three attempts refused at the greeting")
+        assert not await dsns(js) and await queued(js) == 1
+        mx.quirk = ""
+        await wait_until(lambda: _true(mx.messages), 30, "the message delivered once the MX greets")
         await wait_until(lambda: _zero(queued(js)), 30, "the job acked")
     assert len(mx.messages) == 1 and not await dsns(js)
 
