@@ -35,6 +35,18 @@ def test_a_job_redelivered_past_max_deliver_is_dead_lettered_before_it_runs_agai
     assert dead.action == Action.DEAD_LETTER and "without an outcome" in dead.reason
 
 
+def test_a_held_job_is_retried_past_max_deliver_and_its_held_deliveries_do_not_count():
+    # The store's disk is full: the job waits for it however long that takes.
+    for delivered in (1, 3, 40):
+        held = decide(Retry("storage unavailable", delay=10, held=True), delivered, POLICY)
+        assert (held.action, held.delay) == (Action.NAK, 10)
+    assert decide(Retry("storage unavailable", held=True), 7, POLICY).delay == 10.0   # the schedule's last step
+    # 40 deliveries of which 38 were held: 2 without an outcome, not "past max_deliver" ...
+    assert before_handling(40, POLICY, held=38) is None
+    # ... while one whose workers kept dying beyond the held ones still goes.
+    assert before_handling(40, POLICY, held=36).action == Action.DEAD_LETTER
+
+
 def test_a_handler_returning_something_else_is_a_bug_named_clearly():
     with pytest.raises(TypeError, match="return None, Done"):
         decide("ok", 1, POLICY)

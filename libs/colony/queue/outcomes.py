@@ -8,14 +8,21 @@ outcome, or raises:
 * ``None`` or ``Done()``: ack - the job leaves the work queue.
 * ``Retry(delay, reason)``: not now; redeliver after ``delay`` seconds (``None``: the
   back-off schedule's delay for this delivery).  Counts towards ``max_deliver``.
+* ``Retry(..., held=True)``: not now, and not the job's fault -- what it needs is unavailable
+  (the mail store's disk is full or read-only).  Redelivered after ``delay`` however often:
+  such a job is never dead-lettered for it, since it would succeed the moment the resource
+  is back and dead-lettering it would only hand an operator a replay.  The runner counts
+  these deliveries (``held``) and leaves them out of the "redelivered past ``max_deliver``"
+  rule below.
 * ``Reject(reason)``: poison - it will never succeed (malformed, refers to nothing): straight
   to the dead-letter stream, without using up the remaining deliveries.
 * an exception: a ``Retry`` on the schedule, its reason the exception (logged with traceback).
 
 ``decide(outcome, delivered, policy)`` is the whole rule, with no I/O: a failure on the
-``max_deliver``-th delivery dead-letters instead of retrying, and a job delivered *more* than
-``max_deliver`` times (its workers died or hung each time, so no outcome was ever reported)
-is dead-lettered before the handler sees it again.  The consumer itself has no
+``max_deliver``-th delivery dead-letters instead of retrying (a held retry never does), and
+a job delivered *more* than ``max_deliver`` times besides the deliveries it was held (its
+workers died or hung each time, so no outcome was ever reported) is dead-lettered before the
+handler sees it again.  The consumer itself has no
 ``max_deliver``: JetStream would just stop delivering such a job and leave it in the stream
 (NATS-NOTES), where nobody would ever see it.
 """
@@ -39,6 +46,7 @@ class Retry:
 
     reason: str = ""
     delay: float | None = None
+    held: bool = False   # a resource the job needs is unavailable: never dead-lettered for it
 
 
 @dataclass(frozen=True)
@@ -97,9 +105,10 @@ class Decision:
     reason: str = ""
 
 
-def before_handling(delivered: int, policy: QueuePolicy) -> Decision | None:
-    """A job redelivered past ``max_deliver`` (no outcome was ever reported): dead-letter it."""
-    if delivered > policy.max_deliver:
+def before_handling(delivered: int, policy: QueuePolicy, held: int = 0) -> Decision | None:
+    """A job redelivered past ``max_deliver`` (no outcome was ever reported): dead-letter it.
+    ``held``: how many of its deliveries ended in a held retry (those had an outcome)."""
+    if delivered - held > policy.max_deliver:
         return Decision(Action.DEAD_LETTER, reason=(
             f"delivered {delivered} times without an outcome (its workers died or timed out each time)"))
     return None
@@ -111,7 +120,7 @@ def decide(outcome: Outcome | None, delivered: int, policy: QueuePolicy) -> Deci
     if isinstance(outcome, Reject):
         return Decision(Action.DEAD_LETTER, reason=f"rejected: {outcome.reason}")
     if isinstance(outcome, Retry):
-        if delivered >= policy.max_deliver:
+        if delivered >= policy.max_deliver and not outcome.held:
             return Decision(Action.DEAD_LETTER, reason=f"failed {delivered} deliveries; last: {outcome.reason}")
         delay = outcome.delay if outcome.delay is not None else policy.retry_delay(delivered)
         return Decision(Action.NAK, delay=max(delay, 0.0), reason=outcome.reason)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -41,6 +42,8 @@ from colony.tasks import describe
 from colony.telemetry import extract_context
 
 log = logging.getLogger("colony.queue")
+
+_HELD_REMEMBERED = 100_000   # held jobs whose held deliveries a runner remembers
 
 
 @dataclass
@@ -166,6 +169,11 @@ class QueueRunner:
             budget.on_free(self._wake)
         self.tracer = tracer or trace.get_tracer("colony.queue")
         self.handled = 0  # jobs acked by this runner (tests and benchmarks read it)
+        # Stream sequence -> deliveries that ended in a held retry (outcomes.Retry.held), so
+        # "redelivered past max_deliver" counts only deliveries without an outcome.  In memory:
+        # a restarted runner forgets them, which costs a held job at most max_deliver more
+        # deliveries, not the job.  Bounded: the oldest entries go first.
+        self._held: OrderedDict[int, int] = OrderedDict()
         # Jobs being handled -> when they last told JetStream they are alive.  One timer for
         # all of them, armed while any runs: a task (or timer) per job to send a progress
         # that a job finishing in milliseconds never needs cost more than the rest of the
@@ -285,7 +293,7 @@ class QueueRunner:
         except Exception as exc:  # not a JetStream delivery at all: nothing to ack
             log.error("%s: unreadable delivery on %s: %s", self.name, msg.subject, describe(exc))
             return
-        pre = before_handling(job.delivered, self.policy)
+        pre = before_handling(job.delivered, self.policy, self._held.get(job.sequence, 0))
         if pre is not None:
             await self._dead_letter(msg, job, pre.reason)
             return
@@ -299,11 +307,20 @@ class QueueRunner:
                 span.set_attribute("colony.job.delivered", job.delivered)
                 outcome = await self._handle(job)
                 decision = decide(outcome, job.delivered, self.policy)
+                self._note_held(job, outcome, decision)
                 span.set_attribute("colony.job.action", str(decision.action))
             await self._apply(msg, job, decision)
         finally:
             self.metrics.in_flight.labels(self.name).dec()
             self.metrics.seconds.labels(self.name).observe(time.monotonic() - started)
+
+    def _note_held(self, job: Job, outcome: Outcome | None, decision: Decision) -> None:
+        if decision.action == Action.NAK and isinstance(outcome, Retry) and outcome.held:
+            self._held[job.sequence] = self._held.pop(job.sequence, 0) + 1
+            while len(self._held) > _HELD_REMEMBERED:
+                self._held.popitem(last=False)
+        elif decision.action != Action.NAK:
+            self._held.pop(job.sequence, None)
 
     async def _handle(self, job: Job) -> Outcome | None:
         self._running[id(job)] = (job, time.monotonic())
