@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import urllib.request
 from collections import Counter
@@ -152,9 +153,10 @@ async def run(member: Member, scenario: str, service: str, *args: str, transport
     return proc.returncode, out.decode(errors="replace")[-8000:]
 
 
-async def flow(member: Member, uac: str, uas: str, callee: str, *args: str, **kw) -> None:
+async def flow(member: Member, uac: str, uas: str, callee: str, *args: str, **kw) -> str:
     """The caller alice runs ``uac`` against ``callee``, a phone running ``uas``; both must
-    finish, and the member must have timed out no branch and dropped nothing meanwhile."""
+    finish, and the member must have timed out no branch and dropped nothing meanwhile.
+    Returns the phone's sipp output (its message trace)."""
     before = await asyncio.to_thread(member.counts)
     phone = await Phone(uas, callee).start(member)
     try:
@@ -164,11 +166,12 @@ async def flow(member: Member, uac: str, uas: str, callee: str, *args: str, **kw
             await phone.stop()
             phone_out = (await phone.proc.stdout.read()).decode(errors="replace")[-8000:]
             pytest.fail(f"{uac} exited {code}:\n{out}\n\n{uas}:\n{phone_out}")
-        await phone.finished()
+        phone_out = await phone.finished()
     finally:
         await phone.stop()
     after = await asyncio.to_thread(member.counts)
     assert after == before, f"the member timed out or dropped: {after - before}"
+    return phone_out
 
 
 @pytest.mark.parametrize("transport", ["u1", "t1"])
@@ -223,7 +226,12 @@ async def test_forked_call_both_ring_one_answers_the_other_is_cancelled(member):
 
 @pytest.mark.parametrize("transport", ["u1", "t1"])
 async def test_an_invite_near_the_mtu(member, transport):
-    await flow(member, "flow_big_sdp_uac.xml", "flow_answer_uas.xml", f"bob-big-{transport}", transport=transport)
+    trace = await flow(member, "flow_big_sdp_uac.xml", "flow_answer_uas.xml", f"bob-big-{transport}",
+                       transport=transport)
+    # The INVITE as the phone got it, with the farm's Via and Record-Route: within 200 bytes of
+    # the Ethernet MTU (RFC 3261 §18.1.1's mark, where a UA would move to TCP), still one datagram.
+    [size] = [int(m) for m in re.findall(r"message received \[(\d+)\] bytes :\s+INVITE ", trace)]
+    assert 1300 <= size <= 1472, size
 
 
 async def test_a_subscription_keeps_the_farm_on_its_path(member):
