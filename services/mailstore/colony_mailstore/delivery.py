@@ -23,7 +23,11 @@ Forwarded delivery, subject ``names.mailstore_deliver_subject(owner)``::
                       traceparent:       00-…                  (the job's trace)
              payload  the InboundMail exactly as the MAIL stream carried it
     reply    {"stored": ["bob@example.com"], "retry": {"carol@example.com": "owned by mailstore-3"},
-              "rejected": {"dave@example.com": "over quota: …"}}
+              "rejected": {"dave@example.com": "over quota: …"}, "held": []}
+
+A recipient whose store's file system refuses writes (full, read-only) is *held*, not failed
+(``storage_health``): the job is redelivered until the storage is back, never dead-lettered
+for it, and while the storage is down this store fetches no MAIL.
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ from colony.settings import Role, Settings
 from colony.telemetry import extract_context, inject_headers
 from colony_mailstore.accounts import AccountManager, NotOwner, OverQuota
 from colony_mailstore.metrics import MailstoreMetrics
+from colony_mailstore.storage_health import HELD_DELAY, StorageHealth, storage_failure
 from colony_mailstore.usage import UsageMeter
 
 log = logging.getLogger("colony.mailstore.delivery")
@@ -65,6 +70,7 @@ H_RECIPIENTS = "Colony-Recipients"
 H_JOB_ID = "Colony-Job-Id"
 
 STORED, RETRY, REJECTED = "stored", "retry", "rejected"
+HELD = "held"   # a retry because the storage refuses writes (storage_health): never dead-lettered
 LARGE_BODIES_AT_ONCE = 4  # object-store bodies in memory per instance (see handle)
 REMOTE_TIMEOUT = 5.0      # seconds for a read of another region's node records
 
@@ -83,6 +89,9 @@ class ForwardReply(BaseModel):
     stored: list[str] = Field(default_factory=list)
     retry: dict[str, str] = Field(default_factory=dict)
     rejected: dict[str, str] = Field(default_factory=dict)
+    # Those of ``retry`` that wait for the owner's storage (a full disk): the sender holds the
+    # job rather than spend its deliveries.  A sender that predates the field retries them.
+    held: list[str] = Field(default_factory=list)
 
     def encode(self) -> bytes:
         return self.model_dump_json().encode()
@@ -105,6 +114,7 @@ class Delivery:
         self._secret: bytes | None = None   # the cluster secret, read when a body is in another region
         self.accepting = True
         self.forwards_in_flight = 0
+        self.storage = StorageHealth(settings.shared_storage, node_id)
 
     # --- the MAIL job ----------------------------------------------------------------------
 
@@ -116,6 +126,9 @@ class Delivery:
         if not isinstance(mail, InboundMail):
             return Reject(f"not an InboundMail: {mail.type}")
         recipients = list(dict.fromkeys(r.mailbox.lower() for r in mail.recipients))
+        if self.storage.down:
+            # Fetched through a poll opened before the store paused: hand it back untried.
+            return Retry(f"storage unavailable: {self.storage.reason}", delay=HELD_DELAY, held=True)
         target = await self._moving_to(mail.domain)
         if target is not None:
             return await self._send_on(mail, recipients, target, job.headers, job.sequence)
@@ -131,6 +144,11 @@ class Delivery:
             results = await self.deliver(mail, job.data, body, recipients, job.id, job.headers, may_forward=True)
         rejected = {a: why for a, (status, why) in results.items() if status == REJECTED}
         retry = {a: why for a, (status, why) in results.items() if status == RETRY}
+        held = {a: why for a, (status, why) in results.items() if status == HELD}
+        if held:
+            # A storage that refuses writes outweighs the rest: the job waits for it.
+            return Retry("; ".join(f"{a}: {w}" for a, w in list({**held, **retry}.items())[:3]),
+                         delay=HELD_DELAY, held=True)
         if retry:
             # Owners paused or busy: a short, fixed delay, so a lapsed lease is noticed soon.
             return Retry("; ".join(f"{a}: {w}" for a, w in list(retry.items())[:3]), delay=1.0)
@@ -356,6 +374,12 @@ class Delivery:
         except NotOwner as exc:
             return {address: (RETRY, str(exc))}
         except Exception as exc:
+            if storage_failure(exc):
+                # One line, not a traceback per message: a full disk fails every delivery.
+                if self.storage.failed(exc):
+                    log.warning("shared storage refuses writes (%s: %s, storing for %s): delivery paused until "
+                                "it takes writes again", type(exc).__name__, exc, address)
+                return {address: (HELD, f"storage unavailable: {type(exc).__name__}: {exc}")}
             log.exception("storing for %s failed", address)
             return {address: (RETRY, f"{type(exc).__name__}: {exc}")}
         if stored.duplicate:
@@ -395,7 +419,7 @@ class Delivery:
             return {a: (RETRY, f"bad reply from {owner}: {exc}") for a in addresses}
         self.metrics.forwarded.labels("ok").inc()
         out = {a: (STORED, "") for a in reply.stored}
-        out.update({a: (RETRY, why) for a, why in reply.retry.items()})
+        out.update({a: (HELD if a in reply.held else RETRY, why) for a, why in reply.retry.items()})
         out.update({a: (REJECTED, why) for a, why in reply.rejected.items()})
         for a in addresses:
             out.setdefault(a, (RETRY, f"{owner} did not say"))
@@ -436,6 +460,9 @@ class Delivery:
             return ForwardReply(rejected={"*": f"not an InboundMail: {str(exc)[:200]}"})
         if not self.accepting:
             return ForwardReply(retry={a: f"{self.node_id} is draining" for a in addresses})
+        if self.storage.down:
+            why = f"storage unavailable at {self.node_id}: {self.storage.reason}"
+            return ForwardReply(retry={a: why for a in addresses}, held=list(addresses))
         with tracer.start_as_current_span(
                 "mailstore forwarded delivery", context=extract_context(headers)):
             try:
@@ -454,4 +481,6 @@ class Delivery:
                 reply.rejected[address] = why
             else:
                 reply.retry[address] = why
+                if status == HELD:
+                    reply.held.append(address)
         return reply

@@ -26,6 +26,10 @@ class MailstoreMetrics:
                                  ["how"], registry=registry)
         self.fenced = Counter("colony_mailstore_fenced", "Writes refused because a newer owner claimed the account.",
                               registry=registry)
+        self.storage_unavailable = Gauge(
+            "colony_mailstore_storage_unavailable",
+            "1 while the shared storage refuses this instance's writes (full, read-only) and MAIL delivery is held.",
+            registry=registry)
         self.open_accounts = Gauge("colony_mailstore_open_accounts", "Accounts this instance owns and has open.",
                                    registry=registry)
         self.latency = Histogram("colony_mailstore_delivery_seconds",

@@ -69,6 +69,7 @@ class PartitionRunners:
         self.partitions = [runner(f"{names.MAILSTORE_CONSUMER}-{region}-p{p}", names.mail_partition_filter(region, p),
                                   self.total, self.budget) for p in range(names.MAIL_PARTITIONS)]
         self.accepting = True
+        self.paused = False   # the storage refuses writes (storage_health): fetch nothing
         self.fetching: frozenset[int] = frozenset()
         for r in self.partitions:
             r.set_accepting(False)  # until rebalance() says which are ours
@@ -87,15 +88,27 @@ class PartitionRunners:
         ourselves in even while starting, so a store alone fetches everything at once)."""
         ready = tuple(ready)
         wanted = frozenset(p for p in range(names.MAIL_PARTITIONS)
-                           if consumes_partition(p, self.node_id, ready)) if self.accepting else frozenset()
+                           if consumes_partition(p, self.node_id, ready)) if self.fetches else frozenset()
         for p, r in enumerate(self.partitions):
             r.set_accepting(p in wanted)
         self.fetching = wanted
         return wanted
 
+    @property
+    def fetches(self) -> bool:
+        return self.accepting and not self.paused
+
     def set_accepting(self, accepting: bool, ready: Iterable[str] = ()) -> None:
         self.accepting = accepting
-        self.unpartitioned.set_accepting(accepting)
+        self.unpartitioned.set_accepting(self.fetches)
+        self.rebalance(ready)
+
+    def set_paused(self, paused: bool, ready: Iterable[str] = ()) -> None:
+        """Stop (or resume) fetching while the store stays READY: its partitions' jobs wait
+        in the stream.  Unlike a drain, the accounts stay here: the storage is usually shared,
+        so another store could not write them either."""
+        self.paused = paused
+        self.unpartitioned.set_accepting(self.fetches)
         self.rebalance(ready)
 
     def active_work(self) -> int:

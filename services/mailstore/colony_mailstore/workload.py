@@ -68,7 +68,7 @@ class MailstoreWorkload:
         nc = runtime.nc
         js = nc.jetstream()
         settings = self.settings
-        metrics = MailstoreMetrics(runtime.metrics.registry)
+        self.metrics = metrics = MailstoreMetrics(runtime.metrics.registry)
         ownership = AccountOwnership(await js.key_value(names.BUCKET_ACCOUNT_OWNERS), runtime.node_id, settings,
                                      runtime.publish_event)
         directory = Directory(await js.key_value(names.BUCKET_DIRECTORY), default_cos=settings.default_cos)
@@ -199,6 +199,7 @@ class MailstoreWorkload:
             if now >= next_idle:
                 next_idle = now + min(self.settings.account_idle_release / 4, 30.0)
                 await self.accounts.release_idle(self.settings.account_idle_release)
+            await self._watch_storage()
             if not self.accepting and self.runner.active_work() == 0 and not self._forward_tasks:
                 if self.accounts.ownership.leases:
                     await self.accounts.release_all("drain")
@@ -209,6 +210,19 @@ class MailstoreWorkload:
             with suppress(TimeoutError):
                 async with asyncio.timeout(max(0.0, wake_at - loop.time())):
                     await self._upkeep_wake.wait()
+
+    async def _watch_storage(self) -> None:
+        """Hold delivery while the storage refuses writes; probe it and resume (storage_health)."""
+        storage = self.delivery.storage
+        if storage.down and not self.runner.paused:
+            self.runner.set_paused(True, self.members.ready)
+            self.metrics.storage_unavailable.set(1)
+        if storage.probe_due():
+            down_for = storage.probed(await asyncio.to_thread(storage.probe))
+            if down_for is not None:
+                log.warning("shared storage takes writes again after %.0fs: delivery resumes", down_for)
+                self.runner.set_paused(False, self.members.ready)
+                self.metrics.storage_unavailable.set(0)
 
     def set_accepting(self, accepting: bool) -> None:
         self.accepting = accepting
