@@ -961,6 +961,12 @@ class SipFarm:
             # Keep the failure until every branch has one; then pass on the best (§16.7).
             fork.finals[index] = response
             if fork.answered or len(fork.finals) + fork.unsent < fork.branches:
+                if response.status >= 600 and not fork.answered and not fork.declined:
+                    # A global failure (a user declining on one device): §16.7 step 5 has the
+                    # other branches cancelled rather than ringing on until Timer C, and the
+                    # 6xx goes to the caller once they have answered (step 6, _preference).
+                    fork.declined = True
+                    out += await self._cancel_others(response, ours, index, fork)
                 return out
             response = min(fork.finals.values(), key=_preference)
             del self._forks[base]
@@ -1022,7 +1028,8 @@ class SipFarm:
         return [Outbound(ack.encode(), destination, member)]
 
     async def _cancel_others(self, response: SipResponse, ours: Via, index: int, fork: _Fork) -> list[Outbound]:
-        """A branch answered: CANCEL the others still ringing (§16.7 step 10)."""
+        """A branch answered (§16.7 step 10), or declined for all with a 6xx (step 5): CANCEL
+        the others still ringing."""
         out = []
         to = response.headers.get("To") or ""
         try:
@@ -1104,6 +1111,7 @@ class _Fork:
     expires_at: float
     branches: int                        # contacts forked to, branch j to contact j
     answered: bool = False
+    declined: bool = False               # a branch answered 6xx: the others were cancelled
     request: SipRequest | None = None    # the caller's INVITE as received, for Timer C's 408
     source: Destination | None = None
     finals: dict[int, SipResponse] = field(default_factory=dict)

@@ -236,3 +236,12 @@ async def test_an_invite_near_the_mtu(member, transport):
 
 async def test_a_subscription_keeps_the_farm_on_its_path(member):
     await flow(member, "flow_subscribe_uac.xml", "flow_subscribe_uas.xml", "bob-blf")
+
+
+async def test_forked_call_declined_on_one_device_stops_the_other_ringing(member):
+    ringing = await Phone("flow_ringing_uas.xml", "bob-fork-decline").start(member)
+    try:
+        await flow(member, "flow_declined_uac.xml", "flow_decline_uas.xml", "bob-fork-decline", limit=10)
+        await ringing.finished()
+    finally:
+        await ringing.stop()

@@ -464,7 +464,8 @@ async def test_bad_requests_get_400_class_answers_and_garbage_silence(farm):
 
 
 def reply(request, status: int, tag: str) -> bytes:
-    reason = {200: "OK", 180: "Ringing", 486: "Busy Here", 480: "Temporarily Unavailable"}[status]
+    reason = {200: "OK", 180: "Ringing", 486: "Busy Here", 480: "Temporarily Unavailable", 487: "Request Terminated",
+              603: "Decline"}[status]
     return (f"SIP/2.0 {status} {reason}\r\n".encode()
             + b"".join(f"Via: {v}\r\n".encode() for v in request.headers.get_all("Via"))
             + f"From: {request.headers.get('From')}\r\nTo: {request.headers.get('To')};tag={tag}\r\n"
@@ -493,6 +494,22 @@ async def test_an_invite_forks_to_every_device_and_the_best_failure_wins(farm):
     gone = [(parse_message(o.data), o.destination) for o in await farm.handle(reply(mobile, 480, "m"), ("UDP", "192.0.2.8", 5062))]
     assert [getattr(m, "method", None) or m.status for m, _ in gone] == ["ACK", 486]
     assert gone[1][1] == ("UDP", "198.51.100.9", 5060)
+
+
+async def test_a_decline_on_one_device_cancels_the_others_and_reaches_the_caller(farm):
+    """§16.7 step 5: a 6xx is held, the branches still ringing are cancelled (not left to ring
+    until Timer C), and the 6xx is what the caller hears once they have answered (step 6)."""
+    (desk, _), (mobile, _) = await forked_invite(farm)
+    out = [(parse_message(o.data), o.destination) for o in await farm.handle(reply(desk, 603, "d"), ("UDP", "192.0.2.7", 5062))]
+    assert [(m.method, d) for m, d in out] == [("ACK", ("UDP", "192.0.2.7", 5062)), ("CANCEL", ("UDP", "192.0.2.8", 5062))]
+    cancel = out[1][0]
+    assert cancel.top_via().branch == mobile.top_via().branch and "tag=" not in cancel.headers.get("To")
+    # A second 6xx (or its retransmission) cancels nothing again.
+    again = [parse_message(o.data) for o in await farm.handle(reply(desk, 603, "d"), ("UDP", "192.0.2.7", 5062))]
+    assert [m.method for m in again] == ["ACK"]
+    done = [(parse_message(o.data), o.destination) for o in await farm.handle(reply(mobile, 487, "m"), ("UDP", "192.0.2.8", 5062))]
+    assert [getattr(m, "method", None) or m.status for m, _ in done] == ["ACK", 603]
+    assert done[1][1] == ("UDP", "198.51.100.9", 5060)
 
 
 async def test_timer_c_answers_408_when_no_branch_ever_answers(farm):
