@@ -124,6 +124,7 @@ class _Connection:
     policy_key: str
     messages: int = 0
     expiry: asyncio.TimerHandle | None = None
+    watch: asyncio.Task | None = None   # while idle: ends the connection if the server speaks
     # No mail transaction open: greeted, or the last one ended with the reply to its data
     # (RFC 5321 4.1.1.4: that clears the server's buffers) or a refused MAIL.
     clean: bool = True
@@ -139,7 +140,9 @@ class ConnectionPool:
     connections in all (beyond it, a finished connection is closed), so a queue spread over
     many destinations does not hold a socket per destination.  An idle connection that
     times out is closed without QUIT (a timer cannot wait for the reply); one that reaches
-    its message cap says QUIT.
+    its message cap says QUIT.  While idle a connection is watched: if the server sends
+    anything (a reply nobody asked for, which the next transaction would take for its own)
+    or closes it, it is closed and dropped at once.
     """
 
     def __init__(self, idle_timeout: float, max_messages: int, limit: int) -> None:
@@ -147,15 +150,19 @@ class ConnectionPool:
         self._idle: dict[str, list[_Connection]] = {}
         self._count = 0
 
-    def take(self, destination: str, policy_key: str) -> _Connection | None:
+    async def take(self, destination: str, policy_key: str) -> _Connection | None:
         idle = self._idle.get(destination)
         while idle:
             connection = idle.pop()
             self._count -= 1
             if not idle:
                 del self._idle[destination]
-            if connection.expiry is not None:
-                connection.expiry.cancel()
+            watch = connection.watch
+            _stop_idling(connection)
+            if watch is not None:
+                # Its read must be over before the transaction reads (a stream takes one
+                # reader at a time); wait() neither raises nor passes the cancellation on.
+                await asyncio.wait([watch])
             if connection.policy_key == policy_key and connection.client.is_connected:
                 return connection
             connection.client.close()
@@ -167,8 +174,9 @@ class ConnectionPool:
         kept (reuse off, at its message cap, the pool full): the caller says QUIT (``quit``)."""
         if self.idle_timeout <= 0 or connection.messages >= self.max_messages or self._count >= self.limit:
             return False
-        connection.expiry = asyncio.get_running_loop().call_later(self.idle_timeout, self._expire, destination,
-                                                                  connection)
+        loop = asyncio.get_running_loop()
+        connection.expiry = loop.call_later(self.idle_timeout, self._expire, destination, connection)
+        connection.watch = loop.create_task(self._watch(destination, connection))
         self._idle.setdefault(destination, []).append(connection)
         self._count += 1
         return True
@@ -179,6 +187,15 @@ class ConnectionPool:
         except (SmtpError, OSError):
             connection.client.close()
 
+    async def _watch(self, destination: str, connection: _Connection) -> None:
+        """A server that speaks while nothing was asked (a reply too many, sent late) or
+        closes the idle session: the session ends now, or the next transaction on it would
+        take that reply for its own.  Never raises: ``idle`` does not, and the task is
+        cancelled when the connection is taken or closed."""
+        await connection.client.idle()
+        connection.watch = None
+        self._expire(destination, connection)
+
     def _expire(self, destination: str, connection: _Connection) -> None:
         idle = self._idle.get(destination)
         if idle and connection in idle:
@@ -186,6 +203,7 @@ class ConnectionPool:
             self._count -= 1
             if not idle:
                 del self._idle[destination]
+        _stop_idling(connection)
         connection.client.close()
 
     def idle(self, destination: str) -> int:
@@ -194,11 +212,19 @@ class ConnectionPool:
     def close(self) -> None:
         for idle in self._idle.values():
             for connection in idle:
-                if connection.expiry is not None:
-                    connection.expiry.cancel()
+                _stop_idling(connection)
                 connection.client.close()
         self._idle.clear()
         self._count = 0
+
+
+def _stop_idling(connection: _Connection) -> None:
+    if connection.expiry is not None:
+        connection.expiry.cancel()
+        connection.expiry = None
+    if connection.watch is not None:
+        connection.watch.cancel()
+        connection.watch = None
 
 
 class OutboundDelivery:
@@ -369,7 +395,7 @@ class OutboundDelivery:
         # an MX host the policy allows).  Taken before the MX lookup, which only a new
         # connection needs: a kept session is at most outbound_connection_idle old, and
         # the lookup cost a seventieth of the edge's CPU per message.
-        while (cached := self.pool.take(mail.destination, _policy_key(policy))) is not None:
+        while (cached := await self.pool.take(mail.destination, _policy_key(policy))) is not None:
             try:
                 return await self._transaction(cached, mail, message, reused=True)
             except _Stale as exc:

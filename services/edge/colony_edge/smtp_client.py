@@ -142,6 +142,16 @@ class SmtpClient:
             self.close()
         return tx
 
+    async def idle(self) -> None:
+        """Return when the server sends anything, or closes, while the session is idle
+        (kept for reuse, nothing asked): either way the session is not to be used again --
+        a reply nobody asked for would be read as the next command's.  Cancel it to use the
+        session; nothing is lost by that (octets that come later wait in the reader)."""
+        try:
+            await self._reader.read(_READ)
+        except OSError:
+            pass
+
     async def rset(self) -> RemoteReply:
         reply = await self._command(b"RSET\r\n")
         if not reply.positive:

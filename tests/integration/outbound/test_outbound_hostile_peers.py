@@ -36,6 +36,8 @@ class HostileMX:
 
     * ``250-to-data``: DATA is answered 250, as if the message had been taken;
     * ``extra-reply``: the reply to the message's end is followed by a second 250;
+    * ``late-reply``: a 550 nobody asked for, 0.3 s after the reply to the message's end
+      (the client has put the session aside by then);
     * ``refuse-starttls``: STARTTLS (advertised) is answered 454;
     * ``broken-tls``: STARTTLS is answered 220, then the "handshake" is plaintext garbage;
     * ``554-greeting``: greets with 554 (RFC 5321 §3.1: no SMTP service here);
@@ -51,6 +53,7 @@ class HostileMX:
         self.messages: list[bytes] = []
         self.mail_commands: list[str] = []
         self.tls_tried = 0
+        self.late_sent = False
         self.port = 0
         self._server: asyncio.AbstractServer | None = None
 
@@ -110,6 +113,11 @@ class HostileMX:
                     writer.write(b"250 2.0.0 queued\r\n")
                     if self.quirk == "extra-reply":
                         writer.write(b"250 2.0.0 and again\r\n")
+                    elif self.quirk == "late-reply":   # the same, once the client went idle
+                        await writer.drain()
+                        await asyncio.sleep(0.3)
+                        writer.write(b"550 5.7.1 a refusal nobody asked for\r\n")
+                        self.late_sent = True
                 elif verb == b"RSET":
                     writer.write(b"250 2.0.0 ok\r\n")
                 elif verb == b"QUIT":
@@ -244,6 +252,25 @@ async def test_a_session_that_answered_twice_is_not_reused(nc, js, owner, nats_s
         await wait_until(lambda: _zero(queued(js)), 30, "both jobs acked")
     assert mx.connections == 2, "the session out of step was closed, not kept"
     assert [b"<h-twice-1@" in m for m in mx.messages] == [True, False]
+    assert not await dsns(js)
+
+
+async def test_a_kept_session_on_which_the_server_speaks_unasked_is_dropped(nc, js, owner, nats_server, dns_server,
+                                                                           tmp_path):
+    """The reply too many comes after the session went back to the pool: it is not left
+    waiting there for the next transaction's MAIL to read (a 550 that bounced the next
+    message, which the server never refused)."""
+    async with HostileMX("late-reply", ("8BITMIME",)) as mx:   # without PIPELINING: MAIL refused ends it
+        settings = settings_for(nats_server, dns_server, mx, tmp_path, outbound_connection_idle=30.0,
+                                outbound_destination_concurrency=1)
+        await start_queue(nc, owner, settings)
+        await submit(js, "h-late-1", "bob@remote.test")
+        await wait_until(lambda: _true(mx.late_sent), 30, "the late reply")
+        mx.quirk = ""
+        await submit(js, "h-late-2", "bob@remote.test")
+        await wait_until(lambda: _true(len(mx.messages) == 2), 30, "the second message")
+        await wait_until(lambda: _zero(queued(js)), 30, "both jobs acked")
+    assert mx.connections == 2 and [b"<h-late-1@" in m for m in mx.messages] == [True, False]
     assert not await dsns(js)
 
 
