@@ -35,7 +35,8 @@ def dns(dns_server):
 
 
 def test_spf_records_that_never_end_are_permerror_within_the_lookup_limits(dns):
-    dns.add('loop1.test. IN TXT "v=spf1 include:loop2.test -all"', 'loop2.test. IN TXT "v=spf1 include:loop1.test -all"')
+    dns.add('loop1.test. IN TXT "v=spf1 include:loop2.test -all"',
+            'loop2.test. IN TXT "v=spf1 include:loop1.test -all"')
     dns.add(*[f'c{i}.test. IN TXT "v=spf1 include:c{i + 1}.test -all"' for i in range(30)])
     dns.add('void.test. IN TXT "v=spf1 a:v1.void.test a:v2.void.test a:v3.void.test a:v4.void.test -all"')
     dns.add('mx.test. IN TXT "v=spf1 mx -all"', *[f"mx.test. IN MX {i} m{i}.mx.test." for i in range(40)])
@@ -62,7 +63,8 @@ def _signed(dns, domain: str, record: str | None = None) -> bytes:
     private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
     if record is None:
-        public = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        public = key.public_key().public_bytes(serialization.Encoding.DER,
+                                               serialization.PublicFormat.SubjectPublicKeyInfo)
         record = f"v=DKIM1; k=rsa; p={base64.b64encode(public).decode()}"
     dns.add_txt(f"sel._domainkey.{domain}", record)
     message = (f"From: Alice <alice@{domain}>\r\nTo: bob@acme.example\r\nSubject: invoice\r\n\r\nPay.\r\n").encode()
