@@ -7,6 +7,7 @@ dead-lettered within a second of the disk filling before delivery held it."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import time
@@ -62,7 +63,7 @@ async def test_a_full_disk_holds_mail_until_space_returns(world, small_storage):
     until = time.monotonic() + 15
     while time.monotonic() < until:
         assert (await js.stream_info(names.STREAM_DEAD_LETTERS)).state.messages == 0
-        await _sleep(0.5)
+        await asyncio.sleep(0.5)
     assert (await js.stream_info(names.STREAM_MAIL)).state.messages > 0
 
     assert _logged_now(node, "shared storage refuses writes")
@@ -96,8 +97,3 @@ def _logged_now(node, text: str) -> bool:
 async def _nearly_full(path) -> bool:
     st = os.statvfs(path)
     return st.f_bavail * st.f_frsize < 64 * 1024   # less than a few of the 20 kB messages
-
-
-async def _sleep(seconds: float) -> None:
-    import asyncio
-    await asyncio.sleep(seconds)
