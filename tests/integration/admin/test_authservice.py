@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import connect, unique_domain, wait_until
+from admin_stack import connect, unique_domain, wait_until
 
 from colony.bus import names
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from conftest import unique_domain
+from admin_stack import unique_domain
 
 from colony import events as ev
 from colony.bus import names

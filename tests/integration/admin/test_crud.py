@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import unique_domain
+from admin_stack import unique_domain
 
 
 async def test_domain_account_alias_lifecycle(stack):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 
-from conftest import connect, unique_domain, wait_until
+from admin_stack import connect, unique_domain, wait_until
 
 from colony.bus import names
 from colony.contracts import directory as contract

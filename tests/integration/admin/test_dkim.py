@@ -15,7 +15,7 @@ from colony.bus.tokens import to_token
 from colony.outbound.signing import from_json, sign
 from colony_admin.models import Role
 
-from conftest import unique_domain, wait_until
+from admin_stack import unique_domain, wait_until
 
 
 async def test_dkim_key_made_published_checked_and_rotated(stack, dns_server):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from conftest import PublicOnly, connect
+from admin_stack import PublicOnly, connect
 
 from colony.bus import names
 from colony.eventstore import MSG_ID, ConcurrencyConflict, EventStore

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from conftest import connect, unique_domain, wait_until
+from admin_stack import connect, unique_domain, wait_until
 
 from colony_admin.bootstrap import ensure_bootstrap_token
 

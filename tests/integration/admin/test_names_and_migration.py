@@ -12,7 +12,7 @@ import uuid
 
 import bcrypt
 from argon2 import PasswordHasher, Type
-from conftest import unique_domain, wait_until
+from admin_stack import unique_domain, wait_until
 from passlib.hash import des_crypt, sha256_crypt, sha512_crypt
 
 from colony.bus import names

@@ -14,7 +14,7 @@ import uuid
 import orjson
 import pytest
 from cluster_harness import ANY_PORT, FAST_TIMINGS
-from conftest import unique_domain, wait_until
+from admin_stack import unique_domain, wait_until
 from nats.js.errors import KeyNotFoundError
 
 from colony import events as ev

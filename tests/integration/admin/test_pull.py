@@ -8,7 +8,7 @@ import asyncio
 import uuid
 
 import pytest
-from conftest import connect
+from admin_stack import connect
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from colony.bus import names

@@ -6,7 +6,7 @@ from __future__ import annotations
 from colony.bus import names
 from colony_admin.models import Role
 
-from conftest import unique_domain
+from admin_stack import unique_domain
 
 
 async def test_queue_endpoints_list_status_retry_delete(stack):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import unique_domain, wait_until
+from admin_stack import unique_domain, wait_until
 
 from colony.bus import names
 from colony_admin.projections.readmodel import dump_provisioning

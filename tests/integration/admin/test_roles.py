@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from conftest import unique_domain
+from admin_stack import unique_domain
 
 from colony_admin.models import Role
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from conftest import PublicOnly, unique_domain, wait_until
+from admin_stack import PublicOnly, unique_domain, wait_until
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import KeyDeletedError, KeyNotFoundError
 from passlib.hash import sha512_crypt

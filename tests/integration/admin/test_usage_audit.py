@@ -6,7 +6,7 @@ import csv
 import io
 from datetime import UTC, datetime, timedelta
 
-from conftest import unique_domain, wait_until
+from admin_stack import unique_domain, wait_until
 
 from colony.bus import names
 from colony.events import UsageRecorded, UsageSummed

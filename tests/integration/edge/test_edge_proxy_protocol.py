@@ -21,7 +21,7 @@ from colony.contracts import handoff
 from colony.contracts.mail import InboundMail
 from colony.protocols.proxy_header import encode_v1, encode_v2
 from colony.tlsfiles import ensure_local_ca
-from conftest import Edge, provision  # tests/integration/edge/conftest.py
+from edge_harness import Edge, provision
 from tools import free_ports, need_tool
 
 BALANCER = "127.0.0.8"      # the only address allowed to send a header

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from cluster_harness import ClusterHarness, wait_until
 from colony.contracts.mail import InboundMail
-from conftest import Edge, provision  # tests/integration/edge/conftest.py
+from edge_harness import Edge, provision
 
 
 async def start_edge(cluster: ClusterHarness, node_id: str, **env: str) -> Edge:

@@ -15,7 +15,7 @@ import pytest
 
 from cluster_harness import ClusterHarness, wait_until
 from colony.bus import names
-from conftest import Edge, provision
+from edge_harness import Edge, provision
 
 pytestmark = pytest.mark.slow
 

@@ -14,7 +14,7 @@ from cluster_harness import wait_until
 from colony import events
 from colony.bus import names
 from colony.contracts.mail import InboundMail
-from conftest import need_tool
+from tools import need_tool
 
 
 def _message(to: str, body: str = "Hello Bob\n", subject: str = "hi") -> EmailMessage:

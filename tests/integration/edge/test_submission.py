@@ -27,7 +27,7 @@ from colony.contracts.mail import InboundMail
 from colony.outbound.signing import generate_key, write_key
 from colony.tlsfiles import ensure_local_ca
 
-from conftest import provision
+from edge_harness import provision
 from tools import need_tool
 
 PASSWORD = "correct horse"
