@@ -179,6 +179,10 @@ async def test_hold_and_resume_with_reinvite_and_update_both_ways(member, transp
     await flow(member, "flow_reinvite_uac.xml", "flow_reinvite_uas.xml", f"bob-hold-{transport}", transport=transport)
 
 
+async def test_a_caller_behind_nat_gets_the_callees_requests_at_its_nat(member):
+    await flow(member, "flow_nat_reinvite_uac.xml", "flow_reinvite_uas.xml", "bob-nat")
+
+
 @pytest.mark.parametrize("transport", ["u1", "t1"])
 async def test_reliable_183_and_prack_in_the_early_dialog_then_the_callee_hangs_up(member, transport):
     await flow(member, "flow_prack_uac.xml", "flow_prack_uas.xml", f"bob-prack-{transport}", transport=transport)

@@ -313,6 +313,56 @@ async def test_a_call_is_authenticated_forwarded_with_record_route_and_metered(f
     assert [(u.metric, u.amount) for u in farm.usage if u.metric == "sip_call_seconds"] == [("sip_call_seconds", 42.0)]
 
 
+async def test_phones_behind_nat_get_the_dialogs_requests_where_their_packets_come_from(farm):
+    """A phone behind NAT over UDP writes a private Contact: the ACK of the 200, a BYE, a
+    re-INVITE sent there never arrive (the callee then drops the call after resending its 200,
+    RFC 3261 §13.3.1.4).  The Record-Route names each NAT'd party's source (fc/fe, signed) and
+    in-dialog requests go there -- chosen by the request's tags, so a phone whose NAT changed
+    its port mid-call still reaches the other party."""
+    bob_nat = ("UDP", "192.0.2.7", 5062)
+    challenge, _ = await one(farm, register("bob", "sip:bob@10.0.0.5:5060").replace(b";branch=", b";rport;branch="), bob_nat)
+    auth = answer(challenge, "bob")
+    ok, _ = await one(farm, register("bob", "sip:bob@10.0.0.5:5060", cseq=2, auth=auth).replace(b";branch=", b";rport;branch="),
+                      bob_nat)
+    assert ok.status == 200
+    alice_nat = ("UDP", "198.51.100.9", 40123)       # her NAT's port; her Contact a private address
+    private = b"Contact: <sip:alice@192.168.1.20:5060>"
+
+    def call(data: bytes) -> bytes:
+        return data.replace(b"Contact: <sip:alice@198.51.100.9:5060>", private).replace(b";branch=", b";rport;branch=")
+    challenge, _ = await one(farm, call(invite()), alice_nat)
+    auth = answer(challenge, "alice", method="INVITE", uri=f"sip:bob@{DOMAIN}", header="Proxy-Authorization")
+    forwarded, out = await forwarded_invite(farm, call(invite(cseq=2, auth=auth, branch="z9hG4bKnat")), alice_nat)
+    assert out.destination == bob_nat
+    route = forwarded.headers.get("Record-Route")
+    assert ";fc=" in route and ";fe=" in route
+
+    def in_dialog(method: str, target: str, sender: str, cseq: int) -> bytes:
+        tags = ("<sip:alice@acme.example>;tag=a1", "<sip:bob@acme.example>;tag=b1")
+        frm, to = tags if sender == "alice" else tags[::-1]
+        return (f"{method} {target} SIP/2.0\r\nVia: SIP/2.0/UDP 10.9.9.9:5060;rport;branch=z9hG4bK{method}{cseq}\r\n"
+                f"Route: {route}\r\nFrom: {frm}\r\nTo: {to}\r\nCall-ID: call-1\r\nCSeq: {cseq} {method}\r\n"
+                f"Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n").encode()
+    # The caller's ACK reaches the callee's NAT, not its private Contact.
+    [ack] = await farm.handle(in_dialog("ACK", "sip:bob@10.0.0.5:5060", "alice", 2), alice_nat)
+    assert ack.destination == bob_nat
+    # The callee's re-INVITE and BYE reach the caller's NAT -- also from a port its NAT chose anew.
+    reinvite, out = await one(farm, in_dialog("INVITE", "sip:alice@192.168.1.20:5060", "bob", 7), bob_nat)
+    assert reinvite.method == "INVITE" and out.destination == alice_nat
+    bye, out = await one(farm, in_dialog("BYE", "sip:alice@192.168.1.20:5060", "bob", 8), ("UDP", "192.0.2.7", 6000))
+    assert bye.method == "BYE" and out.destination == alice_nat and out.member is None
+
+
+async def test_a_phone_whose_contact_reaches_it_gets_no_flow_in_the_record_route(farm):
+    await registered(farm, user="bob", contact="sip:bob@192.0.2.7:5062")
+    caller = ("UDP", "198.51.100.9", 5060)
+    challenge, _ = await one(farm, invite(), caller)
+    auth = answer(challenge, "alice", method="INVITE", uri=f"sip:bob@{DOMAIN}", header="Proxy-Authorization")
+    forwarded, _ = await forwarded_invite(farm, invite(cseq=2, auth=auth, branch="z9hG4bKdirect"), caller)
+    route = forwarded.headers.get("Record-Route")
+    assert ";fc=" not in route and ";fe=" not in route
+
+
 async def test_a_response_is_passed_on_only_to_the_next_hop_of_a_request_we_forwarded(farm):
     """§16.11: a response whose top Via is not one we put on a request is discarded.  A forged
     "response" with a farm-looking Via must not make a member send the forger's bytes to an
