@@ -10,8 +10,9 @@ What a softphone does beyond REGISTER and a plain call (RFC 3261 §16 proxy rule
 and UPDATE both ways (the callee's requests along the Record-Route reversed), 100rel/PRACK in
 the early dialog, INFO/MESSAGE/OPTIONS/REFER+NOTIFY in a dialog, the callee's BYE, CANCEL
 while ringing and racing the 200, a 302 the caller follows, forks (busy + answer; both ring,
-one answers, the other is cancelled), an INVITE near the MTU over UDP and over TCP, and a
-SUBSCRIBE dialog (RFC 6665) whose NOTIFYs and un-SUBSCRIBE go through the farm.
+one answers, the other is cancelled; one declines 603, the other is cancelled), an INVITE
+near the MTU over UDP and over TCP, a caller behind NAT (private Via and Contact) reached at
+its NAT, and a SUBSCRIBE dialog (RFC 6665) whose NOTIFYs and un-SUBSCRIBE go through the farm.
 """
 
 from __future__ import annotations
