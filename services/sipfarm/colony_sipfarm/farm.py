@@ -248,6 +248,8 @@ class SipFarm:
         # only for as long as such a record can live after this member started: later, no
         # unsigned Route costs a bus read.
         self.routes = RouteSigner(secret)
+        # Names phones may give as their outbound proxy (host or host:port), lower case.
+        self.route_aliases = frozenset(a.strip().lower() for a in settings.sip_route_aliases.split(",") if a.strip())
         self._unsigned_until = clock() + settings.sip_dialog_record_ttl
         self.host, self.port = address
         self.metrics = FarmMetrics(registry)
@@ -352,7 +354,11 @@ class SipFarm:
             return message.call_id or None if invite else None
         if message.method == "ACK":
             return None
-        if "Route" in message.headers or "tag" in (message.headers.get("To") or ""):
+        if "tag" in (message.headers.get("To") or ""):
+            return None
+        # A Route of ours (cf) is a dialog's; an initial request may carry only a Route its
+        # phone preloaded naming the farm as outbound proxy (the owner judges it: _preloaded).
+        if any(";cf=" in route for route in message.headers.get_all("Route")):
             return None
         return message.call_id or None
 
@@ -400,6 +406,12 @@ class SipFarm:
         if request.method == "REGISTER":
             return await self._register(request, source)
         routes = request.headers.get_all("Route")
+        while routes and self._preloaded(routes[0], request):
+            # RFC 3261 §16.4: a first Route naming this proxy is removed -- a phone set up
+            # with the farm (or its own domain) as outbound proxy puts one before every
+            # initial request (§8.1.2).
+            request.headers.remove_first("Route")
+            routes = routes[1:]
         if routes and self._is_ours(routes[0]):
             return await self._loose_route(request, source)
         if routes:
@@ -658,28 +670,37 @@ class SipFarm:
         connection, it names that flow and the member holding it (RFC 5626's flow token, in
         the spirit of RFC 7118 §5): in-dialog requests reach a phone on TCP, TLS or WebSocket
         through its connection, which its Contact (an .invalid host, or a port nobody
-        listens on) cannot name.  So for a phone behind NAT over UDP, whose Contact (a private
-        address) is not where its packets come from: its flow is that source address, as
-        Kamailio's nathelper aliases such a Contact to it -- else the ACK of the 200, a BYE or
-        a re-INVITE went to the private address, and a call to a NAT'd phone dropped when it
-        gave up resending its unacknowledged 200 (§13.3.1.4).  Signed (``dm``) for the
-        request's Call-ID and From-tag."""
+        listens on) cannot name.  Signed (``dm``) for the request's Call-ID and From-tag."""
         mine = names.node_key(self._flow())
         params = {"cf": mine}
         if source[0] != "UDP":
             params["fc"] = _flow_token(source, mine)
-        elif not _contact_reaches(request.headers.get("Contact"), source) and source[1] not in self.denied:
-            params["fc"] = _flow_token(source, mine)
         if destination[0] != "UDP":
             params["fe"] = _flow_token(destination, member or mine)
-        elif not _uri_reaches(request.uri, destination):
-            params["fe"] = _flow_token(destination, mine)      # a NAT'd binding's source
         try:
             tag = parse_address(request.headers.get("From") or "").tag or ""
         except URIError:
             tag = ""
         params[ROUTE_MAC] = self.routes.sign(request.call_id, tag, params)
         return f"<sip:{self._hostport()};lr{''.join(f';{k}={v}' for k, v in params.items())}>"
+
+    def _preloaded(self, route: str, request: SipRequest) -> bool:
+        """``route`` names the farm as an outbound proxy, not a dialog's Record-Route (no
+        ``cf``, no user part): its host is this member's, one of ``sip_route_aliases`` (the
+        name phones are given, a balancer's), or the caller's own SIP domain (From), which the
+        farm authenticates the caller against -- so a Route naming it relays nothing the
+        caller could not send without it."""
+        try:
+            uri = parse_address(route).uri
+            caller = parse_address(request.headers.get("From") or "").uri
+        except URIError:
+            return False
+        if not isinstance(uri, SipURI) or "cf" in uri.params or uri.user is not None:
+            return False
+        host = uri.host.lower().strip("[]")
+        if host == self.host.lower().strip("[]") or isinstance(caller, SipURI) and host == caller.host.lower():
+            return True
+        return host in self.route_aliases or f"{host}:{uri.port or 5060}" in self.route_aliases
 
     def _is_ours(self, route: str) -> bool:
         try:
@@ -842,7 +863,7 @@ class SipFarm:
             # does not take; an ACK gets nothing (_local).
             self.metrics.dropped.labels(reason="forged route").inc()
             return self._local(request, source, 404, "Not Here", remember=False)
-        flow = self._other_party_flow(request, source)
+        flows = self._route_flows(request.headers.get("Route") or "")
         request.headers.remove_first("Route")
         while (route := request.headers.get("Route")) and self._is_ours(route):
             request.headers.remove_first("Route")   # spiralled through several members
@@ -858,12 +879,13 @@ class SipFarm:
         transport = (uri.transport or "udp").upper()
         destination: Destination = (transport, uri.host, uri.port or 5060)
         member = None
-        # The other party's flow, when the Record-Route names one (a connection, or the source
-        # of a phone behind NAT): the request goes out on it.
-        if flow is not None and not route:
-            destination = flow[0]
-            if destination[0] != "UDP" and flow[1] != names.node_key(self._flow()):
-                member = flow[1]
+        # The other party's connection, when the Record-Route names one: a request that came
+        # on one flow of the dialog goes out on the other.
+        for flow, holder in flows:
+            if flow != source and not route:
+                destination = flow
+                member = holder if holder != names.node_key(self._flow()) else None
+                break
         else:
             # The target is what a phone wrote (the other party's Contact, or a Route or
             # Request-URI a caller chose): no farm Record-Route of a real dialog is needed to
@@ -900,28 +922,15 @@ class SipFarm:
             return False
         return bool(entry.value)
 
-    def _other_party_flow(self, request: SipRequest, source: Destination) -> tuple[Destination, str] | None:
-        """The flow of the party an in-dialog request goes to, from the top Route (ours): the
-        callee's (``fe``) for a request of the caller -- its From-tag is the one the Route
-        was signed for -- the caller's (``fc``) for one of the callee.  By tag, not by where
-        the request came from: a NAT that gave the phone a new port mid-call must not have
-        its BYE sent back to it.  An unsigned Route (before the farm signed): the flow the
-        request did not come on."""
+    def _route_flows(self, route: str) -> list[tuple[Destination, str]]:
         try:
-            uri = parse_address(request.headers.get("Route") or "").uri
-            tag = parse_address(request.headers.get("From") or "").tag or ""
+            uri = parse_address(route).uri
         except URIError:
-            return None
+            return []
         if not isinstance(uri, SipURI):
-            return None
-        flows = {name: _from_flow_token(uri.params.get(name) or "") for name in ("fc", "fe")}
-        if ROUTE_MAC in uri.params:
-            from_caller = self.routes.verify(uri.params, request.call_id, [tag])
-            return flows["fe" if from_caller else "fc"]
-        for found in flows.values():
-            if found is not None and found[0] != source:
-                return found
-        return None
+            return []
+        found = (_from_flow_token(uri.params.get(name) or "") for name in ("fc", "fe"))
+        return [f for f in found if f is not None]
 
     async def _on_ack(self, request: SipRequest, source: Destination) -> list[Outbound]:
         tag = parse_address(request.headers.get("To") or "").tag or ""
@@ -1146,23 +1155,6 @@ def _preference(response: SipResponse) -> tuple:
     lowest class, preferring busy over unavailable over not found."""
     status = response.status
     return (0 if status >= 600 else 1, status // 100, {486: 0, 487: 1, 480: 2}.get(status, 3), status)
-
-
-def _uri_reaches(uri, flow: Destination) -> bool:
-    """Requests to ``uri`` (a phone's Contact) go where ``flow`` (its packets) came from."""
-    if not isinstance(uri, SipURI):
-        return False
-    host = (uri.params.get("maddr") or uri.host).strip("[]").lower()
-    return host == flow[1].strip("[]").lower() and (uri.port or 5060) == flow[2]
-
-
-def _contact_reaches(contact: str | None, flow: Destination) -> bool:
-    if not contact:
-        return True          # nothing that would be sent to instead
-    try:
-        return _uri_reaches(parse_address(contact or "").uri, flow)
-    except URIError:
-        return False
 
 
 def _answers_cancel(response: SipResponse) -> bool:
