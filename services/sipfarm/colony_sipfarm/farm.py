@@ -670,13 +670,22 @@ class SipFarm:
         connection, it names that flow and the member holding it (RFC 5626's flow token, in
         the spirit of RFC 7118 §5): in-dialog requests reach a phone on TCP, TLS or WebSocket
         through its connection, which its Contact (an .invalid host, or a port nobody
-        listens on) cannot name.  Signed (``dm``) for the request's Call-ID and From-tag."""
+        listens on) cannot name.  So for a phone behind NAT over UDP, whose Contact (a private
+        address) is not where its packets come from: its flow is that source address, as
+        Kamailio's nathelper aliases such a Contact to it -- else the ACK of the 200, a BYE or
+        a re-INVITE went to the private address, and a call to a NAT'd phone dropped when it
+        gave up resending its unacknowledged 200 (§13.3.1.4).  Signed (``dm``) for the
+        request's Call-ID and From-tag."""
         mine = names.node_key(self._flow())
         params = {"cf": mine}
         if source[0] != "UDP":
             params["fc"] = _flow_token(source, mine)
+        elif not _contact_reaches(request.headers.get("Contact"), source) and source[1] not in self.denied:
+            params["fc"] = _flow_token(source, mine)
         if destination[0] != "UDP":
             params["fe"] = _flow_token(destination, member or mine)
+        elif not _uri_reaches(request.uri, destination):
+            params["fe"] = _flow_token(destination, mine)      # a NAT'd binding's source
         try:
             tag = parse_address(request.headers.get("From") or "").tag or ""
         except URIError:
@@ -863,7 +872,7 @@ class SipFarm:
             # does not take; an ACK gets nothing (_local).
             self.metrics.dropped.labels(reason="forged route").inc()
             return self._local(request, source, 404, "Not Here", remember=False)
-        flows = self._route_flows(request.headers.get("Route") or "")
+        flow = self._other_party_flow(request, source)
         request.headers.remove_first("Route")
         while (route := request.headers.get("Route")) and self._is_ours(route):
             request.headers.remove_first("Route")   # spiralled through several members
@@ -879,13 +888,12 @@ class SipFarm:
         transport = (uri.transport or "udp").upper()
         destination: Destination = (transport, uri.host, uri.port or 5060)
         member = None
-        # The other party's connection, when the Record-Route names one: a request that came
-        # on one flow of the dialog goes out on the other.
-        for flow, holder in flows:
-            if flow != source and not route:
-                destination = flow
-                member = holder if holder != names.node_key(self._flow()) else None
-                break
+        # The other party's flow, when the Record-Route names one (a connection, or the source
+        # of a phone behind NAT): the request goes out on it.
+        if flow is not None and not route:
+            destination = flow[0]
+            if destination[0] != "UDP" and flow[1] != names.node_key(self._flow()):
+                member = flow[1]
         else:
             # The target is what a phone wrote (the other party's Contact, or a Route or
             # Request-URI a caller chose): no farm Record-Route of a real dialog is needed to
@@ -922,15 +930,28 @@ class SipFarm:
             return False
         return bool(entry.value)
 
-    def _route_flows(self, route: str) -> list[tuple[Destination, str]]:
+    def _other_party_flow(self, request: SipRequest, source: Destination) -> tuple[Destination, str] | None:
+        """The flow of the party an in-dialog request goes to, from the top Route (ours): the
+        callee's (``fe``) for a request of the caller -- its From-tag is the one the Route
+        was signed for -- the caller's (``fc``) for one of the callee.  By tag, not by where
+        the request came from: a NAT that gave the phone a new port mid-call must not have
+        its BYE sent back to it.  An unsigned Route (before the farm signed): the flow the
+        request did not come on."""
         try:
-            uri = parse_address(route).uri
+            uri = parse_address(request.headers.get("Route") or "").uri
+            tag = parse_address(request.headers.get("From") or "").tag or ""
         except URIError:
-            return []
+            return None
         if not isinstance(uri, SipURI):
-            return []
-        found = (_from_flow_token(uri.params.get(name) or "") for name in ("fc", "fe"))
-        return [f for f in found if f is not None]
+            return None
+        flows = {name: _from_flow_token(uri.params.get(name) or "") for name in ("fc", "fe")}
+        if ROUTE_MAC in uri.params:
+            from_caller = self.routes.verify(uri.params, request.call_id, [tag])
+            return flows["fe" if from_caller else "fc"]
+        for found in flows.values():
+            if found is not None and found[0] != source:
+                return found
+        return None
 
     async def _on_ack(self, request: SipRequest, source: Destination) -> list[Outbound]:
         tag = parse_address(request.headers.get("To") or "").tag or ""
@@ -1155,6 +1176,23 @@ def _preference(response: SipResponse) -> tuple:
     lowest class, preferring busy over unavailable over not found."""
     status = response.status
     return (0 if status >= 600 else 1, status // 100, {486: 0, 487: 1, 480: 2}.get(status, 3), status)
+
+
+def _uri_reaches(uri, flow: Destination) -> bool:
+    """Requests to ``uri`` (a phone's Contact) go where ``flow`` (its packets) came from."""
+    if not isinstance(uri, SipURI):
+        return False
+    host = (uri.params.get("maddr") or uri.host).strip("[]").lower()
+    return host == flow[1].strip("[]").lower() and (uri.port or 5060) == flow[2]
+
+
+def _contact_reaches(contact: str | None, flow: Destination) -> bool:
+    if not contact:
+        return True          # nothing that would be sent to instead
+    try:
+        return _uri_reaches(parse_address(contact or "").uri, flow)
+    except URIError:
+        return False
 
 
 def _answers_cancel(response: SipResponse) -> bool:
