@@ -11,7 +11,7 @@ and UPDATE both ways (the callee's requests along the Record-Route reversed), 10
 the early dialog, INFO/MESSAGE/OPTIONS/REFER+NOTIFY in a dialog, the callee's BYE, CANCEL
 while ringing and racing the 200, a 302 the caller follows, forks (busy + answer; both ring,
 one answers, the other is cancelled; one declines 603, the other is cancelled), an INVITE
-near the MTU over UDP and over TCP, a caller behind NAT (private Via and Contact) reached at
+near the MTU over UDP and over TCP, a caller and a callee behind NAT (private Via and Contact) reached at
 its NAT, and a SUBSCRIBE dialog (RFC 6665) whose NOTIFYs and un-SUBSCRIBE go through the farm.
 """
 
@@ -250,3 +250,79 @@ async def test_forked_call_declined_on_one_device_stops_the_other_ringing(member
         await ringing.finished()
     finally:
         await ringing.stop()
+
+
+class NattedPhone(asyncio.DatagramProtocol):
+    """A phone behind NAT over UDP, as the farm sees one: its Via and Contact name a private
+    address, its packets come from elsewhere (this socket).  It answers a call at once, and
+    keeps every request that reaches it -- the ACK and the BYE must, at its NAT's address."""
+
+    PRIVATE = "192.168.77.2:5060"
+
+    def __init__(self, user: str) -> None:
+        self.user = user
+        self.requests: list = []
+        self.responses: asyncio.Queue = asyncio.Queue()
+        self.transport = None
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data, addr) -> None:
+        from colony.protocols.sip.parser import parse_message
+
+        message = parse_message(data)
+        if getattr(message, "status", None) is not None:
+            self.responses.put_nowait(message)
+            return
+        self.requests.append(message)
+        if message.method == "ACK":
+            return
+        head = [*(f"Via: {v}" for v in message.headers.get_all("Via")),
+                f"From: {message.headers.get('From')}",
+                f"To: {message.headers.get('To')}" + ("" if "tag=" in message.headers.get("To") else ";tag=natted"),
+                f"Call-ID: {message.call_id}", f"CSeq: {message.headers.get('CSeq')}",
+                *(f"Record-Route: {r}" for r in message.headers.get_all("Record-Route")),
+                f"Contact: <sip:{self.user}@{self.PRIVATE}>"]
+        self.transport.sendto(("SIP/2.0 200 OK\r\n" + "\r\n".join(head) + "\r\nContent-Length: 0\r\n\r\n").encode(), addr)
+
+    async def register(self, member: Member) -> None:
+        from colony.protocols.sip.digest import h, parse_credentials
+
+        def request(cseq: int, auth: str = "") -> bytes:
+            return (f"REGISTER sip:{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/UDP {self.PRIVATE};rport;branch=z9hG4bKnat{cseq}\r\n"
+                    f"From: <sip:{self.user}@{DOMAIN}>;tag=r1\r\nTo: <sip:{self.user}@{DOMAIN}>\r\n"
+                    f"Call-ID: natted-{self.user}\r\nCSeq: {cseq} REGISTER\r\nContact: <sip:{self.user}@{self.PRIVATE}>\r\n"
+                    f"Expires: 300\r\nMax-Forwards: 70\r\n{auth}Content-Length: 0\r\n\r\n").encode()
+        self.transport.sendto(request(1), (member.host, member.port))
+        challenge = await asyncio.wait_for(self.responses.get(), 10)
+        assert challenge.status == 401
+        params = parse_credentials(challenge.headers.get("WWW-Authenticate"))
+        key = ha1("MD5", self.user, params["realm"], password(self.user))
+        digest = h("MD5", f"{key}:{params['nonce']}:00000001:c0ffee:auth:{h('MD5', f'REGISTER:sip:{DOMAIN}')}")
+        auth = (f'Authorization: Digest username="{self.user}", realm="{params["realm"]}", nonce="{params["nonce"]}", '
+                f'uri="sip:{DOMAIN}", response="{digest}", algorithm=MD5, qop=auth, nc=00000001, cnonce="c0ffee"\r\n')
+        self.transport.sendto(request(2, auth), (member.host, member.port))
+        assert (await asyncio.wait_for(self.responses.get(), 10)).status == 200
+
+
+async def test_a_callee_behind_nat_gets_the_ack_and_the_bye_at_its_nat(member):
+    """Its 200's Contact is a private address: the caller's ACK and BYE, sent there through
+    the farm's Record-Route, must reach the NAT instead (else it resends its 200 unanswered
+    and drops the call, RFC 3261 §13.3.1.4)."""
+    loop = asyncio.get_running_loop()
+    transport, phone = await loop.create_datagram_endpoint(lambda: NattedPhone("bob-natted"), local_addr=("127.0.0.1", 0))
+    try:
+        await phone.register(member)
+        before = await asyncio.to_thread(member.counts)
+        code, out = await run(member, "flow_big_sdp_uac.xml", "bob-natted", "-au", "alice", "-ap", password("alice"),
+                              "-key", "caller", "alice")
+        assert code == 0, out
+        assert [r.method for r in phone.requests] == ["INVITE", "ACK", "BYE"]
+        # ... sent to the private Contact (their Request-URI) by way of the flow the farm
+        # recorded for the phone's NAT.
+        assert ";fe=" in phone.requests[0].headers.get("Record-Route")
+        assert all(str(r.uri).endswith(NattedPhone.PRIVATE) for r in phone.requests[1:])
+        assert await asyncio.to_thread(member.counts) == before
+    finally:
+        transport.close()
