@@ -11,8 +11,9 @@ and UPDATE both ways (the callee's requests along the Record-Route reversed), 10
 the early dialog, INFO/MESSAGE/OPTIONS/REFER+NOTIFY in a dialog, the callee's BYE, CANCEL
 while ringing and racing the 200, a 302 the caller follows, forks (busy + answer; both ring,
 one answers, the other is cancelled; one declines 603, the other is cancelled), an INVITE
-near the MTU over UDP and over TCP, a caller and a callee behind NAT (private Via and Contact) reached at
-its NAT, and a SUBSCRIBE dialog (RFC 6665) whose NOTIFYs and un-SUBSCRIBE go through the farm.
+near the MTU over UDP and over TCP, a caller and a callee behind NAT (private Via and
+Contact) each reached at its NAT, and a SUBSCRIBE dialog (RFC 6665) whose NOTIFYs and
+un-SUBSCRIBE go through the farm.
 """
 
 from __future__ import annotations
