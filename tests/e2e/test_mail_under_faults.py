@@ -6,7 +6,9 @@ every message the edge answered 250 is stored, exactly once, and one it did not 
   connections (the supervisor restarts a killed bus; a stopped one just stalls everyone);
 * the edge SIGKILLed in the middle of a 10 MB message, and again right after its final dot:
   the client sees its connection dropped, never a 250; nothing half-stored shows up later,
-  and the message sent again once the edge is back is stored once, whole.
+  and the message sent again once the edge is back is stored once, whole;
+* the admin API and the projector SIGKILLed together while accounts are created and a user
+  logs in: the logins go on, and every acknowledged account takes mail and logs in.
 """
 
 from __future__ import annotations
@@ -241,3 +243,99 @@ def test_the_edge_killed_mid_data_never_answers_250_and_stores_nothing_half(clus
     assert counts["<big-1@remote.test>"] in (1, 2)
     for p in bodies(data_dir, domain):
         assert p.stat().st_size > 10_000_000, f"{p} is not the whole message"
+
+
+class Provisioner(threading.Thread):
+    """Creates accounts through the admin API one after another; remembers the 201s."""
+
+    def __init__(self, api: str, token: str, domain: str) -> None:
+        super().__init__(daemon=True)
+        self.api, self.token, self.domain = api, token, domain
+        self.acked: list[str] = []
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        import httpx
+        with httpx.Client(base_url=self.api, headers={"Authorization": f"Bearer {self.token}"}, timeout=15) as http:
+            n = 0
+            while not self.halt.is_set():
+                try:
+                    reply = http.post(f"/v1/domains/{self.domain}/accounts",
+                                      json={"name": f"p{n}", "password": "a long passphrase"})
+                except httpx.HTTPError:
+                    reply = None
+                if reply is not None and reply.status_code == 201:
+                    self.acked.append(f"p{n}@{self.domain}")
+                    n += 1
+                elif reply is not None and reply.status_code == 409:
+                    n += 1   # an attempt cut by the kill was committed after all: not counted as acknowledged
+                else:
+                    time.sleep(0.2)
+
+
+def _imap_login(data_dir: Path, port: int, user: str) -> str:
+    import imaplib
+    import ssl
+    context = ssl.create_default_context(cafile=str(data_dir / "tls" / "ca.pem"))
+    try:
+        client = imaplib.IMAP4_SSL("127.0.0.1", port, ssl_context=context, timeout=60)
+    except OSError as exc:
+        return f"connect: {exc}"
+    try:
+        return client.login(user, "a long passphrase")[0]
+    except (imaplib.IMAP4.error, OSError) as exc:
+        return str(exc)
+    finally:
+        try:
+            client.logout()
+        except (imaplib.IMAP4.error, OSError):
+            pass
+
+
+def test_admin_api_and_projector_killed_while_provisioning_and_logging_in(cluster):
+    """SIGKILL the admin API (home of the auth service) and the projector together while an
+    operator creates accounts and a user keeps logging in: the logins go on (the edge's cache),
+    and every account the API acknowledged -- before, during or after -- takes mail and logs in."""
+    data_dir, _ = cluster
+    domain = "prov.example"
+    colony(data_dir, "domain", "add", domain)
+    colony(data_dir, "account", "add", f"regular@{domain}", "--password", "a long passphrase")
+    nodes = status_json(data_dir)
+    edge = next(n for n in nodes if n["role"] == "edge")
+    imaps = int(edge["addresses"]["imaps"].rsplit(":", 1)[1])
+    smtp = int(edge["addresses"]["smtp"].rsplit(":", 1)[1])
+    wait_for(lambda: _imap_login(data_dir, imaps, f"regular@{domain}") == "OK", 120, "a first login")
+    api = "http://" + next(n for n in nodes if n["role"] == "admin-api")["addresses"]["http"]
+    victims = {n["id"]: n["pid"] for n in nodes if n["role"] in ("admin-api", "projector")}
+    provisioner = Provisioner(api, (data_dir / "admin.token").read_text().strip(), domain)
+    logins: list[str] = []
+    stop_logins = threading.Event()
+
+    def keep_logging_in() -> None:
+        while not stop_logins.is_set():
+            logins.append(_imap_login(data_dir, imaps, f"regular@{domain}"))
+    login_thread = threading.Thread(target=keep_logging_in, daemon=True)
+    provisioner.start()
+    login_thread.start()
+    try:
+        wait_for(lambda: len(provisioner.acked) >= 10, 120, "provisioning to run")
+        for pid in victims.values():
+            os.kill(pid, signal.SIGKILL)
+        killed_logins = len(logins)
+        before = len(provisioner.acked)
+
+        def restarted():
+            now = {n["id"]: n["pid"] for n in status_json(data_dir) if n["id"] in victims and n["state"] == "READY"}
+            return set(now) == set(victims) and all(now[i] != victims[i] for i in victims)
+        wait_for(restarted, 120, "the admin API and the projector restarted and READY")
+        wait_for(lambda: len(provisioner.acked) >= before + 10, 120, "provisioning to work again")
+        assert len(logins) > killed_logins, "no login was tried while they were down"
+    finally:
+        provisioner.halt.set()
+        stop_logins.set()
+        provisioner.join(30)
+        login_thread.join(90)
+    assert set(logins) == {"OK"}, [x for x in logins if x != "OK"][:5]
+    for address in provisioner.acked:
+        wait_deliverable(smtp, address)
+        assert _imap_login(data_dir, imaps, address) == "OK", address
