@@ -278,11 +278,11 @@ async def test_forwarded_delivery_wire_contract(world):
                        edge_node="test", body=body)
     headers = {"Colony-Recipients": orjson.dumps([alice]).decode(), "Colony-Job-Id": "fwd-1/x"}
     refused = await world.nc.request(names.mailstore_deliver_subject(other), mail.encode(), headers=headers, timeout=10)
-    assert orjson.loads(refused.data) == {"stored": [], "retry": {alice: f"owned by {owner}"}, "rejected": {}}
+    assert orjson.loads(refused.data) == {"stored": [], "retry": {alice: f"owned by {owner}"}, "rejected": {}, "held": []}
     for _ in range(2):   # the second is a redelivery: stored once
         reply = await world.nc.request(names.mailstore_deliver_subject(owner), mail.encode(), headers=headers,
                                        timeout=10)
-        assert orjson.loads(reply.data) == {"stored": [alice], "retry": {}, "rejected": {}}
+        assert orjson.loads(reply.data) == {"stored": [alice], "retry": {}, "rejected": {}, "held": []}
     assert world.stored_ids(alice)["fwd-1"] == 1
     garbage = await world.nc.request(names.mailstore_deliver_subject(owner), b"{}", headers=headers, timeout=10)
     assert list(orjson.loads(garbage.data)["rejected"]) == ["*"]
