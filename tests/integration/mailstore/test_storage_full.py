@@ -1,5 +1,6 @@
-"""A mail store whose shared storage fills up holds the mail it was given until space comes
-back: nothing dead-lettered, nothing lost, nothing stored twice or truncated.
+"""A mail store whose shared storage fills up, or is read-only, holds the mail it was given
+until it takes writes again: nothing dead-lettered, nothing lost, nothing stored twice or
+truncated.
 
 The storage is a real tmpfs that runs full (ENOSPC from the kernel, not a mock), so the test
 needs root to mount it.  With a short retry schedule and three deliveries, mail was
@@ -97,3 +98,30 @@ def _logged_now(node, text: str) -> bool:
 async def _nearly_full(path) -> bool:
     st = os.statvfs(path)
     return st.f_bavail * st.f_frsize < 64 * 1024   # less than a few of the 20 kB messages
+
+
+async def test_a_read_only_storage_holds_mail_until_it_is_writable(world, small_storage):
+    """The share mounted read-only (an NFS server that went read-only, a remount after an
+    error): EROFS holds the mail the same way, and a remount read-write delivers it."""
+    _tmpfs(small_storage, "16m,ro", remount=True)
+    await world.domain()
+    users = [f"r{i}@{DOMAIN}" for i in range(3)]
+    for u in users:
+        await world.account(u)
+    node = world.start("mailstore-1", COLONY_QUEUE_MAX_DELIVER="3", COLONY_QUEUE_RETRY_BACKOFF="0.2")
+    await world.cluster.wait_state("mailstore-1", "READY", timeout=30)
+    js = world.nc.jetstream()
+    ids = {u: {await world.publish([u]) for _ in range(5)} for u in users}
+
+    await wait_until(lambda: _logged(node, "shared storage refuses writes"), 60, "the store to find its storage read-only")
+    until = time.monotonic() + 12
+    while time.monotonic() < until:
+        assert (await js.stream_info(names.STREAM_DEAD_LETTERS)).state.messages == 0
+        await asyncio.sleep(0.5)
+
+    _tmpfs(small_storage, "16m,rw", remount=True)
+
+    async def all_stored():
+        return all(world.stored_ids(u) == {m: 1 for m in ids[u]} for u in users)
+    await wait_until(all_stored, 60, "every held message stored once the storage is writable")
+    assert (await js.stream_info(names.STREAM_DEAD_LETTERS)).state.messages == 0
