@@ -263,6 +263,7 @@ class SipFarm:
         self._answers: OrderedDict[tuple, tuple[float, list[Outbound]]] = OrderedDict()
         self._forks: OrderedDict[str, _Fork] = OrderedDict()
         self._pending: set[tuple] = set()           # answer keys of requests being worked on
+        self._cancelled: set[tuple] = set()         # ... of INVITEs among them a CANCEL came for
         self._last_key: tuple = (None, None, None)   # (request, its top Via value, answer key)
         self._date: tuple[int, str] = (-1, "")       # (second, its Date header value)
         # The HA1s looked up lately (credentials.py): a phone's refresh needs no round trip
@@ -386,6 +387,13 @@ class SipFarm:
             # (checking its credentials again would see a replayed nonce count).
             self.metrics.retransmissions.inc()
             return []
+        if request.method == "CANCEL" and (invite := (*key[:3], "INVITE", key[4])) in self._pending:
+            # §16.10: the INVITE it cancels is still being worked on here (the caller's
+            # credentials, the callee's bindings): answered 200 now, and the INVITE ends 487
+            # instead of being forwarded.  Passed on at once, the CANCEL reached phones that
+            # had no INVITE yet (481), and the INVITE after it rang until Timer C.
+            self._cancelled.add(invite)
+            return self._local(request, source, 200)
         if len(self._pending) >= MAX_PENDING:
             return self._local(request, source, 503, extra=[("Retry-After", "5")], remember=False)
         self._pending.add(key)
@@ -393,6 +401,7 @@ class SipFarm:
             return await self._on_new_request(request, source)
         finally:
             self._pending.discard(key)
+            self._cancelled.discard(key)
 
     async def _on_new_request(self, request: SipRequest, source: Destination) -> list[Outbound]:
         if not self._trusted(source) and self.counters is not None:
@@ -806,6 +815,8 @@ class SipFarm:
             request.headers.remove("Proxy-Authorization")
         account = f"{uri.user}@{uri.host}".lower()
         bindings = await self.store.lookup(account)
+        if self._cancelled and request.method == "INVITE" and self._answer_key(request) in self._cancelled:
+            return self._local(request, source, 487)     # cancelled while we looked (_on_request)
         if not bindings:
             return self._local(request, source, 480 if request.method != "CANCEL" else 481)
         # INVITE and CANCEL go to every contact at once (parallel forking; branch j to contact
