@@ -17,7 +17,12 @@ guesses at SHA-256 speed instead of argon2 speed, for the logins of the last TTL
 
 Bounded: at most ``size`` entries, least recently used dropped first; a success lives for
 ``ttl`` seconds, an "invalid credentials" answer for ``negative_ttl`` (0: never kept).  Other
-refusals (throttled, service not enabled, temporary failures) are never kept.
+refusals (throttled, service not enabled, temporary failures) are never kept.  An entry goes
+when it expires, not only when it is looked up or pushed out: each kind of answer has one
+lifetime, so the entries of a kind expire in the order they were put, and a queue of
+(expiry, key) per kind is trimmed from its front on every lookup and put.  A password spray
+of many user names thus leaves the last ``negative_ttl`` seconds of its answers, not ``size``
+of them (~1.8 KB each) for as long as the edge runs.
 
 Dropped at once when the account changes: the edge's directory cache calls
 ``on_directory_change(kind, name)`` for every write it applies.  A password change
@@ -37,7 +42,7 @@ import hashlib
 import hmac
 import secrets
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
@@ -85,6 +90,8 @@ class LoginCache:
         self._secret = secret if secret is not None else secrets.token_bytes(32)
         self._entries: OrderedDict[bytes, _Entry] = OrderedDict()
         self._by_name: dict[str, set[bytes]] = {}
+        # (expiry, key) in the order put, one queue per lifetime (successes, refusals)
+        self._expiring: tuple[deque[tuple[float, bytes]], ...] = (deque(), deque())
         # invalidations: name ("a:<address>", "d:<domain>") -> the epoch it happened in
         self._epoch = 0
         self._recent: OrderedDict[str, int] = OrderedDict()
@@ -104,8 +111,10 @@ class LoginCache:
 
     def get(self, key: bytes) -> AuthCheckReply | None:
         """The remembered reply (counted as a hit), or None (a miss: ask the auth service)."""
+        now = self.clock()
+        self._expire(now)
         entry = self._entries.get(key)
-        if entry is not None and entry.expires > self.clock():
+        if entry is not None and entry.expires > now:
             self._entries.move_to_end(key)
             if entry.reply.ok:
                 self.hits += 1
@@ -141,11 +150,26 @@ class LoginCache:
             return
         if key in self._entries:
             self._drop(key)
-        self._entries[key] = _Entry(self.clock() + ttl, reply, found, domains)
+        now = self.clock()
+        self._expire(now)
+        self._entries[key] = _Entry(now + ttl, reply, found, domains)
         for name in found:
             self._by_name.setdefault(name, set()).add(key)
+        queue = self._expiring[0 if reply.ok else 1]
+        queue.append((now + ttl, key))
+        if len(queue) > 2 * self.size:   # keys put again and again: forget the oldest marks
+            queue.popleft()
         while len(self._entries) > self.size:
             self._drop(next(iter(self._entries)))
+
+    def _expire(self, now: float) -> None:
+        for queue in self._expiring:
+            while queue and queue[0][0] <= now:
+                _, key = queue.popleft()
+                entry = self._entries.get(key)
+                # The key may have gone, or been put again since with a later expiry.
+                if entry is not None and entry.expires <= now:
+                    self._drop(key)
 
     def _overtaken(self, mark: int, found: tuple[str, ...], domains: tuple[str, ...]) -> bool:
         if mark < self._floor:
@@ -195,6 +219,8 @@ class LoginCache:
         self.invalidated += len(self._entries)
         self._entries.clear()
         self._by_name.clear()
+        for queue in self._expiring:
+            queue.clear()
 
     def on_directory_change(self, kind: str, name: str) -> None:
         """A directory write (``DirectoryIndex.on_change``): drop what it may have made wrong."""

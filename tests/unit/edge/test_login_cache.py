@@ -222,3 +222,31 @@ def test_an_empty_cache_ignores_the_directory_unless_a_check_is_on_its_way():
     cache.on_directory_change("address", "amy@acme.example")   # noticed: a check is on its way
     cache.put(key, "amy@acme.example", OK, mark)
     assert cache.get(key) is None
+
+
+def test_expired_answers_go_without_being_looked_up_again():
+    # A password spray over many user names: each wrong guess is remembered for negative_ttl,
+    # and then gone -- not kept until `size` newer entries push it out.
+    cache, clock = _cache(size=100_000, ttl=3600.0, negative_ttl=60.0)
+    amy = _remember(cache, "amy@acme.example", "secret", OK)
+    for n in range(5000):                          # 10 refusals a second for 500 s
+        _remember(cache, f"user{n}@acme.example", f"guess{n}", WRONG)
+        clock.now += 0.1
+    assert len(cache) <= 601 + 1                   # the last 60 s of refusals, and amy
+    assert cache.get(amy) == OK                    # a success lives its own ttl
+    clock.now += 61
+    assert cache.get(cache.key("imap", "nobody@acme.example", "x")) is None
+    assert len(cache) == 1 and len(cache._by_name) == 1
+    clock.now += 3600
+    assert cache.get(amy) is None and len(cache) == 0
+
+
+def test_an_entry_put_again_keeps_its_new_lifetime():
+    cache, clock = _cache(ttl=60.0, negative_ttl=5.0)
+    key = _remember(cache, "amy@acme.example", "secret", OK)
+    clock.now += 30
+    cache.put(key, "amy@acme.example", OK, cache.mark())   # checked again (a second edge session)
+    clock.now += 31                                         # the first put's lifetime is over
+    assert cache.get(key) == OK                            # ... not the second's
+    clock.now += 30
+    assert cache.get(key) is None and len(cache) == 0
