@@ -77,6 +77,27 @@ def test_a_key_locked_again_is_not_the_first_lock_dropped():
     assert all(t.retry_after(key, 6.0) > 0 for key in "cde")
 
 
+def test_throttle_forgets_keys_whose_window_is_over_without_waiting_for_max_keys():
+    # A spray from many addresses, one failure each, for an hour: what stays is the last
+    # window's keys and the locks still running, not max_keys of each.
+    t = Throttle(max_failures=3, window=60.0, lockout=60.0, max_keys=100_000)
+    for i in range(3600):
+        t.failed(f"ip:{i}", now=float(i))
+        t.failed(f"ip:{i}", now=float(i))
+        t.failed(f"ip:{i}", now=float(i))          # locked
+    assert len(t._failures) <= 61 and len(t._locked_until) <= 61
+    assert t.retry_after("ip:3599", 3600.0) > 0
+    # A key failing again moves behind the others: its window is counted from its last failure.
+    t = Throttle(max_failures=3, window=10.0)
+    t.failed("old", now=0.0)
+    t.failed("new", now=5.0)
+    t.failed("old", now=9.0)
+    t.failed("other", now=16.0)                   # "new"'s window is over; "old"'s last failure's is not
+    assert sorted(t._failures) == ["old", "other"]
+    t.failed("old", now=18.0)                     # 9 and 18 in its window (0 fell out): not locked
+    assert t.retry_after("old", 18.5) == 0
+
+
 def test_roles():
     sys = Principal("a", "root", Role.SYSTEM_ADMIN)
     da = Principal("b", "boss", Role.DOMAIN_ADMIN, "acme.example")

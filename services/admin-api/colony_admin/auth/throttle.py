@@ -32,9 +32,19 @@ class Throttle:
         return until - now
 
     def failed(self, key: str, now: float) -> None:
-        if len(self._failures) >= self.max_keys:
+        failures = self._failures
+        # Kept in the order of each key's last failure (moved to the end on each one): the
+        # first keys' windows are over first, so they go as soon as they are -- a spray from
+        # many addresses leaves the last window's keys, not max_keys of them (a deque each,
+        # ~700 B) for as long as the instance runs.  Locks are dropped likewise.
+        while failures and next(iter(failures.values()))[-1] <= now - self.window:
+            del failures[next(iter(failures))]
+        while self._locked_until and next(iter(self._locked_until.values())) <= now:
+            del self._locked_until[next(iter(self._locked_until))]
+        if len(failures) >= self.max_keys:
             self._forget_oldest(now)
-        q = self._failures.setdefault(key, deque())
+        q = failures.pop(key, None) or deque()
+        failures[key] = q
         q.append(now)
         while q and q[0] <= now - self.window:
             q.popleft()
@@ -45,7 +55,7 @@ class Throttle:
             # after it) kept its first place and was the first dropped, as if the oldest.
             self._locked_until.pop(key, None)
             self._locked_until[key] = now + self.lockout
-            q.clear()
+            del failures[key]   # counted afresh after the lock (never an empty deque kept)
 
     def succeeded(self, key: str) -> None:
         self._failures.pop(key, None)
