@@ -290,8 +290,13 @@ def split_address(address: str) -> tuple[str, str]:
 
 class AccountManager:
     def __init__(self, root: Path, ownership: AccountOwnership, directory: Directory, metrics: MailstoreMetrics,
-                 clock: Callable[[], float] = time.monotonic, segment_max_bytes: int = 64 * 1024 * 1024) -> None:
+                 clock: Callable[[], float] = time.monotonic, segment_max_bytes: int = 64 * 1024 * 1024,
+                 max_open: int = 2000) -> None:
         self.root = root
+        # Accounts open at once (account_max_open): each holds descriptors (its journal), its
+        # state in memory and a lease renewed on the bus every account_renew_interval.  Idle
+        # release alone let mail to ever more accounts open them all until EMFILE.
+        self.max_open = max_open
         self.segment_max_bytes = segment_max_bytes
         self.ownership = ownership
         self.directory = directory
@@ -330,7 +335,9 @@ class AccountManager:
                 raise NotOwner(f"lease on {address} ended while it opened")
             self.open[address] = acct
             self.metrics.open_accounts.set(len(self.open))
-            return acct
+        if len(self.open) > self.max_open:
+            await self._make_room(keep=address)
+        return acct
 
     def _open_sync(self, address: str, name: str, domain: str, layout: StorageLayout, lease: Lease,
                    settings: dict) -> OpenAccount:
@@ -479,6 +486,16 @@ class AccountManager:
         for address, acct in list(self.open.items()):
             if (now - acct.last_used >= idle_for and not acct.queue and not acct.lock.locked()
                     and acct.sessions == 0):
+                await self.close(address, "idle")
+
+    async def _make_room(self, keep: str) -> None:
+        """Over ``max_open``: close the accounts used least recently among those nobody is
+        using (no deliveries queued or committing, no client session), down to nine tenths of
+        it, so the sort is paid once per tenth of the limit opened, not per account."""
+        idle = sorted((acct.last_used, address) for address, acct in self.open.items()
+                      if address != keep and not acct.queue and not acct.lock.locked() and acct.sessions == 0)
+        for _, address in idle[:max(0, len(self.open) - self.max_open * 9 // 10)]:
+            if address in self.open:
                 await self.close(address, "idle")
 
     async def release_all(self, reason: str) -> None:

@@ -74,7 +74,8 @@ class MailstoreWorkload:
         directory = Directory(await js.key_value(names.BUCKET_DIRECTORY), default_cos=settings.default_cos)
         self.members = MailstoreMembers(nc, stale_after=settings.node_ttl)
         self.accounts = AccountManager(settings.shared_storage, ownership, directory, metrics,
-                                       segment_max_bytes=settings.mail_segment_max_bytes)
+                                       segment_max_bytes=settings.mail_segment_max_bytes,
+                                       max_open=settings.account_max_open)
         self.usage = UsageMeter(lambda batch: publish_pipelined(nc, batch, timeout=_USAGE_ACK_WAIT), runtime.node_id)
         self.delivery = Delivery(nc, runtime.node_id, settings, self.accounts, ownership, self.members, metrics,
                                  self.usage)

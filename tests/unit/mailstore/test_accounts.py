@@ -411,3 +411,23 @@ async def test_work_in_a_thread_under_an_accounts_lock_is_waited_out_when_the_ca
         await task
     assert ended == [True] and not lock.locked()
     assert await thread_to_the_end(lambda: 7) == 7
+
+
+async def test_open_accounts_stay_under_the_limit_the_least_recently_used_idle_ones_released(tmp_path):
+    """Mail to ever more accounts opened them all (descriptors, memory, a lease renewed each):
+    past ``max_open`` the least recently used idle accounts are closed and released, never
+    one with a client session."""
+    clock = [100.0]
+    ownership = FakeOwnership()
+    mgr = AccountManager(tmp_path, ownership, FakeDirectory(), MailstoreMetrics(CollectorRegistry()),
+                         clock=lambda: clock[0], max_open=10)
+    for i in range(10):
+        clock[0] += 1
+        await mgr.deliver(f"u{i}@example.com", FakeLease(3), b"x", f"1/u{i}", NOW)
+    mgr.open["u0@example.com"].sessions += 1                 # oldest, but a client has it open
+    clock[0] += 1
+    await mgr.deliver("u10@example.com", FakeLease(3), b"x", "1/u10", NOW)
+    assert len(mgr.open) == 9                                 # down to nine tenths
+    assert "u0@example.com" in mgr.open and "u10@example.com" in mgr.open
+    assert [a for a, why in ownership.released] == ["u1@example.com", "u2@example.com"]
+    assert {why for _, why in ownership.released} == {"idle"}
