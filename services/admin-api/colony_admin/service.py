@@ -12,6 +12,14 @@ import logging
 from colony.cluster.node import NodeRuntime
 from colony.http_server import EmbeddedHttpServer
 from colony.settings import Settings
+# Imported with this module, before the node registers and its heartbeat starts: inside
+# start() these imports (FastAPI, SQLAlchemy, the routes; 4-6 s on a loaded 2-core machine)
+# held the event loop past node_ttl, and a controller declared every starting admin API FAILED.
+from colony_admin.app import create_app
+from colony_admin.bootstrap import write_bootstrap_token
+from colony_admin.monitor import routes as monitor
+from colony_admin.observability import ApiMetrics, ObservedApi
+from colony_admin.routes import cluster
 
 log = logging.getLogger("colony.admin")
 
@@ -51,12 +59,6 @@ class AdminApiWorkload:
         self._feed = None  # the monitor page's follower of the CLUSTER stream
 
     async def start(self, runtime: NodeRuntime) -> dict[str, str]:
-        from colony_admin.app import create_app
-        from colony_admin.bootstrap import write_bootstrap_token
-        from colony_admin.monitor import routes as monitor
-        from colony_admin.observability import ApiMetrics, ObservedApi
-        from colony_admin.routes import cluster
-
         # The cluster's first admin API makes the first system-admin token (`colony up` prints it).
         # In a super cluster only the primary region's: the others cannot write PROVISIONING or
         # its keys (mirrors), and the token reaches them through the mirrors.
