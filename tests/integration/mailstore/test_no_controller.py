@@ -29,7 +29,7 @@ async def test_mail_is_stored_without_any_controller_and_the_dead_store_is_faile
     for i in (1, 2):
         cluster.start("controller", f"controller-{i}")
     await world.start_ready("mailstore-1", "mailstore-2", timeout=60)
-    await cluster.wait_controller(timeout=60)
+    before = await cluster.wait_controller(timeout=60)
     first = [await world.publish([u]) for u in users]
     await wait_until(lambda: _has(world, {u: {m} for u, m in zip(users, first)}), 60, "a first message each")
     owned = {u: await world.owner(u) for u in users}
@@ -63,7 +63,9 @@ async def test_mail_is_stored_without_any_controller_and_the_dead_store_is_faile
     assert (await cluster.view())["mailstore-1"].state != "FAILED"
 
     back = cluster.start("controller", "controller-1")
-    ctl = await cluster.wait_controller(timeout=60)
+    # A later epoch than the killed one's: the dead controller's own record still says it
+    # leads (nobody is left to say otherwise) until the one that comes back takes the lease.
+    ctl = await cluster.wait_controller(timeout=60, min_epoch=before.epoch)
     assert ctl.id == "controller-1" and back.process.poll() is None
     await cluster.wait_state("mailstore-1", "FAILED", timeout=60)
     kv = await (await cluster.client()).jetstream().key_value(names.BUCKET_LEASES)
