@@ -563,7 +563,7 @@ async def test_a_decline_on_one_device_cancels_the_others_and_reaches_the_caller
 
 
 async def test_timer_c_answers_408_when_no_branch_ever_answers(farm):
-    branches = await forked_invite(farm)
+    await forked_invite(farm)
     assert farm.expire_forks() == []
     farm.clock_.now += 150
     assert farm.expire_forks() == []      # still ringing

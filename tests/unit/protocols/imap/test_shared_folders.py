@@ -68,7 +68,7 @@ def test_grant_read_then_write_then_revoke(accounts):
     assert f'"{TEAM}"' in out and "Private" not in out
     assert '(\\Noselect \\HasChildren) "/" "Other Users"' in out           # the namespace levels
     assert '"Other Users/alice@example.com"' in out
-    assert f'* LIST (\\HasNoChildren) "/" "{TEAM}"' in c.cmd(f'l2 LIST "" "Other Users/%/%"')
+    assert f'* LIST (\\HasNoChildren) "/" "{TEAM}"' in c.cmd('l2 LIST "" "Other Users/%/%"')
     assert f'* MYRIGHTS "{TEAM}" lr' in c.cmd(f'm MYRIGHTS "{TEAM}"')
     out = c.cmd(f'e EXAMINE "{TEAM}"')
     assert "* 2 EXISTS" in out and "e OK [READ-ONLY]" in out
