@@ -11,7 +11,7 @@ from colony.protocols.sip.parser import parse_message
 from colony.settings import SIP_CONTACT_DENY_DEFAULT, SIP_CONTACT_DENY_LOOPBACK_SERVED, Settings
 
 from colony_sipfarm.bindings import Binding
-from colony_sipfarm.farm import DeniedNetworks, SipFarm
+from colony_sipfarm.farm import NetworkVerdicts, SipFarm
 
 from test_farm import DOMAIN, ME, PHONE, Auth, Clock, Counters, Dialogs, Store, answer, forwarded_invite, invite, one, register
 
@@ -126,14 +126,14 @@ async def test_an_in_dialog_request_is_not_loose_routed_into_a_denied_network(fa
 
 
 def test_the_denied_networks_read_addresses_not_names():
-    denied = DeniedNetworks(SIP_CONTACT_DENY_DEFAULT)
+    denied = NetworkVerdicts(SIP_CONTACT_DENY_DEFAULT)
     for host in ("127.0.0.1", "127.255.0.9", "::1", "::ffff:127.0.0.1", "169.254.169.254", "fe80::1%eth0", "0.0.0.0",
                  "::", "255.255.255.255", "ff02::1"):
         assert host in denied, host
     for host in ("192.0.2.7", "10.0.0.1", "192.168.1.1", "2001:db8::1", "::ffff:192.0.2.1", "pbx.example.com"):
         assert host not in denied, host
-    assert "127.0.0.1" not in DeniedNetworks("")
-    loopback_served = DeniedNetworks(SIP_CONTACT_DENY_LOOPBACK_SERVED)
+    assert "127.0.0.1" not in NetworkVerdicts("")
+    loopback_served = NetworkVerdicts(SIP_CONTACT_DENY_LOOPBACK_SERVED)
     assert "127.0.0.1" not in loopback_served and "::1" not in loopback_served and "169.254.169.254" in loopback_served
 
 

@@ -251,7 +251,7 @@ async def test_a_name_that_resolves_into_a_denied_network_loses_its_datagram_at_
     # A phone's Contact or a Route may name a host whose address the farm must not send to
     # (sip_contact_deny_networks); the farm judges literals, the socket what a name resolves to.
     from colony.settings import SIP_CONTACT_DENY_DEFAULT
-    from colony_sipfarm.farm import DeniedNetworks
+    from colony_sipfarm.farm import NetworkVerdicts
 
     caplog.set_level(logging.INFO, logger="colony.sipfarm")
     loop = asyncio.get_running_loop()
@@ -259,7 +259,7 @@ async def test_a_name_that_resolves_into_a_denied_network_loses_its_datagram_at_
 
     async def getaddrinfo(host, port, family=0, type=0):
         return [(socket.AF_INET, socket.SOCK_DGRAM, 0, "", (answers[host], port))]
-    denied = DeniedNetworks(SIP_CONTACT_DENY_DEFAULT)
+    denied = NetworkVerdicts(SIP_CONTACT_DENY_DEFAULT)
     udp = _UdpSocket(loop, await _bind_udp("127.0.0.1", 0), lambda data, source: None, lambda a: a in denied)
     monkeypatch.setattr(loop, "getaddrinfo", getaddrinfo)
     sent = []
