@@ -104,6 +104,7 @@ class Settings(BaseSettings):
     controller_probe_interval: float = Field(0.2, gt=0, description="Seconds between standby checks of the controller's liveness.")
     controller_rank_delay: float = Field(1.0, gt=0, description="Seconds each live standby ranked ahead of a controller gets to take over first (the Backup Controller moves at once, the n-th standby after n of these).")
     drain_timeout: float = Field(300.0, gt=0, description="Seconds a draining instance waits for its sessions to finish before it hands them over.")
+    stop_timeout: float = Field(15.0, ge=3.0, le=3600.0, description="Seconds an instance takes at most to stop on SIGTERM: up to 10 s of it for open sessions to finish, the rest to close its listeners and the bus; a process still running 5 s after it exits by itself. `colony up` kills an instance 20 s after SIGTERM; give containers a stop grace period above this.")
     domain_move_settle: float = Field(10.0, ge=0.5, description="Seconds a domain move waits after each of its phases (routing, sealing, flipped) before the next step, so every edge's and mail store's directory copy in every region has seen it (the PROVISIONING mirror's lag plus the mail stores' 2 s cache).")
 
     # --- work queues (colony.queue) -----------------------------------------------------

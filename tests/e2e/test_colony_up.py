@@ -131,13 +131,14 @@ def descendants(pid: int) -> list[int]:
 UP_LOGS: dict[int, Path] = {}  # pid of a `colony up` -> the file its output goes to
 
 
-def start_up(data_dir: Path, base: int, *extra: str) -> subprocess.Popen:
+def start_up(data_dir: Path, base: int, *extra: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     # Output to a file, not a pipe nobody reads until the end: a long test whose `colony up`
     # printed more than the pipe holds would block it mid-run.
     log = data_dir.parent / f"{data_dir.name}-colony-up.log"
     with open(log, "ab") as out:
         proc = subprocess.Popen([COLONY, "up", "--data-dir", str(data_dir), "--base-port", str(base), "--no-live", *extra],
-                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=None if env is None else {**os.environ, **env})
     UP_LOGS[proc.pid] = log
     return proc
 
@@ -291,6 +292,43 @@ def test_killing_the_supervisor_takes_every_instance_with_it(tmp_path):
     finally:
         proc.kill()  # SIGKILL: no chance to stop anything in order
         proc.wait()
-    pids = [n["pid"] for n in nodes]
-    wait_for(lambda: not any(pid_alive(p) for p in pids), 30, "the orphaned instances to stop")
+    wait_all_gone(nodes, data_dir, 30)
+    wait_for(lambda: port_is_free("127.0.0.1", base), 30, "the embedded nats-server to stop")
+
+
+def wait_all_gone(nodes: list[dict], data_dir: Path, timeout: float) -> None:
+    """Wait for every instance's process to end; on time-out, say which did not, with their logs."""
+    try:
+        wait_for(lambda: not any(pid_alive(n["pid"]) for n in nodes), timeout, "the orphaned instances to stop")
+    except AssertionError as exc:
+        left = [n["id"] for n in nodes if pid_alive(n["pid"])]
+        logs = "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}"
+                         for p in (data_dir / "logs").glob("*.log") if p.stem in left)
+        raise AssertionError(f"{exc}: still running {left}\n{logs}") from None
+
+
+def test_orphaned_instances_stop_though_the_bus_hangs(tmp_path):
+    """The supervisor is SIGKILLed while the embedded nats-server is frozen (SIGSTOP): every
+    instance gets its SIGTERM (PR_SET_PDEATHSIG) and must stop by itself, within its
+    stop_timeout, though each record write and release waits on a bus that never answers
+    and nobody is left to SIGKILL it. (Before, a mail store took over 40 s.)"""
+    data_dir, base = tmp_path / "h", free_base_port()
+    proc = start_up(data_dir, base, "--controllers", "1", "--mailstores", "1", "--sipfarms", "0", "--admin-apis", "0",
+                    env={"COLONY_STOP_TIMEOUT": "6"})
+    nats_pid = None
+    try:
+        nodes = wait_for(lambda: ready_nodes(data_dir, 3), 120, "three READY instances")
+        nats_pid = json.loads((data_dir / "cluster.json").read_text())["nats_pid"]
+        os.kill(nats_pid, signal.SIGSTOP)
+    finally:
+        proc.kill()
+        proc.wait()
+    try:
+        # stop_timeout (6 s) + the process's own 5 s backstop; the deadline leaves room for a busy machine
+        wait_all_gone(nodes, data_dir, 30)
+        logs = {p.stem: p.read_text(errors="replace") for p in (data_dir / "logs").glob("*.log")}
+        assert "could not record NOT_READY on the bus" in logs["mailstore-1"], logs["mailstore-1"][-3000:]
+    finally:
+        if nats_pid is not None and pid_alive(nats_pid):
+            os.kill(nats_pid, signal.SIGCONT)
     wait_for(lambda: port_is_free("127.0.0.1", base), 30, "the embedded nats-server to stop")

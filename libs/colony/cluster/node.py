@@ -89,6 +89,7 @@ class NodeRuntime:
         self.state = NodeState.STARTING
         self.stopping = asyncio.Event()
         self._own_nc = nc is None
+        self._bus_failed_while_stopping = False
         self._nodes: KeyValue | None = None
         self._revision = 0
         self._record: NodeRecord | None = None
@@ -116,7 +117,21 @@ class NodeRuntime:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.stopping.set)
-        await self.start()
+        starting = asyncio.ensure_future(self.start())
+        stop_requested = asyncio.ensure_future(self.stopping.wait())
+        try:
+            await asyncio.wait({starting, stop_requested}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:  # run() itself cancelled while starting: as before, no stop
+            starting.cancel()
+            stop_requested.cancel()
+            raise
+        stop_requested.cancel()
+        if starting.done():
+            starting.result()  # a failed start raises: nothing registered to take down
+        else:  # SIGTERM while starting (the bus may be gone, start waiting on it): stop now
+            starting.cancel()
+            with suppress(asyncio.CancelledError, Exception):
+                await starting
         try:
             await self.stopping.wait()
         finally:
@@ -146,35 +161,70 @@ class NodeRuntime:
         log.info("%s READY at %s", self.node_id, addresses)
 
     async def shutdown(self) -> None:
-        """Graceful stop: take no new work, let short work finish, say STOPPED, close."""
-        # Each step is attempted whatever the one before did (the bus may be gone), and a
-        # failure is logged: a stop must always get as far as closing. With the bus gone, the
-        # record writes are skipped (each would wait out a request timeout for nothing: the
-        # record's TTL tells the cluster instead), so a stop takes seconds, not the 20 s after
-        # which `colony up` kills an instance.
+        """Graceful stop: take no new work, let short work finish, say STOPPED, close.
+
+        The whole stop takes at most ``stop_timeout``: whoever sent SIGTERM may be gone (a
+        supervisor killed by SIGKILL signals its instances through PR_SET_PDEATHSIG, and the
+        embedded nats-server gets the same signal), so nobody may come to kill an instance
+        whose stop waits on a bus that no longer answers. Each step is attempted whatever the
+        one before did, and a failure is logged: a stop always gets as far as closing. Once a
+        record write fails (or the bus is gone), the rest are skipped: each would wait out a
+        request timeout for nothing, and the record's TTL tells the cluster instead.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.stop_timeout
+        # The last seconds are kept for stopping the workload and closing the bus.
+        wind_down_until = deadline - min(5.0, self.settings.stop_timeout / 3)
         try:
             self.workload.set_accepting(False)
             if self.state in (NodeState.READY, NodeState.NOT_READY):
-                if self._bus_up():
-                    await self._transition(NodeState.NOT_READY, "stopping", keep_drained=True)
-                await self._wait_empty(min(self.settings.drain_timeout, 10.0))
+                await self._record_while_stopping(NodeState.NOT_READY, "stopping", wind_down_until, keep_drained=True)
+                async with asyncio.timeout_at(wind_down_until):
+                    await self._wait_empty(min(self.settings.drain_timeout, 10.0))
+        except TimeoutError:
+            log.warning("%s: stopping with %s sessions still open (stop_timeout %.0f s)",
+                        self.node_id, self._active_work_or_unknown(), self.settings.stop_timeout)
         except Exception:
             log.exception("%s: could not finish work before stopping", self.node_id)
         await self.task_owner.close()  # the drain task too
-        if self._bus_up():
-            with suppress(Exception):
-                await self._transition(NodeState.STOPPED, "stopped")
+        await self._record_while_stopping(NodeState.STOPPED, "stopped", min(deadline, loop.time() + 2.0))
         try:
-            await self.workload.stop()
+            async with asyncio.timeout_at(max(deadline, loop.time() + 1.0)):
+                await self.workload.stop()
+        except TimeoutError:
+            log.warning("%s: the %s workload did not stop within stop_timeout (%.0f s); what it still held "
+                        "is left to its leases' TTLs", self.node_id, self.role, self.settings.stop_timeout)
         except Exception:
             log.exception("%s: the %s workload failed to stop cleanly", self.node_id, self.role)
-        await self.ops.stop()
+        with suppress(TimeoutError):
+            await asyncio.wait_for(self.ops.stop(), 2.0)
         if self._own_nc and self.nc is not None:
             with suppress(Exception):
-                if self._bus_up():
-                    await self.nc.drain()
+                if self._bus_up() and not self._bus_failed_while_stopping:
+                    await asyncio.wait_for(self.nc.drain(), 5.0)  # the client's own drain_timeout is 3 s
                 else:  # drain() refuses a reconnecting client, which would keep trying
-                    await self.nc.close()
+                    await asyncio.wait_for(self.nc.close(), 2.0)
+
+    async def _record_while_stopping(self, state: NodeState, reason: str, until: float, keep_drained: bool = False) -> None:
+        """One record write of a stop, given up at ``until`` (a loop time); skipped once one failed."""
+        if self._record is None:  # stopped while starting, before it registered
+            return
+        if not self._bus_up() or self._bus_failed_while_stopping:
+            self.state = self.record.state = state
+            return
+        try:
+            async with asyncio.timeout_at(until):
+                await self._transition(state, reason, keep_drained=keep_drained)
+        except Exception as exc:
+            self._bus_failed_while_stopping = True
+            log.warning("%s: could not record %s on the bus (%s); its TTL tells the cluster instead",
+                        self.node_id, state.value, type(exc).__name__)
+
+    def _active_work_or_unknown(self) -> str:
+        try:
+            return str(self.workload.active_work())
+        except Exception:
+            return "some"
 
     def _bus_up(self) -> bool:
         return self.nc is not None and self.nc.is_connected

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import resource
 import sys
+import threading
 from collections.abc import Callable
 
 from colony.cluster.node import NodeRuntime, Workload
@@ -55,6 +57,39 @@ def run_service(role: str, make_workload: Callable[[Settings], Workload]) -> Non
     setup_tracing(settings, role)
     runtime = NodeRuntime(settings, make_workload(settings))
     try:
-        asyncio.run(runtime.run())
+        asyncio.run(_serve(runtime, settings.stop_timeout + STOP_GRACE))
     except KeyboardInterrupt:
         pass
+
+
+# Seconds past ``stop_timeout`` a stopping process may take before it ends itself.
+STOP_GRACE = 5.0
+
+
+async def _serve(runtime: NodeRuntime, exit_after: float) -> None:
+    watchdog = asyncio.ensure_future(_exit_if_stop_hangs(runtime, exit_after))
+    try:
+        await runtime.run()
+    finally:
+        watchdog.cancel()
+
+
+async def _exit_if_stop_hangs(runtime: NodeRuntime, exit_after: float) -> None:
+    """Once asked to stop, end the process ``exit_after`` seconds later if it has not ended.
+
+    The stop is bounded by ``stop_timeout``, but a thread blocked on a hung disk or a task
+    that swallows its cancellation would still keep the process, and so its listeners and
+    open files, alive; with the supervisor gone (SIGKILL; PR_SET_PDEATHSIG sent the SIGTERM),
+    nobody else would end it. A thread, so that a blocked event loop cannot hold it up.
+    """
+    await runtime.stopping.wait()
+    timer = threading.Timer(exit_after, _exit_now, args=(runtime.node_id, exit_after))
+    timer.daemon = True
+    timer.start()
+
+
+def _exit_now(node_id: str, after: float) -> None:
+    log.error("%s: still running %.0f s after it was asked to stop; exiting now", node_id, after)
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    os._exit(1)
