@@ -184,9 +184,13 @@ class SectionError(ValueError):
 def find_part(root: Part, numbers: list[int]) -> Part:
     """The part ``numbers`` names (``[]`` is the whole message)."""
     part = root
-    for n in numbers:
-        if part.message is not None and not part.multipart:
-            part = part.message           # message/rfc822: numbering continues inside it
+    for depth, n in enumerate(numbers):
+        # A message/rfc822 *part* numbers its subparts inside the message it encapsulates; the
+        # root is the message itself, whose part 1 (when it is not multipart) is its body even
+        # when that body is a message: BODY[1] of a message/rfc822 message is the whole
+        # encapsulated message and BODY[1.HEADER] its header (RFC 9051 §6.4.5).
+        if depth and part.message is not None and not part.multipart:
+            part = part.message
         if part.multipart:
             if not 1 <= n <= len(part.children):
                 raise SectionError(f"no part {n}")
