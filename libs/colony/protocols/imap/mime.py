@@ -116,7 +116,7 @@ def _part(data: bytes, start: int, end: int, default: tuple[str, str], depth: in
     maintype, _, subtype = ctype.partition("/")
     if not headers.get("Content-Type") and default == ("message", "rfc822"):
         maintype, subtype = default
-    params = [(k.lower(), v if isinstance(v, str) else _rfc2231(v))
+    params = [(k.lower(), _unfold(v if isinstance(v, str) else _rfc2231(v)))
               for k, v in (headers.get_params() or [])[1:]] if headers.get("Content-Type") else []
     if maintype.lower() == "text" and not any(k == "charset" for k, _ in params):
         params = [("charset", "us-ascii"), *params]   # RFC 2045 §5.2 default
@@ -128,6 +128,8 @@ def _part(data: bytes, start: int, end: int, default: tuple[str, str], depth: in
         boundary = headers.get_param("boundary")
         if isinstance(boundary, tuple):
             boundary = _rfc2231(boundary)
+        if boundary:
+            boundary = _unfold(boundary)
         child_default = ("message", "rfc822") if part.subtype == "digest" else ("text", "plain")
         if boundary:
             for a, b in _body_parts(data, body_start, end, boundary.encode("utf-8", "replace")):
@@ -145,6 +147,16 @@ def _part(data: bytes, start: int, end: int, default: tuple[str, str], depth: in
     elif part.maintype == "text":
         part.lines = _count_lines(data, body_start, end)
     return part
+
+
+_FOLD = re.compile(r"\r?\n(?=[ \t])")
+
+
+def _unfold(value: str) -> str:
+    """A parameter value as RFC 5322 §2.2.3 unfolds it: the email package (compat32) keeps
+    the line break of a folded header inside a quoted value, so a boundary written
+    ``"foo<CRLF> bar"`` would never match its delimiter lines ``--foo bar``."""
+    return _FOLD.sub("", value)
 
 
 def _rfc2231(value) -> str:

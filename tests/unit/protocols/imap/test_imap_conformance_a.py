@@ -32,3 +32,17 @@ def test_part_one_of_a_message_rfc822_message_is_the_whole_encapsulated_message(
     assert section_bytes(data, root, [1, 1, 1], None) == b"two lamps, please\r\n"
     assert section_bytes(data, root, [1, 1], "TEXT") == b"two lamps, please\r\n"
     assert find_part(root, [1, 1, 1]).subtype == "plain"
+
+
+def test_a_boundary_folded_across_header_lines_is_unfolded():
+    """RFC 5322 §2.2.3: unfolding removes the CRLF before the whitespace, so the boundary
+    of ``boundary="cut<CRLF> here"`` is ``cut here`` and its parts are found."""
+    data = (b"From: a@example.org\r\nMIME-Version: 1.0\r\n"
+            b'Content-Type: multipart/mixed; boundary="cut\r\n here"\r\n\r\n'
+            b"preamble\r\n--cut here\r\nContent-Type: text/plain\r\n\r\nfirst\r\n"
+            b"--cut here\r\nContent-Type: text/html\r\n\r\n<b>second</b>\r\n--cut here--\r\n")
+    root = analyze(data)
+    assert [c.subtype for c in root.children] == ["plain", "html"]
+    assert ("boundary", "cut here") in root.params
+    assert section_bytes(data, root, [1], None) == b"first"
+    assert section_bytes(data, root, [2], "MIME") == b"Content-Type: text/html\r\n\r\n"
