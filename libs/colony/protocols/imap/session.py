@@ -1439,10 +1439,10 @@ class Session:
         try:
             if name.startswith("BINARY"):
                 part = mime.find_part(root, list(numbers))
-                if part.multipart or part.message is not None and numbers:
-                    raise _No("[UNKNOWN-CTE] BINARY is for leaf parts")
                 octets = data[part.body_start:part.body_end] if numbers else data
-                if numbers:
+                # A multipart or message/rfc822 part can only be 7bit, 8bit or binary (RFC 2045
+                # §6.4, RFC 2046 §5.2.1): it is served as it is, like BINARY[] is the message.
+                if numbers and not part.multipart and part.message is None:
                     octets = _decode_cte(octets, part.header("Content-Transfer-Encoding"))
             else:
                 octets = mime.section_bytes(data, root, list(numbers), text, list(fields))
@@ -1587,7 +1587,11 @@ class _View:
         for part in root.walk():
             if part.multipart or part.message is not None:
                 continue
-            raw = _decode_cte(data[part.body_start:part.body_end], part.header("Content-Transfer-Encoding"))
+            raw = data[part.body_start:part.body_end]
+            try:
+                raw = _decode_cte(raw, part.header("Content-Transfer-Encoding"))
+            except _No:
+                pass                # an encoding we cannot undo is searched as it is
             charset = dict(part.params).get("charset", "utf-8")
             try:
                 out.append(raw.decode(charset, "replace"))
@@ -1751,6 +1755,10 @@ def _imap_date(value: datetime) -> str:
 
 def _decode_cte(data: bytes, encoding: str | None) -> bytes:
     kind = (encoding or "").strip().lower()
+    if kind not in ("", "7bit", "8bit", "binary", "base64", "quoted-printable"):
+        # RFC 3516 §4.3: an encoding the server cannot undo fails the FETCH, with UNKNOWN-CTE
+        # (serving the encoded octets would pass them off as decoded).
+        raise _No("[UNKNOWN-CTE] cannot undo this part's Content-Transfer-Encoding")
     try:
         if kind == "base64":
             return base64.b64decode(b"".join(data.split()), validate=False)

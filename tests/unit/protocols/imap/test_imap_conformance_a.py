@@ -46,3 +46,48 @@ def test_a_boundary_folded_across_header_lines_is_unfolded():
     assert ("boundary", "cut here") in root.params
     assert section_bytes(data, root, [1], None) == b"first"
     assert section_bytes(data, root, [2], "MIME") == b"Content-Type: text/html\r\n\r\n"
+
+
+# --- BINARY (RFC 3516) ---------------------------------------------------------------------
+
+NESTED = (b"From: a@example.org\r\nSubject: nested\r\nMIME-Version: 1.0\r\n"
+          b'Content-Type: multipart/mixed; boundary="out"\r\n\r\n'
+          b"--out\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: base64\r\n\r\naGk=\r\n"
+          b"--out\r\nContent-Type: message/rfc822\r\n\r\n"
+          b"From: b@example.org\r\nSubject: inner\r\n\r\ninner text\r\n"
+          b"--out\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: x-uuencode\r\n\r\n"
+          b"begin 644 x\r\n--out--\r\n")
+
+
+def _session_with(tmp_path, *messages):
+    from test_session import Client
+    from colony.storage.mailbox import AccountMail
+
+    mail = AccountMail(tmp_path / "mail", 1, clock=lambda: 1_700_000_000.0)
+    mail.open()
+    for m in messages:
+        mail.append("INBOX", m)
+    mail.commit()
+    c = Client(mail)
+    assert "OK" in c.cmd("l LOGIN bob secret")
+    assert "OK" in c.cmd("s SELECT INBOX")
+    return c, mail
+
+
+def test_binary_of_a_composite_part_is_its_octets_and_an_unknown_encoding_fails(tmp_path):
+    """RFC 3516 §4.2: BINARY[] is the whole message, and a multipart or message/rfc822 part
+    has an identity encoding (RFC 2045 §6.4), so it is served as it is, not refused; an
+    encoding the server cannot decode is a NO with UNKNOWN-CTE (§4.3), not encoded octets."""
+    c, mail = _session_with(tmp_path, NESTED)
+    try:
+        out = c.cmd("b1 FETCH 1 (BINARY.SIZE[] BINARY.PEEK[1] BINARY.SIZE[2])")
+        assert "b1 OK" in out
+        assert f"BINARY.SIZE[] {len(NESTED)}" in out
+        assert "BINARY[1] {2}\r\nhi" in out
+        inner = "From: b@example.org\r\nSubject: inner\r\n\r\ninner text"
+        assert f"BINARY.SIZE[2] {len(inner)}" in out
+        assert f"BINARY[2] {{{len(inner)}}}\r\n{inner})" in c.cmd("b2 FETCH 1 BINARY.PEEK[2]")
+        assert "b3 NO [UNKNOWN-CTE]" in c.cmd("b3 FETCH 1 BINARY.PEEK[3]")
+        assert "* SEARCH 1" in c.cmd("b4 SEARCH BODY begin")     # searched as it is
+    finally:
+        mail.close()
