@@ -176,9 +176,11 @@ def matches(key: tuple, m: MessageView, ctx: SearchContext) -> bool:
         return m.internal_date >= ctx.now - timedelta(seconds=key[1])
     if kind == "MODSEQ":
         return m.modseq >= key[1]
-    if kind in ("FROM", "TO", "CC", "BCC", "SUBJECT"):
+    if kind == "SUBJECT":
+        return _fold(_text(key[1])) in _fold(decode_header_value(m.header("Subject")))
+    if kind in ("FROM", "TO", "CC", "BCC"):
         value = m.header(kind.capitalize() if kind != "BCC" else "Bcc")
-        return _fold(_text(key[1])) in _fold(decode_header_value(value))
+        return _fold(_text(key[1])) in _fold(_address_text(value))
     if kind == "HEADER":
         name, needle = key[1], _text(key[2])
         value = m.header(name)
@@ -191,6 +193,22 @@ def matches(key: tuple, m: MessageView, ctx: SearchContext) -> bool:
         needle = _fold(_text(key[1]))
         return needle in _fold(m.headers_text()) or needle in _fold(m.body_text())
     raise ValueError(f"unknown search key {kind}")
+
+
+def _address_text(value: str | None) -> str:
+    """What FROM/TO/CC/BCC search: the field as written (decoded) and, RFC 9051 §6.4.4's
+    "envelope structure's FROM field", each address as ENVELOPE gives it -- name and
+    ``mailbox@host`` without comments or whitespace, so ``<jo (x)@ (y) example.org>``
+    matches ``jo@example.org`` and ``jo@example.org (Jo)`` matches ``Jo``."""
+    text = decode_header_value(value)
+    if not value:
+        return text
+    from colony.protocols.imap.encode import parse_addresses   # encode imports mime, not us
+
+    for name, _adl, mailbox, host in parse_addresses(value):
+        if mailbox is not None:
+            text += f"\n{decode_header_value(name or '')} <{mailbox}@{host or ''}>"
+    return text
 
 
 def _compare_day(kind: str, day: date, against: date) -> bool:
