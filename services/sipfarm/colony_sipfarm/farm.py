@@ -21,7 +21,8 @@ it needs to route a packet is in the packet or on the bus, never only in one mem
 * An **in-dialog request** whose top Route is a farm Record-Route is loose-routed (§16.4) --
   only when the Route carries the farm's MAC for the request's Call-ID and From- or To-tag
   (``route_signature.py``): anyone can write the farm's address into a Route, and a dialog's
-  requests cannot be challenged.  Others get 404 and go nowhere.
+  requests cannot be challenged.  Others get 404 and go nowhere.  A UDP caller's copy of one
+  is answered from its server transaction (``server_transactions.py``), not forwarded again.
 * A phone's TCP flow lives on one member: its binding records ``member``; a request to it from
   another member is relayed over ``colony.sip.relay.<member>``.
 
@@ -67,6 +68,7 @@ from colony.settings import Settings
 from colony_sipfarm.bindings import Binding, BindingStore
 from colony_sipfarm.credentials import CredentialCache
 from colony_sipfarm.route_signature import PARAM as ROUTE_MAC, RouteSigner
+from colony_sipfarm.server_transactions import ProxyServerTransactions
 
 log = logging.getLogger("colony.sipfarm")
 
@@ -135,7 +137,7 @@ class FarmMetrics:
         self.forwarded = Counter("colony_sip_forwarded", "Requests and responses proxied on, by kind and method.", ["kind", "method"], registry=registry)
         self.responses = Counter("colony_sip_responses", "Responses proxied, by method and final code.", ["method", "code"], registry=registry)
         self.relays = Counter("colony_sip_relays", "Packets handed to another member: new transactions to their Call-ID's owner, messages to the member holding a TCP flow.", registry=registry)
-        self.retransmissions = Counter("colony_sip_retransmissions", "Retransmitted requests answered from the answer cache.", registry=registry)
+        self.retransmissions = Counter("colony_sip_retransmissions", "Retransmitted requests answered from the answer cache or absorbed by a server transaction.", registry=registry)
         self.proxy_retransmissions = Counter("colony_sip_proxy_retransmissions", "Requests this member forwarded over UDP and sent again (Timer A/E), by method.", ["method"], registry=registry)
         self.proxy_timeouts = Counter("colony_sip_proxy_timeouts", "Requests forwarded over UDP that got no answer within 64*T1 (Timer B/F; the branch counts as 408), by method.", ["method"], registry=registry)
         self.overloaded = Counter("colony_sip_overloaded", "New requests answered 503 + Retry-After because they waited too long for this member's turn (overload).", registry=registry)
@@ -183,6 +185,18 @@ def _reached_at(contact: str, transport: str, source_host: str, nat: bool) -> st
     if not isinstance(uri, SipURI):
         return ""
     return uri.params.get("maddr") or uri.host
+
+
+def _transaction_key(via: Via, call_id: str, method: str, cseq: int) -> tuple:
+    """What a request's copies, and its server transaction's responses, share (§17.2.3): the
+    top Via's branch and sent-by (the Call-ID when there is no branch), the method (an ACK
+    is its INVITE's) and the CSeq number."""
+    return (via.branch or call_id, via.host, via.port, "INVITE" if method == "ACK" else method, cseq)
+
+
+def _hops_left(request: SipRequest) -> int:
+    max_forwards = request.headers.get("Max-Forwards")
+    return int(max_forwards) if max_forwards and max_forwards.isdigit() else 70
 
 
 def _hash(*parts: str) -> str:
@@ -255,6 +269,10 @@ class SipFarm:
         self.denied = NetworkVerdicts(settings.sip_contact_deny_networks)
         self._answers: OrderedDict[tuple, tuple[float, list[Outbound]]] = OrderedDict()
         self._forks: OrderedDict[str, _Fork] = OrderedDict()
+        # The server transactions of in-dialog requests forwarded here from a UDP caller: its
+        # copies are answered from them, not forwarded again (server_transactions.py).
+        self.server_transactions: ProxyServerTransactions[Outbound] = ProxyServerTransactions(
+            max(ANSWER_LIFETIME, 64 * settings.sip_timer_t1), ANSWER_CACHE)
         self._pending: set[tuple] = set()           # answer keys of requests being worked on
         self._cancelled: set[tuple] = set()         # ... of INVITEs among them a CANCEL came for
         self._last_key: tuple = (None, None, None)   # (request, its top Via value, answer key)
@@ -375,6 +393,11 @@ class SipFarm:
         if cached is not None and cached[0] > self.clock():
             self.metrics.retransmissions.inc()
             return cached[1]
+        if self.server_transactions and (copy := self.server_transactions.copy(key, self.clock())) is not None:
+            # A copy of an in-dialog request this member forwarded: answered with what its
+            # transaction has (or absorbed), never a second request at the callee.
+            self.metrics.retransmissions.inc()
+            return copy
         if key in self._pending:
             # A retransmission of a request still being worked on: its answer is coming
             # (checking its credentials again would see a replayed nonce count).
@@ -433,9 +456,7 @@ class SipFarm:
         last = self._last_key
         if last[0] is request and last[1] is value and value is not None:
             return last[2]
-        via = request.top_via()
-        method = "INVITE" if request.method == "ACK" else request.method
-        key = (via.branch or request.call_id, via.host, via.port, method, request.cseq().number)
+        key = _transaction_key(request.top_via(), request.call_id, request.method, request.cseq().number)
         self._last_key = (request, value, key)
         return key
 
@@ -737,8 +758,7 @@ class SipFarm:
 
     def _forward(self, request: SipRequest, source: Destination, destination: Destination,
                  member: str | None, record_route: bool, index: int = 0) -> list[Outbound]:
-        max_forwards = request.headers.get("Max-Forwards")
-        hops = int(max_forwards) if max_forwards and max_forwards.isdigit() else 70
+        hops = _hops_left(request)
         if hops <= 0:
             return self._local(request, source, 483)
         request.headers.set("Max-Forwards", str(hops - 1))
@@ -892,7 +912,17 @@ class SipFarm:
                 self.metrics.dropped.labels(reason="denied destination").inc()
                 return self._local(request, source, 403, extra=[("Warning", _warning(self._hostport(), DENIED_TEXT))],
                                    remember=False)
-        return self._forward(request, source, destination, member, record_route=False)
+        if source[0] != "UDP" or request.method == "ACK" or member is not None or _hops_left(request) <= 0:
+            # Nothing to keep: a caller on a connection sends no copies; an ACK is answered
+            # by nobody; a request another member puts on a connection has its responses
+            # come back there; a 483 is an answer of our own, kept as such.
+            return self._forward(request, source, destination, member, record_route=False)
+        # A server transaction (server_transactions.py): the caller's copies get its last
+        # answer.  Keyed and answered before _forward puts our Via on top.
+        key = self._answer_key(request)
+        trying = self._local(request, source, 100, remember=False) if request.method == "INVITE" else []
+        self.server_transactions.forwarded(key, request.method == "INVITE", self.clock(), trying)
+        return [*trying, *self._forward(request, source, destination, member, record_route=False)]
 
     async def _route_proven(self, request: SipRequest) -> bool:
         """The top Route (ours) was put there by the farm for this request's dialog: its MAC
@@ -1030,7 +1060,12 @@ class SipFarm:
         member = ours.params.get("m")
         if destination[0] == "UDP" or member in (None, names.node_key(self._flow())):
             member = None
-        return [*out, Outbound(response.encode(), destination, member)]
+        passed = Outbound(response.encode(), destination, member)
+        if self.server_transactions:
+            # The caller's copies of the request from now on get this answer.
+            key = _transaction_key(nxt, response.call_id, cseq.method, cseq.number)
+            self.server_transactions.answered(key, response.status, [passed], self.clock())
+        return [*out, passed]
 
     async def _branch_target(self, response: SipResponse, index: int) -> tuple[Binding, Destination, str | None] | None:
         """The contact branch ``index`` of the request went to, found again from the bindings."""

@@ -11,7 +11,7 @@ import uuid
 import pytest
 
 from colony.protocols.sip.parser import parse_message
-from test_sipfarm import DOMAIN, Udp, digest_answer, free_udp_port, serve_credentials
+from test_sipfarm import DOMAIN, Udp, digest_answer, serve_credentials
 
 pytestmark = pytest.mark.slow
 
@@ -119,6 +119,81 @@ async def test_a_phone_that_never_answers_gives_the_caller_408(member):
         response = timed_out.result()
         assert response.status == 408 and response.call_id == "never-answered"
         assert copies >= 5                                   # 0, T1, 3 T1, 7 T1, 15 T1, 31 T1, ... within 64 T1
+    finally:
+        alice.close()
+        bob.close()
+
+
+@pytest.fixture
+async def patient_member(cluster):
+    """A member whose own retransmissions come late (T1 = 4 s): a request the callee sees
+    twice in these tests was forwarded twice, not sent again by the member's Timer A/E."""
+    nc = await cluster.client()
+    await serve_credentials(nc)
+    cluster.start("sipfarm", "sipfarm-1", COLONY_SIP_PORT="0", COLONY_OUTBOUND_SMTP_PORT="25", COLONY_SIP_TIMER_T1="4")
+    view = await cluster.wait_state("sipfarm-1", "READY", timeout=60)
+    host, _, port = view.addresses["sip"].rpartition(":")
+    yield host, int(port)
+
+
+async def next_message(queue: asyncio.Queue, wanted, timeout: float = 10.0):
+    """The next message ``wanted`` (a method or a status) takes, and the ones skipped before it."""
+    skipped = []
+    while True:
+        message = await receive(queue, timeout)
+        if getattr(message, "method", None) == wanted or getattr(message, "status", None) == wanted:
+            return message, skipped
+        skipped.append(message)
+
+
+async def test_a_callers_copy_of_an_in_dialog_request_is_answered_by_the_farm_not_forwarded_again(patient_member):
+    """RFC 3261 §17.2.3: a copy of a re-INVITE or UPDATE matches the transaction the farm
+    forwarded; it gets that transaction's answer (§17.2.1, §17.2.2) and the callee hears the
+    request once."""
+    member = patient_member
+    bob, bob_in, bob_port = await register_udp(member, "bob")
+    alice, alice_in = await invite_bob(member, "copies-in-dialog")
+    alice_port = alice.get_extra_info("sockname")[1]
+    try:
+        invite, _ = await next_message(bob_in, "INVITE")
+        bob.sendto(answer(invite, 200, "OK"), member)
+        ok, _ = await next_message(alice_in, 200)
+        route = ok.headers.get("Record-Route")
+
+        def in_dialog(method: str, cseq: int, branch: str) -> bytes:
+            return (f"{method} sip:bob@127.0.0.1:{bob_port} SIP/2.0\r\n"
+                    f"Via: SIP/2.0/UDP 127.0.0.1:{alice_port};rport;branch=z9hG4bK{branch}\r\nRoute: {route}\r\n"
+                    f"From: <sip:alice@{DOMAIN}>;tag=a1\r\nTo: <sip:bob@{DOMAIN}>;tag=bob1\r\n"
+                    f"Call-ID: copies-in-dialog\r\nCSeq: {cseq} {method}\r\nContact: <sip:alice@127.0.0.1:{alice_port}>\r\n"
+                    "Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n").encode()
+        alice.sendto(in_dialog("ACK", 2, "ack2"), member)
+        await next_message(bob_in, "ACK")
+
+        # A re-INVITE: 100 Trying at once; bob answers; alice's late copy goes nowhere.
+        reinvite = in_dialog("INVITE", 3, "reinvite3")
+        alice.sendto(reinvite, member)
+        assert (await receive(alice_in)).status == 100
+        forwarded, _ = await next_message(bob_in, "INVITE")
+        bob.sendto(answer(forwarded, 200, "OK"), member)
+        await next_message(alice_in, 200)
+        alice.sendto(in_dialog("ACK", 3, "ack3"), member)
+        await next_message(bob_in, "ACK")
+        alice.sendto(reinvite, member)                               # the copy
+
+        # An UPDATE: the next thing bob hears, not the re-INVITE again.
+        update = in_dialog("UPDATE", 4, "update4")
+        alice.sendto(update, member)
+        forwarded, skipped = await next_message(bob_in, "UPDATE")
+        assert [m.method for m in skipped] == []
+        bob.sendto(answer(forwarded, 200, "OK"), member)
+        await next_message(alice_in, 200)
+        # Its copy is answered by the farm with bob's 200, and bob hears only the BYE after it.
+        alice.sendto(update, member)
+        again, _ = await next_message(alice_in, 200)
+        assert again.cseq().method == "UPDATE" and again.call_id == "copies-in-dialog"
+        alice.sendto(in_dialog("BYE", 5, "bye5"), member)
+        _, skipped = await next_message(bob_in, "BYE")
+        assert [m.method for m in skipped] == []
     finally:
         alice.close()
         bob.close()

@@ -347,7 +347,7 @@ async def test_phones_behind_nat_get_the_dialogs_requests_where_their_packets_co
     [ack] = await farm.handle(in_dialog("ACK", "sip:bob@10.0.0.5:5060", "alice", 2), alice_nat)
     assert ack.destination == bob_nat
     # The callee's re-INVITE and BYE reach the caller's NAT -- also from a port its NAT chose anew.
-    reinvite, out = await one(farm, in_dialog("INVITE", "sip:alice@192.168.1.20:5060", "bob", 7), bob_nat)
+    reinvite, out = await forwarded_invite(farm, in_dialog("INVITE", "sip:alice@192.168.1.20:5060", "bob", 7), bob_nat)
     assert reinvite.method == "INVITE" and out.destination == alice_nat
     bye, out = await one(farm, in_dialog("BYE", "sip:alice@192.168.1.20:5060", "bob", 8), ("UDP", "192.0.2.7", 6000))
     assert bye.method == "BYE" and out.destination == alice_nat and out.member is None
