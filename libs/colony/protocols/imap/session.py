@@ -64,7 +64,7 @@ from typing import Protocol
 
 from colony.protocols.imap import commands as C
 from colony.protocols.imap import encode as E
-from colony.protocols.imap import mime, rights, search, shared
+from colony.protocols.imap import binary_append, mime, rights, search, shared
 from colony.protocols.imap.reader import Command, CommandReader, Continue, LineTooLong, TooBig
 from colony.protocols.imap.syntax import SequenceSet, decode_mutf7, encode_mutf7
 
@@ -981,9 +981,14 @@ class Session:
         except _No:
             raise _No("[TRYCREATE] No such mailbox") from None
         held = self._require(store, box.name, rights.NEEDS["APPEND"])
-        self._check_quota(store, sum(len(m.data) for m in cmd.messages))
+        try:
+            # NULs are kept base64-encoded, so BODY[] never has to carry one (RFC 3516 §4.4, §6).
+            contents = [binary_append.servable(m.data, m.binary) for m in cmd.messages]
+        except binary_append.NotServable:
+            raise _No("[UNKNOWN-CTE] NUL octets outside a part that can be re-encoded") from None
+        self._check_quota(store, sum(len(c) for c in contents))
         uids = []
-        for message in cmd.messages:
+        for message, content in zip(cmd.messages, contents):
             if not message.data:
                 raise _No("Empty message")
             flags = [f for f in message.flags if f != "\\Recent"]
@@ -991,7 +996,7 @@ class Session:
                 raise _Bad("\\* is not a flag")
             flags = rights.settable_flags(held, flags)     # the others are dropped silently (§4)
             self._check_keywords(flags, lambda: {f for m in store.messages(box.name) for f in m.flags})
-            stored = store.append(box.name, message.data, flags, message.date.astimezone(UTC) if message.date else None)
+            stored = store.append(box.name, content, flags, message.date.astimezone(UTC) if message.date else None)
             uids.append(stored.uid)
         store.commit()
         self._sync(store, expunge=True)

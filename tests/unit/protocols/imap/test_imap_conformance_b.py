@@ -1,0 +1,117 @@
+"""APPEND, COPY/MOVE, EXPUNGE, STORE and LIST details that IMAP conformance suites check
+and that are easy to get subtly wrong: each case names the RFC rule it holds the server to.
+Sessions run against a real journal-backed mailbox (``test_session``'s client), no sockets."""
+
+from __future__ import annotations
+
+import base64
+import re
+
+import pytest
+
+from colony.protocols.imap.binary_append import NotServable, servable
+from colony.protocols.imap.mime import analyze
+from colony.storage.mailbox import AccountMail
+from test_session import MSG, MULTI, logged_in
+
+# A spreadsheet-ish attachment with NULs and a high octet, sent without any encoding.
+SHEET = b"PK\x03\x04\x00\x00\x08\x00\xfe\r\ncells\x00\x00"
+WITH_ATTACHMENT = (b"From: ann@tools.example\r\nSubject: the sheet\r\nMIME-Version: 1.0\r\n"
+                   b'Content-Type: multipart/mixed; boundary="cut"\r\n\r\n'
+                   b"--cut\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n"
+                   b"--cut\r\nContent-Type: application/vnd.sheet\r\nContent-Transfer-Encoding: Binary\r\n\r\n"
+                   + SHEET + b"\r\n--cut--\r\n")
+
+
+def _literal_after(out: bytes, label: bytes) -> bytes:
+    """The octets of the (literal or literal8) value that follows ``label`` in a FETCH."""
+    m = re.search(re.escape(label) + rb" ~?\{(\d+)\}\r\n", out)
+    assert m, out
+    return out[m.end():m.end() + int(m.group(1))]
+
+
+@pytest.fixture
+def mail(tmp_path):
+    """An account whose INBOX holds two messages, as ``test_session`` starts them."""
+    m = AccountMail(tmp_path / "mail", 1, clock=lambda: 1_700_000_000.0)
+    m.open()
+    m.append("INBOX", MSG)
+    m.append("INBOX", MULTI, flags=["\\Seen"])
+    m.commit()
+    yield m
+    m.close()
+
+
+# --- APPEND of binary content (RFC 3516) -----------------------------------------------------
+
+def test_binary_parts_are_base64_encoded_and_the_rest_kept():
+    """RFC 3516 §4.4: the server may change the encoding of appended data, losing nothing;
+    §6: BODYSTRUCTURE must describe it in an encoding the base protocol can carry."""
+    stored = servable(WITH_ATTACHMENT, binary_literal=True)
+    assert b"\x00" not in stored
+    root = analyze(stored)
+    text, sheet = root.children
+    assert stored[text.body_start:text.body_end] == b"see attached"
+    assert sheet.header("Content-Transfer-Encoding") == "base64"
+    assert base64.b64decode(stored[sheet.body_start:sheet.body_end]) == SHEET
+    assert stored.startswith(b"From: ann@tools.example\r\n") and stored.endswith(b"\r\n--cut--\r\n")
+
+
+def test_a_message_without_binary_content_is_stored_as_sent():
+    """§6: gratuitous encoding changes break signatures; nothing changes without a reason."""
+    plain = b"Subject: hi\r\n\r\n8-bit \xe9t\xe9 text\r\n"
+    assert servable(plain, binary_literal=False) is plain
+    assert servable(plain, binary_literal=True) is plain
+
+
+def test_a_nul_in_a_single_part_message_makes_it_a_mime_base64_message():
+    data = b"Subject: raw\r\n\r\nab\x00cd\r\n"
+    stored = servable(data, binary_literal=False)
+    root = analyze(stored)
+    assert root.header("MIME-Version") == "1.0"
+    assert root.header("Content-Transfer-Encoding") == "base64"
+    assert base64.b64decode(stored[root.body_start:]) == b"ab\x00cd\r\n"
+
+
+def test_a_folded_encoding_field_is_replaced_whole():
+    data = (b"Subject: folded\r\nContent-Transfer-Encoding:\r\n binary\r\nX-After: kept\r\n\r\n"
+            b"\x00\x01\r\n")
+    stored = servable(data, binary_literal=True)
+    header = stored[:stored.index(b"\r\n\r\n") + 4]
+    assert header.count(b"Content-Transfer-Encoding") == 1
+    assert b" binary" not in header and b"X-After: kept\r\n" in header
+
+
+def test_a_nul_where_no_encoding_can_hold_it_is_refused():
+    with pytest.raises(NotServable):
+        servable(b"Subject: a\x00b\r\n\r\nbody\r\n", binary_literal=True)
+    with pytest.raises(NotServable):      # base64 text cannot hold a NUL; it is not re-encoded
+        servable(b"Content-Transfer-Encoding: base64\r\n\r\nAA\x00A\r\n", binary_literal=True)
+
+
+def test_append_literal8_then_body_binary_and_bodystructure(mail):
+    """RFC 9051 §9: a literal is CHAR8, never NUL; BINARY[2] (RFC 3516 §4.3) returns what the
+    client appended, BODY[2] the base64 that BODYSTRUCTURE describes (§6)."""
+    c = logged_in(mail)
+    out = c.send(b"a APPEND INBOX ~{%d}\r\n" % len(WITH_ATTACHMENT))
+    assert out.startswith("+")
+    out = c.send(WITH_ATTACHMENT + b"\r\n")
+    assert "a OK [APPENDUID" in out
+    c.cmd("s SELECT INBOX")
+    c.session.receive_data(b"f FETCH 3 (BODYSTRUCTURE BINARY.PEEK[2] BODY.PEEK[2] BINARY.SIZE[2] BODY.PEEK[])\r\n")
+    raw = c.pump()
+    assert b"f OK" in raw
+    assert b'"APPLICATION" "VND.SHEET" NIL NIL NIL "BASE64"' in raw
+    assert _literal_after(raw, b"BINARY[2]") == SHEET
+    assert b"BINARY[2] ~{" in raw                      # literal8: the decoded data has NULs
+    assert base64.b64decode(_literal_after(raw, b"BODY[2]")) == SHEET
+    assert b"BINARY.SIZE[2] %d" % len(SHEET) in raw
+    assert b"\x00" not in _literal_after(raw, b"BODY[]")
+
+
+def test_append_with_a_nul_outside_any_part_is_no_unknown_cte(mail):
+    c = logged_in(mail)
+    data = b"Subject: a\x00b\r\n\r\nbody\r\n"
+    out = c.send(b"a APPEND INBOX ~{%d+}\r\n" % len(data) + data + b"\r\n")
+    assert "a NO [UNKNOWN-CTE]" in out
+    assert "(MESSAGES 2)" in c.cmd("s STATUS INBOX (MESSAGES)")
