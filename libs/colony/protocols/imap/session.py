@@ -996,7 +996,10 @@ class Session:
                 raise _Bad("\\* is not a flag")
             flags = rights.settable_flags(held, flags)     # the others are dropped silently (§4)
             self._check_keywords(flags, lambda: {f for m in store.messages(box.name) for f in m.flags})
-            stored = store.append(box.name, content, flags, message.date.astimezone(UTC) if message.date else None)
+            # The date-time is kept with its own zone (RFC 9051 §6.3.12: the internal date is
+            # set to it): INTERNALDATE gives it back as written, and BEFORE/ON/SINCE, which
+            # disregard time and zone, see the day the client sees.
+            stored = store.append(box.name, content, flags, message.date)
             uids.append(stored.uid)
         store.commit()
         self._sync(store, expunge=True)

@@ -113,3 +113,36 @@ def test_address_search_looks_at_the_envelope_address_not_only_the_written_field
         assert "* SEARCH\r\n" in c.cmd("f SEARCH TO ann")
     finally:
         mail.close()
+
+
+def test_an_appended_internal_date_keeps_its_zone_and_date_searches_use_its_day(tmp_path):
+    """RFC 9051 §6.3.12: APPEND's date-time becomes the internal date; INTERNALDATE gives
+    it back in the zone it was written in, and BEFORE/ON/SINCE ("disregarding time and
+    timezone", §6.4.4) compare the day of that date-time: 00:30 +0200 on the 25th is the
+    25th, though it is the 24th in UTC."""
+    from test_session import Client
+    from colony.storage.mailbox import AccountMail
+
+    mail = AccountMail(tmp_path / "mail", 1, clock=lambda: 1_700_000_000.0)
+    mail.open()
+    try:
+        c = Client(mail)
+        c.cmd("l LOGIN bob secret")
+        for stamp in ("24-Mar-2007 23:30:00 +0000", "25-Mar-2007 00:30:00 +0200", "25-Mar-2007 23:30:00 -0500"):
+            assert "OK" in c.cmd(f'a APPEND INBOX "{stamp}" {{3+}}\r\nx\r\n')
+        c.cmd("s SELECT INBOX")
+        out = c.cmd("f FETCH 1:3 INTERNALDATE")
+        assert '* 2 FETCH (INTERNALDATE "25-Mar-2007 00:30:00 +0200")' in out
+        assert '* 3 FETCH (INTERNALDATE "25-Mar-2007 23:30:00 -0500")' in out
+        assert "* SEARCH 2 3\r\n" in c.cmd("o SEARCH ON 25-Mar-2007")
+        assert "* SEARCH 1\r\n" in c.cmd("b SEARCH BEFORE 25-Mar-2007")
+        assert "* SEARCH 2 3\r\n" in c.cmd("n SEARCH SINCE 25-Mar-2007")
+        mail.close()
+        mail = AccountMail(tmp_path / "mail", 1, clock=lambda: 1_700_000_000.0)   # read back from disk
+        mail.open()
+        c = Client(mail)
+        c.cmd("l LOGIN bob secret")
+        c.cmd("s SELECT INBOX")
+        assert '* 2 FETCH (INTERNALDATE "25-Mar-2007 00:30:00 +0200")' in c.cmd("f FETCH 2 INTERNALDATE")
+    finally:
+        mail.close()
