@@ -1,0 +1,343 @@
+"""The SIP farm with a real softphone: baresip (Debian ``baresip-core``), two of them, alice and
+bob, each in a config directory of its own, on loopback only, with no audio device (a sine
+tone as the microphone, a null bridge as the speaker), driven over baresip's ``ctrl_tcp``
+interface (JSON in netstrings: commands answered by token, and events -- the registration
+and call states baresip itself reports).  They register with digest auth over UDP, TCP and
+TLS (the farm's certificate from a local CA, which baresip is given -- though baresip 1.0.0
+does not check a server's certificate at all: it registered with an unrelated CA; the
+farm's chain is verified in ``test_transports.py``), call across two farm members,
+hang up, and unregister when they quit; a member is SIGKILLed under a registered phone,
+which carries on through the other.  The credentials contract is answered here, as the admin
+API would (as in ``test_sipfarm.py``).  Skipped without baresip, a failure in CI."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from nats.js.errors import KeyNotFoundError
+
+from cluster_harness import wait_until
+from colony.bus import names
+from colony.tlsfiles import ensure_local_ca
+from tools import free_ports, need_tool
+
+from colony_sipfarm.farm import _hash
+from test_sipfarm import DOMAIN, PASSWORDS, bindings, serve_credentials
+
+pytestmark = pytest.mark.slow
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+@pytest.fixture(autouse=True)
+def _baresip() -> str:
+    """Skipped (a failure in CI) before a farm is started for nothing."""
+    return need_tool("baresip", "baresip-core")
+
+
+@pytest.fixture
+async def farm(cluster, tmp_path):
+    """Two members with the TLS certificate of a local CA (as `colony up` makes one); their
+    listeners as `colony status` shows them, and the CA the phones trust."""
+    await serve_credentials(await cluster.client())
+    tls = ensure_local_ca(tmp_path / "tls", ["127.0.0.1"])
+    for n in (1, 2):
+        cluster.start("sipfarm", f"sipfarm-{n}", COLONY_SIP_PORT="0", COLONY_OUTBOUND_SMTP_PORT="25",
+                      COLONY_TLS_CERT_FILE=str(tls.cert), COLONY_TLS_KEY_FILE=str(tls.key),
+                      # Phones here re-register every few seconds (a refresh is part of the test).
+                      COLONY_SIP_MIN_EXPIRES="10")
+    views = [await cluster.wait_state(f"sipfarm-{n}", "READY", timeout=60) for n in (1, 2)]
+    yield [v.addresses for v in views], tls.ca
+
+
+def proxy_uri(addresses: dict, transport: str) -> str:
+    """The member's listener for ``transport`` as a phone's outbound proxy."""
+    host, _, port = addresses["sip_tls" if transport == "tls" else "sip"].rpartition(":")
+    return f"sip:{host}:{port};transport={transport}"
+
+
+class Softphone:
+    """One baresip process and its control connection.
+
+    Events baresip sends (``REGISTER_OK``, ``CALL_INCOMING``, ``CALL_ESTABLISHED``,
+    ``CALL_CLOSED``...) are kept in order; a test waits for the next one of a type with a
+    deadline.  Registration is polled with ``reginfo`` (the first REGISTER goes out before
+    the control connection is up, so its event may come before anyone listens)."""
+
+    def __init__(self, home: Path, user: str, transport: str, proxies: list[str], ca: Path,
+                 regint: int = 3600, dns: str | None = None) -> None:
+        self.home, self.user, self.transport = home, user, transport
+        self.proxies, self.ca, self.regint, self.dns = proxies, ca, regint, dns
+        self.ctrl_port = free_ports(1)[0]
+        self.proc: asyncio.subprocess.Process | None = None
+        self.events: list[dict] = []
+        self._changed = asyncio.Condition()
+        self._pending: dict[str, asyncio.Future] = {}
+        self._tokens = 0
+        self._reader_task: asyncio.Task | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    @property
+    def aor(self) -> str:
+        return f"sip:{self.user}@{DOMAIN}"
+
+    def write_config(self) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        # No sound card: ausine is the microphone (48 kHz stereo only, resampled for G.711),
+        # aubridge the speaker and ringer.  Loopback only: SIP, RTP and the control port.
+        (self.home / "config").write_text("\n".join([
+            "poll_method epoll",
+            "sip_listen 127.0.0.1:0",
+            f"sip_cafile {self.ca}",
+            "net_interface 127.0.0.1",
+            *([f"dns_server {self.dns}"] if self.dns else []),
+            "call_local_timeout 120",
+            "call_max_calls 4",
+            "audio_source ausine,440",
+            "ausrc_srate 48000",
+            "ausrc_channels 2",
+            "audio_player aubridge,speaker",
+            "audio_alert aubridge,speaker",
+            "module_path /usr/lib/baresip/modules",
+            "module g711.so",
+            "module ausine.so",
+            "module aubridge.so",
+            "module_tmp account.so",
+            "module_app menu.so",       # the commands: dial, hangup, reginfo, quit
+            "module_app ctrl_tcp.so",
+            f"ctrl_tcp_listen 127.0.0.1:{self.ctrl_port}",
+            "",
+        ]))
+        outbound = ";".join(f'outbound{"" if i == 0 else i + 1}="{uri}"' for i, uri in enumerate(self.proxies))
+        (self.home / "accounts").write_text(
+            f"<sip:{self.user}@{DOMAIN};transport={self.transport}>;auth_pass={PASSWORDS[self.user]};"
+            f"{outbound + ';' if outbound else ''}regint={self.regint};answermode=auto\n")
+
+    async def start(self) -> Softphone:
+        self.write_config()
+        self.proc = await asyncio.create_subprocess_exec(
+            need_tool("baresip", "baresip-core"), "-f", str(self.home), "-s",     # -s: the SIP trace, for failures
+            stdin=asyncio.subprocess.DEVNULL, stdout=open(self.home / "log", "wb"), stderr=asyncio.subprocess.STDOUT)
+
+        async def connected():
+            assert self.proc.returncode is None, f"baresip exited {self.proc.returncode}:\n{self.log()}"
+            try:
+                return await asyncio.open_connection("127.0.0.1", self.ctrl_port)
+            except OSError:
+                return None
+        reader, self._writer = await wait_until(connected, 30, f"{self.user}'s baresip control port", interval=0.1)
+        self._reader_task = asyncio.create_task(self._read(reader))
+        return self
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        buffer = b""
+        while chunk := await reader.read(65536):
+            buffer += chunk
+            while b":" in buffer:                      # netstrings: <length>:<JSON>,
+                length, _, rest = buffer.partition(b":")
+                if len(rest) < int(length) + 1:
+                    break
+                message, buffer = json.loads(rest[:int(length)]), rest[int(length) + 1:]
+                if message.get("response") and (future := self._pending.pop(message.get("token"), None)):
+                    future.set_result(message)
+                elif message.get("event"):
+                    async with self._changed:
+                        self.events.append(message)
+                        self._changed.notify_all()
+
+    async def command(self, command: str, params: str = "", timeout: float = 20) -> str:
+        self._tokens += 1
+        token = f"t{self._tokens}"
+        future = self._pending[token] = asyncio.get_running_loop().create_future()
+        body = json.dumps({"command": command, "params": params, "token": token}).encode()
+        self._writer.write(b"%d:%s," % (len(body), body))
+        answer = await asyncio.wait_for(future, timeout)
+        assert answer["ok"], f"{command} {params}: {answer}\n{self.log()}"
+        return ANSI.sub("", answer.get("data", ""))
+
+    async def event(self, kind: str, after: int = 0, timeout: float = 30, **match: str) -> dict:
+        """The first event of ``kind`` (and ``match``ing fields) from index ``after`` on."""
+        def found():
+            return next((e for e in self.events[after:]
+                         if e.get("type") == kind and all(e.get(k) == v for k, v in match.items())), None)
+        deadline = time.monotonic() + timeout
+        async with self._changed:
+            while (event := found()) is None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"{self.user}: no {kind} {match or ''} within {timeout}s; events: "
+                                         f"{[e.get('type') for e in self.events]}\n{self.log()}")
+                try:
+                    await asyncio.wait_for(self._changed.wait(), left)
+                except TimeoutError:
+                    pass
+        return event
+
+    async def registered(self, timeout: float = 30) -> str:
+        """``reginfo`` once it says OK for the account (every registration of it, one per proxy)."""
+        async def ok():
+            info = await self.command("reginfo")
+            line = next((ln for ln in info.splitlines() if self.aor in ln), "")
+            return info if " OK " in line and "ERR" not in line else None
+        return await wait_until(ok, timeout, f"{self.user} to be registered", interval=0.2)
+
+    async def quit(self, timeout: float = 30) -> int:
+        """``quit``: baresip unregisters (REGISTER with Expires 0) and exits."""
+        self._writer.write(b'%d:%s,' % (len(b'{"command":"quit"}'), b'{"command":"quit"}'))
+        try:
+            await asyncio.wait_for(self.proc.wait(), timeout)
+        except TimeoutError:
+            raise AssertionError(f"{self.user}'s baresip did not quit within {timeout}s\n{self.log()}") from None
+        return self.proc.returncode
+
+    async def stop(self) -> None:
+        if self._reader_task:
+            self._reader_task.cancel()
+        if self._writer:
+            self._writer.close()
+        if self.proc and self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+
+    def log(self, tail: int = 6000) -> str:
+        path = self.home / "log"
+        text = path.read_text(errors="replace") if path.exists() else ""
+        return ANSI.sub("", text)[-tail:]
+
+
+@pytest.fixture
+async def phones():
+    """Softphones started by a test, stopped (killed if need be) after it."""
+    started: list[Softphone] = []
+
+    async def start(*args, **kwargs) -> Softphone:
+        phone = Softphone(*args, **kwargs)
+        started.append(phone)
+        return await phone.start()
+    yield start
+    for phone in started:
+        await phone.stop()
+
+
+async def dialog_record(cluster, call_id: str) -> bytes | None:
+    """The call's metering record (written at the INVITE 2xx, deleted by the BYE), if any."""
+    kv = await (await cluster.client()).jetstream().key_value(names.BUCKET_SIP_BINDINGS)
+    try:
+        entry = await kv.get(names.sip_dialog_key(_hash(call_id)))
+    except KeyNotFoundError:
+        return None
+    return entry.value or None
+
+
+async def contacts(cluster, user: str) -> list[dict]:
+    """The user's live bindings in the farm's registrar (expired ones are left for the next write)."""
+    now = time.time()
+    return [b for b in await bindings(cluster, user) if b.get("expires_at", now + 1) > now]
+
+
+async def call_and_hang_up(cluster, caller: Softphone, callee: Softphone) -> None:
+    """``caller`` dials ``callee``, who answers on its own (answermode=auto); both see the call
+    established and the farm has its record; the caller hangs up, both see the call end and
+    the record is gone."""
+    mark_caller, mark_callee = len(caller.events), len(callee.events)
+    await caller.command("dial", callee.aor)
+    established = await caller.event("CALL_ESTABLISHED", mark_caller, direction="outgoing")
+    call_id = established["id"]                     # baresip's call id is the SIP Call-ID
+    await callee.event("CALL_ESTABLISHED", mark_callee, direction="incoming", id=call_id)
+    assert "ESTABLISHED" in await caller.command("listcalls")
+    await wait_until(lambda: dialog_record(cluster, call_id), 30, "the call's record in sip_bindings")
+
+    await caller.command("hangup")
+    await caller.event("CALL_CLOSED", mark_caller, id=call_id)
+    closed = await callee.event("CALL_CLOSED", mark_callee, id=call_id)
+    assert "peer" in closed.get("param", ""), closed       # ended by the caller's BYE, not a timeout
+
+    async def record_gone() -> bool:
+        return await dialog_record(cluster, call_id) is None
+    await wait_until(record_gone, 30, "the call's record to be deleted by the BYE")
+
+
+@pytest.mark.parametrize("alice_transport, bob_transport",
+                         [("udp", "udp"), ("tcp", "tcp"), ("tls", "tls"), ("udp", "tls")])
+async def test_two_softphones_register_call_across_members_and_unregister(
+        farm, cluster, phones, tmp_path, alice_transport, bob_transport):
+    addresses, ca = farm
+    # alice's proxy is member 1, bob's member 2: the call crosses the farm.
+    alice = await phones(tmp_path / "alice", "alice", alice_transport, [proxy_uri(addresses[0], alice_transport)], ca)
+    bob = await phones(tmp_path / "bob", "bob", bob_transport, [proxy_uri(addresses[1], bob_transport)], ca)
+    for phone, member in ((alice, "sipfarm-1"), (bob, "sipfarm-2")):
+        info = await phone.registered()
+        assert "Colony SIP farm" in info, info         # the farm's 200 names itself (Server)
+        [binding] = await contacts(cluster, phone.user)
+        assert binding["contact"].startswith(f"sip:{phone.user}") and "@127.0.0.1:" in binding["contact"]
+        assert binding["transport"] == phone.transport.upper() and binding["member"] == member, binding
+
+    await call_and_hang_up(cluster, alice, bob)
+    await call_and_hang_up(cluster, bob, alice)       # and back: the other member's Record-Route
+
+    # Quitting unregisters (REGISTER, Expires: 0): the binding goes at once.
+    for phone in (alice, bob):
+        assert await phone.quit() == 0
+
+        async def unbound(user=phone.user) -> bool:
+            return await contacts(cluster, user) == []
+        await wait_until(unbound, 30, f"{phone.user}'s binding to be removed")
+
+
+
+
+async def test_a_softphone_refreshes_its_registration_before_it_expires(farm, cluster, phones, tmp_path):
+    addresses, ca = farm
+    alice = await phones(tmp_path / "alice", "alice", "udp", [proxy_uri(addresses[0], "udp")], ca, regint=10)
+    await alice.registered()
+    [first] = await contacts(cluster, "alice")
+    mark = len(alice.events)
+    # baresip re-REGISTERs (same Call-ID, next CSeq) ahead of the 10 s it was given; the
+    # farm writes it (moved by more than a tenth of the lifetime, sip_refresh_write_slack).
+    await alice.event("REGISTER_OK", mark, timeout=30)
+
+    async def refreshed():
+        [binding] = await contacts(cluster, "alice")
+        return binding if binding["cseq"] > first["cseq"] else None
+    binding = await wait_until(refreshed, 30, "the refresh in the registrar")
+    assert binding["call_id"] == first["call_id"] and binding["expires_at"] > first["expires_at"]
+    assert binding["contact"] == first["contact"]
+
+
+async def test_softphones_carry_on_through_the_other_member_when_theirs_is_sigkilled(
+        farm, cluster, phones, tmp_path, dns_server):
+    """The phones find the farm by DNS SRV (RFC 3263): member 1 first, member 2 behind it.
+    Member 1 is SIGKILLed under both; at their next refresh their TCP connection attempt to it
+    is refused, baresip takes the next SRV target, and calls work through member 2."""
+    addresses, ca = farm
+    for n, member in enumerate(addresses, 1):
+        host, _, port = member["sip"].rpartition(":")
+        dns_server.add(f"_sip._tcp.{DOMAIN}. 60 IN SRV {n * 10} 0 {port} sip{n}.{DOMAIN}.",
+                       f"sip{n}.{DOMAIN}. 60 IN A {host}")
+    alice = await phones(tmp_path / "alice", "alice", "tcp", [], ca, regint=10, dns=dns_server.address)
+    bob = await phones(tmp_path / "bob", "bob", "tcp", [], ca, regint=10, dns=dns_server.address)
+
+    async def held_by(member: str) -> bool:
+        found = [await contacts(cluster, user) for user in ("alice", "bob")]
+        return all(len(c) == 1 and c[0]["member"] == member for c in found)
+    for phone in (alice, bob):
+        await phone.registered()
+    await wait_until(lambda: held_by("sipfarm-1"), 30, "both phones registered at member 1")
+    await call_and_hang_up(cluster, alice, bob)
+
+    cluster.nodes["sipfarm-1"].signal(signal.SIGKILL)
+    cluster.nodes["sipfarm-1"].process.wait(10)
+    # Until its refresh a phone's binding names the dead member, which held its connection
+    # (a call to it then fails, 430 Flow Failed: RFC 5626 §5.3); baresip refreshes within 10 s.
+    await wait_until(lambda: held_by("sipfarm-2"), 60, "both phones re-registered at member 2", interval=0.5)
+    for phone in (alice, bob):
+        await phone.registered()
+    await call_and_hang_up(cluster, alice, bob)
+    await call_and_hang_up(cluster, bob, alice)
+
