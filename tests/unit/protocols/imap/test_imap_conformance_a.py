@@ -3,6 +3,8 @@ that are easy to get subtly wrong: each case names the RFC rule it holds the ser
 
 from __future__ import annotations
 
+import re
+
 from colony.protocols.imap.mime import analyze, find_part, section_bytes
 
 # A forwarded message whose body is itself a forwarded message (message/rfc822 twice).
@@ -144,5 +146,26 @@ def test_an_appended_internal_date_keeps_its_zone_and_date_searches_use_its_day(
         c.cmd("l LOGIN bob secret")
         c.cmd("s SELECT INBOX")
         assert '* 2 FETCH (INTERNALDATE "25-Mar-2007 00:30:00 +0200")' in c.cmd("f FETCH 2 INTERNALDATE")
+    finally:
+        mail.close()
+
+
+def test_esearch_min_or_max_alone_reports_the_modseq_of_the_messages_returned(tmp_path):
+    """RFC 4731 §3.2: with MODSEQ in the criteria, ESEARCH's MODSEQ is the highest
+    mod-sequence of the messages returned -- with MIN and/or MAX alone, just those, not
+    every match; with ALL or COUNT, every match."""
+    c, mail = _session_with(tmp_path, *(f"Subject: {i}\r\n\r\n{i}\r\n".encode() for i in range(1, 5)))
+    try:
+        modseq = {}
+        for seq in (1, 3, 2):                 # message 2 changes last: the highest MODSEQ
+            c.cmd(f"s{seq} STORE {seq} +FLAGS (\\Seen)")
+            out = c.cmd(f"f{seq} FETCH {seq} MODSEQ")
+            modseq[seq] = int(re.search(rf"\* {seq} FETCH \(MODSEQ \((\d+)\)\)", out).group(1))
+        assert modseq[1] < modseq[3] < modseq[2]
+        assert f"MIN 1 MODSEQ {modseq[1]}\r\n" in c.cmd("a SEARCH RETURN (MIN) 1:3 MODSEQ 1")
+        assert f"MAX 3 MODSEQ {modseq[3]}\r\n" in c.cmd("b SEARCH RETURN (MAX) 1:3 MODSEQ 1")
+        assert f"MIN 1 MAX 3 MODSEQ {modseq[3]}\r\n" in c.cmd("c SEARCH RETURN (MIN MAX) 1:3 MODSEQ 1")
+        assert f"MIN 1 COUNT 3 MODSEQ {modseq[2]}\r\n" in c.cmd("d SEARCH RETURN (MIN COUNT) 1:3 MODSEQ 1")
+        assert f"ALL 1:3 MODSEQ {modseq[2]}\r\n" in c.cmd("e SEARCH RETURN () 1:3 MODSEQ 1")
     finally:
         mail.close()
