@@ -289,6 +289,7 @@ class Session:
         self.rev2 = False          # ENABLE IMAP4rev2 (RFC 9051): ESEARCH for SEARCH, no \\Recent
         self.utf8 = False          # ENABLE UTF8=ACCEPT (or IMAP4rev2): UTF-8 names and strings
         self._resume: tuple | None = None   # a FETCH still to continue (see _fetch_batch)
+        self._fetch_missed = False          # the FETCH under way skipped an expunged message
         self._recent: set[int] = set()      # UIDs that are recent in this session
         self._keywords: set[str] = set()    # keywords announced in FLAGS
         # IDLE
@@ -1267,14 +1268,10 @@ class Session:
             self._send("* SEARCH" + "".join(f" {n}" for n in numbers) + modseq)
         else:
             returns = set(cmd.returns or ()) or {"ALL"}   # IMAP4rev2: SEARCH answers ESEARCH
-            # MIN and/or MAX alone return only those messages: SAVE keeps just them (RFC 5182
-            # §2.4) and MODSEQ is the highest of theirs (RFC 4731 §3.2), not of every match.
-            picked = found
-            if returns & {"MIN", "MAX"} and not returns & {"ALL", "COUNT"}:
-                picked = [m for m in (found[:1] if "MIN" in returns else []) + (found[-1:] if "MAX" in returns else [])]
-                if uses_modseq and picked:
-                    modseq = f" (MODSEQ {max(m.modseq for m in picked)})"
             if "SAVE" in returns:
+                picked = found
+                if returns & {"MIN", "MAX"} and not returns & {"ALL", "COUNT"}:
+                    picked = [m for m in (found[:1] if "MIN" in returns else []) + (found[-1:] if "MAX" in returns else [])]
                 self._saved = frozenset(m.uid for m in picked)
                 returns.discard("SAVE")
                 if not returns:
@@ -1369,6 +1366,7 @@ class Session:
             if unseen:
                 store.store_flags(self.mailbox, unseen, ["\\Seen"], "add")
                 store.commit()
+        self._fetch_missed = False
         return self._fetch_batch(cmd, items, uids, sets_seen, store)
 
     def _fetch_batch(self, cmd: C.Fetch, items: list[C.FetchItem], uids: list[int], sets_seen: bool,
@@ -1389,8 +1387,9 @@ class Session:
                 self._resume = (cmd, items, uids[n:], sets_seen)
                 return _MORE
             msg = current.get(u)
-            if msg is None:
-                continue                 # expunged by another session; its EXPUNGE comes later
+            if msg is None:              # expunged by another session; its EXPUNGE comes later
+                self._fetch_missed = True
+                continue
             parts = [self._fetch_item(item, msg, store, label) for item, label in others]
             if flags_asked or (sets_seen and self._flags.get(u) != msg.flags):
                 parts.insert(0, f"FLAGS ({self._show(u, msg.flags)})".encode())
@@ -1401,6 +1400,12 @@ class Session:
             queued += len(data)
             out.append(Send(data))
         self._sync(store, expunge=cmd.uid)
+        if self._fetch_missed and not cmd.uid:
+            # A message number the client still holds names a message another session
+            # expunged, whose body is gone: the rest is sent, and a tagged NO says not all was
+            # (RFC 2180 §4.1.3, EXPUNGEISSUED of RFC 9051 §7.1); an OK would claim it was.  A
+            # UID that is gone is ignored, as a UID that never was (RFC 9051 §6.4.9).
+            raise _No("[EXPUNGEISSUED] Some of the requested messages were expunged by another session")
         return None
 
     @staticmethod

@@ -12,7 +12,7 @@ import pytest
 from colony.protocols.imap.binary_append import NotServable, servable
 from colony.protocols.imap.mime import analyze
 from colony.storage.mailbox import AccountMail
-from test_session import MSG, MULTI, logged_in
+from test_session import MSG, MULTI, logged_in, selected
 
 # A spreadsheet-ish attachment with NULs and a high octet, sent without any encoding.
 SHEET = b"PK\x03\x04\x00\x00\x08\x00\xfe\r\ncells\x00\x00"
@@ -115,3 +115,22 @@ def test_append_with_a_nul_outside_any_part_is_no_unknown_cte(mail):
     out = c.send(b"a APPEND INBOX ~{%d+}\r\n" % len(data) + data + b"\r\n")
     assert "a NO [UNKNOWN-CTE]" in out
     assert "(MESSAGES 2)" in c.cmd("s STATUS INBOX (MESSAGES)")
+
+
+# --- a message another session expunged (RFC 2180 §4.1) --------------------------------------
+
+def test_fetch_of_a_message_expunged_elsewhere_is_no_expungeissued_and_the_rest_is_sent(mail):
+    """The expunge is not told during FETCH (RFC 9051 §7.5.1), and the body is gone: the
+    other messages are sent and the tagged NO says not everything was (RFC 2180 §4.1.3,
+    EXPUNGEISSUED of RFC 9051 §7.1).  By UID, a UID that is gone is simply not there
+    (§6.4.9), and the EXPUNGE may be told then (§7.5.1)."""
+    a, b = selected(mail), selected(mail)
+    a.cmd("1 STORE 1 +FLAGS.SILENT (\\Deleted)")
+    assert "2 OK" in a.cmd("2 EXPUNGE")
+    out = b.cmd("3 FETCH 1:2 (UID)")
+    assert "* 2 FETCH (UID 2)" in out and "* 1 FETCH" not in out and "* 1 EXPUNGE" not in out
+    assert "3 NO [EXPUNGEISSUED]" in out
+    out = b.cmd("4 UID FETCH 1:2 (UID)")
+    assert "4 OK" in out and "* 1 EXPUNGE" in out
+    out = b.cmd("5 FETCH 1 (UID)")
+    assert "* 1 FETCH (UID 2)" in out and "5 OK" in out
