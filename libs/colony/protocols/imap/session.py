@@ -1268,10 +1268,14 @@ class Session:
             self._send("* SEARCH" + "".join(f" {n}" for n in numbers) + modseq)
         else:
             returns = set(cmd.returns or ()) or {"ALL"}   # IMAP4rev2: SEARCH answers ESEARCH
+            # MIN and/or MAX alone return only those messages: SAVE keeps just them (RFC 5182
+            # §2.4) and MODSEQ is the highest of theirs (RFC 4731 §3.2), not of every match.
+            picked = found
+            if returns & {"MIN", "MAX"} and not returns & {"ALL", "COUNT"}:
+                picked = [m for m in (found[:1] if "MIN" in returns else []) + (found[-1:] if "MAX" in returns else [])]
+                if uses_modseq and picked:
+                    modseq = f" (MODSEQ {max(m.modseq for m in picked)})"
             if "SAVE" in returns:
-                picked = found
-                if returns & {"MIN", "MAX"} and not returns & {"ALL", "COUNT"}:
-                    picked = [m for m in (found[:1] if "MIN" in returns else []) + (found[-1:] if "MAX" in returns else [])]
                 self._saved = frozenset(m.uid for m in picked)
                 returns.discard("SAVE")
                 if not returns:
