@@ -295,12 +295,15 @@ def sort_key(m: MessageView, key: str):
         return parsed or m.internal_date
     if key == "SIZE":
         return m.size
+    # Strings order as the collations SORT names compare them (i;ascii-casemap, RFC 5256 §3;
+    # i;unicode-casemap, RFC 5051, titlecases likewise): letters as capitals, so "a" sorts
+    # before "[" and "_" (0x41 < 0x5B < 0x5F), which lowercase keys would put first.
     if key == "SUBJECT":
-        return base_subject(m.header("Subject"))
+        return base_subject(m.header("Subject")).upper()
     if key in ("FROM", "TO", "CC"):
-        return _first_address(m.header(key.capitalize()), False)
+        return _first_address(m.header(key.capitalize()), False).upper()
     if key in ("DISPLAYFROM", "DISPLAYTO"):
-        return _first_address(m.header(key[7:].capitalize()), True)
+        return _first_address(m.header(key[7:].capitalize()), True).upper()
     raise ValueError(key)
 
 

@@ -169,3 +169,23 @@ def test_esearch_min_or_max_alone_reports_the_modseq_of_the_messages_returned(tm
         assert f"ALL 1:3 MODSEQ {modseq[2]}\r\n" in c.cmd("e SEARCH RETURN () 1:3 MODSEQ 1")
     finally:
         mail.close()
+
+
+# --- SORT (RFC 5256) ---------------------------------------------------------------------------
+
+def test_sort_compares_letters_as_capitals_like_the_casemap_collations(tmp_path):
+    """RFC 5256 §3 sorts strings with i;ascii-casemap (RFC 4790 §9.2: a-z compare as A-Z),
+    so letters come before "[" and "_"; ties keep sequence order even when reversed."""
+    c, mail = _session_with(
+        tmp_path,
+        b"From: b_x@example.org\r\nSubject: _under\r\n\r\n1\r\n",
+        b"From: bx@example.org\r\nSubject: [tag]\r\n\r\n2\r\n",
+        b"From: BX@example.org\r\nSubject: Re: apple\r\n\r\n3\r\n",
+        b"From: a@example.org\r\nSubject: Zoo\r\n\r\n4\r\n")
+    try:
+        assert "* SORT 3 4 2 1\r\n" in c.cmd("a SORT (SUBJECT) US-ASCII ALL")
+        assert "* SORT 1 2 4 3\r\n" in c.cmd("b SORT (REVERSE SUBJECT) US-ASCII ALL")
+        assert "* SORT 4 2 3 1\r\n" in c.cmd("c SORT (FROM) US-ASCII ALL")
+        assert "* SORT 1 2 3 4\r\n" in c.cmd("d SORT (REVERSE FROM) US-ASCII ALL")
+    finally:
+        mail.close()
