@@ -20,6 +20,7 @@ numbered under it (its own header is ``n.HEADER``).
 
 from __future__ import annotations
 
+import binascii
 import re
 from dataclasses import dataclass, field
 from email.message import Message
@@ -262,3 +263,27 @@ def header_fields(block: bytes) -> list[tuple[str, bytes]]:
         if colon:
             fields.append((name.strip().decode("ascii", "replace"), line))
     return fields
+
+
+# --- content transfer encodings ---------------------------------------------------------------
+
+_BASE64_OTHER = re.compile(rb"[^A-Za-z0-9+/]")
+_TRAILING_BLANKS = re.compile(rb"[ \t]+(?=\r?\n|\Z)")
+
+
+def decode_base64(data: bytes) -> bytes:
+    """A base64 body as mail carries it (RFC 2045 §6.8): characters outside the alphabet
+    (line breaks, spaces) are ignored, "=" ends the data, and a body whose padding was lost
+    still decodes (a lone last character, which holds no whole octet, is dropped) -- where
+    strict decoding fails and would leave nothing but the encoded text to serve."""
+    clean = _BASE64_OTHER.sub(b"", data.split(b"=", 1)[0])
+    if len(clean) % 4 == 1:
+        clean = clean[:-1]
+    return binascii.a2b_base64(clean + b"=" * (-len(clean) % 4))
+
+
+def decode_quoted_printable(data: bytes) -> bytes:
+    """A quoted-printable body (RFC 2045 §6.7): blanks at the end of a line were added in
+    transport and are deleted first (rule 3), so ``=`` followed by them is still a soft line
+    break; =XX in either case, and an "=" that starts no escape is kept as it is."""
+    return binascii.a2b_qp(_TRAILING_BLANKS.sub(b"", data))

@@ -55,7 +55,6 @@ from __future__ import annotations
 import base64
 import binascii
 import bisect
-import quopri
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -988,7 +987,9 @@ class Session:
         except binary_append.NotServable:
             raise _No("[UNKNOWN-CTE] NUL octets outside a part that can be re-encoded") from None
         self._check_quota(store, sum(len(c) for c in contents))
-        uids = []
+        # Every message is checked before the first is appended: a MULTIAPPEND is all or
+        # nothing (RFC 3502 §6.3.11), and an append once staged is in the mailbox at the next commit.
+        checked = []
         for message, content in zip(cmd.messages, contents):
             if not message.data:
                 raise _No("Empty message")
@@ -996,11 +997,15 @@ class Session:
             if "\\*" in flags:
                 raise _Bad("\\* is not a flag")
             flags = rights.settable_flags(held, flags)     # the others are dropped silently (§4)
-            self._check_keywords(flags, lambda: {f for m in store.messages(box.name) for f in m.flags})
+            checked.append((content, flags, message.date))
+        self._check_keywords({f for _, flags, _ in checked for f in flags},
+                             lambda: {f for m in store.messages(box.name) for f in m.flags})
+        uids = []
+        for content, flags, date in checked:
             # The date-time is kept with its own zone (RFC 9051 §6.3.12: the internal date is
             # set to it): INTERNALDATE gives it back as written, and BEFORE/ON/SINCE, which
             # disregard time and zone, see the day the client sees.
-            stored = store.append(box.name, content, flags, message.date)
+            stored = store.append(box.name, content, flags, date)
             uids.append(stored.uid)
         store.commit()
         self._sync(store, expunge=True)
@@ -1780,13 +1785,10 @@ def _decode_cte(data: bytes, encoding: str | None) -> bytes:
         # RFC 3516 §4.3: an encoding the server cannot undo fails the FETCH, with UNKNOWN-CTE
         # (serving the encoded octets would pass them off as decoded).
         raise _No("[UNKNOWN-CTE] cannot undo this part's Content-Transfer-Encoding")
-    try:
-        if kind == "base64":
-            return base64.b64decode(b"".join(data.split()), validate=False)
-        if kind == "quoted-printable":
-            return quopri.decodestring(data)
-    except (binascii.Error, ValueError):
-        return data
+    if kind == "base64":
+        return mime.decode_base64(data)
+    if kind == "quoted-printable":
+        return mime.decode_quoted_printable(data)
     return data
 
 

@@ -189,3 +189,25 @@ def test_sort_compares_letters_as_capitals_like_the_casemap_collations(tmp_path)
         assert "* SORT 1 2 3 4\r\n" in c.cmd("d SORT (REVERSE FROM) US-ASCII ALL")
     finally:
         mail.close()
+
+
+def test_binary_undoes_base64_and_quoted_printable_as_mail_carries_them(tmp_path):
+    """RFC 2045 §6.8: characters outside the base64 alphabet are ignored (and a body that
+    lost its padding still has its octets); §6.7 rule 3: blanks at line ends were added in
+    transport and go before decoding, so "= " is still a soft line break. BINARY (RFC 3516)
+    serves and partially serves the decoded octets."""
+    message = (b'MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="b"\r\n\r\n'
+               b"--b\r\nContent-Transfer-Encoding: base64\r\n\r\nc2F5IGhp\r\nIHRv IGFsbA\r\n"
+               b"--b\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"
+               b"tab=09and  \r\nsoft= \r\nbreak=3dyes=3D\r\n"
+               b"--b--\r\n")
+    c, mail = _session_with(tmp_path, message)
+    try:
+        out = c.cmd("a FETCH 1 (BINARY.SIZE[1] BINARY.PEEK[1] BINARY.PEEK[1]<4.5>)")
+        assert "BINARY.SIZE[1] 13" in out and "BINARY[1] {13}\r\nsay hi to all" in out
+        assert "BINARY[1]<4> {5}\r\nhi to" in out
+        out = c.cmd("b FETCH 1 (BINARY.SIZE[2] BINARY.PEEK[2])")
+        assert "BINARY[2] {23}\r\ntab\tand\r\nsoftbreak=yes=)" in out and "BINARY.SIZE[2] 23" in out
+        assert "* SEARCH 1\r\n" in c.cmd('s SEARCH BODY "softbreak"')
+    finally:
+        mail.close()
