@@ -134,3 +134,17 @@ def test_fetch_of_a_message_expunged_elsewhere_is_no_expungeissued_and_the_rest_
     assert "4 OK" in out and "* 1 EXPUNGE" in out
     out = b.cmd("5 FETCH 1 (UID)")
     assert "* 1 FETCH (UID 2)" in out and "5 OK" in out
+
+
+# --- MULTIAPPEND is all or nothing (RFC 3502) ------------------------------------------------
+
+@pytest.mark.parametrize("second", [b"(\\*) {6+}\r\nB: c\r\n", b"{0+}\r\n"], ids=["bad flag", "empty message"])
+def test_a_multiappend_refused_for_its_second_message_appends_none(mail, second):
+    """RFC 3502 §6.3.11: when any message of a MULTIAPPEND cannot be appended, none is; the
+    first one must not turn up later either (with the next command's commit)."""
+    c = logged_in(mail)
+    out = c.send(b"a APPEND INBOX {6+}\r\nA: b\r\n " + second + b"\r\n")
+    assert "a BAD" in out or "a NO" in out
+    assert "(MESSAGES 2)" in c.cmd("s STATUS INBOX (MESSAGES)")
+    assert "b OK [APPENDUID" in c.send(b"b APPEND INBOX {6+}\r\nC: d\r\n\r\n")
+    assert "(MESSAGES 3)" in c.cmd("t STATUS INBOX (MESSAGES)")
