@@ -23,6 +23,8 @@ it needs to route a packet is in the packet or on the bus, never only in one mem
   (``route_signature.py``): anyone can write the farm's address into a Route, and a dialog's
   requests cannot be challenged.  Others get 404 and go nowhere.  A UDP caller's copy of one
   is answered from its server transaction (``server_transactions.py``), not forwarded again.
+  A strict router's request (our Record-Route as the Request-URI, the target last in Route,
+  §16.4) is turned into the loose router's form first and checked the same way.
 * A phone's TCP flow lives on one member: its binding records ``member``; a request to it from
   another member is relayed over ``colony.sip.relay.<member>``.
 
@@ -386,6 +388,8 @@ class SipFarm:
             stamp_via(request, source)
         except URIError:
             return []
+        if isinstance(request.uri, SipURI) and "cf" in request.uri.params:
+            self._strict_routed(request)
         if request.method == "ACK":
             return await self._on_ack(request, source)
         key = self._answer_key(request)
@@ -720,6 +724,26 @@ class SipFarm:
             return True
         return host in self.route_aliases or f"{host}:{uri.port or 5060}" in self.route_aliases
 
+    def _strict_routed(self, request: SipRequest) -> None:
+        """RFC 3261 §16.4: a Request-URI that is our Record-Route (``cf``) came from a strict
+        router (an RFC 2543 phone or proxy that ignores ``lr``, §12.2.1.1): the dialog's
+        remote target is the last Route.  It becomes the Request-URI again, and our URI the
+        top Route -- the request as a loose router sends it -- so it is proven (``dm``) and
+        routed like any in-dialog request, and a forged one is refused the same way.  With
+        no Route there is no target to restore: left as it came."""
+        routes = request.headers.get_all("Route")
+        if not routes:
+            return
+        try:
+            target = parse_address(routes[-1]).uri
+        except URIError:
+            return
+        ours = f"<{request.uri}>"
+        request.headers.remove("Route")
+        for value in (ours, *routes[:-1]):
+            request.headers.add("Route", value)
+        request.uri = target
+
     def _is_ours(self, route: str) -> bool:
         try:
             uri = parse_address(route).uri
@@ -893,6 +917,12 @@ class SipFarm:
             return self._local(request, source, 400, "Bad Route")
         if not isinstance(uri, SipURI):
             return self._local(request, source, 416)
+        if route and "lr" not in uri.params:
+            # §16.6 step 6: the next hop is a strict router (no lr), which routes by the
+            # Request-URI: it gets its own URI there, and the Request-URI goes last in Route.
+            request.headers.remove_first("Route")
+            request.headers.add("Route", f"<{request.uri}>")
+            request.uri = uri
         if request.method == "BYE":
             await self._call_ended(request)
         transport = (uri.transport or "udp").upper()

@@ -124,3 +124,69 @@ async def test_a_forged_route_relays_nothing_and_a_real_dialog_passes_on_any_mem
         service.close()
         bob.close()
         alice.close()
+
+
+def strict_routed(method: str, route: str, target: str, via_port: int, call_id: str, from_tag: str, to_tag: str,
+                  sender: str = "alice", receiver: str = "bob", cseq: int = 3) -> bytes:
+    """An in-dialog request as a strict router (RFC 2543, ignoring lr) sends it (§12.2.1.1):
+    the first route's URI as the Request-URI, the remote target as the last Route."""
+    uri = route.strip("<>")
+    return in_dialog(method, uri, f"<{target}>", via_port, call_id, from_tag, to_tag, sender, receiver, cseq)
+
+
+async def test_a_strict_routing_phones_requests_reach_the_other_party_and_a_forged_one_does_not(cluster):
+    """RFC 3261 §16.4: a Request-URI that is our (signed) Record-Route came from a strict
+    router; the farm takes the remote target from the last Route and routes the request on."""
+    farm = await member(cluster, "sipfarm-1")
+    loop = asyncio.get_running_loop()
+    bob, bob_in = await loop.create_datagram_endpoint(Udp, local_addr=("127.0.0.1", 0))
+    alice, alice_in = await loop.create_datagram_endpoint(Udp, local_addr=("127.0.0.1", 0))
+    try:
+        bob_port, alice_port = bob.get_extra_info("sockname")[1], alice.get_extra_info("sockname")[1]
+        reg_call = uuid.uuid4().hex
+
+        def register(cseq: int, auth: str = "") -> bytes:
+            return (f"REGISTER sip:{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{bob_port};branch=z9hG4bK{uuid.uuid4().hex}\r\n"
+                    f"Max-Forwards: 70\r\nFrom: <sip:bob@{DOMAIN}>;tag=r1\r\nTo: <sip:bob@{DOMAIN}>\r\n"
+                    f"Call-ID: {reg_call}\r\nCSeq: {cseq} REGISTER\r\nContact: <sip:bob@127.0.0.1:{bob_port}>\r\n"
+                    f"Expires: 300\r\n{auth}Content-Length: 0\r\n\r\n").encode()
+        bob.sendto(register(1), farm)
+        challenge = await next_response(bob_in.queue, 401)
+        bob.sendto(register(2, digest_answer(challenge, "bob", "REGISTER", f"sip:{DOMAIN}", "Authorization")), farm)
+        await next_response(bob_in.queue, 200)
+        call_id = uuid.uuid4().hex
+
+        def invite(cseq: int, auth: str = "") -> bytes:
+            return (f"INVITE sip:bob@{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{alice_port};branch=z9hG4bK{uuid.uuid4().hex}\r\n"
+                    f"Max-Forwards: 70\r\nFrom: <sip:alice@{DOMAIN}>;tag=a1\r\nTo: <sip:bob@{DOMAIN}>\r\n"
+                    f"Call-ID: {call_id}\r\nCSeq: {cseq} INVITE\r\nContact: <sip:alice@127.0.0.1:{alice_port}>\r\n"
+                    f"{auth}Content-Length: 0\r\n\r\n").encode()
+        alice.sendto(invite(1), farm)
+        challenge = await next_response(alice_in.queue, 407)
+        alice.sendto(invite(2, digest_answer(challenge, "alice", "INVITE", f"sip:bob@{DOMAIN}", "Proxy-Authorization")),
+                     farm)
+        ringing = await next_request(bob_in.queue, "INVITE")
+        route = ringing.headers.get("Record-Route")
+        bob.sendto(answer_to(ringing, 200, "b1", f"Record-Route: {route}\r\nContact: <sip:bob@127.0.0.1:{bob_port}>\r\n"),
+                   farm)
+        await next_response(alice_in.queue, 200)
+
+        # A forged MAC in the Request-URI: refused as on a Route, bob hears nothing of it.
+        forged = route.split(";dm=")[0] + ";dm=" + "ab" * 12 + ">"
+        alice.sendto(strict_routed("INFO", forged, f"sip:bob@127.0.0.1:{bob_port}", alice_port, call_id, "a1", "b1"),
+                     farm)
+        assert (await next_response(alice_in.queue, 404)).call_id == call_id
+        # alice's strict-routed INFO reaches bob, addressed to him again.
+        alice.sendto(strict_routed("INFO", route, f"sip:bob@127.0.0.1:{bob_port}", alice_port, call_id, "a1", "b1",
+                                   cseq=4), farm)
+        info = await next_request(bob_in.queue, "INFO")
+        assert str(info.uri) == f"sip:bob@127.0.0.1:{bob_port}" and "Route" not in info.headers
+        assert info.cseq().number == 4                       # not the forged one (CSeq 3)
+        # bob, a strict router too, hangs up.
+        bob.sendto(strict_routed("BYE", route, f"sip:alice@127.0.0.1:{alice_port}", bob_port, call_id, "b1", "a1",
+                                 sender="bob", receiver="alice", cseq=1), farm)
+        bye = await next_request(alice_in.queue, "BYE")
+        assert bye.call_id == call_id and str(bye.uri) == f"sip:alice@127.0.0.1:{alice_port}"
+    finally:
+        bob.close()
+        alice.close()
