@@ -233,8 +233,20 @@ _TRAILER = re.compile(r"\s*\(fwd\)\s*$", re.IGNORECASE)
 
 
 def base_subject(raw: str | None) -> str:
+    return _base_subject(raw)[0]
+
+
+def is_reply_or_forward(raw: str | None) -> bool:
+    """Whether extracting the base subject removed a reply or forward marker -- a "re:" or
+    "fwd:" leader (after blobs too), a "(fwd)" trailer or a "[fwd: ...]" wrapper: what RFC
+    5256 §4 step 5 calls a reply or forward when it merges threads by subject."""
+    return _base_subject(raw)[1]
+
+
+def _base_subject(raw: str | None) -> tuple[str, bool]:
     s = decode_header_value(raw or "")
     s = re.sub(r"\s+", " ", s).strip()
+    marked = False
     while True:
         before = s
         while True:                            # (2) trailers
@@ -242,10 +254,12 @@ def base_subject(raw: str | None) -> str:
             if trimmed == s:
                 break
             s = trimmed.strip()
+            marked = True
         while True:                            # (3)-(5) leaders and blobs
             before_leader = s
             s = _SUBJ_LEADER.sub("", s, count=1)
             if s != before_leader:
+                marked = True
                 blob = _BLOB_LEADER.match(s)
                 if blob and s[blob.end():].strip():
                     s = s[blob.end():]
@@ -261,10 +275,11 @@ def base_subject(raw: str | None) -> str:
             break
         if s.lower().startswith("[fwd:") and s.endswith("]"):   # (6)
             s = s[5:-1].strip()
+            marked = True
             continue
         if s == before:
             break
-    return s.casefold()
+    return s.casefold(), marked
 
 
 # --- SORT (RFC 5256 §3) ------------------------------------------------------------------------
@@ -449,29 +464,41 @@ def thread_references(messages: list[MessageView]) -> list[ThreadNode]:
             level.sort(key=first_date)
             levels.extend(n.children for n in level if n.children)
 
-    # Group roots by base subject (RFC 5256 §4 step 5).
-    by_subject: dict[str, ThreadNode] = {}
-    grouped: list[ThreadNode] = []
-    for root in sorted(roots, key=first_date):
+    # Group roots by base subject (RFC 5256 §4 step 5): a table holds, per subject, a dummy
+    # if there is one, else a message that is no reply if there is one (5.B); every other
+    # root of that subject then joins it (5.C).
+    def thread_subject(root: ThreadNode) -> tuple[str, bool]:
         msg = root.message or (root.children[0].message if root.children else None)
-        subject = base_subject(msg.header("Subject")) if msg is not None else ""
+        return _base_subject(msg.header("Subject")) if msg is not None else ("", False)
+
+    ordered_roots = sorted(roots, key=first_date)
+    subjects = {id(r): thread_subject(r) for r in ordered_roots}
+    table: dict[str, ThreadNode] = {}
+    for root in ordered_roots:
+        subject, reply = subjects[id(root)]
         if not subject:
-            grouped.append(root)
             continue
-        existing = by_subject.get(subject)
-        if existing is None:
-            by_subject[subject] = root
-            grouped.append(root)
+        held = table.get(subject)
+        if held is None or (held.message is not None
+                            and (root.message is None or (subjects[id(held)][1] and not reply))):
+            table[subject] = root
+    joined: set[int] = set()                      # roots now under another one
+    replaced: dict[int, ThreadNode] = {}           # a root -> the dummy that took its place
+    for root in ordered_roots:
+        subject, reply = subjects[id(root)]
+        held = table.get(subject) if subject else None
+        if held is None or held is root:
             continue
-        reply = msg is not None and bool(re.match(r"\s*(re|fwd?)\s*:", decode_header_value(msg.header("Subject") or ""), re.I))
-        if existing.message is None:
-            existing.children.append(root)
-        elif reply:
-            existing.children.append(root)
+        joined.add(id(root))
+        if held.message is None and root.message is None:
+            held.children.extend(root.children)        # two dummies: the children are siblings
+        elif held.message is None or (reply and not subjects[id(held)][1]):
+            held.children.append(root)
         else:
-            holder = ThreadNode(None, [existing, root])
-            grouped[grouped.index(existing)] = holder
-            by_subject[subject] = holder
+            holder = ThreadNode(None, [held, root])
+            replaced[id(held)] = holder
+            table[subject] = holder
+    grouped = [replaced.get(id(r), r) for r in ordered_roots if id(r) not in joined]
     order(grouped)
     return grouped
 

@@ -211,3 +211,36 @@ def test_binary_undoes_base64_and_quoted_printable_as_mail_carries_them(tmp_path
         assert "* SEARCH 1\r\n" in c.cmd('s SEARCH BODY "softbreak"')
     finally:
         mail.close()
+
+
+# --- THREAD=REFERENCES (RFC 5256 §4 step 5) ---------------------------------------------------
+
+def _dated(minute: int, headers: str) -> bytes:
+    return f"Date: Mon, 6 Jan 2025 09:{minute:02d}:00 +0000\r\n{headers}\r\n\r\nx\r\n".encode()
+
+
+def test_thread_roots_of_one_subject_merge_as_step_5_says(tmp_path):
+    """Step 5.B keeps per subject a dummy if any, else a message that is no reply; 5.C puts
+    the other roots of the subject under it: a reply under the original even when the reply
+    came first, two dummies' children together as siblings, a message under a dummy. A
+    reply or forward is any subject whose base subject lost a "re:"/"fwd:" leader (behind a
+    [blob] too), a "(fwd)" trailer or a "[fwd: ...]" wrapper."""
+    c, mail = _session_with(
+        tmp_path,
+        _dated(1, "Subject: Re: budget"),                                   # 1: the reply came first
+        _dated(2, "Subject: budget"),                                       # 2
+        _dated(3, "Subject: trip\r\nReferences: <lost-1@x>"),              # 3,4: under one missing parent
+        _dated(4, "Subject: Re: trip\r\nReferences: <lost-1@x>"),
+        _dated(5, "Subject: Re: trip\r\nReferences: <lost-2@x>"),          # 5,6: under another
+        _dated(6, "Subject: Re: trip\r\nReferences: <lost-2@x>"),
+        _dated(7, "Subject: news"),                                         # 7
+        _dated(8, "Subject: [staff] Re: news"),                             # 8: a reply behind a blob
+        _dated(9, "Subject: news (fwd)"),                                   # 9: a forward
+        _dated(10, "Subject: menu"),                                        # 10
+        _dated(11, "Subject: Re: menu\r\nReferences: <lost-3@x>"),         # 11,12: a dummy of "menu"
+        _dated(12, "Subject: Re: menu\r\nReferences: <lost-3@x>"))
+    try:
+        out = c.cmd("t THREAD REFERENCES US-ASCII ALL")
+        assert "* THREAD (2 1)((3)(4)(5)(6))(7 (8)(9))((10)(11)(12))\r\n" in out
+    finally:
+        mail.close()
