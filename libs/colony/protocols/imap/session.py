@@ -996,6 +996,7 @@ class Session:
             flags = [f for f in message.flags if f != "\\Recent"]
             if "\\*" in flags:
                 raise _Bad("\\* is not a flag")
+            _no_flag_extensions(flags)
             flags = rights.settable_flags(held, flags)     # the others are dropped silently (§4)
             checked.append((content, flags, message.date))
         self._check_keywords({f for _, flags, _ in checked for f in flags},
@@ -1165,6 +1166,7 @@ class Session:
             raise _No("[READ-ONLY] Mailbox is read-only")
         if "\\*" in cmd.flags:
             raise _Bad("\\* is not a flag")
+        _no_flag_extensions(cmd.flags)
         held = self._require(store, self.mailbox, "r")
         refused = rights.refused_flags(held, cmd.flags)
         if refused:    # all or nothing: half a STORE would leave the client's view wrong
@@ -1777,6 +1779,15 @@ def _imap_date(value: datetime) -> str:
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     return value.strftime("%d-%b-%Y %H:%M:%S %z")
+
+
+def _no_flag_extensions(flags) -> None:
+    """A ``\\`` flag other than the system flags is one no standard defines: a server MUST NOT
+    generate such flag-extension flags (RFC 9051 §9, as RFC 3501), and one stored would come
+    back in every FETCH FLAGS, so the command is BAD, as for ``\\*``."""
+    for flag in flags:
+        if flag.startswith("\\") and flag not in SYSTEM_FLAGS and flag not in ("\\*", "\\Recent"):
+            raise _Bad(f"{flag} is not a system flag")
 
 
 def _decode_cte(data: bytes, encoding: str | None) -> bytes:

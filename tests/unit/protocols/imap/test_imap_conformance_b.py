@@ -148,3 +148,20 @@ def test_a_multiappend_refused_for_its_second_message_appends_none(mail, second)
     assert "(MESSAGES 2)" in c.cmd("s STATUS INBOX (MESSAGES)")
     assert "b OK [APPENDUID" in c.send(b"b APPEND INBOX {6+}\r\nC: d\r\n\r\n")
     assert "(MESSAGES 3)" in c.cmd("t STATUS INBOX (MESSAGES)")
+
+
+# --- flags (RFC 9051 §2.3.2, §9) -------------------------------------------------------------
+
+def test_a_backslash_flag_no_standard_defines_is_bad_in_store_and_append(mail):
+    """flag-extension (``\\`` atom) is for future standards: servers MUST NOT generate ones
+    not defined (RFC 9051 §9), so one is never stored to come back in FETCH FLAGS; keywords
+    (no backslash) and the system flags in any case are taken."""
+    c = selected(mail)
+    out = c.cmd("a STORE 1 +FLAGS (\\Seen \\Urgent)")
+    assert "a BAD" in out and "FETCH" not in out
+    data = b"Subject: x\r\n\r\ny\r\n"
+    assert "b BAD" in c.send(b"b APPEND INBOX (\\Urgent) {%d+}\r\n" % len(data) + data + b"\r\n")
+    assert "(MESSAGES 2)" in c.cmd("s STATUS INBOX (MESSAGES)")
+    out = c.cmd("d STORE 1 +FLAGS (\\FLAGGED urgent)")
+    assert "* 1 FETCH (FLAGS (\\Flagged \\Recent urgent))" in out and "d OK" in out
+    assert "\\Urgent" not in c.cmd("f FETCH 1:* FLAGS")
