@@ -161,6 +161,7 @@ class Sort:
     criteria: tuple[tuple[bool, str], ...]      # (reverse, key) with key ARRIVAL, CC, DATE, FROM, SIZE, SUBJECT, TO
     charset: str
     search: SearchKey
+    returns: tuple[str, ...] | None = None      # ESORT RETURN (...) (RFC 5267 §3); None: plain SORT
 
 
 @dataclass(frozen=True)
@@ -645,21 +646,28 @@ def _charset_and_keys(c: Cursor) -> tuple[str | None, SearchKey]:
     return charset, keys[0] if len(keys) == 1 else ("AND", tuple(keys))
 
 
+def _return_options(c: Cursor) -> tuple[str, ...] | None:
+    """``RETURN (...) SP`` of an ESEARCH SEARCH or ESORT SORT (RFC 4731, RFC 5267), if any."""
+    if not c.accept(b"RETURN "):
+        return None
+    returns = tuple(x.decode("ascii", "replace").upper() for x in c.paren_list(lambda k: k.atom("a return option")))
+    bad = set(returns) - {"MIN", "MAX", "ALL", "COUNT", "SAVE"}
+    if bad:
+        raise ParseError(f"unknown RETURN option {sorted(bad)[0]}")
+    c.sp()
+    return returns
+
+
 def _search(c: Cursor, tag: str, name: str, uid: bool) -> Search:
     c.sp()
-    returns = None
-    if c.accept(b"RETURN "):
-        returns = tuple(x.decode("ascii", "replace").upper() for x in c.paren_list(lambda k: k.atom("a return option")))
-        bad = set(returns) - {"MIN", "MAX", "ALL", "COUNT", "SAVE"}
-        if bad:
-            raise ParseError(f"unknown RETURN option {sorted(bad)[0]}")
-        c.sp()
+    returns = _return_options(c)
     charset, criteria = _charset_and_keys(c)
     return Search(tag, uid, charset, criteria, returns)
 
 
 def _sort(c: Cursor, tag: str, name: str, uid: bool) -> Sort:
     c.sp()
+    returns = _return_options(c)
     criteria: list[tuple[bool, str]] = []
     c.expect(b"(")
     reverse = False
@@ -682,7 +690,7 @@ def _sort(c: Cursor, tag: str, name: str, uid: bool) -> Sort:
     keys = [_search_key(c, 0)]
     while c.accept(b" "):
         keys.append(_search_key(c, 0))
-    return Sort(tag, uid, tuple(criteria), charset, keys[0] if len(keys) == 1 else ("AND", tuple(keys)))
+    return Sort(tag, uid, tuple(criteria), charset, keys[0] if len(keys) == 1 else ("AND", tuple(keys)), returns)
 
 
 def _thread(c: Cursor, tag: str, name: str, uid: bool) -> Thread:

@@ -285,14 +285,17 @@ def _base_subject(raw: str | None) -> tuple[str, bool]:
 # --- SORT (RFC 5256 §3) ------------------------------------------------------------------------
 
 def _first_address(value: str | None, display: bool) -> str:
+    """The SORT value of an address field: the first address's mailbox (RFC 5256 §3), or for
+    DISPLAYFROM/DISPLAYTO its decoded display name, else ``mailbox@host`` (RFC 5957 §3)."""
     if not value:
         return ""
     addresses = email.utils.getaddresses([value])
     if not addresses:
         return ""
     name, address = addresses[0]
-    if display and name:
-        return decode_header_value(name).casefold()
+    if display:
+        name = decode_header_value(name).strip()
+        return (name or address).casefold()
     return address.split("@")[0].casefold() if address else ""
 
 

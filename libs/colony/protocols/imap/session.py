@@ -99,7 +99,7 @@ PREAUTH_LITERAL = 1024
 
 CAPABILITIES = ("IMAP4rev1", "LITERAL+", "ID", "IDLE", "NAMESPACE", "UNSELECT", "UIDPLUS", "MOVE", "CHILDREN",
                 "SPECIAL-USE", "ENABLE", "ESEARCH", "SEARCHRES", "SORT", "THREAD=ORDEREDSUBJECT",
-                "THREAD=REFERENCES", "MULTIAPPEND", "STATUS=SIZE", "BINARY", "CONDSTORE",
+                "THREAD=REFERENCES", "SORT=DISPLAY", "ESORT", "MULTIAPPEND", "STATUS=SIZE", "BINARY", "CONDSTORE",
                 "LIST-EXTENDED", "LIST-STATUS", "QUOTA", "QUOTA=RES-STORAGE", "QRESYNC",
                 "IMAP4rev2", "UTF8=ACCEPT", "ACL", "RIGHTS=texk")
 PREAUTH_CAPABILITIES = ("AUTH=PLAIN", "SASL-IR")
@@ -1304,11 +1304,31 @@ class Session:
 
     def _do_sort(self, cmd: C.Sort, store: Store) -> None:
         search.check_charset(cmd.charset)
-        if any(k in ("DISPLAYFROM", "DISPLAYTO") for _, k in cmd.criteria):
-            raise _Bad("SORT=DISPLAY is not offered")
         found = search.search(self._views(store), cmd.search, self._context())
         ordered = search.sort(found, cmd.criteria)
-        self._send("* SORT" + "".join(f" {m.uid if cmd.uid else m.seq}" for m in ordered))
+        numbers = [m.uid if cmd.uid else m.seq for m in ordered]
+        if cmd.returns is None:
+            self._send("* SORT" + "".join(f" {n}" for n in numbers))
+        else:
+            # ESORT (RFC 5267 §3.2): MIN and MAX are the first and last in the sort order, ALL
+            # keeps that order (only ascending runs become ranges); SAVE keeps the messages.
+            returns = set(cmd.returns) or {"ALL"}
+            if "SAVE" in returns:
+                picked = ordered
+                if returns & {"MIN", "MAX"} and not returns & {"ALL", "COUNT"}:
+                    picked = (ordered[:1] if "MIN" in returns else []) + (ordered[-1:] if "MAX" in returns else [])
+                self._saved = frozenset(m.uid for m in picked)
+            parts = [f'(TAG "{cmd.tag}")'] + (["UID"] if cmd.uid else [])
+            if numbers and "MIN" in returns:
+                parts.append(f"MIN {numbers[0]}")
+            if numbers and "MAX" in returns:
+                parts.append(f"MAX {numbers[-1]}")
+            if numbers and "ALL" in returns:
+                parts.append(f"ALL {_ordered_set(numbers)}")
+            if "COUNT" in returns:
+                parts.append(f"COUNT {len(numbers)}")
+            if returns != {"SAVE"}:
+                self._send("* ESEARCH " + " ".join(parts))
         self._sync(store, expunge=cmd.uid)
 
     def _do_thread(self, cmd: C.Thread, store: Store) -> None:
@@ -1760,6 +1780,21 @@ def _compress(numbers: list[int]) -> str:
         start = prev = n
     if start is not None:
         out.append(str(start) if start == prev else f"{start}:{prev}")
+    return ",".join(out)
+
+
+def _ordered_set(numbers: list[int]) -> str:
+    """A sequence-set that lists ``numbers`` in their order: runs of consecutive ascending
+    numbers become ``a:b``, nothing else is merged (``5,3:4,2,1``)."""
+    out: list[str] = []
+    start = prev = numbers[0]
+    for n in numbers[1:]:
+        if n == prev + 1:
+            prev = n
+            continue
+        out.append(_span(start, prev))
+        start = prev = n
+    out.append(_span(start, prev))
     return ",".join(out)
 
 

@@ -244,3 +244,30 @@ def test_thread_roots_of_one_subject_merge_as_step_5_says(tmp_path):
         assert "* THREAD (2 1)((3)(4)(5)(6))(7 (8)(9))((10)(11)(12))\r\n" in out
     finally:
         mail.close()
+
+
+def test_esort_answers_in_sort_order_and_sort_display_uses_the_display_name(tmp_path):
+    """ESORT (RFC 5267 §3.2): SORT RETURN answers ESEARCH whose MIN/MAX are the first and
+    last in the sort order and whose ALL keeps that order. SORT=DISPLAY (RFC 5957 §3): the
+    decoded display name, or mailbox@host when there is none."""
+    c, mail = _session_with(
+        tmp_path,
+        _dated(5, "From: =?utf-8?q?Zo=C3=AB?= <a@example.org>"),       # 1: "Zoë"
+        _dated(4, "From: b@example.org"),                               # 2: "b@example.org"
+        _dated(3, "From: Carl <z@example.org>"),                        # 3: "Carl"
+        _dated(2, "From: \"\" <c@example.org>"),                         # 4: empty name: "c@example.org"
+        _dated(1, "From: Adam <y@example.org>"))                        # 5: "Adam"
+    try:
+        caps = c.cmd("c CAPABILITY")
+        assert " SORT=DISPLAY" in caps and " ESORT" in caps
+        assert "* SORT 5 2 4 3 1\r\n" in c.cmd("a SORT (DISPLAYFROM) UTF-8 ALL")
+        assert "* SORT 1 3 4 2 5\r\n" in c.cmd("b SORT (REVERSE DISPLAYFROM) UTF-8 ALL")
+        out = c.cmd("e SORT RETURN (MIN MAX ALL COUNT) (DATE) US-ASCII ALL")
+        assert '* ESEARCH (TAG "e") MIN 5 MAX 1 ALL 5,4,3,2,1 COUNT 5\r\n' in out
+        out = c.cmd("f SORT RETURN () (REVERSE DATE) US-ASCII 2:5")
+        assert '* ESEARCH (TAG "f") ALL 2:5\r\n' in out
+        out = c.cmd("g UID SORT RETURN (COUNT) (ARRIVAL) US-ASCII 9")
+        assert '* ESEARCH (TAG "g") UID COUNT 0\r\n' in out
+        assert "h BAD" in c.cmd("h SORT RETURN (PARTIAL 1:2) (DATE) US-ASCII ALL")
+    finally:
+        mail.close()
