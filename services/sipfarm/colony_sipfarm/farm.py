@@ -47,7 +47,7 @@ import logging
 import time
 from collections import OrderedDict
 from contextvars import ContextVar
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -241,8 +241,12 @@ class SipFarm:
     def __init__(self, settings: Settings, node_id: str, *, store: BindingStore, dialogs: KeyValue, auth: AuthClient,
                  counters: SharedCounters | None, secret: bytes, address: tuple[str, int],
                  registry: CollectorRegistry, meter: Callable[[UsageCount], None],
-                 clock: Callable[[], float] = time.time, home_regions=None) -> None:
+                 clock: Callable[[], float] = time.time, home_regions=None,
+                 listeners: Callable[[str], Mapping[str, str]] | None = None) -> None:
         self.settings, self.node_id = settings, node_id
+        # A member's listeners by its node key, as its node record names them ("sip",
+        # "sip_tls"): a Record-Route for a party on TLS names the TLS listener (_facing).
+        self.listeners = listeners or (lambda member: {})
         self.home_regions = home_regions  # colony_sipfarm.home_region.HomeRegions in a super cluster
         self.store, self.dialogs, self.auth, self.counters = store, dialogs, auth, counters
         self.digest = DigestAuthenticator(secret, nonce_ttl=settings.sip_nonce_ttl)
@@ -678,7 +682,7 @@ class SipFarm:
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     def _record_route(self, request: SipRequest, source: Destination, destination: Destination,
-                      member: str | None) -> str:
+                      member: str | None) -> list[str]:
         """Our Record-Route; when the caller (``fc``) or the callee (``fe``) is on a
         connection, it names that flow and the member holding it (RFC 5626's flow token, in
         the spirit of RFC 7118 §5): in-dialog requests reach a phone on TCP, TLS or WebSocket
@@ -688,7 +692,15 @@ class SipFarm:
         Kamailio's nathelper aliases such a Contact to it -- else the ACK of the 200, a BYE or
         a re-INVITE went to the private address, and a call to a NAT'd phone dropped when it
         gave up resending its unacknowledged 200 (§13.3.1.4).  Signed (``dm``) for the
-        request's Call-ID and From-tag."""
+        request's Call-ID and From-tag.
+
+        Each party is given the farm on the transport it uses (``_facing``): when the caller's
+        and the callee's differ, two Record-Routes, the callee's on top (RFC 5658 §3.1,
+        "double Record-Routing"; the loose router drops both).  One URI naming the UDP/TCP
+        port without a transport had a TLS phone send its dialog's ACK, BYE and re-INVITEs
+        (its digest answers, its SDP with any SRTP keys) as plain UDP datagrams, and a TCP
+        phone its requests over UDP (RFC 3263 §4.1: a numeric host with a port and no
+        transport is UDP).  Returned top first."""
         mine = names.node_key(self._flow())
         params = {"cf": mine}
         if source[0] != "UDP":
@@ -704,7 +716,24 @@ class SipFarm:
         except URIError:
             tag = ""
         params[ROUTE_MAC] = self.routes.sign(request.call_id, tag, params)
-        return f"<sip:{self._hostport()};lr{''.join(f';{k}={v}' for k, v in params.items())}>"
+        signed = "".join(f";{k}={v}" for k, v in params.items())
+        callee, caller = self._facing(destination[0], member or mine), self._facing(source[0], mine)
+        return [f"<sip:{uri};lr{signed}>" for uri in ((callee,) if callee == caller else (callee, caller))]
+
+    def _facing(self, transport: str, member: str) -> str:
+        """Host:port (and transport) of the farm for a party on ``transport`` whose flow
+        ``member`` holds: its TLS listener with ``transport=tls``, its TCP (the SIP port) with
+        ``transport=tcp``; over UDP and WebSocket (a browser sends every request on its
+        WebSocket, RFC 7118 §5) our SIP address as the packet reached it."""
+        if transport in ("TCP", "TLS"):
+            found = self.listeners(member).get("sip_tls" if transport == "TLS" else "sip")
+            if found is None and member == names.node_key(self._flow()) and transport == "TCP":
+                found = self._hostport()
+            if found is not None:
+                host, _, port = found.rpartition(":")     # a node record's host:port, IPv6 unbracketed
+                host = f"[{host}]" if ":" in host and not host.startswith("[") else host
+                return f"{host}:{port};transport={transport.lower()}"
+        return self._hostport()
 
     def _preloaded(self, route: str, request: SipRequest) -> bool:
         """``route`` names the farm as an outbound proxy, not a dialog's Record-Route (no
@@ -787,7 +816,8 @@ class SipFarm:
             return self._local(request, source, 483)
         request.headers.set("Max-Forwards", str(hops - 1))
         if record_route:
-            request.headers.insert_before_first("Record-Route", self._record_route(request, source, destination, member))
+            for route in reversed(self._record_route(request, source, destination, member)):
+                request.headers.insert_before_first("Record-Route", route)
         request.headers.add_first("Via", self._via(request, destination[0], index))
         self.metrics.forwarded.labels(kind="request", method=method_label(request.method)).inc()
         return [Outbound(request.encode(), destination, member)]

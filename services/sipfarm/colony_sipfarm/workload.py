@@ -414,6 +414,7 @@ class SipWorkload:
         self._usage: dict[tuple[str, str, str], float] = {}   # (domain, account, metric) -> sum
         self.farm_address: tuple[str, int] = ("", 0)
         self._members: dict[str, NodeRecord] = {}        # sipfarm records, by node id
+        self.listeners: dict[str, str] = {}               # ours, as our node record names them
         self._suspect: dict[str, float] = {}             # node id -> monotonic time to trust again
         self._answered_at: dict[str, float] = {}         # node id -> when it last answered a hand-over
         self._ready: list[str] = []                      # ready_members(), reused until _ready_until
@@ -485,12 +486,13 @@ class SipWorkload:
         listeners["sip_inner"] = f"{self.inner_address[0]}:{self.inner_address[1]}"
 
         self.farm_address = (s.advertised_host, port)
+        self.listeners = listeners
         store = BindingStore(kv, time.time, js=js, trust_seconds=s.sip_bindings_cache_seconds)
         runtime.spawn("sip-bindings-watch", store.watch, restart=True)
         self.farm = SipFarm(
             s, runtime.node_id, store=store, dialogs=kv, auth=AuthClient(runtime.nc),
             counters=self.counters, secret=secret, address=(s.advertised_host, port),
-            registry=runtime.metrics.registry, meter=meter,
+            registry=runtime.metrics.registry, meter=meter, listeners=self._listeners_of,
             home_regions=await home_regions(s, runtime.nc) if len(s.region_list) > 1 else None)
         runtime.metrics.add_callback(self.farm.credentials.metrics)
         runtime.spawn("sip-directory-watch", self._watch_directory, restart=True)
@@ -502,6 +504,16 @@ class SipWorkload:
         runtime.spawn("sip-retransmit", self._retransmit_loop, restart=True)
         runtime.spawn("sip-turns", self._measure_turns, restart=True)
         return listeners
+
+    def _listeners_of(self, member: str) -> dict[str, str]:
+        """The listeners of the member whose node key is ``member`` (ours, or from its node
+        record): a Record-Route for a phone on TLS names that member's TLS listener."""
+        if self._runtime is not None and member == names.node_key(self._runtime.node_id):
+            return self.listeners
+        for record in self._members.values():
+            if names.node_key(record.id) == member:
+                return record.addresses
+        return {}
 
     async def _start_secure_listeners(self) -> dict[str, str]:
         """SIP over TLS (RFC 3261 §26), WebSocket and secure WebSocket (RFC 7118), with the

@@ -33,6 +33,7 @@ from test_sipfarm import DOMAIN, PASSWORDS, bindings, serve_credentials
 pytestmark = pytest.mark.slow
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
+TRACED = re.compile(r"^(UDP|TCP|TLS) [0-9.]+:\d+ -> [0-9.]+:\d+$", re.MULTILINE)   # a message in baresip's SIP trace
 
 
 @pytest.fixture(autouse=True)
@@ -205,10 +206,14 @@ class Softphone:
             self.proc.kill()
             await self.proc.wait()
 
-    def log(self, tail: int = 6000) -> str:
+    def transports(self) -> set[str]:
+        """The transports of every SIP message baresip sent or received (its ``-s`` trace)."""
+        return set(TRACED.findall(self.log(tail=None)))
+
+    def log(self, tail: int | None = 6000) -> str:
         path = self.home / "log"
         text = path.read_text(errors="replace") if path.exists() else ""
-        return ANSI.sub("", text)[-tail:]
+        return ANSI.sub("", text)[-tail:] if tail else ANSI.sub("", text)
 
 
 @pytest.fixture
@@ -280,6 +285,11 @@ async def test_two_softphones_register_call_across_members_and_unregister(
 
     await call_and_hang_up(cluster, alice, bob)
     await call_and_hang_up(cluster, bob, alice)       # and back: the other member's Record-Route
+    # Every message of a phone went over the transport it chose, its dialogs' ACKs and BYEs
+    # too: they follow the farm's Record-Route, which once named the UDP port for everyone
+    # (a TLS phone's BYE went out as a plain datagram).
+    for phone in (alice, bob):
+        assert phone.transports() == {phone.transport.upper()}, phone.log()
 
     # Quitting unregisters (REGISTER, Expires: 0): the binding goes at once.
     for phone in (alice, bob):
