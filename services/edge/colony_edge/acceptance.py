@@ -229,6 +229,11 @@ class MailAcceptor:
         protocol = ("UTF8SMTP" if mail.smtputf8 else "ESMTP" if session.extended else "SMTP") + ("S" if session.tls else "")
         if protocol == "SMTPS":
             protocol = "ESMTPS"  # RFC 3848 has no plain-SMTP-over-TLS keyword
+        if session.authenticated:
+            # ESMTPSA / UTF8SMTPSA (RFC 3848 §2, RFC 6531 §3.7.3): the client logged in, as
+            # the Received of the same submission's remote copy says; filters downstream
+            # tell a subscriber's mail from a stranger's by it.  AUTH implies EHLO.
+            protocol += "A"
         tls = f" (using {session.tls} with cipher {session.tls_cipher})" if session.tls else ""
         single = session.recipients[0].rcpt.address if len(session.recipients) == 1 else None
         parts = [f"from {session.helo or 'unknown'} ([{session.peer_ip}])", f"by {self.hostname} (Colony)",

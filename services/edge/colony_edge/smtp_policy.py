@@ -76,6 +76,7 @@ class SmtpSession:
     extended: bool = False
     tls: str | None = None            # TLS version once STARTTLS completed
     tls_cipher: str | None = None
+    authenticated: bool = False       # AUTH succeeded (submission): the trace says so, RFC 3848
     max_message_size: int | None = None  # the strictest class of service of the recipients so far
     mail_from: E.MailFrom | None = None
     recipients: list[AcceptedRecipient] = field(default_factory=list)

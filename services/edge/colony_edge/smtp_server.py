@@ -197,6 +197,7 @@ class _Session:
         elif isinstance(event, E.Auth):
             hook = getattr(policy, "auth", None)
             verdict = await self._ask("auth", hook(info, event)) if hook else Verdict(False, R.AUTH_NOT_AVAILABLE)
+            info.authenticated = info.authenticated or verdict.accept
             await self._answer("auth", verdict.reply, R.AUTH_OK, verdict.accept)
         elif isinstance(event, E.DataStarted):
             self._open_spool()

@@ -157,6 +157,9 @@ async def test_smtplib_submits_over_starttls_local_to_mail_remote_signed_to_the_
         return [m for m in await mail_messages(cluster) if any(r.mailbox == "carol@example.com" for r in m.recipients)]
     [local] = await wait_until(at_carol, 60, "the local copy in MAIL")
     assert b"<sub-1@example.com>" in local.body
+    # RFC 3848: the local copy's trace says the client logged in over TLS, as the remote one's does
+    head = local.body.split(b"\r\n\r\n", 1)[0].replace(b"\r\n\t", b" ")      # unfolded
+    assert b") with ESMTPSA id " in head.split(b"\r\nReceived: ", 1)[1].split(b"\r\n", 1)[0], head
 
     async def at_sink():
         return sink.messages

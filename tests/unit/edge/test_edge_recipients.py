@@ -119,6 +119,18 @@ def test_received_and_return_path(tmp_path):
     assert all(len(line) <= 78 for line in text.split("\r\n"))
 
 
+def test_received_says_when_the_client_logged_in(tmp_path):
+    """RFC 3848 §2 / RFC 6531 §3.7.3: a submission (AUTH succeeded) is ESMTPSA or UTF8SMTPSA,
+    not the ESMTPS of a stranger's mail."""
+    acceptor = MailAcceptor(None, Settings(), "edge-1", "mx.test", None)
+    s = session()
+    s.tls, s.tls_cipher, s.authenticated = "TLSv1.3", "TLS_AES_256_GCM_SHA384", True
+    message = IncomingMessage(size=0, spool=tmp_path / "m")
+    assert " with ESMTPSA id abc " in acceptor._head(s, message, "abc", None).decode().replace("\r\n\t", " ")
+    s.mail_from = E.MailFrom("alice@remote.test", smtputf8=True)
+    assert " with UTF8SMTPSA id abc " in acceptor._head(s, message, "abc", None).decode().replace("\r\n\t", " ")
+
+
 def test_fold_keeps_long_words_whole():
     assert fold("X", "a" * 100) == b"X: " + b"a" * 100 + b"\r\n"
 
