@@ -351,3 +351,31 @@ async def test_softphones_carry_on_through_the_other_member_when_theirs_is_sigki
     await call_and_hang_up(cluster, alice, bob)
     await call_and_hang_up(cluster, bob, alice)
 
+
+
+async def test_a_call_outlives_the_sigkill_of_the_member_that_did_not_route_it(farm, cluster, phones, tmp_path):
+    """alice (member 1) calls bob (registered at member 2): member 1 took the INVITE and is in
+    the Record-Route; member 2 is SIGKILLed mid-call.  The call goes on and ends cleanly:
+    over UDP nothing of it lives on member 2 (the dialog's requests go to bob's Contact)."""
+    addresses, ca = farm
+    alice = await phones(tmp_path / "alice", "alice", "udp", [proxy_uri(addresses[0], "udp")], ca)
+    bob = await phones(tmp_path / "bob", "bob", "udp", [proxy_uri(addresses[1], "udp")], ca)
+    for phone in (alice, bob):
+        await phone.registered()
+    mark_alice, mark_bob = len(alice.events), len(bob.events)
+    await alice.command("dial", bob.aor)
+    call_id = (await alice.event("CALL_ESTABLISHED", mark_alice, direction="outgoing"))["id"]
+    await bob.event("CALL_ESTABLISHED", mark_bob, id=call_id)
+    await wait_until(lambda: dialog_record(cluster, call_id), 30, "the call's record in sip_bindings")
+
+    cluster.nodes["sipfarm-2"].signal(signal.SIGKILL)
+    cluster.nodes["sipfarm-2"].process.wait(10)
+    assert "ESTABLISHED" in await alice.command("listcalls")
+    await alice.command("hangup")
+    await alice.event("CALL_CLOSED", mark_alice, id=call_id)
+    closed = await bob.event("CALL_CLOSED", mark_bob, id=call_id)
+    assert "peer" in closed.get("param", ""), closed
+
+    async def record_gone() -> bool:
+        return await dialog_record(cluster, call_id) is None
+    await wait_until(record_gone, 30, "the call's record to be deleted by the BYE")
