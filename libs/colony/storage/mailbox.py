@@ -51,6 +51,9 @@ SNAPSHOT_EVERY = 2_000  # records between snapshots
 # takes up to 80 MiB) would otherwise hold a descriptor per message until its commit, out of
 # the process's limit that every session, account and connection of the store shares.
 MAX_OPEN_BODIES = 64
+# Messages expunged through this handle whose metadata stays readable (``expunged_message``)
+# for IMAP sessions that have not been told of the expunge yet (RFC 2180 §4.1.2).
+EXPUNGED_KEPT = 1024
 _MOVED = "move:"  # storage.transfer.MOVE_PREFIX (imported from there would be a cycle)
 _HANDLES = itertools.count(1)   # tells the handles of this process apart (``AccountMail.version``)
 
@@ -361,6 +364,7 @@ class AccountMail:
         self._pending: list[bytes] = []
         self._pending_records: list[j._Record] = []
         self._freed: list[str] = []
+        self._expunged: OrderedDict[tuple[int, int], Message] = OrderedDict()   # (box id, uid)
         self._body_fds: list[int] = []  # bodies written since the last commit, not yet fsynced
         self._dir_fd: int | None = None  # the bodies directory, open while the handle is
         self._bodies_synced_early = False  # bodies fsynced and closed before the commit (MAX_OPEN_BODIES)
@@ -467,6 +471,17 @@ class AccountMail:
         skip its walk over the mailbox."""
         box = self.state.box(name)
         return (self._handle, box.id, box.highest_modseq)
+
+    def expunged_message(self, name: str, uid: int) -> Message | None:
+        """A message of mailbox ``name`` expunged through this handle, as it was then: its
+        UID, flags, date and size, for an IMAP session that still holds its message number
+        (RFC 2180 §4.1.2); None when it is not (or no longer) kept.  Its body is not kept:
+        that file goes with the expunge's commit."""
+        try:
+            box = self.state.box(name)
+        except MailboxError:
+            return None
+        return self._expunged.get((box.id, uid))
 
     def message_map(self, name: str) -> Mapping[int, Message]:
         """The messages of ``name`` by UID, ascending: the state's own mapping, read-only, which
@@ -714,6 +729,13 @@ class AccountMail:
 
     def _stage(self, record: j._Record) -> None:
         self._check()
+        if isinstance(record, j.Expunged):
+            box = self.state.boxes.get(record.box)
+            for uid in record.uids if box is not None else ():
+                if uid in box.messages:
+                    self._expunged[(record.box, uid)] = box.messages[uid]
+            while len(self._expunged) > EXPUNGED_KEPT:
+                self._expunged.popitem(last=False)
         self._freed += self.state.apply(record)
         self._pending.append(j.encode(record))
         self._pending_records.append(record)

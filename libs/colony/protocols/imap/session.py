@@ -217,6 +217,9 @@ class Store(Protocol):
 
 
 _MORE = "\x00more"    # a handler's answer: not done, call run() again once the output is sent
+# FETCH items a message expunged by another session can still be given (the store keeps its
+# metadata for a while, not its body).
+_KEPT_WHEN_EXPUNGED = {"UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE", "MODSEQ"}
 
 
 class RecentMarks:
@@ -1411,6 +1414,12 @@ class Session:
         flags_asked = any(i.name == "FLAGS" for i in items)
         add_modseq = self.condstore and not any(i.name == "MODSEQ" for i in items)
         others = [(item, self._fetch_label(item)) for item in items if item.name != "FLAGS"]
+        # A message another session expunged, whose EXPUNGE this one has not sent yet, is still
+        # there for its message number as far as the store kept it (RFC 2180 §4.1.2): its UID,
+        # flags, date and size, not its body, which went with the expunge.
+        expunged = getattr(store, "expunged_message", None)
+        if cmd.uid or any(item.name not in _KEPT_WHEN_EXPUNGED for item in items):
+            expunged = None
         queued = 0
         out = self._out
         for n, u in enumerate(uids):
@@ -1418,6 +1427,8 @@ class Session:
                 self._resume = (cmd, items, uids[n:], sets_seen)
                 return _MORE
             msg = current.get(u)
+            if msg is None and expunged is not None:
+                msg = expunged(self.mailbox, u)
             if msg is None:              # expunged by another session; its EXPUNGE comes later
                 self._fetch_missed = True
                 continue

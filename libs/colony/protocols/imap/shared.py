@@ -374,6 +374,11 @@ class CompositeStore:
         store = self._route(name)     # as version: the own mail only
         return store.message_map(name) if store is self.own and hasattr(store, "message_map") else None
 
+    def expunged_message(self, name: str, uid: int):
+        store = self._route(name)     # as message_map: the own mail only
+        kept = getattr(store, "expunged_message", None) if store is self.own else None
+        return kept(name, uid) if kept is not None else None
+
     def parsed(self, name: str, uid: int):
         # Defined here, not left to __getattr__: the own store's parse cache must never answer
         # for a colleague's mailbox.

@@ -11,6 +11,7 @@ import pytest
 
 from colony.protocols.imap.binary_append import NotServable, servable
 from colony.protocols.imap.mime import analyze
+from colony.storage import mailbox
 from colony.storage.mailbox import AccountMail
 from test_session import MSG, MULTI, logged_in, selected
 
@@ -127,13 +128,39 @@ def test_fetch_of_a_message_expunged_elsewhere_is_no_expungeissued_and_the_rest_
     a, b = selected(mail), selected(mail)
     a.cmd("1 STORE 1 +FLAGS.SILENT (\\Deleted)")
     assert "2 OK" in a.cmd("2 EXPUNGE")
-    out = b.cmd("3 FETCH 1:2 (UID)")
-    assert "* 2 FETCH (UID 2)" in out and "* 1 FETCH" not in out and "* 1 EXPUNGE" not in out
+    out = b.cmd("3 FETCH 1:2 (UID BODY.PEEK[HEADER])")
+    assert "* 2 FETCH (UID 2 " in out and "* 1 FETCH" not in out and "* 1 EXPUNGE" not in out
     assert "3 NO [EXPUNGEISSUED]" in out
     out = b.cmd("4 UID FETCH 1:2 (UID)")
     assert "4 OK" in out and "* 1 EXPUNGE" in out
     out = b.cmd("5 FETCH 1 (UID)")
     assert "* 1 FETCH (UID 2)" in out and "5 OK" in out
+
+
+def test_a_message_expunged_elsewhere_keeps_its_uid_flags_date_and_size_until_told(mail):
+    """RFC 2180 §4.1.2: what the store still knows of a message another session expunged is
+    served for the message number this session holds: UID, FLAGS, INTERNALDATE, RFC822.SIZE."""
+    a, b = selected(mail), selected(mail)
+    a.cmd("1 STORE 2 +FLAGS.SILENT (\\Deleted)")
+    assert "2 OK" in a.cmd("2 EXPUNGE")
+    out = b.cmd("3 FETCH 2 (UID FLAGS RFC822.SIZE INTERNALDATE)")
+    assert "* 2 FETCH (FLAGS (\\Deleted \\Seen) UID 2 RFC822.SIZE %d INTERNALDATE " % len(MULTI) in out
+    assert "3 OK" in out and "EXPUNGE" not in out
+    out = b.cmd("4 NOOP")
+    assert "* 2 EXPUNGE" in out
+    assert "5 BAD" in b.cmd("5 FETCH 2 (UID)")          # now it is gone from the view too
+
+
+def test_the_store_keeps_a_bounded_number_of_expunged_messages(mail, monkeypatch):
+    monkeypatch.setattr(mailbox, "EXPUNGED_KEPT", 1)
+    mail.expunge("INBOX", [1])
+    mail.commit()
+    assert mail.expunged_message("INBOX", 1).uid == 1
+    assert mail.expunged_message("Trash", 1) is None and mail.expunged_message("No such", 1) is None
+    mail.expunge("INBOX", [2])
+    mail.commit()
+    assert mail.expunged_message("INBOX", 1) is None          # the oldest made room
+    assert mail.expunged_message("INBOX", 2).size == len(MULTI)
 
 
 # --- MULTIAPPEND is all or nothing (RFC 3502) ------------------------------------------------
