@@ -6,8 +6,9 @@ and call states baresip itself reports).  They register with digest auth over UD
 TLS (the farm's certificate from a local CA, which baresip is given -- though baresip 1.0.0
 does not check a server's certificate at all: it registered with an unrelated CA; the
 farm's chain is verified in ``test_transports.py``), call across two farm members,
-hang up, and unregister when they quit; a member is SIGKILLed under a registered phone,
-which carries on through the other.  The credentials contract is answered here, as the admin
+hang up, and unregister when they quit; a user's two devices ring together (CANCEL, answer,
+decline); a member is SIGKILLed under registered phones, which carry on through the other
+(DNS SRV), and under a call it did not route, which goes on.  The credentials contract is answered here, as the admin
 API would (as in ``test_sipfarm.py``).  Skipped without baresip, a failure in CI."""
 
 from __future__ import annotations
@@ -72,9 +73,10 @@ class Softphone:
     the control connection is up, so its event may come before anyone listens)."""
 
     def __init__(self, home: Path, user: str, transport: str, proxies: list[str], ca: Path,
-                 regint: int = 3600, dns: str | None = None) -> None:
+                 regint: int = 3600, dns: str | None = None, answermode: str = "auto") -> None:
         self.home, self.user, self.transport = home, user, transport
         self.proxies, self.ca, self.regint, self.dns = proxies, ca, regint, dns
+        self.answermode = answermode
         self.ctrl_port = free_ports(1)[0]
         self.proc: asyncio.subprocess.Process | None = None
         self.events: list[dict] = []
@@ -118,7 +120,7 @@ class Softphone:
         outbound = ";".join(f'outbound{"" if i == 0 else i + 1}="{uri}"' for i, uri in enumerate(self.proxies))
         (self.home / "accounts").write_text(
             f"<sip:{self.user}@{DOMAIN};transport={self.transport}>;auth_pass={PASSWORDS[self.user]};"
-            f"{outbound + ';' if outbound else ''}regint={self.regint};answermode=auto\n")
+            f"{outbound + ';' if outbound else ''}regint={self.regint};answermode={self.answermode}\n")
 
     async def start(self) -> Softphone:
         self.write_config()
@@ -379,3 +381,51 @@ async def test_a_call_outlives_the_sigkill_of_the_member_that_did_not_route_it(f
     async def record_gone() -> bool:
         return await dialog_record(cluster, call_id) is None
     await wait_until(record_gone, 30, "the call's record to be deleted by the BYE")
+
+
+
+async def test_two_devices_of_one_user_ring_together_and_a_cancel_an_answer_or_a_decline_reaches_both(
+        farm, cluster, phones, tmp_path):
+    """bob on two devices (one on UDP at member 2, one on TCP at member 1), answering by hand;
+    alice asks for a registration shorter than the farm's shortest and gets it at the farm's
+    Min-Expires (423, RFC 3261 §10.2.8).  An INVITE forks to both; alice's CANCEL stops both
+    ringing; one device answering cancels the other; both declining gets alice one 486; a
+    user with no device gets 480."""
+    addresses, ca = farm
+    alice = await phones(tmp_path / "alice", "alice", "udp", [proxy_uri(addresses[0], "udp")], ca, regint=5)
+    desk = await phones(tmp_path / "desk", "bob", "udp", [proxy_uri(addresses[1], "udp")], ca, answermode="manual")
+    mobile = await phones(tmp_path / "mobile", "bob", "tcp", [proxy_uri(addresses[0], "tcp")], ca, answermode="manual")
+    assert "Expires 10s" in await alice.registered()           # 423, then the farm's 10 s
+    for phone in (desk, mobile):
+        await phone.registered()
+    assert sorted(b["transport"] for b in await contacts(cluster, "bob")) == ["TCP", "UDP"]
+
+    async def ringing_both() -> list[int]:
+        marks = [len(p.events) for p in (alice, desk, mobile)]
+        await alice.command("dial", "sip:bob@acme.example")
+        call_id = (await desk.event("CALL_INCOMING", marks[1]))["id"]
+        await mobile.event("CALL_INCOMING", marks[2], id=call_id)
+        return marks
+
+    marks = await ringing_both()                               # alice gives up: CANCEL to both
+    await alice.command("hangup")
+    for phone, mark in ((desk, marks[1]), (mobile, marks[2])):
+        await phone.event("CALL_CLOSED", mark)
+
+    marks = await ringing_both()                               # mobile answers: desk is cancelled
+    await mobile.command("accept")
+    established = await alice.event("CALL_ESTABLISHED", marks[0])
+    await desk.event("CALL_CLOSED", marks[1], id=established["id"])
+    await mobile.command("hangup")
+    await alice.event("CALL_CLOSED", marks[0], id=established["id"])
+
+    marks = await ringing_both()                               # both decline: alice hears one 486
+    await desk.command("hangup")
+    await mobile.command("hangup")
+    closed = await alice.event("CALL_CLOSED", marks[0])
+    assert closed["param"].startswith("486"), closed
+
+    mark = len(alice.events)
+    await alice.command("dial", "sip:nobody@acme.example")
+    closed = await alice.event("CALL_CLOSED", mark)
+    assert closed["param"].startswith("480"), closed
