@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from email.message import Message
 
-from colony.protocols.imap.mime import Part
+from colony.protocols.imap.mime import Part, field_value
 
 NIL = b"NIL"
 _QUOTE_LIMIT = 1024
@@ -182,12 +182,10 @@ def address_list(value: str | None, utf8: bool = False) -> bytes:
 # --- ENVELOPE and BODYSTRUCTURE -------------------------------------------------------------
 
 def _raw(headers: Message | None, name: str) -> str | None:
-    if headers is None:
-        return None
-    value = headers.get(name)
+    value = field_value(headers, name)
     if value is None:
         return None
-    return " ".join(str(value).split())  # unfold
+    return " ".join(value.split())  # unfold
 
 
 def envelope(part: Part, utf8: bool = False) -> bytes:

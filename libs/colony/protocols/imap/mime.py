@@ -62,10 +62,7 @@ class Part:
         return self.maintype == "multipart"
 
     def header(self, name: str) -> str | None:
-        if self.headers is None:
-            return None
-        value = self.headers.get(name)
-        return None if value is None else str(value)
+        return field_value(self.headers, name)
 
     def walk(self):
         yield self
@@ -73,6 +70,25 @@ class Part:
             yield from child.walk()
         if self.message is not None:
             yield from self.message.walk()
+
+
+def field_value(headers: Message | None, name: str) -> str | None:
+    """The first ``name`` field's value as written, 8-bit octets read as UTF-8 (RFC 6532:
+    what an SMTPUTF8 sender, or a script that never heard of encoded-words, puts there).
+    compat32 hands such a value out as a ``Header`` of charset unknown-8bit, whose ``str()``
+    makes every octet U+FFFD: ENVELOPE showed "Grüße" as "Gr����e" and no SEARCH SUBJECT or
+    FROM could match it.  Octets that are not UTF-8 stay as surrogates, so they go out as
+    they came in."""
+    if headers is None:
+        return None
+    value = headers.get(name)
+    if value is None or isinstance(value, str):
+        return value
+    wanted = name.lower()
+    for key, raw in headers.raw_items():
+        if key.lower() == wanted:
+            return raw.encode("ascii", "surrogateescape").decode("utf-8", "surrogateescape")
+    return str(value)
 
 
 def _headers(data: bytes, start: int, end: int, counter: list[int]) -> Message:

@@ -189,6 +189,20 @@ def test_store_search_expunge_copy_move(mail):
     assert "* 0 EXISTS" in c.cmd("m SELECT Trash") or True
 
 
+def test_utf8_header_fields_are_shown_and_searched_as_written(mail):
+    """RFC 6532 header fields (SMTPUTF8 mail, which the edge takes; a script's raw
+    ``Subject: Grüße``): ENVELOPE carries the UTF-8 as it is (in a literal for an IMAP4rev1
+    client), not a U+FFFD per octet, and SUBJECT / FROM / HEADER find it."""
+    mail.append("INBOX", "From: Jörg <jörg@köln.example>\r\nSubject: Grüße aus Köln\r\nX-Note: süß\r\n\r\nhi\r\n".encode())
+    mail.commit()
+    c = selected(mail)
+    out = c.cmd("a FETCH 3 ENVELOPE")
+    assert '(NIL {17}\r\nGrüße aus Köln (({5}\r\nJörg NIL {5}\r\njörg {13}\r\nköln.example))' in out, out
+    assert "\ufffd" not in out
+    for key in ("SUBJECT köln", "FROM jörg", "FROM köln", "HEADER X-Note SÜSS"):
+        assert "* SEARCH 3\r\n" in c.send(f"s SEARCH CHARSET UTF-8 {key}\r\n".encode()), key
+
+
 def test_two_sessions_see_each_other_and_expunge_is_held_during_fetch(mail):
     a, b = selected(mail), selected(mail)
     a.cmd("1 STORE 1 +FLAGS (\\Deleted)")
