@@ -52,8 +52,10 @@ SNAPSHOT_EVERY = 2_000  # records between snapshots
 # the process's limit that every session, account and connection of the store shares.
 MAX_OPEN_BODIES = 64
 # Messages expunged through this handle whose metadata stays readable (``expunged_message``)
-# for IMAP sessions that have not been told of the expunge yet (RFC 2180 §4.1.2).
-EXPUNGED_KEPT = 1024
+# for IMAP sessions that have not been told of the expunge yet (RFC 2180 §4.1.2).  Few: a
+# session holds the numbers of what was just deleted, and every open account (up to
+# account_max_open) keeps its own: about 50 KB at 64.
+EXPUNGED_KEPT = 64
 _MOVED = "move:"  # storage.transfer.MOVE_PREFIX (imported from there would be a cycle)
 _HANDLES = itertools.count(1)   # tells the handles of this process apart (``AccountMail.version``)
 
