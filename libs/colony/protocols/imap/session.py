@@ -1652,6 +1652,12 @@ class _View:
             except _No:
                 pass                # an encoding we cannot undo is searched as it is
             charset = dict(part.params).get("charset", "utf-8")
+            if charset.lower() in _ASCII_NAMES:
+                # US-ASCII is a subset of UTF-8, so ASCII text reads the same; 8-bit octets
+                # in such a part -- a script's unlabelled body (RFC 2045's default charset)
+                # through msmtp or mailx -- are UTF-8 nearly always (Dovecot reads them so),
+                # and read as ASCII no search of their words could ever match.
+                charset = "utf-8"
             try:
                 out.append(raw.decode(charset, "replace"))
             except LookupError:
@@ -1660,6 +1666,9 @@ class _View:
 
 
 # --- helpers -------------------------------------------------------------------------------------
+
+_ASCII_NAMES = frozenset({"us-ascii", "ascii", "us", "ansi_x3.4-1968", "iso646-us"})
+
 
 def _memo(root: mime.Part, key: tuple, render: Callable[[], bytes]) -> bytes:
     """A FETCH item of one message, rendered once and kept on its parsed tree (shared by

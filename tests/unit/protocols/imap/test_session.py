@@ -189,6 +189,20 @@ def test_store_search_expunge_copy_move(mail):
     assert "* 0 EXISTS" in c.cmd("m SELECT Trash") or True
 
 
+def test_search_finds_words_of_an_unlabelled_8bit_body(mail):
+    """What a script mails through msmtp or mailx: UTF-8 text with no MIME header at all (so
+    US-ASCII by RFC 2045's default), or labelled us-ascii.  Its words are found (RFC 9051
+    §6.4.4), as the client typed them, not only their ASCII neighbours."""
+    mail.append("INBOX", "Subject: cron\r\n\r\nGrüße aus Köln\r\n".encode())
+    mail.append("INBOX", "Subject: labelled\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=US-ASCII\r\n"
+                "\r\nDer Bär\r\n".encode())
+    mail.commit()
+    c = selected(mail)
+    assert "* SEARCH 3\r\n" in c.send("a SEARCH CHARSET UTF-8 BODY \"grüße aus köln\"\r\n".encode())
+    assert "* SEARCH 4\r\n" in c.send("b SEARCH CHARSET UTF-8 TEXT {4+}\r\nbär\r\n".encode())
+    assert "* SEARCH 3\r\n" in c.cmd("c SEARCH BODY aus")       # ASCII words as before
+
+
 def test_utf8_header_fields_are_shown_and_searched_as_written(mail):
     """RFC 6532 header fields (SMTPUTF8 mail, which the edge takes; a script's raw
     ``Subject: Grüße``): ENVELOPE carries the UTF-8 as it is (in a literal for an IMAP4rev1
