@@ -1,0 +1,423 @@
+"""Debian's everyday mail clients against `colony up`'s edge, for real: msmtp (the submission
+client of scripts, cron and mutt), curl (SMTP, IMAP and POP3 URLs) and s-nail (mailx with
+IMAP and SMTP), each over STARTTLS and implicit TLS with the cluster's local CA, each mail
+checked where it lands (IMAP, with Python's own client).  The other clients -- swaks,
+fetchmail, mbsync, imapclient -- have their own tests (test_smtp_up, test_client_access,
+tests/integration/imap)."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import imaplib
+import os
+import ssl
+import subprocess
+import uuid
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+
+from test_colony_up import COLONY, free_base_port, ready_nodes, start_up, status_json, stop_up, wait_for
+from tools import need_tool
+
+pytestmark = pytest.mark.slow
+
+PASSWORD = "a long passphrase"
+DOMAIN = "acme.example"
+USERS = ("alice", "bob", "carol", "dave", "erin", "frank")
+# Text a script mails without a thought for MIME: 8-bit UTF-8 in an unlabelled body.
+EIGHT_BIT = "Grüße aus Köln, 10 € für Bär und Öl"
+
+# sysexits.h, which msmtp's exit codes are
+EX_DATAERR, EX_UNAVAILABLE, EX_NOPERM = 65, 69, 77
+# curl's exit codes (man curl, "EXIT CODES")
+CURLE_LOGIN_DENIED, CURLE_REMOTE_FILE_NOT_FOUND = 67, 78
+
+
+def colony(data_dir: Path, *args: str) -> str:
+    out = subprocess.run([COLONY, *args, "--data-dir", str(data_dir)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out.stdout
+
+
+class Edge:
+    """Where the edge listens, and the CA its certificate comes from."""
+
+    def __init__(self, data_dir: Path) -> None:
+        edge = next(n for n in status_json(data_dir) if n["role"] == "edge")
+        self.ports = {name: int(address.rsplit(":", 1)[1]) for name, address in edge["addresses"].items()}
+        self.ca = data_dir / "tls" / "ca.pem"
+
+    def imaps(self, user: str) -> imaplib.IMAP4_SSL:
+        client = imaplib.IMAP4_SSL("127.0.0.1", self.ports["imaps"], timeout=60,
+                                   ssl_context=ssl.create_default_context(cafile=str(self.ca)))
+        client.login(f"{user}@{DOMAIN}", PASSWORD)
+        return client
+
+
+@pytest.fixture(scope="module")
+def edge(tmp_path_factory):
+    """`colony up` with one edge and one mail store, and the accounts of USERS."""
+    data_dir = tmp_path_factory.mktemp("clients") / "colony"
+    proc = start_up(data_dir, free_base_port(), "--controllers", "1", "--mailstores", "1", "--sipfarms", "0")
+    try:
+        wait_for(lambda: ready_nodes(data_dir, 5), 180, "every instance READY", up=proc)
+        wait_for(lambda: (data_dir / "admin.token").exists(), 60, "the bootstrap token", up=proc)
+        colony(data_dir, "domain", "add", DOMAIN)
+        for user in USERS:
+            colony(data_dir, "account", "add", f"{user}@{DOMAIN}", "--password", PASSWORD)
+        at = Edge(data_dir)
+        # The edge's directory cache has heard of the last account once IMAP takes its login.
+        wait_for(lambda: _logs_in(at, USERS[-1]), 120, "the accounts to reach the edge")
+        yield at
+    finally:
+        stop_up(proc)
+
+
+def _logs_in(edge: Edge, user: str) -> bool:
+    try:
+        edge.imaps(user).logout()
+    except (imaplib.IMAP4.error, OSError):
+        return False
+    return True
+
+
+def arrived(edge: Edge, user: str, subject: str, count: int = 1, mailbox: str = "INBOX") -> list[email.message.Message]:
+    """The messages with ``subject`` in ``user``'s ``mailbox`` once there are ``count`` of them
+    (a 250 is acceptance; storing follows through the queue)."""
+    def look() -> list[email.message.Message] | None:
+        client = edge.imaps(user)
+        try:
+            client.select(mailbox, readonly=True)
+            uids = client.uid("SEARCH", "SUBJECT", f'"{subject}"')[1][0].split()
+            if len(uids) < count:
+                return None
+            found = []
+            for uid in uids:
+                data = client.uid("FETCH", uid, "(BODY.PEEK[])")[1]
+                found.append(email.message_from_bytes(data[0][1], policy=email.policy.default))
+            return found
+        finally:
+            client.logout()
+    found = wait_for(look, 120, f"{count} message(s) {subject!r} in {user}'s {mailbox}")
+    assert len(found) == count, [m["Subject"] for m in found]
+    return found
+
+
+def unique(what: str) -> str:
+    return f"{what} {uuid.uuid4().hex[:8]}"
+
+
+def run(argv: list[str], *, stdin: bytes = b"", env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    # Every client gets a deadline: one that waits for an answer the server never sends is a
+    # failure, not a hung suite.
+    return subprocess.run(argv, input=stdin, capture_output=True, timeout=120,
+                          env=None if env is None else {**os.environ, **env})
+
+
+def said(out: subprocess.CompletedProcess) -> str:
+    return (out.stdout + out.stderr).decode("utf-8", "replace")
+
+
+# --- msmtp ---------------------------------------------------------------------------------------
+
+def msmtp_config(edge: Edge, tmp_path: Path, user: str, *, implicit: bool, auth: str = "on",
+                 password: str = PASSWORD) -> Path:
+    """An msmtp account as a user writes one: STARTTLS on submission, or TLS from the first
+    octet on the SMTPS port; the server's certificate checked against the local CA."""
+    rc = tmp_path / f"msmtprc-{uuid.uuid4().hex[:6]}"
+    port = edge.ports["submissions" if implicit else "submission"]
+    rc.write_text(f"account default\nhost 127.0.0.1\nport {port}\ntls on\ntls_starttls {'off' if implicit else 'on'}\n"
+                  f"tls_trust_file {edge.ca}\nauth {auth}\nuser {user}@{DOMAIN}\npassword {password}\n"
+                  f"from {user}@{DOMAIN}\nlogfile {tmp_path / 'msmtp.log'}\n")
+    rc.chmod(0o600)        # msmtp refuses a password in a file others may read
+    return rc
+
+
+def msmtp(rc: Path, *args: str, message: bytes) -> subprocess.CompletedProcess:
+    return run([need_tool("msmtp"), "-C", str(rc), "-v", *args], stdin=message)
+
+
+@pytest.mark.parametrize("implicit", [False, True], ids=["starttls", "implicit-tls"])
+@pytest.mark.parametrize("auth", ["on", "plain", "login"])
+def test_msmtp_submits_an_8bit_message_with_each_mechanism(edge, tmp_path, implicit, auth):
+    """``auth on`` is msmtp's default: it picks the best mechanism the server advertises
+    after TLS (PLAIN of our PLAIN and LOGIN); the two named ones are asked for explicitly."""
+    subject = unique(f"msmtp {auth}")
+    rc = msmtp_config(edge, tmp_path, "alice", implicit=implicit, auth=auth)
+    message = f"From: alice@{DOMAIN}\nTo: bob@{DOMAIN}\nSubject: {subject}\n\n{EIGHT_BIT}\n.\n..two dots\n"
+    out = msmtp(rc, f"bob@{DOMAIN}", message=message.encode())
+    assert out.returncode == 0, said(out)
+    mechanism = "LOGIN" if auth == "login" else "PLAIN"
+    assert f"--> AUTH {mechanism}" in said(out) and "<-- 235 2.7.0" in said(out), said(out)
+    if not implicit:
+        assert "--> STARTTLS" in said(out)
+    got = arrived(edge, "bob", subject)[0]
+    body = got.get_payload(decode=True)
+    assert body == f"{EIGHT_BIT}\n.\n..two dots\n".replace("\n", "\r\n").encode(), body   # octets untouched
+    received = got.get_all("Received")[0]
+    assert "ESMTPSA" in " ".join(received.split()), received     # RFC 3848: TLS and AUTH
+
+
+def test_msmtp_several_recipients_from_the_command_line_and_from_the_headers(edge, tmp_path):
+    rc = msmtp_config(edge, tmp_path, "alice", implicit=False)
+    subject = unique("msmtp many")
+    message = f"From: alice@{DOMAIN}\nTo: bob@{DOMAIN}, carol@{DOMAIN}\nSubject: {subject}\n\nto three\n"
+    out = msmtp(rc, f"bob@{DOMAIN}", f"carol@{DOMAIN}", f"dave@{DOMAIN}", message=message.encode())
+    assert out.returncode == 0, said(out)
+    assert said(out).count("<-- 250 2.1.5") == 3
+    for user in ("bob", "carol", "dave"):
+        arrived(edge, user, subject)
+
+    # -t: the recipients are read from To, Cc and Bcc, and Bcc is removed before sending.
+    subject = unique("msmtp -t")
+    message = (f"From: alice@{DOMAIN}\nTo: bob@{DOMAIN}\nCc: carol@{DOMAIN}\nBcc: dave@{DOMAIN}\n"
+               f"Subject: {subject}\n\nread from the headers\n")
+    out = msmtp(rc, "-t", message=message.encode())
+    assert out.returncode == 0, said(out)
+    for user in ("bob", "carol", "dave"):
+        got = arrived(edge, user, subject)[0]
+        assert got["Bcc"] is None
+
+
+def test_msmtp_refusals_are_msmtps_own_errors(edge, tmp_path):
+    message = f"From: alice@{DOMAIN}\nSubject: {unique('refused')}\n\nx\n".encode()
+    for implicit in (False, True):
+        for mechanism in ("plain", "login"):
+            wrong = msmtp_config(edge, tmp_path, "alice", implicit=implicit, auth=mechanism, password="not the password")
+            out = msmtp(wrong, f"bob@{DOMAIN}", message=message)
+            assert out.returncode == EX_NOPERM, said(out)        # msmtp's "authentication failed"
+            assert "535 5.7.8" in said(out) and "authentication failed" in said(out)
+
+    # In the clear the server offers no AUTH (RFC 4954 §4: not before TLS), so msmtp cannot log in.
+    plain = msmtp_config(edge, tmp_path, "alice", implicit=False)
+    out = run([need_tool("msmtp"), "-C", str(plain), "--tls=off", f"bob@{DOMAIN}"], stdin=message)
+    assert out.returncode == EX_UNAVAILABLE and "does not support authentication" in said(out), said(out)
+
+    good = msmtp_config(edge, tmp_path, "alice", implicit=True)
+    out = msmtp(good, f"nobody@{DOMAIN}", message=message)           # unknown recipient: 550 at RCPT
+    assert out.returncode == EX_DATAERR and "550 5.1.1" in said(out), said(out)
+    forged = f"From: bob@{DOMAIN}\nSubject: forged\n\nx\n".encode()    # a From: that is not alice's
+    out = msmtp(good, f"bob@{DOMAIN}", message=forged)
+    assert out.returncode == EX_UNAVAILABLE and "550 5.7.1" in said(out), said(out)
+
+    # --serverinfo shows what the server offers once TLS is up.
+    info = run([need_tool("msmtp"), "-C", str(good), "--serverinfo"])
+    assert info.returncode == 0, said(info)
+    assert "PLAIN LOGIN" in said(info) and "Colony" in said(info)
+
+
+# --- curl ----------------------------------------------------------------------------------------
+
+def curl(edge: Edge, url: str, *args: str, user: str = "alice", password: str = PASSWORD,
+         stdin: bytes = b"") -> subprocess.CompletedProcess:
+    # -m: curl treats a custom POP3 command as multi-line; a wrong guess would wait for ever.
+    return run([need_tool("curl"), "-sS", "-m", "60", "--cacert", str(edge.ca), "--url", url,
+                "--user", f"{user}@{DOMAIN}:{password}", *args], stdin=stdin)
+
+
+def text(out: subprocess.CompletedProcess) -> str:
+    assert out.returncode == 0, said(out)
+    return out.stdout.decode("utf-8", "replace")
+
+
+def test_curl_submits_an_uploaded_file(edge, tmp_path):
+    subject = unique("curl upload")
+    upload = tmp_path / "message.eml"
+    upload.write_bytes(f"From: alice@{DOMAIN}\r\nTo: carol@{DOMAIN}\r\nSubject: {subject}\r\n\r\n"
+                       f"{EIGHT_BIT}\r\n.leading dot\r\n".encode())
+    starttls = f"smtp://127.0.0.1:{edge.ports['submission']}/client.test"
+    implicit = f"smtps://127.0.0.1:{edge.ports['submissions']}/client.test"
+    for url, options in ((starttls, ["--ssl-reqd"]),
+                         (implicit, ["--login-options", "AUTH=LOGIN"]),
+                         (implicit, ["--login-options", "AUTH=PLAIN", "--mail-auth", f"alice@{DOMAIN}"])):
+        out = curl(edge, url, *options, "--mail-from", f"alice@{DOMAIN}", "--mail-rcpt", f"carol@{DOMAIN}",
+                   "--mail-rcpt", f"dave@{DOMAIN}", "-T", str(upload))
+        assert out.returncode == 0, said(out)
+    for user in ("carol", "dave"):
+        for got in arrived(edge, user, subject, count=3):
+            assert got.get_payload(decode=True) == f"{EIGHT_BIT}\r\n.leading dot\r\n".encode()
+
+    # A file with Unix line ends goes with --crlf: the edge takes CRLF only (RFC 5321 §2.3.8).
+    subject = unique("curl crlf")
+    unix = tmp_path / "unix.eml"
+    unix.write_text(f"From: alice@{DOMAIN}\nSubject: {subject}\n\nline one\nline two\n")
+    out = curl(edge, implicit, "--crlf", "--mail-from", f"alice@{DOMAIN}", "--mail-rcpt", f"carol@{DOMAIN}",
+               "-T", str(unix))
+    assert out.returncode == 0, said(out)
+    assert arrived(edge, "carol", subject)[0].get_payload(decode=True) == b"line one\r\nline two\r\n"
+
+    # --mail-rcpt-allowfails: an unknown recipient is refused at RCPT, the others get it.
+    subject = unique("curl allowfails")
+    upload.write_bytes(f"From: alice@{DOMAIN}\r\nSubject: {subject}\r\n\r\nx\r\n".encode())
+    out = curl(edge, implicit, "--mail-from", f"alice@{DOMAIN}", "--mail-rcpt", f"nobody@{DOMAIN}",
+               "--mail-rcpt", f"carol@{DOMAIN}", "--mail-rcpt-allowfails", "-T", str(upload))
+    assert out.returncode == 0, said(out)
+    arrived(edge, "carol", subject)
+
+    out = curl(edge, implicit, "--mail-from", f"alice@{DOMAIN}", "--mail-rcpt", f"carol@{DOMAIN}",
+               "-T", str(upload), password="wrong")
+    assert out.returncode == CURLE_LOGIN_DENIED, said(out)
+    vrfy = curl(edge, implicit, "--mail-rcpt", f"carol@{DOMAIN}", "-v")     # no upload: VRFY
+    assert vrfy.returncode == 0 and "< 252 " in said(vrfy), said(vrfy)
+
+
+def test_curl_imap_lists_examines_searches_and_fetches(edge, tmp_path):
+    subject = unique("curl imap")
+    rc = msmtp_config(edge, tmp_path, "alice", implicit=True)
+    for n in (1, 2):
+        # A raw UTF-8 Subject (RFC 6532), as scripts write one, beside the 8-bit body.
+        out = msmtp(rc, f"erin@{DOMAIN}",
+                    message=f"From: alice@{DOMAIN}\nSubject: {subject} {n} Grüße\n\n{EIGHT_BIT} {n}\n".encode())
+        assert out.returncode == 0, said(out)
+    arrived(edge, "erin", subject, count=2)
+    imaps = f"imaps://127.0.0.1:{edge.ports['imaps']}"
+    imap = f"imap://127.0.0.1:{edge.ports['imap']}"
+
+    for base, options in ((imaps, []), (imap, ["--ssl-reqd"])):
+        listing = text(curl(edge, f"{base}/", *options, user="erin"))
+        assert '"INBOX"' in listing and '\\Sent) "/" "Sent"' in listing, listing
+    examined = text(curl(edge, f"{imaps}/", "-X", "EXAMINE INBOX", user="erin"))
+    assert " EXISTS\r\n" in examined and "[PERMANENTFLAGS ()]" in examined, examined     # read-only
+    uidvalidity = examined.split("[UIDVALIDITY ")[1].split("]")[0]
+
+    found = text(curl(edge, f"{imaps}/INBOX", "-X", f'UID SEARCH SUBJECT "{subject} 2"', user="erin"))
+    assert found.startswith("* SEARCH ") and len(found.split()) == 3, found
+    uid = found.split()[2]
+    # Searching the 8-bit body the script sent, as curl sends the text (8-bit, in a quoted string).
+    by_body = text(curl(edge, f"{imaps}/INBOX", "-X", 'UID SEARCH CHARSET UTF-8 BODY "Bär und Öl 2"',
+                        user="erin"))
+    assert by_body.split() == ["*", "SEARCH", uid], by_body
+    by_subject = text(curl(edge, f"{imaps}/INBOX", "-X", 'UID SEARCH CHARSET UTF-8 SUBJECT "2 grüße"', user="erin"))
+    assert by_subject.split() == ["*", "SEARCH", uid], by_subject
+    # (curl prints a custom command's untagged lines but not the literals in them: ENVELOPE
+    # is read with Python's client.)
+    client = edge.imaps("erin")
+    client.select("INBOX", readonly=True)
+    envelope = client.uid("FETCH", uid, "(ENVELOPE)")[1]
+    client.logout()
+    assert f"{subject} 2 Grüße".encode() in b"".join(p if isinstance(p, bytes) else b"".join(p) for p in envelope)
+    everything = text(curl(edge, f"{imaps}/INBOX?ALL", user="erin"))       # a search in the URL (RFC 5092)
+    assert everything.split()[:2] == ["*", "SEARCH"] and uid in everything.split()
+
+    fetched = curl(edge, f"{imaps}/INBOX;UIDVALIDITY={uidvalidity};UID={uid}", user="erin")
+    assert fetched.returncode == 0, said(fetched)
+    assert f"Subject: {subject} 2".encode() in fetched.stdout and f"{EIGHT_BIT} 2".encode() in fetched.stdout
+    header = text(curl(edge, f"{imaps}/INBOX/;UID={uid}/;SECTION=HEADER.FIELDS%20(SUBJECT)", user="erin"))
+    assert header == f"Subject: {subject} 2 Grüße\r\n\r\n", header
+    stale = curl(edge, f"{imaps}/INBOX;UIDVALIDITY=1;UID={uid}", user="erin")
+    assert stale.returncode == CURLE_REMOTE_FILE_NOT_FOUND, said(stale)    # "UIDVALIDITY has changed"
+
+    # An upload is an APPEND; it comes back by its UID.
+    draft = tmp_path / "draft.eml"
+    draft.write_bytes(f"From: erin@{DOMAIN}\r\nSubject: {subject} draft\r\n\r\nnot sent yet\r\n".encode())
+    out = curl(edge, f"{imaps}/Drafts", "-T", str(draft), user="erin")
+    assert out.returncode == 0, said(out)
+    arrived(edge, "erin", f"{subject} draft", mailbox="Drafts")
+    status = text(curl(edge, f"{imaps}/", "-X", "STATUS Drafts (MESSAGES)", user="erin"))
+    assert "MESSAGES 1" in status, status
+    stored = text(curl(edge, f"{imaps}/INBOX", "-X", f"UID STORE {uid} +FLAGS (\\Flagged)", user="erin"))
+    assert "\\Flagged" in stored, stored
+    assert uid in text(curl(edge, f"{imaps}/INBOX", "-X", "UID SEARCH FLAGGED", user="erin")).split()
+
+    wrong = curl(edge, f"{imaps}/", user="erin", password="wrong")
+    assert wrong.returncode == CURLE_LOGIN_DENIED, said(wrong)
+
+
+def test_curl_pop3_lists_retrieves_and_deletes(edge, tmp_path):
+    subject = unique("curl pop3")
+    rc = msmtp_config(edge, tmp_path, "alice", implicit=True)
+    for n in (1, 2, 3):
+        out = msmtp(rc, f"frank@{DOMAIN}", message=f"From: alice@{DOMAIN}\nSubject: {subject} {n}\n\n.\n{EIGHT_BIT}\n".encode())
+        assert out.returncode == 0, said(out)
+    arrived(edge, "frank", subject, count=3)
+    pop3s = f"pop3s://127.0.0.1:{edge.ports['pop3s']}"
+    pop3 = f"pop3://127.0.0.1:{edge.ports['pop3']}"
+
+    def listing(base: str, *options: str) -> dict[int, int]:
+        lines = text(curl(edge, f"{base}/", *options, user="frank")).split("\r\n")
+        return {int(n): int(size) for n, size in (line.split() for line in lines if line)}
+
+    sizes = listing(pop3s)
+    assert listing(pop3, "--ssl-reqd") == sizes and len(sizes) == 3, sizes
+    uidls = text(curl(edge, f"{pop3s}/", "-X", "UIDL", user="frank")).split()
+    for number, size in sizes.items():
+        retrieved = curl(edge, f"{pop3s}/{number}", user="frank")
+        assert retrieved.returncode == 0, said(retrieved)
+        assert len(retrieved.stdout) == size                  # LIST's size is the octets RETR gives
+        assert b"\r\n.\r\n" in retrieved.stdout and EIGHT_BIT.encode() in retrieved.stdout   # un-stuffed
+    top = text(curl(edge, f"{pop3s}/", "-X", "TOP 1 0", user="frank"))
+    assert "Subject: " in top and EIGHT_BIT not in top
+
+    # DELE is a single-line answer: -I (no body) tells curl so; the deletion happens at QUIT.
+    out = curl(edge, f"{pop3s}/1", "-X", "DELE", "-I", user="frank")
+    assert out.returncode == 0, said(out)
+    assert sorted(listing(pop3s)) == [1, 2]
+    assert text(curl(edge, f"{pop3s}/", "-X", "UIDL", user="frank")).split() == ["1", uidls[3], "2", uidls[5]]
+    out = curl(edge, f"{pop3s}/", "--login-options", "AUTH=PLAIN", "-X", "STAT", "-I", "-v", user="frank")
+    assert out.returncode == 0 and "< +OK 2 " in said(out), said(out)
+
+    wrong = curl(edge, f"{pop3s}/", user="frank", password="wrong")
+    assert wrong.returncode == CURLE_LOGIN_DENIED, said(wrong)
+
+
+# --- s-nail --------------------------------------------------------------------------------------
+
+def s_nail(edge: Edge, tmp_path: Path, *args: str, stdin: bytes = b"") -> subprocess.CompletedProcess:
+    """s-nail in batch mode (``-#``), no configuration but the options given: the test CA only,
+    v15 URLs (user and password in the URL, percent-encoded)."""
+    env = {"HOME": str(tmp_path), "MAILRC": "/dev/null", "LC_ALL": "C.UTF-8"}
+    return run([need_tool("s-nail"), "-n", "-#", "-Sv15-compat", "-Sttycharset=utf-8", f"-Stls-ca-file={edge.ca}",
+                "-Stls-ca-no-defaults", *args], stdin=stdin, env=env)
+
+
+def url(scheme: str, user: str, port: int) -> str:
+    return f"{scheme}://{quote(f'{user}@{DOMAIN}', safe='')}:{quote(PASSWORD, safe='')}@127.0.0.1:{port}"
+
+
+def test_s_nail_sends_over_submission_and_reads_the_inbox_over_imap(edge, tmp_path):
+    subject = unique("s-nail")
+    for mta, extra in ((url("smtp", "carol", edge.ports["submission"]), ["-Ssmtp-use-starttls"]),
+                       (url("smtps", "carol", edge.ports["submissions"]), ["-Ssmtp-auth=login"])):
+        out = s_nail(edge, tmp_path, f"-Smta={mta}", *extra, f"-Sfrom=carol@{DOMAIN}", "-s", subject,
+                     f"bob@{DOMAIN}", f"erin@{DOMAIN}", stdin=f"{EIGHT_BIT}\n".encode())
+        assert out.returncode == 0, said(out)
+    for user in ("bob", "erin"):
+        for got in arrived(edge, user, subject, count=2):
+            assert got.get_content().strip() == EIGHT_BIT        # s-nail's quoted-printable, decoded
+
+    # The headers listing of the INBOX, over IMAPS and over IMAP with STARTTLS.
+    imaps = url("imaps", "erin", edge.ports["imaps"])
+    for folder, extra in ((imaps, []), (url("imap", "erin", edge.ports["imap"]), ["-Simap-use-starttls"])):
+        out = s_nail(edge, tmp_path, *extra, "-Y", "headers", "-Y", "quit", "-f", folder)
+        assert out.returncode == 0, said(out)
+        assert said(out).count(subject) == 2, said(out)
+
+    # With `folder` set, `+name` is a mailbox of the account: list them, read one message, flag
+    # it, copy it to Archive, delete the other; quit writes it all back (STORE, APPEND, CLOSE).
+    listed = s_nail(edge, tmp_path, f"-Sfolder={imaps}", "-Y", "folders @", "-Y", "quit", "-f", "+INBOX")
+    assert listed.returncode == 0, said(listed)
+    assert {"INBOX", "Archive", "Drafts", "Junk", "Sent", "Trash"} <= set(said(listed).split()), said(listed)
+    client = edge.imaps("erin")
+    client.select("INBOX")
+    mine = [int(n) for n in client.search(None, "SUBJECT", f'"{subject}"')[1][0].split()]
+    client.logout()
+    assert len(mine) == 2
+    out = s_nail(edge, tmp_path, f"-Sfolder={imaps}", "-Y", f"type {mine[0]}", "-Y", f"flag {mine[0]}",
+                 "-Y", f"copy {mine[0]} +Archive", "-Y", f"delete {mine[1]}", "-Y", "quit", "-f", "+INBOX")
+    assert out.returncode == 0, said(out)
+    assert EIGHT_BIT in said(out), said(out)                      # `type` showed the decoded text
+    archived = arrived(edge, "erin", subject, mailbox="Archive")
+    assert archived[0].get_content().strip() == EIGHT_BIT
+    client = edge.imaps("erin")
+    client.select("INBOX", readonly=True)
+    left = client.search(None, "SUBJECT", f'"{subject}"')[1][0].split()
+    flagged = client.search(None, "FLAGGED", "SUBJECT", f'"{subject}"')[1][0].split()
+    client.logout()
+    assert len(left) == 1 and flagged == left                    # the deleted one expunged at quit
+
+    # And POP3, which s-nail reads too.
+    out = s_nail(edge, tmp_path, "-Y", "headers", "-Y", "x", "-f", url("pop3s", "erin", edge.ports["pop3s"]))
+    assert out.returncode == 0 and subject in said(out), said(out)
