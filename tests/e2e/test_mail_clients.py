@@ -49,6 +49,7 @@ class Edge:
         edge = next(n for n in status_json(data_dir) if n["role"] == "edge")
         self.ports = {name: int(address.rsplit(":", 1)[1]) for name, address in edge["addresses"].items()}
         self.ca = data_dir / "tls" / "ca.pem"
+        self.data_dir = data_dir
 
     def imaps(self, user: str) -> imaplib.IMAP4_SSL:
         client = imaplib.IMAP4_SSL("127.0.0.1", self.ports["imaps"], timeout=60,
@@ -421,3 +422,41 @@ def test_s_nail_sends_over_submission_and_reads_the_inbox_over_imap(edge, tmp_pa
     # And POP3, which s-nail reads too.
     out = s_nail(edge, tmp_path, "-Y", "headers", "-Y", "x", "-f", url("pop3s", "erin", edge.ports["pop3s"]))
     assert out.returncode == 0 and subject in said(out), said(out)
+
+
+# --- a password every client must quote ----------------------------------------------------------
+
+HARD_PASSWORD = 'Pässwört "q" \\ x%y:z'
+
+
+def test_a_password_with_quotes_backslash_and_utf8_works_in_every_client(edge, tmp_path):
+    """Each client carries it its own way: msmtp and curl in AUTH PLAIN / LOGIN (base64 of
+    UTF-8), curl in IMAP AUTHENTICATE PLAIN and POP3 AUTH PLAIN, s-nail in IMAP LOGIN as a
+    quoted string with \\" and \\\\ (8-bit in it, which the edge takes)."""
+    colony(edge.data_dir, "account", "add", f"gina@{DOMAIN}", "--password", HARD_PASSWORD)
+    imaps, pop3s = f"imaps://127.0.0.1:{edge.ports['imaps']}", f"pop3s://127.0.0.1:{edge.ports['pop3s']}"
+    wait_for(lambda: curl(edge, f"{imaps}/", user="gina", password=HARD_PASSWORD).returncode == 0, 120,
+             "gina's login at the edge")
+    subject = unique("hard password")
+    secret = tmp_path / "secret"
+    secret.write_text(HARD_PASSWORD + "\n")
+    for auth in ("plain", "login"):
+        rc = msmtp_config(edge, tmp_path, "gina", implicit=False, auth=auth)
+        # passwordeval: the config file's own quoting is not what this test is about
+        rc.write_text(rc.read_text().replace(f"password {PASSWORD}\n", f"passwordeval cat {secret}\n"))
+        out = msmtp(rc, f"bob@{DOMAIN}", message=f"From: gina@{DOMAIN}\nSubject: {subject}\n\nmsmtp\n".encode())
+        assert out.returncode == 0, said(out)
+    upload = tmp_path / "m.eml"
+    upload.write_bytes(f"From: gina@{DOMAIN}\r\nSubject: {subject}\r\n\r\ncurl\r\n".encode())
+    for mechanism in ("PLAIN", "LOGIN"):
+        out = curl(edge, f"smtps://127.0.0.1:{edge.ports['submissions']}/client.test", "--login-options",
+                   f"AUTH={mechanism}", "--mail-from", f"gina@{DOMAIN}", "--mail-rcpt", f"bob@{DOMAIN}",
+                   "-T", str(upload), user="gina", password=HARD_PASSWORD)
+        assert out.returncode == 0, said(out)
+    arrived(edge, "bob", subject, count=4)
+    assert '"INBOX"' in text(curl(edge, f"{imaps}/", user="gina", password=HARD_PASSWORD))
+    assert curl(edge, f"{pop3s}/", user="gina", password=HARD_PASSWORD).returncode == 0
+    out = s_nail(edge, tmp_path, "-Sverbose", "-Sverbose", "-Y", "headers", "-Y", "quit", "-f",
+                 f"imaps://{quote(f'gina@{DOMAIN}', safe='')}:{quote(HARD_PASSWORD, safe='')}@127.0.0.1:{edge.ports['imaps']}")
+    assert out.returncode == 0 and " OK [CAPABILITY " in said(out), said(out)
+    assert 'LOGIN "gina@acme.example" "Pässwört \\"q\\" \\\\ x%y:z"' in said(out), said(out)
