@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from email.message import Message
 
-from colony.protocols.imap.mime import Part, field_value
+from colony.protocols.imap.mime import Part, field_value, rfc2231
 
 NIL = b"NIL"
 _QUOTE_LIMIT = 1024
@@ -222,7 +222,7 @@ def _disposition(part: Part, utf8: bool) -> bytes:
     if not params:
         return NIL
     kind = params[0][0]
-    rest = [(k, v if isinstance(v, str) else str(v[2])) for k, v in params[1:]]
+    rest = [(k, v if isinstance(v, str) else rfc2231(v)) for k, v in params[1:]]
     return paren([string(kind.upper(), utf8), _params(rest, utf8)])
 
 

@@ -91,6 +91,18 @@ def field_value(headers: Message | None, name: str) -> str | None:
     return str(value)
 
 
+def _readable(headers: Message, name: str) -> Message:
+    """``headers`` to read the parameters of field ``name`` from (``get_params``): a field
+    with 8-bit octets (a raw UTF-8 ``name="Größe.pdf"``) goes, read as UTF-8, into a Message
+    of its own, since compat32 would give each octet as U+FFFD (see ``field_value``)."""
+    value = headers.get(name)
+    if value is None or isinstance(value, str):
+        return headers
+    own = Message()
+    own[name] = field_value(headers, name)
+    return own
+
+
 def _headers(data: bytes, start: int, end: int, counter: list[int]) -> Message:
     """The header fields in [start, end), within ``MAX_HEADER_PART`` and what is left of the
     message's ``MAX_HEADER_MESSAGE`` (``counter[1]``), cut at a line end."""
@@ -129,12 +141,13 @@ def _part(data: bytes, start: int, end: int, default: tuple[str, str], depth: in
     counter[0] += 1
     header_end, body_start = _split(data, start, end)
     headers = _headers(data, start, header_end, counter)
-    ctype = headers.get_content_type() if headers.get("Content-Type") else "/".join(default)
+    typed = _readable(headers, "Content-Type")
+    ctype = typed.get_content_type() if typed.get("Content-Type") else "/".join(default)
     maintype, _, subtype = ctype.partition("/")
-    if not headers.get("Content-Type") and default == ("message", "rfc822"):
+    if not typed.get("Content-Type") and default == ("message", "rfc822"):
         maintype, subtype = default
-    params = [(k.lower(), _unfold(v if isinstance(v, str) else _rfc2231(v)))
-              for k, v in (headers.get_params() or [])[1:]] if headers.get("Content-Type") else []
+    params = [(k.lower(), _unfold(v if isinstance(v, str) else rfc2231(v)))
+              for k, v in (typed.get_params() or [])[1:]] if typed.get("Content-Type") else []
     if maintype.lower() == "text" and not any(k == "charset" for k, _ in params):
         params = [("charset", "us-ascii"), *params]   # RFC 2045 §5.2 default
     part = Part(start, header_end, body_start, end, maintype.lower(), subtype.lower(), params, headers)
@@ -142,9 +155,9 @@ def _part(data: bytes, start: int, end: int, default: tuple[str, str], depth: in
         part.maintype, part.subtype = "application", "octet-stream"
         return part
     if part.maintype == "multipart":
-        boundary = headers.get_param("boundary")
+        boundary = typed.get_param("boundary")
         if isinstance(boundary, tuple):
-            boundary = _rfc2231(boundary)
+            boundary = rfc2231(boundary)
         if boundary:
             boundary = _unfold(boundary)
         child_default = ("message", "rfc822") if part.subtype == "digest" else ("text", "plain")
@@ -176,7 +189,9 @@ def _unfold(value: str) -> str:
     return _FOLD.sub("", value)
 
 
-def _rfc2231(value) -> str:
+def rfc2231(value) -> str:
+    """An RFC 2231 parameter value (``filename*=utf-8''%C3%BCber.pdf``, as get_params gives
+    it: charset, language, octets read as Latin-1) in its charset: "über.pdf"."""
     from email.utils import collapse_rfc2231_value
 
     return collapse_rfc2231_value(value)

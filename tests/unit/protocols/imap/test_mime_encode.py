@@ -169,3 +169,20 @@ def test_a_message_of_header_fields_is_parsed_within_a_bound():
     assert len(root.children) == 40
     parsed = sum(len(p.headers.keys()) for p in root.walk() if p.headers is not None)
     assert parsed * len(b"X-Filler: y\r\n") <= MAX_HEADER_MESSAGE + 40 * 100
+
+
+def test_attachment_names_in_utf8_and_in_rfc2231_are_given_as_their_text():
+    """What mail clients write for a non-ASCII attachment name: RFC 2231's
+    ``filename*=utf-8''%C3%BC...`` (mutt, s-nail, Thunderbird) or the name as raw UTF-8 (RFC
+    6532).  BODYSTRUCTURE gives the name's text: it gave the RFC 2231 one as "Ã¼ber.pdf"
+    (UTF-8 octets read as Latin-1) and the raw one with a U+FFFD per octet."""
+    data = ("From: a@example.com\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=B\r\n\r\n"
+            "--B\r\nContent-Type: application/pdf; name=\"Größe.pdf\"\r\n"
+            "Content-Disposition: attachment; filename=\"Größe.pdf\"\r\n\r\nx\r\n"
+            "--B\r\nContent-Type: application/pdf; name*=utf-8''%C3%BCber.pdf\r\n"
+            "Content-Disposition: attachment; filename*=utf-8''%C3%BCber.pdf\r\n\r\nx\r\n--B--\r\n").encode()
+    root = analyze(data)
+    assert [dict(p.params)["name"] for p in root.children] == ["Größe.pdf", "über.pdf"]
+    out = bodystructure(root, data, utf8=True).decode()
+    assert out.count('"Größe.pdf"') == 2 and out.count('"über.pdf"') == 2, out
+    assert "\ufffd" not in out and "Ã" not in out
