@@ -505,6 +505,19 @@ class SipWorkload:
         runtime.spawn("sip-turns", self._measure_turns, restart=True)
         return listeners
 
+    def _gone(self, member: str) -> bool:
+        """The member whose node key is ``member`` is gone: its record was deleted, or its
+        heartbeat is older than ``node_ttl`` (a SIGKILL, a lost host; a draining member
+        still beats and holds its connections).  No verdict before the nodes watch has
+        delivered a record."""
+        if not self._members:
+            return False
+        fresh = datetime.now(timezone.utc) - timedelta(seconds=self.settings.node_ttl)
+        for record in self._members.values():
+            if names.node_key(record.id) == member:
+                return record.heartbeat_at < fresh
+        return True
+
     def _listeners_of(self, member: str) -> dict[str, str]:
         """The listeners of the member whose node key is ``member`` (ours, or from its node
         record): a Record-Route for a phone on TLS names that member's TLS listener."""
@@ -1108,6 +1121,16 @@ class SipWorkload:
     async def _send(self, item: Outbound) -> None:
         transport, host, port = item.destination
         if item.member and item.member != names.node_key(self._runtime.node_id):
+            if self._gone(item.member):
+                # The member holding the phone's connection is dead, and the connection with
+                # it: published to its relay subject, a request reached nobody and its caller
+                # rang into silence until Timer C (200 s), since the phone re-registers only
+                # at its next refresh.  It fails at once (430 Flow Failed, RFC 5626 §5.3), as
+                # for a flow gone on a live member; a response or ACK is lost, as on any dead
+                # connection.
+                log.info("no %s flow to %s:%s for a SIP message: its member is gone", transport, host, port)
+                self._flow_failed(item.data, item.destination)
+                return
             self.farm.metrics.relays.inc()
             payload = json.dumps({"d": base64.b64encode(item.data).decode(), "t": [transport, host, port]}).encode()
             await self._runtime.nc.publish(names.sip_relay_subject(from_token(item.member)), payload,

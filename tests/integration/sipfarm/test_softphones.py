@@ -8,8 +8,9 @@ does not check a server's certificate at all: it registered with an unrelated CA
 farm's chain is verified in ``test_transports.py``), call across two farm members,
 hang up, and unregister when they quit; a user's two devices ring together (CANCEL, answer,
 decline); a member is SIGKILLed under registered phones, which carry on through the other
-(DNS SRV), and under a call it did not route, which goes on.  The credentials contract is answered here, as the admin
-API would (as in ``test_sipfarm.py``).  Skipped without baresip, a failure in CI."""
+(DNS SRV), under a call it did not route, which goes on, and under a phone's connection,
+which a call to it then finds gone at once.  The credentials contract is answered here, as
+the admin API would (as in ``test_sipfarm.py``).  Skipped without baresip, a failure in CI."""
 
 from __future__ import annotations
 
@@ -18,12 +19,13 @@ import json
 import re
 import signal
 import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 from nats.js.errors import KeyNotFoundError
 
-from cluster_harness import wait_until
+from cluster_harness import FAST_TIMINGS, wait_until
 from colony.bus import names
 from colony.tlsfiles import ensure_local_ca
 from tools import free_ports, need_tool
@@ -429,3 +431,29 @@ async def test_two_devices_of_one_user_ring_together_and_a_cancel_an_answer_or_a
     await alice.command("dial", "sip:nobody@acme.example")
     closed = await alice.event("CALL_CLOSED", mark)
     assert closed["param"].startswith("480"), closed
+
+
+
+async def test_a_call_to_a_phone_whose_members_connection_died_fails_at_once(farm, cluster, phones, tmp_path):
+    """alice is on TCP at member 1; member 1 is SIGKILLed, and her connection with it.  Until
+    she registers again her binding names that flow: once member 1's heartbeat is stale, a
+    call to her fails at once (430 Flow Failed, RFC 5626 §5.3).  The INVITE was published to
+    the dead member's relay subject, where nobody reads, and the caller rang into silence
+    until Timer C (200 s)."""
+    addresses, ca = farm
+    alice = await phones(tmp_path / "alice", "alice", "tcp", [proxy_uri(addresses[0], "tcp")], ca)
+    bob = await phones(tmp_path / "bob", "bob", "udp", [proxy_uri(addresses[1], "udp")], ca)
+    for phone in (alice, bob):
+        await phone.registered()
+    cluster.nodes["sipfarm-1"].signal(signal.SIGKILL)
+    cluster.nodes["sipfarm-1"].process.wait(10)
+
+    async def member_1_stale() -> bool:
+        view = (await cluster.view()).get("sipfarm-1")
+        ttl = timedelta(seconds=float(FAST_TIMINGS["COLONY_NODE_TTL"]) + 0.5)
+        return view is None or datetime.fromisoformat(view.heartbeat_at) < datetime.now(timezone.utc) - ttl
+    await wait_until(member_1_stale, 30, "member 1's heartbeat to go stale", interval=0.2)
+    mark = len(bob.events)
+    await bob.command("dial", alice.aor)
+    closed = await bob.event("CALL_CLOSED", mark, timeout=30)     # Timer C would be 200 s
+    assert closed["param"].startswith("430"), closed
