@@ -460,3 +460,24 @@ def test_a_password_with_quotes_backslash_and_utf8_works_in_every_client(edge, t
                  f"imaps://{quote(f'gina@{DOMAIN}', safe='')}:{quote(HARD_PASSWORD, safe='')}@127.0.0.1:{edge.ports['imaps']}")
     assert out.returncode == 0 and " OK [CAPABILITY " in said(out), said(out)
     assert 'LOGIN "gina@acme.example" "Pässwört \\"q\\" \\\\ x%y:z"' in said(out), said(out)
+
+
+def test_s_nail_attachment_name_comes_back_in_bodystructure(edge, tmp_path):
+    """s-nail names a non-ASCII attachment the RFC 2231 way (filename*=utf-8''Gr%C3%B6...);
+    an IMAP client that lists attachments reads the name from BODYSTRUCTURE."""
+    attachment = tmp_path / "Größe.txt"
+    attachment.write_text("hallo\n")
+    subject = unique("s-nail attachment")
+    out = s_nail(edge, tmp_path, f"-Smta={url('smtps', 'carol', edge.ports['submissions'])}",
+                 f"-Sfrom=carol@{DOMAIN}", "-a", str(attachment), "-s", subject, f"dave@{DOMAIN}",
+                 stdin=b"see attached\n")
+    assert out.returncode == 0, said(out)
+    got = arrived(edge, "dave", subject)[0]
+    assert "filename*=utf-8''Gr%C3%B6%C3%9Fe.txt" in str(got), str(got)[-600:]
+    client = edge.imaps("dave")
+    client.select("INBOX", readonly=True)
+    uid = client.uid("SEARCH", "SUBJECT", f'"{subject}"')[1][0].split()[-1]
+    answer = client.uid("FETCH", uid, "(BODYSTRUCTURE)")[1]
+    client.logout()
+    octets = b"".join(p if isinstance(p, bytes) else b"".join(p) for p in answer)
+    assert "Größe.txt".encode() in octets and "Ã".encode() not in octets, octets
