@@ -7,6 +7,7 @@ tests/integration/imap)."""
 
 from __future__ import annotations
 
+import base64
 import email
 import email.policy
 import imaplib
@@ -33,7 +34,7 @@ EIGHT_BIT = "Grüße aus Köln, 10 € für Bär und Öl"
 # sysexits.h, which msmtp's exit codes are
 EX_DATAERR, EX_UNAVAILABLE, EX_NOPERM = 65, 69, 77
 # curl's exit codes (man curl, "EXIT CODES")
-CURLE_LOGIN_DENIED, CURLE_REMOTE_FILE_NOT_FOUND = 67, 78
+CURLE_SEND_ERROR, CURLE_LOGIN_DENIED, CURLE_REMOTE_FILE_NOT_FOUND = 55, 67, 78
 
 
 def colony(data_dir: Path, *args: str) -> str:
@@ -362,6 +363,21 @@ def test_curl_pop3_lists_retrieves_and_deletes(edge, tmp_path):
 
     wrong = curl(edge, f"{pop3s}/", user="frank", password="wrong")
     assert wrong.returncode == CURLE_LOGIN_DENIED, said(wrong)
+
+
+def test_curl_in_the_clear_is_never_asked_for_the_password(edge):
+    """Without --ssl-reqd curl stays in the clear; the edge offers no way to log in there
+    (IMAP LOGINDISABLED and no AUTH=, POP3 neither USER nor SASL, SMTP no AUTH before
+    STARTTLS: RFC 9051 §6.2.3, RFC 2595 §4, RFC 4954 §4), so no password crosses the wire."""
+    secret = base64.b64encode(f"\0alice@{DOMAIN}\0{PASSWORD}".encode()).decode()
+    imap = curl(edge, f"imap://127.0.0.1:{edge.ports['imap']}/", "-v")
+    pop3 = curl(edge, f"pop3://127.0.0.1:{edge.ports['pop3']}/", "-v")
+    smtp = curl(edge, f"smtp://127.0.0.1:{edge.ports['submission']}/client.test", "-v", "--mail-from",
+                f"alice@{DOMAIN}", "--mail-rcpt", f"bob@{DOMAIN}", "-T", "/dev/null")
+    assert imap.returncode == CURLE_LOGIN_DENIED and pop3.returncode == CURLE_LOGIN_DENIED, said(imap) + said(pop3)
+    assert smtp.returncode == CURLE_SEND_ERROR and "< 530 5.7.0" in said(smtp), said(smtp)
+    for out in (imap, pop3, smtp):
+        assert PASSWORD not in said(out) and secret not in said(out), said(out)
 
 
 # --- s-nail --------------------------------------------------------------------------------------
