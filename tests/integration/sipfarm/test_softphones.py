@@ -324,18 +324,21 @@ async def test_a_softphone_refreshes_its_registration_before_it_expires(farm, cl
     assert binding["contact"] == first["contact"]
 
 
+@pytest.mark.parametrize("transport", ["tcp", "tls"])
 async def test_softphones_carry_on_through_the_other_member_when_theirs_is_sigkilled(
-        farm, cluster, phones, tmp_path, dns_server):
-    """The phones find the farm by DNS SRV (RFC 3263): member 1 first, member 2 behind it.
-    Member 1 is SIGKILLed under both; at their next refresh their TCP connection attempt to it
-    is refused, baresip takes the next SRV target, and calls work through member 2."""
+        farm, cluster, phones, tmp_path, dns_server, transport):
+    """The phones find the farm by DNS SRV (RFC 3263; ``_sip._tcp``, for TLS ``_sips._tcp``):
+    member 1 first, member 2 behind it.  Member 1 is SIGKILLed under both; at their next
+    refresh their connection attempt to it is refused, baresip takes the next SRV target,
+    and calls work through member 2."""
     addresses, ca = farm
+    service, listener = ("_sips._tcp", "sip_tls") if transport == "tls" else ("_sip._tcp", "sip")
     for n, member in enumerate(addresses, 1):
-        host, _, port = member["sip"].rpartition(":")
-        dns_server.add(f"_sip._tcp.{DOMAIN}. 60 IN SRV {n * 10} 0 {port} sip{n}.{DOMAIN}.",
+        host, _, port = member[listener].rpartition(":")
+        dns_server.add(f"{service}.{DOMAIN}. 60 IN SRV {n * 10} 0 {port} sip{n}.{DOMAIN}.",
                        f"sip{n}.{DOMAIN}. 60 IN A {host}")
-    alice = await phones(tmp_path / "alice", "alice", "tcp", [], ca, regint=10, dns=dns_server.address)
-    bob = await phones(tmp_path / "bob", "bob", "tcp", [], ca, regint=10, dns=dns_server.address)
+    alice = await phones(tmp_path / "alice", "alice", transport, [], ca, regint=10, dns=dns_server.address)
+    bob = await phones(tmp_path / "bob", "bob", transport, [], ca, regint=10, dns=dns_server.address)
 
     async def held_by(member: str) -> bool:
         found = [await contacts(cluster, user) for user in ("alice", "bob")]
