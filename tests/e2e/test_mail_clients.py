@@ -497,3 +497,27 @@ def test_s_nail_attachment_name_comes_back_in_bodystructure(edge, tmp_path):
     client.logout()
     octets = b"".join(p if isinstance(p, bytes) else b"".join(p) for p in answer)
     assert "Größe.txt".encode() in octets and "Ã".encode() not in octets, octets
+
+
+def test_s_nail_account_from_a_mailrc_sends_records_and_reads(edge, tmp_path):
+    """As a user sets s-nail up: an ``account`` block in the resource file (``-A``) with the
+    IMAP folder, the SMTPS submission and ``record=+Sent``, which APPENDs each sent message
+    to the Sent mailbox over IMAP."""
+    mailrc = tmp_path / "mailrc"
+    mailrc.write_text(f"set v15-compat\nset tls-ca-file={edge.ca} tls-ca-no-defaults\n"
+                      "account colony {\n"
+                      f"  set folder={url('imaps', 'dave', edge.ports['imaps'])}\n"
+                      f"  set mta={url('smtps', 'dave', edge.ports['submissions'])}\n"
+                      f"  set from=dave@{DOMAIN}\n  set record=+Sent\n}}\n")
+    mailrc.chmod(0o600)
+    env = {"HOME": str(tmp_path), "MAILRC": str(mailrc), "LC_ALL": "C.UTF-8"}
+    snail = need_tool("s-nail")
+    subject = unique("s-nail account")
+    out = run([snail, "-n", "-#", "-A", "colony", "-s", subject, f"erin@{DOMAIN}"], stdin=b"from the account\n", env=env)
+    assert out.returncode == 0, said(out)
+    arrived(edge, "erin", subject)
+    arrived(edge, "dave", subject, mailbox="Sent")
+    for folder in ("+Sent", "+INBOX"):
+        out = run([snail, "-n", "-#", "-A", "colony", "-Y", "headers", "-Y", "quit", "-f", folder], env=env)
+        assert out.returncode == 0, said(out)
+        assert (subject in said(out)) == (folder == "+Sent"), said(out)
