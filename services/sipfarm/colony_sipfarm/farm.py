@@ -18,6 +18,10 @@ it needs to route a packet is in the packet or on the bus, never only in one mem
 * A **response** whose top Via is a farm Via is popped and sent on to the next Via -- by
   whichever member it reaches.  The Via carries ``;m=<member>``: the member that holds the
   caller's TCP connection, to which a response for a connection-oriented hop is relayed.
+* A failed INVITE branch is **ACKed by the farm** hop by hop (§17.1.1.3), from the INVITE the
+  member sent and to where it went (``sent_invites.py``): an initial INVITE's answers come to
+  the member that forked it, a re-INVITE's to the member that routed it (our Via's ``dlg``
+  and ``m``, ``handler_of``).  The caller's own ACK of that failure ends at the farm.
 * An **in-dialog request** whose top Route is a farm Record-Route is loose-routed (§16.4) --
   only when the Route carries the farm's MAC for the request's Call-ID and From- or To-tag
   (``route_signature.py``): anyone can write the farm's address into a Route, and a dialog's
@@ -63,18 +67,22 @@ from colony.netaddr import NetworkList
 from colony.protocols.sip.digest import DigestAuthenticator, parse_credentials
 from colony.protocols.sip.message import (Headers, SipRequest, SipResponse, Via, encode_response, parse_via)
 from colony.protocols.sip.parser import SipParseError, parse_message
-from colony.protocols.sip.transaction import Destination, response_destination, stamp_via
+from colony.protocols.sip.transaction import Destination, build_ack, response_destination, stamp_via
 from colony.protocols.sip.uri import Address, SipURI, URIError, parse_address, parse_uri
 from colony.settings import Settings
 
 from colony_sipfarm.bindings import Binding, BindingStore
 from colony_sipfarm.credentials import CredentialCache
 from colony_sipfarm.route_signature import PARAM as ROUTE_MAC, RouteSigner
+from colony_sipfarm.sent_invites import SentInvites, cancel_of
 from colony_sipfarm.server_transactions import ProxyServerTransactions
 
 log = logging.getLogger("colony.sipfarm")
 
 FARM_BRANCH = "z9hG4bK-cf"
+# Our Via's flag on a request routed in a dialog: its answers are handled by the member that
+# routed it (its ``m``), which kept what the ACK of a failure copies (sent_invites.py).
+IN_DIALOG = "dlg"
 LOCAL_TAG = "cf-"
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, MESSAGE, INFO, UPDATE, REFER, NOTIFY, SUBSCRIBE, PRACK"
 METHODS = frozenset(m.strip() for m in ALLOW.split(","))
@@ -279,6 +287,9 @@ class SipFarm:
         # copies are answered from them, not forwarded again (server_transactions.py).
         self.server_transactions: ProxyServerTransactions[Outbound] = ProxyServerTransactions(
             max(ANSWER_LIFETIME, 64 * settings.sip_timer_t1), ANSWER_CACHE)
+        # The INVITEs this member forwarded, by our branch: their failures are ACKed from
+        # them, where they went (sent_invites.py, RFC 3261 §17.1.1.3).
+        self.sent_invites = SentInvites(FORK_LIFETIME, max(ANSWER_LIFETIME, 64 * settings.sip_timer_t1), FORK_CACHE)
         self._pending: set[tuple] = set()           # answer keys of requests being worked on
         self._cancelled: set[tuple] = set()         # ... of INVITEs among them a CANCEL came for
         self._last_key: tuple = (None, None, None)   # (request, its top Via value, answer key)
@@ -366,10 +377,12 @@ class SipFarm:
             return None
         if isinstance(message, SipResponse):
             try:
-                invite = message.cseq().method == "INVITE" and (message.top_via().branch or "").startswith(FARM_BRANCH)
+                via = message.top_via()
+                invite = message.cseq().method == "INVITE" and (via.branch or "").startswith(FARM_BRANCH)
             except URIError:
                 return None
-            return message.call_id or None if invite else None
+            # A re-INVITE's answers go to the member that routed it (handler_of), not the owner.
+            return message.call_id or None if invite and IN_DIALOG not in via.params else None
         if message.method == "ACK":
             return None
         if "tag" in (message.headers.get("To") or ""):
@@ -379,6 +392,23 @@ class SipFarm:
         if any(";cf=" in route for route in message.headers.get_all("Route")):
             return None
         return message.call_id or None
+
+    @staticmethod
+    def handler_of(message: SipRequest | SipResponse | SipParseError) -> str | None:
+        """The node key of the member that must handle ``message`` whatever its Call-ID: for an
+        answer to an INVITE routed in a dialog (our Via's ``dlg``), the member that routed it
+        (its ``m``), which kept the INVITE its failure is ACKed from (sent_invites.py).  A
+        TCP, TLS or WebSocket callee answers on its connection, which another member may
+        hold.  None for everything else (``spread_key_of`` says where it goes)."""
+        if not isinstance(message, SipResponse):
+            return None
+        try:
+            via = message.top_via()
+            if message.cseq().method != "INVITE" or not (via.branch or "").startswith(FARM_BRANCH):
+                return None
+        except URIError:
+            return None
+        return via.params.get("m") or None if IN_DIALOG in via.params else None
 
     # --- requests -------------------------------------------------------------------------
 
@@ -780,13 +810,17 @@ class SipFarm:
             return False
         return isinstance(uri, SipURI) and "cf" in uri.params
 
-    def _via(self, request: SipRequest, transport: str, index: int = 0) -> str:
+    def _via(self, request: SipRequest, transport: str, index: int = 0, in_dialog: bool = False) -> str:
         """Our Via for branch ``index`` of a request: the branch is a MAC of the incoming Via
-        (and the branch number), the same on every member (``_branch_base``)."""
+        (and the branch number), the same on every member (``_branch_base``); ``in_dialog``:
+        an INVITE routed in a dialog, whose answers this member handles (``handler_of``)."""
         flow = self._caller_flow(request)
-        base = self._branch_base(request.top_via(), request.call_id, request.cseq().number, flow)
-        return (f"SIP/2.0/{transport} {self._hostport()};branch={FARM_BRANCH}{base}-{index}"
-                f";m={names.node_key(self._flow())}{f';fl={flow}' if flow else ''}")
+        return (f"SIP/2.0/{transport} {self._hostport()};branch={self._our_branch(request, index, flow)}"
+                f";m={names.node_key(self._flow())}{f';fl={flow}' if flow else ''}{f';{IN_DIALOG}' if in_dialog else ''}")
+
+    def _our_branch(self, request: SipRequest, index: int = 0, flow: str | None = None) -> str:
+        flow = self._caller_flow(request) if flow is None else flow
+        return f"{FARM_BRANCH}{self._branch_base(request.top_via(), request.call_id, request.cseq().number, flow)}-{index}"
 
     def _caller_flow(self, request: SipRequest) -> str:
         """The caller's connection as our Via's ``fl`` (§18.2.2: a response goes back on it),
@@ -810,7 +844,7 @@ class SipFarm:
         return _flow_member.get() or self.node_id
 
     def _forward(self, request: SipRequest, source: Destination, destination: Destination,
-                 member: str | None, record_route: bool, index: int = 0) -> list[Outbound]:
+                 member: str | None, record_route: bool, index: int = 0, in_dialog: bool = False) -> list[Outbound]:
         hops = _hops_left(request)
         if hops <= 0:
             return self._local(request, source, 483)
@@ -818,7 +852,14 @@ class SipFarm:
         if record_route:
             for route in reversed(self._record_route(request, source, destination, member)):
                 request.headers.insert_before_first("Record-Route", route)
-        request.headers.add_first("Via", self._via(request, destination[0], index))
+        invite = request.method == "INVITE"
+        via = self._via(request, destination[0], index, in_dialog=invite and in_dialog)
+        request.headers.add_first("Via", via)
+        if invite:
+            # Kept for the ACK of its failure, which copies it and goes where it went
+            # (§17.1.1.3); ``member`` None is the member the request arrived at.
+            self.sent_invites.sent(parse_via(via).branch or "", request, destination,
+                                   member or names.node_key(self._flow()), self.clock())
         self.metrics.forwarded.labels(kind="request", method=method_label(request.method)).inc()
         return [Outbound(request.encode(), destination, member)]
 
@@ -976,13 +1017,13 @@ class SipFarm:
             # Nothing to keep: a caller on a connection sends no copies; an ACK is answered
             # by nobody; a request another member puts on a connection has its responses
             # come back there; a 483 is an answer of our own, kept as such.
-            return self._forward(request, source, destination, member, record_route=False)
+            return self._forward(request, source, destination, member, record_route=False, in_dialog=True)
         # A server transaction (server_transactions.py): the caller's copies get its last
         # answer.  Keyed and answered before _forward puts our Via on top.
         key = self._answer_key(request)
         trying = self._local(request, source, 100, remember=False) if request.method == "INVITE" else []
         self.server_transactions.forwarded(key, request.method == "INVITE", self.clock(), trying)
-        return [*trying, *self._forward(request, source, destination, member, record_route=False)]
+        return [*trying, *self._forward(request, source, destination, member, record_route=False, in_dialog=True)]
 
     async def _route_proven(self, request: SipRequest) -> bool:
         """The top Route (ours) was put there by the farm for this request's dialog: its MAC
@@ -1039,6 +1080,11 @@ class SipFarm:
             return []     # the ACK of a failure we answered ourselves
         routes = request.headers.get_all("Route")
         if routes and self._is_ours(routes[0]):
+            if self.sent_invites.acked(self._our_branch(request), self.clock()):
+                # The caller's ACK of a re-INVITE's failure (its INVITE's branch, §17.1.1.3):
+                # the farm ACKed that failure itself, so this one ends here (§17.2.1, as tm's
+                # t_relay absorbs it).  An ACK of a 2xx has a branch of its own and goes on.
+                return []
             return await self._loose_route(request, source)
         # Without our Route it is the caller's ACK of a failure we passed on: the farm ACKed
         # that failure to the callee itself (hop by hop), so this one ends here.
@@ -1084,6 +1130,7 @@ class SipFarm:
         if cseq.method == "INVITE" and response.status >= 300 and not _made_for_timeout(response):
             out += await self._ack_failure(response, ours, index)
         if cseq.method == "INVITE" and 200 <= response.status < 300:
+            self.sent_invites.answered(ours.branch or "")
             await self.call_answered(response)
             if fork is not None and not fork.answered:
                 fork.answered = True
@@ -1128,7 +1175,9 @@ class SipFarm:
         return [*out, passed]
 
     async def _branch_target(self, response: SipResponse, index: int) -> tuple[Binding, Destination, str | None] | None:
-        """The contact branch ``index`` of the request went to, found again from the bindings."""
+        """The contact branch ``index`` of the request went to, found again from the bindings --
+        only when its member kept nothing of that branch (sent_invites.py): they may have
+        changed since (a device registered or went, and the indexes moved)."""
         try:
             to = parse_address(response.headers.get("To") or "").uri
         except URIError:
@@ -1155,7 +1204,19 @@ class SipFarm:
         return SipRequest(headers=headers, method=method, uri=parse_uri(target.contact))
 
     async def _ack_failure(self, response: SipResponse, ours: Via, index: int) -> list[Outbound]:
-        """ACK a branch's failure ourselves (§16.7 step 3: the proxy's client transaction does)."""
+        """ACK a branch's failure ourselves (§16.7 step 3: the proxy's client transaction does),
+        as §17.1.1.3 builds it: from the INVITE we sent, to where it went (sent_invites.py)."""
+        sent = self.sent_invites.failed(ours.branch or "", self.clock())
+        if sent is not None:
+            member = sent.member if sent.member != names.node_key(self._flow()) else None
+            return [Outbound(build_ack(sent.request, response).encode(), sent.destination, member)]
+        if IN_DIALOG in ours.params:
+            # A re-INVITE this member did not send (another routed it, or it restarted): the
+            # callee's registrations say nothing of where it went -- the To user's first
+            # device is not the one in the call.  The caller's ACK goes on instead (_on_ack).
+            return []
+        # An initial INVITE's branch whose record is gone (its member restarted): its contact
+        # found again from the bindings, as before the records were kept.
         found = await self._branch_target(response, index)
         if found is None:
             return []
@@ -1165,7 +1226,7 @@ class SipFarm:
 
     async def _cancel_others(self, response: SipResponse, ours: Via, index: int, fork: _Fork) -> list[Outbound]:
         """A branch answered (§16.7 step 10), or declined for all with a 6xx (step 5): CANCEL
-        the others still ringing."""
+        the others still ringing, each built from the INVITE it got (§9.1), where that went."""
         out = []
         to = response.headers.get("To") or ""
         try:
@@ -1177,6 +1238,11 @@ class SipFarm:
         base = (ours.branch or "").rpartition("-")[0]
         for other in range(fork.branches):
             if other == index or other in fork.finals:
+                continue
+            sent = self.sent_invites.get(f"{base}-{other}", self.clock())
+            if sent is not None:     # built from the INVITE that branch got, where it went
+                member = sent.member if sent.member != names.node_key(self._flow()) else None
+                out.append(Outbound(cancel_of(sent.request).encode(), sent.destination, member))
                 continue
             found = await self._branch_target(response, other)
             if found is None:

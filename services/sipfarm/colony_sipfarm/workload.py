@@ -658,6 +658,15 @@ class SipWorkload:
     def _owner(self, parsed) -> str | None:
         """The other member that should handle this packet (``SipFarm.parse``'s result), or
         None: handle it here."""
+        handler = SipFarm.handler_of(parsed)
+        if handler is not None:
+            # An answer to a re-INVITE: the member that routed it has what its failure's ACK
+            # is made from.  Gone or not READY: handled here, the caller's ACK goes on instead.
+            try:
+                owner = from_token(handler)
+            except ValueError:
+                return None
+            return owner if owner != self._runtime.node_id and owner in self.ready_members() else None
         key = SipFarm.spread_key_of(parsed)
         if key is None:
             return None

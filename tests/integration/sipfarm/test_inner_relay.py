@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import socket
 import uuid
 
 import pytest
@@ -14,6 +13,7 @@ import pytest
 from cluster_harness import wait_until
 from colony.hashing import choose
 from colony.protocols.sip.parser import parse_message
+from test_proxy_retransmission import answer, in_dialog_answer, invite_bob, next_message, register_udp
 from test_sipfarm import DOMAIN, Udp, digest_answer, metric, serve_credentials
 
 MEMBERS = ["sipfarm-1", "sipfarm-2"]
@@ -79,17 +79,17 @@ class Phone:
         self.transport.close()
 
 
-async def relay_ready(cluster) -> None:
+async def relay_ready(cluster, asker: str = "sipfarm-1", owner: str = "sipfarm-2") -> None:
     """Member 1 hands over only once it has seen member 2 (and its inner listener) in the
     nodes bucket; until then it answers itself.  Probed with OPTIONS owned by member 2."""
     view = await cluster.view()
     phone = await Phone.open()
     try:
         async def relayed() -> bool:
-            before = await asyncio.to_thread(metric, view["sipfarm-1"].addresses, "colony_sip_relays_total")
-            await phone.ask(hostport(view["sipfarm-1"].addresses["sip"]), phone.options(call_ids_owned_by("sipfarm-2", 1)[0]))
-            return await asyncio.to_thread(metric, view["sipfarm-1"].addresses, "colony_sip_relays_total") > before
-        await wait_until(relayed, 30, "member 1 to hand work over to member 2", interval=0.2)
+            before = await asyncio.to_thread(metric, view[asker].addresses, "colony_sip_relays_total")
+            await phone.ask(hostport(view[asker].addresses["sip"]), phone.options(call_ids_owned_by(owner, 1)[0]))
+            return await asyncio.to_thread(metric, view[asker].addresses, "colony_sip_relays_total") > before
+        await wait_until(relayed, 30, f"{asker} to hand work over to {owner}", interval=0.2)
     finally:
         phone.close()
 
@@ -185,3 +185,40 @@ async def test_a_killed_owner_is_passed_over_at_the_next_packet(pair, cluster):
     took = asyncio.get_running_loop().time() - started
     assert took < 5      # well before node_ttl (30 s) could have taken member 2 out
     assert "inner relay refused" in cluster.nodes["sipfarm-1"].log()
+
+
+async def test_a_reinvites_failure_reaching_the_other_member_is_acked_by_the_one_that_routed_it(pair, cluster):
+    """The member that routed a re-INVITE kept what the ACK of its failure is made from
+    (RFC 3261 §17.1.1.3); an answer that reaches another member -- a callee on a connection
+    that member holds, or behind a balancer -- is handed to it, not to the Call-ID's owner."""
+    views = pair
+    await relay_ready(cluster)
+    await relay_ready(cluster, "sipfarm-2", "sipfarm-1")
+    member1, member2 = (hostport(views[n].addresses["sip"]) for n in MEMBERS)
+    call_id = call_ids_owned_by("sipfarm-2", 1)[0]
+    desk, desk_in, desk_port = await register_udp(member1, "bob")
+    alice, alice_in = await invite_bob(member1, call_id)
+    alice_port = alice.get_extra_info("sockname")[1]
+    try:
+        invite, _ = await next_message(desk_in, "INVITE")
+        desk.sendto(answer(invite, 200, "OK", tag="desk"), member1)
+        ok, _ = await next_message(alice_in, 200)
+        route = ok.headers.get("Record-Route")
+
+        def alices(method: str, cseq: int, branch: str) -> bytes:
+            return (f"{method} sip:bob@127.0.0.1:{desk_port} SIP/2.0\r\n"
+                    f"Via: SIP/2.0/UDP 127.0.0.1:{alice_port};rport;branch=z9hG4bK{branch}\r\nRoute: {route}\r\n"
+                    f"From: <sip:alice@{DOMAIN}>;tag=a1\r\nTo: <sip:bob@{DOMAIN}>;tag=desk\r\n"
+                    f"Call-ID: {call_id}\r\nCSeq: {cseq} {method}\r\nContact: <sip:alice@127.0.0.1:{alice_port}>\r\n"
+                    "Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n").encode()
+        alice.sendto(alices("ACK", 2, "ack2"), member1)
+        await next_message(desk_in, "ACK")
+        alice.sendto(alices("INVITE", 3, "re3"), member1)            # routed by member 1
+        reinvite, _ = await next_message(desk_in, "INVITE")
+        desk.sendto(in_dialog_answer(reinvite, 488, "Not Acceptable Here"), member2)
+        ack, _ = await next_message(desk_in, "ACK")
+        assert ack.top_via().branch == reinvite.top_via().branch and ack.cseq().number == 3
+        await next_message(alice_in, 488)
+    finally:
+        alice.close()
+        desk.close()

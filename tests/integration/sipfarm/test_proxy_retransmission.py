@@ -1,5 +1,6 @@
 """The farm's own client transactions for requests it forwards over UDP: a phone that loses
-the first copy of an INVITE still gets the call, one that never answers gives the caller 408.
+the first copy of an INVITE still gets the call, one that never answers gives the caller 408,
+a failed re-INVITE is ACKed at the device in the call (§17.1.1.3), not the user's first.
 Real member process, real bus, real UDP sockets on 127.0.0.1 (the phones are Python sockets
 speaking SIP text, so the test controls which packet is lost)."""
 
@@ -197,3 +198,66 @@ async def test_a_callers_copy_of_an_in_dialog_request_is_answered_by_the_farm_no
     finally:
         alice.close()
         bob.close()
+
+
+def in_dialog_answer(request, status: int, reason: str) -> bytes:
+    """A UAS's answer in its dialog: the To has the tag it already carries."""
+    headers = [f"Via: {v}" for v in request.headers.get_all("Via")]
+    headers += [f"From: {request.headers.get('From')}", f"To: {request.headers.get('To')}",
+                f"Call-ID: {request.call_id}", f"CSeq: {request.headers.get('CSeq')}"]
+    return (f"SIP/2.0 {status} {reason}\r\n" + "\r\n".join(headers) + "\r\nContent-Length: 0\r\n\r\n").encode()
+
+
+async def test_a_failed_reinvite_is_acked_at_the_device_in_the_call_not_the_users_first(member):
+    """The callee has two devices, and the one its registrations put first is not the one in
+    the call: the farm's ACK of the re-INVITE's failure is built from the re-INVITE it sent and
+    goes where that went, and the caller's ACK of the failure ends at the farm (§17.2.1)."""
+    desk, desk_in, desk_port = await register_udp(member, "bob")
+    mobile, mobile_in, _ = await register_udp(member, "bob")      # the newest: bob's first binding
+    alice, alice_in = await invite_bob(member, "reinvite-fails")
+    alice_port = alice.get_extra_info("sockname")[1]
+    try:
+        # Both ring; the desk answers, the mobile is cancelled (and its 487 ACKed by the farm).
+        invite, _ = await next_message(desk_in, "INVITE")
+        mobiles, _ = await next_message(mobile_in, "INVITE")
+        desk.sendto(answer(invite, 200, "OK", tag="desk"), member)
+        ok, _ = await next_message(alice_in, 200)
+        cancel, _ = await next_message(mobile_in, "CANCEL")
+        mobile.sendto(answer(cancel, 200, "OK", tag="mob"), member)
+        mobile.sendto(answer(mobiles, 487, "Request Terminated", tag="mob"), member)
+        await next_message(mobile_in, "ACK")
+        route = ok.headers.get("Record-Route")
+
+        def alices(method: str, cseq: int, branch: str) -> bytes:
+            return (f"{method} sip:bob@127.0.0.1:{desk_port} SIP/2.0\r\n"
+                    f"Via: SIP/2.0/UDP 127.0.0.1:{alice_port};rport;branch=z9hG4bK{branch}\r\nRoute: {route}\r\n"
+                    f"From: <sip:alice@{DOMAIN}>;tag=a1\r\nTo: <sip:bob@{DOMAIN}>;tag=desk\r\n"
+                    f"Call-ID: reinvite-fails\r\nCSeq: {cseq} {method}\r\nContact: <sip:alice@127.0.0.1:{alice_port}>\r\n"
+                    "Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n").encode()
+        alice.sendto(alices("ACK", 2, "ack2"), member)
+        await next_message(desk_in, "ACK")
+
+        # alice re-INVITEs (hold); the desk refuses the offer.
+        alice.sendto(alices("INVITE", 3, "re3"), member)
+        reinvite, _ = await next_message(desk_in, "INVITE")
+        desk.sendto(in_dialog_answer(reinvite, 488, "Not Acceptable Here"), member)
+        # The farm ACKs the 488 at the desk, from the re-INVITE it sent (§17.1.1.3).
+        ack, skipped = await next_message(desk_in, "ACK")
+        assert skipped == []
+        assert ack.top_via().branch == reinvite.top_via().branch and ack.cseq().number == 3
+        assert str(ack.uri) == str(reinvite.uri) and ack.headers.get("To").endswith("tag=desk")
+        refused, _ = await next_message(alice_in, 488)
+        # alice ACKs the 488 (her re-INVITE's branch): it ends at the farm, so the next thing
+        # the desk hears is her BYE.
+        alice.sendto(alices("ACK", 3, "re3"), member)
+        alice.sendto(alices("BYE", 4, "bye4"), member)
+        _, skipped = await next_message(desk_in, "BYE")
+        assert [m.method for m in skipped] == []
+        # The mobile, bob's first binding, heard nothing of the re-INVITE.
+        while not mobile_in.empty():
+            stray = await receive(mobile_in)
+            assert stray.cseq().number != 3, stray.encode()
+    finally:
+        alice.close()
+        desk.close()
+        mobile.close()

@@ -112,8 +112,8 @@ async def test_a_copy_after_the_transaction_is_over_is_forwarded_as_before(farm)
 
 
 async def test_an_ack_is_never_absorbed(farm):
-    """The ACK of a re-INVITE's 2xx is its own transaction, and one of a failure is passed on
-    as before: neither is taken for a copy of the INVITE."""
+    """The ACK of a re-INVITE's 2xx is its own transaction: never taken for a copy of the
+    INVITE (one of a failure ends at the farm, which ACKed it: test_hop_by_hop_acks.py)."""
     route = await call(farm)
     reinvite = in_dialog("INVITE", route, 3)
     forwarded = parse_message((await farm.handle(reinvite, CALLER))[1].data)

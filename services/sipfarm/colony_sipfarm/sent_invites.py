@@ -1,0 +1,117 @@
+"""The INVITEs a member forwarded, kept for the ACK of their failures (RFC 3261 §17.1.1.3).
+
+Theory of operation
+-------------------
+A proxy's client transaction ACKs a non-2xx final answer itself, hop by hop: the ACK has the
+Request-URI, the top Via (ours: same branch), From, Call-ID, CSeq number and Route header
+fields of the INVITE *it sent*, the To of the answer, and goes where that INVITE went
+(§17.1.1.3; Kamailio's tm builds it from the branch's outgoing request and sends it to that
+branch's destination).  Nothing in the answer says where that was, nor the Request-URI: the
+farm kept neither, and guessed from the callee's registrations -- for a re-INVITE another
+device of the user than the one in the call (or nobody, the user being unregistered).
+
+So the member that builds a forwarded INVITE keeps, per branch (our Via's branch), what an
+ACK (and a CANCEL, §9.1: the branches still ringing when another answered) copies from it and
+where it went, and the member that handles the answers finds it there:
+an initial INVITE's answers go to its Call-ID's owner, which forked it; a re-INVITE's to the
+member that loose-routed it (its Via's ``m``, ``SipFarm.handler_of``).
+
+A failure marks the INVITE failed: the caller's own ACK of it -- the same branch as its
+INVITE, hop by hop too -- ends at the farm then (§17.2.1: the server transaction absorbs it,
+as tm's ``t_relay`` does), and a copy of the failure gets the ACK again (§17.1.1.2).  A 2xx
+forgets the INVITE: its ACK is a transaction of the caller's own (§13.2.2.4), passed on.
+
+Bounded (``limit``, the oldest go first); an entry lives ``lifetime`` from its forwarding
+(longer than an INVITE rings) and ``after_final`` from its failure (64*T1: the callee's
+Timer G copies, the caller's ACK).  Pure: time is an argument.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from colony.protocols.sip.message import Headers, SipRequest
+from colony.protocols.sip.transaction import Destination
+
+DEFAULT_LIMIT = 20_000
+
+# What an ACK (§17.1.1.3) or a CANCEL (§9.1) copies from its INVITE: the rest (the body, its
+# Contact, our Record-Route) is not kept.
+_COPIED = ("From", "To", "Call-ID", "CSeq", "Route")
+
+
+@dataclass
+class SentInvite:
+    request: SipRequest          # the INVITE as sent, with only what an ACK or CANCEL copies
+    destination: Destination     # where it went
+    member: str                  # node key of the member that put it on the wire
+    expires_at: float
+    failed: bool = False
+
+
+def kept_of(request: SipRequest) -> SipRequest:
+    """``request`` (a forwarded INVITE, our Via on top) with only its top Via and what an ACK
+    or CANCEL copies."""
+    headers = Headers()
+    headers.add("Via", request.headers.get("Via") or "")
+    for name in _COPIED:
+        for value in request.headers.get_all(name):
+            headers.add(name, value)
+    return SipRequest(headers=headers, method=request.method, uri=request.uri)
+
+
+def cancel_of(invite: SipRequest) -> SipRequest:
+    """The CANCEL of a kept INVITE (§9.1): its Request-URI, top Via, From, To, Call-ID, CSeq
+    number and Route header fields."""
+    headers = Headers()
+    for name in ("Via", "From", "To", "Call-ID"):
+        headers.add(name, invite.headers.get(name) or "")
+    headers.add("CSeq", f"{invite.cseq().number} CANCEL")
+    for route in invite.headers.get_all("Route"):
+        headers.add("Route", route)
+    headers.add("Max-Forwards", "70")
+    return SipRequest(headers=headers, method="CANCEL", uri=invite.uri)
+
+
+class SentInvites:
+    def __init__(self, lifetime: float, after_final: float, limit: int = DEFAULT_LIMIT) -> None:
+        self.lifetime, self.after_final, self.limit = lifetime, after_final, limit
+        self._entries: OrderedDict[str, SentInvite] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def sent(self, branch: str, request: SipRequest, destination: Destination, member: str, now: float) -> None:
+        """The INVITE ``request`` (our Via's ``branch`` on top) went to ``destination``."""
+        self._entries[branch] = SentInvite(kept_of(request), destination, member, now + self.lifetime)
+        self._entries.move_to_end(branch)
+        self._drop_old(now)
+
+    def get(self, branch: str, now: float) -> SentInvite | None:
+        entry = self._entries.get(branch)
+        return entry if entry is not None and entry.expires_at > now else None
+
+    def failed(self, branch: str, now: float) -> SentInvite | None:
+        """A non-2xx final answer (or a copy of it) came for ``branch``: the INVITE to ACK, if kept."""
+        entry = self.get(branch, now)
+        if entry is not None:
+            if not entry.failed:
+                entry.failed, entry.expires_at = True, now + self.after_final
+            self._entries.move_to_end(branch)
+        return entry
+
+    def answered(self, branch: str) -> None:
+        """A 2xx came: nothing of ours to ACK, and the caller's ACK is its own transaction."""
+        self._entries.pop(branch, None)
+
+    def acked(self, branch: str, now: float) -> bool:
+        """The farm ACKed a failure of the INVITE ``branch``: an ACK from upstream with that
+        branch is the caller's ACK of it, absorbed."""
+        entry = self.get(branch, now)
+        return entry is not None and entry.failed
+
+    def _drop_old(self, now: float) -> None:
+        entries = self._entries
+        while entries and (len(entries) > self.limit or next(iter(entries.values())).expires_at <= now):
+            entries.popitem(last=False)
