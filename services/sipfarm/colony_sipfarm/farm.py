@@ -1080,7 +1080,7 @@ class SipFarm:
             return []     # the ACK of a failure we answered ourselves
         routes = request.headers.get_all("Route")
         if routes and self._is_ours(routes[0]):
-            if self.sent_invites.acked(self._our_branch(request), self.clock()):
+            if self.sent_invites and self.sent_invites.acked(self._our_branch(request), self.clock()):
                 # The caller's ACK of a re-INVITE's failure (its INVITE's branch, §17.1.1.3):
                 # the farm ACKed that failure itself, so this one ends here (§17.2.1, as tm's
                 # t_relay absorbs it).  An ACK of a 2xx has a branch of its own and goes on.
