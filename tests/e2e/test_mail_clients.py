@@ -90,7 +90,10 @@ def arrived(edge: Edge, user: str, subject: str, count: int = 1, mailbox: str = 
     """The messages with ``subject`` in ``user``'s ``mailbox`` once there are ``count`` of them
     (a 250 is acceptance; storing follows through the queue)."""
     def look() -> list[email.message.Message] | None:
-        client = edge.imaps(user)
+        try:
+            client = edge.imaps(user)
+        except (imaplib.IMAP4.error, OSError):      # a busy machine: not an answer yet
+            return None
         try:
             client.select(mailbox, readonly=True)
             uids = client.uid("SEARCH", "SUBJECT", f'"{subject}"')[1][0].split()
