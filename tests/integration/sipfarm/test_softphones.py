@@ -357,6 +357,8 @@ async def test_softphones_carry_on_through_the_other_member_when_theirs_is_sigki
         await phone.registered()
     await call_and_hang_up(cluster, alice, bob)
     await call_and_hang_up(cluster, bob, alice)
+    for phone in (alice, bob):
+        assert phone.transports() == {transport.upper()}, phone.log()
 
 
 
@@ -434,6 +436,8 @@ async def test_two_devices_of_one_user_ring_together_and_a_cancel_an_answer_or_a
     await alice.command("dial", "sip:nobody@acme.example")
     closed = await alice.event("CALL_CLOSED", mark)
     assert closed["param"].startswith("480"), closed
+    for phone in (alice, desk, mobile):      # the mobile's ACK and BYE too: its own Record-Route
+        assert phone.transports() == {phone.transport.upper()}, phone.log()
 
 
 
