@@ -16,6 +16,8 @@ import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from colony.tlsfiles import TLS12_CIPHERS
+
 log = logging.getLogger("colony.http")
 
 REQUEST_GRACE = 10.0        # seconds a request (head and body) may take before the rate counts
@@ -198,13 +200,16 @@ class EmbeddedHttpServer:
                  tls_cert_file: Path | None = None, tls_key_file: Path | None = None,
                  request_grace: float = REQUEST_GRACE, request_min_rate: float = REQUEST_MIN_RATE,
                  linger: float = LINGER) -> None:
-        # HTTPS when a certificate is given (the admin API on the management network).
+        # HTTPS when a certificate is given (the admin API on the management network), with
+        # the TLS 1.2 suites of every other listener (uvicorn would keep Python's defaults,
+        # CBC suites included).
         protocol = type("TimelyH11Protocol", (_TimelyH11Protocol,),
                         {"grace": request_grace, "min_rate": request_min_rate, "linger": linger})
         config = uvicorn.Config(app, host=host, port=port, lifespan=lifespan, log_level="warning",
                                 access_log=access_log, timeout_graceful_shutdown=10, http=protocol,
                                 ssl_certfile=str(tls_cert_file) if tls_cert_file else None,
-                                ssl_keyfile=str(tls_key_file) if tls_key_file else None)
+                                ssl_keyfile=str(tls_key_file) if tls_key_file else None,
+                                ssl_ciphers=TLS12_CIPHERS)
         self.server = _QuietSignalsServer(config)
         self._task: asyncio.Task | None = None
 
