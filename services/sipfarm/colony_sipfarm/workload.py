@@ -59,7 +59,7 @@ import logging
 import os
 import socket
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from contextlib import suppress
 
@@ -154,6 +154,10 @@ NAMES_KEPT = 4096         # host names remembered at most
 MAX_LOOKUPS = 64          # host name lookups running at once at most
 LOOKUP_TIMEOUT = 5.0      # seconds a lookup may take before its datagram is lost
 HANDLE_TIMEOUT = 1.0     # seconds an owner has to answer a spread packet
+# Requests relayed to the member holding a phone's connection are watched this long for the
+# bus's "no responders" (nobody reads that member's relay subject: it is dead), at most this many.
+RELAY_WATCH = 5.0
+RELAY_WATCHED = 10_000
 USAGE_ACK_TIMEOUT = 10.0  # seconds the bus has to store one interval's usage sums
 # Seconds a packet that starts new work may wait for its turn before it is refused with 503:
 # two T1s, by when its sender has retransmitted twice -- this member is behind.
@@ -414,6 +418,10 @@ class SipWorkload:
         self._usage: dict[tuple[str, str, str], float] = {}   # (domain, account, metric) -> sum
         self.farm_address: tuple[str, int] = ("", 0)
         self._members: dict[str, NodeRecord] = {}        # sipfarm records, by node id
+        # Relayed requests by their reply token, for the bus to say nobody got them (_relay_reply).
+        self._relay_inbox = ""
+        self._relays_watched: OrderedDict[str, tuple[float, bytes, Destination]] = OrderedDict()
+        self._relay_tokens = 0
         self.listeners: dict[str, str] = {}               # ours, as our node record names them
         self._suspect: dict[str, float] = {}             # node id -> monotonic time to trust again
         self._answered_at: dict[str, float] = {}         # node id -> when it last answered a hand-over
@@ -498,6 +506,8 @@ class SipWorkload:
         runtime.spawn("sip-directory-watch", self._watch_directory, restart=True)
         self._bus_metrics = runtime.metrics.once(BusRequestMetrics)
         await runtime.nc.subscribe(names.sip_relay_subject(runtime.node_id), cb=self._on_relay)
+        self._relay_inbox = runtime.nc.new_inbox()
+        await runtime.nc.subscribe(f"{self._relay_inbox}.*", cb=self._on_relay_unread)
         await runtime.nc.subscribe(names.sip_spread_subject(runtime.node_id), cb=self._on_handle)
         runtime.spawn("sip-members", self._watch_members, restart=True)
         runtime.spawn("sip-timer-c", self._timer_c_loop, restart=True)
@@ -1143,6 +1153,7 @@ class SipWorkload:
             self.farm.metrics.relays.inc()
             payload = json.dumps({"d": base64.b64encode(item.data).decode(), "t": [transport, host, port]}).encode()
             await self._runtime.nc.publish(names.sip_relay_subject(from_token(item.member)), payload,
+                                           reply=self._relay_reply(item),
                                            headers=(inject_headers() or None) if self._traced else None)
             return
         await self._emit(item.data, item.destination)
@@ -1188,6 +1199,35 @@ class SipWorkload:
             flow = self.connections[(host, port)] = _Flow("TCP", writer)
             self._track_outbound(self._read_outbound(reader, writer, (host, port)))
         flow.send(data)
+
+    def _relay_reply(self, item: Outbound) -> str:
+        """The reply subject for a relayed request: the holder does not answer it, but the bus
+        does when nobody reads the holder's relay subject (its connection to the bus closed, as
+        a SIGKILL closes it) -- a "no responders" status, at once (_on_relay_unread).  Until its
+        heartbeat went stale (_gone) such a request reached nobody and its caller rang into
+        silence until Timer C.  Responses and ACKs: nothing to fail, no reply subject."""
+        if not self._relay_inbox or item.data.startswith((b"SIP/2.0 ", b"ACK ")):
+            return ""
+        now = time.monotonic()
+        watched = self._relays_watched
+        while watched and (len(watched) >= RELAY_WATCHED or next(iter(watched.values()))[0] < now - RELAY_WATCH):
+            watched.popitem(last=False)
+        self._relay_tokens += 1
+        token = str(self._relay_tokens)
+        watched[token] = (now, item.data, item.destination)
+        return f"{self._relay_inbox}.{token}"
+
+    async def _on_relay_unread(self, msg) -> None:
+        """The bus's "no responders" for a relayed request: the member holding the flow is
+        gone, and the flow with it -- the branch fails at once with 430 (_flow_failed)."""
+        if not msg.headers or msg.headers.get("Status") != "503":
+            return
+        found = self._relays_watched.pop(msg.subject.rpartition(".")[2], None)
+        if found is not None:
+            _, data, destination = found
+            log.info("no %s flow to %s:%s for a SIP message: nobody reads its member's relay subject",
+                     destination[0], destination[1], destination[2])
+            self._flow_failed(data, destination)
 
     def _denied_address(self, address: str) -> bool:
         """``address`` (a host name's, just looked up) is in sip_contact_deny_networks: what

@@ -1,7 +1,8 @@
-"""A request for a phone's connection held by a member that is gone (SIGKILLed: its heartbeat
-stale, or its record deleted) fails at once with 430 Flow Failed (RFC 5626 §5.3) instead of
-being published to the dead member's relay subject, where nobody reads it and the caller
-rang into silence until Timer C (baresip in tests/integration/sipfarm/test_softphones.py)."""
+"""A request for a phone's connection held by a member that is gone (SIGKILLed: the bus says
+nobody reads its relay subject, or its heartbeat is stale, or its record deleted) fails at
+once with 430 Flow Failed (RFC 5626 §5.3).  Published to the dead member's relay subject, it
+reached nobody and the caller rang into silence until Timer C (baresip in
+tests/integration/sipfarm/test_softphones.py)."""
 
 from __future__ import annotations
 
@@ -32,9 +33,11 @@ ALICE = ("TCP", "198.51.100.7", 40500)
 class Bus:
     def __init__(self) -> None:
         self.published: list[str] = []
+        self.replies: list[str] = []
 
-    async def publish(self, subject, payload, headers=None) -> None:
+    async def publish(self, subject, payload, reply="", headers=None) -> None:
         self.published.append(subject)
+        self.replies.append(reply)
 
 
 def record(node_id: str, beat_ago: float) -> NodeRecord:
@@ -50,6 +53,7 @@ def shell() -> tuple[SipWorkload, Bus, list]:
     workload = SipWorkload(settings)
     bus = Bus()
     workload.farm, workload._runtime = farm, SimpleNamespace(node_id="sipfarm-1", nc=bus)
+    workload._relay_inbox = "_INBOX.me.relays"
     failed: list = []
     workload._flow_failed = lambda data, destination: failed.append((data, destination))
     return workload, bus, failed
@@ -78,3 +82,37 @@ async def test_before_the_nodes_watch_delivered_anything_a_relay_goes_out():
     workload, bus, failed = shell()
     await workload._send(Outbound(INVITE, ALICE, names.node_key("sipfarm-2")))
     assert bus.published == [names.sip_relay_subject("sipfarm-2")] and failed == []
+
+
+async def test_the_bus_saying_nobody_reads_a_live_looking_members_relay_subject_fails_the_request():
+    """Member 2 was SIGKILLed a moment ago: its heartbeat is still fresh, but its connection to
+    the bus is closed, and the bus answers a relayed request's reply subject "no responders"."""
+    workload, bus, failed = shell()
+    workload._members = {"sipfarm-1": record("sipfarm-1", 0), "sipfarm-2": record("sipfarm-2", 0)}
+    await workload._send(Outbound(INVITE, ALICE, names.node_key("sipfarm-2")))
+    await workload._send(Outbound(RINGING, ALICE, names.node_key("sipfarm-2")))
+    assert bus.published == [names.sip_relay_subject("sipfarm-2")] * 2
+    invite_reply, ringing_reply = bus.replies
+    assert invite_reply.startswith("_INBOX.me.relays.") and ringing_reply == ""     # a response: nothing to fail
+    # A message without the status (nobody should send one) fails nothing; the 503 does, once.
+    await workload._on_relay_unread(SimpleNamespace(subject=invite_reply, headers=None, data=b"x"))
+    assert failed == []
+    for _ in range(2):
+        await workload._on_relay_unread(SimpleNamespace(subject=invite_reply, headers={"Status": "503"}, data=b""))
+    assert failed == [(INVITE, ALICE)]
+
+
+async def test_relayed_requests_are_watched_for_a_while_and_in_a_bounded_number(monkeypatch):
+    from colony_sipfarm import workload as module
+
+    monkeypatch.setattr(module, "RELAY_WATCHED", 3)
+    workload, bus, failed = shell()
+    for _ in range(5):
+        await workload._send(Outbound(INVITE, ALICE, names.node_key("sipfarm-2")))
+    assert len(workload._relays_watched) == 3
+    for token, (sent, data, destination) in workload._relays_watched.items():     # as if sent long ago
+        workload._relays_watched[token] = (sent - module.RELAY_WATCH - 1, data, destination)
+    await workload._send(Outbound(INVITE, ALICE, names.node_key("sipfarm-2")))
+    assert len(workload._relays_watched) == 1        # the old ones went: no "no responders" now fails them
+    await workload._on_relay_unread(SimpleNamespace(subject=bus.replies[0], headers={"Status": "503"}, data=b""))
+    assert failed == []
