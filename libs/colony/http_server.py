@@ -16,7 +16,7 @@ import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from colony.tlsfiles import TLS12_CIPHERS
+from colony.tlsfiles import TLS12_CIPHERS, send_fatal_alerts
 
 log = logging.getLogger("colony.http")
 
@@ -210,6 +210,8 @@ class EmbeddedHttpServer:
                                 ssl_certfile=str(tls_cert_file) if tls_cert_file else None,
                                 ssl_keyfile=str(tls_key_file) if tls_key_file else None,
                                 ssl_ciphers=TLS12_CIPHERS)
+        if tls_cert_file:
+            send_fatal_alerts()   # uvicorn serves TLS through asyncio's SSL protocol too
         self.server = _QuietSignalsServer(config)
         self._task: asyncio.Task | None = None
 

@@ -58,6 +58,41 @@ def bound_tls_read_buffer(size: int = TLS_READ_BUFFER) -> None:
     sslproto.SSLProtocol.max_size = size
 
 
+def send_fatal_alerts() -> None:
+    """Make asyncio's SSL protocol send the fatal alert OpenSSL wrote before it closes a
+    connection on a TLS error.  RFC 5246 §7.2.2: a party that meets a fatal condition "MUST
+    send the appropriate alert prior to closing the connection" (RFC 8446 §6.2: SHOULD).
+    CPython's ``SSLProtocol`` (3.11 here; until the fix of python/cpython#98078) force-closes
+    the transport without flushing its outgoing memory BIO, so a client offering only TLS 1.0, or no
+    cipher we take, saw a bare end of stream: no ``protocol_version`` or
+    ``handshake_failure`` to tell its user why, and scanners (nmap -sV, whose TLS probes are
+    old ClientHellos) could not even tell the implicit-TLS ports speak TLS.  Here the
+    outgoing bytes (the alert) go to the socket first; the transport then closes as before.
+    A Python that already flushes them leaves nothing to flush, so this is harmless there.
+    Process-wide and idempotent, like ``bound_tls_read_buffer``;
+    tests/integration/edge/test_tls_alerts.py fails if the private names it relies on go."""
+    from asyncio import sslproto
+
+    protocol = sslproto.SSLProtocol
+    original = getattr(protocol, "_fatal_error", None)
+    if original is None or getattr(original, "flushes_alerts", False):
+        if original is None:
+            log.warning("asyncio's SSL protocol has no _fatal_error: TLS errors close without their alert")
+        return
+
+    def _fatal_error(self, exc, message="Fatal error on transport"):
+        transport, outgoing = getattr(self, "_transport", None), getattr(self, "_outgoing", None)
+        if isinstance(exc, ssl.SSLError) and transport is not None and outgoing is not None \
+                and not transport.is_closing():
+            alert = outgoing.read()
+            if alert:
+                transport.write(alert)   # an empty send buffer: it goes out now, before the close
+        return original(self, exc, message)
+
+    _fatal_error.flushes_alerts = True
+    protocol._fatal_error = _fatal_error
+
+
 @dataclass(frozen=True)
 class TlsFiles:
     cert: Path
@@ -67,6 +102,7 @@ class TlsFiles:
 
 def server_context(cert: Path, key: Path) -> ssl.SSLContext:
     bound_tls_read_buffer()  # every TLS listener is built from this context
+    send_fatal_alerts()
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.set_ciphers(TLS12_CIPHERS)
