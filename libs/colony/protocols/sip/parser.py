@@ -53,6 +53,7 @@ MAX_HEADERS = 256
 MANDATORY = ("Via", "From", "To", "Call-ID", "CSeq")
 
 _KEEPALIVES = re.compile(rb"[\r\n]+")
+_CONTENT_LENGTH = re.compile(rb"(?im)^(?:content-length|l)[ \t]*:[ \t]*(\S*)[ \t]*\r?$")
 _TOKEN = re.compile(r"^[A-Za-z0-9\-.!%*_+`'~]+$")
 # Header names as they came on the wire (before the colon, spacing included) -> canonical name,
 # for names already found valid: the same few dozen names arrive in every message.  Bounded.
@@ -321,12 +322,17 @@ class StreamFramer:
                 raise SipParseError(513, "Message Too Large")   # no head to address an answer
             return None
         head = bytes(buf[:end])
-        match = re.search(rb"(?im)^(?:content-length|l)[ \t]*:[ \t]*(\S*)[ \t]*\r?$", head)
-        if not match:
+        lengths = {m.group(1) for m in _CONTENT_LENGTH.finditer(head)}
+        if not lengths:
             raise self._refused(head, 400, "Missing Content-Length On A Stream")
-        if not match.group(1).isdigit() or len(match.group(1)) > 9:
+        if len(lengths) > 1:
+            # Where this message ends is anyone's guess (RFC 4475 §3.3.9): the stream cannot
+            # go on -- read by one of them, the rest of the body became the next "message".
+            raise self._refused(head, 400, "Conflicting Content-Length")
+        length = lengths.pop()
+        if not length.isdigit() or len(length) > 9:
             raise self._refused(head, 400, "Bad Content-Length")
-        total = end + sep + int(match.group(1))
+        total = end + sep + int(length)
         if total > self.max_size:
             raise self._refused(head, 513, "Message Too Large")
         if len(buf) < total:

@@ -513,3 +513,35 @@ def test_the_fast_path_and_the_general_path_agree(lines, end, body, prefix):
     with mock.patch.object(parser, "_fields", lambda lines, fast: None if fast else general_fields(lines, False)):
         general = _outcome(data)
     assert _outcome(data) == general
+
+
+# RFC 4475 itself (tests/rfc4475_messages.py holds its messages as the RFC writes them): what
+# the parser makes of those whose outcome is the parser's to decide.  The farm's answers to all
+# of them are tests/integration/sipfarm/test_rfc4475.py.
+def rfc4475(name: str) -> bytes:
+    from rfc4475_messages import BY_NAME
+
+    return BY_NAME[name].data
+
+
+def test_rfc4475_3_1_2_4_an_overlarge_cseq_gets_its_400_not_silence():
+    with pytest.raises(SipParseError) as err:
+        parse_message(rfc4475("scalar02"))
+    assert err.value.status == 400 and err.value.request is not None      # "due to the CSeq error"
+    answer = make_response(err.value.request, 400, err.value.reason).encode()
+    assert b"\r\nCSeq: 36893488147419103232 REGISTER\r\n" in answer       # copied as it came
+
+
+def test_rfc4475_3_3_9_conflicting_content_lengths_end_a_stream_after_the_400():
+    framer = StreamFramer()
+    framer.feed(rfc4475("mcl01"))
+    with pytest.raises(SipParseError) as err:      # never cut at the first length, the rest
+        framer.next_message()                      # taken for the next message
+    assert err.value.status == 400 and err.value.reason == "Conflicting Content-Length"
+    assert err.value.request is not None and err.value.request.call_id.startswith("mcl01.")
+    # Twice the same length frames as one.
+    same = msg("OPTIONS sip:bob@example.com SIP/2.0", *BASE, "CSeq: 1 OPTIONS", "Content-Length: 2",
+               "Content-Length: 2", body="ab")
+    framer = StreamFramer()
+    framer.feed(same)
+    assert framer.next_message() == same
