@@ -382,7 +382,10 @@ def _copied(request: SipRequest, status: int, to_tag: str | None):
     it has no tag yet (not in a 100)."""
     values = request.headers._values
     for name in _RESPONSE_COPIED:
-        for value in values(name) or ():
+        found = values(name) or ()
+        # One each of the fields that have one value: a request refused for repeating them
+        # (RFC 4475 §3.3.8) is answered with the first, not with a response as broken.
+        for value in (found if name == "Via" else found[:1]):
             if name == "To" and to_tag and status != 100:
                 try:
                     to = parse_address(value)

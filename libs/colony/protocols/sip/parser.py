@@ -228,7 +228,10 @@ def _request(parts: list[str], headers: Headers, body: bytes) -> SipRequest:
     found = [index.get(name) for name in MANDATORY]
     if None in found:
         raise _refused(400, f"Missing {MANDATORY[found.index(None)]}", parts, headers)
-    vias, froms, tos, _, cseqs = found
+    vias, froms, tos, call_ids, cseqs = found
+    for name, values in (("From", froms), ("To", tos), ("Call-ID", call_ids), ("CSeq", cseqs)):
+        if len(values) > 1:      # one value each (§20): which one counts is anyone's guess
+            raise _refused(400, f"Multiple {name} Values", parts, headers)
     try:
         cseq = parse_cseq(cseqs[0])
         for value in vias:
@@ -239,8 +242,9 @@ def _request(parts: list[str], headers: Headers, body: bytes) -> SipRequest:
         raise _refused(400, f"Bad Header: {str(exc)[:60]}", parts, headers) from None
     if cseq.method != method:
         raise _refused(400, "CSeq Method Does Not Match", parts, headers)
-    max_forwards = headers.get("Max-Forwards")
-    if max_forwards is not None and (not max_forwards.isdigit() or int(max_forwards) > 255):
+    max_forwards = index.get("Max-Forwards")
+    if max_forwards is not None and (len(max_forwards) > 1 or not max_forwards[0].isdigit()
+                                     or int(max_forwards[0]) > 255):
         raise _refused(400, "Bad Max-Forwards", parts, headers)
     if uri_text.startswith("<"):
         raise _refused(400, "Request-URI In Angle Brackets", parts, headers)

@@ -545,3 +545,16 @@ def test_rfc4475_3_3_9_conflicting_content_lengths_end_a_stream_after_the_400():
     framer = StreamFramer()
     framer.feed(same)
     assert framer.next_message() == same
+
+
+def test_rfc4475_3_3_8_single_value_fields_given_twice_get_400():
+    with pytest.raises(SipParseError) as err:
+        parse_message(rfc4475("multi01"))
+    assert err.value.status == 400 and err.value.request is not None
+    answer = parse_message(make_response(err.value.request, 400, err.value.reason, to_tag="x").encode())
+    assert len(answer.headers.get_all("From")) == len(answer.headers.get_all("To")) == 1     # a valid answer
+    base = "\r\n".join(["OPTIONS sip:bob@example.com SIP/2.0", *BASE, "CSeq: 1 OPTIONS"])
+    for repeated in ("Call-ID: c2@192.0.2.1", "CSeq: 2 OPTIONS", "To: <sip:carol@example.com>", "Max-Forwards: 69"):
+        with pytest.raises(SipParseError) as err:
+            parse_message(f"{base}\r\n{repeated}\r\n\r\n".encode())
+        assert err.value.status == 400, repeated
