@@ -196,11 +196,17 @@ def _content(headers: Headers, body: bytes, request: SipRequest | None) -> bytes
 
 
 def _addressable(headers: Headers) -> bool:
+    """A response can be made for the request (§8.2.6.2 copies Via, From, To, Call-ID and
+    CSeq) and reach its sender: every one is there and its top Via reads.  A CSeq number out
+    of range is copied as it came: it is what the 400 is about (RFC 4475 §3.1.2.4), and the
+    sender matches its answer by the Via's branch and the CSeq's method (§17.1.3)."""
     if any(headers.get(name) is None for name in MANDATORY):
         return False
+    via, cseq = headers.get("Via") or "", (headers.get("CSeq") or "").split()
+    if len(cseq) != 2 or not cseq[0].isdigit():
+        return False
     try:
-        parse_via(headers.get("Via") or "")
-        parse_cseq(headers.get("CSeq") or "")
+        parse_via(via)
     except URIError:
         return False
     return True
