@@ -196,6 +196,9 @@ class Via:
     host: str
     port: int | None
     params: dict[str, str | None]
+    # The sent-protocol's version, a token by the grammar (RFC 3261 §25.1): kept, so the 505
+    # that answers a request of another version (RFC 4475 §3.1.2.16) repeats its Via as sent.
+    version: str = "2.0"
 
     @property
     def branch(self) -> str | None:
@@ -205,10 +208,11 @@ class Via:
         host = f"[{self.host}]" if ":" in self.host else self.host
         hostport = f"{host}:{self.port}" if self.port else host
         params = "".join(f";{k}" if v is None else f";{k}={v}" for k, v in self.params.items())
-        return f"SIP/2.0/{self.transport} {hostport}{params}"
+        return f"SIP/{self.version}/{self.transport} {hostport}{params}"
 
 
-_VIA = re.compile(r"^\s*SIP\s*/\s*2\.0\s*/\s*([A-Za-z]+)\s+([^;\s]+(?:\s*:\s*\d+)?)\s*(;.*)?$", re.IGNORECASE)
+_VIA = re.compile(r"^\s*SIP\s*/\s*([A-Za-z0-9.!%*_+`'~\-]+)\s*/\s*([A-Za-z]+)\s+([^;\s]+(?:\s*:\s*\d+)?)\s*(;.*)?$",
+                  re.IGNORECASE)
 
 
 _VIAS: dict[str, Via] = {}
@@ -253,9 +257,9 @@ def _parse_via_general(value: str) -> Via:
     if not match:
         raise URIError(f"bad Via {value!r}")
     # "host : port" (spacing RFC 4475 allows) without a regex substitution per packet
-    host, port = parse_host("".join(match.group(2).split()))
-    params = _split_params(match.group(3) or "")
-    return Via(match.group(1).upper(), host, port, params)
+    host, port = parse_host("".join(match.group(3).split()))
+    params = _split_params(match.group(4) or "")
+    return Via(match.group(2).upper(), host, port, params, match.group(1))
 
 
 @dataclass(frozen=True)

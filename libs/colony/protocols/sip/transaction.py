@@ -111,7 +111,7 @@ def stamp_via(request: SipRequest, source: Destination) -> None:
     elif host != via.host:
         params["received"] = host
     if params != via.params:
-        stamped = Via(via.transport, via.host, via.port, params)
+        stamped = Via(via.transport, via.host, via.port, params, via.version)
         text = str(stamped)
         remember_via(text, stamped)
         request.headers.replace_first("Via", text)

@@ -532,19 +532,13 @@ def test_rfc4475_3_1_2_4_an_overlarge_cseq_gets_its_400_not_silence():
     assert b"\r\nCSeq: 36893488147419103232 REGISTER\r\n" in answer       # copied as it came
 
 
-def test_rfc4475_3_3_9_conflicting_content_lengths_end_a_stream_after_the_400():
-    framer = StreamFramer()
-    framer.feed(rfc4475("mcl01"))
-    with pytest.raises(SipParseError) as err:      # never cut at the first length, the rest
-        framer.next_message()                      # taken for the next message
-    assert err.value.status == 400 and err.value.reason == "Conflicting Content-Length"
-    assert err.value.request is not None and err.value.request.call_id.startswith("mcl01.")
-    # Twice the same length frames as one.
-    same = msg("OPTIONS sip:bob@example.com SIP/2.0", *BASE, "CSeq: 1 OPTIONS", "Content-Length: 2",
-               "Content-Length: 2", body="ab")
-    framer = StreamFramer()
-    framer.feed(same)
-    assert framer.next_message() == same
+def test_rfc4475_3_1_2_16_another_version_gets_505_with_its_via_as_sent():
+    with pytest.raises(SipParseError) as err:
+        parse_message(rfc4475("badvers"))
+    assert err.value.status == 505 and err.value.request is not None
+    via = err.value.request.top_via()
+    assert (via.version, via.transport, via.host) == ("7.0", "UDP", "c.example.com")
+    assert str(via) == "SIP/7.0/UDP c.example.com;branch=z9hG4bKkdjuw"
 
 
 def test_rfc4475_3_3_8_single_value_fields_given_twice_get_400():
@@ -558,3 +552,18 @@ def test_rfc4475_3_3_8_single_value_fields_given_twice_get_400():
         with pytest.raises(SipParseError) as err:
             parse_message(f"{base}\r\n{repeated}\r\n\r\n".encode())
         assert err.value.status == 400, repeated
+
+
+def test_rfc4475_3_3_9_conflicting_content_lengths_end_a_stream_after_the_400():
+    framer = StreamFramer()
+    framer.feed(rfc4475("mcl01"))
+    with pytest.raises(SipParseError) as err:      # never cut at the first length, the rest
+        framer.next_message()                      # taken for the next message
+    assert err.value.status == 400 and err.value.reason == "Conflicting Content-Length"
+    assert err.value.request is not None and err.value.request.call_id.startswith("mcl01.")
+    # Twice the same length frames as one.
+    same = msg("OPTIONS sip:bob@example.com SIP/2.0", *BASE, "CSeq: 1 OPTIONS", "Content-Length: 2",
+               "Content-Length: 2", body="ab")
+    framer = StreamFramer()
+    framer.feed(same)
+    assert framer.next_message() == same
