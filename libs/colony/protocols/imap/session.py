@@ -1204,7 +1204,9 @@ class Session:
             # .SILENT still reports MODSEQ of changed messages under CONDSTORE (RFC 7162 §3.2)
             if not cmd.silent or (self.condstore and changed):
                 items = [] if cmd.silent else [f"FLAGS ({self._show(u, msg.flags)})"]
-                if cmd.uid:
+                # Once CONDSTORE is on, every FETCH a STORE causes names the UID, by message
+                # number too (RFC 7162 §3.1): the client files the MODSEQ under it.
+                if cmd.uid or self.condstore:
                     items.append(f"UID {u}")
                 if self.condstore:
                     items.append(f"MODSEQ ({msg.modseq})")
@@ -1413,6 +1415,9 @@ class Session:
         # What does not depend on the message, worked out once per batch rather than per message.
         flags_asked = any(i.name == "FLAGS" for i in items)
         add_modseq = self.condstore and not any(i.name == "MODSEQ" for i in items)
+        # FLAGS a FETCH sends only because it set \Seen carry UID and MODSEQ under CONDSTORE,
+        # like any other flag change (RFC 7162 §3.1); asked-for FLAGS need neither.
+        add_uid = self.condstore and not flags_asked and not any(i.name == "UID" for i in items)
         others = [(item, self._fetch_label(item)) for item in items if item.name != "FLAGS"]
         # A message another session expunged, whose EXPUNGE this one has not sent yet, is still
         # there for its message number as far as the store kept it (RFC 2180 §4.1.2): its UID,
@@ -1438,6 +1443,8 @@ class Session:
                 self._flags[u] = msg.flags
                 if add_modseq:
                     parts.append(f"MODSEQ ({msg.modseq})".encode())
+                if add_uid:
+                    parts.append(f"UID {u}".encode())
             data = b"* %d FETCH (%b)\r\n" % (position(u), b" ".join(parts))
             queued += len(data)
             out.append(Send(data))

@@ -678,7 +678,7 @@ def test_store_silent_under_condstore_still_names_the_changed_messages(mail):
     c.cmd("e ENABLE CONDSTORE")
     c.cmd("s SELECT INBOX")
     out = c.cmd("a STORE 1:2 +FLAGS.SILENT (\\Seen)")       # 2 has it already: no change
-    assert re.search(r"\* 1 FETCH \(MODSEQ \(\d+\)\)", out) and "* 2 FETCH" not in out
+    assert re.search(r"\* 1 FETCH \(UID 1 MODSEQ \(\d+\)\)", out) and "* 2 FETCH" not in out
 
 
 def test_a_fault_in_a_command_still_answers_it(mail):

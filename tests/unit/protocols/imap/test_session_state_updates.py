@@ -1,0 +1,54 @@
+"""Untagged updates whose omission a client tracking the mailbox (Dovecot's imaptest, any
+CONDSTORE/QRESYNC client) takes for the server contradicting itself; each test names the RFC
+rule and is a case ``tests/integration/imap/test_imap_state_machine.py`` found.  Sessions run
+against a real journal-backed mailbox (``test_session``'s client), no sockets."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from colony.storage.mailbox import AccountMail
+from test_session import MSG, MULTI, logged_in
+
+
+@pytest.fixture
+def mail(tmp_path):
+    """An account whose INBOX holds two messages, the second \\Seen (as ``test_session``)."""
+    m = AccountMail(tmp_path / "mail", 1, clock=lambda: 1_700_000_000.0)
+    m.open()
+    m.append("INBOX", MSG)
+    m.append("INBOX", MULTI, flags=["\\Seen"])
+    m.commit()
+    yield m
+    m.close()
+
+
+def condstore_session(mail):
+    c = logged_in(mail)
+    c.cmd("e ENABLE CONDSTORE")
+    c.cmd("s SELECT INBOX")
+    return c
+
+
+def test_under_condstore_a_store_by_message_number_names_the_uid(mail):
+    """RFC 7162 §3.1: once CONDSTORE is enabled, every untagged FETCH a STORE causes carries
+    UID and MODSEQ, for STORE by message number as for UID STORE (.SILENT included): the
+    client files the new MODSEQ under the UID."""
+    c = condstore_session(mail)
+    out = c.cmd("a STORE 1 +FLAGS (\\Flagged)")
+    assert re.search(r"\* 1 FETCH \(FLAGS \([^)]*\) UID 1 MODSEQ \(\d+\)\)", out), out
+    out = c.cmd("b STORE 1 +FLAGS.SILENT (\\Answered)")
+    assert re.search(r"\* 1 FETCH \(UID 1 MODSEQ \(\d+\)\)", out), out
+
+
+def test_under_condstore_the_seen_a_fetch_sets_comes_with_uid_and_modseq(mail):
+    """RFC 7162 §3.1: FLAGS a FETCH reports because it set \\Seen implicitly carry UID and
+    MODSEQ; FLAGS the client asked for by message number need neither UID (as asked)."""
+    c = condstore_session(mail)
+    out = c.cmd("a FETCH 1 (BODY[TEXT])")
+    assert re.search(r"\* 1 FETCH \(FLAGS \([^)]*\\Seen[^)]*\) BODY\[TEXT\] \{\d+\}\r\n", out), out
+    assert re.search(r"MODSEQ \(\d+\) UID 1\)\r\na OK", out), out
+    out = c.cmd("b FETCH 2 (FLAGS)")
+    assert re.search(r"\* 2 FETCH \(FLAGS \([^)]*\) MODSEQ \(\d+\)\)\r\n", out), out
