@@ -599,7 +599,11 @@ class SipFarm:
             contacts = request.addresses("Contact")
         except URIError:
             return self._local(request, source, 400, "Bad Contact")
-        if not isinstance(to, SipURI) or not to.user:
+        if not isinstance(to, SipURI):
+            # The To of a REGISTER is the address of record, a SIP or SIPS URI (§10.2; RFC 4475
+            # §3.3.4: "a registrar would reject this request with a 400").
+            return self._local(request, source, 400, "To Is Not A SIP URI")
+        if not to.user:
             return self._local(request, source, 404)
         account, realm = f"{to.user}@{to.host}".lower(), to.host.lower()
         ok, answer = await self._authenticate(request, source, account, realm, "Authorization", 401)
