@@ -467,7 +467,7 @@ class SipFarm:
             if moved is not None:
                 return self._local(request, source, moved[0], extra=moved[1], remember=moved[0] != 503)
         if request.method == "REGISTER":
-            return await self._register(request, source)
+            return self._unsupported(request, source, "Require") or await self._register(request, source)
         routes = request.headers.get_all("Route")
         while routes and self._preloaded(routes[0], request):
             # RFC 3261 §16.4: a first Route naming this proxy is removed -- a phone set up
@@ -475,17 +475,35 @@ class SipFarm:
             # initial request (§8.1.2).
             request.headers.remove_first("Route")
             routes = routes[1:]
+        uri = request.uri
+        if not routes and request.method == "OPTIONS" and (not isinstance(uri, SipURI) or uri.user is None):
+            # For the farm itself: answered as a UAS (§11), whatever its Max-Forwards (§16.3 step 3).
+            return (self._unsupported(request, source, "Require")
+                    or self._local(request, source, 200, extra=[("Allow", ALLOW), ("Accept", "application/sdp")]))
+        # §16.3 steps 3 and 5 before step 6 (the proxy's authentication): a request that has
+        # no hops left, or needs of the proxy an extension it has not, is refused for that --
+        # a challenge first (RFC 4475 §3.3.5, §3.3.11) had its sender answer one in vain.
+        if _hops_left(request) <= 0:
+            return self._local(request, source, 483)
+        if refused := self._unsupported(request, source, "Proxy-Require"):
+            return refused
         if routes and self._is_ours(routes[0]):
             return await self._loose_route(request, source)
         if routes:
             return self._local(request, source, 403, "Not A Relay")
-        uri = request.uri
-        if request.method == "OPTIONS" and (not isinstance(uri, SipURI) or uri.user is None):
-            return self._local(request, source, 200, extra=[("Allow", ALLOW), ("Accept", "application/sdp")])
         if parse_address(request.headers.get("To") or "").tag is not None:
             # In-dialog but without our Route: not a dialog we are on.
             return self._local(request, source, 481)
         return await self._new_request(request, source)
+
+    def _unsupported(self, request: SipRequest, source: Destination, header: str) -> list[Outbound]:
+        """420 naming the option tags of ``header`` (Require of a request the farm answers as a
+        UAS, Proxy-Require of one it proxies) -- it supports none (RFC 3261 §8.2.2.3, §16.3
+        step 5); nothing when there are none."""
+        tags = request.headers.get_all(header)
+        if not tags:
+            return []
+        return self._local(request, source, 420, extra=[("Unsupported", ", ".join(tags))])
 
     def _answer_key(self, request: SipRequest) -> tuple:
         # Asked twice for a request this member answers (on arrival, then to remember the

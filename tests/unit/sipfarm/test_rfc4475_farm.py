@@ -12,7 +12,7 @@ from colony.settings import Settings
 from colony_sipfarm.farm import SipFarm
 from rfc4475_messages import BY_NAME
 
-from test_farm import ME, PHONE, Auth, Clock, Counters, Dialogs, Store, one
+from test_farm import DOMAIN, ME, PHONE, Auth, Clock, Counters, Dialogs, Store, one
 
 
 @pytest.fixture
@@ -20,6 +20,34 @@ def farm():
     clock = Clock()
     return SipFarm(Settings(), "sipfarm-1", store=Store(clock), dialogs=Dialogs(), auth=Auth(), counters=Counters(),
                    secret=b"k" * 32, address=ME, registry=CollectorRegistry(), meter=lambda event: None, clock=clock)
+
+
+async def test_3_3_11_max_forwards_of_zero_gets_483_before_any_challenge(farm):
+    answer, _ = await one(farm, BY_NAME["zeromf"].data)
+    assert answer.status == 483
+    # For the farm itself an OPTIONS is answered all the same (RFC 3261 §16.3 step 3).
+    own = (BY_NAME["zeromf"].data.replace(b"OPTIONS sip:user@example.com", f"OPTIONS sip:{DOMAIN}".encode())
+           .replace(b"branch=z9hG4bKkdjuw2349i", b"branch=z9hG4bKown"))
+    answer, _ = await one(farm, own)
+    assert answer.status == 200
+
+
+async def test_3_3_5_proxy_require_gets_420_naming_the_unsupported_tags(farm):
+    answer, _ = await one(farm, BY_NAME["bext01"].data)
+    assert answer.status == 420
+    assert answer.headers.get_all("Unsupported") == ["noProxiesSupportThis", "norDoAnyProxiesSupportThis"]
+
+
+async def test_require_of_what_the_farm_answers_itself_gets_420(farm):
+    # A UAS checks Require (RFC 3261 §8.2.2.3): the registrar, and an OPTIONS for the farm.
+    register = BY_NAME["cparam01"].data.replace(b"l: 0\r\n", b"Require: nothingSupportsThis\r\nl: 0\r\n")
+    answer, _ = await one(farm, register)
+    assert answer.status == 420 and answer.headers.get("Unsupported") == "nothingSupportsThis"
+    options = (f"OPTIONS sip:{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.7:5062;branch=z9hG4bKo1\r\n"
+               f"From: <sip:x@{DOMAIN}>;tag=1\r\nTo: <sip:{DOMAIN}>\r\nCall-ID: o1\r\nCSeq: 1 OPTIONS\r\n"
+               f"Require: foo, bar\r\nContent-Length: 0\r\n\r\n").encode()
+    answer, _ = await one(farm, options)
+    assert answer.status == 420 and answer.headers.get_all("Unsupported") == ["foo", "bar"]
 
 
 async def test_3_3_4_a_register_whose_to_is_no_sip_uri_gets_400(farm):
