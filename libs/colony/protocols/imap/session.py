@@ -1402,6 +1402,11 @@ class Session:
             if unseen:
                 store.store_flags(self.mailbox, unseen, ["\\Seen"], "add")
                 store.commit()
+        if sets_seen or any(i.name == "FLAGS" for i in items):
+            # A keyword another session added since this one last heard is announced (* FLAGS)
+            # before the FETCH that shows it, as for any update (RFC 9051 §7.3.5): a client
+            # keeps the mailbox's flags from FLAGS and takes an unknown one for an error.
+            self._announce_keywords([current[u] for u in uids if u in current])
         self._fetch_missed = False
         return self._fetch_batch(cmd, items, uids, sets_seen, store)
 

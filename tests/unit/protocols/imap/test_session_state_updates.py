@@ -52,3 +52,25 @@ def test_under_condstore_the_seen_a_fetch_sets_comes_with_uid_and_modseq(mail):
     assert re.search(r"MODSEQ \(\d+\) UID 1\)\r\na OK", out), out
     out = c.cmd("b FETCH 2 (FLAGS)")
     assert re.search(r"\* 2 FETCH \(FLAGS \([^)]*\) MODSEQ \(\d+\)\)\r\n", out), out
+
+
+def test_a_keyword_another_session_added_is_announced_before_a_fetch_shows_it(mail):
+    """RFC 9051 §7.3.5: the client keeps the mailbox's flags from ``* FLAGS``; a FETCH that
+    shows a keyword another session just added (before any NOOP told this one) comes after a
+    ``* FLAGS`` naming it, as the end-of-command update would (imaptest: "Keyword used without
+    being in FLAGS")."""
+    a, b = selected_pair(mail)
+    a.cmd("a STORE 1 +FLAGS (project-x)")
+    out = b.cmd("b FETCH 1 (FLAGS)")
+    announced = out.find("* FLAGS (")
+    assert 0 <= announced < out.find("* 1 FETCH (FLAGS (project-x))"), out
+    assert "project-x" in out[announced:out.index("\r\n", announced)], out
+    out = b.cmd("c FETCH 1 (BODY[TEXT])")       # sets \Seen: the FLAGS shown need no new announcement
+    assert "* FLAGS" not in out and "* 1 FETCH (FLAGS (\\Seen project-x)" in out, out
+
+
+def selected_pair(mail):
+    a, b = logged_in(mail), logged_in(mail)
+    for c in (a, b):
+        c.cmd("s SELECT INBOX")
+    return a, b
