@@ -389,12 +389,15 @@ class ServerConnection:
             self._out += Reply(250, None, f"{self.config.hostname} Hello {helo.name}").to_bytes()
             return
         self._pipelining = True
-        lines = ["PIPELINING", f"SIZE {self.config.max_message_size}", "8BITMIME", "BINARYMIME",
-                 "SMTPUTF8", "ENHANCEDSTATUSCODES", "CHUNKING", "DSN"]
-        if self.config.tls_available and not self.tls_active:
-            lines.append("STARTTLS")
+        lines = ["PIPELINING", f"SIZE {self.config.max_message_size}"]
+        # AUTH goes among the first keywords, never on the last line: their order means nothing
+        # (RFC 5321 §4.1.1.1), but clients that look for AUTH only on a "250-" line (nmap's
+        # smtp library, which smtp-brute uses, and other naive parsers) miss it on the last.
         if self.config.auth_mechanisms and self.tls_active:
             lines.append("AUTH " + " ".join(self.config.auth_mechanisms))
+        lines += ["8BITMIME", "BINARYMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES", "CHUNKING", "DSN"]
+        if self.config.tls_available and not self.tls_active:
+            lines.append("STARTTLS")
         self._out += Reply(250, None, f"{self.config.hostname} Hello {helo.name}").to_bytes(tuple(lines))
 
     def _cmd_mail(self, argument: str) -> None:

@@ -31,6 +31,13 @@ def test_auth_is_neither_advertised_nor_accepted_before_tls():
     assert not d.of(E.Auth) and not d.conn.authenticated
 
 
+def test_auth_is_advertised_on_a_continuation_line():
+    """Not on the EHLO reply's last line, where clients that look for "250-AUTH" (nmap's
+    smtp-brute among them) do not see it."""
+    ehlo = bytes(tls_driver().out).split(b"\r\n")
+    assert b"250-AUTH PLAIN LOGIN" in ehlo, ehlo
+
+
 def test_mail_before_auth_is_refused_on_submission():
     d = tls_driver()
     assert codes(d.feed(b"MAIL FROM:<alice@example.com>\r\n")) == ["530 5.7.0"]
