@@ -368,6 +368,24 @@ def test_curl_pop3_lists_retrieves_and_deletes(edge, tmp_path):
     assert wrong.returncode == CURLE_LOGIN_DENIED, said(wrong)
 
 
+def test_a_unix_file_uploaded_over_imap_is_listed_by_pop3_at_the_size_retr_sends(edge, tmp_path):
+    """curl -T of a file with LF line ends into the INBOX (an APPEND): POP3's LIST counts what
+    RETR then sends (RFC 1939 §11), as IMAP's RFC822.SIZE does."""
+    colony(edge.data_dir, "account", "add", f"hank@{DOMAIN}", "--password", PASSWORD)
+    imaps, pop3s = f"imaps://127.0.0.1:{edge.ports['imaps']}", f"pop3s://127.0.0.1:{edge.ports['pop3s']}"
+    wait_for(lambda: curl(edge, f"{imaps}/", user="hank").returncode == 0, 120, "hank's login at the edge")
+    unix = tmp_path / "unix.eml"
+    unix.write_bytes(f"From: hank@{DOMAIN}\nSubject: a Unix file\n\nline one\n.\nline three\n".encode())
+    out = curl(edge, f"{imaps}/INBOX", "-T", str(unix), user="hank")
+    assert out.returncode == 0, said(out)
+    [(number, size)] = [line.split() for line in text(curl(edge, f"{pop3s}/", user="hank")).splitlines()]
+    retrieved = curl(edge, f"{pop3s}/{number}", user="hank")
+    assert retrieved.returncode == 0, said(retrieved)
+    assert retrieved.stdout == unix.read_bytes().replace(b"\n", b"\r\n") and len(retrieved.stdout) == int(size)
+    imap_size = text(curl(edge, f"{imaps}/INBOX", "-X", "FETCH 1 RFC822.SIZE", user="hank"))
+    assert f"RFC822.SIZE {size})" in imap_size, imap_size
+
+
 def test_curl_in_the_clear_is_never_asked_for_the_password(edge):
     """Without --ssl-reqd curl stays in the clear; the edge offers no way to log in there
     (IMAP LOGINDISABLED and no AUTH=, POP3 neither USER nor SASL, SMTP no AUTH before

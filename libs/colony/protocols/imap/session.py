@@ -986,7 +986,7 @@ class Session:
         held = self._require(store, box.name, rights.NEEDS["APPEND"])
         try:
             # NULs are kept base64-encoded, so BODY[] never has to carry one (RFC 3516 §4.4, §6).
-            contents = [binary_append.servable(m.data, m.binary) for m in cmd.messages]
+            contents = [binary_append.servable(m.data if m.binary else _crlf(m.data), m.binary) for m in cmd.messages]
         except binary_append.NotServable:
             raise _No("[UNKNOWN-CTE] NUL octets outside a part that can be re-encoded") from None
         self._check_quota(store, sum(len(c) for c in contents))
@@ -1680,6 +1680,18 @@ class _View:
 # --- helpers -------------------------------------------------------------------------------------
 
 _ASCII_NAMES = frozenset({"us-ascii", "ascii", "us", "ansi_x3.4-1968", "iso646-us"})
+
+
+def _crlf(data: bytes) -> bytes:
+    """An APPENDed message with its bare LFs made CRLF (a Unix file uploaded as it is: curl
+    -T, scripts).  Kept as it came, BODY[] would serve lines RFC 5322 does not have, and
+    the sizes RFC822.SIZE and POP3's LIST give (octets "in RFC 5322 format", RFC 9051 §7.5.2;
+    line ends counted as CRLF, RFC 1939 §11) would be those of the stored octets while
+    POP3's RETR sends CRLF: fewer than a client then receives.  Dovecot serves them as
+    CRLF too.  A literal8 is binary, and left alone."""
+    if data.count(b"\n") == data.count(b"\r\n"):
+        return data                         # the same object: nothing copied
+    return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
 
 def _memo(root: mime.Part, key: tuple, render: Callable[[], bytes]) -> bytes:

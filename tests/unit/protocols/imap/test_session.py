@@ -319,6 +319,22 @@ def test_append_literals_and_multiappend(mail):
     assert re.search(r"b OK \[APPENDUID \d+ 1:2\]", out)
 
 
+def test_append_of_a_unix_file_stores_crlf_lines(mail):
+    """curl -T of a file with LF line ends: stored with CRLF, so BODY[] is RFC 5322 text and
+    RFC822.SIZE (and POP3's LIST, from the same size) counts what a client receives; a
+    message already in CRLF is stored as sent, and a literal8 (binary) is never touched."""
+    unix = b"From: a@example.com\nSubject: unix\n\nline one\r\nline two\n"
+    c = selected(mail)
+    out = c.send(b"a APPEND INBOX {%d+}\r\n" % len(unix) + unix + b"\r\n")
+    assert "a OK [APPENDUID" in out, out
+    wanted = b"From: a@example.com\r\nSubject: unix\r\n\r\nline one\r\nline two\r\n"
+    out = c.cmd("b FETCH 3 (RFC822.SIZE BODY.PEEK[])")
+    assert f"RFC822.SIZE {len(wanted)} BODY[] {{{len(wanted)}}}\r\n".encode() + wanted in out.encode(), out
+    binary = b"Subject: bin\r\n\r\nraw\nbytes\n"
+    assert "c OK [APPENDUID" in c.send(b"c APPEND INBOX ~{%d+}\r\n" % len(binary) + binary + b"\r\n")
+    assert f"BODY[] {{{len(binary)}}}\r\n".encode() + binary in c.cmd("d FETCH 4 BODY.PEEK[]").encode()
+
+
 def test_sort_and_thread(mail):
     c = selected(mail)
     assert "* SORT 2 1\r\n" in c.cmd("s SORT (REVERSE SIZE) UTF-8 ALL")
