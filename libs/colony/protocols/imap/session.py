@@ -1200,10 +1200,14 @@ class Session:
         for u in uids:
             msg = after[u]
             changed = msg.flags != before[u]
+            # Another session changed the flags since this one last told its client: .SILENT
+            # or not, the client hears the result, or it would work out flags without that
+            # change and never learn it (RFC 9051 §6.4.6: external changes are reported).
+            unheard = self._flags.get(u) != before[u]
             self._flags[u] = msg.flags
             # .SILENT still reports MODSEQ of changed messages under CONDSTORE (RFC 7162 §3.2)
-            if not cmd.silent or (self.condstore and changed):
-                items = [] if cmd.silent else [f"FLAGS ({self._show(u, msg.flags)})"]
+            if not cmd.silent or unheard or (self.condstore and changed):
+                items = [] if cmd.silent and not unheard else [f"FLAGS ({self._show(u, msg.flags)})"]
                 # Once CONDSTORE is on, every FETCH a STORE causes names the UID, by message
                 # number too (RFC 7162 §3.1): the client files the MODSEQ under it.
                 if cmd.uid or self.condstore:

@@ -74,3 +74,18 @@ def selected_pair(mail):
     for c in (a, b):
         c.cmd("s SELECT INBOX")
     return a, b
+
+
+def test_a_silent_store_still_reports_a_change_another_session_made(mail):
+    """RFC 9051 §6.4.6: whether or not .SILENT is used, a change of a message's flags from an
+    external source is reported.  Here the other session's \\Flagged would otherwise never
+    reach the client: it works the result of its .SILENT STORE out from what it knew, and the
+    server took that STORE for having told it everything."""
+    a, b = selected_pair(mail)
+    a.cmd("a STORE 1 +FLAGS (\\Flagged)")
+    out = b.cmd("b STORE 1 +FLAGS.SILENT (\\Answered)")
+    assert "* 1 FETCH (FLAGS (\\Answered \\Flagged \\Recent))" in out or \
+        "* 1 FETCH (FLAGS (\\Answered \\Flagged))" in out, out
+    assert "* 1 FETCH" not in b.cmd("c NOOP")
+    out = b.cmd("d STORE 1 -FLAGS.SILENT (\\Answered)")     # nothing new from elsewhere: silent
+    assert "FETCH" not in out, out
