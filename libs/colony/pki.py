@@ -4,7 +4,11 @@ Three callers need it: ``colony up``'s local CA for the client listeners (``tlsf
 bus's CA for client, route and leafnode TLS (``bus.secrets``), and the admin API's
 management-network certificate (``deploy``).  They differ only in the CA's name, the host
 names, and whether the certificate also authenticates as a client (routes and leafnodes
-dial each other).  Keys are P-256; files are written temp-then-rename with their mode set at
+dial each other).  Both certificates carry the key identifiers RFC 5280 §4.2.1.1-2 asks of a
+CA (subject key identifier on the CA, authority key identifier on what it signs): strict
+verifiers -- OpenSSL's X509_V_FLAG_X509_STRICT, on by default in Python 3.13's
+``ssl.create_default_context``, and the verifier of ``cryptography`` (sslyze) -- reject a
+chain without them.  Keys are P-256; files are written temp-then-rename with their mode set at
 creation, so a private key is never readable by others, not even for a moment.
 """
 
@@ -48,6 +52,7 @@ def make_ca_and_certificate(files: CertificateFiles, *, ca_name: str, hosts: lis
         .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
                                      key_encipherment=False, data_encipherment=False, key_agreement=False,
                                      encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
     key = ec.generate_private_key(ec.SECP256R1())
@@ -65,6 +70,12 @@ def make_ca_and_certificate(files: CertificateFiles, *, ca_name: str, hosts: lis
         .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=CERT_DAYS))
         .add_extension(x509.SubjectAlternativeName(alt), critical=False)
         .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=False, crl_sign=False, content_commitment=False,
+                                     key_encipherment=False, data_encipherment=False, key_agreement=False,
+                                     encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
     pem = serialization.Encoding.PEM
