@@ -135,7 +135,7 @@ class Settings(BaseSettings):
     smtp_hostname: str = Field("", description="Name the SMTP server gives in its greeting and Received: fields. Empty: the advertised host.")
     smtp_max_message_size: int = Field(64 * 1024 * 1024, ge=1024, description="Largest message (octets) the edge accepts from anyone (advertised as SIZE); classes of service may allow less.")
     smtp_max_recipients: int = Field(100, ge=1, description="Most RCPT TO per transaction a class of service may never exceed (RFC 5321 asks for at least 100).")
-    smtp_max_errors: int = Field(10, ge=1, description="Protocol errors after which a session is answered 421 and closed.")
+    smtp_max_errors: int = Field(20, ge=1, description="Negative replies (refused commands and recipients included) after which a session is answered 421 and closed. 20, as Postfix's smtpd_hard_error_limit: a security audit's relay test (nmap smtp-open-relay, 16 refused attempts on one session) runs to its verdict instead of being cut off.")
     smtp_timeout: float = Field(300.0, gt=0, description="Seconds an SMTP session may wait for the client's next command or data (RFC 5321 4.5.3.2: at least 5 minutes).")
     smtp_greeting_delay: float = Field(0.0, ge=0, description="Seconds the edge waits before its greeting; a client that talks first is an early talker and is refused.")
 

@@ -82,7 +82,7 @@ class ServerConfig:
     hostname: str
     max_message_size: int = 64 * 1024 * 1024
     max_recipients: int = 100
-    max_errors: int = 10
+    max_errors: int = 20               # as settings.smtp_max_errors
     timeout: float = 300.0
     tls_available: bool = False
     tls_active: bool = False
