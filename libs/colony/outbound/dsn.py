@@ -1,5 +1,9 @@
 """Delivery status notifications (RFC 3464): one multipart/report per message and attempt,
-listing every recipient that failed (Action: failed) or is delayed (Action: delayed).
+listing every recipient that failed (Action: failed) or is delayed (Action: delayed) -- or,
+for recipients whose RCPT asked for NOTIFY=SUCCESS (RFC 3461 §4.1), a separate report of
+the recipients delivered into their mailbox (Action: delivered, by the mail store),
+relayed to a server that will not report delivery (Action: relayed, by the outbound queue)
+or expanded to several addresses (Action: expanded).
 
 The report is sent from the null sender (``MAIL FROM:<>``) so that it can never be bounced
 itself (RFC 5321 §4.5.5); ``colony.outbound.rules`` never makes a DSN for a message whose
@@ -11,11 +15,14 @@ a full return is capped at ``full_limit`` octets (then only the headers go back)
 from __future__ import annotations
 
 import email.utils
+import hashlib
 import secrets
+from collections.abc import Iterable
 from datetime import datetime
 
-from colony.contracts.outbound import OutboundMail
-from colony.outbound.rules import Failure
+from colony.contracts.mail import InboundMail
+from colony.contracts.outbound import OutboundMail, OutboundRecipient
+from colony.outbound.rules import NOTIFY_OF_ACTION, Failure
 
 _CRLF = "\r\n"
 
@@ -25,17 +32,27 @@ def header_section(message: bytes) -> bytes:
     return message if end < 0 else message[: end + 2]
 
 
-def build_dsn(job: OutboundMail, failures: list[Failure], original: bytes, reporting_mta: str,
+_SUCCESS_TEXT = {
+    "delivered": "delivered to the mailbox",
+    "relayed": "passed on to a mail system that does not report delivery; no further notice will come",
+    "expanded": "delivered to an alias and passed on to its addresses; only failures will be reported",
+}
+
+
+def build_dsn(job: OutboundMail | InboundMail, failures: list[Failure], original: bytes, reporting_mta: str,
               now: datetime, full_limit: int = 1024 * 1024) -> bytes:
-    """The DSN's whole message (header and body, CRLF line ends), addressed to ``job.mail_from``."""
-    assert failures and job.mail_from, "a DSN needs failures and a non-null sender"
+    """The DSN's whole message (header and body, CRLF line ends), addressed to ``job.mail_from``.
+    ``failures``: the recipients' blocks, all failures and delays, or all successes."""
+    assert failures and job.mail_from, "a DSN needs recipients to report and a non-null sender"
     delayed = all(f.action == "delayed" for f in failures)
+    success = all(NOTIFY_OF_ACTION[f.action] == "SUCCESS" for f in failures)
     boundary = f"=_colony_dsn_{secrets.token_hex(12)}"
-    subject = ("Delayed Mail (still being retried)" if delayed else "Undelivered Mail Returned to Sender")
+    subject = ("Successful Mail Delivery Report" if success else
+               "Delayed Mail (still being retried)" if delayed else "Undelivered Mail Returned to Sender")
     date = email.utils.format_datetime(now)
     head = [
         f"From: Mail Delivery System <MAILER-DAEMON@{reporting_mta}>",
-        f"To: <{job.mail_from}>",
+        f"To: <{_safe(job.mail_from)}>",
         f"Subject: {subject}",
         f"Date: {date}",
         f"Message-ID: <dsn.{job.message_id}.{secrets.token_hex(6)}@{reporting_mta}>",
@@ -43,31 +60,38 @@ def build_dsn(job: OutboundMail, failures: list[Failure], original: bytes, repor
         "MIME-Version: 1.0",
         f'Content-Type: multipart/report; report-type=delivery-status; boundary="{boundary}"',
     ]
-    if delayed:
+    if success:
+        human = [f"This is the mail system at {reporting_mta}.", "",
+                 "This is the report of your message's delivery you asked for (NOTIFY=SUCCESS):", ""]
+        human += [f"<{_safe(f.recipient.address)}>: {_SUCCESS_TEXT[f.action]}" for f in failures]
+    elif delayed:
         human = [f"This is the mail system at {reporting_mta}.", "",
                  "Your message could not be delivered yet to the recipients below.",
                  "It is still in the queue and will be retried; you need not send it again.", ""]
     else:
         human = [f"This is the mail system at {reporting_mta}.", "",
                  "Your message could not be delivered to the recipients below.", ""]
-    for f in failures:
+    if not success:
         # One line, and bounded: the diagnostic quotes a remote server's reply, which may be
         # 64 KiB of lines for each recipient (100 of them made a DSN larger than the bus
         # carries, so it was never sent and the job ended in DEAD_LETTERS).
-        human.append(f"<{f.recipient.address}>: {' '.join(f.diagnostic.split())[:900]}")
+        human += [f"<{_safe(f.recipient.address)}>: {' '.join(f.diagnostic.split())[:900]}" for f in failures]
     status = [f"Reporting-MTA: dns; {reporting_mta}"]
     if job.envid:
-        status.append(f"Original-Envelope-Id: {job.envid}")
-    status.append(f"Arrival-Date: {email.utils.format_datetime(job.queued_at)}")
+        status.append(f"Original-Envelope-Id: {_safe(job.envid)}")
+    arrival = job.queued_at if isinstance(job, OutboundMail) else job.at
+    status.append(f"Arrival-Date: {email.utils.format_datetime(arrival)}")
     blocks = []
     for f in failures:
         block = []
         if f.recipient.orcpt:
-            block.append(f"Original-Recipient: {f.recipient.orcpt}")
-        block += [f"Final-Recipient: rfc822; {f.recipient.address}", f"Action: {f.action}", f"Status: {f.status}"]
+            block.append(f"Original-Recipient: {_safe(f.recipient.orcpt)}")
+        block += [f"Final-Recipient: rfc822; {_safe(f.recipient.address)}", f"Action: {f.action}",
+                  f"Status: {f.status}"]
         if f.remote:
-            block.append(f"Remote-MTA: dns; {f.remote}")
-        block.append(f"Diagnostic-Code: {_one_line(f.diagnostic)}")
+            block.append(f"Remote-MTA: dns; {_safe(f.remote)}")
+        if f.diagnostic:
+            block.append(f"Diagnostic-Code: {_one_line(f.diagnostic)}")
         block.append(f"Last-Attempt-Date: {date}")
         blocks.append(_CRLF.join(block))
     full = job.ret == "FULL" and len(original) <= full_limit
@@ -84,6 +108,44 @@ def build_dsn(job: OutboundMail, failures: list[Failure], original: bytes, repor
     text = _CRLF.join(parts).encode("utf-8") + _CRLF.encode()
     end = f"{_CRLF}--{boundary}--{_CRLF}".encode()
     return text + returned.rstrip(b"\r\n") + end
+
+
+def delivered_reports(mail: InboundMail, stored: Iterable[str]) -> list[Failure]:
+    """The "delivered" blocks (RFC 3461 §5.2.3, RFC 3464 §2.3.3: Status 2.0.0) for those of
+    ``mail``'s recipients now stored in their mailbox (``stored``: lower-case mailboxes) whose
+    RCPT asked for NOTIFY=SUCCESS; none for mail from the null sender (a DSN is never
+    reported on).  Original-Recipient is the ORCPT the client gave or, when an alias or
+    forwarding led to another mailbox, the address it wrote (RFC 3461 §4.2: what an MTA
+    adds when none was given)."""
+    if not mail.mail_from:
+        return []
+    stored = set(stored)
+    out: list[Failure] = []
+    for r in mail.recipients:
+        mailbox = r.mailbox.lower()
+        if mailbox not in stored or not r.notify or "SUCCESS" not in r.notify:
+            continue
+        stored.discard(mailbox)   # one block per mailbox, however many RCPTs led to it
+        orcpt = r.orcpt or (f"rfc822;{r.original}" if r.original.lower() != mailbox else None)
+        out.append(Failure(OutboundRecipient(address=mailbox, notify=r.notify, orcpt=orcpt), "2.0.0", "",
+                           action="delivered"))
+    return out
+
+
+def delivered_report_id(mail: InboundMail, reports: list[Failure]) -> str:
+    """The message id of the report of ``reports`` for ``mail``: the same on every delivery of
+    the job (a redelivery after a crash reports the same recipients), so the MAIL or OUTBOUND
+    publish of a report sent before the crash is a duplicate of it."""
+    key = "\n".join([mail.domain, *sorted(f.recipient.address for f in reports)])
+    return f"{mail.message_id}.dsn-delivered-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+
+
+def _safe(text: str) -> str:
+    """An envelope value copied into a header or status field: ENVID, ORCPT and addresses
+    are checked for control characters where the edge parses them (``syntax._printable``),
+    but a job on the bus is not proof of that, and a CR or LF here would write lines of a
+    client's choosing into a report the cluster sends."""
+    return text if text.isprintable() else "".join(c if c.isprintable() else "?" for c in text)
 
 
 def _one_line(text: str) -> str:

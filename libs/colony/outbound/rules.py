@@ -22,6 +22,10 @@ turns that into a ``Decision``:
   out now, the job is *requeued*: a new generation with only the deferred recipients.
 * The delay notice (a DSN with Action: delayed) goes out once, on the first attempt after
   ``outbound_delay_warning`` that still defers.
+* Delivered recipients that asked for NOTIFY=SUCCESS get a DSN of their own (``success``)
+  with Action: relayed (RFC 3461 §5.2.2, RFC 3464 §2.3.3): the client passes no DSN
+  parameters on, so to the remote server the message came from a sender that asked for no
+  report, and its delivery will be reported by nobody else.
 
 Before MAIL, ``transfer_options`` says which parameters the message needs on the server
 at hand (``BODY=8BITMIME``, ``SMTPUTF8``), or that it cannot go there at all
@@ -140,20 +144,32 @@ class RecipientResult:
         return self.code >= 500
 
 
+# The NOTIFY keyword (RFC 3461 §4.1) that asks for a DSN of each action (RFC 3464 §2.3.3).
+NOTIFY_OF_ACTION = {"failed": "FAILURE", "delayed": "DELAY", "delivered": "SUCCESS", "relayed": "SUCCESS",
+                    "expanded": "SUCCESS"}
+
+
 @dataclass(frozen=True)
 class Failure:
+    """One recipient's block of a DSN.  Named for what it first was; ``action`` says what it
+    reports: a failure or delay, or (asked for with NOTIFY=SUCCESS) a delivery."""
+
     recipient: OutboundRecipient
-    status: str               # RFC 3463 status, e.g. 5.1.1 or 4.4.7
+    status: str               # RFC 3463 status, e.g. 5.1.1 or 4.4.7, 2.0.0
     diagnostic: str           # "smtp; 550 5.1.1 no such user" or what we saw
     remote: str = ""
-    action: str = "failed"    # failed | delayed
+    action: str = "failed"    # failed | delayed | delivered | relayed | expanded
 
     @property
     def notify(self) -> bool:
-        """Whether the sender asked to hear of this (RFC 3461 §4.1: default FAILURE,DELAY)."""
+        """Whether the sender asked to hear of this (RFC 3461 §4.1: no NOTIFY means
+        FAILURE,DELAY, so SUCCESS only when asked for)."""
         wanted = self.recipient.notify
-        kind = "FAILURE" if self.action == "failed" else "DELAY"
-        return wanted is None or kind in wanted
+        kind = NOTIFY_OF_ACTION[self.action]
+        return kind in wanted if wanted is not None else kind != "SUCCESS"
+
+
+Report = Failure   # the name for a DSN block that reports no failure
 
 
 @dataclass
@@ -162,6 +178,7 @@ class Decision:
     failed: list[Failure] = field(default_factory=list)
     deferred: list[OutboundRecipient] = field(default_factory=list)
     dsn: list[Failure] = field(default_factory=list)       # the one DSN's recipients (failed or delayed)
+    success: list[Failure] = field(default_factory=list)   # the "relayed" DSN's recipients (NOTIFY=SUCCESS)
     requeue: OutboundMail | None = None                   # publish this, then ack
     retry_after: float | None = None                      # nak the job with this delay
 
@@ -200,11 +217,13 @@ def decide(job: OutboundMail, results: list[RecipientResult], attempt: int, now:
     age = (now - job.queued_at).total_seconds()
     expired = age >= settings.outbound_max_age
     decision = Decision()
+    relayed: list[Failure] = []
     for recipient in job.recipients:
         result = by_address.get(recipient.address) or RecipientResult(recipient.address, 0, "not attempted")
         diagnostic = f"smtp; {result.code} {result.text}" if result.code else f"x-colony; {result.text}"
         if result.delivered:
             decision.delivered.append(recipient.address)
+            relayed.append(Failure(recipient, status_of(result), diagnostic, result.remote, action="relayed"))
         elif result.permanent:
             decision.failed.append(Failure(recipient, status_of(result), diagnostic, result.remote))
         elif expired:
@@ -220,6 +239,7 @@ def decide(job: OutboundMail, results: list[RecipientResult], attempt: int, now:
                   for r in decision.deferred]
     if job.mail_from:  # the null sender never gets a DSN: no bounce loops
         decision.dsn = [f for f in decision.failed + (notice or []) if f.notify]
+        decision.success = [r for r in relayed if r.notify]
     if decision.deferred:
         delay = retry_delay(attempt, settings)
         changed = len(decision.deferred) != len(job.recipients) or notice is not None
