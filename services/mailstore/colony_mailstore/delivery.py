@@ -28,6 +28,9 @@ Forwarded delivery, subject ``names.mailstore_deliver_subject(owner)``::
 A recipient whose store's file system refuses writes (full, read-only) is *held*, not failed
 (``storage_health``): the job is redelivered until the storage is back, never dead-lettered
 for it, and while the storage is down this store fetches no MAIL.
+
+Recipients that asked for NOTIFY=SUCCESS get their "delivered" report (``success_reports``)
+once no recipient of the job waits for a retry any more, before the job is acknowledged.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ from colony.cluster.view import read_nodes
 from colony.contracts import account_export as X
 from colony.contracts.handoff import load_secret
 from colony.contracts.mail import CROSS_REGION_MAX_BYTES, InboundMail
+from colony.outbound.dsn import delivered_reports
 from colony.events import UnknownEvent, decode
 from colony.queue import Job, Reject, Retry
 from colony.settings import Role, Settings
@@ -61,6 +65,7 @@ from colony.telemetry import extract_context, inject_headers
 from colony_mailstore.accounts import AccountManager, NotOwner, OverQuota
 from colony_mailstore.metrics import MailstoreMetrics
 from colony_mailstore.storage_health import HELD_DELAY, StorageHealth, storage_failure
+from colony_mailstore.success_reports import ReportNotSent, SuccessReports
 from colony_mailstore.usage import UsageMeter
 
 log = logging.getLogger("colony.mailstore.delivery")
@@ -115,6 +120,7 @@ class Delivery:
         self.accepting = True
         self.forwards_in_flight = 0
         self.storage = StorageHealth(settings.shared_storage, node_id)
+        self.reports = SuccessReports(nc, node_id, settings, accounts.directory)
 
     # --- the MAIL job ----------------------------------------------------------------------
 
@@ -142,9 +148,19 @@ class Delivery:
             except BodyUnavailable as exc:
                 return Retry(str(exc), delay=5.0)
             results = await self.deliver(mail, job.data, body, recipients, job.id, job.headers, may_forward=True)
-        rejected = {a: why for a, (status, why) in results.items() if status == REJECTED}
-        retry = {a: why for a, (status, why) in results.items() if status == RETRY}
-        held = {a: why for a, (status, why) in results.items() if status == HELD}
+            rejected = {a: why for a, (status, why) in results.items() if status == REJECTED}
+            retry = {a: why for a, (status, why) in results.items() if status == RETRY}
+            held = {a: why for a, (status, why) in results.items() if status == HELD}
+            if not retry and not held:
+                # Reported only once the job is settled: the recipients still to retry would
+                # otherwise be reported by a later delivery under another id, and those
+                # stored now reported again with them.
+                reports = delivered_reports(mail, (a for a, (status, _) in results.items() if status == STORED))
+                if reports:
+                    try:
+                        self.metrics.dsns.inc(await self.reports.send(mail, reports, body))
+                    except ReportNotSent as exc:
+                        return Retry(str(exc), delay=5.0)
         if held:
             # A storage that refuses writes outweighs the rest: the job waits for it.
             return Retry("; ".join(f"{a}: {w}" for a, w in list({**held, **retry}.items())[:3]),

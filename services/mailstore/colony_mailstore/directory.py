@@ -11,7 +11,7 @@ from nats.js.kv import KeyValue
 
 from colony.bus import names
 from colony.contracts import entitlements
-from colony.contracts.directory import AccountEntry, CosEntry, DomainEntry, parse_entry
+from colony.contracts.directory import AccountEntry, CosEntry, DomainAliasEntry, DomainEntry, parse_entry
 from colony.storage.layout import StorageLayout
 
 _CACHE_SECONDS = 2.0
@@ -55,6 +55,12 @@ class Directory:
     async def domain(self, domain: str) -> DomainEntry | None:
         value = await self._get(names.AGG_DOMAIN, domain)
         return value if isinstance(value, DomainEntry) else None
+
+    async def hosted(self, domain: str) -> bool:
+        """Whether ``domain`` is one of ours, itself or as a domain alias."""
+        if await self.domain(domain) is not None:
+            return True
+        return isinstance(await self._get(names.AGG_DOMAIN_ALIAS, domain), DomainAliasEntry)
 
     async def sealed(self, address: str) -> bool:
         """Whether the account's domain is moving to another region and in its ``sealing``

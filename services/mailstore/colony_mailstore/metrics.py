@@ -19,6 +19,9 @@ class MailstoreMetrics:
         self.remote_bodies = Counter("colony_mailstore_remote_bodies_fetched",
                                      "Large bodies of jobs sent on from another region, fetched from that region.",
                                      registry=registry)
+        self.dsns = Counter("colony_mailstore_dsns",
+                            "Delivery reports (NOTIFY=SUCCESS, Action: delivered) published to senders.",
+                            registry=registry)
         self.over_quota = Counter("colony_mailstore_over_quota", "Deliveries refused because the account is full.",
                                   registry=registry)
         self.commits = Counter("colony_mailstore_commits", "Journal fsyncs (group commits).", registry=registry)
