@@ -7,14 +7,24 @@ from __future__ import annotations
 import email
 import uuid
 
+import pytest
+
 from cluster_harness import wait_until
-from mailworld import DOMAIN, world  # noqa: F401  (world is a fixture)
+from mailworld import DOMAIN, MailWorld
 
 from colony.bus import names
 from colony.contracts.mail import InboundMail, MailRecipient
 from colony.contracts.outbound import OutboundMail
 
 ALICE, BOB, CAROL = f"alice@{DOMAIN}", f"bob@{DOMAIN}", f"carol@{DOMAIN}"
+
+
+@pytest.fixture
+async def world(cluster, tmp_path):
+    w = MailWorld(cluster, tmp_path / "shared")
+    await w.setup()
+    yield w
+    await w.close()
 
 
 def mail_to(recipients: list[MailRecipient], mail_from: str, message_id: str, **more) -> InboundMail:
