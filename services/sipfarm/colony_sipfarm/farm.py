@@ -199,9 +199,11 @@ def _reached_at(contact: str, transport: str, source_host: str, nat: bool) -> st
 
 def _transaction_key(via: Via, call_id: str, method: str, cseq: int) -> tuple:
     """What a request's copies, and its server transaction's responses, share (§17.2.3): the
-    top Via's branch and sent-by (the Call-ID when there is no branch), the method (an ACK
-    is its INVITE's) and the CSeq number."""
-    return (via.branch or call_id, via.host, via.port, "INVITE" if method == "ACK" else method, cseq)
+    top Via's branch and sent-by, the method (an ACK is its INVITE's) and the CSeq number --
+    and the Call-ID.  §17.2.3 trusts a branch to be unique, but senders reuse one: RFC 4475's
+    escnull and regescrt are two REGISTERs with one branch, sent-by and CSeq, and the second
+    was taken for the first's copy and got its answer, at the first's address."""
+    return (via.branch or call_id, via.host, via.port, "INVITE" if method == "ACK" else method, cseq, call_id)
 
 
 def _hops_left(request: SipRequest) -> int:
@@ -441,7 +443,7 @@ class SipFarm:
             # (checking its credentials again would see a replayed nonce count).
             self.metrics.retransmissions.inc()
             return []
-        if request.method == "CANCEL" and (invite := (*key[:3], "INVITE", key[4])) in self._pending:
+        if request.method == "CANCEL" and (invite := (*key[:3], "INVITE", *key[4:])) in self._pending:
             # §16.10: the INVITE it cancels is still being worked on here (the caller's
             # credentials, the callee's bindings): answered 200 now, and the INVITE ends 487
             # instead of being forwarded.  Passed on at once, the CANCEL reached phones that

@@ -59,3 +59,16 @@ async def test_a_request_without_extensions_is_challenged_as_before(farm):
     answer, _ = await one(farm, BY_NAME["lwsdisp"].data, PHONE)
     assert answer.status == 407
     assert parse_message(BY_NAME["lwsdisp"].data).headers.get("Max-Forwards") == "70"
+
+
+async def test_two_requests_that_share_a_branch_are_two_transactions(farm):
+    # RFC 4475's escnull and regescrt share branch, sent-by, method and CSeq; their Call-IDs
+    # differ.  Each gets its own answer, at its own address -- never the other's.
+    first, second = ("UDP", "192.0.2.31", 5060), ("UDP", "192.0.2.32", 5060)
+    for name, source in (("escnull", first), ("regescrt", second)):
+        answer, item = await one(farm, BY_NAME[name].data, source)
+        assert answer.status == 401 and answer.call_id.startswith(name + ".")
+        assert item.destination[1] == source[1]
+    # A true copy is still a copy: the same answer again.
+    again, item = await one(farm, BY_NAME["regescrt"].data, second)
+    assert again.call_id.startswith("regescrt.") and item.destination[1] == second[1]
