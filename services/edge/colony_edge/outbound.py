@@ -12,7 +12,8 @@ that dies is redelivered to another after ``ack_wait``.  Per job (one destinatio
    recipient, DATA -- pipelined (RFC 2920) when the server offers PIPELINING -- with the
    message DKIM-signed for ``sign_domain`` when a key is in ``Settings.dkim_key_dir``;
    at most ``outbound_destination_concurrency`` connections per destination on this edge;
-4. ``rules.decide`` -> the DSN (into MAIL for a local sender, OUTBOUND otherwise), the
+4. ``rules.decide`` -> the DSN (into MAIL for a local sender, OUTBOUND otherwise) and, for
+   delivered recipients that asked for NOTIFY=SUCCESS, a "relayed" one of its own, the
    requeued generation, USAGE ``messages_out`` for the delivered recipients; then ack, or
    nak with the back-off.  The runner's ``max_deliver`` is not the limit here: expiry is
    ``outbound_max_age`` counted from ``queued_at``.
@@ -284,19 +285,27 @@ class OutboundDelivery:
                        if any(r.address == a for r in mail.recipients)]
             if todo:
                 everyone = {r.address for r in mail.recipients}
+                # A sender who asked for NOTIFY=SUCCESS still has its "relayed" report to come
+                # after the delivery: the ack must wait for it, or a crash in between loses it.
+                report_due = bool(mail.mail_from) and any(r.notify and "SUCCESS" in r.notify for r in mail.recipients)
 
                 async def delivered(addresses: list[str]) -> None:
                     done = done_before | set(addresses)
                     # Every recipient taken: nothing is left to do for this job (no DSN, no
                     # next generation), so the ack itself records the delivery -- one bus
                     # write instead of a marker and then the ack, and the same window.
-                    if done >= everyone and await self._ack_now(job):
+                    if done >= everyone and not report_due and await self._ack_now(job):
                         return
                     await self._mark_delivered(mail, done)
                 results += await self._attempt(mail.model_copy(update={"recipients": todo}), body, delivered)
             decision = decide(mail, results, attempt, datetime.now(UTC), self.settings)
             if decision.dsn:
                 await self._send_dsn(mail, decision.dsn, body)
+            if decision.success:
+                # A report of its own (RFC 3461 §5.2.2, Action: relayed), not mixed into a
+                # bounce; recipients delivered before a restart are reported again under the
+                # same id (a duplicate in the sender's mailbox, or in OUTBOUND's window).
+                await self._send_dsn(mail, decision.success, body)
             if decision.requeue is not None:
                 await self._publish_outbound(decision.requeue)
             if decision.delivered:
