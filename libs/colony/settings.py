@@ -8,6 +8,7 @@ its description, so this file is the documentation of the configuration.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import tomllib
 from enum import StrEnum
@@ -180,8 +181,8 @@ class Settings(BaseSettings):
     pop3_idle_timeout: float = Field(600.0, gt=0, description="Seconds a POP3 session may stay silent before it is closed (RFC 1939: at least 10 minutes).")
     access_login_timeout: float = Field(60.0, gt=0, description="Seconds a client has to log in at the edge after connecting.")
     access_max_command_bytes: int = Field(8192, ge=1024, le=1024 * 1024, description="Longest IMAP/POP3 command line (and literal) the edge reads before login; longer gets BAD / -ERR.")
-    access_login_failures_per_ip: int = Field(20, ge=1, description="Failed IMAP/POP3 logins per 10 minutes one client address may have across all edges; after that its logins are refused without a check.")
-    access_login_failures_per_account: int = Field(10, ge=1, description="Failed IMAP/POP3 logins per 10 minutes on one account across all edges; after that logins to it from clients that are strangers to it are refused for the rest of the window (trusted networks included); a client familiar to the account (login_familiar_days) is held only by the per-address limit, so strangers cannot lock the owner out.")
+    access_login_failures_per_ip: int = Field(20, ge=1, description="Failed IMAP/POP3 logins and submission AUTHs per 10 minutes one client address may have across all edges; after that its logins are refused without a check.")
+    access_login_failures_per_account: int = Field(10, ge=1, description="Failed IMAP/POP3 logins and submission AUTHs (one budget) per 10 minutes on one account across all edges; after that logins to it from clients that are strangers to it are refused for the rest of the window (trusted networks included); a client familiar to the account (login_familiar_days) is held only by the per-address limit, so strangers cannot lock the owner out.")
     login_familiar_days: float = Field(30.0, ge=0, le=366, description="Days a client network (its address; IPv6: its /64) stays familiar to an account after a successful IMAP, POP3 or SMTP AUTH login to it on any edge: the per-account failed-login limits (the edges' and the auth service's) do not hold familiar clients. 0: off, every client is held by the per-account limits.")
     access_auth_cache_size: int = Field(100_000, ge=0, le=10_000_000, description="Logins (user, password, service) an edge remembers as checked, least recently used dropped first, so a client that logs in again needs no argon2 check in the auth service (like Dovecot's auth_cache_size; ~300 bytes each). Kept as an HMAC under a per-process random key, never the password; dropped at once when the directory says the account, its domain or a class of service changed. 0: every login is checked.")
     access_auth_cache_ttl: float = Field(3600.0, gt=0, le=86400, description="Seconds a successful login stays in the edge's login cache (like Dovecot's auth_cache_ttl); a password change, disable or service change drops it sooner.")
@@ -251,6 +252,7 @@ class Settings(BaseSettings):
     sip_bindings_cache_seconds: float = Field(30.0, ge=0, description="Seconds a farm member answers from an account's registered contacts it read, wrote or saw change (its watch of sip_bindings keeps them current) before reading them again: a refresh or a call then needs no bus read. Bounds what a stalled watch could hide. 0: read every time.")
     sip_contact_deny_networks: str = Field(SIP_CONTACT_DENY_DEFAULT, description="Networks a SIP farm member never sends a request to when the address came from a phone's message, comma separated CIDRs: a REGISTER whose contact would be reached there -- the Contact's address, or for a phone behind NAT (rport, or packets from elsewhere than its Via) or on a connection the address its packets come from -- is refused 403 with a Warning, and a binding, in-dialog target (Route or Request-URI) or host name that leads there is not sent to. Otherwise any subscriber could register 127.0.0.1:5432 or an inner address and have the farm carry INVITEs into the provider's own network. The default: loopback, 0.0.0.0/8 and ::, link-local (169.254.169.254, the cloud metadata service), multicast, 240.0.0.0/4; add the networks of the farm's inner relay, the bus and other back-end hosts. `colony up` on a loopback host leaves loopback out (its phones are on this host). Empty: send anywhere.")
     sip_route_aliases: str = Field("", description="Names phones may be given as their outbound proxy, comma separated host or host:port (the balancer's public name, e.g. sip.example.net): a first Route header naming one of them, this member's own address or the caller's own SIP domain is the phone's preloaded route to the farm and is removed (RFC 3261 §16.4), not refused as a relay.")
+    sip_record_route_host: str = Field("", description="The SIP farm's public name, written in its Record-Route instead of the member's own address (advertise_host and its SIP port): the balancer's name, or a DNS name with SRV records for every member (_sip._udp, _sip._tcp, _sips._tcp; RFC 3263). A dialog's later requests (ACK, re-INVITE, BYE) then go to any live member, so a call can still be ended after the member that routed it died; with the member's address they went to that member only, and in compose to a container name no phone can resolve. A host name or address, no port: each party is given it with its own transport (transport=udp, tcp or tls; the port from SRV, else 5060, 5061 for TLS), so it must reach the farm on each of them, and a TLS certificate of the members must name it; a WebSocket party keeps the member's address (a browser sends every request on its own connection). A Route naming it is the farm's own (removed, as sip_route_aliases). Empty: the member's address. `colony up` leaves it empty: members on one loopback host have no common name.")
     sip_allow_networks: str = Field("127.0.0.0/8, ::1/128", description="Sources exempt from the SIP rate limits, comma separated CIDRs: this host's own tools by default (as edge_allow_networks); add trunks and load testers. Empty: none.")
 
     # --- recipient resolution (colony.contracts.recipients) ----------------------------
@@ -293,6 +295,23 @@ class Settings(BaseSettings):
 
         NetworkList.parse(value, f"COLONY_{info.field_name.upper()}")   # the error names the key and the entry
         return value
+
+    @field_validator("sip_record_route_host")
+    @classmethod
+    def _check_record_route_host(cls, value: str) -> str:
+        """A host name or address as a SIP URI's host (RFC 3261 §25.1): IPv6 bracketed, no port."""
+        import ipaddress
+
+        host = value.strip().lower()
+        if not host:
+            return ""
+        try:
+            address = ipaddress.ip_address(host.strip("[]"))
+        except ValueError:
+            if not re.fullmatch(r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*\.?", host):
+                raise ValueError(f"{value!r}: write a host name or address without a port, e.g. sip.example.net") from None
+            return host.rstrip(".")
+        return f"[{address}]" if address.version == 6 else str(address)
 
     @field_validator("dnsbl_zones")
     @classmethod

@@ -274,6 +274,8 @@ class SipFarm:
         self.routes = RouteSigner(secret)
         # Names phones may give as their outbound proxy (host or host:port), lower case.
         self.route_aliases = frozenset(a.strip().lower() for a in settings.sip_route_aliases.split(",") if a.strip())
+        # The farm's public name for its Record-Routes ("": this member's address), _facing.
+        self.public_host = settings.sip_record_route_host
         self._unsigned_until = clock() + settings.sip_dialog_record_ttl
         self.host, self.port = address
         self.metrics = FarmMetrics(registry)
@@ -778,7 +780,18 @@ class SipFarm:
         """Host:port (and transport) of the farm for a party on ``transport`` whose flow
         ``member`` holds: its TLS listener with ``transport=tls``, its TCP (the SIP port) with
         ``transport=tcp``; over UDP and WebSocket (a browser sends every request on its
-        WebSocket, RFC 7118 §5) our SIP address as the packet reached it."""
+        WebSocket, RFC 7118 §5) our SIP address as the packet reached it.
+
+        With ``sip_record_route_host`` the farm's public name instead, without a port and with
+        the party's transport, UDP included: the phone finds a live member by RFC 3263 (SRV
+        ``_sip._udp``, ``_sip._tcp``, ``_sips._tcp``, else the name's address at 5060/5061) or
+        reaches the balancer, so the dialog outlives the member that routed it.  Without a
+        transport a phone may pick any the name's SRV records offer (RFC 3263 §4.1; libre,
+        baresip's stack, asks for ``_sips._tcp`` first), and a UDP phone's BYE would go over
+        TLS.  A WebSocket party keeps our address: a browser sends its requests on its own
+        connection whatever the Route names."""
+        if self.public_host and transport in ("UDP", "TCP", "TLS"):
+            return f"{self.public_host};transport={transport.lower()}"
         if transport in ("TCP", "TLS"):
             found = self.listeners(member).get("sip_tls" if transport == "TLS" else "sip")
             if found is None and member == names.node_key(self._flow()) and transport == "TCP":
@@ -791,10 +804,11 @@ class SipFarm:
 
     def _preloaded(self, route: str, request: SipRequest) -> bool:
         """``route`` names the farm as an outbound proxy, not a dialog's Record-Route (no
-        ``cf``, no user part): its host is this member's, one of ``sip_route_aliases`` (the
-        name phones are given, a balancer's), or the caller's own SIP domain (From), which the
-        farm authenticates the caller against -- so a Route naming it relays nothing the
-        caller could not send without it."""
+        ``cf``, no user part): its host is this member's, the farm's public name
+        (``sip_record_route_host``), one of ``sip_route_aliases`` (the name phones are given, a
+        balancer's), or the caller's own SIP domain (From), which the farm authenticates the
+        caller against -- so a Route naming it relays nothing the caller could not send
+        without it."""
         try:
             uri = parse_address(route).uri
             caller = parse_address(request.headers.get("From") or "").uri
@@ -804,6 +818,8 @@ class SipFarm:
             return False
         host = uri.host.lower().strip("[]")
         if host == self.host.lower().strip("[]") or isinstance(caller, SipURI) and host == caller.host.lower():
+            return True
+        if self.public_host and host == self.public_host.strip("[]"):
             return True
         return host in self.route_aliases or f"{host}:{uri.port or 5060}" in self.route_aliases
 
