@@ -45,8 +45,7 @@ def _baresip() -> str:
     return need_tool("baresip", "baresip-core")
 
 
-@pytest.fixture
-async def farm(cluster, tmp_path):
+async def start_farm(cluster, tmp_path, **env: str) -> tuple[list[dict], Path]:
     """Two members with the TLS certificate of a local CA (as `colony up` makes one); their
     listeners as `colony status` shows them, and the CA the phones trust."""
     await serve_credentials(await cluster.client())
@@ -55,9 +54,14 @@ async def farm(cluster, tmp_path):
         cluster.start("sipfarm", f"sipfarm-{n}", COLONY_SIP_PORT="0", COLONY_OUTBOUND_SMTP_PORT="25",
                       COLONY_TLS_CERT_FILE=str(tls.cert), COLONY_TLS_KEY_FILE=str(tls.key),
                       # Phones here re-register every few seconds (a refresh is part of the test).
-                      COLONY_SIP_MIN_EXPIRES="10")
+                      COLONY_SIP_MIN_EXPIRES="10", **env)
     views = [await cluster.wait_state(f"sipfarm-{n}", "READY", timeout=60) for n in (1, 2)]
-    yield [v.addresses for v in views], tls.ca
+    return [v.addresses for v in views], tls.ca
+
+
+@pytest.fixture
+async def farm(cluster, tmp_path):
+    yield await start_farm(cluster, tmp_path)
 
 
 def proxy_uri(addresses: dict, transport: str) -> str:
@@ -388,6 +392,92 @@ async def test_a_call_outlives_the_sigkill_of_the_member_that_did_not_route_it(f
     async def record_gone() -> bool:
         return await dialog_record(cluster, call_id) is None
     await wait_until(record_gone, 30, "the call's record to be deleted by the BYE")
+
+
+
+@pytest.mark.parametrize("hangs_up", ["caller", "callee"])
+async def test_a_call_is_ended_by_either_phone_after_the_member_that_routed_it_was_sigkilled(
+        cluster, phones, tmp_path, dns_server, hangs_up):
+    """The farm names itself ``acme.example`` in its Record-Route (sip_record_route_host), whose
+    DNS SRV records (``_sip._udp``) list member 1 first and member 2 behind it.  Both phones (UDP)
+    register at member 1, alice calls bob through it, and member 1 is SIGKILLed.  The phone that
+    hangs up sends its BYE to the name (RFC 3263): member 1 does not answer, so when the BYE's
+    transaction times out (Timer F, 32 s) baresip takes the next SRV target, member 2, which
+    routes it by the Route's signature -- the other phone sees the call end and its record
+    goes.  With the member's own address in the Record-Route the BYE went to the dead member
+    only, and the other phone stayed in the call."""
+    addresses, ca = await start_farm(cluster, tmp_path, COLONY_SIP_RECORD_ROUTE_HOST=DOMAIN)
+    for n, member in enumerate(addresses, 1):
+        host, _, port = member["sip"].rpartition(":")
+        dns_server.add(f"_sip._udp.{DOMAIN}. 60 IN SRV {n * 10} 0 {port} sip{n}.{DOMAIN}.",
+                       f"sip{n}.{DOMAIN}. 60 IN A {host}")
+    alice = await phones(tmp_path / "alice", "alice", "udp", [], ca, dns=dns_server.address)
+    bob = await phones(tmp_path / "bob", "bob", "udp", [], ca, dns=dns_server.address)
+    for phone in (alice, bob):
+        await phone.registered()
+    assert [b["member"] for user in ("alice", "bob") for b in await contacts(cluster, user)] == ["sipfarm-1"] * 2
+
+    mark_alice, mark_bob = len(alice.events), len(bob.events)
+    await alice.command("dial", bob.aor)
+    call_id = (await alice.event("CALL_ESTABLISHED", mark_alice, direction="outgoing"))["id"]
+    await bob.event("CALL_ESTABLISHED", mark_bob, id=call_id)
+    await wait_until(lambda: dialog_record(cluster, call_id), 30, "the call's record in sip_bindings")
+    assert f"Record-Route: <sip:{DOMAIN};transport=udp;lr;cf=sipfarm-1;" in bob.log(tail=None), bob.log()
+
+    cluster.nodes["sipfarm-1"].signal(signal.SIGKILL)
+    cluster.nodes["sipfarm-1"].process.wait(10)
+    ender, other, other_mark = (alice, bob, mark_bob) if hangs_up == "caller" else (bob, alice, mark_alice)
+    await ender.command("hangup")
+    # Timer F at the dead member, then member 2: well within the deadline on a busy machine.
+    closed = await other.event("CALL_CLOSED", other_mark, id=call_id, timeout=120)
+    assert "peer" in closed.get("param", ""), closed          # ended by the BYE, not a timeout
+
+    async def record_gone() -> bool:
+        return await dialog_record(cluster, call_id) is None
+    await wait_until(record_gone, 30, "the call's record to be deleted by the BYE")
+    for phone in (alice, bob):
+        assert phone.transports() == {"UDP"}, phone.log()
+
+
+
+@pytest.mark.parametrize("transport", ["tcp", "tls"])
+async def test_a_phone_whose_connection_died_with_the_member_that_routed_its_call_can_still_hang_up(
+        cluster, phones, tmp_path, dns_server, transport):
+    """As above over TCP and TLS (``_sip._tcp``, ``_sips._tcp``): alice's connection is with
+    member 1, which routed her call, bob's with member 2.  Member 1 is SIGKILLed; alice's BYE to
+    the name is refused there at once, goes to member 2 on a new connection, and out on bob's.
+    (bob's BYE could not reach alice: her connection died with member 1, and the farm does not
+    dial a flow's phone -- it fails with 430 until she registers again.)"""
+    addresses, ca = await start_farm(cluster, tmp_path, COLONY_SIP_RECORD_ROUTE_HOST=DOMAIN)
+    service, listener = ("_sips._tcp", "sip_tls") if transport == "tls" else ("_sip._tcp", "sip")
+    for n, member in enumerate(addresses, 1):
+        host, _, port = member[listener].rpartition(":")
+        dns_server.add(f"{service}.{DOMAIN}. 60 IN SRV {n * 10} 0 {port} sip{n}.{DOMAIN}.",
+                       f"sip{n}.{DOMAIN}. 60 IN A {host}")
+    alice = await phones(tmp_path / "alice", "alice", transport, [proxy_uri(addresses[0], transport)], ca,
+                         dns=dns_server.address)
+    bob = await phones(tmp_path / "bob", "bob", transport, [proxy_uri(addresses[1], transport)], ca,
+                       dns=dns_server.address)
+    for phone in (alice, bob):
+        await phone.registered()
+    mark_alice, mark_bob = len(alice.events), len(bob.events)
+    await alice.command("dial", bob.aor)
+    call_id = (await alice.event("CALL_ESTABLISHED", mark_alice, direction="outgoing"))["id"]
+    await bob.event("CALL_ESTABLISHED", mark_bob, id=call_id)
+    await wait_until(lambda: dialog_record(cluster, call_id), 30, "the call's record in sip_bindings")
+    assert f"<sip:{DOMAIN};transport={transport};lr;cf=sipfarm-1;" in bob.log(tail=None), bob.log()
+
+    cluster.nodes["sipfarm-1"].signal(signal.SIGKILL)
+    cluster.nodes["sipfarm-1"].process.wait(10)
+    await alice.command("hangup")
+    closed = await bob.event("CALL_CLOSED", mark_bob, id=call_id, timeout=60)
+    assert "peer" in closed.get("param", ""), closed
+
+    async def record_gone() -> bool:
+        return await dialog_record(cluster, call_id) is None
+    await wait_until(record_gone, 30, "the call's record to be deleted by the BYE")
+    for phone in (alice, bob):
+        assert phone.transports() == {transport.upper()}, phone.log()
 
 
 
