@@ -647,6 +647,18 @@ def test_haproxy_and_nginx_publish_what_they_serve():
     assert re.search(rf"listen\s+{SIP_PORT}\s+udp", nginx) and f"sipfarm:{SIP_PORT}" in nginx
 
 
+def test_the_farm_s_record_route_names_what_phones_reach_the_balancers_by():
+    """A dialog's later requests follow the Record-Route: a container's name, which phones
+    outside cannot resolve and which dies with the member, is no place to send a BYE."""
+    name = environment(SERVICES["sipfarm"]).get("COLONY_SIP_RECORD_ROUTE_HOST", "")
+    assert name, "sipfarm: set COLONY_SIP_RECORD_ROUTE_HOST, or its Record-Route names the container"
+    assert name not in SERVICES, f"{name} is a compose service: phones outside Docker cannot resolve it"
+    assert Settings(sip_record_route_host=name).sip_record_route_host == name
+    # No port in the name: phones take 5060, where both balancers listen on the Docker host.
+    published = {(p["published"], p["protocol"]) for s in SERVICES.values() for p in published_ports(s)}
+    assert {(str(SIP_PORT), "tcp"), (str(SIP_PORT), "udp")} <= published
+
+
 def _deploy_secrets(tmp_path: Path):
     from colony.deploy import init_deploy
 
