@@ -6,7 +6,13 @@ The same sans-IO core and asyncio shell as the MX run submission with
 accepts AUTH before TLS and refuses MAIL before AUTH; the hooks below decide the rest.
 
 * ``auth``: the password check of the auth contract (``colony.auth.check``, service
-  ``mail``); its answer carries the class of service's ``sending_rate_per_hour``.
+  ``mail``); its answer carries the class of service's ``sending_rate_per_hour``.  Failed
+  checks count in the edge's login-failure throttle, the one IMAP and POP3 use
+  (``colony_edge.access_proxy.LoginThrottle``: per client address and per account, across
+  all edges, familiar clients held by their address only): a guesser locked out of IMAP is
+  locked out of submission too, and the other way round.  The auth service's own lock (10
+  failures a minute, for a minute, per admin API) alone let a guesser try again every
+  minute here, ten times the pace the edge allows over IMAP and POP3.
 * ``mail_from``: the envelope sender must belong to the account: its own address, or an
   alias (in its domain or a domain alias of it) whose targets include the account.  The null
   sender is refused (a client does not send bounces).  The sending rate is counted here, per
@@ -43,9 +49,11 @@ from colony.protocols.smtp import Reply, events as E, replies as R
 from colony.settings import Settings
 from colony_edge.acceptance import (MailAcceptor, fold, new_message_id, outbound_body, outbound_recipients,
                                    publish_outbound)
+from colony_edge.access_proxy import LoginThrottle
 from colony_edge.familiar import FamiliarClients, edge_familiar
 from colony_edge.login_cache import LoginCache, edge_login_cache
 from colony_edge.recipients import RecipientPolicy
+from colony_edge.security.gate import EdgeGate
 from colony_edge.smtp_policy import ACCEPT, AcceptedRecipient, BasePolicy, IncomingMessage, SmtpSession, Verdict, refuse
 
 log = logging.getLogger("colony.edge.submission")
@@ -119,9 +127,11 @@ class SubmissionMetrics:
 class SubmissionPolicy(BasePolicy):
     def __init__(self, directory, auth: AuthClient, counters: SharedCounters, js: JetStreamContext,
                  settings: Settings, metrics: SubmissionMetrics, node_id: str, srs=None,
-                 login_cache: LoginCache | None = None, familiar: FamiliarClients | None = None) -> None:
+                 login_cache: LoginCache | None = None, familiar: FamiliarClients | None = None,
+                 throttle: LoginThrottle | None = None) -> None:
         self.directory, self.auth_client, self.counters, self.js = directory, auth, counters, js
         self.familiar = familiar   # clients that logged in before: not held by an account's lock
+        self.throttle = throttle   # failed logins per address and per account, shared with IMAP/POP3
         # The edge's login cache (as IMAP/POP3 use it): a client that submits every few
         # minutes with the same password costs one argon2id check per TTL, not one per session.
         self.login_cache = login_cache
@@ -138,6 +148,9 @@ class SubmissionPolicy(BasePolicy):
             # client believing it acts as the authzid.
             self.metrics.auth.labels(result="refused").inc()
             return refuse(R.AUTH_FAILED)
+        if self.throttle is not None and await self.throttle.blocked(session.peer_ip, auth.username):
+            self.metrics.auth.labels(result="throttled").inc()
+            return refuse(AUTH_THROTTLED)
         cache, reply = self.login_cache, None
         if cache is not None:
             key = cache.key("mail", auth.username, auth.password)
@@ -163,9 +176,15 @@ class SubmissionPolicy(BasePolicy):
                 self.metrics.auth.labels(result="unavailable").inc()
                 return refuse(AUTH_UNAVAILABLE)
             self.metrics.auth.labels(result="throttled" if reply.reason == "throttled" else "refused").inc()
-            return refuse(AUTH_THROTTLED if reply.reason == "throttled" else R.AUTH_FAILED)
+            if reply.reason == AuthFailure.THROTTLED:
+                return refuse(AUTH_THROTTLED)
+            if reply.reason == AuthFailure.INVALID and self.throttle is not None:   # a wrong guess
+                await self.throttle.failed(session.peer_ip, auth.username)
+            return refuse(R.AUTH_FAILED)
         self.metrics.auth.labels(result="ok").inc()
-        if self.familiar is not None:
+        if self.throttle is not None:
+            await self.throttle.succeeded(session.peer_ip, auth.username)   # remembers the client as familiar
+        elif self.familiar is not None:
             await self.familiar.remember(auth.username, session.peer_ip)
         session.notes["account"] = reply.account
         session.notes["account_domain"] = reply.domain
@@ -306,7 +325,7 @@ class SubmissionAcceptor:
 
 
 async def open_submission(workload, runtime, acceptor: MailAcceptor, metrics, counters: SharedCounters,
-                          tls, hostname: str, srs=None) -> dict[str, str]:
+                          tls, hostname: str, srs=None, gate: EdgeGate | None = None) -> dict[str, str]:
     """Open the submission listeners of an edge (a ``ConnectionWorkload``): 587 with
     STARTTLS and 465 with implicit TLS.  Off (a warning) without a TLS certificate: a
     password must never cross the network in the clear."""
@@ -317,10 +336,12 @@ async def open_submission(workload, runtime, acceptor: MailAcceptor, metrics, co
         log.warning("no TLS certificate: submission (587/465) is not offered")
         return {}
     js = runtime.nc.jetstream()
+    familiar = edge_familiar(workload, settings, js)
     policy = SubmissionPolicy(workload.directory, AuthClient(runtime.nc), counters, js, settings,
                               SubmissionMetrics(runtime.metrics.registry), runtime.node_id, srs,
                               login_cache=edge_login_cache(workload, settings, runtime.metrics),
-                              familiar=edge_familiar(workload, settings, js))
+                              familiar=familiar,
+                              throttle=LoginThrottle(settings, counters, gate, familiar) if gate is not None else None)
     submit = SubmissionAcceptor(acceptor, js, settings, runtime.node_id)
     addresses = {}
     for name, port, implicit in (("submission", settings.submission_port, False),

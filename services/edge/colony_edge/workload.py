@@ -87,7 +87,7 @@ class EdgeWorkload(ConnectionWorkload):
         address = await self.listen("smtp", settings.host, settings.smtp_port, self.smtp.handle,
                                     refuse=lambda writer: writer.write(R.SHUTTING_DOWN.to_bytes()))
         listeners = {"smtp": address, **await open_access(self, runtime, gate, self.counters, hostname)}
-        listeners.update(await open_submission(self, runtime, acceptor, metrics, self.counters, tls, hostname, srs))
+        listeners.update(await open_submission(self, runtime, acceptor, metrics, self.counters, tls, hostname, srs, gate))
         self.outbound = await start_outbound(runtime, settings, hostname, srs)
         return listeners
 
