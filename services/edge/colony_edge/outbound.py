@@ -673,10 +673,15 @@ class OutboundDelivery:
         sender_domain = bounce_to.rpartition("@")[2].lower()
         headers = inject_headers()
         if mail.sender_local:
-            item = InboundMail(message_id=f"{mail.message_id}.{suffix}", domain=sender_domain, mail_from="",
-                               recipients=[MailRecipient(mailbox=mail.mail_from, original=mail.mail_from)],
+            # Into the mailbox of the account that submitted it: the envelope sender may be
+            # one of its aliases (or an address of a domain alias), which no mail store holds
+            # as an account -- a report addressed to it was rejected to DEAD_LETTERS.
+            mailbox = (mail.account or mail.mail_from).lower()
+            mailbox_domain = mailbox.rpartition("@")[2]
+            item = InboundMail(message_id=f"{mail.message_id}.{suffix}", domain=mailbox_domain, mail_from="",
+                               recipients=[MailRecipient(mailbox=mailbox, original=mail.mail_from)],
                                size=len(report), edge_node=self.node_id, body=report)
-            subject = names.mail_subject(self.settings.region, sender_domain, names.mail_partition(mail.mail_from))
+            subject = names.mail_subject(self.settings.region, mailbox_domain, names.mail_partition(mailbox))
             msg_id = item.msg_id()
         else:
             item = OutboundMail.new(message_id=f"{mail.message_id}.{suffix}", destination=sender_domain, mail_from="",

@@ -30,11 +30,12 @@ async def owner():
     await owner.close()
 
 
-async def submit(js, message_id: str, *recipients: OutboundRecipient, mail_from="alice@example.com") -> None:
+async def submit(js, message_id: str, *recipients: OutboundRecipient, mail_from="alice@example.com",
+                 account: str | None = None) -> None:
     body = ORIGINAL % message_id.encode()
     mail = OutboundMail.new(message_id=message_id, destination="remote.test", mail_from=mail_from,
                             recipients=list(recipients), size=len(body), edge_node="edge-1", body=body,
-                            account=mail_from, envid="env-7")
+                            account=mail_from if account is None else account, envid="env-7")
     await js.publish(names.outbound_subject("remote.test"), mail.encode(), headers={"Nats-Msg-Id": mail.msg_id()})
 
 
@@ -74,6 +75,21 @@ async def test_no_success_report_without_success_or_to_the_null_sender(nc, js, o
     await submit(js, "m-null", OutboundRecipient(address="bob@remote.test", notify=["SUCCESS"]), mail_from="")
     await wait_until(lambda: _is(queued(js), 0), 30, "both jobs acked out of OUTBOUND")
     assert len(sink.messages) == 2 and not await dsns(js)
+
+
+async def test_a_report_to_an_alias_sender_goes_into_the_submitting_accounts_mailbox(nc, js, owner, nats_server,
+                                                                                    dns_server, sink, tmp_path):
+    """Submission lets an account send as one of its aliases; no mail store holds the alias as
+    an account, so a report put into MAIL for it was rejected to DEAD_LETTERS."""
+    settings = settings_for(nats_server, dns_server, sink, tmp_path)
+    await start_queue(nc, owner, settings)
+    await submit(js, "m-alias", OutboundRecipient(address="nobody@remote.test"),
+                 OutboundRecipient(address="bob@remote.test", notify=["SUCCESS"]),
+                 mail_from="Sales@Example.com", account="alice@example.com")
+    found = await wait_until(lambda: _two(dsns(js)), 30, "the bounce and the relayed report in MAIL")
+    for dsn in found:
+        assert [(r.mailbox, r.original) for r in dsn.recipients] == [("alice@example.com", "Sales@Example.com")]
+        assert dsn.domain == "example.com" and email.message_from_bytes(dsn.body)["To"] == "<Sales@Example.com>"
 
 
 async def _two(awaitable):
