@@ -260,8 +260,8 @@ class MailAcceptor:
                 # A domain without a home region is served where it is received.
                 region = mailbox.home_region or self.settings.region
                 groups.setdefault((region, mailbox.domain), []).append(MailRecipient(
-                    mailbox=mailbox.address, original=rcpt.address,
-                    notify=list(rcpt.notify) if rcpt.notify else None, orcpt=rcpt.orcpt))
+                    mailbox=mailbox.address, original=rcpt.address, notify=passed_on_notify(accepted),
+                    orcpt=rcpt.orcpt))
         return groups
 
     async def put_body(self, message_id: str, head: bytes, message: IncomingMessage) -> MailBodyRef:
@@ -369,6 +369,25 @@ async def outbound_body(local: MailAcceptor, settings: Settings, name: str, head
     return size, None, await local.put_body(name, head, message)
 
 
+def expands(accepted: AcceptedRecipient) -> bool:
+    """Whether the RCPT went to several addresses (an alias with several targets, a
+    forwarding account that keeps a copy): RFC 3461 §5.2.7.3's multiple-recipient alias."""
+    return len(accepted.mailboxes) + len(accepted.remote) > 1
+
+
+def passed_on_notify(accepted: AcceptedRecipient) -> list[str] | None:
+    """The NOTIFY each address an accepted RCPT goes to carries on: the RCPT's own, except
+    that an expansion to several addresses is reported "expanded" here
+    (``expansion_reports``) and SUCCESS is not asked of its targets (RFC 3461 §5.2.7.3),
+    so the sender hears of the expansion once, and later only of failures and delays."""
+    notify = accepted.rcpt.notify
+    if not notify:
+        return None
+    if "SUCCESS" not in notify or not expands(accepted):
+        return list(notify)
+    return [n for n in notify if n != "SUCCESS"] or ["NEVER"]
+
+
 def outbound_recipients(remote: Iterable[AcceptedRecipient]) -> dict[str, list[OutboundRecipient]]:
     """The addresses ``remote`` go out to (a recipient outside the cluster, or a hosted one's
     forwarding targets) by destination domain, each address once, as the first RCPT that
@@ -383,7 +402,7 @@ def outbound_recipients(remote: Iterable[AcceptedRecipient]) -> dict[str, list[O
             seen.add(address.lower())
             domain = address.rpartition("@")[2].lower()
             by_domain.setdefault(domain, []).append(OutboundRecipient(
-                address=address, notify=list(rcpt.notify) if rcpt.notify else None,
+                address=address, notify=passed_on_notify(accepted),
                 # A forwarded copy names the recipient it was sent to (RFC 3461 ORCPT).
                 orcpt=rcpt.orcpt or (None if address == rcpt.address else f"rfc822;{rcpt.address}")))
     return by_domain

@@ -50,6 +50,7 @@ from colony.settings import Settings
 from colony_edge.acceptance import (MailAcceptor, fold, new_message_id, outbound_body, outbound_recipients,
                                    publish_outbound)
 from colony_edge.access_proxy import LoginThrottle
+from colony_edge.expansion_reports import ExpansionReports
 from colony_edge.familiar import FamiliarClients, edge_familiar
 from colony_edge.login_cache import LoginCache, edge_login_cache
 from colony_edge.recipients import RecipientPolicy
@@ -342,7 +343,8 @@ async def open_submission(workload, runtime, acceptor: MailAcceptor, metrics, co
                               login_cache=edge_login_cache(workload, settings, runtime.metrics),
                               familiar=familiar,
                               throttle=LoginThrottle(settings, counters, gate, familiar) if gate is not None else None)
-    submit = SubmissionAcceptor(acceptor, js, settings, runtime.node_id)
+    submit = ExpansionReports(SubmissionAcceptor(acceptor, js, settings, runtime.node_id), js, settings,
+                              runtime.node_id, workload.directory)
     addresses = {}
     for name, port, implicit in (("submission", settings.submission_port, False),
                                  ("submissions", settings.submissions_port, True)):

@@ -21,6 +21,7 @@ from colony.tlsfiles import configured, server_context
 from colony_edge.access_proxy import open_access
 from colony.queue import QueueRunner
 from colony_edge.acceptance import MailAcceptor, SmtpMetrics
+from colony_edge.expansion_reports import ExpansionReports
 from colony_edge.forwarding import ForwardingAcceptor, load_srs
 from colony_edge.outbound import start_outbound
 from colony_edge.recipients import RecipientPolicy
@@ -79,6 +80,7 @@ class EdgeWorkload(ConnectionWorkload):
         policy = PolicyChain([security, *self.extra_policies,
                               RecipientPolicy(self.directory, settings.postmaster_address, srs)])
         mx_acceptor = ForwardingAcceptor(acceptor, js, settings, runtime.node_id, srs) if srs else acceptor
+        mx_acceptor = ExpansionReports(mx_acceptor, js, settings, runtime.node_id, self.directory)
         self.smtp = SmtpServer(SmtpServerConfig(
             hostname=hostname, spool_dir=settings.data_dir / "spool" / runtime.node_id,
             max_message_size=settings.smtp_max_message_size, max_recipients=settings.smtp_max_recipients,
