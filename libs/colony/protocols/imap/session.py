@@ -1443,6 +1443,8 @@ class Session:
             msg = current.get(u)
             if msg is None and expunged is not None:
                 msg = expunged(self.mailbox, u)
+                if msg is not None and flags_asked:
+                    self._announce_keywords([msg])     # (its flags are not the mailbox's)
             if msg is None:              # expunged by another session; its EXPUNGE comes later
                 self._fetch_missed = True
                 continue

@@ -101,3 +101,16 @@ def test_a_fetch_of_a_message_expunged_elsewhere_says_have_been_expunged(mail):
     a.cmd("b EXPUNGE")
     out = b.cmd("c FETCH 1 (BODY.PEEK[TEXT])")
     assert re.search(r"c NO \[EXPUNGEISSUED\] [^\r]*have been expunged", out), out
+
+
+def test_a_keyword_shown_on_a_message_expunged_elsewhere_is_announced_first(mail):
+    """RFC 9051 §7.3.5 again, for the flags a FETCH by message number still shows of a message
+    another session expunged meanwhile (RFC 2180 §4.1.2): a keyword only that message carried
+    is announced in ``* FLAGS`` before the FETCH."""
+    a, b = selected_pair(mail)
+    a.cmd("a STORE 1 +FLAGS (\\Deleted gone-soon)")
+    a.cmd("b EXPUNGE")
+    out = b.cmd("c FETCH 1 (FLAGS)")
+    announced = out.find("* FLAGS (")
+    assert 0 <= announced < out.find("* 1 FETCH (FLAGS (\\Deleted gone-soon))"), out
+    assert "gone-soon" in out[announced:out.index("\r\n", announced)], out
