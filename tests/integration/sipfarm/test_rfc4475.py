@@ -314,3 +314,119 @@ async def test_every_rfc4475_message_gets_the_rfcs_outcome_from_the_farm(members
         assert node.process.poll() is None, f"sipfarm-{n} died"
         assert "Traceback" not in node.log(), node.log()[-3000:]
     assert not deviations, "\n".join(deviations)
+
+
+# --- a valid request for a registered user is forwarded ---------------------------------------
+# With credentials for the RFC's users (any user, one password) and a phone registered as
+# sip:user@example.com, the RFC's valid requests for that user are challenged and, answered
+# as a phone answers a challenge (the same request, the next CSeq, Proxy-Authorization), put on
+# the phone's wire with what the RFC says a proxy keeps: unknown header fields and parameters
+# as they came, Max-Forwards one less, a Via of its own on top.
+TORTURE_PASSWORD = "torture-passphrase"
+FORWARDED = ["lwsdisp", "longreq", "transports", "baddate", "badbranch", "invut", "sdp01", "inv2543"]
+
+
+async def serve_any_user(nc) -> None:
+    from colony.bus import names
+    from colony.contracts.auth import SipCredentialsReply, SipCredentialsRequest
+    from colony.protocols.sip.digest import ha1
+
+    async def answer(msg):
+        req = SipCredentialsRequest.from_bytes(msg.data)
+        user = req.user.partition("@")[0]
+        reply = SipCredentialsReply(ok=True, username=user, realm=req.realm, algorithm=req.algorithm,
+                                    ha1=ha1(req.algorithm, user, req.realm, TORTURE_PASSWORD))
+        await msg.respond(reply.to_bytes())
+
+    await nc.subscribe(names.AUTH_SIP_CREDENTIALS, queue=names.QUEUE_ADMIN, cb=answer)
+
+
+@pytest.fixture
+async def open_members(cluster):
+    await serve_any_user(await cluster.client())
+    found = []
+    for n in (1, 2):
+        cluster.start("sipfarm", f"sipfarm-{n}", COLONY_SIP_PORT="0", COLONY_OUTBOUND_SMTP_PORT="25")
+    for n in (1, 2):
+        view = await cluster.wait_state(f"sipfarm-{n}", "READY", timeout=60)
+        host, _, port = view.addresses["sip"].rpartition(":")
+        found.append((host, int(port)))
+    yield found
+
+
+def authorized(data: bytes, challenge: SipResponse, header: str) -> bytes:
+    """``data`` resent as its sender answers ``challenge``: the next CSeq, with credentials."""
+    from colony.protocols.sip.digest import h, ha1, parse_credentials
+
+    request = parse_message(data)
+    name = "WWW-Authenticate" if header == "Authorization" else "Proxy-Authenticate"
+    params = parse_credentials(challenge.headers.get(name))
+    user = request.address("From" if header == "Proxy-Authorization" else "To").uri.user
+    algorithm = params.get("algorithm", "MD5")
+    uri = data.split(b" ", 2)[1].decode()
+    key = ha1(algorithm, user, params["realm"], TORTURE_PASSWORD)
+    response = h(algorithm, f"{key}:{params['nonce']}:00000001:c0ffee:auth:{h(algorithm, f'{request.method}:{uri}')}")
+    credentials = (f'{header}: Digest username="{user}", realm="{params["realm"]}", nonce="{params["nonce"]}", '
+                   f'uri="{uri}", response="{response}", algorithm={algorithm}, qop=auth, nc=00000001, '
+                   f'cnonce="c0ffee"\r\n').encode()
+    cseq = request.cseq().number
+    data = re.sub(rb"(?im)^(cseq[ \t]*:[ \t]*)" + str(cseq).encode(), lambda m: m.group(1) + str(cseq + 1).encode(),
+                  data, count=1)
+    start, _, rest = data.partition(b"\r\n")
+    return start + b"\r\n" + credentials + rest
+
+
+async def test_valid_rfc4475_requests_for_a_registered_user_are_forwarded(open_members):
+    loop = asyncio.get_running_loop()
+    phone, phone_in = await loop.create_datagram_endpoint(Udp, local_addr=("127.0.0.1", 0))
+    phone_port = phone.get_extra_info("sockname")[1]
+    try:
+        def register(user: str, cseq: int, auth: bytes = b"") -> bytes:
+            return (f"REGISTER sip:example.com SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{phone_port};rport;"
+                    f"branch=z9hG4bK{uuid.uuid4().hex}\r\nFrom: <sip:{user}@example.com>;tag=r1\r\n"
+                    f"To: <sip:{user}@example.com>\r\nCall-ID: torture-{user}\r\nCSeq: {cseq} REGISTER\r\n"
+                    f"Contact: <sip:{user}@127.0.0.1:{phone_port}>\r\nExpires: 600\r\nMax-Forwards: 70\r\n"
+                    ).encode() + auth + b"Content-Length: 0\r\n\r\n"
+        for user in ("user", "userb"):       # inv2543 calls UserB (accounts are lower case)
+            phone.sendto(register(user, 1), open_members[0])
+            challenge = read_answer(await asyncio.wait_for(phone_in.queue.get(), 15))
+            assert challenge.status == 401
+            phone.sendto(authorized(register(user, 2), challenge, "Authorization"), open_members[0])
+            assert read_answer(await asyncio.wait_for(phone_in.queue.get(), 15)).status == 200
+
+        for i, name in enumerate(FORWARDED):
+            message = next(m for m in MESSAGES if m.name == name)
+            member = open_members[i % 2]
+            sock, inbox = await bind_answer_address(ANSWER_PORT.get(name, 5060))
+            try:
+                sock.sendto(message.data, member)
+                challenge = read_answer(await asyncio.wait_for(inbox.queue.get(), 15))
+                assert challenge.status == 407, (name, challenge.status)
+                sock.sendto(authorized(message.data, challenge, "Proxy-Authorization"), member)
+                while True:     # the INVITEs' 100 Trying come to the caller; the request to the phone
+                    try:
+                        got = parse_message(await asyncio.wait_for(phone_in.queue.get(), 15))
+                    except TimeoutError:
+                        answers = [read_answer(inbox.queue.get_nowait()) for _ in range(inbox.queue.qsize())]
+                        pytest.fail(f"{name} never reached the phone; its sender got "
+                                    f"{[(a.status, a.reason) for a in answers]}")
+                    if got.call_id == parse_message(message.data).call_id:
+                        break
+            finally:
+                sock.close()
+            sent = parse_message(message.data)
+            assert got.method == sent.method and str(got.uri) == f"sip:{sent.uri.user.lower()}@127.0.0.1:{phone_port}", name
+            assert got.headers.get("Max-Forwards") == str(int(sent.headers.get("Max-Forwards") or 70) - 1), name
+            assert got.top_via().branch.startswith("z9hG4bK-cf") and len(got.vias()) == len(sent.vias()) + 1, name
+            assert "Proxy-Authorization" not in got.headers, name
+            for header, value in sent.headers:    # every other field as it came (§16.6)
+                if header not in ("Via", "Max-Forwards", "CSeq", "Record-Route", "Content-Length"):
+                    assert value in got.headers.get_all(header), (name, header, value)
+            assert got.body == sent.body, name
+            if got.method == "INVITE":    # the phone declines: the call ends (the farm ACKs it)
+                decline = (b"SIP/2.0 486 Busy Here\r\n" + b"".join(f"Via: {v}\r\n".encode() for v in got.headers.get_all("Via"))
+                           + b"".join(f"{n}: {got.headers.get(n)}\r\n".encode() for n in ("From", "Call-ID", "CSeq"))
+                           + f"To: {got.headers.get('To')};tag=busy\r\nContent-Length: 0\r\n\r\n".encode())
+                phone.sendto(decline, member)
+    finally:
+        phone.close()
