@@ -467,6 +467,11 @@ class _Session:
             return await asyncio.wait_for(self.reader.read(4096), remaining)
         except asyncio.TimeoutError:
             return b""
+        except ssl.SSLError as exc:
+            # A record that fails its check, a renegotiation refused, an alert from the
+            # client: what TLS scanners send on purpose.  The client's doing, like a failed
+            # handshake -- not a handler failure with a traceback per probe.
+            raise _ClientGone(f"TLS error: {exc!r}") from None
 
     async def start_tls(self) -> None:
         """Upgrade to TLS.  Whatever the client sent behind its STARTTLS / STLS in the clear
