@@ -37,8 +37,9 @@ shell only writes what it hands out and feeds it each reply in order:
   After the reply to the data or a refused MAIL there is nothing to reset (RFC 5321
   §4.1.1.4, §4.1.1.5), and RSET would cost a round trip per message.
 
-Addresses and parameters are refused (``ValueError``) if they contain CR or LF: nothing a
-caller passes may inject a command.  ``encode_message`` dot-stuffs the message and makes
+MAIL carries ``options`` and each RCPT its own ``rcpt_options`` (RFC 3461 NOTIFY and ORCPT,
+which differ per recipient).  Addresses and parameters are refused (``ValueError``) if they
+contain CR or LF: nothing a caller passes may inject a command.  ``encode_message`` dot-stuffs the message and makes
 every line end CRLF (RFC 5321 §4.5.2), with a fast path for a message that needs neither.
 """
 
@@ -175,6 +176,8 @@ class Transaction:
     message: bytes
     options: tuple[str, ...] = ()
     pipelining: bool = False
+    # Parameters of each RCPT, in ``recipients``' order (RFC 3461 NOTIFY, ORCPT); none if empty.
+    rcpt_options: list[tuple[str, ...]] = field(default_factory=list)
 
     mail: RemoteReply | None = field(default=None, init=False)
     rcpts: list[RemoteReply | None] = field(default_factory=list, init=False)
@@ -187,6 +190,8 @@ class Transaction:
     def __post_init__(self) -> None:
         if not self.recipients:
             raise ValueError("a transaction needs at least one recipient")
+        if self.rcpt_options and len(self.rcpt_options) != len(self.recipients):
+            raise ValueError("rcpt_options must name the parameters of every recipient")
         self.rcpts = [None] * len(self.recipients)
         self._expect: deque[tuple[str, int]] = deque()
         self._empty = False   # a lone "." answered a 354 with no recipient accepted
@@ -197,12 +202,16 @@ class Transaction:
         if not self.pipelining:
             return mail
         out = [mail]
-        for i, rcpt in enumerate(self.recipients):
-            out.append(command("RCPT", f"TO:<{_clean(rcpt)}>"))
+        for i in range(len(self.recipients)):
+            out.append(self._rcpt(i))
             self._expect.append((_RCPT, i))
         out.append(b"DATA\r\n")
         self._expect.append((_DATA, 0))
         return b"".join(out)
+
+    def _rcpt(self, i: int) -> bytes:
+        options = self.rcpt_options[i] if self.rcpt_options else ()
+        return command("RCPT", f"TO:<{_clean(self.recipients[i])}>" + "".join(f" {_clean(o)}" for o in options))
 
     @property
     def accepted(self) -> list[str]:
@@ -247,13 +256,13 @@ class Transaction:
             if not reply.positive:
                 return self._finish()
             self._expect.append((_RCPT, 0))
-            return command("RCPT", f"TO:<{_clean(self.recipients[0])}>")
+            return self._rcpt(0)
         if kind == _RCPT:
             if self.pipelining:
                 return b""
             if i + 1 < len(self.recipients):
                 self._expect.append((_RCPT, i + 1))
-                return command("RCPT", f"TO:<{_clean(self.recipients[i + 1])}>")
+                return self._rcpt(i + 1)
             if not self.accepted:
                 return self._finish()   # no DATA: MAIL stays open, RSET ends it
             self._expect.append((_DATA, 0))
