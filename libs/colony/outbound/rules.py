@@ -23,9 +23,11 @@ turns that into a ``Decision``:
 * The delay notice (a DSN with Action: delayed) goes out once, on the first attempt after
   ``outbound_delay_warning`` that still defers.
 * Delivered recipients that asked for NOTIFY=SUCCESS get a DSN of their own (``success``)
-  with Action: relayed (RFC 3461 §5.2.2, RFC 3464 §2.3.3): the client passes no DSN
-  parameters on, so to the remote server the message came from a sender that asked for no
-  report, and its delivery will be reported by nobody else.
+  with Action: relayed (RFC 3461 §5.2.2, RFC 3464 §2.3.3) when the server that took them
+  did not advertise DSN: it had no DSN parameters, so to it the message came from a sender
+  that asked for no report, and its delivery will be reported by nobody else.  A server
+  that advertised DSN got them (``colony.outbound.dsn_relay``, RFC 3461 §5.2.1) and reports
+  success itself (``RecipientResult.dsn_passed``): no "relayed" report then.
 
 Before MAIL, ``transfer_options`` says which parameters the message needs on the server
 at hand (``BODY=8BITMIME``, ``SMTPUTF8``), or that it cannot go there at all
@@ -134,6 +136,9 @@ class RecipientResult:
     code: int
     text: str
     remote: str = ""          # the MX host that answered, for the DSN's Remote-MTA
+    # The server advertised DSN and had NOTIFY/ORCPT with the RCPT (RFC 3461 §5.2.1): a
+    # success is for it to report, not for us to report "relayed".
+    dsn_passed: bool = False
 
     @property
     def delivered(self) -> bool:
@@ -223,7 +228,8 @@ def decide(job: OutboundMail, results: list[RecipientResult], attempt: int, now:
         diagnostic = f"smtp; {result.code} {result.text}" if result.code else f"x-colony; {result.text}"
         if result.delivered:
             decision.delivered.append(recipient.address)
-            relayed.append(Failure(recipient, status_of(result), diagnostic, result.remote, action="relayed"))
+            if not result.dsn_passed:
+                relayed.append(Failure(recipient, status_of(result), diagnostic, result.remote, action="relayed"))
         elif result.permanent:
             decision.failed.append(Failure(recipient, status_of(result), diagnostic, result.remote))
         elif expired:

@@ -10,10 +10,13 @@ that dies is redelivered to another after ``ack_wait``.  Per job (one destinatio
 3. SMTP with ``colony_edge.smtp_client``: STARTTLS whenever the server offers it
    (opportunistic: an unverifiable certificate does not stop delivery), MAIL, one RCPT per
    recipient, DATA -- pipelined (RFC 2920) when the server offers PIPELINING -- with the
-   message DKIM-signed for ``sign_domain`` when a key is in ``Settings.dkim_key_dir``;
+   message DKIM-signed for ``sign_domain`` when a key is in ``Settings.dkim_key_dir``, and
+   the sender's RET, ENVID, NOTIFY and ORCPT when the server offers DSN
+   (``colony.outbound.dsn_relay``, RFC 3461 §5.2.1);
    at most ``outbound_destination_concurrency`` connections per destination on this edge;
 4. ``rules.decide`` -> the DSN (into MAIL for a local sender, OUTBOUND otherwise) and, for
-   delivered recipients that asked for NOTIFY=SUCCESS, a "relayed" one of its own, the
+   delivered recipients that asked for NOTIFY=SUCCESS from a server without DSN, a
+   "relayed" one of its own, the
    requeued generation, USAGE ``messages_out`` for the delivered recipients; then ack, or
    nak with the back-off.  The runner's ``max_deliver`` is not the limit here: expiry is
    ``outbound_max_age`` counted from ``queued_at``.
@@ -49,6 +52,7 @@ from colony.contracts.mail import InboundMail, MailRecipient
 from colony.contracts.outbound import OutboundMail, OutboundRecipient
 from colony.events import UnknownEvent, UsageRecorded
 from colony.outbound.dsn import build_dsn
+from colony.outbound.dsn_relay import mail_parameters, rcpt_parameters
 from colony.outbound.mta_sts import Policy
 from colony.outbound.srs import Srs, SrsError, is_srs
 from colony.outbound.rules import (NullMx, RecipientResult, Unsendable, check_binary, decide, mail_exchangers,
@@ -581,16 +585,24 @@ class OutboundDelivery:
                 healthy = True
                 outcome = _Outcome([RecipientResult(a, exc.code, exc.text) for a in addresses])
                 return outcome
+            # RFC 3461 §5.2.1: a server that advertises DSN gets the sender's DSN requests
+            # and reports success itself; one that does not is reported "relayed" (rules).
+            dsn = client.supports("DSN")
+            rcpt_options = None
+            if dsn:
+                rcpt_options = [rcpt_parameters(r, "SMTPUTF8" in options) for r in mail.recipients]
+                options += mail_parameters(mail)
             connection.clean = False
-            tx = await client.send(mail.mail_from, addresses, message, options, encoded=True)
+            tx = await client.send(mail.mail_from, addresses, message, options, encoded=True,
+                                   rcpt_options=rcpt_options)
             if tx.closing is not None and reused and not tx.message_sent:
                 # 421 before the message went out: the kept session was closing (the MX timed
                 # it out), nothing was handed over; a new connection takes the same attempt.
                 raise _Stale(f"{tx.closing.code} {tx.closing.text}")
             connection.clean = not tx.left_open
             healthy = tx.closing is None and client.in_step
-            outcome = _Outcome([RecipientResult(a, reply.code, reply.text, host) for a, reply in _replies(tx)],
-                               tx.delivered)
+            outcome = _Outcome([RecipientResult(a, reply.code, reply.text, host, dsn_passed=dsn)
+                                for a, reply in _replies(tx)], tx.delivered)
         except SmtpError as exc:
             tx = exc.transaction
             if reused and (tx is None or not tx.message_sent):

@@ -110,13 +110,13 @@ class SmtpClient:
         await self._hello()
 
     async def send(self, mail_from: str, recipients: list[str], message: bytes, options: tuple[str, ...] = (),
-                   encoded: bool = False) -> Transaction:
+                   encoded: bool = False, rcpt_options: list[tuple[str, ...]] | None = None) -> Transaction:
         """One transaction; the result's replies say what became of each recipient.  A
         ``421`` ends it (``closing``) and the session; a failure of the session raises
         SmtpError, with ``transaction`` on the exception telling how far it got (in
         particular ``message_sent``: whether the server may have taken the message)."""
         tx = Transaction(mail_from, recipients, message if encoded else encode_message(message), options,
-                         pipelining=self.supports("PIPELINING"))
+                         pipelining=self.supports("PIPELINING"), rcpt_options=rcpt_options or [])
         out = tx.start()
         try:
             while True:
