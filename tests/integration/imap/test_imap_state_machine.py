@@ -562,6 +562,9 @@ def apply_mode(old: frozenset, mode: str, flags: set) -> frozenset:
 flag_sets = st.sets(st.sampled_from(FLAG_CHOICES), max_size=3)
 picks = st.lists(st.integers(0, 1000), min_size=1, max_size=4)
 who = st.integers(0, 2)
+uid_plans = st.lists(st.tuples(st.sampled_from(["uid fetch", "uid store", "uid store.silent", "uid expunge", "noop",
+                                                "check", "uid search", "append", "uid copy", "uid move"]),
+                               flag_sets, picks), min_size=2, max_size=4)
 
 
 class ImapStateMachine(RuleBasedStateMachine):
@@ -600,8 +603,16 @@ class ImapStateMachine(RuleBasedStateMachine):
             if self.sessions and not self.truth.failed and all(s.selected and not s.idling for s in self.sessions):
                 self.checkpoint()
         finally:
-            for s in self.sessions + [self.oracle]:
+            for s in self.sessions:
                 s.close()
+            # The account would otherwise grow by two mailboxes an example, and every
+            # example after slow down with it.
+            try:
+                if not self.truth.failed:
+                    self.oracle.ok(f"DELETE {self.box}")
+                    self.oracle.ok(f"DELETE {self.other}")
+            finally:
+                self.oracle.close()
 
     def still_there(self, uids) -> set[int]:
         """Which of ``uids`` the mailbox holds now (asked by the oracle, so that a message
@@ -885,6 +896,19 @@ class ImapStateMachine(RuleBasedStateMachine):
                         and m.uid not in self.truth.expunged:
                     if (m.uid if by_uid else n) not in numbers and self.still_there([m.uid]):
                         s.fail(f"SEARCH MODSEQ {bound} left out message {n} (UID {m.uid}, MODSEQ {m.modseq})")
+            return
+        # The search ran on the flags the same command's updates then reported: every message of
+        # known flags matches or not as those flags say (one expunged meanwhile may be left out).
+        matches = {"ALL": lambda f: True, "FLAGGED": lambda f: "\\Flagged" in f,
+                   "UNSEEN": lambda f: "\\Seen" not in f, "DELETED": lambda f: "\\Deleted" in f,
+                   "KEYWORD kw1": lambda f: "kw1" in f}[key]
+        for n, m in enumerate(s.view, 1):
+            if m.flags is None or m.uid is None:
+                continue
+            found_it = (m.uid if by_uid else n) in numbers
+            if found_it != matches(m.flags) and (found_it or self.still_there([m.uid])):
+                s.fail(f"SEARCH {key} {'found' if found_it else 'left out'} message {n} "
+                       f"(UID {m.uid}) with flags {sorted(m.flags)}")
 
     @precondition(lambda self: self.sessions)
     @rule(i=who, how=st.sampled_from(["NOOP", "CHECK"]))
@@ -979,15 +1003,26 @@ class ImapStateMachine(RuleBasedStateMachine):
                 self.truth.highest_uid = max(self.truth.highest_uid, uid)
 
     @precondition(lambda self: self.sessions)
-    @rule(i=who, plan=st.lists(st.tuples(st.sampled_from(["uid fetch", "uid store", "uid store.silent", "uid expunge",
-                                                          "noop", "check", "uid search", "append", "uid copy",
-                                                          "uid move"]), flag_sets, picks), min_size=2, max_size=4))
+    @rule(i=who, plan=uid_plans)
     def pipelined(self, i, plan):
         """Several commands in one go, each answered in order (RFC 9051 §5.5); by UID only, as a
         client may not send message numbers behind a command that may expunge."""
         s = self.pick(i)
         if s.idling or not s.view:
             return
+        self.collect_plan(s, self.send_plan(s, plan))
+
+    @precondition(lambda self: len(self.sessions) >= 2)
+    @rule(plans=st.lists(uid_plans, min_size=2, max_size=3))
+    def storm(self, plans):
+        """Every session pipelines its commands before any answer is read: the server
+        interleaves the sessions' commands as it takes them, as under imaptest's load."""
+        sent = [(s, self.send_plan(s, plan)) for s, plan in zip(self.sessions, plans)
+                if not s.idling and s.view]
+        for s, commands in sent:
+            self.collect_plan(s, commands)
+
+    def send_plan(self, s: Session, plan) -> list:
         sent = []
         for what, flags, chosen in plan:
             uids = [s.view[k - 1].uid for k in self.seqs(s, chosen) if s.view[k - 1].uid is not None]
@@ -1015,6 +1050,9 @@ class ImapStateMachine(RuleBasedStateMachine):
             else:
                 command = what.upper()
             sent.append((s.send(command, literal), command, xid))
+        return sent
+
+    def collect_plan(self, s: Session, sent: list) -> None:
         for tag, command, xid in sent:
             status, text, data = s.collect(tag)
             if status != "OK":
