@@ -78,6 +78,11 @@ _MAX_UNSENT = 10_000   # unconfirmed USAGE events kept for a resend; older ones 
 # the next attempt, when equal preferences are shuffled again.
 MAX_MX_HOSTS = 10       # MX hosts whose addresses are looked up
 MAX_MX_ADDRESSES = 5    # addresses connected to
+# In a delivery marker (a JSON list of the addresses delivered), the entry of a delivered
+# address whose server took the DSN parameters, beside the address itself.  No mailbox
+# starts so (":" is not in an unquoted local part), so an edge that does not know these
+# entries reads them as addresses of no recipient, and skips nothing it should not.
+_DSN_PASSED = "dsn-passed:"
 
 
 class OutboundMetrics:
@@ -119,6 +124,7 @@ class _Outcome:
     results: list[RecipientResult]
     delivered: list[str] = field(default_factory=list)
     quit: _Connection | None = None
+    dsn_passed: bool = False   # the server had the DSN parameters: it reports success, not us
 
 
 @dataclass(eq=False)
@@ -283,24 +289,27 @@ class OutboundDelivery:
             # A first delivery of a first generation cannot have been delivered before: no
             # marker read (one bus round trip per message saved).
             first = job.delivered <= 1 and mail.generation == 0
-            done_before = set() if first else await self._delivered_before(mail)
+            done_before, passed_before = (set(), set()) if first else await self._delivered_before(mail)
             todo = [r for r in mail.recipients if r.address not in done_before]
-            results = [RecipientResult(a, 250, "2.0.0 delivered before a restart") for a in done_before
-                       if any(r.address == a for r in mail.recipients)]
+            results = [RecipientResult(a, 250, "2.0.0 delivered before a restart", dsn_passed=a in passed_before)
+                       for a in done_before if any(r.address == a for r in mail.recipients)]
             if todo:
                 everyone = {r.address for r in mail.recipients}
-                # A sender who asked for NOTIFY=SUCCESS still has its "relayed" report to come
-                # after the delivery: the ack must wait for it, or a crash in between loses it.
-                report_due = bool(mail.mail_from) and any(r.notify and "SUCCESS" in r.notify for r in mail.recipients)
+                asked = {r.address for r in mail.recipients if r.notify and "SUCCESS" in r.notify} \
+                    if mail.mail_from else set()
 
-                async def delivered(addresses: list[str]) -> None:
+                async def delivered(addresses: list[str], dsn_passed: bool) -> None:
                     done = done_before | set(addresses)
-                    # Every recipient taken: nothing is left to do for this job (no DSN, no
-                    # next generation), so the ack itself records the delivery -- one bus
-                    # write instead of a marker and then the ack, and the same window.
-                    if done >= everyone and not report_due and await self._ack_now(job):
+                    passed = passed_before | (set(addresses) if dsn_passed else set())
+                    # A recipient that asked for NOTIFY=SUCCESS and went to a server without
+                    # DSN still has its "relayed" report to come after the delivery: the ack
+                    # must wait for it, or a crash in between loses it.  Every recipient taken
+                    # and none of those: nothing is left to do for this job (no DSN, no next
+                    # generation), so the ack itself records the delivery -- one bus write
+                    # instead of a marker and then the ack, and the same window.
+                    if done >= everyone and not (asked - passed) and await self._ack_now(job):
                         return
-                    await self._mark_delivered(mail, done)
+                    await self._mark_delivered(mail, done, passed)
                 results += await self._attempt(mail.model_copy(update={"recipients": todo}), body, delivered)
             decision = decide(mail, results, attempt, datetime.now(UTC), self.settings)
             if decision.dsn:
@@ -308,7 +317,8 @@ class OutboundDelivery:
             if decision.success:
                 # A report of its own (RFC 3461 §5.2.2, Action: relayed), not mixed into a
                 # bounce; recipients delivered before a restart are reported again under the
-                # same id (a duplicate in the sender's mailbox, or in OUTBOUND's window).
+                # same id (a duplicate in the sender's mailbox, or in OUTBOUND's window) --
+                # unless the marker says their server took DSN parameters.
                 await self._send_dsn(mail, decision.success, body)
             if decision.requeue is not None:
                 await self._publish_outbound(decision.requeue)
@@ -331,16 +341,19 @@ class OutboundDelivery:
     def _marker_key(self, mail: OutboundMail) -> str:
         return to_token(f"{mail.message_id}/{mail.destination}")
 
-    async def _delivered_before(self, mail: OutboundMail) -> set[str]:
+    async def _delivered_before(self, mail: OutboundMail) -> tuple[set[str], set[str]]:
         """Recipients an earlier delivery of this job (an edge that died before its ack, or
-        an earlier generation) already handed to the remote server."""
+        an earlier generation) already handed to the remote server, and those of them whose
+        server took the DSN parameters (it reports their success, we do not)."""
         if self._marks is None:
             self._marks = await self.js.key_value(names.BUCKET_OUTBOUND_DELIVERED)
         try:
             entry = await self._marks.get(self._marker_key(mail))
         except KeyNotFoundError:
-            return set()
-        return set(json.loads(entry.value or b"[]"))
+            return set(), set()
+        entries = json.loads(entry.value or b"[]")
+        return ({e for e in entries if not e.startswith(_DSN_PASSED)},
+                {e[len(_DSN_PASSED):] for e in entries if e.startswith(_DSN_PASSED)})
 
     async def _ack_now(self, job: Job) -> bool:
         try:
@@ -350,13 +363,14 @@ class OutboundDelivery:
             return False
         return True
 
-    async def _mark_delivered(self, mail: OutboundMail, addresses: set[str]) -> None:
+    async def _mark_delivered(self, mail: OutboundMail, addresses: set[str], dsn_passed: set[str]) -> None:
         # Written right after the remote 250 and before the ack: only a crash inside this
         # one write can still deliver a recipient twice (RFC 1047's window, made small).
+        entries = sorted(addresses) + sorted(_DSN_PASSED + a for a in dsn_passed)
         try:
             if self._marks is None:
                 self._marks = await self.js.key_value(names.BUCKET_OUTBOUND_DELIVERED)
-            await self._marks.put(self._marker_key(mail), json.dumps(sorted(addresses)).encode())
+            await self._marks.put(self._marker_key(mail), json.dumps(entries).encode())
         except Exception:
             log.exception("delivery marker of %s not written; a crash before the ack would repeat it",
                           mail.message_id)
@@ -364,8 +378,9 @@ class OutboundDelivery:
     # --- delivery -------------------------------------------------------------------------
 
     async def _attempt(self, mail: OutboundMail, body: bytes, on_delivered) -> list[RecipientResult]:
-        """``on_delivered(addresses)`` is awaited the moment the remote server took the
-        message, before anything else (QUIT, the ack) can be interrupted by a crash.
+        """``on_delivered(addresses, dsn_passed)`` is awaited the moment the remote server
+        took the message, before anything else (QUIT, the ack) can be interrupted by a crash;
+        ``dsn_passed``: that server had the DSN parameters (RFC 3461 §5.2.1).
 
         The destination's slot is held only for the SMTP exchange: the message is signed
         before it is taken, and a connection that goes back to the pool releases it before
@@ -389,7 +404,7 @@ class OutboundDelivery:
                 outcome = await self._in_slot(mail, message, policy)
                 if outcome.quit is not None:
                     if outcome.delivered:
-                        await on_delivered(outcome.delivered)
+                        await on_delivered(outcome.delivered, outcome.dsn_passed)
                         outcome.delivered = []
                     await self.pool.quit(outcome.quit)
         finally:
@@ -399,7 +414,7 @@ class OutboundDelivery:
                 del self._users[mail.destination]
                 self._slots.pop(mail.destination, None)
         if outcome.delivered:
-            await on_delivered(outcome.delivered)
+            await on_delivered(outcome.delivered, outcome.dsn_passed)
         return outcome.results
 
     async def _in_slot(self, mail: OutboundMail, message: bytes, policy: Policy | None) -> _Outcome:
@@ -602,7 +617,7 @@ class OutboundDelivery:
             connection.clean = not tx.left_open
             healthy = tx.closing is None and client.in_step
             outcome = _Outcome([RecipientResult(a, reply.code, reply.text, host, dsn_passed=dsn)
-                                for a, reply in _replies(tx)], tx.delivered)
+                                for a, reply in _replies(tx)], tx.delivered, dsn_passed=dsn)
         except SmtpError as exc:
             tx = exc.transaction
             if reused and (tx is None or not tx.message_sent):

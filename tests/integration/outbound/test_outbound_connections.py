@@ -8,6 +8,7 @@ advertises it (RFC 2920: MAIL, the RCPTs and DATA then go out in one write)."""
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 import time
@@ -17,9 +18,17 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP
 
 from cluster_harness import wait_until
-from test_outbound_delivery import free_port, owner, queued, settings_for, start_queue, submit  # noqa: F401
+from colony.tasks import TaskOwner
+from test_outbound_delivery import free_port, queued, settings_for, start_queue, submit
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+async def owner():
+    owner = TaskOwner(logging.getLogger("test"))
+    yield owner
+    await owner.close()
 
 
 class CountingSink:
@@ -233,11 +242,11 @@ async def test_the_destination_slot_is_free_while_a_delivery_is_recorded(js, nat
 
     release, recorded = asyncio.Event(), []
 
-    async def slow_record(addresses: list[str]) -> None:
+    async def slow_record(addresses: list[str], dsn_passed: bool) -> None:
         recorded.append(addresses)
         await release.wait()
 
-    async def record(addresses: list[str]) -> None:
+    async def record(addresses: list[str], dsn_passed: bool) -> None:
         recorded.append(addresses)
 
     first = asyncio.ensure_future(delivery._attempt(*mail("slot-1"), slow_record))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import email
+import json
 import logging
 
 import pytest
@@ -18,6 +19,7 @@ from cluster_harness import wait_until
 from test_outbound_delivery import ORIGINAL, dsns, queued, settings_for, start_queue
 
 from colony.bus import names
+from colony.bus.tokens import to_token
 from colony.contracts.outbound import OutboundMail, OutboundRecipient
 from colony.tasks import TaskOwner
 
@@ -152,3 +154,27 @@ async def test_a_server_without_dsn_gets_no_parameters_and_a_success_is_reported
 async def _two(awaitable):
     found = await awaitable
     return found if len(found) == 2 else None
+
+
+async def test_after_a_restart_a_recipient_whose_server_had_dsn_is_not_reported_relayed(nc, js, owner, nats_server,
+                                                                                       dns_server, tmp_path):
+    """The delivery marker of an edge that died between the remote 250 and its ack says which
+    recipients went to a server with DSN: the redelivery reports "relayed" only the others."""
+    marks = await js.key_value(names.BUCKET_OUTBOUND_DELIVERED)
+    await marks.put(to_token("r-restart/remote.test"),
+                    json.dumps(["bob@remote.test", "carol@remote.test", "dsn-passed:bob@remote.test"]).encode())
+    async with RecordingMX(("PIPELINING", "8BITMIME")) as mx:
+        await start_queue(nc, owner, settings_for(nats_server, dns_server, mx, tmp_path))
+        body = ORIGINAL % b"r-restart"
+        mail = OutboundMail.new(message_id="r-restart", destination="remote.test", mail_from="alice@example.com",
+                                recipients=[OutboundRecipient(address=a, notify=ASKED)
+                                            for a in ("bob@remote.test", "carol@remote.test", "dave@remote.test")],
+                                size=len(body), edge_node="edge-1", body=body, account="alice@example.com",
+                                generation=1)
+        await js.publish(names.outbound_subject("remote.test"), mail.encode(), headers={"Nats-Msg-Id": mail.msg_id()})
+        [report] = await wait_until(lambda: dsns(js), 30, "the relayed report")
+        await wait_until(lambda: _acked(js), 30, "the job acked out of OUTBOUND")
+        assert mx.commands == ["MAIL FROM:<alice@example.com>", "RCPT TO:<dave@remote.test>"]
+        status = email.message_from_bytes(report.body).get_payload()[1].as_string()
+        assert status.count("Action: relayed") == 2 and "bob@" not in status
+        assert "rfc822; carol@remote.test" in status and "rfc822; dave@remote.test" in status
