@@ -16,8 +16,9 @@ DATA are still ours to report.
 * Values are encoded for the wire: xtext (§4: "+" and "=" and every character outside
   33-126 as "+XX") for ENVID and an ``rfc822`` ORCPT; a non-ASCII address as the
   ``utf-8`` address type (RFC 6533 §3), utf-8-addr-unitext when the transaction uses
-  SMTPUTF8 and its 7-bit form utf-8-addr-xtext otherwise.  Other address types go on as
-  received when they are valid xtext.
+  SMTPUTF8 and its 7-bit form utf-8-addr-xtext otherwise (an ``rfc822`` ORCPT whose xtext
+  carried UTF-8 octets is read as that UTF-8).  Other address types go on as received when
+  they are valid xtext.
 * Length limits: ENVID at most 100 characters, ORCPT's value at most 500 (§4.4, §4.2, as
   our own server checks them).  A value that would be longer once encoded, or that a job
   on the bus carries malformed (a control character, which the edge never lets in, an
@@ -86,6 +87,16 @@ def _decode_embedded(value: str) -> str | None:
         return None
 
 
+def _utf8_octets(address: str) -> str:
+    """An ``rfc822`` ORCPT whose xtext carried UTF-8 octets ("J+C3+B6rg") was decoded an
+    octet per character ("JÃ¶rg"): read those octets as the UTF-8 they are.  Anything else
+    (the edge's own ORCPT for a UTF-8 address, octets that are not UTF-8) is the address."""
+    try:
+        return address.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        return address
+
+
 def orcpt_value(orcpt: str, smtputf8: bool) -> str | None:
     """The ORCPT parameter's value for ``orcpt`` as the job keeps it ("addr-type;address",
     the address of an ``rfc822`` one decoded, others as received), or None when it cannot
@@ -104,6 +115,8 @@ def orcpt_value(orcpt: str, smtputf8: bool) -> str | None:
         if address.isascii() and kind == "rfc822":
             value = f"{addr_type};{xtext(address)}"
         else:
+            if kind == "rfc822":
+                address = _utf8_octets(address)
             value = "utf-8;" + (utf8_addr_unitext(address) if smtputf8 else utf8_addr_xtext(address))
     elif _XTEXT.fullmatch(address):
         value = f"{addr_type};{address}"   # a type we do not know goes on as received

@@ -58,6 +58,8 @@ def test_utf8_address_forms_of_rfc6533():
     ("RFC822;bob+tag@remote.test", False, "RFC822;bob+2Btag@remote.test"),
     ("rfc822;j\u00f6rg@remote.test", False, "utf-8;j\\x{F6}rg@remote.test"),
     ("rfc822;j\u00f6rg@remote.test", True, "utf-8;j\u00f6rg@remote.test"),
+    ("rfc822;\u7528@remote.test", False, "utf-8;\\x{7528}@remote.test"),
+    ("rfc822;J\u00c3\u00b6rg@remote.test", True, "utf-8;J\u00f6rg@remote.test"),   # xtext-decoded "J+C3+B6rg"
     ("utf-8;j\\x{F6}rg@remote.test", True, "utf-8;j\u00f6rg@remote.test"),      # as received, either form
     ("utf-8;j\u00f6rg@remote.test", False, "utf-8;j\\x{F6}rg@remote.test"),
     ("x400;c+3Dus+3Ba+3Dx", False, "x400;c+3Dus+3Ba+3Dx"),                      # unknown type: as received
