@@ -30,7 +30,10 @@ it needs to route a packet is in the packet or on the bus, never only in one mem
   A strict router's request (our Record-Route as the Request-URI, the target last in Route,
   §16.4) is turned into the loose router's form first and checked the same way.
 * A phone's TCP flow lives on one member: its binding records ``member``; a request to it from
-  another member is relayed over ``colony.sip.relay.<member>``.
+  another member is relayed over ``colony.sip.relay.<member>``.  When that member dies while
+  the phone rings, the member that sent the INVITE fails the branch as if it answered 430
+  (``flows_lost_with``), and the fork goes on with the others.  A 430 is a word between
+  proxies (RFC 5626 §11.5: an endpoint takes it for 400); the caller hears 480 for it.
 
 Answers that this member makes itself (401/407/4xx/200 to REGISTER/OPTIONS) are kept for a
 transaction's lifetime (bounded), so a UDP retransmission gets the same answer, never a new
@@ -65,7 +68,8 @@ from colony.counters import SharedCounters
 from colony.netaddr import counting_unit
 from colony.netaddr import NetworkList
 from colony.protocols.sip.digest import DigestAuthenticator, parse_credentials
-from colony.protocols.sip.message import (Headers, SipRequest, SipResponse, Via, encode_response, parse_via)
+from colony.protocols.sip.message import (REASONS, Headers, SipRequest, SipResponse, Via, encode_response,
+                                          make_response, parse_via)
 from colony.protocols.sip.parser import SipParseError, parse_message
 from colony.protocols.sip.transaction import Destination, build_ack, response_destination, stamp_via
 from colony.protocols.sip.uri import Address, SipURI, URIError, parse_address, parse_uri
@@ -1000,11 +1004,24 @@ class SipFarm:
             if fork.answered or fork.request is None or fork.source is None:
                 continue
             if fork.finals:
-                best = min(fork.finals.values(), key=_preference)
+                best = _for_the_caller(min(fork.finals.values(), key=_preference))
                 out += self._local(fork.request, fork.source, best.status, best.reason, remember=False)
             else:
                 out += self._local(fork.request, fork.source, 408, remember=False)
         return out
+
+    def flows_lost_with(self, member: str) -> list[tuple[bytes, Destination]]:
+        """The member whose node key is ``member`` is gone (SIGKILLed: its heartbeat stale, its
+        record FAILED or deleted), and every connection it held: each INVITE this member sent
+        through it that has no final answer yet -- to a phone on a connection there, or over
+        UDP from its address, where the phone's answers go -- is lost.  Nothing answered for
+        it, and its caller heard nothing until Timer C (200 s).  Returned: a 430 Flow Failed
+        for each (RFC 5626 §5.3: the flow is gone), untagged as made here and never ACKed, with
+        the Vias of the INVITE as sent and where it went, for the shell to hand to ``handle``
+        as the branch's answer -- the fork passes on the best answer once every branch has
+        one, so the others still ring (§16.7).  Once per branch."""
+        return [(make_response(sent.request, 430, to_tag=None).encode(), sent.destination)
+                for sent in self.sent_invites.lost_with(member, self.clock())]
 
     def _fork_key(self, request: SipRequest) -> str:
         """The branch base of the INVITE's branches (``_branch_base``): their responses find
@@ -1190,6 +1207,7 @@ class SipFarm:
             del self._forks[base]
         elif fork is not None and fork.answered and response.status < 200:
             return out   # ringing of a branch being cancelled
+        response = _for_the_caller(response)
         self.metrics.forwarded.labels(kind="response", method=method).inc()
         destination = response_destination(nxt, None)
         flow = _from_flow_token(ours.params.get("fl") or "")
@@ -1366,7 +1384,16 @@ def _preference(response: SipResponse) -> tuple:
     """Which failure the caller hears when every branch failed (§16.7 step 6): 6xx, then the
     lowest class, preferring busy over unavailable over not found."""
     status = response.status
-    return (0 if status >= 600 else 1, status // 100, {486: 0, 487: 1, 480: 2}.get(status, 3), status)
+    return (0 if status >= 600 else 1, status // 100, {486: 0, 487: 1, 480: 2, 430: 2}.get(status, 3), status)
+
+
+def _for_the_caller(response: SipResponse) -> SipResponse:
+    """A 430 Flow Failed is said between proxies (RFC 5626 §11.5: an endpoint that sees one
+    takes it for 400 Bad Request): the callee's flow is gone until its phone registers again,
+    which the caller hears as 480 Temporarily Unavailable.  Anything else as it is."""
+    if response.status == 430:
+        response.status, response.reason = 480, REASONS[480]
+    return response
 
 
 def _uri_reaches(uri, flow: Destination) -> bool:
@@ -1396,8 +1423,8 @@ def _answers_cancel(response: SipResponse) -> bool:
 def _made_for_timeout(response: SipResponse) -> bool:
     """The 408 a member's client transaction made when a branch never answered
     (``retransmission.py``), or the 430 a member made when a branch's flow was gone
-    (``workload.py``): untagged, while a UAS tags every final answer (§8.2.6.2), so there is
-    nobody downstream to ACK."""
+    (``workload.py``; ``flows_lost_with`` when its member died): untagged, while a UAS tags
+    every final answer (§8.2.6.2), so there is nobody downstream to ACK."""
     if response.status not in (408, 430):
         return False
     try:

@@ -21,6 +21,14 @@ INVITE, hop by hop too -- ends at the farm then (§17.2.1: the server transactio
 as tm's ``t_relay`` does), and a copy of the failure gets the ACK again (§17.1.1.2).  A 2xx
 forgets the INVITE: its ACK is a transaction of the caller's own (§13.2.2.4), passed on.
 
+A branch whose path went through a member that died is lost while it rings: the callee's
+connection (TCP, TLS, WebSocket) was held there, or our Via names that member's address, so
+nothing the phone answers can reach the farm -- and nothing failed the branch, so its caller
+heard nothing until Timer C (200 s).  The table knows, per member, the branches that went
+through it and have no final answer yet (``lost_with``): when the shell sees that member gone,
+each fails as if it had answered 430 Flow Failed (RFC 5626 §5.3), made from the INVITE kept
+here -- all its Vias, so the answer finds its way back up like the phone's would.
+
 Bounded (``limit``, the oldest go first); an entry lives ``lifetime`` from its forwarding
 (longer than an INVITE rings) and ``after_final`` from its failure (64*T1: the callee's
 Timer G copies, the caller's ACK).  Pure: time is an argument.
@@ -36,25 +44,30 @@ from colony.protocols.sip.transaction import Destination
 
 DEFAULT_LIMIT = 20_000
 
-# What an ACK (§17.1.1.3) or a CANCEL (§9.1) copies from its INVITE: the rest (the body, its
-# Contact, our Record-Route) is not kept.
+# What an ACK (§17.1.1.3) or a CANCEL (§9.1) copies from its INVITE (with its top Via), and
+# a response made for it repeats (every Via): the rest (the body, its Contact, our
+# Record-Route) is not kept.
 _COPIED = ("From", "To", "Call-ID", "CSeq", "Route")
 
 
 @dataclass
 class SentInvite:
-    request: SipRequest          # the INVITE as sent, with only what an ACK or CANCEL copies
+    request: SipRequest          # the INVITE as sent, with only its Vias and what an ACK or CANCEL copies
     destination: Destination     # where it went
-    member: str                  # node key of the member that put it on the wire
+    # Node key of the member that put it on the wire: the one holding the callee's connection,
+    # or, over UDP, the one whose address our Via names (the phone's answers come to it).
+    member: str
     expires_at: float
     failed: bool = False
 
 
 def kept_of(request: SipRequest) -> SipRequest:
-    """``request`` (a forwarded INVITE, our Via on top) with only its top Via and what an ACK
-    or CANCEL copies."""
+    """``request`` (a forwarded INVITE, our Via on top) with only its Vias and what an ACK or
+    CANCEL copies: both take its top Via alone; a 430 made for a lost branch (``lost_with``)
+    repeats them all, as the phone's answer would."""
     headers = Headers()
-    headers.add("Via", request.headers.get("Via") or "")
+    for via in request.headers.get_all("Via"):
+        headers.add("Via", via)
     for name in _COPIED:
         for value in request.headers.get_all(name):
             headers.add(name, value)
@@ -78,14 +91,18 @@ class SentInvites:
     def __init__(self, lifetime: float, after_final: float, limit: int = DEFAULT_LIMIT) -> None:
         self.lifetime, self.after_final, self.limit = lifetime, after_final, limit
         self._entries: OrderedDict[str, SentInvite] = OrderedDict()
+        # Branches with no final answer yet, by the member they went through (lost_with).
+        self._unanswered: dict[str, set[str]] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def sent(self, branch: str, request: SipRequest, destination: Destination, member: str, now: float) -> None:
         """The INVITE ``request`` (our Via's ``branch`` on top) went to ``destination``."""
+        self._finished(branch)
         self._entries[branch] = SentInvite(kept_of(request), destination, member, now + self.lifetime)
         self._entries.move_to_end(branch)
+        self._unanswered.setdefault(member, set()).add(branch)
         self._drop_old(now)
 
     def get(self, branch: str, now: float) -> SentInvite | None:
@@ -97,13 +114,31 @@ class SentInvites:
         entry = self.get(branch, now)
         if entry is not None:
             if not entry.failed:
+                self._finished(branch)
                 entry.failed, entry.expires_at = True, now + self.after_final
             self._entries.move_to_end(branch)
         return entry
 
     def answered(self, branch: str) -> None:
         """A 2xx came: nothing of ours to ACK, and the caller's ACK is its own transaction."""
+        self._finished(branch)
         self._entries.pop(branch, None)
+
+    def members(self) -> list[str]:
+        """The members some branch without a final answer went through."""
+        return list(self._unanswered)
+
+    def lost_with(self, member: str, now: float) -> list[SentInvite]:
+        """``member`` is gone, and with it every branch that went through it: those without a
+        final answer, each marked failed now (as by its answer: the caller's ACK of what it
+        gets ends here, and this is said once).  For the farm to fail them with 430."""
+        lost = []
+        for branch in self._unanswered.pop(member, ()):
+            entry = self.get(branch, now)
+            if entry is not None and not entry.failed:
+                entry.failed, entry.expires_at = True, now + self.after_final
+                lost.append(entry)
+        return lost
 
     def acked(self, branch: str, now: float) -> bool:
         """The farm ACKed a failure of the INVITE ``branch``: an ACK from upstream with that
@@ -114,4 +149,14 @@ class SentInvites:
     def _drop_old(self, now: float) -> None:
         entries = self._entries
         while entries and (len(entries) > self.limit or next(iter(entries.values())).expires_at <= now):
-            entries.popitem(last=False)
+            branch, entry = entries.popitem(last=False)
+            self._finished(branch, entry)
+
+    def _finished(self, branch: str, entry: SentInvite | None = None) -> None:
+        """``branch`` waits for no final answer any more (answered, failed, forgotten)."""
+        entry = entry or self._entries.get(branch)
+        waiting = self._unanswered.get(entry.member) if entry is not None else None
+        if waiting is not None:
+            waiting.discard(branch)
+            if not waiting:
+                del self._unanswered[entry.member]

@@ -158,6 +158,9 @@ HANDLE_TIMEOUT = 1.0     # seconds an owner has to answer a spread packet
 # bus's "no responders" (nobody reads that member's relay subject: it is dead), at most this many.
 RELAY_WATCH = 5.0
 RELAY_WATCHED = 10_000
+# A member whose record says so holds no connection any more (FAILED: the controller saw its
+# heartbeats stop; STOPPED: it closes them as it stops).
+GONE_STATES = frozenset({NodeState.FAILED, NodeState.STOPPED})
 USAGE_ACK_TIMEOUT = 10.0  # seconds the bus has to store one interval's usage sums
 # Seconds a packet that starts new work may wait for its turn before it is refused with 503:
 # two T1s, by when its sender has retransmitted twice -- this member is behind.
@@ -516,17 +519,38 @@ class SipWorkload:
         return listeners
 
     def _gone(self, member: str) -> bool:
-        """The member whose node key is ``member`` is gone: its record was deleted, or its
-        heartbeat is older than ``node_ttl`` (a SIGKILL, a lost host; a draining member
-        still beats and holds its connections).  No verdict before the nodes watch has
-        delivered a record."""
+        """The member whose node key is ``member`` is gone: its record was deleted or says
+        FAILED (the controller's verdict) or STOPPED, or its heartbeat is older than
+        ``node_ttl`` (a SIGKILL, a lost host; a draining member still beats and holds its
+        connections).  No verdict before the nodes watch has delivered a record."""
         if not self._members:
             return False
         fresh = datetime.now(timezone.utc) - timedelta(seconds=self.settings.node_ttl)
         for record in self._members.values():
             if names.node_key(record.id) == member:
-                return record.heartbeat_at < fresh
+                return record.state in GONE_STATES or record.heartbeat_at < fresh
         return True
+
+    def _fail_lost_branches(self) -> None:
+        """Branches this member sent through a member that is gone fail now.  An INVITE
+        ringing on a phone whose connection that member held (or sent over UDP from its
+        address, where the phone's answers go) was lost with it: nothing answered it, and its
+        caller heard nothing until Timer C (200 s).  Each gets a 430 Flow Failed as its
+        answer (``SipFarm.flows_lost_with``), handled like the phone's: the fork passes on
+        the best answer once every branch has one, so the others still ring.  Called every
+        second (a heartbeat goes stale by time, not by a write) and at once when a member's
+        record is deleted or says FAILED or STOPPED."""
+        if self.farm is None or self._runtime is None:
+            return
+        me = names.node_key(self._runtime.node_id)
+        for member in self.farm.sent_invites.members():
+            if member == me or not self._gone(member):
+                continue
+            lost = self.farm.flows_lost_with(member)
+            if lost:
+                log.info("%d ringing INVITE branch(es) lost with member %s: failed with 430", len(lost), member)
+            for data, destination in lost:
+                self._track(self._handle(data, destination))
 
     def _listeners_of(self, member: str) -> dict[str, str]:
         """The listeners of the member whose node key is ``member`` (ours, or from its node
@@ -966,6 +990,7 @@ class SipWorkload:
                     for k in gone:
                         self._inner_peers.pop(k, None)
                     self._ready_until = 0.0
+                    self._fail_lost_branches()
                     continue
                 try:
                     record = NodeRecord.decode(entry.value)
@@ -977,6 +1002,8 @@ class SipWorkload:
                         await self._learn_inner(record)
                     self._members[record.id] = record
                     self._ready_until = 0.0
+                    if record.state in GONE_STATES:
+                        self._fail_lost_branches()
         finally:
             with suppress(Exception):
                 await watcher.stop()
@@ -1357,6 +1384,7 @@ class SipWorkload:
             if self.farm is not None:
                 for item in self.farm.expire_forks():
                     await self._send(item)
+                self._fail_lost_branches()
 
     async def _usage_loop(self) -> None:
         while True:

@@ -355,7 +355,8 @@ async def test_softphones_carry_on_through_the_other_member_when_theirs_is_sigki
     cluster.nodes["sipfarm-1"].signal(signal.SIGKILL)
     cluster.nodes["sipfarm-1"].process.wait(10)
     # Until its refresh a phone's binding names the dead member, which held its connection
-    # (a call to it then fails, 430 Flow Failed: RFC 5626 §5.3); baresip refreshes within 10 s.
+    # (a call to it then fails: 430 Flow Failed, RFC 5626 §5.3, heard as 480 by the caller);
+    # baresip refreshes within 10 s.
     await wait_until(lambda: held_by("sipfarm-2"), 60, "both phones re-registered at member 2", interval=0.5)
     for phone in (alice, bob):
         await phone.registered()
@@ -534,9 +535,10 @@ async def test_two_devices_of_one_user_ring_together_and_a_cancel_an_answer_or_a
 async def test_a_call_to_a_phone_whose_members_connection_died_fails_at_once(farm, cluster, phones, tmp_path):
     """alice is on TCP at member 1; member 1 is SIGKILLed, and her connection with it.  Until
     she registers again her binding names that flow: a call to her fails at once (430 Flow
-    Failed, RFC 5626 §5.3) -- right after the kill, when the bus says nobody reads member 1's
-    relay subject any more, and later, when its heartbeat is stale.  The INVITE was published
-    to the dead member's relay subject, and the caller rang into silence until Timer C (200 s)."""
+    Failed, RFC 5626 §5.3, which the caller hears as 480: §11.5) -- right after the kill, when
+    the bus says nobody reads member 1's relay subject any more, and later, when its heartbeat
+    is stale.  The INVITE was published to the dead member's relay subject, and the caller
+    rang into silence until Timer C (200 s)."""
     addresses, ca = farm
     alice = await phones(tmp_path / "alice", "alice", "tcp", [proxy_uri(addresses[0], "tcp")], ca)
     bob = await phones(tmp_path / "bob", "bob", "udp", [proxy_uri(addresses[1], "udp")], ca)
@@ -549,7 +551,7 @@ async def test_a_call_to_a_phone_whose_members_connection_died_fails_at_once(far
         mark = len(bob.events)
         await bob.command("dial", alice.aor)
         closed = await bob.event("CALL_CLOSED", mark, timeout=30)     # Timer C would be 200 s
-        assert closed["param"].startswith("430"), closed
+        assert closed["param"].startswith("480"), closed
     await call_fails()          # member 1's heartbeat still fresh: the bus's "no responders"
 
     async def member_1_stale() -> bool:

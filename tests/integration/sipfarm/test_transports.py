@@ -16,7 +16,7 @@ from wsproto.events import AcceptConnection, CloseConnection, Ping, Pong, Reject
 
 from colony.protocols.sip.parser import StreamFramer, parse_message
 from colony.tlsfiles import ensure_local_ca
-from test_sipfarm import (DOMAIN, PASSWORDS, SCENARIOS, SIPP, Udp, bindings, digest_answer, free_udp_port,
+from test_sipfarm import (DOMAIN, PASSWORDS, SCENARIOS, Udp, bindings, digest_answer, free_udp_port,
                           needs_sipp, serve_credentials, sipp)
 
 pytestmark = pytest.mark.slow
@@ -226,10 +226,11 @@ async def test_a_websocket_message_over_the_size_limit_closes_with_1009(members)
     phone.writer.close()
 
 
-async def test_a_call_to_a_websocket_phone_whose_connection_is_gone_fails_at_once_with_430(members, cluster):
+async def test_a_call_to_a_websocket_phone_whose_connection_is_gone_fails_at_once_with_480(members, cluster):
     """The browser phone closed its flow but its registration lives on: the INVITE cannot reach
     it (no connection can be opened to a browser), so the branch fails with 430 Flow Failed
-    (RFC 5626 §5.3) and the caller hears it now, not Timer C's 408 minutes later."""
+    (RFC 5626 §5.3) and the caller hears it now, not Timer C's 408 minutes later -- as 480
+    Temporarily Unavailable (§11.5: a 430 is said between proxies, never to an endpoint)."""
     addresses, _ = members
     bob, accepted = await WsPhone.connect(addresses[1]["sip_ws"])
     assert isinstance(accepted, AcceptConnection)
@@ -258,6 +259,6 @@ async def test_a_call_to_a_websocket_phone_whose_connection_is_gone_fails_at_onc
         statuses = []
         while not statuses or statuses[-1] < 200:
             statuses.append(parse_message(await asyncio.wait_for(caller_in.queue.get(), 15)).status)
-        assert statuses[-1] == 430, statuses
+        assert statuses[-1] == 480, statuses
     finally:
         caller.close()

@@ -1,0 +1,188 @@
+"""A call ringing on a phone whose TCP connection member 1 holds, forked by member 2, ends
+when member 1 is SIGKILLed -- not after Timer C (200 s): member 2 fails the branch as if it
+had answered 430 Flow Failed once member 1 is gone, and the caller hears the best answer when
+every branch has one (480 for a lone lost branch; a device still ringing elsewhere can still
+answer).  Two real members on a real bus; the phones are Python sockets speaking SIP text on
+127.0.0.1, so the test controls who answers what."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import urllib.request
+import uuid
+
+import pytest
+
+from cluster_harness import wait_until
+from colony.hashing import choose
+from colony.protocols.sip.parser import parse_message
+from test_proxy_retransmission import register_udp
+from test_sipfarm import DOMAIN, Udp, digest_answer, read_sip, serve_credentials
+
+pytestmark = pytest.mark.slow
+
+MEMBERS = ["sipfarm-1", "sipfarm-2"]
+FINAL_WITHIN = 60.0     # Timer C would be 200 s; how soon is not what is asserted
+
+
+@pytest.fixture
+async def pair(cluster):
+    await serve_credentials(await cluster.client())
+    for node_id in MEMBERS:
+        cluster.start("sipfarm", node_id, COLONY_SIP_PORT="0", COLONY_OUTBOUND_SMTP_PORT="25")
+    views = {n: await cluster.wait_state(n, "READY", timeout=60) for n in MEMBERS}
+    yield views
+
+
+def sip_address(view) -> tuple[str, int]:
+    host, _, port = view.addresses["sip"].rpartition(":")
+    return host, int(port)
+
+
+def a_call_id_owned_by(owner: str) -> str:
+    """The Call-ID's owner forks the INVITE and keeps its branches (rendezvous hashing over the
+    READY members, as the farm spreads new work)."""
+    while choose(call_id := uuid.uuid4().hex, MEMBERS) != owner:
+        pass
+    return call_id
+
+
+def responses_proxied(view, code: int) -> float:
+    """colony_sip_responses_total{method="INVITE",code=...} at the member of ``view``."""
+    text = urllib.request.urlopen(f"http://{view.addresses['ops']}/metrics", timeout=10).read().decode()
+    pattern = re.compile(r'^colony_sip_responses_total\{[^}]*\} (\S+)$')
+    return sum(float(m.group(1)) for line in text.splitlines()
+               if (m := pattern.match(line)) and 'method="INVITE"' in line and f'code="{code}"' in line)
+
+
+async def tcp_phone_at(member: tuple[str, int], user: str):
+    """``user``'s phone on a TCP connection to ``member``, registered; its reader and writer."""
+    reader, writer = await asyncio.open_connection(*member)
+    port = writer.get_extra_info("sockname")[1]
+
+    def register(cseq: int, auth: str = "") -> bytes:
+        return (f"REGISTER sip:{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:{port};rport;branch=z9hG4bK{uuid.uuid4().hex}\r\n"
+                f"From: <sip:{user}@{DOMAIN}>;tag=t{port}\r\nTo: <sip:{user}@{DOMAIN}>\r\nCall-ID: tcp-reg-{port}\r\n"
+                f"CSeq: {cseq} REGISTER\r\nContact: <sip:{user}@127.0.0.1:{port};transport=tcp>\r\nExpires: 300\r\n"
+                f"{auth}Content-Length: 0\r\n\r\n").encode()
+    writer.write(register(1))
+    challenge = await read_sip(reader)
+    assert challenge.status == 401
+    writer.write(register(2, digest_answer(challenge, user, "REGISTER", f"sip:{DOMAIN}", "Authorization")))
+    assert (await read_sip(reader)).status == 200
+    return reader, writer
+
+
+class Caller:
+    """alice on UDP, calling bob through ``member``."""
+
+    def __init__(self, transport, inbox: Udp, member: tuple[str, int]) -> None:
+        self.transport, self.inbox, self.member = transport, inbox, member
+        self.port = transport.get_extra_info("sockname")[1]
+
+    @classmethod
+    async def open(cls, member: tuple[str, int]) -> Caller:
+        transport, inbox = await asyncio.get_running_loop().create_datagram_endpoint(Udp, local_addr=("127.0.0.1", 0))
+        return cls(transport, inbox, member)
+
+    def invite(self, call_id: str, cseq: int, auth: str = "") -> bytes:
+        return (f"INVITE sip:bob@{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{self.port};branch=z9hG4bK{call_id[:8]}{cseq}\r\n"
+                f"From: <sip:alice@{DOMAIN}>;tag=a1\r\nTo: <sip:bob@{DOMAIN}>\r\nCall-ID: {call_id}\r\n"
+                f"CSeq: {cseq} INVITE\r\nContact: <sip:alice@127.0.0.1:{self.port}>\r\nMax-Forwards: 70\r\n{auth}"
+                "Content-Length: 0\r\n\r\n").encode()
+
+    async def receive(self, timeout: float = 10.0):
+        return parse_message(await asyncio.wait_for(self.inbox.queue.get(), timeout))
+
+    async def call(self, call_id: str) -> None:
+        self.transport.sendto(self.invite(call_id, 1), self.member)
+        challenge = await self.receive()
+        assert challenge.status == 407
+        auth = digest_answer(challenge, "alice", "INVITE", f"sip:bob@{DOMAIN}", "Proxy-Authorization")
+        self.transport.sendto(self.invite(call_id, 2, auth), self.member)
+        assert (await self.receive()).status == 100           # the farm took it over (§16.2)
+
+    async def final(self, timeout: float):
+        """The first final answer (provisionals and copies before it skipped)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                raise AssertionError(f"no final answer within {timeout} s")
+            try:
+                answer = await self.receive(left)
+            except TimeoutError:
+                continue
+            if answer.status >= 200:
+                return answer
+
+    def close(self) -> None:
+        self.transport.close()
+
+
+def ringing(request) -> bytes:
+    return answered(request, 180, "Ringing")
+
+
+def answered(request, status: int, reason: str) -> bytes:
+    headers = [f"Via: {v}" for v in request.headers.get_all("Via")]
+    headers += [f"From: {request.headers.get('From')}", f"To: {request.headers.get('To')};tag=b{status}",
+                f"Call-ID: {request.call_id}", f"CSeq: {request.headers.get('CSeq')}"]
+    return (f"SIP/2.0 {status} {reason}\r\n" + "\r\n".join(headers) + "\r\nContent-Length: 0\r\n\r\n").encode()
+
+
+async def kill(cluster, node_id: str) -> None:
+    cluster.nodes[node_id].signal(signal.SIGKILL)
+    await asyncio.to_thread(cluster.nodes[node_id].process.wait, 10)
+
+
+async def test_a_call_ringing_on_a_phone_whose_member_dies_gets_its_final_answer_well_before_timer_c(pair, cluster):
+    member_1, member_2 = sip_address(pair["sipfarm-1"]), sip_address(pair["sipfarm-2"])
+    reader, writer = await tcp_phone_at(member_1, "bob")
+    alice = await Caller.open(member_2)
+    try:
+        await alice.call(call_id := a_call_id_owned_by("sipfarm-2"))
+        invite = await read_sip(reader)           # relayed to member 1, on bob's connection
+        assert invite.method == "INVITE" and invite.call_id == call_id
+        writer.write(ringing(invite))
+        assert (await alice.receive()).status == 180
+        await kill(cluster, "sipfarm-1")          # bob's connection goes with it, while he rings
+        final = await alice.final(FINAL_WITHIN)
+        # The lost branch's 430 is said between proxies (RFC 5626 §11.5): alice hears 480.
+        assert final.status == 480 and final.call_id == call_id, final
+    finally:
+        alice.close()
+        writer.close()
+
+
+async def test_a_device_still_ringing_elsewhere_answers_and_the_caller_hears_the_best_answer(pair, cluster):
+    member_1, member_2 = sip_address(pair["sipfarm-1"]), sip_address(pair["sipfarm-2"])
+    reader, writer = await tcp_phone_at(member_1, "bob")
+    desk, desk_in, _ = await register_udp(member_2, "bob")
+    alice = await Caller.open(member_2)
+    lost_before = await asyncio.to_thread(responses_proxied, pair["sipfarm-2"], 430)
+    try:
+        await alice.call(call_id := a_call_id_owned_by("sipfarm-2"))
+        on_tcp = await read_sip(reader)
+        on_desk = parse_message(await asyncio.wait_for(desk_in.get(), 10))
+        assert on_tcp.method == on_desk.method == "INVITE"
+        writer.write(ringing(on_tcp))
+        desk.sendto(ringing(on_desk), member_2)
+        await kill(cluster, "sipfarm-1")
+
+        async def branch_failed() -> bool:
+            return await asyncio.to_thread(responses_proxied, pair["sipfarm-2"], 430) > lost_before
+        await wait_until(branch_failed, FINAL_WITHIN, "member 2 to fail the branch lost with member 1", interval=0.5)
+        # The desk phone rings on: alice has heard no final answer.
+        while not alice.inbox.queue.empty():
+            assert parse_message(alice.inbox.queue.get_nowait()).status < 200
+        desk.sendto(answered(on_desk, 486, "Busy Here"), member_2)
+        # Every branch has its answer now: the best goes to alice at once (486 over a lost flow).
+        final = await alice.final(FINAL_WITHIN)
+        assert final.status == 486 and final.call_id == call_id, final
+    finally:
+        alice.close()
+        desk.close()
+        writer.close()
