@@ -33,7 +33,7 @@ _HELO = re.compile(rf"(?:{_HELO_LABEL}(?:\.{_HELO_LABEL})*\.?|{_LITERAL})")
 _KEYWORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9\-]*")
 _XTEXT = re.compile(r"(?:[\x21-\x2a\x2c-\x3c\x3e-\x7e]|\+[0-9A-F]{2})*")
 _NOTIFY = {"SUCCESS", "FAILURE", "DELAY"}
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 # ASCII digits only: str.isdigit() is also true of "²" or "٣", which int() refuses or reads.
 _NUMBER = re.compile(r"[0-9]{1,20}")
 
@@ -48,9 +48,17 @@ def is_helo_name(name: str) -> bool:
 
 
 def xtext_decode(value: str) -> str:
+    """RFC 3461 §4: "+XX" is an octet. Octets that spell UTF-8 (a client's "J+C3+B6rg") are
+    read as that text; each was taken for a character of its own ("JÃ¶rg"), which reports
+    then showed garbled. Octets that are not UTF-8 stay one character each, as before."""
     if not _XTEXT.fullmatch(value):
         raise SyntaxProblem(R.SYNTAX_ERROR)
-    return _printable(re.sub(r"\+([0-9A-F]{2})", lambda m: chr(int(m.group(1), 16)), value))
+    octets = re.sub(rb"\+([0-9A-F]{2})", lambda m: bytes((int(m.group(1), 16),)), value.encode("ascii"))
+    try:
+        text = octets.decode("utf-8")
+    except UnicodeDecodeError:
+        text = octets.decode("latin-1")
+    return _printable(text)
 
 
 def _printable(value: str) -> str:

@@ -51,6 +51,22 @@ def test_an_orcpt_with_control_characters_is_refused(orcpt):
     assert d.of(E.RcptTo)[-1].orcpt == 'rfc822;"a b"@y.test'
 
 
+def test_xtext_octets_that_spell_utf8_are_read_as_utf8():
+    # RFC 3461 §4: "+XX" is an octet. "J+C3+B6rg" was read an octet per character ("JÃ¶rg"),
+    # which the delivery and failure reports then showed.
+    d = Driver()
+    d.feed(b"EHLO c.test\r\n")
+    assert codes(d.feed(b"MAIL FROM:<a@b.test> ENVID=J+C3+B6rg-1\r\n")) == ["250 2.1.0"]
+    assert d.of(E.MailFrom)[-1].envid == "J\u00f6rg-1"
+    assert codes(d.feed(b"RCPT TO:<x@y.test> ORCPT=rfc822;J+C3+B6rg@y.test\r\n")) == ["250 2.1.5"]
+    assert d.of(E.RcptTo)[-1].orcpt == "rfc822;J\u00f6rg@y.test"
+    # Octets that are not UTF-8 stay one character each; C1 controls are refused like C0 ones.
+    assert codes(d.feed(b"RCPT TO:<z@y.test> ORCPT=rfc822;J+F6rg@y.test\r\n")) == ["250 2.1.5"]
+    assert d.of(E.RcptTo)[-1].orcpt == "rfc822;J\u00f6rg@y.test"
+    assert codes(d.feed(b"RCPT TO:<w@y.test> ORCPT=rfc822;a+C2+85b@y.test\r\n")) == ["501 5.5.4"]
+    assert codes(d.feed(b"RCPT TO:<v@y.test> ORCPT=rfc822;a+E2+80+A8b@y.test\r\n")) == ["501 5.5.4"]
+
+
 def test_made_up_verbs_are_not_reported_as_commands():
     # Rejected.command labels the shell's refusal metric: a verb per made-up command was a
     # new time series each (3,000 random verbs: /metrics from 10 KB to 594 KB), never freed.
