@@ -507,7 +507,8 @@ class Session:
     def select(self, box: str, qresync: str = "") -> None:
         self.view, self.recent, self.keywords = [], set(), set()
         suffix = " (CONDSTORE)" if self.mode == "condstore" and not qresync else qresync
-        text, _ = self.ok(f"SELECT {box}{suffix}")
+        verb = "EXAMINE" if self.mode == "examine" else "SELECT"
+        text, _ = self.ok(f"{verb} {box}{suffix}")
         self.selected, self.read_only = True, "READ-ONLY" in text
         if self.view:
             self.ok("FETCH 1:* (UID)")     # the model knows every UID from here on
@@ -585,8 +586,11 @@ class ImapStateMachine(RuleBasedStateMachine):
         for _ in range(3):
             self.append_with(self.oracle, set(), None)
 
-    @initialize(modes=st.lists(st.sampled_from(["plain", "condstore", "qresync"]), min_size=2, max_size=3))
+    @initialize(modes=st.tuples(st.sampled_from(["plain", "condstore", "qresync"]),
+                                st.lists(st.sampled_from(["plain", "condstore", "qresync", "examine"]),
+                                         min_size=1, max_size=2)).map(lambda t: [t[0], *t[1]]))
     def open_sessions(self, modes):
+        """Two or three sessions, the first read-write; ``examine`` ones are read-only."""
         for i, mode in enumerate(modes):
             s = Session("abc"[i], self.host, self.port, self.truth, mode)
             s.ok(f"LOGIN {BOB} {PASSWORD}")
@@ -624,6 +628,27 @@ class ImapStateMachine(RuleBasedStateMachine):
         o.ok("UNSELECT")
         return {int(x) for d in data if d and d[0] == "SEARCH" for x in d[1:]}
 
+    def oracle_flags(self, uids) -> dict[int, tuple[frozenset, int | None]]:
+        """The flags and MODSEQ of ``uids`` as a fresh EXAMINE shows them."""
+        uids = sorted(set(uids))
+        if not uids:
+            return {}
+        o = self.oracle
+        o.view = []
+        o.ok(f"EXAMINE {self.box}")
+        _, data = o.ok(f"UID FETCH {compress(uids)} (UID FLAGS MODSEQ)")
+        o.ok("UNSELECT")
+        out = {}
+        for d in data:
+            if len(d) >= 3 and d[1] == "FETCH":
+                items = fetch_items(d[2])
+                out[int(items["UID"])] = (frozenset(f for f in items["FLAGS"] if f != "\\Recent"),
+                                          int(items["MODSEQ"][0]))
+        return out
+
+    def oracle_modseqs(self, uids) -> dict[int, int]:
+        return {u: v[1] for u, v in self.oracle_flags(uids).items()}
+
     def pick(self, i: int) -> Session:
         return self.sessions[i % len(self.sessions)]
 
@@ -649,6 +674,8 @@ class ImapStateMachine(RuleBasedStateMachine):
             s.fail(f"APPENDUID {uid} is not above UID {highest}, already seen (RFC 4315 §3)")
         self.truth.highest_uid = uid
         self.truth.body[uid] = xid
+        if s.selected and not any(m.uid in (None, uid) for m in s.view):
+            s.fail(f"APPEND to the selected mailbox and no EXISTS for UID {uid} (RFC 9051 §6.3.12)")
         return uid
 
     @precondition(lambda self: self.sessions)
@@ -686,7 +713,15 @@ class ImapStateMachine(RuleBasedStateMachine):
             bound = max(0, max((m.modseq or 0) for m in s.view) - changed_since)
             modifier = f" (CHANGEDSINCE {bound}{' VANISHED' if vanished and by_uid and s.qresync else ''})"
         before = {m.uid: m.modseq for m in s.view if m.uid is not None}
+        peeked = {}
+        if s.read_only and "BODY[]" in items:
+            peeked = self.oracle_flags(m.uid for n in targets if (m := s.view[n - 1]).uid is not None)
         status, text, data = s.command(f"{command} ({' '.join(sorted(items))}){modifier}")
+        if peeked:
+            # RFC 9051 §6.3.3: EXAMINE changes nothing, \Seen included
+            for uid, (flags, _) in self.oracle_flags(peeked).items():
+                if "\\Seen" in flags and "\\Seen" not in peeked[uid][0]:
+                    s.fail(f"FETCH BODY[] in an EXAMINEd mailbox set \\Seen on UID {uid}")
         if status == "NO" and not (not by_uid and "EXPUNGEISSUED" in text):
             s.fail(f"{command} answered NO {text}")
         answered = set()
@@ -730,6 +765,10 @@ class ImapStateMachine(RuleBasedStateMachine):
         before_uid = {n: s.view[n - 1].uid for n in targets}
         flag_text = " ".join(sorted(flags))
         status, text, data = s.command(f"{spec}{modifier} {mode}FLAGS{'.SILENT' if silent else ''} ({flag_text})")
+        if s.read_only:
+            if status != "NO" or "[READ-ONLY]" not in text:
+                s.fail(f"STORE in a read-only mailbox answered {status} {text}")
+            return
         if status != "OK":
             s.fail(f"{spec} answered {status} {text}")
         modified: set[int] = set()
@@ -737,6 +776,11 @@ class ImapStateMachine(RuleBasedStateMachine):
         if code:
             numbers = parse_set(code.group(1))
             modified = set(numbers) if by_uid else {before_uid.get(n) for n in numbers}
+            bound = int(modifier.split()[1].rstrip(")"))
+            # RFC 7162 §3.1.3: left alone because changed after the bound, and MODSEQs only grow
+            for uid, modseq in self.oracle_modseqs(u for u in modified if u is not None).items():
+                if modseq <= bound:
+                    s.fail(f"[MODIFIED] names UID {uid}, whose MODSEQ {modseq} is not above {bound}")
         fetched = {int(fetch_items(d[2]).get("UID", 0)) or s.view[int(d[0]) - 1].uid
                    for d in data if len(d) >= 3 and d[1] == "FETCH" and "FLAGS" in fetch_items(d[2])
                    and int(d[0]) <= len(s.view)}
@@ -771,6 +815,11 @@ class ImapStateMachine(RuleBasedStateMachine):
         s = self.pick(i)
         if s.idling or not s.view:
             return
+        if s.read_only and how != "CLOSE":
+            status, text, _ = s.command(how if how == "EXPUNGE" else "UID EXPUNGE 1:*")
+            if status != "NO" or "[READ-ONLY]" not in text:
+                s.fail(f"{how} in a read-only mailbox answered {status} {text}")
+            return
         if how == "UID EXPUNGE":
             uids = [s.view[n - 1].uid for n in self.seqs(s, chosen) if s.view[n - 1].uid is not None]
             if not uids:
@@ -783,7 +832,7 @@ class ImapStateMachine(RuleBasedStateMachine):
             s.selected = False
             self.reselect(s)
         # every message the session knew as \Deleted (and, for UID EXPUNGE, named) is gone now
-        for m in s.view:
+        for m in ([] if s.read_only else s.view):
             if m.flags and "\\Deleted" in m.flags and (how != "UID EXPUNGE" or m.uid in uids):
                 s.fail(f"UID {m.uid}, \\Deleted, still there after {how}")
 
@@ -839,6 +888,10 @@ class ImapStateMachine(RuleBasedStateMachine):
             spec = compress(targets)
         verb = "MOVE" if move else "COPY"
         status, text, data = s.command(f"{'UID ' if by_uid else ''}{verb} {spec} {target}")
+        if move and s.read_only:
+            if status != "NO" or "[READ-ONLY]" not in text:
+                s.fail(f"MOVE from a read-only mailbox answered {status} {text}")
+            return
         if status != "OK":
             s.fail(f"{verb} answered {status} {text}")
         copyuid = re.search(r"\[COPYUID (\d+) ([0-9:,]+) ([0-9:,]+)\]", text + " ".join(
@@ -936,7 +989,7 @@ class ImapStateMachine(RuleBasedStateMachine):
         s.idling = tag
         other.ok("NOOP")          # its view current, so that the toggle below is a change
         target = next((m for m in other.view if m.uid is not None and m.flags is not None), None)
-        if appends or target is None:
+        if appends or target is None or other.read_only:
             self.append_with(other, flags, None)
         else:
             sign = "-" if "kw1" in target.flags else "+"
@@ -972,7 +1025,7 @@ class ImapStateMachine(RuleBasedStateMachine):
                 tag = s.send(f"APPEND {self.box}", message(xid, 5))
                 sent.append((s, (tag, "append", xid)))
                 continue
-            if n == 0 or what == "noop":
+            if n == 0 or what == "noop" or (s.read_only and what in ("store", "uid store", "uid expunge", "uid move")):
                 command = "NOOP"
             elif what == "store":
                 command = f"STORE {compress(seqs)} +FLAGS ({flag_text})"
@@ -1025,6 +1078,8 @@ class ImapStateMachine(RuleBasedStateMachine):
     def send_plan(self, s: Session, plan) -> list:
         sent = []
         for what, flags, chosen in plan:
+            if s.read_only and what.startswith(("uid store", "uid expunge", "uid move")):
+                what = "noop"
             uids = [s.view[k - 1].uid for k in self.seqs(s, chosen) if s.view[k - 1].uid is not None]
             spec = compress(uids) if uids else "1:*"
             flag_text = " ".join(sorted(flags)) or "kw1"
