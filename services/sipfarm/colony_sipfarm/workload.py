@@ -544,13 +544,17 @@ class SipWorkload:
             return
         me = names.node_key(self._runtime.node_id)
         for member in self.farm.sent_invites.members():
-            if member == me or not self._gone(member):
-                continue
-            lost = self.farm.flows_lost_with(member)
-            if lost:
-                log.info("%d ringing INVITE branch(es) lost with member %s: failed with 430", len(lost), member)
-            for data, destination in lost:
-                self._track(self._handle(data, destination))
+            if member != me and self._gone(member):
+                self._fail_branches_through(member)
+
+    def _fail_branches_through(self, member: str) -> None:
+        """Every branch without a final answer that went through ``member`` (a node key) is
+        lost: each fails with 430 (``_fail_lost_branches``)."""
+        lost = self.farm.flows_lost_with(member)
+        if lost:
+            log.info("%d ringing INVITE branch(es) lost with member %s: failed with 430", len(lost), member)
+        for data, destination in lost:
+            self._track(self._handle(data, destination))
 
     def _listeners_of(self, member: str) -> dict[str, str]:
         """The listeners of the member whose node key is ``member`` (ours, or from its node
@@ -1004,6 +1008,12 @@ class SipWorkload:
                     self._ready_until = 0.0
                     if record.state in GONE_STATES:
                         self._fail_lost_branches()
+                    elif known is not None and known.started_at != record.started_at and self.farm is not None:
+                        # A new process under the member's name (restarted quicker than its
+                        # heartbeat goes stale): the old one's connections died with it.  Its
+                        # record comes before its SIP listeners open, so no phone is on the
+                        # new one yet; a rejoin after a pause keeps started_at (and its phones).
+                        self._fail_branches_through(names.node_key(record.id))
         finally:
             with suppress(Exception):
                 await watcher.stop()
@@ -1221,7 +1231,11 @@ class SipWorkload:
                         return
                 reader, writer = await asyncio.wait_for(asyncio.open_connection(address, port), 5.0)
             except (OSError, TimeoutError, ValueError, IndexError):
+                # The phone's connection is gone and it takes no new one (a binding names its
+                # connection's own port; its member restarted, or it dropped the connection):
+                # the branch fails now, as a flow that is gone does, not at Timer C.
                 log.info("no TCP connection to %s:%s for a SIP message", host, port)
+                self._flow_failed(data, destination)
                 return
             flow = self.connections[(host, port)] = _Flow("TCP", writer)
             self._track_outbound(self._read_outbound(reader, writer, (host, port)))

@@ -186,3 +186,29 @@ async def test_a_device_still_ringing_elsewhere_answers_and_the_caller_hears_the
         alice.close()
         desk.close()
         writer.close()
+
+
+async def test_a_member_restarted_before_its_heartbeat_goes_stale_ends_the_calls_ringing_through_it(cluster):
+    """Member 1 is SIGKILLed and started again at once under its name (as a supervisor does),
+    with a node_ttl longer than the deadline: its record never looks stale, but the new
+    process's record (a new start time) tells member 2 that bob's connection died with the
+    old one."""
+    await serve_credentials(await cluster.client())
+    slow_ttl = {"COLONY_SIP_PORT": "0", "COLONY_OUTBOUND_SMTP_PORT": "25", "COLONY_NODE_TTL": "300"}
+    for node_id in MEMBERS:
+        cluster.start("sipfarm", node_id, **slow_ttl)
+    views = {n: await cluster.wait_state(n, "READY", timeout=60) for n in MEMBERS}
+    reader, writer = await tcp_phone_at(sip_address(views["sipfarm-1"]), "bob")
+    alice = await Caller.open(sip_address(views["sipfarm-2"]))
+    try:
+        await alice.call(call_id := a_call_id_owned_by("sipfarm-2"))
+        invite = await read_sip(reader)
+        writer.write(ringing(invite))
+        assert (await alice.receive()).status == 180
+        await kill(cluster, "sipfarm-1")
+        cluster.start("sipfarm", "sipfarm-1", **slow_ttl)
+        final = await alice.final(FINAL_WITHIN)
+        assert final.status == 480 and final.call_id == call_id, final
+    finally:
+        alice.close()
+        writer.close()

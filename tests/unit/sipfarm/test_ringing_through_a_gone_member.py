@@ -8,6 +8,7 @@ end to end with two real members in tests/integration/sipfarm/test_ringing_membe
 
 from __future__ import annotations
 
+import socket
 from datetime import datetime, timedelta, timezone
 from types import SimpleNamespace
 
@@ -248,3 +249,58 @@ async def test_the_shell_gives_no_verdict_before_it_has_seen_the_members(farm):
     workload, handled = shell(farm)
     workload._fail_lost_branches()
     assert handled == []
+
+
+class Nodes:
+    """The nodes bucket's watch as the shell reads it: these records, written in this order."""
+
+    def __init__(self, records: list[NodeRecord]) -> None:
+        self.records = records
+
+    async def key_value(self, bucket):
+        return self
+
+    async def watchall(self):
+        return self
+
+    async def _entries(self):
+        for r in self.records:
+            yield SimpleNamespace(key=names.node_key(r.id), value=r.encode(), operation="PUT")
+
+    def __aiter__(self):
+        return self._entries()
+
+    async def stop(self) -> None:
+        pass
+
+
+async def test_a_member_restarted_before_its_heartbeat_went_stale_lost_its_phones_with_the_old_process(farm):
+    await mobile_on_member_2(farm)
+    await alice_calls_bob(farm)
+    workload, handled = shell(farm)
+    old = record("sipfarm-2", 0)
+    beat = old.model_copy(update={"heartbeat_at": datetime.now(timezone.utc)})
+    rejoined = old.model_copy(update={"incarnation": 2})       # after a pause: the same process, its phones
+    nodes = Nodes([record("sipfarm-1", 0), old, beat, rejoined])
+    workload._runtime.nc = SimpleNamespace(jetstream=lambda: nodes)
+    await workload._watch_members()
+    assert handled == []
+    restarted = record("sipfarm-2", 0).model_copy(update={"started_at": datetime.now(timezone.utc)})
+    nodes.records = [restarted, restarted.model_copy(update={"state": NodeState.STARTING})]
+    await workload._watch_members()
+    assert handled == [(430, MOBILE)]
+
+
+async def test_a_request_whose_tcp_connection_cannot_be_opened_fails_its_branch_at_once():
+    """A TCP phone's binding names its connection's own port: when that connection is gone
+    (its member restarted, the phone dropped it) a dial there reaches nothing, and the
+    branch fails as a gone flow does (430) instead of waiting for Timer C."""
+    workload = SipWorkload(Settings())
+    failed: list = []
+    workload._flow_failed = lambda data, destination: failed.append(destination)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        where = ("TCP", "127.0.0.1", s.getsockname()[1])        # nobody listens there
+    invite_data = invite()
+    await workload._emit(invite_data, where)
+    assert failed == [where] and not workload.connections
