@@ -1013,9 +1013,8 @@ class SipFarm:
     def flows_lost_with(self, member: str) -> list[tuple[bytes, Destination]]:
         """The member whose node key is ``member`` is gone (SIGKILLed: its heartbeat stale, its
         record FAILED or deleted), and every connection it held: each INVITE this member sent
-        through it that has no final answer yet -- to a phone on a connection there, or over
-        UDP from its address, where the phone's answers go -- is lost.  Nothing answered for
-        it, and its caller heard nothing until Timer C (200 s).  Returned: a 430 Flow Failed
+        to a phone on a connection there that has no final answer yet is lost.  Nothing
+        answered for it, and its caller heard nothing until Timer C (200 s).  Returned: a 430 Flow Failed
         for each (RFC 5626 §5.3: the flow is gone), untagged as made here and never ACKed, with
         the Vias of the INVITE as sent and where it went, for the shell to hand to ``handle``
         as the branch's answer -- the fork passes on the best answer once every branch has

@@ -21,13 +21,15 @@ INVITE, hop by hop too -- ends at the farm then (§17.2.1: the server transactio
 as tm's ``t_relay`` does), and a copy of the failure gets the ACK again (§17.1.1.2).  A 2xx
 forgets the INVITE: its ACK is a transaction of the caller's own (§13.2.2.4), passed on.
 
-A branch whose path went through a member that died is lost while it rings: the callee's
-connection (TCP, TLS, WebSocket) was held there, or our Via names that member's address, so
-nothing the phone answers can reach the farm -- and nothing failed the branch, so its caller
-heard nothing until Timer C (200 s).  The table knows, per member, the branches that went
-through it and have no final answer yet (``lost_with``): when the shell sees that member gone,
-each fails as if it had answered 430 Flow Failed (RFC 5626 §5.3), made from the INVITE kept
-here -- all its Vias, so the answer finds its way back up like the phone's would.
+A branch to a phone on a connection (TCP, TLS, WebSocket) held by a member that died is lost
+while it rings: nothing the phone answers can reach the farm any more -- and nothing failed
+the branch, so its caller heard nothing until Timer C (200 s).  The table knows, per member
+holding the callee's connection, the branches without a final answer yet (``lost_with``):
+when the shell sees that member gone, each fails as if it had answered 430 Flow Failed (RFC
+5626 §5.3), made from the INVITE kept here -- all its Vias, so the answer finds its way back
+up like the phone's would.  Not a UDP branch: its answers go to the address our Via names,
+which may be the members' shared public address (one VIP, LVS direct routing), where a live
+member takes them.
 
 Bounded (``limit``, the oldest go first); an entry lives ``lifetime`` from its forwarding
 (longer than an INVITE rings) and ``after_final`` from its failure (64*T1: the callee's
@@ -54,8 +56,7 @@ _COPIED = ("From", "To", "Call-ID", "CSeq", "Route")
 class SentInvite:
     request: SipRequest          # the INVITE as sent, with only its Vias and what an ACK or CANCEL copies
     destination: Destination     # where it went
-    # Node key of the member that put it on the wire: the one holding the callee's connection,
-    # or, over UDP, the one whose address our Via names (the phone's answers come to it).
+    # Node key of the member that put it on the wire: the one holding the callee's connection.
     member: str
     expires_at: float
     failed: bool = False
@@ -91,7 +92,7 @@ class SentInvites:
     def __init__(self, lifetime: float, after_final: float, limit: int = DEFAULT_LIMIT) -> None:
         self.lifetime, self.after_final, self.limit = lifetime, after_final, limit
         self._entries: OrderedDict[str, SentInvite] = OrderedDict()
-        # Branches with no final answer yet, by the member they went through (lost_with).
+        # Branches on a connection with no final answer yet, by the member holding it (lost_with).
         self._unanswered: dict[str, set[str]] = {}
 
     def __len__(self) -> int:
@@ -102,7 +103,8 @@ class SentInvites:
         self._finished(branch)
         self._entries[branch] = SentInvite(kept_of(request), destination, member, now + self.lifetime)
         self._entries.move_to_end(branch)
-        self._unanswered.setdefault(member, set()).add(branch)
+        if destination[0] != "UDP":
+            self._unanswered.setdefault(member, set()).add(branch)
         self._drop_old(now)
 
     def get(self, branch: str, now: float) -> SentInvite | None:
@@ -125,12 +127,12 @@ class SentInvites:
         self._entries.pop(branch, None)
 
     def members(self) -> list[str]:
-        """The members some branch without a final answer went through."""
+        """The members holding the connection of some branch without a final answer."""
         return list(self._unanswered)
 
     def lost_with(self, member: str, now: float) -> list[SentInvite]:
-        """``member`` is gone, and with it every branch that went through it: those without a
-        final answer, each marked failed now (as by its answer: the caller's ACK of what it
+        """``member`` is gone, and with it the connections it held: the branches on them
+        without a final answer, each marked failed now (as by its answer: the caller's ACK of what it
         gets ends here, and this is said once).  For the farm to fail them with 430."""
         lost = []
         for branch in self._unanswered.pop(member, ()):

@@ -533,9 +533,8 @@ class SipWorkload:
 
     def _fail_lost_branches(self) -> None:
         """Branches this member sent through a member that is gone fail now.  An INVITE
-        ringing on a phone whose connection that member held (or sent over UDP from its
-        address, where the phone's answers go) was lost with it: nothing answered it, and its
-        caller heard nothing until Timer C (200 s).  Each gets a 430 Flow Failed as its
+        ringing on a phone whose connection that member held was lost with it: nothing
+        answered it, and its caller heard nothing until Timer C (200 s).  Each gets a 430 Flow Failed as its
         answer (``SipFarm.flows_lost_with``), handled like the phone's: the fork passes on
         the best answer once every branch has one, so the others still ring.  Called every
         second (a heartbeat goes stale by time, not by a write) and at once when a member's

@@ -175,7 +175,7 @@ async def test_a_reinvite_ringing_through_a_dead_member_gets_the_caller_480_and_
     assert await farm.handle(alices("ACK"), CALLER) == []
 
 
-def test_the_table_knows_the_unanswered_branches_by_member_and_forgets_them_as_they_end():
+def test_the_table_knows_the_unanswered_branches_by_the_member_holding_their_flow_and_forgets_them_as_they_end():
     table = SentInvites(lifetime=200.0, after_final=32.0, limit=3)
 
     def request(branch: str) -> SipRequest:
@@ -206,6 +206,10 @@ def test_the_table_knows_the_unanswered_branches_by_member_and_forgets_them_as_t
         table.sent(f"b{n}", request(f"b{n}"), ("TCP", "h", 1), "m5", now=4.0)
     assert "m4" not in table.members() and len(table) == 3
     assert table.lost_with("m5", now=500.0) == []
+    # Over UDP no member holds the branch: its answers go to our Via's address, which may be
+    # the members' shared one.
+    table.sent("u0", request("u0"), ("UDP", "h", 1), "m6", now=500.0)
+    assert table.members() == [] and table.lost_with("m6", now=500.0) == []
 
 
 # --- the shell: which members are gone, and when ------------------------------------------------
