@@ -27,7 +27,7 @@ pytestmark = pytest.mark.slow
 
 PASSWORD = "a long passphrase"
 DOMAIN = "acme.example"
-USERS = ("alice", "bob", "carol", "dave", "erin", "frank")
+USERS = ("alice", "bob", "carol", "dave", "erin", "frank", "grace")  # each test reads its own INBOX or POP3 drop
 # Text a script mails without a thought for MIME: 8-bit UTF-8 in an unlabelled body.
 EIGHT_BIT = "Grüße aus Köln, 10 € für Bär und Öl"
 
@@ -218,17 +218,17 @@ def test_msmtp_asks_for_a_delivery_report_and_finds_it_in_its_own_inbox(edge, tm
     """NOTIFY=SUCCESS (``msmtp -N success``, RFC 3461): the mail store that stores the message
     reports it "delivered" (RFC 3464) to the sender -- a hosted account, so into its INBOX --
     once; RET=HDRS (``-R hdrs``) returns the header section without the text."""
-    rc = msmtp_config(edge, tmp_path, "frank", implicit=True)
+    rc = msmtp_config(edge, tmp_path, "grace", implicit=True)
     subject = unique("please confirm")
-    message = f"From: frank@{DOMAIN}\nTo: frank@{DOMAIN}\nSubject: {subject}\n\nthe text itself\n"
-    out = msmtp(rc, "-N", "success", "-R", "hdrs", f"frank@{DOMAIN}", message=message.encode())
+    message = f"From: grace@{DOMAIN}\nTo: grace@{DOMAIN}\nSubject: {subject}\n\nthe text itself\n"
+    out = msmtp(rc, "-N", "success", "-R", "hdrs", f"grace@{DOMAIN}", message=message.encode())
     assert out.returncode == 0, said(out)
-    assert f"RCPT TO:<frank@{DOMAIN}> NOTIFY=SUCCESS" in said(out), said(out)
-    arrived(edge, "frank", subject)
-    [report] = arrived(edge, "frank", "Successful Mail Delivery Report")
-    assert report.get_content_type() == "multipart/report" and report["To"].addresses[0].addr_spec == f"frank@{DOMAIN}"
+    assert f"RCPT TO:<grace@{DOMAIN}> NOTIFY=SUCCESS" in said(out), said(out)
+    arrived(edge, "grace", subject)
+    [report] = arrived(edge, "grace", "Successful Mail Delivery Report")
+    assert report.get_content_type() == "multipart/report" and report["To"].addresses[0].addr_spec == f"grace@{DOMAIN}"
     raw = report.as_bytes()
-    for field in (b"Action: delivered", f"Final-Recipient: rfc822; frank@{DOMAIN}".encode(), b"Status: 2.0.0",
+    for field in (b"Action: delivered", f"Final-Recipient: rfc822; grace@{DOMAIN}".encode(), b"Status: 2.0.0",
                   b"Content-Type: text/rfc822-headers", f"Subject: {subject}".encode()):
         assert field in raw, raw
     assert b"the text itself" not in raw
