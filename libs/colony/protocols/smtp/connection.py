@@ -499,7 +499,14 @@ class ServerConnection:
         self._reply(R.NOT_IMPLEMENTED, "EXPN")
 
     def _cmd_help(self, argument: str) -> None:
-        self._out += R.HELP.to_bytes()
+        # The commands this session can use: STARTTLS only while it can still start TLS (not
+        # on the implicit-TLS port, not after STARTTLS), as EHLO says; AUTH where EHLO offers it.
+        verbs = "EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP"
+        if self.config.auth_mechanisms and self.tls_active:
+            verbs += " AUTH"
+        if self.config.tls_available and not self.tls_active:
+            verbs += " STARTTLS"
+        self._out += R.HELP._replace(text=f"See RFC 5321; commands: {verbs}").to_bytes()
 
     def _cmd_auth(self, argument: str) -> None:
         if not self.config.auth_mechanisms:

@@ -45,7 +45,7 @@ RESET_OK = Reply(250, "2.0.0", "Reset OK")
 NOOP_OK = Reply(250, "2.0.0", "OK")
 CLOSING = Reply(221, "2.0.0", "Bye")
 VRFY_CANNOT = Reply(252, "2.1.5", "Cannot VRFY user, but will accept message and attempt delivery")
-HELP = Reply(214, "2.0.0", "See RFC 5321; commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP STARTTLS")
+HELP = Reply(214, "2.0.0", "See RFC 5321; commands: ...")  # the list is the session's (connection._cmd_help)
 READY_TLS = Reply(220, "2.0.0", "Ready to start TLS")
 
 # --- connection -----------------------------------------------------------------------------

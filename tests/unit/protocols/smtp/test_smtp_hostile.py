@@ -79,3 +79,14 @@ def test_made_up_verbs_are_not_reported_as_commands():
     rejected = d.of(E.Rejected) + before.of(E.Rejected)
     assert [r.reply.code for r in rejected] == [500, 500, 500, 554]
     assert {r.command for r in rejected} == {""}
+
+
+def test_help_lists_the_commands_this_session_can_use():
+    # HELP offered STARTTLS on the implicit-TLS port and after STARTTLS, where EHLO rightly does not.
+    def helped(**config) -> str:
+        return Driver(**config).feed(b"HELP\r\n").decode()
+
+    assert "STARTTLS" in helped(tls_available=True) and "AUTH" not in helped(tls_available=True)
+    on_465 = helped(tls_available=True, tls_active=True, auth_mechanisms=("PLAIN",))
+    assert on_465.startswith("214 2.0.0") and "STARTTLS" not in on_465 and " AUTH" in on_465
+    assert "STARTTLS" not in helped(tls_available=False)
