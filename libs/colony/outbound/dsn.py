@@ -20,7 +20,8 @@ import secrets
 from collections.abc import Iterable
 from datetime import datetime
 
-from colony.contracts.mail import InboundMail
+from colony.bus import names
+from colony.contracts.mail import InboundMail, MailRecipient
 from colony.contracts.outbound import OutboundMail, OutboundRecipient
 from colony.outbound.rules import NOTIFY_OF_ACTION, Failure
 
@@ -155,3 +156,30 @@ def _one_line(text: str) -> str:
     text = " ".join(text.split())[:900]
     return text if text.isascii() and text.isprintable() else "".join(
         c if " " <= c <= "~" else "?" for c in text)
+
+
+def report_messages(report_id: str, report: bytes, *, mailboxes: list[str], remote: list[str], original: str,
+                    region: str, node_id: str) -> list[tuple[str, InboundMail | OutboundMail]]:
+    """A report's jobs and the subjects to publish them on, from the null sender: one
+    ``InboundMail`` per hosted domain of ``mailboxes`` (each recipient's ``original`` the
+    address the report was for, as the sender wrote it) and one ``OutboundMail`` per domain of
+    ``remote``.  Every job has ``report_id`` as its message id, so a report published again
+    (a redelivered job) is the same message to the streams' and mailboxes' de-duplication."""
+    jobs: list[tuple[str, InboundMail | OutboundMail]] = []
+    by_domain: dict[str, list[str]] = {}
+    for address in mailboxes:
+        by_domain.setdefault(address.rpartition("@")[2], []).append(address)
+    for domain, addresses in by_domain.items():
+        item = InboundMail(message_id=report_id, domain=domain, mail_from="",
+                           recipients=[MailRecipient(mailbox=a, original=original) for a in addresses],
+                           size=len(report), edge_node=node_id, body=report)
+        jobs.append((names.mail_subject(region, domain, names.mail_partition(addresses[0])), item))
+    by_domain = {}
+    for address in remote:
+        by_domain.setdefault(address.rpartition("@")[2].lower(), []).append(address)
+    for domain, addresses in by_domain.items():
+        item = OutboundMail.new(message_id=report_id, destination=domain, mail_from="",
+                                recipients=[OutboundRecipient(address=a) for a in addresses], size=len(report),
+                                edge_node=node_id, body=report, sender_local=False)
+        jobs.append((names.outbound_subject(domain), item))
+    return jobs

@@ -21,11 +21,10 @@ from datetime import UTC, datetime
 
 from nats.js import JetStreamContext
 
-from colony.bus import names
-from colony.contracts.mail import InboundMail, MailRecipient
-from colony.contracts.outbound import OutboundMail, OutboundRecipient
+from colony.contracts.mail import InboundMail
+from colony.contracts.outbound import OutboundRecipient
 from colony.contracts.recipients import Refusal
-from colony.outbound.dsn import build_dsn
+from colony.outbound.dsn import build_dsn, report_messages
 from colony.outbound.rules import Failure
 from colony.settings import Settings
 from colony.telemetry import inject_headers
@@ -88,23 +87,8 @@ class ExpansionReports:
             log.info("expanded DSN for %s not sent: %s receives no mail (%s)", message_id, mail.address,
                      resolution.reason)
             return
-        items: list[tuple[str, InboundMail | OutboundMail]] = []
-        by_domain: dict[str, list[str]] = {}
-        for address in mailboxes:
-            by_domain.setdefault(address.rpartition("@")[2], []).append(address)
-        for domain, addresses in by_domain.items():
-            item = InboundMail(message_id=report_id, domain=domain, mail_from="",
-                               recipients=[MailRecipient(mailbox=a, original=mail.address) for a in addresses],
-                               size=len(report), edge_node=self.node_id, body=report)
-            items.append((names.mail_subject(self.settings.region, domain, names.mail_partition(addresses[0])), item))
-        by_domain = {}
-        for address in remote:
-            by_domain.setdefault(address.rpartition("@")[2].lower(), []).append(address)
-        for domain, addresses in by_domain.items():
-            item = OutboundMail.new(message_id=report_id, destination=domain, mail_from="",
-                                    recipients=[OutboundRecipient(address=a) for a in addresses], size=len(report),
-                                    edge_node=self.node_id, body=report, sender_local=False)
-            items.append((names.outbound_subject(domain), item))
+        items = report_messages(report_id, report, mailboxes=mailboxes, remote=remote, original=mail.address,
+                                region=self.settings.region, node_id=self.node_id)
         headers = inject_headers()
         for subject, item in items:
             await self.js.publish(subject, item.encode(), headers={**headers, "Nats-Msg-Id": item.msg_id()},

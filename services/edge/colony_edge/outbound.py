@@ -48,10 +48,9 @@ from prometheus_client import CollectorRegistry, Counter
 from colony.bus import names
 from colony.bus.pipelined import Outgoing, landed, publish_pipelined
 from colony.bus.tokens import to_token
-from colony.contracts.mail import InboundMail, MailRecipient
-from colony.contracts.outbound import OutboundMail, OutboundRecipient
+from colony.contracts.outbound import OutboundMail
 from colony.events import UnknownEvent, UsageRecorded
-from colony.outbound.dsn import build_dsn
+from colony.outbound.dsn import build_dsn, report_messages
 from colony.outbound.dsn_relay import mail_parameters, rcpt_parameters
 from colony.outbound.mta_sts import Policy
 from colony.outbound.srs import Srs, SrsError, is_srs
@@ -697,25 +696,16 @@ class OutboundDelivery:
             except SrsError as exc:
                 log.warning("DSN for %s: SRS sender %s not reversed (%s); sending to it as it is",
                             mail.message_id, bounce_to, exc)
-        sender_domain = bounce_to.rpartition("@")[2].lower()
-        headers = inject_headers()
         if mail.sender_local:
             # Into the mailbox of the account that submitted it: the envelope sender may be
             # one of its aliases (or an address of a domain alias), which no mail store holds
             # as an account -- a report addressed to it was rejected to DEAD_LETTERS.
-            mailbox = (mail.account or mail.mail_from).lower()
-            mailbox_domain = mailbox.rpartition("@")[2]
-            item = InboundMail(message_id=f"{mail.message_id}.{suffix}", domain=mailbox_domain, mail_from="",
-                               recipients=[MailRecipient(mailbox=mailbox, original=mail.mail_from)],
-                               size=len(report), edge_node=self.node_id, body=report)
-            subject = names.mail_subject(self.settings.region, mailbox_domain, names.mail_partition(mailbox))
-            msg_id = item.msg_id()
+            mailboxes, remote = [(mail.account or mail.mail_from).lower()], []
         else:
-            item = OutboundMail.new(message_id=f"{mail.message_id}.{suffix}", destination=sender_domain, mail_from="",
-                                    recipients=[OutboundRecipient(address=bounce_to)], size=len(report),
-                                    edge_node=self.node_id, body=report, sender_local=False)
-            subject, msg_id = names.outbound_subject(sender_domain), item.msg_id()
-        await self.js.publish(subject, item.encode(), headers={**headers, "Nats-Msg-Id": msg_id},
+            mailboxes, remote = [], [bounce_to]
+        [(subject, item)] = report_messages(f"{mail.message_id}.{suffix}", report, mailboxes=mailboxes, remote=remote,
+                                            original=mail.mail_from, region=self.settings.region, node_id=self.node_id)
+        await self.js.publish(subject, item.encode(), headers={**inject_headers(), "Nats-Msg-Id": item.msg_id()},
                               timeout=self.settings.mail_publish_timeout)
         self.metrics.dsns.labels(action=action).inc()
         log.info("DSN (%s) for %s to %s: %s", action, mail.message_id, mail.mail_from,

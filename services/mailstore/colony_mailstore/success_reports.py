@@ -37,13 +37,11 @@ from nats.aio.client import Client
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
-from colony.bus import names
 from colony.contracts.clients import DirectoryClient, DirectoryUnavailable
 from colony.contracts.directory import AccountEntry
-from colony.contracts.mail import InboundMail, MailRecipient
-from colony.contracts.outbound import OutboundMail, OutboundRecipient
+from colony.contracts.mail import InboundMail
 from colony.contracts.recipients import Refusal, normalise_address
-from colony.outbound.dsn import build_dsn, delivered_report_id
+from colony.outbound.dsn import build_dsn, delivered_report_id, report_messages
 from colony.outbound.rules import Failure
 from colony.settings import Settings
 from colony.telemetry import inject_headers
@@ -72,23 +70,8 @@ class SuccessReports:
         report_id = delivered_report_id(mail, reports)
         report = build_dsn(mail, reports, original, self.reporting_mta, datetime.now(UTC))
         mailboxes, remote = await self._route(mail.mail_from)
-        items: list[tuple[str, InboundMail | OutboundMail]] = []
-        by_domain: dict[str, list[str]] = {}
-        for address in mailboxes:
-            by_domain.setdefault(address.rpartition("@")[2], []).append(address)
-        for domain, addresses in by_domain.items():
-            item = InboundMail(message_id=report_id, domain=domain, mail_from="",
-                               recipients=[MailRecipient(mailbox=a, original=mail.mail_from) for a in addresses],
-                               size=len(report), edge_node=self.node_id, body=report)
-            items.append((names.mail_subject(self.settings.region, domain, names.mail_partition(addresses[0])), item))
-        by_domain = {}
-        for address in remote:
-            by_domain.setdefault(address.rpartition("@")[2].lower(), []).append(address)
-        for domain, addresses in by_domain.items():
-            item = OutboundMail.new(message_id=report_id, destination=domain, mail_from="",
-                                    recipients=[OutboundRecipient(address=a) for a in addresses], size=len(report),
-                                    edge_node=self.node_id, body=report, sender_local=False)
-            items.append((names.outbound_subject(domain), item))
+        items = report_messages(report_id, report, mailboxes=mailboxes, remote=remote, original=mail.mail_from,
+                                region=self.settings.region, node_id=self.node_id)
         for subject, item in items:
             try:
                 await self.js.publish(subject, item.encode(), headers={**inject_headers(), "Nats-Msg-Id": item.msg_id()},
