@@ -1,9 +1,11 @@
 """Concurrent IMAP sessions on one mailbox, each keeping its own model of what the server told
 it, checked for contradictions the way Dovecot's ``imaptest`` checks a server (its default
-"stress" mode): a hypothesis state machine drives two or three raw sessions (and an oracle
-that only EXAMINEs) through APPEND, FETCH, STORE (+/-FLAGS, .SILENT, keywords, UNCHANGEDSINCE),
-EXPUNGE / UID EXPUNGE / CLOSE, COPY, MOVE, SEARCH (MODSEQ too), NOOP, CHECK and IDLE, by
-message number and by UID, some sent to several sessions at once before any answer is read.
+"stress" mode): a hypothesis state machine drives two or three raw sessions -- plain,
+CONDSTORE, QRESYNC or EXAMINE-only -- and an oracle that only EXAMINEs, through APPEND (now and
+then of 600 KB, so that FETCHes go out in batches), FETCH (CHANGEDSINCE, VANISHED), STORE
+(+/-FLAGS, .SILENT, keywords, UNCHANGEDSINCE), EXPUNGE / UID EXPUNGE / CLOSE, COPY, MOVE,
+SEARCH (MODSEQ too), NOOP, CHECK, IDLE and SELECT (QRESYNC ...), by message number and by UID;
+some pipelined, some sent to several sessions before any answer is read.
 
 What each session's answers must never say (each check names the rule it enforces):
 
@@ -20,12 +22,17 @@ What each session's answers must never say (each check names the rule it enforce
 * ``\\Recent`` for one message in two sessions (RFC 3501 §2.3.2);
 * a keyword in FETCH FLAGS never announced in ``* FLAGS``, or announced and then dropped
   while a message still carries it (RFC 9051 §7.3.5);
+* under CONDSTORE, a FETCH caused by STORE or another session without UID and MODSEQ
+  (RFC 7162 §3.1);
 * a STORE whose answer leaves a message without the change (imaptest's "STORE didn't update
-  flags"), a MOVE leaving the moved messages in the view, COPYUID/APPENDUID UIDs that are
-  not new, CHANGEDSINCE and SEARCH MODSEQ leaving out a message the session knows changed;
+  flags"), [MODIFIED] naming a message not changed since, a MOVE leaving the moved messages
+  in the view, COPYUID/APPENDUID UIDs that are not new, SEARCH results other than the flags
+  the same answer reports, CHANGEDSINCE and SEARCH MODSEQ leaving out a message the session
+  knows changed, STORE/EXPUNGE/MOVE accepted or \\Seen set in an EXAMINEd mailbox;
 * at a checkpoint (NOOP in every session), any difference between a session's view and the
   mailbox as a fresh EXAMINE shows it: a flag change or an expunge that never reached the
-  session (RFC 9051 §7: the server sends what changed; §6.4.6: also for .SILENT).
+  session (RFC 9051 §7: the server sends what changed; §6.4.6: also for .SILENT); STATUS
+  disagreeing with EXAMINE.
 
 Budget: ``COLONY_IMAP_STATE_EXAMPLES`` (default 25) examples of at most
 ``COLONY_IMAP_STATE_STEPS`` (default 40) steps; the default run is derandomized (the same
@@ -553,7 +560,7 @@ class Session:
 def message(xid: str, filler: int) -> bytes:
     return (f"From: Alice <alice@example.org>\r\nTo: {BOB}\r\nSubject: stress {xid}\r\n"
             f"Message-ID: <{xid}@stress.example>\r\nX-Id: {xid}\r\n\r\n"
-            f"body of {xid}\r\n" + "x" * filler + "\r\n").encode()
+            f"body of {xid}\r\n" + ("x" * 74 + "\r\n") * (filler // 76) + "x" * (filler % 76) + "\r\n").encode()
 
 
 def apply_mode(old: frozenset, mode: str, flags: set) -> frozenset:
@@ -563,7 +570,7 @@ def apply_mode(old: frozenset, mode: str, flags: set) -> frozenset:
 flag_sets = st.sets(st.sampled_from(FLAG_CHOICES), max_size=3)
 picks = st.lists(st.integers(0, 1000), min_size=1, max_size=4)
 who = st.integers(0, 2)
-uid_plans = st.lists(st.tuples(st.sampled_from(["uid fetch", "uid store", "uid store.silent", "uid expunge", "noop",
+uid_plans = st.lists(st.tuples(st.sampled_from(["uid fetch", "uid fetch all", "uid store", "uid store.silent", "uid expunge", "noop",
                                                 "check", "uid search", "append", "uid copy", "uid move"]),
                                flag_sets, picks), min_size=2, max_size=4)
 
@@ -658,12 +665,13 @@ class ImapStateMachine(RuleBasedStateMachine):
 
     # -- commands --
 
-    def append_with(self, s: Session, flags: set, date: str | None) -> int | None:
+    def append_with(self, s: Session, flags: set, date: str | None, filler: int | None = None) -> int | None:
         xid = f"m{next(_ids)}"
         flag_part = f" ({' '.join(sorted(flags))})" if flags else ""
         date_part = f' "{date}"' if date else ""
         highest = self.truth.highest_uid
-        text, _ = s.ok(f"APPEND {self.box}{flag_part}{date_part}", message(xid, len(xid) * 7 % 50))
+        body = message(xid, len(xid) * 7 % 50 if filler is None else filler)
+        text, _ = s.ok(f"APPEND {self.box}{flag_part}{date_part}", body)
         m = re.search(r"\[APPENDUID (\d+) (\d+)\]", text)
         if not m:
             s.fail(f"APPEND without APPENDUID: {text}")
@@ -679,12 +687,15 @@ class ImapStateMachine(RuleBasedStateMachine):
         return uid
 
     @precondition(lambda self: self.sessions)
-    @rule(i=who, flags=flag_sets, dated=st.booleans())
-    def append(self, i, flags, dated):
+    @rule(i=who, flags=flag_sets, dated=st.booleans(), large=st.integers(0, 5))
+    def append(self, i, flags, dated, large):
+        """Now and then a message of 600 KB: two make a FETCH of their bodies go out in
+        batches (the server's FETCH_BATCH_BYTES), between which other sessions' commands run."""
         s = self.pick(i)
         if s.idling:
             return
-        self.append_with(s, flags, "05-Mar-2024 10:11:12 +0100" if dated else None)
+        self.append_with(s, flags, "05-Mar-2024 10:11:12 +0100" if dated else None,
+                         600_000 if large == 0 else None)
 
     @precondition(lambda self: self.sessions)
     @rule(i=who, chosen=picks, by_uid=st.booleans(),
@@ -1086,6 +1097,8 @@ class ImapStateMachine(RuleBasedStateMachine):
             literal, xid = None, None
             if what == "uid fetch":
                 command = f"UID FETCH {spec} (UID FLAGS RFC822.SIZE{' MODSEQ' if s.condstore else ''})"
+            elif what == "uid fetch all":
+                command = "UID FETCH 1:* (UID FLAGS BODY.PEEK[])"
             elif what.startswith("uid store"):
                 sign = "+" if len(flags) % 2 else "-"
                 command = f"UID STORE {spec} {sign}FLAGS{'.SILENT' if what.endswith('silent') else ''} ({flag_text})"
