@@ -105,6 +105,16 @@ class Counters:
         return self.counts.get((kind, subject), 0)
 
 
+def plain_farm() -> SipFarm:
+    """A member with default settings, in-memory stores and its clock as ``clock_`` (the
+    ``farm`` fixture of the modules that need nothing more)."""
+    clock = Clock()
+    f = SipFarm(Settings(), "sipfarm-1", store=Store(clock), dialogs=Dialogs(), auth=Auth(), counters=Counters(),
+                secret=b"k" * 32, address=ME, registry=CollectorRegistry(), meter=lambda event: None, clock=clock)
+    f.clock_ = clock
+    return f
+
+
 @pytest.fixture
 def farm():
     clock = Clock()

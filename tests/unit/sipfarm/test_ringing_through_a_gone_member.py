@@ -13,7 +13,6 @@ from datetime import datetime, timedelta, timezone
 from types import SimpleNamespace
 
 import pytest
-from prometheus_client import CollectorRegistry
 
 from colony.bus import names
 from colony.cluster.membership import NodeRecord, NodeState
@@ -21,11 +20,10 @@ from colony.protocols.sip.message import Headers, SipRequest
 from colony.protocols.sip.parser import parse_message
 from colony.settings import Settings
 
-from colony_sipfarm.farm import SipFarm
 from colony_sipfarm.sent_invites import SentInvites
 from colony_sipfarm.workload import SipWorkload
 
-from test_farm import DOMAIN, ME, Auth, Clock, Counters, Dialogs, Store, answer, invite, one, registered, reply
+from test_farm import DOMAIN, answer, invite, one, registered, reply, plain_farm
 
 CALLER = ("UDP", "198.51.100.9", 5060)
 DESK = ("UDP", "192.0.2.7", 5062)
@@ -35,11 +33,7 @@ MEMBER_2 = names.node_key("sipfarm-2")
 
 @pytest.fixture
 def farm():
-    clock = Clock()
-    f = SipFarm(Settings(), "sipfarm-1", store=Store(clock), dialogs=Dialogs(), auth=Auth(), counters=Counters(),
-                secret=b"k" * 32, address=ME, registry=CollectorRegistry(), meter=lambda event: None, clock=clock)
-    f.clock_ = clock
-    return f
+    return plain_farm()
 
 
 def tcp_register(cseq: int, auth: str = "") -> bytes:

@@ -10,15 +10,12 @@
 from __future__ import annotations
 
 import pytest
-from prometheus_client import CollectorRegistry
 
 from colony.protocols.sip.parser import parse_message
 from colony.protocols.sip.uri import parse_address
-from colony.settings import Settings
 
-from colony_sipfarm.farm import SipFarm
 
-from test_farm import DOMAIN, ME, Auth, Clock, Counters, Dialogs, Store, answer, forwarded_invite, invite, one, registered, reply
+from test_farm import DOMAIN, answer, forwarded_invite, invite, one, registered, reply, plain_farm
 
 CALLER = ("UDP", "198.51.100.9", 5060)
 CALLEE = ("UDP", "192.0.2.7", 5062)
@@ -26,11 +23,7 @@ CALLEE = ("UDP", "192.0.2.7", 5062)
 
 @pytest.fixture
 def farm():
-    clock = Clock()
-    f = SipFarm(Settings(), "sipfarm-1", store=Store(clock), dialogs=Dialogs(), auth=Auth(), counters=Counters(),
-                secret=b"k" * 32, address=ME, registry=CollectorRegistry(), meter=lambda event: None, clock=clock)
-    f.clock_ = clock
-    return f
+    return plain_farm()
 
 
 async def call(farm) -> str:
