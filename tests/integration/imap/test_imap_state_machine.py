@@ -34,7 +34,7 @@ What each session's answers must never say (each check names the rule it enforce
   session (RFC 9051 §7: the server sends what changed; §6.4.6: also for .SILENT); STATUS
   disagreeing with EXAMINE.
 
-Budget: ``COLONY_IMAP_STATE_EXAMPLES`` (default 25) examples of at most
+Budget: ``COLONY_IMAP_STATE_EXAMPLES`` (default 40) examples of at most
 ``COLONY_IMAP_STATE_STEPS`` (default 40) steps; the default run is derandomized (the same
 examples every time), a run with the variable set draws new ones, e.g.
 ``COLONY_IMAP_STATE_EXAMPLES=300 pytest tests/integration/imap/test_imap_state_machine.py``.
@@ -58,7 +58,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition,
 
 from test_imap_mailstore import BOB, PASSWORD, imap, world  # noqa: F401  (fixtures)
 
-EXAMPLES = int(os.environ.get("COLONY_IMAP_STATE_EXAMPLES", "25"))
+EXAMPLES = int(os.environ.get("COLONY_IMAP_STATE_EXAMPLES", "40"))
 STEPS = int(os.environ.get("COLONY_IMAP_STATE_STEPS", "40"))
 RANDOM = "COLONY_IMAP_STATE_EXAMPLES" in os.environ
 # Shrinking replays examples against the live server, slowly; a contradiction's report carries
@@ -1077,14 +1077,30 @@ class ImapStateMachine(RuleBasedStateMachine):
         self.collect_plan(s, self.send_plan(s, plan))
 
     @precondition(lambda self: len(self.sessions) >= 2)
-    @rule(plans=st.lists(uid_plans, min_size=2, max_size=3))
-    def storm(self, plans):
+    @rule(plans=st.lists(uid_plans, min_size=2, max_size=3), idler=st.booleans())
+    def storm(self, plans, idler):
         """Every session pipelines its commands before any answer is read: the server
-        interleaves the sessions' commands as it takes them, as under imaptest's load."""
-        sent = [(s, self.send_plan(s, plan)) for s, plan in zip(self.sessions, plans)
+        interleaves the sessions' commands as it takes them, as under imaptest's load.  With
+        ``idler``, the last session IDLEs through the storm and takes what it hears."""
+        sessions = self.sessions
+        idle_tag = None
+        if idler and not sessions[-1].idling:
+            watcher, sessions = sessions[-1], sessions[:-1]
+            idle_tag = watcher.send("IDLE")
+            while not (line := watcher._read()).text.startswith(b"+"):
+                if not line.text.startswith(b"* "):
+                    watcher.fail(f"IDLE answered {line.line}")
+                watcher.untagged(line)
+            watcher.idling = idle_tag
+        sent = [(s, self.send_plan(s, plan)) for s, plan in zip(sessions, plans)
                 if not s.idling and s.view]
         for s, commands in sent:
             self.collect_plan(s, commands)
+        if idle_tag is not None:
+            watcher.idling = None
+            watcher.sock.sendall(b"DONE\r\n")
+            watcher.note("C:", "DONE")
+            watcher.collect(idle_tag)
 
     def send_plan(self, s: Session, plan) -> list:
         sent = []
