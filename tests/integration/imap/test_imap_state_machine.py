@@ -48,6 +48,7 @@ import os
 import re
 import select
 import socket
+import ssl
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -56,7 +57,15 @@ from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule, run_state_machine_as_test
 
-from test_imap_mailstore import BOB, PASSWORD, imap, world  # noqa: F401  (fixtures)
+import trustme
+
+import test_imap_mailstore
+from test_imap_mailstore import BOB, PASSWORD
+from test_imapclient_livetest import _edge
+
+from colony.tlsfiles import server_context
+
+imap, world = test_imap_mailstore.imap, test_imap_mailstore.world     # the fixtures, used by name
 
 EXAMPLES = int(os.environ.get("COLONY_IMAP_STATE_EXAMPLES", "40"))
 STEPS = int(os.environ.get("COLONY_IMAP_STATE_STEPS", "40"))
@@ -206,11 +215,14 @@ class Msg:
 class Session:
     """One raw IMAP connection and its model of the selected mailbox (imaptest's view)."""
 
-    def __init__(self, name: str, host: str, port: int, truth: Truth, mode: str = "plain") -> None:
+    def __init__(self, name: str, host: str, port: int, truth: Truth, mode: str = "plain",
+                 tls: ssl.SSLContext | None = None) -> None:
         self.name = name
         self.truth = truth
         self.mode = mode                  # plain, condstore or qresync
         self.sock = socket.create_connection((host, port), timeout=TIMEOUT)
+        if tls is not None:
+            self.sock = tls.wrap_socket(self.sock, server_hostname=host)
         self.buf = b""
         self.tags = itertools.count(1)
         self.view: list[Msg] = []
@@ -280,7 +292,7 @@ class Session:
                 self.fail(f"data while no command was in progress: {self.buf[:200]!r}")
             return
         ready, _, _ = select.select([self.sock], [], [], 0)
-        if ready:
+        if ready or (isinstance(self.sock, ssl.SSLSocket) and self.sock.pending()):
             self._fill()
             self.fail(f"data while no command was in progress: {self.buf[:200]!r}")
 
@@ -578,6 +590,7 @@ uid_plans = st.lists(st.tuples(st.sampled_from(["uid fetch", "uid fetch all", "u
 class ImapStateMachine(RuleBasedStateMachine):
     host: str = ""
     port: int = 0
+    tls: ssl.SSLContext | None = None     # IMAPS (through an edge)
 
     def __init__(self) -> None:
         super().__init__()
@@ -585,7 +598,7 @@ class ImapStateMachine(RuleBasedStateMachine):
         n = next(_boxes)
         self.box, self.other = f"stress{n}", f"stress{n}-other"
         self.sessions: list[Session] = []
-        self.oracle = Session("o", self.host, self.port, self.truth)
+        self.oracle = Session("o", self.host, self.port, self.truth, tls=self.tls)
         self.oracle.read_only = True      # it only EXAMINEs
         self.oracle.ok(f"LOGIN {BOB} {PASSWORD}")
         self.oracle.ok(f"CREATE {self.box}")
@@ -599,7 +612,7 @@ class ImapStateMachine(RuleBasedStateMachine):
     def open_sessions(self, modes):
         """Two or three sessions, the first read-write; ``examine`` ones are read-only."""
         for i, mode in enumerate(modes):
-            s = Session("abc"[i], self.host, self.port, self.truth, mode)
+            s = Session("abc"[i], self.host, self.port, self.truth, mode, tls=self.tls)
             s.ok(f"LOGIN {BOB} {PASSWORD}")
             if mode == "qresync":
                 s.ok("ENABLE QRESYNC")
@@ -1192,12 +1205,31 @@ class ImapStateMachine(RuleBasedStateMachine):
                     s.fail(f"\\Recent for UID {uid} in {s.name} and {owners[uid]}")
 
 
-async def test_concurrent_sessions_never_contradict_themselves(imap):
-    world, host, port, _, _ = imap
-    ImapStateMachine.host, ImapStateMachine.port = host, port
-    config = settings(max_examples=EXAMPLES, stateful_step_count=STEPS, deadline=None, database=None,
+async def _run(host: str, port: int, examples: int, tls: ssl.SSLContext | None = None) -> None:
+    ImapStateMachine.host, ImapStateMachine.port, ImapStateMachine.tls = host, port, tls
+    config = settings(max_examples=examples, stateful_step_count=STEPS, deadline=None, database=None,
                       derandomize=not RANDOM, suppress_health_check=list(HealthCheck), print_blob=True,
                       phases=[Phase.explicit, Phase.reuse, Phase.generate] + ([Phase.shrink] if SHRINK else []))
     started = time.monotonic()
     await asyncio.to_thread(run_state_machine_as_test, ImapStateMachine, settings=config)
-    print(f"{EXAMPLES} examples in {time.monotonic() - started:.1f}s")
+    print(f"{examples} examples in {time.monotonic() - started:.1f}s")
+
+
+async def test_concurrent_sessions_never_contradict_themselves(imap):
+    world, host, port, _, _ = imap
+    await _run(host, port, EXAMPLES)
+
+
+async def test_concurrent_sessions_through_the_edge_never_contradict_themselves(imap, tmp_path):
+    """The same through an edge's IMAPS (LOGIN there, the session handed over to the store,
+    its octets relayed both ways): pipelined commands and the store's answers must cross the
+    relay whole and in order.  A quarter of the examples: the store's rules are the same."""
+    world, _host, _port, _view, secret = imap
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    client = ssl.create_default_context()
+    ca.configure_trust(client)
+    async with _edge(world, secret, server_context(tmp_path / "cert.pem", tmp_path / "key.pem")) as (_, imaps_port):
+        await _run("127.0.0.1", imaps_port, max(1, EXAMPLES // 4), client)
