@@ -781,10 +781,11 @@ class ImapStateMachine(RuleBasedStateMachine):
         else:
             spec = f"STORE {compress(targets)}"
         modifier = ""
-        if unchanged and s.condstore:
+        if unchanged:
+            # (in a session without CONDSTORE, UNCHANGEDSINCE enables it: RFC 7162 §3.1)
             known = [s.view[n - 1].modseq for n in targets if s.view[n - 1].modseq is not None]
-            if known:
-                modifier = f" (UNCHANGEDSINCE {min(known)})"
+            if known or s.select_highestmodseq:
+                modifier = f" (UNCHANGEDSINCE {min(known) if known else s.select_highestmodseq})"
         before = {n: s.view[n - 1].flags for n in targets}
         before_uid = {n: s.view[n - 1].uid for n in targets}
         flag_text = " ".join(sorted(flags))
