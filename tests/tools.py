@@ -57,3 +57,22 @@ def free_ports(count: int) -> list[int]:
             _planned.add(port)
             found.append(port)
     return found
+
+
+def stop_process(pid: int, timeout: float = 10.0) -> None:
+    """SIGSTOP ``pid`` and return once the kernel shows it stopped (``/proc/<pid>/stat`` state
+    T): a process still running out the moment after ``kill`` (a thread busy elsewhere) would
+    let a test's next step through as if it had not been stopped."""
+    import signal
+    import time
+
+    os.kill(pid, signal.SIGSTOP)
+    deadline = time.monotonic() + timeout
+    while True:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rpartition(")")[2].split()[0]
+        if state in ("T", "t"):
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"process {pid} not stopped {timeout}s after SIGSTOP (state {state})")
+        time.sleep(0.01)

@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cluster_harness import wait_until  # noqa: E402
 from test_regions_bus import SuperCluster  # noqa: E402
+from tools import stop_process  # noqa: E402
 
 from colony.bus import names  # noqa: E402
 from colony.contracts.mail import InboundMail  # noqa: E402
@@ -140,13 +141,15 @@ async def test_a_stopped_hub_costs_one_bounded_wait_and_every_message_lands_once
     caplog.set_level("WARNING", logger="colony.edge.acceptance")
     us = regions.js("us")
     edge = _edge(us, tmp_path)
-    os.kill(regions.hub.process.pid, signal.SIGSTOP)  # the link answers nothing
+    await _wait_for_the_link(regions)  # up right before the stop, so a quick failure is not an old cut
+    stop_process(regions.hub.process.pid)  # the link answers nothing
     started = time.monotonic()
     first = await _accept(edge, tmp_path, "during the stop")
     waited = time.monotonic() - started
     # 250 within the bound, stored in us; the edge's warning says why the publish across ended
     # (a quick "no responders" would mean the link was already gone before the stop)
-    assert ACK_TIMEOUT <= waited < ACK_TIMEOUT + 3.0, (waited, caplog.messages)
+    outcomes = {o: edge.metrics.home_publishes.labels(o)._value.get() for o in ("home", "fallback", "local")}
+    assert ACK_TIMEOUT <= waited < ACK_TIMEOUT + 3.0, (waited, outcomes, caplog.messages)
     started = time.monotonic()
     second = await _accept(edge, tmp_path, "after the breaker opened")
     assert time.monotonic() - started < ACK_TIMEOUT         # no second wait (a wait is at least this)
