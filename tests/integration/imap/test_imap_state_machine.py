@@ -402,6 +402,8 @@ class Session:
                 self.fail(f"EXISTS went down {len(self.view)} -> {n} without EXPUNGE")
             self.view.extend(Msg() for _ in range(n - len(self.view)))
         elif kind == "RECENT":
+            if self.mode == "rev2":
+                self.fail("RECENT after ENABLE IMAP4rev2 (RFC 9051 §7.4: there is none)")
             if n > len(self.view):
                 self.fail(f"RECENT {n} with only {len(self.view)} messages")
         elif kind == "EXPUNGE":
@@ -486,6 +488,8 @@ class Session:
                 elif f not in self.keywords:
                     self.fail(f"keyword {f} in FETCH before any * FLAGS announced it")
             # (an EXAMINE sees \Recent without taking it: RFC 3501 §6.3.2)
+            if self.mode == "rev2" and any(f.lower() == "\\recent" for f in flags):
+                self.fail("\\Recent after ENABLE IMAP4rev2 (RFC 9051 §2.3.2: there is none)")
             if any(f.lower() == "\\recent" for f in flags) and uid is not None and not self.read_only:
                 owner = t.recent_owner.setdefault(uid, self.name)
                 if owner != self.name:
@@ -607,13 +611,15 @@ class ImapStateMachine(RuleBasedStateMachine):
             self.append_with(self.oracle, set(), None)
 
     @initialize(modes=st.tuples(st.sampled_from(["plain", "condstore", "qresync"]),
-                                st.lists(st.sampled_from(["plain", "condstore", "qresync", "examine"]),
+                                st.lists(st.sampled_from(["plain", "condstore", "qresync", "rev2", "examine"]),
                                          min_size=1, max_size=2)).map(lambda t: [t[0], *t[1]]))
     def open_sessions(self, modes):
         """Two or three sessions, the first read-write; ``examine`` ones are read-only."""
         for i, mode in enumerate(modes):
             s = Session("abc"[i], self.host, self.port, self.truth, mode, tls=self.tls)
             s.ok(f"LOGIN {BOB} {PASSWORD}")
+            if mode == "rev2":
+                s.ok("ENABLE IMAP4rev2")
             if mode == "qresync":
                 s.ok("ENABLE QRESYNC")
                 s.qresync = s.condstore = True
@@ -954,10 +960,18 @@ class ImapStateMachine(RuleBasedStateMachine):
             bound = sorted(known)[len(known) // 2]
             key = f"MODSEQ {bound}"
         _, data = s.ok(f"{'UID ' if by_uid else ''}SEARCH {key}")
-        found = [d for d in data if d and d[0] == "SEARCH"]
-        if len(found) != 1:
-            s.fail(f"SEARCH gave {len(found)} SEARCH responses")
-        numbers = [int(x) for x in found[0][1:] if not isinstance(x, list)]
+        if s.mode == "rev2":
+            # IMAP4rev2 answers SEARCH with ESEARCH (RFC 9051 §6.4.4), tagged with the command's tag
+            found = [d for d in data if d and d[0] == "ESEARCH"]
+            if len(found) != 1:
+                s.fail(f"SEARCH gave {len(found)} ESEARCH responses")
+            words = [x for x in found[0][1:] if not isinstance(x, list)]
+            numbers = parse_set(words[words.index("ALL") + 1]) if "ALL" in words else []
+        else:
+            found = [d for d in data if d and d[0] == "SEARCH"]
+            if len(found) != 1:
+                s.fail(f"SEARCH gave {len(found)} SEARCH responses")
+            numbers = [int(x) for x in found[0][1:] if not isinstance(x, list)]
         if by_uid:
             if all(m.uid is not None for m in s.view):
                 extra = set(numbers) - set(s.uids_known())
