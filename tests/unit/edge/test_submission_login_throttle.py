@@ -16,21 +16,11 @@ from colony_edge.access_proxy import LoginThrottle
 from colony_edge.smtp_policy import SmtpSession
 from colony_edge.submission import AUTH_THROTTLED, SubmissionMetrics, SubmissionPolicy
 
+from test_access_throttle import FakeCounters
+
 ACCOUNT, RIGHT = "alice@acme.example", "the right one"
 STRANGER, OWNER = "198.51.100.7", "203.0.113.5"
 SETTINGS = Settings(access_login_failures_per_ip=1000, access_login_failures_per_account=10)
-
-
-class FakeCounters:
-    def __init__(self) -> None:
-        self.counts: dict[tuple[str, str], int] = {}
-
-    async def hit(self, kind: str, subject: str, n: int = 1) -> float:
-        self.counts[(kind, subject)] = self.counts.get((kind, subject), 0) + n
-        return self.counts[(kind, subject)]
-
-    async def rate(self, kind: str, subject: str) -> float:
-        return self.counts.get((kind, subject), 0)
 
 
 class NoneTrusted:

@@ -105,6 +105,19 @@ class Counters:
         return self.counts.get((kind, subject), 0)
 
 
+async def answered_call(farm: SipFarm) -> str:
+    """alice (UDP 198.51.100.9:5060) calls bob (UDP 192.0.2.7:5062), bob answers: the
+    Record-Route header the dialog's in-dialog requests carry."""
+    await registered(farm, user="bob", contact="sip:bob@192.0.2.7:5062")
+    caller, callee = ("UDP", "198.51.100.9", 5060), ("UDP", "192.0.2.7", 5062)
+    challenge, _ = await one(farm, invite(), caller)
+    auth = answer(challenge, "alice", method="INVITE", uri=f"sip:bob@{DOMAIN}", header="Proxy-Authorization")
+    forwarded, _ = await forwarded_invite(farm, invite(cseq=2, auth=auth, branch="z9hG4bKinv2"), caller)
+    ok, _ = await one(farm, reply(forwarded, 200, "b1"), callee)
+    assert ok.status == 200
+    return forwarded.headers.get("Record-Route")
+
+
 def plain_farm() -> SipFarm:
     """A member with default settings, in-memory stores and its clock as ``clock_`` (the
     ``farm`` fixture of the modules that need nothing more)."""

@@ -13,7 +13,7 @@ from colony.protocols.sip.parser import parse_message
 
 from colony_sipfarm.server_transactions import ProxyServerTransactions
 
-from test_farm import DOMAIN, answer, forwarded_invite, invite, one, registered, reply, plain_farm
+from test_farm import DOMAIN, answered_call, plain_farm, reply
 
 CALLER = ("UDP", "198.51.100.9", 5060)
 CALLEE = ("UDP", "192.0.2.7", 5062)
@@ -26,13 +26,7 @@ def farm():
 
 async def call(farm) -> str:
     """alice calls bob, bob answers; the dialog's Record-Route."""
-    await registered(farm, user="bob", contact="sip:bob@192.0.2.7:5062")
-    challenge, _ = await one(farm, invite(), CALLER)
-    auth = answer(challenge, "alice", method="INVITE", uri=f"sip:bob@{DOMAIN}", header="Proxy-Authorization")
-    forwarded, _ = await forwarded_invite(farm, invite(cseq=2, auth=auth, branch="z9hG4bKinv2"), CALLER)
-    ok, _ = await one(farm, reply(forwarded, 200, "b1"), CALLEE)
-    assert ok.status == 200
-    return forwarded.headers.get("Record-Route")
+    return await answered_call(farm)
 
 
 def in_dialog(method: str, route: str, cseq: int, branch: str | None = None) -> bytes:

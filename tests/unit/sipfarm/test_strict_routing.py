@@ -15,7 +15,7 @@ from colony.protocols.sip.parser import parse_message
 from colony.protocols.sip.uri import parse_address
 
 
-from test_farm import DOMAIN, answer, forwarded_invite, invite, one, registered, reply, plain_farm
+from test_farm import DOMAIN, answered_call, one, plain_farm
 
 CALLER = ("UDP", "198.51.100.9", 5060)
 CALLEE = ("UDP", "192.0.2.7", 5062)
@@ -28,13 +28,7 @@ def farm():
 
 async def call(farm) -> str:
     """alice calls bob, bob answers; the dialog's Record-Route (its URI, as a strict router keeps it)."""
-    await registered(farm, user="bob", contact="sip:bob@192.0.2.7:5062")
-    challenge, _ = await one(farm, invite(), CALLER)
-    auth = answer(challenge, "alice", method="INVITE", uri=f"sip:bob@{DOMAIN}", header="Proxy-Authorization")
-    forwarded, _ = await forwarded_invite(farm, invite(cseq=2, auth=auth, branch="z9hG4bKinv2"), CALLER)
-    ok, _ = await one(farm, reply(forwarded, 200, "b1"), CALLEE)
-    assert ok.status == 200
-    return str(parse_address(forwarded.headers.get("Record-Route")).uri)
+    return str(parse_address(await answered_call(farm)).uri)
 
 
 def request(method: str, uri: str, routes: list[str], cseq: int, sender: str = "alice") -> bytes:
