@@ -52,6 +52,37 @@ def test_throttle_locks_out_after_failures_and_releases_with_time():
     assert t.retry_after("slow", now=300) == 0
 
 
+def test_a_key_locked_again_and_again_is_locked_longer_each_time_up_to_an_hour():
+    """A fixed lock let a patient guesser make max_failures guesses every window + lockout for
+    ever; each lock of a repeat offender doubles, up to max_lockout, and is forgiven after a
+    max_lockout without one."""
+    t = Throttle(max_failures=3, window=60, lockout=60, max_lockout=3600)
+    now, lengths = 0.0, []
+    for _ in range(9):
+        for _ in range(3):
+            t.failed("ip:x", now=now)
+        lengths.append(t.retry_after("ip:x", now))
+        now += lengths[-1]          # the guesser comes back the moment the lock ends
+        assert t.retry_after("ip:x", now) == 0
+    assert lengths == [60, 120, 240, 480, 960, 1920, 3600, 3600, 3600]
+    now += 3600                      # an hour without a lock: back to the first length
+    for _ in range(3):
+        t.failed("ip:x", now=now)
+    assert t.retry_after("ip:x", now) == 60
+    for _ in range(3):               # a login that succeeds forgives as well
+        t.failed("acct:a", now=now)
+    now += 60
+    t.succeeded("acct:a")
+    for _ in range(3):
+        t.failed("acct:a", now=now)
+    assert t.retry_after("acct:a", now) == 60
+    # other keys' strikes stay bounded
+    t = Throttle(max_failures=1, lockout=60, max_keys=50)
+    for i in range(500):
+        t.failed(f"ip:{i}", now=float(i))
+    assert len(t._strikes) <= 50
+
+
 def test_throttle_memory_is_bounded():
     t = Throttle(max_keys=100)
     for i in range(1000):
