@@ -145,8 +145,11 @@ class Pop3Server:
         return out
 
     def handle_timer(self, now: float) -> None:
+        """Past the idle deadline the session ends without a word and without UPDATE (RFC
+        1939 §3: the server "should close the TCP connection without removing any messages
+        or sending any response to the client" -- a client whose command crossed the timer
+        would take an unasked-for -ERR as that command's answer)."""
         if self.state != State.CLOSED and now >= self.idle_deadline:
-            self._reply(False, "Idle for too long; closing (nothing deleted)")
             self._close("idle timeout")
 
     # --- the shell's answers -----------------------------------------------------------------
@@ -259,13 +262,17 @@ class Pop3Server:
             return
         verb, _, arg = text.strip().partition(" ")
         verb = verb.upper()
+        if verb == "PASS":
+            # PASS has exactly one argument, so spaces in it are the password's own (RFC 1939
+            # §7): a password that begins or ends with a space must reach the check as it is.
+            arg = text.lstrip().partition(" ")[2]
         handler = getattr(self, f"_cmd_{self.state}_{verb}", None) or getattr(self, f"_cmd_any_{verb}", None)
         if handler is None:
             known = any(hasattr(self, f"_cmd_{s}_{verb}") for s in State)
             self._reply(False, f"{verb or 'Empty command'} not valid {'in this state' if known else 'here'}")
             self._count_error()
             return
-        handler(arg.strip())
+        handler(arg if verb == "PASS" else arg.strip())
 
     # AUTHORIZATION ------------------------------------------------------------------------
 
@@ -464,7 +471,7 @@ def dot_stuff(chunks: Iterable[bytes], top_lines: int | None = None) -> bytes:
         lines = data.split(b"\n")
         pending = lines.pop()
         for raw in lines:
-            line = raw.rstrip(b"\r")
+            line = raw[:-1] if raw.endswith(b"\r") else raw   # only the line end's CR: "x\r\r\n" keeps one
             if in_body and top_lines is not None:
                 if body_lines >= top_lines:
                     done = True
@@ -474,7 +481,8 @@ def dot_stuff(chunks: Iterable[bytes], top_lines: int | None = None) -> bytes:
             if not in_body and line == b"":
                 in_body = True
     if pending and not done and not (in_body and top_lines is not None and body_lines >= top_lines):
-        line = pending.rstrip(b"\r")
+        # the last line, without a line end (or with only its CR): sent with the CRLF it lacks
+        line = pending[:-1] if pending.endswith(b"\r") else pending
         out += (b"." + line if line.startswith(b".") else line) + b"\r\n"
     out += b".\r\n"
     return bytes(out)
