@@ -634,7 +634,9 @@ class ServerConnection:
         if b"\r" in inner:
             self._fatal(R.BARE_LINE_END, "DATA")
             return True
-        if self._line_len + n <= self.config.max_text_line:
+        # The limit does not count a dot added for transparency (RFC 5321 §4.5.3.1.6).
+        stuffed = self._at_line_start and buf.startswith(b".")
+        if self._line_len + n <= self.config.max_text_line + stuffed:
             return False
         # Over-long: the message will be refused; drop its octets, keep a trailing CR so a
         # CRLF split across reads is still seen as one.
@@ -653,8 +655,10 @@ class ServerConnection:
             return
         lines = content.split(b"\r\n")
         # lines[-1] is b"" (content ends with CRLF); lines[0] may continue a partial line.
-        first = len(lines[0]) + self._line_len
-        longest = max(first, max(map(len, lines[1:]), default=0))
+        # Not counting a dot added for transparency (RFC 5321 §4.5.3.1.6: 1000 octets "not
+        # counting the leading dot duplicated for transparency").
+        first = len(lines[0]) + self._line_len - (self._at_line_start and lines[0].startswith(b"."))
+        longest = max(first, max((len(line) - line.startswith(b".") for line in lines[1:]), default=0))
         if longest + 2 > self.config.max_text_line:
             self._line_too_long = True
         if self._at_line_start and content.startswith(b"."):

@@ -6,6 +6,7 @@ state.  Addresses are checked for shape only (the directory decides whether one 
 
 from __future__ import annotations
 
+import ipaddress
 import re
 
 from colony.protocols.smtp import replies as R
@@ -23,7 +24,7 @@ _DOT_STRING = rf"{_ATEXT}+(?:\.{_ATEXT}+)*"
 _QUOTED = r'"(?:[\x20\x21\x23-\x5b\x5d-\x7e\u0080-\U0010ffff]|\\[\x20-\x7e])*"'
 _LABEL = r"[A-Za-z0-9\u0080-\U0010ffff](?:[A-Za-z0-9\-\u0080-\U0010ffff]{0,61}[A-Za-z0-9\u0080-\U0010ffff])?"
 _DOMAIN = rf"{_LABEL}(?:\.{_LABEL})*"
-_LITERAL = r"\[(?:[0-9.]{7,15}|IPv6:[0-9A-Fa-f:.]{2,45})\]"
+_LITERAL = r"\[(?:[0-9.]{7,15}|[Ii][Pp][Vv]6:[0-9A-Fa-f:.]{2,45})\]"
 _MAILBOX = re.compile(rf"(?:{_DOT_STRING}|{_QUOTED})@(?:{_DOMAIN}|{_LITERAL})")
 _ROUTE = re.compile(rf"@{_DOMAIN}(?:,@{_DOMAIN})*:")
 # HELO names in the wild carry underscores (Windows host names): accepted, they are only
@@ -38,13 +39,30 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _NUMBER = re.compile(r"[0-9]{1,20}")
 
 
+def _literal_ok(domain: str) -> bool:
+    """An address literal's value, past its shape (RFC 5321 §4.1.3): an IPv4 literal is four
+    Snum of 0-255 ("[192.0.2.300]" is not one), an IPv6 literal one of the IPv6 forms."""
+    if not domain.startswith("["):
+        return True
+    value = domain[1:-1]
+    if value[:5].upper() == "IPV6:":
+        try:
+            ipaddress.IPv6Address(value[5:])
+        except ValueError:
+            return False
+        return True
+    parts = value.split(".")
+    return len(parts) == 4 and all(1 <= len(p) <= 3 and p.isascii() and p.isdigit() and int(p) <= 255
+                                   for p in parts)
+
+
 def is_number(text: str) -> bool:
     """A decimal of at most 20 ASCII digits (RFC 1870 size-value, RFC 3030 chunk-size)."""
     return _NUMBER.fullmatch(text) is not None
 
 
 def is_helo_name(name: str) -> bool:
-    return len(name) <= 255 and _HELO.fullmatch(name) is not None
+    return len(name) <= 255 and _HELO.fullmatch(name) is not None and _literal_ok(name)
 
 
 def xtext_decode(value: str) -> str:
@@ -107,7 +125,7 @@ def parse_path(path: str, *, null_ok: bool, postmaster_ok: bool, bad: Reply) -> 
     route = _ROUTE.match(inner)
     if route:  # RFC 5321 §4.1.1.3: source routes are accepted and ignored
         inner = inner[route.end():]
-    if len(inner) > 254 or not _MAILBOX.fullmatch(inner):
+    if len(inner) > 254 or not _MAILBOX.fullmatch(inner) or not _literal_ok(inner.rpartition("@")[2]):
         raise SyntaxProblem(bad)
     return inner
 
