@@ -854,12 +854,26 @@ class SipFarm:
             return False
         return isinstance(uri, SipURI) and "cf" in uri.params
 
-    def _via(self, request: SipRequest, transport: str, index: int = 0, in_dialog: bool = False) -> str:
+    def _via(self, request: SipRequest, transport: str, index: int = 0, in_dialog: bool = False,
+             member: str | None = None) -> str:
         """Our Via for branch ``index`` of a request: the branch is a MAC of the incoming Via
         (and the branch number), the same on every member (``_branch_base``); ``in_dialog``:
-        an INVITE routed in a dialog, whose answers this member handles (``handler_of``)."""
+        an INVITE routed in a dialog, whose answers this member handles (``handler_of``).
+
+        Its sent-by is where the phone's answers go on ``transport`` (RFC 3261 §18.2.2): over
+        TCP and TLS the listener of the member holding the connection the request goes out on
+        (``member``, None: this one) -- its TLS listener for TLS.  A phone that looks for its
+        connection by the Via's address (linphone's belle-sip does) finds the one it has; the
+        SIP port under ``SIP/2.0/TLS`` had linphone open a TLS connection to a port that
+        speaks no TLS, and every answer it gave to a call through another member was lost."""
         flow = self._caller_flow(request)
-        return (f"SIP/2.0/{transport} {self._hostport()};branch={self._our_branch(request, index, flow)}"
+        sent_by = self._hostport()
+        if transport in ("TCP", "TLS"):
+            found = self.listeners(member or names.node_key(self._flow())).get("sip_tls" if transport == "TLS" else "sip")
+            if found is not None:
+                host, _, port = found.rpartition(":")     # a node record's host:port, IPv6 unbracketed
+                sent_by = f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+        return (f"SIP/2.0/{transport} {sent_by};branch={self._our_branch(request, index, flow)}"
                 f";m={names.node_key(self._flow())}{f';fl={flow}' if flow else ''}{f';{IN_DIALOG}' if in_dialog else ''}")
 
     def _our_branch(self, request: SipRequest, index: int = 0, flow: str | None = None) -> str:
@@ -897,7 +911,7 @@ class SipFarm:
             for route in reversed(self._record_route(request, source, destination, member)):
                 request.headers.insert_before_first("Record-Route", route)
         invite = request.method == "INVITE"
-        via = self._via(request, destination[0], index, in_dialog=invite and in_dialog)
+        via = self._via(request, destination[0], index, in_dialog=invite and in_dialog, member=member)
         request.headers.add_first("Via", via)
         if invite:
             # Kept for the ACK of its failure, which copies it and goes where it went
