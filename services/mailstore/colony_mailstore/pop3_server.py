@@ -186,8 +186,11 @@ class Pop3InnerServer:
         try:
             async with acct.lock:
                 data = await asyncio.to_thread(acct.mail.body, INBOX, uid)
-        except (MailboxError, OSError):
-            core.retrieve_failed()    # expunged by another session meanwhile
+        except MailboxError:
+            core.retrieve_failed("Message was deleted by another session", code=None)
+            return
+        except OSError:
+            core.retrieve_failed("Message cannot be read now")
             return
         core.send_message([data], top)
 

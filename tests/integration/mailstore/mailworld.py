@@ -73,11 +73,14 @@ class MailWorld:
         await self.directory.put(names.directory_key(names.AGG_ADDRESS, address), orjson.dumps(
             {"kind": "account", "address": address, "domain": domain, "name": name, **fields}))
 
-    async def publish(self, recipients: list[str], message_id: str | None = None, size: int = 200) -> str:
+    async def publish(self, recipients: list[str], message_id: str | None = None, size: int = 200,
+                      text: bytes | None = None) -> str:
+        """A message for ``recipients``: a header and ``size`` octets of body, or the header's
+        first lines followed by ``text`` (the rest of the header, a blank line, a body)."""
         message_id = message_id or uuid.uuid4().hex
         domain = recipients[0].rpartition("@")[2]
-        body = (f"Return-Path: <sender@remote.test>\r\nMessage-Id: <{message_id}@remote.test>\r\n"
-                f"Subject: test\r\n\r\n").encode() + b"x" * size + b"\r\n"
+        head = f"Return-Path: <sender@remote.test>\r\nMessage-Id: <{message_id}@remote.test>\r\n".encode()
+        body = head + (text if text is not None else b"Subject: test\r\n\r\n" + b"x" * size + b"\r\n")
         mail = InboundMail(message_id=message_id, domain=domain, mail_from="sender@remote.test",
                            recipients=[MailRecipient(mailbox=r, original=r) for r in recipients],
                            size=len(body), edge_node="test", body=body)

@@ -188,9 +188,11 @@ class Pop3Server:
         self._busy = False
         self._process()
 
-    def retrieve_failed(self, text: str = "Message is gone") -> None:
+    def retrieve_failed(self, text: str = "Message is gone", code: str | None = "SYS/TEMP") -> None:
+        """``code`` None: the message itself is gone (another session deleted it), which no
+        retry mends -- a plain -ERR, not [SYS/TEMP] (RFC 3206 §4: a temporary system problem)."""
         self._busy = False
-        self._reply(False, f"[SYS/TEMP] {text}")
+        self._reply(False, f"[{code}] {text}" if code else text)
         self._process()
 
     def committed(self, ok: bool = True) -> None:
