@@ -44,7 +44,7 @@ def servable(data: bytes, binary_literal: bool) -> bytes:
         if part.multipart or part.message is not None or part.header_start == part.header_end:
             continue        # (an empty multipart's stand-in part has no header of its own)
         body = data[part.body_start:part.body_end]
-        encoding = (part.header("Content-Transfer-Encoding") or "").strip().lower()
+        encoding = part.encoding
         if not body or encoding not in _IDENTITY:
             continue
         if b"\x00" not in body and not (binary_literal and encoding == "binary"):

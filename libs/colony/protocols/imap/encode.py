@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from email.message import Message
 
-from colony.protocols.imap.mime import Part, field_value, rfc2231
+from colony.protocols.imap.mime import Part, field_value, rfc2231, without_comments
 
 NIL = b"NIL"
 _QUOTE_LIMIT = 1024
@@ -58,12 +58,16 @@ def paren(items: list[bytes]) -> bytes:
 
 # --- addresses (RFC 5322 §3.4, with groups) -------------------------------------------------
 
-def _tokens(text: str) -> list[tuple[str, str]]:
+def _tokens(text: str, spaces: bool = False) -> list[tuple[str, str]]:
+    """RFC 5322 lexical tokens: ("a", atom), ("q", quoted-string content), ("c", comment),
+    ("s", special); with ``spaces``, also ("w", " ") for each run of whitespace."""
     out: list[tuple[str, str]] = []
     i = 0
     while i < len(text):
         c = text[i]
         if c in " \t\r\n":
+            if spaces and (not out or out[-1][0] != "w"):
+                out.append(("w", " "))
             i += 1
         elif c == '"':
             j, buf = i + 1, []
@@ -111,10 +115,37 @@ Address = tuple[str | None, str | None, str | None, str | None]   # name, adl, m
 def parse_addresses(text: str) -> list[Address]:
     """An address-list into IMAP's (name adl mailbox host) tuples, groups as the start
     (NIL NIL group NIL) and end (NIL NIL NIL NIL) markers; tolerant of what MUAs write."""
-    tokens = [t for t in _tokens(text)]
+    tokens: list[tuple[str, str]] = []
+    spaced: list[bool] = []           # whitespace before tokens[i]
+    gap = False
+    for token in _tokens(text, spaces=True):
+        if token[0] == "w":
+            gap = True
+            continue
+        tokens.append(token)
+        spaced.append(gap)
+        gap = False
     out: list[Address] = []
     words: list[tuple[str, str]] = []
+    first_word = 0                    # the index in tokens of words[0]
     in_group = False
+
+    def phrase() -> str | None:
+        """A display name or group name as written: its words, quoted strings without their
+        quotes, and the "." obs-phrase allows ("Joe Q. Public", RFC 5322 §4.1), with the
+        blanks between them as one space (a comment separates words like a blank)."""
+        name, pending = "", False
+        for k, (kind, value) in enumerate(words):
+            if kind == "c":
+                pending = True
+                continue
+            if kind not in ("a", "q") and (kind, value) != ("s", "."):
+                continue
+            if name and (pending or spaced[first_word + k]):
+                name += " "
+            name += value
+            pending = False
+        return name or None
 
     def flush_addr_spec(ws: list[tuple[str, str]]) -> None:
         comments = [v for k, v in ws if k == "c"]
@@ -142,13 +173,12 @@ def parse_addresses(text: str) -> list[Address]:
                 inner = inner[colon + 1:]
             spec = "".join(v for k, v in inner if k != "c")
             local, _, host = spec.rpartition("@") if "@" in spec else (spec, "", "")
-            name = " ".join(v for k, v in words if k in ("a", "q")) or None
-            out.append((name, adl, local or None, host or ("MISSING_DOMAIN" if local else None)))
+            out.append((phrase(), adl, local or None, host or ("MISSING_DOMAIN" if local else None)))
             words = []
             i = j + 1
             continue
         if kind == "s" and value == ":" and not in_group and not any(t == ("s", "@") for t in words):
-            out.append((None, None, " ".join(v for k, v in words if k in ("a", "q")) or None, None))
+            out.append((None, None, phrase(), None))
             in_group = True
             words = []
             i += 1
@@ -161,6 +191,8 @@ def parse_addresses(text: str) -> list[Address]:
                 in_group = False
             i += 1
             continue
+        if not words:
+            first_word = i
         words.append((kind, value))
         i += 1
     flush_addr_spec(words)
@@ -217,7 +249,7 @@ def _disposition(part: Part, utf8: bool) -> bytes:
     if not raw:
         return NIL
     msg = Message()
-    msg["Content-Disposition"] = raw
+    msg["Content-Disposition"] = without_comments(raw)
     params = msg.get_params(header="Content-Disposition") or []
     if not params:
         return NIL
@@ -234,23 +266,28 @@ def _language(part: Part, utf8: bool) -> bytes:
     return paren([string(t, utf8) for t in tags]) if tags else NIL
 
 
-def bodystructure(part: Part, data: bytes, extensible: bool = True, utf8: bool = False) -> bytes:
+def bodystructure(part: Part, data: bytes, extensible: bool = True, utf8: bool = False,
+                  rev2: bool = False) -> bytes:
     """BODYSTRUCTURE (``extensible``) or BODY of ``part``; ``data`` are the message octets
-    (for sizes only: offsets are in the part)."""
+    (for sizes only: offsets are in the part).  A message/global part carries the
+    encapsulated message's ENVELOPE, BODYSTRUCTURE and lines only for an IMAP4rev2 session:
+    RFC 9051's media-message is ``"MESSAGE" ("RFC822" / "GLOBAL")``, RFC 3501's only
+    ``"MESSAGE" "RFC822"``, so an IMAP4rev1 client parses message/global as body-type-basic
+    (RFC 9051 §7.5.2 notes the answer differs between the two)."""
     if part.multipart:
-        items = [b"".join(bodystructure(c, data, extensible, utf8) for c in part.children),
+        items = [b"".join(bodystructure(c, data, extensible, utf8, rev2) for c in part.children),
                  string(part.subtype.upper(), utf8)]
         if extensible:
             items += [_params(part.params, utf8), _disposition(part, utf8), _language(part, utf8),
                       nstring_or_nil(part.header("Content-Location"), utf8)]
         return b"(" + b" ".join(items) + b")"
     size = part.body_end - part.body_start
-    encoding = (part.header("Content-Transfer-Encoding") or "7BIT").strip().upper()
+    encoding = (part.encoding or "7bit").upper()
     items = [string(part.maintype.upper(), utf8), string(part.subtype.upper(), utf8), _params(part.params, utf8),
              nstring_or_nil(part.header("Content-ID"), utf8), nstring_or_nil(part.header("Content-Description"), utf8),
              string(encoding, utf8), str(size).encode()]
-    if part.message is not None:
-        items += [envelope(part.message, utf8), bodystructure(part.message, data, extensible, utf8),
+    if part.message is not None and (rev2 or part.subtype == "rfc822"):
+        items += [envelope(part.message, utf8), bodystructure(part.message, data, extensible, utf8, rev2),
                   str(part.lines).encode()]
     elif part.maintype == "text":
         items.append(str(part.lines).encode())

@@ -64,6 +64,14 @@ class Part:
     def header(self, name: str) -> str | None:
         return field_value(self.headers, name)
 
+    @property
+    def encoding(self) -> str:
+        """The Content-Transfer-Encoding mechanism, lower case, "" when there is none: a
+        structured field (RFC 2045 §6.1), so comments may surround the token (RFC 5322 §3.2.2,
+        which RFC 2045 §3 refers to) -- ``7bit (sent as is)`` is 7bit, not an unknown
+        encoding."""
+        return without_comments(self.header("Content-Transfer-Encoding") or "").strip().lower()
+
     def walk(self):
         yield self
         for child in self.children:
@@ -94,12 +102,15 @@ def field_value(headers: Message | None, name: str) -> str | None:
 def _readable(headers: Message, name: str) -> Message:
     """``headers`` to read the parameters of field ``name`` from (``get_params``): a field
     with 8-bit octets (a raw UTF-8 ``name="Größe.pdf"``) goes, read as UTF-8, into a Message
-    of its own, since compat32 would give each octet as U+FFFD (see ``field_value``)."""
+    of its own, since compat32 would give each octet as U+FFFD (see ``field_value``); so
+    does one with comments, which RFC 2045 §5.1 allows anywhere a structured field has
+    blanks (``text/plain; charset=us-ascii (Plain text)``) and which the email package would
+    otherwise keep in the subtype or the parameter's value."""
     value = headers.get(name)
-    if value is None or isinstance(value, str):
+    if value is None or (isinstance(value, str) and "(" not in value):
         return headers
     own = Message()
-    own[name] = field_value(headers, name)
+    own[name] = without_comments(field_value(headers, name))
     return own
 
 
@@ -180,6 +191,34 @@ def _part(data: bytes, start: int, end: int, default: tuple[str, str], depth: in
 
 
 _FOLD = re.compile(r"\r?\n(?=[ \t])")
+
+
+def without_comments(value: str) -> str:
+    """``value`` with its RFC 5322 comments (nested, with quoted-pairs) removed; quoted
+    strings are kept whole."""
+    out: list[str] = []
+    depth, i, quoted = 0, 0, False
+    while i < len(value):
+        c = value[i]
+        if c == "\\" and (depth or quoted):
+            if not depth:
+                out.append(value[i:i + 2])
+            i += 2
+            continue
+        if quoted:
+            quoted = c != '"'
+            out.append(c)
+        elif c == '"' and not depth:
+            quoted = True
+            out.append(c)
+        elif c == "(":
+            depth += 1
+        elif c == ")" and depth:
+            depth -= 1
+        elif not depth:
+            out.append(c)
+        i += 1
+    return "".join(out)
 
 
 def _unfold(value: str) -> str:

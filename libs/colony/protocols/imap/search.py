@@ -196,19 +196,25 @@ def matches(key: tuple, m: MessageView, ctx: SearchContext) -> bool:
 
 
 def _address_text(value: str | None) -> str:
-    """What FROM/TO/CC/BCC search: the field as written (decoded) and, RFC 9051 §6.4.4's
-    "envelope structure's FROM field", each address as ENVELOPE gives it -- name and
-    ``mailbox@host`` without comments or whitespace, so ``<jo (x)@ (y) example.org>``
-    matches ``jo@example.org`` and ``jo@example.org (Jo)`` matches ``Jo``."""
-    text = decode_header_value(value)
+    """What FROM/TO/CC/BCC search: RFC 9051 §6.4.4's "envelope structure's FROM field", each
+    address as ENVELOPE gives it -- the display name (encoded-words decoded), the source
+    route and ``mailbox@host``, and a group's name -- without the comments and blanks of
+    the field as written: ``<jo (x)@ (y) example.org>`` matches ``jo@example.org``, and
+    ``Pete(A nice chap) <pete@silly.test>`` does not match "nice"."""
     if not value:
-        return text
+        return ""
     from colony.protocols.imap.encode import parse_addresses   # encode imports mime, not us
 
-    for name, _adl, mailbox, host in parse_addresses(value):
-        if mailbox is not None:
-            text += f"\n{decode_header_value(name or '')} <{mailbox}@{host or ''}>"
-    return text
+    lines = []
+    for name, adl, mailbox, host in parse_addresses(value):
+        if mailbox is None:
+            continue                                  # the end of a group
+        if host is None:
+            lines.append(decode_header_value(mailbox))         # a group's name
+            continue
+        route = f"{adl}:" if adl else ""
+        lines.append(f"{decode_header_value(name or '')} <{route}{mailbox}@{host}>")
+    return "\n".join(lines)
 
 
 def _compare_day(kind: str, day: date, against: date) -> bool:
@@ -285,18 +291,24 @@ def _base_subject(raw: str | None) -> tuple[str, bool]:
 # --- SORT (RFC 5256 §3) ------------------------------------------------------------------------
 
 def _first_address(value: str | None, display: bool) -> str:
-    """The SORT value of an address field: the first address's mailbox (RFC 5256 §3), or for
-    DISPLAYFROM/DISPLAYTO its decoded display name, else ``mailbox@host`` (RFC 5957 §3)."""
+    """The SORT value of an address field: the first address's mailbox (RFC 5256 §3: its
+    addr-mailbox, as ENVELOPE gives it), or for DISPLAYFROM/DISPLAYTO its decoded display
+    name, else ``mailbox@host`` (RFC 5957 §3).  The addresses are read by ENVELOPE's own
+    parser, so a source route (``<@a.test:jo@b.test>``), a quoted local part or a group
+    (whose name is no address: its first member counts) gives what ENVELOPE shows."""
     if not value:
         return ""
-    addresses = email.utils.getaddresses([value])
-    if not addresses:
+    from colony.protocols.imap.encode import parse_addresses   # encode imports mime, not us
+
+    first = next(((name, mailbox, host) for name, _adl, mailbox, host in parse_addresses(value)
+                  if mailbox is not None and host is not None), None)
+    if first is None:
         return ""
-    name, address = addresses[0]
+    name, mailbox, host = first
     if display:
-        name = decode_header_value(name).strip()
-        return (name or address).casefold()
-    return address.split("@")[0].casefold() if address else ""
+        shown = decode_header_value(name or "").strip()
+        return (shown or f"{mailbox}@{host}").casefold()
+    return mailbox.casefold()
 
 
 def sort_key(m: MessageView, key: str):

@@ -1500,8 +1500,8 @@ class Session:
         if name == "ENVELOPE":
             return _memo(root, (name, self.utf8), lambda: b"ENVELOPE " + E.envelope(root, self.utf8))
         if name == "BODYSTRUCTURE" or (name == "BODY" and item.section is None):
-            return _memo(root, (name, self.utf8), lambda: name.encode() + b" " + E.bodystructure(
-                root, data, extensible=name == "BODYSTRUCTURE", utf8=self.utf8))
+            return _memo(root, (name, self.utf8, self.rev2), lambda: name.encode() + b" " + E.bodystructure(
+                root, data, extensible=name == "BODYSTRUCTURE", utf8=self.utf8, rev2=self.rev2))
         if name in ("RFC822", "RFC822.HEADER", "RFC822.TEXT"):
             text = {"RFC822": None, "RFC822.HEADER": "HEADER", "RFC822.TEXT": "TEXT"}[name]
             return name.encode() + b" " + _literal(mime.section_bytes(data, root, [], text))
@@ -1522,7 +1522,7 @@ class Session:
                 # A multipart or message/rfc822 part can only be 7bit, 8bit or binary (RFC 2045
                 # §6.4, RFC 2046 §5.2.1): it is served as it is, like BINARY[] is the message.
                 if numbers and not part.multipart and part.message is None:
-                    octets = _decode_cte(octets, part.header("Content-Transfer-Encoding"))
+                    octets = _decode_cte(octets, part.encoding)
             else:
                 octets = mime.section_bytes(data, root, list(numbers), text, list(fields))
         except mime.SectionError:
@@ -1668,7 +1668,7 @@ class _View:
                 continue
             raw = data[part.body_start:part.body_end]
             try:
-                raw = _decode_cte(raw, part.header("Content-Transfer-Encoding"))
+                raw = _decode_cte(raw, part.encoding)
             except _No:
                 pass                # an encoding we cannot undo is searched as it is
             charset = dict(part.params).get("charset", "utf-8")
@@ -1877,8 +1877,8 @@ def _no_flag_extensions(flags) -> None:
             raise _Bad(f"{flag} is not a system flag")
 
 
-def _decode_cte(data: bytes, encoding: str | None) -> bytes:
-    kind = (encoding or "").strip().lower()
+def _decode_cte(data: bytes, kind: str) -> bytes:
+    """``data`` with the transfer encoding ``kind`` (``Part.encoding``) undone."""
     if kind not in ("", "7bit", "8bit", "binary", "base64", "quoted-printable"):
         # RFC 3516 §4.3: an encoding the server cannot undo fails the FETCH, with UNKNOWN-CTE
         # (serving the encoded octets would pass them off as decoded).
