@@ -579,13 +579,23 @@ class SipFarm:
         challenge = "WWW-Authenticate" if status == 401 else "Proxy-Authenticate"
         if credentials is None:
             return False, self._challenge(request, source, realm, status, challenge, stale=False)
+        if not _same_resource(credentials.get("uri", ""), request.uri):
+            # RFC 2617 §3.2.2.5: credentials computed for another Request-URI (an INVITE to
+            # someone else, taken off the wire, cannot call this callee) -- 400, not a challenge.
+            return False, self._local(request, source, 400, "Digest URI Mismatch")
         username = credentials.get("username", "")
         algorithm = credentials.get("algorithm", "MD5").upper().removesuffix("-SESS")
         user_part = account.rpartition("@")[0]
+        # Whose credentials these are: the account's own, or another user's of the realm --
+        # checked all the same, and if they are good the request is refused 403, not
+        # challenged (§10.3 step 4, §22.3: the user is authenticated, but not authorized to
+        # act for this address; a challenge again would only have it resend them).
+        claimed = account if username in (user_part, account) else (
+            username if "@" in username else f"{username}@{realm}").lower()
         ha1 = None
-        if username in (user_part, account) and algorithm in ("MD5", "SHA-256"):
+        if algorithm in ("MD5", "SHA-256") and claimed.partition("@")[0]:
             try:
-                ha1 = await self._credentials(account, realm, algorithm)
+                ha1 = await self._credentials(claimed, realm, algorithm)
             except AuthUnavailable:
                 # Kept for the transaction's copies like any final answer (RFC 3261 §17.2.1):
                 # a copy asking a struggling auth service again is more load on it, and the
@@ -596,6 +606,8 @@ class SipFarm:
         verdict = self.digest.verify(credentials, request.method, realm, ha1 or _hash("nobody", realm, str(self.clock())),
                                      self.clock())
         if verdict.ok and ha1 is not None:
+            if claimed != account:
+                return False, self._local(request, source, 403, "Credentials Of Another User")
             return True, []
         if verdict.stale:
             return False, self._challenge(request, source, realm, status, challenge, stale=True)
@@ -612,6 +624,14 @@ class SipFarm:
         ha1 = reply.ha1 if reply.ok and reply.ha1 else None
         self.credentials.put(account, realm, algorithm, ha1, begun)
         return ha1
+
+    async def _exists(self, account: str, realm: str) -> bool:
+        """Whether ``account`` is one of ours (it has SIP credentials); True when that cannot
+        be told now (the auth service away): then the caller hears 480, not a false 404."""
+        try:
+            return await self._credentials(account, realm, self.algorithms[-1]) is not None
+        except AuthUnavailable:
+            return True
 
     def _challenge(self, request, source, realm, status, header, stale) -> list[Outbound]:
         values = self.digest.challenges(realm, self.clock(), stale=stale, algorithms=self.algorithms)
@@ -648,7 +668,9 @@ class SipFarm:
                 continue
             raw = contact.params.get("expires")
             expires = int(raw) if raw and raw.isdigit() else default
-            if 0 < expires < self.settings.sip_min_expires:
+            # §10.3 step 7: 423 "if and only if" the interval is above zero, below one hour
+            # and below the configured minimum -- an hour or more is never too brief.
+            if 0 < expires < min(self.settings.sip_min_expires, 3600):
                 return self._local(request, source, 423, extra=[("Min-Expires", str(self.settings.sip_min_expires))])
             try:
                 q = float(contact.params.get("q") or 1.0)
@@ -676,9 +698,18 @@ class SipFarm:
 
         def edit(current: list[Binding]) -> list[Binding] | None:
             nonlocal unwritten
+            # §10.3 steps 6 and 7: a binding made by a later REGISTER of this Call-ID (a
+            # higher CSeq) aborts the whole update and the request fails -- a late copy of an
+            # older REGISTER must neither change the bindings nor be told 200.  An equal CSeq
+            # is this very request again (§8.1.1.5), answered as before: 200, nothing changed.
             if wildcard:
-                return [b for b in current if b.call_id == call_id and b.cseq >= cseq]
+                if any(b.call_id == call_id and b.cseq >= cseq for b in current):
+                    raise _OutOfOrder()
+                return []
             result = {b.contact: b for b in current}
+            if any((old := result.get(uri)) is not None and old.call_id == call_id and old.cseq > cseq
+                   for uri, _, _ in changes):
+                raise _OutOfOrder()
             if all(self._fresh_enough(result.get(uri), q, now + expires, expires, host, port, transport, nat, agent)
                    for uri, q, expires in changes):
                 unwritten = True
@@ -687,7 +718,7 @@ class SipFarm:
             for uri, q, expires in changes:
                 old = result.get(uri)
                 if old is not None and old.call_id == call_id and old.cseq >= cseq:
-                    continue   # an older REGISTER arriving late (§10.3 step 7)
+                    continue   # a copy of the REGISTER that made it (above)
                 if expires == 0:
                     result.pop(uri, None)
                     continue
@@ -703,6 +734,10 @@ class SipFarm:
                 stored = await self.store.change(account, edit)
             except _TooMany:
                 return self._local(request, source, 403, "Too Many Registered Devices")
+            except _OutOfOrder:
+                # RFC 3261 names no code: 500 (§21.5.1: the client may retry, and a retry has
+                # a higher CSeq, which succeeds).
+                return self._local(request, source, 500, "Out Of Order CSeq")
             self.meter(UsageCount(realm, account, "sip_registrations", 1))
             if unwritten:
                 self.metrics.unwritten.inc()
@@ -906,7 +941,8 @@ class SipFarm:
         hops = _hops_left(request)
         if hops <= 0:
             return self._local(request, source, 483)
-        request.headers.set("Max-Forwards", str(hops - 1))
+        # §16.6 step 3: decremented, or added as 70 when the request had none.
+        request.headers.set("Max-Forwards", str(hops - 1) if request.headers.get("Max-Forwards") else "70")
         if record_route:
             for route in reversed(self._record_route(request, source, destination, member)):
                 request.headers.insert_before_first("Record-Route", route)
@@ -970,7 +1006,11 @@ class SipFarm:
         if self._cancelled and request.method == "INVITE" and self._answer_key(request) in self._cancelled:
             return self._local(request, source, 487)     # cancelled while we looked (_on_request)
         if not bindings:
-            return self._local(request, source, 480 if request.method != "CANCEL" else 481)
+            if request.method == "CANCEL":
+                return self._local(request, source, 481)
+            # §21.4.5: 404 when there is definitively no such user, 480 for one who is not
+            # registered now (§21.4.18).  Only said to an authenticated caller (above).
+            return self._local(request, source, 480 if await self._exists(account, uri.host.lower()) else 404)
         # INVITE and CANCEL go to every contact at once (parallel forking; branch j to contact
         # j, so a CANCEL finds the branches its INVITE made); anything else to the best one.
         targets = bindings if request.method in ("INVITE", "CANCEL") else bindings[:1]
@@ -1373,6 +1413,10 @@ class _TooMany(Exception):
     pass
 
 
+class _OutOfOrder(Exception):
+    """A REGISTER older (lower CSeq, same Call-ID) than the one that made a binding it names."""
+
+
 FORK_CACHE = 20_000
 FORK_LIFETIME = 200.0        # seconds: longer than an INVITE rings (Timer C is > 3 minutes)
 
@@ -1407,6 +1451,28 @@ def _for_the_caller(response: SipResponse) -> SipResponse:
     if response.status == 430:
         response.status, response.reason = 480, REASONS[480]
     return response
+
+
+def _same_resource(text: str, uri) -> bool:
+    """Whether a digest ``uri`` may stand for the Request-URI ``uri`` (RFC 2617 §3.2.2.5):
+    one that names a user must name the Request-URI's (scheme, user, host and port, default
+    ports filled in, parameters aside -- a phone may write it its own way).  One that names
+    only a host is taken: sipp writes the address it sends to there (``sip:host:port``),
+    whatever the request, and credentials made so were never tied to a callee anyway."""
+    if text == str(uri):
+        return True
+    try:
+        other = parse_uri(text)
+    except URIError:
+        return True
+    if not isinstance(other, SipURI) or other.user is None:
+        return True
+    if not isinstance(uri, SipURI):
+        return False
+
+    def key(u: SipURI) -> tuple:
+        return u.scheme, u.user, u.host, u.port or (5061 if u.scheme == "sips" else 5060)
+    return key(other) == key(uri)
 
 
 def _uri_reaches(uri, flow: Destination) -> bool:

@@ -488,7 +488,7 @@ async def test_two_devices_of_one_user_ring_together_and_a_cancel_an_answer_or_a
     alice asks for a registration shorter than the farm's shortest and gets it at the farm's
     Min-Expires (423, RFC 3261 §10.2.8).  An INVITE forks to both; alice's CANCEL stops both
     ringing; one device answering cancels the other; both declining gets alice one 486; a
-    user with no device gets 480."""
+    user that does not exist gets 404 (one with no device 480: test_registrar_semantics.py)."""
     addresses, ca = farm
     alice = await phones(tmp_path / "alice", "alice", "udp", [proxy_uri(addresses[0], "udp")], ca, regint=5)
     desk = await phones(tmp_path / "desk", "bob", "udp", [proxy_uri(addresses[1], "udp")], ca, answermode="manual")
@@ -526,7 +526,7 @@ async def test_two_devices_of_one_user_ring_together_and_a_cancel_an_answer_or_a
     mark = len(alice.events)
     await alice.command("dial", "sip:nobody@acme.example")
     closed = await alice.event("CALL_CLOSED", mark)
-    assert closed["param"].startswith("480"), closed
+    assert closed["param"].startswith("404"), closed
     for phone in (alice, desk, mobile):      # the mobile's ACK and BYE too: its own Record-Route
         assert phone.transports() == {phone.transport.upper()}, phone.log()
 

@@ -118,11 +118,11 @@ async def answered_call(farm: SipFarm) -> str:
     return forwarded.headers.get("Record-Route")
 
 
-def plain_farm() -> SipFarm:
-    """A member with default settings, in-memory stores and its clock as ``clock_`` (the
-    ``farm`` fixture of the modules that need nothing more)."""
+def plain_farm(settings: Settings | None = None) -> SipFarm:
+    """A member with ``settings`` (default ones), in-memory stores and its clock as ``clock_``
+    (the ``farm`` fixture of the modules that need nothing more)."""
     clock = Clock()
-    f = SipFarm(Settings(), "sipfarm-1", store=Store(clock), dialogs=Dialogs(), auth=Auth(), counters=Counters(),
+    f = SipFarm(settings or Settings(), "sipfarm-1", store=Store(clock), dialogs=Dialogs(), auth=Auth(), counters=Counters(),
                 secret=b"k" * 32, address=ME, registry=CollectorRegistry(), meter=lambda event: None, clock=clock)
     f.clock_ = clock
     return f
@@ -454,7 +454,7 @@ async def test_unregistered_user_and_options(farm):
     challenge, _ = await one(farm, invite(to="carol"), caller)
     auth = answer(challenge, "alice", method="INVITE", uri=f"sip:carol@{DOMAIN}", header="Proxy-Authorization")
     missing, _ = await one(farm, invite(to="carol", cseq=2, auth=auth, branch="z9hG4bKx"), caller)
-    assert missing.status == 480
+    assert missing.status == 404        # no such user (bob, a user with no binding, gets 480)
     options = (f"OPTIONS sip:{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/UDP 198.51.100.9:5060;branch=z9hG4bKo\r\n"
                f"From: <sip:alice@{DOMAIN}>;tag=a1\r\nTo: <sip:{DOMAIN}>\r\nCall-ID: o\r\nCSeq: 1 OPTIONS\r\n\r\n").encode()
     ok, _ = await one(farm, options, caller)
