@@ -327,9 +327,9 @@ PROXY_CASES = [
 ]
 
 
-def proxy_request(case: ProxyCase, cseq: int, auth: str = "") -> bytes:
+def proxy_request(case: ProxyCase, cseq: int, auth: str = "", via: str = "198.51.100.9:5060") -> bytes:
     to_tag = ";tag=t1" if case.to_tag else ""
-    lines = [f"Via: SIP/2.0/UDP 198.51.100.9:5060;branch=z9hG4bK{os.urandom(6).hex()}",
+    lines = [f"Via: SIP/2.0/UDP {via};rport;branch=z9hG4bK{os.urandom(6).hex()}",
              f"From: <sip:alice@{DOMAIN}>;tag=a1", f"To: <{case.target}>{to_tag}", "Call-ID: proxy-1",
              f"CSeq: {cseq} {case.method}", "Contact: <sip:alice@198.51.100.9:5060>", *case.lines,
              *([auth] if auth else []), "Content-Length: 0"]
