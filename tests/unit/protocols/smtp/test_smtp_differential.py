@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from colony.protocols.smtp import events as E
+from colony.protocols.smtp import events as E, replies as R
 from smtp_driver import Driver, codes
 from tools import free_ports, need_tool
 
@@ -35,6 +35,11 @@ DATA = (b"DATA\r\n", ["354"])
 TX = [EHLO, MAIL, RCPT]
 QUEUED = ["250 2.0.0"]
 NOOP = (b"NOOP\r\n", ["250 2.0.0"])   # the session is still usable
+
+# The submission listener after STARTTLS (or on the implicit-TLS port): AUTH offered and required.
+SUBMISSION = dict(auth_mechanisms=("PLAIN", "LOGIN"), auth_required=True, tls_available=True, tls_active=True)
+AUTH_PLAIN = (b"AUTH PLAIN AHVzZXIAcHc=\r\n", ["235 2.7.0"])   # \0user\0pw
+AUTH_OK = {E.Auth: R.AUTH_OK}
 
 LONG_LOCAL = "l" * 65                                   # RFC 5321 §4.5.3.1.1: 64 octets
 LONG_DOMAIN = ".".join(["d" * 63] * 4) + ".test"        # 261 octets: over §4.5.3.1.2's 255
@@ -51,6 +56,8 @@ class Case:
     # differ from then on), its session must still be usable at the end.
     postfix: dict = field(default_factory=dict)
     probe: bool = True   # end with a NOOP to Postfix to see the session usable (not inside DATA)
+    config: dict = field(default_factory=dict)    # ServerConfig beyond the MX's (submission)
+    answers: dict = field(default_factory=dict)   # the policy's answers beyond smtp_driver's
 
 
 CASES = [
@@ -219,6 +226,10 @@ CASES = [
     Case("bdat-bad-size", [*TX, (b"BDAT x\r\n", ["501 5.5.4"])], closed=True),
     Case("bdat-negative-size", [*TX, (b"BDAT -1 LAST\r\n", ["501 5.5.4"])], closed=True),
     Case("bdat-extra-argument", [*TX, (b"BDAT 1 LAST NOW\r\nx", ["501 5.5.4"])], closed=True),
+    Case("rcpt-between-chunks", [*TX, (b"BDAT 3\r\nabc", ["250 2.0.0"]), (RCPT[0], ["503 5.5.1"]),
+                                 (b"BDAT 0 LAST\r\n", QUEUED)], messages=[b"abc"]),
+    Case("mail-between-chunks", [*TX, (b"BDAT 3\r\nabc", ["250 2.0.0"]), (MAIL[0], ["503 5.5.1"]),
+                                 (b"BDAT 1 LAST\r\nd", QUEUED)], messages=[b"abcd"]),
     Case("rset-after-bdat-chunk", [*TX, (b"BDAT 3\r\nabc", ["250 2.0.0"]), (b"RSET\r\n", ["250 2.0.0"]),
                                    (b"BDAT 1 LAST\r\nx", ["503 5.5.1"]), MAIL]),
 
@@ -251,11 +262,54 @@ CASES = [
     Case("command-line-over-512-octets", [EHLO, (b"NOOP " + b"n" * 506 + b"\r\n", ["500 5.5.2"]), NOOP],
          postfix={1: "Postfix reads lines up to line_length_limit (2048)"}),
     Case("quit", [EHLO, (b"QUIT\r\n", ["221 2.0.0"])], closed=True),
+    Case("two-spaces-after-the-verb", [EHLO, (b"MAIL  FROM:<a@remote.test>\r\n", ["501 5.5.4"]), MAIL],
+         postfix={1: "Postfix splits commands at any run of white space (RFC 5321: one SP)"}),
+    Case("empty-line", [EHLO, (b"\r\n", ["500 5.5.1"]), NOOP]),
+    Case("tab-is-not-a-parameter-separator",
+         [EHLO, (b"MAIL FROM:<a@remote.test> SIZE=1\tBODY=8BITMIME\r\n", ["501 5.5.4"]), MAIL],
+         postfix={1: "Postfix splits parameters at any white space"}),
+    Case("dot-string-with-empty-atom",   # RFC 5321 §4.1.2: Dot-string = Atom *("." Atom)
+         [EHLO, (b"MAIL FROM:<a..b@remote.test>\r\n", ["501 5.1.7"]), (b"MAIL FROM:<.a@remote.test>\r\n", ["501 5.1.7"]),
+          (b"MAIL FROM:<a.@remote.test>\r\n", ["501 5.1.7"]), MAIL],
+         postfix={1: "Postfix takes such local parts (they exist in the wild)"}),
+    Case("empty-quoted-local-part", [EHLO, (b'MAIL FROM:<""@remote.test>\r\n', ["250 2.1.0"])]),
+    Case("pipelined-transaction-with-a-refused-recipient",
+         [EHLO, (b"MAIL FROM:<a@remote.test>\r\nRCPT TO:<>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n",
+                 ["250 2.1.0", "501 5.1.3", "250 2.1.5", "354"]), (b"x\r\n.\r\n", QUEUED)],
+         messages=[b"x\r\n"]),
+    Case("commands-pipelined-after-the-end-of-data",
+         [*TX, DATA, (b"a\r\n.\r\nMAIL FROM:<a@remote.test>\r\n", [*QUEUED, "250 2.1.0"])], messages=[b"a\r\n"]),
+
+    # --- the submission listener (RFC 4954, RFC 6409) -----------------------------------------
+    # Postfix here has neither TLS nor SASL: these run against the core only.
+    Case("sub-mail-before-auth", [EHLO, (MAIL[0], ["530 5.7.0"]), AUTH_PLAIN, MAIL, RCPT],
+         config=SUBMISSION, answers=AUTH_OK),
+    Case("sub-auth-before-ehlo", [(AUTH_PLAIN[0], ["503 5.5.1"]), EHLO, AUTH_PLAIN],
+         config=SUBMISSION, answers=AUTH_OK),
+    Case("sub-auth-unknown-mechanism", [EHLO, (b"AUTH CRAM-MD5\r\n", ["504 5.5.4"]), AUTH_PLAIN],
+         config=SUBMISSION, answers=AUTH_OK),
+    Case("sub-auth-cancelled", [EHLO, (b"AUTH PLAIN\r\n", ["334"]), (b"*\r\n", ["501 5.0.0"]), AUTH_PLAIN],
+         config=SUBMISSION, answers=AUTH_OK),
+    Case("sub-auth-not-base64", [EHLO, (b"AUTH PLAIN !!!!\r\n", ["501 5.5.2"]), AUTH_PLAIN],
+         config=SUBMISSION, answers=AUTH_OK),
+    Case("sub-auth-empty-initial-response", [EHLO, (b"AUTH PLAIN =\r\n", ["501 5.5.2"]), AUTH_PLAIN],
+         config=SUBMISSION, answers=AUTH_OK),
+    Case("sub-auth-login", [EHLO, (b"AUTH LOGIN\r\n", ["334"]), (b"dXNlcg==\r\n", ["334"]),
+                            (b"cHc=\r\n", ["235 2.7.0"]), MAIL], config=SUBMISSION, answers=AUTH_OK),
+    Case("sub-auth-twice", [EHLO, AUTH_PLAIN, (AUTH_PLAIN[0], ["503 5.5.1"]), MAIL],
+         config=SUBMISSION, answers=AUTH_OK),
+    Case("sub-auth-failed", [EHLO, (AUTH_PLAIN[0], ["535 5.7.8"]), (MAIL[0], ["530 5.7.0"])],
+         config=SUBMISSION, answers={E.Auth: R.AUTH_FAILED}),
+    Case("sub-auth-in-the-clear", [EHLO, (AUTH_PLAIN[0], ["538 5.7.11"]), (MAIL[0], ["530 5.7.0"])],
+         config={**SUBMISSION, "tls_active": False}, answers=AUTH_OK),
+    Case("sub-auth-parameter-of-mail", [EHLO, AUTH_PLAIN, (b"MAIL FROM:<a@remote.test> AUTH=<>\r\n", ["250 2.1.0"])],
+         config=SUBMISSION, answers=AUTH_OK),
+    Case("sub-ehlo-keeps-authentication", [EHLO, AUTH_PLAIN, EHLO, MAIL], config=SUBMISSION, answers=AUTH_OK),
 ]
 
 
 def run_core(case: Case) -> Driver:
-    d = Driver(max_message_size=10 * 1024 * 1024)
+    d = Driver(max_message_size=10 * 1024 * 1024, answers=case.answers, **case.config)
     for i, (data, expected) in enumerate(case.steps):
         assert codes(d.feed(data)) == expected, f"step {i}: {data[:60]!r}"
     return d
@@ -347,8 +401,9 @@ class _Peer:
         self.eof = False
         assert self.replies(1)[0].startswith("220")
 
-    def replies(self, count: int, quiet: float = 0.15) -> list[str]:
-        """``count`` replies (first line's code and status), and any more that follow within ``quiet``."""
+    def replies(self, count: int, quiet: float = 0.0) -> list[str]:
+        """``count`` replies (first line's code and status), and any more that follow within
+        ``quiet``.  A reply more than expected still shows: it comes before the next step's."""
         out: list[str] = []
         deadline = time.monotonic() + 20
         while not self.eof:
@@ -370,23 +425,27 @@ class _Peer:
             self.buf += data
         return out
 
-    def step(self, data: bytes, count: int) -> list[str]:
+    def step(self, data: bytes, count: int, quiet: float = 0.0) -> list[str]:
         try:
+            self.sock.settimeout(20)   # replies() leaves a short one
             self.sock.sendall(data)
         except (BrokenPipeError, ConnectionResetError):
             self.eof = True
-        return self.replies(count)
+        return self.replies(count, quiet)
+
+
+MX_CASES = [c for c in CASES if not c.config]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+@pytest.mark.parametrize("case", MX_CASES, ids=[c.id for c in MX_CASES])
 def test_postfix_agrees(postfix, case):
     """Reply classes and the session's state match, where the case names no policy of Postfix's."""
     own_from = min(case.postfix, default=len(case.steps))
     peer = _Peer(postfix.smtp_port)
     try:
         for i, (data, expected) in enumerate(case.steps):
-            got = peer.step(data, len(expected))
+            got = peer.step(data, len(expected))   # an extra reply shows before the next step's
             if i < own_from:
                 assert [c[0] for c in got] == [c[0] for c in expected], f"step {i}: {data[:60]!r}: {got}"
         if case.closed:
