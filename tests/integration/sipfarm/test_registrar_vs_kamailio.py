@@ -36,8 +36,17 @@ from test_registrar_semantics import (CALLER, CASES, PROXY_CASES, Case, ProxyCas
 # Case name -> why Colony and Kamailio answer it differently, and who is right.
 KAMAILIO_DIFFERS = {
     "huge: the 200 names the interval granted":
-        "the bench script leaves Kamailio's max_expires at 0 (no maximum), Colony cuts to sip_max_expires "
-        "(RFC 3261 §10.3 step 7: the registrar MAY shorten it; the 200 names what it granted)",
+        "Kamailio answers 200 listing no binding (it read 2**32 as 0: nothing was registered); RFC 4475 "
+        "§3.1.2.4 lets an element treat an expiry value in error as the default, and §10.3 step 7 lets the "
+        "registrar shorten it: Colony grants sip_max_expires and names it in the 200",
+    "an Expires that is no number: as if absent":
+        "Kamailio's sanity_check answers 400; RFC 4475 §3.1.2.4: an element 'could treat them as if they "
+        "contained the default values for expiration' -- Colony does, and the 200 names what it granted",
+    "a negative Expires: as if absent":
+        "as for an Expires that is no number (Kamailio 400, Colony the default)",
+    "an expires parameter that is no number: the Expires header's":
+        "both register; Kamailio takes its default (3600), Colony the request's Expires header (600), "
+        "as if the parameter were absent (§10.3 step 7) -- either is allowed by RFC 4475 §3.1.2.4",
     "too brief: 423 with Min-Expires":
         "Kamailio raises a too short interval to its min_expires and answers 200, Colony answers 423 with "
         "Min-Expires: both allowed (§10.3 step 7: the registrar MAY reject with 423)",

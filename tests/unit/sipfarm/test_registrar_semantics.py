@@ -63,6 +63,11 @@ CASES = [
     _c("neither: the registrar's default", Step(expires=None, bound={A: (3600, 1.0)})),
     _c("huge: the 200 names the interval granted", Step(expires="4294967296", bound={A: (3600, 1.0)})),
     _c("too brief: 423 with Min-Expires", Step(expires="10", status=423)),
+    # RFC 4475 §3.1.2.4: expiry values in error may be treated as the defaults.
+    _c("an Expires that is no number: as if absent", Step(expires="abc", bound={A: (3600, 1.0)})),
+    _c("a negative Expires: as if absent", Step(expires="-5", bound={A: (3600, 1.0)})),
+    _c("an expires parameter that is no number: the Expires header's",
+       Step(contact=f"<{A}>;expires=abc", bound={A: (600, 1.0)})),
     _c("expires=0 removes that contact only",
        Step(contact=f"<{A}>, <{B}>", bound={A: (600, 1.0), B: (600, 1.0)}),
        Step(contact=f"<{A}>;expires=0", cseq=3, bound={B: (600, 1.0)})),
