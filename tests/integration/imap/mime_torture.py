@@ -403,6 +403,60 @@ NUL_IN_HEADER = (b"From: a@example.org\r\n"
                  b"\r\n"
                  b"body\r\n")
 
+NO_BOUNDARY_PARAMETER = crlf("""\
+From: a@example.org
+Subject: a multipart without a boundary parameter
+Content-Type: multipart/mixed
+
+--whatever
+Content-Type: text/plain
+
+text
+--whatever--
+""")
+
+PADDED_DELIMITERS = ("From: a@example.org\r\n"
+                     "Subject: delimiters with transport padding, a boundary with blanks\r\n"
+                     "Content-Type: multipart/mixed; boundary=\"a b:c\"\r\n"
+                     "\r\n"
+                     "--a b:c \t \r\n"
+                     "Content-Type: text/plain\r\n"
+                     "\r\n"
+                     "padded\r\n"
+                     "--a b:c\r\n"
+                     "Content-Type: message/rfc822\r\n"
+                     "\r\n"
+                     "Subject: inner\r\n"
+                     "\r\n"
+                     "inner body\r\n"
+                     "--a b:c--  \r\n").encode()
+
+PARAMETER_ODDITIES = crlf("""\
+From: a@example.org
+Subject: parameter oddities
+Content-Type: multipart/mixed; BOUNDARY=z
+
+--z
+Content-Type: application/octet-stream; name="=?utf-8?q?encoded_word.txt?="
+Content-Disposition: attachment; filename*=iso-8859-1'fr'caf%E9.txt; size=12;
+ creation-date="Wed, 12 Feb 1997 16:29:51 -0500"
+
+twelve bytes
+--z
+Content-Type: text/plain; charset="iso-8859-1"; charset="utf-8"
+Content-Disposition: inline; filename=""
+
+a duplicate charset
+--z--
+""")
+
+MIXED_LINE_ENDS = (b"From: a@example.org\r\n"
+                   b"Subject: CRLF and bare LF in one message\n"
+                   b"\r\n"
+                   b"first line\r\n"
+                   b"second line\n"
+                   b"third line\r\n")
+
 REPLY_THREAD = [
     crlf("""\
 From: alice@example.org
@@ -460,6 +514,10 @@ CASES: list[Case] = [
     Case("no-body", NO_BODY),
     Case("unquoted-phrase", UNQUOTED_PHRASE),
     Case("latin1-header", LATIN1_HEADER),
+    Case("no-boundary-parameter", NO_BOUNDARY_PARAMETER),
+    Case("padded-delimiters", PADDED_DELIMITERS),
+    Case("parameter-oddities", PARAMETER_ODDITIES, internaldate="31-Dec-1999 23:59:59 -1200"),
+    Case("mixed-line-ends", MIXED_LINE_ENDS, internaldate="01-Mar-2024 00:00:00 +1400"),
     Case("bad-content-type", BAD_CONTENT_TYPE, internaldate="01-Jan-2020 23:59:59 +0530"),
     *(Case(f"thread-{i}", m, internaldate=f"0{i + 1}-Feb-2026 12:00:00 +0000") for i, m in enumerate(REPLY_THREAD)),
 ]
@@ -638,7 +696,7 @@ EXPECT: dict[str, dict[str, str]] = {
         'BINARY.SIZE[3]': '0',
     },
     'empty-multipart': {
-        'BODYSTRUCTURE': '(("TEXT" "PLAIN" ("CHARSET" "us-ascii") NIL NIL "7BIT" 42 0 NIL NIL NIL NIL) "MIXED" ("BOUNDARY" "never") NIL NIL NIL)',
+        'BODYSTRUCTURE': '(("TEXT" "PLAIN" ("CHARSET" "us-ascii") NIL NIL "7BIT" 42 1 NIL NIL NIL NIL) "MIXED" ("BOUNDARY" "never") NIL NIL NIL)',
         'ENVELOPE': '(NIL "a multipart with no parts" ((NIL NIL "a" "example.org")) ((NIL NIL "a" "example.org")) ((NIL NIL "a" "example.org")) NIL NIL NIL NIL NIL)',
         'RFC822.SIZE': '150',
         'INTERNALDATE': '17-Jul-1996 02:44:25 -0700',
@@ -863,6 +921,60 @@ EXPECT: dict[str, dict[str, str]] = {
         'BINARY.PEEK[1]': b'Latin-1 octets in a header\r\n',
         'BINARY.SIZE[1]': '28',
     },
+    'no-boundary-parameter': {
+        'BODYSTRUCTURE': '(("TEXT" "PLAIN" ("CHARSET" "us-ascii") NIL NIL "7BIT" 60 5 NIL NIL NIL NIL) "MIXED" NIL NIL NIL NIL)',
+        'ENVELOPE': '(NIL "a multipart without a boundary parameter" ((NIL NIL "a" "example.org")) ((NIL NIL "a" "example.org")) ((NIL NIL "a" "example.org")) NIL NIL NIL NIL NIL)',
+        'RFC822.SIZE': '165',
+        'INTERNALDATE': '17-Jul-1996 02:44:25 -0700',
+        'BODY.PEEK[1]': b'--whatever\r\nContent-Type: text/plain\r\n\r\ntext\r\n--whatever--\r\n',
+        'BODY.PEEK[1.MIME]': b'',
+        'BINARY.PEEK[1]': b'--whatever\r\nContent-Type: text/plain\r\n\r\ntext\r\n--whatever--\r\n',
+        'BINARY.SIZE[1]': '60',
+    },
+    'padded-delimiters': {
+        'BODYSTRUCTURE': '(("TEXT" "PLAIN" ("CHARSET" "us-ascii") NIL NIL "7BIT" 6 1 NIL NIL NIL NIL) ("MESSAGE" "RFC822" NIL NIL NIL "7BIT" 28 (NIL "inner" NIL NIL NIL NIL NIL NIL NIL NIL) ("TEXT" "PLAIN" ("CHARSET" "us-ascii") NIL NIL "7BIT" 10 1 NIL NIL NIL NIL) 3 NIL NIL NIL NIL) "MIXED" ("BOUNDARY" "a b:c") NIL NIL NIL)',
+        'ENVELOPE': '(NIL "delimiters with transport padding, a boundary with blanks" ((NIL NIL "a" "example.org")) ((NIL NIL "a" "example.org")) ((NIL NIL "a" "example.org")) NIL NIL NIL NIL NIL)',
+        'RFC822.SIZE': '272',
+        'INTERNALDATE': '17-Jul-1996 02:44:25 -0700',
+        'BODY.PEEK[1]': b'padded',
+        'BODY.PEEK[1.MIME]': b'Content-Type: text/plain\r\n\r\n',
+        'BINARY.PEEK[1]': b'padded',
+        'BINARY.SIZE[1]': '6',
+        'BODY.PEEK[2]': b'Subject: inner\r\n\r\ninner body',
+        'BODY.PEEK[2.MIME]': b'Content-Type: message/rfc822\r\n\r\n',
+        'BINARY.PEEK[2]': b'Subject: inner\r\n\r\ninner body',
+        'BINARY.SIZE[2]': '28',
+        'BODY.PEEK[2.HEADER]': b'Subject: inner\r\n\r\n',
+        'BODY.PEEK[2.TEXT]': b'inner body',
+        'BODY.PEEK[2.1]': b'inner body',
+        'BODY.PEEK[2.1.MIME]': b'Subject: inner\r\n\r\n',
+        'BINARY.PEEK[2.1]': b'inner body',
+        'BINARY.SIZE[2.1]': '10',
+    },
+    'parameter-oddities': {
+        'BODYSTRUCTURE': '(("APPLICATION" "OCTET-STREAM" ("NAME" "=?utf-8?q?encoded_word.txt?=") NIL NIL "7BIT" 12 NIL ("ATTACHMENT" ("SIZE" 12 "CREATION-DATE" "Wed, 12 Feb 1997 16:29:51 -0500" "FILENAME" "café.txt")) NIL NIL) ("TEXT" "PLAIN" ("CHARSET" "iso-8859-1" "CHARSET" "utf-8") NIL NIL "7BIT" 19 1 NIL ("INLINE" ("FILENAME" "")) NIL NIL) "MIXED" ("BOUNDARY" "z") NIL NIL NIL)',
+        'ENVELOPE': '(NIL "parameter oddities" ((NIL NIL "a" "example.org")) ((NIL NIL "a" "example.org")) ((NIL NIL "a" "example.org")) NIL NIL NIL NIL NIL)',
+        'RFC822.SIZE': '464',
+        'INTERNALDATE': '31-Dec-1999 23:59:59 -1200',
+        'BODY.PEEK[1]': b'twelve bytes',
+        'BODY.PEEK[1.MIME]': b'Content-Type: application/octet-stream; name="=?utf-8?q?encoded_word.txt?="\r\nContent-Disposition: attachment; filename*=iso-8859-1\'fr\'caf%E9.txt; size=12;\r\n creation-date="Wed, 12 Feb 1997 16:29:51 -0500"\r\n\r\n',
+        'BINARY.PEEK[1]': b'twelve bytes',
+        'BINARY.SIZE[1]': '12',
+        'BODY.PEEK[2]': b'a duplicate charset',
+        'BODY.PEEK[2.MIME]': b'Content-Type: text/plain; charset="iso-8859-1"; charset="utf-8"\r\nContent-Disposition: inline; filename=""\r\n\r\n',
+        'BINARY.PEEK[2]': b'a duplicate charset',
+        'BINARY.SIZE[2]': '19',
+    },
+    'mixed-line-ends': {
+        'BODYSTRUCTURE': '("TEXT" "PLAIN" ("CHARSET" "us-ascii") NIL NIL "7BIT" 37 3 NIL NIL NIL NIL)',
+        'ENVELOPE': '(NIL "CRLF and bare LF in one message" ((NIL NIL "a" "example.org")) ((NIL NIL "a" "example.org")) ((NIL NIL "a" "example.org")) NIL NIL NIL NIL NIL)',
+        'RFC822.SIZE': '102',
+        'INTERNALDATE': '01-Mar-2024 00:00:00 +1400',
+        'BODY.PEEK[1]': b'first line\r\nsecond line\r\nthird line\r\n',
+        'BODY.PEEK[1.MIME]': b'From: a@example.org\r\nSubject: CRLF and bare LF in one message\r\n\r\n',
+        'BINARY.PEEK[1]': b'first line\r\nsecond line\r\nthird line\r\n',
+        'BINARY.SIZE[1]': '37',
+    },
     'bad-content-type': {
         'BODYSTRUCTURE': '("TEXT" "PLAIN" ("CHARSET" "us-ascii") NIL NIL "7BIT" 20 1 NIL NIL NIL NIL)',
         'ENVELOPE': '(NIL "a Content-Type without a subtype" ((NIL NIL "a" "example.org")) ((NIL NIL "a" "example.org")) ((NIL NIL "a" "example.org")) NIL NIL NIL NIL NIL)',
@@ -934,7 +1046,7 @@ SEARCHES: dict[str, list[str]] = {
     'LARGER 1000': ['nested', 'long-folded'],
     'SMALLER 200':
         ['empty-parts', 'empty-multipart', 'no-from-no-date', 'nul-in-body', 'bare-lf', 'no-body', 'latin1-header',
-         'bad-content-type', 'thread-0'],
+         'no-boundary-parameter', 'mixed-line-ends', 'bad-content-type', 'thread-0'],
     'LARGER 2500': [],
     'NOT HEADER From ""': ['no-from-no-date'],
     'HEADER Date ""':
@@ -946,16 +1058,19 @@ SEARCHES: dict[str, list[str]] = {
         ['nested', 'missing-close', 'prefix-boundaries', 'empty-parts', 'empty-multipart', 'message-in-message',
          'rfc2231', 'encoded-words', 'broken-encoded-words', 'routes-and-quotes', 'no-from-no-date', 'long-folded',
          'eight-bit', 'nul-in-body', 'bare-lf', 'cte-oddities', 'message-global', 'every-field', 'no-body',
-         'unquoted-phrase', 'latin1-header', 'bad-content-type', 'thread-0', 'thread-1', 'thread-2'],
+         'unquoted-phrase', 'latin1-header', 'no-boundary-parameter', 'padded-delimiters', 'parameter-oddities',
+         'mixed-line-ends', 'bad-content-type', 'thread-0', 'thread-1', 'thread-2'],
     'SENTBEFORE 1-Jan-2000':
         ['nested', 'missing-close', 'prefix-boundaries', 'empty-parts', 'empty-multipart', 'message-in-message',
          'rfc2231', 'addresses', 'no-from-no-date', 'long-folded', 'nul-in-body', 'bare-lf', 'cte-oddities',
-         'message-global', 'every-field', 'no-body', 'unquoted-phrase', 'latin1-header'],
+         'message-global', 'every-field', 'no-body', 'unquoted-phrase', 'latin1-header', 'no-boundary-parameter',
+         'padded-delimiters', 'parameter-oddities'],
     'BEFORE 1-Jan-2021':
         ['nested', 'missing-close', 'prefix-boundaries', 'empty-parts', 'empty-multipart', 'message-in-message',
          'rfc2231', 'encoded-words', 'broken-encoded-words', 'addresses', 'routes-and-quotes', 'no-from-no-date',
          'long-folded', 'eight-bit', 'nul-in-body', 'bare-lf', 'cte-oddities', 'message-global', 'every-field',
-         'no-body', 'unquoted-phrase', 'latin1-header', 'bad-content-type'],
+         'no-body', 'unquoted-phrase', 'latin1-header', 'no-boundary-parameter', 'padded-delimiters',
+         'parameter-oddities', 'bad-content-type'],
     'ON 1-Jan-2020': ['bad-content-type'],
     'SENTON 13-Nov-2026': ['encoded-words', 'broken-encoded-words', 'eight-bit'],
     'TO "quoted word"': ['encoded-words'],
@@ -972,71 +1087,82 @@ SEARCHES: dict[str, list[str]] = {
 }
 SORTS: dict[str, list[str]] = {
     '(SUBJECT) UTF-8 ALL':
-        ['addresses', 'broken-encoded-words', 'bad-content-type', 'empty-multipart', 'nul-in-body', 'long-folded',
-         'unquoted-phrase', 'bare-lf', 'prefix-boundaries', 'latin1-header', 'empty-parts', 'eight-bit',
-         'encoded-words', 'message-global', 'message-in-message', 'nested', 'missing-close', 'no-from-no-date',
-         'every-field', 'no-body', 'rfc2231', 'routes-and-quotes', 'thread-0', 'thread-1', 'thread-2', 'cte-oddities'],
+        ['addresses', 'broken-encoded-words', 'bad-content-type', 'empty-multipart', 'no-boundary-parameter',
+         'nul-in-body', 'long-folded', 'unquoted-phrase', 'bare-lf', 'prefix-boundaries', 'latin1-header',
+         'mixed-line-ends', 'padded-delimiters', 'empty-parts', 'eight-bit', 'encoded-words', 'message-global',
+         'message-in-message', 'nested', 'missing-close', 'no-from-no-date', 'every-field', 'no-body',
+         'parameter-oddities', 'rfc2231', 'routes-and-quotes', 'thread-0', 'thread-1', 'thread-2', 'cte-oddities'],
     '(FROM) UTF-8 ALL':
         ['no-from-no-date', 'missing-close', 'prefix-boundaries', 'empty-parts', 'empty-multipart',
          'message-in-message', 'rfc2231', 'long-folded', 'nul-in-body', 'bare-lf', 'cte-oddities', 'message-global',
-         'every-field', 'no-body', 'bad-content-type', 'thread-0', 'thread-1', 'broken-encoded-words', 'thread-2',
-         'addresses', 'unquoted-phrase', 'eight-bit', 'encoded-words', 'nested', 'routes-and-quotes', 'latin1-header'],
+         'every-field', 'no-body', 'no-boundary-parameter', 'padded-delimiters', 'parameter-oddities',
+         'mixed-line-ends', 'bad-content-type', 'thread-0', 'thread-1', 'broken-encoded-words', 'thread-2', 'addresses',
+         'unquoted-phrase', 'eight-bit', 'encoded-words', 'nested', 'routes-and-quotes', 'latin1-header'],
     '(DATE) UTF-8 ALL':
         ['addresses', 'nested', 'missing-close', 'prefix-boundaries', 'empty-parts', 'empty-multipart',
          'message-in-message', 'rfc2231', 'no-from-no-date', 'long-folded', 'nul-in-body', 'bare-lf', 'cte-oddities',
-         'message-global', 'every-field', 'no-body', 'unquoted-phrase', 'latin1-header', 'bad-content-type',
-         'routes-and-quotes', 'thread-2', 'thread-0', 'thread-1', 'encoded-words', 'broken-encoded-words', 'eight-bit'],
+         'message-global', 'every-field', 'no-body', 'unquoted-phrase', 'latin1-header', 'no-boundary-parameter',
+         'padded-delimiters', 'parameter-oddities', 'bad-content-type', 'mixed-line-ends', 'routes-and-quotes',
+         'thread-2', 'thread-0', 'thread-1', 'encoded-words', 'broken-encoded-words', 'eight-bit'],
     '(SIZE) UTF-8 ALL':
-        ['no-from-no-date', 'no-body', 'bad-content-type', 'latin1-header', 'empty-parts', 'bare-lf', 'thread-0',
-         'empty-multipart', 'nul-in-body', 'thread-1', 'missing-close', 'eight-bit', 'thread-2', 'broken-encoded-words',
-         'message-global', 'unquoted-phrase', 'every-field', 'message-in-message', 'routes-and-quotes',
-         'prefix-boundaries', 'encoded-words', 'addresses', 'rfc2231', 'cte-oddities', 'nested', 'long-folded'],
+        ['no-from-no-date', 'no-body', 'mixed-line-ends', 'bad-content-type', 'latin1-header', 'empty-parts', 'bare-lf',
+         'thread-0', 'empty-multipart', 'nul-in-body', 'no-boundary-parameter', 'thread-1', 'missing-close',
+         'eight-bit', 'thread-2', 'broken-encoded-words', 'message-global', 'padded-delimiters', 'unquoted-phrase',
+         'every-field', 'message-in-message', 'routes-and-quotes', 'prefix-boundaries', 'encoded-words',
+         'parameter-oddities', 'addresses', 'rfc2231', 'cte-oddities', 'nested', 'long-folded'],
     '(ARRIVAL) UTF-8 ALL':
         ['nested', 'missing-close', 'prefix-boundaries', 'empty-parts', 'empty-multipart', 'message-in-message',
          'rfc2231', 'encoded-words', 'broken-encoded-words', 'addresses', 'routes-and-quotes', 'no-from-no-date',
          'long-folded', 'eight-bit', 'nul-in-body', 'bare-lf', 'cte-oddities', 'message-global', 'every-field',
-         'no-body', 'unquoted-phrase', 'latin1-header', 'bad-content-type', 'thread-0', 'thread-1', 'thread-2'],
+         'no-body', 'unquoted-phrase', 'latin1-header', 'no-boundary-parameter', 'padded-delimiters',
+         'parameter-oddities', 'bad-content-type', 'mixed-line-ends', 'thread-0', 'thread-1', 'thread-2'],
     '(TO) UTF-8 ALL':
         ['missing-close', 'prefix-boundaries', 'empty-parts', 'empty-multipart', 'message-in-message', 'rfc2231',
          'long-folded', 'eight-bit', 'nul-in-body', 'bare-lf', 'cte-oddities', 'message-global', 'every-field',
-         'no-body', 'latin1-header', 'bad-content-type', 'encoded-words', 'thread-1', 'thread-2', 'thread-0',
-         'addresses', 'unquoted-phrase', 'no-from-no-date', 'nested', 'broken-encoded-words', 'routes-and-quotes'],
+         'no-body', 'latin1-header', 'no-boundary-parameter', 'padded-delimiters', 'parameter-oddities',
+         'mixed-line-ends', 'bad-content-type', 'encoded-words', 'thread-1', 'thread-2', 'thread-0', 'addresses',
+         'unquoted-phrase', 'no-from-no-date', 'nested', 'broken-encoded-words', 'routes-and-quotes'],
     '(CC) UTF-8 ALL':
         ['nested', 'missing-close', 'prefix-boundaries', 'empty-parts', 'empty-multipart', 'message-in-message',
          'rfc2231', 'broken-encoded-words', 'no-from-no-date', 'long-folded', 'eight-bit', 'nul-in-body', 'bare-lf',
          'cte-oddities', 'message-global', 'every-field', 'no-body', 'unquoted-phrase', 'latin1-header',
-         'bad-content-type', 'thread-0', 'thread-1', 'thread-2', 'addresses', 'encoded-words', 'routes-and-quotes'],
+         'no-boundary-parameter', 'padded-delimiters', 'parameter-oddities', 'mixed-line-ends', 'bad-content-type',
+         'thread-0', 'thread-1', 'thread-2', 'addresses', 'encoded-words', 'routes-and-quotes'],
     '(REVERSE SUBJECT) UTF-8 ALL':
-        ['cte-oddities', 'thread-0', 'thread-1', 'thread-2', 'routes-and-quotes', 'rfc2231', 'no-body', 'every-field',
-         'no-from-no-date', 'missing-close', 'nested', 'message-in-message', 'message-global', 'encoded-words',
-         'eight-bit', 'empty-parts', 'latin1-header', 'prefix-boundaries', 'bare-lf', 'unquoted-phrase', 'long-folded',
-         'nul-in-body', 'empty-multipart', 'bad-content-type', 'broken-encoded-words', 'addresses'],
+        ['cte-oddities', 'thread-0', 'thread-1', 'thread-2', 'routes-and-quotes', 'rfc2231', 'parameter-oddities',
+         'no-body', 'every-field', 'no-from-no-date', 'missing-close', 'nested', 'message-in-message', 'message-global',
+         'encoded-words', 'eight-bit', 'empty-parts', 'padded-delimiters', 'mixed-line-ends', 'latin1-header',
+         'prefix-boundaries', 'bare-lf', 'unquoted-phrase', 'long-folded', 'nul-in-body', 'no-boundary-parameter',
+         'empty-multipart', 'bad-content-type', 'broken-encoded-words', 'addresses'],
     '(DISPLAYFROM) UTF-8 ALL':
         ['no-from-no-date', 'broken-encoded-words', 'missing-close', 'prefix-boundaries', 'empty-parts',
          'empty-multipart', 'message-in-message', 'rfc2231', 'long-folded', 'nul-in-body', 'bare-lf', 'cte-oddities',
-         'message-global', 'every-field', 'no-body', 'bad-content-type', 'thread-0', 'thread-1', 'thread-2',
-         'addresses', 'unquoted-phrase', 'eight-bit', 'encoded-words', 'nested', 'routes-and-quotes', 'latin1-header'],
+         'message-global', 'every-field', 'no-body', 'no-boundary-parameter', 'padded-delimiters', 'parameter-oddities',
+         'mixed-line-ends', 'bad-content-type', 'thread-0', 'thread-1', 'thread-2', 'addresses', 'unquoted-phrase',
+         'eight-bit', 'encoded-words', 'nested', 'routes-and-quotes', 'latin1-header'],
     '(DISPLAYTO) UTF-8 ALL':
         ['missing-close', 'prefix-boundaries', 'empty-parts', 'empty-multipart', 'message-in-message', 'rfc2231',
          'long-folded', 'eight-bit', 'nul-in-body', 'bare-lf', 'cte-oddities', 'message-global', 'every-field',
-         'no-body', 'latin1-header', 'bad-content-type', 'thread-1', 'thread-2', 'thread-0', 'unquoted-phrase',
-         'addresses', 'no-from-no-date', 'nested', 'routes-and-quotes', 'broken-encoded-words', 'encoded-words'],
+         'no-body', 'latin1-header', 'no-boundary-parameter', 'padded-delimiters', 'parameter-oddities',
+         'mixed-line-ends', 'bad-content-type', 'thread-1', 'thread-2', 'thread-0', 'unquoted-phrase', 'addresses',
+         'no-from-no-date', 'nested', 'routes-and-quotes', 'broken-encoded-words', 'encoded-words'],
 }
 THREADS: dict[str, list] = {
     'REFERENCES UTF-8 ALL':
         [['addresses'], ['nested'], ['missing-close'], ['prefix-boundaries'], ['empty-parts'], ['empty-multipart'],
          ['message-in-message'], ['rfc2231'], ['no-from-no-date'], ['long-folded'], ['nul-in-body'], ['bare-lf'],
          ['cte-oddities'], ['message-global'], ['every-field'], ['no-body'], ['unquoted-phrase'], ['latin1-header'],
-         ['bad-content-type'], ['routes-and-quotes'], ['thread-0', 'thread-1', 'thread-2'], ['encoded-words'],
+         ['no-boundary-parameter'], ['padded-delimiters'], ['parameter-oddities'], ['bad-content-type'],
+         ['mixed-line-ends'], ['routes-and-quotes'], ['thread-0', 'thread-1', 'thread-2'], ['encoded-words'],
          ['broken-encoded-words'], ['eight-bit']],
     'ORDEREDSUBJECT UTF-8 ALL':
         [['addresses'], ['nested'], ['missing-close'], ['prefix-boundaries'], ['empty-parts'], ['empty-multipart'],
          ['message-in-message'], ['rfc2231'], ['no-from-no-date'], ['long-folded'], ['nul-in-body'], ['bare-lf'],
          ['cte-oddities'], ['message-global'], ['every-field'], ['no-body'], ['unquoted-phrase'], ['latin1-header'],
-         ['bad-content-type'], ['routes-and-quotes'], ['thread-2', ['thread-0'], ['thread-1']], ['encoded-words'],
+         ['no-boundary-parameter'], ['padded-delimiters'], ['parameter-oddities'], ['bad-content-type'],
+         ['mixed-line-ends'], ['routes-and-quotes'], ['thread-2', ['thread-0'], ['thread-1']], ['encoded-words'],
          ['broken-encoded-words'], ['eight-bit']],
 }
-
 
 # In an IMAP4rev2 session message/global is a body-type-msg (RFC 9051 §7.5.2, §9).
 EXPECT_REV2 = {
@@ -1070,13 +1196,14 @@ DOVECOT_DIFFERS: list[tuple[str, str, str]] = [
     ("nested", r"BINARY.*\[3\]", _BINARY_MESSAGE),
     ("nested", r"BINARY\.SIZE\[\]", _BINARY_MESSAGE),
     ("prefix-boundaries", r"BODY\.PEEK\[1\]", _DELIMITER_CRLF),
-    ("missing-close|prefix-boundaries|bare-lf|cte-oddities|rfc2231", "BODY(STRUCTURE)?", _LINES),
+    ("missing-close|prefix-boundaries|bare-lf|cte-oddities|rfc2231|padded-delimiters|parameter-oddities",
+     "BODY(STRUCTURE)?", _LINES),
     ("message-in-message", r"BINARY.*", _BINARY_MESSAGE),
-    ("empty-multipart", r".*\[1\]", "no delimiter at all: Dovecot makes part 1 empty, Colony the body; RFC 2046 "
+    ("empty-multipart|no-boundary-parameter", r".*\[1\]", "no delimiter (or no boundary) at all: Dovecot makes part 1 empty, Colony the body; RFC 2046 "
                                 "dictates neither (body-type-mpart only needs a part), Colony's keeps the text "
                                 "reachable"),
-    ("empty-multipart", "BODY(STRUCTURE)?", "as part 1 above"),
-    ("rfc2231", "BODY(STRUCTURE)?", "Dovecot sends RFC 2231 parameters still encoded (\"title*\" \"us-ascii'en-us'This%20...\") "
+    ("empty-multipart|no-boundary-parameter", "BODY(STRUCTURE)?", "as part 1 above"),
+    ("rfc2231|parameter-oddities", "BODY(STRUCTURE)?", "Dovecot sends RFC 2231 parameters still encoded (\"title*\" \"us-ascii'en-us'This%20...\") "
                          "and adds a default \"charset\" beside a \"charset*\", so the part has two charsets; "
                          "Colony decodes them (RFC 2231 §3, §4), the form the parameter list can carry"),
     ("nul-in-body", ".*", "Colony stores a part with a NUL base64-encoded (RFC 3516 §4.4; a literal holds no NUL, "

@@ -181,7 +181,8 @@ def _part(data: bytes, start: int, end: int, default: tuple[str, str], depth: in
             # RFC 2046 requires at least one part; an empty or broken multipart still needs one
             # so part numbers mean something.
             part.children.append(Part(body_start, body_start, body_start, end, "text", "plain",
-                                      [("charset", "us-ascii")], Message()))
+                                      [("charset", "us-ascii")], Message(),
+                                      lines=_count_lines(data, body_start, end)))
     elif (part.maintype, part.subtype) in (("message", "rfc822"), ("message", "global")):
         part.message = _part(data, body_start, end, ("text", "plain"), depth + 1, counter)
         part.lines = _count_lines(data, body_start, end)
