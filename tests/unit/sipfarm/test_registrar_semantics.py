@@ -156,8 +156,8 @@ def credentials(challenge: SipResponse, user: str, method: str, request_uri: str
             f'response="{response}", algorithm={algorithm}{extra}')
 
 
-def register(step: Step, cseq: int, via: str, auth: str | None = None) -> bytes:
-    lines = [f"Via: SIP/2.0/UDP {via};rport;branch=z9hG4bK{os.urandom(6).hex()}", "Max-Forwards: 70",
+def register(step: Step, cseq: int, via: str, auth: str | None = None, transport: str = "UDP") -> bytes:
+    lines = [f"Via: SIP/2.0/{transport} {via};rport;branch=z9hG4bK{os.urandom(6).hex()}", "Max-Forwards: 70",
              f"From: <sip:alice@{DOMAIN}>;tag=r{step.cseq}", f"To: <sip:{step.to}@{DOMAIN}>",
              f"Call-ID: {step.call_id}", f"CSeq: {cseq} REGISTER"]
     lines += [f"Contact: {step.contact}"] if step.contact is not None else []
@@ -169,23 +169,23 @@ def register(step: Step, cseq: int, via: str, auth: str | None = None) -> bytes:
 Send = Callable[[bytes], Awaitable[SipResponse | None]]
 
 
-async def play(case: Case, send: Send, via: str) -> list[SipResponse | None]:
-    """Each step's final answer, sent with ``send`` (Via sent-by ``via``)."""
+async def play(case: Case, send: Send, via: str, transport: str = "UDP") -> list[SipResponse | None]:
+    """Each step's final answer, sent with ``send`` (Via ``transport`` and sent-by ``via``)."""
     answers: list[SipResponse | None] = []
     challenge: SipResponse | None = None
     for step in case.steps:
         if step.reuse and challenge is not None:
             # The previous step's credentials again, nonce count and all, in a new request.
             answers.append(await send(register(step, step.cseq, via, credentials(
-                challenge, step.auth or step.to, "REGISTER", f"sip:{DOMAIN}", **step.digest))))
+                challenge, step.auth or step.to, "REGISTER", f"sip:{DOMAIN}", **step.digest), transport)))
             continue
-        first = await send(register(step, step.cseq, via))
+        first = await send(register(step, step.cseq, via, transport=transport))
         if first is None or first.status != 401 or step.auth is None:
             answers.append(first)
             continue
         challenge = first
         auth = credentials(first, step.auth, "REGISTER", f"sip:{DOMAIN}", **step.digest)
-        answers.append(await send(register(step, step.cseq + 1, via, auth)))
+        answers.append(await send(register(step, step.cseq + 1, via, auth, transport)))
     return answers
 
 
@@ -205,10 +205,12 @@ def farm_sender(farm, source=("UDP", "192.0.2.7", 5062)) -> Send:
     return send
 
 
+@pytest.mark.parametrize("transport", ["UDP", "TCP"])
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-async def test_register(case: Case):
+async def test_register(case: Case, transport: str):
+    """Over UDP and over a TCP connection alike (the same core, another flow)."""
     farm = plain_farm()
-    answers = await play(case, farm_sender(farm), "192.0.2.7:5062")
+    answers = await play(case, farm_sender(farm, (transport, "192.0.2.7", 5062)), "192.0.2.7:5062", transport)
     for index, (step, got) in enumerate(zip(case.steps, answers)):
         assert got is not None, f"step {index}: no answer"
         assert got.status == step.status, f"step {index}: {got.status} {got.reason}"
