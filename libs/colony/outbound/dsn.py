@@ -133,12 +133,36 @@ def delivered_reports(mail: InboundMail, stored: Iterable[str]) -> list[Failure]
     return out
 
 
+def store_failed_reports(mail: InboundMail, failed: dict[str, tuple[str, str]]) -> list[Failure]:
+    """The "failed" blocks (RFC 3464 §2.3.3) for those of ``mail``'s recipients a mail store
+    took from the MAIL stream and could not store (``failed``: lower-case mailbox -> (RFC 3463
+    status, diagnostic), e.g. over quota, the account deleted since the edge took it).  The
+    edge answered 250 for them, so the sender hears of it only this way (RFC 5321 §6.1: a
+    message accepted and then not delivered MUST be reported).  Not when its RCPT said
+    NOTIFY=NEVER or named other conditions only (RFC 3461 §4.1; none given means FAILURE), nor
+    for mail from the null sender.  Original-Recipient as in ``delivered_reports``."""
+    if not mail.mail_from:
+        return []
+    out: list[Failure] = []
+    for r in mail.recipients:
+        mailbox = r.mailbox.lower()
+        if mailbox not in failed:
+            continue
+        status, diagnostic = failed.pop(mailbox)    # one block per mailbox
+        orcpt = r.orcpt or (f"rfc822;{r.original}" if r.original.lower() != mailbox else None)
+        block = Failure(OutboundRecipient(address=mailbox, notify=r.notify, orcpt=orcpt), status, diagnostic)
+        if block.notify:
+            out.append(block)
+    return out
+
+
 def delivered_report_id(mail: InboundMail, reports: list[Failure]) -> str:
-    """The message id of the report of ``reports`` for ``mail``: the same on every delivery of
-    the job (a redelivery after a crash reports the same recipients), so the MAIL or OUTBOUND
-    publish of a report sent before the crash is a duplicate of it."""
+    """The message id of the report of ``reports`` for ``mail`` (all of one kind: delivered, or
+    failed at the store): the same on every delivery of the job (a redelivery after a crash
+    reports the same recipients), so the MAIL or OUTBOUND publish of a report sent before the
+    crash is a duplicate of it."""
     key = "\n".join([mail.domain, *sorted(f.recipient.address for f in reports)])
-    return f"{mail.message_id}.dsn-delivered-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+    return f"{mail.message_id}.dsn-{reports[0].action}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 
 
 def _safe(text: str) -> str:

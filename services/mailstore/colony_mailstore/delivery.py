@@ -57,7 +57,7 @@ from colony.cluster.view import read_nodes
 from colony.contracts import account_export as X
 from colony.contracts.handoff import load_secret
 from colony.contracts.mail import CROSS_REGION_MAX_BYTES, InboundMail
-from colony.outbound.dsn import delivered_reports
+from colony.outbound.dsn import delivered_reports, store_failed_reports
 from colony.events import UnknownEvent, decode
 from colony.queue import Job, Reject, Retry
 from colony.settings import Role, Settings
@@ -76,8 +76,20 @@ H_JOB_ID = "Colony-Job-Id"
 
 STORED, RETRY, REJECTED = "stored", "retry", "rejected"
 HELD = "held"   # a retry because the storage refuses writes (storage_health): never dead-lettered
+OVER_QUOTA, NO_ACCOUNT = "over quota", "no such account"    # how a REJECTED reason begins
+
 LARGE_BODIES_AT_ONCE = 4  # object-store bodies in memory per instance (see handle)
 REMOTE_TIMEOUT = 5.0      # seconds for a read of another region's node records
+
+
+def _failure_status(why: str) -> tuple[str, str]:
+    """The RFC 3463 status and the diagnostic a sender's DSN gives for a recipient rejected
+    for ``why`` (the reason stays in the dead letter; the sender is told what kind it is)."""
+    if why.startswith(OVER_QUOTA):
+        return "5.2.2", "x-colony; mailbox full"
+    if why.startswith(NO_ACCOUNT):
+        return "5.1.1", "x-colony; no such mailbox"
+    return "5.0.0", "x-colony; not delivered"
 
 
 class PoisonBody(Exception):
@@ -156,11 +168,15 @@ class Delivery:
                 # otherwise be reported by a later delivery under another id, and those
                 # stored now reported again with them.
                 reports = delivered_reports(mail, (a for a, (status, _) in results.items() if status == STORED))
-                if reports:
-                    try:
-                        self.metrics.dsns.inc(await self.reports.send(mail, reports, body))
-                    except ReportNotSent as exc:
-                        return Retry(str(exc), delay=5.0)
+                # The edge answered 250 for the rejected ones: without a report the sender
+                # would never learn that they were not delivered (RFC 5321 §6.1).
+                failures = store_failed_reports(mail, {a: _failure_status(why) for a, why in rejected.items()})
+                for batch in (reports, failures):
+                    if batch:
+                        try:
+                            self.metrics.dsns.inc(await self.reports.send(mail, batch, body))
+                        except ReportNotSent as exc:
+                            return Retry(str(exc), delay=5.0)
         if held:
             # A storage that refuses writes outweighs the rest: the job waits for it.
             return Retry("; ".join(f"{a}: {w}" for a, w in list({**held, **retry}.items())[:3]),
@@ -377,7 +393,7 @@ class Delivery:
         if await self.accounts.directory.account(address) is None:
             # The edge checked it against the directory; it was deleted since.  Kept in the
             # dead-letter stream rather than dropped: an operator decides.
-            return {address: (REJECTED, "no such account")}
+            return {address: (REJECTED, NO_ACCOUNT)}
         lease = self.ownership.holding(address)
         if lease is None:
             return {address: (RETRY, "lease lapsed before the write")}
@@ -386,7 +402,7 @@ class Delivery:
                                                  mail.special_use)
         except OverQuota as exc:
             self.metrics.over_quota.inc()
-            return {address: (REJECTED, f"over quota: {exc}")}
+            return {address: (REJECTED, f"{OVER_QUOTA}: {exc}")}
         except NotOwner as exc:
             return {address: (RETRY, str(exc))}
         except Exception as exc:

@@ -1,4 +1,6 @@
-"""Success DSNs (RFC 3461 NOTIFY=SUCCESS): the "delivered" report of mail stored in a mailbox.
+"""Success DSNs (RFC 3461 NOTIFY=SUCCESS): the "delivered" report of mail stored in a mailbox;
+and, sent the same way, the "failed" report of mail the store could not store (over quota,
+the account deleted since the edge took it: ``colony.outbound.dsn.store_failed_reports``).
 
 A DSN-conforming MTA that delivers a message into the recipient's mailbox issues a
 "delivered" DSN when the RCPT asked for SUCCESS (RFC 3461 §5.2.3).  The mail store is where
@@ -78,11 +80,12 @@ class SuccessReports:
                                       timeout=self.settings.mail_publish_timeout)
             except (NatsTimeoutError, NoRespondersError) as exc:
                 raise ReportNotSent(f"publishing the delivery report for {mail.message_id}: {exc!r}") from exc
+        action = reports[0].action
         if items:
-            log.info("DSN (delivered) for %s to %s: %s", mail.message_id, mail.mail_from,
+            log.info("DSN (%s) for %s to %s: %s", action, mail.message_id, mail.mail_from,
                      ", ".join(f.recipient.address for f in reports))
         else:
-            log.info("DSN (delivered) for %s not sent: %s receives no mail", mail.message_id, mail.mail_from)
+            log.info("DSN (%s) for %s not sent: %s receives no mail", action, mail.message_id, mail.mail_from)
         return len(items)
 
     async def _route(self, sender: str) -> tuple[list[str], list[str]]:

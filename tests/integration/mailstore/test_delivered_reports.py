@@ -27,9 +27,11 @@ async def world(cluster, tmp_path):
     await w.close()
 
 
-def mail_to(recipients: list[MailRecipient], mail_from: str, message_id: str, **more) -> InboundMail:
+def mail_to(recipients: list[MailRecipient], mail_from: str, message_id: str, text_pad: int = 0,
+            **more) -> InboundMail:
     body = (f"Return-Path: <{mail_from}>\r\nFrom: {mail_from or 'daemon@remote.test'}\r\n"
-            f"Message-Id: <{message_id}@test>\r\nSubject: please confirm\r\n\r\nthe body text\r\n").encode()
+            f"Message-Id: <{message_id}@test>\r\nSubject: please confirm\r\n\r\nthe body text\r\n"
+            + "x" * text_pad).encode()
     return InboundMail(message_id=message_id, domain=DOMAIN, mail_from=mail_from, recipients=recipients,
                        size=len(body), edge_node="test", body=body, **more)
 
@@ -112,6 +114,47 @@ async def test_remote_sender_report_goes_to_outbound_and_null_sender_gets_none(w
                      "both messages stored")
     await wait_until(lambda: _stream_empty(world), 60, "MAIL drained")
     assert len(await outbound()) == 1     # nothing for the null sender's message
+
+
+async def test_mail_the_store_cannot_store_is_reported_failed_to_its_sender(world):
+    """Over quota (or the account deleted since the edge took it): the edge answered 250, so
+    the store reports the failure (RFC 5321 §6.1) -- Status 5.2.2 (5.1.1) -- to the sender
+    unless the RCPT said NOTIFY=NEVER, and the job still goes to DEAD_LETTERS for an operator."""
+    small, gone = f"small@{DOMAIN}", f"gone@{DOMAIN}"
+    await world.domain()
+    await world.account(ALICE)
+    await world.account(small, quota_bytes=1000)
+    await world.start_ready("mailstore-1")
+    full, never = uuid.uuid4().hex, uuid.uuid4().hex
+    await publish(world, mail_to([MailRecipient(mailbox=small, original="Small@Example.com", notify=["FAILURE"],
+                                                orcpt="rfc822;Small@Example.com"),
+                                  MailRecipient(mailbox=gone, original=gone)],
+                                 ALICE, full, text_pad=2000, envid="env-full"))
+    await publish(world, mail_to([MailRecipient(mailbox=small, original=small, notify=["NEVER"])], ALICE, never,
+                                 text_pad=2000))
+    js = world.nc.jetstream()
+
+    async def dead_lettered():
+        return (await js.stream_info(names.STREAM_DEAD_LETTERS)).state.messages == 2
+    await wait_until(dead_lettered, 60, "both jobs in DEAD_LETTERS")
+
+    def failed_reports(message_id: str) -> dict[str, int]:
+        return {k: n for k, n in world.stored_ids(ALICE).items() if k.startswith(f"{message_id}.dsn-failed-")}
+    await wait_until(lambda: _async(len(failed_reports(full)) == 1), 60, "the failure report in alice's INBOX")
+    from colony.storage.layout import StorageLayout, find_account
+    account_dir = find_account(world.root, DOMAIN, "alice", StorageLayout())[0]
+    [raw] = [(account_dir.mail_dir / "bodies" / m.body).read_bytes()
+             for m in world.state(ALICE).box("INBOX").messages.values() if m.key.startswith(f"{full}.dsn-failed-")]
+    report = email.message_from_bytes(raw)
+    assert report["Subject"] == "Undelivered Mail Returned to Sender" and report["To"] == f"<{ALICE}>"
+    status = report.get_payload()[1].as_string()
+    assert "Original-Envelope-Id: env-full" in status
+    for block in (f"Original-Recipient: rfc822;Small@Example.com\nFinal-Recipient: rfc822; {small}\n"
+                  "Action: failed\nStatus: 5.2.2\nDiagnostic-Code: x-colony; mailbox full",
+                  f"Final-Recipient: rfc822; {gone}\nAction: failed\nStatus: 5.1.1"):
+        assert block in status, status
+    assert "would exceed" not in status            # the store's own wording stays in the dead letter
+    assert failed_reports(never) == {}             # NOTIFY=NEVER: no report
 
 
 async def _async(value):
