@@ -69,6 +69,7 @@ class SmtpServer:
             try:
                 await session.run()
             finally:
+                session._finished.set()
                 session.discard_spool()
                 writer.close()
                 await self.policy.disconnect(session.info)
@@ -98,6 +99,7 @@ class _Session:
         self._spool_path: Path | None = None
         self._receiving = False     # a message is being received (DATA/BDAT)
         self._closing = False
+        self._finished = asyncio.Event()   # run() has returned
 
     # --- life -----------------------------------------------------------------------------
 
@@ -158,9 +160,15 @@ class _Session:
         self.conn.receive_data(data, self.loop.time())
 
     async def goodbye(self) -> None:
-        """Drain timed out: 421 4.3.2 now, then close (the tracker bounds how long this takes)."""
-        self._closing = True
+        """Drain timed out: 421 4.3.2 now, then close (the tracker bounds how long this takes).
+        While a command waits for the policy or the acceptor (a message being made durable),
+        the session answers it first and the core adds the 421: the client hears the 250 of
+        a message that was kept, and does not send it again."""
         self.conn.shutdown()
+        if not self.conn.closed:
+            await self._finished.wait()
+            return
+        self._closing = True
         with suppress(Exception):
             self.writer.write(self.conn.data_to_send())
             await asyncio.wait_for(self.writer.drain(), 5)

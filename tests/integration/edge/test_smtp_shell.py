@@ -49,13 +49,13 @@ class Acceptor:
         return f"id{len(self.messages)}"
 
 
-async def serve(tmp_path, acceptor=None, **config):
+async def serve(tmp_path, acceptor=None, tracker=None, **config):
     registry = CollectorRegistry()
     metrics = SmtpMetrics(registry)
     cfg = dict(hostname="mx.test", spool_dir=tmp_path / "spool", max_message_size=10_000_000, max_recipients=100,
                max_errors=10, timeout=60.0)
     cfg.update(config)
-    server = SmtpServer(SmtpServerConfig(**cfg), Policy(), acceptor or Acceptor(), metrics, SessionTracker())
+    server = SmtpServer(SmtpServerConfig(**cfg), Policy(), acceptor or Acceptor(), metrics, tracker or SessionTracker())
     listener = await asyncio.start_server(server.handle, "127.0.0.1", 0)
     return listener, listener.sockets[0].getsockname()[1], registry
 
@@ -143,6 +143,57 @@ async def test_acceptance_failure_is_451_and_nothing_is_kept(tmp_path):
         async def spool_gone() -> bool:
             return list((tmp_path / "spool").iterdir()) == []
         await wait_until(spool_gone, 30, "the spool file removed at the session's end")
+
+
+class SlowAcceptor(Acceptor):
+    """Makes a message durable only once ``release`` is set (a slow bus)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting, self.release = asyncio.Event(), asyncio.Event()
+
+    async def accept(self, session, message):
+        self.waiting.set()
+        await self.release.wait()
+        return await super().accept(session, message)
+
+
+async def test_a_drain_while_a_message_is_made_durable_answers_250_before_421(tmp_path):
+    # The hand-over of a drain used to answer 421 at once: the client, told to try again,
+    # sent again the message that was kept meanwhile (a duplicate).
+    acceptor, tracker = SlowAcceptor(), SessionTracker()
+    listener, port, _ = await serve(tmp_path, acceptor, tracker=tracker)
+    async with listener:
+        c = await Client.open(port)
+        await c.cmd(b"EHLO c.test\r\n")
+        await c.cmd(b"MAIL FROM:<a@b.test>\r\n")
+        await c.cmd(b"RCPT TO:<ok@x.test>\r\n")
+        assert (await c.cmd(b"DATA\r\n")).startswith(b"354")
+        c.writer.write(b"hello\r\n.\r\n")
+        await asyncio.wait_for(acceptor.waiting.wait(), 30)
+        hand_over = asyncio.create_task(tracker.hand_over(timeout=30))
+        core = tracker.sessions()[0].goodbye.__self__.conn
+
+        async def goodbye_said() -> bool:   # before the message is kept: the race under test
+            return core.closed or core._shutdown_requested
+        await wait_until(goodbye_said, 30, "the session's goodbye to have run")
+        acceptor.release.set()
+        assert (await c.reply()).startswith(b"250 2.0.0 OK queued as id1")
+        assert (await c.reply()).startswith(b"421 4.3.2")
+        assert await asyncio.wait_for(c.reader.read(), 30) == b""
+        assert await asyncio.wait_for(hand_over, 30) == 1
+    assert len(acceptor.messages) == 1
+
+
+async def test_a_drain_of_an_idle_session_is_421_at_once(tmp_path):
+    tracker = SessionTracker()
+    listener, port, _ = await serve(tmp_path, tracker=tracker)
+    async with listener:
+        c = await Client.open(port)
+        await c.cmd(b"EHLO c.test\r\n")
+        assert await asyncio.wait_for(tracker.hand_over(timeout=30), 30) == 1
+        assert (await c.reply()).startswith(b"421 4.3.2")
+        assert await asyncio.wait_for(c.reader.read(), 30) == b""
 
 
 async def test_idle_client_gets_421_timeout(tmp_path):

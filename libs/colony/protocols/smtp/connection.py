@@ -109,6 +109,7 @@ class ServerConnection:
         self._last_activity = now
         self._pipelining = False        # EHLO advertised it in this session
         self._eof = False
+        self._shutdown_requested = False   # shutdown() while a command waited: after its answer
         self.authenticated = False
         self._auth_mechanism = ""
         self._auth_username: str | None = None   # LOGIN: the first answer, until the second
@@ -195,6 +196,8 @@ class ServerConnection:
         elif isinstance(pending, E.Auth):
             self.authenticated = reply.positive
             self._reply(reply, "AUTH", own=False)
+        if self._shutdown_requested:
+            self.shutdown()
         return self.data_to_send()
 
     def data_to_send(self) -> bytes:
@@ -230,11 +233,17 @@ class ServerConnection:
             self._close(R.TIMEOUT)
 
     def shutdown(self) -> None:
-        """The server is stopping: 421 now, unless a command waits for the policy."""
-        if self._state not in (_CLOSED,):
-            self._abort_message(R.SHUTTING_DOWN)
-            self._out += R.SHUTTING_DOWN.to_bytes()
-            self._close(R.SHUTTING_DOWN)
+        """The server is stopping: 421 now, unless a command waits for the policy: then right
+        after its answer.  A message being made durable must hear its 250: a 421 instead
+        would have the client send it again (a duplicate) once it had been kept."""
+        if self._state == _CLOSED:
+            return
+        if self._pending is not None:
+            self._shutdown_requested = True
+            return
+        self._abort_message(R.SHUTTING_DOWN)
+        self._out += R.SHUTTING_DOWN.to_bytes()
+        self._close(R.SHUTTING_DOWN)
 
     # --- replies and errors -------------------------------------------------------------
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from colony.protocols.smtp import PAUSED, Reply, events as E, replies as R
+from colony.protocols.smtp import NEED_DATA, PAUSED, Reply, events as E, replies as R
 from smtp_driver import Driver, codes
 
 
@@ -320,11 +320,30 @@ def test_client_disconnect_mid_message():
 
 
 def test_shutdown_while_policy_decides():
+    # The policy's answer first, then 421: the command was taken and is answered.
     d = Driver()
-    d.conn.receive_data(b"EHLO c.test\r\n", 1)
+    d.conn.receive_data(b"HELO c.test\r\n", 1)
     assert isinstance(d.conn.next_event(), E.Helo)
     d.conn.shutdown()
-    assert d.conn.send(R.OK) == b"421 4.3.2 Service shutting down; try again later\r\n"
+    assert d.conn.data_to_send() == b"" and not d.conn.closed
+    assert d.conn.send(R.OK) == b"250 mx.test Hello c.test\r\n421 4.3.2 Service shutting down; try again later\r\n"
+    assert d.conn.closed and d.conn.next_event() == E.ConnectionClosed(R.SHUTTING_DOWN)
+
+
+def test_shutdown_while_a_message_is_made_durable_answers_it_first():
+    # A 421 in place of the 250 would have the client send the message again once it had
+    # been kept: a duplicate.  The 250 goes out, then the 421.
+    d = Driver()
+    d.session()
+    d.feed(b"DATA\r\n")
+    d.conn.receive_data(b"hello\r\n.\r\n", 2)
+    while not isinstance(event := d.conn.next_event(), E.DataComplete):
+        assert event not in (NEED_DATA, PAUSED)
+    d.conn.shutdown()
+    assert d.conn.data_to_send() == b""
+    out = d.conn.send(R.QUEUED)
+    assert codes(out) == ["250 2.0.0", "421 4.3.2"] and d.conn.closed
+    assert not any(isinstance(e, E.MessageAborted) for e in iter(d.conn.next_event, PAUSED))
 
 
 def test_mail_and_rcpt_lines_may_carry_long_parameters():
