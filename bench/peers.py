@@ -7,7 +7,9 @@ by it.  Nothing of the machine's own mail configuration is used or touched.
   on disk, like Colony's).
 * ``Postfix``: an MX on 127.0.0.1 that accepts mail for the benchmark's domain and hands it
   to Dovecot over LMTP, or (``relay_to``) relays everything to a sink, with its queue fsynced
-  as Postfix always does.
+  as Postfix always does; or, with neither, a private sending MTA routed by the caller's
+  own main.cf lines (tests/e2e/test_mta_senders.py: Postfix sends to Colony's MX), with
+  ``sendmail``, ``postqueue``, ``postconf`` and its log at hand.
 
 Both run as root-started daemons that drop privileges to their own users, as they do in
 production; ``cpu_seconds()`` sums the user+system CPU of every process of the instance, so
@@ -209,6 +211,12 @@ default_internal_user = dovecot
 
 
 class Postfix:
+    """A private Postfix instance: its own config_directory, queue and data directories and
+    log file under ``workdir/postfix``, its SMTP server on 127.0.0.1:``smtp_port`` only.
+    Routing: ``lmtp_port`` (mail for ``domain`` to Dovecot), ``relay_to`` (everything to
+    host:port), or neither, when ``extra`` says where mail goes (its lines come last in
+    main.cf and may set anything, ``myhostname`` included)."""
+
     def __init__(self, workdir: Path, smtp_port: int, domain: str, lmtp_port: int | None = None,
                  relay_to: str | None = None, extra: str = "") -> None:
         self.dir = workdir / "postfix"
@@ -218,18 +226,29 @@ class Postfix:
         self.lmtp_port = lmtp_port
         self.relay_to = relay_to
 
+    @property
+    def config_dir(self) -> Path:
+        return self.dir / "etc"
+
+    @property
+    def maillog(self) -> Path:
+        return self.dir / "maillog"
+
     def main_cf(self) -> str:
-        route = (f"virtual_mailbox_domains = {self.domain}\nvirtual_transport = lmtp:inet:127.0.0.1:{self.lmtp_port}\n"
-                 if self.lmtp_port else
-                 f"relayhost = [{self.relay_to.split(':')[0]}]:{self.relay_to.split(':')[1]}\n"
-                 "mynetworks = 127.0.0.0/8\nsmtp_tls_security_level = none\n")
-        return f"""# written by bench/peers.py
+        if self.lmtp_port:
+            route = f"virtual_mailbox_domains = {self.domain}\nvirtual_transport = lmtp:inet:127.0.0.1:{self.lmtp_port}\n"
+        elif self.relay_to:
+            route = (f"relayhost = [{self.relay_to.split(':')[0]}]:{self.relay_to.split(':')[1]}\n"
+                     "mynetworks = 127.0.0.0/8\nsmtp_tls_security_level = none\n")
+        else:
+            route = ""
+        text = f"""# written by bench/peers.py
 compatibility_level = 3.6
 queue_directory = {self.dir}/queue
 data_directory = {self.dir}/data
 mail_owner = postfix
 setgid_group = postdrop
-inet_interfaces = 127.0.0.1
+inet_interfaces = loopback-only
 inet_protocols = ipv4
 myhostname = bench-postfix.localdomain
 mydestination =
@@ -242,18 +261,51 @@ smtputf8_enable = yes
 default_process_limit = 100
 lmtp_connection_cache_on_demand = yes
 smtpd_tls_security_level = none
-{route}{self.extra}"""
+{route}"""
+        # A setting of ``extra`` replaces the one above (Postfix would warn of each twice).
+        extra = [line for line in self.extra.splitlines() if "=" in line and not line.lstrip().startswith("#")]
+        overridden = {line.split("=", 1)[0].strip() for line in extra}
+        kept = [line for line in text.splitlines() if line.split("=", 1)[0].strip() not in overridden]
+        return "\n".join(kept) + "\n" + self.extra
 
     def master_cf(self) -> str:
         base = Path("/etc/postfix/master.cf").read_text()
         lines = [line for line in base.splitlines() if not line.startswith("smtp      inet")]
         lines.insert(0, f"127.0.0.1:{self.smtp_port} inet n - n - - smtpd")
-        lines.append("postlog   unix-dgram n  -       n       -       1       postlogd")
+        # tlsproxy: what smtp_tls_connection_reuse hands a cached TLS session to (Debian ships it commented out).
+        lines = [line[1:] if line.startswith("#tlsproxy  unix") else line for line in lines]
+        if not any(line.startswith("postlog ") for line in lines):
+            lines.append("postlog   unix-dgram n  -       n       -       1       postlogd")
         return "\n".join(lines) + "\n"
 
     def _postfix(self, *args: str) -> None:
         subprocess.run(["postfix", "-c", str(self.dir / "etc"), *args], check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def _tool(self, argv: list[str], stdin: bytes = b"") -> subprocess.CompletedProcess:
+        # MAIL_CONFIG: which instance sendmail, postqueue and postsuper talk to.
+        return subprocess.run(argv, input=stdin, capture_output=True, timeout=120,
+                              env={**os.environ, "MAIL_CONFIG": str(self.config_dir)})
+
+    def sendmail(self, *args: str, message: bytes) -> subprocess.CompletedProcess:
+        """Postfix's sendmail(1) of this instance: ``args`` as on its command line, the
+        message on its standard input."""
+        return self._tool(["sendmail", *args], stdin=message)
+
+    def postqueue(self, *args: str) -> subprocess.CompletedProcess:
+        return self._tool(["postqueue", "-c", str(self.config_dir), *args])
+
+    def postconf(self, *settings: str) -> None:
+        """Change main.cf (``name = value`` each) and have the running instance reload it."""
+        subprocess.run(["postconf", "-c", str(self.config_dir), "-e", *settings], check=True, capture_output=True)
+        self._postfix("reload")
+
+    def log(self) -> str:
+        """The instance's log so far (``maillog_file``: every delivery's status and the reply it got)."""
+        try:
+            return self.maillog.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
 
     def start(self) -> None:
         if self.dir.exists():

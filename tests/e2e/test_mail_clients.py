@@ -53,9 +53,11 @@ class Edge:
         self.data_dir = data_dir
 
     def imaps(self, user: str) -> imaplib.IMAP4_SSL:
+        """Logged in as ``user`` of DOMAIN, or as ``user`` itself when it is a whole address."""
         client = imaplib.IMAP4_SSL("127.0.0.1", self.ports["imaps"], timeout=60,
                                    ssl_context=ssl.create_default_context(cafile=str(self.ca)))
-        client.login(f"{user}@{DOMAIN}", PASSWORD)
+        address = user if "@" in user else f"{user}@{DOMAIN}"
+        client.login(address, PASSWORD)
         return client
 
 
