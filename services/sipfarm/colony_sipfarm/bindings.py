@@ -44,7 +44,7 @@ class Binding(BaseModel):
         {"contact": "sip:alice@192.0.2.7:5062;transport=udp", "q": 1.0, "expires_at": 1732550000.0,
          "call_id": "a84b4c76e66710", "cseq": 12, "registered_at": 1732546400.0,
          "member": "sipfarm-1", "transport": "UDP", "source": "192.0.2.7:5062", "nat": false,
-         "user_agent": "..."}
+         "user_agent": "...", "instance": "<urn:uuid:f81d4fae-7dec-11d0-a765-00a0c91e6bf6>", "reg_id": ""}
 
     ``member`` holds the phone's flow: for TCP the connection lives on that member only, so
     requests to the phone go out through it (``transport``/``source`` say where).  ``nat``: the
@@ -63,6 +63,11 @@ class Binding(BaseModel):
     source: str = ""
     nat: bool = False
     user_agent: str = Field("", max_length=256)
+    # The device's ``+sip.instance`` (RFC 5626 §4.1, RFC 5627; unquoted, as sent) and its
+    # ``reg-id``: with an instance the binding is the device's (and flow's), whatever its
+    # Contact URI -- a REGISTER of the same instance and reg-id replaces it (RFC 5626 §6).
+    instance: str = Field("", max_length=256)
+    reg_id: str = Field("", max_length=16)
 
 
 class BindingSet(BaseModel):

@@ -497,6 +497,11 @@ async def test_a_tcp_linphone_re_registers_through_the_other_member_when_its_mem
         return [b for b in await contacts(cluster, "alice") if b["member"] == "sipfarm-2"]
     [binding] = await wait_until(moved, 90, "alice's linphone to register again through member 2", interval=0.5)
     assert binding["transport"] == "TCP", binding
+    # Its new connection gave it a new Contact (linphone writes the connection's port), under
+    # the same +sip.instance: that replaced the binding on the dead member's flow (RFC 5626
+    # §6), which had lived on for its hour, a fork of every call to alice.
+    assert binding["instance"].startswith("<urn:uuid:"), binding
+    assert [b["contact"] for b in await contacts(cluster, "alice")] == [binding["contact"]]
     await alice.registered()
     await bob_calls_alice()
     assert alice.transports() == {"TCP"}, alice.log()
