@@ -59,6 +59,12 @@ KAMAILIO_DIFFERS = {
     "Contact * with a lower CSeq of a binding's Call-ID fails":
         "Kamailio removes the binding; §10.3 step 6: 'it MUST remove the binding only if the CSeq in the "
         "request is higher ... Otherwise, the update MUST be aborted and the request fails': Colony is right",
+    "a contact written in another parameter order and case refreshes its binding":
+        "Kamailio matches contacts by their text and keeps two bindings (calls fork twice to one device); "
+        "§10.3 step 7: 'using the URI comparison rules defined in Section 19.1.4', where parameter order "
+        "and case do not count: Colony",
+    "a contact written differently with expires=0 removes its binding":
+        "as above: Kamailio removes nothing (no binding has that text); Colony removes the equivalent one",
     "Require of an unknown extension: 420":
         "the bench script never checks Require; a registrar is a UAS and MUST answer 420 (§8.2.2.3): Colony",
     "another user's good credentials: 403":

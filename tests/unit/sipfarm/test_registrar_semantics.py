@@ -94,6 +94,17 @@ CASES = [
     _c("a lower CSeq of another Call-ID updates",
        Step(cseq=10, bound={A: (600, 1.0)}),
        Step(expires="900", cseq=3, call_id="other", bound={A: (900, 1.0)})),
+    # Step 7 finds a contact's binding by URI comparison (§19.1.4), not by its text.
+    _c("a contact written in another parameter order and case refreshes its binding",
+       Step(contact=f"<{A};transport=udp;ob>", bound={f"{A};transport=udp;ob": (600, 1.0)}),
+       Step(contact=f"<{A};ob;transport=UDP>", expires="900", cseq=3, bound={f"{A};transport=udp;ob": (900, 1.0)})),
+    _c("a contact written differently with expires=0 removes its binding",
+       Step(contact=f"<{A};transport=udp;ob>", bound={f"{A};transport=udp;ob": (600, 1.0)}),
+       Step(contact=f"<{A};OB;TRANSPORT=udp>", expires="0", cseq=3, bound={})),
+    _c("a contact with an explicit port is another binding",
+       Step(contact="<sip:alice@192.0.2.7>", bound={"sip:alice@192.0.2.7": (600, 1.0)}),
+       Step(contact="<sip:alice@192.0.2.7:5060>", cseq=3,
+            bound={"sip:alice@192.0.2.7": (600, 1.0), "sip:alice@192.0.2.7:5060": (600, 1.0)})),
     # q-values (§20.10: 0 to 1, three decimals at most).
     _c("q-values kept per contact",
        Step(contact=f"<{A}>;q=0.2, <{B}>;q=0.9, <{C}>", bound={A: (600, 0.2), B: (600, 0.9), C: (600, 1.0)})),
@@ -365,3 +376,32 @@ async def test_proxy(case: ProxyCase):
     if case.header is not None:
         name, value = case.header
         assert (", ".join(got.headers.get_all(name)) or None) == value
+
+
+# --- which binding a Contact names (§10.3 step 7: URI comparison, §19.1.4) ------------------
+
+@pytest.mark.parametrize("a, b, same", [
+    # RFC 3261 §19.1.4's own examples.
+    ("sip:%61lice@atlanta.com;transport=TCP", "sip:alice@AtLanTa.CoM;Transport=tcp", True),
+    ("sip:carol@chicago.com", "sip:carol@chicago.com;newparam=5", True),
+    ("sip:carol@chicago.com;security=on", "sip:carol@chicago.com;newparam=5", True),
+    ("sip:biloxi.com;transport=tcp;method=REGISTER?to=sip:bob%40biloxi.com",
+     "sip:biloxi.com;method=REGISTER;transport=tcp?to=sip:bob%40biloxi.com", True),
+    ("sip:alice@atlanta.com?subject=project%20x&priority=urgent",
+     "sip:alice@atlanta.com?priority=urgent&subject=project%20x", True),
+    ("SIP:ALICE@AtLanTa.CoM;Transport=udp", "sip:alice@AtLanTa.CoM;Transport=UDP", False),
+    ("sip:bob@biloxi.com", "sip:bob@biloxi.com:5060", False),
+    ("sip:bob@biloxi.com", "sip:bob@biloxi.com;transport=udp", False),
+    ("sip:bob@biloxi.com", "sip:bob@biloxi.com:6000;transport=tcp", False),
+    ("sip:carol@chicago.com", "sip:carol@chicago.com?Subject=next%20meeting", False),
+    ("sip:bob@phone21.boxesbybob.com", "sip:bob@192.0.2.4", False),
+    # A phone's Contact written in another parameter order or case.
+    ("sip:alice@192.0.2.7:5062;transport=udp;ob", "sip:alice@192.0.2.7:5062;ob;transport=UDP", True),
+    ("sip:alice@192.0.2.7:5062", "sip:alice@192.0.2.7:5062;maddr=192.0.2.9", False),
+    ("sip:alice@192.0.2.7", "sips:alice@192.0.2.7", False),
+])
+def test_uri_equivalence(a, b, same):
+    from colony.protocols.sip.uri import parse_uri, uri_equivalent
+
+    assert uri_equivalent(parse_uri(a), parse_uri(b)) is same
+    assert uri_equivalent(parse_uri(b), parse_uri(a)) is same

@@ -94,6 +94,27 @@ class SipURI:
         return f"{self.scheme}:{userinfo}{self.hostport}{_format_params(self.params)}{headers}"
 
 
+# uri-parameters that make two URIs differ when only one has them (§19.1.4; transport:
+# its examples, "can resolve to different transports").
+_NEVER_IGNORED = frozenset({"user", "ttl", "method", "maddr", "transport"})
+
+
+def uri_equivalent(a: SipURI, b: SipURI) -> bool:
+    """RFC 3261 §19.1.4: the same scheme, userinfo (case-sensitive, after unescaping), host
+    and port (an explicit port is not the same as none); every parameter both have equal (case
+    aside); one that only one has ignored, unless it is user, ttl, method, maddr or transport;
+    the header components equal.  A registrar matches a Contact to a binding so (§10.3 step 7)."""
+    if (a.scheme, a.user, a.password, a.host, a.port) != (b.scheme, b.user, b.password, b.host, b.port):
+        return False
+    pa = {k: v.lower() if v else v for k, v in a.params.items()}
+    pb = {k: v.lower() if v else v for k, v in b.params.items()}
+    if any(pa[k] != pb[k] for k in pa.keys() & pb.keys()):
+        return False
+    if (pa.keys() ^ pb.keys()) & _NEVER_IGNORED:
+        return False
+    return sorted((a.headers or "").split("&")) == sorted((b.headers or "").split("&"))
+
+
 @dataclass(frozen=True)
 class OtherURI:
     """A URI of another scheme (tel:, urn:, ...): kept as text, compared case-insensitively
