@@ -88,7 +88,7 @@ class Client:
         if status != "OK":
             return status
         want = re.sub(r"\.PEEK", "", item).upper()
-        want = re.sub(r"<\d+>$", "", want)
+        want = re.sub(r"<(\d+)\.\d+>$", r"<\1>", want)        # BODY[1]<2.5> is answered BODY[1]<2>
         for r in lines:
             if len(r) >= 4 and r[2] == "FETCH" and r[1] == str(seq):
                 items = r[3]
@@ -172,14 +172,17 @@ async def fetch_items(c: Client, seq: int, items) -> dict:
 async def every_item(c: Client, seq: int) -> dict:
     """Every FETCH item of message ``seq``, sections for every part its BODYSTRUCTURE names."""
     items = await fetch_items(c, seq, ("BODYSTRUCTURE", "BODY", "ENVELOPE", "RFC822.SIZE", "INTERNALDATE",
-                                       "BODY.PEEK[HEADER]", "BODY.PEEK[TEXT]", "BODY.PEEK[]", "BINARY.SIZE[]"))
+                                       "BODY.PEEK[HEADER]", "BODY.PEEK[TEXT]", "BODY.PEEK[]", "BINARY.SIZE[]",
+                                       "BODY.PEEK[HEADER.FIELDS (SUBJECT FROM)]", "BODY.PEEK[HEADER.FIELDS.NOT (SUBJECT)]",
+                                       "BODY.PEEK[TEXT]<3.7>", "BINARY.PEEK[1]<2.4>"))
     structure = items["BODYSTRUCTURE"]
     for section, leaf, message in sections(structure) if isinstance(structure, list) else []:
         wanted = [f"BODY.PEEK[{section}]", f"BODY.PEEK[{section}.MIME]"]
         if leaf:
             wanted += [f"BINARY.PEEK[{section}]", f"BINARY.SIZE[{section}]"]
         if message:
-            wanted += [f"BODY.PEEK[{section}.HEADER]", f"BODY.PEEK[{section}.TEXT]"]
+            wanted += [f"BODY.PEEK[{section}.HEADER]", f"BODY.PEEK[{section}.TEXT]",
+                       f"BODY.PEEK[{section}.HEADER.FIELDS (SUBJECT)]"]
         items.update(await fetch_items(c, seq, wanted))
     return items
 

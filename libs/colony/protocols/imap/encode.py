@@ -111,6 +111,12 @@ def _tokens(text: str, spaces: bool = False) -> list[tuple[str, str]]:
 
 Address = tuple[str | None, str | None, str | None, str | None]   # name, adl, mailbox, host
 
+# What an address without a local part or a domain (``@example.org``, ``user@``, ``<>``) has in
+# their place, as c-client and Dovecot write it: a NIL there would make the address read as a
+# group's start (NIL host) or end (NIL mailbox and host, RFC 9051 §7.5.2) marker.
+MISSING_MAILBOX = "MISSING_MAILBOX"
+MISSING_DOMAIN = "MISSING_DOMAIN"
+
 
 def parse_addresses(text: str) -> list[Address]:
     """An address-list into IMAP's (name adl mailbox host) tuples, groups as the start
@@ -154,7 +160,7 @@ def parse_addresses(text: str) -> list[Address]:
             return
         text_ = "".join(v for _, v in plain)
         local, at, host = text_.rpartition("@") if "@" in text_ else (text_, "", "")
-        out.append((comments[-1] if comments else None, None, local or None, host or "MISSING_DOMAIN"))
+        out.append((comments[-1] if comments else None, None, local or MISSING_MAILBOX, host or MISSING_DOMAIN))
 
     i = 0
     while i < len(tokens):
@@ -173,7 +179,7 @@ def parse_addresses(text: str) -> list[Address]:
                 inner = inner[colon + 1:]
             spec = "".join(v for k, v in inner if k != "c")
             local, _, host = spec.rpartition("@") if "@" in spec else (spec, "", "")
-            out.append((phrase(), adl, local or None, host or ("MISSING_DOMAIN" if local else None)))
+            out.append((phrase(), adl, local or MISSING_MAILBOX, host or MISSING_DOMAIN))
             words = []
             i = j + 1
             continue

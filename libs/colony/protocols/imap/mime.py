@@ -122,7 +122,16 @@ def _headers(data: bytes, start: int, end: int, counter: list[int]) -> Message:
         cut = data.rfind(b"\n", start, start + allowed)
         end = cut + 1 if cut >= start else start
     counter[1] += end - start
-    return BytesHeaderParser(policy=compat32).parsebytes(data[start:end])
+    block = data[start:end]
+    if _OBS_NAME.search(block):
+        block = _OBS_NAME.sub(rb"\1:", block)
+    return BytesHeaderParser(policy=compat32).parsebytes(block)
+
+
+# A field name followed by blanks before its colon (RFC 5322 §4.5.3's obsolete syntax, which
+# §4 says must be accepted): the email package takes such a line for the start of the body,
+# and every field after it was lost (ENVELOPE without its Date, Message-ID, ...).
+_OBS_NAME = re.compile(rb"^([\x21-\x39\x3b-\x7e]+)[ \t]+:", re.MULTILINE)
 
 
 def _split(data: bytes, start: int, end: int) -> tuple[int, int]:
@@ -312,11 +321,15 @@ def section_bytes(data: bytes, root: Part, numbers: list[int], text: str | None,
     if text in ("HEADER.FIELDS", "HEADER.FIELDS.NOT"):
         wanted = {f.lower() for f in fields or []}
         keep = text == "HEADER.FIELDS"
+        block = data[target.header_start:target.header_end]
         out = bytearray()
-        for name, raw in header_fields(data[target.header_start:target.header_end]):
+        for name, raw in header_fields(block):
             if (name.lower() in wanted) == keep:
-                out += raw
-        return bytes(out) + b"\r\n"
+                out += raw if raw.endswith(b"\n") else raw + b"\r\n"   # the last field of a message
+        # "the blank line is included in all header fetches, except in the case of a message
+        # which has no body and no blank line" (RFC 3501 §6.4.5, RFC 9051 §6.4.5)
+        blank = block.endswith(b"\n\n") or block.endswith(b"\n\r\n") or block in (b"\n", b"\r\n")
+        return bytes(out) + (b"\r\n" if blank else b"")
     raise SectionError(f"unknown section text {text}")
 
 
