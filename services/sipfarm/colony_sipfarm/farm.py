@@ -662,7 +662,7 @@ class SipFarm:
         wildcard = any(c.wildcard for c in contacts)
         if wildcard and (len(contacts) > 1 or default != 0):
             return self._local(request, source, 400, "Wildcard Needs Expires 0")
-        changes: list[tuple[str, float, int]] = []    # (contact URI, q, expires)
+        changes: list[tuple[str, float, int, str, str]] = []    # (contact URI, q, expires, instance, reg-id)
         for contact in contacts:
             if contact.wildcard:
                 continue
@@ -681,14 +681,18 @@ class SipFarm:
             uri = str(contact.uri)
             if len(uri) > MAX_CONTACT:
                 return self._local(request, source, 400, "Contact Too Long")
-            changes.append((uri, q, min(expires, self.settings.sip_max_expires)))
+            instance = (contact.params.get("+sip.instance") or "").strip('"').strip()
+            reg_id = (contact.params.get("reg-id") or "").strip() if instance else ""
+            if len(instance) > 256 or len(reg_id) > 16:
+                return self._local(request, source, 400, "Bad Instance")
+            changes.append((uri, q, min(expires, self.settings.sip_max_expires), instance, reg_id))
         transport, host, port = source
         agent = (request.headers.get("User-Agent") or "")[:256]
         via = request.top_via()
         # Behind NAT (RFC 3581 asked for, or the packet came from elsewhere than the Via
         # says): requests to the phone go where its packets came from, not to its Contact.
         nat = "rport" in via.params or "received" in via.params or (via.port or 5060) != port
-        for uri, _, expires in changes:
+        for uri, _, expires, _, _ in changes:
             if expires and _reached_at(uri, transport, host, nat) in self.denied:
                 # As Asterisk's contact_deny ACL answers (403), with the reason in a Warning
                 # (RFC 3261 §20.43) -- but judged by the address requests would go to.
@@ -711,24 +715,37 @@ class SipFarm:
                 # §10.3 step 7 finds a Contact's binding by URI comparison (§19.1.4), not by
                 # its text: the same device written in another parameter order or case.
                 changes[i] = (_bound_as(result, uri), *rest)
+
+            def same_device(uri: str, instance: str, reg_id: str) -> list[Binding]:
+                """RFC 5626 §6: a Contact with ``+sip.instance`` binds the AOR to that instance
+                (and its ``reg-id``), not to its URI -- what else this device registered
+                (an older Contact: another port, a connection since lost)."""
+                return [b for b in result.values() if instance and b.contact != uri
+                        and b.instance.lower() == instance.lower() and b.reg_id == reg_id]
             if any((old := result.get(uri)) is not None and old.call_id == call_id and old.cseq > cseq
-                   for uri, _, _ in changes):
+                   or any(b.call_id == call_id and b.cseq > cseq for b in same_device(uri, instance, reg_id))
+                   for uri, _, _, instance, reg_id in changes):
                 raise _OutOfOrder()
-            if all(self._fresh_enough(result.get(uri), q, now + expires, expires, host, port, transport, nat, agent)
-                   for uri, q, expires in changes):
+            if all(not same_device(uri, instance, reg_id)
+                   and self._fresh_enough(result.get(uri), q, now + expires, expires, host, port, transport, nat, agent,
+                                          instance, reg_id)
+                   for uri, q, expires, instance, reg_id in changes):
                 unwritten = True
                 return None
             unwritten = False
-            for uri, q, expires in changes:
+            for uri, q, expires, instance, reg_id in changes:
                 old = result.get(uri)
                 if old is not None and old.call_id == call_id and old.cseq >= cseq:
                     continue   # a copy of the REGISTER that made it (above)
+                for replaced in same_device(uri, instance, reg_id):
+                    result.pop(replaced.contact, None)
                 if expires == 0:
                     result.pop(uri, None)
                     continue
                 result[uri] = Binding(contact=uri, q=q, expires_at=now + expires, call_id=call_id, cseq=cseq,
                                       registered_at=now, member=self._flow(), transport=transport,
-                                      source=f"{host}:{port}", nat=nat, user_agent=agent)
+                                      source=f"{host}:{port}", nat=nat, user_agent=agent, instance=instance,
+                                      reg_id=reg_id)
             if len(result) > self.settings.sip_max_bindings:
                 raise _TooMany()
             return list(result.values())
@@ -748,7 +765,9 @@ class SipFarm:
         else:
             stored = await self.store.lookup(account)    # a query (§10.2.3)
         self.metrics.registrations.inc()
-        extra = [("Contact", f"<{b.contact}>;expires={max(1, int(b.expires_at - now))};q={b.q:g}") for b in stored]
+        extra = [("Contact", f"<{b.contact}>;expires={max(1, int(b.expires_at - now))};q={b.q:g}"
+                             + (f';+sip.instance="{b.instance}"' if b.instance else "")
+                             + (f";reg-id={b.reg_id}" if b.reg_id else "")) for b in stored]
         extra.append(("Date", self._date_of(now)))
         return self._local(request, source, 200, extra=extra)
 
@@ -760,7 +779,7 @@ class SipFarm:
         return self._date[1]
 
     def _fresh_enough(self, old: Binding | None, q: float, expires_at: float, expires: int, host: str, port: int,
-                      transport: str, nat: bool, agent: str) -> bool:
+                      transport: str, nat: bool, agent: str, instance: str = "", reg_id: str = "") -> bool:
         """A refresh of ``old`` that would change only its expiry, by little: answered from the
         stored binding without a write.  Phones refreshing every minute (a common NAT keep-alive)
         would otherwise cost one synced write each.  The 200 names the stored, slightly
@@ -772,6 +791,7 @@ class SipFarm:
         slack = min(self.settings.sip_refresh_write_slack, expires / 10)
         return (old.q == q and old.member == self._flow() and old.transport == transport
                 and old.source == f"{host}:{port}" and old.nat == nat and old.user_agent == agent
+                and old.instance == instance and old.reg_id == reg_id
                 and expires_at - slack <= old.expires_at <= expires_at)
 
     # --- proxy ----------------------------------------------------------------------------
