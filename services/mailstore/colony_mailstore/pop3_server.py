@@ -17,14 +17,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
+import struct
+import termios
 import time
 from collections.abc import Awaitable, Callable
 
 from colony.bus import names
 from colony.contracts.handoff import MAX_LINE, NOT_OWNER, HandoffError, Verifier
 from colony.events import UsageRecorded
-from colony.protocols.pop3.rules import Close, Commit, MessageInfo, Pop3Server, Retrieve
+from colony.protocols.pop3.rules import Close, Commit, MessageInfo, Pop3Server, Retrieve, State
 from colony.storage import journal
 from colony.storage.mailbox import INBOX, MailboxError
 from colony_mailstore.accounts import AccountManager, NotOwner, OpenAccount
@@ -34,6 +37,7 @@ log = logging.getLogger("colony.mailstore.pop3")
 _CHECK = 0.5          # seconds between checks that the account is still ours (drain reacts this fast)
 _HANDOFF_TIMEOUT = 10.0
 _READ = 64 * 1024
+_CLOSE_GRACE = 5.0    # seconds a closing session's client has to take its last answer
 
 Route = Callable[[str], Awaitable[bool]]     # "may this store serve the account now?" (acquires if vacant)
 Publish = Callable[[str, bytes], Awaitable[object]]
@@ -139,6 +143,18 @@ class Pop3InnerServer:
                    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, closed: asyncio.Event) -> None:
         read: asyncio.Task | None = None
         wake = asyncio.ensure_future(closed.wait())
+        unsent = 0
+
+        def tick() -> None:
+            # The idle timer counts the client's silence, and a client taking a long RETR
+            # is not silent: octets leaving our buffers restart it (RFC 1939 §3).
+            nonlocal unsent
+            now = _unsent(writer)
+            if now < unsent:
+                core.client_active()
+            unsent = now
+            core.handle_timer(self.clock())
+
         try:
             while True:
                 event = core.next_event()
@@ -154,7 +170,15 @@ class Pop3InnerServer:
                     out = core.data_to_send()
                     if out:
                         writer.write(out)
-                        await writer.drain()
+                        unsent = _unsent(writer)
+                        while True:     # a client that takes nothing for the idle timeout is dropped
+                            try:
+                                await asyncio.wait_for(writer.drain(), _CHECK)
+                                break
+                            except asyncio.TimeoutError:
+                                tick()
+                                if core.state == State.CLOSED:
+                                    break
                         continue    # taking the output lets the core go on with pipelined commands
                     if read is None:
                         read = asyncio.ensure_future(reader.read(_READ))
@@ -165,14 +189,21 @@ class Pop3InnerServer:
                         if not data:
                             return          # the edge (client) went away: nothing deleted
                         core.receive_data(data)
-                    core.handle_timer(self.clock())
+                    tick()
                 elif isinstance(event, Retrieve):
                     await self._retrieve(core, acct, uids[event.number - 1], event.top_lines)
                 elif isinstance(event, Commit):
                     core.committed(await self._commit(acct, [uids[n - 1] for n in event.delete]))
                 elif isinstance(event, Close):
+                    if event.reason == "idle timeout":    # closed without a word
+                        if _unsent(writer):
+                            writer.transport.abort()     # what a stuck client left untaken goes too
+                        return
                     writer.write(core.data_to_send())
-                    await writer.drain()
+                    try:
+                        await asyncio.wait_for(writer.drain(), _CLOSE_GRACE)
+                    except asyncio.TimeoutError:
+                        writer.transport.abort()   # (closing would wait for it to take them)
                     return
         finally:
             wake.cancel()
@@ -218,6 +249,17 @@ class Pop3InnerServer:
                 await self.publish(names.usage_subject(domain), event.encode())
             except Exception as exc:  # metering never fails a session
                 log.warning("usage of a POP3 session of %s not recorded: %s", account, exc)
+
+
+def _unsent(writer: asyncio.StreamWriter) -> int:
+    """Octets written to the client and not yet taken by it: asyncio's buffer and the
+    kernel's send queue (TIOCOUTQ, Linux; 0 where it cannot be read)."""
+    count = writer.transport.get_write_buffer_size()
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError, ValueError):
+            count += struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+    return count
 
 
 def _expunge(acct: OpenAccount, uids: list[int]) -> None:

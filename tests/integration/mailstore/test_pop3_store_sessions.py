@@ -63,8 +63,12 @@ async def impatient_store(world, tmp_path):
 class Pop3:
     """A raw session handed over to the store, as an edge opens one."""
 
-    def __init__(self, host: str, port: int, key: bytes) -> None:
-        self.sock = socket.create_connection((host, port), 30)
+    def __init__(self, host: str, port: int, key: bytes, rcvbuf: int | None = None) -> None:
+        self.sock = socket.socket()
+        if rcvbuf:          # a small window: the store's writes wait for what this client reads
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.sock.settimeout(30)
+        self.sock.connect((host, port))
         self.buf = b""
         self.sock.sendall(handoff.sign(key, "pop3", BOB, "198.51.100.7", int(time.time() * 1000)))
         self.status = self.read([b"handoff"])[0]
@@ -179,3 +183,68 @@ async def test_an_idle_session_is_closed_without_a_word_and_deletes_nothing(impa
     assert dele.startswith(b"+OK")
     assert after == b""              # RFC 1939 §3: no response when the autologout timer fires
     assert _inbox(world) == 3        # ...and no UPDATE
+
+
+BIG = 5_000_000     # octets: more than the kernel's send buffer (4 MiB at most) and the client's together
+
+
+async def _with_a_big_message(world) -> int:
+    await world.publish([BOB], text=b"Subject: big\r\n\r\n" + (b"y" * 998 + b"\r\n") * (BIG // 1000))
+
+    async def stored() -> bool:
+        return _inbox(world) == len(TEXTS) + 1
+    await wait_until(stored, 60, "the big message stored")
+    return len(TEXTS) + 1
+
+
+def _slow_download(host: str, port: int, key: bytes, number: int) -> tuple[int, float, bytes]:
+    """RETR of the big message read at ~1 MB/s (longer than the idle timeout), then NOOP."""
+    s = Pop3(host, port, key, rcvbuf=16384)
+    started = time.monotonic()
+    s.sock.sendall(f"RETR {number}\r\n".encode())
+    data = b""
+    while not data.endswith(b"\r\n.\r\n"):
+        chunk = s.sock.recv(16384)
+        assert chunk, f"closed after {len(data)} octets"
+        data += chunk
+        time.sleep(0.015)
+    took = time.monotonic() - started
+    return len(data), took, s.cmd("NOOP")
+
+
+async def test_a_download_longer_than_the_idle_timeout_is_no_idleness(impatient_store):
+    world, host, port, key = impatient_store
+    number = await _with_a_big_message(world)
+    size, took, noop = await asyncio.wait_for(asyncio.to_thread(_slow_download, host, port, key, number), 120)
+    assert size > BIG
+    assert took > 2, "the download must outlast the idle timeout for this test to mean anything"
+    assert noop.startswith(b"+OK"), noop
+
+
+def _stuck(host: str, port: int, key: bytes, number: int) -> tuple[int, bytes]:
+    """RETR of the big message, then nothing read for a while; then read all there is and,
+    if the message came whole, send NOOP: how many octets came, and what came after them."""
+    s = Pop3(host, port, key, rcvbuf=16384)
+    s.sock.sendall(f"RETR {number}\r\n".encode())
+    time.sleep(8)                 # the idle timeout (2 s) and more: the store gives up
+    data, after = b"", b""
+    try:
+        while chunk := s.sock.recv(65536):
+            if data.endswith(b"\r\n.\r\n"):
+                after += chunk
+                continue
+            data += chunk
+            if data.endswith(b"\r\n.\r\n"):
+                s.sock.sendall(b"NOOP\r\n")
+    except ConnectionError:
+        pass
+    return len(data), after
+
+
+async def test_a_client_that_takes_nothing_is_dropped_after_the_idle_timeout(impatient_store):
+    """Without this the session waited in its write for ever, holding the account open."""
+    world, host, port, key = impatient_store
+    number = await _with_a_big_message(world)
+    received, after = await asyncio.wait_for(asyncio.to_thread(_stuck, host, port, key, number), 120)
+    # the octets already in the kernel's queue may still arrive; the session itself is over
+    assert received < BIG and after == b"", (received, after)

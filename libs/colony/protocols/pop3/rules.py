@@ -144,6 +144,13 @@ class Pop3Server:
         self._in.clear()
         return out
 
+    def client_active(self) -> None:
+        """The client took output since the shell last looked: a RETR that takes longer than
+        the idle timeout to download is no inactivity (RFC 1939 §3's timer is an inactivity
+        timer), so the timer starts again."""
+        if self.state != State.CLOSED:
+            self.idle_deadline = self.clock() + self.idle_timeout
+
     def handle_timer(self, now: float) -> None:
         """Past the idle deadline the session ends without a word and without UPDATE (RFC
         1939 §3: the server "should close the TCP connection without removing any messages

@@ -368,3 +368,19 @@ def test_the_idle_timer_closes_without_a_word():
     now[0] = 600.0
     core.handle_timer(now[0])
     assert core.data_to_send() == b"" and core.next_event() == Close("idle timeout") and core.next_event() is None
+
+
+def test_the_idle_timer_restarts_when_the_client_takes_output():
+    """The timer measures inactivity (RFC 1939 §3): the shell says when the client took
+    octets of a long answer (``client_active``), and the timer runs from then."""
+    now = [0.0]
+    core = Pop3Server(lambda: now[0], tls_available=False, allow_plaintext=True)
+    core.handed_over("alice@acme.example", [MessageInfo(10, "7-1")])
+    now[0] = 500.0
+    core.client_active()
+    now[0] = 1000.0
+    core.handle_timer(now[0])
+    assert core.next_event() is None and core.state != "closed"
+    now[0] = 1100.0
+    core.handle_timer(now[0])
+    assert core.next_event() == Close("idle timeout")
