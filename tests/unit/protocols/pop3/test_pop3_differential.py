@@ -3,7 +3,8 @@ code decided from the RFCs (1939 and errata, 2449, 2595, 3206, 5034).  The same 
 replayed against Debian's Dovecot (tests/integration/test_pop3_dovecot_replay.py), which is
 where it came from: every row was run against both, and where the two differ the row says
 which one the RFC supports (``dovecot``: what Dovecot answers instead, and why that is not
-copied).
+copied); and through an edge and a mail store process
+(tests/integration/edge/test_pop3_edge_replay.py).
 
 A row is a list of steps ``(sent, expected)``: ``sent`` is a command line (CRLF added) or raw
 bytes (sent as they are, several commands pipelined in one write), ``expected`` the status
