@@ -8,6 +8,10 @@ its end and which messages were accepted.  The answers are RFC 5321 (and errata)
 Postfix chooses otherwise (a policy of its own that the RFCs allow), ``postfix`` says how
 and why.
 
+``test_edge_agrees`` replays them over a socket against the edge's asyncio shell (an MX with
+a policy that takes every recipient and a stand-in for the bus): the same replies, octets
+accepted and session state as the core's.
+
 ``test_postfix_agrees`` replays the MX's sessions over a socket against a private Postfix
 (Debian's postfix, started on loopback as bench/smtp_inbound.py starts it) and checks the
 class of each reply (2, 3, 4, 5) and that the session is still usable (or closed) alike,
@@ -17,9 +21,11 @@ submission listener, STARTTLS offered) need TLS or SASL that instance lacks: cor
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -475,3 +481,80 @@ def test_postfix_agrees(postfix, case):
             assert peer.step(NOOP[0], 1) == ["250 2.0.0"]
     finally:
         peer.sock.close()
+
+
+# --- the same sessions against the edge's shell -----------------------------------------------
+
+
+class _TakeAll:
+    """The edge's policy, taking every recipient, and its acceptor, keeping what it is given."""
+
+    def __init__(self) -> None:
+        from opentelemetry import trace
+
+        self.messages: list[bytes] = []
+        self.tracer = trace.get_tracer("test")   # the shell opens a span per message
+
+    def policy(self):
+        from colony.contracts.recipients import Mailbox
+        from colony_edge.smtp_policy import ACCEPT, AcceptedRecipient, BasePolicy
+
+        class Policy(BasePolicy):
+            async def rcpt_to(self, session, rcpt):
+                session.recipients.append(AcceptedRecipient(rcpt, (Mailbox(rcpt.address, "x.test", "local"),)))
+                return ACCEPT
+        return Policy()
+
+    async def accept(self, session, message) -> str:
+        self.messages.append(message.read_bytes())
+        return f"id{len(self.messages)}"
+
+
+@pytest.fixture(scope="module")
+def edge_mx(tmp_path_factory):
+    """The edge's SmtpServer on loopback, its loop in a thread of its own (the test talks to
+    it with blocking sockets, as to Postfix)."""
+    from prometheus_client import CollectorRegistry
+
+    from colony.cluster.sessions import SessionTracker
+    from colony_edge.acceptance import SmtpMetrics
+    from colony_edge.smtp_server import SmtpServer, SmtpServerConfig
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    taker = _TakeAll()
+    config = SmtpServerConfig(hostname="mx.test", spool_dir=tmp_path_factory.mktemp("spool"),
+                              max_message_size=10 * 1024 * 1024, max_recipients=100, max_errors=20, timeout=60.0)
+
+    async def start():
+        server = SmtpServer(config, taker.policy(), taker, SmtpMetrics(CollectorRegistry()), SessionTracker())
+        return await asyncio.start_server(server.handle, "127.0.0.1", 0)
+    listener = asyncio.run_coroutine_threadsafe(start(), loop).result(30)
+    try:
+        yield listener.sockets[0].getsockname()[1], taker
+    finally:
+        async def stop():
+            listener.close()
+            await listener.wait_closed()
+        asyncio.run_coroutine_threadsafe(stop(), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(30)
+        loop.close()
+
+
+@pytest.mark.parametrize("case", MX_CASES, ids=[c.id for c in MX_CASES])
+def test_edge_agrees(edge_mx, case):
+    port, taker = edge_mx
+    taker.messages.clear()
+    peer = _Peer(port)
+    try:
+        for i, (data, expected) in enumerate(case.steps):
+            assert peer.step(data, len(expected)) == expected, f"step {i}: {data[:60]!r}"
+        if case.closed:
+            assert peer.replies(0, quiet=5) == [] and peer.eof
+        elif case.probe:
+            assert peer.step(NOOP[0], 1) == ["250 2.0.0"]
+    finally:
+        peer.sock.close()
+    assert taker.messages == case.messages
