@@ -67,6 +67,9 @@ KAMAILIO_DIFFERS = {
         "as above: Kamailio removes nothing (no binding has that text); Colony removes the equivalent one",
     "Require of an unknown extension: 420":
         "the bench script never checks Require; a registrar is a UAS and MUST answer 420 (§8.2.2.3): Colony",
+    "Path with Require: path: 420":
+        "the bench script checks no Require; Colony stores no Path, so it cannot honour one that is "
+        "required (RFC 3327 §5.2, RFC 3261 §8.2.2.3): 420 with Unsupported: path",
     "another user's good credentials: 403":
         "the bench script checks the password only (every user has the same one) and not whose credentials "
         "they are (no auth_check/db_check_to); §10.3 step 4: 403 for a user not authorized for the AOR",
@@ -96,6 +99,9 @@ KAMAILIO_PROXY_DIFFERS = {
     "a user with no binding: 480":
         "the bench script answers 404 to any failed location lookup; §21.4.18: 480 when the user is not "
         "logged in, 404 (§21.4.5) only when the user does not exist: Colony",
+    "OPTIONS to the farm itself with Max-Forwards 0: answered as a UAS":
+        "Kamailio's script checks Max-Forwards first (483); §16.3 step 3: for an OPTIONS with Max-Forwards 0 "
+        "the element MAY answer as the final recipient (§11), otherwise 483 -- both allowed",
     "OPTIONS to the farm itself: 200 with Allow":
         "the bench Kamailio has no alias for the domain (its 'myself' is its address), so an OPTIONS for the "
         "domain is looked up as a user: 404 -- a script choice",

@@ -121,6 +121,12 @@ CASES = [
        Step(contact=f"<{A};transport=udp;ob>;{INSTANCE}", bound={f"{A};transport=udp;ob": (600, 1.0)})),
     # §8.2.2.3: the registrar is a UAS, and supports no extension.
     _c("Require of an unknown extension: 420", Step(extra=("Require: foo",), status=420)),
+    # RFC 3327: the registrar does not store Path; an edge proxy that needs it asks with
+    # Require: path (§5.2) and is told 420, otherwise the Path is ignored like any header.
+    _c("Path with Require: path: 420", Step(extra=("Path: <sip:edge.example;lr>", "Supported: path", "Require: path"),
+                                           status=420)),
+    _c("Path without Require: registered, no Path in the 200",
+       Step(extra=("Path: <sip:edge.example;lr>", "Supported: path"), bound={A: (600, 1.0)})),
     # Steps 3 and 4: who may change whose bindings.
     _c("a third party with the AOR's own credentials", Step(to="bob", auth="bob", bound={A: (600, 1.0)})),
     _c("another user's good credentials: 403", Step(to="bob", auth="alice", status=403)),
@@ -230,7 +236,9 @@ async def test_register(case: Case, transport: str):
         if got.status == 423:
             assert got.headers.get("Min-Expires") == "60"
         if got.status == 420:
-            assert got.headers.get("Unsupported") == "foo"
+            assert got.headers.get("Unsupported") == ("path" if "path" in " ".join(step.extra) else "foo")
+        if got.status == 200:
+            assert "Path" not in got.headers
         if step.reuse:
             assert "stale=true" in got.headers.get("WWW-Authenticate")
 
@@ -338,6 +346,8 @@ PROXY_CASES = [
     ProxyCase("OPTIONS to the farm itself: 200 with Allow", method="OPTIONS", target=f"sip:{DOMAIN}", status=200,
               header=("Allow", "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, MESSAGE, INFO, UPDATE, REFER, NOTIFY, "
                                "SUBSCRIBE, PRACK")),
+    ProxyCase("OPTIONS to the farm itself with Max-Forwards 0: answered as a UAS", method="OPTIONS",
+              target=f"sip:{DOMAIN}", lines=("Max-Forwards: 0",), status=200),
     ProxyCase("OPTIONS to a user goes to the user's device", method="OPTIONS"),
     ProxyCase("CANCEL for no transaction, a user with no binding: 481", method="CANCEL", target=f"sip:alice@{DOMAIN}",
               status=481),
