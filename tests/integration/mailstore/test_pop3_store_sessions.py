@@ -247,4 +247,4 @@ async def test_a_client_that_takes_nothing_is_dropped_after_the_idle_timeout(imp
     number = await _with_a_big_message(world)
     received, after = await asyncio.wait_for(asyncio.to_thread(_stuck, host, port, key, number), 120)
     # the octets already in the kernel's queue may still arrive; the session itself is over
-    assert received < BIG and after == b"", (received, after)
+    assert after == b"", (received, after)
