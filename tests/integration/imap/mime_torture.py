@@ -620,7 +620,10 @@ CASES: list[Case] = [
 #   obs-phrase "Joe Q. Public" keeps its "." (RFC 5322 §4.1); "addr (Name)" names the address
 #   by its comment, as c-client did.
 # * SEARCH FROM/TO/CC/BCC look at the envelope's addresses (RFC 9051 §6.4.4): a comment is not
-#   in it ("nice", "his account"), a source route and a group's name are.  Encoded-words are
+#   in it ("nice", "his account"), a source route and a group's name are.  TEXT ("in the header
+#   or body of the message") also finds the header fields inside the body -- a part's MIME
+#   header ("a tiny picture"), an encapsulated message's header ("Inner Sender"); BODY looks
+#   at the parts' decoded contents only (no preamble, no base64 text, no part headers).  Encoded-words are
 #   decoded for searching (RFC 9051 §6.4.4), also the one inside a quoted string that MUAs
 #   send ("quoted word", strictly not an encoded-word by RFC 2047 §5); adjacent ones join
 #   without the blank between them (RFC 2047 §6.2, "this you understand"); a broken one
@@ -1431,6 +1434,16 @@ SEARCHES: dict[str, list[str]] = {
     'HEADER Message-ID "id-1@"': ['address-edges'],
     'TO "MISSING_MAILBOX"': ['address-edges'],
     'HEADER Message-ID "s1@"': ['thread-edge-2', 'thread-edge-4'],
+    'BODY "encapsulated"': [],
+    'BODY "digest-one@example.org"': [],
+    'BODY "a tiny picture"': [],
+    'TEXT "a tiny picture"': ['nested'],
+    'BODY "preamble"': [],
+    'BODY "epilogue"': [],
+    'BODY "R0lGODlh"': [],
+    'BODY "YmVmb3Jl"': [],
+    'TEXT "Inner Sender"': ['nested'],
+    'HEADER Subject "encapsulated"': [],
 }
 SORTS: dict[str, list[str]] = {
     '(SUBJECT) UTF-8 ALL':

@@ -1654,11 +1654,23 @@ class _View:
         return self._root()[1].header(name)
 
     def headers_text(self) -> str:
-        # Within the bound the MIME analysis parses (``mime.MAX_HEADER_PART``): decoding
-        # encoded-words costs ~40x the octets, and a message may be all header fields.
+        """The header text TEXT searches: the message's header and those inside its body --
+        each part's MIME header and an encapsulated message's header (a forwarded message's
+        From and Subject), which are "in the header or body of the message" (RFC 9051
+        §6.4.4) though BODY, which searches the parts' decoded contents, does not see them.
+        Within the bound the MIME analysis parses (``mime.MAX_HEADER_PART``, the message's
+        own header first): decoding encoded-words costs ~40x the octets, and a message may
+        be all header fields."""
         data, root = self._root()
-        end = min(root.header_end, root.header_start + mime.MAX_HEADER_PART)
-        return search.decode_header_value(data[root.header_start:end].decode("utf-8", "replace"))
+        out, budget = [], mime.MAX_HEADER_PART
+        for part in root.walk():
+            if budget <= 0:
+                break
+            end = min(part.header_end, part.header_start + budget)
+            if end > part.header_start:
+                budget -= end - part.header_start
+                out.append(search.decode_header_value(data[part.header_start:end].decode("utf-8", "replace")))
+        return "\n".join(out)
 
     def body_text(self) -> str:
         data, root = self._root()
