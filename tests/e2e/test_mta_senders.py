@@ -81,6 +81,8 @@ virtual_gid_maps = static:65534
 smtp_tls_security_level = encrypt
 smtp_tls_CAfile = {edge.ca}
 smtp_tls_loglevel = 1
+# Every command Postfix's SMTP client sends and every reply it reads, in its log.
+debug_peer_list = 127.0.0.1
 smtp_connection_cache_on_demand = yes
 # A TLS session is cached only through tlsproxy (Postfix 3.4+); without it every message
 # has a connection of its own.
@@ -157,6 +159,24 @@ def deliveries(postfix: Postfix, qid: str, count: int, status: str = "") -> list
                     + postfix.log()[-3000:])
 
 
+def conversation(postfix: Postfix, delivery: str, port: int) -> list[str]:
+    """What the SMTP client process that logged ``delivery`` (one of ``deliveries``) sent to
+    and read from 127.0.0.1:``port`` (``debug_peer_list``), in order: "> COMMAND" and
+    "< reply line", TLS and all, up to that delivery line."""
+    pid = re.search(r"postfix/smtp\[(\d+)\]", delivery).group(1)
+    log = postfix.log()
+    peer = f"postfix/smtp[{pid}]: "
+    said = []
+    for line in log[: log.index(delivery)].splitlines():
+        _, found, rest = line.partition(peer)
+        for way in ("> ", "< "):
+            if found and rest.startswith(f"{way}127.0.0.1[127.0.0.1]:{port}: "):
+                said.append(way + rest.split(": ", 1)[1])
+    # The session of this delivery: from its (last) greeting on.
+    greetings = [i for i, line in enumerate(said) if line.startswith("< 220 ") and "ESMTP" in line]
+    return said[greetings[-1]:] if greetings else said
+
+
 def mailbox(world: World, user: str, needle: str, count: int = 1) -> list[bytes]:
     """The messages in Postfix's local maildir of ``user`` that contain ``needle``."""
     def look() -> list[bytes] | None:
@@ -214,6 +234,12 @@ def test_sendmail_with_dsn_options_over_required_tls_lands_once_intact(world):
     log = world.postfix.log()
     assert re.search(rf"TLS connection established to 127\.0\.0\.1\[127\.0\.0\.1\]:{world.edge.ports['smtp']}: TLSv1\.[23]",
                      log), log[-2000:]
+    said = conversation(world.postfix, line, world.edge.ports["smtp"])
+    assert "> STARTTLS" in said and any(s.startswith("< 220 2.0.0") for s in said), said
+    [mail_from] = [s for s in said if s.startswith("> MAIL FROM:")]
+    for parameter in (r"SIZE=\d+", "BODY=8BITMIME", "RET=HDRS", f"ENVID={envid}"):
+        assert re.search(rf" {parameter}( |$)", mail_from), mail_from
+    assert f"> RCPT TO:<alice@{DOMAIN}> ORCPT=rfc822;alice@{DOMAIN} NOTIFY=SUCCESS,FAILURE,DELAY" in said, said
 
     got, text = text_of(world.edge, "alice", subject)
     assert text == body.replace("\n", "\r\n").encode(), text
@@ -258,6 +284,14 @@ def test_ten_recipients_in_three_domains_go_in_one_pipelined_transaction(world):
     lines = deliveries(world.postfix, qid, len(TEN), "sent")
     ours = {re.search(r"queued as ([^)\s]+)\)", line).group(1) for line in lines}
     assert len(ours) == 1, lines                        # one transaction at the MX
+    said = conversation(world.postfix, lines[0], world.edge.ports["smtp"])
+    rcpts = [i for i, s in enumerate(said) if s.startswith("> RCPT TO:")]
+    accepted = [i for i, s in enumerate(said) if s.startswith("< 250 2.1.5")]
+    assert len(rcpts) == len(accepted) == len(TEN), said
+    mail_from = next(i for i, s in enumerate(said) if s.startswith("> MAIL FROM:"))
+    body = said.index("> DATA")          # (Postfix's client sends DATA, never BDAT)
+    # Pipelined: MAIL, every RCPT and the body's command written before the first reply to them.
+    assert mail_from < rcpts[-1] < body < min(i for i, s in enumerate(said) if i > mail_from and s.startswith("< ")), said
     assert {re.search(r"to=<([^>]+)>", line).group(1) for line in lines} == set(TEN)
     for address in TEN:
         arrived(world.edge, address, subject)
@@ -400,3 +434,24 @@ def test_size_is_declared_and_mail_over_the_quota_comes_back_to_the_sender(world
                   "Undelivered Mail Returned to Sender"):
         assert field in report_text, report_text
     arrived(world.edge, SMALL, subject)                       # the first one only
+
+
+def test_dot_stuffed_text_and_a_last_line_without_its_end(world):
+    """Postfix dot-stuffs the text it sends after DATA: lines of dots and a leading dot come
+    back as written, 8-bit octets untouched, and the last line, which the program gave
+    without a line end, ends with CRLF (sendmail completes it)."""
+    subject = unique("dots")
+    body = f"{EIGHT_BIT}\n.\n..\n.leading dot\n...\nlast line without a newline"
+    mid, msg = message(subject, body, to=f"bob@{DOMAIN}", headers="MIME-Version: 1.0\n"
+                       "Content-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: 8bit\n")
+    out = world.postfix.sendmail("-oi", "-f", SENDER, f"bob@{DOMAIN}", f"carol@{DOMAIN}", message=msg)
+    assert out.returncode == 0, out.stderr
+    lines = deliveries(world.postfix, queue_id(world.postfix, mid), 2, "sent")
+    said = conversation(world.postfix, lines[0], world.edge.ports["smtp"])
+    data = said.index("> DATA")
+    assert said[data - 1].startswith("> RCPT TO:") and said[data + 1].startswith("< 250 2.1.0"), said  # pipelined
+    go_ahead = next(i for i, s in enumerate(said) if s.startswith("< 354 "))
+    assert go_ahead > data and said[go_ahead + 1] == "> .", said
+    for user in ("bob", "carol"):
+        _, text = text_of(world.edge, user, subject)
+        assert text == (body + "\n").replace("\n", "\r\n").encode(), text
