@@ -176,7 +176,8 @@ async def every_item(c: Client, seq: int) -> dict:
     items = await fetch_items(c, seq, ("BODYSTRUCTURE", "BODY", "ENVELOPE", "RFC822.SIZE", "INTERNALDATE",
                                        "BODY.PEEK[HEADER]", "BODY.PEEK[TEXT]", "BODY.PEEK[]", "BINARY.SIZE[]",
                                        "BODY.PEEK[HEADER.FIELDS (SUBJECT FROM)]", "BODY.PEEK[HEADER.FIELDS.NOT (SUBJECT)]",
-                                       "BODY.PEEK[TEXT]<3.7>", "BINARY.PEEK[1]<2.4>"))
+                                       "BODY.PEEK[TEXT]<3.7>", "BINARY.PEEK[1]<2.4>", "BODY.PEEK[9]", "BODY.PEEK[1.9]",
+                                       "BINARY.PEEK[9]", "BINARY.SIZE[9]", "BINARY.PEEK[2]", "BODY.PEEK[1.MIME]<0.10>"))
     structure = items["BODYSTRUCTURE"]
     for section, leaf, message in sections(structure) if isinstance(structure, list) else []:
         wanted = [f"BODY.PEEK[{section}]", f"BODY.PEEK[{section}.MIME]"]
