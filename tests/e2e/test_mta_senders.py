@@ -368,15 +368,22 @@ def test_smtputf8_sender_and_8bit_headers(world):
     mid, msg = message(subject, f"{EIGHT_BIT}\n", sender=UTF8_SENDER, to=f"dave@{DOMAIN}",
                        headers="MIME-Version: 1.0\nContent-Type: text/plain; charset=utf-8\n"
                                "Content-Transfer-Encoding: 8bit\n")
-    out = world.postfix.sendmail("-f", UTF8_SENDER, f"dave@{DOMAIN}", message=msg)
+    out = world.postfix.sendmail("-N", "success", "-f", UTF8_SENDER, f"dave@{DOMAIN}", message=msg)
     assert out.returncode == 0, out.stderr
     [sent] = deliveries(world.postfix, queue_id(world.postfix, mid), 1, "sent")
     assert "(250 2.0.0 OK queued as " in sent, sent
+    said = conversation(world.postfix, sent, world.edge.ports["smtp"])
+    [mail_from] = [s for s in said if s.startswith("> MAIL FROM:")]
+    assert mail_from.startswith(f"> MAIL FROM:<{UTF8_SENDER}> ") and " SMTPUTF8" in mail_from, mail_from
     got, text = text_of(world.edge, "dave", subject.split(" Grüße")[0])
     assert text == f"{EIGHT_BIT}\r\n".encode()
     assert got["Return-Path"] == f"<{UTF8_SENDER}>"
     assert got["Subject"] == subject and got["From"] == UTF8_SENDER
     assert " with UTF8SMTPS " in " ".join(got.get_all("Received")[0].split()), got.get_all("Received")
+    # The delivery report goes back to the UTF-8 address: the cluster's outbound queue must
+    # send it with SMTPUTF8 to sender.test's MX (Postfix), which files it for müller.
+    [report] = mailbox(world, "müller", f"Message-ID: <{mid}>")
+    assert b"Action: delivered" in report and f"Final-Recipient: rfc822; dave@{DOMAIN}".encode() in report
 
 
 def test_connection_reuse_when_mail_queues_up(world):
