@@ -42,6 +42,7 @@ class _Dovecot(Dovecot):
 def dovecot(tmp_path_factory):
     need_tool("dovecot", "dovecot-core")
     need_tool("/usr/lib/dovecot/pop3", "dovecot-pop3d")
+    need_tool("/usr/lib/dovecot/lmtp", "dovecot-lmtpd")     # bench/peers.py's instance listens for LMTP too
     if os.geteuid() != 0:
         pytest.skip("Dovecot is started as root and drops to its own users (as bench/peers.py runs it)")
     pop3_port, lmtp_port = free_ports(2)
