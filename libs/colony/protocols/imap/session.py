@@ -678,10 +678,13 @@ class Session:
             self._send(f"* OK [HIGHESTMODSEQ {max(box.highest_modseq, 1)}] Highest")
 
     def _do_idle(self, cmd: C.Simple, store: Store) -> str | None:
-        self._sync(store, expunge=self.state == SELECTED)
+        # The continuation first, then what changed since the client last heard: RFC 2177's
+        # order (updates "as long as an IDLE command is active"), and clients read exactly
+        # one response after IDLE and give up unless it is the "+" (getmail's go_idle).
         self._idle_tag = cmd.tag
         self._woken = False
         self._send("+ idling")
+        self._sync(store, expunge=self.state == SELECTED)
         return None
 
     def _do_select(self, cmd: C.Select, store: Store) -> str:

@@ -288,6 +288,19 @@ def test_idle_reports_a_delivery_when_woken(mail):
     assert "i OK" in c.cmd("DONE")
 
 
+def test_idle_sends_the_continuation_before_what_changed_since_the_last_command(mail):
+    """RFC 2177: updates come "as long as an IDLE command is active", i.e. after the "+".
+    getmail's IDLE reads exactly one response after the command and gives up ("server refused
+    IDLE") unless it is the continuation, so mail that arrived between its SELECT and its
+    IDLE ended its wait."""
+    c = selected(mail)
+    mail.append("INBOX", MSG)
+    mail.commit()
+    out = c.cmd("i IDLE")
+    assert out.startswith("+ idling\r\n") and "* 3 EXISTS\r\n" in out, out
+    assert "i OK" in c.cmd("DONE")
+
+
 def test_mailbox_management_and_list(mail):
     c = logged_in(mail)
     out = c.cmd('l LIST "" "*"')
