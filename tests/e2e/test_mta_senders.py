@@ -384,6 +384,15 @@ def test_smtputf8_sender_and_8bit_headers(world):
     # send it with SMTPUTF8 to sender.test's MX (Postfix), which files it for müller.
     [report] = mailbox(world, "müller", f"Message-ID: <{mid}>")
     assert b"Action: delivered" in report and f"Final-Recipient: rfc822; dave@{DOMAIN}".encode() in report
+    # What Postfix's SMTP server read from the cluster (RFC 6531 §3.4: a UTF-8 address needs
+    # SMTPUTF8 on MAIL; Postfix takes it without, a stricter server would not).
+    log = world.postfix.log().splitlines()
+    heard = re.compile(r"postfix/smtpd\[(\d+)\]: < [^ ]*\[127\.0\.0\.1\]: (.*)$")
+    said = [(m.group(1), m.group(2)) for m in map(heard.search, log) if m]
+    rcpt = next(i for i, (_, text) in enumerate(said) if text.startswith(f"RCPT TO:<{UTF8_SENDER}>"))
+    pid = said[rcpt][0]
+    [*_, mail] = [text for p, text in said[:rcpt] if p == pid and text.startswith("MAIL FROM:<>")]
+    assert " SMTPUTF8" in mail, mail
 
 
 def test_connection_reuse_when_mail_queues_up(world):

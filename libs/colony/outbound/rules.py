@@ -104,17 +104,19 @@ def transfer_options(job: OutboundMail, message: bytes, offered: Callable[[str],
     the extensions ``offered`` says, or ``Unsendable``.
 
     * SMTPUTF8 (RFC 6531 §3.2): a message that needs it -- a non-ASCII envelope address or
-      header field -- is not sent to a server that does not offer it (5.6.7, as Postfix
-      says); one that only declared it but is all ASCII goes without the parameter.
+      header field -- goes with the parameter, declared or not (a report made here to a
+      UTF-8 address, a forwarded copy, declare nothing), and is not sent to a server that
+      does not offer it (5.6.7, as Postfix says); one that only declared it but is all ASCII
+      goes without the parameter where it is not offered.
     * 8-bit octets (RFC 6152 §3): ``BODY=8BITMIME`` when offered, whether or not the sender
       declared it; without the extension the client must convert or bounce, and we bounce
       (5.6.3, "conversion required but not supported") rather than send them raw.
     """
     options = []
-    if job.smtputf8:
-        end = message.find(b"\r\n\r\n")
-        needs = (not job.mail_from.isascii() or not all(r.address.isascii() for r in job.recipients)
-                 or not message[: end if end >= 0 else len(message)].isascii())
+    end = message.find(b"\r\n\r\n")
+    needs = (not job.mail_from.isascii() or not all(r.address.isascii() for r in job.recipients)
+             or not message[: end if end >= 0 else len(message)].isascii())
+    if job.smtputf8 or needs:
         if offered("SMTPUTF8"):
             options.append("SMTPUTF8")
         elif needs:

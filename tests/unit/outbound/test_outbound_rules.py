@@ -137,6 +137,10 @@ UTF8_HEADER = "Subject: Grüße\r\n\r\nhi\r\n".encode()
     ({"smtputf8": True}, UTF8_HEADER, {"8BITMIME"}, "5.6.7"),
     ({"smtputf8": True}, UTF8_HEADER, {"8BITMIME", "SMTPUTF8"}, ("BODY=8BITMIME", "SMTPUTF8")),
     ({"smtputf8": True, "mail_from": "jörg@example.com"}, ORIGINAL, {"8BITMIME"}, "5.6.7"),
+    # Undeclared (a report or forwarded copy made here) but UTF-8: the parameter all the same.
+    ({}, UTF8_HEADER, {"8BITMIME", "SMTPUTF8"}, ("BODY=8BITMIME", "SMTPUTF8")),
+    ({}, UTF8_HEADER, {"8BITMIME"}, "5.6.7"),
+    ({"mail_from": "jörg@example.com"}, ORIGINAL, {"SMTPUTF8"}, ("SMTPUTF8",)),
 ])
 def test_transfer_options_bounce_rather_than_send_8bit_or_utf8_raw(fields, message, offered, expected):
     j = job("a@remote.test", **fields)
@@ -146,6 +150,15 @@ def test_transfer_options_bounce_rather_than_send_8bit_or_utf8_raw(fields, messa
         with pytest.raises(Unsendable) as caught:
             transfer_options(j, message, offered.__contains__, "mx.remote.test")
         assert caught.value.text.startswith(expected) and "mx.remote.test" in caught.value.text
+
+
+def test_a_report_to_a_utf8_address_goes_with_smtputf8():
+    """A DSN from the null sender to müller@ (RFC 6531 §3.4: a UTF-8 address in RCPT needs
+    the SMTPUTF8 parameter on MAIL), which nobody declared: Postfix, strict, would refuse it."""
+    report = job("müller@remote.test", mail_from="")
+    assert transfer_options(report, ORIGINAL, {"SMTPUTF8", "8BITMIME"}.__contains__, "mx.remote.test") == ("SMTPUTF8",)
+    with pytest.raises(Unsendable):
+        transfer_options(report, ORIGINAL, {"8BITMIME"}.__contains__, "mx.remote.test")
 
 
 @pytest.mark.parametrize("body, sendable", [
