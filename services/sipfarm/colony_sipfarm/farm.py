@@ -924,7 +924,10 @@ class SipFarm:
         (``member``, None: this one) -- its TLS listener for TLS.  A phone that looks for its
         connection by the Via's address (linphone's belle-sip does) finds the one it has; the
         SIP port under ``SIP/2.0/TLS`` had linphone open a TLS connection to a port that
-        speaks no TLS, and every answer it gave to a call through another member was lost."""
+        speaks no TLS, and every answer it gave to a call through another member was lost.
+        And ``rport`` (RFC 3581 §3, proxies too): the phone answers where the request came
+        from (§4) -- through a balancer, its own connection to it; the member's address behind
+        it may be unreachable, or (over TLS) a name its certificate check refuses."""
         flow = self._caller_flow(request)
         sent_by = self._hostport()
         if transport in ("TCP", "TLS"):
@@ -932,7 +935,7 @@ class SipFarm:
             if found is not None:
                 host, _, port = found.rpartition(":")     # a node record's host:port, IPv6 unbracketed
                 sent_by = f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
-        return (f"SIP/2.0/{transport} {sent_by};branch={self._our_branch(request, index, flow)}"
+        return (f"SIP/2.0/{transport} {sent_by};rport;branch={self._our_branch(request, index, flow)}"
                 f";m={names.node_key(self._flow())}{f';fl={flow}' if flow else ''}{f';{IN_DIALOG}' if in_dialog else ''}")
 
     def _our_branch(self, request: SipRequest, index: int = 0, flow: str | None = None) -> str:
