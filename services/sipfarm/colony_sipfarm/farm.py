@@ -579,9 +579,11 @@ class SipFarm:
         challenge = "WWW-Authenticate" if status == 401 else "Proxy-Authenticate"
         if credentials is None:
             return False, self._challenge(request, source, realm, status, challenge, stale=False)
-        if not _same_resource(credentials.get("uri", ""), request.uri):
+        if not _same_resource(credentials.get("uri", ""), request.uri) and not (
+                request.method == "REGISTER" and _same_resource(credentials.get("uri", ""), _to_uri(request))):
             # RFC 2617 §3.2.2.5: credentials computed for another Request-URI (an INVITE to
             # someone else, taken off the wire, cannot call this callee) -- 400, not a challenge.
+            # A REGISTER's may name its address of record (the To) instead, as some phones write.
             return False, self._local(request, source, 400, "Digest URI Mismatch")
         username = credentials.get("username", "")
         algorithm = credentials.get("algorithm", "MD5").upper().removesuffix("-SESS")
@@ -1494,6 +1496,13 @@ def _for_the_caller(response: SipResponse) -> SipResponse:
     if response.status == 430:
         response.status, response.reason = 480, REASONS[480]
     return response
+
+
+def _to_uri(request: SipRequest):
+    try:
+        return parse_address(request.headers.get("To") or "").uri
+    except URIError:
+        return None
 
 
 def _same_resource(text: str, uri) -> bool:

@@ -139,6 +139,8 @@ CASES = [
     _c("SHA-256", Step(digest={"algorithm": "SHA-256"}, bound={A: (600, 1.0)})),
     _c("MD5-sess", Step(digest={"algorithm": "MD5-sess"}, bound={A: (600, 1.0)})),
     _c("a digest uri naming a user, not the Request-URI: 400", Step(digest={"uri": f"sip:bob@{DOMAIN}"}, status=400)),
+    _c("a REGISTER's digest uri naming its address of record", Step(digest={"uri": f"sip:alice@{DOMAIN}"},
+                                                                    bound={A: (600, 1.0)})),
     _c("a digest uri naming the server's address (as sipp writes it)", Step(digest={"uri": "sip:192.0.2.1:5060"},
                                                                           bound={A: (600, 1.0)})),
     _c("a digest uri written differently is the same URI", Step(digest={"uri": f"SIP:{DOMAIN.upper()}:5060"},
