@@ -179,6 +179,16 @@ class CommandReader:
         binary = bool(match.group(1))
         size = int(match.group(2))
         sync = match.group(3) is None          # "{n}"; "{n+}" and "{n-}" do not wait
+        if len(self._parts) == 1 and b" " not in line[:match.start()].rstrip(b" "):
+            # A literal where the tag or the command name goes ("{3}", "a {3}"): both are
+            # atoms (RFC 9051 §9), so this is no command; the rules answer it BAD, and the
+            # client gets no continuation that would make the next command's first octets
+            # its literal.  A non-synchronizing one is coming anyway: skip it.
+            self._events.append(Command(tuple(self._parts)))
+            self._reset()
+            if not sync:
+                self._discard_left, self._skip_line = size, True
+            return
         if match.group(3) == b"-" and size > 4096:
             sync = True   # LITERAL-: only small literals may be non-synchronizing (RFC 7888 §5)
         if (size > self.max_literal or self._size + size > self.max_command

@@ -819,7 +819,7 @@ class Session:
     def _do_rename(self, cmd: C.Rename, store: Store) -> None:
         old, new = self._decode_name(cmd.old), self._decode_name(cmd.new)
         if new.upper() == "INBOX":
-            raise _No("[CANNOT] Cannot rename into INBOX")
+            raise _No("[ALREADYEXISTS] INBOX always exists")     # RFC 9051 §6.3.6, RFC 5530 §3
         self._find(store, old)
         self._require(store, old, rights.NEEDS["RENAME"])
         existing = {b.name for b in store.mailboxes()}

@@ -186,3 +186,18 @@ def test_a_sequence_set_is_resolved_once_per_mailbox_size(ranges, highest):
     finally:
         SequenceSet.resolved = resolve
     assert calls == [highest, highest + 1]
+
+
+def test_literal_in_place_of_the_tag_or_command_gets_no_continuation():
+    """``{3}`` as a tag or ``a {3}`` as a command name is no command (both are atoms, RFC 9051
+    §9): the line goes to the rules as it is (a BAD), no ``+`` is asked for, and the next
+    command is not eaten as the literal's octets; a non-synchronizing one is skipped whole."""
+    r = CommandReader()
+    r.receive_data(b"{3}\r\nb NOOP\r\n")
+    assert [e.parts for e in events(r)] == [(b"{3}",), (b"b NOOP",)]
+    r.receive_data(b"a {5}\r\nc NOOP\r\n")
+    assert [e.parts for e in events(r)] == [(b"a {5}",), (b"c NOOP",)]
+    r.receive_data(b"{3+}\r\nxyz rest\r\nd NOOP\r\n")
+    assert [e.parts for e in events(r)] == [(b"{3+}",), (b"d NOOP",)]
+    r.receive_data(b"e SELECT {5}\r\n")
+    assert events(r) == [Continue()]
