@@ -24,6 +24,7 @@ from colony.bus import names
 from colony.contracts.mail import InboundMail, MailRecipient
 from colony.contracts.outbound import OutboundMail, OutboundRecipient
 from colony.outbound.rules import NOTIFY_OF_ACTION, Failure
+from colony.protocols.smtp.syntax import as_domain
 
 _CRLF = "\r\n"
 
@@ -51,12 +52,13 @@ def build_dsn(job: OutboundMail | InboundMail, failures: list[Failure], original
     subject = ("Successful Mail Delivery Report" if success else
                "Delayed Mail (still being retried)" if delayed else "Undelivered Mail Returned to Sender")
     date = email.utils.format_datetime(now)
+    domain = as_domain(reporting_mta)     # an IP (colony up on loopback) as [192.0.2.1]
     head = [
-        f"From: Mail Delivery System <MAILER-DAEMON@{reporting_mta}>",
+        f"From: Mail Delivery System <MAILER-DAEMON@{domain}>",
         f"To: <{_safe(job.mail_from)}>",
         f"Subject: {subject}",
         f"Date: {date}",
-        f"Message-ID: <dsn.{job.message_id}.{secrets.token_hex(6)}@{reporting_mta}>",
+        f"Message-ID: <dsn.{job.message_id}.{secrets.token_hex(6)}@{domain}>",
         "Auto-Submitted: auto-replied",
         "MIME-Version: 1.0",
         f'Content-Type: multipart/report; report-type=delivery-status; boundary="{boundary}"',

@@ -19,6 +19,7 @@ import ssl
 
 from colony.protocols.smtp.client import (ProtocolError, RemoteReply, ReplyReader, Transaction, command,
                                           ehlo_extensions, encode_message)
+from colony.protocols.smtp.syntax import as_domain
 
 _READ = 64 * 1024
 _WRITE = 1024 * 1024   # octets of a message sent between two progress deadlines
@@ -37,7 +38,7 @@ class SmtpClient:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, local_hostname: str,
                  timeout: float) -> None:
         self._reader, self._writer = reader, writer
-        self.local_hostname, self.timeout = local_hostname, timeout
+        self.local_hostname, self.timeout = as_domain(local_hostname), timeout
         self._replies = ReplyReader()
         self.greeting: RemoteReply | None = None
         self.extensions: dict[str, str] = {}

@@ -198,3 +198,24 @@ async def test_ehlo_refused_falls_back_to_helo_without_pipelining():
         client.close()
     assert [re.sub(rb" .*", b"", c.strip()) for c in commands] == [b"EHLO", b"HELO", b"MAIL", b"RCPT", b"DATA"]
     assert tx.delivered == ["c@d.test"]
+
+
+@pytest.mark.parametrize("host, said", [("192.0.2.7", b"EHLO [192.0.2.7]\r\n"),
+                                        ("2001:db8::7", b"EHLO [IPv6:2001:db8::7]\r\n"),
+                                        ("edge.test", b"EHLO edge.test\r\n")])
+async def test_an_edge_named_by_an_ip_address_says_ehlo_with_an_address_literal(host, said):
+    """An edge whose advertised host is an address (COLONY_HOST=10.0.0.5, colony up's
+    127.0.0.1) said ``EHLO 10.0.0.5``, which filters read as a client with no name; RFC 5321
+    §4.1.3 writes an address as a literal."""
+    seen = []
+
+    async def script(reader, writer):
+        writer.write(b"220 mx.test ESMTP\r\n")
+        seen.append(await reader.readline())
+        writer.write(b"250 mx.test\r\n")
+        await reader.readline()
+
+    async with Scripted(script) as port:
+        client = await SmtpClient.connect("127.0.0.1", port, local_hostname=host, timeout=10)
+        client.close()
+    assert seen == [said]

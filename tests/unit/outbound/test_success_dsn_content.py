@@ -143,3 +143,12 @@ def test_failure_and_delay_reports_are_unchanged_by_success():
     assert [f.action for f in d.dsn] == ["failed"] and d.success == []
     _, _, status, _ = parts(build_dsn(j, d.dsn, ORIGINAL, "edge.example.com", T0))
     assert "Action: failed" in status and "Status: 5.1.1" in status
+
+
+def test_a_reporting_mta_named_by_an_ip_address_writes_it_as_an_address_literal():
+    """Under colony up on loopback the store's name is 127.0.0.1: the report came from
+    ``MAILER-DAEMON@127.0.0.1``, not an address (RFC 5322 §3.4.1 wants a domain or a literal)."""
+    mail = inbound(rcpt("bob@acme.example"))
+    msg, _, status, _ = parts(build_dsn(mail, delivered_reports(mail, ["bob@acme.example"]), ORIGINAL, "127.0.0.1", T0))
+    assert msg["From"].endswith("<MAILER-DAEMON@[127.0.0.1]>") and msg["Message-ID"].endswith("@[127.0.0.1]>")
+    assert "Reporting-MTA: dns; 127.0.0.1" in status

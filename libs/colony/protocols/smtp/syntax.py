@@ -65,6 +65,18 @@ def is_helo_name(name: str) -> bool:
     return len(name) <= 255 and _HELO.fullmatch(name) is not None and _literal_ok(name)
 
 
+def as_domain(host: str) -> str:
+    """``host`` where RFC 5321/5322 want a domain: an IP address as an address literal
+    ("[192.0.2.1]", "[IPv6:2001:db8::1]"), a name as it is.  A bare IP in EHLO is read by
+    filters as a client without a name (SpamAssassin's HELO rules), and ``MAILER-DAEMON@192.0.2.1``
+    is not an address at all."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    return f"[IPv6:{ip.compressed}]" if ip.version == 6 else f"[{ip}]"
+
+
 def xtext_decode(value: str) -> str:
     """RFC 3461 §4: "+XX" is an octet. Octets that spell UTF-8 (a client's "J+C3+B6rg") are
     read as that text; each was taken for a character of its own ("JÃ¶rg"), which reports
