@@ -8,7 +8,7 @@ calls forked to it, and after ``sip_max_bindings`` reconnections it could not re
 
 from __future__ import annotations
 
-from test_farm import PASSWORD, answer, farm, one, register, registered  # noqa: F401
+from test_farm import farm, registered  # noqa: F401 (farm: a fixture)
 
 INSTANCE = '+sip.instance="<urn:uuid:00000000-0000-1000-8000-000A95A0E128>"'
 OTHER = '+sip.instance="<urn:uuid:00000000-0000-1000-8000-00AA00BB00CC>"'
