@@ -17,24 +17,28 @@ first), so cases cannot disturb each other.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import socket
+import ssl
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import trustme
 
-from test_imap_mailstore import PASSWORD, _auth_responder, world  # noqa: F401  (fixture)
+from test_imap_mailstore import PASSWORD, world  # noqa: F401  (fixture)
 from tools import free_ports, need_tool
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "bench"))
 
 from peers import Dovecot  # noqa: E402
 
-from cluster_harness import wait_until  # noqa: E402
+from test_imapclient_livetest import _edge  # noqa: E402
 
+from colony.tlsfiles import server_context  # noqa: E402
 from colony.contracts import handoff  # noqa: E402
 
 TIMEOUT = 30.0
@@ -71,6 +75,7 @@ class Case:
     name: str
     steps: list[Step]
     usable: bool = True          # a NOOP afterwards is answered OK
+    login: bool = True           # False: the steps run before login (and nothing is seeded)
     why: str = ""
     extra: dict = field(default_factory=dict)
 
@@ -317,9 +322,75 @@ CASES: list[Case] = [
          why="a tag and a command name are atoms (RFC 9051 §9): a literal there is BAD, with no "
              "continuation request (which would make the next command's octets its literal)"),
     Case("literal-plus-then-close", [Step(b"a APPEND INBOX {500+}\r\nFrom: x\r\n", "", "")], usable=False),
+    # --- sequence sets, extension parameters --------------------------------------------------------
+    Case("seq-set-malformed", [c("s SELECT INBOX", "OK"), c("a FETCH 1,,2 UID", "BAD"), c("b FETCH 1: UID", "BAD"),
+                               c("d FETCH 1:2: UID", "BAD"), c("e UID FETCH 4294967296 UID", "BAD"),
+                               c("f UID FETCH 4294967295 UID", "OK", absent=(r"FETCH",))],
+         why="RFC 9051 §9 sequence-set; nz-number < 4,294,967,296 (§9 number, nz-number)"),
+    Case("select-unknown-param", [c("a SELECT INBOX (X-BOGUS)", "BAD")],
+         why="RFC 4466 §2.1: a server MUST reject an unknown SELECT parameter with BAD"),
+    Case("select-qresync-not-enabled", [c("a SELECT INBOX (QRESYNC (1 1))", "BAD")],
+         why="RFC 7162 §3.2.5: QRESYNC parameter without ENABLE QRESYNC MUST be BAD"),
+    Case("vanished-without-changedsince", [c("e ENABLE QRESYNC", "OK"), c("s SELECT INBOX", "OK"),
+                                           c("a UID FETCH 1:* FLAGS (VANISHED)", "BAD")],
+         why="RFC 7162 §3.2.6: VANISHED without CHANGEDSINCE MUST be BAD"),
+    Case("vanished-not-enabled", [c("s SELECT INBOX", "OK"),
+                                  c("a UID FETCH 1:* FLAGS (CHANGEDSINCE 1 VANISHED)", "BAD")],
+         why="RFC 7162 §3.2.6: VANISHED without ENABLE QRESYNC MUST be BAD"),
+    Case("vanished-by-number", [c("e ENABLE QRESYNC", "OK"), c("s SELECT INBOX", "OK"),
+                                c("a FETCH 1:* FLAGS (CHANGEDSINCE 1 VANISHED)", "BAD")],
+         why="RFC 7162 §3.2.6: VANISHED in a FETCH that is not UID FETCH MUST be BAD"),
+    Case("unchangedsince-zero", [c("s SELECT INBOX", "OK"),
+                                 c("a STORE 1 (UNCHANGEDSINCE 0) +FLAGS (\\Seen)", r"OK \[MODIFIED 1\]")],
+         why="RFC 7162 §3.1.3: UNCHANGEDSINCE 0 always fails for an existing message: OK [MODIFIED 1]"),
+    Case("store-bad-keyword", [c("s SELECT INBOX", "OK"), c("a STORE 1 +FLAGS (a]b)", "BAD")],
+         why="RFC 9051 §9 flag-keyword is an atom; ']' is a resp-special, not an ATOM-CHAR"),
+    Case("store-unknown-system-flag", [c("s SELECT INBOX", "OK"), c("a STORE 1 +FLAGS (\\Bogus)", "(BAD|NO|OK)")]),
+    Case("expunge-argument", [c("s SELECT INBOX", "OK"), c("a EXPUNGE 1", "BAD"), c("b CLOSE now", "BAD")]),
+    Case("list-missing-arguments", [c("a LIST", "BAD"), c('b LIST ""', "BAD"), c("d STATUS", "BAD"),
+                                    c("e SUBSCRIBE", "BAD"), c("f GETQUOTAROOT", "BAD")]),
+    Case("list-bad-return", [c('a LIST "" * RETURN (X-BOGUS)', "BAD")],
+         why="RFC 5258 §3: an unknown return option is BAD"),
+    Case("enable-two", [c("a ENABLE CONDSTORE QRESYNC", "OK", untagged=(r"\* ENABLED( CONDSTORE| QRESYNC){2}$",))]),
+    Case("copy-same-mailbox", [c("s SELECT INBOX", "OK"), c("a COPY 1 INBOX", r"OK \[COPYUID \d+ 1 4\]",
+                                                             untagged=(r"\* 4 EXISTS",))]),
+    Case("myrights", [c("a MYRIGHTS INBOX", "OK", untagged=(r"\* MYRIGHTS INBOX ",))]),
+    Case("id-odd-list", [c('a ID ("name")', "BAD")], why="RFC 2971 §3.3: id-params-list holds pairs"),
+    Case("search-charset-literal", [c("s SELECT INBOX", "OK"),
+                                    Step(b"a SEARCH CHARSET {5}\r\n", "+", ""),
+                                    Step(b"UTF-8 SUBJECT one\r\n", "a", "OK", untagged=(r"\* SEARCH 1$",))]),
+    Case("search-modseq", [c("s SELECT INBOX", "OK"), c("a SEARCH MODSEQ 1", "OK", untagged=(r"\* SEARCH 1 2 3 \(MODSEQ \d+\)$",))],
+         why="RFC 7162 §3.1.5: SEARCH MODSEQ adds (MODSEQ n) to the answer"),
     Case("utf8-search-charset-after-enable", [c("e ENABLE UTF8=ACCEPT", "OK"), c("s SELECT INBOX", "OK"),
                                               c("a SEARCH CHARSET UTF-8 SUBJECT one", "(BAD|OK)")],
          why="RFC 6855 §3: after UTF8=ACCEPT the client MUST NOT give a charset (BAD allowed)"),
+]
+
+
+# Before login: the store's own LOGIN (imap-direct) and the edge's front (colony.protocols.imap.preauth).
+PREAUTH_CASES: list[Case] = [
+    Case("pre-select", [c("a SELECT INBOX", "BAD")], login=False,
+         why="RFC 9051 §6.3.2: SELECT only in the authenticated state; invalid in this state is BAD"),
+    Case("pre-enable", [c("a ENABLE CONDSTORE", "BAD")], login=False),
+    Case("pre-idle", [c("a IDLE", "BAD")], login=False),
+    Case("pre-namespace", [c("a NAMESPACE", "BAD")], login=False),
+    Case("pre-capability-argument", [c("a CAPABILITY x", "BAD")], login=False),
+    Case("pre-login-no-arguments", [c("a LOGIN", "BAD"), c("b LOGIN onlyuser", "BAD")], login=False),
+    Case("pre-login-extra", [c('a LOGIN u p extra', "BAD")], login=False),
+    Case("pre-tag-plus", [Step(b"a+ NOOP\r\n", "*", "BAD")], login=False),
+    Case("pre-literal-as-tag", [Step(b"{3}\r\n", "*", "BAD"), c("b NOOP", "OK")], login=False),
+    Case("pre-authenticate-unknown", [c("a AUTHENTICATE X-NOPE", "(NO|BAD)")], login=False,
+         why="RFC 9051 §6.2.2: an unsupported mechanism is 'NO - unsupported authentication mechanism'"),
+    Case("pre-authenticate-cancel", [Step(b"a AUTHENTICATE PLAIN\r\n", "+", ""), Step(b"*\r\n", "a", "BAD")],
+         login=False, why="RFC 9051 §6.2.2: a '*' response cancels; the server MUST answer tagged BAD"),
+    Case("pre-authenticate-bad-base64", [Step(b"a AUTHENTICATE PLAIN\r\n", "+", ""),
+                                         Step(b"!!!notbase64\r\n", "a", "(BAD|NO)")], login=False,
+         why="RFC 9051 §6.2.2: an undecodable response is BAD (NO also seen)"),
+    Case("pre-id", [c("a ID NIL", "OK", untagged=(r"\* ID ",))], login=False),
+    Case("pre-logout", [c("a LOGOUT", "OK", untagged=(r"\* BYE",))], usable=False, login=False),
+    Case("pre-login-wrong-password", [c('a LOGIN "nobody@example.com" "wrong"', r"NO( \[AUTHENTICATIONFAILED\])?"),
+                                      c("b NOOP", "OK")], login=False,
+         why="RFC 9051 §6.2.3: a failed LOGIN is NO; RFC 5530 AUTHENTICATIONFAILED"),
 ]
 
 
@@ -329,8 +400,10 @@ _LITERAL_AT_END = re.compile(rb"~?\{(\d+)\+?\}\r\n$")
 
 
 class Raw:
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, tls: ssl.SSLContext | None = None) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), TIMEOUT)
+        if tls is not None:
+            self.sock = tls.wrap_socket(self.sock, server_hostname="127.0.0.1")
         self.buf = b""
         self.greeting = self.line()
 
@@ -408,12 +481,14 @@ def _seed(raw: Raw) -> None:
                 break
 
 
-def run_case(port: int, user: str, password: str, case: Case) -> list[tuple[str, list[str]]]:
+def run_case(port: int, user: str, password: str, case: Case,
+             tls: ssl.SSLContext | None = None) -> list[tuple[str, list[str]]]:
     """Every step's (last line, untagged lines); a last step of ("NOOP", ...) when usable."""
-    raw = Raw(port)
+    raw = Raw(port, tls)
     try:
-        _login(raw, user, password)
-        _seed(raw)
+        if case.login:
+            _login(raw, user, password)
+            _seed(raw)
         answers = []
         for s in case.steps:
             answers.append(raw.step(s))
@@ -423,7 +498,7 @@ def run_case(port: int, user: str, password: str, case: Case) -> list[tuple[str,
             answers.append(raw.step(c("zz NOOP", "OK")))
         if case.name.startswith("literal") and case.name.endswith("then-close"):
             raw.close()
-            raw = Raw(port)
+            raw = Raw(port, tls)
             _login(raw, user, password)
             answers.append(raw.step(c("zz STATUS INBOX (MESSAGES)", "OK",
                                       untagged=(r"\* STATUS INBOX \(MESSAGES 3\)",))))
@@ -469,7 +544,7 @@ async def colony_imap(world, tmp_path):
     secret = tmp_path / "cluster.secret"
     handoff.ensure_secret(secret)
     await world.domain()
-    accounts = [f"cmd{n}@{DOMAIN}" for n in range(len(CASES))]
+    accounts = [f"cmd{n}@{DOMAIN}" for n in range(2 * len(CASES))]
     for a in accounts:
         await world.account(a)
 
@@ -488,16 +563,38 @@ async def colony_imap(world, tmp_path):
                 COLONY_OUTBOUND_SMTP_PORT="25")
     view = await world.cluster.wait_state("mailstore-1", "READY", timeout=60)
     _host, _, port = view.addresses["imap-direct"].rpartition(":")
-    yield int(port), accounts
+    yield int(port), accounts, world, secret
     await sub.unsubscribe()
 
 
-async def test_command_table(colony_imap):
-    port, accounts = colony_imap
+async def _table(port: int, accounts: list[str], tls: ssl.SSLContext | None = None) -> list[str]:
     wrong = []
-    for case, user in zip(CASES, accounts):
-        answers = await asyncio.to_thread(run_case, port, user, PASSWORD, case)
+    for case, user in zip(CASES + PREAUTH_CASES, accounts):
+        answers = await asyncio.to_thread(run_case, port, user, PASSWORD, case, tls)
+        if os.environ.get("IMAPCMD_SHOW"):
+            print(case.name, answers)
         wrong += wrong_answers(case, answers)
+    return wrong
+
+
+async def test_command_table(colony_imap):
+    port, accounts, _world, _secret = colony_imap
+    wrong = await _table(port, accounts)
+    assert not wrong, f"{len(wrong)} answers are not the RFC's:\n" + "\n".join(wrong)
+
+
+async def test_command_table_through_the_edge(colony_imap, tmp_path):
+    """The same table through an edge's IMAPS: before login the edge's own front answers
+    (``preauth``), after it the store's answers cross the edge's splice."""
+    _port, accounts, world, secret = colony_imap
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    client = ssl.create_default_context()
+    ca.configure_trust(client)
+    async with _edge(world, secret, server_context(tmp_path / "cert.pem", tmp_path / "key.pem")) as (_, imaps_port):
+        wrong = await _table(imaps_port, accounts[len(CASES) + len(PREAUTH_CASES):], client)
     assert not wrong, f"{len(wrong)} answers are not the RFC's:\n" + "\n".join(wrong)
 
 
@@ -574,18 +671,35 @@ DOVECOT_DIFFERS: dict[tuple[str, int], str] = {
         "RFC 2180 §3.1 leaves a deleted selected mailbox to the server: Dovecot ends the session "
         "(BYE), Colony keeps it (the mailbox is gone, the session stays usable)",
     ("delete-selected", 4): "as above",
+    ("store-bad-keyword", 1):
+        "RFC 9051 §9: 'a]b' is no flag-keyword (']' is not an ATOM-CHAR), a syntax error: BAD; Dovecot "
+        "reads it and refuses it NO [CANNOT]",
+    ("expunge-argument", 1): "RFC 9051 §9: EXPUNGE takes no argument (BAD); Dovecot ignores it",
+    ("expunge-argument", 2): "RFC 9051 §9: CLOSE takes no argument (BAD); Dovecot ignores it",
+    ("myrights", 0): "the private Dovecot runs without its acl plugin, so MYRIGHTS is unknown there",
+    ("id-odd-list", 0):
+        "RFC 2971 §4: id-params-list is pairs of string SP nstring; an odd list is a syntax error (BAD); "
+        "Dovecot ignores it",
+    ("pre-enable", 0):
+        "RFC 5161 §3.1 / RFC 9051 §6.3.1: ENABLE is valid only in the authenticated state, so before "
+        "login it is BAD; Dovecot answers OK and enables nothing",
+    ("pre-capability-argument", 0): "RFC 9051 §9 command-any: CAPABILITY takes no argument (BAD); Dovecot ignores it",
+    ("pre-authenticate-unknown", 0): "both NO; Dovecot adds [ALERT]",
+    ("pre-authenticate-bad-base64", 1):
+        "RFC 9051 §6.2.2: a response that cannot be decoded fails the exchange: Colony answers BAD "
+        "(arguments invalid, exchange cancelled), Dovecot NO; the RFC's list of results allows both",
 }
 
 
 async def test_command_table_against_dovecot(colony_imap, tmp_path):
     need_tool("dovecot", "dovecot-imapd")
-    port, accounts = colony_imap
+    port, accounts, _world, _secret = colony_imap
     lmtp_port, imap_port = free_ports(2)
     dovecot = _Dovecot(tmp_path, lmtp_port, imap_port)
     await asyncio.to_thread(dovecot.start)
     unjudged = []
     try:
-        for n, (case, user) in enumerate(zip(CASES, accounts)):
+        for n, (case, user) in enumerate(zip(CASES + PREAUTH_CASES, accounts)):
             ours = await asyncio.to_thread(run_case, port, user, PASSWORD, case)
             theirs = await asyncio.to_thread(run_case, imap_port, f"cmd{n}@example.org", dovecot.password, case)
             for i, ((a, ua), (b, ub)) in enumerate(zip(ours, theirs)):
