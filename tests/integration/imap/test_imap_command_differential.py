@@ -363,7 +363,14 @@ CASES: list[Case] = [
          why="RFC 7162 §3.1.5: SEARCH MODSEQ adds (MODSEQ n) to the answer"),
     Case("utf8-search-charset-after-enable", [c("e ENABLE UTF8=ACCEPT", "OK"), c("s SELECT INBOX", "OK"),
                                               c("a SEARCH CHARSET UTF-8 SUBJECT one", "(BAD|OK)")],
-         why="RFC 6855 §3: after UTF8=ACCEPT the client MUST NOT give a charset (BAD allowed)"),
+         why="RFC 6855 §3 (errata 4029; RFC 9755): after UTF8=ACCEPT the client MUST NOT give a "
+             "charset and a server SHOULD answer BAD; Colony accepts CHARSET UTF-8 (no conflict: "
+             "its strings are UTF-8 either way), which the SHOULD permits"),
+    Case("literal-minus-form", [Step(b"a SELECT {5-}\r\n", "a", "BAD"), Step(b"INBOX\r\n", "INBOX", "BAD")],
+         why="RFC 7888 §8: a literal is {n} or {n+} (LITERAL- limits the '+' form to 4096 octets); "
+             "'{5-}' is no literal, so the line is a SELECT of a bad name (BAD) and 'INBOX' a line of its own"),
+    Case("literal-plus-over-limit-then-close", [Step(b"a APPEND INBOX {99999999+}\r\nFrom: x\r\n", "", "")],
+         usable=False, why="a non-synchronizing literal over the limit, cut off: nothing stored"),
 ]
 
 

@@ -1,5 +1,5 @@
 """Reading IMAP commands off the wire: lines, literals and continuation requests, with
-bounded memory (RFC 3501 §2.2, RFC 9051 §2.2, LITERAL+ / LITERAL- RFC 7888, BINARY RFC 3516).
+bounded memory (RFC 3501 §2.2, RFC 9051 §2.2, LITERAL+ RFC 7888, BINARY RFC 3516).
 
 Theory of operation
 -------------------
@@ -38,7 +38,7 @@ MAX_LINE = 64 * 1024          # RFC 7162 §4 asks servers to accept lines of at 
 MAX_LITERAL = 64 * 1024 * 1024
 MAX_COMMAND = 80 * 1024 * 1024
 
-_LITERAL_AT_END = re.compile(rb"(~?)\{(\d{1,20})(\+|-)?\}$")
+_LITERAL_AT_END = re.compile(rb"(~?)\{(\d{1,20})(\+)?\}$")
 _TAG = re.compile(rb"^([^\x00-\x20\x7f(){%*\"\\+\]]+)")
 
 
@@ -178,7 +178,9 @@ class CommandReader:
             return
         binary = bool(match.group(1))
         size = int(match.group(2))
-        sync = match.group(3) is None          # "{n}"; "{n+}" and "{n-}" do not wait
+        # "{n}" waits; "{n+}" does not (LITERAL+, advertised: any size).  RFC 7888 has no "{n-}"
+        # (LITERAL- is the same "{n+}", up to 4096 octets): such a line holds no literal.
+        sync = match.group(3) is None
         if len(self._parts) == 1 and b" " not in line[:match.start()].rstrip(b" "):
             # A literal where the tag or the command name goes ("{3}", "a {3}"): both are
             # atoms (RFC 9051 §9), so this is no command; the rules answer it BAD, and the
@@ -189,8 +191,6 @@ class CommandReader:
             if not sync:
                 self._discard_left, self._skip_line = size, True
             return
-        if match.group(3) == b"-" and size > 4096:
-            sync = True   # LITERAL-: only small literals may be non-synchronizing (RFC 7888 §5)
         if (size > self.max_literal or self._size + size > self.max_command
                 or (sync and not self._literals_ok)):
             self._events.append(TooBig(self._first_tag, self.max_literal, sync))

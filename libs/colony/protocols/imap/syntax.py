@@ -191,7 +191,7 @@ class Cursor:
         return parse_sequence_set(self._match(_SEQ, "a sequence set"))
 
     def _literal_marker(self) -> bool:
-        match = re.compile(rb"~?\{\d+[+-]?\}$").match(self._line, self._pos)
+        match = re.compile(rb"~?\{\d+\+?\}$").match(self._line, self._pos)
         return bool(match) and self._i + 1 < len(self._parts)
 
     def literal(self) -> Literal:

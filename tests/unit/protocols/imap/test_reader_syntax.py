@@ -201,3 +201,13 @@ def test_literal_in_place_of_the_tag_or_command_gets_no_continuation():
     assert [e.parts for e in events(r)] == [(b"{3+}",), (b"d NOOP",)]
     r.receive_data(b"e SELECT {5}\r\n")
     assert events(r) == [Continue()]
+
+
+def test_no_literal_minus_syntax():
+    """RFC 7888 writes every non-synchronizing literal ``{n+}`` (LITERAL- only limits its size to
+    4096): ``{5-}`` announces nothing, and the octets after it are the next line."""
+    r = CommandReader()
+    r.receive_data(b"a SELECT {5-}\r\nINBOX\r\n")
+    assert [e.parts for e in events(r)] == [(b"a SELECT {5-}",), (b"INBOX",)]
+    r.receive_data(b"b SELECT {5000+}\r\n")
+    assert events(r) == []          # LITERAL+ (advertised): any size, no continuation
