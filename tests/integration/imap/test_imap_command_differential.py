@@ -361,6 +361,11 @@ CASES: list[Case] = [
                                     Step(b"UTF-8 SUBJECT one\r\n", "a", "OK", untagged=(r"\* SEARCH 1$",))]),
     Case("search-modseq", [c("s SELECT INBOX", "OK"), c("a SEARCH MODSEQ 1", "OK", untagged=(r"\* SEARCH 1 2 3 \(MODSEQ \d+\)$",))],
          why="RFC 7162 §3.1.5: SEARCH MODSEQ adds (MODSEQ n) to the answer"),
+    Case("append-over-quota", [Step(b"a APPEND INBOX {2000+}\r\n" + b"Subject: big\r\n\r\n" + b"x" * 1983 + b"\r\n",
+                                    "a", r"NO \[OVERQUOTA\]"),
+                               c("b STATUS INBOX (MESSAGES)", "OK", untagged=(r"\* STATUS INBOX \(MESSAGES 3\)",))],
+         extra={"quota_bytes": 1000},
+         why="RFC 9208 §4.3 / RFC 5530 §3: an APPEND that would pass the quota is NO [OVERQUOTA], nothing stored"),
     Case("utf8-search-charset-after-enable", [c("e ENABLE UTF8=ACCEPT", "OK"), c("s SELECT INBOX", "OK"),
                                               c("a SEARCH CHARSET UTF-8 SUBJECT one", "(BAD|OK)")],
          why="RFC 6855 §3 (errata 4029; RFC 9755): after UTF8=ACCEPT the client MUST NOT give a "
@@ -551,9 +556,9 @@ async def colony_imap(world, tmp_path):
     secret = tmp_path / "cluster.secret"
     handoff.ensure_secret(secret)
     await world.domain()
-    accounts = [f"cmd{n}@{DOMAIN}" for n in range(2 * len(CASES))]
-    for a in accounts:
-        await world.account(a)
+    accounts = [f"cmd{n}@{DOMAIN}" for n in range(2 * len(CASES + PREAUTH_CASES))]
+    for a, case in zip(accounts, (CASES + PREAUTH_CASES) * 2):
+        await world.account(a, **case.extra)
 
     async def answer(msg):
         from colony.contracts.auth import AuthCheckReply, AuthCheckRequest, AuthFailure
@@ -575,6 +580,7 @@ async def colony_imap(world, tmp_path):
 
 
 async def _table(port: int, accounts: list[str], tls: ssl.SSLContext | None = None) -> list[str]:
+    assert len(accounts) >= len(CASES + PREAUTH_CASES)
     wrong = []
     for case, user in zip(CASES + PREAUTH_CASES, accounts):
         answers = await asyncio.to_thread(run_case, port, user, PASSWORD, case, tls)
@@ -687,6 +693,7 @@ DOVECOT_DIFFERS: dict[tuple[str, int], str] = {
     ("id-odd-list", 0):
         "RFC 2971 §4: id-params-list is pairs of string SP nstring; an odd list is a syntax error (BAD); "
         "Dovecot ignores it",
+    ("append-over-quota", 0): "the private Dovecot gives every user 1 GB; Colony's account here has 1000 octets",
     ("pre-enable", 0):
         "RFC 5161 §3.1 / RFC 9051 §6.3.1: ENABLE is valid only in the authenticated state, so before "
         "login it is BAD; Dovecot answers OK and enables nothing",

@@ -246,6 +246,9 @@ class ImapPreauth:
             self._bad(tag, "Missing command")
             return
         verb, args = parts[1].upper(), parts[2:]
+        if verb in ("CAPABILITY", "NOOP", "LOGOUT", "STARTTLS") and args:
+            self._bad(tag, f"{verb} takes no arguments")     # RFC 9051 §9 command-any, -nonauth
+            return
         if verb == "CAPABILITY":
             self._out += f"* CAPABILITY {self.capabilities()}\r\n{tag} OK CAPABILITY completed\r\n".encode()
         elif verb == "NOOP":

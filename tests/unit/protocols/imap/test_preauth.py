@@ -165,3 +165,14 @@ def test_a_command_dropped_for_a_long_line_leaves_no_literal_behind():
         assert b"BAD" in c.data_to_send()
         c.receive_data(b"b LOGIN {1+}\r\nu {2+}\r\npw\r\n")
         assert c.next_event() == Authenticate("b", "u", "pw", "LOGIN")
+
+
+def test_commands_without_arguments_refuse_arguments():
+    """CAPABILITY, NOOP, LOGOUT and STARTTLS take no arguments (RFC 9051 §9 command-any,
+    command-nonauth): with one they are BAD, and LOGOUT x neither says BYE nor closes."""
+    c = core()
+    c.receive_data(b"a CAPABILITY x\r\nb NOOP x\r\nd LOGOUT now\r\ne STARTTLS please\r\nf NOOP\r\n")
+    out = c.data_to_send()
+    assert out.startswith(b"a BAD ") and b"\r\nb BAD " in out and b"\r\nd BAD " in out
+    assert b"\r\ne BAD " in out and out.endswith(b"f OK NOOP completed\r\n")
+    assert b"BYE" not in out and c.next_event() is None
