@@ -399,6 +399,14 @@ PREAUTH_CASES: list[Case] = [
                                          Step(b"!!!notbase64\r\n", "a", "(BAD|NO)")], login=False,
          why="RFC 9051 §6.2.2: an undecodable response is BAD (NO also seen)"),
     Case("pre-id", [c("a ID NIL", "OK", untagged=(r"\* ID ",))], login=False),
+    Case("pre-id-odd-list", [c('a ID ("name")', "BAD"), c("b ID", "BAD")], login=False,
+         why="RFC 2971 §4: ID takes NIL or a list of string/nstring pairs"),
+    Case("pre-uid-fetch", [c("a UID FETCH 1 UID", "BAD")], login=False),
+    Case("pre-login-literal-plus", [Step(b"a LOGIN {18+}\r\nnobody@example.com {5+}\r\nwrong\r\n", "a", "NO")],
+         login=False, why="RFC 7888 LITERAL+ before login too; a wrong password is NO"),
+    Case("pre-authenticate-empty-response", [Step(b"a AUTHENTICATE PLAIN\r\n", "+", ""),
+                                             Step(b"\r\n", "a", "(NO|BAD)")], login=False,
+         why="an empty PLAIN response holds no credentials: the exchange fails"),
     Case("pre-logout", [c("a LOGOUT", "OK", untagged=(r"\* BYE",))], usable=False, login=False),
     Case("pre-login-wrong-password", [c('a LOGIN "nobody@example.com" "wrong"', r"NO( \[AUTHENTICATIONFAILED\])?"),
                                       c("b NOOP", "OK")], login=False,
@@ -694,6 +702,11 @@ DOVECOT_DIFFERS: dict[tuple[str, int], str] = {
         "RFC 2971 §4: id-params-list is pairs of string SP nstring; an odd list is a syntax error (BAD); "
         "Dovecot ignores it",
     ("append-over-quota", 0): "the private Dovecot gives every user 1 GB; Colony's account here has 1000 octets",
+    ("pre-id-odd-list", 0): "RFC 2971 §4: a field without its value is a syntax error (BAD); Dovecot ignores it",
+    ("pre-id-odd-list", 1): "RFC 2971 §4: ID needs its argument, NIL or a list (BAD); Dovecot ignores it",
+    ("pre-authenticate-empty-response", 1):
+        "both fail the exchange (RFC 9051 §6.2.2): Colony BAD (the response is no PLAIN message), "
+        "Dovecot NO [AUTHENTICATIONFAILED]",
     ("pre-enable", 0):
         "RFC 5161 §3.1 / RFC 9051 §6.3.1: ENABLE is valid only in the authenticated state, so before "
         "login it is BAD; Dovecot answers OK and enables nothing",

@@ -254,6 +254,11 @@ class ImapPreauth:
         elif verb == "NOOP":
             self._out += f"{tag} OK NOOP completed\r\n".encode()
         elif verb == "ID":
+            # RFC 2971 §4: NIL or "(" pairs of string SP nstring ")"; what they say is not used.
+            if not (len(args) == 1 and args[0].upper() == "NIL"
+                    or len(args) >= 2 and args[0] == "(" and args[-1] == ")" and len(args) % 2 == 0):
+                self._bad(tag, "ID takes NIL or a list of field and value pairs")
+                return
             self._out += f'* ID ("name" "Colony")\r\n{tag} OK ID completed\r\n'.encode()
         elif verb == "LOGOUT":
             self._out += f"* BYE Logging out\r\n{tag} OK LOGOUT completed\r\n".encode()

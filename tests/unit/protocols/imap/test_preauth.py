@@ -176,3 +176,13 @@ def test_commands_without_arguments_refuse_arguments():
     assert out.startswith(b"a BAD ") and b"\r\nb BAD " in out and b"\r\nd BAD " in out
     assert b"\r\ne BAD " in out and out.endswith(b"f OK NOOP completed\r\n")
     assert b"BYE" not in out and c.next_event() is None
+
+
+def test_id_arguments_are_nil_or_pairs():
+    """RFC 2971 §4: ID takes NIL or a parenthesized list of field/value pairs; without an
+    argument, or with a field and no value, it is BAD (the mail store answers the same)."""
+    c = core()
+    c.receive_data(b'a ID ("name")\r\nb ID\r\nd ID ("name" NIL "os" "iOS (21A329)")\r\ne ID ()\r\n')
+    out = c.data_to_send()
+    assert out.startswith(b"a BAD ") and b"\r\nb BAD " in out
+    assert b"\r\nd OK ID completed" in out and out.endswith(b"e OK ID completed\r\n")
