@@ -5,6 +5,10 @@ a valid command in this state, NO for a valid one that fails), response codes, t
 data that must (or must not) come, and that the session stays usable afterwards (a NOOP after
 every case that does not end the connection).
 
+``test_command_table_through_the_edge`` runs the same table through an edge's IMAPS: before
+login the edge's own front (``colony.protocols.imap.preauth``) answers, after it the store's
+answers cross the edge's splice.
+
 ``test_command_table_against_dovecot`` replays the same sessions against a private Dovecot
 (Debian's dovecot-imapd, run by ``bench/peers.py``) and compares the tagged answers step by
 step (OK/NO/BAD and the response code); a difference must be one judged in ``DOVECOT_DIFFERS``
@@ -719,7 +723,11 @@ DOVECOT_DIFFERS: dict[tuple[str, int], str] = {
 
 
 async def test_command_table_against_dovecot(colony_imap, tmp_path):
-    need_tool("dovecot", "dovecot-imapd")
+    need_tool("dovecot", "dovecot-core")
+    need_tool("/usr/lib/dovecot/imap", "dovecot-imapd")          # and its imap_quota plugin
+    need_tool("/usr/lib/dovecot/lmtp", "dovecot-lmtpd")          # bench/peers.py's instance listens for LMTP too
+    if os.geteuid() != 0:
+        pytest.skip("Dovecot is started as root and drops to its own users (as bench/peers.py runs it)")
     port, accounts, _world, _secret = colony_imap
     lmtp_port, imap_port = free_ports(2)
     dovecot = _Dovecot(tmp_path, lmtp_port, imap_port)
