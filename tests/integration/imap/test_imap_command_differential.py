@@ -370,6 +370,31 @@ CASES: list[Case] = [
                                c("b STATUS INBOX (MESSAGES)", "OK", untagged=(r"\* STATUS INBOX \(MESSAGES 3\)",))],
          extra={"quota_bytes": 1000},
          why="RFC 9208 §4.3 / RFC 5530 §3: an APPEND that would pass the quota is NO [OVERQUOTA], nothing stored"),
+    Case("deleted-while-selected", [c("a CREATE D2", "OK"), Step(b"b APPEND D2 {5+}\r\nhello\r\n", "b", "OK"),
+                                    c("s SELECT D2", "OK"), c("d DELETE D2", "(OK|NO)"),
+                                    c("e FETCH 1 UID", r"(OK|NO|BAD)(?! \[SERVERBUG\])"),
+                                    c("f STORE 1 +FLAGS (\\Seen)", r"(OK|NO|BAD)(?! \[SERVERBUG\])"),
+                                    c("g SELECT INBOX", "OK", untagged=(r"\* 3 EXISTS",))]),
+    Case("renamed-while-selected", [c("a CREATE R3", "OK"), c("s SELECT R3", "OK"), c("b RENAME R3 R4", "OK"),
+                                    c("d NOOP", "OK"), c("e SELECT R4", "OK")]),
+    Case("select-empty-name", [c('a SELECT ""', "NO")]),
+    Case("examine-move-copy", [c("k CREATE Arch", "OK"), c("s EXAMINE INBOX", "OK"), c("a MOVE 1 Arch", "NO"),
+                               c("b COPY 1 Arch", "OK"), c("d UID EXPUNGE 1", "NO"),
+                               c("e STATUS INBOX (MESSAGES)", "OK", untagged=(r"\* STATUS INBOX \(MESSAGES 3\)",))],
+         why="RFC 9051 §6.3.3: nothing may change in an EXAMINEd mailbox; COPY reads it only"),
+    Case("examine-then-select", [c("e ENABLE CONDSTORE", "OK"), c("s EXAMINE INBOX", r"OK \[READ-ONLY\]"),
+                                 c("a SELECT INBOX", r"OK \[READ-WRITE\]", untagged=(r"\* OK \[CLOSED\]",))]),
+    Case("append-to-selected", [c("s SELECT INBOX", "OK"),
+                                Step(b"a APPEND INBOX {5+}\r\nhello\r\n", "a", r"OK \[APPENDUID \d+ 4\]"),
+                                c("b NOOP", "OK")],
+         why="RFC 4315 §3 APPENDUID; the new message is announced (EXISTS) at the APPEND or the next command"),
+    Case("search-return-bogus", [c("s SELECT INBOX", "OK"), c("a SEARCH RETURN (X-BOGUS) ALL", "BAD")],
+         why="RFC 4731 §3 / RFC 4466: an unknown RETURN option is BAD"),
+    Case("sort-charset", [c("s SELECT INBOX", "OK"), c("a SORT (SUBJECT) X-UNKNOWN ALL", r"NO \[BADCHARSET"),
+                          c("b SORT (SUBJECT) ALL", "BAD"), c("d SORT (BOGUS) UTF-8 ALL", "BAD"),
+                          c("e SORT (SUBJECT) UTF-8 ALL", "OK", untagged=(r"\* SORT 1 3 2$",))],
+         why="RFC 5256 §3: SORT's charset is mandatory; an unknown one is NO [BADCHARSET]"),
+    Case("thread-unknown", [c("s SELECT INBOX", "OK"), c("a THREAD X-BOGUS UTF-8 ALL", "(BAD|NO)")]),
     Case("utf8-search-charset-after-enable", [c("e ENABLE UTF8=ACCEPT", "OK"), c("s SELECT INBOX", "OK"),
                                               c("a SEARCH CHARSET UTF-8 SUBJECT one", "(BAD|OK)")],
          why="RFC 6855 §3 (errata 4029; RFC 9755): after UTF8=ACCEPT the client MUST NOT give a "
@@ -711,6 +736,22 @@ DOVECOT_DIFFERS: dict[tuple[str, int], str] = {
     ("pre-authenticate-empty-response", 1):
         "both fail the exchange (RFC 9051 §6.2.2): Colony BAD (the response is no PLAIN message), "
         "Dovecot NO [AUTHENTICATIONFAILED]",
+    ("deleted-while-selected", 4):
+        "RFC 2180 §3.1 leaves it to the server: after DELETE of the selected mailbox Dovecot ends the "
+        "session (BYE), Colony deselects it (commands of the selected state are BAD, the session goes on)",
+    ("deleted-while-selected", 5): "as above",
+    ("deleted-while-selected", 6): "as above",
+    ("deleted-while-selected", 7): "as above",
+    ("renamed-while-selected", 3):
+        "RFC 2180 §3.1: Dovecot ends the session when the selected mailbox is renamed; Colony's session "
+        "keeps the mailbox under its new name",
+    ("renamed-while-selected", 4): "as above",
+    ("renamed-while-selected", 5): "as above",
+    ("examine-move-copy", 2):
+        "RFC 9051 §6.3.3: no change to the permanent state of an EXAMINEd mailbox is permitted, and MOVE "
+        "expunges from it (RFC 6851 §3.3); Dovecot 2.3 moves the message out anyway",
+    ("examine-move-copy", 4): "as examine-then-store: Colony refuses UID EXPUNGE read-only (NO), Dovecot says OK",
+    ("examine-move-copy", 5): "follows from Dovecot's MOVE above (and its optional [CLIENTBUG])",
     ("pre-enable", 0):
         "RFC 5161 §3.1 / RFC 9051 §6.3.1: ENABLE is valid only in the authenticated state, so before "
         "login it is BAD; Dovecot answers OK and enables nothing",
