@@ -252,7 +252,8 @@ class Settings(BaseSettings):
     sip_bindings_cache_seconds: float = Field(30.0, ge=0, description="Seconds a farm member answers from an account's registered contacts it read, wrote or saw change (its watch of sip_bindings keeps them current) before reading them again: a refresh or a call then needs no bus read. Bounds what a stalled watch could hide. 0: read every time.")
     sip_contact_deny_networks: str = Field(SIP_CONTACT_DENY_DEFAULT, description="Networks a SIP farm member never sends a request to when the address came from a phone's message, comma separated CIDRs: a REGISTER whose contact would be reached there -- the Contact's address, or for a phone behind NAT (rport, or packets from elsewhere than its Via) or on a connection the address its packets come from -- is refused 403 with a Warning, and a binding, in-dialog target (Route or Request-URI) or host name that leads there is not sent to. Otherwise any subscriber could register 127.0.0.1:5432 or an inner address and have the farm carry INVITEs into the provider's own network. The default: loopback, 0.0.0.0/8 and ::, link-local (169.254.169.254, the cloud metadata service), multicast, 240.0.0.0/4; add the networks of the farm's inner relay, the bus and other back-end hosts. `colony up` on a loopback host leaves loopback out (its phones are on this host). Empty: send anywhere.")
     sip_route_aliases: str = Field("", description="Names phones may be given as their outbound proxy, comma separated host or host:port (the balancer's public name, e.g. sip.example.net): a first Route header naming one of them, this member's own address or the caller's own SIP domain is the phone's preloaded route to the farm and is removed (RFC 3261 §16.4), not refused as a relay.")
-    sip_record_route_host: str = Field("", description="The SIP farm's public name, written in its Record-Route instead of the member's own address (advertise_host and its SIP port): the balancer's name, or a DNS name with SRV records for every member (_sip._udp, _sip._tcp, _sips._tcp; RFC 3263). A dialog's later requests (ACK, re-INVITE, BYE) then go to any live member, so a call can still be ended after the member that routed it died; with the member's address they went to that member only, and in compose to a container name no phone can resolve. A host name or address, no port: each party is given it with its own transport (transport=udp, tcp or tls; the port from SRV, else 5060, 5061 for TLS), so it must reach the farm on each of them, and a TLS certificate of the members must name it; a WebSocket party keeps the member's address (a browser sends every request on its own connection). A Route naming it is the farm's own (removed, as sip_route_aliases). Empty: the member's address. `colony up` leaves it empty: members on one loopback host have no common name.")
+    sip_record_route_host: str = Field("", description="The SIP farm's public name, written in its Record-Route instead of the member's own address (advertise_host and its SIP port): the balancer's name, or a DNS name with SRV records for every member (_sip._udp, _sip._tcp, _sips._tcp; RFC 3263). A dialog's later requests (ACK, re-INVITE, BYE) then go to any live member, so a call can still be ended after the member that routed it died; with the member's address they went to that member only, and in compose to a container name no phone can resolve. host, or host:port ([v6]:port) for a balancer on another port than 5060: each party is given it with its own transport (transport=udp, tcp or tls), so it must reach the farm on each of them, and a TLS certificate of the members must name it. The port is the UDP and TCP one; a TLS party gets sip_record_route_tls_port (a TLS listener is on another port than UDP and TCP). Without a port a phone takes the port from SRV, else 5060, 5061 for TLS. A WebSocket party keeps the member's address (a browser sends every request on its own connection). A Route naming it is the farm's own (removed, as sip_route_aliases). Empty: the member's address. `colony up` leaves it empty: members on one loopback host have no common name.")
+    sip_record_route_tls_port: int = Field(0, ge=0, le=65535, description="Port written with sip_record_route_host in the Record-Route a party on TLS is given (with transport=tls): the balancer's TLS port. 0: none, the phone takes it from SRV (_sips._tcp), else 5061 -- also when sip_record_route_host names a port, which is the UDP and TCP one.")
     sip_allow_networks: str = Field("127.0.0.0/8, ::1/128", description="Sources exempt from the SIP rate limits, comma separated CIDRs: this host's own tools by default (as edge_allow_networks); add trunks and load testers. Empty: none.")
 
     # --- recipient resolution (colony.contracts.recipients) ----------------------------
@@ -299,19 +300,45 @@ class Settings(BaseSettings):
     @field_validator("sip_record_route_host")
     @classmethod
     def _check_record_route_host(cls, value: str) -> str:
-        """A host name or address as a SIP URI's host (RFC 3261 §25.1): IPv6 bracketed, no port."""
+        """A SIP URI's hostport (RFC 3261 §25.1): a host name or address (IPv6 bracketed,
+        written so here), and optionally ``:port``."""
         import ipaddress
 
-        host = value.strip().lower()
-        if not host:
+        text = value.strip().lower()
+        if not text:
             return ""
+        fix = (f"COLONY_SIP_RECORD_ROUTE_HOST={value!r}: write host or host:port, an IPv6 address as [v6]:port, "
+               "no sip: and no parameters, e.g. sip.example.net or sip.example.net:5080 (the TLS port is "
+               "sip_record_route_tls_port)")
+        host, port = text, ""
         try:
-            address = ipaddress.ip_address(host.strip("[]"))
+            ipaddress.IPv6Address(text)          # bare IPv6: every colon is the address's own
+        except ValueError:
+            if text.startswith("["):
+                host, bracket, rest = text[1:].partition("]")
+                if not bracket or (rest and not rest.startswith(":")):
+                    raise ValueError(fix) from None
+                port = rest[1:] if rest else ""
+                if rest and not port:
+                    raise ValueError(fix) from None
+                try:
+                    ipaddress.IPv6Address(host)
+                except ValueError:
+                    raise ValueError(fix) from None
+            elif ":" in text:
+                host, _, port = text.rpartition(":")
+                if not port:
+                    raise ValueError(fix)
+        if port and not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+            raise ValueError(fix)
+        suffix = f":{int(port)}" if port else ""
+        try:
+            address = ipaddress.ip_address(host)
         except ValueError:
             if not re.fullmatch(r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*\.?", host):
-                raise ValueError(f"{value!r}: write a host name or address without a port, e.g. sip.example.net") from None
-            return host.rstrip(".")
-        return f"[{address}]" if address.version == 6 else str(address)
+                raise ValueError(fix) from None
+            return host.rstrip(".") + suffix
+        return (f"[{address}]" if address.version == 6 else str(address)) + suffix
 
     @field_validator("dnsbl_zones")
     @classmethod

@@ -278,8 +278,10 @@ class SipFarm:
         self.routes = RouteSigner(secret)
         # Names phones may give as their outbound proxy (host or host:port), lower case.
         self.route_aliases = frozenset(a.strip().lower() for a in settings.sip_route_aliases.split(",") if a.strip())
-        # The farm's public name for its Record-Routes ("": this member's address), _facing.
-        self.public_host = settings.sip_record_route_host
+        # The farm's public name for its Record-Routes ("": this member's address), _facing:
+        # its host, and the ports for UDP and TCP and for TLS (0: none written).
+        self.public_host, self.public_port = _split_hostport(settings.sip_record_route_host)
+        self.public_tls_port = settings.sip_record_route_tls_port
         self._unsigned_until = clock() + settings.sip_dialog_record_ttl
         self.host, self.port = address
         self.metrics = FarmMetrics(registry)
@@ -852,16 +854,21 @@ class SipFarm:
         ``transport=tcp``; over UDP and WebSocket (a browser sends every request on its
         WebSocket, RFC 7118 §5) our SIP address as the packet reached it.
 
-        With ``sip_record_route_host`` the farm's public name instead, without a port and with
-        the party's transport, UDP included: the phone finds a live member by RFC 3263 (SRV
-        ``_sip._udp``, ``_sip._tcp``, ``_sips._tcp``, else the name's address at 5060/5061) or
-        reaches the balancer, so the dialog outlives the member that routed it.  Without a
+        With ``sip_record_route_host`` the farm's public name instead, with the party's
+        transport, UDP included, and the port configured for it -- the name's own for UDP and
+        TCP, ``sip_record_route_tls_port`` for TLS (a balancer's TLS listener is on another port
+        than its UDP and TCP one, so one port for all would send a TLS phone's requests to a
+        port speaking no TLS).  Without a port the phone finds a live member by RFC 3263 (SRV
+        ``_sip._udp``, ``_sip._tcp``, ``_sips._tcp``, else the name's address at 5060/5061);
+        with one it reaches the balancer there (§4.2: no SRV lookup).  Either way the dialog
+        outlives the member that routed it.  Without a
         transport a phone may pick any the name's SRV records offer (RFC 3263 §4.1; libre,
         baresip's stack, asks for ``_sips._tcp`` first), and a UDP phone's BYE would go over
         TLS.  A WebSocket party keeps our address: a browser sends its requests on its own
         connection whatever the Route names."""
         if self.public_host and transport in ("UDP", "TCP", "TLS"):
-            return f"{self.public_host};transport={transport.lower()}"
+            port = self.public_tls_port if transport == "TLS" else self.public_port
+            return f"{self.public_host}{f':{port}' if port else ''};transport={transport.lower()}"
         if transport in ("TCP", "TLS"):
             found = self.listeners(member).get("sip_tls" if transport == "TLS" else "sip")
             if found is None and member == names.node_key(self._flow()) and transport == "TCP":
@@ -1538,6 +1545,15 @@ def _uri_reaches(uri, flow: Destination) -> bool:
         return False
     host = (uri.params.get("maddr") or uri.host).strip("[]").lower()
     return host == flow[1].strip("[]").lower() and (uri.port or 5060) == flow[2]
+
+
+def _split_hostport(value: str) -> tuple[str, int]:
+    """``sip_record_route_host`` as the settings leave it -- host, host:port or [v6]:port,
+    IPv6 bracketed -- as (host, port); port 0 when none is named."""
+    host, colon, port = value.rpartition(":")
+    if not colon or not port.isdigit() or (":" in host and not (host.startswith("[") and host.endswith("]"))):
+        return value, 0
+    return host, int(port)
 
 
 def _contact_reaches(contact: str | None, flow: Destination) -> bool:

@@ -504,7 +504,8 @@ async def test_a_linphone_on_a_connection_re_registers_through_the_other_member_
         call = await ring_and_answer(alice)
         established = await bob.event("CALL_ESTABLISHED", mark, direction="outgoing")
         # bob hangs up: alice's own BYE would follow the Record-Route, which names the member
-        # (not the balancer: sip_record_route_host has no port, and this one is not on 5061),
+        # (not the balancer: no sip_record_route_host here; test_record_route_port.py names one
+        # with its own TLS port),
         # and linphone's mbedTLS cannot check a certificate for an IP address.
         await bob.command("hangup")
         await call_gone(alice, call)

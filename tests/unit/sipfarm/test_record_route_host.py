@@ -4,8 +4,11 @@ a dialog's later requests reach any live member (RFC 3263) and a call can be end
 member died.  The member's own address died with it (a real phone sent its BYE there), and in
 compose named a container no phone can resolve.
 
-Each party gets the name with its own transport and no port: ``transport=udp`` too, since
-without one a phone may take any transport the name's SRV records offer.  A WebSocket party
+Each party gets the name with its own transport: ``transport=udp`` too, since without one a
+phone may take any transport the name's SRV records offer.  Without a port in the name the
+phone finds the port by SRV; with one (a balancer on a non-default port) it is the UDP and
+TCP port, and a TLS party gets ``sip_record_route_tls_port`` (the balancer's TLS listener),
+so a TLS phone's in-dialog requests reach a port that speaks TLS.  A WebSocket party
 keeps the member's address (a browser sends everything on its own connection).  The name is
 the farm's own (a preloaded Route naming it is removed), and Routes stay signed: another
 member routes the dialog's requests by the signature, never by the name."""
@@ -31,8 +34,8 @@ CALLEE_UDP = ("UDP", "192.0.2.7", 5062)
 
 
 def farm(node: str = "sipfarm-1", host: str = NAME, store: Store | None = None, dialogs: Dialogs | None = None,
-         address: tuple[str, int] = ME) -> SipFarm:
-    return SipFarm(Settings(sip_record_route_host=host), node, store=store or Store(Clock()), dialogs=dialogs or Dialogs(),
+         address: tuple[str, int] = ME, tls_port: int = 0) -> SipFarm:
+    return SipFarm(Settings(sip_record_route_host=host, sip_record_route_tls_port=tls_port), node, store=store or Store(Clock()), dialogs=dialogs or Dialogs(),
                    auth=Auth(), counters=Counters(), secret=b"k" * 32, address=address, registry=CollectorRegistry(),
                    meter=lambda c: None, listeners=lambda member: LISTENERS.get(member, {}))
 
@@ -171,12 +174,87 @@ async def test_an_ipv6_public_address_is_bracketed():
 
 
 @pytest.mark.parametrize("value, kept", [("SIP.Provider.Example.", NAME), ("192.0.2.1", "192.0.2.1"),
-                                         ("[2001:db8::1]", "[2001:db8::1]"), (" ", "")])
-def test_the_setting_takes_a_host_name_or_address(value, kept):
+                                         ("[2001:db8::1]", "[2001:db8::1]"), (" ", ""),
+                                         ("2001:DB8::1", "[2001:db8::1]"),
+                                         (f"{NAME.upper()}.:5080", f"{NAME}:5080"), ("192.0.2.1:05070", "192.0.2.1:5070"),
+                                         ("[2001:DB8::1]:5080", "[2001:db8::1]:5080")])
+def test_the_setting_takes_a_host_name_or_address_with_or_without_a_port(value, kept):
     assert Settings(sip_record_route_host=value).sip_record_route_host == kept
 
 
-@pytest.mark.parametrize("value", [f"{NAME}:5060", f"sip:{NAME}", "two words", "-bad.example", "a_b.example"])
-def test_the_setting_refuses_a_port_a_uri_or_no_host_name(value):
-    with pytest.raises(ValidationError, match="without a port"):
+@pytest.mark.parametrize("value", [f"{NAME}:", f"{NAME}:0", f"{NAME}:65536", f"{NAME}:50x", f"sip:{NAME}",
+                                   f"{NAME};transport=tls", "two words", "-bad.example", "a_b.example",
+                                   "[2001:db8::1", "[2001:db8::1]5060", "[2001:db8::1]:", "[sip.example]:5060",
+                                   f"{NAME}:5060:5061"])
+def test_the_setting_refuses_what_is_no_hostport_naming_the_key_and_the_fix(value):
+    with pytest.raises(ValidationError, match=r"COLONY_SIP_RECORD_ROUTE_HOST=.*write host or host:port.*\[v6\]:port"):
         Settings(sip_record_route_host=value)
+
+
+@pytest.mark.parametrize("port", [-1, 65536])
+def test_the_tls_port_is_a_port(port):
+    with pytest.raises(ValidationError, match="sip_record_route_tls_port"):
+        Settings(sip_record_route_tls_port=port)
+
+
+# --- a port on the name: a balancer on another port, a TLS listener on its own -------------
+
+@pytest.mark.parametrize("host, tls_port, caller, callee, expected", [
+    # The name's port is the UDP and TCP one; TLS gets its own, or none (SRV _sips._tcp / 5061).
+    (f"{NAME}:5080", 5081, ("UDP", "198.51.100.9", 5060), ("UDP", "192.0.2.7", 5062), [f"{NAME}:5080;transport=udp"]),
+    (f"{NAME}:5080", 5081, ("TCP", "198.51.100.9", 40003), ("TCP", "192.0.2.7", 40002), [f"{NAME}:5080;transport=tcp"]),
+    (f"{NAME}:5080", 5081, ("TLS", "198.51.100.9", 40003), ("TLS", "192.0.2.7", 40002), [f"{NAME}:5081;transport=tls"]),
+    # RFC 5658 double Record-Route (callee's on top): each party its transport and that one's port.
+    (f"{NAME}:5080", 5081, ("TLS", "198.51.100.9", 40003), ("UDP", "192.0.2.7", 5062),
+     [f"{NAME}:5080;transport=udp", f"{NAME}:5081;transport=tls"]),
+    (f"{NAME}:5080", 5081, ("UDP", "198.51.100.9", 5060), ("TLS", "192.0.2.7", 40002),
+     [f"{NAME}:5081;transport=tls", f"{NAME}:5080;transport=udp"]),
+    (NAME, 5061, ("TLS", "198.51.100.9", 40003), ("UDP", "192.0.2.7", 5062),
+     [f"{NAME};transport=udp", f"{NAME}:5061;transport=tls"]),
+    (f"{NAME}:5080", 0, ("TLS", "198.51.100.9", 40003), ("UDP", "192.0.2.7", 5062),
+     [f"{NAME}:5080;transport=udp", f"{NAME};transport=tls"]),
+    # UDP and TCP share the port (RFC 3261 §18.2.1), yet a transport change is a second entry.
+    (f"{NAME}:5080", 0, ("UDP", "198.51.100.9", 5060), ("TCP", "192.0.2.7", 40002),
+     [f"{NAME}:5080;transport=tcp", f"{NAME}:5080;transport=udp"]),
+    ("[2001:db8::5]:5080", 5081, ("TLS", "198.51.100.9", 40003), ("UDP", "192.0.2.7", 5062),
+     ["[2001:db8::5]:5080;transport=udp", "[2001:db8::5]:5081;transport=tls"]),
+    # A browser keeps the member's address, port and all.
+    (f"{NAME}:5080", 5081, ("WSS", "198.51.100.9", 40005), ("TLS", "192.0.2.7", 40002),
+     [f"{NAME}:5081;transport=tls", f"{ME[0]}:{ME[1]}"]),
+])
+async def test_each_party_gets_the_port_of_its_transport(host, tls_port, caller, callee, expected):
+    f = farm(host=host, tls_port=tls_port)
+    await register_bob(f, callee)
+    forwarded, out = await call(f, caller)
+    assert out.destination == callee
+    routes = forwarded.headers.get_all("Record-Route")
+    assert [r.partition(";lr;")[0].removeprefix("<sip:") for r in routes] == expected, routes
+    for route, want in zip(routes, expected):
+        uri, wanted = parse_address(route).uri, parse_address(f"<sip:{want}>").uri
+        assert (uri.host, uri.port, uri.transport) == (wanted.host, wanted.port, wanted.transport)
+
+
+async def test_a_tls_party_s_in_dialog_request_to_the_name_and_port_is_routed_by_another_member():
+    """The TLS caller's BYE comes back to the name's TLS port (the balancer), to any member."""
+    store, dialogs = Store(Clock()), Dialogs()
+    first = farm(host=f"{NAME}:5080", tls_port=5081, store=store, dialogs=dialogs)
+    await register_bob(first, CALLEE_UDP)
+    caller = ("TLS", "198.51.100.9", 40003)
+    forwarded, _ = await call(first, caller)
+    callee_facing, caller_facing = forwarded.headers.get_all("Record-Route")
+    assert parse_address(caller_facing).uri.port == 5081 and parse_address(callee_facing).uri.port == 5080
+    second = farm("sipfarm-2", host=f"{NAME}:5080", tls_port=5081, store=store, dialogs=dialogs,
+                  address=("127.0.0.2", 5060))
+    [bye] = await second.handle(in_dialog("BYE", "sip:bob@192.0.2.7:5062", "alice", [caller_facing, callee_facing], 3,
+                                          "TLS"), ("TLS", "198.51.100.9", 40009))
+    sent = parse_message(bye.data)
+    assert sent.method == "BYE" and bye.destination == CALLEE_UDP and "Route" not in sent.headers
+
+
+@pytest.mark.parametrize("route", [f"<sip:{NAME}:5080;lr>", f"<sip:{NAME};transport=tls;lr>", f"<sip:{NAME}:5081;lr>"])
+async def test_a_preloaded_route_naming_the_public_name_with_a_port_is_the_farm_s_own(route):
+    f = farm(host=f"{NAME}:5080", tls_port=5081)
+    await register_bob(f, CALLEE_UDP)
+    auth_invite = invite().replace(b"Via:", f"Route: {route}\r\nVia:".encode(), 1)
+    [challenge] = await f.handle(auth_invite, CALLER_UDP)
+    assert parse_message(challenge.data).status == 407
