@@ -19,6 +19,11 @@ answers with the bytes to write back and the complete SIP messages that arrived,
   as it arrives, and nothing else is kept.
 * **Sending**: a message that is valid UTF-8 goes as a text frame (what browser stacks
   expect), anything else (a binary body) as a binary frame (§5.3 allows both).
+* **CRLF keep-alives**: a message of nothing but CRLFs is no SIP message; a CRLFCRLF "ping"
+  is answered with a CRLF "pong" message (RFC 5626 §4.4.1, as on the farm's other streams),
+  any other run of CRLFs is ignored.  Browser stacks send them over the WebSocket (SIP.js's
+  ``keepAliveInterval``: CRLFCRLF, and a CRLF message clears its keep-alive timeout); neither
+  is handed up.
 * **Ping** is answered with pong; a **close** is answered with the same code and the
   connection ends (``closed``).  A protocol error from the client closes with the code
   wsproto names (1002, 1007, ...).
@@ -112,8 +117,13 @@ class SipWebSocket:
                 return
             self._partial += chunk
             if event.message_finished:
-                out.messages.append(bytes(self._partial))
+                message = bytes(self._partial)
                 self._partial.clear()
+                if message and not message.strip(b"\r\n"):      # a keep-alive, not a SIP message
+                    if b"\r\n\r\n" in message:
+                        out.to_send += self._ws.send(TextMessage(data="\r\n"))
+                    return
+                out.messages.append(message)
         elif isinstance(event, Ping):
             out.to_send += self._ws.send(event.response())
         elif isinstance(event, CloseConnection):

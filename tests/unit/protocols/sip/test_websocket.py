@@ -81,6 +81,22 @@ def test_ping_gets_pong_and_close_is_answered():
     assert isinstance(close, CloseConnection) and close.code == 1000 and server.closed
 
 
+def test_a_crlfcrlf_keepalive_gets_a_crlf_pong_and_is_no_sip_message():
+    """SIP.js's keepAliveInterval sends CRLFCRLF as a WebSocket message and takes a CRLF
+    message as the pong (RFC 5626 §4.4.1); it reached the farm as an unparsable message and
+    got nothing back."""
+    server, client, _ = handshake()
+    got = server.receive(client.send(TextMessage(data="\r\n\r\n")))
+    assert got.messages == []
+    client.receive_data(got.to_send)
+    [pong] = list(client.events())
+    assert isinstance(pong, TextMessage) and pong.data == "\r\n"
+    got = server.receive(client.send(TextMessage(data="\r\n")))          # a lone CRLF: no ping
+    assert got.messages == [] and got.to_send == b""
+    got = server.receive(client.send(BytesMessage(data=b"\r\n\r\n")) + client.send(TextMessage(data=REGISTER.decode())))
+    assert got.messages == [REGISTER] and got.to_send != b"" and not server.closed
+
+
 def test_a_client_frame_without_a_mask_is_a_protocol_error_closing_with_1002():
     server, client, _ = handshake()
     unmasked = b"\x81\x02hi"       # FIN + text, no mask bit: clients must mask (RFC 6455 5.1)
