@@ -71,6 +71,7 @@ from colony.protocols.sip.digest import DigestAuthenticator, parse_credentials
 from colony.protocols.sip.message import (REASONS, Headers, SipRequest, SipResponse, Via, encode_response,
                                           make_response, parse_via)
 from colony.protocols.sip.parser import SipParseError, parse_message
+from colony.protocols.sip.stun import binding_response
 from colony.protocols.sip.transaction import Destination, build_ack, response_destination, stamp_via
 from colony.protocols.sip.uri import Address, SipURI, URIError, parse_address, parse_uri, uri_equivalent
 from colony.settings import Settings
@@ -108,6 +109,15 @@ ANSWER_LIFETIME = 32.0       # seconds: 64*T1, a transaction's longest life
 MAX_PENDING = 10_000         # requests worked on at once (each waits on the bus)
 HA1_CACHE = 50_000           # accounts whose credentials are remembered
 MAX_CONTACT = 1024           # longest contact URI stored (Binding.contact)
+# RFC 5626 outbound: the only option tag the registrar supports (a REGISTER requiring it is
+# no 420).  Applied over the transports whose keep-alives a member answers: a CRLF ping on
+# a TCP or TLS flow gets its pong (StreamFramer), a STUN Binding request over UDP its
+# answer (stun.py).  WebSocket flows are left out: their keep-alive is a CRLF inside a
+# WebSocket message, which no member answers -- a phone told outbound would take its flow
+# for dead at its first unanswered ping.
+OUTBOUND = "outbound"
+REGISTRAR_OPTIONS = frozenset({OUTBOUND})
+OUTBOUND_TRANSPORTS = frozenset({"UDP", "TCP", "TLS"})
 ENDED_MARKER_TTL = 5         # seconds the purge marker of an ended call's record lives
 OVERLOAD_RETRY_AFTER = 5    # seconds a refused sender should wait (Retry-After of an overload 503)
 MAX_SPREAD_SIZE = 65_535     # spread_key reads anything; handle() applies sip_max_message_size
@@ -145,6 +155,7 @@ class Outbound:
 class FarmMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registrations = Counter("colony_sip_registrations", "Successful REGISTER requests (incl. refreshes and removals).", registry=registry)
+        self.stun = Counter("colony_sip_stun_keepalives", "STUN Binding requests over UDP answered (RFC 5626 keep-alives of phones registered with outbound).", registry=registry)
         self.unwritten = Counter("colony_sip_refreshes_unwritten", "REGISTER refreshes answered from the stored bindings without a write (sip_refresh_write_slack).", registry=registry)
         self.requests = Counter("colony_sip_requests", "SIP requests received, by method.", ["method"], registry=registry)
         self.answers = Counter("colony_sip_answers", "Final answers this member made itself, by method and code.", ["method", "code"], registry=registry)
@@ -334,6 +345,11 @@ class SipFarm:
             message = parsed
         except SipParseError as exc:
             if exc.request is None:
+                # An RFC 5626 keep-alive over UDP: a STUN Binding request (stun.py), answered
+                # where it came from; unanswered, the phone takes its flow for failed.
+                if source[0] == "UDP" and (stun := binding_response(data, source[1], source[2])) is not None:
+                    self.metrics.stun.inc()
+                    return [Outbound(stun, source)]
                 # A datagram of nothing but CRLFs is a phone's keep-alive (linphone sends one
                 # every keepalive_period over UDP; RFC 3261 §7.5 has a stream's ignored), not
                 # garbage: counted "unparsable", every such phone added one every 30 s to the
@@ -482,7 +498,7 @@ class SipFarm:
             if moved is not None:
                 return self._local(request, source, moved[0], extra=moved[1], remember=moved[0] != 503)
         if request.method == "REGISTER":
-            return self._unsupported(request, source, "Require") or await self._register(request, source)
+            return self._unsupported(request, source, "Require", REGISTRAR_OPTIONS) or await self._register(request, source)
         routes = request.headers.get_all("Route")
         while routes and self._preloaded(routes[0], request):
             # RFC 3261 §16.4: a first Route naming this proxy is removed -- a phone set up
@@ -511,11 +527,13 @@ class SipFarm:
             return self._local(request, source, 481)
         return await self._new_request(request, source)
 
-    def _unsupported(self, request: SipRequest, source: Destination, header: str) -> list[Outbound]:
+    def _unsupported(self, request: SipRequest, source: Destination, header: str,
+                     known: frozenset[str] = frozenset()) -> list[Outbound]:
         """420 naming the option tags of ``header`` (Require of a request the farm answers as a
-        UAS, Proxy-Require of one it proxies) -- it supports none (RFC 3261 §8.2.2.3, §16.3
-        step 5); nothing when there are none."""
-        tags = request.headers.get_all(header)
+        UAS, Proxy-Require of one it proxies) that are not ``known`` -- the registrar knows
+        ``outbound``, the rest of the farm none (RFC 3261 §8.2.2.3, §16.3 step 5); nothing
+        when there are none."""
+        tags = [tag for tag in request.headers.get_all(header) if tag.strip().lower() not in known]
         if not tags:
             return []
         return self._local(request, source, 420, extra=[("Unsupported", ", ".join(tags))])
@@ -672,6 +690,14 @@ class SipFarm:
         if wildcard and (len(contacts) > 1 or default != 0):
             return self._local(request, source, 400, "Wildcard Needs Expires 0")
         changes: list[tuple[str, float, int, str, str]] = []    # (contact URI, q, expires, instance, reg-id)
+        # RFC 5626 §6: outbound is applied to a REGISTER whose Contact has +sip.instance and
+        # reg-id when the farm is its first hop (one Via).  Behind another proxy it would need
+        # that proxy's Path with "ob" (RFC 3327), which this registrar does not keep: reg-id
+        # is ignored -- or 439 when the phone asked for outbound, so that it learns its first
+        # hop lacks it instead of believing its flows are kept apart.
+        options = {tag.strip().lower() for name in ("Supported", "Require") for tag in request.headers.get_all(name)}
+        first_hop = len(request.headers.get_all("Via")) == 1
+        flows = False
         for contact in contacts:
             if contact.wildcard:
                 continue
@@ -694,6 +720,11 @@ class SipFarm:
             reg_id = (contact.params.get("reg-id") or "").strip() if instance else ""
             if len(instance) > 256 or len(reg_id) > 16:
                 return self._local(request, source, 400, "Bad Instance")
+            if reg_id and not first_hop:
+                if OUTBOUND in options:
+                    return self._local(request, source, 439, "First Hop Lacks Outbound Support")
+                reg_id = ""
+            flows = flows or bool(reg_id)
             changes.append((uri, q, min(expires, self.settings.sip_max_expires), instance, reg_id))
         transport, host, port = source
         agent = (request.headers.get("User-Agent") or "")[:256]
@@ -778,6 +809,13 @@ class SipFarm:
                              + (f';+sip.instance="{b.instance}"' if b.instance else "")
                              + (f";reg-id={b.reg_id}" if b.reg_id else "")) for b in stored]
         extra.append(("Date", self._date_of(now)))
+        if flows and OUTBOUND in options and transport in OUTBOUND_TRANSPORTS:
+            # RFC 5626 §6: the phone asked (Supported, RFC 3261 §20.32: never Require of one
+            # that did not) and its flows are bound by reg-id; on a connection, how often its
+            # CRLF keep-alives must come (§4.4.1, §5.4).
+            extra.append(("Require", OUTBOUND))
+            if transport != "UDP" and self.settings.sip_flow_timer:
+                extra.append(("Flow-Timer", str(self.settings.sip_flow_timer)))
         return self._local(request, source, 200, extra=extra)
 
     def _date_of(self, now: float) -> str:
