@@ -110,14 +110,11 @@ MAX_PENDING = 10_000         # requests worked on at once (each waits on the bus
 HA1_CACHE = 50_000           # accounts whose credentials are remembered
 MAX_CONTACT = 1024           # longest contact URI stored (Binding.contact)
 # RFC 5626 outbound: the only option tag the registrar supports (a REGISTER requiring it is
-# no 420).  Applied over the transports whose keep-alives a member answers: a CRLF ping on
-# a TCP or TLS flow gets its pong (StreamFramer), a STUN Binding request over UDP its
-# answer (stun.py).  WebSocket flows are left out: their keep-alive is a CRLF inside a
-# WebSocket message, which no member answers -- a phone told outbound would take its flow
-# for dead at its first unanswered ping.
+# no 420).  A member answers every keep-alive of it: a CRLF ping on a TCP or TLS flow gets
+# its pong (StreamFramer), one in a WebSocket message too (websocket.py), a STUN Binding
+# request over UDP its answer (stun.py).
 OUTBOUND = "outbound"
 REGISTRAR_OPTIONS = frozenset({OUTBOUND})
-OUTBOUND_TRANSPORTS = frozenset({"UDP", "TCP", "TLS"})
 ENDED_MARKER_TTL = 5         # seconds the purge marker of an ended call's record lives
 OVERLOAD_RETRY_AFTER = 5    # seconds a refused sender should wait (Retry-After of an overload 503)
 MAX_SPREAD_SIZE = 65_535     # spread_key reads anything; handle() applies sip_max_message_size
@@ -809,10 +806,10 @@ class SipFarm:
                              + (f';+sip.instance="{b.instance}"' if b.instance else "")
                              + (f";reg-id={b.reg_id}" if b.reg_id else "")) for b in stored]
         extra.append(("Date", self._date_of(now)))
-        if flows and OUTBOUND in options and transport in OUTBOUND_TRANSPORTS:
+        if flows and OUTBOUND in options:
             # RFC 5626 §6: the phone asked (Supported, RFC 3261 §20.32: never Require of one
-            # that did not) and its flows are bound by reg-id; on a connection, how often its
-            # CRLF keep-alives must come (§4.4.1, §5.4).
+            # that did not) and its flows are bound by reg-id; on a connection (TCP, TLS,
+            # WebSocket), how often its CRLF keep-alives must come (§4.4.1, §5.4).
             extra.append(("Require", OUTBOUND))
             if transport != "UDP" and self.settings.sip_flow_timer:
                 extra.append(("Flow-Timer", str(self.settings.sip_flow_timer)))

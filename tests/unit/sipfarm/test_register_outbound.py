@@ -2,7 +2,7 @@
 ``reg-id`` binds that flow of the device (test_register_instance.py); when the phone also
 says ``Supported: outbound`` and the farm is its first hop, the 200 says ``Require:
 outbound`` (§6) -- the phone then knows its flows are kept apart and keeps them alive -- and
-on a TCP or TLS flow ``Flow-Timer`` (§4.4.1, §5.4), how often its CRLF keep-alives must
+on a TCP, TLS or WebSocket flow ``Flow-Timer`` (§4.4.1, §5.4), how often its CRLF keep-alives must
 come; over UDP its keep-alives are STUN Binding requests, which the member answers (§8).
 A phone that does not ask (no ``outbound`` option tag, no reg-id: linphone sends
 ``+sip.instance`` and ``Supported: outbound`` without reg-id) sees no change.  Behind
@@ -48,7 +48,7 @@ def bound(farm) -> list[tuple[str, str]]:
     return [(b.contact, b.reg_id) for b in farm.store.sets.get("alice@acme.example", [])]
 
 
-@pytest.mark.parametrize("source", [TCP, TLS])
+@pytest.mark.parametrize("source", [TCP, TLS, WSS])
 async def test_a_flow_asking_for_outbound_on_a_connection_gets_require_and_flow_timer(farm, source):
     ok = await registered(farm, source=source)
     assert ok.status == 200
@@ -88,8 +88,6 @@ async def test_a_require_outbound_is_understood_and_other_tags_still_get_420(far
     (FLOW, "", TCP),
     # reg-id without an instance is no flow (§6).
     ("<sip:alice@192.0.2.7:40001;transport=tcp;ob>;reg-id=1", "Supported: outbound\r\n", TCP),
-    # A WebSocket flow: its CRLF keep-alives inside WebSocket messages go unanswered.
-    (FLOW, "Supported: outbound\r\n", WSS),
 ])
 async def test_a_phone_not_asking_for_outbound_sees_no_change(farm, contact, extra, source):
     ok = await registered(farm, contact=contact, extra=extra, source=source)
