@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from test_colony_up import all_ready, free_base_port, start_up, status_json, stop_up, wait_for
-from tools import need_tool
+from chromium import chromium
 
 pytestmark = pytest.mark.slow
 
@@ -30,23 +30,8 @@ def artifacts() -> Path:
 
 @pytest.fixture
 def browser(tmp_path):
-    chromium = need_tool("chromium")
-    driver_path = need_tool("chromedriver", "chromium-driver")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--window-size=1400,900", f"--user-data-dir={tmp_path / 'chromium'}"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(driver_path), options=options)
-    driver.set_page_load_timeout(60)
-    try:
+    with chromium(tmp_path / "chromium") as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 @pytest.fixture
