@@ -252,3 +252,33 @@ def test_movemail_moves_every_message_once_and_empties_the_server(edge, tmp_path
     out = run([movemail, "--no-config", "-v", url, str(mbox)])
     assert out.returncode == 0 and "number of processed messages: 0" in said(out), said(out)
     assert mbox.read_bytes() == before
+
+
+def test_movemail_preserve_with_uidls_copies_only_new_mail(edge, tmp_path):
+    """``--preserve --uidl``: the server keeps its mail and movemail skips what it copied before
+    -- it knows it by the UIDL it wrote into the mbox (X-UIDL), so UIDL must name a message for
+    good across sessions."""
+    user = "mmuidl"
+    add_account(edge, user)
+    subject = unique("movemail uidl")
+    mail(edge, user, [message(f"{subject} {n}") for n in range(3)])
+    arrived(edge, user, subject, count=3)
+    url = f"pops://{user}%40{DOMAIN}:{PASSWORD.replace(' ', '%20')}@127.0.0.1:{edge.ports['pop3s']}"
+    mbox = tmp_path / "mbox"
+    movemail = need_tool("movemail", "mailutils")
+
+    def copy() -> int:
+        out = run([movemail, "--no-config", "-v", "--preserve", "--uidl", url, str(mbox)])
+        assert out.returncode == 0 and "number of errors: 0" in said(out), said(out)
+        return int(re.search(r"number of processed messages: (\d+)", said(out))[1])
+    assert copy() == 3
+    on_server = pop3_uidls(edge, user)
+    assert len(on_server) == 3
+    assert copy() == 0
+    mail(edge, user, [message(f"{subject} late")])
+    arrived(edge, user, f"{subject} late")
+    assert copy() == 1
+    uidls = pop3_uidls(edge, user)
+    assert len(uidls) == 4
+    assert mbox.read_bytes().count(b"\nFrom ") + 1 == 4
+    assert sorted(re.findall(rb"(?m)^X-UIDL: (\S+)$", mbox.read_bytes())) == sorted(u.encode() for u in uidls)
