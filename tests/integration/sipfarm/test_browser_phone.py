@@ -232,3 +232,38 @@ async def test_browser_phones_whose_via_names_another_transport_still_call(membe
     assert (await events(browser, alice))[-1] == "rx BYE"
     assert await run(browser, bob, "return await window.phone.call('alice');") == 200
     assert await run(browser, bob, "return await window.phone.inDialog('BYE');") == 200
+
+
+async def test_a_reloaded_browser_phone_is_called_on_its_new_connection(members, page_url, browser, cluster):
+    """A reload drops the page's WebSocket without unregistering and registers a new Contact
+    on a new connection: the call forks to both bindings, the dead flow's branch fails at once
+    (430, never heard) and the new tab answers."""
+    addresses, _ = members
+    alice = await open_phone(browser, page_url, "alice", ws_url(addresses[0]["sip_ws"], "ws"))
+    bob = await open_phone(browser, page_url, "bob", ws_url(addresses[1]["sip_wss"], "wss"))
+    await register_both(browser, alice, bob)
+    await asyncio.to_thread(lambda: (browser.switch_to.window(bob), browser.refresh()))
+    assert await run(browser, bob, "return await window.phone.open();") == "sip"
+    assert await run(browser, bob, "return await window.phone.register();") == 200
+    assert len(await bindings(cluster, "bob")) == 2
+    assert await run(browser, alice, "return await window.phone.call('bob');") == 200
+    assert await run(browser, alice, "return await window.phone.inDialog('BYE');") == 200
+    assert (await events(browser, bob))[-1] == "rx BYE"
+
+
+async def test_a_webrtc_offer_and_answer_of_the_browser_go_through_the_farm_whole(members, page_url, browser):
+    """The INVITE carries chromium's own SDP (RTCPeerConnection: audio and video, DTLS
+    fingerprint, ICE candidates) and the 200 the callee browser's answer to it; each side's
+    RTCPeerConnection takes the other's, which it would not if the farm had cut or changed
+    a body (Content-Length, framing of a message several KiB long)."""
+    addresses, _ = members
+    alice = await open_phone(browser, page_url, "alice", ws_url(addresses[0]["sip_ws"], "ws"))
+    bob = await open_phone(browser, page_url, "bob", ws_url(addresses[1]["sip_wss"], "wss"))
+    await register_both(browser, alice, bob)
+    assert await run(browser, alice, "return await window.phone.call('bob', true);") == 200
+    caller = await events(browser, alice)
+    assert "webrtc answer taken" in caller, caller
+    size = next(int(e.split()[2]) for e in caller if e.startswith("webrtc offer "))
+    assert size > 2000, caller          # a browser's offer, not a few lines of dummy SDP
+    assert "webrtc offer taken" in await events(browser, bob)
+    assert await run(browser, alice, "return await window.phone.inDialog('BYE');") == 200
