@@ -341,6 +341,13 @@ def rebuild(journal_dir: Path, segments: dict[int, Path], below: int) -> tuple[M
 _HEAD_BYTES = 4096  # a claim and a seal are well under this
 
 
+def _body_epoch(name: str) -> int:
+    """The epoch a body file was written in (its name begins with it, see ``_write_body``);
+    -1 for a name of another shape."""
+    head = name.split("-", 1)[0]
+    return int(head) if head.isascii() and head.isdigit() else -1
+
+
 def read_state(mail_dir: Path) -> MailState:
     """What an account's mail is, read without claiming it (tests, operators' tools): the
     state the next owner would rebuild."""
@@ -447,11 +454,19 @@ class AccountMail:
         for epoch, _off, path in j.list_snapshots(self.journal_dir):
             if epoch < self.epoch:
                 path.unlink(missing_ok=True)
-        prefix = f"{self.epoch}-"
+        self._sweep_bodies()
+
+    def _sweep_bodies(self) -> None:
+        """Remove the bodies no record of ours names that no owner can still commit: those of
+        earlier epochs.  Ours may be a live batch's; a later epoch's are a newer owner's (one
+        that claims the account while we sweep).  Run at the take-over and again at close: a
+        fenced-off owner still writing a batch when we took over leaves its bodies after our
+        first sweep (its commit then fails), and they were kept until the next take-over."""
         with os.scandir(self.bodies_dir) as it:
             for entry in it:
-                if entry.name not in self.state.body_refs and not entry.name.startswith(prefix):
-                    os.unlink(entry.path)
+                if entry.name not in self.state.body_refs and _body_epoch(entry.name) < self.epoch:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(entry.path)
 
     # --- reads -----------------------------------------------------------------------------
 
@@ -711,6 +726,9 @@ class AccountMail:
         self.bodies_dir = self.dir / "bodies"
 
     def close(self) -> None:
+        if self._fd is not None and not self._broken:
+            with contextlib.suppress(OSError):
+                self._sweep_bodies()
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None

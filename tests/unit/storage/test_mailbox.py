@@ -324,6 +324,30 @@ def test_late_body_files_of_a_fenced_owner_are_collected(tmp_path):
     assert os.listdir(tmp_path / "bodies") == []
 
 
+def test_late_body_files_of_a_fenced_owner_go_when_the_owner_that_fenced_it_closes(tmp_path):
+    """A fenced-off owner still writing a batch when the next one took over leaves its bodies
+    after the take-over's sweep; they stayed on disk until the next take-over (seen as two
+    body files of one message after a mail store was SIGKILLed mid-burst)."""
+    old = opened(tmp_path, 5)
+    new = opened(tmp_path, 9)
+    new.append("INBOX", b"kept")
+    new.commit()
+    old.append("INBOX", b"late")
+    with pytest.raises(j.Fenced):
+        old.commit()
+    assert len(os.listdir(tmp_path / "bodies")) == 2
+    new.close()
+    assert [n.split("-")[0] for n in os.listdir(tmp_path / "bodies")] == ["9"]
+    # A sweep spares a newer owner's bodies: one that claims the account while we have it open.
+    current = opened(tmp_path, 20)
+    newer = opened(tmp_path, 25)
+    newer.append("INBOX", b"in flight")       # written, not committed yet
+    current.close()
+    assert sorted(n.split("-")[0] for n in os.listdir(tmp_path / "bodies")) == ["25", "9"]
+    newer.commit()
+    assert [newer.body("INBOX", m.uid) for m in newer.messages("INBOX")] == [b"kept", b"in flight"]
+
+
 def test_a_commit_makes_bodies_durable_before_the_records_that_name_them(tmp_path, monkeypatch):
     acct = opened(tmp_path, 3)
     calls = []
