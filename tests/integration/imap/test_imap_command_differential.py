@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-import trustme
 
 from test_imap_mailstore import PASSWORD, world  # noqa: F401  (fixture)
 from tools import free_ports, need_tool
@@ -40,9 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "bench"))
 
 from peers import Dovecot  # noqa: E402
 
-from test_imapclient_livetest import _edge  # noqa: E402
+from test_imapclient_livetest import _edge_imaps  # noqa: E402
 
-from colony.tlsfiles import server_context  # noqa: E402
 from colony.contracts import handoff  # noqa: E402
 
 TIMEOUT = 30.0
@@ -637,13 +635,7 @@ async def test_command_table_through_the_edge(colony_imap, tmp_path):
     """The same table through an edge's IMAPS: before login the edge's own front answers
     (``preauth``), after it the store's answers cross the edge's splice."""
     _port, accounts, world, secret = colony_imap
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1")
-    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
-    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
-    client = ssl.create_default_context()
-    ca.configure_trust(client)
-    async with _edge(world, secret, server_context(tmp_path / "cert.pem", tmp_path / "key.pem")) as (_, imaps_port):
+    async with _edge_imaps(world, secret, tmp_path) as (imaps_port, client):
         wrong = await _table(imaps_port, accounts[len(CASES) + len(PREAUTH_CASES):], client)
     assert not wrong, f"{len(wrong)} answers are not the RFC's:\n" + "\n".join(wrong)
 

@@ -57,13 +57,11 @@ from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule, run_state_machine_as_test
 
-import trustme
 
 import test_imap_mailstore
 from test_imap_mailstore import BOB, PASSWORD
-from test_imapclient_livetest import _edge
+from test_imapclient_livetest import _edge_imaps
 
-from colony.tlsfiles import server_context
 
 imap, world = test_imap_mailstore.imap, test_imap_mailstore.world     # the fixtures, used by name
 
@@ -1240,11 +1238,5 @@ async def test_concurrent_sessions_through_the_edge_never_contradict_themselves(
     its octets relayed both ways): pipelined commands and the store's answers must cross the
     relay whole and in order.  A quarter of the examples: the store's rules are the same."""
     world, _host, _port, _view, secret = imap
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1")
-    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
-    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
-    client = ssl.create_default_context()
-    ca.configure_trust(client)
-    async with _edge(world, secret, server_context(tmp_path / "cert.pem", tmp_path / "key.pem")) as (_, imaps_port):
+    async with _edge_imaps(world, secret, tmp_path) as (imaps_port, client):
         await _run("127.0.0.1", imaps_port, max(1, EXAMPLES // 4), client)

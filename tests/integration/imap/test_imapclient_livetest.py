@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import dataclasses
 import io
+import ssl
 import sys
 import unittest
 from pathlib import Path
@@ -146,6 +147,20 @@ async def _edge(world, secret: Path, tls):
         for server in servers:
             server.close()
             await server.wait_closed()
+
+
+@contextlib.asynccontextmanager
+async def _edge_imaps(world, secret: Path, tmp_path: Path):
+    """An edge (``_edge``) with a certificate of a fresh CA for 127.0.0.1: yields its IMAPS
+    port and a client context that trusts that CA."""
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    client = ssl.create_default_context()
+    ca.configure_trust(client)
+    async with _edge(world, secret, server_context(tmp_path / "cert.pem", tmp_path / "key.pem")) as (_, imaps_port):
+        yield imaps_port, client
 
 
 async def test_imapclient_livetest_passes_through_the_edge(imap, tmp_path, monkeypatch):

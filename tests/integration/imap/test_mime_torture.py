@@ -22,12 +22,11 @@ import sys
 from pathlib import Path
 
 import pytest
-import trustme
 
 import mime_torture
 from test_imap_mailstore import BOB, PASSWORD, imap, world  # noqa: F401  (fixtures)
 from test_imap_state_machine import tokenize
-from test_imapclient_livetest import _edge
+from test_imapclient_livetest import _edge_imaps
 from tools import free_ports, need_tool
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "bench"))
@@ -35,7 +34,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "bench"))
 from imap import Imap  # noqa: E402  (bench/imap.py: the minimal client)
 from peers import Dovecot  # noqa: E402
 
-from colony.tlsfiles import server_context  # noqa: E402
 
 MAILBOX = "Torture"
 _LITERAL = re.compile(rb"~?\{(\d+)\+?\}\r\n")
@@ -281,13 +279,7 @@ async def test_mime_torture_answers_through_the_edge(imap, tmp_path):
     """The same answers through an edge's IMAPS (LOGIN there, the session handed to the store and
     its octets relayed): literals with 8-bit octets and NULs (BINARY) must cross whole."""
     world, _host, _port, _view, secret = imap
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1")
-    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
-    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
-    client = ssl.create_default_context()
-    ca.configure_trust(client)
-    async with _edge(world, secret, server_context(tmp_path / "cert.pem", tmp_path / "key.pem")) as (_, imaps_port):
+    async with _edge_imaps(world, secret, tmp_path) as (imaps_port, client):
         wrong = await _torture(imaps_port, client)
     assert not wrong, f"{len(wrong)} answers differ from mime_torture.EXPECT:\n" + "\n".join(wrong)
 
