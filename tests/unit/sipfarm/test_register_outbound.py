@@ -150,7 +150,7 @@ async def test_a_stun_request_over_ipv6_and_with_fingerprint_and_software(farm):
     binding_request(struct.pack("!HHI", 0x0024, 4, 1))[0],                 # PRIORITY: comprehension-required, unknown
     binding_request()[0][:-1],                                             # cut short
     binding_request()[0].replace(MAGIC_COOKIE.to_bytes(4, "big"), b"\0\0\0\0"),   # RFC 3489, no cookie
-])
+], ids=["error-response", "indication", "unknown-required-attribute", "cut-short", "no-magic-cookie"])
 async def test_anything_else_stun_like_is_dropped_unanswered(farm, data):
     assert await farm.handle(data, PHONE) == []
     assert farm.metrics.stun._value.get() == 0
