@@ -23,6 +23,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -128,10 +129,18 @@ class Dovecot(_ForegroundDaemon):
         self.lmtp_port, self.imap_port, self.pop3_port = lmtp_port, imap_port, pop3_port
         self.password = password
         self.process: subprocess.Popen | None = None
+        # Its unix sockets (base_dir/token-login/imap-urlauth...) must fit in sun_path's 108
+        # octets: under pytest's tmp_path (/tmp/pytest-of-root/pytest-N/popen-gwK/<test>/...)
+        # they did not, and Dovecot ended with "File name too long".  A short directory of its own.
+        self.run_dir = Path(tempfile.mkdtemp(prefix="dovecot-"))
 
     @property
     def mail_dir(self) -> Path:
         return self.dir / "mail"
+
+    def stop(self) -> None:
+        super().stop()
+        shutil.rmtree(self.run_dir, ignore_errors=True)
 
     def config(self) -> str:
         listeners = f"""
@@ -163,7 +172,7 @@ service pop3-login {{
 }}
 """
         return f"""# written by bench/peers.py
-base_dir = {self.dir}/run
+base_dir = {self.run_dir}
 state_dir = {self.dir}/state
 instance_name = colony-bench-dovecot
 protocols = lmtp{' imap' if self.imap_port else ''}{' pop3' if self.pop3_port else ''}
@@ -193,9 +202,11 @@ default_internal_user = dovecot
     def start(self) -> None:
         if self.dir.exists():
             shutil.rmtree(self.dir)
-        for sub in ("run", "state", "mail"):
+        for sub in ("state", "mail"):
             (self.dir / sub).mkdir(parents=True)
+        self.run_dir.mkdir(exist_ok=True)
         open_up(self.dir)
+        self.run_dir.chmod(0o755)
         shutil.chown(self.mail_dir, "dovecot", "dovecot")
         shutil.chown(self.dir / "state", "dovecot", "dovecot")
         conf = self.dir / "dovecot.conf"
