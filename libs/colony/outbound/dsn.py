@@ -116,23 +116,8 @@ def build_dsn(job: OutboundMail | InboundMail, failures: list[Failure], original
 def delivered_reports(mail: InboundMail, stored: Iterable[str]) -> list[Failure]:
     """The "delivered" blocks (RFC 3461 §5.2.3, RFC 3464 §2.3.3: Status 2.0.0) for those of
     ``mail``'s recipients now stored in their mailbox (``stored``: lower-case mailboxes) whose
-    RCPT asked for NOTIFY=SUCCESS; none for mail from the null sender (a DSN is never
-    reported on).  Original-Recipient is the ORCPT the client gave or, when an alias or
-    forwarding led to another mailbox, the address it wrote (RFC 3461 §4.2: what an MTA
-    adds when none was given)."""
-    if not mail.mail_from:
-        return []
-    stored = set(stored)
-    out: list[Failure] = []
-    for r in mail.recipients:
-        mailbox = r.mailbox.lower()
-        if mailbox not in stored or not r.notify or "SUCCESS" not in r.notify:
-            continue
-        stored.discard(mailbox)   # one block per mailbox, however many RCPTs led to it
-        orcpt = r.orcpt or (f"rfc822;{r.original}" if r.original.lower() != mailbox else None)
-        out.append(Failure(OutboundRecipient(address=mailbox, notify=r.notify, orcpt=orcpt), "2.0.0", "",
-                           action="delivered"))
-    return out
+    RCPT asked for NOTIFY=SUCCESS."""
+    return _store_reports(mail, dict.fromkeys(stored, ("2.0.0", "")), "delivered")
 
 
 def store_failed_reports(mail: InboundMail, failed: dict[str, tuple[str, str]]) -> list[Failure]:
@@ -141,19 +126,30 @@ def store_failed_reports(mail: InboundMail, failed: dict[str, tuple[str, str]]) 
     status, diagnostic), e.g. over quota, the account deleted since the edge took it).  The
     edge answered 250 for them, so the sender hears of it only this way (RFC 5321 §6.1: a
     message accepted and then not delivered MUST be reported).  Not when its RCPT said
-    NOTIFY=NEVER or named other conditions only (RFC 3461 §4.1; none given means FAILURE), nor
-    for mail from the null sender.  Original-Recipient as in ``delivered_reports``."""
+    NOTIFY=NEVER or named other conditions only (RFC 3461 §4.1; none given means FAILURE)."""
+    return _store_reports(mail, failed, "failed")
+
+
+def _store_reports(mail: InboundMail, outcomes: dict[str, tuple[str, str]], action: str) -> list[Failure]:
+    """One ``action`` block per mailbox of ``outcomes`` (lower-case mailbox -> (status,
+    diagnostic)), however many RCPTs led to it, for the first that asked to hear of it; none
+    for mail from the null sender (a DSN is never reported on).  Original-Recipient is the
+    ORCPT the client gave or, when an alias or forwarding led to another mailbox, the address
+    it wrote (RFC 3461 §4.2: what an MTA adds when none was given)."""
     if not mail.mail_from:
         return []
+    left = dict(outcomes)
     out: list[Failure] = []
     for r in mail.recipients:
         mailbox = r.mailbox.lower()
-        if mailbox not in failed:
+        if mailbox not in left:
             continue
-        status, diagnostic = failed.pop(mailbox)    # one block per mailbox
         orcpt = r.orcpt or (f"rfc822;{r.original}" if r.original.lower() != mailbox else None)
-        block = Failure(OutboundRecipient(address=mailbox, notify=r.notify, orcpt=orcpt), status, diagnostic)
+        status, diagnostic = left[mailbox]
+        block = Failure(OutboundRecipient(address=mailbox, notify=r.notify, orcpt=orcpt), status, diagnostic,
+                        action=action)
         if block.notify:
+            del left[mailbox]
             out.append(block)
     return out
 
