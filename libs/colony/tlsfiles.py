@@ -106,6 +106,16 @@ def server_context(cert: Path, key: Path) -> ssl.SSLContext:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.set_ciphers(TLS12_CIPHERS)
+    # No session tickets (TLS 1.3's NewSessionTicket after the handshake, TLS 1.2's ticket
+    # extension).  Python's ssl can neither set nor rotate the key that encrypts them, so
+    # every ticket an edge ever issued would be sealed with one key for the process's life,
+    # and no other edge (nor this one after a restart) could resume from it.  And the
+    # tickets broke a real client: imaplib2 (offlineimap, getmail's IMAP) reads them in its
+    # reader thread while its writer thread sends the first command after STARTTLS; one
+    # session in six hung there or crashed the client (tests/e2e/test_sync_clients.py).
+    # A resumption would save one ECDHE handshake per reconnect; that is all it costs.
+    context.num_tickets = 0
+    context.options |= ssl.OP_NO_TICKET
     try:
         context.load_cert_chain(str(cert), str(key))
     except (OSError, ssl.SSLError) as exc:

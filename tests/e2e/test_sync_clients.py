@@ -312,6 +312,40 @@ def test_offlineimap_over_starttls_keeps_non_ascii_names_and_8bit_octets(edge, t
     assert local_files(root) == files
 
 
+# imaplib2 (offlineimap's and getmail's IMAP library) from Debian's python3-imaplib2, run by
+# Debian's Python: STARTTLS as offlineimap does it (TLS 1.3), then CAPABILITY, in four threads.
+IMAPLIB2_STARTTLS = """
+import sys, threading
+import imaplib2
+port, rounds = int(sys.argv[1]), int(sys.argv[2])
+failures = []
+def sessions():
+    for _ in range(rounds):
+        try:
+            client = imaplib2.IMAP4("127.0.0.1", port, timeout=15)
+            client.starttls()
+            assert client.capability()[0] == "OK"
+            client.logout()
+        except Exception as exc:
+            failures.append(repr(exc))
+threads = [threading.Thread(target=sessions) for _ in range(4)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+print(len(failures), failures[:3])
+"""
+
+
+def test_imaplib2_starttls_sessions_all_answer(edge):
+    """imaplib2 reads in one thread and writes in another.  The TLS 1.3 session tickets a
+    server sends after the handshake arrive while its writer sends the first command after
+    STARTTLS; with them, about one session in six hung there (the server never got the
+    command) or the client crashed.  The edge sends no tickets (colony.tlsfiles)."""
+    need_tool("offlineimap", "offlineimap3")   # brings python3-imaplib2
+    out = subprocess.run(["/usr/bin/python3", "-c", IMAPLIB2_STARTTLS, str(edge.ports["imap"]), "10"],
+                         capture_output=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.startswith(b"0 "), said(out)
+
+
 def test_offlineimap_idle_brings_new_mail_and_remote_flags_at_once(edge, tmp_path):
     """With ``idlefolders`` offlineimap waits in IDLE between syncs (autorefresh here 30
     minutes): new mail and a flag set by another client reach the Maildir while it waits."""
