@@ -1,4 +1,5 @@
-"""The local CA `colony up` makes is usable: a client trusting ca.pem completes a TLS 1.2+ handshake."""
+"""The local CA `colony up` makes is usable: a client trusting ca.pem completes a TLS 1.2+ handshake;
+the server context issues no session tickets."""
 
 import ssl
 
@@ -6,29 +7,6 @@ import pytest
 
 from colony.settings import ConfigError, Settings
 from colony.tlsfiles import configured, ensure_local_ca, server_context
-
-
-def test_local_ca_and_server_certificate(tmp_path):
-    files = ensure_local_ca(tmp_path / "tls", ["mx.test"])
-    again = ensure_local_ca(tmp_path / "tls", ["mx.test"])
-    assert again == files and files.cert.read_bytes() == again.cert.read_bytes()
-    assert oct(files.key.stat().st_mode & 0o777) == "0o600"
-    server = server_context(files.cert, files.key)
-    assert server.minimum_version == ssl.TLSVersion.TLSv1_2
-    client = ssl.create_default_context(cafile=str(files.ca))
-    a, b = ssl.MemoryBIO(), ssl.MemoryBIO()
-    c, d = ssl.MemoryBIO(), ssl.MemoryBIO()
-    s_obj = server.wrap_bio(a, b, server_side=True)
-    c_obj = client.wrap_bio(c, d, server_hostname="mx.test")
-    for _ in range(10):  # shuttle the handshake between the two in memory
-        for obj in (c_obj, s_obj):
-            try:
-                obj.do_handshake()
-            except ssl.SSLWantReadError:
-                pass
-        a.write(d.read())
-        c.write(b.read())
-    assert c_obj.version() in ("TLSv1.2", "TLSv1.3")
 
 
 def handshake(server: ssl.SSLContext, client: ssl.SSLContext) -> tuple[ssl.SSLObject, ssl.SSLObject]:
@@ -49,6 +27,18 @@ def handshake(server: ssl.SSLContext, client: ssl.SSLContext) -> tuple[ssl.SSLOb
     c.write(b.read())
     assert c_obj.read(100) == b"* OK\r\n"
     return s_obj, c_obj
+
+
+def test_local_ca_and_server_certificate(tmp_path):
+    files = ensure_local_ca(tmp_path / "tls", ["mx.test"])
+    again = ensure_local_ca(tmp_path / "tls", ["mx.test"])
+    assert again == files and files.cert.read_bytes() == again.cert.read_bytes()
+    assert oct(files.key.stat().st_mode & 0o777) == "0o600"
+    server = server_context(files.cert, files.key)
+    assert server.minimum_version == ssl.TLSVersion.TLSv1_2
+    client = ssl.create_default_context(cafile=str(files.ca))
+    _, c_obj = handshake(server, client)
+    assert c_obj.version() in ("TLSv1.2", "TLSv1.3")
 
 
 @pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3], ids=["TLSv1.2", "TLSv1.3"])
