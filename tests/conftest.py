@@ -8,6 +8,7 @@ import shutil
 import tempfile
 
 import pytest
+from hangreport import hang_report
 
 from colony.natsd import EmbeddedNats
 from colony.supervisor import die_with_parent
@@ -115,7 +116,8 @@ def pytest_configure(config):
 def pytest_runtest_protocol(item, nextitem):
     directory = os.environ.get(LOCKS) if hasattr(item.config, "workerinput") else None
     if directory is None:
-        return (yield)
+        with hang_report(item):
+            return (yield)
     alone = item.get_closest_marker("alone") is not None
     with open(os.path.join(directory, "gate"), "a") as gate, open(os.path.join(directory, "run"), "a") as run:
         fcntl.flock(gate, fcntl.LOCK_EX)
@@ -123,4 +125,5 @@ def pytest_runtest_protocol(item, nextitem):
             fcntl.flock(run, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
         finally:
             fcntl.flock(gate, fcntl.LOCK_UN)
-        return (yield)  # closing `run` releases it
+        with hang_report(item):
+            return (yield)  # closing `run` releases it
