@@ -95,7 +95,7 @@ from colony.telemetry import extract_context, inject_headers
 from colony.tlsfiles import configured, server_context
 
 from colony_sipfarm.bindings import BindingStore
-from colony_sipfarm.farm import FARM_BRANCH, Outbound, SipFarm, UsageCount, method_label
+from colony_sipfarm.farm import FARM_BRANCH, FORK_LIFETIME, Outbound, SipFarm, UsageCount, method_label
 from colony_sipfarm.inner_frames import (MAX_DATAGRAM, InnerFrame, InnerFrameError, RelayKey, open_frame,
                                          seal_answers, seal_packet)
 from colony_sipfarm.retransmission import ProxyClientTransactions
@@ -158,6 +158,9 @@ HANDLE_TIMEOUT = 1.0     # seconds an owner has to answer a spread packet
 # bus's "no responders" (nobody reads that member's relay subject: it is dead), at most this many.
 RELAY_WATCH = 5.0
 RELAY_WATCHED = 10_000
+# INVITEs sent on one connection that have no final answer from it yet, kept at most (the
+# oldest go first): a connection that closes fails each at once (_Flow.ringing).
+RINGING_PER_FLOW = 64
 # A member whose record says so holds no connection any more (FAILED: the controller saw its
 # heartbeats stop; STOPPED: it closes them as it stops).
 GONE_STATES = frozenset({NodeState.FAILED, NodeState.STOPPED})
@@ -381,11 +384,30 @@ class _Flow:
 
     def __init__(self, transport: str, writer: asyncio.StreamWriter, ws: SipWebSocket | None = None) -> None:
         self.transport, self.writer, self.ws = transport, writer, ws
+        # The INVITEs sent on this connection without a final answer from it: branch -> (when
+        # sent, the INVITE as sent).  When the connection closes (the phone hung it up, a tab
+        # closed, a NAT binding lapsed and the write failed), nothing will answer them: each
+        # fails at once with 430 Flow Failed (RFC 5626 §5.3), as a flow found gone does --
+        # before, the caller rang into silence until Timer C (200 s).
+        self.ringing: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
 
     def send(self, data: bytes) -> None:
         if self.ws is not None:
             data = self.ws.send(data)
         _write(self.writer, data, self.transport)
+
+    def sent_invite(self, branch: str, data: bytes, now: float) -> None:
+        self.ringing[branch] = (now, data)
+        self.ringing.move_to_end(branch)
+        while len(self.ringing) > RINGING_PER_FLOW:
+            self.ringing.popitem(last=False)
+
+    def answered(self, branch: str) -> None:
+        self.ringing.pop(branch, None)
+
+    def unanswered(self, now: float) -> list[bytes]:
+        """The INVITEs still ringing on this connection (not yet ended by Timer C)."""
+        return [data for sent, data in self.ringing.values() if now - sent < FORK_LIFETIME]
 
     def close(self) -> None:
         self.writer.close()
@@ -612,6 +634,10 @@ class SipWorkload:
             return
         # Parsed once here: the spreading, the client transactions and the farm all read it.
         parsed = self.farm.parse(data)
+        if source[0] != "UDP" and isinstance(parsed, SipResponse) and parsed.status >= 200:
+            flow = self.connections.get((source[1], source[2]))
+            if flow is not None and flow.ringing:
+                flow.answered(parsed.top_via().branch or "")
         if source[0] == "UDP" and isinstance(parsed, SipResponse) and len(self.proxy_transactions):
             if not self._observe_response(parsed):
                 self.farm.metrics.dropped.labels(reason="absorbed retransmission").inc()
@@ -1106,7 +1132,7 @@ class SipWorkload:
         finally:
             if deadline is not None:
                 deadline.cancel()
-            self.connections.pop(key, None)
+            self._flow_closed(key, writer)
             await _close_flow(writer)
 
     async def _refuse_on_stream(self, exc: SipParseError, source: Destination, writer: asyncio.StreamWriter) -> None:
@@ -1168,7 +1194,7 @@ class SipWorkload:
         finally:
             if deadline is not None:
                 deadline.cancel()
-            self.connections.pop(key, None)
+            self._flow_closed(key, writer)
             await _close_flow(writer)     # writes out the close frame or refusal, in bounded time
 
     # --- output ---------------------------------------------------------------------------
@@ -1239,6 +1265,13 @@ class SipWorkload:
             flow = self.connections[(host, port)] = _Flow("TCP", writer)
             self._track_outbound(self._read_outbound(reader, writer, (host, port)))
         flow.send(data)
+        if data.startswith(b"INVITE "):
+            try:
+                branch = parse_message(data, len(data)).top_via().branch
+            except Exception:     # ours, so it parses; if not, Timer C still answers the caller
+                return
+            if branch:
+                flow.sent_invite(branch, data, time.monotonic())
 
     def _relay_reply(self, item: Outbound) -> str:
         """The reply subject for a relayed request: the holder does not answer it, but the bus
@@ -1277,6 +1310,20 @@ class SipWorkload:
         self.farm.metrics.dropped.labels(reason="denied destination").inc()
         return True
 
+    def _flow_closed(self, key: tuple[str, int], writer: asyncio.StreamWriter) -> None:
+        """The connection ``key`` (the phone's address and port) is closing: it is no flow any
+        more, and each INVITE still ringing on it fails now (``_Flow.ringing``)."""
+        flow = self.connections.get(key)
+        if flow is None or flow.writer is not writer:
+            return        # not this connection's (a flow only goes in once its handshake is done)
+        del self.connections[key]
+        lost = flow.unanswered(time.monotonic())
+        if lost:
+            log.info("%d ringing INVITE(s) on a %s connection from %s:%s that closed: failed with 430",
+                     len(lost), flow.transport, key[0], key[1])
+        for data in lost:
+            self._flow_failed(data, (flow.transport, key[0], key[1]))
+
     def _flow_failed(self, data: bytes, destination: Destination) -> None:
         """A request we forwarded cannot go out: its flow is gone.  The branch fails at once
         with 430 Flow Failed (RFC 5626 §5.3), fed back into the farm like a branch's answer
@@ -1312,7 +1359,7 @@ class SipWorkload:
         except (ConnectionError, OSError, SipParseError):
             pass
         finally:
-            self.connections.pop(key, None)
+            self._flow_closed(key, writer)
             await _close_flow(writer)
 
     async def _relay(self, msg) -> None:

@@ -212,3 +212,27 @@ async def test_a_member_restarted_before_its_heartbeat_goes_stale_ends_the_calls
     finally:
         alice.close()
         writer.close()
+
+
+@pytest.mark.parametrize("forked_by", ["sipfarm-1", "sipfarm-2"], ids=["forked-where-the-flow-is", "relayed-to-the-flow"])
+async def test_a_phone_that_closes_its_connection_while_ringing_gives_the_caller_480_at_once(pair, forked_by):
+    """bob's phone rings, then closes its TCP connection (hung up by the app, a browser tab
+    closed, a NAT binding gone): nothing will answer on that flow any more.  The member
+    holding it fails the INVITE with 430 Flow Failed (RFC 5626 §5.3) as the connection
+    closes, whichever member forked the call, and alice hears 480 at once, not Timer C's 408
+    minutes later.  Both members live."""
+    member_1, member_2 = sip_address(pair["sipfarm-1"]), sip_address(pair["sipfarm-2"])
+    reader, writer = await tcp_phone_at(member_1, "bob")
+    alice = await Caller.open(member_2)
+    try:
+        await alice.call(call_id := a_call_id_owned_by(forked_by))
+        invite = await read_sip(reader)
+        assert invite.method == "INVITE" and invite.call_id == call_id
+        writer.write(ringing(invite))
+        assert (await alice.receive()).status == 180
+        writer.close()                            # bob's phone is gone, the members are not
+        final = await alice.final(FINAL_WITHIN)
+        assert final.status == 480 and final.call_id == call_id, final
+    finally:
+        alice.close()
+        writer.close()
