@@ -56,8 +56,20 @@ class UpExited(AssertionError):
         super().__init__(f"`colony up` exited with {proc.returncode} while we waited for {what}:\n{self.output[-3000:]}")
 
 
+# What a condition saw last, said when its wait times out (``observe``): "timed out waiting
+# for every instance READY" alone left a CI failure with nothing to go on.
+_observed: list = []
+
+
+def observe(describe) -> None:
+    """For the running ``wait_for``: ``describe()`` tells what this poll saw (called only if
+    the wait times out)."""
+    _observed[:] = [describe]
+
+
 def wait_for(condition, timeout: float, what: str, up: subprocess.Popen | None = None):
     """Poll ``condition`` until it holds; with ``up``, fail at once if that `colony up` ended."""
+    _observed.clear()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         result = condition()
@@ -66,7 +78,13 @@ def wait_for(condition, timeout: float, what: str, up: subprocess.Popen | None =
         if up is not None and up.poll() is not None:
             raise UpExited(up, what)
         time.sleep(0.3)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    seen = ""
+    if _observed:
+        try:
+            seen = "\nlast seen: " + _observed[0]()
+        except Exception as exc:  # noqa: BLE001 - the timeout is the failure to report
+            seen = f"\n(what was seen could not be told: {exc!r})"
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}{seen}")
 
 
 def wait_deliverable(port: int, rcpt: str, timeout: float = 60) -> None:
@@ -86,7 +104,22 @@ def wait_deliverable(port: int, rcpt: str, timeout: float = 60) -> None:
 def ready_nodes(data_dir: Path, expected: int) -> list[dict] | None:
     """The instances, once there are exactly ``expected`` and every one is READY (one reading)."""
     nodes = status_json(data_dir)
-    return nodes if len(nodes) == expected and all(n["state"] == "READY" for n in nodes) else None
+    if len(nodes) == expected and all(n["state"] == "READY" for n in nodes):
+        return nodes
+    observe(lambda: not_ready(data_dir, nodes, expected))
+    return None
+
+
+def not_ready(data_dir: Path, nodes: list[dict], expected: int) -> str:
+    """The reading, and the end of the log of each instance not READY in it (or not in it)."""
+    ready = {n["id"] for n in nodes if n["state"] == "READY"}
+    lines = [f"{len(nodes)} of {expected} instances: " + (", ".join(f"{n['id']} {n['state']}" for n in nodes)
+                                                          or "no answer from `colony status`")]
+    for log in sorted((data_dir / "logs").glob("*.log")):
+        if log.stem not in ready:
+            tail = log.read_text(errors="replace").splitlines()[-8:]
+            lines += [f"--- {log.name}:", *tail]
+    return "\n".join(lines)[-6000:]
 
 
 def all_ready(data_dir: Path, expected: int):
