@@ -52,10 +52,17 @@ class MessageView(Protocol):
         """The body with transfer encodings undone, for BODY/TEXT searches."""
 
 
+_FOLD = re.compile(r"\r?\n(?=[ \t])")
+
+
 def decode_header_value(value: str | None) -> str:
-    """RFC 2047 encoded-words decoded; anything undecodable kept as it is."""
+    """The field unfolded (RFC 5322 §2.2.3: each CRLF before white space removed), then its
+    RFC 2047 encoded-words decoded; anything undecodable kept as it is.  Unfolded first: a
+    long Subject folded by its sender ("Subject: quarterly\r\n report") did not match
+    SEARCH SUBJECT "quarterly report" unless an encoded-word made the decoder unfold it."""
     if not value:
         return ""
+    value = _FOLD.sub("", value)
     try:
         parts = email.header.decode_header(value)
     except Exception:

@@ -89,6 +89,17 @@ def test_strings_are_decoded_and_case_insensitive():
     assert uids("CC alice") == [15] and uids("TO bob") == [11]
 
 
+def test_a_folded_field_is_searched_unfolded():
+    """RFC 5322 §2.2.3: a folded field means the same with each CRLF before white space removed;
+    RFC 9051 §6.4.4 SUBJECT/HEADER match that, also where no encoded-word is in the field."""
+    folded = [Msg(1, 20, {"Subject": "quarterly\r\n report for\r\n\tMarch", "X-Tag": "alpha\r\n beta"})]
+    ctx = SearchContext(highest_seq=1, highest_uid=20, now=T0)
+    assert [m.uid for m in search(folded, criteria('SUBJECT "quarterly report"'), ctx)] == [20]
+    assert [m.uid for m in search(folded, criteria('SUBJECT "for\tmarch"'), ctx)] == [20]
+    assert [m.uid for m in search(folded, criteria('HEADER X-Tag "alpha beta"'), ctx)] == [20]
+    assert search(folded, criteria('SUBJECT "quarterlyreport"'), ctx) == []     # the white space stays
+
+
 def test_saved_results_and_charsets():
     assert uids("$", saved_uids=frozenset({11})) == [11]
     check_charset("utf-8")
