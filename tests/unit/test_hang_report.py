@@ -14,8 +14,7 @@ async def test_a_hang_report_names_where_each_task_waits(capfd):
     await asyncio.sleep(0)
     reporter = threading.Thread(target=report_hang, args=("tests/x.py::test_y",))
     reporter.start()
-    while reporter.is_alive():      # the loop keeps running while the other thread reports
-        await asyncio.sleep(0.01)
+    await asyncio.to_thread(reporter.join, 30)     # the loop keeps running while it reports
     err = capfd.readouterr().err
     stuck.cancel()
     assert "tests/x.py::test_y is about to time out" in err

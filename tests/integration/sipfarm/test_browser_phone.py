@@ -23,8 +23,8 @@ import pytest
 
 from chromium import chromium, trust_ca
 from cluster_harness import wait_until
-from colony.tlsfiles import ensure_local_ca
-from test_sipfarm import DOMAIN, PASSWORDS, bindings, serve_credentials
+from test_sipfarm import DOMAIN, PASSWORDS, bindings
+from test_transports import start_tls_members
 
 pytestmark = pytest.mark.slow
 
@@ -34,15 +34,8 @@ PAGE = Path(__file__).with_name("browser_phone.html")
 @pytest.fixture
 async def members(cluster, tmp_path):
     """Two members offering SHA-256 first, with a certificate of the cluster's CA for 127.0.0.1."""
-    nc = await cluster.client()
-    await serve_credentials(nc)
-    tls = ensure_local_ca(tmp_path / "tls", ["127.0.0.1"])
-    for n in (1, 2):
-        cluster.start("sipfarm", f"sipfarm-{n}", COLONY_SIP_PORT="0", COLONY_OUTBOUND_SMTP_PORT="25",
-                      COLONY_TLS_CERT_FILE=str(tls.cert), COLONY_TLS_KEY_FILE=str(tls.key),
-                      COLONY_SIP_DIGEST_ALGORITHMS="SHA-256,MD5")
-    views = [await cluster.wait_state(f"sipfarm-{n}", "READY", timeout=60) for n in (1, 2)]
-    yield [v.addresses for v in views], tls.ca
+    addresses, tls = await start_tls_members(cluster, tmp_path, COLONY_SIP_DIGEST_ALGORITHMS="SHA-256,MD5")
+    yield addresses, tls.ca
 
 
 @pytest.fixture

@@ -9,13 +9,12 @@ from __future__ import annotations
 import asyncio
 import os
 import struct
-import uuid
 
 import pytest
 
 from colony.protocols.sip.stun import MAGIC_COOKIE
-from test_sipfarm import DOMAIN, Udp, bindings, digest_answer, serve_credentials
-from test_transports import TlsPhone, hostport
+from test_sipfarm import Udp, bindings, serve_credentials
+from test_transports import TlsPhone, hostport, register
 
 pytestmark = pytest.mark.slow
 
@@ -29,29 +28,12 @@ async def member(cluster):
     return (await cluster.wait_state("sipfarm-1", "READY", timeout=60)).addresses
 
 
-async def register(phone, user: str, contact: str, supported: str):
-    call_id = f"ob-{uuid.uuid4().hex}"
-
-    def message(cseq: int, auth: str = "") -> bytes:
-        return (f"REGISTER sip:{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:{phone.port};branch=z9hG4bK{uuid.uuid4().hex}\r\n"
-                f"From: <sip:{user}@{DOMAIN}>;tag=r1\r\nTo: <sip:{user}@{DOMAIN}>\r\nCall-ID: {call_id}\r\n"
-                f"CSeq: {cseq} REGISTER\r\nContact: {contact}\r\n{supported}Expires: 300\r\n{auth}"
-                f"Content-Length: 0\r\n\r\n").encode()
-    phone.send(message(1))
-    challenge = await phone.receive()
-    assert challenge.status == 401
-    phone.send(message(2, digest_answer(challenge, user, "REGISTER", f"sip:{DOMAIN}", "Authorization")))
-    ok = await phone.receive()
-    assert ok.status == 200, ok
-    return ok
-
-
 async def test_a_tcp_flow_asking_for_outbound_is_told_so_and_its_keep_alive_answered(member, cluster):
     reader, writer = await asyncio.open_connection(*hostport(member["sip"]))
     phone = TlsPhone(reader, writer)       # SIP over a stream; no TLS here
     try:
-        ok = await register(phone, "alice", f"<sip:alice@127.0.0.1:{phone.port};transport=tcp;ob>;{INSTANCE};reg-id=1",
-                            "Supported: path, outbound\r\n")
+        ok = await register(phone, "TCP", "alice", f"127.0.0.1:{phone.port}", f"sip:alice@127.0.0.1:{phone.port};transport=tcp;ob",
+                            contact_params=f";{INSTANCE};reg-id=1", supported="Supported: path, outbound\r\n")
         assert ok.headers.get_all("Require") == ["outbound"] and ok.headers.get_all("Flow-Timer") == ["90"]
         [binding] = await bindings(cluster, "alice")
         assert binding["transport"] == "TCP"
@@ -59,8 +41,8 @@ async def test_a_tcp_flow_asking_for_outbound_is_told_so_and_its_keep_alive_answ
         writer.write(b"\r\n\r\n")
         assert await asyncio.wait_for(reader.readexactly(2), 10) == b"\r\n"
         # linphone's way: +sip.instance and Supported: outbound, but no reg-id -- as before.
-        ok = await register(phone, "bob", f"<sip:bob@127.0.0.1:{phone.port};transport=tcp>;{INSTANCE}",
-                            "Supported: replaces, outbound, gruu\r\n")
+        ok = await register(phone, "TCP", "bob", f"127.0.0.1:{phone.port}", f"sip:bob@127.0.0.1:{phone.port};transport=tcp",
+                            contact_params=f";{INSTANCE}", supported="Supported: replaces, outbound, gruu\r\n")
         assert ok.headers.get_all("Require") == [] and ok.headers.get_all("Flow-Timer") == []
     finally:
         writer.close()

@@ -20,6 +20,7 @@ from colony.hashing import choose
 from colony.protocols.sip.parser import parse_message
 from test_proxy_retransmission import register_udp
 from test_sipfarm import DOMAIN, Udp, digest_answer, read_sip, serve_credentials
+from test_transports import TlsPhone, register
 
 pytestmark = pytest.mark.slow
 
@@ -60,18 +61,8 @@ def responses_proxied(view, code: int) -> float:
 async def tcp_phone_at(member: tuple[str, int], user: str):
     """``user``'s phone on a TCP connection to ``member``, registered; its reader and writer."""
     reader, writer = await asyncio.open_connection(*member)
-    port = writer.get_extra_info("sockname")[1]
-
-    def register(cseq: int, auth: str = "") -> bytes:
-        return (f"REGISTER sip:{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:{port};rport;branch=z9hG4bK{uuid.uuid4().hex}\r\n"
-                f"From: <sip:{user}@{DOMAIN}>;tag=t{port}\r\nTo: <sip:{user}@{DOMAIN}>\r\nCall-ID: tcp-reg-{port}\r\n"
-                f"CSeq: {cseq} REGISTER\r\nContact: <sip:{user}@127.0.0.1:{port};transport=tcp>\r\nExpires: 300\r\n"
-                f"{auth}Content-Length: 0\r\n\r\n").encode()
-    writer.write(register(1))
-    challenge = await read_sip(reader)
-    assert challenge.status == 401
-    writer.write(register(2, digest_answer(challenge, user, "REGISTER", f"sip:{DOMAIN}", "Authorization")))
-    assert (await read_sip(reader)).status == 200
+    phone = TlsPhone(reader, writer)        # SIP over a stream; no TLS here
+    await register(phone, "TCP", user, f"127.0.0.1:{phone.port}", f"sip:{user}@127.0.0.1:{phone.port};transport=tcp")
     return reader, writer
 
 

@@ -15,25 +15,30 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, Ping, Pong, RejectConnection, Request, TextMessage
 
 from colony.protocols.sip.parser import StreamFramer, parse_message
-from colony.tlsfiles import ensure_local_ca
+from colony.tlsfiles import TlsFiles, ensure_local_ca
 from test_sipfarm import (DOMAIN, PASSWORDS, SCENARIOS, Udp, bindings, digest_answer, free_udp_port,
                           needs_sipp, serve_credentials, sipp)
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-async def members(cluster, tmp_path):
-    """Two members with the cluster's TLS certificate; their listeners as `colony status` shows them."""
-    nc = await cluster.client()
-    await serve_credentials(nc)
+async def start_tls_members(cluster, tmp_path, **env: str) -> tuple[list[dict], TlsFiles]:
+    """Two members with a certificate of a local CA for 127.0.0.1 (and ``env`` besides), READY;
+    their listeners as `colony status` shows them, and the CA's files."""
+    await serve_credentials(await cluster.client())
     tls = ensure_local_ca(tmp_path / "tls", ["127.0.0.1"])
     for n in (1, 2):
         cluster.start("sipfarm", f"sipfarm-{n}", COLONY_SIP_PORT="0", COLONY_OUTBOUND_SMTP_PORT="25",
-                      COLONY_TLS_CERT_FILE=str(tls.cert), COLONY_TLS_KEY_FILE=str(tls.key))
+                      COLONY_TLS_CERT_FILE=str(tls.cert), COLONY_TLS_KEY_FILE=str(tls.key), **env)
     views = [await cluster.wait_state(f"sipfarm-{n}", "READY", timeout=60) for n in (1, 2)]
-    context = ssl.create_default_context(cafile=str(tls.ca))
-    yield [v.addresses for v in views], context
+    return [v.addresses for v in views], tls
+
+
+@pytest.fixture
+async def members(cluster, tmp_path):
+    """Two members with the cluster's TLS certificate; their listeners as `colony status` shows them."""
+    addresses, tls = await start_tls_members(cluster, tmp_path)
+    yield addresses, ssl.create_default_context(cafile=str(tls.ca))
 
 
 def hostport(address: str) -> tuple[str, int]:
@@ -91,17 +96,23 @@ class WsPhone:
         return parse_message(event.data.encode())
 
 
-async def register(phone, transport: str, user: str, sent_by: str, contact: str):
+async def register(phone, transport: str, user: str, sent_by: str, contact: str, *, contact_params: str = "",
+                   supported: str = ""):
+    """``user`` registers ``contact`` (its header ``<contact>contact_params``) from ``phone``:
+    the challenge, then the answer to it, under one Call-ID; ``supported`` is header lines."""
+    call_id = f"reg-{uuid.uuid4().hex}"
+
     def message(cseq: int, auth: str = "") -> bytes:
         return (f"REGISTER sip:{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/{transport} {sent_by};branch=z9hG4bK{uuid.uuid4().hex}\r\n"
-                f"From: <sip:{user}@{DOMAIN}>;tag=r1\r\nTo: <sip:{user}@{DOMAIN}>\r\nCall-ID: reg-{uuid.uuid4().hex}\r\n"
-                f"CSeq: {cseq} REGISTER\r\nContact: <{contact}>\r\nExpires: 300\r\n{auth}Content-Length: 0\r\n\r\n").encode()
+                f"From: <sip:{user}@{DOMAIN}>;tag=r1\r\nTo: <sip:{user}@{DOMAIN}>\r\nCall-ID: {call_id}\r\n"
+                f"CSeq: {cseq} REGISTER\r\nContact: <{contact}>{contact_params}\r\n{supported}Expires: 300\r\n"
+                f"{auth}Content-Length: 0\r\n\r\n").encode()
     phone.send(message(1))
     challenge = await phone.receive()
     assert challenge.status == 401
     phone.send(message(2, digest_answer(challenge, user, "REGISTER", f"sip:{DOMAIN}", "Authorization")))
     ok = await phone.receive()
-    assert ok.status == 200
+    assert ok.status == 200, ok
     return ok
 
 
