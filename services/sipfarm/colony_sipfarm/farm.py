@@ -142,11 +142,13 @@ class UsageCount(NamedTuple):
 @dataclass(frozen=True)
 class Outbound:
     """Bytes for the shell to send: over UDP, or on the TCP connection to ``destination``
-    that member ``member`` holds (None: this member)."""
+    that member ``member`` holds (None: this member).  ``forker``: for an INVITE another
+    member made (answers to a hand-over), that member's node key -- its fork lives there."""
 
     data: bytes
     destination: Destination
     member: str | None = None
+    forker: str | None = None
 
 
 class FarmMetrics:
@@ -1539,7 +1541,12 @@ def _preference(response: SipResponse) -> tuple:
 def _for_the_caller(response: SipResponse) -> SipResponse:
     """A 430 Flow Failed is said between proxies (RFC 5626 §11.5: an endpoint that sees one
     takes it for 400 Bad Request): the callee's flow is gone until its phone registers again,
-    which the caller hears as 480 Temporarily Unavailable.  Anything else as it is."""
+    which the caller hears as 480 Temporarily Unavailable.  Anything else as it is.  One a
+    member made (untagged: nobody downstream to ACK) gets the farm's own To tag, as a final
+    answer must carry one (§8.2.6.2): the caller's ACK of it ends at the farm (``_on_ack``)."""
+    if _made_for_timeout(response):
+        to = response.headers.get("To") or ""
+        response.headers.set("To", f"{to};tag={LOCAL_TAG}{_hash(response.call_id, response.headers.get('From') or '')[:10]}")
     if response.status == 430:
         response.status, response.reason = 480, REASONS[480]
     return response

@@ -62,6 +62,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from contextlib import suppress
+from dataclasses import replace
 
 from nats.js.api import DeliverPolicy
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
@@ -87,7 +88,7 @@ from colony.eager_task import start_eagerly
 from colony.events import USAGE_SUMS_PER_EVENT, UsageSummed
 from colony.protocols.sip.message import SipRequest, SipResponse, make_response
 from colony.protocols.sip.parser import SipParseError, StreamFramer, parse_message
-from colony.protocols.sip.transaction import Destination, Timers
+from colony.protocols.sip.transaction import Destination, Timers, build_ack
 from colony.protocols.sip.websocket import SipWebSocket
 from colony.proxy_listener import Balancers, refusal_counter, start_server
 from colony.settings import Settings
@@ -99,6 +100,7 @@ from colony_sipfarm.farm import FARM_BRANCH, FORK_LIFETIME, Outbound, SipFarm, U
 from colony_sipfarm.inner_frames import (MAX_DATAGRAM, InnerFrame, InnerFrameError, RelayKey, open_frame,
                                          seal_answers, seal_packet)
 from colony_sipfarm.retransmission import ProxyClientTransactions
+from colony_sipfarm.sent_invites import cancel_of
 from colony_sipfarm.spread_frames import FrameError, SpreadAnswers, SpreadPacket
 
 _tracer = trace.get_tracer("colony.sipfarm")  # a proxy: follows the provider setup_tracing installs
@@ -111,6 +113,12 @@ def _frames(item: Outbound) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _made_by(items: list[Outbound], member: str) -> list[Outbound]:
+    """Answers the member ``member`` (a node key) made to a hand-over, for this one to send: an
+    INVITE among them belongs to that member's fork (_Flow.forked_by)."""
+    return [replace(item, forker=member) if item.data.startswith(b"INVITE ") else item for item in items]
 
 
 def _span_name(parsed) -> str:
@@ -161,6 +169,9 @@ RELAY_WATCHED = 10_000
 # INVITEs sent on one connection that have no final answer from it yet, kept at most (the
 # oldest go first): a connection that closes fails each at once (_Flow.ringing).
 RINGING_PER_FLOW = 64
+# Seconds an INVITE cancelled because its forking member died waits for the phone's 487, which
+# is ACKed here (64*T1 with the default T1: a CANCELled INVITE's answer comes within Timer F).
+CANCELLED_KEPT = 32.0
 # A member whose record says so holds no connection any more (FAILED: the controller saw its
 # heartbeats stop; STOPPED: it closes them as it stops).
 GONE_STATES = frozenset({NodeState.FAILED, NodeState.STOPPED})
@@ -385,19 +396,24 @@ class _Flow:
     def __init__(self, transport: str, writer: asyncio.StreamWriter, ws: SipWebSocket | None = None) -> None:
         self.transport, self.writer, self.ws = transport, writer, ws
         # The INVITEs sent on this connection without a final answer from it: branch -> (when
-        # sent, the INVITE as sent).  When the connection closes (the phone hung it up, a tab
-        # closed, a NAT binding lapsed and the write failed), nothing will answer them: each
-        # fails at once with 430 Flow Failed (RFC 5626 §5.3), as a flow found gone does --
-        # before, the caller rang into silence until Timer C (200 s).
-        self.ringing: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        # sent, the INVITE as sent, the node key of the member that forked it -- that sent it
+        # here).  When the connection closes (the phone hung it up, a tab closed, a NAT binding
+        # lapsed and the write failed), nothing will answer them: each fails at once with 430
+        # Flow Failed (RFC 5626 §5.3), as a flow found gone does -- before, the caller rang
+        # into silence until Timer C (200 s).  When the member that forked one dies, the fork
+        # died with it (``forked_by``).
+        self.ringing: OrderedDict[str, tuple[float, bytes, str]] = OrderedDict()
+        # INVITEs this member CANCELled because the member that forked them died: branch ->
+        # (when, the INVITE).  The phone's 487 for one is ACKed here and goes no further.
+        self.cancelled: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
 
     def send(self, data: bytes) -> None:
         if self.ws is not None:
             data = self.ws.send(data)
         _write(self.writer, data, self.transport)
 
-    def sent_invite(self, branch: str, data: bytes, now: float) -> None:
-        self.ringing[branch] = (now, data)
+    def sent_invite(self, branch: str, data: bytes, now: float, forker: str = "") -> None:
+        self.ringing[branch] = (now, data, forker)
         self.ringing.move_to_end(branch)
         while len(self.ringing) > RINGING_PER_FLOW:
             self.ringing.popitem(last=False)
@@ -407,7 +423,27 @@ class _Flow:
 
     def unanswered(self, now: float) -> list[bytes]:
         """The INVITEs still ringing on this connection (not yet ended by Timer C)."""
-        return [data for sent, data in self.ringing.values() if now - sent < FORK_LIFETIME]
+        return [data for sent, data, _ in self.ringing.values() if now - sent < FORK_LIFETIME]
+
+    def forked_by(self, forker: str, now: float) -> list[bytes]:
+        """The INVITEs ringing here that the member ``forker`` (a node key) forked, which is
+        gone: nothing can gather their answers or cancel them any more.  Each moves to
+        ``cancelled`` (for the shell to CANCEL and fail) and is returned."""
+        found = [(branch, data) for branch, (sent, data, by) in self.ringing.items()
+                 if by == forker and now - sent < FORK_LIFETIME]
+        for branch, data in found:
+            del self.ringing[branch]
+            self.cancelled[branch] = (now, data)
+        while self.cancelled and (len(self.cancelled) > RINGING_PER_FLOW
+                                  or next(iter(self.cancelled.values()))[0] < now - CANCELLED_KEPT):
+            self.cancelled.popitem(last=False)
+        return [data for _, data in found]
+
+    def cancel_answered(self, branch: str, now: float) -> bytes | None:
+        """The phone's final answer to the INVITE ``branch`` came: the INVITE, if this member
+        cancelled it (``forked_by``) -- its failure is ACKed here and goes no further."""
+        entry = self.cancelled.pop(branch, None)
+        return entry[1] if entry is not None and entry[0] >= now - CANCELLED_KEPT else None
 
     def close(self) -> None:
         self.writer.close()
@@ -447,6 +483,9 @@ class SipWorkload:
         self._relay_inbox = ""
         self._relays_watched: OrderedDict[str, tuple[float, bytes, Destination]] = OrderedDict()
         self._relay_tokens = 0
+        # Node keys of the members that have sent INVITEs onto this member's connections: when
+        # one is gone, the INVITEs it forked that still ring here are cancelled (_Flow.forked_by).
+        self._forkers: set[str] = set()
         self.listeners: dict[str, str] = {}               # ours, as our node record names them
         self._suspect: dict[str, float] = {}             # node id -> monotonic time to trust again
         self._answered_at: dict[str, float] = {}         # node id -> when it last answered a hand-over
@@ -567,6 +606,58 @@ class SipWorkload:
         for member in self.farm.sent_invites.members():
             if member != me and self._gone(member):
                 self._fail_branches_through(member)
+        self._cancel_orphaned_forks()
+
+    def _cancel_orphaned_forks(self) -> None:
+        """INVITEs ringing on this member's connections whose forking member is gone are
+        cancelled (``_cancel_forks_of``).  Called with ``_fail_lost_branches``."""
+        me = names.node_key(self._runtime.node_id)
+        for forker in [f for f in self._forkers if f != me and self._gone(f)]:
+            self._forkers.discard(forker)
+            self._cancel_forks_of(forker)
+
+    def _cancel_forks_of(self, forker: str) -> None:
+        """The member ``forker`` (a node key) is gone, and the forks it kept with it: a phone on
+        a connection here ringing for one of them would ring on with nobody to gather its
+        answer or cancel it, and the caller heard no final answer from the farm (a CANCEL
+        from the caller found no fork either).  Each such INVITE is cancelled on its
+        connection (§9.1, built from the INVITE as sent: the phone stops ringing) and fails
+        as a lost flow's does (430, ``_flow_failed``): whichever member now owns the Call-ID
+        passes it on -- the caller hears 480.  The phone's 487 is ACKed here (_absorbed_after_cancel)."""
+        now, count = time.monotonic(), 0
+        for key, flow in list(self.connections.items()):
+            if not flow.ringing:
+                continue
+            for data in flow.forked_by(forker, now):
+                try:
+                    cancel = cancel_of(parse_message(data, len(data))).encode()
+                except Exception:     # ours, so it parses; if not, Timer C at the phone's end
+                    continue
+                count += 1
+                flow.send(cancel)
+                self._flow_failed(data, (flow.transport, key[0], key[1]))
+        if count:
+            log.info("%d ringing INVITE(s) forked by member %s, which is gone: cancelled, the callers told 480",
+                     count, forker)
+
+    def _absorbed_after_cancel(self, flow: _Flow, response: SipResponse, branch: str) -> bool:
+        """``response`` (a final one, from ``flow``) answers an INVITE cancelled because its
+        forking member died (``_cancel_forks_of``): a failure (the 487) is ACKed here, as the
+        forker's client transaction would have (§17.1.1.3), and goes no further -- its caller
+        has had its answer.  A 2xx (the phone answered before the CANCEL came) goes on."""
+        try:
+            if response.cseq().method != "INVITE":
+                return False
+        except Exception:
+            return False
+        data = flow.cancel_answered(branch, time.monotonic())
+        if data is None or response.status < 300:
+            return False
+        try:
+            flow.send(build_ack(parse_message(data, len(data)), response).encode())
+        except Exception:     # ours, so it parses
+            pass
+        return True
 
     def _fail_branches_through(self, member: str) -> None:
         """Every branch without a final answer that went through ``member`` (a node key) is
@@ -636,8 +727,14 @@ class SipWorkload:
         parsed = self.farm.parse(data)
         if source[0] != "UDP" and isinstance(parsed, SipResponse) and parsed.status >= 200:
             flow = self.connections.get((source[1], source[2]))
-            if flow is not None and flow.ringing:
-                flow.answered(parsed.top_via().branch or "")
+            if flow is not None and (flow.ringing or flow.cancelled):
+                try:
+                    branch = parsed.top_via().branch or ""
+                except Exception:       # no readable Via: the farm drops it
+                    branch = ""
+                flow.answered(branch)
+                if flow.cancelled and self._absorbed_after_cancel(flow, parsed, branch):
+                    return
         if source[0] == "UDP" and isinstance(parsed, SipResponse) and len(self.proxy_transactions):
             if not self._observe_response(parsed):
                 self.farm.metrics.dropped.labels(reason="absorbed retransmission").inc()
@@ -754,7 +851,7 @@ class SipWorkload:
             # and propagating nothing still cost a dict and the propagators' walk per packet.
             msg = await self._runtime.nc.request(names.sip_spread_subject(owner), payload, timeout=HANDLE_TIMEOUT,
                                                  headers=(inject_headers() or None) if self._traced else None)
-            out = SpreadAnswers.from_frame(msg.data)
+            out = _made_by(SpreadAnswers.from_frame(msg.data), names.node_key(owner))
             self.farm.metrics.relays.inc()
             self._answered_at[owner] = time.monotonic()
             return out
@@ -867,7 +964,7 @@ class SipWorkload:
         if frame.packet is not None:
             self._track(self._handle_inner(frame))
         else:
-            self._track(self._send_all(frame.answers))
+            self._track(self._send_all(_made_by(frame.answers, names.node_key(frame.sender))))
 
     async def _handle_inner(self, frame: InnerFrame) -> None:
         if self._traced:
@@ -1039,6 +1136,8 @@ class SipWorkload:
                         # record comes before its SIP listeners open, so no phone is on the
                         # new one yet; a rejoin after a pause keeps started_at (and its phones).
                         self._fail_branches_through(names.node_key(record.id))
+                        self._forkers.discard(names.node_key(record.id))
+                        self._cancel_forks_of(names.node_key(record.id))
         finally:
             with suppress(Exception):
                 await watcher.stop()
@@ -1213,14 +1312,17 @@ class SipWorkload:
                 self._flow_failed(item.data, item.destination)
                 return
             self.farm.metrics.relays.inc()
-            payload = json.dumps({"d": base64.b64encode(item.data).decode(), "t": [transport, host, port]}).encode()
+            payload = json.dumps({"d": base64.b64encode(item.data).decode(), "t": [transport, host, port],
+                                  "s": item.forker or names.node_key(self._runtime.node_id)}).encode()
             await self._runtime.nc.publish(names.sip_relay_subject(from_token(item.member)), payload,
                                            reply=self._relay_reply(item),
                                            headers=(inject_headers() or None) if self._traced else None)
             return
-        await self._emit(item.data, item.destination)
+        await self._emit(item.data, item.destination, item.forker or "")
 
-    async def _emit(self, data: bytes, destination: Destination) -> None:
+    async def _emit(self, data: bytes, destination: Destination, forker: str = "") -> None:
+        """``data`` out to ``destination`` from this member; ``forker``: the node key of the
+        member that sent it here (over its relay subject) -- an INVITE's fork lives there."""
         transport, host, port = destination
         if transport == "UDP":
             if self.udp is not None:
@@ -1271,7 +1373,9 @@ class SipWorkload:
             except Exception:     # ours, so it parses; if not, Timer C still answers the caller
                 return
             if branch:
-                flow.sent_invite(branch, data, time.monotonic())
+                flow.sent_invite(branch, data, time.monotonic(), forker)
+                if forker:
+                    self._forkers.add(forker)
 
     def _relay_reply(self, item: Outbound) -> str:
         """The reply subject for a relayed request: the holder does not answer it, but the bus
@@ -1367,13 +1471,14 @@ class SipWorkload:
             body = json.loads(msg.data)
             data = base64.b64decode(body["d"])
             destination = tuple(body["t"])
+            forker = str(body.get("s") or "")
         except (ValueError, KeyError, TypeError):
             return
         if not self._traced:       # no provider: the span would record nothing
-            await self._emit(data, destination)
+            await self._emit(data, destination, forker)
             return
         with _tracer.start_as_current_span("sip.relay", context=extract_context(msg.headers)):
-            await self._emit(data, destination)
+            await self._emit(data, destination, forker)
 
     # --- proxy client transactions over UDP (retransmission.py) --------------------------------
 

@@ -227,3 +227,71 @@ async def test_a_phone_that_closes_its_connection_while_ringing_gives_the_caller
     finally:
         alice.close()
         writer.close()
+
+
+class SipStream:
+    """The messages a phone reads from its connection, in order (one framer for all)."""
+
+    def __init__(self, reader: asyncio.StreamReader) -> None:
+        from colony.protocols.sip.parser import StreamFramer
+
+        self.reader, self.framer = reader, StreamFramer()
+
+    async def next(self, timeout: float):
+        deadline = asyncio.get_running_loop().time() + timeout
+        while (data := self.framer.next_message()) is None:
+            chunk = await asyncio.wait_for(self.reader.read(65536), max(0.01, deadline - asyncio.get_running_loop().time()))
+            assert chunk, "connection closed"
+            self.framer.feed(chunk)
+        return parse_message(data)
+
+
+async def test_a_call_whose_forking_member_dies_while_ringing_is_cancelled_and_the_caller_hears_480(pair, cluster):
+    """Member 2 forked alice's call (her Call-ID is its own) to bob's phone, whose TCP
+    connection member 1 holds, and dies while bob rings.  The fork died with it: nobody could
+    gather bob's answer or cancel his ringing, and alice heard no final answer from the farm.
+    Member 1, seeing member 2 gone, CANCELs the INVITE on bob's connection (§9.1), ACKs his
+    487 itself, and alice hears 480 -- with a To tag, as every final answer carries, and her
+    ACK of it ends at the farm (bob never sees it)."""
+    member_1 = sip_address(pair["sipfarm-1"])
+    reader, writer = await tcp_phone_at(member_1, "bob")
+    bob = SipStream(reader)
+    alice = await Caller.open(member_1)       # her packets reach member 1, which hands them to member 2
+    try:
+        await alice.call(call_id := a_call_id_owned_by("sipfarm-2"))
+        invite = await bob.next(10)
+        assert invite.method == "INVITE" and invite.call_id == call_id
+        writer.write(ringing(invite))
+        assert (await alice.receive()).status == 180
+        await kill(cluster, "sipfarm-2")
+
+        cancel = await bob.next(FINAL_WITHIN)
+        assert cancel.method == "CANCEL" and cancel.call_id == call_id, cancel
+        assert cancel.top_via().branch == invite.top_via().branch and cancel.cseq().number == invite.cseq().number
+        assert str(cancel.uri) == str(invite.uri)
+        final = await alice.final(FINAL_WITHIN)
+        assert final.status == 480 and final.call_id == call_id, final
+        to_tag = final.address("To").tag
+        assert to_tag, final
+        alice.transport.sendto((
+            f"ACK sip:bob@{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{alice.port};branch=z9hG4bK{call_id[:8]}2\r\n"
+            f"From: <sip:alice@{DOMAIN}>;tag=a1\r\nTo: <sip:bob@{DOMAIN}>;tag={to_tag}\r\nCall-ID: {call_id}\r\n"
+            "CSeq: 2 ACK\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n").encode(), member_1)
+
+        writer.write(answered(cancel, 200, "OK"))
+        writer.write(answered(invite, 487, "Request Terminated"))
+        ack = await bob.next(10)
+        # The hop-by-hop ACK of his 487 (§17.1.1.3): the INVITE's branch and CSeq number, his To tag.
+        assert ack.method == "ACK" and ack.call_id == call_id, ack
+        assert ack.top_via().branch == invite.top_via().branch and ack.cseq().number == invite.cseq().number
+        assert ack.address("To").tag == "b487"
+        # Nothing else reaches bob (alice's ACK ended at the farm), nor alice (his 487 ended at member 1).
+        with pytest.raises(TimeoutError):
+            extra = await bob.next(2)
+            raise AssertionError(f"bob got {extra}")
+        while not alice.inbox.queue.empty():
+            late = parse_message(alice.inbox.queue.get_nowait())
+            assert late.status == 480, late      # a copy of hers at most
+    finally:
+        alice.close()
+        writer.close()

@@ -20,6 +20,7 @@ from colony.protocols.sip.message import Headers, SipRequest
 from colony.protocols.sip.parser import parse_message
 from colony.settings import Settings
 
+from colony_sipfarm.farm import LOCAL_TAG
 from colony_sipfarm.sent_invites import SentInvites
 from colony_sipfarm.workload import SipWorkload
 
@@ -88,6 +89,8 @@ async def test_a_ringing_branch_on_a_dead_members_flow_fails_and_the_caller_hear
     assert sent(out) == [(CALLER, 480)]
     final = parse_message(out[0].data)
     assert final.reason == "Temporarily Unavailable" and final.call_id == "call-1"
+    # A final answer carries a To tag (§8.2.6.2): the farm's own, as for the answers it makes.
+    assert (final.address("To").tag or "").startswith(LOCAL_TAG)
     assert farm.flows_lost_with(MEMBER_2) == [] and farm.sent_invites.members() == []     # once
     # alice's ACK of the 480 ends here, and Timer C has nothing left to say.
     ack = invite(cseq=2, branch="z9hG4bKinv2").replace(b"INVITE sip", b"ACK sip").replace(b"2 INVITE", b"2 ACK")
