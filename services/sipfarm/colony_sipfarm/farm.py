@@ -309,7 +309,9 @@ class SipFarm:
             max(ANSWER_LIFETIME, 64 * settings.sip_timer_t1), ANSWER_CACHE)
         # The INVITEs this member forwarded, by our branch: their failures are ACKed from
         # them, where they went (sent_invites.py, RFC 3261 §17.1.1.3).
-        self.sent_invites = SentInvites(FORK_LIFETIME, max(ANSWER_LIFETIME, 64 * settings.sip_timer_t1), FORK_CACHE)
+        # Kept a while past Timer C, which cancels the branches still ringing (expire_forks).
+        self.sent_invites = SentInvites(FORK_LIFETIME + 64 * settings.sip_timer_t1,
+                                        max(ANSWER_LIFETIME, 64 * settings.sip_timer_t1), FORK_CACHE)
         self._pending: set[tuple] = set()           # answer keys of requests being worked on
         self._cancelled: set[tuple] = set()         # ... of INVITEs among them a CANCEL came for
         self._last_key: tuple = (None, None, None)   # (request, its top Via value, answer key)
@@ -1126,7 +1128,9 @@ class SipFarm:
     def expire_forks(self) -> list[Outbound]:
         """Timer C (RFC 3261 16.6 step 11, 16.8): an INVITE none of whose branches gave a
         final answer within FORK_LIFETIME gets 408 to the caller (the branches' own best
-        failure if some failed).  The shell calls this every second."""
+        failure if some failed), and each branch still without a final answer is cancelled
+        (§16.8: the phone stops ringing; its 487 is ACKed and goes no further).  The shell
+        calls this every second."""
         now, out = self.clock(), []
         while self._forks:
             key, fork = next(iter(self._forks.items()))
@@ -1135,6 +1139,11 @@ class SipFarm:
             del self._forks[key]
             if fork.answered or fork.request is None or fork.source is None:
                 continue
+            for index in range(fork.branches):
+                sent = self.sent_invites.end(f"{FARM_BRANCH}{key}-{index}", now)
+                if sent is not None:
+                    member = sent.member if sent.member != names.node_key(self._flow()) else None
+                    out.append(Outbound(cancel_of(sent.request).encode(), sent.destination, member))
             if fork.finals:
                 best = _for_the_caller(min(fork.finals.values(), key=_preference))
                 out += self._local(fork.request, fork.source, best.status, best.reason, remember=False)
@@ -1317,6 +1326,8 @@ class SipFarm:
             fork = None
         if cseq.method == "INVITE" and response.status >= 300 and not _made_for_timeout(response):
             out += await self._ack_failure(response, ours, index)
+        if fork is None and cseq.method == "INVITE" and response.status >= 300 and self.sent_invites.ended(ours.branch or "", self.clock()):
+            return out      # a branch Timer C cancelled (expire_forks): the caller had its answer
         if cseq.method == "INVITE" and 200 <= response.status < 300:
             self.sent_invites.answered(ours.branch or "")
             await self.call_answered(response)

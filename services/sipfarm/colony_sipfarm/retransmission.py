@@ -25,6 +25,11 @@ an in-dialog request from a UDP caller is absorbed by the farm's server transact
 a stateless proxy does, but starts no second transaction.  ACKs have no transaction; reliable transports (TCP, TLS, WS) retransmit nothing.
 
 The table is bounded (``limit``): beyond it requests still go out, without retransmission.
+An INVITE transaction that had a provisional answer has no timer of its own (§17.1.1.2: the
+proxy's Timer C ends it, by a CANCEL whose 487 completes it); when the phone is gone for
+good -- switched off while it rang -- nothing ever does, so an entry leaves the table
+``lifetime`` after it started whatever its state (longer than Timer C and the CANCEL's 64*T1):
+such entries filled it, and then nothing this member forwarded was retransmitted any more.
 Time is an argument (``now``); the shell sleeps until ``next_deadline()``.
 """
 
@@ -39,6 +44,7 @@ from colony.protocols.sip.transaction import (ClientTransaction, Destination, Ti
                                               client_key)
 
 DEFAULT_LIMIT = 20_000
+DEFAULT_LIFETIME = 300.0     # seconds: Timer C (200 s at the fork) and a CANCEL's 64*T1, with room
 
 
 @dataclass(frozen=True)
@@ -51,9 +57,12 @@ class Due:
 
 
 class ProxyClientTransactions:
-    def __init__(self, timers: Timers = Timers(), limit: int = DEFAULT_LIMIT) -> None:
-        self.timers, self.limit = timers, limit
-        self._running: dict[tuple, tuple[ClientTransaction, bytes]] = {}
+    def __init__(self, timers: Timers = Timers(), limit: int = DEFAULT_LIMIT,
+                 lifetime: float = DEFAULT_LIFETIME) -> None:
+        self.timers, self.limit, self.lifetime = timers, limit, lifetime
+        # In the order they started (the oldest first, for _drop_old): key -> (transaction,
+        # the request as sent, when it started).
+        self._running: dict[tuple, tuple[ClientTransaction, bytes, float]] = {}
         self._heap: list[tuple[float, int, tuple]] = []       # (deadline, tie-break, key); stale entries skipped
         self._order = itertools.count()
 
@@ -64,6 +73,7 @@ class ProxyClientTransactions:
         """``data`` (the encoded ``request``) went to ``destination`` over UDP: start its client
         transaction.  False when none was started (one runs already: the caller retransmitted;
         an ACK; the table is full)."""
+        self._drop_old(now)
         if request.method == "ACK" or len(self._running) >= self.limit:
             return False
         key = client_key(request)
@@ -71,9 +81,17 @@ class ProxyClientTransactions:
             return False
         tx = ClientTransaction(request, destination, reliable=False, timers=self.timers)
         tx.start(now)
-        self._running[key] = (tx, data)
+        self._running[key] = (tx, data, now)
         self._schedule(key, tx)
         return True
+
+    def _drop_old(self, now: float) -> None:
+        running = self._running
+        while running:
+            key = next(iter(running))
+            if running[key][2] > now - self.lifetime:
+                return
+            del running[key]
 
     def received(self, response: SipResponse, now: float) -> bool:
         """A response came: move its transaction on (stops retransmission).  False when the
@@ -103,7 +121,7 @@ class ProxyClientTransactions:
         timed_out: list[tuple[SipResponse, Destination]] = []
         while (deadline := self.next_deadline()) is not None and deadline <= now:
             _, _, key = heapq.heappop(self._heap)
-            tx, data = self._running[key]
+            tx, data, _ = self._running[key]
             for action in tx.handle_timer(now):
                 if isinstance(action, Transmit):
                     retransmit.append((data, tx.destination, tx.request.method))
@@ -113,6 +131,7 @@ class ProxyClientTransactions:
                 del self._running[key]
             else:
                 self._schedule(key, tx)
+        self._drop_old(now)
         return Due(retransmit, timed_out)
 
     def _schedule(self, key: tuple, tx: ClientTransaction) -> None:

@@ -60,6 +60,9 @@ class SentInvite:
     member: str
     expires_at: float
     failed: bool = False
+    # Timer C cancelled it and answered the caller (SipFarm.expire_forks): the phone's answer
+    # to it (a 487) is ACKed and goes no further.
+    ended: bool = False
 
 
 def kept_of(request: SipRequest) -> SipRequest:
@@ -120,6 +123,23 @@ class SentInvites:
                 entry.failed, entry.expires_at = True, now + self.after_final
             self._entries.move_to_end(branch)
         return entry
+
+    def end(self, branch: str, now: float) -> SentInvite | None:
+        """Timer C ended the fork of ``branch`` (§16.8): the INVITE to CANCEL, if it is kept
+        and has no final answer yet -- from now on it counts as failed (its answer is ACKed)
+        and as ended (that answer goes no further: the caller has had one).  Read whatever
+        its lifetime: Timer C comes when it ends."""
+        entry = self._entries.get(branch)
+        if entry is None or entry.failed:
+            return None
+        self._finished(branch)
+        entry.failed = entry.ended = True
+        entry.expires_at = now + self.after_final
+        return entry
+
+    def ended(self, branch: str, now: float) -> bool:
+        entry = self.get(branch, now)
+        return entry is not None and entry.ended
 
     def answered(self, branch: str) -> None:
         """A 2xx came: nothing of ours to ACK, and the caller's ACK is its own transaction."""

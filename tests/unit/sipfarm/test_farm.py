@@ -585,22 +585,33 @@ async def test_a_decline_on_one_device_cancels_the_others_and_reaches_the_caller
     assert done[1][1] == ("UDP", "198.51.100.9", 5060)
 
 
-async def test_timer_c_answers_408_when_no_branch_ever_answers(farm):
-    await forked_invite(farm)
+async def test_timer_c_answers_408_when_no_branch_ever_answers_and_cancels_the_branches(farm):
+    """§16.8: when Timer C fires, the caller hears 408 and each branch still ringing is
+    cancelled -- before, the phones rang on and the sending member's UDP client transaction
+    for each waited for a final answer for ever.  A branch's 487 is ACKed and goes no further."""
+    (desk, _), (mobile, _) = await forked_invite(farm)
     assert farm.expire_forks() == []
     farm.clock_.now += 150
     assert farm.expire_forks() == []      # still ringing
     farm.clock_.now += 60
-    out = farm.expire_forks()
-    assert [(parse_message(o.data).status, o.destination) for o in out] == [(408, ("UDP", "198.51.100.9", 5060))]
+    out = [(parse_message(o.data), o.destination) for o in farm.expire_forks()]
+    assert [(getattr(m, "method", None) or m.status, d) for m, d in out] == [
+        ("CANCEL", ("UDP", "192.0.2.7", 5062)), ("CANCEL", ("UDP", "192.0.2.8", 5062)), (408, ("UDP", "198.51.100.9", 5060))]
+    assert [m.top_via().branch for m, _ in out[:2]] == [desk.top_via().branch, mobile.top_via().branch]
     assert farm.expire_forks() == []      # once
+    done = [(parse_message(o.data), o.destination) for o in await farm.handle(reply(desk, 487, "d"), ("UDP", "192.0.2.7", 5062))]
+    assert [(m.method, d) for m, d in done] == [("ACK", ("UDP", "192.0.2.7", 5062))]
+    assert done[0][0].top_via().branch == desk.top_via().branch
 
 
 async def test_timer_c_passes_on_a_failure_that_came_and_nothing_after_an_answer(farm):
     (desk, _), (mobile, _) = await forked_invite(farm)
     await farm.handle(reply(desk, 486, "d"), ("UDP", "192.0.2.7", 5062))
     farm.clock_.now += 210
-    assert [parse_message(o.data).status for o in farm.expire_forks()] == [486]
+    out = [parse_message(o.data) for o in farm.expire_forks()]
+    # The mobile still rang: cancelled; the caller hears the desk's 486.
+    assert [getattr(m, "method", None) or m.status for m in out] == ["CANCEL", 486]
+    assert out[0].top_via().branch == mobile.top_via().branch
     (desk, _), (mobile, _) = await forked_invite(farm)
     await farm.handle(reply(mobile, 200, "m"), ("UDP", "192.0.2.8", 5062))
     farm.clock_.now += 210

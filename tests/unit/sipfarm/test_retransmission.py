@@ -98,3 +98,25 @@ def test_a_real_408_is_acked_as_any_failure():
     request, _ = forwarded()
     assert not _made_for_timeout(make_response(request, 408, to_tag="uas"))
     assert not _made_for_timeout(make_response(request, 486))
+
+
+def test_an_invite_that_rang_and_never_got_a_final_answer_leaves_the_table_after_its_lifetime():
+    """A phone switched off while it rang answers nothing more, and a ringing INVITE's client
+    transaction has no timer of its own (§17.1.1.2): it left the table only by a final
+    answer, so such entries filled it and then nothing this member forwarded was
+    retransmitted any more."""
+    table = ProxyClientTransactions(Timers(t1=0.5), limit=3, lifetime=300.0)
+    request, data = forwarded(branch="z9hG4bK-cfrang-0")
+    assert table.sent(request, data, CALLEE, 0.0)
+    table.received(make_response(request, 180, to_tag="b"), 0.1)
+    assert len(table) == 1 and table.next_deadline() is None        # proceeding: no timer
+    for n in range(2):
+        other, other_data = forwarded(branch=f"z9hG4bK-cfother{n}-0")
+        assert table.sent(other, other_data, CALLEE, 1.0)
+        table.received(make_response(other, 180, to_tag="b"), 1.1)
+    late, late_data = forwarded(branch="z9hG4bK-cflate-0")
+    assert not table.sent(late, late_data, CALLEE, 299.0)           # full: no retransmission for it
+    assert table.sent(late, late_data, CALLEE, 300.5)               # the first one has left
+    assert len(table) == 3
+    due = table.expire(302.0)                                       # the other two leave at 301.0
+    assert [d for d, _, _ in due.retransmit] == [late_data] and len(table) == 1
