@@ -306,6 +306,13 @@ def test_curl_imap_lists_examines_searches_and_fetches(edge, tmp_path):
     for base, options in ((imaps, []), (imap, ["--ssl-reqd"])):
         listing = text(curl(edge, f"{base}/", *options, user="erin"))
         assert '"INBOX"' in listing and '\\Sent) "/" "Sent"' in listing, listing
+    # SASL LOGIN (Outlook's, printers'): curl sends the user name as the initial response
+    # (SASL-IR) and answers the "Password:" prompt.
+    for base, options in ((imaps, ["--login-options", "AUTH=LOGIN"]),
+                          (imap, ["--ssl-reqd", "--login-options", "AUTH=LOGIN"])):
+        out = curl(edge, f"{base}/", *options, "-v", user="erin")
+        assert out.returncode == 0 and '"INBOX"' in out.stdout.decode(), said(out)
+        assert " AUTHENTICATE LOGIN " in said(out) and "< + UGFzc3dvcmQ6" in said(out), said(out)
     examined = text(curl(edge, f"{imaps}/", "-X", "EXAMINE INBOX", user="erin"))
     assert " EXISTS\r\n" in examined and "[PERMANENTFLAGS ()]" in examined, examined     # read-only
     uidvalidity = examined.split("[UIDVALIDITY ")[1].split("]")[0]
@@ -351,6 +358,8 @@ def test_curl_imap_lists_examines_searches_and_fetches(edge, tmp_path):
 
     wrong = curl(edge, f"{imaps}/", user="erin", password="wrong")
     assert wrong.returncode == CURLE_LOGIN_DENIED, said(wrong)
+    wrong = curl(edge, f"{imaps}/", "--login-options", "AUTH=LOGIN", user="erin", password="wrong")
+    assert wrong.returncode == CURLE_LOGIN_DENIED, said(wrong)
 
 
 def test_curl_pop3_lists_retrieves_and_deletes(edge, tmp_path):
@@ -385,8 +394,17 @@ def test_curl_pop3_lists_retrieves_and_deletes(edge, tmp_path):
     assert text(curl(edge, f"{pop3s}/", "-X", "UIDL", user="frank")).split() == ["1", uidls[3], "2", uidls[5]]
     out = curl(edge, f"{pop3s}/", "--login-options", "AUTH=PLAIN", "-X", "STAT", "-I", "-v", user="frank")
     assert out.returncode == 0 and "< +OK 2 " in said(out), said(out)
+    # AUTH LOGIN: both prompts, or (--sasl-ir) the user name with the command.
+    for base, options in ((pop3s, []), (pop3, ["--ssl-reqd", "--sasl-ir"])):
+        out = curl(edge, f"{base}/", *options, "--login-options", "AUTH=LOGIN", "-X", "STAT", "-I", "-v",
+                   user="frank")
+        assert out.returncode == 0 and "< +OK 2 " in said(out), said(out)
+        assert "> AUTH LOGIN" in said(out) and "< + UGFzc3dvcmQ6" in said(out), said(out)
+        assert ("< + VXNlcm5hbWU6" in said(out)) == (not options), said(out)
 
     wrong = curl(edge, f"{pop3s}/", user="frank", password="wrong")
+    assert wrong.returncode == CURLE_LOGIN_DENIED, said(wrong)
+    wrong = curl(edge, f"{pop3s}/", "--login-options", "AUTH=LOGIN", user="frank", password="wrong")
     assert wrong.returncode == CURLE_LOGIN_DENIED, said(wrong)
 
 
@@ -411,8 +429,14 @@ def test_a_unix_file_uploaded_over_imap_is_listed_by_pop3_at_the_size_retr_sends
 def test_curl_in_the_clear_is_never_asked_for_the_password(edge):
     """Without --ssl-reqd curl stays in the clear; the edge offers no way to log in there
     (IMAP LOGINDISABLED and no AUTH=, POP3 neither USER nor SASL, SMTP no AUTH before
-    STARTTLS: RFC 9051 §6.2.3, RFC 2595 §4, RFC 4954 §4), so no password crosses the wire."""
+    STARTTLS: RFC 9051 §6.2.3, RFC 2595 §4, RFC 4954 §4), so no password crosses the wire --
+    nor with AUTH=LOGIN asked for."""
     secret = base64.b64encode(f"\0alice@{DOMAIN}\0{PASSWORD}".encode()).decode()
+    login_secret = base64.b64encode(PASSWORD.encode()).decode()
+    for url in (f"imap://127.0.0.1:{edge.ports['imap']}/", f"pop3://127.0.0.1:{edge.ports['pop3']}/"):
+        out = curl(edge, url, "--login-options", "AUTH=LOGIN", "-v")
+        assert out.returncode == CURLE_LOGIN_DENIED, said(out)
+        assert PASSWORD not in said(out) and login_secret not in said(out), said(out)
     imap = curl(edge, f"imap://127.0.0.1:{edge.ports['imap']}/", "-v")
     pop3 = curl(edge, f"pop3://127.0.0.1:{edge.ports['pop3']}/", "-v")
     smtp = curl(edge, f"smtp://127.0.0.1:{edge.ports['submission']}/client.test", "-v", "--mail-from",
@@ -490,8 +514,8 @@ HARD_PASSWORD = 'Pässwört "q" \\ x%y:z'
 
 def test_a_password_with_quotes_backslash_and_utf8_works_in_every_client(edge, tmp_path):
     """Each client carries it its own way: msmtp and curl in AUTH PLAIN / LOGIN (base64 of
-    UTF-8), curl in IMAP AUTHENTICATE PLAIN and POP3 AUTH PLAIN, s-nail in IMAP LOGIN as a
-    quoted string with \\" and \\\\ (8-bit in it, which the edge takes)."""
+    UTF-8), curl in IMAP AUTHENTICATE PLAIN / LOGIN and POP3 AUTH PLAIN / LOGIN, s-nail in
+    IMAP LOGIN as a quoted string with \\" and \\\\ (8-bit in it, which the edge takes)."""
     colony(edge.data_dir, "account", "add", f"gina@{DOMAIN}", "--password", HARD_PASSWORD)
     imaps, pop3s = f"imaps://127.0.0.1:{edge.ports['imaps']}", f"pop3s://127.0.0.1:{edge.ports['pop3s']}"
     wait_for(lambda: curl(edge, f"{imaps}/", user="gina", password=HARD_PASSWORD).returncode == 0, 120,
@@ -513,8 +537,9 @@ def test_a_password_with_quotes_backslash_and_utf8_works_in_every_client(edge, t
                    "-T", str(upload), user="gina", password=HARD_PASSWORD)
         assert out.returncode == 0, said(out)
     arrived(edge, "bob", subject, count=4)
-    assert '"INBOX"' in text(curl(edge, f"{imaps}/", user="gina", password=HARD_PASSWORD))
-    assert curl(edge, f"{pop3s}/", user="gina", password=HARD_PASSWORD).returncode == 0
+    for login in ([], ["--login-options", "AUTH=LOGIN"]):
+        assert '"INBOX"' in text(curl(edge, f"{imaps}/", *login, user="gina", password=HARD_PASSWORD))
+        assert curl(edge, f"{pop3s}/", *login, user="gina", password=HARD_PASSWORD).returncode == 0
     out = s_nail(edge, tmp_path, "-Sverbose", "-Sverbose", "-Y", "headers", "-Y", "quit", "-f",
                  f"imaps://{quote(f'gina@{DOMAIN}', safe='')}:{quote(HARD_PASSWORD, safe='')}@127.0.0.1:{edge.ports['imaps']}")
     assert out.returncode == 0 and " OK [CAPABILITY " in said(out), said(out)

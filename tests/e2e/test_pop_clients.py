@@ -59,7 +59,7 @@ def as_mpop_writes(octets: bytes) -> bytes:
 @pytest.mark.parametrize("stls", [False, True], ids=["pop3s", "stls"])
 def test_mpop_serverinfo_shows_the_capabilities(edge, tmp_path, stls):
     """``--serverinfo`` logs in and prints what it parsed from CAPA (RFC 2449): after STLS it
-    asks again (RFC 2595 §4), and only then are USER and SASL PLAIN offered -- never in the
+    asks again (RFC 2595 §4), and only then are USER and SASL PLAIN LOGIN offered -- never in the
     clear."""
     user = f"ida{'stls' if stls else 'pop3s'}"
     add_account(edge, user)
@@ -79,9 +79,9 @@ def test_mpop_serverinfo_shows_the_capabilities(edge, tmp_path, stls):
         assert "--> STLS\n<-- +OK" in text
         before, after = capas[0], capas[1]
         assert "<-- STLS" in before and "<-- USER" not in before and "SASL" not in before, before
-        assert "<-- STLS" not in after and "<-- USER\n" in after and "<-- SASL PLAIN\n" in after, after
+        assert "<-- STLS" not in after and "<-- USER\n" in after and "<-- SASL PLAIN LOGIN\n" in after, after
     else:
-        assert "--> STLS" not in text and "<-- SASL PLAIN\n" in capas[0], text
+        assert "--> STLS" not in text and "<-- SASL PLAIN LOGIN\n" in capas[0], text
     assert "--> AUTH PLAIN" in text
 
     # mpop checks the certificate: without the local CA the handshake is refused

@@ -3,11 +3,12 @@
 Theory of operation
 -------------------
 The edge speaks the pre-authentication part of each protocol itself, through the sans-IO
-cores: POP3 with ``colony.protocols.pop3.rules`` (CAPA, STLS, USER/PASS, AUTH PLAIN), IMAP
-with ``colony.protocols.imap.preauth`` (CAPABILITY, STARTTLS, LOGIN, AUTHENTICATE PLAIN with
-SASL-IR, ID, NOOP, LOGOUT).  Plaintext credentials before TLS are refused unless
-``access_plaintext_auth``.  A connection first passes the edge gate (denied networks,
-connection rate and sessions per address across all edges: ``* BYE`` / ``-ERR`` and close).
+cores: POP3 with ``colony.protocols.pop3.rules`` (CAPA, STLS, USER/PASS, AUTH PLAIN and
+LOGIN), IMAP with ``colony.protocols.imap.preauth`` (CAPABILITY, STARTTLS, LOGIN, AUTHENTICATE
+PLAIN and LOGIN with SASL-IR, ID, NOOP, LOGOUT); every way of logging in ends in the same
+check below.  Plaintext credentials before TLS are refused unless ``access_plaintext_auth``.
+A connection first passes the edge gate (denied networks, connection rate and sessions per
+address across all edges: ``* BYE`` / ``-ERR`` and close).
 
 A login is checked in this order: the login-failure throttle (``LoginThrottle``: failures
 per address and per account per minute, counted across all edges in the shared counters),

@@ -21,8 +21,13 @@ without that bound a client could grow one command without end, ``max_line`` at 
 tag and the command name come before any literal (a literal's octets, CRLF included, must
 never be echoed back as a tag).  After ``max_errors`` bad commands, ``* BYE``.
 
-LOGIN and AUTHENTICATE PLAIN (with SASL-IR, RFC 4959) are refused before TLS unless
-``allow_plaintext`` (``LOGINDISABLED`` is then advertised, RFC 9051 §6.2.3).
+LOGIN and AUTHENTICATE PLAIN / LOGIN (with SASL-IR, RFC 4959) are refused before TLS unless
+``allow_plaintext`` (``LOGINDISABLED`` is then advertised, RFC 9051 §6.2.3).  The SASL LOGIN
+mechanism (draft-murchison-sasl-login, what Outlook and many printers use) asks for the user
+name and then the password with the base64 prompts ``Username:`` and ``Password:``; an initial
+response (SASL-IR) is the user name.  It asks for the password whatever the user name, so
+the answers never tell whether an account exists.  ``*`` cancels an exchange (``BAD``, RFC
+9051 §6.2.2), and so does a response line longer than ``max_line``.
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ _TAG = re.compile(r'[^\x00-\x20\x7f-\U0010ffff(){%*"\\+]+')     # RFC 9051 tag (
 # Not allowed in an unquoted argument.  ']' is: LOGIN takes astrings, whose ASTRING-CHAR
 # includes resp-specials (RFC 9051 §9), so 'LOGIN alice pa]ss' is a valid command.
 _ATOM_SPECIALS = set('(){ %*"\\')
+_SASL_MECHANISMS = ("PLAIN", "LOGIN")
+_USERNAME_PROMPT, _PASSWORD_PROMPT = b"+ VXNlcm5hbWU6\r\n", b"+ UGFzc3dvcmQ6\r\n"    # base64 "Username:", "Password:"
 
 
 @dataclass(frozen=True)
@@ -52,7 +59,7 @@ class Authenticate:
     tag: str
     user: str
     password: str
-    mechanism: str      # "LOGIN" or "PLAIN"
+    mechanism: str      # "LOGIN" (the command), or the SASL mechanism: "PLAIN" or "AUTH=LOGIN"
     authzid: str = ""
 
 
@@ -82,6 +89,8 @@ class ImapPreauth:
         self._literal_buf = bytearray()
         self._discarding = False
         self._sasl_tag: str | None = None  # AUTHENTICATE waiting for its response line
+        self._sasl_mechanism = "PLAIN"
+        self._sasl_user: str | None = None  # AUTHENTICATE LOGIN: the user name, once given
         self._busy = False
         self._done = False
         self._errors = 0
@@ -114,7 +123,7 @@ class ImapPreauth:
         if self.tls_available and not self.tls_active:
             caps.append("STARTTLS")
         if self.tls_active or self.allow_plaintext:
-            caps.append("AUTH=PLAIN")
+            caps += [f"AUTH={m}" for m in _SASL_MECHANISMS]
         else:
             caps.append("LOGINDISABLED")
         return " ".join(caps)
@@ -186,14 +195,14 @@ class ImapPreauth:
                     self._parts.clear()
                     self._literals = 0      # the command is dropped: its literals with it
                     self._discarding = True
-                    self._bad("*", "Line too long")
+                    self._bad(self._end_sasl() or "*", "Line too long")
                 return
             line = bytes(self._in[:end]).rstrip(b"\r")
             del self._in[:end + 1]
             if end + 1 > self.max_line:
                 self._parts.clear()
                 self._literals = 0
-                self._bad("*", "Line too long")
+                self._bad(self._end_sasl() or "*", "Line too long")
                 continue
             if self._sasl_tag is not None:
                 self._sasl_response(line)
@@ -281,17 +290,17 @@ class ImapPreauth:
         elif verb == "AUTHENTICATE":
             if not args or len(args) > 2:
                 self._bad(tag, "AUTHENTICATE needs a mechanism")
-            elif args[0].upper() != "PLAIN":
+            elif args[0].upper() not in _SASL_MECHANISMS:
                 self._out += f"{tag} NO Unsupported mechanism\r\n".encode()
                 self._count_error()
             elif self._plaintext_refused(tag):
                 return
-            elif len(args) == 2:
-                self._sasl_tag = tag
-                self._sasl_response(args[1].encode())
             else:
-                self._sasl_tag = tag
-                self._out += b"+ \r\n"
+                self._sasl_tag, self._sasl_mechanism, self._sasl_user = tag, args[0].upper(), None
+                if len(args) == 2:
+                    self._sasl_response(args[1].encode())
+                else:
+                    self._out += _USERNAME_PROMPT if self._sasl_mechanism == "LOGIN" else b"+ \r\n"
         else:
             self._bad(tag, f"{verb[:32]} is not valid before login")
 
@@ -302,10 +311,19 @@ class ImapPreauth:
         self._count_error()
         return True
 
+    def _end_sasl(self) -> str | None:
+        """The tag of the AUTHENTICATE under way, which ends here (None: none was)."""
+        tag, self._sasl_tag, self._sasl_user = self._sasl_tag, None, None
+        return tag
+
     def _sasl_response(self, line: bytes) -> None:
-        tag, self._sasl_tag = self._sasl_tag or "*", None
+        user = self._sasl_user
+        tag = self._end_sasl() or "*"
         if line.strip() == b"*":
             self._bad(tag, "AUTHENTICATE cancelled")
+            return
+        if self._sasl_mechanism == "LOGIN":
+            self._login_response(tag, user, line.strip())
             return
         try:
             raw = base64.b64decode(line.strip(), validate=True) if line.strip() != b"=" else b""
@@ -324,6 +342,21 @@ class ImapPreauth:
             self._count_error()
             return
         self._authenticate(tag, user, pw, "PLAIN", zid)
+
+    def _login_response(self, tag: str, user: str | None, line: bytes) -> None:
+        """One step of SASL LOGIN: the user name (then the password is asked for), or the password."""
+        try:
+            value = (base64.b64decode(line, validate=True) if line != b"=" else b"").decode("utf-8")
+        except (binascii.Error, ValueError, UnicodeDecodeError):
+            self._bad(tag, "Malformed LOGIN response")
+            return
+        if user is not None:
+            self._authenticate(tag, user, value, "AUTH=LOGIN")
+        elif not value:
+            self._bad(tag, "Malformed LOGIN response")
+        else:
+            self._sasl_tag, self._sasl_user = tag, value
+            self._out += _PASSWORD_PROMPT
 
     def _authenticate(self, tag: str, user: str, password: str, mechanism: str, authzid: str = "") -> None:
         self._login_tag = tag

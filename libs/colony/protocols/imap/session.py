@@ -7,7 +7,7 @@ A connection owns one ``Session``.  The shell feeds it the client's octets
 (``receive_data``) and asks for the next thing to do (``next_action``), one at a time:
 
 * ``Send(data)`` -- octets for the client;
-* ``Authenticate(tag, user, password)`` -- a LOGIN or AUTHENTICATE PLAIN to check (the
+* ``Authenticate(tag, user, password)`` -- a LOGIN or AUTHENTICATE PLAIN / LOGIN to check (the
   session never sees the account database); the shell answers ``auth_result``;
 * ``NeedStore()`` -- the next command (or an IDLE wake-up) needs the account's mail: the
   shell calls ``run(store)`` with the store held exclusively (the account's lock, in a
@@ -102,7 +102,7 @@ CAPABILITIES = ("IMAP4rev1", "LITERAL+", "ID", "IDLE", "NAMESPACE", "UNSELECT", 
                 "THREAD=REFERENCES", "SORT=DISPLAY", "ESORT", "MULTIAPPEND", "STATUS=SIZE", "BINARY", "CONDSTORE",
                 "LIST-EXTENDED", "LIST-STATUS", "QUOTA", "QUOTA=RES-STORAGE", "QRESYNC",
                 "IMAP4rev2", "UTF8=ACCEPT", "ACL", "RIGHTS=texk")
-PREAUTH_CAPABILITIES = ("AUTH=PLAIN", "SASL-IR")
+PREAUTH_CAPABILITIES = ("AUTH=PLAIN", "AUTH=LOGIN", "SASL-IR")
 
 _ANY = {"CAPABILITY", "NOOP", "LOGOUT", "ID"}
 _NOT_AUTH = {"LOGIN", "AUTHENTICATE", "STARTTLS"}
@@ -298,7 +298,9 @@ class Session:
         self._idle_tag: str | None = None
         self._woken = False
         self._mime: OrderedDict[tuple[str, int], tuple[bytes, mime.Part]] = OrderedDict()
-        self._authenticate_tag: str | None = None   # AUTHENTICATE PLAIN waiting for its response line
+        self._authenticate_tag: str | None = None   # AUTHENTICATE waiting for its response line
+        self._authenticate_mechanism = "PLAIN"
+        self._authenticate_user: bytes | None = None   # AUTHENTICATE LOGIN: the user name, once given
         caps = " ".join(self._capabilities())
         if account and handed_over:
             self._send(f"OK [CAPABILITY {caps}] Logged in")
@@ -422,7 +424,9 @@ class Session:
         elif isinstance(event, TooBig):
             self._tagged(event.tag, "NO", "[TOOBIG] Literal too large")
         elif isinstance(event, LineTooLong):
-            self._tagged(event.tag, "BAD", "Command line too long")
+            # An over-long response to AUTHENTICATE ends the exchange (its tag is answered).
+            tag, self._authenticate_tag, self._authenticate_user = self._authenticate_tag or event.tag, None, None
+            self._tagged(tag, "BAD", "Command line too long")
         elif isinstance(event, Command):
             self._command(event)
 
@@ -438,7 +442,7 @@ class Session:
         if self._authenticate_tag is not None:
             tag, self._authenticate_tag = self._authenticate_tag, None
             line = command.parts[0] if isinstance(command.parts[0], bytes) else b""
-            self._plain(tag, line.strip())
+            self._sasl_step(tag, line.strip())
             return
         try:
             cmd = C.parse_command(command)
@@ -473,22 +477,47 @@ class Session:
             self._waiting = True
             self._out.append(Authenticate(cmd.tag, _text(cmd.user), _text(cmd.password)))
         elif name == "AUTHENTICATE":
-            if cmd.mechanism != "PLAIN":
+            if cmd.mechanism not in ("PLAIN", "LOGIN"):
                 self._tagged(cmd.tag, "NO", "Unsupported authentication mechanism")
-            elif cmd.initial is None:
+                return
+            self._authenticate_mechanism, self._authenticate_user = cmd.mechanism, None
+            if cmd.initial is None:
                 self._authenticate_tag = cmd.tag
-                self._send("+ ")
+                self._send("+ " + ("VXNlcm5hbWU6" if cmd.mechanism == "LOGIN" else ""))    # base64 "Username:"
             else:
-                self._plain(cmd.tag, cmd.initial)
+                self._sasl_step(cmd.tag, cmd.initial)
         else:
             self._pending_command = cmd
             self._waiting = True
             self._out.append(NeedStore())
 
-    def _plain(self, tag: str, line: bytes) -> None:
+    def _sasl_step(self, tag: str, line: bytes) -> None:
         if line == b"*":
             self._tagged(tag, "BAD", "Authentication cancelled")
+        elif self._authenticate_mechanism == "LOGIN":
+            self._sasl_login(tag, line)
+        else:
+            self._plain(tag, line)
+
+    def _sasl_login(self, tag: str, line: bytes) -> None:
+        """SASL LOGIN (draft-murchison-sasl-login): the user name, then the password, each
+        asked for and answered in base64.  The password is asked for whatever the user name."""
+        user, self._authenticate_user = self._authenticate_user, None
+        try:
+            value = b"" if line == b"=" else base64.b64decode(line, validate=True)
+        except (binascii.Error, ValueError):
+            self._tagged(tag, "BAD", "Invalid LOGIN response")
             return
+        if user is not None:
+            self._waiting = True
+            self._out.append(Authenticate(tag, _text(user), _text(value)))
+        elif not value:
+            self._tagged(tag, "BAD", "Invalid LOGIN response")
+        else:
+            self._authenticate_tag, self._authenticate_user = tag, value
+            self._send("+ UGFzc3dvcmQ6")      # base64 "Password:"
+
+    def _plain(self, tag: str, line: bytes) -> None:
         try:
             raw = b"" if line == b"=" else base64.b64decode(line, validate=True)
             authzid, user, password = raw.split(b"\x00")

@@ -1,5 +1,5 @@
-"""POP3 (RFC 1939) with CAPA (RFC 2449), STLS (RFC 2595), SASL PLAIN (RFC 5034, RFC 4616)
-and response codes (RFC 3206), as a sans-IO server core.
+"""POP3 (RFC 1939) with CAPA (RFC 2449), STLS (RFC 2595), SASL PLAIN and LOGIN (RFC 5034,
+RFC 4616, draft-murchison-sasl-login) and response codes (RFC 3206), as a sans-IO server core.
 
 Theory of operation
 -------------------
@@ -28,7 +28,10 @@ pipelined a thousand times and never read held a thousand copies of the message)
 RFC 1939 §3) is ``idle_deadline`` and the shell calls ``handle_timer(now)``.
 
 Plaintext authentication before TLS is refused unless ``allow_plaintext`` (the edge allows it
-only on its inner, already-encrypted hop or where an operator configured it).
+only on its inner, already-encrypted hop or where an operator configured it).  AUTH LOGIN asks
+for the user name and then the password (``+ `` with base64 ``Username:`` / ``Password:``;
+an initial response is the user name); it asks for the password whatever the user name, so
+the answers never tell whether an account exists.  ``*`` cancels an exchange with -ERR.
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ MAX_LINE = 255
 MAX_SASL = 4096
 MAX_TOP_LINES = 2 ** 31     # a TOP line count past any message's body
 MAX_OUTPUT = 64 * 1024     # octets of answers held before pipelined commands wait for the shell
+SASL_MECHANISMS = ("PLAIN", "LOGIN")
+_USERNAME_PROMPT, _PASSWORD_PROMPT = b"+ VXNlcm5hbWU6\r\n", b"+ UGFzc3dvcmQ6\r\n"    # base64 "Username:", "Password:"
 IDLE_TIMEOUT = 600.0
 
 
@@ -64,7 +69,7 @@ class MessageInfo:
 class Authenticate:
     user: str
     password: str
-    mechanism: str     # "USER" or "PLAIN"
+    mechanism: str     # "USER", "PLAIN" or "LOGIN"
     authzid: str = ""
 
 
@@ -112,6 +117,8 @@ class Pop3Server:
         self._busy = False           # waiting for the shell (auth, retrieve, TLS, commit)
         self._discarding = False     # skipping the rest of an over-long line
         self._sasl_pending = False
+        self._sasl_mechanism = "PLAIN"
+        self._sasl_user: str | None = None    # AUTH LOGIN: the user name, once given
         self._errors = 0
         self.idle_deadline = clock() + idle_timeout
         self._reply(True, greeting)
@@ -316,24 +323,29 @@ class Pop3Server:
         mechanism, _, initial = arg.partition(" ")
         if not mechanism:
             self._reply(True, "")          # RFC 5034: list the mechanisms
-            self._out += b"PLAIN\r\n.\r\n"
+            self._out += "".join(f"{m}\r\n" for m in SASL_MECHANISMS).encode() + b".\r\n"
             return
-        if mechanism.upper() != "PLAIN":
+        if mechanism.upper() not in SASL_MECHANISMS:
             self._reply(False, "Unsupported mechanism")
             self._count_error()
             return
         if self._plaintext_refused():
             return
+        self._sasl_mechanism, self._sasl_user = mechanism.upper(), None
         if initial:
             self._sasl_response(initial.encode())
         else:
             self._sasl_pending = True
-            self._out += b"+ \r\n"
+            self._out += _USERNAME_PROMPT if self._sasl_mechanism == "LOGIN" else b"+ \r\n"
 
     def _sasl_response(self, line: bytes) -> None:
         self._sasl_pending = False
+        user, self._sasl_user = self._sasl_user, None
         if line.strip() == b"*":
             self._reply(False, "Authentication cancelled")
+            return
+        if self._sasl_mechanism == "LOGIN":
+            self._login_response(user, line.strip())
             return
         try:
             raw = base64.b64decode(line.strip(), validate=True) if line.strip() != b"=" else b""
@@ -356,6 +368,26 @@ class Pop3Server:
         self._busy = True
         self._events.append(Authenticate(user, pw, "PLAIN", zid))
 
+    def _login_response(self, user: str | None, line: bytes) -> None:
+        """One step of AUTH LOGIN: the user name (then the password is asked for), or the password."""
+        try:
+            value = (base64.b64decode(line, validate=True) if line != b"=" else b"").decode("utf-8")
+        except (binascii.Error, ValueError, UnicodeDecodeError):
+            self._reply(False, "[AUTH] Malformed LOGIN response")
+            self._count_error()
+            return
+        if user is not None:
+            self._user = user
+            self._busy = True
+            self._events.append(Authenticate(user, value, "LOGIN"))
+        elif not value:
+            self._reply(False, "[AUTH] Malformed LOGIN response")
+            self._count_error()
+        else:
+            self._sasl_user = value
+            self._sasl_pending = True
+            self._out += _PASSWORD_PROMPT
+
     def _cmd_authorization_STLS(self, arg: str) -> None:
         if self.tls_active or not self.tls_available:
             self._reply(False, "TLS not available" if not self.tls_available else "Already in TLS")
@@ -373,7 +405,7 @@ class Pop3Server:
             if self.tls_available and not self.tls_active:
                 caps.append("STLS")
             if self.tls_active or self.allow_plaintext:
-                caps += ["USER", "SASL PLAIN"]
+                caps += ["USER", "SASL " + " ".join(SASL_MECHANISMS)]
         self._reply(True, "Capability list follows")
         self._out += ("\r\n".join(caps) + "\r\n.\r\n").encode()
 

@@ -186,3 +186,86 @@ def test_id_arguments_are_nil_or_pairs():
     out = c.data_to_send()
     assert out.startswith(b"a BAD ") and b"\r\nb BAD " in out
     assert b"\r\nd OK ID completed" in out and out.endswith(b"e OK ID completed\r\n")
+
+
+def b64(text: str) -> bytes:
+    return base64.b64encode(text.encode())
+
+
+def test_authenticate_login_prompts_for_the_user_name_then_the_password():
+    """SASL LOGIN (draft-murchison-sasl-login, Outlook's and curl's AUTH=LOGIN): the prompts
+    are base64 "Username:" and "Password:"; nothing is checked before both are in."""
+    c = core(tls_active=True)
+    c.receive_data(b"a AUTHENTICATE LOGIN\r\n")
+    assert c.data_to_send() == b"+ VXNlcm5hbWU6\r\n" and c.next_event() is None
+    c.receive_data(b64("alice@acme.example") + b"\r\n")
+    assert c.data_to_send() == b"+ UGFzc3dvcmQ6\r\n" and c.next_event() is None
+    c.receive_data(b64("pässwört") + b"\r\na2 NOOP\r\n")
+    assert c.next_event() == Authenticate("a", "alice@acme.example", "pässwört", "AUTH=LOGIN")
+    c.login_ok("OK [CAPABILITY IMAP4rev1] Logged in")
+    assert c.data_to_send() == b"a OK [CAPABILITY IMAP4rev1] Logged in\r\n"
+    assert c.leftover() == b"a2 NOOP\r\n"
+
+
+def test_authenticate_login_with_sasl_ir_carries_the_user_name():
+    c = core(tls_active=True)
+    c.receive_data(b"a AUTHENTICATE login " + b64("alice@acme.example") + b"\r\n")
+    assert c.data_to_send() == b"+ UGFzc3dvcmQ6\r\n" and c.next_event() is None
+    c.receive_data(b64("secret") + b"\r\n")
+    assert c.next_event() == Authenticate("a", "alice@acme.example", "secret", "AUTH=LOGIN")
+
+
+def test_authenticate_login_cancel_and_bad_base64_are_bad_and_end_the_exchange():
+    for step in (0, 1):
+        for answer, text in ((b"*", b"AUTHENTICATE cancelled"), (b"!!not base64!!", b"Malformed LOGIN response")):
+            c = core(tls_active=True)
+            c.receive_data(b"t AUTHENTICATE LOGIN\r\n" + (b64("alice@acme.example") + b"\r\n") * step)
+            c.data_to_send()
+            c.receive_data(answer + b"\r\nn NOOP\r\n")
+            assert c.data_to_send() == b"t BAD " + text + b"\r\nn OK NOOP completed\r\n", (step, answer)
+            assert c.next_event() is None
+    c = core(tls_active=True)
+    c.receive_data(b"t AUTHENTICATE LOGIN =\r\n")               # an empty user name
+    assert c.data_to_send() == b"t BAD Malformed LOGIN response\r\n" and c.next_event() is None
+
+
+def test_authenticate_login_answers_an_unknown_user_as_a_wrong_password():
+    """The password is asked for whatever the user name, and the shell's refusal (the same
+    for both) is all the client hears: no account can be told from a missing one."""
+    seen = []
+    for user in ("alice@acme.example", "nobody@acme.example"):
+        c = core(tls_active=True)
+        c.receive_data(b"t AUTHENTICATE LOGIN\r\n" + b64(user) + b"\r\n")
+        out = c.data_to_send()
+        c.receive_data(b64("wrong") + b"\r\n")
+        assert c.next_event() == Authenticate("t", user, "wrong", "AUTH=LOGIN")
+        c.login_failed("AUTHENTICATIONFAILED", "Authentication failed")
+        seen.append(out + c.data_to_send())
+    assert seen[0] == seen[1] == (b"+ VXNlcm5hbWU6\r\n+ UGFzc3dvcmQ6\r\n"
+                                  b"t NO [AUTHENTICATIONFAILED] Authentication failed\r\n")
+
+
+def test_authenticate_login_is_neither_offered_nor_taken_before_tls():
+    c = core()
+    c.receive_data(b"a CAPABILITY\r\n")
+    out = c.data_to_send()
+    assert b"AUTH=LOGIN" not in out and b"AUTH=PLAIN" not in out and b"LOGINDISABLED" in out
+    c.receive_data(b"b AUTHENTICATE LOGIN\r\nc AUTHENTICATE LOGIN " + b64("alice@acme.example") + b"\r\n")
+    assert c.data_to_send() == (b"b NO [PRIVACYREQUIRED] Use STARTTLS before logging in\r\n"
+                                b"c NO [PRIVACYREQUIRED] Use STARTTLS before logging in\r\n")
+    assert c.next_event() is None
+    for kw in ({"tls_active": True}, {"allow_plaintext": True}):
+        c = core(**kw)
+        c.receive_data(b"a CAPABILITY\r\n")
+        assert b" AUTH=PLAIN AUTH=LOGIN" in c.data_to_send()
+
+
+def test_a_too_long_sasl_response_ends_the_exchange():
+    for tail in (b"\r\n", b""):
+        c = core(tls_active=True, max_line=1024)
+        c.receive_data(b"t AUTHENTICATE LOGIN " + b64("alice@acme.example") + b"\r\n")
+        c.data_to_send()
+        c.receive_data(b"A" * 2000 + tail)
+        c.receive_data(b"\r\nn NOOP\r\n" if not tail else b"n NOOP\r\n")
+        assert c.data_to_send() == b"t BAD Line too long\r\nn OK NOOP completed\r\n"
+        assert c.next_event() is None and len(c._in) == 0

@@ -135,6 +135,44 @@ def test_authenticate_plain_with_and_without_initial_response(mail):
     assert "f NO [AUTHORIZATIONFAILED]" in c.cmd("f AUTHENTICATE PLAIN " + base64.b64encode(b"alice\0bob\0secret").decode())
 
 
+def test_authenticate_login_asks_for_the_user_name_then_the_password(mail):
+    """SASL LOGIN (draft-murchison-sasl-login) on the store's own listener: base64 prompts
+    "Username:" and "Password:", an initial response (SASL-IR) is the user name, "*" cancels
+    (RFC 9051 §6.2.2), bad base64 is BAD, and an unknown user hears what a wrong password does."""
+    import base64
+
+    def b64(text: str) -> str:
+        return base64.b64encode(text.encode()).decode()
+
+    c = Client(mail)
+    assert b"AUTH=PLAIN AUTH=LOGIN SASL-IR" in c.greeting
+    assert c.cmd("a AUTHENTICATE LOGIN") == "+ VXNlcm5hbWU6\r\n"
+    assert c.cmd(b64("bob")) == "+ UGFzc3dvcmQ6\r\n"
+    out = c.cmd(b64("secret"))
+    assert out.startswith("a OK [CAPABILITY") and "AUTH=LOGIN" not in out
+    c = Client(mail)
+    assert c.cmd(f"b AUTHENTICATE LOGIN {b64('bob')}") == "+ UGFzc3dvcmQ6\r\n"
+    assert "b OK" in c.cmd(b64("secret"))
+    for step in (0, 1):
+        c = Client(mail)
+        c.cmd("c AUTHENTICATE LOGIN")
+        if step:
+            c.cmd(b64("bob"))
+        assert c.cmd("*") == "c BAD Authentication cancelled\r\n"
+        c.cmd("d AUTHENTICATE LOGIN")
+        if step:
+            c.cmd(b64("bob"))
+        assert c.cmd("%%%") == "d BAD Invalid LOGIN response\r\n"
+        assert c.cmd("e NOOP") == "e OK NOOP completed\r\n"
+    c = Client(mail)
+    assert c.cmd("f AUTHENTICATE LOGIN =") == "f BAD Invalid LOGIN response\r\n"
+    answers = []
+    for user in ("bob", "nobody"):
+        c = Client(mail)
+        answers.append(c.cmd(f"g AUTHENTICATE LOGIN {b64(user)}") + c.cmd(b64("wrong")))
+    assert answers[0] == answers[1] == "+ UGFzc3dvcmQ6\r\ng NO [AUTHENTICATIONFAILED] Invalid credentials\r\n"
+
+
 def test_handed_over_session_answers_one_untagged_ok(mail):
     s = S.Session(Clock(), "test", account="bob@example.com", handed_over=True)
     first = s.next_action()

@@ -55,7 +55,7 @@ def test_plaintext_auth_refused_before_tls_and_capa_says_stls():
     assert srv.next_event() == StartTLS()
     srv.tls_started()
     capa = say(srv, "CAPA")
-    assert b"STLS" not in capa and b"USER\r\n" in capa and b"SASL PLAIN\r\n" in capa
+    assert b"STLS" not in capa and b"USER\r\n" in capa and b"SASL PLAIN LOGIN\r\n" in capa
     assert say(srv, "STLS").startswith(b"-ERR")
 
 
@@ -237,3 +237,61 @@ def test_sasl_plain_with_another_users_authzid_is_refused():
     assert out == b"-ERR [AUTH] Acting as another user is not allowed\r\n" and srv.next_event() is None
     say(srv, "AUTH PLAIN " + base64.b64encode(b"alice@x.example\0alice@x.example\0pw").decode())
     assert srv.next_event() == Authenticate("alice@x.example", "pw", "PLAIN", "alice@x.example")
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def test_sasl_login_asks_for_the_user_name_then_the_password():
+    """AUTH LOGIN (RFC 5034 exchange, draft-murchison-sasl-login prompts): "+ " with base64
+    "Username:" and "Password:"; an initial response is the user name."""
+    srv, _ = server(tls_active=True)
+    assert say(srv, "AUTH") == b"+OK \r\nPLAIN\r\nLOGIN\r\n.\r\n"
+    assert say(srv, "AUTH LOGIN") == b"+ VXNlcm5hbWU6\r\n" and srv.next_event() is None
+    assert say(srv, b64("bob@acme.example")) == b"+ UGFzc3dvcmQ6\r\n" and srv.next_event() is None
+    say(srv, b64("pässwört"))
+    assert srv.next_event() == Authenticate("bob@acme.example", "pässwört", "LOGIN")
+    srv.login_ok(MESSAGES)
+    assert srv.data_to_send() == b"+OK bob@acme.example has 2 message(s) (420 octets)\r\n"
+    srv, _ = server(tls_active=True)
+    assert say(srv, "AUTH login " + b64("bob@acme.example")) == b"+ UGFzc3dvcmQ6\r\n"
+    say(srv, b64("pw"))
+    assert srv.next_event() == Authenticate("bob@acme.example", "pw", "LOGIN")
+
+
+def test_sasl_login_cancel_and_bad_base64_are_refused_and_end_the_exchange():
+    for step in (0, 1):
+        for answer, reply in (("*", b"-ERR Authentication cancelled\r\n"),
+                              ("!!not base64!!", b"-ERR [AUTH] Malformed LOGIN response\r\n")):
+            srv, _ = server(tls_active=True)
+            say(srv, "AUTH LOGIN")
+            if step:
+                say(srv, b64("bob@acme.example"))
+            assert say(srv, answer) == reply and srv.next_event() is None
+            assert say(srv, "CAPA").startswith(b"+OK Capability")      # a command again
+    srv, _ = server(tls_active=True)
+    assert say(srv, "AUTH LOGIN =") == b"-ERR [AUTH] Malformed LOGIN response\r\n"
+
+
+def test_sasl_login_answers_an_unknown_user_as_a_wrong_password():
+    """The password is asked for whatever the user name; the refusal is the shell's, the same
+    for both: no account can be told from a missing one."""
+    heard = []
+    for user in ("bob@acme.example", "nobody@acme.example"):
+        srv, _ = server(tls_active=True)
+        out = say(srv, "AUTH LOGIN " + b64(user)) + say(srv, b64("wrong"))
+        assert srv.next_event() == Authenticate(user, "wrong", "LOGIN")
+        srv.login_failed()
+        heard.append(out + srv.data_to_send())
+    assert heard[0] == heard[1] == b"+ UGFzc3dvcmQ6\r\n-ERR [AUTH] Authentication failed\r\n"
+
+
+def test_sasl_login_is_neither_offered_nor_taken_before_tls():
+    srv, _ = server()
+    assert b"SASL" not in say(srv, "CAPA")
+    assert say(srv, "AUTH LOGIN").startswith(b"-ERR [AUTH] Plaintext authentication needs TLS")
+    assert say(srv, "AUTH LOGIN " + b64("bob@acme.example")).startswith(b"-ERR [AUTH]")
+    assert srv.next_event() is None
+    srv, _ = server(allow_plaintext=True)
+    assert b"SASL PLAIN LOGIN\r\n" in say(srv, "CAPA")
