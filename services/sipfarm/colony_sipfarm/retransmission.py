@@ -40,7 +40,7 @@ import itertools
 from dataclasses import dataclass
 
 from colony.protocols.sip.message import SipRequest, SipResponse, make_response
-from colony.protocols.sip.transaction import (ClientTransaction, Destination, TimedOut, Timers, Transmit,
+from colony.protocols.sip.transaction import (ClientTransaction, Destination, State, TimedOut, Timers, Transmit,
                                               client_key)
 
 DEFAULT_LIMIT = 20_000
@@ -61,18 +61,19 @@ class ProxyClientTransactions:
                  lifetime: float = DEFAULT_LIFETIME) -> None:
         self.timers, self.limit, self.lifetime = timers, limit, lifetime
         # In the order they started (the oldest first, for _drop_old): key -> (transaction,
-        # the request as sent, when it started).
-        self._running: dict[tuple, tuple[ClientTransaction, bytes, float]] = {}
+        # the request as sent, when it started, the node key of the member whose fork it is).
+        self._running: dict[tuple, tuple[ClientTransaction, bytes, float, str]] = {}
         self._heap: list[tuple[float, int, tuple]] = []       # (deadline, tie-break, key); stale entries skipped
         self._order = itertools.count()
 
     def __len__(self) -> int:
         return len(self._running)
 
-    def sent(self, request: SipRequest, data: bytes, destination: Destination, now: float) -> bool:
+    def sent(self, request: SipRequest, data: bytes, destination: Destination, now: float, forker: str = "") -> bool:
         """``data`` (the encoded ``request``) went to ``destination`` over UDP: start its client
-        transaction.  False when none was started (one runs already: the caller retransmitted;
-        an ACK; the table is full)."""
+        transaction (``forker``: the member whose fork an INVITE is, when another made it).
+        False when none was started (one runs already: the caller retransmitted; an ACK; the
+        table is full)."""
         self._drop_old(now)
         if request.method == "ACK" or len(self._running) >= self.limit:
             return False
@@ -81,7 +82,7 @@ class ProxyClientTransactions:
             return False
         tx = ClientTransaction(request, destination, reliable=False, timers=self.timers)
         tx.start(now)
-        self._running[key] = (tx, data, now)
+        self._running[key] = (tx, data, now, forker)
         self._schedule(key, tx)
         return True
 
@@ -107,6 +108,16 @@ class ProxyClientTransactions:
             self._schedule(client_key(response), tx)
         return bool(actions) or tx.invite
 
+    def forked_by(self, forker: str) -> list[tuple[SipRequest, bytes, Destination]]:
+        """The member ``forker`` is gone, and the forks it kept: its INVITEs without a final
+        answer leave the table (nothing will gather their answers) and are returned, for the
+        shell to cancel."""
+        found = [(key, tx, data) for key, (tx, data, _, by) in self._running.items()
+                 if by == forker and tx.invite and tx.state in (State.CALLING, State.PROCEEDING)]
+        for key, _, _ in found:
+            del self._running[key]
+        return [(tx.request, data, tx.destination) for _, tx, data in found]
+
     def next_deadline(self) -> float | None:
         while self._heap:
             deadline, _, key = self._heap[0]
@@ -121,7 +132,7 @@ class ProxyClientTransactions:
         timed_out: list[tuple[SipResponse, Destination]] = []
         while (deadline := self.next_deadline()) is not None and deadline <= now:
             _, _, key = heapq.heappop(self._heap)
-            tx, data, _ = self._running[key]
+            tx, data, _, _ = self._running[key]
             for action in tx.handle_timer(now):
                 if isinstance(action, Transmit):
                     retransmit.append((data, tx.destination, tx.request.method))

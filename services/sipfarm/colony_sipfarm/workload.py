@@ -172,6 +172,7 @@ RINGING_PER_FLOW = 64
 # Seconds an INVITE cancelled because its forking member died waits for the phone's 487, which
 # is ACKed here (64*T1 with the default T1: a CANCELled INVITE's answer comes within Timer F).
 CANCELLED_KEPT = 32.0
+UDP_CANCELLED_KEPT = 20_000  # such INVITEs sent over UDP kept at most (as many as client transactions)
 # A member whose record says so holds no connection any more (FAILED: the controller saw its
 # heartbeats stop; STOPPED: it closes them as it stops).
 GONE_STATES = frozenset({NodeState.FAILED, NodeState.STOPPED})
@@ -486,6 +487,10 @@ class SipWorkload:
         # Node keys of the members that have sent INVITEs onto this member's connections: when
         # one is gone, the INVITEs it forked that still ring here are cancelled (_Flow.forked_by).
         self._forkers: set[str] = set()
+        # The UDP side of the same: INVITEs this member sent and cancelled because their
+        # forking member died, by branch -> (when, the INVITE, where it went); the phone's
+        # 487 is ACKed here and goes no further (_Flow.cancelled for connections).
+        self._udp_cancelled: OrderedDict[str, tuple[float, SipRequest, Destination]] = OrderedDict()
         self.listeners: dict[str, str] = {}               # ours, as our node record names them
         self._suspect: dict[str, float] = {}             # node id -> monotonic time to trust again
         self._answered_at: dict[str, float] = {}         # node id -> when it last answered a hand-over
@@ -625,6 +630,19 @@ class SipWorkload:
         as a lost flow's does (430, ``_flow_failed``): whichever member now owns the Call-ID
         passes it on -- the caller hears 480.  The phone's 487 is ACKed here (_absorbed_after_cancel)."""
         now, count = time.monotonic(), 0
+        for request, data, destination in self.proxy_transactions.forked_by(forker):
+            try:
+                cancel = cancel_of(request).encode()
+                branch = request.top_via().branch or ""
+            except Exception:     # ours, so it reads
+                continue
+            count += 1
+            self._udp_cancelled[branch] = (now, request, destination)
+            self._track(self._emit(cancel, destination))      # a client transaction of its own
+            self._flow_failed(data, destination)
+        while self._udp_cancelled and (len(self._udp_cancelled) > UDP_CANCELLED_KEPT
+                                       or next(iter(self._udp_cancelled.values()))[0] < now - CANCELLED_KEPT):
+            self._udp_cancelled.popitem(last=False)
         for key, flow in list(self.connections.items()):
             if not flow.ringing:
                 continue
@@ -639,6 +657,24 @@ class SipWorkload:
         if count:
             log.info("%d ringing INVITE(s) forked by member %s, which is gone: cancelled, the callers told 480",
                      count, forker)
+
+    def _absorbed_after_udp_cancel(self, response: SipResponse) -> bool:
+        """A failure over UDP answering an INVITE cancelled because its forking member died
+        (``_cancel_forks_of``): ACKed here (§17.1.1.3) and goes no further."""
+        try:
+            if response.cseq().method != "INVITE":
+                return False
+            branch = response.top_via().branch or ""
+        except Exception:
+            return False
+        found = self._udp_cancelled.get(branch)      # kept: each copy of the 487 gets the ACK again
+        if found is None:
+            return False
+        _, invite, destination = found
+        if self.udp is not None:
+            with suppress(Exception):       # ours, so it builds
+                self.udp.sendto(build_ack(invite, response).encode(), (destination[1], destination[2]))
+        return True
 
     def _absorbed_after_cancel(self, flow: _Flow, response: SipResponse, branch: str) -> bool:
         """``response`` (a final one, from ``flow``) answers an INVITE cancelled because its
@@ -735,6 +771,9 @@ class SipWorkload:
                 flow.answered(branch)
                 if flow.cancelled and self._absorbed_after_cancel(flow, parsed, branch):
                     return
+        if (source[0] == "UDP" and self._udp_cancelled and isinstance(parsed, SipResponse) and parsed.status >= 300
+                and self._absorbed_after_udp_cancel(parsed)):
+            return
         if source[0] == "UDP" and isinstance(parsed, SipResponse) and len(self.proxy_transactions):
             if not self._observe_response(parsed):
                 self.farm.metrics.dropped.labels(reason="absorbed retransmission").inc()
@@ -1328,7 +1367,7 @@ class SipWorkload:
             if self.udp is not None:
                 self.udp.sendto(data, (host, port))
                 if not data.startswith((b"SIP/2.0 ", b"ACK ")):
-                    self._start_client_transaction(data, destination)
+                    self._start_client_transaction(data, destination, forker)
             return
         flow = self.connections.get((host, port))
         if flow is None:
@@ -1482,16 +1521,19 @@ class SipWorkload:
 
     # --- proxy client transactions over UDP (retransmission.py) --------------------------------
 
-    def _start_client_transaction(self, data: bytes, destination: Destination) -> None:
-        """A request this member forwarded over UDP: retransmit it until answered."""
+    def _start_client_transaction(self, data: bytes, destination: Destination, forker: str = "") -> None:
+        """A request this member forwarded over UDP: retransmit it until answered.  ``forker``:
+        the member whose fork an INVITE is, when another made it (_cancel_forks_of)."""
         try:
             request = parse_message(data, len(data))
             if not isinstance(request, SipRequest) or not (request.top_via().branch or "").startswith(FARM_BRANCH):
                 return
         except Exception:     # ours, so it parses; if not, it just goes unretransmitted
             return
-        if self.proxy_transactions.sent(request, data, destination, time.monotonic()):
+        if self.proxy_transactions.sent(request, data, destination, time.monotonic(), forker):
             self._timers_changed.set()
+            if forker:
+                self._forkers.add(forker)
 
     def _observe_response(self, response: SipResponse) -> bool:
         """Move the response's client transaction on; False: absorb it (a retransmission)."""

@@ -295,3 +295,44 @@ async def test_a_call_whose_forking_member_dies_while_ringing_is_cancelled_and_t
     finally:
         alice.close()
         writer.close()
+
+
+async def test_a_udp_phone_ringing_for_a_call_whose_forking_member_died_is_cancelled_and_the_caller_hears_480(pair, cluster):
+    """The same over UDP: alice's and bob's packets reach member 1, which hands alice's INVITE to
+    member 2 (her Call-ID's owner) and puts member 2's fork on the wire to bob, running its
+    client transaction.  Member 2 dies while bob rings: member 1 CANCELs bob's INVITE, ACKs his
+    487 (each copy), and alice hears 480."""
+    member_1 = sip_address(pair["sipfarm-1"])
+    bob, bob_in, _ = await register_udp(member_1, "bob")
+    alice = await Caller.open(member_1)
+    try:
+        await alice.call(call_id := a_call_id_owned_by("sipfarm-2"))
+        invite = parse_message(await asyncio.wait_for(bob_in.get(), 10))
+        assert invite.method == "INVITE" and invite.call_id == call_id
+        bob.sendto(ringing(invite), member_1)
+        assert (await alice.receive()).status == 180
+        await kill(cluster, "sipfarm-2")
+
+        async def next_request(method: str):
+            while True:
+                message = parse_message(await asyncio.wait_for(bob_in.get(), FINAL_WITHIN))
+                if getattr(message, "method", None) == method:
+                    return message
+                assert getattr(message, "method", None) == "INVITE", message     # a copy before his 180 came
+
+        cancel = await next_request("CANCEL")
+        assert cancel.call_id == call_id and cancel.top_via().branch == invite.top_via().branch
+        final = await alice.final(FINAL_WITHIN)
+        assert final.status == 480 and final.call_id == call_id and final.address("To").tag, final
+        bob.sendto(answered(cancel, 200, "OK"), member_1)
+        for _ in range(2):                      # his 487 and a copy of it (Timer G): each ACKed
+            bob.sendto(answered(invite, 487, "Request Terminated"), member_1)
+            ack = await next_request("ACK")
+            assert ack.top_via().branch == invite.top_via().branch and ack.address("To").tag == "b487"
+        await asyncio.sleep(1)
+        while not alice.inbox.queue.empty():
+            late = parse_message(alice.inbox.queue.get_nowait())
+            assert late.status == 480, late      # his 487 went no further
+    finally:
+        alice.close()
+        bob.close()

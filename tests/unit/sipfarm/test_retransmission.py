@@ -120,3 +120,23 @@ def test_an_invite_that_rang_and_never_got_a_final_answer_leaves_the_table_after
     assert len(table) == 3
     due = table.expire(302.0)                                       # the other two leave at 301.0
     assert [d for d, _, _ in due.retransmit] == [late_data] and len(table) == 1
+
+
+def test_the_invites_of_a_gone_members_forks_leave_the_table_for_the_shell_to_cancel():
+    table = ProxyClientTransactions(Timers(t1=0.5))
+    ringing, ringing_data = forwarded(branch="z9hG4bK-cfring-0")
+    calling, calling_data = forwarded(branch="z9hG4bK-cfcall-0")
+    answered, answered_data = forwarded(branch="z9hG4bK-cfdone-0")
+    mine, mine_data = forwarded(branch="z9hG4bK-cfmine-0")
+    options, options_data = forwarded("OPTIONS", branch="z9hG4bK-cfopt-0")
+    for request, data, forker in ((ringing, ringing_data, "sipfarm-2"), (calling, calling_data, "sipfarm-2"),
+                                  (answered, answered_data, "sipfarm-2"), (mine, mine_data, ""),
+                                  (options, options_data, "sipfarm-2")):
+        assert table.sent(request, data, CALLEE, 0.0, forker)
+    table.received(make_response(ringing, 180, to_tag="b"), 0.1)
+    table.received(make_response(answered, 486, to_tag="b"), 0.1)      # completed: nothing to cancel
+    lost = table.forked_by("sipfarm-2")
+    assert sorted(r.top_via().branch for r, _, _ in lost) == ["z9hG4bK-cfcall-0", "z9hG4bK-cfring-0"]
+    assert all(dest == CALLEE for _, _, dest in lost)
+    assert table.forked_by("sipfarm-2") == []                            # once
+    assert len(table) == 3                                               # ours, the OPTIONS, the completed one
