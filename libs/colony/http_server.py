@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import h11
@@ -23,6 +25,38 @@ log = logging.getLogger("colony.http")
 REQUEST_GRACE = 10.0        # seconds a request (head and body) may take before the rate counts
 REQUEST_MIN_RATE = 1024.0   # bytes a second a request must arrive at after that
 LINGER = 5.0                # seconds a connection closed while its request's body still comes reads on
+
+
+INVALID_REQUEST = "Invalid HTTP request received."     # uvicorn's warning, word for word
+INVALID_REQUESTS_EVERY = 60.0   # seconds: at most one such warning in this long, with a count
+
+
+class InvalidRequestsSummarised(logging.Filter):
+    """uvicorn logs a WARNING for every request it cannot parse (and answers it 400): a port
+    scanner or ``nmap -sV`` against the ops or admin port wrote a hundred and more into the
+    log, burying what an operator needs.  The first one in ``every`` seconds passes; the
+    rest are counted, and the next that passes says how many there were."""
+
+    def __init__(self, every: float = INVALID_REQUESTS_EVERY, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.every, self.clock = every, clock
+        self._passed_at: float | None = None
+        self._held = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg != INVALID_REQUEST:
+            return True
+        now = self.clock()
+        if self._passed_at is not None and now - self._passed_at < self.every:
+            self._held += 1
+            return False
+        if self._held:
+            record.msg = f"{INVALID_REQUEST} ({self._held} more since the last such warning, not logged)"
+        self._passed_at, self._held = now, 0
+        return True
+
+
+_invalid_requests = InvalidRequestsSummarised()
 
 
 def request_deadline(since: float, received: int, grace: float = REQUEST_GRACE,
@@ -212,6 +246,9 @@ class EmbeddedHttpServer:
                                 ssl_ciphers=TLS12_CIPHERS)
         if tls_cert_file:
             send_fatal_alerts()   # uvicorn serves TLS through asyncio's SSL protocol too
+        uvicorn_log = logging.getLogger("uvicorn.error")     # after Config, which configures it
+        if _invalid_requests not in uvicorn_log.filters:
+            uvicorn_log.addFilter(_invalid_requests)
         self.server = _QuietSignalsServer(config)
         self._task: asyncio.Task | None = None
 

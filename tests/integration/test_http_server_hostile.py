@@ -208,3 +208,33 @@ async def test_a_refused_websocket_upgrade_is_closed_at_once_not_lingered():
         assert answer.startswith(b"HTTP/1.1 403 "), answer
     finally:
         await server.stop()
+
+
+async def test_a_scanners_garbage_gets_400_each_time_and_one_warning_in_the_log():
+    """uvicorn warns once per request it cannot parse; a scanner sent hundreds.  Each still
+    gets its 400, the log one line (the count goes with the next that passes)."""
+    import logging
+
+    from colony.http_server import INVALID_REQUEST
+
+    class Kept(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__(logging.WARNING)
+            self.messages: list[str] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.messages.append(record.getMessage())
+
+    server, port = await _serve()
+    kept = Kept()       # on uvicorn's own logger: it does not propagate to the root
+    logging.getLogger("uvicorn.error").addHandler(kept)
+    try:
+        for _ in range(5):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"\x16\x03\x01 not http at all\r\n\r\n")
+            answer, _ = await _until_closed(reader, writer)
+            assert answer.startswith(b"HTTP/1.1 400"), answer
+    finally:
+        logging.getLogger("uvicorn.error").removeHandler(kept)
+        await server.stop()
+    assert len([m for m in kept.messages if m.startswith(INVALID_REQUEST)]) <= 1, kept.messages
