@@ -208,7 +208,7 @@ class AccessProxy:
         service = "imap" if proto == "imap" else "pop"
         if await self.throttle.blocked(ip, user):
             self.metrics.logins.labels(proto, "throttled").inc()
-            return Login(False, "Too many failed logins; try again later", "LOGIN-DELAY")
+            return Login(False, "Too many failed logins; try again later", "SYS/TEMP")
         cache, reply = self.login_cache, None
         if cache is not None:
             key = cache.key(service, user, password)
@@ -229,7 +229,7 @@ class AccessProxy:
         if not reply.ok:
             self.metrics.logins.labels(proto, reply.reason or "refused").inc()
             if reply.reason == "throttled":
-                return Login(False, "Too many failed logins; try again later", "LOGIN-DELAY")
+                return Login(False, "Too many failed logins; try again later", "SYS/TEMP")
             if reply.reason == "internal error":
                 return Login(False, "Authentication is unavailable; try again later", "SYS/TEMP")
             if reply.reason == "service not enabled":

@@ -101,7 +101,7 @@ async def test_wrong_passwords_count_and_then_no_check_is_made():
     for _ in range(2):
         assert (await p.login("imap", "alice@acme.example", "bad", "198.51.100.7")).code == "AUTH"
     login = await p.login("imap", "alice@acme.example", "bad", "198.51.100.7")
-    assert login.code == "LOGIN-DELAY" and p.auth.calls == ["imap", "imap"]
+    assert login.code == "SYS/TEMP" and p.auth.calls == ["imap", "imap"]
 
 
 class FakeFinder:

@@ -130,7 +130,7 @@ async def test_the_auth_services_account_lock_is_asked_again_for_a_familiar_clie
         return Login(True, "OK")
     proxy.hand_off = hand_off
     stranger = await proxy.login("imap", "alice@acme.example", "right", "203.0.113.5")
-    assert not stranger.ok and stranger.code == "LOGIN-DELAY" and auth.calls == [False]
+    assert not stranger.ok and stranger.code == "SYS/TEMP" and auth.calls == [False]
     await familiar.remember("alice@acme.example", "198.51.100.7")
     assert (await proxy.login("imap", "alice@acme.example", "right", "198.51.100.7")).ok
     assert auth.calls == [False, False, True]
