@@ -170,9 +170,10 @@ RELAY_WATCHED = 10_000
 # oldest go first): a connection that closes fails each at once (_Flow.ringing).
 RINGING_PER_FLOW = 64
 # Seconds an INVITE cancelled because its forking member died waits for the phone's 487, which
-# is ACKed here (64*T1 with the default T1: a CANCELled INVITE's answer comes within Timer F).
+# is ACKed here (64*T1 with the default T1: a CANCELled INVITE's answer comes within Timer F),
+# and how many such INVITEs are kept at most (as many as client transactions).
 CANCELLED_KEPT = 32.0
-UDP_CANCELLED_KEPT = 20_000  # such INVITEs sent over UDP kept at most (as many as client transactions)
+CANCELLED_LIMIT = 20_000
 # A member whose record says so holds no connection any more (FAILED: the controller saw its
 # heartbeats stop; STOPPED: it closes them as it stops).
 GONE_STATES = frozenset({NodeState.FAILED, NodeState.STOPPED})
@@ -404,9 +405,6 @@ class _Flow:
         # into silence until Timer C (200 s).  When the member that forked one dies, the fork
         # died with it (``forked_by``).
         self.ringing: OrderedDict[str, tuple[float, bytes, str]] = OrderedDict()
-        # INVITEs this member CANCELled because the member that forked them died: branch ->
-        # (when, the INVITE).  The phone's 487 for one is ACKed here and goes no further.
-        self.cancelled: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
 
     def send(self, data: bytes) -> None:
         if self.ws is not None:
@@ -428,26 +426,44 @@ class _Flow:
 
     def forked_by(self, forker: str, now: float) -> list[bytes]:
         """The INVITEs ringing here that the member ``forker`` (a node key) forked, which is
-        gone: nothing can gather their answers or cancel them any more.  Each moves to
-        ``cancelled`` (for the shell to CANCEL and fail) and is returned."""
+        gone: nothing can gather their answers or cancel them any more.  Each stops ringing
+        here and is returned, for the shell to cancel (``_cancel_forks_of``)."""
         found = [(branch, data) for branch, (sent, data, by) in self.ringing.items()
                  if by == forker and now - sent < FORK_LIFETIME]
-        for branch, data in found:
+        for branch, _ in found:
             del self.ringing[branch]
-            self.cancelled[branch] = (now, data)
-        while self.cancelled and (len(self.cancelled) > RINGING_PER_FLOW
-                                  or next(iter(self.cancelled.values()))[0] < now - CANCELLED_KEPT):
-            self.cancelled.popitem(last=False)
         return [data for _, data in found]
-
-    def cancel_answered(self, branch: str, now: float) -> bytes | None:
-        """The phone's final answer to the INVITE ``branch`` came: the INVITE, if this member
-        cancelled it (``forked_by``) -- its failure is ACKed here and goes no further."""
-        entry = self.cancelled.pop(branch, None)
-        return entry[1] if entry is not None and entry[0] >= now - CANCELLED_KEPT else None
 
     def close(self) -> None:
         self.writer.close()
+
+
+class CancelledInvites:
+    """The INVITEs a member CANCELled because the member that forked them died, by our
+    branch, over UDP and on connections alike: the phone's failure (its 487, and over UDP
+    each copy of it) is ACKed by the member (§17.1.1.3) and goes no further -- the caller
+    had its answer.  Each lives ``lifetime``, ``limit`` of them at most.  Pure: time is an
+    argument."""
+
+    def __init__(self, lifetime: float = CANCELLED_KEPT, limit: int = CANCELLED_LIMIT) -> None:
+        self.lifetime, self.limit = lifetime, limit
+        self._entries: OrderedDict[str, tuple[float, SipRequest, Destination]] = OrderedDict()
+
+    def __bool__(self) -> bool:
+        return bool(self._entries)
+
+    def add(self, invite: SipRequest, destination: Destination, now: float) -> None:
+        branch = invite.top_via().branch or ""
+        self._entries[branch] = (now, invite, destination)
+        self._entries.move_to_end(branch)
+        while self._entries and (len(self._entries) > self.limit
+                                 or next(iter(self._entries.values()))[0] < now - self.lifetime):
+            self._entries.popitem(last=False)
+
+    def get(self, branch: str, now: float) -> tuple[SipRequest, Destination] | None:
+        """The INVITE ``branch`` and where it went, if cancelled here within ``lifetime``."""
+        entry = self._entries.get(branch)
+        return entry[1:] if entry is not None and entry[0] >= now - self.lifetime else None
 
 
 class SipWorkload:
@@ -487,10 +503,7 @@ class SipWorkload:
         # Node keys of the members that have sent INVITEs onto this member's connections: when
         # one is gone, the INVITEs it forked that still ring here are cancelled (_Flow.forked_by).
         self._forkers: set[str] = set()
-        # The UDP side of the same: INVITEs this member sent and cancelled because their
-        # forking member died, by branch -> (when, the INVITE, where it went); the phone's
-        # 487 is ACKed here and goes no further (_Flow.cancelled for connections).
-        self._udp_cancelled: OrderedDict[str, tuple[float, SipRequest, Destination]] = OrderedDict()
+        self._cancelled = CancelledInvites()
         self.listeners: dict[str, str] = {}               # ours, as our node record names them
         self._suspect: dict[str, float] = {}             # node id -> monotonic time to trust again
         self._answered_at: dict[str, float] = {}         # node id -> when it last answered a hand-over
@@ -629,71 +642,55 @@ class SipWorkload:
         connection (§9.1, built from the INVITE as sent: the phone stops ringing) and fails
         as a lost flow's does (430, ``_flow_failed``): whichever member now owns the Call-ID
         passes it on -- the caller hears 480.  The phone's 487 is ACKed here (_absorbed_after_cancel)."""
-        now, count = time.monotonic(), 0
-        for request, data, destination in self.proxy_transactions.forked_by(forker):
+        now = time.monotonic()
+        lost = self.proxy_transactions.forked_by(forker)          # over UDP: (INVITE, data, destination)
+        for key, flow in list(self.connections.items()):
+            if flow.ringing:
+                for data in flow.forked_by(forker, now):
+                    try:
+                        lost.append((parse_message(data, len(data)), data, (flow.transport, key[0], key[1])))
+                    except Exception:     # ours, so it parses; if not, Timer C at the phone's end
+                        continue
+        for invite, data, destination in lost:
             try:
-                cancel = cancel_of(request).encode()
-                branch = request.top_via().branch or ""
+                cancel = cancel_of(invite).encode()
+                self._cancelled.add(invite, destination, now)
             except Exception:     # ours, so it reads
                 continue
-            count += 1
-            self._udp_cancelled[branch] = (now, request, destination)
-            self._track(self._emit(cancel, destination))      # a client transaction of its own
+            self._send_now(cancel, destination)
             self._flow_failed(data, destination)
-        while self._udp_cancelled and (len(self._udp_cancelled) > UDP_CANCELLED_KEPT
-                                       or next(iter(self._udp_cancelled.values()))[0] < now - CANCELLED_KEPT):
-            self._udp_cancelled.popitem(last=False)
-        for key, flow in list(self.connections.items()):
-            if not flow.ringing:
-                continue
-            for data in flow.forked_by(forker, now):
-                try:
-                    cancel = cancel_of(parse_message(data, len(data))).encode()
-                except Exception:     # ours, so it parses; if not, Timer C at the phone's end
-                    continue
-                count += 1
-                flow.send(cancel)
-                self._flow_failed(data, (flow.transport, key[0], key[1]))
-        if count:
+        if lost:
             log.info("%d ringing INVITE(s) forked by member %s, which is gone: cancelled, the callers told 480",
-                     count, forker)
+                     len(lost), forker)
 
-    def _absorbed_after_udp_cancel(self, response: SipResponse) -> bool:
-        """A failure over UDP answering an INVITE cancelled because its forking member died
-        (``_cancel_forks_of``): ACKed here (§17.1.1.3) and goes no further."""
+    def _absorbed_after_cancel(self, response: SipResponse) -> bool:
+        """A failure answering an INVITE cancelled because its forking member died
+        (``_cancel_forks_of``): ACKed here, as the forker's client transaction would have
+        (§17.1.1.3), and goes no further -- its caller has had its answer.  A 2xx (the phone
+        answered before the CANCEL came) goes on."""
         try:
             if response.cseq().method != "INVITE":
                 return False
-            branch = response.top_via().branch or ""
+            found = self._cancelled.get(response.top_via().branch or "", time.monotonic())
         except Exception:
             return False
-        found = self._udp_cancelled.get(branch)      # kept: each copy of the 487 gets the ACK again
         if found is None:
             return False
-        _, invite, destination = found
-        if self.udp is not None:
-            with suppress(Exception):       # ours, so it builds
-                self.udp.sendto(build_ack(invite, response).encode(), (destination[1], destination[2]))
+        invite, destination = found       # kept: each copy of the 487 (UDP) gets the ACK again
+        with suppress(Exception):         # ours, so it builds
+            self._send_now(build_ack(invite, response).encode(), destination)
         return True
 
-    def _absorbed_after_cancel(self, flow: _Flow, response: SipResponse, branch: str) -> bool:
-        """``response`` (a final one, from ``flow``) answers an INVITE cancelled because its
-        forking member died (``_cancel_forks_of``): a failure (the 487) is ACKed here, as the
-        forker's client transaction would have (§17.1.1.3), and goes no further -- its caller
-        has had its answer.  A 2xx (the phone answered before the CANCEL came) goes on."""
-        try:
-            if response.cseq().method != "INVITE":
-                return False
-        except Exception:
-            return False
-        data = flow.cancel_answered(branch, time.monotonic())
-        if data is None or response.status < 300:
-            return False
-        try:
-            flow.send(build_ack(parse_message(data, len(data)), response).encode())
-        except Exception:     # ours, so it parses
-            pass
-        return True
+    def _send_now(self, data: bytes, destination: Destination) -> None:
+        """``data`` out to ``destination`` from this member, if it can go at once: over UDP, or
+        on a connection this member holds (a CANCEL over UDP is then retransmitted)."""
+        if destination[0] == "UDP":
+            if self.udp is not None:
+                self.udp.sendto(data, (destination[1], destination[2]))
+                if not data.startswith(b"ACK "):
+                    self._start_client_transaction(data, destination)
+        elif (flow := self.connections.get((destination[1], destination[2]))) is not None:
+            flow.send(data)
 
     def _fail_branches_through(self, member: str) -> None:
         """Every branch without a final answer that went through ``member`` (a node key) is
@@ -763,16 +760,9 @@ class SipWorkload:
         parsed = self.farm.parse(data)
         if source[0] != "UDP" and isinstance(parsed, SipResponse) and parsed.status >= 200:
             flow = self.connections.get((source[1], source[2]))
-            if flow is not None and (flow.ringing or flow.cancelled):
-                try:
-                    branch = parsed.top_via().branch or ""
-                except Exception:       # no readable Via: the farm drops it
-                    branch = ""
-                flow.answered(branch)
-                if flow.cancelled and self._absorbed_after_cancel(flow, parsed, branch):
-                    return
-        if (source[0] == "UDP" and self._udp_cancelled and isinstance(parsed, SipResponse) and parsed.status >= 300
-                and self._absorbed_after_udp_cancel(parsed)):
+            if flow is not None and flow.ringing:
+                flow.answered(parsed.top_via().branch or "")
+        if self._cancelled and isinstance(parsed, SipResponse) and parsed.status >= 300 and self._absorbed_after_cancel(parsed):
             return
         if source[0] == "UDP" and isinstance(parsed, SipResponse) and len(self.proxy_transactions):
             if not self._observe_response(parsed):
