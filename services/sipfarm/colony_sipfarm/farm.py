@@ -1109,6 +1109,19 @@ class SipFarm:
                                  index=index)
         if not out:
             return self._local(request, source, 480)
+        if request.method not in ("INVITE", "CANCEL") and source[0] == "UDP":
+            # A server transaction (server_transactions.py) for a MESSAGE, OPTIONS, SUBSCRIBE ...
+            # from a UDP caller, which sends it again every T1 until it hears an answer (§17.1.2.2).
+            # Without one a copy started over and met its own credentials again: a replayed
+            # nonce count, so the caller was challenged (407) while its request was still on its
+            # way, sent it once more with fresh credentials, and the callee got it twice.  The
+            # answer comes back here when the phone's packet came here and this member put the
+            # request on the wire (our Via): copies are absorbed, then get it.  Otherwise (handed
+            # over by the member the phone sent it to, whose address our Via names; or on the
+            # callee's connection at another member) the answer passes there, so copies go the
+            # same way again and the callee's own transaction answers them (§17.2.2), unchallenged.
+            here = self._flow() == self.node_id and out[0].member is None
+            self.server_transactions.forwarded(self._answer_key(request), False, self.clock(), None if here else out)
         if request.method == "INVITE":
             # Kept for one branch too: Timer C (expire_forks) answers the caller 408 when
             # no branch ever gave a final answer.

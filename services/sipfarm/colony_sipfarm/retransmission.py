@@ -20,9 +20,9 @@ Responses stop the timers; the farm passes them on as before (§16.11) and ACKs 
 itself -- except a retransmitted final answer to a non-INVITE the transaction already has
 (§17.1.2.2: absorbed in Completed), which is dropped here: under load the phone repeats its
 answer to our retransmissions, and passing every copy on would multiply the work.  A copy of
-an in-dialog request from a UDP caller is absorbed by the farm's server transaction
-(``server_transactions.py``); any other request the caller retransmits is forwarded again, as
-a stateless proxy does, but starts no second transaction.  ACKs have no transaction; reliable transports (TCP, TLS, WS) retransmit nothing.
+a request from a UDP caller (in a dialog, or an initial one but INVITE and CANCEL) is absorbed
+by the farm's server transaction (``server_transactions.py``); any other request the caller
+retransmits is forwarded again, as a stateless proxy does, but starts no second transaction.  ACKs have no transaction; reliable transports (TCP, TLS, WS) retransmit nothing.
 
 The table is bounded (``limit``): beyond it requests still go out, without retransmission.
 An INVITE transaction that had a provisional answer has no timer of its own (§17.1.1.2: the

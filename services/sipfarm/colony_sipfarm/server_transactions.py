@@ -26,10 +26,14 @@ late, evicted, handled by another member -- is forwarded as before, and the call
 server transaction answers it: the stateless proxy's behaviour (§16.11) is the fallback,
 never a lost request.
 
-Which requests have an entry is the farm's choice (``farm.py``): requests of a dialog that
-came over UDP (a caller on a connection never retransmits, §17.1.1.2) and that this member
-puts on the wire itself, since their responses come back here (our Via names this member) and
-give the entry its answers.  An ACK is never one: the ACK of a 2xx is a transaction of its
+Which requests have an entry is the farm's choice (``farm.py``): requests that came over UDP
+(a caller on a connection never retransmits, §17.1.1.2) -- of a dialog when this member puts
+them on the wire itself, since their responses come back here (our Via names this member) and
+give the entry its answers; and every initial request but INVITE and CANCEL (a MESSAGE,
+OPTIONS, SUBSCRIBE ...), whose copies would otherwise meet the caller's credentials again as a
+replayed nonce.  When another member put such a request on the callee's connection, its entry
+starts with the request as forwarded (``trying``), so each copy goes that way again and the
+callee's own transaction answers it.  An ACK is never one: the ACK of a 2xx is a transaction of its
 own, and an ACK of a failure is not answered.  No timer of our own runs (Timer G would resend
 a non-2xx final to a caller that lost it; the caller's copies get it instead).
 
@@ -66,7 +70,8 @@ class ProxyServerTransactions(Generic[Answer]):
         return len(self._entries)
 
     def forwarded(self, key: Hashable, invite: bool, now: float, trying: list[Answer] | None = None) -> None:
-        """The request filed under ``key`` went downstream; ``trying``: the 100 sent for an INVITE."""
+        """The request filed under ``key`` went downstream; ``trying``: what a copy gets until an
+        answer comes (the 100 sent for an INVITE; the forwarded request, sent again)."""
         self._entries[key] = _Entry(now + self.lifetime, invite, list(trying or ()))
         self._entries.move_to_end(key)
         self._drop_old(now)

@@ -7,6 +7,7 @@ would (as in ``test_sipfarm.py``).  Skipped without sipsak, a failure in CI."""
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 
 import pytest
@@ -119,6 +120,54 @@ async def test_sipsak_sends_a_message_to_a_registered_phone_answering_the_farms_
         assert "SIP/2.0 407 Proxy Authentication Required" in out and "SIP/2.0 200 OK" in out, out
         [received] = [m for m in phone.received if m.startswith(b"MESSAGE ")]
         assert received.endswith(b"hello from sipsak") and b"Proxy-Authorization" not in received
+    finally:
+        transport.close()
+
+
+class SlowPhone(Phone):
+    """A phone whose user's app takes ``delay`` seconds to answer (a phone waking up on a
+    mobile network): the sender over UDP sends its request again meanwhile (RFC 3261 Timer E)."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__()
+        self.delay = delay
+
+    def datagram_received(self, data, addr) -> None:
+        asyncio.get_running_loop().call_later(self.delay, super().datagram_received, data, addr)
+
+
+@needs_sipp
+async def test_a_message_sent_again_while_a_slow_phone_answers_reaches_it_once(farm, cluster):
+    # sipsak sends its MESSAGE again every T1 until an answer comes.  Its copies must not be
+    # taken for new requests: checked again they carried a replayed nonce count, the farm
+    # answered 407, sipsak sent the MESSAGE once more with new credentials (a new CSeq), and
+    # the phone showed its user the message twice.
+    loop = asyncio.get_running_loop()
+    transport, phone = await loop.create_datagram_endpoint(lambda: SlowPhone(2.5), local_addr=("127.0.0.1", 0))
+    try:
+        host, port = farm[0]
+        code, out = await sipp(f"{host}:{port}", "-sf", str(SCENARIOS / "register.xml"), "-s", "alice",
+                               "-au", "alice", "-ap", PASSWORDS["alice"], "-key", "domain", DOMAIN,
+                               "-key", "contact_port", str(transport.get_extra_info("sockname")[1]),
+                               "-key", "expires", "300", "-i", "127.0.0.1", "-p", str(free_udp_port()))
+        assert code == 0, out
+        sent = set()
+        for n, member in enumerate(farm):   # the Call-ID's owner, or not: either member takes sipsak's packets
+            message = cluster.workdir / f"slow-message-{n}.sip"
+            call_id = f"{uuid.uuid4().hex}@127.0.0.1"
+            sent.add(call_id.encode())
+            message.write_bytes((f"MESSAGE sip:alice@{DOMAIN} SIP/2.0\r\nFrom: <sip:bob@{DOMAIN}>;tag=b1\r\n"
+                                 f"To: <sip:alice@{DOMAIN}>\r\nCall-ID: {call_id}\r\nCSeq: 1 MESSAGE\r\n"
+                                 f"Content-Type: text/plain\r\nContent-Length: 11\r\n\r\nslow phone?").encode())
+            code, out = await sipsak("-vvv", "-f", str(message), "-s", f"sip:alice@{DOMAIN}", "-u", "bob",
+                                     "-a", PASSWORDS["bob"], *via(member))
+            assert code == 0, out
+            assert out.count("SIP/2.0 407 Proxy Authentication Required") == 1 and "SIP/2.0 200 OK" in out, out
+        # Copies the member's own client transaction sends downstream have the same CSeq (the
+        # phone's transaction absorbs them): what its user sees is one message per Call-ID and CSeq.
+        seen = {(re.search(rb"(?im)^Call-ID:\s*(\S+)", m).group(1), re.search(rb"(?im)^CSeq:\s*(\d+)", m).group(1))
+                for m in phone.received if m.startswith(b"MESSAGE ")}
+        assert {call_id for call_id, _ in seen} == sent and len(seen) == len(sent), seen
     finally:
         transport.close()
 

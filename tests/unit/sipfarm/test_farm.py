@@ -492,6 +492,55 @@ async def test_every_request_forwarded_to_a_phone_needs_the_callers_credentials(
     assert refused.status == 407
 
 
+async def authenticated_out_of_dialog(farm, method, caller):
+    """bob registered over UDP; alice's ``method`` to him with her credentials (its bytes)."""
+    await registered(farm, user="bob", contact="sip:bob@192.0.2.7:5062")
+    challenge, _ = await one(farm, out_of_dialog(method), caller)
+    auth = answer(challenge, "alice", method=method, uri=f"sip:bob@{DOMAIN}", header="Proxy-Authorization")
+    return out_of_dialog(method, cseq=2, auth=auth, branch="z9hG4bKood3")
+
+
+@pytest.mark.parametrize("method", ["MESSAGE", "OPTIONS", "SUBSCRIBE"])
+async def test_a_udp_callers_copy_of_an_initial_request_is_absorbed_not_challenged(farm, method):
+    """RFC 3261 §17.2.3: a UDP caller sends its MESSAGE again every T1 until an answer comes.
+    A copy is its transaction's, not a new request: checked again, its credentials were a
+    replayed nonce count, so the caller was told 407 while the first was still on its way,
+    sent it once more with fresh credentials -- and bob read the message twice."""
+    caller, bob = ("UDP", "198.51.100.9", 5060), ("UDP", "192.0.2.7", 5062)
+    request = await authenticated_out_of_dialog(farm, method, caller)
+    first = await farm.handle(request, caller)
+    assert [o.destination for o in first] == [bob]
+    assert await farm.handle(request, caller) == []                  # no answer yet: absorbed
+    forwarded = parse_message(first[0].data)
+    ok = (f"SIP/2.0 200 OK\r\n" + "".join(f"Via: {v}\r\n" for v in forwarded.headers.get_all("Via"))
+          + f"From: {forwarded.headers.get('From')}\r\nTo: {forwarded.headers.get('To')};tag=b1\r\n"
+          f"Call-ID: {forwarded.call_id}\r\nCSeq: {forwarded.headers.get('CSeq')}\r\nContent-Length: 0\r\n\r\n")
+    passed = await farm.handle(ok.encode(), bob)
+    assert [(o.destination, parse_message(o.data).status) for o in passed] == [(caller, 200)]
+    again = await farm.handle(request, caller)                       # §17.2.2: the final again
+    assert [(o.destination, parse_message(o.data).status) for o in again] == [(caller, 200)]
+
+
+async def test_a_copy_of_an_initial_request_handed_over_by_another_member_goes_the_same_way_again(farm):
+    """The member the phone sent it to handed it over, and the answer passes there (our Via
+    names its address): the owner cannot answer a copy, so it forwards it again as it did the
+    first -- the callee's transaction answers it -- and never challenges it."""
+    caller = ("UDP", "198.51.100.9", 5060)
+    request = await authenticated_out_of_dialog(farm, "MESSAGE", caller)
+    first = await farm.handle(request, caller, flow_member="sipfarm-2", flow_address=("192.0.2.200", 5060))
+    copy = await farm.handle(request, caller, flow_member="sipfarm-2", flow_address=("192.0.2.200", 5060))
+    assert [(o.destination, o.data) for o in copy] == [(o.destination, o.data) for o in first]
+    assert parse_message(copy[0].data).method == "MESSAGE"
+
+
+async def test_an_initial_request_from_a_connection_keeps_no_transaction(farm):
+    """A caller on TCP never sends a copy (§17.1.1.2): nothing is kept for it."""
+    caller = ("TCP", "198.51.100.9", 40000)
+    request = await authenticated_out_of_dialog(farm, "MESSAGE", caller)
+    await farm.handle(request.replace(b"SIP/2.0/UDP", b"SIP/2.0/TCP"), caller)
+    assert len(farm.server_transactions) == 0
+
+
 @pytest.mark.parametrize("method, routed", [("SUBSCRIBE", True), ("REFER", True), ("MESSAGE", False),
                                              ("OPTIONS", False), ("INFO", False)])
 async def test_requests_that_create_a_dialog_are_record_routed(farm, method, routed):
