@@ -30,7 +30,8 @@ balancer's own health checks) leaves the real peer.
 
 Once the header is taken, the connection goes through ``loop.connect_accepted_socket``
 with the factory ``asyncio.start_server`` uses, so a handler (and a handler that begins
-TLS itself, as the SIP farm does after counting the source) sees what it saw before.
+TLS itself, as the edge's implicit-TLS listeners do after the edge gate and the SIP farm
+after counting the source) sees what it saw before.
 """
 
 from __future__ import annotations

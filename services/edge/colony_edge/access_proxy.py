@@ -8,7 +8,8 @@ LOGIN), IMAP with ``colony.protocols.imap.preauth`` (CAPABILITY, STARTTLS, LOGIN
 PLAIN and LOGIN with SASL-IR, ID, NOOP, LOGOUT); every way of logging in ends in the same
 check below.  Plaintext credentials before TLS are refused unless ``access_plaintext_auth``.
 A connection first passes the edge gate (denied networks, connection rate and sessions per
-address across all edges: ``* BYE`` / ``-ERR`` and close).
+address across all edges: ``* BYE`` / ``-ERR`` and close; on IMAPS and POP3S the listener asks
+it before the TLS handshake, and a refused connection is closed without a word).
 
 A login is checked in this order: the login-failure throttle (``LoginThrottle``: failures
 per address and per account per minute, counted across all edges in the shared counters),
@@ -352,7 +353,9 @@ class AccessProxy:
     async def _serve(self, kind: type[_Session], reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                      implicit_tls: bool) -> None:
         ip = _ip(writer)
-        if not await self._admit(writer, ip, kind.refusal):
+        # An implicit-TLS listener's gate admitted the connection before its handshake
+        # (open_access); a plaintext one is admitted here, with the protocol's own refusal.
+        if not implicit_tls and not await self._admit(writer, ip, kind.refusal):
             return
         try:
             session = kind(self, reader, writer, ip, implicit_tls)
@@ -363,7 +366,8 @@ class AccessProxy:
                     # A client that left or stopped reading before login: ordinary, not a failure.
                     log.debug("%s client %s gone before login: %s", kind.service, ip, exc)
         finally:
-            self.gate.on_disconnect(ip)
+            if not implicit_tls:
+                self.gate.on_disconnect(ip)
 
 
 class _Splice(asyncio.Protocol):
@@ -684,5 +688,6 @@ async def open_access(workload, runtime, gate: EdgeGate, counters: SharedCounter
             await serve(reader, writer, implicit)
 
         addresses[name] = await workload.listen(name, settings.host, port, handler, ssl=tls if implicit else None,
+                                                gate=gate if implicit else None,
                                                 refuse=lambda writer, bye=bye: writer.write(bye), limit=limit)
     return addresses

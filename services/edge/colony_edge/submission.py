@@ -353,7 +353,9 @@ async def open_submission(workload, runtime, acceptor: MailAcceptor, metrics, co
             max_message_size=settings.smtp_max_message_size, max_recipients=settings.smtp_max_recipients,
             max_errors=settings.smtp_max_errors, timeout=settings.smtp_timeout, auth_mechanisms=("PLAIN", "LOGIN"),
             auth_required=True, implicit_tls=implicit), policy, submit, metrics, workload.tracker, tls)
+        # 465: the edge gate before the handshake (a TLS client could read no SMTP refusal).
         addresses[name] = await workload.listen(name, settings.host, port, server.handle,
                                                 refuse=lambda writer: writer.write(R.SHUTTING_DOWN.to_bytes()),
-                                                ssl=tls if implicit else None)
+                                                ssl=tls if implicit else None,
+                                                gate=gate if implicit else None)
     return addresses
