@@ -40,6 +40,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from colony.contracts.handoff import MAX_LINE, NOT_OWNER, HandoffError, Verifier
 from colony.contracts.auth import AuthClient, AuthFailure, AuthUnavailable
 from colony.protocols.imap import mime, rights
+from colony.protocols.imap.compression import CorruptStream, Deflate
 from colony.protocols.imap import session as S
 from colony.protocols.imap.shared import PREFIX as SHARED_PREFIX, CompositeStore
 from colony.storage.mailbox import AccountMail
@@ -231,6 +232,9 @@ class ImapMetrics:
                               registry=registry)
         self.logins = Counter("colony_mailstore_imap_logins", "IMAP sessions started, by how and result.",
                               ["how", "result"], registry=registry)
+        self.compression = Counter("colony_mailstore_imap_compression",
+                                   "IMAP sessions that turned COMPRESS=DEFLATE on (started), and those ended by "
+                                   "compressed input that does not inflate (corrupt).", ["event"], registry=registry)
         self.work = Histogram("colony_mailstore_imap_store_seconds",
                               "Time an IMAP command spent with the account held (lock wait excluded).",
                               registry=registry, buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30))
@@ -494,6 +498,17 @@ class ImapServer:
         incoming = await _Incoming.install(reader, writer, conn)
         out: list[bytes] = []     # a command's responses go out as one write, not one per line
         queued = 0
+        # RFC 4978, once COMPRESS DEFLATE was answered: octets both ways go through it.  It is
+        # flushed only where the loop is about to wait for the client (and before closing),
+        # so a FETCH of many messages is compressed as one stream, not line by line.
+        deflate: Deflate | None = None
+
+        def write(data: bytes) -> None:
+            if deflate is not None:
+                data = deflate.compress(data)
+            if data:
+                writer.write(data)
+
         try:
             while True:
                 action = session.next_action()
@@ -501,17 +516,24 @@ class ImapServer:
                     out.append(action.data)
                     queued += len(action.data)
                     if queued >= READ_CHUNK:
-                        writer.write(b"".join(out))
+                        write(b"".join(out))
                         out.clear()
                         queued = 0
                         if writer.transport.get_write_buffer_size() > READ_CHUNK:
                             await incoming.drain()   # a client that does not read slows its own session only
                     continue
                 if out:
-                    writer.write(b"".join(out))
+                    write(b"".join(out))
                     out.clear()
                     queued = 0
+                if isinstance(action, S.StartCompression):
+                    # The tagged OK just went out as it is; what follows is compressed.
+                    deflate = Deflate()
+                    self.metrics.compression.labels("started").inc()
+                    continue
                 if isinstance(action, S.Close):
+                    if deflate is not None:
+                        writer.write(deflate.flush())
                     await incoming.drain()
                     return
                 if isinstance(action, S.Authenticate):
@@ -520,11 +542,14 @@ class ImapServer:
                 if isinstance(action, S.NeedStore):
                     await self._run(conn)
                     continue
+                if deflate is not None:
+                    writer.write(deflate.flush())   # (b"" when nothing was compressed since)
                 await incoming.drain()
                 if conn.leave is not None and session.state != S.LOGOUT:
                     session.goodbye(conn.leave)
                     continue
-                if not incoming.ready and not conn.wake.is_set():
+                inflating = deflate is not None and deflate.pending
+                if not incoming.ready and not inflating and not conn.wake.is_set():
                     # One future for "data, a wake-up or the deadline", resolved by whichever
                     # comes first; the connection's protocol resolves it itself (no read task
                     # per command).  No polling per session: the watch wakes it when it must go.
@@ -542,7 +567,28 @@ class ImapServer:
                 if conn.wake.is_set():
                     conn.wake.clear()
                     session.wake()
-                if incoming.ready:
+                if deflate is not None:
+                    if not deflate.pending and incoming.ready:
+                        data = incoming.take()
+                        if not data:
+                            return       # the edge (or the client) closed
+                        deflate.feed(data)
+                    try:
+                        # One chunk at a time, taken by the session's reader (under its line
+                        # and literal limits) before the next is inflated: input that inflates
+                        # a thousandfold never exists inflated at once.
+                        plain = deflate.inflate()
+                    except CorruptStream as exc:
+                        # No BYE: a client whose stream is broken could not read it.
+                        log.info("IMAP session of %s ended: compressed input does not inflate (%s)",
+                                 session.account, exc)
+                        self.metrics.compression.labels("corrupt").inc()
+                        return
+                    if plain:
+                        session.receive_data(plain)
+                    if deflate.pending:
+                        await asyncio.sleep(0)   # a long inflation lets the other sessions in
+                elif incoming.ready:
                     data = incoming.take()
                     if not data:
                         return       # the edge (or the client) closed

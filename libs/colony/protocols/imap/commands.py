@@ -56,6 +56,13 @@ class Enable:
 
 
 @dataclass(frozen=True)
+class Compress:
+    """``COMPRESS <mechanism>`` (RFC 4978; ``DEFLATE`` is the only one defined)."""
+    tag: str
+    mechanism: str
+
+
+@dataclass(frozen=True)
 class Id:
     tag: str
     params: tuple[tuple[bytes, bytes | None], ...] | None
@@ -218,8 +225,8 @@ class UidExpunge:
     sequence: SequenceSet
 
 
-ImapCommand = (Simple | Login | Authenticate | Enable | Id | Select | MailboxCommand | Rename | ListCommand | Status
-               | Append | Quota | Acl | Search | Sort | Thread | Fetch | Store | CopyMove | UidExpunge)
+ImapCommand = (Simple | Login | Authenticate | Enable | Compress | Id | Select | MailboxCommand | Rename | ListCommand
+               | Status | Append | Quota | Acl | Search | Sort | Thread | Fetch | Store | CopyMove | UidExpunge)
 
 _BASE64 = re.compile(rb"[A-Za-z0-9+/]+={0,2}|=")
 _ITEM_NAME = re.compile(rb"[A-Za-z0-9.]+")
@@ -332,6 +339,11 @@ def _enable(c: Cursor, tag: str, name: str) -> Enable:
     if not caps:
         raise ParseError("ENABLE needs at least one capability")
     return Enable(tag, tuple(caps))
+
+
+def _compress(c: Cursor, tag: str, name: str) -> Compress:
+    c.sp()
+    return Compress(tag, c.atom("a compression mechanism").decode("ascii", "replace").upper())
 
 
 def _id(c: Cursor, tag: str, name: str) -> Id:
@@ -762,7 +774,7 @@ def _search_key(c: Cursor, depth: int) -> SearchKey:
 
 
 _HANDLERS = {
-    "LOGIN": _login, "AUTHENTICATE": _authenticate, "ENABLE": _enable, "ID": _id,
+    "LOGIN": _login, "AUTHENTICATE": _authenticate, "ENABLE": _enable, "ID": _id, "COMPRESS": _compress,
     "SELECT": _select, "EXAMINE": _select,
     "CREATE": _mailbox_command, "DELETE": _mailbox_command, "SUBSCRIBE": _mailbox_command,
     "UNSUBSCRIBE": _mailbox_command, "GETQUOTAROOT": _mailbox_command,

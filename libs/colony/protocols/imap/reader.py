@@ -116,6 +116,12 @@ class CommandReader:
         """Octets held right now (for tests of the memory bound)."""
         return len(self._buffer) + self._size + len(self._literal_buf)
 
+    @property
+    def holds_input(self) -> bool:
+        """Whether anything was received beyond the commands taken so far (a command not
+        yet taken, or a part of one)."""
+        return bool(self._events) or self.buffered > 0 or bool(self._literal_left or self._discard_left)
+
     def _reset(self) -> None:
         self._parts, self._size = [], 0
 

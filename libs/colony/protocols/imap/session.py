@@ -14,6 +14,8 @@ A connection owns one ``Session``.  The shell feeds it the client's octets
   worker thread: the store is blocking file I/O), and ``run`` queues the responses;
 * ``Close()`` -- the session is over (LOGOUT, autologout, a hand-off refused): close the
   connection after sending what was queued;
+* ``StartCompression()`` -- COMPRESS DEFLATE was answered OK (RFC 4978): every octet after
+  the ``Send`` before it is compressed, both ways (``compression.Deflate`` in the shell);
 * ``None`` -- nothing to do until more octets arrive (or ``wake()``/``tick()``).
 
 Commands are handled strictly in order: while one waits for the store or for
@@ -63,7 +65,7 @@ from typing import Protocol
 
 from colony.protocols.imap import commands as C
 from colony.protocols.imap import encode as E
-from colony.protocols.imap import binary_append, mime, rights, search, shared
+from colony.protocols.imap import binary_append, compression, mime, rights, search, shared
 from colony.protocols.imap.reader import Command, CommandReader, Continue, LineTooLong, TooBig
 from colony.protocols.imap.syntax import SequenceSet, decode_mutf7, encode_mutf7
 
@@ -103,12 +105,16 @@ CAPABILITIES = ("IMAP4rev1", "LITERAL+", "ID", "IDLE", "NAMESPACE", "UNSELECT", 
                 "LIST-EXTENDED", "LIST-STATUS", "QUOTA", "QUOTA=RES-STORAGE", "QRESYNC",
                 "IMAP4rev2", "UTF8=ACCEPT", "ACL", "RIGHTS=texk")
 PREAUTH_CAPABILITIES = ("AUTH=PLAIN", "AUTH=LOGIN", "SASL-IR")
+# RFC 4978's COMPRESS is a command of the authenticated state (its grammar: command-auth), so
+# it is offered only after login; before it the edge speaks IMAP (``preauth``) and then hands
+# the connection over, so the store, which compresses, could not have started yet anyway.
+POSTAUTH_CAPABILITIES = (compression.CAPABILITY,)
 
 _ANY = {"CAPABILITY", "NOOP", "LOGOUT", "ID"}
 _NOT_AUTH = {"LOGIN", "AUTHENTICATE", "STARTTLS"}
 _AUTH = {"SELECT", "EXAMINE", "CREATE", "DELETE", "RENAME", "SUBSCRIBE", "UNSUBSCRIBE", "LIST", "LSUB", "STATUS",
          "APPEND", "NAMESPACE", "ENABLE", "IDLE", "GETQUOTA", "GETQUOTAROOT", "SETQUOTA",
-         "GETACL", "SETACL", "DELETEACL", "LISTRIGHTS", "MYRIGHTS"}
+         "GETACL", "SETACL", "DELETEACL", "LISTRIGHTS", "MYRIGHTS", "COMPRESS"}
 _SELECTED = {"CHECK", "CLOSE", "UNSELECT", "EXPUNGE", "SEARCH", "FETCH", "STORE", "COPY", "MOVE", "SORT", "THREAD",
              "UID EXPUNGE"}
 # Commands that only read the account's state (mailboxes, messages' metadata, ACLs, quota):
@@ -152,7 +158,12 @@ class Close:
     pass
 
 
-Action = Send | Authenticate | NeedStore | Close
+@dataclass(frozen=True)
+class StartCompression:
+    pass
+
+
+Action = Send | Authenticate | NeedStore | Close | StartCompression
 
 
 # --- what the session needs from the store ----------------------------------------------------
@@ -301,6 +312,7 @@ class Session:
         self._authenticate_tag: str | None = None   # AUTHENTICATE waiting for its response line
         self._authenticate_mechanism = "PLAIN"
         self._authenticate_user: bytes | None = None   # AUTHENTICATE LOGIN: the user name, once given
+        self.compressing = False    # COMPRESS DEFLATE answered OK (RFC 4978)
         caps = " ".join(self._capabilities())
         if account and handed_over:
             self._send(f"OK [CAPABILITY {caps}] Logged in")
@@ -473,6 +485,8 @@ class Session:
             self._tagged(cmd.tag, "OK", "NOOP completed")
         elif name == "STARTTLS":
             self._tagged(cmd.tag, "NO", "TLS is offered by the edge, not here")
+        elif name == "COMPRESS":
+            self._compress(cmd)
         elif name == "LOGIN":
             self._waiting = True
             self._out.append(Authenticate(cmd.tag, _text(cmd.user), _text(cmd.password)))
@@ -490,6 +504,23 @@ class Session:
             self._pending_command = cmd
             self._waiting = True
             self._out.append(NeedStore())
+
+    def _compress(self, cmd: C.Compress) -> None:
+        """RFC 4978 §3: OK, and compression starts right after that line's CRLF; NO
+        [COMPRESSIONACTIVE] once it is on; BAD for a mechanism other than DEFLATE."""
+        if self.compressing:
+            self._tagged(cmd.tag, "NO", "[COMPRESSIONACTIVE] DEFLATE is active already")
+        elif cmd.mechanism != compression.MECHANISM:
+            self._tagged(cmd.tag, "BAD", f"Unknown compression mechanism {cmd.mechanism[:30]}")
+        elif self.reader.holds_input:
+            # The client must wait for COMPRESS's answer before it sends anything more (§3);
+            # octets it sent anyway cannot be compressed (it did not know the answer), and the
+            # reader has read them as plaintext: BAD keeps them, and the session, in plaintext.
+            self._tagged(cmd.tag, "BAD", "COMPRESS must be the last command sent until its answer")
+        else:
+            self._tagged(cmd.tag, "OK", "DEFLATE active")
+            self.compressing = True
+            self._out.append(StartCompression())
 
     def _sasl_step(self, tag: str, line: bytes) -> None:
         if line == b"*":
@@ -545,7 +576,7 @@ class Session:
         self._tagged(tag, "OK", f"[CAPABILITY {' '.join(self._capabilities())}] Logged in")
 
     def _capabilities(self) -> tuple[str, ...]:
-        return CAPABILITIES + (PREAUTH_CAPABILITIES if self.state == NOT_AUTHENTICATED else ())
+        return CAPABILITIES + (PREAUTH_CAPABILITIES if self.state == NOT_AUTHENTICATED else POSTAUTH_CAPABILITIES)
 
     # --- output ------------------------------------------------------------------------------
 
@@ -1769,9 +1800,9 @@ def _version(store: Store, name: str) -> object | None:
 # Command classes whose instances carry no name of their own (no class derives from another,
 # so the exact type decides: one lookup instead of a chain of isinstance per call).
 _NAMES: dict[type, str] = {C.UidExpunge: "UID EXPUNGE", C.Login: "LOGIN", C.Authenticate: "AUTHENTICATE",
-                           C.Enable: "ENABLE", C.Id: "ID", C.Rename: "RENAME", C.Status: "STATUS",
-                           C.Append: "APPEND", C.Search: "SEARCH", C.Sort: "SORT", C.Thread: "THREAD",
-                           C.Fetch: "FETCH", C.Store: "STORE"}
+                           C.Enable: "ENABLE", C.Compress: "COMPRESS", C.Id: "ID", C.Rename: "RENAME",
+                           C.Status: "STATUS", C.Append: "APPEND", C.Search: "SEARCH", C.Sort: "SORT",
+                           C.Thread: "THREAD", C.Fetch: "FETCH", C.Store: "STORE"}
 
 
 def _name(cmd: C.ImapCommand) -> str:
@@ -1934,5 +1965,5 @@ def _decode_cte(data: bytes, kind: str) -> bytes:
     return data
 
 
-__all__ = ["Session", "RecentMarks", "Send", "Authenticate", "NeedStore", "Close", "Store", "CAPABILITIES",
-           "NOT_AUTHENTICATED", "AUTHENTICATED", "SELECTED", "LOGOUT"]
+__all__ = ["Session", "RecentMarks", "Send", "Authenticate", "NeedStore", "Close", "StartCompression", "Store",
+           "CAPABILITIES", "NOT_AUTHENTICATED", "AUTHENTICATED", "SELECTED", "LOGOUT"]
