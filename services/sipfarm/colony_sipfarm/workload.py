@@ -1194,15 +1194,37 @@ class SipWorkload:
         if held > 0:
             self._per_source[unit] = held
 
+    async def _within_connection_rate(self, host: str) -> bool:
+        """Whether ``host`` may open one more connection now: ``sip_connections_per_minute_per_ip``
+        across all members, in the shared counters as ``sip_requests_per_minute_per_ip``;
+        ``sip_allow_networks`` are exempt.  A connection refused still counts: a source that
+        connects in a loop is what the rate is for."""
+        farm = self.farm
+        if farm is None or farm.counters is None or farm._trusted(("TCP", host, 0)):
+            return True
+        if await farm.counters.hit("sip-conn", counting_unit(host)) <= self.settings.sip_connections_per_minute_per_ip:
+            return True
+        farm.metrics.dropped.labels(reason="connection rate").inc()
+        return False
+
     async def _admitted(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, transport: str,
                         handler, tls=None) -> None:
-        """Every connection a phone opens: counted against its source's share (``_admit``)
+        """Every connection a phone opens: held to its source's rate of new connections
+        (``_within_connection_rate``) and counted against its source's share (``_admit``)
         first, then TLS when ``tls`` (a handshake costs the member ~0.8 ms of CPU and ~40 KB
         while it lasts), then ``handler`` -- ``_connection`` or ``_ws_connection``."""
         peer = writer.get_extra_info("peername")
         # None: the connection was reset between its accept and here (getpeername failed):
         # nothing to serve, where peer[0] raised -- a traceback per such connection.
-        unit = self._admit(peer[0]) if peer else None
+        if not peer:
+            writer.close()
+            return
+        if tls is not None:
+            # Nothing is read yet (this task runs before the transport's first read): the
+            # ClientHello stays in the kernel while the shared rate is asked, for the TLS
+            # layer to read; start_tls resumes reading.
+            writer.transport.pause_reading()
+        unit = self._admit(peer[0]) if await self._within_connection_rate(peer[0]) else None
         if unit is None:
             writer.close()
             return

@@ -45,9 +45,10 @@ async def _wait_for(condition, timeout: float = 5.0) -> None:
         await asyncio.sleep(0.01)
 
 
-async def _shell(allow: str = "", **settings):
+async def _shell(allow: str = "", counters=None, **settings):
     settings = Settings(sip_allow_networks=allow, **settings)
-    farm = SipFarm(settings, "sipfarm-1", store=Store(Clock()), dialogs=Dialogs(), auth=Auth(), counters=Counters(),
+    farm = SipFarm(settings, "sipfarm-1", store=Store(Clock()), dialogs=Dialogs(), auth=Auth(),
+                   counters=counters or Counters(),
                    secret=b"k" * 32, address=("127.0.0.1", 5060), registry=CollectorRegistry(), meter=lambda c: None)
     shell = SipWorkload(settings)
     shell.farm, shell._runtime = farm, SimpleNamespace(node_id="sipfarm-1")
@@ -194,6 +195,83 @@ async def test_connections_in_their_tls_handshake_count_against_their_source(tmp
         writer.close()
     finally:
         tls.close()
+        for server in servers:
+            server.close()
+
+
+class SlowCounters(Counters):
+    """The shared counters as the bus answers them: a round trip, during which the client's
+    first bytes (a ClientHello) arrive."""
+
+    async def hit(self, kind, subject, n=1):
+        await asyncio.sleep(0.05)
+        return await super().hit(kind, subject, n)
+
+
+def _client_hello(context: ssl.SSLContext) -> bytes:
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    try:
+        context.wrap_bio(incoming, outgoing, server_hostname="127.0.0.1").do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    return outgoing.read()
+
+
+async def _tls_options(port: int, context: ssl.SSLContext) -> int:
+    """A phone's visit over TLS: connect, handshake, one OPTIONS, close; the answer's status."""
+    reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port, ssl=context), 5)
+    try:
+        writer.write(options())
+        return (await asyncio.wait_for(_answer(reader), 5)).status
+    finally:
+        writer.close()
+
+
+async def test_new_connections_per_source_are_held_to_a_rate_shared_by_members_before_tls(tmp_path):
+    """A client that connects, handshakes and closes in a loop cost a member a handshake
+    (~0.8 ms of CPU) each time without limit: now the source's new connections are counted in
+    the shared counters (as its requests), across members, and one over the rate is closed
+    before its handshake.  The ClientHello that arrives while the count is asked is the TLS
+    layer's, not lost."""
+    files = ensure_local_ca(tmp_path / "tls", ["127.0.0.1"])
+    context = ssl.create_default_context(cafile=str(files.ca))
+    shared = SlowCounters()
+    members, listeners = [], []
+    for _ in range(2):
+        shell, _, _, servers = await _shell(counters=shared, sip_connections_per_minute_per_ip=3)
+        tls = await asyncio.start_server(lambda r, w, shell=shell: shell._admitted(
+            r, w, "TLS", shell._connection, server_context(files.cert, files.key)), "127.0.0.1", 0)
+        members.append((shell, tls.sockets[0].getsockname()[1]))
+        listeners += [*servers, tls]
+    (first, first_port), (second, second_port) = members
+    try:
+        assert [await _tls_options(p, context) for p in (first_port, second_port, first_port)] == [200, 200, 200]
+        # The fourth, to either member: closed without a ServerHello, nothing spent on it.
+        for shell, port in members:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(_client_hello(context))
+            try:
+                assert await asyncio.wait_for(reader.read(65536), 5) == b""
+            except ConnectionResetError:
+                pass     # closed with the ClientHello unread
+            writer.close()
+            assert shell.farm.metrics.dropped.labels(reason="connection rate")._value.get() == 1
+        assert shared.counts[("sip-conn", "127.0.0.1")] == 5
+        await _wait_for(lambda: not first._per_source and not second._per_source)
+    finally:
+        for server in listeners:
+            server.close()
+
+    # sip_allow_networks are not held to it.
+    shell, port, _, servers = await _shell(allow="127.0.0.0/8", counters=SlowCounters(),
+                                           sip_connections_per_minute_per_ip=1)
+    try:
+        for _ in range(3):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(options())
+            assert (await _answer(reader)).status == 200
+            writer.close()
+    finally:
         for server in servers:
             server.close()
 
