@@ -78,6 +78,7 @@ from colony.settings import Settings
 
 from colony_sipfarm.bindings import Binding, BindingStore
 from colony_sipfarm.credentials import CredentialCache
+from colony_sipfarm.entrusted_branches import EntrustedBranches
 from colony_sipfarm.route_signature import PARAM as ROUTE_MAC, RouteSigner
 from colony_sipfarm.sent_invites import SentInvites, cancel_of
 from colony_sipfarm.server_transactions import ProxyServerTransactions
@@ -312,6 +313,9 @@ class SipFarm:
         # Kept a while past Timer C, which cancels the branches still ringing (expire_forks).
         self.sent_invites = SentInvites(FORK_LIFETIME + 64 * settings.sip_timer_t1,
                                         max(ANSWER_LIFETIME, 64 * settings.sip_timer_t1), FORK_CACHE)
+        # The UDP branches other members forked and put on the wire themselves, entrusted to
+        # this one to cancel should their forker die (entrusted_branches.py).
+        self.entrusted = EntrustedBranches(FORK_LIFETIME + 64 * settings.sip_timer_t1, FORK_CACHE)
         self._pending: set[tuple] = set()           # answer keys of requests being worked on
         self._cancelled: set[tuple] = set()         # ... of INVITEs among them a CANCEL came for
         self._last_key: tuple = (None, None, None)   # (request, its top Via value, answer key)
@@ -1028,6 +1032,8 @@ class SipFarm:
                 request.headers.insert_before_first("Record-Route", route)
         invite = request.method == "INVITE"
         via = self._via(request, destination[0], index, in_dialog=invite and in_dialog, member=member)
+        if len(self.entrusted) and request.method in ("INVITE", "CANCEL") and not in_dialog:
+            via = self._entrusted_via(via, request.method, destination)
         request.headers.add_first("Via", via)
         if invite:
             # Kept for the ACK of its failure, which copies it and goes where it went
@@ -1036,6 +1042,45 @@ class SipFarm:
                                    member or names.node_key(self._flow()), self.clock())
         self.metrics.forwarded.labels(kind="request", method=method_label(request.method)).inc()
         return [Outbound(request.encode(), destination, member)]
+
+    def _entrusted_via(self, via: str, method: str, destination: Destination) -> str:
+        """Our Via for a branch another member forked and put on the wire itself, entrusted
+        here (its forker died, or is out of the spread): the caller's copy of the INVITE, or
+        its CANCEL, forked here again has the same branch, and goes out under the top Via that
+        INVITE had -- the phone matches by branch and sent-by (§17.2.3, §9.2).  Under ours, an
+        INVITE was a merged request to it (§8.2.2.2: 482, or a second ringing) and a CANCEL
+        matched nothing (481).  An INVITE so sent is this member's branch from now on
+        (``EntrustedBranches.adopt``)."""
+        branch = via.partition(";branch=")[2].partition(";")[0]
+        now = self.clock()
+        found = (self.entrusted.adopt(branch, destination, now) if method == "INVITE"
+                 else self.entrusted.get(branch, now))
+        if found is None or (method == "CANCEL" and found.destination != destination):
+            return via
+        return found.invite.headers.get("Via") or via
+
+    def entrust(self, forker: str, invite: bytes, destination: Destination) -> bool:
+        """Member ``forker`` (a node key) forked the INVITE ``invite`` (as kept for a CANCEL,
+        ``sent_invites.kept_of``) and put it on the wire itself, to ``destination`` over UDP:
+        kept, to be cancelled should it die (``entrusted_by``).  False for anything else."""
+        try:
+            request = parse_message(invite, len(invite))
+            if (not isinstance(request, SipRequest) or request.method != "INVITE" or destination[0] != "UDP"
+                    or not (request.top_via().branch or "").startswith(FARM_BRANCH)):
+                return False
+        except (SipParseError, URIError):
+            return False
+        self.entrusted.entrust(forker, request, destination, self.clock())
+        return True
+
+    def entrusted_by(self, forker: str) -> list[tuple[SipRequest, Destination]]:
+        """Member ``forker`` (a node key) is gone, with the forks it kept: the UDP branches it
+        put on the wire itself and entrusted here, without a final answer it told of and not
+        older than a fork lives -- each once, the INVITE as kept and where it went, for the
+        shell to cancel (§9.1; the phone stops ringing) and to fail with 430 made from it (its
+        Vias lead the answer back to the caller, who hears 480).  Before, the phone rang until
+        its user gave up and the caller heard no final answer from the farm."""
+        return [(entry.invite, entry.destination) for entry in self.entrusted.orphaned_by(forker, self.clock())]
 
     def _binding_destination(self, binding: Binding) -> tuple[Destination, str | None]:
         """Where requests for ``binding`` go; URIError for none (not a SIP contact, or an

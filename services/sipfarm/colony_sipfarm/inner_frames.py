@@ -18,8 +18,14 @@ One frame, one datagram::
 
     CIR1 <kind> <to member> <from member> <from's inner host> <its inner port> <traceparent or ->\\n<body><MAC>
 
-``kind`` is ``P`` (the body is a ``SpreadPacket`` frame, to the owner) or ``A`` (a
-``SpreadAnswers`` frame, to the member that asked); ``to`` is the member the frame is for, so
+``kind`` is ``P`` (the body is a ``SpreadPacket`` frame, to the owner), ``A`` (a
+``SpreadAnswers`` frame, to the member that asked) or ``E`` (an ``Entrusted`` body: a UDP
+branch the sender forked and put on the wire itself, for the receiver to cancel should the
+sender die, and branches of it that got their final answer -- ``entrusted_branches.py``)::
+
+    <branch to forget> ... (or -)\n[<transport> <host> <port>\n<the INVITE as kept for a CANCEL>]
+
+``to`` is the member the frame is for, so
 a frame sent to one member and replayed at another is refused there; the inner address is
 where answers go (the owner reads no node record for it).  ``traceparent`` is the W3C trace
 context of the asker's span when tracing is on (``-`` otherwise), so the owner's
@@ -45,6 +51,9 @@ import hmac
 from dataclasses import dataclass
 from functools import lru_cache
 
+from colony.protocols.sip.transaction import Destination
+
+from colony_sipfarm.entrusted_branches import FORGOTTEN_PER_FRAME
 from colony_sipfarm.farm import Outbound
 from colony_sipfarm.spread_frames import MAX_LINE, FrameError, SpreadAnswers, SpreadPacket, _fields, _port
 
@@ -53,7 +62,10 @@ MAC_SIZE = 16
 # The largest UDP payload over IPv4 (65,535 less the IP and UDP headers): a larger frame
 # cannot go as one datagram, and the caller hands the packet over the bus instead.
 MAX_DATAGRAM = 65_507
-PACKET, ANSWERS = "P", "A"
+PACKET, ANSWERS, ENTRUSTED = "P", "A", "E"
+# The first line of an ``E`` body: FORGOTTEN_PER_FRAME branches of at most MAX_BRANCH characters.
+MAX_BRANCH = 64
+_MAX_FORGOTTEN_LINE = FORGOTTEN_PER_FRAME * (MAX_BRANCH + 1)
 _KEY_LABEL = b"colony sip inner relay v1"
 _NONE = b"-"
 
@@ -87,9 +99,55 @@ class RelayKey:
         return keyed.digest()[:MAC_SIZE]
 
 
+@dataclass(frozen=True, slots=True)
+class Entrusted:
+    """The body of an ``E`` frame: branches the sender entrusted before that got their final
+    answer, and one it entrusts now (``destination`` and ``invite``), if any."""
+
+    forgotten: list[str]
+    destination: Destination | None = None
+    invite: bytes = b""
+
+    def to_frame(self) -> bytes:
+        if len(self.forgotten) > FORGOTTEN_PER_FRAME or any(len(b) > MAX_BRANCH for b in self.forgotten):
+            raise ValueError("too many or too long branches to forget")
+        head = _fields(*self.forgotten) if self.forgotten else _NONE
+        if self.destination is None:
+            return head + b"\n"
+        transport, host, port = self.destination
+        return b"".join((head, b"\n", _fields(transport, host, int(port)), b"\n", self.invite))
+
+    @classmethod
+    def from_frame(cls, body: bytes) -> Entrusted:
+        end = body.find(b"\n", 0, _MAX_FORGOTTEN_LINE + 1)
+        if end < 0:
+            raise FrameError("no line of branches to forget")
+        try:
+            forgotten = body[:end].decode("ascii").split(" ")
+        except UnicodeDecodeError:
+            raise FrameError("branches not ASCII") from None
+        if forgotten == ["-"]:
+            forgotten = []
+        if len(forgotten) > FORGOTTEN_PER_FRAME or not all(0 < len(b) <= MAX_BRANCH for b in forgotten):
+            raise FrameError("bad branches to forget")
+        rest = body[end + 1:]
+        if not rest:
+            return cls(forgotten)
+        line = rest.find(b"\n", 0, MAX_LINE)
+        if line < 0:
+            raise FrameError("no destination line")
+        try:
+            fields = rest[:line].decode("ascii").split(" ")
+        except UnicodeDecodeError:
+            raise FrameError("destination not ASCII") from None
+        if len(fields) != 3 or not all(fields):
+            raise FrameError(f"{len(fields)} destination fields, not 3")
+        return cls(forgotten, (fields[0], fields[1], _port(fields[2])), rest[line + 1:])
+
+
 @dataclass(slots=True)       # not frozen: its __init__ then costs a setattr per field less
 class InnerFrame:
-    """A frame that passed its MAC: exactly one of ``packet`` and ``answers`` is set."""
+    """A frame that passed its MAC: exactly one of ``packet``, ``answers`` and ``entrusted`` is set."""
 
     to: str
     sender: str
@@ -97,6 +155,7 @@ class InnerFrame:
     traceparent: str | None
     packet: SpreadPacket | None = None
     answers: list[Outbound] | None = None
+    entrusted: Entrusted | None = None
 
 
 @lru_cache(maxsize=1024)      # a member sends to a few others, always the same line but the trace
@@ -148,6 +207,13 @@ def seal_answers(key: RelayKey, items: list[Outbound], to: str, sender: str, rep
     return frames, left_out
 
 
+def seal_entrusted(key: RelayKey, entrusted: Entrusted, to: str, sender: str, reply_to: tuple[str, int]) -> bytes:
+    """The datagram entrusting a branch to member ``to`` (and the branches it may forget).
+    Raises ``ValueError`` for a field no frame can carry; the caller checks the size."""
+    data = _head(ENTRUSTED, to, sender, reply_to, None) + entrusted.to_frame()
+    return data + key.mac(data)
+
+
 def _sealed(key: RelayKey, head: bytes, parts: list[bytes]) -> bytes:
     data = b"".join((head, *parts))
     return data + key.mac(data)
@@ -180,6 +246,8 @@ def open_frame(key: RelayKey, frame: bytes) -> InnerFrame:
             return InnerFrame(to, sender, reply_to, trace, SpreadPacket.from_frame(body), None)
         if kind == ANSWERS:
             return InnerFrame(to, sender, reply_to, trace, None, SpreadAnswers.from_frame(body))
+        if kind == ENTRUSTED:
+            return InnerFrame(to, sender, reply_to, trace, entrusted=Entrusted.from_frame(body))
     except InnerFrameError:
         raise
     except FrameError as exc:

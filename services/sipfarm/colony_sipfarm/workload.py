@@ -89,6 +89,7 @@ from colony.events import USAGE_SUMS_PER_EVENT, UsageSummed
 from colony.protocols.sip.message import SipRequest, SipResponse, make_response
 from colony.protocols.sip.parser import SipParseError, StreamFramer, parse_message
 from colony.protocols.sip.transaction import Destination, Timers, build_ack
+from colony.protocols.sip.uri import URIError
 from colony.protocols.sip.websocket import SipWebSocket
 from colony.proxy_listener import Balancers, refusal_counter, start_server
 from colony.settings import Settings
@@ -96,11 +97,12 @@ from colony.telemetry import extract_context, inject_headers
 from colony.tlsfiles import configured, server_context
 
 from colony_sipfarm.bindings import BindingStore
-from colony_sipfarm.farm import FARM_BRANCH, FORK_LIFETIME, Outbound, SipFarm, UsageCount, method_label
-from colony_sipfarm.inner_frames import (MAX_DATAGRAM, InnerFrame, InnerFrameError, RelayKey, open_frame,
-                                         seal_answers, seal_packet)
+from colony_sipfarm.entrusted_branches import Entrustments
+from colony_sipfarm.farm import FARM_BRANCH, FORK_LIFETIME, IN_DIALOG, Outbound, SipFarm, UsageCount, method_label
+from colony_sipfarm.inner_frames import (MAX_DATAGRAM, Entrusted, InnerFrame, InnerFrameError, RelayKey, open_frame,
+                                         seal_answers, seal_entrusted, seal_packet)
 from colony_sipfarm.retransmission import ProxyClientTransactions
-from colony_sipfarm.sent_invites import cancel_of
+from colony_sipfarm.sent_invites import cancel_of, kept_of
 from colony_sipfarm.spread_frames import FrameError, SpreadAnswers, SpreadPacket
 
 _tracer = trace.get_tracer("colony.sipfarm")  # a proxy: follows the provider setup_tracing installs
@@ -504,6 +506,9 @@ class SipWorkload:
         # one is gone, the INVITEs it forked that still ring here are cancelled (_Flow.forked_by).
         self._forkers: set[str] = set()
         self._cancelled = CancelledInvites()
+        # The UDP branches this member forked and put on the wire itself, each entrusted to
+        # the Call-ID's next owner, which cancels it should this member die (entrusted_branches.py).
+        self._entrustments = Entrustments(FORK_LIFETIME)
         self.listeners: dict[str, str] = {}               # ours, as our node record names them
         self._suspect: dict[str, float] = {}             # node id -> monotonic time to trust again
         self._answered_at: dict[str, float] = {}         # node id -> when it last answered a hand-over
@@ -630,7 +635,8 @@ class SipWorkload:
         """INVITEs ringing on this member's connections whose forking member is gone are
         cancelled (``_cancel_forks_of``).  Called with ``_fail_lost_branches``."""
         me = names.node_key(self._runtime.node_id)
-        for forker in [f for f in self._forkers if f != me and self._gone(f)]:
+        forkers = self._forkers.union(self.farm.entrusted.forkers())
+        for forker in [f for f in forkers if f != me and self._gone(f)]:
             self._forkers.discard(forker)
             self._cancel_forks_of(forker)
 
@@ -641,9 +647,13 @@ class SipWorkload:
         from the caller found no fork either).  Each such INVITE is cancelled on its
         connection (§9.1, built from the INVITE as sent: the phone stops ringing) and fails
         as a lost flow's does (430, ``_flow_failed``): whichever member now owns the Call-ID
-        passes it on -- the caller hears 480.  The phone's 487 is ACKed here (_absorbed_after_cancel)."""
+        passes it on -- the caller hears 480.  The phone's 487 is ACKed here (_absorbed_after_cancel).
+        So for the UDP branches ``forker`` put on the wire itself and entrusted here
+        (``SipFarm.entrusted_by``): the CANCEL goes from this member's socket, under that INVITE's Via."""
         now = time.monotonic()
         lost = self.proxy_transactions.forked_by(forker)          # over UDP: (INVITE, data, destination)
+        if self.farm is not None:
+            lost += [(invite, invite.encode(), destination) for invite, destination in self.farm.entrusted_by(forker)]
         for key, flow in list(self.connections.items()):
             if flow.ringing:
                 for data in flow.forked_by(forker, now):
@@ -764,6 +774,8 @@ class SipWorkload:
                 flow.answered(parsed.top_via().branch or "")
         if self._cancelled and isinstance(parsed, SipResponse) and parsed.status >= 300 and self._absorbed_after_cancel(parsed):
             return
+        if self._entrustments and isinstance(parsed, SipResponse) and parsed.status >= 200:
+            self._answered_entrusted(parsed)
         if source[0] == "UDP" and isinstance(parsed, SipResponse) and len(self.proxy_transactions):
             if not self._observe_response(parsed):
                 self.farm.metrics.dropped.labels(reason="absorbed retransmission").inc()
@@ -992,8 +1004,20 @@ class SipWorkload:
             return
         if frame.packet is not None:
             self._track(self._handle_inner(frame))
+        elif frame.entrusted is not None:
+            self._keep_entrusted(frame)
         else:
             self._track(self._send_all(_made_by(frame.answers, names.node_key(frame.sender))))
+
+    def _keep_entrusted(self, frame: InnerFrame) -> None:
+        """A branch the sender forked and put on the wire itself, to cancel should it die, and
+        the branches it entrusted before that got their final answer."""
+        forker = names.node_key(frame.sender)
+        entrusted = frame.entrusted
+        if entrusted.forgotten:
+            self.farm.entrusted.forget(forker, entrusted.forgotten)
+        if entrusted.destination is not None and not self.farm.entrust(forker, entrusted.invite, entrusted.destination):
+            self.farm.metrics.dropped.labels(reason="inner undecodable").inc()
 
     async def _handle_inner(self, frame: InnerFrame) -> None:
         if self._traced:
@@ -1546,6 +1570,63 @@ class SipWorkload:
             self._timers_changed.set()
             if forker:
                 self._forkers.add(forker)
+        if not forker and request.method == "INVITE":
+            self._entrust(request, destination)
+
+    # --- branches entrusted to the Call-ID's next owner (entrusted_branches.py) -----------------
+
+    def _entrust(self, request: SipRequest, destination: Destination) -> None:
+        """An INVITE of this member's own fork went out from its own socket: nobody else knows
+        where.  Its CANCEL's makings go to the member the Call-ID hashes to among the others
+        (the next owner, which takes the caller's copies once this one is out of the spread),
+        in one inner-relay datagram, with the branches that member may forget.  Lost as on the
+        wire: the branch is then as it was before (Timer C's, or the phone's user's, to end)."""
+        try:
+            via = request.top_via()
+            if IN_DIALOG in via.params:      # a re-INVITE is no fork: answered at once, not rung
+                return
+            branch = via.branch or ""
+            me = self._runtime.node_id
+            watcher = choose(request.call_id, [m for m in self.ready_members() if m != me])
+            peer = self._inner_peers.get(watcher) if watcher is not None else None
+            if peer is None or self._relay_key is None or not self._entrustments.entrusted(branch, watcher, time.monotonic()):
+                return
+            entrusted = Entrusted(self._entrustments.to_forget(watcher), destination, kept_of(request).encode())
+            frame = seal_entrusted(self._relay_key, entrusted, watcher, me, self.inner_address)
+        except (ValueError, URIError):       # a field no frame carries: that branch is not entrusted
+            return
+        self._send_inner(peer, frame)
+
+    def _answered_entrusted(self, response: SipResponse) -> None:
+        """A final answer to a branch this member entrusted: its keeper may forget it."""
+        try:
+            if response.cseq().method == "INVITE":
+                self._entrustments.answered(response.top_via().branch or "")
+        except URIError:
+            pass
+
+    def _tell_forgotten(self) -> None:
+        """The answered branches not told yet, each keeper's in frames of their own (called
+        every second: most ride on the next entrusted branch's frame)."""
+        if self._relay_key is None:
+            return
+        me = self._runtime.node_id
+        for watcher in self._entrustments.waiting():
+            peer = self._inner_peers.get(watcher)
+            if peer is None or self._gone(names.node_key(watcher)):
+                self._entrustments.drop(watcher)
+                continue
+            while forgotten := self._entrustments.to_forget(watcher):
+                with suppress(ValueError):
+                    self._send_inner(peer, seal_entrusted(self._relay_key, Entrusted(forgotten), watcher, me,
+                                                          self.inner_address))
+
+    def _send_inner(self, peer: tuple[int, tuple], frame: bytes) -> None:
+        try:
+            self._inner_socket(peer).send(frame)
+        except OSError as exc:     # the keeper died or is swamped: lost, as on the wire
+            self.farm.metrics.dropped.labels(reason="inner relay busy" if isinstance(exc, BlockingIOError)
+                                             else "inner relay refused").inc()
 
     def _observe_response(self, response: SipResponse) -> bool:
         """Move the response's client transaction on; False: absorb it (a retransmission)."""
@@ -1604,6 +1685,7 @@ class SipWorkload:
                 for item in self.farm.expire_forks():
                     await self._send(item)
                 self._fail_lost_branches()
+                self._tell_forgotten()
 
     async def _usage_loop(self) -> None:
         while True:

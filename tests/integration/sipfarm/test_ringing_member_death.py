@@ -16,6 +16,7 @@ import uuid
 import pytest
 
 from cluster_harness import wait_until
+from colony.bus import names
 from colony.hashing import choose
 from colony.protocols.sip.parser import parse_message
 from test_proxy_retransmission import register_udp
@@ -322,6 +323,52 @@ async def test_a_udp_phone_ringing_for_a_call_whose_forking_member_died_is_cance
 
         cancel = await next_request("CANCEL")
         assert cancel.call_id == call_id and cancel.top_via().branch == invite.top_via().branch
+        final = await alice.final(FINAL_WITHIN)
+        assert final.status == 480 and final.call_id == call_id and final.address("To").tag, final
+        bob.sendto(answered(cancel, 200, "OK"), member_1)
+        for _ in range(2):                      # his 487 and a copy of it (Timer G): each ACKed
+            bob.sendto(answered(invite, 487, "Request Terminated"), member_1)
+            ack = await next_request("ACK")
+            assert ack.top_via().branch == invite.top_via().branch and ack.address("To").tag == "b487"
+        await asyncio.sleep(1)
+        while not alice.inbox.queue.empty():
+            late = parse_message(alice.inbox.queue.get_nowait())
+            assert late.status == 480, late      # his 487 went no further
+    finally:
+        alice.close()
+        bob.close()
+
+
+async def test_a_udp_phone_the_dead_forker_sent_the_invite_to_itself_is_cancelled_by_the_next_owner(pair, cluster):
+    """alice and bob talk to member 2 itself, which owns alice's Call-ID: it forks her INVITE and
+    puts it on the wire to bob from its own socket -- nobody else took part, so nobody else knew
+    where it went.  It entrusts the INVITE's makings to the Call-ID's next owner, member 1 (one
+    inner-relay datagram), which, seeing member 2 gone, CANCELs bob's INVITE from its own socket
+    under that INVITE's Via (§9.1: bob matches by branch and sent-by), and alice hears 480.  His
+    487 goes where that Via says -- member 2's address here, with the members behind one shared
+    address a live member: sent to member 1 as such, it is ACKed (each copy) and goes no further."""
+    member_1, member_2 = sip_address(pair["sipfarm-1"]), sip_address(pair["sipfarm-2"])
+    bob, bob_in, _ = await register_udp(member_2, "bob")
+    alice = await Caller.open(member_2)
+    try:
+        await alice.call(call_id := a_call_id_owned_by("sipfarm-2"))
+        invite = parse_message(await asyncio.wait_for(bob_in.get(), 10))
+        assert invite.method == "INVITE" and invite.call_id == call_id
+        assert invite.top_via().params.get("m") == names.node_key("sipfarm-2")     # member 2 sent it itself
+        bob.sendto(ringing(invite), member_2)
+        assert (await alice.receive()).status == 180
+        await kill(cluster, "sipfarm-2")
+
+        async def next_request(method: str):
+            while True:
+                message = parse_message(await asyncio.wait_for(bob_in.get(), FINAL_WITHIN))
+                if getattr(message, "method", None) == method:
+                    return message
+                assert getattr(message, "method", None) in ("INVITE", "CANCEL"), message     # copies
+
+        cancel = await next_request("CANCEL")
+        assert cancel.call_id == call_id and cancel.headers.get_all("Via") == [invite.headers.get("Via")]
+        assert str(cancel.uri) == str(invite.uri) and cancel.cseq().number == invite.cseq().number
         final = await alice.final(FINAL_WITHIN)
         assert final.status == 480 and final.call_id == call_id and final.address("To").tag, final
         bob.sendto(answered(cancel, 200, "OK"), member_1)

@@ -1,0 +1,175 @@
+"""A UDP branch the Call-ID's owner forked and put on the wire from its own socket is entrusted
+to the Call-ID's next owner, which cancels it when the forker dies and fails it with 430 (the
+caller hears 480); a copy of the caller's INVITE or its CANCEL that reaches that member goes
+out under the entrusted INVITE's Via, so the phone sees the same transaction (§17.2.3), not a
+merged request (§8.2.2.2).  The farm core with injected clocks here; the frames and the
+forker's bookkeeping on their own; end to end with two real members in
+tests/integration/sipfarm/test_ringing_member_death.py."""
+
+from __future__ import annotations
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from colony.bus import names
+from colony.protocols.sip.message import Headers, SipRequest, make_response
+from colony.protocols.sip.parser import parse_message
+from colony.settings import Settings
+
+from colony_sipfarm.entrusted_branches import FORGOTTEN_PER_FRAME, EntrustedBranches, Entrustments
+from colony_sipfarm.farm import FORK_LIFETIME, LOCAL_TAG, SipFarm
+from colony_sipfarm.inner_frames import Entrusted, InnerFrameError, RelayKey, open_frame, seal_entrusted
+from colony_sipfarm.sent_invites import cancel_of, kept_of
+
+from test_farm import DOMAIN, Auth, Clock, Counters, Dialogs, Store, answer, invite, one, registered, reply
+
+CALLER = ("UDP", "198.51.100.9", 5060)
+BOB = ("UDP", "192.0.2.7", 5062)
+FORKER = names.node_key("sipfarm-2")
+
+
+def member(node_id: str, address: tuple[str, int], store: Store) -> SipFarm:
+    """A member with its own clock and address; the bindings are the farm's (one store)."""
+    clock = Clock()
+    farm = SipFarm(Settings(), node_id, store=store, dialogs=Dialogs(), auth=Auth(), counters=Counters(),
+                   secret=b"k" * 32, address=address, registry=CollectorRegistry(), meter=lambda usage: None,
+                   clock=clock)
+    farm.clock_ = clock
+    return farm
+
+
+@pytest.fixture
+async def members():
+    """(the forker sipfarm-2, the Call-ID's next owner sipfarm-1, alice's authenticated INVITE,
+    the INVITE the forker put on the wire to bob's UDP phone)."""
+    store = Store(Clock())
+    forker = member("sipfarm-2", ("127.0.0.2", 5060), store)
+    keeper = member("sipfarm-1", ("127.0.0.1", 5060), store)
+    await registered(forker, user="bob", contact="sip:bob@192.0.2.7:5062")
+    challenge, _ = await one(forker, invite(), CALLER)
+    auth = answer(challenge, "alice", method="INVITE", uri=f"sip:bob@{DOMAIN}", header="Proxy-Authorization")
+    alices = invite(cseq=2, auth=auth, branch="z9hG4bKinv2")
+    trying, sent = await forker.handle(alices, CALLER)
+    assert parse_message(trying.data).status == 100 and sent.destination == BOB and sent.member is None
+    return forker, keeper, alices, parse_message(sent.data)
+
+
+def entrust(keeper: SipFarm, sent: SipRequest) -> None:
+    """What the forker's shell tells the keeper (one inner-relay datagram), as the keeper reads it."""
+    key = RelayKey.from_secret(b"k" * 32)
+    frame = open_frame(key, seal_entrusted(key, Entrusted([], BOB, kept_of(sent).encode()), "sipfarm-1",
+                                           "sipfarm-2", ("127.0.0.2", 5064)))
+    assert frame.entrusted.destination == BOB
+    assert keeper.entrust(names.node_key(frame.sender), frame.entrusted.invite, frame.entrusted.destination)
+
+
+async def test_the_keeper_cancels_a_branch_whose_forker_died_and_the_caller_hears_480(members):
+    forker, keeper, _, sent = members
+    entrust(keeper, sent)
+    assert keeper.entrusted.forkers() == [FORKER]
+    keeper.clock_.now += 150                     # bob rang a while; then the forker is gone
+    [(kept, destination)] = keeper.entrusted_by(FORKER)
+    assert destination == BOB
+    # The CANCEL is the INVITE's (§9.1): its Request-URI, its top Via alone, From, To, Call-ID, CSeq number.
+    cancel = cancel_of(kept)
+    assert cancel.headers.get_all("Via") == [sent.headers.get("Via")]
+    assert str(cancel.uri) == str(sent.uri) and cancel.call_id == sent.call_id
+    assert cancel.cseq().number == sent.cseq().number and cancel.headers.get("To") == sent.headers.get("To")
+    # Failed with 430 made from it (all its Vias): the keeper, which has no fork, tells alice 480.
+    out = await keeper.handle(make_response(kept, 430, to_tag=None).encode(), destination)
+    assert [(o.destination, parse_message(o.data).status) for o in out] == [(CALLER, 480)]
+    assert (parse_message(out[0].data).address("To").tag or "").startswith(LOCAL_TAG)
+    assert keeper.entrusted_by(FORKER) == [] and keeper.entrusted.forkers() == []      # once
+
+
+async def test_a_branch_older_than_a_fork_lives_or_answered_is_not_cancelled(members):
+    forker, keeper, _, sent = members
+    entrust(keeper, sent)
+    keeper.clock_.now += FORK_LIFETIME + 64 * Settings().sip_timer_t1 + 1     # Timer C ended it at the forker
+    assert keeper.entrusted_by(FORKER) == []
+    entrust(keeper, sent)
+    # Another member cannot make it forget the forker's branches; the forker can (its answer came).
+    keeper.entrusted.forget(names.node_key("sipfarm-3"), [sent.top_via().branch])
+    keeper.entrusted.forget(FORKER, [sent.top_via().branch])
+    assert keeper.entrusted_by(FORKER) == []
+
+
+def test_the_keeper_holds_the_newest_branches_only():
+    table = EntrustedBranches(lifetime=200, limit=2)
+    for n in range(3):
+        headers = Headers()
+        headers.add("Via", f"SIP/2.0/UDP 127.0.0.2:5060;branch=z9hG4bK-cf{n}")
+        kept = SipRequest(headers=headers, method="INVITE", uri="sip:bob@192.0.2.7:5062")
+        table.entrust(FORKER, kept, BOB, 1000.0 + n)
+    assert table.forkers() == [FORKER] and len(table) == 2
+    assert [e.invite.top_via().branch for e in table.orphaned_by(FORKER, 1003.0)] == ["z9hG4bK-cf1", "z9hG4bK-cf2"]
+    assert table.forkers() == [] and len(table) == 0
+
+
+async def test_the_callers_copy_at_the_next_owner_is_the_same_transaction_to_the_phone_not_a_merged_request(members):
+    """alice's INVITE again (her 100 was lost), at the keeper -- the Call-ID's owner now: the
+    branch has the same id on every member, and under the keeper's own Via bob's phone would
+    see a second INVITE of the same call (§8.2.2.2: 482, or a second ringing).  It goes out
+    under the Via bob has, so it is a copy of the INVITE he rings for, and the branch is the
+    keeper's own from then on: not cancelled when the forker is seen gone."""
+    forker, keeper, alices, sent = members
+    entrust(keeper, sent)
+    trying, again = await keeper.handle(alices, CALLER)
+    assert parse_message(trying.data).status == 100 and again.destination == BOB
+    copy = parse_message(again.data)
+    assert copy.headers.get("Via") == sent.headers.get("Via")
+    assert copy.headers.get_all("Via")[1:] == sent.headers.get_all("Via")[1:]
+    assert keeper.entrusted_by(FORKER) == []
+    # bob's answers (to the shared address the Via names) reach the keeper's fork: alice hears them.
+    assert [parse_message(o.data).status for o in await keeper.handle(reply(copy, 180, "b1"), BOB)] == [180]
+    out = await keeper.handle(reply(copy, 486, "b1"), BOB)
+    assert [(o.destination, getattr(m := parse_message(o.data), "method", None) or m.status) for o in out] == [
+        (BOB, "ACK"), (CALLER, 486)]
+
+
+async def test_the_callers_cancel_at_the_next_owner_matches_the_invite_the_phone_rings_for(members):
+    forker, keeper, _, sent = members
+    entrust(keeper, sent)
+    cancel = (f"CANCEL sip:bob@{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/UDP 198.51.100.9:5060;branch=z9hG4bKinv2\r\n"
+              f"From: <sip:alice@{DOMAIN}>;tag=a1\r\nTo: <sip:bob@{DOMAIN}>\r\nCall-ID: call-1\r\n"
+              f"CSeq: 2 CANCEL\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n").encode()
+    [out] = await keeper.handle(cancel, CALLER)
+    forwarded = parse_message(out.data)
+    assert forwarded.method == "CANCEL" and out.destination == BOB
+    assert forwarded.headers.get("Via") == sent.headers.get("Via")        # §9.1: the INVITE's top Via
+    # Still kept: if nothing answers alice's INVITE, the forker's death ends it as before.
+    assert [d for _, d in keeper.entrusted_by(FORKER)] == [BOB]
+
+
+def test_an_entrusted_frame_carries_the_branches_to_forget_and_refuses_what_is_not_one():
+    key = RelayKey.from_secret(b"k" * 32)
+    forgotten = [f"z9hG4bK-cf{n:024x}-0" for n in range(FORGOTTEN_PER_FRAME)]
+    frame = open_frame(key, seal_entrusted(key, Entrusted(forgotten), "sipfarm-1", "sipfarm-2", ("10.0.0.2", 2564)))
+    assert frame.entrusted == Entrusted(forgotten) and frame.sender == "sipfarm-2"
+    with pytest.raises(ValueError):
+        Entrusted(forgotten + ["one-more"]).to_frame()
+    for body in (b"no line", b"-\nUDP 192.0.2.7\nINVITE", b"-\nUDP 192.0.2.7 99999\nINVITE", b"a  b\n"):
+        data = b"CIR1 E sipfarm-1 sipfarm-2 10.0.0.2 2564 -\n" + body
+        with pytest.raises(InnerFrameError):
+            open_frame(key, data + key.mac(data))
+
+
+def test_the_forker_tells_each_answered_branch_once_on_its_next_frame_to_that_member():
+    told = Entrustments(lifetime=200)
+    assert told.entrusted("b1", "sipfarm-1", 0.0) and told.entrusted("b2", "sipfarm-3", 0.0)
+    assert not told.entrusted("b1", "sipfarm-1", 1.0)            # a copy: told already
+    told.answered("b1")
+    told.answered("b1")                                            # a copy of the answer
+    told.answered("unknown")
+    assert told.waiting() == ["sipfarm-1"]
+    assert told.to_forget("sipfarm-3") == [] and told.to_forget("sipfarm-1") == ["b1"]
+    assert told.to_forget("sipfarm-1") == [] and told.waiting() == []
+    for n in range(FORGOTTEN_PER_FRAME + 1):
+        told.entrusted(f"c{n}", "sipfarm-1", 2.0)
+        told.answered(f"c{n}")
+    assert len(told.to_forget("sipfarm-1")) == FORGOTTEN_PER_FRAME and told.to_forget("sipfarm-1") == [f"c{FORGOTTEN_PER_FRAME}"]
+    # Old branches are not remembered past the lifetime: their answers tell nobody.
+    told.entrusted("d", "sipfarm-1", 10.0)
+    told.entrusted("e", "sipfarm-1", 300.0)
+    told.answered("d")
+    assert told.waiting() == []
