@@ -8,6 +8,11 @@ tests/integration/sipfarm/test_ringing_member_death.py."""
 
 from __future__ import annotations
 
+import asyncio
+import socket
+import time
+from types import SimpleNamespace
+
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -20,6 +25,7 @@ from colony_sipfarm.entrusted_branches import FORGOTTEN_PER_FRAME, EntrustedBran
 from colony_sipfarm.farm import FORK_LIFETIME, LOCAL_TAG, SipFarm
 from colony_sipfarm.inner_frames import Entrusted, InnerFrameError, RelayKey, open_frame, seal_entrusted
 from colony_sipfarm.sent_invites import cancel_of, kept_of
+from colony_sipfarm.workload import SipWorkload, _bind_udp, _UdpSocket
 
 from test_farm import DOMAIN, Auth, Clock, Counters, Dialogs, Store, answer, invite, one, registered, reply
 
@@ -173,3 +179,51 @@ def test_the_forker_tells_each_answered_branch_once_on_its_next_frame_to_that_me
     told.entrusted("e", "sipfarm-1", 300.0)
     told.answered("d")
     assert told.waiting() == []
+
+
+async def _shell(node_id: str, farm: SipFarm) -> SipWorkload:
+    shell = SipWorkload(Settings())
+    shell.farm, shell.farm_address = farm, ("192.0.2.100", 5060)
+    shell._runtime = SimpleNamespace(node_id=node_id, nc=None)
+    shell._relay_key = RelayKey.from_secret(b"k" * 32)
+    shell.inner = _UdpSocket(asyncio.get_running_loop(), await _bind_udp("127.0.0.1", 0), shell._inner_received)
+    shell.inner_address = ("127.0.0.1", shell.inner.get_extra_info("sockname")[1])
+    shell.udp = SimpleNamespace(sendto=lambda data, addr: None, close=lambda: None)
+    shell.ready_members = lambda: ["sipfarm-1", "sipfarm-2"]
+    return shell
+
+
+async def _until(probe, timeout: float = 5.0):
+    deadline = time.monotonic() + timeout
+    while not probe():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+async def test_the_forkers_shell_entrusts_each_branch_once_and_has_it_forgotten_once_answered(members):
+    """Over real UDP sockets on 127.0.0.1: the INVITE the forker puts on the wire itself goes to
+    the Call-ID's next owner in one datagram (not again for its retransmission), and bob's final
+    answer has it forgotten there (the frame of the second's flush)."""
+    forker, keeper, _, sent = members
+    forking, keeping = await _shell("sipfarm-2", forker), await _shell("sipfarm-1", keeper)
+    forking._inner_peers["sipfarm-1"] = (socket.AF_INET, keeping.inner_address)
+    try:
+        data = sent.encode()
+        forking._start_client_transaction(data, BOB)
+        forking._start_client_transaction(data, BOB)          # a copy: nothing new to tell
+        await _until(lambda: len(keeper.entrusted) == 1)
+        assert keeper.entrusted.forkers() == [FORKER]
+        forking._start_client_transaction(data.replace(b"INVITE sip:", b"OPTIONS sip:", 1), BOB)   # not an INVITE
+        forking.received(reply(sent, 486, "b1"), BOB)
+        forking._tell_forgotten()
+        await _until(lambda: len(keeper.entrusted) == 0)
+        # An INVITE another member forked (this one puts it on the wire for it) is that one's to entrust.
+        forking._start_client_transaction(data.replace(b"z9hG4bK-cf", b"z9hG4bK-cfx"), BOB, forker="sipfarm-9")
+        forking._start_client_transaction(data.replace(b"z9hG4bK-cf", b"z9hG4bK-cfy"), BOB)     # after it, on one socket
+        await _until(lambda: len(keeper.entrusted) == 1)
+        [(kept, _)] = keeper.entrusted_by(FORKER)
+        assert kept.top_via().branch.startswith("z9hG4bK-cfy")
+    finally:
+        for shell in (forking, keeping):
+            shell.inner.close()
+            shell._close_inner_sockets()
