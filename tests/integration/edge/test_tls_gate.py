@@ -4,7 +4,8 @@ denied network, one over its connection rate) gets no ServerHello -- the connect
 without a byte, the refusal counted with its reason; silent connections from one address
 count as its sessions at once, the ones over ``edge_max_sessions_per_ip`` are closed at once
 and the others when the handshake timeout passes (not asyncio's minute), and their sessions
-are released so the address can log in again; a client the gate admits is served as before."""
+are released so the address can log in again; a client the gate admits is served as before,
+by the same TLS (a TLS 1.1 ClientHello still gets its fatal alert)."""
 
 from __future__ import annotations
 
@@ -19,12 +20,14 @@ import time
 from cluster_harness import ClusterHarness, wait_until
 from colony.cluster.sessions import TLS_HANDSHAKE_TIMEOUT
 from test_edge_proxy_protocol import metric, start_edge
+from test_tls_alerts import ALERT, FATAL, PROTOCOL_VERSION, old_client_hello
 
 IMPLICIT = ("imaps", "pop3s", "submissions")
 DENIED = "127.0.0.66"      # on start_edge's deny list
 RATED = "127.0.0.70"       # opens more connections a minute than allowed
 SILENT = "127.0.0.71"      # opens connections and says nothing
 WELCOME = "127.0.0.72"     # an ordinary client
+OLD = "127.0.0.73"         # a client offering only TLS 1.1
 MAX_SESSIONS = 4
 
 
@@ -48,6 +51,19 @@ def server_hello(port: int, source: str, context: ssl.SSLContext) -> bytes:
         except ConnectionResetError:
             pass
         return answer
+
+
+def alert_for_tls_1_1(port: int, source: str) -> bytes:
+    """What the edge answers a TLS 1.1 ClientHello with: its fatal alert, sent before it closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0)) as sock:
+        sock.sendall(old_client_hello())
+        answer = b""
+        try:
+            while len(answer) < 7 and (chunk := sock.recv(64)):
+                answer += chunk
+        except ConnectionResetError:
+            pass
+        return answer[:7]
 
 
 def greeting(name: str, port: int, source: str, context: ssl.SSLContext) -> str:
@@ -89,6 +105,11 @@ async def test_the_gate_comes_before_the_tls_handshake(cluster: ClusterHarness, 
     for name, port in ports.items():
         said = await asyncio.to_thread(greeting, name, port, WELCOME, context)
         assert said.startswith(("* OK", "+OK", "250")), (name, said)
+
+    # The handshake is still the listener's TLS: a refused one ends with its fatal alert.
+    for name, port in ports.items():
+        alert = await asyncio.to_thread(alert_for_tls_1_1, port, OLD)
+        assert alert[0] == ALERT and alert[5:7] == bytes([FATAL, PROTOCOL_VERSION]), (name, alert)
 
     # A denied network: closed before a ServerHello, on every implicit-TLS port.
     for name, port in ports.items():
