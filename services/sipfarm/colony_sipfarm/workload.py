@@ -1723,6 +1723,10 @@ class SipWorkload:
         return None     # bindings and dialogs are on the bus already
 
     async def stop(self) -> None:
+        if self.farm is not None and self._runtime is not None:
+            # The branches answered in the last second: a STOPPED record has their keepers
+            # cancel what they still hold, and each would cost a CANCEL and a late 480.
+            self._tell_forgotten()
         if self.udp is not None:
             self.udp.close()
         if self.inner is not None:

@@ -227,3 +227,20 @@ async def test_the_forkers_shell_entrusts_each_branch_once_and_has_it_forgotten_
         for shell in (forking, keeping):
             shell.inner.close()
             shell._close_inner_sockets()
+
+
+async def test_a_forker_that_stops_tells_what_was_answered_in_its_last_second(members):
+    """A STOPPED record has the keeper cancel whatever it still holds of that member: a branch
+    answered just before would cost a CANCEL that does nothing and a late 480."""
+    forker, keeper, _, sent = members
+    forking, keeping = await _shell("sipfarm-2", forker), await _shell("sipfarm-1", keeper)
+    forking._inner_peers["sipfarm-1"] = (socket.AF_INET, keeping.inner_address)
+    try:
+        forking._start_client_transaction(sent.encode(), BOB)
+        await _until(lambda: len(keeper.entrusted) == 1)
+        forking.received(reply(sent, 200, "b1"), BOB)
+        await forking.stop()
+        await _until(lambda: len(keeper.entrusted) == 0)
+    finally:
+        keeping.inner.close()
+        keeping._close_inner_sockets()
