@@ -22,7 +22,7 @@ caller as 480.
 
 A branch that got a final answer is forgotten: the forker notes it (``Entrustments``) and the
 branches to forget ride on its next frame to that member, or on a frame of their own at most
-once a second -- no datagram of their own per call.  One not forgotten yet (its answer came in
+once a second and as it stops -- no datagram of their own per call.  One not forgotten yet (its answer came in
 the last second, or to another member) costs a CANCEL that does nothing (§9.2: the INVITE has
 its final answer) and a late 480 the caller's transaction absorbs -- harmless, and bounded:
 the newest ``limit`` entries, none older than ``lifetime`` (a fork's).
