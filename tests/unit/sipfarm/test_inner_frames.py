@@ -5,8 +5,9 @@ import pytest
 from hypothesis import given, strategies as st
 
 from colony_sipfarm.farm import Outbound
-from colony_sipfarm.inner_frames import (MAC_SIZE, MAX_DATAGRAM, InnerFrameError, RelayKey, open_frame,
-                                         seal_answers, seal_packet)
+from colony_sipfarm.entrusted_branches import FORGOTTEN_PER_FRAME
+from colony_sipfarm.inner_frames import (MAC_SIZE, MAX_BRANCH, MAX_DATAGRAM, Entrusted, InnerFrameError, RelayKey,
+                                         open_frame, seal_answers, seal_entrusted, seal_packet)
 from colony_sipfarm.spread_frames import FrameError, SpreadPacket
 
 KEY = RelayKey.from_secret(b"s" * 32)
@@ -108,3 +109,25 @@ def test_a_signed_packet_whose_body_is_not_a_packet_frame_is_refused():
 def test_the_frame_is_the_spread_frame_behind_one_line_and_a_mac():
     frame = seal_packet(KEY, PACKET, "sipfarm-2", "sipfarm-1", ("127.0.0.1", 2564))
     assert frame[:-MAC_SIZE] == b"CIR1 P sipfarm-2 sipfarm-1 127.0.0.1 2564 -\n" + PACKET.to_frame()
+
+
+branches = st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=MAX_BRANCH).filter(lambda f: f != "-")
+entrusted = st.builds(Entrusted, st.lists(branches, max_size=FORGOTTEN_PER_FRAME),
+                      st.none() | sources, st.binary(max_size=2000))
+
+
+@given(entrusted, fields, fields)
+def test_an_entrusted_branch_opens_to_what_was_sealed(body, to, sender):
+    if body.destination is None:
+        body = Entrusted(body.forgotten)         # nothing after the line of branches to forget
+    frame = open_frame(KEY, seal_entrusted(KEY, body, to, sender, ("127.0.0.1", 2564)))
+    assert (frame.entrusted, frame.packet, frame.answers, frame.to, frame.sender) == (body, None, None, to, sender)
+
+
+@given(st.binary(max_size=400))
+def test_a_signed_entrusted_frame_with_any_body_opens_or_is_refused_as_undecodable(body):
+    data = b"CIR1 E a b h 1 -\n" + body
+    try:
+        open_frame(KEY, data + KEY.mac(data))
+    except InnerFrameError as exc:
+        assert exc.reason == "undecodable"
