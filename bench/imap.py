@@ -236,7 +236,7 @@ def run_colony(workdir: Path, args) -> tuple[dict, dict, dict | None]:
     # All the bench's sessions come from one address: lift the per-address session and
     # connection-rate limits of the edge gate, which would otherwise cap the count.
     env = dict(os.environ, COLONY_ACCESS_PLAINTEXT_AUTH="true", COLONY_EDGE_MAX_SESSIONS_PER_IP="1000000",
-               COLONY_EDGE_CONNECTIONS_PER_MINUTE_PER_IP="1000000")
+               COLONY_EDGE_MAX_SESSIONS_PER_ACCOUNT_IP="1000000", COLONY_EDGE_CONNECTIONS_PER_MINUTE_PER_IP="1000000")
     with ColonyUp(workdir / "colony", args.base_port, "--edges", "1", "--mailstores", str(args.mailstores), "--sipfarms", "0",
                   env=env) as cluster:
         data_dir, info = cluster.data_dir, cluster.info

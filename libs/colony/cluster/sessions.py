@@ -56,6 +56,7 @@ import logging
 import ssl as ssl_module
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager, suppress
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -157,6 +158,29 @@ Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]
 Refuse = Callable[[asyncio.StreamWriter], Awaitable[None] | None]
 
 
+class GateShare:
+    """One connection's session at its gate (``ConnectionGate.on_connect`` admitted it), given
+    back once: when the connection ends, or earlier by its handler (``current_gate_share``)
+    -- an IMAP or POP3 client that logged in counts against its account from then on."""
+
+    def __init__(self, gate: ConnectionGate, ip: str) -> None:
+        self.gate, self.ip, self.held = gate, ip, True
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            self.gate.on_disconnect(self.ip)
+
+
+# The handler of an implicit-TLS listener with a gate runs with its connection's share here.
+_gate_share: ContextVar[GateShare | None] = ContextVar("gate_share", default=None)
+
+
+def current_gate_share() -> GateShare | None:
+    """The share the listener's gate holds for the connection being handled, if any."""
+    return _gate_share.get()
+
+
 class ConnectionGate(Protocol):
     """What an implicit-TLS listener asks before the handshake (the edge's ``EdgeGate``)."""
 
@@ -245,7 +269,7 @@ class ConnectionWorkload:
 
         async def connected(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             peer = _peer(writer)
-            admitted: str | None = None     # the address the gate counted a session for
+            share: GateShare | None = None  # the session the gate counted, given back however it ends
             aborted = False                 # closed before the handler: nothing to wait for
             if ssl is not None:
                 # Nothing is read yet (this task runs before the transport's first read): the
@@ -261,7 +285,8 @@ class ConnectionWorkload:
                         aborted = True
                         writer.transport.abort()
                         return
-                    admitted = address[0]
+                    share = GateShare(gate, address[0])
+                    _gate_share.set(share)
                 if ssl is not None:
                     try:
                         await writer.start_tls(ssl, ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT)
@@ -287,8 +312,8 @@ class ConnectionWorkload:
                     self._handler_failures.labels(protocol=protocol).inc()
                 log.error("%s session from %s failed: %s", protocol, peer, describe(exc), exc_info=exc)
             finally:
-                if admitted is not None:
-                    gate.on_disconnect(admitted)
+                if share is not None:
+                    share.release()
                 if not aborted:
                     writer.close()
                     with suppress(Exception):

@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import ssl
 import time
@@ -61,6 +62,7 @@ from nats.js.kv import KeyValue
 from prometheus_client import CollectorRegistry, Counter
 
 from colony.bus import names
+from colony.cluster.sessions import GateShare, current_gate_share
 from colony.cluster.lease import read_lease
 from colony.cluster.membership import NodeState
 from colony.cluster.ownership import place
@@ -175,6 +177,7 @@ class Login:
     reply: str                      # the store's line (ok) or the refusal text
     code: str = "AUTH"              # a refusal's response code: the edge's own in POP3 terms, or the store's
     upstream: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+    account: str = ""               # ok: whose session it is now (``EdgeGate.on_logout`` is owed)
 
 
 class AccessProxy:
@@ -247,11 +250,19 @@ class AccessProxy:
             self.metrics.logins.labels(proto, "moving").inc()
             return Login(False, "This mailbox is being moved to another region; try again in a few minutes",
                          "SYS/TEMP")
+        if self.gate.on_login(ip, account) is not None:
+            # Checked after the password, like any other refusal: a stranger learns nothing.
+            self.metrics.logins.labels(proto, "account-sessions").inc()
+            return Login(False, "Too many sessions of this account from your address; close one and try again",
+                         "SYS/TEMP")
         region, finder = self.finder_for(domain)
         login = await self.hand_off(proto, account, ip, finder)
         outcome = "no-store" if not login.ok else "ok" if region == self.settings.region else "ok-other-region"
         self.metrics.logins.labels(proto, outcome).inc()
-        return login
+        if not login.ok:
+            self.gate.on_logout(ip, account)
+            return login
+        return dataclasses.replace(login, account=account)
 
     async def hand_off(self, proto: str, account: str, ip: str, finder: StoreFinder | None = None) -> Login:
         finder = finder or self.finder
@@ -334,7 +345,7 @@ class AccessProxy:
                 client.abort()  # ...unless the client does not take it
 
     async def _admit(self, writer: asyncio.StreamWriter, ip: str, refuse: Callable[[str], bytes]) -> bool:
-        refusal = await self.gate.on_connect(ip)
+        refusal = await self.gate.on_connect(ip, block_lists=False)
         if refusal is not None:
             writer.write(refuse(refusal.text))
             with contextlib.suppress(Exception):
@@ -355,10 +366,16 @@ class AccessProxy:
         ip = _ip(writer)
         # An implicit-TLS listener's gate admitted the connection before its handshake
         # (open_access); a plaintext one is admitted here, with the protocol's own refusal.
-        if not implicit_tls and not await self._admit(writer, ip, kind.refusal):
+        # Either way the address's share is given back at login (``EdgeGate.on_login``).
+        if implicit_tls:
+            share = current_gate_share()
+        elif await self._admit(writer, ip, kind.refusal):
+            share = GateShare(self.gate, ip)
+        else:
             return
+        session = None
         try:
-            session = kind(self, reader, writer, ip, implicit_tls)
+            session = kind(self, reader, writer, ip, implicit_tls, share)
             with self.tracker.track(kind.service, ip, session.goodbye):
                 try:
                     await session.run()
@@ -366,8 +383,10 @@ class AccessProxy:
                     # A client that left or stopped reading before login: ordinary, not a failure.
                     log.debug("%s client %s gone before login: %s", kind.service, ip, exc)
         finally:
-            if not implicit_tls:
-                self.gate.on_disconnect(ip)
+            if share is not None and not implicit_tls:
+                share.release()
+            if session is not None and session.account:
+                self.gate.on_logout(ip, session.account)
 
 
 class _Splice(asyncio.Protocol):
@@ -457,8 +476,10 @@ class _Session:
     shutting_down: bytes    # said to a client not yet handed over when the edge drains
 
     def __init__(self, proxy: AccessProxy, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 ip: str, implicit_tls: bool) -> None:
+                 ip: str, implicit_tls: bool, share: GateShare | None = None) -> None:
         self.proxy, self.reader, self.writer, self.ip = proxy, reader, writer, ip
+        self.share = share          # the address's session at the gate, until login
+        self.account = ""           # logged in as (its session at the gate is the account's)
         self.tls_active = implicit_tls
         self.deadline = time.monotonic() + proxy.settings.access_login_timeout
         self.proxying = False
@@ -539,6 +560,9 @@ class _Session:
                 if not login.ok:
                     core.login_failed(self.refusal_code(login.code), login.reply)
                     continue
+                self.account = login.account
+                if self.share is not None:
+                    self.share.release()
                 await self.write(core.data_to_send())
                 await self.write(self.welcome(core, login.reply))
                 self.proxying = True
@@ -688,6 +712,6 @@ async def open_access(workload, runtime, gate: EdgeGate, counters: SharedCounter
             await serve(reader, writer, implicit)
 
         addresses[name] = await workload.listen(name, settings.host, port, handler, ssl=tls if implicit else None,
-                                                gate=gate if implicit else None,
+                                                gate=gate.for_clients() if implicit else None,
                                                 refuse=lambda writer, bye=bye: writer.write(bye), limit=limit)
     return addresses

@@ -55,7 +55,9 @@ from colony_edge.familiar import FamiliarClients, edge_familiar
 from colony_edge.login_cache import LoginCache, edge_login_cache
 from colony_edge.recipients import RecipientPolicy
 from colony_edge.security.gate import EdgeGate
-from colony_edge.smtp_policy import ACCEPT, AcceptedRecipient, BasePolicy, IncomingMessage, SmtpSession, Verdict, refuse
+from colony_edge.security.policy import GateAtConnect
+from colony_edge.smtp_policy import (ACCEPT, AcceptedRecipient, BasePolicy, IncomingMessage, PolicyChain, SmtpSession,
+                                     Verdict, refuse)
 
 log = logging.getLogger("colony.edge.submission")
 
@@ -352,10 +354,14 @@ async def open_submission(workload, runtime, acceptor: MailAcceptor, metrics, co
             hostname=hostname, spool_dir=settings.data_dir / "spool" / runtime.node_id / name,
             max_message_size=settings.smtp_max_message_size, max_recipients=settings.smtp_max_recipients,
             max_errors=settings.smtp_max_errors, timeout=settings.smtp_timeout, auth_mechanisms=("PLAIN", "LOGIN"),
-            auth_required=True, implicit_tls=implicit), policy, submit, metrics, workload.tracker, tls)
-        # 465: the edge gate before the handshake (a TLS client could read no SMTP refusal).
+            auth_required=True, implicit_tls=implicit),
+            PolicyChain([GateAtConnect(gate), policy]) if gate is not None and not implicit else policy,
+            submit, metrics, workload.tracker, tls)
+        # The edge gate at connect, without the block lists (mail users send from the networks
+        # they list): 587 in SMTP's words, 465 before the handshake (a TLS client could read no
+        # SMTP refusal).
         addresses[name] = await workload.listen(name, settings.host, port, server.handle,
                                                 refuse=lambda writer: writer.write(R.SHUTTING_DOWN.to_bytes()),
                                                 ssl=tls if implicit else None,
-                                                gate=gate if implicit else None)
+                                                gate=gate.for_clients() if gate is not None and implicit else None)
     return addresses

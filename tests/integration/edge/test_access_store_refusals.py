@@ -33,10 +33,16 @@ class _Finder:
 
 
 class _Gate:
-    async def on_connect(self, ip):
+    async def on_connect(self, ip, block_lists=True):
         return None
 
     def on_disconnect(self, ip):
+        pass
+
+    def on_login(self, ip, account):
+        return None
+
+    def on_logout(self, ip, account):
         pass
 
     def trusted(self, ip):
@@ -125,7 +131,7 @@ async def test_a_pop3_store_refusal_carries_its_code_once():
 
 
 class _RefusingGate(_Gate):
-    async def on_connect(self, ip):
+    async def on_connect(self, ip, block_lists=True):
         return Refusal(421, "4.7.0", "Too many connections from your address", "concurrency")
 
 

@@ -269,3 +269,50 @@ async def test_the_sending_rate_holds_across_two_edges(cluster, tmp_path, dns_se
     events = [json.loads((await js.get_msg(names.STREAM_AUDIT, s)).data)
               for s in range(info.state.first_seq, info.state.last_seq + 1)] if info.state.messages else []
     assert any(e.get("action") == "submission.throttled" and e.get("actor") == "dave@example.com" for e in events)
+
+
+async def test_the_gate_holds_at_connect_on_587_without_the_mxs_block_lists(cluster, tmp_path, dns_server, sink):
+    # 587 had no gate at connect at all: a denied network was greeted, and one address could
+    # hold any number of sessions for the SMTP timeout.  The block lists stay the MX's: they
+    # list the dynamic ranges mail users send from (Spamhaus's PBL), as Postfix's submission
+    # service, which asks none, knows.
+    dns_server.add("77.0.0.127.pbl.test. IN A 127.0.0.10")
+    sub = await start_edges(cluster, tmp_path, dns_server, sink, COLONY_EDGE_ALLOW_NETWORKS="",
+                            COLONY_EDGE_DENY_NETWORKS="127.0.0.66/32", COLONY_DNSBL_ZONES="pbl.test",
+                            COLONY_DNSBL_THRESHOLD="1", COLONY_EDGE_MAX_SESSIONS_PER_IP="3")
+
+    def greeting(port: int, source: str) -> int:
+        try:
+            with smtplib.SMTP("127.0.0.1", port, local_hostname="client.test", timeout=30,
+                              source_address=(source, 0)) as client:
+                return client.noop()[0]
+        except smtplib.SMTPConnectError as exc:
+            return exc.smtp_code
+
+    mx = int(sub.addresses[0]["smtp"].rpartition(":")[2])
+    assert await asyncio.to_thread(greeting, sub.port(0), "127.0.0.66") == 554
+    assert await asyncio.to_thread(greeting, mx, "127.0.0.77") == 554          # the MX asks the lists
+
+    def submit_from_listed_address():
+        with sub.client(0, source="127.0.0.77") as c:
+            c.login("bob@example.com", PASSWORD)
+            return c.sendmail("bob@example.com", ["carol@example.com"],
+                              message("Bob <bob@example.com>", "carol@example.com", "sub-pbl"))
+    assert await asyncio.to_thread(submit_from_listed_address) == {}
+
+    def sessions_from_one_address() -> list[int]:
+        held, codes = [], []
+        try:
+            for _ in range(4):
+                try:
+                    client = smtplib.SMTP("127.0.0.1", sub.port(0), local_hostname="client.test", timeout=30,
+                                          source_address=("127.0.0.78", 0))
+                    held.append(client)
+                    codes.append(220)
+                except smtplib.SMTPConnectError as exc:
+                    codes.append(exc.smtp_code)
+        finally:
+            for client in held:
+                client.close()
+        return codes
+    assert await asyncio.to_thread(sessions_from_one_address) == [220, 220, 220, 421]

@@ -22,6 +22,12 @@ class FakeGate:
     def trusted(self, ip: str) -> bool:
         return ip.startswith("127.")
 
+    def on_login(self, ip: str, account: str):
+        return None
+
+    def on_logout(self, ip: str, account: str) -> None:
+        pass
+
 
 async def test_failures_per_address_block_that_address_only():
     counters = FakeCounters()

@@ -10,6 +10,7 @@ from colony.contracts.cache import DirectoryIndex
 from colony.settings import Settings
 from colony_edge.access_proxy import AccessMetrics, AccessProxy, Login, LoginThrottle
 from colony_edge.login_cache import LoginCache
+from colony_edge.security.gate import EdgeGate
 
 OK = AuthCheckReply.granted("amy@acme.example", "acme.example", {"services": ["imap"]})
 WRONG = AuthCheckReply.refused(AuthFailure.INVALID)
@@ -186,7 +187,7 @@ class CountingThrottle(LoginThrottle):
 
 
 def _proxy(auth, throttle, cache) -> AccessProxy:
-    proxy = AccessProxy(Settings(), b"k" * 32, auth, None, throttle, None, None, None,
+    proxy = AccessProxy(Settings(), b"k" * 32, auth, None, throttle, EdgeGate(Settings(), None, None), None, None,
                         AccessMetrics(CollectorRegistry()), "edge.test", login_cache=cache)
 
     async def hand_off(proto, account, ip, finder=None):

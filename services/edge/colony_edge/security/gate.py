@@ -32,6 +32,7 @@ from colony_edge.security.networks import NetworkList, counting_unit
 log = logging.getLogger("colony.edge.gate")
 
 SESSIONS = "sessions"
+ACCOUNT_SESSIONS = "account-sessions"
 
 
 @dataclass(frozen=True)
@@ -97,9 +98,13 @@ class EdgeGate:
 
     # --- connection ----------------------------------------------------------------------
 
-    async def on_connect(self, ip: str) -> Refusal | None:
+    async def on_connect(self, ip: str, *, block_lists: bool = True) -> Refusal | None:
         """Call once per accepted connection; if it returns ``None`` call ``on_disconnect``
-        when the session ends (the session counts against the client's concurrency)."""
+        when the session ends (the session counts against the client's concurrency).
+        ``block_lists``: ask the DNS block lists -- for the MX only.  They list the networks
+        that should not send mail to MX hosts directly (Spamhaus ZEN includes the PBL: every
+        dynamic and residential range), which is where mail users read and submit their mail
+        from; Postfix's submission service and Dovecot ask no block list either."""
         if ip in self.deny:
             return self._refuse("connect", ip, Refusal(554, "5.7.1", "Access denied: your network is not allowed here",
                                                        "denied-network", close=True))
@@ -115,7 +120,7 @@ class EdgeGate:
                 self.counters.close(SESSIONS, unit)
                 return self._refuse("connect", ip, Refusal(
                     421, "4.7.0", "Too many concurrent sessions from your address", "concurrent-sessions", close=True))
-        if self.zones:
+        if self.zones and block_lists:
             listed = await dnsbl.check(self.resolver, ip, self.zones)
             for zone in listed.failed:
                 self.metrics.dnsbl_failures.labels(zone).inc()
@@ -131,6 +136,36 @@ class EdgeGate:
         if ip in self.deny or self.trusted(ip) or self.counters is None:
             return
         self.counters.close(SESSIONS, counting_unit(ip))
+
+    def for_clients(self) -> ClientGate:
+        """This gate as mail users' listeners ask it at connect (no block lists)."""
+        return ClientGate(self)
+
+    # --- login (IMAP, POP3) ----------------------------------------------------------------
+
+    def on_login(self, ip: str, account: str) -> Refusal | None:
+        """A client at ``ip`` logged in to ``account``.  Its session stops counting against
+        its address (the caller ends that share with ``on_disconnect``) and counts against the
+        account at that address instead (``edge_max_sessions_per_account_ip``); if it returns
+        ``None`` call ``on_logout`` when the session ends.  Why: the address limit bounds
+        what strangers can hold open, but a small company's mail users share one NAT address,
+        and each desktop client keeps several sessions (Thunderbird up to five, one per
+        folder it watches): ten people would have hit a limit of twenty by mid-morning.  Once
+        logged in, a session has an owner, which is what Dovecot limits
+        (``mail_max_userip_connections``)."""
+        if self.trusted(ip) or self.counters is None:
+            return None
+        subject = f"{account.lower()} {counting_unit(ip)}"
+        if self.counters.open(ACCOUNT_SESSIONS, subject) > self.settings.edge_max_sessions_per_account_ip:
+            self.counters.close(ACCOUNT_SESSIONS, subject)
+            return self._refuse("login", ip, Refusal(
+                421, "4.7.0", "Too many sessions of this account from your address", "account-sessions", close=True))
+        return None
+
+    def on_logout(self, ip: str, account: str) -> None:
+        if self.trusted(ip) or self.counters is None:
+            return
+        self.counters.close(ACCOUNT_SESSIONS, f"{account.lower()} {counting_unit(ip)}")
 
     # --- envelope ------------------------------------------------------------------------
 
@@ -198,3 +233,17 @@ class EdgeGate:
             log.info("quarantined mail from %s (%s): DMARC %s of %s", ip, mail_from, auth.dmarc_policy, auth.from_domain)
             return DataVerdict(auth, quarantine=True)
         return DataVerdict(auth)
+
+
+class ClientGate:
+    """``EdgeGate`` at connect for the listeners of mail users (IMAP, POP3, submission): the
+    deny list and the address's connection rate and sessions, without the block lists."""
+
+    def __init__(self, gate: EdgeGate) -> None:
+        self.gate = gate
+
+    async def on_connect(self, ip: str) -> Refusal | None:
+        return await self.gate.on_connect(ip, block_lists=False)
+
+    def on_disconnect(self, ip: str) -> None:
+        self.gate.on_disconnect(ip)

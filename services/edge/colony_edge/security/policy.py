@@ -40,13 +40,19 @@ def read_for_authentication(message: IncomingMessage, dkim_max: int) -> tuple[by
     return None, head[:end] if end >= 0 else head
 
 
-class EdgeSecurityPolicy(BasePolicy):
-    def __init__(self, gate: EdgeGate, dmarc_choice: Callable[[str], str | None] = lambda domain: None) -> None:
+class GateAtConnect(BasePolicy):
+    """The gate at connect, as mail users' SMTP (submission on 587) asks it: the deny list and
+    the address's connection rate and sessions, in SMTP's own words (``421``/``554``), without
+    the block lists (``EdgeGate.on_connect``).  Submission on 465 asks it at the listener,
+    before TLS."""
+
+    block_lists = False
+
+    def __init__(self, gate: EdgeGate) -> None:
         self.gate = gate
-        self.dmarc_choice = dmarc_choice   # a recipient domain's DMARC setting; None: the cluster default
 
     async def connect(self, session: SmtpSession) -> Verdict:
-        refusal = await self.gate.on_connect(session.peer_ip)
+        refusal = await self.gate.on_connect(session.peer_ip, block_lists=self.block_lists)
         if refusal is None:
             session.notes["gate_counted"] = True
         return _verdict(refusal)
@@ -54,6 +60,17 @@ class EdgeSecurityPolicy(BasePolicy):
     async def disconnect(self, session: SmtpSession) -> None:
         if session.notes.pop("gate_counted", False):
             self.gate.on_disconnect(session.peer_ip)
+
+
+class EdgeSecurityPolicy(GateAtConnect):
+    """The MX's: the gate at connect with the block lists, at MAIL and RCPT, and SPF, DKIM and
+    DMARC at end of data."""
+
+    block_lists = True
+
+    def __init__(self, gate: EdgeGate, dmarc_choice: Callable[[str], str | None] = lambda domain: None) -> None:
+        super().__init__(gate)
+        self.dmarc_choice = dmarc_choice   # a recipient domain's DMARC setting; None: the cluster default
 
     async def mail_from(self, session: SmtpSession, mail: E.MailFrom) -> Verdict:
         return _verdict(await self.gate.on_mail(session.peer_ip))
