@@ -95,21 +95,28 @@ async def test_sipsak_registers_with_digest_auth(farm, cluster):
     assert code != 0 and "All usrloc tests completed successful" not in out, out
 
 
+async def registered_phone(member: tuple[str, int], protocol):
+    """A UDP phone (``protocol``'s) registered as alice through ``member`` with sipp: (transport, phone)."""
+    transport, phone = await asyncio.get_running_loop().create_datagram_endpoint(protocol, local_addr=("127.0.0.1", 0))
+    host, port = member
+    code, out = await sipp(f"{host}:{port}", "-sf", str(SCENARIOS / "register.xml"), "-s", "alice",
+                           "-au", "alice", "-ap", PASSWORDS["alice"], "-key", "domain", DOMAIN,
+                           "-key", "contact_port", str(transport.get_extra_info("sockname")[1]),
+                           "-key", "expires", "300", "-i", "127.0.0.1", "-p", str(free_udp_port()))
+    if code != 0:
+        transport.close()
+    assert code == 0, out
+    return transport, phone
+
+
 @needs_sipp
 async def test_sipsak_sends_a_message_to_a_registered_phone_answering_the_farms_407(farm, cluster):
     # The phone (answers 200 to what reaches it) registers with sipp; sipsak sends bob's MESSAGE
     # to alice through the other member, answering the farm's 407 with bob's password.
     # (sipsak 0.9.8.1's own -M and -I modes crash before sending anything, upstream issue
     # #95: the MESSAGE is a file it sends, its "shoot" mode.)
-    loop = asyncio.get_running_loop()
-    transport, phone = await loop.create_datagram_endpoint(Phone, local_addr=("127.0.0.1", 0))
+    transport, phone = await registered_phone(farm[0], Phone)
     try:
-        host, port = farm[0]
-        code, out = await sipp(f"{host}:{port}", "-sf", str(SCENARIOS / "register.xml"), "-s", "alice",
-                               "-au", "alice", "-ap", PASSWORDS["alice"], "-key", "domain", DOMAIN,
-                               "-key", "contact_port", str(transport.get_extra_info("sockname")[1]),
-                               "-key", "expires", "300", "-i", "127.0.0.1", "-p", str(free_udp_port()))
-        assert code == 0, out
         message = cluster.workdir / "message.sip"
         message.write_bytes((f"MESSAGE sip:alice@{DOMAIN} SIP/2.0\r\nFrom: <sip:bob@{DOMAIN}>;tag=b1\r\n"
                              f"To: <sip:alice@{DOMAIN}>\r\nCall-ID: {uuid.uuid4().hex}@127.0.0.1\r\nCSeq: 1 MESSAGE\r\n"
@@ -142,15 +149,8 @@ async def test_a_message_sent_again_while_a_slow_phone_answers_reaches_it_once(f
     # taken for new requests: checked again they carried a replayed nonce count, the farm
     # answered 407, sipsak sent the MESSAGE once more with new credentials (a new CSeq), and
     # the phone showed its user the message twice.
-    loop = asyncio.get_running_loop()
-    transport, phone = await loop.create_datagram_endpoint(lambda: SlowPhone(2.5), local_addr=("127.0.0.1", 0))
+    transport, phone = await registered_phone(farm[0], lambda: SlowPhone(2.5))
     try:
-        host, port = farm[0]
-        code, out = await sipp(f"{host}:{port}", "-sf", str(SCENARIOS / "register.xml"), "-s", "alice",
-                               "-au", "alice", "-ap", PASSWORDS["alice"], "-key", "domain", DOMAIN,
-                               "-key", "contact_port", str(transport.get_extra_info("sockname")[1]),
-                               "-key", "expires", "300", "-i", "127.0.0.1", "-p", str(free_udp_port()))
-        assert code == 0, out
         sent = set()
         for n, member in enumerate(farm):   # the Call-ID's owner, or not: either member takes sipsak's packets
             message = cluster.workdir / f"slow-message-{n}.sip"
