@@ -6,6 +6,7 @@ by side on one machine (``--base-port``).  With the default base 2500::
     2587  submission (edge)        2565  SMTPS (edge)
     2543  IMAP (edge)              2593  IMAPS (edge)
     2510  POP3 (edge)              2595  POP3S (edge)
+    2580  autoconfig HTTP (edge: Thunderbird autoconfig, Outlook Autodiscover)
     2560  SIP UDP+TCP (sipfarm member #1; member #n: 2560 + 1000*(n-1), and so for every SIP port)
     2561  SIP over TLS            2562  SIP over WebSocket (ws)   2563  SIP over WSS
     2564  SIP inner relay (UDP, between farm members only)
@@ -70,6 +71,10 @@ class PortPlan:
     def submissions(self, edge_index: int) -> int:
         return self.base + 65 + EDGE_PORT_STRIDE * edge_index
 
+    def autoconfig(self, edge_index: int) -> int:
+        """The edge's HTTP listener for mail clients' autoconfiguration."""
+        return self.base + 80 + EDGE_PORT_STRIDE * edge_index
+
     def sip(self, member_index: int) -> int:
         """UDP and TCP SIP port of farm member #member_index+1 (its own block, as the edges)."""
         return self.base + 60 + EDGE_PORT_STRIDE * member_index
@@ -101,7 +106,7 @@ class PortPlan:
         ports += [(f"{what} edge #{i + 1}", port(i)) for i in range(edges)
                   for what, port in (("IMAP", self.imap), ("IMAPS", self.imaps), ("POP3", self.pop3),
                                      ("POP3S", self.pop3s), ("submission", self.submission),
-                                     ("submissions", self.submissions))]
+                                     ("submissions", self.submissions), ("autoconfig", self.autoconfig))]
         ports += [(f"{what} farm member #{i + 1}", port(i)) for i in range(sipfarms)
                   for what, port in (("SIP", self.sip), ("SIP TLS", self.sip_tls), ("SIP WS", self.sip_ws),
                                      ("SIP WSS", self.sip_wss), ("SIP inner relay", self.sip_inner))]

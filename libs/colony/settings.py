@@ -13,7 +13,7 @@ import socket
 import tomllib
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -171,6 +171,9 @@ class Settings(BaseSettings):
     imaps_port: int = Field(993, ge=0, le=65535, description="Edge IMAP port with implicit TLS.")
     pop3_port: int = Field(110, ge=0, le=65535, description="Edge POP3 port (STLS).")
     pop3s_port: int = Field(995, ge=0, le=65535, description="Edge POP3 port with implicit TLS.")
+    autoconfig_port: int = Field(80, ge=0, le=65535, description="Edge HTTP port answering mail clients' autoconfiguration (Thunderbird's /mail/config-v1.1.xml and /.well-known/autoconfig/..., Outlook's POST /autodiscover/autodiscover.xml) for hosted domains (0: any free port). `colony up` derives it from --base-port; compose publishes it on 80 and, through haproxy's TLS, on 443.")
+    autoconfig_host: str = Field("", description="Host name autoconfiguration answers tell mail clients to connect to for IMAP, POP3 and submission (the name the balancer and the TLS certificate have, e.g. mail.colony.example). Empty: advertised_host.")
+    autoconfig_ports: Literal["standard", "listeners"] = Field("standard", description="Ports autoconfiguration answers name: `standard` (993, 143, 995, 110, 465, 587: what the balancer publishes) or `listeners` (this edge's own listener ports, for edges reached without a balancer; `colony up` sets it). Either way only protocols this edge serves are named.")
     imap_inner_port: int = Field(0, ge=0, le=65535, description="Mail store's inner IMAP listener for sessions handed over by edges (0: any free port; edges find it in the node record). `colony up`: 2544 for the first store, +1000 for each further one.")
     pop3_inner_port: int = Field(0, ge=0, le=65535, description="Mail store's inner POP3 listener for sessions handed over by edges (0: any free port). `colony up`: 2511 for the first store, +1000 for each further one.")
     cluster_secret_file: Path | None = Field(None, description="File of random bytes (>= 16) shared by every edge and mail store: it signs the hand-off of an authenticated IMAP/POP3 session to a mail store. `colony up` makes one. Empty: client access (IMAP/POP3) is off.")

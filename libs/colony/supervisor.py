@@ -216,6 +216,9 @@ class Cluster:
                     env["COLONY_POP3S_PORT"] = str(self.plan.pop3s(edge_index))
                     env["COLONY_SUBMISSION_PORT"] = str(self.plan.submission(edge_index))
                     env["COLONY_SUBMISSIONS_PORT"] = str(self.plan.submissions(edge_index))
+                    env["COLONY_AUTOCONFIG_PORT"] = str(self.plan.autoconfig(edge_index))
+                    # No balancer in front: clients configured from its answers reach this edge's own ports.
+                    env.setdefault("COLONY_AUTOCONFIG_PORTS", "listeners")
                     edge_index += 1
                 if role == "sipfarm":
                     env["COLONY_SIP_PORT"] = str(self.plan.sip(sip_index))
@@ -272,6 +275,7 @@ class Cluster:
             "pop3s": [f"{self.host}:{self.plan.pop3s(i)}" for i in range(self.counts.get("edge", 0))],
             "submission": [f"{self.host}:{self.plan.submission(i)}" for i in range(self.counts.get("edge", 0))],
             "submissions": [f"{self.host}:{self.plan.submissions(i)}" for i in range(self.counts.get("edge", 0))],
+            "autoconfig": [f"http://{self.host}:{self.plan.autoconfig(i)}" for i in range(self.counts.get("edge", 0))],
             "sip": [f"{self.host}:{self.plan.sip(i)}" for i in range(self.counts.get("sipfarm", 0))],
             "sip_tls": [f"{self.host}:{self.plan.sip_tls(i)}" for i in range(self.counts.get("sipfarm", 0))],
             "sip_ws": [f"ws://{self.host}:{self.plan.sip_ws(i)}" for i in range(self.counts.get("sipfarm", 0))],

@@ -298,6 +298,8 @@ def _announce(cluster, stop, had_token: bool) -> None:
     for label, key in (("submission", "submission"), ("SMTPS", "submissions")):
         for address in info.get(key) or []:
             console.print(f"  {label + ':':<11} {address}" + ("   (STARTTLS, AUTH)" if key == "submission" else "   (TLS, AUTH)"))
+    for url in info.get("autoconfig") or []:
+        console.print(f"  autoconfig: {url}   (Thunderbird /mail/config-v1.1.xml, Outlook /autodiscover/autodiscover.xml)")
     for address in info.get("sip") or []:
         console.print(f"  SIP (UDP+TCP): {address}")
     for label, key in (("SIP (TLS)", "sip_tls"), ("SIP (WS)", "sip_ws"), ("SIP (WSS)", "sip_wss")):

@@ -204,7 +204,8 @@ class DirectoryIndex:
                                              intern(raw.get("home_region", "")), intern(raw.get("cos")),
                                              intern(raw.get("dmarc_enforcement")),
                                              intern(move.get("phase")) if moving else None,
-                                             intern(move.get("target", "")) if moving else "")
+                                             intern(move.get("target", "")) if moving else "",
+                                             str((raw.get("branding") or {}).get("display_name") or ""))
         elif kind == names.AGG_DOMAIN_ALIAS:
             self._domain_aliases[name] = intern(raw["domain"])
         elif kind == names.AGG_COS:

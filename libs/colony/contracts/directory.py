@@ -124,7 +124,8 @@ class DomainEntry(_Entry):
     def info(self) -> DomainInfo:
         moving = self.move is not None and self.move.phase not in ("done", "cancelled")
         return DomainInfo(self.name, self.state, self.home_region, self.cos, self.dmarc_enforcement,
-                          self.move.phase if moving else None, self.move.target if moving else "")
+                          self.move.phase if moving else None, self.move.target if moving else "",
+                          str(self.branding.get("display_name") or ""))
 
 
 class AccountEntry(_Entry):
@@ -222,6 +223,7 @@ class DomainInfo(NamedTuple):
     dmarc: str | None = None        # the domain's DMARC choice (enforce/quarantine/none); None: cluster default
     move_phase: str | None = None   # a move to another region under way: its phase (never "done"); None: not moving
     move_target: str = ""           # ... and the region it moves to
+    display_name: str = ""          # its branding's display name (mail clients' account wizards show it)
 
     @property
     def mail_region(self) -> str:

@@ -1,5 +1,6 @@
 """The edge's workload: the SMTP MX listener, its policy chain and the directory cache;
-submission (587/465, ``colony_edge.submission``) and the outbound queue (``colony_edge.outbound``).
+submission (587/465, ``colony_edge.submission``), the outbound queue (``colony_edge.outbound``)
+and mail clients' autoconfiguration over HTTP (``colony_edge.autoconfig``).
 
 Drain (``set_accepting(False)``) refuses new connections with 421 4.3.2 while sessions in
 progress finish; after ``drain_timeout`` the remaining ones get 421 and are closed.
@@ -19,6 +20,7 @@ from colony.proxy_listener import Balancers
 from colony.settings import Settings
 from colony.tlsfiles import configured, server_context
 from colony_edge.access_proxy import open_access
+from colony_edge.autoconfig import open_autoconfig
 from colony.queue import QueueRunner
 from colony_edge.acceptance import MailAcceptor, SmtpMetrics
 from colony_edge.expansion_reports import ExpansionReports
@@ -46,6 +48,7 @@ class EdgeWorkload(ConnectionWorkload):
         self.smtp: SmtpServer | None = None
         self.counters: SharedCounters | None = None
         self.outbound: QueueRunner | None = None   # the outbound queue (colony_edge.outbound)
+        self.autoconfig = None                     # its HTTP server (colony_edge.autoconfig)
         # Every client-facing listener (SMTP, submission, IMAP, POP3) takes the balancers' header.
         self.balancers = Balancers.parse(settings.proxy_protocol_from)
         self.proxy_header_timeout = settings.proxy_protocol_timeout
@@ -90,6 +93,9 @@ class EdgeWorkload(ConnectionWorkload):
                                     refuse=lambda writer: writer.write(R.SHUTTING_DOWN.to_bytes()))
         listeners = {"smtp": address, **await open_access(self, runtime, gate, self.counters, hostname)}
         listeners.update(await open_submission(self, runtime, acceptor, metrics, self.counters, tls, hostname, srs, gate))
+        # Last: its answers name the listeners just opened (and only those).
+        self.autoconfig, listeners["autoconfig"] = await open_autoconfig(settings, self.directory,
+                                                                         runtime.metrics.registry, dict(listeners))
         self.outbound = await start_outbound(runtime, settings, hostname, srs)
         return listeners
 
@@ -102,6 +108,8 @@ class EdgeWorkload(ConnectionWorkload):
         return super().active_work() + (self.outbound.active_work() if self.outbound is not None else 0)
 
     async def close_resources(self) -> None:
+        if self.autoconfig is not None:
+            await self.autoconfig.stop()
         if self.outbound is not None:
             await self.outbound.stop()
         if self.counters is not None:
