@@ -13,6 +13,11 @@ environment variable (``docker inspect``) or on a command line (``ps``):
   certificate for the names ``admin-api`` and ``admin-balancer`` (``server.pem`` /
   ``server.key``; ``admin-api.pem`` is both in one file, for haproxy): the admin API is
   reached over TLS on the management network only, and the balancer reaches it over TLS;
+* ``public-tls/``: the certificate the public balancer serves HTTPS (443: mail clients'
+  autoconfiguration) with, ``public.pem`` (chain and key in one file, for haproxy).  Made
+  from a throwaway CA for ``autoconfig`` and ``autodiscover`` so haproxy starts; mail clients
+  trust none of it: replace it with certificates for ``autoconfig.<domain>`` and
+  ``autodiscover.<domain>`` of the hosted domains (a running deployment keeps the file);
 * ``bootstrap/``: where the one-shot ``admin-bootstrap`` job writes the first system-admin
   token (``admin.token``), for the operator to read on the host;
 * the bus identities and TLS of ``colony bus init`` (``infra/nats/secrets/``).
@@ -33,10 +38,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from colony.bus.secrets import BusFiles, _make_certificates, init_bus
+from colony.pki import CertificateFiles, make_ca_and_certificate
 from colony.pki import write_file as _write
 
 NATS_HOSTS = ["nats-1", "nats-2", "nats-3"]
 ADMIN_HOSTS = ["admin-api", "admin-balancer"]
+PUBLIC_TLS_HOSTS = ["autoconfig", "autodiscover"]   # placeholders; see the module docstring
 
 
 @dataclass(frozen=True)
@@ -49,6 +56,7 @@ class DeployFiles:
     admin_pem: Path
     bootstrap_dir: Path
     bus: BusFiles
+    public_pem: Path | None = None
 
     @property
     def token_file(self) -> Path:
@@ -102,6 +110,16 @@ def init_deploy(directory: Path, bus_directory: Path, *, admin_hosts: list[str] 
         # The admin API (uid 10001) serves HTTPS with the same certificate.
         os.chown(admin.key, *colony_owner)
 
+    public = directory / "public-tls"
+    public.mkdir(exist_ok=True)
+    os.chmod(public, 0o700)
+    public_pem = public / "public.pem"
+    if not public_pem.exists():
+        placeholder = CertificateFiles(public / "ca.pem", public / "server.pem", public / "server.key", public / "ca.key")
+        make_ca_and_certificate(placeholder, ca_name="Colony placeholder CA (replace)", hosts=PUBLIC_TLS_HOSTS)
+        # haproxy (uid 99) reads it inside the closed directory, as admin-api.pem
+        _write(public_pem, placeholder.cert.read_bytes() + placeholder.key.read_bytes(), 0o644)
+
     bootstrap = directory / "bootstrap"
     bootstrap.mkdir(exist_ok=True)
     os.chmod(bootstrap, 0o700)
@@ -113,4 +131,4 @@ def init_deploy(directory: Path, bus_directory: Path, *, admin_hosts: list[str] 
         for identity in bus.identities.values():
             if identity.role != "operator":  # the operator's seed stays with whoever ran this
                 os.chown(identity.seed_file, *colony_owner)
-    return DeployFiles(directory, pg, url, grafana, admin.ca, combined, bootstrap, bus)
+    return DeployFiles(directory, pg, url, grafana, admin.ca, combined, bootstrap, bus, public_pem)

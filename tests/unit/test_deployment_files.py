@@ -222,12 +222,13 @@ def haproxy_sections() -> dict[tuple[str, str], list[str]]:
     return sections
 
 
-def haproxy_forwarding() -> dict[int, tuple[str, int, list[str]]]:
-    """Bound port -> (service, service port, backend lines) for every TCP frontend."""
+def haproxy_forwarding(http: bool = False) -> dict[int, tuple[str, int, list[str]]]:
+    """Bound port -> (service, service port, backend lines) for every TCP frontend (``http``:
+    for every HTTP one instead)."""
     sections = haproxy_sections()
     forwarding = {}
     for (kind, _name), lines in sections.items():
-        if kind != "frontend":
+        if kind != "frontend" or ("mode http" in lines) != http:
             continue
         binds = [int(m.group(1)) for line in lines if (m := re.match(r"bind\s+\S*:(\d+)", line))]
         backends = [line.split()[1] for line in lines if line.startswith("default_backend")]
@@ -604,6 +605,25 @@ def test_haproxy_forwards_every_edge_port_to_the_edges():
     assert f"port {edge_ops_port}" in text and "GET /readyz" in text
 
 
+def test_haproxy_serves_autoconfiguration_over_http_and_https_to_the_edges_autoconfig_port():
+    forwarding = haproxy_forwarding(http=True)
+    autoconfig_port = Settings.model_fields["autoconfig_port"].default
+    assert "COLONY_AUTOCONFIG_PORT" not in environment(SERVICES["edge"])   # the default, as for 25/587/...
+    assert set(forwarding) == {80, 443}
+    for port, (service, target, backend) in forwarding.items():
+        assert (service, target) == ("edge", autoconfig_port), f"port {port} goes to {service}:{target}"
+        assert "mode http" in backend and any(line.startswith("server-template") for line in backend)
+        # uvicorn reads no PROXY header: one would be taken for a malformed request
+        assert not any("send-proxy" in line for line in backend)
+    [frontend] = [lines for (kind, _), lines in haproxy_sections().items()
+                  if kind == "frontend" and any(re.match(r"bind\s+\S*:443\b", line) for line in lines)]
+    assert any(re.match(r"bind\s+\S*:443\s+ssl\s+crt\s+/run/secrets/public-tls.pem", line) for line in frontend)
+    assert "option forwardfor" in frontend
+    tcp = {int(p["published"]) for p in published_ports(SERVICES["haproxy"]) if p["protocol"] == "tcp"}
+    assert {80, 443} <= tcp
+    assert {"source": "public-tls", "target": "/run/secrets/public-tls.pem"} in SERVICES["haproxy"]["secrets"]
+
+
 def test_haproxy_sends_the_proxy_protocol_from_the_address_the_services_trust():
     # send-proxy-v2 and proxy_protocol_from change together: a header the services do not
     # expect is protocol garbage, and a header they expect but do not get closes the connection.
@@ -672,7 +692,8 @@ def test_haproxy_accepts_the_config(config, tmp_path):
     files = _deploy_secrets(tmp_path)
     checked = tmp_path / config.name
     checked.write_text(config.read_text().replace("/run/secrets/admin-tls.pem", str(files.admin_pem))
-                       .replace("/run/secrets/admin-ca.pem", str(files.admin_ca)))
+                       .replace("/run/secrets/admin-ca.pem", str(files.admin_ca))
+                       .replace("/run/secrets/public-tls.pem", str(files.public_pem)))
     result = subprocess.run([haproxy, "-c", "-f", str(checked)], capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stdout + result.stderr
 
