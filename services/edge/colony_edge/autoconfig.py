@@ -10,7 +10,8 @@ One small HTTP server per edge (``autoconfig_port``; uvicorn through
 The answers name ``autoconfig_host`` (else advertised_host) and either the standard ports or
 this edge's own listener ports (``autoconfig_ports``), for the listeners this edge has open.
 A request about a domain not hosted here is 404; before the directory cache has loaded,
-503 with Retry-After (a domain may merely not be in yet).  Thunderbird's paths and anything
+503 with Retry-After (a domain may merely not be in yet); on an edge without a TLS
+certificate, 503 (nothing may be offered: passwords would cross in the clear).  Thunderbird's paths and anything
 else answer errors as RFC 7807 problem+json (clientConfig has no error document);
 Autodiscover answers its own error document.  An Autodiscover body is read up to
 ``AUTODISCOVER_MAX_BODY`` octets and refused (413) past it, by its Content-Length before
@@ -52,7 +53,7 @@ class AutoconfigMetrics:
         self.requests = Counter(
             "colony_edge_autoconfig_requests",
             "Mail client autoconfiguration requests, by kind (thunderbird, autodiscover, other) and result "
-            "(served, unknown_domain, bad_request, schema, too_large, not_loaded, method, not_found).",
+            "(served, unknown_domain, bad_request, schema, too_large, not_loaded, no_tls, method, not_found).",
             ["kind", "result"], registry=registry)
 
 
@@ -60,8 +61,12 @@ class _BodyTooLarge(Exception):
     pass
 
 
-def advertised_settings(settings: Settings, listeners: dict[str, str]) -> ClientSettings:
-    """What answers name: ``listeners`` is the edge's open listeners (name -> host:port)."""
+def advertised_settings(settings: Settings, listeners: dict[str, str], tls: bool = True) -> ClientSettings:
+    """What answers name: ``listeners`` is the edge's open listeners (name -> host:port).
+    Without TLS nothing: IMAP and POP3 then listen without STARTTLS, and a client told to
+    send its password in the clear would have been told wrong."""
+    if not tls:
+        listeners = {}
     host = settings.autoconfig_host or settings.advertised_host
     if settings.autoconfig_ports == "listeners":
         ports = {name: int(address.rpartition(":")[2]) for name, address in listeners.items()}
@@ -115,6 +120,9 @@ class AutoconfigApp:
         if request.method not in ("GET", "HEAD"):
             self._count("thunderbird", "method", request.method)
             return _problem(405, "GET only", {"Allow": "GET, HEAD"})
+        if not self.client_settings.servers:
+            self._count("thunderbird", "no_tls")
+            return _problem(503, "this edge has no TLS certificate: no client settings to offer")
         candidates = domain_of(request.query_params.get("emailaddress"), request.headers.get("host"))
         if not candidates:
             self._count("thunderbird", "bad_request")
@@ -150,6 +158,8 @@ class AutoconfigApp:
                 # As Exchange: the request was understood; the schema it wants is not served.
                 return error(200, "schema", refused.code, refused.message)
             return error(400, "bad_request", refused.code, refused.message)
+        if not self.client_settings.servers:
+            return error(503, "no_tls", ERROR_INVALID_REQUEST, "this edge has no TLS certificate: no client settings to offer")
         if hosted_domain(self.directory, parsed.domain) is None:
             if not self.directory.loaded.is_set():
                 return error(503, "not_loaded", ERROR_INVALID_REQUEST, "the directory is still loading",
@@ -161,9 +171,12 @@ class AutoconfigApp:
 
 
 async def open_autoconfig(settings: Settings, directory: DirectoryCache, registry: CollectorRegistry,
-                          listeners: dict[str, str]) -> tuple[EmbeddedHttpServer, str]:
+                          listeners: dict[str, str], tls: bool) -> tuple[EmbeddedHttpServer, str]:
     """Start the listener; returns the server (the workload stops it) and its address."""
-    app = AutoconfigApp(directory, advertised_settings(settings, listeners), AutoconfigMetrics(registry))
+    client_settings = advertised_settings(settings, listeners, tls)
+    if not client_settings.servers:
+        log.warning("no TLS certificate: autoconfiguration has no client settings to offer (answers 503)")
+    app = AutoconfigApp(directory, client_settings, AutoconfigMetrics(registry))
     server = EmbeddedHttpServer(app.app(), settings.host, settings.autoconfig_port)
     port = await server.start()
     return server, f"{settings.advertised_host}:{port}"

@@ -95,7 +95,8 @@ class EdgeWorkload(ConnectionWorkload):
         listeners.update(await open_submission(self, runtime, acceptor, metrics, self.counters, tls, hostname, srs, gate))
         # Last: its answers name the listeners just opened (and only those).
         self.autoconfig, listeners["autoconfig"] = await open_autoconfig(settings, self.directory,
-                                                                         runtime.metrics.registry, dict(listeners))
+                                                                         runtime.metrics.registry, dict(listeners),
+                                                                         tls is not None)
         self.outbound = await start_outbound(runtime, settings, hostname, srs)
         return listeners
 

@@ -39,9 +39,9 @@ class Directory(DirectoryIndex):
             {"kind": "domain_alias", "name": "acme-mail.example", "domain": "acme.example"}).encode())
 
 
-def client(loaded: bool = True, **settings) -> tuple[httpx.AsyncClient, CollectorRegistry]:
+def client(loaded: bool = True, tls: bool = True, **settings) -> tuple[httpx.AsyncClient, CollectorRegistry]:
     registry = CollectorRegistry()
-    app = AutoconfigApp(Directory(loaded), advertised_settings(Settings(**settings), LISTENERS),
+    app = AutoconfigApp(Directory(loaded), advertised_settings(Settings(**settings), LISTENERS, tls),
                         AutoconfigMetrics(registry))
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app.app()), base_url="http://autoconfig.acme.example"), registry
 
@@ -135,3 +135,12 @@ async def test_other_paths_are_404_problem_json():
     other = await http.get("/etc/passwd")
     assert other.status_code == 404 and other.headers["content-type"] == "application/problem+json"
     assert count(registry, "other", "not_found") == 1
+
+
+async def test_an_edge_without_tls_offers_nothing_rather_than_passwords_in_the_clear():
+    http, registry = client(tls=False)
+    thunderbird = await http.get("/mail/config-v1.1.xml", params={"emailaddress": "a@acme.example"})
+    assert thunderbird.status_code == 503 and thunderbird.headers["content-type"] == "application/problem+json"
+    outlook = await http.post("/autodiscover/autodiscover.xml", content=autodiscover_body("a@acme.example"))
+    assert outlook.status_code == 503 and b"<ErrorCode>600</ErrorCode>" in outlook.content
+    assert count(registry, "thunderbird", "no_tls") == 1 and count(registry, "autodiscover", "no_tls") == 1
