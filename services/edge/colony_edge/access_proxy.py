@@ -563,8 +563,16 @@ class _Session:
                 self.account = login.account
                 if self.share is not None:
                     self.share.release()
-                await self.write(core.data_to_send())
-                await self.write(self.welcome(core, login.reply))
+                try:
+                    await self.write(core.data_to_send())
+                    await self.write(self.welcome(core, login.reply))
+                except BaseException:
+                    # The client's connection was lost while the store took the login: the
+                    # store's session ends now.  Left to the writer's finalizer, it would wait
+                    # for the last reference to go -- the traceback of this very exception
+                    # holds one -- with the account's session open on the store.
+                    login.upstream[1].close()
+                    raise
                 self.proxying = True
                 await self.proxy.pipe(self.reader, self.writer, login.upstream, core.leftover())
                 return

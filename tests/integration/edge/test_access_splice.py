@@ -2,14 +2,18 @@
 real sockets on 127.0.0.1, client -> edge -> store: bytes either side had already sent go
 first and in order, data far larger than any buffer arrives whole both ways (plain and
 TLS), a client that does not read holds the store back rather than filling the edge's
-memory, and whichever side closes closes the other and ends the edge's handler."""
+memory, and whichever side closes closes the other and ends the edge's handler -- also when
+the client's connection is lost while the store is taking the login."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import hashlib
+import socket
 import ssl
+import struct
+import warnings
 
 import pytest
 
@@ -159,3 +163,33 @@ async def test_a_client_gone_before_the_splice_ends_the_session_at_once():
 
 async def _async(value):
     return value
+
+
+@pytest.mark.parametrize("use_tls", [False, True])
+async def test_a_client_lost_while_the_store_takes_its_login_has_the_store_session_closed(loopback_tls, use_tls):
+    # Lost rather than half-closed (a reset; over TLS a close_notify, at which asyncio closes):
+    # the edge cannot write the store's OK to the client.  It must close the store's connection
+    # itself, not leave it to the writer's finalizer (asyncio's "unclosed StreamWriter"), which
+    # runs only once nothing refers to the session any more -- a logged traceback, a reference
+    # cycle -- while the store holds the account's session open.
+    server_tls, client_tls = loopback_tls if use_tls else (None, None)
+    release = asyncio.Event()
+    store = _Store(release)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always", ResourceWarning)
+        async with _edge(store, server_tls) as (port, handlers, readers):
+            reader, writer = await _login(port, client_tls)
+            await writer.drain()
+            if use_tls:
+                writer.close()
+            else:
+                sock = writer.get_extra_info("socket")
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                writer.transport.abort()        # an RST, not a FIN
+            await wait_until(lambda: _async(bool(readers) and (readers[0].at_eof() or readers[0].exception() is not None)),
+                             10, "the edge to see the client gone")
+            release.set()       # the store takes the login only now
+            await asyncio.wait_for(store.closed.wait(), 10)
+            await asyncio.wait_for(asyncio.gather(*handlers, return_exceptions=True), 10)
+    unclosed = [str(w.message) for w in seen if "unclosed <StreamWriter" in str(w.message)]
+    assert not unclosed, unclosed
