@@ -1,0 +1,238 @@
+"""Vacation auto-replies ("out of office"): whether a stored message is answered, and the answer.
+
+Theory of operation
+-------------------
+Pure: ``decide(message headers, settings, remembered senders, now)`` returns a ``Reply`` (the
+whole message to send from the null sender) or a ``Suppressed`` naming the rule that
+withheld it.  The mail store that owns the account calls it after the message is fsynced in
+the mailbox, keeps ``RepliedSenders`` beside the account, and publishes the reply the way it
+publishes delivery reports.  The rules, in the order they are checked (each one's reason is a
+metric label):
+
+* ``period``: outside the configured start/end (UTC), or not enabled;
+* ``null_sender`` / ``system_sender``: the envelope sender is empty, or a mailer or a list's
+  robot (``MAILER-DAEMON``, ``LISTSERV``, ``majordomo``, ``owner-*``, ``*-request``,
+  ``*-owner``, ``*-bounces``), or one of the user's own addresses (RFC 3834 §2, RFC 5230 §4.5);
+* ``unreadable``: a header section that does not end within ``HEADER_LIMIT`` bytes (what
+  lies past it -- a ``List-Id`` -- is not read, so nothing is answered);
+* ``auto_submitted``: an ``Auto-Submitted`` field other than ``no`` (RFC 3834 §5);
+* ``precedence``: ``Precedence: bulk``, ``list`` or ``junk``;
+* ``list``: ``List-Id`` or any other ``List-*`` field (RFC 2369, RFC 2919);
+* ``junk``: the store filed the message as Junk (the DMARC quarantine);
+* ``not_addressed``: none of the user's addresses is in ``To``, ``Cc``, ``Bcc`` or their
+  ``Resent-`` forms -- the implicit address check of RFC 5230 §4.5: mail that reached the
+  user through a list or a blind copy is not answered;
+* ``already_replied``: the sender was answered within ``days`` (RFC 5230 §4.1).
+
+Hostile input: only the header section is read, at most ``HEADER_LIMIT`` bytes of it; a
+field that does not parse counts as absent (never as a reason to answer something odd:
+the address check then finds nobody and nothing is sent).  What goes into the reply
+(subject, Message-ID) is stripped of line breaks and bounded, so a sender cannot add fields
+to it.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import re
+import secrets
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from email.header import decode_header, make_header
+from email.message import EmailMessage
+from email.parser import BytesHeaderParser
+from email.policy import SMTP, compat32
+
+HEADER_LIMIT = 64 * 1024        # bytes of the original's header section read, at most
+SUBJECT_MAX = 200               # characters of the original subject repeated in "Auto: ..."
+REFERENCES_KEPT = 10            # message ids of the original's References carried on
+MESSAGE_ID_MAX = 250
+REMEMBERED_SENDERS = 1000       # senders remembered per account; the oldest reply is forgotten first
+
+REASONS = ("period", "null_sender", "system_sender", "unreadable", "auto_submitted", "precedence", "list", "junk",
+           "not_addressed", "already_replied")
+
+_SYSTEM_LOCALS = frozenset({"mailer-daemon", "listserv", "majordomo", "postmaster", "noreply", "no-reply"})
+_SYSTEM_PREFIXES = ("owner-",)
+_SYSTEM_SUFFIXES = ("-request", "-owner", "-bounces", "-bounce")
+_RECIPIENT_FIELDS = ("to", "cc", "bcc", "resent-to", "resent-cc", "resent-bcc")
+_BULK = frozenset({"bulk", "list", "junk"})
+_MSGID = re.compile(r"<[^<>\s]{1,%d}>" % (MESSAGE_ID_MAX - 2))
+
+
+@dataclass(frozen=True)
+class VacationSettings:
+    """The account's settings (the directory's ``vacation``, validated by the admin API)."""
+
+    body: str
+    subject: str | None = None
+    start: datetime | None = None
+    end: datetime | None = None
+    days: int = 7
+    addresses: tuple[str, ...] = ()     # the user's other addresses (aliases it receives mail at)
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class Reply:
+    recipient: str      # the envelope sender answered (also the reply's To)
+    message: bytes      # the whole reply, CRLF line ends, to send with MAIL FROM:<>
+
+
+@dataclass(frozen=True)
+class Suppressed:
+    reason: str         # one of REASONS
+
+
+class RepliedSenders:
+    """Senders answered and when: at most ``limit``, the one answered longest ago forgotten
+    first.  Wire form (the store's ``vacation.replied`` file)::
+
+        {"senders": [["bob@remote.test", "2026-11-27T14:00:00+00:00"], ...]}   (oldest first)
+    """
+
+    def __init__(self, limit: int = REMEMBERED_SENDERS) -> None:
+        self.limit = limit
+        self._at: OrderedDict[str, datetime] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._at)
+
+    def last(self, sender: str) -> datetime | None:
+        return self._at.get(sender.lower())
+
+    def note(self, sender: str, at: datetime) -> None:
+        key = sender.lower()
+        self._at.pop(key, None)
+        self._at[key] = at
+        while len(self._at) > self.limit:
+            self._at.popitem(last=False)
+
+    def to_json(self) -> dict:
+        return {"senders": [[s, at.isoformat()] for s, at in self._at.items()]}
+
+    @classmethod
+    def from_json(cls, data: dict, limit: int = REMEMBERED_SENDERS) -> RepliedSenders:
+        out = cls(limit)
+        for sender, at in data.get("senders", [])[-limit:]:
+            out._at[str(sender).lower()] = datetime.fromisoformat(at)
+        return out
+
+
+@dataclass
+class Original:
+    """What the rules read of the original message."""
+
+    fields: dict[str, list[str]] = field(default_factory=dict)   # lower-case name -> values
+    complete: bool = True     # the header section ended within HEADER_LIMIT
+
+    def first(self, name: str) -> str | None:
+        values = self.fields.get(name)
+        return values[0] if values else None
+
+
+def read_headers(message: bytes) -> Original:
+    """The header section's fields, at most ``HEADER_LIMIT`` bytes of them; values unfolded."""
+    head = message[:HEADER_LIMIT]
+    ends = [end for end in (head.find(b"\r\n\r\n"), head.find(b"\n\n")) if end >= 0]
+    if ends:
+        head = head[:min(ends) + 2]
+    complete = bool(ends) or len(message) <= HEADER_LIMIT
+    parsed = BytesHeaderParser(policy=compat32).parsebytes(head)
+    out: dict[str, list[str]] = {}
+    for name, value in parsed.items():
+        out.setdefault(name.lower(), []).append(_unfold(value))
+    return Original(out, complete)
+
+
+def _unfold(value) -> str:
+    text = value if isinstance(value, str) else str(value)   # compat32: Header for undecodable bytes
+    return re.sub(r"[\r\n]+[ \t]*", " ", text).strip()
+
+
+def decide(*, account: str, settings: VacationSettings, mail_from: str, message: bytes, now: datetime,
+           replied: RepliedSenders, special_use: str | None = None, display_name: str = "") -> Reply | Suppressed:
+    """Answer ``message`` (received by ``account`` from envelope sender ``mail_from``) or say why not.
+    ``now`` is timezone-aware UTC.  Does not change ``replied``: the caller notes the reply
+    once it is durable."""
+    if not settings.enabled or (settings.start is not None and now < settings.start) \
+            or (settings.end is not None and now >= settings.end):
+        return Suppressed("period")
+    sender = mail_from.strip()
+    if not sender:
+        return Suppressed("null_sender")
+    own = {a.lower() for a in (account, *settings.addresses)}
+    if _system_sender(sender) or sender.lower() in own:
+        return Suppressed("system_sender")
+    original = read_headers(message)
+    if not original.complete:
+        return Suppressed("unreadable")
+    auto = original.first("auto-submitted")
+    if auto is not None and auto.split(";", 1)[0].strip().lower() != "no":
+        return Suppressed("auto_submitted")
+    if any(v.strip().lower() in _BULK for v in original.fields.get("precedence", ())):
+        return Suppressed("precedence")
+    if any(name.startswith("list-") for name in original.fields):
+        return Suppressed("list")
+    if special_use == "\\Junk":
+        return Suppressed("junk")
+    if not own & _addressed(original):
+        return Suppressed("not_addressed")
+    last = replied.last(sender)
+    if last is not None and now - last < timedelta(days=settings.days):
+        return Suppressed("already_replied")
+    return Reply(sender, build_reply(account, display_name, sender, settings, original, now))
+
+
+def _system_sender(sender: str) -> bool:
+    local = sender.rpartition("@")[0].lower() if "@" in sender else sender.lower()
+    return (local in _SYSTEM_LOCALS or local.startswith(_SYSTEM_PREFIXES) or local.endswith(_SYSTEM_SUFFIXES))
+
+
+def _addressed(original: Original) -> set[str]:
+    values = [v for name in _RECIPIENT_FIELDS for v in original.fields.get(name, ())]
+    try:
+        return {addr.lower() for _, addr in email.utils.getaddresses(values) if "@" in addr}
+    except Exception:   # a field the address parser cannot take: nobody addressed, nothing sent
+        return set()
+
+
+def build_reply(account: str, display_name: str, recipient: str, settings: VacationSettings,
+                original: Original, now: datetime) -> bytes:
+    """The reply (RFC 3834 §3, RFC 5230 §5): from the account, to the envelope sender,
+    ``Auto-Submitted: auto-replied``, threaded to the original, text/plain UTF-8."""
+    domain = account.rpartition("@")[2]
+    msg = EmailMessage(policy=SMTP)
+    msg["From"] = email.utils.formataddr((_one_line(display_name)[:100], account)) if display_name else account
+    msg["To"] = recipient
+    msg["Subject"] = _one_line(settings.subject) if settings.subject else f"Auto: {_original_subject(original)}"
+    msg["Date"] = email.utils.format_datetime(now)
+    msg["Message-ID"] = f"<vacation.{secrets.token_hex(12)}@{domain}>"
+    message_id = _message_id(original.first("message-id"))
+    if message_id is not None:
+        msg["In-Reply-To"] = message_id
+        earlier = _MSGID.findall(original.first("references") or "")[-REFERENCES_KEPT:]
+        msg["References"] = " ".join([*earlier, message_id])
+    msg["Auto-Submitted"] = "auto-replied"
+    msg.set_content(settings.body, charset="utf-8", cte="quoted-printable")
+    return msg.as_bytes()
+
+
+def _original_subject(original: Original) -> str:
+    raw = original.first("subject") or ""
+    try:
+        text = str(make_header(decode_header(raw)))   # RFC 2047 words decoded, re-encoded on output
+    except Exception:
+        text = raw
+    text = _one_line(text)
+    return text[:SUBJECT_MAX] if text else "(no subject)"
+
+
+def _one_line(text: str) -> str:
+    return " ".join("".join(c if c.isprintable() else " " for c in text).split())
+
+
+def _message_id(value: str | None) -> str | None:
+    found = _MSGID.search(value or "")
+    return found.group(0) if found else None

@@ -1,0 +1,185 @@
+"""Vacation auto-replies, the sans-IO rules (RFC 3834 §2-§3, RFC 5230 §4-§5): who is answered,
+who is not and why, what the answer looks like, and hostile headers that must neither crash
+the rules nor inject fields into the reply."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from colony.outbound.vacation import (
+    REMEMBERED_SENDERS,
+    RepliedSenders,
+    Reply,
+    Suppressed,
+    VacationSettings,
+    decide,
+)
+
+T0 = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+ALICE = "alice@acme.example"
+AWAY = VacationSettings(body="Back on Monday.\nUrgent: bob@acme.example", days=7, addresses=("sales@acme.example",))
+
+
+def message(*fields: str, body: str = "hello") -> bytes:
+    head = fields or ("To: Alice <alice@acme.example>",)
+    return ("\r\n".join(["From: Carol <carol@remote.test>", "Subject: lunch?", "Message-ID: <m1@remote.test>",
+                         *head]) + f"\r\n\r\n{body}\r\n").encode()
+
+
+def run(msg: bytes | None = None, *, sender="carol@remote.test", vacation=AWAY, now=T0, replied=None,
+        special_use=None, display_name="Alice Liddell"):
+    return decide(account=ALICE, settings=vacation, mail_from=sender, message=msg if msg is not None else message(),
+                  now=now, replied=replied if replied is not None else RepliedSenders(), special_use=special_use,
+                  display_name=display_name)
+
+
+def reply_of(outcome) -> email.message.EmailMessage:
+    assert isinstance(outcome, Reply), outcome
+    return email.message_from_bytes(outcome.message, policy=email.policy.default)
+
+
+def test_a_plain_message_to_the_user_is_answered_as_rfc_3834_says():
+    outcome = run(message("To: Alice <alice@acme.example>", "References: <r0@x.test> <r1@x.test>"))
+    reply = reply_of(outcome)
+    assert outcome.recipient == "carol@remote.test" and reply["To"] == "carol@remote.test"
+    assert reply["From"].addresses[0].addr_spec == ALICE and reply["From"].addresses[0].display_name == "Alice Liddell"
+    assert reply["Subject"] == "Auto: lunch?"
+    assert reply["In-Reply-To"] == "<m1@remote.test>"
+    assert reply["References"] == "<r0@x.test> <r1@x.test> <m1@remote.test>"
+    assert reply["Auto-Submitted"] == "auto-replied"
+    assert reply["Message-ID"].endswith("@acme.example>") and reply["Message-ID"] != "<m1@remote.test>"
+    assert reply["Date"].datetime == T0
+    assert reply.get_content_type() == "text/plain" and reply.get_content_charset() == "utf-8"
+    assert reply.get_content().replace("\r\n", "\n") == "Back on Monday.\nUrgent: bob@acme.example\n"
+    assert b"\r\n" in outcome.message and b"\n" not in outcome.message.replace(b"\r\n", b"")
+
+
+def test_the_configured_subject_and_a_non_ascii_original_subject_are_rfc_2047_encoded():
+    raw = b"To: alice@acme.example\r\nSubject: =?utf-8?q?R=C3=A9union_=E2=80=94_demain?=\r\n\r\nx\r\n"
+    reply = reply_of(run(raw))
+    assert reply["Subject"] == "Auto: Réunion — demain"
+    raw = reply_of(run(vacation=VacationSettings(body="x", subject="Abwesend – zurück am 3.")))
+    assert raw["Subject"] == "Abwesend – zurück am 3."
+    head = run(vacation=VacationSettings(body="x", subject="Abwesend – zurück")).message.split(b"\r\n\r\n")[0]
+    assert head.isascii() and b"=?utf-8?" in head
+
+
+@pytest.mark.parametrize("sender", ["", "MAILER-DAEMON@remote.test", "owner-list@remote.test",
+                                    "list-request@remote.test", "LISTSERV@remote.test", "news-bounces@remote.test",
+                                    "alice@acme.example", "Sales@acme.example"])
+def test_no_reply_to_the_null_sender_robots_or_the_users_own_addresses(sender):
+    assert isinstance(run(sender=sender), Suppressed)
+    assert run(sender=sender).reason in ("null_sender", "system_sender")
+
+
+@pytest.mark.parametrize("field,reason", [
+    ("Auto-Submitted: auto-replied", "auto_submitted"),
+    ("Auto-Submitted: auto-generated; owner-email=x@y", "auto_submitted"),
+    ("auto-submitted:   Auto-Notified", "auto_submitted"),
+    ("Precedence: bulk", "precedence"),
+    ("Precedence: LIST", "precedence"),
+    ("Precedence: junk", "precedence"),
+    ("List-Id: Team <team.remote.test>", "list"),
+    ("List-Unsubscribe: <mailto:leave@remote.test>", "list"),
+    ("List-Post: <mailto:team@remote.test>", "list"),
+])
+def test_no_reply_to_automatic_bulk_or_list_mail(field, reason):
+    assert run(message("To: alice@acme.example", field)) == Suppressed(reason)
+
+
+def test_auto_submitted_no_is_a_person_and_is_answered():
+    assert isinstance(run(message("To: alice@acme.example", "Auto-Submitted: no")), Reply)
+    assert isinstance(run(message("To: alice@acme.example", "Precedence: first-class")), Reply)
+
+
+def test_no_reply_to_mail_filed_as_junk():
+    assert run(special_use="\\Junk") == Suppressed("junk")
+
+
+@pytest.mark.parametrize("fields,answered", [
+    (("To: team@remote.test",), False),                                   # a list, or a Bcc
+    (("To: team@remote.test", "Cc: ALICE@Acme.Example"), True),
+    (("To: team@remote.test", "Bcc: alice@acme.example"), True),
+    (("To: =?utf-8?q?Sales?= <sales@acme.example>",), True),             # one of the extra addresses
+    (("Resent-To: alice@acme.example",), True),
+    (("To: \"alice@acme.example\" <someone@remote.test>",), False),        # a display name is not an address
+    ((), False),
+])
+def test_only_mail_that_names_one_of_the_users_addresses_is_answered(fields, answered):
+    msg = ("\r\n".join(["From: carol@remote.test", "Subject: hi", *fields]) + "\r\n\r\nx\r\n").encode()
+    outcome = run(msg)
+    assert isinstance(outcome, Reply) if answered else outcome == Suppressed("not_addressed")
+
+
+def test_one_reply_per_sender_within_days_then_again():
+    replied = RepliedSenders()
+    assert isinstance(run(replied=replied), Reply)
+    replied.note("Carol@Remote.test", T0)
+    assert run(replied=replied, now=T0 + timedelta(days=6, hours=23)) == Suppressed("already_replied")
+    assert isinstance(run(replied=replied, sender="dave@remote.test", now=T0 + timedelta(hours=1)), Reply)
+    assert isinstance(run(replied=replied, now=T0 + timedelta(days=7)), Reply)
+    one_day = VacationSettings(body="x", days=1)
+    assert isinstance(run(replied=replied, vacation=one_day, now=T0 + timedelta(days=1)), Reply)
+
+
+def test_outside_start_and_end_or_disabled_nothing_is_sent():
+    window = VacationSettings(body="x", start=T0, end=T0 + timedelta(days=3))
+    assert run(vacation=window, now=T0 - timedelta(seconds=1)) == Suppressed("period")
+    assert isinstance(run(vacation=window, now=T0), Reply)
+    assert run(vacation=window, now=T0 + timedelta(days=3)) == Suppressed("period")
+    assert run(vacation=VacationSettings(body="x", enabled=False)) == Suppressed("period")
+
+
+def test_remembered_senders_are_bounded_and_survive_their_wire_form():
+    replied = RepliedSenders(limit=3)
+    for n in range(5):
+        replied.note(f"s{n}@remote.test", T0 + timedelta(minutes=n))
+    replied.note("s2@remote.test", T0 + timedelta(hours=1))        # answered again: now the newest
+    again = RepliedSenders.from_json(replied.to_json(), limit=3)
+    assert len(again) == 3 and again.last("s1@remote.test") is None
+    assert [s for s, _ in again.to_json()["senders"]] == ["s3@remote.test", "s4@remote.test", "s2@remote.test"]
+    assert again.last("S2@remote.test") == T0 + timedelta(hours=1)
+    assert RepliedSenders().limit == REMEMBERED_SENDERS
+
+
+# --- hostile headers ----------------------------------------------------------------------------
+
+header_text = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=300)
+
+
+@settings(max_examples=300, deadline=None)
+@given(subject=header_text, message_id=header_text, references=header_text, to=header_text, extra=header_text)
+def test_hostile_headers_never_crash_the_rules_or_add_fields_to_the_reply(subject, message_id, references, to, extra):
+    raw = (f"From: carol@remote.test\r\nTo: {to}\r\nCc: alice@acme.example\r\nSubject: {subject}\r\n"
+           f"Message-ID: {message_id}\r\nReferences: {references}\r\nX-Extra: {extra}\r\n\r\nbody\r\n"
+           ).encode("utf-8", "surrogateescape")
+    outcome = run(raw)
+    if isinstance(outcome, Suppressed):      # a CR/LF in a value may have made a field of its own
+        assert outcome.reason in ("auto_submitted", "precedence", "list", "not_addressed")
+        return
+    head = outcome.message.split(b"\r\n\r\n", 1)[0]
+    assert head.isascii()
+    names = [line.split(b":", 1)[0].lower() for line in head.split(b"\r\n") if line[:1] not in (b" ", b"\t")]
+    assert sorted(names) == sorted([b"from", b"to", b"subject", b"date", b"message-id", b"auto-submitted",
+                                    b"content-type", b"content-transfer-encoding", b"mime-version",
+                                    *([b"in-reply-to", b"references"] if b"in-reply-to" in names else [])])
+    assert all(len(line) <= 998 for line in outcome.message.split(b"\r\n"))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=4000))
+def test_any_bytes_as_a_message_get_an_answer_or_a_reason(raw):
+    outcome = run(b"Cc: alice@acme.example\r\n" + raw)
+    assert isinstance(outcome, (Reply, Suppressed))
+
+
+def test_a_header_section_past_its_limit_is_not_read_to_the_end_and_not_answered():
+    raw = b"To: alice@acme.example\r\n" + b"X-Pad: " + b"a" * 10_000_000 + b"\r\nList-Id: <late.remote.test>\r\n\r\nx"
+    assert run(raw) == Suppressed("unreadable")     # the List-Id lies past what is read
+    assert isinstance(run(b"To: alice@acme.example\r\n\r\n" + b"a" * 10_000_000), Reply)  # a large body is fine
