@@ -509,6 +509,8 @@ class SipWorkload:
         # The UDP branches this member forked and put on the wire itself, each entrusted to
         # the Call-ID's next owner, which cancels it should this member die (entrusted_branches.py).
         self._entrustments = Entrustments(FORK_LIFETIME)
+        # Forkers gone by their heartbeat alone, by node key: when first found so (_dead).
+        self._gone_since: dict[str, float] = {}
         self.listeners: dict[str, str] = {}               # ours, as our node record names them
         self._suspect: dict[str, float] = {}             # node id -> monotonic time to trust again
         self._answered_at: dict[str, float] = {}         # node id -> when it last answered a hand-over
@@ -632,13 +634,48 @@ class SipWorkload:
         self._cancel_orphaned_forks()
 
     def _cancel_orphaned_forks(self) -> None:
-        """INVITEs ringing on this member's connections whose forking member is gone are
-        cancelled (``_cancel_forks_of``).  Called with ``_fail_lost_branches``."""
+        """INVITEs ringing on this member's connections whose forking member is gone -- dead,
+        not paused (``_dead``) -- are cancelled (``_cancel_forks_of``).  Called with
+        ``_fail_lost_branches``."""
         me = names.node_key(self._runtime.node_id)
         forkers = self._forkers.union(self.farm.entrusted.forkers())
-        for forker in [f for f in forkers if f != me and self._gone(f)]:
-            self._forkers.discard(forker)
-            self._cancel_forks_of(forker)
+        gone = [f for f in forkers if f != me and self._gone(f)]
+        for forker in [f for f in self._gone_since if f not in gone]:
+            del self._gone_since[forker]          # back (its pause ended), or nothing of it left here
+        for forker in gone:
+            if self._dead(forker):
+                self._gone_since.pop(forker, None)
+                self._forkers.discard(forker)
+                self._cancel_forks_of(forker)
+
+    def _dead(self, forker: str) -> bool:
+        """Whether the forking member ``forker`` (a node key), which ``_gone`` says is gone, is
+        dead with its forks.  Its record deleted or STOPPED: yes.  Gone by its heartbeat alone
+        (FAILED, or stale) it may be paused -- SIGSTOP, a stalled VM, heartbeats that did not
+        reach the bus -- and rejoin with its forks: cancelled at once, its phones stopped ringing
+        while it could still gather their answers, and one that answered before its CANCEL came
+        was a call whose caller had heard 480.  So its inner listener is sent a signed datagram
+        that asks nothing (an empty ``E`` frame) every second: a process that died left no
+        socket on the port, and the ICMP port-unreachable comes back as ConnectionRefusedError
+        on the next send (an unreachable host as its own error).  Without one (paused, or ICMP
+        lost), 64*T1 after it was first found gone: a call outlives a pause that long."""
+        record = next((r for r in self._members.values() if names.node_key(r.id) == forker), None)
+        if record is None or record.state == NodeState.STOPPED:
+            return True
+        now = time.monotonic()
+        if now - self._gone_since.setdefault(forker, now) >= 64 * self.settings.sip_timer_t1:
+            return True
+        peer = self._inner_peers.get(record.id)
+        if peer is None or self._relay_key is None:
+            return True          # nothing to ask it over: its heartbeat's verdict
+        try:
+            probe = seal_entrusted(self._relay_key, Entrusted([]), record.id, self._runtime.node_id, self.inner_address)
+            self._inner_socket(peer).send(probe)
+        except (BlockingIOError, InterruptedError):
+            return False         # our send buffer is full: asked again in a second
+        except (OSError, ValueError):
+            return True          # refused (nothing on its port), its host unreachable
+        return False
 
     def _cancel_forks_of(self, forker: str) -> None:
         """The member ``forker`` (a node key) is gone, and the forks it kept with it: a phone on

@@ -12,6 +12,7 @@ import re
 import signal
 import urllib.request
 import uuid
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -380,6 +381,43 @@ async def test_a_udp_phone_the_dead_forker_sent_the_invite_to_itself_is_cancelle
         while not alice.inbox.queue.empty():
             late = parse_message(alice.inbox.queue.get_nowait())
             assert late.status == 480, late      # his 487 went no further
+    finally:
+        alice.close()
+        bob.close()
+
+
+async def test_a_udp_phone_ringing_for_a_forker_that_is_only_paused_is_not_cancelled_and_can_answer(pair, cluster):
+    """As above, but member 2 is SIGSTOPped while bob rings, past node_ttl, then resumes.  Member 1
+    sees its heartbeat go stale exactly as after a SIGKILL -- but its inner listener is still
+    bound (no ICMP port-unreachable comes back), so bob's INVITE is not cancelled: cancelled, his
+    phone stopped ringing for a call whose forker came back, and an answer just before the
+    CANCEL connected him to a caller who had heard 480.  Member 2 resumes; bob answers, alice
+    hears his 200."""
+    member_2 = sip_address(pair["sipfarm-2"])
+    bob, bob_in, _ = await register_udp(member_2, "bob")
+    alice = await Caller.open(member_2)
+    node = cluster.nodes["sipfarm-2"]
+    try:
+        await alice.call(call_id := a_call_id_owned_by("sipfarm-2"))
+        invite = parse_message(await asyncio.wait_for(bob_in.get(), 10))
+        assert invite.method == "INVITE" and invite.top_via().params.get("m") == names.node_key("sipfarm-2")
+        bob.sendto(ringing(invite), member_2)
+        assert (await alice.receive()).status == 180
+        node.signal(signal.SIGSTOP)
+        try:
+            async def stale():
+                beat = datetime.fromisoformat((await cluster.view())["sipfarm-2"].heartbeat_at)
+                return datetime.now(timezone.utc) - beat > timedelta(seconds=4)        # node_ttl 3 s, and a sweep
+            await wait_until(stale, 30, "member 2's heartbeat to go stale")
+            # Member 1 sweeps every second: three of them, and nothing reaches bob.
+            with pytest.raises(TimeoutError):
+                extra = parse_message(await asyncio.wait_for(bob_in.get(), 3))
+                raise AssertionError(f"bob got {extra}")
+        finally:
+            node.signal(signal.SIGCONT)
+        bob.sendto(answered(invite, 200, "OK"), member_2)
+        final = await alice.final(FINAL_WITHIN)
+        assert final.status == 200 and final.call_id == call_id, final
     finally:
         alice.close()
         bob.close()

@@ -11,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+from datetime import datetime, timedelta, timezone
 from types import SimpleNamespace
 
 import pytest
 from prometheus_client import CollectorRegistry
 
 from colony.bus import names
+from colony.cluster.membership import NodeRecord, NodeState
 from colony.protocols.sip.message import Headers, SipRequest, make_response
 from colony.protocols.sip.parser import parse_message
 from colony.settings import Settings
@@ -242,5 +244,110 @@ async def test_a_forker_that_stops_tells_what_was_answered_in_its_last_second(me
         await forking.stop()
         await _until(lambda: len(keeper.entrusted) == 0)
     finally:
+        keeping.inner.close()
+        keeping._close_inner_sockets()
+
+
+# --- a forker gone by its heartbeat alone may be paused, not dead ------------------------------
+
+def _record(node_id: str, state: NodeState = NodeState.READY, beat_ago: float = 0.0) -> NodeRecord:
+    now = datetime.now(timezone.utc)
+    return NodeRecord(id=node_id, role="sipfarm", state=state, host="h", pid=1, version="v",
+                      started_at=now - timedelta(hours=1), heartbeat_at=now - timedelta(seconds=beat_ago))
+
+
+async def _keeper_of_a_ringing_branch(keeper: SipFarm, sent: SipRequest, settings: Settings | None = None):
+    """The keeper's shell holding ``sent`` for sipfarm-2, whose inner listener is a socket nobody
+    reads (a process that is paused); what the keeper sends over UDP and fails with 430."""
+    keeping = await _shell("sipfarm-1", keeper)
+    keeping.settings = settings or Settings(node_ttl=5)
+    sent_out: list = []
+    failed: list = []
+    keeping.udp = SimpleNamespace(sendto=lambda data, addr: sent_out.append(parse_message(data)), close=lambda: None)
+    keeping._flow_failed = lambda data, destination: failed.append(destination)
+    paused = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    paused.bind(("127.0.0.1", 0))
+    keeping._inner_peers["sipfarm-2"] = (socket.AF_INET, paused.getsockname())
+    entrust(keeper, sent)
+    return keeping, paused, sent_out, failed
+
+
+def _cancels(sent_out: list) -> list:
+    return [m for m in sent_out if getattr(m, "method", None) == "CANCEL"]
+
+
+@pytest.mark.parametrize("verdict", [_record("sipfarm-2", NodeState.FAILED), _record("sipfarm-2", beat_ago=30)],
+                         ids=["failed", "heartbeat stale"])
+async def test_a_paused_forker_keeps_its_ringing_branches_and_a_dead_one_has_them_cancelled(members, verdict):
+    """The controller declares a member FAILED when its heartbeats stop for node_ttl -- a SIGKILL,
+    or a SIGSTOP, a stalled VM, a bus that did not take them.  A paused forker comes back with
+    its fork: cancelled meanwhile, bob's phone stopped ringing for a call that was still there,
+    and an answer just before the CANCEL connected bob to a caller who had heard 480.  Its
+    inner listener is asked: still bound (paused), its branches ring on; closed (the process
+    died), they are cancelled and fail with 430, once."""
+    forker, keeper, _, sent = members
+    keeping, paused, sent_out, failed = await _keeper_of_a_ringing_branch(keeper, sent)
+    try:
+        keeping._members = {"sipfarm-1": _record("sipfarm-1"), "sipfarm-2": verdict}
+        for _ in range(3):                    # three sweeps, a second apart in the member
+            keeping._fail_lost_branches()
+            await asyncio.sleep(0.05)
+        assert _cancels(sent_out) == [] and failed == [] and len(keeper.entrusted) == 1
+        # It was paused: back, beating, nothing was cancelled -- and its death later still is.
+        keeping._members["sipfarm-2"] = _record("sipfarm-2")
+        keeping._fail_lost_branches()
+        assert keeping._gone_since == {} and len(keeper.entrusted) == 1
+        keeping._members["sipfarm-2"] = verdict
+        paused.close()                        # SIGKILL: nobody has its port any more
+
+        def swept() -> bool:
+            keeping._fail_lost_branches()
+            return bool(failed)
+        await _until(swept)
+        [cancel] = _cancels(sent_out)
+        assert cancel.headers.get_all("Via") == [sent.headers.get("Via")] and failed == [BOB]
+        keeping._fail_lost_branches()
+        assert len(_cancels(sent_out)) == 1 and len(keeper.entrusted) == 0 and keeping._gone_since == {}
+    finally:
+        paused.close()
+        keeping.inner.close()
+        keeping._close_inner_sockets()
+
+
+async def test_a_forker_that_stopped_or_whose_record_is_gone_has_its_branches_cancelled_at_once(members):
+    forker, keeper, _, sent = members
+    keeping, paused, sent_out, failed = await _keeper_of_a_ringing_branch(keeper, sent)
+    try:
+        keeping._members = {"sipfarm-1": _record("sipfarm-1"), "sipfarm-2": _record("sipfarm-2", NodeState.STOPPED)}
+        keeping._fail_lost_branches()
+        assert len(_cancels(sent_out)) == 1 and failed == [BOB]
+        entrust(keeper, sent)
+        del keeping._members["sipfarm-2"]
+        keeping._fail_lost_branches()
+        assert len(_cancels(sent_out)) == 2 and failed == [BOB, BOB]
+    finally:
+        paused.close()
+        keeping.inner.close()
+        keeping._close_inner_sockets()
+
+
+async def test_a_forker_gone_by_its_heartbeat_that_never_refuses_has_its_branches_cancelled_after_64_t1(members):
+    """A host that is gone answers nothing at all (nor does a pause that lasts): its branches
+    are cancelled 64*T1 after it was first found gone."""
+    forker, keeper, _, sent = members
+    settings = Settings(node_ttl=5, sip_timer_t1=0.05)           # 64*T1 = 3.2 s
+    keeping, paused, sent_out, failed = await _keeper_of_a_ringing_branch(keeper, sent, settings)
+    try:
+        keeping._members = {"sipfarm-1": _record("sipfarm-1"), "sipfarm-2": _record("sipfarm-2", NodeState.FAILED)}
+        started = time.monotonic()
+
+        def swept() -> bool:
+            keeping._fail_lost_branches()
+            return bool(failed)
+        await _until(swept, timeout=10)
+        assert time.monotonic() - started >= 64 * settings.sip_timer_t1 - 0.1
+        assert len(_cancels(sent_out)) == 1 and failed == [BOB]
+    finally:
+        paused.close()
         keeping.inner.close()
         keeping._close_inner_sockets()
