@@ -344,10 +344,10 @@ class AccessProxy:
             except (asyncio.TimeoutError, asyncio.CancelledError):
                 client.abort()  # ...unless the client does not take it
 
-    async def _admit(self, writer: asyncio.StreamWriter, ip: str, refuse: Callable[[str], bytes]) -> bool:
+    async def _admit(self, writer: asyncio.StreamWriter, ip: str, refuse: Callable[[str, bool], bytes]) -> bool:
         refusal = await self.gate.on_connect(ip, block_lists=False)
         if refusal is not None:
-            writer.write(refuse(refusal.text))
+            writer.write(refuse(refusal.text, refusal.permanent))
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(writer.drain(), 5)
             return False
@@ -597,8 +597,9 @@ class _Session:
         raise NotImplementedError
 
     @staticmethod
-    def refusal(text: str) -> bytes:
-        """The greeting that turns a client away before the session begins (the gate's ``text``)."""
+    def refusal(text: str, permanent: bool) -> bytes:
+        """The greeting that turns a client away before the session begins (the gate's ``text``;
+        ``permanent``: a refusal that retrying will not change, a denied network)."""
         raise NotImplementedError
 
     def refusal_code(self, code: str) -> str:
@@ -616,8 +617,9 @@ class _Pop3Session(_Session):
     too_slow = b"-ERR Too slow to log in; closing\r\n"
 
     @staticmethod
-    def refusal(text: str) -> bytes:
-        return f"-ERR [SYS/TEMP] {text}\r\n".encode()
+    def refusal(text: str, permanent: bool) -> bytes:
+        # RFC 3206: SYS/PERM is "do not retry" (the MX says 554 to the same network).
+        return f"-ERR [{'SYS/PERM' if permanent else 'SYS/TEMP'}] {text}\r\n".encode()
     shutting_down = b"-ERR [SYS/TEMP] Server shutting down\r\n"
 
     def make_core(self) -> pop3.Pop3Server:
@@ -635,8 +637,9 @@ class _ImapSession(_Session):
     too_slow = b"* BYE Too slow to log in\r\n"
 
     @staticmethod
-    def refusal(text: str) -> bytes:
-        return f"* BYE [UNAVAILABLE] {text}\r\n".encode()
+    def refusal(text: str, permanent: bool) -> bytes:
+        # RFC 5530's UNAVAILABLE is a temporary failure of a subsystem, which a deny list is not.
+        return (f"* BYE {text}\r\n" if permanent else f"* BYE [UNAVAILABLE] {text}\r\n").encode()
     shutting_down = b"* BYE [UNAVAILABLE] Server shutting down\r\n"
 
     def make_core(self) -> imap.ImapPreauth:

@@ -189,6 +189,21 @@ async def test_before_login_each_protocol_speaks_its_own_words(proto, refused, t
     assert rest == [shutting_down]
 
 
+class _DenyingGate(_Gate):
+    async def on_connect(self, ip, block_lists=True):
+        return Refusal(554, "5.7.1", "Access denied: your network is not allowed here", "denied-network", close=True)
+
+
+@pytest.mark.parametrize("proto, refused", [
+    ("pop3", b"-ERR [SYS/PERM] Access denied: your network is not allowed here\r\n"),
+    ("imap", b"* BYE Access denied: your network is not allowed here\r\n"),
+])
+async def test_a_denied_network_is_told_it_is_no_temporary_failure(proto, refused):
+    # The SMTP side says 554; POP3's RFC 3206 has SYS/PERM for "do not retry", and IMAP's
+    # UNAVAILABLE (RFC 5530) is a temporary failure of a subsystem, which a deny list is not.
+    assert await _before_login(proto, gate=_DenyingGate()) == [refused]
+
+
 @pytest.mark.parametrize("proto, command", [("imap", b"a CAPABILITY\r\n"), ("pop3", b"CAPA\r\n")])
 async def test_a_client_that_never_reads_cannot_hold_a_session_before_login(proto, command):
     """A client pipelines commands before login and never reads the answers: once the
