@@ -13,11 +13,17 @@ environment variable (``docker inspect``) or on a command line (``ps``):
   certificate for the names ``admin-api`` and ``admin-balancer`` (``server.pem`` /
   ``server.key``; ``admin-api.pem`` is both in one file, for haproxy): the admin API is
   reached over TLS on the management network only, and the balancer reaches it over TLS;
-* ``public-tls/``: the certificate the public balancer serves HTTPS (443: mail clients'
-  autoconfiguration) with, ``public.pem`` (chain and key in one file, for haproxy).  Made
-  from a throwaway CA for ``autoconfig`` and ``autodiscover`` so haproxy starts; mail clients
-  trust none of it: replace it with certificates for ``autoconfig.<domain>`` and
-  ``autodiscover.<domain>`` of the hosted domains (a running deployment keeps the file);
+* ``public-tls/``: the certificate of everything the public reaches, ``public.pem`` (chain
+  and key in one file): the balancer's HTTPS (443: mail clients' autoconfiguration), and the
+  edges' and SIP farm's TLS (IMAPS, POP3S, SMTPS, every STARTTLS, SIP over TLS and WSS).  Made
+  from a throwaway CA for ``mail``, ``autoconfig`` and ``autodiscover`` so everything starts;
+  mail clients trust none of it: replace it with a certificate for the provider's mail host
+  and ``autoconfig.<domain>``/``autodiscover.<domain>`` of the hosted domains (a running
+  deployment keeps the file; ``tls_sni_dir`` serves a domain's own);
+* ``cluster-secret``: random bytes every edge, mail store and admin API share
+  (``COLONY_CLUSTER_SECRET_FILE``): it signs the edge's hand-off of an IMAP or POP3 session to
+  the mail store, keys SRS for forwarded mail and the monitor page's feed -- without it the
+  edges open no IMAP or POP3 listener;
 * ``bootstrap/``: where the one-shot ``admin-bootstrap`` job writes the first system-admin
   token (``admin.token``), for the operator to read on the host;
 * the bus identities and TLS of ``colony bus init`` (``infra/nats/secrets/``).
@@ -43,7 +49,7 @@ from colony.pki import write_file as _write
 
 NATS_HOSTS = ["nats-1", "nats-2", "nats-3"]
 ADMIN_HOSTS = ["admin-api", "admin-balancer"]
-PUBLIC_TLS_HOSTS = ["autoconfig", "autodiscover"]   # placeholders; see the module docstring
+PUBLIC_TLS_HOSTS = ["mail", "autoconfig", "autodiscover"]   # placeholders; see the module docstring
 
 
 @dataclass(frozen=True)
@@ -57,6 +63,7 @@ class DeployFiles:
     bootstrap_dir: Path
     bus: BusFiles
     public_pem: Path | None = None
+    cluster_secret: Path | None = None
 
     @property
     def token_file(self) -> Path:
@@ -64,7 +71,10 @@ class DeployFiles:
 
     def secret_values(self) -> list[str]:
         """Every generated secret's text, for checks that none leaks anywhere."""
-        return [self.postgres_password.read_text().strip(), self.grafana_password.read_text().strip()]
+        values = [self.postgres_password.read_text().strip(), self.grafana_password.read_text().strip()]
+        if self.cluster_secret is not None:
+            values.append(self.cluster_secret.read_text().strip())
+        return values
 
 
 def _secret_file(path: Path, text: str, mode: int, owner: tuple[int, int] | None) -> None:
@@ -94,6 +104,8 @@ def init_deploy(directory: Path, bus_directory: Path, *, admin_hosts: list[str] 
     _secret_file(url, f"postgresql+psycopg://colony:{password}@postgres:5432/colony\n", 0o600, colony_owner)
     grafana = directory / "grafana-admin-password"
     _secret_file(grafana, secrets.token_urlsafe(18) + "\n", 0o644, None)
+    cluster_secret = directory / "cluster-secret"
+    _secret_file(cluster_secret, secrets.token_urlsafe(48) + "\n", 0o600, colony_owner)
 
     tls = directory / "admin-tls"
     tls.mkdir(exist_ok=True)
@@ -117,7 +129,8 @@ def init_deploy(directory: Path, bus_directory: Path, *, admin_hosts: list[str] 
     if not public_pem.exists():
         placeholder = CertificateFiles(public / "ca.pem", public / "server.pem", public / "server.key", public / "ca.key")
         make_ca_and_certificate(placeholder, ca_name="Colony placeholder CA (replace)", hosts=PUBLIC_TLS_HOSTS)
-        # haproxy (uid 99) reads it inside the closed directory, as admin-api.pem
+        # haproxy (uid 99) and the edges and farm members (uid 10001) read it inside the
+        # closed directory, as admin-api.pem
         _write(public_pem, placeholder.cert.read_bytes() + placeholder.key.read_bytes(), 0o644)
 
     bootstrap = directory / "bootstrap"
@@ -131,4 +144,4 @@ def init_deploy(directory: Path, bus_directory: Path, *, admin_hosts: list[str] 
         for identity in bus.identities.values():
             if identity.role != "operator":  # the operator's seed stays with whoever ran this
                 os.chown(identity.seed_file, *colony_owner)
-    return DeployFiles(directory, pg, url, grafana, admin.ca, combined, bootstrap, bus, public_pem)
+    return DeployFiles(directory, pg, url, grafana, admin.ca, combined, bootstrap, bus, public_pem, cluster_secret)

@@ -605,6 +605,52 @@ def test_haproxy_forwards_every_edge_port_to_the_edges():
     assert f"port {edge_ops_port}" in text and "GET /readyz" in text
 
 
+def secret_targets(service: dict) -> set[str]:
+    """Where a service's Docker secrets appear (/run/secrets/<source> unless a target is given)."""
+    out = set()
+    for entry in service.get("secrets") or []:
+        if isinstance(entry, dict):
+            target = entry.get("target") or entry["source"]
+            out.add(target if target.startswith("/") else f"/run/secrets/{target}")
+        else:
+            out.add(f"/run/secrets/{entry}")
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(COLONY_SERVICES))
+def test_every_secret_file_a_service_names_is_mounted_in_it(name):
+    svc = SERVICES[name]
+    for key, value in environment(svc).items():
+        if value.startswith("/run/secrets/"):
+            assert value in secret_targets(svc), f"{name}: {key} names {value}, which is not among its secrets"
+
+
+def test_edges_and_stores_have_what_their_published_listeners_need(tmp_path):
+    """A listener opens only with its files: IMAP and POP3 need the cluster secret on every edge
+    and mail store (it signs the hand-off), and every TLS listener and STARTTLS a certificate
+    and key.  Without them haproxy published 143, 993, 110, 995, 587 and 465 to edges that
+    opened none of them.  The certificate is the public one haproxy serves too, and what
+    `colony deploy init` makes of it is a certificate and key Python's TLS takes."""
+    from colony.tlsfiles import server_context
+
+    edge, store = environment(SERVICES["edge"]), environment(SERVICES["mailstore"])
+    for env in (edge, store, environment(SERVICES["admin-api"])):
+        assert env.get("COLONY_CLUSTER_SECRET_FILE", "").startswith("/run/secrets/")
+    assert edge.get("COLONY_TLS_CERT_FILE", "").startswith("/run/secrets/")
+    assert edge.get("COLONY_TLS_KEY_FILE", "").startswith("/run/secrets/")
+    for port in (143, 993, 110, 995, 587, 465):
+        assert port in EDGE_PORTS
+    files = _deploy_secrets(tmp_path)
+    mounted = {spec.get("target") or f"/run/secrets/{spec['source']}": spec["source"]
+               for spec in SERVICES["edge"]["secrets"] if isinstance(spec, dict)}
+    source = COMPOSE["secrets"][mounted[edge["COLONY_TLS_CERT_FILE"]]]["file"]
+    pem = tmp_path / source.removeprefix("./")
+    assert pem == files.public_pem
+    server_context(pem, tmp_path / COMPOSE["secrets"][mounted[edge["COLONY_TLS_KEY_FILE"]]]["file"].removeprefix("./"))
+    secret_file = tmp_path / COMPOSE["secrets"]["cluster-secret"]["file"].removeprefix("./")
+    assert len(secret_file.read_bytes().strip()) >= 16
+
+
 def test_haproxy_serves_autoconfiguration_over_http_and_https_to_the_edges_autoconfig_port():
     forwarding = haproxy_forwarding(http=True)
     autoconfig_port = Settings.model_fields["autoconfig_port"].default
@@ -800,9 +846,9 @@ def test_deploy_init_generates_every_secret_compose_names(tmp_path):
     assert files.database_url.stat().st_mode & 0o077 == 0
     # Nothing generated is in the compose file; a second run keeps every value.
     text = COMPOSE_FILE.read_text()
-    values = files.secret_values() + [files.database_url.read_text().strip()]
-    assert all(len(v) >= 20 and v not in text for v in values[:2])
-    assert files.secret_values()[0] in values[2], "the database URL carries the database's password"
+    values = files.secret_values()
+    assert len(values) == 3 and all(len(v) >= 20 and v not in text for v in values)
+    assert values[0] in files.database_url.read_text(), "the database URL carries the database's password"
     again = _deploy_secrets(tmp_path)
     assert again.secret_values() == files.secret_values()
 
