@@ -455,6 +455,34 @@ def account_update(address: str, real_name: Annotated[Optional[str], typer.Optio
           as_json)
 
 
+@account_app.command("vacation")
+def account_vacation(address: str,
+                     body: Annotated[Optional[str], typer.Option(help="The reply's text")] = None,
+                     body_file: Annotated[Optional[Path], typer.Option(help="The reply's text from a UTF-8 file")] = None,
+                     subject: Annotated[Optional[str], typer.Option(help='Default: "Auto: <original subject>"')] = None,
+                     start: Annotated[Optional[str], typer.Option(help="UTC, e.g. 2026-12-24T00:00:00Z")] = None,
+                     end: Annotated[Optional[str], typer.Option(help="UTC; from then on nothing is answered")] = None,
+                     days: Annotated[int, typer.Option(help="Days before one sender is answered again")] = 7,
+                     also: Annotated[Optional[list[str]], typer.Option(
+                         help="Another address of the user's (an alias), repeatable")] = None,
+                     off: Annotated[bool, typer.Option(help="Remove the automatic reply")] = False,
+                     api: ApiOpt = None, token: TokenOpt = None, token_file: TokenFileOpt = None,
+                     data_dir: DataDirOpt = Path("colony-data"), as_json: JsonOpt = False) -> None:
+    """Set (or with --off remove) an account's automatic "out of office" reply:
+    colony account vacation alice@acme.example --body-file away.txt --end 2027-01-04T08:00:00Z."""
+    local, domain = _split(address)
+    if off:
+        vacation = None
+    else:
+        if (body is None) == (body_file is None):
+            _fail("give the reply's text: --body or --body-file (or --off to remove it)", 2)
+        text = body if body is not None else body_file.read_text(encoding="utf-8")
+        vacation = {k: v for k, v in {"body": text, "subject": subject, "start": start, "end": end, "days": days,
+                                      "addresses": also or []}.items() if v is not None}
+    _show(_api(api, token, token_file, data_dir).call("PATCH", f"/v1/domains/{domain}/accounts/{local}",
+                                                      json={"vacation": vacation}), as_json)
+
+
 @account_app.command("passwd")
 def account_passwd(address: str, password: Annotated[Optional[str], typer.Option()] = None,
                    api: ApiOpt = None, token: TokenOpt = None, token_file: TokenFileOpt = None,

@@ -48,7 +48,7 @@ from colony.bus import names
 from colony.bus.connection import unsubscribe_all
 from colony.bus.tokens import TokenError, from_token
 from colony.tasks import TaskOwner
-from colony.contracts.directory import AccountInfo, AliasInfo, DomainInfo
+from colony.contracts.directory import AccountInfo, AliasInfo, DomainInfo, VacationEntry
 from colony.contracts.recipients import Limits, Resolution, account_limits, resolve
 
 log = logging.getLogger("colony.contracts.cache")
@@ -58,6 +58,17 @@ _OPERATION = "KV-Operation"  # DEL or PURGE on a KV delete; absent on a put
 _STATUS = "Status"           # "100" on the server's control messages (flow control, heartbeats)
 _STALLED = "Nats-Consumer-Stalled"
 _LAST_CONSUMER = "Nats-Last-Consumer"
+
+
+def _vacation(raw: Any) -> VacationEntry | None:
+    """An account's automatic reply (rare: None, shared, for nearly every account); one that
+    does not parse is left out rather than the whole entry refused."""
+    if not raw:
+        return None
+    try:
+        return VacationEntry.model_validate(raw)
+    except ValueError:
+        return None
 
 
 def _name(token: str) -> str:
@@ -196,7 +207,8 @@ class DirectoryIndex:
             self._addresses[name] = AccountInfo(
                 name, sys.intern(raw.get("state", "active")), intern(raw.get("cos")), intern(raw.get("quota_bytes")),
                 intern(tuple(services)) if services is not None else None,
-                tuple(forwarding) if forwarding else (), bool(raw.get("forward_keep_copy", False)))
+                tuple(forwarding) if forwarding else (), bool(raw.get("forward_keep_copy", False)),
+                _vacation(raw.get("vacation")))
         elif kind == names.AGG_DOMAIN:
             move = raw.get("move") or {}
             moving = bool(move) and move.get("phase") not in ("done", "cancelled")

@@ -16,7 +16,11 @@ secrets, plus ``seq`` (the PROVISIONING sequence it reflects).  Wire formats::
     address.<token>       {"kind": "account", "address": "amy@acme.example", "domain": "acme.example",
                            "name": "amy", "real_name": "Amy", "cos": null, "quota_bytes": null,
                            "services": ["mail", "imap"] | null, "forwarding": ["amy@else.example"],
-                           "forward_keep_copy": false, "state": "active" | "disabled", "seq": 18}
+                           "forward_keep_copy": false, "state": "active" | "disabled",
+                           "vacation": {"enabled": true, "subject": "Away" | null, "body": "Back on the 3rd.",
+                                        "start": "<ISO 8601, UTC>" | null, "end": ... | null, "days": 7,
+                                        "addresses": ["sales@acme.example"]} | null (absent: none),
+                           "seq": 18}
                        or {"kind": "alias", "address": "team@acme.example", "domain": "acme.example",
                            "name": "team", "targets": ["amy@acme.example", "bob@else.example"], "seq": 19}
     domain_alias.<token>  {"kind": "domain_alias", "name": "acme-mail.example", "domain": "acme.example", "seq": 20}
@@ -30,7 +34,7 @@ secrets, plus ``seq`` (the PROVISIONING sequence it reflects).  Wire formats::
 
 Readers ignore fields they do not know (a newer writer may add some), so these models use
 ``extra="ignore"``; ``forward_keep_copy`` is optional (absent: false, forwarding replaces
-local delivery).
+local delivery), and so is ``vacation`` (absent or null: no automatic reply).
 
 Besides the wire models, this module defines the small immutable *views* the recipient
 resolver and ``DirectoryCache`` work with (``DomainInfo``, ``AccountInfo``, ``AliasInfo``):
@@ -59,6 +63,7 @@ when the page was the last.  ``DirectoryClient.domain_accounts`` pages through t
 
 from __future__ import annotations
 
+from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal, NamedTuple
 
@@ -128,6 +133,20 @@ class DomainEntry(_Entry):
                           str(self.branding.get("display_name") or ""))
 
 
+class VacationEntry(BaseModel):
+    """An account's automatic reply (the admin API's ``Vacation``, validated there)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    enabled: bool = True
+    subject: str | None = None
+    body: str = ""
+    start: datetime | None = None
+    end: datetime | None = None
+    days: int = Field(7, ge=1)
+    addresses: tuple[str, ...] = ()
+
+
 class AccountEntry(_Entry):
     kind: Literal["account"] = "account"
     address: str
@@ -139,12 +158,13 @@ class AccountEntry(_Entry):
     services: list[str] | None = None
     forwarding: list[str] = Field(default_factory=list)
     forward_keep_copy: bool = False
+    vacation: VacationEntry | None = None
     state: str = ACTIVE
 
     def info(self) -> AccountInfo:
         return AccountInfo(self.address, self.state, self.cos, self.quota_bytes,
                            tuple(self.services) if self.services is not None else None,
-                           tuple(self.forwarding), self.forward_keep_copy)
+                           tuple(self.forwarding), self.forward_keep_copy, self.vacation)
 
 
 class AliasEntry(_Entry):
@@ -240,6 +260,7 @@ class AccountInfo(NamedTuple):
     services: tuple[str, ...] | None  # None: whatever the class of service grants
     forwarding: tuple[str, ...]
     keep_copy: bool                   # forwarding also keeps a copy in this mailbox
+    vacation: VacationEntry | None = None   # the automatic reply (the owning mail store sends it)
 
 
 class AliasInfo(NamedTuple):

@@ -75,6 +75,7 @@ accounts = Table(
     Column("services", JSON, nullable=True),
     Column("forwarding", JSON, nullable=False),
     Column("forward_keep_copy", Boolean, nullable=False, default=False, server_default=false()),
+    Column("vacation", JSON, nullable=True),   # auto-reply settings (models.Vacation); NULL: none
     Column("state", String(16), nullable=False),
     Column("version", BigInteger, nullable=False),
     Index("ix_accounts_domain_name", "domain", "name", unique=True),

@@ -7,7 +7,7 @@ them) and the validated shapes the aggregates store in events (``model_dump``).
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Generic, TypeVar
 
@@ -304,6 +304,60 @@ def _one_password(model: Any) -> Any:
     return model
 
 
+VACATION_BODY_MAX = 16 * 1024   # bytes of UTF-8: the reply's text, sent once per sender and `days`
+VACATION_SUBJECT_MAX = 200
+
+
+def _one_line(value: str | None) -> str | None:
+    if value is not None and any(not c.isprintable() for c in value):
+        raise ValueError("must be one line of printable characters")
+    return value
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError("must carry its UTC offset (e.g. 2026-12-24T00:00:00Z)")
+    return value.astimezone(UTC)
+
+
+class Vacation(_Strict):
+    """An automatic reply ("out of office", RFC 3834 / RFC 5230 vacation) to mail this account
+    receives: at most one per sender every ``days``, never to lists, robots or auto-replies."""
+
+    enabled: bool = True
+    subject: Annotated[str | None, AfterValidator(_one_line)] = Field(
+        None, min_length=1, max_length=VACATION_SUBJECT_MAX,
+        description='The reply\'s Subject; none: "Auto: <the original subject>"')
+    body: str = Field(min_length=1, description=f"The reply's text (UTF-8, at most {VACATION_BODY_MAX} bytes)")
+    start: Annotated[datetime | None, AfterValidator(_utc)] = Field(
+        None, description="UTC; before it, nothing is answered")
+    end: Annotated[datetime | None, AfterValidator(_utc)] = Field(
+        None, description="UTC; from it on, nothing is answered")
+    days: int = Field(7, ge=1, le=365, description="Days before the same sender is answered again (RFC 5230 :days)")
+    addresses: list[Address] = Field(default_factory=list, max_length=20,
+                                     description="The user's other addresses (aliases): mail that names one of "
+                                                 "them, or the account, in To/Cc/Bcc is answered")
+
+    @field_validator("body")
+    @classmethod
+    def _bounded(cls, value: str) -> str:
+        try:
+            size = len(value.encode("utf-8"))
+        except UnicodeEncodeError:
+            raise ValueError("must be UTF-8 text") from None
+        if size > VACATION_BODY_MAX:
+            raise ValueError(f"is {size} bytes as UTF-8; at most {VACATION_BODY_MAX}")
+        return value
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Vacation:
+        if self.start is not None and self.end is not None and self.end <= self.start:
+            raise ValueError("end must come after start")
+        return self
+
+
 class AccountCreate(_Strict):
     name: LocalPart = Field(description="Local part; the address is name@domain")
     real_name: str = Field("", max_length=200)
@@ -326,7 +380,7 @@ class AccountCreate(_Strict):
 
 
 class AccountPatch(_Patch):
-    clearable: ClassVar[frozenset[str]] = frozenset({"cos", "quota_bytes", "services"})
+    clearable: ClassVar[frozenset[str]] = frozenset({"cos", "quota_bytes", "services", "vacation"})
 
     real_name: str | None = Field(None, max_length=200)
     password: str | None = Field(None, min_length=8, max_length=1024)
@@ -338,6 +392,7 @@ class AccountPatch(_Patch):
     services: list[Service] | None = None
     forwarding: list[Address] | None = Field(None, max_length=20)
     forward_keep_copy: bool | None = None
+    vacation: Vacation | None = Field(None, description="The automatic reply; null: none")
     state: AccountState | None = None
 
     _check = model_validator(mode="after")(_one_password)
@@ -353,6 +408,7 @@ class AccountOut(BaseModel):
     services: list[Service] | None
     forwarding: list[str]
     forward_keep_copy: bool
+    vacation: Vacation | None = None
     state: AccountState
     has_password: bool
     version: int

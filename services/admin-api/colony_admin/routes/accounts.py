@@ -39,7 +39,7 @@ def account_out(row: dict[str, Any], version: int | None = None) -> AccountOut:
     return AccountOut(address=row["address"], domain=row["domain"], name=row["name"], real_name=row["real_name"],
                       cos=row["cos"], quota_bytes=row["quota_bytes"], services=row["services"],
                       forwarding=row["forwarding"], forward_keep_copy=bool(row.get("forward_keep_copy")),
-                      state=row["state"], has_password=bool(row["password_hash"]),
+                      vacation=row.get("vacation"), state=row["state"], has_password=bool(row["password_hash"]),
                       version=version if version is not None else row["version"])
 
 
