@@ -93,6 +93,34 @@ def send_fatal_alerts() -> None:
     protocol._fatal_error = _fatal_error
 
 
+class _EofOverTlsRace(logging.Filter):
+    """Drops asyncio's "returning true from eof_received() has no effect when using ssl".
+
+    A listener that begins TLS itself (``StreamWriter.start_tls``: the implicit-TLS ports
+    after the edge gate, STARTTLS, the SIP farm) has a stream protocol that learns it is
+    over TLS only when ``start_tls`` returns.  A client whose last handshake flight carries
+    its close_notify too -- a TLS probe: monitoring's ``openssl s_client``, testssl.sh,
+    nmap's ssl scripts -- is closed before that, and the protocol, still thinking itself on
+    plain TCP, asks to stay half open: asyncio ignores the request and logs this warning,
+    once per probe.  Nothing is wrong (the connection closes as it should), and no protocol
+    of ours wants a half-open TLS connection, so the line goes."""
+
+    MESSAGE = "returning true from eof_received() has no effect when using ssl"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg != self.MESSAGE
+
+
+_eof_over_tls_race = _EofOverTlsRace()
+
+
+def quiet_eof_over_tls_race() -> None:
+    """Install ``_EofOverTlsRace`` on asyncio's logger; process-wide and idempotent."""
+    asyncio_log = logging.getLogger("asyncio")
+    if _eof_over_tls_race not in asyncio_log.filters:
+        asyncio_log.addFilter(_eof_over_tls_race)
+
+
 @dataclass(frozen=True)
 class TlsFiles:
     cert: Path
@@ -103,6 +131,7 @@ class TlsFiles:
 def server_context(cert: Path, key: Path) -> ssl.SSLContext:
     bound_tls_read_buffer()  # every TLS listener is built from this context
     send_fatal_alerts()
+    quiet_eof_over_tls_race()
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.set_ciphers(TLS12_CIPHERS)

@@ -7,6 +7,8 @@ while the gate thinks is the TLS layer's; a draining listener asks no gate."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import ssl
 
 import pytest
@@ -120,3 +122,35 @@ async def test_the_gate_is_asked_once_before_the_handshake_and_released_on_every
         assert "127.0.0.6" not in gate.asked and gate.open == 0
     finally:
         await workload.stop()
+
+
+async def test_a_client_that_closes_right_after_its_handshake_is_no_warning(contexts, caplog):
+    # A TLS probe (monitoring's openssl s_client, testssl.sh, nmap's ssl scripts) finishes its
+    # handshake and sends close_notify in the same flight.  The listener began TLS itself, so
+    # that close reaches the stream before start_tls has returned; it must not cost a WARNING
+    # line per probe in the log.
+    server_tls, client_tls = contexts
+    gate = Gate()
+    workload, port = await _listen(server_tls, gate, lambda reader, writer: reader.read())
+    try:
+        for _ in range(3):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+            tls = client_tls.wrap_bio(incoming, outgoing, server_hostname="localhost")
+            while True:
+                try:
+                    tls.do_handshake()
+                    break
+                except ssl.SSLWantReadError:
+                    writer.write(outgoing.read())
+                    incoming.write(await asyncio.wait_for(reader.read(65536), 5))
+            with contextlib.suppress(ssl.SSLWantReadError):
+                tls.unwrap()
+            writer.write(outgoing.read())      # the client's Finished and its close_notify at once
+            await asyncio.wait_for(reader.read(), 5)
+            writer.close()
+            await _released(gate)
+    finally:
+        await workload.stop()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not warnings, warnings
