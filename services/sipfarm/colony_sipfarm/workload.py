@@ -509,7 +509,7 @@ class SipWorkload:
         # The UDP branches this member forked and put on the wire itself, each entrusted to
         # the Call-ID's next owner, which cancels it should this member die (entrusted_branches.py).
         self._entrustments = Entrustments(FORK_LIFETIME)
-        # Forkers gone by their heartbeat alone, by node key: when first found so (_dead).
+        # Members gone by their heartbeat alone, by node key: when first found so (_dead).
         self._gone_since: dict[str, float] = {}
         self.listeners: dict[str, str] = {}               # ours, as our node record names them
         self._suspect: dict[str, float] = {}             # node id -> monotonic time to trust again
@@ -624,46 +624,46 @@ class SipWorkload:
         answer (``SipFarm.flows_lost_with``), handled like the phone's: the fork passes on
         the best answer once every branch has one, so the others still ring.  Called every
         second (a heartbeat goes stale by time, not by a write) and at once when a member's
-        record is deleted or says FAILED or STOPPED."""
+        record is deleted or says FAILED or STOPPED -- for a member gone by its heartbeat
+        alone, once it is dead, not paused (``_dead``)."""
         if self.farm is None or self._runtime is None:
             return
         me = names.node_key(self._runtime.node_id)
-        for member in self.farm.sent_invites.members():
-            if member != me and self._gone(member):
+        through = [m for m in self.farm.sent_invites.members() if m != me and self._gone(m)]
+        forkers = [f for f in self._forkers.union(self.farm.entrusted.forkers()) if f != me and self._gone(f)]
+        for member in [m for m in self._gone_since if m not in through and m not in forkers]:
+            del self._gone_since[member]          # back (its pause ended), or nothing of it left here
+        for member in through:
+            if self._dead(member):
                 self._fail_branches_through(member)
-        self._cancel_orphaned_forks()
+        self._cancel_orphaned_forks(forkers)
 
-    def _cancel_orphaned_forks(self) -> None:
-        """INVITEs ringing on this member's connections whose forking member is gone -- dead,
-        not paused (``_dead``) -- are cancelled (``_cancel_forks_of``).  Called with
-        ``_fail_lost_branches``."""
-        me = names.node_key(self._runtime.node_id)
-        forkers = self._forkers.union(self.farm.entrusted.forkers())
-        gone = [f for f in forkers if f != me and self._gone(f)]
-        for forker in [f for f in self._gone_since if f not in gone]:
-            del self._gone_since[forker]          # back (its pause ended), or nothing of it left here
+    def _cancel_orphaned_forks(self, gone: list[str]) -> None:
+        """INVITEs ringing on this member's connections, or put on the wire from here or
+        entrusted here, whose forking member is among ``gone`` -- dead, not paused (``_dead``)
+        -- are cancelled (``_cancel_forks_of``).  Called by ``_fail_lost_branches``."""
         for forker in gone:
             if self._dead(forker):
-                self._gone_since.pop(forker, None)
                 self._forkers.discard(forker)
                 self._cancel_forks_of(forker)
 
-    def _dead(self, forker: str) -> bool:
-        """Whether the forking member ``forker`` (a node key), which ``_gone`` says is gone, is
-        dead with its forks.  Its record deleted or STOPPED: yes.  Gone by its heartbeat alone
+    def _dead(self, member: str) -> bool:
+        """Whether ``member`` (a node key), which ``_gone`` says is gone, is dead with its forks
+        and connections.  Its record deleted or STOPPED: yes.  Gone by its heartbeat alone
         (FAILED, or stale) it may be paused -- SIGSTOP, a stalled VM, heartbeats that did not
-        reach the bus -- and rejoin with its forks: cancelled at once, its phones stopped ringing
-        while it could still gather their answers, and one that answered before its CANCEL came
-        was a call whose caller had heard 480.  So its inner listener is sent a signed datagram
-        that asks nothing (an empty ``E`` frame) every second: a process that died left no
-        socket on the port, and the ICMP port-unreachable comes back as ConnectionRefusedError
-        on the next send (an unreachable host as its own error).  Without one (paused, or ICMP
-        lost), 64*T1 after it was first found gone: a call outlives a pause that long."""
-        record = next((r for r in self._members.values() if names.node_key(r.id) == forker), None)
+        reach the bus -- and rejoin with its forks and its phones' connections: ended at once,
+        its calls stopped ringing while it could still carry their answers, and a phone that
+        answered before its CANCEL or 430 was a call whose caller had heard 480.  So its inner
+        listener is sent a signed datagram that asks nothing (an empty ``E`` frame) every
+        second: a process that died left no socket on the port, and the ICMP port-unreachable
+        comes back as ConnectionRefusedError on the next send (an unreachable host as its own
+        error).  Without one (paused, or ICMP lost), 64*T1 after it was first found gone: a
+        call outlives a pause that long."""
+        record = next((r for r in self._members.values() if names.node_key(r.id) == member), None)
         if record is None or record.state == NodeState.STOPPED:
             return True
         now = time.monotonic()
-        if now - self._gone_since.setdefault(forker, now) >= 64 * self.settings.sip_timer_t1:
+        if now - self._gone_since.setdefault(member, now) >= 64 * self.settings.sip_timer_t1:
             return True
         peer = self._inner_peers.get(record.id)
         if peer is None or self._relay_key is None:

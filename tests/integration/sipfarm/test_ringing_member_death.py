@@ -150,6 +150,44 @@ async def test_a_call_ringing_on_a_phone_whose_member_dies_gets_its_final_answer
         writer.close()
 
 
+async def stale(cluster, node_id: str) -> None:
+    """Until ``node_id``'s heartbeat is older than node_ttl (3 s) and a sweep of the others."""
+    async def probe():
+        beat = datetime.fromisoformat((await cluster.view())[node_id].heartbeat_at)
+        return datetime.now(timezone.utc) - beat > timedelta(seconds=4)
+    await wait_until(probe, 30, f"{node_id}'s heartbeat to go stale")
+
+
+async def test_a_call_ringing_on_a_phone_whose_member_is_only_paused_is_not_failed_and_can_be_answered(pair, cluster):
+    """As above, but member 1 is SIGSTOPped past node_ttl, then resumes, bob's connection
+    intact: its heartbeat went stale exactly as after a SIGKILL, but its inner listener is still
+    bound (no ICMP port-unreachable), so bob's branch is not failed -- failed, alice heard 480
+    for a call bob then picked up.  Member 1 resumes; bob answers, alice hears his 200."""
+    member_1, member_2 = sip_address(pair["sipfarm-1"]), sip_address(pair["sipfarm-2"])
+    reader, writer = await tcp_phone_at(member_1, "bob")
+    alice = await Caller.open(member_2)
+    node = cluster.nodes["sipfarm-1"]
+    try:
+        await alice.call(call_id := a_call_id_owned_by("sipfarm-2"))
+        invite = await read_sip(reader)
+        writer.write(ringing(invite))
+        assert (await alice.receive()).status == 180
+        node.signal(signal.SIGSTOP)
+        try:
+            await stale(cluster, "sipfarm-1")
+            with pytest.raises(TimeoutError):       # member 2 sweeps every second: three of them
+                extra = await alice.receive(3)
+                raise AssertionError(f"alice got {extra}")
+        finally:
+            node.signal(signal.SIGCONT)
+        writer.write(answered(invite, 200, "OK"))
+        final = await alice.final(FINAL_WITHIN)
+        assert final.status == 200 and final.call_id == call_id, final
+    finally:
+        alice.close()
+        writer.close()
+
+
 async def test_a_device_still_ringing_elsewhere_answers_and_the_caller_hears_the_best_answer(pair, cluster):
     member_1, member_2 = sip_address(pair["sipfarm-1"]), sip_address(pair["sipfarm-2"])
     reader, writer = await tcp_phone_at(member_1, "bob")
@@ -405,10 +443,7 @@ async def test_a_udp_phone_ringing_for_a_forker_that_is_only_paused_is_not_cance
         assert (await alice.receive()).status == 180
         node.signal(signal.SIGSTOP)
         try:
-            async def stale():
-                beat = datetime.fromisoformat((await cluster.view())["sipfarm-2"].heartbeat_at)
-                return datetime.now(timezone.utc) - beat > timedelta(seconds=4)        # node_ttl 3 s, and a sweep
-            await wait_until(stale, 30, "member 2's heartbeat to go stale")
+            await stale(cluster, "sipfarm-2")
             # Member 1 sweeps every second: three of them, and nothing reaches bob.
             with pytest.raises(TimeoutError):
                 extra = parse_message(await asyncio.wait_for(bob_in.get(), 3))

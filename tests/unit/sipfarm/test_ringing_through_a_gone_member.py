@@ -8,7 +8,9 @@ end to end with two real members in tests/integration/sipfarm/test_ringing_membe
 
 from __future__ import annotations
 
+import asyncio
 import socket
+import time
 from datetime import datetime, timedelta, timezone
 from types import SimpleNamespace
 
@@ -21,6 +23,7 @@ from colony.protocols.sip.parser import parse_message
 from colony.settings import Settings
 
 from colony_sipfarm.farm import LOCAL_TAG
+from colony_sipfarm.inner_frames import RelayKey
 from colony_sipfarm.sent_invites import SentInvites
 from colony_sipfarm.workload import SipWorkload
 
@@ -242,6 +245,40 @@ async def test_the_shell_fails_the_branches_of_a_gone_member_once(farm, member_2
     workload._fail_lost_branches()
     workload._fail_lost_branches()
     assert handled == [(430, MOBILE)]
+
+
+@pytest.mark.parametrize("member_2", [record("sipfarm-2", 30), record("sipfarm-2", 0, NodeState.FAILED)],
+                         ids=["heartbeat stale", "failed"])
+async def test_a_member_only_paused_keeps_the_calls_ringing_through_it(farm, member_2):
+    """Gone by its heartbeat alone, member 2 may be paused (SIGSTOP, a stalled VM) and come back
+    with bob's connection, on which his mobile still rings and may answer: failed meanwhile,
+    alice heard 480 for a call bob could then pick up.  Its inner listener still bound, its
+    branches ring on; once nothing has its port (the process died), they fail, once."""
+    await mobile_on_member_2(farm)
+    await alice_calls_bob(farm)
+    workload, handled = shell(farm)
+    workload._relay_key = RelayKey.from_secret(b"k" * 32)
+    workload.inner_address = ("127.0.0.1", 2564)
+    paused = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    paused.bind(("127.0.0.1", 0))
+    workload._inner_peers["sipfarm-2"] = (socket.AF_INET, paused.getsockname())
+    try:
+        workload._members = {"sipfarm-1": record("sipfarm-1", 0), "sipfarm-2": member_2}
+        for _ in range(3):
+            workload._fail_lost_branches()
+            await asyncio.sleep(0.05)
+        assert handled == []
+        paused.close()                        # SIGKILL: nobody has its port any more
+        deadline = time.monotonic() + 5
+        while not handled:
+            assert time.monotonic() < deadline, "member 2's death was not seen"
+            workload._fail_lost_branches()
+            await asyncio.sleep(0.01)
+        workload._fail_lost_branches()
+        assert handled == [(430, MOBILE)]
+    finally:
+        paused.close()
+        workload._close_inner_sockets()
 
 
 async def test_the_shell_gives_no_verdict_before_it_has_seen_the_members(farm):
