@@ -281,6 +281,7 @@ class OpenAccount:
     last_used: float = 0.0
     sessions: int = 0  # client sessions (IMAP, POP) using it: never released as idle meanwhile
     on_close: list[Callable[[], None]] = field(default_factory=list)  # sessions end when it closes
+    replied: Any = None   # vacation.RepliedSenders, read from the account's file at its first auto-reply
 
 
 def split_address(address: str) -> tuple[str, str]:

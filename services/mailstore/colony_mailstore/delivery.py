@@ -31,6 +31,8 @@ for it, and while the storage is down this store fetches no MAIL.
 
 Recipients that asked for NOTIFY=SUCCESS get their "delivered" report (``success_reports``)
 once no recipient of the job waits for a retry any more, before the job is acknowledged.
+An account with a vacation answers a newly stored message (``auto_replies``); a redelivery
+the store recognises as already stored answers nothing.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ from colony.queue import Job, Reject, Retry
 from colony.settings import Role, Settings
 from colony.telemetry import extract_context, inject_headers
 from colony_mailstore.accounts import AccountManager, NotOwner, OverQuota
+from colony_mailstore.auto_replies import AutoReplies
 from colony_mailstore.metrics import MailstoreMetrics
 from colony_mailstore.storage_health import HELD_DELAY, StorageHealth, storage_failure
 from colony_mailstore.success_reports import ReportNotSent, SuccessReports
@@ -133,6 +136,7 @@ class Delivery:
         self.forwards_in_flight = 0
         self.storage = StorageHealth(settings.shared_storage, node_id)
         self.reports = SuccessReports(nc, node_id, settings, accounts.directory)
+        self.auto_replies = AutoReplies(accounts, self.reports, metrics)
 
     # --- the MAIL job ----------------------------------------------------------------------
 
@@ -390,7 +394,8 @@ class Delivery:
         return True
 
     async def _store_local(self, mail: InboundMail, body: bytes, address: str) -> dict[str, tuple[str, str]]:
-        if await self.accounts.directory.account(address) is None:
+        entry = await self.accounts.directory.account(address)
+        if entry is None:
             # The edge checked it against the directory; it was deleted since.  Kept in the
             # dead-letter stream rather than dropped: an operator decides.
             return {address: (REJECTED, NO_ACCOUNT)}
@@ -420,6 +425,8 @@ class Delivery:
             self.metrics.stored.inc()
             usage = self.accounts.usage(address)
             self.usage.stored(address, usage[0] if usage else None)
+            if entry.vacation is not None:    # the whole cost for an account without one
+                await self.auto_replies.answer(mail, address, entry, body)
         return {address: (STORED, "")}
 
     # --- forwarding ------------------------------------------------------------------------

@@ -22,6 +22,13 @@ class MailstoreMetrics:
         self.dsns = Counter("colony_mailstore_dsns",
                             "Delivery reports (NOTIFY=SUCCESS, Action: delivered) published to senders.",
                             registry=registry)
+        self.auto_replies = Counter("colony_mailstore_auto_replies_sent",
+                                    "Vacation auto-replies published (RFC 3834), one per answered message.",
+                                    registry=registry)
+        self.auto_replies_suppressed = Counter(
+            "colony_mailstore_auto_replies_suppressed",
+            "Messages to an account with a vacation reply that got none, by the rule (colony.outbound.vacation) "
+            "or failure (unsent, error) that withheld it.", ["reason"], registry=registry)
         self.over_quota = Counter("colony_mailstore_over_quota", "Deliveries refused because the account is full.",
                                   registry=registry)
         self.commits = Counter("colony_mailstore_commits", "Journal fsyncs (group commits).", registry=registry)

@@ -71,7 +71,7 @@ class SuccessReports:
         (0: the sender resolves to nobody).  ``ReportNotSent`` when it must be tried again."""
         report_id = delivered_report_id(mail, reports)
         report = build_dsn(mail, reports, original, self.reporting_mta, datetime.now(UTC))
-        mailboxes, remote = await self._route(mail.mail_from)
+        mailboxes, remote = await self.route(mail.mail_from)
         items = report_messages(report_id, report, mailboxes=mailboxes, remote=remote, original=mail.mail_from,
                                 region=self.settings.region, node_id=self.node_id)
         for subject, item in items:
@@ -88,8 +88,9 @@ class SuccessReports:
             log.info("DSN (%s) for %s not sent: %s receives no mail", action, mail.message_id, mail.mail_from)
         return len(items)
 
-    async def _route(self, sender: str) -> tuple[list[str], list[str]]:
-        """(hosted mailboxes, remote addresses) a message to ``sender`` goes to."""
+    async def route(self, sender: str) -> tuple[list[str], list[str]]:
+        """(hosted mailboxes, remote addresses) a message to ``sender`` goes to (the vacation
+        replies are routed the same way).  ``ReportNotSent`` when that cannot be had now."""
         account = normalise_address(sender)
         if account is None:
             return [], []
