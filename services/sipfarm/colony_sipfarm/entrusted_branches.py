@@ -20,6 +20,11 @@ of a dead member) it CANCELs each branch, ACKs the phone's 487 (``workload.Cance
 and fails the branch with 430 made from the kept INVITE (all its Vias), which reaches the
 caller as 480.
 
+A member that keeps branches and stops (a drain's end, a rolling upgrade) or dies takes them
+with it: the forker, which sees it gone as any member does, entrusts those still without a
+final answer again, from the INVITE it kept for their ACK (``sent_invites``), to the next
+choice -- else a rolling upgrade left every branch entrusted before it unguarded.
+
 A branch that got a final answer is forgotten: the forker notes it (``Entrustments``) and the
 branches to forget ride on its next frame to that member, or on a frame of their own at most
 once a second and as it stops -- no datagram of their own per call.  One not forgotten yet (its answer came in
@@ -137,6 +142,8 @@ class Entrustments:
         self.lifetime, self.limit = lifetime, limit
         self._branches: OrderedDict[str, tuple[str, float]] = OrderedDict()   # branch -> (member, when told)
         self._answered: dict[str, list[str]] = {}                              # member -> branches to forget
+        # Branches per member holding them: the shell asks every second which are gone (keepers()).
+        self._held: dict[str, int] = {}
 
     def __bool__(self) -> bool:
         return bool(self._branches)
@@ -148,15 +155,39 @@ class Entrustments:
         if branch in branches:
             return False
         branches[branch] = (member, now)
+        self._held[member] = self._held.get(member, 0) + 1
         while branches and (len(branches) > self.limit or next(iter(branches.values()))[1] <= now - self.lifetime):
-            branches.popitem(last=False)
+            self._released(branches.popitem(last=False)[1][0])
         return True
+
+    def keepers(self) -> list[str]:
+        """The members holding branches of ours."""
+        return list(self._held)
+
+    def taken_back(self, member: str) -> list[str]:
+        """``member`` is gone with what it held: the branches it had, forgotten here, for the
+        shell to entrust again to another member."""
+        if member not in self._held:
+            return []
+        found = [branch for branch, (holder, _) in self._branches.items() if holder == member]
+        for branch in found:
+            del self._branches[branch]
+        del self._held[member]
+        return found
+
+    def _released(self, member: str) -> None:
+        left = self._held.get(member, 0) - 1
+        if left > 0:
+            self._held[member] = left
+        else:
+            self._held.pop(member, None)
 
     def answered(self, branch: str) -> None:
         """A final answer came for ``branch``: its member may forget it."""
         found = self._branches.pop(branch, None)
         if found is None:
             return
+        self._released(found[0])
         waiting = self._answered.setdefault(found[0], [])
         waiting.append(branch)
         if len(waiting) > FORGOTTEN_WAITING:

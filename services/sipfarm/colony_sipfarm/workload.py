@@ -1634,6 +1634,17 @@ class SipWorkload:
             return
         self._send_inner(peer, frame)
 
+    def _entrust_again(self, branches: list[str]) -> None:
+        """``branches`` were entrusted to a member that is gone (stopped after a drain, or
+        died): each still without a final answer goes to the next choice, from the INVITE kept
+        for its ACK (``SipFarm.sent_invites``).  Forgotten with their keeper, they rang on
+        unguarded should this member die too."""
+        now = self.farm.clock()
+        for branch in branches:
+            sent = self.farm.sent_invites.get(branch, now)
+            if sent is not None and not sent.failed and sent.destination[0] == "UDP":
+                self._entrust(sent.request, sent.destination)
+
     def _answered_entrusted(self, response: SipResponse) -> None:
         """A final answer to a branch this member entrusted: its keeper may forget it."""
         try:
@@ -1644,9 +1655,13 @@ class SipWorkload:
 
     def _tell_forgotten(self) -> None:
         """The answered branches not told yet, each keeper's in frames of their own (called
-        every second: most ride on the next entrusted branch's frame)."""
+        every second: most ride on the next entrusted branch's frame); and the branches a
+        keeper that is gone held, entrusted again (``_entrust_again``)."""
         if self._relay_key is None:
             return
+        for keeper in self._entrustments.keepers():
+            if self._gone(names.node_key(keeper)):
+                self._entrust_again(self._entrustments.taken_back(keeper))
         me = self._runtime.node_id
         for watcher in self._entrustments.waiting():
             peer = self._inner_peers.get(watcher)

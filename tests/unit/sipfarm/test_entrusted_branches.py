@@ -351,3 +351,51 @@ async def test_a_forker_gone_by_its_heartbeat_that_never_refuses_has_its_branche
         paused.close()
         keeping.inner.close()
         keeping._close_inner_sockets()
+
+
+async def test_the_branches_a_keeper_held_are_entrusted_again_when_it_stops(members):
+    """The keeper drains and stops (a rolling upgrade), or dies: what it held went with it, and
+    should the forker die next bob's phone would ring on unguarded.  The forker, seeing it gone,
+    entrusts the branch still ringing to the next choice -- not one that had its answer."""
+    forker, keeper, _, sent = members
+    third = member("sipfarm-3", ("127.0.0.3", 5060), Store(Clock()))
+    forking, keeping, thirding = (await _shell("sipfarm-2", forker), await _shell("sipfarm-1", keeper),
+                                  await _shell("sipfarm-3", third))
+    forking._inner_peers["sipfarm-1"] = (socket.AF_INET, keeping.inner_address)
+    forking._inner_peers["sipfarm-3"] = (socket.AF_INET, thirding.inner_address)
+    try:
+        forking.ready_members = lambda: ["sipfarm-1", "sipfarm-2"]
+        forking._start_client_transaction(sent.encode(), BOB)
+        await _until(lambda: len(keeper.entrusted) == 1)
+        forking._members = {n: _record(n) for n in ("sipfarm-1", "sipfarm-2", "sipfarm-3")}
+        forking._tell_forgotten()
+        assert len(third.entrusted) == 0                         # its keeper is there: nothing new
+        forking._members["sipfarm-1"] = _record("sipfarm-1", NodeState.STOPPED)
+        forking.ready_members = lambda: ["sipfarm-2", "sipfarm-3"]
+        forking._tell_forgotten()
+        await _until(lambda: len(third.entrusted) == 1)
+        [(kept, destination)] = third.entrusted_by(FORKER)
+        assert destination == BOB and kept.headers.get_all("Via") == sent.headers.get_all("Via")
+        # Answered now: sipfarm-3 is told to forget it, and the forker has nothing left with anyone.
+        forking._start_client_transaction(sent.encode(), BOB)     # a copy: told already
+        forking.received(reply(sent, 486, "b1"), BOB)
+        third.entrust(FORKER, kept_of(sent).encode(), BOB)
+        forking._tell_forgotten()
+        await _until(lambda: len(third.entrusted) == 0)
+        assert forking._entrustments.keepers() == []
+    finally:
+        for shell in (forking, keeping, thirding):
+            shell.inner.close()
+            shell._close_inner_sockets()
+
+
+def test_a_forker_knows_which_member_holds_what_and_takes_back_a_gone_ones_branches():
+    told = Entrustments(lifetime=200, limit=3)
+    for n, keeper in enumerate(["k1", "k1", "k2"]):
+        told.entrusted(f"b{n}", keeper, float(n))
+    assert sorted(told.keepers()) == ["k1", "k2"]
+    told.answered("b0")
+    assert told.taken_back("k1") == ["b1"] and told.keepers() == ["k2"] and told.taken_back("k1") == []
+    for n in range(3, 7):                                      # the oldest go past the limit
+        told.entrusted(f"b{n}", "k3", float(n))
+    assert told.keepers() == ["k3"] and len(told.taken_back("k3")) == 3
