@@ -215,11 +215,9 @@ def _compressed(client: zlib._Compress, chunks) -> bytes:
 
 def _bomb_and_corruption(port: int, tls: ssl.SSLContext, pid: int) -> dict:
     out: dict = {}
-    bystander = Client(port, tls)
-    bomber = Client(port, tls)
-    corrupt = Client(port, tls)
+    bystander, line_bomber, literal_bomber, corrupt = clients = [Client(port, tls) for _ in range(4)]
     try:
-        for n, c in enumerate((bystander, bomber, corrupt)):
+        for c in clients:
             assert c.command("a", f'LOGIN {BOB} "{PASSWORD}"'.encode())[1].startswith(b"a OK")
             assert c.compress("b") == b"b OK DEFLATE active\r\n"
             assert c.command("c", b"SELECT INBOX")[1].startswith(b"c OK")
@@ -227,28 +225,32 @@ def _bomb_and_corruption(port: int, tls: ssl.SSLContext, pid: int) -> dict:
         Path(f"/proc/{pid}/clear_refs").write_text("5")
         out["rss_before"] = _rss(pid, "VmRSS")
         mib = b"A" * (1 << 20)
-        # 256 MiB of a line without an end, then a literal of 256 MiB: ~0.5 MB on the wire.
-        line_bomb = _compressed(bomber.deflater, [b"x1 NOOP "] + [mib] * 256 + [b"\r\nx2 NOOP\r\n"])
-        literal_bomb = _compressed(bomber.deflater, [b"x3 APPEND INBOX {268435456+}\r\n"] + [mib] * 256
+        # 256 MiB of a line without an end, and a literal of 256 MiB: ~0.5 MB on the wire.
+        line_bomb = _compressed(line_bomber.deflater, [b"x1 NOOP "] + [mib] * 256 + [b"\r\nx2 NOOP\r\n"])
+        literal_bomb = _compressed(literal_bomber.deflater, [b"x3 APPEND INBOX {268435456+}\r\n"] + [mib] * 256
                                    + [b"\r\nx4 NOOP\r\n"])
         out["bomb_octets"] = len(line_bomb) + len(literal_bomb)
         started = time.monotonic()
-        bomber.sock.sendall(line_bomb)
-        out["line"] = [bomber.response(), *bomber.until_tagged("x2")]
-        bomber.sock.sendall(literal_bomb)
-        out["literal"] = [bomber.response(), *bomber.until_tagged("x4")]
+        for name, bomber, bomb in (("line", line_bomber, line_bomb), ("literal", literal_bomber, literal_bomb)):
+            # The store answers and closes as soon as the limit is passed: the rest of the bomb
+            # may meet a closed connection (and a reset may cut what it said before closing).
+            heard = []
+            with contextlib.suppress(EOFError, ConnectionError, ssl.SSLError):
+                bomber.sock.sendall(bomb)
+            with contextlib.suppress(EOFError, ConnectionError, ssl.SSLError):
+                while True:      # until the store closes: the socket's timeout turns a hang into a failure
+                    heard.append(bomber.response())
+            out[name] = heard
         out["bomb_seconds"] = time.monotonic() - started
         out["peak"] = _rss(pid, "VmHWM")
         out["bystander"] = bystander.command("d", b"UID SEARCH ALL")
         # Octets that are no DEFLATE stream (BTYPE 11, reserved): the store just closes.
         corrupt.sock.sendall(b"\xff" * 64)
         out["corrupt_closed"] = corrupt.closed()
-        out["bomber_after"] = bomber.command("y", b"NOOP")
         out["bystander_after"] = bystander.command("e", b"FETCH 1 (FLAGS)")
-        for c in (bystander, bomber):
-            c.command("z", b"LOGOUT")
+        bystander.command("z", b"LOGOUT")
     finally:
-        for c in (bystander, bomber, corrupt):
+        for c in clients:
             c.close()
     return out
 
@@ -260,19 +262,23 @@ async def test_a_decompression_bomb_and_corrupt_input_cost_the_store_nothing(ima
     async with _edge_imaps(world, secret, tmp_path) as (port, tls):
         r = await asyncio.to_thread(_bomb_and_corruption, port, tls, pid)
     assert r["bomb_octets"] < 1_000_000, r["bomb_octets"]
-    # The bombs are valid DEFLATE: the reader's own limits answer them, chunk by chunk.
-    assert r["line"][0] == b"x1 BAD Command line too long\r\n" and r["line"][2].startswith(b"x2 OK"), r["line"]
-    assert r["literal"][0].startswith(b"x3 NO [TOOBIG]") and r["literal"][2].startswith(b"x4 OK"), r["literal"]
-    # 512 MiB inflated; what the store held at its peak grew by far less than one bomb.
+    # The bombs are valid DEFLATE: the reader's own limits answer them, and what the reader
+    # would then skip as it arrives is not inflated at all -- the session ends (RFC 7888 §4).
+    for name, answer in (("line", b"x1 BAD Command line too long\r\n"), ("literal", b"x3 NO [TOOBIG]")):
+        heard = r[name]
+        assert heard[:1] in ([], [answer]) or heard[0].startswith(answer), (name, heard)
+        assert all(not line.startswith((b"x2 ", b"x4 ")) for line in heard), (name, heard)
+        assert len(heard) < 2 or heard[1].startswith(b"* BYE "), (name, heard)
+    # 512 MiB sent inflated; what the store held at its peak grew by far less than one bomb.
     growth = r["peak"] - r["rss_before"]
     assert growth < 32 * 1024 * 1024, (growth, r["bomb_seconds"])
     assert r["corrupt_closed"]
-    assert r["bomber_after"][1].startswith(b"y OK") and r["bystander_after"][1].startswith(b"e OK")
+    assert r["bystander_after"][1].startswith(b"e OK")
     assert r["bystander"][0][0].startswith(b"* SEARCH 1 2 3"), r["bystander"]
     text = await wait_until(lambda: asyncio.to_thread(_metrics_once_no_session_is_open, view), 30,
                             "the sessions to end")
     assert 'colony_mailstore_imap_compression_total{event="corrupt"} 1.0' in text
-    assert 'colony_mailstore_imap_compression_total{event="started"} 3.0' in text
+    assert 'colony_mailstore_imap_compression_total{event="started"} 4.0' in text
     log = world.cluster.nodes["mailstore-1"].log()
     assert "compressed input does not inflate" in log and "Traceback" not in log
 

@@ -435,12 +435,24 @@ class Session:
             self._send("+ " + event.text)
         elif isinstance(event, TooBig):
             self._tagged(event.tag, "NO", "[TOOBIG] Literal too large")
+            if not event.synchronizing:
+                self._refuse_to_skip("[TOOBIG] Literal too large")
         elif isinstance(event, LineTooLong):
             # An over-long response to AUTHENTICATE ends the exchange (its tag is answered).
             tag, self._authenticate_tag, self._authenticate_user = self._authenticate_tag or event.tag, None, None
             self._tagged(tag, "BAD", "Command line too long")
+            self._refuse_to_skip("Command line too long")
         elif isinstance(event, Command):
             self._command(event)
+
+    def _refuse_to_skip(self, why: str) -> None:
+        """What the reader would now skip as it arrives (a refused non-synchronizing literal,
+        the rest of an over-long line) is not read under COMPRESS: the session ends instead,
+        as RFC 7888 §4 lets a server choose.  Compressed, every octet on the wire can inflate
+        to a thousand that the store would inflate only to throw away (255 KB of wire made
+        256 MiB and 0.47 s of the store's CPU), without limit for an endless line."""
+        if self.compressing:
+            self.goodbye(f"{why}; closing rather than reading it")
 
     def _command(self, command: Command) -> None:
         if self._idle_tag is not None:

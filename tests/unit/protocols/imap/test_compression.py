@@ -142,3 +142,21 @@ def test_corrupt_input_and_data_after_the_end_raise():
     codec.feed(finished.compress(b"a LOGOUT\r\n") + finished.flush() + b"garbage")
     with pytest.raises(compression.CorruptStream):
         codec.inflate()
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_what_the_reader_would_skip_under_compress_ends_the_session_instead(compressed):
+    """RFC 7888 §4 lets a server close rather than read a refused non-synchronizing literal.
+    Compressed, each octet of it may inflate to a thousand the store inflates only to drop;
+    in the clear it costs the store no more than the client's bandwidth, and is skipped."""
+    for refused in (b"a APPEND INBOX {999999999+}\r\n", b"a NOOP " + b"x" * (70 * 1024) + b"\r\n"):
+        session = _handed_over()
+        if compressed:
+            assert _actions(session, b"z COMPRESS DEFLATE\r\n")[-1] == S.StartCompression()
+        actions = _actions(session, refused)
+        sent = b"".join(a.data for a in actions if isinstance(a, S.Send))
+        assert sent.startswith((b"a NO [TOOBIG]", b"a BAD Command line too long")), sent
+        assert (b"* BYE " in sent and isinstance(actions[-1], S.Close)) is compressed, actions
+        if not compressed and b"NOOP" in refused:     # (a literal's octets are still being skipped)
+            after = _actions(session, b"b NOOP\r\n")       # read and worked on (here: it asks the store)
+            assert after and not any(isinstance(a, S.Close) for a in after), after
