@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from email.header import decode_header, make_header
 from email.message import EmailMessage
-from email.parser import BytesHeaderParser
+from email.parser import HeaderParser
 from email.policy import SMTP, compat32
 
 HEADER_LIMIT = 64 * 1024        # bytes of the original's header section read, at most
@@ -139,7 +139,9 @@ def read_headers(message: bytes) -> Original:
     if ends:
         head = head[:min(ends) + 2]
     complete = bool(ends) or len(message) <= HEADER_LIMIT
-    parsed = BytesHeaderParser(policy=compat32).parsebytes(head)
+    # Raw UTF-8 in a field (RFC 6532; what swaks sends) read as text, not as surrogates that
+    # would come out as U+FFFD in the reply; any other 8-bit byte becomes U+FFFD here.
+    parsed = HeaderParser(policy=compat32).parsestr(head.decode("utf-8", "replace"), headersonly=True)
     out: dict[str, list[str]] = {}
     for name, value in parsed.items():
         out.setdefault(name.lower(), []).append(_unfold(value))

@@ -64,6 +64,8 @@ def test_the_configured_subject_and_a_non_ascii_original_subject_are_rfc_2047_en
     raw = b"To: alice@acme.example\r\nSubject: =?utf-8?q?R=C3=A9union_=E2=80=94_demain?=\r\n\r\nx\r\n"
     reply = reply_of(run(raw))
     assert reply["Subject"] == "Auto: Réunion — demain"
+    utf8 = "To: alice@acme.example\r\nSubject: Réunion demain\r\n\r\nx\r\n".encode()   # RFC 6532, as swaks sends it
+    assert reply_of(run(utf8))["Subject"] == "Auto: Réunion demain"
     raw = reply_of(run(vacation=VacationSettings(body="x", subject="Abwesend – zurück am 3.")))
     assert raw["Subject"] == "Abwesend – zurück am 3."
     head = run(vacation=VacationSettings(body="x", subject="Abwesend – zurück")).message.split(b"\r\n\r\n")[0]
