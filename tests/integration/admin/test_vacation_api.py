@@ -67,6 +67,26 @@ async def test_vacation_is_set_shown_in_the_directory_and_cleared(stack):
     assert r.json()["vacation"]["body"] == AWAY["body"]
 
 
+async def test_the_vacation_sub_resource_sets_and_removes_it(stack):
+    c, h = stack.client, stack.as_(stack.sys_token)
+    d = unique_domain("sub")
+    await c.post("/v1/domains", json={"name": d}, headers=h)
+    await c.post(f"/v1/domains/{d}/accounts", json={"name": "amy"}, headers=h)
+    r = await c.put(f"/v1/domains/{d}/accounts/amy/vacation", json={"body": "Away."}, headers=h)
+    assert r.status_code == 200, r.text
+    assert r.json()["vacation"] == {"enabled": True, "subject": None, "body": "Away.", "start": None, "end": None,
+                                    "days": 7, "addresses": []}
+    assert r.headers["etag"] == f'"{r.json()["version"]}"'
+    r = await c.put(f"/v1/domains/{d}/accounts/amy/vacation", json={"body": "Away.", "days": 400}, headers=h)
+    assert r.status_code == 422 and ["body", "days"] in [e["loc"] for e in r.json()["errors"]], r.text
+    stale = {**h, "If-Match": '"1"'}
+    assert (await c.delete(f"/v1/domains/{d}/accounts/amy/vacation", headers=stale)).status_code in (409, 412)
+    r = await c.delete(f"/v1/domains/{d}/accounts/amy/vacation", headers=h)
+    assert r.status_code == 200 and r.json()["vacation"] is None, r.text
+    r = await c.put(f"/v1/domains/{d}/accounts/nobody/vacation", json={"body": "Away."}, headers=h)
+    assert r.status_code == 404 and r.headers["content-type"].startswith("application/problem+json")
+
+
 @pytest.mark.parametrize("change,field", [
     ({"body": "x" * (16 * 1024 + 1)}, "body"),
     ({"body": "é" * (8 * 1024 + 1)}, "body"),              # bounded in UTF-8 bytes, not characters

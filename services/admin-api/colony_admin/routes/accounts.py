@@ -19,6 +19,7 @@ from colony_admin.models import (
     AliasPatch,
     Page,
     SipCredentials,
+    Vacation,
     check_local,
 )
 from colony_admin.problems import COMMON_RESPONSES, Invalid
@@ -145,6 +146,35 @@ async def patch_account(domain: str, name: str, body: AccountPatch, request: Req
                                              + (["sip_ha1"] if body.sip_ha1 else [])})
     set_etag(response, outcome.version)
     return account_out(apply_all(loaded.state, events), outcome.version)
+
+
+async def _set_vacation(domain: str, name: str, vacation: Vacation | None, request: Request, response: Response,
+                        ctx: Admin, who: Caller, expected: int | None) -> AccountOut:
+    domain, name = domain_name(domain), local_name(name)
+    roles.require_domain(who, domain)
+    address = f"{name}@{domain}"
+    loaded = await ctx.provisioning.load(names.AGG_ADDRESS, address)
+    value = vacation.model_dump(mode="json") if vacation is not None else None
+    events = aggregates.update_account(loaded.state, address, {"vacation": value})
+    outcome = await ctx.provisioning.commit(loaded, events, if_match=expected)
+    if outcome.changed:
+        await ctx.provisioning.audit(who, "account.vacation", address, domain=domain, remote_addr=client_addr(request),
+                                     detail={"vacation": "set" if value else "cleared"})
+    set_etag(response, outcome.version)
+    return account_out(apply_all(loaded.state, events), outcome.version)
+
+
+@router.put("/accounts/{name}/vacation", response_model=AccountOut,
+            summary="Set an account's automatic reply (out of office); the same as PATCH with vacation")
+async def put_vacation(domain: str, name: str, body: Vacation, request: Request, response: Response, ctx: Admin,
+                       who: Caller, expected: IfMatch = None) -> AccountOut:
+    return await _set_vacation(domain, name, body, request, response, ctx, who, expected)
+
+
+@router.delete("/accounts/{name}/vacation", response_model=AccountOut, summary="Remove an account's automatic reply")
+async def delete_vacation(domain: str, name: str, request: Request, response: Response, ctx: Admin, who: Caller,
+                          expected: IfMatch = None) -> AccountOut:
+    return await _set_vacation(domain, name, None, request, response, ctx, who, expected)
 
 
 @router.delete("/accounts/{name}", status_code=204, summary="Delete an account")
