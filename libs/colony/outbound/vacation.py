@@ -12,7 +12,8 @@ metric label):
 * ``period``: outside the configured start/end (UTC), or not enabled;
 * ``null_sender`` / ``system_sender``: the envelope sender is empty, or a mailer or a list's
   robot (``MAILER-DAEMON``, ``LISTSERV``, ``majordomo``, ``owner-*``, ``*-request``,
-  ``*-owner``, ``*-bounces``), or one of the user's own addresses (RFC 3834 §2, RFC 5230 §4.5);
+  ``*-owner``, ``*-bounce(s)``; and ``postmaster``, ``noreply``, ``no-reply``, whom an answer
+  only bothers), or one of the user's own addresses (RFC 3834 §2, RFC 5230 §4.5);
 * ``unreadable``: a header section that does not end within ``HEADER_LIMIT`` bytes (what
   lies past it -- a ``List-Id`` -- is not read, so nothing is answered);
 * ``auto_submitted``: an ``Auto-Submitted`` field other than ``no`` (RFC 3834 §5);

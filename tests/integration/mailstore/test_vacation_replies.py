@@ -41,18 +41,24 @@ def mail(sender: str, message_id: str, *fields: str, to: str = ALICE, **more) ->
                        body=body.encode(), **more)
 
 
+TRACE_ID = uuid.uuid4().hex
+
+
 async def publish(world, item: InboundMail, stream_id: str | None = None) -> None:
+    """As an edge publishes, in a trace of the test's (the edge's span as the parent)."""
     subject = names.mail_subject("local", DOMAIN, names.mail_partition(item.recipients[0].mailbox))
-    await world.nc.jetstream().publish(subject, item.encode(), headers={"Nats-Msg-Id": stream_id or item.msg_id()},
-                                       timeout=10)
+    headers = {"Nats-Msg-Id": stream_id or item.msg_id(), "traceparent": f"00-{TRACE_ID}-{uuid.uuid4().hex[:16]}-01"}
+    await world.nc.jetstream().publish(subject, item.encode(), headers=headers, timeout=10)
 
 
-async def outbound(world) -> list[OutboundMail]:
+async def outbound(world, with_headers: bool = False) -> list:
     js = world.nc.jetstream()
     info = await js.stream_info(names.STREAM_OUTBOUND)
     out = []
     for seq in range(info.state.first_seq, info.state.last_seq + 1) if info.state.messages else ():
-        out.append(OutboundMail.from_bytes((await js.get_msg(names.STREAM_OUTBOUND, seq)).data))
+        msg = await js.get_msg(names.STREAM_OUTBOUND, seq)
+        item = OutboundMail.from_bytes(msg.data)
+        out.append((item, msg.headers or {}) if with_headers else item)
     return out
 
 
@@ -88,7 +94,8 @@ async def test_one_reply_per_sender_none_for_redeliveries_lists_or_junk(world):
     await wait_until(lambda: stored_all(world, ALICE, first, second, listed, junk, bcc), 60, "all five stored")
     await wait_until(lambda: _mail_empty(world), 60, "MAIL drained")
 
-    [reply] = await outbound(world)
+    [(reply, headers)] = await outbound(world, with_headers=True)
+    assert headers["traceparent"].split("-")[1] == TRACE_ID         # in the trace of the job it answers
     assert reply.mail_from == "" and reply.destination == "remote.test" and reply.sign_domain == DOMAIN
     assert [r.address for r in reply.recipients] == ["Carol@Remote.test"]
     assert reply.message_id == f"{first}.vacation-" + reply.message_id.rsplit("-", 1)[1]
