@@ -563,6 +563,7 @@ class _Session:
                 self.account = login.account
                 if self.share is not None:
                     self.share.release()
+                await self.proxy.gate.refund_connection(self.ip)
                 try:
                     await self.write(core.data_to_send())
                     await self.write(self.welcome(core, login.reply))

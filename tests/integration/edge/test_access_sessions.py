@@ -140,3 +140,27 @@ async def test_a_mail_user_on_a_block_listed_address_logs_in_while_the_mx_refuse
             finally:
                 client.close()
         assert gate.metrics.refusals.labels("connect", "dnsbl")._value.get() == 1
+
+
+async def test_connections_that_log_in_do_not_use_up_the_addresss_connection_rate(js):
+    """``edge_connections_per_minute_per_ip`` is for connections nobody logs in on: a company's
+    users behind one address open one per folder check and per phone, all day."""
+    async with _edge(js, edge_connections_per_minute_per_ip=3) as (imap, imaps, tls, gate):
+        for n in range(6):          # twice the rate, each one logged in and gone again
+            client = await _connect(imaps if n % 2 else imap, tls if n % 2 else None)
+            try:
+                assert client.greeting.startswith(b"* OK"), (n, client.greeting)
+                assert (await client.login("alice@acme.example")).startswith(b"a1 OK"), n
+            finally:
+                client.close()
+        # Connections that say nothing are counted: three, and a fourth is refused.
+        silent = [await _connect(imap) for _ in range(3)]
+        try:
+            assert all(c.greeting.startswith(b"* OK") for c in silent)
+            refused = await _connect(imap)
+            assert refused.greeting.startswith(b"* BYE") and b"Too many connections" in refused.greeting
+            refused.close()
+        finally:
+            for client in silent:
+                client.close()
+        assert gate.metrics.refusals.labels("connect", "connection-rate")._value.get() == 1

@@ -42,6 +42,9 @@ class _Gate:
     def on_login(self, ip, account):
         return None
 
+    async def refund_connection(self, ip):
+        pass
+
     def on_logout(self, ip, account):
         pass
 

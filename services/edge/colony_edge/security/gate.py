@@ -162,6 +162,17 @@ class EdgeGate:
                 421, "4.7.0", "Too many sessions of this account from your address", "account-sessions", close=True))
         return None
 
+    async def refund_connection(self, ip: str) -> None:
+        """A connection from ``ip`` logged in: it no longer counts toward the address's
+        connection rate (``edge_connections_per_minute_per_ip``).  The rate is there for
+        connections nobody logs in on -- scanners, password guessers, floods; a company's
+        mail users behind one NAT address (and a mobile carrier's users behind one CGNAT
+        address) open a connection per folder check and per phone, and counted they would
+        turn each other away on a busy morning.  Failed logins have their own limits."""
+        if self.trusted(ip) or self.counters is None:
+            return
+        await self.counters.hit("connections", counting_unit(ip), -1)
+
     def on_logout(self, ip: str, account: str) -> None:
         if self.trusted(ip) or self.counters is None:
             return
