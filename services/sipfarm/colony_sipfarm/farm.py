@@ -89,6 +89,7 @@ FARM_BRANCH = "z9hG4bK-cf"
 # Our Via's flag on a request routed in a dialog: its answers are handled by the member that
 # routed it (its ``m``), which kept what the ACK of a failure copies (sent_invites.py).
 IN_DIALOG = "dlg"
+FORKER = "o"          # our Via's parameter naming the member whose fork an answer is for (forker_of)
 LOCAL_TAG = "cf-"
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, MESSAGE, INFO, UPDATE, REFER, NOTIFY, SUBSCRIBE, PRACK"
 METHODS = frozenset(m.strip() for m in ALLOW.split(","))
@@ -445,6 +446,29 @@ class SipFarm:
         except URIError:
             return None
         return via.params.get("m") or None if IN_DIALOG in via.params else None
+
+    @staticmethod
+    def forker_of(message: SipRequest | SipResponse | SipParseError) -> str | None:
+        """The node key of the member that forked the INVITE ``message`` answers (our Via's
+        ``o``), or None.  Its fork gathers the branches' answers: the shell sends the answer
+        there while that member lives -- a draining one too, which keeps its ringing forks
+        until they end -- and by the Call-ID otherwise (the member it hashes to now is the one
+        a dead forker's branches are cancelled from)."""
+        if not isinstance(message, SipResponse):
+            return None
+        try:
+            via = message.top_via()
+            if message.cseq().method != "INVITE" or not (via.branch or "").startswith(FARM_BRANCH):
+                return None
+        except URIError:
+            return None
+        return via.params.get(FORKER) or None
+
+    def ringing(self) -> int:
+        """Forks here still waiting for a final answer for their caller (a draining member
+        waits for them: its work until they are answered, failed or Timer C ends them)."""
+        now = self.clock()
+        return sum(1 for fork in self._forks.values() if not fork.answered and fork.expires_at >= now)
 
     # --- requests -------------------------------------------------------------------------
 
@@ -992,8 +1016,12 @@ class SipFarm:
             if found is not None:
                 host, _, port = found.rpartition(":")     # a node record's host:port, IPv6 unbracketed
                 sent_by = f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+        # ``o``: the member whose fork the answers are for (an initial INVITE's): they go to it
+        # while it lives, draining too, not to whichever member the Call-ID hashes to now.
+        forker = f";{FORKER}={names.node_key(self.node_id)}" if request.method == "INVITE" and not in_dialog else ""
         return (f"SIP/2.0/{transport} {sent_by};rport;branch={self._our_branch(request, index, flow)}"
-                f";m={names.node_key(self._flow())}{f';fl={flow}' if flow else ''}{f';{IN_DIALOG}' if in_dialog else ''}")
+                f";m={names.node_key(self._flow())}{f';fl={flow}' if flow else ''}{f';{IN_DIALOG}' if in_dialog else ''}"
+                f"{forker}")
 
     def _our_branch(self, request: SipRequest, index: int = 0, flow: str | None = None) -> str:
         flow = self._caller_flow(request) if flow is None else flow

@@ -515,6 +515,7 @@ class SipWorkload:
         self._suspect: dict[str, float] = {}             # node id -> monotonic time to trust again
         self._answered_at: dict[str, float] = {}         # node id -> when it last answered a hand-over
         self._ready: list[str] = []                      # ready_members(), reused until _ready_until
+        self._live: frozenset[str] = frozenset()          # ... and those draining too (live_members)
         self._ready_until = 0.0
         # The inner relay (inner_frames.py): this member's listener, the address it advertises,
         # the key its frames are signed with, the other members' listeners (resolved) and one
@@ -887,11 +888,20 @@ class SipWorkload:
         if now < self._ready_until:
             return self._ready
         fresh = datetime.now(timezone.utc) - timedelta(seconds=self.settings.node_ttl)
-        self._ready = [r.id for r in self._members.values()
-                       if r.state == NodeState.READY and r.heartbeat_at >= fresh and self._suspect.get(r.id, 0) <= now]
+        live = [r for r in self._members.values()
+                if r.state in (NodeState.READY, NodeState.NOT_READY) and r.heartbeat_at >= fresh
+                and self._suspect.get(r.id, 0) <= now]
+        self._ready = [r.id for r in live if r.state == NodeState.READY]
+        self._live = frozenset(r.id for r in live)
         suspicions_end = [t for t in self._suspect.values() if t > now]
         self._ready_until = min([now + READY_RECHECK, *suspicions_end])
         return self._ready
+
+    def live_members(self) -> frozenset[str]:
+        """The READY members and the NOT_READY ones (draining) with a fresh heartbeat, not
+        passed over: those still holding what they started (``ready_members``' timing)."""
+        self.ready_members()
+        return self._live
 
     def _owner(self, parsed) -> str | None:
         """The other member that should handle this packet (``SipFarm.parse``'s result), or
@@ -905,6 +915,15 @@ class SipWorkload:
             except ValueError:
                 return None
             return owner if owner != self._runtime.node_id and owner in self.ready_members() else None
+        forker = SipFarm.forker_of(parsed)
+        if forker is not None:
+            # An answer to a fork: the member that forked it gathers the branches' answers, while
+            # it lives -- draining too (it waits for its ringing forks before it reports empty).
+            # Gone: by the Call-ID, to the member that cancels a dead forker's branches.
+            with suppress(ValueError):
+                owner = from_token(forker)
+                if owner in self.live_members():
+                    return owner if owner != self._runtime.node_id else None
         key = SipFarm.spread_key_of(parsed)
         if key is None:
             return None
@@ -1769,7 +1788,11 @@ class SipWorkload:
         self.accepting = accepting
 
     def active_work(self) -> int:
-        return len(self._inflight)
+        # A draining member finishes its transactions before it reports empty (issue #9): the
+        # packets in hand, and the INVITEs it forked that still ring -- their answers come here
+        # (our Via's ``o``).  Reported empty at once, it stopped, and the members keeping its
+        # branches cancelled every call still ringing (480), at each step of a rolling upgrade.
+        return len(self._inflight) + (self.farm.ringing() if self.farm is not None else 0)
 
     async def hand_over(self) -> None:
         return None     # bindings and dialogs are on the bus already
