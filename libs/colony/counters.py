@@ -21,7 +21,12 @@ has seen itself, and it re-reads a total older than half an interval before answ
 hit at one instance is in every other instance's answers at most one interval later.  A
 write that fails stays pending (its hits are not lost) and is retried; one that timed out
 but was applied (a frozen server that resumed) is recognised by its ``Nats-Msg-Id`` on the
-key's last entry, so its hits are not added twice.  ``stop`` flushes what is pending.  With ``flush_interval = 0`` every hit is added at once with a
+key's last entry, so its hits are not added twice.  A read that fails (the bus restarting,
+frozen, unreachable) fails open: ``hit`` answers from what the instance knows -- its own hits
+and the totals it last read -- and asks the bus again only after ``READ_BACKOFF``; a limit
+that turned every client away, or made each connection wait out a bus timeout, while the bus
+is away would take the whole service down with it (``read_failures`` counts them, and a
+warning says so once per backoff).  ``stop`` flushes what is pending.  With ``flush_interval = 0`` every hit is added at once with a
 compare-and-set (create, or update on the last revision it read; a conflict re-reads and
 retries), and ``hit`` answers the cluster-wide total that write returned: exact across
 instances, at one synced bus write per hit.  Either way the stored count is never below
@@ -61,6 +66,7 @@ from colony.tasks import TaskOwner
 log = logging.getLogger("colony.counters")
 
 WINDOW = 60.0
+READ_BACKOFF = 2.0      # seconds without reads after one failed: answered from what is known
 
 
 class SharedCounters:
@@ -77,6 +83,8 @@ class SharedCounters:
         # an increment is in every instance's answers at most one interval later.
         self._half = flush_interval / 2
         self.flush_failures = 0
+        self.read_failures = 0
+        self._reads_paused_until = 0.0    # monotonic: a read failed, answer from what is known
         self._kv: KeyValue | None = None
         # rate key -> [known cluster total, revision (0: absent), pending local hits,
         #              monotonic time the total was learnt]
@@ -156,11 +164,11 @@ class SharedCounters:
         for key in (current, previous):
             if key not in self._rates:
                 self._track(key)
-                await self._read(key)
+                await self._read_or_go_on(key)
             elif self._rates[key][3] < fresh_after:
                 # What we knew is older than one flush of anyone else: ask again, so an
                 # instance that was quiet for a while does not answer from an old total.
-                await self._read(key)
+                await self._read_or_go_on(key)
         if current not in self._rates:   # forgotten while we awaited (the clock moved on): count anyway
             self._track(current)
         self._rates[current][2] += n
@@ -190,6 +198,19 @@ class SharedCounters:
         if len(self._rates) >= self.max_keys:
             self._forget_old(force=True)
         self._rates[key] = [0, 0, 0, 0.0]
+
+    async def _read_or_go_on(self, key: str) -> None:
+        """``_read``, failing open (module doc): a read that fails pauses reads for
+        ``READ_BACKOFF`` and the caller answers from what is known."""
+        if self.monotonic() < self._reads_paused_until:
+            return
+        try:
+            await self._read(key)
+        except Exception as exc:  # noqa: BLE001 - any bus failure: a timeout, no responders, closed
+            self.read_failures += 1
+            self._reads_paused_until = self.monotonic() + READ_BACKOFF
+            log.warning("rate counters: cannot read the bus (%s); answering from what this instance "
+                        "knows for %.0f s", exc.__class__.__name__, READ_BACKOFF)
 
     async def _read(self, key: str) -> None:
         assert self._kv is not None

@@ -290,3 +290,46 @@ async def test_a_write_applied_but_unanswered_is_not_added_twice():
         assert await a.rate("conn", SUBJECT) == 6
     finally:
         await a.stop()
+
+
+class UnreadableKV(MemoryKV):
+    """Reads time out while ``down`` (the bus restarting or frozen); ``reads`` counts them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+        self.reads = 0
+
+    async def get(self, key):
+        self.reads += 1
+        if self.down:
+            raise NatsTimeoutError
+        return await super().get(key)
+
+
+async def test_a_read_that_fails_answers_from_what_is_known_and_pauses_reads():
+    """Fail open: with the bus away each hit raised, and the edge's gate and the farm's
+    connection rate turned every new client away with a traceback (or made each wait out a bus
+    timeout).  Now the instance answers from its own hits and the totals it last read, asks
+    the bus again only after READ_BACKOFF, and counts the failures."""
+    from colony import counters as module
+
+    kv, wall, mono = UnreadableKV(), Clock(W * WINDOW), Clock(100.0)
+    a = SharedCounters(JS(kv), "edge-a", flush_interval=60.0, clock=wall, monotonic=mono)
+    await a.start()
+    try:
+        assert await a.hit("conn", SUBJECT) == 1
+        kv.down = True
+        mono.t += 31.0                                   # what a knows is stale: it asks, and fails
+        assert await a.hit("conn", SUBJECT) == 2
+        assert a.read_failures == 1
+        reads = kv.reads
+        for n in range(3, 10):                           # within the backoff: no read at all
+            assert await a.hit("conn", SUBJECT) == n
+        assert kv.reads == reads
+        kv.down = False
+        mono.t += module.READ_BACKOFF + 31.0
+        await a.flush()                                  # the bus is back: the pending hits go
+        assert await a.rate("conn", SUBJECT) == 9 and kv.reads > reads
+    finally:
+        await a.stop()
