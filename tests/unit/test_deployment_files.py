@@ -243,6 +243,34 @@ def haproxy_forwarding(http: bool = False) -> dict[int, tuple[str, int, list[str
     return forwarding
 
 
+def haproxy_routed(path: str) -> tuple[list[str], str, int, list[str]]:
+    """The HTTP frontend lines holding a ``use_backend`` rule for ``path``, and where that
+    rule sends it: (frontend lines, service, service port, backend lines)."""
+    sections = haproxy_sections()
+    for (kind, _name), lines in sections.items():
+        if kind != "frontend" or "mode http" not in lines:
+            continue
+        for line in lines:
+            words = line.split()
+            if words[0] == "use_backend" and f"path {path}" in line:
+                backend_lines = sections[("backend", words[1])]
+                for server in backend_lines:
+                    if m := re.match(r"server(?:-template)?\s+\S+\s+(?:\d+\s+)?([\w.-]+):(\d+)", server):
+                        return lines, m.group(1), int(m.group(2)), backend_lines
+    raise AssertionError(f"no HTTP frontend of haproxy routes {path}")
+
+
+def service_settings(name: str, monkeypatch) -> Settings:
+    """The settings a compose service's process reads (its COLONY_* environment, nothing else)."""
+    for key in list(os.environ):
+        if key.startswith("COLONY_"):
+            monkeypatch.delenv(key)
+    for key, value in environment(SERVICES[name]).items():
+        if key.startswith("COLONY_"):
+            monkeypatch.setenv(key, interpolate(value))
+    return load_settings()
+
+
 # --- compose: the Colony services -------------------------------------------------------------
 
 
@@ -713,6 +741,65 @@ def test_haproxy_and_nginx_publish_what_they_serve():
     assert re.search(rf"listen\s+{SIP_PORT}\s+udp", nginx) and f"sipfarm:{SIP_PORT}" in nginx
 
 
+def test_the_farm_has_the_certificate_every_published_sip_port_needs(tmp_path, monkeypatch):
+    """SIP over TLS (5061) and the browser phones' WebSocket go to farm members that open
+    their TLS and WSS listeners only with a certificate and key (workload.py: without them
+    "SIP over TLS and WSS are off"), and their WS listener only with ``sip_ws``: without
+    the files haproxy published 5061 to members that listened on no TLS port.  The files are
+    the public certificate of `colony deploy init`, which Python's TLS takes."""
+    from colony.tlsfiles import configured, server_context
+
+    farm = service_settings("sipfarm", monkeypatch)
+    assert farm.sip_tls and farm.sip_ws
+    assert farm.tls_cert_file is not None and farm.tls_key_file is not None, \
+        "sipfarm: no COLONY_TLS_CERT_FILE/COLONY_TLS_KEY_FILE, so no TLS or WSS listener"
+    mounted = {spec.get("target") or f"/run/secrets/{spec['source']}": spec["source"]
+               for spec in SERVICES["sipfarm"]["secrets"] if isinstance(spec, dict)}
+    files = _deploy_secrets(tmp_path)
+    for path in (farm.tls_cert_file, farm.tls_key_file):
+        assert str(path) in mounted, f"sipfarm: {path} is not among its secrets"
+        assert tmp_path / COMPOSE["secrets"][mounted[str(path)]]["file"].removeprefix("./") == files.public_pem
+    assert configured(farm) is not None
+    server_context(files.public_pem, files.public_pem)
+    # Every farm port haproxy forwards to is one of the member's listeners.
+    listeners = {farm.sip_port, farm.sip_tls_port, farm.sip_ws_port}
+    to_farm = [target for service, target, _ in haproxy_forwarding().values() if service == "sipfarm"]
+    assert set(to_farm) == {farm.sip_port, farm.sip_tls_port}
+    _, service, target, _ = haproxy_routed("/sip")
+    assert service == "sipfarm" and target in listeners
+
+
+def test_haproxy_forwards_sip_over_tls_and_browser_phones_websockets_to_the_farm(monkeypatch):
+    """5061 goes, TLS untouched, to the members' TLS port behind a PROXY v2 header (read
+    before the handshake, colony.proxy_listener); wss://host/sip on 443 ends its TLS at
+    haproxy and goes to the members' WS port, also behind the header (the farm requires it
+    from haproxy on every stream listener).  Both find members by Docker's DNS, check
+    /readyz on the ops port, and are published on the host."""
+    farm = service_settings("sipfarm", monkeypatch)
+    forwarding = haproxy_forwarding()
+    service, target, backend = forwarding[5061]
+    assert (service, target) == ("sipfarm", farm.sip_tls_port)
+    templates = [line for line in backend if line.startswith("server-template")]
+    assert templates and all("send-proxy-v2" in line.split() and " ssl" not in line for line in templates)
+    assert "option httpchk GET /readyz" in backend
+
+    frontend, service, target, backend = haproxy_routed("/sip")
+    assert (service, target) == ("sipfarm", farm.sip_ws_port), "TLS ends at haproxy: the members' plain WS port"
+    assert any(re.match(r"bind\s+\S*:443\s+ssl\s+crt\s+/run/secrets/public-tls.pem", line) for line in frontend)
+    [rule] = [line for line in frontend if line.startswith("use_backend") and "path /sip" in line]
+    assert "ssl_fc" in rule, "SIP (digest answers, SDP keys) only over TLS"
+    templates = [line for line in backend if line.startswith("server-template")]
+    assert templates and all("send-proxy-v2" in line.split() for line in templates)
+    assert "mode http" in backend and "option httpchk GET /readyz" in backend
+    assert any(line.startswith("timeout tunnel") for line in backend), \
+        "an open WebSocket is quiet between registrations: the 30 s HTTP timeout would cut it"
+    sections = haproxy_sections()
+    resolvers = [name for kind, name in sections if kind == "resolvers"]
+    assert f"resolvers {resolvers[0]}" in " ".join(sections[("defaults", "")])
+    tcp = {int(p["published"]) for p in published_ports(SERVICES["haproxy"]) if p["protocol"] == "tcp"}
+    assert {5061, 443} <= tcp
+
+
 def test_the_farm_s_record_route_names_what_phones_reach_the_balancers_by():
     """A dialog's later requests follow the Record-Route: a container's name, which phones
     outside cannot resolve and which dies with the member, is no place to send a BYE."""
@@ -723,6 +810,19 @@ def test_the_farm_s_record_route_names_what_phones_reach_the_balancers_by():
     # No port in the name: phones take 5060, where both balancers listen on the Docker host.
     published = {(p["published"], p["protocol"]) for s in SERVICES.values() for p in published_ports(s)}
     assert {(str(SIP_PORT), "tcp"), (str(SIP_PORT), "udp")} <= published
+
+
+def test_the_farm_s_record_route_gives_tls_phones_the_balancer_s_tls_port(monkeypatch):
+    """A TLS party's Record-Route names the public name with sip_record_route_tls_port and
+    transport=tls: that port must be published by haproxy and lead to the members' TLS
+    listener, or the phone's BYE goes where no TLS listener of the farm is."""
+    farm = service_settings("sipfarm", monkeypatch)
+    port = farm.sip_record_route_tls_port
+    assert port, "sipfarm: COLONY_SIP_RECORD_ROUTE_TLS_PORT unset leaves the port to SRV records"
+    assert haproxy_forwarding()[port][:2] == ("sipfarm", farm.sip_tls_port)
+    published = {(p["published"], p["protocol"]) for p in published_ports(SERVICES["haproxy"])}
+    assert (str(port), "tcp") in published
+    # (tests/unit/sipfarm/test_record_route_host.py: the farm writes NAME:port;transport=tls.)
 
 
 def _deploy_secrets(tmp_path: Path):
