@@ -12,24 +12,31 @@ metric label):
 * ``period``: outside the configured start/end (UTC), or not enabled;
 * ``null_sender`` / ``system_sender``: the envelope sender is empty, or a mailer or a list's
   robot (``MAILER-DAEMON``, ``LISTSERV``, ``majordomo``, ``owner-*``, ``*-request``,
-  ``*-owner``, ``*-bounce(s)``; and ``postmaster``, ``noreply``, ``no-reply``, whom an answer
-  only bothers), or one of the user's own addresses (RFC 3834 §2, RFC 5230 §4.5);
+  ``*-owner``, ``[*-]bounce(s)``; and ``postmaster``, ``noreply``, ``no-reply``,
+  ``donotreply``, ``do-not-reply``, whom an answer only bothers; a ``+detail`` is not
+  looked at, so VERP's ``bounces+…`` is one too), or one of the user's own addresses
+  (RFC 3834 §2, RFC 5230 §4.5);
 * ``unreadable``: a header section that does not end within ``HEADER_LIMIT`` bytes (what
   lies past it -- a ``List-Id`` -- is not read, so nothing is answered);
 * ``auto_submitted``: an ``Auto-Submitted`` field other than ``no`` (RFC 3834 §5);
 * ``precedence``: ``Precedence: bulk``, ``list`` or ``junk``;
 * ``list``: ``List-Id`` or any other ``List-*`` field (RFC 2369, RFC 2919);
+* ``report``: a ``multipart/report`` -- a DSN or an MDN (RFC 6522) that came with a sender
+  (a read receipt from Thunderbird or Outlook has the user's own);
 * ``junk``: the store filed the message as Junk (the DMARC quarantine);
 * ``not_addressed``: none of the user's addresses is in ``To``, ``Cc``, ``Bcc`` or their
   ``Resent-`` forms -- the implicit address check of RFC 5230 §4.5: mail that reached the
-  user through a list or a blind copy is not answered;
+  user through a list or a blind copy is not answered.  The user's addresses are the
+  account, ``addresses``, and ``also_own``: what the shell knows to be the same mailbox
+  under another name (the RCPT through a domain alias);
 * ``already_replied``: the sender was answered within ``days`` (RFC 5230 §4.1).
 
 Hostile input: only the header section is read, at most ``HEADER_LIMIT`` bytes of it; a
 field that does not parse counts as absent (never as a reason to answer something odd:
 the address check then finds nobody and nothing is sent).  What goes into the reply
 (subject, Message-ID) is stripped of line breaks and bounded, so a sender cannot add fields
-to it.
+to it; message ids are carried only when they are printable ASCII, and never RFC 2047-encoded
+(an encoded ``In-Reply-To`` threads in no client), however long.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from email.header import decode_header, make_header
+from email.headerregistry import Address
 from email.message import EmailMessage
 from email.parser import HeaderParser
 from email.policy import SMTP, compat32
@@ -51,15 +59,21 @@ REFERENCES_KEPT = 10            # message ids of the original's References carri
 MESSAGE_ID_MAX = 250
 REMEMBERED_SENDERS = 1000       # senders remembered per account; the oldest reply is forgotten first
 
-REASONS = ("period", "null_sender", "system_sender", "unreadable", "auto_submitted", "precedence", "list", "junk",
-           "not_addressed", "already_replied")
+REASONS = ("period", "null_sender", "system_sender", "unreadable", "auto_submitted", "precedence", "list", "report",
+           "junk", "not_addressed", "already_replied")
 
-_SYSTEM_LOCALS = frozenset({"mailer-daemon", "listserv", "majordomo", "postmaster", "noreply", "no-reply"})
+_SYSTEM_LOCALS = frozenset({"mailer-daemon", "listserv", "majordomo", "postmaster", "noreply", "no-reply",
+                            "donotreply", "do-not-reply", "bounce", "bounces"})
 _SYSTEM_PREFIXES = ("owner-",)
 _SYSTEM_SUFFIXES = ("-request", "-owner", "-bounces", "-bounce")
 _RECIPIENT_FIELDS = ("to", "cc", "bcc", "resent-to", "resent-cc", "resent-bcc")
 _BULK = frozenset({"bulk", "list", "junk"})
-_MSGID = re.compile(r"<[^<>\s]{1,%d}>" % (MESSAGE_ID_MAX - 2))
+# Printable ASCII only: the ids are written as they are (never encoded), and an 8-bit one
+# would make the reply's header 8-bit.
+_MSGID = re.compile(r"<[\x21-\x3b\x3d\x3f-\x7e]{1,%d}>" % (MESSAGE_ID_MAX - 2))
+# Ids written unencoded: with refold_source "none" a raw header is emitted as given (one id
+# a line, at most MESSAGE_ID_MAX + 1 octets); the others are still folded at 78.
+_REPLY_POLICY = SMTP.clone(refold_source="none")
 
 
 @dataclass(frozen=True)
@@ -155,17 +169,19 @@ def _unfold(value) -> str:
 
 
 def decide(*, account: str, settings: VacationSettings, mail_from: str, message: bytes, now: datetime,
-           replied: RepliedSenders, special_use: str | None = None, display_name: str = "") -> Reply | Suppressed:
+           replied: RepliedSenders, special_use: str | None = None, display_name: str = "",
+           also_own: tuple[str, ...] = ()) -> Reply | Suppressed:
     """Answer ``message`` (received by ``account`` from envelope sender ``mail_from``) or say why not.
-    ``now`` is timezone-aware UTC.  Does not change ``replied``: the caller notes the reply
-    once it is durable."""
+    ``now`` is timezone-aware UTC.  ``also_own``: other names of the user's addresses the
+    caller knows of (``local@<a domain alias>``).  Does not change ``replied``: the caller
+    notes the reply once it is durable."""
     if not settings.enabled or (settings.start is not None and now < settings.start) \
             or (settings.end is not None and now >= settings.end):
         return Suppressed("period")
     sender = mail_from.strip()
     if not sender:
         return Suppressed("null_sender")
-    own = {a.lower() for a in (account, *settings.addresses)}
+    own = {a.lower() for a in (account, *settings.addresses, *also_own)}
     if _system_sender(sender) or sender.lower() in own:
         return Suppressed("system_sender")
     original = read_headers(message)
@@ -178,6 +194,8 @@ def decide(*, account: str, settings: VacationSettings, mail_from: str, message:
         return Suppressed("precedence")
     if any(name.startswith("list-") for name in original.fields):
         return Suppressed("list")
+    if (original.first("content-type") or "").split(";", 1)[0].strip().lower() == "multipart/report":
+        return Suppressed("report")
     if special_use == "\\Junk":
         return Suppressed("junk")
     if not own & _addressed(original):
@@ -190,6 +208,7 @@ def decide(*, account: str, settings: VacationSettings, mail_from: str, message:
 
 def _system_sender(sender: str) -> bool:
     local = sender.rpartition("@")[0].lower() if "@" in sender else sender.lower()
+    local = local.partition("+")[0] or local     # bounces+<VERP>, noreply+<tag>
     return (local in _SYSTEM_LOCALS or local.startswith(_SYSTEM_PREFIXES) or local.endswith(_SYSTEM_SUFFIXES))
 
 
@@ -206,17 +225,20 @@ def build_reply(account: str, display_name: str, recipient: str, settings: Vacat
     """The reply (RFC 3834 §3, RFC 5230 §5): from the account, to the envelope sender,
     ``Auto-Submitted: auto-replied``, threaded to the original, text/plain UTF-8."""
     domain = account.rpartition("@")[2]
-    msg = EmailMessage(policy=SMTP)
-    msg["From"] = email.utils.formataddr((_one_line(display_name)[:100], account)) if display_name else account
+    msg = EmailMessage(policy=_REPLY_POLICY)
+    # An Address, not formataddr's string: re-parsed, a non-ASCII name with quotes and commas
+    # came out partly encoded, partly bare -- a From of several mailboxes.
+    name = _one_line(display_name)[:100]
+    msg["From"] = Address(display_name=name, addr_spec=account) if name else account
     msg["To"] = recipient
     msg["Subject"] = _one_line(settings.subject) if settings.subject else f"Auto: {_original_subject(original)}"
     msg["Date"] = email.utils.format_datetime(now)
     msg["Message-ID"] = f"<vacation.{secrets.token_hex(12)}@{domain}>"
     message_id = _message_id(original.first("message-id"))
     if message_id is not None:
-        msg["In-Reply-To"] = message_id
+        msg.set_raw("In-Reply-To", message_id)
         earlier = _MSGID.findall(original.first("references") or "")[-REFERENCES_KEPT:]
-        msg["References"] = " ".join([*earlier, message_id])
+        msg.set_raw("References", "\r\n ".join([*earlier, message_id]))
     msg["Auto-Submitted"] = "auto-replied"
     msg.set_content(settings.body, charset="utf-8", cte="quoted-printable")
     return msg.as_bytes()

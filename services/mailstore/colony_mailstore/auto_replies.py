@@ -17,6 +17,10 @@ delivery for the account's domain (``sign_domain``) when it has a key; under the
 window is dropped.  A reply that cannot be published is logged and counted (``unsent``): the
 message is stored, and retrying the job would not answer it again.
 
+The implicit address check (RFC 5230 §4.5) also counts as the user's the RCPT this copy came
+by when it is the account (or one of its ``addresses``) under a domain alias of its domain:
+``To: amy@acme-mail.example`` is answered like ``To: amy@acme.example``.
+
 An account without a vacation costs the delivery one attribute check of the directory entry
 it already read.
 """
@@ -37,6 +41,7 @@ from opentelemetry import trace
 from colony.contracts.directory import AccountEntry, VacationEntry
 from colony.contracts.mail import InboundMail
 from colony.contracts.outbound import OutboundMail
+from colony.contracts.recipients import normalise_address
 from colony.outbound.dsn import report_messages
 from colony.outbound.vacation import RepliedSenders, Reply, VacationSettings, decide
 from colony.storage import journal
@@ -100,13 +105,28 @@ class AutoReplies:
             if acct.replied is None:
                 acct.replied = await thread_to_the_end(_read, path)
             now = self.clock()
-            outcome = decide(account=address, settings=settings_of(entry.vacation), mail_from=mail.mail_from,
+            settings = settings_of(entry.vacation)
+            outcome = decide(account=address, settings=settings, mail_from=mail.mail_from,
                              message=body, now=now, replied=acct.replied, special_use=mail.special_use,
-                             display_name=entry.real_name)
+                             display_name=entry.real_name, also_own=await self._via_domain_alias(mail, address, settings))
             if isinstance(outcome, Reply):
                 acct.replied.note(outcome.recipient, now)
                 await thread_to_the_end(journal.write_atomically, path, orjson.dumps(acct.replied.to_json()))
             return outcome
+
+    async def _via_domain_alias(self, mail: InboundMail, address: str, settings: VacationSettings) -> tuple[str, ...]:
+        """The RCPTs of this copy that name the user's addresses under a domain alias."""
+        own = {a.lower() for a in (address, *settings.addresses)}
+        out = []
+        for rcpt in mail.recipients:
+            original = normalise_address(rcpt.original) if rcpt.mailbox == address else None
+            if original is None or original in own:
+                continue
+            local, _, domain = original.rpartition("@")
+            real = await self.accounts.directory.domain_alias(domain)
+            if real is not None and f"{local}@{real}" in own:
+                out.append(original)
+        return tuple(out)
 
     async def _publish(self, mail: InboundMail, address: str, reply: Reply) -> None:
         settings = self.reports.settings

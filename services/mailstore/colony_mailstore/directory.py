@@ -62,6 +62,11 @@ class Directory:
             return True
         return isinstance(await self._get(names.AGG_DOMAIN_ALIAS, domain), DomainAliasEntry)
 
+    async def domain_alias(self, name: str) -> str | None:
+        """The hosted domain ``name`` is an alias of, or None."""
+        value = await self._get(names.AGG_DOMAIN_ALIAS, name)
+        return value.domain if isinstance(value, DomainAliasEntry) else None
+
     async def sealed(self, address: str) -> bool:
         """Whether the account's domain is moving to another region and in its ``sealing``
         phase: no session may change its mail until the move flips (``colony.domain_move``)."""

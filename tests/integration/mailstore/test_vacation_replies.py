@@ -12,6 +12,7 @@ import signal
 import urllib.request
 import uuid
 
+import orjson
 import pytest
 
 from cluster_harness import wait_until
@@ -131,6 +132,29 @@ async def test_whom_it_answered_survives_a_new_owner_and_a_hosted_sender_gets_th
     await wait_until(bob_has_reply, 60, "the reply to a hosted sender in bob's INBOX")
     await wait_until(lambda: _mail_empty(world), 60, "MAIL drained")
     assert len(await outbound(world)) == 1       # carol was answered by the first owner already
+
+
+async def test_mail_to_the_user_through_a_domain_alias_is_answered(world):
+    await world.domain()
+    await world.directory.put(names.directory_key(names.AGG_DOMAIN_ALIAS, "alias.example"), orjson.dumps(
+        {"kind": "domain_alias", "name": "alias.example", "domain": DOMAIN}))
+    await world.account(ALICE, vacation=VACATION)
+    await world.start_ready("mailstore-1")
+    via_alias, other = uuid.uuid4().hex, uuid.uuid4().hex
+    # As the edge resolves it: RCPT TO:<alice@alias.example> is ALICE's mailbox.
+    item = mail("carol@remote.test", via_alias, to="alice@alias.example")
+    await publish(world, item.model_copy(update={"recipients": [MailRecipient(mailbox=ALICE,
+                                                                              original="Alice@Alias.example")]}))
+    # Not the user under another name: a distribution alias's RCPT is no address of hers.
+    item = mail("dave@remote.test", other, to="team@alias.example")
+    await publish(world, item.model_copy(update={"recipients": [MailRecipient(mailbox=ALICE,
+                                                                              original="team@alias.example")]}))
+    await wait_until(lambda: stored_all(world, ALICE, via_alias, other), 60, "both stored")
+    await wait_until(lambda: _mail_empty(world), 60, "MAIL drained")
+    [reply] = await outbound(world)
+    assert [r.address for r in reply.recipients] == ["carol@remote.test"]
+    lines = await metrics_of(world, "mailstore-1")
+    assert 'colony_mailstore_auto_replies_suppressed_total{reason="not_addressed"} 1.0' in lines
 
 
 async def _outbound_count(world, n: int) -> bool:

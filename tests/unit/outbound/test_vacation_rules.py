@@ -185,3 +185,59 @@ def test_a_header_section_past_its_limit_is_not_read_to_the_end_and_not_answered
     raw = b"To: alice@acme.example\r\n" + b"X-Pad: " + b"a" * 10_000_000 + b"\r\nList-Id: <late.remote.test>\r\n\r\nx"
     assert run(raw) == Suppressed("unreadable")     # the List-Id lies past what is read
     assert isinstance(run(b"To: alice@acme.example\r\n\r\n" + b"a" * 10_000_000), Reply)  # a large body is fine
+
+
+# A real Outlook (Exchange Online) Message-ID: longer than a 78-column line.
+OUTLOOK_ID = "<DM6PR11MB43214F0E7A1B2C3D4E5F60718293A4B5C6D7E8F9@DM6PR11MB4321.namprd11.prod.outlook.com>"
+
+
+def test_long_message_ids_are_threaded_as_written_never_rfc_2047_encoded():
+    raw = message("To: alice@acme.example", f"References: <r0@x.test> {OUTLOOK_ID}").replace(
+        b"<m1@remote.test>", b"<" + b"m" * 200 + b"@remote.test>")
+    outcome = run(raw)
+    head = outcome.message.split(b"\r\n\r\n")[0]
+    # Clients match ids byte for byte: an encoded word is no id (the stdlib parser would decode it).
+    assert b"=?" not in head.split(b"\r\nAuto-Submitted")[0].partition(b"In-Reply-To:")[2]
+    assert b"In-Reply-To: <" + b"m" * 200 + b"@remote.test>\r\n" in head
+    assert f"\r\n {OUTLOOK_ID}\r\n".encode() in head
+    assert max(len(line) for line in outcome.message.split(b"\r\n")) <= 998
+    reply = reply_of(outcome)
+    assert reply["References"].split() == ["<r0@x.test>", OUTLOOK_ID, "<" + "m" * 200 + "@remote.test>"]
+
+
+def test_an_8bit_message_id_is_not_carried_into_the_reply():
+    raw = "To: alice@acme.example\r\nMessage-ID: <réunion@remote.test>\r\n\r\nx\r\n".encode()
+    outcome = run(raw)
+    assert outcome.message.isascii() and reply_of(outcome)["In-Reply-To"] is None
+
+
+@pytest.mark.parametrize("name", ['Ünïcode "Name", with, commas', "Müller, Hans", 'Plain "Q", Name', "x" * 150])
+def test_the_from_is_one_mailbox_whatever_the_real_name(name):
+    reply = reply_of(run(display_name=name))
+    (sender,) = reply["From"].addresses
+    assert sender.addr_spec == ALICE and sender.display_name.replace(" ", "") == name[:100].replace(" ", "")
+
+
+@pytest.mark.parametrize("sender", ["bounces+carol=remote.test@lists.example", "noreply+tag@remote.test",
+                                    "donotreply@remote.test", "Do-Not-Reply@remote.test"])
+def test_no_reply_to_verp_bounce_addresses_or_do_not_reply_senders(sender):
+    assert run(sender=sender) == Suppressed("system_sender")
+
+
+def test_no_reply_to_a_report_a_dsn_or_read_receipt_sent_with_a_sender():
+    mdn = message("To: alice@acme.example",
+                  'Content-Type: multipart/report; report-type=disposition-notification; boundary="b"')
+    assert run(mdn) == Suppressed("report")
+    dsn = message("To: alice@acme.example", "Content-Type: Multipart/Report;report-type=delivery-status")
+    assert run(dsn) == Suppressed("report")
+    assert isinstance(run(message("To: alice@acme.example", "Content-Type: multipart/mixed; boundary=x")), Reply)
+
+
+def test_mail_to_the_user_through_a_domain_alias_is_answered_when_the_caller_names_it():
+    via_alias = message("To: Alice <Alice@acme-mail.example>")
+    assert run(via_alias) == Suppressed("not_addressed")
+    outcome = decide(account=ALICE, settings=AWAY, mail_from="carol@remote.test", message=via_alias, now=T0,
+                     replied=RepliedSenders(), also_own=("alice@acme-mail.example",))
+    assert isinstance(outcome, Reply)
+    assert decide(account=ALICE, settings=AWAY, mail_from="alice@acme-mail.example", message=via_alias, now=T0,
+                  replied=RepliedSenders(), also_own=("alice@acme-mail.example",)) == Suppressed("system_sender")
