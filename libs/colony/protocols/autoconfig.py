@@ -123,9 +123,15 @@ class AutodiscoverRequest:
 
 
 def normalise_domain(name: str) -> str | None:
-    """The domain as the directory keys it (lower case, no trailing dot), or None when it
-    cannot be a domain name at all."""
+    """The domain as the directory keys it (lower case, no trailing dot, an IDN in A-labels:
+    a wizard sends the address as typed, ``alice@bücher.example``), or None when it cannot
+    be a domain name at all."""
     name = name.strip().rstrip(".").lower()
+    if not name.isascii():
+        try:
+            name = name.encode("idna").decode("ascii")
+        except UnicodeError:
+            return None
     if not _DOMAIN.fullmatch(name) or any(not label for label in name.split(".")):
         return None
     return name
@@ -176,9 +182,14 @@ def _xml(root: ET.Element) -> bytes:
     return ET.tostring(root, encoding="utf-8", xml_declaration=True) + b"\n"
 
 
+# What XML 1.0 cannot carry even escaped (C0 controls but tab and line ends, U+FFFE/U+FFFF):
+# ElementTree writes them as they are, and the client's parser refuses the whole document.
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
 def _text(parent: ET.Element, tag: str, text: str) -> ET.Element:
     element = ET.SubElement(parent, tag)
-    element.text = text
+    element.text = _NOT_XML.sub("", text)   # a display name is the domain admin's free text
     return element
 
 

@@ -5,7 +5,12 @@ One small HTTP server per edge (``autoconfig_port``; uvicorn through
 
 * ``GET /mail/config-v1.1.xml?emailaddress=A`` and
   ``GET /.well-known/autoconfig/mail/config-v1.1.xml``: Thunderbird's clientConfig;
-* ``POST /autodiscover/autodiscover.xml`` (any case): Outlook's POX Autodiscover.
+* ``POST /autodiscover/autodiscover.xml`` (any case): Outlook's POX Autodiscover;
+* ``GET`` of that path at ``autodiscover.<domain>``: a 302 to
+  ``https://<autoconfig_host>/autodiscover/autodiscover.xml``, Outlook's "HTTP redirect
+  method" (MS-OXDISCO 3.1.5.3).  Outlook POSTs only over HTTPS, and no certificate of ours
+  names ``autodiscover.<a subscriber's domain>``: the unauthenticated GET over plain HTTP,
+  which Outlook sends when both HTTPS tries fail, is how it reaches a name that has one.
 
 The answers name ``autoconfig_host`` (else advertised_host) and either the standard ports or
 this edge's own listener ports (``autoconfig_ports``), for the listeners this edge has open.
@@ -53,7 +58,8 @@ class AutoconfigMetrics:
         self.requests = Counter(
             "colony_edge_autoconfig_requests",
             "Mail client autoconfiguration requests, by kind (thunderbird, autodiscover, other) and result "
-            "(served, unknown_domain, bad_request, schema, too_large, not_loaded, no_tls, method, not_found).",
+            "(served, redirect, unknown_domain, bad_request, schema, too_large, not_loaded, no_tls, method, "
+            "not_found).",
             ["kind", "result"], registry=registry)
 
 
@@ -138,12 +144,25 @@ class AutoconfigApp:
         self._count("thunderbird", "unknown_domain", candidates[0])
         return _problem(404, "this domain is not hosted here")
 
+    def _hosted_host(self, host_header: str | None) -> bool:
+        """Whether the Host is ``autodiscover.<a hosted domain>``, where Outlook's redirect
+        method asks (never our own name: a GET there would be sent to itself), on an edge
+        that has settings to offer."""
+        candidates = domain_of(None, host_header)
+        if len(candidates) != 2 or not candidates[1].startswith("autodiscover.") or not self.client_settings.servers:
+            return False
+        return candidates[1] != self.client_settings.host.lower() and hosted_domain(self.directory, candidates[0]) is not None
+
     async def autodiscover(self, request: Request) -> Response:
         def error(status: int, result: str, code: int, message: str, headers: dict[str, str] | None = None) -> Response:
             self._count("autodiscover", result, message)
             return Response(autodiscover_error(code, message), status_code=status, media_type=AUTODISCOVER_XML,
                             headers=headers)
 
+        if request.method in ("GET", "HEAD") and self._hosted_host(request.headers.get("host")):
+            self._count("autodiscover", "redirect")
+            return Response(status_code=302, headers={
+                "Location": f"https://{self.client_settings.host}{AUTODISCOVER_PATH}", "Cache-Control": "no-store"})
         if request.method != "POST":
             return error(405, "method", ERROR_INVALID_REQUEST, "POST an Autodiscover request", {"Allow": "POST"})
         try:

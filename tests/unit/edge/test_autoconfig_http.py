@@ -144,3 +144,33 @@ async def test_an_edge_without_tls_offers_nothing_rather_than_passwords_in_the_c
     outlook = await http.post("/autodiscover/autodiscover.xml", content=autodiscover_body("a@acme.example"))
     assert outlook.status_code == 503 and b"<ErrorCode>600</ErrorCode>" in outlook.content
     assert count(registry, "thunderbird", "no_tls") == 1 and count(registry, "autodiscover", "no_tls") == 1
+
+
+async def test_outlooks_http_redirect_method_is_sent_to_the_https_name_for_hosted_domains_only():
+    # Outlook's last try (MS-OXDISCO 3.1.5.3): an unauthenticated GET over plain HTTP at
+    # autodiscover.<domain>, whose HTTPS no certificate of ours names; a 302 to an https URL.
+    http, registry = client(autoconfig_host="mail.colony.example")
+    for host in ("autodiscover.acme.example", "AutoDiscover.Acme-Mail.Example.:80"):
+        moved = await http.get("/Autodiscover/Autodiscover.xml", headers={"Host": host})
+        assert moved.status_code == 302, host
+        assert moved.headers["location"] == "https://mail.colony.example/autodiscover/autodiscover.xml"
+    for host in ("autodiscover.evil.example", "autodiscover.mail.colony.example", "acme.example"):
+        refused = await http.get("/autodiscover/autodiscover.xml", headers={"Host": host})
+        assert refused.status_code == 405 and "location" not in refused.headers, host
+    assert count(registry, "autodiscover", "redirect") == 2
+    no_tls, _ = client(tls=False, autoconfig_host="mail.colony.example")
+    assert (await no_tls.get("/autodiscover/autodiscover.xml",
+                             headers={"Host": "autodiscover.acme.example"})).status_code == 405
+
+
+async def test_an_idn_typed_in_unicode_is_found_as_its_a_labels():
+    idn = "xn--bcher-kva.example"      # the directory keys A-labels; a wizard sends what was typed
+    directory = Directory()
+    directory.apply(names.directory_key(names.AGG_DOMAIN, idn), json.dumps({"kind": "domain", "name": idn}).encode())
+    app = AutoconfigApp(directory, advertised_settings(Settings(), LISTENERS), AutoconfigMetrics(CollectorRegistry()))
+    http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app.app()), base_url=f"http://autoconfig.{idn}")
+    config = await http.get("/mail/config-v1.1.xml", params={"emailaddress": "jörg@Bücher.example"})
+    assert config.status_code == 200 and ET.fromstring(config.content).find("emailProvider").get("id") == idn
+    outlook = await http.post("/autodiscover/autodiscover.xml", content=autodiscover_body("jörg@bücher.example"))
+    assert outlook.status_code == 200
+    assert {e.text for e in ET.fromstring(outlook.content).iter() if e.tag.endswith("LoginName")} == {f"jörg@{idn}"}

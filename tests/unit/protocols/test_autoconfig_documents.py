@@ -13,7 +13,7 @@ from colony.bus import names
 from colony.contracts.cache import DirectoryIndex
 from colony.protocols.autoconfig import (
     AUTODISCOVER_MAX_BODY, ERROR_INVALID_REQUEST, ERROR_SCHEMA_NOT_AVAILABLE, REQUEST_SCHEMA, RESPONSE_SCHEMA,
-    STANDARD_PORTS, AutodiscoverRefused, ClientSettings, autodiscover_error, autodiscover_response, domain_of,
+    STANDARD_PORTS, AutodiscoverRefused, ClientSettings, HostedDomain, autodiscover_error, autodiscover_response, domain_of,
     hosted_domain, parse_autodiscover_request, thunderbird_config,
 )
 
@@ -84,6 +84,9 @@ def test_only_the_listeners_the_edge_has_are_offered_at_their_own_ports():
     ("alice@Acme.Example.", None, ["acme.example"]),
     ('"odd@local"@acme.example', "ignored.example", ["acme.example"]),
     (None, "autoconfig.acme.example", ["acme.example", "autoconfig.acme.example"]),
+    ("jörg@Bücher.Example", None, ["xn--bcher-kva.example"]),           # as typed; the directory keys A-labels
+    (None, "autoconfig.xn--bcher-kva.example.", ["xn--bcher-kva.example", "autoconfig.xn--bcher-kva.example"]),
+    ("alice@\udcff.example", None, []),
     (None, "acme.example:8080", ["acme.example"]),
     (None, "[2001:db8::1]:80", []),
     ("no-at-sign", None, []),
@@ -154,3 +157,9 @@ def test_hostile_or_foreign_requests_get_autodiscover_errors(body, code):
     with pytest.raises(AutodiscoverRefused) as refused:
         parse_autodiscover_request(body)
     assert refused.value.code == code
+
+
+def test_a_display_name_with_characters_xml_cannot_carry_still_makes_a_well_formed_document():
+    domain = HostedDomain("acme.example", "acme.example", "Acme\x0b \x1b[31mMail\ufffe & <Co>")
+    root = ET.fromstring(thunderbird_config(domain, ClientSettings.from_ports("mail.colony.example", {"imaps": 993})))
+    assert root.find("emailProvider").findtext("displayName") == "Acme [31mMail & <Co>"
