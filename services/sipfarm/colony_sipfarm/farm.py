@@ -449,20 +449,20 @@ class SipFarm:
 
     @staticmethod
     def forker_of(message: SipRequest | SipResponse | SipParseError) -> str | None:
-        """The node key of the member that forked the INVITE ``message`` answers (our Via's
-        ``o``), or None.  Its fork gathers the branches' answers: the shell sends the answer
-        there while that member lives -- a draining one too, which keeps its ringing forks
-        until they end -- and by the Call-ID otherwise (the member it hashes to now is the one
-        a dead forker's branches are cancelled from)."""
+        """The node key of the member that forwarded the initial request ``message`` answers
+        (our Via's ``o``), or None.  Its fork gathers an INVITE's branches' answers, its server
+        transaction answers a MESSAGE's copies: the shell sends the answer there while that
+        member lives -- a draining one too, which keeps its ringing forks until they end --
+        and otherwise by the Call-ID (an INVITE's: the member it hashes to now is the one a
+        dead forker's branches are cancelled from) or wherever it arrived."""
         if not isinstance(message, SipResponse):
             return None
         try:
-            via = message.top_via()
-            if message.cseq().method != "INVITE" or not (via.branch or "").startswith(FARM_BRANCH):
+            if not (message.top_via().branch or "").startswith(FARM_BRANCH):
                 return None
         except URIError:
             return None
-        return via.params.get(FORKER) or None
+        return message.top_via().params.get(FORKER) or None
 
     def ringing(self) -> int:
         """Forks here still waiting for a final answer for their caller (a draining member
@@ -995,7 +995,7 @@ class SipFarm:
         return isinstance(uri, SipURI) and "cf" in uri.params
 
     def _via(self, request: SipRequest, transport: str, index: int = 0, in_dialog: bool = False,
-             member: str | None = None) -> str:
+             member: str | None = None, initial: bool = False) -> str:
         """Our Via for branch ``index`` of a request: the branch is a MAC of the incoming Via
         (and the branch number), the same on every member (``_branch_base``); ``in_dialog``:
         an INVITE routed in a dialog, whose answers this member handles (``handler_of``).
@@ -1016,9 +1016,10 @@ class SipFarm:
             if found is not None:
                 host, _, port = found.rpartition(":")     # a node record's host:port, IPv6 unbracketed
                 sent_by = f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
-        # ``o``: the member whose fork the answers are for (an initial INVITE's): they go to it
-        # while it lives, draining too, not to whichever member the Call-ID hashes to now.
-        forker = f";{FORKER}={names.node_key(self.node_id)}" if request.method == "INVITE" and not in_dialog else ""
+        # ``o`` on an ``initial`` request (not routed in a dialog): the member whose fork or
+        # server transaction the answers are for; they go to it while it lives, draining too,
+        # not to whichever member the Call-ID hashes to now or the answer happens to reach.
+        forker = f";{FORKER}={names.node_key(self.node_id)}" if initial else ""
         return (f"SIP/2.0/{transport} {sent_by};rport;branch={self._our_branch(request, index, flow)}"
                 f";m={names.node_key(self._flow())}{f';fl={flow}' if flow else ''}{f';{IN_DIALOG}' if in_dialog else ''}"
                 f"{forker}")
@@ -1059,7 +1060,8 @@ class SipFarm:
             for route in reversed(self._record_route(request, source, destination, member)):
                 request.headers.insert_before_first("Record-Route", route)
         invite = request.method == "INVITE"
-        via = self._via(request, destination[0], index, in_dialog=invite and in_dialog, member=member)
+        via = self._via(request, destination[0], index, in_dialog=invite and in_dialog, member=member,
+                        initial=not in_dialog)
         if len(self.entrusted) and request.method in ("INVITE", "CANCEL") and not in_dialog:
             via = self._entrusted_via(via, request.method, destination)
         request.headers.add_first("Via", via)
@@ -1187,14 +1189,10 @@ class SipFarm:
             # from a UDP caller, which sends it again every T1 until it hears an answer (§17.1.2.2).
             # Without one a copy started over and met its own credentials again: a replayed
             # nonce count, so the caller was challenged (407) while its request was still on its
-            # way, sent it once more with fresh credentials, and the callee got it twice.  The
-            # answer comes back here when the phone's packet came here and this member put the
-            # request on the wire (our Via): copies are absorbed, then get it.  Otherwise (handed
-            # over by the member the phone sent it to, whose address our Via names; or on the
-            # callee's connection at another member) the answer passes there, so copies go the
-            # same way again and the callee's own transaction answers them (§17.2.2), unchallenged.
-            here = self._flow() == self.node_id and out[0].member is None
-            self.server_transactions.forwarded(self._answer_key(request), False, self.clock(), None if here else out)
+            # way, sent it once more with fresh credentials, and the callee got it twice.  Its
+            # answer comes back to this member wherever it arrives (our Via's ``o``, forker_of):
+            # copies are absorbed until it does, then get it (§17.2.2).
+            self.server_transactions.forwarded(self._answer_key(request), False, self.clock())
         if request.method == "INVITE":
             # Kept for one branch too: Timer C (expire_forks) answers the caller 408 when
             # no branch ever gave a final answer.

@@ -52,10 +52,13 @@ async def test_a_forks_answers_name_the_forker_and_it_counts_its_ringing_forks()
 
 
 def test_requests_and_answers_to_others_name_no_forker():
-    register = parse_message(b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 192.0.2.7:5062;branch=z9hG4bK-cfab-0;o=x\r\n"
-                             b"From: <sip:a@x>;tag=1\r\nTo: <sip:a@x>;tag=2\r\nCall-ID: c\r\nCSeq: 1 MESSAGE\r\n"
-                             b"Content-Length: 0\r\n\r\n")
-    assert SipFarm.forker_of(register) is None                  # not an INVITE's
+    message = parse_message(b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 192.0.2.7:5062;branch=z9hG4bK-cfab-0;o=x\r\n"
+                            b"From: <sip:a@x>;tag=1\r\nTo: <sip:a@x>;tag=2\r\nCall-ID: c\r\nCSeq: 1 MESSAGE\r\n"
+                            b"Content-Length: 0\r\n\r\n")
+    assert SipFarm.forker_of(message) == "x"                    # a MESSAGE's too: its server transaction
+    assert SipFarm.forker_of(parse_message(b"OPTIONS sip:a@x SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.7;branch=z9hG4bK-cfab-0;o=x\r\n"
+                                           b"From: <sip:a@x>;tag=1\r\nTo: <sip:a@x>\r\nCall-ID: c\r\n"
+                                           b"CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n")) is None  # a request
     foreign = parse_message(b"SIP/2.0 180 Ringing\r\nVia: SIP/2.0/UDP 192.0.2.7:5062;branch=z9hG4bKxyz;o=x\r\n"
                             b"From: <sip:a@x>;tag=1\r\nTo: <sip:a@x>;tag=2\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\n"
                             b"Content-Length: 0\r\n\r\n")

@@ -12,6 +12,7 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
+from colony.bus import names
 from colony.contracts.auth import SipCredentialsReply
 from colony.protocols.sip.digest import h, ha1, parse_credentials
 from colony.protocols.sip.parser import SipParseError, parse_message
@@ -512,25 +513,28 @@ async def test_a_udp_callers_copy_of_an_initial_request_is_absorbed_not_challeng
     assert [o.destination for o in first] == [bob]
     assert await farm.handle(request, caller) == []                  # no answer yet: absorbed
     forwarded = parse_message(first[0].data)
-    ok = (f"SIP/2.0 200 OK\r\n" + "".join(f"Via: {v}\r\n" for v in forwarded.headers.get_all("Via"))
-          + f"From: {forwarded.headers.get('From')}\r\nTo: {forwarded.headers.get('To')};tag=b1\r\n"
-          f"Call-ID: {forwarded.call_id}\r\nCSeq: {forwarded.headers.get('CSeq')}\r\nContent-Length: 0\r\n\r\n")
-    passed = await farm.handle(ok.encode(), bob)
+    passed = await farm.handle(reply(forwarded, 200, "b1"), bob)
     assert [(o.destination, parse_message(o.data).status) for o in passed] == [(caller, 200)]
     again = await farm.handle(request, caller)                       # §17.2.2: the final again
     assert [(o.destination, parse_message(o.data).status) for o in again] == [(caller, 200)]
 
 
-async def test_a_copy_of_an_initial_request_handed_over_by_another_member_goes_the_same_way_again(farm):
-    """The member the phone sent it to handed it over, and the answer passes there (our Via
-    names its address): the owner cannot answer a copy, so it forwards it again as it did the
-    first -- the callee's transaction answers it -- and never challenges it."""
-    caller = ("UDP", "198.51.100.9", 5060)
+async def test_a_copy_of_an_initial_request_handed_over_by_another_member_is_absorbed_until_its_answer(farm):
+    """The member the phone sent it to handed it over, and the answer reaches that member (our
+    Via names its address): our Via's ``o`` has it sent on to this one (forker_of), whose
+    server transaction then answers the copies -- before, they went downstream again, and a
+    callee on TCP (its transaction ended at once, §17.2.2) showed the message twice."""
+    caller, bob = ("UDP", "198.51.100.9", 5060), ("UDP", "192.0.2.7", 5062)
     request = await authenticated_out_of_dialog(farm, "MESSAGE", caller)
     first = await farm.handle(request, caller, flow_member="sipfarm-2", flow_address=("192.0.2.200", 5060))
-    copy = await farm.handle(request, caller, flow_member="sipfarm-2", flow_address=("192.0.2.200", 5060))
-    assert [(o.destination, o.data) for o in copy] == [(o.destination, o.data) for o in first]
-    assert parse_message(copy[0].data).method == "MESSAGE"
+    [sent] = [parse_message(o.data) for o in first]
+    assert sent.top_via().host == "192.0.2.200"                         # answers go to member 2 ...
+    assert SipFarm.forker_of(parse_message(reply(sent, 200, "b1"))) == names.node_key("sipfarm-1")   # ... and on here
+    assert await farm.handle(request, caller, flow_member="sipfarm-2", flow_address=("192.0.2.200", 5060)) == []
+    passed = await farm.handle(reply(sent, 200, "b1"), bob, flow_member="sipfarm-2", flow_address=("192.0.2.200", 5060))
+    assert [(o.destination, parse_message(o.data).status) for o in passed] == [(caller, 200)]
+    again = await farm.handle(request, caller, flow_member="sipfarm-2", flow_address=("192.0.2.200", 5060))
+    assert [(o.destination, parse_message(o.data).status) for o in again] == [(caller, 200)]
 
 
 async def test_an_initial_request_from_a_connection_keeps_no_transaction(farm):
