@@ -29,7 +29,10 @@ metric label):
   user through a list or a blind copy is not answered.  The user's addresses are the
   account, ``addresses``, and ``also_own``: what the shell knows to be the same mailbox
   under another name (the RCPT through a domain alias);
-* ``already_replied``: the sender was answered within ``days`` (RFC 5230 §4.1).
+* ``already_replied``: the sender was answered within ``days`` (RFC 5230 §4.1) with this
+  reply: senders are remembered per ``handle_of`` the subject and text (RFC 5230 §4.2's
+  implicit handle, as Pigeonhole keys them), so a changed reply -- new dates -- reaches
+  those answered with the old one.
 
 Hostile input: only the header section is read, at most ``HEADER_LIMIT`` bytes of it; a
 field that does not parse counts as absent (never as a reason to answer something odd:
@@ -42,6 +45,7 @@ to it; message ids are carried only when they are printable ASCII, and never RFC
 from __future__ import annotations
 
 import email.utils
+import hashlib
 import re
 import secrets
 from collections import OrderedDict
@@ -100,15 +104,22 @@ class Suppressed:
     reason: str         # one of REASONS
 
 
-class RepliedSenders:
-    """Senders answered and when: at most ``limit``, the one answered longest ago forgotten
-    first.  Wire form (the store's ``vacation.replied`` file)::
+def handle_of(settings: VacationSettings) -> str:
+    """The reply's identity for the bookkeeping: its subject and text."""
+    return hashlib.sha256(f"{settings.subject or ''}\0{settings.body}".encode("utf-8", "replace")).hexdigest()[:16]
 
-        {"senders": [["bob@remote.test", "2026-11-27T14:00:00+00:00"], ...]}   (oldest first)
+
+class RepliedSenders:
+    """Senders answered with the reply ``handle`` and when: at most ``limit``, the one
+    answered longest ago forgotten first.  Wire form (the store's ``vacation.replied`` file)::
+
+        {"handle": "<handle_of>", "senders": [["bob@remote.test", "2026-11-27T14:00:00+00:00"], ...]}
+        (oldest first; no handle: written before there was one)
     """
 
-    def __init__(self, limit: int = REMEMBERED_SENDERS) -> None:
+    def __init__(self, limit: int = REMEMBERED_SENDERS, handle: str = "") -> None:
         self.limit = limit
+        self.handle = handle
         self._at: OrderedDict[str, datetime] = OrderedDict()
 
     def __len__(self) -> int:
@@ -125,11 +136,11 @@ class RepliedSenders:
             self._at.popitem(last=False)
 
     def to_json(self) -> dict:
-        return {"senders": [[s, at.isoformat()] for s, at in self._at.items()]}
+        return {"handle": self.handle, "senders": [[s, at.isoformat()] for s, at in self._at.items()]}
 
     @classmethod
     def from_json(cls, data: dict, limit: int = REMEMBERED_SENDERS) -> RepliedSenders:
-        out = cls(limit)
+        out = cls(limit, str(data.get("handle", "")))
         for sender, at in data.get("senders", [])[-limit:]:
             out._at[str(sender).lower()] = datetime.fromisoformat(at)
         return out
@@ -172,7 +183,7 @@ def decide(*, account: str, settings: VacationSettings, mail_from: str, message:
            replied: RepliedSenders, special_use: str | None = None, display_name: str = "",
            also_own: tuple[str, ...] = ()) -> Reply | Suppressed:
     """Answer ``message`` (received by ``account`` from envelope sender ``mail_from``) or say why not.
-    ``now`` is timezone-aware UTC.  ``also_own``: other names of the user's addresses the
+    ``now`` is timezone-aware UTC; ``replied`` counts only if its ``handle`` is this reply's.  ``also_own``: other names of the user's addresses the
     caller knows of (``local@<a domain alias>``).  Does not change ``replied``: the caller
     notes the reply once it is durable."""
     if not settings.enabled or (settings.start is not None and now < settings.start) \
@@ -200,7 +211,7 @@ def decide(*, account: str, settings: VacationSettings, mail_from: str, message:
         return Suppressed("junk")
     if not own & _addressed(original):
         return Suppressed("not_addressed")
-    last = replied.last(sender)
+    last = replied.last(sender) if replied.handle == handle_of(settings) else None
     if last is not None and now - last < timedelta(days=settings.days):
         return Suppressed("already_replied")
     return Reply(sender, build_reply(account, display_name, sender, settings, original, now))

@@ -1,7 +1,7 @@
 """Vacation auto-replies, sent by the mail store that owns the account once a message is
 fsynced in its mailbox (the rules and the reply: ``colony.outbound.vacation``).
 
-Who has been answered is kept per account in ``<account dir>/vacation.replied``
+Who has been answered (with which reply: ``handle_of`` its subject and text) is kept per account in ``<account dir>/vacation.replied``
 (``RepliedSenders``' wire form: at most ``REMEMBERED_SENDERS`` senders, oldest dropped),
 written by the account's single writer under its lock, temp file + fsync + rename, and read
 at the first auto-reply after the account is opened.  It moves with the account directory
@@ -43,7 +43,7 @@ from colony.contracts.mail import InboundMail
 from colony.contracts.outbound import OutboundMail
 from colony.contracts.recipients import normalise_address
 from colony.outbound.dsn import report_messages
-from colony.outbound.vacation import RepliedSenders, Reply, VacationSettings, decide
+from colony.outbound.vacation import RepliedSenders, Reply, VacationSettings, decide, handle_of
 from colony.storage import journal
 from colony.telemetry import inject_headers
 from colony_mailstore.accounts import AccountManager, thread_to_the_end
@@ -110,6 +110,9 @@ class AutoReplies:
                              message=body, now=now, replied=acct.replied, special_use=mail.special_use,
                              display_name=entry.real_name, also_own=await self._via_domain_alias(mail, address, settings))
             if isinstance(outcome, Reply):
+                handle = handle_of(settings)
+                if acct.replied.handle != handle:    # another reply: its round starts afresh
+                    acct.replied = RepliedSenders(handle=handle)
                 acct.replied.note(outcome.recipient, now)
                 await thread_to_the_end(journal.write_atomically, path, orjson.dumps(acct.replied.to_json()))
             return outcome

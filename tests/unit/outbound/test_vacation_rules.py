@@ -19,6 +19,7 @@ from colony.outbound.vacation import (
     Suppressed,
     VacationSettings,
     decide,
+    handle_of,
 )
 
 T0 = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
@@ -120,14 +121,29 @@ def test_only_mail_that_names_one_of_the_users_addresses_is_answered(fields, ans
 
 
 def test_one_reply_per_sender_within_days_then_again():
-    replied = RepliedSenders()
+    replied = RepliedSenders(handle=handle_of(AWAY))
     assert isinstance(run(replied=replied), Reply)
     replied.note("Carol@Remote.test", T0)
     assert run(replied=replied, now=T0 + timedelta(days=6, hours=23)) == Suppressed("already_replied")
     assert isinstance(run(replied=replied, sender="dave@remote.test", now=T0 + timedelta(hours=1)), Reply)
     assert isinstance(run(replied=replied, now=T0 + timedelta(days=7)), Reply)
-    one_day = VacationSettings(body="x", days=1)
+    one_day = VacationSettings(body=AWAY.body, days=1, addresses=AWAY.addresses)
+    assert run(replied=replied, vacation=one_day, now=T0 + timedelta(hours=23)) == Suppressed("already_replied")
     assert isinstance(run(replied=replied, vacation=one_day, now=T0 + timedelta(days=1)), Reply)
+
+
+def test_a_changed_reply_reaches_the_senders_answered_with_the_old_one():
+    # RFC 5230 §4.2's implicit handle (Pigeonhole's too): new dates in the text are news.
+    replied = RepliedSenders(handle=handle_of(AWAY))
+    replied.note("carol@remote.test", T0)
+    assert run(replied=replied, now=T0 + timedelta(hours=1)) == Suppressed("already_replied")
+    later = VacationSettings(body="Back on the 12th, not Monday.", days=7, addresses=AWAY.addresses)
+    assert isinstance(run(replied=replied, vacation=later, now=T0 + timedelta(hours=1)), Reply)
+    assert handle_of(VacationSettings(body=AWAY.body, subject="Away")) != handle_of(AWAY)
+    assert handle_of(VacationSettings(body=AWAY.body, days=1, enabled=False)) == handle_of(AWAY)
+    again = RepliedSenders.from_json(replied.to_json())
+    assert again.handle == handle_of(AWAY) and again.last("carol@remote.test") == T0
+    assert RepliedSenders.from_json({"senders": [["carol@remote.test", T0.isoformat()]]}).handle == ""
 
 
 def test_outside_start_and_end_or_disabled_nothing_is_sent():
