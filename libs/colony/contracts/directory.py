@@ -63,12 +63,12 @@ when the page was the last.  ``DirectoryClient.domain_accounts`` pages through t
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal, NamedTuple
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from colony.bus import names
 
@@ -133,6 +133,12 @@ class DomainEntry(_Entry):
                           str(self.branding.get("display_name") or ""))
 
 
+def _utc_if_naive(value: datetime | None) -> datetime | None:
+    # The admin API writes UTC offsets; a bare time compared with the store's aware clock
+    # would raise at every message instead of meaning UTC, as the wire says.
+    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
+
+
 class VacationEntry(BaseModel):
     """An account's automatic reply (the admin API's ``Vacation``, validated there)."""
 
@@ -141,8 +147,8 @@ class VacationEntry(BaseModel):
     enabled: bool = True
     subject: str | None = None
     body: str = ""
-    start: datetime | None = None
-    end: datetime | None = None
+    start: Annotated[datetime | None, AfterValidator(_utc_if_naive)] = None
+    end: Annotated[datetime | None, AfterValidator(_utc_if_naive)] = None
     days: int = Field(7, ge=1)
     addresses: tuple[str, ...] = ()
 
@@ -160,6 +166,16 @@ class AccountEntry(_Entry):
     forward_keep_copy: bool = False
     vacation: VacationEntry | None = None
     state: str = ACTIVE
+
+    @field_validator("vacation", mode="wrap")
+    @classmethod
+    def _vacation_or_none(cls, value: Any, handler) -> VacationEntry | None:
+        """A vacation that does not parse (another writer's) is none, not a lost account: the
+        mail store reads this entry to store every message and to let every session in."""
+        try:
+            return handler(value)
+        except ValidationError:
+            return None
 
     def info(self) -> AccountInfo:
         return AccountInfo(self.address, self.state, self.cos, self.quota_bytes,

@@ -7,6 +7,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import orjson
+import pytest
 
 from colony.bus import names
 from colony.contracts import directory
@@ -40,3 +41,20 @@ def test_no_vacation_from_older_writers_or_an_unreadable_one():
     ix.apply(key, orjson.dumps({**ACCOUNT, "vacation": {"days": "often"}}))
     info = ix.address("amy@acme.example")
     assert info is not None and info.state == "active" and info.vacation is None and ix.bad_entries == 0
+
+
+@pytest.mark.parametrize("vacation", [{"days": 0, "body": "x"}, {"start": "soon", "body": "x"}, "yes", [1]])
+def test_a_vacation_that_does_not_parse_leaves_the_mail_stores_account_entry_whole(vacation):
+    # The mail store reads AccountEntry (parse_entry), not the edges' AccountInfo: a bad
+    # vacation there made the account unreadable, so its mail and logins failed at the store.
+    entry = directory.parse_entry(orjson.dumps({**ACCOUNT, "vacation": vacation}))
+    assert isinstance(entry, directory.AccountEntry) and entry.address == "amy@acme.example" and entry.vacation is None
+
+
+def test_a_vacation_period_without_an_offset_is_utc_as_the_wire_says():
+    entry = directory.parse_entry(orjson.dumps({**ACCOUNT, "vacation": {"body": "x", "start": "2026-12-24T00:00:00"}}))
+    assert entry.vacation.start == datetime(2026, 12, 24, tzinfo=UTC)
+    ix = DirectoryIndex()
+    ix.apply(names.directory_key("address", "amy@acme.example"),
+             orjson.dumps({**ACCOUNT, "vacation": {"body": "x", "end": "2027-01-04T08:00:00"}}))
+    assert ix.address("amy@acme.example").vacation.end == datetime(2027, 1, 4, 8, tzinfo=UTC)
