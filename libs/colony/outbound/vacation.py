@@ -236,7 +236,10 @@ def build_reply(account: str, display_name: str, recipient: str, settings: Vacat
     """The reply (RFC 3834 §3, RFC 5230 §5): from the account, to the envelope sender,
     ``Auto-Submitted: auto-replied``, threaded to the original, text/plain UTF-8."""
     domain = account.rpartition("@")[2]
-    msg = EmailMessage(policy=_REPLY_POLICY)
+    # An internationalised sender (RFC 6531) is written as UTF-8 (RFC 6532): RFC 2047 may not
+    # encode an addr-spec, and "=?utf-8?q?j=C3=B6rg?=@..." is nobody's address.  Such a reply
+    # must travel with SMTPUTF8 (``needs_smtputf8``).
+    msg = EmailMessage(policy=_REPLY_POLICY if recipient.isascii() else _REPLY_POLICY.clone(utf8=True))
     # An Address, not formataddr's string: re-parsed, a non-ASCII name with quotes and commas
     # came out partly encoded, partly bare -- a From of several mailboxes.
     name = _one_line(display_name)[:100]
@@ -253,6 +256,11 @@ def build_reply(account: str, display_name: str, recipient: str, settings: Vacat
     msg["Auto-Submitted"] = "auto-replied"
     msg.set_content(settings.body, charset="utf-8", cte="quoted-printable")
     return msg.as_bytes()
+
+
+def needs_smtputf8(reply: Reply) -> bool:
+    """Whether ``reply`` can only be sent with SMTPUTF8 (its recipient is internationalised)."""
+    return not reply.recipient.isascii()
 
 
 def _original_subject(original: Original) -> str:

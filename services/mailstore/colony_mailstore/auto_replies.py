@@ -43,7 +43,7 @@ from colony.contracts.mail import InboundMail
 from colony.contracts.outbound import OutboundMail
 from colony.contracts.recipients import normalise_address
 from colony.outbound.dsn import report_messages
-from colony.outbound.vacation import RepliedSenders, Reply, VacationSettings, decide, handle_of
+from colony.outbound.vacation import RepliedSenders, Reply, VacationSettings, decide, handle_of, needs_smtputf8
 from colony.storage import journal
 from colony.telemetry import inject_headers
 from colony_mailstore.accounts import AccountManager, thread_to_the_end
@@ -138,9 +138,12 @@ class AutoReplies:
         items = report_messages(reply_id(mail.message_id, address), reply.message, mailboxes=mailboxes,
                                 remote=remote, original=reply.recipient, region=settings.region,
                                 node_id=self.reports.node_id)
+        utf8 = {"smtputf8": True} if needs_smtputf8(reply) else {}   # its header is UTF-8
         for subject, item in items:
             if isinstance(item, OutboundMail):
-                item = item.model_copy(update={"sign_domain": domain})
+                item = item.model_copy(update={"sign_domain": domain, **utf8})
+            elif utf8:
+                item = item.model_copy(update=utf8)
             await self.reports.js.publish(subject, item.encode(),
                                           headers={**inject_headers(), "Nats-Msg-Id": item.msg_id()},
                                           timeout=settings.mail_publish_timeout)

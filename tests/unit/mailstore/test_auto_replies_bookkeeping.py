@@ -73,3 +73,22 @@ async def test_the_rcpt_through_a_domain_alias_is_the_users_address(tmp_path):
     assert await replies._decide(team[0], ALICE, entry("Away."), team[1]) == Suppressed("not_addressed")
     elsewhere = mail(3, rcpt="alice@other.example", to="alice@other.example")
     assert await replies._decide(elsewhere[0], ALICE, entry("Away."), elsewhere[1]) == Suppressed("not_addressed")
+
+
+async def test_a_reply_to_an_internationalised_sender_travels_with_smtputf8(tmp_path):
+    published = []
+
+    class JetStream:
+        async def publish(self, subject, data, headers, timeout):
+            published.append(data)
+
+    async def route(sender):   # one hosted, one remote recipient: both kinds of job
+        return ["jörg@acme.example"], ["jörg@bücher.example"]
+
+    reports = SimpleNamespace(settings=SimpleNamespace(region="local", mail_publish_timeout=5), node_id="store-1",
+                              route=route, js=JetStream())
+    replies = AutoReplies(SimpleNamespace(open={}), reports, metrics=None)
+    for sender, utf8 in (("jörg@bücher.example", True), ("carol@remote.test", False)):
+        published.clear()
+        await replies._publish(mail(1)[0], ALICE, Reply(sender, b"To: x\r\n\r\nx\r\n"))
+        assert [orjson.loads(d)["smtputf8"] for d in published] == [utf8, utf8]

@@ -20,6 +20,7 @@ from colony.outbound.vacation import (
     VacationSettings,
     decide,
     handle_of,
+    needs_smtputf8,
 )
 
 T0 = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
@@ -257,3 +258,12 @@ def test_mail_to_the_user_through_a_domain_alias_is_answered_when_the_caller_nam
     assert isinstance(outcome, Reply)
     assert decide(account=ALICE, settings=AWAY, mail_from="alice@acme-mail.example", message=via_alias, now=T0,
                   replied=RepliedSenders(), also_own=("alice@acme-mail.example",)) == Suppressed("system_sender")
+
+
+def test_an_internationalised_sender_is_answered_in_utf8_not_with_an_encoded_address():
+    outcome = run(sender="jörg@bücher.example")
+    head = outcome.message.split(b"\r\n\r\n")[0]
+    assert "\r\nTo: jörg@bücher.example\r\n".encode() in head and b"=?utf-8?q?j" not in head
+    reply = email.message_from_string(outcome.message.decode("utf-8"), policy=email.policy.default)
+    assert reply["To"].addresses[0].addr_spec == "jörg@bücher.example" and needs_smtputf8(outcome)
+    assert not needs_smtputf8(run()) and run().message.isascii()
