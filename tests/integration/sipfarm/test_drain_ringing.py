@@ -13,8 +13,7 @@ import pytest
 
 from colony.cluster.control import ask_controller
 from colony.protocols.sip.parser import parse_message
-from test_proxy_retransmission import register_udp
-from test_ringing_member_death import MEMBERS, Caller, a_call_id_owned_by, answered, ringing, sip_address
+from test_ringing_member_death import MEMBERS, answered, ringing_udp_call, sip_address
 from test_sipfarm import serve_credentials
 
 pytestmark = pytest.mark.slow
@@ -32,15 +31,8 @@ async def farm(cluster):
 
 async def test_a_draining_member_keeps_a_call_it_forked_until_the_callee_answers(farm, cluster):
     member_1 = sip_address(farm["sipfarm-1"])
-    bob, bob_inbox, _ = await register_udp(member_1, "bob")
-    alice = await Caller.open(member_1)
+    bob, bob_inbox, alice, invite, call_id = await ringing_udp_call(member_1, member_1, "sipfarm-1")
     try:
-        await alice.call(call_id := a_call_id_owned_by("sipfarm-1"))
-        invite = parse_message(await asyncio.wait_for(bob_inbox.get(), 10))
-        assert invite.method == "INVITE" and invite.call_id == call_id
-        bob.sendto(ringing(invite), member_1)
-        assert (await alice.receive()).status == 180
-
         reply = await ask_controller(await cluster.client(), "drain", "sipfarm-1")
         assert reply.ok, reply.error
         await cluster.wait_state("sipfarm-1", "NOT_READY", timeout=30)

@@ -343,39 +343,59 @@ async def test_a_udp_phone_ringing_for_a_call_whose_forking_member_died_is_cance
     client transaction.  Member 2 dies while bob rings: member 1 CANCELs bob's INVITE, ACKs his
     487 (each copy), and alice hears 480."""
     member_1 = sip_address(pair["sipfarm-1"])
-    bob, bob_in, _ = await register_udp(member_1, "bob")
-    alice = await Caller.open(member_1)
+    bob, bob_in, alice, invite, call_id = await ringing_udp_call(member_1, member_1, "sipfarm-2")
     try:
-        await alice.call(call_id := a_call_id_owned_by("sipfarm-2"))
-        invite = parse_message(await asyncio.wait_for(bob_in.get(), 10))
-        assert invite.method == "INVITE" and invite.call_id == call_id
-        bob.sendto(ringing(invite), member_1)
-        assert (await alice.receive()).status == 180
         await kill(cluster, "sipfarm-2")
-
-        async def next_request(method: str):
-            while True:
-                message = parse_message(await asyncio.wait_for(bob_in.get(), FINAL_WITHIN))
-                if getattr(message, "method", None) == method:
-                    return message
-                assert getattr(message, "method", None) == "INVITE", message     # a copy before his 180 came
-
-        cancel = await next_request("CANCEL")
+        cancel = await next_request(bob_in, "CANCEL", ("INVITE",))    # (a copy before his 180 came)
         assert cancel.call_id == call_id and cancel.top_via().branch == invite.top_via().branch
-        final = await alice.final(FINAL_WITHIN)
-        assert final.status == 480 and final.call_id == call_id and final.address("To").tag, final
-        bob.sendto(answered(cancel, 200, "OK"), member_1)
-        for _ in range(2):                      # his 487 and a copy of it (Timer G): each ACKed
-            bob.sendto(answered(invite, 487, "Request Terminated"), member_1)
-            ack = await next_request("ACK")
-            assert ack.top_via().branch == invite.top_via().branch and ack.address("To").tag == "b487"
-        await asyncio.sleep(1)
-        while not alice.inbox.queue.empty():
-            late = parse_message(alice.inbox.queue.get_nowait())
-            assert late.status == 480, late      # his 487 went no further
+        await cancelled_with_480(bob, bob_in, alice, invite, cancel, member_1, ("INVITE",))
     finally:
         alice.close()
         bob.close()
+
+
+async def ringing_udp_call(register_at: tuple[str, int], call_at: tuple[str, int], owner: str):
+    """bob's UDP phone, registered through ``register_at``, rings for alice's call through
+    ``call_at`` whose Call-ID ``owner`` owns: (bob, his inbox, alice, the INVITE, the Call-ID)."""
+    bob, bob_in, _ = await register_udp(register_at, "bob")
+    alice = await Caller.open(call_at)
+    try:
+        await alice.call(call_id := a_call_id_owned_by(owner))
+        invite = parse_message(await asyncio.wait_for(bob_in.get(), 10))
+        assert invite.method == "INVITE" and invite.call_id == call_id
+        bob.sendto(ringing(invite), register_at)
+        assert (await alice.receive()).status == 180
+    except BaseException:
+        alice.close()
+        bob.close()
+        raise
+    return bob, bob_in, alice, invite, call_id
+
+
+async def next_request(bob_in: asyncio.Queue, method: str, copies: tuple[str, ...]):
+    """The next ``method`` request bob's phone gets; before it only copies of ``copies``."""
+    while True:
+        message = parse_message(await asyncio.wait_for(bob_in.get(), FINAL_WITHIN))
+        if getattr(message, "method", None) == method:
+            return message
+        assert getattr(message, "method", None) in copies, message
+
+
+async def cancelled_with_480(bob, bob_in, alice: Caller, invite, cancel, member: tuple[str, int],
+                             copies: tuple[str, ...]) -> None:
+    """After bob's CANCEL: alice hears 480 (tagged), bob's 487 and its copy (Timer G) sent to
+    ``member`` are each ACKed, and nothing but the 480 reaches alice."""
+    final = await alice.final(FINAL_WITHIN)
+    assert final.status == 480 and final.call_id == invite.call_id and final.address("To").tag, final
+    bob.sendto(answered(cancel, 200, "OK"), member)
+    for _ in range(2):
+        bob.sendto(answered(invite, 487, "Request Terminated"), member)
+        ack = await next_request(bob_in, "ACK", copies)
+        assert ack.top_via().branch == invite.top_via().branch and ack.address("To").tag == "b487"
+    await asyncio.sleep(1)
+    while not alice.inbox.queue.empty():
+        late = parse_message(alice.inbox.queue.get_nowait())
+        assert late.status == 480, late      # his 487 went no further
 
 
 async def test_a_udp_phone_the_dead_forker_sent_the_invite_to_itself_is_cancelled_by_the_next_owner(pair, cluster):
@@ -387,38 +407,14 @@ async def test_a_udp_phone_the_dead_forker_sent_the_invite_to_itself_is_cancelle
     487 goes where that Via says -- member 2's address here, with the members behind one shared
     address a live member: sent to member 1 as such, it is ACKed (each copy) and goes no further."""
     member_1, member_2 = sip_address(pair["sipfarm-1"]), sip_address(pair["sipfarm-2"])
-    bob, bob_in, _ = await register_udp(member_2, "bob")
-    alice = await Caller.open(member_2)
+    bob, bob_in, alice, invite, call_id = await ringing_udp_call(member_2, member_2, "sipfarm-2")
     try:
-        await alice.call(call_id := a_call_id_owned_by("sipfarm-2"))
-        invite = parse_message(await asyncio.wait_for(bob_in.get(), 10))
-        assert invite.method == "INVITE" and invite.call_id == call_id
         assert invite.top_via().params.get("m") == names.node_key("sipfarm-2")     # member 2 sent it itself
-        bob.sendto(ringing(invite), member_2)
-        assert (await alice.receive()).status == 180
         await kill(cluster, "sipfarm-2")
-
-        async def next_request(method: str):
-            while True:
-                message = parse_message(await asyncio.wait_for(bob_in.get(), FINAL_WITHIN))
-                if getattr(message, "method", None) == method:
-                    return message
-                assert getattr(message, "method", None) in ("INVITE", "CANCEL"), message     # copies
-
-        cancel = await next_request("CANCEL")
+        cancel = await next_request(bob_in, "CANCEL", ("INVITE", "CANCEL"))      # (copies)
         assert cancel.call_id == call_id and cancel.headers.get_all("Via") == [invite.headers.get("Via")]
         assert str(cancel.uri) == str(invite.uri) and cancel.cseq().number == invite.cseq().number
-        final = await alice.final(FINAL_WITHIN)
-        assert final.status == 480 and final.call_id == call_id and final.address("To").tag, final
-        bob.sendto(answered(cancel, 200, "OK"), member_1)
-        for _ in range(2):                      # his 487 and a copy of it (Timer G): each ACKed
-            bob.sendto(answered(invite, 487, "Request Terminated"), member_1)
-            ack = await next_request("ACK")
-            assert ack.top_via().branch == invite.top_via().branch and ack.address("To").tag == "b487"
-        await asyncio.sleep(1)
-        while not alice.inbox.queue.empty():
-            late = parse_message(alice.inbox.queue.get_nowait())
-            assert late.status == 480, late      # his 487 went no further
+        await cancelled_with_480(bob, bob_in, alice, invite, cancel, member_1, ("INVITE", "CANCEL"))
     finally:
         alice.close()
         bob.close()
@@ -432,15 +428,10 @@ async def test_a_udp_phone_ringing_for_a_forker_that_is_only_paused_is_not_cance
     CANCEL connected him to a caller who had heard 480.  Member 2 resumes; bob answers, alice
     hears his 200."""
     member_2 = sip_address(pair["sipfarm-2"])
-    bob, bob_in, _ = await register_udp(member_2, "bob")
-    alice = await Caller.open(member_2)
     node = cluster.nodes["sipfarm-2"]
+    bob, bob_in, alice, invite, call_id = await ringing_udp_call(member_2, member_2, "sipfarm-2")
     try:
-        await alice.call(call_id := a_call_id_owned_by("sipfarm-2"))
-        invite = parse_message(await asyncio.wait_for(bob_in.get(), 10))
-        assert invite.method == "INVITE" and invite.top_via().params.get("m") == names.node_key("sipfarm-2")
-        bob.sendto(ringing(invite), member_2)
-        assert (await alice.receive()).status == 180
+        assert invite.top_via().params.get("m") == names.node_key("sipfarm-2")
         node.signal(signal.SIGSTOP)
         try:
             await stale(cluster, "sipfarm-2")
