@@ -31,6 +31,13 @@ from cluster_harness import wait_until
 from test_imap_mailstore import BOB, PASSWORD, imap, world  # noqa: F401  (fixtures)
 from test_imapclient_livetest import _edge_imaps
 
+# The deployed account-lease timings, not MailWorld's short ones (a 4 s lease the store stops
+# writing 2.5 s after its last renewal): these tests are about compression, and a store starved
+# of CPU for that long on a busy machine let its lease lapse and ended the session under test
+# ("account unavailable"), as it must when it is not sure it still owns the account.
+LEASE_AS_DEPLOYED = {"COLONY_ACCOUNT_LEASE_TTL": "10", "COLONY_ACCOUNT_RENEW_INTERVAL": "2",
+                     "COLONY_ACCOUNT_LEASE_SAFETY_MARGIN": "3"}
+
 from colony.bus import names
 from colony.contracts import handoff
 
@@ -340,7 +347,7 @@ async def test_a_silent_compressed_session_is_logged_out(world, tmp_path):
     await world.domain()
     await world.account(BOB)
     world.start("mailstore-1", COLONY_CLUSTER_SECRET_FILE=str(secret), COLONY_IMAP_IDLE_TIMEOUT="2.5",
-                COLONY_OUTBOUND_SMTP_PORT="25")
+                COLONY_OUTBOUND_SMTP_PORT="25", **LEASE_AS_DEPLOYED)
     view = await world.cluster.wait_state("mailstore-1", "READY", timeout=60)
     port = int(view.addresses["imap-inner"].rpartition(":")[2])
     line = handoff.sign(handoff.load_secret(secret), "imap", BOB, "198.51.100.7", int(time.time() * 1000))
@@ -394,7 +401,8 @@ async def test_a_compressed_fetch_to_a_client_that_does_not_read_holds_the_store
     handoff.ensure_secret(secret)
     await world.domain()
     await world.account(BOB)
-    node = world.start("mailstore-1", COLONY_CLUSTER_SECRET_FILE=str(secret), COLONY_OUTBOUND_SMTP_PORT="25")
+    node = world.start("mailstore-1", COLONY_CLUSTER_SECRET_FILE=str(secret), COLONY_OUTBOUND_SMTP_PORT="25",
+                       **LEASE_AS_DEPLOYED)
     view = await world.cluster.wait_state("mailstore-1", "READY", timeout=60)
     port = int(view.addresses["imap-inner"].rpartition(":")[2])
     line = handoff.sign(handoff.load_secret(secret), "imap", BOB, "198.51.100.7", int(time.time() * 1000))
