@@ -33,9 +33,20 @@ needs_sipp = pytest.mark.skipif(SIPP is None, reason="sipp (Debian sip-tester) i
 
 
 def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port for a phone or a sipp of the test's own, free for UDP and TCP (sipp binds its
+    transport's), from this worker's slice below the kernel's ephemeral range (tools.free_ports).
+    One the kernel picked (port 0) is an ephemeral one: over TCP, an outgoing connection's
+    local port could take it before sipp bound it ("Unable to bind main socket, errno = 98")."""
+    from tools import free_ports
+
+    while True:
+        [port] = free_ports(1)        # free for TCP
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
 
 
 SERVED: Counter[str] = Counter()    # credential lookups answered, by user
