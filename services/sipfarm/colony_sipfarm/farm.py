@@ -458,11 +458,10 @@ class SipFarm:
         if not isinstance(message, SipResponse):
             return None
         try:
-            if not (message.top_via().branch or "").startswith(FARM_BRANCH):
-                return None
+            via = message.top_via()
         except URIError:
             return None
-        return message.top_via().params.get(FORKER) or None
+        return via.params.get(FORKER) or None if (via.branch or "").startswith(FARM_BRANCH) else None
 
     def ringing(self) -> int:
         """Forks here still waiting for a final answer for their caller (a draining member
