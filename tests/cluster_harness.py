@@ -193,7 +193,13 @@ class ClusterHarness:
                 if v.controller and v.id != not_id and v.epoch > min_epoch and v.state == "READY":
                     return v
             return None
-        return await wait_until(probe, timeout, "an active controller", interval=0.01)
+        try:
+            return await wait_until(probe, timeout, "an active controller", interval=0.01)
+        except AssertionError as exc:
+            # Say what each controller was doing: the election's own log lines, not a bare "None".
+            tails = "\n".join(f"--- {n.node_id} (exit {n.process.poll()}) ends:\n{n.log()[-2500:]}"
+                              for n in self.nodes.values() if n.role == "controller")
+            raise AssertionError(f"{exc}\n{tails}") from None
 
     async def close(self) -> None:
         for node in self.nodes.values():

@@ -156,8 +156,19 @@ class StreamProjection(PositionTracker):
         super().__init__()
 
     async def run(self) -> None:
-        await keep_running(lambda: f"projection {self.name} at seq {self.position} (restarts from its checkpoint)",
-                           self.follow, log)
+        try:
+            await keep_running(lambda: f"projection {self.name} at seq {self.position} (restarts from its checkpoint)",
+                               self.follow, log)
+        finally:
+            await self._finish_thread()
+
+    async def _finish_thread(self) -> None:
+        """Let the transaction already in the projection's thread end (it cannot be cancelled)
+        and drop those queued behind it, so that whoever stopped us may dispose of the engine --
+        or drop the database -- without a write still running into it."""
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            await asyncio.shield(asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True))
 
     async def follow(self) -> None:
         start = await asyncio.to_thread(self._load_checkpoint)
