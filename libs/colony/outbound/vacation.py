@@ -18,7 +18,8 @@ metric label):
   (RFC 3834 §2, RFC 5230 §4.5);
 * ``unreadable``: a header section that does not end within ``HEADER_LIMIT`` bytes (what
   lies past it -- a ``List-Id`` -- is not read, so nothing is answered);
-* ``auto_submitted``: an ``Auto-Submitted`` field other than ``no`` (RFC 3834 §5);
+* ``auto_submitted``: any ``Auto-Submitted`` field other than ``no`` (RFC 3834 §5; comments
+  and parameters are not the value);
 * ``precedence``: ``Precedence: bulk``, ``list`` or ``junk``;
 * ``list``: ``List-Id`` or any other ``List-*`` field (RFC 2369, RFC 2919);
 * ``report``: a ``multipart/report`` -- a DSN or an MDN (RFC 6522) that came with a sender
@@ -198,10 +199,12 @@ def decide(*, account: str, settings: VacationSettings, mail_from: str, message:
     original = read_headers(message)
     if not original.complete:
         return Suppressed("unreadable")
-    auto = original.first("auto-submitted")
-    if auto is not None and auto.split(";", 1)[0].strip().lower() != "no":
+    # Every Auto-Submitted field counts, not the first: a robot that appends its own below a
+    # "no" (Sieve's addheader :last) is a robot.  "no (sent by a person)" is "no" (RFC 3834 §5:
+    # the keyword may be followed by comments and parameters).
+    if any(_keyword(v) != "no" for v in original.fields.get("auto-submitted", ())):
         return Suppressed("auto_submitted")
-    if any(v.strip().lower() in _BULK for v in original.fields.get("precedence", ())):
+    if any(_keyword(v) in _BULK for v in original.fields.get("precedence", ())):
         return Suppressed("precedence")
     if any(name.startswith("list-") for name in original.fields):
         return Suppressed("list")
@@ -215,6 +218,34 @@ def decide(*, account: str, settings: VacationSettings, mail_from: str, message:
     if last is not None and now - last < timedelta(days=settings.days):
         return Suppressed("already_replied")
     return Reply(sender, build_reply(account, display_name, sender, settings, original, now))
+
+
+def _keyword(value: str) -> str:
+    """A field's leading keyword, lower case, without comments (nested ones too) or parameters;
+    one pass, however deep a hostile field nests its parentheses.  An unclosed comment is
+    kept, so the value is no keyword at all."""
+    out: list[str] = []
+    depth, escaped, start = 0, False, 0
+    for i, c in enumerate(value):
+        if escaped:
+            escaped = False
+        elif c == "\\" and depth:
+            escaped = True
+        elif c == "(":
+            if not depth:
+                start = i
+            depth += 1
+        elif c == ")" and depth:
+            depth -= 1
+            if not depth:
+                out.append(" ")
+        elif c == ";" and not depth:     # the parameters
+            break
+        elif not depth:
+            out.append(c)
+    if depth:
+        out.append(value[start:])
+    return "".join(out).strip().lower()
 
 
 def _system_sender(sender: str) -> bool:

@@ -102,6 +102,21 @@ def test_auto_submitted_no_is_a_person_and_is_answered():
     assert isinstance(run(message("To: alice@acme.example", "Precedence: first-class")), Reply)
 
 
+@pytest.mark.parametrize("fields,answered", [
+    (("Auto-Submitted: no", "Auto-Submitted: auto-generated"), False),   # a robot appended its own
+    (("Auto-Submitted: no (sent by a person)",), True),                 # RFC 3834 §5: CFWS after the keyword
+    (("Auto-Submitted: (typed) no ; x=y",), True),
+    (("Auto-Submitted: (nested (comment)) no",), True),
+    (("Auto-Submitted: no (a; b) ; c=d",), True),
+    (("Auto-Submitted: no (unclosed",), False),                          # not "no": not answered
+    (("Auto-Submitted: " + "(" * 30000 + "no",), False),                 # read in one pass, however deep
+    (("Precedence: bulk (newsletter)",), False),
+])
+def test_every_auto_submitted_field_counts_and_comments_are_not_its_value(fields, answered):
+    outcome = run(message("To: alice@acme.example", *fields))
+    assert isinstance(outcome, Reply) if answered else isinstance(outcome, Suppressed), outcome
+
+
 def test_no_reply_to_mail_filed_as_junk():
     assert run(special_use="\\Junk") == Suppressed("junk")
 
