@@ -122,6 +122,13 @@ class CommandReader:
         yet taken, or a part of one)."""
         return bool(self._events) or self.buffered > 0 or bool(self._literal_left or self._discard_left)
 
+    @property
+    def skipping(self) -> bool:
+        """Whether what arrives next is dropped unread because of the last event taken (a
+        refused non-synchronizing literal, a literal where no command can have one, the rest
+        of an over-long line); with events still to take, the skip is one of theirs."""
+        return (bool(self._discard_left) or self._skip_line) and not self._events
+
     def _reset(self) -> None:
         self._parts, self._size = [], 0
 

@@ -444,6 +444,10 @@ class Session:
             self._refuse_to_skip("Command line too long")
         elif isinstance(event, Command):
             self._command(event)
+            if self.reader.skipping:
+                # "a {n+}": a literal where the tag or the command name goes is no command
+                # (answered BAD), and the reader skips its octets as they arrive.
+                self._refuse_to_skip("A literal where no command can have one")
 
     def _refuse_to_skip(self, why: str) -> None:
         """What the reader would now skip as it arrives (a refused non-synchronizing literal,

@@ -160,3 +160,27 @@ def test_what_the_reader_would_skip_under_compress_ends_the_session_instead(comp
         if not compressed and b"NOOP" in refused:     # (a literal's octets are still being skipped)
             after = _actions(session, b"b NOOP\r\n")       # read and worked on (here: it asks the store)
             assert after and not any(isinstance(a, S.Close) for a in after), after
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_a_literal_where_the_tag_or_command_name_goes_under_compress_ends_the_session(compressed):
+    """"a {n+}" is no command (a BAD), and the reader skips its literal as it arrives -- a third
+    way to make the store inflate octets only to drop them, besides a refused literal and an
+    over-long line: under COMPRESS the session ends instead, as for those."""
+    for refused in (b"a {999999999+}\r\n", b"{999999999+}\r\n"):
+        session = _handed_over()
+        if compressed:
+            assert _actions(session, b"z COMPRESS DEFLATE\r\n")[-1] == S.StartCompression()
+        actions = _actions(session, refused)
+        sent = b"".join(a.data for a in actions if isinstance(a, S.Send))
+        assert b" BAD " in sent.split(b"\r\n")[0] + b" ", sent
+        assert (b"* BYE " in sent and isinstance(actions[-1], S.Close)) is compressed, actions
+    if compressed:
+        # Only the line that made the reader skip ends the session: a command before it is
+        # answered, and the refusal that follows answers for itself.
+        session = _handed_over()
+        assert _actions(session, b"z COMPRESS DEFLATE\r\n")[-1] == S.StartCompression()
+        actions = _actions(session, b"b CAPABILITY\r\nc APPEND INBOX {999999999+}\r\n")
+        sent = b"".join(a.data for a in actions if isinstance(a, S.Send))
+        assert b"b OK CAPABILITY" in sent and b"c NO [TOOBIG]" in sent, sent
+        assert sent.index(b"b OK") < sent.index(b"c NO") < sent.index(b"* BYE "), sent
