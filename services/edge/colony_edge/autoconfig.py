@@ -18,7 +18,8 @@ A request about a domain not hosted here is 404; before the directory cache has 
 503 with Retry-After (a domain may merely not be in yet); on an edge without a TLS
 certificate, 503 (nothing may be offered: passwords would cross in the clear).  Thunderbird's paths and anything
 else answer errors as RFC 7807 problem+json (clientConfig has no error document);
-Autodiscover answers its own error document.  An Autodiscover body is read up to
+Autodiscover answers its own error document.  Every answer is ``Cache-Control: no-store``.
+An Autodiscover body is read up to
 ``AUTODISCOVER_MAX_BODY`` octets and refused (413) past it, by its Content-Length before
 any of it is read, or as it streams in.
 """
@@ -114,6 +115,14 @@ class AutoconfigApp:
             log.debug("autoconfig %s request refused: %s%s", kind, result, f" ({detail})" if detail else "")
 
     async def dispatch(self, request: Request) -> Response:
+        response = await self._answer(request)
+        # No cache keeps an answer: each is the directory's and this edge's state of the moment
+        # (a 404 is heuristically cacheable, RFC 9110 §15.1, and on port 80 a proxy would serve
+        # it past the domain's creation), and Autodiscover's names the user's address.
+        response.headers.setdefault("Cache-Control", "no-store")
+        return response
+
+    async def _answer(self, request: Request) -> Response:
         path = request.url.path
         if path in THUNDERBIRD_PATHS:
             return await self.thunderbird(request)
@@ -162,7 +171,7 @@ class AutoconfigApp:
         if request.method in ("GET", "HEAD") and self._hosted_host(request.headers.get("host")):
             self._count("autodiscover", "redirect")
             return Response(status_code=302, headers={
-                "Location": f"https://{self.client_settings.host}{AUTODISCOVER_PATH}", "Cache-Control": "no-store"})
+                "Location": f"https://{self.client_settings.host}{AUTODISCOVER_PATH}"})
         if request.method != "POST":
             return error(405, "method", ERROR_INVALID_REQUEST, "POST an Autodiscover request", {"Allow": "POST"})
         try:

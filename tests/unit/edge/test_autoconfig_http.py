@@ -163,6 +163,25 @@ async def test_outlooks_http_redirect_method_is_sent_to_the_https_name_for_hoste
                              headers={"Host": "autodiscover.acme.example"})).status_code == 405
 
 
+async def test_no_answer_is_kept_by_a_cache():
+    # A 404 is heuristically cacheable (RFC 9110 §15.1): kept by a proxy on port 80, it would
+    # outlive the domain's creation; Autodiscover's answer names the user's address.
+    http, _ = client()
+    answers = [await http.get("/mail/config-v1.1.xml", params={"emailaddress": "a@acme.example"}),
+               await http.get("/mail/config-v1.1.xml", params={"emailaddress": "a@elsewhere.example"}),
+               await http.get("/mail/config-v1.1.xml", headers={"Host": "[::1]"}),
+               await http.post("/autodiscover/autodiscover.xml", content=autodiscover_body("a@acme.example")),
+               await http.post("/autodiscover/autodiscover.xml", content=autodiscover_body("a@elsewhere.example")),
+               await http.post("/autodiscover/autodiscover.xml", content=b"<" * (AUTODISCOVER_MAX_BODY + 1)),
+               await http.get("/autodiscover/autodiscover.xml", headers={"Host": "autodiscover.acme.example"}),
+               await http.get("/favicon.ico")]
+    assert [a.status_code for a in answers] == [200, 404, 400, 200, 404, 413, 302, 404]
+    assert [a.headers.get("cache-control") for a in answers] == ["no-store"] * len(answers)
+    loading, _ = client(loaded=False)
+    waiting = await loading.get("/mail/config-v1.1.xml", params={"emailaddress": "a@new.example"})
+    assert waiting.status_code == 503 and waiting.headers.get("cache-control") == "no-store"
+
+
 async def test_an_idn_typed_in_unicode_is_found_as_its_a_labels():
     idn = "xn--bcher-kva.example"      # the directory keys A-labels; a wizard sends what was typed
     directory = Directory()
