@@ -19,7 +19,9 @@ metric label):
 * ``unreadable``: a header section that does not end within ``HEADER_LIMIT`` bytes (what
   lies past it -- a ``List-Id`` -- is not read, so nothing is answered);
 * ``auto_submitted``: any ``Auto-Submitted`` field other than ``no`` (RFC 3834 §5; comments
-  and parameters are not the value);
+  and parameters are not the value), or an ``X-Auto-Response-Suppress`` naming ``OOF``,
+  ``AutoReply`` or ``All`` (MS-OXCMAIL: what Microsoft's and many robots' notifications send
+  instead);
 * ``precedence``: ``Precedence: bulk``, ``list`` or ``junk``;
 * ``list``: ``List-Id`` or any other ``List-*`` field (RFC 2369, RFC 2919);
 * ``report``: a ``multipart/report`` -- a DSN or an MDN (RFC 6522) that came with a sender
@@ -73,6 +75,8 @@ _SYSTEM_PREFIXES = ("owner-",)
 _SYSTEM_SUFFIXES = ("-request", "-owner", "-bounces", "-bounce")
 _RECIPIENT_FIELDS = ("to", "cc", "bcc", "resent-to", "resent-cc", "resent-bcc")
 _BULK = frozenset({"bulk", "list", "junk"})
+# X-Auto-Response-Suppress (MS-OXCMAIL): the values that ask for no out-of-office reply.
+_SUPPRESS_OOF = frozenset({"all", "oof", "autoreply"})
 # Printable ASCII only: the ids are written as they are (never encoded), and an 8-bit one
 # would make the reply's header 8-bit.
 _MSGID = re.compile(r"<[\x21-\x3b\x3d\x3f-\x7e]{1,%d}>" % (MESSAGE_ID_MAX - 2))
@@ -204,6 +208,9 @@ def decide(*, account: str, settings: VacationSettings, mail_from: str, message:
     # the keyword may be followed by comments and parameters).
     if any(_keyword(v) != "no" for v in original.fields.get("auto-submitted", ())):
         return Suppressed("auto_submitted")
+    suppress = original.fields.get("x-auto-response-suppress", ())
+    if any(_SUPPRESS_OOF & set(re.split(r"[\s,]+", v.lower())) for v in suppress):
+        return Suppressed("auto_submitted")     # a robot's request, which Exchange honours
     if any(_keyword(v) in _BULK for v in original.fields.get("precedence", ())):
         return Suppressed("precedence")
     if any(name.startswith("list-") for name in original.fields):

@@ -117,6 +117,16 @@ def test_every_auto_submitted_field_counts_and_comments_are_not_its_value(fields
     assert isinstance(outcome, Reply) if answered else isinstance(outcome, Suppressed), outcome
 
 
+@pytest.mark.parametrize("value,answered", [
+    ("DR, RN, NRN, OOF, AutoReply", False),      # what Microsoft's and many robots' notifications send
+    ("All", False),
+    ("RN, NRN", True),                           # only read receipts are not wanted
+])
+def test_a_robot_that_asks_for_no_out_of_office_reply_gets_none(value, answered):
+    outcome = run(message("To: alice@acme.example", f"X-Auto-Response-Suppress: {value}"))
+    assert isinstance(outcome, Reply) if answered else outcome == Suppressed("auto_submitted"), outcome
+
+
 def test_no_reply_to_mail_filed_as_junk():
     assert run(special_use="\\Junk") == Suppressed("junk")
 
