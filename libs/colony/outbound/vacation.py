@@ -282,7 +282,12 @@ def build_reply(account: str, display_name: str, recipient: str, settings: Vacat
     # came out partly encoded, partly bare -- a From of several mailboxes.
     name = _one_line(display_name)[:100]
     msg["From"] = Address(display_name=name, addr_spec=account) if name else account
-    msg["To"] = recipient
+    if recipient.isprintable():
+        # As the envelope has it (an SMTP Mailbox: one line, at most 254 octets): folded, a long
+        # quoted local part with spaces came out without its quotes -- nobody's address.
+        msg.set_raw("To", recipient)
+    else:
+        msg["To"] = recipient
     msg["Subject"] = _one_line(settings.subject) if settings.subject else f"Auto: {_original_subject(original)}"
     msg["Date"] = email.utils.format_datetime(now)
     msg["Message-ID"] = f"<vacation.{secrets.token_hex(12)}@{domain}>"

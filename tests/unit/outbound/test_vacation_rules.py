@@ -292,3 +292,11 @@ def test_an_internationalised_sender_is_answered_in_utf8_not_with_an_encoded_add
     reply = email.message_from_string(outcome.message.decode("utf-8"), policy=email.policy.default)
     assert reply["To"].addresses[0].addr_spec == "jörg@bücher.example" and needs_smtputf8(outcome)
     assert not needs_smtputf8(run()) and run().message.isascii()
+
+
+@pytest.mark.parametrize("sender", ['"' + "on leave " * 9 + '"@remote.test', '"a b"@remote.test',
+                                    "carol." * 40 + "x@remote.test"])
+def test_the_reply_is_addressed_to_the_envelope_sender_however_long_or_quoted(sender):
+    outcome = run(sender=sender)
+    assert reply_of(outcome)["To"].addresses[0].addr_spec == sender == outcome.recipient
+    assert max(len(line) for line in outcome.message.split(b"\r\n")) <= 998
