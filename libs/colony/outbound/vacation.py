@@ -53,7 +53,7 @@ import re
 import secrets
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from email.header import decode_header, make_header
 from email.headerregistry import Address
 from email.message import EmailMessage
@@ -145,9 +145,14 @@ class RepliedSenders:
 
     @classmethod
     def from_json(cls, data: dict, limit: int = REMEMBERED_SENDERS) -> RepliedSenders:
+        """ValueError or TypeError for what is not this form (the store then starts afresh)."""
+        if not isinstance(data, dict):
+            raise ValueError(f"not an object: {type(data).__name__}")
         out = cls(limit, str(data.get("handle", "")))
         for sender, at in data.get("senders", [])[-limit:]:
-            out._at[str(sender).lower()] = datetime.fromisoformat(at)
+            when = datetime.fromisoformat(at)
+            # Naive, it could not be compared with the rules' aware now: every message an error.
+            out._at[str(sender).lower()] = when if when.tzinfo is not None else when.replace(tzinfo=UTC)
         return out
 
 

@@ -11,11 +11,12 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import orjson
+import pytest
 
 from colony.contracts.directory import AccountEntry, VacationEntry
 from colony.contracts.mail import InboundMail, MailRecipient
-from colony.outbound.vacation import Reply, Suppressed
-from colony_mailstore.auto_replies import REPLIED_FILE, AutoReplies
+from colony.outbound.vacation import Reply, Suppressed, handle_of
+from colony_mailstore.auto_replies import REPLIED_FILE, AutoReplies, settings_of
 
 ALICE = "alice@acme.example"
 T0 = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
@@ -63,6 +64,23 @@ async def test_a_changed_reply_starts_a_new_round_and_the_file_says_which(tmp_pa
     acct.replied = None                                   # a new owner reads the file
     later = mail(4)
     assert await replies._decide(later[0], ALICE, entry("Back on the 12th."), later[1]) == Suppressed("already_replied")
+
+
+@pytest.mark.parametrize("content", [b"[]", b"null", b'"x"', b'{"senders": [["carol@remote.test", 5]]}'])
+async def test_a_file_of_another_form_is_forgotten_not_an_error_at_every_message(tmp_path, content):
+    (tmp_path / REPLIED_FILE).write_bytes(content)
+    replies, _ = store(tmp_path, lambda: T0)
+    first = mail(1)
+    assert isinstance(await replies._decide(first[0], ALICE, entry("Away."), first[1]), Reply)
+
+
+async def test_a_time_written_without_an_offset_is_utc(tmp_path):
+    replies, _ = store(tmp_path, lambda: T0)
+    first = mail(1)
+    handle = handle_of(settings_of(entry("Away.").vacation))
+    (tmp_path / REPLIED_FILE).write_bytes(orjson.dumps(
+        {"handle": handle, "senders": [["carol@remote.test", "2026-11-27T11:00:00"]]}))
+    assert await replies._decide(first[0], ALICE, entry("Away."), first[1]) == Suppressed("already_replied")
 
 
 async def test_the_rcpt_through_a_domain_alias_is_the_users_address(tmp_path):
