@@ -21,7 +21,8 @@ and fails the branch with 430 made from the kept INVITE (all its Vias), which re
 caller as 480.
 
 A member that keeps branches and stops (a drain's end, a rolling upgrade) or dies takes them
-with it: the forker, which sees it gone as any member does, entrusts those still without a
+with it: the forker, which sees it gone as any member does -- or restarted under its name
+before its heartbeat went stale (a new ``started_at``) -- entrusts those still without a
 final answer again, from the INVITE it kept for their ACK (``sent_invites``), to the next
 choice -- else a rolling upgrade left every branch entrusted before it unguarded.
 

@@ -1247,6 +1247,11 @@ class SipWorkload:
                         self._fail_branches_through(names.node_key(record.id))
                         self._forkers.discard(names.node_key(record.id))
                         self._cancel_forks_of(names.node_key(record.id))
+                        # And the branches of ours the old process kept (entrusted_branches.py):
+                        # the new one holds none and is never seen gone, so they go to the
+                        # next choice now (it is STARTING: not among the READY).
+                        self._entrustments.drop(record.id)
+                        self._entrust_again(self._entrustments.taken_back(record.id))
         finally:
             with suppress(Exception):
                 await watcher.stop()

@@ -399,3 +399,64 @@ def test_a_forker_knows_which_member_holds_what_and_takes_back_a_gone_ones_branc
     for n in range(3, 7):                                      # the oldest go past the limit
         told.entrusted(f"b{n}", "k3", float(n))
     assert told.keepers() == ["k3"] and len(told.taken_back("k3")) == 3
+
+
+class _Nodes:
+    """The nodes bucket's watch as the shell reads it: these records, written in this order."""
+
+    def __init__(self, records: list[NodeRecord]) -> None:
+        self.records = records
+
+    async def key_value(self, bucket):
+        return self
+
+    async def watchall(self):
+        return self
+
+    async def _entries(self):
+        for r in self.records:
+            yield SimpleNamespace(key=names.node_key(r.id), value=r.encode(), operation="PUT")
+
+    def __aiter__(self):
+        return self._entries()
+
+    async def stop(self) -> None:
+        pass
+
+
+async def test_the_branches_a_keeper_held_are_entrusted_again_when_it_restarts_before_it_is_seen_gone(members):
+    """The keeper is killed and its supervisor starts it again before its heartbeat goes stale
+    (a new started_at, STARTING): the new process holds nothing, and it is never seen gone --
+    its branches must go to the next choice then, or bob rings on unguarded should the forker
+    die next."""
+    forker, keeper, _, sent = members
+    third = member("sipfarm-3", ("127.0.0.3", 5060), Store(Clock()))
+    forking, keeping, thirding = (await _shell("sipfarm-2", forker), await _shell("sipfarm-1", keeper),
+                                  await _shell("sipfarm-3", third))
+    forking._inner_peers["sipfarm-1"] = (socket.AF_INET, keeping.inner_address)
+    forking._inner_peers["sipfarm-3"] = (socket.AF_INET, thirding.inner_address)
+    try:
+        forking.ready_members = lambda: ["sipfarm-1", "sipfarm-2"]
+        forking._start_client_transaction(sent.encode(), BOB)
+        await _until(lambda: len(keeper.entrusted) == 1)
+        def at(record: NodeRecord, shell: SipWorkload) -> NodeRecord:
+            return record.model_copy(update={"addresses": {"sip_inner": "127.0.0.1:%d" % shell.inner_address[1]}})
+
+        old = at(_record("sipfarm-1"), keeping)
+        nodes = _Nodes([old, at(_record("sipfarm-2"), forking), at(_record("sipfarm-3"), thirding)])
+        forking._runtime.nc = SimpleNamespace(jetstream=lambda: nodes)
+        await forking._watch_members()
+        assert len(third.entrusted) == 0                         # its keeper is there: nothing new
+        restarted = old.model_copy(update={"started_at": datetime.now(timezone.utc), "state": NodeState.STARTING})
+        nodes.records = [restarted]
+        forking.ready_members = lambda: ["sipfarm-2", "sipfarm-3"]
+        await forking._watch_members()
+        forking._tell_forgotten()
+        await _until(lambda: len(third.entrusted) == 1)
+        [(kept, destination)] = third.entrusted_by(FORKER)
+        assert destination == BOB and kept.top_via().branch == sent.top_via().branch
+        assert forking._entrustments.keepers() == ["sipfarm-3"]
+    finally:
+        for shell in (forking, keeping, thirding):
+            shell.inner.close()
+            shell._close_inner_sockets()
