@@ -58,7 +58,7 @@ from email.header import decode_header, make_header
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.parser import HeaderParser
-from email.policy import SMTP, compat32
+from email.policy import SMTP, compat32, default
 
 HEADER_LIMIT = 64 * 1024        # bytes of the original's header section read, at most
 SUBJECT_MAX = 200               # characters of the original subject repeated in "Auto: ..."
@@ -314,7 +314,13 @@ def needs_smtputf8(reply: Reply) -> bool:
 def _original_subject(original: Original) -> str:
     raw = original.first("subject") or ""
     try:
-        text = str(make_header(decode_header(raw)))   # RFC 2047 words decoded, re-encoded on output
+        if raw.isascii():
+            # RFC 2047 words decoded (re-encoded on output), a character split over two joined.
+            text = str(make_header(decode_header(raw)))
+        else:
+            # Raw UTF-8 beside encoded words: decode_header hands the raw part on as
+            # raw-unicode-escape bytes, and any character past Latin-1 came out as "\u65e5".
+            text = str(default.header_factory("subject", raw))
     except Exception:
         text = raw
     text = _one_line(text)

@@ -68,6 +68,8 @@ def test_the_configured_subject_and_a_non_ascii_original_subject_are_rfc_2047_en
     assert reply["Subject"] == "Auto: Réunion — demain"
     utf8 = "To: alice@acme.example\r\nSubject: Réunion demain\r\n\r\nx\r\n".encode()   # RFC 6532, as swaks sends it
     assert reply_of(run(utf8))["Subject"] == "Auto: Réunion demain"
+    mixed = "To: alice@acme.example\r\nSubject: Re: 日本語 =?utf-8?b?5Lya6K2w?=\r\n\r\nx\r\n".encode()
+    assert reply_of(run(mixed))["Subject"] == "Auto: Re: 日本語 会議"        # raw UTF-8 beside an encoded word
     raw = reply_of(run(vacation=VacationSettings(body="x", subject="Abwesend – zurück am 3.")))
     assert raw["Subject"] == "Abwesend – zurück am 3."
     head = run(vacation=VacationSettings(body="x", subject="Abwesend – zurück")).message.split(b"\r\n\r\n")[0]
