@@ -388,6 +388,12 @@ class SipFarm:
         if cached is not None and cached[0] > self.clock():
             self.metrics.retransmissions.inc()
             return cached[1]
+        if self.server_transactions and (copy := self.server_transactions.copy(key, self.clock())) is not None:
+            # Forwarded already (an initial MESSAGE, OPTIONS ... from a UDP caller): its
+            # transaction's.  A 503 here was the caller's final answer, kept for its later
+            # copies, while the callee had the request.
+            self.metrics.retransmissions.inc()
+            return copy
         if key in self._pending:       # the first copy is being worked on: its answer comes
             self.metrics.retransmissions.inc()
             return []

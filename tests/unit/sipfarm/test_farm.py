@@ -841,6 +841,24 @@ async def test_a_late_copy_of_an_answered_request_gets_its_answer_not_503(farm):
     assert farm.refuse_overloaded(farm.parse(b"SIP/2.0 200 OK\r\n\r\n"), PHONE) == []
 
 
+async def test_a_late_copy_of_a_forwarded_initial_request_is_its_transactions_not_503(farm):
+    """A MESSAGE forwarded to bob has a server transaction here: a copy that comes while the
+    member is behind is absorbed (no answer yet), then gets bob's answer -- never a 503, which
+    the caller took for the final answer (and kept for every later copy) while bob read it."""
+    caller, bob = ("UDP", "198.51.100.9", 5060), ("UDP", "192.0.2.7", 5062)
+    request = await authenticated_out_of_dialog(farm, "MESSAGE", caller)
+    [sent] = await farm.handle(request, caller)
+    assert farm.refuse_overloaded(farm.parse(request), caller) == []     # on its way: absorbed
+    forwarded = parse_message(sent.data)
+    ok = (f"SIP/2.0 200 OK\r\n" + "".join(f"Via: {v}\r\n" for v in forwarded.headers.get_all("Via"))
+          + f"From: {forwarded.headers.get('From')}\r\nTo: {forwarded.headers.get('To')};tag=b1\r\n"
+          f"Call-ID: {forwarded.call_id}\r\nCSeq: {forwarded.headers.get('CSeq')}\r\nContent-Length: 0\r\n\r\n")
+    await farm.handle(ok.encode(), bob)
+    again = farm.refuse_overloaded(farm.parse(request), caller)
+    assert [(o.destination, parse_message(o.data).status) for o in again] == [(caller, 200)]
+    assert farm.metrics.overloaded._value.get() == 0
+
+
 def test_the_answer_key_is_kept_only_while_the_request_and_its_top_via_are_the_same(farm):
     request = parse_message(register())
     key = farm._answer_key(request)
