@@ -23,7 +23,8 @@ write that fails stays pending (its hits are not lost) and is retried; one that 
 but was applied (a frozen server that resumed) is recognised by its ``Nats-Msg-Id`` on the
 key's last entry, so its hits are not added twice.  A read that fails (the bus restarting,
 frozen, unreachable) fails open: ``hit`` answers from what the instance knows -- its own hits
-and the totals it last read -- and asks the bus again only after ``READ_BACKOFF``; a limit
+and the totals it last read -- and asks the bus again only after ``READ_BACKOFF`` (exact mode's
+write of a hit fails open the same way, the hit left pending for the flush loop); a limit
 that turned every client away, or made each connection wait out a bus timeout, while the bus
 is away would take the whole service down with it (``read_failures`` counts them, and a
 warning says so once per backoff).  ``stop`` flushes what is pending.  With ``flush_interval = 0`` every hit is added at once with a
@@ -175,7 +176,7 @@ class SharedCounters:
         if n and self.flush_interval <= 0:
             # Exact: one compare-and-set in flight per key; a hit that arrives meanwhile rides
             # along with the next one, and the total answered always includes this hit.
-            await self._flush_key(current)
+            await self._write_or_go_on(current)
         elif n:
             self._wake.set()
         return self._total(current) + self._total(previous) * (1.0 - elapsed)
@@ -211,6 +212,22 @@ class SharedCounters:
             self._reads_paused_until = self.monotonic() + READ_BACKOFF
             log.warning("rate counters: cannot read the bus (%s); answering from what this instance "
                         "knows for %.0f s", exc.__class__.__name__, READ_BACKOFF)
+
+    async def _write_or_go_on(self, key: str) -> None:
+        """Exact mode's write of a hit at once, failing open as a read does: a write that
+        fails (or would wait out a bus timeout within ``READ_BACKOFF`` of a failure) leaves
+        the hit pending, and the flush loop writes it once the bus is back."""
+        if self.monotonic() >= self._reads_paused_until:
+            try:
+                await self._flush_key(key)
+            except Exception as exc:  # noqa: BLE001 - any bus failure: a timeout, no responders, closed
+                self.flush_failures += 1
+                self._reads_paused_until = self.monotonic() + READ_BACKOFF
+                log.warning("rate counters: cannot write to the bus (%s); answering from what this instance "
+                            "knows for %.0f s", exc.__class__.__name__, READ_BACKOFF)
+        state = self._rates.get(key)
+        if state is not None and state[2]:
+            self._wake.set()
 
     async def _read(self, key: str) -> None:
         assert self._kv is not None

@@ -333,3 +333,34 @@ async def test_a_read_that_fails_answers_from_what_is_known_and_pauses_reads():
         assert await a.rate("conn", SUBJECT) == 9 and kv.reads > reads
     finally:
         await a.stop()
+
+
+async def test_exact_mode_fails_open_too_when_the_bus_cannot_be_written():
+    """Exact mode (0) writes each hit at once: with the bus away that write raised out of
+    ``hit``, so the edge's gate turned every new client away with a traceback (and a login's
+    connection refund left the store's session behind) -- the failure the reads' fail-open
+    was there to stop.  Now the hit stays pending for the flush loop, the answer includes it,
+    and within READ_BACKOFF no hit waits on the bus."""
+    from colony import counters as module
+
+    kv, wall, mono = MemoryKV(), Clock(W * WINDOW), Clock(100.0)
+    a = SharedCounters(JS(kv), "edge-a", flush_interval=0.0, clock=wall, monotonic=mono)
+    await a.start()
+    try:
+        assert await a.hit("conn", SUBJECT) == 1
+        kv.fail = True
+        assert await a.hit("conn", SUBJECT) == 2            # answered from what is known
+        assert await a.hit("conn", SUBJECT, -1) == 1
+        assert a.flush_failures >= 1
+        kv.fail = False
+        mono.t += module.READ_BACKOFF + 1.0
+
+        async def written() -> bool:
+            return kv.count("conn", SUBJECT, W) == 1
+        async with asyncio.timeout(5):
+            while not await written():
+                await asyncio.sleep(0.01)
+        assert await a.hit("conn", SUBJECT) == 2 and kv.count("conn", SUBJECT, W) == 2
+    finally:
+        kv.fail = False          # (stop retries its flush until a deadline on the fake clock)
+        await a.stop()
