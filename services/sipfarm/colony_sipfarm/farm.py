@@ -373,10 +373,12 @@ class SipFarm:
             return await self._on_response(message)
         return await self._on_request(message, source)
 
-    def refuse_overloaded(self, parsed: SipRequest | SipResponse | SipParseError, source: Destination) -> list[Outbound]:
+    def refuse_overloaded(self, parsed: SipRequest | SipResponse | SipParseError, source: Destination,
+                          draining: bool = False) -> list[Outbound]:
         """503 + Retry-After for a request that starts new work while this member is behind
         (RFC 3261 §21.5.4), with no bus work; kept for retransmissions like any answer, so a
-        copy costs a lookup.  What a request already answered gets is that answer again."""
+        copy costs a lookup.  What a request already answered gets is that answer again.
+        ``draining``: the same for a new call at a member that drains (not counted overloaded)."""
         if not isinstance(parsed, SipRequest) or parsed.method == "ACK":
             return []
         try:
@@ -397,7 +399,8 @@ class SipFarm:
         if key in self._pending:       # the first copy is being worked on: its answer comes
             self.metrics.retransmissions.inc()
             return []
-        self.metrics.overloaded.inc()
+        if not draining:
+            self.metrics.overloaded.inc()
         return self._local(parsed, source, 503, extra=[("Retry-After", str(OVERLOAD_RETRY_AFTER))])
 
     @staticmethod

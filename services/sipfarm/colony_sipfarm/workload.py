@@ -873,6 +873,13 @@ class SipWorkload:
                 out = await self._ask_owner(owner, data, source,
                                             answered_again=isinstance(parsed, SipRequest) and parsed.method == "REGISTER")
         if out is None:
+            if not self.accepting and isinstance(parsed, SipRequest) and parsed.method == "INVITE" \
+                    and self._starts_work(parsed):
+                # Draining, and no READY member takes this new call: refused (§21.5.4, 503 +
+                # Retry-After) rather than forked here.  Its fork would ring on as this member's
+                # work (active_work), so under steady calls -- a farm of one, or every member
+                # draining at once -- the member never reported empty before drain_timeout.
+                return self.farm.refuse_overloaded(parsed, source, draining=True)
             out = await self.farm.handle(data, source, parsed=parsed)
         return out
 

@@ -115,3 +115,36 @@ async def test_a_draining_member_has_work_while_a_fork_rings():
     assert shell.active_work() == 1
     await farm.handle(reply(sent, 486, "b1"), CALLEE)          # the only branch failed: the caller has 486
     assert shell.active_work() == 0
+
+
+async def test_a_draining_member_that_no_ready_member_relieves_takes_no_new_call():
+    """A farm of one drains (or every member at once): no READY member takes its new calls.
+    Forked here, each rang on as its work, so under steady calls it never reported empty
+    before drain_timeout; a new call is refused 503 + Retry-After (§21.5.4) instead, while the
+    call it forked before rings on and a copy of its INVITE still gets its 100."""
+    farm = plain_farm()
+    shell = SipWorkload(farm.settings)
+    shell.farm = farm
+    shell._runtime = SimpleNamespace(node_id="sipfarm-1")
+    await ringing_fork(farm)
+    assert shell.active_work() == 1
+    shell.set_accepting(False)                                 # the drain begins
+    challenge, _ = await one(farm, invite(call_id="call-2", branch="z9hG4bKnew1"), CALLER)
+    auth = answer(challenge, "alice", method="INVITE", uri=f"sip:bob@{DOMAIN}", header="Proxy-Authorization",
+                  nc=2)
+    data = invite(cseq=2, auth=auth, branch="z9hG4bKnew2", call_id="call-2")
+    [refused] = await shell._route(data, CALLER, farm.parse(data))
+    response = parse_message(refused.data)
+    assert response.status == 503 and response.headers.get("Retry-After") and refused.destination == CALLER
+    assert shell.active_work() == 1                            # only the call forked before
+    assert farm.metrics.overloaded._value.get() == 0
+    # A copy of the INVITE forked before the drain is that call's: its 100, not a 503.
+    copy = invite(cseq=2, auth="", branch="z9hG4bKinv2")
+    [trying] = await shell._route(copy, CALLER, farm.parse(copy))
+    assert parse_message(trying.data).status == 100
+    shell.set_accepting(True)                                  # made READY again: calls are forked
+    again = invite(cseq=3, auth=answer(challenge, "alice", method="INVITE", uri=f"sip:bob@{DOMAIN}",
+                                       header="Proxy-Authorization", nc=3), branch="z9hG4bKnew3", call_id="call-2")
+    out = await shell._route(again, CALLER, farm.parse(again))
+    assert [parse_message(o.data).status for o in out if o.destination == CALLER] == [100]
+    assert shell.active_work() == 2
