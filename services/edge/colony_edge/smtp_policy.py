@@ -33,6 +33,8 @@ from colony.protocols.smtp import Reply, events as E, replies as R
 
 log = logging.getLogger("colony.edge.smtp")
 
+_MOVE_CHUNK = 1 << 20   # octets moved at a time when a spooled message loses a header field
+
 
 @dataclass(frozen=True)
 class Verdict:
@@ -102,6 +104,39 @@ class IncomingMessage:
 
     def add_header(self, name: str, value: str) -> None:
         self.headers.append((name, value))
+
+    def leave_out(self, ranges: list[tuple[int, int]]) -> None:
+        """Delete these octet ranges (sorted, apart) from the message: header fields the edge
+        must not pass on (``security.authentication.claimed_results``).  The copy in memory
+        is rebuilt; a spool file is rewritten in place, each kept stretch moved down and the
+        file cut short (its path is what readers open).  Blocking for a spool file."""
+        if not ranges:
+            return
+        if self.data is not None:
+            kept, at = [], 0
+            for start, end in ranges:
+                kept.append(self.data[at:start])
+                at = end
+            kept.append(self.data[at:])
+            self.data = b"".join(kept)
+        else:
+            assert self.spool is not None, "a message with neither octets nor a spool file"
+            with open(self.spool, "r+b") as octets:
+                write = ranges[0][0]
+                for i, (_, end) in enumerate(ranges):
+                    stop = ranges[i + 1][0] if i + 1 < len(ranges) else self.size
+                    read = end
+                    while read < stop:
+                        octets.seek(read)
+                        chunk = octets.read(min(_MOVE_CHUNK, stop - read))
+                        if not chunk:
+                            break
+                        octets.seek(write)
+                        octets.write(chunk)
+                        read += len(chunk)
+                        write += len(chunk)
+                octets.truncate(write)
+        self.size -= sum(end - start for start, end in ranges)
 
     def read_bytes(self) -> bytes:
         if self.data is not None:

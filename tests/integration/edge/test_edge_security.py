@@ -86,8 +86,13 @@ async def test_spf_dkim_dmarc_results_reach_the_stored_message(cluster: ClusterH
         with pytest.raises(smtplib.SMTPDataError) as refused:
             c.sendmail("alice@signer.test", ["bob@example.com"], forged)
         assert refused.value.smtp_code == 550 and b"DMARC" in refused.value.smtp_error
-    # A domain whose policy is p=none: accepted, but marked as failing.
-    lax = forged.replace(b"signer.test", b"lax.test")
+    # A domain whose policy is p=none: accepted, but marked as failing -- and results it
+    # claims under our own authserv-id (any case, behind a comment, folded) are deleted
+    # (RFC 8601 §5), while another receiver's stay.
+    lax = (b"Authentication-Results: MX.test; dkim=pass header.d=lax.test\r\n"
+           b"Authentication-Results: (trust me)\r\n mx.test 1;\r\n dmarc=pass\r\n"
+           b"Authentication-Results: relay.example; spf=pass\r\n"
+           + forged.replace(b"signer.test", b"lax.test"))
     with client(edge, "127.0.0.6") as c:
         c.sendmail("alice@lax.test", ["bob@example.com"], lax)
 
@@ -101,6 +106,9 @@ async def test_spf_dkim_dmarc_results_reach_the_stored_message(cluster: ClusterH
     assert b"spf=pass" in good and b"dkim=pass" in good and b"dmarc=pass" in good
     bad = bodies["alice@lax.test"]
     assert b"spf=fail" in bad and b"dkim=fail" in bad and b"dmarc=fail" in bad
+    assert b"dkim=pass" not in bad and b"trust me" not in bad and b"dmarc=pass" not in bad
+    assert b"Authentication-Results: relay.example; spf=pass\r\n" in bad
+    assert bad.count(b"Authentication-Results:") == 2
 
 
 async def test_message_rate_holds_across_two_edges(cluster: ClusterHarness, dns_server):

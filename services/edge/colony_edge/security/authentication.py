@@ -313,3 +313,63 @@ async def authenticate_async(message: bytes | None, header_section: bytes, auths
                              mail_from: str, helo: str, dns_timeout: float = 3.0) -> AuthOutcome:
     return await asyncio.to_thread(authenticate, message, header_section, authserv_id, ip, mail_from, helo,
                                    dns_timeout)
+
+
+def _leading_token(value: bytes) -> bytes:
+    """The first token of a field value after any comments (nested, escaped: RFC 5322 CFWS),
+    in one pass however deep a hostile value nests them; a quoted string is unquoted."""
+    i, n = 0, len(value)
+    while i < n:
+        c = value[i]
+        if c in b" \t\r\n":
+            i += 1
+        elif c == 0x28:                              # "(": skip to its matching ")"
+            depth = 0
+            while i < n:
+                c = value[i]
+                if c == 0x5C:                        # a quoted-pair
+                    i += 2
+                    continue
+                depth += (c == 0x28) - (c == 0x29)
+                i += 1
+                if depth == 0:
+                    break
+        else:
+            break
+    if i < n and value[i] == 0x22:                   # a quoted string
+        end = value.find(b'"', i + 1)
+        return value[i + 1:end] if end > 0 else b""
+    end = i
+    while end < n and value[end] not in b" \t\r\n;(":
+        end += 1
+    return value[i:end]
+
+
+def claimed_results(header_section: bytes, authserv_id: str, last_terminated: bool) -> list[tuple[int, int]]:
+    """The octet ranges (each a whole field with its CRLF) of the ``Authentication-Results``
+    fields in ``header_section`` that claim ``authserv_id`` -- results only this cluster may
+    write, so from anyone else forged: RFC 8601 §5 has a border MTA delete them, or a client
+    or filter that trusts our authserv-id would show a stranger's ``dkim=pass``.
+
+    ``header_section``: the message's first octets, up to the empty line or a limit;
+    ``last_terminated``: its last field is complete (the empty line follows it) -- else that
+    field may be cut off and is left alone.  The authserv-id is compared case-insensitively
+    (a host name, RFC 8601 §2.5), after comments and with a quoted form unquoted."""
+    wanted = authserv_id.strip().lower().encode()
+    if not wanted or b"authentication-results" not in header_section.lower():
+        return []
+    ranges: list[tuple[int, int]] = []
+    # A field starts at a line that does not begin with white space.
+    starts = [0] + [m.end() for m in re.finditer(rb"\r\n(?![ \t])", header_section)]
+    for i, start in enumerate(starts):
+        end = starts[i + 1] if i + 1 < len(starts) else None
+        if end is None:
+            if not last_terminated or start >= len(header_section):
+                continue
+            end = len(header_section) + 2      # its CRLF, before the empty line
+        colon = header_section.find(b":", start, end)
+        if colon < 0 or header_section[start:colon].rstrip(b" \t").lower() != b"authentication-results":
+            continue
+        if _leading_token(header_section[colon + 1:min(end, len(header_section))]).lower() == wanted:
+            ranges.append((start, end))
+    return ranges

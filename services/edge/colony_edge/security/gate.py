@@ -71,6 +71,9 @@ class GateMetrics:
                                       ["zone"], registry=registry)
         self.auth_results = Counter("colony_edge_auth_results_total", "SPF/DKIM/DMARC results of inbound mail.",
                                     ["method", "result"], registry=registry)
+        self.forged_results = Counter("colony_edge_forged_auth_results_total",
+                                      "Authentication-Results fields under our authserv-id from untrusted "
+                                      "clients, deleted (RFC 8601 section 5).", registry=registry)
 
 
 _STRICTNESS = {"none": 0, "quarantine": 1, "enforce": 2}

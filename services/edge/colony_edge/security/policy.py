@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from colony.protocols.smtp import Reply
 from colony.protocols.smtp import events as E
+from colony_edge.security.authentication import claimed_results
 from colony_edge.security.gate import EdgeGate, Refusal
 from colony_edge.smtp_policy import ACCEPT, BasePolicy, IncomingMessage, SmtpSession, Verdict, refuse
 
@@ -27,17 +28,18 @@ def _verdict(refusal: Refusal | None) -> Verdict:
     return refuse(Reply(refusal.code, refusal.status, refusal.text, refusal.reason))
 
 
-def read_for_authentication(message: IncomingMessage, dkim_max: int) -> tuple[bytes | None, bytes]:
-    """(whole message or None when too large for DKIM, header section).  Blocking."""
+def read_for_authentication(message: IncomingMessage, dkim_max: int) -> tuple[bytes | None, bytes, bool]:
+    """(whole message or None when too large for DKIM, header section, whether the empty
+    line after the header section was found).  Blocking."""
     size = message.size
     with message.open() as f:
         if size <= dkim_max:
             whole = f.read()
             end = whole.find(b"\r\n\r\n")
-            return whole, whole[:end] if end >= 0 else whole
+            return whole, whole[:end] if end >= 0 else whole, end >= 0
         head = f.read(HEADER_SECTION_LIMIT)
     end = head.find(b"\r\n\r\n")
-    return None, head[:end] if end >= 0 else head
+    return None, head[:end] if end >= 0 else head, end >= 0
 
 
 class GateAtConnect(BasePolicy):
@@ -82,13 +84,24 @@ class EdgeSecurityPolicy(GateAtConnect):
     async def data_complete(self, session: SmtpSession, message: IncomingMessage) -> Verdict:
         limit = self.gate.settings.edge_dkim_max_bytes
         if message.data is not None:   # held in memory by the shell: nothing to wait for
-            whole, header_section = read_for_authentication(message, limit)
+            whole, header_section, terminated = read_for_authentication(message, limit)
         else:
-            whole, header_section = await asyncio.to_thread(read_for_authentication, message, limit)
+            whole, header_section, terminated = await asyncio.to_thread(read_for_authentication, message, limit)
         mail_from = session.mail_from.address if session.mail_from else ""
         domains = sorted({m.domain for r in session.recipients for m in r.mailboxes})
         verdict = await self.gate.on_data(session.peer_ip, session.helo, mail_from, whole, header_section,
                                           [self.dmarc_choice(d) for d in domains] or [None])
+        if not self.gate.trusted(session.peer_ip):
+            # Results under our own authserv-id that we did not write: deleted (RFC 8601 §5),
+            # after DKIM saw the message as signed.  A trusted relay's (edge_allow_networks)
+            # are kept: an operator's filter in front of the edge may write them.
+            forged = claimed_results(header_section, self.gate.authserv_id, terminated)
+            if forged:
+                self.gate.metrics.forged_results.inc(len(forged))
+                if message.data is not None:
+                    message.leave_out(forged)
+                else:
+                    await asyncio.to_thread(message.leave_out, forged)
         name, _, value = verdict.auth.header.partition(":")
         message.add_header(name.strip(), value.strip())
         if verdict.quarantine:
