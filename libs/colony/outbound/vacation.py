@@ -27,6 +27,10 @@ metric label):
 * ``report``: a ``multipart/report`` -- a DSN or an MDN (RFC 6522) that came with a sender
   (a read receipt from Thunderbird or Outlook has the user's own);
 * ``junk``: the store filed the message as Junk (the DMARC quarantine);
+* ``unverified_sender``: our own ``Authentication-Results`` (the first naming ``authserv_id``:
+  the edge deletes any other under it, RFC 8601 §5) says SPF ``fail`` for the envelope sender,
+  and neither DMARC nor a DKIM signature of the sender's domain passed -- a forged sender,
+  whom a reply would be backscatter (a stranger's address used to aim our replies at it);
 * ``not_addressed``: none of the user's addresses is in ``To``, ``Cc``, ``Bcc`` or their
   ``Resent-`` forms -- the implicit address check of RFC 5230 §4.5: mail that reached the
   user through a list or a blind copy is not answered.  The user's addresses are the
@@ -67,7 +71,7 @@ MESSAGE_ID_MAX = 250
 REMEMBERED_SENDERS = 1000       # senders remembered per account; the oldest reply is forgotten first
 
 REASONS = ("period", "null_sender", "system_sender", "unreadable", "auto_submitted", "precedence", "list", "report",
-           "junk", "not_addressed", "already_replied")
+           "junk", "unverified_sender", "not_addressed", "already_replied")
 
 _SYSTEM_LOCALS = frozenset({"mailer-daemon", "listserv", "majordomo", "postmaster", "noreply", "no-reply",
                             "donotreply", "do-not-reply", "bounce", "bounces"})
@@ -191,7 +195,7 @@ def _unfold(value) -> str:
 
 def decide(*, account: str, settings: VacationSettings, mail_from: str, message: bytes, now: datetime,
            replied: RepliedSenders, special_use: str | None = None, display_name: str = "",
-           also_own: tuple[str, ...] = ()) -> Reply | Suppressed:
+           also_own: tuple[str, ...] = (), authserv_id: str = "") -> Reply | Suppressed:
     """Answer ``message`` (received by ``account`` from envelope sender ``mail_from``) or say why not.
     ``now`` is timezone-aware UTC; ``replied`` counts only if its ``handle`` is this reply's.  ``also_own``: other names of the user's addresses the
     caller knows of (``local@<a domain alias>``).  Does not change ``replied``: the caller
@@ -224,12 +228,42 @@ def decide(*, account: str, settings: VacationSettings, mail_from: str, message:
         return Suppressed("report")
     if special_use == "\\Junk":
         return Suppressed("junk")
+    if authserv_id and _forged_sender(original.fields.get("authentication-results", ()), authserv_id, sender):
+        return Suppressed("unverified_sender")
     if not own & _addressed(original):
         return Suppressed("not_addressed")
     last = replied.last(sender) if replied.handle == handle_of(settings) else None
     if last is not None and now - last < timedelta(days=settings.days):
         return Suppressed("already_replied")
     return Reply(sender, build_reply(account, display_name, sender, settings, original, now))
+
+
+_RESULT = re.compile(r"(?:^|[;\s])(spf|dkim|dmarc)\s*=\s*([a-z]+)((?:\s+[a-z.]+\s*=\s*[^\s;]+)*)", re.I)
+
+
+def _forged_sender(fields, authserv_id: str, sender: str) -> bool:
+    """Whether our Authentication-Results (the first field naming ``authserv_id``) has SPF
+    failing for ``sender`` with neither DMARC passing nor a DKIM signature of its domain (or
+    a parent of it) passing.  No such field (a trusted client's mail, an older edge): False."""
+    ours = authserv_id.strip().lower()
+    for value in fields:
+        head = re.sub(r"\([^()]*\)", " ", value).strip()
+        if re.split(r"[\s;]", head, maxsplit=1)[0].strip('"').lower() != ours:
+            continue
+        domain = sender.rpartition("@")[2].lower()
+        spf_fail, vouched = False, False
+        for method, result, properties in _RESULT.findall(head):
+            method, result = method.lower(), result.lower()
+            if method == "spf" and result == "fail":
+                spf_fail = True
+            elif method == "dmarc" and result == "pass":
+                vouched = True
+            elif method == "dkim" and result == "pass":
+                signer = re.search(r"header\.d\s*=\s*([^\s;]+)", properties, re.I)
+                d = signer.group(1).lower() if signer else ""
+                vouched = vouched or bool(d) and (domain == d or domain.endswith("." + d))
+        return spf_fail and not vouched
+    return False
 
 
 def _keyword(value: str) -> str:

@@ -67,11 +67,14 @@ def reply_id(message_id: str, address: str) -> str:
 
 class AutoReplies:
     def __init__(self, accounts: AccountManager, reports: SuccessReports, metrics: MailstoreMetrics,
-                 clock=lambda: datetime.now(UTC)) -> None:
+                 clock=lambda: datetime.now(UTC), authserv_id: str = "") -> None:
         self.accounts = accounts
         self.reports = reports          # its route() and its JetStream context and settings
         self.metrics = metrics
         self.clock = clock
+        # The edge's name in Authentication-Results: its verdict on the sender is trusted
+        # (``colony.outbound.vacation``'s unverified_sender); empty: not looked for.
+        self._authserv_id = authserv_id
 
     async def answer(self, mail: InboundMail, address: str, entry: AccountEntry, body: bytes) -> None:
         """Reply to ``mail``, just stored for ``address``, if its vacation says so.  Never raises:
@@ -108,7 +111,8 @@ class AutoReplies:
             settings = settings_of(entry.vacation)
             outcome = decide(account=address, settings=settings, mail_from=mail.mail_from,
                              message=body, now=now, replied=acct.replied, special_use=mail.special_use,
-                             display_name=entry.real_name, also_own=await self._via_domain_alias(mail, address, settings))
+                             display_name=entry.real_name, also_own=await self._via_domain_alias(mail, address, settings),
+                             authserv_id=self._authserv_id)
             if isinstance(outcome, Reply):
                 handle = handle_of(settings)
                 if acct.replied.handle != handle:    # another reply: its round starts afresh

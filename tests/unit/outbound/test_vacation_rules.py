@@ -302,3 +302,35 @@ def test_the_reply_is_addressed_to_the_envelope_sender_however_long_or_quoted(se
     outcome = run(sender=sender)
     assert reply_of(outcome)["To"].addresses[0].addr_spec == sender == outcome.recipient
     assert max(len(line) for line in outcome.message.split(b"\r\n")) <= 998
+
+
+def _with_results(*results: str) -> bytes:
+    return message(*results, "To: Alice <alice@acme.example>")
+
+
+@pytest.mark.parametrize("results, answered", [
+    # SPF says the sender is forged, nothing vouches for it: a reply would be backscatter.
+    (["Authentication-Results: mx.acme.example; spf=fail smtp.mailfrom=carol@remote.test; dkim=none; dmarc=fail"
+      " header.from=remote.test"], False),
+    # ... unless DMARC passed, or a DKIM signature of the sender's domain (or a parent) did.
+    (["Authentication-Results: mx.acme.example; spf=fail smtp.mailfrom=carol@remote.test; dmarc=pass"], True),
+    (["Authentication-Results: MX.acme.example (ours); spf=fail; dkim=pass header.d=remote.test header.b=abc"], True),
+    # A signature of somebody else's domain vouches for nothing about the sender.
+    (["Authentication-Results: mx.acme.example; spf=fail; dkim=pass header.d=attacker.test"], False),
+    # Softfail, pass, none: answered (only a hard fail is taken as a forgery).
+    (["Authentication-Results: mx.acme.example; spf=softfail; dkim=none"], True),
+    # Only our own results count: another receiver's fail, or a fail below ours, is not ours.
+    (["Authentication-Results: relay.example; spf=fail"], True),
+    (["Authentication-Results: mx.acme.example; spf=pass", "Authentication-Results: mx.acme.example; spf=fail"], True),
+])
+def test_a_sender_our_spf_check_failed_and_nothing_vouched_for_is_not_answered(results, answered):
+    outcome = decide(account=ALICE, settings=AWAY, mail_from="carol@remote.test", message=_with_results(*results),
+                     now=T0, replied=RepliedSenders(), authserv_id="mx.acme.example")
+    assert isinstance(outcome, Reply) == answered, outcome
+    if not answered:
+        assert outcome == Suppressed("unverified_sender")
+
+
+def test_without_an_authserv_id_our_results_are_not_looked_for():
+    forged = _with_results("Authentication-Results: mx.acme.example; spf=fail")
+    assert isinstance(run(forged), Reply)
