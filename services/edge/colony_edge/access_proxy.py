@@ -255,8 +255,12 @@ class AccessProxy:
             self.metrics.logins.labels(proto, "account-sessions").inc()
             return Login(False, "Too many sessions of this account from your address; close one and try again",
                          "SYS/TEMP")
-        region, finder = self.finder_for(domain)
-        login = await self.hand_off(proto, account, ip, finder)
+        try:
+            region, finder = self.finder_for(domain)
+            login = await self.hand_off(proto, account, ip, finder)
+        except BaseException:      # cancelled with its session, or a failure hand_off does not expect
+            self.gate.on_logout(ip, account)
+            raise
         outcome = "no-store" if not login.ok else "ok" if region == self.settings.region else "ok-other-region"
         self.metrics.logins.labels(proto, outcome).inc()
         if not login.ok:

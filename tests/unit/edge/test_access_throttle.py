@@ -178,3 +178,39 @@ async def test_logins_to_a_domain_whose_move_is_sealing_get_a_temporary_failure(
         p._foreign["us"] = FakeFinder(error=RuntimeError("unreachable"), domain="us")  # answers at once
         await p.login("imap", "lee@us.example", "right", "198.51.100.7")
         assert p._foreign["us"].asked > 0, phase  # went on to the home region's stores
+
+
+async def test_a_login_cancelled_during_its_hand_off_gives_its_account_session_back():
+    """The account's session is counted before the store is asked; a client gone meanwhile
+    (its session task cancelled) or a failure hand_off does not expect must not keep it."""
+    import asyncio
+
+    from colony.contracts.auth import AuthCheckReply
+    from colony_edge.access_proxy import AccessProxy
+
+    class CountingGate(FakeGate):
+        sessions = 0
+
+        def on_login(self, ip, account):
+            self.sessions += 1
+
+        def on_logout(self, ip, account):
+            self.sessions -= 1
+
+    class Hanging(FakeFinder):
+        async def target(self, account, listener, force=False):
+            await asyncio.Event().wait()
+
+    s = Settings()
+    gate = CountingGate()
+    p = AccessProxy(s, b"s" * 32, FakeAuth(AuthCheckReply(ok=True, account="amy@acme.example")), Hanging(),
+                    LoginThrottle(s, None, gate), gate, None, None, FakeMetrics(), "edge.test")
+    task = asyncio.create_task(p.login("imap", "amy@acme.example", "right", "198.51.100.7"))
+    for _ in range(100):
+        if gate.sessions:
+            break
+        await asyncio.sleep(0.01)
+    assert gate.sessions == 1
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert gate.sessions == 0
