@@ -826,10 +826,13 @@ class SipWorkload:
             if parsed is None:
                 parsed = self.farm.parse(data)
             if (arrived is not None and (self._turn > LATE or time.monotonic() - arrived > LATE)
-                    and self._starts_work(parsed)):
+                    and self._starts_work(parsed) and self._owner(parsed) is None):
                 # Overloaded (RFC 3261 §21.5.4): a new transaction that waited this long for
                 # its turn gets 503 + Retry-After now, instead of work that ends in a Timer
-                # B/F 408 half a minute later; what finishes calls in progress goes on.
+                # B/F 408 half a minute later; what finishes calls in progress goes on.  Only
+                # what this member would work on itself: a packet another member owns may be
+                # a copy of a request that member is working on (an INVITE ringing there,
+                # whose caller a 503 from here would end), and passing it on is cheap.
                 out = self.farm.refuse_overloaded(parsed, source)
             else:
                 out = await self._handle_parsed(data, source, parsed)

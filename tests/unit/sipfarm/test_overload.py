@@ -70,3 +70,32 @@ async def test_the_turn_is_measured_while_the_loop_is_held(farm):
         assert shell._turn <= 0.1
     finally:
         probe.cancel()
+
+
+async def test_an_overloaded_member_passes_on_what_another_member_owns_instead_of_refusing_it(farm):
+    """A late packet the Call-ID's owner (another member) handles may be a copy of a request
+    that member is working on -- an INVITE ringing there: a 503 from here would end the
+    caller's call while the callee rings.  It goes to its owner; the owner judges its load."""
+    from datetime import datetime, timedelta, timezone
+
+    from colony.cluster.membership import NodeRecord, NodeState
+    from colony.hashing import choose
+
+    shell, sent = _shell(farm)
+    now = datetime.now(timezone.utc)
+    shell._members = {m: NodeRecord(id=m, role="sipfarm", state=NodeState.READY, host="h", pid=1, version="v",
+                                    started_at=now - timedelta(hours=1), heartbeat_at=now)
+                      for m in ("sipfarm-1", "sipfarm-2")}
+    shell._ready_until = 0.0
+    n = 0
+    while choose(call_id := f"owned-{n}", ["sipfarm-1", "sipfarm-2"]) != "sipfarm-2":
+        n += 1
+    passed_on = []
+
+    async def route(data, source, parsed):
+        passed_on.append(parsed.call_id)
+        return []
+    shell._route = route
+    shell._turn = LATE + 0.5
+    await shell._handle(register(branch="z9hG4bKelse", call_id=call_id), PHONE, arrived=time.monotonic())
+    assert passed_on == [call_id] and sent == [] and farm.metrics.overloaded._value.get() == 0
