@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import errno
 import json
 import logging
 import os
@@ -183,6 +184,8 @@ USAGE_ACK_TIMEOUT = 10.0  # seconds the bus has to store one interval's usage su
 # Seconds a packet that starts new work may wait for its turn before it is refused with 503:
 # two T1s, by when its sender has retransmitted twice -- this member is behind.
 LATE = 1.0
+# A probe's send failing so says its host is gone (not our own shortage of descriptors or buffers).
+_UNREACHABLE = frozenset({errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN, errno.ENETDOWN})
 TURN_PROBE = 0.1         # seconds between measurements of how long the event loop takes to come round
 SUSPECT_FOR = 10.0       # seconds an owner that did not answer is passed over
 # Seconds since an owner last answered a hand-over within which a late answer to a REGISTER
@@ -674,8 +677,15 @@ class SipWorkload:
             self._inner_socket(peer).send(probe)
         except (BlockingIOError, InterruptedError):
             return False         # our send buffer is full: asked again in a second
-        except (OSError, ValueError):
-            return True          # refused (nothing on its port), its host unreachable
+        except ConnectionRefusedError:
+            return True          # nothing on its port
+        except OSError as exc:
+            # Its host or network unreachable: dead.  Anything else is our own trouble -- no
+            # descriptor for the probe's socket, no buffers -- and proves nothing about it:
+            # asked again in a second (64*T1 still ends the wait).
+            return exc.errno in _UNREACHABLE
+        except ValueError:
+            return True          # an address no frame carries: nothing to ask it over
         return False
 
     def _cancel_forks_of(self, forker: str) -> None:

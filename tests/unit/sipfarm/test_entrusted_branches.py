@@ -314,6 +314,37 @@ async def test_a_paused_forker_keeps_its_ringing_branches_and_a_dead_one_has_the
         keeping._close_inner_sockets()
 
 
+async def test_a_probe_this_member_cannot_send_for_want_of_descriptors_is_no_proof_of_death(members):
+    """The probe's socket cannot be made (EMFILE: this member is out of descriptors) -- our own
+    trouble, not the forker's death: its branches ring on; a refused probe still ends them."""
+    import errno
+
+    forker, keeper, _, sent = members
+    keeping, paused, sent_out, failed = await _keeper_of_a_ringing_branch(keeper, sent)
+    real = keeping._inner_socket
+
+    def no_descriptors(peer):
+        raise OSError(errno.EMFILE, "Too many open files")
+    try:
+        keeping._members = {"sipfarm-1": _record("sipfarm-1"), "sipfarm-2": _record("sipfarm-2", NodeState.FAILED)}
+        keeping._inner_socket = no_descriptors
+        for _ in range(3):
+            keeping._fail_lost_branches()
+        assert _cancels(sent_out) == [] and failed == [] and len(keeper.entrusted) == 1
+        keeping._inner_socket = real
+        paused.close()
+
+        def swept() -> bool:
+            keeping._fail_lost_branches()
+            return bool(failed)
+        await _until(swept)
+        assert len(_cancels(sent_out)) == 1 and failed == [BOB]
+    finally:
+        paused.close()
+        keeping.inner.close()
+        keeping._close_inner_sockets()
+
+
 async def test_a_forker_that_stopped_or_whose_record_is_gone_has_its_branches_cancelled_at_once(members):
     forker, keeper, _, sent = members
     keeping, paused, sent_out, failed = await _keeper_of_a_ringing_branch(keeper, sent)
