@@ -180,6 +180,7 @@ class Settings(BaseSettings):
     access_plaintext_auth: bool = Field(False, description="Allow IMAP LOGIN / POP3 USER+PASS / AUTH PLAIN before TLS (only for networks where the link is protected otherwise).")
     imap_max_mailboxes: int = Field(10_000, ge=10, le=1_000_000, description="Most mailboxes (folders) one account may have; a CREATE or RENAME past it is answered NO [LIMIT] (RFC 5530). Names are also limited: 1024 octets, 32 levels of 255 octets.")
     imap_idle_timeout: float = Field(1800.0, gt=0, description="Seconds an IMAP session may stay silent outside IDLE before the server says BYE (RFC 9051: at least 30 minutes).")
+    imap_idle_notify: float = Field(120.0, gt=0, description="Seconds a client in IDLE may go without a word from the server before it is told '* OK Still here' (keeps NAT and firewall state; finds peers gone without a FIN).")
     imap_direct_login: bool = Field(False, description="Also open a mail store IMAP listener (`imap-direct` in the node record, any free port) that takes LOGIN / AUTHENTICATE PLAIN itself, checked through the auth contract: for tools and tests on a trusted network. Clients normally reach IMAP through an edge.")
     pop3_idle_timeout: float = Field(600.0, gt=0, description="Seconds a POP3 session may stay silent before it is closed (RFC 1939: at least 10 minutes).")
     access_login_timeout: float = Field(60.0, gt=0, description="Seconds a client has to log in at the edge after connecting.")

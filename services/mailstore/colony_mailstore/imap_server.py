@@ -246,7 +246,8 @@ class _Conn:
     wake: asyncio.Event           # the account changed, or the watch wants the session gone
     leave: str | None = None      # set by the watch: say BYE with this
     ready: asyncio.Future | None = None   # what the session's wait awaits (see _serve)
-    timer: asyncio.TimerHandle | None = None  # the autologout check, while armed
+    timer: asyncio.TimerHandle | None = None  # the autologout (or IDLE's "Still here") check, while armed
+    timer_at: float = 0.0                     # the session's deadline it was armed for
 
     def expire(self) -> None:
         self.timer = None
@@ -384,8 +385,9 @@ class ImapServer:
                  accepting: Callable[[], bool], verifier: Verifier | None = None, auth: AuthClient | None = None,
                  registry: CollectorRegistry | None = None, clock: Callable[[], float] = time.monotonic,
                  sharing: Sharing | None = None, exporter: AccountExporter | None = None,
-                 max_mailboxes: int = S.MAX_MAILBOXES) -> None:
+                 max_mailboxes: int = S.MAX_MAILBOXES, idle_notify: float = S.IDLE_NOTIFY) -> None:
         self.accounts = accounts
+        self.idle_notify = idle_notify       # imap_idle_notify: "* OK Still here" to a client in IDLE
         self.max_mailboxes = max_mailboxes   # per account (imap_max_mailboxes)
         self.message_cache = MessageCache()   # shared by all sessions of this store
         self.commit_cost = CommitCost()        # where commits run (on the loop while quick)
@@ -440,7 +442,7 @@ class ImapServer:
             self._open_sessions += 1
             counted = True
             session = S.Session(self.clock, self.node_id, self.idle_timeout, account=account, handed_over=handoff,
-                                max_mailboxes=self.max_mailboxes)
+                                max_mailboxes=self.max_mailboxes, idle_notify=self.idle_notify)
             conn = _Conn(session, asyncio.Event())
             if account is not None:
                 self._conns.setdefault(account, set()).add(conn)
@@ -555,11 +557,18 @@ class ImapServer:
                     # per command).  No polling per session: the watch wakes it when it must go.
                     loop = asyncio.get_running_loop()
                     conn.ready = loop.create_future()
+                    deadline = session.deadline
+                    if conn.timer is not None and deadline < conn.timer_at:
+                        # An IDLE began: its "Still here" is due before the autologout the
+                        # timer was armed for.
+                        conn.timer.cancel()
+                        conn.timer = None
                     if conn.timer is None:
-                        # Armed once and left running: the deadline only moves later, so a
+                        # Armed once and left running: the deadline mostly moves later, so a
                         # timer that fires early costs one look (tick) and is armed again,
                         # instead of a timer made and cancelled at every command.
-                        conn.timer = loop.call_later(max(0.0, session.deadline - self.clock()), conn.expire)
+                        conn.timer_at = deadline
+                        conn.timer = loop.call_later(max(0.0, deadline - self.clock()), conn.expire)
                     try:
                         await conn.ready
                     finally:

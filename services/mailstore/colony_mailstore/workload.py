@@ -130,7 +130,7 @@ class MailstoreWorkload:
                                sharing=self.sharing,
                                exporter=AccountExporter(self.accounts, verifier, runtime.metrics.registry, js=js)
                                if verifier is not None else None,
-                               max_mailboxes=settings.imap_max_mailboxes)
+                               max_mailboxes=settings.imap_max_mailboxes, idle_notify=settings.imap_idle_notify)
         self.sharing.marks_for = self.imap.marks_for
         # Grantees' calls on this store's accounts' shared folders (sharing.py).
         self._shared_sub = await runtime.nc.subscribe(names.mailstore_shared_subject(runtime.node_id),

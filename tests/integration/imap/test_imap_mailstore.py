@@ -251,6 +251,37 @@ async def test_a_silent_session_is_logged_out_after_the_idle_timeout_from_its_la
     assert after >= 2.4, after      # measured from t3, although a timer was armed at t2 and before
 
 
+async def test_a_client_in_idle_hears_still_here_long_before_the_autologout(world, tmp_path):
+    """The session's timer was armed for the autologout (30 s here) before IDLE began; the
+    store arms it again for IDLE's "* OK Still here" (every 0.5 s here), which a NAT between
+    client and server needs to keep the connection."""
+    secret = tmp_path / "cluster.secret"
+    handoff.ensure_secret(secret)
+    await world.domain()
+    await world.account(BOB)
+    world.start("mailstore-1", COLONY_CLUSTER_SECRET_FILE=str(secret), COLONY_IMAP_IDLE_TIMEOUT="30",
+                COLONY_IMAP_IDLE_NOTIFY="0.5", COLONY_OUTBOUND_SMTP_PORT="25")
+    view = await world.cluster.wait_state("mailstore-1", "READY", timeout=60)
+    inner_host, _, inner_port = view.addresses["imap-inner"].rpartition(":")
+    line = handoff.sign(handoff.load_secret(secret), "imap", BOB, "198.51.100.7", int(time.time() * 1000))
+
+    def idling() -> bytes:
+        with socket.create_connection((inner_host, int(inner_port)), timeout=30) as s:
+            s.sendall(line)
+            _read_until(s, b"\r\n", 30)
+            s.sendall(b"s SELECT INBOX\r\n")
+            _read_until(s, b"s OK", 30)
+            s.sendall(b"i IDLE\r\n")
+            data = _read_until(s, b"+ idling", 30)
+            s.settimeout(20)      # well short of the 30 s autologout
+            while data.count(b"* OK Still here") < 2 and (chunk := s.recv(65536)):
+                data += chunk
+            s.sendall(b"DONE\r\n")
+            return data + _read_until(s, b"i OK", 30)
+    data = await asyncio.wait_for(asyncio.to_thread(idling), 60)
+    assert b"* OK Still here\r\n" in data and b"i OK IDLE terminated" in data and b"BYE" not in data, data
+
+
 def _one_read_per_command(host: str, port: int) -> list[bytes]:
     """Each command's whole answer as the first recv after it (one write by the store)."""
     answers = []

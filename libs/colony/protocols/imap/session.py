@@ -49,7 +49,12 @@ parsed MIME structures are cached for a handful of messages only; sequence sets 
 resolved against the mailbox without ever being expanded.
 
 Time comes from the injected ``clock`` (seconds): ``tick()`` ends a session idle for longer
-than ``autologout`` (30 minutes, RFC 9051 §5.4) with ``* BYE``.
+than ``autologout`` (30 minutes, RFC 9051 §5.4) with ``* BYE``, and tells a client in IDLE
+that nothing happened (``* OK Still here``) after ``idle_notify`` seconds without a word to
+it (2 minutes, Dovecot's ``imap_idle_notify_interval``): a NAT or firewall between them
+forgets a connection silent for a few minutes, and the client would wait in IDLE on a
+connection that no longer reaches it; a peer gone without a FIN is found by TCP once
+something is sent.  ``deadline`` says when ``tick`` next has something to do.
 """
 
 from __future__ import annotations
@@ -71,6 +76,7 @@ from colony.protocols.imap.syntax import SequenceSet, decode_mutf7, encode_mutf7
 
 NOT_AUTHENTICATED, AUTHENTICATED, SELECTED, LOGOUT = "not authenticated", "authenticated", "selected", "logout"
 AUTOLOGOUT = 30 * 60.0
+IDLE_NOTIFY = 120.0          # seconds an IDLE client goes without a word before "* OK Still here"
 DELIMITER = "/"
 SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 _STATUS_OFFERED = {"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "SIZE", "DELETED", "HIGHESTMODSEQ",
@@ -268,13 +274,14 @@ class _No(Exception):
 class Session:
     def __init__(self, clock: Callable[[], float], hostname: str = "colony", autologout: float = AUTOLOGOUT,
                  account: str | None = None, handed_over: bool = False, max_literal: int = MAX_APPEND,
-                 max_mailboxes: int = MAX_MAILBOXES) -> None:
+                 max_mailboxes: int = MAX_MAILBOXES, idle_notify: float = IDLE_NOTIFY) -> None:
         """``account``: the session starts authenticated -- ``* PREAUTH`` greeting, or with
         ``handed_over`` the hand-off's one untagged ``OK [CAPABILITY ...]`` line that the edge
         sends tagged as its LOGIN answer (``colony.contracts.handoff``)."""
         self.clock = clock
         self.hostname = hostname
         self.autologout = autologout
+        self.idle_notify = idle_notify
         self.max_mailboxes = max_mailboxes
         # Before login only small literals (a user name, a password) are read.
         self._max_literal = max_literal
@@ -308,6 +315,7 @@ class Session:
         # IDLE
         self._idle_tag: str | None = None
         self._woken = False
+        self._idle_heard = 0.0     # when an IDLE client last heard from us (its "+", an update, a "Still here")
         self._mime: OrderedDict[tuple[str, int], tuple[bytes, mime.Part]] = OrderedDict()
         self._authenticate_tag: str | None = None   # AUTHENTICATE waiting for its response line
         self._authenticate_mechanism = "PLAIN"
@@ -336,9 +344,14 @@ class Session:
         self._woken = True
 
     def tick(self) -> None:
-        """Autologout: a session silent for ``autologout`` seconds is ended."""
-        if self.clock() - self._last_activity >= self.autologout:
+        """Autologout: a session silent for ``autologout`` seconds is ended.  A client in IDLE
+        that heard nothing for ``idle_notify`` seconds is told ``* OK Still here``."""
+        now = self.clock()
+        if now - self._last_activity >= self.autologout:
             self.goodbye("Autologout; idle for too long")
+        elif self._idle_tag is not None and now - self._idle_heard >= self.idle_notify:
+            self._send("* OK Still here")
+            self._idle_heard = now
 
     def goodbye(self, text: str) -> None:
         """End the session from the server's side (drain, the account moved)."""
@@ -408,7 +421,11 @@ class Session:
 
     @property
     def deadline(self) -> float:
-        return self._last_activity + self.autologout
+        """When ``tick`` next has something to do: the autologout, or an IDLE's next word."""
+        deadline = self._last_activity + self.autologout
+        if self._idle_tag is not None:
+            return min(deadline, self._idle_heard + self.idle_notify)
+        return deadline
 
     def next_action(self) -> Action | None:
         while True:
@@ -615,6 +632,7 @@ class Session:
         elif cmd is None:                      # IDLE woken
             if self._idle_tag is not None:
                 self._sync(store, expunge=True)
+                self._idle_heard = self.clock()    # what changed, if anything, counts as a word
             return
         else:
             handler = getattr(self, "_do_" + _name(cmd).replace(" ", "_").lower())
@@ -759,6 +777,7 @@ class Session:
         # one response after IDLE and give up unless it is the "+" (getmail's go_idle).
         self._idle_tag = cmd.tag
         self._woken = False
+        self._idle_heard = self.clock()
         self._send("+ idling")
         self._sync(store, expunge=self.state == SELECTED)
         return None

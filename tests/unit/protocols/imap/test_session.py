@@ -96,8 +96,8 @@ def logged_in(mail, **kw) -> Client:
     return c
 
 
-def selected(mail) -> Client:
-    c = logged_in(mail)
+def selected(mail, **kw) -> Client:
+    c = logged_in(mail, **kw)
     assert "s OK [READ-WRITE]" in c.cmd("s SELECT INBOX")
     return c
 
@@ -409,6 +409,44 @@ def test_autologout_by_the_injected_clock(mail):
     clock.now += 2
     c.session.tick()
     assert "* BYE" in c.pump().decode() and c.closed
+
+
+def test_a_client_in_idle_hears_still_here_every_idle_notify_and_is_still_logged_out_at_30_minutes(mail):
+    """A NAT between client and server forgets a connection silent for a few minutes; the
+    client would wait in IDLE on a connection that no longer reaches it (Dovecot says "Still
+    here" every 2 minutes).  The words are ours: the autologout still counts from the client's."""
+    clock = Clock()
+    c = selected(mail, clock=clock)
+    assert c.session.deadline == clock.now + S.AUTOLOGOUT
+    assert c.cmd("i IDLE") == "+ idling\r\n"
+    assert c.session.deadline == clock.now + S.IDLE_NOTIFY      # the shell's timer is due then
+    clock.now += S.IDLE_NOTIFY - 1
+    c.session.tick()
+    assert c.pump() == b""
+    clock.now += 1
+    c.session.tick()
+    assert c.pump() == b"* OK Still here\r\n"
+    c.session.tick()
+    assert c.pump() == b""                                      # once per interval
+    assert c.session.deadline == clock.now + S.IDLE_NOTIFY
+    heard = 1
+    while clock.now + S.IDLE_NOTIFY < c.session._last_activity + S.AUTOLOGOUT:
+        clock.now += S.IDLE_NOTIFY
+        c.session.tick()
+        heard += c.pump().count(b"* OK Still here")
+    assert not c.closed and heard == int(S.AUTOLOGOUT // S.IDLE_NOTIFY) - 1
+    clock.now = c.session._last_activity + S.AUTOLOGOUT
+    c.session.tick()
+    assert "* BYE" in c.pump().decode() and c.closed
+
+
+def test_no_still_here_outside_idle(mail):
+    clock = Clock()
+    c = selected(mail, clock=clock)
+    assert "i OK" in c.cmd("i IDLE") + c.cmd("DONE")
+    clock.now += S.IDLE_NOTIFY * 3
+    c.session.tick()
+    assert c.pump() == b"" and c.session.deadline == c.session._last_activity + S.AUTOLOGOUT
 
 
 def test_huge_literal_refused_with_bounded_memory(mail):
