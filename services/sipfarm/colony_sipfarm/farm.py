@@ -1199,8 +1199,15 @@ class SipFarm:
             # nonce count, so the caller was challenged (407) while its request was still on its
             # way, sent it once more with fresh credentials, and the callee got it twice.  Its
             # answer comes back to this member wherever it arrives (our Via's ``o``, forker_of):
-            # copies are absorbed until it does, then get it (§17.2.2).
-            self.server_transactions.forwarded(self._answer_key(request), False, self.clock())
+            # copies are absorbed until it does, then get it (§17.2.2).  Handed over by the
+            # member the caller sent it to, which puts it on the wire: a copy goes that way
+            # again until the answer comes, as the stateless fallback would (that member's
+            # client transaction starts no second time, the callee's absorbs the copy or
+            # repeats its lost answer) -- absorbed, a frame lost inside the farm lost the
+            # request for good and the caller heard 408.
+            handed_over = self._flow() != self.node_id
+            self.server_transactions.forwarded(self._answer_key(request), False, self.clock(),
+                                               trying=out if handed_over else None)
         if request.method == "INVITE":
             # Kept for one branch too: Timer C (expire_forks) answers the caller 408 when
             # no branch ever gave a final answer.

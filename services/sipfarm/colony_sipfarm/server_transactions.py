@@ -31,9 +31,11 @@ Which requests have an entry is the farm's choice (``farm.py``): requests that c
 them on the wire itself, since their responses come back here (our Via names this member) and
 give the entry its answers; and every initial request but INVITE and CANCEL (a MESSAGE,
 OPTIONS, SUBSCRIBE ...), whose copies would otherwise meet the caller's credentials again as a
-replayed nonce.  When another member put such a request on the callee's connection, its entry
+replayed nonce.  When another member puts such a request on the wire (the callee's
+connection, or UDP from the address the caller talked to, which handed it over), its entry
 starts with the request as forwarded (``trying``), so each copy goes that way again and the
-callee's own transaction answers it.  An ACK is never one: the ACK of a 2xx is a transaction of its
+callee's own transaction answers it (a hand-over lost inside the farm is then a packet lost
+on the wire, which the caller's copies make good).  An ACK is never one: the ACK of a 2xx is a transaction of its
 own, and an ACK of a failure is not answered.  No timer of our own runs (Timer G would resend
 a non-2xx final to a caller that lost it; the caller's copies get it instead).
 
