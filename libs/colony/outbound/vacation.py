@@ -64,6 +64,9 @@ from email.message import EmailMessage
 from email.parser import HeaderParser
 from email.policy import SMTP, compat32, default
 
+from authres import AuthenticationResultsHeader
+from authres.core import AuthResError
+
 HEADER_LIMIT = 64 * 1024        # bytes of the original's header section read, at most
 SUBJECT_MAX = 200               # characters of the original subject repeated in "Auto: ..."
 REFERENCES_KEPT = 10            # message ids of the original's References carried on
@@ -238,29 +241,37 @@ def decide(*, account: str, settings: VacationSettings, mail_from: str, message:
     return Reply(sender, build_reply(account, display_name, sender, settings, original, now))
 
 
-_RESULT = re.compile(r"(?:^|[;\s])(spf|dkim|dmarc)\s*=\s*([a-z]+)((?:\s+[a-z.]+\s*=\s*[^\s;]+)*)", re.I)
-
-
 def _forged_sender(fields, authserv_id: str, sender: str) -> bool:
     """Whether our Authentication-Results (the first field naming ``authserv_id``) has SPF
     failing for ``sender`` with neither DMARC passing nor a DKIM signature of its domain (or
-    a parent of it) passing.  No such field (a trusted client's mail, an older edge): False."""
+    a parent of it) passing.  No such field (a trusted client's mail, an older edge): False.
+
+    Read as RFC 8601 grammar by authres, which wrote it: the properties carry the sender's
+    text (a DKIM signature's ``i=`` goes out unquoted, spaces and all; a quoted local part
+    of ``smtp.mailfrom`` may hold ``;``), so a word search would take a forger's
+    ``header.i=@x dmarc=pass`` for a DMARC pass and answer him.  A field of ours that does
+    not parse is judged by its SPF word alone: nothing in it vouches."""
     ours = authserv_id.strip().lower()
     for value in fields:
-        head = re.sub(r"\([^()]*\)", " ", value).strip()
+        text = _unfold(value)
+        head = re.sub(r"\([^()]*\)", " ", text).strip()
         if re.split(r"[\s;]", head, maxsplit=1)[0].strip('"').lower() != ours:
             continue
+        try:
+            results = AuthenticationResultsHeader.parse_value(text).results
+        except AuthResError:
+            return re.search(r"(?:^|[\s;])spf\s*=\s*fail\b", head, re.I) is not None
         domain = sender.rpartition("@")[2].lower()
         spf_fail, vouched = False, False
-        for method, result, properties in _RESULT.findall(head):
-            method, result = method.lower(), result.lower()
-            if method == "spf" and result == "fail":
+        for result in results:
+            method, outcome = str(result.method).lower(), str(result.result).lower()
+            if method == "spf" and outcome == "fail":
                 spf_fail = True
-            elif method == "dmarc" and result == "pass":
+            elif method == "dmarc" and outcome == "pass":
                 vouched = True
-            elif method == "dkim" and result == "pass":
-                signer = re.search(r"header\.d\s*=\s*([^\s;]+)", properties, re.I)
-                d = signer.group(1).lower() if signer else ""
+            elif method == "dkim" and outcome == "pass":
+                d = next((str(p.value).lower() for p in result.properties
+                          if str(p.type).lower() == "header" and str(p.name).lower() == "d"), "")
                 vouched = vouched or bool(d) and (domain == d or domain.endswith("." + d))
         return spf_fail and not vouched
     return False

@@ -322,6 +322,18 @@ def _with_results(*results: str) -> bytes:
     # Only our own results count: another receiver's fail, or a fail below ours, is not ours.
     (["Authentication-Results: relay.example; spf=fail"], True),
     (["Authentication-Results: mx.acme.example; spf=pass", "Authentication-Results: mx.acme.example; spf=fail"], True),
+    # The sender's own text in a property is no verdict: authres writes a forged signature's
+    # i= unquoted, and a quoted local part may hold ";" -- neither vouches (as authres writes them).
+    (["Authentication-Results: mx.acme.example; spf=fail smtp.helo=h smtp.mailfrom=carol@remote.test;"
+      " dkim=fail header.d=remote.test header.i=@x dmarc=pass header.d=remote.test; dmarc=fail"
+      " header.from=remote.test"], False),
+    (["Authentication-Results: mx.acme.example;\r\n spf=fail smtp.mailfrom=\"x; dmarc=pass\"@remote.test;\r\n"
+      " dkim=fail (x dkim=pass header.d=remote.test) header.d=remote.test"], False),
+    # A field of ours that does not parse: its SPF fail stands, nothing in it vouches.
+    (["Authentication-Results: mx.acme.example; spf=fail; dkim=fail header.i=\"@x dmarc=pass"], False),
+    # Folded as authres's users fold it, a DKIM pass of the sender's domain still vouches.
+    (["Authentication-Results: mx.acme.example;\r\n spf=fail smtp.mailfrom=carol@remote.test;\r\n"
+      " dkim=pass reason=\"good signature\" header.d=remote.test header.i=@remote.test"], True),
 ])
 def test_a_sender_our_spf_check_failed_and_nothing_vouched_for_is_not_answered(results, answered):
     outcome = decide(account=ALICE, settings=AWAY, mail_from="carol@remote.test", message=_with_results(*results),
