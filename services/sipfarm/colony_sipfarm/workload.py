@@ -820,14 +820,8 @@ class SipWorkload:
             flow = self.connections.get((source[1], source[2]))
             if flow is not None and flow.ringing:
                 flow.answered(parsed.top_via().branch or "")
-        if self._cancelled and isinstance(parsed, SipResponse) and parsed.status >= 300 and self._absorbed_after_cancel(parsed):
+        if isinstance(parsed, SipResponse) and not self._observed_here(parsed, udp=source[0] == "UDP"):
             return
-        if self._entrustments and isinstance(parsed, SipResponse) and parsed.status >= 200:
-            self._answered_entrusted(parsed)
-        if source[0] == "UDP" and isinstance(parsed, SipResponse) and len(self.proxy_transactions):
-            if not self._observe_response(parsed):
-                self.farm.metrics.dropped.labels(reason="absorbed retransmission").inc()
-                return
         # when overloaded: dropped, as by a full socket buffer
         self._track(self._handle(data, source, parsed, time.monotonic()))
 
@@ -1200,8 +1194,11 @@ class SipWorkload:
 
     async def _handle_for(self, packet: SpreadPacket) -> list[Outbound]:
         try:
+            parsed = self.farm.parse(packet.data)
+            if isinstance(parsed, SipResponse) and not self._observed_here(parsed, udp=packet.source[0] == "UDP"):
+                return []
             return await self.farm.handle(packet.data, packet.source, flow_member=packet.arrived_at,
-                                          flow_address=packet.address)
+                                          flow_address=packet.address, parsed=parsed)
         except Exception:
             log.exception("SIP message from %s:%s (spread to us) failed", packet.source[1], packet.source[2])
             return []
@@ -1723,6 +1720,22 @@ class SipWorkload:
         except OSError as exc:     # the keeper died or is swamped: lost, as on the wire
             self.farm.metrics.dropped.labels(reason="inner relay busy" if isinstance(exc, BlockingIOError)
                                              else "inner relay refused").inc()
+
+    def _observed_here(self, response: SipResponse, udp: bool) -> bool:
+        """What this member's own tables say of a phone's answer, whether it reached this
+        member or another that handed it over (our Via's ``o`` names this one: its fork, its
+        CANCEL or its client transaction is here -- when the members share a public address
+        the answer arrives wherever the balancer puts it, and handed over it once skipped
+        these, so the client transaction resent and timed out an answered request).  False:
+        absorbed here."""
+        if self._cancelled and response.status >= 300 and self._absorbed_after_cancel(response):
+            return False
+        if self._entrustments and response.status >= 200:
+            self._answered_entrusted(response)
+        if udp and len(self.proxy_transactions) and not self._observe_response(response):
+            self.farm.metrics.dropped.labels(reason="absorbed retransmission").inc()
+            return False
+        return True
 
     def _observe_response(self, response: SipResponse) -> bool:
         """Move the response's client transaction on; False: absorb it (a retransmission)."""

@@ -240,3 +240,30 @@ async def test_an_answer_to_where_no_frame_can_go_is_left_out_and_the_owner_answ
     assert "sipfarm-2" not in asker._suspect and _dropped(farm, "unsendable") == 1
     out = await asker._ask_owner("sipfarm-2", register(), PHONE)
     assert [parse_message(o.data).status for o in out] == [401]
+
+
+async def test_an_answer_handed_over_by_the_member_it_reached_moves_this_members_client_transaction_on(farm):
+    """Behind a shared public address a phone's answer reaches whichever member the balancer
+    picks, which hands it to the member our Via's ``o`` names.  That member put the request on
+    the wire and runs its client transaction: handed over, the answer once went straight to
+    the farm, the transaction kept resending and Timer F/B failed an answered request."""
+    shell = _shell(farm, Bus(), "sipfarm-1")
+    bob = ("UDP", "192.0.2.7", 5062)
+    request = parse_message(
+        b"MESSAGE sip:bob@192.0.2.7:5062 SIP/2.0\r\n"
+        b"Via: SIP/2.0/UDP 192.0.2.100:5060;rport;branch=z9hG4bK-cfmsg-0;m=x;o=x\r\n"
+        b"Via: SIP/2.0/UDP 198.51.100.9:5060;branch=z9hG4bKcaller\r\nMax-Forwards: 69\r\n"
+        b"From: <sip:alice@acme.example>;tag=a1\r\nTo: <sip:bob@acme.example>\r\nCall-ID: handed-1\r\n"
+        b"CSeq: 1 MESSAGE\r\nContent-Length: 0\r\n\r\n")
+    now = time.monotonic()
+    assert shell.proxy_transactions.sent(request, request.encode(), bob, now)
+    ok = (b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 192.0.2.100:5060;rport;branch=z9hG4bK-cfmsg-0;m=x;o=x\r\n"
+          b"Via: SIP/2.0/UDP 198.51.100.9:5060;branch=z9hG4bKcaller\r\n"
+          b"From: <sip:alice@acme.example>;tag=a1\r\nTo: <sip:bob@acme.example>;tag=b1\r\nCall-ID: handed-1\r\n"
+          b"CSeq: 1 MESSAGE\r\nContent-Length: 0\r\n\r\n")
+    await shell._handle_for(SpreadPacket(ok, bob, "sipfarm-2", ("192.0.2.100", 5060)))
+    due = shell.proxy_transactions.expire(now + 5)         # past Timer E's copies at 0.5, 1, 2, 4 s
+    assert due.retransmit == [] and due.timed_out == []
+    # The phone repeats its final answer (our copies crossed it): absorbed here, not passed on.
+    again = await shell._handle_for(SpreadPacket(ok, bob, "sipfarm-2", ("192.0.2.100", 5060)))
+    assert again == []
