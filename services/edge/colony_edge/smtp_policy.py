@@ -110,6 +110,8 @@ class IncomingMessage:
         must not pass on (``security.authentication.claimed_results``).  The copy in memory
         is rebuilt; a spool file is rewritten in place, each kept stretch moved down and the
         file cut short (its path is what readers open).  Blocking for a spool file."""
+        # The last field's range may count the CRLF of a message that ends without one.
+        ranges = [(start, min(end, self.size)) for start, end in ranges if start < self.size]
         if not ranges:
             return
         if self.data is not None:

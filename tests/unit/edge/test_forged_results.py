@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 from colony_edge.security.authentication import claimed_results
+from colony_edge.security.policy import read_for_authentication
 from colony_edge.smtp_policy import IncomingMessage
 
 HEAD = (b"Received: from x\r\n"
@@ -63,3 +64,45 @@ def test_leave_out_in_memory_and_in_a_spool_file_give_the_same_octets(tmp_path):
     spooled.leave_out(ranges)
     assert spool.read_bytes() == expected and spooled.size == len(expected)
     assert b"mx.test; dkim=pass" not in expected and b"mx.test.evil; dkim=pass" in expected
+
+
+def test_a_cr_or_lf_alone_ends_a_line_as_a_mail_client_reads_it():
+    """BDAT takes octets as they come; Python's email package (and a mail client) starts a
+    field after a lone LF or CR, so a forged field hidden behind one is still ours to delete."""
+    head = (b"X-A: a\nAuthentication-Results: mx.test; dkim=pass\r\n"
+            b"X-B: b\rAuthentication-Results: mx.test; spf=pass\r\n"
+            b"X-C: c\r\n mx.test\r\nSubject: s")
+    assert _fields(head, claimed_results(head, "mx.test", last_terminated=True)) == [
+        b"Authentication-Results: mx.test; dkim=pass\r\n", b"Authentication-Results: mx.test; spf=pass\r\n"]
+
+
+def test_a_field_the_limit_cut_right_after_a_line_is_left_alone():
+    """Its continuation lines may lie past the cut: deleting its first line only would glue
+    them to the field before."""
+    head = b"Subject: s\r\nAuthentication-Results: mx.test;\r\n"
+    assert claimed_results(head, "mx.test", last_terminated=False) == []
+
+
+def _spooled(tmp_path, octets: bytes) -> IncomingMessage:
+    spool = tmp_path / "m.spool"
+    spool.write_bytes(octets)
+    return IncomingMessage(size=len(octets), spool=spool)
+
+
+def _delete_ours(message: IncomingMessage) -> bytes:
+    _, head, terminated = read_for_authentication(message, 1 << 20)
+    message.leave_out(claimed_results(head, "mx.test", terminated))
+    octets = message.read_bytes()
+    assert message.size == len(octets)
+    return octets
+
+
+def test_the_header_section_of_a_message_without_body_or_without_fields(tmp_path):
+    # No body, and (BDAT) no CRLF at its end: the message's end ends the forged field.
+    assert _delete_ours(_spooled(tmp_path, b"Subject: s\r\nAuthentication-Results: mx.test; dkim=pass")) \
+        == b"Subject: s\r\n"
+    bodiless = b"Subject: s\r\nAuthentication-Results: mx.test;\r\n"
+    assert _delete_ours(IncomingMessage(size=len(bodiless), data=bodiless)) == b"Subject: s\r\n"
+    # No header fields at all: what follows the empty line is body, not to be touched.
+    body = b"\r\nAuthentication-Results: mx.test; dkim=pass\r\n\r\nbody\r\n"
+    assert _delete_ours(_spooled(tmp_path, body)) == body

@@ -345,6 +345,9 @@ def _leading_token(value: bytes) -> bytes:
     return value[i:end]
 
 
+_FIELD_START = re.compile(rb"(?:\r\n|\r(?!\n)|\n)(?![ \t])")
+
+
 def claimed_results(header_section: bytes, authserv_id: str, last_terminated: bool) -> list[tuple[int, int]]:
     """The octet ranges (each a whole field with its CRLF) of the ``Authentication-Results``
     fields in ``header_section`` that claim ``authserv_id`` -- results only this cluster may
@@ -359,14 +362,18 @@ def claimed_results(header_section: bytes, authserv_id: str, last_terminated: bo
     if not wanted or b"authentication-results" not in header_section.lower():
         return []
     ranges: list[tuple[int, int]] = []
-    # A field starts at a line that does not begin with white space.
-    starts = [0] + [m.end() for m in re.finditer(rb"\r\n(?![ \t])", header_section)]
+    # A field starts at a line that does not begin with white space.  A CR or LF alone ends
+    # a line too (BDAT takes octets as they come): a mail client's parser, like Python's
+    # email package, starts a field after it, so it is where the forged field starts.
+    starts = [0] + [m.end() for m in _FIELD_START.finditer(header_section)]
     for i, start in enumerate(starts):
         end = starts[i + 1] if i + 1 < len(starts) else None
         if end is None:
             if not last_terminated or start >= len(header_section):
                 continue
             end = len(header_section) + 2      # its CRLF, before the empty line
+        elif end >= len(header_section) and not last_terminated:
+            continue        # cut right after a line: what follows the cut may continue it
         colon = header_section.find(b":", start, end)
         if colon < 0 or header_section[start:colon].rstrip(b" \t").lower() != b"authentication-results":
             continue

@@ -29,17 +29,26 @@ def _verdict(refusal: Refusal | None) -> Verdict:
 
 
 def read_for_authentication(message: IncomingMessage, dkim_max: int) -> tuple[bytes | None, bytes, bool]:
-    """(whole message or None when too large for DKIM, header section, whether the empty
-    line after the header section was found).  Blocking."""
+    """(whole message or None when too large for DKIM, header section without its last
+    CRLF, whether that section is complete: the empty line after it was found, or the whole
+    message is its header section).  A message that begins with the empty line has none.
+    Blocking."""
     size = message.size
     with message.open() as f:
         if size <= dkim_max:
             whole = f.read()
-            end = whole.find(b"\r\n\r\n")
-            return whole, whole[:end] if end >= 0 else whole, end >= 0
+            end = _end_of_header_section(whole)
+            if end < 0:     # no body: the message's end ends its last field
+                return whole, whole[:-2] if whole.endswith(b"\r\n") else whole, True
+            return whole, whole[:end], True
         head = f.read(HEADER_SECTION_LIMIT)
-    end = head.find(b"\r\n\r\n")
+    end = _end_of_header_section(head)
     return None, head[:end] if end >= 0 else head, end >= 0
+
+
+def _end_of_header_section(octets: bytes) -> int:
+    """Where the CRLF before the empty line begins (0: no header fields at all), or -1."""
+    return 0 if octets.startswith(b"\r\n") else octets.find(b"\r\n\r\n")
 
 
 class GateAtConnect(BasePolicy):
