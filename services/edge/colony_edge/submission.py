@@ -33,6 +33,7 @@ import logging
 import re
 import time
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from email.parser import BytesHeaderParser
 from email.policy import SMTP as SMTP_POLICY
 
@@ -131,8 +132,13 @@ class SubmissionPolicy(BasePolicy):
     def __init__(self, directory, auth: AuthClient, counters: SharedCounters, js: JetStreamContext,
                  settings: Settings, metrics: SubmissionMetrics, node_id: str, srs=None,
                  login_cache: LoginCache | None = None, familiar: FamiliarClients | None = None,
-                 throttle: LoginThrottle | None = None) -> None:
+                 throttle: LoginThrottle | None = None,
+                 refund: Callable[[str], Awaitable[None]] | None = None) -> None:
         self.directory, self.auth_client, self.counters, self.js = directory, auth, counters, js
+        # A logged-in session's connection no longer counts toward its address's connection
+        # rate (``EdgeGate.refund_connection``), as on IMAP and POP3: an office's senders
+        # behind one NAT address open a connection per message.
+        self.refund = refund
         self.familiar = familiar   # clients that logged in before: not held by an account's lock
         self.throttle = throttle   # failed logins per address and per account, shared with IMAP/POP3
         # The edge's login cache (as IMAP/POP3 use it): a client that submits every few
@@ -189,6 +195,9 @@ class SubmissionPolicy(BasePolicy):
             await self.throttle.succeeded(session.peer_ip, auth.username)   # remembers the client as familiar
         elif self.familiar is not None:
             await self.familiar.remember(auth.username, session.peer_ip)
+        if self.refund is not None and not session.notes.get("refunded"):
+            session.notes["refunded"] = True      # once per connection, however often it logs in
+            await self.refund(session.peer_ip)
         session.notes["account"] = reply.account
         session.notes["account_domain"] = reply.domain
         session.notes["rate_per_hour"] = reply.sending_rate_per_hour
@@ -344,7 +353,8 @@ async def open_submission(workload, runtime, acceptor: MailAcceptor, metrics, co
                               SubmissionMetrics(runtime.metrics.registry), runtime.node_id, srs,
                               login_cache=edge_login_cache(workload, settings, runtime.metrics),
                               familiar=familiar,
-                              throttle=LoginThrottle(settings, counters, gate, familiar) if gate is not None else None)
+                              throttle=LoginThrottle(settings, counters, gate, familiar) if gate is not None else None,
+                              refund=gate.refund_connection if gate is not None else None)
     submit = ExpansionReports(SubmissionAcceptor(acceptor, js, settings, runtime.node_id), js, settings,
                               runtime.node_id, workload.directory)
     addresses = {}

@@ -79,3 +79,23 @@ async def test_a_repeated_auth_is_answered_by_the_edges_login_cache_until_the_ac
     cache.on_directory_change(names.AGG_ADDRESS, "bob@example.com")   # e.g. a password change
     await auth("right")
     assert bus.asked == 3
+
+
+async def test_a_successful_auth_gives_the_connection_back_to_its_addresss_rate_and_a_failed_one_does_not():
+    """As on IMAP and POP3 (EdgeGate.refund_connection): the connection rate is for
+    connections nobody logs in on; an office's senders behind one NAT address open one per
+    message and would turn each other away on a busy morning."""
+    refunded: list[str] = []
+
+    async def refund(ip: str) -> None:
+        refunded.append(ip)
+
+    for reply, expected in ((AuthCheckReply.refused(AuthFailure.INVALID), []),
+                            (AuthCheckReply.granted("bob@example.com", "example.com", {}), ["192.0.2.1"])):
+        refunded.clear()
+        policy = SubmissionPolicy(None, auth=AuthClient(FakeBus(reply), timeout=3), counters=None, js=None,
+                                  settings=Settings(), metrics=SubmissionMetrics(CollectorRegistry()),
+                                  node_id="edge-1", refund=refund)
+        session = SmtpSession(id="s1", peer_ip="192.0.2.1", peer_port=1, local_port=587)
+        await policy.auth(session, E.Auth(mechanism="PLAIN", username="bob@example.com", password="x"))
+        assert refunded == expected
