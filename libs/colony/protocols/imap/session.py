@@ -631,8 +631,12 @@ class Session:
             handler = lambda c, st: self._fetch_batch(c, items, uids, sets_seen, st)  # noqa: E731
         elif cmd is None:                      # IDLE woken
             if self._idle_tag is not None:
+                said = len(self._out)
                 self._sync(store, expunge=True)
-                self._idle_heard = self.clock()    # what changed, if anything, counts as a word
+                if len(self._out) > said:
+                    # An update counts as a word; a wake-up for a change elsewhere in the
+                    # account (another folder) says nothing, and puts no "Still here" off.
+                    self._idle_heard = self.clock()
             return
         else:
             handler = getattr(self, "_do_" + _name(cmd).replace(" ", "_").lower())

@@ -440,6 +440,22 @@ def test_a_client_in_idle_hears_still_here_every_idle_notify_and_is_still_logged
     assert "* BYE" in c.pump().decode() and c.closed
 
 
+def test_a_wake_up_that_tells_an_idle_client_nothing_does_not_put_off_its_still_here(mail):
+    """A change elsewhere in the account (another folder) wakes the session, which has
+    nothing to say about the selected mailbox: the client heard nothing, and the NAT between
+    would forget it if every such wake-up put the "Still here" off again."""
+    clock = Clock()
+    c = selected(mail, clock=clock)
+    assert c.cmd("i IDLE") == "+ idling\r\n"
+    for _ in range(3):
+        clock.now += S.IDLE_NOTIFY / 2
+        c.session.wake()
+        assert c.pump() == b""
+    assert c.session.deadline <= clock.now
+    c.session.tick()
+    assert c.pump() == b"* OK Still here\r\n"
+
+
 def test_no_still_here_outside_idle(mail):
     clock = Clock()
     c = selected(mail, clock=clock)
