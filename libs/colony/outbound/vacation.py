@@ -29,7 +29,8 @@ metric label):
 * ``junk``: the store filed the message as Junk (the DMARC quarantine);
 * ``unverified_sender``: our own ``Authentication-Results`` (the first naming ``authserv_id``:
   the edge deletes any other under it, RFC 8601 §5) says SPF ``fail`` for the envelope sender,
-  and neither DMARC nor a DKIM signature of the sender's domain passed -- a forged sender,
+  and neither DMARC for a From in the sender's domain nor a DKIM signature of the sender's
+  domain passed -- a forged sender,
   whom a reply would be backscatter (a stranger's address used to aim our replies at it);
 * ``not_addressed``: none of the user's addresses is in ``To``, ``Cc``, ``Bcc`` or their
   ``Resent-`` forms -- the implicit address check of RFC 5230 §4.5: mail that reached the
@@ -243,8 +244,8 @@ def decide(*, account: str, settings: VacationSettings, mail_from: str, message:
 
 def _forged_sender(fields, authserv_id: str, sender: str) -> bool:
     """Whether our Authentication-Results (the first field naming ``authserv_id``) has SPF
-    failing for ``sender`` with neither DMARC passing nor a DKIM signature of its domain (or
-    a parent of it) passing.  No such field (a trusted client's mail, an older edge): False.
+    failing for ``sender`` with neither DMARC passing for a From in its domain's tree nor a
+    DKIM signature of its domain (or a parent of it) passing.  No such field (a trusted client's mail, an older edge): False.
 
     Read as RFC 8601 grammar by authres, which wrote it: the properties carry the sender's
     text (a DKIM signature's ``i=`` goes out unquoted, spaces and all; a quoted local part
@@ -268,13 +269,22 @@ def _forged_sender(fields, authserv_id: str, sender: str) -> bool:
             if method == "spf" and outcome == "fail":
                 spf_fail = True
             elif method == "dmarc" and outcome == "pass":
-                vouched = True
+                # It vouches for the From domain, which a forger picks (his own, signed by
+                # his own key): only one in the sender's domain's tree says its owner sent it.
+                author = _property(result, "header", "from")
+                vouched = vouched or bool(author) and (domain == author or domain.endswith("." + author)
+                                                       or author.endswith("." + domain))
             elif method == "dkim" and outcome == "pass":
-                d = next((str(p.value).lower() for p in result.properties
-                          if str(p.type).lower() == "header" and str(p.name).lower() == "d"), "")
+                d = _property(result, "header", "d")
                 vouched = vouched or bool(d) and (domain == d or domain.endswith("." + d))
         return spf_fail and not vouched
     return False
+
+
+def _property(result, ptype: str, name: str) -> str:
+    """The first ``ptype.name`` property of an authres result, lower case ("" if none)."""
+    return next((str(p.value).lower() for p in result.properties
+                 if str(p.type).lower() == ptype and str(p.name).lower() == name), "")
 
 
 def _keyword(value: str) -> str:

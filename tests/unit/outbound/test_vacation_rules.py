@@ -313,7 +313,14 @@ def _with_results(*results: str) -> bytes:
     (["Authentication-Results: mx.acme.example; spf=fail smtp.mailfrom=carol@remote.test; dkim=none; dmarc=fail"
       " header.from=remote.test"], False),
     # ... unless DMARC passed, or a DKIM signature of the sender's domain (or a parent) did.
-    (["Authentication-Results: mx.acme.example; spf=fail smtp.mailfrom=carol@remote.test; dmarc=pass"], True),
+    (["Authentication-Results: mx.acme.example; spf=fail smtp.mailfrom=carol@remote.test; dmarc=pass"
+      " header.from=remote.test"], True),
+    (["Authentication-Results: mx.acme.example; spf=fail; dmarc=pass header.from=news.remote.test"], True),
+    # DMARC vouches for the From domain: a forger's own, signed with his own key, says nothing
+    # about the envelope sender he forged (whom the reply would go to).
+    (["Authentication-Results: mx.acme.example; spf=fail smtp.mailfrom=carol@remote.test;"
+      " dkim=pass header.d=attacker.test; dmarc=pass header.from=attacker.test"], False),
+    (["Authentication-Results: mx.acme.example; spf=fail; dmarc=pass"], False),
     (["Authentication-Results: MX.acme.example (ours); spf=fail; dkim=pass header.d=remote.test header.b=abc"], True),
     # A signature of somebody else's domain vouches for nothing about the sender.
     (["Authentication-Results: mx.acme.example; spf=fail; dkim=pass header.d=attacker.test"], False),
