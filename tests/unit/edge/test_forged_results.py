@@ -106,3 +106,27 @@ def test_the_header_section_of_a_message_without_body_or_without_fields(tmp_path
     # No header fields at all: what follows the empty line is body, not to be touched.
     body = b"\r\nAuthentication-Results: mx.test; dkim=pass\r\n\r\nbody\r\n"
     assert _delete_ours(_spooled(tmp_path, body)) == body
+
+
+def test_a_signature_identity_with_spaces_is_not_written_into_our_results(monkeypatch):
+    """authres writes a value with an "@" as it is: a forged signature's i= of
+    "@x dmarc=pass" became words of our own Authentication-Results."""
+    import authheaders
+    import spf
+
+    from colony_edge.security import authentication
+
+    monkeypatch.setattr(spf, "check2", lambda *args, **kwargs: ("fail", "not permitted"))
+    monkeypatch.setattr(authentication, "_bounded_dkim_key", lambda *args, **kwargs: None)
+    monkeypatch.setattr(authheaders, "check_dmarc",
+                        lambda *args, **kwargs: authheaders.DMARCAuthenticationResult(result="fail",
+                                                                                      header_from="victim.test"))
+    head = (b"DKIM-Signature: v=1; a=rsa-sha256; d=victim.test; i=@x dmarc=pass header.d=victim.test; s=s;"
+            b" h=from; bh=x; b=y\r\nFrom: a@victim.test")
+    outcome = authentication.authenticate(head + b"\r\n\r\nbody\r\n", head, "mx.test", "192.0.2.1",
+                                          "a@victim.test", "client.test")
+    assert outcome.dkim == "fail" and "dmarc=pass" not in outcome.header, outcome.header
+    assert "header.d=victim.test" in outcome.header
+    plain = head.replace(b"i=@x dmarc=pass header.d=victim.test", b"i=news@victim.test")
+    assert "header.i=news@victim.test" in authentication.authenticate(
+        plain + b"\r\n\r\nbody\r\n", plain, "mx.test", "192.0.2.1", "a@victim.test", "client.test").header

@@ -243,6 +243,10 @@ class AuthOutcome:
     author_domains: int = 0     # distinct author domains in From: (over MAX_AUTHOR_DOMAINS: refused)
 
 
+# An AUID as RFC 6376 §3.5 allows it: [local-part] "@" domain, a dot-atom local part.
+_PLAIN_IDENTITY = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]*@[A-Za-z0-9.-]+")
+
+
 def _result_of(results: list[AuthenticationResult], method: str) -> AuthenticationResult | None:
     return next((r for r in results if r.method == method), None)
 
@@ -275,6 +279,12 @@ def authenticate(message: bytes | None, header_section: bytes, authserv_id: str,
                 dkim_result = authheaders.DKIMAuthenticationResult(result="none")
             else:
                 dkim_result = authheaders.check_dkim(message, dnsfunc=_bounded_dkim_key)
+                if dkim_result.header_i and not _PLAIN_IDENTITY.fullmatch(dkim_result.header_i):
+                    # The signature's i= as the sender wrote it: authres writes a value with an
+                    # "@" unquoted, so "@x dmarc=pass" would read as a verdict of ours to a mail
+                    # client or filter that trusts our authserv-id.  Left out.
+                    dkim_result = authheaders.DKIMAuthenticationResult(result=dkim_result.result,
+                                                                       header_d=dkim_result.header_d)
             if dkim_result.result is None:
                 dkim_result = authheaders.DKIMAuthenticationResult(result="none")
         except Exception as exc:
