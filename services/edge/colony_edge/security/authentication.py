@@ -356,6 +356,7 @@ def _leading_token(value: bytes) -> bytes:
 
 
 _FIELD_START = re.compile(rb"(?:\r\n|\r(?!\n)|\n)(?![ \t])")
+_CLAIM_CANDIDATE = re.compile(rb"(?:\A|\r\n|\r(?!\n)|\n)(authentication-results[ \t]*:)", re.I)
 
 
 def claimed_results(header_section: bytes, authserv_id: str, last_terminated: bool) -> list[tuple[int, int]]:
@@ -369,24 +370,25 @@ def claimed_results(header_section: bytes, authserv_id: str, last_terminated: bo
     field may be cut off and is left alone.  The authserv-id is compared case-insensitively
     (a host name, RFC 8601 §2.5), after comments and with a quoted form unquoted."""
     wanted = authserv_id.strip().lower().encode()
-    if not wanted or b"authentication-results" not in header_section.lower():
+    if not wanted:
         return []
     ranges: list[tuple[int, int]] = []
     # A field starts at a line that does not begin with white space.  A CR or LF alone ends
     # a line too (BDAT takes octets as they come): a mail client's parser, like Python's
-    # email package, starts a field after it, so it is where the forged field starts.
-    starts = [0] + [m.end() for m in _FIELD_START.finditer(header_section)]
-    for i, start in enumerate(starts):
-        end = starts[i + 1] if i + 1 < len(starts) else None
-        if end is None:
-            if not last_terminated or start >= len(header_section):
+    # email package, starts a field after it, so it is where the forged field starts.  Only
+    # the fields named so are looked at: a header section of millions of short fields (up to
+    # edge_dkim_max_bytes) cost seconds and a list of every field's start, ~12 times its size.
+    for found in _CLAIM_CANDIDATE.finditer(header_section):
+        start, colon = found.start(1), found.end(1) - 1
+        following = _FIELD_START.search(header_section, colon)
+        if following is None:
+            if not last_terminated:
                 continue
             end = len(header_section) + 2      # its CRLF, before the empty line
-        elif end >= len(header_section) and not last_terminated:
+        elif following.end() >= len(header_section) and not last_terminated:
             continue        # cut right after a line: what follows the cut may continue it
-        colon = header_section.find(b":", start, end)
-        if colon < 0 or header_section[start:colon].rstrip(b" \t").lower() != b"authentication-results":
-            continue
+        else:
+            end = following.end()
         if _leading_token(header_section[colon + 1:min(end, len(header_section))]).lower() == wanted:
             ranges.append((start, end))
     return ranges
