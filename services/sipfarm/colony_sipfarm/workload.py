@@ -990,7 +990,8 @@ class SipWorkload:
         nothing: True, sent (or lost as on the wire); False, the owner is gone (an ICMP
         port-unreachable came back): it is passed over, handle the packet here; None, this
         hand-over cannot go as a datagram (the owner has no inner listener -- a member of the
-        previous version -- or the frame is larger than a datagram): ask over the bus."""
+        previous version -- the frame is larger than a datagram, or this member cannot send
+        one for its own reasons): ask over the bus."""
         peer = self._inner_peers.get(owner)
         if peer is None or self.inner is None:
             return None
@@ -1015,6 +1016,10 @@ class SipWorkload:
             self.farm.metrics.dropped.labels(reason="inner relay busy").inc()
             return True      # a full send buffer: lost, as on the wire
         except OSError as exc:
+            if exc.errno not in _UNREACHABLE:
+                # Our own trouble -- no descriptor for the socket, no buffers -- says nothing
+                # of the owner (as with the liveness probe): the bus carries this one.
+                return None
             self._pass_over(owner, f"inner relay: {exc}")
             return False
         self.farm.metrics.relays.inc()

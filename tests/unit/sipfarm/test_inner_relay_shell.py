@@ -127,3 +127,20 @@ async def test_an_owner_whose_port_is_closed_is_passed_over_and_the_packet_handl
         assert parse_message(data).status == 401
     finally:
         await _close(asker)
+
+
+async def test_a_datagram_this_member_cannot_send_for_its_own_reasons_goes_over_the_bus(farm):
+    """No descriptor for the relay's socket (EMFILE) is this member's trouble, not the
+    owner's death: passed over, a live owner's calls were handled here for SUSPECT_FOR."""
+    import errno
+
+    asker, owner = await _pair(farm)
+
+    def no_descriptors(peer):
+        raise OSError(errno.EMFILE, "Too many open files")
+    asker._inner_socket = no_descriptors
+    try:
+        assert asker._relay_inner("sipfarm-2", register(), PHONE) is None    # None: ask over the bus
+        assert "sipfarm-2" not in asker._suspect
+    finally:
+        await _close(asker, owner)
