@@ -145,3 +145,31 @@ def test_a_signature_identity_with_spaces_is_not_written_into_our_results(monkey
     plain = head.replace(b"i=@x dmarc=pass header.d=victim.test", b"i=news@victim.test")
     assert "header.i=news@victim.test" in authentication.authenticate(
         plain + b"\r\n\r\nbody\r\n", plain, "mx.test", "192.0.2.1", "a@victim.test", "client.test").header
+
+
+def test_a_header_section_past_the_first_read_is_read_on_and_one_past_any_scan_refused(tmp_path):
+    """A message too large for DKIM had only its first HEADER_SECTION_LIMIT octets scanned:
+    a forged field behind 256 KiB of padding fields was stored.  Now the header section is
+    read on as far as DKIM's memory (at least HEADER_SECTION_MAX); a longer one is refused."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from colony_edge.security import policy
+
+    padding = b"X-Pad: " + b"p" * 70 + b"\r\n"
+    forged = b"Authentication-Results: mx.test; dkim=pass\r\n"
+    body = b"\r\n" + b"body line\r\n" * 200_000
+    head = padding * (policy.HEADER_SECTION_LIMIT // len(padding) + 10) + forged + b"Subject: s\r\n"
+    message = _spooled(tmp_path, head + body)
+    _, section, terminated = read_for_authentication(message, 1024)         # too large for DKIM
+    assert terminated and section == head[:-2]
+    assert _delete_ours(message) == head.replace(forged, b"") + body
+
+    huge = padding * (policy.HEADER_SECTION_MAX // len(padding) + 10) + forged + body
+    message = _spooled(tmp_path, huge)
+    assert read_for_authentication(message, 1024)[2] is False
+
+    gate = SimpleNamespace(settings=SimpleNamespace(edge_dkim_max_bytes=1024), trusted=lambda ip: False)
+    session = SimpleNamespace(peer_ip="192.0.2.1")
+    verdict = asyncio.run(policy.EdgeSecurityPolicy(gate, lambda d: None).data_complete(session, message))
+    assert not verdict.accept and verdict.reply == policy.HEADER_TOO_LARGE

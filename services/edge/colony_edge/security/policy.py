@@ -20,6 +20,10 @@ from colony_edge.security.gate import EdgeGate, Refusal
 from colony_edge.smtp_policy import ACCEPT, BasePolicy, IncomingMessage, SmtpSession, Verdict, refuse
 
 HEADER_SECTION_LIMIT = 256 * 1024   # RFC 5322 sets none; an honest header block is far smaller
+# A header section longer than this and than edge_dkim_max_bytes is refused (552 5.3.4), as
+# Exim's header_maxsize (1 MiB) does: we could not look at all of it for forged results.
+HEADER_SECTION_MAX = 1024 * 1024
+HEADER_TOO_LARGE = Reply(552, "5.3.4", "Header section too large", "header_size")
 
 
 def _verdict(refusal: Refusal | None) -> Verdict:
@@ -41,8 +45,23 @@ def read_for_authentication(message: IncomingMessage, dkim_max: int) -> tuple[by
             if end < 0:     # no body: the message's end ends its last field
                 return whole, whole[:-2] if whole.endswith(b"\r\n") else whole, True
             return whole, whole[:end], True
-        head = f.read(HEADER_SECTION_LIMIT)
+        # Read on past HEADER_SECTION_LIMIT while the empty line does not come, as far as
+        # the memory DKIM may take: the fields past a cut could not be scanned for forged
+        # results (claimed_results), so a longer header section is refused instead.
+        cap = max(dkim_max, HEADER_SECTION_MAX)
+        head = bytearray(f.read(HEADER_SECTION_LIMIT))
+        found = _end_of_header_section(head) >= 0
+        while not found and len(head) < min(cap, size):
+            seen = max(0, len(head) - 3)
+            more = f.read(min(HEADER_SECTION_LIMIT, cap - len(head)))
+            if not more:
+                break
+            head += more
+            found = head.find(b"\r\n\r\n", seen) >= 0
+    head = bytes(head)
     end = _end_of_header_section(head)
+    if end < 0 and len(head) >= size:      # no body: the message's end ends its last field
+        return None, head[:-2] if head.endswith(b"\r\n") else head, True
     return None, head[:end] if end >= 0 else head, end >= 0
 
 
@@ -96,6 +115,8 @@ class EdgeSecurityPolicy(GateAtConnect):
             whole, header_section, terminated = read_for_authentication(message, limit)
         else:
             whole, header_section, terminated = await asyncio.to_thread(read_for_authentication, message, limit)
+        if not terminated and not self.gate.trusted(session.peer_ip):
+            return refuse(HEADER_TOO_LARGE)
         mail_from = session.mail_from.address if session.mail_from else ""
         domains = sorted({m.domain for r in session.recipients for m in r.mailboxes})
         verdict = await self.gate.on_data(session.peer_ip, session.helo, mail_from, whole, header_section,
