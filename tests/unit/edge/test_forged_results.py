@@ -173,3 +173,29 @@ def test_a_header_section_past_the_first_read_is_read_on_and_one_past_any_scan_r
     session = SimpleNamespace(peer_ip="192.0.2.1")
     verdict = asyncio.run(policy.EdgeSecurityPolicy(gate, lambda d: None).data_complete(session, message))
     assert not verdict.accept and verdict.reply == policy.HEADER_TOO_LARGE
+
+
+def test_the_senders_words_stay_inside_the_comment_or_quoted_string_they_came_in(monkeypatch):
+    """authres writes a comment as it is and a text with an "@" unquoted: a DMARC record's
+    words in DMARC's comment, or an SPF explanation as reason, went on as verdicts of ours --
+    and a line break in them would have started a field of the sender's making."""
+    import authheaders
+    import spf
+    from authres import AuthenticationResultsHeader
+
+    from colony_edge.security import authentication
+
+    monkeypatch.setattr(spf, "check2", lambda *args, **kwargs: ("fail", "Go away a@b dkim=pass header.d=bank.test"))
+    monkeypatch.setattr(authheaders, "check_dmarc", lambda *args, **kwargs: authheaders.DMARCAuthenticationResult(
+        result="permerror", result_comment="missing tag or value: v=DMARC1; x) dmarc=pass header.from=bank.test (y"
+        "\r\nAuthentication-Results: mx.test; dkim=pass", header_from="attacker.test", policy="reject"))
+    head = b"From: a@attacker.test"
+    outcome = authentication.authenticate(head + b"\r\n\r\nbody\r\n", head, "mx.test", "192.0.2.1",
+                                          "a@attacker.test", "client.test")
+    assert "\r" not in outcome.header and "\n" not in outcome.header, outcome.header
+    assert outcome.dmarc_policy == "reject" and outcome.from_domain == "attacker.test"
+    results = {r.method: r for r in AuthenticationResultsHeader.parse(outcome.header).results}
+    assert set(results) == {"spf", "dkim", "dmarc"}, outcome.header
+    assert results["spf"].reason == "Go away a@b dkim=pass header.d=bank.test"
+    assert [(p.type, p.name, p.value) for p in results["dmarc"].properties] == [
+        ("header", "from", "attacker.test"), ("policy", "dmarc", "reject")], outcome.header

@@ -31,7 +31,7 @@ import base64
 import logging
 import re
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from email.utils import getaddresses
 
 import authheaders
@@ -44,7 +44,7 @@ import dns.resolver
 import spf
 from publicsuffix2 import PublicSuffixList
 from authres import AuthenticationResultsHeader
-from authres.core import AuthenticationResult
+from authres.core import AuthenticationResult, QuotableValue
 
 from colony.dns import make_sync_resolver
 from colony.settings import Settings
@@ -247,6 +247,42 @@ class AuthOutcome:
 _PLAIN_IDENTITY = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]*@[A-Za-z0-9.-]+")
 
 
+# A property value with an "@" (authres writes it unquoted, as an address): a local part that
+# is a dot-atom or a quoted string, then a domain -- nothing that could end the value early.
+_PLAIN_ADDRESS = re.compile(r'(?:[^\s"();@\\]*|"(?:[^"\\\r\n]|\\[^\r\n])*")@[^\s"();@\\]+')
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f]+")
+
+
+def _as_comment(text: object) -> str:
+    return re.sub(r"([()\\])", r"\\\1", _CONTROLS.sub(" ", str(text)))
+
+
+def _confined(results: list[AuthenticationResult]) -> list[AuthenticationResult]:
+    """The sender's words kept inside the comment, quoted string or value they came in, as
+    authres does not: it writes a comment as it is (DMARC's names a DNS record's text: "x)
+    dmarc=pass (y" closed it and went on as a verdict), and a reason or a property value with
+    an "@" unquoted (an SPF exp= explanation with spaces).  Line breaks, which would start a
+    field of the sender's making in our header section, become spaces."""
+    for result in results:
+        if result.result_comment:
+            result.result_comment = _as_comment(result.result_comment)
+        if getattr(result, "reason_comment", None):
+            result.reason_comment = _as_comment(result.reason_comment)
+        if result.reason:
+            text = _CONTROLS.sub(" ", str(result.reason))
+            result.reason = QuotableValue('"' + re.sub(r'(["\\])', r"\\\1", text) + '"' if "@" in text else text)
+        kept = []
+        for prop in result.properties:
+            value = str(prop.value) if prop.value is not None else ""
+            if "@" in value and not _PLAIN_ADDRESS.fullmatch(value) or _CONTROLS.search(value):
+                continue            # no verdict of ours: left out rather than mended
+            if prop.comment:
+                prop.comment = _as_comment(prop.comment)
+            kept.append(prop)
+        result.properties = kept
+    return results
+
+
 def _result_of(results: list[AuthenticationResult], method: str) -> AuthenticationResult | None:
     return next((r for r in results if r.method == method), None)
 
@@ -303,9 +339,8 @@ def authenticate(message: bytes | None, header_section: bytes, authserv_id: str,
     except Exception as exc:
         dmarc_result = authheaders.DMARCAuthenticationResult(result="temperror", result_comment=_why(exc))
     results.append(dmarc_result)
-    header = str(AuthenticationResultsHeader(authserv_id=authserv_id, results=results))
-    return AuthOutcome(
-        header=header,
+    outcome = AuthOutcome(
+        header="",
         spf=str(spf_result.result or "none"),
         dkim=str(dkim_result.result or "none"),
         dmarc=str(getattr(dmarc_result, "result", None) or "none"),
@@ -313,6 +348,9 @@ def authenticate(message: bytes | None, header_section: bytes, authserv_id: str,
         from_domain=getattr(dmarc_result, "header_from", None),
         author_domains=len(keys),
     )
+    # Written last: _confined may leave out a property the verdicts above still read.
+    return replace(outcome, header=str(AuthenticationResultsHeader(authserv_id=authserv_id,
+                                                                   results=_confined(results))))
 
 
 def _why(exc: Exception) -> str:
