@@ -260,7 +260,7 @@ def _forged_sender(fields, authserv_id: str, sender: str) -> bool:
             continue
         try:
             results = AuthenticationResultsHeader.parse_value(text).results
-        except AuthResError:
+        except (AuthResError, RecursionError):    # authres recurses once per nested comment
             return re.search(r"(?:^|[\s;])spf\s*=\s*fail\b", head, re.I) is not None
         domain = sender.rpartition("@")[2].lower()
         spf_fail, vouched = False, False

@@ -338,6 +338,8 @@ def _with_results(*results: str) -> bytes:
       " dkim=fail (x dkim=pass header.d=remote.test) header.d=remote.test"], False),
     # A field of ours that does not parse: its SPF fail stands, nothing in it vouches.
     (["Authentication-Results: mx.acme.example; spf=fail; dkim=fail header.i=\"@x dmarc=pass"], False),
+    # ... also one whose comments nest deeper than authres's recursion goes.
+    (["Authentication-Results: mx.acme.example; spf=fail (" + "(" * 2000 + ")" * 2000 + "); dmarc=pass"], False),
     # Folded as authres's users fold it, a DKIM pass of the sender's domain still vouches.
     (["Authentication-Results: mx.acme.example;\r\n spf=fail smtp.mailfrom=carol@remote.test;\r\n"
       " dkim=pass reason=\"good signature\" header.d=remote.test header.i=@remote.test"], True),
