@@ -226,7 +226,7 @@ class Settings(BaseSettings):
     edge_messages_per_minute_per_ip: int = Field(300, ge=1, description="Messages per minute one client address may send across all edges.")
     edge_recipients_per_minute_per_ip: int = Field(1000, ge=1, description="Recipients per minute one client address may name across all edges.")
     edge_recipients_per_minute_per_domain: int = Field(6000, ge=1, description="Recipients per minute all clients together may name in one recipient domain across all edges.")
-    edge_authserv_id: str = Field("", description="Name in Authentication-Results headers (RFC 8601 authserv-id). Empty: the advertised host name.")
+    edge_authserv_id: str = Field("", description="Name in Authentication-Results headers (RFC 8601 authserv-id), one for the whole cluster: edges delete forged results under it and mail stores trust results under it. Empty: the advertised host name, which differs per host -- set it when instances run on several hosts.")
     edge_dkim_max_bytes: int = Field(16 * 1024 * 1024, ge=0, description="Largest message whose DKIM signatures the edge verifies (it must hold it in memory); larger ones get SPF and DMARC only.")
     dmarc_enforcement: str = Field("enforce", pattern="^(enforce|quarantine|none)$", description="Default DMARC choice of a recipient domain: enforce (a failing sender's p=reject refuses, p=quarantine files in Junk), quarantine (never refuse; file in Junk), none (only mark). A domain's own setting wins.")
 

@@ -1082,3 +1082,12 @@ def test_docker_compose_accepts_the_file():
     result = subprocess.run([docker, "compose", "-f", str(COMPOSE_FILE), "config", "-q"],
                             capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_edges_and_mail_stores_share_one_authserv_id():
+    """The edge writes Authentication-Results under the authserv-id and deletes forged ones
+    under it; the mail store trusts results under it.  Left to each container, the name is
+    its host name: edges would differ and the stores would match none of them."""
+    ids = {name: environment(SERVICES[name]).get("COLONY_EDGE_AUTHSERV_ID", "") for name in ("edge", "mailstore")}
+    assert all(ids.values()), f"set COLONY_EDGE_AUTHSERV_ID for the edges and the mail stores: {ids}"
+    assert len(set(ids.values())) == 1, ids
