@@ -30,6 +30,7 @@ from colony_sipfarm.sent_invites import cancel_of, kept_of
 from colony_sipfarm.workload import SipWorkload, _bind_udp, _UdpSocket
 
 from test_farm import DOMAIN, Auth, Clock, Counters, Dialogs, Store, answer, invite, one, registered, reply
+from test_ringing_through_a_gone_member import Nodes   # the nodes bucket's watch, faked
 
 CALLER = ("UDP", "198.51.100.9", 5060)
 BOB = ("UDP", "192.0.2.7", 5062)
@@ -432,29 +433,6 @@ def test_a_forker_knows_which_member_holds_what_and_takes_back_a_gone_ones_branc
     assert told.keepers() == ["k3"] and len(told.taken_back("k3")) == 3
 
 
-class _Nodes:
-    """The nodes bucket's watch as the shell reads it: these records, written in this order."""
-
-    def __init__(self, records: list[NodeRecord]) -> None:
-        self.records = records
-
-    async def key_value(self, bucket):
-        return self
-
-    async def watchall(self):
-        return self
-
-    async def _entries(self):
-        for r in self.records:
-            yield SimpleNamespace(key=names.node_key(r.id), value=r.encode(), operation="PUT")
-
-    def __aiter__(self):
-        return self._entries()
-
-    async def stop(self) -> None:
-        pass
-
-
 async def test_the_branches_a_keeper_held_are_entrusted_again_when_it_restarts_before_it_is_seen_gone(members):
     """The keeper is killed and its supervisor starts it again before its heartbeat goes stale
     (a new started_at, STARTING): the new process holds nothing, and it is never seen gone --
@@ -474,7 +452,7 @@ async def test_the_branches_a_keeper_held_are_entrusted_again_when_it_restarts_b
             return record.model_copy(update={"addresses": {"sip_inner": "127.0.0.1:%d" % shell.inner_address[1]}})
 
         old = at(_record("sipfarm-1"), keeping)
-        nodes = _Nodes([old, at(_record("sipfarm-2"), forking), at(_record("sipfarm-3"), thirding)])
+        nodes = Nodes([old, at(_record("sipfarm-2"), forking), at(_record("sipfarm-3"), thirding)])
         forking._runtime.nc = SimpleNamespace(jetstream=lambda: nodes)
         await forking._watch_members()
         assert len(third.entrusted) == 0                         # its keeper is there: nothing new
