@@ -157,7 +157,10 @@ async def imap_cmd(reader, writer, tag: str, cmd: str) -> list[bytes]:
     await writer.drain()
     lines = []
     while True:
-        line = await asyncio.wait_for(reader.readline(), 30)
+        try:
+            line = await asyncio.wait_for(reader.readline(), 30)
+        except asyncio.TimeoutError:
+            raise asyncio.TimeoutError(cmd.split()[0]) from None    # counted with the command that waited
         if not line:
             raise ConnectionError("closed")
         lines.append(line)
@@ -297,7 +300,8 @@ async def loop_of(name: str, stop: asyncio.Event, concurrency: int, make, pause:
             try:
                 await make()
             except (OSError, ConnectionError, asyncio.TimeoutError, ssl.SSLError, httpx.HTTPError, IndexError) as e:
-                COUNTS.add(f"{name} error {type(e).__name__}")
+                COUNTS.add(f"{name} error {type(e).__name__}" + (f" ({e})" if isinstance(e, asyncio.TimeoutError)
+                                                                   and str(e) else ""))
             await asyncio.sleep(random.uniform(0, pause))
     await asyncio.gather(*(worker() for _ in range(concurrency)))
 
