@@ -182,13 +182,18 @@ async def imap_session(port: int, tls: ssl.SSLContext, bad: bool) -> None:
         await imap_cmd(reader, writer, "a3", "UID FETCH 1:* (FLAGS RFC822.SIZE BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
         if random.random() < 0.3:
             await imap_cmd(reader, writer, "a4", "FETCH 1 BODY.PEEK[]")
-        if random.random() < 0.5:
+        idling = random.random() < 0.5
+        if idling:
             writer.write(b"a5 IDLE\r\n")
             await writer.drain()
             await asyncio.wait_for(reader.readline(), 30)
             await asyncio.sleep(random.uniform(1, 8))
             COUNTS.add("imap idle")
         if random.random() < 0.2:
+            if idling:     # RFC 2177: only DONE ends an IDLE (a LOGOUT then is its BAD, and never answered)
+                writer.write(b"DONE\r\n")
+                while not (await asyncio.wait_for(reader.readline(), 30)).startswith(b"a5 "):
+                    pass
             await imap_cmd(reader, writer, "a6", "LOGOUT")
         # otherwise dropped without LOGOUT
     finally:
