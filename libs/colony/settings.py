@@ -386,6 +386,12 @@ class Settings(BaseSettings):
         return self.host
 
     @property
+    def authserv_id(self) -> str:
+        """The name of our Authentication-Results (RFC 8601): the edge writes and deletes under
+        it, the mail store trusts it (``edge_authserv_id``, else the advertised host)."""
+        return self.edge_authserv_id or self.advertised_host
+
+    @property
     def region_list(self) -> list[str]:
         """The regions of the super cluster ([] for a single region)."""
         return [r.strip() for r in self.regions.split(",") if r.strip()]

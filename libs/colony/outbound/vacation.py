@@ -255,12 +255,12 @@ def _forged_sender(fields, authserv_id: str, sender: str) -> bool:
     ours = authserv_id.strip().lower()
     for value in fields:
         text = _unfold(value)
-        head = re.sub(r"\([^()]*\)", " ", text).strip()
-        if re.split(r"[\s;]", head, maxsplit=1)[0].strip('"').lower() != ours:
+        if (_keyword(text).split() or [""])[0].strip('"') != ours:      # the authserv-id, comments aside
             continue
         try:
             results = AuthenticationResultsHeader.parse_value(text).results
         except (AuthResError, RecursionError):    # authres recurses once per nested comment
+            head = re.sub(r"\([^()]*\)", " ", text)
             return re.search(r"(?:^|[\s;])spf\s*=\s*fail\b", head, re.I) is not None
         domain = sender.rpartition("@")[2].lower()
         spf_fail, vouched = False, False

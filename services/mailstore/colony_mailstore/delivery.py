@@ -136,8 +136,7 @@ class Delivery:
         self.forwards_in_flight = 0
         self.storage = StorageHealth(settings.shared_storage, node_id)
         self.reports = SuccessReports(nc, node_id, settings, accounts.directory)
-        self.auto_replies = AutoReplies(accounts, self.reports, metrics,
-                                        authserv_id=settings.edge_authserv_id or settings.advertised_host)
+        self.auto_replies = AutoReplies(accounts, self.reports, metrics, authserv_id=settings.authserv_id)
 
     # --- the MAIL job ----------------------------------------------------------------------
 

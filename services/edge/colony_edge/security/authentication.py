@@ -243,10 +243,6 @@ class AuthOutcome:
     author_domains: int = 0     # distinct author domains in From: (over MAX_AUTHOR_DOMAINS: refused)
 
 
-# An AUID as RFC 6376 §3.5 allows it: [local-part] "@" domain, a dot-atom local part.
-_PLAIN_IDENTITY = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]*@[A-Za-z0-9.-]+")
-
-
 # A property value with an "@" (authres writes it unquoted, as an address): a local part that
 # is a dot-atom or a quoted string, then a domain -- nothing that could end the value early.
 _PLAIN_ADDRESS = re.compile(r'(?:[^\s"();@\\]*|"(?:[^"\\\r\n]|\\[^\r\n])*")@[^\s"();@\\]+')
@@ -315,12 +311,6 @@ def authenticate(message: bytes | None, header_section: bytes, authserv_id: str,
                 dkim_result = authheaders.DKIMAuthenticationResult(result="none")
             else:
                 dkim_result = authheaders.check_dkim(message, dnsfunc=_bounded_dkim_key)
-                if dkim_result.header_i and not _PLAIN_IDENTITY.fullmatch(dkim_result.header_i):
-                    # The signature's i= as the sender wrote it: authres writes a value with an
-                    # "@" unquoted, so "@x dmarc=pass" would read as a verdict of ours to a mail
-                    # client or filter that trusts our authserv-id.  Left out.
-                    dkim_result = authheaders.DKIMAuthenticationResult(result=dkim_result.result,
-                                                                       header_d=dkim_result.header_d)
             if dkim_result.result is None:
                 dkim_result = authheaders.DKIMAuthenticationResult(result="none")
         except Exception as exc:

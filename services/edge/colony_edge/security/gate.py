@@ -88,7 +88,7 @@ class EdgeGate:
         self.deny = NetworkList.parse(settings.edge_deny_networks, "COLONY_EDGE_DENY_NETWORKS")
         self.allow = NetworkList.parse(settings.edge_allow_networks, "COLONY_EDGE_ALLOW_NETWORKS")
         self.zones = dnsbl.parse_zones(settings.dnsbl_zones, "COLONY_DNSBL_ZONES")
-        self.authserv_id = settings.edge_authserv_id or settings.advertised_host
+        self.authserv_id = settings.authserv_id
         self.metrics = GateMetrics(registry)
 
     def _refuse(self, stage: str, ip: str, refusal: Refusal) -> Refusal:
