@@ -27,6 +27,7 @@ accepts AUTH before TLS and refuses MAIL before AUTH; the hooks below decide the
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import functools
 import logging
@@ -55,8 +56,9 @@ from colony_edge.expansion_reports import ExpansionReports
 from colony_edge.familiar import FamiliarClients, edge_familiar
 from colony_edge.login_cache import LoginCache, edge_login_cache
 from colony_edge.recipients import RecipientPolicy
+from colony_edge.security.authentication import claimed_results
 from colony_edge.security.gate import EdgeGate
-from colony_edge.security.policy import GateAtConnect
+from colony_edge.security.policy import HEADER_TOO_LARGE, GateAtConnect, read_for_authentication
 from colony_edge.smtp_policy import (ACCEPT, AcceptedRecipient, BasePolicy, IncomingMessage, PolicyChain, SmtpSession,
                                      Verdict, refuse)
 
@@ -126,6 +128,9 @@ class SubmissionMetrics:
                             registry=registry)
         self.throttled = Counter("colony_submission_throttled", "Submissions refused for the sending rate, "
                                  "by scope (account, domain).", ["scope"], registry=registry)
+        self.forged_results = Counter("colony_submission_forged_auth_results",
+                                      "Authentication-Results fields under our authserv-id in submitted mail, "
+                                      "deleted (RFC 8601 section 5).", registry=registry)
 
 
 class SubmissionPolicy(BasePolicy):
@@ -293,6 +298,25 @@ class SubmissionPolicy(BasePolicy):
             log.warning("submission %s: %s sent From: %s; refused", session.id, account, ", ".join(senders) or "(none)")
             return refuse(NOT_YOUR_FROM)
         session.notes["from_domain"] = senders[0].rpartition("@")[2].lower()
+        # A logged-in user is no more trusted with our verdicts than a stranger on the MX:
+        # results under our authserv-id in what they send were not written by us (RFC 8601
+        # §5), and delivered to a colleague's mailbox a mail client would show them as ours.
+        if message.data is not None:
+            _, header_section, terminated = read_for_authentication(message, 0)
+        else:
+            _, header_section, terminated = await asyncio.to_thread(read_for_authentication, message, 0)
+        if not terminated:      # fields past the scan could not be checked
+            return refuse(HEADER_TOO_LARGE)
+        forged = claimed_results(header_section, self.settings.authserv_id, terminated)
+        if forged:
+            log.warning("submission %s: %s sent %d Authentication-Results field(s) under our authserv-id; "
+                        "deleted", session.id, account, len(forged))
+            if self.metrics is not None:
+                self.metrics.forged_results.inc(len(forged))
+            if message.data is not None:
+                message.leave_out(forged)
+            else:
+                await asyncio.to_thread(message.leave_out, forged)
         return ACCEPT
 
 

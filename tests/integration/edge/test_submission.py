@@ -143,20 +143,26 @@ async def mail_messages(cluster) -> list[InboundMail]:
 
 
 async def test_smtplib_submits_over_starttls_local_to_mail_remote_signed_to_the_mx(cluster, tmp_path, dns_server, sink):
-    sub = await start_edges(cluster, tmp_path, dns_server, sink)
+    sub = await start_edges(cluster, tmp_path, dns_server, sink, COLONY_EDGE_AUTHSERV_ID="mx.example.com")
+    # A logged-in user's message claiming our verdicts (RFC 8601 §5): deleted, as on the MX;
+    # another receiver's results stay.
+    forged = (b"Authentication-Results: MX.example.com; dkim=pass header.d=bank.example\r\n"
+              b"Authentication-Results: other.example; spf=pass smtp.mailfrom=bank.example\r\n")
 
     def send():
         with sub.client() as c:
             assert "auth" in c.esmtp_features and "PLAIN" in c.esmtp_features["auth"].upper()
             c.login("bob@example.com", PASSWORD)
             return c.sendmail("team@example.com", ["carol@example.com", "dave@remote.test"],
-                              message("Team <team@example.com>", "carol@example.com, dave@remote.test", "sub-1"))
+                              forged + message("Team <team@example.com>", "carol@example.com, dave@remote.test",
+                                               "sub-1"))
     assert await asyncio.to_thread(send) == {}
 
     async def at_carol():
         return [m for m in await mail_messages(cluster) if any(r.mailbox == "carol@example.com" for r in m.recipients)]
     [local] = await wait_until(at_carol, 60, "the local copy in MAIL")
     assert b"<sub-1@example.com>" in local.body
+    assert b"bank.example" in local.body and b"header.d=bank.example" not in local.body, local.body
     # RFC 3848: the local copy's trace says the client logged in over TLS, as the remote one's does
     head = local.body.split(b"\r\n\r\n", 1)[0].replace(b"\r\n\t", b" ")      # unfolded
     assert b") with ESMTPSA id " in head.split(b"\r\nReceived: ", 1)[1].split(b"\r\n", 1)[0], head
@@ -173,6 +179,7 @@ async def test_smtplib_submits_over_starttls_local_to_mail_remote_signed_to_the_
         return b"".join(b"".join(r.strings) for r in resolver.resolve(name.decode().rstrip("."), "TXT"))
 
     assert content.startswith(b"DKIM-Signature:") and dkim.verify(content, dnsfunc=lookup)
+    assert b"other.example; spf=pass" in content and b"header.d=bank.example" not in content
 
 
 async def test_an_account_locked_by_strangers_still_takes_its_owners_usual_client_on_every_edge(

@@ -142,6 +142,34 @@ async def test_a_from_header_too_long_to_parse_on_the_loop_is_refused_unparsed(p
     assert (await policy.data_complete(session(), IncomingMessage(size=len(head), data=head.encode()))).accept
 
 
+async def test_results_under_our_authserv_id_are_deleted_from_submitted_mail_too(tmp_path: Path):
+    """RFC 8601 §5: a logged-in user's message claiming our verdicts would be shown as ours by a
+    colleague's mail client once delivered here; deleted in memory and in the spool file alike,
+    others' results kept.  A header section too long to check every field is refused."""
+    from colony_edge.security.policy import HEADER_SECTION_MAX, HEADER_TOO_LARGE
+
+    policy = SubmissionPolicy(Directory(), auth=None, counters=None, js=None,
+                              settings=Settings(edge_authserv_id="mx.example.com"), metrics=None, node_id="edge-1")
+    head = (b"Authentication-Results: other.example; spf=pass\r\nFrom: bob@example.com\r\n"
+            b"Authentication-Results: (ours?) \"MX.Example.com\"; dkim=pass header.d=bank.example\r\n"
+            b"Subject: x\r\n\r\n")
+    body = b"Authentication-Results: mx.example.com; in the body, not a field\r\n"
+    expected = b"Authentication-Results: other.example; spf=pass\r\nFrom: bob@example.com\r\nSubject: x\r\n\r\n" + body
+    in_memory = IncomingMessage(size=len(head + body), data=head + body)
+    assert (await policy.data_complete(session(), in_memory)).accept
+    assert in_memory.data == expected
+    path = tmp_path / "m.spool"
+    path.write_bytes(head + body)
+    spooled = IncomingMessage(size=path.stat().st_size, spool=path)
+    assert (await policy.data_complete(session(), spooled)).accept
+    assert path.read_bytes() == expected
+
+    filler = b"".join(b"X-Filler-%d: %s\r\n" % (i, b"f" * 1000) for i in range(HEADER_SECTION_MAX // 1000 + 1))
+    long_head = b"From: bob@example.com\r\n" + filler + b"Authentication-Results: mx.example.com; dkim=pass\r\n\r\nbody\r\n"
+    verdict = await policy.data_complete(session(), IncomingMessage(size=len(long_head), data=long_head))
+    assert verdict.reply == HEADER_TOO_LARGE
+
+
 async def test_auth_plain_acting_as_another_user_is_refused():
     """RFC 4616 §2: PLAIN with authzid bob and carol's credentials logged in as carol while the
     client asked to act as bob (the edge's IMAP and POP3 refuse it since 1793a25). An authzid
