@@ -200,17 +200,34 @@ def ready(
     _command("ready", node, data_dir, nats, False, 0)
 
 
+# How many instances of each role `colony up` starts; `colony ports` takes the same options.
+Controllers = Annotated[int, typer.Option(min=1, help="Controller instances.")]
+Edges = Annotated[int, typer.Option(min=0, help="Edge instances (SMTP, submission, IMAP, POP3, autoconfiguration).")]
+Mailstores = Annotated[int, typer.Option(min=0, help="Mail store instances.")]
+Sipfarms = Annotated[int, typer.Option(min=0, help="SIP farm members.")]
+AdminApis = Annotated[int, typer.Option("--admin-apis", min=0, max=10, help="Admin API instances.")]
+Projectors = Annotated[Optional[int], typer.Option(
+    min=0, help="Projector instances (the admin API's read model and directory). Default: 1 if there is an admin API.")]
+
+
+def _counts(controllers: int, edges: int, mailstores: int, sipfarms: int, admin_apis: int,
+            projectors: int | None) -> dict[str, int]:
+    if projectors is None:
+        projectors = 1 if admin_apis else 0
+    return {"controller": controllers, "edge": edges, "mailstore": mailstores, "sipfarm": sipfarms,
+            "projector": projectors, "admin-api": admin_apis}
+
+
 @app.command()
 def up(
     data_dir: DataDir = Path("colony-data"),
     base_port: Annotated[int, typer.Option(help="Every port is derived from this one (see `colony ports`).")] = DEFAULT_BASE_PORT,
-    controllers: Annotated[int, typer.Option(min=1)] = 2,
-    edges: Annotated[int, typer.Option(min=0)] = 1,
-    mailstores: Annotated[int, typer.Option(min=0)] = 2,
-    sipfarms: Annotated[int, typer.Option(min=0)] = 1,
-    admin_apis: Annotated[int, typer.Option("--admin-apis", min=0, max=10)] = 1,
-    projectors: Annotated[Optional[int], typer.Option(
-        min=0, help="Projector instances (the admin API's read model and directory). Default: 1 if there is an admin API.")] = None,
+    controllers: Controllers = 2,
+    edges: Edges = 1,
+    mailstores: Mailstores = 2,
+    sipfarms: Sipfarms = 1,
+    admin_apis: AdminApis = 1,
+    projectors: Projectors = None,
     host: Annotated[str, typer.Option(help="Address every listener binds to.")] = "127.0.0.1",
     live: Annotated[bool, typer.Option(help="Show a live status table (default: when on a terminal).")] = sys.stdout.isatty(),
     restart: Annotated[bool, typer.Option(help="Restart an instance that dies.")] = True,
@@ -224,10 +241,7 @@ def up(
     from colony.monitoring import MonitoringError, Prometheus
     from colony.supervisor import Cluster, SupervisorError
 
-    if projectors is None:
-        projectors = 1 if admin_apis else 0
-    counts = {"controller": controllers, "edge": edges, "mailstore": mailstores, "sipfarm": sipfarms,
-              "projector": projectors, "admin-api": admin_apis}
+    counts = _counts(controllers, edges, mailstores, sipfarms, admin_apis, projectors)
     if regions:
         _up_regions(data_dir, base_port, [r.strip() for r in regions.split(",") if r.strip()], counts, host, restart)
         return
@@ -446,15 +460,30 @@ def settings() -> None:
 
 
 @app.command()
-def ports(base_port: Annotated[int, typer.Option()] = DEFAULT_BASE_PORT) -> None:
-    """The ports `colony up --base-port N` opens."""
+def ports(
+    base_port: Annotated[int, typer.Option(help="As for `colony up`.")] = DEFAULT_BASE_PORT,
+    controllers: Controllers = 2,
+    edges: Edges = 1,
+    mailstores: Mailstores = 2,
+    sipfarms: Sipfarms = 1,
+    admin_apis: AdminApis = 1,
+    projectors: Projectors = None,
+    monitoring: Annotated[bool, typer.Option(help="With `colony up --monitoring`'s Prometheus.")] = False,
+) -> None:
+    """The ports `colony up` opens with the same options (with --regions: region n's are these
+    + 200*n, the hub's base-port + 2 and + 3)."""
     from colony.ports import PortPlan
 
+    counts = _counts(controllers, edges, mailstores, sipfarms, admin_apis, projectors)
     plan = PortPlan(base_port)
     table = Table(title=f"ports for --base-port {base_port}")
     table.add_column("what")
     table.add_column("port")
-    for what, port in plan.all_ports(instances=8, admin_apis=1, edges=2, sipfarms=2, mailstores=2):
+    planned = plan.all_ports(sum(counts.values()), counts["admin-api"], counts["edge"], counts["sipfarm"],
+                             counts["mailstore"])
+    if monitoring:
+        planned.append(("Prometheus", plan.prometheus))
+    for what, port in planned:
         table.add_row(what, str(port))
     console.print(table)
 
