@@ -15,7 +15,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, ValidationInfo, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 
@@ -377,6 +377,21 @@ class Settings(BaseSettings):
             raise ValueError("use one of DEBUG, INFO, WARNING, ERROR")
         return value.upper()
 
+    @model_validator(mode="after")
+    def _check_together(self) -> "Settings":
+        """Keys that must agree with each other: checked here, so a service stops at start with
+        the configuration error rather than a traceback when it first uses them."""
+        from colony.cluster.election import check_margin
+        from colony.regions import check_layout
+
+        check_margin(self.controller_lease_ttl, self.controller_safety_margin)
+        if self.account_lease_safety_margin >= self.account_lease_ttl:
+            raise ValueError(f"COLONY_ACCOUNT_LEASE_SAFETY_MARGIN ({self.account_lease_safety_margin:g}s) must be "
+                             f"shorter than COLONY_ACCOUNT_LEASE_TTL ({self.account_lease_ttl:g}s): lower the margin "
+                             "or raise the TTL")
+        check_layout(self.region, self.region_list, self.primary)
+        return self
+
     @property
     def advertised_host(self) -> str:
         if self.advertise_host:
@@ -430,6 +445,9 @@ def load_settings(**overrides: Any) -> Settings:
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
-            key = ".".join(str(p) for p in err["loc"]) or "?"
-            lines.append(f"COLONY_{key.upper()}: {err['msg']} (got {err.get('input')!r})")
+            key = ".".join(str(p) for p in err["loc"])
+            if key:
+                lines.append(f"COLONY_{key.upper()}: {err['msg']} (got {err.get('input')!r})")
+            else:   # a rule over several keys: its message names them
+                lines.append(str(err["ctx"]["error"]) if "error" in err.get("ctx", {}) else err["msg"])
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None

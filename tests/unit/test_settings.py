@@ -48,3 +48,35 @@ def test_outbound_deny_networks_name_the_key_and_the_bad_entry(monkeypatch):
     monkeypatch.setenv("COLONY_OUTBOUND_DENY_NETWORKS", "169.254.0.0/16, inner-net")
     with pytest.raises(ConfigError, match="COLONY_OUTBOUND_DENY_NETWORKS.*'inner-net'"):
         load_settings()
+
+
+@pytest.mark.parametrize("env, keys", [
+    ({"COLONY_ACCOUNT_LEASE_TTL": "10", "COLONY_ACCOUNT_LEASE_SAFETY_MARGIN": "20"},
+     ("COLONY_ACCOUNT_LEASE_SAFETY_MARGIN", "COLONY_ACCOUNT_LEASE_TTL")),
+    ({"COLONY_CONTROLLER_LEASE_TTL": "2", "COLONY_CONTROLLER_SAFETY_MARGIN": "2"},
+     ("COLONY_CONTROLLER_SAFETY_MARGIN", "COLONY_CONTROLLER_LEASE_TTL")),
+    ({"COLONY_REGION": "ap", "COLONY_REGIONS": "eu,us"}, ("COLONY_REGION", "COLONY_REGIONS")),
+    ({"COLONY_REGION": "eu", "COLONY_REGIONS": "eu,us", "COLONY_PRIMARY_REGION": "ap"},
+     ("COLONY_PRIMARY_REGION", "COLONY_REGIONS")),
+])
+def test_settings_that_contradict_each_other_are_a_config_error_at_load(monkeypatch, env, keys):
+    """Each of these used to load and fail later -- a traceback when the mail store or the
+    controller made its lease, or only where stream configurations were computed -- instead of
+    the one configuration error a service prints before it starts (exit 2)."""
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    message = str(info.value)
+    assert all(key in message for key in keys), message
+    assert "COLONY_?" not in message
+
+
+def test_a_mail_store_with_a_margin_past_its_lease_stops_as_a_config_error(monkeypatch, capsys):
+    from colony.cluster.service_main import run_service
+
+    monkeypatch.setenv("COLONY_ACCOUNT_LEASE_SAFETY_MARGIN", "20")
+    with pytest.raises(SystemExit) as exit_:
+        run_service("mailstore", lambda settings: pytest.fail("the workload was made"))
+    assert exit_.value.code == 2
+    assert "COLONY_ACCOUNT_LEASE_SAFETY_MARGIN" in capsys.readouterr().err
