@@ -65,15 +65,17 @@ class Handoff:
     issued_ms: int
 
 
-def load_secret(path: Path) -> bytes:
-    """The cluster secret from its file (``colony up`` writes one; production mounts one)."""
+def load_secret(path: Path, key: str = "COLONY_CLUSTER_SECRET_FILE",
+                shared_by: str = "every edge and mail store") -> bytes:
+    """A secret from its file: the cluster secret (``colony up`` writes one; production mounts
+    one) unless ``key`` names another setting, which the errors then name."""
     try:
         data = path.read_bytes().strip()
     except OSError as exc:
-        raise HandoffError(f"COLONY_CLUSTER_SECRET_FILE: cannot read {path} ({exc}); "
-                           "point it at a file of random bytes shared by every edge and mail store") from exc
+        raise HandoffError(f"{key}: cannot read {path} ({exc}); "
+                           f"point it at a file of random bytes shared by {shared_by}") from exc
     if len(data) < MIN_SECRET:
-        raise HandoffError(f"COLONY_CLUSTER_SECRET_FILE: {path} holds {len(data)} octets; "
+        raise HandoffError(f"{key}: {path} holds {len(data)} octets; "
                            f"it needs at least {MIN_SECRET} random ones")
     return data
 

@@ -33,7 +33,7 @@ log = logging.getLogger("colony.edge.forwarding")
 def load_srs(settings: Settings) -> Srs | None:
     """The SRS rewriter from settings, or None (forwarding outside the cluster off)."""
     if settings.srs_secret_file is not None:
-        key = load_secret(settings.srs_secret_file)
+        key = load_secret(settings.srs_secret_file, "COLONY_SRS_SECRET_FILE", "every edge")
     elif settings.cluster_secret_file is not None:
         key = srs_key(load_secret(settings.cluster_secret_file))
     else:

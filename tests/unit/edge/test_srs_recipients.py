@@ -77,3 +77,20 @@ async def test_srs_addresses_of_domains_we_do_not_host_are_not_ours_to_reverse()
     address = srs.forward("alice@origin.test", "elsewhere.test", NOW)
     verdict = await policy(srs).rcpt_to(session(), E.RcptTo(address))
     assert not verdict.accept and verdict.reply.code == 550 and verdict.reason != "srs_forged"
+
+
+def test_a_bad_srs_secret_file_is_named_as_itself(tmp_path):
+    """load_srs read COLONY_SRS_SECRET_FILE through the cluster secret's loader, whose error
+    named COLONY_CLUSTER_SECRET_FILE: an operator was sent to fix the wrong file."""
+    import pytest
+
+    from colony.contracts.handoff import HandoffError
+    from colony.settings import Settings
+    from colony_edge.forwarding import load_srs
+
+    short = tmp_path / "srs.secret"
+    short.write_bytes(b"too short")
+    for path in (tmp_path / "missing.secret", short):
+        with pytest.raises(HandoffError) as info:
+            load_srs(Settings(srs_secret_file=path))
+        assert str(info.value).startswith("COLONY_SRS_SECRET_FILE") and "CLUSTER" not in str(info.value)
