@@ -40,7 +40,7 @@ from colony.bus.tokens import to_token
 from colony.outbound.mta_sts import (POLICY_MAX_BYTES, WELL_KNOWN_PATH, Policy, PolicyCache, PolicyError,
                                      parse_policy, parse_record, parse_tlsrpt, policy_from_json, policy_host,
                                      policy_to_json, record_name, tlsrpt_name)
-from colony.settings import Settings
+from colony.settings import ConfigError, Settings
 
 log = logging.getLogger("colony.edge.mta_sts")
 
@@ -52,8 +52,14 @@ class FetchError(Exception):
 def verified_tls_context(settings: Settings) -> ssl.SSLContext:
     """TLS 1.2+ with certificate and host name checks: the system store, or the CA bundle
     in ``outbound_tls_ca_file`` (a private CA; tests use trustme's)."""
-    context = ssl.create_default_context(cafile=str(settings.outbound_tls_ca_file)
-                                         if settings.outbound_tls_ca_file else None)
+    ca_file = settings.outbound_tls_ca_file
+    try:
+        context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+    except (OSError, ssl.SSLError) as exc:
+        if not ca_file:
+            raise
+        raise ConfigError(f"COLONY_OUTBOUND_TLS_CA_FILE={ca_file}: cannot load it ({exc}); point it at a PEM "
+                          "bundle of CA certificates, or unset it to use the system's trust store") from None
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     return context
 
