@@ -128,7 +128,9 @@ class TlsFiles:
     ca: Path | None = None   # set when Colony made the CA itself
 
 
-def server_context(cert: Path, key: Path) -> ssl.SSLContext:
+def server_context(cert: Path, key: Path, keys: str = "COLONY_TLS_CERT_FILE/COLONY_TLS_KEY_FILE",
+                   fix: str = "point them at a PEM certificate chain and its private key") -> ssl.SSLContext:
+    """``keys`` and ``fix`` are what an error says: the settings that named the files."""
     bound_tls_read_buffer()  # every TLS listener is built from this context
     send_fatal_alerts()
     quiet_eof_over_tls_race()
@@ -148,8 +150,7 @@ def server_context(cert: Path, key: Path) -> ssl.SSLContext:
     try:
         context.load_cert_chain(str(cert), str(key))
     except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"COLONY_TLS_CERT_FILE/COLONY_TLS_KEY_FILE: cannot load {cert} / {key} ({exc}); "
-                          "point them at a PEM certificate chain and its private key") from exc
+        raise ConfigError(f"{keys}: cannot load {cert} / {key} ({exc}); {fix}") from exc
     return context
 
 
@@ -166,7 +167,10 @@ def sni_context(cert: Path, key: Path, sni_dir: Path | None) -> ssl.SSLContext:
     by_name: dict[str, ssl.SSLContext] = {}
     for pem in sorted(sni_dir.glob("*.pem")):
         key_file = pem.with_suffix(".key")
-        by_name[pem.stem.lower()] = server_context(pem, key_file if key_file.exists() else pem)
+        by_name[pem.stem.lower()] = server_context(
+            pem, key_file if key_file.exists() else pem, "COLONY_TLS_SNI_DIR",
+            f"each <domain>.pem there holds a certificate chain and its key, or the key is in <domain>.key; "
+            f"fix or remove {pem.name}")
 
     def choose(sock: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> None:
         if name:

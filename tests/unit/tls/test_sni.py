@@ -63,3 +63,15 @@ def test_a_missing_directory_names_the_setting(pki, tmp_path):
     default, _, _ = pki
     with pytest.raises(ConfigError, match="COLONY_TLS_SNI_DIR"):
         sni_context(default, default, tmp_path / "nope")
+
+
+def test_a_domain_file_that_does_not_load_names_the_sni_directory(pki):
+    """A broken <domain>.pem in the SNI directory was reported as COLONY_TLS_CERT_FILE /
+    COLONY_TLS_KEY_FILE, the files that were fine."""
+    default, sni, _ = pki
+    (sni / "broken.example.pem").write_text("not a certificate\n")
+    with pytest.raises(ConfigError) as info:
+        sni_context(default, default, sni)
+    message = str(info.value)
+    assert message.startswith("COLONY_TLS_SNI_DIR") and "broken.example.pem" in message
+    assert "COLONY_TLS_CERT_FILE" not in message
