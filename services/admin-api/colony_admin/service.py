@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import logging
+import ssl
+from pathlib import Path
 
 from colony.cluster.node import NodeRuntime
 from colony.http_server import EmbeddedHttpServer
-from colony.settings import Settings
+from colony.settings import ConfigError, Settings
 # Imported with this module, before the node registers and its heartbeat starts: inside
 # start() these imports (FastAPI, SQLAlchemy, the routes; 4-6 s on a loaded 2-core machine)
 # held the event loop past node_ttl, and a controller declared every starting admin API FAILED.
@@ -22,6 +24,26 @@ from colony_admin.observability import ApiMetrics, ObservedApi
 from colony_admin.routes import cluster
 
 log = logging.getLogger("colony.admin")
+
+
+def api_tls_files(settings: Settings) -> tuple[Path | None, Path | None]:
+    """The admin API's HTTPS certificate chain and key, loaded once here so that a file that
+    does not load is a configuration error naming its setting (uvicorn would read them only
+    when the server starts, and say no more than the OS error).  (None, None): plain HTTP."""
+    cert, key = settings.api_tls_cert_file, settings.api_tls_key_file
+    if cert is None:
+        if key is not None:
+            raise ConfigError("COLONY_API_TLS_KEY_FILE is set without COLONY_API_TLS_CERT_FILE; "
+                              "set the certificate chain too, or unset both for plain HTTP")
+        return None, None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(str(cert), str(key) if key else None)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"COLONY_API_TLS_CERT_FILE/COLONY_API_TLS_KEY_FILE: cannot load {cert} / "
+                          f"{key or '(the key in the same file)'} ({exc}); point them at a PEM certificate "
+                          "chain and its private key (one file may hold both)") from None
+    return cert, key
 
 
 class _DrainGate:
@@ -73,9 +95,9 @@ class AdminApiWorkload:
                                      accepting=lambda: self.accepting)
         app.add_middleware(_DrainGate, workload=self)
         app.add_middleware(ObservedApi, metrics=runtime.metrics.once(ApiMetrics))
+        cert_file, key_file = api_tls_files(self.settings)
         self._http = EmbeddedHttpServer(app, self.settings.host, self.settings.api_port, lifespan="on",
-                                        tls_cert_file=self.settings.api_tls_cert_file,
-                                        tls_key_file=self.settings.api_tls_key_file)
+                                        tls_cert_file=cert_file, tls_key_file=key_file)
         port = await self._http.start()
         return {"http": f"{self.settings.advertised_host}:{port}"}
 
