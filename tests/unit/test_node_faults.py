@@ -1,10 +1,15 @@
 """NodeRuntime's part of the task owner, without sockets: a fault reaches the record, the
-metrics and the CLUSTER stream; a failed drain is reported and can be asked for again."""
+metrics and the CLUSTER stream; a failed drain is reported and can be asked for again; a
+heartbeat the bus did not take is tried again at the next beat, not restarted with back-off."""
 
 from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
+
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
 
 from colony.cluster.membership import NodeRecord, NodeState
 from colony.cluster.node import NodeRuntime
@@ -17,8 +22,13 @@ class FakeKV:
     def __init__(self) -> None:
         self.revision = 1
         self.written: list[NodeRecord] = []
+        self.refusals: list[Exception] = []  # raised by the next writes, one each
+        self.attempted = asyncio.Event()
 
     async def update(self, key, value, last):
+        self.attempted.set()
+        if self.refusals:
+            raise self.refusals.pop(0)
         self.revision += 1
         self.written.append(NodeRecord.decode(value))
         return self.revision
@@ -57,8 +67,8 @@ class StuckWorkload:
         return None
 
 
-def runtime() -> tuple[NodeRuntime, FakeKV, FakeJS]:
-    rt = NodeRuntime(Settings(node_id="edge-1", drain_timeout=0.01), StuckWorkload())
+def runtime(**settings) -> tuple[NodeRuntime, FakeKV, FakeJS]:
+    rt = NodeRuntime(Settings(node_id="edge-1", drain_timeout=0.01, **settings), StuckWorkload())
     kv, js = FakeKV(), FakeJS()
     rt._nodes, rt._js = kv, js
     rt._record = NodeRecord(id="edge-1", role="edge", state=NodeState.READY, host="h", pid=1, version="0",
@@ -108,4 +118,21 @@ async def test_a_drain_whose_hand_over_fails_is_reported_and_may_be_asked_for_ag
 
     await rt.make_ready()
     assert rt.state == NodeState.READY and rt.record.drain_error == "" and rt.workload.accepting
+    await rt.task_owner.close()
+
+
+async def test_a_heartbeat_the_bus_did_not_take_is_tried_again_at_the_next_beat():
+    # After a NATS server dies, the nodes bucket's stream answers nothing for seconds.  The
+    # task owner's restart back-off (here an hour) would outlast node_ttl; beats must go on.
+    rt, kv, js = runtime(heartbeat_interval=3600)  # it beats when woken here
+    rt.task_owner.first_backoff = rt.task_owner.max_backoff = 3600
+    kv.refusals = [NatsTimeout(), NoRespondersError(), NoStreamResponseError(),
+                   ServiceUnavailableError(code=503, err_code=10008, description="JetStream system temporarily unavailable")]
+    rt.spawn("heartbeat", rt._heartbeat_loop, restart=True)
+    for beat in range(5):
+        kv.attempted.clear()
+        rt._wake_heartbeat.set()
+        await asyncio.wait_for(kv.attempted.wait(), 10)
+    assert not kv.refusals and len(kv.written) == 1, "the fifth beat was taken"
+    assert rt.task_owner.fault_count == 0 and rt.record.faults == [], "a bus that did not answer is no fault"
     await rt.task_owner.close()

@@ -12,12 +12,23 @@ from pathlib import Path
 import nats
 from nats.aio.client import Client
 from nats.aio.subscription import Subscription
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
+from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
 
 from colony.bus.permissions import inbox_prefix, public_key_of
 from colony.settings import ConfigError, Settings
 
 log = logging.getLogger("colony.bus")
+
+# The bus did not answer this time, and will once it has settled: the client is reconnecting,
+# or a NATS server died and the stream asked has no leader yet ("no response from stream"
+# while nobody serves its subjects, 503 "JetStream system temporarily unavailable" while its
+# group elects one, or a time-out).  Seen for 4-10 s after a server of a 3-node cluster is
+# killed.  A loop that writes on a schedule tries again at its next turn.
+BUS_UNAVAILABLE: tuple[type[Exception], ...] = (
+    NatsTimeout, NoRespondersError, NoStreamResponseError, ServiceUnavailableError)
 
 
 async def connect(settings: Settings, name: str = "colony", persistent: bool = True) -> Client:

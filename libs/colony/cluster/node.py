@@ -36,7 +36,7 @@ from pydantic import ValidationError
 
 from colony import __version__
 from colony.bus import names
-from colony.bus.connection import connect
+from colony.bus.connection import BUS_UNAVAILABLE, connect
 from colony.bus.schema import ensure_schema, manages_schema
 from colony.cluster.commands import NodeCommand, Reply
 from colony.cluster.epoch import EpochGuard, StaleEpoch
@@ -289,11 +289,30 @@ class NodeRuntime:
             log.warning("could not publish %s: %s", event.type, exc)
 
     async def _heartbeat_loop(self) -> None:
+        """Beat every ``heartbeat_interval``, also while the bus does not answer.
+
+        A beat the bus did not take (``BUS_UNAVAILABLE``: for seconds after a NATS server
+        dies, the nodes bucket's stream has no leader) is tried again at the next turn, not
+        given to the task owner's restart: its back-off grows to 5 s, as long as the default
+        ``node_ttl``, so this live instance's first beat after the stream is back would come
+        too late and the controller would declare it FAILED (seen after killing one of three
+        servers: an edge and a standby controller FAILED, then re-registered)."""
+        failing = False
         while True:
             with suppress(TimeoutError):
                 await asyncio.wait_for(self._wake_heartbeat.wait(), self.settings.heartbeat_interval)
             self._wake_heartbeat.clear()
-            await self._write()
+            try:
+                await self._write()
+            except BUS_UNAVAILABLE as exc:
+                if not failing:
+                    log.warning("%s: heartbeat not taken (%s); trying again every %gs", self.node_id,
+                                describe(exc), self.settings.heartbeat_interval)
+                failing = True
+                continue
+            if failing:
+                log.info("%s: heartbeats are taken again", self.node_id)
+                failing = False
 
     async def _on_fault(self, fault: TaskFault) -> None:
         """An owned task failed: count it, show it on the record, say it on the CLUSTER stream."""
