@@ -5,8 +5,9 @@ first, and with three stores two jobs in three were then forwarded to the accoun
 over the bus (a request and a reply carrying the message, decoded on both sides): CPU per
 message rose about 30 % from one mail store to three.  Now the edge publishes each job in
 the partition of its first recipient (``names.mail_partition``), every partition has a
-durable consumer of its own, and a store fetches the partitions rendezvous hashing gives it
-among the READY stores (``ownership.consumes_partition``) -- the same choice that places an
+durable consumer of its own, and a store fetches its share of the partitions among the
+READY stores (``ownership.consumes_partition``: rendezvous hashing with bounded loads, so
+three stores take 3, 3 and 2 of the 8 rather than 4, 3 and 1) -- the same choice that places an
 unowned account (``ownership.place``).  So a job is normally fetched by the owner of its
 accounts and stored without a forward.
 

@@ -5,7 +5,7 @@ partition consumers never overlap (a work-queue stream refuses overlapping consu
 from __future__ import annotations
 
 from colony.bus import names
-from colony.cluster.ownership import consumes_partition, place
+from colony.cluster.ownership import consumes_partition, partition_stores, place
 
 
 STORES = ("mailstore-1", "mailstore-2", "mailstore-3")
@@ -24,11 +24,27 @@ def test_every_partition_is_fetched_by_one_store_and_a_lone_store_fetches_all():
     fetched = [[s for s in STORES if consumes_partition(p, s, STORES)] for p in range(names.MAIL_PARTITIONS)]
     assert all(len(f) == 1 for f in fetched)
     assert all(consumes_partition(p, "mailstore-9", ()) for p in range(names.MAIL_PARTITIONS))  # starting alone
-    # a store leaving hands only its own partitions on (rendezvous): the others keep theirs
-    remaining = STORES[:2]
-    for p, (before,) in enumerate(fetched):
-        if before in remaining:
-            assert consumes_partition(p, before, remaining)
+
+
+def test_every_store_fetches_its_share_of_the_partitions_whatever_the_names():
+    """Plain rendezvous hashing gave mailstore-1..3 four, three and one of the eight partitions
+    (half of the cluster's mail on one store), and a fifth store none at all."""
+    for names_of in (lambda i: f"mailstore-{i}", lambda i: f"store-{i * 7919}.eu", lambda i: f"m{i}"):
+        for n in range(1, names.MAIL_PARTITIONS + 3):
+            stores = [names_of(i) for i in range(1, n + 1)]
+            owners = partition_stores(stores)
+            assert len(owners) == names.MAIL_PARTITIONS and set(owners) <= set(stores)
+            shares = sorted(owners.count(s) for s in stores)
+            floor = names.MAIL_PARTITIONS // n
+            assert shares[0] >= floor and shares[-1] <= floor + 1, (n, shares)
+            assert partition_stores(reversed(stores)) == owners         # every caller agrees
+            # a store leaving hands its own partitions on and moves few others
+            if n > 1:
+                after = partition_stores(stores[1:])
+                moved = [p for p in range(names.MAIL_PARTITIONS) if owners[p] != after[p]]
+                assert {p for p in range(names.MAIL_PARTITIONS) if owners[p] == stores[0]} <= set(moved)
+                assert len(moved) <= names.MAIL_PARTITIONS // 2 + 1, (n, moved)
+    assert partition_stores(()) == () and place("a@x", ()) is None
 
 
 def test_partition_is_stable_and_case_blind():
