@@ -43,6 +43,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from colony.settings import ConfigError
+
 PREFIX = "COLONY-HANDOFF"
 VERSION = "1"
 PROTOCOLS = ("imap", "pop3", "export", "mailbody")   # export, mailbody: colony.contracts.account_export
@@ -66,17 +68,18 @@ class Handoff:
 
 
 def load_secret(path: Path, key: str = "COLONY_CLUSTER_SECRET_FILE",
-                shared_by: str = "every edge and mail store") -> bytes:
+                shared_by: str = "every edge, mail store and admin API") -> bytes:
     """A secret from its file: the cluster secret (``colony up`` writes one; production mounts
-    one) unless ``key`` names another setting, which the errors then name."""
+    one) unless ``key`` names another setting, which the errors then name.  A file that does
+    not serve is a ``ConfigError``: the settings name it, so the service stops at start."""
     try:
         data = path.read_bytes().strip()
     except OSError as exc:
-        raise HandoffError(f"{key}: cannot read {path} ({exc}); "
-                           f"point it at a file of random bytes shared by {shared_by}") from exc
+        raise ConfigError(f"{key}: cannot read {path} ({exc.strerror or exc}); "
+                          f"point it at a file of random bytes shared by {shared_by}") from None
     if len(data) < MIN_SECRET:
-        raise HandoffError(f"{key}: {path} holds {len(data)} octets; "
-                           f"it needs at least {MIN_SECRET} random ones")
+        raise ConfigError(f"{key}: {path} holds {len(data)} octets; write at least {MIN_SECRET} random "
+                          f"ones into it (e.g. `openssl rand -hex 32 > {path}`), the same file for {shared_by}")
     return data
 
 

@@ -41,3 +41,20 @@ def test_session_key_follows_the_cluster_secret(tmp_path):
 @given(st.text(max_size=600))
 def test_garbage_cookies_are_no_session(cookie):
     assert session.verify(KEY, cookie, now=0.0) is None
+
+
+def test_a_configured_cluster_secret_that_does_not_serve_stops_the_admin_api(tmp_path):
+    """A missing, unreadable or empty COLONY_CLUSTER_SECRET_FILE made a random key for the
+    process: behind the balancer every other admin API then refused the cookie, and the
+    monitor logged users out at random.  It is a configuration error naming the key."""
+    import pytest
+
+    from colony.settings import ConfigError
+
+    empty, short = tmp_path / "empty", tmp_path / "short"
+    empty.write_bytes(b"\n")
+    short.write_bytes(b"0123456789")
+    for path in (tmp_path / "missing", empty, short, tmp_path):
+        with pytest.raises(ConfigError) as info:
+            session.session_key(path)
+        assert str(info.value).startswith("COLONY_CLUSTER_SECRET_FILE: "), str(info.value)

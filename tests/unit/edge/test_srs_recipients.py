@@ -84,13 +84,12 @@ def test_a_bad_srs_secret_file_is_named_as_itself(tmp_path):
     named COLONY_CLUSTER_SECRET_FILE: an operator was sent to fix the wrong file."""
     import pytest
 
-    from colony.contracts.handoff import HandoffError
-    from colony.settings import Settings
+    from colony.settings import ConfigError, Settings
     from colony_edge.forwarding import load_srs
 
     short = tmp_path / "srs.secret"
     short.write_bytes(b"too short")
     for path in (tmp_path / "missing.secret", short):
-        with pytest.raises(HandoffError) as info:
+        with pytest.raises(ConfigError) as info:
             load_srs(Settings(srs_secret_file=path))
         assert str(info.value).startswith("COLONY_SRS_SECRET_FILE") and "CLUSTER" not in str(info.value)

@@ -28,11 +28,15 @@ LIFETIME = 8 * 3600  # a working day; log in again after
 
 
 def session_key(cluster_secret_file: Path | None) -> bytes:
-    """Derived from the cluster secret when there is one, so every admin-api instance behind
-    the balancer accepts the same cookie; otherwise random for this process."""
-    if cluster_secret_file and cluster_secret_file.exists():
-        return hmac.new(cluster_secret_file.read_bytes(), b"colony-monitor-session", hashlib.sha256).digest()
-    return os.urandom(32)
+    """Derived from the cluster secret when one is configured, so every admin-api instance
+    behind the balancer accepts the same cookie; without one (a single instance, `colony up`)
+    random for this process.  A configured file that does not serve is a ``ConfigError``:
+    a random key in its place would log users out whenever the balancer changed instance."""
+    if cluster_secret_file is None:
+        return os.urandom(32)
+    from colony.contracts.handoff import load_secret
+
+    return hmac.new(load_secret(cluster_secret_file), b"colony-monitor-session", hashlib.sha256).digest()
 
 
 def _sign(key: bytes, data: bytes) -> str:
