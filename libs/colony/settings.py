@@ -430,10 +430,20 @@ class Settings(BaseSettings):
             try:
                 url = self.database_url_file.read_text().strip()
             except OSError as exc:
-                raise ConfigError(f"database_url_file: cannot read {self.database_url_file} ({exc.strerror}); "
-                                 "point COLONY_DATABASE_URL_FILE at the file `colony deploy init` wrote") from None
+                raise ConfigError(f"COLONY_DATABASE_URL_FILE: cannot read {self.database_url_file} ({exc.strerror}); "
+                                  "point it at the file `colony deploy init` wrote") from None
             if not url:
-                raise ConfigError(f"database_url_file: {self.database_url_file} is empty; write the URL into it")
+                raise ConfigError(f"COLONY_DATABASE_URL_FILE: {self.database_url_file} is empty; write the URL into it")
+            from sqlalchemy.engine import make_url
+            from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+            try:
+                make_url(url).get_dialect()
+            except (ArgumentError, NoSuchModuleError, ValueError):
+                # the message leaves the file's content out: it holds the database password
+                raise ConfigError(f"COLONY_DATABASE_URL_FILE: {self.database_url_file} does not hold a SQLAlchemy URL; "
+                                  "write one such as postgresql+psycopg://user:password@host:5432/db into it, "
+                                  "and nothing else") from None
             return url
         return self.database_url or f"sqlite:///{(self.data_dir / 'admin.sqlite3').resolve()}"
 

@@ -62,11 +62,23 @@ def test_database_url_file_is_read_and_errors_name_the_key(tmp_path):
     url_file = tmp_path / "database-url"
     url_file.write_text("postgresql+psycopg://colony:pw@postgres:5432/colony\n")
     assert Settings(database_url_file=url_file).sqlalchemy_url == "postgresql+psycopg://colony:pw@postgres:5432/colony"
-    with pytest.raises(ConfigError, match="database_url_file"):
+    with pytest.raises(ConfigError, match="^COLONY_DATABASE_URL_FILE: "):
         _ = Settings(database_url_file=tmp_path / "missing").sqlalchemy_url
     (tmp_path / "empty").write_text("")
-    with pytest.raises(ConfigError, match="database_url_file"):
+    with pytest.raises(ConfigError, match="^COLONY_DATABASE_URL_FILE: "):
         _ = Settings(database_url_file=tmp_path / "empty").sqlalchemy_url
+
+
+@pytest.mark.parametrize("content", ["colony:pw@postgres:5432/colony", "https://postgres/colony",
+                                     "postgresql+psycopg://colony:pw@postgres:port/colony"])
+def test_a_database_url_file_without_a_url_is_named_and_its_content_is_not_shown(tmp_path, content):
+    """Such a file loaded, and the admin API (or projector) stopped later with SQLAlchemy's
+    ArgumentError or NoSuchModuleError traceback, naming no setting."""
+    url_file = tmp_path / "database-url"
+    url_file.write_text(content + "\n")
+    with pytest.raises(ConfigError, match="^COLONY_DATABASE_URL_FILE: .* does not hold a SQLAlchemy URL") as info:
+        _ = Settings(database_url_file=url_file).sqlalchemy_url
+    assert "pw" not in str(info.value) and "https" not in str(info.value)
 
 
 def test_a_sealer_makes_a_key_only_for_clear_credentials():
