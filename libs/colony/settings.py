@@ -279,6 +279,15 @@ class Settings(BaseSettings):
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
         return (init_settings, env_settings, _TomlFileSource(settings_cls), file_secret_settings)
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _empty_path_is_unset(cls, value: Any, info: ValidationInfo) -> Any:
+        """``COLONY_TLS_SNI_DIR=`` (any optional path) means what the key's description calls
+        "Empty": not set.  Read as a path it would be ``.``, the working directory, used in its place."""
+        if isinstance(value, str) and not value.strip() and cls.model_fields[info.field_name].annotation == Path | None:
+            return None
+        return value
+
     @field_validator("nats_url")
     @classmethod
     def _check_nats_url(cls, value: str) -> str:

@@ -80,3 +80,24 @@ def test_a_mail_store_with_a_margin_past_its_lease_stops_as_a_config_error(monke
         run_service("mailstore", lambda settings: pytest.fail("the workload was made"))
     assert exit_.value.code == 2
     assert "COLONY_ACCOUNT_LEASE_SAFETY_MARGIN" in capsys.readouterr().err
+
+
+def test_an_empty_path_setting_is_unset(monkeypatch, tmp_path):
+    """`COLONY_TLS_SNI_DIR=` (a compose file's blank line) was read as the path `.`: the
+    working directory's *.pem served as per-domain certificates, `COLONY_STORAGE_DIR=` put the
+    shared storage there, and an empty COLONY_CLUSTER_SECRET_FILE sent every edge to read a
+    directory.  Each optional path's description calls empty "not set", and so it is."""
+    from pathlib import Path
+
+    from colony.settings import Settings
+
+    optional_paths = [name for name, field in Settings.model_fields.items() if field.annotation == Path | None]
+    assert {"tls_sni_dir", "storage_dir", "cluster_secret_file", "srs_secret_file"} <= set(optional_paths)
+    for name in optional_paths:
+        monkeypatch.setenv(f"COLONY_{name.upper()}", " " if name == "storage_dir" else "")
+    monkeypatch.setenv("COLONY_DATA_DIR", str(tmp_path))
+    settings = load_settings()
+    assert all(getattr(settings, name) is None for name in optional_paths)
+    assert settings.shared_storage == tmp_path / "storage"
+    monkeypatch.setenv("COLONY_DNS_SERVERS", "")        # an empty string setting stays a string
+    assert load_settings().dns_servers == ""
