@@ -4,10 +4,12 @@ state changes."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
+from typing import TypeVar
 
 import nats
 from nats.aio.client import Client
@@ -26,9 +28,32 @@ log = logging.getLogger("colony.bus")
 # or a NATS server died and the stream asked has no leader yet ("no response from stream"
 # while nobody serves its subjects, 503 "JetStream system temporarily unavailable" while its
 # group elects one, or a time-out).  Seen for 4-10 s after a server of a 3-node cluster is
-# killed.  A loop that writes on a schedule tries again at its next turn.
+# killed, and on a fresh cluster whose servers are starved of CPU.  A loop that writes on a
+# schedule tries again at its next turn; a step of a start, with ``while_unavailable``.
 BUS_UNAVAILABLE: tuple[type[Exception], ...] = (
     NatsTimeout, NoRespondersError, NoStreamResponseError, ServiceUnavailableError)
+
+T = TypeVar("T")
+
+
+async def while_unavailable(step: Callable[[], Awaitable[T]], what: str, deadline: float = 60.0,
+                            also: tuple[type[Exception], ...] = (), pause: float = 0.5,
+                            logger: logging.Logger = log) -> T:
+    """``step()``, tried again every ``pause`` seconds while it fails with ``BUS_UNAVAILABLE``
+    (or ``also``), for at most ``deadline`` seconds; then that error is raised.  For the steps
+    of a start, each of which may be repeated (a create of what exists, a put of our own
+    record): an instance that gave up at the first time-out would exit, and on a busy cluster
+    every instance starting together meets the same one."""
+    loop = asyncio.get_running_loop()
+    until = loop.time() + deadline
+    while True:
+        try:
+            return await step()
+        except (*BUS_UNAVAILABLE, *also) as exc:
+            if loop.time() >= until:
+                raise
+            logger.info("%s: %s; trying again", what, str(exc) or type(exc).__name__)
+            await asyncio.sleep(pause)
 
 
 async def connect(settings: Settings, name: str = "colony", persistent: bool = True) -> Client:

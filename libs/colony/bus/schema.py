@@ -24,6 +24,7 @@ from nats.js.api import (
 from nats.js.errors import BadRequestError, NotFoundError
 
 from colony.bus import names
+from colony.bus.connection import BUS_UNAVAILABLE, while_unavailable
 from colony.settings import Settings
 
 log = logging.getLogger("colony.bus.schema")
@@ -243,7 +244,7 @@ async def _wait_for_schema(js: JetStreamContext, settings: Settings, deadline: f
             try:
                 if await js.find_stream_name_by_subject(subject) == stream:
                     break
-            except (NotFoundError, NatsTimeoutError):
+            except (NotFoundError, *BUS_UNAVAILABLE):
                 pass
             if loop.time() >= until:
                 raise SchemaError(f"stream {stream} does not exist after {deadline:g}s; this role may not create it: "
@@ -253,22 +254,14 @@ async def _wait_for_schema(js: JetStreamContext, settings: Settings, deadline: f
 
 async def _retrying(step, what: str, deadline: float) -> None:
     """On a fresh replicated cluster, instances starting together make the meta leader busy
-    and some stream creations time out; every step is idempotent, so try again."""
-    loop = asyncio.get_running_loop()
-    until = loop.time() + deadline
-    while True:
-        try:
-            return await step()
-        except NatsTimeoutError:
-            if loop.time() >= until:
-                raise SchemaError(f"{what}: JetStream did not answer within {deadline:g}s; is the NATS cluster healthy?") from None
-            log.info("%s: JetStream timed out; retrying", what)
-            await asyncio.sleep(0.5)
-        except _PeerOffline as exc:
-            if loop.time() >= until:
-                raise SchemaError(f"{what}: {exc}; is the NATS cluster healthy?") from None
-            log.info("%s: %s; retrying", what, exc)
-            await asyncio.sleep(0.5)
+    and some stream creations time out (or get 503 while a group elects its leader); every
+    step is idempotent, so try again."""
+    try:
+        return await while_unavailable(step, what, deadline, also=(_PeerOffline,), logger=log)
+    except NatsTimeoutError:
+        raise SchemaError(f"{what}: JetStream did not answer within {deadline:g}s; is the NATS cluster healthy?") from None
+    except (*BUS_UNAVAILABLE, _PeerOffline) as exc:
+        raise SchemaError(f"{what}: {exc}; is the NATS cluster healthy?") from None
 
 
 class _PeerOffline(Exception):

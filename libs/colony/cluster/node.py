@@ -36,7 +36,7 @@ from pydantic import ValidationError
 
 from colony import __version__
 from colony.bus import names
-from colony.bus.connection import BUS_UNAVAILABLE, connect
+from colony.bus.connection import BUS_UNAVAILABLE, connect, while_unavailable
 from colony.bus.schema import ensure_schema, manages_schema
 from colony.cluster.commands import NodeCommand, Reply
 from colony.cluster.epoch import EpochGuard, StaleEpoch
@@ -72,6 +72,11 @@ class Workload(Protocol):
 
     async def stop(self) -> None:
         """Close everything; called once, after the instance left the cluster."""
+
+
+# How long each bus step of a start is tried again while the bus does not answer, as each
+# step of ``ensure_schema`` is.
+START_STEP_DEADLINE = 60.0
 
 
 def default_node_id(role: str) -> str:
@@ -142,14 +147,18 @@ class NodeRuntime:
             self.nc = await connect(self.settings, name=self.node_id)
         js = self.nc.jetstream()
         await ensure_schema(js, self.settings, manage=manages_schema(self.settings, self.role))
-        self._nodes = await js.key_value(names.BUCKET_NODES)
+        # Each step below is tried again while the bus does not answer (``while_unavailable``):
+        # on a busy cluster every instance starting together meets the same time-out, and an
+        # instance that gave up would exit -- all three controllers did, and none was elected.
+        self._nodes = await while_unavailable(lambda: js.key_value(names.BUCKET_NODES), names.BUCKET_NODES,
+                                              START_STEP_DEADLINE, logger=log)
         self._js = js
         addresses = {"ops": await self.ops.start(self.settings.host, self.settings.ops_port, self.settings.advertised_host)}
         self._record = NodeRecord(
             id=self.node_id, role=self.role, state=NodeState.STARTING, host=socket.gethostname(),
             pid=os.getpid(), version=__version__, started_at=utcnow(), addresses=addresses,
         )
-        await self._register()
+        await while_unavailable(self._register, f"registering {self.node_id}", START_STEP_DEADLINE, logger=log)
         await self.nc.subscribe(names.node_command_subject(self.node_id), cb=self._on_command)
         self.spawn("watch-epochs", self._watch_epochs, restart=True)
         # Heartbeat from registration on: a workload that takes long to start (an admin API
@@ -157,7 +166,7 @@ class NodeRuntime:
         self.spawn("heartbeat", self._heartbeat_loop, restart=True)
         addresses.update(await self.workload.start(self))
         self._record.addresses = addresses
-        await self._transition(NodeState.READY, "started")
+        await self._transition(NodeState.READY, "started", deadline=START_STEP_DEADLINE)
         log.info("%s READY at %s", self.node_id, addresses)
 
     async def shutdown(self) -> None:
@@ -270,14 +279,19 @@ class NodeRuntime:
         await self.publish_event(names.cluster_event_subject("node"), NodeStateChanged(
             node_id=self.node_id, role=self.role, old=seen, new=self.state, reason=self.record.reason, by=self.node_id))
 
-    async def _transition(self, new: NodeState, reason: str, keep_drained: bool = False) -> None:
+    async def _transition(self, new: NodeState, reason: str, keep_drained: bool = False, deadline: float = 0.0) -> None:
+        """Record ``new``; with a ``deadline``, the write is tried again for that long while
+        the bus does not answer (a CAS that landed unseen is a conflict ``_write`` resolves)."""
         old = self.state
         self.state = new
         self.record.state = new
         self.record.reason = reason
         if not keep_drained:
             self.record.drained = False
-        await self._write()
+        if deadline:
+            await while_unavailable(self._write, f"recording {new.value}", deadline, logger=log)
+        else:
+            await self._write()
         if old != new:
             await self.publish_event(names.cluster_event_subject("node"), NodeStateChanged(
                 node_id=self.node_id, role=self.role, old=old, new=new, reason=reason, by=self.node_id))

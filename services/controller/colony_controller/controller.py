@@ -45,7 +45,7 @@ from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
 from colony.bus import names
-from colony.bus.connection import unsubscribe_all
+from colony.bus.connection import unsubscribe_all, while_unavailable
 from colony.cluster.commands import ControllerRequest, NodeCommand, Reply
 from colony.cluster.decisions import NodeFailed, publish_decision
 from colony.cluster.election import (
@@ -62,7 +62,7 @@ from colony.cluster.election import (
 )
 from colony.cluster.lease import Lease, LeaseLost, read_lease
 from colony.cluster.membership import LIVE_STATES, NodeRecord, NodeState
-from colony.cluster.node import NodeRuntime
+from colony.cluster.node import START_STEP_DEADLINE, NodeRuntime
 from colony.cluster.view import read_nodes, standby_order
 from colony import domain_move as dm
 from colony.contracts.clients import DirectoryClient, DirectoryUnavailable
@@ -105,8 +105,10 @@ class Controller:
             lambda: self.is_active, lambda: [record for record, _ in self._nodes.values()]))
         s = runtime.settings
         js = runtime.nc.jetstream()
-        self._leases: KeyValue = await js.key_value(names.BUCKET_LEASES)
-        self._nodes_kv: KeyValue = await js.key_value(names.BUCKET_NODES)
+        self._leases: KeyValue = await while_unavailable(lambda: js.key_value(names.BUCKET_LEASES), names.BUCKET_LEASES,
+                                                         START_STEP_DEADLINE, logger=log)
+        self._nodes_kv: KeyValue = await while_unavailable(lambda: js.key_value(names.BUCKET_NODES), names.BUCKET_NODES,
+                                                           START_STEP_DEADLINE, logger=log)
         self.lease = Lease(self._leases, names.CONTROLLER_LEASE_KEY, runtime.node_id,
                            ttl=s.controller_lease_ttl, safety_margin=s.controller_safety_margin,
                            js=js, bucket=names.BUCKET_LEASES)
