@@ -39,9 +39,34 @@ def raise_descriptor_limit() -> tuple[int, int]:
     return soft, hard
 
 
+def check_files(role: str, settings: Settings) -> None:
+    """Load every file the settings name that this role reads, with the loaders the service
+    uses later: one that is missing, unreadable, empty or of the wrong kind is a
+    ``ConfigError`` naming its key and the fix, before the process joins the bus, rather than
+    a traceback from the middle of a workload's start (or, worse, a fallback).  The files a
+    service's own module loads (the admin API's HTTPS pair, the edge's outbound CA bundle)
+    are loaded first thing in its start; ``run_service`` stops on their errors the same way."""
+    from colony.bus.connection import connect_options
+    from colony.contracts.handoff import load_secret
+    from colony.tlsfiles import configured, sni_context
+
+    connect_options(settings.nats_nkey_seed_file, settings.nats_tls_ca_file)
+    if role in ("edge", "mailstore", "admin-api") and settings.cluster_secret_file is not None:
+        load_secret(settings.cluster_secret_file)
+    if role == "edge" and settings.srs_secret_file is not None:
+        load_secret(settings.srs_secret_file, "COLONY_SRS_SECRET_FILE", "every edge")
+    if role in ("edge", "sipfarm"):
+        files = configured(settings)
+        if files is not None:
+            sni_context(files.cert, files.key, settings.tls_sni_dir if role == "edge" else None)
+    if role in ("admin-api", "projector"):
+        _ = settings.sqlalchemy_url   # reads and checks database_url_file
+
+
 def run_service(role: str, make_workload: Callable[[Settings], Workload]) -> None:
     try:
         settings = load_settings()
+        check_files(role, settings)
     except ConfigError as exc:
         print(f"colony {role}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -60,6 +85,9 @@ def run_service(role: str, make_workload: Callable[[Settings], Workload]) -> Non
         asyncio.run(_serve(runtime, settings.stop_timeout + STOP_GRACE))
     except KeyboardInterrupt:
         pass
+    except ConfigError as exc:   # a file the workload loads as it starts (see check_files)
+        print(f"colony {role}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 # Seconds past ``stop_timeout`` a stopping process may take before it ends itself.
