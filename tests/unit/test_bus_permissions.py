@@ -78,3 +78,19 @@ def test_a_domain_moves_question_is_passed_on_between_a_regions_mail_stores_only
     for role in ("edge", "controller", "sipfarm", "admin-api"):
         publish, subscribe = allowed(role)
         assert names.MAILSTORE_MOVE not in publish | subscribe, role
+
+
+def test_a_seed_path_that_cannot_be_read_is_not_called_a_bad_seed(tmp_path):
+    """A directory (or a file the service's user may not read) was reported as "not an nkey
+    seed (IsADirectoryError); use a file written by `colony bus init`": the seed was blamed for
+    what the path was."""
+    import pytest
+
+    from colony.bus.connection import connect_options
+    from colony.settings import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        connect_options(tmp_path)
+    message = str(info.value)
+    assert message.startswith(f"COLONY_NATS_NKEY_SEED_FILE={tmp_path}: cannot read it (Is a directory)"), message
+    assert "not an nkey seed" not in message

@@ -116,6 +116,9 @@ def connect_options(seed_file: Path | str | None, ca_file: Path | str | None = N
         except FileNotFoundError:
             raise ConfigError(f"COLONY_NATS_NKEY_SEED_FILE={path}: no such file; run `colony bus init` "
                               f"or point it at this role's .nk file") from None
+        except OSError as exc:   # a directory, no permission: the file is not the trouble
+            raise ConfigError(f"COLONY_NATS_NKEY_SEED_FILE={path}: cannot read it ({exc.strerror}); point it at "
+                              f"this role's .nk file, readable by the user the service runs as") from None
         except Exception as exc:  # nkeys raises its own error classes for a malformed seed
             raise ConfigError(f"COLONY_NATS_NKEY_SEED_FILE={path}: not an nkey seed ({type(exc).__name__}); "
                               f"use a file written by `colony bus init`") from None
