@@ -16,9 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from nats.errors import TimeoutError as NatsTimeout
-
-from colony.bus.connection import connect
+from colony.bus.connection import BUS_UNAVAILABLE, connect
 from colony.cluster.view import NodeView, cluster_view
 from colony.settings import SIP_CONTACT_DENY_LOOPBACK_SERVED, Settings
 from colony.supervisor import ROLE_MODULES, die_with_parent
@@ -72,7 +70,7 @@ async def wait_until(probe: Callable[[], Awaitable[T]], timeout: float, what: st
     while True:
         try:
             last = await probe()
-        except NatsTimeout as exc:  # JetStream busy (e.g. electing its meta leader): not an answer yet
+        except BUS_UNAVAILABLE as exc:  # JetStream busy (a time-out, or 503 while a stream elects its leader): not an answer yet
             last = exc
         else:
             if last:
@@ -97,7 +95,7 @@ async def wait_progress(probe: Callable[[], Awaitable[tuple[int, str]]], stall: 
     while True:
         try:
             left, detail = await probe()
-        except NatsTimeout as exc:  # JetStream busy: not an answer yet
+        except BUS_UNAVAILABLE as exc:  # JetStream busy: not an answer yet
             left, detail = best if best is not None else 1, repr(exc)
         if left <= 0:
             return
