@@ -47,6 +47,11 @@ class ConfigError(Exception):
     """A configuration value is wrong; the message names the key and the fix."""
 
 
+# A service stops with this code on a ConfigError, its message the last lines of its output
+# (``service_main.run_service``; ``colony up`` shows it beside the restart notice).
+CONFIG_ERROR_EXIT = 2
+
+
 class _TomlFileSource(PydanticBaseSettingsSource):
     """Reads the TOML file named by COLONY_CONFIG (flat keys, same names as the fields)."""
 

@@ -24,7 +24,7 @@ from colony.bus import names
 from colony.bus.permissions import Identity, authorization_config, generate_identities
 from colony.natsd import EmbeddedNats, NatsServerError
 from colony.ports import PortPlan, ephemeral_overlap, port_is_free
-from colony.settings import SIP_CONTACT_DENY_LOOPBACK_SERVED
+from colony.settings import CONFIG_ERROR_EXIT, SIP_CONTACT_DENY_LOOPBACK_SERVED
 
 # The order instances start in; they stop in the reverse order.
 ROLE_MODULES = {
@@ -67,6 +67,22 @@ def die_with_parent() -> None:
 
 class SupervisorError(RuntimeError):
     """Refusal to start; the message says what is in the way and how to fix it."""
+
+
+def config_error_in(log_path: Path, tail: int = 4096) -> str:
+    """The configuration error a service printed as it stopped (the end of its log, from its
+    ``colony <role>:`` line), on one line: the operator reads why beside the restart notice
+    instead of opening the log, as in the usual case (a key to fix) restarting cannot help."""
+    try:
+        with open(log_path, "rb") as log:
+            log.seek(max(0, log.seek(0, 2) - tail))
+            text = log.read().decode(errors="replace")
+    except OSError:
+        return "a configuration error (its log could not be read)"
+    lines = text.splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith("colony ")]
+    words = [line.strip() for line in lines[starts[-1]:] if line.strip()] if starts else []
+    return " ".join(words)[:1000] or "a configuration error"
 
 
 @dataclass
@@ -330,7 +346,8 @@ class Cluster:
             if inst.next_restart == 0.0:
                 code = inst.process.returncode
                 inst.next_restart = now + min(30.0, 0.5 * 2 ** min(inst.restarts, 6))
-                notes.append(f"{inst.node_id} exited with {code}; restarting (see {inst.log_path})")
+                why = f": {config_error_in(inst.log_path)}" if code == CONFIG_ERROR_EXIT else ""
+                notes.append(f"{inst.node_id} exited with {code}{why}; restarting (see {inst.log_path})")
             elif now >= inst.next_restart:
                 inst.restarts += 1
                 inst.next_restart = 0.0

@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable
 
 from colony.cluster.node import NodeRuntime, Workload
-from colony.settings import ConfigError, Settings, load_settings
+from colony.settings import CONFIG_ERROR_EXIT, ConfigError, Settings, load_settings
 from colony.telemetry import setup_tracing
 
 
@@ -69,7 +69,7 @@ def run_service(role: str, make_workload: Callable[[Settings], Workload]) -> Non
         check_files(role, settings)
     except ConfigError as exc:
         print(f"colony {role}: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(CONFIG_ERROR_EXIT) from None
     logging.basicConfig(
         level=settings.log_level,
         format=f"%(asctime)s %(levelname)s [{settings.node_id or role}] %(name)s: %(message)s",
@@ -87,7 +87,7 @@ def run_service(role: str, make_workload: Callable[[Settings], Workload]) -> Non
         pass
     except ConfigError as exc:   # a file the workload loads as it starts (see check_files)
         print(f"colony {role}: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(CONFIG_ERROR_EXIT) from None
 
 
 # Seconds past ``stop_timeout`` a stopping process may take before it ends itself.
