@@ -87,6 +87,8 @@ def _bad_files(tmp_path):
         ("edge", {"COLONY_TLS_CERT_FILE": str(good), "COLONY_TLS_KEY_FILE": str(good), "COLONY_TLS_SNI_DIR": str(sni)},
          "COLONY_TLS_SNI_DIR"),
         ("projector", {"COLONY_DATABASE_URL_FILE": str(empty)}, "COLONY_DATABASE_URL_FILE"),
+        ("edge", {"COLONY_DKIM_KEY_DIR": str(tmp_path / "no-such-dir")}, "COLONY_DKIM_KEY_DIR"),
+        ("edge", {"COLONY_DKIM_KEY_DIR": str(empty)}, "COLONY_DKIM_KEY_DIR"),
     ]
 
 

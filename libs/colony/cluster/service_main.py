@@ -61,6 +61,12 @@ def check_files(role: str, settings: Settings) -> None:
             sni_context(files.cert, files.key, settings.tls_sni_dir if role == "edge" else None)
     if role in ("admin-api", "projector"):
         _ = settings.sqlalchemy_url   # reads and checks database_url_file
+    if role == "edge" and settings.dkim_key_dir is not None and not settings.dkim_key_dir.is_dir():
+        # Keys may also come from the dkim_keys bucket, so a missing directory let mail go out
+        # unsigned without a word; one named on purpose and not there is a mistake.
+        raise ConfigError(f"COLONY_DKIM_KEY_DIR: {settings.dkim_key_dir} is not a directory: create it "
+                          "(keys as <dir>/<domain>/<selector>.pem), or leave the key unset for "
+                          "<data_dir>/dkim and the dkim_keys bucket")
 
 
 def run_service(role: str, make_workload: Callable[[Settings], Workload]) -> None:
