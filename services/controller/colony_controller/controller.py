@@ -248,8 +248,12 @@ class Controller:
         self._api_sub = await rt.nc.subscribe(names.CONTROLLER_API, cb=self._on_api)
         log.warning("%s is the controller now (epoch %d, %s%s)", rt.node_id, self.lease.epoch, how,
                     f", after {previous}" if previous else "")
-        await rt.publish_event(names.cluster_event_subject("controller"), ControllerElected(
-            node_id=rt.node_id, epoch=self.lease.epoch, previous=previous, how=how))
+        # Said beside the election loop, not in it: with the CLUSTER stream's leader on a server
+        # that just died the publish may wait out a 5 s request time-out, longer than the whole
+        # tenure, and the first renewal would come too late (the lease lapses, another round).
+        elected = ControllerElected(node_id=rt.node_id, epoch=self.lease.epoch, previous=previous, how=how)
+        rt.spawn("controller-elected event",
+                 lambda: rt.publish_event(names.cluster_event_subject("controller"), elected))
 
     async def _on_deposed(self, why: str) -> None:
         log.warning("%s stops acting as controller: %s", self.runtime.node_id, why)
