@@ -78,6 +78,12 @@ from colony_controller.source_keeper import SourceKeeper
 
 log = logging.getLogger("colony.controller")
 
+# The direct read of the nodes a standby ranks on before it acts only refines the order its
+# watch gave; when the nodes bucket's stream does not answer within this (no leader yet after
+# a NATS server died), the watch's order stands.  With the JetStream default of 5 s every
+# takeover attempt waited that long first.
+RANK_READ_TIMEOUT = 1.0
+
 
 class Controller:
     role = "controller"
@@ -213,7 +219,8 @@ class Controller:
                 # Backup Controller shown is the one that moves first.
                 fresh = True
                 with suppress(Exception):
-                    standbys = [r.id for r in standby_order(await read_nodes(self.runtime.nc), holder)]
+                    nodes = await read_nodes(self.runtime.nc, timeout=RANK_READ_TIMEOUT)
+                    standbys = [r.id for r in standby_order(nodes, holder)]
                 continue
             if not isinstance(action, ProbeFirst):
                 return action
