@@ -35,6 +35,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from opentelemetry import trace
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from colony.bus.connection import while_unavailable
 from colony.queue.deadletter import H_JOB_ID, MSG_ID, DeadLetter, DeadLetters
 from colony.queue.outcomes import Action, Decision, Outcome, QueuePolicy, Retry, before_handling, decide
 from colony.queue.pull import JobPuller
@@ -186,8 +187,11 @@ class QueueRunner:
 
     async def start(self, spawn: Spawn) -> None:
         """Create (or update) the consumer, then fetch in a task started by ``spawn`` -
-        ``runtime.spawn`` or a ``TaskOwner.spawn``, so a failing fetch loop is seen and restarted."""
-        await self._subscribe()
+        ``runtime.spawn`` or a ``TaskOwner.spawn``, so a failing fetch loop is seen and restarted.
+        The consumer's creation is tried again while the bus does not answer (a time-out, or a
+        503 while the stream elects its leader): a service starting on a busy cluster exited at
+        the first one."""
+        await while_unavailable(self._subscribe, f"queue {self.name}: consumer {self.durable}")
         self._loop_task = spawn(f"queue {self.name}", self._fetch_loop, restart=True,
                                 context=lambda: f"{self.stream}/{self.durable}, {len(self._inflight)} in flight")
 
