@@ -84,3 +84,22 @@ async def test_past_the_deadline_the_start_fails_naming_the_step():
     js = FlakyJetStream({"add_stream": [unavailable()] * 1000})
     with pytest.raises(SchemaError, match="PROVISIONING: .*temporarily unavailable.*healthy"):
         await ensure_schema(js, Settings(), deadline=0.2)
+
+
+def not_enabled() -> ServiceUnavailableError:
+    return ServiceUnavailableError(code=503, err_code=10039, description="JetStream not enabled for account")
+
+
+async def test_jetstream_not_enabled_for_the_account_is_not_waited_out():
+    # Also a 503, but the bus's configuration: the step is not tried again (it would pass
+    # here, as the fake answers once) and the error says what is wrong at once.
+    js = FlakyJetStream({"add_stream": [not_enabled()]})
+    with pytest.raises(SchemaError, match="not enabled for account"):
+        await ensure_schema(js, Settings(), deadline=30)
+
+
+async def test_a_role_that_waits_for_the_schema_is_told_jetstream_is_not_enabled():
+    # Waited out, it ended as "stream ... does not exist; start a controller first".
+    js = FlakyJetStream({"find_stream_name_by_subject": [not_enabled()]})
+    with pytest.raises(SchemaError, match="not enabled for account"):
+        await ensure_schema(js, Settings(), deadline=30, manage=False)

@@ -33,6 +33,16 @@ log = logging.getLogger("colony.bus")
 BUS_UNAVAILABLE: tuple[type[Exception], ...] = (
     NatsTimeout, NoRespondersError, NoStreamResponseError, ServiceUnavailableError)
 
+# A 503 that is the bus's configuration, not its state: JetStream is not enabled for the
+# account the identity belongs to (10039) or on the server (10076).  Trying again cannot help,
+# and a wait until the deadline would end in a message about something else.
+JETSTREAM_NOT_ENABLED = (10039, 10076)
+
+
+def jetstream_not_enabled(exc: BaseException) -> bool:
+    return isinstance(exc, ServiceUnavailableError) and exc.err_code in JETSTREAM_NOT_ENABLED
+
+
 T = TypeVar("T")
 
 
@@ -43,14 +53,15 @@ async def while_unavailable(step: Callable[[], Awaitable[T]], what: str, deadlin
     (or ``also``), for at most ``deadline`` seconds; then that error is raised.  For the steps
     of a start, each of which may be repeated (a create of what exists, a put of our own
     record): an instance that gave up at the first time-out would exit, and on a busy cluster
-    every instance starting together meets the same one."""
+    every instance starting together meets the same one.  JetStream not enabled
+    (``jetstream_not_enabled``) is raised at once."""
     loop = asyncio.get_running_loop()
     until = loop.time() + deadline
     while True:
         try:
             return await step()
         except (*BUS_UNAVAILABLE, *also) as exc:
-            if loop.time() >= until:
+            if loop.time() >= until or jetstream_not_enabled(exc):
                 raise
             logger.info("%s: %s; trying again", what, str(exc) or type(exc).__name__)
             await asyncio.sleep(pause)

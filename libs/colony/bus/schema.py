@@ -24,7 +24,7 @@ from nats.js.api import (
 from nats.js.errors import BadRequestError, NotFoundError
 
 from colony.bus import names
-from colony.bus.connection import BUS_UNAVAILABLE, while_unavailable
+from colony.bus.connection import BUS_UNAVAILABLE, jetstream_not_enabled, while_unavailable
 from colony.settings import Settings
 
 log = logging.getLogger("colony.bus.schema")
@@ -244,8 +244,10 @@ async def _wait_for_schema(js: JetStreamContext, settings: Settings, deadline: f
             try:
                 if await js.find_stream_name_by_subject(subject) == stream:
                     break
-            except (NotFoundError, *BUS_UNAVAILABLE):
-                pass
+            except (NotFoundError, *BUS_UNAVAILABLE) as exc:
+                if jetstream_not_enabled(exc):   # not a schema still to come: say so now
+                    raise SchemaError(f"stream {stream}: {exc}; enable JetStream for this role's account "
+                                      "in the NATS servers' configuration") from None
             if loop.time() >= until:
                 raise SchemaError(f"stream {stream} does not exist after {deadline:g}s; this role may not create it: "
                                   f"start a controller first (it creates the schema)")
