@@ -103,3 +103,12 @@ async def test_a_role_that_waits_for_the_schema_is_told_jetstream_is_not_enabled
     js = FlakyJetStream({"find_stream_name_by_subject": [not_enabled()]})
     with pytest.raises(SchemaError, match="not enabled for account"):
         await ensure_schema(js, Settings(), deadline=30, manage=False)
+
+
+async def test_a_role_that_waits_for_a_bus_that_never_answers_is_not_told_the_schema_is_missing():
+    # No responders (a server without JetStream) or 503 until the deadline: whether the
+    # streams exist is unknown, and "start a controller first" would send the operator astray.
+    js = FlakyJetStream({"find_stream_name_by_subject": [unavailable()] * 1000})
+    with pytest.raises(SchemaError, match="did not answer") as caught:
+        await ensure_schema(js, Settings(), deadline=0.2, manage=False)
+    assert "does not exist" not in str(caught.value)

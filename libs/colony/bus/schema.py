@@ -241,13 +241,21 @@ async def _wait_for_schema(js: JetStreamContext, settings: Settings, deadline: f
     until = loop.time() + deadline
     for stream, subject in schema_streams(settings).items():
         while True:
+            unanswered: Exception | None = None   # the last ask got no answer: existence unknown
             try:
                 if await js.find_stream_name_by_subject(subject) == stream:
                     break
-            except (NotFoundError, *BUS_UNAVAILABLE) as exc:
+            except NotFoundError:
+                pass
+            except BUS_UNAVAILABLE as exc:
                 if jetstream_not_enabled(exc):   # not a schema still to come: say so now
                     raise SchemaError(f"stream {stream}: {exc}; enable JetStream for this role's account "
                                       "in the NATS servers' configuration") from None
+                unanswered = exc
+            if loop.time() >= until and unanswered is not None:
+                raise SchemaError(f"stream {stream}: JetStream did not answer within {deadline:g}s "
+                                  f"({str(unanswered) or type(unanswered).__name__}); is JetStream enabled on "
+                                  "the NATS servers, and the cluster healthy?")
             if loop.time() >= until:
                 raise SchemaError(f"stream {stream} does not exist after {deadline:g}s; this role may not create it: "
                                   f"start a controller first (it creates the schema)")
