@@ -27,7 +27,6 @@ accepts AUTH before TLS and refuses MAIL before AUTH; the hooks below decide the
 
 from __future__ import annotations
 
-import asyncio
 import email.utils
 import functools
 import logging
@@ -56,9 +55,9 @@ from colony_edge.expansion_reports import ExpansionReports
 from colony_edge.familiar import FamiliarClients, edge_familiar
 from colony_edge.login_cache import LoginCache, edge_login_cache
 from colony_edge.recipients import RecipientPolicy
-from colony_edge.security.authentication import claimed_results
 from colony_edge.security.gate import EdgeGate
-from colony_edge.security.policy import HEADER_TOO_LARGE, GateAtConnect, read_for_authentication
+from colony_edge.security.policy import (HEADER_TOO_LARGE, GateAtConnect, delete_claimed_results,
+                                         read_header_section)
 from colony_edge.smtp_policy import (ACCEPT, AcceptedRecipient, BasePolicy, IncomingMessage, PolicyChain, SmtpSession,
                                      Verdict, refuse)
 
@@ -301,22 +300,15 @@ class SubmissionPolicy(BasePolicy):
         # A logged-in user is no more trusted with our verdicts than a stranger on the MX:
         # results under our authserv-id in what they send were not written by us (RFC 8601
         # §5), and delivered to a colleague's mailbox a mail client would show them as ours.
-        if message.data is not None:
-            _, header_section, terminated = read_for_authentication(message, 0)
-        else:
-            _, header_section, terminated = await asyncio.to_thread(read_for_authentication, message, 0)
+        _, header_section, terminated = await read_header_section(message, 0)
         if not terminated:      # fields past the scan could not be checked
             return refuse(HEADER_TOO_LARGE)
-        forged = claimed_results(header_section, self.settings.authserv_id, terminated)
+        forged = await delete_claimed_results(message, header_section, terminated, self.settings.authserv_id)
         if forged:
             log.warning("submission %s: %s sent %d Authentication-Results field(s) under our authserv-id; "
-                        "deleted", session.id, account, len(forged))
+                        "deleted", session.id, account, forged)
             if self.metrics is not None:
-                self.metrics.forged_results.inc(len(forged))
-            if message.data is not None:
-                message.leave_out(forged)
-            else:
-                await asyncio.to_thread(message.leave_out, forged)
+                self.metrics.forged_results.inc(forged)
         return ACCEPT
 
 

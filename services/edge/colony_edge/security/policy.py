@@ -65,6 +65,27 @@ def read_for_authentication(message: IncomingMessage, dkim_max: int) -> tuple[by
     return None, head[:end] if end >= 0 else head, end >= 0
 
 
+async def read_header_section(message: IncomingMessage, dkim_max: int) -> tuple[bytes | None, bytes, bool]:
+    """``read_for_authentication``, on a worker thread when the octets are in a spool file
+    (held in memory by the shell: nothing to wait for)."""
+    if message.data is not None:
+        return read_for_authentication(message, dkim_max)
+    return await asyncio.to_thread(read_for_authentication, message, dkim_max)
+
+
+async def delete_claimed_results(message: IncomingMessage, header_section: bytes, terminated: bool,
+                                 authserv_id: str) -> int:
+    """Delete the Authentication-Results fields under our authserv-id that we did not write
+    (RFC 8601 section 5: ``claimed_results``); how many there were."""
+    forged = claimed_results(header_section, authserv_id, terminated)
+    if forged:
+        if message.data is not None:
+            message.leave_out(forged)
+        else:
+            await asyncio.to_thread(message.leave_out, forged)
+    return len(forged)
+
+
 def _end_of_header_section(octets: bytes) -> int:
     """Where the CRLF before the empty line begins (0: no header fields at all), or -1."""
     return 0 if octets.startswith(b"\r\n") else octets.find(b"\r\n\r\n")
@@ -111,10 +132,7 @@ class EdgeSecurityPolicy(GateAtConnect):
 
     async def data_complete(self, session: SmtpSession, message: IncomingMessage) -> Verdict:
         limit = self.gate.settings.edge_dkim_max_bytes
-        if message.data is not None:   # held in memory by the shell: nothing to wait for
-            whole, header_section, terminated = read_for_authentication(message, limit)
-        else:
-            whole, header_section, terminated = await asyncio.to_thread(read_for_authentication, message, limit)
+        whole, header_section, terminated = await read_header_section(message, limit)
         if not terminated and not self.gate.trusted(session.peer_ip):
             return refuse(HEADER_TOO_LARGE)
         mail_from = session.mail_from.address if session.mail_from else ""
@@ -125,13 +143,9 @@ class EdgeSecurityPolicy(GateAtConnect):
             # Results under our own authserv-id that we did not write: deleted (RFC 8601 §5),
             # after DKIM saw the message as signed.  A trusted relay's (edge_allow_networks)
             # are kept: an operator's filter in front of the edge may write them.
-            forged = claimed_results(header_section, self.gate.authserv_id, terminated)
+            forged = await delete_claimed_results(message, header_section, terminated, self.gate.authserv_id)
             if forged:
-                self.gate.metrics.forged_results.inc(len(forged))
-                if message.data is not None:
-                    message.leave_out(forged)
-                else:
-                    await asyncio.to_thread(message.leave_out, forged)
+                self.gate.metrics.forged_results.inc(forged)
         name, _, value = verdict.auth.header.partition(":")
         message.add_header(name.strip(), value.strip())
         if verdict.quarantine:
